@@ -1,0 +1,31 @@
+# Set-up and checks. `make test` and `make demo` need nothing but python3 and a Debian-like
+# machine: they build .venv and fetch a regtest bitcoind (unless $BITCOIND is given).
+PYTHON ?= python3
+VENV := .venv
+INSTALLED := $(VENV)/.installed
+
+.PHONY: install bitcoind test lint demo bench clean
+
+$(INSTALLED): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(INSTALLED) bitcoind
+
+bitcoind:
+	$(PYTHON) regtest/fetch.py
+
+lint: $(INSTALLED)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: install lint
+	$(VENV)/bin/pytest
+
+demo: install
+	$(VENV)/bin/paychan demo
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

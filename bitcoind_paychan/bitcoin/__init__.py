@@ -1,0 +1,92 @@
+"""Bitcoin primitives: transactions, scripts, signature hashes, keys and addresses."""
+
+from bitcoind_paychan.bitcoin.address import (
+    address_to_script,
+    base58check_decode,
+    base58check_encode,
+    script_to_address,
+    segwit_decode,
+    segwit_encode,
+)
+from bitcoind_paychan.bitcoin.hashes import hash160, hash256, ripemd160, sha256
+from bitcoind_paychan.bitcoin.keys import (
+    PrivateKey,
+    PublicKey,
+    append_hashtype,
+    is_canonical_der,
+    is_low_s,
+    split_sig_hashtype,
+    verify,
+)
+from bitcoind_paychan.bitcoin.network import Network
+from bitcoind_paychan.bitcoin.script import (
+    cltv_channel_script,
+    iter_script,
+    multisig_2of2_script,
+    p2pkh_script,
+    p2sh_script,
+    p2wpkh_script,
+    p2wsh_script,
+    push,
+    push_int,
+    script_num,
+)
+from bitcoind_paychan.bitcoin.sighash import (
+    SIGHASH_ALL,
+    SIGHASH_ANYONECANPAY,
+    SIGHASH_NONE,
+    SIGHASH_SINGLE,
+    bip143_sighash,
+    legacy_sighash,
+)
+from bitcoind_paychan.bitcoin.tx import (
+    OutPoint,
+    Transaction,
+    TxIn,
+    TxOut,
+    decode_varint,
+    encode_varint,
+)
+
+__all__ = [
+    "SIGHASH_ALL",
+    "SIGHASH_ANYONECANPAY",
+    "SIGHASH_NONE",
+    "SIGHASH_SINGLE",
+    "Network",
+    "OutPoint",
+    "PrivateKey",
+    "PublicKey",
+    "Transaction",
+    "TxIn",
+    "TxOut",
+    "address_to_script",
+    "append_hashtype",
+    "base58check_decode",
+    "base58check_encode",
+    "bip143_sighash",
+    "cltv_channel_script",
+    "decode_varint",
+    "encode_varint",
+    "hash160",
+    "hash256",
+    "is_canonical_der",
+    "is_low_s",
+    "iter_script",
+    "legacy_sighash",
+    "multisig_2of2_script",
+    "p2pkh_script",
+    "p2sh_script",
+    "p2wpkh_script",
+    "p2wsh_script",
+    "push",
+    "push_int",
+    "ripemd160",
+    "script_num",
+    "script_to_address",
+    "segwit_decode",
+    "segwit_encode",
+    "sha256",
+    "split_sig_hashtype",
+    "verify",
+]

@@ -1,0 +1,103 @@
+"""The one exception hierarchy of bitcoind-paychan.
+
+Every error says what happened and, where there is something to do, what to do.
+
+    PaychanError
+    ├── ConfigError              bad configuration (names file, key, expectation)
+    ├── DecodeError              malformed bytes: a transaction, script, signature, frame
+    ├── NodeError                talking to bitcoind
+    │   ├── NodeUnreachable
+    │   ├── NodeAuthError
+    │   ├── WrongNetwork
+    │   ├── WalletNotLoaded
+    │   ├── InsufficientFunds
+    │   └── TransactionRejected
+    ├── ProtocolError            the channel protocol
+    │   ├── LocalProtocolError   we (or the application) broke the rules
+    │   └── RemoteProtocolError  the peer broke the rules; carries the wire error code
+    └── StoreError               the durable store
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class PaychanError(Exception):
+    """Base of every error raised by bitcoind-paychan."""
+
+
+class ConfigError(PaychanError):
+    """The configuration is wrong; the message names the file, the key and what was expected."""
+
+
+class DecodeError(PaychanError, ValueError):
+    """Bytes that should hold a transaction, script, key, signature or message do not."""
+
+
+class NodeError(PaychanError):
+    """bitcoind could not do what was asked."""
+
+
+class NodeUnreachable(NodeError):
+    """bitcoind does not answer at the configured RPC address."""
+
+
+class NodeAuthError(NodeError):
+    """bitcoind refused the RPC credentials (cookie or user/password)."""
+
+
+class WrongNetwork(NodeError):
+    """bitcoind runs a different chain from the one configured."""
+
+
+class WalletNotLoaded(NodeError):
+    """The configured wallet does not exist or is not loaded in bitcoind."""
+
+
+class InsufficientFunds(NodeError):
+    """The wallet cannot fund what was asked."""
+
+
+class TransactionRejected(NodeError):
+    """bitcoind refused a transaction; `reason` holds the node's own words."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class ErrorCode(enum.IntEnum):
+    """The wire error codes of bitcoinj's payment channel protocol."""
+
+    TIMEOUT = 1
+    SYNTAX_ERROR = 2
+    NO_ACCEPTABLE_VERSION = 3
+    BAD_TRANSACTION = 4
+    TIME_WINDOW_UNACCEPTABLE = 5
+    CHANNEL_VALUE_TOO_LARGE = 6
+    MIN_PAYMENT_TOO_LARGE = 7
+    OTHER = 8
+
+
+class ProtocolError(PaychanError):
+    """The channel protocol was broken; `code` is the wire error code that describes it."""
+
+    def __init__(
+        self, message: str, code: ErrorCode = ErrorCode.OTHER, expected_value: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.expected_value = expected_value
+
+
+class LocalProtocolError(ProtocolError):
+    """We were asked to do something the protocol does not allow in this state."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something the protocol does not allow; we answer with ERROR `code`."""
+
+
+class StoreError(PaychanError):
+    """The durable store failed; nothing was acknowledged that was not stored."""

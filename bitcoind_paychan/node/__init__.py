@@ -1,0 +1,29 @@
+"""The node adapter: bitcoind over JSON-RPC (python-bitcoinrpc)."""
+
+from bitcoind_paychan.node.bitcoind import (
+    Acceptance,
+    AsyncBitcoind,
+    Bitcoind,
+    ChainTip,
+    FundedTx,
+    TxStatus,
+    to_btc,
+    to_sat,
+)
+from bitcoind_paychan.node.config import CHAINS, NodeConfig
+from bitcoind_paychan.node.rpc import RpcClient, RpcError
+
+__all__ = [
+    "CHAINS",
+    "Acceptance",
+    "AsyncBitcoind",
+    "Bitcoind",
+    "ChainTip",
+    "FundedTx",
+    "NodeConfig",
+    "RpcClient",
+    "RpcError",
+    "TxStatus",
+    "to_btc",
+    "to_sat",
+]

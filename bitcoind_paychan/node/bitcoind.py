@@ -1,0 +1,243 @@
+"""The node adapter: everything the channel code asks of bitcoind, in satoshis and bytes."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from bitcoind_paychan.bitcoin.tx import Transaction, TxOut
+from bitcoind_paychan.errors import NodeError, TransactionRejected, WrongNetwork
+from bitcoind_paychan.node.config import NodeConfig
+from bitcoind_paychan.node.rpc import RpcClient, RpcError
+
+COIN = 100_000_000
+RPC_VERIFY_ALREADY_IN_CHAIN = -27
+RPC_INVALID_ADDRESS_OR_KEY = -5
+ALREADY_KNOWN = ("txn-already-in-mempool", "txn-already-known", "already in block chain")
+BARE_MULTISIG_HINT = (
+    "this node's policy refuses bare multisig outputs (Bitcoin Knots does); a version 1 "
+    "contract needs a node that relays them (Bitcoin Core does), or use channel version 2 or 3"
+)
+
+
+def to_sat(btc: Decimal | float | str) -> int:
+    """BTC amount from RPC → satoshis, exactly."""
+    return int((Decimal(str(btc)) * COIN).to_integral_value())
+
+
+def to_btc(sat: int) -> str:
+    """Satoshis → the exact BTC string RPC accepts."""
+    return f"{Decimal(sat) / COIN:.8f}"
+
+
+@dataclass(frozen=True)
+class ChainTip:
+    height: int
+    block_hash: str
+    median_time: int
+    time: int
+
+
+@dataclass(frozen=True)
+class FundedTx:
+    """A signed, unbroadcast wallet transaction paying `script_pubkey` at `output_index`."""
+
+    tx: Transaction
+    output_index: int
+    fee: int
+    inputs: tuple[tuple[str, int], ...]
+
+    @property
+    def txid(self) -> str:
+        return self.tx.txid_hex
+
+
+@dataclass(frozen=True)
+class TxStatus:
+    tx: Transaction
+    confirmations: int
+    block_hash: str | None
+    block_height: int | None
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    allowed: bool
+    reason: str
+    vsize: int | None = None
+    fee: int | None = None
+
+
+class Bitcoind:
+    """A bitcoind reached over JSON-RPC; safe to share between threads."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.rpc = RpcClient(config)
+
+    def check(self) -> ChainTip:
+        """Reach the node, check its chain and (if configured) wallet; return the tip."""
+        tip = self.tip()
+        if self.config.wallet:
+            self.rpc.call("getwalletinfo", wallet=True)
+        return tip
+
+    def tip(self) -> ChainTip:
+        info = self.rpc.call("getblockchaininfo")
+        if info["chain"] != self.config.chain:
+            raise WrongNetwork(
+                f"bitcoind at {self.config.url} runs chain {info['chain']!r} but "
+                f"{self.config.chain!r} is configured; point at the right node or fix the chain"
+            )
+        header = self.rpc.call("getblockheader", info["bestblockhash"])
+        return ChainTip(
+            int(info["blocks"]),
+            str(info["bestblockhash"]),
+            int(info["mediantime"]),
+            int(header["time"]),
+        )
+
+    def fee_rate(self, target_blocks: int = 6, floor: int = 1000) -> int:
+        """Fee rate in sat/kvB for confirmation within `target_blocks`, never below `floor`,
+        the node's relay minimum or its mempool minimum."""
+        estimate = self.rpc.call("estimatesmartfee", target_blocks)
+        mempool = self.rpc.call("getmempoolinfo")
+        rates = [floor, to_sat(mempool["mempoolminfee"]), to_sat(mempool["minrelaytxfee"])]
+        if "feerate" in estimate:
+            rates.append(to_sat(estimate["feerate"]))
+        return max(rates)
+
+    def fund(
+        self, script_pubkey: bytes, amount: int, fee_rate: int | None = None, version: int = 2
+    ) -> FundedTx:
+        """Build and sign (not broadcast) a wallet tx paying `amount` to `script_pubkey` as
+        output 0, spending segwit coins only so its txid is final. Its coins stay locked
+        until broadcast or `release`."""
+        draft = Transaction(version, (), (TxOut(amount, script_pubkey),), 0)
+        options: dict[str, Any] = {
+            "changePosition": 1,
+            "lockUnspents": True,
+            "change_type": "bech32",
+        }
+        if fee_rate is not None:
+            options["fee_rate"] = str(Decimal(fee_rate) / 1000)
+        funded = self.rpc.call("fundrawtransaction", draft.hex(), options, False, wallet=True)
+        inputs = tuple(
+            (i["txid"], int(i["vout"]))
+            for i in self.rpc.call("decoderawtransaction", funded["hex"])["vin"]
+        )
+        try:
+            psbt = self.rpc.call("converttopsbt", funded["hex"])
+            signed = self.rpc.call("walletprocesspsbt", psbt, True, "ALL", wallet=True)
+            final = self.rpc.call("finalizepsbt", signed["psbt"])
+            if not final.get("complete"):
+                raise NodeError("the wallet could not sign every input of the funding tx")
+            tx = Transaction.from_hex(final["hex"])
+            if any(not txin.witness for txin in tx.inputs):
+                raise NodeError(
+                    "the wallet funded the contract with a non-segwit coin, whose txid could "
+                    "change; spend or sweep legacy coins to a bech32 address first"
+                )
+        except BaseException:
+            self.release(inputs)
+            raise
+        return FundedTx(tx, 0, to_sat(funded["fee"]), inputs)
+
+    def release(self, inputs: tuple[tuple[str, int], ...]) -> None:
+        """Unlock coins that a funding tx, now abandoned, had reserved."""
+        self.rpc.call("lockunspent", True, [{"txid": t, "vout": n} for t, n in inputs], wallet=True)
+
+    def broadcast(self, tx: Transaction) -> str:
+        """Send `tx` to the network; one already in the mempool or chain counts as sent."""
+        try:
+            return str(self.rpc.call("sendrawtransaction", tx.hex()))
+        except RpcError as exc:
+            if exc.code == RPC_VERIFY_ALREADY_IN_CHAIN or any(
+                m in exc.rpc_message for m in ALREADY_KNOWN
+            ):
+                return tx.txid_hex
+            raise self._rejected(tx, exc.rpc_message) from None
+
+    def _rejected(self, tx: Transaction, reason: str) -> TransactionRejected:
+        hint = ""
+        if "bare" in reason or "scriptpubkey" in reason or "vout-script" in reason:
+            hint = f" — {BARE_MULTISIG_HINT}"
+        return TransactionRejected(
+            f"bitcoind rejected transaction {tx.txid_hex}: {reason}{hint}", reason
+        )
+
+    def test_accept(self, tx: Transaction) -> Acceptance:
+        """Would the mempool take `tx`? (testmempoolaccept)"""
+        result = self.rpc.call("testmempoolaccept", [tx.hex()])[0]
+        if result.get("allowed"):
+            return Acceptance(True, "", int(result["vsize"]), to_sat(result["fees"]["base"]))
+        return Acceptance(False, str(result.get("reject-reason", "")))
+
+    def transaction(self, txid: str) -> TxStatus | None:
+        """A transaction in the mempool or chain, with its confirmations; None if unknown."""
+        try:
+            info = self.rpc.call("getrawtransaction", txid, True)
+        except RpcError as exc:
+            if exc.code == RPC_INVALID_ADDRESS_OR_KEY:
+                return None
+            raise
+        confirmations = int(info.get("confirmations", 0))
+        height = None
+        if confirmations > 0:
+            height = self.tip().height - confirmations + 1
+        return TxStatus(
+            Transaction.from_hex(info["hex"]), confirmations, info.get("blockhash"), height
+        )
+
+    def is_spent(self, txid: str, index: int) -> bool:
+        """Is outpoint txid:index spent (in the chain or the mempool)? False if it is unspent;
+        NodeError if the transaction is unknown to the node."""
+        if self.rpc.call("gettxout", txid, index, True) is not None:
+            return False
+        if self.transaction(txid) is None:
+            raise NodeError(f"bitcoind does not know transaction {txid}")
+        return True
+
+    def payout_script(self) -> bytes:
+        """A fresh scriptPubKey of the wallet for receiving money."""
+        address = self.rpc.call("getnewaddress", "", "bech32", wallet=True)
+        return bytes.fromhex(self.rpc.call("getaddressinfo", address, wallet=True)["scriptPubKey"])
+
+    def balance(self) -> int:
+        """The wallet's trusted balance (confirmed and own unconfirmed), in satoshis."""
+        return to_sat(self.rpc.call("getbalances", wallet=True)["mine"]["trusted"])
+
+
+class AsyncBitcoind:
+    """The same adapter for asyncio code: each call runs in a worker thread."""
+
+    def __init__(self, node: Bitcoind) -> None:
+        self.node = node
+
+    async def tip(self) -> ChainTip:
+        return await asyncio.to_thread(self.node.tip)
+
+    async def fee_rate(self, target_blocks: int = 6, floor: int = 1000) -> int:
+        return await asyncio.to_thread(self.node.fee_rate, target_blocks, floor)
+
+    async def fund(
+        self, script_pubkey: bytes, amount: int, fee_rate: int | None = None, version: int = 2
+    ) -> FundedTx:
+        return await asyncio.to_thread(self.node.fund, script_pubkey, amount, fee_rate, version)
+
+    async def broadcast(self, tx: Transaction) -> str:
+        return await asyncio.to_thread(self.node.broadcast, tx)
+
+    async def transaction(self, txid: str) -> TxStatus | None:
+        return await asyncio.to_thread(self.node.transaction, txid)
+
+    async def is_spent(self, txid: str, index: int) -> bool:
+        return await asyncio.to_thread(self.node.is_spent, txid, index)
+
+    async def payout_script(self) -> bytes:
+        return await asyncio.to_thread(self.node.payout_script)
+
+    async def test_accept(self, tx: Transaction) -> Acceptance:
+        return await asyncio.to_thread(self.node.test_accept, tx)

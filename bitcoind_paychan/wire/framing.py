@@ -1,0 +1,86 @@
+"""Sans-IO length-prefixed framing, as bitcoinj's ProtobufConnection does it.
+
+A frame is a 4-byte big-endian signed length followed by that many payload bytes. bitcoinj
+drops the connection on a negative length or one above 32767; so do we.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from bitcoind_paychan.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+
+MAX_MESSAGE_SIZE = 32767
+"""Largest payload bitcoinj accepts (and so the largest we send or accept)."""
+
+HEADER_SIZE = 4
+_HEADER = struct.Struct(">i")
+
+
+def encode_frame(payload: bytes) -> bytes:
+    """Prefix `payload` with its length; LocalProtocolError if it exceeds MAX_MESSAGE_SIZE."""
+    size = len(payload)
+    if size > MAX_MESSAGE_SIZE:
+        raise LocalProtocolError(
+            f"message of {size} bytes exceeds the {MAX_MESSAGE_SIZE}-byte protocol limit; "
+            "a bitcoinj peer would drop the connection"
+        )
+    return _HEADER.pack(size) + payload
+
+
+class FrameDecoder:
+    """Split a byte stream into frame payloads; feed it whatever the socket delivers.
+
+    A bad length poisons the decoder: the stream cannot be resynchronised, so every later
+    `feed` raises the same error.
+    """
+
+    __slots__ = ("_buffer", "_error")
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._error: RemoteProtocolError | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as a complete frame."""
+        return len(self._buffer)
+
+    @property
+    def failed(self) -> bool:
+        """True once a bad length was seen; the next `feed` raises."""
+        return self._error is not None
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add `data`; return the payloads of all frames now complete, in order.
+
+        A header announcing a negative or oversized length raises RemoteProtocolError
+        (SYNTAX_ERROR) at once, without waiting for (or buffering) the body. Frames completed
+        before it in the same chunk are returned first; the error comes from the next `feed`.
+        """
+        if self._error is not None:
+            raise self._error
+        buf = self._buffer
+        buf += data
+        frames: list[bytes] = []
+        pos = 0
+        end = len(buf)
+        while end - pos >= HEADER_SIZE:
+            (size,) = _HEADER.unpack_from(buf, pos)
+            if size < 0 or size > MAX_MESSAGE_SIZE:
+                del buf[:]
+                self._error = RemoteProtocolError(
+                    f"peer sent a frame length of {size}; allowed is 0..{MAX_MESSAGE_SIZE}",
+                    code=ErrorCode.SYNTAX_ERROR,
+                )
+                if frames:
+                    return frames
+                raise self._error
+            start = pos + HEADER_SIZE
+            if end - start < size:
+                break
+            frames.append(bytes(buf[start : start + size]))
+            pos = start + size
+        if pos:
+            del buf[:pos]
+        return frames

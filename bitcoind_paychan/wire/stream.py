@@ -1,0 +1,150 @@
+"""asyncio adapter: framed TwoWayChannelMessages over a StreamReader/StreamWriter pair."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+
+from bitcoind_paychan.errors import ErrorCode, RemoteProtocolError
+from bitcoind_paychan.wire import paychan_pb2 as pb
+from bitcoind_paychan.wire.codec import decode_message, encode_message
+from bitcoind_paychan.wire.framing import FrameDecoder, encode_frame
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 65536
+CLOSE_TIMEOUT = 5.0
+"""Seconds close() waits for buffered bytes to reach a peer before it aborts the socket."""
+
+
+class MessageStream:
+    """One peer connection. Not safe for concurrent receive() calls (one reader task)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._decoder = FrameDecoder()
+        self._pending: collections.deque[bytes] = collections.deque()
+        self._eof = False
+        self._closed = False
+
+    @property
+    def peername(self) -> str:
+        """The peer's address as 'host:port' ('[v6]:port'), for logs and errors."""
+        addr = self._writer.get_extra_info("peername")
+        if isinstance(addr, tuple) and len(addr) >= 2:
+            host = str(addr[0])
+            return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
+        return str(addr) if addr else "unknown peer"
+
+    async def receive(self, timeout: float | None) -> pb.TwoWayChannelMessage | None:
+        """Next message from the peer, or None once the peer has left.
+
+        None means EOF or a reset connection: bitcoinj often hangs up right after (or without)
+        its last frame, so a partial frame at EOF is discarded, not an error. Raises
+        RemoteProtocolError with SYNTAX_ERROR for a bad frame or message, TIMEOUT if nothing
+        complete arrives within `timeout` seconds (None waits forever).
+        """
+        if not self._pending:
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._fill()
+            except TimeoutError:
+                raise RemoteProtocolError(
+                    f"no message from {self.peername} within {timeout} s", code=ErrorCode.TIMEOUT
+                ) from None
+            if not self._pending:
+                return None
+        return decode_message(self._pending.popleft())
+
+    async def _fill(self) -> None:
+        """Read until at least one payload is pending or the peer has left."""
+        while not self._pending:
+            if self._decoder.failed:
+                self._decoder.feed(b"")  # raises the stored framing error
+            if self._eof:
+                return
+            try:
+                data = await self._reader.read(READ_SIZE)
+            except OSError as exc:  # reset, aborted, keepalive timeout: the peer is gone
+                log.info("reading from %s failed: %s", self.peername, exc)
+                data = b""
+            if not data:
+                self._eof = True
+                if self._decoder.buffered:
+                    log.info(
+                        "%s left mid-frame; %d bytes discarded",
+                        self.peername,
+                        self._decoder.buffered,
+                    )
+                return
+            self._pending.extend(self._decoder.feed(data))
+
+    async def send(self, msg: pb.TwoWayChannelMessage) -> None:
+        """Frame, write and drain one message. ConnectionError if the peer has gone."""
+        self._writer.write(encode_frame(encode_message(msg)))
+        await self._writer.drain()
+
+    async def send_many(self, msgs: Iterable[pb.TwoWayChannelMessage]) -> None:
+        """Send several messages in one write and one drain; nothing is sent if one is invalid."""
+        data = b"".join([encode_frame(encode_message(m)) for m in msgs])
+        if data:
+            self._writer.write(data)
+            await self._writer.drain()
+
+    async def close(self, flush: bool = True, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Close the connection; with `flush`, deliver what was written first.
+
+        Idempotent, and quiet if the peer already left. A peer that does not read for
+        `timeout` seconds gets the socket aborted.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        writer = self._writer
+        try:
+            async with asyncio.timeout(timeout):
+                if flush:
+                    await writer.drain()
+                else:
+                    writer.transport.abort()
+                writer.close()  # the transport still sends what is buffered, then FIN
+                await writer.wait_closed()
+        except (ConnectionError, TimeoutError):
+            writer.transport.abort()
+        except asyncio.CancelledError:
+            writer.transport.abort()
+            raise
+
+    async def __aenter__(self) -> MessageStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+async def open_connection(host: str, port: int, timeout: float | None) -> MessageStream:
+    """Connect to a payment channel peer; TimeoutError if that takes over `timeout` seconds."""
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port)
+    except TimeoutError:
+        raise TimeoutError(f"connecting to {host}:{port} timed out after {timeout} s") from None
+    return MessageStream(reader, writer)
+
+
+async def start_server(
+    handler: Callable[[MessageStream], Awaitable[None]], host: str | None, port: int
+) -> asyncio.Server:
+    """Listen on host:port; run `handler` per connection and close its stream afterwards."""
+
+    async def _on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        stream = MessageStream(reader, writer)
+        try:
+            await handler(stream)
+        finally:
+            await stream.close()
+
+    return await asyncio.start_server(_on_connect, host, port)
