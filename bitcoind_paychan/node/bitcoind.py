@@ -205,6 +205,25 @@ class Bitcoind:
         address = self.rpc.call("getnewaddress", "", "bech32", wallet=True)
         return bytes.fromhex(self.rpc.call("getaddressinfo", address, wallet=True)["scriptPubKey"])
 
+    def spender(self, txid: str, index: int) -> Transaction | None:
+        """The mempool transaction spending txid:index, if there is one."""
+        found = self.rpc.call("gettxspendingprevout", [{"txid": txid, "vout": index}])[0]
+        spending = found.get("spendingtxid")
+        status = self.transaction(spending) if spending else None
+        return status.tx if status else None
+
+    def watch_key(self, secret_wif: str, script_types: tuple[str, ...] = ("pkh", "wpkh")) -> None:
+        """Import a channel key into the wallet, so refunds and change paid to it are the
+        wallet's money (descriptor wallets; rescans nothing: the key is new)."""
+        requests = []
+        for kind in script_types:
+            info = self.rpc.call("getdescriptorinfo", f"{kind}({secret_wif})")
+            requests.append({"desc": f"{kind}({secret_wif})#{info['checksum']}",
+                             "timestamp": "now"})
+        for result in self.rpc.call("importdescriptors", requests, wallet=True):
+            if not result.get("success"):
+                raise NodeError(f"the wallet refused the channel key: {result.get('error')}")
+
     def balance(self) -> int:
         """The wallet's trusted balance (confirmed and own unconfirmed), in satoshis."""
         return to_sat(self.rpc.call("getbalances", wallet=True)["mine"]["trusted"])
@@ -241,3 +260,13 @@ class AsyncBitcoind:
 
     async def test_accept(self, tx: Transaction) -> Acceptance:
         return await asyncio.to_thread(self.node.test_accept, tx)
+
+    async def release(self, inputs: tuple[tuple[str, int], ...]) -> None:
+        await asyncio.to_thread(self.node.release, inputs)
+
+    async def spender(self, txid: str, index: int) -> Transaction | None:
+        return await asyncio.to_thread(self.node.spender, txid, index)
+
+    async def watch_key(self, secret_wif: str, script_types: tuple[str, ...] = ("pkh", "wpkh")
+                        ) -> None:
+        await asyncio.to_thread(self.node.watch_key, secret_wif, script_types)

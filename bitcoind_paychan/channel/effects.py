@@ -1,0 +1,144 @@
+"""What the channel state machines ask their adapters to do, and what they report.
+
+The machines return lists of these, in order; an adapter must carry them out in that order
+and must not carry out a `Send` until every `Store*` before it is durable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bitcoind_paychan.bitcoin.tx import Transaction
+from bitcoind_paychan.channel.records import ChannelRecord
+from bitcoind_paychan.errors import ErrorCode
+from bitcoind_paychan.wire import pb
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send this message to the peer."""
+
+    message: pb.TwoWayChannelMessage
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnect:
+    """Flush what was sent, then close the connection."""
+
+    reason: str
+    code: ErrorCode | None = None  # set when the connection ends in a protocol error
+
+
+@dataclass(frozen=True, slots=True)
+class StoreChannel:
+    """Durably store the whole record (insert or replace)."""
+
+    record: ChannelRecord
+
+
+@dataclass(frozen=True, slots=True)
+class StorePayment:
+    """Durably store a new payment on a stored channel (the hot path)."""
+
+    record: ChannelRecord
+    amount: int
+    info: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Broadcast:
+    """Hand a transaction to the node. `purpose`: contract, settlement or refund."""
+
+    tx: Transaction
+    purpose: str
+    contract_txid: str
+
+
+@dataclass(frozen=True, slots=True)
+class FundContract:
+    """Client: have the wallet build and sign (not broadcast) a tx paying `value` to
+    `script_pubkey` as output 0; answer with `ClientChannel.contract_funded`."""
+
+    script_pubkey: bytes
+    value: int
+
+
+@dataclass(frozen=True, slots=True)
+class LoadChannel:
+    """Server: look up the stored channel with this contract; answer with
+    `ServerChannel.channel_loaded`."""
+
+    contract_txid: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimChannel:
+    """Server: this connection now owns the channel; drop any other connection on it."""
+
+    contract_txid: str
+
+
+@dataclass(frozen=True, slots=True)
+class PrepareSettlement:
+    """Server: fetch a fee rate and a payout script; answer with `ServerChannel.settle`."""
+
+    contract_txid: str
+
+
+# -- notifications for the application ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelOpened:
+    record: ChannelRecord
+    resumed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentReceived:
+    """Server: a payment was verified and stored (before it is acknowledged)."""
+
+    record: ChannelRecord
+    amount: int
+    info: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentAcknowledged:
+    """Client: the server acknowledged the payment; `info` is what it attached."""
+
+    record: ChannelRecord
+    amount: int
+    info: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelClosed:
+    """The channel's settlement was broadcast (server) or received and checked (client)."""
+
+    record: ChannelRecord
+    settlement: Transaction
+
+
+@dataclass(frozen=True, slots=True)
+class VersionRefused:
+    """Client: the server speaks none of our offered major versions."""
+
+    version: int
+    explanation: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerError:
+    """The peer sent ERROR (or broke the protocol); the connection is over."""
+
+    code: ErrorCode
+    explanation: str
+    remote: bool  # True when the peer sent it, False when we refused the peer
+
+
+Effect = (
+    Send | Disconnect | StoreChannel | StorePayment | Broadcast | FundContract | LoadChannel
+    | ClaimChannel | PrepareSettlement | ChannelOpened | PaymentReceived | PaymentAcknowledged
+    | ChannelClosed | VersionRefused | PeerError
+)

@@ -1,0 +1,87 @@
+"""Builders for the protocol's messages (so the state machines read like the protocol)."""
+
+from __future__ import annotations
+
+from bitcoind_paychan.errors import ErrorCode
+from bitcoind_paychan.wire import error_message, pb
+
+T = pb.TwoWayChannelMessage
+DEFAULT_TIME_WINDOW = 24 * 3600 - 60  # bitcoinj's default, 86340 s
+
+
+def client_version(major: int, time_window: int, previous_contract: str | None) -> T:
+    msg = T(type=T.CLIENT_VERSION)
+    body = msg.client_version
+    body.major, body.minor, body.time_window_secs = major, 0, time_window
+    if previous_contract:
+        body.previous_channel_contract_hash = bytes.fromhex(previous_contract)
+    return msg
+
+
+def server_version(major: int) -> T:
+    msg = T(type=T.SERVER_VERSION)
+    msg.server_version.major, msg.server_version.minor = major, 0
+    return msg
+
+
+def initiate(server_pub: bytes, min_channel_size: int, expiry: int, min_payment: int) -> T:
+    msg = T(type=T.INITIATE)
+    body = msg.initiate
+    body.multisig_key, body.min_accepted_channel_size = server_pub, min_channel_size
+    body.expire_time_secs, body.min_payment = expiry, min_payment
+    return msg
+
+
+def provide_refund(client_pub: bytes, refund_tx: bytes) -> T:
+    msg = T(type=T.PROVIDE_REFUND)
+    msg.provide_refund.multisig_key, msg.provide_refund.tx = client_pub, refund_tx
+    return msg
+
+
+def return_refund(signature: bytes) -> T:
+    msg = T(type=T.RETURN_REFUND)
+    msg.return_refund.signature = signature
+    return msg
+
+
+def provide_contract(contract_tx: bytes, change: int, signature: bytes,
+                     client_pub: bytes | None) -> T:
+    msg = T(type=T.PROVIDE_CONTRACT)
+    body = msg.provide_contract
+    body.tx = contract_tx
+    body.initial_payment.client_change_value = change
+    body.initial_payment.signature = signature
+    if client_pub is not None:
+        body.client_key = client_pub
+    return msg
+
+
+def update_payment(change: int, signature: bytes, info: bytes = b"") -> T:
+    msg = T(type=T.UPDATE_PAYMENT)
+    body = msg.update_payment
+    body.client_change_value, body.signature = change, signature
+    if info:
+        body.info = info
+    return msg
+
+
+def payment_ack(info: bytes = b"") -> T:
+    msg = T(type=T.PAYMENT_ACK)
+    if info:
+        msg.payment_ack.info = info
+    return msg
+
+
+def channel_open() -> T:
+    return T(type=T.CHANNEL_OPEN)
+
+
+def close(settlement_tx: bytes | None = None) -> T:
+    msg = T(type=T.CLOSE)
+    if settlement_tx is not None:
+        msg.settlement.tx = settlement_tx
+    return msg
+
+
+def error(code: ErrorCode, explanation: str, expected_value: int | None = None) -> T:
+    return error_message(code, explanation, expected_value)

@@ -1,0 +1,67 @@
+"""What each side stores durably about a channel: enough to refund or settle it after a crash."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, replace
+
+from bitcoind_paychan.bitcoin.keys import PrivateKey
+from bitcoind_paychan.channel.contract import Contract
+
+
+class Role(enum.StrEnum):
+    SERVER = "server"
+    CLIENT = "client"
+
+
+class ChannelStatus(enum.StrEnum):
+    """Where a stored channel's money is. Only SETTLED and REFUNDED channels may be forgotten."""
+
+    OPEN = "open"  # contract funded; payments may flow
+    CLOSING = "closing"  # settlement broadcast (or asked for); waiting for it to confirm
+    SETTLED = "settled"  # settlement confirmed
+    REFUNDED = "refunded"  # the client's refund confirmed
+    FAILED = "failed"  # the contract never made it on chain (double-spent or abandoned)
+
+    @property
+    def final(self) -> bool:
+        return self in (ChannelStatus.SETTLED, ChannelStatus.REFUNDED, ChannelStatus.FAILED)
+
+
+@dataclass(frozen=True)
+class ChannelRecord:
+    """One channel as one side knows it. `change` is the client's change in the latest
+    payment: for the server the lowest it has verified and stored; for the client the lowest
+    it has signed and stored (possibly not yet acknowledged)."""
+
+    role: Role
+    contract: Contract
+    contract_tx: bytes
+    key: PrivateKey  # our own key for this channel (secret: the store must protect it)
+    change: int
+    signature: bytes  # the client's payment signature for `change` (DER + hashtype)
+    status: ChannelStatus = ChannelStatus.OPEN
+    refund_tx: bytes = b""  # client, version 1: the fully signed refund
+    settlement_tx: bytes = b""  # the settlement we broadcast (server) or were sent (client)
+    peer: str = ""  # client: the server's host:port
+    payments: int = 0
+
+    @property
+    def contract_txid(self) -> str:
+        return self.contract.txid
+
+    @property
+    def version(self) -> int:
+        return self.contract.version
+
+    @property
+    def value(self) -> int:
+        return self.contract.value
+
+    @property
+    def paid(self) -> int:
+        """What the client has paid the server so far."""
+        return self.contract.value - self.change
+
+    def with_payment(self, change: int, signature: bytes) -> ChannelRecord:
+        return replace(self, change=change, signature=signature, payments=self.payments + 1)

@@ -1,0 +1,260 @@
+"""The server's side of one connection, as a sans-IO state machine.
+
+Messages and answers (a loaded channel, a fee rate) go in; effects come out. Nothing here
+touches a socket, the node, the store or a clock: `now` is given at construction.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, replace
+
+from bitcoind_paychan.bitcoin.keys import PrivateKey, PublicKey
+from bitcoind_paychan.bitcoin.tx import Transaction
+from bitcoind_paychan.channel import messages
+from bitcoind_paychan.channel.contract import (
+    VERSIONS,
+    Contract,
+    bad_tx,
+    check_refund_request,
+    contract_from_tx,
+    locking_script,
+    output_script,
+)
+from bitcoind_paychan.channel.effects import (
+    Broadcast,
+    ChannelClosed,
+    ChannelOpened,
+    ClaimChannel,
+    Disconnect,
+    Effect,
+    LoadChannel,
+    PaymentReceived,
+    PrepareSettlement,
+    Send,
+    StoreChannel,
+    StorePayment,
+)
+from bitcoind_paychan.channel.machine import Handler, ProtocolMachine
+from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
+from bitcoind_paychan.errors import (
+    DecodeError,
+    ErrorCode,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
+from bitcoind_paychan.wire import pb
+
+T = pb.TwoWayChannelMessage
+SETTLEMENT_MARGIN = 2 * 3600  # the server settles this long before the client's refund is valid
+
+
+@dataclass(frozen=True)
+class ServerPolicy:
+    """What the server accepts. Windows are clamped into [min, max] as bitcoinj does."""
+
+    min_channel_size: int = 100_000
+    min_payment: int = 1_000
+    min_time_window: int = 4 * 3600
+    max_time_window: int = 7 * 24 * 3600
+    versions: tuple[int, ...] = VERSIONS
+    require_segwit_funding_from: int = 3  # from this major on, contracts must spend segwit coins
+
+    def __post_init__(self) -> None:
+        if self.min_time_window <= SETTLEMENT_MARGIN:
+            raise LocalProtocolError(
+                f"min_time_window must exceed the {SETTLEMENT_MARGIN} s settlement margin")
+        if self.max_time_window < self.min_time_window:
+            raise LocalProtocolError("max_time_window is below min_time_window")
+        if self.min_payment <= 0 or self.min_channel_size <= self.min_payment:
+            raise LocalProtocolError("need 0 < min_payment < min_channel_size")
+
+
+class ServerState(enum.Enum):
+    WAITING_FOR_VERSION = "waiting for CLIENT_VERSION"
+    LOADING_CHANNEL = "looking up the channel to resume"
+    WAITING_FOR_REFUND = "waiting for PROVIDE_REFUND"
+    WAITING_FOR_CONTRACT = "waiting for PROVIDE_CONTRACT"
+    OPEN = "open"
+    SETTLING = "settling"
+    CLOSED = "closed"
+
+
+class ServerChannel(ProtocolMachine):
+    """One client connection on the server side."""
+
+    state: ServerState
+    closed = ServerState.CLOSED
+    peer_name = "client"
+
+    def __init__(self, policy: ServerPolicy, key: PrivateKey, now: int) -> None:
+        self.policy = policy
+        self.key = key
+        self.now = now
+        self.state = ServerState.WAITING_FOR_VERSION
+        self.version = 0
+        self.expiry = 0
+        self.client_pub = b""
+        self.refund_outpoint_txid = b""
+        self.record: ChannelRecord | None = None
+        self.handlers: dict[tuple[enum.Enum, int], Handler] = {
+            (ServerState.WAITING_FOR_VERSION, T.CLIENT_VERSION): self._on_client_version,
+            (ServerState.WAITING_FOR_REFUND, T.PROVIDE_REFUND): self._on_provide_refund,
+            (ServerState.WAITING_FOR_CONTRACT, T.PROVIDE_CONTRACT): self._on_provide_contract,
+            (ServerState.OPEN, T.UPDATE_PAYMENT): self._on_update_payment,
+            (ServerState.OPEN, T.CLOSE): self._on_close,
+        }
+
+    # -- inputs ----------------------------------------------------------------------------
+
+    def channel_loaded(self, record: ChannelRecord | None) -> list[Effect]:
+        """The answer to LoadChannel: the stored channel, or None if there is none."""
+        if self.state is not ServerState.LOADING_CHANNEL:
+            raise LocalProtocolError(f"channel_loaded while {self.state.value}")
+        if record is None or record.status is not ChannelStatus.OPEN or (
+                record.version != self.version):
+            return self._initiate()  # nothing to resume: a fresh channel, as bitcoinj does
+        self.record = record
+        self.state = ServerState.OPEN
+        return [Send(messages.server_version(self.version)), ClaimChannel(record.contract_txid),
+                Send(messages.channel_open()), ChannelOpened(record, resumed=True)]
+
+    def settle(self, fee_rate: int, payout_script: bytes) -> list[Effect]:
+        """The answer to PrepareSettlement (or a close decided by the application): build,
+        store and broadcast the settlement, tell the client, hang up."""
+        record = self.record
+        if record is None or self.state not in (ServerState.OPEN, ServerState.SETTLING):
+            raise LocalProtocolError(f"nothing to settle while {self.state.value}")
+        settlement = settlement_for(record, fee_rate, payout_script)
+        closing = replace(record, status=ChannelStatus.CLOSING,
+                          settlement_tx=settlement.serialize())
+        self.record, self.state = closing, ServerState.CLOSED
+        return [StoreChannel(closing), Broadcast(settlement, "settlement", closing.contract_txid),
+                Send(messages.close(settlement.serialize())), ChannelClosed(closing, settlement),
+                Disconnect("channel settled")]
+
+    def connection_lost(self) -> list[Effect]:
+        self.state = ServerState.CLOSED
+        return []
+
+    # -- handlers --------------------------------------------------------------------------
+
+    def _on_client_version(self, message: T) -> list[Effect]:
+        body = message.client_version
+        if body.major not in self.policy.versions:
+            supported = ", ".join(map(str, self.policy.versions))
+            raise RemoteProtocolError(f"major version {body.major} is not supported "
+                                      f"(this server speaks {supported})",
+                                      ErrorCode.NO_ACCEPTABLE_VERSION)
+        self.version = body.major
+        window = min(max(body.time_window_secs, self.policy.min_time_window),
+                     self.policy.max_time_window)
+        self.expiry = self.now + window
+        if body.HasField("previous_channel_contract_hash"):
+            previous = body.previous_channel_contract_hash
+            if len(previous) != 32:
+                raise RemoteProtocolError("previous_channel_contract_hash is not 32 bytes",
+                                          ErrorCode.SYNTAX_ERROR)
+            self.state = ServerState.LOADING_CHANNEL
+            return [LoadChannel(previous.hex())]
+        return self._initiate()
+
+    def _initiate(self) -> list[Effect]:
+        self.state = (ServerState.WAITING_FOR_REFUND if self.version == 1
+                      else ServerState.WAITING_FOR_CONTRACT)
+        return [Send(messages.server_version(self.version)),
+                Send(messages.initiate(self.key.pub.data, self.policy.min_channel_size,
+                                       self.expiry, self.policy.min_payment))]
+
+    def _on_provide_refund(self, message: T) -> list[Effect]:
+        body = message.provide_refund
+        self.client_pub = _client_key(body.multisig_key)
+        refund = Transaction.parse(body.tx)
+        check_refund_request(refund, self.expiry)
+        # Value 0: version 1 signs legacy sighashes, which do not commit to the amount.
+        draft = Contract(1, self.client_pub, self.key.pub.data, self.expiry,
+                         refund.inputs[0].prevout, 0)
+        self.refund_outpoint_txid = refund.inputs[0].prevout.txid
+        self.state = ServerState.WAITING_FOR_CONTRACT
+        return [Send(messages.return_refund(draft.sign_refund_as_server(self.key, refund)))]
+
+    def _on_provide_contract(self, message: T) -> list[Effect]:
+        body = message.provide_contract
+        if self.version >= 2:
+            if not body.HasField("client_key"):
+                raise RemoteProtocolError("PROVIDE_CONTRACT without client_key",
+                                          ErrorCode.SYNTAX_ERROR)
+            self.client_pub = _client_key(body.client_key)
+        tx = Transaction.parse(body.tx)
+        contract = contract_from_tx(self.version, tx, self.client_pub, self.key.pub.data,
+                                    self.expiry)
+        if self.version == 1 and tx.txid != self.refund_outpoint_txid:
+            raise bad_tx("the contract is not the transaction the signed refund spends")
+        if contract.value < self.policy.min_channel_size:
+            raise RemoteProtocolError(
+                f"channel value {contract.value} is below the minimum "
+                f"{self.policy.min_channel_size}", ErrorCode.CHANNEL_VALUE_TOO_LARGE,
+                self.policy.min_channel_size)
+        if self.version >= self.policy.require_segwit_funding_from and any(
+                txin.script_sig or not txin.witness for txin in tx.inputs):
+            raise bad_tx("the contract must spend native segwit coins only, so its txid "
+                         "cannot be malleated")
+        initial = body.initial_payment
+        paid = contract.value - initial.client_change_value
+        if paid < self.policy.min_payment and initial.client_change_value:
+            raise bad_tx(f"initial payment {paid} is below the minimum {self.policy.min_payment}")
+        contract.check_payment(initial.client_change_value, initial.signature)
+        record = ChannelRecord(Role.SERVER, contract, body.tx, self.key,
+                               initial.client_change_value, initial.signature, payments=1)
+        self.record = record
+        self.state = ServerState.OPEN
+        return [StoreChannel(record), Broadcast(tx, "contract", contract.txid),
+                ClaimChannel(contract.txid), PaymentReceived(record, paid, b""),
+                Send(messages.channel_open()), ChannelOpened(record, resumed=False)]
+
+    def _on_update_payment(self, message: T) -> list[Effect]:
+        assert self.record is not None
+        body = message.update_payment
+        change, record = body.client_change_value, self.record
+        if change > record.change:
+            raise bad_tx(f"payment would lower the server's value: change {change} is above "
+                         f"the previous {record.change}")
+        if change == record.change:
+            if body.signature != record.signature:  # a re-sent payment must be the same one
+                record.contract.check_payment(change, body.signature)
+            return [Send(messages.payment_ack())]
+        amount = record.change - change
+        if amount < self.policy.min_payment and change:
+            raise bad_tx(f"payment of {amount} is below the minimum {self.policy.min_payment}")
+        record.contract.check_payment(change, body.signature)
+        self.record = record = record.with_payment(change, body.signature)
+        effects: list[Effect] = [StorePayment(record, amount, body.info),
+                                 PaymentReceived(record, amount, body.info),
+                                 Send(messages.payment_ack())]
+        if change == 0:
+            self.state = ServerState.SETTLING
+            effects.append(PrepareSettlement(record.contract_txid))
+        return effects
+
+    def _on_close(self, message: T) -> list[Effect]:
+        assert self.record is not None
+        self.state = ServerState.SETTLING
+        return [PrepareSettlement(self.record.contract_txid)]
+
+
+def _client_key(data: bytes) -> bytes:
+    try:
+        return PublicKey(data).data
+    except DecodeError as exc:
+        raise bad_tx(f"client key is not a canonical compressed public key: {exc}") from None
+
+
+def settlement_for(record: ChannelRecord, fee_rate: int, payout_script: bytes) -> Transaction:
+    """The settlement of a stored server channel (also used by the scheduler, without a
+    connection)."""
+    return record.contract.settlement(record.change, record.signature, record.key,
+                                      payout_script, fee_rate)
+
+
+__all__ = ["ServerChannel", "ServerPolicy", "ServerState", "locking_script", "output_script",
+           "settlement_for"]

@@ -1,0 +1,316 @@
+"""The payment client: opens (or resumes) a channel to a server and pays through it.
+
+    client = PaymentClient(AsyncBitcoind(node), SQLiteStore("client.db"))
+    channel = await client.open("127.0.0.1", 4242, value=1_000_000)
+    await channel.pay(1_000, b"article 17")
+    settlement = await channel.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+from bitcoind_paychan.bitcoin.keys import PrivateKey
+from bitcoind_paychan.bitcoin.network import Network
+from bitcoind_paychan.bitcoin.tx import Transaction
+from bitcoind_paychan.channel.client import (
+    ClientChannel,
+    ClientPolicy,
+    ClientState,
+    check_settlement,
+)
+from bitcoind_paychan.channel.effects import (
+    ChannelClosed,
+    ChannelOpened,
+    Disconnect,
+    Effect,
+    FundContract,
+    PaymentAcknowledged,
+    PeerError,
+    Send,
+    StoreChannel,
+    StorePayment,
+    VersionRefused,
+)
+from bitcoind_paychan.channel.messages import DEFAULT_TIME_WINDOW
+from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
+from bitcoind_paychan.errors import (
+    LocalProtocolError,
+    PaychanError,
+    ProtocolError,
+    RemoteProtocolError,
+    TransactionRejected,
+)
+from bitcoind_paychan.service.chain import ClientWallet
+from bitcoind_paychan.store import ChannelStore
+from bitcoind_paychan.wire import MessageStream, open_connection, pb
+
+log = logging.getLogger(__name__)
+HANDSHAKE_TIMEOUT = 15.0
+FALLBACK = {3: 2}  # a server that refuses our major gets the next one
+
+
+class ChannelFailed(PaychanError):
+    """The channel could not be opened or used; the message says why and what happens next."""
+
+
+class PaymentClient:
+    """Opens channels from this node's wallet. Channels to a server are resumed on `open`."""
+
+    def __init__(
+        self,
+        wallet: ClientWallet,
+        store: ChannelStore,
+        *,
+        network: Network = Network.REGTEST,
+        clock: Callable[[], float] = time.time,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    ) -> None:
+        self.wallet = wallet
+        self.store = store
+        self.network = network
+        self.clock = clock
+        self.handshake_timeout = handshake_timeout
+
+    def channels(self, statuses: tuple[ChannelStatus, ...] | None = None) -> list[ChannelRecord]:
+        return self.store.channels(Role.CLIENT, statuses)
+
+    def resumable(self, peer: str) -> ChannelRecord | None:
+        """The stored open channel to `peer` (host:port) with money left, if any."""
+        for record in self.store.channels(Role.CLIENT, (ChannelStatus.OPEN,)):
+            if record.peer == peer and record.change > 0:
+                return record
+        return None
+
+    async def refund(self, contract_txid: str, fee_target: int = 6) -> Transaction:
+        """Broadcast the refund of a stored channel (and its contract, if the server never
+        did). Valid only once the chain's median-time-past has passed the channel's expiry;
+        before that the node refuses it as non-final and TransactionRejected says so."""
+        record = self.store.get(Role.CLIENT, contract_txid)
+        if record is None or record.status.final:
+            raise LocalProtocolError(f"no unsettled client channel with contract {contract_txid}")
+        refund = await self.refund_tx(record, fee_target)
+        await self.wallet.broadcast(Transaction.parse(record.contract_tx))
+        try:
+            await self.wallet.broadcast(refund)
+        except TransactionRejected as exc:
+            if "non-final" in exc.reason:
+                raise TransactionRejected(
+                    f"the refund of {contract_txid} is not valid yet: it waits for the chain's "
+                    f"median-time-past to pass {record.contract.expiry}", exc.reason) from exc
+            raise
+        await asyncio.to_thread(self.store.put, replace(record, refund_tx=refund.serialize()))
+        return refund
+
+    async def refund_tx(self, record: ChannelRecord, fee_target: int = 6) -> Transaction:
+        """The signed refund of `record`: version 1's stored one, or a fresh one paying the
+        node's fee estimate."""
+        if record.version == 1:
+            return Transaction.parse(record.refund_tx)
+        contract = record.contract
+        fee = contract.refund_fee(await self.wallet.fee_rate(fee_target))
+        return contract.sign_refund(record.key, contract.refund_tx(fee))
+
+    async def open(
+        self, host: str, port: int, value: int, *, version: int = 3,
+        time_window: int = DEFAULT_TIME_WINDOW, max_min_payment: int = 10_000,
+    ) -> Channel:
+        """Open a channel of `value` sat to host:port, or resume the stored one to it."""
+        peer = f"{host}:{port}"
+        policy = ClientPolicy(value, time_window, max_min_payment)
+        while True:
+            resume = self.resumable(peer)
+            machine = ClientChannel(policy, PrivateKey.generate(), int(self.clock()), version,
+                                    resume=resume, peer=peer)
+            stream = await open_connection(host, port, self.handshake_timeout)
+            channel = Channel(self, machine, stream)
+            refused = await channel._handshake()
+            if refused is None:
+                return channel
+            if refused.version not in FALLBACK:
+                raise ChannelFailed(f"{peer} refused protocol version {refused.version}: "
+                                    f"{refused.explanation}")
+            log.info("%s refused version %s; trying %s", peer, version, FALLBACK[version])
+            version = FALLBACK[version]
+
+
+class Channel:
+    """An open channel on a live connection. One payment at a time."""
+
+    def __init__(self, client: PaymentClient, machine: ClientChannel,
+                 stream: MessageStream) -> None:
+        self.client = client
+        self.machine = machine
+        self.stream = stream
+        self.funded_inputs: tuple[tuple[str, int], ...] = ()
+        self.stored = machine.record is not None
+        self._events: list[Effect] = []
+        self._lock = asyncio.Lock()
+
+    @property
+    def record(self) -> ChannelRecord:
+        if self.machine.record is None:
+            raise LocalProtocolError("the channel has no contract yet")
+        return self.machine.record
+
+    @property
+    def contract_txid(self) -> str:
+        return self.record.contract_txid
+
+    @property
+    def version(self) -> int:
+        return self.machine.version
+
+    @property
+    def remaining(self) -> int:
+        """What the client can still pay."""
+        return self.record.change
+
+    @property
+    def paid(self) -> int:
+        return self.record.paid
+
+    async def pay(self, amount: int, info: bytes = b"") -> bytes:
+        """Pay `amount` sat more; returns once the server acknowledged it (with its info)."""
+        async with self._lock:
+            await self._run(self.machine.pay(amount, info))
+            ack = await self._until(PaymentAcknowledged)
+            assert isinstance(ack, PaymentAcknowledged)
+            return ack.info
+
+    async def close(self, timeout: float = 60.0) -> Transaction:
+        """Ask the server to settle; return the settlement once received and checked (or, if
+        the server hung up without sending it, once found in the node's mempool)."""
+        async with self._lock:
+            if self.machine.state in (ClientState.OPEN, ClientState.WAITING_FOR_ACK):
+                await self._run(self.machine.close())
+            try:
+                closed = await self._until(ChannelClosed, timeout)
+                assert isinstance(closed, ChannelClosed)
+                return closed.settlement
+            except ChannelFailed:
+                return await self._settlement_from_chain(timeout)
+
+    async def disconnect(self) -> None:
+        """Hang up without closing: the channel stays stored and `open` resumes it."""
+        self.machine.connection_lost()
+        await self.stream.close()
+
+    # -- driving the machine ---------------------------------------------------------------
+
+    async def _handshake(self) -> VersionRefused | None:
+        try:
+            await self._run(self.machine.start())
+            opened = await self._until((ChannelOpened, VersionRefused),
+                                       self.client.handshake_timeout)
+        except BaseException:
+            await self._abandon()
+            raise
+        if isinstance(opened, VersionRefused):
+            await self.stream.close()
+            return opened
+        if isinstance(opened, ChannelOpened) and opened.resumed:
+            await self._until(PaymentAcknowledged, self.client.handshake_timeout)
+        return None
+
+    async def _abandon(self) -> None:
+        """Before the contract left us, its coins can go back to the wallet."""
+        await self.stream.close()
+        if self.funded_inputs and not self.stored:
+            await self.client.wallet.release(self.funded_inputs)
+
+    async def _until(self, wanted: type | tuple[type, ...], timeout: float | None = None
+                     ) -> Effect:
+        """Read and handle messages until the machine reports a `wanted` event."""
+        while True:
+            for event in self._events:
+                if isinstance(event, wanted):
+                    self._events.remove(event)
+                    return event
+            for event in self._events:
+                if isinstance(event, PeerError):
+                    self._events.clear()
+                    raise ChannelFailed(self._explain(event))
+            if self.machine.state is ClientState.CLOSED:
+                raise ChannelFailed("the connection ended; the channel stays stored and can be "
+                                    "resumed, or refunded after its expiry")
+            try:
+                message = await self.stream.receive(timeout)
+            except RemoteProtocolError as exc:
+                self.machine.connection_lost()
+                await self.stream.close()
+                raise ChannelFailed(f"{self.machine.peer}: {exc}") from exc
+            if message is None:
+                self.machine.connection_lost()
+                continue
+            await self._run(self.machine.receive(message))
+
+    def _explain(self, event: PeerError) -> str:
+        who = "the server said" if event.remote else "we refused the server"
+        return f"{who}: {event.code.name}: {event.explanation}"
+
+    async def _run(self, effects: list[Effect]) -> None:
+        queue = list(effects)
+        outbox: list[pb.TwoWayChannelMessage] = []
+        while queue:
+            effect = queue.pop(0)
+            if isinstance(effect, Send):
+                outbox.append(effect.message)
+                continue
+            if outbox:
+                await _send(self.stream, outbox)
+                outbox = []
+            match effect:
+                case StoreChannel(record):
+                    await asyncio.to_thread(self.client.store.put, record)
+                    self.stored = True
+                case StorePayment(record, amount, info):
+                    await asyncio.to_thread(self.client.store.record_payment, record, amount, info)
+                case FundContract(script, value):
+                    queue[:0] = await self._fund(script, value)
+                case Disconnect(reason):
+                    log.info("%s: %s", self.machine.peer, reason)
+                    await self.stream.close()
+                    self._events.append(effect)
+                case _:
+                    self._events.append(effect)
+        if outbox:
+            await _send(self.stream, outbox)
+
+    async def _fund(self, script: bytes, value: int) -> list[Effect]:
+        key = self.machine.key
+        await self.client.wallet.watch_key(key.to_wif(self.client.network))
+        funded = await self.client.wallet.fund(script, value)
+        self.funded_inputs = funded.inputs
+        return self.machine.contract_funded(funded.tx)
+
+    async def _settlement_from_chain(self, timeout: float) -> Transaction:
+        record = self.record
+        deadline = time.monotonic() + timeout
+        while True:
+            spender = await self.client.wallet.spender(record.contract_txid, 0)
+            if spender is not None:
+                try:
+                    check_settlement(record, spender)
+                except ProtocolError as exc:
+                    raise ChannelFailed(f"the contract was spent by {spender.txid_hex}, which "
+                                        f"is not a settlement we accept: {exc}") from exc
+                closing = replace(record, status=ChannelStatus.CLOSING,
+                                  settlement_tx=spender.serialize())
+                await asyncio.to_thread(self.client.store.put, closing)
+                self.machine.record = closing
+                return spender
+            if time.monotonic() > deadline:
+                raise ChannelFailed("the server hung up without settling; the channel stays "
+                                    "stored and is refunded after its expiry")
+            await asyncio.sleep(0.2)
+
+
+async def _send(stream: MessageStream, outbox: list[pb.TwoWayChannelMessage]) -> None:
+    with contextlib.suppress(ConnectionError):
+        await stream.send_many(outbox)

@@ -1,0 +1,247 @@
+"""The payment server: listens on TCP and runs one ServerChannel per connection.
+
+It carries out the machines' effects in order — store, broadcast, send — with the durable
+store written before any message that acknowledges what was stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+
+from bitcoind_paychan.bitcoin.keys import PrivateKey
+from bitcoind_paychan.bitcoin.tx import Transaction
+from bitcoind_paychan.channel import messages
+from bitcoind_paychan.channel.effects import (
+    Broadcast,
+    ChannelClosed,
+    ChannelOpened,
+    ClaimChannel,
+    Disconnect,
+    Effect,
+    LoadChannel,
+    PaymentReceived,
+    PeerError,
+    PrepareSettlement,
+    Send,
+    StoreChannel,
+    StorePayment,
+)
+from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
+from bitcoind_paychan.channel.server import ServerChannel, ServerPolicy, ServerState
+from bitcoind_paychan.errors import (
+    ErrorCode,
+    LocalProtocolError,
+    NodeError,
+    RemoteProtocolError,
+    TransactionRejected,
+)
+from bitcoind_paychan.service.chain import ServerWallet
+from bitcoind_paychan.store import ChannelStore
+from bitcoind_paychan.wire import MessageStream, pb
+
+log = logging.getLogger(__name__)
+HANDSHAKE_TIMEOUT = 15.0  # bitcoinj's idle timeout while a channel is being set up
+ACK = pb.TwoWayChannelMessage.PAYMENT_ACK
+
+ServerEvent = ChannelOpened | PaymentReceived | ChannelClosed | PeerError
+PaymentHandler = Callable[[PaymentReceived], bytes | Awaitable[bytes | None] | None]
+
+
+class PaymentServer:
+    """Accepts payment channels. `on_payment` may return bytes to attach to the ack."""
+
+    def __init__(
+        self,
+        wallet: ServerWallet,
+        store: ChannelStore,
+        policy: ServerPolicy | None = None,
+        *,
+        on_payment: PaymentHandler | None = None,
+        on_event: Callable[[ServerEvent], None] | None = None,
+        clock: Callable[[], float] = time.time,
+        fee_target: int = 6,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    ) -> None:
+        self.wallet = wallet
+        self.store = store
+        self.policy = policy or ServerPolicy()
+        self.on_payment = on_payment
+        self.on_event = on_event
+        self.clock = clock
+        self.fee_target = fee_target
+        self.handshake_timeout = handshake_timeout
+        self._server: asyncio.Server | None = None
+        self._owners: dict[str, MessageStream] = {}  # contract txid → its current connection
+        self._connections: set[asyncio.Task[None]] = set()
+
+    async def listen(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
+        """Start accepting connections; returns the bound (host, port)."""
+        self._server = await asyncio.start_server(self._accept, host, port)
+        bound = self._server.sockets[0].getsockname()
+        log.info("payment server listening on %s:%s", bound[0], bound[1])
+        return str(bound[0]), int(bound[1])
+
+    async def stop(self) -> None:
+        """Stop accepting, let connections finish their current message, and hang up."""
+        if self._server:
+            self._server.close()
+        for stream in list(self._owners.values()):
+            await stream.close()
+        for task in list(self._connections):
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+        if self._server:
+            await self._server.wait_closed()
+
+    def channels(self, statuses: tuple[ChannelStatus, ...] | None = None) -> list[ChannelRecord]:
+        return self.store.channels(Role.SERVER, statuses)
+
+    async def settle(self, contract_txid: str) -> Transaction:
+        """Settle a stored open channel now, whether or not its client is connected."""
+        record = self.store.get(Role.SERVER, contract_txid)
+        if record is None or record.status is not ChannelStatus.OPEN:
+            raise LocalProtocolError(f"no open server channel with contract {contract_txid}")
+        owner = self._owners.pop(contract_txid, None)
+        if owner is not None:
+            await owner.close()
+        machine = ServerChannel(self.policy, record.key, int(self.clock()))
+        machine.record, machine.state = record, ServerState.OPEN
+        effects = await self._settlement(machine, contract_txid)
+        settlement = next(e.settlement for e in effects if isinstance(e, ChannelClosed))
+        await self._carry_out(machine, None, effects)
+        return settlement
+
+    # -- connections -----------------------------------------------------------------------
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        stream = MessageStream(reader, writer)
+        try:
+            await self._serve(stream)
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("connection from %s failed", stream.peername)
+        finally:
+            self._connections.discard(task)
+            for txid, owner in list(self._owners.items()):
+                if owner is stream:
+                    del self._owners[txid]
+            await stream.close()
+
+    async def _serve(self, stream: MessageStream) -> None:
+        machine = ServerChannel(self.policy, PrivateKey.generate(), int(self.clock()))
+        while machine.state is not ServerState.CLOSED:
+            timeout = None if machine.state is ServerState.OPEN else self.handshake_timeout
+            try:
+                message = await stream.receive(timeout)
+            except RemoteProtocolError as exc:
+                log.info("%s: %s", stream.peername, exc)
+                with contextlib.suppress(ConnectionError):
+                    await stream.send(messages.error(exc.code, str(exc)))
+                return
+            if message is None:
+                log.info("%s left (%s)", stream.peername, machine.state.value)
+                machine.connection_lost()
+                return
+            if not await self._carry_out(machine, stream, machine.receive(message)):
+                return
+
+    async def _carry_out(self, machine: ServerChannel, stream: MessageStream | None,
+                         effects: list[Effect]) -> bool:
+        """Do what the machine asked, in order. False once the connection must end."""
+        queue = list(effects)
+        outbox: list[pb.TwoWayChannelMessage] = []
+        while queue:
+            effect = queue.pop(0)
+            if isinstance(effect, Send):
+                outbox.append(effect.message)
+                continue
+            if outbox and stream is not None:  # flush before anything that is not a send
+                await _send(stream, outbox)
+            outbox = []
+            match effect:
+                case StoreChannel(record):
+                    await asyncio.to_thread(self.store.put, record)
+                case StorePayment(record, amount, info):
+                    await asyncio.to_thread(self.store.record_payment, record, amount, info)
+                case Broadcast():
+                    if not await self._broadcast(machine, effect, queue):
+                        queue = [Send(messages.error(ErrorCode.BAD_TRANSACTION, "the node refused "
+                                      f"the {effect.purpose}; see the server log")),
+                                 Disconnect(f"{effect.purpose} refused")]
+                case LoadChannel(txid):
+                    loaded = await asyncio.to_thread(self.store.get, Role.SERVER, txid)
+                    queue[:0] = machine.channel_loaded(loaded)
+                case ClaimChannel(txid):
+                    previous = self._owners.get(txid)
+                    if stream is not None:
+                        self._owners[txid] = stream
+                    if previous is not None and previous is not stream:
+                        log.info("channel %s moved to a new connection", txid)
+                        await previous.close()
+                case PrepareSettlement(txid):
+                    queue[:0] = await self._settlement(machine, txid)
+                case PaymentReceived():
+                    ack_info = await self._notify_payment(effect)
+                    ack = next((e.message for e in queue if isinstance(e, Send)), None)
+                    if ack_info and ack is not None and ack.type == ACK:
+                        ack.payment_ack.info = ack_info
+                case ChannelOpened() | ChannelClosed() | PeerError():
+                    if self.on_event:
+                        self.on_event(effect)
+                case Disconnect(reason):
+                    log.info("closing connection: %s", reason)
+                    if stream is not None:
+                        await stream.close()
+                    return False
+        if outbox and stream is not None:
+            await _send(stream, outbox)
+        return True
+
+    async def _settlement(self, machine: ServerChannel, txid: str) -> list[Effect]:
+        try:
+            fee_rate = await self.wallet.fee_rate(self.fee_target)
+            payout = await self.wallet.payout_script()
+            return machine.settle(fee_rate, payout)
+        except (NodeError, LocalProtocolError) as exc:
+            log.error("cannot settle channel %s now: %s", txid, exc)
+            return [Send(messages.error(ErrorCode.OTHER, f"cannot settle now: {exc}")),
+                    Disconnect("settlement failed")]
+
+    async def _broadcast(self, machine: ServerChannel, effect: Broadcast,
+                         queue: list[Effect]) -> bool:
+        try:
+            await self.wallet.broadcast(effect.tx)
+            log.info("broadcast %s %s", effect.purpose, effect.tx.txid_hex)
+            return True
+        except (TransactionRejected, NodeError) as exc:
+            log.error("broadcast of %s %s failed: %s", effect.purpose, effect.tx.txid_hex, exc)
+        record = machine.record
+        if record is not None:  # the money never moved: keep the record truthful
+            status = ChannelStatus.FAILED if effect.purpose == "contract" else ChannelStatus.OPEN
+            await asyncio.to_thread(self.store.put, replace(record, status=status))
+        return False
+
+    async def _notify_payment(self, event: PaymentReceived) -> bytes | None:
+        if self.on_event:
+            self.on_event(event)
+        if self.on_payment is None:
+            return None
+        result = self.on_payment(event)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+
+async def _send(stream: MessageStream, outbox: list[pb.TwoWayChannelMessage]) -> None:
+    with contextlib.suppress(ConnectionError):
+        await stream.send_many(outbox)

@@ -1,0 +1,111 @@
+"""The store's contract: what every engine promises, and the refusals they share.
+
+A payment is acknowledged to the peer only after `record_payment` returns, so a durable engine
+must have it on disk (surviving a crash and a power loss) by then.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Protocol, Self, runtime_checkable
+
+from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
+from bitcoind_paychan.errors import StoreError
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentLogEntry:
+    """One stored payment: `amount` paid, leaving the client `change_after`.
+
+    `seq` orders the whole log of one store and is never reused, even after `forget`.
+    """
+
+    role: Role
+    contract_txid: str
+    amount: int
+    change_after: int
+    info: bytes
+    seq: int
+
+
+@runtime_checkable
+class ChannelStore(Protocol):
+    """Channel records keyed by (role, contract_txid), plus an append-only payment log.
+
+    Every method is atomic and thread-safe; errors are `StoreError`s.
+    """
+
+    def put(self, record: ChannelRecord) -> None:
+        """Insert or replace the whole record. Refuses a stale record whose `change` is above
+        the stored one (it would lose payments)."""
+        ...
+
+    def record_payment(self, record: ChannelRecord, amount: int, info: bytes = b"") -> None:
+        """Store `record`'s change/signature/payments and log the payment, in one transaction.
+        Refuses an unknown channel and a `change` above the stored one."""
+        ...
+
+    def get(self, role: Role, contract_txid: str) -> ChannelRecord | None:
+        """The stored record, or None."""
+        ...
+
+    def channels(
+        self, role: Role | None = None, statuses: Iterable[ChannelStatus] | None = None
+    ) -> list[ChannelRecord]:
+        """Stored records, optionally of one role and some statuses, by (role, contract_txid)."""
+        ...
+
+    def payments(
+        self, role: Role, contract_txid: str | None = None, limit: int | None = None
+    ) -> list[PaymentLogEntry]:
+        """Logged payments of `role` (and one channel if given), newest first, at most `limit`."""
+        ...
+
+    def forget(self, role: Role, contract_txid: str) -> None:
+        """Delete a settled, refunded or failed channel and its payment log; refuse any other
+        (its money is not settled). Forgetting an unknown channel does nothing."""
+        ...
+
+    def close(self) -> None:
+        """Release the store; later calls raise StoreError. Closing twice is harmless."""
+        ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+# -- refusals shared by the engines, so they say the same thing ----------------------------
+
+
+def not_stored(role: Role, contract_txid: str) -> StoreError:
+    return StoreError(
+        f"cannot record a payment on {role} channel {contract_txid}: it is not stored; "
+        "put() the channel before accepting payments on it"
+    )
+
+
+def change_increased(role: Role, contract_txid: str, stored: int, new: int) -> StoreError:
+    return StoreError(
+        f"refusing to store {role} channel {contract_txid} with change {new} above the stored "
+        f"{stored}: a payment never returns money to the client. The record is stale or wrong; "
+        "re-read it with get() and apply the update to that"
+    )
+
+
+def not_final(role: Role, contract_txid: str, status: ChannelStatus) -> StoreError:
+    return StoreError(
+        f"refusing to forget {role} channel {contract_txid}: its status is {status}, so its "
+        "money is not settled; forget it only once it is settled, refunded or failed"
+    )
+
+
+def closed() -> StoreError:
+    return StoreError("the channel store is closed; open it again to use it")

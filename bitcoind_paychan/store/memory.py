@@ -1,0 +1,120 @@
+"""A ChannelStore in plain dicts. NOT durable: everything is lost with the process.
+
+For tests and tools only; never acknowledge real payments stored here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Iterable
+from dataclasses import replace
+from types import TracebackType
+from typing import Self
+
+from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
+from bitcoind_paychan.store.base import (
+    PaymentLogEntry,
+    change_increased,
+    closed,
+    not_final,
+    not_stored,
+)
+
+_Key = tuple[Role, str]
+
+
+class MemoryStore:
+    """The ChannelStore contract, in memory, thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._records: dict[_Key, ChannelRecord] = {}
+        self._log: list[PaymentLogEntry] = []
+        self._seq = itertools.count(1)
+        self._closed = False
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise closed()
+
+    def put(self, record: ChannelRecord) -> None:
+        key = (Role(record.role), record.contract_txid)
+        with self._lock:
+            self._check_open()
+            old = self._records.get(key)
+            if old is not None and record.change > old.change:
+                raise change_increased(*key, old.change, record.change)
+            self._records[key] = record
+
+    def record_payment(self, record: ChannelRecord, amount: int, info: bytes = b"") -> None:
+        key = (Role(record.role), record.contract_txid)
+        with self._lock:
+            self._check_open()
+            old = self._records.get(key)
+            if old is None:
+                raise not_stored(*key)
+            if record.change > old.change:
+                raise change_increased(*key, old.change, record.change)
+            self._records[key] = replace(
+                old, change=record.change, signature=record.signature, payments=record.payments
+            )
+            self._log.append(
+                PaymentLogEntry(*key, amount, record.change, bytes(info), next(self._seq))
+            )
+
+    def get(self, role: Role, contract_txid: str) -> ChannelRecord | None:
+        with self._lock:
+            self._check_open()
+            return self._records.get((Role(role), contract_txid))
+
+    def channels(
+        self, role: Role | None = None, statuses: Iterable[ChannelStatus] | None = None
+    ) -> list[ChannelRecord]:
+        wanted = None if statuses is None else {ChannelStatus(s) for s in statuses}
+        with self._lock:
+            self._check_open()
+            return [
+                rec
+                for key, rec in sorted(self._records.items(), key=lambda item: item[0])
+                if (role is None or key[0] == role) and (wanted is None or rec.status in wanted)
+            ]
+
+    def payments(
+        self, role: Role, contract_txid: str | None = None, limit: int | None = None
+    ) -> list[PaymentLogEntry]:
+        with self._lock:
+            self._check_open()
+            found = [
+                e
+                for e in reversed(self._log)
+                if e.role == role and (contract_txid is None or e.contract_txid == contract_txid)
+            ]
+        return found if limit is None else found[: max(limit, 0)]
+
+    def forget(self, role: Role, contract_txid: str) -> None:
+        key = (Role(role), contract_txid)
+        with self._lock:
+            self._check_open()
+            rec = self._records.get(key)
+            if rec is None:
+                return
+            if not rec.status.final:
+                raise not_final(*key, rec.status)
+            del self._records[key]
+            self._log = [e for e in self._log if (e.role, e.contract_txid) != key]
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,221 @@
+"""The client state machine, driven against the server state machine in memory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bitcoind_paychan.bitcoin.keys import PrivateKey
+from bitcoind_paychan.bitcoin.tx import Transaction
+from bitcoind_paychan.channel.client import ClientChannel, ClientPolicy, ClientState
+from bitcoind_paychan.channel.contract import DUST
+from bitcoind_paychan.channel.effects import (
+    ChannelClosed,
+    ChannelOpened,
+    FundContract,
+    PaymentAcknowledged,
+    PaymentReceived,
+    PeerError,
+    Send,
+    VersionRefused,
+)
+from bitcoind_paychan.channel.records import ChannelStatus
+from bitcoind_paychan.channel.server import ServerChannel, ServerPolicy, ServerState
+from bitcoind_paychan.errors import ErrorCode, LocalProtocolError
+from bitcoind_paychan.wire import error_code, pb
+from tests.channel.pump import PAYOUT, Pump
+
+T = pb.TwoWayChannelMessage
+NOW = 1_700_000_000
+VALUE = 1_000_000
+
+
+def make_pump(version: int = 3, value: int = VALUE, **server_policy: Any) -> Pump:
+    client = ClientChannel(ClientPolicy(value), PrivateKey.generate(), NOW, version)
+    server = ServerChannel(ServerPolicy(**server_policy), PrivateKey.generate(), NOW)
+    return Pump(client, server)
+
+
+def opened(version: int) -> Pump:
+    pump = make_pump(version)
+    pump.run(pump.client.start())
+    assert pump.client.state is ClientState.OPEN
+    return pump
+
+
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_open_pay_close(version: int) -> None:
+    pump = opened(version)
+    refund = [T.RETURN_REFUND] if version == 1 else []
+    assert [m.type for m in pump.sent("server")] == [T.SERVER_VERSION, T.INITIATE, *refund,
+                                                      T.CHANNEL_OPEN]
+    assert pump.server.state is ServerState.OPEN
+    record = pump.client.record
+    assert record is not None and record.change == VALUE - 1000
+    if version == 1:
+        assert record.refund_tx  # stored fully signed before the contract was sent
+    else:
+        assert not record.refund_tx
+    assert pump.client_store[record.contract_txid].change == VALUE - 1000
+    for _ in range(10):
+        pump.run(pump.client.pay(5_000, b"tick"))
+    assert pump.server.record is not None
+    assert pump.server.record.change == VALUE - 1000 - 50_000
+    assert pump.server_store[record.contract_txid].change == VALUE - 51_000
+    received = [e for e in pump.server_log if isinstance(e, PaymentReceived)]
+    assert [e.amount for e in received] == [1000] + [5000] * 10
+    assert {e.info for e in received[1:]} == {b"tick"}
+    acks = [e for e in pump.client_log if isinstance(e, PaymentAcknowledged)]
+    assert len(acks) == 10
+    pump.run(pump.client.close())
+    assert pump.client.state is ClientState.CLOSED
+    (closed,) = [e for e in pump.client_log if isinstance(e, ChannelClosed)]
+    settlement = closed.settlement
+    assert settlement.outputs[0].value == VALUE - 51_000
+    assert settlement.outputs[1].script_pubkey == PAYOUT
+    fee = VALUE - sum(o.value for o in settlement.outputs)
+    # Sized with worst-case signatures: never under the rate, at most a few bytes over it.
+    assert 2 * settlement.vsize <= fee <= 2 * (settlement.vsize + 6)
+    assert pump.client_store[record.contract_txid].status is ChannelStatus.CLOSING
+    assert pump.server_store[record.contract_txid].settlement_tx == settlement.serialize()
+
+
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_exhausting_the_channel_settles(version: int) -> None:
+    pump = opened(version)
+    record = pump.client.record
+    assert record is not None
+    pump.run(pump.client.pay(record.change - DUST + 1))  # leaves dust: paid to the server
+    server_record = pump.server_store[record.contract_txid]
+    assert server_record.change == 0
+    closed = [e for e in pump.client_log if isinstance(e, ChannelClosed)]
+    assert len(closed) == 1
+    assert [o.script_pubkey for o in closed[0].settlement.outputs] == [PAYOUT]
+
+
+def test_resume_resends_the_last_payment_and_continues() -> None:
+    pump = opened(3)
+    pump.run(pump.client.pay(10_000))
+    record = pump.client.record
+    assert record is not None
+    # The client signs and stores a payment, but the connection drops before it arrives.
+    lost = pump.client.pay(20_000)
+    assert isinstance(lost[-1], Send)
+    stored = pump.client_store[record.contract_txid] = lost[0].record  # type: ignore[union-attr]
+    client = ClientChannel(ClientPolicy(VALUE), PrivateKey.generate(), NOW + 60, resume=stored)
+    server = ServerChannel(ServerPolicy(), PrivateKey.generate(), NOW + 60)
+    resumed = Pump(client, server, pump.client_store, pump.server_store)
+    resumed.run(client.start())
+    assert [m.type for m in resumed.sent("server")] == [T.SERVER_VERSION, T.CHANNEL_OPEN,
+                                                         T.PAYMENT_ACK]
+    assert resumed.server_store[record.contract_txid].change == VALUE - 31_000
+    assert any(isinstance(e, ChannelOpened) and e.resumed for e in resumed.client_log)
+    resumed.run(client.pay(1_000))
+    assert resumed.server_store[record.contract_txid].change == VALUE - 32_000
+    resumed.run(client.pay(0 + 1_000))
+    resumed.run(client.close())
+    assert client.state is ClientState.CLOSED
+
+
+def test_resume_of_an_already_acknowledged_payment_is_not_counted_twice() -> None:
+    pump = opened(2)
+    pump.run(pump.client.pay(10_000))
+    stored = pump.client.record
+    assert stored is not None
+    client = ClientChannel(ClientPolicy(VALUE), PrivateKey.generate(), NOW, resume=stored)
+    resumed = Pump(client, ServerChannel(ServerPolicy(), PrivateKey.generate(), NOW),
+                   pump.client_store, pump.server_store)
+    resumed.run(client.start())
+    assert not [e for e in resumed.server_log if isinstance(e, PaymentReceived)]
+    assert resumed.server_store[stored.contract_txid].change == stored.change
+
+
+def test_unknown_channel_on_resume_starts_afresh_but_client_refuses_to_refund() -> None:
+    pump = opened(3)
+    stored = pump.client.record
+    assert stored is not None
+    client = ClientChannel(ClientPolicy(VALUE), PrivateKey.generate(), NOW, resume=stored)
+    other = Pump(client, ServerChannel(ServerPolicy(), PrivateKey.generate(), NOW))
+    other.run(client.start())  # this server never heard of the channel: it sends INITIATE
+    errors = [e for e in other.client_log if isinstance(e, PeerError)]
+    assert errors and errors[0].code is ErrorCode.SYNTAX_ERROR
+    assert not any(isinstance(e, FundContract) for e in other.client_log)
+
+
+def test_server_refusing_our_version_is_reported_for_fallback() -> None:
+    pump = make_pump(3)
+    pump.server.policy = ServerPolicy(versions=(1, 2))
+    pump.run(pump.client.start())
+    refused = [e for e in pump.client_log if isinstance(e, VersionRefused)]
+    assert refused and refused[0].version == 3
+
+
+@pytest.mark.parametrize(
+    ("server_policy", "client_policy", "code", "expected"),
+    [
+        ({"min_channel_size": 2 * VALUE}, ClientPolicy(VALUE), ErrorCode.CHANNEL_VALUE_TOO_LARGE,
+         VALUE),
+        ({"min_payment": 50_000}, ClientPolicy(VALUE, max_min_payment=10_000),
+         ErrorCode.MIN_PAYMENT_TOO_LARGE, 10_000),
+        ({"min_time_window": 3 * 24 * 3600}, ClientPolicy(VALUE, time_window=24 * 3600),
+         ErrorCode.TIME_WINDOW_UNACCEPTABLE, None),
+    ],
+)
+def test_client_refuses_unacceptable_terms(
+    server_policy: dict[str, Any], client_policy: ClientPolicy, code: ErrorCode,
+    expected: int | None,
+) -> None:
+    client = ClientChannel(client_policy, PrivateKey.generate(), NOW, 2)
+    pump = Pump(client, ServerChannel(ServerPolicy(**server_policy), PrivateKey.generate(), NOW))
+    pump.run(client.start())
+    (error,) = [m for m in pump.sent("client") if m.type == T.ERROR]
+    assert error_code(error.error) is code
+    if expected is not None:
+        assert error.error.expected_value == expected
+    assert client.state is ClientState.CLOSED
+
+
+def test_client_refuses_a_bad_server_key() -> None:
+    client = ClientChannel(ClientPolicy(VALUE), PrivateKey.generate(), NOW, 2)
+    client.start()
+    client.receive(_server_version(2))
+    bad = T(type=T.INITIATE)
+    bad.initiate.multisig_key = b"\x04" + bytes(64)
+    bad.initiate.min_accepted_channel_size, bad.initiate.min_payment = 1000, 1000
+    bad.initiate.expire_time_secs = NOW + 3600
+    effects = client.receive(bad)
+    assert isinstance(effects[0], Send)
+    assert error_code(effects[0].message.error) is ErrorCode.BAD_TRANSACTION
+
+
+def _server_version(major: int) -> T:
+    msg = T(type=T.SERVER_VERSION)
+    msg.server_version.major = major
+    return msg
+
+
+def test_pay_checks() -> None:
+    pump = opened(3)
+    with pytest.raises(LocalProtocolError, match="below the server's minimum"):
+        pump.client.pay(999)
+    with pytest.raises(LocalProtocolError, match="cannot pay"):
+        pump.client.pay(VALUE)
+    with pytest.raises(LocalProtocolError, match="positive"):
+        pump.client.pay(0)
+    pump.client.pay(1000)  # in flight
+    with pytest.raises(LocalProtocolError, match="waiting for PAYMENT_ACK"):
+        pump.client.pay(1000)
+
+
+def test_client_rejects_a_settlement_that_shortchanges_it() -> None:
+    pump = opened(3)
+    record = pump.client.record
+    assert record is not None
+    pump.client.close()
+    bogus = Transaction.parse(record.contract_tx)  # does not spend the contract
+    close = T(type=T.CLOSE)
+    close.settlement.tx = bogus.serialize()
+    effects = pump.client.receive(close)
+    assert isinstance(effects[0], Send)
+    assert error_code(effects[0].message.error) is ErrorCode.BAD_TRANSACTION

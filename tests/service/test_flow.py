@@ -1,0 +1,94 @@
+"""Open → pay → close → settle on real regtest nodes, for versions 1, 2 and 3."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bitcoind_paychan.bitcoin.tx import Transaction
+from bitcoind_paychan.channel.records import ChannelStatus, Role
+from bitcoind_paychan.node import to_sat
+from bitcoind_paychan.service.client import Channel
+from tests.service.conftest import Sides
+
+VALUE = 1_000_000
+
+
+def wallet_utxo(node_rpc: object, txid: str, vout: int) -> int | None:
+    """The value of txid:vout if the node's wallet counts it as its own."""
+    for coin in node_rpc.wallet_rpc("listunspent", 0):  # type: ignore[attr-defined]
+        if coin["txid"] == txid and coin["vout"] == vout:
+            return to_sat(coin["amount"])
+    return None
+
+
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_open_pay_close_settles_on_chain(sides: Sides, version: int) -> None:
+    async def scenario() -> tuple[Channel, Transaction]:
+        server = sides.server()
+        host, port = await server.listen()
+        channel = await sides.client().open(host, port, VALUE, version=version)
+        assert channel.version == version
+        for i in range(40):
+            assert await channel.pay(2_000, f"item {i}".encode()) == b""
+        settlement = await channel.close()
+        await server.stop()
+        return channel, settlement
+
+    channel, settlement = asyncio.run(scenario())
+    paid = 1_000 + 40 * 2_000
+    assert channel.paid == paid
+    assert [p.amount for p in sides.payments()] == [1_000] + [2_000] * 40
+    assert sides.payments()[5].info == b"item 4"
+    sides.mine(1)
+    status = sides.client_node.rpc("getrawtransaction", settlement.txid_hex, True)
+    assert status["confirmations"] == 1
+    change, share = settlement.outputs[0].value, settlement.outputs[1].value
+    fee = VALUE - change - share
+    assert change == VALUE - paid
+    assert 0 < fee < 2_000
+    assert wallet_utxo(sides.server_node, settlement.txid_hex, 1) == share
+    assert wallet_utxo(sides.client_node, settlement.txid_hex, 0) == change
+    server_record = sides.server().store.get(Role.SERVER, channel.contract_txid)
+    assert server_record is not None and server_record.status is ChannelStatus.CLOSING
+    assert server_record.settlement_tx == settlement.serialize()
+    client_record = sides.client().store.get(Role.CLIENT, channel.contract_txid)
+    assert client_record is not None and client_record.status is ChannelStatus.CLOSING
+
+
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_exhausting_a_channel_settles_everything_to_the_server(sides: Sides,
+                                                               version: int) -> None:
+    async def scenario() -> tuple[Channel, Transaction]:
+        server = sides.server()
+        host, port = await server.listen()
+        channel = await sides.client().open(host, port, 200_000, version=version)
+        while channel.remaining > 50_000:
+            await channel.pay(50_000)
+        await channel.pay(channel.remaining)
+        settlement = await channel.close()
+        await server.stop()
+        return channel, settlement
+
+    channel, settlement = asyncio.run(scenario())
+    assert channel.remaining == 0
+    assert len(settlement.outputs) == 1
+    sides.mine(1)
+    assert wallet_utxo(sides.server_node, settlement.txid_hex, 0) == settlement.outputs[0].value
+    assert settlement.outputs[0].value > 200_000 - 2_000
+
+
+def test_client_falls_back_to_version_2(sides: Sides) -> None:
+    from bitcoind_paychan.channel.server import ServerPolicy
+
+    async def scenario() -> int:
+        server = sides.server(ServerPolicy(versions=(1, 2)))
+        host, port = await server.listen()
+        channel = await sides.client().open(host, port, VALUE)
+        await channel.pay(5_000)
+        await channel.close()
+        await server.stop()
+        return channel.version
+
+    assert asyncio.run(scenario()) == 2

@@ -1,0 +1,46 @@
+"""The server vanishes: after the expiry the client's refund confirms, for every version."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bitcoind_paychan.channel.contract import V1_REFUND_FEE
+from bitcoind_paychan.errors import TransactionRejected
+from bitcoind_paychan.service.client import Channel, PaymentClient
+from tests.service.conftest import Sides, advance_chain_time
+from tests.service.test_flow import wallet_utxo
+
+VALUE = 500_000
+
+
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_refund_after_the_server_vanishes(sides: Sides, version: int) -> None:
+    client = sides.client()
+
+    async def open_then_lose_the_server() -> Channel:
+        server = sides.server()
+        host, port = await server.listen()
+        channel = await client.open(host, port, VALUE, version=version)
+        await channel.pay(10_000)
+        await server.stop()  # gone, without settling
+        return channel
+
+    channel = asyncio.run(open_then_lose_the_server())
+    record = channel.record
+    sides.mine(1)
+    assert sides.client_node.rpc("getrawtransaction", record.contract_txid, True)["confirmations"]
+    with pytest.raises(TransactionRejected, match="not valid yet"):
+        asyncio.run(client.refund(record.contract_txid))
+    advance_chain_time(sides, record.contract.expiry)
+    refund = asyncio.run(PaymentClient(client.wallet, client.store).refund(record.contract_txid))
+    sides.client_node.mine(1)
+    assert sides.client_node.rpc("getrawtransaction", refund.txid_hex, True)["confirmations"] == 1
+    assert refund.locktime == record.contract.expiry
+    fee = VALUE - refund.outputs[0].value
+    if version == 1:
+        assert fee == V1_REFUND_FEE
+    else:
+        assert 0 < fee < 1_000
+    assert wallet_utxo(sides.client_node, refund.txid_hex, 0) == VALUE - fee

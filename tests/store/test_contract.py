@@ -1,0 +1,198 @@
+"""The ChannelStore contract, run against every engine."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from bitcoind_paychan.channel.records import ChannelStatus, Role
+from bitcoind_paychan.errors import StoreError
+from bitcoind_paychan.store import ChannelStore, MemoryStore, SQLiteStore
+from tests.store.helpers import Channel, assert_same
+
+OPEN, CLOSING = ChannelStatus.OPEN, ChannelStatus.CLOSING
+FINAL = [s for s in ChannelStatus if s.final]
+NOT_FINAL = [s for s in ChannelStatus if not s.final]
+
+
+@pytest.fixture(params=["sqlite-file", "sqlite-memory", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ChannelStore]:
+    engines: dict[str, Callable[[], ChannelStore]] = {
+        "sqlite-file": lambda: SQLiteStore(tmp_path / "channels.db"),
+        "sqlite-memory": lambda: SQLiteStore(":memory:"),
+        "memory": MemoryStore,
+    }
+    with engines[request.param]() as opened:
+        assert isinstance(opened, ChannelStore)
+        yield opened
+
+
+@pytest.mark.parametrize("status", list(ChannelStatus))
+@pytest.mark.parametrize("role", list(Role))
+def test_full_record_round_trip(store: ChannelStore, role: Role, status: ChannelStatus) -> None:
+    rec = Channel(version=1).full_record(role, status)
+    store.put(rec)
+    assert_same(store.get(role, rec.contract_txid), rec)
+    assert store.get(role, Channel().txid) is None
+
+
+def test_put_replaces_and_keeps_the_log(store: ChannelStore) -> None:
+    ch = Channel()
+    rec = ch.pay(ch.record(), 1000)
+    store.put(ch.record())
+    store.record_payment(rec, 1000)
+    closing = replace(rec, status=CLOSING, settlement_tx=b"tx")
+    store.put(closing)
+    assert_same(store.get(Role.SERVER, ch.txid), closing)
+    assert [e.amount for e in store.payments(Role.SERVER, ch.txid)] == [1000]
+
+
+def test_put_refuses_a_stale_record(store: ChannelStore) -> None:
+    ch = Channel()
+    old = ch.record()
+    store.put(old)
+    paid = ch.pay(old, 5000)
+    store.record_payment(paid, 5000)
+    with pytest.raises(StoreError, match=r"change 100000 above the stored 95000.*get\(\)"):
+        store.put(replace(old, status=CLOSING))
+    assert_same(store.get(Role.SERVER, ch.txid), paid)
+
+
+def test_record_payment_updates_and_logs(store: ChannelStore) -> None:
+    ch = Channel()
+    rec = ch.record(peer="a:1")
+    store.put(rec)
+    for amount, info in [(100, b"first"), (2500, b""), (0, b"same change again")]:
+        rec = ch.pay(rec, amount)
+        # Only change/signature/payments are written, whatever else the record says.
+        store.record_payment(replace(rec, status=CLOSING, peer="b:2"), amount, info)
+    assert_same(store.get(Role.SERVER, ch.txid), rec)
+    assert rec.change == 97_400 and rec.payments == 3 and rec.peer == "a:1"
+    log = store.payments(Role.SERVER, ch.txid)
+    assert [(e.amount, e.change_after, e.info) for e in log] == [
+        (0, 97_400, b"same change again"), (2500, 97_400, b""), (100, 99_900, b"first")]
+    assert all(e.role == Role.SERVER and e.contract_txid == ch.txid for e in log)
+    assert log[0].seq > log[1].seq > log[2].seq
+
+
+def test_record_payment_of_unknown_channel_refused(store: ChannelStore) -> None:
+    ch = Channel()
+    with pytest.raises(StoreError, match=f"server channel {ch.txid}: it is not stored"):
+        store.record_payment(ch.pay(ch.record(), 10), 10)
+    assert store.get(Role.SERVER, ch.txid) is None
+    assert store.payments(Role.SERVER) == []
+
+
+def test_record_payment_raising_the_change_refused(store: ChannelStore) -> None:
+    ch = Channel()
+    paid = ch.pay(ch.record(), 3000)
+    store.put(paid)
+    again = ch.pay(paid, 0)
+    store.record_payment(again, 0)
+    back = replace(ch.pay(paid, -1), payments=10)
+    with pytest.raises(StoreError, match="change 97001 above the stored 97000"):
+        store.record_payment(back, -1)
+    assert_same(store.get(Role.SERVER, ch.txid), again)
+    assert len(store.payments(Role.SERVER, ch.txid)) == 1
+
+
+def test_channels_filtered_by_role_and_status(store: ChannelStore) -> None:
+    recs = {
+        (role, status): Channel().record(role, status=status)
+        for role in Role for status in (OPEN, CLOSING, ChannelStatus.SETTLED)
+    }
+    for rec in recs.values():
+        store.put(rec)
+
+    def txids(role: Role | None = None, statuses: list[ChannelStatus] | None = None) -> set[str]:
+        return {r.contract_txid for r in store.channels(role, statuses)}
+
+    def want(role: Role | None, statuses: list[ChannelStatus]) -> set[str]:
+        return {r.contract_txid for (ro, st), r in recs.items()
+                if (role is None or ro == role) and st in statuses}
+
+    assert len(store.channels()) == 6
+    assert txids(Role.CLIENT) == want(Role.CLIENT, list(ChannelStatus))
+    assert txids(None, [OPEN]) == want(None, [OPEN])
+    assert txids(Role.SERVER, NOT_FINAL) == want(Role.SERVER, NOT_FINAL)
+    assert txids(Role.SERVER, []) == set()
+    assert all(r.role == Role.SERVER for r in store.channels(Role.SERVER))
+
+
+def test_payments_filtered_and_limited(store: ChannelStore) -> None:
+    a, b = Channel(), Channel()
+    ra, rb = a.record(), b.record()
+    store.put(ra)
+    store.put(rb)
+    for i in range(1, 4):
+        ra, rb = a.pay(ra, i), b.pay(rb, 10 * i)
+        store.record_payment(ra, i)
+        store.record_payment(rb, 10 * i)
+    assert [e.amount for e in store.payments(Role.SERVER, a.txid)] == [3, 2, 1]
+    assert [e.amount for e in store.payments(Role.SERVER)] == [30, 3, 20, 2, 10, 1]
+    assert [e.amount for e in store.payments(Role.SERVER, b.txid, limit=2)] == [30, 20]
+    assert store.payments(Role.SERVER, limit=0) == []
+    assert store.payments(Role.CLIENT) == []
+
+
+@pytest.mark.parametrize("status", NOT_FINAL)
+def test_forget_refused_while_money_is_not_settled(
+    store: ChannelStore, status: ChannelStatus
+) -> None:
+    ch = Channel()
+    rec = ch.pay(ch.record(status=status), 100)
+    store.put(ch.record(status=status))
+    store.record_payment(rec, 100)
+    with pytest.raises(StoreError, match=f"its status is {status}.*not settled"):
+        store.forget(Role.SERVER, ch.txid)
+    assert_same(store.get(Role.SERVER, ch.txid), rec)
+    assert len(store.payments(Role.SERVER, ch.txid)) == 1
+
+
+@pytest.mark.parametrize("status", FINAL)
+def test_forget_final_channel_and_its_log(store: ChannelStore, status: ChannelStatus) -> None:
+    ch, other = Channel(), Channel()
+    rec = ch.record()
+    store.put(rec)
+    store.put(other.record())
+    store.record_payment(ch.pay(rec, 100), 100)
+    store.record_payment(other.pay(other.record(), 1), 1)
+    seq = store.payments(Role.SERVER, ch.txid)[0].seq
+    store.put(replace(ch.pay(rec, 100), status=status))
+    store.forget(Role.SERVER, ch.txid)
+    assert store.get(Role.SERVER, ch.txid) is None
+    assert store.payments(Role.SERVER, ch.txid) == []
+    store.forget(Role.SERVER, ch.txid)  # idempotent
+    assert [r.contract_txid for r in store.channels()] == [other.txid]
+    store.record_payment(other.pay(other.pay(other.record(), 1), 1), 1)
+    assert store.payments(Role.SERVER)[0].seq > seq  # sequence numbers are never reused
+
+
+def test_same_contract_under_both_roles_kept_apart(store: ChannelStore) -> None:
+    ch = Channel()
+    server, client = ch.record(Role.SERVER, peer=""), ch.record(Role.CLIENT, peer="srv:1")
+    store.put(server)
+    store.put(client)
+    client = ch.pay(client, 700)
+    store.record_payment(client, 700, b"client")
+    assert_same(store.get(Role.SERVER, ch.txid), server)
+    assert_same(store.get(Role.CLIENT, ch.txid), client)
+    assert store.payments(Role.SERVER) == []
+    assert [e.info for e in store.payments(Role.CLIENT, ch.txid)] == [b"client"]
+    store.put(replace(server, status=ChannelStatus.FAILED))
+    store.forget(Role.SERVER, ch.txid)
+    assert store.get(Role.SERVER, ch.txid) is None
+    assert_same(store.get(Role.CLIENT, ch.txid), client)
+    assert len(store.payments(Role.CLIENT)) == 1
+
+
+def test_closed_store_refuses_calls(store: ChannelStore) -> None:
+    store.close()
+    store.close()
+    with pytest.raises(StoreError, match="closed"):
+        store.get(Role.SERVER, Channel().txid)
+    with pytest.raises(StoreError, match="closed"):
+        store.put(Channel().record())

@@ -1,0 +1,192 @@
+"""SQLiteStore: durability, file protection, schema versions, threads."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from bitcoind_paychan.channel.contract import Contract
+from bitcoind_paychan.channel.records import ChannelRecord, Role
+from bitcoind_paychan.errors import StoreError
+from bitcoind_paychan.store import SQLiteStore, open_store, schema
+from tests.store.helpers import Channel, assert_same
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "channels.db"
+
+
+@pytest.fixture
+def umask_zero() -> Iterator[None]:
+    """A permissive umask, so only the store's own care keeps files private."""
+    old = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def test_every_record_field_has_columns() -> None:
+    # A new ChannelRecord or Contract field fails here until schema.py stores it.
+    stored = {
+        "role": ["role"], "contract_tx": ["contract_tx"], "key": ["key_secret"],
+        "change": ["change"], "signature": ["signature"], "status": ["status"],
+        "refund_tx": ["refund_tx"], "settlement_tx": ["settlement_tx"], "peer": ["peer"],
+        "payments": ["payments"], "version": ["version"], "client_pub": ["client_pub"],
+        "server_pub": ["server_pub"], "expiry": ["expiry"], "value": ["value"],
+        "outpoint": ["contract_txid", "outpoint_index"],
+    }
+    names = {f.name for f in fields(ChannelRecord) if f.name != "contract"}
+    assert names | {f.name for f in fields(Contract)} == set(stored)
+    assert sorted(c for cols in stored.values() for c in cols) == sorted(schema.CHANNEL_COLUMNS)
+
+
+def test_survives_close_and_reopen(path: Path) -> None:
+    ch = Channel()
+    rec = ch.full_record(Role.CLIENT, ch.record().status)
+    with open_store(path) as store:
+        store.put(rec)
+        rec = ch.pay(rec, 42)
+        store.record_payment(rec, 42, b"note")
+    with SQLiteStore(str(path)) as store:
+        assert_same(store.get(Role.CLIENT, ch.txid), rec)
+        assert [(e.amount, e.info) for e in store.payments(Role.CLIENT)] == [(42, b"note")]
+
+
+def test_wal_and_full_sync(path: Path) -> None:
+    with SQLiteStore(path) as store:
+        conn = store._conn
+        assert conn is not None
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert conn.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
+        assert conn.execute("PRAGMA foreign_keys").fetchone() == (1,)
+
+
+CHILD = textwrap.dedent("""
+    import sys
+    from bitcoind_paychan.channel.records import Role
+    from bitcoind_paychan.store import SQLiteStore
+
+    store = SQLiteStore(sys.argv[1])
+    rec = store.get(Role.SERVER, sys.argv[2])
+    while True:
+        rec = rec.with_payment(rec.change - 1, b"sig%d" % rec.change)
+        store.record_payment(rec, 1)
+        print(rec.change, flush=True)
+""")
+
+
+def test_payment_survives_kill_9_right_after_it_was_stored(path: Path) -> None:
+    ch = Channel()
+    with SQLiteStore(path) as store:
+        store.put(ch.record())
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(path), ch.txid],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    printed = [child.stdout.readline() for _ in range(60)]
+    child.send_signal(signal.SIGKILL)
+    out, err = child.communicate(timeout=30)
+    assert child.returncode == -signal.SIGKILL, err
+    last = int((printed + out.splitlines())[-1])
+    with SQLiteStore(path) as store:
+        rec = store.get(Role.SERVER, ch.txid)
+        assert rec is not None
+        assert rec.change in (last, last - 1)  # the one after may have landed before the kill
+        assert rec.payments == 100_000 - rec.change
+        assert len(store.payments(Role.SERVER)) == rec.payments
+
+
+def test_files_created_0600_whatever_the_umask(path: Path, umask_zero: None) -> None:
+    ch = Channel()
+    with SQLiteStore(path) as store:
+        store.put(ch.record())
+        store.record_payment(ch.pay(ch.record(), 1), 1)
+        for name in ("", "-wal", "-shm"):
+            assert (Path(f"{path}{name}").stat().st_mode & 0o777) == 0o600, name
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o620])
+def test_refuses_a_file_others_can_access(path: Path, mode: int) -> None:
+    SQLiteStore(path).close()
+    path.chmod(mode)
+    name = re.escape(str(path))
+    with pytest.raises(StoreError, match=f"{name}.*mode {mode:04o}.*`chmod 600 {name}`"):
+        SQLiteStore(path)
+
+
+def test_refuses_an_exposed_wal_file(path: Path) -> None:
+    SQLiteStore(path).close()
+    wal = Path(f"{path}-wal")
+    wal.write_bytes(b"")
+    wal.chmod(0o644)
+    with pytest.raises(StoreError, match=re.escape(f"chmod 600 {wal}")):
+        SQLiteStore(path)
+
+
+def test_refuses_a_newer_schema(path: Path) -> None:
+    SQLiteStore(path).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA user_version = {schema.SCHEMA_VERSION + 1}")
+    with pytest.raises(StoreError, match=r"schema version 2, newer.*upgrade bitcoind-paychan"):
+        SQLiteStore(path)
+
+
+def test_refuses_other_files(path: Path, tmp_path: Path) -> None:
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+    os.close(fd)
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE t (x)")
+    with pytest.raises(StoreError, match="some other program"):
+        SQLiteStore(path)
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"not a database, not at all" * 100)
+    junk.chmod(0o600)
+    with pytest.raises(StoreError, match=f"open the store in {re.escape(str(junk))}.*not a"):
+        SQLiteStore(junk)
+    with pytest.raises(StoreError, match="directory exists"):
+        SQLiteStore(tmp_path / "missing" / "channels.db")
+
+
+def test_concurrent_payments_from_8_threads(path: Path) -> None:
+    channels, per_thread = [Channel() for _ in range(8)], 40
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(channels))
+
+    with SQLiteStore(path) as store:
+        for ch in channels:
+            store.put(ch.record())
+
+        def pay(ch: Channel) -> None:
+            try:
+                start.wait()
+                rec = ch.record()
+                for _ in range(per_thread):
+                    rec = rec.with_payment(rec.change - 10, b"sig")
+                    store.record_payment(rec, 10)
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=pay, args=(ch,)) for ch in channels]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        for ch in channels:
+            rec = store.get(Role.SERVER, ch.txid)
+            assert rec is not None
+            assert (rec.change, rec.payments) == (100_000 - 10 * per_thread, per_thread)
+        log = store.payments(Role.SERVER)
+        assert len({e.seq for e in log}) == len(log) == 8 * per_thread
