@@ -97,6 +97,7 @@ class ClientChannel(ProtocolMachine):
             (ClientState.WAITING_FOR_INITIATE, T.INITIATE): self._on_initiate,
             (ClientState.WAITING_FOR_REFUND, T.RETURN_REFUND): self._on_return_refund,
             (ClientState.WAITING_FOR_OPEN, T.CHANNEL_OPEN): self._on_channel_open,
+            (ClientState.WAITING_FOR_OPEN, T.CLOSE): self._on_close,
             (ClientState.WAITING_FOR_ACK, T.PAYMENT_ACK): self._on_payment_ack,
             (ClientState.OPEN, T.CLOSE): self._on_close,
             (ClientState.WAITING_FOR_ACK, T.CLOSE): self._on_close,

@@ -115,9 +115,14 @@ class ServerChannel(ProtocolMachine):
                 record.version != self.version):
             return self._initiate()  # nothing to resume: a fresh channel, as bitcoinj does
         self.record = record
+        hello: list[Effect] = [Send(messages.server_version(self.version)),
+                               ClaimChannel(record.contract_txid)]
+        if record.contract.expiry - self.now <= SETTLEMENT_MARGIN:
+            # Too close to the client's refund to take more payments: settle instead.
+            self.state = ServerState.SETTLING
+            return [*hello, PrepareSettlement(record.contract_txid)]
         self.state = ServerState.OPEN
-        return [Send(messages.server_version(self.version)), ClaimChannel(record.contract_txid),
-                Send(messages.channel_open()), ChannelOpened(record, resumed=True)]
+        return [*hello, Send(messages.channel_open()), ChannelOpened(record, resumed=True)]
 
     def settle(self, fee_rate: int, payout_script: bytes) -> list[Effect]:
         """The answer to PrepareSettlement (or a close decided by the application): build,
@@ -208,9 +213,14 @@ class ServerChannel(ProtocolMachine):
                                initial.client_change_value, initial.signature, payments=1)
         self.record = record
         self.state = ServerState.OPEN
-        return [StoreChannel(record), Broadcast(tx, "contract", contract.txid),
-                ClaimChannel(contract.txid), PaymentReceived(record, paid, b""),
-                Send(messages.channel_open()), ChannelOpened(record, resumed=False)]
+        effects: list[Effect] = [
+            StoreChannel(record), Broadcast(tx, "contract", contract.txid),
+            ClaimChannel(contract.txid), PaymentReceived(record, paid, b""),
+            Send(messages.channel_open()), ChannelOpened(record, resumed=False)]
+        if record.change == 0:  # the initial payment took everything: settle at once
+            self.state = ServerState.SETTLING
+            effects.append(PrepareSettlement(contract.txid))
+        return effects
 
     def _on_update_payment(self, message: T) -> list[Effect]:
         assert self.record is not None

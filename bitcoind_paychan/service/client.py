@@ -129,9 +129,14 @@ class PaymentClient:
                                     resume=resume, peer=peer)
             stream = await open_connection(host, port, self.handshake_timeout)
             channel = Channel(self, machine, stream)
-            refused = await channel._handshake()
-            if refused is None:
+            outcome = await channel._handshake()
+            if outcome is None:
                 return channel
+            if isinstance(outcome, ChannelClosed):
+                log.info("%s settled channel %s on reconnect (it expires soon); opening a new "
+                         "one", peer, outcome.record.contract_txid)
+                continue
+            refused = outcome
             if refused.version not in FALLBACK:
                 raise ChannelFailed(f"{peer} refused protocol version {refused.version}: "
                                     f"{refused.explanation}")
@@ -203,15 +208,16 @@ class Channel:
 
     # -- driving the machine ---------------------------------------------------------------
 
-    async def _handshake(self) -> VersionRefused | None:
+    async def _handshake(self) -> VersionRefused | ChannelClosed | None:
+        """Open (or resume) the channel; None on success, else why not."""
         try:
             await self._run(self.machine.start())
-            opened = await self._until((ChannelOpened, VersionRefused),
+            opened = await self._until((ChannelOpened, VersionRefused, ChannelClosed),
                                        self.client.handshake_timeout)
         except BaseException:
             await self._abandon()
             raise
-        if isinstance(opened, VersionRefused):
+        if isinstance(opened, VersionRefused | ChannelClosed):
             await self.stream.close()
             return opened
         if isinstance(opened, ChannelOpened) and opened.resumed:
