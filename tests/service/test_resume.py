@@ -1,0 +1,95 @@
+"""Resuming a channel: after a dropped connection, after a killed client process, and the
+server's hand-over from an old connection to a new one."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from bitcoind_paychan.channel.records import Role
+from bitcoind_paychan.service.server import PaymentServer
+from tests.service.conftest import Sides
+from tests.service.test_flow import wallet_utxo
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_resume_after_a_dropped_connection(sides: Sides) -> None:
+    client = sides.client()
+
+    async def scenario() -> tuple[str, int]:
+        server = sides.server()
+        host, port = await server.listen()
+        first = await client.open(host, port, 500_000)
+        for _ in range(5):
+            await first.pay(2_000)
+        await first.disconnect()
+        second = await client.open(host, port, 500_000)
+        assert second.contract_txid == first.contract_txid
+        for _ in range(5):
+            await second.pay(3_000)
+        settlement = await second.close()
+        await server.stop()
+        return settlement.txid_hex, second.paid
+
+    settlement, paid = asyncio.run(scenario())
+    assert paid == 1_000 + 5 * 2_000 + 5 * 3_000
+    assert sum(p.amount for p in sides.payments()) == paid  # nothing counted twice
+    assert [e.resumed for e in sides.opened()] == [False, True]
+    sides.mine(1)
+    assert wallet_utxo(sides.client_node, settlement, 0) == 500_000 - paid
+
+
+def test_resume_after_the_client_process_is_killed(sides: Sides) -> None:
+    store = sides.tmp / "killed-client.db"
+
+    async def scenario() -> tuple[str, int, int]:
+        server = sides.server()
+        host, port = await server.listen()
+        node = sides.client_node
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tests.service.client_process", node.rpc_url,
+            str(node.cookie_path), str(node.wallet), str(store), host, str(port),
+            cwd=ROOT, stdout=subprocess.PIPE)
+        assert proc.stdout is not None
+        acknowledged = {}
+        for _ in range(20):
+            acknowledged = json.loads(await proc.stdout.readline())
+        proc.kill()  # kill -9, mid-stream
+        await proc.wait()
+        client = sides.client("killed-client")
+        channel = await client.open(host, port, 1_000_000)
+        assert channel.contract_txid == acknowledged["contract"]
+        # Stored before sent: the client knows at least what the server acknowledged.
+        assert channel.paid >= acknowledged["paid"]
+        await channel.pay(5_000)
+        settlement = await channel.close()
+        await server.stop()
+        return channel.contract_txid, channel.paid, settlement.outputs[0].value
+
+    contract, paid, change = asyncio.run(scenario())
+    server_record = sides.server().store.get(Role.SERVER, contract)
+    assert server_record is not None and server_record.paid == paid
+    assert sum(p.amount for p in sides.payments()) == paid
+    assert change == 1_000_000 - paid
+
+
+def test_server_drops_the_older_connection_of_a_resumed_channel(sides: Sides) -> None:
+    async def scenario() -> None:
+        server: PaymentServer = sides.server()
+        host, port = await server.listen()
+        client = sides.client()
+        old = await client.open(host, port, 300_000)
+        await old.pay(1_000)
+        new = await client.open(host, port, 300_000)  # resumes while `old` is connected
+        assert new.contract_txid == old.contract_txid
+        assert await old.stream.receive(timeout=10) is None  # the server hung up on `old`
+        await new.pay(1_000)
+        await new.close()
+        await server.stop()
+
+    asyncio.run(scenario())
+    assert sum(p.amount for p in sides.payments()) == 3_000

@@ -1,0 +1,37 @@
+"""The main job, `paychan demo`: every version, and the JSON it prints last."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+
+from bitcoind_paychan.demo import run_demo
+
+KEYS = {"version", "contract_txid", "settlement_txid", "payments", "paid_sat",
+        "server_received_sat", "client_change_sat", "fee_sat", "settlement_confirmations"}
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_demo_adds_up(version: int) -> None:
+    log = io.StringIO()
+    result = run_demo(version, payments=7, amount=2_000, out=log)
+    assert result.version == version
+    assert result.paid_sat == 1_000 + 7 * 2_000  # the initial payment, then 7 more
+    assert result.server_received_sat + result.fee_sat == result.paid_sat
+    assert result.settlement_confirmations == 1
+    assert ("mined directly" in log.getvalue()) == (version == 1)
+
+
+def test_cli_prints_one_json_object_last() -> None:
+    done = subprocess.run([sys.executable, "-m", "bitcoind_paychan.cli", "demo", "--payments",
+                           "5", "--json"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(result) == KEYS
+    assert result["version"] == 3 and result["payments"] == 5
+    assert result["client_change_sat"] + result["paid_sat"] == 1_000_000
+    assert "5/5 payments" in done.stderr
