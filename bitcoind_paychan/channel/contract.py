@@ -161,31 +161,50 @@ class Contract:
 
     # -- settlement (server) ---------------------------------------------------------------
 
+    def settlement_draft(self, change: int, share: int, payout_script: bytes) -> Transaction:
+        """The unsigned settlement: the best payment's tx plus the server's output."""
+        base = self.payment_tx(change)
+        return Transaction(1, base.inputs, (*base.outputs, TxOut(share, payout_script)), 0)
+
+    def settlement_fee(self, change: int, payout_script: bytes, fee_rate: int) -> int:
+        """The fee (sat) a settlement without extra inputs pays at `fee_rate` sat/kvB."""
+        draft = self.settlement_draft(change, 0, payout_script)
+        return -(-fee_rate * self.sign_settlement(draft, bytes(MAX_SIG), None).vsize // 1000)
+
     def settlement(
         self, change: int, client_sig: bytes, server_key: PrivateKey, payout_script: bytes,
         fee_rate: int,
     ) -> Transaction:
         """The server's close: the best payment plus the server's output, fee taken from the
         server's share at `fee_rate` sat/kvB. Raises LocalProtocolError if that share cannot
-        pay the fee and stay above dust."""
-        draft = self._settlement(change, client_sig, server_key, payout_script, 0, dummy=True)
-        fee = -(-fee_rate * draft.vsize // 1000)
+        pay the fee and stay above dust (then the fee must come from a wallet input)."""
+        fee = self.settlement_fee(change, payout_script, fee_rate)
         share = self.value - change - fee
         if share < DUST:
             raise LocalProtocolError(
                 f"the server's share {self.value - change} sat cannot pay a {fee} sat fee and keep "
-                f"{DUST} sat; wait for more payments or let the client's refund expire"
+                f"{DUST} sat; the fee must come from a wallet input"
             )
-        return self._settlement(change, client_sig, server_key, payout_script, share)
+        draft = self.settlement_draft(change, share, payout_script)
+        return self.sign_settlement(draft, client_sig, server_key)
 
-    def _settlement(self, change: int, client_sig: bytes, server_key: PrivateKey,
-                    payout_script: bytes, share: int, dummy: bool = False) -> Transaction:
-        base = self.payment_tx(change)
-        tx = Transaction(1, base.inputs, (*base.outputs, TxOut(share, payout_script)), 0)
-        server_sig = (bytes(MAX_SIG) if dummy else
-                      append_hashtype(server_key.sign(self.sighash(tx, SIGHASH_ALL)), SIGHASH_ALL))
-        client = bytes(MAX_SIG) if dummy else client_sig
-        return self.with_spend(tx, [client, server_sig], cooperative=True)
+    def sign_settlement(self, tx: Transaction, client_sig: bytes,
+                        server_key: PrivateKey | None) -> Transaction:
+        """`tx` (input 0 the contract; output 0 the client's change, if any) with input 0
+        signed by both sides: the server signs SIGHASH_ALL over every input and output, so
+        any wallet inputs and outputs must already be in place. `server_key` None makes a
+        worst-case-size dummy, for fee estimates."""
+        server_sig = (append_hashtype(server_key.sign(self.sighash(tx, SIGHASH_ALL)), SIGHASH_ALL)
+                      if server_key else bytes(MAX_SIG))
+        return self.with_spend(tx, [client_sig, server_sig], cooperative=True)
+
+    def spend_weight(self) -> int:
+        """Weight of input 0 once signed cooperatively (for a wallet funding the rest)."""
+        draft = self.settlement_draft(0, 0, b"")
+        signed = self.sign_settlement(draft, bytes(MAX_SIG), None)
+        bare = len(draft.serialize())  # both without witness; the scriptSig is the difference
+        witness = signed.weight - 4 * len(signed.serialize(include_witness=False))
+        return 4 * (41 + len(signed.serialize(include_witness=False)) - bare) + witness
 
     # -- refunds (client) ------------------------------------------------------------------
 

@@ -85,6 +85,17 @@ class PrepareSettlement:
     contract_txid: str
 
 
+@dataclass(frozen=True, slots=True)
+class FundSettlement:
+    """Server: the share cannot pay the fee. Have the wallet add (and sign) inputs and change
+    to `draft` at `fee_rate` sat/kvB, counting `contract_input_weight` for input 0, which it
+    must leave unsigned; answer with `ServerChannel.settle_funded`."""
+
+    draft: Transaction
+    contract_input_weight: int
+    fee_rate: int
+
+
 # -- notifications for the application ---------------------------------------------------
 
 
@@ -139,6 +150,6 @@ class PeerError:
 
 Effect = (
     Send | Disconnect | StoreChannel | StorePayment | Broadcast | FundContract | LoadChannel
-    | ClaimChannel | PrepareSettlement | ChannelOpened | PaymentReceived | PaymentAcknowledged
-    | ChannelClosed | VersionRefused | PeerError
+    | ClaimChannel | PrepareSettlement | FundSettlement | ChannelOpened | PaymentReceived
+    | PaymentAcknowledged | ChannelClosed | VersionRefused | PeerError
 )

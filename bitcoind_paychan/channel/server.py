@@ -13,6 +13,7 @@ from bitcoind_paychan.bitcoin.keys import PrivateKey, PublicKey
 from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.channel import messages
 from bitcoind_paychan.channel.contract import (
+    DUST,
     VERSIONS,
     Contract,
     bad_tx,
@@ -28,6 +29,7 @@ from bitcoind_paychan.channel.effects import (
     ClaimChannel,
     Disconnect,
     Effect,
+    FundSettlement,
     LoadChannel,
     PaymentReceived,
     PrepareSettlement,
@@ -126,12 +128,39 @@ class ServerChannel(ProtocolMachine):
 
     def settle(self, fee_rate: int, payout_script: bytes) -> list[Effect]:
         """The answer to PrepareSettlement (or a close decided by the application): build,
-        store and broadcast the settlement, tell the client, hang up."""
-        record = self.record
-        if record is None or self.state not in (ServerState.OPEN, ServerState.SETTLING):
+        store and broadcast the settlement, tell the client, hang up. When the server's share
+        cannot pay the fee, ask for a wallet input instead (FundSettlement)."""
+        record = self._settleable()
+        contract = record.contract
+        fee = contract.settlement_fee(record.change, payout_script, fee_rate)
+        share = record.paid
+        if share - fee < DUST:
+            draft = contract.settlement_draft(record.change, share, payout_script)
+            return [FundSettlement(draft, contract.spend_weight(), fee_rate)]
+        draft = contract.settlement_draft(record.change, share - fee, payout_script)
+        return self._settled(contract.sign_settlement(draft, record.signature, record.key))
+
+    def settle_funded(self, funded: Transaction) -> list[Effect]:
+        """The answer to FundSettlement: the draft with the wallet's inputs (signed) and
+        change added. Checked to still pay the client and us exactly as drafted."""
+        record = self._settleable()
+        contract = record.contract
+        if not funded.inputs or funded.inputs[0].prevout != contract.outpoint:
+            raise LocalProtocolError("the funded settlement does not spend the contract first")
+        payment = contract.payment_tx(record.change).outputs
+        if funded.outputs[:len(payment)] != payment or len(funded.outputs) <= len(payment) or (
+                funded.outputs[len(payment)].value != record.paid):
+            raise LocalProtocolError("the wallet changed the settlement's channel outputs")
+        return self._settled(contract.sign_settlement(funded, record.signature, record.key))
+
+    def _settleable(self) -> ChannelRecord:
+        if self.record is None or self.state not in (ServerState.OPEN, ServerState.SETTLING):
             raise LocalProtocolError(f"nothing to settle while {self.state.value}")
-        settlement = settlement_for(record, fee_rate, payout_script)
-        closing = replace(record, status=ChannelStatus.CLOSING,
+        return self.record
+
+    def _settled(self, settlement: Transaction) -> list[Effect]:
+        assert self.record is not None
+        closing = replace(self.record, status=ChannelStatus.CLOSING,
                           settlement_tx=settlement.serialize())
         self.record, self.state = closing, ServerState.CLOSED
         return [StoreChannel(closing), Broadcast(settlement, "settlement", closing.contract_txid),
@@ -259,12 +288,4 @@ def _client_key(data: bytes) -> bytes:
         raise bad_tx(f"client key is not a canonical compressed public key: {exc}") from None
 
 
-def settlement_for(record: ChannelRecord, fee_rate: int, payout_script: bytes) -> Transaction:
-    """The settlement of a stored server channel (also used by the scheduler, without a
-    connection)."""
-    return record.contract.settlement(record.change, record.signature, record.key,
-                                      payout_script, fee_rate)
-
-
-__all__ = ["ServerChannel", "ServerPolicy", "ServerState", "locking_script", "output_script",
-           "settlement_for"]
+__all__ = ["ServerChannel", "ServerPolicy", "ServerState", "locking_script", "output_script"]

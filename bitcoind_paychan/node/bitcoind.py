@@ -145,6 +145,28 @@ class Bitcoind:
             raise
         return FundedTx(tx, 0, to_sat(funded["fee"]), inputs)
 
+    def fund_external(self, draft: Transaction, input_weights: dict[tuple[str, int], int],
+                      fee_rate: int) -> Transaction:
+        """Add wallet inputs (signed) and change to `draft`, whose own inputs are not the
+        wallet's and stay unsigned (their weights once signed are given); the wallet pays the
+        whole fee at `fee_rate` sat/kvB. The draft's inputs and outputs keep their places."""
+        options = {
+            "add_inputs": True, "lockUnspents": True, "change_type": "bech32",
+            "changePosition": len(draft.outputs), "fee_rate": str(Decimal(fee_rate) / 1000),
+            "input_weights": [{"txid": t, "vout": n, "weight": w}
+                              for (t, n), w in input_weights.items()],
+        }
+        funded = self.rpc.call("fundrawtransaction", draft.hex(), options, False, wallet=True)
+        signed = Transaction.from_hex(
+            self.rpc.call("signrawtransactionwithwallet", funded["hex"], wallet=True)["hex"])
+        if signed.inputs[: len(draft.inputs)] != draft.inputs or (
+                signed.outputs[: len(draft.outputs)] != draft.outputs):
+            added = tuple((i.prevout.txid_hex, i.prevout.index)
+                          for i in signed.inputs[len(draft.inputs):])
+            self.release(added)
+            raise NodeError("the wallet reordered the transaction it was asked to fund")
+        return signed
+
     def release(self, inputs: tuple[tuple[str, int], ...]) -> None:
         """Unlock coins that a funding tx, now abandoned, had reserved."""
         self.rpc.call("lockunspent", True, [{"txid": t, "vout": n} for t, n in inputs], wallet=True)
@@ -263,6 +285,10 @@ class AsyncBitcoind:
 
     async def release(self, inputs: tuple[tuple[str, int], ...]) -> None:
         await asyncio.to_thread(self.node.release, inputs)
+
+    async def fund_external(self, draft: Transaction, input_weights: dict[tuple[str, int], int],
+                            fee_rate: int) -> Transaction:
+        return await asyncio.to_thread(self.node.fund_external, draft, input_weights, fee_rate)
 
     async def spender(self, txid: str, index: int) -> Transaction | None:
         return await asyncio.to_thread(self.node.spender, txid, index)

@@ -25,6 +25,9 @@ class ServerWallet(Broadcaster, FeeEstimator, Protocol):
 
     async def payout_script(self) -> bytes: ...
 
+    async def fund_external(self, draft: Transaction, input_weights: dict[tuple[str, int], int],
+                            fee_rate: int) -> Transaction: ...
+
 
 class ClientWallet(Broadcaster, FeeEstimator, Protocol):
     """The client's node: funds contracts, watches channel keys, finds settlements."""

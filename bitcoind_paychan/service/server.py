@@ -24,6 +24,7 @@ from bitcoind_paychan.channel.effects import (
     ClaimChannel,
     Disconnect,
     Effect,
+    FundSettlement,
     LoadChannel,
     PaymentReceived,
     PeerError,
@@ -54,7 +55,11 @@ PaymentHandler = Callable[[PaymentReceived], bytes | Awaitable[bytes | None] | N
 
 
 class PaymentServer:
-    """Accepts payment channels. `on_payment` may return bytes to attach to the ack."""
+    """Accepts payment channels. `on_payment` may return bytes to attach to the ack.
+
+    Settlements pay the node's fee estimate for `fee_target` blocks, at least `min_fee_rate`
+    sat/kvB, from the server's share, or from a wallet input when the share is too small.
+    """
 
     def __init__(
         self,
@@ -66,6 +71,7 @@ class PaymentServer:
         on_event: Callable[[ServerEvent], None] | None = None,
         clock: Callable[[], float] = time.time,
         fee_target: int = 6,
+        min_fee_rate: int = 1000,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
     ) -> None:
         self.wallet = wallet
@@ -75,6 +81,7 @@ class PaymentServer:
         self.on_event = on_event
         self.clock = clock
         self.fee_target = fee_target
+        self.min_fee_rate = min_fee_rate  # sat/kvB, the floor under the node's estimate
         self.handshake_timeout = handshake_timeout
         self._server: asyncio.Server | None = None
         self._owners: dict[str, MessageStream] = {}  # contract txid → its current connection
@@ -190,6 +197,8 @@ class PaymentServer:
                         await previous.close()
                 case PrepareSettlement(txid):
                     queue[:0] = await self._settlement(machine, txid)
+                case FundSettlement(draft, weight, fee_rate):
+                    queue[:0] = await self._fund_settlement(machine, draft, weight, fee_rate)
                 case PaymentReceived():
                     ack_info = await self._notify_payment(effect)
                     ack = next((e.message for e in queue if isinstance(e, Send)), None)
@@ -209,11 +218,24 @@ class PaymentServer:
 
     async def _settlement(self, machine: ServerChannel, txid: str) -> list[Effect]:
         try:
-            fee_rate = await self.wallet.fee_rate(self.fee_target)
+            fee_rate = await self.wallet.fee_rate(self.fee_target, self.min_fee_rate)
             payout = await self.wallet.payout_script()
             return machine.settle(fee_rate, payout)
         except (NodeError, LocalProtocolError) as exc:
             log.error("cannot settle channel %s now: %s", txid, exc)
+            return [Send(messages.error(ErrorCode.OTHER, f"cannot settle now: {exc}")),
+                    Disconnect("settlement failed")]
+
+    async def _fund_settlement(self, machine: ServerChannel, draft: Transaction, weight: int,
+                               fee_rate: int) -> list[Effect]:
+        contract = draft.inputs[0].prevout
+        try:
+            funded = await self.wallet.fund_external(
+                draft, {(contract.txid_hex, contract.index): weight}, fee_rate)
+            log.info("the settlement's fee comes from a wallet input (share too small)")
+            return machine.settle_funded(funded)
+        except (NodeError, LocalProtocolError) as exc:
+            log.error("cannot fund the settlement of %s: %s", contract.txid_hex, exc)
             return [Send(messages.error(ErrorCode.OTHER, f"cannot settle now: {exc}")),
                     Disconnect("settlement failed")]
 

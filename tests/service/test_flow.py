@@ -92,3 +92,30 @@ def test_client_falls_back_to_version_2(sides: Sides) -> None:
         return channel.version
 
     assert asyncio.run(scenario()) == 2
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_fee_above_the_servers_share_comes_from_a_wallet_input(sides: Sides,
+                                                              version: int) -> None:
+    async def scenario() -> Transaction:
+        server = sides.server()
+        server.min_fee_rate = 20_000  # 20 sat/vB: more than the 1000 sat initial payment
+        host, port = await server.listen()
+        channel = await sides.client().open(host, port, VALUE, version=version)
+        settlement = await channel.close()  # only the initial payment was made
+        await server.stop()
+        return settlement
+
+    settlement = asyncio.run(scenario())
+    assert len(settlement.inputs) >= 2  # the contract and a wallet coin
+    assert settlement.outputs[0].value == VALUE - 1_000  # the client's change, untouched
+    assert settlement.outputs[1].value == 1_000  # the server's share, untouched
+    sides.mine(1)
+    info = sides.server_node.rpc("getrawtransaction", settlement.txid_hex, True)
+    assert info["confirmations"] == 1
+    spent = sum(
+        to_sat(sides.server_node.rpc("getrawtransaction", i.prevout.txid_hex, True)
+               ["vout"][i.prevout.index]["value"]) for i in settlement.inputs)
+    fee = spent - sum(o.value for o in settlement.outputs)
+    assert 20 * settlement.vsize <= fee <= 21 * settlement.vsize  # the rate asked
+    assert wallet_utxo(sides.client_node, settlement.txid_hex, 0) == VALUE - 1_000
