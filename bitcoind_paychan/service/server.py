@@ -181,10 +181,10 @@ class PaymentServer:
                 case StorePayment(record, amount, info):
                     await asyncio.to_thread(self.store.record_payment, record, amount, info)
                 case Broadcast():
-                    if not await self._broadcast(machine, effect, queue):
-                        queue = [Send(messages.error(ErrorCode.BAD_TRANSACTION, "the node refused "
-                                      f"the {effect.purpose}; see the server log")),
-                                 Disconnect(f"{effect.purpose} refused")]
+                    refusal = await self._broadcast(machine, effect)
+                    if refusal:
+                        queue = [Send(messages.error(ErrorCode.BAD_TRANSACTION, refusal)),
+                                 Disconnect(refusal)]
                 case LoadChannel(txid):
                     loaded = await asyncio.to_thread(self.store.get, Role.SERVER, txid)
                     queue[:0] = machine.channel_loaded(loaded)
@@ -239,19 +239,20 @@ class PaymentServer:
             return [Send(messages.error(ErrorCode.OTHER, f"cannot settle now: {exc}")),
                     Disconnect("settlement failed")]
 
-    async def _broadcast(self, machine: ServerChannel, effect: Broadcast,
-                         queue: list[Effect]) -> bool:
+    async def _broadcast(self, machine: ServerChannel, effect: Broadcast) -> str:
+        """Broadcast; on refusal mark the record and return what to tell the client."""
         try:
             await self.wallet.broadcast(effect.tx)
             log.info("broadcast %s %s", effect.purpose, effect.tx.txid_hex)
-            return True
+            return ""
         except (TransactionRejected, NodeError) as exc:
             log.error("broadcast of %s %s failed: %s", effect.purpose, effect.tx.txid_hex, exc)
+            refusal = f"the server's node refused the {effect.purpose}: {exc}"
         record = machine.record
         if record is not None:  # the money never moved: keep the record truthful
             status = ChannelStatus.FAILED if effect.purpose == "contract" else ChannelStatus.OPEN
             await asyncio.to_thread(self.store.put, replace(record, status=status))
-        return False
+        return refusal
 
     async def _notify_payment(self, event: PaymentReceived) -> bytes | None:
         if self.on_event:

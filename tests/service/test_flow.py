@@ -119,3 +119,27 @@ def test_fee_above_the_servers_share_comes_from_a_wallet_input(sides: Sides,
     fee = spent - sum(o.value for o in settlement.outputs)
     assert 20 * settlement.vsize <= fee <= 21 * settlement.vsize  # the rate asked
     assert wallet_utxo(sides.client_node, settlement.txid_hex, 0) == VALUE - 1_000
+
+
+def test_v1_through_a_knots_node_fails_with_what_to_do(sides: Sides) -> None:
+    from bitcoind_paychan.node import AsyncBitcoind, Bitcoind
+    from bitcoind_paychan.service.client import ChannelFailed
+    from bitcoind_paychan.service.server import PaymentServer
+    from bitcoind_paychan.store import SQLiteStore
+    from tests.conftest import config_for
+
+    async def scenario() -> str:
+        plain = AsyncBitcoind(Bitcoind(config_for(sides.server_node)))  # no regtest mining
+        server = PaymentServer(plain, SQLiteStore(sides.tmp / "plain.db"))
+        host, port = await server.listen()
+        try:
+            await sides.client().open(host, port, VALUE, version=1)
+        except ChannelFailed as exc:
+            return str(exc)
+        finally:
+            await server.stop()
+        raise AssertionError("a bare multisig contract went through Knots")
+
+    message = asyncio.run(scenario())
+    assert "BAD_TRANSACTION" in message
+    assert "bare multisig" in message and "Bitcoin Core" in message and "version 2 or 3" in message

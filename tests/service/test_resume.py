@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bitcoind_paychan.channel.records import Role
 from bitcoind_paychan.service.server import PaymentServer
 from tests.service.conftest import Sides
@@ -17,18 +19,20 @@ from tests.service.test_flow import wallet_utxo
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_resume_after_a_dropped_connection(sides: Sides) -> None:
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_resume_after_a_dropped_connection(sides: Sides, version: int) -> None:
     client = sides.client()
 
     async def scenario() -> tuple[str, int]:
         server = sides.server()
         host, port = await server.listen()
-        first = await client.open(host, port, 500_000)
+        first = await client.open(host, port, 500_000, version=version)
         for _ in range(5):
             await first.pay(2_000)
         await first.disconnect()
-        second = await client.open(host, port, 500_000)
+        second = await client.open(host, port, 500_000, version=version)
         assert second.contract_txid == first.contract_txid
+        assert second.version == version
         for _ in range(5):
             await second.pay(3_000)
         settlement = await second.close()
@@ -43,7 +47,8 @@ def test_resume_after_a_dropped_connection(sides: Sides) -> None:
     assert wallet_utxo(sides.client_node, settlement, 0) == 500_000 - paid
 
 
-def test_resume_after_the_client_process_is_killed(sides: Sides) -> None:
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_resume_after_the_client_process_is_killed(sides: Sides, version: int) -> None:
     store = sides.tmp / "killed-client.db"
 
     async def scenario() -> tuple[str, int, int]:
@@ -52,7 +57,7 @@ def test_resume_after_the_client_process_is_killed(sides: Sides) -> None:
         node = sides.client_node
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "tests.service.client_process", node.rpc_url,
-            str(node.cookie_path), str(node.wallet), str(store), host, str(port),
+            str(node.cookie_path), str(node.wallet), str(store), host, str(port), str(version),
             cwd=ROOT, stdout=subprocess.PIPE)
         assert proc.stdout is not None
         acknowledged = {}
@@ -61,7 +66,7 @@ def test_resume_after_the_client_process_is_killed(sides: Sides) -> None:
         proc.kill()  # kill -9, mid-stream
         await proc.wait()
         client = sides.client("killed-client")
-        channel = await client.open(host, port, 1_000_000)
+        channel = await client.open(host, port, 1_000_000, version=version)
         assert channel.contract_txid == acknowledged["contract"]
         # Stored before sent: the client knows at least what the server acknowledged.
         assert channel.paid >= acknowledged["paid"]

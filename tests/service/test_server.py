@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import struct
 
+import pytest
+
 from bitcoind_paychan.bitcoin.keys import PrivateKey
 from bitcoind_paychan.channel import messages
 from bitcoind_paychan.channel.records import Role
@@ -70,12 +72,13 @@ def test_bad_input_gets_the_right_error_while_a_good_channel_keeps_paying(sides:
     assert good.paid == 1_000 + 7 * 1_000
 
 
-def test_bad_payments_are_refused_and_nothing_is_lost(sides: Sides) -> None:
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_bad_payments_are_refused_and_nothing_is_lost(sides: Sides, version: int) -> None:
     async def scenario() -> tuple[list[ErrorCode], int, int]:
         server = sides.server()
         host, port = await server.listen()
         client = sides.client()
-        channel = await client.open(host, port, 500_000)
+        channel = await client.open(host, port, 500_000, version=version)
         await channel.pay(10_000)
         record = channel.record
         contract, key = record.contract, record.key
@@ -92,7 +95,7 @@ def test_bad_payments_are_refused_and_nothing_is_lost(sides: Sides) -> None:
         }
         codes = []
         for message in forged.values():
-            resumed = await client.open(host, port, 500_000)
+            resumed = await client.open(host, port, 500_000, version=version)
             await resumed.stream.send(message)
             reply = await resumed.stream.receive(timeout=10)
             assert reply is not None and reply.type == T.ERROR
@@ -100,7 +103,7 @@ def test_bad_payments_are_refused_and_nothing_is_lost(sides: Sides) -> None:
             assert await resumed.stream.receive(timeout=10) is None
         stored = server.store.get(Role.SERVER, record.contract_txid)
         assert stored is not None
-        again = await client.open(host, port, 500_000)
+        again = await client.open(host, port, 500_000, version=version)
         await again.pay(2_000)
         await again.close()
         await server.stop()
