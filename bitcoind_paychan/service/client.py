@@ -76,14 +76,17 @@ class PaymentClient:
         self.network = network
         self.clock = clock
         self.handshake_timeout = handshake_timeout
+        self.live: dict[str, Channel] = {}  # contract txid → its channel on a live connection
 
     def channels(self, statuses: tuple[ChannelStatus, ...] | None = None) -> list[ChannelRecord]:
         return self.store.channels(Role.CLIENT, statuses)
 
     def resumable(self, peer: str) -> ChannelRecord | None:
-        """The stored open channel to `peer` (host:port) with money left, if any."""
+        """A stored open channel to `peer` (host:port) with money left and no live connection
+        here, if any."""
         for record in self.store.channels(Role.CLIENT, (ChannelStatus.OPEN,)):
-            if record.peer == peer and record.change > 0:
+            live = self.live.get(record.contract_txid)
+            if record.peer == peer and record.change > 0 and not (live and live.connected):
                 return record
         return None
 
@@ -119,18 +122,21 @@ class PaymentClient:
     async def open(
         self, host: str, port: int, value: int, *, version: int = 3,
         time_window: int = DEFAULT_TIME_WINDOW, max_min_payment: int = 10_000,
+        resume: bool = True,
     ) -> Channel:
-        """Open a channel of `value` sat to host:port, or resume the stored one to it."""
+        """Open a channel of `value` sat to host:port, or (unless `resume` is False) resume a
+        stored one to it that no live connection here is using."""
         peer = f"{host}:{port}"
         policy = ClientPolicy(value, time_window, max_min_payment)
         while True:
-            resume = self.resumable(peer)
+            stored = self.resumable(peer) if resume else None
             machine = ClientChannel(policy, PrivateKey.generate(), int(self.clock()), version,
-                                    resume=resume, peer=peer)
+                                    resume=stored, peer=peer)
             stream = await open_connection(host, port, self.handshake_timeout)
             channel = Channel(self, machine, stream)
             outcome = await channel._handshake()
             if outcome is None:
+                self.live[channel.contract_txid] = channel
                 return channel
             if isinstance(outcome, ChannelClosed):
                 log.info("%s settled channel %s on reconnect (it expires soon); opening a new "
@@ -180,6 +186,10 @@ class Channel:
     def paid(self) -> int:
         return self.record.paid
 
+    @property
+    def connected(self) -> bool:
+        return self.machine.state is not ClientState.CLOSED
+
     async def pay(self, amount: int, info: bytes = b"") -> bytes:
         """Pay `amount` sat more; returns once the server acknowledged it (with its info)."""
         async with self._lock:
@@ -222,6 +232,14 @@ class Channel:
             return opened
         if isinstance(opened, ChannelOpened) and opened.resumed:
             await self._until(PaymentAcknowledged, self.client.handshake_timeout)
+        elif isinstance(opened, ChannelOpened):
+            # The server broadcast it; telling our own node too lets our wallet spend the
+            # contract's change at once (say, for the next channel). Best effort.
+            try:
+                await self.client.wallet.broadcast(Transaction.parse(opened.record.contract_tx))
+            except PaychanError as exc:
+                log.warning("our node did not take contract %s: %s",
+                            opened.record.contract_txid, exc)
         return None
 
     async def _abandon(self) -> None:

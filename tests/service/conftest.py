@@ -48,6 +48,13 @@ class Sides:
     def sync(self) -> None:
         sync_tips([self.server_node, self.client_node])
 
+    def fund_client(self, coins: int, btc: int = 1) -> None:
+        """Give the client's wallet `coins` confirmed coins, so it can fund that many
+        contracts without waiting for unconfirmed change to reach its node."""
+        amounts = {self.client_node.new_address(): btc for _ in range(coins)}
+        self.server_node.wallet_rpc("sendmany", "", amounts)
+        self.mine(1)
+
     def mine(self, blocks: int = 1) -> None:
         self.server_node.mine(blocks)
         self.sync()

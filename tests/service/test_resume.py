@@ -89,7 +89,8 @@ def test_server_drops_the_older_connection_of_a_resumed_channel(sides: Sides) ->
         client = sides.client()
         old = await client.open(host, port, 300_000)
         await old.pay(1_000)
-        new = await client.open(host, port, 300_000)  # resumes while `old` is connected
+        # Another instance on the same store (as after a restart) resumes while `old` is live.
+        new = await sides.client().open(host, port, 300_000)
         assert new.contract_txid == old.contract_txid
         assert await old.stream.receive(timeout=10) is None  # the server hung up on `old`
         await new.pay(1_000)
@@ -98,3 +99,28 @@ def test_server_drops_the_older_connection_of_a_resumed_channel(sides: Sides) ->
 
     asyncio.run(scenario())
     assert sum(p.amount for p in sides.payments()) == 3_000
+
+
+def test_one_client_holds_several_channels_to_one_server(sides: Sides) -> None:
+    async def scenario() -> list[str]:
+        server = sides.server()
+        host, port = await server.listen()
+        client = sides.client()
+        first = await client.open(host, port, 200_000)
+        second = await client.open(host, port, 200_000)  # first is live: a new channel
+        fresh = await client.open(host, port, 200_000, resume=False)
+        for channel in (first, second, fresh):
+            await channel.pay(2_000)
+        await first.disconnect()
+        again = await client.open(host, port, 200_000)  # now resumes the first
+        await again.pay(1_000)
+        for channel in (again, second, fresh):
+            await channel.close()
+        await server.stop()
+        return [first.contract_txid, second.contract_txid, fresh.contract_txid,
+                again.contract_txid]
+
+    first, second, fresh, again = asyncio.run(scenario())
+    assert len({first, second, fresh}) == 3
+    assert again == first
+    assert sum(p.amount for p in sides.payments()) == 3 * 3_000 + 1_000

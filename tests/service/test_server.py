@@ -93,6 +93,7 @@ def test_bad_payments_are_refused_and_nothing_is_lost(sides: Sides, version: int
             "below the minimum": messages.update_payment(
                 record.change - 10, contract.sign_payment(key, record.change - 10)),
         }
+        await channel.disconnect()
         codes = []
         for message in forged.values():
             resumed = await client.open(host, port, 500_000, version=version)
@@ -101,6 +102,7 @@ def test_bad_payments_are_refused_and_nothing_is_lost(sides: Sides, version: int
             assert reply is not None and reply.type == T.ERROR
             codes.append(error_code(reply.error))
             assert await resumed.stream.receive(timeout=10) is None
+            await resumed.disconnect()
         stored = server.store.get(Role.SERVER, record.contract_txid)
         assert stored is not None
         again = await client.open(host, port, 500_000, version=version)
