@@ -242,6 +242,13 @@ class _Parser:
         return TxOut(value, self.var_bytes())
 
     def transaction(self) -> Transaction:
+        tx = self.next_transaction()
+        if self.pos != len(self.data):
+            raise DecodeError(f"{len(self.data) - self.pos} trailing bytes after transaction")
+        return tx
+
+    def next_transaction(self) -> Transaction:
+        """The transaction at the cursor (more bytes may follow, as in a block)."""
         version = self.u32()
         segwit = self.data[self.pos : self.pos + 1] == b"\x00"
         if segwit:
@@ -257,6 +264,14 @@ class _Parser:
             if not any(i.witness for i in inputs):
                 raise DecodeError("segwit flag set but every witness is empty")
         locktime = self.u32()
-        if self.pos != len(self.data):
-            raise DecodeError(f"{len(self.data) - self.pos} trailing bytes after transaction")
         return Transaction(version, tuple(inputs), outputs, locktime)
+
+
+def parse_block_transactions(block: bytes) -> list[Transaction]:
+    """The transactions of a serialized block (its 80-byte header is skipped)."""
+    parser = _Parser(block)
+    parser.take(80)
+    txs = [parser.next_transaction() for _ in range(parser.count(60, "transaction"))]
+    if parser.pos != len(block):
+        raise DecodeError(f"{len(block) - parser.pos} trailing bytes after the block")
+    return txs

@@ -26,6 +26,7 @@ from bitcoind_paychan.bitcoin.script import (
     OP_0,
     OP_1,
     cltv_channel_script,
+    iter_script,
     multisig_2of2_script,
     p2pkh_script,
     p2sh_script,
@@ -227,11 +228,22 @@ class Contract:
         return self.with_spend(refund, [client_sig], cooperative=False)
 
     def refund_fee(self, fee_rate: int) -> int:
-        """The fee a v2/v3 refund pays at `fee_rate` sat/kvB."""
-        if self.version == 1:
-            return V1_REFUND_FEE
-        draft = self.with_spend(self.refund_tx(0), [bytes(MAX_SIG)], cooperative=False)
+        """The fee a refund pays at `fee_rate` sat/kvB (sized with worst-case signatures)."""
+        v1 = self.version == 1
+        draft = self.with_spend(self.refund_tx(0), [bytes(MAX_SIG)] * (2 if v1 else 1),
+                                cooperative=v1)
         return max(-(-fee_rate * draft.vsize // 1000), 1)
+
+    def refund(self, key: PrivateKey, fee_rate: int, signed_v1_refund: bytes = b"") -> Transaction:
+        """A signed refund paying `fee_rate`. Version 1 reuses the server's NONE|ANYONECANPAY
+        signature from the refund signed at opening: it commits to no output, so the client
+        may choose the fee again."""
+        refund = self.refund_tx(self.refund_fee(fee_rate))
+        if self.version != 1:
+            return self.sign_refund(key, refund)
+        pushes = [data for _, data in iter_script(Transaction.parse(signed_v1_refund)
+                                                  .inputs[0].script_sig)]
+        return self.sign_refund(key, refund, pushes[-1])
 
     def sign_refund_as_server(self, key: PrivateKey, refund: Transaction) -> bytes:
         return append_hashtype(key.sign(self.sighash(refund, REFUND_SERVER_HASHTYPE)),

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bitcoind_paychan.bitcoin.tx import Transaction
-from bitcoind_paychan.channel.records import ChannelRecord
+from bitcoind_paychan.channel.chainstate import ChainState
+from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus
 from bitcoind_paychan.errors import ErrorCode
 from bitcoind_paychan.wire import pb
 
@@ -96,6 +97,41 @@ class FundSettlement:
     fee_rate: int
 
 
+# -- the chain watcher's requests ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SettleChannel:
+    """Server: settle this stored channel now (its expiry is near)."""
+
+    contract_txid: str
+
+
+@dataclass(frozen=True, slots=True)
+class MarkChannel:
+    """Set a stored channel's status (and, if given, the tx closing it), atomically with
+    respect to payments being stored on it."""
+
+    contract_txid: str
+    status: ChannelStatus
+    closing_tx: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreChainState:
+    """Durably store what the chain says about a channel."""
+
+    contract_txid: str
+    state: ChainState
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetChannel:
+    """The channel's money is settled and buried: remove it from the store."""
+
+    contract_txid: str
+
+
 # -- notifications for the application ---------------------------------------------------
 
 
@@ -132,6 +168,18 @@ class ChannelClosed:
 
 
 @dataclass(frozen=True, slots=True)
+class ChannelFinished:
+    """The channel's money is settled on chain: by a settlement, a refund, or (FAILED) never
+    locked because the contract's coins were spent elsewhere."""
+
+    record: ChannelRecord
+    status: ChannelStatus
+    closing: Transaction | None
+    server_amount: int  # gross: what the client gave up, fees included
+    client_amount: int
+
+
+@dataclass(frozen=True, slots=True)
 class VersionRefused:
     """Client: the server speaks none of our offered major versions."""
 
@@ -151,5 +199,6 @@ class PeerError:
 Effect = (
     Send | Disconnect | StoreChannel | StorePayment | Broadcast | FundContract | LoadChannel
     | ClaimChannel | PrepareSettlement | FundSettlement | ChannelOpened | PaymentReceived
-    | PaymentAcknowledged | ChannelClosed | VersionRefused | PeerError
+    | PaymentAcknowledged | ChannelClosed | VersionRefused | PeerError | SettleChannel
+    | MarkChannel | StoreChainState | ForgetChannel | ChannelFinished
 )

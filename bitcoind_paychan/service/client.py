@@ -26,6 +26,7 @@ from bitcoind_paychan.channel.client import (
 )
 from bitcoind_paychan.channel.effects import (
     ChannelClosed,
+    ChannelFinished,
     ChannelOpened,
     Disconnect,
     Effect,
@@ -39,6 +40,7 @@ from bitcoind_paychan.channel.effects import (
 )
 from bitcoind_paychan.channel.messages import DEFAULT_TIME_WINDOW
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
+from bitcoind_paychan.channel.watch import WatchPolicy
 from bitcoind_paychan.errors import (
     LocalProtocolError,
     PaychanError,
@@ -46,7 +48,8 @@ from bitcoind_paychan.errors import (
     RemoteProtocolError,
     TransactionRejected,
 )
-from bitcoind_paychan.service.chain import ClientWallet
+from bitcoind_paychan.node.bitcoind import AsyncBitcoind
+from bitcoind_paychan.service.watcher import ChainWatcher
 from bitcoind_paychan.store import ChannelStore
 from bitcoind_paychan.wire import MessageStream, open_connection, pb
 
@@ -64,12 +67,18 @@ class PaymentClient:
 
     def __init__(
         self,
-        wallet: ClientWallet,
+        wallet: AsyncBitcoind,
         store: ChannelStore,
         *,
         network: Network = Network.REGTEST,
         clock: Callable[[], float] = time.time,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        autopilot: WatchPolicy | None = None,
+        on_event: Callable[[ChannelFinished], None] | None = None,
+        zmq_endpoint: str | None = None,
+        poll_interval: float = 5.0,
+        review_interval: float = 60.0,
+        min_fee_rate: int = 1000,
     ) -> None:
         self.wallet = wallet
         self.store = store
@@ -77,6 +86,34 @@ class PaymentClient:
         self.clock = clock
         self.handshake_timeout = handshake_timeout
         self.live: dict[str, Channel] = {}  # contract txid → its channel on a live connection
+        self.watcher = ChainWatcher(Role.CLIENT, wallet, store, autopilot, on_event=on_event,
+                                    zmq_endpoint=zmq_endpoint, poll_interval=poll_interval,
+                                    review_interval=review_interval,
+                                    min_fee_rate=min_fee_rate)
+        self._started = False
+
+    async def start(self) -> None:
+        """Start the autopilot: refunds, settlements seen on chain, forgetting. `open` starts
+        it if needed."""
+        if not self._started:
+            self._started = True
+            await self.watcher.start()
+
+    async def stop(self) -> None:
+        """Stop the autopilot and hang up every live channel (they stay stored)."""
+        for channel in list(self.live.values()):
+            if channel.connected:
+                await channel.disconnect()
+        if self._started:
+            self._started = False
+            await self.watcher.stop()
+
+    async def __aenter__(self) -> PaymentClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
 
     def channels(self, statuses: tuple[ChannelStatus, ...] | None = None) -> list[ChannelRecord]:
         return self.store.channels(Role.CLIENT, statuses)
@@ -126,6 +163,7 @@ class PaymentClient:
     ) -> Channel:
         """Open a channel of `value` sat to host:port, or (unless `resume` is False) resume a
         stored one to it that no live connection here is using."""
+        await self.start()
         peer = f"{host}:{port}"
         policy = ClientPolicy(value, time_window, max_min_payment)
         while True:
@@ -137,6 +175,7 @@ class PaymentClient:
             outcome = await channel._handshake()
             if outcome is None:
                 self.live[channel.contract_txid] = channel
+                self.watcher.schedule_deadline(channel.record)
                 return channel
             if isinstance(outcome, ChannelClosed):
                 log.info("%s settled channel %s on reconnect (it expires soon); opening a new "

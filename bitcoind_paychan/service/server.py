@@ -20,6 +20,7 @@ from bitcoind_paychan.channel import messages
 from bitcoind_paychan.channel.effects import (
     Broadcast,
     ChannelClosed,
+    ChannelFinished,
     ChannelOpened,
     ClaimChannel,
     Disconnect,
@@ -35,6 +36,7 @@ from bitcoind_paychan.channel.effects import (
 )
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.channel.server import ServerChannel, ServerPolicy, ServerState
+from bitcoind_paychan.channel.watch import WatchPolicy
 from bitcoind_paychan.errors import (
     ErrorCode,
     LocalProtocolError,
@@ -42,7 +44,8 @@ from bitcoind_paychan.errors import (
     RemoteProtocolError,
     TransactionRejected,
 )
-from bitcoind_paychan.service.chain import ServerWallet
+from bitcoind_paychan.node.bitcoind import AsyncBitcoind
+from bitcoind_paychan.service.watcher import ChainWatcher
 from bitcoind_paychan.store import ChannelStore
 from bitcoind_paychan.wire import MessageStream, pb
 
@@ -50,7 +53,7 @@ log = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = 15.0  # bitcoinj's idle timeout while a channel is being set up
 ACK = pb.TwoWayChannelMessage.PAYMENT_ACK
 
-ServerEvent = ChannelOpened | PaymentReceived | ChannelClosed | PeerError
+ServerEvent = ChannelOpened | PaymentReceived | ChannelClosed | PeerError | ChannelFinished
 PaymentHandler = Callable[[PaymentReceived], bytes | Awaitable[bytes | None] | None]
 
 
@@ -63,7 +66,7 @@ class PaymentServer:
 
     def __init__(
         self,
-        wallet: ServerWallet,
+        wallet: AsyncBitcoind,
         store: ChannelStore,
         policy: ServerPolicy | None = None,
         *,
@@ -73,6 +76,10 @@ class PaymentServer:
         fee_target: int = 6,
         min_fee_rate: int = 1000,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        autopilot: WatchPolicy | None = None,
+        zmq_endpoint: str | None = None,
+        poll_interval: float = 5.0,
+        review_interval: float = 60.0,
     ) -> None:
         self.wallet = wallet
         self.store = store
@@ -86,9 +93,15 @@ class PaymentServer:
         self._server: asyncio.Server | None = None
         self._owners: dict[str, MessageStream] = {}  # contract txid → its current connection
         self._connections: set[asyncio.Task[None]] = set()
+        self.watcher = ChainWatcher(
+            Role.SERVER, wallet, store, autopilot or WatchPolicy(fee_target=fee_target),
+            settle=self._settle_if_open, on_event=self._finished, zmq_endpoint=zmq_endpoint,
+            poll_interval=poll_interval, review_interval=review_interval,
+            min_fee_rate=min_fee_rate)
 
     async def listen(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
-        """Start accepting connections; returns the bound (host, port)."""
+        """Start the autopilot and accept connections; returns the bound (host, port)."""
+        await self.watcher.start()
         self._server = await asyncio.start_server(self._accept, host, port)
         bound = self._server.sockets[0].getsockname()
         log.info("payment server listening on %s:%s", bound[0], bound[1])
@@ -96,6 +109,7 @@ class PaymentServer:
 
     async def stop(self) -> None:
         """Stop accepting, let connections finish their current message, and hang up."""
+        await self.watcher.stop()
         if self._server:
             self._server.close()
         for stream in list(self._owners.values()):
@@ -108,6 +122,16 @@ class PaymentServer:
 
     def channels(self, statuses: tuple[ChannelStatus, ...] | None = None) -> list[ChannelRecord]:
         return self.store.channels(Role.SERVER, statuses)
+
+    async def _settle_if_open(self, contract_txid: str) -> None:
+        try:
+            await self.settle(contract_txid)
+        except LocalProtocolError as exc:
+            log.info("not settling %s: %s", contract_txid, exc)
+
+    def _finished(self, event: ChannelFinished) -> None:
+        if self.on_event:
+            self.on_event(event)
 
     async def settle(self, contract_txid: str) -> Transaction:
         """Settle a stored open channel now, whether or not its client is connected."""
@@ -205,6 +229,8 @@ class PaymentServer:
                     if ack_info and ack is not None and ack.type == ACK:
                         ack.payment_ack.info = ack_info
                 case ChannelOpened() | ChannelClosed() | PeerError():
+                    if isinstance(effect, ChannelOpened):
+                        self.watcher.schedule_deadline(effect.record)
                     if self.on_event:
                         self.on_event(effect)
                 case Disconnect(reason):

@@ -6,11 +6,12 @@ must have it on disk (surviving a crash and a power loss) by then.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
+from bitcoind_paychan.channel.chainstate import ChainState
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.errors import StoreError
 
@@ -32,7 +33,8 @@ class PaymentLogEntry:
 
 @runtime_checkable
 class ChannelStore(Protocol):
-    """Channel records keyed by (role, contract_txid), plus an append-only payment log.
+    """Channel records keyed by (role, contract_txid), plus an append-only payment log, each
+    channel's ChainState (the chain watcher's, apart from the record) and a few meta settings.
 
     Every method is atomic and thread-safe; errors are `StoreError`s.
     """
@@ -63,9 +65,38 @@ class ChannelStore(Protocol):
         """Logged payments of `role` (and one channel if given), newest first, at most `limit`."""
         ...
 
+    def modify(
+        self, role: Role, contract_txid: str, change: Callable[[ChannelRecord], ChannelRecord]
+    ) -> ChannelRecord:
+        """Store `change(stored record)` and return it, atomically: no other write (such as a
+        `record_payment`) lands between the read and the write. Refuses an unknown channel, a
+        result of another role or contract, and one whose `change` is above the stored one.
+        `change` runs under the store's lock: it must be quick and must not use the store
+        (that would deadlock). If it raises, nothing is stored and the exception propagates."""
+        ...
+
+    def chain_state(self, role: Role, contract_txid: str) -> ChainState:
+        """The channel's stored ChainState (`ChainState()` if none was put); refuses an unknown
+        channel."""
+        ...
+
+    def put_chain_state(self, role: Role, contract_txid: str, state: ChainState) -> None:
+        """Replace the channel's ChainState; refuses an unknown channel. Leaves the record and
+        the payment log alone."""
+        ...
+
+    def get_meta(self, key: str) -> str | None:
+        """The value stored under `key`, or None."""
+        ...
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Store `value` under `key`, replacing any earlier value."""
+        ...
+
     def forget(self, role: Role, contract_txid: str) -> None:
-        """Delete a settled, refunded or failed channel and its payment log; refuse any other
-        (its money is not settled). Forgetting an unknown channel does nothing."""
+        """Delete a settled, refunded or failed channel, its payment log and its ChainState;
+        refuse any other (its money is not settled). Forgetting an unknown channel does
+        nothing."""
         ...
 
     def close(self) -> None:
@@ -89,6 +120,20 @@ def not_stored(role: Role, contract_txid: str) -> StoreError:
     return StoreError(
         f"cannot record a payment on {role} channel {contract_txid}: it is not stored; "
         "put() the channel before accepting payments on it"
+    )
+
+
+def unknown_channel(role: Role, contract_txid: str, what: str) -> StoreError:
+    return StoreError(
+        f"cannot {what} of {role} channel {contract_txid}: it is not stored; put() the channel "
+        "first"
+    )
+
+
+def other_channel(role: Role, contract_txid: str, new: ChannelRecord) -> StoreError:
+    return StoreError(
+        f"refusing to modify {role} channel {contract_txid} into {new.role} channel "
+        f"{new.contract_txid}: modify() changes a channel's record, never which channel it is"
     )
 
 

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from types import TracebackType
 from typing import Self
 
+from bitcoind_paychan.channel.chainstate import ChainState
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.store.base import (
     PaymentLogEntry,
@@ -19,6 +20,8 @@ from bitcoind_paychan.store.base import (
     closed,
     not_final,
     not_stored,
+    other_channel,
+    unknown_channel,
 )
 
 _Key = tuple[Role, str]
@@ -31,6 +34,8 @@ class MemoryStore:
         self._lock = threading.Lock()
         self._records: dict[_Key, ChannelRecord] = {}
         self._log: list[PaymentLogEntry] = []
+        self._chain: dict[_Key, ChainState] = {}
+        self._meta: dict[str, str] = {}
         self._seq = itertools.count(1)
         self._closed = False
 
@@ -92,6 +97,49 @@ class MemoryStore:
             ]
         return found if limit is None else found[: max(limit, 0)]
 
+    def modify(
+        self, role: Role, contract_txid: str, change: Callable[[ChannelRecord], ChannelRecord]
+    ) -> ChannelRecord:
+        key = (Role(role), contract_txid)
+        with self._lock:
+            self._check_open()
+            old = self._records.get(key)
+            if old is None:
+                raise unknown_channel(*key, "modify the record")
+            new = change(old)
+            if (Role(new.role), new.contract_txid) != key:
+                raise other_channel(*key, new)
+            if new.change > old.change:
+                raise change_increased(*key, old.change, new.change)
+            self._records[key] = new
+            return new
+
+    def chain_state(self, role: Role, contract_txid: str) -> ChainState:
+        key = (Role(role), contract_txid)
+        with self._lock:
+            self._check_open()
+            if key not in self._records:
+                raise unknown_channel(*key, "read the chain state")
+            return self._chain.get(key, ChainState())
+
+    def put_chain_state(self, role: Role, contract_txid: str, state: ChainState) -> None:
+        key = (Role(role), contract_txid)
+        with self._lock:
+            self._check_open()
+            if key not in self._records:
+                raise unknown_channel(*key, "store the chain state")
+            self._chain[key] = state
+
+    def get_meta(self, key: str) -> str | None:
+        with self._lock:
+            self._check_open()
+            return self._meta.get(key)
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._lock:
+            self._check_open()
+            self._meta[key] = value
+
     def forget(self, role: Role, contract_txid: str) -> None:
         key = (Role(role), contract_txid)
         with self._lock:
@@ -102,6 +150,7 @@ class MemoryStore:
             if not rec.status.final:
                 raise not_final(*key, rec.status)
             del self._records[key]
+            self._chain.pop(key, None)
             self._log = [e for e in self._log if (e.role, e.contract_txid) != key]
 
     def close(self) -> None:

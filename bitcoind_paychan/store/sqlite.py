@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from bitcoind_paychan.channel.chainstate import ChainState
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.errors import StoreError
 from bitcoind_paychan.store import files, schema
@@ -26,6 +27,8 @@ from bitcoind_paychan.store.base import (
     closed,
     not_final,
     not_stored,
+    other_channel,
+    unknown_channel,
 )
 
 MEMORY = ":memory:"
@@ -131,6 +134,47 @@ class SQLiteStore:
             rows = conn.execute(sql, (*args, -1 if limit is None else max(limit, 0))).fetchall()
         return [PaymentLogEntry(Role(r[0]), r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
+    def modify(
+        self, role: Role, contract_txid: str, change: Callable[[ChannelRecord], ChannelRecord]
+    ) -> ChannelRecord:
+        role = Role(role)
+        with self._transaction(f"modify {role} channel {contract_txid}") as conn:
+            sql = f"{schema.SELECT} WHERE role = ? AND contract_txid = ?"
+            row = conn.execute(sql, (role.value, contract_txid)).fetchone()
+            if row is None:
+                raise unknown_channel(role, contract_txid, "modify the record")
+            old = schema.decode(row, self._name)
+            new = change(old)
+            if (Role(new.role), new.contract_txid) != (role, contract_txid):
+                raise other_channel(role, contract_txid, new)
+            if new.change > old.change:
+                raise change_increased(role, contract_txid, old.change, new.change)
+            conn.execute(schema.PUT, schema.encode(new))
+        return new
+
+    def chain_state(self, role: Role, contract_txid: str) -> ChainState:
+        with self._connection(f"read the chain state of {role} channel {contract_txid}") as conn:
+            row = conn.execute(schema.CHAIN, (Role(role).value, contract_txid)).fetchone()
+        if row is None:
+            raise unknown_channel(role, contract_txid, "read the chain state")
+        return schema.decode_chain(row)
+
+    def put_chain_state(self, role: Role, contract_txid: str, state: ChainState) -> None:
+        key = (Role(role).value, contract_txid)
+        with self._transaction(f"store the chain state of {role} channel {contract_txid}") as c:
+            if c.execute(schema.CHANGE, key).fetchone() is None:
+                raise unknown_channel(role, contract_txid, "store the chain state")
+            c.execute(schema.PUT_CHAIN, schema.encode_chain(role, contract_txid, state))
+
+    def get_meta(self, key: str) -> str | None:
+        with self._connection(f"read the setting {key!r}") as conn:
+            row = conn.execute(schema.GET_META, (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._transaction(f"store the setting {key!r}") as conn:
+            conn.execute(schema.SET_META, (key, value))
+
     def forget(self, role: Role, contract_txid: str) -> None:
         key = (Role(role).value, contract_txid)
         with self._transaction(f"forget {role} channel {contract_txid}") as conn:
@@ -139,7 +183,8 @@ class SQLiteStore:
                 return
             if row[0] not in _FINAL:
                 raise not_final(Role(role), contract_txid, ChannelStatus(row[0]))
-            conn.execute(schema.DELETE, key)  # the payment log follows (ON DELETE CASCADE)
+            # The payment log and the chain state follow (ON DELETE CASCADE).
+            conn.execute(schema.DELETE, key)
 
     def close(self) -> None:
         with self._lock:

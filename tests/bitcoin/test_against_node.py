@@ -538,3 +538,14 @@ def test_high_s_signature_is_refused_by_policy_not_consensus(chain: RegtestNode)
     # Low S is standardness only: a block may still carry the high-S spend.
     block = chain.mine_tx(high_tx.hex())
     assert chain.rpc("getrawtransaction", high_tx.txid_hex, True)["blockhash"] == block
+
+
+def test_block_transactions_parse_as_the_node_lists_them(chain: RegtestNode) -> None:
+    from bitcoind_paychan.bitcoin.tx import parse_block_transactions
+
+    for _ in range(3):
+        chain.wallet_rpc("sendtoaddress", chain.new_address(), 0.5)
+    (block,) = chain.mine(1)
+    txs = parse_block_transactions(bytes.fromhex(chain.rpc("getblock", block, 0)))
+    assert [tx.txid_hex for tx in txs] == chain.rpc("getblock", block, 1)["tx"]
+    assert len(txs) == 4

@@ -430,8 +430,12 @@ def test_client_alone_refund_is_signed_for_all(version: int) -> None:
 
 
 def test_refund_fee() -> None:
-    assert make_contract(1).refund_fee(FEE_RATE) == V1_REFUND_FEE == 1000
+    # Sized by the refund's worst-case size: v1 carries two signatures, v3 is discounted.
     assert make_contract(3).refund_fee(FEE_RATE) < make_contract(2).refund_fee(FEE_RATE)
+    v1 = make_contract(1)
+    signed = v1.with_spend(v1.refund_tx(0), [bytes(73)] * 2, cooperative=True)
+    assert v1.refund_fee(FEE_RATE) == -(-FEE_RATE * signed.vsize // 1000)
+    assert V1_REFUND_FEE == 1000  # the fee of the refund exchanged at opening (bitcoinj's)
     assert make_contract(2).refund_fee(0) == 1
 
 

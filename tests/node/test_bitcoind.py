@@ -106,7 +106,8 @@ def test_is_spent(bitcoind: Bitcoind, node: RegtestNode) -> None:
         if o["scriptPubKey"].get("address") == address
     )
     assert bitcoind.is_spent(txid, vout) is False
-    node.wallet_rpc("sendall", [node.new_address()])  # spends every coin, ours included
+    node.wallet_rpc("sendall", [node.new_address()], None, None, None,
+                    {"inputs": [{"txid": txid, "vout": vout}]})
     assert bitcoind.is_spent(txid, vout) is True
     with pytest.raises(NodeError, match="does not know"):
         bitcoind.is_spent("11" * 32, 0)

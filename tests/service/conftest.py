@@ -1,23 +1,34 @@
-"""A server and a client, each beside its own regtest node, on one chain."""
+"""A server and a client, each beside its own regtest node on one chain (`sides`), or both
+beside one node with a wallet each (`one_node`: for tests that move the node's clock, which
+makes peers drop each other)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bitcoind_paychan.channel.effects import ChannelOpened, PaymentReceived, PeerError
+from bitcoind_paychan.channel.effects import (
+    ChannelFinished,
+    ChannelOpened,
+    PaymentReceived,
+    PeerError,
+)
 from bitcoind_paychan.channel.server import ServerPolicy
+from bitcoind_paychan.channel.watch import WatchPolicy
 from bitcoind_paychan.node import Bitcoind
 from bitcoind_paychan.service.client import PaymentClient
 from bitcoind_paychan.service.regtest import MiningBroadcaster
 from bitcoind_paychan.service.server import PaymentServer, ServerEvent
 from bitcoind_paychan.store import SQLiteStore
-from regtest.node import RegtestNode, sync_tips
+from regtest.node import DEFAULT_WALLET, RegtestNode, sync_tips
 from tests.conftest import config_for
+
+FAST = WatchPolicy(forget_depth=2, bump_after_blocks=1)
 
 
 @dataclass
@@ -26,15 +37,25 @@ class Sides:
     client_node: RegtestNode
     tmp: Path
     events: list[ServerEvent] = field(default_factory=list)
+    client_events: list[ChannelFinished] = field(default_factory=list)
+    client_wallet: str = DEFAULT_WALLET
 
-    def server(self, policy: ServerPolicy | None = None, name: str = "server") -> PaymentServer:
+    def server(self, policy: ServerPolicy | None = None, name: str = "server",
+               **options: Any) -> PaymentServer:
         node = Bitcoind(config_for(self.server_node))
+        options.setdefault("poll_interval", 0.2)
+        options.setdefault("review_interval", 0.5)
+        options.setdefault("autopilot", FAST)
         return PaymentServer(MiningBroadcaster(node), SQLiteStore(self.tmp / f"{name}.db"),
-                             policy, on_event=self.events.append)
+                             policy, on_event=self.events.append, **options)
 
-    def client(self, name: str = "client") -> PaymentClient:
-        node = Bitcoind(config_for(self.client_node))
-        return PaymentClient(MiningBroadcaster(node), SQLiteStore(self.tmp / f"{name}.db"))
+    def client(self, name: str = "client", **options: Any) -> PaymentClient:
+        node = Bitcoind(config_for(self.client_node, wallet=self.client_wallet))
+        options.setdefault("poll_interval", 0.2)
+        options.setdefault("review_interval", 0.5)
+        options.setdefault("autopilot", FAST)
+        return PaymentClient(MiningBroadcaster(node), SQLiteStore(self.tmp / f"{name}.db"),
+                             on_event=self.client_events.append, **options)
 
     def payments(self) -> list[PaymentReceived]:
         return [e for e in self.events if isinstance(e, PaymentReceived)]
@@ -46,7 +67,8 @@ class Sides:
         return [e for e in self.events if isinstance(e, PeerError)]
 
     def sync(self) -> None:
-        sync_tips([self.server_node, self.client_node])
+        if self.server_node is not self.client_node:
+            sync_tips([self.server_node, self.client_node])
 
     def fund_client(self, coins: int, btc: int = 1) -> None:
         """Give the client's wallet `coins` confirmed coins, so it can fund that many
@@ -63,6 +85,25 @@ class Sides:
 @pytest.fixture
 def sides(two_nodes: list[RegtestNode], tmp_path: Path) -> Iterator[Sides]:
     yield Sides(two_nodes[0], two_nodes[1], tmp_path)
+
+
+@pytest.fixture
+def one_node(node: RegtestNode, tmp_path: Path) -> Iterator[Sides]:
+    node.rpc("createwallet", "client")
+    client_address = node.rpc("getnewaddress", wallet="client")
+    node.wallet_rpc("sendmany", "", {client_address: 5, node.rpc("getnewaddress",
+                                                                 wallet="client"): 5})
+    node.mine(1)
+    yield Sides(node, node, tmp_path, client_wallet="client")
+
+
+async def until(predicate: Callable[[], object], timeout: float = 30.0, what: str = "") -> None:
+    """Wait in the event loop (so the services keep running) until `predicate()` is true."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what or predicate}")
+        await asyncio.sleep(0.05)
 
 
 def run(coro: object) -> object:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from bitcoind_paychan.channel.records import ChannelStatus, Role
+from bitcoind_paychan.channel.chainstate import ChainState
+from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.errors import StoreError
 from bitcoind_paychan.store import ChannelStore, MemoryStore, SQLiteStore
 from tests.store.helpers import Channel, assert_same
@@ -16,6 +19,9 @@ from tests.store.helpers import Channel, assert_same
 OPEN, CLOSING = ChannelStatus.OPEN, ChannelStatus.CLOSING
 FINAL = [s for s in ChannelStatus if s.final]
 NOT_FINAL = [s for s in ChannelStatus if not s.final]
+# No field keeps its default.
+FULL_CHAIN = ChainState(contract_height=800_001, spender=b"spend" * 40, spender_height=800_123,
+                        conflict_height=800_002, broadcast_height=800_100, fee_rate=2_500)
 
 
 @pytest.fixture(params=["sqlite-file", "sqlite-memory", "memory"])
@@ -196,3 +202,192 @@ def test_closed_store_refuses_calls(store: ChannelStore) -> None:
         store.get(Role.SERVER, Channel().txid)
     with pytest.raises(StoreError, match="closed"):
         store.put(Channel().record())
+    with pytest.raises(StoreError, match="closed"):
+        store.get_meta("tip")
+    with pytest.raises(StoreError, match="closed"):
+        store.modify(Role.SERVER, Channel().txid, lambda r: r)
+
+
+# -- modify ----------------------------------------------------------------------------------
+
+
+def test_modify_stores_the_change_of_the_latest_record(store: ChannelStore) -> None:
+    ch = Channel()
+    store.put(ch.record(peer="a:1"))
+    paid = ch.pay(ch.record(peer="a:1"), 500)
+    store.record_payment(paid, 500)
+    seen: list[ChannelRecord] = []
+
+    def close(rec: ChannelRecord) -> ChannelRecord:
+        seen.append(rec)
+        return replace(rec, status=CLOSING, settlement_tx=b"settle")
+
+    new = store.modify(Role.SERVER, ch.txid, close)
+    assert len(seen) == 1
+    assert_same(seen[0], paid)  # the stored record, payment included
+    assert_same(new, replace(paid, status=CLOSING, settlement_tx=b"settle"))
+    assert_same(store.get(Role.SERVER, ch.txid), new)
+    assert len(store.payments(Role.SERVER, ch.txid)) == 1
+    lower = store.modify(Role.SERVER, ch.txid, lambda r: ch.pay(r, 1))  # lowering is allowed
+    assert_same(store.get(Role.SERVER, ch.txid), lower)
+
+
+def test_modify_refuses_a_change_increase(store: ChannelStore) -> None:
+    ch = Channel()
+    paid = ch.pay(ch.record(), 3000)
+    store.put(paid)
+    with pytest.raises(StoreError, match=r"change 97001 above the stored 97000.*get\(\)"):
+        store.modify(Role.SERVER, ch.txid, lambda r: replace(r, change=r.change + 1,
+                                                             status=CLOSING))
+    assert_same(store.get(Role.SERVER, ch.txid), paid)
+
+
+def test_modify_refuses_another_channel_and_an_unknown_one(store: ChannelStore) -> None:
+    ch, other = Channel(), Channel()
+    rec = ch.record()
+    store.put(rec)
+    with pytest.raises(StoreError, match=f"into client channel {ch.txid}"):
+        store.modify(Role.SERVER, ch.txid, lambda r: replace(r, role=Role.CLIENT))
+    with pytest.raises(StoreError, match=f"into server channel {other.txid}"):
+        store.modify(Role.SERVER, ch.txid, lambda r: other.record())
+    assert store.get(Role.CLIENT, ch.txid) is None
+    assert store.get(Role.SERVER, other.txid) is None
+    assert_same(store.get(Role.SERVER, ch.txid), rec)
+
+    def never(r: ChannelRecord) -> ChannelRecord:
+        raise AssertionError("called for an unknown channel")
+
+    with pytest.raises(StoreError, match=f"modify the record of server channel {other.txid}: "
+                                         "it is not stored"):
+        store.modify(Role.SERVER, other.txid, never)
+    with pytest.raises(StoreError, match="not stored"):
+        store.modify(Role.CLIENT, ch.txid, never)
+
+
+def test_modify_stores_nothing_when_the_change_raises(store: ChannelStore) -> None:
+    ch = Channel()
+    rec = ch.record()
+    store.put(rec)
+
+    def fail(r: ChannelRecord) -> ChannelRecord:
+        raise ValueError("changed my mind")
+
+    with pytest.raises(ValueError, match="changed my mind"):
+        store.modify(Role.SERVER, ch.txid, fail)
+    assert_same(store.get(Role.SERVER, ch.txid), rec)
+    store.record_payment(ch.pay(rec, 1), 1)  # the store is usable afterwards
+
+
+def test_modify_is_not_interleaved_by_a_payment(store: ChannelStore) -> None:
+    # While `close` runs (slowly), another thread records a payment. A modify that read the
+    # record, ran `close` and wrote the result outside one locked transaction would either
+    # lose that payment or be refused (its result's change is above the stored one).
+    ch = Channel()
+    rec = ch.record()
+    store.put(rec)
+    paid = ch.pay(rec, 100)
+    inside = threading.Event()
+    errors: list[BaseException] = []
+    seen: list[ChannelRecord] = []
+
+    def pay() -> None:
+        try:
+            assert inside.wait(10)
+            store.record_payment(paid, 100)  # must wait until modify has committed
+        except BaseException as e:
+            errors.append(e)
+
+    def close(r: ChannelRecord) -> ChannelRecord:
+        seen.append(r)
+        inside.set()
+        time.sleep(0.3)  # the payer is trying to store its payment meanwhile
+        return replace(r, status=CLOSING, settlement_tx=b"settle")
+
+    payer = threading.Thread(target=pay)
+    payer.start()
+    try:
+        new = store.modify(Role.SERVER, ch.txid, close)
+    finally:
+        inside.set()
+        payer.join(10)
+    assert not payer.is_alive() and errors == []
+    assert len(seen) == 1 and seen[0].change == rec.change  # the payment was not in yet
+    assert (new.status, new.change) == (CLOSING, rec.change)
+    assert_same(store.get(Role.SERVER, ch.txid),
+                replace(paid, status=CLOSING, settlement_tx=b"settle"))
+    assert [e.amount for e in store.payments(Role.SERVER, ch.txid)] == [100]
+
+
+# -- chain state -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("role", list(Role))
+def test_chain_state_round_trip_and_default(store: ChannelStore, role: Role) -> None:
+    ch = Channel()
+    store.put(ch.record(Role.SERVER))
+    store.put(ch.record(Role.CLIENT))
+    assert store.chain_state(role, ch.txid) == ChainState()
+    store.put_chain_state(role, ch.txid, FULL_CHAIN)
+    assert store.chain_state(role, ch.txid) == FULL_CHAIN
+    other = Role.CLIENT if role == Role.SERVER else Role.SERVER
+    assert store.chain_state(other, ch.txid) == ChainState()  # kept apart by role
+    later = replace(FULL_CHAIN, spender=b"", spender_height=0, fee_rate=5_000)
+    store.put_chain_state(role, ch.txid, later)
+    assert store.chain_state(role, ch.txid) == later
+
+
+def test_chain_state_and_record_do_not_overwrite_each_other(store: ChannelStore) -> None:
+    ch = Channel()
+    rec = ch.record()
+    store.put(rec)
+    store.put_chain_state(Role.SERVER, ch.txid, FULL_CHAIN)
+    assert_same(store.get(Role.SERVER, ch.txid), rec)
+    rec = ch.pay(rec, 10)
+    store.record_payment(rec, 10)
+    rec = replace(rec, status=CLOSING)
+    store.put(rec)
+    rec = store.modify(Role.SERVER, ch.txid, lambda r: replace(r, settlement_tx=b"tx"))
+    assert store.chain_state(Role.SERVER, ch.txid) == FULL_CHAIN
+    assert_same(store.get(Role.SERVER, ch.txid), rec)
+
+
+def test_chain_state_of_unknown_channel_refused(store: ChannelStore) -> None:
+    ch = Channel()
+    store.put(ch.record(Role.CLIENT))
+    with pytest.raises(StoreError, match=f"store the chain state of server channel {ch.txid}: "
+                                         r"it is not stored; put\(\) the channel first"):
+        store.put_chain_state(Role.SERVER, ch.txid, FULL_CHAIN)
+    with pytest.raises(StoreError, match=f"read the chain state of server channel {ch.txid}"):
+        store.chain_state(Role.SERVER, ch.txid)
+    with pytest.raises(StoreError, match="not stored"):
+        store.chain_state(Role.CLIENT, Channel().txid)
+    assert store.get(Role.SERVER, ch.txid) is None
+    assert store.chain_state(Role.CLIENT, ch.txid) == ChainState()
+
+
+def test_forget_removes_the_chain_state(store: ChannelStore) -> None:
+    ch, other = Channel(), Channel()
+    store.put(ch.record(status=ChannelStatus.SETTLED))
+    store.put(other.record())
+    store.put_chain_state(Role.SERVER, ch.txid, FULL_CHAIN)
+    store.put_chain_state(Role.SERVER, other.txid, FULL_CHAIN)
+    store.forget(Role.SERVER, ch.txid)
+    with pytest.raises(StoreError, match="not stored"):
+        store.chain_state(Role.SERVER, ch.txid)
+    store.put(ch.record())  # the same channel again starts with no chain state
+    assert store.chain_state(Role.SERVER, ch.txid) == ChainState()
+    assert store.chain_state(Role.SERVER, other.txid) == FULL_CHAIN
+
+
+# -- meta ------------------------------------------------------------------------------------
+
+
+def test_meta_round_trip_and_overwrite(store: ChannelStore) -> None:
+    assert store.get_meta("tip") is None
+    store.set_meta("tip", "800000:00000000000000000001")
+    store.set_meta("other", "")
+    assert store.get_meta("tip") == "800000:00000000000000000001"
+    store.set_meta("tip", "800001:00000000000000000002")
+    assert store.get_meta("tip") == "800001:00000000000000000002"
+    assert store.get_meta("other") == ""
+    assert store.get_meta("TIP") is None

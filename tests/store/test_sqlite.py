@@ -11,13 +11,15 @@ import sys
 import textwrap
 import threading
 from collections.abc import Iterator
-from dataclasses import fields
+from contextlib import closing
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
 
+from bitcoind_paychan.channel.chainstate import ChainState
 from bitcoind_paychan.channel.contract import Contract
-from bitcoind_paychan.channel.records import ChannelRecord, Role
+from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.errors import StoreError
 from bitcoind_paychan.store import SQLiteStore, open_store, schema
 from tests.store.helpers import Channel, assert_same
@@ -53,6 +55,16 @@ def test_every_record_field_has_columns() -> None:
     assert sorted(c for cols in stored.values() for c in cols) == sorted(schema.CHANNEL_COLUMNS)
 
 
+def test_every_chain_state_field_has_a_column() -> None:
+    # A new ChainState field fails here until schema.py stores it.
+    names = [f.name for f in fields(ChainState)]
+    assert list(schema.CHAIN_COLUMNS) == [*schema.KEY_COLUMNS, *names]
+    state = ChainState(1, b"x", 3, 4, 5, 6)
+    assert all(getattr(state, n) != getattr(ChainState(), n) for n in names)
+    row = schema.encode_chain(Role.CLIENT, "ab" * 32, state)
+    assert schema.decode_chain(row[len(schema.KEY_COLUMNS):]) == state
+
+
 def test_survives_close_and_reopen(path: Path) -> None:
     ch = Channel()
     rec = ch.full_record(Role.CLIENT, ch.record().status)
@@ -63,6 +75,23 @@ def test_survives_close_and_reopen(path: Path) -> None:
     with SQLiteStore(str(path)) as store:
         assert_same(store.get(Role.CLIENT, ch.txid), rec)
         assert [(e.amount, e.info) for e in store.payments(Role.CLIENT)] == [(42, b"note")]
+
+
+def test_chain_state_and_meta_survive_reopen(path: Path) -> None:
+    ch = Channel()
+    state = ChainState(contract_height=101, spender=b"tx" * 50, spender_height=150,
+                       broadcast_height=149, fee_rate=1_000)
+    with SQLiteStore(path) as store:
+        store.put(ch.record(Role.CLIENT))
+        store.put_chain_state(Role.CLIENT, ch.txid, state)
+        store.set_meta("tip", "150:00ff")
+        store.set_meta("tip", "151:0100")
+        rec = store.modify(Role.CLIENT, ch.txid,
+                           lambda r: replace(r, status=ChannelStatus.CLOSING))
+    with SQLiteStore(path) as store:
+        assert store.chain_state(Role.CLIENT, ch.txid) == state
+        assert store.get_meta("tip") == "151:0100"
+        assert_same(store.get(Role.CLIENT, ch.txid), rec)
 
 
 def test_wal_and_full_sync(path: Path) -> None:
@@ -139,8 +168,34 @@ def test_refuses_a_newer_schema(path: Path) -> None:
     SQLiteStore(path).close()
     with sqlite3.connect(path) as conn:
         conn.execute(f"PRAGMA user_version = {schema.SCHEMA_VERSION + 1}")
-    with pytest.raises(StoreError, match=r"schema version 2, newer.*upgrade bitcoind-paychan"):
+    newer = schema.SCHEMA_VERSION + 1
+    with pytest.raises(StoreError, match=rf"schema version {newer}, newer.*upgrade bitcoind-"):
         SQLiteStore(path)
+
+
+def _schema_sql(path: Path) -> set[str]:
+    with closing(sqlite3.connect(path)) as conn:
+        return {row[0] for row in conn.execute("SELECT sql FROM sqlite_schema WHERE sql NOT NULL")}
+
+
+def test_upgrades_a_version_1_file(path: Path, tmp_path: Path) -> None:
+    ch = Channel()
+    rec = ch.pay(ch.record(), 7)
+    with SQLiteStore(path) as store:
+        store.put(ch.record())
+        store.record_payment(rec, 7, b"v1")
+    with closing(sqlite3.connect(path)) as conn:  # what version 1 created: no chain_state, meta
+        conn.executescript("DROP TABLE chain_state; DROP TABLE meta; PRAGMA user_version = 1")
+    with SQLiteStore(path) as store:
+        assert_same(store.get(Role.SERVER, ch.txid), rec)
+        assert [e.info for e in store.payments(Role.SERVER)] == [b"v1"]
+        assert store.chain_state(Role.SERVER, ch.txid) == ChainState()
+        store.put_chain_state(Role.SERVER, ch.txid, ChainState(contract_height=5))
+        store.set_meta("tip", "5:00")
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (schema.SCHEMA_VERSION,)
+    SQLiteStore(tmp_path / "new.db").close()
+    assert _schema_sql(path) == _schema_sql(tmp_path / "new.db")  # as if created new
 
 
 def test_refuses_other_files(path: Path, tmp_path: Path) -> None:

@@ -1,0 +1,237 @@
+"""The chain side of a stored channel, as pure functions: what blocks tell us, what to do.
+
+`apply_block` / `revert_block` / `observe_mempool` fold chain facts into a ChainState;
+`review` turns a record, its ChainState and the tip into effects: settle before the client's
+refund becomes valid (server), refund once it is valid (client), re-broadcast what fell out
+of the chain, replace a stuck closing transaction with a higher fee, and forget a channel only
+when its closing transaction is buried `forget_depth` blocks deep.
+
+The only clock is the chain: the tip's block time for the server's deadline, median-time-past
+for the refund's validity (what nLockTime is checked against).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from bitcoind_paychan.bitcoin.tx import OutPoint, Transaction
+from bitcoind_paychan.channel.chainstate import ChainState
+from bitcoind_paychan.channel.contract import DUST, Contract
+from bitcoind_paychan.channel.effects import (
+    Broadcast,
+    ChannelFinished,
+    Effect,
+    ForgetChannel,
+    MarkChannel,
+    SettleChannel,
+    StoreChainState,
+)
+from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
+from bitcoind_paychan.channel.server import SETTLEMENT_MARGIN
+from bitcoind_paychan.errors import LocalProtocolError
+
+BLOCK_INTERVAL = 600
+
+
+@dataclass(frozen=True)
+class Tip:
+    height: int
+    median_time: int
+    time: int
+
+
+@dataclass(frozen=True)
+class WatchPolicy:
+    """When to act. `settle_margin` is how long before the expiry (by block time) the server
+    settles: at least two hours, and at least twice the time the fee target allows."""
+
+    fee_target: int = 6
+    settle_margin: int = 0  # 0: derived from fee_target
+    forget_depth: int = 6
+    bump_after_blocks: int = 2
+    max_fee_rate: int = 200_000  # sat/kvB: never pay more than this, whatever the estimate
+
+    def __post_init__(self) -> None:
+        if not self.settle_margin:
+            margin = max(SETTLEMENT_MARGIN, 2 * self.fee_target * BLOCK_INTERVAL)
+            object.__setattr__(self, "settle_margin", margin)
+        if self.forget_depth < 1:
+            raise LocalProtocolError("forget_depth must be at least 1")
+
+
+def contract_inputs(record: ChannelRecord) -> set[OutPoint]:
+    return {txin.prevout for txin in Transaction.parse(record.contract_tx).inputs}
+
+
+def apply_block(record: ChannelRecord, state: ChainState, txs: Sequence[Transaction],
+                height: int) -> ChainState:
+    """Fold one connected block into the channel's chain state."""
+    contract = record.contract
+    funding = contract_inputs(record) if not state.contract_height else set()
+    for tx in txs:
+        txid = tx.txid
+        if txid == contract.outpoint.txid:
+            state = replace(state, contract_height=height, conflict_height=0)
+            funding = set()
+            continue
+        for txin in tx.inputs:
+            if txin.prevout == contract.outpoint:
+                state = replace(state, spender=tx.serialize(), spender_height=height)
+            elif txin.prevout in funding:
+                state = replace(state, conflict_height=height)
+    return state
+
+
+def revert_block(state: ChainState, height: int) -> ChainState:
+    """A block at `height` was disconnected: what it confirmed is unconfirmed again."""
+    return replace(
+        state,
+        contract_height=0 if state.contract_height >= height else state.contract_height,
+        spender_height=0 if state.spender_height >= height else state.spender_height,
+        conflict_height=0 if state.conflict_height >= height else state.conflict_height,
+    )
+
+
+def observe_mempool(state: ChainState, spender: Transaction | None) -> ChainState:
+    """The mempool's spender of the contract (if the chain has none)."""
+    if spender is None or state.spender_height:
+        return state
+    return replace(state, spender=spender.serialize())
+
+
+def depth(tip: Tip, height: int) -> int:
+    return tip.height - height + 1 if height else 0
+
+
+def is_refund(tx: Transaction) -> bool:
+    """Refunds carry the channel's lock time; payments and settlements have none."""
+    return tx.locktime != 0
+
+
+def client_share(contract: Contract, tx: Transaction) -> int:
+    first = tx.outputs[0] if tx.outputs else None
+    return first.value if first and first.script_pubkey == contract.change_script else 0
+
+
+def review(record: ChannelRecord, state: ChainState, tip: Tip, fee_rate: int,
+           policy: WatchPolicy) -> list[Effect]:
+    """What to do about one stored channel now."""
+    txid, contract = record.contract_txid, record.contract
+    fee_rate = min(fee_rate, policy.max_fee_rate)
+    if state.conflict_height and not state.contract_height:
+        return _finish(record, state, tip, policy, ChannelStatus.FAILED, None)
+    if state.spender:
+        return _spent(record, state, tip, fee_rate, policy)
+    if record.status.final:
+        return []
+    if record.role is Role.SERVER:
+        if record.status is ChannelStatus.CLOSING and record.settlement_tx:
+            return [Broadcast(Transaction.parse(record.settlement_tx), "settlement", txid)]
+        if tip.time >= contract.expiry - policy.settle_margin:
+            return [SettleChannel(txid)]
+        return []
+    if tip.median_time > contract.expiry:  # the refund is final now
+        return _refund(record, state, tip, fee_rate)
+    if record.status is ChannelStatus.CLOSING and record.settlement_tx:
+        return [Broadcast(Transaction.parse(record.settlement_tx), "settlement", txid)]
+    return []
+
+
+def _buried(state: ChainState, tip: Tip, policy: WatchPolicy) -> bool:
+    height = state.spender_height or state.conflict_height
+    return depth(tip, height) >= policy.forget_depth
+
+
+def _spent(record: ChannelRecord, state: ChainState, tip: Tip, fee_rate: int,
+           policy: WatchPolicy) -> list[Effect]:
+    spender = Transaction.parse(state.spender)
+    refund = is_refund(spender)
+    if state.spender_height:  # confirmed: the money has moved
+        status = ChannelStatus.REFUNDED if refund else ChannelStatus.SETTLED
+        return _finish(record, state, tip, policy, status, spender)
+    txid = record.contract_txid
+    effects: list[Effect] = []
+    if record.status is not ChannelStatus.CLOSING:
+        # OPEN: the other side closed it (or we did and crashed); final: a reorg undid it.
+        effects.append(MarkChannel(txid, ChannelStatus.CLOSING, closing_tx=state.spender))
+    rebroadcast = Broadcast(spender, "refund" if refund else "settlement", txid)
+    ours = (record.role is Role.SERVER) != refund
+    if ours and not state.fee_rate:  # start the clock for fee bumping (after a crash, too)
+        paid = _fee_rate_of(record.contract, spender)
+        return [*effects, StoreChainState(txid, replace(state, fee_rate=paid,
+                                                        broadcast_height=tip.height)),
+                rebroadcast]
+    bumped = _bump(record, state, spender, tip, fee_rate, policy) if ours else []
+    return effects + bumped if bumped else [*effects, rebroadcast]
+
+
+def _fee_rate_of(contract: Contract, tx: Transaction) -> int:
+    """sat/kvB of a tx spending only the contract (1 for others: any estimate beats it)."""
+    if len(tx.inputs) != 1:
+        return 1
+    return (contract.value - sum(o.value for o in tx.outputs)) * 1000 // tx.vsize
+
+
+def _finish(record: ChannelRecord, state: ChainState, tip: Tip, policy: WatchPolicy,
+            status: ChannelStatus, closing: Transaction | None) -> list[Effect]:
+    """Mark the outcome once; forget the channel once it is buried."""
+    txid = record.contract_txid
+    effects: list[Effect] = []
+    if record.status is not status:
+        change = client_share(record.contract, closing) if closing else record.contract.value
+        effects += [
+            MarkChannel(txid, status, closing_tx=closing.serialize() if closing else b""),
+            ChannelFinished(record, status, closing, record.contract.value - change, change),
+        ]
+    if _buried(state, tip, policy):
+        effects.append(ForgetChannel(txid))
+    return effects
+
+
+def _refund(record: ChannelRecord, state: ChainState, tip: Tip, fee_rate: int) -> list[Effect]:
+    txid, contract = record.contract_txid, record.contract
+    refund = contract.refund(record.key, fee_rate, record.refund_tx)
+    effects: list[Effect] = []
+    if not state.contract_height:  # the server may never have broadcast it
+        effects.append(Broadcast(Transaction.parse(record.contract_tx), "contract", txid))
+    return [*effects,
+            MarkChannel(txid, ChannelStatus.CLOSING, closing_tx=refund.serialize()),
+            StoreChainState(txid, replace(state, spender=refund.serialize(),
+                                          broadcast_height=tip.height, fee_rate=fee_rate)),
+            Broadcast(refund, "refund", txid)]
+
+
+def _bump(record: ChannelRecord, state: ChainState, spender: Transaction, tip: Tip,
+          fee_rate: int, policy: WatchPolicy) -> list[Effect]:
+    """Replace our own stuck closing tx with one paying `fee_rate`, if that is higher."""
+    stuck = tip.height - state.broadcast_height >= policy.bump_after_blocks
+    if not (stuck and fee_rate > state.fee_rate):
+        return []
+    contract, txid = record.contract, record.contract_txid
+    if record.role is Role.CLIENT:
+        replacement = contract.refund(record.key, fee_rate, record.refund_tx)
+    else:
+        replacement_or_none = _bumped_settlement(record, spender, fee_rate)
+        if replacement_or_none is None:
+            return []
+        replacement = replacement_or_none
+    return [MarkChannel(txid, ChannelStatus.CLOSING, closing_tx=replacement.serialize()),
+            StoreChainState(txid, replace(state, spender=replacement.serialize(),
+                                          broadcast_height=tip.height, fee_rate=fee_rate)),
+            Broadcast(replacement, "fee bump", txid)]
+
+
+def _bumped_settlement(record: ChannelRecord, settlement: Transaction,
+                       fee_rate: int) -> Transaction | None:
+    """The same settlement with the server's output shrunk to pay `fee_rate`; None when the
+    share cannot (or the settlement carries wallet inputs, which only the wallet can re-sign)."""
+    contract = record.contract
+    if len(settlement.inputs) != 1:
+        return None
+    payout = settlement.outputs[-1].script_pubkey
+    share = record.paid - contract.settlement_fee(record.change, payout, fee_rate)
+    if share < DUST:
+        return None
+    draft = contract.settlement_draft(record.change, share, payout)
+    return contract.sign_settlement(draft, record.signature, record.key)

@@ -1,0 +1,240 @@
+"""The autopilot: keeps one side's stored channels safe while nobody watches.
+
+It follows the node's blocks (BlockMonitor: ZMQ wake-ups, polling, reorgs), folds each block
+into every channel's ChainState, and carries out what `channel.watch.review` decides. APScheduler
+wakes it at each channel's deadline (derived from the store at start, so a restart loses none,
+and one missed while the process was down fires at once), on a safety interval, and for
+retries with backoff while the node refuses a refund as non-final or cannot be reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from bitcoind_paychan.bitcoin.tx import Transaction, parse_block_transactions
+from bitcoind_paychan.channel.chainstate import ChainState
+from bitcoind_paychan.channel.effects import (
+    Broadcast,
+    ChannelFinished,
+    Effect,
+    ForgetChannel,
+    MarkChannel,
+    SettleChannel,
+    StoreChainState,
+)
+from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
+from bitcoind_paychan.channel.watch import (
+    Tip,
+    WatchPolicy,
+    apply_block,
+    observe_mempool,
+    revert_block,
+    review,
+)
+from bitcoind_paychan.errors import NodeError, PaychanError, TransactionRejected
+from bitcoind_paychan.node.bitcoind import AsyncBitcoind
+from bitcoind_paychan.node.monitor import Block, BlockMonitor, ChainEvent
+from bitcoind_paychan.store import ChannelStore
+
+log = logging.getLogger(__name__)
+MAX_BACKOFF = 600.0
+
+
+class ChainWatcher:
+    """Watches the chain for every stored channel of `role`."""
+
+    def __init__(
+        self,
+        role: Role,
+        wallet: AsyncBitcoind,
+        store: ChannelStore,
+        policy: WatchPolicy | None = None,
+        *,
+        settle: Callable[[str], Awaitable[object]] | None = None,
+        on_event: Callable[[ChannelFinished], None] | None = None,
+        zmq_endpoint: str | None = None,
+        poll_interval: float = 5.0,
+        review_interval: float = 60.0,
+        min_fee_rate: int = 1000,
+    ) -> None:
+        self.role = role
+        self.wallet = wallet
+        self.store = store
+        self.policy = policy or WatchPolicy()
+        self.settle = settle
+        self.on_event = on_event
+        self.zmq_endpoint = zmq_endpoint
+        self.poll_interval = poll_interval
+        self.review_interval = review_interval
+        self.min_fee_rate = min_fee_rate
+        self.scheduler = AsyncIOScheduler(timezone=dt.UTC)
+        self.monitor: BlockMonitor | None = None
+        self.reviews = 0
+        self._lock = asyncio.Lock()
+        self._backoff = 0.0
+        self._meta_key = f"synced:{role.value}"
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Catch up from the last processed block, then follow the chain and the deadlines."""
+        synced = self.store.get_meta(self._meta_key)
+        start_from = None
+        if synced:
+            height, block_hash = synced.split(":")
+            start_from = (int(height), block_hash)
+        self.monitor = BlockMonitor(self.wallet.node, self._on_chain_event,
+                                    zmq_endpoint=self.zmq_endpoint,
+                                    poll_interval=self.poll_interval, start_from=start_from)
+        self.scheduler.start()
+        self.scheduler.add_job(self.review_all, "interval", seconds=self.review_interval,
+                               id="review", coalesce=True, max_instances=1)
+        for record in self._watched():
+            self.schedule_deadline(record)
+        await self.monitor.start()
+        await self.review_all()
+
+    async def stop(self) -> None:
+        if self.monitor:
+            await self.monitor.stop()
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+
+    def schedule_deadline(self, record: ChannelRecord) -> None:
+        """A wake-up at the channel's deadline: the server's settle time, the client's refund
+        time. A deadline already past fires at once."""
+        deadline = record.contract.expiry
+        if self.role is Role.SERVER:
+            deadline -= self.policy.settle_margin
+        when = dt.datetime.fromtimestamp(deadline, dt.UTC)
+        self.scheduler.add_job(self.review_all, "date", run_date=when,
+                               id=f"deadline:{record.contract_txid}", replace_existing=True,
+                               misfire_grace_time=None, coalesce=True)
+
+    @property
+    def healthy(self) -> bool:
+        """False while the node cannot be reached."""
+        return self.monitor is not None and self.monitor.healthy
+
+    def deadline_of(self, contract_txid: str) -> dt.datetime | None:
+        job = self.scheduler.get_job(f"deadline:{contract_txid}")
+        return job.next_run_time if job else None
+
+    # -- chain events ----------------------------------------------------------------------
+
+    async def _on_chain_event(self, event: ChainEvent) -> None:
+        async with self._lock:
+            records = self._watched()
+            states = {r.contract_txid: self.store.chain_state(self.role, r.contract_txid)
+                      for r in records}
+            for block in event.disconnected:
+                log.info("block %s at %s disconnected", block.hash, block.height)
+                states = {t: revert_block(s, block.height) for t, s in states.items()}
+            for block in event.connected:
+                txs = await self._block_transactions(block) if records else []
+                states = {r.contract_txid: apply_block(r, states[r.contract_txid], txs,
+                                                       block.height) for r in records}
+            for record in records:
+                before = self.store.chain_state(self.role, record.contract_txid)
+                if states[record.contract_txid] != before:
+                    self.store.put_chain_state(self.role, record.contract_txid,
+                                               states[record.contract_txid])
+            tip = event.tip
+            self.store.set_meta(self._meta_key, f"{tip.height}:{tip.hash}")
+        await self.review_all()
+
+    async def _block_transactions(self, block: Block) -> list[Transaction]:
+        raw = await asyncio.to_thread(self.wallet.node.rpc.call, "getblock", block.hash, 0)
+        return parse_block_transactions(bytes.fromhex(raw))
+
+    def _watched(self) -> list[ChannelRecord]:
+        return self.store.channels(self.role)
+
+    # -- reviews ---------------------------------------------------------------------------
+
+    async def review_all(self) -> None:
+        """Look at every stored channel and act; on a node failure, try again with backoff."""
+        async with self._lock:
+            try:
+                await self._review_all()
+                self._backoff = 0.0
+            except (NodeError, TransactionRejected) as exc:
+                self._backoff = min(max(self._backoff * 2, 5.0), MAX_BACKOFF)
+                log.warning("review failed (%s); again in %.0f s", exc, self._backoff)
+                self.scheduler.add_job(self.review_all, "date", id="retry",
+                                       replace_existing=True, run_date=dt.datetime.now(dt.UTC)
+                                       + dt.timedelta(seconds=self._backoff))
+
+    async def _review_all(self) -> None:
+        self.reviews += 1
+        records = self._watched()
+        if not records:
+            return
+        chain_tip = await self.wallet.tip()
+        tip = Tip(chain_tip.height, chain_tip.median_time, chain_tip.time)
+        fee_rate = await self.wallet.fee_rate(self.policy.fee_target, self.min_fee_rate)
+        failure: PaychanError | None = None
+        for record in records:
+            try:
+                await self._review(record, tip, fee_rate)
+            except TransactionRejected as exc:
+                failure = failure or exc
+        if failure:
+            raise failure
+
+    async def _review(self, record: ChannelRecord, tip: Tip, fee_rate: int) -> None:
+        txid = record.contract_txid
+        state = self.store.chain_state(self.role, txid)
+        if not state.spender_height and not record.status.final:
+            seen = observe_mempool(state, await self.wallet.spender(txid, 0))
+            if seen != state:
+                self.store.put_chain_state(self.role, txid, seen)
+                state = seen
+        for effect in review(record, state, tip, fee_rate, self.policy):
+            await self._carry_out(record, effect)
+
+    async def _carry_out(self, record: ChannelRecord, effect: Effect) -> None:
+        txid = record.contract_txid
+        match effect:
+            case Broadcast(tx, purpose):
+                try:
+                    await self.wallet.broadcast(tx)
+                    log.info("broadcast %s %s for channel %s", purpose, tx.txid_hex, txid)
+                except TransactionRejected as exc:
+                    if purpose != "contract":  # a contract already spent is no news
+                        raise
+                    log.debug("contract %s not taken: %s", txid, exc.reason)
+            case MarkChannel(_, status, closing_tx):
+                def mark(current: ChannelRecord) -> ChannelRecord:
+                    return replace(current, status=status,
+                                   settlement_tx=closing_tx or current.settlement_tx)
+                self.store.modify(self.role, txid, mark)
+                log.info("channel %s is %s", txid, status.value)
+            case StoreChainState(_, state):
+                self.store.put_chain_state(self.role, txid, state)
+            case SettleChannel():
+                if self.settle is not None:
+                    log.info("channel %s nears its expiry: settling", txid)
+                    await self.settle(txid)
+            case ForgetChannel():
+                self.store.forget(self.role, txid)
+                job = self.scheduler.get_job(f"deadline:{txid}")
+                if job:
+                    job.remove()
+                log.info("channel %s settled and buried: forgotten", txid)
+            case ChannelFinished():
+                if self.on_event:
+                    self.on_event(effect)
+
+    def chain_state(self, contract_txid: str) -> ChainState:
+        return self.store.chain_state(self.role, contract_txid)
+
+
+def is_watchable(status: ChannelStatus) -> bool:
+    return not status.final

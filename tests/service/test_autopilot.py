@@ -1,0 +1,212 @@
+"""Channels on autopilot, on a real regtest node: deadlines, refunds, reorgs, outages, fees."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bitcoind_paychan.bitcoin.tx import Transaction
+from bitcoind_paychan.channel.records import ChannelStatus, Role
+from bitcoind_paychan.channel.watch import WatchPolicy
+from bitcoind_paychan.service.client import Channel, PaymentClient
+from bitcoind_paychan.service.server import PaymentServer
+from tests.service.conftest import Sides, until
+
+VALUE = 500_000
+
+
+def status(client_or_server: PaymentClient | PaymentServer, role: Role,
+           txid: str) -> ChannelStatus | None:
+    record = client_or_server.store.get(role, txid)
+    return record.status if record else None
+
+
+def in_mempool(sides: Sides, txid: str) -> bool:
+    return txid in sides.server_node.rpc("getrawmempool")
+
+
+async def mine(sides: Sides, blocks: int = 1) -> None:
+    await asyncio.to_thread(sides.server_node.mine, blocks)
+
+
+async def open_channel(sides: Sides, pays: int = 3) -> tuple[PaymentServer, PaymentClient,
+                                                              Channel]:
+    server = sides.server()
+    host, port = await server.listen()
+    client = sides.client()
+    channel = await client.open(host, port, VALUE)
+    for _ in range(pays):
+        await channel.pay(10_000)
+    return server, client, channel
+
+
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_refund_confirms_on_its_own_when_the_server_is_gone(one_node: Sides,
+                                                            version: int) -> None:
+    sides = one_node
+
+    async def scenario() -> tuple[str, Transaction]:
+        server = sides.server()
+        host, port = await server.listen()
+        client = sides.client()
+        channel = await client.open(host, port, VALUE, version=version)
+        await channel.pay(20_000)
+        await server.stop()  # the server vanishes for good
+        txid, expiry = channel.contract_txid, channel.record.contract.expiry
+        await mine(sides)
+        assert status(client, Role.CLIENT, txid) is ChannelStatus.OPEN
+        await asyncio.to_thread(sides.client_node.advance_median_time_past, expiry)
+        await until(lambda: client.watcher.chain_state(txid).spender != b"" and in_mempool(
+            sides, Transaction.parse(client.watcher.chain_state(txid).spender).txid_hex),
+                    what="the refund broadcast")
+        refund = Transaction.parse(client.watcher.chain_state(txid).spender)
+        await mine(sides)
+        await until(lambda: status(client, Role.CLIENT, txid) is ChannelStatus.REFUNDED,
+                    what="the refund to be recorded")
+        await mine(sides)
+        await until(lambda: status(client, Role.CLIENT, txid) is None, what="forgetting")
+        await client.stop()
+        return txid, refund
+
+    txid, refund = asyncio.run(scenario())
+    assert refund.locktime == sides.client_node.rpc("getrawtransaction", txid, True)[
+        "locktime"] or refund.locktime > 0
+    (finished,) = sides.client_events
+    assert finished.status is ChannelStatus.REFUNDED
+    assert finished.client_amount == refund.outputs[0].value
+    assert VALUE - 2_000 < finished.client_amount < VALUE
+
+
+def test_server_settles_before_the_refund_is_valid_and_the_client_records_it(
+    one_node: Sides,
+) -> None:
+    sides = one_node
+
+    async def scenario() -> int:
+        server, client, channel = await open_channel(sides)
+        txid, record = channel.contract_txid, channel.record
+        deadline = record.contract.expiry - server.watcher.policy.settle_margin
+        assert server.watcher.deadline_of(txid) is not None
+        sides.server_node.set_mocktime(deadline + 60)
+        await mine(sides)  # a block past the server's deadline: it settles
+        await until(lambda: status(server, Role.SERVER, txid) is ChannelStatus.CLOSING,
+                    what="the server to settle")
+        median = sides.server_node.rpc("getblockchaininfo")["mediantime"]
+        assert median < record.contract.expiry  # the client's refund is not valid yet
+        await until(lambda: status(client, Role.CLIENT, txid) is ChannelStatus.CLOSING,
+                    what="the client to see the settlement")
+        await mine(sides)
+        await until(lambda: status(client, Role.CLIENT, txid) is ChannelStatus.SETTLED,
+                    what="the client to record the settlement")
+        await until(lambda: status(server, Role.SERVER, txid) is ChannelStatus.SETTLED)
+        await mine(sides)
+        await until(lambda: status(server, Role.SERVER, txid) is None, what="server forgets")
+        await until(lambda: status(client, Role.CLIENT, txid) is None, what="client forgets")
+        await client.stop()
+        await server.stop()
+        return record.change
+
+    change = asyncio.run(scenario())
+    (client_finished,) = sides.client_events
+    assert client_finished.status is ChannelStatus.SETTLED
+    assert client_finished.client_amount == change
+    assert client_finished.server_amount == VALUE - change
+    server_finished = [e for e in sides.events if type(e).__name__ == "ChannelFinished"]
+    assert len(server_finished) == 1
+
+
+def test_reorgs_of_the_contract_and_the_settlement(one_node: Sides) -> None:
+    sides = one_node
+    node = sides.server_node
+
+    async def scenario() -> None:
+        server, client, channel = await open_channel(sides)
+        txid = channel.contract_txid
+        (contract_block,) = await asyncio.to_thread(node.mine, 1)
+        await until(lambda: server.watcher.chain_state(txid).contract_height > 0)
+        node.invalidate(contract_block)  # the contract goes back to the mempool
+        await until(lambda: server.watcher.chain_state(txid).contract_height == 0,
+                    what="the contract's confirmation to be undone")
+        node.reconsider(contract_block)
+        await until(lambda: server.watcher.chain_state(txid).contract_height > 0)
+        settlement = await channel.close()
+        (settled_block,) = await asyncio.to_thread(node.mine, 1)
+        await until(lambda: status(server, Role.SERVER, txid) is ChannelStatus.SETTLED)
+        # Reorg the settlement out with empty blocks, and drop it from the mempool.
+        node.invalidate(settled_block)
+        node.rpc("generateblock", node.new_address(), [])
+        await until(lambda: status(server, Role.SERVER, txid) is ChannelStatus.CLOSING,
+                    what="the settlement to be seen unconfirmed again")
+        await until(lambda: in_mempool(sides, settlement.txid_hex),
+                    what="the settlement to be broadcast again")
+        await mine(sides)
+        await until(lambda: status(server, Role.SERVER, txid) is ChannelStatus.SETTLED)
+        await client.stop()
+        await server.stop()
+
+    asyncio.run(scenario())
+
+
+def test_payments_continue_while_the_node_is_down_and_the_watcher_catches_up(
+    one_node: Sides,
+) -> None:
+    sides = one_node
+    node = sides.server_node
+
+    async def scenario() -> None:
+        server, client, channel = await open_channel(sides)
+        txid = channel.contract_txid
+        await asyncio.to_thread(node.stop)
+        await until(lambda: not server.watcher.healthy, what="the outage to be noticed")
+        for _ in range(10):
+            await channel.pay(1_000)  # off-chain: no node needed
+        await asyncio.to_thread(node.start, 60.0, 3, True)
+        await mine(sides)
+        await until(lambda: server.watcher.healthy, what="the node to be back")
+        await until(lambda: server.watcher.chain_state(txid).contract_height > 0,
+                    what="catch-up")
+        settlement = await channel.close()
+        assert settlement.outputs[0].value == VALUE - 1_000 - 3 * 10_000 - 10 * 1_000
+        await client.stop()
+        await server.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_low_fee_settlement_is_replaced_and_confirms(one_node: Sides) -> None:
+    sides = one_node
+    node = sides.server_node
+
+    async def scenario() -> tuple[Transaction, str]:
+        server, client, channel = await open_channel(sides)
+        txid = channel.contract_txid
+        await mine(sides)
+        low = await channel.close()
+        assert in_mempool(sides, low.txid_hex)
+        server.watcher.min_fee_rate = 10_000  # the estimate rises
+        for _ in range(3):  # blocks without it: it is stuck
+            await asyncio.sleep(1)
+            node.rpc("generateblock", node.new_address(), [])
+        await until(lambda: not in_mempool(sides, low.txid_hex), what="the replacement")
+        record = server.store.get(Role.SERVER, txid)
+        assert record is not None
+        high = Transaction.parse(record.settlement_tx)
+        assert in_mempool(sides, high.txid_hex)
+        await mine(sides)
+        await until(lambda: status(server, Role.SERVER, txid) is ChannelStatus.SETTLED)
+        await client.stop()
+        await server.stop()
+        return low, high.txid_hex
+
+    low, high_txid = asyncio.run(scenario())
+    high = Transaction.parse(bytes.fromhex(node.rpc("getrawtransaction", high_txid)))
+    assert node.rpc("getrawtransaction", high_txid, True)["confirmations"] >= 1
+    assert high.outputs[0] == low.outputs[0]  # the client's change is untouched
+    assert high.outputs[1].value < low.outputs[1].value  # the server paid the higher fee
+    assert 10 * high.vsize <= low.outputs[1].value - high.outputs[1].value + (
+        VALUE - sum(o.value for o in low.outputs))
+
+
+def test_policy_defaults() -> None:
+    assert WatchPolicy().forget_depth == 6
