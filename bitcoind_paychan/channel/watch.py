@@ -130,6 +130,8 @@ def review(record: ChannelRecord, state: ChainState, tip: Tip, fee_rate: int,
             return [Broadcast(Transaction.parse(record.settlement_tx), "settlement", txid)]
         if tip.time >= contract.expiry - policy.settle_margin:
             return [SettleChannel(txid)]
+        if not state.contract_height:  # ours to broadcast (again, after a crash or eviction)
+            return [Broadcast(Transaction.parse(record.contract_tx), "contract", txid)]
         return []
     if tip.median_time > contract.expiry:  # the refund is final now
         return _refund(record, state, tip, fee_rate)

@@ -66,9 +66,17 @@ def test_settle_margin_covers_two_hours_and_the_fee_target() -> None:
 def test_server_settles_only_once_the_deadline_is_reached() -> None:
     server, _ = records()
     deadline = server.contract.expiry - POLICY.settle_margin
-    assert review(server, ChainState(), tip(time=deadline - 1), RATE, POLICY) == []
-    assert review(server, ChainState(), tip(time=deadline), RATE, POLICY) == [
+    confirmed = ChainState(contract_height=150)
+    assert review(server, confirmed, tip(time=deadline - 1), RATE, POLICY) == []
+    assert review(server, confirmed, tip(time=deadline), RATE, POLICY) == [
         SettleChannel(server.contract_txid)]
+
+
+def test_server_broadcasts_its_unconfirmed_contract_again() -> None:
+    server, _ = records()
+    effects = review(server, ChainState(), tip(), RATE, POLICY)
+    assert effects == [Broadcast(Transaction.parse(server.contract_tx), "contract",
+                                 server.contract_txid)]
 
 
 def test_client_refunds_only_after_median_time_past_passes_the_expiry() -> None:

@@ -1,0 +1,110 @@
+"""A server or a client in a process of its own, for kill -9 tests.
+
+    python -m tests.service.side_process server NODE.json STORE PORT [--hold N] [--after N]
+    python -m tests.service.side_process client NODE.json STORE PORT --pays K [--close]
+
+NODE.json: {"url", "cookie", "wallet"}. Each line printed is one JSON event. `--hold N` makes
+the server wait before its Nth broadcast, `--after N` after it, until the file STORE.go
+exists (so a test can kill it at exactly that point).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from bitcoind_paychan.bitcoin.tx import Transaction
+from bitcoind_paychan.channel.effects import PaymentReceived
+from bitcoind_paychan.node import Bitcoind, NodeConfig
+from bitcoind_paychan.service.client import PaymentClient
+from bitcoind_paychan.service.regtest import MiningBroadcaster
+from bitcoind_paychan.service.server import PaymentServer, ServerEvent
+from bitcoind_paychan.store import SQLiteStore
+from tests.service.conftest import FAST
+
+
+def say(event: str, **fields: Any) -> None:
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+class HoldingBroadcaster(MiningBroadcaster):
+    """Stops before (or after) its Nth broadcast until a file appears."""
+
+    def __init__(self, node: Bitcoind, gate: Path, before: int, after: int) -> None:
+        super().__init__(node)
+        self.gate, self.before, self.after, self.count = gate, before, after, 0
+
+    async def broadcast(self, tx: Transaction) -> str:
+        self.count += 1
+        if self.count == self.before:
+            await self._hold("before", tx)
+        txid = await super().broadcast(tx)
+        if self.count == self.after:
+            await self._hold("after", tx)
+        return txid
+
+    async def _hold(self, when: str, tx: Transaction) -> None:
+        say("holding", when=when, n=self.count, txid=tx.txid_hex)
+        while not self.gate.exists():
+            await asyncio.sleep(0.05)
+
+
+def node_of(path: str) -> Bitcoind:
+    info = json.loads(Path(path).read_text())
+    return Bitcoind(NodeConfig(url=info["url"], chain="regtest", wallet=info["wallet"],
+                               cookie_file=Path(info["cookie"])))
+
+
+async def serve(args: argparse.Namespace) -> None:
+    gate = Path(args.store + ".go")
+    wallet = HoldingBroadcaster(node_of(args.node), gate, args.hold, args.after)
+
+    def report(event: ServerEvent) -> None:
+        if isinstance(event, PaymentReceived):
+            say("payment", contract=event.record.contract_txid, paid=event.record.paid)
+        else:
+            say(type(event).__name__, contract=getattr(getattr(event, "record", None),
+                                                       "contract_txid", None))
+
+    server = PaymentServer(wallet, SQLiteStore(args.store), on_event=report, autopilot=FAST,
+                           poll_interval=0.2, review_interval=0.5)
+    await server.listen("127.0.0.1", args.port)
+    say("listening")
+    await asyncio.Event().wait()
+
+
+async def pay(args: argparse.Namespace) -> None:
+    client = PaymentClient(MiningBroadcaster(node_of(args.node)), SQLiteStore(args.store),
+                           autopilot=FAST, poll_interval=0.2, review_interval=0.5)
+    channel = await client.open("127.0.0.1", args.port, 1_000_000)
+    say("opened", contract=channel.contract_txid, paid=channel.paid)
+    for _ in range(args.pays):
+        await channel.pay(1_000)
+        say("paid", contract=channel.contract_txid, paid=channel.paid)
+    if args.close:
+        settlement = await channel.close()
+        say("closed", settlement=settlement.txid_hex)
+    await asyncio.Event().wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("role", choices=("server", "client"))
+    parser.add_argument("node")
+    parser.add_argument("store")
+    parser.add_argument("port", type=int)
+    parser.add_argument("--hold", type=int, default=0)
+    parser.add_argument("--after", type=int, default=0)
+    parser.add_argument("--pays", type=int, default=0)
+    parser.add_argument("--close", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    asyncio.run(serve(args) if args.role == "server" else pay(args))
+
+
+if __name__ == "__main__":
+    main()
