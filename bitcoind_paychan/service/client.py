@@ -49,7 +49,7 @@ from bitcoind_paychan.errors import (
     TransactionRejected,
 )
 from bitcoind_paychan.node.bitcoind import AsyncBitcoind
-from bitcoind_paychan.service.watcher import ChainWatcher
+from bitcoind_paychan.service.watcher import ChainWatcher, ChannelView
 from bitcoind_paychan.store import ChannelStore
 from bitcoind_paychan.wire import MessageStream, open_connection, pb
 
@@ -117,6 +117,10 @@ class PaymentClient:
 
     def channels(self, statuses: tuple[ChannelStatus, ...] | None = None) -> list[ChannelRecord]:
         return self.store.channels(Role.CLIENT, statuses)
+
+    def views(self) -> list[ChannelView]:
+        """Every stored channel's state, deadline, txids and confirmations."""
+        return [self.watcher.view(record) for record in self.channels()]
 
     def resumable(self, peer: str) -> ChannelRecord | None:
         """A stored open channel to `peer` (host:port) with money left and no live connection

@@ -45,13 +45,14 @@ from bitcoind_paychan.errors import (
     TransactionRejected,
 )
 from bitcoind_paychan.node.bitcoind import AsyncBitcoind
-from bitcoind_paychan.service.watcher import ChainWatcher
+from bitcoind_paychan.service.watcher import ChainWatcher, ChannelView
 from bitcoind_paychan.store import ChannelStore
 from bitcoind_paychan.wire import MessageStream, pb
 
 log = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = 15.0  # bitcoinj's idle timeout while a channel is being set up
 ACK = pb.TwoWayChannelMessage.PAYMENT_ACK
+UPDATE_PAYMENT = pb.TwoWayChannelMessage.UPDATE_PAYMENT
 
 ServerEvent = ChannelOpened | PaymentReceived | ChannelClosed | PeerError | ChannelFinished
 PaymentHandler = Callable[[PaymentReceived], bytes | Awaitable[bytes | None] | None]
@@ -62,6 +63,8 @@ class PaymentServer:
 
     Settlements pay the node's fee estimate for `fee_target` blocks, at least `min_fee_rate`
     sat/kvB, from the server's share, or from a wallet input when the share is too small.
+    Payments after the first wait until the contract has `min_confirmations` (default: 0 on
+    regtest, 1 elsewhere). The autopilot (`autopilot` policy) settles before expiry.
     """
 
     def __init__(
@@ -80,6 +83,7 @@ class PaymentServer:
         zmq_endpoint: str | None = None,
         poll_interval: float = 5.0,
         review_interval: float = 60.0,
+        min_confirmations: int | None = None,
     ) -> None:
         self.wallet = wallet
         self.store = store
@@ -89,6 +93,9 @@ class PaymentServer:
         self.clock = clock
         self.fee_target = fee_target
         self.min_fee_rate = min_fee_rate  # sat/kvB, the floor under the node's estimate
+        if min_confirmations is None:
+            min_confirmations = 0 if wallet.node.config.chain == "regtest" else 1
+        self.min_confirmations = min_confirmations
         self.handshake_timeout = handshake_timeout
         self._server: asyncio.Server | None = None
         self._owners: dict[str, MessageStream] = {}  # contract txid → its current connection
@@ -122,6 +129,10 @@ class PaymentServer:
 
     def channels(self, statuses: tuple[ChannelStatus, ...] | None = None) -> list[ChannelRecord]:
         return self.store.channels(Role.SERVER, statuses)
+
+    def views(self) -> list[ChannelView]:
+        """Every stored channel's state, deadline, txids and confirmations."""
+        return [self.watcher.view(record) for record in self.channels()]
 
     async def _settle_if_open(self, contract_txid: str) -> None:
         try:
@@ -183,6 +194,10 @@ class PaymentServer:
                 log.info("%s left (%s)", stream.peername, machine.state.value)
                 machine.connection_lost()
                 return
+            if message.type == UPDATE_PAYMENT and machine.record is not None:
+                # Payments beyond the first wait until the contract is buried deep enough.
+                await self.watcher.until_confirmed(machine.record.contract_txid,
+                                                   self.min_confirmations)
             if not await self._carry_out(machine, stream, machine.receive(message)):
                 return
 

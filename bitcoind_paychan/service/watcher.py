@@ -13,7 +13,7 @@ import asyncio
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
@@ -44,6 +44,27 @@ from bitcoind_paychan.store import ChannelStore
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 600.0
+
+
+@dataclass(frozen=True)
+class ChannelView:
+    """One channel's state, deadline (server: when it settles; client: from when its refund
+    is valid), txids and confirmations, for applications and the CLI."""
+
+    role: str
+    contract_txid: str
+    version: int
+    status: str
+    value: int
+    paid: int
+    change: int
+    payments: int
+    peer: str
+    expiry: int
+    deadline: int
+    contract_confirmations: int
+    closing_txid: str | None
+    closing_confirmations: int
 
 
 class ChainWatcher:
@@ -77,6 +98,7 @@ class ChainWatcher:
         self.monitor: BlockMonitor | None = None
         self.reviews = 0
         self._lock = asyncio.Lock()
+        self._new_block = asyncio.Event()
         self._backoff = 0.0
         self._meta_key = f"synced:{role.value}"
 
@@ -147,7 +169,38 @@ class ChainWatcher:
                                                states[record.contract_txid])
             tip = event.tip
             self.store.set_meta(self._meta_key, f"{tip.height}:{tip.hash}")
+        self._new_block.set()
+        self._new_block = asyncio.Event()
         await self.review_all()
+
+    async def until_confirmed(self, contract_txid: str, confirmations: int) -> None:
+        """Return once the contract is `confirmations` deep (at once for 0)."""
+        while confirmations > 0:
+            height = self.store.chain_state(self.role, contract_txid).contract_height
+            tip = self.monitor.tip if self.monitor else None
+            if height and tip and tip.height - height + 1 >= confirmations:
+                return
+            await self._new_block.wait()
+
+    def view(self, record: ChannelRecord) -> ChannelView:
+        """What a person watching this channel wants to know."""
+        state = self.store.chain_state(self.role, record.contract_txid)
+        tip = self.monitor.tip.height if self.monitor and self.monitor.tip else 0
+        deadline = record.contract.expiry
+        if self.role is Role.SERVER:
+            deadline -= self.policy.settle_margin
+        closing = Transaction.parse(state.spender).txid_hex if state.spender else None
+        return ChannelView(
+            role=self.role.value, contract_txid=record.contract_txid, version=record.version,
+            status=record.status.value, value=record.value, paid=record.paid,
+            change=record.change, payments=record.payments, peer=record.peer,
+            expiry=record.contract.expiry, deadline=deadline,
+            contract_confirmations=tip - state.contract_height + 1 if state.contract_height
+            else 0,
+            closing_txid=closing,
+            closing_confirmations=tip - state.spender_height + 1 if state.spender_height
+            else 0,
+        )
 
     async def _block_transactions(self, block: Block) -> list[Transaction]:
         raw = await asyncio.to_thread(self.wallet.node.rpc.call, "getblock", block.hash, 0)

@@ -11,7 +11,7 @@ from bitcoind_paychan.channel.records import ChannelStatus, Role
 from bitcoind_paychan.channel.watch import WatchPolicy
 from bitcoind_paychan.service.client import Channel, PaymentClient
 from bitcoind_paychan.service.server import PaymentServer
-from tests.service.conftest import Sides, until
+from tests.service.conftest import FAST, Sides, until
 
 VALUE = 500_000
 
@@ -210,3 +210,81 @@ def test_a_low_fee_settlement_is_replaced_and_confirms(one_node: Sides) -> None:
 
 def test_policy_defaults() -> None:
     assert WatchPolicy().forget_depth == 6
+
+
+def test_channel_views_show_state_deadlines_and_confirmations(one_node: Sides) -> None:
+    sides = one_node
+
+    async def scenario() -> None:
+        server, client, channel = await open_channel(sides, pays=2)
+        (view,) = client.views()
+        assert (view.status, view.contract_txid, view.paid) == ("open", channel.contract_txid,
+                                                                 21_000)
+        assert view.deadline == view.expiry == channel.record.contract.expiry  # refund time
+        assert view.contract_confirmations == 0 and view.closing_txid is None
+        (server_view,) = server.views()
+        assert server_view.deadline == view.expiry - FAST.settle_margin
+        await mine(sides, 2)
+        await until(lambda: client.views()[0].contract_confirmations == 2)
+        settlement = await channel.close()
+        await until(lambda: client.views()[0].closing_txid == settlement.txid_hex)
+        await mine(sides)
+        await until(lambda: server.views() and server.views()[0].closing_confirmations == 1)
+        assert server.views()[0].status == "settled"
+        await client.stop()
+        await server.stop()
+
+    asyncio.run(scenario())
+
+
+def test_payments_wait_for_the_contract_to_confirm_when_asked(one_node: Sides) -> None:
+    sides = one_node
+
+    async def scenario() -> None:
+        server = sides.server(min_confirmations=1)
+        host, port = await server.listen()
+        client = sides.client()
+        channel = await client.open(host, port, VALUE)  # the initial payment needs none
+        paying = asyncio.create_task(channel.pay(5_000))
+        await asyncio.sleep(1.0)
+        assert not paying.done()  # held until the contract confirms
+        await mine(sides)
+        await asyncio.wait_for(paying, 30)
+        await channel.pay(5_000)  # now at once
+        await client.stop()
+        await server.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_double_spent_contract_fails_the_channel_on_both_sides(one_node: Sides) -> None:
+    sides = one_node
+    node = sides.server_node
+
+    async def scenario() -> str:
+        server, client, channel = await open_channel(sides, pays=1)
+        txid = channel.contract_txid
+        contract = Transaction.parse(channel.record.contract_tx)
+        coin = contract.inputs[0].prevout
+        # The client's wallet spends the contract's coin again, paying more: full RBF.
+        raw = node.rpc("createrawtransaction", [{"txid": coin.txid_hex, "vout": coin.index}],
+                       [{node.rpc("getnewaddress", wallet=sides.client_wallet): 4.99}],
+                       wallet=sides.client_wallet)
+        signed = node.rpc("signrawtransactionwithwallet", raw, wallet=sides.client_wallet)
+        node.rpc("sendrawtransaction", signed["hex"])
+        await mine(sides)
+        await until(lambda: status(server, Role.SERVER, txid) is ChannelStatus.FAILED,
+                    what="the server to see the double spend")
+        await until(lambda: status(client, Role.CLIENT, txid) is ChannelStatus.FAILED,
+                    what="the client to see the double spend")
+        await mine(sides, 2)
+        await until(lambda: status(server, Role.SERVER, txid) is None, what="forgetting")
+        await client.stop()
+        await server.stop()
+        return txid
+
+    asyncio.run(scenario())
+    (finished,) = sides.client_events
+    assert finished.status is ChannelStatus.FAILED and finished.client_amount == VALUE
+    server_finished = [e for e in sides.events if type(e).__name__ == "ChannelFinished"]
+    assert len(server_finished) == 1
