@@ -174,7 +174,11 @@ class PaymentClient:
             stored = self.resumable(peer) if resume else None
             machine = ClientChannel(policy, PrivateKey.generate(), int(self.clock()), version,
                                     resume=stored, peer=peer)
-            stream = await open_connection(host, port, self.handshake_timeout)
+            try:
+                stream = await open_connection(host, port, self.handshake_timeout)
+            except (OSError, TimeoutError) as exc:
+                raise ChannelFailed(f"cannot reach the server at {peer}: {exc}; is it running "
+                                    "and listening there?") from exc
             channel = Channel(self, machine, stream)
             outcome = await channel._handshake()
             if outcome is None:

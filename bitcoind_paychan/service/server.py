@@ -100,6 +100,8 @@ class PaymentServer:
         self._server: asyncio.Server | None = None
         self._owners: dict[str, MessageStream] = {}  # contract txid → its current connection
         self._connections: set[asyncio.Task[None]] = set()
+        self._busy: set[MessageStream] = set()  # connections handling a message right now
+        self._stopping = False
         self.watcher = ChainWatcher(
             Role.SERVER, wallet, store, autopilot or WatchPolicy(fee_target=fee_target),
             settle=self._settle_if_open, on_event=self._finished, zmq_endpoint=zmq_endpoint,
@@ -114,16 +116,19 @@ class PaymentServer:
         log.info("payment server listening on %s:%s", bound[0], bound[1])
         return str(bound[0]), int(bound[1])
 
-    async def stop(self) -> None:
-        """Stop accepting, let connections finish their current message, and hang up."""
-        await self.watcher.stop()
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop accepting, let each connection finish the message it is handling (a payment
+        being stored and acknowledged), then hang up; stop the autopilot."""
+        self._stopping = True
         if self._server:
             self._server.close()
-        for stream in list(self._owners.values()):
-            await stream.close()
+        deadline = asyncio.get_running_loop().time() + grace
+        while self._busy and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
         for task in list(self._connections):
             task.cancel()
         await asyncio.gather(*self._connections, return_exceptions=True)
+        await self.watcher.stop()
         if self._server:
             await self._server.wait_closed()
 
@@ -198,7 +203,13 @@ class PaymentServer:
                 # Payments beyond the first wait until the contract is buried deep enough.
                 await self.watcher.until_confirmed(machine.record.contract_txid,
                                                    self.min_confirmations)
-            if not await self._carry_out(machine, stream, machine.receive(message)):
+            self._busy.add(stream)
+            try:
+                if not await self._carry_out(machine, stream, machine.receive(message)):
+                    return
+            finally:
+                self._busy.discard(stream)
+            if self._stopping:
                 return
 
     async def _carry_out(self, machine: ServerChannel, stream: MessageStream | None,

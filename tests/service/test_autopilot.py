@@ -229,8 +229,8 @@ def test_channel_views_show_state_deadlines_and_confirmations(one_node: Sides) -
         settlement = await channel.close()
         await until(lambda: client.views()[0].closing_txid == settlement.txid_hex)
         await mine(sides)
-        await until(lambda: server.views() and server.views()[0].closing_confirmations == 1)
-        assert server.views()[0].status == "settled"
+        await until(lambda: server.views() and server.views()[0].closing_confirmations == 1
+                    and server.views()[0].status == "settled")
         await client.stop()
         await server.stop()
 

@@ -1,0 +1,1 @@
+"""`paychan daemon`: the long-running process, its control API and its metrics."""

@@ -1,0 +1,668 @@
+"""The daemon's YAML configuration: schema, defaults, validation, and the runtime objects.
+
+`load_config(path)` reads a file (None: every default, a regtest node beside a local
+`bitcoind -regtest` with cookie auth); `config_from_dict(data, source)` validates a parsed
+mapping. Every problem is one ConfigError naming the file, the key path (`server.listen`),
+what was found and what was expected. The schema is documented in docs/config.md.
+
+In string values `${NAME}` is replaced by the environment variable NAME; in paths `~` is the
+home directory and `<network>` the network's name; relative paths are relative to the
+configuration file's directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import os
+import re
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
+
+import yaml
+
+from bitcoind_paychan.channel.client import ClientPolicy
+from bitcoind_paychan.channel.server import SETTLEMENT_MARGIN, ServerPolicy
+from bitcoind_paychan.channel.watch import BLOCK_INTERVAL, WatchPolicy
+from bitcoind_paychan.errors import ConfigError
+from bitcoind_paychan.node.config import CHAINS, DEFAULT_RPC_PORTS, NodeConfig
+
+LEVELS = ("debug", "info", "warning", "error")
+FORMATS = ("human", "json")
+MAX_FEE_TARGET = 1008  # estimatesmartfee's horizon, in blocks
+BITCOIN_SUBDIRS = {"main": "", "test": "testnet3"}  # others: the chain's name
+_ENV = re.compile(r"\$\{([^}]*)\}")
+_ZMQ = re.compile(r"^(tcp://(\[[0-9A-Fa-f:.]+\]|[^:/\s\[\]]+):\d+|ipc://\S+)$")
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
+                       r"(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*\.?$")
+
+
+# -- the schema ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BitcoindConfig:
+    """How to reach bitcoind. Either `cookie_file` or `user` and `password` is set."""
+
+    url: str
+    cookie_file: Path | None
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    wallet: str | None = "paychan"
+    zmq: str | None = None
+    poll_interval: float = 5.0
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The server role: where it listens and what channels it accepts."""
+
+    enabled: bool = False
+    listen: str = "127.0.0.1:4242"
+    min_channel_size: int = 100_000
+    min_payment: int = 1_000
+    min_time_window: int = 4 * 3600
+    max_time_window: int = 7 * 24 * 3600
+    min_confirmations: int = 0  # resolved at load: 0 on regtest, 1 elsewhere when not given
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """The client role: the servers it pays (name → host:port) and the channels it opens."""
+
+    enabled: bool = False
+    servers: dict[str, str] = field(default_factory=dict)
+    channel_size: int = 1_000_000
+    time_window: int = 24 * 3600 - 60
+    max_min_payment: int = 10_000
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    path: Path
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """The autopilot. `settle_margin` is resolved at load (see `default_settle_margin`)."""
+
+    settle_margin: int = SETTLEMENT_MARGIN
+    forget_depth: int = 6
+    bump_after_blocks: int = 2
+    review_interval: float = 60.0
+
+
+@dataclass(frozen=True)
+class FeesConfig:
+    """Fee estimation target (blocks) and the floor and cap on the rate, in sat/vB."""
+
+    target: int = 6
+    min_rate: int = 1
+    max_rate: int = 200
+
+    @property
+    def min_rate_kvb(self) -> int:
+        return self.min_rate * 1000
+
+    @property
+    def max_rate_kvb(self) -> int:
+        return self.max_rate * 1000
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "info"
+    format: str = "human"
+    file: Path | None = None  # None: stderr
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    """The control API (HTTP on a loopback address, cookie auth)."""
+
+    listen: str
+    cookie_file: Path
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    enabled: bool = False
+    listen: str = "127.0.0.1:9451"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration; `source` is the file it came from (None: defaults only)."""
+
+    network: str
+    bitcoind: BitcoindConfig
+    server: ServerConfig
+    client: ClientConfig
+    store: StoreConfig
+    scheduler: SchedulerConfig
+    fees: FeesConfig
+    logging: LoggingConfig
+    control: ControlConfig
+    metrics: MetricsConfig
+    source: Path | None = None
+
+    def node_config(self) -> NodeConfig:
+        b = self.bitcoind
+        return NodeConfig(url=b.url, chain=self.network, wallet=b.wallet,
+                          cookie_file=b.cookie_file, user=b.user, password=b.password)
+
+    def server_policy(self) -> ServerPolicy:
+        s = self.server
+        return ServerPolicy(min_channel_size=s.min_channel_size, min_payment=s.min_payment,
+                            min_time_window=s.min_time_window,
+                            max_time_window=s.max_time_window)
+
+    def client_policy(self, server_name: str) -> ClientPolicy:
+        """The policy for channels to `server_name` (a configured name, or a host:port)."""
+        c = self.client
+        if server_name not in c.servers and ":" not in server_name:
+            known = ", ".join(sorted(c.servers)) or "none"
+            raise ConfigError(f"{_label(self.source)}: client.servers: no server named "
+                              f"{server_name!r}; expected one of: {known}")
+        return ClientPolicy(value=c.channel_size, time_window=c.time_window,
+                            max_min_payment=c.max_min_payment)
+
+    def watch_policy(self) -> WatchPolicy:
+        s, f = self.scheduler, self.fees
+        return WatchPolicy(fee_target=f.target, settle_margin=s.settle_margin,
+                           forget_depth=s.forget_depth, bump_after_blocks=s.bump_after_blocks,
+                           max_fee_rate=f.max_rate_kvb)
+
+
+SECTIONS: dict[str, type[Any]] = {
+    "bitcoind": BitcoindConfig, "server": ServerConfig, "client": ClientConfig,
+    "store": StoreConfig, "scheduler": SchedulerConfig, "fees": FeesConfig,
+    "logging": LoggingConfig, "control": ControlConfig, "metrics": MetricsConfig,
+}
+TOP_LEVEL = ("network", *SECTIONS)
+
+
+def default_settle_margin(fee_target: int) -> int:
+    """At least two hours, and at least twice the time the fee target allows."""
+    return max(SETTLEMENT_MARGIN, 2 * fee_target * BLOCK_INTERVAL)
+
+
+def default_cookie_file(network: str) -> Path:
+    subdir = BITCOIN_SUBDIRS.get(network, network)
+    return Path("~/.bitcoin").expanduser() / subdir / ".cookie"
+
+
+# -- loading -----------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path | None, *, check_files: bool = False) -> Config:
+    """Read and validate the YAML file at `path` (None: all defaults; an empty file too).
+
+    `check_files` also checks that bitcoind's cookie file can be read (the daemon does at
+    start; pure schema checks need no files). A file holding `bitcoind.password` must not be
+    readable by group or others.
+    """
+    if path is None:
+        return config_from_dict({}, None, check_files=check_files)
+    source = Path(os.path.expanduser(path))
+    try:
+        text = source.read_text(encoding="utf-8")
+        mode = source.stat().st_mode
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read the configuration file: "
+                          f"{exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: not a text file (UTF-8 expected): {exc}") from exc
+    try:
+        data = yaml.load(text, Loader=_Loader)  # a SafeLoader
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: invalid YAML {_yaml_error(exc)}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: found {_show(data)} at the top level, expected a mapping "
+                          f"of sections ({', '.join(TOP_LEVEL)})")
+    bitcoind = data.get("bitcoind")
+    if isinstance(bitcoind, dict) and bitcoind.get("password") is not None and mode & 0o077:
+        who = " and ".join(w for w, bits in (("group", 0o070), ("others", 0o007)) if mode & bits)
+        raise ConfigError(
+            f"{source}: bitcoind.password: the file holds a secret but is readable by {who} "
+            f"(mode {stat.S_IMODE(mode):03o}), expected mode 600; fix: chmod 600 {source}")
+    return config_from_dict(data, source, check_files=check_files)
+
+
+def config_from_dict(data: Mapping[str, Any], source: Path | None = None, *,
+                     check_files: bool = False) -> Config:
+    """Validate an already parsed configuration; `source` names the file in errors."""
+    r = _Reader(source)
+    data = r.substitute(data, "")
+    r.check_keys(data, "", TOP_LEVEL)
+    network = r.choice(data, "", "network", "regtest", CHAINS)
+    fees = _fees(r, r.section(data, "fees"))
+    config = Config(
+        network=network,
+        bitcoind=_bitcoind(r, r.section(data, "bitcoind"), network, check_files),
+        server=_server(r, r.section(data, "server"), network),
+        client=_client(r, r.section(data, "client")),
+        store=StoreConfig(r.path(r.section(data, "store"), "store", "path",
+                                 "~/.paychan/<network>/channels.db", network)),
+        scheduler=_scheduler(r, r.section(data, "scheduler"), fees),
+        fees=fees,
+        logging=_logging(r, r.section(data, "logging"), network),
+        control=_control(r, r.section(data, "control"), network),
+        metrics=_metrics(r, r.section(data, "metrics")),
+        source=source,
+    )
+    _cross_checks(r, config)
+    return config
+
+
+def _bitcoind(r: _Reader, d: dict[str, Any], network: str, check_files: bool) -> BitcoindConfig:
+    url = r.string(d, "bitcoind", "url", f"http://127.0.0.1:{DEFAULT_RPC_PORTS[network]}")
+    parts = urlsplit(url)
+    try:
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and (
+            parts.port is None or parts.port > 0)
+    except ValueError:  # a port that is not a number, or out of range
+        valid = False
+    if not valid:
+        r.fail("bitcoind.url", f"found {url!r}, expected an http:// or https:// URL like "
+                               f"http://127.0.0.1:{DEFAULT_RPC_PORTS[network]}")
+    user = r.optional_string(d, "bitcoind", "user", None)
+    password = r.optional_string(d, "bitcoind", "password", None)
+    if (user is None) != (password is None):
+        given, missing = ("user", "password") if password is None else ("password", "user")
+        r.fail(f"bitcoind.{missing}", f"missing, expected {missing} together with {given} "
+                                      "(give both, or neither to use the cookie file)")
+    if user is not None and d.get("cookie_file") is not None:
+        r.fail("bitcoind.cookie_file", "found both cookie_file and user/password, expected "
+                                       "one way to authenticate")
+    cookie = None
+    if user is None:
+        cookie = r.path(d, "bitcoind", "cookie_file", str(default_cookie_file(network)),
+                        network)
+        if check_files:
+            _check_readable(r, "bitcoind.cookie_file", cookie)
+    wallet = r.optional_string(d, "bitcoind", "wallet", "paychan")
+    zmq = r.optional_string(d, "bitcoind", "zmq", None)
+    if zmq is not None and not _ZMQ.match(zmq):
+        r.fail("bitcoind.zmq", f"found {zmq!r}, expected a ZMQ endpoint like "
+                               "tcp://127.0.0.1:28332 (bitcoind's zmqpubhashblock)")
+    return BitcoindConfig(url=url, cookie_file=cookie, user=user, password=password,
+                          wallet=wallet, zmq=zmq,
+                          poll_interval=r.number(d, "bitcoind", "poll_interval", 5.0))
+
+
+def _server(r: _Reader, d: dict[str, Any], network: str) -> ServerConfig:
+    s = ServerConfig(
+        enabled=r.boolean(d, "server", "enabled", False),
+        listen=r.address(d, "server", "listen", "127.0.0.1:4242"),
+        min_channel_size=r.integer(d, "server", "min_channel_size", 100_000),
+        min_payment=r.integer(d, "server", "min_payment", 1_000),
+        min_time_window=r.integer(d, "server", "min_time_window", 4 * 3600),
+        max_time_window=r.integer(d, "server", "max_time_window", 7 * 24 * 3600),
+        min_confirmations=r.integer(d, "server", "min_confirmations",
+                                    0 if network == "regtest" else 1, minimum=0,
+                                    nullable=True),
+    )
+    if s.min_payment >= s.min_channel_size:
+        r.fail("server.min_payment", f"found {s.min_payment}, expected less than "
+                                     f"server.min_channel_size ({s.min_channel_size})")
+    if s.min_time_window <= SETTLEMENT_MARGIN:
+        r.fail("server.min_time_window", f"found {s.min_time_window}, expected more than "
+                                         f"{SETTLEMENT_MARGIN} s (the server settles that long "
+                                         "before expiry)")
+    if s.max_time_window < s.min_time_window:
+        r.fail("server.max_time_window", f"found {s.max_time_window}, expected at least "
+                                         f"server.min_time_window ({s.min_time_window})")
+    return s
+
+
+def _client(r: _Reader, d: dict[str, Any]) -> ClientConfig:
+    raw = d.get("servers")
+    servers: dict[str, str] = {}
+    if raw is not None:
+        if not isinstance(raw, dict):
+            r.fail("client.servers", f"found {_show(raw)}, expected a mapping of "
+                                     "name: host:port")
+        for name in raw:
+            if not isinstance(name, str) or not name or ":" in name:
+                r.fail("client.servers", f"found the name {_show(name)}, expected a name "
+                                         "without ':' (e.g. shop)")
+            servers[name] = r.address(raw, "client.servers", name, "")
+            if _split(servers[name])[1] == 0:
+                r.fail(f"client.servers.{name}", f"found {servers[name]!r}, expected a "
+                                                 "server's host:port (port 1-65535)")
+    c = ClientConfig(
+        enabled=r.boolean(d, "client", "enabled", False),
+        servers=servers,
+        channel_size=r.integer(d, "client", "channel_size", 1_000_000),
+        time_window=r.integer(d, "client", "time_window", 24 * 3600 - 60),
+        max_min_payment=r.integer(d, "client", "max_min_payment", 10_000),
+    )
+    if c.max_min_payment >= c.channel_size:
+        r.fail("client.max_min_payment", f"found {c.max_min_payment}, expected less than "
+                                         f"client.channel_size ({c.channel_size})")
+    return c
+
+
+def _scheduler(r: _Reader, d: dict[str, Any], fees: FeesConfig) -> SchedulerConfig:
+    return SchedulerConfig(
+        settle_margin=r.integer(d, "scheduler", "settle_margin",
+                                default_settle_margin(fees.target), minimum=SETTLEMENT_MARGIN,
+                                nullable=True),
+        forget_depth=r.integer(d, "scheduler", "forget_depth", 6),
+        bump_after_blocks=r.integer(d, "scheduler", "bump_after_blocks", 2),
+        review_interval=r.number(d, "scheduler", "review_interval", 60.0),
+    )
+
+
+def _fees(r: _Reader, d: dict[str, Any]) -> FeesConfig:
+    f = FeesConfig(
+        target=r.integer(d, "fees", "target", 6, maximum=MAX_FEE_TARGET),
+        min_rate=r.integer(d, "fees", "min_rate", 1),
+        max_rate=r.integer(d, "fees", "max_rate", 200),
+    )
+    if f.max_rate < f.min_rate:
+        r.fail("fees.max_rate", f"found {f.max_rate}, expected at least fees.min_rate "
+                                f"({f.min_rate}) sat/vB")
+    return f
+
+
+def _logging(r: _Reader, d: dict[str, Any], network: str) -> LoggingConfig:
+    return LoggingConfig(
+        level=r.choice(d, "logging", "level", "info", LEVELS),
+        format=r.choice(d, "logging", "format", "human", FORMATS),
+        file=r.optional_path(d, "logging", "file", network),
+    )
+
+
+def _control(r: _Reader, d: dict[str, Any], network: str) -> ControlConfig:
+    listen = r.address(d, "control", "listen", "127.0.0.1:4243")
+    host = _split(listen)[0]
+    if not _is_loopback(host):
+        r.fail("control.listen", f"found host {host!r}, expected a loopback address "
+                                 "(127.0.0.1, ::1 or localhost): the control API is local only")
+    return ControlConfig(listen=listen, cookie_file=r.path(
+        d, "control", "cookie_file", "~/.paychan/<network>/control.cookie", network))
+
+
+def _metrics(r: _Reader, d: dict[str, Any]) -> MetricsConfig:
+    return MetricsConfig(enabled=r.boolean(d, "metrics", "enabled", False),
+                         listen=r.address(d, "metrics", "listen", "127.0.0.1:9451"))
+
+
+def _cross_checks(r: _Reader, c: Config) -> None:
+    if c.server.enabled and c.scheduler.settle_margin >= c.server.min_time_window:
+        r.fail("scheduler.settle_margin",
+               f"found {c.scheduler.settle_margin}, expected less than server.min_time_window "
+               f"({c.server.min_time_window}), or channels would be settled as they open")
+    listeners = [("control.listen", c.control.listen)]
+    if c.server.enabled:
+        listeners.append(("server.listen", c.server.listen))
+    if c.metrics.enabled:
+        listeners.append(("metrics.listen", c.metrics.listen))
+    seen: dict[tuple[str, int], str] = {}
+    for key, address in listeners:
+        host, port = _split(address)
+        if port and (host, port) in seen:
+            r.fail(key, f"found {address!r}, already used by {seen[host, port]}; expected a "
+                        "different port")
+        seen[host, port] = key
+
+
+def _check_readable(r: _Reader, key: str, path: Path) -> None:
+    if not path.exists():
+        r.fail(key, f"found {str(path)!r}, which does not exist; expected bitcoind's cookie "
+                    "file (is bitcoind running with this datadir and network?)")
+    if not path.is_file():
+        r.fail(key, f"found {str(path)!r}, which is not a file; expected bitcoind's cookie file")
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        r.fail(key, f"found {str(path)!r}, which cannot be read ({exc.strerror}); expected a "
+                    "readable cookie (rpccookieperms=group in bitcoin.conf, this user in "
+                    "bitcoind's group)")
+
+
+# -- typed access with precise errors -----------------------------------------------------------
+
+
+class _Reader:
+    """Reads typed values out of parsed YAML; every failure names file, key and expectation."""
+
+    def __init__(self, source: Path | None) -> None:
+        self.source = source
+        self.where = _label(source)
+
+    def fail(self, key: str, message: str) -> NoReturn:
+        raise ConfigError(f"{self.where}: {key}: {message}")
+
+    def substitute(self, value: Any, key: str) -> Any:
+        """`${NAME}` in every string value → the environment variable NAME."""
+        if isinstance(value, Mapping):
+            return {k: self.substitute(v, _join(key, str(k))) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.substitute(v, f"{key}[{i}]") for i, v in enumerate(value)]
+        if not isinstance(value, str):
+            return value
+
+        def lookup(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                self.fail(key, f"found ${{{name}}}, expected ${{NAME}} with NAME an "
+                               "environment variable name")
+            if name not in os.environ:
+                self.fail(key, f"environment variable {name} is not set, expected it to be "
+                               f"set for ${{{name}}}")
+            return os.environ[name]
+
+        return _ENV.sub(lookup, value)
+
+    def check_keys(self, data: Mapping[str, Any], prefix: str, known: tuple[str, ...]) -> None:
+        for name in data:
+            if name in known:
+                continue
+            key = _join(prefix, str(name))
+            close = difflib.get_close_matches(str(name), known, n=1)
+            hint = f"did you mean {_join(prefix, close[0])!r}? " if close else ""
+            self.fail(key, f"unknown key; {hint}expected one of: {', '.join(known)}")
+
+    def section(self, data: Mapping[str, Any], name: str) -> dict[str, Any]:
+        value = data.get(name)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.fail(name, f"found {_show(value)}, expected a mapping of settings")
+        known = tuple(f.name for f in dataclasses.fields(SECTIONS[name]))
+        self.check_keys(value, name, known)
+        return value
+
+    def integer(self, d: Mapping[str, Any], section: str, name: str, default: int, *,
+                minimum: int = 1, maximum: int | None = None, nullable: bool = False) -> int:
+        """An int (never a bool); with `nullable`, null means the default."""
+        key = _join(section, name)
+        value = d.get(name, default)
+        if value is None and nullable:
+            return default
+        expected = f"an integer ≥ {minimum}" + (f" and ≤ {maximum}" if maximum else "")
+        expected += " (or null for the default)" if nullable else ""
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(key, f"found {_show(value)}, expected {expected}")
+        if value < minimum or (maximum is not None and value > maximum):
+            self.fail(key, f"found {value}, expected {expected}")
+        return value
+
+    def number(self, d: Mapping[str, Any], section: str, name: str, default: float) -> float:
+        value = d.get(name, default)
+        if (isinstance(value, bool) or not isinstance(value, int | float)
+                or not 0 < value < float("inf")):
+            self.fail(_join(section, name), f"found {_show(value)}, expected a number of "
+                                            "seconds > 0")
+        return float(value)
+
+    def boolean(self, d: Mapping[str, Any], section: str, name: str, default: bool) -> bool:
+        value = d.get(name, default)
+        if not isinstance(value, bool):
+            self.fail(_join(section, name), f"found {_show(value)}, expected true or false")
+        return value
+
+    def string(self, d: Mapping[str, Any], section: str, name: str, default: str) -> str:
+        value = d.get(name, default)
+        if not isinstance(value, str) or not value:
+            self.fail(_join(section, name), f"found {_show(value)}, expected a non-empty string")
+        return value
+
+    def optional_string(self, d: Mapping[str, Any], section: str, name: str,
+                        default: str | None) -> str | None:
+        """A string, or None where the key is null (or absent and the default is None)."""
+        value = d.get(name, default)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value:
+            self.fail(_join(section, name), f"found {_show(value)}, expected a non-empty "
+                                            "string or null")
+        return value
+
+    def choice(self, d: Mapping[str, Any], section: str, name: str, default: str,
+               choices: tuple[str, ...]) -> str:
+        value = d.get(name, default)
+        if not isinstance(value, str) or value not in choices:
+            self.fail(_join(section, name), f"found {_show(value)}, expected one of: "
+                                            f"{', '.join(choices)}")
+        return value
+
+    def address(self, d: Mapping[str, Any], section: str, name: str, default: str) -> str:
+        key = _join(section, name)
+        value = d.get(name, default)
+        expected = "host:port (e.g. 127.0.0.1:4242 or [::1]:4242; port 0-65535)"
+        if not isinstance(value, str):
+            self.fail(key, f"found {_show(value)}, expected {expected}")
+        try:
+            host, port = _split(value)
+        except ValueError:
+            self.fail(key, f"found {value!r}, expected {expected}")
+        if not (_is_ip(host) or _HOSTNAME.match(host)) or port > 65535:
+            self.fail(key, f"found {value!r}, expected {expected}")
+        return value
+
+    def path(self, d: Mapping[str, Any], section: str, name: str, default: str,
+             network: str) -> Path:
+        return self._path(self.string(d, section, name, default), network)
+
+    def optional_path(self, d: Mapping[str, Any], section: str, name: str,
+                      network: str) -> Path | None:
+        value = self.optional_string(d, section, name, None)
+        return None if value is None else self._path(value, network)
+
+    def _path(self, value: str, network: str) -> Path:
+        """`<network>` substituted, `~` expanded, relative to the configuration's directory."""
+        path = Path(value.replace("<network>", network)).expanduser()
+        if not path.is_absolute() and self.source is not None:
+            path = self.source.parent / path
+        return path
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys instead of keeping the last one silently."""
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    mapping: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in mapping:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping", node.start_mark,
+                f"found duplicate key {key!r}", key_node.start_mark)
+        mapping[key] = loader.construct_object(value_node, deep=True)
+    return mapping
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+# -- small helpers -------------------------------------------------------------------------------
+
+
+def _label(source: Path | None) -> str:
+    return str(source) if source is not None else "configuration"
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _show(value: Any) -> str:
+    """A found value as YAML would spell it, with its kind."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (a boolean)"
+    if isinstance(value, int | float):
+        return f"{value} (a number)"
+    if isinstance(value, str):
+        return f"{value!r} (a string)"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _split(address: str) -> tuple[str, int]:
+    """'host:port' or '[v6]:port' → (host, port); ValueError if it is neither."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(address)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ":" not in host or not _is_ip(host):
+            raise ValueError(address)
+    elif ":" in host:
+        raise ValueError(address)  # a bare IPv6 address needs brackets
+    if not host:
+        raise ValueError(address)
+    return host, int(port)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _yaml_error(exc: yaml.YAMLError) -> str:
+    """'at line L, column C: problem (context that starts at line K)', 1-based as editors."""
+    problem_mark = getattr(exc, "problem_mark", None)
+    context_mark = getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    text = problem
+    mark = problem_mark or context_mark
+    if mark is not None:
+        text = f"at line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    if context:
+        text += f" ({context}"
+        if context_mark is not None and context_mark is not mark:
+            text += f" that starts at line {context_mark.line + 1}"
+        text += ")"
+    return text

@@ -1,0 +1,296 @@
+"""`paychan daemon`: the server and/or client roles, the control API and metrics, in one
+process configured by YAML. SIGTERM/SIGINT stop it gracefully (stop accepting, finish
+in-flight payments, flush the store); SIGHUP reopens the log file."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from dataclasses import asdict
+from typing import Any
+
+from bitcoind_paychan import __version__
+from bitcoind_paychan.bitcoin.network import Network
+from bitcoind_paychan.channel.effects import (
+    ChannelFinished,
+    ChannelOpened,
+    PaymentReceived,
+    PeerError,
+)
+from bitcoind_paychan.channel.records import ChannelStatus, Role
+from bitcoind_paychan.daemon.config import Config
+from bitcoind_paychan.daemon.control import ControlServer
+from bitcoind_paychan.daemon.logs import Logs
+from bitcoind_paychan.daemon.metrics import MetricsServer, PaychanMetrics
+from bitcoind_paychan.errors import LocalProtocolError
+from bitcoind_paychan.node import AsyncBitcoind, Bitcoind
+from bitcoind_paychan.service.client import Channel, ChannelFailed, PaymentClient
+from bitcoind_paychan.service.server import PaymentServer, ServerEvent
+from bitcoind_paychan.service.watcher import ChannelView
+from bitcoind_paychan.store import SQLiteStore
+
+log = logging.getLogger(__name__)
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class Daemon:
+    """Everything one `paychan daemon` runs; also the control API's implementation."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.metrics = PaychanMetrics()
+        self.server: PaymentServer | None = None
+        self.client: PaymentClient | None = None
+        self.channels: dict[str, Channel] = {}  # the client's live channels
+        self.started = time.time()
+        self._stop = asyncio.Event()
+        self._busy = 0  # control calls in flight (payments, opens, closes)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Run until stopped; 0 after a graceful stop."""
+        config = self.config
+        logs = Logs(config.logging.level, config.logging.format, config.logging.file)
+        node = Bitcoind(config.node_config())
+        tip = await asyncio.to_thread(node.check)
+        log.info("paychan %s on %s; bitcoind at %s, height %s", __version__, config.network,
+                 config.bitcoind.url, tip.height)
+        config.store.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        store = SQLiteStore(config.store.path)
+        wallet = AsyncBitcoind(node)
+        common: dict[str, Any] = {
+            "autopilot": config.watch_policy(), "zmq_endpoint": config.bitcoind.zmq,
+            "poll_interval": config.bitcoind.poll_interval,
+            "review_interval": config.scheduler.review_interval,
+            "min_fee_rate": config.fees.min_rate * 1000,
+        }
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, logs.reopen)
+        control = ControlServer(self, *split_address(config.control.listen),
+                                config.control.cookie_file)
+        metrics = None
+        try:
+            if config.server.enabled:
+                self.server = PaymentServer(
+                    wallet, store, config.server_policy(), on_event=self._server_event,
+                    fee_target=config.fees.target,
+                    min_confirmations=config.server.min_confirmations, **common)
+                host, port = await self.server.listen(*split_address(config.server.listen))
+                log.info("server listening on %s:%s", host, port)
+            if config.client.enabled:
+                self.client = PaymentClient(wallet, store,
+                                            network=Network.from_chain(config.network),
+                                            on_event=self._client_event, **common)
+                await self.client.start()
+            await control.start()
+            if config.metrics.enabled:
+                metrics = MetricsServer(self.metrics.registry,
+                                        *split_address(config.metrics.listen))
+                self.metrics.collect = self._collect
+                await metrics.start()
+            log.info("paychan daemon ready (control on %s)", config.control.listen)
+            await self._stop.wait()
+            log.info("stopping: no new connections; finishing payments in flight")
+        finally:
+            await self._shutdown(control, metrics, store)
+        return 0
+
+    async def _shutdown(self, control: ControlServer, metrics: MetricsServer | None,
+                        store: SQLiteStore) -> None:
+        deadline = time.monotonic() + 15
+        while self._busy and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if self.server:
+            await self.server.stop()
+        if self.client:
+            await self.client.stop()
+        await control.stop()
+        if metrics:
+            await metrics.stop()
+        store.close()
+        log.info("stopped")
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    # -- events and metrics ----------------------------------------------------------------
+
+    def _server_event(self, event: ServerEvent) -> None:
+        if isinstance(event, PaymentReceived):
+            self.metrics.payments.labels(role="server").inc()
+            self.metrics.amounts.labels(role="server").inc(event.amount)
+        elif isinstance(event, PeerError):
+            self.metrics.errors.labels(code=event.code.name).inc()
+        elif isinstance(event, ChannelOpened | ChannelFinished):
+            log.info("server channel %s: %s", event.record.contract_txid,
+                     type(event).__name__)
+
+    def _client_event(self, event: ChannelFinished) -> None:
+        log.info("client channel %s finished: %s", event.record.contract_txid,
+                 event.status.value)
+
+    def _collect(self) -> None:
+        """Refresh the gauges from the store and the node's health, at scrape time."""
+        m = self.metrics
+        for role, service in (("server", self.server), ("client", self.client)):
+            if service is None:
+                continue
+            views = service.views()
+            for state in ChannelStatus:
+                count = sum(1 for v in views if v.status == state.value)
+                m.channels.labels(role=role, state=state.value).set(count)
+            m.locked.labels(role=role).set(sum(v.value for v in views if v.status == "open"))
+            watcher = service.watcher
+            m.node_up.set(1 if watcher.healthy else 0)
+            if watcher.monitor and watcher.monitor.tip:
+                m.height.set(watcher.monitor.tip.height)
+
+    # -- the control API -------------------------------------------------------------------
+
+    def _views(self) -> list[ChannelView]:
+        return [*(self.server.views() if self.server else []),
+                *(self.client.views() if self.client else [])]
+
+    async def getinfo(self) -> dict[str, Any]:
+        tip = await asyncio.to_thread(Bitcoind(self.config.node_config()).tip)
+        views = self._views()
+        return {
+            "version": __version__, "network": self.config.network, "height": tip.height,
+            "uptime": int(time.time() - self.started),
+            "server": self.config.server.listen if self.server else None,
+            "client": sorted(self.config.client.servers) if self.client else None,
+            "channels": {state.value: sum(1 for v in views if v.status == state.value)
+                         for state in ChannelStatus},
+        }
+
+    async def listchannels(self, state: str | None) -> list[dict[str, Any]]:
+        if state is not None and state not in {s.value for s in ChannelStatus}:
+            raise LocalProtocolError(f"unknown state {state!r}; one of "
+                                     f"{', '.join(s.value for s in ChannelStatus)}")
+        return [asdict(v) for v in self._views() if state is None or v.status == state]
+
+    async def getchannel(self, channel_id: str) -> dict[str, Any]:
+        return asdict(self._find(channel_id))
+
+    def _find(self, channel_id: str) -> ChannelView:
+        found = [v for v in self._views() if v.contract_txid.startswith(channel_id)]
+        if len(found) != 1:
+            raise LocalProtocolError(
+                f"no channel {channel_id!r}" if not found else
+                f"{channel_id!r} matches {len(found)} channels; give more of the txid")
+        return found[0]
+
+    def _server_address(self, server: str) -> str:
+        servers = self.config.client.servers
+        if server in servers:
+            return servers[server]
+        if server in servers.values() or ":" in server:
+            return server
+        raise LocalProtocolError(f"unknown server {server!r}; configured: "
+                                 f"{', '.join(sorted(servers)) or 'none'}")
+
+    def _client(self) -> PaymentClient:
+        if self.client is None:
+            raise LocalProtocolError("the client role is not enabled (client.enabled)")
+        return self.client
+
+    async def open(self, server: str, amount: int) -> dict[str, Any]:
+        with self._working():
+            host, port = split_address(self._server_address(server))
+            channel = await self._client().open(host, port, amount)
+            self.channels[channel.contract_txid] = channel
+            return asdict(self._client().watcher.view(channel.record))
+
+    async def pay(self, target: str, amount: int, info: str | None) -> dict[str, Any]:
+        with self._working():
+            channel = await self._channel_for(target)
+            started = time.perf_counter()
+            try:
+                ack = await channel.pay(amount, (info or "").encode())
+            except ChannelFailed:
+                if channel.connected or channel.record.change == 0:
+                    raise  # the server refused it, or the channel is used up
+                # The connection was lost, but the payment is stored: resuming the channel
+                # sends it again and waits for its acknowledgement.
+                log.info("channel %s lost its connection; resuming", channel.contract_txid)
+                channel = await self._resume(channel)
+                ack = b""
+            self.metrics.latency.labels(role="client").observe(time.perf_counter() - started)
+            self.metrics.payments.labels(role="client").inc()
+            self.metrics.amounts.labels(role="client").inc(amount)
+            return {"contract_txid": channel.contract_txid, "paid": channel.paid,
+                    "remaining": channel.remaining, "ack_info": ack.decode(errors="replace")}
+
+    async def _channel_for(self, target: str) -> Channel:
+        """A live channel by contract txid (prefix), or one to a server (opened or resumed
+        with the configured channel size)."""
+        live = [c for t, c in self.channels.items() if t.startswith(target) and c.connected]
+        if len(live) == 1:
+            return live[0]
+        address = self._server_address(target)
+        for channel in self.channels.values():
+            if channel.connected and channel.machine.peer == address and channel.remaining:
+                return channel
+        host, port = split_address(address)
+        channel = await self._client().open(host, port, self.config.client.channel_size)
+        self.channels[channel.contract_txid] = channel
+        return channel
+
+    async def _resume(self, channel: Channel) -> Channel:
+        self.channels.pop(channel.contract_txid, None)
+        host, port = split_address(channel.machine.peer)
+        resumed = await self._client().open(host, port, channel.record.value)
+        if resumed.contract_txid != channel.contract_txid:
+            raise LocalProtocolError(f"channel {channel.contract_txid} could not be resumed")
+        self.channels[resumed.contract_txid] = resumed
+        return resumed
+
+    async def close(self, channel_id: str) -> dict[str, Any]:
+        with self._working():
+            view = self._find(channel_id)
+            txid = view.contract_txid
+            if view.role == "server" and self.server:
+                settlement = await self.server.settle(txid)
+            else:
+                channel = self.channels.get(txid)
+                if channel is None or not channel.connected:
+                    channel = await self._client().open(*split_address(view.peer), view.value)
+                settlement = await channel.close()
+                self.channels.pop(txid, None)
+            return {"contract_txid": txid, "settlement_txid": settlement.txid_hex}
+
+    async def listpayments(self, channel_id: str | None) -> list[dict[str, Any]]:
+        txid = self._find(channel_id).contract_txid if channel_id else None
+        payments: list[dict[str, Any]] = []
+        for role, service in ((Role.SERVER, self.server), (Role.CLIENT, self.client)):
+            if service is not None:
+                payments += [asdict(p) | {"role": role.value, "info": p.info.hex()}
+                             for p in service.store.payments(role, txid)]
+        return payments
+
+    async def stop(self) -> dict[str, Any]:
+        asyncio.get_running_loop().call_later(0.1, self._stop.set)
+        return {"stopping": True}
+
+    @contextlib.contextmanager
+    def _working(self) -> Any:
+        self._busy += 1
+        try:
+            yield
+        finally:
+            self._busy -= 1
+
+
+def run_daemon(config: Config) -> int:
+    return asyncio.run(Daemon(config).run())
+
