@@ -44,8 +44,26 @@ def _control(args: argparse.Namespace) -> Any:
     from bitcoind_paychan.daemon.rpcclient import ControlClient
 
     config = load_config(args.config)
-    return ControlClient(f"http://{config.control.listen}", config.control.cookie_file,
-                         timeout=args.timeout)
+    client = ControlClient(f"http://{config.control.listen}", config.control.cookie_file,
+                           timeout=args.timeout)
+    if args.wait:
+        _wait_for_daemon(client, args.wait)
+    return client
+
+
+def _wait_for_daemon(client: Any, seconds: float) -> None:
+    """Like bitcoin-cli -rpcwait: wait for the daemon to answer (or to write its cookie)."""
+    from bitcoind_paychan.daemon.rpcclient import NO_COOKIE, NOT_RUNNING, ControlError
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            client.call("getinfo")
+            return
+        except ControlError as exc:
+            if exc.code not in (NOT_RUNNING, NO_COOKIE) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)
 
 
 def _call(method: str, *params: Any) -> Callable[[argparse.Namespace], int]:
@@ -129,6 +147,8 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--config", help="the daemon's YAML configuration (default: regtest)")
     top.add_argument("--json", action="store_true", help="print JSON")
     top.add_argument("--timeout", type=float, default=300.0, help="control call timeout (s)")
+    top.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                     help="wait up to SECONDS for the daemon to start answering")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, run: Callable[[argparse.Namespace], int], help: str
@@ -163,7 +183,8 @@ def parser() -> argparse.ArgumentParser:
     paying.add_argument("amount", type=int, help="sat")
     paying.add_argument("info", nargs="?", help="text sent along with the payment")
     paying.add_argument("--repeat", type=int, default=1, help="stream this many payments")
-    command("close", _close, "settle a channel").add_argument("channel")
+    command("close", _close, "settle a channel").add_argument(
+        "channel", help="contract txid (or a unique prefix), or a server's name")
     payments = command("listpayments", _call("listpayments", "channel"), "payments made")
     payments.add_argument("channel", nargs="?")
     command("stop", _call("stop"), "stop the daemon gracefully")

@@ -183,12 +183,20 @@ class Daemon:
         return asdict(self._find(channel_id))
 
     def _find(self, channel_id: str) -> ChannelView:
-        found = [v for v in self._views() if v.contract_txid.startswith(channel_id)]
+        """A channel by contract txid (or a unique prefix), or the open channel to a
+        configured server. A daemon paying its own server holds both sides of a channel:
+        the client's view stands for it."""
+        found = {v.contract_txid: v for v in self._views()
+                 if v.contract_txid.startswith(channel_id)}  # client views overwrite
+        if not found and channel_id in self.config.client.servers and self.client:
+            address = self.config.client.servers[channel_id]
+            found = {v.contract_txid: v for v in self.client.views()
+                     if v.peer == address and v.status == "open"}
         if len(found) != 1:
             raise LocalProtocolError(
                 f"no channel {channel_id!r}" if not found else
                 f"{channel_id!r} matches {len(found)} channels; give more of the txid")
-        return found[0]
+        return next(iter(found.values()))
 
     def _server_address(self, server: str) -> str:
         servers = self.config.client.servers
@@ -259,7 +267,7 @@ class Daemon:
         with self._working():
             view = self._find(channel_id)
             txid = view.contract_txid
-            if view.role == "server" and self.server:
+            if view.role == "server" and self.server is not None:
                 settlement = await self.server.settle(txid)
             else:
                 channel = self.channels.get(txid)
@@ -274,7 +282,8 @@ class Daemon:
         payments: list[dict[str, Any]] = []
         for role, service in ((Role.SERVER, self.server), (Role.CLIENT, self.client)):
             if service is not None:
-                payments += [asdict(p) | {"role": role.value, "info": p.info.hex()}
+                payments += [asdict(p) | {"role": role.value, "info": _text(p.info),
+                                          "info_hex": p.info.hex()}
                              for p in service.store.payments(role, txid)]
         return payments
 
@@ -289,6 +298,15 @@ class Daemon:
             yield
         finally:
             self._busy -= 1
+
+
+def _text(info: bytes) -> str | None:
+    """Payment info as text when it is printable UTF-8 (it is application data)."""
+    try:
+        text = info.decode()
+    except UnicodeDecodeError:
+        return None
+    return text if text.isprintable() else None
 
 
 def run_daemon(config: Config) -> int:
