@@ -196,3 +196,20 @@ def test_control_api_refuses_a_wrong_or_missing_cookie(daemons: Daemons) -> None
     daemons.config("other").write_text(yaml.safe_dump(config))
     denied = daemons.cli("other", "getinfo", check=False)
     assert denied.returncode == 1 and "cookie" in denied.stderr.lower()
+
+
+def test_json_logs_and_sighup_reopens_the_log_file(daemons: Daemons) -> None:
+    config = yaml.safe_load(daemons.config("server").read_text())
+    config["logging"]["format"] = "json"
+    daemons.config("server").write_text(yaml.safe_dump(config))
+    daemons.start("server")
+    log = daemons.tmp / "server.log"
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert any(entry["message"].startswith("paychan daemon ready") for entry in lines)
+    assert {"time", "level", "logger", "message"} <= set(lines[0])
+    log.rename(daemons.tmp / "server.log.1")  # as logrotate does
+    daemons.procs["server"].send_signal(signal.SIGHUP)
+    wait_until(lambda: log.exists() and "log file reopened" in log.read_text(),
+               what="a new log file")
+    daemons.cli("server", "getinfo")
+    assert daemons.procs["server"].poll() is None
