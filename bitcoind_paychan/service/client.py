@@ -152,13 +152,9 @@ class PaymentClient:
         return refund
 
     async def refund_tx(self, record: ChannelRecord, fee_target: int = 6) -> Transaction:
-        """The signed refund of `record`: version 1's stored one, or a fresh one paying the
-        node's fee estimate."""
-        if record.version == 1:
-            return Transaction.parse(record.refund_tx)
-        contract = record.contract
-        fee = contract.refund_fee(await self.wallet.fee_rate(fee_target))
-        return contract.sign_refund(record.key, contract.refund_tx(fee))
+        """The signed refund of `record`, paying the node's fee estimate."""
+        fee_rate = await self.wallet.fee_rate(fee_target)
+        return record.contract.refund(record.key, fee_rate, record.refund_tx)
 
     async def open(
         self, host: str, port: int, value: int, *, version: int = 3,

@@ -28,7 +28,7 @@ from bitcoind_paychan.channel.effects import (
     SettleChannel,
     StoreChainState,
 )
-from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
+from bitcoind_paychan.channel.records import ChannelRecord, Role
 from bitcoind_paychan.channel.watch import (
     Tip,
     WatchPolicy,
@@ -288,6 +288,3 @@ class ChainWatcher:
     def chain_state(self, contract_txid: str) -> ChainState:
         return self.store.chain_state(self.role, contract_txid)
 
-
-def is_watchable(status: ChannelStatus) -> bool:
-    return not status.final
