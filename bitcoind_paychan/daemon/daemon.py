@@ -49,6 +49,7 @@ class Daemon:
         self.server: PaymentServer | None = None
         self.client: PaymentClient | None = None
         self.channels: dict[str, Channel] = {}  # the client's live channels
+        self.node = Bitcoind(config.node_config())
         self.started = time.time()
         self._stop = asyncio.Event()
         self._busy = 0  # control calls in flight (payments, opens, closes)
@@ -59,7 +60,7 @@ class Daemon:
         """Run until stopped; 0 after a graceful stop."""
         config = self.config
         logs = Logs(config.logging.level, config.logging.format, config.logging.file)
-        node = Bitcoind(config.node_config())
+        node = self.node
         tip = await asyncio.to_thread(node.check)
         log.info("paychan %s on %s; bitcoind at %s, height %s", __version__, config.network,
                  config.bitcoind.url, tip.height)
@@ -162,7 +163,7 @@ class Daemon:
                 *(self.client.views() if self.client else [])]
 
     async def getinfo(self) -> dict[str, Any]:
-        tip = await asyncio.to_thread(Bitcoind(self.config.node_config()).tip)
+        tip = await asyncio.to_thread(self.node.tip)
         views = self._views()
         return {
             "version": __version__, "network": self.config.network, "height": tip.height,

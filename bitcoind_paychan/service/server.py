@@ -186,6 +186,7 @@ class PaymentServer:
 
     async def _serve(self, stream: MessageStream) -> None:
         machine = ServerChannel(self.policy, PrivateKey.generate(), int(self.clock()))
+        confirmed = self.min_confirmations == 0
         while machine.state is not ServerState.CLOSED:
             timeout = None if machine.state is ServerState.OPEN else self.handshake_timeout
             try:
@@ -199,10 +200,11 @@ class PaymentServer:
                 log.info("%s left (%s)", stream.peername, machine.state.value)
                 machine.connection_lost()
                 return
-            if message.type == UPDATE_PAYMENT and machine.record is not None:
+            if message.type == UPDATE_PAYMENT and machine.record is not None and not confirmed:
                 # Payments beyond the first wait until the contract is buried deep enough.
                 await self.watcher.until_confirmed(machine.record.contract_txid,
                                                    self.min_confirmations)
+                confirmed = True
             self._busy.add(stream)
             try:
                 if not await self._carry_out(machine, stream, machine.receive(message)):

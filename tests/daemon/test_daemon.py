@@ -213,3 +213,20 @@ def test_json_logs_and_sighup_reopens_the_log_file(daemons: Daemons) -> None:
                what="a new log file")
     daemons.cli("server", "getinfo")
     assert daemons.procs["server"].poll() is None
+
+
+def test_daemon_refuses_to_start_without_its_node(tmp_path: Path) -> None:
+    cookie = tmp_path / ".cookie"
+    cookie.write_text("__cookie__:" + "1" * 64)
+    config = tmp_path / "paychan.yaml"
+    config.write_text(yaml.safe_dump({
+        "network": "regtest",
+        "bitcoind": {"url": f"http://127.0.0.1:{free_port()}", "cookie_file": str(cookie)},
+        "store": {"path": str(tmp_path / "store.db")},
+        "control": {"listen": f"127.0.0.1:{free_port()}",
+                    "cookie_file": str(tmp_path / "control.cookie")},
+    }))
+    done = subprocess.run([*PAYCHAN, "daemon", "--config", str(config)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 1
+    assert "bitcoind does not answer" in done.stderr and "is it running" in done.stderr
