@@ -258,7 +258,9 @@ class ChainWatcher:
             case Broadcast(tx, purpose):
                 try:
                     await self.wallet.broadcast(tx)
-                    log.info("broadcast %s %s for channel %s", purpose, tx.txid_hex, txid)
+                    # Unconfirmed transactions are re-sent at every review: log those quietly.
+                    level = logging.INFO if purpose in ("fee bump", "refund") else logging.DEBUG
+                    log.log(level, "broadcast %s %s for channel %s", purpose, tx.txid_hex, txid)
                 except TransactionRejected as exc:
                     if purpose != "contract":  # a contract already spent is no news
                         raise
@@ -280,7 +282,7 @@ class ChainWatcher:
                 job = self.scheduler.get_job(f"deadline:{txid}")
                 if job:
                     job.remove()
-                log.info("channel %s settled and buried: forgotten", txid)
+                log.info("channel %s closed and buried: forgotten", txid)
             case ChannelFinished():
                 if self.on_event:
                     self.on_event(effect)
