@@ -157,7 +157,7 @@ def _spent(record: ChannelRecord, state: ChainState, tip: Tip, fee_rate: int,
     if record.status is not ChannelStatus.CLOSING:
         # OPEN: the other side closed it (or we did and crashed); final: a reorg undid it.
         effects.append(MarkChannel(txid, ChannelStatus.CLOSING, closing_tx=state.spender))
-    rebroadcast = Broadcast(spender, "refund" if refund else "settlement", txid)
+    rebroadcast = Broadcast(spender, "rebroadcast", txid)
     ours = (record.role is Role.SERVER) != refund
     if ours and not state.fee_rate:  # start the clock for fee bumping (after a crash, too)
         paid = _fee_rate_of(record.contract, spender)
