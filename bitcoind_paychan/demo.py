@@ -7,6 +7,7 @@ open a channel, stream payments, close, mine the settlement, and show who got wh
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import sys
 import tempfile
@@ -80,8 +81,9 @@ async def stream_payments(server_node: RegtestNode, client_node: RegtestNode, ve
     print(f"server listening on {host}:{port}; client opens a {value} sat channel "
           f"(version {version})", file=out)
     channel = await client.open(host, port, value, version=version)
-    print(f"contract {channel.contract_txid} broadcast by the server; expires at "
-          f"{channel.record.contract.expiry}", file=out)
+    expiry = dt.datetime.fromtimestamp(channel.record.contract.expiry, dt.UTC)
+    print(f"contract {channel.contract_txid} broadcast by the server; the client's refund "
+          f"unlocks at {expiry:%Y-%m-%d %H:%M} UTC", file=out)
     progress = Progress(payments, out)
     for i in range(payments):
         await channel.pay(amount, f"demo payment {i + 1}".encode())
@@ -158,7 +160,7 @@ def print_summary(result: DemoResult, out: TextIO) -> None:
         ("contract", result.contract_txid),
         ("settlement", f"{result.settlement_txid} ({result.settlement_confirmations} conf)"),
         ("payments", str(result.payments)),
-        ("client paid", f"{result.paid_sat} sat"),
+        ("client paid", f"{result.paid_sat} sat (the opening payment included)"),
         ("server received", f"{result.server_received_sat} sat (in its wallet)"),
         ("client change", f"{result.client_change_sat} sat (in its wallet)"),
         ("settlement fee", f"{result.fee_sat} sat (from the server's share)"),
