@@ -27,6 +27,7 @@ from bitcoind_paychan.channel.effects import (
     Effect,
     FundContract,
     PaymentAcknowledged,
+    ResumeRefused,
     Send,
     StoreChannel,
     StorePayment,
@@ -98,6 +99,7 @@ class ClientChannel(ProtocolMachine):
             (ClientState.WAITING_FOR_REFUND, T.RETURN_REFUND): self._on_return_refund,
             (ClientState.WAITING_FOR_OPEN, T.CHANNEL_OPEN): self._on_channel_open,
             (ClientState.WAITING_FOR_OPEN, T.CLOSE): self._on_close,
+            (ClientState.WAITING_FOR_OPEN, T.INITIATE): self._on_initiate_to_resume,
             (ClientState.WAITING_FOR_ACK, T.PAYMENT_ACK): self._on_payment_ack,
             (ClientState.OPEN, T.CLOSE): self._on_close,
             (ClientState.WAITING_FOR_ACK, T.CLOSE): self._on_close,
@@ -204,6 +206,16 @@ class ClientChannel(ProtocolMachine):
         self.state = ClientState.FUNDING
         script = output_script(self.version, self.key.pub.data, self.server_pub, self.expiry)
         return [FundContract(script, self.policy.value)]
+
+    def _on_initiate_to_resume(self, message: T) -> list[Effect]:
+        """The server does not know the channel we asked to resume."""
+        if self.record is None or not self.resuming:
+            raise RemoteProtocolError("unexpected INITIATE while waiting for CHANNEL_OPEN",
+                                      ErrorCode.SYNTAX_ERROR)
+        self.state = ClientState.CLOSED
+        return [ResumeRefused(self.record.contract_txid),
+                Disconnect(f"the server no longer has channel {self.record.contract_txid} "
+                           "open")]
 
     def _on_return_refund(self, message: T) -> list[Effect]:
         assert self._contract is not None and self._refund is not None

@@ -188,6 +188,14 @@ class VersionRefused:
 
 
 @dataclass(frozen=True, slots=True)
+class ResumeRefused:
+    """Client: the server answered our resume with a fresh INITIATE: it no longer has this
+    channel open (it settled it, or lost it). The chain will tell how it ends."""
+
+    contract_txid: str
+
+
+@dataclass(frozen=True, slots=True)
 class PeerError:
     """The peer sent ERROR (or broke the protocol); the connection is over."""
 
@@ -199,6 +207,7 @@ class PeerError:
 Effect = (
     Send | Disconnect | StoreChannel | StorePayment | Broadcast | FundContract | LoadChannel
     | ClaimChannel | PrepareSettlement | FundSettlement | ChannelOpened | PaymentReceived
-    | PaymentAcknowledged | ChannelClosed | VersionRefused | PeerError | SettleChannel
+    | PaymentAcknowledged | ChannelClosed | VersionRefused | ResumeRefused | PeerError
+    | SettleChannel
     | MarkChannel | StoreChainState | ForgetChannel | ChannelFinished
 )

@@ -33,6 +33,7 @@ from bitcoind_paychan.channel.effects import (
     FundContract,
     PaymentAcknowledged,
     PeerError,
+    ResumeRefused,
     Send,
     StoreChannel,
     StorePayment,
@@ -86,6 +87,7 @@ class PaymentClient:
         self.clock = clock
         self.handshake_timeout = handshake_timeout
         self.live: dict[str, Channel] = {}  # contract txid → its channel on a live connection
+        self.unresumable: set[str] = set()  # channels their server no longer has open
         self.watcher = ChainWatcher(Role.CLIENT, wallet, store, autopilot, on_event=on_event,
                                     zmq_endpoint=zmq_endpoint, poll_interval=poll_interval,
                                     review_interval=review_interval,
@@ -127,7 +129,8 @@ class PaymentClient:
         here, if any."""
         for record in self.store.channels(Role.CLIENT, (ChannelStatus.OPEN,)):
             live = self.live.get(record.contract_txid)
-            if record.peer == peer and record.change > 0 and not (live and live.connected):
+            if (record.peer == peer and record.change > 0 and not (live and live.connected)
+                    and record.contract_txid not in self.unresumable):
                 return record
         return None
 
@@ -184,6 +187,11 @@ class PaymentClient:
             if isinstance(outcome, ChannelClosed):
                 log.info("%s settled channel %s on reconnect (it expires soon); opening a new "
                          "one", peer, outcome.record.contract_txid)
+                continue
+            if isinstance(outcome, ResumeRefused):
+                log.warning("%s no longer has channel %s open; opening a new one (the chain "
+                            "will settle or refund the old)", peer, outcome.contract_txid)
+                self.unresumable.add(outcome.contract_txid)
                 continue
             refused = outcome
             if refused.version not in FALLBACK:
@@ -261,16 +269,16 @@ class Channel:
 
     # -- driving the machine ---------------------------------------------------------------
 
-    async def _handshake(self) -> VersionRefused | ChannelClosed | None:
+    async def _handshake(self) -> VersionRefused | ChannelClosed | ResumeRefused | None:
         """Open (or resume) the channel; None on success, else why not."""
         try:
             await self._run(self.machine.start())
-            opened = await self._until((ChannelOpened, VersionRefused, ChannelClosed),
-                                       self.client.handshake_timeout)
+            opened = await self._until((ChannelOpened, VersionRefused, ChannelClosed,
+                                        ResumeRefused), self.client.handshake_timeout)
         except BaseException:
             await self._abandon()
             raise
-        if isinstance(opened, VersionRefused | ChannelClosed):
+        if isinstance(opened, VersionRefused | ChannelClosed | ResumeRefused):
             await self.stream.close()
             return opened
         if isinstance(opened, ChannelOpened) and opened.resumed:

@@ -16,7 +16,7 @@ from bitcoind_paychan.channel.effects import (
     FundContract,
     PaymentAcknowledged,
     PaymentReceived,
-    PeerError,
+    ResumeRefused,
     Send,
     VersionRefused,
 )
@@ -131,16 +131,16 @@ def test_resume_of_an_already_acknowledged_payment_is_not_counted_twice() -> Non
     assert resumed.server_store[stored.contract_txid].change == stored.change
 
 
-def test_unknown_channel_on_resume_starts_afresh_but_client_refuses_to_refund() -> None:
+def test_a_server_that_no_longer_has_the_channel_refuses_the_resume() -> None:
     pump = opened(3)
     stored = pump.client.record
     assert stored is not None
     client = ClientChannel(ClientPolicy(VALUE), PrivateKey.generate(), NOW, resume=stored)
     other = Pump(client, ServerChannel(ServerPolicy(), PrivateKey.generate(), NOW))
     other.run(client.start())  # this server never heard of the channel: it sends INITIATE
-    errors = [e for e in other.client_log if isinstance(e, PeerError)]
-    assert errors and errors[0].code is ErrorCode.SYNTAX_ERROR
-    assert not any(isinstance(e, FundContract) for e in other.client_log)
+    assert ResumeRefused(stored.contract_txid) in other.client_log
+    assert client.state is ClientState.CLOSED
+    assert not any(isinstance(e, FundContract) for e in other.client_log)  # no new money
 
 
 def test_server_refusing_our_version_is_reported_for_fallback() -> None:

@@ -124,3 +124,24 @@ def test_one_client_holds_several_channels_to_one_server(sides: Sides) -> None:
     assert len({first, second, fresh}) == 3
     assert again == first
     assert sum(p.amount for p in sides.payments()) == 3 * 3_000 + 1_000
+
+
+def test_a_channel_the_server_settled_meanwhile_gives_way_to_a_new_one(sides: Sides) -> None:
+    async def scenario() -> tuple[str, str]:
+        server = sides.server()
+        host, port = await server.listen()
+        client = sides.client()
+        old = await client.open(host, port, 300_000)
+        await old.pay(5_000)
+        await old.disconnect()
+        await server.settle(old.contract_txid)  # while the client is away
+        new = await client.open(host, port, 300_000)  # the resume is refused: a new channel
+        await new.pay(2_000)
+        await new.close()
+        await client.stop()
+        await server.stop()
+        return old.contract_txid, new.contract_txid
+
+    old, new = asyncio.run(scenario())
+    assert old != new
+    assert sum(p.amount for p in sides.payments()) == 1_000 + 5_000 + 1_000 + 2_000
