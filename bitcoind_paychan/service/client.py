@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -34,7 +33,6 @@ from bitcoind_paychan.channel.effects import (
     PaymentAcknowledged,
     PeerError,
     ResumeRefused,
-    Send,
     StoreChannel,
     StorePayment,
     VersionRefused,
@@ -50,9 +48,10 @@ from bitcoind_paychan.errors import (
     TransactionRejected,
 )
 from bitcoind_paychan.node.bitcoind import AsyncBitcoind
+from bitcoind_paychan.service.outbox import effects_in_order
 from bitcoind_paychan.service.watcher import ChainWatcher, ChannelView
 from bitcoind_paychan.store import ChannelStore
-from bitcoind_paychan.wire import MessageStream, open_connection, pb
+from bitcoind_paychan.wire import MessageStream, open_connection
 
 log = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = 15.0
@@ -331,15 +330,7 @@ class Channel:
 
     async def _run(self, effects: list[Effect]) -> None:
         queue = list(effects)
-        outbox: list[pb.TwoWayChannelMessage] = []
-        while queue:
-            effect = queue.pop(0)
-            if isinstance(effect, Send):
-                outbox.append(effect.message)
-                continue
-            if outbox:
-                await _send(self.stream, outbox)
-                outbox = []
+        async for effect in effects_in_order(queue, self.stream):
             match effect:
                 case StoreChannel(record):
                     await asyncio.to_thread(self.client.store.put, record)
@@ -354,8 +345,6 @@ class Channel:
                     self._events.append(effect)
                 case _:
                     self._events.append(effect)
-        if outbox:
-            await _send(self.stream, outbox)
 
     async def _fund(self, script: bytes, value: int) -> list[Effect]:
         key = self.machine.key
@@ -385,7 +374,3 @@ class Channel:
                                     "stored and is refunded after its expiry")
             await asyncio.sleep(0.2)
 
-
-async def _send(stream: MessageStream, outbox: list[pb.TwoWayChannelMessage]) -> None:
-    with contextlib.suppress(ConnectionError):
-        await stream.send_many(outbox)

@@ -7,7 +7,6 @@ store written before any message that acknowledges what was stored.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import time
@@ -45,6 +44,7 @@ from bitcoind_paychan.errors import (
     TransactionRejected,
 )
 from bitcoind_paychan.node.bitcoind import AsyncBitcoind
+from bitcoind_paychan.service.outbox import effects_in_order, send_all
 from bitcoind_paychan.service.watcher import ChainWatcher, ChannelView
 from bitcoind_paychan.store import ChannelStore
 from bitcoind_paychan.wire import MessageStream, pb
@@ -193,8 +193,7 @@ class PaymentServer:
                 message = await stream.receive(timeout)
             except RemoteProtocolError as exc:
                 log.info("%s: %s", stream.peername, exc)
-                with contextlib.suppress(ConnectionError):
-                    await stream.send(messages.error(exc.code, str(exc)))
+                await send_all(stream, [messages.error(exc.code, str(exc))])
                 return
             if message is None:
                 log.info("%s left (%s)", stream.peername, machine.state.value)
@@ -218,15 +217,7 @@ class PaymentServer:
                          effects: list[Effect]) -> bool:
         """Do what the machine asked, in order. False once the connection must end."""
         queue = list(effects)
-        outbox: list[pb.TwoWayChannelMessage] = []
-        while queue:
-            effect = queue.pop(0)
-            if isinstance(effect, Send):
-                outbox.append(effect.message)
-                continue
-            if outbox and stream is not None:  # flush before anything that is not a send
-                await _send(stream, outbox)
-            outbox = []
+        async for effect in effects_in_order(queue, stream):
             match effect:
                 case StoreChannel(record):
                     await asyncio.to_thread(self.store.put, record)
@@ -235,8 +226,8 @@ class PaymentServer:
                 case Broadcast():
                     refusal = await self._broadcast(machine, effect)
                     if refusal:
-                        queue = [Send(messages.error(ErrorCode.BAD_TRANSACTION, refusal)),
-                                 Disconnect(refusal)]
+                        queue[:] = [Send(messages.error(ErrorCode.BAD_TRANSACTION, refusal)),
+                                    Disconnect(refusal)]
                 case LoadChannel(txid):
                     loaded = await asyncio.to_thread(self.store.get, Role.SERVER, txid)
                     queue[:0] = machine.channel_loaded(loaded)
@@ -266,8 +257,6 @@ class PaymentServer:
                     if stream is not None:
                         await stream.close()
                     return False
-        if outbox and stream is not None:
-            await _send(stream, outbox)
         return True
 
     async def _settlement(self, machine: ServerChannel, txid: str) -> list[Effect]:
@@ -318,7 +307,3 @@ class PaymentServer:
             result = await result
         return result
 
-
-async def _send(stream: MessageStream, outbox: list[pb.TwoWayChannelMessage]) -> None:
-    with contextlib.suppress(ConnectionError):
-        await stream.send_many(outbox)
