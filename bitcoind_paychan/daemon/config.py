@@ -26,10 +26,12 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from bitcoind_paychan.bitcoin.address import address_to_script
+from bitcoind_paychan.bitcoin.network import Network
 from bitcoind_paychan.channel.client import ClientPolicy
 from bitcoind_paychan.channel.server import SETTLEMENT_MARGIN, ServerPolicy
 from bitcoind_paychan.channel.watch import BLOCK_INTERVAL, WatchPolicy
-from bitcoind_paychan.errors import ConfigError
+from bitcoind_paychan.errors import ConfigError, DecodeError
 from bitcoind_paychan.node.config import CHAINS, DEFAULT_RPC_PORTS, NodeConfig
 
 LEVELS = ("debug", "info", "warning", "error")
@@ -69,6 +71,7 @@ class ServerConfig:
     min_time_window: int = 4 * 3600
     max_time_window: int = 7 * 24 * 3600
     min_confirmations: int = 0  # resolved at load: 0 on regtest, 1 elsewhere when not given
+    payout_address: str | None = None  # None: a fresh address of bitcoind.wallet per settlement
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,12 @@ class Config:
         b = self.bitcoind
         return NodeConfig(url=b.url, chain=self.network, wallet=b.wallet,
                           cookie_file=b.cookie_file, user=b.user, password=b.password)
+
+    def payout_script(self) -> bytes | None:
+        """The server's fixed payout scriptPubKey, if `server.payout_address` is set."""
+        if self.server.payout_address is None:
+            return None
+        return address_to_script(self.server.payout_address, Network.from_chain(self.network))
 
     def server_policy(self) -> ServerPolicy:
         s = self.server
@@ -309,7 +318,14 @@ def _server(r: _Reader, d: dict[str, Any], network: str) -> ServerConfig:
         min_confirmations=r.integer(d, "server", "min_confirmations",
                                     0 if network == "regtest" else 1, minimum=0,
                                     nullable=True),
+        payout_address=r.optional_string(d, "server", "payout_address", None),
     )
+    if s.payout_address is not None:
+        try:
+            address_to_script(s.payout_address, Network.from_chain(network))
+        except DecodeError as exc:
+            r.fail("server.payout_address", f"found {s.payout_address!r}, expected an address "
+                                            f"of {network}: {exc}")
     if s.min_payment >= s.min_channel_size:
         r.fail("server.min_payment", f"found {s.min_payment}, expected less than "
                                      f"server.min_channel_size ({s.min_channel_size})")

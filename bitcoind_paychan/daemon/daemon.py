@@ -85,7 +85,8 @@ class Daemon:
                 self.server = PaymentServer(
                     wallet, store, config.server_policy(), on_event=self._server_event,
                     fee_target=config.fees.target,
-                    min_confirmations=config.server.min_confirmations, **common)
+                    min_confirmations=config.server.min_confirmations,
+                    payout_script=config.payout_script(), **common)
                 host, port = await self.server.listen(*split_address(config.server.listen))
                 log.info("server listening on %s:%s", host, port)
             if config.client.enabled:

@@ -84,6 +84,7 @@ class PaymentServer:
         poll_interval: float = 5.0,
         review_interval: float = 60.0,
         min_confirmations: int | None = None,
+        payout_script: bytes | None = None,
     ) -> None:
         self.wallet = wallet
         self.store = store
@@ -96,6 +97,7 @@ class PaymentServer:
         if min_confirmations is None:
             min_confirmations = 0 if wallet.node.config.chain == "regtest" else 1
         self.min_confirmations = min_confirmations
+        self.payout_script = payout_script  # None: a fresh wallet address per settlement
         self.handshake_timeout = handshake_timeout
         self._server: asyncio.Server | None = None
         self._owners: dict[str, MessageStream] = {}  # contract txid → its current connection
@@ -262,7 +264,7 @@ class PaymentServer:
     async def _settlement(self, machine: ServerChannel, txid: str) -> list[Effect]:
         try:
             fee_rate = await self.wallet.fee_rate(self.fee_target, self.min_fee_rate)
-            payout = await self.wallet.payout_script()
+            payout = self.payout_script or await self.wallet.payout_script()
             return machine.settle(fee_rate, payout)
         except (NodeError, LocalProtocolError) as exc:
             log.error("cannot settle channel %s now: %s", txid, exc)

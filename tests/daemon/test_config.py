@@ -536,3 +536,13 @@ def test_the_contrib_examples_load(name: str, network: str) -> None:
     if network == "main":
         assert not config.server.enabled
         assert config.server.min_confirmations == 2
+
+
+def test_payout_address_must_belong_to_the_network(tmp_path: Path) -> None:
+    good = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"
+    config = load_config(write(tmp_path, f"server:\n  payout_address: {good}\n"))
+    assert config.payout_script() == bytes.fromhex("0014751e76e8199196d454941c45d1b3a323f1433bd6")
+    mainnet = "bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4"
+    message = error_of(write(tmp_path, f"server:\n  payout_address: {mainnet}\n"))
+    assert "server.payout_address" in message and "regtest" in message
+    assert load_config(write(tmp_path, "network: regtest\n")).payout_script() is None

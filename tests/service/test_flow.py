@@ -143,3 +143,20 @@ def test_v1_through_a_knots_node_fails_with_what_to_do(sides: Sides) -> None:
     message = asyncio.run(scenario())
     assert "BAD_TRANSACTION" in message
     assert "bare multisig" in message and "Bitcoin Core" in message and "version 2 or 3" in message
+
+
+def test_a_fixed_payout_address_receives_the_settlement(sides: Sides) -> None:
+    address = sides.server_node.new_address()
+    script = bytes.fromhex(sides.server_node.wallet_rpc("getaddressinfo", address)["scriptPubKey"])
+
+    async def scenario() -> Transaction:
+        server = sides.server(payout_script=script)
+        host, port = await server.listen()
+        channel = await sides.client().open(host, port, VALUE)
+        await channel.pay(10_000)
+        settlement = await channel.close()
+        await server.stop()
+        return settlement
+
+    settlement = asyncio.run(scenario())
+    assert settlement.outputs[1].script_pubkey == script
