@@ -86,7 +86,9 @@ class Daemon:
                     wallet, store, config.server_policy(), on_event=self._server_event,
                     fee_target=config.fees.target,
                     min_confirmations=config.server.min_confirmations,
-                    payout_script=config.payout_script(), **common)
+                    payout_script=config.payout_script(),
+                    on_payment_latency=self.metrics.latency.labels(role="server").observe,
+                    **common)
                 host, port = await self.server.listen(*split_address(config.server.listen))
                 log.info("server listening on %s:%s", host, port)
             if config.client.enabled:

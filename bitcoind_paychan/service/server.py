@@ -85,6 +85,7 @@ class PaymentServer:
         review_interval: float = 60.0,
         min_confirmations: int | None = None,
         payout_script: bytes | None = None,
+        on_payment_latency: Callable[[float], None] | None = None,
     ) -> None:
         self.wallet = wallet
         self.store = store
@@ -98,6 +99,7 @@ class PaymentServer:
             min_confirmations = 0 if wallet.node.config.chain == "regtest" else 1
         self.min_confirmations = min_confirmations
         self.payout_script = payout_script  # None: a fresh wallet address per settlement
+        self.on_payment_latency = on_payment_latency  # seconds from UPDATE_PAYMENT to its ack
         self.handshake_timeout = handshake_timeout
         self._server: asyncio.Server | None = None
         self._owners: dict[str, MessageStream] = {}  # contract txid → its current connection
@@ -207,11 +209,14 @@ class PaymentServer:
                                                    self.min_confirmations)
                 confirmed = True
             self._busy.add(stream)
+            started = time.perf_counter()
             try:
                 if not await self._carry_out(machine, stream, machine.receive(message)):
                     return
             finally:
                 self._busy.discard(stream)
+            if message.type == UPDATE_PAYMENT and self.on_payment_latency:
+                self.on_payment_latency(time.perf_counter() - started)
             if self._stopping:
                 return
 
