@@ -65,6 +65,14 @@ class FundContract:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckContract:
+    """Server: ask the node whether it would accept this contract now (nothing is stored
+    yet); answer with `ServerChannel.contract_checked`."""
+
+    tx: Transaction
+
+
+@dataclass(frozen=True, slots=True)
 class LoadChannel:
     """Server: look up the stored channel with this contract; answer with
     `ServerChannel.channel_loaded`."""
@@ -205,7 +213,8 @@ class PeerError:
 
 
 Effect = (
-    Send | Disconnect | StoreChannel | StorePayment | Broadcast | FundContract | LoadChannel
+    Send | Disconnect | StoreChannel | StorePayment | Broadcast | FundContract | CheckContract
+    | LoadChannel
     | ClaimChannel | PrepareSettlement | FundSettlement | ChannelOpened | PaymentReceived
     | PaymentAcknowledged | ChannelClosed | VersionRefused | ResumeRefused | PeerError
     | SettleChannel

@@ -197,6 +197,15 @@ class Bitcoind:
             return Acceptance(True, "", int(result["vsize"]), to_sat(result["fees"]["base"]))
         return Acceptance(False, str(result.get("reject-reason", "")))
 
+    def check_acceptable(self, tx: Transaction) -> Acceptance:
+        """What `test_accept` says, as typed errors: TransactionRejected with the node's
+        reason when the mempool would refuse `tx` (one it already holds counts as accepted),
+        NodeUnreachable (or another NodeError) when the node cannot be asked."""
+        acceptance = self.test_accept(tx)
+        if not acceptance.allowed and acceptance.reason not in ALREADY_KNOWN:
+            raise self._rejected(tx, acceptance.reason)
+        return acceptance
+
     def transaction(self, txid: str) -> TxStatus | None:
         """A transaction in the mempool or chain, with its confirmations; None if unknown."""
         try:
@@ -282,6 +291,9 @@ class AsyncBitcoind:
 
     async def test_accept(self, tx: Transaction) -> Acceptance:
         return await asyncio.to_thread(self.node.test_accept, tx)
+
+    async def check_acceptable(self, tx: Transaction) -> Acceptance:
+        return await asyncio.to_thread(self.node.check_acceptable, tx)
 
     async def release(self, inputs: tuple[tuple[str, int], ...]) -> None:
         await asyncio.to_thread(self.node.release, inputs)

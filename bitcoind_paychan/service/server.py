@@ -21,6 +21,7 @@ from bitcoind_paychan.channel.effects import (
     ChannelClosed,
     ChannelFinished,
     ChannelOpened,
+    CheckContract,
     ClaimChannel,
     Disconnect,
     Effect,
@@ -40,6 +41,7 @@ from bitcoind_paychan.errors import (
     ErrorCode,
     LocalProtocolError,
     NodeError,
+    NodeUnreachable,
     RemoteProtocolError,
     TransactionRejected,
 )
@@ -235,6 +237,8 @@ class PaymentServer:
                     if refusal:
                         queue[:] = [Send(messages.error(ErrorCode.BAD_TRANSACTION, refusal)),
                                     Disconnect(refusal)]
+                case CheckContract(tx):
+                    queue[:0] = machine.contract_checked(*await self._check_contract(tx))
                 case LoadChannel(txid):
                     loaded = await asyncio.to_thread(self.store.get, Role.SERVER, txid)
                     queue[:0] = machine.channel_loaded(loaded)
@@ -289,19 +293,44 @@ class PaymentServer:
             return [Send(messages.error(ErrorCode.OTHER, f"cannot settle now: {exc}")),
                     Disconnect("settlement failed")]
 
+    async def _check_contract(self, tx: Transaction) -> tuple[str | None, bool]:
+        """Would the node take this contract? (refusal or None, whether to retry later)"""
+        try:
+            await self.wallet.check_acceptable(tx)
+            return None, False
+        except TransactionRejected as exc:
+            log.info("refused contract %s: %s", tx.txid_hex, exc.reason)
+            return str(exc), False
+        except NodeError as exc:
+            log.warning("cannot check contract %s, the node is unavailable: %s",
+                        tx.txid_hex, exc)
+            unreachable = isinstance(exc, NodeUnreachable)
+            return ("its node does not answer" if unreachable else "its node failed"), True
+
     async def _broadcast(self, machine: ServerChannel, effect: Broadcast) -> str:
-        """Broadcast; on refusal mark the record and return what to tell the client."""
+        """Broadcast; on refusal return what to tell the client.
+
+        A contract reaches this only after the node said it would take it, and its record is
+        stored. If the broadcast then fails, the record stays OPEN and nothing is marked: the
+        contract may have reached the node (a timeout) and the watcher broadcasts it again at
+        each review, or finds it double-spent (then FAILED, and pruned once buried). A node
+        that does not answer is no reason to refuse the client: the channel opens.
+        """
         try:
             await self.wallet.broadcast(effect.tx)
             log.info("broadcast %s %s", effect.purpose, effect.tx.txid_hex)
             return ""
-        except (TransactionRejected, NodeError) as exc:
+        except NodeError as exc:  # TransactionRejected included
+            if effect.purpose == "contract" and not isinstance(exc, TransactionRejected):
+                log.warning("contract %s checked but not broadcast yet (%s); the autopilot "
+                            "will broadcast it again", effect.tx.txid_hex, exc)
+                return ""
             log.error("broadcast of %s %s failed: %s", effect.purpose, effect.tx.txid_hex, exc)
             refusal = f"the server's node refused the {effect.purpose}: {exc}"
         record = machine.record
-        if record is not None:  # the money never moved: keep the record truthful
-            status = ChannelStatus.FAILED if effect.purpose == "contract" else ChannelStatus.OPEN
-            await asyncio.to_thread(self.store.put, replace(record, status=status))
+        if record is not None and effect.purpose != "contract":
+            # The settlement never left: the channel is still open.
+            await asyncio.to_thread(self.store.put, replace(record, status=ChannelStatus.OPEN))
         return refusal
 
     async def _notify_payment(self, event: PaymentReceived) -> bytes | None:

@@ -11,8 +11,9 @@ from bitcoind_paychan.bitcoin.keys import PrivateKey
 from bitcoind_paychan.channel import messages
 from bitcoind_paychan.channel.records import Role
 from bitcoind_paychan.errors import ErrorCode
-from bitcoind_paychan.service.client import Channel
+from bitcoind_paychan.service.client import Channel, ChannelFailed
 from bitcoind_paychan.wire import error_code, open_connection, pb
+from regtest.stranger import fake_open
 from tests.service.conftest import Sides
 
 T = pb.TwoWayChannelMessage
@@ -116,3 +117,39 @@ def test_bad_payments_are_refused_and_nothing_is_lost(sides: Sides, version: int
     assert paid_when_refused == 11_000
     assert paid == 13_000
 
+
+
+def test_a_strangers_fake_contract_leaves_no_row_and_is_a_bad_transaction(sides: Sides) -> None:
+    """Fake segwit inputs, the stranger's own key, a valid initial payment: the node would
+    not take the contract, so nothing is stored (it used to leave a FAILED row forever)."""
+    async def scenario() -> tuple[list[ErrorCode | None], list[str], str]:
+        server = sides.server()
+        host, port = await server.listen()
+        good = await sides.client().open(host, port, 500_000)
+        codes = [await fake_open(host, port, version) for version in (2, 3, 3)]
+        await good.pay(1_000)
+        stored = [r.contract_txid for r in server.store.channels()]
+        await server.stop()
+        return codes, stored, good.record.contract_txid
+
+    codes, stored, good = asyncio.run(scenario())
+    assert codes == [ErrorCode.BAD_TRANSACTION] * 3
+    assert stored == [good]
+
+
+def test_node_unreachable_while_a_client_opens_is_retryable_and_stores_nothing(
+        sides: Sides) -> None:
+    async def scenario() -> tuple[str, list[str]]:
+        server = sides.server()
+        host, port = await server.listen()
+        sides.server_node.stop()
+        with pytest.raises(ChannelFailed) as failed:
+            await sides.client().open(host, port, 500_000)
+        stored = [r.contract_txid for r in server.store.channels()]
+        await server.stop()
+        return str(failed.value), stored
+
+    message, stored = asyncio.run(scenario())
+    assert "OTHER" in message and "retry later" in message, message
+    assert "unavailable" in message and "nothing was stored" in message
+    assert stored == []
