@@ -3,9 +3,10 @@
 from bitcoind_paychan.bitcoin.network import Network
 from bitcoind_paychan.node import AsyncBitcoind, Bitcoind, NodeConfig
 from bitcoind_paychan.service.client import Channel, PaymentClient
+from bitcoind_paychan.service.limits import PeerLimits
 from bitcoind_paychan.service.server import PaymentServer
 from bitcoind_paychan.store import SQLiteStore
 
 __version__ = "0.1.0"
 __all__ = ["AsyncBitcoind", "Bitcoind", "Channel", "Network", "NodeConfig", "PaymentClient",
-           "PaymentServer", "SQLiteStore"]
+           "PaymentServer", "PeerLimits", "SQLiteStore"]

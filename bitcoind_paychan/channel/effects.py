@@ -140,6 +140,14 @@ class ForgetChannel:
     contract_txid: str
 
 
+@dataclass(frozen=True, slots=True)
+class DiscardChannel:
+    """The channel's contract never made it on chain and never can (its coins were spent
+    elsewhere, buried): no money moved, so remove it from the store without keeping history."""
+
+    contract_txid: str
+
+
 # -- notifications for the application ---------------------------------------------------
 
 
@@ -218,5 +226,5 @@ Effect = (
     | ClaimChannel | PrepareSettlement | FundSettlement | ChannelOpened | PaymentReceived
     | PaymentAcknowledged | ChannelClosed | VersionRefused | ResumeRefused | PeerError
     | SettleChannel
-    | MarkChannel | StoreChainState | ForgetChannel | ChannelFinished
+    | MarkChannel | StoreChainState | ForgetChannel | DiscardChannel | ChannelFinished
 )

@@ -33,6 +33,7 @@ from bitcoind_paychan.channel.server import SETTLEMENT_MARGIN, ServerPolicy
 from bitcoind_paychan.channel.watch import BLOCK_INTERVAL, WatchPolicy
 from bitcoind_paychan.errors import ConfigError, DecodeError
 from bitcoind_paychan.node.config import CHAINS, DEFAULT_RPC_PORTS, NodeConfig
+from bitcoind_paychan.service.limits import PeerLimits
 
 LEVELS = ("debug", "info", "warning", "error")
 FORMATS = ("human", "json")
@@ -72,6 +73,8 @@ class ServerConfig:
     max_time_window: int = 7 * 24 * 3600
     min_confirmations: int = 0  # resolved at load: 0 on regtest, 1 elsewhere when not given
     payout_address: str | None = None  # None: a fresh address of bitcoind.wallet per settlement
+    max_connections_per_minute: int = PeerLimits.max_connections_per_minute  # per address
+    max_handshakes_per_ip: int = PeerLimits.max_handshakes_per_ip
 
 
 @dataclass(frozen=True)
@@ -170,6 +173,11 @@ class Config:
         return ServerPolicy(min_channel_size=s.min_channel_size, min_payment=s.min_payment,
                             min_time_window=s.min_time_window,
                             max_time_window=s.max_time_window)
+
+    def peer_limits(self) -> PeerLimits:
+        s = self.server
+        return PeerLimits(max_connections_per_minute=s.max_connections_per_minute,
+                          max_handshakes_per_ip=s.max_handshakes_per_ip)
 
     def client_policy(self, server_name: str) -> ClientPolicy:
         """The policy for channels to `server_name` (a configured name, or a host:port)."""
@@ -319,6 +327,10 @@ def _server(r: _Reader, d: dict[str, Any], network: str) -> ServerConfig:
                                     0 if network == "regtest" else 1, minimum=0,
                                     nullable=True),
         payout_address=r.optional_string(d, "server", "payout_address", None),
+        max_connections_per_minute=r.integer(d, "server", "max_connections_per_minute",
+                                             PeerLimits.max_connections_per_minute),
+        max_handshakes_per_ip=r.integer(d, "server", "max_handshakes_per_ip",
+                                        PeerLimits.max_handshakes_per_ip),
     )
     if s.payout_address is not None:
         try:

@@ -88,6 +88,7 @@ class Daemon:
                     min_confirmations=config.server.min_confirmations,
                     payout_script=config.payout_script(),
                     on_payment_latency=self.metrics.latency.labels(role="server").observe,
+                    limits=config.peer_limits(),
                     **common)
                 host, port = await self.server.listen(*split_address(config.server.listen))
                 log.info("server listening on %s:%s", host, port)

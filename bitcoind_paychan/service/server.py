@@ -46,6 +46,7 @@ from bitcoind_paychan.errors import (
     TransactionRejected,
 )
 from bitcoind_paychan.node.bitcoind import AsyncBitcoind
+from bitcoind_paychan.service.limits import Admission, PeerGate, PeerLimits
 from bitcoind_paychan.service.outbox import effects_in_order, send_all
 from bitcoind_paychan.service.watcher import ChainWatcher, ChannelView
 from bitcoind_paychan.store import ChannelStore
@@ -88,6 +89,7 @@ class PaymentServer:
         min_confirmations: int | None = None,
         payout_script: bytes | None = None,
         on_payment_latency: Callable[[float], None] | None = None,
+        limits: PeerLimits | None = None,
     ) -> None:
         self.wallet = wallet
         self.store = store
@@ -103,6 +105,7 @@ class PaymentServer:
         self.payout_script = payout_script  # None: a fresh wallet address per settlement
         self.on_payment_latency = on_payment_latency  # seconds from UPDATE_PAYMENT to its ack
         self.handshake_timeout = handshake_timeout
+        self.gate = PeerGate(limits)  # per-address connection rate and handshakes
         self._server: asyncio.Server | None = None
         self._owners: dict[str, MessageStream] = {}  # contract txid → its current connection
         self._connections: set[asyncio.Task[None]] = set()
@@ -173,24 +176,30 @@ class PaymentServer:
     # -- connections -----------------------------------------------------------------------
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        admission = self.gate.admit(str(peer[0]) if peer else "")
+        if admission is None:  # over a per-peer limit: hang up before reading anything
+            writer.transport.abort()
+            return
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
         stream = MessageStream(reader, writer)
         try:
-            await self._serve(stream)
+            await self._serve(stream, admission)
         except asyncio.CancelledError:
             pass
         except Exception:
             log.exception("connection from %s failed", stream.peername)
         finally:
+            admission.release()
             self._connections.discard(task)
             for txid, owner in list(self._owners.items()):
                 if owner is stream:
                     del self._owners[txid]
             await stream.close()
 
-    async def _serve(self, stream: MessageStream) -> None:
+    async def _serve(self, stream: MessageStream, admission: Admission) -> None:
         machine = ServerChannel(self.policy, PrivateKey.generate(), int(self.clock()))
         confirmed = self.min_confirmations == 0
         while machine.state is not ServerState.CLOSED:
@@ -217,6 +226,8 @@ class PaymentServer:
                     return
             finally:
                 self._busy.discard(stream)
+            if machine.state in (ServerState.OPEN, ServerState.SETTLING):
+                admission.release()  # the handshake is over
             if message.type == UPDATE_PAYMENT and self.on_payment_latency:
                 self.on_payment_latency(time.perf_counter() - started)
             if self._stopping:

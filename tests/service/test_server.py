@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 
 import pytest
@@ -12,6 +13,7 @@ from bitcoind_paychan.channel import messages
 from bitcoind_paychan.channel.records import Role
 from bitcoind_paychan.errors import ErrorCode
 from bitcoind_paychan.service.client import Channel, ChannelFailed
+from bitcoind_paychan.service.limits import PeerLimits
 from bitcoind_paychan.wire import error_code, open_connection, pb
 from regtest.stranger import fake_open
 from tests.service.conftest import Sides
@@ -153,3 +155,43 @@ def test_node_unreachable_while_a_client_opens_is_retryable_and_stores_nothing(
     assert "OTHER" in message and "retry later" in message, message
     assert "unavailable" in message and "nothing was stored" in message
     assert stored == []
+
+
+async def hung_up_at_once(host: str, port: int) -> bool:
+    """Connect and say hello: did the server hang up without answering?"""
+    stream = await open_connection(host, port, 10)
+    try:
+        await stream.send(messages.client_version(2, messages.DEFAULT_TIME_WINDOW, None))
+        return await stream.receive(timeout=10) is None
+    except ConnectionError:
+        return True
+    finally:
+        await stream.close()
+
+
+def test_per_peer_limits_hang_up_on_a_flood_and_spare_the_paying_channel(
+        sides: Sides, caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> tuple[list[bool], bool, bool]:
+        server = sides.server(limits=PeerLimits(max_connections_per_minute=8,
+                                                max_handshakes_per_ip=2))
+        host, port = await server.listen()
+        good = await sides.client().open(host, port, 500_000)  # 1 connection
+        idle = [await open_connection(host, port, 10) for _ in range(2)]  # 2 handshakes
+        for stream in idle:
+            await stream.send(messages.client_version(2, messages.DEFAULT_TIME_WINDOW, None))
+            assert await stream.receive(timeout=10) is not None  # SERVER_VERSION: admitted
+        over_handshakes = await hung_up_at_once(host, port)  # 4th connection
+        for stream in idle:
+            await stream.close()
+        await good.pay(1_000)
+        flood = [await hung_up_at_once(host, port) for _ in range(30)]  # 5 left this minute
+        await good.pay(1_000)  # the open channel keeps paying
+        await server.stop()
+        return flood, over_handshakes, good.paid == 3_000
+
+    with caplog.at_level(logging.WARNING, "bitcoind_paychan.service.limits"):
+        flood, over_handshakes, paid = asyncio.run(scenario())
+    assert over_handshakes and paid
+    assert flood[:5] == [False] * 5 and flood.count(False) <= 6, flood  # (+1: refill)
+    refusals = [r for r in caplog.records if r.name == "bitcoind_paychan.service.limits"]
+    assert len(refusals) == 1, [r.getMessage() for r in refusals]  # no log flood
