@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from bitcoind_paychan.bitcoin.tx import Transaction
@@ -37,7 +36,7 @@ class MiningBroadcaster(AsyncBitcoind):
                 raise
             log.warning("node refused bare multisig %s (%s); mining it directly (regtest)",
                         tx.txid_hex, exc.reason)
-            await asyncio.to_thread(self._mine, tx)
+            await self.run(self._mine, tx)
             self.mined.append(tx.txid_hex)
             return tx.txid_hex
 

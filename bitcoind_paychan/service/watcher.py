@@ -181,7 +181,7 @@ class ChainWatcher:
             self.store.set_meta(self._meta_key, f"{tip.height}:{tip.hash}")
         self._new_block.set()
         self._new_block = asyncio.Event()
-        await self.review_all(final=False)
+        await self.review_all(final=bool(event.disconnected))
 
     async def until_confirmed(self, contract_txid: str, confirmations: int) -> None:
         """Return once the contract is `confirmations` deep (at once for 0)."""
@@ -213,7 +213,7 @@ class ChainWatcher:
         )
 
     async def _block_transactions(self, block: Block) -> list[Transaction]:
-        raw = await asyncio.to_thread(self.wallet.node.rpc.call, "getblock", block.hash, 0)
+        raw = await self.wallet.run(self.wallet.node.rpc.call, "getblock", block.hash, 0)
         return parse_block_transactions(bytes.fromhex(raw))
 
     def _all(self) -> list[ChannelRecord]:
