@@ -66,13 +66,7 @@ class Daemon:
                  config.bitcoind.url, tip.height)
         config.store.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         store = SQLiteStore(config.store.path)
-        wallet = AsyncBitcoind(node)
-        common: dict[str, Any] = {
-            "autopilot": config.watch_policy(), "zmq_endpoint": config.bitcoind.zmq,
-            "poll_interval": config.bitcoind.poll_interval,
-            "review_interval": config.scheduler.review_interval,
-            "min_fee_rate": config.fees.min_rate * 1000,
-        }
+        self.build(AsyncBitcoind(node), store)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
@@ -81,20 +75,10 @@ class Daemon:
                                 config.control.cookie_file)
         metrics = None
         try:
-            if config.server.enabled:
-                self.server = PaymentServer(
-                    wallet, store, config.server_policy(), on_event=self._server_event,
-                    fee_target=config.fees.target,
-                    min_confirmations=config.server.min_confirmations,
-                    payout_script=config.payout_script(),
-                    on_payment_latency=self.metrics.latency.labels(role="server").observe,
-                    **common)
+            if self.server:
                 host, port = await self.server.listen(*split_address(config.server.listen))
                 log.info("server listening on %s:%s", host, port)
-            if config.client.enabled:
-                self.client = PaymentClient(wallet, store,
-                                            network=Network.from_chain(config.network),
-                                            on_event=self._client_event, **common)
+            if self.client:
                 await self.client.start()
             await control.start()
             if config.metrics.enabled:
@@ -108,6 +92,26 @@ class Daemon:
         finally:
             await self._shutdown(control, metrics, store)
         return 0
+
+    def build(self, wallet: AsyncBitcoind, store: SQLiteStore) -> None:
+        """The enabled roles' services, with the policies the configuration built."""
+        config = self.config
+        common: dict[str, Any] = {
+            "autopilot": config.watch_policy(), "zmq_endpoint": config.bitcoind.zmq,
+            "poll_interval": config.bitcoind.poll_interval,
+            "review_interval": config.scheduler.review_interval,
+        }
+        if config.server.enabled:
+            self.server = PaymentServer(
+                wallet, store, config.server_policy(), on_event=self._server_event,
+                min_confirmations=config.server.min_confirmations,
+                payout_script=config.payout_script(),
+                on_payment_latency=self.metrics.latency.labels(role="server").observe,
+                **common)
+        if config.client.enabled:
+            self.client = PaymentClient(wallet, store, network=Network.from_chain(config.network),
+                                        policy=config.client.policy,
+                                        on_event=self._client_event, **common)
 
     async def _shutdown(self, control: ControlServer, metrics: MetricsServer | None,
                         store: SQLiteStore) -> None:

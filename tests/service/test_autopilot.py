@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 
@@ -184,7 +185,8 @@ def test_a_low_fee_settlement_is_replaced_and_confirms(one_node: Sides) -> None:
         await mine(sides)
         low = await channel.close()
         assert in_mempool(sides, low.txid_hex)
-        server.watcher.min_fee_rate = 10_000  # the estimate rises
+        policy = server.watcher.policy  # the estimate rises to 10 sat/vB
+        server.watcher.policy = replace(policy, fees=replace(policy.fees, min_rate=10))
         for _ in range(3):  # blocks without it: it is stuck
             await asyncio.sleep(1)
             node.rpc("generateblock", node.new_address(), [])
