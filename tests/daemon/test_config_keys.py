@@ -25,8 +25,10 @@ from regtest.node import RegtestNode, free_port, regtest_nodes
 from tests.daemon import test_daemon
 
 DOCS = Path(__file__).parents[2] / "docs" / "config.md"
-BOTH = {"server": {"enabled": True}, "client": {"enabled": True},
-        "bitcoind": {"cookie_file": "node.cookie"}}  # relative to the configuration's folder
+BOTH: dict[str, dict[str, Any]] = {
+    "server": {"enabled": True}, "client": {"enabled": True},
+    "bitcoind": {"cookie_file": "node.cookie"},  # relative to the configuration's folder
+}
 Probe = Callable[[Daemon], Any]
 
 
