@@ -25,7 +25,7 @@ from bitcoind_paychan.daemon.config import Config
 from bitcoind_paychan.daemon.control import ControlServer
 from bitcoind_paychan.daemon.logs import Logs
 from bitcoind_paychan.daemon.metrics import MetricsServer, PaychanMetrics
-from bitcoind_paychan.errors import LocalProtocolError
+from bitcoind_paychan.errors import LocalProtocolError, NodeError
 from bitcoind_paychan.node import AsyncBitcoind, Bitcoind
 from bitcoind_paychan.service.client import Channel, ChannelFailed, PaymentClient
 from bitcoind_paychan.service.server import PaymentServer, ServerEvent
@@ -170,16 +170,29 @@ class Daemon:
                 *(self.client.views() if self.client else [])]
 
     async def getinfo(self) -> dict[str, Any]:
-        tip = await asyncio.to_thread(self.node.tip)
+        """Answers while the node is down too: its state, and the last height seen."""
         views = self._views()
+        try:
+            height: int | None = (await asyncio.to_thread(self.node.tip)).height
+            node, node_error = "up", None
+        except NodeError as exc:
+            height, node, node_error = self._last_height(), "down", str(exc)
         return {
-            "version": __version__, "network": self.config.network, "height": tip.height,
+            "version": __version__, "network": self.config.network, "node": node,
+            "node_error": node_error, "height": height,
             "uptime": int(time.time() - self.started),
             "server": self.config.server.listen if self.server else None,
             "client": sorted(self.config.client.servers) if self.client else None,
             "channels": {state.value: sum(1 for v in views if v.status == state.value)
                          for state in ChannelStatus},
         }
+
+    def _last_height(self) -> int | None:
+        for service in (self.server, self.client):
+            monitor = service.watcher.monitor if service else None
+            if monitor is not None and monitor.tip is not None:
+                return monitor.tip.height
+        return None
 
     async def listchannels(self, state: str | None) -> list[dict[str, Any]]:
         if state is not None and state not in {s.value for s in ChannelStatus}:

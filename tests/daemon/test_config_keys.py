@@ -21,7 +21,8 @@ from bitcoind_paychan.errors import LocalProtocolError
 from bitcoind_paychan.node import AsyncBitcoind
 from bitcoind_paychan.service.client import ChannelFailed
 from bitcoind_paychan.store import MemoryStore
-from regtest.node import RegtestNode, free_port, regtest_nodes
+from regtest.node import RegtestNode, regtest_nodes
+from tests.conftest import self_paying_daemon
 from tests.daemon import test_daemon
 
 DOCS = Path(__file__).parents[2] / "docs" / "config.md"
@@ -155,17 +156,7 @@ def test_keys_used_outside_the_services_are_shown_end_to_end(key: str) -> None:
 async def running(node: RegtestNode, tmp: Path, **sections: dict[str, Any]
                   ) -> AsyncIterator[Daemon]:
     """A daemon with both roles beside `node`, paying its own server (`self`)."""
-    port = free_port()
-    data: dict[str, Any] = {
-        "bitcoind": {"url": node.rpc_url, "cookie_file": str(node.cookie_path),
-                     "wallet": node.wallet, "poll_interval": 0.2},
-        "server": {"enabled": True, "listen": f"127.0.0.1:{port}"},
-        "client": {"enabled": True, "servers": {"self": f"127.0.0.1:{port}"}},
-        "store": {"path": str(tmp / "channels.db")},
-        "control": {"listen": f"127.0.0.1:{free_port()}",
-                    "cookie_file": str(tmp / "control.cookie")},
-        "logging": {"file": str(tmp / "daemon.log")},
-    }
+    data = self_paying_daemon(node, tmp)
     for section, values in sections.items():
         data.setdefault(section, {}).update(values)
     daemon = Daemon(config_from_dict(data))
