@@ -46,6 +46,8 @@ _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
 
 
 # -- the schema ------------------------------------------------------------------------------
+# What was read, section by section. Each default is written once: a policy key's in its policy
+# dataclass (bitcoind_paychan.channel), any other key's where it is read (below).
 
 
 @dataclass(frozen=True)
@@ -54,31 +56,31 @@ class BitcoindConfig:
 
     url: str
     cookie_file: Path | None
-    user: str | None = None
-    password: str | None = field(default=None, repr=False)
-    wallet: str | None = "paychan"
-    zmq: str | None = None
-    poll_interval: float = 5.0
+    user: str | None
+    password: str | None = field(repr=False)
+    wallet: str | None
+    zmq: str | None
+    poll_interval: float
 
 
 @dataclass(frozen=True)
 class ServerConfig:
     """The server role: where it listens and what channels it accepts."""
 
-    enabled: bool = False
-    listen: str = "127.0.0.1:4242"
-    min_confirmations: int = 0  # resolved at load: 0 on regtest, 1 elsewhere when not given
-    payout_address: str | None = None  # None: a fresh address of bitcoind.wallet per settlement
-    policy: ServerPolicy = field(default_factory=ServerPolicy)
+    enabled: bool
+    listen: str
+    min_confirmations: int  # resolved at load: 0 on regtest, 1 elsewhere when not given
+    payout_address: str | None  # None: a fresh address of bitcoind.wallet per settlement
+    policy: ServerPolicy
 
 
 @dataclass(frozen=True)
 class ClientConfig:
     """The client role: the servers it pays (name → host:port) and the channels it opens."""
 
-    enabled: bool = False
-    servers: dict[str, str] = field(default_factory=dict)
-    policy: ClientPolicy = field(default_factory=ClientPolicy)
+    enabled: bool
+    servers: dict[str, str]
+    policy: ClientPolicy
 
     @property
     def channel_size(self) -> int:
@@ -94,15 +96,15 @@ class StoreConfig:
 class SchedulerConfig:
     """The autopilot: how often it reviews, and its policy (which holds the fee policy)."""
 
-    review_interval: float = 60.0
-    policy: WatchPolicy = field(default_factory=WatchPolicy)
+    review_interval: float
+    policy: WatchPolicy
 
 
 @dataclass(frozen=True)
 class LoggingConfig:
-    level: str = "info"
-    format: str = "human"
-    file: Path | None = None  # None: stderr
+    level: str
+    format: str
+    file: Path | None  # None: stderr
 
 
 @dataclass(frozen=True)
@@ -115,8 +117,8 @@ class ControlConfig:
 
 @dataclass(frozen=True)
 class MetricsConfig:
-    enabled: bool = False
-    listen: str = "127.0.0.1:9451"
+    enabled: bool
+    listen: str
 
 
 @dataclass(frozen=True)
