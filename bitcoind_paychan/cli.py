@@ -10,6 +10,7 @@ reader of the output went away (as a process killed by SIGPIPE).
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import difflib
 import json
 import os
@@ -52,10 +53,13 @@ class Parser(argparse.ArgumentParser):
 def _suggestion(parser: argparse.ArgumentParser, message: str) -> str:
     choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
     if choice:
-        known = re.findall(r"'([^']*)'", choice.group(2))
-        close = difflib.get_close_matches(choice.group(1), known, n=1)
-        return f"; did you mean '{close[0]}'?" if close else ""
+        return _did_you_mean(choice.group(1), re.findall(r"'([^']*)'", choice.group(2)))
     return ""
+
+
+def _did_you_mean(word: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, known, n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def _options(parser: argparse.ArgumentParser) -> set[str]:
@@ -78,9 +82,8 @@ def _check_options(parser: argparse.ArgumentParser, argv: list[str]) -> None:
             return
         option = word.partition("=")[0]
         if option.startswith("--") and option not in known:
-            close = difflib.get_close_matches(option, sorted(known), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise UsageError(f"unknown option {option!r}{hint}", parser.format_usage().strip())
+            raise UsageError(f"unknown option {option!r}{_did_you_mean(option, sorted(known))}",
+                             parser.format_usage().strip())
 
 
 def _positive(text: str) -> int:
@@ -216,8 +219,6 @@ def show(method: str, result: Any, as_json: bool) -> None:
 
 def _cell(key: str, value: Any) -> str:
     """One value as people read it: no Python reprs."""
-    import datetime as dt
-
     if value is None:
         return "-"
     if isinstance(value, bool):
