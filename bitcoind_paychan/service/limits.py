@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bitcoind_paychan.errors import LocalProtocolError
+from bitcoind_paychan.errors import PolicyError
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +29,11 @@ class PeerLimits:
     log_interval: float = 60.0  # seconds between two log lines about the same peer
 
     def __post_init__(self) -> None:
-        if self.max_connections_per_minute < 1 or self.max_handshakes_per_ip < 1:
-            raise LocalProtocolError("peer limits must allow at least one connection")
+        for name in ("max_connections_per_minute", "max_handshakes_per_ip"):
+            if getattr(self, name) < 1:
+                raise PolicyError(name, f"found {getattr(self, name)}, expected an integer ≥ 1")
         if self.log_interval <= 0:
-            raise LocalProtocolError("log_interval must be positive")
+            raise PolicyError("log_interval", f"found {self.log_interval}, expected seconds > 0")
 
 
 @dataclass

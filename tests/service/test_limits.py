@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from bitcoind_paychan.errors import LocalProtocolError
+from bitcoind_paychan.errors import PolicyError
 from bitcoind_paychan.service.limits import PeerGate, PeerLimits, peer_key
 
 
@@ -78,5 +78,5 @@ def test_idle_peers_are_forgotten_so_the_table_stays_bounded() -> None:
 @pytest.mark.parametrize("limits", [{"max_connections_per_minute": 0},
                                     {"max_handshakes_per_ip": 0}, {"log_interval": 0}])
 def test_limits_are_validated(limits: dict[str, int]) -> None:
-    with pytest.raises(LocalProtocolError):
+    with pytest.raises(PolicyError):
         PeerLimits(**limits)
