@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal
@@ -17,6 +17,7 @@ from bitcoind_paychan.node.rpc import RpcClient, RpcError
 
 COIN = 100_000_000
 RPC_THREADS = 8  # RPC calls in flight at once from one AsyncBitcoind
+SPENDERS_BATCH = 1000  # outpoints per gettxspendingprevout call
 T = TypeVar("T")
 RPC_VERIFY_ALREADY_IN_CHAIN = -27
 RPC_INVALID_ADDRESS_OR_KEY = -5
@@ -243,10 +244,20 @@ class Bitcoind:
 
     def spender(self, txid: str, index: int) -> Transaction | None:
         """The mempool transaction spending txid:index, if there is one."""
-        found = self.rpc.call("gettxspendingprevout", [{"txid": txid, "vout": index}])[0]
-        spending = found.get("spendingtxid")
-        status = self.transaction(spending) if spending else None
-        return status.tx if status else None
+        return self.spenders([(txid, index)]).get((txid, index))
+
+    def spenders(self, outpoints: Iterable[tuple[str, int]]) -> dict[tuple[str, int], Transaction]:
+        """The mempool transactions spending any of these outpoints (txid, index), asked in
+        batches of SPENDERS_BATCH outpoints per `gettxspendingprevout` call."""
+        wanted, found = list(outpoints), {}
+        for start in range(0, len(wanted), SPENDERS_BATCH):
+            chunk = [{"txid": t, "vout": n} for t, n in wanted[start : start + SPENDERS_BATCH]]
+            for entry in self.rpc.call("gettxspendingprevout", chunk):
+                status = self.transaction(entry["spendingtxid"]) if "spendingtxid" in entry \
+                    else None
+                if status is not None:
+                    found[(str(entry["txid"]), int(entry["vout"]))] = status.tx
+        return found
 
     def watch_key(self, secret_wif: str, script_types: tuple[str, ...] = ("pkh", "wpkh")) -> None:
         """Import a channel key into the wallet, so refunds and change paid to it are the
@@ -317,6 +328,10 @@ class AsyncBitcoind:
 
     async def spender(self, txid: str, index: int) -> Transaction | None:
         return await self.run(self.node.spender, txid, index)
+
+    async def spenders(self, outpoints: Iterable[tuple[str, int]]
+                       ) -> dict[tuple[str, int], Transaction]:
+        return await self.run(self.node.spenders, list(outpoints))
 
     async def watch_key(self, secret_wif: str, script_types: tuple[str, ...] = ("pkh", "wpkh")
                         ) -> None:

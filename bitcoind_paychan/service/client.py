@@ -336,6 +336,7 @@ class Channel:
             match effect:
                 case StoreChannel(record):
                     await asyncio.to_thread(self.client.store.put, record)
+                    self.client.watcher.watch(record)
                     self.stored = True
                 case StorePayment(record, amount, info):
                     await asyncio.to_thread(self.client.store.record_payment, record, amount, info)

@@ -237,6 +237,7 @@ class PaymentServer:
             match effect:
                 case StoreChannel(record):
                     await asyncio.to_thread(self.store.put, record)
+                    self.watcher.watch(record)
                 case StorePayment(record, amount, info):
                     await asyncio.to_thread(self.store.record_payment, record, amount, info)
                 case Broadcast():

@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from bitcoind_paychan.bitcoin.tx import Transaction, parse_block_transactions
+from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.channel.chainstate import ChainState
 from bitcoind_paychan.channel.effects import (
     Broadcast,
@@ -42,14 +42,14 @@ from bitcoind_paychan.channel.watch import (
 from bitcoind_paychan.errors import NodeError, PaychanError, TransactionRejected
 from bitcoind_paychan.node.bitcoind import AsyncBitcoind
 from bitcoind_paychan.node.monitor import Block, BlockMonitor, ChainEvent
+from bitcoind_paychan.service.watchindex import WatchIndex
 from bitcoind_paychan.store import ChannelStore
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 600.0
-# Channels whose money may still move: each block is folded into these and they are reviewed
-# after it. Final ones (waiting to be buried, then forgotten or discarded) are looked at by the
-# periodic review only, and by a reorg; so rows that need no more work cost nothing per block.
-LIVE = (ChannelStatus.OPEN, ChannelStatus.CLOSING)
+# Final channels (waiting to be buried, then forgotten or discarded) are looked at by the
+# periodic review only, and by a reorg that may undo what finished them.
+FINAL = tuple(status for status in ChannelStatus if status.final)
 
 
 @dataclass(frozen=True)
@@ -100,19 +100,22 @@ class ChainWatcher:
         self.review_interval = review_interval
         self.scheduler = AsyncIOScheduler(timezone=dt.UTC)
         self.monitor: BlockMonitor | None = None
+        self.index = WatchIndex()
         self.reviews = 0
         self.reviewed_channels = 0  # how many channels the last review looked at
         self.block_channels = 0  # how many channels the last chain event was folded into
         self._lock = asyncio.Lock()
         self._new_block = asyncio.Event()
         self._backoff = 0.0
+        self._armed_after: float | None = None
         self._meta_key = f"synced:{role.value}"
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Catch up from the last processed block, then follow the chain and the deadlines."""
-        synced = self.store.get_meta(self._meta_key)
+        """Build the index from the store, catch up from the last processed block, then
+        follow the chain and the deadlines."""
+        synced = await asyncio.to_thread(self.store.get_meta, self._meta_key)
         start_from = None
         if synced:
             height, block_hash = synced.split(":")
@@ -120,13 +123,21 @@ class ChainWatcher:
         self.monitor = BlockMonitor(self.wallet.node, self._on_chain_event,
                                     zmq_endpoint=self.zmq_endpoint,
                                     poll_interval=self.poll_interval, start_from=start_from)
+        await asyncio.to_thread(self._build_index)
         self.scheduler.start()
         self.scheduler.add_job(self.review_all, "interval", seconds=self.review_interval,
                                id="review", coalesce=True, max_instances=1)
-        for record in self._live():
-            self.schedule_deadline(record)
+        self._arm(None)  # a deadline missed while the process was down fires at once
         await self.monitor.start()
         await self.review_all()
+
+    def _build_index(self) -> None:
+        """Worker thread: the live channels of the store into the index."""
+        for channel in self.store.watched(self.role):
+            open_ = channel.status is ChannelStatus.OPEN
+            self.index.add(channel.contract_txid, channel.outpoint_index,
+                           self._deadline(channel.expiry) if open_ else None,
+                           channel.contract_tx)
 
     async def stop(self) -> None:
         if self.monitor:
@@ -134,16 +145,52 @@ class ChainWatcher:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
 
+    def _deadline(self, expiry: int) -> int:
+        """When a channel expiring at `expiry` needs action: the server's settle time (by
+        block time), the client's refund time (by median-time-past)."""
+        return expiry - self.policy.settle_margin if self.role is Role.SERVER else expiry
+
+    def watch(self, record: ChannelRecord, state: ChainState | None = None) -> None:
+        """Watch a channel (call it once the record is stored, before its contract can be
+        broadcast): its contract, the contract's inputs until it confirms, its deadline."""
+        if record.status.final and state is None:
+            return
+        unconfirmed = state is None or not state.contract_height
+        self.index.add(record.contract_txid, record.contract.outpoint.index,
+                       self._deadline(record.contract.expiry)
+                       if record.status is ChannelStatus.OPEN else None,
+                       record.contract_tx if unconfirmed else None)
+        if self.scheduler.running:
+            self._arm(self._armed_after)
+
     def schedule_deadline(self, record: ChannelRecord) -> None:
-        """A wake-up at the channel's deadline: the server's settle time, the client's refund
-        time. A deadline already past fires at once."""
-        deadline = record.contract.expiry
-        if self.role is Role.SERVER:
-            deadline -= self.policy.settle_margin
+        """Watch the channel; the wake-up moves to its deadline if that is the earliest."""
+        if record.contract_txid not in self.index:
+            self.watch(record)
+
+    def _arm(self, after: float | None) -> None:
+        """One wake-up, at the earliest deadline later than `after` (None: the earliest of
+        all; one already past fires at once)."""
+        self._armed_after = after
+        deadline = self.index.next_deadline(after)
+        job = self.scheduler.get_job("deadline")
+        if deadline is None:
+            if job:
+                job.remove()
+            return
         when = dt.datetime.fromtimestamp(deadline, dt.UTC)
-        self.scheduler.add_job(self.review_all, "date", run_date=when,
-                               id=f"deadline:{record.contract_txid}", replace_existing=True,
-                               misfire_grace_time=None, coalesce=True)
+        if job and job.next_run_time == when:
+            return
+        self.scheduler.add_job(self._wake, "date", run_date=when, args=(deadline,),
+                               id="deadline", replace_existing=True, misfire_grace_time=None,
+                               coalesce=True)
+
+    async def _wake(self, deadline: int) -> None:
+        """A deadline came: review the channels that are due, then wait for the next one."""
+        try:
+            await self.review_all(final=False)
+        finally:
+            self._arm(max(deadline, int(dt.datetime.now(dt.UTC).timestamp())))
 
     @property
     def healthy(self) -> bool:
@@ -151,40 +198,61 @@ class ChainWatcher:
         return self.monitor is not None and self.monitor.healthy
 
     def deadline_of(self, contract_txid: str) -> dt.datetime | None:
-        job = self.scheduler.get_job(f"deadline:{contract_txid}")
-        return job.next_run_time if job else None
+        """When the watched open channel needs action (None: not watched or not open)."""
+        deadline = self.index.deadline(contract_txid)
+        return None if deadline is None else dt.datetime.fromtimestamp(deadline, dt.UTC)
 
     # -- chain events ----------------------------------------------------------------------
 
     async def _on_chain_event(self, event: ChainEvent) -> None:
         async with self._lock:
-            # A reorg may undo what finished a channel: then every stored channel is looked at.
-            records = self._all() if event.disconnected else self._live()
-            self.block_channels = len(records)
-            states = {r.contract_txid: self.store.chain_state(self.role, r.contract_txid)
-                      for r in records}
-            for block in event.disconnected:
-                log.info("block %s at %s disconnected", block.hash, block.height)
-                states = {t: revert_block(s, block.height) for t, s in states.items()}
+            records: dict[str, ChannelRecord] = {}
+            before: dict[str, ChainState] = {}
+            states: dict[str, ChainState] = {}
+
+            async def load(txids: list[str]) -> None:
+                loaded = await asyncio.to_thread(self.store.load, self.role, txids)
+                for txid, (record, state) in loaded.items():
+                    records[txid], before[txid], states[txid] = record, state, state
+
+            if event.disconnected:  # what the reorg may undo, watched again
+                low = min(block.height for block in event.disconnected)
+                await load(await asyncio.to_thread(self.store.chain_heights_from, self.role, low))
+                for block in event.disconnected:
+                    log.info("block %s at %s disconnected", block.hash, block.height)
+                    states = {t: revert_block(s, block.height) for t, s in states.items()}
+                for txid, state in states.items():
+                    self.watch(records[txid], state)
             for block in event.connected:
-                txs = await self._block_transactions(block) if records else []
-                states = {r.contract_txid: apply_block(r, states[r.contract_txid], txs,
-                                                       block.height) for r in records}
-            for record in records:
-                before = self.store.chain_state(self.role, record.contract_txid)
-                if states[record.contract_txid] != before:
-                    self.store.put_chain_state(self.role, record.contract_txid,
-                                               states[record.contract_txid])
+                hits = await self._scan(block) if len(self.index) else {}
+                await load([txid for txid in hits if txid not in records])
+                for txid, txs in hits.items():
+                    if txid in records:
+                        states[txid] = apply_block(records[txid], states[txid], txs,
+                                                   block.height)
+            changed = {t: s for t, s in states.items() if s != before[t]}
             tip = event.tip
-            self.store.set_meta(self._meta_key, f"{tip.height}:{tip.hash}")
+            await asyncio.to_thread(self.store.put_chain_states, self.role, changed,
+                                    {self._meta_key: f"{tip.height}:{tip.hash}"})
+            for txid, state in changed.items():
+                if state.contract_height:
+                    self.index.confirmed(txid)
+            self.block_channels = len(records)
         self._new_block.set()
         self._new_block = asyncio.Event()
-        await self.review_all(final=bool(event.disconnected))
+        await self.review_all(final=False, touched=set(records))
+
+    async def _scan(self, block: Block) -> dict[str, list[Transaction]]:
+        """The block's transactions touching watched channels (fetched and scanned off the
+        event loop)."""
+        raw = await self.wallet.run(self.wallet.node.rpc.call, "getblock", block.hash, 0)
+        return await asyncio.to_thread(self.index.scan, bytes.fromhex(raw))
 
     async def until_confirmed(self, contract_txid: str, confirmations: int) -> None:
         """Return once the contract is `confirmations` deep (at once for 0)."""
         while confirmations > 0:
-            height = self.store.chain_state(self.role, contract_txid).contract_height
+            state = await asyncio.to_thread(self.store.chain_state, self.role, contract_txid)
+            height = state.contract_height
             tip = self.monitor.tip if self.monitor else None
             if height and tip and tip.height - height + 1 >= confirmations:
                 return
@@ -210,24 +278,17 @@ class ChainWatcher:
             else 0,
         )
 
-    async def _block_transactions(self, block: Block) -> list[Transaction]:
-        raw = await self.wallet.run(self.wallet.node.rpc.call, "getblock", block.hash, 0)
-        return parse_block_transactions(bytes.fromhex(raw))
-
-    def _all(self) -> list[ChannelRecord]:
-        return self.store.channels(self.role)
-
-    def _live(self) -> list[ChannelRecord]:
-        return self.store.channels(self.role, LIVE)
-
     # -- reviews ---------------------------------------------------------------------------
 
-    async def review_all(self, final: bool = True) -> None:
-        """Look at every stored channel (with `final` False: only the live ones) and act; on a
-        node failure, try again with backoff."""
+    async def review_all(self, final: bool = True, touched: Iterable[str] = ()) -> None:
+        """Look at the channels that need it and act: those `touched` by a block, those whose
+        deadline the chain has reached, unconfirmed contracts and CLOSING channels; with
+        `final` (the periodic review) also the final ones waiting to be buried, and every
+        watched contract output against the mempool (batched). On a node failure, try again
+        with backoff."""
         async with self._lock:
             try:
-                await self._review_all(final)
+                await self._review_all(final, set(touched))
                 self._backoff = 0.0
             except (NodeError, TransactionRejected) as exc:
                 self._backoff = min(max(self._backoff * 2, 5.0), MAX_BACKOFF)
@@ -242,43 +303,59 @@ class ChainWatcher:
         fees = self.policy.fees
         return fees.rate(await self.wallet.fee_rate(fees.target, fees.floor))
 
-    async def _review_all(self, final: bool) -> None:
+    async def _review_all(self, final: bool, touched: set[str]) -> None:
         self.reviews += 1
-        records = self._all() if final else self._live()
-        self.reviewed_channels = len(records)
-        if not records:
-            return
         chain_tip = await self.wallet.tip()
         tip = Tip(chain_tip.height, chain_tip.median_time, chain_tip.time)
+        clock = tip.time if self.role is Role.SERVER else tip.median_time
+        statuses = (ChannelStatus.CLOSING, *FINAL) if final else (ChannelStatus.CLOSING,)
+        listed = await asyncio.to_thread(self.store.channels, self.role, statuses)
+        wanted = touched | self.index.due(clock) | self.index.unconfirmed
+        wanted |= {record.contract_txid for record in listed}
+        # The mempool, asked in batches: for the periodic review every watched contract
+        # output (a spend there is news of a channel nothing else points at).
+        outpoints = self.index.outpoints(None if final else wanted)
+        spent = await self.wallet.spenders(
+            (o.txid_hex, o.index) for o in outpoints.values()) if outpoints else {}
+        spenders = {txid: spent[(o.txid_hex, o.index)] for txid, o in outpoints.items()
+                    if (o.txid_hex, o.index) in spent}
+        wanted |= set(spenders)
+        loaded = await asyncio.to_thread(self.store.load, self.role, sorted(wanted))
+        for txid in wanted - set(loaded):
+            self.index.remove(txid)  # no longer stored
+        self.reviewed_channels = len(loaded)
+        if not loaded:
+            return
         fee_rate = await self.fee_rate()
         failure: PaychanError | None = None
-        for record in records:
+        for txid, (record, state) in loaded.items():
             try:
-                await self._review(record, tip, fee_rate)
+                await self._review(record, state, spenders.get(txid), tip, fee_rate)
             except TransactionRejected as exc:
                 failure = failure or exc
         if failure:
             raise failure
 
-    async def _review(self, record: ChannelRecord, tip: Tip, fee_rate: int) -> None:
+    async def _review(self, record: ChannelRecord, state: ChainState,
+                      mempool_spender: Transaction | None, tip: Tip, fee_rate: int) -> None:
         txid = record.contract_txid
-        state = self.store.chain_state(self.role, txid)
+        if record.status is not ChannelStatus.OPEN:
+            self.index.no_deadline(txid)
         if not state.spender_height and not record.status.final:
-            seen = observe_mempool(state, await self.wallet.spender(txid, 0))
-            state = self._observed(txid, state, seen)
+            state = await self._observed(txid, state, observe_mempool(state, mempool_spender))
         elif record.status is ChannelStatus.FAILED and not (
                 state.conflict_height or state.contract_height or state.spender):
             # Failed with no chain fact to show for it (stored by an older version): are its
             # coins gone? Then it is discarded once that is buried, like any double spend.
             acceptance = await self.wallet.test_accept(Transaction.parse(record.contract_tx))
-            state = self._observed(txid, state, observe_missing_inputs(
+            state = await self._observed(txid, state, observe_missing_inputs(
                 state, acceptance.reason, tip.height))
         for effect in review(record, state, tip, fee_rate, self.policy):
             await self._carry_out(record, effect, tip)
 
-    def _observed(self, txid: str, state: ChainState, seen: ChainState) -> ChainState:
+    async def _observed(self, txid: str, state: ChainState, seen: ChainState) -> ChainState:
         if seen != state:
-            self.store.put_chain_state(self.role, txid, seen)
+            await asyncio.to_thread(self.store.put_chain_state, self.role, txid, seen)
         return seen
 
     async def _carry_out(self, record: ChannelRecord, effect: Effect, tip: Tip) -> None:
@@ -294,31 +371,31 @@ class ChainWatcher:
                     if purpose != "contract":  # a contract already spent is no news
                         raise
                     log.debug("contract %s not taken: %s", txid, exc.reason)
-                    state = self.store.chain_state(self.role, txid)
-                    self._observed(txid, state,
-                                   observe_missing_inputs(state, exc.reason, tip.height))
+                    state = await asyncio.to_thread(self.store.chain_state, self.role, txid)
+                    await self._observed(txid, state,
+                                         observe_missing_inputs(state, exc.reason, tip.height))
             case MarkChannel(_, status, closing_tx):
                 def mark(current: ChannelRecord) -> ChannelRecord:
                     return replace(current, status=status,
                                    settlement_tx=closing_tx or current.settlement_tx)
-                self.store.modify(self.role, txid, mark)
+                await asyncio.to_thread(self.store.modify, self.role, txid, mark)
+                if status is not ChannelStatus.OPEN:
+                    self.index.no_deadline(txid)
                 log.info("channel %s is %s", txid, status.value)
             case StoreChainState(_, state):
-                self.store.put_chain_state(self.role, txid, state)
+                await asyncio.to_thread(self.store.put_chain_state, self.role, txid, state)
             case SettleChannel():
                 if self.settle is not None:
                     log.info("channel %s nears its expiry: settling", txid)
                     await self.settle(txid)
             case ForgetChannel() | DiscardChannel():
                 if isinstance(effect, ForgetChannel):
-                    self.store.forget(self.role, txid)
+                    await asyncio.to_thread(self.store.forget, self.role, txid)
                     log.info("channel %s closed and buried: forgotten", txid)
                 else:
-                    self.store.discard(self.role, txid)
+                    await asyncio.to_thread(self.store.discard, self.role, txid)
                     log.info("channel %s never made it on chain: discarded", txid)
-                job = self.scheduler.get_job(f"deadline:{txid}")
-                if job:
-                    job.remove()
+                self.index.remove(txid)
             case ChannelFinished():
                 if self.on_event:
                     self.on_event(effect)

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bitcoind_paychan.store.base import ChannelStore, PaymentLogEntry
+from bitcoind_paychan.store.base import ChannelStore, PaymentLogEntry, WatchedChannel
 from bitcoind_paychan.store.memory import MemoryStore
 from bitcoind_paychan.store.sqlite import SQLiteStore
 
-__all__ = ["ChannelStore", "MemoryStore", "PaymentLogEntry", "SQLiteStore", "open_store"]
+__all__ = ["ChannelStore", "MemoryStore", "PaymentLogEntry", "SQLiteStore", "WatchedChannel",
+           "open_store"]
 
 
 def open_store(path: str | Path) -> ChannelStore:

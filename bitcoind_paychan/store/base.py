@@ -6,7 +6,7 @@ must have it on disk (surviving a crash and a power loss) by then.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
@@ -31,6 +31,20 @@ class PaymentLogEntry:
     seq: int
 
 
+@dataclass(frozen=True, slots=True)
+class WatchedChannel:
+    """What the autopilot's in-memory index holds of one live (OPEN or CLOSING) channel: the
+    contract output it watches, the deadline it derives from `expiry`, and while the contract
+    is unconfirmed its raw transaction (whose inputs a double spend would spend); None once
+    the contract is confirmed."""
+
+    contract_txid: str
+    outpoint_index: int
+    expiry: int
+    status: ChannelStatus
+    contract_tx: bytes | None
+
+
 @runtime_checkable
 class ChannelStore(Protocol):
     """Channel records keyed by (role, contract_txid), plus an append-only payment log, each
@@ -42,6 +56,11 @@ class ChannelStore(Protocol):
     def put(self, record: ChannelRecord) -> None:
         """Insert or replace the whole record. Refuses a stale record whose `change` is above
         the stored one (it would lose payments)."""
+        ...
+
+    def put_many(self, records: Iterable[ChannelRecord]) -> None:
+        """`put` each record, all in one transaction: every one is stored, or (on a refusal,
+        which names the channel) none is."""
         ...
 
     def record_payment(self, record: ChannelRecord, amount: int, info: bytes = b"") -> None:
@@ -83,6 +102,29 @@ class ChannelStore(Protocol):
     def put_chain_state(self, role: Role, contract_txid: str, state: ChainState) -> None:
         """Replace the channel's ChainState; refuses an unknown channel. Leaves the record and
         the payment log alone."""
+        ...
+
+    def put_chain_states(self, role: Role, states: Mapping[str, ChainState],
+                         meta: Mapping[str, str] | None = None) -> None:
+        """Replace the ChainState of each channel in `states` (by contract txid) and set the
+        `meta` settings, all in one transaction. Channels no longer stored (forgotten since
+        they were read) are skipped."""
+        ...
+
+    def watched(self, role: Role) -> list[WatchedChannel]:
+        """The live (OPEN, CLOSING) channels of `role`, as the autopilot's index needs them
+        (found through the status index)."""
+        ...
+
+    def load(self, role: Role, contract_txids: Iterable[str]
+             ) -> dict[str, tuple[ChannelRecord, ChainState]]:
+        """The stored records and ChainStates of these channels, by contract txid (channels
+        not stored are left out)."""
+        ...
+
+    def chain_heights_from(self, role: Role, height: int) -> list[str]:
+        """Contract txids of the channels whose ChainState records a block at `height` or
+        above (contract, spender or conflict): what a reorg down to `height` may undo."""
         ...
 
     def get_meta(self, key: str) -> str | None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from types import TracebackType
 from typing import Self
@@ -16,6 +16,7 @@ from bitcoind_paychan.channel.chainstate import ChainState
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.store.base import (
     PaymentLogEntry,
+    WatchedChannel,
     change_increased,
     closed,
     discard_refusal,
@@ -53,6 +54,16 @@ class MemoryStore:
             if old is not None and record.change > old.change:
                 raise change_increased(*key, old.change, record.change)
             self._records[key] = record
+
+    def put_many(self, records: Iterable[ChannelRecord]) -> None:
+        batch = {(Role(r.role), r.contract_txid): r for r in records}
+        with self._lock:
+            self._check_open()
+            for key, record in batch.items():
+                old = self._records.get(key)
+                if old is not None and record.change > old.change:
+                    raise change_increased(*key, old.change, record.change)
+            self._records.update(batch)
 
     def record_payment(self, record: ChannelRecord, amount: int, info: bytes = b"") -> None:
         key = (Role(record.role), record.contract_txid)
@@ -131,6 +142,41 @@ class MemoryStore:
             if key not in self._records:
                 raise unknown_channel(*key, "store the chain state")
             self._chain[key] = state
+
+    def put_chain_states(self, role: Role, states: Mapping[str, ChainState],
+                         meta: Mapping[str, str] | None = None) -> None:
+        with self._lock:
+            self._check_open()
+            for txid, state in states.items():
+                if (Role(role), txid) in self._records:
+                    self._chain[(Role(role), txid)] = state
+            self._meta.update(meta or {})
+
+    def watched(self, role: Role) -> list[WatchedChannel]:
+        with self._lock:
+            self._check_open()
+            return [
+                WatchedChannel(txid, rec.contract.outpoint.index, rec.contract.expiry,
+                               rec.status, None if self._chain.get(
+                                   key, ChainState()).contract_height else rec.contract_tx)
+                for key, rec in sorted(self._records.items(), key=lambda item: item[0])
+                if key[0] == role and not rec.status.final
+                for txid in (key[1],)
+            ]
+
+    def load(self, role: Role, contract_txids: Iterable[str]
+             ) -> dict[str, tuple[ChannelRecord, ChainState]]:
+        with self._lock:
+            self._check_open()
+            keys = [(Role(role), txid) for txid in contract_txids]
+            return {key[1]: (self._records[key], self._chain.get(key, ChainState()))
+                    for key in keys if key in self._records}
+
+    def chain_heights_from(self, role: Role, height: int) -> list[str]:
+        with self._lock:
+            self._check_open()
+            return sorted(key[1] for key, s in self._chain.items() if key[0] == role and max(
+                s.contract_height, s.spender_height, s.conflict_height) >= height)
 
     def get_meta(self, key: str) -> str | None:
         with self._lock:

@@ -154,6 +154,26 @@ CHAIN = (
     "LEFT JOIN chain_state AS s USING (role, contract_txid) "
     "WHERE c.role = ? AND c.contract_txid = ?"
 )
+# The autopilot's index: live channels (through the status index), with the contract while
+# it is unconfirmed.
+WATCHED = (
+    "SELECT c.contract_txid, c.outpoint_index, c.expiry, c.status, "
+    "CASE WHEN coalesce(s.contract_height, 0) = 0 THEN c.contract_tx END "
+    "FROM channels AS c INDEXED BY {index} "
+    "LEFT JOIN chain_state AS s USING (role, contract_txid) "
+    "WHERE c.role = ? AND c.status IN ({live})"
+)
+LOAD = (
+    f"SELECT {', '.join(f'c.{c}' for c in CHANNEL_COLUMNS)}, "
+    f"{', '.join(f's.{c}' for c in _CHAIN_VALUES)} FROM channels AS c "
+    "LEFT JOIN chain_state AS s USING (role, contract_txid) "
+    "WHERE c.role = ? AND c.contract_txid IN ({keys})"
+)
+HEIGHTS_FROM = (
+    "SELECT contract_txid FROM chain_state WHERE role = ? AND "
+    "(contract_height >= ? OR spender_height >= ? OR conflict_height >= ?) "
+    "ORDER BY contract_txid"
+)
 GET_META = "SELECT value FROM meta WHERE key = ?"
 SET_META = (
     "INSERT INTO meta (key, value) VALUES (?, ?) "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -23,6 +23,7 @@ from bitcoind_paychan.errors import StoreError
 from bitcoind_paychan.store import files, schema
 from bitcoind_paychan.store.base import (
     PaymentLogEntry,
+    WatchedChannel,
     change_increased,
     closed,
     discard_refusal,
@@ -36,6 +37,8 @@ from bitcoind_paychan.store.base import (
 MEMORY = ":memory:"
 BUSY_TIMEOUT = 10.0  # seconds to wait for another process's write lock
 _FINAL = tuple(s.value for s in ChannelStatus if s.final)
+_LIVE = tuple(s.value for s in ChannelStatus if not s.final)
+_BATCH = 500  # contract txids per query (below SQLite's limit on bound parameters)
 
 _HINTS = {
     "SQLITE_FULL": "free some disk space",
@@ -88,6 +91,14 @@ class SQLiteStore:
             if conn.execute(schema.PUT, schema.encode(record)).rowcount != 1:
                 (stored,) = conn.execute(schema.CHANGE, key).fetchone()
                 raise change_increased(*key, stored, record.change)
+
+    def put_many(self, records: Iterable[ChannelRecord]) -> None:
+        with self._transaction("store channels") as conn:
+            for record in records:
+                if conn.execute(schema.PUT, schema.encode(record)).rowcount != 1:
+                    key = (Role(record.role), record.contract_txid)
+                    (stored,) = conn.execute(schema.CHANGE, key).fetchone()
+                    raise change_increased(*key, stored, record.change)
 
     def record_payment(self, record: ChannelRecord, amount: int, info: bytes = b"") -> None:
         role, txid, change = Role(record.role).value, record.contract_txid, record.change
@@ -169,6 +180,48 @@ class SQLiteStore:
             if c.execute(schema.CHANGE, key).fetchone() is None:
                 raise unknown_channel(role, contract_txid, "store the chain state")
             c.execute(schema.PUT_CHAIN, schema.encode_chain(role, contract_txid, state))
+
+    def put_chain_states(self, role: Role, states: Mapping[str, ChainState],
+                         meta: Mapping[str, str] | None = None) -> None:
+        role = Role(role)
+        with self._transaction(f"store the chain state of {len(states)} {role} channels") as c:
+            stored: set[str] = set()
+            txids = list(states)
+            for start in range(0, len(txids), _BATCH):
+                chunk = txids[start : start + _BATCH]
+                sql = (f"SELECT contract_txid FROM channels WHERE role = ? AND contract_txid "
+                       f"IN ({', '.join('?' * len(chunk))})")
+                stored.update(r[0] for r in c.execute(sql, (role.value, *chunk)))
+            c.executemany(schema.PUT_CHAIN, [schema.encode_chain(role, txid, state)
+                                             for txid, state in states.items() if txid in stored])
+            c.executemany(schema.SET_META, list((meta or {}).items()))
+
+    def watched(self, role: Role) -> list[WatchedChannel]:
+        sql = schema.WATCHED.format(index=schema.STATUS_INDEX,
+                                    live=", ".join("?" * len(_LIVE)))
+        with self._connection(f"list the live {role} channels") as conn:
+            rows = conn.execute(sql, (Role(role).value, *_LIVE)).fetchall()
+        return [WatchedChannel(txid, index, expiry, ChannelStatus(status),
+                               None if tx is None else bytes(tx))
+                for txid, index, expiry, status, tx in rows]
+
+    def load(self, role: Role, contract_txids: Iterable[str]
+             ) -> dict[str, tuple[ChannelRecord, ChainState]]:
+        txids, found = list(dict.fromkeys(contract_txids)), {}
+        width = len(schema.CHANNEL_COLUMNS)
+        with self._connection(f"read {len(txids)} {role} channels") as conn:
+            for start in range(0, len(txids), _BATCH):
+                chunk = txids[start : start + _BATCH]
+                sql = schema.LOAD.format(keys=", ".join("?" * len(chunk)))
+                for row in conn.execute(sql, (Role(role).value, *chunk)):
+                    record = schema.decode(row[:width], self._name)
+                    found[record.contract_txid] = (record, schema.decode_chain(row[width:]))
+        return found
+
+    def chain_heights_from(self, role: Role, height: int) -> list[str]:
+        with self._connection(f"list the {role} channels a reorg may touch") as conn:
+            rows = conn.execute(schema.HEIGHTS_FROM, (Role(role).value, height, height, height))
+            return [r[0] for r in rows]
 
     def get_meta(self, key: str) -> str | None:
         with self._connection(f"read the setting {key!r}") as conn:

@@ -1,0 +1,126 @@
+"""The autopilot's in-memory index of what the chain could change for its channels.
+
+For each watched (live) channel it holds the contract output (a spend of it settles or refunds
+the channel), while the contract is unconfirmed its inputs (the contract itself spends them; any
+other transaction spending one is a double spend), and while the channel is OPEN its deadline.
+A block is scanned once against the outpoints, so its cost follows the block and the channels
+it touches, not the number of channels stored. The index is rebuilt from the store at start
+(`ChannelStore.watched`) and kept up to date by the watcher.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+
+from bitcoind_paychan.bitcoin.tx import OutPoint, Transaction, parse_block_transactions
+
+
+class WatchIndex:
+    """Outpoints → channel, the unconfirmed contracts, and the deadlines of open channels."""
+
+    def __init__(self) -> None:
+        self._outpoints: dict[OutPoint, str] = {}  # watched outpoint → contract txid
+        self._keys: dict[str, list[OutPoint]] = {}  # contract txid → its watched outpoints
+        self.unconfirmed: set[str] = set()  # channels whose contract is not in a block yet
+        self._deadlines: dict[str, int] = {}  # open channel → when it must act
+        self._heap: list[tuple[int, str]] = []  # (deadline, txid); stale entries skipped
+        self._due: set[str] = set()  # open channels whose deadline the chain has reached
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, contract_txid: str) -> bool:
+        return contract_txid in self._keys
+
+    def add(self, contract_txid: str, index: int, deadline: int | None,
+            contract_tx: bytes | None) -> None:
+        """Watch a channel: its contract output, its contract's inputs while `contract_tx` is
+        given (unconfirmed), its `deadline` while it is open (None: it is not)."""
+        keys = [OutPoint.from_hex(contract_txid, index)]
+        if contract_tx is not None:
+            keys += [txin.prevout for txin in Transaction.parse(contract_tx).inputs]
+            self.unconfirmed.add(contract_txid)
+        else:
+            self.unconfirmed.discard(contract_txid)
+        self._unlink(contract_txid)
+        self._keys[contract_txid] = keys
+        for key in keys:
+            self._outpoints[key] = contract_txid
+        if deadline is None:
+            self.no_deadline(contract_txid)
+        elif self._deadlines.get(contract_txid) != deadline:
+            self._deadlines[contract_txid] = deadline
+            heapq.heappush(self._heap, (deadline, contract_txid))
+
+    def confirmed(self, contract_txid: str) -> None:
+        """The contract is in a block: its inputs need no watching any more."""
+        keys = self._keys.get(contract_txid)
+        if keys is None or contract_txid not in self.unconfirmed:
+            return
+        for key in keys[1:]:
+            self._outpoints.pop(key, None)
+        del keys[1:]
+        self.unconfirmed.discard(contract_txid)
+
+    def no_deadline(self, contract_txid: str) -> None:
+        """The channel is no longer open: no deadline of its own to wake up for."""
+        self._deadlines.pop(contract_txid, None)
+        self._due.discard(contract_txid)
+
+    def remove(self, contract_txid: str) -> None:
+        """Stop watching a channel (forgotten or discarded)."""
+        self._unlink(contract_txid)
+        self._keys.pop(contract_txid, None)
+        self.unconfirmed.discard(contract_txid)
+        self.no_deadline(contract_txid)
+
+    def _unlink(self, contract_txid: str) -> None:
+        for key in self._keys.get(contract_txid, ()):
+            if self._outpoints.get(key) == contract_txid:
+                del self._outpoints[key]
+
+    def deadline(self, contract_txid: str) -> int | None:
+        return self._deadlines.get(contract_txid)
+
+    def due(self, clock: int) -> set[str]:
+        """Open channels whose deadline is at or before `clock` (they stay due until they
+        are no longer open)."""
+        while self._heap and self._heap[0][0] <= clock:
+            deadline, txid = heapq.heappop(self._heap)
+            if self._deadlines.get(txid) == deadline:
+                self._due.add(txid)
+        return set(self._due)
+
+    def next_deadline(self, after: float | None) -> int | None:
+        """The earliest deadline of a channel not yet due, later than `after` (None: any)."""
+        best: int | None = None
+        stack = [0] if self._heap else []
+        while stack:  # the heap's tree, pruned below any entry later than `after`
+            i = stack.pop()
+            deadline, txid = self._heap[i]
+            if best is not None and deadline >= best:
+                continue
+            if (after is None or deadline > after) and self._deadlines.get(txid) == deadline:
+                best = deadline
+                continue
+            stack += [c for c in (2 * i + 1, 2 * i + 2) if c < len(self._heap)]
+        return best
+
+    def outpoints(self, contract_txids: Iterable[str] | None = None) -> dict[str, OutPoint]:
+        """The contract outputs of these channels (None: of all)."""
+        txids = self._keys if contract_txids is None else contract_txids
+        return {t: self._keys[t][0] for t in txids if t in self._keys}
+
+    def scan(self, block: bytes) -> dict[str, list[Transaction]]:
+        """The block's transactions that spend a watched outpoint, by channel, in block
+        order (safe to run in a worker thread: it only reads the index)."""
+        hits: dict[str, list[Transaction]] = {}
+        for tx in parse_block_transactions(block):
+            for txin in tx.inputs:
+                txid = self._outpoints.get(txin.prevout)
+                if txid is not None:
+                    found = hits.setdefault(txid, [])
+                    if not found or found[-1] is not tx:
+                        found.append(tx)
+        return hits
