@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import resource
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -59,6 +60,23 @@ UPDATE_PAYMENT = pb.TwoWayChannelMessage.UPDATE_PAYMENT
 
 ServerEvent = ChannelOpened | PaymentReceived | ChannelClosed | PeerError | ChannelFinished
 PaymentHandler = Callable[[PaymentReceived], bytes | Awaitable[bytes | None] | None]
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit (as bitcoind does), so
+    each connected channel can have its socket; log it. Returns the soft limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            log.info("open files limit raised from %s to %s", soft, hard)
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open files limit %s (%s): at most about that "
+                        "many channels can be connected at once", soft, exc)
+    else:
+        log.info("open files limit: %s", "unlimited" if soft == resource.RLIM_INFINITY else soft)
+    return int(soft)
 
 
 class PaymentServer:
@@ -115,6 +133,7 @@ class PaymentServer:
 
     async def listen(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
         """Start the autopilot and accept connections; returns the bound (host, port)."""
+        raise_fd_limit()
         await self.watcher.start()
         self._server = await asyncio.start_server(self._accept, host, port)
         bound = self._server.sockets[0].getsockname()

@@ -327,17 +327,38 @@ class ChainWatcher:
         if not loaded:
             return
         fee_rate = await self.fee_rate()
+        plans = [(record, await self._plan(record, state, spenders.get(txid), tip, fee_rate))
+                 for txid, (record, state) in loaded.items()]
+        # Each channel's leading store effects, of all channels at once: a block that settles
+        # a hundred channels costs two store transactions, not two hundred.
+        marks: dict[str, MarkChannel] = {}
+        chain_states: dict[str, ChainState] = {}
+        rest = []
+        for record, effects in plans:
+            for lead, effect in enumerate([*effects, None]):
+                if isinstance(effect, MarkChannel):
+                    marks[record.contract_txid] = effect
+                elif isinstance(effect, StoreChainState):
+                    chain_states[record.contract_txid] = effect.state
+                else:
+                    rest.append((record, effects[lead:]))
+                    break
+        await self._store_marks(marks, chain_states)
         failure: PaychanError | None = None
-        for txid, (record, state) in loaded.items():
+        for record, effects in rest:
             try:
-                await self._review(record, state, spenders.get(txid), tip, fee_rate)
+                for effect in effects:
+                    await self._carry_out(record, effect, tip)
             except TransactionRejected as exc:
                 failure = failure or exc
         if failure:
             raise failure
 
-    async def _review(self, record: ChannelRecord, state: ChainState,
-                      mempool_spender: Transaction | None, tip: Tip, fee_rate: int) -> None:
+    async def _plan(self, record: ChannelRecord, state: ChainState,
+                    mempool_spender: Transaction | None, tip: Tip, fee_rate: int
+                    ) -> list[Effect]:
+        """What `review` decides for one channel, once what the mempool (or, for a failed
+        channel with no chain fact, the node) says is folded in and stored."""
         txid = record.contract_txid
         if record.status is not ChannelStatus.OPEN:
             self.index.no_deadline(txid)
@@ -350,8 +371,21 @@ class ChainWatcher:
             acceptance = await self.wallet.test_accept(Transaction.parse(record.contract_tx))
             state = await self._observed(txid, state, observe_missing_inputs(
                 state, acceptance.reason, tip.height))
-        for effect in review(record, state, tip, fee_rate, self.policy):
-            await self._carry_out(record, effect, tip)
+        return review(record, state, tip, fee_rate, self.policy)
+
+    async def _store_marks(self, marks: dict[str, MarkChannel],
+                           chain_states: dict[str, ChainState]) -> None:
+        """Store new statuses (and closing transactions) and chain states, one transaction
+        for each kind."""
+        if marks:
+            await asyncio.to_thread(self.store.modify_many, self.role,
+                                    {txid: _marked(mark) for txid, mark in marks.items()})
+        if chain_states:
+            await asyncio.to_thread(self.store.put_chain_states, self.role, chain_states)
+        for txid, mark in marks.items():
+            if mark.status is not ChannelStatus.OPEN:
+                self.index.no_deadline(txid)
+            log.info("channel %s is %s", txid, mark.status.value)
 
     async def _observed(self, txid: str, state: ChainState, seen: ChainState) -> ChainState:
         if seen != state:
@@ -374,16 +408,10 @@ class ChainWatcher:
                     state = await asyncio.to_thread(self.store.chain_state, self.role, txid)
                     await self._observed(txid, state,
                                          observe_missing_inputs(state, exc.reason, tip.height))
-            case MarkChannel(_, status, closing_tx):
-                def mark(current: ChannelRecord) -> ChannelRecord:
-                    return replace(current, status=status,
-                                   settlement_tx=closing_tx or current.settlement_tx)
-                await asyncio.to_thread(self.store.modify, self.role, txid, mark)
-                if status is not ChannelStatus.OPEN:
-                    self.index.no_deadline(txid)
-                log.info("channel %s is %s", txid, status.value)
-            case StoreChainState(_, state):
-                await asyncio.to_thread(self.store.put_chain_state, self.role, txid, state)
+            case MarkChannel() | StoreChainState():
+                marks = {txid: effect} if isinstance(effect, MarkChannel) else {}
+                states = {txid: effect.state} if isinstance(effect, StoreChainState) else {}
+                await self._store_marks(marks, states)
             case SettleChannel():
                 if self.settle is not None:
                     log.info("channel %s nears its expiry: settling", txid)
@@ -403,3 +431,11 @@ class ChainWatcher:
     def chain_state(self, contract_txid: str) -> ChainState:
         return self.store.chain_state(self.role, contract_txid)
 
+
+
+def _marked(mark: MarkChannel) -> Callable[[ChannelRecord], ChannelRecord]:
+    """The record change a MarkChannel asks for: its status, and its closing tx if any."""
+    def change(current: ChannelRecord) -> ChannelRecord:
+        return replace(current, status=mark.status,
+                       settlement_tx=mark.closing_tx or current.settlement_tx)
+    return change

@@ -94,6 +94,13 @@ class ChannelStore(Protocol):
         (that would deadlock). If it raises, nothing is stored and the exception propagates."""
         ...
 
+    def modify_many(
+        self, role: Role, changes: Mapping[str, Callable[[ChannelRecord], ChannelRecord]]
+    ) -> None:
+        """`modify` each channel (by contract txid) with its change, all in one transaction:
+        every one is stored, or (on a refusal) none is."""
+        ...
+
     def chain_state(self, role: Role, contract_txid: str) -> ChainState:
         """The channel's stored ChainState (`ChainState()` if none was put); refuses an unknown
         channel."""

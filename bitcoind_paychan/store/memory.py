@@ -113,19 +113,34 @@ class MemoryStore:
     def modify(
         self, role: Role, contract_txid: str, change: Callable[[ChannelRecord], ChannelRecord]
     ) -> ChannelRecord:
-        key = (Role(role), contract_txid)
         with self._lock:
             self._check_open()
-            old = self._records.get(key)
-            if old is None:
-                raise unknown_channel(*key, "modify the record")
-            new = change(old)
-            if (Role(new.role), new.contract_txid) != key:
-                raise other_channel(*key, new)
-            if new.change > old.change:
-                raise change_increased(*key, old.change, new.change)
-            self._records[key] = new
+            new = self._changed(Role(role), contract_txid, change)
+            self._records[(Role(role), contract_txid)] = new
             return new
+
+    def modify_many(
+        self, role: Role, changes: Mapping[str, Callable[[ChannelRecord], ChannelRecord]]
+    ) -> None:
+        with self._lock:
+            self._check_open()
+            new = {(Role(role), txid): self._changed(Role(role), txid, change)
+                   for txid, change in changes.items()}
+            self._records.update(new)
+
+    def _changed(self, role: Role, contract_txid: str,
+                 change: Callable[[ChannelRecord], ChannelRecord]) -> ChannelRecord:
+        """The checked result of `change` on the stored record (under the lock)."""
+        key = (role, contract_txid)
+        old = self._records.get(key)
+        if old is None:
+            raise unknown_channel(*key, "modify the record")
+        new = change(old)
+        if (Role(new.role), new.contract_txid) != key:
+            raise other_channel(*key, new)
+        if new.change > old.change:
+            raise change_increased(*key, old.change, new.change)
+        return new
 
     def chain_state(self, role: Role, contract_txid: str) -> ChainState:
         key = (Role(role), contract_txid)

@@ -154,17 +154,29 @@ class SQLiteStore:
     ) -> ChannelRecord:
         role = Role(role)
         with self._transaction(f"modify {role} channel {contract_txid}") as conn:
-            sql = f"{schema.SELECT} WHERE role = ? AND contract_txid = ?"
-            row = conn.execute(sql, (role.value, contract_txid)).fetchone()
-            if row is None:
-                raise unknown_channel(role, contract_txid, "modify the record")
-            old = schema.decode(row, self._name)
-            new = change(old)
-            if (Role(new.role), new.contract_txid) != (role, contract_txid):
-                raise other_channel(role, contract_txid, new)
-            if new.change > old.change:
-                raise change_increased(role, contract_txid, old.change, new.change)
-            conn.execute(schema.PUT, schema.encode(new))
+            return self._modify(conn, role, contract_txid, change)
+
+    def modify_many(
+        self, role: Role, changes: Mapping[str, Callable[[ChannelRecord], ChannelRecord]]
+    ) -> None:
+        role = Role(role)
+        with self._transaction(f"modify {len(changes)} {role} channels") as conn:
+            for contract_txid, change in changes.items():
+                self._modify(conn, role, contract_txid, change)
+
+    def _modify(self, conn: sqlite3.Connection, role: Role, contract_txid: str,
+                change: Callable[[ChannelRecord], ChannelRecord]) -> ChannelRecord:
+        sql = f"{schema.SELECT} WHERE role = ? AND contract_txid = ?"
+        row = conn.execute(sql, (role.value, contract_txid)).fetchone()
+        if row is None:
+            raise unknown_channel(role, contract_txid, "modify the record")
+        old = schema.decode(row, self._name)
+        new = change(old)
+        if (Role(new.role), new.contract_txid) != (role, contract_txid):
+            raise other_channel(role, contract_txid, new)
+        if new.change > old.change:
+            raise change_increased(role, contract_txid, old.change, new.change)
+        conn.execute(schema.PUT, schema.encode(new))
         return new
 
     def chain_state(self, role: Role, contract_txid: str) -> ChainState:

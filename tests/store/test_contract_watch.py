@@ -93,3 +93,18 @@ def test_chain_heights_from_finds_what_a_reorg_may_undo(store: ChannelStore) -> 
     assert store.chain_heights_from(Role.SERVER, 13) == []
     assert store.chain_heights_from(Role.CLIENT, 0) == []
     assert replace(states[low.txid]) == store.chain_state(Role.SERVER, low.txid)
+
+
+def test_modify_many_changes_all_or_nothing(store: ChannelStore) -> None:
+    first, second = Channel(), Channel()
+    store.put_many([first.record(), second.record()])
+    closing = {ch.txid: (lambda r: replace(r, status=ChannelStatus.CLOSING, settlement_tx=b"s"))
+               for ch in (first, second)}
+    store.modify_many(Role.SERVER, closing)
+    assert {r.status for r in store.channels(Role.SERVER)} == {ChannelStatus.CLOSING}
+    unknown = Channel().txid
+    settled = {first.txid: lambda r: replace(r, status=ChannelStatus.SETTLED),
+               unknown: lambda r: r}
+    with pytest.raises(StoreError, match=f"modify the record of server channel {unknown}"):
+        store.modify_many(Role.SERVER, settled)
+    assert store.get(Role.SERVER, first.txid).status is ChannelStatus.CLOSING  # type: ignore[union-attr]

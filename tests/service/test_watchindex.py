@@ -1,0 +1,73 @@
+"""The autopilot's index: which block transactions touch which channel; the deadlines."""
+
+from __future__ import annotations
+
+import os
+
+from bitcoind_paychan.bitcoin.tx import OutPoint, Transaction, TxIn, TxOut, encode_varint
+from bitcoind_paychan.service.watchindex import WatchIndex
+
+
+def tx(*spends: OutPoint) -> Transaction:
+    return Transaction(2, tuple(TxIn(o) for o in spends), (TxOut(1_000, b"\x51"),), 0)
+
+
+def block(*txs: Transaction) -> bytes:
+    coinbase = tx(OutPoint(bytes(32), 0xFFFFFFFF))
+    body = [coinbase, *txs]
+    return bytes(80) + encode_varint(len(body)) + b"".join(t.serialize() for t in body)
+
+
+def coin() -> OutPoint:
+    return OutPoint(os.urandom(32), 0)
+
+
+def test_a_block_is_matched_against_contract_outputs_and_unconfirmed_inputs() -> None:
+    funding = coin()
+    contract = tx(funding)
+    confirmed = tx(coin())
+    index = WatchIndex()
+    index.add(contract.txid_hex, 0, 1_000, contract.serialize())
+    index.add(confirmed.txid_hex, 0, 2_000, None)
+    assert index.unconfirmed == {contract.txid_hex}
+    settle = tx(OutPoint(confirmed.txid, 0))
+    unrelated = tx(coin())
+    hits = index.scan(block(unrelated, contract, settle))
+    assert hits == {contract.txid_hex: [contract], confirmed.txid_hex: [settle]}
+    index.confirmed(contract.txid_hex)
+    assert index.unconfirmed == set()
+    double_spend = tx(funding)  # its inputs are no longer watched once the contract confirmed
+    spend = tx(OutPoint(contract.txid, 0), coin())
+    assert index.scan(block(double_spend, spend)) == {contract.txid_hex: [spend]}
+    index.remove(confirmed.txid_hex)
+    assert index.scan(block(settle)) == {}
+    assert len(index) == 1
+
+
+def test_one_transaction_spending_two_watched_outputs_of_a_channel_is_listed_once() -> None:
+    funding = (coin(), coin())
+    contract = tx(*funding)
+    index = WatchIndex()
+    index.add(contract.txid_hex, 0, None, contract.serialize())
+    conflict = tx(*funding)
+    assert index.scan(block(conflict)) == {contract.txid_hex: [conflict]}
+
+
+def test_deadlines_come_due_by_the_chain_clock_and_the_next_is_found() -> None:
+    index = WatchIndex()
+    for deadline in (300, 100, 200, 400):
+        index.add(tx(coin()).txid_hex, 0, deadline, None)
+    txids = {index.deadline(t): t for t in index.outpoints()}
+    assert index.next_deadline(None) == 100
+    assert index.next_deadline(100) == 200
+    assert index.due(99) == set()
+    assert index.due(250) == {txids[100], txids[200]}
+    assert index.due(250) == {txids[100], txids[200]}  # due until no longer open
+    index.no_deadline(txids[100])
+    assert index.due(250) == {txids[200]}
+    assert index.next_deadline(None) == 300  # the due ones are not woken up for again
+    index.add(txids[300], 0, 350, None)  # a deadline moved: the old one is stale
+    assert index.next_deadline(None) == 350
+    index.remove(txids[400])
+    assert index.next_deadline(350) is None
+    assert index.due(1_000) == {txids[200], txids[300]}
