@@ -309,7 +309,9 @@ async def resumed_payer(address: tuple[str, int], record: ChannelRecord, client:
             update = messages.update_payment(change, record.contract.sign_payment(client, change))
             t0 = time.perf_counter()
             await stream.send(update)
-            while (reply := await stream.receive(60)) is not None and reply.type != T.PAYMENT_ACK:
+            # All K pay at once, queued behind one store: allow for the whole queue.
+            while (reply := await stream.receive(900)) is not None and (
+                    reply.type != T.PAYMENT_ACK):
                 if reply.type == T.ERROR:
                     raise RuntimeError(f"payment refused: {reply.error.explanation}")
             latencies.append(time.perf_counter() - t0)

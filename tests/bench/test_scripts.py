@@ -43,3 +43,17 @@ def test_spam_bench_reports_its_figures_and_a_store_that_did_not_grow() -> None:
                 "longest_ack_gap_ms"):
         value = result[key]
         assert isinstance(value, int | float) and value > 0, key
+
+
+def test_scale_bench_reports_its_figures() -> None:
+    stored = run_json("bench/scale.py", "--channels", "200")
+    assert stored["block_1_channels_touched"] == 1  # the spent watched output's channel
+    assert stored["block_100_channels_touched"] == 100
+    for key in ("restart_to_serving_s", "block_1_spends_s", "block_100_spends_s",
+                "server_peak_rss_mb", "live_max_ack_gap_ms"):
+        value = stored[key]
+        assert isinstance(value, int | float) and value > 0, key
+    live = run_json("bench/scale.py", "--connections", "20", "--payments", "2")
+    assert live["connections"] == 20
+    for key in ("payments_per_s", "p99_ms", "rss_per_connection_kb"):
+        assert isinstance(live[key], int | float), key
