@@ -329,10 +329,6 @@ class AsyncBitcoind:
     async def spender(self, txid: str, index: int) -> Transaction | None:
         return await self.run(self.node.spender, txid, index)
 
-    async def spenders(self, outpoints: Iterable[tuple[str, int]]
-                       ) -> dict[tuple[str, int], Transaction]:
-        return await self.run(self.node.spenders, list(outpoints))
-
     async def watch_key(self, secret_wif: str, script_types: tuple[str, ...] = ("pkh", "wpkh")
                         ) -> None:
         await self.run(self.node.watch_key, secret_wif, script_types)

@@ -1,10 +1,12 @@
 """The autopilot: keeps one side's stored channels safe while nobody watches.
 
-It follows the node's blocks (BlockMonitor: ZMQ wake-ups, polling, reorgs), folds each block
-into every channel's ChainState, and carries out what `channel.watch.review` decides. APScheduler
-wakes it at each channel's deadline (derived from the store at start, so a restart loses none,
-and one missed while the process was down fires at once), on a safety interval, and for
-retries with backoff while the node refuses a refund as non-final or cannot be reached.
+It follows the node's blocks (BlockMonitor: ZMQ wake-ups, polling, reorgs), scans each block
+once against its index of watched outpoints (`WatchIndex`, rebuilt from the store at start),
+folds it into the channels it touches, and carries out what `channel.watch.review` decides for
+the channels that need attention. APScheduler wakes it once, at the earliest deadline (a
+restart loses none, and one missed while the process was down fires at once), on a safety
+interval, and for retries with backoff while the node refuses a refund as non-final or cannot
+be reached. Store and node calls run off the event loop.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass, replace
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from bitcoind_paychan.bitcoin.tx import Transaction
+from bitcoind_paychan.bitcoin.tx import OutPoint, Transaction
 from bitcoind_paychan.channel.chainstate import ChainState
 from bitcoind_paychan.channel.effects import (
     Broadcast,
@@ -315,10 +317,7 @@ class ChainWatcher:
         # The mempool, asked in batches: for the periodic review every watched contract
         # output (a spend there is news of a channel nothing else points at).
         outpoints = self.index.outpoints(None if final else wanted)
-        spent = await self.wallet.spenders(
-            (o.txid_hex, o.index) for o in outpoints.values()) if outpoints else {}
-        spenders = {txid: spent[(o.txid_hex, o.index)] for txid, o in outpoints.items()
-                    if (o.txid_hex, o.index) in spent}
+        spenders = await self.wallet.run(self._spenders, outpoints) if outpoints else {}
         wanted |= set(spenders)
         loaded = await asyncio.to_thread(self.store.load, self.role, sorted(wanted))
         for txid in wanted - set(loaded):
@@ -353,6 +352,12 @@ class ChainWatcher:
                 failure = failure or exc
         if failure:
             raise failure
+
+    def _spenders(self, outpoints: dict[str, OutPoint]) -> dict[str, Transaction]:
+        """Node thread: the mempool's spenders of these channels' contract outputs."""
+        pairs = {txid: (o.txid_hex, o.index) for txid, o in outpoints.items()}
+        spent = self.wallet.node.spenders(pairs.values())
+        return {txid: spent[pair] for txid, pair in pairs.items() if pair in spent}
 
     async def _plan(self, record: ChannelRecord, state: ChainState,
                     mempool_spender: Transaction | None, tip: Tip, fee_rate: int

@@ -113,6 +113,21 @@ def test_is_spent(bitcoind: Bitcoind, node: RegtestNode) -> None:
         bitcoind.is_spent("11" * 32, 0)
 
 
+def test_spenders_of_many_outpoints_in_one_call(bitcoind: Bitcoind, node: RegtestNode) -> None:
+    addresses = [node.new_address() for _ in range(3)]
+    txid = node.wallet_rpc("sendmany", "", {a: 1 for a in addresses})
+    node.mine(1)
+    outs = [(txid, o["n"]) for o in node.rpc("getrawtransaction", txid, True)["vout"]
+            if o["scriptPubKey"].get("address") in addresses]
+    spend = node.wallet_rpc("sendall", [node.new_address()], None, None, None,
+                            {"inputs": [{"txid": t, "vout": n} for t, n in outs[:2]]})["txid"]
+    found = bitcoind.spenders([*outs, ("11" * 32, 0)])
+    assert set(found) == set(outs[:2])
+    assert {tx.txid_hex for tx in found.values()} == {spend}
+    assert bitcoind.spender(*outs[0]) == found[outs[0]]
+    assert bitcoind.spender(*outs[2]) is None
+
+
 def test_payout_script_belongs_to_the_wallet(bitcoind: Bitcoind, node: RegtestNode) -> None:
     script = bitcoind.payout_script()
     assert script[:2] == b"\x00\x14" and len(script) == 22
