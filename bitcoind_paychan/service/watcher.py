@@ -326,8 +326,11 @@ class ChainWatcher:
         if not loaded:
             return
         fee_rate = await self.fee_rate()
-        plans = [(record, await self._plan(record, state, spenders.get(txid), tip, fee_rate))
-                 for txid, (record, state) in loaded.items()]
+        plans = []
+        for txid, (record, state) in loaded.items():
+            plans.append((record, await self._plan(record, state, spenders.get(txid), tip,
+                                                   fee_rate)))
+            await asyncio.sleep(0)  # let payments in between channels
         # Each channel's leading store effects, of all channels at once: a block that settles
         # a hundred channels costs two store transactions, not two hundred.
         marks: dict[str, MarkChannel] = {}
@@ -345,6 +348,7 @@ class ChainWatcher:
         await self._store_marks(marks, chain_states)
         failure: PaychanError | None = None
         for record, effects in rest:
+            await asyncio.sleep(0)
             try:
                 for effect in effects:
                     await self._carry_out(record, effect, tip)
