@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from bitcoind_paychan.channel.records import Role
+from bitcoind_paychan.service.client import ChannelExists
 from bitcoind_paychan.service.server import PaymentServer
 from tests.service.conftest import Sides
 from tests.service.test_flow import wallet_utxo
@@ -107,12 +108,13 @@ def test_one_client_holds_several_channels_to_one_server(sides: Sides) -> None:
         host, port = await server.listen()
         client = sides.client()
         first = await client.open(host, port, 200_000)
-        second = await client.open(host, port, 200_000)  # first is live: a new channel
-        fresh = await client.open(host, port, 200_000, resume=False)
+        second = await client.open(host, port, 200_000, new=True)  # another, by request
+        fresh = await client.open(host, port, 200_000, new=True)
         for channel in (first, second, fresh):
             await channel.pay(2_000)
         await first.disconnect()
-        again = await client.open(host, port, 200_000)  # now resumes the first
+        again = await client.resume(first.contract_txid)
+        assert again.resumed
         await again.pay(1_000)
         for channel in (again, second, fresh):
             await channel.close()
@@ -124,6 +126,35 @@ def test_one_client_holds_several_channels_to_one_server(sides: Sides) -> None:
     assert len({first, second, fresh}) == 3
     assert again == first
     assert sum(p.amount for p in sides.payments()) == 3 * 3_000 + 1_000
+
+
+def test_open_never_makes_a_second_channel_nor_returns_one_of_another_value(
+        sides: Sides) -> None:
+    """Seen: `open` twice while a channel was live made two channels; after a restart,
+    `open` of another amount returned the existing channel."""
+    async def scenario() -> None:
+        server = sides.server()
+        host, port = await server.listen()
+        client = sides.client()
+        first = await client.open(host, port, 200_000)
+        assert not first.resumed
+        twice = await client.open(host, port, 200_000)
+        assert twice.contract_txid == first.contract_txid and twice.resumed
+        with pytest.raises(ChannelExists, match=f"{first.contract_txid}.*200000 sat.*--new"):
+            await client.open(host, port, 300_000)
+        await client.stop()  # a restart: only the store remembers the channel
+        client = sides.client()
+        with pytest.raises(ChannelExists, match=first.contract_txid):
+            await client.open(host, port, 300_000)
+        resumed = await client.open(host, port, 200_000)
+        assert resumed.contract_txid == first.contract_txid and resumed.resumed
+        assert len(client.channels()) == 1
+        other = await client.open(host, port, 300_000, new=True)
+        assert other.contract_txid != first.contract_txid and not other.resumed
+        await client.stop()
+        await server.stop()
+
+    asyncio.run(scenario())
 
 
 def test_a_channel_the_server_settled_meanwhile_gives_way_to_a_new_one(sides: Sides) -> None:
