@@ -11,11 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from bitcoind_paychan.channel.records import Role
+from bitcoind_paychan.channel import messages
+from bitcoind_paychan.channel.messages import DEFAULT_TIME_WINDOW
+from bitcoind_paychan.channel.records import ChannelStatus, Role
 from bitcoind_paychan.service.client import ChannelExists
 from bitcoind_paychan.service.server import PaymentServer
+from bitcoind_paychan.wire import open_connection, pb
 from tests.service.conftest import Sides
 from tests.service.test_flow import wallet_utxo
+
+T = pb.TwoWayChannelMessage
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -176,3 +181,38 @@ def test_a_channel_the_server_settled_meanwhile_gives_way_to_a_new_one(sides: Si
     old, new = asyncio.run(scenario())
     assert old != new
     assert sum(p.amount for p in sides.payments()) == 1_000 + 5_000 + 1_000 + 2_000
+
+
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_a_stranger_with_the_public_contract_txid_can_neither_drop_nor_close_it(
+        sides: Sides, version: int) -> None:
+    """Seen: anyone naming a victim's (public) contract txid in CLIENT_VERSION got the
+    channel: the victim was dropped and the stranger's CLOSE settled the channel early."""
+    async def scenario() -> tuple[list[int], ChannelStatus, str]:
+        server = sides.server()
+        host, port = await server.listen()
+        victim = await sides.client().open(host, port, 300_000, version=version)
+        await victim.pay(1_000)
+        stranger = await open_connection(host, port, 10)
+        await stranger.send_many([messages.client_version(version, DEFAULT_TIME_WINDOW,
+                                                          victim.contract_txid)])
+        seen = [(await stranger.receive(10)) for _ in range(2)]
+        await victim.pay(1_000)  # still connected: the stranger did not displace it
+        await stranger.send_many([messages.close()])
+        answer = await stranger.receive(10)
+        assert answer is not None and await stranger.receive(10) is None  # refused, hung up
+        await victim.pay(1_000)
+        record = server.store.get(Role.SERVER, victim.contract_txid)
+        assert record is not None
+        spender = await server.wallet.spender(victim.contract_txid, 0)
+        assert spender is None  # nothing settled it
+        settlement = await victim.close()
+        await server.stop()
+        await stranger.close()
+        return ([int(m.type) for m in seen if m] + [int(answer.type)], record.status,
+                settlement.txid_hex)
+
+    types, status, _ = asyncio.run(scenario())
+    assert types == [T.SERVER_VERSION, T.CHANNEL_OPEN, T.ERROR]
+    assert status is ChannelStatus.OPEN
+    assert sum(p.amount for p in sides.payments()) == 4_000
