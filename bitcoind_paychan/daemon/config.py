@@ -67,7 +67,8 @@ class ServerConfig:
     enabled: bool = False
     listen: str = "127.0.0.1:4242"
     min_channel_size: int = 100_000
-    min_payment: int = 1_000
+    min_payment: int = 1_000  # the initial payment only
+    min_increment: int = 1  # every later payment
     min_time_window: int = 4 * 3600
     max_time_window: int = 7 * 24 * 3600
     min_confirmations: int = 0  # resolved at load: 0 on regtest, 1 elsewhere when not given
@@ -168,7 +169,7 @@ class Config:
     def server_policy(self) -> ServerPolicy:
         s = self.server
         return ServerPolicy(min_channel_size=s.min_channel_size, min_payment=s.min_payment,
-                            min_time_window=s.min_time_window,
+                            min_increment=s.min_increment, min_time_window=s.min_time_window,
                             max_time_window=s.max_time_window)
 
     def client_policy(self, server_name: str) -> ClientPolicy:
@@ -313,6 +314,7 @@ def _server(r: _Reader, d: dict[str, Any], network: str) -> ServerConfig:
         listen=r.address(d, "server", "listen", "127.0.0.1:4242"),
         min_channel_size=r.integer(d, "server", "min_channel_size", 100_000),
         min_payment=r.integer(d, "server", "min_payment", 1_000),
+        min_increment=r.integer(d, "server", "min_increment", 1),
         min_time_window=r.integer(d, "server", "min_time_window", 4 * 3600),
         max_time_window=r.integer(d, "server", "max_time_window", 7 * 24 * 3600),
         min_confirmations=r.integer(d, "server", "min_confirmations",
