@@ -54,6 +54,7 @@ from bitcoind_paychan.wire import MessageStream, open_connection
 
 log = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = 15.0
+DEFAULT_VERSION = 3
 FALLBACK = {3: 2}  # a server that refuses our major gets the next one
 
 
@@ -170,14 +171,15 @@ class PaymentClient:
         return record.contract.refund(record.key, fee_rate, record.refund_tx)
 
     async def open(
-        self, host: str, port: int, value: int, *, version: int = 3,
+        self, host: str, port: int, value: int, *, version: int | None = None,
         time_window: int = DEFAULT_TIME_WINDOW, max_min_payment: int = 10_000,
         new: bool = False,
     ) -> Channel:
         """A channel of `value` sat to host:port: the one already open to it (live here, or
         stored and resumed), else a new one; `Channel.resumed` says which. Never a channel of
         another value: if the open one holds a different value, ChannelExists says so (pass
-        `new=True` to open another beside it)."""
+        `new=True` to open another beside it). A new channel offers `version`, by default
+        what the server spoke last time, else 3 (falling back to 2 if refused)."""
         await self.start()
         peer = f"{host}:{port}"
         policy = ClientPolicy(value, time_window, max_min_payment)
@@ -201,7 +203,8 @@ class PaymentClient:
                     f"channel {other.contract_txid} to {peer} is open with {other.value} sat "
                     f"({other.change} left), not {value}: pay through it, close it, or open "
                     "another beside it (paychan open --new; open(..., new=True))")
-        return await self._open_new(host, port, policy, self.versions.get(peer, version))
+        return await self._open_new(host, port, policy,
+                                    version or self.versions.get(peer, DEFAULT_VERSION))
 
     async def resume(self, contract_txid: str, time_window: int = DEFAULT_TIME_WINDOW,
                      max_min_payment: int = 10_000) -> Channel:
