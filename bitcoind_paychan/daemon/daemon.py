@@ -197,6 +197,9 @@ class Daemon:
             address = self.config.client.servers[channel_id]
             found = {v.contract_txid: v for v in self.client.views()
                      if v.peer == address and v.status == "open"}
+        if not found and channel_id in self.config.client.servers:
+            raise LocalProtocolError(f"no open channel to server {channel_id!r}; give a "
+                                     "contract txid to see a closed one")
         if len(found) != 1:
             raise LocalProtocolError(
                 f"no channel {channel_id!r}" if not found else

@@ -244,9 +244,11 @@ class PaymentClient:
             machine = ClientChannel(policy, PrivateKey.generate(), int(self.clock()), version,
                                     peer)
             channel, outcome = await self._connect(machine)
-            if not isinstance(outcome, VersionRefused):
+            if outcome is None:
                 self.versions[peer] = version
                 return channel
+            if not isinstance(outcome, VersionRefused):
+                raise ChannelFailed(f"{peer} closed the new channel at once: {outcome}")
             if version not in FALLBACK:
                 raise ChannelFailed(f"{peer} refused protocol version {version}: "
                                     f"{outcome.explanation}; nothing was stored or spent")
@@ -259,9 +261,10 @@ class PaymentClient:
         try:
             stream = await open_connection(*split_peer(machine.peer), self.handshake_timeout)
         except (OSError, TimeoutError) as exc:
+            stored = (f"channel {machine.record.contract_txid} stays stored" if machine.record
+                      else "nothing was stored or spent")
             raise ChannelFailed(f"cannot reach the server at {machine.peer}: {exc}; is it "
-                                "running and listening there? Nothing was stored or "
-                                "spent") from exc
+                                f"running and listening there? ({stored})") from exc
         channel = Channel(self, machine, stream)
         outcome = await channel._handshake()
         if outcome is None:
