@@ -55,6 +55,7 @@ from bitcoind_paychan.wire import MessageStream, open_connection
 log = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = 15.0
 DEFAULT_VERSION = 3
+VERSION_KEY = "client.version:"  # store meta key prefix: the major a server speaks
 FALLBACK = {3: 2}  # a server that refuses our major gets the next one
 
 
@@ -96,7 +97,6 @@ class PaymentClient:
         self.handshake_timeout = handshake_timeout
         self.live: dict[str, Channel] = {}  # contract txid → its channel on a live connection
         self.unresumable: set[str] = set()  # channels their server no longer has open
-        self.versions: dict[str, int] = {}  # host:port → the major its server speaks
         self.watcher = ChainWatcher(Role.CLIENT, wallet, store, autopilot, on_event=on_event,
                                     zmq_endpoint=zmq_endpoint, poll_interval=poll_interval,
                                     review_interval=review_interval,
@@ -140,6 +140,12 @@ class PaymentClient:
                 if record.peer == peer and record.change > 0
                 and not self._connected(record.contract_txid)
                 and record.contract_txid not in self.unresumable]
+
+    def spoken_version(self, peer: str) -> int | None:
+        """The major the server at `peer` (host:port) last opened a channel with (stored, so
+        a restart does not ask again with a major it hangs up on)."""
+        known = self.store.get_meta(f"{VERSION_KEY}{peer}")
+        return int(known) if known else None
 
     def _connected(self, contract_txid: str) -> Channel | None:
         live = self.live.get(contract_txid)
@@ -203,8 +209,8 @@ class PaymentClient:
                     f"channel {other.contract_txid} to {peer} is open with {other.value} sat "
                     f"({other.change} left), not {value}: pay through it, close it, or open "
                     "another beside it (paychan open --new; open(..., new=True))")
-        return await self._open_new(host, port, policy,
-                                    version or self.versions.get(peer, DEFAULT_VERSION))
+        known = await asyncio.to_thread(self.spoken_version, peer)
+        return await self._open_new(host, port, policy, version or known or DEFAULT_VERSION)
 
     async def resume(self, contract_txid: str, time_window: int = DEFAULT_TIME_WINDOW,
                      max_min_payment: int = 10_000) -> Channel:
@@ -245,7 +251,8 @@ class PaymentClient:
                                     peer)
             channel, outcome = await self._connect(machine)
             if outcome is None:
-                self.versions[peer] = version
+                await asyncio.to_thread(self.store.set_meta, f"{VERSION_KEY}{peer}",
+                                        str(version))
                 return channel
             if not isinstance(outcome, VersionRefused):
                 raise ChannelFailed(f"{peer} closed the new channel at once: {outcome}")
@@ -368,8 +375,11 @@ class Channel:
                                         ResumeRefused), self.client.handshake_timeout)
         except ChannelFailed as exc:
             await self.stream.close()
-            if self.machine.record is not None and not self.machine.opened and (
-                    not self.machine.resumed):
+            if self.machine.resumed:
+                raise
+            if self.machine.record is None:
+                raise ChannelFailed(f"{exc}; nothing was stored or spent") from exc
+            if not self.machine.opened:
                 raise ChannelFailed(f"{exc}; {await self._unopened()}") from exc
             raise
         except BaseException:
@@ -486,6 +496,9 @@ class Channel:
         deadline = time.monotonic() + timeout
         while True:
             spender = await self.client.wallet.spender(record.contract_txid, 0)
+            if spender is None:  # mined already? the watcher records spenders in blocks
+                mined = self.client.watcher.chain_state(record.contract_txid).spender
+                spender = Transaction.parse(mined) if mined else None
             if spender is not None:
                 try:
                     effects = self.machine.settlement_seen(spender)

@@ -148,6 +148,7 @@ def test_open_never_makes_a_second_channel_nor_returns_one_of_another_value(
         with pytest.raises(ChannelExists, match=f"{first.contract_txid}.*200000 sat.*--new"):
             await client.open(host, port, 300_000)
         await client.stop()  # a restart: only the store remembers the channel
+        client.store.close()
         client = sides.client()
         with pytest.raises(ChannelExists, match=first.contract_txid):
             await client.open(host, port, 300_000)
