@@ -50,6 +50,7 @@ from bitcoind_paychan.errors import (
     DecodeError,
     ErrorCode,
     LocalProtocolError,
+    PolicyError,
     RemoteProtocolError,
 )
 from bitcoind_paychan.wire import pb
@@ -73,15 +74,22 @@ class ServerPolicy:
     min_increment: int = 1
 
     def __post_init__(self) -> None:
+        for name in ("min_channel_size", "min_payment"):
+            if getattr(self, name) < 1:
+                raise PolicyError(name, f"found {getattr(self, name)}, expected an integer ≥ 1")
+        if self.min_channel_size <= self.min_payment:
+            raise PolicyError("min_payment", f"found {self.min_payment}, expected less than "
+                                             f"min_channel_size ({self.min_channel_size})")
         if self.min_time_window <= SETTLEMENT_MARGIN:
-            raise LocalProtocolError(
-                f"min_time_window must exceed the {SETTLEMENT_MARGIN} s settlement margin")
+            raise PolicyError("min_time_window", f"found {self.min_time_window}, expected more "
+                                                 f"than {SETTLEMENT_MARGIN} s (the server "
+                                                 "settles that long before expiry)")
         if self.max_time_window < self.min_time_window:
-            raise LocalProtocolError("max_time_window is below min_time_window")
-        if self.min_payment <= 0 or self.min_channel_size <= self.min_payment:
-            raise LocalProtocolError("need 0 < min_payment < min_channel_size")
-        if self.min_increment <= 0:
-            raise LocalProtocolError("need min_increment ≥ 1")
+            raise PolicyError("max_time_window", f"found {self.max_time_window}, expected at "
+                                                 f"least min_time_window ({self.min_time_window})")
+        if self.min_increment < 1:
+            raise PolicyError("min_increment", f"found {self.min_increment}, expected an "
+                                               "integer ≥ 1")
 
 
 class ServerState(enum.Enum):

@@ -36,7 +36,6 @@ from bitcoind_paychan.channel.effects import (
     StorePayment,
     VersionRefused,
 )
-from bitcoind_paychan.channel.messages import DEFAULT_TIME_WINDOW
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.channel.watch import WatchPolicy
 from bitcoind_paychan.errors import (
@@ -73,7 +72,11 @@ class ChannelExists(LocalProtocolError):
 
 class PaymentClient:
     """Opens channels from this node's wallet. The open channel to a server is resumed by
-    `open` (same value) or `resume`; `open(..., new=True)` opens another."""
+    `open` (same value) or `resume`; `open(..., new=True)` opens another.
+
+    `policy` is what channels ask for and accept (its `value` is the size `open` uses when
+    given none); `autopilot` is when to act and its `fees` what every refund and contract pays.
+    """
 
     def __init__(
         self,
@@ -81,6 +84,7 @@ class PaymentClient:
         store: ChannelStore,
         *,
         network: Network = Network.REGTEST,
+        policy: ClientPolicy | None = None,
         clock: Callable[[], float] = time.time,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         autopilot: WatchPolicy | None = None,
@@ -88,19 +92,18 @@ class PaymentClient:
         zmq_endpoint: str | None = None,
         poll_interval: float = 5.0,
         review_interval: float = 60.0,
-        min_fee_rate: int = 1000,
     ) -> None:
         self.wallet = wallet
         self.store = store
         self.network = network
+        self.policy = policy or ClientPolicy()
         self.clock = clock
         self.handshake_timeout = handshake_timeout
         self.live: dict[str, Channel] = {}  # contract txid → its channel on a live connection
         self.unresumable: set[str] = set()  # channels their server no longer has open
         self.watcher = ChainWatcher(Role.CLIENT, wallet, store, autopilot, on_event=on_event,
                                     zmq_endpoint=zmq_endpoint, poll_interval=poll_interval,
-                                    review_interval=review_interval,
-                                    min_fee_rate=min_fee_rate)
+                                    review_interval=review_interval)
         self._started = False
 
     async def start(self) -> None:
@@ -151,14 +154,14 @@ class PaymentClient:
         live = self.live.get(contract_txid)
         return live if live is not None and live.connected else None
 
-    async def refund(self, contract_txid: str, fee_target: int = 6) -> Transaction:
+    async def refund(self, contract_txid: str) -> Transaction:
         """Broadcast the refund of a stored channel (and its contract, if the server never
         did). Valid only once the chain's median-time-past has passed the channel's expiry;
         before that the node refuses it as non-final and TransactionRejected says so."""
         record = self.store.get(Role.CLIENT, contract_txid)
         if record is None or record.status.final:
             raise LocalProtocolError(f"no unsettled client channel with contract {contract_txid}")
-        refund = await self.refund_tx(record, fee_target)
+        refund = await self.refund_tx(record)
         await self.wallet.broadcast(Transaction.parse(record.contract_tx))
         try:
             await self.wallet.broadcast(refund)
@@ -171,24 +174,25 @@ class PaymentClient:
         await asyncio.to_thread(self.store.put, replace(record, refund_tx=refund.serialize()))
         return refund
 
-    async def refund_tx(self, record: ChannelRecord, fee_target: int = 6) -> Transaction:
-        """The signed refund of `record`, paying the node's fee estimate."""
-        fee_rate = await self.wallet.fee_rate(fee_target)
+    async def refund_tx(self, record: ChannelRecord) -> Transaction:
+        """The signed refund of `record`, paying the fee policy's rate (`autopilot.fees`)."""
+        fee_rate = await self.watcher.fee_rate()
         return record.contract.refund(record.key, fee_rate, record.refund_tx)
 
     async def open(
-        self, host: str, port: int, value: int, *, version: int | None = None,
-        time_window: int = DEFAULT_TIME_WINDOW, max_min_payment: int = 10_000,
+        self, host: str, port: int, value: int | None = None, *, version: int | None = None,
         new: bool = False,
     ) -> Channel:
-        """A channel of `value` sat to host:port: the one already open to it (live here, or
-        stored and resumed), else a new one; `Channel.resumed` says which. Never a channel of
-        another value: if the open one holds a different value, ChannelExists says so (pass
-        `new=True` to open another beside it). A new channel offers `version`, by default
-        what the server spoke last time, else 3 (falling back to 2 if refused)."""
+        """A channel of `value` sat (default: the policy's) to host:port: the one already
+        open to it (live here, or stored and resumed), else a new one; `Channel.resumed` says
+        which. Never a channel of another value: if the open one holds a different value,
+        ChannelExists says so (pass `new=True` to open another beside it). A new channel
+        offers `version`, by default what the server spoke last time, else 3 (falling back to
+        2 if refused)."""
         await self.start()
         peer = f"{host}:{port}"
-        policy = ClientPolicy(value, time_window, max_min_payment)
+        policy = self.policy if value is None else replace(self.policy, value=value)
+        value = policy.value
         if not new:
             live = [c for c in self.live.values()
                     if c.connected and c.machine.peer == peer and c.remaining]
@@ -199,7 +203,7 @@ class PaymentClient:
                     channel.resumed = True
                     return channel
                 try:
-                    return await self.resume(record.contract_txid, time_window, max_min_payment)
+                    return await self.resume(record.contract_txid)
                 except ChannelGone as exc:
                     log.warning("%s; opening a new channel", exc)
             others = [r for r in candidates if r.value != value]
@@ -212,8 +216,7 @@ class PaymentClient:
         known = await asyncio.to_thread(self.spoken_version, peer)
         return await self._open_new(host, port, policy, version or known or DEFAULT_VERSION)
 
-    async def resume(self, contract_txid: str, time_window: int = DEFAULT_TIME_WINDOW,
-                     max_min_payment: int = 10_000) -> Channel:
+    async def resume(self, contract_txid: str) -> Channel:
         """Reconnect a stored open channel to its server. ChannelGone if the server no longer
         has it open (it settled it, maybe just now because its expiry is near)."""
         await self.start()
@@ -225,7 +228,7 @@ class PaymentClient:
         if record is None or record.status is not ChannelStatus.OPEN:
             status = record.status.value if record else "unknown"
             raise LocalProtocolError(f"client channel {contract_txid} is {status}, not open")
-        policy = ClientPolicy(record.value, time_window, max_min_payment)
+        policy = replace(self.policy, value=record.value)
         machine = ClientChannel.resuming(record, policy, int(self.clock()))
         channel, outcome = await self._connect(machine)
         if isinstance(outcome, ChannelClosed):
@@ -481,7 +484,8 @@ class Channel:
     async def _fund(self, script: bytes, value: int) -> list[Effect]:
         key = self.machine.key
         await self.client.wallet.watch_key(key.to_wif(self.client.network))
-        funded = await self.client.wallet.fund(script, value)
+        funded = await self.client.wallet.fund(script, value,
+                                               await self.client.watcher.fee_rate())
         self.funded_inputs = funded.inputs
         try:
             return self.machine.contract_funded(funded.tx)
