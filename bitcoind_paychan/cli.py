@@ -82,9 +82,9 @@ def _pay(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     for i in range(args.repeat):
         result = client.call("pay", args.target, args.amount, args.info)
-        if args.repeat > 1 and not args.json:
+        if args.repeat > 1 and not args.json:  # this run's payments, not the channel's
             rate = (i + 1) / (time.perf_counter() - started)
-            print(f"\r{i + 1}/{args.repeat} payments, {result['paid']} sat paid, "
+            print(f"\r{i + 1}/{args.repeat} payments, {(i + 1) * args.amount} sat paid, "
                   f"{rate:.0f}/s", end="", file=sys.stderr, flush=True)
     if args.repeat > 1 and not args.json:
         print(file=sys.stderr)
@@ -123,7 +123,7 @@ def show(method: str, result: Any, as_json: bool) -> None:
 def _cell(key: str, value: Any) -> str:
     if value is None:
         return "-"
-    if key in ("deadline", "expiry") and isinstance(value, int):
+    if key in ("deadline", "expiry", "opened_at", "closed_at") and isinstance(value, int):
         return dt.datetime.fromtimestamp(value, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     if key.endswith("txid") and isinstance(value, str) and len(value) == 64:
         return value[:16] + "…"
@@ -171,8 +171,11 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--amount", type=int, default=1_000, help="sat per payment (1000)")
     command("daemon", _daemon, "run the server and/or client roles (see --config)")
     command("getinfo", _call("getinfo"), "the daemon's version, network, height, channels")
-    listing = command("listchannels", _call("listchannels", "state"), "channels, by state")
+    listing = command("listchannels", _call("listchannels", "state", "all"),
+                      "channels, by state")
     listing.add_argument("state", nargs="?", help="open, closing, settled, refunded, failed")
+    listing.add_argument("--all", action="store_true",
+                         help="also the forgotten ones (closed and buried): the history")
     command("getchannel", _call("getchannel", "channel"), "one channel").add_argument(
         "channel", help="contract txid (or a unique prefix)")
     opening = command("open", _call("open", "server", "amount"), "open a channel")
@@ -187,6 +190,10 @@ def parser() -> argparse.ArgumentParser:
         "channel", help="contract txid (or a unique prefix), or a server's name")
     payments = command("listpayments", _call("listpayments", "channel"), "payments made")
     payments.add_argument("channel", nargs="?")
+    pruning = command("prunehistory", _call("prunehistory", "before"),
+                      "delete the history of channels closed before a date")
+    pruning.add_argument("--before", required=True, metavar="DATE",
+                         help="YYYY-MM-DD, YYYY-MM-DDTHH:MM (UTC) or Unix seconds")
     command("stop", _call("stop"), "stop the daemon gracefully")
     return top
 

@@ -113,7 +113,8 @@ class DaemonApi(Protocol):
 
     async def getinfo(self) -> dict[str, Any]: ...
 
-    async def listchannels(self, state: str | None) -> list[dict[str, Any]]: ...
+    async def listchannels(self, state: str | None, include_forgotten: bool | None = None
+                           ) -> list[dict[str, Any]]: ...
 
     async def getchannel(self, channel_id: str) -> dict[str, Any]: ...
 
@@ -124,6 +125,8 @@ class DaemonApi(Protocol):
     async def close(self, channel_id: str) -> dict[str, Any]: ...
 
     async def listpayments(self, channel_id: str | None) -> list[dict[str, Any]]: ...
+
+    async def prunehistory(self, before: str) -> dict[str, Any]: ...
 
     async def stop(self) -> dict[str, Any]: ...
 
@@ -214,12 +217,17 @@ class ControlCookie:
 @dataclass(frozen=True)
 class Param:
     name: str
-    kind: str  # "str", "amount"
+    kind: str  # "str", "amount", "bool"
     required: bool = True
 
     def check(self, method: str, value: Any) -> Any:
         if value is None and not self.required:
             return None
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise LocalProtocolError(f"{method}: {self.name} must be true or false, got "
+                                         f"{json.dumps(value)}")
+            return value
         if self.kind == "amount":
             if isinstance(value, bool) or not isinstance(value, int):
                 raise LocalProtocolError(f"{method}: {self.name} must be a whole number of "
@@ -237,13 +245,15 @@ class Param:
 
 SIGNATURES: dict[str, tuple[Param, ...]] = {
     "getinfo": (),
-    "listchannels": (Param("state", "str", required=False),),
+    "listchannels": (Param("state", "str", required=False),
+                     Param("all", "bool", required=False)),
     "getchannel": (Param("channel_id", "str"),),
     "open": (Param("server", "str"), Param("amount", "amount")),
     "pay": (Param("target", "str"), Param("amount", "amount"),
             Param("info", "str", required=False)),
     "close": (Param("channel_id", "str"),),
     "listpayments": (Param("channel_id", "str", required=False),),
+    "prunehistory": (Param("before", "str"),),
     "stop": (),
 }
 

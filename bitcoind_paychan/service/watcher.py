@@ -282,7 +282,8 @@ class ChainWatcher:
                 job = self.scheduler.get_job(f"deadline:{txid}")
                 if job:
                     job.remove()
-                log.info("channel %s closed and buried: forgotten", txid)
+                log.info("channel %s closed and buried: forgotten (its summary and payments "
+                         "stay in the history)", txid)
             case ChannelFinished():
                 if self.on_event:
                     self.on_event(effect)
