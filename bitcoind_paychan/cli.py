@@ -123,7 +123,7 @@ def show(method: str, result: Any, as_json: bool) -> None:
 def _cell(key: str, value: Any) -> str:
     if value is None:
         return "-"
-    if key in ("deadline", "expiry", "opened_at", "closed_at") and isinstance(value, int):
+    if key in ("deadline", "expiry", "opened_at", "closed_at", "before") and isinstance(value, int):
         return dt.datetime.fromtimestamp(value, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     if key.endswith("txid") and isinstance(value, str) and len(value) == 64:
         return value[:16] + "…"
