@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -381,7 +382,8 @@ def _listening(key: str, address: str) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        raise ConfigError(f"cannot listen on {address} ({key}): {exc.strerror or exc}; "
+        reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+        raise ConfigError(f"cannot listen on {address} ({key}): {reason}; "
                           f"another program (another paychan daemon?) may be using it: stop "
                           f"it or set another {key}") from None
 
