@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from bitcoind_paychan.bitcoin.tx import Transaction, TxIn, TxOut
 from bitcoind_paychan.channel.chainstate import ChainState
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.errors import StoreError
@@ -184,6 +185,42 @@ def test_forget_keeps_the_summary_and_the_log(store: ChannelStore, status: Chann
     assert store.history() == [summary]
     assert [r.contract_txid for r in store.channels()] == [other.txid]
     assert store.history(Role.CLIENT) == [] and store.history(contract_txid=other.txid) == []
+
+
+@pytest.mark.parametrize("spent", ["chain state", "record"])
+def test_the_summary_splits_the_value_as_the_closing_tx_did(store: ChannelStore,
+                                                            spent: str) -> None:
+    ch = Channel()
+    settled = ch.pay(ch.record(status=ChannelStatus.SETTLED), 30_000)
+    settlement = Transaction(2, (TxIn(ch.contract.outpoint),),
+                             (TxOut(70_000, ch.contract.change_script),
+                              TxOut(29_500, b"\x00\x14" + bytes(20))))
+    refunded = ch.record(Role.CLIENT, status=ChannelStatus.REFUNDED)
+    refund = Transaction(2, (TxIn(ch.contract.outpoint),),
+                         (TxOut(99_200, ch.contract.change_script),), 1_700_000_000)
+    for rec, tx in ((settled, settlement), (refunded, refund)):
+        if spent == "record":
+            store.put(replace(rec, settlement_tx=tx.serialize()))
+        else:
+            store.put(rec)
+            store.put_chain_state(rec.role, ch.txid, ChainState(spender=tx.serialize(),
+                                                                spender_height=7))
+        store.forget(rec.role, ch.txid)
+    client, server = store.history(Role.CLIENT)[0], store.history(Role.SERVER)[0]
+    assert (server.closing_txid, server.to_client, server.to_server, server.fee,
+            server.paid) == (settlement.txid_hex, 70_000, 29_500, 500, 30_000)
+    assert (client.closing_txid, client.to_client, client.to_server, client.fee,
+            client.paid) == (refund.txid_hex, 99_200, 0, 800, 0)
+    assert server.closing_tx == settlement.serialize()
+
+
+def test_a_failed_channel_moved_nothing(store: ChannelStore) -> None:
+    ch = Channel()
+    store.put(ch.pay(ch.record(status=ChannelStatus.FAILED, settlement_tx=b"junk"), 1_000))
+    store.forget(Role.SERVER, ch.txid)
+    (failed,) = store.history()
+    assert (failed.closing_txid, failed.to_client, failed.to_server, failed.fee,
+            failed.paid) == (None, 0, 0, 0, 1_000)
 
 
 def test_the_initial_payment_is_logged_once(store: ChannelStore) -> None:
