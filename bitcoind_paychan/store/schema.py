@@ -5,7 +5,7 @@ is upgraded, so both end with the same schema. To change the schema: append a st
 and bump SCHEMA_VERSION. To store a new ChannelRecord field: add its column to CHANNEL_COLUMNS,
 `encode` and `decode`, and its `ALTER TABLE channels ADD COLUMN ... DEFAULT ...` as a step. A new
 ChainState field likewise: CHAIN_COLUMNS, `encode_chain`, `decode_chain`, `ALTER TABLE
-chain_state ...`. A step that reshapes data is a function of the connection (as `_to_v3`).
+chain_state ...`. A step that reshapes data is a function of the connection (as `_to_v4`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.errors import DecodeError, StoreError
 from bitcoind_paychan.store.base import ChannelSummary
 
-SCHEMA_VERSION = 3  # in PRAGMA user_version
+SCHEMA_VERSION = 4  # in PRAGMA user_version
 APPLICATION_ID = 0x50434831  # "PCH1" in PRAGMA application_id: marks the file as ours
 
 KEY_COLUMNS = ("role", "contract_txid")
@@ -74,6 +74,11 @@ V2_TABLES = (
     ) WITHOUT ROWID""",
 )
 
+# Version 3: the autopilot lists the channels it still watches by status (indexed), so rows
+# that need no more watching cost nothing per block.
+STATUS_INDEX = "channels_by_status"
+V3_INDEXES = (f"CREATE INDEX {STATUS_INDEX} ON channels (role, status)",)
+
 V1 = (
     """CREATE TABLE channels (
         role TEXT NOT NULL,
@@ -107,11 +112,11 @@ V1 = (
     "CREATE INDEX payment_log_by_channel ON payment_log (role, contract_txid, seq)",
 )
 
-# Version 3 keeps history: when a channel opened and closed; a summary of each forgotten
+# Version 4 keeps history: when a channel opened and closed; a summary of each forgotten
 # channel; a payment log that outlives its channel's record (no cascade), numbers payments
 # within their channel (`seq`; the initial payment is 1) and is ordered by `id`.
-V3_STATEMENTS = (
-    "ALTER TABLE channels ADD COLUMN opened_at INTEGER",  # NULL: stored before version 3
+V4_STATEMENTS = (
+    "ALTER TABLE channels ADD COLUMN opened_at INTEGER",  # NULL: stored before version 4
     "ALTER TABLE channels ADD COLUMN closed_at INTEGER",  # when its money was first final
     """CREATE TABLE history (  -- what stays of a forgotten channel (ChannelSummary)
         role TEXT NOT NULL,
@@ -134,7 +139,7 @@ V3_STATEMENTS = (
         PRIMARY KEY (role, contract_txid)
     )""",
     "DROP INDEX payment_log_by_channel",
-    "ALTER TABLE payment_log RENAME TO payment_log_v2",
+    "ALTER TABLE payment_log RENAME TO payment_log_v3",
     """CREATE TABLE payment_log (
         id INTEGER PRIMARY KEY AUTOINCREMENT,  -- orders the log; never reused
         role TEXT NOT NULL,
@@ -148,17 +153,17 @@ V3_STATEMENTS = (
 )
 
 
-def _to_v3(conn: sqlite3.Connection) -> None:
-    """Version 3's tables, and the version-2 log copied: numbered within each channel, with
-    the initial payment (which version 2 did not log) put back in front of it."""
-    for sql in V3_STATEMENTS:
+def _to_v4(conn: sqlite3.Connection) -> None:
+    """Version 4's tables, and the older log copied: numbered within each channel, with the
+    initial payment (which versions 1 to 3 did not log) put back in front of it."""
+    for sql in V4_STATEMENTS:
         conn.execute(sql)
     channels = {(role, txid): (payments, value, change) for role, txid, payments, value, change
                 in conn.execute("SELECT role, contract_txid, payments, value, change "
                                 "FROM channels")}
     logs: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
     for row in conn.execute("SELECT seq, role, contract_txid, amount, change_after, info "
-                            "FROM payment_log_v2 ORDER BY seq"):
+                            "FROM payment_log_v3 ORDER BY seq"):
         logs.setdefault((row[1], row[2]), []).append(row)
     rows: list[tuple[float, int, tuple[Any, ...]]] = []  # (order, before/after, new row)
     for key in sorted(channels.keys() | logs.keys()):
@@ -175,7 +180,7 @@ def _to_v3(conn: sqlite3.Connection) -> None:
     rows.sort(key=lambda r: (r[0], r[1]))
     conn.executemany("INSERT INTO payment_log (role, contract_txid, seq, amount, change_after, "
                      "info) VALUES (?, ?, ?, ?, ?, ?)", [r[2] for r in rows])
-    conn.execute("DROP TABLE payment_log_v2")
+    conn.execute("DROP TABLE payment_log_v3")
 
 
 def _statements(*sql: str) -> Callable[[sqlite3.Connection], None]:
@@ -187,7 +192,7 @@ def _statements(*sql: str) -> Callable[[sqlite3.Connection], None]:
 
 # MIGRATIONS[v] upgrades a file from schema v + 1 to v + 2 (so MIGRATIONS[0]: 1 -> 2).
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
-    _statements(*V2_TABLES), _to_v3)
+    _statements(*V2_TABLES), _statements(*V3_INDEXES), _to_v4)
 assert len(MIGRATIONS) == SCHEMA_VERSION - 1
 
 _COLS = ", ".join(CHANNEL_COLUMNS)
@@ -216,6 +221,7 @@ SELECT = f"SELECT {_COLS} FROM channels"
 CHANGE = "SELECT change FROM channels WHERE role = ? AND contract_txid = ?"
 STATUS = "SELECT status FROM channels WHERE role = ? AND contract_txid = ?"
 DELETE = "DELETE FROM channels WHERE role = ? AND contract_txid = ?"
+DELETE_LOG = "DELETE FROM payment_log WHERE role = ? AND contract_txid = ?"
 PAYMENTS = "SELECT role, contract_txid, amount, change_after, info, seq FROM payment_log"
 TIMES = "SELECT opened_at, closed_at FROM channels WHERE role = ? AND contract_txid = ?"
 

@@ -29,6 +29,8 @@ from bitcoind_paychan.store.base import (
     PaymentLogEntry,
     change_increased,
     closed,
+    discard_refusal,
+    not_discardable,
     not_final,
     not_stored,
     other_channel,
@@ -140,7 +142,10 @@ class SQLiteStore:
     ) -> list[ChannelRecord]:
         wanted = None if statuses is None else sorted({ChannelStatus(s).value for s in statuses})
         where, args = _where(role=None if role is None else [Role(role).value], status=wanted)
-        sql = f"{schema.SELECT} WHERE {where} ORDER BY role, contract_txid"
+        source = schema.SELECT
+        if role is not None and wanted is not None:  # the planner would walk the whole role
+            source += f" INDEXED BY {schema.STATUS_INDEX}"  # for the ORDER BY
+        sql = f"{source} WHERE {where} ORDER BY role, contract_txid"
         with self._connection("list channels") as conn:
             rows = conn.execute(sql, args).fetchall()
         return [schema.decode(row, self._name) for row in rows]
@@ -229,6 +234,19 @@ class SQLiteStore:
         with self._transaction("prune the history") as conn:
             conn.execute(schema.PRUNE_LOG, (before,))
             return int(conn.execute(schema.PRUNE, (before,)).rowcount)
+
+    def discard(self, role: Role, contract_txid: str) -> None:
+        key = (Role(role).value, contract_txid)
+        with self._transaction(f"discard {role} channel {contract_txid}") as conn:
+            row = conn.execute(schema.STATUS, key).fetchone()
+            if row is None:
+                return
+            state = schema.decode_chain(conn.execute(schema.CHAIN, key).fetchone())
+            why = discard_refusal(ChannelStatus(row[0]), state)
+            if why:
+                raise not_discardable(Role(role), contract_txid, why)
+            conn.execute(schema.DELETE_LOG, key)
+            conn.execute(schema.DELETE, key)
 
     def close(self) -> None:
         with self._lock:

@@ -184,10 +184,11 @@ def _schema_sql(path: Path) -> set[str]:
 
 def _old_store(path: Path, version: int, channels: list[ChannelRecord],
                log: list[tuple[ChannelRecord, int, bytes]]) -> None:
-    """A store file as release `version` (1 or 2) wrote it: its tables, its rows (channels
+    """A store file as release `version` (1 to 3) wrote it: its tables, its rows (channels
     stored whole, the initial payment not logged, one sequence across the whole log)."""
     with closing(sqlite3.connect(path)) as conn:
-        for sql in (*schema.V1, *(schema.V2_TABLES if version >= 2 else ())):
+        for sql in (*schema.V1, *(schema.V2_TABLES if version >= 2 else ()),
+                    *(schema.V3_INDEXES if version >= 3 else ())):
             conn.execute(sql)
         conn.execute(f"PRAGMA application_id = {schema.APPLICATION_ID}")
         conn.execute(f"PRAGMA user_version = {version}")
@@ -205,7 +206,7 @@ def _old_store(path: Path, version: int, channels: list[ChannelRecord],
     path.chmod(0o600)
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_upgrades_an_old_file_keeping_its_data(path: Path, tmp_path: Path, version: int) -> None:
     # A self-paying daemon's store: one contract under both roles, payments interleaved.
     ch = Channel()
@@ -229,6 +230,8 @@ def test_upgrades_an_old_file_keeping_its_data(path: Path, tmp_path: Path, versi
         assert store.payments(Role.CLIENT, unpaid.contract_txid) == []
         assert store.get_meta("synced:server") == ("5:00" if version >= 2 else None)
         assert store.history() == []
+        assert [r.contract_txid for r in store.channels(Role.CLIENT, [ChannelStatus.OPEN])
+                ] == sorted([ch.txid, unpaid.contract_txid])  # through the status index
         assert store.chain_state(Role.SERVER, ch.txid) == ChainState()
         store.modify(Role.SERVER, ch.txid, lambda r: replace(r, status=ChannelStatus.SETTLED))
         store.forget(Role.SERVER, ch.txid)
@@ -243,16 +246,16 @@ def test_upgrades_an_old_file_keeping_its_data(path: Path, tmp_path: Path, versi
 
 def test_a_failed_upgrade_changes_nothing(path: Path) -> None:
     ch = Channel()
-    _old_store(path, 2, [ch.record()], [])
+    _old_store(path, 3, [ch.record()], [])
     with closing(sqlite3.connect(path)) as conn:
-        conn.execute("CREATE TABLE history (x)")  # in the way of version 3's table
+        conn.execute("CREATE TABLE history (x)")  # in the way of version 4's table
         conn.commit()
     before = _schema_sql(path)
     with pytest.raises(StoreError, match="history already exists"):
         SQLiteStore(path)
     assert _schema_sql(path) == before
     with closing(sqlite3.connect(path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
 
 
 def test_refuses_other_files(path: Path, tmp_path: Path) -> None:
@@ -397,6 +400,6 @@ def test_read_only_needs_an_existing_current_store(path: Path) -> None:
     with pytest.raises(StoreError, match=f"there is no store {path} to read"):
         SQLiteStore(path, read_only=True)
     assert not path.exists()
-    _old_store(path, 2, [], [])
-    with pytest.raises(StoreError, match=r"schema version 2.*open it once read-write"):
+    _old_store(path, 3, [], [])
+    with pytest.raises(StoreError, match=r"schema version 3.*open it once read-write"):
         SQLiteStore(path, read_only=True)
