@@ -113,7 +113,8 @@ class DaemonApi(Protocol):
 
     async def getinfo(self) -> dict[str, Any]: ...
 
-    async def listchannels(self, state: str | None) -> list[dict[str, Any]]: ...
+    async def listchannels(self, state: str | None, include_forgotten: bool | None = None
+                           ) -> list[dict[str, Any]]: ...
 
     async def getchannel(self, channel_id: str) -> dict[str, Any]: ...
 
@@ -124,6 +125,8 @@ class DaemonApi(Protocol):
     async def close(self, channel_id: str) -> dict[str, Any]: ...
 
     async def listpayments(self, channel_id: str | None) -> list[dict[str, Any]]: ...
+
+    async def prunehistory(self, before: str) -> dict[str, Any]: ...
 
     async def stop(self) -> dict[str, Any]: ...
 
@@ -214,7 +217,7 @@ class ControlCookie:
 @dataclass(frozen=True)
 class Param:
     name: str
-    kind: str  # "str", "amount", "flag"
+    kind: str  # "str", "amount", "flag" (a bool, false when missing)
     required: bool = True
 
     def check(self, method: str, value: Any) -> Any:
@@ -242,7 +245,8 @@ class Param:
 
 SIGNATURES: dict[str, tuple[Param, ...]] = {
     "getinfo": (),
-    "listchannels": (Param("state", "str", required=False),),
+    "listchannels": (Param("state", "str", required=False),
+                     Param("all", "flag", required=False)),
     "getchannel": (Param("channel_id", "str"),),
     "open": (Param("server", "str"), Param("amount", "amount"),
              Param("new", "flag", required=False)),
@@ -250,6 +254,7 @@ SIGNATURES: dict[str, tuple[Param, ...]] = {
             Param("info", "str", required=False)),
     "close": (Param("channel_id", "str"),),
     "listpayments": (Param("channel_id", "str", required=False),),
+    "prunehistory": (Param("before", "str"),),
     "stop": (),
 }
 
