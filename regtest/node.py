@@ -28,7 +28,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from regtest.fetch import Binaries, find_bitcoind
+from .fetch import Binaries, find_bitcoind
 
 COINBASE_MATURITY = 100
 DEFAULT_WALLET = "paychan"
