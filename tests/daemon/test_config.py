@@ -517,9 +517,16 @@ def test_user_and_password_need_no_cookie_file(tmp_path: Path) -> None:
 # -- the examples in contrib/ ----------------------------------------------------------------
 
 
+QUICKSTART_ENV = {"PAYCHAN_DIR": "/tmp/quickstart", "RPC_PORT": "18501", "SERVER_PORT": "18502",
+                  "CONTROL_PORT": "18503"}
+
+
 @pytest.mark.parametrize(("name", "network"), [
     ("regtest", "regtest"), ("signet", "signet"), ("mainnet", "main")])
-def test_the_contrib_examples_load(name: str, network: str) -> None:
+def test_the_contrib_examples_load(name: str, network: str,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    for variable, value in QUICKSTART_ENV.items():  # what the README's quick start exports
+        monkeypatch.setenv(variable, value)
     config = load_config(CONTRIB / f"paychan.{name}.yaml", check_files=False)
     assert config.network == network
     config.node_config()
