@@ -101,7 +101,7 @@ def _positive(text: str) -> int:
 
 
 def _bitcoind(args: argparse.Namespace) -> int:
-    from regtest.fetch import find_bitcoind
+    from bitcoind_paychan.regtest.fetch import find_bitcoind
 
     binaries = find_bitcoind()
     print(f"{binaries.bitcoind}\n{binaries.bitcoin_cli}\n{binaries.version}")

@@ -83,7 +83,9 @@ class Daemon:
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, logs.reopen)
         control = ControlServer(self, *split_address(config.control.listen),
-                                config.control.cookie_file)
+                                config.control.cookie_file,
+                                cookie_mode=config.control.cookie_mode,
+                                cookie_group=config.control.cookie_group)
         metrics = None
         try:
             if self.server:

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import grp
 import json
 import logging
+import os
 import re
 import socket
 import stat
@@ -202,6 +204,29 @@ def test_cookie_file(tmp_path: Path) -> None:
     path.write_text("no-colon")
     with pytest.raises(ConfigError, match="malformed"):
         ControlCookie.read(path)
+
+
+def operators_group() -> str:
+    """A group this process may give files to, other than its own if it can (root: any)."""
+    own = os.getegid()
+    mine = [g.gr_gid for g in grp.getgrall()] if os.geteuid() == 0 else os.getgroups()
+    return grp.getgrgid(next((gid for gid in mine if gid != own), own)).gr_name
+
+
+def test_cookie_for_an_operators_group(tmp_path: Path) -> None:
+    path = tmp_path / "cookie"
+    group = operators_group()
+    umask = os.umask(0o077)  # as under the systemd unit: the mode must not depend on it
+    try:
+        cookie = ControlCookie.create(path, 0o640, group)
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert path.stat().st_gid == grp.getgrnam(group).gr_gid
+    assert ControlCookie.read(path) == cookie
+    with pytest.raises(ConfigError, match="no group named 'no-such-group'"):
+        ControlCookie.create(tmp_path / "other", 0o640, "no-such-group")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cookie"]  # nothing half-written
 
 
 def test_cookie_write_failure_is_config_error(tmp_path: Path) -> None:

@@ -3,10 +3,12 @@ the CLI, graceful shutdown mid-stream, the control API's cookie, and metrics."""
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -21,6 +23,7 @@ import yaml
 from bitcoind_paychan.channel.records import Role
 from bitcoind_paychan.store import SQLiteStore
 from regtest.node import RegtestNode, free_port, regtest_nodes, wait_until
+from tests.daemon.test_control import operators_group
 
 PAYCHAN = [sys.executable, "-m", "bitcoind_paychan.cli"]
 
@@ -245,6 +248,18 @@ def test_json_logs_and_sighup_reopens_the_log_file(daemons: Daemons) -> None:
                what="a new log file")
     daemons.cli("server", "getinfo")
     assert daemons.procs["server"].poll() is None
+
+
+def test_control_cookie_mode_and_group_come_from_the_config(daemons: Daemons) -> None:
+    group = operators_group()
+    config = yaml.safe_load(daemons.config("server").read_text())
+    config["control"]["cookie_mode"] = "0640"
+    config["control"]["cookie_group"] = group
+    daemons.config("server").write_text(yaml.safe_dump(config))
+    daemons.start("server")
+    cookie = Path(config["control"]["cookie_file"]).stat()
+    assert stat.S_IMODE(cookie.st_mode) == 0o640
+    assert cookie.st_gid == grp.getgrnam(group).gr_gid
 
 
 def test_daemon_refuses_to_start_without_its_node(tmp_path: Path) -> None:
