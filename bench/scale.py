@@ -243,7 +243,7 @@ async def stored_channels(node: RegtestNode, tmp: Path, count: int) -> dict[str,
         client = PaymentClient(AsyncBitcoind(Bitcoind(config)), SQLiteStore(tmp / "client.db"),
                                poll_interval=0.2)
         host, port = address
-        channel = await client.open(str(host), int(port), 50_000_000, resume=False)
+        channel = await client.open(str(host), int(port), 50_000_000, new=True)
         acks: list[tuple[float, float]] = []
         paying = True
 

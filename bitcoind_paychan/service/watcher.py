@@ -49,8 +49,13 @@ from bitcoind_paychan.store import ChannelStore
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 600.0
-# Final channels (waiting to be buried, then forgotten or discarded) are looked at by the
-# periodic review only, and by a reorg that may undo what finished them.
+# Channels whose money may still move are in the index: blocks are scanned for them. Final
+# ones (waiting to be buried, then forgotten or discarded) are looked at by the periodic review
+# only, and by a reorg that may undo what finished them. A client's FAILED channel (given up
+# before it opened) stays live: its contract may still confirm, and then it must be refunded.
+# Strangers cannot create client rows.
+LIVE = {Role.SERVER: (ChannelStatus.OPEN, ChannelStatus.CLOSING),
+        Role.CLIENT: (ChannelStatus.OPEN, ChannelStatus.CLOSING, ChannelStatus.FAILED)}
 FINAL = tuple(status for status in ChannelStatus if status.final)
 
 
@@ -135,7 +140,7 @@ class ChainWatcher:
 
     def _build_index(self) -> None:
         """Worker thread: the live channels of the store into the index."""
-        for channel in self.store.watched(self.role):
+        for channel in self.store.watched(self.role, LIVE[self.role]):
             open_ = channel.status is ChannelStatus.OPEN
             self.index.add(channel.contract_txid, channel.outpoint_index,
                            self._deadline(channel.expiry) if open_ else None,
@@ -155,7 +160,7 @@ class ChainWatcher:
     def watch(self, record: ChannelRecord, state: ChainState | None = None) -> None:
         """Watch a channel (call it once the record is stored, before its contract can be
         broadcast): its contract, the contract's inputs until it confirms, its deadline."""
-        if record.status.final and state is None:
+        if record.status not in LIVE[self.role] and state is None:
             return
         unconfirmed = state is None or not state.contract_height
         self.index.add(record.contract_txid, record.contract.outpoint.index,
@@ -345,7 +350,7 @@ class ChainWatcher:
                 else:
                     rest.append((record, effects[lead:]))
                     break
-        await self._store_marks(marks, chain_states)
+        await self._store_marks(marks, chain_states, {r.contract_txid: r for r, _ in plans})
         failure: PaychanError | None = None
         for record, effects in rest:
             await asyncio.sleep(0)
@@ -383,7 +388,8 @@ class ChainWatcher:
         return review(record, state, tip, fee_rate, self.policy)
 
     async def _store_marks(self, marks: dict[str, MarkChannel],
-                           chain_states: dict[str, ChainState]) -> None:
+                           chain_states: dict[str, ChainState],
+                           records: dict[str, ChannelRecord]) -> None:
         """Store new statuses (and closing transactions) and chain states, one transaction
         for each kind."""
         if marks:
@@ -392,7 +398,10 @@ class ChainWatcher:
         if chain_states:
             await asyncio.to_thread(self.store.put_chain_states, self.role, chain_states)
         for txid, mark in marks.items():
-            if mark.status is not ChannelStatus.OPEN:
+            if mark.status is ChannelStatus.OPEN:  # a given-up client channel confirmed
+                self.index.set_deadline(txid, self._deadline(records[txid].contract.expiry))
+                self._arm(self._armed_after)
+            else:
                 self.index.no_deadline(txid)
             log.info("channel %s is %s", txid, mark.status.value)
 
@@ -420,7 +429,7 @@ class ChainWatcher:
             case MarkChannel() | StoreChainState():
                 marks = {txid: effect} if isinstance(effect, MarkChannel) else {}
                 states = {txid: effect.state} if isinstance(effect, StoreChainState) else {}
-                await self._store_marks(marks, states)
+                await self._store_marks(marks, states, {txid: record})
             case SettleChannel():
                 if self.settle is not None:
                     log.info("channel %s nears its expiry: settling", txid)
@@ -428,7 +437,8 @@ class ChainWatcher:
             case ForgetChannel() | DiscardChannel():
                 if isinstance(effect, ForgetChannel):
                     await asyncio.to_thread(self.store.forget, self.role, txid)
-                    log.info("channel %s closed and buried: forgotten", txid)
+                    log.info("channel %s closed and buried: forgotten (its summary and "
+                             "payments stay in the history)", txid)
                 else:
                     await asyncio.to_thread(self.store.discard, self.role, txid)
                     log.info("channel %s never made it on chain: discarded", txid)

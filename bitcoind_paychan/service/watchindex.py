@@ -49,9 +49,8 @@ class WatchIndex:
             self._outpoints[key] = contract_txid
         if deadline is None:
             self.no_deadline(contract_txid)
-        elif self._deadlines.get(contract_txid) != deadline:
-            self._deadlines[contract_txid] = deadline
-            heapq.heappush(self._heap, (deadline, contract_txid))
+        else:
+            self.set_deadline(contract_txid, deadline)
 
     def confirmed(self, contract_txid: str) -> None:
         """The contract is in a block: its inputs need no watching any more."""
@@ -62,6 +61,12 @@ class WatchIndex:
             self._outpoints.pop(key, None)
         del keys[1:]
         self.unconfirmed.discard(contract_txid)
+
+    def set_deadline(self, contract_txid: str, deadline: int) -> None:
+        """The watched channel is open (again): wake up for it at `deadline`."""
+        if contract_txid in self._keys and self._deadlines.get(contract_txid) != deadline:
+            self._deadlines[contract_txid] = deadline
+            heapq.heappush(self._heap, (deadline, contract_txid))
 
     def no_deadline(self, contract_txid: str) -> None:
         """The channel is no longer open: no deadline of its own to wake up for."""

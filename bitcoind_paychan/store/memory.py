@@ -5,8 +5,8 @@ For tests and tools only; never acknowledge real payments stored here.
 
 from __future__ import annotations
 
-import itertools
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from types import TracebackType
@@ -15,6 +15,7 @@ from typing import Self
 from bitcoind_paychan.channel.chainstate import ChainState
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.store.base import (
+    ChannelSummary,
     PaymentLogEntry,
     WatchedChannel,
     change_increased,
@@ -24,6 +25,7 @@ from bitcoind_paychan.store.base import (
     not_final,
     not_stored,
     other_channel,
+    summarize,
     unknown_channel,
 )
 
@@ -39,7 +41,8 @@ class MemoryStore:
         self._log: list[PaymentLogEntry] = []
         self._chain: dict[_Key, ChainState] = {}
         self._meta: dict[str, str] = {}
-        self._seq = itertools.count(1)
+        self._history: dict[_Key, ChannelSummary] = {}
+        self._times: dict[_Key, tuple[int, int | None]] = {}  # opened, closed
         self._closed = False
 
     def _check_open(self) -> None:
@@ -47,13 +50,7 @@ class MemoryStore:
             raise closed()
 
     def put(self, record: ChannelRecord) -> None:
-        key = (Role(record.role), record.contract_txid)
-        with self._lock:
-            self._check_open()
-            old = self._records.get(key)
-            if old is not None and record.change > old.change:
-                raise change_increased(*key, old.change, record.change)
-            self._records[key] = record
+        self.put_many([record])
 
     def put_many(self, records: Iterable[ChannelRecord]) -> None:
         batch = {(Role(r.role), r.contract_txid): r for r in records}
@@ -63,7 +60,24 @@ class MemoryStore:
                 old = self._records.get(key)
                 if old is not None and record.change > old.change:
                     raise change_increased(*key, old.change, record.change)
-            self._records.update(batch)
+            for key, record in batch.items():
+                new = key not in self._records
+                self._store(key, record)
+                if new and record.paid and not self._logged(key):
+                    self._log.append(PaymentLogEntry(*key, record.paid, record.change, b"",
+                                                     record.payments))
+
+    def _store(self, key: _Key, record: ChannelRecord) -> None:
+        """Store `record`, stamping when it opened and when its money was first final."""
+        now = int(time.time())
+        opened, closed_at = self._times.get(key, (now, None))
+        closed_at = (closed_at or now) if record.status.final else None
+        self._times[key] = (opened, closed_at)
+        self._records[key] = record
+        self._history.pop(key, None)  # stored again: it is no longer history
+
+    def _logged(self, key: _Key) -> bool:
+        return any((e.role, e.contract_txid) == key for e in self._log)
 
     def record_payment(self, record: ChannelRecord, amount: int, info: bytes = b"") -> None:
         key = (Role(record.role), record.contract_txid)
@@ -78,7 +92,7 @@ class MemoryStore:
                 old, change=record.change, signature=record.signature, payments=record.payments
             )
             self._log.append(
-                PaymentLogEntry(*key, amount, record.change, bytes(info), next(self._seq))
+                PaymentLogEntry(*key, amount, record.change, bytes(info), record.payments)
             )
 
     def get(self, role: Role, contract_txid: str) -> ChannelRecord | None:
@@ -115,8 +129,9 @@ class MemoryStore:
     ) -> ChannelRecord:
         with self._lock:
             self._check_open()
-            new = self._changed(Role(role), contract_txid, change)
-            self._records[(Role(role), contract_txid)] = new
+            key = (Role(role), contract_txid)
+            new = self._changed(*key, change)
+            self._store(key, new)
             return new
 
     def modify_many(
@@ -126,7 +141,8 @@ class MemoryStore:
             self._check_open()
             new = {(Role(role), txid): self._changed(Role(role), txid, change)
                    for txid, change in changes.items()}
-            self._records.update(new)
+            for key, record in new.items():
+                self._store(key, record)
 
     def _changed(self, role: Role, contract_txid: str,
                  change: Callable[[ChannelRecord], ChannelRecord]) -> ChannelRecord:
@@ -167,7 +183,8 @@ class MemoryStore:
                     self._chain[(Role(role), txid)] = state
             self._meta.update(meta or {})
 
-    def watched(self, role: Role) -> list[WatchedChannel]:
+    def watched(self, role: Role, statuses: Iterable[ChannelStatus]) -> list[WatchedChannel]:
+        wanted = {ChannelStatus(s) for s in statuses}
         with self._lock:
             self._check_open()
             return [
@@ -175,7 +192,7 @@ class MemoryStore:
                                rec.status, None if self._chain.get(
                                    key, ChainState()).contract_height else rec.contract_tx)
                 for key, rec in sorted(self._records.items(), key=lambda item: item[0])
-                if key[0] == role and not rec.status.final
+                if key[0] == role and rec.status in wanted
                 for txid in (key[1],)
             ]
 
@@ -212,9 +229,29 @@ class MemoryStore:
                 return
             if not rec.status.final:
                 raise not_final(*key, rec.status)
+            opened, closed_at = self._times.pop(key)
+            self._history[key] = summarize(rec, self._chain.pop(key, ChainState()), opened,
+                                           closed_at or int(time.time()))
             del self._records[key]
-            self._chain.pop(key, None)
-            self._log = [e for e in self._log if (e.role, e.contract_txid) != key]
+
+    def history(
+        self, role: Role | None = None, contract_txid: str | None = None
+    ) -> list[ChannelSummary]:
+        with self._lock:
+            self._check_open()
+            found = [h for (r, t), h in self._history.items()
+                     if (role is None or r == role) and contract_txid in (None, t)]
+        # Stable sort of the newest-archived first: ties keep that order.
+        return sorted(reversed(found), key=lambda h: h.closed_at, reverse=True)
+
+    def prune_history(self, before: int) -> int:
+        with self._lock:
+            self._check_open()
+            old = {k for k, h in self._history.items() if h.closed_at < before}
+            for key in old:
+                del self._history[key]
+            self._log = [e for e in self._log if (e.role, e.contract_txid) not in old]
+            return len(old)
 
     def discard(self, role: Role, contract_txid: str) -> None:
         key = (Role(role), contract_txid)
@@ -232,6 +269,7 @@ class MemoryStore:
         """Remove the channel, its chain state and its log (under the lock)."""
         del self._records[key]
         self._chain.pop(key, None)
+        self._times.pop(key, None)
         self._log = [e for e in self._log if (e.role, e.contract_txid) != key]
 
     def close(self) -> None:

@@ -14,6 +14,7 @@ from tests.store.helpers import Channel, assert_same
 from tests.store.test_contract import store
 
 __all__ = ["store"]  # the engines' fixture
+LIVE = (ChannelStatus.OPEN, ChannelStatus.CLOSING)
 
 
 def test_put_many_stores_all_or_nothing(store: ChannelStore) -> None:
@@ -39,7 +40,7 @@ def test_watched_lists_live_channels_with_unconfirmed_contracts(store: ChannelSt
     store.put(client.record(Role.CLIENT))
     store.put_chain_state(Role.SERVER, confirmed.txid, ChainState(contract_height=7))
     store.put_chain_state(Role.SERVER, closing.txid, ChainState(contract_height=0, spender=b"x"))
-    watched = {w.contract_txid: w for w in store.watched(Role.SERVER)}
+    watched = {w.contract_txid: w for w in store.watched(Role.SERVER, LIVE)}
     assert watched == {
         ch.txid: WatchedChannel(ch.txid, 0, ch.contract.expiry, status, tx)
         for ch, status, tx in [
@@ -48,7 +49,9 @@ def test_watched_lists_live_channels_with_unconfirmed_contracts(store: ChannelSt
             (closing, ChannelStatus.CLOSING, closing.contract_tx),
         ]
     }
-    assert [w.contract_txid for w in store.watched(Role.CLIENT)] == [client.txid]
+    assert [w.contract_txid for w in store.watched(Role.CLIENT, LIVE)] == [client.txid]
+    assert [w.contract_txid for w in store.watched(Role.SERVER, [ChannelStatus.SETTLED])] == [
+        settled.txid]
 
 
 def test_load_reads_records_and_chain_states_of_many(store: ChannelStore) -> None:
