@@ -35,6 +35,7 @@ from bitcoind_paychan.bitcoin.tx import OutPoint, Transaction
 from bitcoind_paychan.channel import messages
 from bitcoind_paychan.channel.chainstate import ChainState
 from bitcoind_paychan.channel.contract import Contract
+from bitcoind_paychan.channel.machine import resume_digest
 from bitcoind_paychan.channel.records import ChannelRecord, Role
 from bitcoind_paychan.node import AsyncBitcoind, Bitcoind, NodeConfig
 from bitcoind_paychan.node.monitor import ChainEvent
@@ -298,15 +299,21 @@ async def resumed_payer(address: tuple[str, int], record: ChannelRecord, client:
     try:
         await stream.send(messages.client_version(3, messages.DEFAULT_TIME_WINDOW,
                                                   record.contract_txid))
+        challenge = b""
         while (reply := await stream.receive(60)) is not None and reply.type != T.CHANNEL_OPEN:
             if reply.type == T.ERROR:
                 raise RuntimeError(f"resume refused: {reply.error.explanation}")
+            if reply.type == T.SERVER_VERSION:
+                challenge = reply.server_version.resume_challenge
         ready.set()
         await go.wait()
         change = record.change
+        proof = client.sign(resume_digest(challenge, record.contract_txid))
         for _ in range(payments):
             change -= AMOUNT
-            update = messages.update_payment(change, record.contract.sign_payment(client, change))
+            update = messages.update_payment(change, record.contract.sign_payment(client, change),
+                                             resume_proof=proof)
+            proof = b""  # the first payment after the resume carries it
             t0 = time.perf_counter()
             await stream.send(update)
             # All K pay at once, queued behind one store: allow for the whole queue.
