@@ -36,6 +36,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import hashlib
 import hmac
 import ipaddress
 import json
@@ -49,7 +50,10 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Protocol
 
-from bitcoind_paychan.daemon.http import HttpServer, Request, Response
+from aiohttp import web
+
+from bitcoind_paychan.daemon.dashboard import Dashboard
+from bitcoind_paychan.daemon.web import WebServer, read_body
 from bitcoind_paychan.errors import (
     ConfigError,
     InsufficientFunds,
@@ -127,6 +131,10 @@ class DaemonApi(Protocol):
 
     async def stop(self) -> dict[str, Any]: ...
 
+    async def dashboard(self) -> dict[str, Any]:
+        """What the dashboard shows (see `daemon/dashboard.py`); not a JSON-RPC method."""
+        ...
+
 
 # -- the cookie ----------------------------------------------------------------------------
 
@@ -188,6 +196,11 @@ class ControlCookie:
     def delete(path: Path | str) -> None:
         with contextlib.suppress(FileNotFoundError):
             Path(path).unlink()
+
+    def derive(self, purpose: str) -> str:
+        """A secret for `purpose` (the dashboard's session and login link), derived from the
+        cookie: valid exactly while this cookie is."""
+        return hmac.new(self.password.encode(), purpose.encode(), hashlib.sha256).hexdigest()
 
     def authorization(self) -> str:
         """The value of the HTTP Authorization header that carries this cookie."""
@@ -290,20 +303,31 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _json(status: int, payload: dict[str, Any], **headers: str) -> Response:
+def _json(status: int, payload: dict[str, Any], **headers: str) -> web.Response:
     body = json.dumps(payload).encode() + b"\n"
-    return Response(status, body, "application/json", dict(headers))
+    return web.Response(status=status, body=body, content_type="application/json",
+                        headers=headers)
 
 
 def _error(status: int, code: int, message: str, call_id: Any = None,
-           **headers: str) -> Response:
+           **headers: str) -> web.Response:
     return _json(status, {"result": None, "error": {"code": code, "message": message},
                           "id": call_id}, **headers)
 
 
+def parse_call(body: bytes) -> Any:
+    """The JSON in a call's body; ValueError if it is not JSON (nested too deep included:
+    a body of 500,000 `[` is a parse error, not a RecursionError)."""
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ValueError(str(exc)) from None
+
+
 class ControlServer:
     """The control API of `api` on `host:port` (loopback only), authenticated by the cookie
-    at `cookie_path`, which exists exactly while the server runs."""
+    at `cookie_path`, which exists exactly while the server runs. The same listener serves
+    the dashboard (`daemon/dashboard.py`) behind the same cookie."""
 
     def __init__(self, api: DaemonApi, host: str, port: int, cookie_path: Path | str) -> None:
         if not is_loopback(host):
@@ -312,43 +336,75 @@ class ControlServer:
         self.api = api
         self.cookie_path = Path(cookie_path)
         self.cookie: ControlCookie | None = None
-        self.http = HttpServer(self.handle, host, port)
+        app = web.Application(middlewares=[self._errors_as_json])
+        self.dashboard = Dashboard(app, api.dashboard, self._cookie)
+        app.router.add_post("/", self.handle)
+        app.router.add_route("*", "/{tail:.*}", self.other)
+        self.web = WebServer(app, host, port)
         self.address: tuple[str, int] | None = None
+
+    def _cookie(self) -> ControlCookie | None:
+        return self.cookie
 
     async def start(self) -> tuple[str, int]:
         """Listen, then write the cookie (so a failed bind leaves another daemon's be)."""
-        self.address = await self.http.start()
+        self.address = await self.web.start()
         try:
             self.cookie = ControlCookie.create(self.cookie_path)
         except BaseException:
-            await self.http.stop()
+            await self.web.stop()
             raise
-        log.info("control API on %s:%s (cookie %s)", *self.address, self.cookie_path)
+        log.info("control API and dashboard on http://%s:%s/ (cookie %s)", *self.address,
+                 self.cookie_path)
         return self.address
 
     async def stop(self) -> None:
-        await self.http.stop()
+        await self.web.stop()
         if self.cookie is not None:
             with contextlib.suppress(ConfigError):  # only ours: another daemon may own it now
                 if ControlCookie.read(self.cookie_path) == self.cookie:
                     ControlCookie.delete(self.cookie_path)
             self.cookie = None
 
-    async def handle(self, request: Request) -> Response:
-        if self.cookie is None or not self.cookie.accepts(request.headers.get("authorization")):
-            log.warning("control API: refused a call without valid credentials")
-            return _error(HTTPStatus.UNAUTHORIZED, MISC_ERROR,
-                          f"authentication required: use the cookie in {self.cookie_path}",
-                          **{"WWW-Authenticate": 'Basic realm="paychan"'})
-        if request.path.partition("?")[0] != "/":
-            return _error(HTTPStatus.NOT_FOUND, INVALID_REQUEST,
-                          f"no such endpoint {request.path!r}; POST to /")
-        if request.method != "POST":
-            return _error(HTTPStatus.METHOD_NOT_ALLOWED, INVALID_REQUEST,
-                          "the control API takes JSON-RPC calls by POST", Allow="POST")
+    def _refused(self) -> web.Response:
+        log.warning("control API: refused a call without valid credentials")
+        return _error(HTTPStatus.UNAUTHORIZED, MISC_ERROR,
+                      f"authentication required: use the cookie in {self.cookie_path}",
+                      **{"WWW-Authenticate": 'Basic realm="paychan"'})
+
+    def authorized(self, request: web.Request) -> bool:
+        return self.cookie is not None and self.cookie.accepts(
+            request.headers.get("Authorization"))
+
+    @web.middleware
+    async def _errors_as_json(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """HTTP errors a handler raises (413, 408, ...) answered as JSON-RPC errors."""
         try:
-            call = json.loads(request.body)
-        except (ValueError, UnicodeDecodeError):
+            response: web.StreamResponse = await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400 or exc.content_type != "text/plain":
+                raise
+            return _error(exc.status, INVALID_REQUEST, (exc.text or exc.reason).strip(),
+                          **{k: v for k, v in exc.headers.items() if k == "Allow"})
+        return response
+
+    async def other(self, request: web.Request) -> web.Response:
+        """Anything but a call: refused without credentials, else 404 or 405."""
+        if not self.authorized(request):
+            return self._refused()
+        if request.path != "/":
+            return _error(HTTPStatus.NOT_FOUND, INVALID_REQUEST,
+                          f"no such endpoint {request.path_qs!r}; POST to /")
+        return _error(HTTPStatus.METHOD_NOT_ALLOWED, INVALID_REQUEST,
+                      "the control API takes JSON-RPC calls by POST", Allow="POST")
+
+    async def handle(self, request: web.Request) -> web.Response:
+        if not self.authorized(request):
+            return self._refused()
+        body = await read_body(request)
+        try:
+            call = parse_call(body)
+        except ValueError:
             return _error(HTTPStatus.BAD_REQUEST, PARSE_ERROR, "parse error: body is not JSON")
         if not isinstance(call, dict):
             return _error(HTTPStatus.BAD_REQUEST, INVALID_REQUEST,
