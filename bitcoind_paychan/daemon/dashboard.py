@@ -23,7 +23,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from html import escape
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import parse_qs
 
 from aiohttp import web
@@ -81,11 +81,12 @@ class Dashboard:
         return (hmac.compare_digest(session.encode(), cookie.derive(SESSION_PURPOSE).encode())
                 or cookie.accepts(request.headers.get("Authorization")))
 
-    def _open_session(self, cookie: ControlCookie) -> web.Response:
-        response = web.HTTPSeeOther("/")
-        response.set_cookie(SESSION, cookie.derive(SESSION_PURPOSE), httponly=True,
+    def _open_session(self, cookie: ControlCookie) -> NoReturn:
+        """Redirect to the dashboard with a session cookie."""
+        redirect = web.HTTPSeeOther("/")
+        redirect.set_cookie(SESSION, cookie.derive(SESSION_PURPOSE), httponly=True,
                             samesite="Strict", path="/")
-        return response
+        raise redirect
 
     async def page(self, request: web.Request) -> web.Response:
         if not self.has_session(request):
@@ -107,7 +108,7 @@ class Dashboard:
             log.warning("dashboard: refused a login link that is not this daemon's")
             return self._login_page("That link is not valid (the daemon restarted since?). "
                                     "Run `paychan dashboard` for a new one.")
-        return self._open_session(cookie)
+        self._open_session(cookie)
 
     async def login_by_form(self, request: web.Request) -> web.Response:
         cookie = self.cookie()
@@ -117,7 +118,7 @@ class Dashboard:
                                                      cookie.password.encode()):
             log.warning("dashboard: refused a login with a wrong cookie")
             return self._login_page("That is not the control cookie.")
-        return self._open_session(cookie)
+        self._open_session(cookie)
 
     async def state(self, request: web.Request) -> web.Response:
         if not self.has_session(request):

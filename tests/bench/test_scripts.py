@@ -29,3 +29,10 @@ def test_throughput_reports_its_figures() -> None:
 def test_store_bench_reports_its_figures() -> None:
     result = run_json("bench/store_payments.py", "--payments", "200")
     assert any(isinstance(v, int | float) and v > 0 for v in result.values())
+
+
+def test_metrics_bench_reports_its_figures() -> None:
+    result = run_json("bench/metrics_hot_path.py", "--updates", "1000")
+    figures = result["ns_per_update"]
+    assert isinstance(figures, dict) and set(figures) >= {"counter_inc", "histogram_observe"}
+    assert all(isinstance(v, int) and v > 0 for v in figures.values())
