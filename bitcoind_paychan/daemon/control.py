@@ -67,6 +67,7 @@ from bitcoind_paychan.errors import (
     WalletNotLoaded,
     WrongNetwork,
 )
+from bitcoind_paychan.logcontext import channel_logging
 
 log = logging.getLogger(__name__)
 
@@ -414,7 +415,8 @@ class ControlServer:
         if not isinstance(method, str):
             return _error(HTTPStatus.BAD_REQUEST, INVALID_REQUEST,
                           "invalid request: method must be a string", call_id)
-        code, result, message = await self.dispatch(method, call.get("params"))
+        with channel_logging(""):  # a call may bind a channel to its lines: only its own
+            code, result, message = await self.dispatch(method, call.get("params"))
         if code:
             return _error(HTTPStatus.OK, code, message, call_id)
         try:

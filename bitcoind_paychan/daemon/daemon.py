@@ -28,6 +28,7 @@ from bitcoind_paychan.daemon.control import ControlServer
 from bitcoind_paychan.daemon.logs import Logs
 from bitcoind_paychan.daemon.metrics import MetricsServer, PaychanMetrics
 from bitcoind_paychan.errors import LocalProtocolError, NodeError
+from bitcoind_paychan.logcontext import bind_channel, channel_fields
 from bitcoind_paychan.node import AsyncBitcoind, Bitcoind
 from bitcoind_paychan.service.client import Channel, ChannelFailed, PaymentClient
 from bitcoind_paychan.service.server import PaymentServer, ServerEvent
@@ -62,7 +63,8 @@ class Daemon:
     async def run(self) -> int:
         """Run until stopped; 0 after a graceful stop."""
         config = self.config
-        logs = Logs(config.logging.level, config.logging.format, config.logging.file)
+        logs = Logs(config.logging.level, config.logging.format, config.logging.file,
+                    config.logging.levels)
         node = self.node
         tip = await asyncio.to_thread(node.check)
         log.info("paychan %s on %s; bitcoind at %s, height %s", __version__, config.network,
@@ -143,11 +145,13 @@ class Daemon:
             self.metrics.errors.labels(code=event.code.name).inc()
         elif isinstance(event, ChannelOpened | ChannelFinished):
             log.info("server channel %s: %s", event.record.contract_txid,
-                     type(event).__name__)
+                     type(event).__name__, extra=channel_fields(event.record.contract_txid,
+                                                                event.record.peer))
 
     def _client_event(self, event: ChannelFinished) -> None:
         log.info("client channel %s finished: %s", event.record.contract_txid,
-                 event.status.value)
+                 event.status.value, extra=channel_fields(event.record.contract_txid,
+                                                          event.record.peer))
 
     def _collect(self) -> None:
         """Refresh the gauges from the store and the node's health, at scrape time."""
@@ -269,6 +273,7 @@ class Daemon:
         with self._working():
             channel = await self._channel_for(target)
             started = time.perf_counter()
+            bind_channel(channel.contract_txid, channel.machine.peer)
             try:
                 ack = await channel.pay(amount, (info or "").encode())
             except ChannelFailed:

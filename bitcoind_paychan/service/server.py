@@ -43,6 +43,7 @@ from bitcoind_paychan.errors import (
     RemoteProtocolError,
     TransactionRejected,
 )
+from bitcoind_paychan.logcontext import bind_channel
 from bitcoind_paychan.node.bitcoind import AsyncBitcoind
 from bitcoind_paychan.service.outbox import effects_in_order, send_all
 from bitcoind_paychan.service.watcher import ChainWatcher, ChannelView
@@ -171,6 +172,7 @@ class PaymentServer:
         assert task is not None
         self._connections.add(task)
         stream = MessageStream(reader, writer)
+        bind_channel(peer=stream.peername)  # this connection's task logs its peer
         try:
             await self._serve(stream)
         except asyncio.CancelledError:
@@ -235,6 +237,7 @@ class PaymentServer:
                     loaded = await asyncio.to_thread(self.store.get, Role.SERVER, txid)
                     queue[:0] = machine.channel_loaded(loaded)
                 case ClaimChannel(txid):
+                    bind_channel(txid)  # and, from now on, its channel
                     previous = self._owners.get(txid)
                     if stream is not None:
                         self._owners[txid] = stream
@@ -287,6 +290,8 @@ class PaymentServer:
 
     async def _broadcast(self, machine: ServerChannel, effect: Broadcast) -> str:
         """Broadcast; on refusal mark the record and return what to tell the client."""
+        if effect.purpose == "contract":
+            bind_channel(effect.tx.txid_hex)  # the connection's channel, before it is claimed
         try:
             await self.wallet.broadcast(effect.tx)
             log.info("broadcast %s %s", effect.purpose, effect.tx.txid_hex)

@@ -38,6 +38,7 @@ from bitcoind_paychan.channel.watch import (
     review,
 )
 from bitcoind_paychan.errors import NodeError, PaychanError, TransactionRejected
+from bitcoind_paychan.logcontext import about_channel
 from bitcoind_paychan.node.bitcoind import AsyncBitcoind
 from bitcoind_paychan.node.monitor import Block, BlockMonitor, ChainEvent
 from bitcoind_paychan.store import ChannelStore
@@ -256,6 +257,7 @@ class ChainWatcher:
         for effect in review(record, state, tip, fee_rate, self.policy):
             await self._carry_out(record, effect)
 
+    @about_channel
     async def _carry_out(self, record: ChannelRecord, effect: Effect) -> None:
         txid = record.contract_txid
         match effect:
