@@ -185,7 +185,7 @@ def _pay(args: argparse.Namespace) -> int:
 
 
 def _dashboard(args: argparse.Namespace) -> int:
-    from bitcoind_paychan.daemon.control import ControlCookie
+    from bitcoind_paychan.daemon.cookie import ControlCookie
     from bitcoind_paychan.daemon.dashboard import login_link
 
     client = _control(args)

@@ -19,6 +19,7 @@ import contextlib
 import itertools
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -51,8 +52,10 @@ class Browser:
                 f"--user-data-dir={self._profile}", "--hide-scrollbars", "about:blank"]
         if os.geteuid() == 0:
             args.insert(1, "--no-sandbox")
+        # Its own process group: Debian's launcher is a script that does not exec, and the
+        # browser's helpers (zygote, renderers, GPU) must go with it.
         self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.DEVNULL)
+                                         stderr=subprocess.DEVNULL, start_new_session=True)
         port_file = self._profile / "DevToolsActivePort"
         deadline = time.monotonic() + 60
         while not (port_file.is_file() and len(port_file.read_text().splitlines()) >= 2):
@@ -75,13 +78,30 @@ class Browser:
         if self._session:
             await self._session.close()
         if self._process:
-            self._process.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._process.pid, signal.SIGTERM)
             try:
                 self._process.wait(10)
             except subprocess.TimeoutExpired:
-                self._process.kill()
+                os.killpg(self._process.pid, signal.SIGKILL)
                 self._process.wait()
+            await self._group_gone(self._process.pid)
         shutil.rmtree(self._profile, ignore_errors=True)
+
+    @staticmethod
+    async def _group_gone(group: int, seconds: float = 10.0) -> None:
+        """Wait until no process of the browser's group is left (SIGKILL after `seconds`)."""
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                os.killpg(group, 0)
+            except ProcessLookupError:
+                return
+            if time.monotonic() > deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(group, signal.SIGKILL)
+                deadline = time.monotonic() + seconds
+            await asyncio.sleep(0.05)
 
     async def _read(self) -> None:
         assert self._socket is not None

@@ -23,15 +23,13 @@ import logging
 from collections.abc import Awaitable, Callable
 from html import escape
 from importlib import resources
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 from urllib.parse import parse_qs
 
 from aiohttp import web
 
+from bitcoind_paychan.daemon.cookie import ControlCookie
 from bitcoind_paychan.daemon.web import read_body
-
-if TYPE_CHECKING:  # control.py imports this module
-    from bitcoind_paychan.daemon.control import ControlCookie
 
 log = logging.getLogger(__name__)
 
