@@ -1,8 +1,9 @@
 """Programs some tests drive, found or installed from Debian's packages on first use.
 
-- `promtool()`: Prometheus' rule tester. On PATH, else cached, else Debian's `promtool` package
-  (split out of `prometheus` in sid) is downloaded with a private apt state (no root needed; the
-  machine's apt is not touched) and its Go binary kept in ~/.cache/bitcoind-paychan/prometheus/.
+- `debian_tree()`: a Debian sid package unpacked into the cache (no root needed; the machine's
+  apt is not touched), once: the harness's `unpack_from_debian`.
+- `promtool()`: Prometheus' rule tester. On PATH, else Debian's `promtool` package (split out of
+  `prometheus` in sid) from `debian_tree()`.
 - `chromium()`: a headless Chromium. On PATH (`chromium-headless-shell`, `chromium`), else, as
   root, Debian's `chromium-headless-shell` is installed with apt-get (CI runs as root); without
   root and without Chromium the test fails and says which package to install.
@@ -13,33 +14,28 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
-from regtest.fetch import FetchError, _Apt, cache_root
+from regtest.fetch import FetchError, cache_root, unpack_from_debian
 
 CHROMIUM_PACKAGES = ("chromium-headless-shell", "fonts-dejavu-core")
 CHROMIUM_NAMES = ("chromium-headless-shell", "chromium")
+
+
+def debian_tree(package: str, cache: str, program: str) -> Path:
+    """The newest tree in the cache's `cache` folder that holds `program` (a path inside it),
+    else Debian sid's `package` unpacked there."""
+    trees = sorted(cache_root().glob(f"{cache}/*/{program}"))
+    if trees:
+        return trees[-1].parents[len(Path(program).parts) - 1]
+    return unpack_from_debian(package, cache, log=False)[0]
 
 
 def promtool() -> Path:
     on_path = shutil.which("promtool")
     if on_path:
         return Path(on_path)
-    root = cache_root() / "prometheus"
-    cached = root / "promtool"
-    if cached.is_file():
-        return cached
-    root.mkdir(parents=True, exist_ok=True)
-    apt = _Apt(root / "apt")
-    apt.run("apt-get", "update")
-    with tempfile.TemporaryDirectory(dir=root) as tmp:
-        apt.run("apt-get", "download", "promtool", cwd=Path(tmp))
-        (deb,) = Path(tmp).glob("promtool_*.deb")
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(Path(tmp) / "tree")], check=True)
-        shutil.copy2(Path(tmp) / "tree/usr/bin/promtool", cached.with_suffix(".tmp"))
-        cached.with_suffix(".tmp").rename(cached)
-    return cached
+    return debian_tree("promtool", "prometheus", "usr/bin/promtool") / "usr/bin/promtool"
 
 
 def chromium() -> Path:

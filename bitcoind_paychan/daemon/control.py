@@ -113,17 +113,20 @@ class DaemonApi(Protocol):
 
     async def getinfo(self) -> dict[str, Any]: ...
 
-    async def listchannels(self, state: str | None) -> list[dict[str, Any]]: ...
+    async def listchannels(self, state: str | None, include_forgotten: bool | None = None
+                           ) -> list[dict[str, Any]]: ...
 
     async def getchannel(self, channel_id: str) -> dict[str, Any]: ...
 
-    async def open(self, server: str, amount: int) -> dict[str, Any]: ...
+    async def open(self, server: str, amount: int, new: bool) -> dict[str, Any]: ...
 
     async def pay(self, target: str, amount: int, info: str | None) -> dict[str, Any]: ...
 
     async def close(self, channel_id: str) -> dict[str, Any]: ...
 
     async def listpayments(self, channel_id: str | None) -> list[dict[str, Any]]: ...
+
+    async def prunehistory(self, before: str) -> dict[str, Any]: ...
 
     async def stop(self) -> dict[str, Any]: ...
 
@@ -132,21 +135,23 @@ class DaemonApi(Protocol):
         ...
 
 
-# -- the cookie ----------------------------------------------------------------------------
-
-
 # -- parameters ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Param:
     name: str
-    kind: str  # "str", "amount"
+    kind: str  # "str", "amount", "flag" (a bool, false when missing)
     required: bool = True
 
     def check(self, method: str, value: Any) -> Any:
         if value is None and not self.required:
-            return None
+            return False if self.kind == "flag" else None
+        if self.kind == "flag":
+            if not isinstance(value, bool):
+                raise LocalProtocolError(f"{method}: {self.name} must be true or false, got "
+                                         f"{json.dumps(value)}")
+            return value
         if self.kind == "amount":
             if isinstance(value, bool) or not isinstance(value, int):
                 raise LocalProtocolError(f"{method}: {self.name} must be a whole number of "
@@ -164,13 +169,16 @@ class Param:
 
 SIGNATURES: dict[str, tuple[Param, ...]] = {
     "getinfo": (),
-    "listchannels": (Param("state", "str", required=False),),
+    "listchannels": (Param("state", "str", required=False),
+                     Param("all", "flag", required=False)),
     "getchannel": (Param("channel_id", "str"),),
-    "open": (Param("server", "str"), Param("amount", "amount")),
+    "open": (Param("server", "str"), Param("amount", "amount"),
+             Param("new", "flag", required=False)),
     "pay": (Param("target", "str"), Param("amount", "amount"),
             Param("info", "str", required=False)),
     "close": (Param("channel_id", "str"),),
     "listpayments": (Param("channel_id", "str", required=False),),
+    "prunehistory": (Param("before", "str"),),
     "stop": (),
 }
 
@@ -240,15 +248,18 @@ def parse_call(body: bytes) -> Any:
 
 class ControlServer:
     """The control API of `api` on `host:port` (loopback only), authenticated by the cookie
-    at `cookie_path`, which exists exactly while the server runs. The same listener serves
-    the dashboard (`daemon/dashboard.py`) behind the same cookie."""
+    at `cookie_path`, which exists exactly while the server runs (with `cookie_mode` and
+    `cookie_group`, see ControlCookie.create). The same listener serves the dashboard
+    (`daemon/dashboard.py`) behind the same cookie."""
 
-    def __init__(self, api: DaemonApi, host: str, port: int, cookie_path: Path | str) -> None:
+    def __init__(self, api: DaemonApi, host: str, port: int, cookie_path: Path | str, *,
+                 cookie_mode: int = 0o600, cookie_group: str | None = None) -> None:
         if not is_loopback(host):
             raise ConfigError(f"control.listen must be a loopback address (127.0.0.1, ::1 or "
                               f"localhost), not {host!r}: the control API moves money")
         self.api = api
         self.cookie_path = Path(cookie_path)
+        self.cookie_mode, self.cookie_group = cookie_mode, cookie_group
         self.cookie: ControlCookie | None = None
         app = web.Application(middlewares=[self._errors_as_json])
         self.dashboard = Dashboard(app, api.dashboard, self._cookie)
@@ -264,7 +275,8 @@ class ControlServer:
         """Listen, then write the cookie (so a failed bind leaves another daemon's be)."""
         self.address = await self.web.start()
         try:
-            self.cookie = ControlCookie.create(self.cookie_path)
+            self.cookie = ControlCookie.create(self.cookie_path, self.cookie_mode,
+                                               self.cookie_group)
         except BaseException:
             await self.web.stop()
             raise

@@ -1,12 +1,13 @@
-"""The control API's credentials: the cookie file the daemon writes at start (mode 0600) and
-`paychan` reads, as bitcoin-cli reads bitcoind's `.cookie`. Kept apart from the server so the
-command line loads no HTTP server to read it."""
+"""The control API's credentials: the cookie file the daemon writes at start (mode 0600, or
+0640 for an operators' group) and `paychan` reads, as bitcoin-cli reads bitcoind's `.cookie`.
+Kept apart from the server so the command line loads no HTTP server to read it."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import contextlib
+import grp
 import hashlib
 import hmac
 import os
@@ -19,6 +20,25 @@ from bitcoind_paychan.errors import ConfigError
 COOKIE_USER = "__cookie__"
 
 
+def _group_id(group: str) -> int:
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ConfigError(f"control.cookie_group: no group named {group!r} on this machine; "
+                          "create it (groupadd) or name an existing one") from None
+
+
+def _set_owner_group(fd: int, gid: int, group: str | None) -> None:
+    if gid == -1:
+        return
+    try:
+        os.fchown(fd, -1, gid)
+    except PermissionError:
+        raise ConfigError(f"control.cookie_group: cannot give the control cookie to group "
+                          f"{group!r}: the daemon's user is not a member of it "
+                          f"(usermod -aG {group} USER)") from None
+
+
 @dataclass(frozen=True)
 class ControlCookie:
     """The control API's credentials, kept in a file only the daemon's user can read."""
@@ -27,10 +47,13 @@ class ControlCookie:
     password: str
 
     @classmethod
-    def create(cls, path: Path | str) -> ControlCookie:
-        """A fresh random cookie, written atomically to `path` with mode 0600."""
+    def create(cls, path: Path | str, mode: int = 0o600,
+               group: str | None = None) -> ControlCookie:
+        """A fresh random cookie, written atomically to `path` with `mode` (0600, or 0640 for
+        an operators' group: `group`, else the daemon's own group)."""
         path = Path(path)
         cookie = cls(COOKIE_USER, secrets.token_hex(32))
+        gid = -1 if group is None else _group_id(group)
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -38,6 +61,8 @@ class ControlCookie:
                 temporary.unlink()
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
+                _set_owner_group(fd, gid, group)
+                os.fchmod(fd, mode)  # whatever the umask
                 with os.fdopen(fd, "w", encoding="ascii") as file:
                     file.write(f"{cookie.user}:{cookie.password}")
                     file.flush()

@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
+import os
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from bitcoind_paychan import __version__
 from bitcoind_paychan.bitcoin.network import Network
+from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.channel.effects import (
     ChannelFinished,
     ChannelOpened,
@@ -27,13 +31,13 @@ from bitcoind_paychan.daemon.config import Config
 from bitcoind_paychan.daemon.control import ControlServer
 from bitcoind_paychan.daemon.logs import Logs
 from bitcoind_paychan.daemon.metrics import MetricsServer, PaychanMetrics
-from bitcoind_paychan.errors import LocalProtocolError, NodeError
+from bitcoind_paychan.errors import ConfigError, LocalProtocolError, NodeError
 from bitcoind_paychan.logcontext import bind_channel, channel_fields
 from bitcoind_paychan.node import AsyncBitcoind, Bitcoind
-from bitcoind_paychan.service.client import Channel, ChannelFailed, PaymentClient
+from bitcoind_paychan.service.client import Channel, ChannelFailed, ChannelGone, PaymentClient
 from bitcoind_paychan.service.server import PaymentServer, ServerEvent
 from bitcoind_paychan.service.watcher import ChannelView
-from bitcoind_paychan.store import SQLiteStore
+from bitcoind_paychan.store import ChannelSummary, SQLiteStore
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +58,7 @@ class Daemon:
         self.client: PaymentClient | None = None
         self.channels: dict[str, Channel] = {}  # the client's live channels
         self.node = Bitcoind(config.node_config())
+        self.store: SQLiteStore | None = None
         self.started = time.time()
         self._stop = asyncio.Event()
         self._busy = 0  # control calls in flight (payments, opens, closes)
@@ -66,30 +71,41 @@ class Daemon:
         logs = Logs(config.logging.level, config.logging.format, config.logging.file,
                     config.logging.levels)
         node = self.node
-        tip = await asyncio.to_thread(node.check)
+        config.store.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # First, like bitcoind's datadir lock: a second daemon on this store stops here,
+        # before it touches the node, a port or the control cookie.
+        self.store = store = SQLiteStore(config.store.path)
+        try:
+            tip = await asyncio.to_thread(node.check)
+        except BaseException:
+            store.close()
+            raise
         log.info("paychan %s on %s; bitcoind at %s, height %s", __version__, config.network,
                  config.bitcoind.url, tip.height)
-        config.store.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        store = SQLiteStore(config.store.path)
         self.build(AsyncBitcoind(node), store)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, logs.reopen)
         control = ControlServer(self, *split_address(config.control.listen),
-                                config.control.cookie_file)
+                                config.control.cookie_file,
+                                cookie_mode=config.control.cookie_mode,
+                                cookie_group=config.control.cookie_group)
         metrics = None
         try:
             if self.server:
-                host, port = await self.server.listen(*split_address(config.server.listen))
+                with _listening("server.listen", config.server.listen):
+                    host, port = await self.server.listen(*split_address(config.server.listen))
                 log.info("server listening on %s:%s", host, port)
             if self.client:
                 await self.client.start()
-            await control.start()
+            with _listening("control.listen", config.control.listen):
+                await control.start()
             if config.metrics.enabled:
                 metrics = MetricsServer(self.metrics, *split_address(config.metrics.listen))
                 self.metrics.collect = self._collect
-                await metrics.start()
+                with _listening("metrics.listen", config.metrics.listen):
+                    await metrics.start()
             log.info("paychan daemon ready (control on %s)", config.control.listen)
             await self._stop.wait()
             log.info("stopping: no new connections; finishing payments in flight")
@@ -223,25 +239,61 @@ class Daemon:
             "activity": self.activity.series(now),
         }
 
-    async def listchannels(self, state: str | None) -> list[dict[str, Any]]:
+    async def listchannels(self, state: str | None, include_forgotten: bool | None = None
+                           ) -> list[dict[str, Any]]:
+        """Stored channels; with `include_forgotten` (`all`), closed and buried ones too."""
         if state is not None and state not in {s.value for s in ChannelStatus}:
             raise LocalProtocolError(f"unknown state {state!r}; one of "
                                      f"{', '.join(s.value for s in ChannelStatus)}")
-        return [asdict(v) for v in self._views() if state is None or v.status == state]
+        rows = [_live(v) for v in self._views()]
+        if include_forgotten:
+            rows += [_forgotten(h) for h in self._history()]
+        return [row for row in rows if state is None or row["status"] == state]
 
     async def getchannel(self, channel_id: str) -> dict[str, Any]:
-        return asdict(self._find(channel_id))
+        found = self._find(channel_id, forgotten=True)
+        return _live(found) if isinstance(found, ChannelView) else _forgotten(found)
 
-    def _find(self, channel_id: str) -> ChannelView:
+    def _history(self) -> list[ChannelSummary]:
+        return self.store.history() if self.store else []
+
+    async def prunehistory(self, before: str) -> dict[str, Any]:
+        """Delete the summaries and payment logs of channels forgotten and closed before
+        `before` (a date, a date and time in UTC, or Unix seconds; not in the future)."""
+        cutoff = _instant(before)
+        if cutoff > time.time():
+            raise LocalProtocolError(f"prunehistory: {before!r} is in the future; give the "
+                                     "date before which closed channels' history may go")
+        assert self.store is not None
+        pruned = await asyncio.to_thread(self.store.prune_history, cutoff)
+        log.info("pruned the history of %d channels closed before %s", pruned, before)
+        return {"pruned": pruned, "before": cutoff}
+
+    @overload
+    def _find(self, channel_id: str) -> ChannelView: ...
+
+    @overload
+    def _find(self, channel_id: str, forgotten: bool) -> ChannelView | ChannelSummary: ...
+
+    def _find(self, channel_id: str, forgotten: bool = False) -> ChannelView | ChannelSummary:
         """A channel by contract txid (or a unique prefix), or the open channel to a
-        configured server. A daemon paying its own server holds both sides of a channel:
-        the client's view stands for it."""
-        found = {v.contract_txid: v for v in self._views()
-                 if v.contract_txid.startswith(channel_id)}  # client views overwrite
+        configured server; if `forgotten` and no stored channel matches, a forgotten one.
+        A daemon paying its own server holds both sides of a channel: the client's view
+        stands for it."""
+        found: dict[str, ChannelView | ChannelSummary] = {
+            v.contract_txid: v for v in self._views()
+            if v.contract_txid.startswith(channel_id)}  # client views overwrite
         if not found and channel_id in self.config.client.servers and self.client:
             address = self.config.client.servers[channel_id]
             found = {v.contract_txid: v for v in self.client.views()
                      if v.peer == address and v.status == "open"}
+        if not found and channel_id in self.config.client.servers:
+            raise LocalProtocolError(f"no open channel to server {channel_id!r}; give a "
+                                     "contract txid to see a closed one")
+        if not found and forgotten:
+            found = {h.contract_txid: h for h in sorted(self._history(), key=lambda h: h.role,
+                                                        reverse=True)  # client's last
+                     if h.contract_txid.startswith(channel_id)}
         if len(found) != 1:
             raise LocalProtocolError(
                 f"no channel {channel_id!r}" if not found else
@@ -262,12 +314,15 @@ class Daemon:
             raise LocalProtocolError("the client role is not enabled (client.enabled)")
         return self.client
 
-    async def open(self, server: str, amount: int) -> dict[str, Any]:
+    async def open(self, server: str, amount: int, new: bool = False) -> dict[str, Any]:
+        """The open channel of `amount` sat to `server`, resumed, or a new one (always a new
+        one with `new`); never one of another value. `resumed` says which."""
         with self._working():
             host, port = split_address(self._server_address(server))
-            channel = await self._client().open(host, port, amount)
+            channel = await self._client().open(host, port, amount, new=new)
             self.channels[channel.contract_txid] = channel
-            return asdict(self._client().watcher.view(channel.record))
+            view = asdict(self._client().watcher.view(channel.record))
+            return view | {"resumed": channel.resumed}
 
     async def pay(self, target: str, amount: int, info: str | None) -> dict[str, Any]:
         with self._working():
@@ -282,7 +337,7 @@ class Daemon:
                 # The connection was lost, but the payment is stored: resuming the channel
                 # sends it again and waits for its acknowledgement.
                 log.info("channel %s lost its connection; resuming", channel.contract_txid)
-                channel = await self._resume(channel)
+                channel = await self._resume(channel.contract_txid)
                 ack = b""
             self.metrics.client.paid(amount, time.perf_counter() - started)
             self.activity.record(amount, received=False)
@@ -290,8 +345,8 @@ class Daemon:
                     "remaining": channel.remaining, "ack_info": ack.decode(errors="replace")}
 
     async def _channel_for(self, target: str) -> Channel:
-        """A live channel by contract txid (prefix), or one to a server (opened or resumed
-        with the configured channel size)."""
+        """A live channel by contract txid (prefix), or the open one to a server (resumed),
+        or a new one of the configured channel size."""
         live = [c for t, c in self.channels.items() if t.startswith(target) and c.connected]
         if len(live) == 1:
             return live[0]
@@ -299,36 +354,54 @@ class Daemon:
         for channel in self.channels.values():
             if channel.connected and channel.machine.peer == address and channel.remaining:
                 return channel
+        client = self._client()
+        for record in client.resumable(address):
+            with contextlib.suppress(ChannelGone):
+                return await self._resume(record.contract_txid)
         host, port = split_address(address)
-        channel = await self._client().open(host, port, self.config.client.channel_size)
+        channel = await client.open(host, port, self.config.client.channel_size, new=True)
         self.channels[channel.contract_txid] = channel
         return channel
 
-    async def _resume(self, channel: Channel) -> Channel:
-        self.channels.pop(channel.contract_txid, None)
-        host, port = split_address(channel.machine.peer)
-        resumed = await self._client().open(host, port, channel.record.value)
-        if resumed.contract_txid != channel.contract_txid:
-            raise LocalProtocolError(f"channel {channel.contract_txid} could not be resumed")
-        self.channels[resumed.contract_txid] = resumed
+    async def _resume(self, contract_txid: str) -> Channel:
+        """Reconnect a stored open channel (never opens another)."""
+        self.channels.pop(contract_txid, None)
+        resumed = await self._client().resume(contract_txid)
+        self.channels[contract_txid] = resumed
         return resumed
 
     async def close(self, channel_id: str) -> dict[str, Any]:
+        """Settle an open channel. Never opens one: a channel that is closing or closed is
+        reported as it is (status and settlement), the same on every call."""
         with self._working():
             view = self._find(channel_id)
             txid = view.contract_txid
+            if view.status != ChannelStatus.OPEN.value:
+                return {"contract_txid": txid, "status": view.status,
+                        "settlement_txid": self._closing_txid(view)}
             if view.role == "server" and self.server is not None:
                 settlement = await self.server.settle(txid)
             else:
                 channel = self.channels.get(txid)
                 if channel is None or not channel.connected:
-                    channel = await self._client().open(*split_address(view.peer), view.value)
+                    channel = await self._resume(txid)
                 settlement = await channel.close()
                 self.channels.pop(txid, None)
-            return {"contract_txid": txid, "settlement_txid": settlement.txid_hex}
+            return {"contract_txid": txid, "status": ChannelStatus.CLOSING.value,
+                    "settlement_txid": settlement.txid_hex}
+
+    def _closing_txid(self, view: ChannelView) -> str | None:
+        """The transaction that closes the channel: seen on chain, else the one we stored."""
+        if view.closing_txid:
+            return view.closing_txid
+        service = self.server if view.role == "server" else self.client
+        record = service.store.get(Role(view.role), view.contract_txid) if service else None
+        if record is None or not record.settlement_tx:
+            return None
+        return Transaction.parse(record.settlement_tx).txid_hex
 
     async def listpayments(self, channel_id: str | None) -> list[dict[str, Any]]:
-        txid = self._find(channel_id).contract_txid if channel_id else None
+        txid = self._find(channel_id, forgotten=True).contract_txid if channel_id else None
         payments: list[dict[str, Any]] = []
         for role, service in ((Role.SERVER, self.server), (Role.CLIENT, self.client)):
             if service is not None:
@@ -348,6 +421,44 @@ class Daemon:
             yield
         finally:
             self._busy -= 1
+
+
+def _live(view: ChannelView) -> dict[str, Any]:
+    return asdict(view) | {"forgotten": False}
+
+
+def _forgotten(summary: ChannelSummary) -> dict[str, Any]:
+    """A forgotten channel's summary, in the keys of a stored channel's view where they fit."""
+    row = asdict(summary)
+    del row["contract_tx"], row["closing_tx"]  # on chain; ask the node for them by txid
+    return row | {"role": summary.role.value, "status": summary.status.value,
+                  "change": summary.value - summary.paid, "deadline": None,
+                  "contract_confirmations": None, "closing_confirmations": None,
+                  "forgotten": True}
+
+
+def _instant(text: str) -> int:
+    """Unix seconds of `2026-01-31`, `2026-01-31T12:00` (UTC unless it says) or `1767225600`."""
+    if text.isdigit():
+        return int(text)
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise LocalProtocolError(f"prunehistory: {text!r} is not a date; give YYYY-MM-DD, "
+                                 "YYYY-MM-DDTHH:MM or Unix seconds") from None
+    return int((when if when.tzinfo else when.replace(tzinfo=dt.UTC)).timestamp())
+
+
+@contextlib.contextmanager
+def _listening(key: str, address: str) -> Iterator[None]:
+    """A port we cannot listen on is a configuration problem: say which key to change."""
+    try:
+        yield
+    except OSError as exc:
+        reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+        raise ConfigError(f"cannot listen on {address} ({key}): {reason}; "
+                          f"another program (another paychan daemon?) may be using it: stop "
+                          f"it or set another {key}") from None
 
 
 def _text(info: bytes) -> str | None:

@@ -94,7 +94,9 @@ class WebServer:
                                keepalive_timeout=self.idle_timeout, max_line_size=MAX_LINE,
                                max_field_size=MAX_LINE, max_headers=MAX_HEADERS)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port, reuse_address=False)
+        # SO_REUSEADDR (asyncio's default): a restart binds again while the last run's
+        # connections linger in TIME_WAIT; a port another program listens on still fails.
+        site = web.TCPSite(runner, self.host, self.port)
         try:
             await site.start()
         except BaseException:

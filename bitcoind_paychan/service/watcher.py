@@ -50,7 +50,10 @@ MAX_BACKOFF = 600.0
 # Channels whose money may still move: each block is folded into these and they are reviewed
 # after it. Final ones (waiting to be buried, then forgotten or discarded) are looked at by the
 # periodic review only, and by a reorg; so rows that need no more work cost nothing per block.
-LIVE = (ChannelStatus.OPEN, ChannelStatus.CLOSING)
+# A client's FAILED channel (given up before it opened) stays live: its contract may still
+# confirm, and then it must be refunded. Strangers cannot create client rows.
+LIVE = {Role.SERVER: (ChannelStatus.OPEN, ChannelStatus.CLOSING),
+        Role.CLIENT: (ChannelStatus.OPEN, ChannelStatus.CLOSING, ChannelStatus.FAILED)}
 
 
 @dataclass(frozen=True)
@@ -219,7 +222,7 @@ class ChainWatcher:
         return self.store.channels(self.role)
 
     def _live(self) -> list[ChannelRecord]:
-        return self.store.channels(self.role, LIVE)
+        return self.store.channels(self.role, LIVE[self.role])
 
     # -- reviews ---------------------------------------------------------------------------
 
@@ -314,7 +317,8 @@ class ChainWatcher:
             case ForgetChannel() | DiscardChannel():
                 if isinstance(effect, ForgetChannel):
                     self.store.forget(self.role, txid)
-                    log.info("channel %s closed and buried: forgotten", txid)
+                    log.info("channel %s closed and buried: forgotten (its summary and "
+                             "payments stay in the history)", txid)
                 else:
                     self.store.discard(self.role, txid)
                     log.info("channel %s never made it on chain: discarded", txid)
