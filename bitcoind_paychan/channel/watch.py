@@ -66,7 +66,10 @@ def contract_inputs(record: ChannelRecord) -> set[OutPoint]:
 
 def apply_block(record: ChannelRecord, state: ChainState, txs: Sequence[Transaction],
                 height: int) -> ChainState:
-    """Fold one connected block into the channel's chain state."""
+    """Fold one connected block into the channel's chain state. The block replaces whatever
+    the state says was confirmed at its height or above (a reorg the watcher did not see,
+    say while it was down after storing the old block's state)."""
+    state = revert_block(state, height)
     contract = record.contract
     funding = contract_inputs(record) if not state.contract_height else set()
     for tx in txs:

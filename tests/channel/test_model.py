@@ -261,3 +261,29 @@ class ChannelModel(RuleBasedStateMachine):
 
 ChannelModel.TestCase.settings = PROFILE
 TestChannelModel = ChannelModel.TestCase
+
+
+# -- failures the model found, replayed step by step (each fixed in its owning module) ------
+
+
+def replay(steps: Callable[[ChannelModel], None]) -> None:
+    model = ChannelModel()
+    steps(model)
+    model.money_is_safe()
+    model.teardown()
+
+
+def test_crash_between_chain_state_and_sync_mark_then_reorg() -> None:
+    """The client crashed after storing the block that confirmed a settlement but before
+    marking the block processed; while it was down a reorg replaced that block. It restarted
+    believing the settlement confirmed (and would have forgotten the channel)."""
+    def steps(m: ChannelModel) -> None:
+        m.open_channel(version=1, window=18000, value=100_000, flow=True)
+        m.client_closes(flow=True)
+        m.crash_soon(side=Role.CLIENT, effects=6)
+        m.open_channel(version=2, window=86340, value=100_000, flow=True)
+        m.mine(blocks=1, step=1, include=True)
+        m.crash_now(side=Role.CLIENT)
+        m.reorg(depth=1, step=1, include=False)
+        m.restart(side=Role.CLIENT)
+    replay(steps)

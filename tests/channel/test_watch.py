@@ -132,6 +132,19 @@ def test_blocks_confirm_the_contract_and_its_spender_and_reorgs_undo_it() -> Non
     assert revert_block(reverted, 101).contract_height == 0
 
 
+def test_a_block_replaces_what_the_state_says_about_its_height_and_above() -> None:
+    """A watcher that crashed after storing a block's chain state but before marking the
+    block processed gets, after a reorg, the new block at that height without ever being told
+    the old one left: the settlement it confirmed must not stay confirmed."""
+    server, _ = records()
+    contract = Transaction.parse(server.contract_tx)
+    state = apply_block(server, apply_block(server, ChainState(), [contract], 101),
+                        [settlement_of(server)], 105)
+    replaced = apply_block(server, state, [], 105)
+    assert replaced.spender_height == 0 and replaced.contract_height == 101
+    assert apply_block(server, state, [], 101).contract_height == 0
+
+
 def test_a_spender_in_the_mempool_is_noticed_but_a_confirmed_one_wins() -> None:
     server, _ = records()
     settlement = settlement_of(server)
