@@ -23,10 +23,10 @@ from tests.channel.model.checks import PAYOUT
 from tests.channel.model.world import SERVER_POLICY, Connection, Crash, Process, World
 
 settings.register_profile(
-    "quick", max_examples=40, stateful_step_count=40, deadline=None, database=None,
+    "quick", max_examples=150, stateful_step_count=50, deadline=None, database=None,
     derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile(
-    "deep", max_examples=10_000, stateful_step_count=60, deadline=None, database=None,
+    "deep", max_examples=10_000, stateful_step_count=80, deadline=None, database=None,
     suppress_health_check=[HealthCheck.too_slow])
 PROFILE = settings.get_profile(os.environ.get("HYPOTHESIS_PROFILE", "quick"))
 

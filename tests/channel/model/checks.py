@@ -64,6 +64,7 @@ class Checks:
         self.client_change: dict[str, int] = {}  # lowest change each client record has shown
         self.stranger_close_honoured = False
         self.stranger_displaced_owner = False
+        self.store_refusals: list[str] = []  # writes a store refused (the adapter gave up)
 
     # -- at the moment of acting -----------------------------------------------------------
 

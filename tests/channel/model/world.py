@@ -43,7 +43,7 @@ from bitcoind_paychan.channel.watch import (
     revert_block,
     review,
 )
-from bitcoind_paychan.errors import ErrorCode, LocalProtocolError
+from bitcoind_paychan.errors import ErrorCode, LocalProtocolError, StoreError
 from bitcoind_paychan.store import MemoryStore
 from bitcoind_paychan.wire import decode_message, encode_message, pb
 from tests.channel.model import glue
@@ -187,19 +187,26 @@ class Process:
     def settle_stored(self, txid: str) -> None:
         raise NotImplementedError
 
-    def in_order(self, queue: list[Effect]) -> Iterator[Effect]:
+    def in_order(self, queue: list[Effect], conn: Connection | None) -> Iterator[Effect]:
         """Take effects off `queue` (which the caller may extend) one by one, crashing
-        before any of them if so armed; carries out the stores itself."""
+        before any of them if so armed; carries out the stores itself. A store that refuses
+        ends the connection, as an exception in the service's adapters does."""
         while queue:
             effect = queue.pop(0)
             self.tick()
-            if isinstance(effect, StoreChannel):
-                self.world.register(effect.record)
-                self.store.put(effect.record)
-            elif isinstance(effect, StorePayment):
-                self.store.record_payment(effect.record, effect.amount, effect.info)
-            else:
-                yield effect
+            try:
+                if isinstance(effect, StoreChannel):
+                    self.world.register(effect.record)
+                    self.store.put(effect.record)
+                elif isinstance(effect, StorePayment):
+                    self.store.record_payment(effect.record, effect.amount, effect.info)
+                else:
+                    yield effect
+            except StoreError as exc:
+                self.world.checks.store_refusals.append(str(exc))
+                if conn is not None:
+                    self.world.close_end(conn, self.role)
+                return
 
     def crashed(self) -> None:
         self.up = False
@@ -264,7 +271,7 @@ class ServerProcess(Process):
             effects: list[Effect]) -> None:
         """Carry out effects in order, as PaymentServer._carry_out does."""
         queue = list(effects)
-        for effect in self.in_order(queue):
+        for effect in self.in_order(queue, conn):
             match effect:
                 case Broadcast(tx, purpose):
                     self.world.checks.broadcast(Role.SERVER, machine.record, tx, purpose)
@@ -362,7 +369,7 @@ class ClientProcess(Process):
         """Carry out effects in order, as the service's Channel._run does."""
         queue = list(effects)
         machine = conn.client
-        for effect in self.in_order(queue):
+        for effect in self.in_order(queue, conn):
             match effect:
                 case FundContract(script, value):
                     if not self.node_up:  # the wallet cannot fund: give up, nothing stored
