@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable
 from functools import partial
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -28,7 +29,10 @@ settings.register_profile(
 settings.register_profile(
     "deep", max_examples=10_000, stateful_step_count=80, deadline=None, database=None,
     suppress_health_check=[HealthCheck.too_slow])
-PROFILE = settings.get_profile(os.environ.get("HYPOTHESIS_PROFILE", "quick"))
+PROFILE_NAME = os.environ.get("HYPOTHESIS_PROFILE", "quick")
+PROFILE = settings.get_profile(PROFILE_NAME)
+if PROFILE_NAME == "deep":
+    pytestmark = pytest.mark.timeout(0)  # the deep search takes as long as it takes
 
 HOUR = 3600
 sides = st.sampled_from([Role.CLIENT, Role.SERVER])
