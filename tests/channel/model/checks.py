@@ -65,6 +65,7 @@ class Checks:
         self.stranger_close_honoured = False
         self.stranger_displaced_owner = False
         self.store_refusals: list[str] = []  # writes a store refused (the adapter gave up)
+        self.forgotten: set[str] = set()  # channels forgotten once their closing tx was buried
 
     # -- at the moment of acting -----------------------------------------------------------
 
@@ -139,6 +140,7 @@ class Checks:
         depth = chain.depth(spent[1]) if spent else 0
         require(depth >= WATCH_POLICY.forget_depth,
                 f"{role} forgets {txid} while its closing tx is {depth} deep")
+        self.forgotten.add(txid)
 
     # -- after every step ------------------------------------------------------------------
 
@@ -175,6 +177,8 @@ class Checks:
                 continue
             txid = contract.txid
             server, client = servers.get(txid), clients.get(txid)
+            if server is None and client is None and txid in self.forgotten:
+                continue  # a reorg as deep as forget_depth undid a closing tx both buried
             if client is not None:
                 require(refund_valid(client), f"client's refund of {txid} is invalid")
             require((server is not None and settlement_valid(server)) or client is not None,
