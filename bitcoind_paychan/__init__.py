@@ -1,11 +1,16 @@
 """bitcoind-paychan: unidirectional (Spilman) payment channels beside a bitcoind."""
 
 from bitcoind_paychan.bitcoin.network import Network
+from bitcoind_paychan.channel.client import ClientPolicy
+from bitcoind_paychan.channel.fees import FeePolicy
+from bitcoind_paychan.channel.server import ServerPolicy
+from bitcoind_paychan.channel.watch import WatchPolicy
 from bitcoind_paychan.node import AsyncBitcoind, Bitcoind, NodeConfig
 from bitcoind_paychan.service.client import Channel, PaymentClient
 from bitcoind_paychan.service.server import PaymentServer
 from bitcoind_paychan.store import SQLiteStore
 
 __version__ = "0.1.0"
-__all__ = ["AsyncBitcoind", "Bitcoind", "Channel", "Network", "NodeConfig", "PaymentClient",
-           "PaymentServer", "SQLiteStore"]
+__all__ = ["AsyncBitcoind", "Bitcoind", "Channel", "ClientPolicy", "FeePolicy", "Network",
+           "NodeConfig", "PaymentClient", "PaymentServer", "SQLiteStore", "ServerPolicy",
+           "WatchPolicy"]

@@ -1,18 +1,103 @@
 """The `paychan` command: the daemon, the regtest demo, and a bitcoin-cli-like client of the
-daemon's control API."""
+daemon's control API.
+
+Exit status: 0 success; 1 the daemon answered with an error (its code is in the message, and
+in `--json` errors), or another failure; 2 usage or configuration error; 3 the daemon cannot
+be reached (not running, no or wrong cookie, no answer in time); 130 interrupted; 141 the
+reader of the output went away (as a process killed by SIGPIPE).
+"""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import difflib
 import json
+import os
+import re
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 from bitcoind_paychan import __version__
-from bitcoind_paychan.errors import PaychanError
+from bitcoind_paychan.channel.records import ChannelStatus
+from bitcoind_paychan.errors import ConfigError, PaychanError
+
+EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED, EXIT_PIPE = 1, 2, 3, 130, 141
+USAGE_ERROR = -1000  # the code of a usage or configuration error in `--json` errors
+MISC_ERROR = -1  # any other local failure
+
+
+class UsageError(Exception):
+    """The command line is wrong; `usage` is the (sub)command's usage line."""
+
+    def __init__(self, message: str, usage: str) -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError (main prints it, as JSON with --json) and suggests
+    the closest command or option for a typo."""
+
+    def error(self, message: str) -> NoReturn:
+        hint = _suggestion(self, message)
+        command = re.match(r"argument COMMAND: invalid choice: ('[^']*')", message)
+        if command:  # argparse lists every command here; --help does that better
+            message = f"unknown command {command.group(1)}"
+            hint = hint or f"; `{self.prog} --help` lists the commands"
+        raise UsageError(message + hint, self.format_usage().strip())
+
+
+def _suggestion(parser: argparse.ArgumentParser, message: str) -> str:
+    choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+    if choice:
+        return _did_you_mean(choice.group(1), re.findall(r"'([^']*)'", choice.group(2)))
+    return ""
+
+
+def _did_you_mean(word: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, known, n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _options(parser: argparse.ArgumentParser) -> set[str]:
+    """Every option string of `parser` and its subcommands."""
+    found: set[str] = set()
+    for action in parser._actions:
+        found.update(o for o in action.option_strings if o.startswith("--"))
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found |= _options(sub)
+    return found
+
+
+def _check_options(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """Refuse an unknown --option first: argparse would take the word after it for the
+    command (`--confg FILE getinfo` → "unknown command FILE")."""
+    known = _options(parser)
+    for word in argv:
+        if word == "--":
+            return
+        option = word.partition("=")[0]
+        if option.startswith("--") and option not in known:
+            raise UsageError(f"unknown option {option!r}{_did_you_mean(option, sorted(known))}",
+                             parser.format_usage().strip())
+
+
+def _positive(text: str) -> int:
+    """argparse type: a whole number ≥ 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, got {value}")
+    return value
+
+
+# -- commands that run here ------------------------------------------------------------------
 
 
 def _bitcoind(args: argparse.Namespace) -> int:
@@ -30,20 +115,27 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _daemon(args: argparse.Namespace) -> int:
-    from bitcoind_paychan.daemon.config import load_config
+    from bitcoind_paychan.daemon.config import find_config, load_config
     from bitcoind_paychan.daemon.daemon import run_daemon
 
-    return run_daemon(load_config(args.config, check_files=True))
+    return run_daemon(load_config(find_config(args.config), check_files=True))
+
+
+def _completion(args: argparse.Namespace) -> int:
+    from bitcoind_paychan.completion import script
+
+    print(script(parser(), args.shell), end="")
+    return 0
 
 
 # -- control API commands ------------------------------------------------------------------
 
 
 def _control(args: argparse.Namespace) -> Any:
-    from bitcoind_paychan.daemon.config import load_config
+    from bitcoind_paychan.daemon.config import find_config, load_config
     from bitcoind_paychan.daemon.rpcclient import ControlClient
 
-    config = load_config(args.config)
+    config = load_config(find_config(args.config))
     client = ControlClient(f"http://{config.control.listen}", config.control.cookie_file,
                            timeout=args.timeout)
     if args.wait:
@@ -98,10 +190,15 @@ def _close(args: argparse.Namespace) -> int:
     return _call("close", "channel")(args)
 
 
+# -- output ------------------------------------------------------------------------------------
+
+
 def show(method: str, result: Any, as_json: bool) -> None:
-    """JSON for programs; tables and key: value lines for people."""
+    """JSON for programs; tables and key: value lines for people. Txids are always whole."""
     if as_json:
         print(json.dumps(result, indent=2))
+    elif method == "stop":
+        print("paychan daemon stopping")
     elif method == "listchannels":
         print(_table(result, [("role", "role"), ("contract", "contract_txid"),
                               ("status", "status"), ("value", "value"), ("paid", "paid"),
@@ -117,17 +214,22 @@ def show(method: str, result: Any, as_json: bool) -> None:
         for key, value in result.items():
             print(f"{key:<{width}}  {_cell(key, value)}")
     else:
-        print(result)
+        print(_cell("", result))
 
 
 def _cell(key: str, value: Any) -> str:
+    """One value as people read it: no Python reprs."""
     if value is None:
         return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if key in ("deadline", "expiry") and isinstance(value, int):
         return dt.datetime.fromtimestamp(value, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    if key.endswith("txid") and isinstance(value, str) and len(value) == 64:
-        return value[:16] + "…"
-    return str(value) if not isinstance(value, dict) else json.dumps(value)
+    if isinstance(value, list):
+        return ", ".join(_cell("", v) for v in value) or "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_cell(k, v)}" for k, v in value.items()) or "-"
+    return str(value)
 
 
 def _table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
@@ -138,27 +240,49 @@ def _table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
               enumerate(columns)]
     lines = ["  ".join(t.ljust(w) for (t, _), w in zip(columns, widths, strict=True))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def fail(code: int, message: str, as_json: bool, status: int, usage: str = "") -> int:
+    """Report an error on stderr (JSON `{code, message}` with --json); returns `status`.
+    People see the code of the daemon's errors only (status 1)."""
+    if as_json:
+        print(json.dumps({"code": code, "message": message}), file=sys.stderr)
+        return status
+    if usage:
+        print(usage, file=sys.stderr)
+    print(f"error: {message}" + (f" (code {code})" if status == EXIT_ERROR and code != MISC_ERROR
+                                 else ""), file=sys.stderr)
+    return status
+
+
+# -- the parser ---------------------------------------------------------------------------------
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="paychan", description=__doc__)
+    top = Parser(prog="paychan", description=__doc__.split("\n\n")[0],
+                 epilog="Configuration: --config FILE, else $PAYCHAN_CONF, else "
+                        "~/.config/paychan/paychan.yaml, else /etc/paychan/paychan.yaml, "
+                        "else regtest defaults. Exit status: 0 ok, 1 error (the daemon's "
+                        "code in the message), 2 usage, 3 daemon unreachable.")
     top.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    top.add_argument("--config", help="the daemon's YAML configuration (default: regtest)")
-    top.add_argument("--json", action="store_true", help="print JSON")
-    top.add_argument("--timeout", type=float, default=300.0, help="control call timeout (s)")
+    top.add_argument("--config", metavar="FILE", help="the daemon's YAML configuration")
+    top.add_argument("--json", action="store_true", help="print JSON (errors too)")
+    top.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
+                     help="control call timeout (300)")
     top.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                      help="wait up to SECONDS for the daemon to start answering")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, run: Callable[[argparse.Namespace], int], help: str
                 ) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help)
+        sub = commands.add_parser(name, help=help, description=help)
         sub.set_defaults(run=run)
         # Also accepted after the command (`paychan daemon --config FILE`).
-        sub.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        sub.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                         help=argparse.SUPPRESS)
         sub.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                         help="print JSON")
+                         help="print JSON (errors too)")
         return sub
 
     command("bitcoind", _bitcoind, "find or fetch a regtest bitcoind; print paths")
@@ -167,39 +291,62 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--version", type=int, choices=(1, 2, 3), default=3,
                       help="channel version (3: P2WSH CLTV, the default; 2: bitcoinj's CLTV; "
                       "1: bitcoinj's 2013 multisig+refund)")
-    demo.add_argument("--payments", type=int, default=100, help="how many payments (100)")
-    demo.add_argument("--amount", type=int, default=1_000, help="sat per payment (1000)")
+    demo.add_argument("--payments", type=_positive, default=100, help="how many payments (100)")
+    demo.add_argument("--amount", type=_positive, default=1_000, help="sat per payment (1000)")
     command("daemon", _daemon, "run the server and/or client roles (see --config)")
-    command("getinfo", _call("getinfo"), "the daemon's version, network, height, channels")
+    command("getinfo", _call("getinfo"),
+            "the daemon's version, network, node state, height, channels")
     listing = command("listchannels", _call("listchannels", "state"), "channels, by state")
-    listing.add_argument("state", nargs="?", help="open, closing, settled, refunded, failed")
+    states = [s.value for s in ChannelStatus]
+    listing.add_argument("state", nargs="?", choices=states, help=", ".join(states))
     command("getchannel", _call("getchannel", "channel"), "one channel").add_argument(
         "channel", help="contract txid (or a unique prefix)")
     opening = command("open", _call("open", "server", "amount"), "open a channel")
     opening.add_argument("server", help="a configured server's name, or host:port")
-    opening.add_argument("amount", type=int, help="channel value in sat")
+    opening.add_argument("amount", type=_positive, help="channel value in sat")
     paying = command("pay", _pay, "pay through a channel (opened or resumed as needed)")
     paying.add_argument("target", help="a server's name or host:port, or a contract txid")
-    paying.add_argument("amount", type=int, help="sat")
+    paying.add_argument("amount", type=_positive, help="sat")
     paying.add_argument("info", nargs="?", help="text sent along with the payment")
-    paying.add_argument("--repeat", type=int, default=1, help="stream this many payments")
+    paying.add_argument("--repeat", type=_positive, default=1, metavar="N",
+                        help="stream N payments (≥ 1)")
     command("close", _close, "settle a channel").add_argument(
         "channel", help="contract txid (or a unique prefix), or a server's name")
     payments = command("listpayments", _call("listpayments", "channel"), "payments made")
-    payments.add_argument("channel", nargs="?")
+    payments.add_argument("channel", nargs="?", help="contract txid (or a unique prefix)")
     command("stop", _call("stop"), "stop the daemon gracefully")
+    command("completion", _completion, "print a shell completion script").add_argument(
+        "shell", choices=("bash", "zsh"), help="eval \"$(paychan completion bash)\"")
     return top
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None) -> int:
+    from bitcoind_paychan.daemon.rpcclient import LOCAL_CODES, ControlError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    as_json = "--json" in argv
     try:
+        top = parser()
+        _check_options(top, argv)
+        args = top.parse_args(argv)
         return int(args.run(args))
+    except UsageError as exc:
+        return fail(USAGE_ERROR, str(exc), as_json, EXIT_USAGE, exc.usage)
+    except ControlError as exc:
+        status = EXIT_UNREACHABLE if exc.code in LOCAL_CODES else EXIT_ERROR
+        return fail(exc.code, exc.message, as_json, status)
+    except ConfigError as exc:
+        return fail(USAGE_ERROR, str(exc), as_json, EXIT_USAGE)
     except PaychanError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return fail(MISC_ERROR, str(exc), as_json, EXIT_ERROR)
+    except BrokenPipeError:
+        # The reader went away (`paychan ... | head`): no traceback, and no second error when
+        # Python flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_PIPE
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

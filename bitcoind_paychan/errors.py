@@ -31,6 +31,16 @@ class ConfigError(PaychanError):
     """The configuration is wrong; the message names the file, the key and what was expected."""
 
 
+class PolicyError(ConfigError):
+    """A policy object got a value it cannot work with; `field` names it, and the message
+    says what was found and what was expected (the configuration adds the key path)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.detail = message
+
+
 class DecodeError(PaychanError, ValueError):
     """Bytes that should hold a transaction, script, key, signature or message do not."""
 

@@ -316,8 +316,11 @@ class RegtestNode:
         return str(self.wallet_rpc("getnewaddress"))
 
     def mine(self, blocks: int = 1, address: str | None = None) -> list[str]:
-        """Mine `blocks` blocks to `address` (default: this node's wallet)."""
-        return list(self.rpc("generatetoaddress", blocks, address or self.new_address()))
+        """Mine `blocks` blocks to `address` (default: this node's wallet); returns once the
+        node's wallets have seen them (fundrawtransaction does not wait for that itself)."""
+        hashes = list(self.rpc("generatetoaddress", blocks, address or self.new_address()))
+        self.rpc("syncwithvalidationinterfacequeue")
+        return hashes
 
     def mature(self) -> None:
         """Mine until the wallet has a spendable coinbase."""
@@ -327,7 +330,9 @@ class RegtestNode:
 
     def mine_tx(self, raw_tx_hex: str) -> str:
         """Mine one block holding exactly `raw_tx_hex` (even if the mempool would refuse it)."""
-        return str(self.rpc("generateblock", self.new_address(), [raw_tx_hex])["hash"])
+        block = str(self.rpc("generateblock", self.new_address(), [raw_tx_hex])["hash"])
+        self.rpc("syncwithvalidationinterfacequeue")
+        return block
 
     def set_mocktime(self, timestamp: int) -> None:
         self.rpc("setmocktime", timestamp)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bitcoind_paychan.node import Bitcoind, NodeConfig
-from regtest.node import RegtestNode, regtest_nodes
+from regtest.node import RegtestNode, free_port, regtest_nodes
 
 
 @pytest.fixture
@@ -40,3 +42,19 @@ def config_for(node: RegtestNode, **overrides: object) -> NodeConfig:
 def bitcoind(node: RegtestNode) -> Bitcoind:
     """The node adapter attached to `node`."""
     return Bitcoind(config_for(node))
+
+
+def self_paying_daemon(node: RegtestNode, tmp: Path) -> dict[str, Any]:
+    """A daemon configuration beside `node` with both roles, its own server named `self`,
+    its store, cookie and log file in `tmp`."""
+    port = free_port()
+    return {
+        "bitcoind": {"url": node.rpc_url, "cookie_file": str(node.cookie_path),
+                     "wallet": node.wallet, "poll_interval": 0.2},
+        "server": {"enabled": True, "listen": f"127.0.0.1:{port}"},
+        "client": {"enabled": True, "servers": {"self": f"127.0.0.1:{port}"}},
+        "store": {"path": str(tmp / "channels.db")},
+        "control": {"listen": f"127.0.0.1:{free_port()}",
+                    "cookie_file": str(tmp / "control.cookie")},
+        "logging": {"file": str(tmp / "daemon.log")},
+    }

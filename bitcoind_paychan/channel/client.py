@@ -40,6 +40,7 @@ from bitcoind_paychan.errors import (
     DecodeError,
     ErrorCode,
     LocalProtocolError,
+    PolicyError,
     RemoteProtocolError,
 )
 from bitcoind_paychan.wire import error_code, pb
@@ -52,9 +53,14 @@ EXPIRY_SLACK = 60  # seconds of clock difference tolerated on the server's expir
 class ClientPolicy:
     """What the client wants: the channel's value and what it accepts from a server."""
 
-    value: int
+    value: int = 1_000_000
     time_window: int = DEFAULT_TIME_WINDOW
     max_min_payment: int = 10_000
+
+    def __post_init__(self) -> None:
+        for name in ("value", "time_window", "max_min_payment"):
+            if getattr(self, name) < 1:
+                raise PolicyError(name, f"found {getattr(self, name)}, expected an integer ≥ 1")
 
 
 class ClientState(enum.Enum):
@@ -191,8 +197,9 @@ class ClientChannel(ProtocolMachine):
                 f"window {self.policy.time_window} s)", ErrorCode.TIME_WINDOW_UNACCEPTABLE)
         if body.min_accepted_channel_size > self.policy.value:
             raise RemoteProtocolError(
-                f"server wants at least {body.min_accepted_channel_size} sat; we offer "
-                f"{self.policy.value}", ErrorCode.CHANNEL_VALUE_TOO_LARGE, self.policy.value)
+                f"the channel is too small: {self.policy.value} sat, and the server accepts "
+                f"channels of at least {body.min_accepted_channel_size} sat; open a larger one",
+                ErrorCode.CHANNEL_VALUE_TOO_LARGE, self.policy.value)
         if body.min_payment > self.policy.max_min_payment or body.min_payment >= self.policy.value:
             raise RemoteProtocolError(
                 f"server's minimum payment {body.min_payment} is above our limit "

@@ -43,6 +43,7 @@ from bitcoind_paychan.errors import (
     DecodeError,
     ErrorCode,
     LocalProtocolError,
+    PolicyError,
     RemoteProtocolError,
 )
 from bitcoind_paychan.wire import pb
@@ -63,13 +64,19 @@ class ServerPolicy:
     require_segwit_funding_from: int = 3  # from this major on, contracts must spend segwit coins
 
     def __post_init__(self) -> None:
+        for name in ("min_channel_size", "min_payment"):
+            if getattr(self, name) < 1:
+                raise PolicyError(name, f"found {getattr(self, name)}, expected an integer ≥ 1")
+        if self.min_channel_size <= self.min_payment:
+            raise PolicyError("min_payment", f"found {self.min_payment}, expected less than "
+                                             f"min_channel_size ({self.min_channel_size})")
         if self.min_time_window <= SETTLEMENT_MARGIN:
-            raise LocalProtocolError(
-                f"min_time_window must exceed the {SETTLEMENT_MARGIN} s settlement margin")
+            raise PolicyError("min_time_window", f"found {self.min_time_window}, expected more "
+                                                 f"than {SETTLEMENT_MARGIN} s (the server "
+                                                 "settles that long before expiry)")
         if self.max_time_window < self.min_time_window:
-            raise LocalProtocolError("max_time_window is below min_time_window")
-        if self.min_payment <= 0 or self.min_channel_size <= self.min_payment:
-            raise LocalProtocolError("need 0 < min_payment < min_channel_size")
+            raise PolicyError("max_time_window", f"found {self.max_time_window}, expected at "
+                                                 f"least min_time_window ({self.min_time_window})")
 
 
 class ServerState(enum.Enum):

@@ -13,7 +13,7 @@ for the refund's validity (what nLockTime is checked against).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from bitcoind_paychan.bitcoin.tx import OutPoint, Transaction
 from bitcoind_paychan.channel.chainstate import ChainState
@@ -27,9 +27,10 @@ from bitcoind_paychan.channel.effects import (
     SettleChannel,
     StoreChainState,
 )
+from bitcoind_paychan.channel.fees import FeePolicy
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.channel.server import SETTLEMENT_MARGIN
-from bitcoind_paychan.errors import LocalProtocolError
+from bitcoind_paychan.errors import PolicyError
 
 BLOCK_INTERVAL = 600
 
@@ -43,21 +44,25 @@ class Tip:
 
 @dataclass(frozen=True)
 class WatchPolicy:
-    """When to act. `settle_margin` is how long before the expiry (by block time) the server
-    settles: at least two hours, and at least twice the time the fee target allows."""
+    """When to act and what to pay. `settle_margin` is how long before the expiry (by block
+    time) the server settles: 0 derives it, at least two hours and at least twice the time
+    the fee target allows."""
 
-    fee_target: int = 6
-    settle_margin: int = 0  # 0: derived from fee_target
+    settle_margin: int = 0  # 0: derived from fees.target
     forget_depth: int = 6
     bump_after_blocks: int = 2
-    max_fee_rate: int = 200_000  # sat/kvB: never pay more than this, whatever the estimate
+    fees: FeePolicy = field(default_factory=FeePolicy)
 
     def __post_init__(self) -> None:
         if not self.settle_margin:
-            margin = max(SETTLEMENT_MARGIN, 2 * self.fee_target * BLOCK_INTERVAL)
+            margin = max(SETTLEMENT_MARGIN, 2 * self.fees.target * BLOCK_INTERVAL)
             object.__setattr__(self, "settle_margin", margin)
-        if self.forget_depth < 1:
-            raise LocalProtocolError("forget_depth must be at least 1")
+        if self.settle_margin < SETTLEMENT_MARGIN:
+            raise PolicyError("settle_margin", f"found {self.settle_margin}, expected an "
+                                               f"integer ≥ {SETTLEMENT_MARGIN} (seconds)")
+        for name in ("forget_depth", "bump_after_blocks"):
+            if getattr(self, name) < 1:
+                raise PolicyError(name, f"found {getattr(self, name)}, expected an integer ≥ 1")
 
 
 def contract_inputs(record: ChannelRecord) -> set[OutPoint]:
@@ -121,7 +126,7 @@ def review(record: ChannelRecord, state: ChainState, tip: Tip, fee_rate: int,
            policy: WatchPolicy) -> list[Effect]:
     """What to do about one stored channel now."""
     txid, contract = record.contract_txid, record.contract
-    fee_rate = min(fee_rate, policy.max_fee_rate)
+    fee_rate = policy.fees.rate(fee_rate)
     if state.conflict_height and not state.contract_height:
         return _finish(record, state, tip, policy, ChannelStatus.FAILED, None)
     if state.spender:

@@ -21,7 +21,7 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
@@ -29,15 +29,16 @@ import yaml
 from bitcoind_paychan.bitcoin.address import address_to_script
 from bitcoind_paychan.bitcoin.network import Network
 from bitcoind_paychan.channel.client import ClientPolicy
-from bitcoind_paychan.channel.server import SETTLEMENT_MARGIN, ServerPolicy
-from bitcoind_paychan.channel.watch import BLOCK_INTERVAL, WatchPolicy
-from bitcoind_paychan.errors import ConfigError, DecodeError
+from bitcoind_paychan.channel.fees import FeePolicy
+from bitcoind_paychan.channel.server import ServerPolicy
+from bitcoind_paychan.channel.watch import WatchPolicy
+from bitcoind_paychan.errors import ConfigError, DecodeError, PolicyError
 from bitcoind_paychan.node.config import CHAINS, DEFAULT_RPC_PORTS, NodeConfig
 
 LEVELS = ("debug", "info", "warning", "error")
 FORMATS = ("human", "json")
-MAX_FEE_TARGET = 1008  # estimatesmartfee's horizon, in blocks
 BITCOIN_SUBDIRS = {"main": "", "test": "testnet3"}  # others: the chain's name
+_P = TypeVar("_P")
 _ENV = re.compile(r"\$\{([^}]*)\}")
 _ZMQ = re.compile(r"^(tcp://(\[[0-9A-Fa-f:.]+\]|[^:/\s\[\]]+):\d+|ipc://\S+)$")
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
@@ -45,6 +46,8 @@ _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
 
 
 # -- the schema ------------------------------------------------------------------------------
+# What was read, section by section. Each default is written once: a policy key's in its policy
+# dataclass (bitcoind_paychan.channel), any other key's where it is read (below).
 
 
 @dataclass(frozen=True)
@@ -53,36 +56,35 @@ class BitcoindConfig:
 
     url: str
     cookie_file: Path | None
-    user: str | None = None
-    password: str | None = field(default=None, repr=False)
-    wallet: str | None = "paychan"
-    zmq: str | None = None
-    poll_interval: float = 5.0
+    user: str | None
+    password: str | None = field(repr=False)
+    wallet: str | None
+    zmq: str | None
+    poll_interval: float
 
 
 @dataclass(frozen=True)
 class ServerConfig:
     """The server role: where it listens and what channels it accepts."""
 
-    enabled: bool = False
-    listen: str = "127.0.0.1:4242"
-    min_channel_size: int = 100_000
-    min_payment: int = 1_000
-    min_time_window: int = 4 * 3600
-    max_time_window: int = 7 * 24 * 3600
-    min_confirmations: int = 0  # resolved at load: 0 on regtest, 1 elsewhere when not given
-    payout_address: str | None = None  # None: a fresh address of bitcoind.wallet per settlement
+    enabled: bool
+    listen: str
+    min_confirmations: int  # resolved at load: 0 on regtest, 1 elsewhere when not given
+    payout_address: str | None  # None: a fresh address of bitcoind.wallet per settlement
+    policy: ServerPolicy
 
 
 @dataclass(frozen=True)
 class ClientConfig:
     """The client role: the servers it pays (name → host:port) and the channels it opens."""
 
-    enabled: bool = False
-    servers: dict[str, str] = field(default_factory=dict)
-    channel_size: int = 1_000_000
-    time_window: int = 24 * 3600 - 60
-    max_min_payment: int = 10_000
+    enabled: bool
+    servers: dict[str, str]
+    policy: ClientPolicy
+
+    @property
+    def channel_size(self) -> int:
+        return self.policy.value
 
 
 @dataclass(frozen=True)
@@ -92,36 +94,17 @@ class StoreConfig:
 
 @dataclass(frozen=True)
 class SchedulerConfig:
-    """The autopilot. `settle_margin` is resolved at load (see `default_settle_margin`)."""
+    """The autopilot: how often it reviews, and its policy (which holds the fee policy)."""
 
-    settle_margin: int = SETTLEMENT_MARGIN
-    forget_depth: int = 6
-    bump_after_blocks: int = 2
-    review_interval: float = 60.0
-
-
-@dataclass(frozen=True)
-class FeesConfig:
-    """Fee estimation target (blocks) and the floor and cap on the rate, in sat/vB."""
-
-    target: int = 6
-    min_rate: int = 1
-    max_rate: int = 200
-
-    @property
-    def min_rate_kvb(self) -> int:
-        return self.min_rate * 1000
-
-    @property
-    def max_rate_kvb(self) -> int:
-        return self.max_rate * 1000
+    review_interval: float
+    policy: WatchPolicy
 
 
 @dataclass(frozen=True)
 class LoggingConfig:
-    level: str = "info"
-    format: str = "human"
-    file: Path | None = None  # None: stderr
+    level: str
+    format: str
+    file: Path | None  # None: stderr
 
 
 @dataclass(frozen=True)
@@ -134,8 +117,8 @@ class ControlConfig:
 
 @dataclass(frozen=True)
 class MetricsConfig:
-    enabled: bool = False
-    listen: str = "127.0.0.1:9451"
+    enabled: bool
+    listen: str
 
 
 @dataclass(frozen=True)
@@ -148,7 +131,7 @@ class Config:
     client: ClientConfig
     store: StoreConfig
     scheduler: SchedulerConfig
-    fees: FeesConfig
+    fees: FeePolicy
     logging: LoggingConfig
     control: ControlConfig
     metrics: MetricsConfig
@@ -166,10 +149,7 @@ class Config:
         return address_to_script(self.server.payout_address, Network.from_chain(self.network))
 
     def server_policy(self) -> ServerPolicy:
-        s = self.server
-        return ServerPolicy(min_channel_size=s.min_channel_size, min_payment=s.min_payment,
-                            min_time_window=s.min_time_window,
-                            max_time_window=s.max_time_window)
+        return self.server.policy
 
     def client_policy(self, server_name: str) -> ClientPolicy:
         """The policy for channels to `server_name` (a configured name, or a host:port)."""
@@ -178,27 +158,36 @@ class Config:
             known = ", ".join(sorted(c.servers)) or "none"
             raise ConfigError(f"{_label(self.source)}: client.servers: no server named "
                               f"{server_name!r}; expected one of: {known}")
-        return ClientPolicy(value=c.channel_size, time_window=c.time_window,
-                            max_min_payment=c.max_min_payment)
+        return c.policy
 
     def watch_policy(self) -> WatchPolicy:
-        s, f = self.scheduler, self.fees
-        return WatchPolicy(fee_target=f.target, settle_margin=s.settle_margin,
-                           forget_depth=s.forget_depth, bump_after_blocks=s.bump_after_blocks,
-                           max_fee_rate=f.max_rate_kvb)
+        return self.scheduler.policy
 
 
 SECTIONS: dict[str, type[Any]] = {
     "bitcoind": BitcoindConfig, "server": ServerConfig, "client": ClientConfig,
-    "store": StoreConfig, "scheduler": SchedulerConfig, "fees": FeesConfig,
+    "store": StoreConfig, "scheduler": SchedulerConfig, "fees": FeePolicy,
     "logging": LoggingConfig, "control": ControlConfig, "metrics": MetricsConfig,
 }
 TOP_LEVEL = ("network", *SECTIONS)
+# The keys that set a policy's field (key → field). Their defaults and rules are the policy's.
+POLICY_KEYS: dict[str, dict[str, str]] = {
+    "server": {"min_channel_size": "min_channel_size", "min_payment": "min_payment",
+               "min_time_window": "min_time_window", "max_time_window": "max_time_window"},
+    "client": {"channel_size": "value", "time_window": "time_window",
+               "max_min_payment": "max_min_payment"},
+    "scheduler": {"settle_margin": "settle_margin", "forget_depth": "forget_depth",
+                  "bump_after_blocks": "bump_after_blocks"},
+    "fees": {"target": "target", "min_rate": "min_rate", "max_rate": "max_rate"},
+}
+NULL_IS_DEFAULT = {"scheduler.settle_margin"}  # null: the policy derives it
 
 
-def default_settle_margin(fee_target: int) -> int:
-    """At least two hours, and at least twice the time the fee target allows."""
-    return max(SETTLEMENT_MARGIN, 2 * fee_target * BLOCK_INTERVAL)
+def section_keys(section: str) -> tuple[str, ...]:
+    """The keys a section accepts: its own settings, then those that set its policy."""
+    own = [f.name for f in dataclasses.fields(SECTIONS[section]) if f.name != "policy"]
+    policy = POLICY_KEYS.get(section, {})
+    return (*(k for k in own if k not in policy.values()), *policy)
 
 
 def default_cookie_file(network: str) -> Path:
@@ -207,6 +196,26 @@ def default_cookie_file(network: str) -> Path:
 
 
 # -- loading -----------------------------------------------------------------------------------
+
+SYSTEM_CONFIG = Path("/etc/paychan/paychan.yaml")
+
+
+def config_locations() -> list[Path]:
+    """Where a configuration is looked for when none is given, in order: the per-user file
+    ($XDG_CONFIG_HOME, else ~/.config, /paychan/paychan.yaml), then the system's."""
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+    return [Path(base) / "paychan" / "paychan.yaml", SYSTEM_CONFIG]
+
+
+def find_config(given: str | Path | None) -> Path | None:
+    """The configuration file to use: `given` (--config), else $PAYCHAN_CONF, else the first
+    of `config_locations()` that exists; None (every default) if there is none."""
+    if given:
+        return Path(given)
+    if os.environ.get("PAYCHAN_CONF"):
+        return Path(os.environ["PAYCHAN_CONF"])
+    return next((path for path in config_locations() if path.is_file()), None)
+
 
 
 def load_config(path: str | Path | None, *, check_files: bool = False) -> Config:
@@ -252,7 +261,8 @@ def config_from_dict(data: Mapping[str, Any], source: Path | None = None, *,
     data = r.substitute(data, "")
     r.check_keys(data, "", TOP_LEVEL)
     network = r.choice(data, "", "network", "regtest", CHAINS)
-    fees = _fees(r, r.section(data, "fees"))
+    fees = r.policy(r.section(data, "fees"), "fees", FeePolicy)
+    scheduler = r.section(data, "scheduler")
     config = Config(
         network=network,
         bitcoind=_bitcoind(r, r.section(data, "bitcoind"), network, check_files),
@@ -260,7 +270,9 @@ def config_from_dict(data: Mapping[str, Any], source: Path | None = None, *,
         client=_client(r, r.section(data, "client")),
         store=StoreConfig(r.path(r.section(data, "store"), "store", "path",
                                  "~/.paychan/<network>/channels.db", network)),
-        scheduler=_scheduler(r, r.section(data, "scheduler"), fees),
+        scheduler=SchedulerConfig(
+            review_interval=r.number(scheduler, "scheduler", "review_interval", 60.0),
+            policy=r.policy(scheduler, "scheduler", WatchPolicy, fees=fees)),
         fees=fees,
         logging=_logging(r, r.section(data, "logging"), network),
         control=_control(r, r.section(data, "control"), network),
@@ -311,10 +323,7 @@ def _server(r: _Reader, d: dict[str, Any], network: str) -> ServerConfig:
     s = ServerConfig(
         enabled=r.boolean(d, "server", "enabled", False),
         listen=r.address(d, "server", "listen", "127.0.0.1:4242"),
-        min_channel_size=r.integer(d, "server", "min_channel_size", 100_000),
-        min_payment=r.integer(d, "server", "min_payment", 1_000),
-        min_time_window=r.integer(d, "server", "min_time_window", 4 * 3600),
-        max_time_window=r.integer(d, "server", "max_time_window", 7 * 24 * 3600),
+        policy=r.policy(d, "server", ServerPolicy),
         min_confirmations=r.integer(d, "server", "min_confirmations",
                                     0 if network == "regtest" else 1, minimum=0,
                                     nullable=True),
@@ -326,16 +335,6 @@ def _server(r: _Reader, d: dict[str, Any], network: str) -> ServerConfig:
         except DecodeError as exc:
             r.fail("server.payout_address", f"found {s.payout_address!r}, expected an address "
                                             f"of {network}: {exc}")
-    if s.min_payment >= s.min_channel_size:
-        r.fail("server.min_payment", f"found {s.min_payment}, expected less than "
-                                     f"server.min_channel_size ({s.min_channel_size})")
-    if s.min_time_window <= SETTLEMENT_MARGIN:
-        r.fail("server.min_time_window", f"found {s.min_time_window}, expected more than "
-                                         f"{SETTLEMENT_MARGIN} s (the server settles that long "
-                                         "before expiry)")
-    if s.max_time_window < s.min_time_window:
-        r.fail("server.max_time_window", f"found {s.max_time_window}, expected at least "
-                                         f"server.min_time_window ({s.min_time_window})")
     return s
 
 
@@ -354,40 +353,8 @@ def _client(r: _Reader, d: dict[str, Any]) -> ClientConfig:
             if _split(servers[name])[1] == 0:
                 r.fail(f"client.servers.{name}", f"found {servers[name]!r}, expected a "
                                                  "server's host:port (port 1-65535)")
-    c = ClientConfig(
-        enabled=r.boolean(d, "client", "enabled", False),
-        servers=servers,
-        channel_size=r.integer(d, "client", "channel_size", 1_000_000),
-        time_window=r.integer(d, "client", "time_window", 24 * 3600 - 60),
-        max_min_payment=r.integer(d, "client", "max_min_payment", 10_000),
-    )
-    if c.max_min_payment >= c.channel_size:
-        r.fail("client.max_min_payment", f"found {c.max_min_payment}, expected less than "
-                                         f"client.channel_size ({c.channel_size})")
-    return c
-
-
-def _scheduler(r: _Reader, d: dict[str, Any], fees: FeesConfig) -> SchedulerConfig:
-    return SchedulerConfig(
-        settle_margin=r.integer(d, "scheduler", "settle_margin",
-                                default_settle_margin(fees.target), minimum=SETTLEMENT_MARGIN,
-                                nullable=True),
-        forget_depth=r.integer(d, "scheduler", "forget_depth", 6),
-        bump_after_blocks=r.integer(d, "scheduler", "bump_after_blocks", 2),
-        review_interval=r.number(d, "scheduler", "review_interval", 60.0),
-    )
-
-
-def _fees(r: _Reader, d: dict[str, Any]) -> FeesConfig:
-    f = FeesConfig(
-        target=r.integer(d, "fees", "target", 6, maximum=MAX_FEE_TARGET),
-        min_rate=r.integer(d, "fees", "min_rate", 1),
-        max_rate=r.integer(d, "fees", "max_rate", 200),
-    )
-    if f.max_rate < f.min_rate:
-        r.fail("fees.max_rate", f"found {f.max_rate}, expected at least fees.min_rate "
-                                f"({f.min_rate}) sat/vB")
-    return f
+    return ClientConfig(enabled=r.boolean(d, "client", "enabled", False), servers=servers,
+                        policy=r.policy(d, "client", ClientPolicy))
 
 
 def _logging(r: _Reader, d: dict[str, Any], network: str) -> LoggingConfig:
@@ -414,10 +381,11 @@ def _metrics(r: _Reader, d: dict[str, Any]) -> MetricsConfig:
 
 
 def _cross_checks(r: _Reader, c: Config) -> None:
-    if c.server.enabled and c.scheduler.settle_margin >= c.server.min_time_window:
+    margin, window = c.scheduler.policy.settle_margin, c.server.policy.min_time_window
+    if c.server.enabled and margin >= window:
         r.fail("scheduler.settle_margin",
-               f"found {c.scheduler.settle_margin}, expected less than server.min_time_window "
-               f"({c.server.min_time_window}), or channels would be settled as they open")
+               f"found {margin}, expected less than server.min_time_window ({window}), or "
+               "channels would be settled as they open")
     listeners = [("control.listen", c.control.listen)]
     if c.server.enabled:
         listeners.append(("server.listen", c.server.listen))
@@ -496,9 +464,27 @@ class _Reader:
             return {}
         if not isinstance(value, dict):
             self.fail(name, f"found {_show(value)}, expected a mapping of settings")
-        known = tuple(f.name for f in dataclasses.fields(SECTIONS[name]))
-        self.check_keys(value, name, known)
+        self.check_keys(value, name, section_keys(name))
         return value
+
+    def policy(self, d: Mapping[str, Any], section: str, cls: type[_P], **given: Any) -> _P:
+        """Policy `cls` built from the section's keys (POLICY_KEYS). Absent keys take the
+        policy's defaults; its own rules reject values, reported under the keys' names."""
+        keys = POLICY_KEYS[section]
+        values: dict[str, Any] = {}
+        for key, name in keys.items():
+            value = d.get(key)
+            if value is None and (key not in d or _join(section, key) in NULL_IS_DEFAULT):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                self.fail(_join(section, key), f"found {_show(value)}, expected an integer")
+            values[name] = value
+        try:
+            return cls(**values, **given)
+        except PolicyError as exc:
+            names = {name: _join(section, key) for key, name in keys.items()}
+            detail = re.sub(r"\b(" + "|".join(names) + r")\b", lambda m: names[m[1]], exc.detail)
+            self.fail(names.get(exc.field, _join(section, exc.field)), detail)
 
     def integer(self, d: Mapping[str, Any], section: str, name: str, default: int, *,
                 minimum: int = 1, maximum: int | None = None, nullable: bool = False) -> int:

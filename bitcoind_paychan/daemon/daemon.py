@@ -25,7 +25,7 @@ from bitcoind_paychan.daemon.config import Config
 from bitcoind_paychan.daemon.control import ControlServer
 from bitcoind_paychan.daemon.logs import Logs
 from bitcoind_paychan.daemon.metrics import MetricsServer, PaychanMetrics
-from bitcoind_paychan.errors import LocalProtocolError
+from bitcoind_paychan.errors import LocalProtocolError, NodeError
 from bitcoind_paychan.node import AsyncBitcoind, Bitcoind
 from bitcoind_paychan.service.client import Channel, ChannelFailed, PaymentClient
 from bitcoind_paychan.service.server import PaymentServer, ServerEvent
@@ -66,13 +66,7 @@ class Daemon:
                  config.bitcoind.url, tip.height)
         config.store.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         store = SQLiteStore(config.store.path)
-        wallet = AsyncBitcoind(node)
-        common: dict[str, Any] = {
-            "autopilot": config.watch_policy(), "zmq_endpoint": config.bitcoind.zmq,
-            "poll_interval": config.bitcoind.poll_interval,
-            "review_interval": config.scheduler.review_interval,
-            "min_fee_rate": config.fees.min_rate * 1000,
-        }
+        self.build(AsyncBitcoind(node), store)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
@@ -81,20 +75,10 @@ class Daemon:
                                 config.control.cookie_file)
         metrics = None
         try:
-            if config.server.enabled:
-                self.server = PaymentServer(
-                    wallet, store, config.server_policy(), on_event=self._server_event,
-                    fee_target=config.fees.target,
-                    min_confirmations=config.server.min_confirmations,
-                    payout_script=config.payout_script(),
-                    on_payment_latency=self.metrics.latency.labels(role="server").observe,
-                    **common)
+            if self.server:
                 host, port = await self.server.listen(*split_address(config.server.listen))
                 log.info("server listening on %s:%s", host, port)
-            if config.client.enabled:
-                self.client = PaymentClient(wallet, store,
-                                            network=Network.from_chain(config.network),
-                                            on_event=self._client_event, **common)
+            if self.client:
                 await self.client.start()
             await control.start()
             if config.metrics.enabled:
@@ -108,6 +92,26 @@ class Daemon:
         finally:
             await self._shutdown(control, metrics, store)
         return 0
+
+    def build(self, wallet: AsyncBitcoind, store: SQLiteStore) -> None:
+        """The enabled roles' services, with the policies the configuration built."""
+        config = self.config
+        common: dict[str, Any] = {
+            "autopilot": config.watch_policy(), "zmq_endpoint": config.bitcoind.zmq,
+            "poll_interval": config.bitcoind.poll_interval,
+            "review_interval": config.scheduler.review_interval,
+        }
+        if config.server.enabled:
+            self.server = PaymentServer(
+                wallet, store, config.server_policy(), on_event=self._server_event,
+                min_confirmations=config.server.min_confirmations,
+                payout_script=config.payout_script(),
+                on_payment_latency=self.metrics.latency.labels(role="server").observe,
+                **common)
+        if config.client.enabled:
+            self.client = PaymentClient(wallet, store, network=Network.from_chain(config.network),
+                                        policy=config.client.policy,
+                                        on_event=self._client_event, **common)
 
     async def _shutdown(self, control: ControlServer, metrics: MetricsServer | None,
                         store: SQLiteStore) -> None:
@@ -166,16 +170,29 @@ class Daemon:
                 *(self.client.views() if self.client else [])]
 
     async def getinfo(self) -> dict[str, Any]:
-        tip = await asyncio.to_thread(self.node.tip)
+        """Answers while the node is down too: its state, and the last height seen."""
         views = self._views()
+        try:
+            height: int | None = (await asyncio.to_thread(self.node.tip)).height
+            node, node_error = "up", None
+        except NodeError as exc:
+            height, node, node_error = self._last_height(), "down", str(exc)
         return {
-            "version": __version__, "network": self.config.network, "height": tip.height,
+            "version": __version__, "network": self.config.network, "node": node,
+            "node_error": node_error, "height": height,
             "uptime": int(time.time() - self.started),
             "server": self.config.server.listen if self.server else None,
             "client": sorted(self.config.client.servers) if self.client else None,
             "channels": {state.value: sum(1 for v in views if v.status == state.value)
                          for state in ChannelStatus},
         }
+
+    def _last_height(self) -> int | None:
+        for service in (self.server, self.client):
+            monitor = service.watcher.monitor if service else None
+            if monitor is not None and monitor.tip is not None:
+                return monitor.tip.height
+        return None
 
     async def listchannels(self, state: str | None) -> list[dict[str, Any]]:
         if state is not None and state not in {s.value for s in ChannelStatus}:

@@ -26,6 +26,7 @@ UNAUTHORIZED = -1003  # the daemon refused the cookie (HTTP 401)
 BAD_ANSWER = -1004  # the answer was not a JSON-RPC answer
 TIMEOUT = -1005  # no answer in time
 UNREACHABLE = -1006  # another connection failure
+LOCAL_CODES = (NOT_RUNNING, NO_COOKIE, UNAUTHORIZED, BAD_ANSWER, TIMEOUT, UNREACHABLE)
 
 
 class ControlError(PaychanError):

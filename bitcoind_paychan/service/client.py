@@ -37,7 +37,6 @@ from bitcoind_paychan.channel.effects import (
     StorePayment,
     VersionRefused,
 )
-from bitcoind_paychan.channel.messages import DEFAULT_TIME_WINDOW
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.channel.watch import WatchPolicy
 from bitcoind_paychan.errors import (
@@ -63,7 +62,11 @@ class ChannelFailed(PaychanError):
 
 
 class PaymentClient:
-    """Opens channels from this node's wallet. Channels to a server are resumed on `open`."""
+    """Opens channels from this node's wallet. Channels to a server are resumed on `open`.
+
+    `policy` is what channels ask for and accept (its `value` is the size `open` uses when
+    given none); `autopilot` is when to act and its `fees` what every refund and contract pays.
+    """
 
     def __init__(
         self,
@@ -71,6 +74,7 @@ class PaymentClient:
         store: ChannelStore,
         *,
         network: Network = Network.REGTEST,
+        policy: ClientPolicy | None = None,
         clock: Callable[[], float] = time.time,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         autopilot: WatchPolicy | None = None,
@@ -78,19 +82,18 @@ class PaymentClient:
         zmq_endpoint: str | None = None,
         poll_interval: float = 5.0,
         review_interval: float = 60.0,
-        min_fee_rate: int = 1000,
     ) -> None:
         self.wallet = wallet
         self.store = store
         self.network = network
+        self.policy = policy or ClientPolicy()
         self.clock = clock
         self.handshake_timeout = handshake_timeout
         self.live: dict[str, Channel] = {}  # contract txid → its channel on a live connection
         self.unresumable: set[str] = set()  # channels their server no longer has open
         self.watcher = ChainWatcher(Role.CLIENT, wallet, store, autopilot, on_event=on_event,
                                     zmq_endpoint=zmq_endpoint, poll_interval=poll_interval,
-                                    review_interval=review_interval,
-                                    min_fee_rate=min_fee_rate)
+                                    review_interval=review_interval)
         self._started = False
 
     async def start(self) -> None:
@@ -133,14 +136,14 @@ class PaymentClient:
                 return record
         return None
 
-    async def refund(self, contract_txid: str, fee_target: int = 6) -> Transaction:
+    async def refund(self, contract_txid: str) -> Transaction:
         """Broadcast the refund of a stored channel (and its contract, if the server never
         did). Valid only once the chain's median-time-past has passed the channel's expiry;
         before that the node refuses it as non-final and TransactionRejected says so."""
         record = self.store.get(Role.CLIENT, contract_txid)
         if record is None or record.status.final:
             raise LocalProtocolError(f"no unsettled client channel with contract {contract_txid}")
-        refund = await self.refund_tx(record, fee_target)
+        refund = await self.refund_tx(record)
         await self.wallet.broadcast(Transaction.parse(record.contract_tx))
         try:
             await self.wallet.broadcast(refund)
@@ -153,21 +156,20 @@ class PaymentClient:
         await asyncio.to_thread(self.store.put, replace(record, refund_tx=refund.serialize()))
         return refund
 
-    async def refund_tx(self, record: ChannelRecord, fee_target: int = 6) -> Transaction:
-        """The signed refund of `record`, paying the node's fee estimate."""
-        fee_rate = await self.wallet.fee_rate(fee_target)
+    async def refund_tx(self, record: ChannelRecord) -> Transaction:
+        """The signed refund of `record`, paying the fee policy's rate (`autopilot.fees`)."""
+        fee_rate = await self.watcher.fee_rate()
         return record.contract.refund(record.key, fee_rate, record.refund_tx)
 
     async def open(
-        self, host: str, port: int, value: int, *, version: int = 3,
-        time_window: int = DEFAULT_TIME_WINDOW, max_min_payment: int = 10_000,
+        self, host: str, port: int, value: int | None = None, *, version: int = 3,
         resume: bool = True,
     ) -> Channel:
-        """Open a channel of `value` sat to host:port, or (unless `resume` is False) resume a
-        stored one to it that no live connection here is using."""
+        """Open a channel of `value` sat (default: the policy's) to host:port, or (unless
+        `resume` is False) resume a stored one to it that no live connection here is using."""
         await self.start()
         peer = f"{host}:{port}"
-        policy = ClientPolicy(value, time_window, max_min_payment)
+        policy = self.policy if value is None else replace(self.policy, value=value)
         while True:
             stored = self.resumable(peer) if resume else None
             machine = ClientChannel(policy, PrivateKey.generate(), int(self.clock()), version,
@@ -349,7 +351,8 @@ class Channel:
     async def _fund(self, script: bytes, value: int) -> list[Effect]:
         key = self.machine.key
         await self.client.wallet.watch_key(key.to_wif(self.client.network))
-        funded = await self.client.wallet.fund(script, value)
+        funded = await self.client.wallet.fund(script, value,
+                                               await self.client.watcher.fee_rate())
         self.funded_inputs = funded.inputs
         return self.machine.contract_funded(funded.tx)
 

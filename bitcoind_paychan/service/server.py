@@ -61,8 +61,9 @@ PaymentHandler = Callable[[PaymentReceived], bytes | Awaitable[bytes | None] | N
 class PaymentServer:
     """Accepts payment channels. `on_payment` may return bytes to attach to the ack.
 
-    Settlements pay the node's fee estimate for `fee_target` blocks, at least `min_fee_rate`
-    sat/kvB, from the server's share, or from a wallet input when the share is too small.
+    Settlements pay the node's fee estimate within the autopilot's fee policy
+    (`autopilot.fees`: target, floor and cap), from the server's share, or from a wallet
+    input when the share is too small.
     Payments after the first wait until the contract has `min_confirmations` (default: 0 on
     regtest, 1 elsewhere). The autopilot (`autopilot` policy) settles before expiry.
     """
@@ -76,8 +77,6 @@ class PaymentServer:
         on_payment: PaymentHandler | None = None,
         on_event: Callable[[ServerEvent], None] | None = None,
         clock: Callable[[], float] = time.time,
-        fee_target: int = 6,
-        min_fee_rate: int = 1000,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         autopilot: WatchPolicy | None = None,
         zmq_endpoint: str | None = None,
@@ -93,8 +92,6 @@ class PaymentServer:
         self.on_payment = on_payment
         self.on_event = on_event
         self.clock = clock
-        self.fee_target = fee_target
-        self.min_fee_rate = min_fee_rate  # sat/kvB, the floor under the node's estimate
         if min_confirmations is None:
             min_confirmations = 0 if wallet.node.config.chain == "regtest" else 1
         self.min_confirmations = min_confirmations
@@ -107,10 +104,9 @@ class PaymentServer:
         self._busy: set[MessageStream] = set()  # connections handling a message right now
         self._stopping = False
         self.watcher = ChainWatcher(
-            Role.SERVER, wallet, store, autopilot or WatchPolicy(fee_target=fee_target),
+            Role.SERVER, wallet, store, autopilot or WatchPolicy(),
             settle=self._settle_if_open, on_event=self._finished, zmq_endpoint=zmq_endpoint,
-            poll_interval=poll_interval, review_interval=review_interval,
-            min_fee_rate=min_fee_rate)
+            poll_interval=poll_interval, review_interval=review_interval)
 
     async def listen(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
         """Start the autopilot and accept connections; returns the bound (host, port)."""
@@ -268,7 +264,7 @@ class PaymentServer:
 
     async def _settlement(self, machine: ServerChannel, txid: str) -> list[Effect]:
         try:
-            fee_rate = await self.wallet.fee_rate(self.fee_target, self.min_fee_rate)
+            fee_rate = await self.watcher.fee_rate()
             payout = self.payout_script or await self.wallet.payout_script()
             return machine.settle(fee_rate, payout)
         except (NodeError, LocalProtocolError) as exc:

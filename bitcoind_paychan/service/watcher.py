@@ -82,7 +82,6 @@ class ChainWatcher:
         zmq_endpoint: str | None = None,
         poll_interval: float = 5.0,
         review_interval: float = 60.0,
-        min_fee_rate: int = 1000,
     ) -> None:
         self.role = role
         self.wallet = wallet
@@ -93,7 +92,6 @@ class ChainWatcher:
         self.zmq_endpoint = zmq_endpoint
         self.poll_interval = poll_interval
         self.review_interval = review_interval
-        self.min_fee_rate = min_fee_rate
         self.scheduler = AsyncIOScheduler(timezone=dt.UTC)
         self.monitor: BlockMonitor | None = None
         self.reviews = 0
@@ -224,6 +222,12 @@ class ChainWatcher:
                                        replace_existing=True, run_date=dt.datetime.now(dt.UTC)
                                        + dt.timedelta(seconds=self._backoff))
 
+    async def fee_rate(self) -> int:
+        """The rate (sat/kvB) for a transaction built now: the node's estimate for the fee
+        policy's target, clamped into its floor and cap."""
+        fees = self.policy.fees
+        return fees.rate(await self.wallet.fee_rate(fees.target, fees.floor))
+
     async def _review_all(self) -> None:
         self.reviews += 1
         records = self._watched()
@@ -231,7 +235,7 @@ class ChainWatcher:
             return
         chain_tip = await self.wallet.tip()
         tip = Tip(chain_tip.height, chain_tip.median_time, chain_tip.time)
-        fee_rate = await self.wallet.fee_rate(self.policy.fee_target, self.min_fee_rate)
+        fee_rate = await self.fee_rate()
         failure: PaychanError | None = None
         for record in records:
             try:

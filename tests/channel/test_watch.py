@@ -17,6 +17,7 @@ from bitcoind_paychan.channel.effects import (
     SettleChannel,
     StoreChainState,
 )
+from bitcoind_paychan.channel.fees import FeePolicy
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.channel.server import SETTLEMENT_MARGIN
 from bitcoind_paychan.channel.watch import (
@@ -59,7 +60,7 @@ def settlement_of(server: ChannelRecord, fee_rate: int = RATE) -> Transaction:
 
 def test_settle_margin_covers_two_hours_and_the_fee_target() -> None:
     assert WatchPolicy().settle_margin == SETTLEMENT_MARGIN
-    assert WatchPolicy(fee_target=12).settle_margin == 4 * 3600
+    assert WatchPolicy(fees=FeePolicy(target=12)).settle_margin == 4 * 3600
     assert WatchPolicy(settle_margin=5 * 3600).settle_margin == 5 * 3600
 
 
@@ -224,7 +225,7 @@ def test_fee_bumps_stop_at_the_cap() -> None:
     low = settlement_of(server, 1_000)
     closing = replace(server, status=ChannelStatus.CLOSING, settlement_tx=low.serialize())
     state = ChainState(spender=low.serialize(), broadcast_height=100, fee_rate=1_000)
-    capped = WatchPolicy(max_fee_rate=3_000, bump_after_blocks=1)
+    capped = WatchPolicy(fees=FeePolicy(max_rate=3), bump_after_blocks=1)
     effects = review(closing, state, tip(200), 1_000_000, capped)
     stored = next(e for e in effects if isinstance(e, StoreChainState))
     assert stored.state.fee_rate == 3_000

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 
 from bitcoind_paychan.bitcoin.tx import Transaction
+from bitcoind_paychan.channel.fees import FeePolicy
 from bitcoind_paychan.channel.records import ChannelStatus, Role
 from bitcoind_paychan.node import to_sat
 from bitcoind_paychan.service.client import Channel
-from tests.service.conftest import Sides
+from tests.service.conftest import FAST, Sides
 
 VALUE = 1_000_000
 
@@ -98,10 +100,11 @@ def test_client_falls_back_to_version_2(sides: Sides) -> None:
 def test_fee_above_the_servers_share_comes_from_a_wallet_input(sides: Sides,
                                                               version: int) -> None:
     async def scenario() -> Transaction:
-        server = sides.server()
-        server.min_fee_rate = 20_000  # 20 sat/vB: more than the 1000 sat initial payment
+        fees = FeePolicy(min_rate=20)  # 20 sat/vB: more than the 1000 sat initial payment
+        server = sides.server(autopilot=replace(FAST, fees=fees))
         host, port = await server.listen()
         channel = await sides.client().open(host, port, VALUE, version=version)
+        sides.mine(1)  # else the wallet also lifts the unconfirmed contract to this rate
         settlement = await channel.close()  # only the initial payment was made
         await server.stop()
         return settlement

@@ -1,0 +1,49 @@
+"""What the product pays in fees: one policy for every transaction it builds (cooperative
+settlements, refunds, fee bumps), so one cap holds everywhere."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bitcoind_paychan.errors import PolicyError
+
+MAX_FEE_TARGET = 1008  # estimatesmartfee's horizon, in blocks
+
+
+@dataclass(frozen=True)
+class FeePolicy:
+    """The node's estimate for confirmation within `target` blocks, never below `min_rate`
+    nor above `max_rate` (sat/vB, whole numbers as in bitcoind's settings)."""
+
+    target: int = 6
+    min_rate: int = 1
+    max_rate: int = 200
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.target <= MAX_FEE_TARGET:
+            raise PolicyError("target", f"found {self.target}, expected an integer ≥ 1 and "
+                                        f"≤ {MAX_FEE_TARGET} (blocks)")
+        if self.min_rate < 1:
+            raise PolicyError("min_rate", f"found {self.min_rate}, expected an integer ≥ 1 "
+                                          "(sat/vB)")
+        if self.max_rate < self.min_rate:
+            raise PolicyError("max_rate", f"found {self.max_rate}, expected at least "
+                                          f"min_rate ({self.min_rate}) sat/vB")
+
+    @property
+    def floor(self) -> int:
+        """`min_rate` in sat/kvB, the unit of the node adapter's rates."""
+        return self.min_rate * 1000
+
+    @property
+    def cap(self) -> int:
+        """`max_rate` in sat/kvB."""
+        return self.max_rate * 1000
+
+    def rate(self, estimate: int) -> int:
+        """The rate to pay (sat/kvB) given the node's `estimate` (sat/kvB): clamped into
+        [floor, cap]. The cap wins: never pay more, whatever the estimate."""
+        return min(max(estimate, self.floor), self.cap)
+
+
+__all__ = ["MAX_FEE_TARGET", "FeePolicy"]

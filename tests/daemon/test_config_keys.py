@@ -1,0 +1,217 @@
+"""Every key documented in docs/config.md takes effect: changing it changes what the daemon
+runs with (probes on the services the daemon builds), or a named end-to-end test shows its
+behaviour. Keys that were once validated but never applied get regtest tests here."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bitcoind_paychan.daemon.config import config_from_dict
+from bitcoind_paychan.daemon.daemon import Daemon
+from bitcoind_paychan.errors import LocalProtocolError
+from bitcoind_paychan.node import AsyncBitcoind
+from bitcoind_paychan.service.client import ChannelFailed
+from bitcoind_paychan.store import MemoryStore
+from regtest.node import RegtestNode, regtest_nodes
+from tests.conftest import self_paying_daemon
+from tests.daemon import test_daemon
+
+DOCS = Path(__file__).parents[2] / "docs" / "config.md"
+BOTH: dict[str, dict[str, Any]] = {
+    "server": {"enabled": True}, "client": {"enabled": True},
+    "bitcoind": {"cookie_file": "node.cookie"},  # relative to the configuration's folder
+}
+Probe = Callable[[Daemon], Any]
+
+
+def documented_keys() -> list[str]:
+    return re.findall(r"^\| `([a-z_]+(?:\.[a-z_]+)?)` \|", DOCS.read_text(), re.MULTILINE)
+
+
+def setting(key: str, value: Any) -> dict[str, Any]:
+    """The configuration with `key` (section.name) set to `value`, both roles enabled."""
+    data: dict[str, Any] = {section: dict(values) for section, values in BOTH.items()}
+    if "." not in key:
+        return {**data, key: value}
+    section, name = key.split(".")
+    data.setdefault(section, {})[name] = value
+    if key in ("bitcoind.user", "bitcoind.password"):
+        data["bitcoind"] = {"user": "u", "password": "p", name: value}
+    return data
+
+
+def built(data: dict[str, Any], folder: Path) -> Daemon:
+    """The daemon's services as `paychan daemon` builds them from `data` (not started), the
+    configuration file being in `folder`."""
+    for cookie in ("node.cookie", "other.cookie"):
+        (folder / cookie).write_text("__cookie__:" + "1" * 64)
+    daemon = Daemon(config_from_dict(data, folder / "paychan.yaml"))
+    daemon.build(AsyncBitcoind(daemon.node), MemoryStore())  # type: ignore[arg-type]
+    return daemon
+
+
+def server(daemon: Daemon) -> Any:
+    assert daemon.server is not None
+    return daemon.server
+
+
+def client(daemon: Daemon) -> Any:
+    assert daemon.client is not None
+    return daemon.client
+
+
+def fees(daemon: Daemon) -> Any:
+    """The fee policy, which must be the same object in every service that pays fees."""
+    policy = server(daemon).watcher.policy.fees
+    assert client(daemon).watcher.policy.fees is policy
+    return policy
+
+
+# key → (a value other than the default, what the daemon runs with for it)
+PROBES: dict[str, tuple[Any, Probe]] = {
+    "network": ("signet", lambda d: (d.node.config.chain, server(d).min_confirmations)),
+    "bitcoind.url": ("http://10.1.2.3:18443", lambda d: d.node.config.url),
+    "bitcoind.cookie_file": ("other.cookie", lambda d: d.node.config.cookie_file),
+    "bitcoind.user": ("alice", lambda d: d.node.config.user),
+    "bitcoind.password": ("secret", lambda d: d.node.config.password),
+    "bitcoind.wallet": ("shop", lambda d: d.node.config.wallet),
+    "bitcoind.zmq": ("tcp://127.0.0.1:28332", lambda d: server(d).watcher.zmq_endpoint),
+    "bitcoind.poll_interval": (0.5, lambda d: client(d).watcher.poll_interval),
+    "server.enabled": (False, lambda d: d.server is not None),
+    "server.min_channel_size": (200_000, lambda d: server(d).policy.min_channel_size),
+    "server.min_payment": (2_000, lambda d: server(d).policy.min_payment),
+    "server.min_time_window": (5 * 3600, lambda d: server(d).policy.min_time_window),
+    "server.max_time_window": (5 * 3600, lambda d: server(d).policy.max_time_window),
+    "server.min_confirmations": (3, lambda d: server(d).min_confirmations),
+    "server.payout_address": ("bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080",
+                              lambda d: server(d).payout_script),
+    "client.enabled": (False, lambda d: d.client is not None),
+    "client.servers": ({"shop": "10.0.0.1:4242"}, lambda d: d._server_address("shop")
+                       if "shop" in d.config.client.servers else None),
+    "client.channel_size": (300_000, lambda d: client(d).policy.value),
+    "client.time_window": (7200, lambda d: client(d).policy.time_window),
+    "client.max_min_payment": (500, lambda d: client(d).policy.max_min_payment),
+    "scheduler.settle_margin": (9000, lambda d: server(d).watcher.policy.settle_margin),
+    "scheduler.forget_depth": (3, lambda d: client(d).watcher.policy.forget_depth),
+    "scheduler.bump_after_blocks": (5, lambda d: server(d).watcher.policy.bump_after_blocks),
+    "scheduler.review_interval": (7.0, lambda d: server(d).watcher.review_interval),
+    "fees.target": (2, lambda d: fees(d).target),
+    "fees.min_rate": (5, lambda d: fees(d).floor),
+    "fees.max_rate": (50, lambda d: fees(d).cap),
+}
+# Keys the daemon uses outside the services: the end-to-end tests that show them at work.
+SHOWN_BY: dict[str, Callable[..., None]] = {
+    "server.listen": test_daemon.test_open_pay_list_close_through_the_cli,
+    "store.path": test_daemon.test_graceful_shutdown_mid_stream_loses_nothing,
+    "logging.format": test_daemon.test_json_logs_and_sighup_reopens_the_log_file,
+    "logging.file": test_daemon.test_json_logs_and_sighup_reopens_the_log_file,
+    "control.listen": test_daemon.test_control_api_refuses_a_wrong_or_missing_cookie,
+    "control.cookie_file": test_daemon.test_control_api_refuses_a_wrong_or_missing_cookie,
+    "metrics.enabled": test_daemon.test_open_pay_list_close_through_the_cli,
+    "metrics.listen": test_daemon.test_open_pay_list_close_through_the_cli,
+}
+
+
+def test_the_documented_keys_are_all_accounted_for() -> None:
+    keys = documented_keys()
+    assert len(keys) > 30
+    assert sorted(keys) == sorted([*PROBES, *SHOWN_BY])
+
+
+@pytest.mark.parametrize("key", sorted(PROBES))
+def test_changing_a_key_changes_what_the_daemon_runs_with(key: str, tmp_path: Path) -> None:
+    value, probe = PROBES[key]
+    assert probe(built(setting(key, value), tmp_path)) != probe(built(BOTH, tmp_path)), key
+
+
+def test_the_services_share_the_policies_the_configuration_built(tmp_path: Path) -> None:
+    daemon = built(BOTH, tmp_path)
+    assert server(daemon).policy is daemon.config.server_policy()
+    assert client(daemon).policy is daemon.config.client.policy
+    assert server(daemon).watcher.policy is daemon.config.watch_policy()
+    assert fees(daemon) is daemon.config.fees
+
+
+@pytest.mark.parametrize("key", sorted(SHOWN_BY))
+def test_keys_used_outside_the_services_are_shown_end_to_end(key: str) -> None:
+    shown_by = SHOWN_BY[key]
+    name = key.split(".")[1]
+    # the test, or the daemons its module configures, sets the key
+    assert f'"{name}"' in inspect.getsource(inspect.getmodule(shown_by)), key  # type: ignore[arg-type]
+
+
+# -- keys that used to do nothing, on a real node ------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def running(node: RegtestNode, tmp: Path, **sections: dict[str, Any]
+                  ) -> AsyncIterator[Daemon]:
+    """A daemon with both roles beside `node`, paying its own server (`self`)."""
+    data = self_paying_daemon(node, tmp)
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(values)
+    daemon = Daemon(config_from_dict(data))
+    task = asyncio.create_task(daemon.run())
+    deadline = time.monotonic() + 60
+    while not (tmp / "control.cookie").exists():  # written once everything listens
+        assert not task.done(), task.exception()
+        assert time.monotonic() < deadline, "the daemon did not start"
+        await asyncio.sleep(0.05)
+    try:
+        yield daemon
+    finally:
+        daemon.request_stop()
+        await task
+
+
+@pytest.fixture(scope="module")
+def node() -> Any:
+    with regtest_nodes(1) as (node,):
+        yield node
+
+
+def test_client_time_window_sets_the_channel_lifetime(node: RegtestNode,
+                                                      tmp_path: Path) -> None:
+    async def scenario() -> tuple[int, int]:
+        async with running(node, tmp_path, client={"time_window": 5 * 3600}) as daemon:
+            before = int(time.time())
+            opened = await daemon.open("self", 200_000)
+            return before, opened["expiry"]
+
+    before, expiry = asyncio.run(scenario())
+    # the server clamps into [4 h, 7 d]: 5 h is inside, so it is what the channel gets
+    assert before + 5 * 3600 <= expiry <= int(time.time()) + 5 * 3600
+
+
+def test_client_max_min_payment_refuses_a_greedy_server(node: RegtestNode,
+                                                        tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running(node, tmp_path, server={"min_payment": 2_000},
+                           client={"max_min_payment": 1_500}) as daemon:
+            await daemon.open("self", 200_000)
+
+    with pytest.raises((ChannelFailed, LocalProtocolError), match="MIN_PAYMENT_TOO_LARGE"):
+        asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(("level", "shown"), [("info", True), ("warning", False)])
+def test_logging_level_filters_the_log(node: RegtestNode, tmp_path: Path, level: str,
+                                       shown: bool) -> None:
+    async def scenario() -> None:
+        async with running(node, tmp_path, logging={"level": level}):
+            pass
+
+    asyncio.run(scenario())
+    assert ("paychan daemon ready" in (tmp_path / "daemon.log").read_text()) is shown
+
+
+SHOWN_BY["logging.level"] = test_logging_level_filters_the_log
