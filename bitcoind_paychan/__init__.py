@@ -7,10 +7,11 @@ from bitcoind_paychan.channel.server import ServerPolicy
 from bitcoind_paychan.channel.watch import WatchPolicy
 from bitcoind_paychan.node import AsyncBitcoind, Bitcoind, NodeConfig
 from bitcoind_paychan.service.client import Channel, PaymentClient
+from bitcoind_paychan.service.limits import PeerLimits
 from bitcoind_paychan.service.server import PaymentServer
 from bitcoind_paychan.store import SQLiteStore
 
 __version__ = "0.1.0"
 __all__ = ["AsyncBitcoind", "Bitcoind", "Channel", "ClientPolicy", "FeePolicy", "Network",
-           "NodeConfig", "PaymentClient", "PaymentServer", "SQLiteStore", "ServerPolicy",
-           "WatchPolicy"]
+           "NodeConfig", "PaymentClient", "PaymentServer", "PeerLimits", "SQLiteStore",
+           "ServerPolicy", "WatchPolicy"]

@@ -65,6 +65,14 @@ class FundContract:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckContract:
+    """Server: ask the node whether it would accept this contract now (nothing is stored
+    yet); answer with `ServerChannel.contract_checked`."""
+
+    tx: Transaction
+
+
+@dataclass(frozen=True, slots=True)
 class LoadChannel:
     """Server: look up the stored channel with this contract; answer with
     `ServerChannel.channel_loaded`."""
@@ -128,6 +136,14 @@ class StoreChainState:
 @dataclass(frozen=True, slots=True)
 class ForgetChannel:
     """The channel's money is settled and buried: remove it from the store."""
+
+    contract_txid: str
+
+
+@dataclass(frozen=True, slots=True)
+class DiscardChannel:
+    """The channel's contract never made it on chain and never can (its coins were spent
+    elsewhere, buried): no money moved, so remove it from the store without keeping history."""
 
     contract_txid: str
 
@@ -205,9 +221,10 @@ class PeerError:
 
 
 Effect = (
-    Send | Disconnect | StoreChannel | StorePayment | Broadcast | FundContract | LoadChannel
+    Send | Disconnect | StoreChannel | StorePayment | Broadcast | FundContract | CheckContract
+    | LoadChannel
     | ClaimChannel | PrepareSettlement | FundSettlement | ChannelOpened | PaymentReceived
     | PaymentAcknowledged | ChannelClosed | VersionRefused | ResumeRefused | PeerError
     | SettleChannel
-    | MarkChannel | StoreChainState | ForgetChannel | ChannelFinished
+    | MarkChannel | StoreChainState | ForgetChannel | DiscardChannel | ChannelFinished
 )

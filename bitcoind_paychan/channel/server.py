@@ -26,6 +26,7 @@ from bitcoind_paychan.channel.effects import (
     Broadcast,
     ChannelClosed,
     ChannelOpened,
+    CheckContract,
     ClaimChannel,
     Disconnect,
     Effect,
@@ -84,6 +85,7 @@ class ServerState(enum.Enum):
     LOADING_CHANNEL = "looking up the channel to resume"
     WAITING_FOR_REFUND = "waiting for PROVIDE_REFUND"
     WAITING_FOR_CONTRACT = "waiting for PROVIDE_CONTRACT"
+    CHECKING_CONTRACT = "asking the node about the contract"
     OPEN = "open"
     SETTLING = "settling"
     CLOSED = "closed"
@@ -132,6 +134,22 @@ class ServerChannel(ProtocolMachine):
             return [*hello, PrepareSettlement(record.contract_txid)]
         self.state = ServerState.OPEN
         return [*hello, Send(messages.channel_open()), ChannelOpened(record, resumed=True)]
+
+    def contract_checked(self, refusal: str | None, retryable: bool = False) -> list[Effect]:
+        """The answer to CheckContract: None if the node would accept the contract (store,
+        broadcast, open); else the node's reason, `retryable` when the node could not be asked
+        (the client should try again later). Nothing is stored for a refused contract."""
+        if self.state is not ServerState.CHECKING_CONTRACT or self.record is None:
+            raise LocalProtocolError(f"contract_checked while {self.state.value}")
+        if refusal is None:
+            return self._opened(self.record)
+        self.record = None
+        if retryable:
+            return self.refuse(LocalProtocolError(
+                f"the server's node is unavailable ({refusal}); nothing was stored and the "
+                "contract was not broadcast: retry later", ErrorCode.OTHER))
+        return self.refuse(RemoteProtocolError(f"the server's node refused the contract: "
+                                               f"{refusal}", ErrorCode.BAD_TRANSACTION))
 
     def settle(self, fee_rate: int, payout_script: bytes) -> list[Effect]:
         """The answer to PrepareSettlement (or a close decided by the application): build,
@@ -245,9 +263,14 @@ class ServerChannel(ProtocolMachine):
         if paid < self.policy.min_payment and initial.client_change_value:
             raise bad_tx(f"initial payment {paid} is below the minimum {self.policy.min_payment}")
         contract.check_payment(initial.client_change_value, initial.signature)
-        record = ChannelRecord(Role.SERVER, contract, body.tx, self.key,
-                               initial.client_change_value, initial.signature, payments=1)
-        self.record = record
+        self.record = ChannelRecord(Role.SERVER, contract, body.tx, self.key,
+                                    initial.client_change_value, initial.signature, payments=1)
+        self.state = ServerState.CHECKING_CONTRACT
+        return [CheckContract(tx)]  # nothing is stored before the node would take it
+
+    def _opened(self, record: ChannelRecord) -> list[Effect]:
+        contract, tx = record.contract, Transaction.parse(record.contract_tx)
+        paid = record.paid
         self.state = ServerState.OPEN
         effects: list[Effect] = [
             StoreChannel(record), Broadcast(tx, "contract", contract.txid),

@@ -4,7 +4,9 @@
 `review` turns a record, its ChainState and the tip into effects: settle before the client's
 refund becomes valid (server), refund once it is valid (client), re-broadcast what fell out
 of the chain, replace a stuck closing transaction with a higher fee, and forget a channel only
-when its closing transaction is buried `forget_depth` blocks deep.
+when its closing transaction is buried `forget_depth` blocks deep. A channel whose contract
+never made it on chain (its inputs spent elsewhere or missing, buried as deep) is discarded:
+it is no money history.
 
 The only clock is the chain: the tip's block time for the server's deadline, median-time-past
 for the refund's validity (what nLockTime is checked against).
@@ -21,6 +23,7 @@ from bitcoind_paychan.channel.contract import DUST, Contract
 from bitcoind_paychan.channel.effects import (
     Broadcast,
     ChannelFinished,
+    DiscardChannel,
     Effect,
     ForgetChannel,
     MarkChannel,
@@ -106,6 +109,19 @@ def observe_mempool(state: ChainState, spender: Transaction | None) -> ChainStat
     if spender is None or state.spender_height:
         return state
     return replace(state, spender=spender.serialize())
+
+
+MISSING_INPUTS = ("missing-inputs", "bad-txns-inputs-missingorspent")
+
+
+def observe_missing_inputs(state: ChainState, reason: str, height: int) -> ChainState:
+    """The node refused the never-confirmed contract for `reason` at tip `height`. If its
+    inputs are missing (spent in a block, or never existed), count that as a conflict at
+    `height`: at or after the real one, so the burial rule waits at least as long."""
+    if state.contract_height or state.conflict_height or state.spender or not any(
+            m in reason for m in MISSING_INPUTS):
+        return state
+    return replace(state, conflict_height=height)
 
 
 def depth(tip: Tip, height: int) -> int:
@@ -195,7 +211,8 @@ def _finish(record: ChannelRecord, state: ChainState, tip: Tip, policy: WatchPol
             ChannelFinished(record, status, closing, record.contract.value - change, change),
         ]
     if _buried(state, tip, policy):
-        effects.append(ForgetChannel(txid))
+        never_funded = status is ChannelStatus.FAILED and not state.contract_height
+        effects.append(DiscardChannel(txid) if never_funded else ForgetChannel(txid))
     return effects
 
 

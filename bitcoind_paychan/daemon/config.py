@@ -34,6 +34,7 @@ from bitcoind_paychan.channel.server import ServerPolicy
 from bitcoind_paychan.channel.watch import WatchPolicy
 from bitcoind_paychan.errors import ConfigError, DecodeError, PolicyError
 from bitcoind_paychan.node.config import CHAINS, DEFAULT_RPC_PORTS, NodeConfig
+from bitcoind_paychan.service.limits import PeerLimits
 
 LEVELS = ("debug", "info", "warning", "error")
 FORMATS = ("human", "json")
@@ -72,6 +73,7 @@ class ServerConfig:
     min_confirmations: int  # resolved at load: 0 on regtest, 1 elsewhere when not given
     payout_address: str | None  # None: a fresh address of bitcoind.wallet per settlement
     policy: ServerPolicy
+    limits: PeerLimits  # per-address connection rate and handshakes
 
 
 @dataclass(frozen=True)
@@ -180,13 +182,17 @@ POLICY_KEYS: dict[str, dict[str, str]] = {
                   "bump_after_blocks": "bump_after_blocks"},
     "fees": {"target": "target", "min_rate": "min_rate", "max_rate": "max_rate"},
 }
+# The server section's keys for its PeerLimits (key → field), read like POLICY_KEYS.
+LIMIT_KEYS = {"max_connections_per_minute": "max_connections_per_minute",
+              "max_handshakes_per_ip": "max_handshakes_per_ip"}
+BUILT = ("policy", "limits")  # section fields built from keys, not keys themselves
 NULL_IS_DEFAULT = {"scheduler.settle_margin"}  # null: the policy derives it
 
 
 def section_keys(section: str) -> tuple[str, ...]:
     """The keys a section accepts: its own settings, then those that set its policy."""
-    own = [f.name for f in dataclasses.fields(SECTIONS[section]) if f.name != "policy"]
-    policy = POLICY_KEYS.get(section, {})
+    own = [f.name for f in dataclasses.fields(SECTIONS[section]) if f.name not in BUILT]
+    policy = {**POLICY_KEYS.get(section, {}), **(LIMIT_KEYS if section == "server" else {})}
     return (*(k for k in own if k not in policy.values()), *policy)
 
 
@@ -324,6 +330,7 @@ def _server(r: _Reader, d: dict[str, Any], network: str) -> ServerConfig:
         enabled=r.boolean(d, "server", "enabled", False),
         listen=r.address(d, "server", "listen", "127.0.0.1:4242"),
         policy=r.policy(d, "server", ServerPolicy),
+        limits=r.policy(d, "server", PeerLimits, keys=LIMIT_KEYS),
         min_confirmations=r.integer(d, "server", "min_confirmations",
                                     0 if network == "regtest" else 1, minimum=0,
                                     nullable=True),
@@ -467,10 +474,12 @@ class _Reader:
         self.check_keys(value, name, section_keys(name))
         return value
 
-    def policy(self, d: Mapping[str, Any], section: str, cls: type[_P], **given: Any) -> _P:
-        """Policy `cls` built from the section's keys (POLICY_KEYS). Absent keys take the
-        policy's defaults; its own rules reject values, reported under the keys' names."""
-        keys = POLICY_KEYS[section]
+    def policy(self, d: Mapping[str, Any], section: str, cls: type[_P],
+               keys: Mapping[str, str] | None = None, **given: Any) -> _P:
+        """Policy `cls` built from the section's keys (`keys`, or POLICY_KEYS). Absent keys
+        take the policy's defaults; its own rules reject values, reported under the keys'
+        names."""
+        keys = POLICY_KEYS[section] if keys is None else keys
         values: dict[str, Any] = {}
         for key, name in keys.items():
             value = d.get(key)

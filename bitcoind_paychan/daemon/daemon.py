@@ -107,7 +107,7 @@ class Daemon:
                 min_confirmations=config.server.min_confirmations,
                 payout_script=config.payout_script(),
                 on_payment_latency=self.metrics.latency.labels(role="server").observe,
-                **common)
+                limits=config.server.limits, **common)
         if config.client.enabled:
             self.client = PaymentClient(wallet, store, network=Network.from_chain(config.network),
                                         policy=config.client.policy,

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from bitcoind_paychan.bitcoin.tx import Transaction, TxOut
 from bitcoind_paychan.errors import NodeError, TransactionRejected, WrongNetwork
@@ -13,6 +16,8 @@ from bitcoind_paychan.node.config import NodeConfig
 from bitcoind_paychan.node.rpc import RpcClient, RpcError
 
 COIN = 100_000_000
+RPC_THREADS = 8  # RPC calls in flight at once from one AsyncBitcoind
+T = TypeVar("T")
 RPC_VERIFY_ALREADY_IN_CHAIN = -27
 RPC_INVALID_ADDRESS_OR_KEY = -5
 ALREADY_KNOWN = ("txn-already-in-mempool", "txn-already-known", "already in block chain")
@@ -197,6 +202,15 @@ class Bitcoind:
             return Acceptance(True, "", int(result["vsize"]), to_sat(result["fees"]["base"]))
         return Acceptance(False, str(result.get("reject-reason", "")))
 
+    def check_acceptable(self, tx: Transaction) -> Acceptance:
+        """What `test_accept` says, as typed errors: TransactionRejected with the node's
+        reason when the mempool would refuse `tx` (one it already holds counts as accepted),
+        NodeUnreachable (or another NodeError) when the node cannot be asked."""
+        acceptance = self.test_accept(tx)
+        if not acceptance.allowed and acceptance.reason not in ALREADY_KNOWN:
+            raise self._rejected(tx, acceptance.reason)
+        return acceptance
+
     def transaction(self, txid: str) -> TxStatus | None:
         """A transaction in the mempool or chain, with its confirmations; None if unknown."""
         try:
@@ -252,47 +266,58 @@ class Bitcoind:
 
 
 class AsyncBitcoind:
-    """The same adapter for asyncio code: each call runs in a worker thread."""
+    """The same adapter for asyncio code: each call runs in a worker thread of its own pool,
+    so a slow or busy node never holds up the default pool's other work (the store's writes,
+    which acknowledge payments)."""
 
     def __init__(self, node: Bitcoind) -> None:
         self.node = node
+        self._pool = ThreadPoolExecutor(RPC_THREADS, thread_name_prefix="bitcoind-rpc")
+
+    async def run(self, call: Callable[..., T], *args: Any) -> T:
+        """`call(*args)` in the node's thread pool."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, functools.partial(call, *args))
 
     async def tip(self) -> ChainTip:
-        return await asyncio.to_thread(self.node.tip)
+        return await self.run(self.node.tip)
 
     async def fee_rate(self, target_blocks: int = 6, floor: int = 1000) -> int:
-        return await asyncio.to_thread(self.node.fee_rate, target_blocks, floor)
+        return await self.run(self.node.fee_rate, target_blocks, floor)
 
     async def fund(
         self, script_pubkey: bytes, amount: int, fee_rate: int | None = None, version: int = 2
     ) -> FundedTx:
-        return await asyncio.to_thread(self.node.fund, script_pubkey, amount, fee_rate, version)
+        return await self.run(self.node.fund, script_pubkey, amount, fee_rate, version)
 
     async def broadcast(self, tx: Transaction) -> str:
-        return await asyncio.to_thread(self.node.broadcast, tx)
+        return await self.run(self.node.broadcast, tx)
 
     async def transaction(self, txid: str) -> TxStatus | None:
-        return await asyncio.to_thread(self.node.transaction, txid)
+        return await self.run(self.node.transaction, txid)
 
     async def is_spent(self, txid: str, index: int) -> bool:
-        return await asyncio.to_thread(self.node.is_spent, txid, index)
+        return await self.run(self.node.is_spent, txid, index)
 
     async def payout_script(self) -> bytes:
-        return await asyncio.to_thread(self.node.payout_script)
+        return await self.run(self.node.payout_script)
 
     async def test_accept(self, tx: Transaction) -> Acceptance:
-        return await asyncio.to_thread(self.node.test_accept, tx)
+        return await self.run(self.node.test_accept, tx)
+
+    async def check_acceptable(self, tx: Transaction) -> Acceptance:
+        return await self.run(self.node.check_acceptable, tx)
 
     async def release(self, inputs: tuple[tuple[str, int], ...]) -> None:
-        await asyncio.to_thread(self.node.release, inputs)
+        await self.run(self.node.release, inputs)
 
     async def fund_external(self, draft: Transaction, input_weights: dict[tuple[str, int], int],
                             fee_rate: int) -> Transaction:
-        return await asyncio.to_thread(self.node.fund_external, draft, input_weights, fee_rate)
+        return await self.run(self.node.fund_external, draft, input_weights, fee_rate)
 
     async def spender(self, txid: str, index: int) -> Transaction | None:
-        return await asyncio.to_thread(self.node.spender, txid, index)
+        return await self.run(self.node.spender, txid, index)
 
     async def watch_key(self, secret_wif: str, script_types: tuple[str, ...] = ("pkh", "wpkh")
                         ) -> None:
-        await asyncio.to_thread(self.node.watch_key, secret_wif, script_types)
+        await self.run(self.node.watch_key, secret_wif, script_types)

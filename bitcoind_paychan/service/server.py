@@ -21,6 +21,7 @@ from bitcoind_paychan.channel.effects import (
     ChannelClosed,
     ChannelFinished,
     ChannelOpened,
+    CheckContract,
     ClaimChannel,
     Disconnect,
     Effect,
@@ -40,10 +41,12 @@ from bitcoind_paychan.errors import (
     ErrorCode,
     LocalProtocolError,
     NodeError,
+    NodeUnreachable,
     RemoteProtocolError,
     TransactionRejected,
 )
 from bitcoind_paychan.node.bitcoind import AsyncBitcoind
+from bitcoind_paychan.service.limits import Admission, PeerGate, PeerLimits
 from bitcoind_paychan.service.outbox import effects_in_order, send_all
 from bitcoind_paychan.service.watcher import ChainWatcher, ChannelView
 from bitcoind_paychan.store import ChannelStore
@@ -85,6 +88,7 @@ class PaymentServer:
         min_confirmations: int | None = None,
         payout_script: bytes | None = None,
         on_payment_latency: Callable[[float], None] | None = None,
+        limits: PeerLimits | None = None,
     ) -> None:
         self.wallet = wallet
         self.store = store
@@ -98,6 +102,7 @@ class PaymentServer:
         self.payout_script = payout_script  # None: a fresh wallet address per settlement
         self.on_payment_latency = on_payment_latency  # seconds from UPDATE_PAYMENT to its ack
         self.handshake_timeout = handshake_timeout
+        self.gate = PeerGate(limits)  # per-address connection rate and handshakes
         self._server: asyncio.Server | None = None
         self._owners: dict[str, MessageStream] = {}  # contract txid → its current connection
         self._connections: set[asyncio.Task[None]] = set()
@@ -167,24 +172,30 @@ class PaymentServer:
     # -- connections -----------------------------------------------------------------------
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        admission = self.gate.admit(str(peer[0]) if peer else "")
+        if admission is None:  # over a per-peer limit: hang up before reading anything
+            writer.transport.abort()
+            return
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
         stream = MessageStream(reader, writer)
         try:
-            await self._serve(stream)
+            await self._serve(stream, admission)
         except asyncio.CancelledError:
             pass
         except Exception:
             log.exception("connection from %s failed", stream.peername)
         finally:
+            admission.release()
             self._connections.discard(task)
             for txid, owner in list(self._owners.items()):
                 if owner is stream:
                     del self._owners[txid]
             await stream.close()
 
-    async def _serve(self, stream: MessageStream) -> None:
+    async def _serve(self, stream: MessageStream, admission: Admission) -> None:
         machine = ServerChannel(self.policy, PrivateKey.generate(), int(self.clock()))
         confirmed = self.min_confirmations == 0
         while machine.state is not ServerState.CLOSED:
@@ -211,6 +222,8 @@ class PaymentServer:
                     return
             finally:
                 self._busy.discard(stream)
+            if machine.state in (ServerState.OPEN, ServerState.SETTLING):
+                admission.release()  # the handshake is over
             if message.type == UPDATE_PAYMENT and self.on_payment_latency:
                 self.on_payment_latency(time.perf_counter() - started)
             if self._stopping:
@@ -231,6 +244,8 @@ class PaymentServer:
                     if refusal:
                         queue[:] = [Send(messages.error(ErrorCode.BAD_TRANSACTION, refusal)),
                                     Disconnect(refusal)]
+                case CheckContract(tx):
+                    queue[:0] = machine.contract_checked(*await self._check_contract(tx))
                 case LoadChannel(txid):
                     loaded = await asyncio.to_thread(self.store.get, Role.SERVER, txid)
                     queue[:0] = machine.channel_loaded(loaded)
@@ -285,19 +300,44 @@ class PaymentServer:
             return [Send(messages.error(ErrorCode.OTHER, f"cannot settle now: {exc}")),
                     Disconnect("settlement failed")]
 
+    async def _check_contract(self, tx: Transaction) -> tuple[str | None, bool]:
+        """Would the node take this contract? (refusal or None, whether to retry later)"""
+        try:
+            await self.wallet.check_acceptable(tx)
+            return None, False
+        except TransactionRejected as exc:
+            log.info("refused contract %s: %s", tx.txid_hex, exc.reason)
+            return str(exc), False
+        except NodeError as exc:
+            log.warning("cannot check contract %s, the node is unavailable: %s",
+                        tx.txid_hex, exc)
+            unreachable = isinstance(exc, NodeUnreachable)
+            return ("its node does not answer" if unreachable else "its node failed"), True
+
     async def _broadcast(self, machine: ServerChannel, effect: Broadcast) -> str:
-        """Broadcast; on refusal mark the record and return what to tell the client."""
+        """Broadcast; on refusal return what to tell the client.
+
+        A contract reaches this only after the node said it would take it, and its record is
+        stored. If the broadcast then fails, the record stays OPEN and nothing is marked: the
+        contract may have reached the node (a timeout) and the watcher broadcasts it again at
+        each review, or finds it double-spent (then FAILED, and pruned once buried). A node
+        that does not answer is no reason to refuse the client: the channel opens.
+        """
         try:
             await self.wallet.broadcast(effect.tx)
             log.info("broadcast %s %s", effect.purpose, effect.tx.txid_hex)
             return ""
-        except (TransactionRejected, NodeError) as exc:
+        except NodeError as exc:  # TransactionRejected included
+            if effect.purpose == "contract" and not isinstance(exc, TransactionRejected):
+                log.warning("contract %s checked but not broadcast yet (%s); the autopilot "
+                            "will broadcast it again", effect.tx.txid_hex, exc)
+                return ""
             log.error("broadcast of %s %s failed: %s", effect.purpose, effect.tx.txid_hex, exc)
             refusal = f"the server's node refused the {effect.purpose}: {exc}"
         record = machine.record
-        if record is not None:  # the money never moved: keep the record truthful
-            status = ChannelStatus.FAILED if effect.purpose == "contract" else ChannelStatus.OPEN
-            await asyncio.to_thread(self.store.put, replace(record, status=status))
+        if record is not None and effect.purpose != "contract":
+            # The settlement never left: the channel is still open.
+            await asyncio.to_thread(self.store.put, replace(record, status=ChannelStatus.OPEN))
         return refusal
 
     async def _notify_payment(self, event: PaymentReceived) -> bytes | None:

@@ -22,18 +22,20 @@ from bitcoind_paychan.channel.chainstate import ChainState
 from bitcoind_paychan.channel.effects import (
     Broadcast,
     ChannelFinished,
+    DiscardChannel,
     Effect,
     ForgetChannel,
     MarkChannel,
     SettleChannel,
     StoreChainState,
 )
-from bitcoind_paychan.channel.records import ChannelRecord, Role
+from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.channel.watch import (
     Tip,
     WatchPolicy,
     apply_block,
     observe_mempool,
+    observe_missing_inputs,
     revert_block,
     review,
 )
@@ -44,6 +46,10 @@ from bitcoind_paychan.store import ChannelStore
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 600.0
+# Channels whose money may still move: each block is folded into these and they are reviewed
+# after it. Final ones (waiting to be buried, then forgotten or discarded) are looked at by the
+# periodic review only, and by a reorg; so rows that need no more work cost nothing per block.
+LIVE = (ChannelStatus.OPEN, ChannelStatus.CLOSING)
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,8 @@ class ChainWatcher:
         self.scheduler = AsyncIOScheduler(timezone=dt.UTC)
         self.monitor: BlockMonitor | None = None
         self.reviews = 0
+        self.reviewed_channels = 0  # how many channels the last review looked at
+        self.block_channels = 0  # how many channels the last chain event was folded into
         self._lock = asyncio.Lock()
         self._new_block = asyncio.Event()
         self._backoff = 0.0
@@ -115,7 +123,7 @@ class ChainWatcher:
         self.scheduler.start()
         self.scheduler.add_job(self.review_all, "interval", seconds=self.review_interval,
                                id="review", coalesce=True, max_instances=1)
-        for record in self._watched():
+        for record in self._live():
             self.schedule_deadline(record)
         await self.monitor.start()
         await self.review_all()
@@ -150,7 +158,9 @@ class ChainWatcher:
 
     async def _on_chain_event(self, event: ChainEvent) -> None:
         async with self._lock:
-            records = self._watched()
+            # A reorg may undo what finished a channel: then every stored channel is looked at.
+            records = self._all() if event.disconnected else self._live()
+            self.block_channels = len(records)
             states = {r.contract_txid: self.store.chain_state(self.role, r.contract_txid)
                       for r in records}
             for block in event.disconnected:
@@ -169,7 +179,7 @@ class ChainWatcher:
             self.store.set_meta(self._meta_key, f"{tip.height}:{tip.hash}")
         self._new_block.set()
         self._new_block = asyncio.Event()
-        await self.review_all()
+        await self.review_all(final=bool(event.disconnected))
 
     async def until_confirmed(self, contract_txid: str, confirmations: int) -> None:
         """Return once the contract is `confirmations` deep (at once for 0)."""
@@ -201,19 +211,23 @@ class ChainWatcher:
         )
 
     async def _block_transactions(self, block: Block) -> list[Transaction]:
-        raw = await asyncio.to_thread(self.wallet.node.rpc.call, "getblock", block.hash, 0)
+        raw = await self.wallet.run(self.wallet.node.rpc.call, "getblock", block.hash, 0)
         return parse_block_transactions(bytes.fromhex(raw))
 
-    def _watched(self) -> list[ChannelRecord]:
+    def _all(self) -> list[ChannelRecord]:
         return self.store.channels(self.role)
+
+    def _live(self) -> list[ChannelRecord]:
+        return self.store.channels(self.role, LIVE)
 
     # -- reviews ---------------------------------------------------------------------------
 
-    async def review_all(self) -> None:
-        """Look at every stored channel and act; on a node failure, try again with backoff."""
+    async def review_all(self, final: bool = True) -> None:
+        """Look at every stored channel (with `final` False: only the live ones) and act; on a
+        node failure, try again with backoff."""
         async with self._lock:
             try:
-                await self._review_all()
+                await self._review_all(final)
                 self._backoff = 0.0
             except (NodeError, TransactionRejected) as exc:
                 self._backoff = min(max(self._backoff * 2, 5.0), MAX_BACKOFF)
@@ -228,9 +242,10 @@ class ChainWatcher:
         fees = self.policy.fees
         return fees.rate(await self.wallet.fee_rate(fees.target, fees.floor))
 
-    async def _review_all(self) -> None:
+    async def _review_all(self, final: bool) -> None:
         self.reviews += 1
-        records = self._watched()
+        records = self._all() if final else self._live()
+        self.reviewed_channels = len(records)
         if not records:
             return
         chain_tip = await self.wallet.tip()
@@ -250,13 +265,23 @@ class ChainWatcher:
         state = self.store.chain_state(self.role, txid)
         if not state.spender_height and not record.status.final:
             seen = observe_mempool(state, await self.wallet.spender(txid, 0))
-            if seen != state:
-                self.store.put_chain_state(self.role, txid, seen)
-                state = seen
+            state = self._observed(txid, state, seen)
+        elif record.status is ChannelStatus.FAILED and not (
+                state.conflict_height or state.contract_height or state.spender):
+            # Failed with no chain fact to show for it (stored by an older version): are its
+            # coins gone? Then it is discarded once that is buried, like any double spend.
+            acceptance = await self.wallet.test_accept(Transaction.parse(record.contract_tx))
+            state = self._observed(txid, state, observe_missing_inputs(
+                state, acceptance.reason, tip.height))
         for effect in review(record, state, tip, fee_rate, self.policy):
-            await self._carry_out(record, effect)
+            await self._carry_out(record, effect, tip)
 
-    async def _carry_out(self, record: ChannelRecord, effect: Effect) -> None:
+    def _observed(self, txid: str, state: ChainState, seen: ChainState) -> ChainState:
+        if seen != state:
+            self.store.put_chain_state(self.role, txid, seen)
+        return seen
+
+    async def _carry_out(self, record: ChannelRecord, effect: Effect, tip: Tip) -> None:
         txid = record.contract_txid
         match effect:
             case Broadcast(tx, purpose):
@@ -269,6 +294,9 @@ class ChainWatcher:
                     if purpose != "contract":  # a contract already spent is no news
                         raise
                     log.debug("contract %s not taken: %s", txid, exc.reason)
+                    state = self.store.chain_state(self.role, txid)
+                    self._observed(txid, state,
+                                   observe_missing_inputs(state, exc.reason, tip.height))
             case MarkChannel(_, status, closing_tx):
                 def mark(current: ChannelRecord) -> ChannelRecord:
                     return replace(current, status=status,
@@ -281,12 +309,16 @@ class ChainWatcher:
                 if self.settle is not None:
                     log.info("channel %s nears its expiry: settling", txid)
                     await self.settle(txid)
-            case ForgetChannel():
-                self.store.forget(self.role, txid)
+            case ForgetChannel() | DiscardChannel():
+                if isinstance(effect, ForgetChannel):
+                    self.store.forget(self.role, txid)
+                    log.info("channel %s closed and buried: forgotten", txid)
+                else:
+                    self.store.discard(self.role, txid)
+                    log.info("channel %s never made it on chain: discarded", txid)
                 job = self.scheduler.get_job(f"deadline:{txid}")
                 if job:
                     job.remove()
-                log.info("channel %s closed and buried: forgotten", txid)
             case ChannelFinished():
                 if self.on_event:
                     self.on_event(effect)

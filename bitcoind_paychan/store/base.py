@@ -99,6 +99,13 @@ class ChannelStore(Protocol):
         nothing."""
         ...
 
+    def discard(self, role: Role, contract_txid: str) -> None:
+        """Delete a channel whose contract never made it on chain, with its ChainState and
+        payment log: it is no money history (nothing ever moved), so nothing of it is kept.
+        Refuses any channel that is not FAILED, and one whose ChainState saw its contract
+        confirmed or spent (use `forget`). Discarding an unknown channel does nothing."""
+        ...
+
     def close(self) -> None:
         """Release the store; later calls raise StoreError. Closing twice is harmless."""
         ...
@@ -150,6 +157,22 @@ def not_final(role: Role, contract_txid: str, status: ChannelStatus) -> StoreErr
         f"refusing to forget {role} channel {contract_txid}: its status is {status}, so its "
         "money is not settled; forget it only once it is settled, refunded or failed"
     )
+
+
+def not_discardable(role: Role, contract_txid: str, why: str) -> StoreError:
+    return StoreError(
+        f"refusing to discard {role} channel {contract_txid}: {why}; only a FAILED channel "
+        "whose contract never confirmed nor was spent is discarded (money history is kept)"
+    )
+
+
+def discard_refusal(status: ChannelStatus, state: ChainState) -> str | None:
+    """Why a channel in `status` with chain state `state` may not be discarded, or None."""
+    if status is not ChannelStatus.FAILED:
+        return f"its status is {status}"
+    if state.contract_height or state.spender:
+        return "its contract was seen on chain"
+    return None
 
 
 def closed() -> StoreError:

@@ -18,6 +18,8 @@ from bitcoind_paychan.store.base import (
     PaymentLogEntry,
     change_increased,
     closed,
+    discard_refusal,
+    not_discardable,
     not_final,
     not_stored,
     other_channel,
@@ -152,6 +154,24 @@ class MemoryStore:
             del self._records[key]
             self._chain.pop(key, None)
             self._log = [e for e in self._log if (e.role, e.contract_txid) != key]
+
+    def discard(self, role: Role, contract_txid: str) -> None:
+        key = (Role(role), contract_txid)
+        with self._lock:
+            self._check_open()
+            if key not in self._records:
+                return
+            state = self._chain.get(key, ChainState())
+            why = discard_refusal(self._records[key].status, state)
+            if why:
+                raise not_discardable(*key, why)
+            self._drop(key)
+
+    def _drop(self, key: _Key) -> None:
+        """Remove the channel, its chain state and its log (under the lock)."""
+        del self._records[key]
+        self._chain.pop(key, None)
+        self._log = [e for e in self._log if (e.role, e.contract_txid) != key]
 
     def close(self) -> None:
         with self._lock:

@@ -19,7 +19,7 @@ from bitcoind_paychan.channel.contract import Contract
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.errors import DecodeError, StoreError
 
-SCHEMA_VERSION = 2  # in PRAGMA user_version
+SCHEMA_VERSION = 3  # in PRAGMA user_version
 APPLICATION_ID = 0x50434831  # "PCH1" in PRAGMA application_id: marks the file as ours
 
 KEY_COLUMNS = ("role", "contract_txid")
@@ -73,6 +73,11 @@ V2_TABLES = (
     ) WITHOUT ROWID""",
 )
 
+# Version 3: the autopilot lists the channels it still watches by status (indexed), so rows
+# that need no more watching cost nothing per block.
+STATUS_INDEX = "channels_by_status"
+V3_INDEXES = (f"CREATE INDEX {STATUS_INDEX} ON channels (role, status)",)
+
 CREATE = (
     """CREATE TABLE channels (
         role TEXT NOT NULL,
@@ -105,10 +110,11 @@ CREATE = (
     )""",
     "CREATE INDEX payment_log_by_channel ON payment_log (role, contract_txid, seq)",
     *V2_TABLES,
+    *V3_INDEXES,
 )
 
 # MIGRATIONS[v] upgrades a file from schema v + 1 to v + 2 (so MIGRATIONS[0]: 1 -> 2).
-MIGRATIONS: tuple[tuple[str, ...], ...] = (V2_TABLES,)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (V2_TABLES, V3_INDEXES)
 assert len(MIGRATIONS) == SCHEMA_VERSION - 1
 
 _COLS = ", ".join(CHANNEL_COLUMNS)
@@ -132,6 +138,7 @@ SELECT = f"SELECT {_COLS} FROM channels"
 CHANGE = "SELECT change FROM channels WHERE role = ? AND contract_txid = ?"
 STATUS = "SELECT status FROM channels WHERE role = ? AND contract_txid = ?"
 DELETE = "DELETE FROM channels WHERE role = ? AND contract_txid = ?"
+DELETE_LOG = "DELETE FROM payment_log WHERE role = ? AND contract_txid = ?"
 PAYMENTS = "SELECT role, contract_txid, amount, change_after, info, seq FROM payment_log"
 
 _CHAIN_VALUES = [c for c in CHAIN_COLUMNS if c not in KEY_COLUMNS]

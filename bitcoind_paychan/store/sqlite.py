@@ -25,6 +25,8 @@ from bitcoind_paychan.store.base import (
     PaymentLogEntry,
     change_increased,
     closed,
+    discard_refusal,
+    not_discardable,
     not_final,
     not_stored,
     other_channel,
@@ -109,7 +111,7 @@ class SQLiteStore:
     def channels(
         self, role: Role | None = None, statuses: Iterable[ChannelStatus] | None = None
     ) -> list[ChannelRecord]:
-        where, args = ["1"], []
+        where, args, source = ["1"], [], schema.SELECT
         if role is not None:
             where.append("role = ?")
             args.append(Role(role).value)
@@ -117,7 +119,9 @@ class SQLiteStore:
             wanted = sorted({ChannelStatus(s).value for s in statuses})
             where.append(f"status IN ({', '.join('?' * len(wanted))})")
             args.extend(wanted)
-        sql = f"{schema.SELECT} WHERE {' AND '.join(where)} ORDER BY role, contract_txid"
+            if role is not None:  # the planner would walk the whole role for the ORDER BY
+                source += f" INDEXED BY {schema.STATUS_INDEX}"
+        sql = f"{source} WHERE {' AND '.join(where)} ORDER BY role, contract_txid"
         with self._connection("list channels") as conn:
             rows = conn.execute(sql, args).fetchall()
         return [schema.decode(row, self._name) for row in rows]
@@ -184,6 +188,19 @@ class SQLiteStore:
             if row[0] not in _FINAL:
                 raise not_final(Role(role), contract_txid, ChannelStatus(row[0]))
             # The payment log and the chain state follow (ON DELETE CASCADE).
+            conn.execute(schema.DELETE, key)
+
+    def discard(self, role: Role, contract_txid: str) -> None:
+        key = (Role(role).value, contract_txid)
+        with self._transaction(f"discard {role} channel {contract_txid}") as conn:
+            row = conn.execute(schema.STATUS, key).fetchone()
+            if row is None:
+                return
+            state = schema.decode_chain(conn.execute(schema.CHAIN, key).fetchone())
+            why = discard_refusal(ChannelStatus(row[0]), state)
+            if why:
+                raise not_discardable(Role(role), contract_txid, why)
+            conn.execute(schema.DELETE_LOG, key)
             conn.execute(schema.DELETE, key)
 
     def close(self) -> None:

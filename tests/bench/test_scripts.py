@@ -29,3 +29,17 @@ def test_throughput_reports_its_figures() -> None:
 def test_store_bench_reports_its_figures() -> None:
     result = run_json("bench/store_payments.py", "--payments", "200")
     assert any(isinstance(v, int | float) and v > 0 for v in result.values())
+
+
+def test_spam_bench_reports_its_figures_and_a_store_that_did_not_grow() -> None:
+    result = run_json("bench/spam.py", "--attempts", "40", "--junk", "10", "--blocks", "2")
+    outcomes = result["outcomes"]
+    assert isinstance(outcomes, dict)
+    assert outcomes.pop("BAD_TRANSACTION") == 40  # every fake contract refused
+    assert set(outcomes) <= {"junk answered", "junk connect-and-close"}  # under the limits
+    assert sum(outcomes.values()) == 10
+    assert result["rows_after_spam"] == result["rows_before"] == 1
+    for key in ("payments_per_s_before", "payments_per_s_spam", "payments_per_s_blocks",
+                "longest_ack_gap_ms"):
+        value = result[key]
+        assert isinstance(value, int | float) and value > 0, key

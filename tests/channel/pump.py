@@ -8,6 +8,7 @@ from bitcoind_paychan.bitcoin.keys import PrivateKey
 from bitcoind_paychan.bitcoin.tx import OutPoint, Transaction, TxIn, TxOut
 from bitcoind_paychan.channel.client import ClientChannel
 from bitcoind_paychan.channel.effects import (
+    CheckContract,
     Effect,
     FundContract,
     LoadChannel,
@@ -64,6 +65,8 @@ class Pump:
         elif isinstance(effect, FundContract):
             tx = funding_tx(effect, self.segwit_funding)
             return [("client", e) for e in self.client.contract_funded(tx)]
+        elif isinstance(effect, CheckContract):
+            return [("server", e) for e in self.server.contract_checked(None)]
         elif isinstance(effect, LoadChannel):
             return [("server", e) for e in
                     self.server.channel_loaded(self.server_store.get(effect.contract_txid))]

@@ -24,6 +24,7 @@ from bitcoind_paychan.channel.effects import (
     Broadcast,
     ChannelClosed,
     ChannelOpened,
+    CheckContract,
     ClaimChannel,
     Disconnect,
     Effect,
@@ -153,7 +154,11 @@ class Session:
         key: bytes | None = None
         if self.version >= 2 and not omit_client_key:
             key = self.client.pub.data if client_key is None else client_key
-        return self.server.receive(wire(messages.provide_contract(raw, change, signature, key)))
+        effects = self.server.receive(wire(messages.provide_contract(raw, change, signature,
+                                                                     key)))
+        if types(effects) == [CheckContract]:  # the node would take it
+            return self.server.contract_checked(None)
+        return effects
 
 
 def start(version: int, policy: ServerPolicy | None = None,
@@ -419,6 +424,57 @@ def test_good_contract_opens_in_order(version: int) -> None:
     assert opened_.resumed is False
     assert session.server.state is ServerState.OPEN
     assert session.server.record == record
+
+
+def checked(session: Session, tx: Transaction) -> list[Effect]:
+    """PROVIDE_CONTRACT up to the node check: the only effect is CheckContract."""
+    change = tx.outputs[0].value - MIN_PAYMENT
+    signature = session.contract(tx).sign_payment(session.client, change)
+    key = session.client.pub.data if session.version >= 2 else None
+    if session.version == 1:
+        session.provide_refund(session.refund(tx))
+    return session.server.receive(wire(messages.provide_contract(tx.serialize(), change,
+                                                                 signature, key)))
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_nothing_is_stored_before_the_node_would_take_the_contract(version: int) -> None:
+    session = start(version)
+    tx = session.contract_tx()
+    effects = checked(session, tx)
+    assert types(effects) == [CheckContract]
+    assert isinstance(effects[0], CheckContract) and effects[0].tx == tx
+    assert session.server.state is ServerState.CHECKING_CONTRACT
+    assert types(session.server.contract_checked(None))[:2] == [StoreChannel, Broadcast]
+    assert state_of(session.server) is ServerState.OPEN
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_contract_the_node_refuses_leaves_nothing_and_is_a_bad_transaction(
+        version: int) -> None:
+    session = start(version)
+    checked(session, session.contract_tx())
+    effects = session.server.contract_checked("missing-inputs")
+    assert_refused(session.server, effects, ErrorCode.BAD_TRANSACTION)
+    assert not [e for e in effects if isinstance(e, StoreChannel | Broadcast | ChannelOpened)]
+    assert "missing-inputs" in sent(effects)[0].error.explanation
+    assert session.server.record is None
+
+
+def test_an_unreachable_node_is_a_retryable_error_and_nothing_is_stored() -> None:
+    session = start(3)
+    checked(session, session.contract_tx())
+    effects = session.server.contract_checked("bitcoind does not answer", retryable=True)
+    assert_refused(session.server, effects, ErrorCode.OTHER)
+    assert not [e for e in effects if isinstance(e, StoreChannel | Broadcast | ChannelOpened)]
+    explanation = sent(effects)[0].error.explanation
+    assert "unavailable" in explanation and "retry later" in explanation
+
+
+def test_contract_checked_is_refused_unless_the_node_was_asked() -> None:
+    session = start(2)
+    with pytest.raises(LocalProtocolError, match="contract_checked while"):
+        session.server.contract_checked(None)
 
 
 @pytest.mark.parametrize("version", VERSIONS)

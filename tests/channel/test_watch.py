@@ -11,6 +11,7 @@ from bitcoind_paychan.channel.chainstate import ChainState
 from bitcoind_paychan.channel.effects import (
     Broadcast,
     ChannelFinished,
+    DiscardChannel,
     Effect,
     ForgetChannel,
     MarkChannel,
@@ -26,6 +27,7 @@ from bitcoind_paychan.channel.watch import (
     apply_block,
     is_refund,
     observe_mempool,
+    observe_missing_inputs,
     revert_block,
     review,
 )
@@ -244,7 +246,7 @@ def test_a_stuck_refund_is_replaced_by_the_client() -> None:
     assert bumped.tx.outputs[0].value < Transaction.parse(state.spender).outputs[0].value
 
 
-def test_contract_inputs_spent_elsewhere_fail_the_channel() -> None:
+def test_contract_inputs_spent_elsewhere_fail_the_channel_then_discard_it() -> None:
     _, client = records()
     contract = Transaction.parse(client.contract_tx)
     thief = Transaction(2, (TxIn(contract.inputs[0].prevout, b"", 0xFFFFFFFF, (b"\x01",)),),
@@ -255,8 +257,22 @@ def test_contract_inputs_spent_elsewhere_fail_the_channel() -> None:
     assert types(effects) == [MarkChannel, ChannelFinished]
     assert isinstance(effects[0], MarkChannel) and effects[0].status is ChannelStatus.FAILED
     failed = replace(client, status=ChannelStatus.FAILED)
-    assert review(failed, state, tip(152), RATE, POLICY) == [ForgetChannel(client.contract_txid)]
+    assert review(failed, state, tip(151), RATE, POLICY) == []
+    # Never funded: no money history to keep, so it is discarded rather than forgotten.
+    assert review(failed, state, tip(152), RATE, POLICY) == [DiscardChannel(client.contract_txid)]
     assert apply_block(client, ChainState(), [contract], 150).conflict_height == 0
+
+
+def test_missing_inputs_count_as_a_conflict_from_the_tip_where_they_were_seen() -> None:
+    seen = observe_missing_inputs(ChainState(), "bad-txns-inputs-missingorspent", 200)
+    assert seen == ChainState(conflict_height=200)
+    assert observe_missing_inputs(ChainState(), "missing-inputs", 200) == seen
+    assert observe_missing_inputs(seen, "missing-inputs", 210) == seen  # the first sighting
+    for other in ("txn-mempool-conflict", "min relay fee not met", ""):
+        assert observe_missing_inputs(ChainState(), other, 200) == ChainState()
+    for known in (ChainState(contract_height=5), ChainState(spender=b"\x01")):
+        assert observe_missing_inputs(known, "missing-inputs", 200) == known
+    assert revert_block(seen, 200).conflict_height == 0  # a reorg: looked at again
 
 
 def test_closing_server_rebroadcasts_its_unseen_settlement() -> None:

@@ -20,6 +20,7 @@ from bitcoind_paychan.channel.watch import WatchPolicy
 from bitcoind_paychan.daemon.config import Config, config_from_dict, load_config
 from bitcoind_paychan.errors import ConfigError
 from bitcoind_paychan.node.config import NodeConfig
+from bitcoind_paychan.service.limits import PeerLimits
 
 CONTRIB = Path(__file__).resolve().parents[2] / "contrib"
 HOME = Path("~").expanduser()
@@ -340,6 +341,10 @@ BAD = [
     ("scheduler:\n  forget_depth: 0", "scheduler.forget_depth", ["found 0", "≥ 1"]),
     ("scheduler:\n  review_interval: 0", "scheduler.review_interval",
      ["found 0", "expected a number of seconds > 0"]),
+    ("server:\n  max_connections_per_minute: 0", "server.max_connections_per_minute",
+     ["found 0", "≥ 1"]),
+    ("server:\n  max_handshakes_per_ip: true", "server.max_handshakes_per_ip",
+     ["found true", "expected an integer"]),
     ("server:\n  min_confirmations: -1", "server.min_confirmations",
      ["found -1", "≥ 0 (or null for the default)"]),
     ("scheduler:\n  settle_margin: 600", "scheduler.settle_margin", ["found 600", "≥ 7200"]),
@@ -535,6 +540,14 @@ def test_the_contrib_examples_load(name: str, network: str) -> None:
     if network == "main":
         assert not config.server.enabled
         assert config.server.min_confirmations == 2
+
+
+def test_peer_limits_come_from_the_server_section(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "")).server.limits == PeerLimits()
+    config = load_config(write(tmp_path, "server:\n  max_connections_per_minute: 30\n"
+                                         "  max_handshakes_per_ip: 4\n"))
+    assert config.server.limits == PeerLimits(max_connections_per_minute=30,
+                                              max_handshakes_per_ip=4)
 
 
 def test_payout_address_must_belong_to_the_network(tmp_path: Path) -> None:

@@ -92,6 +92,9 @@ PROBES: dict[str, tuple[Any, Probe]] = {
     "server.min_time_window": (5 * 3600, lambda d: server(d).policy.min_time_window),
     "server.max_time_window": (5 * 3600, lambda d: server(d).policy.max_time_window),
     "server.min_confirmations": (3, lambda d: server(d).min_confirmations),
+    "server.max_connections_per_minute": (30, lambda d: server(d).gate.limits
+                                          .max_connections_per_minute),
+    "server.max_handshakes_per_ip": (4, lambda d: server(d).gate.limits.max_handshakes_per_ip),
     "server.payout_address": ("bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080",
                               lambda d: server(d).payout_script),
     "client.enabled": (False, lambda d: d.client is not None),

@@ -133,6 +133,28 @@ def test_invalid_tx_is_rejected_with_the_nodes_reason(bitcoind: Bitcoind) -> Non
     assert bogus.txid_hex in str(caught.value)
 
 
+def test_check_acceptable_raises_the_nodes_refusal_and_accepts_a_known_tx(
+    bitcoind: Bitcoind,
+) -> None:
+    bogus = Transaction(
+        2, (TxIn(OutPoint(b"\x11" * 32, 0), b"", 0xFFFFFFFF),), (TxOut(1000, SCRIPT),), 0
+    )
+    with pytest.raises(TransactionRejected) as caught:
+        bitcoind.check_acceptable(bogus)
+    assert caught.value.reason == "missing-inputs" and bogus.txid_hex in str(caught.value)
+    funded = bitcoind.fund(SCRIPT, 1_000_000, fee_rate=2000)
+    assert bitcoind.check_acceptable(funded.tx).allowed
+    bitcoind.broadcast(funded.tx)
+    assert bitcoind.check_acceptable(funded.tx).reason == "txn-already-in-mempool"
+
+
+def test_check_acceptable_on_a_stopped_node_is_unreachable(node: RegtestNode) -> None:
+    bitcoind = Bitcoind(config_for(node))
+    node.stop()
+    with pytest.raises(NodeUnreachable, match="does not answer"):
+        bitcoind.check_acceptable(Transaction(2, (), (TxOut(1000, SCRIPT),), 0))
+
+
 def test_bare_multisig_refusal_says_what_to_do(bitcoind: Bitcoind) -> None:
     from bitcoind_paychan.bitcoin.keys import PrivateKey
     from bitcoind_paychan.bitcoin.script import multisig_2of2_script

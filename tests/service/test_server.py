@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
+from collections.abc import Callable
 
 import pytest
 
 from bitcoind_paychan.bitcoin.keys import PrivateKey
+from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.channel import messages
-from bitcoind_paychan.channel.records import Role
+from bitcoind_paychan.channel.records import ChannelStatus, Role
 from bitcoind_paychan.errors import ErrorCode
-from bitcoind_paychan.service.client import Channel
+from bitcoind_paychan.node import AsyncBitcoind, Bitcoind
+from bitcoind_paychan.service.client import Channel, ChannelFailed
+from bitcoind_paychan.service.limits import PeerLimits
+from bitcoind_paychan.service.server import PaymentServer
+from bitcoind_paychan.store import SQLiteStore
 from bitcoind_paychan.wire import error_code, open_connection, pb
-from tests.service.conftest import Sides
+from regtest.node import RegtestNode
+from regtest.stranger import fake_open
+from tests.conftest import config_for
+from tests.service.conftest import FAST, Sides, until
 
 T = pb.TwoWayChannelMessage
 
@@ -116,3 +126,153 @@ def test_bad_payments_are_refused_and_nothing_is_lost(sides: Sides, version: int
     assert paid_when_refused == 11_000
     assert paid == 13_000
 
+
+
+def test_a_strangers_fake_contract_leaves_no_row_and_is_a_bad_transaction(sides: Sides) -> None:
+    """Fake segwit inputs, the stranger's own key, a valid initial payment: the node would
+    not take the contract, so nothing is stored (it used to leave a FAILED row forever)."""
+    async def scenario() -> tuple[list[ErrorCode | None], list[str], str]:
+        server = sides.server()
+        host, port = await server.listen()
+        good = await sides.client().open(host, port, 500_000)
+        codes = [await fake_open(host, port, version) for version in (2, 3, 3)]
+        await good.pay(1_000)
+        stored = [r.contract_txid for r in server.store.channels()]
+        await server.stop()
+        return codes, stored, good.record.contract_txid
+
+    codes, stored, good = asyncio.run(scenario())
+    assert codes == [ErrorCode.BAD_TRANSACTION] * 3
+    assert stored == [good]
+
+
+def test_node_unreachable_while_a_client_opens_is_retryable_and_stores_nothing(
+        sides: Sides) -> None:
+    async def scenario() -> tuple[str, list[str]]:
+        server = sides.server()
+        host, port = await server.listen()
+        sides.server_node.stop()
+        with pytest.raises(ChannelFailed) as failed:
+            await sides.client().open(host, port, 500_000)
+        stored = [r.contract_txid for r in server.store.channels()]
+        await server.stop()
+        return str(failed.value), stored
+
+    message, stored = asyncio.run(scenario())
+    assert "OTHER" in message and "retry later" in message, message
+    assert "unavailable" in message and "nothing was stored" in message
+    assert stored == []
+
+
+async def hung_up_at_once(host: str, port: int) -> bool:
+    """Connect and say hello: did the server hang up without answering?"""
+    stream = await open_connection(host, port, 10)
+    try:
+        await stream.send(messages.client_version(2, messages.DEFAULT_TIME_WINDOW, None))
+        return await stream.receive(timeout=10) is None
+    except ConnectionError:
+        return True
+    finally:
+        await stream.close()
+
+
+def test_per_peer_limits_hang_up_on_a_flood_and_spare_the_paying_channel(
+        sides: Sides, caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> tuple[list[bool], bool, bool]:
+        server = sides.server(limits=PeerLimits(max_connections_per_minute=8,
+                                                max_handshakes_per_ip=2))
+        host, port = await server.listen()
+        good = await sides.client().open(host, port, 500_000)  # 1 connection
+        idle = [await open_connection(host, port, 10) for _ in range(2)]  # 2 handshakes
+        for stream in idle:
+            await stream.send(messages.client_version(2, messages.DEFAULT_TIME_WINDOW, None))
+            assert await stream.receive(timeout=10) is not None  # SERVER_VERSION: admitted
+        over_handshakes = await hung_up_at_once(host, port)  # 4th connection
+        for stream in idle:
+            await stream.close()
+        await good.pay(1_000)
+        flood = [await hung_up_at_once(host, port) for _ in range(30)]  # 5 left this minute
+        await good.pay(1_000)  # the open channel keeps paying
+        await server.stop()
+        return flood, over_handshakes, good.paid == 3_000
+
+    with caplog.at_level(logging.WARNING, "bitcoind_paychan.service.limits"):
+        flood, over_handshakes, paid = asyncio.run(scenario())
+    assert over_handshakes and paid
+    assert flood[:5] == [False] * 5 and flood.count(False) <= 6, flood  # (+1: refill)
+    refusals = [r for r in caplog.records if r.name == "bitcoind_paychan.service.limits"]
+    assert len(refusals) == 1, [r.getMessage() for r in refusals]  # no log flood
+
+
+class TroubleBeforeBroadcast(AsyncBitcoind):
+    """The node said it would take the contract; then, before its first broadcast, `trouble`
+    happens to the real node (it stops, or the contract's coin is spent elsewhere)."""
+
+    def __init__(self, node: RegtestNode, trouble: Callable[[Transaction], None]) -> None:
+        super().__init__(Bitcoind(config_for(node)))
+        self.trouble: Callable[[Transaction], None] | None = trouble
+
+    async def broadcast(self, tx: Transaction) -> str:
+        if self.trouble is not None:
+            trouble, self.trouble = self.trouble, None
+            await asyncio.to_thread(trouble, tx)
+        return await super().broadcast(tx)
+
+
+def server_with(sides: Sides, wallet: AsyncBitcoind) -> PaymentServer:
+    return PaymentServer(wallet, SQLiteStore(sides.tmp / "server.db"), poll_interval=0.2,
+                         review_interval=0.5, autopilot=FAST)
+
+
+def test_a_node_lost_between_check_and_broadcast_opens_the_channel_and_broadcasts_later(
+        sides: Sides) -> None:
+    """The contract was checked and stored: the channel opens (nothing is marked FAILED, which
+    would be untrue) and the autopilot broadcasts the contract once the node is back."""
+    async def scenario() -> tuple[ChannelStatus, int]:
+        node = sides.server_node
+        server = server_with(sides, TroubleBeforeBroadcast(node, lambda tx: node.stop()))
+        host, port = await server.listen()
+        channel = await sides.client().open(host, port, 500_000)
+        record = server.store.get(Role.SERVER, channel.contract_txid)
+        assert record is not None
+        await asyncio.to_thread(node.start, same_ports=True)
+        await until(lambda: channel.contract_txid in node.rpc("getrawmempool"),
+                    what="the autopilot to broadcast the contract")
+        await channel.pay(1_000)
+        await server.stop()
+        return record.status, channel.paid
+
+    status, paid = asyncio.run(scenario())
+    assert status is ChannelStatus.OPEN and paid == 2_000
+
+
+def test_a_contract_double_spent_between_check_and_broadcast_stays_open_then_is_discarded(
+        one_node: Sides) -> None:
+    sides, node = one_node, one_node.server_node
+
+    def double_spend(tx: Transaction) -> None:
+        coin = tx.inputs[0].prevout
+        raw = node.rpc("createrawtransaction", [{"txid": coin.txid_hex, "vout": coin.index}],
+                       [{node.rpc("getnewaddress", wallet=sides.client_wallet): 4.99}],
+                       wallet=sides.client_wallet)
+        signed = node.rpc("signrawtransactionwithwallet", raw, wallet=sides.client_wallet)
+        node.rpc("sendrawtransaction", signed["hex"])
+
+    async def scenario() -> tuple[str, ChannelStatus]:
+        server = server_with(sides, TroubleBeforeBroadcast(node, double_spend))
+        host, port = await server.listen()
+        with pytest.raises(ChannelFailed) as failed:
+            await sides.client().open(host, port, 500_000)
+        (record,) = server.store.channels()
+        await asyncio.to_thread(node.mine, 1)
+        txid = record.contract_txid
+        await until(lambda: server.store.get(Role.SERVER, txid).status  # type: ignore[union-attr]
+                    is ChannelStatus.FAILED, what="the double spend to fail the channel")
+        await asyncio.to_thread(node.mine, FAST.forget_depth)
+        await until(lambda: server.store.get(Role.SERVER, txid) is None, what="the discard")
+        await server.stop()
+        return str(failed.value), record.status
+
+    message, status_at_once = asyncio.run(scenario())
+    assert "BAD_TRANSACTION" in message and "refused the contract" in message
+    assert status_at_once is ChannelStatus.OPEN  # the node's word at broadcast, not a verdict

@@ -379,6 +379,43 @@ def test_forget_removes_the_chain_state(store: ChannelStore) -> None:
     assert store.chain_state(Role.SERVER, other.txid) == FULL_CHAIN
 
 
+def test_discard_removes_a_never_funded_failed_channel_entirely(store: ChannelStore) -> None:
+    ch, other = Channel(), Channel()
+    rec = ch.record()
+    store.put(rec)
+    store.put(other.record())
+    store.record_payment(ch.pay(rec, 100), 100)
+    store.put(replace(ch.pay(rec, 100), status=ChannelStatus.FAILED))
+    store.put_chain_state(Role.SERVER, ch.txid, ChainState(conflict_height=7))
+    store.discard(Role.SERVER, ch.txid)
+    assert store.get(Role.SERVER, ch.txid) is None
+    assert store.payments(Role.SERVER, ch.txid) == []
+    store.discard(Role.SERVER, ch.txid)  # idempotent
+    assert [r.contract_txid for r in store.channels()] == [other.txid]
+
+
+@pytest.mark.parametrize("status", [s for s in ChannelStatus if s is not ChannelStatus.FAILED])
+def test_discard_refuses_a_channel_that_did_not_fail(store: ChannelStore,
+                                                     status: ChannelStatus) -> None:
+    ch = Channel()
+    store.put(ch.record(status=status))
+    with pytest.raises(StoreError, match=f"its status is {status}.*history is kept"):
+        store.discard(Role.SERVER, ch.txid)
+    assert store.get(Role.SERVER, ch.txid) is not None
+
+
+@pytest.mark.parametrize("state", [ChainState(contract_height=5),
+                                   ChainState(spender=b"\x01", conflict_height=5)])
+def test_discard_refuses_a_channel_whose_contract_was_on_chain(store: ChannelStore,
+                                                               state: ChainState) -> None:
+    ch = Channel()
+    store.put(ch.record(status=ChannelStatus.FAILED))
+    store.put_chain_state(Role.SERVER, ch.txid, state)
+    with pytest.raises(StoreError, match="was seen on chain"):
+        store.discard(Role.SERVER, ch.txid)
+    assert store.chain_state(Role.SERVER, ch.txid) == state
+
+
 # -- meta ------------------------------------------------------------------------------------
 
 

@@ -185,7 +185,8 @@ def test_upgrades_a_version_1_file(path: Path, tmp_path: Path) -> None:
         store.put(ch.record())
         store.record_payment(rec, 7, b"v1")
     with closing(sqlite3.connect(path)) as conn:  # what version 1 created: no chain_state, meta
-        conn.executescript("DROP TABLE chain_state; DROP TABLE meta; PRAGMA user_version = 1")
+        conn.executescript("DROP TABLE chain_state; DROP TABLE meta; "
+                           "DROP INDEX channels_by_status; PRAGMA user_version = 1")
     with SQLiteStore(path) as store:
         assert_same(store.get(Role.SERVER, ch.txid), rec)
         assert [e.info for e in store.payments(Role.SERVER)] == [b"v1"]
@@ -196,6 +197,19 @@ def test_upgrades_a_version_1_file(path: Path, tmp_path: Path) -> None:
         assert conn.execute("PRAGMA user_version").fetchone() == (schema.SCHEMA_VERSION,)
     SQLiteStore(tmp_path / "new.db").close()
     assert _schema_sql(path) == _schema_sql(tmp_path / "new.db")  # as if created new
+
+
+def test_upgrades_a_version_2_file_with_the_status_index(path: Path, tmp_path: Path) -> None:
+    ch = Channel()
+    with SQLiteStore(path) as store:
+        store.put(ch.record(status=ChannelStatus.CLOSING))
+    with closing(sqlite3.connect(path)) as conn:  # version 2 had no index by status
+        conn.executescript("DROP INDEX channels_by_status; PRAGMA user_version = 2")
+    with SQLiteStore(path) as store:
+        assert [r.contract_txid for r in store.channels(Role.SERVER, [ChannelStatus.CLOSING])
+                ] == [ch.txid]
+    SQLiteStore(tmp_path / "new.db").close()
+    assert _schema_sql(path) == _schema_sql(tmp_path / "new.db")
 
 
 def test_refuses_other_files(path: Path, tmp_path: Path) -> None:
