@@ -207,19 +207,19 @@ class ChannelModel(RuleBasedStateMachine):
         process = self.process(side)
         if not process.up:
             process.up = True
-            self.act(process.watch)
+            self.act(partial(process.watch, everything=True))
 
     @rule(side=sides, reachable=st.booleans())
     def node_reachable(self, side: Role, reachable: bool) -> None:
         process = self.process(side)
         process.node_up = reachable
         if reachable:
-            self.act(process.watch)
+            self.act(partial(process.watch, everything=True))
 
     @rule(side=sides)
     def review(self, side: Role) -> None:
         """A review timer or deadline fires."""
-        self.act(self.process(side).watch)
+        self.act(partial(self.process(side).watch, everything=True))
 
     # -- the chain -------------------------------------------------------------------------
 
@@ -291,3 +291,4 @@ def test_crash_between_chain_state_and_sync_mark_then_reorg() -> None:
         m.reorg(depth=1, step=1, include=False)
         m.restart(side=Role.CLIENT)
     replay(steps)
+

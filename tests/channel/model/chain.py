@@ -132,7 +132,8 @@ class Chain:
                  | set(created) | set(self.contracts))
         for txin in tx.inputs:
             if txin.prevout in spent:
-                return f"input {txin.prevout.txid_hex}:{txin.prevout.index} already spent"
+                return (f"bad-txns-inputs-missingorspent: {txin.prevout.txid_hex}:"
+                        f"{txin.prevout.index} is spent")
             if txin.prevout.txid in known and txin.prevout.txid not in created:
                 return f"input {txin.prevout.txid_hex} is not available yet"
         contract = self.contracts.get(tx.inputs[0].prevout.txid) if tx.inputs else None
@@ -150,19 +151,24 @@ class Chain:
 
     def accept(self, tx: Transaction) -> str | None:
         """Take `tx` into the mempool (replacing a cheaper conflict); why not, or None."""
+        problem, mempool = self._acceptance(tx)
+        self.mempool = mempool
+        return problem
+
+    def test_accept(self, tx: Transaction) -> str | None:
+        """Why the mempool would not take `tx` now (None: it would)."""
+        return self._acceptance(tx)[0]
+
+    def _acceptance(self, tx: Transaction) -> tuple[str | None, list[Transaction]]:
         if any(t.txid == tx.txid for t in self.mempool + self.chain_txs()):
-            return None  # already known: a node answers as if accepted
-        base = self.chain_txs()
+            return None, self.mempool  # already known: a node answers as if accepted
         conflicts = [t for t in self.mempool
                      if {i.prevout for i in t.inputs} & {i.prevout for i in tx.inputs}]
         if any(self.fee(tx) <= self.fee(c) for c in conflicts):
-            return "conflicts with a mempool transaction paying as much"
-        pool = [t for t in self.mempool if t not in conflicts]
-        problem = self.problem(tx, base + self._closure(pool), self.median_time)
-        if problem:
-            return problem
-        self.mempool = [*self._closure(pool), tx]
-        return None
+            return "txn-mempool-conflict", self.mempool
+        pool = self._closure([t for t in self.mempool if t not in conflicts])
+        problem = self.problem(tx, self.chain_txs() + pool, self.median_time)
+        return (problem, self.mempool) if problem else (None, [*pool, tx])
 
     def _closure(self, pool: list[Transaction]) -> list[Transaction]:
         """`pool` without the transactions whose inputs are gone (descendants of evicted or

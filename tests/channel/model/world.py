@@ -17,7 +17,9 @@ from bitcoind_paychan.channel.client import ClientChannel, ClientPolicy
 from bitcoind_paychan.channel.effects import (
     Broadcast,
     ChannelOpened,
+    CheckContract,
     ClaimChannel,
+    DiscardChannel,
     Disconnect,
     Effect,
     ForgetChannel,
@@ -40,6 +42,7 @@ from bitcoind_paychan.channel.watch import (
     Tip,
     apply_block,
     observe_mempool,
+    observe_missing_inputs,
     revert_block,
     review,
 )
@@ -51,6 +54,7 @@ from tests.channel.model.chain import Chain
 from tests.channel.model.checks import PAYOUT, WATCH_POLICY, Checks
 
 T = pb.TwoWayChannelMessage
+LIVE = (ChannelStatus.OPEN, ChannelStatus.CLOSING)  # what the watcher folds each block into
 PEER = "server:1"
 SYNCED = "model:synced"
 SERVER_POLICY = ServerPolicy(min_channel_size=100_000, min_payment=1_000)
@@ -119,8 +123,10 @@ class Process:
 
     # -- the chain watcher -------------------------------------------------------------
 
-    def watch(self) -> None:
-        """Catch up with the chain (reverting what a reorg took away), then review."""
+    def watch(self, everything: bool = False) -> None:
+        """Catch up with the chain (reverting what a reorg took away), then review: as the
+        service's watcher, the live channels after new blocks, all of them after a reorg or
+        when `everything` (the periodic review, a start)."""
         if not (self.up and self.node_up):
             return
         synced: list[int] = json.loads(self.store.get_meta(SYNCED) or "[]")
@@ -128,8 +134,8 @@ class Process:
         common = 0
         while common < min(len(synced), len(ids)) and synced[common] == ids[common]:
             common += 1
-        records = self.store.channels(self.role)
-        for record in records:
+        reorg = common < len(synced)
+        for record in self.store.channels(self.role, None if reorg else LIVE):
             txid = record.contract_txid
             before = state = self.store.chain_state(self.role, txid)
             for height in range(len(synced) - 1, common - 1, -1):
@@ -141,14 +147,12 @@ class Process:
                 self.store.put_chain_state(self.role, txid, state)
         self.tick()
         self.store.set_meta(SYNCED, json.dumps(ids))
-        self.review_all()
+        self.review_all(everything or reorg)
 
-    def review_all(self) -> None:
-        if not (self.up and self.node_up):
-            return
+    def review_all(self, everything: bool) -> None:
         tip = Tip(self.chain.tip.height, self.chain.median_time, self.chain.tip.time)
         self.reviewed = []
-        for record in self.store.channels(self.role):
+        for record in self.store.channels(self.role, None if everything else LIVE):
             txid = record.contract_txid
             state = self.store.chain_state(self.role, txid)
             if not state.spender_height and not record.status.final:
@@ -159,11 +163,12 @@ class Process:
                     state = seen
             for effect in review(record, state, tip, self.chain.fee_rate, WATCH_POLICY):
                 self.tick()
-                if not self.carry_out_review(record, effect):
+                if not self.carry_out_review(record, effect, tip):
                     break
-        self.reviewed = [b.id for b in self.chain.blocks]
+        if everything:
+            self.reviewed = [b.id for b in self.chain.blocks]
 
-    def carry_out_review(self, record: ChannelRecord, effect: Effect) -> bool:
+    def carry_out_review(self, record: ChannelRecord, effect: Effect, tip: Tip) -> bool:
         """As the service's ChainWatcher does; False stops this channel's review."""
         txid = record.contract_txid
         match effect:
@@ -172,6 +177,11 @@ class Process:
                 refused = self.broadcast(tx)
                 if refused and purpose != "contract":
                     return False
+                if refused:
+                    state = self.store.chain_state(self.role, txid)
+                    seen = observe_missing_inputs(state, refused, tip.height)
+                    if seen != state:
+                        self.store.put_chain_state(self.role, txid, seen)
             case MarkChannel(_, status, closing_tx):
                 self.store.modify(self.role, txid, lambda current: replace(
                     current, status=status, settlement_tx=closing_tx or current.settlement_tx))
@@ -182,6 +192,9 @@ class Process:
             case ForgetChannel():
                 self.world.checks.forgetting(self.role, txid)
                 self.store.forget(self.role, txid)
+            case DiscardChannel():
+                self.world.checks.forgetting(self.role, txid)
+                self.store.discard(self.role, txid)
         return True
 
     def settle_stored(self, txid: str) -> None:
@@ -273,14 +286,19 @@ class ServerProcess(Process):
         queue = list(effects)
         for effect in self.in_order(queue, conn):
             match effect:
+                case CheckContract(tx):
+                    if self.node_up:
+                        queue[:0] = machine.contract_checked(self.chain.test_accept(tx))
+                    else:
+                        queue[:0] = machine.contract_checked("its node does not answer", True)
                 case Broadcast(tx, purpose):
                     self.world.checks.broadcast(Role.SERVER, machine.record, tx, purpose)
                     refused = self.broadcast(tx)
+                    if refused and purpose == "contract" and not self.node_up:
+                        continue  # checked but not sent: the watcher broadcasts it again
                     if refused:
-                        if machine.record is not None:
-                            status = (ChannelStatus.FAILED if purpose == "contract"
-                                      else ChannelStatus.OPEN)
-                            self.store.put(replace(machine.record, status=status))
+                        if machine.record is not None and purpose != "contract":
+                            self.store.put(replace(machine.record, status=ChannelStatus.OPEN))
                         queue[:] = [Send(messages.error(ErrorCode.BAD_TRANSACTION, refused)),
                                     Disconnect(refused)]
                 case LoadChannel(txid):
