@@ -211,7 +211,10 @@ def _finish(record: ChannelRecord, state: ChainState, tip: Tip, policy: WatchPol
             ChannelFinished(record, status, closing, record.contract.value - change, change),
         ]
     if _buried(state, tip, policy):
-        never_funded = status is ChannelStatus.FAILED and not state.contract_height
+        # As the store's rule: a channel whose contract confirmed or whose spender was seen
+        # is history to keep (forget), else it is discarded.
+        never_funded = (status is ChannelStatus.FAILED and not state.contract_height
+                        and not state.spender)
         effects.append(DiscardChannel(txid) if never_funded else ForgetChannel(txid))
     return effects
 

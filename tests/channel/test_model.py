@@ -292,3 +292,17 @@ def test_crash_between_chain_state_and_sync_mark_then_reorg() -> None:
         m.restart(side=Role.CLIENT)
     replay(steps)
 
+
+def test_failed_channel_whose_settlement_was_seen_is_not_discarded() -> None:
+    """The server's settlement was in the mempool (and in its chain state) when a block spent
+    the contract's funding coin. Once that was buried the watcher asked to discard the channel,
+    which the store refuses (a spender was seen): the refusal escaped the review, so no channel
+    after this one would ever be reviewed again."""
+    def steps(m: ChannelModel) -> None:
+        m.open_channel(version=3, window=86340, value=100_000, flow=True)
+        m.server_closes(index=0)
+        m.review(side=Role.SERVER)
+        m.mine_double_spend(index=0, step=600)
+        m.mine(blocks=6, step=600, include=True)
+        m.review(side=Role.SERVER)
+    replay(steps)

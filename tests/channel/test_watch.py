@@ -31,6 +31,7 @@ from bitcoind_paychan.channel.watch import (
     revert_block,
     review,
 )
+from bitcoind_paychan.store.base import discard_refusal
 from tests.channel.pump import PAYOUT
 from tests.channel.test_client import NOW, opened
 
@@ -261,6 +262,21 @@ def test_contract_inputs_spent_elsewhere_fail_the_channel_then_discard_it() -> N
     # Never funded: no money history to keep, so it is discarded rather than forgotten.
     assert review(failed, state, tip(152), RATE, POLICY) == [DiscardChannel(client.contract_txid)]
     assert apply_block(client, ChainState(), [contract], 150).conflict_height == 0
+
+
+def test_a_failed_channel_whose_spender_was_seen_is_forgotten_not_discarded() -> None:
+    """The server's settlement reached the mempool before the contract's coins were spent
+    elsewhere: the store keeps that as history and refuses to discard it, so the watcher must
+    forget it (a refused discard would stop every review at this channel)."""
+    server, _ = records()
+    contract = Transaction.parse(server.contract_tx)
+    thief = Transaction(2, (TxIn(contract.inputs[0].prevout, b"", 0xFFFFFFFF, (b"\x01",)),),
+                        (TxOut(1000, PAYOUT),), 0)
+    seen = observe_mempool(ChainState(), settlement_of(server))
+    state = apply_block(server, seen, [thief], 150)
+    failed = replace(server, status=ChannelStatus.FAILED)
+    assert discard_refusal(failed.status, state) is not None
+    assert review(failed, state, tip(152), RATE, POLICY) == [ForgetChannel(server.contract_txid)]
 
 
 def test_missing_inputs_count_as_a_conflict_from_the_tip_where_they_were_seen() -> None:
