@@ -52,3 +52,7 @@ def client_closed(machine: ClientChannel) -> bool:
 
 def server_closed(machine: ServerChannel) -> bool:
     return machine.state is ServerState.CLOSED
+
+
+def server_settling(machine: ServerChannel) -> bool:
+    return machine.state is ServerState.SETTLING

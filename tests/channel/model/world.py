@@ -308,7 +308,8 @@ class ServerProcess(Process):
                     if conn is not None:
                         self.owners[txid] = conn
                     if previous is not None and previous is not conn:
-                        if conn is not None and conn.stranger:
+                        if conn is not None and conn.stranger and not glue.server_settling(
+                                machine):  # near its expiry any resume settles the channel
                             self.world.checks.stranger_displaced_owner = True
                         self.world.close_end(previous, Role.SERVER)
                 case PrepareSettlement():
