@@ -107,7 +107,7 @@ async def pay_all(config: NodeConfig, tmp: Path, address: tuple[str, int], chann
     try:
         started = time.perf_counter()
         opened = [await client.open(*address, channel_value(payments), version=version,
-                                    resume=False) for _ in range(channels)]
+                                    new=True) for _ in range(channels)]
         open_s = time.perf_counter() - started
         started = time.perf_counter()
         latencies = await asyncio.gather(*(pay(channel, payments) for channel in opened))

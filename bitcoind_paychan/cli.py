@@ -301,9 +301,12 @@ def parser() -> argparse.ArgumentParser:
     listing.add_argument("state", nargs="?", choices=states, help=", ".join(states))
     command("getchannel", _call("getchannel", "channel"), "one channel").add_argument(
         "channel", help="contract txid (or a unique prefix)")
-    opening = command("open", _call("open", "server", "amount"), "open a channel")
+    opening = command("open", _call("open", "server", "amount", "new"),
+                      "open a channel (or resume the open one of that value)")
     opening.add_argument("server", help="a configured server's name, or host:port")
     opening.add_argument("amount", type=_positive, help="channel value in sat")
+    opening.add_argument("--new", action="store_true",
+                         help="open another channel even if one to that server is open")
     paying = command("pay", _pay, "pay through a channel (opened or resumed as needed)")
     paying.add_argument("target", help="a server's name or host:port, or a contract txid")
     paying.add_argument("amount", type=_positive, help="sat")

@@ -33,7 +33,13 @@ from bitcoind_paychan.channel.effects import (
     StorePayment,
     VersionRefused,
 )
-from bitcoind_paychan.channel.machine import Handler, ProtocolMachine
+from bitcoind_paychan.channel.machine import (
+    Handler,
+    Input,
+    ProtocolMachine,
+    resume_digest,
+    table,
+)
 from bitcoind_paychan.channel.messages import DEFAULT_TIME_WINDOW
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.errors import (
@@ -72,64 +78,111 @@ class ClientState(enum.Enum):
     WAITING_FOR_OPEN = "waiting for CHANNEL_OPEN"
     OPEN = "open"
     WAITING_FOR_ACK = "waiting for PAYMENT_ACK"
+    CLOSE_AFTER_ACK = "waiting for PAYMENT_ACK, then closing"
     CLOSING = "waiting for the settlement"
     CLOSED = "closed"
 
 
-class ClientChannel(ProtocolMachine):
-    """One connection to a server on the client side; `resume` continues a stored channel."""
+C = ClientState
+TABLE = table({
+    (C.IDLE, Input.START): {C.WAITING_FOR_VERSION},
+    (C.WAITING_FOR_VERSION, T.SERVER_VERSION): {C.WAITING_FOR_INITIATE, C.WAITING_FOR_OPEN},
+    (C.WAITING_FOR_INITIATE, T.INITIATE): {C.FUNDING},
+    (C.FUNDING, Input.CONTRACT_FUNDED): {C.WAITING_FOR_REFUND, C.WAITING_FOR_OPEN},
+    (C.WAITING_FOR_REFUND, T.RETURN_REFUND): {C.WAITING_FOR_OPEN},
+    (C.WAITING_FOR_OPEN, T.CHANNEL_OPEN): {C.OPEN, C.WAITING_FOR_ACK},  # resumed: re-send
+    (C.WAITING_FOR_OPEN, T.INITIATE): {C.CLOSED},  # our resume refused
+    (C.WAITING_FOR_OPEN, T.CLOSE): {C.CLOSED},  # resumed near expiry: the server settles
+    (C.OPEN, Input.PAY): {C.WAITING_FOR_ACK},
+    (C.OPEN, Input.CLOSE): {C.CLOSING},
+    (C.OPEN, T.CLOSE): {C.CLOSED},
+    (C.WAITING_FOR_ACK, T.PAYMENT_ACK): {C.OPEN, C.CLOSING},  # CLOSING: channel used up
+    (C.WAITING_FOR_ACK, Input.CLOSE): {C.CLOSE_AFTER_ACK},
+    (C.WAITING_FOR_ACK, T.CLOSE): {C.CLOSED},
+    (C.CLOSE_AFTER_ACK, T.PAYMENT_ACK): {C.CLOSING},  # then CLOSE goes out
+    (C.CLOSE_AFTER_ACK, Input.CLOSE): {C.CLOSE_AFTER_ACK},
+    (C.CLOSE_AFTER_ACK, T.CLOSE): {C.CLOSED},
+    (C.CLOSING, T.PAYMENT_ACK): {C.CLOSING},  # an ack already on the wire is honoured
+    (C.CLOSING, Input.CLOSE): {C.CLOSING},
+    (C.CLOSING, T.CLOSE): {C.CLOSED},
+    (C.CLOSING, Input.SETTLEMENT_SEEN): {C.CLOSED},
+    (C.CLOSE_AFTER_ACK, Input.SETTLEMENT_SEEN): {C.CLOSED},
+    (C.CLOSED, Input.SETTLEMENT_SEEN): {C.CLOSED},
+    (C.CLOSED, Input.CLOSE): {C.CLOSED},
+}, ClientState, C.CLOSED)
 
+
+class ClientChannel(ProtocolMachine):
+    """One connection to a server on the client side.
+
+    `ClientChannel(policy, key, now, version)` opens a new channel; `ClientChannel.resuming(
+    record, policy, now)` continues a stored one. Inputs besides `receive(message)`: `start()`,
+    `contract_funded(tx)` (answers FundContract), `pay(amount, info)`, `close()`,
+    `settlement_seen(tx)` (a spender of the contract found on the node) and
+    `connection_lost()`; `TABLE` lists which are legal in which state. `close()` while a
+    payment is in flight sends CLOSE once its ack arrives; closing again is a no-op."""
+
+    TABLE = TABLE
     state: ClientState
     closed = ClientState.CLOSED
     peer_name = "server"
 
     def __init__(self, policy: ClientPolicy, key: PrivateKey, now: int, version: int = 3,
-                 resume: ChannelRecord | None = None, peer: str = "") -> None:
+                 peer: str = "") -> None:
         self.policy = policy
-        self.key = resume.key if resume else key
+        self.key = key
         self.now = now
-        self.version = resume.version if resume else version
+        self.version = version
         self.peer = peer
-        self.record = resume
+        self.record: ChannelRecord | None = None
         self.state = ClientState.IDLE
         self.min_payment = 0
         self.expiry = 0
         self.server_pub = b""
+        self.opened = False  # CHANNEL_OPEN seen on this connection
+        self._resuming = False
+        self._challenge = b""
         self._contract: Contract | None = None
         self._contract_tx = b""
         self._refund: Transaction | None = None
         self._pending: tuple[int, bytes] | None = None  # (amount, info) awaiting its ack
-        self.handlers: dict[tuple[enum.Enum, int], Handler] = {
-            (ClientState.WAITING_FOR_VERSION, T.SERVER_VERSION): self._on_server_version,
-            (ClientState.WAITING_FOR_INITIATE, T.INITIATE): self._on_initiate,
-            (ClientState.WAITING_FOR_REFUND, T.RETURN_REFUND): self._on_return_refund,
-            (ClientState.WAITING_FOR_OPEN, T.CHANNEL_OPEN): self._on_channel_open,
-            (ClientState.WAITING_FOR_OPEN, T.CLOSE): self._on_close,
-            (ClientState.WAITING_FOR_OPEN, T.INITIATE): self._on_initiate_to_resume,
-            (ClientState.WAITING_FOR_ACK, T.PAYMENT_ACK): self._on_payment_ack,
-            (ClientState.OPEN, T.CLOSE): self._on_close,
-            (ClientState.WAITING_FOR_ACK, T.CLOSE): self._on_close,
-            (ClientState.CLOSING, T.CLOSE): self._on_close,
+        self.handlers: dict[int, Handler] = {
+            T.SERVER_VERSION: self._on_server_version,
+            T.INITIATE: self._on_initiate,
+            T.RETURN_REFUND: self._on_return_refund,
+            T.CHANNEL_OPEN: self._on_channel_open,
+            T.PAYMENT_ACK: self._on_payment_ack,
+            T.CLOSE: self._on_close,
         }
 
+    @classmethod
+    def resuming(cls, record: ChannelRecord, policy: ClientPolicy, now: int) -> ClientChannel:
+        """A machine that continues the stored channel `record` with its server."""
+        machine = cls(policy, record.key, now, record.version, record.peer)
+        machine.record, machine._resuming = record, True
+        return machine
+
     @property
-    def resuming(self) -> bool:
-        return self.record is not None and self._contract is None
+    def resumed(self) -> bool:
+        """True when this connection continues a stored channel rather than opening one."""
+        return self._resuming
 
     # -- application calls -----------------------------------------------------------------
 
     def start(self) -> list[Effect]:
         """Say hello: CLIENT_VERSION (naming the stored channel when resuming)."""
-        if self.state is not ClientState.IDLE:
-            raise LocalProtocolError("start() called twice")
+        return self._input(Input.START, self._on_start)
+
+    def _on_start(self) -> list[Effect]:
         self.state = ClientState.WAITING_FOR_VERSION
         previous = self.record.contract_txid if self.record else None
         return [Send(messages.client_version(self.version, self.policy.time_window, previous))]
 
     def contract_funded(self, contract_tx: Transaction) -> list[Effect]:
         """The answer to FundContract: the wallet's signed, unbroadcast contract."""
-        if self.state is not ClientState.FUNDING:
-            raise LocalProtocolError(f"contract_funded while {self.state.value}")
+        return self._input(Input.CONTRACT_FUNDED, self._on_contract_funded, contract_tx)
+
+    def _on_contract_funded(self, contract_tx: Transaction) -> list[Effect]:
         contract = contract_from_tx(self.version, contract_tx, self.key.pub.data,
                                     self.server_pub, self.expiry)
         if contract.value != self.policy.value:
@@ -142,31 +195,54 @@ class ClientChannel(ProtocolMachine):
         return self._provide_contract(b"")
 
     def pay(self, amount: int, info: bytes = b"") -> list[Effect]:
-        """Pay `amount` more: store the new signature, then send it. Change below dust goes to
-        the server too, so the channel may be exhausted by a slightly larger payment."""
+        """Pay `amount` more: store the new signature, then send it. Any positive amount
+        (the server's minimum payment bounds the initial payment only); change below dust
+        goes to the server too, so the channel may be exhausted by a slightly larger one."""
+        return self._input(Input.PAY, self._on_pay, amount, info)
+
+    def _on_pay(self, amount: int, info: bytes) -> list[Effect]:
         record = self.record
-        if self.state is not ClientState.OPEN or record is None:
-            raise LocalProtocolError(f"cannot pay while {self.state.value}")
+        assert record is not None
         if amount <= 0:
             raise LocalProtocolError(f"payment amount must be positive, not {amount}")
         if amount > record.change:
             raise LocalProtocolError(f"the channel has {record.change} sat left; "
                                      f"cannot pay {amount}")
-        change = round_change(record.change - amount)
-        if record.change - change < self.min_payment and change:
-            raise LocalProtocolError(f"{amount} sat is below the server's minimum payment "
-                                     f"of {self.min_payment} sat")
-        return self._send_payment(record, change, info)
+        return self._send_payment(record, round_change(record.change - amount), info)
 
     def close(self) -> list[Effect]:
-        """Ask the server to settle."""
-        if self.state not in (ClientState.OPEN, ClientState.WAITING_FOR_ACK):
-            raise LocalProtocolError(f"cannot close while {self.state.value}")
-        self.state = ClientState.CLOSING
-        return [Send(messages.close())]
+        """Ask the server to settle: at once, or once the payment in flight is acknowledged.
+        Closing a channel that is closing or closed does nothing."""
+        return self._input(Input.CLOSE, self._on_close_input)
 
-    def connection_lost(self) -> list[Effect]:
+    def _on_close_input(self) -> list[Effect]:
+        if self.state is ClientState.OPEN:
+            self.state = ClientState.CLOSING
+            return [Send(messages.close())]
+        if self.state is ClientState.WAITING_FOR_ACK:
+            self.state = ClientState.CLOSE_AFTER_ACK
+        return []
+
+    def settlement_seen(self, settlement: Transaction) -> list[Effect]:
+        """A transaction spending our contract, found on the node while we wait for CLOSE
+        (or after the server hung up): checked like a settlement the server sends."""
+        return self._input(Input.SETTLEMENT_SEEN, self._on_settlement_seen, settlement)
+
+    def _on_settlement_seen(self, settlement: Transaction) -> list[Effect]:
+        record = self.record
+        if record is None:
+            raise LocalProtocolError("no channel to settle")
+        check_settlement(record, settlement)
+        return self._closed_by(settlement)
+
+    def _on_connection_lost(self) -> list[Effect]:
+        """A hang-up right after CLIENT_VERSION of a new channel is how a bitcoinj server says
+        it does not speak our major (its ERROR frame is lost): report it for fallback."""
+        was = self.state
         self.state = ClientState.CLOSED
+        if was is ClientState.WAITING_FOR_VERSION and not self._resuming:
+            return [VersionRefused(self.version, "the server hung up without answering our "
+                                   f"CLIENT_VERSION {self.version}", lost=True)]
         return []
 
     # -- messages --------------------------------------------------------------------------
@@ -184,11 +260,14 @@ class ClientChannel(ProtocolMachine):
             raise RemoteProtocolError(
                 f"server answered major {message.server_version.major} to our {self.version}",
                 ErrorCode.NO_ACCEPTABLE_VERSION)
-        self.state = (ClientState.WAITING_FOR_OPEN if self.record
+        self._challenge = message.server_version.resume_challenge
+        self.state = (ClientState.WAITING_FOR_OPEN if self._resuming
                       else ClientState.WAITING_FOR_INITIATE)
         return []
 
     def _on_initiate(self, message: T) -> list[Effect]:
+        if self.state is ClientState.WAITING_FOR_OPEN:
+            return self._resume_refused()
         body = message.initiate
         latest = self.now + self.policy.time_window + EXPIRY_SLACK
         if not self.now < body.expire_time_secs <= latest:
@@ -214,15 +293,15 @@ class ClientChannel(ProtocolMachine):
         script = output_script(self.version, self.key.pub.data, self.server_pub, self.expiry)
         return [FundContract(script, self.policy.value)]
 
-    def _on_initiate_to_resume(self, message: T) -> list[Effect]:
-        """The server does not know the channel we asked to resume."""
-        if self.record is None or not self.resuming:
+    def _resume_refused(self) -> list[Effect]:
+        """INITIATE in answer to our resume: the server does not know the channel."""
+        record = self.record
+        if not self._resuming or record is None:
             raise RemoteProtocolError("unexpected INITIATE while waiting for CHANNEL_OPEN",
                                       ErrorCode.SYNTAX_ERROR)
         self.state = ClientState.CLOSED
-        return [ResumeRefused(self.record.contract_txid),
-                Disconnect(f"the server no longer has channel {self.record.contract_txid} "
-                           "open")]
+        return [ResumeRefused(record.contract_txid),
+                Disconnect(f"the server no longer has channel {record.contract_txid} open")]
 
     def _on_return_refund(self, message: T) -> list[Effect]:
         assert self._contract is not None and self._refund is not None
@@ -234,7 +313,7 @@ class ClientChannel(ProtocolMachine):
     def _provide_contract(self, refund_tx: bytes) -> list[Effect]:
         contract = self._contract
         assert contract is not None
-        change = round_change(contract.value - self.min_payment)
+        change = round_change(contract.value - self.min_payment)  # the initial payment
         signature = contract.sign_payment(self.key, change)
         record = ChannelRecord(Role.CLIENT, contract, self._contract_tx, self.key, change,
                                signature, refund_tx=refund_tx, peer=self.peer, payments=1)
@@ -246,23 +325,31 @@ class ClientChannel(ProtocolMachine):
     def _on_channel_open(self, message: T) -> list[Effect]:
         record = self.record
         assert record is not None
-        resumed = self.resuming
-        self.state = ClientState.OPEN
-        effects: list[Effect] = [ChannelOpened(record, resumed=resumed)]
-        if resumed:
+        self.opened, self.state = True, ClientState.OPEN
+        effects: list[Effect] = [ChannelOpened(record, resumed=self._resuming)]
+        if self._resuming:
             # The last payment may not have reached the server: send it again (the server
-            # acknowledges a repeat without counting it twice).
+            # acknowledges a repeat without counting it twice). It also proves to the server
+            # that this connection holds the channel's key (v3: by signing its challenge).
+            proof = (self.key.sign(resume_digest(self._challenge, record.contract_txid))
+                     if self._challenge else b"")
             self.state = ClientState.WAITING_FOR_ACK
             self._pending = (0, b"")
-            effects.append(Send(messages.update_payment(record.change, record.signature)))
+            effects.append(Send(messages.update_payment(record.change, record.signature,
+                                                        resume_proof=proof)))
         return effects
 
     def _on_payment_ack(self, message: T) -> list[Effect]:
-        assert self.record is not None and self._pending is not None
-        amount, _ = self._pending
+        record = self.record
+        assert record is not None
+        amount, _ = self._pending or (0, b"")
         self._pending = None
-        self.state = ClientState.OPEN if self.record.change else ClientState.CLOSING
-        return [PaymentAcknowledged(self.record, amount, message.payment_ack.info)]
+        effects: list[Effect] = [PaymentAcknowledged(record, amount, message.payment_ack.info)]
+        if self.state is ClientState.CLOSE_AFTER_ACK and record.change:
+            effects.append(Send(messages.close()))
+        self.state = (ClientState.OPEN if self.state is ClientState.WAITING_FOR_ACK
+                      and record.change else ClientState.CLOSING)
+        return effects
 
     def _on_close(self, message: T) -> list[Effect]:
         record = self.record
@@ -272,16 +359,23 @@ class ClientChannel(ProtocolMachine):
             return [Disconnect("server closed without a settlement; watch the chain")]
         settlement = Transaction.parse(message.settlement.tx)
         check_settlement(record, settlement)
-        closing = replace(record, status=ChannelStatus.CLOSING,
-                          settlement_tx=message.settlement.tx)
-        self.record = closing
-        return [StoreChannel(closing), ChannelClosed(closing, settlement),
-                Disconnect("channel settled")]
+        return [*self._closed_by(settlement), Disconnect("channel settled")]
+
+    def _closed_by(self, settlement: Transaction) -> list[Effect]:
+        closing = replace(self._stored(), status=ChannelStatus.CLOSING,
+                          settlement_tx=settlement.serialize())
+        self.record, self.state = closing, ClientState.CLOSED
+        return [StoreChannel(closing), ChannelClosed(closing, settlement)]
+
+    def _stored(self) -> ChannelRecord:
+        assert self.record is not None
+        return self.record
 
     def _send_payment(self, record: ChannelRecord, change: int, info: bytes) -> list[Effect]:
-        amount = record.change - change
         signature = record.contract.sign_payment(self.key, change)
-        self.record = updated = record.with_payment(change, signature)
+        updated = record.with_payment(change, signature)
+        self.record = updated
+        amount = record.change - change
         self._pending = (amount, info)
         self.state = ClientState.WAITING_FOR_ACK
         return [StorePayment(updated, amount, info),

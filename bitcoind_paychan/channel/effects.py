@@ -197,10 +197,12 @@ class ChannelFinished:
 
 @dataclass(frozen=True, slots=True)
 class VersionRefused:
-    """Client: the server speaks none of our offered major versions."""
+    """Client: the server does not speak the major version we offered. `lost`: it hung up
+    without a word (a bitcoinj server's ERROR frame is often lost); nothing was stored."""
 
     version: int
     explanation: str
+    lost: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,27 +1,79 @@
-"""What the client and server machines share: table-driven dispatch and refusing a peer."""
+"""What the client and server machines share: one transition table per machine, dispatch
+through it, and refusing a peer.
+
+In the manner of h11's `_state.py`: a machine's `TABLE` maps (state, event) to the states it
+may move to. An event is a peer message type (an int from the wire enum) or an application
+input (`Input`). A (state, event) pair missing from the table is the peer's protocol error
+(answered with ERROR and a hang-up) for a message, or a `LocalProtocolError` for an input.
+The handler runs only for listed pairs and may pick any listed next state; a move it was not
+allowed is a bug and raises. Two rows hold in every state but the closed one and are not
+spelled out per machine: ERROR from the peer, and `CONNECTION_LOST`, both lead to closed.
+"""
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
+from bitcoind_paychan.bitcoin.hashes import sha256
 from bitcoind_paychan.channel import messages
 from bitcoind_paychan.channel.effects import Disconnect, Effect, PeerError, Send
-from bitcoind_paychan.errors import DecodeError, ErrorCode, ProtocolError, RemoteProtocolError
+from bitcoind_paychan.errors import (
+    DecodeError,
+    ErrorCode,
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+)
 from bitcoind_paychan.wire import error_code, pb, type_name
 
 T = pb.TwoWayChannelMessage
 Handler = Callable[[T], list[Effect]]
 
 
-class ProtocolMachine:
-    """A connection's state machine: `handlers[(state, message type)]` says what may come
-    next; anything else is the peer's protocol error, answered with ERROR and a hang-up."""
+class Input(enum.Enum):
+    """Application inputs and adapters' answers, as events of the transition tables."""
 
+    START = "start"  # client: say hello (open or resume)
+    CONTRACT_FUNDED = "contract_funded"  # client: the answer to FundContract
+    PAY = "pay"  # client
+    CLOSE = "close"  # client: the application asks to close
+    SETTLEMENT_SEEN = "settlement_seen"  # client: a settlement of ours found on the node
+    CHANNEL_LOADED = "channel_loaded"  # server: the answer to LoadChannel
+    CONTRACT_CHECKED = "contract_checked"  # server: the answer to CheckContract
+    SETTLE = "settle"  # server: the answer to PrepareSettlement, or the application's close
+    SETTLE_FUNDED = "settle_funded"  # server: the answer to FundSettlement
+    CONNECTION_LOST = "connection_lost"
+
+
+Event = int | Input
+Table = Mapping[tuple[enum.Enum, Event], frozenset[Any]]
+
+
+def table(rows: Mapping[tuple[enum.Enum, Event], Iterable[enum.Enum]],
+          states: type[enum.Enum], closed: enum.Enum) -> dict[tuple[enum.Enum, Event],
+                                                              frozenset[Any]]:
+    """A transition table from `rows`, plus connection lost (any state → closed)."""
+    built = {key: frozenset(nexts) for key, nexts in rows.items()}
+    for state in states:
+        built.setdefault((state, Input.CONNECTION_LOST), frozenset({closed}))
+    return built
+
+
+def event_name(event: Event) -> str:
+    return event.value if isinstance(event, Input) else pb.TwoWayChannelMessage.MessageType.Name(
+        event)  # type: ignore[arg-type]
+
+
+class ProtocolMachine:
+    """A connection's state machine driven through its class's `TABLE`."""
+
+    TABLE: Table
     state: enum.Enum
     closed: enum.Enum
     peer_name: str
-    handlers: dict[tuple[enum.Enum, int], Handler]
+    handlers: dict[int, Handler]  # message type → handler
 
     def receive(self, message: T) -> list[Effect]:
         """Handle one message from the peer."""
@@ -29,17 +81,41 @@ class ProtocolMachine:
             return []
         if message.type == T.ERROR:
             return self.on_error(message)
-        handler = self.handlers.get((self.state, message.type))
         try:
-            if handler is None:
+            if (self.state, message.type) not in self.TABLE:
                 raise RemoteProtocolError(
                     f"unexpected {type_name(message)} while {self.state.value}",
                     ErrorCode.SYNTAX_ERROR)
-            return handler(message)
+            return self._step(message.type, self.handlers[message.type], message)
         except DecodeError as exc:
             return self.refuse(RemoteProtocolError(str(exc), ErrorCode.BAD_TRANSACTION))
         except RemoteProtocolError as exc:
             return self.refuse(exc)
+
+    def _input(self, event: Input, handler: Callable[..., list[Effect]], *args: Any
+               ) -> list[Effect]:
+        """Apply an application input, if the table allows it in this state."""
+        if (self.state, event) not in self.TABLE:
+            raise LocalProtocolError(f"cannot {event.value.replace('_', ' ')} while "
+                                     f"{self.state.value}")
+        return self._step(event, handler, *args)
+
+    def _step(self, event: Event, handler: Callable[..., list[Effect]], *args: Any
+              ) -> list[Effect]:
+        allowed, before = self.TABLE[(self.state, event)], self.state
+        effects = handler(*args)
+        if self.state not in allowed and self.state is not self.closed:
+            raise LocalProtocolError(f"bug: {event_name(event)} moved {before.name} to "
+                                     f"{self.state.name}, which the table does not allow")
+        return effects
+
+    def connection_lost(self) -> list[Effect]:
+        """The connection ended (EOF, reset, or we hung up)."""
+        return self._input(Input.CONNECTION_LOST, self._on_connection_lost)
+
+    def _on_connection_lost(self) -> list[Effect]:
+        self.state = self.closed
+        return []
 
     def on_error(self, message: T) -> list[Effect]:
         """The peer sent ERROR: the connection is over."""
@@ -54,3 +130,14 @@ class ProtocolMachine:
         return [Send(messages.error(exc.code, str(exc), exc.expected_value)),
                 PeerError(exc.code, str(exc), remote=False),
                 Disconnect(f"refused the {self.peer_name}: {exc}", exc.code)]
+
+
+def resume_challenge(connection_secret: bytes) -> bytes:
+    """The v3 server's challenge to a resuming client: unpredictable to anyone without this
+    connection's fresh key."""
+    return sha256(b"bitcoind-paychan resume challenge" + connection_secret)
+
+
+def resume_digest(challenge: bytes, contract_txid: str) -> bytes:
+    """What a v3 client signs with its contract key to prove a resumed channel is its own."""
+    return sha256(b"bitcoind-paychan resume proof" + challenge + bytes.fromhex(contract_txid))

@@ -18,9 +18,11 @@ def client_version(major: int, time_window: int, previous_contract: str | None) 
     return msg
 
 
-def server_version(major: int) -> T:
+def server_version(major: int, resume_challenge: bytes = b"") -> T:
     msg = T(type=T.SERVER_VERSION)
     msg.server_version.major, msg.server_version.minor = major, 0
+    if resume_challenge:
+        msg.server_version.resume_challenge = resume_challenge
     return msg
 
 
@@ -56,12 +58,15 @@ def provide_contract(contract_tx: bytes, change: int, signature: bytes,
     return msg
 
 
-def update_payment(change: int, signature: bytes, info: bytes = b"") -> T:
+def update_payment(change: int, signature: bytes, info: bytes = b"",
+                   resume_proof: bytes = b"") -> T:
     msg = T(type=T.UPDATE_PAYMENT)
     body = msg.update_payment
     body.client_change_value, body.signature = change, signature
     if info:
         body.info = info
+    if resume_proof:
+        body.resume_proof = resume_proof
     return msg
 
 

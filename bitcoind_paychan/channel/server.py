@@ -38,7 +38,14 @@ from bitcoind_paychan.channel.effects import (
     StoreChannel,
     StorePayment,
 )
-from bitcoind_paychan.channel.machine import Handler, ProtocolMachine
+from bitcoind_paychan.channel.machine import (
+    Handler,
+    Input,
+    ProtocolMachine,
+    resume_challenge,
+    resume_digest,
+    table,
+)
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.errors import (
     DecodeError,
@@ -55,7 +62,9 @@ SETTLEMENT_MARGIN = 2 * 3600  # the server settles this long before the client's
 
 @dataclass(frozen=True)
 class ServerPolicy:
-    """What the server accepts. Windows are clamped into [min, max] as bitcoinj does."""
+    """What the server accepts. Windows are clamped into [min, max] as bitcoinj does.
+    `min_payment` bounds the initial payment only (bitcoinj's meaning: the channel can always
+    be settled above dust); later increments need only be at least `min_increment`."""
 
     min_channel_size: int = 100_000
     min_payment: int = 1_000
@@ -63,6 +72,7 @@ class ServerPolicy:
     max_time_window: int = 7 * 24 * 3600
     versions: tuple[int, ...] = VERSIONS
     require_segwit_funding_from: int = 3  # from this major on, contracts must spend segwit coins
+    min_increment: int = 1
 
     def __post_init__(self) -> None:
         for name in ("min_channel_size", "min_payment"):
@@ -78,6 +88,9 @@ class ServerPolicy:
         if self.max_time_window < self.min_time_window:
             raise PolicyError("max_time_window", f"found {self.max_time_window}, expected at "
                                                  f"least min_time_window ({self.min_time_window})")
+        if self.min_increment < 1:
+            raise PolicyError("min_increment", f"found {self.min_increment}, expected an "
+                                               "integer ≥ 1")
 
 
 class ServerState(enum.Enum):
@@ -86,14 +99,42 @@ class ServerState(enum.Enum):
     WAITING_FOR_REFUND = "waiting for PROVIDE_REFUND"
     WAITING_FOR_CONTRACT = "waiting for PROVIDE_CONTRACT"
     CHECKING_CONTRACT = "asking the node about the contract"
+    RESUMED = "waiting for a payment proving the resumed channel is the client's"
     OPEN = "open"
     SETTLING = "settling"
     CLOSED = "closed"
 
 
-class ServerChannel(ProtocolMachine):
-    """One client connection on the server side."""
+S = ServerState
+TABLE = table({
+    (S.WAITING_FOR_VERSION, T.CLIENT_VERSION): {S.LOADING_CHANNEL, S.WAITING_FOR_REFUND,
+                                                S.WAITING_FOR_CONTRACT},
+    (S.LOADING_CHANNEL, Input.CHANNEL_LOADED): {S.RESUMED, S.SETTLING, S.WAITING_FOR_REFUND,
+                                                S.WAITING_FOR_CONTRACT},
+    (S.WAITING_FOR_REFUND, T.PROVIDE_REFUND): {S.WAITING_FOR_CONTRACT},
+    (S.WAITING_FOR_CONTRACT, T.PROVIDE_CONTRACT): {S.CHECKING_CONTRACT},
+    (S.CHECKING_CONTRACT, Input.CONTRACT_CHECKED): {S.OPEN, S.SETTLING},  # or refused: closed
+    (S.RESUMED, T.UPDATE_PAYMENT): {S.OPEN, S.SETTLING},  # the proof; CLOSE is refused
+    (S.OPEN, T.UPDATE_PAYMENT): {S.OPEN, S.SETTLING},
+    (S.OPEN, T.CLOSE): {S.SETTLING},
+    (S.OPEN, Input.SETTLE): {S.SETTLING, S.CLOSED},  # the application settles
+    (S.SETTLING, Input.SETTLE): {S.SETTLING, S.CLOSED},  # SETTLING: waiting for a wallet input
+    (S.SETTLING, Input.SETTLE_FUNDED): {S.CLOSED},
+}, ServerState, S.CLOSED)
 
+
+class ServerChannel(ProtocolMachine):
+    """One client connection on the server side; `resumed_from` acts on a stored channel
+    with no connection (the application settling it).
+
+    Inputs besides `receive(message)`: `channel_loaded(record | None)` (answers LoadChannel),
+    `contract_checked(refusal, retryable)` (answers CheckContract),
+    `settle(fee_rate, payout_script)` (answers PrepareSettlement, or settles an open
+    channel), `settle_funded(tx)` (answers FundSettlement), `connection_lost()`. `TABLE`
+    lists which are legal in which state. A resumed connection owns the channel (and may
+    CLOSE) only once its first UPDATE_PAYMENT proves it holds the client's contract key."""
+
+    TABLE = TABLE
     state: ServerState
     closed = ServerState.CLOSED
     peer_name = "client"
@@ -107,42 +148,60 @@ class ServerChannel(ProtocolMachine):
         self.expiry = 0
         self.client_pub = b""
         self.refund_outpoint_txid = b""
+        self.challenge = b""
         self.record: ChannelRecord | None = None
-        self.handlers: dict[tuple[enum.Enum, int], Handler] = {
-            (ServerState.WAITING_FOR_VERSION, T.CLIENT_VERSION): self._on_client_version,
-            (ServerState.WAITING_FOR_REFUND, T.PROVIDE_REFUND): self._on_provide_refund,
-            (ServerState.WAITING_FOR_CONTRACT, T.PROVIDE_CONTRACT): self._on_provide_contract,
-            (ServerState.OPEN, T.UPDATE_PAYMENT): self._on_update_payment,
-            (ServerState.OPEN, T.CLOSE): self._on_close,
+        self.handlers: dict[int, Handler] = {
+            T.CLIENT_VERSION: self._on_client_version,
+            T.PROVIDE_REFUND: self._on_provide_refund,
+            T.PROVIDE_CONTRACT: self._on_provide_contract,
+            T.UPDATE_PAYMENT: self._on_update_payment,
+            T.CLOSE: self._on_close,
         }
+
+    @classmethod
+    def resumed_from(cls, policy: ServerPolicy, record: ChannelRecord, now: int
+                     ) -> ServerChannel:
+        """A machine for a stored open channel with no client connected (to settle it)."""
+        if record.status is not ChannelStatus.OPEN:
+            raise LocalProtocolError(f"channel {record.contract_txid} is {record.status}, "
+                                     "not open")
+        machine = cls(policy, record.key, now)
+        machine.version, machine.record, machine.state = record.version, record, S.OPEN
+        return machine
 
     # -- inputs ----------------------------------------------------------------------------
 
     def channel_loaded(self, record: ChannelRecord | None) -> list[Effect]:
         """The answer to LoadChannel: the stored channel, or None if there is none."""
-        if self.state is not ServerState.LOADING_CHANNEL:
-            raise LocalProtocolError(f"channel_loaded while {self.state.value}")
+        return self._input(Input.CHANNEL_LOADED, self._on_channel_loaded, record)
+
+    def _on_channel_loaded(self, record: ChannelRecord | None) -> list[Effect]:
         if record is None or record.status is not ChannelStatus.OPEN or (
                 record.version != self.version):
             return self._initiate()  # nothing to resume: a fresh channel, as bitcoinj does
         self.record = record
-        hello: list[Effect] = [Send(messages.server_version(self.version)),
-                               ClaimChannel(record.contract_txid)]
         if record.contract.expiry - self.now <= SETTLEMENT_MARGIN:
-            # Too close to the client's refund to take more payments: settle instead.
+            # Too close to the client's refund to take more payments: settle instead (what
+            # the autopilot does anyway, so no proof is needed).
             self.state = ServerState.SETTLING
-            return [*hello, PrepareSettlement(record.contract_txid)]
-        self.state = ServerState.OPEN
-        return [*hello, Send(messages.channel_open()), ChannelOpened(record, resumed=True)]
+            return [Send(messages.server_version(self.version)),
+                    ClaimChannel(record.contract_txid), PrepareSettlement(record.contract_txid)]
+        self.state = ServerState.RESUMED
+        if self.version >= 3:
+            self.challenge = resume_challenge(self.key.secret)
+        return [Send(messages.server_version(self.version, self.challenge)),
+                Send(messages.channel_open())]
 
     def contract_checked(self, refusal: str | None, retryable: bool = False) -> list[Effect]:
         """The answer to CheckContract: None if the node would accept the contract (store,
         broadcast, open); else the node's reason, `retryable` when the node could not be asked
         (the client should try again later). Nothing is stored for a refused contract."""
-        if self.state is not ServerState.CHECKING_CONTRACT or self.record is None:
-            raise LocalProtocolError(f"contract_checked while {self.state.value}")
+        return self._input(Input.CONTRACT_CHECKED, self._on_contract_checked, refusal,
+                           retryable)
+
+    def _on_contract_checked(self, refusal: str | None, retryable: bool) -> list[Effect]:
         if refusal is None:
-            return self._opened(self.record)
+            return self._opened(self._record())
         self.record = None
         if retryable:
             return self.refuse(LocalProtocolError(
@@ -155,7 +214,11 @@ class ServerChannel(ProtocolMachine):
         """The answer to PrepareSettlement (or a close decided by the application): build,
         store and broadcast the settlement, tell the client, hang up. When the server's share
         cannot pay the fee, ask for a wallet input instead (FundSettlement)."""
-        record = self._settleable()
+        return self._input(Input.SETTLE, self._on_settle, fee_rate, payout_script)
+
+    def _on_settle(self, fee_rate: int, payout_script: bytes) -> list[Effect]:
+        record = self._record()
+        self.state = ServerState.SETTLING
         contract = record.contract
         fee = contract.settlement_fee(record.change, payout_script, fee_rate)
         share = record.paid
@@ -168,7 +231,10 @@ class ServerChannel(ProtocolMachine):
     def settle_funded(self, funded: Transaction) -> list[Effect]:
         """The answer to FundSettlement: the draft with the wallet's inputs (signed) and
         change added. Checked to still pay the client and us exactly as drafted."""
-        record = self._settleable()
+        return self._input(Input.SETTLE_FUNDED, self._on_settle_funded, funded)
+
+    def _on_settle_funded(self, funded: Transaction) -> list[Effect]:
+        record = self._record()
         contract = record.contract
         if not funded.inputs or funded.inputs[0].prevout != contract.outpoint:
             raise LocalProtocolError("the funded settlement does not spend the contract first")
@@ -178,23 +244,17 @@ class ServerChannel(ProtocolMachine):
             raise LocalProtocolError("the wallet changed the settlement's channel outputs")
         return self._settled(contract.sign_settlement(funded, record.signature, record.key))
 
-    def _settleable(self) -> ChannelRecord:
-        if self.record is None or self.state not in (ServerState.OPEN, ServerState.SETTLING):
-            raise LocalProtocolError(f"nothing to settle while {self.state.value}")
+    def _record(self) -> ChannelRecord:
+        assert self.record is not None, "the table admits this only with a channel"
         return self.record
 
     def _settled(self, settlement: Transaction) -> list[Effect]:
-        assert self.record is not None
-        closing = replace(self.record, status=ChannelStatus.CLOSING,
+        closing = replace(self._record(), status=ChannelStatus.CLOSING,
                           settlement_tx=settlement.serialize())
         self.record, self.state = closing, ServerState.CLOSED
         return [StoreChannel(closing), Broadcast(settlement, "settlement", closing.contract_txid),
                 Send(messages.close(settlement.serialize())), ChannelClosed(closing, settlement),
                 Disconnect("channel settled")]
-
-    def connection_lost(self) -> list[Effect]:
-        self.state = ServerState.CLOSED
-        return []
 
     # -- handlers --------------------------------------------------------------------------
 
@@ -258,7 +318,7 @@ class ServerChannel(ProtocolMachine):
                 txin.script_sig or not txin.witness for txin in tx.inputs):
             raise bad_tx("the contract must spend native segwit coins only, so its txid "
                          "cannot be malleated")
-        initial = body.initial_payment
+        initial = body.initial_payment  # min_payment bounds this one payment only
         paid = contract.value - initial.client_change_value
         if paid < self.policy.min_payment and initial.client_change_value:
             raise bad_tx(f"initial payment {paid} is below the minimum {self.policy.min_payment}")
@@ -282,22 +342,27 @@ class ServerChannel(ProtocolMachine):
         return effects
 
     def _on_update_payment(self, message: T) -> list[Effect]:
-        assert self.record is not None
         body = message.update_payment
-        change, record = body.client_change_value, self.record
+        change, record = body.client_change_value, self._record()
+        proven: list[Effect] = []
+        if self.state is ServerState.RESUMED:
+            self._check_resume_proof(record, body)
+            proven = [ClaimChannel(record.contract_txid), ChannelOpened(record, resumed=True)]
+            self.state = ServerState.OPEN
         if change > record.change:
             raise bad_tx(f"payment would lower the server's value: change {change} is above "
                          f"the previous {record.change}")
         if change == record.change:
             if body.signature != record.signature:  # a re-sent payment must be the same one
                 record.contract.check_payment(change, body.signature)
-            return [Send(messages.payment_ack())]
+            return [*proven, Send(messages.payment_ack())]
         amount = record.change - change
-        if amount < self.policy.min_payment and change:
-            raise bad_tx(f"payment of {amount} is below the minimum {self.policy.min_payment}")
+        if amount < self.policy.min_increment and change:
+            raise bad_tx(f"payment of {amount} is below the minimum increment "
+                         f"{self.policy.min_increment}")
         record.contract.check_payment(change, body.signature)
         self.record = record = record.with_payment(change, body.signature)
-        effects: list[Effect] = [StorePayment(record, amount, body.info),
+        effects: list[Effect] = [*proven, StorePayment(record, amount, body.info),
                                  PaymentReceived(record, amount, body.info),
                                  Send(messages.payment_ack())]
         if change == 0:
@@ -305,10 +370,22 @@ class ServerChannel(ProtocolMachine):
             effects.append(PrepareSettlement(record.contract_txid))
         return effects
 
+    def _check_resume_proof(self, record: ChannelRecord, body: pb.UpdatePayment) -> None:
+        """v3: a signature over our challenge by the client's contract key. v1/v2 (what
+        bitcoinj sends): a valid payment signature, which only the key's holder can make."""
+        if not self.challenge:
+            record.contract.check_payment(body.client_change_value, body.signature)
+            return
+        digest = resume_digest(self.challenge, record.contract_txid)
+        if not body.resume_proof or not record.contract.client_key.verify(digest,
+                                                                          body.resume_proof):
+            raise RemoteProtocolError("the first payment after a resume must carry a "
+                                      "resume_proof signed by the channel's client key",
+                                      ErrorCode.BAD_TRANSACTION)
+
     def _on_close(self, message: T) -> list[Effect]:
-        assert self.record is not None
         self.state = ServerState.SETTLING
-        return [PrepareSettlement(self.record.contract_txid)]
+        return [PrepareSettlement(self._record().contract_txid)]
 
 
 def _client_key(data: bytes) -> bytes:

@@ -147,8 +147,12 @@ def review(record: ChannelRecord, state: ChainState, tip: Tip, fee_rate: int,
         return _finish(record, state, tip, policy, ChannelStatus.FAILED, None)
     if state.spender:
         return _spent(record, state, tip, fee_rate, policy)
+    if record.status is ChannelStatus.FAILED and state.contract_height:
+        # Given up before it opened (never broadcast by us), yet on chain after all: the
+        # money is in the channel, so it is open again (settled or refunded as usual).
+        return [MarkChannel(txid, ChannelStatus.OPEN)]
     if record.status.final:
-        return []
+        return []  # a FAILED contract is never broadcast by us
     if record.role is Role.SERVER:
         if record.status is ChannelStatus.CLOSING and record.settlement_tx:
             return [Broadcast(Transaction.parse(record.settlement_tx), "settlement", txid)]

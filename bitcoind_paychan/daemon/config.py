@@ -175,7 +175,8 @@ TOP_LEVEL = ("network", *SECTIONS)
 # The keys that set a policy's field (key → field). Their defaults and rules are the policy's.
 POLICY_KEYS: dict[str, dict[str, str]] = {
     "server": {"min_channel_size": "min_channel_size", "min_payment": "min_payment",
-               "min_time_window": "min_time_window", "max_time_window": "max_time_window"},
+               "min_increment": "min_increment", "min_time_window": "min_time_window",
+               "max_time_window": "max_time_window"},
     "client": {"channel_size": "value", "time_window": "time_window",
                "max_min_payment": "max_min_payment"},
     "scheduler": {"settle_margin": "settle_margin", "forget_depth": "forget_depth",

@@ -117,7 +117,7 @@ class DaemonApi(Protocol):
 
     async def getchannel(self, channel_id: str) -> dict[str, Any]: ...
 
-    async def open(self, server: str, amount: int) -> dict[str, Any]: ...
+    async def open(self, server: str, amount: int, new: bool) -> dict[str, Any]: ...
 
     async def pay(self, target: str, amount: int, info: str | None) -> dict[str, Any]: ...
 
@@ -214,12 +214,17 @@ class ControlCookie:
 @dataclass(frozen=True)
 class Param:
     name: str
-    kind: str  # "str", "amount"
+    kind: str  # "str", "amount", "flag"
     required: bool = True
 
     def check(self, method: str, value: Any) -> Any:
         if value is None and not self.required:
-            return None
+            return False if self.kind == "flag" else None
+        if self.kind == "flag":
+            if not isinstance(value, bool):
+                raise LocalProtocolError(f"{method}: {self.name} must be true or false, got "
+                                         f"{json.dumps(value)}")
+            return value
         if self.kind == "amount":
             if isinstance(value, bool) or not isinstance(value, int):
                 raise LocalProtocolError(f"{method}: {self.name} must be a whole number of "
@@ -239,7 +244,8 @@ SIGNATURES: dict[str, tuple[Param, ...]] = {
     "getinfo": (),
     "listchannels": (Param("state", "str", required=False),),
     "getchannel": (Param("channel_id", "str"),),
-    "open": (Param("server", "str"), Param("amount", "amount")),
+    "open": (Param("server", "str"), Param("amount", "amount"),
+             Param("new", "flag", required=False)),
     "pay": (Param("target", "str"), Param("amount", "amount"),
             Param("info", "str", required=False)),
     "close": (Param("channel_id", "str"),),

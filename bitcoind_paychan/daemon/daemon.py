@@ -14,6 +14,7 @@ from typing import Any
 
 from bitcoind_paychan import __version__
 from bitcoind_paychan.bitcoin.network import Network
+from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.channel.effects import (
     ChannelFinished,
     ChannelOpened,
@@ -27,7 +28,7 @@ from bitcoind_paychan.daemon.logs import Logs
 from bitcoind_paychan.daemon.metrics import MetricsServer, PaychanMetrics
 from bitcoind_paychan.errors import LocalProtocolError, NodeError
 from bitcoind_paychan.node import AsyncBitcoind, Bitcoind
-from bitcoind_paychan.service.client import Channel, ChannelFailed, PaymentClient
+from bitcoind_paychan.service.client import Channel, ChannelFailed, ChannelGone, PaymentClient
 from bitcoind_paychan.service.server import PaymentServer, ServerEvent
 from bitcoind_paychan.service.watcher import ChannelView
 from bitcoind_paychan.store import SQLiteStore
@@ -213,6 +214,9 @@ class Daemon:
             address = self.config.client.servers[channel_id]
             found = {v.contract_txid: v for v in self.client.views()
                      if v.peer == address and v.status == "open"}
+        if not found and channel_id in self.config.client.servers:
+            raise LocalProtocolError(f"no open channel to server {channel_id!r}; give a "
+                                     "contract txid to see a closed one")
         if len(found) != 1:
             raise LocalProtocolError(
                 f"no channel {channel_id!r}" if not found else
@@ -233,12 +237,15 @@ class Daemon:
             raise LocalProtocolError("the client role is not enabled (client.enabled)")
         return self.client
 
-    async def open(self, server: str, amount: int) -> dict[str, Any]:
+    async def open(self, server: str, amount: int, new: bool = False) -> dict[str, Any]:
+        """The open channel of `amount` sat to `server`, resumed, or a new one (always a new
+        one with `new`); never one of another value. `resumed` says which."""
         with self._working():
             host, port = split_address(self._server_address(server))
-            channel = await self._client().open(host, port, amount)
+            channel = await self._client().open(host, port, amount, new=new)
             self.channels[channel.contract_txid] = channel
-            return asdict(self._client().watcher.view(channel.record))
+            view = asdict(self._client().watcher.view(channel.record))
+            return view | {"resumed": channel.resumed}
 
     async def pay(self, target: str, amount: int, info: str | None) -> dict[str, Any]:
         with self._working():
@@ -252,7 +259,7 @@ class Daemon:
                 # The connection was lost, but the payment is stored: resuming the channel
                 # sends it again and waits for its acknowledgement.
                 log.info("channel %s lost its connection; resuming", channel.contract_txid)
-                channel = await self._resume(channel)
+                channel = await self._resume(channel.contract_txid)
                 ack = b""
             self.metrics.latency.labels(role="client").observe(time.perf_counter() - started)
             self.metrics.payments.labels(role="client").inc()
@@ -261,8 +268,8 @@ class Daemon:
                     "remaining": channel.remaining, "ack_info": ack.decode(errors="replace")}
 
     async def _channel_for(self, target: str) -> Channel:
-        """A live channel by contract txid (prefix), or one to a server (opened or resumed
-        with the configured channel size)."""
+        """A live channel by contract txid (prefix), or the open one to a server (resumed),
+        or a new one of the configured channel size."""
         live = [c for t, c in self.channels.items() if t.startswith(target) and c.connected]
         if len(live) == 1:
             return live[0]
@@ -270,33 +277,51 @@ class Daemon:
         for channel in self.channels.values():
             if channel.connected and channel.machine.peer == address and channel.remaining:
                 return channel
+        client = self._client()
+        for record in client.resumable(address):
+            with contextlib.suppress(ChannelGone):
+                return await self._resume(record.contract_txid)
         host, port = split_address(address)
-        channel = await self._client().open(host, port, self.config.client.channel_size)
+        channel = await client.open(host, port, self.config.client.channel_size, new=True)
         self.channels[channel.contract_txid] = channel
         return channel
 
-    async def _resume(self, channel: Channel) -> Channel:
-        self.channels.pop(channel.contract_txid, None)
-        host, port = split_address(channel.machine.peer)
-        resumed = await self._client().open(host, port, channel.record.value)
-        if resumed.contract_txid != channel.contract_txid:
-            raise LocalProtocolError(f"channel {channel.contract_txid} could not be resumed")
-        self.channels[resumed.contract_txid] = resumed
+    async def _resume(self, contract_txid: str) -> Channel:
+        """Reconnect a stored open channel (never opens another)."""
+        self.channels.pop(contract_txid, None)
+        resumed = await self._client().resume(contract_txid)
+        self.channels[contract_txid] = resumed
         return resumed
 
     async def close(self, channel_id: str) -> dict[str, Any]:
+        """Settle an open channel. Never opens one: a channel that is closing or closed is
+        reported as it is (status and settlement), the same on every call."""
         with self._working():
             view = self._find(channel_id)
             txid = view.contract_txid
+            if view.status != ChannelStatus.OPEN.value:
+                return {"contract_txid": txid, "status": view.status,
+                        "settlement_txid": self._closing_txid(view)}
             if view.role == "server" and self.server is not None:
                 settlement = await self.server.settle(txid)
             else:
                 channel = self.channels.get(txid)
                 if channel is None or not channel.connected:
-                    channel = await self._client().open(*split_address(view.peer), view.value)
+                    channel = await self._resume(txid)
                 settlement = await channel.close()
                 self.channels.pop(txid, None)
-            return {"contract_txid": txid, "settlement_txid": settlement.txid_hex}
+            return {"contract_txid": txid, "status": ChannelStatus.CLOSING.value,
+                    "settlement_txid": settlement.txid_hex}
+
+    def _closing_txid(self, view: ChannelView) -> str | None:
+        """The transaction that closes the channel: seen on chain, else the one we stored."""
+        if view.closing_txid:
+            return view.closing_txid
+        service = self.server if view.role == "server" else self.client
+        record = service.store.get(Role(view.role), view.contract_txid) if service else None
+        if record is None or not record.settlement_tx:
+            return None
+        return Transaction.parse(record.settlement_tx).txid_hex
 
     async def listpayments(self, channel_id: str | None) -> list[dict[str, Any]]:
         txid = self._find(channel_id).contract_txid if channel_id else None

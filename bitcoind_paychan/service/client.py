@@ -21,7 +21,6 @@ from bitcoind_paychan.channel.client import (
     ClientChannel,
     ClientPolicy,
     ClientState,
-    check_settlement,
 )
 from bitcoind_paychan.channel.effects import (
     ChannelClosed,
@@ -54,6 +53,8 @@ from bitcoind_paychan.wire import MessageStream, open_connection
 
 log = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = 15.0
+DEFAULT_VERSION = 3
+VERSION_KEY = "client.version:"  # store meta key prefix: the major a server speaks
 FALLBACK = {3: 2}  # a server that refuses our major gets the next one
 
 
@@ -61,8 +62,17 @@ class ChannelFailed(PaychanError):
     """The channel could not be opened or used; the message says why and what happens next."""
 
 
+class ChannelGone(ChannelFailed):
+    """The server no longer has the channel open; the chain tells how it ends."""
+
+
+class ChannelExists(LocalProtocolError):
+    """A channel to that server is open already, with another value."""
+
+
 class PaymentClient:
-    """Opens channels from this node's wallet. Channels to a server are resumed on `open`.
+    """Opens channels from this node's wallet. The open channel to a server is resumed by
+    `open` (same value) or `resume`; `open(..., new=True)` opens another.
 
     `policy` is what channels ask for and accept (its `value` is the size `open` uses when
     given none); `autopilot` is when to act and its `fees` what every refund and contract pays.
@@ -126,15 +136,23 @@ class PaymentClient:
         """Every stored channel's state, deadline, txids and confirmations."""
         return [self.watcher.view(record) for record in self.channels()]
 
-    def resumable(self, peer: str) -> ChannelRecord | None:
-        """A stored open channel to `peer` (host:port) with money left and no live connection
-        here, if any."""
-        for record in self.store.channels(Role.CLIENT, (ChannelStatus.OPEN,)):
-            live = self.live.get(record.contract_txid)
-            if (record.peer == peer and record.change > 0 and not (live and live.connected)
-                    and record.contract_txid not in self.unresumable):
-                return record
-        return None
+    def resumable(self, peer: str) -> list[ChannelRecord]:
+        """Stored open channels to `peer` (host:port) with money left and no live connection
+        here, that its server has not refused to resume."""
+        return [record for record in self.store.channels(Role.CLIENT, (ChannelStatus.OPEN,))
+                if record.peer == peer and record.change > 0
+                and not self._connected(record.contract_txid)
+                and record.contract_txid not in self.unresumable]
+
+    def spoken_version(self, peer: str) -> int | None:
+        """The major the server at `peer` (host:port) last opened a channel with (stored, so
+        a restart does not ask again with a major it hangs up on)."""
+        known = self.store.get_meta(f"{VERSION_KEY}{peer}")
+        return int(known) if known else None
+
+    def _connected(self, contract_txid: str) -> Channel | None:
+        live = self.live.get(contract_txid)
+        return live if live is not None and live.connected else None
 
     async def refund(self, contract_txid: str) -> Transaction:
         """Broadcast the refund of a stored channel (and its contract, if the server never
@@ -162,56 +180,125 @@ class PaymentClient:
         return record.contract.refund(record.key, fee_rate, record.refund_tx)
 
     async def open(
-        self, host: str, port: int, value: int | None = None, *, version: int = 3,
-        resume: bool = True,
+        self, host: str, port: int, value: int | None = None, *, version: int | None = None,
+        new: bool = False,
     ) -> Channel:
-        """Open a channel of `value` sat (default: the policy's) to host:port, or (unless
-        `resume` is False) resume a stored one to it that no live connection here is using."""
+        """A channel of `value` sat (default: the policy's) to host:port: the one already
+        open to it (live here, or stored and resumed), else a new one; `Channel.resumed` says
+        which. Never a channel of another value: if the open one holds a different value,
+        ChannelExists says so (pass `new=True` to open another beside it). A new channel
+        offers `version`, by default what the server spoke last time, else 3 (falling back to
+        2 if refused)."""
         await self.start()
         peer = f"{host}:{port}"
         policy = self.policy if value is None else replace(self.policy, value=value)
+        value = policy.value
+        if not new:
+            live = [c for c in self.live.values()
+                    if c.connected and c.machine.peer == peer and c.remaining]
+            candidates = [c.record for c in live] + self.resumable(peer)
+            for record in (r for r in candidates if r.value == value):
+                channel = self._connected(record.contract_txid)
+                if channel is not None:
+                    channel.resumed = True
+                    return channel
+                try:
+                    return await self.resume(record.contract_txid)
+                except ChannelGone as exc:
+                    log.warning("%s; opening a new channel", exc)
+            others = [r for r in candidates if r.value != value]
+            if others:
+                other = others[0]
+                raise ChannelExists(
+                    f"channel {other.contract_txid} to {peer} is open with {other.value} sat "
+                    f"({other.change} left), not {value}: pay through it, close it, or open "
+                    "another beside it (paychan open --new; open(..., new=True))")
+        known = await asyncio.to_thread(self.spoken_version, peer)
+        return await self._open_new(host, port, policy, version or known or DEFAULT_VERSION)
+
+    async def resume(self, contract_txid: str) -> Channel:
+        """Reconnect a stored open channel to its server. ChannelGone if the server no longer
+        has it open (it settled it, maybe just now because its expiry is near)."""
+        await self.start()
+        live = self._connected(contract_txid)
+        if live is not None:
+            live.resumed = True
+            return live
+        record = self.store.get(Role.CLIENT, contract_txid)
+        if record is None or record.status is not ChannelStatus.OPEN:
+            status = record.status.value if record else "unknown"
+            raise LocalProtocolError(f"client channel {contract_txid} is {status}, not open")
+        policy = replace(self.policy, value=record.value)
+        machine = ClientChannel.resuming(record, policy, int(self.clock()))
+        channel, outcome = await self._connect(machine)
+        if isinstance(outcome, ChannelClosed):
+            raise ChannelGone(f"{record.peer} settled channel {contract_txid} on reconnect "
+                              "(its expiry is near)")
+        if isinstance(outcome, ResumeRefused):
+            self.unresumable.add(contract_txid)
+            raise ChannelGone(f"{record.peer} no longer has channel {contract_txid} open (the "
+                              "chain will settle or refund it)")
+        if isinstance(outcome, VersionRefused):
+            raise ChannelFailed(f"{record.peer} refused version {record.version} of channel "
+                                f"{contract_txid}: {outcome.explanation}; it stays stored and "
+                                "is refunded after its expiry")
+        return channel
+
+    async def _open_new(self, host: str, port: int, policy: ClientPolicy, version: int
+                        ) -> Channel:
+        """Open a new channel, falling back to an older major when the server refuses ours
+        (with ERROR, or, as bitcoinj does, by hanging up before SERVER_VERSION)."""
+        peer = f"{host}:{port}"
         while True:
-            stored = self.resumable(peer) if resume else None
             machine = ClientChannel(policy, PrivateKey.generate(), int(self.clock()), version,
-                                    resume=stored, peer=peer)
-            try:
-                stream = await open_connection(host, port, self.handshake_timeout)
-            except (OSError, TimeoutError) as exc:
-                raise ChannelFailed(f"cannot reach the server at {peer}: {exc}; is it running "
-                                    "and listening there?") from exc
-            channel = Channel(self, machine, stream)
-            outcome = await channel._handshake()
+                                    peer)
+            channel, outcome = await self._connect(machine)
             if outcome is None:
-                self.live[channel.contract_txid] = channel
-                self.watcher.schedule_deadline(channel.record)
+                await asyncio.to_thread(self.store.set_meta, f"{VERSION_KEY}{peer}",
+                                        str(version))
                 return channel
-            if isinstance(outcome, ChannelClosed):
-                log.info("%s settled channel %s on reconnect (it expires soon); opening a new "
-                         "one", peer, outcome.record.contract_txid)
-                continue
-            if isinstance(outcome, ResumeRefused):
-                log.warning("%s no longer has channel %s open; opening a new one (the chain "
-                            "will settle or refund the old)", peer, outcome.contract_txid)
-                self.unresumable.add(outcome.contract_txid)
-                continue
-            refused = outcome
-            if refused.version not in FALLBACK:
-                raise ChannelFailed(f"{peer} refused protocol version {refused.version}: "
-                                    f"{refused.explanation}")
-            log.info("%s refused version %s; trying %s", peer, version, FALLBACK[version])
+            if not isinstance(outcome, VersionRefused):
+                raise ChannelFailed(f"{peer} closed the new channel at once: {outcome}")
+            if version not in FALLBACK:
+                raise ChannelFailed(f"{peer} refused protocol version {version}: "
+                                    f"{outcome.explanation}; nothing was stored or spent")
+            log.info("%s: %s; trying version %s", peer, outcome.explanation, FALLBACK[version])
             version = FALLBACK[version]
+
+    async def _connect(self, machine: ClientChannel
+                       ) -> tuple[Channel, VersionRefused | ChannelClosed | ResumeRefused | None]:
+        """Connect and run the handshake; the channel is live when the outcome is None."""
+        try:
+            stream = await open_connection(*split_peer(machine.peer), self.handshake_timeout)
+        except (OSError, TimeoutError) as exc:
+            stored = (f"channel {machine.record.contract_txid} stays stored" if machine.record
+                      else "nothing was stored or spent")
+            raise ChannelFailed(f"cannot reach the server at {machine.peer}: {exc}; is it "
+                                f"running and listening there? ({stored})") from exc
+        channel = Channel(self, machine, stream)
+        outcome = await channel._handshake()
+        if outcome is None:
+            self.live[channel.contract_txid] = channel
+            self.watcher.schedule_deadline(channel.record)
+        return channel, outcome
+
+
+def split_peer(peer: str) -> tuple[str, int]:
+    host, _, port = peer.rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 class Channel:
-    """An open channel on a live connection. One payment at a time."""
+    """An open channel on a live connection. One payment at a time. `resumed`: it continues
+    a channel opened earlier (rather than one this call opened)."""
 
     def __init__(self, client: PaymentClient, machine: ClientChannel,
                  stream: MessageStream) -> None:
         self.client = client
         self.machine = machine
         self.stream = stream
+        self.resumed = machine.resumed
         self.funded_inputs: tuple[tuple[str, int], ...] = ()
-        self.stored = machine.record is not None
         self._events: list[Effect] = []
         self._lock = asyncio.Lock()
 
@@ -251,21 +338,34 @@ class Channel:
             return ack.info
 
     async def close(self, timeout: float = 60.0) -> Transaction:
-        """Ask the server to settle; return the settlement once received and checked (or, if
-        the server hung up without sending it, once found in the node's mempool)."""
+        """Ask the server to settle (after the payment in flight, if any, is acknowledged or
+        lost); return the settlement once received and checked, or once a valid spender of
+        the contract appears on our node (a bitcoinj server may never send CLOSE, and may lose
+        it as it hangs up). Closing a closing or closed channel returns its settlement."""
+        if self.record.settlement_tx:
+            return Transaction.parse(self.record.settlement_tx)
         async with self._lock:
-            if self.machine.state in (ClientState.OPEN, ClientState.WAITING_FOR_ACK):
+            if self.connected:
                 await self._run(self.machine.close())
+            wire = asyncio.ensure_future(self._until(ChannelClosed, timeout))
+            chain = asyncio.ensure_future(self._settlement_from_chain(timeout))
             try:
-                closed = await self._until(ChannelClosed, timeout)
-                assert isinstance(closed, ChannelClosed)
-                return closed.settlement
-            except ChannelFailed:
-                return await self._settlement_from_chain(timeout)
+                done, _ = await asyncio.wait({wire, chain}, return_when=asyncio.FIRST_COMPLETED)
+                if wire in done and wire.exception() is None:
+                    closed = wire.result()
+                    assert isinstance(closed, ChannelClosed)
+                    return closed.settlement
+                return await chain  # the connection ended: the chain tells
+            finally:
+                for task in (wire, chain):
+                    task.cancel()
+                await asyncio.gather(wire, chain, return_exceptions=True)
+                await self.disconnect()
 
     async def disconnect(self) -> None:
         """Hang up without closing: the channel stays stored and `open` resumes it."""
-        self.machine.connection_lost()
+        if self.connected:
+            self.machine.connection_lost()
         await self.stream.close()
 
     # -- driving the machine ---------------------------------------------------------------
@@ -276,8 +376,17 @@ class Channel:
             await self._run(self.machine.start())
             opened = await self._until((ChannelOpened, VersionRefused, ChannelClosed,
                                         ResumeRefused), self.client.handshake_timeout)
+        except ChannelFailed as exc:
+            await self.stream.close()
+            if self.machine.resumed:
+                raise
+            if self.machine.record is None:
+                raise ChannelFailed(f"{exc}; nothing was stored or spent") from exc
+            if not self.machine.opened:
+                raise ChannelFailed(f"{exc}; {await self._unopened()}") from exc
+            raise
         except BaseException:
-            await self._abandon()
+            await self.stream.close()
             raise
         if isinstance(opened, VersionRefused | ChannelClosed | ResumeRefused):
             await self.stream.close()
@@ -294,11 +403,27 @@ class Channel:
                             opened.record.contract_txid, exc)
         return None
 
-    async def _abandon(self) -> None:
-        """Before the contract left us, its coins can go back to the wallet."""
-        await self.stream.close()
-        if self.funded_inputs and not self.stored:
-            await self.client.wallet.release(self.funded_inputs)
+    async def _unopened(self) -> str:
+        """The server never said CHANNEL_OPEN for the contract we sent it. If the contract is
+        neither in our node's mempool nor on chain (its coins are unspent), release them and
+        keep the record as FAILED (never broadcast by us; if it shows up on chain after all,
+        the autopilot treats it as funded and refunds it). Returns what happened, in words."""
+        record = self.record
+        wallet = self.client.wallet
+        try:
+            spent = [await wallet.is_spent(txid, index) for txid, index in self.funded_inputs]
+        except PaychanError as exc:
+            return (f"contract {record.contract_txid} may have been broadcast (our node cannot "
+                    f"tell: {exc}); the channel stays stored and is refunded after its expiry")
+        if any(spent):
+            return (f"contract {record.contract_txid} reached the network; the channel stays "
+                    "stored and is refunded after its expiry if the server does not settle")
+        abandoned = replace(record, status=ChannelStatus.FAILED)
+        await asyncio.to_thread(self.client.store.put, abandoned)
+        await wallet.release(self.funded_inputs)
+        return (f"nothing was spent: contract {record.contract_txid} is not on chain nor in our "
+                "node's mempool; its coins are released to the wallet (the record is kept as "
+                "failed, in case the contract appears on chain after all)")
 
     async def _until(self, wanted: type | tuple[type, ...], timeout: float | None = None
                      ) -> Effect:
@@ -313,8 +438,7 @@ class Channel:
                     self._events.clear()
                     raise ChannelFailed(self._explain(event))
             if self.machine.state is ClientState.CLOSED:
-                raise ChannelFailed("the connection ended; the channel stays stored and can be "
-                                    "resumed, or refunded after its expiry")
+                raise ChannelFailed(self._ended())
             try:
                 message = await self.stream.receive(timeout)
             except RemoteProtocolError as exc:
@@ -322,9 +446,19 @@ class Channel:
                 await self.stream.close()
                 raise ChannelFailed(f"{self.machine.peer}: {exc}") from exc
             if message is None:
-                self.machine.connection_lost()
+                await self._run(self.machine.connection_lost())
                 continue
             await self._run(self.machine.receive(message))
+
+    def _ended(self) -> str:
+        """Why the connection is over, true to what was stored."""
+        peer = self.machine.peer
+        if self.machine.record is None:
+            return f"the connection to {peer} ended before a channel was set up"
+        if not self.machine.opened and not self.machine.resumed:
+            return f"the connection to {peer} ended before the server said CHANNEL_OPEN"
+        return (f"the connection to {peer} ended; channel {self.contract_txid} stays stored "
+                "and can be resumed, or refunded after its expiry")
 
     def _explain(self, event: PeerError) -> str:
         who = "the server said" if event.remote else "we refused the server"
@@ -336,7 +470,6 @@ class Channel:
             match effect:
                 case StoreChannel(record):
                     await asyncio.to_thread(self.client.store.put, record)
-                    self.stored = True
                 case StorePayment(record, amount, info):
                     await asyncio.to_thread(self.client.store.record_payment, record, amount, info)
                 case FundContract(script, value):
@@ -354,26 +487,31 @@ class Channel:
         funded = await self.client.wallet.fund(script, value,
                                                await self.client.watcher.fee_rate())
         self.funded_inputs = funded.inputs
-        return self.machine.contract_funded(funded.tx)
+        try:
+            return self.machine.contract_funded(funded.tx)
+        except BaseException:
+            await self.client.wallet.release(funded.inputs)
+            raise
 
     async def _settlement_from_chain(self, timeout: float) -> Transaction:
+        """Watch our node's mempool and chain for a spender of the contract; finish the close
+        with it once it checks out as our settlement."""
         record = self.record
         deadline = time.monotonic() + timeout
         while True:
             spender = await self.client.wallet.spender(record.contract_txid, 0)
+            if spender is None:  # mined already? the watcher records spenders in blocks
+                mined = self.client.watcher.chain_state(record.contract_txid).spender
+                spender = Transaction.parse(mined) if mined else None
             if spender is not None:
                 try:
-                    check_settlement(record, spender)
+                    effects = self.machine.settlement_seen(spender)
                 except ProtocolError as exc:
                     raise ChannelFailed(f"the contract was spent by {spender.txid_hex}, which "
                                         f"is not a settlement we accept: {exc}") from exc
-                closing = replace(record, status=ChannelStatus.CLOSING,
-                                  settlement_tx=spender.serialize())
-                await asyncio.to_thread(self.client.store.put, closing)
-                self.machine.record = closing
+                await self._run(effects)
                 return spender
             if time.monotonic() > deadline:
-                raise ChannelFailed("the server hung up without settling; the channel stays "
+                raise ChannelFailed("the server did not settle in time; the channel stays "
                                     "stored and is refunded after its expiry")
             await asyncio.sleep(0.2)
-

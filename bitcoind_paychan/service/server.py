@@ -162,8 +162,7 @@ class PaymentServer:
         owner = self._owners.pop(contract_txid, None)
         if owner is not None:
             await owner.close()
-        machine = ServerChannel(self.policy, record.key, int(self.clock()))
-        machine.record, machine.state = record, ServerState.OPEN
+        machine = ServerChannel.resumed_from(self.policy, record, int(self.clock()))
         effects = await self._settlement(machine, contract_txid)
         settlement = next(e.settlement for e in effects if isinstance(e, ChannelClosed))
         await self._carry_out(machine, None, effects)
@@ -199,7 +198,10 @@ class PaymentServer:
         machine = ServerChannel(self.policy, PrivateKey.generate(), int(self.clock()))
         confirmed = self.min_confirmations == 0
         while machine.state is not ServerState.CLOSED:
-            timeout = None if machine.state is ServerState.OPEN else self.handshake_timeout
+            # Once open (or resumed: a bitcoinj client proves it with its next payment,
+            # whenever its application pays), no idle timeout, as bitcoinj.
+            timeout = (None if machine.state in (ServerState.OPEN, ServerState.RESUMED)
+                       else self.handshake_timeout)
             try:
                 message = await stream.receive(timeout)
             except RemoteProtocolError as exc:

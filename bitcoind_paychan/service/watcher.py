@@ -49,7 +49,10 @@ MAX_BACKOFF = 600.0
 # Channels whose money may still move: each block is folded into these and they are reviewed
 # after it. Final ones (waiting to be buried, then forgotten or discarded) are looked at by the
 # periodic review only, and by a reorg; so rows that need no more work cost nothing per block.
-LIVE = (ChannelStatus.OPEN, ChannelStatus.CLOSING)
+# A client's FAILED channel (given up before it opened) stays live: its contract may still
+# confirm, and then it must be refunded. Strangers cannot create client rows.
+LIVE = {Role.SERVER: (ChannelStatus.OPEN, ChannelStatus.CLOSING),
+        Role.CLIENT: (ChannelStatus.OPEN, ChannelStatus.CLOSING, ChannelStatus.FAILED)}
 
 
 @dataclass(frozen=True)
@@ -218,7 +221,7 @@ class ChainWatcher:
         return self.store.channels(self.role)
 
     def _live(self) -> list[ChannelRecord]:
-        return self.store.channels(self.role, LIVE)
+        return self.store.channels(self.role, LIVE[self.role])
 
     # -- reviews ---------------------------------------------------------------------------
 

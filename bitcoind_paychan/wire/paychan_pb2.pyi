@@ -159,17 +159,23 @@ class ServerVersion(_message.Message):
 
     MAJOR_FIELD_NUMBER: _builtins.int
     MINOR_FIELD_NUMBER: _builtins.int
+    RESUME_CHALLENGE_FIELD_NUMBER: _builtins.int
     major: _builtins.int
     minor: _builtins.int
+    resume_challenge: _builtins.bytes
+    """Ours, not bitcoinj's (proto2 peers skip unknown fields): on a v3 resume, random bytes
+    the client must sign with its contract key before the channel is its again.
+    """
     def __init__(
         self,
         *,
         major: _builtins.int | None = ...,
         minor: _builtins.int | None = ...,
+        resume_challenge: _builtins.bytes | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["major", b"major", "minor", b"minor"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["major", b"major", "minor", b"minor", "resume_challenge", b"resume_challenge"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["major", b"major", "minor", b"minor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["major", b"major", "minor", b"minor", "resume_challenge", b"resume_challenge"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -288,19 +294,25 @@ class UpdatePayment(_message.Message):
     CLIENT_CHANGE_VALUE_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
     INFO_FIELD_NUMBER: _builtins.int
+    RESUME_PROOF_FIELD_NUMBER: _builtins.int
     client_change_value: _builtins.int
     signature: _builtins.bytes
     info: _builtins.bytes
+    resume_proof: _builtins.bytes
+    """Ours, not bitcoinj's: the first payment after a v3 resume carries the client's
+    signature over the server's resume_challenge (see ARCHITECTURE.md).
+    """
     def __init__(
         self,
         *,
         client_change_value: _builtins.int | None = ...,
         signature: _builtins.bytes | None = ...,
         info: _builtins.bytes | None = ...,
+        resume_proof: _builtins.bytes | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["client_change_value", b"client_change_value", "info", b"info", "signature", b"signature"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["client_change_value", b"client_change_value", "info", b"info", "resume_proof", b"resume_proof", "signature", b"signature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_change_value", b"client_change_value", "info", b"info", "signature", b"signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_change_value", b"client_change_value", "info", b"info", "resume_proof", b"resume_proof", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -37,6 +37,7 @@ from bitcoind_paychan.channel.effects import (
     StoreChannel,
     StorePayment,
 )
+from bitcoind_paychan.channel.machine import resume_digest
 from bitcoind_paychan.channel.messages import DEFAULT_TIME_WINDOW
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.channel.server import (
@@ -473,7 +474,7 @@ def test_an_unreachable_node_is_a_retryable_error_and_nothing_is_stored() -> Non
 
 def test_contract_checked_is_refused_unless_the_node_was_asked() -> None:
     session = start(2)
-    with pytest.raises(LocalProtocolError, match="contract_checked while"):
+    with pytest.raises(LocalProtocolError, match="cannot contract checked while"):
         session.server.contract_checked(None)
 
 
@@ -664,8 +665,6 @@ def _bad_updates(pump: Pump) -> dict[str, tuple[int, bytes]]:
         "increasing change": (record.change + 1000, contract.sign_payment(key,
                                                                           record.change + 1000)),
         "change above value": (VALUE + 1, contract.sign_payment(key, VALUE + 1)),
-        "below min payment": (record.change - MIN_PAYMENT + 1,
-                              contract.sign_payment(key, record.change - MIN_PAYMENT + 1)),
         "same change, other bad signature": (record.change, high_s(record.signature)),
     }
 
@@ -706,6 +705,31 @@ def test_good_payment_is_stored_before_it_is_acknowledged(version: int) -> None:
     assert (received.amount, received.info) == (5_000, b"order 7")
     assert pump.server.record == store.record
     assert pump.server.state is ServerState.OPEN
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_increments_below_the_minimum_payment_are_accepted(version: int) -> None:
+    """min_payment bounds the initial payment only (bitcoinj's meaning): a bitcoinj client
+    may pay in 100-sat steps after it."""
+    pump = opened(version)
+    for _ in range(3):
+        pump.run(pump.client.pay(100))
+    assert pump.server_store[pump.client.record.contract_txid].change == (  # type: ignore
+        VALUE - MIN_PAYMENT - 300)
+    assert not [e for e in pump.server_log if isinstance(e, PeerError)]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_an_increment_below_the_optional_min_increment_is_refused(version: int) -> None:
+    pump = opened(version)
+    pump.server.policy = ServerPolicy(min_payment=MIN_PAYMENT, min_increment=500)
+    record = pump.server.record
+    assert record is not None
+    change = record.change - 499
+    effects = pump.server.receive(wire(messages.update_payment(
+        change, record.contract.sign_payment(pump.client.key, change))))
+    assert_refused(pump.server, effects, ErrorCode.BAD_TRANSACTION)
+    assert "minimum increment 500" in sent(effects)[0].error.explanation
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -785,6 +809,10 @@ def _resume(pump: Pump, version: int) -> tuple[ServerChannel, list[Effect]]:
     return server, effects
 
 
+def _proof(server: ServerChannel, key: PrivateKey, txid: str) -> bytes:
+    return key.sign(resume_digest(server.challenge, txid)) if server.challenge else b""
+
+
 @pytest.mark.parametrize("version", VERSIONS)
 def test_resume_a_stored_open_channel(version: int) -> None:
     pump = opened(version)
@@ -794,21 +822,61 @@ def test_resume_a_stored_open_channel(version: int) -> None:
     assert effects == [LoadChannel(record.contract_txid)]
     assert server.state is ServerState.LOADING_CHANNEL
     loaded = server.channel_loaded(record)
-    assert types(loaded) == [Send, ClaimChannel, Send, ChannelOpened]
-    hello, claim, open_, opened_ = loaded
-    assert isinstance(hello, Send) and isinstance(open_, Send)
-    assert isinstance(claim, ClaimChannel) and isinstance(opened_, ChannelOpened)
-    assert hello.message.type == T.SERVER_VERSION
-    assert hello.message.server_version.major == version
-    assert claim.contract_txid == record.contract_txid
-    assert open_.message.type == T.CHANNEL_OPEN
-    assert opened_.resumed is True and opened_.record == record
-    assert state_of(server) is ServerState.OPEN and server.record == record
-    # Payments continue on the stored record.
+    # No ClaimChannel yet: the connection has not proved it holds the client's key.
+    assert types(loaded) == [Send, Send]
+    hello, open_ = sent(loaded)
+    assert hello.type == T.SERVER_VERSION and hello.server_version.major == version
+    assert hello.server_version.HasField("resume_challenge") == (version >= 3)
+    assert open_.type == T.CHANNEL_OPEN
+    assert state_of(server) is ServerState.RESUMED and server.record == record
+    # The first payment proves it, then payments continue on the stored record.
     change = record.change - 2_000
     paid = server.receive(wire(messages.update_payment(
-        change, record.contract.sign_payment(pump.client.key, change))))
-    assert types(paid) == [StorePayment, PaymentReceived, Send]
+        change, record.contract.sign_payment(pump.client.key, change),
+        resume_proof=_proof(server, pump.client.key, record.contract_txid))))
+    assert types(paid) == [ClaimChannel, ChannelOpened, StorePayment, PaymentReceived, Send]
+    claim, opened_ = paid[:2]
+    assert claim == ClaimChannel(record.contract_txid)
+    assert isinstance(opened_, ChannelOpened) and opened_.resumed
+    assert state_of(server) is ServerState.OPEN
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_resume_repeating_the_last_payment_proves_the_key(version: int) -> None:
+    pump = opened(version)
+    record = pump.server_store[pump.client.record.contract_txid]  # type: ignore[union-attr]
+    server, _ = _resume(pump, version)
+    server.channel_loaded(record)
+    repeat = server.receive(wire(messages.update_payment(
+        record.change, record.signature,
+        resume_proof=_proof(server, pump.client.key, record.contract_txid))))
+    assert types(repeat) == [ClaimChannel, ChannelOpened, Send]
+    assert sent(repeat)[0].type == T.PAYMENT_ACK
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_stranger_resuming_with_the_public_txid_cannot_close_nor_claim(version: int) -> None:
+    pump = opened(version)
+    record = pump.server_store[pump.client.record.contract_txid]  # type: ignore[union-attr]
+    stranger = PrivateKey.generate()
+    attempts = {
+        "close": messages.close(),
+        "own signature": messages.update_payment(
+            record.change - 1_000, record.contract.sign_payment(stranger, record.change - 1_000)),
+    }
+    if version >= 3:  # the victim's last signature is not enough without the challenge
+        attempts["replayed payment, no proof"] = messages.update_payment(record.change,
+                                                                         record.signature)
+        attempts["proof by another key"] = messages.update_payment(
+            record.change, record.signature, resume_proof=stranger.sign(bytes(32)))
+    for name, attempt in attempts.items():
+        server, _ = _resume(pump, version)
+        server.channel_loaded(record)
+        effects = server.receive(wire(attempt))
+        assert not [e for e in effects if isinstance(e, ClaimChannel | PrepareSettlement
+                                                     | StorePayment)], name
+        assert server.state is ServerState.CLOSED, name
+        assert sent(effects)[0].type == T.ERROR, name
 
 
 @pytest.mark.parametrize("version", VERSIONS)

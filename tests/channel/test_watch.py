@@ -305,3 +305,22 @@ def test_other_outpoints_are_ignored() -> None:
     stranger = Transaction(2, (TxIn(OutPoint(bytes(32), 5), b"", 0),), (TxOut(1, b""),), 0)
     assert apply_block(server, ChainState(), [stranger], 10) == ChainState()
     assert server.role is Role.SERVER
+
+
+@pytest.mark.parametrize("role", [Role.CLIENT, Role.SERVER])
+def test_a_failed_channel_is_never_broadcast_but_reopens_if_its_contract_confirms(
+        role: Role) -> None:
+    """A client that gave up before CHANNEL_OPEN released its coins: it must not broadcast
+    the contract itself, even past the expiry; but if the contract confirms anyway, the money
+    is in the channel and it is refunded (or settled) as usual."""
+    server, client = records()
+    record = replace(server if role is Role.SERVER else client, status=ChannelStatus.FAILED)
+    late = tip(time=record.contract.expiry + 7200, median_time=record.contract.expiry + 3600)
+    assert review(record, ChainState(), late, RATE, POLICY) == []
+    confirmed = ChainState(contract_height=150)
+    assert review(record, confirmed, late, RATE, POLICY) == [
+        MarkChannel(record.contract_txid, ChannelStatus.OPEN)]
+    reopened = replace(record, status=ChannelStatus.OPEN)
+    acted = types(review(reopened, confirmed, late, RATE, POLICY))
+    assert acted == ([SettleChannel] if role is Role.SERVER
+                     else [MarkChannel, StoreChainState, Broadcast])  # the refund alone

@@ -89,6 +89,7 @@ PROBES: dict[str, tuple[Any, Probe]] = {
     "server.enabled": (False, lambda d: d.server is not None),
     "server.min_channel_size": (200_000, lambda d: server(d).policy.min_channel_size),
     "server.min_payment": (2_000, lambda d: server(d).policy.min_payment),
+    "server.min_increment": (100, lambda d: server(d).policy.min_increment),
     "server.min_time_window": (5 * 3600, lambda d: server(d).policy.min_time_window),
     "server.max_time_window": (5 * 3600, lambda d: server(d).policy.max_time_window),
     "server.min_confirmations": (3, lambda d: server(d).min_confirmations),

@@ -84,8 +84,8 @@ class FakeDaemon:
         answer: dict[str, Any] = await self._answer("getchannel", channel_id, default=CHANNEL)
         return answer
 
-    async def open(self, server: str, amount: int) -> dict[str, Any]:
-        answer: dict[str, Any] = await self._answer("open", server, amount,
+    async def open(self, server: str, amount: int, new: bool) -> dict[str, Any]:
+        answer: dict[str, Any] = await self._answer("open", server, amount, new,
                                                     default=CHANNEL | {"value": amount})
         return answer
 
@@ -254,7 +254,8 @@ def test_dispatch(tmp_path: Path) -> None:
         assert await h.result("stop") == {"stopping": True}
         assert h.api.calls == [
             ("getinfo", ()), ("listchannels", (None,)), ("listchannels", ("open",)),
-            ("listchannels", (None,)), ("getchannel", ("abab",)), ("open", ("alice", 50_000)),
+            ("listchannels", (None,)), ("getchannel", ("abab",)),
+            ("open", ("alice", 50_000, False)),
             ("pay", ("alice", 10, None)), ("pay", (txid, 11, "coffee")), ("close", (txid,)),
             ("listpayments", (None,)), ("listpayments", (txid,)), ("stop", ()),
         ]
@@ -276,7 +277,8 @@ def test_dispatch(tmp_path: Path) -> None:
     ("getchannel", [""], "channel_id must not be empty"),
     ("listchannels", ["open", 1], "listchannels takes 0 to 1 parameter"),
     ("listchannels", [3], "state must be a string"),
-    ("open", ["alice"], "open takes 2 parameters, got 1"),
+    ("open", ["alice"], "open takes 2 to 3 parameters, got 1"),
+    ("open", ["alice", 5, "yes"], "new must be true or false"),
     ("open", ["alice", 0], "amount must be positive, got 0"),
     ("open", ["alice", -5], "amount must be positive, got -5"),
     ("open", ["alice", 1.5], "amount must be a whole number of satoshis, got 1.5"),

@@ -150,6 +150,34 @@ def test_open_pay_list_close_through_the_cli(daemons: Daemons) -> None:
     assert daemons.procs["client"].wait(30) == 0 and daemons.procs["server"].wait(30) == 0
 
 
+def test_open_and_close_do_exactly_what_they_say(daemons: Daemons) -> None:
+    """Seen: `close` of a closing channel opened (and settled) a new one; `open` twice made
+    two channels; after a restart `open` of another amount returned the existing channel."""
+    daemons.start("server")
+    daemons.start("client")
+    first = daemons.json("client", "open", "shop", "400000")
+    txid = first["contract_txid"]
+    assert first["resumed"] is False
+    twice = daemons.json("client", "open", "shop", "400000")
+    assert (twice["contract_txid"], twice["resumed"]) == (txid, True)
+    assert daemons.cli("client", "stop").returncode == 0
+    assert daemons.procs["client"].wait(30) == 0
+    daemons.start("client")
+    other = daemons.cli("client", "open", "shop", "2100000000000000", check=False)
+    assert other.returncode != 0
+    assert txid in other.stderr and "400000 sat" in other.stderr and "--new" in other.stderr
+    resumed = daemons.json("client", "open", "shop", "400000")
+    assert (resumed["contract_txid"], resumed["resumed"]) == (txid, True)
+    closed = daemons.json("client", "close", txid)
+    assert closed["status"] == "closing" and len(closed["settlement_txid"]) == 64
+    for _ in range(2):  # again: the same answer, and nothing opened or spent
+        assert daemons.json("client", "close", txid) == closed
+    assert [v["contract_txid"] for v in daemons.json("client", "listchannels")] == [txid]
+    assert len(daemons.json("server", "listchannels")) == 1
+    extra = daemons.json("client", "open", "shop", "300000", "--new")
+    assert extra["resumed"] is False and extra["contract_txid"] != txid
+
+
 def test_graceful_shutdown_mid_stream_loses_nothing(daemons: Daemons) -> None:
     daemons.start("server")
     daemons.start("client")

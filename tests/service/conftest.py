@@ -41,13 +41,13 @@ class Sides:
     client_wallet: str = DEFAULT_WALLET
 
     def server(self, policy: ServerPolicy | None = None, name: str = "server",
-               **options: Any) -> PaymentServer:
+               kind: type[PaymentServer] = PaymentServer, **options: Any) -> PaymentServer:
         node = Bitcoind(config_for(self.server_node))
         options.setdefault("poll_interval", 0.2)
         options.setdefault("review_interval", 0.5)
         options.setdefault("autopilot", FAST)
-        return PaymentServer(MiningBroadcaster(node), SQLiteStore(self.tmp / f"{name}.db"),
-                             policy, on_event=self.events.append, **options)
+        return kind(MiningBroadcaster(node), SQLiteStore(self.tmp / f"{name}.db"),
+                    policy, on_event=self.events.append, **options)
 
     def client(self, name: str = "client", **options: Any) -> PaymentClient:
         node = Bitcoind(config_for(self.client_node, wallet=self.client_wallet))

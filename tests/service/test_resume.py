@@ -11,10 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from bitcoind_paychan.channel.records import Role
+from bitcoind_paychan.channel import messages
+from bitcoind_paychan.channel.messages import DEFAULT_TIME_WINDOW
+from bitcoind_paychan.channel.records import ChannelStatus, Role
+from bitcoind_paychan.service.client import ChannelExists
 from bitcoind_paychan.service.server import PaymentServer
+from bitcoind_paychan.wire import open_connection, pb
 from tests.service.conftest import Sides
 from tests.service.test_flow import wallet_utxo
+
+T = pb.TwoWayChannelMessage
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -107,12 +113,13 @@ def test_one_client_holds_several_channels_to_one_server(sides: Sides) -> None:
         host, port = await server.listen()
         client = sides.client()
         first = await client.open(host, port, 200_000)
-        second = await client.open(host, port, 200_000)  # first is live: a new channel
-        fresh = await client.open(host, port, 200_000, resume=False)
+        second = await client.open(host, port, 200_000, new=True)  # another, by request
+        fresh = await client.open(host, port, 200_000, new=True)
         for channel in (first, second, fresh):
             await channel.pay(2_000)
         await first.disconnect()
-        again = await client.open(host, port, 200_000)  # now resumes the first
+        again = await client.resume(first.contract_txid)
+        assert again.resumed
         await again.pay(1_000)
         for channel in (again, second, fresh):
             await channel.close()
@@ -124,6 +131,36 @@ def test_one_client_holds_several_channels_to_one_server(sides: Sides) -> None:
     assert len({first, second, fresh}) == 3
     assert again == first
     assert sum(p.amount for p in sides.payments()) == 3 * 3_000 + 1_000
+
+
+def test_open_never_makes_a_second_channel_nor_returns_one_of_another_value(
+        sides: Sides) -> None:
+    """Seen: `open` twice while a channel was live made two channels; after a restart,
+    `open` of another amount returned the existing channel."""
+    async def scenario() -> None:
+        server = sides.server()
+        host, port = await server.listen()
+        client = sides.client()
+        first = await client.open(host, port, 200_000)
+        assert not first.resumed
+        twice = await client.open(host, port, 200_000)
+        assert twice.contract_txid == first.contract_txid and twice.resumed
+        with pytest.raises(ChannelExists, match=f"{first.contract_txid}.*200000 sat.*--new"):
+            await client.open(host, port, 300_000)
+        await client.stop()  # a restart: only the store remembers the channel
+        client.store.close()
+        client = sides.client()
+        with pytest.raises(ChannelExists, match=first.contract_txid):
+            await client.open(host, port, 300_000)
+        resumed = await client.open(host, port, 200_000)
+        assert resumed.contract_txid == first.contract_txid and resumed.resumed
+        assert len(client.channels()) == 1
+        other = await client.open(host, port, 300_000, new=True)
+        assert other.contract_txid != first.contract_txid and not other.resumed
+        await client.stop()
+        await server.stop()
+
+    asyncio.run(scenario())
 
 
 def test_a_channel_the_server_settled_meanwhile_gives_way_to_a_new_one(sides: Sides) -> None:
@@ -145,3 +182,38 @@ def test_a_channel_the_server_settled_meanwhile_gives_way_to_a_new_one(sides: Si
     old, new = asyncio.run(scenario())
     assert old != new
     assert sum(p.amount for p in sides.payments()) == 1_000 + 5_000 + 1_000 + 2_000
+
+
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_a_stranger_with_the_public_contract_txid_can_neither_drop_nor_close_it(
+        sides: Sides, version: int) -> None:
+    """Seen: anyone naming a victim's (public) contract txid in CLIENT_VERSION got the
+    channel: the victim was dropped and the stranger's CLOSE settled the channel early."""
+    async def scenario() -> tuple[list[int], ChannelStatus, str]:
+        server = sides.server()
+        host, port = await server.listen()
+        victim = await sides.client().open(host, port, 300_000, version=version)
+        await victim.pay(1_000)
+        stranger = await open_connection(host, port, 10)
+        await stranger.send_many([messages.client_version(version, DEFAULT_TIME_WINDOW,
+                                                          victim.contract_txid)])
+        seen = [(await stranger.receive(10)) for _ in range(2)]
+        await victim.pay(1_000)  # still connected: the stranger did not displace it
+        await stranger.send_many([messages.close()])
+        answer = await stranger.receive(10)
+        assert answer is not None and await stranger.receive(10) is None  # refused, hung up
+        await victim.pay(1_000)
+        record = server.store.get(Role.SERVER, victim.contract_txid)
+        assert record is not None
+        spender = await server.wallet.spender(victim.contract_txid, 0)
+        assert spender is None  # nothing settled it
+        settlement = await victim.close()
+        await server.stop()
+        await stranger.close()
+        return ([int(m.type) for m in seen if m] + [int(answer.type)], record.status,
+                settlement.txid_hex)
+
+    types, status, _ = asyncio.run(scenario())
+    assert types == [T.SERVER_VERSION, T.CHANNEL_OPEN, T.ERROR]
+    assert status is ChannelStatus.OPEN
+    assert sum(p.amount for p in sides.payments()) == 4_000

@@ -13,6 +13,7 @@ from bitcoind_paychan.bitcoin.keys import PrivateKey
 from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.channel import messages
 from bitcoind_paychan.channel.records import ChannelStatus, Role
+from bitcoind_paychan.channel.server import ServerPolicy
 from bitcoind_paychan.errors import ErrorCode
 from bitcoind_paychan.node import AsyncBitcoind, Bitcoind
 from bitcoind_paychan.service.client import Channel, ChannelFailed
@@ -85,7 +86,7 @@ def test_bad_input_gets_the_right_error_while_a_good_channel_keeps_paying(sides:
 @pytest.mark.parametrize("version", [1, 2, 3])
 def test_bad_payments_are_refused_and_nothing_is_lost(sides: Sides, version: int) -> None:
     async def scenario() -> tuple[list[ErrorCode], int, int]:
-        server = sides.server()
+        server = sides.server(ServerPolicy(min_increment=100))
         host, port = await server.listen()
         client = sides.client()
         channel = await client.open(host, port, 500_000, version=version)
@@ -100,7 +101,7 @@ def test_bad_payments_are_refused_and_nothing_is_lost(sides: Sides, version: int
             "value to server decreases": messages.update_payment(
                 record.change + 5_000, contract.sign_payment(key, record.change + 5_000)),
             "dust change": messages.update_payment(100, contract.sign_payment(key, 100)),
-            "below the minimum": messages.update_payment(
+            "below the minimum increment": messages.update_payment(
                 record.change - 10, contract.sign_payment(key, record.change - 10)),
         }
         await channel.disconnect()

@@ -1,0 +1,71 @@
+"""The payment client on a real regtest node: a channel its server never opened."""
+
+from __future__ import annotations
+
+import asyncio
+
+from bitcoind_paychan.bitcoin.tx import Transaction
+from bitcoind_paychan.channel.records import ChannelStatus, Role
+from bitcoind_paychan.service.client import ChannelFailed
+from bitcoind_paychan.service.server import PaymentServer
+from tests.service.conftest import Sides, until
+
+VALUE = 400_000
+
+
+class NodeDownServer(PaymentServer):
+    """A server whose node does not answer when a contract arrives: its machine answers the
+    contract with a retryable ERROR OTHER before anything is stored or broadcast."""
+
+    async def _check_contract(self, tx: Transaction) -> tuple[str | None, bool]:
+        return "its node does not answer", True
+
+
+def test_a_contract_the_server_never_opened_releases_its_coins_and_is_never_broadcast(
+        one_node: Sides) -> None:
+    """Seen: the client kept such a channel OPEN with its funding coins locked until a refund
+    a day later, and the autopilot would broadcast the contract itself before refunding. Now
+    it releases the coins and says nothing was spent; it keeps the record (and key), so if
+    the contract reaches the chain after all, the channel is refunded at its expiry."""
+    sides = one_node
+    node = sides.client_node
+    wallet = sides.client_wallet
+
+    async def scenario() -> tuple[str, ChannelStatus | None]:
+        server = sides.server(kind=NodeDownServer)
+        host, port = await server.listen()
+        client = sides.client()
+        try:
+            await client.open(host, port, VALUE)
+        except ChannelFailed as exc:
+            message = str(exc)
+        else:
+            raise AssertionError("the channel opened")
+        (record,) = client.channels()
+        assert record.status is ChannelStatus.FAILED  # kept, with its key; not open
+        contract = Transaction.parse(record.contract_tx)
+        assert node.rpc("listlockunspent", wallet=wallet) == []  # the wallet may spend them
+        for txin in contract.inputs:
+            assert node.rpc("gettxout", txin.prevout.txid_hex, txin.prevout.index) is not None
+        # Past its expiry, the autopilot broadcasts neither the contract nor a refund.
+        await asyncio.to_thread(node.advance_median_time_past, record.contract.expiry)
+        await client.watcher.review_all()
+        assert node.rpc("getrawmempool") == []
+        # The contract reaches the chain anyway (say the server's node took it late).
+        node.rpc("sendrawtransaction", contract.hex())
+        await asyncio.to_thread(node.mine, 1)
+        await until(lambda: client.store.get(Role.CLIENT, record.contract_txid)
+                    .status is not ChannelStatus.FAILED,  # type: ignore[union-attr]
+                    what="the channel to count as funded")
+        await until(lambda: len(node.rpc("getrawmempool")) == 1, what="the refund")
+        await asyncio.to_thread(node.mine, 1)
+        await until(lambda: sides.client_events != [], what="the refund to confirm")
+        await client.stop()
+        await server.stop()
+        return message, sides.client_events[0].status
+
+    message, finished = asyncio.run(scenario())
+    assert "OTHER" in message and "retry" in message
+    assert "nothing was spent" in message and "released" in message
+    assert "stays stored" not in message
+    assert finished is ChannelStatus.REFUNDED
