@@ -12,8 +12,9 @@ from bitcoind_paychan.channel.records import ChannelRecord
 from bitcoind_paychan.channel.server import ServerChannel, ServerPolicy, ServerState
 
 # Whether a resumed connection must prove it holds the client's key before it displaces the
-# owner or gets a CLOSE honoured (issue 9 item 6). Off until the machines implement it.
-RESUME_PROOF = False
+# owner or gets a CLOSE honoured (the machines do: v1/v2 by a payment signature, v3 by signing
+# the server's challenge).
+RESUME_PROOF = True
 
 
 def new_client(policy: ClientPolicy, key: PrivateKey, now: int, version: int,
@@ -21,9 +22,8 @@ def new_client(policy: ClientPolicy, key: PrivateKey, now: int, version: int,
     return ClientChannel(policy, key, now, version, peer=peer)
 
 
-def resumed_client(policy: ClientPolicy, record: ChannelRecord, now: int,
-                   peer: str) -> ClientChannel:
-    return ClientChannel(policy, record.key, now, resume=record, peer=peer)
+def resumed_client(policy: ClientPolicy, record: ChannelRecord, now: int) -> ClientChannel:
+    return ClientChannel.resuming(record, policy, now)
 
 
 def new_server(policy: ServerPolicy, key: PrivateKey, now: int) -> ServerChannel:
@@ -33,21 +33,16 @@ def new_server(policy: ServerPolicy, key: PrivateKey, now: int) -> ServerChannel
 def server_for_settlement(policy: ServerPolicy, record: ChannelRecord,
                           now: int) -> ServerChannel:
     """A machine holding a stored open channel, ready to `settle` it (no connection)."""
-    machine = ServerChannel(policy, record.key, now)
-    machine.record, machine.state = record, ServerState.OPEN
-    return machine
+    return ServerChannel.resumed_from(policy, record, now)
 
 
 def client_can_pay(machine: ClientChannel) -> bool:
     return machine.state is ClientState.OPEN
 
 
-def client_can_close(machine: ClientChannel) -> bool:
-    return machine.state in (ClientState.OPEN, ClientState.WAITING_FOR_ACK)
-
-
-def client_closed(machine: ClientChannel) -> bool:
-    return machine.state is ClientState.CLOSED
+def client_opened(machine: ClientChannel) -> bool:
+    """Whether CHANNEL_OPEN arrived on this connection."""
+    return machine.opened
 
 
 def server_closed(machine: ServerChannel) -> bool:

@@ -54,7 +54,9 @@ from tests.channel.model.chain import Chain
 from tests.channel.model.checks import PAYOUT, WATCH_POLICY, Checks
 
 T = pb.TwoWayChannelMessage
-LIVE = (ChannelStatus.OPEN, ChannelStatus.CLOSING)  # what the watcher folds each block into
+# What the watcher folds each block into (a client's given-up channel may still confirm).
+LIVE = {Role.SERVER: (ChannelStatus.OPEN, ChannelStatus.CLOSING),
+        Role.CLIENT: (ChannelStatus.OPEN, ChannelStatus.CLOSING, ChannelStatus.FAILED)}
 PEER = "server:1"
 SYNCED = "model:synced"
 SERVER_POLICY = ServerPolicy(min_channel_size=100_000, min_payment=1_000)
@@ -135,7 +137,7 @@ class Process:
         while common < min(len(synced), len(ids)) and synced[common] == ids[common]:
             common += 1
         reorg = common < len(synced)
-        for record in self.store.channels(self.role, None if reorg else LIVE):
+        for record in self.store.channels(self.role, None if reorg else LIVE[self.role]):
             txid = record.contract_txid
             before = state = self.store.chain_state(self.role, txid)
             for height in range(len(synced) - 1, common - 1, -1):
@@ -152,7 +154,7 @@ class Process:
     def review_all(self, everything: bool) -> None:
         tip = Tip(self.chain.tip.height, self.chain.median_time, self.chain.tip.time)
         self.reviewed = []
-        for record in self.store.channels(self.role, None if everything else LIVE):
+        for record in self.store.channels(self.role, None if everything else LIVE[self.role]):
             txid = record.contract_txid
             state = self.store.chain_state(self.role, txid)
             if not state.spender_height and not record.status.final:
@@ -354,7 +356,7 @@ class ClientProcess(Process):
         policy = ClientPolicy(value, time_window)
         stored = self.resumable()
         if stored is not None:
-            machine = glue.resumed_client(policy, stored, self.now(), PEER)
+            machine = glue.resumed_client(policy, stored, self.now())
         else:
             machine = glue.new_client(policy, self.world.fresh_key(), self.now(), version, PEER)
         conn = self.world.connect(machine)
@@ -377,9 +379,29 @@ class ClientProcess(Process):
 
     def close(self) -> None:
         conn = self.conn
-        if conn is None or conn.client_done or not glue.client_can_close(conn.client):
+        if conn is None or conn.client_done:
             return
-        self.run(conn, conn.client.close())
+        try:
+            effects = conn.client.close()
+        except LocalProtocolError:
+            return  # not open yet: the application is told no
+        self.run(conn, effects)
+
+    def handshake_failed(self, conn: Connection) -> None:
+        """As the service's client: a new channel whose CHANNEL_OPEN never came, with its
+        contract nowhere on the network, is kept as FAILED and its coins released."""
+        record = conn.client.record
+        if (conn.client.resumed or record is None or glue.client_opened(conn.client)
+                or not (self.up and self.node_up)):
+            return
+        funding = Transaction.parse(record.contract_tx).inputs[0].prevout
+        chain = self.chain
+        if chain.spender(funding) or chain.mempool_spender(funding):
+            return
+        stored = self.store.get(Role.CLIENT, record.contract_txid)
+        if stored is not None and stored.status is ChannelStatus.OPEN:
+            self.tick()
+            self.store.put(replace(stored, status=ChannelStatus.FAILED))
 
     def settle_stored(self, txid: str) -> None:
         raise AssertionError("the client's watcher never asks to settle")
@@ -469,8 +491,11 @@ class World:
             if crashed:
                 conn.to_client.clear()
         else:
-            conn.client.connection_lost()
-            conn.client_done = True
+            if not conn.client_done:
+                conn.client.connection_lost()
+                conn.client_done = True
+                if not (crashed or conn.stranger):
+                    self.client.handshake_failed(conn)
             conn.to_client.clear()
             if crashed:
                 conn.to_server.clear()
@@ -506,7 +531,7 @@ class World:
         """A resume naming `victim`'s contract, signed (when asked to) with another key."""
         key = self.fresh_key()
         fake = replace(victim, key=key, signature=victim.contract.sign_payment(key, victim.change))
-        machine = glue.resumed_client(ClientPolicy(victim.value), fake, self.chain.tip.time, PEER)
+        machine = glue.resumed_client(ClientPolicy(victim.value), fake, self.chain.tip.time)
         conn = self.connect(machine, stranger=True)
         self.stranger_runs(conn, machine.start())
         return conn
