@@ -10,6 +10,9 @@ $(INSTALLED): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	@# The checkout on the dev venv's path: `regtest` (the test harness) imports from scripts
+	@# anywhere; the installed product has it only as bitcoind_paychan.regtest.
+	$(VENV)/bin/python -c 'import pathlib, sysconfig; pathlib.Path(sysconfig.get_path("purelib"), "paychan-checkout.pth").write_text("$(CURDIR)\n")'
 	touch $@
 
 install: $(INSTALLED) bitcoind

@@ -86,7 +86,7 @@ async def serve(conn: Connection, config: NodeConfig, db: Path) -> None:
         await stop.wait()
         loop.remove_reader(conn.fileno())
         await server.stop()
-        logged = len(store.payments(Role.SERVER))
+        logged = sum(1 for p in store.payments(Role.SERVER) if p.info == INFO)  # not openings
     conn.send({"seen": seen, "logged": logged, "rss_mb": peak_rss_mb()})
 
 

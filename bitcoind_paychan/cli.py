@@ -101,7 +101,7 @@ def _positive(text: str) -> int:
 
 
 def _bitcoind(args: argparse.Namespace) -> int:
-    from regtest.fetch import find_bitcoind
+    from bitcoind_paychan.regtest.fetch import find_bitcoind
 
     binaries = find_bitcoind()
     print(f"{binaries.bitcoind}\n{binaries.bitcoin_cli}\n{binaries.version}")
@@ -174,9 +174,9 @@ def _pay(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     for i in range(args.repeat):
         result = client.call("pay", args.target, args.amount, args.info)
-        if args.repeat > 1 and not args.json:
+        if args.repeat > 1 and not args.json:  # this run's payments, not the channel's
             rate = (i + 1) / (time.perf_counter() - started)
-            print(f"\r{i + 1}/{args.repeat} payments, {result['paid']} sat paid, "
+            print(f"\r{i + 1}/{args.repeat} payments, {(i + 1) * args.amount} sat paid, "
                   f"{rate:.0f}/s", end="", file=sys.stderr, flush=True)
     if args.repeat > 1 and not args.json:
         print(file=sys.stderr)
@@ -223,7 +223,7 @@ def _cell(key: str, value: Any) -> str:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if key in ("deadline", "expiry") and isinstance(value, int):
+    if key in ("deadline", "expiry", "opened_at", "closed_at", "before") and isinstance(value, int):
         return dt.datetime.fromtimestamp(value, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     if isinstance(value, list):
         return ", ".join(_cell("", v) for v in value) or "-"
@@ -296,9 +296,12 @@ def parser() -> argparse.ArgumentParser:
     command("daemon", _daemon, "run the server and/or client roles (see --config)")
     command("getinfo", _call("getinfo"),
             "the daemon's version, network, node state, height, channels")
-    listing = command("listchannels", _call("listchannels", "state"), "channels, by state")
+    listing = command("listchannels", _call("listchannels", "state", "all"),
+                      "channels, by state")
     states = [s.value for s in ChannelStatus]
     listing.add_argument("state", nargs="?", choices=states, help=", ".join(states))
+    listing.add_argument("--all", action="store_true",
+                         help="also the forgotten ones (closed and buried): the history")
     command("getchannel", _call("getchannel", "channel"), "one channel").add_argument(
         "channel", help="contract txid (or a unique prefix)")
     opening = command("open", _call("open", "server", "amount", "new"),
@@ -317,6 +320,10 @@ def parser() -> argparse.ArgumentParser:
         "channel", help="contract txid (or a unique prefix), or a server's name")
     payments = command("listpayments", _call("listpayments", "channel"), "payments made")
     payments.add_argument("channel", nargs="?", help="contract txid (or a unique prefix)")
+    pruning = command("prunehistory", _call("prunehistory", "before"),
+                      "delete the history of channels closed before a date")
+    pruning.add_argument("--before", required=True, metavar="DATE",
+                         help="YYYY-MM-DD, YYYY-MM-DDTHH:MM (UTC) or Unix seconds")
     command("stop", _call("stop"), "stop the daemon gracefully")
     command("completion", _completion, "print a shell completion script").add_argument(
         "shell", choices=("bash", "zsh"), help="eval \"$(paychan completion bash)\"")

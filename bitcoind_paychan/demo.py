@@ -22,11 +22,11 @@ from bitcoind_paychan.bitcoin.keys import PrivateKey
 from bitcoind_paychan.bitcoin.network import Network
 from bitcoind_paychan.bitcoin.script import p2wpkh_script
 from bitcoind_paychan.node import Bitcoind, NodeConfig, to_sat
+from bitcoind_paychan.regtest.node import RegtestNode, regtest_nodes, sync_tips
 from bitcoind_paychan.service.client import PaymentClient
 from bitcoind_paychan.service.regtest import MiningBroadcaster
 from bitcoind_paychan.service.server import PaymentServer
 from bitcoind_paychan.store import SQLiteStore
-from regtest.node import RegtestNode, regtest_nodes, sync_tips
 
 
 @dataclass(frozen=True)

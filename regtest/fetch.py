@@ -5,6 +5,8 @@ Debian sid's `bitcoin-knots`, fetched on first use with a private apt state (the
 apt configuration is never touched) and run through sid's own dynamic loader.
 
     python3 regtest/fetch.py          # prints the bitcoind path, fetching it if needed
+
+`unpack_from_debian` does the same for any other package a test needs (systemd-analyze).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,18 +163,18 @@ class _Apt:
     def depends(self, package: str) -> list[str]:
         """Direct library dependencies of `package` (first alternative of each)."""
         show = self.run("apt-cache", "show", "--no-all-versions", package)
-        match = re.search(r"^(?:Pre-)?Depends: (.*)$", show, re.MULTILINE)
+        lines = re.findall(r"^(?:Pre-)?Depends: (.*)$", show, re.MULTILINE)  # both, if both
         names = []
-        for clause in match.group(1).split(",") if match else []:
+        for clause in ",".join(lines).split(","):
             name = clause.split("|")[0].split("(")[0].strip().split(":")[0]
             if name.startswith("lib") and name not in SKIPPED_DEPENDENCIES:
                 names.append(name)
         return names
 
 
-def _closure(apt: _Apt) -> list[str]:
+def _closure(apt: _Apt, package: str) -> list[str]:
     seen: list[str] = []
-    todo = [ROOT_PACKAGE]
+    todo = [package]
     while todo:
         package = todo.pop()
         if package in seen:
@@ -181,17 +184,21 @@ def _closure(apt: _Apt) -> list[str]:
     return seen
 
 
-def _fetch(log: bool) -> Binaries:
-    root = cache_root() / "knots"
+def unpack_from_debian(package: str, cache: str, log: bool = True,
+                       prepare: Callable[[Path, Path], None] | None = None) -> tuple[Path, str]:
+    """Debian sid's `package` and the libraries it needs, unpacked under the cache's `cache`
+    folder (no root, the machine's apt untouched); `prepare(tree, target)` runs before the tree
+    moves to `target`. Returns the target and the package's version."""
+    root = cache_root() / cache
     root.mkdir(parents=True, exist_ok=True)
     say = (lambda msg: print(f"[fetch] {msg}", file=sys.stderr, flush=True)) if log else _quiet
     apt = _Apt(root / "apt")
-    say(f"resolving {ROOT_PACKAGE} in Debian {SUITE} (private apt state in {root / 'apt'})")
+    say(f"resolving {package} in Debian {SUITE} (private apt state in {root / 'apt'})")
     apt.run("apt-get", "update")
-    packages = _closure(apt)
+    packages = _closure(apt, package)
     version = re.search(
         r"^Version: (\S+)",
-        apt.run("apt-cache", "show", "--no-all-versions", ROOT_PACKAGE),
+        apt.run("apt-cache", "show", "--no-all-versions", package),
         re.MULTILINE,
     )
     label = version.group(1) if version else "unknown"
@@ -204,16 +211,26 @@ def _fetch(log: bool) -> Binaries:
         apt.run("apt-get", "download", *packages, cwd=debs)
         for deb in sorted(debs.glob("*.deb")):
             subprocess.run(["dpkg-deb", "-x", str(deb), str(tree)], check=True)
+        if prepare is not None:
+            prepare(tree, target)
+        if target.exists():
+            shutil.rmtree(target)
+        tree.rename(target)
+    say(f"ready: {package} {label} in {target}")
+    return target, label
+
+
+def _fetch(log: bool) -> Binaries:
+    def launchers(tree: Path, target: Path) -> None:
         bin_dir = tree / "bin"
         bin_dir.mkdir()
         for name in ("bitcoind", "bitcoin-cli"):
             _write_launcher(bin_dir / name, target, name)
-        if target.exists():
-            shutil.rmtree(target)
-        tree.rename(target)
+
+    target, label = unpack_from_debian(ROOT_PACKAGE, "knots", log, launchers)
     binaries = Binaries(target / "bin" / "bitcoind", target / "bin" / "bitcoin-cli", "")
     binaries = Binaries(binaries.bitcoind, binaries.bitcoin_cli, _version(binaries.bitcoind))
-    marker = root / "current.json"
+    marker = cache_root() / "knots" / "current.json"
     marker.write_text(
         json.dumps(
             {
@@ -224,7 +241,6 @@ def _fetch(log: bool) -> Binaries:
             }
         )
     )
-    say(f"ready: {binaries.version} in {target}")
     return binaries
 
 

@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -28,7 +27,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from regtest.fetch import Binaries, find_bitcoind
+from .fetch import Binaries, find_bitcoind
+from .ports import free_port as free_port  # re-exported: tests import it from here
 
 COINBASE_MATURITY = 100
 DEFAULT_WALLET = "paychan"
@@ -47,13 +47,6 @@ class RPCFault(RuntimeError):
         super().__init__(f"RPC error {code}: {message}")
         self.code = code
         self.message = message
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until(

@@ -38,6 +38,7 @@ from bitcoind_paychan.service.limits import PeerLimits
 
 LEVELS = ("debug", "info", "warning", "error")
 FORMATS = ("human", "json")
+COOKIE_MODES = (0o600, 0o640)  # the control cookie: owner only, or owner and group
 BITCOIN_SUBDIRS = {"main": "", "test": "testnet3"}  # others: the chain's name
 _P = TypeVar("_P")
 _ENV = re.compile(r"\$\{([^}]*)\}")
@@ -111,10 +112,13 @@ class LoggingConfig:
 
 @dataclass(frozen=True)
 class ControlConfig:
-    """The control API (HTTP on a loopback address, cookie auth)."""
+    """The control API (HTTP on a loopback address, cookie auth). The cookie's mode and group
+    say who besides the daemon's user may use it (as bitcoind's -rpccookieperms)."""
 
     listen: str
     cookie_file: Path
+    cookie_mode: int
+    cookie_group: str | None  # None: the daemon's own group
 
 
 @dataclass(frozen=True)
@@ -380,7 +384,21 @@ def _control(r: _Reader, d: dict[str, Any], network: str) -> ControlConfig:
         r.fail("control.listen", f"found host {host!r}, expected a loopback address "
                                  "(127.0.0.1, ::1 or localhost): the control API is local only")
     return ControlConfig(listen=listen, cookie_file=r.path(
-        d, "control", "cookie_file", "~/.paychan/<network>/control.cookie", network))
+        d, "control", "cookie_file", "~/.paychan/<network>/control.cookie", network),
+        cookie_mode=_cookie_mode(r, d.get("cookie_mode", COOKIE_MODES[0])),
+        cookie_group=r.optional_string(d, "control", "cookie_group", None))
+
+
+def _cookie_mode(r: _Reader, value: Any) -> int:
+    """0600 or 0640: a YAML octal number (0640), or a string of octal digits ("0640")."""
+    mode = value
+    if isinstance(value, str) and re.fullmatch(r"(0o?)?[0-7]{3}", value):
+        mode = int(value.replace("o", ""), 8)
+    if isinstance(mode, bool) or mode not in COOKIE_MODES:
+        r.fail("control.cookie_mode", f"found {_show(value)}, expected 0600 (the daemon's user "
+                                      "only) or 0640 (and control.cookie_group); others must "
+                                      "never read it: the control API moves money")
+    return int(mode)
 
 
 def _metrics(r: _Reader, d: dict[str, Any]) -> MetricsConfig:

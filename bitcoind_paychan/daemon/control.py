@@ -36,6 +36,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import grp
 import hmac
 import ipaddress
 import json
@@ -113,7 +114,8 @@ class DaemonApi(Protocol):
 
     async def getinfo(self) -> dict[str, Any]: ...
 
-    async def listchannels(self, state: str | None) -> list[dict[str, Any]]: ...
+    async def listchannels(self, state: str | None, include_forgotten: bool | None = None
+                           ) -> list[dict[str, Any]]: ...
 
     async def getchannel(self, channel_id: str) -> dict[str, Any]: ...
 
@@ -125,10 +127,31 @@ class DaemonApi(Protocol):
 
     async def listpayments(self, channel_id: str | None) -> list[dict[str, Any]]: ...
 
+    async def prunehistory(self, before: str) -> dict[str, Any]: ...
+
     async def stop(self) -> dict[str, Any]: ...
 
 
 # -- the cookie ----------------------------------------------------------------------------
+
+
+def _group_id(group: str) -> int:
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ConfigError(f"control.cookie_group: no group named {group!r} on this machine; "
+                          "create it (groupadd) or name an existing one") from None
+
+
+def _set_owner_group(fd: int, gid: int, group: str | None) -> None:
+    if gid == -1:
+        return
+    try:
+        os.fchown(fd, -1, gid)
+    except PermissionError:
+        raise ConfigError(f"control.cookie_group: cannot give the control cookie to group "
+                          f"{group!r}: the daemon's user is not a member of it "
+                          f"(usermod -aG {group} USER)") from None
 
 
 @dataclass(frozen=True)
@@ -139,10 +162,13 @@ class ControlCookie:
     password: str
 
     @classmethod
-    def create(cls, path: Path | str) -> ControlCookie:
-        """A fresh random cookie, written atomically to `path` with mode 0600."""
+    def create(cls, path: Path | str, mode: int = 0o600,
+               group: str | None = None) -> ControlCookie:
+        """A fresh random cookie, written atomically to `path` with `mode` (0600, or 0640 for
+        an operators' group: `group`, else the daemon's own group)."""
         path = Path(path)
         cookie = cls(COOKIE_USER, secrets.token_hex(32))
+        gid = -1 if group is None else _group_id(group)
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -150,6 +176,8 @@ class ControlCookie:
                 temporary.unlink()
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
+                _set_owner_group(fd, gid, group)
+                os.fchmod(fd, mode)  # whatever the umask
                 with os.fdopen(fd, "w", encoding="ascii") as file:
                     file.write(f"{cookie.user}:{cookie.password}")
                     file.flush()
@@ -214,7 +242,7 @@ class ControlCookie:
 @dataclass(frozen=True)
 class Param:
     name: str
-    kind: str  # "str", "amount", "flag"
+    kind: str  # "str", "amount", "flag" (a bool, false when missing)
     required: bool = True
 
     def check(self, method: str, value: Any) -> Any:
@@ -242,7 +270,8 @@ class Param:
 
 SIGNATURES: dict[str, tuple[Param, ...]] = {
     "getinfo": (),
-    "listchannels": (Param("state", "str", required=False),),
+    "listchannels": (Param("state", "str", required=False),
+                     Param("all", "flag", required=False)),
     "getchannel": (Param("channel_id", "str"),),
     "open": (Param("server", "str"), Param("amount", "amount"),
              Param("new", "flag", required=False)),
@@ -250,6 +279,7 @@ SIGNATURES: dict[str, tuple[Param, ...]] = {
             Param("info", "str", required=False)),
     "close": (Param("channel_id", "str"),),
     "listpayments": (Param("channel_id", "str", required=False),),
+    "prunehistory": (Param("before", "str"),),
     "stop": (),
 }
 
@@ -309,14 +339,17 @@ def _error(status: int, code: int, message: str, call_id: Any = None,
 
 class ControlServer:
     """The control API of `api` on `host:port` (loopback only), authenticated by the cookie
-    at `cookie_path`, which exists exactly while the server runs."""
+    at `cookie_path`, which exists exactly while the server runs (with `cookie_mode` and
+    `cookie_group`, see ControlCookie.create)."""
 
-    def __init__(self, api: DaemonApi, host: str, port: int, cookie_path: Path | str) -> None:
+    def __init__(self, api: DaemonApi, host: str, port: int, cookie_path: Path | str, *,
+                 cookie_mode: int = 0o600, cookie_group: str | None = None) -> None:
         if not is_loopback(host):
             raise ConfigError(f"control.listen must be a loopback address (127.0.0.1, ::1 or "
                               f"localhost), not {host!r}: the control API moves money")
         self.api = api
         self.cookie_path = Path(cookie_path)
+        self.cookie_mode, self.cookie_group = cookie_mode, cookie_group
         self.cookie: ControlCookie | None = None
         self.http = HttpServer(self.handle, host, port)
         self.address: tuple[str, int] | None = None
@@ -325,7 +358,8 @@ class ControlServer:
         """Listen, then write the cookie (so a failed bind leaves another daemon's be)."""
         self.address = await self.http.start()
         try:
-            self.cookie = ControlCookie.create(self.cookie_path)
+            self.cookie = ControlCookie.create(self.cookie_path, self.cookie_mode,
+                                               self.cookie_group)
         except BaseException:
             await self.http.stop()
             raise

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
+import os
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
-from typing import Any
+from typing import Any, overload
 
 from bitcoind_paychan import __version__
 from bitcoind_paychan.bitcoin.network import Network
@@ -26,12 +29,12 @@ from bitcoind_paychan.daemon.config import Config
 from bitcoind_paychan.daemon.control import ControlServer
 from bitcoind_paychan.daemon.logs import Logs
 from bitcoind_paychan.daemon.metrics import MetricsServer, PaychanMetrics
-from bitcoind_paychan.errors import LocalProtocolError, NodeError
+from bitcoind_paychan.errors import ConfigError, LocalProtocolError, NodeError
 from bitcoind_paychan.node import AsyncBitcoind, Bitcoind
 from bitcoind_paychan.service.client import Channel, ChannelFailed, ChannelGone, PaymentClient
 from bitcoind_paychan.service.server import PaymentServer, ServerEvent
 from bitcoind_paychan.service.watcher import ChannelView
-from bitcoind_paychan.store import SQLiteStore
+from bitcoind_paychan.store import ChannelSummary, SQLiteStore
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,7 @@ class Daemon:
         self.client: PaymentClient | None = None
         self.channels: dict[str, Channel] = {}  # the client's live channels
         self.node = Bitcoind(config.node_config())
+        self.store: SQLiteStore | None = None
         self.started = time.time()
         self._stop = asyncio.Event()
         self._busy = 0  # control calls in flight (payments, opens, closes)
@@ -62,31 +66,42 @@ class Daemon:
         config = self.config
         logs = Logs(config.logging.level, config.logging.format, config.logging.file)
         node = self.node
-        tip = await asyncio.to_thread(node.check)
+        config.store.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # First, like bitcoind's datadir lock: a second daemon on this store stops here,
+        # before it touches the node, a port or the control cookie.
+        self.store = store = SQLiteStore(config.store.path)
+        try:
+            tip = await asyncio.to_thread(node.check)
+        except BaseException:
+            store.close()
+            raise
         log.info("paychan %s on %s; bitcoind at %s, height %s", __version__, config.network,
                  config.bitcoind.url, tip.height)
-        config.store.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        store = SQLiteStore(config.store.path)
         self.build(AsyncBitcoind(node), store)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, logs.reopen)
         control = ControlServer(self, *split_address(config.control.listen),
-                                config.control.cookie_file)
+                                config.control.cookie_file,
+                                cookie_mode=config.control.cookie_mode,
+                                cookie_group=config.control.cookie_group)
         metrics = None
         try:
             if self.server:
-                host, port = await self.server.listen(*split_address(config.server.listen))
+                with _listening("server.listen", config.server.listen):
+                    host, port = await self.server.listen(*split_address(config.server.listen))
                 log.info("server listening on %s:%s", host, port)
             if self.client:
                 await self.client.start()
-            await control.start()
+            with _listening("control.listen", config.control.listen):
+                await control.start()
             if config.metrics.enabled:
                 metrics = MetricsServer(self.metrics.registry,
                                         *split_address(config.metrics.listen))
                 self.metrics.collect = self._collect
-                await metrics.start()
+                with _listening("metrics.listen", config.metrics.listen):
+                    await metrics.start()
             log.info("paychan daemon ready (control on %s)", config.control.listen)
             await self._stop.wait()
             log.info("stopping: no new connections; finishing payments in flight")
@@ -195,21 +210,50 @@ class Daemon:
                 return monitor.tip.height
         return None
 
-    async def listchannels(self, state: str | None) -> list[dict[str, Any]]:
+    async def listchannels(self, state: str | None, include_forgotten: bool | None = None
+                           ) -> list[dict[str, Any]]:
+        """Stored channels; with `include_forgotten` (`all`), closed and buried ones too."""
         if state is not None and state not in {s.value for s in ChannelStatus}:
             raise LocalProtocolError(f"unknown state {state!r}; one of "
                                      f"{', '.join(s.value for s in ChannelStatus)}")
-        return [asdict(v) for v in self._views() if state is None or v.status == state]
+        rows = [_live(v) for v in self._views()]
+        if include_forgotten:
+            rows += [_forgotten(h) for h in self._history()]
+        return [row for row in rows if state is None or row["status"] == state]
 
     async def getchannel(self, channel_id: str) -> dict[str, Any]:
-        return asdict(self._find(channel_id))
+        found = self._find(channel_id, forgotten=True)
+        return _live(found) if isinstance(found, ChannelView) else _forgotten(found)
 
-    def _find(self, channel_id: str) -> ChannelView:
+    def _history(self) -> list[ChannelSummary]:
+        return self.store.history() if self.store else []
+
+    async def prunehistory(self, before: str) -> dict[str, Any]:
+        """Delete the summaries and payment logs of channels forgotten and closed before
+        `before` (a date, a date and time in UTC, or Unix seconds; not in the future)."""
+        cutoff = _instant(before)
+        if cutoff > time.time():
+            raise LocalProtocolError(f"prunehistory: {before!r} is in the future; give the "
+                                     "date before which closed channels' history may go")
+        assert self.store is not None
+        pruned = await asyncio.to_thread(self.store.prune_history, cutoff)
+        log.info("pruned the history of %d channels closed before %s", pruned, before)
+        return {"pruned": pruned, "before": cutoff}
+
+    @overload
+    def _find(self, channel_id: str) -> ChannelView: ...
+
+    @overload
+    def _find(self, channel_id: str, forgotten: bool) -> ChannelView | ChannelSummary: ...
+
+    def _find(self, channel_id: str, forgotten: bool = False) -> ChannelView | ChannelSummary:
         """A channel by contract txid (or a unique prefix), or the open channel to a
-        configured server. A daemon paying its own server holds both sides of a channel:
-        the client's view stands for it."""
-        found = {v.contract_txid: v for v in self._views()
-                 if v.contract_txid.startswith(channel_id)}  # client views overwrite
+        configured server; if `forgotten` and no stored channel matches, a forgotten one.
+        A daemon paying its own server holds both sides of a channel: the client's view
+        stands for it."""
+        found: dict[str, ChannelView | ChannelSummary] = {
+            v.contract_txid: v for v in self._views()
+            if v.contract_txid.startswith(channel_id)}  # client views overwrite
         if not found and channel_id in self.config.client.servers and self.client:
             address = self.config.client.servers[channel_id]
             found = {v.contract_txid: v for v in self.client.views()
@@ -217,6 +261,10 @@ class Daemon:
         if not found and channel_id in self.config.client.servers:
             raise LocalProtocolError(f"no open channel to server {channel_id!r}; give a "
                                      "contract txid to see a closed one")
+        if not found and forgotten:
+            found = {h.contract_txid: h for h in sorted(self._history(), key=lambda h: h.role,
+                                                        reverse=True)  # client's last
+                     if h.contract_txid.startswith(channel_id)}
         if len(found) != 1:
             raise LocalProtocolError(
                 f"no channel {channel_id!r}" if not found else
@@ -324,7 +372,7 @@ class Daemon:
         return Transaction.parse(record.settlement_tx).txid_hex
 
     async def listpayments(self, channel_id: str | None) -> list[dict[str, Any]]:
-        txid = self._find(channel_id).contract_txid if channel_id else None
+        txid = self._find(channel_id, forgotten=True).contract_txid if channel_id else None
         payments: list[dict[str, Any]] = []
         for role, service in ((Role.SERVER, self.server), (Role.CLIENT, self.client)):
             if service is not None:
@@ -344,6 +392,44 @@ class Daemon:
             yield
         finally:
             self._busy -= 1
+
+
+def _live(view: ChannelView) -> dict[str, Any]:
+    return asdict(view) | {"forgotten": False}
+
+
+def _forgotten(summary: ChannelSummary) -> dict[str, Any]:
+    """A forgotten channel's summary, in the keys of a stored channel's view where they fit."""
+    row = asdict(summary)
+    del row["contract_tx"], row["closing_tx"]  # on chain; ask the node for them by txid
+    return row | {"role": summary.role.value, "status": summary.status.value,
+                  "change": summary.value - summary.paid, "deadline": None,
+                  "contract_confirmations": None, "closing_confirmations": None,
+                  "forgotten": True}
+
+
+def _instant(text: str) -> int:
+    """Unix seconds of `2026-01-31`, `2026-01-31T12:00` (UTC unless it says) or `1767225600`."""
+    if text.isdigit():
+        return int(text)
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise LocalProtocolError(f"prunehistory: {text!r} is not a date; give YYYY-MM-DD, "
+                                 "YYYY-MM-DDTHH:MM or Unix seconds") from None
+    return int((when if when.tzinfo else when.replace(tzinfo=dt.UTC)).timestamp())
+
+
+@contextlib.contextmanager
+def _listening(key: str, address: str) -> Iterator[None]:
+    """A port we cannot listen on is a configuration problem: say which key to change."""
+    try:
+        yield
+    except OSError as exc:
+        reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+        raise ConfigError(f"cannot listen on {address} ({key}): {reason}; "
+                          f"another program (another paychan daemon?) may be using it: stop "
+                          f"it or set another {key}") from None
 
 
 def _text(info: bytes) -> str | None:

@@ -315,7 +315,8 @@ class ChainWatcher:
             case ForgetChannel() | DiscardChannel():
                 if isinstance(effect, ForgetChannel):
                     self.store.forget(self.role, txid)
-                    log.info("channel %s closed and buried: forgotten", txid)
+                    log.info("channel %s closed and buried: forgotten (its summary and "
+                             "payments stay in the history)", txid)
                 else:
                     self.store.discard(self.role, txid)
                     log.info("channel %s never made it on chain: discarded", txid)

@@ -2,6 +2,10 @@
 
 A payment is acknowledged to the peer only after `record_payment` returns, so a durable engine
 must have it on disk (surviving a crash and a power loss) by then.
+
+History is permanent: `forget` drops what a channel needs only while its money is at stake (our
+private key, the client's latest signature, a pre-signed refund, the chain watcher's state) and
+keeps its `ChannelSummary` and payment log until the operator prunes them (`prune_history`).
 """
 
 from __future__ import annotations
@@ -11,16 +15,19 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
+from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.channel.chainstate import ChainState
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
-from bitcoind_paychan.errors import StoreError
+from bitcoind_paychan.errors import DecodeError, StoreError
 
 
 @dataclass(frozen=True, slots=True)
 class PaymentLogEntry:
     """One stored payment: `amount` paid, leaving the client `change_after`.
 
-    `seq` orders the whole log of one store and is never reused, even after `forget`.
+    `seq` is the payment's number in its channel (1: the initial payment made when the channel
+    opened), so the channel's last entry carries its `payments` count. Each role of a channel
+    counts on its own: a daemon paying its own server logs 1, 2, 3... under both roles.
     """
 
     role: Role
@@ -29,6 +36,66 @@ class PaymentLogEntry:
     change_after: int
     info: bytes
     seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSummary:
+    """What stays of a forgotten (closed, buried) channel: its outcome, for the operator.
+
+    `paid` is what the client's payments gave the server; the closing transaction (settlement
+    or refund; none for a failed channel) split the contract's `value` into `to_client` (the
+    client's output), `fee` (what the contract itself paid in fees; 0 when wallet inputs paid
+    it) and `to_server` (the rest). Times are Unix seconds as this store saw them (`opened_at`
+    is None for channels stored before the store kept it).
+    """
+
+    role: Role
+    contract_txid: str
+    version: int
+    status: ChannelStatus
+    value: int
+    paid: int
+    payments: int
+    peer: str
+    expiry: int
+    closing_txid: str | None
+    to_client: int
+    to_server: int
+    fee: int
+    opened_at: int | None
+    closed_at: int
+    contract_tx: bytes
+    closing_tx: bytes
+
+
+def summarize(record: ChannelRecord, state: ChainState, opened_at: int | None,
+              closed_at: int) -> ChannelSummary:
+    """The summary kept when `record` (final; with its chain state) is forgotten."""
+    contract = record.contract
+    closing = b"" if record.status is ChannelStatus.FAILED else (
+        state.spender or record.settlement_tx)
+    tx = _parsed(closing)
+    to_client = fee = 0
+    if tx is not None:
+        first = tx.outputs[0] if tx.outputs else None
+        if first is not None and first.script_pubkey == contract.change_script:
+            to_client = first.value
+        if len(tx.inputs) == 1:
+            fee = max(contract.value - sum(o.value for o in tx.outputs), 0)
+    return ChannelSummary(
+        Role(record.role), record.contract_txid, record.version, ChannelStatus(record.status),
+        contract.value, record.paid, record.payments, record.peer, contract.expiry,
+        tx.txid_hex if tx else None, to_client,
+        contract.value - to_client - fee if tx else 0, fee, opened_at, closed_at,
+        record.contract_tx, closing)
+
+
+def _parsed(raw: bytes) -> Transaction | None:
+    """The transaction, or None (none stored, or bytes no node would take: keep them raw)."""
+    try:
+        return Transaction.parse(raw) if raw else None
+    except DecodeError:
+        return None
 
 
 @runtime_checkable
@@ -41,7 +108,9 @@ class ChannelStore(Protocol):
 
     def put(self, record: ChannelRecord) -> None:
         """Insert or replace the whole record. Refuses a stale record whose `change` is above
-        the stored one (it would lose payments)."""
+        the stored one (it would lose payments). A channel stored with money already paid
+        (the initial payment of an opening) and no logged payment yet gets that payment logged,
+        as number `record.payments`."""
         ...
 
     def record_payment(self, record: ChannelRecord, amount: int, info: bytes = b"") -> None:
@@ -62,7 +131,8 @@ class ChannelStore(Protocol):
     def payments(
         self, role: Role, contract_txid: str | None = None, limit: int | None = None
     ) -> list[PaymentLogEntry]:
-        """Logged payments of `role` (and one channel if given), newest first, at most `limit`."""
+        """Logged payments of `role` (and one channel, live or forgotten, if given), newest
+        first, at most `limit`."""
         ...
 
     def modify(
@@ -94,9 +164,23 @@ class ChannelStore(Protocol):
         ...
 
     def forget(self, role: Role, contract_txid: str) -> None:
-        """Delete a settled, refunded or failed channel, its payment log and its ChainState;
-        refuse any other (its money is not settled). Forgetting an unknown channel does
-        nothing."""
+        """Move a settled, refunded or failed channel to the history: its record (with its
+        private key and signatures) and ChainState go, its `ChannelSummary` and payment log
+        stay. Refuse any other channel (its money is not settled). Forgetting an unknown or
+        already forgotten channel does nothing."""
+        ...
+
+    def history(
+        self, role: Role | None = None, contract_txid: str | None = None
+    ) -> list[ChannelSummary]:
+        """Summaries of forgotten channels (of one role and one contract if given), most
+        recently closed first."""
+        ...
+
+    def prune_history(self, before: int) -> int:
+        """Delete the summaries and payment logs of forgotten channels closed before `before`
+        (Unix seconds); return how many channels went. Stored channels (whose money may not be
+        settled) are never touched."""
         ...
 
     def discard(self, role: Role, contract_txid: str) -> None:

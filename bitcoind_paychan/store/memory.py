@@ -5,8 +5,8 @@ For tests and tools only; never acknowledge real payments stored here.
 
 from __future__ import annotations
 
-import itertools
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from types import TracebackType
@@ -15,6 +15,7 @@ from typing import Self
 from bitcoind_paychan.channel.chainstate import ChainState
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.store.base import (
+    ChannelSummary,
     PaymentLogEntry,
     change_increased,
     closed,
@@ -23,6 +24,7 @@ from bitcoind_paychan.store.base import (
     not_final,
     not_stored,
     other_channel,
+    summarize,
     unknown_channel,
 )
 
@@ -38,7 +40,8 @@ class MemoryStore:
         self._log: list[PaymentLogEntry] = []
         self._chain: dict[_Key, ChainState] = {}
         self._meta: dict[str, str] = {}
-        self._seq = itertools.count(1)
+        self._history: dict[_Key, ChannelSummary] = {}
+        self._times: dict[_Key, tuple[int, int | None]] = {}  # opened, closed
         self._closed = False
 
     def _check_open(self) -> None:
@@ -52,7 +55,22 @@ class MemoryStore:
             old = self._records.get(key)
             if old is not None and record.change > old.change:
                 raise change_increased(*key, old.change, record.change)
-            self._records[key] = record
+            self._store(key, record)
+            if old is None and record.paid and not self._logged(key):
+                self._log.append(PaymentLogEntry(*key, record.paid, record.change, b"",
+                                                 record.payments))
+
+    def _store(self, key: _Key, record: ChannelRecord) -> None:
+        """Store `record`, stamping when it opened and when its money was first final."""
+        now = int(time.time())
+        opened, closed_at = self._times.get(key, (now, None))
+        closed_at = (closed_at or now) if record.status.final else None
+        self._times[key] = (opened, closed_at)
+        self._records[key] = record
+        self._history.pop(key, None)  # stored again: it is no longer history
+
+    def _logged(self, key: _Key) -> bool:
+        return any((e.role, e.contract_txid) == key for e in self._log)
 
     def record_payment(self, record: ChannelRecord, amount: int, info: bytes = b"") -> None:
         key = (Role(record.role), record.contract_txid)
@@ -67,7 +85,7 @@ class MemoryStore:
                 old, change=record.change, signature=record.signature, payments=record.payments
             )
             self._log.append(
-                PaymentLogEntry(*key, amount, record.change, bytes(info), next(self._seq))
+                PaymentLogEntry(*key, amount, record.change, bytes(info), record.payments)
             )
 
     def get(self, role: Role, contract_txid: str) -> ChannelRecord | None:
@@ -113,7 +131,7 @@ class MemoryStore:
                 raise other_channel(*key, new)
             if new.change > old.change:
                 raise change_increased(*key, old.change, new.change)
-            self._records[key] = new
+            self._store(key, new)
             return new
 
     def chain_state(self, role: Role, contract_txid: str) -> ChainState:
@@ -151,9 +169,29 @@ class MemoryStore:
                 return
             if not rec.status.final:
                 raise not_final(*key, rec.status)
+            opened, closed_at = self._times.pop(key)
+            self._history[key] = summarize(rec, self._chain.pop(key, ChainState()), opened,
+                                           closed_at or int(time.time()))
             del self._records[key]
-            self._chain.pop(key, None)
-            self._log = [e for e in self._log if (e.role, e.contract_txid) != key]
+
+    def history(
+        self, role: Role | None = None, contract_txid: str | None = None
+    ) -> list[ChannelSummary]:
+        with self._lock:
+            self._check_open()
+            found = [h for (r, t), h in self._history.items()
+                     if (role is None or r == role) and contract_txid in (None, t)]
+        # Stable sort of the newest-archived first: ties keep that order.
+        return sorted(reversed(found), key=lambda h: h.closed_at, reverse=True)
+
+    def prune_history(self, before: int) -> int:
+        with self._lock:
+            self._check_open()
+            old = {k for k, h in self._history.items() if h.closed_at < before}
+            for key in old:
+                del self._history[key]
+            self._log = [e for e in self._log if (e.role, e.contract_txid) not in old]
+            return len(old)
 
     def discard(self, role: Role, contract_txid: str) -> None:
         key = (Role(role), contract_txid)
@@ -171,6 +209,7 @@ class MemoryStore:
         """Remove the channel, its chain state and its log (under the lock)."""
         del self._records[key]
         self._chain.pop(key, None)
+        self._times.pop(key, None)
         self._log = [e for e in self._log if (e.role, e.contract_txid) != key]
 
     def close(self) -> None:

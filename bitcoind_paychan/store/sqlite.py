@@ -3,14 +3,17 @@
 WAL with synchronous=FULL: every committed write is fsynced before the call returns, so it
 survives a crash and a power loss. The file holds the client's private channel keys: it (and its
 -wal/-shm files) is created mode 0600, and a file that group or others can access is refused.
-One connection, guarded by a lock, serves every thread. Schema and codec: `schema.py`;
-file protection: `files.py`.
+One connection, guarded by a lock, serves every thread. One process owns a store: it holds an
+exclusive lock on `<store>.lock` (with its pid inside) from open to close, and a second opener is
+refused. Others may look at a store while its owner runs by opening it `read_only`. Schema and
+codec: `schema.py`; file protection and the lock: `files.py`.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +25,7 @@ from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.errors import StoreError
 from bitcoind_paychan.store import files, schema
 from bitcoind_paychan.store.base import (
+    ChannelSummary,
     PaymentLogEntry,
     change_increased,
     closed,
@@ -30,12 +34,12 @@ from bitcoind_paychan.store.base import (
     not_final,
     not_stored,
     other_channel,
+    summarize,
     unknown_channel,
 )
 
 MEMORY = ":memory:"
 BUSY_TIMEOUT = 10.0  # seconds to wait for another process's write lock
-_FINAL = tuple(s.value for s in ChannelStatus if s.final)
 
 _HINTS = {
     "SQLITE_FULL": "free some disk space",
@@ -49,25 +53,38 @@ _HINTS = {
 
 
 class SQLiteStore:
-    """The ChannelStore contract in an SQLite file (or ":memory:", for tests)."""
+    """The ChannelStore contract in an SQLite file (or ":memory:", for tests).
 
-    def __init__(self, path: str | Path) -> None:
+    The opener owns the file until `close` (StoreError if another process or store object
+    owns it). `read_only=True` takes no ownership, so it works while the owner runs: it sees
+    what the owner has committed and refuses every write; it needs an existing store of the
+    current schema.
+    """
+
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
         self._name = str(path)
+        self._read_only = read_only
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        self._owner: files.StoreLock | None = None
         created = False
         if self._name != MEMORY:
-            created = files.create_private(Path(path))
-            for file in (Path(path), *files.sidecars(path)):
-                files.check_private(file)
-        with self._open_errors("open the store"):
-            conn = sqlite3.connect(self._name, timeout=BUSY_TIMEOUT, isolation_level=None,
-                                   check_same_thread=False)
+            if read_only and not Path(path).exists():
+                raise StoreError(f"there is no store {path} to read; check the path")
+            if not read_only:
+                self._owner = files.StoreLock(Path(path))
             try:
-                _configure(conn, self._name)
-                _prepare_schema(conn, self._name)
+                created = not read_only and files.create_private(Path(path))
+                for file in (Path(path), *files.sidecars(path)):
+                    files.check_private(file)
             except BaseException:
-                conn.close()
+                self._release()
+                raise
+        with self._open_errors("open the store"):
+            try:
+                conn = _connect(self._name, read_only)
+            except BaseException:
+                self._release()
                 raise
         self._conn = conn
         if self._name != MEMORY:
@@ -80,14 +97,26 @@ class SQLiteStore:
     def path(self) -> str:
         return self._name
 
+    @property
+    def read_only(self) -> bool:
+        return self._read_only
+
     # -- the contract ----------------------------------------------------------------------
 
     def put(self, record: ChannelRecord) -> None:
         key = (Role(record.role), record.contract_txid)
+        now = int(time.time())
+        times = (now, now if record.status.final else None)
         with self._transaction(f"store {key[0]} channel {key[1]}") as conn:
-            if conn.execute(schema.PUT, schema.encode(record)).rowcount != 1:
+            new = conn.execute(schema.CHANGE, key).fetchone() is None
+            if conn.execute(schema.PUT, (*schema.encode(record), *times)).rowcount != 1:
                 (stored,) = conn.execute(schema.CHANGE, key).fetchone()
                 raise change_increased(*key, stored, record.change)
+            if new:
+                conn.execute(schema.UNARCHIVE, key)  # stored again: no longer history
+                if record.paid and conn.execute(schema.LOGGED, key).fetchone() is None:
+                    conn.execute(schema.LOG, (*key, record.payments, record.paid,
+                                              record.change, b""))
 
     def record_payment(self, record: ChannelRecord, amount: int, info: bytes = b"") -> None:
         role, txid, change = Role(record.role).value, record.contract_txid, record.change
@@ -100,7 +129,7 @@ class SQLiteStore:
                 if row is None:
                     raise not_stored(Role(role), txid)
                 raise change_increased(Role(role), txid, row[0], change)
-            conn.execute(schema.LOG, (role, txid, amount, change, info))
+            conn.execute(schema.LOG, (role, txid, record.payments, amount, change, info))
 
     def get(self, role: Role, contract_txid: str) -> ChannelRecord | None:
         with self._connection(f"read {role} channel {contract_txid}") as conn:
@@ -111,17 +140,12 @@ class SQLiteStore:
     def channels(
         self, role: Role | None = None, statuses: Iterable[ChannelStatus] | None = None
     ) -> list[ChannelRecord]:
-        where, args, source = ["1"], [], schema.SELECT
-        if role is not None:
-            where.append("role = ?")
-            args.append(Role(role).value)
-        if statuses is not None:
-            wanted = sorted({ChannelStatus(s).value for s in statuses})
-            where.append(f"status IN ({', '.join('?' * len(wanted))})")
-            args.extend(wanted)
-            if role is not None:  # the planner would walk the whole role for the ORDER BY
-                source += f" INDEXED BY {schema.STATUS_INDEX}"
-        sql = f"{source} WHERE {' AND '.join(where)} ORDER BY role, contract_txid"
+        wanted = None if statuses is None else sorted({ChannelStatus(s).value for s in statuses})
+        where, args = _where(role=None if role is None else [Role(role).value], status=wanted)
+        source = schema.SELECT
+        if role is not None and wanted is not None:  # the planner would walk the whole role
+            source += f" INDEXED BY {schema.STATUS_INDEX}"  # for the ORDER BY
+        sql = f"{source} WHERE {where} ORDER BY role, contract_txid"
         with self._connection("list channels") as conn:
             rows = conn.execute(sql, args).fetchall()
         return [schema.decode(row, self._name) for row in rows]
@@ -133,7 +157,7 @@ class SQLiteStore:
         if contract_txid is not None:
             sql += " AND contract_txid = ?"
             args.append(contract_txid)
-        sql += " ORDER BY seq DESC LIMIT ?"
+        sql += " ORDER BY id DESC LIMIT ?"
         with self._connection("read the payment log") as conn:
             rows = conn.execute(sql, (*args, -1 if limit is None else max(limit, 0))).fetchall()
         return [PaymentLogEntry(Role(r[0]), r[1], r[2], r[3], r[4], r[5]) for r in rows]
@@ -153,7 +177,8 @@ class SQLiteStore:
                 raise other_channel(role, contract_txid, new)
             if new.change > old.change:
                 raise change_increased(role, contract_txid, old.change, new.change)
-            conn.execute(schema.PUT, schema.encode(new))
+            now = int(time.time())
+            conn.execute(schema.PUT, (*schema.encode(new), now, now if new.status.final else None))
         return new
 
     def chain_state(self, role: Role, contract_txid: str) -> ChainState:
@@ -182,13 +207,33 @@ class SQLiteStore:
     def forget(self, role: Role, contract_txid: str) -> None:
         key = (Role(role).value, contract_txid)
         with self._transaction(f"forget {role} channel {contract_txid}") as conn:
-            row = conn.execute(schema.STATUS, key).fetchone()
+            row = conn.execute(f"{schema.SELECT} WHERE role = ? AND contract_txid = ?",
+                               key).fetchone()
             if row is None:
                 return
-            if row[0] not in _FINAL:
-                raise not_final(Role(role), contract_txid, ChannelStatus(row[0]))
-            # The payment log and the chain state follow (ON DELETE CASCADE).
-            conn.execute(schema.DELETE, key)
+            record = schema.decode(row, self._name)
+            if not record.status.final:
+                raise not_final(Role(role), contract_txid, record.status)
+            state = schema.decode_chain(conn.execute(schema.CHAIN, key).fetchone())
+            opened_at, closed_at = conn.execute(schema.TIMES, key).fetchone()
+            summary = summarize(record, state, opened_at, closed_at or int(time.time()))
+            conn.execute(schema.ARCHIVE, schema.encode_summary(summary))
+            conn.execute(schema.DELETE, key)  # the chain state follows (ON DELETE CASCADE)
+
+    def history(
+        self, role: Role | None = None, contract_txid: str | None = None
+    ) -> list[ChannelSummary]:
+        where, args = _where(role=None if role is None else [Role(role).value],
+                             contract_txid=None if contract_txid is None else [contract_txid])
+        sql = f"{schema.HISTORY} WHERE {where} ORDER BY closed_at DESC, rowid DESC"
+        with self._connection("read the history") as conn:
+            rows = conn.execute(sql, args).fetchall()
+        return [schema.decode_summary(row) for row in rows]
+
+    def prune_history(self, before: int) -> int:
+        with self._transaction("prune the history") as conn:
+            conn.execute(schema.PRUNE_LOG, (before,))
+            return int(conn.execute(schema.PRUNE, (before,)).rowcount)
 
     def discard(self, role: Role, contract_txid: str) -> None:
         key = (Role(role).value, contract_txid)
@@ -203,12 +248,25 @@ class SQLiteStore:
             conn.execute(schema.DELETE_LOG, key)
             conn.execute(schema.DELETE, key)
 
+    @property
+    def is_open(self) -> bool:
+        """False once `close` was called."""
+        return self._conn is not None
+
     def close(self) -> None:
         with self._lock:
             conn, self._conn = self._conn, None
-            if conn is not None:
-                with self._open_errors("close the store"):
-                    conn.close()
+            try:
+                if conn is not None:
+                    with self._open_errors("close the store"):
+                        conn.close()
+            finally:
+                self._release()
+
+    def _release(self) -> None:
+        owner, self._owner = self._owner, None
+        if owner is not None:
+            owner.release()
 
     def __enter__(self) -> Self:
         return self
@@ -242,6 +300,9 @@ class SQLiteStore:
     def _transaction(self, what: str) -> Iterator[sqlite3.Connection]:
         """A write transaction, committed (and fsynced) on exit, rolled back on any error."""
         with self._connection(what) as conn:
+            if self._read_only:
+                raise StoreError(f"cannot {what}: {self._name} is open read-only (for looking "
+                                 "while its owner runs); only the process that owns it writes")
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -250,6 +311,16 @@ class SQLiteStore:
                 if conn.in_transaction:
                     conn.rollback()
                 raise
+
+
+def _where(**wanted: list[str] | None) -> tuple[str, list[str]]:
+    """A WHERE condition (and its arguments): each column given is one of its values."""
+    where, args = ["1"], []
+    for column, values in wanted.items():
+        if values is not None:
+            where.append(f"{column} IN ({', '.join('?' * len(values))})")
+            args.extend(values)
+    return " AND ".join(where), args
 
 
 def _hint(e: sqlite3.Error) -> str:
@@ -261,6 +332,42 @@ def _hint(e: sqlite3.Error) -> str:
 
 
 # -- opening -------------------------------------------------------------------------------
+
+
+def _connect(name: str, read_only: bool) -> sqlite3.Connection:
+    """A configured connection to a store of the current schema."""
+    if read_only and name != MEMORY:
+        conn = sqlite3.connect(f"{Path(name).resolve().as_uri()}?mode=ro", uri=True,
+                               timeout=BUSY_TIMEOUT, isolation_level=None,
+                               check_same_thread=False)
+    else:
+        conn = sqlite3.connect(name, timeout=BUSY_TIMEOUT, isolation_level=None,
+                               check_same_thread=False)
+    try:
+        if read_only:
+            conn.execute("PRAGMA query_only = ON")
+            _check_readable(conn, name)
+        else:
+            _configure(conn, name)
+            _prepare_schema(conn, name)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _check_readable(conn: sqlite3.Connection, name: str) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    if app_id != schema.APPLICATION_ID and name != MEMORY:
+        raise StoreError(f"{name} is not a bitcoind-paychan store; give the path of a store")
+    if version != schema.SCHEMA_VERSION:
+        raise StoreError(
+            f"{name} has store schema version {version}, this bitcoind-paychan reads "
+            f"{schema.SCHEMA_VERSION}: open it once read-write (start the daemon) to upgrade it"
+            if version < schema.SCHEMA_VERSION else
+            f"{name} has store schema version {version}, newer than this bitcoind-paychan "
+            f"understands ({schema.SCHEMA_VERSION}); upgrade bitcoind-paychan to read it")
 
 
 def _configure(conn: sqlite3.Connection, name: str) -> None:
@@ -288,14 +395,13 @@ def _prepare_schema(conn: sqlite3.Connection, name: str) -> None:
         if app_id != schema.APPLICATION_ID and (app_id or version or tables):
             raise StoreError(f"{name} is an SQLite file of some other program, not a "
                              "bitcoind-paychan store; give the path of a new or existing store")
-        if version == 0:
-            for sql in schema.CREATE:
+        if version == 0:  # new: version 1's tables, then every migration
+            for sql in schema.V1:
                 conn.execute(sql)
             conn.execute(f"PRAGMA application_id = {schema.APPLICATION_ID}")
-        else:
-            for step in schema.MIGRATIONS[version - 1 :]:
-                for sql in step:
-                    conn.execute(sql)
+            version = 1
+        for step in schema.MIGRATIONS[version - 1 :]:
+            step(conn)
         conn.execute(f"PRAGMA user_version = {schema.SCHEMA_VERSION}")
     except BaseException:
         conn.rollback()

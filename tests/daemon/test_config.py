@@ -522,9 +522,31 @@ def test_user_and_password_need_no_cookie_file(tmp_path: Path) -> None:
 # -- the examples in contrib/ ----------------------------------------------------------------
 
 
+@pytest.mark.parametrize(("text", "mode"), [
+    ("", 0o600), ("  cookie_mode: 0640\n", 0o640), ("  cookie_mode: '0640'\n", 0o640),
+    ("  cookie_mode: '600'\n", 0o600), ("  cookie_mode: 0o640\n", 0o640)])
+def test_control_cookie_mode(tmp_path: Path, text: str, mode: int) -> None:
+    config = load_config(write(tmp_path, "control:\n" + text + "  cookie_group: operators\n"))
+    assert config.control.cookie_mode == mode
+    assert config.control.cookie_group == "operators"
+
+
+@pytest.mark.parametrize("value", ["0644", "640", "'0660'", "true", "'rw'"])
+def test_control_cookie_mode_refuses_what_others_could_read(tmp_path: Path, value: str) -> None:
+    message = error_of(write(tmp_path, f"control:\n  cookie_mode: {value}\n"))
+    assert "control.cookie_mode" in message and "expected 0600" in message
+
+
+QUICKSTART_ENV = {"PAYCHAN_DIR": "/tmp/quickstart", "RPC_PORT": "18501", "SERVER_PORT": "18502",
+                  "CONTROL_PORT": "18503"}
+
+
 @pytest.mark.parametrize(("name", "network"), [
     ("regtest", "regtest"), ("signet", "signet"), ("mainnet", "main")])
-def test_the_contrib_examples_load(name: str, network: str) -> None:
+def test_the_contrib_examples_load(name: str, network: str,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    for variable, value in QUICKSTART_ENV.items():  # what the README's quick start exports
+        monkeypatch.setenv(variable, value)
     config = load_config(CONTRIB / f"paychan.{name}.yaml", check_files=False)
     assert config.network == network
     config.node_config()

@@ -120,6 +120,8 @@ SHOWN_BY: dict[str, Callable[..., None]] = {
     "logging.file": test_daemon.test_json_logs_and_sighup_reopens_the_log_file,
     "control.listen": test_daemon.test_control_api_refuses_a_wrong_or_missing_cookie,
     "control.cookie_file": test_daemon.test_control_api_refuses_a_wrong_or_missing_cookie,
+    "control.cookie_mode": test_daemon.test_control_cookie_mode_and_group_come_from_the_config,
+    "control.cookie_group": test_daemon.test_control_cookie_mode_and_group_come_from_the_config,
     "metrics.enabled": test_daemon.test_open_pay_list_close_through_the_cli,
     "metrics.listen": test_daemon.test_open_pay_list_close_through_the_cli,
 }

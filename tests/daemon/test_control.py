@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import grp
 import json
 import logging
+import os
 import re
 import socket
 import stat
@@ -72,9 +74,10 @@ class FakeDaemon:
             "getinfo", default={"version": "0.1", "network": "regtest", "height": 101})
         return answer
 
-    async def listchannels(self, state: str | None) -> list[dict[str, Any]]:
+    async def listchannels(self, state: str | None, include_forgotten: bool | None = None
+                           ) -> list[dict[str, Any]]:
         answer: list[dict[str, Any]] = await self._answer("listchannels", state,
-                                                          default=[CHANNEL])
+                                                          include_forgotten, default=[CHANNEL])
         return answer
 
     async def getchannel(self, channel_id: str) -> dict[str, Any]:
@@ -102,6 +105,11 @@ class FakeDaemon:
     async def listpayments(self, channel_id: str | None) -> list[dict[str, Any]]:
         answer: list[dict[str, Any]] = await self._answer(
             "listpayments", channel_id, default=[{"amount": 5, "info": ""}])
+        return answer
+
+    async def prunehistory(self, before: str) -> dict[str, Any]:
+        answer: dict[str, Any] = await self._answer("prunehistory", before,
+                                                    default={"pruned": 0})
         return answer
 
     async def stop(self) -> dict[str, Any]:
@@ -198,6 +206,29 @@ def test_cookie_file(tmp_path: Path) -> None:
         ControlCookie.read(path)
 
 
+def operators_group() -> str:
+    """A group this process may give files to, other than its own if it can (root: any)."""
+    own = os.getegid()
+    mine = [g.gr_gid for g in grp.getgrall()] if os.geteuid() == 0 else os.getgroups()
+    return grp.getgrgid(next((gid for gid in mine if gid != own), own)).gr_name
+
+
+def test_cookie_for_an_operators_group(tmp_path: Path) -> None:
+    path = tmp_path / "cookie"
+    group = operators_group()
+    umask = os.umask(0o077)  # as under the systemd unit: the mode must not depend on it
+    try:
+        cookie = ControlCookie.create(path, 0o640, group)
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert path.stat().st_gid == grp.getgrnam(group).gr_gid
+    assert ControlCookie.read(path) == cookie
+    with pytest.raises(ConfigError, match="no group named 'no-such-group'"):
+        ControlCookie.create(tmp_path / "other", 0o640, "no-such-group")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cookie"]  # nothing half-written
+
+
 def test_cookie_write_failure_is_config_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     with pytest.raises(ConfigError, match="cannot write the control cookie"):
@@ -244,6 +275,7 @@ def test_dispatch(tmp_path: Path) -> None:
         assert await h.result("listchannels") == [CHANNEL]
         assert await h.result("listchannels", "open") == [CHANNEL]
         assert await h.result("listchannels", None) == [CHANNEL]
+        assert await h.result("listchannels", None, True) == [CHANNEL]
         assert await h.result("getchannel", "abab") == CHANNEL
         assert (await h.result("open", "alice", 50_000))["value"] == 50_000
         assert await h.result("pay", "alice", 10) == {"paid": 10, "ack_info": ""}
@@ -251,13 +283,16 @@ def test_dispatch(tmp_path: Path) -> None:
         assert await h.result("close", txid) == {"settlement_txid": "cd" * 32}
         assert await h.result("listpayments") == [{"amount": 5, "info": ""}]
         assert await h.result("listpayments", txid) == [{"amount": 5, "info": ""}]
+        assert await h.result("prunehistory", "2026-01-01") == {"pruned": 0}
         assert await h.result("stop") == {"stopping": True}
         assert h.api.calls == [
-            ("getinfo", ()), ("listchannels", (None,)), ("listchannels", ("open",)),
-            ("listchannels", (None,)), ("getchannel", ("abab",)),
+            ("getinfo", ()), ("listchannels", (None, False)),
+            ("listchannels", ("open", False)), ("listchannels", (None, False)),
+            ("listchannels", (None, True)), ("getchannel", ("abab",)),
             ("open", ("alice", 50_000, False)),
             ("pay", ("alice", 10, None)), ("pay", (txid, 11, "coffee")), ("close", (txid,)),
-            ("listpayments", (None,)), ("listpayments", (txid,)), ("stop", ()),
+            ("listpayments", (None,)), ("listpayments", (txid,)),
+            ("prunehistory", ("2026-01-01",)), ("stop", ()),
         ]
         # Named parameters and a missing params member.
         status, answer = await h.rpc("pay", {"target": "bob", "amount": 3, "info": "x"})
@@ -275,7 +310,9 @@ def test_dispatch(tmp_path: Path) -> None:
     ("getchannel", [], "getchannel takes 1 parameter, got 0; usage: getchannel channel_id"),
     ("getchannel", [5], "channel_id must be a string, got 5"),
     ("getchannel", [""], "channel_id must not be empty"),
-    ("listchannels", ["open", 1], "listchannels takes 0 to 1 parameter"),
+    ("listchannels", ["open", 1], "all must be true or false, got 1"),
+    ("listchannels", ["open", True, 1], "listchannels takes 0 to 2 parameters"),
+    ("prunehistory", [], "prunehistory takes 1 parameter, got 0"),
     ("listchannels", [3], "state must be a string"),
     ("open", ["alice"], "open takes 2 to 3 parameters, got 1"),
     ("open", ["alice", 5, "yes"], "new must be true or false"),

@@ -3,11 +3,15 @@ the CLI, graceful shutdown mid-stream, the control API's cookie, and metrics."""
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import signal
+import socket
+import stat
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +23,7 @@ import yaml
 from bitcoind_paychan.channel.records import Role
 from bitcoind_paychan.store import SQLiteStore
 from regtest.node import RegtestNode, free_port, regtest_nodes, wait_until
+from tests.daemon.test_control import operators_group
 
 PAYCHAN = [sys.executable, "-m", "bitcoind_paychan.cli"]
 
@@ -185,14 +190,15 @@ def test_graceful_shutdown_mid_stream_loses_nothing(daemons: Daemons) -> None:
     stream = subprocess.Popen([*PAYCHAN, "--config", str(daemons.config("client")), "pay",
                                "shop", "1000", "--repeat", "3000"], stderr=subprocess.PIPE,
                               text=True)
-    wait_until(lambda: SQLiteStore(daemons.tmp / "server.db").get(Role.SERVER, txid)
-               is not None and SQLiteStore(daemons.tmp / "server.db").get(
-                   Role.SERVER, txid).payments > 20,  # type: ignore[union-attr]
-               what="the stream to be under way")
+    with SQLiteStore(daemons.tmp / "server.db", read_only=True) as running:  # the daemon's
+        wait_until(lambda: (rec := running.get(Role.SERVER, txid)) is not None
+                   and rec.payments > 20,
+                   what="the stream to be under way")
     daemons.procs["server"].send_signal(signal.SIGTERM)  # mid-stream
     assert daemons.procs["server"].wait(30) == 0
     assert stream.wait(60) != 0  # the stream broke off: the server went away
-    server_paid = SQLiteStore(daemons.tmp / "server.db").get(Role.SERVER, txid)
+    with SQLiteStore(daemons.tmp / "server.db", read_only=True) as stopped:
+        server_paid = stopped.get(Role.SERVER, txid)
     assert server_paid is not None
     client_view = daemons.json("client", "getchannel", txid)
     # Stored before sent, acknowledged after stored: the client is ahead by at most the one
@@ -244,6 +250,18 @@ def test_json_logs_and_sighup_reopens_the_log_file(daemons: Daemons) -> None:
     assert daemons.procs["server"].poll() is None
 
 
+def test_control_cookie_mode_and_group_come_from_the_config(daemons: Daemons) -> None:
+    group = operators_group()
+    config = yaml.safe_load(daemons.config("server").read_text())
+    config["control"]["cookie_mode"] = "0640"
+    config["control"]["cookie_group"] = group
+    daemons.config("server").write_text(yaml.safe_dump(config))
+    daemons.start("server")
+    cookie = Path(config["control"]["cookie_file"]).stat()
+    assert stat.S_IMODE(cookie.st_mode) == 0o640
+    assert cookie.st_gid == grp.getgrnam(group).gr_gid
+
+
 def test_daemon_refuses_to_start_without_its_node(tmp_path: Path) -> None:
     cookie = tmp_path / ".cookie"
     cookie.write_text("__cookie__:" + "1" * 64)
@@ -259,3 +277,112 @@ def test_daemon_refuses_to_start_without_its_node(tmp_path: Path) -> None:
                           text=True, timeout=60)
     assert done.returncode == 1
     assert "bitcoind does not answer" in done.stderr and "is it running" in done.stderr
+
+
+# -- history, counts, one daemon per store (issue: history deleted, counts disagree) ---------
+
+
+def _self_paying(daemons: Daemons) -> None:
+    """The quick start's daemon: both roles in one process, one store, paying itself."""
+    port = free_port()
+    daemons.write("self", {
+        "network": "regtest",
+        "bitcoind": {"url": daemons.node.rpc_url, "cookie_file": str(daemons.node.cookie_path),
+                     "wallet": daemons.node.wallet, "poll_interval": 0.2},
+        "scheduler": {"forget_depth": 1, "review_interval": 0.5},
+        "logging": {"level": "debug", "file": None},
+    }, {
+        "server": {"enabled": True, "listen": f"127.0.0.1:{port}", "min_confirmations": 0},
+        "client": {"enabled": True, "servers": {"self": f"127.0.0.1:{port}"},
+                   "channel_size": 1_000_000},
+    })
+
+
+def test_history_of_a_forgotten_channel_stays_and_counts_agree(daemons: Daemons) -> None:
+    _self_paying(daemons)
+    daemons.start("self")
+    txid = daemons.json("self", "open", "self", "1000000")["contract_txid"]
+    paid = daemons.cli("self", "pay", "self", "1000", "coffee", "--repeat", "5")
+    assert "1/5 payments, 1000 sat paid" in paid.stderr  # this run's, not the channel's
+    assert "5/5 payments, 5000 sat paid" in paid.stderr
+    daemons.json("self", "close", txid)
+    daemons.node.mine(1)  # forget_depth 1: buried at once
+    wait_until(lambda: daemons.json("self", "listchannels") == [], what="the channel forgotten")
+    for _ in range(2):  # and again after a restart
+        (client, server) = sorted(daemons.json("self", "listchannels", "--all"),
+                                  key=lambda row: row["role"])
+        for row in (client, server):
+            assert (row["contract_txid"], row["status"], row["forgotten"]) == (
+                txid, "settled", True)
+            assert (row["value"], row["paid"], row["payments"]) == (1_000_000, 6_000, 6)
+            assert row["to_client"] + row["to_server"] + row["fee"] == 1_000_000
+            assert row["to_server"] == 6_000 - row["fee"]
+            assert row["opened_at"] <= row["closed_at"] and len(row["closing_txid"]) == 64
+        assert daemons.json("self", "getchannel", txid[:10])["closing_txid"] == (
+            client["closing_txid"])
+        payments = daemons.json("self", "listpayments", txid[:10])
+        for role in ("server", "client"):
+            logged = [(p["seq"], p["amount"], p["info"]) for p in payments
+                      if p["role"] == role]
+            assert logged == [(n, 1000, "coffee") for n in range(6, 1, -1)] + [(1, 1000, "")]
+        assert "(none)" not in daemons.cli("self", "listpayments").stdout
+        daemons.cli("self", "stop")
+        assert daemons.procs["self"].wait(30) == 0
+        daemons.start("self")
+    kept = daemons.cli("self", "prunehistory", "--before", "2000-01-01")
+    assert "pruned  0" in kept.stdout and "before  2000-01-01 00:00 UTC" in kept.stdout
+    future = daemons.cli("self", "prunehistory", "--before", "2999-01-01", check=False)
+    assert future.returncode != 0 and "in the future" in future.stderr
+    after = client["closed_at"] + 1
+    wait_until(lambda: time.time() > after, what="a second after the close")
+    assert daemons.json("self", "prunehistory", "--before", str(after))["pruned"] == 2
+    assert daemons.json("self", "listchannels", "--all") == []
+    assert daemons.json("self", "listpayments") == []
+
+
+def test_a_second_daemon_on_the_same_store_is_refused(daemons: Daemons) -> None:
+    daemons.start("server")
+    config = yaml.safe_load(daemons.config("server").read_text())
+    cookie = Path(config["control"]["cookie_file"]).read_text()
+    config["server"]["listen"] = f"127.0.0.1:{free_port()}"
+    config["control"] = {"listen": f"127.0.0.1:{free_port()}",
+                         "cookie_file": str(daemons.tmp / "second.cookie")}
+    config["metrics"]["enabled"] = False
+    config["logging"]["file"] = None
+    second = daemons.tmp / "second.yaml"
+    second.write_text(yaml.safe_dump(config))
+    second.chmod(0o600)
+    done = subprocess.run([*PAYCHAN, "daemon", "--config", str(second)], capture_output=True,
+                          text=True, timeout=60)
+    pid = daemons.procs["server"].pid
+    store = daemons.tmp / "server.db"
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert (f"error: the store {store} is in use by process {pid} (it holds {store}.lock)"
+            in done.stderr)
+    assert not (daemons.tmp / "second.cookie").exists()  # changed nothing
+    assert Path(config["store"]["path"] + ".lock").read_text() == f"{pid}\n"
+    assert Path(daemons.tmp / "server.cookie").read_text() == cookie
+    daemons.cli("server", "getinfo")  # the first one runs on
+
+
+@pytest.mark.parametrize("key", ["control.listen", "server.listen"])
+def test_a_port_in_use_is_one_clear_line(daemons: Daemons, key: str) -> None:
+    section, _ = key.split(".")
+    config = yaml.safe_load(daemons.config("server").read_text())
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        config[section]["listen"] = address
+        config["logging"]["file"] = str(daemons.tmp / "port.log")
+        path = daemons.tmp / "port.yaml"
+        path.write_text(yaml.safe_dump(config))
+        path.chmod(0o600)
+        done = subprocess.run([*PAYCHAN, "daemon", "--config", str(path)],
+                              capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"error: cannot listen on {address} ({key}): ")
+    assert f"set another {key}" in line
+    SQLiteStore(daemons.tmp / "server.db").close()  # the failed daemon let its store go

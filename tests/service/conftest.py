@@ -39,6 +39,18 @@ class Sides:
     events: list[ServerEvent] = field(default_factory=list)
     client_events: list[ChannelFinished] = field(default_factory=list)
     client_wallet: str = DEFAULT_WALLET
+    stores: dict[str, SQLiteStore] = field(default_factory=dict)
+
+    def store(self, name: str) -> SQLiteStore:
+        """The store `name`, opened once: one process owns a store, and every service this
+        test builds on it (one after another, or side by side) shares that one object."""
+        if name not in self.stores or not self.stores[name].is_open:  # closed: a restart
+            self.stores[name] = SQLiteStore(self.tmp / f"{name}.db")
+        return self.stores[name]
+
+    def close(self) -> None:
+        for store in self.stores.values():
+            store.close()
 
     def server(self, policy: ServerPolicy | None = None, name: str = "server",
                kind: type[PaymentServer] = PaymentServer, **options: Any) -> PaymentServer:
@@ -46,15 +58,15 @@ class Sides:
         options.setdefault("poll_interval", 0.2)
         options.setdefault("review_interval", 0.5)
         options.setdefault("autopilot", FAST)
-        return kind(MiningBroadcaster(node), SQLiteStore(self.tmp / f"{name}.db"),
-                    policy, on_event=self.events.append, **options)
+        return kind(MiningBroadcaster(node), self.store(name), policy,
+                    on_event=self.events.append, **options)
 
     def client(self, name: str = "client", **options: Any) -> PaymentClient:
         node = Bitcoind(config_for(self.client_node, wallet=self.client_wallet))
         options.setdefault("poll_interval", 0.2)
         options.setdefault("review_interval", 0.5)
         options.setdefault("autopilot", FAST)
-        return PaymentClient(MiningBroadcaster(node), SQLiteStore(self.tmp / f"{name}.db"),
+        return PaymentClient(MiningBroadcaster(node), self.store(name),
                              on_event=self.client_events.append, **options)
 
     def payments(self) -> list[PaymentReceived]:
@@ -84,7 +96,9 @@ class Sides:
 
 @pytest.fixture
 def sides(two_nodes: list[RegtestNode], tmp_path: Path) -> Iterator[Sides]:
-    yield Sides(two_nodes[0], two_nodes[1], tmp_path)
+    sides = Sides(two_nodes[0], two_nodes[1], tmp_path)
+    yield sides
+    sides.close()
 
 
 @pytest.fixture
@@ -94,7 +108,9 @@ def one_node(node: RegtestNode, tmp_path: Path) -> Iterator[Sides]:
     node.wallet_rpc("sendmany", "", {client_address: 5, node.rpc("getnewaddress",
                                                                  wallet="client"): 5})
     node.mine(1)
-    yield Sides(node, node, tmp_path, client_wallet="client")
+    sides = Sides(node, node, tmp_path, client_wallet="client")
+    yield sides
+    sides.close()
 
 
 async def until(predicate: Callable[[], object], timeout: float = 30.0, what: str = "") -> None:

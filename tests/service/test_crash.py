@@ -206,9 +206,10 @@ def test_server_killed_after_the_settlement_broadcast(one_node: Sides) -> None:
         restarted = await Side.start(sides, "server", server_db, port)
         await restarted.wait_for("listening")
         await mine(sides, 2)  # forget_depth
-        store = SQLiteStore(server_db)
+        store = SQLiteStore(server_db, read_only=True)  # the restarted server owns it
         await until(lambda: store.get(Role.SERVER, channel.contract_txid) is None,
                     what="the restarted server to see it settle, then forget it")
+        store.close()
         await client.stop()
         await restarted.kill()
         return settlement.txid_hex
@@ -292,7 +293,8 @@ def test_client_killed_then_back_after_the_expiry_refunds_at_once(one_node: Side
             await client.wait_for("paid")
         await client.kill()
         await server.stop()  # and the server vanishes too
-        expiry = SQLiteStore(client_db).get(Role.CLIENT, opened["contract"]).contract.expiry  # type: ignore[union-attr]
+        with SQLiteStore(client_db, read_only=True) as looking:
+            expiry = looking.get(Role.CLIENT, opened["contract"]).contract.expiry  # type: ignore[union-attr]
         await asyncio.to_thread(sides.client_node.advance_median_time_past, expiry)
         restarted = client_for(sides, client_db)
         await restarted.start()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from bitcoind_paychan.bitcoin.tx import Transaction, TxIn, TxOut
 from bitcoind_paychan.channel.chainstate import ChainState
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.errors import StoreError
@@ -81,7 +82,7 @@ def test_record_payment_updates_and_logs(store: ChannelStore) -> None:
     assert [(e.amount, e.change_after, e.info) for e in log] == [
         (0, 97_400, b"same change again"), (2500, 97_400, b""), (100, 99_900, b"first")]
     assert all(e.role == Role.SERVER and e.contract_txid == ch.txid for e in log)
-    assert log[0].seq > log[1].seq > log[2].seq
+    assert [e.seq for e in log] == [3, 2, 1]  # the payment's number in its channel
 
 
 def test_record_payment_of_unknown_channel_refused(store: ChannelStore) -> None:
@@ -102,7 +103,7 @@ def test_record_payment_raising_the_change_refused(store: ChannelStore) -> None:
     with pytest.raises(StoreError, match="change 97001 above the stored 97000"):
         store.record_payment(back, -1)
     assert_same(store.get(Role.SERVER, ch.txid), again)
-    assert len(store.payments(Role.SERVER, ch.txid)) == 1
+    assert [e.amount for e in store.payments(Role.SERVER, ch.txid)] == [0, 3000]  # + initial
 
 
 def test_channels_filtered_by_role_and_status(store: ChannelStore) -> None:
@@ -159,22 +160,134 @@ def test_forget_refused_while_money_is_not_settled(
 
 
 @pytest.mark.parametrize("status", FINAL)
-def test_forget_final_channel_and_its_log(store: ChannelStore, status: ChannelStatus) -> None:
+def test_forget_keeps_the_summary_and_the_log(store: ChannelStore, status: ChannelStatus) -> None:
     ch, other = Channel(), Channel()
-    rec = ch.record()
+    rec = ch.record(peer="shop:1")
     store.put(rec)
     store.put(other.record())
-    store.record_payment(ch.pay(rec, 100), 100)
+    store.record_payment(ch.pay(rec, 100), 100, b"coffee")
     store.record_payment(other.pay(other.record(), 1), 1)
-    seq = store.payments(Role.SERVER, ch.txid)[0].seq
-    store.put(replace(ch.pay(rec, 100), status=status))
+    store.put(replace(ch.pay(ch.pay(rec, 100), 250), status=status))
     store.forget(Role.SERVER, ch.txid)
-    assert store.get(Role.SERVER, ch.txid) is None
-    assert store.payments(Role.SERVER, ch.txid) == []
+    assert store.get(Role.SERVER, ch.txid) is None  # the record (key, signature) is gone
+    with pytest.raises(StoreError, match="not stored"):
+        store.chain_state(Role.SERVER, ch.txid)
+    assert [(e.seq, e.amount, e.info) for e in store.payments(Role.SERVER, ch.txid)] == [
+        (1, 100, b"coffee")]
+    (summary,) = store.history()
+    assert (summary.role, summary.contract_txid, summary.status) == (Role.SERVER, ch.txid,
+                                                                     status)
+    assert (summary.value, summary.paid, summary.payments, summary.peer) == (
+        100_000, 350, 2, "shop:1")
+    assert summary.opened_at is not None and summary.opened_at <= summary.closed_at
+    assert summary.contract_tx == ch.contract_tx
     store.forget(Role.SERVER, ch.txid)  # idempotent
+    assert store.history() == [summary]
     assert [r.contract_txid for r in store.channels()] == [other.txid]
-    store.record_payment(other.pay(other.pay(other.record(), 1), 1), 1)
-    assert store.payments(Role.SERVER)[0].seq > seq  # sequence numbers are never reused
+    assert store.history(Role.CLIENT) == [] and store.history(contract_txid=other.txid) == []
+
+
+@pytest.mark.parametrize("spent", ["chain state", "record"])
+def test_the_summary_splits_the_value_as_the_closing_tx_did(store: ChannelStore,
+                                                            spent: str) -> None:
+    ch = Channel()
+    settled = ch.pay(ch.record(status=ChannelStatus.SETTLED), 30_000)
+    settlement = Transaction(2, (TxIn(ch.contract.outpoint),),
+                             (TxOut(70_000, ch.contract.change_script),
+                              TxOut(29_500, b"\x00\x14" + bytes(20))))
+    refunded = ch.record(Role.CLIENT, status=ChannelStatus.REFUNDED)
+    refund = Transaction(2, (TxIn(ch.contract.outpoint),),
+                         (TxOut(99_200, ch.contract.change_script),), 1_700_000_000)
+    for rec, tx in ((settled, settlement), (refunded, refund)):
+        if spent == "record":
+            store.put(replace(rec, settlement_tx=tx.serialize()))
+        else:
+            store.put(rec)
+            store.put_chain_state(rec.role, ch.txid, ChainState(spender=tx.serialize(),
+                                                                spender_height=7))
+        store.forget(rec.role, ch.txid)
+    client, server = store.history(Role.CLIENT)[0], store.history(Role.SERVER)[0]
+    assert (server.closing_txid, server.to_client, server.to_server, server.fee,
+            server.paid) == (settlement.txid_hex, 70_000, 29_500, 500, 30_000)
+    assert (client.closing_txid, client.to_client, client.to_server, client.fee,
+            client.paid) == (refund.txid_hex, 99_200, 0, 800, 0)
+    assert server.closing_tx == settlement.serialize()
+
+
+def test_a_failed_channel_moved_nothing(store: ChannelStore) -> None:
+    ch = Channel()
+    store.put(ch.pay(ch.record(status=ChannelStatus.FAILED, settlement_tx=b"junk"), 1_000))
+    store.forget(Role.SERVER, ch.txid)
+    (failed,) = store.history()
+    assert (failed.closing_txid, failed.to_client, failed.to_server, failed.fee,
+            failed.paid) == (None, 0, 0, 0, 1_000)
+
+
+def test_the_initial_payment_is_logged_once(store: ChannelStore) -> None:
+    ch = Channel()
+    opened = ch.pay(ch.record(), 1000)  # what an opening stores: payments=1, 1000 sat paid
+    store.put(opened)
+    store.put(replace(opened, status=CLOSING))  # an update logs nothing
+    paid = ch.pay(opened, 500)
+    store.record_payment(paid, 500, b"next")
+    log = store.payments(Role.SERVER, ch.txid)
+    assert [(e.seq, e.amount, e.change_after, e.info) for e in log] == [
+        (2, 500, 98_500, b"next"), (1, 1000, 99_000, b"")]
+    assert store.get(Role.SERVER, ch.txid).payments == len(log)  # type: ignore[union-attr]
+    store.put(Channel().record())  # nothing paid yet: nothing logged
+    assert len(store.payments(Role.SERVER)) == 2
+
+
+def test_payment_numbers_are_per_channel_and_role(store: ChannelStore) -> None:
+    ch = Channel()
+    server, client = ch.pay(ch.record(Role.SERVER), 10), ch.pay(ch.record(Role.CLIENT), 10)
+    store.put(server)
+    store.put(client)
+    for _ in range(3):
+        client = ch.pay(client, 1)
+        store.record_payment(client, 1)
+        server = ch.pay(server, 1)
+        store.record_payment(server, 1)
+    for role in Role:
+        assert [e.seq for e in store.payments(role, ch.txid)] == [4, 3, 2, 1]
+
+
+def test_history_survives_reopening(tmp_path: Path) -> None:
+    ch = Channel()
+    path = tmp_path / "channels.db"
+    with SQLiteStore(path) as store:
+        store.put(ch.pay(ch.record(), 700))
+        store.record_payment(ch.pay(ch.pay(ch.record(), 700), 300), 300)
+        store.modify(Role.SERVER, ch.txid, lambda r: replace(r, status=ChannelStatus.SETTLED))
+        store.forget(Role.SERVER, ch.txid)
+        kept = store.history()
+    with SQLiteStore(path) as store:
+        assert store.history() == kept and kept[0].paid == 1000 and kept[0].payments == 2
+        assert [e.amount for e in store.payments(Role.SERVER, ch.txid)] == [300, 700]
+
+
+def test_prune_history_drops_only_old_forgotten_channels(store: ChannelStore) -> None:
+    old, live = Channel(), Channel()
+    store.put(old.pay(old.record(status=ChannelStatus.REFUNDED), 5))
+    store.put(live.pay(live.record(status=ChannelStatus.SETTLED), 5))  # final, not forgotten
+    store.forget(Role.SERVER, old.txid)
+    (summary,) = store.history()
+    assert store.prune_history(summary.closed_at) == 0  # closed at, not before
+    assert store.history() == [summary]
+    assert store.prune_history(summary.closed_at + 1) == 1
+    assert store.history() == [] and store.payments(Role.SERVER, old.txid) == []
+    assert [e.amount for e in store.payments(Role.SERVER, live.txid)] == [5]
+    assert store.get(Role.SERVER, live.txid) is not None
+
+
+def test_a_forgotten_channel_stored_again_leaves_the_history(store: ChannelStore) -> None:
+    ch = Channel()
+    rec = ch.pay(ch.record(status=ChannelStatus.SETTLED), 10)
+    store.put(rec)
+    store.forget(Role.SERVER, ch.txid)
+    store.put(replace(rec, status=CLOSING))  # a reorg deeper than forget_depth
+    assert store.history() == []
+    assert [e.seq for e in store.payments(Role.SERVER, ch.txid)] == [1]  # not logged twice
 
 
 def test_same_contract_under_both_roles_kept_apart(store: ChannelStore) -> None:
@@ -193,6 +306,7 @@ def test_same_contract_under_both_roles_kept_apart(store: ChannelStore) -> None:
     assert store.get(Role.SERVER, ch.txid) is None
     assert_same(store.get(Role.CLIENT, ch.txid), client)
     assert len(store.payments(Role.CLIENT)) == 1
+    assert [h.role for h in store.history()] == [Role.SERVER]
 
 
 def test_closed_store_refuses_calls(store: ChannelStore) -> None:

@@ -74,7 +74,8 @@ def test_survives_close_and_reopen(path: Path) -> None:
         store.record_payment(rec, 42, b"note")
     with SQLiteStore(str(path)) as store:
         assert_same(store.get(Role.CLIENT, ch.txid), rec)
-        assert [(e.amount, e.info) for e in store.payments(Role.CLIENT)] == [(42, b"note")]
+        assert [(e.amount, e.info) for e in store.payments(Role.CLIENT)] == [
+            (42, b"note"), (12_345, b"")]  # and what full_record says was paid on opening
 
 
 def test_chain_state_and_meta_survive_reopen(path: Path) -> None:
@@ -126,8 +127,11 @@ def test_payment_survives_kill_9_right_after_it_was_stored(path: Path) -> None:
     assert child.stdout is not None
     printed = [child.stdout.readline() for _ in range(60)]
     child.send_signal(signal.SIGKILL)
-    out, err = child.communicate(timeout=30)
-    assert child.returncode == -signal.SIGKILL, err
+    # Read on through child.stdout: readline() may have buffered lines that communicate(),
+    # which reads the pipe itself, would never see.
+    out = child.stdout.read()
+    err = child.stderr.read() if child.stderr else ""
+    assert child.wait(30) == -signal.SIGKILL, err
     last = int((printed + out.splitlines())[-1])
     with SQLiteStore(path) as store:
         rec = store.get(Role.SERVER, ch.txid)
@@ -178,38 +182,80 @@ def _schema_sql(path: Path) -> set[str]:
         return {row[0] for row in conn.execute("SELECT sql FROM sqlite_schema WHERE sql NOT NULL")}
 
 
-def test_upgrades_a_version_1_file(path: Path, tmp_path: Path) -> None:
+def _old_store(path: Path, version: int, channels: list[ChannelRecord],
+               log: list[tuple[ChannelRecord, int, bytes]]) -> None:
+    """A store file as release `version` (1 to 3) wrote it: its tables, its rows (channels
+    stored whole, the initial payment not logged, one sequence across the whole log)."""
+    with closing(sqlite3.connect(path)) as conn:
+        for sql in (*schema.V1, *(schema.V2_TABLES if version >= 2 else ()),
+                    *(schema.V3_INDEXES if version >= 3 else ())):
+            conn.execute(sql)
+        conn.execute(f"PRAGMA application_id = {schema.APPLICATION_ID}")
+        conn.execute(f"PRAGMA user_version = {version}")
+        columns = ", ".join(schema.CHANNEL_COLUMNS)
+        marks = ", ".join("?" * len(schema.CHANNEL_COLUMNS))
+        conn.executemany(f"INSERT OR REPLACE INTO channels ({columns}) VALUES ({marks})",
+                         [schema.encode(rec) for rec in channels])
+        conn.executemany("INSERT INTO payment_log (role, contract_txid, amount, change_after, "
+                         "info) VALUES (?, ?, ?, ?, ?)",
+                         [(rec.role.value, rec.contract_txid, amount, rec.change, info)
+                          for rec, amount, info in log])
+        if version >= 2:
+            conn.execute("INSERT INTO meta VALUES ('synced:server', '5:00')")
+        conn.commit()
+    path.chmod(0o600)
+
+
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_upgrades_an_old_file_keeping_its_data(path: Path, tmp_path: Path, version: int) -> None:
+    # A self-paying daemon's store: one contract under both roles, payments interleaved.
     ch = Channel()
-    rec = ch.pay(ch.record(), 7)
+    server, client = ch.pay(ch.record(Role.SERVER), 1000), ch.pay(ch.record(Role.CLIENT), 1000)
+    log = []
+    for amount in (10, 20, 30):
+        client = ch.pay(client, amount)
+        server = ch.pay(server, amount)
+        log += [(client, amount, b"c%d" % amount), (server, amount, b"s%d" % amount)]
+    unpaid = Channel().record(Role.CLIENT)
+    _old_store(path, version, [server, client, unpaid], log)
     with SQLiteStore(path) as store:
-        store.put(ch.record())
-        store.record_payment(rec, 7, b"v1")
-    with closing(sqlite3.connect(path)) as conn:  # what version 1 created: no chain_state, meta
-        conn.executescript("DROP TABLE chain_state; DROP TABLE meta; "
-                           "DROP INDEX channels_by_status; PRAGMA user_version = 1")
-    with SQLiteStore(path) as store:
-        assert_same(store.get(Role.SERVER, ch.txid), rec)
-        assert [e.info for e in store.payments(Role.SERVER)] == [b"v1"]
+        assert_same(store.get(Role.SERVER, ch.txid), server)
+        assert_same(store.get(Role.CLIENT, unpaid.contract_txid), unpaid)
+        for role, prefix in ((Role.SERVER, b"s"), (Role.CLIENT, b"c")):
+            entries = store.payments(role, ch.txid)
+            assert [(e.seq, e.amount, e.change_after, e.info) for e in entries] == [
+                (4, 30, 98_940, prefix + b"30"), (3, 20, 98_970, prefix + b"20"),
+                (2, 10, 98_990, prefix + b"10"), (1, 1000, 99_000, b"")]
+            assert len(entries) == store.get(role, ch.txid).payments  # type: ignore[union-attr]
+        assert store.payments(Role.CLIENT, unpaid.contract_txid) == []
+        assert store.get_meta("synced:server") == ("5:00" if version >= 2 else None)
+        assert store.history() == []
+        assert [r.contract_txid for r in store.channels(Role.CLIENT, [ChannelStatus.OPEN])
+                ] == sorted([ch.txid, unpaid.contract_txid])  # through the status index
         assert store.chain_state(Role.SERVER, ch.txid) == ChainState()
-        store.put_chain_state(Role.SERVER, ch.txid, ChainState(contract_height=5))
-        store.set_meta("tip", "5:00")
+        store.modify(Role.SERVER, ch.txid, lambda r: replace(r, status=ChannelStatus.SETTLED))
+        store.forget(Role.SERVER, ch.txid)
+        (summary,) = store.history()
+        assert summary.opened_at is None and summary.paid == 1060 and summary.payments == 4
+        assert len(store.payments(Role.SERVER, ch.txid)) == 4
     with closing(sqlite3.connect(path)) as conn:
         assert conn.execute("PRAGMA user_version").fetchone() == (schema.SCHEMA_VERSION,)
     SQLiteStore(tmp_path / "new.db").close()
     assert _schema_sql(path) == _schema_sql(tmp_path / "new.db")  # as if created new
 
 
-def test_upgrades_a_version_2_file_with_the_status_index(path: Path, tmp_path: Path) -> None:
+def test_a_failed_upgrade_changes_nothing(path: Path) -> None:
     ch = Channel()
-    with SQLiteStore(path) as store:
-        store.put(ch.record(status=ChannelStatus.CLOSING))
-    with closing(sqlite3.connect(path)) as conn:  # version 2 had no index by status
-        conn.executescript("DROP INDEX channels_by_status; PRAGMA user_version = 2")
-    with SQLiteStore(path) as store:
-        assert [r.contract_txid for r in store.channels(Role.SERVER, [ChannelStatus.CLOSING])
-                ] == [ch.txid]
-    SQLiteStore(tmp_path / "new.db").close()
-    assert _schema_sql(path) == _schema_sql(tmp_path / "new.db")
+    _old_store(path, 3, [ch.record()], [])
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute("CREATE TABLE history (x)")  # in the way of version 4's table
+        conn.commit()
+    before = _schema_sql(path)
+    with pytest.raises(StoreError, match="history already exists"):
+        SQLiteStore(path)
+    assert _schema_sql(path) == before
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
 
 
 def test_refuses_other_files(path: Path, tmp_path: Path) -> None:
@@ -258,4 +304,102 @@ def test_concurrent_payments_from_8_threads(path: Path) -> None:
             assert rec is not None
             assert (rec.change, rec.payments) == (100_000 - 10 * per_thread, per_thread)
         log = store.payments(Role.SERVER)
-        assert len({e.seq for e in log}) == len(log) == 8 * per_thread
+        assert len({(e.contract_txid, e.seq) for e in log}) == len(log) == 8 * per_thread
+
+
+# -- one process per store -------------------------------------------------------------------
+
+HOLDER = textwrap.dedent("""
+    import sys
+    from bitcoind_paychan.store import SQLiteStore
+
+    store = SQLiteStore(sys.argv[1])
+    print("holding", flush=True)
+    sys.stdin.read()  # until the parent closes our stdin
+    store.close()
+""")
+OPENER = textwrap.dedent("""
+    import sys
+    from bitcoind_paychan.errors import StoreError
+    from bitcoind_paychan.store import SQLiteStore
+
+    try:
+        SQLiteStore(sys.argv[1])
+    except StoreError as exc:
+        sys.exit(f"error: {exc}")
+""")
+
+
+def _files(path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(path.parent.iterdir()) if p.is_file()}
+
+
+def test_a_second_process_is_refused_and_changes_nothing(path: Path) -> None:
+    ch = Channel()
+    with SQLiteStore(path) as store:
+        store.put(ch.record())
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
+        before = _files(path)
+        second = subprocess.run([sys.executable, "-c", OPENER, str(path)],
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode != 0
+        assert second.stderr == (f"error: the store {path} is in use by process {holder.pid} "
+                                 f"(it holds {path}.lock); one process owns a store: stop that "
+                                 "one first, or open the store read-only to look at it\n")
+        assert _files(path) == before
+        with pytest.raises(StoreError, match=f"in use by process {holder.pid}"):
+            SQLiteStore(path)
+    finally:
+        holder.communicate("", timeout=30)
+    with SQLiteStore(path) as store:  # released when the owner closed it
+        assert_same(store.get(Role.SERVER, ch.txid), ch.record())
+
+
+def test_the_lock_dies_with_its_process(path: Path) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
+    assert Path(f"{path}.lock").read_text() == f"{holder.pid}\n"
+    holder.kill()
+    holder.wait(30)
+    SQLiteStore(path).close()  # a crashed owner leaves no stale lock behind
+
+
+def test_one_store_object_per_file_in_a_process(path: Path) -> None:
+    first = SQLiteStore(path)
+    with pytest.raises(StoreError, match=rf"in use by this process \(pid {os.getpid()}"):
+        SQLiteStore(path)
+    first.close()
+    first.close()
+    SQLiteStore(path).close()
+    assert (Path(f"{path}.lock").stat().st_mode & 0o777) == 0o600
+
+
+def test_read_only_looks_while_the_owner_runs(path: Path) -> None:
+    ch = Channel()
+    with SQLiteStore(path) as owner:
+        owner.put(ch.record())
+        with SQLiteStore(path, read_only=True) as reader:
+            assert reader.read_only
+            paid = ch.pay(ch.record(), 5)
+            owner.record_payment(paid, 5)
+            assert_same(reader.get(Role.SERVER, ch.txid), paid)  # sees what is committed
+            assert [e.amount for e in reader.payments(Role.SERVER)] == [5]
+            with pytest.raises(StoreError, match=f"cannot store server channel .*{path} is "
+                                                 "open read-only"):
+                reader.put(ch.record())
+            with pytest.raises(StoreError, match="read-only"):
+                reader.set_meta("tip", "1:00")
+        owner.record_payment(ch.pay(paid, 1), 1)  # the owner is unaffected
+
+
+def test_read_only_needs_an_existing_current_store(path: Path) -> None:
+    with pytest.raises(StoreError, match=f"there is no store {path} to read"):
+        SQLiteStore(path, read_only=True)
+    assert not path.exists()
+    _old_store(path, 3, [], [])
+    with pytest.raises(StoreError, match=r"schema version 3.*open it once read-write"):
+        SQLiteStore(path, read_only=True)
