@@ -42,6 +42,7 @@ from bitcoind_paychan.channel.watch import (
     review,
 )
 from bitcoind_paychan.errors import NodeError, PaychanError, TransactionRejected
+from bitcoind_paychan.logcontext import about_channel
 from bitcoind_paychan.node.bitcoind import AsyncBitcoind
 from bitcoind_paychan.node.monitor import Block, BlockMonitor, ChainEvent
 from bitcoind_paychan.service.watchindex import WatchIndex
@@ -410,6 +411,7 @@ class ChainWatcher:
             await asyncio.to_thread(self.store.put_chain_state, self.role, txid, seen)
         return seen
 
+    @about_channel
     async def _carry_out(self, record: ChannelRecord, effect: Effect, tip: Tip) -> None:
         txid = record.contract_txid
         match effect:
