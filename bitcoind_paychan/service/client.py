@@ -49,6 +49,7 @@ from bitcoind_paychan.node.bitcoind import AsyncBitcoind
 from bitcoind_paychan.service.outbox import effects_in_order
 from bitcoind_paychan.service.watcher import ChainWatcher, ChannelView
 from bitcoind_paychan.store import ChannelStore
+from bitcoind_paychan.store.writer import PaymentWriter
 from bitcoind_paychan.wire import MessageStream, open_connection
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ class PaymentClient:
     ) -> None:
         self.wallet = wallet
         self.store = store
+        self.payments = PaymentWriter(store)  # group commit of every channel's payments
         self.network = network
         self.policy = policy or ClientPolicy()
         self.clock = clock
@@ -471,7 +473,7 @@ class Channel:
                 case StoreChannel(record):
                     await asyncio.to_thread(self.client.store.put, record)
                 case StorePayment(record, amount, info):
-                    await asyncio.to_thread(self.client.store.record_payment, record, amount, info)
+                    await self.client.payments.record_payment(record, amount, info)
                 case FundContract(script, value):
                     queue[:0] = await self._fund(script, value)
                 case Disconnect(reason):

@@ -50,6 +50,7 @@ from bitcoind_paychan.service.limits import Admission, PeerGate, PeerLimits
 from bitcoind_paychan.service.outbox import effects_in_order, send_all
 from bitcoind_paychan.service.watcher import ChainWatcher, ChannelView
 from bitcoind_paychan.store import ChannelStore
+from bitcoind_paychan.store.writer import PaymentWriter
 from bitcoind_paychan.wire import MessageStream, pb
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ class PaymentServer:
     ) -> None:
         self.wallet = wallet
         self.store = store
+        self.payments = PaymentWriter(store)  # group commit of every channel's payments
         self.policy = policy or ServerPolicy()
         self.on_payment = on_payment
         self.on_event = on_event
@@ -240,7 +242,7 @@ class PaymentServer:
                 case StoreChannel(record):
                     await asyncio.to_thread(self.store.put, record)
                 case StorePayment(record, amount, info):
-                    await asyncio.to_thread(self.store.record_payment, record, amount, info)
+                    await self.payments.record_payment(record, amount, info)
                 case Broadcast():
                     refusal = await self._broadcast(machine, effect)
                     if refusal:
