@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import multiprocessing
+import os
 import resource
 import signal
 import sys
@@ -24,6 +25,8 @@ from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from typing import Any
+
+from hardware import fsync_latency_ms, verify_rate  # bench/hardware.py
 
 from bitcoind_paychan.channel.effects import PaymentReceived
 from bitcoind_paychan.channel.records import Role
@@ -184,8 +187,12 @@ def run(channels: int, payments: int, version: int) -> dict[str, Any]:
                 if process.is_alive():
                     process.kill()
                     process.join()
+        fsync_ms = fsync_latency_ms(Path(tmp))
+    verifies = verify_rate()
     latencies = sorted(paid["latencies_ms"])
     total = channels * payments
+    rate = total / paid["wall_s"]
+    two_fsyncs_s = 2 * fsync_ms / 1000
     return {
         "channels": channels,
         "payments": payments,
@@ -201,6 +208,11 @@ def run(channels: int, payments: int, version: int) -> dict[str, Any]:
         "client_rss_mb": round(paid["rss_mb"], 1),
         "server_seen": served["seen"],
         "server_logged": served["logged"],
+        "fsync_ms": round(fsync_ms, 3),
+        "verify_per_s": round(verifies),
+        "rate_over_verify": round(rate / verifies, 3),
+        "rate_over_two_fsyncs": round(rate * two_fsyncs_s, 3),
+        "load_average": round(os.getloadavg()[0], 2),
     }
 
 
@@ -231,6 +243,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{r['payments_per_s']} payments/s")
     print(f"  latency     p50 {r['p50_ms']} ms   p90 {r['p90_ms']} ms   p99 {r['p99_ms']} ms "
           "(pay() to ack)")
+    print(f"  machine     fsync {r['fsync_ms']} ms (p50, store's disk), {r['verify_per_s']} "
+          f"verifies/s; load average {r['load_average']}")
+    print(f"  ratios      rate / verify rate {r['rate_over_verify']}   rate × 2 fsyncs "
+          f"{r['rate_over_two_fsyncs']} (1.0: one payment per two fsyncs in series)")
     print(f"  peak RSS    server {r['server_rss_mb']} MB   client {r['client_rss_mb']} MB")
     ok = r["server_seen"] == r["server_logged"] == r["total_payments"]
     if not ok:
