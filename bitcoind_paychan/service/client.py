@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -291,8 +292,9 @@ def split_peer(peer: str) -> tuple[str, int]:
 
 
 class Channel:
-    """An open channel on a live connection. One payment at a time. `resumed`: it continues
-    a channel opened earlier (rather than one this call opened)."""
+    """An open channel on a live connection. `resumed`: it continues a channel opened earlier
+    (rather than one this call opened). Payments may overlap: up to the machine's window
+    (what the server accepts, at most the policy's `payment_window`) are in flight at once."""
 
     def __init__(self, client: PaymentClient, machine: ClientChannel,
                  stream: MessageStream) -> None:
@@ -302,7 +304,9 @@ class Channel:
         self.resumed = machine.resumed
         self.funded_inputs: tuple[tuple[str, int], ...] = ()
         self._events: list[Effect] = []
-        self._lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # payments and CLOSE go out one at a time, in call order
+        self._reading = asyncio.Lock()  # one task reads the connection at a time
+        self._acks: deque[asyncio.Future[bytes]] = deque()  # pay() calls awaiting acks
 
     @property
     def record(self) -> ChannelRecord:
@@ -332,12 +336,19 @@ class Channel:
         return self.machine.state is not ClientState.CLOSED
 
     async def pay(self, amount: int, info: bytes = b"") -> bytes:
-        """Pay `amount` sat more; returns once the server acknowledged it (with its info)."""
+        """Pay `amount` sat more; returns once the server acknowledged it (with its info).
+        The payment is stored before it is sent; calls made while others await their acks are
+        sent at once while the window has room."""
+        machine = self.machine
         async with self._lock:
-            await self._run(self.machine.pay(amount, info))
-            ack = await self._until(PaymentAcknowledged)
-            assert isinstance(ack, PaymentAcknowledged)
-            return ack.info
+            while machine.state is ClientState.WAITING_FOR_ACK and not machine.can_pay:
+                await self._read_one(lambda: machine.can_pay)  # an ack makes room
+            await self._run(machine.pay(amount, info))
+            acked: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+            self._acks.append(acked)
+        while not acked.done():
+            await self._read_one(acked.done)
+        return acked.result()
 
     async def close(self, timeout: float = 60.0) -> Transaction:
         """Ask the server to settle (after the payment in flight, if any, is acknowledged or
@@ -435,6 +446,15 @@ class Channel:
                 if isinstance(event, wanted):
                     self._events.remove(event)
                     return event
+            await self._read_one(lambda: any(isinstance(e, wanted) for e in self._events),
+                                 timeout)
+
+    async def _read_one(self, done: Callable[[], bool], timeout: float | None = None) -> None:
+        """Read and handle one message, unless `done()` became true while another task read;
+        ChannelFailed if the connection is over."""
+        async with self._reading:
+            if done():
+                return
             for event in self._events:
                 if isinstance(event, PeerError):
                     self._events.clear()
@@ -449,7 +469,7 @@ class Channel:
                 raise ChannelFailed(f"{self.machine.peer}: {exc}") from exc
             if message is None:
                 await self._run(self.machine.connection_lost())
-                continue
+                return
             await self._run(self.machine.receive(message))
 
     def _ended(self) -> str:
@@ -474,6 +494,8 @@ class Channel:
                     await asyncio.to_thread(self.client.store.put, record)
                 case StorePayment(record, amount, info):
                     await self.client.payments.record_payment(record, amount, info)
+                case PaymentAcknowledged(info=info) if self._acks:
+                    self._acks.popleft().set_result(info)
                 case FundContract(script, value):
                     queue[:0] = await self._fund(script, value)
                 case Disconnect(reason):

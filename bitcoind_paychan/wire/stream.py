@@ -94,6 +94,11 @@ class MessageStream:
             self._writer.write(data)
             await self._writer.drain()
 
+    async def send_frames(self, frames: bytes) -> None:
+        """Write frames encoded earlier (`encode_frame(encode_message(m))`, joined)."""
+        self._writer.write(frames)
+        await self._writer.drain()
+
     async def close(self, flush: bool = True, timeout: float = CLOSE_TIMEOUT) -> None:
         """Close the connection; with `flush`, deliver what was written first.
 
