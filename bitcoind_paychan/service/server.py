@@ -10,7 +10,7 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 
 from bitcoind_paychan.bitcoin.keys import PrivateKey
@@ -35,7 +35,12 @@ from bitcoind_paychan.channel.effects import (
     StorePayment,
 )
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
-from bitcoind_paychan.channel.server import ServerChannel, ServerPolicy, ServerState
+from bitcoind_paychan.channel.server import (
+    PAYMENT_WINDOW,
+    ServerChannel,
+    ServerPolicy,
+    ServerState,
+)
 from bitcoind_paychan.channel.watch import WatchPolicy
 from bitcoind_paychan.errors import (
     ErrorCode,
@@ -221,28 +226,59 @@ class PaymentServer:
                 confirmed = True
             self._busy.add(stream)
             started = time.perf_counter()
+            received = [message]
+            effects = machine.receive(message)
+            while (confirmed and machine.state is ServerState.OPEN
+                   and len(received) < PAYMENT_WINDOW
+                   and (more := stream.receive_buffered()) is not None):
+                # Pipelined payments already here: verified now, stored in one commit.
+                received.append(more)
+                effects += machine.receive(more)
             try:
-                if not await self._carry_out(machine, stream, machine.receive(message)):
+                if not await self._carry_out(machine, stream, effects):
                     return
             finally:
                 self._busy.discard(stream)
             if machine.state in (ServerState.OPEN, ServerState.SETTLING):
                 admission.release()  # the handshake is over
-            if message.type == UPDATE_PAYMENT and self.on_payment_latency:
-                self.on_payment_latency(time.perf_counter() - started)
+            if self.on_payment_latency:
+                for done in received:
+                    if done.type == UPDATE_PAYMENT:
+                        self.on_payment_latency(time.perf_counter() - started)
             if self._stopping:
                 return
 
     async def _carry_out(self, machine: ServerChannel, stream: MessageStream | None,
                          effects: list[Effect]) -> bool:
-        """Do what the machine asked, in order. False once the connection must end."""
+        """Do what the machine asked, in order. False once the connection must end.
+
+        Every payment among `effects` is handed to the writer at once (so pipelined payments
+        share a commit); each is still awaited in its place, before what follows it (its ack),
+        and acks go out together after the last one's commit."""
         queue = list(effects)
-        async for effect in effects_in_order(queue, stream):
+        writes = {id(e): asyncio.ensure_future(
+                      self.payments.record_payment(e.record, e.amount, e.info))
+                  for e in effects if isinstance(e, StorePayment)}
+        try:
+            return await self._carry_out_in_order(machine, stream, queue, writes)
+        finally:
+            unfinished = [w for w in writes.values() if not w.done()]
+            await asyncio.gather(*unfinished, return_exceptions=True)
+            for write in writes.values():
+                if not write.cancelled():
+                    write.exception()  # retrieved: a failure already ended the connection
+
+    async def _carry_out_in_order(self, machine: ServerChannel, stream: MessageStream | None,
+                                  queue: list[Effect], writes: Mapping[int, asyncio.Future[None]]
+                                  ) -> bool:
+        async for effect in effects_in_order(queue, stream, (StorePayment, PaymentReceived)):
             match effect:
                 case StoreChannel(record):
                     await asyncio.to_thread(self.store.put, record)
                 case StorePayment(record, amount, info):
-                    await self.payments.record_payment(record, amount, info)
+                    write = writes.get(id(effect))
+                    await (write if write is not None
+                           else self.payments.record_payment(record, amount, info))
                 case Broadcast():
                     refusal = await self._broadcast(machine, effect)
                     if refusal:

@@ -59,6 +59,10 @@ class MessageStream:
                 return None
         return decode_message(self._pending.popleft())
 
+    def receive_buffered(self) -> pb.TwoWayChannelMessage | None:
+        """The next message if it has already arrived whole, else None (never waits)."""
+        return decode_message(self._pending.popleft()) if self._pending else None
+
     async def _fill(self) -> None:
         """Read until at least one payload is pending or the peer has left."""
         while not self._pending:
