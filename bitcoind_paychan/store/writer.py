@@ -68,15 +68,22 @@ class PaymentWriter:
                 self.store.record_payments([payment for payment, _, _ in batch]))
         except BaseException as e:  # the commit failed: none is stored
             outcomes = [e] * len(batch)
+        answers: dict[asyncio.AbstractEventLoop, list[_Answer]] = {}
         for (_, loop, done), outcome in zip(batch, outcomes, strict=True):
+            answers.setdefault(loop, []).append((done, outcome))
+        for loop, settled in answers.items():  # one wake-up per loop, not per payment
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
-                loop.call_soon_threadsafe(_settle, done, outcome)
+                loop.call_soon_threadsafe(_settle, settled)
 
 
-def _settle(done: asyncio.Future[None], outcome: BaseException | None) -> None:
-    if done.cancelled():
-        return
-    if outcome is None:
-        done.set_result(None)
-    else:
-        done.set_exception(outcome)
+_Answer = tuple["asyncio.Future[None]", BaseException | None]
+
+
+def _settle(answers: list[_Answer]) -> None:
+    for done, outcome in answers:
+        if done.cancelled():
+            continue
+        if outcome is None:
+            done.set_result(None)
+        else:
+            done.set_exception(outcome)
