@@ -24,6 +24,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Coroutine
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
@@ -71,14 +72,21 @@ def child_setup() -> None:
 # -- the server process ------------------------------------------------------------------
 
 
+def profiled(profile: str, main: Coroutine[Any, Any, Any]) -> Any:
+    """Run `main`; with a `profile` path, under cProfile (the event loop's thread only: the
+    store's writer thread is not in it), its stats written there."""
+    if not profile:
+        return asyncio.run(main)
+    profiler = cProfile.Profile()
+    try:
+        return profiler.runcall(asyncio.run, main)
+    finally:
+        profiler.dump_stats(profile)
+
+
 def server_process(conn: Connection, config: NodeConfig, db: Path, profile: str) -> None:
     child_setup()
-    if not profile:
-        asyncio.run(serve(conn, config, db))
-        return
-    profiler = cProfile.Profile()  # the event loop's thread (the writer thread is not in it)
-    profiler.runcall(asyncio.run, serve(conn, config, db))
-    profiler.dump_stats(profile)
+    profiled(profile and f"{profile}.server", serve(conn, config, db))
 
 
 async def serve(conn: Connection, config: NodeConfig, db: Path) -> None:
@@ -112,10 +120,10 @@ async def serve(conn: Connection, config: NodeConfig, db: Path) -> None:
 
 def client_process(conn: Connection, config: NodeConfig, tmp: Path, address: tuple[str, int],
                    channels: int, payments: int, version: int, window: int,
-                   capacity: bool) -> None:
+                   capacity: bool, profile: str) -> None:
     child_setup()
-    conn.send(asyncio.run(pay_all(config, tmp, address, channels, payments, version, window,
-                                  capacity)))
+    conn.send(profiled(profile and f"{profile}.client", pay_all(
+        config, tmp, address, channels, payments, version, window, capacity)))
 
 
 def load_process(conn: Connection, tmp: Path, address: tuple[str, int], payments: int,
@@ -209,7 +217,7 @@ def run(channels: int, payments: int, version: int, window: int, capacity: bool,
                            profile)
             address = receive(server, "server")
             client = start(client_process, config_for(client_node), Path(tmp), address,
-                           channels, payments, version, window, capacity)
+                           channels, payments, version, window, capacity, profile)
             paid = receive(client, "client")
             if capacity:
                 loader = start(load_process, Path(tmp), address, payments, window)
@@ -278,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="server capacity: a load process replays payments signed before "
                              "timing (client figures are then the load's)")
     parser.add_argument("--profile", default="", metavar="FILE",
-                        help="run the server under cProfile and write its stats to FILE")
+                        help="profile server and client (cProfile): FILE.server, FILE.client")
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
     args = parser.parse_args(argv)
     if min(args.channels, args.payments, args.window) < 1:

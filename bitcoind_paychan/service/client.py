@@ -33,6 +33,7 @@ from bitcoind_paychan.channel.effects import (
     PaymentAcknowledged,
     PeerError,
     ResumeRefused,
+    Send,
     StoreChannel,
     StorePayment,
     VersionRefused,
@@ -51,7 +52,7 @@ from bitcoind_paychan.service.outbox import effects_in_order
 from bitcoind_paychan.service.watcher import ChainWatcher, ChannelView
 from bitcoind_paychan.store import ChannelStore
 from bitcoind_paychan.store.writer import PaymentWriter
-from bitcoind_paychan.wire import MessageStream, open_connection
+from bitcoind_paychan.wire import MessageStream, open_connection, pb
 
 log = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = 15.0
@@ -307,6 +308,8 @@ class Channel:
         self._lock = asyncio.Lock()  # payments and CLOSE go out one at a time, in call order
         self._reading = asyncio.Lock()  # one task reads the connection at a time
         self._acks: deque[asyncio.Future[bytes]] = deque()  # pay() calls awaiting acks
+        self._sent: asyncio.Future[None] | None = None  # the last payment's turn on the wire
+        self._outgoing: list[pb.TwoWayChannelMessage] = []  # payments posted, not yet written
 
     @property
     def record(self) -> ChannelRecord:
@@ -339,13 +342,34 @@ class Channel:
         """Pay `amount` sat more; returns once the server acknowledged it (with its info).
         The payment is stored before it is sent; calls made while others await their acks are
         sent at once while the window has room."""
-        machine = self.machine
-        async with self._lock:
+        machine, loop = self.machine, asyncio.get_running_loop()
+        async with self._lock:  # signed, queued for the store and for the wire in call order
             while machine.state is ClientState.WAITING_FOR_ACK and not machine.can_pay:
                 await self._read_one(lambda: machine.can_pay)  # an ack makes room
-            await self._run(machine.pay(amount, info))
-            acked: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+            effects = machine.pay(amount, info)
+            writes = self.client.payments.start(effects)  # pipelined ones share a commit
+            acked: asyncio.Future[bytes] = loop.create_future()
             self._acks.append(acked)
+            turn, self._sent = self._sent, loop.create_future()
+            sent = self._sent
+        try:
+            if turn is not None:
+                await turn  # the payment before this one is on the wire
+            if not self.connected:
+                raise ChannelFailed(self._ended())
+            for effect in effects:
+                if isinstance(effect, StorePayment):
+                    await writes.stored(effect)  # durable before it is sent
+                elif isinstance(effect, Send):
+                    self._post(effect.message)
+                else:
+                    await self._run([effect])
+        except BaseException:
+            await self.disconnect()  # a later payment must not go out before this one
+            raise
+        finally:
+            sent.set_result(None)
+            await writes.finish()
         while not acked.done():
             await self._read_one(acked.done)
         return acked.result()
@@ -485,6 +509,18 @@ class Channel:
     def _explain(self, event: PeerError) -> str:
         who = "the server said" if event.remote else "we refused the server"
         return f"{who}: {event.code.name}: {event.explanation}"
+
+    def _post(self, message: pb.TwoWayChannelMessage) -> None:
+        """Send `message` with the others posted in this turn of the event loop: payments
+        committed together go out in one write."""
+        self._outgoing.append(message)
+        if len(self._outgoing) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        messages, self._outgoing = self._outgoing, []
+        if self.connected:
+            self.stream.post(messages)
 
     async def _run(self, effects: list[Effect]) -> None:
         queue = list(effects)

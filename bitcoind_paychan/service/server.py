@@ -10,7 +10,7 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 from bitcoind_paychan.bitcoin.keys import PrivateKey
@@ -55,7 +55,7 @@ from bitcoind_paychan.service.limits import Admission, PeerGate, PeerLimits
 from bitcoind_paychan.service.outbox import effects_in_order, send_all
 from bitcoind_paychan.service.watcher import ChainWatcher, ChannelView
 from bitcoind_paychan.store import ChannelStore
-from bitcoind_paychan.store.writer import PaymentWriter
+from bitcoind_paychan.store.writer import PaymentWriter, Writes
 from bitcoind_paychan.wire import MessageStream, pb
 
 log = logging.getLogger(__name__)
@@ -255,30 +255,20 @@ class PaymentServer:
         Every payment among `effects` is handed to the writer at once (so pipelined payments
         share a commit); each is still awaited in its place, before what follows it (its ack),
         and acks go out together after the last one's commit."""
-        queue = list(effects)
-        writes = {id(e): asyncio.ensure_future(
-                      self.payments.record_payment(e.record, e.amount, e.info))
-                  for e in effects if isinstance(e, StorePayment)}
+        writes = self.payments.start(effects)
         try:
-            return await self._carry_out_in_order(machine, stream, queue, writes)
+            return await self._carry_out_in_order(machine, stream, list(effects), writes)
         finally:
-            unfinished = [w for w in writes.values() if not w.done()]
-            await asyncio.gather(*unfinished, return_exceptions=True)
-            for write in writes.values():
-                if not write.cancelled():
-                    write.exception()  # retrieved: a failure already ended the connection
+            await writes.finish()
 
     async def _carry_out_in_order(self, machine: ServerChannel, stream: MessageStream | None,
-                                  queue: list[Effect], writes: Mapping[int, asyncio.Future[None]]
-                                  ) -> bool:
+                                  queue: list[Effect], writes: Writes) -> bool:
         async for effect in effects_in_order(queue, stream, (StorePayment, PaymentReceived)):
             match effect:
                 case StoreChannel(record):
                     await asyncio.to_thread(self.store.put, record)
-                case StorePayment(record, amount, info):
-                    write = writes.get(id(effect))
-                    await (write if write is not None
-                           else self.payments.record_payment(record, amount, info))
+                case StorePayment():
+                    await writes.stored(effect)
                 case Broadcast():
                     refusal = await self._broadcast(machine, effect)
                     if refusal:

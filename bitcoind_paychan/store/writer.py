@@ -15,7 +15,9 @@ import asyncio
 import contextlib
 import queue
 import threading
+from collections.abc import Iterable
 
+from bitcoind_paychan.channel.effects import Effect, StorePayment
 from bitcoind_paychan.channel.records import ChannelRecord
 from bitcoind_paychan.store.base import ChannelStore, Payment
 
@@ -43,6 +45,13 @@ class PaymentWriter:
                 self._running = True
                 threading.Thread(target=self._work, name="payment-writer", daemon=True).start()
         await done
+
+    def start(self, effects: Iterable[Effect]) -> Writes:
+        """Hand every StorePayment among `effects` to the writer now (so they share a commit);
+        `Writes.stored(effect)` awaits each one in its place."""
+        return Writes({id(e): asyncio.ensure_future(self.record_payment(e.record, e.amount,
+                                                                        e.info))
+                       for e in effects if isinstance(e, StorePayment)}, self)
 
     def _work(self) -> None:
         while True:
@@ -74,6 +83,23 @@ class PaymentWriter:
         for loop, settled in answers.items():  # one wake-up per loop, not per payment
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
                 loop.call_soon_threadsafe(_settle, settled)
+
+
+class Writes:
+    """Payments handed to a writer ahead of their turn (`PaymentWriter.start`)."""
+
+    def __init__(self, started: dict[int, asyncio.Future[None]], writer: PaymentWriter) -> None:
+        self._started, self._writer = started, writer
+
+    async def stored(self, effect: StorePayment) -> None:
+        """Return once `effect`'s payment is durable (started now if it was not before)."""
+        started = self._started.get(id(effect))
+        await (started if started is not None
+               else self._writer.record_payment(effect.record, effect.amount, effect.info))
+
+    async def finish(self) -> None:
+        """Wait for every write started (after a failure, so none is left running unseen)."""
+        await asyncio.gather(*self._started.values(), return_exceptions=True)
 
 
 _Answer = tuple["asyncio.Future[None]", BaseException | None]

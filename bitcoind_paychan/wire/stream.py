@@ -98,6 +98,11 @@ class MessageStream:
             self._writer.write(data)
             await self._writer.drain()
 
+    def post(self, msgs: Iterable[pb.TwoWayChannelMessage]) -> None:
+        """Write messages without waiting for the kernel to take them (the caller bounds how
+        much it posts, as a payment window does)."""
+        self._writer.write(b"".join([encode_frame(encode_message(m)) for m in msgs]))
+
     async def send_frames(self, frames: bytes) -> None:
         """Write frames encoded earlier (`encode_frame(encode_message(m))`, joined)."""
         self._writer.write(frames)
