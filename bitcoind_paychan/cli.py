@@ -184,6 +184,17 @@ def _pay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dashboard(args: argparse.Namespace) -> int:
+    from bitcoind_paychan.daemon.cookie import ControlCookie
+    from bitcoind_paychan.daemon.dashboard import login_link
+
+    client = _control(args)
+    client.call("getinfo")  # the daemon runs: the link holds its current cookie
+    link = login_link(client.url, ControlCookie.read(client.cookie_path))
+    print(json.dumps({"url": link}) if args.json else link)
+    return 0
+
+
 def _close(args: argparse.Namespace) -> int:
     if not args.json:
         print("asking the server to settle and waiting for the settlement…", file=sys.stderr)
@@ -324,6 +335,8 @@ def parser() -> argparse.ArgumentParser:
                       "delete the history of channels closed before a date")
     pruning.add_argument("--before", required=True, metavar="DATE",
                          help="YYYY-MM-DD, YYYY-MM-DDTHH:MM (UTC) or Unix seconds")
+    command("dashboard", _dashboard,
+            "print a link that opens the live dashboard in a browser on this machine")
     command("stop", _call("stop"), "stop the daemon gracefully")
     command("completion", _completion, "print a shell completion script").add_argument(
         "shell", choices=("bash", "zsh"), help="eval \"$(paychan completion bash)\"")

@@ -1,23 +1,34 @@
 """contrib/: the systemd unit passes `systemd-analyze verify` and is hardened; the example
-configurations point where that unit and bitcoind's own unit put things."""
+configurations point where that unit and bitcoind's own unit put things; the Prometheus alert
+rules (tested by Debian's promtool) and the Grafana dashboard are written against the metrics
+the daemon really exposes."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from bitcoind_paychan.daemon.config import load_config
 from regtest import fetch
+from tests.daemon.test_metrics import exercised, samples
+from tests.tools import debian_tree, promtool
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTRIB = ROOT / "contrib"
 UNIT = CONTRIB / "paychan.service"
+RULES = CONTRIB / "prometheus" / "paychan-alerts.yml"
+RULE_TESTS = CONTRIB / "prometheus" / "paychan-alerts.test.yml"
+DASHBOARD = CONTRIB / "grafana" / "paychan-dashboard.json"
+METRIC = re.compile(r"\b((?:paychan|process|python)_[a-z_]+)\b")
 
 
 def directives(unit: str) -> dict[str, list[str]]:
@@ -35,8 +46,7 @@ def systemd_analyze(search_path: bool = True) -> tuple[list[str], dict[str, str]
     found = shutil.which("systemd-analyze") if search_path else None
     if found:
         return [found], {}
-    trees = sorted(fetch.cache_root().glob("systemd/*/usr/bin/systemd-analyze"))
-    tree = trees[-1].parents[2] if trees else fetch.unpack_from_debian("systemd", "systemd")[0]
+    tree = debian_tree("systemd", "systemd", "usr/bin/systemd-analyze")
     libraries = f"{tree / fetch.LIBDIR}:{tree / fetch.LIBDIR / 'systemd'}"
     command = [str(tree / fetch.LOADER), "--library-path", libraries,
                str(tree / "usr/bin/systemd-analyze")]
@@ -86,3 +96,47 @@ def test_the_mainnet_example_fits_the_unit() -> None:
     assert unit["RuntimeDirectoryMode"] == ["0750"] and config.control.cookie_mode == 0o640
     assert unit["StateDirectoryMode"] == ["0700"]  # the store: the daemon's user only
     assert re.search(r"--config /etc/paychan/paychan\.yaml$", unit["ExecStart"][0])
+
+
+def rules() -> list[dict[str, Any]]:
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"]]
+
+
+def exposed() -> set[str]:
+    return set(samples(exercised().render().decode()))
+
+
+def test_alert_rules_pass_promtool() -> None:
+    tool = str(promtool())
+    for args in (["check", "rules", RULES.name], ["test", "rules", RULE_TESTS.name]):
+        done = subprocess.run([tool, *args], cwd=RULES.parent, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_every_alert_is_tested_firing_and_quiet() -> None:
+    cases: dict[str, list[list[Any]]] = {}
+    for test in yaml.safe_load(RULE_TESTS.read_text())["tests"]:
+        for case in test["alert_rule_test"]:
+            cases.setdefault(case["alertname"], []).append(case["exp_alerts"])
+    names = [rule["alert"] for rule in rules()]
+    assert {"PaychanNodeDown", "PaychanDeadlineNearNodeUnhealthy", "PaychanSettlementStuck",
+            "PaychanPaymentsErroring", "PaychanStoreGrowingFast"} <= set(names)
+    for name in names:
+        assert any(expected for expected in cases.get(name, [])), f"{name} never fires"
+        assert any(not expected for expected in cases.get(name, [])), f"{name} never quiet"
+
+
+def test_rules_and_dashboard_use_only_exposed_metrics() -> None:
+    known = exposed()
+    expressions = [rule["expr"] for rule in rules()]
+    dashboard = json.loads(DASHBOARD.read_text())
+    targets = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    for expression in expressions + targets:
+        for name in METRIC.findall(expression):
+            assert name in known, f"{name} (in {expression!r}) is not exposed"
+    for expression in targets:  # several daemons: each panel follows the instance picker
+        assert 'instance=~"$instance"' in expression, expression
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    assert variables == {"datasource", "instance"}

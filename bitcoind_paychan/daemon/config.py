@@ -32,6 +32,7 @@ from bitcoind_paychan.channel.client import ClientPolicy
 from bitcoind_paychan.channel.fees import FeePolicy
 from bitcoind_paychan.channel.server import ServerPolicy
 from bitcoind_paychan.channel.watch import WatchPolicy
+from bitcoind_paychan.daemon.logs import SUBSYSTEMS
 from bitcoind_paychan.errors import ConfigError, DecodeError, PolicyError
 from bitcoind_paychan.node.config import CHAINS, DEFAULT_RPC_PORTS, NodeConfig
 from bitcoind_paychan.service.limits import PeerLimits
@@ -108,6 +109,8 @@ class LoggingConfig:
     level: str
     format: str
     file: Path | None  # None: stderr
+    # Per subsystem (daemon/logs.py SUBSYSTEMS), over `level`.
+    levels: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -374,7 +377,21 @@ def _logging(r: _Reader, d: dict[str, Any], network: str) -> LoggingConfig:
         level=r.choice(d, "logging", "level", "info", LEVELS),
         format=r.choice(d, "logging", "format", "human", FORMATS),
         file=r.optional_path(d, "logging", "file", network),
+        levels=_subsystem_levels(r, d.get("levels")),
     )
+
+
+def _subsystem_levels(r: _Reader, raw: Any) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        r.fail("logging.levels", f"found {_show(raw)}, expected a mapping of subsystem: level "
+                                 "(e.g. watcher: debug)")
+    for name in raw:
+        if name not in SUBSYSTEMS:
+            r.fail("logging.levels", f"found the subsystem {_show(name)}, expected one of: "
+                                     f"{', '.join(SUBSYSTEMS)}")
+    return {name: r.choice(raw, "logging.levels", name, "info", LEVELS) for name in raw}
 
 
 def _control(r: _Reader, d: dict[str, Any], network: str) -> ControlConfig:

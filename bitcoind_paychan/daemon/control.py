@@ -33,16 +33,10 @@ Error codes (bitcoind's where one fits):
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
-import grp
-import hmac
 import ipaddress
 import json
 import logging
-import os
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -50,7 +44,12 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Protocol
 
-from bitcoind_paychan.daemon.http import HttpServer, Request, Response
+from aiohttp import web
+
+from bitcoind_paychan.daemon.cookie import COOKIE_USER as COOKIE_USER
+from bitcoind_paychan.daemon.cookie import ControlCookie as ControlCookie
+from bitcoind_paychan.daemon.dashboard import Dashboard
+from bitcoind_paychan.daemon.web import WebServer, read_body
 from bitcoind_paychan.errors import (
     ConfigError,
     InsufficientFunds,
@@ -64,6 +63,7 @@ from bitcoind_paychan.errors import (
     WalletNotLoaded,
     WrongNetwork,
 )
+from bitcoind_paychan.logcontext import channel_logging
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,6 @@ ERROR_CODES: tuple[tuple[type[PaychanError], int], ...] = (
     (StoreError, STORE_ERROR),
 )
 
-COOKIE_USER = "__cookie__"
 
 
 def error_code(exc: PaychanError) -> int:
@@ -131,109 +130,9 @@ class DaemonApi(Protocol):
 
     async def stop(self) -> dict[str, Any]: ...
 
-
-# -- the cookie ----------------------------------------------------------------------------
-
-
-def _group_id(group: str) -> int:
-    try:
-        return grp.getgrnam(group).gr_gid
-    except KeyError:
-        raise ConfigError(f"control.cookie_group: no group named {group!r} on this machine; "
-                          "create it (groupadd) or name an existing one") from None
-
-
-def _set_owner_group(fd: int, gid: int, group: str | None) -> None:
-    if gid == -1:
-        return
-    try:
-        os.fchown(fd, -1, gid)
-    except PermissionError:
-        raise ConfigError(f"control.cookie_group: cannot give the control cookie to group "
-                          f"{group!r}: the daemon's user is not a member of it "
-                          f"(usermod -aG {group} USER)") from None
-
-
-@dataclass(frozen=True)
-class ControlCookie:
-    """The control API's credentials, kept in a file only the daemon's user can read."""
-
-    user: str
-    password: str
-
-    @classmethod
-    def create(cls, path: Path | str, mode: int = 0o600,
-               group: str | None = None) -> ControlCookie:
-        """A fresh random cookie, written atomically to `path` with `mode` (0600, or 0640 for
-        an operators' group: `group`, else the daemon's own group)."""
-        path = Path(path)
-        cookie = cls(COOKIE_USER, secrets.token_hex(32))
-        gid = -1 if group is None else _group_id(group)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            with contextlib.suppress(FileNotFoundError):
-                temporary.unlink()
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                _set_owner_group(fd, gid, group)
-                os.fchmod(fd, mode)  # whatever the umask
-                with os.fdopen(fd, "w", encoding="ascii") as file:
-                    file.write(f"{cookie.user}:{cookie.password}")
-                    file.flush()
-                    os.fsync(file.fileno())
-                os.replace(temporary, path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    temporary.unlink()
-                raise
-        except OSError as exc:
-            raise ConfigError(f"cannot write the control cookie {path}: {exc.strerror or exc}; "
-                              "check control.cookie_file and its directory's permissions"
-                              ) from exc
-        return cookie
-
-    @classmethod
-    def read(cls, path: Path | str) -> ControlCookie:
-        """The cookie in `path`; ConfigError if it is missing, unreadable or malformed."""
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="ascii").strip()
-        except FileNotFoundError:
-            raise ConfigError(f"no control cookie at {path}: is `paychan daemon` running? "
-                              "(it writes the cookie when it starts)") from None
-        except PermissionError:
-            raise ConfigError(f"cannot read the control cookie {path}: permission denied; "
-                              "run as the daemon's user") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read the control cookie {path}: {exc}") from exc
-        user, colon, password = text.partition(":")
-        if not colon or not user or not password:
-            raise ConfigError(f"the control cookie {path} is malformed (expected user:password)")
-        return cls(user, password)
-
-    @staticmethod
-    def delete(path: Path | str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            Path(path).unlink()
-
-    def authorization(self) -> str:
-        """The value of the HTTP Authorization header that carries this cookie."""
-        token = base64.b64encode(f"{self.user}:{self.password}".encode()).decode("ascii")
-        return f"Basic {token}"
-
-    def accepts(self, authorization: str | None) -> bool:
-        """Whether an Authorization header value carries this cookie (constant time)."""
-        if not authorization:
-            return False
-        scheme, _, token = authorization.strip().partition(" ")
-        if scheme.lower() != "basic":
-            return False
-        try:
-            given = base64.b64decode(token.strip(), validate=True)
-        except (binascii.Error, ValueError):
-            return False
-        return hmac.compare_digest(given, f"{self.user}:{self.password}".encode())
+    async def dashboard(self) -> dict[str, Any]:
+        """What the dashboard shows (see `daemon/dashboard.py`); not a JSON-RPC method."""
+        ...
 
 
 # -- parameters ----------------------------------------------------------------------------
@@ -326,21 +225,32 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _json(status: int, payload: dict[str, Any], **headers: str) -> Response:
+def _json(status: int, payload: dict[str, Any], **headers: str) -> web.Response:
     body = json.dumps(payload).encode() + b"\n"
-    return Response(status, body, "application/json", dict(headers))
+    return web.Response(status=status, body=body, content_type="application/json",
+                        headers=headers)
 
 
 def _error(status: int, code: int, message: str, call_id: Any = None,
-           **headers: str) -> Response:
+           **headers: str) -> web.Response:
     return _json(status, {"result": None, "error": {"code": code, "message": message},
                           "id": call_id}, **headers)
+
+
+def parse_call(body: bytes) -> Any:
+    """The JSON in a call's body; ValueError if it is not JSON (nested too deep included:
+    a body of 500,000 `[` is a parse error, not a RecursionError)."""
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ValueError(str(exc)) from None
 
 
 class ControlServer:
     """The control API of `api` on `host:port` (loopback only), authenticated by the cookie
     at `cookie_path`, which exists exactly while the server runs (with `cookie_mode` and
-    `cookie_group`, see ControlCookie.create)."""
+    `cookie_group`, see ControlCookie.create). The same listener serves the dashboard
+    (`daemon/dashboard.py`) behind the same cookie."""
 
     def __init__(self, api: DaemonApi, host: str, port: int, cookie_path: Path | str, *,
                  cookie_mode: int = 0o600, cookie_group: str | None = None) -> None:
@@ -351,44 +261,76 @@ class ControlServer:
         self.cookie_path = Path(cookie_path)
         self.cookie_mode, self.cookie_group = cookie_mode, cookie_group
         self.cookie: ControlCookie | None = None
-        self.http = HttpServer(self.handle, host, port)
+        app = web.Application(middlewares=[self._errors_as_json])
+        self.dashboard = Dashboard(app, api.dashboard, self._cookie)
+        app.router.add_post("/", self.handle)
+        app.router.add_route("*", "/{tail:.*}", self.other)
+        self.web = WebServer(app, host, port)
         self.address: tuple[str, int] | None = None
+
+    def _cookie(self) -> ControlCookie | None:
+        return self.cookie
 
     async def start(self) -> tuple[str, int]:
         """Listen, then write the cookie (so a failed bind leaves another daemon's be)."""
-        self.address = await self.http.start()
+        self.address = await self.web.start()
         try:
             self.cookie = ControlCookie.create(self.cookie_path, self.cookie_mode,
                                                self.cookie_group)
         except BaseException:
-            await self.http.stop()
+            await self.web.stop()
             raise
-        log.info("control API on %s:%s (cookie %s)", *self.address, self.cookie_path)
+        log.info("control API and dashboard on http://%s:%s/ (cookie %s)", *self.address,
+                 self.cookie_path)
         return self.address
 
     async def stop(self) -> None:
-        await self.http.stop()
+        await self.web.stop()
         if self.cookie is not None:
             with contextlib.suppress(ConfigError):  # only ours: another daemon may own it now
                 if ControlCookie.read(self.cookie_path) == self.cookie:
                     ControlCookie.delete(self.cookie_path)
             self.cookie = None
 
-    async def handle(self, request: Request) -> Response:
-        if self.cookie is None or not self.cookie.accepts(request.headers.get("authorization")):
-            log.warning("control API: refused a call without valid credentials")
-            return _error(HTTPStatus.UNAUTHORIZED, MISC_ERROR,
-                          f"authentication required: use the cookie in {self.cookie_path}",
-                          **{"WWW-Authenticate": 'Basic realm="paychan"'})
-        if request.path.partition("?")[0] != "/":
-            return _error(HTTPStatus.NOT_FOUND, INVALID_REQUEST,
-                          f"no such endpoint {request.path!r}; POST to /")
-        if request.method != "POST":
-            return _error(HTTPStatus.METHOD_NOT_ALLOWED, INVALID_REQUEST,
-                          "the control API takes JSON-RPC calls by POST", Allow="POST")
+    def _refused(self) -> web.Response:
+        log.warning("control API: refused a call without valid credentials")
+        return _error(HTTPStatus.UNAUTHORIZED, MISC_ERROR,
+                      f"authentication required: use the cookie in {self.cookie_path}",
+                      **{"WWW-Authenticate": 'Basic realm="paychan"'})
+
+    def authorized(self, request: web.Request) -> bool:
+        return self.cookie is not None and self.cookie.accepts(
+            request.headers.get("Authorization"))
+
+    @web.middleware
+    async def _errors_as_json(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """HTTP errors a handler raises (413, 408, ...) answered as JSON-RPC errors."""
         try:
-            call = json.loads(request.body)
-        except (ValueError, UnicodeDecodeError):
+            response: web.StreamResponse = await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400 or exc.content_type != "text/plain":
+                raise
+            return _error(exc.status, INVALID_REQUEST, (exc.text or exc.reason).strip(),
+                          **{k: v for k, v in exc.headers.items() if k == "Allow"})
+        return response
+
+    async def other(self, request: web.Request) -> web.Response:
+        """Anything but a call: refused without credentials, else 404 or 405."""
+        if not self.authorized(request):
+            return self._refused()
+        if request.path != "/":
+            return _error(HTTPStatus.NOT_FOUND, INVALID_REQUEST,
+                          f"no such endpoint {request.path_qs!r}; POST to /")
+        return _error(HTTPStatus.METHOD_NOT_ALLOWED, INVALID_REQUEST,
+                      "the control API takes JSON-RPC calls by POST", Allow="POST")
+
+    async def handle(self, request: web.Request) -> web.Response:
+        if not self.authorized(request):
+            return self._refused()
+        body = await read_body(request)
+        try:
+            call = parse_call(body)
+        except ValueError:
             return _error(HTTPStatus.BAD_REQUEST, PARSE_ERROR, "parse error: body is not JSON")
         if not isinstance(call, dict):
             return _error(HTTPStatus.BAD_REQUEST, INVALID_REQUEST,
@@ -398,7 +340,8 @@ class ControlServer:
         if not isinstance(method, str):
             return _error(HTTPStatus.BAD_REQUEST, INVALID_REQUEST,
                           "invalid request: method must be a string", call_id)
-        code, result, message = await self.dispatch(method, call.get("params"))
+        with channel_logging(""):  # a call may bind a channel to its lines: only its own
+            code, result, message = await self.dispatch(method, call.get("params"))
         if code:
             return _error(HTTPStatus.OK, code, message, call_id)
         try:

@@ -13,6 +13,7 @@ import signal
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any, overload
 
 from bitcoind_paychan import __version__
@@ -25,11 +26,13 @@ from bitcoind_paychan.channel.effects import (
     PeerError,
 )
 from bitcoind_paychan.channel.records import ChannelStatus, Role
+from bitcoind_paychan.daemon.activity import Activity
 from bitcoind_paychan.daemon.config import Config
 from bitcoind_paychan.daemon.control import ControlServer
 from bitcoind_paychan.daemon.logs import Logs
 from bitcoind_paychan.daemon.metrics import MetricsServer, PaychanMetrics
 from bitcoind_paychan.errors import ConfigError, LocalProtocolError, NodeError
+from bitcoind_paychan.logcontext import bind_channel, channel_fields
 from bitcoind_paychan.node import AsyncBitcoind, Bitcoind
 from bitcoind_paychan.service.client import Channel, ChannelFailed, ChannelGone, PaymentClient
 from bitcoind_paychan.service.server import PaymentServer, ServerEvent
@@ -49,7 +52,8 @@ class Daemon:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.metrics = PaychanMetrics()
+        self.metrics = PaychanMetrics(config.network)
+        self.activity = Activity()
         self.server: PaymentServer | None = None
         self.client: PaymentClient | None = None
         self.channels: dict[str, Channel] = {}  # the client's live channels
@@ -64,7 +68,8 @@ class Daemon:
     async def run(self) -> int:
         """Run until stopped; 0 after a graceful stop."""
         config = self.config
-        logs = Logs(config.logging.level, config.logging.format, config.logging.file)
+        logs = Logs(config.logging.level, config.logging.format, config.logging.file,
+                    config.logging.levels)
         node = self.node
         config.store.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         # First, like bitcoind's datadir lock: a second daemon on this store stops here,
@@ -97,8 +102,7 @@ class Daemon:
             with _listening("control.listen", config.control.listen):
                 await control.start()
             if config.metrics.enabled:
-                metrics = MetricsServer(self.metrics.registry,
-                                        *split_address(config.metrics.listen))
+                metrics = MetricsServer(self.metrics, *split_address(config.metrics.listen))
                 self.metrics.collect = self._collect
                 with _listening("metrics.listen", config.metrics.listen):
                     await metrics.start()
@@ -122,7 +126,7 @@ class Daemon:
                 wallet, store, config.server_policy(), on_event=self._server_event,
                 min_confirmations=config.server.min_confirmations,
                 payout_script=config.payout_script(),
-                on_payment_latency=self.metrics.latency.labels(role="server").observe,
+                on_payment_latency=self.metrics.server.latency.observe,
                 limits=config.server.limits, **common)
         if config.client.enabled:
             self.client = PaymentClient(wallet, store, network=Network.from_chain(config.network),
@@ -151,21 +155,25 @@ class Daemon:
 
     def _server_event(self, event: ServerEvent) -> None:
         if isinstance(event, PaymentReceived):
-            self.metrics.payments.labels(role="server").inc()
-            self.metrics.amounts.labels(role="server").inc(event.amount)
+            self.metrics.server.paid(event.amount)
+            self.activity.record(event.amount, received=True)
         elif isinstance(event, PeerError):
             self.metrics.errors.labels(code=event.code.name).inc()
         elif isinstance(event, ChannelOpened | ChannelFinished):
             log.info("server channel %s: %s", event.record.contract_txid,
-                     type(event).__name__)
+                     type(event).__name__, extra=channel_fields(event.record.contract_txid,
+                                                                event.record.peer))
 
     def _client_event(self, event: ChannelFinished) -> None:
         log.info("client channel %s finished: %s", event.record.contract_txid,
-                 event.status.value)
+                 event.status.value, extra=channel_fields(event.record.contract_txid,
+                                                          event.record.peer))
 
     def _collect(self) -> None:
         """Refresh the gauges from the store and the node's health, at scrape time."""
         m = self.metrics
+        now = time.time()
+        m.next_deadline.clear()
         for role, service in (("server", self.server), ("client", self.client)):
             if service is None:
                 continue
@@ -174,10 +182,20 @@ class Daemon:
                 count = sum(1 for v in views if v.status == state.value)
                 m.channels.labels(role=role, state=state.value).set(count)
             m.locked.labels(role=role).set(sum(v.value for v in views if v.status == "open"))
-            watcher = service.watcher
-            m.node_up.set(1 if watcher.healthy else 0)
-            if watcher.monitor and watcher.monitor.tip:
-                m.height.set(watcher.monitor.tip.height)
+            unsettled = [v.deadline for v in views if v.status in ("open", "closing")]
+            if unsettled:
+                m.next_deadline.labels(role=role).set(min(unsettled) - now)
+            m.unconfirmed.labels(role=role).set(sum(
+                1 for v in views if v.status == "closing" and not v.closing_confirmations))
+        m.node_up.set(1 if self._node_healthy() else 0)
+        height = self._last_height()
+        if height is not None:
+            m.height.set(height)
+        m.store_size.set(store_size(self.config.store.path))
+
+    def _node_healthy(self) -> bool:
+        return all(service.watcher.healthy for service in (self.server, self.client)
+                   if service is not None)
 
     # -- the control API -------------------------------------------------------------------
 
@@ -209,6 +227,17 @@ class Daemon:
             if monitor is not None and monitor.tip is not None:
                 return monitor.tip.height
         return None
+
+    async def dashboard(self) -> dict[str, Any]:
+        """What the dashboard shows: channels, the node as the watchers see it (no RPC),
+        the last hour's payments."""
+        now = time.time()
+        return {
+            "version": __version__, "network": self.config.network, "now": int(now),
+            "node": {"up": self._node_healthy(), "height": self._last_height()},
+            "channels": [asdict(v) for v in self._views()],
+            "activity": self.activity.series(now),
+        }
 
     async def listchannels(self, state: str | None, include_forgotten: bool | None = None
                            ) -> list[dict[str, Any]]:
@@ -299,6 +328,7 @@ class Daemon:
         with self._working():
             channel = await self._channel_for(target)
             started = time.perf_counter()
+            bind_channel(channel.contract_txid, channel.machine.peer)
             try:
                 ack = await channel.pay(amount, (info or "").encode())
             except ChannelFailed:
@@ -309,9 +339,8 @@ class Daemon:
                 log.info("channel %s lost its connection; resuming", channel.contract_txid)
                 channel = await self._resume(channel.contract_txid)
                 ack = b""
-            self.metrics.latency.labels(role="client").observe(time.perf_counter() - started)
-            self.metrics.payments.labels(role="client").inc()
-            self.metrics.amounts.labels(role="client").inc(amount)
+            self.metrics.client.paid(amount, time.perf_counter() - started)
+            self.activity.record(amount, received=False)
             return {"contract_txid": channel.contract_txid, "paid": channel.paid,
                     "remaining": channel.remaining, "ack_info": ack.decode(errors="replace")}
 
@@ -444,3 +473,12 @@ def _text(info: bytes) -> str | None:
 def run_daemon(config: Config) -> int:
     return asyncio.run(Daemon(config).run())
 
+
+
+def store_size(path: Path) -> int:
+    """Bytes the SQLite store takes on disk: the database, its write-ahead log and journal."""
+    total = 0
+    for suffix in ("", "-wal", "-journal"):
+        with contextlib.suppress(OSError):
+            total += path.with_name(path.name + suffix).stat().st_size
+    return total

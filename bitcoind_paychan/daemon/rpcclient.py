@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from bitcoind_paychan.daemon.control import ControlCookie
+from bitcoind_paychan.daemon.cookie import ControlCookie
 from bitcoind_paychan.errors import ConfigError, PaychanError
 
 # Local codes: the call got no JSON-RPC answer.

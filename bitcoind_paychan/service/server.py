@@ -50,6 +50,7 @@ from bitcoind_paychan.errors import (
     RemoteProtocolError,
     TransactionRejected,
 )
+from bitcoind_paychan.logcontext import bind_channel
 from bitcoind_paychan.node.bitcoind import AsyncBitcoind
 from bitcoind_paychan.service.limits import Admission, PeerGate, PeerLimits
 from bitcoind_paychan.service.outbox import effects_in_order, send_all
@@ -187,6 +188,7 @@ class PaymentServer:
         assert task is not None
         self._connections.add(task)
         stream = MessageStream(reader, writer)
+        bind_channel(peer=stream.peername)  # this connection's task logs its peer
         try:
             await self._serve(stream, admission)
         except asyncio.CancelledError:
@@ -280,6 +282,7 @@ class PaymentServer:
                     loaded = await asyncio.to_thread(self.store.get, Role.SERVER, txid)
                     queue[:0] = machine.channel_loaded(loaded)
                 case ClaimChannel(txid):
+                    bind_channel(txid)  # and, from now on, its channel
                     previous = self._owners.get(txid)
                     if stream is not None:
                         self._owners[txid] = stream
@@ -332,6 +335,7 @@ class PaymentServer:
 
     async def _check_contract(self, tx: Transaction) -> tuple[str | None, bool]:
         """Would the node take this contract? (refusal or None, whether to retry later)"""
+        bind_channel(tx.txid_hex)  # the connection's channel, before it is claimed
         try:
             await self.wallet.check_acceptable(tx)
             return None, False
@@ -353,6 +357,8 @@ class PaymentServer:
         each review, or finds it double-spent (then FAILED, and pruned once buried). A node
         that does not answer is no reason to refuse the client: the channel opens.
         """
+        if effect.purpose == "contract":
+            bind_channel(effect.tx.txid_hex)  # the connection's channel, before it is claimed
         try:
             await self.wallet.broadcast(effect.tx)
             log.info("broadcast %s %s", effect.purpose, effect.tx.txid_hex)

@@ -40,6 +40,7 @@ from bitcoind_paychan.channel.watch import (
     review,
 )
 from bitcoind_paychan.errors import NodeError, PaychanError, TransactionRejected
+from bitcoind_paychan.logcontext import about_channel
 from bitcoind_paychan.node.bitcoind import AsyncBitcoind
 from bitcoind_paychan.node.monitor import Block, BlockMonitor, ChainEvent
 from bitcoind_paychan.store import ChannelStore
@@ -284,6 +285,7 @@ class ChainWatcher:
             self.store.put_chain_state(self.role, txid, seen)
         return seen
 
+    @about_channel
     async def _carry_out(self, record: ChannelRecord, effect: Effect, tip: Tip) -> None:
         txid = record.contract_txid
         match effect:

@@ -43,6 +43,13 @@ def test_store_bench_reports_its_figures() -> None:
     assert any(isinstance(v, int | float) and v > 0 for v in result.values())
 
 
+def test_metrics_bench_reports_its_figures() -> None:
+    result = run_json("bench/metrics_hot_path.py", "--updates", "1000")
+    figures = result["ns_per_update"]
+    assert isinstance(figures, dict) and set(figures) >= {"counter_inc", "histogram_observe"}
+    assert all(isinstance(v, int) and v > 0 for v in figures.values())
+
+
 def test_spam_bench_reports_its_figures_and_a_store_that_did_not_grow() -> None:
     result = run_json("bench/spam.py", "--attempts", "40", "--junk", "10", "--blocks", "2")
     outcomes = result["outcomes"]

@@ -222,3 +222,18 @@ def test_logging_level_filters_the_log(node: RegtestNode, tmp_path: Path, level:
 
 
 SHOWN_BY["logging.level"] = test_logging_level_filters_the_log
+
+
+def test_logging_levels_set_a_subsystems_level(node: RegtestNode, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running(node, tmp_path, logging={"levels": {"daemon": "warning",
+                                                               "server": "debug"}}):
+            pass
+
+    asyncio.run(scenario())
+    text = (tmp_path / "daemon.log").read_text()
+    assert "paychan daemon ready" not in text  # the daemon's info lines: below its warning
+    assert "payment server listening" in text  # the server's: shown, as the root's level says
+
+
+SHOWN_BY["logging.levels"] = test_logging_levels_set_a_subsystems_level

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from bitcoind_paychan.daemon.control import ControlCookie, ControlServer, DaemonApi
-from bitcoind_paychan.daemon.http import HttpServer, Request, Response
 from bitcoind_paychan.daemon.rpcclient import (
     BAD_ANSWER,
     NO_COOKIE,
@@ -30,6 +30,7 @@ from bitcoind_paychan.daemon.rpcclient import (
     ControlClient,
     ControlError,
 )
+from bitcoind_paychan.daemon.web import MAX_BODY, WebServer
 from bitcoind_paychan.errors import (
     ConfigError,
     DecodeError,
@@ -50,6 +51,18 @@ from bitcoind_paychan.errors import (
 TXID = "ab" * 32
 CHANNEL: dict[str, Any] = {"contract_txid": TXID, "role": "client", "status": "open",
                            "value": 100_000}
+
+
+DASHBOARD: dict[str, Any] = {
+    "version": "0.1", "network": "regtest", "now": 1_700_000_000,
+    "node": {"up": True, "height": 101},
+    "channels": [CHANNEL | {"version": 2, "paid": 700, "change": 99_300, "payments": 3,
+                            "peer": "127.0.0.1:4242", "expiry": 1_700_086_400,
+                            "deadline": 1_700_072_000, "contract_confirmations": 1,
+                            "closing_txid": None, "closing_confirmations": 0}],
+    "activity": {"minutes": [1_700_000_000 - 60 * i for i in range(59, -1, -1)],
+                 "payments": [0] * 57 + [1, 0, 2], "received": [0] * 57 + [100, 0, 600]},
+}
 
 
 class FakeDaemon:
@@ -116,6 +129,9 @@ class FakeDaemon:
         answer: dict[str, Any] = await self._answer("stop", default={"stopping": True})
         return answer
 
+    async def dashboard(self) -> dict[str, Any]:  # not a control call: not recorded
+        return DASHBOARD
+
 
 def _is_api(api: DaemonApi) -> DaemonApi:
     return api
@@ -139,7 +155,7 @@ class Harness:
     async def http(self, body: bytes, *, method: str = "POST", path: str = "/",
                    auth: str | None = "cookie") -> tuple[int, Any]:
         """(HTTP status, JSON answer) for a raw request."""
-        headers = [f"{method} {path} HTTP/1.1", "Host: localhost",
+        headers = [f"{method} {path} HTTP/1.1", "Host: localhost", "Connection: close",
                    f"Content-Length: {len(body)}", "Content-Type: application/json"]
         if auth is not None:
             headers.append(f"Authorization: {self.auth if auth == 'cookie' else auth}")
@@ -429,7 +445,7 @@ def test_auth_required_and_nothing_runs(tmp_path: Path, auth: str | None) -> Non
 
 def test_http_errors(tmp_path: Path) -> None:
     async def scenario(h: Harness) -> None:
-        status, answer = await h.http(b"", method="GET")
+        status, answer = await h.http(b"", method="PUT")
         assert status == 405 and answer["error"]["code"] == -32600
         status, answer = await h.rpc("stop", [], path="/wallet/x")
         assert status == 404 and answer["result"] is None
@@ -512,11 +528,13 @@ def test_client_timeout(tmp_path: Path) -> None:
 
 
 def test_client_against_something_else(tmp_path: Path) -> None:
-    async def not_paychan(request: Request) -> Response:
-        return Response(200, b"<html>hello</html>", "text/html")
+    async def not_paychan(request: web.Request) -> web.Response:
+        return web.Response(text="<html>hello</html>", content_type="text/html")
 
     async def main() -> None:
-        server = HttpServer(not_paychan, "127.0.0.1", 0)
+        app = web.Application()
+        app.router.add_route("*", "/", not_paychan)
+        server = WebServer(app, "127.0.0.1", 0)
         _, port = await server.start()
         ControlCookie.create(tmp_path / "cookie")
         client = ControlClient(f"http://127.0.0.1:{port}", tmp_path / "cookie", timeout=5)
@@ -529,3 +547,54 @@ def test_client_against_something_else(tmp_path: Path) -> None:
             await server.stop()
 
     asyncio.run(main())
+
+
+# -- attacks -------------------------------------------------------------------------------
+
+
+async def raw_exchange(port: int, raw: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(raw)
+        await writer.drain()
+        async with asyncio.timeout(10):
+            return await reader.read(-1)
+    finally:
+        writer.close()
+
+
+def test_content_length_of_5000_digits_is_refused_before_anything(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario(h: Harness) -> None:
+        raw = (b"POST / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+               b"Content-Length: " + b"9" * 5000 + b"\r\n\r\n{}")
+        with caplog.at_level(logging.ERROR):
+            answer = await raw_exchange(h.port, raw)
+        assert answer.split(b" ", 2)[1] in (b"400", b"413"), answer[:200]
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert h.api.calls == []
+        assert (await h.result("getinfo"))["height"] == 101  # still serving
+
+    run(tmp_path, scenario)
+
+
+def test_deeply_nested_body_is_a_parse_error(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario(h: Harness) -> None:
+        with caplog.at_level(logging.ERROR):
+            status, answer = await h.http(b"[" * 500_000)
+        assert status == 400 and answer["error"]["code"] == -32700
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert h.api.calls == []
+
+    run(tmp_path, scenario)
+
+
+def test_body_over_the_limit_is_413_and_nothing_runs(tmp_path: Path) -> None:
+    async def scenario(h: Harness) -> None:
+        body = json.dumps({"method": "stop", "pad": "x" * MAX_BODY}).encode()
+        status, answer = await h.http(body)
+        assert status == 413 and answer["error"]["code"] == -32600
+        assert h.api.calls == []
+
+    run(tmp_path, scenario)

@@ -144,6 +144,9 @@ def test_open_pay_list_close_through_the_cli(daemons: Daemons) -> None:
     assert metric(scraped, 'paychan_payment_amount_sat_total{role="server"}') == 21_000
     assert metric(scraped, 'paychan_channels{role="server",state="open"}') == 1
     assert metric(scraped, "paychan_node_up") == 1
+    assert metric(scraped, 'paychan_next_deadline_seconds{role="server"}') > 0
+    assert metric(scraped, 'paychan_settlements_unconfirmed{role="server"}') == 0
+    assert metric(scraped, "paychan_store_size_bytes") > 0
     assert metric(scraped, 'paychan_payment_latency_seconds_count{role="server"}') == 10
     closed = daemons.json("client", "close", txid)
     assert len(closed["settlement_txid"]) == 64
