@@ -74,7 +74,10 @@ def contract_inputs(record: ChannelRecord) -> set[OutPoint]:
 
 def apply_block(record: ChannelRecord, state: ChainState, txs: Sequence[Transaction],
                 height: int) -> ChainState:
-    """Fold one connected block into the channel's chain state."""
+    """Fold one connected block into the channel's chain state. The block replaces whatever
+    the state says was confirmed at its height or above (a reorg the watcher did not see,
+    say while it was down after storing the old block's state)."""
+    state = revert_block(state, height)
     contract = record.contract
     funding = contract_inputs(record) if not state.contract_height else set()
     for tx in txs:
@@ -212,7 +215,10 @@ def _finish(record: ChannelRecord, state: ChainState, tip: Tip, policy: WatchPol
             ChannelFinished(record, status, closing, record.contract.value - change, change),
         ]
     if _buried(state, tip, policy):
-        never_funded = status is ChannelStatus.FAILED and not state.contract_height
+        # As the store's rule: a channel whose contract confirmed or whose spender was seen
+        # is history to keep (forget), else it is discarded.
+        never_funded = (status is ChannelStatus.FAILED and not state.contract_height
+                        and not state.spender)
         effects.append(DiscardChannel(txid) if never_funded else ForgetChannel(txid))
     return effects
 

@@ -31,6 +31,7 @@ from bitcoind_paychan.channel.watch import (
     revert_block,
     review,
 )
+from bitcoind_paychan.store.base import discard_refusal
 from tests.channel.pump import PAYOUT
 from tests.channel.test_client import NOW, opened
 
@@ -133,6 +134,19 @@ def test_blocks_confirm_the_contract_and_its_spender_and_reorgs_undo_it() -> Non
     assert reverted.spender == settlement.serialize() and reverted.spender_height == 0
     assert reverted.contract_height == 101
     assert revert_block(reverted, 101).contract_height == 0
+
+
+def test_a_block_replaces_what_the_state_says_about_its_height_and_above() -> None:
+    """A watcher that crashed after storing a block's chain state but before marking the
+    block processed gets, after a reorg, the new block at that height without ever being told
+    the old one left: the settlement it confirmed must not stay confirmed."""
+    server, _ = records()
+    contract = Transaction.parse(server.contract_tx)
+    state = apply_block(server, apply_block(server, ChainState(), [contract], 101),
+                        [settlement_of(server)], 105)
+    replaced = apply_block(server, state, [], 105)
+    assert replaced.spender_height == 0 and replaced.contract_height == 101
+    assert apply_block(server, state, [], 101).contract_height == 0
 
 
 def test_a_spender_in_the_mempool_is_noticed_but_a_confirmed_one_wins() -> None:
@@ -248,6 +262,21 @@ def test_contract_inputs_spent_elsewhere_fail_the_channel_then_discard_it() -> N
     # Never funded: no money history to keep, so it is discarded rather than forgotten.
     assert review(failed, state, tip(152), RATE, POLICY) == [DiscardChannel(client.contract_txid)]
     assert apply_block(client, ChainState(), [contract], 150).conflict_height == 0
+
+
+def test_a_failed_channel_whose_spender_was_seen_is_forgotten_not_discarded() -> None:
+    """The server's settlement reached the mempool before the contract's coins were spent
+    elsewhere: the store keeps that as history and refuses to discard it, so the watcher must
+    forget it (a refused discard would stop every review at this channel)."""
+    server, _ = records()
+    contract = Transaction.parse(server.contract_tx)
+    thief = Transaction(2, (TxIn(contract.inputs[0].prevout, b"", 0xFFFFFFFF, (b"\x01",)),),
+                        (TxOut(1000, PAYOUT),), 0)
+    seen = observe_mempool(ChainState(), settlement_of(server))
+    state = apply_block(server, seen, [thief], 150)
+    failed = replace(server, status=ChannelStatus.FAILED)
+    assert discard_refusal(failed.status, state) is not None
+    assert review(failed, state, tip(152), RATE, POLICY) == [ForgetChannel(server.contract_txid)]
 
 
 def test_missing_inputs_count_as_a_conflict_from_the_tip_where_they_were_seen() -> None:

@@ -1,0 +1,202 @@
+"""A modelled chain: blocks, a mempool, reorgs and the clock, with spends of a channel's
+contract checked by the project's own sighash and key code (no script interpreter, no node).
+
+Coins that no modelled transaction created are wallet coins: they exist until spent.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+from dataclasses import dataclass, field
+
+from bitcoind_paychan.bitcoin.keys import PublicKey, split_sig_hashtype
+from bitcoind_paychan.bitcoin.script import iter_script
+from bitcoind_paychan.bitcoin.tx import OutPoint, Transaction
+from bitcoind_paychan.channel.contract import FINAL, Contract
+from bitcoind_paychan.errors import DecodeError
+
+START_TIME = 1_700_000_000
+_ids = itertools.count(1)
+
+
+@dataclass
+class Block:
+    height: int
+    time: int
+    txs: list[Transaction]
+    id: int = field(default_factory=lambda: next(_ids))
+
+
+def unlocking_data(contract: Contract, tx: Transaction) -> tuple[list[bytes], bool]:
+    """The signatures spending contract:0 in input 0 of `tx`, and whether it is the
+    cooperative (both keys) branch; DecodeError if it is not shaped as the contract needs."""
+    txin = tx.inputs[0]
+    if contract.version == 3:
+        *sigs, branch, script = txin.witness
+        if script != contract.script:
+            raise DecodeError("witness script is not the contract's")
+        return list(sigs), branch == b"\x01"
+    pushes = list(iter_script(txin.script_sig))
+    if contract.version == 1:
+        return [data or b"" for _, data in pushes[1:]], True
+    *sig_pushes, (selector_op, selector), (_, redeem) = pushes
+    if redeem != contract.script:
+        raise DecodeError("redeem script is not the contract's")
+    return [data or b"" for _, data in sig_pushes], selector is None and selector_op == 0x51
+
+
+def spend_problem(contract: Contract, tx: Transaction, median_time: int) -> str | None:
+    """Why `tx` cannot spend contract:0 at a tip with this median-time-past (None: it can)."""
+    if not tx.inputs or tx.inputs[0].prevout != contract.outpoint:
+        return "does not spend contract:0 in input 0"
+    if not is_final(tx, median_time):
+        return f"lock time {tx.locktime} not yet passed (median time {median_time})"
+    if sum(o.value for o in tx.outputs) > contract.value and len(tx.inputs) == 1:
+        return "pays out more than the contract holds"
+    try:
+        sigs, cooperative = unlocking_data(contract, tx)
+    except (DecodeError, ValueError) as exc:
+        return f"malformed unlocking data: {exc}"
+    keys: list[PublicKey] = ([contract.client_key, contract.server_key] if cooperative
+                             else [contract.client_key])
+    if not cooperative and (tx.locktime < contract.expiry or tx.inputs[0].sequence == FINAL):
+        return "refund branch without the channel's lock time"
+    if len(sigs) != len(keys):
+        return f"{len(sigs)} signatures for {len(keys)} keys"
+    for key, sig in zip(keys, sigs, strict=True):
+        try:
+            der, hashtype = split_sig_hashtype(sig)
+        except DecodeError as exc:
+            return f"bad signature encoding: {exc}"
+        if not key.verify(contract.sighash(tx, hashtype), der):
+            return f"signature by {key} does not verify"
+    return None
+
+
+def is_final(tx: Transaction, median_time: int) -> bool:
+    return (tx.locktime == 0 or tx.locktime < median_time
+            or all(txin.sequence == FINAL for txin in tx.inputs))
+
+
+class Chain:
+    """One chain and one mempool, shared by both sides' nodes."""
+
+    def __init__(self) -> None:
+        self.blocks = [Block(h, START_TIME - 600 * (11 - h), []) for h in range(12)]
+        self.mempool: list[Transaction] = []
+        self.contracts: dict[bytes, Contract] = {}  # contract txid (raw) → contract
+        self.fee_rate = 1000
+
+    # -- views ---------------------------------------------------------------------------
+
+    @property
+    def tip(self) -> Block:
+        return self.blocks[-1]
+
+    @property
+    def median_time(self) -> int:
+        return int(statistics.median_low(b.time for b in self.blocks[-11:]))
+
+    def confirmed(self) -> dict[bytes, tuple[Transaction, int]]:
+        return {tx.txid: (tx, b.height) for b in self.blocks for tx in b.txs}
+
+    def spent(self, txs: list[Transaction]) -> dict[OutPoint, Transaction]:
+        return {txin.prevout: tx for tx in txs for txin in tx.inputs}
+
+    def chain_txs(self) -> list[Transaction]:
+        return [tx for b in self.blocks for tx in b.txs]
+
+    def spender(self, outpoint: OutPoint) -> tuple[Transaction, int] | None:
+        """The confirmed spender of `outpoint` and its height, if any."""
+        for block in self.blocks:
+            for tx in block.txs:
+                if any(txin.prevout == outpoint for txin in tx.inputs):
+                    return tx, block.height
+        return None
+
+    def mempool_spender(self, outpoint: OutPoint) -> Transaction | None:
+        return next((tx for tx in self.mempool
+                     if any(txin.prevout == outpoint for txin in tx.inputs)), None)
+
+    def depth(self, height: int) -> int:
+        return self.tip.height - height + 1
+
+    # -- validity -------------------------------------------------------------------------
+
+    def problem(self, tx: Transaction, base: list[Transaction], median_time: int) -> str | None:
+        """Why `tx` cannot follow `base` (the txs before it); None if it can."""
+        created = {t.txid: t for t in base}
+        spent = self.spent(base)
+        known = ({t.txid for t in self.chain_txs()} | {t.txid for t in self.mempool}
+                 | set(created) | set(self.contracts))
+        for txin in tx.inputs:
+            if txin.prevout in spent:
+                return (f"bad-txns-inputs-missingorspent: {txin.prevout.txid_hex}:"
+                        f"{txin.prevout.index} is spent")
+            if txin.prevout.txid in known and txin.prevout.txid not in created:
+                return f"input {txin.prevout.txid_hex} is not available yet"
+        contract = self.contracts.get(tx.inputs[0].prevout.txid) if tx.inputs else None
+        if contract is not None and tx.inputs[0].prevout == contract.outpoint:
+            return spend_problem(contract, tx, median_time)
+        return None if is_final(tx, median_time) else "non-final"
+
+    def fee(self, tx: Transaction) -> int:
+        contract = self.contracts.get(tx.inputs[0].prevout.txid)
+        if contract is None or len(tx.inputs) != 1:
+            return 0
+        return contract.value - sum(o.value for o in tx.outputs)
+
+    # -- the node's answers ----------------------------------------------------------------
+
+    def accept(self, tx: Transaction) -> str | None:
+        """Take `tx` into the mempool (replacing a cheaper conflict); why not, or None."""
+        problem, mempool = self._acceptance(tx)
+        self.mempool = mempool
+        return problem
+
+    def test_accept(self, tx: Transaction) -> str | None:
+        """Why the mempool would not take `tx` now (None: it would)."""
+        return self._acceptance(tx)[0]
+
+    def _acceptance(self, tx: Transaction) -> tuple[str | None, list[Transaction]]:
+        if any(t.txid == tx.txid for t in self.mempool + self.chain_txs()):
+            return None, self.mempool  # already known: a node answers as if accepted
+        conflicts = [t for t in self.mempool
+                     if {i.prevout for i in t.inputs} & {i.prevout for i in tx.inputs}]
+        if any(self.fee(tx) <= self.fee(c) for c in conflicts):
+            return "txn-mempool-conflict", self.mempool
+        pool = self._closure([t for t in self.mempool if t not in conflicts])
+        problem = self.problem(tx, self.chain_txs() + pool, self.median_time)
+        return (problem, self.mempool) if problem else (None, [*pool, tx])
+
+    def _closure(self, pool: list[Transaction]) -> list[Transaction]:
+        """`pool` without the transactions whose inputs are gone (descendants of evicted or
+        conflicted ones); lock times are left to mining."""
+        kept: list[Transaction] = []
+        base = self.chain_txs()
+        for tx in pool:
+            if self.problem(tx, base + kept, 2**32) is None:
+                kept.append(tx)
+        return kept
+
+    def mine(self, step: int, include: bool, extra: list[Transaction] | None = None) -> Block:
+        """A new block `step` seconds after the tip with `extra` first, then (if `include`)
+        what of the mempool fits."""
+        base = self.chain_txs()
+        txs: list[Transaction] = []
+        for tx in [*(extra or []), *(self.mempool if include else [])]:
+            if self.problem(tx, base + txs, self.median_time) is None:
+                txs.append(tx)
+        block = Block(self.tip.height + 1, self.tip.time + step, txs)
+        self.blocks.append(block)
+        mined = {t.txid for t in txs}
+        self.mempool = self._closure([t for t in self.mempool if t.txid not in mined])
+        return block
+
+    def disconnect(self, count: int) -> list[Block]:
+        """Take the top `count` blocks off; their transactions go back to the mempool."""
+        gone = self.blocks[-count:]
+        del self.blocks[-count:]
+        self.mempool = self._closure([tx for b in gone for tx in b.txs] + self.mempool)
+        return gone

@@ -1,0 +1,214 @@
+"""The money invariants the model checks: at the moment something is sent or broadcast, and
+after every step."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from bitcoind_paychan.bitcoin.tx import Transaction
+from bitcoind_paychan.channel.contract import DUST
+from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
+from bitcoind_paychan.channel.server import ServerChannel
+from bitcoind_paychan.channel.watch import WatchPolicy, client_share, is_refund
+from bitcoind_paychan.errors import ProtocolError
+from bitcoind_paychan.store import ChannelStore
+from bitcoind_paychan.wire import pb
+from tests.channel.model import glue
+from tests.channel.model.chain import spend_problem
+
+if TYPE_CHECKING:
+    from tests.channel.model.world import World
+
+T = pb.TwoWayChannelMessage
+ANY_TIME = 2**32  # a median-time-past after every lock time: checks signatures only
+PAYOUT = b"\x00\x14" + bytes(20)
+WATCH_POLICY = WatchPolicy()
+
+
+class Violation(AssertionError):
+    """A money invariant does not hold."""
+
+
+def require(condition: object, message: str) -> None:
+    if not condition:
+        raise Violation(message)
+
+
+def payment_verifies(record: ChannelRecord) -> bool:
+    try:
+        record.contract.check_payment(record.change, record.signature)
+    except ProtocolError:
+        return False
+    return True
+
+
+def settlement_valid(record: ChannelRecord) -> bool:
+    """The server can settle `record` (a settlement its key completes is valid)."""
+    contract = record.contract
+    draft = contract.settlement_draft(record.change, record.paid, PAYOUT)
+    settlement = contract.sign_settlement(draft, record.signature, record.key)
+    return spend_problem(contract, settlement, ANY_TIME) is None
+
+
+def refund_valid(record: ChannelRecord) -> bool:
+    """The client can refund `record` once the expiry has passed."""
+    refund = record.contract.refund(record.key, 1000, record.refund_tx)
+    return (refund.locktime == record.contract.expiry
+            and spend_problem(record.contract, refund, record.contract.expiry + 1) is None)
+
+
+class Checks:
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.server_paid: dict[str, int] = {}  # highest share each server record has shown
+        self.client_change: dict[str, int] = {}  # lowest change each client record has shown
+        self.stranger_close_honoured = False
+        self.stranger_displaced_owner = False
+        self.store_refusals: list[str] = []  # writes a store refused (the adapter gave up)
+        self.forgotten: set[str] = set()  # channels forgotten once their closing tx was buried
+
+    # -- at the moment of acting -----------------------------------------------------------
+
+    def server_sends(self, store: ChannelStore, machine: ServerChannel, message: T) -> None:
+        """Nothing is acknowledged before it is stored; a settlement sent is the stored one."""
+        record = machine.record
+        if message.type in (T.PAYMENT_ACK, T.CHANNEL_OPEN):
+            assert record is not None
+            stored = store.get(Role.SERVER, record.contract_txid)
+            require(stored is not None and stored.change <= record.change,
+                    f"server acknowledges change {record.change} before storing it")
+        if message.type == T.CLOSE and message.HasField("settlement"):
+            assert record is not None
+            stored = store.get(Role.SERVER, record.contract_txid)
+            require(stored is not None and stored.status is ChannelStatus.CLOSING
+                    and stored.settlement_tx == message.settlement.tx,
+                    "server sends a settlement it has not stored")
+            self.settlement_checked(record, Transaction.parse(message.settlement.tx))
+
+    def client_sends(self, store: ChannelStore, record: ChannelRecord | None,
+                     message: T) -> None:
+        """A payment is sent only once stored, and is one the client's checks allow."""
+        if message.type == T.UPDATE_PAYMENT:
+            change, signature = (message.update_payment.client_change_value,
+                                 message.update_payment.signature)
+        elif message.type == T.PROVIDE_CONTRACT:
+            body = message.provide_contract.initial_payment
+            change, signature = body.client_change_value, body.signature
+        else:
+            return
+        assert record is not None
+        stored = store.get(Role.CLIENT, record.contract_txid)
+        require(stored is not None and stored.change == change
+                and stored.signature == signature, "client sends a payment it has not stored")
+        require(change == 0 or DUST <= change <= record.value,
+                f"client signs a payment leaving {change} sat (dust or above the value)")
+        require(payment_verifies(record), "client sends a payment that does not verify")
+
+    def settlement_checked(self, record: ChannelRecord, settlement: Transaction) -> None:
+        problem = spend_problem(record.contract, settlement, ANY_TIME)
+        require(problem is None, f"server signs an invalid settlement: {problem}")
+        require(client_share(record.contract, settlement) == record.change,
+                "server's settlement does not pay the client its change")
+
+    def broadcast(self, role: Role, record: ChannelRecord | None, tx: Transaction,
+                  purpose: str) -> None:
+        if record is None or purpose == "contract" or not tx.inputs:
+            return
+        if tx.inputs[0].prevout != record.contract.outpoint:
+            return
+        if role is Role.SERVER and not is_refund(tx):
+            self.settlement_checked(record, tx)
+        if role is Role.CLIENT and is_refund(tx):
+            require(tx.locktime == record.contract.expiry and spend_problem(
+                record.contract, tx, ANY_TIME) is None, "client broadcasts a bad refund")
+
+    def acknowledged(self, record: ChannelRecord) -> None:
+        """The client was told its payment arrived: the server must have stored it."""
+        stored = self.world.server.store.get(Role.SERVER, record.contract_txid)
+        if stored is not None:
+            require(stored.change <= record.change,
+                    f"acknowledged change {record.change} is not in the server's store "
+                    f"(it has {stored.change})")
+
+    def forgetting(self, role: Role, txid: str) -> None:
+        """A channel is forgotten only once its closing tx is forget_depth deep."""
+        chain = self.world.chain
+        raw_txid = bytes.fromhex(txid)[::-1]
+        spent = chain.spender(chain.contracts[raw_txid].outpoint)
+        if spent is None:  # never confirmed: its funding coin went elsewhere
+            spent = chain.spender(self.world.contract_txs[raw_txid].inputs[0].prevout)
+        depth = chain.depth(spent[1]) if spent else 0
+        require(depth >= WATCH_POLICY.forget_depth,
+                f"{role} forgets {txid} while its closing tx is {depth} deep")
+        self.forgotten.add(txid)
+
+    # -- after every step ------------------------------------------------------------------
+
+    def after_step(self) -> None:
+        world = self.world
+        servers = {r.contract_txid: r for r in world.server.store.channels(Role.SERVER)}
+        clients = {r.contract_txid: r for r in world.client.store.channels(Role.CLIENT)}
+        live = [c.server.record for c in world.connections if c.server.record is not None]
+        for record in [*servers.values(), *live]:
+            require(payment_verifies(record),
+                    f"server holds an unverified payment on {record.contract_txid}")
+        for txid, record in servers.items():
+            require(record.paid >= self.server_paid.get(txid, 0),
+                    f"server's share of {txid} fell from {self.server_paid.get(txid)} to "
+                    f"{record.paid}")
+            self.server_paid[txid] = record.paid
+        for txid, record in clients.items():
+            require(record.change <= self.client_change.get(txid, record.value),
+                    f"client's stored change of {txid} rose to {record.change}")
+            self.client_change[txid] = record.change
+        self.funded_contracts_recoverable(servers, clients)
+        self.outcomes_match_chain(servers, clients)
+        if glue.RESUME_PROOF:
+            require(not self.stranger_displaced_owner,
+                    "a stranger's resume displaced the channel's owner")
+            require(not self.stranger_close_honoured, "a stranger's CLOSE was honoured")
+
+    def funded_contracts_recoverable(self, servers: dict[str, ChannelRecord],
+                                     clients: dict[str, ChannelRecord]) -> None:
+        chain = self.world.chain
+        published = {tx.txid for tx in chain.chain_txs() + chain.mempool}
+        for raw_txid, contract in chain.contracts.items():
+            if raw_txid not in published or chain.spender(contract.outpoint):
+                continue
+            txid = contract.txid
+            server, client = servers.get(txid), clients.get(txid)
+            if server is None and client is None and txid in self.forgotten:
+                continue  # a reorg as deep as forget_depth undid a closing tx both buried
+            if client is not None:
+                require(refund_valid(client), f"client's refund of {txid} is invalid")
+            require((server is not None and settlement_valid(server)) or client is not None,
+                    f"funded contract {txid}: neither a settlement nor a refund is possible")
+
+    def outcomes_match_chain(self, servers: dict[str, ChannelRecord],
+                             clients: dict[str, ChannelRecord]) -> None:
+        """Once a side's watcher has seen the chain as it is, a settled or refunded record
+        says what the chain did."""
+        chain = self.world.chain
+        for process, records in ((self.world.server, servers), (self.world.client, clients)):
+            if not process.synced():
+                continue
+            for txid, record in records.items():
+                if record.status not in (ChannelStatus.SETTLED, ChannelStatus.REFUNDED):
+                    continue
+                spent = chain.spender(record.contract.outpoint)
+                require(spent is not None, f"{record.role} says {txid} is {record.status} "
+                        "but the chain has no closing tx")
+                assert spent is not None
+                closing = spent[0]
+                require(record.settlement_tx == closing.serialize(),
+                        f"{record.role}'s stored closing tx of {txid} is not the chain's")
+                require((record.status is ChannelStatus.REFUNDED) == is_refund(closing),
+                        f"{record.role} says {txid} is {record.status}; the chain disagrees")
+                if record.status is ChannelStatus.SETTLED:
+                    share = client_share(record.contract, closing)
+                    if record.role is Role.SERVER:
+                        require(share == record.change, f"settlement of {txid} pays the "
+                                f"client {share}, the server's store says {record.change}")
+                    else:
+                        require(share >= record.change, f"settlement of {txid} pays the "
+                                f"client {share}, below its stored change {record.change}")

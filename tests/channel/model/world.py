@@ -1,0 +1,552 @@
+"""The modelled world: a client process, a server process, their stores, connections between
+them and the chain. Each process carries out its machines' effects as the service adapters
+do (store, broadcast, send, in order) and can crash before any one of them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+
+from bitcoind_paychan.bitcoin.hashes import sha256
+from bitcoind_paychan.bitcoin.keys import PrivateKey
+from bitcoind_paychan.bitcoin.tx import OutPoint, Transaction, TxIn, TxOut
+from bitcoind_paychan.channel import messages
+from bitcoind_paychan.channel.client import ClientChannel, ClientPolicy
+from bitcoind_paychan.channel.effects import (
+    Broadcast,
+    ChannelOpened,
+    CheckContract,
+    ClaimChannel,
+    DiscardChannel,
+    Disconnect,
+    Effect,
+    ForgetChannel,
+    FundContract,
+    FundSettlement,
+    LoadChannel,
+    MarkChannel,
+    PaymentAcknowledged,
+    PrepareSettlement,
+    ResumeRefused,
+    Send,
+    SettleChannel,
+    StoreChainState,
+    StoreChannel,
+    StorePayment,
+)
+from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
+from bitcoind_paychan.channel.server import ServerChannel, ServerPolicy
+from bitcoind_paychan.channel.watch import (
+    Tip,
+    apply_block,
+    observe_mempool,
+    observe_missing_inputs,
+    revert_block,
+    review,
+)
+from bitcoind_paychan.errors import ErrorCode, LocalProtocolError, StoreError
+from bitcoind_paychan.store import MemoryStore
+from bitcoind_paychan.wire import decode_message, encode_message, pb
+from tests.channel.model import glue
+from tests.channel.model.chain import Chain
+from tests.channel.model.checks import PAYOUT, WATCH_POLICY, Checks
+
+T = pb.TwoWayChannelMessage
+# What the watcher folds each block into (a client's given-up channel may still confirm).
+LIVE = {Role.SERVER: (ChannelStatus.OPEN, ChannelStatus.CLOSING),
+        Role.CLIENT: (ChannelStatus.OPEN, ChannelStatus.CLOSING, ChannelStatus.FAILED)}
+PEER = "server:1"
+SYNCED = "model:synced"
+SERVER_POLICY = ServerPolicy(min_channel_size=100_000, min_payment=1_000)
+
+
+class Crash(Exception):
+    """The process died before carrying out its next effect."""
+
+
+@dataclass
+class Connection:
+    """One TCP connection: frames in flight each way, and which ends have hung up."""
+
+    client: ClientChannel
+    server: ServerChannel
+    stranger: bool = False
+    to_server: list[bytes] = field(default_factory=list)
+    to_client: list[bytes] = field(default_factory=list)
+    client_done: bool = False
+    server_done: bool = False
+    tampered: bool = False  # a frame was dropped or duplicated
+
+    @property
+    def over(self) -> bool:
+        return self.client_done and self.server_done
+
+
+class Process:
+    """What both sides' processes share: a store that survives crashes, a node that may be
+    unreachable, and a countdown to a crash."""
+
+    role: Role
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.store = MemoryStore()
+        self.up = True
+        self.node_up = True
+        self.crash_in: int | None = None
+        self.reviewed: list[int] = []  # the chain (block ids) the last whole review saw
+
+    def synced(self) -> bool:
+        """Whether the stored statuses reflect the chain as it is now."""
+        return self.up and self.reviewed == [b.id for b in self.chain.blocks]
+
+    def tick(self) -> None:
+        """Called before each effect (and each store write of the watcher)."""
+        if self.crash_in is not None:
+            if self.crash_in == 0:
+                self.crash_in = None
+                raise Crash(self.role)
+            self.crash_in -= 1
+
+    @property
+    def chain(self) -> Chain:
+        return self.world.chain
+
+    def now(self) -> int:
+        return self.chain.tip.time
+
+    def broadcast(self, tx: Transaction) -> str | None:
+        """The node's answer: None if taken, else why not."""
+        if not self.node_up:
+            return "the node does not answer"
+        return self.chain.accept(tx)
+
+    # -- the chain watcher -------------------------------------------------------------
+
+    def watch(self, everything: bool = False) -> None:
+        """Catch up with the chain (reverting what a reorg took away), then review: as the
+        service's watcher, the live channels after new blocks, all of them after a reorg or
+        when `everything` (the periodic review, a start)."""
+        if not (self.up and self.node_up):
+            return
+        synced: list[int] = json.loads(self.store.get_meta(SYNCED) or "[]")
+        ids = [b.id for b in self.chain.blocks]
+        common = 0
+        while common < min(len(synced), len(ids)) and synced[common] == ids[common]:
+            common += 1
+        reorg = common < len(synced)
+        for record in self.store.channels(self.role, None if reorg else LIVE[self.role]):
+            txid = record.contract_txid
+            before = state = self.store.chain_state(self.role, txid)
+            for height in range(len(synced) - 1, common - 1, -1):
+                state = revert_block(state, height)
+            for block in self.chain.blocks[common:]:
+                state = apply_block(record, state, block.txs, block.height)
+            if state != before:
+                self.tick()
+                self.store.put_chain_state(self.role, txid, state)
+        self.tick()
+        self.store.set_meta(SYNCED, json.dumps(ids))
+        self.review_all(everything or reorg)
+
+    def review_all(self, everything: bool) -> None:
+        tip = Tip(self.chain.tip.height, self.chain.median_time, self.chain.tip.time)
+        self.reviewed = []
+        for record in self.store.channels(self.role, None if everything else LIVE[self.role]):
+            txid = record.contract_txid
+            state = self.store.chain_state(self.role, txid)
+            if not state.spender_height and not record.status.final:
+                seen = observe_mempool(state, self.chain.mempool_spender(record.contract.outpoint))
+                if seen != state:
+                    self.tick()
+                    self.store.put_chain_state(self.role, txid, seen)
+                    state = seen
+            for effect in review(record, state, tip, self.chain.fee_rate, WATCH_POLICY):
+                self.tick()
+                if not self.carry_out_review(record, effect, tip):
+                    break
+        if everything:
+            self.reviewed = [b.id for b in self.chain.blocks]
+
+    def carry_out_review(self, record: ChannelRecord, effect: Effect, tip: Tip) -> bool:
+        """As the service's ChainWatcher does; False stops this channel's review."""
+        txid = record.contract_txid
+        match effect:
+            case Broadcast(tx, purpose):
+                self.world.checks.broadcast(self.role, record, tx, purpose)
+                refused = self.broadcast(tx)
+                if refused and purpose != "contract":
+                    return False
+                if refused:
+                    state = self.store.chain_state(self.role, txid)
+                    seen = observe_missing_inputs(state, refused, tip.height)
+                    if seen != state:
+                        self.store.put_chain_state(self.role, txid, seen)
+            case MarkChannel(_, status, closing_tx):
+                self.store.modify(self.role, txid, lambda current: replace(
+                    current, status=status, settlement_tx=closing_tx or current.settlement_tx))
+            case StoreChainState(_, state):
+                self.store.put_chain_state(self.role, txid, state)
+            case SettleChannel():
+                self.settle_stored(txid)
+            case ForgetChannel():
+                self.world.checks.forgetting(self.role, txid)
+                self.store.forget(self.role, txid)
+            case DiscardChannel():
+                self.world.checks.forgetting(self.role, txid)
+                self.store.discard(self.role, txid)
+        return True
+
+    def settle_stored(self, txid: str) -> None:
+        raise NotImplementedError
+
+    def in_order(self, queue: list[Effect], conn: Connection | None) -> Iterator[Effect]:
+        """Take effects off `queue` (which the caller may extend) one by one, crashing
+        before any of them if so armed; carries out the stores itself. A store that refuses
+        ends the connection, as an exception in the service's adapters does."""
+        while queue:
+            effect = queue.pop(0)
+            self.tick()
+            try:
+                if isinstance(effect, StoreChannel):
+                    self.world.register(effect.record)
+                    self.store.put(effect.record)
+                elif isinstance(effect, StorePayment):
+                    self.store.record_payment(effect.record, effect.amount, effect.info)
+                else:
+                    yield effect
+            except StoreError as exc:
+                self.world.checks.store_refusals.append(str(exc))
+                if conn is not None:
+                    self.world.close_end(conn, self.role)
+                return
+
+    def crashed(self) -> None:
+        self.up = False
+        self.crash_in = None
+        self.reviewed = []
+
+
+class ServerProcess(Process):
+    role = Role.SERVER
+
+    def __init__(self, world: World) -> None:
+        super().__init__(world)
+        self.owners: dict[str, Connection] = {}
+
+    def receive(self, conn: Connection, frame: bytes) -> None:
+        message = decode_message(frame)
+        effects = conn.server.receive(message)
+        if conn.stranger and message.type == T.CLOSE and any(
+                isinstance(e, PrepareSettlement) for e in effects):
+            self.world.checks.stranger_close_honoured = True
+        self.run(conn, conn.server, effects)
+
+    def hang_up(self, conn: Connection) -> None:
+        conn.server_done = True
+        for txid, owner in list(self.owners.items()):
+            if owner is conn:
+                del self.owners[txid]
+
+    def settle_stored(self, txid: str) -> None:
+        """The operator's (or the autopilot's) close: as PaymentServer.settle."""
+        record = self.store.get(Role.SERVER, txid)
+        if record is None or record.status is not ChannelStatus.OPEN:
+            return
+        owner = self.owners.pop(txid, None)
+        if owner is not None:
+            self.world.close_end(owner, Role.SERVER)
+        machine = glue.server_for_settlement(SERVER_POLICY, record, self.now())
+        self.run(None, machine, self.settlement(machine))
+
+    def settlement(self, machine: ServerChannel) -> list[Effect]:
+        if not self.node_up:
+            return [Send(messages.error(ErrorCode.OTHER, "cannot settle now: no node")),
+                    Disconnect("settlement failed")]
+        try:
+            return machine.settle(self.chain.fee_rate, PAYOUT)
+        except LocalProtocolError as exc:
+            return [Send(messages.error(ErrorCode.OTHER, f"cannot settle now: {exc}")),
+                    Disconnect("settlement failed")]
+
+    def fund_settlement(self, machine: ServerChannel, effect: FundSettlement) -> list[Effect]:
+        """The wallet adds a coin and change to the draft (as fund_external does)."""
+        if not self.node_up:
+            return [Send(messages.error(ErrorCode.OTHER, "cannot settle now: no node")),
+                    Disconnect("settlement failed")]
+        coin = TxIn(self.world.fresh_outpoint(), b"", 0xFFFFFFFD, (bytes(71), bytes(33)))
+        draft = effect.draft
+        funded = Transaction(draft.version, (*draft.inputs, coin),
+                             (*draft.outputs, TxOut(10_000, PAYOUT)), draft.locktime)
+        return machine.settle_funded(funded)
+
+    def run(self, conn: Connection | None, machine: ServerChannel,
+            effects: list[Effect]) -> None:
+        """Carry out effects in order, as PaymentServer._carry_out does."""
+        queue = list(effects)
+        for effect in self.in_order(queue, conn):
+            match effect:
+                case CheckContract(tx):
+                    if self.node_up:
+                        queue[:0] = machine.contract_checked(self.chain.test_accept(tx))
+                    else:
+                        queue[:0] = machine.contract_checked("its node does not answer", True)
+                case Broadcast(tx, purpose):
+                    self.world.checks.broadcast(Role.SERVER, machine.record, tx, purpose)
+                    refused = self.broadcast(tx)
+                    if refused and purpose == "contract" and not self.node_up:
+                        continue  # checked but not sent: the watcher broadcasts it again
+                    if refused:
+                        if machine.record is not None and purpose != "contract":
+                            self.store.put(replace(machine.record, status=ChannelStatus.OPEN))
+                        queue[:] = [Send(messages.error(ErrorCode.BAD_TRANSACTION, refused)),
+                                    Disconnect(refused)]
+                case LoadChannel(txid):
+                    queue[:0] = machine.channel_loaded(self.store.get(Role.SERVER, txid))
+                case ClaimChannel(txid):
+                    previous = self.owners.get(txid)
+                    if conn is not None:
+                        self.owners[txid] = conn
+                    if previous is not None and previous is not conn:
+                        if conn is not None and conn.stranger and not glue.server_settling(
+                                machine):  # near its expiry any resume settles the channel
+                            self.world.checks.stranger_displaced_owner = True
+                        self.world.close_end(previous, Role.SERVER)
+                case PrepareSettlement():
+                    queue[:0] = self.settlement(machine)
+                case FundSettlement():
+                    queue[:0] = self.fund_settlement(machine, effect)
+                case Send(message):
+                    self.world.checks.server_sends(self.store, machine, message)
+                    if conn is not None and not conn.server_done:
+                        conn.to_client.append(encode_message(message))
+                case Disconnect():
+                    if conn is not None:
+                        self.hang_up(conn)
+                    return
+
+    def crashed(self) -> None:
+        super().crashed()
+        for conn in list(self.world.connections):
+            self.world.close_end(conn, Role.SERVER, crashed=True)
+        self.owners.clear()
+
+
+class ClientProcess(Process):
+    role = Role.CLIENT
+
+    def __init__(self, world: World) -> None:
+        super().__init__(world)
+        self.conn: Connection | None = None
+        self.unresumable: set[str] = set()
+        self.acked: dict[str, int] = {}  # contract txid → lowest change the server acked
+
+    def resumable(self) -> ChannelRecord | None:
+        for record in self.store.channels(Role.CLIENT, (ChannelStatus.OPEN,)):
+            if record.change > 0 and record.contract_txid not in self.unresumable:
+                return record
+        return None
+
+    def open(self, version: int, time_window: int, value: int) -> Connection | None:
+        """As PaymentClient.open: resume a stored open channel, else open a new one."""
+        if not self.up or (self.conn is not None and not self.conn.client_done):
+            return None
+        policy = ClientPolicy(value, time_window)
+        stored = self.resumable()
+        if stored is not None:
+            machine = glue.resumed_client(policy, stored, self.now())
+        else:
+            machine = glue.new_client(policy, self.world.fresh_key(), self.now(), version, PEER)
+        conn = self.world.connect(machine)
+        self.conn = conn
+        self.run(conn, machine.start())
+        return conn
+
+    def receive(self, conn: Connection, frame: bytes) -> None:
+        self.run(conn, conn.client.receive(decode_message(frame)))
+
+    def pay(self, amount: int) -> None:
+        conn = self.conn
+        if conn is None or conn.client_done or not glue.client_can_pay(conn.client):
+            return
+        try:
+            effects = conn.client.pay(amount)
+        except LocalProtocolError:
+            return  # the application is told no; nothing changed
+        self.run(conn, effects)
+
+    def close(self) -> None:
+        conn = self.conn
+        if conn is None or conn.client_done:
+            return
+        try:
+            effects = conn.client.close()
+        except LocalProtocolError:
+            return  # not open yet: the application is told no
+        self.run(conn, effects)
+
+    def handshake_failed(self, conn: Connection) -> None:
+        """As the service's client: a new channel whose CHANNEL_OPEN never came, with its
+        contract nowhere on the network, is kept as FAILED and its coins released."""
+        record = conn.client.record
+        if (conn.client.resumed or record is None or glue.client_opened(conn.client)
+                or not (self.up and self.node_up)):
+            return
+        funding = Transaction.parse(record.contract_tx).inputs[0].prevout
+        chain = self.chain
+        if chain.spender(funding) or chain.mempool_spender(funding):
+            return
+        stored = self.store.get(Role.CLIENT, record.contract_txid)
+        if stored is not None and stored.status is ChannelStatus.OPEN:
+            self.tick()
+            self.store.put(replace(stored, status=ChannelStatus.FAILED))
+
+    def settle_stored(self, txid: str) -> None:
+        raise AssertionError("the client's watcher never asks to settle")
+
+    def run(self, conn: Connection, effects: list[Effect]) -> None:
+        """Carry out effects in order, as the service's Channel._run does."""
+        queue = list(effects)
+        machine = conn.client
+        for effect in self.in_order(queue, conn):
+            match effect:
+                case FundContract(script, value):
+                    if not self.node_up:  # the wallet cannot fund: give up, nothing stored
+                        self.world.close_end(conn, Role.CLIENT)
+                        return
+                    queue[:0] = machine.contract_funded(self.world.funding_tx(script, value))
+                case Send(message):
+                    self.world.checks.client_sends(self.store, machine.record, message)
+                    if not conn.client_done:
+                        conn.to_server.append(encode_message(message))
+                case ResumeRefused(txid):
+                    self.unresumable.add(txid)
+                case ChannelOpened(record, resumed) if not resumed and self.node_up:
+                    self.broadcast(Transaction.parse(record.contract_tx))  # best effort
+                case PaymentAcknowledged(record) if not conn.tampered and not conn.stranger:
+                    self.world.checks.acknowledged(record)
+                case Disconnect():
+                    self.world.close_end(conn, Role.CLIENT)
+                    return
+
+    def crashed(self) -> None:
+        super().crashed()
+        if self.conn is not None:
+            self.world.close_end(self.conn, Role.CLIENT, crashed=True)
+        self.conn = None
+
+
+class World:
+    """Both processes, their connections and the chain."""
+
+    def __init__(self) -> None:
+        self.chain = Chain()
+        self._counter = 0
+        self.checks = Checks(self)
+        self.server = ServerProcess(self)
+        self.client = ClientProcess(self)
+        self.connections: list[Connection] = []
+        self.contract_txs: dict[bytes, Transaction] = {}
+
+    def fresh(self) -> bytes:
+        self._counter += 1
+        return sha256(b"model" + self._counter.to_bytes(8, "big"))
+
+    def fresh_key(self) -> PrivateKey:
+        return PrivateKey(self.fresh())
+
+    def fresh_outpoint(self) -> OutPoint:
+        return OutPoint(self.fresh(), 1)
+
+    def funding_tx(self, script: bytes, value: int) -> Transaction:
+        """A wallet's contract: one segwit coin in, the channel output 0 and change out."""
+        coin = TxIn(self.fresh_outpoint(), b"", 0xFFFFFFFD, (bytes(71), bytes(33)))
+        return Transaction(2, (coin,), (TxOut(value, script), TxOut(50_000, PAYOUT)), 0)
+
+    def register(self, record: ChannelRecord) -> None:
+        """A contract exists now: the chain checks spends of it, the model can double-spend
+        its funding coin."""
+        self.chain.contracts.setdefault(record.contract.outpoint.txid, record.contract)
+        self.contract_txs.setdefault(record.contract.outpoint.txid,
+                                     Transaction.parse(record.contract_tx))
+
+    def connect(self, client: ClientChannel, stranger: bool = False) -> Connection:
+        server = glue.new_server(SERVER_POLICY, self.fresh_key(), self.chain.tip.time)
+        conn = Connection(client, server, stranger)
+        if not self.server.up:
+            conn.server_done = True  # connection refused
+        self.connections.append(conn)
+        return conn
+
+    def close_end(self, conn: Connection, role: Role, crashed: bool = False) -> None:
+        """One end hangs up (frames it already sent still arrive, unless it crashed before
+        they left); frames towards it are lost."""
+        if role is Role.SERVER:
+            if not conn.server_done:
+                conn.server.connection_lost()
+                self.server.hang_up(conn)
+            conn.to_server.clear()
+            if crashed:
+                conn.to_client.clear()
+        else:
+            if not conn.client_done:
+                conn.client.connection_lost()
+                conn.client_done = True
+                if not (crashed or conn.stranger):
+                    self.client.handshake_failed(conn)
+            conn.to_client.clear()
+            if crashed:
+                conn.to_server.clear()
+        self.prune()
+
+    def prune(self) -> None:
+        self.connections = [c for c in self.connections if not c.over]
+
+    def deliver(self, conn: Connection, to_server: bool, duplicate: bool) -> None:
+        """The next frame one way (or, with none left and the sender gone, the EOF)."""
+        queue = conn.to_server if to_server else conn.to_client
+        sender_done = conn.client_done if to_server else conn.server_done
+        if not queue:
+            if sender_done:  # the receiver reads EOF and hangs up too
+                self.close_end(conn, Role.SERVER if to_server else Role.CLIENT)
+            return
+        frame = queue.pop(0)
+        if duplicate:
+            conn.tampered = True
+            queue.insert(0, frame)
+        if to_server and not conn.server_done:
+            self.server.receive(conn, frame)
+        elif not to_server and not conn.client_done:
+            if conn.stranger:
+                self.stranger_receives(conn, frame)
+            else:
+                self.client.receive(conn, frame)
+        self.prune()
+
+    # -- a stranger who knows only a contract txid (public once on chain) ---------------
+
+    def stranger_connects(self, victim: ChannelRecord) -> Connection:
+        """A resume naming `victim`'s contract, signed (when asked to) with another key."""
+        key = self.fresh_key()
+        fake = replace(victim, key=key, signature=victim.contract.sign_payment(key, victim.change))
+        machine = glue.resumed_client(ClientPolicy(victim.value), fake, self.chain.tip.time)
+        conn = self.connect(machine, stranger=True)
+        self.stranger_runs(conn, machine.start())
+        return conn
+
+    def stranger_receives(self, conn: Connection, frame: bytes) -> None:
+        self.stranger_runs(conn, conn.client.receive(decode_message(frame)))
+
+    def stranger_sends_close(self, conn: Connection) -> None:
+        if not conn.client_done:
+            conn.to_server.append(encode_message(messages.close()))
+
+    def stranger_runs(self, conn: Connection, effects: list[Effect]) -> None:
+        for effect in effects:
+            if isinstance(effect, Send) and not conn.client_done:
+                conn.to_server.append(encode_message(effect.message))
+            elif isinstance(effect, Disconnect):
+                self.close_end(conn, Role.CLIENT)
+                return
