@@ -3,28 +3,37 @@
 Real code paths on both sides (PaymentClient/PaymentServer: signing, full verification),
 durable SQLiteStores on temporary files, and two peered regtest bitcoinds (one per side).
 Channels are opened and funded before timing; then every channel makes M payments of 1000 sat
-concurrently (one at a time per channel, each awaiting its ack), and each payment's latency is
-measured from pay() to ack. Usage: python bench/throughput.py [--channels N] [--payments M]
-[--version 1|2|3] [--json]   (--json prints one JSON object last)
+concurrently (W in flight per channel, --window W; 1: each awaits its ack), and each payment's
+latency is measured from pay() to ack. Beside the figures: the CPU each process spent per
+payment, the store disk's fsync latency and coincurve's verify rate, measured in the same run.
+Usage: python bench/throughput.py [--channels N] [--payments M] [--window W] [--version 1|2|3]
+[--capacity] [--profile FILE] [--json]   (--json prints one JSON object last)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import logging
 import multiprocessing
+import os
 import resource
 import signal
 import sys
 import tempfile
 import time
+from collections.abc import Coroutine
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from typing import Any
 
+from hardware import fsync_latency_ms, verify_rate  # bench/hardware.py
+from replay import load  # bench/replay.py
+
+from bitcoind_paychan.channel.client import ClientPolicy
 from bitcoind_paychan.channel.effects import PaymentReceived
 from bitcoind_paychan.channel.records import Role
 from bitcoind_paychan.node import AsyncBitcoind, Bitcoind, NodeConfig, to_btc
@@ -63,19 +72,33 @@ def child_setup() -> None:
 # -- the server process ------------------------------------------------------------------
 
 
-def server_process(conn: Connection, config: NodeConfig, db: Path) -> None:
+def profiled(profile: str, main: Coroutine[Any, Any, Any]) -> Any:
+    """Run `main`; with a `profile` path, under cProfile (the event loop's thread only: the
+    store's writer thread is not in it), its stats written there."""
+    if not profile:
+        return asyncio.run(main)
+    profiler = cProfile.Profile()
+    try:
+        return profiler.runcall(asyncio.run, main)
+    finally:
+        profiler.dump_stats(profile)
+
+
+def server_process(conn: Connection, config: NodeConfig, db: Path, profile: str) -> None:
     child_setup()
-    asyncio.run(serve(conn, config, db))
+    profiled(profile and f"{profile}.server", serve(conn, config, db))
 
 
 async def serve(conn: Connection, config: NodeConfig, db: Path) -> None:
     """Serve until the parent says stop (or goes away); then report what was received."""
     seen = 0
+    cpu = [0.0, 0.0]  # process CPU (every thread) at the first and the last timed payment
 
     def on_event(event: ServerEvent) -> None:
         nonlocal seen
         if isinstance(event, PaymentReceived) and event.info == INFO:
             seen += 1
+            cpu[seen > 1] = time.process_time()
 
     with SQLiteStore(db) as store:
         server = PaymentServer(MiningBroadcaster(Bitcoind(config)), store, on_event=on_event)
@@ -87,44 +110,68 @@ async def serve(conn: Connection, config: NodeConfig, db: Path) -> None:
         loop.remove_reader(conn.fileno())
         await server.stop()
         logged = sum(1 for p in store.payments(Role.SERVER) if p.info == INFO)  # not openings
-    conn.send({"seen": seen, "logged": logged, "rss_mb": peak_rss_mb()})
+    cpu_per_payment = (cpu[1] - cpu[0]) / (seen - 1) if seen > 1 else 0.0
+    conn.send({"seen": seen, "logged": logged, "rss_mb": peak_rss_mb(),
+               "cpu_us": cpu_per_payment * 1e6})
 
 
 # -- the client process ------------------------------------------------------------------
 
 
 def client_process(conn: Connection, config: NodeConfig, tmp: Path, address: tuple[str, int],
-                   channels: int, payments: int, version: int) -> None:
+                   channels: int, payments: int, version: int, window: int,
+                   capacity: bool, profile: str) -> None:
     child_setup()
-    conn.send(asyncio.run(pay_all(config, tmp, address, channels, payments, version)))
+    conn.send(profiled(profile and f"{profile}.client", pay_all(
+        config, tmp, address, channels, payments, version, window, capacity)))
+
+
+def load_process(conn: Connection, tmp: Path, address: tuple[str, int], payments: int,
+                 window: int) -> None:
+    """Server-capacity mode: replay payments signed before timing (bench/replay.py)."""
+    child_setup()
+    conn.send(asyncio.run(load(tmp / "client.db", address, payments, AMOUNT, INFO, window)))
 
 
 async def pay_all(config: NodeConfig, tmp: Path, address: tuple[str, int], channels: int,
-                  payments: int, version: int) -> dict[str, Any]:
+                  payments: int, version: int, window: int, capacity: bool) -> dict[str, Any]:
+    """Open the channels, then pay (timed); or, for `capacity`, hang up and leave them open
+    for the load process."""
     wallet = AsyncBitcoind(Bitcoind(config))
     store = SQLiteStore(tmp / "client.db")
-    client = PaymentClient(wallet, store)
+    client = PaymentClient(wallet, store, policy=ClientPolicy(payment_window=window))
     try:
         started = time.perf_counter()
         opened = [await client.open(*address, channel_value(payments), version=version,
                                     new=True) for _ in range(channels)]
         open_s = time.perf_counter() - started
-        started = time.perf_counter()
-        latencies = await asyncio.gather(*(pay(channel, payments) for channel in opened))
-        wall = time.perf_counter() - started
+        if capacity:
+            await client.stop()
+            return {"open_s": open_s, "version": opened[0].version}
+        started, cpu = time.perf_counter(), time.process_time()
+        latencies = await asyncio.gather(*(pay(channel, payments, window)
+                                           for channel in opened))
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu
         await asyncio.gather(*(channel.close() for channel in opened))
     finally:
         store.close()
     return {"latencies_ms": [ms for per_channel in latencies for ms in per_channel],
-            "wall_s": wall, "open_s": open_s, "version": opened[0].version, "rss_mb": peak_rss_mb()}
+            "wall_s": wall, "open_s": open_s, "version": opened[0].version, "rss_mb": peak_rss_mb(),
+            "cpu_us": cpu / (channels * payments) * 1e6}
 
 
-async def pay(channel: Channel, payments: int) -> list[float]:
-    latencies = []
-    for _ in range(payments):
-        t0 = time.perf_counter_ns()
-        await channel.pay(AMOUNT, INFO)
-        latencies.append((time.perf_counter_ns() - t0) / 1e6)
+async def pay(channel: Channel, payments: int, window: int) -> list[float]:
+    """`payments` on `channel`, `window` of them in flight at a time."""
+    latencies: list[float] = []
+
+    async def payer(count: int) -> None:
+        for _ in range(count):
+            t0 = time.perf_counter_ns()
+            await channel.pay(AMOUNT, INFO)
+            latencies.append((time.perf_counter_ns() - t0) / 1e6)
+
+    shares = [payments // window + (i < payments % window) for i in range(window)]
+    await asyncio.gather(*(payer(count) for count in shares if count))
     return latencies
 
 
@@ -146,7 +193,8 @@ def receive(conn: Connection, who: str) -> Any:
         raise RuntimeError(f"the {who} process failed (see its error above)") from None
 
 
-def run(channels: int, payments: int, version: int) -> dict[str, Any]:
+def run(channels: int, payments: int, version: int, window: int, capacity: bool,
+        profile: str = "") -> dict[str, Any]:
     ctx = multiprocessing.get_context("spawn")
     processes: list[SpawnProcess] = []
     pipes: list[Connection] = []
@@ -165,11 +213,15 @@ def run(channels: int, payments: int, version: int) -> dict[str, Any]:
           tempfile.TemporaryDirectory(prefix="paychan-bench-") as tmp):
         fund_client(client_node, server_node, channels, channel_value(payments))
         try:
-            server = start(server_process, config_for(server_node), Path(tmp) / "server.db")
+            server = start(server_process, config_for(server_node), Path(tmp) / "server.db",
+                           profile)
             address = receive(server, "server")
             client = start(client_process, config_for(client_node), Path(tmp), address,
-                           channels, payments, version)
+                           channels, payments, version, window, capacity, profile)
             paid = receive(client, "client")
+            if capacity:
+                loader = start(load_process, Path(tmp), address, payments, window)
+                paid |= receive(loader, "load") | {"rss_mb": 0.0}
             server.send("stop")
             served = receive(server, "server")
             done = True
@@ -184,10 +236,17 @@ def run(channels: int, payments: int, version: int) -> dict[str, Any]:
                 if process.is_alive():
                     process.kill()
                     process.join()
+        fsync_ms = fsync_latency_ms(Path(tmp))
+    verifies = verify_rate()
     latencies = sorted(paid["latencies_ms"])
     total = channels * payments
+    rate = total / paid["wall_s"]
+    # One channel, stop and wait: each payment waits for two fsyncs and both sides' CPU.
+    serial_s = 2 * fsync_ms / 1000 + (served["cpu_us"] + paid["cpu_us"]) / 1e6
     return {
         "channels": channels,
+        "window": window,
+        "mode": "capacity" if capacity else "end-to-end",
         "payments": payments,
         "version": paid["version"],
         "total_payments": total,
@@ -201,6 +260,14 @@ def run(channels: int, payments: int, version: int) -> dict[str, Any]:
         "client_rss_mb": round(paid["rss_mb"], 1),
         "server_seen": served["seen"],
         "server_logged": served["logged"],
+        "server_cpu_us": round(served["cpu_us"], 1),  # per payment, every thread
+        "client_cpu_us": round(paid["cpu_us"], 1),
+        "fsync_ms": round(fsync_ms, 3),
+        "verify_per_s": round(verifies),
+        "rate_over_verify": round(rate / verifies, 3),
+        "serial_bound_per_s": round(1 / serial_s, 1),
+        "rate_over_serial_bound": round(rate * serial_s, 3),
+        "load_average": round(os.getloadavg()[0], 2),
     }
 
 
@@ -213,24 +280,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channels", type=int, default=1)
     parser.add_argument("--payments", type=int, default=1000)
     parser.add_argument("--version", type=int, choices=(1, 2, 3), default=3)
+    parser.add_argument("--window", type=int, default=1,
+                        help="payments in flight per channel (the server accepts up to 64)")
+    parser.add_argument("--capacity", action="store_true",
+                        help="server capacity: a load process replays payments signed before "
+                             "timing (client figures are then the load's)")
+    parser.add_argument("--profile", default="", metavar="FILE",
+                        help="profile server and client (cProfile): FILE.server, FILE.client")
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
     args = parser.parse_args(argv)
-    if args.channels < 1 or args.payments < 1:
-        parser.error("--channels and --payments must be at least 1")
+    if min(args.channels, args.payments, args.window) < 1:
+        parser.error("--channels, --payments and --window must be at least 1")
     if args.channels * (channel_value(args.payments) + FUNDING_SPARE) > MAX_FUNDING:
         parser.error("channels × payments needs more than the client wallet's 50 BTC")
     try:
-        r = run(args.channels, args.payments, args.version)
+        r = run(args.channels, args.payments, args.version, args.window, args.capacity,
+                args.profile)
     except KeyboardInterrupt:
         print("interrupted; nodes, processes and files cleaned up", file=sys.stderr)
         return 130
     print(f"paychan v{r['version']}: {r['channels']} channel(s) × {r['payments']} payments of "
-          f"{AMOUNT} sat, client and server processes over loopback")
+          f"{AMOUNT} sat, window {r['window']}, {r['mode']} (client or load process, and server, "
+          "over loopback)")
     print(f"  opening     {r['channels']} channel(s) in {r['open_s']} s (sequential, untimed)")
     print(f"  throughput  {r['total_payments']} payments in {r['wall_s']} s = "
           f"{r['payments_per_s']} payments/s")
     print(f"  latency     p50 {r['p50_ms']} ms   p90 {r['p90_ms']} ms   p99 {r['p99_ms']} ms "
           "(pay() to ack)")
+    print(f"  CPU         server {r['server_cpu_us']} µs   client {r['client_cpu_us']} µs "
+          "per payment (process time, every thread)")
+    print(f"  machine     fsync {r['fsync_ms']} ms (p50, store's disk), {r['verify_per_s']} "
+          f"verifies/s; load average {r['load_average']}")
+    print(f"  ratios      rate / verify rate {r['rate_over_verify']}   rate / serial bound "
+          f"{r['rate_over_serial_bound']} (bound {r['serial_bound_per_s']}/s: two fsyncs and both "
+          "sides' CPU per payment, in series)")
     print(f"  peak RSS    server {r['server_rss_mb']} MB   client {r['client_rss_mb']} MB")
     ok = r["server_seen"] == r["server_logged"] == r["total_payments"]
     if not ok:

@@ -7,6 +7,7 @@ contract in and carries out the effects. Every payment is stored before it is se
 from __future__ import annotations
 
 import enum
+from collections import deque
 from dataclasses import dataclass, replace
 
 from bitcoind_paychan.bitcoin.keys import PrivateKey, PublicKey
@@ -62,9 +63,10 @@ class ClientPolicy:
     value: int = 1_000_000
     time_window: int = DEFAULT_TIME_WINDOW
     max_min_payment: int = 10_000
+    payment_window: int = 16  # payments in flight at most, if the server takes a window
 
     def __post_init__(self) -> None:
-        for name in ("value", "time_window", "max_min_payment"):
+        for name in ("value", "time_window", "max_min_payment", "payment_window"):
             if getattr(self, name) < 1:
                 raise PolicyError(name, f"found {getattr(self, name)}, expected an integer ≥ 1")
 
@@ -94,12 +96,15 @@ TABLE = table({
     (C.WAITING_FOR_OPEN, T.INITIATE): {C.CLOSED},  # our resume refused
     (C.WAITING_FOR_OPEN, T.CLOSE): {C.CLOSED},  # resumed near expiry: the server settles
     (C.OPEN, Input.PAY): {C.WAITING_FOR_ACK},
+    (C.WAITING_FOR_ACK, Input.PAY): {C.WAITING_FOR_ACK},  # pipelined, within the window
     (C.OPEN, Input.CLOSE): {C.CLOSING},
     (C.OPEN, T.CLOSE): {C.CLOSED},
-    (C.WAITING_FOR_ACK, T.PAYMENT_ACK): {C.OPEN, C.CLOSING},  # CLOSING: channel used up
+    (C.WAITING_FOR_ACK, T.PAYMENT_ACK): {C.OPEN, C.WAITING_FOR_ACK,  # more in flight
+                                         C.CLOSING},  # CLOSING: channel used up
     (C.WAITING_FOR_ACK, Input.CLOSE): {C.CLOSE_AFTER_ACK},
     (C.WAITING_FOR_ACK, T.CLOSE): {C.CLOSED},
-    (C.CLOSE_AFTER_ACK, T.PAYMENT_ACK): {C.CLOSING},  # then CLOSE goes out
+    (C.CLOSE_AFTER_ACK, T.PAYMENT_ACK): {C.CLOSING,  # the last ack: then CLOSE goes out
+                                         C.CLOSE_AFTER_ACK},
     (C.CLOSE_AFTER_ACK, Input.CLOSE): {C.CLOSE_AFTER_ACK},
     (C.CLOSE_AFTER_ACK, T.CLOSE): {C.CLOSED},
     (C.CLOSING, T.PAYMENT_ACK): {C.CLOSING},  # an ack already on the wire is honoured
@@ -145,7 +150,8 @@ class ClientChannel(ProtocolMachine):
         self._contract: Contract | None = None
         self._contract_tx = b""
         self._refund: Transaction | None = None
-        self._pending: tuple[int, bytes] | None = None  # (amount, info) awaiting its ack
+        self._in_flight: deque[tuple[int, bytes]] = deque()  # (amount, info) awaiting acks
+        self.window = 1  # payments in flight at most: the server's payment_window, capped
         self.handlers: dict[int, Handler] = {
             T.SERVER_VERSION: self._on_server_version,
             T.INITIATE: self._on_initiate,
@@ -161,6 +167,12 @@ class ClientChannel(ProtocolMachine):
         machine = cls(policy, record.key, now, record.version, record.peer)
         machine.record, machine._resuming = record, True
         return machine
+
+    @property
+    def can_pay(self) -> bool:
+        """A payment may go out now: the channel is open and the window has room."""
+        return (self.state is ClientState.OPEN or (self.state is ClientState.WAITING_FOR_ACK
+                and len(self._in_flight) < self.window))
 
     @property
     def resumed(self) -> bool:
@@ -205,6 +217,9 @@ class ClientChannel(ProtocolMachine):
         assert record is not None
         if amount <= 0:
             raise LocalProtocolError(f"payment amount must be positive, not {amount}")
+        if len(self._in_flight) >= self.window:
+            raise LocalProtocolError(f"{len(self._in_flight)} payments already await their "
+                                     f"acks, the window ({self.window}); wait for an ack")
         if amount > record.change:
             raise LocalProtocolError(f"the channel has {record.change} sat left; "
                                      f"cannot pay {amount}")
@@ -261,6 +276,8 @@ class ClientChannel(ProtocolMachine):
                 f"server answered major {message.server_version.major} to our {self.version}",
                 ErrorCode.NO_ACCEPTABLE_VERSION)
         self._challenge = message.server_version.resume_challenge
+        self.window = max(1, min(self.policy.payment_window,
+                                 message.server_version.payment_window))
         self.state = (ClientState.WAITING_FOR_OPEN if self._resuming
                       else ClientState.WAITING_FOR_INITIATE)
         return []
@@ -334,7 +351,7 @@ class ClientChannel(ProtocolMachine):
             proof = (self.key.sign(resume_digest(self._challenge, record.contract_txid))
                      if self._challenge else b"")
             self.state = ClientState.WAITING_FOR_ACK
-            self._pending = (0, b"")
+            self._in_flight.append((0, b""))
             effects.append(Send(messages.update_payment(record.change, record.signature,
                                                         resume_proof=proof)))
         return effects
@@ -342,9 +359,10 @@ class ClientChannel(ProtocolMachine):
     def _on_payment_ack(self, message: T) -> list[Effect]:
         record = self.record
         assert record is not None
-        amount, _ = self._pending or (0, b"")
-        self._pending = None
+        amount, _ = self._in_flight.popleft() if self._in_flight else (0, b"")
         effects: list[Effect] = [PaymentAcknowledged(record, amount, message.payment_ack.info)]
+        if self._in_flight:  # more payments await their acks
+            return effects
         if self.state is ClientState.CLOSE_AFTER_ACK and record.change:
             effects.append(Send(messages.close()))
         self.state = (ClientState.OPEN if self.state is ClientState.WAITING_FOR_ACK
@@ -376,7 +394,7 @@ class ClientChannel(ProtocolMachine):
         updated = record.with_payment(change, signature)
         self.record = updated
         amount = record.change - change
-        self._pending = (amount, info)
+        self._in_flight.append((amount, info))
         self.state = ClientState.WAITING_FOR_ACK
         return [StorePayment(updated, amount, info),
                 Send(messages.update_payment(change, signature, info))]

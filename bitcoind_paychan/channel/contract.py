@@ -11,10 +11,11 @@ keeps no change) on a tx spending contract:0 that returns `change` to the client
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from functools import cached_property
 
-from bitcoind_paychan.bitcoin.hashes import hash160, sha256
+from bitcoind_paychan.bitcoin.hashes import hash160, hash256, sha256
 from bitcoind_paychan.bitcoin.keys import (
     PrivateKey,
     PublicKey,
@@ -42,13 +43,14 @@ from bitcoind_paychan.bitcoin.sighash import (
     bip143_sighash,
     legacy_sighash,
 )
-from bitcoind_paychan.bitcoin.tx import OutPoint, Transaction, TxIn, TxOut
+from bitcoind_paychan.bitcoin.tx import OutPoint, Transaction, TxIn, TxOut, encode_varint
 from bitcoind_paychan.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 
 VERSIONS = (1, 2, 3)
 DUST = 546  # change below this is paid to the server instead (bitcoinj's rule)
 V1_REFUND_FEE = 1000  # bitcoinj's fixed fee for the pre-signed v1 refund
 FINAL = 0xFFFFFFFF
+_U32, _I64 = struct.Struct("<I"), struct.Struct("<q")
 NON_FINAL = 0xFFFFFFFE  # lets nLockTime apply
 PAYMENT_HASHTYPE = SIGHASH_SINGLE | SIGHASH_ANYONECANPAY
 EXHAUSTED_HASHTYPE = SIGHASH_NONE | SIGHASH_ANYONECANPAY
@@ -134,6 +136,26 @@ class Contract:
 
     # -- payments --------------------------------------------------------------------------
 
+    @cached_property
+    def _payment_preimage_parts(self) -> tuple[bytes, bytes]:
+        """Version 3: what a payment's BIP143 preimage holds before its outputs hash (version,
+        no prevouts or sequences hash for ANYONECANPAY, outpoint, script code, amount,
+        sequence), and the change output after its value; the same for every payment."""
+        head = b"".join((_U32.pack(1), bytes(64), self.outpoint.serialize(),
+                         encode_varint(len(self.script)), self.script, _I64.pack(self.value),
+                         _U32.pack(FINAL)))
+        return head, encode_varint(len(self.change_script)) + self.change_script
+
+    def payment_sighash(self, change: int) -> bytes:
+        """The digest a payment leaving the client `change` signs: `sighash` of `payment_tx`,
+        from parts serialized once per channel (version 3)."""
+        hashtype = payment_hashtype(change)
+        if self.version != 3:
+            return self.sighash(self.payment_tx(change), hashtype)
+        head, change_output = self._payment_preimage_parts
+        outputs = hash256(_I64.pack(change) + change_output) if change else bytes(32)
+        return hash256(b"".join((head, outputs, _U32.pack(0), _U32.pack(hashtype))))
+
     def payment_tx(self, change: int) -> Transaction:
         """The unsigned tx a payment signs: contract:0 → `change` back to the client."""
         outputs = (TxOut(change, self.change_script),) if change else ()
@@ -142,7 +164,7 @@ class Contract:
     def sign_payment(self, key: PrivateKey, change: int) -> bytes:
         """The client's payment signature (DER + hashtype) leaving it `change`."""
         hashtype = payment_hashtype(change)
-        return append_hashtype(key.sign(self.sighash(self.payment_tx(change), hashtype)), hashtype)
+        return append_hashtype(key.sign(self.payment_sighash(change)), hashtype)
 
     def check_payment(self, change: int, signature: bytes) -> None:
         """Raise RemoteProtocolError unless `signature` is the client's valid payment leaving it
@@ -157,7 +179,7 @@ class Contract:
                          f"expected {payment_hashtype(change):#x}")
         if not is_low_s(der):
             raise bad_tx("payment signature is not canonical low-S DER")
-        if not self.client_key.verify(self.sighash(self.payment_tx(change), hashtype), der):
+        if not self.client_key.verify(self.payment_sighash(change), der):
             raise bad_tx("payment signature does not verify against the contract")
 
     # -- settlement (server) ---------------------------------------------------------------

@@ -18,11 +18,13 @@ def client_version(major: int, time_window: int, previous_contract: str | None) 
     return msg
 
 
-def server_version(major: int, resume_challenge: bytes = b"") -> T:
+def server_version(major: int, resume_challenge: bytes = b"", payment_window: int = 1) -> T:
     msg = T(type=T.SERVER_VERSION)
     msg.server_version.major, msg.server_version.minor = major, 0
     if resume_challenge:
         msg.server_version.resume_challenge = resume_challenge
+    if payment_window > 1:
+        msg.server_version.payment_window = payment_window
     return msg
 
 

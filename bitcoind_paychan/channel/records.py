@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from bitcoind_paychan.bitcoin.keys import PrivateKey
 from bitcoind_paychan.channel.contract import Contract
@@ -64,4 +64,9 @@ class ChannelRecord:
         return self.contract.value - self.change
 
     def with_payment(self, change: int, signature: bytes) -> ChannelRecord:
-        return replace(self, change=change, signature=signature, payments=self.payments + 1)
+        """This record after one more payment: `replace` without its per-call field walk (the
+        hot path; the record has no derived fields to recompute)."""
+        new = object.__new__(ChannelRecord)
+        new.__dict__.update(self.__dict__, change=change, signature=signature,
+                            payments=self.payments + 1)
+        return new

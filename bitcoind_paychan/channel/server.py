@@ -58,6 +58,9 @@ from bitcoind_paychan.wire import pb
 
 T = pb.TwoWayChannelMessage
 SETTLEMENT_MARGIN = 2 * 3600  # the server settles this long before the client's refund is valid
+# UPDATE_PAYMENTs a client may send before the first is acknowledged (SERVER_VERSION's
+# payment_window): they wait in the connection, handled and acknowledged in order.
+PAYMENT_WINDOW = 64
 
 
 @dataclass(frozen=True)
@@ -189,7 +192,7 @@ class ServerChannel(ProtocolMachine):
         self.state = ServerState.RESUMED
         if self.version >= 3:
             self.challenge = resume_challenge(self.key.secret)
-        return [Send(messages.server_version(self.version, self.challenge)),
+        return [Send(messages.server_version(self.version, self.challenge, PAYMENT_WINDOW)),
                 Send(messages.channel_open())]
 
     def contract_checked(self, refusal: str | None, retryable: bool = False) -> list[Effect]:
@@ -281,7 +284,7 @@ class ServerChannel(ProtocolMachine):
     def _initiate(self) -> list[Effect]:
         self.state = (ServerState.WAITING_FOR_REFUND if self.version == 1
                       else ServerState.WAITING_FOR_CONTRACT)
-        return [Send(messages.server_version(self.version)),
+        return [Send(messages.server_version(self.version, payment_window=PAYMENT_WINDOW)),
                 Send(messages.initiate(self.key.pub.data, self.policy.min_channel_size,
                                        self.expiry, self.policy.min_payment))]
 

@@ -185,7 +185,7 @@ POLICY_KEYS: dict[str, dict[str, str]] = {
                "min_increment": "min_increment", "min_time_window": "min_time_window",
                "max_time_window": "max_time_window"},
     "client": {"channel_size": "value", "time_window": "time_window",
-               "max_min_payment": "max_min_payment"},
+               "max_min_payment": "max_min_payment", "payment_window": "payment_window"},
     "scheduler": {"settle_margin": "settle_margin", "forget_depth": "forget_depth",
                   "bump_after_blocks": "bump_after_blocks"},
     "fees": {"target": "target", "min_rate": "min_rate", "max_rate": "max_rate"},

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -32,6 +33,7 @@ from bitcoind_paychan.channel.effects import (
     PaymentAcknowledged,
     PeerError,
     ResumeRefused,
+    Send,
     StoreChannel,
     StorePayment,
     VersionRefused,
@@ -49,7 +51,8 @@ from bitcoind_paychan.node.bitcoind import AsyncBitcoind
 from bitcoind_paychan.service.outbox import effects_in_order
 from bitcoind_paychan.service.watcher import ChainWatcher, ChannelView
 from bitcoind_paychan.store import ChannelStore
-from bitcoind_paychan.wire import MessageStream, open_connection
+from bitcoind_paychan.store.writer import PaymentWriter
+from bitcoind_paychan.wire import MessageStream, open_connection, pb
 
 log = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = 15.0
@@ -95,6 +98,7 @@ class PaymentClient:
     ) -> None:
         self.wallet = wallet
         self.store = store
+        self.payments = PaymentWriter(store)  # group commit of every channel's payments
         self.network = network
         self.policy = policy or ClientPolicy()
         self.clock = clock
@@ -289,8 +293,9 @@ def split_peer(peer: str) -> tuple[str, int]:
 
 
 class Channel:
-    """An open channel on a live connection. One payment at a time. `resumed`: it continues
-    a channel opened earlier (rather than one this call opened)."""
+    """An open channel on a live connection. `resumed`: it continues a channel opened earlier
+    (rather than one this call opened). Payments may overlap: up to the machine's window
+    (what the server accepts, at most the policy's `payment_window`) are in flight at once."""
 
     def __init__(self, client: PaymentClient, machine: ClientChannel,
                  stream: MessageStream) -> None:
@@ -300,7 +305,11 @@ class Channel:
         self.resumed = machine.resumed
         self.funded_inputs: tuple[tuple[str, int], ...] = ()
         self._events: list[Effect] = []
-        self._lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # payments and CLOSE go out one at a time, in call order
+        self._reading = asyncio.Lock()  # one task reads the connection at a time
+        self._acks: deque[asyncio.Future[bytes]] = deque()  # pay() calls awaiting acks
+        self._sent: asyncio.Future[None] | None = None  # the last payment's turn on the wire
+        self._outgoing: list[pb.TwoWayChannelMessage] = []  # payments posted, not yet written
 
     @property
     def record(self) -> ChannelRecord:
@@ -330,12 +339,40 @@ class Channel:
         return self.machine.state is not ClientState.CLOSED
 
     async def pay(self, amount: int, info: bytes = b"") -> bytes:
-        """Pay `amount` sat more; returns once the server acknowledged it (with its info)."""
-        async with self._lock:
-            await self._run(self.machine.pay(amount, info))
-            ack = await self._until(PaymentAcknowledged)
-            assert isinstance(ack, PaymentAcknowledged)
-            return ack.info
+        """Pay `amount` sat more; returns once the server acknowledged it (with its info).
+        The payment is stored before it is sent; calls made while others await their acks are
+        sent at once while the window has room."""
+        machine, loop = self.machine, asyncio.get_running_loop()
+        async with self._lock:  # signed, queued for the store and for the wire in call order
+            while machine.state is ClientState.WAITING_FOR_ACK and not machine.can_pay:
+                await self._read_one(lambda: machine.can_pay)  # an ack makes room
+            effects = machine.pay(amount, info)
+            writes = self.client.payments.start(effects)  # pipelined ones share a commit
+            acked: asyncio.Future[bytes] = loop.create_future()
+            self._acks.append(acked)
+            turn, self._sent = self._sent, loop.create_future()
+            sent = self._sent
+        try:
+            if turn is not None:
+                await turn  # the payment before this one is on the wire
+            if not self.connected:
+                raise ChannelFailed(self._ended())
+            for effect in effects:
+                if isinstance(effect, StorePayment):
+                    await writes.stored(effect)  # durable before it is sent
+                elif isinstance(effect, Send):
+                    self._post(effect.message)
+                else:
+                    await self._run([effect])
+        except BaseException:
+            await self.disconnect()  # a later payment must not go out before this one
+            raise
+        finally:
+            sent.set_result(None)
+            await writes.finish()
+        while not acked.done():
+            await self._read_one(acked.done)
+        return acked.result()
 
     async def close(self, timeout: float = 60.0) -> Transaction:
         """Ask the server to settle (after the payment in flight, if any, is acknowledged or
@@ -433,6 +470,15 @@ class Channel:
                 if isinstance(event, wanted):
                     self._events.remove(event)
                     return event
+            await self._read_one(lambda: any(isinstance(e, wanted) for e in self._events),
+                                 timeout)
+
+    async def _read_one(self, done: Callable[[], bool], timeout: float | None = None) -> None:
+        """Read and handle one message, unless `done()` became true while another task read;
+        ChannelFailed if the connection is over."""
+        async with self._reading:
+            if done():
+                return
             for event in self._events:
                 if isinstance(event, PeerError):
                     self._events.clear()
@@ -447,7 +493,7 @@ class Channel:
                 raise ChannelFailed(f"{self.machine.peer}: {exc}") from exc
             if message is None:
                 await self._run(self.machine.connection_lost())
-                continue
+                return
             await self._run(self.machine.receive(message))
 
     def _ended(self) -> str:
@@ -464,6 +510,18 @@ class Channel:
         who = "the server said" if event.remote else "we refused the server"
         return f"{who}: {event.code.name}: {event.explanation}"
 
+    def _post(self, message: pb.TwoWayChannelMessage) -> None:
+        """Send `message` with the others posted in this turn of the event loop: payments
+        committed together go out in one write."""
+        self._outgoing.append(message)
+        if len(self._outgoing) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        messages, self._outgoing = self._outgoing, []
+        if self.connected:
+            self.stream.post(messages)
+
     async def _run(self, effects: list[Effect]) -> None:
         queue = list(effects)
         async for effect in effects_in_order(queue, self.stream):
@@ -472,7 +530,9 @@ class Channel:
                     await asyncio.to_thread(self.client.store.put, record)
                     self.client.watcher.watch(record)
                 case StorePayment(record, amount, info):
-                    await asyncio.to_thread(self.client.store.record_payment, record, amount, info)
+                    await self.client.payments.record_payment(record, amount, info)
+                case PaymentAcknowledged(info=info) if self._acks:
+                    self._acks.popleft().set_result(info)
                 case FundContract(script, value):
                     queue[:0] = await self._fund(script, value)
                 case Disconnect(reason):

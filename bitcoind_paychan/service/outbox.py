@@ -9,21 +9,23 @@ from bitcoind_paychan.channel.effects import Effect, Send
 from bitcoind_paychan.wire import MessageStream, pb
 
 
-async def effects_in_order(queue: list[Effect], stream: MessageStream | None
-                           ) -> AsyncIterator[Effect]:
+async def effects_in_order(queue: list[Effect], stream: MessageStream | None,
+                           hold: tuple[type, ...] = ()) -> AsyncIterator[Effect]:
     """Yield each effect that is not a Send, in order, once every Send before it is written
-    (consecutive Sends go out in one write). The caller may push effects onto the front of
-    `queue` (answers) or replace its contents while iterating. With no stream, Sends are
-    dropped (a settlement decided with no client connected)."""
+    (consecutive Sends go out in one write). Sends before a `hold` effect wait and go out
+    with later ones (a send may always come later, never earlier). The caller may push
+    effects onto the front of `queue` (answers) or replace its contents while iterating. With
+    no stream, Sends are dropped (a settlement decided with no client connected)."""
     outbox: list[pb.TwoWayChannelMessage] = []
     while queue:
         effect = queue.pop(0)
         if isinstance(effect, Send):
             outbox.append(effect.message)
             continue
-        if outbox and stream is not None:
-            await send_all(stream, outbox)
-        outbox = []
+        if not isinstance(effect, hold):
+            if outbox and stream is not None:
+                await send_all(stream, outbox)
+            outbox = []
         yield effect
     if outbox and stream is not None:
         await send_all(stream, outbox)

@@ -36,7 +36,12 @@ from bitcoind_paychan.channel.effects import (
     StorePayment,
 )
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
-from bitcoind_paychan.channel.server import ServerChannel, ServerPolicy, ServerState
+from bitcoind_paychan.channel.server import (
+    PAYMENT_WINDOW,
+    ServerChannel,
+    ServerPolicy,
+    ServerState,
+)
 from bitcoind_paychan.channel.watch import WatchPolicy
 from bitcoind_paychan.errors import (
     ErrorCode,
@@ -52,6 +57,7 @@ from bitcoind_paychan.service.limits import Admission, PeerGate, PeerLimits
 from bitcoind_paychan.service.outbox import effects_in_order, send_all
 from bitcoind_paychan.service.watcher import ChainWatcher, ChannelView
 from bitcoind_paychan.store import ChannelStore
+from bitcoind_paychan.store.writer import PaymentWriter, Writes
 from bitcoind_paychan.wire import MessageStream, pb
 
 log = logging.getLogger(__name__)
@@ -111,6 +117,7 @@ class PaymentServer:
     ) -> None:
         self.wallet = wallet
         self.store = store
+        self.payments = PaymentWriter(store)  # group commit of every channel's payments
         self.policy = policy or ServerPolicy()
         self.on_payment = on_payment
         self.on_event = on_event
@@ -240,29 +247,50 @@ class PaymentServer:
                 confirmed = True
             self._busy.add(stream)
             started = time.perf_counter()
+            received = [message]
+            effects = machine.receive(message)
+            while (confirmed and machine.state is ServerState.OPEN
+                   and len(received) < PAYMENT_WINDOW
+                   and (more := stream.receive_buffered()) is not None):
+                # Pipelined payments already here: verified now, stored in one commit.
+                received.append(more)
+                effects += machine.receive(more)
             try:
-                if not await self._carry_out(machine, stream, machine.receive(message)):
+                if not await self._carry_out(machine, stream, effects):
                     return
             finally:
                 self._busy.discard(stream)
             if machine.state in (ServerState.OPEN, ServerState.SETTLING):
                 admission.release()  # the handshake is over
-            if message.type == UPDATE_PAYMENT and self.on_payment_latency:
-                self.on_payment_latency(time.perf_counter() - started)
+            if self.on_payment_latency:
+                for done in received:
+                    if done.type == UPDATE_PAYMENT:
+                        self.on_payment_latency(time.perf_counter() - started)
             if self._stopping:
                 return
 
     async def _carry_out(self, machine: ServerChannel, stream: MessageStream | None,
                          effects: list[Effect]) -> bool:
-        """Do what the machine asked, in order. False once the connection must end."""
-        queue = list(effects)
-        async for effect in effects_in_order(queue, stream):
+        """Do what the machine asked, in order. False once the connection must end.
+
+        Every payment among `effects` is handed to the writer at once (so pipelined payments
+        share a commit); each is still awaited in its place, before what follows it (its ack),
+        and acks go out together after the last one's commit."""
+        writes = self.payments.start(effects)
+        try:
+            return await self._carry_out_in_order(machine, stream, list(effects), writes)
+        finally:
+            await writes.finish()
+
+    async def _carry_out_in_order(self, machine: ServerChannel, stream: MessageStream | None,
+                                  queue: list[Effect], writes: Writes) -> bool:
+        async for effect in effects_in_order(queue, stream, (StorePayment, PaymentReceived)):
             match effect:
                 case StoreChannel(record):
                     await asyncio.to_thread(self.store.put, record)
                     self.watcher.watch(record)
-                case StorePayment(record, amount, info):
-                    await asyncio.to_thread(self.store.record_payment, record, amount, info)
+                case StorePayment():
+                    await writes.stored(effect)
                 case Broadcast():
                     refusal = await self._broadcast(machine, effect)
                     if refusal:

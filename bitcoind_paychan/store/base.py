@@ -10,7 +10,7 @@ keeps its `ChannelSummary` and payment log until the operator prunes them (`prun
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
@@ -112,6 +112,9 @@ def _parsed(raw: bytes) -> Transaction | None:
         return None
 
 
+Payment = tuple[ChannelRecord, int, bytes]  # a record_payment call: record, amount, info
+
+
 @runtime_checkable
 class ChannelStore(Protocol):
     """Channel records keyed by (role, contract_txid), plus an append-only payment log, each
@@ -135,6 +138,12 @@ class ChannelStore(Protocol):
     def record_payment(self, record: ChannelRecord, amount: int, info: bytes = b"") -> None:
         """Store `record`'s change/signature/payments and log the payment, in one transaction.
         Refuses an unknown channel and a `change` above the stored one."""
+        ...
+
+    def record_payments(self, batch: Sequence[Payment]) -> list[StoreError | None]:
+        """Group commit: each payment of `batch` as `record_payment` would store it, in order,
+        all made durable by one commit. Returns, per payment, None (stored) or the refusal
+        that left it (alone) unstored; a failure of the commit itself raises, storing none."""
         ...
 
     def get(self, role: Role, contract_txid: str) -> ChannelRecord | None:

@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from types import TracebackType
 from typing import Self
 
 from bitcoind_paychan.channel.chainstate import ChainState
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
+from bitcoind_paychan.errors import StoreError
 from bitcoind_paychan.store.base import (
     ChannelSummary,
+    Payment,
     PaymentLogEntry,
     WatchedChannel,
     change_increased,
@@ -80,20 +82,27 @@ class MemoryStore:
         return any((e.role, e.contract_txid) == key for e in self._log)
 
     def record_payment(self, record: ChannelRecord, amount: int, info: bytes = b"") -> None:
-        key = (Role(record.role), record.contract_txid)
+        refusal = self.record_payments([(record, amount, info)])[0]
+        if refusal is not None:
+            raise refusal
+
+    def record_payments(self, batch: Sequence[Payment]) -> list[StoreError | None]:
         with self._lock:
             self._check_open()
-            old = self._records.get(key)
-            if old is None:
-                raise not_stored(*key)
-            if record.change > old.change:
-                raise change_increased(*key, old.change, record.change)
-            self._records[key] = replace(
-                old, change=record.change, signature=record.signature, payments=record.payments
-            )
-            self._log.append(
-                PaymentLogEntry(*key, amount, record.change, bytes(info), record.payments)
-            )
+            return [self._record_one(*payment) for payment in batch]
+
+    def _record_one(self, record: ChannelRecord, amount: int, info: bytes) -> StoreError | None:
+        key = (Role(record.role), record.contract_txid)
+        old = self._records.get(key)
+        if old is None:
+            return not_stored(*key)
+        if record.change > old.change:
+            return change_increased(*key, old.change, record.change)
+        self._records[key] = replace(
+            old, change=record.change, signature=record.signature, payments=record.payments
+        )
+        self._log.append(PaymentLogEntry(*key, amount, record.change, bytes(info), record.payments))
+        return None
 
     def get(self, role: Role, contract_txid: str) -> ChannelRecord | None:
         with self._lock:

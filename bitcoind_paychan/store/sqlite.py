@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -26,6 +26,7 @@ from bitcoind_paychan.errors import StoreError
 from bitcoind_paychan.store import files, schema
 from bitcoind_paychan.store.base import (
     ChannelSummary,
+    Payment,
     PaymentLogEntry,
     WatchedChannel,
     change_increased,
@@ -130,17 +131,15 @@ class SQLiteStore:
                                           record.change, b""))
 
     def record_payment(self, record: ChannelRecord, amount: int, info: bytes = b"") -> None:
-        role, txid, change = Role(record.role).value, record.contract_txid, record.change
-        what = (f"record a payment on {role} channel {txid} (it is not stored, so it must not "
-                "be acknowledged)")
+        refusal = self.record_payments([(record, amount, info)])[0]
+        if refusal is not None:
+            raise refusal
+
+    def record_payments(self, batch: Sequence[Payment]) -> list[StoreError | None]:
+        what = (f"record {len(batch)} payment(s) (they are not stored, so they must not be "
+                "acknowledged)")
         with self._transaction(what) as conn:
-            pay = (change, record.signature, record.payments, role, txid)
-            if conn.execute(schema.PAY, pay).rowcount != 1:
-                row = conn.execute(schema.CHANGE, (role, txid)).fetchone()
-                if row is None:
-                    raise not_stored(Role(role), txid)
-                raise change_increased(Role(role), txid, row[0], change)
-            conn.execute(schema.LOG, (role, txid, record.payments, amount, change, info))
+            return [_record_one(conn, *payment) for payment in batch]
 
     def get(self, role: Role, contract_txid: str) -> ChannelRecord | None:
         with self._connection(f"read {role} channel {contract_txid}") as conn:
@@ -377,6 +376,24 @@ class SQLiteStore:
                 if conn.in_transaction:
                     conn.rollback()
                 raise
+
+
+def _record_one(conn: sqlite3.Connection, record: ChannelRecord, amount: int,
+                info: bytes) -> StoreError | None:
+    """Store one payment of a batch in its own savepoint: a refusal undoes it alone."""
+    role, txid, change = Role(record.role).value, record.contract_txid, record.change
+    conn.execute("SAVEPOINT payment")
+    if conn.execute(schema.PAY, (change, record.signature, record.payments, role, txid)
+                    ).rowcount == 1:
+        conn.execute(schema.LOG, (role, txid, record.payments, amount, change, info))
+        conn.execute("RELEASE payment")
+        return None
+    conn.execute("ROLLBACK TO payment")
+    conn.execute("RELEASE payment")
+    row = conn.execute(schema.CHANGE, (role, txid)).fetchone()
+    if row is None:
+        return not_stored(Role(role), txid)
+    return change_increased(Role(role), txid, row[0], change)
 
 
 def _where(**wanted: list[str] | None) -> tuple[str, list[str]]:

@@ -160,11 +160,16 @@ class ServerVersion(_message.Message):
     MAJOR_FIELD_NUMBER: _builtins.int
     MINOR_FIELD_NUMBER: _builtins.int
     RESUME_CHALLENGE_FIELD_NUMBER: _builtins.int
+    PAYMENT_WINDOW_FIELD_NUMBER: _builtins.int
     major: _builtins.int
     minor: _builtins.int
     resume_challenge: _builtins.bytes
     """Ours, not bitcoinj's (proto2 peers skip unknown fields): on a v3 resume, random bytes
     the client must sign with its contract key before the channel is its again.
+    """
+    payment_window: _builtins.int
+    """Ours: how many UPDATE_PAYMENTs the client may have unacknowledged at once (the server
+    handles them in order and acks each). Absent (bitcoinj): 1, stop and wait.
     """
     def __init__(
         self,
@@ -172,10 +177,11 @@ class ServerVersion(_message.Message):
         major: _builtins.int | None = ...,
         minor: _builtins.int | None = ...,
         resume_challenge: _builtins.bytes | None = ...,
+        payment_window: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["major", b"major", "minor", b"minor", "resume_challenge", b"resume_challenge"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["major", b"major", "minor", b"minor", "payment_window", b"payment_window", "resume_challenge", b"resume_challenge"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["major", b"major", "minor", b"minor", "resume_challenge", b"resume_challenge"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["major", b"major", "minor", b"minor", "payment_window", b"payment_window", "resume_challenge", b"resume_challenge"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -59,6 +59,10 @@ class MessageStream:
                 return None
         return decode_message(self._pending.popleft())
 
+    def receive_buffered(self) -> pb.TwoWayChannelMessage | None:
+        """The next message if it has already arrived whole, else None (never waits)."""
+        return decode_message(self._pending.popleft()) if self._pending else None
+
     async def _fill(self) -> None:
         """Read until at least one payload is pending or the peer has left."""
         while not self._pending:
@@ -93,6 +97,16 @@ class MessageStream:
         if data:
             self._writer.write(data)
             await self._writer.drain()
+
+    def post(self, msgs: Iterable[pb.TwoWayChannelMessage]) -> None:
+        """Write messages without waiting for the kernel to take them (the caller bounds how
+        much it posts, as a payment window does)."""
+        self._writer.write(b"".join([encode_frame(encode_message(m)) for m in msgs]))
+
+    async def send_frames(self, frames: bytes) -> None:
+        """Write frames encoded earlier (`encode_frame(encode_message(m))`, joined)."""
+        self._writer.write(frames)
+        await self._writer.drain()
 
     async def close(self, flush: bool = True, timeout: float = CLOSE_TIMEOUT) -> None:
         """Close the connection; with `flush`, deliver what was written first.

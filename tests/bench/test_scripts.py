@@ -24,6 +24,18 @@ def test_throughput_reports_its_figures() -> None:
         value = result[key]
         assert isinstance(value, int | float) and value > 0, key
     assert result["channels"] == 2 and result["payments"] == 5
+    for key in ("fsync_ms", "verify_per_s", "rate_over_verify", "server_cpu_us"):
+        assert isinstance(result[key], int | float) and result[key] > 0, key  # type: ignore
+
+
+def test_throughput_with_a_window_and_in_server_capacity_mode() -> None:
+    piped = run_json("bench/throughput.py", "--channels", "1", "--payments", "40",
+                     "--window", "8")
+    assert piped["window"] == 8 and piped["server_logged"] == 40
+    capacity = run_json("bench/throughput.py", "--channels", "2", "--payments", "30",
+                        "--window", "4", "--capacity")
+    assert capacity["mode"] == "capacity" and capacity["server_logged"] == 60
+    assert isinstance(capacity["server_cpu_us"], float) and capacity["server_cpu_us"] > 0
 
 
 def test_store_bench_reports_its_figures() -> None:

@@ -20,6 +20,7 @@ from bitcoind_paychan.channel.effects import (
     PaymentReceived,
     ResumeRefused,
     Send,
+    StorePayment,
     VersionRefused,
 )
 from bitcoind_paychan.channel.records import ChannelStatus
@@ -203,9 +204,50 @@ def test_pay_checks() -> None:
         pump.client.pay(VALUE)
     with pytest.raises(LocalProtocolError, match="positive"):
         pump.client.pay(0)
-    pump.client.pay(1000)  # in flight
-    with pytest.raises(LocalProtocolError, match="waiting for PAYMENT_ACK"):
+    assert pump.client.window == ClientPolicy().payment_window  # the server takes more
+    for _ in range(pump.client.window):
+        assert pump.client.can_pay
+        pump.client.pay(1000)  # in flight
+    assert not pump.client.can_pay
+    with pytest.raises(LocalProtocolError, match="16 payments already await their acks"):
         pump.client.pay(1000)
+
+
+def test_a_server_that_names_no_window_gets_one_payment_at_a_time() -> None:
+    """bitcoinj's SERVER_VERSION has no payment_window: stop and wait, as before."""
+    client = make_pump(3).client
+    client.start()
+    client.receive(_server_version(3))
+    assert client.window == 1
+
+
+def test_pipelined_payments_are_stored_before_sent_and_acknowledged_in_order() -> None:
+    pump = opened(3)
+    record = pump.client.record
+    assert record is not None
+    batches = [pump.client.pay(amount, bytes([amount // 1000])) for amount in (1000, 2000, 3000)]
+    for effects in batches:  # each: its record stored, then sent
+        assert [type(e) for e in effects] == [StorePayment, Send]
+    assert pump.client.state is ClientState.WAITING_FOR_ACK
+    for effects in batches:  # the server receives them in order
+        pump.run(effects)
+    acks = [e for e in pump.client_log if isinstance(e, PaymentAcknowledged)]
+    assert [(a.amount, a.info) for a in acks] == [(1000, b""), (2000, b""), (3000, b"")]
+    assert state_of(pump.client) is ClientState.OPEN
+    assert pump.server_store[record.contract_txid].change == VALUE - 7_000
+    received = [e.amount for e in pump.server_log if isinstance(e, PaymentReceived)]
+    assert received == [1000, 1000, 2000, 3000]
+
+
+def test_close_with_several_payments_in_flight_waits_for_the_last_ack() -> None:
+    pump = opened(3)
+    in_flight = [pump.client.pay(1_000), pump.client.pay(1_000)]
+    assert pump.client.close() == []
+    pump.run(in_flight[0])
+    assert state_of(pump.client) is ClientState.CLOSE_AFTER_ACK  # one still in flight
+    pump.run(in_flight[1])
+    (closed,) = [e for e in pump.client_log if isinstance(e, ChannelClosed)]
+    assert closed.settlement.outputs[0].value == VALUE - 3_000
 
 
 def test_client_rejects_a_settlement_that_shortchanges_it() -> None:
@@ -290,3 +332,17 @@ def test_the_table_names_only_states_and_events_it_knows() -> None:
         for (state, event), nexts in table.items():
             assert state in states and nexts <= set(states)
             assert isinstance(event, Input) or event in T.MessageType.values()
+
+
+def test_a_resume_after_several_unacknowledged_payments_sends_their_total() -> None:
+    pump = opened(3)
+    record = pump.client.record
+    assert record is not None
+    lost = [pump.client.pay(1_000), pump.client.pay(2_000), pump.client.pay(3_000)]
+    stored = lost[-1][0].record  # type: ignore[union-attr]  # each stored before it was sent
+    client = ClientChannel.resuming(stored, ClientPolicy(VALUE), NOW + 60)
+    resumed = Pump(client, ServerChannel(ServerPolicy(), PrivateKey.generate(), NOW + 60),
+                   pump.client_store, pump.server_store)
+    resumed.run(client.start())
+    assert resumed.server_store[record.contract_txid].change == VALUE - 7_000
+    assert client.state is ClientState.OPEN

@@ -579,3 +579,14 @@ def test_check_refund_request_rejects(refund: Transaction, min_expiry: int) -> N
     with pytest.raises(RemoteProtocolError) as caught:
         check_refund_request(refund, min_expiry)
     assert caught.value.code is ErrorCode.BAD_TRANSACTION
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("change", [VALUE, VALUE - 1, 546, 0])
+def test_payment_sighash_from_cached_parts_is_the_payment_tx_sighash(version: int,
+                                                                     change: int) -> None:
+    contract = make_contract(version)
+    hashtype = SINGLE_ACP if change else NONE_ACP
+    want = contract.sighash(contract.payment_tx(change), hashtype)
+    assert contract.payment_sighash(change) == want
+    assert contract.payment_sighash(change) == want  # again, from the cached parts

@@ -104,6 +104,7 @@ PROBES: dict[str, tuple[Any, Probe]] = {
     "client.channel_size": (300_000, lambda d: client(d).policy.value),
     "client.time_window": (7200, lambda d: client(d).policy.time_window),
     "client.max_min_payment": (500, lambda d: client(d).policy.max_min_payment),
+    "client.payment_window": (4, lambda d: client(d).policy.payment_window),
     "scheduler.settle_margin": (9000, lambda d: server(d).watcher.policy.settle_margin),
     "scheduler.forget_depth": (3, lambda d: client(d).watcher.policy.forget_depth),
     "scheduler.bump_after_blocks": (5, lambda d: server(d).watcher.policy.bump_after_blocks),

@@ -163,3 +163,23 @@ def test_a_fixed_payout_address_receives_the_settlement(sides: Sides) -> None:
 
     settlement = asyncio.run(scenario())
     assert settlement.outputs[1].script_pubkey == script
+
+
+def test_pipelined_payments_on_one_channel_are_each_stored_and_acknowledged(sides: Sides) -> None:
+    async def scenario() -> Channel:
+        server = sides.server()
+        host, port = await server.listen()
+        channel = await sides.client().open(host, port, VALUE)
+        assert channel.machine.window == 16  # our server takes a window: the policy's
+        infos = await asyncio.gather(*(channel.pay(1_000, f"p{i}".encode()) for i in range(60)))
+        assert infos == [b""] * 60
+        await channel.close()
+        await server.stop()
+        return channel
+
+    channel = asyncio.run(scenario())
+    assert channel.paid == 1_000 + 60 * 1_000
+    assert [p.info for p in sides.payments()[1:]] == [f"p{i}".encode() for i in range(60)]
+    for role, name in ((Role.SERVER, "server"), (Role.CLIENT, "client")):
+        log = sides.store(name).payments(role, channel.contract_txid)
+        assert [e.seq for e in log] == list(range(61, 0, -1))  # every one stored, in order

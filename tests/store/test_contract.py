@@ -106,6 +106,29 @@ def test_record_payment_raising_the_change_refused(store: ChannelStore) -> None:
     assert [e.amount for e in store.payments(Role.SERVER, ch.txid)] == [0, 3000]  # + initial
 
 
+def test_record_payments_stores_a_batch_and_refuses_only_the_bad_ones(
+        store: ChannelStore) -> None:
+    a, b, unknown = Channel(), Channel(), Channel()
+    store.put(a.record())
+    store.put(b.record())
+    a1 = a.pay(a.record(), 100)
+    a2 = a.pay(a1, 200)
+    back = replace(b.pay(b.record(), -5), payments=4)
+    b1 = b.pay(b.record(), 300)
+    outcomes = store.record_payments([(a1, 100, b"a1"), (back, -5, b""), (a2, 200, b"a2"),
+                                      (unknown.pay(unknown.record(), 1), 1, b""),
+                                      (b1, 300, b"b1")])
+    assert outcomes[0] is None and outcomes[2] is None and outcomes[4] is None
+    assert "change 100005 above the stored 100000" in str(outcomes[1])
+    assert "it is not stored" in str(outcomes[3])
+    assert_same(store.get(Role.SERVER, a.txid), a2)
+    assert_same(store.get(Role.SERVER, b.txid), b1)
+    assert [(e.info, e.seq) for e in store.payments(Role.SERVER, a.txid)] == [(b"a2", 2),
+                                                                             (b"a1", 1)]
+    assert [e.info for e in store.payments(Role.SERVER, b.txid)] == [b"b1"]
+    assert store.payments(Role.SERVER, unknown.txid) == []
+
+
 def test_channels_filtered_by_role_and_status(store: ChannelStore) -> None:
     recs = {
         (role, status): Channel().record(role, status=status)

@@ -1,0 +1,105 @@
+"""CPU per payment of the two state machines alone, in one process (no I/O): the client signs
+(`ClientChannel.pay`), the frame is encoded and decoded, the server verifies
+(`ServerChannel.receive`), and its ack goes back the same way. Prints µs per payment for each
+part, and with --profile the top functions. Usage: python bench/hot_path.py [--payments N]
+[--profile] [--json]   (--json prints one JSON object last)
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import pstats
+import sys
+import time
+
+from bitcoind_paychan.bitcoin.keys import PrivateKey
+from bitcoind_paychan.bitcoin.tx import OutPoint, Transaction, TxIn, TxOut
+from bitcoind_paychan.channel.client import ClientChannel, ClientPolicy
+from bitcoind_paychan.channel.effects import (
+    CheckContract,
+    Effect,
+    FundContract,
+    PrepareSettlement,
+    Send,
+)
+from bitcoind_paychan.channel.server import ServerChannel, ServerPolicy
+from bitcoind_paychan.wire import FrameDecoder, decode_message, encode_frame, encode_message
+
+NOW = 1_700_000_000
+VALUE = 100_000_000
+
+
+def opened() -> tuple[ClientChannel, ServerChannel]:
+    """A v3 channel open between two machines (the contract funded by a made-up coin)."""
+    client = ClientChannel(ClientPolicy(VALUE), PrivateKey.generate(), NOW, 3)
+    server = ServerChannel(ServerPolicy(), PrivateKey.generate(), NOW)
+    queue: list[tuple[str, Effect]] = [("c", e) for e in client.start()]
+    while queue:
+        side, effect = queue.pop(0)
+        if isinstance(effect, Send):
+            to = server if side == "c" else client
+            queue += [("s" if side == "c" else "c", e) for e in to.receive(effect.message)]
+        elif isinstance(effect, FundContract):
+            coin = TxIn(OutPoint(bytes(32), 0), b"", 0xFFFFFFFD, (bytes(71), bytes(33)))
+            tx = Transaction(2, (coin,), (TxOut(effect.value, effect.script_pubkey),), 0)
+            queue += [("c", e) for e in client.contract_funded(tx)]
+        elif isinstance(effect, CheckContract):
+            queue += [("s", e) for e in server.contract_checked(None)]
+        elif isinstance(effect, PrepareSettlement):
+            raise RuntimeError("the channel closed while opening")
+    return client, server
+
+
+def sent(effects: list[Effect]) -> bytes:
+    return next(encode_frame(encode_message(e.message)) for e in effects if isinstance(e, Send))
+
+
+def measure(payments: int) -> dict[str, float]:
+    client, server = opened()
+    decoder = FrameDecoder()
+    names = ("client_pay", "encode", "decode", "server_receive", "ack_round_trip")
+    totals = [0.0] * len(names)
+    clock = time.process_time
+    for _ in range(payments):
+        t0 = clock()
+        effects = client.pay(1000)
+        t1 = clock()
+        frame = sent(effects)
+        t2 = clock()
+        message = decode_message(decoder.feed(frame)[0])
+        t3 = clock()
+        answer = server.receive(message)
+        t4 = clock()
+        client.receive(decode_message(decoder.feed(sent(answer))[0]))
+        t5 = clock()
+        for index, spent in enumerate((t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+            totals[index] += spent
+    per = {name: seconds / payments * 1e6 for name, seconds in zip(names, totals, strict=True)}
+    per["total"] = sum(per.values())
+    return per
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--payments", type=int, default=5000)
+    parser.add_argument("--profile", action="store_true", help="print the top functions")
+    parser.add_argument("--json", action="store_true", help="print one JSON object last")
+    args = parser.parse_args(argv)
+    if args.profile:
+        profiler = cProfile.Profile()
+        profiler.runcall(measure, args.payments)
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
+    per = measure(args.payments)
+    print(f"two machines, {args.payments} payments, µs of CPU per payment:")
+    for part, us in per.items():
+        print(f"  {part:16} {us:8.1f}")
+    if args.json:
+        print(json.dumps({k: round(v, 1) for k, v in per.items()}))
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

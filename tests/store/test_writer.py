@@ -1,0 +1,85 @@
+"""PaymentWriter: group commit from asyncio, each payment answered after its own commit."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from bitcoind_paychan.channel.records import Role
+from bitcoind_paychan.errors import StoreError
+from bitcoind_paychan.store import SQLiteStore
+from bitcoind_paychan.store.base import Payment
+from bitcoind_paychan.store.writer import PaymentWriter
+from tests.store.helpers import Channel
+
+
+class CountingStore(SQLiteStore):
+    """A real SQLite store that notes each batch; its first commit waits for `release`."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.batches: list[int] = []
+        self.first_started, self.release = threading.Event(), threading.Event()
+
+    def record_payments(self, batch: Sequence[Payment]) -> list[StoreError | None]:
+        self.batches.append(len(batch))
+        self.first_started.set()
+        self.release.wait(timeout=30)
+        return super().record_payments(batch)
+
+
+def test_payments_queued_during_a_commit_share_the_next_one(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        with CountingStore(tmp_path / "channels.db") as store:
+            channels = [Channel() for _ in range(20)]
+            for ch in channels:
+                store.put(ch.record())
+            writer = PaymentWriter(store)
+            first = asyncio.ensure_future(
+                writer.record_payment(channels[0].pay(channels[0].record(), 10), 10))
+            await asyncio.to_thread(store.first_started.wait, 30)  # the writer is committing
+            rest = [asyncio.ensure_future(writer.record_payment(ch.pay(ch.record(), 10), 10))
+                    for ch in channels[1:]]
+            await asyncio.sleep(0)  # every one is queued
+            assert not first.done()  # not answered before its commit
+            store.release.set()
+            await asyncio.gather(first, *rest)
+            assert store.batches == [1, 19]  # an idle writer commits a lone payment at once
+            for ch in channels:
+                assert store.get(Role.SERVER, ch.txid).change == 99_990  # type: ignore[union-attr]
+                assert len(store.payments(Role.SERVER, ch.txid)) == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_refused_payment_fails_only_its_own_caller(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        with SQLiteStore(tmp_path / "channels.db") as store:
+            stored, unknown = Channel(), Channel()
+            store.put(stored.record())
+            writer = PaymentWriter(store)
+            good = writer.record_payment(stored.pay(stored.record(), 5), 5)
+            bad = writer.record_payment(unknown.pay(unknown.record(), 5), 5)
+            outcomes = await asyncio.gather(good, bad, return_exceptions=True)
+            assert outcomes[0] is None
+            assert isinstance(outcomes[1], StoreError) and "not stored" in str(outcomes[1])
+            assert len(store.payments(Role.SERVER, stored.txid)) == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_commit_fails_every_caller_of_the_batch(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = SQLiteStore(tmp_path / "channels.db")
+        ch = Channel()
+        store.put(ch.record())
+        store.close()
+        writer = PaymentWriter(store)
+        with pytest.raises(StoreError, match="closed"):
+            await writer.record_payment(ch.pay(ch.record(), 5), 5)
+
+    asyncio.run(scenario())
