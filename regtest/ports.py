@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_given: set[int] = set()  # handed out by this process: never twice (it may not be bound yet)
 
 
 def ephemeral_start() -> int:
@@ -34,12 +35,15 @@ def free_port() -> int:
 
 
 def free_ports(count: int) -> list[int]:
-    """`count` distinct free ports below the ephemeral range (each held until all are chosen)."""
+    """`count` distinct free ports below the ephemeral range (each held until all are chosen),
+    none handed out before by this process."""
     start = ephemeral_start()
     ports: list[int] = []
     with contextlib.ExitStack() as stack:
         for _ in range(1000):
             port = random.randrange(max(1024, start // 2), start)
+            if port in _given:
+                continue
             sock = stack.enter_context(socket.socket())
             try:
                 sock.bind(("127.0.0.1", port))
@@ -47,6 +51,7 @@ def free_ports(count: int) -> list[int]:
                 continue
             ports.append(port)
             if len(ports) == count:
+                _given.update(ports)
                 return ports
     raise OSError(f"found no {count} free ports below {start}, the ephemeral range")
 

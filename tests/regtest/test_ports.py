@@ -35,3 +35,10 @@ def test_the_script_needs_only_the_standard_library() -> None:
     done = subprocess.run([sys.executable, "-S", "-I", str(ROOT / "regtest" / "ports.py"), "3"],
                           capture_output=True, text=True, timeout=30, check=True)
     assert len({int(port) for port in done.stdout.split()}) == 3
+
+
+def test_separate_calls_never_hand_out_a_port_twice() -> None:
+    """Seen: a daemon test chose its control and metrics ports with two calls, got the same
+    one (neither was bound yet) and the daemon refused its config."""
+    ports = [free_port() for _ in range(2_000)]
+    assert len(set(ports)) == len(ports)
