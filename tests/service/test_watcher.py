@@ -40,7 +40,9 @@ def test_dead_rows_are_not_reviewed_per_block_and_never_funded_rows_are_pruned(
 
     per_block, reviewed, before_review, stored, honest = asyncio.run(scenario())
     # The first block confirms the honest contract; the later ones touch no channel, so
-    # nothing is loaded or reviewed for them (work follows what the block changed).
-    assert per_block == reviewed == [1] + [0] * FAST.forget_depth
+    # nothing is loaded for them (work follows what the block changed). A review never looks
+    # at the dead rows (one may still look at the honest channel: it was touched or is new).
+    assert per_block == [1] + [0] * FAST.forget_depth
+    assert max(reviewed) <= 1
     assert before_review == LEGACY_ROWS + 1
     assert stored == [honest]
