@@ -44,18 +44,31 @@ _URI_PASSWORD = re.compile(r"(://[^:/@\s]*:)([^@]*)(@)")
 def redact(text: str, dsn: str = "") -> str:
     """`text` with any password (of `dsn`, or that looks like one) replaced by ***."""
     text = _URI_PASSWORD.sub(r"\1***\3", _PASSWORD.sub(r"\1***", text))
+    for password in _passwords(dsn):
+        text = text.replace(password, "***")
+    return text
+
+
+def _passwords(dsn: str) -> set[str]:
+    """The DSN's password, parsed or (for a DSN that does not parse) as it looks."""
+    found = {m.group(2).strip("'") for m in _PASSWORD.finditer(dsn)}
+    found |= {m.group(2) for m in _URI_PASSWORD.finditer(dsn)}
     try:
-        password = _parse(dsn).get("password", "") if dsn else ""
-    except ValueError:
-        password = ""
-    return text.replace(password, "***") if len(password) >= 4 else text
+        found.add(str(_settings(dsn).get("password") or "") if dsn else "")
+    except (ValueError, psycopg.Error):
+        pass
+    return {p for p in found if len(p) >= 4}
+
+
+def _settings(dsn: str) -> dict[str, Any]:
+    if psycopg is None:
+        raise ValueError(f"the postgresql engine needs psycopg: {INSTALL}")
+    return conninfo.conninfo_to_dict(dsn)
 
 
 def _parse(dsn: str) -> dict[str, Any]:
-    if psycopg is None:
-        raise ValueError(f"the postgresql engine needs psycopg: {INSTALL}")
     try:
-        return conninfo.conninfo_to_dict(dsn)
+        return _settings(dsn)
     except psycopg.Error as e:
         raise ValueError(redact(str(e).strip(), dsn)) from None
 
@@ -113,8 +126,8 @@ class PostgresStore(SQLStore):
                              "e.g. postgresql://paychan:${PGPASSWORD}@127.0.0.1/paychan") from None
         with self._connect_errors():
             with psycopg.connect(dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT) as conn:
-                self._schema_version = _prepare_schema(conn, self._name, read_only)
                 _check_privileges(conn, self._name, read_only)
+                self._schema_version = _prepare_schema(conn, self._name, read_only)
             self._pool: ConnectionPool[Any] | None = ConnectionPool(
                 dsn, min_size=1, max_size=pool_size, kwargs={"autocommit": True},
                 timeout=CONNECT_TIMEOUT, name="paychan-store", open=False)
@@ -199,9 +212,17 @@ def _placeholders(sql: str) -> str:
 def _prepare_schema(conn: psycopg.Connection[Any], name: str, read_only: bool) -> int:
     """Create the schema in a new database, upgrade an older one, refuse a newer one; the
     version it is at."""
-    with conn.transaction():
+    if not read_only:  # before the transaction, so that it sees what the last holder made
+        conn.execute("SELECT pg_advisory_lock(%s)", (schema.MIGRATION_LOCK,))
+    try:
+        return _migrate(conn, name, read_only)
+    finally:
         if not read_only:
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (schema.MIGRATION_LOCK,))
+            conn.execute("SELECT pg_advisory_unlock(%s)", (schema.MIGRATION_LOCK,))
+
+
+def _migrate(conn: psycopg.Connection[Any], name: str, read_only: bool) -> int:
+    with conn.transaction():
         found = conn.execute("SELECT to_regclass('schema_version'), to_regclass('channels')"
                              ).fetchone()
         if found is None or found[0] is None:
@@ -230,10 +251,12 @@ def _prepare_schema(conn: psycopg.Connection[Any], name: str, read_only: bool) -
 
 
 def _check_privileges(conn: psycopg.Connection[Any], name: str, read_only: bool) -> None:
-    """Refuse now, not at the first payment, a role that may not read and write every table."""
+    """Refuse now, not at the first payment, a role that may not read and write every table
+    of the store (those that exist: a new database has none)."""
     wanted = "SELECT" if read_only else "SELECT, INSERT, UPDATE, DELETE"
-    for table in TABLES:
-        row = conn.execute("SELECT has_table_privilege(%s, %s)", (table, wanted)).fetchone()
+    for table in (*TABLES, "schema_version"):
+        row = conn.execute("SELECT to_regclass(%s) IS NULL OR has_table_privilege(%s, %s)",
+                           (table, table, wanted)).fetchone()
         if not (row and row[0]):
             raise StoreError(
                 f"{name}: the role may not {wanted} on table {table}; as the database owner "
@@ -253,6 +276,8 @@ _CAUSES = (  # (what the server or libpq said, what to do), first match wins
     ("no such file or directory", "no server on that local socket: start it or give "
                                   "host=127.0.0.1 in store.dsn"),
     ("permission denied", "the role lacks a privilege: GRANT it as the database owner"),
+    ("must be owner", "only the tables' owner may upgrade the schema: start this release once "
+                      "with the owner's store.dsn"),
     ("disk full", "free some disk space on the database server"),
 )
 
