@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from functools import lru_cache
 from typing import Any
 
@@ -53,10 +53,8 @@ def _passwords(dsn: str) -> set[str]:
     """The DSN's password, parsed or (for a DSN that does not parse) as it looks."""
     found = {m.group(2).strip("'") for m in _PASSWORD.finditer(dsn)}
     found |= {m.group(2) for m in _URI_PASSWORD.finditer(dsn)}
-    try:
+    with suppress(ValueError, psycopg.Error):
         found.add(str(_settings(dsn).get("password") or "") if dsn else "")
-    except (ValueError, psycopg.Error):
-        pass
     return {p for p in found if len(p) >= 4}
 
 

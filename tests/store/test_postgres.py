@@ -55,7 +55,7 @@ def test_instances_opening_a_new_database_together_create_it_once(
     def open_one() -> None:
         try:
             opened.append(PostgresStore(postgres_dsn))
-        except BaseException as e:  # noqa: BLE001 - reported below
+        except BaseException as e:  # reported below
             failures.append(e)
 
     threads = [threading.Thread(target=open_one) for _ in range(4)]
