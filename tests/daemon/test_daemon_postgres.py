@@ -33,7 +33,8 @@ def test_a_server_daemon_on_postgresql_keeps_its_payments(
 ) -> None:
     database = postgres_server.new_database()
     monkeypatch.setenv(PASSWORD_VARIABLE, postgres_server.password)
-    on_postgresql(daemons, "server", postgres_server.dsn(database, password=f"${{{PASSWORD_VARIABLE}}}"))
+    from_environment = f"${{{PASSWORD_VARIABLE}}}"  # the config file holds no password
+    on_postgresql(daemons, "server", postgres_server.dsn(database, password=from_environment))
     daemons.start("server")
     daemons.start("client")
     store = daemons.json("server", "getinfo")["store"]
