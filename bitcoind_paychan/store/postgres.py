@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bitcoind_paychan.channel.records import Role
 from bitcoind_paychan.errors import StoreError
@@ -25,12 +25,9 @@ from bitcoind_paychan.store.base import Payment, closed, newer_store
 from bitcoind_paychan.store.codec import SCHEMA_VERSION
 from bitcoind_paychan.store.sql import Cursor, SQLStore, refusal
 
-try:
+if TYPE_CHECKING:  # psycopg is imported when first used: SQLite users never pay for it
     import psycopg
-    from psycopg import conninfo, errors
-    from psycopg_pool import ConnectionPool, PoolTimeout
-except ImportError:  # pragma: no cover - the postgresql extra is not installed
-    psycopg = None  # type: ignore[assignment]
+    from psycopg_pool import ConnectionPool
 
 POOL_SIZE = 10  # connections at most (the payment writer's, the event loop's threads)
 CONNECT_TIMEOUT = 10  # seconds to reach the server (and to wait for a pooled connection)
@@ -53,21 +50,31 @@ def _passwords(dsn: str) -> set[str]:
     """The DSN's password, parsed or (for a DSN that does not parse) as it looks."""
     found = {m.group(2).strip("'") for m in _PASSWORD.finditer(dsn)}
     found |= {m.group(2) for m in _URI_PASSWORD.finditer(dsn)}
-    with suppress(ValueError, psycopg.Error):
+    with suppress(Exception):  # any failure to parse: the patterns above did what they could
         found.add(str(_settings(dsn).get("password") or "") if dsn else "")
     return {p for p in found if len(p) >= 4}
 
 
+def _driver() -> Any:
+    """The psycopg module (ValueError if the postgresql extra is not installed)."""
+    try:
+        import psycopg
+        import psycopg_pool  # noqa: F401 - the pool, needed as soon as a store opens
+    except ImportError:
+        raise ValueError(f"the postgresql engine needs psycopg: {INSTALL}") from None
+    return psycopg
+
+
 def _settings(dsn: str) -> dict[str, Any]:
-    if psycopg is None:
-        raise ValueError(f"the postgresql engine needs psycopg: {INSTALL}")
-    return conninfo.conninfo_to_dict(dsn)
+    settings: dict[str, Any] = _driver().conninfo.conninfo_to_dict(dsn)
+    return settings
 
 
 def _parse(dsn: str) -> dict[str, Any]:
+    driver = _driver()
     try:
         return _settings(dsn)
-    except psycopg.Error as e:
+    except driver.Error as e:
         raise ValueError(redact(str(e).strip(), dsn)) from None
 
 
@@ -112,8 +119,12 @@ class PostgresStore(SQLStore):
     _FOR_UPDATE = " FOR UPDATE"
 
     def __init__(self, dsn: str, *, read_only: bool = False, pool_size: int = POOL_SIZE) -> None:
-        if psycopg is None:
-            raise StoreError(f"the postgresql store engine needs psycopg: {INSTALL}")
+        try:
+            driver = _driver()
+        except ValueError as e:
+            raise StoreError(str(e)) from None
+        from psycopg_pool import ConnectionPool
+
         self._dsn = dsn
         self._name = describe(dsn)
         self._read_only = read_only
@@ -123,7 +134,7 @@ class PostgresStore(SQLStore):
             raise StoreError(f"store.dsn is not a PostgreSQL connection string: {e}; give "
                              "e.g. postgresql://paychan:${PGPASSWORD}@127.0.0.1/paychan") from None
         with self._connect_errors():
-            with psycopg.connect(dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT) as conn:
+            with driver.connect(dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT) as conn:
                 _check_privileges(conn, self._name, read_only)
                 self._schema_version = _prepare_schema(conn, self._name, read_only)
             self._pool: ConnectionPool[Any] | None = ConnectionPool(
@@ -155,7 +166,9 @@ class PostgresStore(SQLStore):
     def _connect_errors(self) -> Iterator[None]:
         try:
             yield
-        except (psycopg.Error, PoolTimeout) as e:
+        except Exception as e:
+            if not _driver_failure(e):
+                raise
             raise StoreError(f"cannot open the store, {self._name}: "
                              f"{_explain(e, self._dsn)}") from None
 
@@ -163,7 +176,9 @@ class PostgresStore(SQLStore):
     def _errors(self, what: str) -> Iterator[None]:
         try:
             yield
-        except (psycopg.Error, PoolTimeout) as e:
+        except Exception as e:
+            if not _driver_failure(e):
+                raise
             raise StoreError(f"could not {what} in {self._name}: {_explain(e, self._dsn)}"
                              ) from None
 
@@ -280,8 +295,19 @@ _CAUSES = (  # (what the server or libpq said, what to do), first match wins
 )
 
 
+def _driver_failure(e: Exception) -> bool:
+    """Whether `e` is psycopg's or the pool's (not ours: a StoreError passes through)."""
+    from psycopg import Error
+    from psycopg_pool import PoolTimeout
+
+    return isinstance(e, Error | PoolTimeout)
+
+
 def _explain(e: BaseException, dsn: str) -> str:
     """One line: what the server or libpq said (password removed) and what to do."""
+    from psycopg import errors
+    from psycopg_pool import PoolTimeout
+
     if isinstance(e, PoolTimeout):
         return ("no database connection within "
                 f"{CONNECT_TIMEOUT} s; check that the server is up and reachable")
