@@ -6,16 +6,20 @@ blocks can spend them) in an SQLite file beside a regtest node. A server process
 that store; reported: seconds from starting the process to completing a handshake with it,
 seconds to process a block (scan, store, review) with 1 and with 100 watched outputs spent in
 it, the server's peak RSS, and the longest ack gap of a live (real) channel paying all the
-while. `--connections K`: K stored channels resumed by K concurrent connections, each paying
+while; beside the gap, the server event loop's longest step (one callback or task step, with
+what it ran and any wait for the GIL; the gap adds the machine's load, fsyncs and the client)
+and its longest garbage collection, from the block's wake-up to the end of its handling.
+`--connections K`: K stored channels resumed by K concurrent connections, each paying
 `--payments` times: payments/s, p99 latency and the server's RSS per connection.
 Figures, not assertions. Usage: python bench/scale.py [--channels N] [--connections K]
-[--payments M] [--json]   (--json prints one JSON object last)
+[--payments M] [--show-steps MS] [--json]   (--json prints one JSON object last)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import multiprocessing
@@ -52,6 +56,7 @@ AMOUNT = 1_000  # sat per payment
 REAL = 101  # synthetic channels watching real wallet outputs (spent by the timed blocks)
 SPENDS = (1, 100)  # watched outputs spent per timed block
 EXPIRY = 4_000_000_000  # far away: no deadline falls in the run
+SHOW_STEPS = "PAYCHAN_SCALE_SHOW_STEPS"  # --show-steps, for the server process
 
 
 def rss_mb() -> float:
@@ -62,6 +67,60 @@ def rss_mb() -> float:
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class LoopSteps:
+    """The event loop's longest steps (one callback or task step each, wall time including
+    any wait for the GIL): what holds the loop, and for how long. Installed in the server
+    process only; `take` returns and resets the longest since the last call. Steps longer than
+    `show_over` seconds are printed to stderr as they happen."""
+
+    def __init__(self, show_over: float | None = None) -> None:
+        self.longest = 0.0
+        self.what = ""
+        original = asyncio.events.Handle._run
+        steps = self
+
+        def timed(handle: asyncio.events.Handle) -> None:
+            t0 = time.perf_counter()
+            original(handle)
+            took = time.perf_counter() - t0
+            if took > steps.longest:
+                steps.longest, steps.what = took, _describe(handle)
+            if show_over is not None and took > show_over:
+                print(f"server: loop step {took * 1000:.1f} ms, {_describe(handle)}",
+                      file=sys.stderr)
+
+        setattr(asyncio.events.Handle, "_run", timed)  # noqa: B010 (mypy: a method)
+        self.longest_gc = 0.0
+        self._gc_started = 0.0
+        gc.callbacks.append(self._collecting)
+
+    def _collecting(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.longest_gc = max(self.longest_gc, time.perf_counter() - self._gc_started)
+
+    def take(self) -> tuple[float, str, float]:
+        """The longest step, what it ran, and the longest garbage collection (seconds)."""
+        taken = self.longest, self.what, self.longest_gc
+        self.longest, self.what, self.longest_gc = 0.0, "", 0.0
+        return taken
+
+
+def _describe(handle: asyncio.events.Handle) -> str:
+    callback = getattr(handle, "_callback", None)
+    task = getattr(callback, "__self__", None)
+    if not isinstance(task, asyncio.Task):
+        return repr(callback)[:120]
+    # The innermost coroutine the task waits in now: the step ran up to there.
+    coro: Any = task.get_coro()
+    while getattr(coro, "cr_await", None) is not None and hasattr(coro.cr_await, "cr_frame"):
+        coro = coro.cr_await
+    frame = getattr(coro, "cr_frame", None)
+    where = f"{frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.f_lineno}" if frame else ""
+    return f"{getattr(coro, '__qualname__', coro)} {where}"
 
 
 def config_for(node: RegtestNode) -> NodeConfig:
@@ -110,6 +169,8 @@ def server_process(conn: Connection, config: NodeConfig, db: Path) -> None:
 async def serve(conn: Connection, config: NodeConfig, db: Path) -> None:
     """Serve; report each chain event's processing time; answer 'rss'; stop on 'stop'."""
     started = time.perf_counter()
+    show = os.environ.get(SHOW_STEPS)
+    steps = LoopSteps(float(show) / 1000 if show else None)
     store = SQLiteStore(db)
     # Every benchmark connection comes from 127.0.0.1: lift the per-address limits.
     limits = PeerLimits(max_connections_per_minute=10**9, max_handshakes_per_ip=10**9)
@@ -121,8 +182,11 @@ async def serve(conn: Connection, config: NodeConfig, db: Path) -> None:
     async def timed(event: ChainEvent) -> None:
         t0 = time.perf_counter()
         await handle(event)
-        conn.send(("block", event.tip.height, time.perf_counter() - t0,
-                   watcher.block_channels, watcher.reviewed_channels))
+        took = time.perf_counter() - t0
+        # Since the last block: this block's wake-up and handling (and payments meanwhile).
+        longest, what, collecting = steps.take()
+        conn.send(("block", event.tip.height, took, watcher.block_channels,
+                   watcher.reviewed_channels, longest, what, collecting))
 
     watcher._on_chain_event = timed  # type: ignore[method-assign]
     address = await server.listen()
@@ -149,7 +213,7 @@ class Server:
                                    daemon=True)
         self.process.start()
         theirs.close()
-        self.blocks: list[tuple[int, float, int, int]] = []
+        self.blocks: list[tuple[Any, ...]] = []
 
     def expect(self, kind: str, timeout: float = 600.0) -> tuple[Any, ...]:
         while True:
@@ -161,7 +225,7 @@ class Server:
             if message[0] == kind:
                 return tuple(message[1:])
 
-    def block(self, height: int) -> tuple[int, float, int, int]:
+    def block(self, height: int) -> tuple[Any, ...]:
         while not any(b[0] >= height for b in self.blocks):
             self.expect("block")
         return next(b for b in self.blocks if b[0] >= height)
@@ -265,7 +329,8 @@ async def stored_channels(node: RegtestNode, tmp: Path, count: int) -> dict[str,
             await asyncio.sleep(0.5)  # payments before the block, for the gap's baseline
             t0 = time.perf_counter()
             height = await asyncio.to_thread(mine, node)
-            _, seconds, folded, reviewed = await asyncio.to_thread(server.block, height)
+            _, seconds, folded, reviewed, step, what, collecting = await asyncio.to_thread(
+                server.block, height)
             t1 = time.perf_counter()
             await asyncio.sleep(0.2)
             gap = max((end - start for start, end in acks if end >= t0 and start <= t1),
@@ -274,6 +339,9 @@ async def stored_channels(node: RegtestNode, tmp: Path, count: int) -> dict[str,
             result[f"block_{k}_channels_touched"] = folded
             result[f"block_{k}_channels_reviewed"] = reviewed
             result[f"block_{k}_ack_gap_ms"] = round(gap * 1000, 1)
+            result[f"block_{k}_longest_loop_step_ms"] = round(step * 1000, 1)
+            result[f"block_{k}_longest_loop_step_in"] = what
+            result[f"block_{k}_longest_gc_ms"] = round(collecting * 1000, 1)
         paying = False
         await payer
         latencies = sorted(end - start for start, end in acks)
@@ -375,7 +443,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="K live connections paying instead of the stored-channels run")
     parser.add_argument("--payments", type=int, default=5, help="per connection")
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
+    parser.add_argument("--show-steps", type=float, metavar="MS",
+                        help="print each server event-loop step longer than MS milliseconds")
     args = parser.parse_args(argv)
+    if args.show_steps is not None:
+        os.environ[SHOW_STEPS] = str(args.show_steps)
     if args.channels < REAL or args.connections < 0 or args.payments < 1:
         parser.error(f"--channels must be at least {REAL}, --payments at least 1")
     load = os.getloadavg()
