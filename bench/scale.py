@@ -7,8 +7,9 @@ that store; reported: seconds from starting the process to completing a handshak
 seconds to process a block (scan, store, review) with 1 and with 100 watched outputs spent in
 it, the server's peak RSS, and the longest ack gap of a live (real) channel paying all the
 while; beside the gap, the server event loop's longest step (one callback or task step, with
-what it ran and any wait for the GIL; the gap adds the machine's load, fsyncs and the client)
-and its longest garbage collection, from the block's wake-up to the end of its handling.
+what it ran and any wait for the GIL; the gap adds the machine's load, fsyncs and the client),
+the longest step of the autopilot's own tasks (what a block holds the loop for) and the longest
+garbage collection, from the block's wake-up to the end of its handling.
 `--connections K`: K stored channels resumed by K concurrent connections, each paying
 `--payments` times: payments/s, p99 latency and the server's RSS per connection.
 Figures, not assertions. Usage: python bench/scale.py [--channels N] [--connections K]
@@ -69,14 +70,19 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+# Tasks of the autopilot, by their outermost coroutine: the block monitor (which handles each
+# block), APScheduler's jobs (reviews, deadlines) and the mempool wake-up's reviews.
+AUTOPILOT = ("BlockMonitor._run", "run_coroutine_job", "ChainWatcher._review_mempool_spends")
+
+
 class LoopSteps:
     """The event loop's longest steps (one callback or task step each, wall time including
-    any wait for the GIL): what holds the loop, and for how long. Installed in the server
-    process only; `take` returns and resets the longest since the last call. Steps longer than
-    `show_over` seconds are printed to stderr as they happen."""
+    any wait for the GIL): what holds the loop, and for how long; and the longest step of the
+    autopilot's own tasks. Installed in the server process only; `take` returns and resets
+    them. Steps longer than `show_over` seconds are printed to stderr as they happen."""
 
     def __init__(self, show_over: float | None = None) -> None:
-        self.longest = 0.0
+        self.longest = self.longest_autopilot = 0.0
         self.what = ""
         original = asyncio.events.Handle._run
         steps = self
@@ -87,6 +93,8 @@ class LoopSteps:
             took = time.perf_counter() - t0
             if took > steps.longest:
                 steps.longest, steps.what = took, _describe(handle)
+            if took > steps.longest_autopilot and _root(handle) in AUTOPILOT:
+                steps.longest_autopilot = took
             if show_over is not None and took > show_over:
                 print(f"server: loop step {took * 1000:.1f} ms, {_describe(handle)}",
                       file=sys.stderr)
@@ -102,11 +110,19 @@ class LoopSteps:
         else:
             self.longest_gc = max(self.longest_gc, time.perf_counter() - self._gc_started)
 
-    def take(self) -> tuple[float, str, float]:
-        """The longest step, what it ran, and the longest garbage collection (seconds)."""
-        taken = self.longest, self.what, self.longest_gc
-        self.longest, self.what, self.longest_gc = 0.0, "", 0.0
+    def take(self) -> tuple[float, str, float, float]:
+        """The longest step, what it ran, the longest garbage collection and the autopilot's
+        longest step (seconds)."""
+        taken = self.longest, self.what, self.longest_gc, self.longest_autopilot
+        self.longest = self.longest_gc = self.longest_autopilot = 0.0
+        self.what = ""
         return taken
+
+
+def _root(handle: asyncio.events.Handle) -> str:
+    """The outermost coroutine of the task a step belongs to ("" for a plain callback)."""
+    task = getattr(getattr(handle, "_callback", None), "__self__", None)
+    return getattr(task.get_coro(), "__qualname__", "") if isinstance(task, asyncio.Task) else ""
 
 
 def _describe(handle: asyncio.events.Handle) -> str:
@@ -184,9 +200,9 @@ async def serve(conn: Connection, config: NodeConfig, db: Path) -> None:
         await handle(event)
         took = time.perf_counter() - t0
         # Since the last block: this block's wake-up and handling (and payments meanwhile).
-        longest, what, collecting = steps.take()
+        longest, what, collecting, autopilot = steps.take()
         conn.send(("block", event.tip.height, took, watcher.block_channels,
-                   watcher.reviewed_channels, longest, what, collecting))
+                   watcher.reviewed_channels, longest, what, collecting, autopilot))
 
     watcher._on_chain_event = timed  # type: ignore[method-assign]
     address = await server.listen()
@@ -232,7 +248,7 @@ class Server:
 
     def stop(self) -> float:
         self.pipe.send("stop")
-        (peak,) = self.expect("stopped", 60)
+        (peak,) = self.expect("stopped", 600)  # K connections to hang up on
         self.process.join(10)
         return float(peak)
 
@@ -329,8 +345,8 @@ async def stored_channels(node: RegtestNode, tmp: Path, count: int) -> dict[str,
             await asyncio.sleep(0.5)  # payments before the block, for the gap's baseline
             t0 = time.perf_counter()
             height = await asyncio.to_thread(mine, node)
-            _, seconds, folded, reviewed, step, what, collecting = await asyncio.to_thread(
-                server.block, height)
+            _, seconds, folded, reviewed, step, what, collecting, autopilot = (
+                await asyncio.to_thread(server.block, height))
             t1 = time.perf_counter()
             await asyncio.sleep(0.2)
             gap = max((end - start for start, end in acks if end >= t0 and start <= t1),
@@ -342,6 +358,7 @@ async def stored_channels(node: RegtestNode, tmp: Path, count: int) -> dict[str,
             result[f"block_{k}_longest_loop_step_ms"] = round(step * 1000, 1)
             result[f"block_{k}_longest_loop_step_in"] = what
             result[f"block_{k}_longest_gc_ms"] = round(collecting * 1000, 1)
+            result[f"block_{k}_longest_autopilot_step_ms"] = round(autopilot * 1000, 1)
         paying = False
         await payer
         latencies = sorted(end - start for start, end in acks)
@@ -423,8 +440,10 @@ async def connections(node: RegtestNode, tmp: Path, count: int, payments: int) -
         await asyncio.gather(*tasks)
         wall = time.perf_counter() - t0
         latencies.sort()
+        stopping = time.perf_counter()
         peak = server.stop()
         return {"connections": count, "payments_per_connection": payments,
+                "server_stop_s": round(time.perf_counter() - stopping, 1),
                 "payments_per_s": round(len(latencies) / wall, 1),
                 "p50_ms": round(latencies[len(latencies) // 2] * 1000, 1),
                 "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 1),

@@ -169,6 +169,7 @@ class ChainWatcher:
             await self.monitor.stop()
         if self._mempool_review is not None:
             self._mempool_review.cancel()
+        gc.unfreeze()  # what start froze may be collected again (the index, once dropped)
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
 
