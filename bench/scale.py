@@ -130,10 +130,14 @@ def _describe(handle: asyncio.events.Handle) -> str:
     task = getattr(callback, "__self__", None)
     if not isinstance(task, asyncio.Task):
         return repr(callback)[:120]
-    # The innermost coroutine the task waits in now: the step ran up to there.
-    coro: Any = task.get_coro()
-    while getattr(coro, "cr_await", None) is not None and hasattr(coro.cr_await, "cr_frame"):
-        coro = coro.cr_await
+    # The two innermost coroutines the task waits in now: the step ran up to there.
+    chain: list[Any] = [task.get_coro()]
+    while hasattr(getattr(chain[-1], "cr_await", None), "cr_frame"):
+        chain.append(chain[-1].cr_await)
+    return " < ".join(_where(coro) for coro in reversed(chain[-2:]))
+
+
+def _where(coro: Any) -> str:
     frame = getattr(coro, "cr_frame", None)
     where = f"{frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.f_lineno}" if frame else ""
     return f"{getattr(coro, '__qualname__', coro)} {where}"
