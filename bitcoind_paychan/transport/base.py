@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Sequence
-from typing import Protocol
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, Protocol, TypeVar
 
 from bitcoind_paychan.errors import ErrorCode, RemoteProtocolError
+from bitcoind_paychan.service.limits import Admission
 from bitcoind_paychan.wire import pb
 from bitcoind_paychan.wire.codec import decode_message, encode_message
 from bitcoind_paychan.wire.framing import check_received_size
+
+log = logging.getLogger(__name__)
 
 
 def decode(frame: bytes | pb.TwoWayChannelMessage) -> pb.TwoWayChannelMessage:
@@ -57,34 +61,35 @@ class Stream(Link, Protocol):
     def receive_buffered(self) -> pb.TwoWayChannelMessage | None:
         """The next message if it has already arrived whole, else None (never waits)."""
 
+    async def send(self, message: pb.TwoWayChannelMessage) -> None:
+        """Send one message."""
 
-class CarriedStream:
-    """A Stream over an application's Link: frames go out through `link`; the application
-    hands in what arrives with `feed`, and `end` once the connection is gone."""
 
-    def __init__(self, link: Link, peername: str) -> None:
-        self.link = link
-        self._peername = peername
-        self._inbox: collections.deque[bytes | pb.TwoWayChannelMessage | None] = (
+class Inbox:
+    """What arrived from a peer, read in order: frames (or messages), then None once the peer
+    has left, or the RemoteProtocolError it committed (raised once, then None). With a
+    `capacity`, a reader that fills it waits in `room()` for the channel to take some."""
+
+    def __init__(self, peername: str, capacity: int | None = None) -> None:
+        self.peername = peername
+        self.capacity = capacity
+        self._items: collections.deque[bytes | pb.TwoWayChannelMessage | Exception | None] = (
             collections.deque())
         self._arrived = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
 
-    @property
-    def peername(self) -> str:
-        return self._peername
-
-    def feed(self, frame: bytes | pb.TwoWayChannelMessage) -> None:
-        """A frame (or decoded message) from the peer."""
-        self._inbox.append(frame)
+    def put(self, item: bytes | pb.TwoWayChannelMessage | RemoteProtocolError | None) -> None:
+        self._items.append(item)
         self._arrived.set()
+        if self.capacity is not None and len(self._items) >= self.capacity:
+            self._room.clear()
 
-    def end(self) -> None:
-        """The peer has left: what was fed is still read, then `receive` returns None."""
-        self._inbox.append(None)
-        self._arrived.set()
+    async def room(self) -> None:
+        await self._room.wait()
 
     async def receive(self, timeout: float | None) -> pb.TwoWayChannelMessage | None:
-        if not self._inbox:
+        if not self._items:
             self._arrived.clear()
             try:
                 async with asyncio.timeout(timeout):
@@ -95,14 +100,52 @@ class CarriedStream:
         return self._take()
 
     def receive_buffered(self) -> pb.TwoWayChannelMessage | None:
-        return self._take() if self._inbox and self._inbox[0] is not None else None
+        ready = self._items and isinstance(self._items[0], bytes | pb.TwoWayChannelMessage)
+        return self._take() if ready else None
 
     def _take(self) -> pb.TwoWayChannelMessage | None:
-        item = self._inbox[0]
+        item = self._items[0]
         if item is None:
             return None  # stays: the peer has left for good
-        self._inbox.popleft()
+        if isinstance(item, Exception):
+            self._items[0] = None
+            raise item
+        self._items.popleft()
+        self._room.set()
         return decode(item)
+
+
+S = TypeVar("S", bound=Stream)
+
+
+class CarriedStream:
+    """A Stream over an application's Link: frames go out through `link`; the application
+    hands in what arrives with `feed`, and `end` once the connection is gone."""
+
+    def __init__(self, link: Link, peername: str) -> None:
+        self.link = link
+        self.inbox = Inbox(peername)
+
+    @property
+    def peername(self) -> str:
+        return self.inbox.peername
+
+    def feed(self, frame: bytes | pb.TwoWayChannelMessage) -> None:
+        """A frame (or decoded message) from the peer."""
+        self.inbox.put(frame)
+
+    def end(self) -> None:
+        """The peer has left: what was fed is still read, then `receive` returns None."""
+        self.inbox.put(None)
+
+    async def receive(self, timeout: float | None) -> pb.TwoWayChannelMessage | None:
+        return await self.inbox.receive(timeout)
+
+    def receive_buffered(self) -> pb.TwoWayChannelMessage | None:
+        return self.inbox.receive_buffered()
+
+    async def send(self, message: pb.TwoWayChannelMessage) -> None:
+        await self.link.send_frames(encode([message]))
 
     async def send_frames(self, frames: Sequence[bytes]) -> None:
         await self.link.send_frames(frames)
@@ -110,3 +153,32 @@ class CarriedStream:
     async def close(self) -> None:
         self.end()
         await self.link.close()
+
+
+class Connections(Generic[S]):
+    """A listener's connections, each served in its own task: `serve(stream, admission)`,
+    then the admission released and the stream closed; `stop` ends them all."""
+
+    def __init__(self, serve: Callable[[S, Admission], Awaitable[None]]) -> None:
+        self.serve = serve
+        self._tasks: set[asyncio.Task[object]] = set()
+
+    async def run(self, stream: S, admission: Admission) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await self.serve(stream, admission)
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("connection from %s failed", stream.peername)
+        finally:
+            admission.release()
+            self._tasks.discard(task)
+            await stream.close()
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

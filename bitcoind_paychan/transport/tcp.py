@@ -4,14 +4,13 @@ The one place TCP sockets are opened, by a server (`Listener`) or a client (`con
 from __future__ import annotations
 
 import asyncio
-import logging
 import ssl
 from collections.abc import Awaitable, Callable
 
 from bitcoind_paychan.service.limits import Admission, PeerGate
+from bitcoind_paychan.transport.base import Connections
 from bitcoind_paychan.wire import MessageStream, open_connection
 
-log = logging.getLogger(__name__)
 Serve = Callable[[MessageStream, Admission], Awaitable[None]]
 
 
@@ -29,10 +28,9 @@ class Listener:
     def __init__(self, gate: PeerGate, serve: Serve,
                  ssl_context: ssl.SSLContext | None = None) -> None:
         self.gate = gate
-        self.serve = serve
         self.ssl_context = ssl_context
         self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._connections = Connections(serve)
 
     async def listen(self, host: str, port: int) -> tuple[str, int]:
         """Accept connections on host:port; returns the bound (host, port)."""
@@ -48,9 +46,7 @@ class Listener:
     async def stop(self) -> None:
         """Accept no more; end every connection's task."""
         self.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._connections.stop()
         if self._server:
             await self._server.wait_closed()
 
@@ -60,17 +56,4 @@ class Listener:
         if admission is None:  # over a per-peer limit: hang up before reading anything
             writer.transport.abort()
             return
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        stream = MessageStream(reader, writer)
-        try:
-            await self.serve(stream, admission)
-        except asyncio.CancelledError:
-            pass
-        except Exception:
-            log.exception("connection from %s failed", stream.peername)
-        finally:
-            admission.release()
-            self._tasks.discard(task)
-            await stream.close()
+        await self._connections.run(MessageStream(reader, writer), admission)
