@@ -25,9 +25,9 @@ def test_the_readme_runs_as_written(tmp_path: Path) -> None:
     env = {**os.environ, "HOME": str(tmp_path), "TMPDIR": str(tmp_path),
            "XDG_CACHE_HOME": str(cache_root().parent)}
     out, err = run_block(block(), env, tmp_path)
-    offer = json.loads(out.splitlines()[0])
-    assert offer["price"] == 100 and offer["error"] == "payment required"
-    assert out.count("200 {") == 21, out
+    offer = json.loads(next(line for line in out.splitlines() if line.startswith('{"price"')))
+    assert offer["price"] == 100 and offer["error"] == "payment required", out
+    assert out.count("200 {") == 21, out + err
     assert "paid 2000 sat" in err and "paid 100 sat" in err, err
     settlement = json.loads(next(line for line in out.splitlines() if "settlement_txid" in line))
     assert re.fullmatch(r"[0-9a-f]{64}", settlement["settlement_txid"])
