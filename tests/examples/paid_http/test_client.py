@@ -85,3 +85,25 @@ def test_a_restarted_server_costs_the_client_at_most_one_price(sides: Sides) -> 
     assert (served, paid) == (1, 2 * PRICE)
     assert len({e.record.contract_txid for e in sides.opened()}) == 1  # resumed, not new
     assert stored_total(sides) == OPENING + 3 * PRICE
+
+
+def test_a_used_up_channel_is_settled_and_the_next_request_opens_another(
+        sides: Sides) -> None:
+    price, value = 10_000, 101_000  # the opening payment and ten requests use it all
+    sides.fund_client(2)
+
+    async def scenario() -> list[str]:
+        async with (paid_api(sides, price=price) as api,
+                    paid_client(sides, value=value) as client):
+            for _ in range(11):
+                response = await client.get(api.url)
+                assert response.status == 200 and response.paid == price
+        return [e.record.contract_txid for e in sides.opened()]
+
+    first, second = asyncio.run(scenario())
+    assert first != second
+    settled = sides.store("api").get(Role.SERVER, first)
+    assert settled is not None and settled.settlement_tx is not None
+    settlement = Transaction.parse(settled.settlement_tx)
+    assert len(settlement.outputs) == 1  # everything to the server
+    assert stored_total(sides) == 2 * OPENING + 11 * price
