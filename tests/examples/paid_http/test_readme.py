@@ -8,6 +8,9 @@ import os
 import re
 from pathlib import Path
 
+from bitcoind_paychan.bitcoin.tx import Transaction
+from bitcoind_paychan.channel.records import ChannelStatus, Role
+from bitcoind_paychan.store import SQLiteStore
 from regtest.fetch import cache_root
 from tests.examples.paid_http import EXAMPLE
 from tests.test_readme import run_block
@@ -30,4 +33,13 @@ def test_the_readme_runs_as_written(tmp_path: Path) -> None:
     assert out.count("200 {") == 21, out + err
     assert "paid 2000 sat" in err and "paid 100 sat" in err, err
     settlement = json.loads(next(line for line in out.splitlines() if "settlement_txid" in line))
-    assert re.fullmatch(r"[0-9a-f]{64}", settlement["settlement_txid"])
+    (api_store,) = tmp_path.glob("*/api.db")
+    store = SQLiteStore(api_store)
+    try:
+        (channel,) = store.channels(Role.SERVER)  # the second client process resumed it
+    finally:
+        store.close()
+    assert channel.paid == 1_000 + 21 * 100
+    assert channel.status in (ChannelStatus.CLOSING, ChannelStatus.SETTLED)  # mined: either
+    assert channel.settlement_tx is not None
+    assert Transaction.parse(channel.settlement_tx).txid_hex == settlement["settlement_txid"]

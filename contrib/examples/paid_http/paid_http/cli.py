@@ -1,10 +1,11 @@
-"""`python -m paid_http serve|get|close`: the paid API and its client from a shell.
+"""`python -m paid_http serve|offer|get|close`: the paid API and its client from a shell.
 
     python -m paid_http serve --wallet api --store api.db --listen 127.0.0.1:8402 --price 100
+    python -m paid_http offer http://127.0.0.1:8402/api/hello
     python -m paid_http get http://127.0.0.1:8402/api/hello --wallet reader --store reader.db
     python -m paid_http close http://127.0.0.1:8402/api/hello --wallet reader --store reader.db
 
-Each side needs a bitcoind wallet (`--rpc-url`, `--cookie`, `--wallet`) and its own store.
+Each side needs a bitcoind wallet (`--cookie`, `--wallet`, `--rpc-url`) and its own store.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import aiohttp
+
 from bitcoind_paychan.channel.server import ServerPolicy
 from bitcoind_paychan.errors import PaychanError
 from bitcoind_paychan.node import AsyncBitcoind, Bitcoind, NodeConfig
@@ -26,6 +29,7 @@ from bitcoind_paychan.service.server import ServerManager
 from bitcoind_paychan.store import SQLiteStore
 
 from paid_http.client import DEFAULT_VALUE, PaidClient, client_manager
+from paid_http.offer import Offer
 from paid_http.server import ENDPOINT, PaidApi, run_api
 
 log = logging.getLogger("paid_http")
@@ -44,6 +48,8 @@ def parser() -> argparse.ArgumentParser:
                      help="sat to lock in a new channel (%(default)s)")
     close = commands.add_parser("close", help="settle the channel that pays for a URL")
     close.add_argument("url")
+    offer = commands.add_parser("offer", help="print a URL's offer (its 402 answer)")
+    offer.add_argument("url")
     for command in (serve, get, close):
         command.add_argument("--rpc-url", default="http://127.0.0.1:18443",
                              help="bitcoind's RPC (%(default)s)")
@@ -58,8 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return asyncio.run(run(args))
-    except (PaychanError, OSError) as exc:
+        return asyncio.run(show_offer(args.url) if args.command == "offer" else run(args))
+    except (PaychanError, OSError, aiohttp.ClientError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
@@ -71,7 +77,8 @@ async def run(args: argparse.Namespace) -> int:
     try:
         if args.command == "serve":
             return await serve(wallet, store, args.listen, args.price)
-        async with client_manager(wallet, store) as client:
+        async with client_manager(wallet, store, getattr(args, "value", DEFAULT_VALUE)
+                                  ) as client:
             if args.command == "get":
                 for _ in range(args.repeat):
                     response = await client.get(args.url)
@@ -85,6 +92,17 @@ async def run(args: argparse.Namespace) -> int:
         return 0
     finally:
         store.close()
+
+
+async def show_offer(url: str) -> int:
+    """Print the offer a paid URL answers an unpaid request with."""
+    async with aiohttp.ClientSession() as http, http.get(url) as response:
+        body = await response.text()
+    if response.status != 402:
+        print(f"{url} answered {response.status}, not 402: {body[:300]}", file=sys.stderr)
+        return 1
+    print(Offer.from_json(body).to_json())
+    return 0
 
 
 async def serve(wallet: AsyncBitcoind, store: SQLiteStore, listen: str, price: int) -> int:
