@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import aiohttp
 
+from bitcoind_paychan.errors import PaychanError
 from bitcoind_paychan.transport import CarriedStream, decode
 from bitcoind_paychan.wire import pb
 
@@ -80,7 +81,7 @@ class HttpLink:
                 continue
             try:
                 answer, ended = await self._post(frames)
-            except (aiohttp.ClientError, OSError, ValueError) as exc:
+            except (aiohttp.ClientError, OSError, PaychanError) as exc:  # timeouts included
                 log.info("session with %s failed: %s", self.endpoint, exc)
                 break
             for frame in answer:
@@ -98,8 +99,8 @@ class HttpLink:
                                   timeout=self.timeout) as response:
             body = await response.read()
             if response.status != 200:
-                raise ValueError(f"the channel endpoint answered {response.status}: "
-                                 f"{body[:300].decode(errors='replace')}")
+                raise ConnectionError(f"the channel endpoint answered {response.status}: "
+                                      f"{body[:300].decode(errors='replace')}")
             self.session = response.headers.get(SESSION_HEADER, self.session)
             return split_frames(body), response.headers.get(CLOSED_HEADER) == "1"
 
