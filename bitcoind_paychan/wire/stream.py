@@ -19,6 +19,17 @@ CLOSE_TIMEOUT = 5.0
 """Seconds close() waits for buffered bytes to reach a peer before it aborts the socket."""
 
 
+_ACK = pb.TwoWayChannelMessage.PAYMENT_ACK
+_BARE_ACK = encode_frame(encode_message(pb.TwoWayChannelMessage(type=_ACK)))
+
+
+def frame(msg: pb.TwoWayChannelMessage) -> bytes:
+    """`msg` encoded and framed; a bare PAYMENT_ACK (one per payment) from bytes made once."""
+    if msg.type == _ACK and not msg.HasField("payment_ack"):
+        return _BARE_ACK
+    return encode_frame(encode_message(msg))
+
+
 class MessageStream:
     """One peer connection. Not safe for concurrent receive() calls (one reader task)."""
 
@@ -88,12 +99,12 @@ class MessageStream:
 
     async def send(self, msg: pb.TwoWayChannelMessage) -> None:
         """Frame, write and drain one message. ConnectionError if the peer has gone."""
-        self._writer.write(encode_frame(encode_message(msg)))
+        self._writer.write(frame(msg))
         await self._writer.drain()
 
     async def send_many(self, msgs: Iterable[pb.TwoWayChannelMessage]) -> None:
         """Send several messages in one write and one drain; nothing is sent if one is invalid."""
-        data = b"".join([encode_frame(encode_message(m)) for m in msgs])
+        data = b"".join([frame(m) for m in msgs])
         if data:
             self._writer.write(data)
             await self._writer.drain()
@@ -101,7 +112,7 @@ class MessageStream:
     def post(self, msgs: Iterable[pb.TwoWayChannelMessage]) -> None:
         """Write messages without waiting for the kernel to take them (the caller bounds how
         much it posts, as a payment window does)."""
-        self._writer.write(b"".join([encode_frame(encode_message(m)) for m in msgs]))
+        self._writer.write(b"".join([frame(m) for m in msgs]))
 
     async def send_frames(self, frames: bytes) -> None:
         """Write frames encoded earlier (`encode_frame(encode_message(m))`, joined)."""
