@@ -76,6 +76,15 @@ class ServerConfig:
     payout_address: str | None  # None: a fresh address of bitcoind.wallet per settlement
     policy: ServerPolicy
     limits: PeerLimits  # per-address connection rate and handshakes
+    websocket: str | None = None  # host:port/path of the WebSocket listener; None: none
+
+    @property
+    def websocket_address(self) -> tuple[str, str] | None:
+        """(host:port, /path) of the WebSocket listener, if any."""
+        if self.websocket is None:
+            return None
+        address, _, path = self.websocket.partition("/")
+        return address, "/" + path
 
 
 @dataclass(frozen=True)
@@ -343,6 +352,7 @@ def _server(r: _Reader, d: dict[str, Any], network: str) -> ServerConfig:
                                     0 if network == "regtest" else 1, minimum=0,
                                     nullable=True),
         payout_address=r.optional_string(d, "server", "payout_address", None),
+        websocket=_websocket(r, d),
     )
     if s.payout_address is not None:
         try:
@@ -351,6 +361,17 @@ def _server(r: _Reader, d: dict[str, Any], network: str) -> ServerConfig:
             r.fail("server.payout_address", f"found {s.payout_address!r}, expected an address "
                                             f"of {network}: {exc}")
     return s
+
+
+def _websocket(r: _Reader, d: dict[str, Any]) -> str | None:
+    value = d.get("websocket")
+    if value is None:
+        return None
+    if not isinstance(value, str) or "/" not in value:
+        r.fail("server.websocket", f"found {_show(value)}, expected host:port/path (e.g. "
+                                   "127.0.0.1:4244/paychan), or null for no WebSocket listener")
+    r.address({"websocket": value.partition("/")[0]}, "server", "websocket", "")
+    return value
 
 
 def _client(r: _Reader, d: dict[str, Any]) -> ClientConfig:
@@ -432,6 +453,8 @@ def _cross_checks(r: _Reader, c: Config) -> None:
     listeners = [("control.listen", c.control.listen)]
     if c.server.enabled:
         listeners.append(("server.listen", c.server.listen))
+        if c.server.websocket_address:
+            listeners.append(("server.websocket", c.server.websocket_address[0]))
     if c.metrics.enabled:
         listeners.append(("metrics.listen", c.metrics.listen))
     seen: dict[tuple[str, int], str] = {}
