@@ -20,14 +20,7 @@ CLOSE_TIMEOUT = 5.0
 """Seconds close() waits for buffered bytes to reach a peer before it aborts the socket."""
 
 
-_ACK = pb.TwoWayChannelMessage.PAYMENT_ACK
-_BARE_ACK = encode_frame(encode_message(pb.TwoWayChannelMessage(type=_ACK)))
-
-
 def frame(msg: pb.TwoWayChannelMessage) -> bytes:
-    """`msg` encoded and framed; a bare PAYMENT_ACK (one per payment) from bytes made once."""
-    if msg.type == _ACK and not msg.HasField("payment_ack"):
-        return _BARE_ACK
     return encode_frame(encode_message(msg))
 
 

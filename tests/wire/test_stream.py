@@ -21,7 +21,6 @@ from bitcoind_paychan.wire import (
     pb,
     start_server,
 )
-from bitcoind_paychan.wire.stream import frame
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -195,10 +194,3 @@ def test_send_roundtrip_and_peername() -> None:
 
     run(main())
 
-
-def test_a_bare_ack_is_framed_from_bytes_made_once_and_equal_to_encoding_it() -> None:
-    bare = pb.TwoWayChannelMessage(type=MessageType.PAYMENT_ACK)
-    assert frame(bare) == encode_frame(encode_message(bare))
-    with_info = pb.TwoWayChannelMessage(type=MessageType.PAYMENT_ACK)
-    with_info.payment_ack.info = b"receipt"
-    assert frame(with_info) == encode_frame(encode_message(with_info)) != frame(bare)
