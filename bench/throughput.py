@@ -60,6 +60,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def context_switches() -> int:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_nvcsw + usage.ru_nivcsw
+
+
 def config_for(node: RegtestNode) -> NodeConfig:
     return NodeConfig(url=node.rpc_url, chain="regtest", wallet=node.wallet,
                       cookie_file=node.cookie_path)
@@ -97,7 +102,8 @@ async def serve(conn: Connection, config: NodeConfig, db: Path, expected: int) -
     """Serve until the parent says stop (or goes away); then report what was received."""
     seen = 0
     cpu = [0.0, 0.0]  # process CPU (every thread) at the first and the last timed payment
-    commits = [0, 0]  # the writer's commits and payments committed, at the same two moments
+    commits = [0, 0]  # the writer's commits, at the same two moments
+    switches = [0, 0]  # the process's context switches (voluntary and not), likewise
 
     def on_event(event: ServerEvent) -> None:
         nonlocal seen
@@ -106,6 +112,7 @@ async def serve(conn: Connection, config: NodeConfig, db: Path, expected: int) -
             if seen in (1, expected):  # the clock is read twice, not once per payment
                 cpu[seen > 1] = time.process_time()
                 commits[seen > 1] = server.payments.commits
+                switches[seen > 1] = context_switches()
 
     with SQLiteStore(db) as store:
         server = PaymentServer(MiningBroadcaster(Bitcoind(config)), store, on_event=on_event)
@@ -120,7 +127,8 @@ async def serve(conn: Connection, config: NodeConfig, db: Path, expected: int) -
     cpu_per_payment = (cpu[1] - cpu[0]) / (seen - 1) if seen == expected > 1 else 0.0
     conn.send({"seen": seen, "logged": logged, "rss_mb": peak_rss_mb(),
                "cpu_us": cpu_per_payment * 1e6,
-               "per_commit": (seen - 1) / max(commits[1] - commits[0], 1)})
+               "per_commit": (seen - 1) / max(commits[1] - commits[0], 1),
+               "switches": (switches[1] - switches[0]) / max(seen - 1, 1)})
 
 
 # -- the client process ------------------------------------------------------------------
@@ -270,6 +278,7 @@ def run(channels: int, payments: int, version: int, window: int, capacity: bool,
         "server_logged": served["logged"],
         "server_cpu_us": round(served["cpu_us"], 1),  # per payment, every thread
         "server_payments_per_commit": round(served["per_commit"], 1),
+        "server_switches_per_payment": round(served["switches"], 2),
         "client_cpu_us": round(paid["cpu_us"], 1),
         "fsync_ms": round(fsync_ms, 3),
         "verify_per_s": round(verifies),
@@ -323,8 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  latency     p50 {r['p50_ms']} ms   p90 {r['p90_ms']} ms   p99 {r['p99_ms']} ms "
           "(pay() to ack)")
     print(f"  CPU         server {r['server_cpu_us']} µs   client {r['client_cpu_us']} µs "
-          f"per payment (process time, every thread); server {r['server_payments_per_commit']} "
-          "payments per commit")
+          "per payment (process time, every thread)")
+    print(f"  server      {r['server_payments_per_commit']} payments per commit, "
+          f"{r['server_switches_per_payment']} context switches per payment")
     print(f"  machine     fsync {r['fsync_ms']} ms (p50, store's disk), {r['verify_per_s']} "
           f"verifies/s; load average {r['load_average']}")
     print(f"  ratios      rate / verify rate {r['rate_over_verify']}   rate / serial bound "
