@@ -976,7 +976,7 @@ def test_pipelined_payments_are_each_checked_and_stored_and_acknowledged_in_orde
         (1_000, b"0", before.payments + 1), (2_000, b"1", before.payments + 2),
         (3_000, b"2", before.payments + 3), (4_000, b"3", before.payments + 4)]
     assert pump.server.record == stores[-1].record
-    assert pump.server.record.change == before.change - 10_000  # type: ignore[union-attr]
+    assert pump.server.record.change == before.change - 10_000
     assert pump.server.state is ServerState.OPEN
 
 
