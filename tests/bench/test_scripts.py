@@ -44,7 +44,8 @@ def test_throughput_with_a_window_and_in_server_capacity_mode() -> None:
 def test_hot_path_bench_reports_each_part_with_a_window() -> None:
     result = run_json("bench/hot_path.py", "--payments", "64", "--window", "16")
     for key in ("client_pay", "encode", "decode", "server_receive", "ack_round_trip", "total"):
-        assert isinstance(result[key], int | float) and result[key] >= 0, key
+        value = result[key]
+        assert isinstance(value, int | float) and value >= 0, key
 
 def test_store_bench_reports_its_figures() -> None:
     result = run_json("bench/store_payments.py", "--payments", "200")
