@@ -380,17 +380,33 @@ def _client(r: _Reader, d: dict[str, Any]) -> ClientConfig:
     if raw is not None:
         if not isinstance(raw, dict):
             r.fail("client.servers", f"found {_show(raw)}, expected a mapping of "
-                                     "name: host:port")
+                                     "name: host:port (or ws://host:port/path)")
         for name in raw:
             if not isinstance(name, str) or not name or ":" in name:
                 r.fail("client.servers", f"found the name {_show(name)}, expected a name "
                                          "without ':' (e.g. shop)")
+            value = raw[name]
+            if isinstance(value, str) and value.startswith(("ws://", "wss://")):
+                servers[name] = _websocket_url(r, f"client.servers.{name}", value)
+                continue
             servers[name] = r.address(raw, "client.servers", name, "")
             if _split(servers[name])[1] == 0:
                 r.fail(f"client.servers.{name}", f"found {servers[name]!r}, expected a "
                                                  "server's host:port (port 1-65535)")
     return ClientConfig(enabled=r.boolean(d, "client", "enabled", False), servers=servers,
                         policy=r.policy(d, "client", ClientPolicy))
+
+
+def _websocket_url(r: _Reader, key: str, value: str) -> str:
+    """A server's ws:// (wss://) URL, with a host and a port."""
+    url = urlsplit(value)
+    try:
+        port = url.port
+    except ValueError:
+        port = None
+    if not url.hostname or not port:
+        r.fail(key, f"found {value!r}, expected ws://host:port/path (port 1-65535)")
+    return value
 
 
 def _logging(r: _Reader, d: dict[str, Any], network: str) -> LoggingConfig:

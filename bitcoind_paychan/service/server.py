@@ -15,6 +15,7 @@ import inspect
 import itertools
 import logging
 import resource
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
@@ -496,11 +497,12 @@ class PaymentServer(ServerManager):
 
     _listener: tcp.Listener | None = None
 
-    async def listen(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
+    async def listen(self, host: str = "127.0.0.1", port: int = 0, *,
+                     ssl_context: ssl.SSLContext | None = None) -> tuple[str, int]:
         """Start the autopilot and accept connections; returns the bound (host, port)."""
         raise_fd_limit()
         await self.start()
-        self._listener = tcp.Listener(self.gate, self._serve)
+        self._listener = tcp.Listener(self.gate, self._serve, ssl_context)
         bound = await self._listener.listen(host, port)
         log.info("payment server listening on %s:%s", *bound)
         return bound

@@ -40,12 +40,19 @@ def test_throughput_with_a_window_and_in_server_capacity_mode() -> None:
         assert isinstance(capacity[key], float) and capacity[key] > 0, key  # type: ignore
 
 
+def test_throughput_over_websocket() -> None:
+    result = run_json("bench/throughput.py", "--channels", "2", "--payments", "20",
+                      "--window", "4", "--transport", "ws")
+    assert result["transport"] == "ws" and result["server_logged"] == 40
+    assert isinstance(result["payments_per_s"], float) and result["payments_per_s"] > 0
+
 
 def test_hot_path_bench_reports_each_part_with_a_window() -> None:
     result = run_json("bench/hot_path.py", "--payments", "64", "--window", "16")
     for key in ("client_pay", "encode", "decode", "server_receive", "ack_round_trip", "total"):
         value = result[key]
         assert isinstance(value, int | float) and value >= 0, key
+
 
 def test_store_bench_reports_its_figures() -> None:
     result = run_json("bench/store_payments.py", "--payments", "200")
