@@ -180,10 +180,9 @@ class Contract:
         hashtype = payment_hashtype(change)
         return append_hashtype(key.sign(self.payment_sighash(change)), hashtype)
 
-    def check_payment(self, change: int, signature: bytes, verify: bool = True) -> None:
+    def check_payment(self, change: int, signature: bytes) -> None:
         """Raise RemoteProtocolError unless `signature` is the client's valid payment leaving it
-        `change`, with exactly the hashtype the protocol prescribes. `verify` False makes every
-        check but the ECDSA one (for a payment a later, verified one supersedes)."""
+        `change`, with exactly the hashtype the protocol prescribes."""
         if change > self.value:
             raise bad_tx(f"change {change} exceeds the channel value {self.value}")
         if 0 < change < DUST:
@@ -194,7 +193,7 @@ class Contract:
                          f"expected {payment_hashtype(change):#x}")
         if not is_low_s(der):
             raise bad_tx("payment signature is not canonical low-S DER")
-        if verify and not self.client_key.verify_low_s(self.payment_sighash(change), der):
+        if not self.client_key.verify_low_s(self.payment_sighash(change), der):
             raise bad_tx("payment signature does not verify against the contract")
 
     # -- settlement (server) ---------------------------------------------------------------

@@ -154,7 +154,6 @@ class ServerChannel(ProtocolMachine):
         self.refund_outpoint_txid = b""
         self.challenge = b""
         self.record: ChannelRecord | None = None
-        self._verify_each = True  # False while pipelined payments are checked together
         self.handlers: dict[int, Handler] = {
             T.CLIENT_VERSION: self._on_client_version,
             T.PROVIDE_REFUND: self._on_provide_refund,
@@ -176,31 +175,11 @@ class ServerChannel(ProtocolMachine):
 
     def receive_pipelined(self, received: Sequence[T]) -> tuple[list[Effect], int]:
         """Messages received together on an open channel: handled in order as `receive` would
-        handle each, while the channel stays open; returns the effects and how many messages
-        were taken (the rest wait until these effects are carried out).
-
-        The ECDSA check of the UPDATE_PAYMENTs among them is made once, on the last payment's
-        signature (every other check is made on each): it pays the server at least what each
-        earlier one does, and it supersedes them in the commit that stores them all, before any
-        is acknowledged. If it fails, or anything is refused, they are handled again one by
-        one, each verified, exactly as `receive` would."""
+        handle each (every payment's signature verified), while the channel stays open;
+        returns the effects and how many messages were taken (the rest wait until these
+        effects are carried out)."""
         if self.state is not ServerState.OPEN:
             return self.receive(received[0]), 1
-        before = self.state, self.record
-        self._verify_each = False
-        try:
-            effects, taken = self._take_while_open(received)
-        finally:
-            self._verify_each = True
-        record = self.record
-        if self.state is not self.closed and record is not None:
-            try:
-                if record is not before[1]:
-                    record.contract.check_payment(record.change, record.signature)
-                return effects, taken
-            except RemoteProtocolError:
-                pass
-        self.state, self.record = before  # handled again, each payment verified
         return self._take_while_open(received)
 
     def _take_while_open(self, received: Sequence[T]) -> tuple[list[Effect], int]:
@@ -402,7 +381,7 @@ class ServerChannel(ProtocolMachine):
         if amount < self.policy.min_increment and change:
             raise bad_tx(f"payment of {amount} is below the minimum increment "
                          f"{self.policy.min_increment}")
-        record.contract.check_payment(change, body.signature, verify=self._verify_each)
+        record.contract.check_payment(change, body.signature)
         self.record = record = record.with_payment(change, body.signature)
         effects: list[Effect] = [*proven, StorePayment(record, amount, body.info),
                                  PaymentReceived(record, amount, body.info),
