@@ -36,6 +36,7 @@ from bitcoind_paychan.daemon.logs import SUBSYSTEMS
 from bitcoind_paychan.errors import ConfigError, DecodeError, PolicyError
 from bitcoind_paychan.node.config import CHAINS, DEFAULT_RPC_PORTS, NodeConfig
 from bitcoind_paychan.service.limits import PeerLimits
+from bitcoind_paychan.store.leases import ClusterPolicy
 
 LEVELS = ("debug", "info", "warning", "error")
 FORMATS = ("human", "json")
@@ -144,6 +145,7 @@ class Config:
     logging: LoggingConfig
     control: ControlConfig
     metrics: MetricsConfig
+    cluster: ClusterPolicy = field(default_factory=ClusterPolicy)  # instances sharing a store
     source: Path | None = None
 
     def node_config(self) -> NodeConfig:
@@ -177,6 +179,7 @@ SECTIONS: dict[str, type[Any]] = {
     "bitcoind": BitcoindConfig, "server": ServerConfig, "client": ClientConfig,
     "store": StoreConfig, "scheduler": SchedulerConfig, "fees": FeePolicy,
     "logging": LoggingConfig, "control": ControlConfig, "metrics": MetricsConfig,
+    "cluster": ClusterPolicy,
 }
 TOP_LEVEL = ("network", *SECTIONS)
 # The keys that set a policy's field (key → field). Their defaults and rules are the policy's.
@@ -291,6 +294,7 @@ def config_from_dict(data: Mapping[str, Any], source: Path | None = None, *,
         logging=_logging(r, r.section(data, "logging"), network),
         control=_control(r, r.section(data, "control"), network),
         metrics=_metrics(r, r.section(data, "metrics")),
+        cluster=_cluster(r, r.section(data, "cluster")),
         source=source,
     )
     _cross_checks(r, config)
@@ -370,6 +374,16 @@ def _client(r: _Reader, d: dict[str, Any]) -> ClientConfig:
                                                  "server's host:port (port 1-65535)")
     return ClientConfig(enabled=r.boolean(d, "client", "enabled", False), servers=servers,
                         policy=r.policy(d, "client", ClientPolicy))
+
+
+def _cluster(r: _Reader, d: dict[str, Any]) -> ClusterPolicy:
+    try:
+        return ClusterPolicy(
+            instance_id=r.optional_string(d, "cluster", "instance_id", None),
+            takeover_after=r.number(d, "cluster", "takeover_after",
+                                    ClusterPolicy.takeover_after))
+    except PolicyError as exc:
+        r.fail(_join("cluster", exc.field), exc.detail)
 
 
 def _logging(r: _Reader, d: dict[str, Any], network: str) -> LoggingConfig:

@@ -38,6 +38,7 @@ from bitcoind_paychan.service.client import Channel, ChannelFailed, ChannelGone,
 from bitcoind_paychan.service.server import PaymentServer, ServerEvent
 from bitcoind_paychan.service.watcher import ChannelView
 from bitcoind_paychan.store import ChannelSummary, SQLiteStore
+from bitcoind_paychan.store.leases import LocalLeases
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,8 @@ class Daemon:
                 min_confirmations=config.server.min_confirmations,
                 payout_script=config.payout_script(),
                 on_payment_latency=self.metrics.server.latency.observe,
-                limits=config.server.limits, **common)
+                limits=config.server.limits, leases=LocalLeases(store, config.cluster),
+                **common)
         if config.client.enabled:
             self.client = PaymentClient(wallet, store, network=Network.from_chain(config.network),
                                         policy=config.client.policy,

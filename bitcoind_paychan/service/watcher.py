@@ -6,7 +6,10 @@ folds it into the channels it touches, and carries out what `channel.watch.revie
 the channels that need attention. APScheduler wakes it once, at the earliest deadline (a
 restart loses none, and one missed while the process was down fires at once), on a safety
 interval, and for retries with backoff while the node refuses a refund as non-final or cannot
-be reached. Store and node calls run off the event loop.
+be reached. Store and node calls run off the event loop. With `leases` (a server), a deadline's
+settlement and each broadcast are claimed first, so one instance of those sharing the store does
+each; and when the store is shared, the index re-reads the live channels at each block and
+review, so it learns of channels other instances opened.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from bitcoind_paychan.node.bitcoind import AsyncBitcoind
 from bitcoind_paychan.node.monitor import Block, BlockMonitor, ChainEvent
 from bitcoind_paychan.service.watchindex import WatchIndex
 from bitcoind_paychan.store import ChannelStore
+from bitcoind_paychan.store.leases import Leases
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 600.0
@@ -96,8 +100,10 @@ class ChainWatcher:
         zmq_endpoint: str | None = None,
         poll_interval: float = 5.0,
         review_interval: float = 60.0,
+        leases: Leases | None = None,
     ) -> None:
         self.role = role
+        self.leases = leases
         self.wallet = wallet
         self.store = store
         self.policy = policy or WatchPolicy()
@@ -135,13 +141,36 @@ class ChainWatcher:
         self.scheduler.start()
         self.scheduler.add_job(self.review_all, "interval", seconds=self.review_interval,
                                id="review", coalesce=True, max_instances=1)
+        if self.leases is not None and self.leases.shared:
+            self.scheduler.add_job(self._heartbeat, "interval", id="heartbeat",
+                                   seconds=self.leases.heartbeat_interval, coalesce=True,
+                                   max_instances=1, next_run_time=dt.datetime.now(dt.UTC))
         self._arm(None)  # a deadline missed while the process was down fires at once
         await self.monitor.start()
         await self.review_all()
 
+    async def _heartbeat(self) -> None:
+        assert self.leases is not None
+        try:
+            await asyncio.to_thread(self.leases.heartbeat)
+        except PaychanError as exc:
+            log.warning("heartbeat failed (%s): other instances take this one's duties over "
+                        "if it stays silent", exc)
+
+    async def _learn_channels(self) -> None:
+        """A shared store: channels other instances stored join the index (its deadlines
+        too), so a block or a deadline reaches them here as well."""
+        if self.leases is not None and self.leases.shared:
+            known = len(self.index)
+            await asyncio.to_thread(self._build_index)
+            if len(self.index) != known:
+                self._arm(self._armed_after)
+
     def _build_index(self) -> None:
         """Worker thread: the live channels of the store into the index."""
         for channel in self.store.watched(self.role, LIVE[self.role]):
+            if channel.contract_txid in self.index:
+                continue
             open_ = channel.status is ChannelStatus.OPEN
             self.index.add(channel.contract_txid, channel.outpoint_index,
                            self._deadline(channel.expiry) if open_ else None,
@@ -213,6 +242,7 @@ class ChainWatcher:
     # -- chain events ----------------------------------------------------------------------
 
     async def _on_chain_event(self, event: ChainEvent) -> None:
+        await self._learn_channels()
         async with self._lock:
             records: dict[str, ChannelRecord] = {}
             before: dict[str, ChainState] = {}
@@ -294,6 +324,8 @@ class ChainWatcher:
         `final` (the periodic review) also the final ones waiting to be buried, and every
         watched contract output against the mempool (batched). On a node failure, try again
         with backoff."""
+        if final:
+            await self._learn_channels()
         async with self._lock:
             try:
                 await self._review_all(final, set(touched))
@@ -416,6 +448,8 @@ class ChainWatcher:
         txid = record.contract_txid
         match effect:
             case Broadcast(tx, purpose):
+                if not await self._claim(f"broadcast:{tx.txid_hex}", self.review_interval / 2):
+                    return
                 try:
                     await self.wallet.broadcast(tx)
                     # Unconfirmed transactions are re-sent at every review: log those quietly.
@@ -433,9 +467,12 @@ class ChainWatcher:
                 states = {txid: effect.state} if isinstance(effect, StoreChainState) else {}
                 await self._store_marks(marks, states, {txid: record})
             case SettleChannel():
-                if self.settle is not None:
+                if self.settle is not None and await self._claim(f"settle:{txid}"):
                     log.info("channel %s nears its expiry: settling", txid)
-                    await self.settle(txid)
+                    try:
+                        await self.settle(txid)  # re-reads the channel after its lease
+                    finally:
+                        await self._finish(f"settle:{txid}")
             case ForgetChannel() | DiscardChannel():
                 if isinstance(effect, ForgetChannel):
                     await asyncio.to_thread(self.store.forget, self.role, txid)
@@ -448,6 +485,19 @@ class ChainWatcher:
             case ChannelFinished():
                 if self.on_event:
                     self.on_event(effect)
+
+    async def _claim(self, duty: str, hold: float | None = None) -> bool:
+        """Whether this instance does `duty` now (always, without leases)."""
+        if self.leases is None:
+            return True
+        if await asyncio.to_thread(self.leases.claim, duty, hold):
+            return True
+        log.debug("%s: another instance is doing it", duty)
+        return False
+
+    async def _finish(self, duty: str) -> None:
+        if self.leases is not None:
+            await asyncio.to_thread(self.leases.finish, duty)
 
     def chain_state(self, contract_txid: str) -> ChainState:
         return self.store.chain_state(self.role, contract_txid)

@@ -6,7 +6,9 @@ writer thread takes every payment queued by the time it is free and stores them 
 batching adds no latency; under load the batch is what arrived during the previous commit, so
 the window follows the load. Each caller's `record_payment` returns only after the commit that
 holds its payment, so nothing is acknowledged before it is durable. The thread ends after a
-moment without work and starts again with the next payment.
+moment without work and starts again with the next payment. A server's payments carry their
+connection's lease: with `leases`, each is stored only while that lease is current (fencing,
+`store/leases.py`), checked in the same commit.
 """
 
 from __future__ import annotations
@@ -19,38 +21,41 @@ from collections.abc import Iterable
 
 from bitcoind_paychan.channel.effects import Effect, StorePayment
 from bitcoind_paychan.channel.records import ChannelRecord
-from bitcoind_paychan.store.base import ChannelStore, Payment
+from bitcoind_paychan.store.base import ChannelStore
+from bitcoind_paychan.store.leases import FencedPayment, Lease, Leases
 
 MAX_BATCH = 512  # payments per commit
 IDLE_EXIT = 2.0  # seconds without work before the thread ends
 
-_Item = tuple[Payment, asyncio.AbstractEventLoop, "asyncio.Future[None]"]
+_Item = tuple[FencedPayment, asyncio.AbstractEventLoop, "asyncio.Future[None]"]
 
 
 class PaymentWriter:
     """`await writer.record_payment(...)`: `store.record_payment`, group-committed."""
 
-    def __init__(self, store: ChannelStore) -> None:
+    def __init__(self, store: ChannelStore, leases: Leases | None = None) -> None:
         self.store = store
+        self.leases = leases
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._running = False
 
-    async def record_payment(self, record: ChannelRecord, amount: int, info: bytes = b"") -> None:
+    async def record_payment(self, record: ChannelRecord, amount: int, info: bytes = b"",
+                             lease: Lease | None = None) -> None:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
-        self._queue.put(((record, amount, info), loop, done))
+        self._queue.put((((record, amount, info), lease), loop, done))
         with self._lock:
             if not self._running:
                 self._running = True
                 threading.Thread(target=self._work, name="payment-writer", daemon=True).start()
         await done
 
-    def start(self, effects: Iterable[Effect]) -> Writes:
-        """Hand every StorePayment among `effects` to the writer now (so they share a commit);
-        `Writes.stored(effect)` awaits each one in its place."""
+    def start(self, effects: Iterable[Effect], lease: Lease | None = None) -> Writes:
+        """Hand every StorePayment among `effects` (made under `lease`, if any) to the writer
+        now (so they share a commit); `Writes.stored(effect)` awaits each one in its place."""
         return Writes({id(e): asyncio.ensure_future(self.record_payment(e.record, e.amount,
-                                                                        e.info))
+                                                                        e.info, lease))
                        for e in effects if isinstance(e, StorePayment)}, self)
 
     def _work(self) -> None:
@@ -73,8 +78,10 @@ class PaymentWriter:
 
     def _commit(self, batch: list[_Item]) -> None:
         try:
+            payments = [payment for payment, _, _ in batch]
             outcomes: list[BaseException | None] = list(
-                self.store.record_payments([payment for payment, _, _ in batch]))
+                self.leases.record_payments(payments) if self.leases is not None
+                else self.store.record_payments([payment for payment, _ in payments]))
         except BaseException as e:  # the commit failed: none is stored
             outcomes = [e] * len(batch)
         answers: dict[asyncio.AbstractEventLoop, list[_Answer]] = {}
@@ -91,11 +98,13 @@ class Writes:
     def __init__(self, started: dict[int, asyncio.Future[None]], writer: PaymentWriter) -> None:
         self._started, self._writer = started, writer
 
-    async def stored(self, effect: StorePayment) -> None:
-        """Return once `effect`'s payment is durable (started now if it was not before)."""
+    async def stored(self, effect: StorePayment, lease: Lease | None = None) -> None:
+        """Return once `effect`'s payment is durable (started now, under `lease`, if it was
+        not before)."""
         started = self._started.get(id(effect))
         await (started if started is not None
-               else self._writer.record_payment(effect.record, effect.amount, effect.info))
+               else self._writer.record_payment(effect.record, effect.amount, effect.info,
+                                                lease))
 
     async def finish(self) -> None:
         """Wait for every write started (after a failure, so none is left running unseen)."""
