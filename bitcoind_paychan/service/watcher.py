@@ -143,7 +143,7 @@ class ChainWatcher:
                                id="review", coalesce=True, max_instances=1)
         if self.leases is not None and self.leases.shared:
             self.scheduler.add_job(self._heartbeat, "interval", id="heartbeat",
-                                   seconds=self.leases.heartbeat_interval, coalesce=True,
+                                   seconds=self.leases.policy.heartbeat_interval, coalesce=True,
                                    max_instances=1, next_run_time=dt.datetime.now(dt.UTC))
         self._arm(None)  # a deadline missed while the process was down fires at once
         await self.monitor.start()
@@ -467,12 +467,16 @@ class ChainWatcher:
                 states = {txid: effect.state} if isinstance(effect, StoreChainState) else {}
                 await self._store_marks(marks, states, {txid: record})
             case SettleChannel():
-                if self.settle is not None and await self._claim(f"settle:{txid}"):
-                    log.info("channel %s nears its expiry: settling", txid)
-                    try:
-                        await self.settle(txid)  # re-reads the channel after its lease
-                    finally:
-                        await self._finish(f"settle:{txid}")
+                if self.settle is None:
+                    return
+                if not await self._claim(f"settle:{txid}"):
+                    self._look_again_after_takeover()  # its claimer may be dead
+                    return
+                log.info("channel %s nears its expiry: settling", txid)
+                try:
+                    await self.settle(txid)  # re-reads the channel after its lease
+                finally:
+                    await self._finish(f"settle:{txid}")
             case ForgetChannel() | DiscardChannel():
                 if isinstance(effect, ForgetChannel):
                     await asyncio.to_thread(self.store.forget, self.role, txid)
@@ -494,6 +498,13 @@ class ChainWatcher:
             return True
         log.debug("%s: another instance is doing it", duty)
         return False
+
+    def _look_again_after_takeover(self) -> None:
+        """Review the due channels again once a silent claimer would count as dead."""
+        assert self.leases is not None
+        when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.leases.policy.takeover_after)
+        self.scheduler.add_job(self.review_all, "date", id="takeover", replace_existing=True,
+                               run_date=when, kwargs={"final": False})
 
     async def _finish(self, duty: str) -> None:
         if self.leases is not None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -85,7 +85,9 @@ class Leases(Protocol):
         ...
 
     @property
-    def heartbeat_interval(self) -> float: ...
+    def policy(self) -> ClusterPolicy:
+        """This instance's name and the takeover timing."""
+        ...
 
     def acquire(self, role: Role, contract_txid: str, holder: str) -> Lease:
         """Take the channel's lease for `holder` now, raising its token (whoever held it)."""
@@ -122,6 +124,21 @@ def lease_lost(lease: Lease) -> LeaseLost:
         "connection, where the client resumed; nothing was acknowledged, this connection ends")
 
 
+def fenced(batch: Sequence[FencedPayment], tokens: Mapping[tuple[Role, str], int],
+           store: Callable[[list[Payment]], list[StoreError | None]]
+           ) -> list[StoreError | None]:
+    """Store (with `store`) the payments of `batch` whose lease is the channel's current one
+    (`tokens`: the channels' tokens, read under a lock the commit keeps) or that need none;
+    LeaseLost for the others. Per payment, its outcome."""
+    outcomes: list[StoreError | None] = [
+        None if lease is None or tokens.get((lease.role, lease.contract_txid)) == lease.token
+        else lease_lost(lease) for _, lease in batch]
+    current = [payment for (payment, _), refused in zip(batch, outcomes, strict=True)
+               if refused is None]
+    stored = iter(store(current) if current else [])
+    return [refused if refused is not None else next(stored) for refused in outcomes]
+
+
 class LocalLeases:
     """The leases of a store owned by this process alone: held in memory (tokens start again
     at each start, as every connection does). A payment's check and its commit happen under
@@ -130,8 +147,8 @@ class LocalLeases:
 
     def __init__(self, store: ChannelStore, policy: ClusterPolicy | None = None) -> None:
         self.store = store
-        self.policy = policy or ClusterPolicy()
-        self._instance = self.policy.instance
+        self._policy = policy or ClusterPolicy()
+        self._instance = self._policy.instance
         self._lock = threading.Lock()
         self._tokens: dict[tuple[Role, str], int] = {}
         self._holders: dict[tuple[Role, str], str] = {}
@@ -142,11 +159,11 @@ class LocalLeases:
     def instance(self) -> str:
         return self._instance
 
-    shared = False  # one process owns the store
-
     @property
-    def heartbeat_interval(self) -> float:
-        return self.policy.heartbeat_interval
+    def policy(self) -> ClusterPolicy:
+        return self._policy
+
+    shared = False  # one process owns the store
 
     def acquire(self, role: Role, contract_txid: str, holder: str) -> Lease:
         key = (Role(role), contract_txid)
@@ -167,13 +184,7 @@ class LocalLeases:
 
     def record_payments(self, batch: Sequence[FencedPayment]) -> list[StoreError | None]:
         with self._lock:
-            outcomes: list[StoreError | None] = [
-                None if lease is None or self._tokens.get((lease.role, lease.contract_txid))
-                == lease.token else lease_lost(lease) for _, lease in batch]
-            current = [payment for (payment, _), refused in zip(batch, outcomes, strict=True)
-                       if refused is None]
-            stored = iter(self.store.record_payments(current) if current else [])
-        return [refused if refused is not None else next(stored) for refused in outcomes]
+            return fenced(batch, self._tokens, self.store.record_payments)
 
     def claim(self, duty: str, hold: float | None = None) -> bool:
         if hold is not None:
