@@ -91,7 +91,7 @@ def test_the_mainnet_example_fits_the_unit() -> None:
     config = load_config(CONTRIB / "paychan.mainnet.yaml")
     state = Path("/var/lib") / unit["StateDirectory"][0]
     runtime = Path("/run") / unit["RuntimeDirectory"][0]
-    assert config.store.path.is_relative_to(state)
+    assert config.store.path is not None and config.store.path.is_relative_to(state)
     assert config.control.cookie_file.parent == runtime
     assert unit["RuntimeDirectoryMode"] == ["0750"] and config.control.cookie_mode == 0o640
     assert unit["StateDirectoryMode"] == ["0700"]  # the store: the daemon's user only

@@ -37,8 +37,8 @@ from bitcoind_paychan.node import AsyncBitcoind, Bitcoind
 from bitcoind_paychan.service.client import Channel, ChannelFailed, ChannelGone, PaymentClient
 from bitcoind_paychan.service.server import PaymentServer, ServerEvent
 from bitcoind_paychan.service.watcher import ChannelView
-from bitcoind_paychan.store import ChannelSummary, SQLiteStore
-from bitcoind_paychan.store.leases import LocalLeases
+from bitcoind_paychan.store import ChannelStore, ChannelSummary
+from bitcoind_paychan.store.leases import leases_for
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class Daemon:
         self.client: PaymentClient | None = None
         self.channels: dict[str, Channel] = {}  # the client's live channels
         self.node = Bitcoind(config.node_config())
-        self.store: SQLiteStore | None = None
+        self.store: ChannelStore | None = None
         self.started = time.time()
         self._stop = asyncio.Event()
         self._busy = 0  # control calls in flight (payments, opens, closes)
@@ -72,10 +72,11 @@ class Daemon:
         logs = Logs(config.logging.level, config.logging.format, config.logging.file,
                     config.logging.levels)
         node = self.node
-        config.store.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # First, like bitcoind's datadir lock: a second daemon on this store stops here,
+        if config.store.path is not None:
+            config.store.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # First, like bitcoind's datadir lock: a second daemon on an SQLite store stops here,
         # before it touches the node, a port or the control cookie.
-        self.store = store = SQLiteStore(config.store.path)
+        self.store = store = config.store.open()
         try:
             tip = await asyncio.to_thread(node.check)
         except BaseException:
@@ -114,7 +115,7 @@ class Daemon:
             await self._shutdown(control, metrics, store)
         return 0
 
-    def build(self, wallet: AsyncBitcoind, store: SQLiteStore) -> None:
+    def build(self, wallet: AsyncBitcoind, store: ChannelStore) -> None:
         """The enabled roles' services, with the policies the configuration built."""
         config = self.config
         common: dict[str, Any] = {
@@ -128,7 +129,7 @@ class Daemon:
                 min_confirmations=config.server.min_confirmations,
                 payout_script=config.payout_script(),
                 on_payment_latency=self.metrics.server.latency.observe,
-                limits=config.server.limits, leases=LocalLeases(store, config.cluster),
+                limits=config.server.limits, leases=leases_for(store, config.cluster),
                 **common)
         if config.client.enabled:
             self.client = PaymentClient(wallet, store, network=Network.from_chain(config.network),
@@ -136,7 +137,7 @@ class Daemon:
                                         on_event=self._client_event, **common)
 
     async def _shutdown(self, control: ControlServer, metrics: MetricsServer | None,
-                        store: SQLiteStore) -> None:
+                        store: ChannelStore) -> None:
         deadline = time.monotonic() + 15
         while self._busy and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
@@ -193,7 +194,8 @@ class Daemon:
         height = self._last_height()
         if height is not None:
             m.height.set(height)
-        m.store_size.set(store_size(self.config.store.path))
+        if self.config.store.path is not None:  # SQLite; a database's size is its server's
+            m.store_size.set(store_size(self.config.store.path))
 
     def _node_healthy(self) -> bool:
         return all(service.watcher.healthy for service in (self.server, self.client)
@@ -221,6 +223,7 @@ class Daemon:
             "client": sorted(self.config.client.servers) if self.client else None,
             "channels": {state.value: sum(1 for v in views if v.status == state.value)
                          for state in ChannelStatus},
+            "store": None if self.store is None else asdict(self.store.info()),
         }
 
     def _last_height(self) -> int | None:

@@ -60,7 +60,7 @@ from bitcoind_paychan.service.limits import Admission, PeerGate, PeerLimits
 from bitcoind_paychan.service.outbox import effects_in_order, send_all
 from bitcoind_paychan.service.watcher import ChainWatcher, ChannelView
 from bitcoind_paychan.store import ChannelStore
-from bitcoind_paychan.store.leases import Lease, Leases, LocalLeases
+from bitcoind_paychan.store.leases import Lease, Leases, leases_for
 from bitcoind_paychan.store.writer import PaymentWriter, Writes
 from bitcoind_paychan.wire import MessageStream, pb
 
@@ -123,7 +123,7 @@ class PaymentServer:
         self.wallet = wallet
         self.store = store
         # Which connection may store each channel's payments (in memory: one process).
-        self.leases: Leases = leases or LocalLeases(store)
+        self.leases: Leases = leases or leases_for(store)
         # Group commit of every channel's payments, each fenced by its connection's lease.
         self.payments = PaymentWriter(store, self.leases)
         self.policy = policy or ServerPolicy()

@@ -201,3 +201,13 @@ class LocalLeases:
 
     def heartbeat(self) -> None:
         """One process: nobody else to tell."""
+
+
+def leases_for(store: ChannelStore, policy: ClusterPolicy | None = None) -> Leases:
+    """The leases of `store`: in the database when other instances may share it (PostgreSQL),
+    else in this process (a store it owns alone: SQLite, memory)."""
+    if store.info().engine == "postgresql":
+        from bitcoind_paychan.store.postgres_leases import PostgresLeases
+
+        return PostgresLeases(store, policy)
+    return LocalLeases(store, policy)

@@ -55,7 +55,7 @@ def built(data: dict[str, Any], folder: Path) -> Daemon:
     for cookie in ("node.cookie", "other.cookie"):
         (folder / cookie).write_text("__cookie__:" + "1" * 64)
     daemon = Daemon(config_from_dict(data, folder / "paychan.yaml"))
-    daemon.build(AsyncBitcoind(daemon.node), MemoryStore())  # type: ignore[arg-type]
+    daemon.build(AsyncBitcoind(daemon.node), MemoryStore())
     return daemon
 
 
