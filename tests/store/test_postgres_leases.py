@@ -132,5 +132,9 @@ def test_a_restarted_instance_of_the_same_name_is_another_claimer(
     assert before.claim("settle:z")
     after = instance(store_b, "a", takeover_after=0.5)  # the same name, a new process
     assert not after.claim("settle:z")
-    until(lambda: after.heartbeat() or after.claim("settle:z"),
-          "the restarted instance never took over its silent predecessor's duty")
+    def beat_and_claim() -> bool:
+        after.heartbeat()  # alive, unlike its predecessor
+        return after.claim("settle:z")
+
+    until(beat_and_claim, "the restarted instance never took over its silent predecessor's "
+          "duty")
