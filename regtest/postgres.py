@@ -138,7 +138,8 @@ class PostgresServer:
         pwfile.unlink()
 
     def _spawn(self, timeout: float) -> None:
-        self.port = free_port()
+        self.port = self.port or free_port()
+        seen = self.log.stat().st_size if self.log.exists() else 0
         args = [str(self.bin_dir / "postgres"), "-D", str(self.data), "-p", str(self.port),
                 "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.dir}",
                 "-c", f"fsync={'on' if self.fsync else 'off'}", "-c", "max_connections=200"]
@@ -149,7 +150,7 @@ class PostgresServer:
                                             user=uid, group=gid,
                                             extra_groups=None if uid is None else [])
         deadline = time.monotonic() + timeout
-        while b"ready to accept connections" not in self.log.read_bytes():
+        while b"ready to accept connections" not in self.log.read_bytes()[seen:]:
             if self.process.poll() is not None:
                 raise RuntimeError(f"postgres exited with {self.process.returncode}: "
                                    f"{self.log_tail()}")
@@ -177,6 +178,18 @@ class PostgresServer:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+    def crash(self) -> None:
+        """Stop as a crash would: immediate shutdown, no checkpoint (WAL replay at restart)."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGQUIT)
+            process.wait(30)
+
+    def restart(self, timeout: float = 60.0) -> None:
+        """Start again on the same port and data (after `stop` or `crash`)."""
+        self.stop()
+        self._spawn(timeout)
 
     def cleanup(self) -> None:
         """Stop the server and remove its directory."""

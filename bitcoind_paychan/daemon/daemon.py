@@ -31,7 +31,7 @@ from bitcoind_paychan.daemon.config import Config
 from bitcoind_paychan.daemon.control import ControlServer
 from bitcoind_paychan.daemon.logs import Logs
 from bitcoind_paychan.daemon.metrics import MetricsServer, PaychanMetrics
-from bitcoind_paychan.errors import ConfigError, LocalProtocolError, NodeError
+from bitcoind_paychan.errors import ConfigError, LocalProtocolError, NodeError, StoreError
 from bitcoind_paychan.logcontext import bind_channel, channel_fields
 from bitcoind_paychan.node import AsyncBitcoind, Bitcoind
 from bitcoind_paychan.service.client import Channel, ChannelFailed, ChannelGone, PaymentClient
@@ -76,7 +76,7 @@ class Daemon:
             config.store.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         # First, like bitcoind's datadir lock: a second daemon on an SQLite store stops here,
         # before it touches the node, a port or the control cookie.
-        self.store = store = config.store.open()
+        self.store = store = _open_store(config)
         try:
             tip = await asyncio.to_thread(node.check)
         except BaseException:
@@ -452,6 +452,17 @@ def _instant(text: str) -> int:
         raise LocalProtocolError(f"prunehistory: {text!r} is not a date; give YYYY-MM-DD, "
                                  "YYYY-MM-DDTHH:MM or Unix seconds") from None
     return int((when if when.tzinfo else when.replace(tzinfo=dt.UTC)).timestamp())
+
+
+def _open_store(config: Config) -> ChannelStore:
+    """The configured store; a database that refuses us is named with its key and file."""
+    try:
+        return config.store.open()
+    except StoreError as exc:
+        if config.store.engine == "sqlite":
+            raise
+        where = f" in {config.source}" if config.source else ""
+        raise StoreError(f"store.dsn{where}: {exc}") from None
 
 
 @contextlib.contextmanager

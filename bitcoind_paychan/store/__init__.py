@@ -19,10 +19,11 @@ from bitcoind_paychan.store.base import (
     WatchedChannel,
 )
 from bitcoind_paychan.store.memory import MemoryStore
+from bitcoind_paychan.store.postgres import PostgresStore
 from bitcoind_paychan.store.sqlite import SQLiteStore
 
 __all__ = ["ENGINES", "ChannelStore", "ChannelSummary", "MemoryStore", "PaymentLogEntry",
-           "SQLiteStore", "StoreInfo", "WatchedChannel", "open_store"]
+           "PostgresStore", "SQLiteStore", "StoreInfo", "WatchedChannel", "open_store"]
 
 ENGINES = ("sqlite", "postgresql")
 
@@ -36,8 +37,6 @@ def open_store(path: str | Path | None = None, *, engine: str = "sqlite",
     if engine == "sqlite" and path is not None:
         return SQLiteStore(path, read_only=read_only)
     if engine == "postgresql" and dsn is not None:
-        from bitcoind_paychan.store.postgres import PostgresStore  # psycopg only when used
-
         return PostgresStore(dsn, read_only=read_only)
     raise StoreError(f"cannot open a store of engine {engine!r} with path={path!r} and a "
                      f"{'' if dsn else 'missing '}dsn: use engine sqlite with a path, or "

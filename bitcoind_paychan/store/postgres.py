@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bitcoind_paychan.channel.records import Role
 from bitcoind_paychan.errors import StoreError
@@ -25,12 +25,9 @@ from bitcoind_paychan.store.base import Payment, closed, newer_store
 from bitcoind_paychan.store.codec import SCHEMA_VERSION
 from bitcoind_paychan.store.sql import Cursor, SQLStore, refusal
 
-try:
+if TYPE_CHECKING:  # psycopg is imported when first used: SQLite users never pay for it
     import psycopg
-    from psycopg import conninfo, errors
-    from psycopg_pool import ConnectionPool, PoolTimeout
-except ImportError:  # pragma: no cover - the postgresql extra is not installed
-    psycopg = None  # type: ignore[assignment]
+    from psycopg_pool import ConnectionPool
 
 POOL_SIZE = 10  # connections at most (the payment writer's, the event loop's threads)
 CONNECT_TIMEOUT = 10  # seconds to reach the server (and to wait for a pooled connection)
@@ -44,19 +41,40 @@ _URI_PASSWORD = re.compile(r"(://[^:/@\s]*:)([^@]*)(@)")
 def redact(text: str, dsn: str = "") -> str:
     """`text` with any password (of `dsn`, or that looks like one) replaced by ***."""
     text = _URI_PASSWORD.sub(r"\1***\3", _PASSWORD.sub(r"\1***", text))
+    for password in _passwords(dsn):
+        text = text.replace(password, "***")
+    return text
+
+
+def _passwords(dsn: str) -> set[str]:
+    """The DSN's password, parsed or (for a DSN that does not parse) as it looks."""
+    found = {m.group(2).strip("'") for m in _PASSWORD.finditer(dsn)}
+    found |= {m.group(2) for m in _URI_PASSWORD.finditer(dsn)}
+    with suppress(Exception):  # any failure to parse: the patterns above did what they could
+        found.add(str(_settings(dsn).get("password") or "") if dsn else "")
+    return {p for p in found if len(p) >= 4}
+
+
+def _driver() -> Any:
+    """The psycopg module (ValueError if the postgresql extra is not installed)."""
     try:
-        password = _parse(dsn).get("password", "") if dsn else ""
-    except ValueError:
-        password = ""
-    return text.replace(password, "***") if len(password) >= 4 else text
+        import psycopg
+        import psycopg_pool  # noqa: F401 - the pool, needed as soon as a store opens
+    except ImportError:
+        raise ValueError(f"the postgresql engine needs psycopg: {INSTALL}") from None
+    return psycopg
+
+
+def _settings(dsn: str) -> dict[str, Any]:
+    settings: dict[str, Any] = _driver().conninfo.conninfo_to_dict(dsn)
+    return settings
 
 
 def _parse(dsn: str) -> dict[str, Any]:
-    if psycopg is None:
-        raise ValueError(f"the postgresql engine needs psycopg: {INSTALL}")
+    driver = _driver()
     try:
-        return conninfo.conninfo_to_dict(dsn)
-    except psycopg.Error as e:
+        return _settings(dsn)
+    except driver.Error as e:
         raise ValueError(redact(str(e).strip(), dsn)) from None
 
 
@@ -101,8 +119,12 @@ class PostgresStore(SQLStore):
     _FOR_UPDATE = " FOR UPDATE"
 
     def __init__(self, dsn: str, *, read_only: bool = False, pool_size: int = POOL_SIZE) -> None:
-        if psycopg is None:
-            raise StoreError(f"the postgresql store engine needs psycopg: {INSTALL}")
+        try:
+            driver = _driver()
+        except ValueError as e:
+            raise StoreError(str(e)) from None
+        from psycopg_pool import ConnectionPool
+
         self._dsn = dsn
         self._name = describe(dsn)
         self._read_only = read_only
@@ -112,9 +134,9 @@ class PostgresStore(SQLStore):
             raise StoreError(f"store.dsn is not a PostgreSQL connection string: {e}; give "
                              "e.g. postgresql://paychan:${PGPASSWORD}@127.0.0.1/paychan") from None
         with self._connect_errors():
-            with psycopg.connect(dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT) as conn:
-                self._schema_version = _prepare_schema(conn, self._name, read_only)
+            with driver.connect(dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT) as conn:
                 _check_privileges(conn, self._name, read_only)
+                self._schema_version = _prepare_schema(conn, self._name, read_only)
             self._pool: ConnectionPool[Any] | None = ConnectionPool(
                 dsn, min_size=1, max_size=pool_size, kwargs={"autocommit": True},
                 timeout=CONNECT_TIMEOUT, name="paychan-store", open=False)
@@ -144,7 +166,9 @@ class PostgresStore(SQLStore):
     def _connect_errors(self) -> Iterator[None]:
         try:
             yield
-        except (psycopg.Error, PoolTimeout) as e:
+        except Exception as e:
+            if not _driver_failure(e):
+                raise
             raise StoreError(f"cannot open the store, {self._name}: "
                              f"{_explain(e, self._dsn)}") from None
 
@@ -152,7 +176,9 @@ class PostgresStore(SQLStore):
     def _errors(self, what: str) -> Iterator[None]:
         try:
             yield
-        except (psycopg.Error, PoolTimeout) as e:
+        except Exception as e:
+            if not _driver_failure(e):
+                raise
             raise StoreError(f"could not {what} in {self._name}: {_explain(e, self._dsn)}"
                              ) from None
 
@@ -199,9 +225,17 @@ def _placeholders(sql: str) -> str:
 def _prepare_schema(conn: psycopg.Connection[Any], name: str, read_only: bool) -> int:
     """Create the schema in a new database, upgrade an older one, refuse a newer one; the
     version it is at."""
-    with conn.transaction():
+    if not read_only:  # before the transaction, so that it sees what the last holder made
+        conn.execute("SELECT pg_advisory_lock(%s)", (schema.MIGRATION_LOCK,))
+    try:
+        return _migrate(conn, name, read_only)
+    finally:
         if not read_only:
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (schema.MIGRATION_LOCK,))
+            conn.execute("SELECT pg_advisory_unlock(%s)", (schema.MIGRATION_LOCK,))
+
+
+def _migrate(conn: psycopg.Connection[Any], name: str, read_only: bool) -> int:
+    with conn.transaction():
         found = conn.execute("SELECT to_regclass('schema_version'), to_regclass('channels')"
                              ).fetchone()
         if found is None or found[0] is None:
@@ -230,10 +264,12 @@ def _prepare_schema(conn: psycopg.Connection[Any], name: str, read_only: bool) -
 
 
 def _check_privileges(conn: psycopg.Connection[Any], name: str, read_only: bool) -> None:
-    """Refuse now, not at the first payment, a role that may not read and write every table."""
+    """Refuse now, not at the first payment, a role that may not read and write every table
+    of the store (those that exist: a new database has none)."""
     wanted = "SELECT" if read_only else "SELECT, INSERT, UPDATE, DELETE"
-    for table in TABLES:
-        row = conn.execute("SELECT has_table_privilege(%s, %s)", (table, wanted)).fetchone()
+    for table in (*TABLES, "schema_version"):
+        row = conn.execute("SELECT to_regclass(%s) IS NULL OR has_table_privilege(%s, %s)",
+                           (table, table, wanted)).fetchone()
         if not (row and row[0]):
             raise StoreError(
                 f"{name}: the role may not {wanted} on table {table}; as the database owner "
@@ -253,12 +289,25 @@ _CAUSES = (  # (what the server or libpq said, what to do), first match wins
     ("no such file or directory", "no server on that local socket: start it or give "
                                   "host=127.0.0.1 in store.dsn"),
     ("permission denied", "the role lacks a privilege: GRANT it as the database owner"),
+    ("must be owner", "only the tables' owner may upgrade the schema: start this release once "
+                      "with the owner's store.dsn"),
     ("disk full", "free some disk space on the database server"),
 )
 
 
+def _driver_failure(e: Exception) -> bool:
+    """Whether `e` is psycopg's or the pool's (not ours: a StoreError passes through)."""
+    from psycopg import Error
+    from psycopg_pool import PoolTimeout
+
+    return isinstance(e, Error | PoolTimeout)
+
+
 def _explain(e: BaseException, dsn: str) -> str:
     """One line: what the server or libpq said (password removed) and what to do."""
+    from psycopg import errors
+    from psycopg_pool import PoolTimeout
+
     if isinstance(e, PoolTimeout):
         return ("no database connection within "
                 f"{CONNECT_TIMEOUT} s; check that the server is up and reachable")

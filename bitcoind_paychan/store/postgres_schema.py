@@ -4,7 +4,7 @@ PostgreSQL stores start at store schema version FIRST_VERSION (the first version
 existed at): a new database gets CREATE, then every step of MIGRATIONS, exactly as an older one
 is upgraded. To change the schema: append a step here (and the same change to
 `sqlite_schema.py`) and bump SCHEMA_VERSION in `codec.py`. The version is the one row of
-`schema_version`. Migrations run in one transaction under an advisory lock, so instances
+`schema_version`. Migrations run in one transaction, under an advisory lock, so instances
 starting together upgrade a shared database once.
 """
 
@@ -14,7 +14,7 @@ from bitcoind_paychan.store.codec import SCHEMA_VERSION
 from bitcoind_paychan.store.sql import STATUS_INDEX
 
 FIRST_VERSION = 4
-MIGRATION_LOCK = 0x50434831  # pg_advisory_xact_lock key ("PCH1"): one migrator at a time
+MIGRATION_LOCK = 0x50434831  # pg_advisory_lock key ("PCH1"): one migrator at a time
 
 CREATE = (
     """CREATE TABLE channels (

@@ -23,7 +23,7 @@ from bitcoind_paychan.service.client import ChannelFailed
 from bitcoind_paychan.store import MemoryStore
 from regtest.node import RegtestNode, regtest_nodes
 from tests.conftest import self_paying_daemon
-from tests.daemon import test_daemon
+from tests.daemon import test_daemon, test_daemon_postgres
 
 DOCS = Path(__file__).parents[2] / "docs" / "config.md"
 BOTH: dict[str, dict[str, Any]] = {
@@ -119,6 +119,8 @@ PROBES: dict[str, tuple[Any, Probe]] = {
 SHOWN_BY: dict[str, Callable[..., None]] = {
     "server.listen": test_daemon.test_open_pay_list_close_through_the_cli,
     "store.path": test_daemon.test_graceful_shutdown_mid_stream_loses_nothing,
+    "store.engine": test_daemon_postgres.test_a_server_daemon_on_postgresql_keeps_its_payments,
+    "store.dsn": test_daemon_postgres.test_a_server_daemon_on_postgresql_keeps_its_payments,
     "logging.format": test_daemon.test_json_logs_and_sighup_reopens_the_log_file,
     "logging.file": test_daemon.test_json_logs_and_sighup_reopens_the_log_file,
     "control.listen": test_daemon.test_control_api_refuses_a_wrong_or_missing_cookie,
