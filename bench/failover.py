@@ -159,10 +159,35 @@ class Payer:
 # -- the run -----------------------------------------------------------------------------
 
 
+def cpu_seconds(roots: list[int]) -> float:
+    """CPU (user + system) used so far by the processes `roots` and their descendants."""
+    usage: dict[int, tuple[int, float]] = {}  # pid -> (parent, seconds)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # gone meanwhile
+            usage[int(entry.name)] = (int(fields[1]),
+                                      (int(fields[11]) + int(fields[12])) / TICKS)
+    counted: set[int] = set()
+    total, wanted = 0.0, set(roots)
+    while wanted - counted:
+        counted |= wanted
+        wanted |= {pid for pid, (parent, _) in usage.items() if parent in counted}
+    for pid in counted:
+        total += usage.get(pid, (0, 0.0))[1]
+    return total
+
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
 class Run:
     def __init__(self, args: argparse.Namespace, tmp: Path, node: RegtestNode,
-                 dsn: str) -> None:
+                 dsn: str, postgres_pid: int) -> None:
         self.args, self.tmp, self.node, self.dsn = args, tmp, node, dsn
+        self.postgres_pid = postgres_pid
         self.ports = [free_port() for _ in range(args.instances)]
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.events = tmp / "settlements.jsonl"
@@ -186,6 +211,11 @@ class Run:
         self.procs[i].send_signal(signal.SIGKILL)
         self.procs[i].wait()
 
+    def cpu(self) -> float:
+        """CPU seconds used so far by the instances, PostgreSQL and this process."""
+        return cpu_seconds([os.getpid(), self.postgres_pid,
+                            *(proc.pid for proc in self.procs.values())])
+
     def stop_all(self) -> None:
         for proc in self.procs.values():
             if proc.poll() is None:
@@ -207,16 +237,19 @@ async def measure(args: argparse.Namespace, run: Run) -> dict[str, Any]:
     running = True
     tasks = [asyncio.create_task(p.run(lambda: running)) for p in payers]
 
-    cpu: dict[int, float] = {}  # this process's CPU (clients and balancer), in cores
+    cpu: dict[int, tuple[float, float, float]] = {}  # cores: ours, everyone's; ms/payment
 
     async def rate(instances: int) -> float:
         balancer.rotation = run.ports[:instances]
         balancer.drop_all()
         await asyncio.sleep(2.0)  # everyone resumed on the phase's instances
-        before, used = sum(len(p.acked) for p in payers), time.process_time()
+        before, ours, all_ = sum(len(p.acked) for p in payers), time.process_time(), run.cpu()
         await asyncio.sleep(args.phase)
-        cpu[instances] = (time.process_time() - used) / float(args.phase)
-        return (sum(len(p.acked) for p in payers) - before) / float(args.phase)
+        paid = sum(len(p.acked) for p in payers) - before
+        used = run.cpu() - all_
+        cpu[instances] = ((time.process_time() - ours) / float(args.phase),
+                          used / float(args.phase), 1000 * used / max(paid, 1))
+        return paid / float(args.phase)
 
     rates = {n: await rate(n) for n in range(1, args.instances + 1)}
     for p in payers:
@@ -238,7 +271,8 @@ async def measure(args: argparse.Namespace, run: Run) -> dict[str, Any]:
 
 
 async def verify(run: Run, client: PaymentClient, client_store: SQLiteStore,
-                 payers: list[Payer], rates: dict[int, float], cpu: dict[int, float],
+                 payers: list[Payer], rates: dict[int, float],
+                 cpu: dict[int, tuple[float, float, float]],
                  kill_phase_s: float, acked_during_kills: int) -> dict[str, Any]:
     closes = []
     for payer in payers:  # each settled by whichever instance the balancer picks
@@ -294,7 +328,9 @@ async def verify(run: Run, client: PaymentClient, client_store: SQLiteStore,
         "payments_per_s": {str(n): round(r, 1) for n, r in rates.items()},
         "payments_per_s_during_kills": round(acked_during_kills / kill_phase_s, 1),
         "scaling_2_over_1": round(rates.get(2, 0.0) / rates[1], 2) if rates.get(1) else None,
-        "bench_process_cpu": {str(n): round(c, 2) for n, c in cpu.items()},
+        "cores_clients_and_balancer": {str(n): round(c[0], 2) for n, c in cpu.items()},
+        "cores_used": {str(n): round(c[1], 2) for n, c in cpu.items()},
+        "cpu_ms_per_payment": {str(n): round(c[2], 3) for n, c in cpu.items()},
         "cpus": os.cpu_count(), "load_average": round(os.getloadavg()[0], 2),
     }
 
@@ -312,7 +348,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
           tempfile.TemporaryDirectory(prefix="paychan-failover-") as tmp):
         fund_client(node, args.clients)
         dsn = postgres.dsn(postgres.new_database())
-        runner = Run(args, Path(tmp), node, dsn)
+        assert postgres.process is not None
+        runner = Run(args, Path(tmp), node, dsn, postgres.process.pid)
         try:
             for i in range(args.instances):
                 runner.start_instance(i)
@@ -340,8 +377,11 @@ def show(result: dict[str, Any]) -> None:
     print(f"  payments/s by instances  {rates}; during the kills "
           f"{r['payments_per_s_during_kills']}/s; 2 over 1: {r['scaling_2_over_1']}x "
           f"({r['cpus']} CPUs, load average {r['load_average']})")
-    cores = ", ".join(f"{n}: {v}" for n, v in r["bench_process_cpu"].items())
-    print(f"  cores used by the clients and balancer (this process) by instances  {cores}")
+    for key, what in (("cores_used", "cores used (instances, PostgreSQL, clients)"),
+                      ("cpu_ms_per_payment", "CPU ms per payment (the same processes)"),
+                      ("cores_clients_and_balancer", "cores used by the clients and balancer")):
+        figures = ", ".join(f"{n}: {v}" for n, v in r[key].items())
+        print(f"  {what} by instances  {figures}")
 
 
 def main(argv: list[str] | None = None) -> int:

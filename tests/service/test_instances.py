@@ -142,8 +142,10 @@ async def start_instance(sides: Sides, dsn: str, name: str, port: int) -> Side:
     return side
 
 
-def test_a_killed_instances_channel_is_settled_by_the_survivor(
+def test_a_killed_instances_channel_is_settled_by_the_survivor_after_the_takeover_time(
         one_node: Sides, postgres_dsn: str) -> None:
+    """The killed instance had claimed the channel's settlement (as if killed while settling
+    it): the survivor leaves it while the claim's owner may be alive, then takes it over."""
     sides = one_node
     on_b: list[ServerEvent] = []
 
@@ -157,6 +159,9 @@ def test_a_killed_instances_channel_is_settled_by_the_survivor(
         for _ in range(3):
             await channel.pay(10_000)
         await a.kill()  # SIGKILL, with its client connected
+        doomed = leases_for(open_store(engine="postgresql", dsn=postgres_dsn),
+                            ClusterPolicy("a", takeover_after=1.0))
+        assert doomed.claim(f"settle:{channel.contract_txid}")  # its last beat, then silence
         record = channel.record
         sides.server_node.set_mocktime(record.contract.expiry - FAST.settle_margin + 60)
         await asyncio.to_thread(sides.server_node.mine, 1)
