@@ -5,8 +5,10 @@ password (scram) auth over TCP, and is stopped and removed when its owner is don
 SIGTERM, and (PR_SET_PDEATHSIG) even when the owner is killed outright. As root it runs as the
 unprivileged system user `paychan-pg` (created if missing; initdb refuses root). The programs:
 `$PAYCHAN_PG_BIN`, else `pg_ctl` on PATH, else /usr/lib/postgresql/<newest>/bin, else, as root,
-Debian's `postgresql` package installed with apt-get (CI runs as root), else (no root) Debian's
-packages unpacked into the cache with `apt-get download` + `dpkg -x`, as bitcoind is.
+Debian's `postgresql` package installed with apt-get (CI runs as root). Without root and without
+PostgreSQL the caller gets an error naming the package to install: unlike bitcoind, the server
+and initdb exec each other and find their share files by path, so an unpacked tree would need
+the machine's own suite and a relocated layout (not done).
 
     python3 -m regtest.postgres     # starts one, prints its admin DSN, stops on Ctrl-C
 """
@@ -26,7 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-from .fetch import FetchError, cache_root, unpack_from_debian
+from .fetch import FetchError
 from .node import _die_with_parent
 from .ports import free_port
 
@@ -50,7 +52,9 @@ def find_bin() -> Path:
             if done.returncode != 0:
                 raise FetchError(f"{' '.join(command)} failed: {done.stderr.strip()[-600:]}")
     else:
-        unpack_from_debian(PACKAGE, "postgresql")
+        raise FetchError(f"no PostgreSQL server programs (initdb, postgres): install Debian's "
+                         f"{PACKAGE} package (apt-get install {PACKAGE}, as root), or set "
+                         "PAYCHAN_PG_BIN to the directory that holds them")
     found = _installed()
     if not found:
         raise FetchError(f"{PACKAGE} installed, but no initdb found")
@@ -64,24 +68,9 @@ def _installed() -> Path | None:
     on_path = shutil.which("pg_ctl")
     if on_path and Path(on_path).resolve().with_name("initdb").exists():
         return Path(on_path).resolve().parent
-    for root in (Path("/"), *sorted(cache_root().glob("postgresql/*/"))):
-        bins = sorted(root.glob("usr/lib/postgresql/*/bin/initdb"),
-                      key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit()
-                      else 0)
-        if bins:
-            return bins[-1].parent
-    return None
-
-
-def _library_env(bin_dir: Path) -> dict[str, str]:
-    """Environment for programs unpacked into the cache: their libraries beside them."""
-    env = dict(os.environ)
-    for parent in bin_dir.parents:
-        libs = parent / "usr/lib/x86_64-linux-gnu"
-        if (parent / "usr").is_dir() and libs.is_dir() and parent != Path("/"):
-            env["LD_LIBRARY_PATH"] = f"{libs}:{env.get('LD_LIBRARY_PATH', '')}"
-            break
-    return env
+    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+                  key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0)
+    return bins[-1].parent if bins else None
 
 
 def _system_user() -> tuple[int, int]:
@@ -109,7 +98,6 @@ class PostgresServer:
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self._user: tuple[int, int] | None = _system_user() if os.geteuid() == 0 else None
-        self._env = _library_env(self.bin_dir)
         self._names = 0
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -146,7 +134,7 @@ class PostgresServer:
         with self.log.open("ab") as log:
             uid, gid = self._user or (None, None)
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                            env=self._env, preexec_fn=_die_with_parent,
+                                            preexec_fn=_die_with_parent,
                                             user=uid, group=gid,
                                             extra_groups=None if uid is None else [])
         deadline = time.monotonic() + timeout
@@ -161,7 +149,7 @@ class PostgresServer:
     def _run(self, program: str, *args: str) -> str:
         uid, gid = self._user or (None, None)
         done = subprocess.run([str(self.bin_dir / program), *args], capture_output=True,
-                              text=True, env=self._env, cwd=self.dir, timeout=300, user=uid,
+                              text=True, cwd=self.dir, timeout=300, user=uid,
                               group=gid, extra_groups=None if uid is None else [])
         if done.returncode != 0:
             raise RuntimeError(f"{program} {' '.join(args)} failed: "
