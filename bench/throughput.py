@@ -6,8 +6,9 @@ Channels are opened and funded before timing; then every channel makes M payment
 concurrently (W in flight per channel, --window W; 1: each awaits its ack), and each payment's
 latency is measured from pay() to ack. Beside the figures: the CPU each process spent per
 payment, the store disk's fsync latency and coincurve's verify rate, measured in the same run.
+--transport ws: the same over WebSocket (one binary message per protocol message).
 Usage: python bench/throughput.py [--channels N] [--payments M] [--window W] [--version 1|2|3]
-[--capacity] [--profile FILE] [--json]   (--json prints one JSON object last)
+[--transport tcp|ws] [--capacity] [--profile FILE] [--json]   (--json: one JSON object last)
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ from bitcoind_paychan.service.client import Channel, PaymentClient
 from bitcoind_paychan.service.regtest import MiningBroadcaster
 from bitcoind_paychan.service.server import PaymentServer, ServerEvent
 from bitcoind_paychan.store import SQLiteStore
+from bitcoind_paychan.transport import websocket
+from bitcoind_paychan.transport.dial import split_peer
 from regtest.node import RegtestNode, regtest_nodes, sync_tips
 
 AMOUNT = 1_000  # sat per payment: the server's default minimum
@@ -84,13 +87,15 @@ def profiled(profile: str, main: Coroutine[Any, Any, Any]) -> Any:
         profiler.dump_stats(profile)
 
 
-def server_process(conn: Connection, config: NodeConfig, db: Path, profile: str) -> None:
+def server_process(conn: Connection, config: NodeConfig, db: Path, transport: str,
+                   profile: str) -> None:
     child_setup()
-    profiled(profile and f"{profile}.server", serve(conn, config, db))
+    profiled(profile and f"{profile}.server", serve(conn, config, db, transport))
 
 
-async def serve(conn: Connection, config: NodeConfig, db: Path) -> None:
-    """Serve until the parent says stop (or goes away); then report what was received."""
+async def serve(conn: Connection, config: NodeConfig, db: Path, transport: str) -> None:
+    """Serve until the parent says stop (or goes away); then report what was received. The
+    parent is told the peer to dial: host:port, or a ws:// URL."""
     seen = 0
     cpu = [0.0, 0.0]  # process CPU (every thread) at the first and the last timed payment
 
@@ -102,13 +107,19 @@ async def serve(conn: Connection, config: NodeConfig, db: Path) -> None:
 
     with SQLiteStore(db) as store:
         server = PaymentServer(MiningBroadcaster(Bitcoind(config)), store, on_event=on_event)
-        conn.send(await server.listen())
+        host, port = await server.listen()
+        listener = websocket.Listener(server.gate, server.serve, "/paychan")
+        if transport == "ws":
+            host, port = await listener.listen("127.0.0.1", 0)
+        conn.send(f"ws://{host}:{port}/paychan" if transport == "ws" else f"{host}:{port}")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_reader(conn.fileno(), stop.set)
         await stop.wait()
         loop.remove_reader(conn.fileno())
+        listener.close()
         await server.stop()
+        await listener.stop()
         logged = sum(1 for p in store.payments(Role.SERVER) if p.info == INFO)  # not openings
     cpu_per_payment = (cpu[1] - cpu[0]) / (seen - 1) if seen > 1 else 0.0
     conn.send({"seen": seen, "logged": logged, "rss_mb": peak_rss_mb(),
@@ -118,7 +129,7 @@ async def serve(conn: Connection, config: NodeConfig, db: Path) -> None:
 # -- the client process ------------------------------------------------------------------
 
 
-def client_process(conn: Connection, config: NodeConfig, tmp: Path, address: tuple[str, int],
+def client_process(conn: Connection, config: NodeConfig, tmp: Path, address: str,
                    channels: int, payments: int, version: int, window: int,
                    capacity: bool, profile: str) -> None:
     child_setup()
@@ -133,7 +144,7 @@ def load_process(conn: Connection, tmp: Path, address: tuple[str, int], payments
     conn.send(asyncio.run(load(tmp / "client.db", address, payments, AMOUNT, INFO, window)))
 
 
-async def pay_all(config: NodeConfig, tmp: Path, address: tuple[str, int], channels: int,
+async def pay_all(config: NodeConfig, tmp: Path, address: str, channels: int,
                   payments: int, version: int, window: int, capacity: bool) -> dict[str, Any]:
     """Open the channels, then pay (timed); or, for `capacity`, hang up and leave them open
     for the load process."""
@@ -142,8 +153,8 @@ async def pay_all(config: NodeConfig, tmp: Path, address: tuple[str, int], chann
     client = PaymentClient(wallet, store, policy=ClientPolicy(payment_window=window))
     try:
         started = time.perf_counter()
-        opened = [await client.open(*address, channel_value(payments), version=version,
-                                    new=True) for _ in range(channels)]
+        opened = [await client.open_channel(address, channel_value(payments), version=version,
+                                            new=True) for _ in range(channels)]
         open_s = time.perf_counter() - started
         if capacity:
             await client.stop()
@@ -194,7 +205,7 @@ def receive(conn: Connection, who: str) -> Any:
 
 
 def run(channels: int, payments: int, version: int, window: int, capacity: bool,
-        profile: str = "") -> dict[str, Any]:
+        profile: str = "", transport: str = "tcp") -> dict[str, Any]:
     ctx = multiprocessing.get_context("spawn")
     processes: list[SpawnProcess] = []
     pipes: list[Connection] = []
@@ -214,13 +225,13 @@ def run(channels: int, payments: int, version: int, window: int, capacity: bool,
         fund_client(client_node, server_node, channels, channel_value(payments))
         try:
             server = start(server_process, config_for(server_node), Path(tmp) / "server.db",
-                           profile)
+                           transport, profile)
             address = receive(server, "server")
             client = start(client_process, config_for(client_node), Path(tmp), address,
                            channels, payments, version, window, capacity, profile)
             paid = receive(client, "client")
             if capacity:
-                loader = start(load_process, Path(tmp), address, payments, window)
+                loader = start(load_process, Path(tmp), split_peer(address), payments, window)
                 paid |= receive(loader, "load") | {"rss_mb": 0.0}
             server.send("stop")
             served = receive(server, "server")
@@ -247,6 +258,7 @@ def run(channels: int, payments: int, version: int, window: int, capacity: bool,
         "channels": channels,
         "window": window,
         "mode": "capacity" if capacity else "end-to-end",
+        "transport": transport,
         "payments": payments,
         "version": paid["version"],
         "total_payments": total,
@@ -285,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--capacity", action="store_true",
                         help="server capacity: a load process replays payments signed before "
                              "timing (client figures are then the load's)")
+    parser.add_argument("--transport", choices=("tcp", "ws"), default="tcp",
+                        help="TCP (length-prefixed frames) or WebSocket (a message each)")
     parser.add_argument("--profile", default="", metavar="FILE",
                         help="profile server and client (cProfile): FILE.server, FILE.client")
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
@@ -293,15 +307,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--channels, --payments and --window must be at least 1")
     if args.channels * (channel_value(args.payments) + FUNDING_SPARE) > MAX_FUNDING:
         parser.error("channels × payments needs more than the client wallet's 50 BTC")
+    if args.capacity and args.transport != "tcp":
+        parser.error("--capacity replays frames over TCP only")
     try:
         r = run(args.channels, args.payments, args.version, args.window, args.capacity,
-                args.profile)
+                args.profile, args.transport)
     except KeyboardInterrupt:
         print("interrupted; nodes, processes and files cleaned up", file=sys.stderr)
         return 130
     print(f"paychan v{r['version']}: {r['channels']} channel(s) × {r['payments']} payments of "
           f"{AMOUNT} sat, window {r['window']}, {r['mode']} (client or load process, and server, "
-          "over loopback)")
+          f"over loopback {r['transport']})")
     print(f"  opening     {r['channels']} channel(s) in {r['open_s']} s (sequential, untimed)")
     print(f"  throughput  {r['total_payments']} payments in {r['wall_s']} s = "
           f"{r['payments_per_s']} payments/s")

@@ -79,6 +79,15 @@ class ServerConfig:
     payout_address: str | None  # None: a fresh address of bitcoind.wallet per settlement
     policy: ServerPolicy
     limits: PeerLimits  # per-address connection rate and handshakes
+    websocket: str | None = None  # host:port/path of the WebSocket listener; None: none
+
+    @property
+    def websocket_address(self) -> tuple[str, str] | None:
+        """(host:port, /path) of the WebSocket listener, if any."""
+        if self.websocket is None:
+            return None
+        address, _, path = self.websocket.partition("/")
+        return address, "/" + path
 
 
 @dataclass(frozen=True)
@@ -393,6 +402,7 @@ def _server(r: _Reader, d: dict[str, Any], network: str) -> ServerConfig:
                                     0 if network == "regtest" else 1, minimum=0,
                                     nullable=True),
         payout_address=r.optional_string(d, "server", "payout_address", None),
+        websocket=_websocket(r, d),
     )
     if s.payout_address is not None:
         try:
@@ -403,17 +413,32 @@ def _server(r: _Reader, d: dict[str, Any], network: str) -> ServerConfig:
     return s
 
 
+def _websocket(r: _Reader, d: dict[str, Any]) -> str | None:
+    value = d.get("websocket")
+    if value is None:
+        return None
+    if not isinstance(value, str) or "/" not in value:
+        r.fail("server.websocket", f"found {_show(value)}, expected host:port/path (e.g. "
+                                   "127.0.0.1:4244/paychan), or null for no WebSocket listener")
+    r.address({"websocket": value.partition("/")[0]}, "server", "websocket", "")
+    return value
+
+
 def _client(r: _Reader, d: dict[str, Any]) -> ClientConfig:
     raw = d.get("servers")
     servers: dict[str, str] = {}
     if raw is not None:
         if not isinstance(raw, dict):
             r.fail("client.servers", f"found {_show(raw)}, expected a mapping of "
-                                     "name: host:port")
+                                     "name: host:port (or ws://host:port/path)")
         for name in raw:
             if not isinstance(name, str) or not name or ":" in name:
                 r.fail("client.servers", f"found the name {_show(name)}, expected a name "
                                          "without ':' (e.g. shop)")
+            value = raw[name]
+            if isinstance(value, str) and value.startswith(("ws://", "wss://")):
+                servers[name] = _websocket_url(r, f"client.servers.{name}", value)
+                continue
             servers[name] = r.address(raw, "client.servers", name, "")
             if _split(servers[name])[1] == 0:
                 r.fail(f"client.servers.{name}", f"found {servers[name]!r}, expected a "
@@ -430,6 +455,18 @@ def _cluster(r: _Reader, d: dict[str, Any]) -> ClusterPolicy:
                                     ClusterPolicy.takeover_after))
     except PolicyError as exc:
         r.fail(_join("cluster", exc.field), exc.detail)
+
+
+def _websocket_url(r: _Reader, key: str, value: str) -> str:
+    """A server's ws:// (wss://) URL, with a host and a port."""
+    url = urlsplit(value)
+    try:
+        port = url.port
+    except ValueError:
+        port = None
+    if not url.hostname or not port:
+        r.fail(key, f"found {value!r}, expected ws://host:port/path (port 1-65535)")
+    return value
 
 
 def _logging(r: _Reader, d: dict[str, Any], network: str) -> LoggingConfig:
@@ -492,6 +529,8 @@ def _cross_checks(r: _Reader, c: Config) -> None:
     listeners = [("control.listen", c.control.listen)]
     if c.server.enabled:
         listeners.append(("server.listen", c.server.listen))
+        if c.server.websocket_address:
+            listeners.append(("server.websocket", c.server.websocket_address[0]))
     if c.metrics.enabled:
         listeners.append(("metrics.listen", c.metrics.listen))
     seen: dict[tuple[str, int], str] = {}
