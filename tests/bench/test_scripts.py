@@ -95,3 +95,11 @@ def test_failover_kills_instances_and_loses_nor_doubles_nothing() -> None:
     assert result["channels_settled"] == result["channels_closed_by_clients"] == 3
     rates = result["payments_per_s"]
     assert isinstance(rates, dict) and set(rates) == {"1", "2"}
+
+
+def test_paid_requests_reports_its_figures() -> None:
+    result = run_json("bench/paid_requests.py", "--clients", "2", "--requests", "5")
+    assert result["requests"] == 10
+    assert isinstance(result["paid_requests_per_s"], float) and result["paid_requests_per_s"] > 0
+    assert result["paid_sat"] == 2 * 6 * 100  # each client's opening request and 5 more
+    assert result["server_stored_sat"] == 2 * 1_000 + 2 * 6 * 100  # the openings beside
