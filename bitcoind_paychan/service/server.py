@@ -150,7 +150,7 @@ class ServerManager:
         self.handshake_timeout = handshake_timeout
         self.gate = PeerGate(limits)  # per-address connection rate and handshakes (transports)
         self._owners: dict[str, Link] = {}  # contract txid → its current connection
-        self._held: dict[Link, Lease] = {}  # connection → the lease it took
+        self._held: dict[int, Lease] = {}  # a connection's (its Link's id) → its lease
         self._connections: set[ServerConnection] = set()
         self._busy: set[ServerConnection] = set()  # connections handling a message right now
         self._stopping = False
@@ -260,7 +260,7 @@ class ServerManager:
         for txid, owner in list(self._owners.items()):
             if owner is connection.link:
                 del self._owners[txid]
-        lease = self._held.pop(connection.link, None)
+        lease = self._held.pop(id(connection.link), None)
         if lease is not None:
             self.leases.release(lease)
 
@@ -274,7 +274,7 @@ class ServerManager:
         wait for its lease (they are written under it, in their turn)."""
         claims = any(isinstance(effect, ClaimChannel) for effect in effects)
         writes = self.payments.start([] if claims or stream is None else effects,
-                                     self._held.get(stream) if stream is not None else None)
+                                     self._held.get(id(stream)) if stream is not None else None)
         try:
             return await self._carry_out_in_order(machine, stream, list(effects), writes)
         finally:
@@ -289,7 +289,7 @@ class ServerManager:
                     self.watcher.watch(record)
                 case StorePayment():
                     try:
-                        await writes.stored(effect, self._held.get(stream)
+                        await writes.stored(effect, self._held.get(id(stream))
                                             if stream is not None else None)
                     except LeaseLost as exc:  # resumed elsewhere: not stored, not acked
                         log.info("%s", exc)
@@ -348,7 +348,7 @@ class ServerManager:
         stored since (by the connection it replaces), refuse: what to tell the client."""
         holder = f"{self.leases.instance}/{id(stream):x}"
         lease = await asyncio.to_thread(self.leases.acquire, Role.SERVER, txid, holder)
-        self._held[stream] = lease
+        self._held[id(stream)] = lease
         stored = await asyncio.to_thread(self.store.get, Role.SERVER, txid)
         loaded = next((e.record.change + e.amount for e in remaining
                        if isinstance(e, StorePayment)), None)
@@ -356,7 +356,7 @@ class ServerManager:
             loaded = machine.record.change if machine.record is not None else None
         if stored is not None and stored.change == loaded:
             return ""
-        del self._held[stream]
+        del self._held[id(stream)]
         self.leases.release(lease)
         return ("the channel took payments on another connection while this one resumed it "
                 "(nothing was stored here); resume again")
