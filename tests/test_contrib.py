@@ -98,6 +98,19 @@ def test_the_mainnet_example_fits_the_unit() -> None:
     assert re.search(r"--config /etc/paychan/paychan\.yaml$", unit["ExecStart"][0])
 
 
+def test_the_several_instances_example_shares_a_postgresql_store_behind_a_balancer(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGPASSWORD", "secret")
+    folder = CONTRIB / "several-instances"
+    config = load_config(folder / "paychan.instance.yaml")
+    assert config.store.engine == "postgresql" and config.store.dsn is not None
+    assert "secret" in config.store.dsn  # the password from the environment, not the file
+    assert config.cluster.instance_id == "paychan-1" and config.server.enabled
+    listen = config.server.listen
+    for balancer in ("haproxy.cfg", "nginx-stream.conf"):  # the instance is a backend there
+        assert listen in (folder / balancer).read_text(), balancer
+
+
 def rules() -> list[dict[str, Any]]:
     groups = yaml.safe_load(RULES.read_text())["groups"]
     return [rule for group in groups for rule in group["rules"]]

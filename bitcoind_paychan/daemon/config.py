@@ -37,6 +37,7 @@ from bitcoind_paychan.errors import ConfigError, DecodeError, PolicyError
 from bitcoind_paychan.node.config import CHAINS, DEFAULT_RPC_PORTS, NodeConfig
 from bitcoind_paychan.service.limits import PeerLimits
 from bitcoind_paychan.store import ENGINES, ChannelStore, open_store
+from bitcoind_paychan.store.leases import ClusterPolicy
 from bitcoind_paychan.store.postgres import check_dsn, password_of
 
 LEVELS = ("debug", "info", "warning", "error")
@@ -164,6 +165,7 @@ class Config:
     logging: LoggingConfig
     control: ControlConfig
     metrics: MetricsConfig
+    cluster: ClusterPolicy = field(default_factory=ClusterPolicy)  # instances sharing a store
     source: Path | None = None
 
     def node_config(self) -> NodeConfig:
@@ -197,6 +199,7 @@ SECTIONS: dict[str, type[Any]] = {
     "bitcoind": BitcoindConfig, "server": ServerConfig, "client": ClientConfig,
     "store": StoreConfig, "scheduler": SchedulerConfig, "fees": FeePolicy,
     "logging": LoggingConfig, "control": ControlConfig, "metrics": MetricsConfig,
+    "cluster": ClusterPolicy,
 }
 TOP_LEVEL = ("network", *SECTIONS)
 # The keys that set a policy's field (key → field). Their defaults and rules are the policy's.
@@ -322,6 +325,7 @@ def config_from_dict(data: Mapping[str, Any], source: Path | None = None, *,
         logging=_logging(r, r.section(data, "logging"), network),
         control=_control(r, r.section(data, "control"), network),
         metrics=_metrics(r, r.section(data, "metrics")),
+        cluster=_cluster(r, r.section(data, "cluster")),
         source=source,
     )
     _cross_checks(r, config)
@@ -441,6 +445,16 @@ def _client(r: _Reader, d: dict[str, Any]) -> ClientConfig:
                                                  "server's host:port (port 1-65535)")
     return ClientConfig(enabled=r.boolean(d, "client", "enabled", False), servers=servers,
                         policy=r.policy(d, "client", ClientPolicy))
+
+
+def _cluster(r: _Reader, d: dict[str, Any]) -> ClusterPolicy:
+    try:
+        return ClusterPolicy(
+            instance_id=r.optional_string(d, "cluster", "instance_id", None),
+            takeover_after=r.number(d, "cluster", "takeover_after",
+                                    ClusterPolicy.takeover_after))
+    except PolicyError as exc:
+        r.fail(_join("cluster", exc.field), exc.detail)
 
 
 def _websocket_url(r: _Reader, key: str, value: str) -> str:

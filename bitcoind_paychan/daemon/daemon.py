@@ -38,6 +38,7 @@ from bitcoind_paychan.service.client import Channel, ChannelFailed, ChannelGone,
 from bitcoind_paychan.service.server import PaymentServer, ServerEvent
 from bitcoind_paychan.service.watcher import ChannelView
 from bitcoind_paychan.store import ChannelStore, ChannelSummary
+from bitcoind_paychan.store.leases import leases_for
 from bitcoind_paychan.transport import websocket
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,8 @@ class Daemon:
                 min_confirmations=config.server.min_confirmations,
                 payout_script=config.payout_script(),
                 on_payment_latency=self.metrics.server.latency.observe,
-                limits=config.server.limits, **common)
+                limits=config.server.limits, leases=leases_for(store, config.cluster),
+                **common)
             if config.server.websocket_address:
                 self.websocket = websocket.Listener(self.server.gate, self.server.serve,
                                                     config.server.websocket_address[1])

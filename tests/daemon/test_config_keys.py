@@ -110,6 +110,8 @@ PROBES: dict[str, tuple[Any, Probe]] = {
     "scheduler.forget_depth": (3, lambda d: client(d).watcher.policy.forget_depth),
     "scheduler.bump_after_blocks": (5, lambda d: server(d).watcher.policy.bump_after_blocks),
     "scheduler.review_interval": (7.0, lambda d: server(d).watcher.review_interval),
+    "cluster.instance_id": ("shop-2", lambda d: server(d).leases.instance),
+    "cluster.takeover_after": (9.0, lambda d: server(d).leases.policy.takeover_after),
     "fees.target": (2, lambda d: fees(d).target),
     "fees.min_rate": (5, lambda d: fees(d).floor),
     "fees.max_rate": (50, lambda d: fees(d).cap),
