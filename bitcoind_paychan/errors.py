@@ -15,7 +15,8 @@ Every error says what happened and, where there is something to do, what to do.
     ├── ProtocolError            the channel protocol
     │   ├── LocalProtocolError   we (or the application) broke the rules
     │   └── RemoteProtocolError  the peer broke the rules; carries the wire error code
-    └── StoreError               the durable store
+    ├── StoreError               the durable store
+    └── TLSError                 a TLS handshake or certificate check failed
 """
 
 from __future__ import annotations
@@ -111,3 +112,8 @@ class RemoteProtocolError(ProtocolError):
 
 class StoreError(PaychanError):
     """The durable store failed; nothing was acknowledged that was not stored."""
+
+
+class TLSError(PaychanError):
+    """A TLS connection failed: a certificate not trusted, expired, for another host or not
+    the pinned one, or a peer that does not speak TLS. The message says which and what to do."""

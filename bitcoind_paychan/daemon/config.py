@@ -33,9 +33,10 @@ from bitcoind_paychan.channel.fees import FeePolicy
 from bitcoind_paychan.channel.server import ServerPolicy
 from bitcoind_paychan.channel.watch import WatchPolicy
 from bitcoind_paychan.daemon.logs import SUBSYSTEMS
-from bitcoind_paychan.errors import ConfigError, DecodeError, PolicyError
+from bitcoind_paychan.errors import ConfigError, DecodeError, PolicyError, TLSError
 from bitcoind_paychan.node.config import CHAINS, DEFAULT_RPC_PORTS, NodeConfig
 from bitcoind_paychan.service.limits import PeerLimits
+from bitcoind_paychan.transport.tls import ClientTLS, ServerTLS
 
 LEVELS = ("debug", "info", "warning", "error")
 FORMATS = ("human", "json")
@@ -76,6 +77,14 @@ class ServerConfig:
     payout_address: str | None  # None: a fresh address of bitcoind.wallet per settlement
     policy: ServerPolicy
     limits: PeerLimits  # per-address connection rate and handshakes
+    tls_cert_file: Path | None = None  # with tls_key_file: the listener speaks TLS
+    tls_key_file: Path | None = None
+
+    @property
+    def tls(self) -> ServerTLS | None:
+        if self.tls_cert_file is None or self.tls_key_file is None:
+            return None
+        return ServerTLS(self.tls_cert_file, self.tls_key_file)
 
 
 @dataclass(frozen=True)
@@ -85,6 +94,7 @@ class ClientConfig:
     enabled: bool
     servers: dict[str, str]
     policy: ClientPolicy
+    tls: dict[str, ClientTLS] = field(default_factory=dict)  # server address → how to trust it
 
     @property
     def channel_size(self) -> int:
@@ -193,7 +203,7 @@ POLICY_KEYS: dict[str, dict[str, str]] = {
 # The server section's keys for its PeerLimits (key → field), read like POLICY_KEYS.
 LIMIT_KEYS = {"max_connections_per_minute": "max_connections_per_minute",
               "max_handshakes_per_ip": "max_handshakes_per_ip"}
-BUILT = ("policy", "limits")  # section fields built from keys, not keys themselves
+BUILT = ("policy", "limits", "tls")  # section fields built from keys, not keys themselves
 NULL_IS_DEFAULT = {"scheduler.settle_margin"}  # null: the policy derives it
 
 
@@ -280,8 +290,8 @@ def config_from_dict(data: Mapping[str, Any], source: Path | None = None, *,
     config = Config(
         network=network,
         bitcoind=_bitcoind(r, r.section(data, "bitcoind"), network, check_files),
-        server=_server(r, r.section(data, "server"), network),
-        client=_client(r, r.section(data, "client")),
+        server=_server(r, r.section(data, "server"), network, check_files),
+        client=_client(r, r.section(data, "client"), network, check_files),
         store=StoreConfig(r.path(r.section(data, "store"), "store", "path",
                                  "~/.paychan/<network>/channels.db", network)),
         scheduler=SchedulerConfig(
@@ -333,7 +343,7 @@ def _bitcoind(r: _Reader, d: dict[str, Any], network: str, check_files: bool) ->
                           poll_interval=r.number(d, "bitcoind", "poll_interval", 5.0))
 
 
-def _server(r: _Reader, d: dict[str, Any], network: str) -> ServerConfig:
+def _server(r: _Reader, d: dict[str, Any], network: str, check_files: bool) -> ServerConfig:
     s = ServerConfig(
         enabled=r.boolean(d, "server", "enabled", False),
         listen=r.address(d, "server", "listen", "127.0.0.1:4242"),
@@ -343,7 +353,19 @@ def _server(r: _Reader, d: dict[str, Any], network: str) -> ServerConfig:
                                     0 if network == "regtest" else 1, minimum=0,
                                     nullable=True),
         payout_address=r.optional_string(d, "server", "payout_address", None),
+        tls_cert_file=r.optional_path(d, "server", "tls_cert_file", network),
+        tls_key_file=r.optional_path(d, "server", "tls_key_file", network),
     )
+    if (s.tls_cert_file is None) != (s.tls_key_file is None):
+        given, missing = (("tls_cert_file", "tls_key_file") if s.tls_key_file is None
+                          else ("tls_key_file", "tls_cert_file"))
+        r.fail(f"server.{missing}", f"missing, expected {missing} together with {given} "
+                                    "(give both for TLS, or neither for plain TCP)")
+    if check_files and s.tls is not None:
+        try:
+            s.tls.context()
+        except TLSError as exc:
+            r.fail("server.tls_cert_file", f"{exc}")
     if s.payout_address is not None:
         try:
             address_to_script(s.payout_address, Network.from_chain(network))
@@ -353,9 +375,10 @@ def _server(r: _Reader, d: dict[str, Any], network: str) -> ServerConfig:
     return s
 
 
-def _client(r: _Reader, d: dict[str, Any]) -> ClientConfig:
+def _client(r: _Reader, d: dict[str, Any], network: str, check_files: bool) -> ClientConfig:
     raw = d.get("servers")
     servers: dict[str, str] = {}
+    tls: dict[str, ClientTLS] = {}
     if raw is not None:
         if not isinstance(raw, dict):
             r.fail("client.servers", f"found {_show(raw)}, expected a mapping of "
@@ -364,12 +387,46 @@ def _client(r: _Reader, d: dict[str, Any]) -> ClientConfig:
             if not isinstance(name, str) or not name or ":" in name:
                 r.fail("client.servers", f"found the name {_show(name)}, expected a name "
                                          "without ':' (e.g. shop)")
-            servers[name] = r.address(raw, "client.servers", name, "")
+            entry, section, key = raw, "client.servers", name
+            if isinstance(raw[name], dict):  # host:port with how to trust its TLS
+                entry, section, key = raw[name], f"client.servers.{name}", "address"
+                r.check_keys(entry, section, SERVER_ENTRY_KEYS)
+            servers[name] = r.address(entry, section, key, "")
             if _split(servers[name])[1] == 0:
                 r.fail(f"client.servers.{name}", f"found {servers[name]!r}, expected a "
                                                  "server's host:port (port 1-65535)")
+            if entry is not raw:
+                trust = _client_tls(r, entry, section, network, check_files)
+                if trust is not None:
+                    tls[servers[name]] = trust
     return ClientConfig(enabled=r.boolean(d, "client", "enabled", False), servers=servers,
-                        policy=r.policy(d, "client", ClientPolicy))
+                        policy=r.policy(d, "client", ClientPolicy), tls=tls)
+
+
+SERVER_ENTRY_KEYS = ("address", "tls", "ca_file", "fingerprint")
+
+
+def _client_tls(r: _Reader, d: dict[str, Any], key: str, network: str, check_files: bool
+                ) -> ClientTLS | None:
+    """How to trust one server: `ca_file` and/or `fingerprint` (either means TLS), or
+    `tls: true` alone for the system's CAs; None for plain TCP."""
+    ca_file = r.optional_path(d, key, "ca_file", network)
+    pin = r.optional_string(d, key, "fingerprint", None)
+    wanted = r.boolean(d, key, "tls", ca_file is not None or pin is not None)
+    if not wanted:
+        if ca_file is not None or pin is not None:
+            r.fail(f"{key}.tls", "found false beside ca_file/fingerprint, expected true (or "
+                                 "remove ca_file and fingerprint for plain TCP)")
+        return None
+    try:
+        trust = ClientTLS(ca_file, pin)
+        if check_files:
+            trust.context()
+    except PolicyError as exc:
+        r.fail(f"{key}.{exc.field}", exc.detail)
+    except TLSError as exc:
+        r.fail(f"{key}.ca_file", str(exc))
+    return trust
 
 
 def _logging(r: _Reader, d: dict[str, Any], network: str) -> LoggingConfig:

@@ -127,11 +127,14 @@ class Daemon:
                 min_confirmations=config.server.min_confirmations,
                 payout_script=config.payout_script(),
                 on_payment_latency=self.metrics.server.latency.observe,
-                limits=config.server.limits, **common)
+                limits=config.server.limits, tls=config.server.tls, **common)
         if config.client.enabled:
             self.client = PaymentClient(wallet, store, network=Network.from_chain(config.network),
                                         policy=config.client.policy,
-                                        on_event=self._client_event, **common)
+                                        on_event=self._client_event, tls={
+                                            "{}:{}".format(*split_address(address)): trust
+                                            for address, trust in config.client.tls.items()},
+                                        **common)
 
     async def _shutdown(self, control: ControlServer, metrics: MetricsServer | None,
                         store: SQLiteStore) -> None:

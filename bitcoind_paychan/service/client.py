@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from bitcoind_paychan.bitcoin.keys import PrivateKey
@@ -45,6 +45,7 @@ from bitcoind_paychan.errors import (
     PaychanError,
     ProtocolError,
     RemoteProtocolError,
+    TLSError,
     TransactionRejected,
 )
 from bitcoind_paychan.node.bitcoind import AsyncBitcoind
@@ -52,6 +53,7 @@ from bitcoind_paychan.service.outbox import effects_in_order
 from bitcoind_paychan.service.watcher import ChainWatcher, ChannelView
 from bitcoind_paychan.store import ChannelStore
 from bitcoind_paychan.store.writer import PaymentWriter
+from bitcoind_paychan.transport.tls import ClientTLS, connect_tls
 from bitcoind_paychan.wire import MessageStream, open_connection, pb
 
 log = logging.getLogger(__name__)
@@ -95,6 +97,7 @@ class PaymentClient:
         zmq_endpoint: str | None = None,
         poll_interval: float = 5.0,
         review_interval: float = 60.0,
+        tls: Mapping[str, ClientTLS] | None = None,
     ) -> None:
         self.wallet = wallet
         self.store = store
@@ -103,6 +106,7 @@ class PaymentClient:
         self.policy = policy or ClientPolicy()
         self.clock = clock
         self.handshake_timeout = handshake_timeout
+        self.tls = dict(tls or {})  # peer (host:port) → how to verify it; others: plain TCP
         self.live: dict[str, Channel] = {}  # contract txid → its channel on a live connection
         self.unresumable: set[str] = set()  # channels their server no longer has open
         self.watcher = ChainWatcher(Role.CLIENT, wallet, store, autopilot, on_event=on_event,
@@ -272,11 +276,16 @@ class PaymentClient:
     async def _connect(self, machine: ClientChannel
                        ) -> tuple[Channel, VersionRefused | ChannelClosed | ResumeRefused | None]:
         """Connect and run the handshake; the channel is live when the outcome is None."""
+        stored = (f"channel {machine.record.contract_txid} stays stored" if machine.record
+                  else "nothing was stored or spent")
         try:
-            stream = await open_connection(*split_peer(machine.peer), self.handshake_timeout)
+            host, port = split_peer(machine.peer)
+            tls = self.tls.get(machine.peer)
+            stream = await (open_connection(host, port, self.handshake_timeout) if tls is None
+                            else connect_tls(host, port, tls, self.handshake_timeout))
+        except TLSError as exc:
+            raise ChannelFailed(f"{exc} ({stored})") from exc
         except (OSError, TimeoutError) as exc:
-            stored = (f"channel {machine.record.contract_txid} stays stored" if machine.record
-                      else "nothing was stored or spent")
             raise ChannelFailed(f"cannot reach the server at {machine.peer}: {exc}; is it "
                                 f"running and listening there? ({stored})") from exc
         channel = Channel(self, machine, stream)

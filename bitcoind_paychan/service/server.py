@@ -10,6 +10,7 @@ import asyncio
 import inspect
 import logging
 import resource
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -49,6 +50,7 @@ from bitcoind_paychan.errors import (
     NodeError,
     NodeUnreachable,
     RemoteProtocolError,
+    TLSError,
     TransactionRejected,
 )
 from bitcoind_paychan.logcontext import bind_channel
@@ -58,6 +60,7 @@ from bitcoind_paychan.service.outbox import effects_in_order, send_all
 from bitcoind_paychan.service.watcher import ChainWatcher, ChannelView
 from bitcoind_paychan.store import ChannelStore
 from bitcoind_paychan.store.writer import PaymentWriter, Writes
+from bitcoind_paychan.transport.tls import ServerTLS, accept_tls
 from bitcoind_paychan.wire import MessageStream, pb
 
 log = logging.getLogger(__name__)
@@ -114,6 +117,7 @@ class PaymentServer:
         payout_script: bytes | None = None,
         on_payment_latency: Callable[[float], None] | None = None,
         limits: PeerLimits | None = None,
+        tls: ServerTLS | None = None,
     ) -> None:
         self.wallet = wallet
         self.store = store
@@ -129,6 +133,8 @@ class PaymentServer:
         self.on_payment_latency = on_payment_latency  # seconds from UPDATE_PAYMENT to its ack
         self.handshake_timeout = handshake_timeout
         self.gate = PeerGate(limits)  # per-address connection rate and handshakes
+        self.tls = tls  # None: plain TCP, as bitcoinj speaks
+        self._tls_context: ssl.SSLContext | None = None
         self._server: asyncio.Server | None = None
         self._owners: dict[str, MessageStream] = {}  # contract txid → its current connection
         self._connections: set[asyncio.Task[None]] = set()
@@ -142,10 +148,12 @@ class PaymentServer:
     async def listen(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
         """Start the autopilot and accept connections; returns the bound (host, port)."""
         raise_fd_limit()
+        self._tls_context = self.tls.context() if self.tls else None
         await self.watcher.start()
         self._server = await asyncio.start_server(self._accept, host, port)
         bound = self._server.sockets[0].getsockname()
-        log.info("payment server listening on %s:%s", bound[0], bound[1])
+        log.info("payment server listening on %s:%s%s", bound[0], bound[1],
+                 " (TLS)" if self.tls else "")
         return str(bound[0]), int(bound[1])
 
     async def stop(self, grace: float = 10.0) -> None:
@@ -209,9 +217,15 @@ class PaymentServer:
         stream = MessageStream(reader, writer)
         bind_channel(peer=stream.peername)  # this connection's task logs its peer
         try:
+            if self._tls_context is not None:  # the first await: nothing was read yet
+                await accept_tls(writer, self._tls_context, self.handshake_timeout)
             await self._serve(stream, admission)
         except asyncio.CancelledError:
             pass
+        except TLSError as exc:
+            log.info("%s: TLS refused: %s", stream.peername, exc)
+            if self.on_event:
+                self.on_event(PeerError(ErrorCode.OTHER, f"TLS: {exc}", remote=False))
         except Exception:
             log.exception("connection from %s failed", stream.peername)
         finally:

@@ -1,0 +1,1 @@
+"""Transports: how payment channel messages travel (TCP, TLS)."""
