@@ -391,6 +391,9 @@ def _client(r: _Reader, d: dict[str, Any], network: str, check_files: bool) -> C
             if isinstance(raw[name], dict):  # host:port with how to trust its TLS
                 entry, section, key = raw[name], f"client.servers.{name}", "address"
                 r.check_keys(entry, section, SERVER_ENTRY_KEYS)
+                if entry.get("address") is None:
+                    r.fail(f"{section}.address", "missing, expected the server's host:port "
+                                                 "beside how to trust its TLS")
             servers[name] = r.address(entry, section, key, "")
             if _split(servers[name])[1] == 0:
                 r.fail(f"client.servers.{name}", f"found {servers[name]!r}, expected a "

@@ -11,10 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bitcoind_paychan.errors import TLSError
 from bitcoind_paychan.service.client import ChannelFailed
 from bitcoind_paychan.service.limits import PeerLimits
-from bitcoind_paychan.service.server import PaymentServer
 from bitcoind_paychan.transport.tls import ClientTLS, ServerTLS
 from tests.service.conftest import Sides, until
 from tests.transport.certs import CertFactory
@@ -150,18 +148,3 @@ def test_tls_handshakes_time_out_and_count_against_the_peer_gate(
         refused_at_once, timed_out = asyncio.run(scenario())
     assert refused_at_once == b"" and timed_out == b""
     assert len(sides.payments()) == 2
-
-
-def test_a_server_with_unusable_certificate_files_does_not_start(sides: Sides,
-                                                                  tmp_path: Path) -> None:
-    certs = CertFactory(tmp_path)
-    mixed = ServerTLS(certs.issue("one").cert_file, certs.issue("two").key_file)
-
-    async def scenario(server: PaymentServer) -> None:
-        await server.listen()
-
-    with pytest.raises(TLSError, match="the key does not belong to the certificate"):
-        asyncio.run(scenario(sides.server(tls=mixed)))
-    missing = ServerTLS(tmp_path / "absent.crt", tmp_path / "absent.key")
-    with pytest.raises(TLSError, match=r"absent\.crt: no such file"):
-        asyncio.run(scenario(sides.server(tls=missing)))
