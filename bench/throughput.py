@@ -7,7 +7,8 @@ concurrently (W in flight per channel, --window W; 1: each awaits its ack), and 
 latency is measured from pay() to ack. Beside the figures: the CPU each process spent per
 payment, the store disk's fsync latency and coincurve's verify rate, measured in the same run.
 Usage: python bench/throughput.py [--channels N] [--payments M] [--window W] [--version 1|2|3]
-[--capacity] [--profile FILE] [--json]   (--json prints one JSON object last)
+[--capacity] [--profile FILE] [--tls] [--json]   (--json prints one JSON object last; --tls:
+over TLS, a test CA's certificate checked by the client)
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ from bitcoind_paychan.service.client import Channel, PaymentClient
 from bitcoind_paychan.service.regtest import MiningBroadcaster
 from bitcoind_paychan.service.server import PaymentServer, ServerEvent
 from bitcoind_paychan.store import SQLiteStore
+from bitcoind_paychan.transport.tls import ClientTLS, ServerTLS
 from regtest.node import RegtestNode, regtest_nodes, sync_tips
+from tests.transport.certs import CertFactory  # test certificates (the dev dependencies)
 
 AMOUNT = 1_000  # sat per payment: the server's default minimum
 INFO = b"bench"  # marks the timed payments (the opening payment has no info)
@@ -84,12 +87,13 @@ def profiled(profile: str, main: Coroutine[Any, Any, Any]) -> Any:
         profiler.dump_stats(profile)
 
 
-def server_process(conn: Connection, config: NodeConfig, db: Path, profile: str) -> None:
+def server_process(conn: Connection, config: NodeConfig, db: Path, profile: str,
+                   tls: ServerTLS | None) -> None:
     child_setup()
-    profiled(profile and f"{profile}.server", serve(conn, config, db))
+    profiled(profile and f"{profile}.server", serve(conn, config, db, tls))
 
 
-async def serve(conn: Connection, config: NodeConfig, db: Path) -> None:
+async def serve(conn: Connection, config: NodeConfig, db: Path, tls: ServerTLS | None) -> None:
     """Serve until the parent says stop (or goes away); then report what was received."""
     seen = 0
     cpu = [0.0, 0.0]  # process CPU (every thread) at the first and the last timed payment
@@ -101,7 +105,8 @@ async def serve(conn: Connection, config: NodeConfig, db: Path) -> None:
             cpu[seen > 1] = time.process_time()
 
     with SQLiteStore(db) as store:
-        server = PaymentServer(MiningBroadcaster(Bitcoind(config)), store, on_event=on_event)
+        server = PaymentServer(MiningBroadcaster(Bitcoind(config)), store, on_event=on_event,
+                               tls=tls)
         conn.send(await server.listen())
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -120,10 +125,10 @@ async def serve(conn: Connection, config: NodeConfig, db: Path) -> None:
 
 def client_process(conn: Connection, config: NodeConfig, tmp: Path, address: tuple[str, int],
                    channels: int, payments: int, version: int, window: int,
-                   capacity: bool, profile: str) -> None:
+                   capacity: bool, profile: str, tls: ClientTLS | None) -> None:
     child_setup()
     conn.send(profiled(profile and f"{profile}.client", pay_all(
-        config, tmp, address, channels, payments, version, window, capacity)))
+        config, tmp, address, channels, payments, version, window, capacity, tls)))
 
 
 def load_process(conn: Connection, tmp: Path, address: tuple[str, int], payments: int,
@@ -134,12 +139,14 @@ def load_process(conn: Connection, tmp: Path, address: tuple[str, int], payments
 
 
 async def pay_all(config: NodeConfig, tmp: Path, address: tuple[str, int], channels: int,
-                  payments: int, version: int, window: int, capacity: bool) -> dict[str, Any]:
+                  payments: int, version: int, window: int, capacity: bool,
+                  tls: ClientTLS | None) -> dict[str, Any]:
     """Open the channels, then pay (timed); or, for `capacity`, hang up and leave them open
     for the load process."""
     wallet = AsyncBitcoind(Bitcoind(config))
     store = SQLiteStore(tmp / "client.db")
-    client = PaymentClient(wallet, store, policy=ClientPolicy(payment_window=window))
+    client = PaymentClient(wallet, store, policy=ClientPolicy(payment_window=window),
+                           tls={"{}:{}".format(*address): tls} if tls else None)
     try:
         started = time.perf_counter()
         opened = [await client.open(*address, channel_value(payments), version=version,
@@ -194,7 +201,7 @@ def receive(conn: Connection, who: str) -> Any:
 
 
 def run(channels: int, payments: int, version: int, window: int, capacity: bool,
-        profile: str = "") -> dict[str, Any]:
+        profile: str = "", tls: bool = False) -> dict[str, Any]:
     ctx = multiprocessing.get_context("spawn")
     processes: list[SpawnProcess] = []
     pipes: list[Connection] = []
@@ -212,12 +219,14 @@ def run(channels: int, payments: int, version: int, window: int, capacity: bool,
     with (regtest_nodes(2, connected=True) as (server_node, client_node),
           tempfile.TemporaryDirectory(prefix="paychan-bench-") as tmp):
         fund_client(client_node, server_node, channels, channel_value(payments))
+        certs = CertFactory(Path(tmp)) if tls else None
         try:
             server = start(server_process, config_for(server_node), Path(tmp) / "server.db",
-                           profile)
+                           profile, certs.issue("server").server if certs else None)
             address = receive(server, "server")
             client = start(client_process, config_for(client_node), Path(tmp), address,
-                           channels, payments, version, window, capacity, profile)
+                           channels, payments, version, window, capacity, profile,
+                           certs.ca.trusted() if certs else None)
             paid = receive(client, "client")
             if capacity:
                 loader = start(load_process, Path(tmp), address, payments, window)
@@ -247,6 +256,7 @@ def run(channels: int, payments: int, version: int, window: int, capacity: bool,
         "channels": channels,
         "window": window,
         "mode": "capacity" if capacity else "end-to-end",
+        "tls": tls,
         "payments": payments,
         "version": paid["version"],
         "total_payments": total,
@@ -287,21 +297,25 @@ def main(argv: list[str] | None = None) -> int:
                              "timing (client figures are then the load's)")
     parser.add_argument("--profile", default="", metavar="FILE",
                         help="profile server and client (cProfile): FILE.server, FILE.client")
+    parser.add_argument("--tls", action="store_true",
+                        help="over TLS (a test CA's certificate, verified by the client)")
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
     args = parser.parse_args(argv)
+    if args.tls and args.capacity:
+        parser.error("--capacity replays over plain TCP; use --tls without it")
     if min(args.channels, args.payments, args.window) < 1:
         parser.error("--channels, --payments and --window must be at least 1")
     if args.channels * (channel_value(args.payments) + FUNDING_SPARE) > MAX_FUNDING:
         parser.error("channels × payments needs more than the client wallet's 50 BTC")
     try:
         r = run(args.channels, args.payments, args.version, args.window, args.capacity,
-                args.profile)
+                args.profile, args.tls)
     except KeyboardInterrupt:
         print("interrupted; nodes, processes and files cleaned up", file=sys.stderr)
         return 130
     print(f"paychan v{r['version']}: {r['channels']} channel(s) × {r['payments']} payments of "
           f"{AMOUNT} sat, window {r['window']}, {r['mode']} (client or load process, and server, "
-          "over loopback)")
+          f"over loopback{', TLS' if r['tls'] else ''})")
     print(f"  opening     {r['channels']} channel(s) in {r['open_s']} s (sequential, untimed)")
     print(f"  throughput  {r['total_payments']} payments in {r['wall_s']} s = "
           f"{r['payments_per_s']} payments/s")

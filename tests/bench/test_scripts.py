@@ -38,6 +38,12 @@ def test_throughput_with_a_window_and_in_server_capacity_mode() -> None:
     assert isinstance(capacity["server_cpu_us"], float) and capacity["server_cpu_us"] > 0
 
 
+def test_throughput_over_tls() -> None:
+    result = run_json("bench/throughput.py", "--channels", "1", "--payments", "20",
+                      "--window", "4", "--tls")
+    assert result["tls"] is True and result["server_logged"] == 20
+
+
 def test_store_bench_reports_its_figures() -> None:
     result = run_json("bench/store_payments.py", "--payments", "200")
     assert any(isinstance(v, int | float) and v > 0 for v in result.values())
