@@ -61,7 +61,7 @@ async def replay(stream: MessageStream, frames: list[bytes], window: int) -> lis
     one's latency (ms, from its write to its ack)."""
     sent = min(window, len(frames))
     sent_at = [time.perf_counter()] * sent
-    await stream.send_frames(b"".join(frames[:sent]))
+    await stream.write_framed(b"".join(frames[:sent]))
     latencies = []
     for index in range(len(frames)):
         message = await stream.receive(30)
@@ -70,7 +70,7 @@ async def replay(stream: MessageStream, frames: list[bytes], window: int) -> lis
         latencies.append((time.perf_counter() - sent_at[index]) * 1000)
         if sent < len(frames):
             sent_at.append(time.perf_counter())
-            await stream.send_frames(frames[sent])
+            await stream.write_framed(frames[sent])
             sent += 1
     return latencies
 

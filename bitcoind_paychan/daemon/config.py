@@ -77,7 +77,8 @@ class ServerConfig:
     payout_address: str | None  # None: a fresh address of bitcoind.wallet per settlement
     policy: ServerPolicy
     limits: PeerLimits  # per-address connection rate and handshakes
-    tls_cert_file: Path | None = None  # with tls_key_file: the listener speaks TLS
+    websocket: str | None = None  # host:port/path of the WebSocket listener; None: none
+    tls_cert_file: Path | None = None  # with tls_key_file: the listeners speak TLS
     tls_key_file: Path | None = None
 
     @property
@@ -85,6 +86,14 @@ class ServerConfig:
         if self.tls_cert_file is None or self.tls_key_file is None:
             return None
         return ServerTLS(self.tls_cert_file, self.tls_key_file)
+
+    @property
+    def websocket_address(self) -> tuple[str, str] | None:
+        """(host:port, /path) of the WebSocket listener, if any."""
+        if self.websocket is None:
+            return None
+        address, _, path = self.websocket.partition("/")
+        return address, "/" + path
 
 
 @dataclass(frozen=True)
@@ -355,6 +364,7 @@ def _server(r: _Reader, d: dict[str, Any], network: str, check_files: bool) -> S
         payout_address=r.optional_string(d, "server", "payout_address", None),
         tls_cert_file=r.optional_path(d, "server", "tls_cert_file", network),
         tls_key_file=r.optional_path(d, "server", "tls_key_file", network),
+        websocket=_websocket(r, d),
     )
     if (s.tls_cert_file is None) != (s.tls_key_file is None):
         given, missing = (("tls_cert_file", "tls_key_file") if s.tls_key_file is None
@@ -375,6 +385,17 @@ def _server(r: _Reader, d: dict[str, Any], network: str, check_files: bool) -> S
     return s
 
 
+def _websocket(r: _Reader, d: dict[str, Any]) -> str | None:
+    value = d.get("websocket")
+    if value is None:
+        return None
+    if not isinstance(value, str) or "/" not in value:
+        r.fail("server.websocket", f"found {_show(value)}, expected host:port/path (e.g. "
+                                   "127.0.0.1:4244/paychan), or null for no WebSocket listener")
+    r.address({"websocket": value.partition("/")[0]}, "server", "websocket", "")
+    return value
+
+
 def _client(r: _Reader, d: dict[str, Any], network: str, check_files: bool) -> ClientConfig:
     raw = d.get("servers")
     servers: dict[str, str] = {}
@@ -382,28 +403,49 @@ def _client(r: _Reader, d: dict[str, Any], network: str, check_files: bool) -> C
     if raw is not None:
         if not isinstance(raw, dict):
             r.fail("client.servers", f"found {_show(raw)}, expected a mapping of "
-                                     "name: host:port")
+                                     "name: host:port (or ws://host:port/path)")
         for name in raw:
             if not isinstance(name, str) or not name or ":" in name:
                 r.fail("client.servers", f"found the name {_show(name)}, expected a name "
                                          "without ':' (e.g. shop)")
             entry, section, key = raw, "client.servers", name
-            if isinstance(raw[name], dict):  # host:port with how to trust its TLS
+            if isinstance(raw[name], dict):  # the address with how to trust its TLS
                 entry, section, key = raw[name], f"client.servers.{name}", "address"
                 r.check_keys(entry, section, SERVER_ENTRY_KEYS)
                 if entry.get("address") is None:
                     r.fail(f"{section}.address", "missing, expected the server's host:port "
-                                                 "beside how to trust its TLS")
-            servers[name] = r.address(entry, section, key, "")
-            if _split(servers[name])[1] == 0:
-                r.fail(f"client.servers.{name}", f"found {servers[name]!r}, expected a "
-                                                 "server's host:port (port 1-65535)")
+                                                 "(or wss:// URL) beside how to trust its TLS")
+            servers[name] = _server_address(r, entry, section, key)
             if entry is not raw:
                 trust = _client_tls(r, entry, section, network, check_files)
                 if trust is not None:
                     tls[servers[name]] = trust
     return ClientConfig(enabled=r.boolean(d, "client", "enabled", False), servers=servers,
                         policy=r.policy(d, "client", ClientPolicy), tls=tls)
+
+
+def _server_address(r: _Reader, d: dict[str, Any], section: str, name: str) -> str:
+    """A server's host:port, or its ws:// (wss://) URL."""
+    key = _join(section, name)
+    value = d[name]
+    if isinstance(value, str) and value.startswith(("ws://", "wss://")):
+        return _websocket_url(r, key, value)
+    address = r.address(d, section, name, "")
+    if _split(address)[1] == 0:
+        r.fail(key, f"found {address!r}, expected a server's host:port (port 1-65535)")
+    return address
+
+
+def _websocket_url(r: _Reader, key: str, value: str) -> str:
+    """A server's ws:// (wss://) URL, with a host and a port."""
+    url = urlsplit(value)
+    try:
+        port = url.port
+    except ValueError:
+        port = None
+    if not url.hostname or not port:
+        r.fail(key, f"found {value!r}, expected ws://host:port/path (port 1-65535)")
+    return value
 
 
 SERVER_ENTRY_KEYS = ("address", "tls", "ca_file", "fingerprint")
@@ -492,6 +534,8 @@ def _cross_checks(r: _Reader, c: Config) -> None:
     listeners = [("control.listen", c.control.listen)]
     if c.server.enabled:
         listeners.append(("server.listen", c.server.listen))
+        if c.server.websocket_address:
+            listeners.append(("server.websocket", c.server.websocket_address[0]))
     if c.metrics.enabled:
         listeners.append(("metrics.listen", c.metrics.listen))
     seen: dict[tuple[str, int], str] = {}

@@ -38,6 +38,7 @@ from bitcoind_paychan.service.client import Channel, ChannelFailed, ChannelGone,
 from bitcoind_paychan.service.server import PaymentServer, ServerEvent
 from bitcoind_paychan.service.watcher import ChannelView
 from bitcoind_paychan.store import ChannelSummary, SQLiteStore
+from bitcoind_paychan.transport import websocket
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class Daemon:
         self.activity = Activity()
         self.server: PaymentServer | None = None
         self.client: PaymentClient | None = None
+        self.websocket: websocket.Listener | None = None  # the server's, if configured
         self.channels: dict[str, Channel] = {}  # the client's live channels
         self.node = Bitcoind(config.node_config())
         self.store: SQLiteStore | None = None
@@ -97,6 +99,11 @@ class Daemon:
                 with _listening("server.listen", config.server.listen):
                     host, port = await self.server.listen(*split_address(config.server.listen))
                 log.info("server listening on %s:%s", host, port)
+            if self.websocket and config.server.websocket_address:
+                address, path = config.server.websocket_address
+                with _listening("server.websocket", address):
+                    host, port = await self.websocket.listen(*split_address(address))
+                log.info("server listening for WebSocket on ws://%s:%s%s", host, port, path)
             if self.client:
                 await self.client.start()
             with _listening("control.listen", config.control.listen):
@@ -128,12 +135,14 @@ class Daemon:
                 payout_script=config.payout_script(),
                 on_payment_latency=self.metrics.server.latency.observe,
                 limits=config.server.limits, tls=config.server.tls, **common)
+            if config.server.websocket_address:
+                self.websocket = websocket.Listener(self.server.gate, self.server.serve,
+                                                    config.server.websocket_address[1],
+                                                    self.server.tls_door())
         if config.client.enabled:
             self.client = PaymentClient(wallet, store, network=Network.from_chain(config.network),
                                         policy=config.client.policy,
-                                        on_event=self._client_event, tls={
-                                            "{}:{}".format(*split_address(address)): trust
-                                            for address, trust in config.client.tls.items()},
+                                        on_event=self._client_event, tls=config.client.tls,
                                         **common)
 
     async def _shutdown(self, control: ControlServer, metrics: MetricsServer | None,
@@ -141,8 +150,12 @@ class Daemon:
         deadline = time.monotonic() + 15
         while self._busy and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
+        if self.websocket:
+            self.websocket.close()
         if self.server:
             await self.server.stop()
+        if self.websocket:
+            await self.websocket.stop()
         if self.client:
             await self.client.stop()
         await control.stop()
@@ -321,8 +334,8 @@ class Daemon:
         """The open channel of `amount` sat to `server`, resumed, or a new one (always a new
         one with `new`); never one of another value. `resumed` says which."""
         with self._working():
-            host, port = split_address(self._server_address(server))
-            channel = await self._client().open(host, port, amount, new=new)
+            channel = await self._client().open_channel(self._server_address(server), amount,
+                                                        new=new)
             self.channels[channel.contract_txid] = channel
             view = asdict(self._client().watcher.view(channel.record))
             return view | {"resumed": channel.resumed}
@@ -361,8 +374,7 @@ class Daemon:
         for record in client.resumable(address):
             with contextlib.suppress(ChannelGone):
                 return await self._resume(record.contract_txid)
-        host, port = split_address(address)
-        channel = await client.open(host, port, self.config.client.channel_size, new=True)
+        channel = await client.open_channel(address, self.config.client.channel_size, new=True)
         self.channels[channel.contract_txid] = channel
         return channel
 

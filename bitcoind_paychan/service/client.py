@@ -1,18 +1,23 @@
-"""The payment client: opens (or resumes) a channel to a server and pays through it.
+"""The client side: ClientManager opens (or resumes) channels and pays through them over any
+connection; PaymentClient is it dialing TCP (host:port) or WebSocket (ws://…) itself.
 
     client = PaymentClient(AsyncBitcoind(node), SQLiteStore("client.db"))
     channel = await client.open("127.0.0.1", 4242, value=1_000_000)
     await channel.pay(1_000, b"article 17")
     settlement = await channel.close()
+
+An application that carries frames itself gives the manager a `dial(peer, timeout)` that
+returns a `transport.CarriedStream` over its own Link, and feeds it what arrives.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 
 from bitcoind_paychan.bitcoin.keys import PrivateKey
@@ -53,14 +58,18 @@ from bitcoind_paychan.service.outbox import effects_in_order
 from bitcoind_paychan.service.watcher import ChainWatcher, ChannelView
 from bitcoind_paychan.store import ChannelStore
 from bitcoind_paychan.store.writer import PaymentWriter
-from bitcoind_paychan.transport.tls import ClientTLS, connect_tls
-from bitcoind_paychan.wire import MessageStream, open_connection, pb
+from bitcoind_paychan.transport import dial as transports
+from bitcoind_paychan.transport.base import CarriedStream, Stream, encode
+from bitcoind_paychan.transport.tls import ClientTLS
+from bitcoind_paychan.wire import pb
 
 log = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = 15.0
 DEFAULT_VERSION = 3
 VERSION_KEY = "client.version:"  # store meta key prefix: the major a server speaks
 FALLBACK = {3: 2}  # a server that refuses our major gets the next one
+Dialer = Callable[[str, float | None], Awaitable[Stream]]
+"""Connect to a peer (as stored in its channels' records) within a timeout."""
 
 
 class ChannelFailed(PaychanError):
@@ -75,12 +84,15 @@ class ChannelExists(LocalProtocolError):
     """A channel to that server is open already, with another value."""
 
 
-class PaymentClient:
-    """Opens channels from this node's wallet. The open channel to a server is resumed by
-    `open` (same value) or `resume`; `open(..., new=True)` opens another.
+class ClientManager:
+    """Opens channels from this node's wallet over connections `dial` makes (by default TCP
+    for host:port, WebSocket for ws://host:port/path). The open channel to a server is resumed
+    by `open_channel` (same value) or `resume`; `open_channel(..., new=True)` opens another.
 
-    `policy` is what channels ask for and accept (its `value` is the size `open` uses when
-    given none); `autopilot` is when to act and its `fees` what every refund and contract pays.
+    `policy` is what channels ask for and accept (its `value` is the size `open_channel` uses
+    when given none); `autopilot` is when to act and its `fees` what every refund and contract
+    pays. `tls` says, per peer (as dialled: host:port or URL), how to verify its TLS
+    (`ClientTLS`: a CA file or a pinned fingerprint); other TCP peers are plain, as bitcoinj's.
     """
 
     def __init__(
@@ -97,16 +109,18 @@ class PaymentClient:
         zmq_endpoint: str | None = None,
         poll_interval: float = 5.0,
         review_interval: float = 60.0,
+        dial: Dialer | None = None,
         tls: Mapping[str, ClientTLS] | None = None,
     ) -> None:
         self.wallet = wallet
+        self.tls = dict(tls or {})  # peer → how to verify its TLS; others: plain TCP
+        self.dial = dial or self._dial
         self.store = store
         self.payments = PaymentWriter(store)  # group commit of every channel's payments
         self.network = network
         self.policy = policy or ClientPolicy()
         self.clock = clock
         self.handshake_timeout = handshake_timeout
-        self.tls = dict(tls or {})  # peer (host:port) → how to verify it; others: plain TCP
         self.live: dict[str, Channel] = {}  # contract txid → its channel on a live connection
         self.unresumable: set[str] = set()  # channels their server no longer has open
         self.watcher = ChainWatcher(Role.CLIENT, wallet, store, autopilot, on_event=on_event,
@@ -130,7 +144,7 @@ class PaymentClient:
             self._started = False
             await self.watcher.stop()
 
-    async def __aenter__(self) -> PaymentClient:
+    async def __aenter__(self) -> ClientManager:
         await self.start()
         return self
 
@@ -187,18 +201,17 @@ class PaymentClient:
         fee_rate = await self.watcher.fee_rate()
         return record.contract.refund(record.key, fee_rate, record.refund_tx)
 
-    async def open(
-        self, host: str, port: int, value: int | None = None, *, version: int | None = None,
+    async def open_channel(
+        self, peer: str, value: int | None = None, *, version: int | None = None,
         new: bool = False,
     ) -> Channel:
-        """A channel of `value` sat (default: the policy's) to host:port: the one already
+        """A channel of `value` sat (default: the policy's) to `peer`: the one already
         open to it (live here, or stored and resumed), else a new one; `Channel.resumed` says
         which. Never a channel of another value: if the open one holds a different value,
         ChannelExists says so (pass `new=True` to open another beside it). A new channel
         offers `version`, by default what the server spoke last time, else 3 (falling back to
         2 if refused)."""
         await self.start()
-        peer = f"{host}:{port}"
         policy = self.policy if value is None else replace(self.policy, value=value)
         value = policy.value
         if not new:
@@ -222,7 +235,7 @@ class PaymentClient:
                     f"({other.change} left), not {value}: pay through it, close it, or open "
                     "another beside it (paychan open --new; open(..., new=True))")
         known = await asyncio.to_thread(self.spoken_version, peer)
-        return await self._open_new(host, port, policy, version or known or DEFAULT_VERSION)
+        return await self._open_new(peer, policy, version or known or DEFAULT_VERSION)
 
     async def resume(self, contract_txid: str) -> Channel:
         """Reconnect a stored open channel to its server. ChannelGone if the server no longer
@@ -252,11 +265,9 @@ class PaymentClient:
                                 "is refunded after its expiry")
         return channel
 
-    async def _open_new(self, host: str, port: int, policy: ClientPolicy, version: int
-                        ) -> Channel:
+    async def _open_new(self, peer: str, policy: ClientPolicy, version: int) -> Channel:
         """Open a new channel, falling back to an older major when the server refuses ours
         (with ERROR, or, as bitcoinj does, by hanging up before SERVER_VERSION)."""
-        peer = f"{host}:{port}"
         while True:
             machine = ClientChannel(policy, PrivateKey.generate(), int(self.clock()), version,
                                     peer)
@@ -279,10 +290,7 @@ class PaymentClient:
         stored = (f"channel {machine.record.contract_txid} stays stored" if machine.record
                   else "nothing was stored or spent")
         try:
-            host, port = split_peer(machine.peer)
-            tls = self.tls.get(machine.peer)
-            stream = await (open_connection(host, port, self.handshake_timeout) if tls is None
-                            else connect_tls(host, port, tls, self.handshake_timeout))
+            stream = await self.dial(machine.peer, self.handshake_timeout)
         except TLSError as exc:
             raise ChannelFailed(f"{exc} ({stored})") from exc
         except (OSError, TimeoutError) as exc:
@@ -295,10 +303,22 @@ class PaymentClient:
             self.watcher.schedule_deadline(channel.record)
         return channel, outcome
 
+    async def _dial(self, peer: str, timeout: float | None) -> Stream:
+        """The default dialer: TCP or WebSocket by the peer's form, TLS as `tls` says."""
+        return await transports.dial(peer, timeout, self.tls.get(peer))
 
-def split_peer(peer: str) -> tuple[str, int]:
-    host, _, port = peer.rpartition(":")
-    return host.strip("[]"), int(port)
+
+class PaymentClient(ClientManager):
+    """A ClientManager that dials its servers itself: TCP (the protocol's own transport,
+    bitcoinj's) or WebSocket (ws://host:port/path, for servers behind HTTP proxies)."""
+
+    async def open(
+        self, host: str, port: int | None = None, value: int | None = None, *,
+        version: int | None = None, new: bool = False,
+    ) -> Channel:
+        """`open_channel` to host:port, or to a WebSocket URL given as `host` alone."""
+        peer = host if port is None else f"{host}:{port}"
+        return await self.open_channel(peer, value, version=version, new=new)
 
 
 class Channel:
@@ -306,8 +326,7 @@ class Channel:
     (rather than one this call opened). Payments may overlap: up to the machine's window
     (what the server accepts, at most the policy's `payment_window`) are in flight at once."""
 
-    def __init__(self, client: PaymentClient, machine: ClientChannel,
-                 stream: MessageStream) -> None:
+    def __init__(self, client: ClientManager, machine: ClientChannel, stream: Stream) -> None:
         self.client = client
         self.machine = machine
         self.stream = stream
@@ -319,6 +338,7 @@ class Channel:
         self._acks: deque[asyncio.Future[bytes]] = deque()  # pay() calls awaiting acks
         self._sent: asyncio.Future[None] | None = None  # the last payment's turn on the wire
         self._outgoing: list[pb.TwoWayChannelMessage] = []  # payments posted, not yet written
+        self._sending: asyncio.Future[None] | None = None  # the last posted payments' send
 
     @property
     def record(self) -> ChannelRecord:
@@ -407,6 +427,13 @@ class Channel:
                     task.cancel()
                 await asyncio.gather(wire, chain, return_exceptions=True)
                 await self.disconnect()
+
+    def receive(self, frame: bytes | pb.TwoWayChannelMessage) -> None:
+        """A frame from the server, on a connection the application carries (its dialer
+        returned a CarriedStream); the channel handles it when it next reads."""
+        if not isinstance(self.stream, CarriedStream):
+            raise LocalProtocolError("this channel's transport reads its connection itself")
+        self.stream.feed(frame)
 
     async def disconnect(self) -> None:
         """Hang up without closing: the channel stays stored and `open` resumes it."""
@@ -527,9 +554,15 @@ class Channel:
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
-        messages, self._outgoing = self._outgoing, []
+        frames, self._outgoing = encode(self._outgoing), []
         if self.connected:
-            self.stream.post(messages)
+            self._sending = asyncio.ensure_future(self._send(self._sending, frames))
+
+    async def _send(self, before: asyncio.Future[None] | None, frames: list[bytes]) -> None:
+        if before is not None:
+            await before  # in order
+        with contextlib.suppress(ConnectionError):  # the next read tells the connection ended
+            await self.stream.send_frames(frames)
 
     async def _run(self, effects: list[Effect]) -> None:
         queue = list(effects)

@@ -6,10 +6,11 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from bitcoind_paychan.channel.effects import Effect, Send
-from bitcoind_paychan.wire import MessageStream, pb
+from bitcoind_paychan.transport.base import Link, encode
+from bitcoind_paychan.wire import pb
 
 
-async def effects_in_order(queue: list[Effect], stream: MessageStream | None,
+async def effects_in_order(queue: list[Effect], stream: Link | None,
                            hold: tuple[type, ...] = ()) -> AsyncIterator[Effect]:
     """Yield each effect that is not a Send, in order, once every Send before it is written
     (consecutive Sends go out in one write). Sends before a `hold` effect wait and go out
@@ -31,7 +32,8 @@ async def effects_in_order(queue: list[Effect], stream: MessageStream | None,
         await send_all(stream, outbox)
 
 
-async def send_all(stream: MessageStream, messages: list[pb.TwoWayChannelMessage]) -> None:
-    """Write `messages`; a peer that already left is no error (the chain tells the rest)."""
+async def send_all(link: Link, messages: list[pb.TwoWayChannelMessage]) -> None:
+    """Send `messages`; a peer that already left is no error (the chain tells the rest)."""
+    frames = encode(messages)
     with contextlib.suppress(ConnectionError):
-        await stream.send_many(messages)
+        await link.send_frames(frames)

@@ -1,19 +1,23 @@
-"""The payment server: listens on TCP and runs one ServerChannel per connection.
+"""The server side: ServerManager runs channels over any connection; PaymentServer is it
+listening on TCP.
 
-It carries out the machines' effects in order — store, broadcast, send — with the durable
-store written before any message that acknowledges what was stored.
+The manager carries out the machines' effects in order — store, broadcast, send — with the
+durable store written before any message that acknowledges what was stored. An application
+that has its own connections (WebSocket, HTTP, a queue) hands it each frame received on one
+(`ServerConnection.receive`); the manager answers through the connection's `Link`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
 import logging
 import resource
-import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
+from typing import Any
 
 from bitcoind_paychan.bitcoin.keys import PrivateKey
 from bitcoind_paychan.bitcoin.tx import Transaction
@@ -50,7 +54,6 @@ from bitcoind_paychan.errors import (
     NodeError,
     NodeUnreachable,
     RemoteProtocolError,
-    TLSError,
     TransactionRejected,
 )
 from bitcoind_paychan.logcontext import bind_channel
@@ -60,7 +63,10 @@ from bitcoind_paychan.service.outbox import effects_in_order, send_all
 from bitcoind_paychan.service.watcher import ChainWatcher, ChannelView
 from bitcoind_paychan.store import ChannelStore
 from bitcoind_paychan.store.writer import PaymentWriter, Writes
-from bitcoind_paychan.transport.tls import ServerTLS, accept_tls
+from bitcoind_paychan.transport import tcp
+from bitcoind_paychan.transport.base import Link, Stream, decode
+from bitcoind_paychan.transport.tls import ServerTLS
+from bitcoind_paychan.transport.tlsdoor import TLSDoor
 from bitcoind_paychan.wire import MessageStream, pb
 
 log = logging.getLogger(__name__)
@@ -89,14 +95,18 @@ def raise_fd_limit() -> int:
     return int(soft)
 
 
-class PaymentServer:
-    """Accepts payment channels. `on_payment` may return bytes to attach to the ack.
+class ServerManager:
+    """Accepts payment channels over connections the application (or a transport) carries:
+    `accept(link)` per connection, then `receive` each frame on it. Storage, resume, the
+    autopilot (settlement before expiry), events and limits are the manager's.
+    `on_payment` may return bytes to attach to the ack.
 
     Settlements pay the node's fee estimate within the autopilot's fee policy
     (`autopilot.fees`: target, floor and cap), from the server's share, or from a wallet
     input when the share is too small.
     Payments after the first wait until the contract has `min_confirmations` (default: 0 on
-    regtest, 1 elsewhere). The autopilot (`autopilot` policy) settles before expiry.
+    regtest, 1 elsewhere). `handshake_timeout`: how long a connection may be silent before its
+    channel is open (transports that read for themselves apply it; `idle_timeout` says it).
     """
 
     def __init__(
@@ -117,7 +127,6 @@ class PaymentServer:
         payout_script: bytes | None = None,
         on_payment_latency: Callable[[float], None] | None = None,
         limits: PeerLimits | None = None,
-        tls: ServerTLS | None = None,
     ) -> None:
         self.wallet = wallet
         self.store = store
@@ -132,45 +141,73 @@ class PaymentServer:
         self.payout_script = payout_script  # None: a fresh wallet address per settlement
         self.on_payment_latency = on_payment_latency  # seconds from UPDATE_PAYMENT to its ack
         self.handshake_timeout = handshake_timeout
-        self.gate = PeerGate(limits)  # per-address connection rate and handshakes
-        self.tls = tls  # None: plain TCP, as bitcoinj speaks
-        self._tls_context: ssl.SSLContext | None = None
-        self._server: asyncio.Server | None = None
-        self._owners: dict[str, MessageStream] = {}  # contract txid → its current connection
-        self._connections: set[asyncio.Task[None]] = set()
-        self._busy: set[MessageStream] = set()  # connections handling a message right now
+        self.gate = PeerGate(limits)  # per-address connection rate and handshakes (transports)
+        self._owners: dict[str, Link] = {}  # contract txid → its current connection
+        self._connections: set[ServerConnection] = set()
+        self._busy: set[ServerConnection] = set()  # connections handling a message right now
         self._stopping = False
+        self._started = False
         self.watcher = ChainWatcher(
             Role.SERVER, wallet, store, autopilot or WatchPolicy(),
             settle=self._settle_if_open, on_event=self._finished, zmq_endpoint=zmq_endpoint,
             poll_interval=poll_interval, review_interval=review_interval)
 
-    async def listen(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
-        """Start the autopilot and accept connections; returns the bound (host, port)."""
-        raise_fd_limit()
-        self._tls_context = self.tls.context() if self.tls else None
-        await self.watcher.start()
-        self._server = await asyncio.start_server(self._accept, host, port)
-        bound = self._server.sockets[0].getsockname()
-        log.info("payment server listening on %s:%s%s", bound[0], bound[1],
-                 " (TLS)" if self.tls else "")
-        return str(bound[0]), int(bound[1])
+    async def start(self) -> None:
+        """Start the autopilot (once; transports' `listen` does it)."""
+        if not self._started:
+            self._started = True
+            await self.watcher.start()
 
-    async def stop(self, grace: float = 10.0) -> None:
-        """Stop accepting, let each connection finish the message it is handling (a payment
-        being stored and acknowledged), then hang up; stop the autopilot."""
+    async def drain(self, grace: float = 10.0) -> None:
+        """Take no more messages; wait up to `grace` seconds for each connection to finish the
+        message it is handling (a payment being stored and acknowledged)."""
         self._stopping = True
-        if self._server:
-            self._server.close()
         deadline = asyncio.get_running_loop().time() + grace
         while self._busy and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.01)
-        for task in list(self._connections):
-            task.cancel()
-        await asyncio.gather(*self._connections, return_exceptions=True)
-        await self.watcher.stop()
-        if self._server:
-            await self._server.wait_closed()
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Drain, hang up every connection, stop the autopilot."""
+        await self.drain(grace)
+        for connection in list(self._connections):
+            await connection.link.close()
+            connection.connection_lost()
+        if self._started:
+            self._started = False
+            await self.watcher.stop()
+
+    def accept(self, link: Link, peer: str = "") -> ServerConnection:
+        """A new connection from a client, answered through `link`."""
+        connection = ServerConnection(self, link, peer)
+        self._connections.add(connection)
+        return connection
+
+    async def serve(self, stream: Stream, admission: Admission | None = None) -> None:
+        """Run one connection a transport reads from until it ends (the transport closes it):
+        idle timeouts, pipelined payments handled together, the handshake's admission
+        released once the channel is open."""
+        connection = self.accept(stream, stream.peername)
+        try:
+            while not connection.closed:
+                try:
+                    batch = [message] if (message := await stream.receive(
+                        connection.idle_timeout)) else []
+                    while (batch and connection.takes_more(len(batch))
+                           and (more := stream.receive_buffered()) is not None):
+                        batch.append(more)  # pipelined payments already here
+                except RemoteProtocolError as exc:
+                    await connection.refuse(exc)
+                    return
+                if not batch:
+                    connection.connection_lost()
+                    return
+                await connection.receive_many(batch)
+                if admission is not None and connection.handshake_over:
+                    admission.release()
+                if self._stopping:
+                    return
+        finally:
+            connection.connection_lost()
 
     def channels(self, statuses: tuple[ChannelStatus, ...] | None = None) -> list[ChannelRecord]:
         return self.store.channels(Role.SERVER, statuses)
@@ -203,87 +240,13 @@ class PaymentServer:
         await self._carry_out(machine, None, effects)
         return settlement
 
-    # -- connections -----------------------------------------------------------------------
+    def _ended(self, connection: ServerConnection) -> None:
+        self._connections.discard(connection)
+        for txid, owner in list(self._owners.items()):
+            if owner is connection.link:
+                del self._owners[txid]
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        admission = self.gate.admit(str(peer[0]) if peer else "")
-        if admission is None:  # over a per-peer limit: hang up before reading anything
-            writer.transport.abort()
-            return
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
-        stream = MessageStream(reader, writer)
-        bind_channel(peer=stream.peername)  # this connection's task logs its peer
-        try:
-            if self._tls_context is not None:  # the first await: nothing was read yet
-                await accept_tls(writer, self._tls_context, self.handshake_timeout)
-            await self._serve(stream, admission)
-        except asyncio.CancelledError:
-            pass
-        except TLSError as exc:
-            log.info("%s: TLS refused: %s", stream.peername, exc)
-            if self.on_event:
-                self.on_event(PeerError(ErrorCode.OTHER, f"TLS: {exc}", remote=False))
-        except Exception:
-            log.exception("connection from %s failed", stream.peername)
-        finally:
-            admission.release()
-            self._connections.discard(task)
-            for txid, owner in list(self._owners.items()):
-                if owner is stream:
-                    del self._owners[txid]
-            await stream.close()
-
-    async def _serve(self, stream: MessageStream, admission: Admission) -> None:
-        machine = ServerChannel(self.policy, PrivateKey.generate(), int(self.clock()))
-        confirmed = self.min_confirmations == 0
-        while machine.state is not ServerState.CLOSED:
-            # Once open (or resumed: a bitcoinj client proves it with its next payment,
-            # whenever its application pays), no idle timeout, as bitcoinj.
-            timeout = (None if machine.state in (ServerState.OPEN, ServerState.RESUMED)
-                       else self.handshake_timeout)
-            try:
-                message = await stream.receive(timeout)
-            except RemoteProtocolError as exc:
-                log.info("%s: %s", stream.peername, exc)
-                await send_all(stream, [messages.error(exc.code, str(exc))])
-                return
-            if message is None:
-                log.info("%s left (%s)", stream.peername, machine.state.value)
-                machine.connection_lost()
-                return
-            if message.type == UPDATE_PAYMENT and machine.record is not None and not confirmed:
-                # Payments beyond the first wait until the contract is buried deep enough.
-                await self.watcher.until_confirmed(machine.record.contract_txid,
-                                                   self.min_confirmations)
-                confirmed = True
-            self._busy.add(stream)
-            started = time.perf_counter()
-            received = [message]
-            effects = machine.receive(message)
-            while (confirmed and machine.state is ServerState.OPEN
-                   and len(received) < PAYMENT_WINDOW
-                   and (more := stream.receive_buffered()) is not None):
-                # Pipelined payments already here: verified now, stored in one commit.
-                received.append(more)
-                effects += machine.receive(more)
-            try:
-                if not await self._carry_out(machine, stream, effects):
-                    return
-            finally:
-                self._busy.discard(stream)
-            if machine.state in (ServerState.OPEN, ServerState.SETTLING):
-                admission.release()  # the handshake is over
-            if self.on_payment_latency:
-                for done in received:
-                    if done.type == UPDATE_PAYMENT:
-                        self.on_payment_latency(time.perf_counter() - started)
-            if self._stopping:
-                return
-
-    async def _carry_out(self, machine: ServerChannel, stream: MessageStream | None,
+    async def _carry_out(self, machine: ServerChannel, stream: Link | None,
                          effects: list[Effect]) -> bool:
         """Do what the machine asked, in order. False once the connection must end.
 
@@ -296,7 +259,7 @@ class PaymentServer:
         finally:
             await writes.finish()
 
-    async def _carry_out_in_order(self, machine: ServerChannel, stream: MessageStream | None,
+    async def _carry_out_in_order(self, machine: ServerChannel, stream: Link | None,
                                   queue: list[Effect], writes: Writes) -> bool:
         async for effect in effects_in_order(queue, stream, (StorePayment, PaymentReceived)):
             match effect:
@@ -420,3 +383,151 @@ class PaymentServer:
             result = await result
         return result
 
+
+class ServerConnection:
+    """One client's connection to a ServerManager. Hand it each frame (or decoded message)
+    received, one call at a time, in order: `await receive(frame)` returns once that frame's
+    effects are carried out (stored, the replies sent through the link). Call
+    `connection_lost()` when the connection ends. A peer's protocol error is answered with
+    ERROR and the link closed (`closed` is then true); nothing is raised."""
+
+    def __init__(self, manager: ServerManager, link: Link, peer: str) -> None:
+        self.manager = manager
+        self.link = link
+        self.peer = peer or "unknown peer"
+        self.machine = ServerChannel(manager.policy, PrivateKey.generate(), int(manager.clock()))
+        self._confirmed = manager.min_confirmations == 0
+        bind_channel(peer=self.peer)  # the task that carries it logs its peer
+
+    @property
+    def closed(self) -> bool:
+        return self.machine.state is ServerState.CLOSED
+
+    @property
+    def handshake_over(self) -> bool:
+        """The channel is open (or settling): the handshake's limits no longer apply."""
+        return self.machine.state in (ServerState.OPEN, ServerState.SETTLING)
+
+    @property
+    def idle_timeout(self) -> float | None:
+        """How long the peer may stay silent now: the handshake timeout until the channel is
+        open (or resumed: a bitcoinj client proves it with its next payment, whenever its
+        application pays), then no limit, as bitcoinj."""
+        if self.machine.state in (ServerState.OPEN, ServerState.RESUMED):
+            return None
+        return self.manager.handshake_timeout
+
+    @property
+    def contract_txid(self) -> str | None:
+        record = self.machine.record
+        return record.contract_txid if record else None
+
+    def takes_more(self, count: int) -> bool:
+        """Would `count` + 1 pipelined payments be handled together now?"""
+        return (self._confirmed and self.machine.state is ServerState.OPEN
+                and count < PAYMENT_WINDOW)
+
+    async def receive(self, frame: bytes | pb.TwoWayChannelMessage) -> None:
+        """Handle one frame from the client."""
+        await self.receive_many([frame])
+
+    async def receive_many(self, frames: Iterable[bytes | pb.TwoWayChannelMessage]) -> None:
+        """Handle frames received together: pipelined payments are verified in order, stored
+        in one commit and acknowledged in one send."""
+        pending: collections.deque[pb.TwoWayChannelMessage] = collections.deque()
+        for frame in frames:
+            try:
+                pending.append(decode(frame))
+            except RemoteProtocolError as exc:
+                await self._handle(pending)
+                await self.refuse(exc)
+                return
+        await self._handle(pending)
+
+    async def refuse(self, exc: RemoteProtocolError) -> None:
+        """The peer broke the rules outside the machine's view (a bad frame, silence):
+        answer ERROR and hang up."""
+        if self.closed:
+            return
+        log.info("%s: %s", self.peer, exc)
+        await send_all(self.link, [messages.error(exc.code, str(exc))])
+        await self.link.close()
+        self.connection_lost()
+
+    def connection_lost(self) -> None:
+        """The connection has ended (idempotent)."""
+        if not self.closed:
+            log.info("%s left (%s)", self.peer, self.machine.state.value)
+            self.machine.connection_lost()
+        self.manager._ended(self)
+
+    async def _handle(self, pending: collections.deque[pb.TwoWayChannelMessage]) -> None:
+        manager, machine = self.manager, self.machine
+        while pending and not self.closed:
+            message = pending.popleft()
+            record = machine.record
+            if message.type == UPDATE_PAYMENT and record is not None and not self._confirmed:
+                # Payments beyond the first wait until the contract is buried deep enough.
+                await manager.watcher.until_confirmed(record.contract_txid,
+                                                      manager.min_confirmations)
+                self._confirmed = True
+            manager._busy.add(self)
+            started = time.perf_counter()
+            received = [message]
+            effects = machine.receive(message)
+            while pending and self.takes_more(len(received)):
+                received.append(more := pending.popleft())
+                effects += machine.receive(more)
+            try:
+                if not await manager._carry_out(machine, self.link, effects):
+                    self.connection_lost()
+                    return
+            finally:
+                manager._busy.discard(self)
+            if manager.on_payment_latency:
+                for done in received:
+                    if done.type == UPDATE_PAYMENT:
+                        manager.on_payment_latency(time.perf_counter() - started)
+
+
+class PaymentServer(ServerManager):
+    """A ServerManager listening on TCP (the protocol's own transport, bitcoinj's); over TLS
+    with `tls` (certificate and key files; off by default, as bitcoinj peers speak plain TCP).
+    Takes ServerManager's arguments."""
+
+    _listener: tcp.Listener | None = None
+
+    def __init__(self, *args: Any, tls: ServerTLS | None = None, **options: Any) -> None:
+        super().__init__(*args, **options)
+        self.tls = tls
+
+    def tls_door(self) -> TLSDoor | None:
+        """The TLS handshake for a listener of this server (TCP, or the WebSocket one):
+        within the handshake timeout, refusals counted as PeerErrors. TLSError if the
+        certificate files cannot be used."""
+        if self.tls is None:
+            return None
+        return TLSDoor(self.tls, self.handshake_timeout, self.on_event)
+
+    async def listen(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
+        """Start the autopilot and accept connections; returns the bound (host, port)."""
+        raise_fd_limit()
+        door = self.tls_door()
+        await self.start()
+        self._listener = tcp.Listener(self.gate, self._serve, door)
+        bound = await self._listener.listen(host, port)
+        log.info("payment server listening on %s:%s%s", *bound, " (TLS)" if door else "")
+        return bound
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop accepting, let each connection finish the message it is handling (a payment
+        being stored and acknowledged), then hang up; stop the autopilot."""
+        if self._listener:
+            self._listener.close()
+        await self.drain(grace)
+        if self._listener:
+            await self._listener.stop()
+        await super().stop(grace)
+
+    async def _serve(self, stream: MessageStream, admission: Admission) -> None:
+        await self.serve(stream, admission)

@@ -7,9 +7,8 @@ the certificate's DER encoding in hex, colons allowed (as
 `openssl x509 -noout -fingerprint -sha256 -in cert.pem` prints it). Either way an expired
 certificate is refused.
 
-Handshakes run after the server's PeerGate admitted the connection and within its handshake
-timeout, so a stranger can hold no more sockets with TLS than without. Every failure is one
-TLSError whose message says what went wrong and what to do.
+The server's side of the handshake is `tlsdoor.TLSDoor`'s. Every failure is one TLSError whose
+message says what went wrong and what to do.
 """
 
 from __future__ import annotations
@@ -17,9 +16,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import hashlib
-import os
 import re
-import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +27,6 @@ from bitcoind_paychan.wire import MessageStream
 from bitcoind_paychan.wire.codec import encode_message
 from bitcoind_paychan.wire.framing import encode_frame
 
-TLS_HANDSHAKE = b"\x16"  # a TLS handshake record's first byte (a frame length > 350 MB)
 FINGERPRINT_FORMAT = "sha256: and 64 hex digits, colons allowed (sha256:AB:CD:...)"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -132,76 +128,31 @@ async def connect_tls(host: str, port: int, tls: ClientTLS, timeout: float | Non
     except TimeoutError:
         raise TimeoutError(f"connecting to {peer} with TLS timed out after {timeout} s"
                            ) from None
-    except ssl.SSLError as exc:
-        raise TLSError(f"TLS with {peer} failed: {client_reason(exc, tls)}") from exc
-    except ConnectionError as exc:
-        raise TLSError(f"{peer} hung up during the TLS handshake: it may not speak TLS (a "
-                       "plain TCP listener, as bitcoinj's); connect without TLS, or enable "
-                       "TLS on the server") from exc
+    except (ssl.SSLError, ConnectionError) as exc:
+        raise handshake_failed(exc, peer, tls) from exc
     try:
         tls.check(writer.get_extra_info("ssl_object").getpeercert(binary_form=True), peer)
     except TLSError as exc:  # tell the server why, in the protocol's words, then hang up
-        refusal = messages.error(ErrorCode.OTHER, f"the client refused the server's "
-                                                  f"certificate: {exc}")
-        writer.write(encode_frame(encode_message(refusal)))
+        writer.write(encode_frame(refusal(exc)))
         writer.close()
         raise
     return MessageStream(reader, writer)
 
 
-async def accept_tls(writer: asyncio.StreamWriter, context: ssl.SSLContext, timeout: float
-                     ) -> None:
-    """Run the server's side of the handshake on an accepted connection, before anything
-    was read from it. TLSError with the reason if it fails or takes over `timeout` s; a
-    plain client (bitcoinj's) is told in the protocol's words that this server speaks TLS."""
-    try:
-        async with asyncio.timeout(timeout):
-            if not await _starts_with_tls(writer):
-                refusal = messages.error(ErrorCode.OTHER, "this server speaks TLS: connect "
-                                                          "with TLS, or to a plain TCP server")
-                writer.write(encode_frame(encode_message(refusal)))
-                writer.close()
-                raise TLSError("the peer does not speak TLS (a plain TCP client)")
-            await writer.start_tls(context, ssl_handshake_timeout=timeout)
-    except TimeoutError:
-        writer.transport.abort()
-        raise TLSError(f"no TLS handshake within {timeout} s") from None
-    except ssl.SSLError as exc:
-        writer.transport.abort()
-        raise TLSError(server_reason(exc)) from exc
-    except ConnectionError as exc:
-        writer.transport.abort()
-        raise TLSError("the peer hung up during the TLS handshake: a client does so when it "
-                       "does not trust our certificate (expired, for another host name, or "
-                       "from a CA it does not know)") from exc
+def refusal(exc: TLSError) -> bytes:
+    """The ERROR message (encoded) that tells a server why its certificate was refused."""
+    return encode_message(messages.error(
+        ErrorCode.OTHER, f"the client refused the server's certificate: {exc}"))
 
 
-async def _starts_with_tls(writer: asyncio.StreamWriter) -> bool:
-    """Wait for the peer's first byte without consuming it: a TLS handshake record's?
-
-    The transport stops reading first (nothing was read yet: this runs before any other
-    await on the connection); the byte is peeked through a duplicate of the socket."""
-    transport = writer.transport
-    assert isinstance(transport, asyncio.Transport)  # a socket's: it reads too
-    transport.pause_reading()
-    socket_fd = writer.get_extra_info("socket").fileno()
-    loop = asyncio.get_running_loop()
-    with socket.socket(fileno=os.dup(socket_fd)) as peek:
-        readable: asyncio.Future[None] = loop.create_future()
-
-        def ready() -> None:
-            if not readable.done():
-                readable.set_result(None)
-
-        loop.add_reader(peek.fileno(), ready)
-        try:
-            await readable
-        finally:
-            loop.remove_reader(peek.fileno())
-        first = peek.recv(1, socket.MSG_PEEK)
-    if not first:
-        raise ConnectionResetError("hung up before the TLS handshake")
-    return first == TLS_HANDSHAKE
+def handshake_failed(exc: ssl.SSLError | ConnectionError, peer: str, tls: ClientTLS
+                     ) -> TLSError:
+    """The client's error for a handshake that failed with `exc`."""
+    if isinstance(exc, ssl.SSLError):
+        return TLSError(f"TLS with {peer} failed: {client_reason(exc, tls)}")
+    return TLSError(f"{peer} hung up during the TLS handshake: it may not speak TLS (a plain "
+                    "listener, as bitcoinj's); connect without TLS, or enable TLS on the "
+                    "server")
 
 
 def client_reason(exc: ssl.SSLError, tls: ClientTLS) -> str:
@@ -222,24 +173,6 @@ def client_reason(exc: ssl.SSLError, tls: ClientTLS) -> str:
         return ("the server does not speak TLS (a plain TCP listener, as bitcoinj's): connect "
                 "without TLS, or enable TLS on the server")
     return f"{exc.reason or exc}; check the server's TLS settings"
-
-
-def server_reason(exc: ssl.SSLError) -> str:
-    """What a failed handshake means for the server (the client refused us, or it is not
-    speaking TLS)."""
-    reason = exc.reason or str(exc)
-    known = {
-        "WRONG_VERSION_NUMBER": "the peer does not speak TLS (a plain TCP client)",
-        "HTTP_REQUEST": "the peer sent plain HTTP, not TLS",
-        "UNKNOWN_CA": "the peer does not trust our certificate (unknown CA)",
-        "CERTIFICATE_EXPIRED": "the peer refused our certificate as expired",
-        "BAD_CERTIFICATE": "the peer refused our certificate (wrong host name?)",
-        "CERTIFICATE_UNKNOWN": "the peer refused our certificate",
-        "NO_SHARED_CIPHER": "no cipher in common with the peer",
-        "UNSUPPORTED_PROTOCOL": "the peer's TLS version is too old",
-    }
-    return next((text for key, text in known.items() if key in reason),
-                f"TLS handshake failed: {reason}")
 
 
 def validity(der: bytes) -> tuple[datetime.datetime, datetime.datetime]:

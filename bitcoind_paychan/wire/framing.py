@@ -21,13 +21,29 @@ _HEADER = struct.Struct(">i")
 
 def encode_frame(payload: bytes) -> bytes:
     """Prefix `payload` with its length; LocalProtocolError if it exceeds MAX_MESSAGE_SIZE."""
+    return _HEADER.pack(check_size(payload)) + payload
+
+
+def check_size(payload: bytes) -> int:
+    """The size of a message we send; LocalProtocolError if it exceeds MAX_MESSAGE_SIZE."""
     size = len(payload)
     if size > MAX_MESSAGE_SIZE:
         raise LocalProtocolError(
             f"message of {size} bytes exceeds the {MAX_MESSAGE_SIZE}-byte protocol limit; "
             "a bitcoinj peer would drop the connection"
         )
-    return _HEADER.pack(size) + payload
+    return size
+
+
+def check_received_size(payload: bytes) -> bytes:
+    """`payload` from a peer, if within MAX_MESSAGE_SIZE; else RemoteProtocolError
+    (SYNTAX_ERROR), as an oversized length prefix is on TCP."""
+    if len(payload) > MAX_MESSAGE_SIZE:
+        raise RemoteProtocolError(
+            f"peer sent a message of {len(payload)} bytes; allowed is 0..{MAX_MESSAGE_SIZE}",
+            code=ErrorCode.SYNTAX_ERROR,
+        )
+    return payload
 
 
 class FrameDecoder:

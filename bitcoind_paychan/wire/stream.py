@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+import ssl
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from bitcoind_paychan.errors import ErrorCode, RemoteProtocolError
 from bitcoind_paychan.wire import paychan_pb2 as pb
@@ -103,9 +104,14 @@ class MessageStream:
         much it posts, as a payment window does)."""
         self._writer.write(b"".join([encode_frame(encode_message(m)) for m in msgs]))
 
-    async def send_frames(self, frames: bytes) -> None:
+    async def send_frames(self, frames: Sequence[bytes]) -> None:
+        """Send encoded messages (`encode_message(m)` each), framed, in one write and drain."""
+        self._writer.write(b"".join([encode_frame(f) for f in frames]))
+        await self._writer.drain()
+
+    async def write_framed(self, data: bytes) -> None:
         """Write frames encoded earlier (`encode_frame(encode_message(m))`, joined)."""
-        self._writer.write(frames)
+        self._writer.write(data)
         await self._writer.drain()
 
     async def close(self, flush: bool = True, timeout: float = CLOSE_TIMEOUT) -> None:
@@ -139,11 +145,12 @@ class MessageStream:
         await self.close()
 
 
-async def open_connection(host: str, port: int, timeout: float | None) -> MessageStream:
+async def open_connection(host: str, port: int, timeout: float | None,
+                          ssl_context: ssl.SSLContext | None = None) -> MessageStream:
     """Connect to a payment channel peer; TimeoutError if that takes over `timeout` seconds."""
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port)
+            reader, writer = await asyncio.open_connection(host, port, ssl=ssl_context)
     except TimeoutError:
         raise TimeoutError(f"connecting to {host}:{port} timed out after {timeout} s") from None
     return MessageStream(reader, writer)

@@ -18,6 +18,7 @@ from bitcoind_paychan.channel.effects import Disconnect, Effect, Send
 from bitcoind_paychan.channel.server import ServerChannel, ServerPolicy
 from bitcoind_paychan.service.limits import Admission
 from bitcoind_paychan.service.server import PaymentServer
+from bitcoind_paychan.transport import Link
 from bitcoind_paychan.wire import MessageStream, pb
 
 T = pb.TwoWayChannelMessage
@@ -29,15 +30,15 @@ class BitcoinjServer(PaymentServer):
 
     def __init__(self, *args: Any, **options: Any) -> None:
         super().__init__(*args, **options)
-        self.silent: set[MessageStream] = set()  # connections it settled without CLOSE
-        self._streams: dict[int, MessageStream] = {}  # id(machine) → its connection
+        self.silent: set[Link] = set()  # connections it settled without CLOSE
+        self._streams: dict[int, Link] = {}  # id(machine) → its connection
 
     async def _serve(self, stream: MessageStream, admission: Admission) -> None:
         await super()._serve(stream, admission)
         if stream in self.silent:
             await asyncio.Event().wait()  # connected and silent until the server stops
 
-    async def _carry_out(self, machine: ServerChannel, stream: MessageStream | None,
+    async def _carry_out(self, machine: ServerChannel, stream: Link | None,
                          effects: list[Effect]) -> bool:
         if stream is not None:
             self._streams[id(machine)] = stream

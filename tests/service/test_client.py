@@ -6,8 +6,13 @@ import asyncio
 
 from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.channel.records import ChannelStatus, Role
+from bitcoind_paychan.node import Bitcoind
 from bitcoind_paychan.service.client import ChannelFailed
-from bitcoind_paychan.service.server import PaymentServer
+from bitcoind_paychan.service.regtest import MiningBroadcaster
+from bitcoind_paychan.service.server import PaymentServer, ServerManager
+from bitcoind_paychan.wire import pb
+from tests.conftest import config_for
+from tests.service.carried import Dialer
 from tests.service.conftest import Sides, until
 
 VALUE = 400_000
@@ -69,3 +74,41 @@ def test_a_contract_the_server_never_opened_releases_its_coins_and_is_never_broa
     assert "nothing was spent" in message and "released" in message
     assert "stays stored" not in message
     assert finished is ChannelStatus.REFUNDED
+
+
+def test_a_payment_the_application_carries_completes_when_it_feeds_back_the_ack(
+        sides: Sides) -> None:
+    """The client manager over a connection the application carries: `pay` sends its
+    UPDATE_PAYMENT through the application's link and returns once the application hands it
+    the PAYMENT_ACK (`Channel.receive`); a resume dials a new carried connection."""
+    async def scenario() -> tuple[bool, bool, bytes, int, int]:
+        manager = ServerManager(MiningBroadcaster(Bitcoind(config_for(sides.server_node))),
+                                sides.store("server"), on_payment=lambda p: b"ok",
+                                on_event=sides.events.append)
+        await manager.start()
+        dial = Dialer(manager)
+        client = sides.client(dial=dial)
+        first = await client.open_channel("app://shop", 300_000)
+        await first.pay(4_000)
+        await first.disconnect()
+        channel = await client.open_channel("app://shop", 300_000)
+        carried = dial.connections[-1]
+        carried.hold = True
+        paying = asyncio.ensure_future(channel.pay(5_000))
+        await until(lambda: carried.held, what="the UPDATE_PAYMENT handed to the application")
+        sent = pb.TwoWayChannelMessage.FromString(carried.held[0]).type
+        waited = not paying.done()
+        for reply in await carried.deliver(carried.held.pop()):
+            channel.receive(reply)
+        ack = await paying
+        await client.stop()
+        await manager.stop()
+        return (sent == pb.TwoWayChannelMessage.UPDATE_PAYMENT, waited, ack, channel.paid,
+                len(dial.connections))
+
+    sent_payment, waited, ack, paid, connections = asyncio.run(scenario())
+    assert sent_payment and waited
+    assert ack == b"ok"
+    assert paid == 1_000 + 4_000 + 5_000
+    assert connections == 2  # resumed on a new connection
+    assert [p.amount for p in sides.payments()][-1] == 5_000

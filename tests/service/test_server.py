@@ -18,12 +18,14 @@ from bitcoind_paychan.errors import ErrorCode
 from bitcoind_paychan.node import AsyncBitcoind, Bitcoind
 from bitcoind_paychan.service.client import Channel, ChannelFailed
 from bitcoind_paychan.service.limits import PeerLimits
-from bitcoind_paychan.service.server import PaymentServer
+from bitcoind_paychan.service.regtest import MiningBroadcaster
+from bitcoind_paychan.service.server import PaymentServer, ServerManager
 from bitcoind_paychan.store import SQLiteStore
 from bitcoind_paychan.wire import error_code, open_connection, pb
 from regtest.node import RegtestNode
 from regtest.stranger import fake_open
 from tests.conftest import config_for
+from tests.service.carried import Dialer
 from tests.service.conftest import FAST, Sides, until
 
 T = pb.TwoWayChannelMessage
@@ -277,3 +279,34 @@ def test_a_contract_double_spent_between_check_and_broadcast_stays_open_then_is_
     message, status_at_once = asyncio.run(scenario())
     assert "BAD_TRANSACTION" in message and "refused the contract" in message
     assert status_at_once is ChannelStatus.OPEN  # the node's word at broadcast, not a verdict
+
+
+def test_the_manager_answers_each_frame_an_application_carries_before_receive_returns(
+        sides: Sides) -> None:
+    """A request/response transport hands the manager one frame per request: when `receive`
+    returns, the payment is durably stored and its PAYMENT_ACK has gone out through the
+    application's link."""
+    async def scenario() -> tuple[Dialer, int, str]:
+        manager = ServerManager(MiningBroadcaster(Bitcoind(config_for(sides.server_node))),
+                                sides.store("server"), poll_interval=0.2, on_payment=lambda p:
+                                b"receipt %d" % p.amount)
+        await manager.start()
+        dial = Dialer(manager)
+        client = sides.client(dial=dial)
+        channel = await client.open_channel("app://shop", 300_000)
+        assert await channel.pay(2_000) == b"receipt 2000"
+        await channel.pay(3_000)
+        settlement = await channel.close()
+        await client.stop()
+        await manager.stop()
+        return dial, channel.paid, settlement.txid_hex
+
+    dial, paid, settlement = asyncio.run(scenario())
+    exchanges = dial.connections[0].exchanges
+    payments = [e for e in exchanges if e.request == T.UPDATE_PAYMENT]
+    assert [(e.response, e.paid_when_answered) for e in payments] == [
+        ([T.PAYMENT_ACK], 1_000 + 2_000), ([T.PAYMENT_ACK], 1_000 + 5_000)]
+    assert exchanges[-1].request == T.CLOSE and exchanges[-1].response == [T.CLOSE]
+    assert paid == 6_000
+    sides.mine(1)
+    assert sides.client_node.rpc("getrawtransaction", settlement, True)["confirmations"] == 1

@@ -37,13 +37,13 @@ def test_validity_dates_are_read_from_the_certificate(tmp_path: Path) -> None:
     cert = x509.load_der_x509_certificate(issued.der)
     assert validity(issued.der) == (cert.not_valid_before_utc.replace(microsecond=0),
                                     cert.not_valid_after_utc.replace(microsecond=0))
-    with pytest.raises(TLSError, match="certificate expired on .* the server must renew it"):
+    with pytest.raises(TLSError, match=r"certificate expired on .* the server must renew it"):
         issued.pin.check(issued.der, "peer")
 
 
 def test_a_pinned_certificate_not_valid_yet_is_refused(tmp_path: Path) -> None:
     issued = CertFactory(tmp_path).issue("future", days=(2, 30))
-    with pytest.raises(TLSError, match="not valid before .* clocks"):
+    with pytest.raises(TLSError, match=r"not valid before .* clocks"):
         issued.pin.check(issued.der, "peer")
     later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=3)
     issued.pin.check(issued.der, "peer", now=later)
@@ -58,7 +58,7 @@ def test_unusable_server_files_say_which_file_and_what_is_wrong(tmp_path: Path) 
     with pytest.raises(TLSError, match=r"absent\.crt: no such file; expected a PEM file"):
         ServerTLS(tmp_path / "absent.crt", one.key_file).context()
     (tmp_path / "junk.pem").write_text("not a certificate")
-    with pytest.raises(TLSError, match="junk.pem .* unreadable"):
+    with pytest.raises(TLSError, match=r"junk\.pem .* unreadable"):
         ServerTLS(tmp_path / "junk.pem", one.key_file).context()
     with pytest.raises(TLSError, match="cannot load the CA file"):
         ClientTLS(ca_file=tmp_path / "junk.pem").context()
