@@ -6,9 +6,10 @@ Channels are opened and funded before timing; then every channel makes M payment
 concurrently (W in flight per channel, --window W; 1: each awaits its ack), and each payment's
 latency is measured from pay() to ack. Beside the figures: the CPU each process spent per
 payment, the store disk's fsync latency and coincurve's verify rate, measured in the same run.
+--transport ws: the same over WebSocket (one binary message per protocol message).
 Usage: python bench/throughput.py [--channels N] [--payments M] [--window W] [--version 1|2|3]
-[--capacity] [--profile FILE] [--tls] [--json]   (--json prints one JSON object last; --tls:
-over TLS, a test CA's certificate checked by the client)
+[--transport tcp|ws] [--tls] [--capacity] [--profile FILE] [--json]   (--json: one JSON object
+last; --tls: over TLS, wss:// for ws, a test CA's certificate checked by the client)
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ from bitcoind_paychan.service.client import Channel, PaymentClient
 from bitcoind_paychan.service.regtest import MiningBroadcaster
 from bitcoind_paychan.service.server import PaymentServer, ServerEvent
 from bitcoind_paychan.store import SQLiteStore
+from bitcoind_paychan.transport import websocket
+from bitcoind_paychan.transport.dial import split_peer
 from bitcoind_paychan.transport.tls import ClientTLS, ServerTLS
 from regtest.node import RegtestNode, regtest_nodes, sync_tips
 from tests.transport.certs import CertFactory  # test certificates (the dev dependencies)
@@ -87,14 +90,16 @@ def profiled(profile: str, main: Coroutine[Any, Any, Any]) -> Any:
         profiler.dump_stats(profile)
 
 
-def server_process(conn: Connection, config: NodeConfig, db: Path, profile: str,
-                   tls: ServerTLS | None) -> None:
+def server_process(conn: Connection, config: NodeConfig, db: Path, transport: str,
+                   profile: str, tls: ServerTLS | None) -> None:
     child_setup()
-    profiled(profile and f"{profile}.server", serve(conn, config, db, tls))
+    profiled(profile and f"{profile}.server", serve(conn, config, db, transport, tls))
 
 
-async def serve(conn: Connection, config: NodeConfig, db: Path, tls: ServerTLS | None) -> None:
-    """Serve until the parent says stop (or goes away); then report what was received."""
+async def serve(conn: Connection, config: NodeConfig, db: Path, transport: str,
+                tls: ServerTLS | None) -> None:
+    """Serve until the parent says stop (or goes away); then report what was received. The
+    parent is told the peer to dial: host:port, or a ws:// URL."""
     seen = 0
     cpu = [0.0, 0.0]  # process CPU (every thread) at the first and the last timed payment
 
@@ -107,13 +112,20 @@ async def serve(conn: Connection, config: NodeConfig, db: Path, tls: ServerTLS |
     with SQLiteStore(db) as store:
         server = PaymentServer(MiningBroadcaster(Bitcoind(config)), store, on_event=on_event,
                                tls=tls)
-        conn.send(await server.listen())
+        host, port = await server.listen()
+        listener = websocket.Listener(server.gate, server.serve, "/paychan", server.tls_door())
+        if transport == "ws":
+            host, port = await listener.listen("127.0.0.1", 0)
+        scheme = "wss" if tls else "ws"
+        conn.send(f"{scheme}://{host}:{port}/paychan" if transport == "ws" else f"{host}:{port}")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_reader(conn.fileno(), stop.set)
         await stop.wait()
         loop.remove_reader(conn.fileno())
+        listener.close()
         await server.stop()
+        await listener.stop()
         logged = sum(1 for p in store.payments(Role.SERVER) if p.info == INFO)  # not openings
     cpu_per_payment = (cpu[1] - cpu[0]) / (seen - 1) if seen > 1 else 0.0
     conn.send({"seen": seen, "logged": logged, "rss_mb": peak_rss_mb(),
@@ -123,7 +135,7 @@ async def serve(conn: Connection, config: NodeConfig, db: Path, tls: ServerTLS |
 # -- the client process ------------------------------------------------------------------
 
 
-def client_process(conn: Connection, config: NodeConfig, tmp: Path, address: tuple[str, int],
+def client_process(conn: Connection, config: NodeConfig, tmp: Path, address: str,
                    channels: int, payments: int, version: int, window: int,
                    capacity: bool, profile: str, tls: ClientTLS | None) -> None:
     child_setup()
@@ -138,7 +150,7 @@ def load_process(conn: Connection, tmp: Path, address: tuple[str, int], payments
     conn.send(asyncio.run(load(tmp / "client.db", address, payments, AMOUNT, INFO, window)))
 
 
-async def pay_all(config: NodeConfig, tmp: Path, address: tuple[str, int], channels: int,
+async def pay_all(config: NodeConfig, tmp: Path, address: str, channels: int,
                   payments: int, version: int, window: int, capacity: bool,
                   tls: ClientTLS | None) -> dict[str, Any]:
     """Open the channels, then pay (timed); or, for `capacity`, hang up and leave them open
@@ -146,11 +158,11 @@ async def pay_all(config: NodeConfig, tmp: Path, address: tuple[str, int], chann
     wallet = AsyncBitcoind(Bitcoind(config))
     store = SQLiteStore(tmp / "client.db")
     client = PaymentClient(wallet, store, policy=ClientPolicy(payment_window=window),
-                           tls={"{}:{}".format(*address): tls} if tls else None)
+                           tls={address: tls} if tls else None)
     try:
         started = time.perf_counter()
-        opened = [await client.open(*address, channel_value(payments), version=version,
-                                    new=True) for _ in range(channels)]
+        opened = [await client.open_channel(address, channel_value(payments), version=version,
+                                            new=True) for _ in range(channels)]
         open_s = time.perf_counter() - started
         if capacity:
             await client.stop()
@@ -201,7 +213,7 @@ def receive(conn: Connection, who: str) -> Any:
 
 
 def run(channels: int, payments: int, version: int, window: int, capacity: bool,
-        profile: str = "", tls: bool = False) -> dict[str, Any]:
+        profile: str = "", transport: str = "tcp", tls: bool = False) -> dict[str, Any]:
     ctx = multiprocessing.get_context("spawn")
     processes: list[SpawnProcess] = []
     pipes: list[Connection] = []
@@ -222,14 +234,14 @@ def run(channels: int, payments: int, version: int, window: int, capacity: bool,
         certs = CertFactory(Path(tmp)) if tls else None
         try:
             server = start(server_process, config_for(server_node), Path(tmp) / "server.db",
-                           profile, certs.issue("server").server if certs else None)
+                           transport, profile, certs.issue("server").server if certs else None)
             address = receive(server, "server")
             client = start(client_process, config_for(client_node), Path(tmp), address,
                            channels, payments, version, window, capacity, profile,
                            certs.ca.trusted() if certs else None)
             paid = receive(client, "client")
             if capacity:
-                loader = start(load_process, Path(tmp), address, payments, window)
+                loader = start(load_process, Path(tmp), split_peer(address), payments, window)
                 paid |= receive(loader, "load") | {"rss_mb": 0.0}
             server.send("stop")
             served = receive(server, "server")
@@ -256,6 +268,7 @@ def run(channels: int, payments: int, version: int, window: int, capacity: bool,
         "channels": channels,
         "window": window,
         "mode": "capacity" if capacity else "end-to-end",
+        "transport": transport,
         "tls": tls,
         "payments": payments,
         "version": paid["version"],
@@ -295,27 +308,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--capacity", action="store_true",
                         help="server capacity: a load process replays payments signed before "
                              "timing (client figures are then the load's)")
+    parser.add_argument("--transport", choices=("tcp", "ws"), default="tcp",
+                        help="TCP (length-prefixed frames) or WebSocket (a message each)")
+    parser.add_argument("--tls", action="store_true",
+                        help="over TLS (wss:// for ws): a test CA's certificate, verified by "
+                             "the client")
     parser.add_argument("--profile", default="", metavar="FILE",
                         help="profile server and client (cProfile): FILE.server, FILE.client")
-    parser.add_argument("--tls", action="store_true",
-                        help="over TLS (a test CA's certificate, verified by the client)")
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
     args = parser.parse_args(argv)
-    if args.tls and args.capacity:
-        parser.error("--capacity replays over plain TCP; use --tls without it")
     if min(args.channels, args.payments, args.window) < 1:
         parser.error("--channels, --payments and --window must be at least 1")
     if args.channels * (channel_value(args.payments) + FUNDING_SPARE) > MAX_FUNDING:
         parser.error("channels × payments needs more than the client wallet's 50 BTC")
+    if args.capacity and (args.transport != "tcp" or args.tls):
+        parser.error("--capacity replays frames over plain TCP only")
     try:
         r = run(args.channels, args.payments, args.version, args.window, args.capacity,
-                args.profile, args.tls)
+                args.profile, args.transport, args.tls)
     except KeyboardInterrupt:
         print("interrupted; nodes, processes and files cleaned up", file=sys.stderr)
         return 130
     print(f"paychan v{r['version']}: {r['channels']} channel(s) × {r['payments']} payments of "
           f"{AMOUNT} sat, window {r['window']}, {r['mode']} (client or load process, and server, "
-          f"over loopback{', TLS' if r['tls'] else ''})")
+          f"over loopback {r['transport']}{' with TLS' if r['tls'] else ''})")
     print(f"  opening     {r['channels']} channel(s) in {r['open_s']} s (sequential, untimed)")
     print(f"  throughput  {r['total_payments']} payments in {r['wall_s']} s = "
           f"{r['payments_per_s']} payments/s")

@@ -27,7 +27,8 @@ SUBSYSTEMS = {
     "wire": "bitcoind_paychan.wire",
     "control": "bitcoind_paychan.daemon.control",
     "dashboard": "bitcoind_paychan.daemon.dashboard",
-    "http": "bitcoind_paychan.daemon.web",
+    "http": "bitcoind_paychan.transport.http",
+    "transport": "bitcoind_paychan.transport",
     "metrics": "bitcoind_paychan.daemon.metrics",
     "daemon": "bitcoind_paychan.daemon.daemon",
 }

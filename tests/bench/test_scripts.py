@@ -38,10 +38,18 @@ def test_throughput_with_a_window_and_in_server_capacity_mode() -> None:
     assert isinstance(capacity["server_cpu_us"], float) and capacity["server_cpu_us"] > 0
 
 
-def test_throughput_over_tls() -> None:
-    result = run_json("bench/throughput.py", "--channels", "1", "--payments", "20",
-                      "--window", "4", "--tls")
-    assert result["tls"] is True and result["server_logged"] == 20
+def test_throughput_over_tls_on_tcp_and_websocket() -> None:
+    for transport in ("tcp", "ws"):
+        result = run_json("bench/throughput.py", "--channels", "1", "--payments", "20",
+                          "--window", "4", "--tls", "--transport", transport)
+        assert result["tls"] is True and result["server_logged"] == 20, transport
+
+
+def test_throughput_over_websocket() -> None:
+    result = run_json("bench/throughput.py", "--channels", "2", "--payments", "20",
+                      "--window", "4", "--transport", "ws")
+    assert result["transport"] == "ws" and result["server_logged"] == 40
+    assert isinstance(result["payments_per_s"], float) and result["payments_per_s"] > 0
 
 
 def test_store_bench_reports_its_figures() -> None:

@@ -99,6 +99,7 @@ PROBES: dict[str, tuple[Any, Probe]] = {
     "server.max_handshakes_per_ip": (4, lambda d: server(d).gate.limits.max_handshakes_per_ip),
     "server.payout_address": ("bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080",
                               lambda d: server(d).payout_script),
+    "server.websocket": ("127.0.0.1:4244/pay", lambda d: d.websocket and d.websocket.path),
     "client.enabled": (False, lambda d: d.client is not None),
     "client.servers": ({"shop": "10.0.0.1:4242"}, lambda d: d._server_address("shop")
                        if "shop" in d.config.client.servers else None),

@@ -389,3 +389,37 @@ def test_a_port_in_use_is_one_clear_line(daemons: Daemons, key: str) -> None:
     assert line.startswith(f"error: cannot listen on {address} ({key}): ")
     assert f"set another {key}" in line
     SQLiteStore(daemons.tmp / "server.db").close()  # the failed daemon let its store go
+
+
+def test_a_client_daemon_pays_a_server_daemon_over_its_websocket_listener(
+        daemons: Daemons) -> None:
+    """`server.websocket` adds a WebSocket listener beside the TCP one; a client daemon whose
+    server is a ws:// URL opens, pays, resumes after a restart and settles through it."""
+    ws_port = free_port()
+    url = f"ws://127.0.0.1:{ws_port}/paychan"
+    for name, section, values in (
+            ("server", "server", {"websocket": f"127.0.0.1:{ws_port}/paychan"}),
+            ("client", "client", {"servers": {"shop": url}})):
+        path = daemons.config(name)
+        config = yaml.safe_load(path.read_text())
+        config[section].update(values)
+        path.write_text(yaml.safe_dump(config))
+    daemons.start("server")
+    daemons.start("client")
+    opened = daemons.json("client", "open", "shop", "400000")
+    txid = opened["contract_txid"]
+    daemons.cli("client", "pay", "shop", "2000", "--repeat", "5")
+    assert daemons.cli("client", "stop").returncode == 0
+    assert daemons.procs["client"].wait(30) == 0
+    daemons.start("client")
+    resumed = daemons.json("client", "open", "shop", "400000")
+    assert (resumed["contract_txid"], resumed["resumed"]) == (txid, True)
+    daemons.cli("client", "pay", "shop", "3000")
+    (server_view,) = daemons.json("server", "listchannels", "open")
+    assert server_view["paid"] == 1_000 + 5 * 2_000 + 3_000
+    assert daemons.json("client", "getchannel", txid)["peer"] == url
+    daemons.json("client", "close", txid)
+    daemons.node.mine(1)
+    wait_until(lambda: daemons.json("server", "getchannel", txid)["status"] == "settled",
+               what="the server daemon to record the settlement")
+    assert f"WebSocket on ws://127.0.0.1:{ws_port}/paychan" in daemons.log("server")

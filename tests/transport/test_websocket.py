@@ -10,6 +10,7 @@ import aiohttp
 from bitcoind_paychan.channel import messages
 from bitcoind_paychan.channel.records import ChannelStatus, Role
 from bitcoind_paychan.errors import ErrorCode
+from bitcoind_paychan.service.client import ChannelFailed
 from bitcoind_paychan.service.limits import PeerLimits
 from bitcoind_paychan.service.server import PaymentServer
 from bitcoind_paychan.transport import websocket
@@ -126,3 +127,24 @@ def test_a_silent_peer_is_timed_out_and_the_gate_counts_websocket_peers(sides: S
     codes, refused = asyncio.run(scenario())
     assert refused == 429  # a second handshake from the same address
     assert codes == [ErrorCode.TIMEOUT]
+
+
+def test_a_wrong_path_is_a_clear_error_that_spends_nothing(sides: Sides) -> None:
+    async def scenario() -> str:
+        server, listener, url = await ws_server(sides)
+        client = sides.client()
+        try:
+            await client.open(url + "/wrong", value=VALUE)
+        except ChannelFailed as exc:
+            return str(exc)
+        finally:
+            await client.stop()
+            listener.close()
+            await server.stop()
+            await listener.stop()
+        raise AssertionError("opened over a wrong path")
+
+    error = asyncio.run(scenario())
+    assert "refused the WebSocket upgrade: 404" in error
+    assert "nothing was stored or spent" in error
+    assert sides.store("client").channels(Role.CLIENT) == []
