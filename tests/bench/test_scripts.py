@@ -90,3 +90,11 @@ def test_scale_bench_reports_its_figures() -> None:
     assert live["connections"] == 20
     for key in ("payments_per_s", "p99_ms", "rss_per_connection_kb"):
         assert isinstance(live[key], int | float), key
+
+
+def test_paid_requests_reports_its_figures() -> None:
+    result = run_json("bench/paid_requests.py", "--clients", "2", "--requests", "5")
+    assert result["requests"] == 10
+    assert isinstance(result["paid_requests_per_s"], float) and result["paid_requests_per_s"] > 0
+    assert result["paid_sat"] == 2 * 6 * 100  # each client's opening request and 5 more
+    assert result["server_stored_sat"] == 2 * 1_000 + 2 * 6 * 100  # the openings beside
