@@ -17,7 +17,7 @@ import os
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from bitcoind_paychan.channel import messages
 from bitcoind_paychan.channel.effects import PeerError
@@ -102,7 +102,7 @@ class _Door(asyncio.Protocol):
         self.door, self.protocol, self.gate = door, protocol, gate
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = reading(transport)
         address = transport.get_extra_info("peername")
         admission = self.gate.admit(str(address[0]) if address else "")
         if admission is None:  # over a per-peer limit: hang up before reading anything
@@ -119,7 +119,7 @@ class _Door(asyncio.Protocol):
 async def _handshake(transport: asyncio.BaseTransport,
                      start: Callable[[], Awaitable[T]], timeout: float, refusal: bytes) -> T:
     """Peek, then run `start` (the handshake) within `timeout`; TLSError with the reason."""
-    assert isinstance(transport, asyncio.Transport)  # a socket's: it reads and writes
+    transport = reading(transport)
     try:
         async with asyncio.timeout(timeout):
             if not await _starts_with_tls(transport):
@@ -138,6 +138,11 @@ async def _handshake(transport: asyncio.BaseTransport,
         raise TLSError("the peer hung up during the TLS handshake: a client does so when it "
                        "does not trust our certificate (expired, for another host name, or "
                        "from a CA it does not know)") from exc
+
+
+def reading(transport: asyncio.BaseTransport) -> asyncio.Transport:
+    """A socket's transport, which reads and writes (uvloop's too: not asyncio subclasses)."""
+    return cast(asyncio.Transport, transport)
 
 
 async def _starts_with_tls(transport: asyncio.Transport) -> bool:

@@ -40,11 +40,11 @@ def test_throughput_with_a_window_and_in_server_capacity_mode() -> None:
         assert isinstance(capacity[key], float) and capacity[key] > 0, key  # type: ignore
 
 
-def test_throughput_over_tls_on_tcp_and_websocket() -> None:
-    for transport in ("tcp", "ws"):
+def test_throughput_over_tls_on_tcp_and_websocket_and_uvloop() -> None:
+    for transport, loop in (("tcp", []), ("ws", []), ("tcp", ["--uvloop"])):
         result = run_json("bench/throughput.py", "--channels", "1", "--payments", "20",
-                          "--window", "4", "--tls", "--transport", transport)
-        assert result["tls"] is True and result["server_logged"] == 20, transport
+                          "--window", "4", "--tls", "--transport", transport, *loop)
+        assert result["tls"] is True and result["server_logged"] == 20, (transport, loop)
 
 
 def test_throughput_over_websocket() -> None:
