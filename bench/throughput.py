@@ -8,8 +8,9 @@ latency is measured from pay() to ack. Beside the figures: the CPU each process 
 payment, the store disk's fsync latency and coincurve's verify rate, measured in the same run.
 --transport ws: the same over WebSocket (one binary message per protocol message).
 Usage: python bench/throughput.py [--channels N] [--payments M] [--window W] [--version 1|2|3]
-[--transport tcp|ws] [--capacity] [--uvloop] [--profile FILE] [--json]
-(--json: one JSON object last)
+[--transport tcp|ws] [--tls] [--capacity] [--uvloop] [--profile FILE] [--json]
+(--json: one JSON object last; --tls: over TLS, wss:// for ws, a test CA's certificate
+checked by the client)
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ from bitcoind_paychan.service.server import PaymentServer, ServerEvent
 from bitcoind_paychan.store import SQLiteStore
 from bitcoind_paychan.transport import websocket
 from bitcoind_paychan.transport.dial import split_peer
+from bitcoind_paychan.transport.tls import ClientTLS, ServerTLS
 from regtest.node import RegtestNode, regtest_nodes, sync_tips
+from tests.transport.certs import CertFactory  # test certificates (the dev dependencies)
 
 AMOUNT = 1_000  # sat per payment: the server's default minimum
 UVLOOP_ENV = "PAYCHAN_BENCH_UVLOOP"  # "1": every process of the run on uvloop (--uvloop)
@@ -97,13 +100,13 @@ def profiled(profile: str, main: Coroutine[Any, Any, Any]) -> Any:
 
 
 def server_process(conn: Connection, config: NodeConfig, db: Path, transport: str,
-                   expected: int, profile: str) -> None:
+                   expected: int, profile: str, tls: ServerTLS | None) -> None:
     child_setup()
-    profiled(profile and f"{profile}.server", serve(conn, config, db, transport, expected))
+    profiled(profile and f"{profile}.server", serve(conn, config, db, transport, expected, tls))
 
 
 async def serve(conn: Connection, config: NodeConfig, db: Path, transport: str,
-                expected: int) -> None:
+                expected: int, tls: ServerTLS | None) -> None:
     """Serve until the parent says stop (or goes away); then report what was received. The
     parent is told the peer to dial: host:port, or a ws:// URL."""
     seen = 0
@@ -121,12 +124,14 @@ async def serve(conn: Connection, config: NodeConfig, db: Path, transport: str,
                 switches[seen > 1] = context_switches()
 
     with SQLiteStore(db) as store:
-        server = PaymentServer(MiningBroadcaster(Bitcoind(config)), store, on_event=on_event)
+        server = PaymentServer(MiningBroadcaster(Bitcoind(config)), store, on_event=on_event,
+                               tls=tls)
         host, port = await server.listen()
-        listener = websocket.Listener(server.gate, server.serve, "/paychan")
+        listener = websocket.Listener(server.gate, server.serve, "/paychan", server.tls_door())
         if transport == "ws":
             host, port = await listener.listen("127.0.0.1", 0)
-        conn.send(f"ws://{host}:{port}/paychan" if transport == "ws" else f"{host}:{port}")
+        scheme = "wss" if tls else "ws"
+        conn.send(f"{scheme}://{host}:{port}/paychan" if transport == "ws" else f"{host}:{port}")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_reader(conn.fileno(), stop.set)
@@ -148,10 +153,10 @@ async def serve(conn: Connection, config: NodeConfig, db: Path, transport: str,
 
 def client_process(conn: Connection, config: NodeConfig, tmp: Path, address: str,
                    channels: int, payments: int, version: int, window: int,
-                   capacity: bool, profile: str) -> None:
+                   capacity: bool, profile: str, tls: ClientTLS | None) -> None:
     child_setup()
     conn.send(profiled(profile and f"{profile}.client", pay_all(
-        config, tmp, address, channels, payments, version, window, capacity)))
+        config, tmp, address, channels, payments, version, window, capacity, tls)))
 
 
 def load_process(conn: Connection, tmp: Path, address: tuple[str, int], payments: int,
@@ -162,12 +167,14 @@ def load_process(conn: Connection, tmp: Path, address: tuple[str, int], payments
 
 
 async def pay_all(config: NodeConfig, tmp: Path, address: str, channels: int,
-                  payments: int, version: int, window: int, capacity: bool) -> dict[str, Any]:
+                  payments: int, version: int, window: int, capacity: bool,
+                  tls: ClientTLS | None) -> dict[str, Any]:
     """Open the channels, then pay (timed); or, for `capacity`, hang up and leave them open
     for the load process."""
     wallet = AsyncBitcoind(Bitcoind(config))
     store = SQLiteStore(tmp / "client.db")
-    client = PaymentClient(wallet, store, policy=ClientPolicy(payment_window=window))
+    client = PaymentClient(wallet, store, policy=ClientPolicy(payment_window=window),
+                           tls={address: tls} if tls else None)
     try:
         started = time.perf_counter()
         opened = [await client.open_channel(address, channel_value(payments), version=version,
@@ -222,7 +229,7 @@ def receive(conn: Connection, who: str) -> Any:
 
 
 def run(channels: int, payments: int, version: int, window: int, capacity: bool,
-        profile: str = "", transport: str = "tcp") -> dict[str, Any]:
+        profile: str = "", transport: str = "tcp", tls: bool = False) -> dict[str, Any]:
     ctx = multiprocessing.get_context("spawn")
     processes: list[SpawnProcess] = []
     pipes: list[Connection] = []
@@ -240,12 +247,15 @@ def run(channels: int, payments: int, version: int, window: int, capacity: bool,
     with (regtest_nodes(2, connected=True) as (server_node, client_node),
           tempfile.TemporaryDirectory(prefix="paychan-bench-") as tmp):
         fund_client(client_node, server_node, channels, channel_value(payments))
+        certs = CertFactory(Path(tmp)) if tls else None
         try:
             server = start(server_process, config_for(server_node), Path(tmp) / "server.db",
-                           transport, channels * payments, profile)
+                           transport, channels * payments, profile,
+                           certs.issue("server").server if certs else None)
             address = receive(server, "server")
             client = start(client_process, config_for(client_node), Path(tmp), address,
-                           channels, payments, version, window, capacity, profile)
+                           channels, payments, version, window, capacity, profile,
+                           certs.ca.trusted() if certs else None)
             paid = receive(client, "client")
             if capacity:
                 loader = start(load_process, Path(tmp), split_peer(address), payments, window)
@@ -276,6 +286,7 @@ def run(channels: int, payments: int, version: int, window: int, capacity: bool,
         "window": window,
         "mode": "capacity" if capacity else "end-to-end",
         "transport": transport,
+        "tls": tls,
         "payments": payments,
         "version": paid["version"],
         "total_payments": total,
@@ -319,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
                              "timing (client figures are then the load's)")
     parser.add_argument("--transport", choices=("tcp", "ws"), default="tcp",
                         help="TCP (length-prefixed frames) or WebSocket (a message each)")
+    parser.add_argument("--tls", action="store_true",
+                        help="over TLS (wss:// for ws): a test CA's certificate, verified by "
+                             "the client")
     parser.add_argument("--profile", default="", metavar="FILE",
                         help="profile server and client (cProfile): FILE.server, FILE.client")
     parser.add_argument("--uvloop", action="store_true",
@@ -332,17 +346,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--channels, --payments and --window must be at least 1")
     if args.channels * (channel_value(args.payments) + FUNDING_SPARE) > MAX_FUNDING:
         parser.error("channels × payments needs more than the client wallet's 50 BTC")
-    if args.capacity and args.transport != "tcp":
-        parser.error("--capacity replays frames over TCP only")
+    if args.capacity and (args.transport != "tcp" or args.tls):
+        parser.error("--capacity replays frames over plain TCP only")
     try:
         r = run(args.channels, args.payments, args.version, args.window, args.capacity,
-                args.profile, args.transport)
+                args.profile, args.transport, args.tls)
     except KeyboardInterrupt:
         print("interrupted; nodes, processes and files cleaned up", file=sys.stderr)
         return 130
     print(f"paychan v{r['version']}: {r['channels']} channel(s) × {r['payments']} payments of "
           f"{AMOUNT} sat, window {r['window']}, {r['mode']} (client or load process, and server, "
-          f"over loopback {r['transport']}), {r['event_loop']} event loop")
+          f"over loopback {r['transport']}{' with TLS' if r['tls'] else ''}), "
+          f"{r['event_loop']} event loop")
     print(f"  opening     {r['channels']} channel(s) in {r['open_s']} s (sequential, untimed)")
     print(f"  throughput  {r['total_payments']} payments in {r['wall_s']} s = "
           f"{r['payments_per_s']} payments/s")

@@ -15,8 +15,9 @@ Every error says what happened and, where there is something to do, what to do.
     ├── ProtocolError            the channel protocol
     │   ├── LocalProtocolError   we (or the application) broke the rules
     │   └── RemoteProtocolError  the peer broke the rules; carries the wire error code
-    └── StoreError               the durable store
-        └── LeaseLost            another connection (or instance) took the channel over
+    ├── StoreError               the durable store
+    │   └── LeaseLost            another connection (or instance) took the channel over
+    └── TLSError                 a TLS handshake or certificate check failed
 """
 
 from __future__ import annotations
@@ -118,3 +119,8 @@ class LeaseLost(StoreError):
     """A payment was not stored because its connection no longer holds the channel's lease:
     the client resumed on another connection or instance (or the channel is being settled),
     whose fencing token is newer. Nothing was acknowledged; this connection must end."""
+
+
+class TLSError(PaychanError):
+    """A TLS connection failed: a certificate not trusted, expired, for another host or not
+    the pinned one, or a peer that does not speak TLS. The message says which and what to do."""

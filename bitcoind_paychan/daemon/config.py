@@ -33,12 +33,13 @@ from bitcoind_paychan.channel.fees import FeePolicy
 from bitcoind_paychan.channel.server import ServerPolicy
 from bitcoind_paychan.channel.watch import WatchPolicy
 from bitcoind_paychan.daemon.logs import SUBSYSTEMS
-from bitcoind_paychan.errors import ConfigError, DecodeError, PolicyError
+from bitcoind_paychan.errors import ConfigError, DecodeError, PolicyError, TLSError
 from bitcoind_paychan.node.config import CHAINS, DEFAULT_RPC_PORTS, NodeConfig
 from bitcoind_paychan.service.limits import PeerLimits
 from bitcoind_paychan.store import ENGINES, ChannelStore, open_store
 from bitcoind_paychan.store.leases import ClusterPolicy
 from bitcoind_paychan.store.postgres import check_dsn, password_of
+from bitcoind_paychan.transport.tls import ClientTLS, ServerTLS
 
 LEVELS = ("debug", "info", "warning", "error")
 FORMATS = ("human", "json")
@@ -80,6 +81,14 @@ class ServerConfig:
     policy: ServerPolicy
     limits: PeerLimits  # per-address connection rate and handshakes
     websocket: str | None = None  # host:port/path of the WebSocket listener; None: none
+    tls_cert_file: Path | None = None  # with tls_key_file: the listeners speak TLS
+    tls_key_file: Path | None = None
+
+    @property
+    def tls(self) -> ServerTLS | None:
+        if self.tls_cert_file is None or self.tls_key_file is None:
+            return None
+        return ServerTLS(self.tls_cert_file, self.tls_key_file)
 
     @property
     def websocket_address(self) -> tuple[str, str] | None:
@@ -97,6 +106,7 @@ class ClientConfig:
     enabled: bool
     servers: dict[str, str]
     policy: ClientPolicy
+    tls: dict[str, ClientTLS] = field(default_factory=dict)  # server address → how to trust it
 
     @property
     def channel_size(self) -> int:
@@ -216,7 +226,7 @@ POLICY_KEYS: dict[str, dict[str, str]] = {
 # The server section's keys for its PeerLimits (key → field), read like POLICY_KEYS.
 LIMIT_KEYS = {"max_connections_per_minute": "max_connections_per_minute",
               "max_handshakes_per_ip": "max_handshakes_per_ip"}
-BUILT = ("policy", "limits")  # section fields built from keys, not keys themselves
+BUILT = ("policy", "limits", "tls")  # section fields built from keys, not keys themselves
 NULL_IS_DEFAULT = {"scheduler.settle_margin"}  # null: the policy derives it
 
 
@@ -315,8 +325,8 @@ def config_from_dict(data: Mapping[str, Any], source: Path | None = None, *,
     config = Config(
         network=network,
         bitcoind=_bitcoind(r, r.section(data, "bitcoind"), network, check_files),
-        server=_server(r, r.section(data, "server"), network),
-        client=_client(r, r.section(data, "client")),
+        server=_server(r, r.section(data, "server"), network, check_files),
+        client=_client(r, r.section(data, "client"), network, check_files),
         store=_store(r, r.section(data, "store"), network),
         scheduler=SchedulerConfig(
             review_interval=r.number(scheduler, "scheduler", "review_interval", 60.0),
@@ -392,7 +402,7 @@ def _bitcoind(r: _Reader, d: dict[str, Any], network: str, check_files: bool) ->
                           poll_interval=r.number(d, "bitcoind", "poll_interval", 5.0))
 
 
-def _server(r: _Reader, d: dict[str, Any], network: str) -> ServerConfig:
+def _server(r: _Reader, d: dict[str, Any], network: str, check_files: bool) -> ServerConfig:
     s = ServerConfig(
         enabled=r.boolean(d, "server", "enabled", False),
         listen=r.address(d, "server", "listen", "127.0.0.1:4242"),
@@ -402,8 +412,20 @@ def _server(r: _Reader, d: dict[str, Any], network: str) -> ServerConfig:
                                     0 if network == "regtest" else 1, minimum=0,
                                     nullable=True),
         payout_address=r.optional_string(d, "server", "payout_address", None),
+        tls_cert_file=r.optional_path(d, "server", "tls_cert_file", network),
+        tls_key_file=r.optional_path(d, "server", "tls_key_file", network),
         websocket=_websocket(r, d),
     )
+    if (s.tls_cert_file is None) != (s.tls_key_file is None):
+        given, missing = (("tls_cert_file", "tls_key_file") if s.tls_key_file is None
+                          else ("tls_key_file", "tls_cert_file"))
+        r.fail(f"server.{missing}", f"missing, expected {missing} together with {given} "
+                                    "(give both for TLS, or neither for plain TCP)")
+    if check_files and s.tls is not None:
+        try:
+            s.tls.context()
+        except TLSError as exc:
+            r.fail("server.tls_cert_file", f"{exc}")
     if s.payout_address is not None:
         try:
             address_to_script(s.payout_address, Network.from_chain(network))
@@ -424,9 +446,10 @@ def _websocket(r: _Reader, d: dict[str, Any]) -> str | None:
     return value
 
 
-def _client(r: _Reader, d: dict[str, Any]) -> ClientConfig:
+def _client(r: _Reader, d: dict[str, Any], network: str, check_files: bool) -> ClientConfig:
     raw = d.get("servers")
     servers: dict[str, str] = {}
+    tls: dict[str, ClientTLS] = {}
     if raw is not None:
         if not isinstance(raw, dict):
             r.fail("client.servers", f"found {_show(raw)}, expected a mapping of "
@@ -435,16 +458,32 @@ def _client(r: _Reader, d: dict[str, Any]) -> ClientConfig:
             if not isinstance(name, str) or not name or ":" in name:
                 r.fail("client.servers", f"found the name {_show(name)}, expected a name "
                                          "without ':' (e.g. shop)")
-            value = raw[name]
-            if isinstance(value, str) and value.startswith(("ws://", "wss://")):
-                servers[name] = _websocket_url(r, f"client.servers.{name}", value)
-                continue
-            servers[name] = r.address(raw, "client.servers", name, "")
-            if _split(servers[name])[1] == 0:
-                r.fail(f"client.servers.{name}", f"found {servers[name]!r}, expected a "
-                                                 "server's host:port (port 1-65535)")
+            entry, section, key = raw, "client.servers", name
+            if isinstance(raw[name], dict):  # the address with how to trust its TLS
+                entry, section, key = raw[name], f"client.servers.{name}", "address"
+                r.check_keys(entry, section, SERVER_ENTRY_KEYS)
+                if entry.get("address") is None:
+                    r.fail(f"{section}.address", "missing, expected the server's host:port "
+                                                 "(or wss:// URL) beside how to trust its TLS")
+            servers[name] = _server_address(r, entry, section, key)
+            if entry is not raw:
+                trust = _client_tls(r, entry, section, network, check_files)
+                if trust is not None:
+                    tls[servers[name]] = trust
     return ClientConfig(enabled=r.boolean(d, "client", "enabled", False), servers=servers,
-                        policy=r.policy(d, "client", ClientPolicy))
+                        policy=r.policy(d, "client", ClientPolicy), tls=tls)
+
+
+def _server_address(r: _Reader, d: dict[str, Any], section: str, name: str) -> str:
+    """A server's host:port, or its ws:// (wss://) URL."""
+    key = _join(section, name)
+    value = d[name]
+    if isinstance(value, str) and value.startswith(("ws://", "wss://")):
+        return _websocket_url(r, key, value)
+    address = r.address(d, section, name, "")
+    if _split(address)[1] == 0:
+        r.fail(key, f"found {address!r}, expected a server's host:port (port 1-65535)")
+    return address
 
 
 def _cluster(r: _Reader, d: dict[str, Any]) -> ClusterPolicy:
@@ -467,6 +506,32 @@ def _websocket_url(r: _Reader, key: str, value: str) -> str:
     if not url.hostname or not port:
         r.fail(key, f"found {value!r}, expected ws://host:port/path (port 1-65535)")
     return value
+
+
+SERVER_ENTRY_KEYS = ("address", "tls", "ca_file", "fingerprint")
+
+
+def _client_tls(r: _Reader, d: dict[str, Any], key: str, network: str, check_files: bool
+                ) -> ClientTLS | None:
+    """How to trust one server: `ca_file` and/or `fingerprint` (either means TLS), or
+    `tls: true` alone for the system's CAs; None for plain TCP."""
+    ca_file = r.optional_path(d, key, "ca_file", network)
+    pin = r.optional_string(d, key, "fingerprint", None)
+    wanted = r.boolean(d, key, "tls", ca_file is not None or pin is not None)
+    if not wanted:
+        if ca_file is not None or pin is not None:
+            r.fail(f"{key}.tls", "found false beside ca_file/fingerprint, expected true (or "
+                                 "remove ca_file and fingerprint for plain TCP)")
+        return None
+    try:
+        trust = ClientTLS(ca_file, pin)
+        if check_files:
+            trust.context()
+    except PolicyError as exc:
+        r.fail(f"{key}.{exc.field}", exc.detail)
+    except TLSError as exc:
+        r.fail(f"{key}.ca_file", str(exc))
+    return trust
 
 
 def _logging(r: _Reader, d: dict[str, Any], network: str) -> LoggingConfig:

@@ -136,15 +136,17 @@ class Daemon:
                 min_confirmations=config.server.min_confirmations,
                 payout_script=config.payout_script(),
                 on_payment_latency=self.metrics.server.latency.observe,
-                limits=config.server.limits, leases=leases_for(store, config.cluster),
-                **common)
+                limits=config.server.limits, tls=config.server.tls,
+                leases=leases_for(store, config.cluster), **common)
             if config.server.websocket_address:
                 self.websocket = websocket.Listener(self.server.gate, self.server.serve,
-                                                    config.server.websocket_address[1])
+                                                    config.server.websocket_address[1],
+                                                    self.server.tls_door())
         if config.client.enabled:
             self.client = PaymentClient(wallet, store, network=Network.from_chain(config.network),
                                         policy=config.client.policy,
-                                        on_event=self._client_event, **common)
+                                        on_event=self._client_event, tls=config.client.tls,
+                                        **common)
 
     async def _shutdown(self, control: ControlServer, metrics: MetricsServer | None,
                         store: ChannelStore) -> None:

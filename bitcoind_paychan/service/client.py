@@ -17,7 +17,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 
 from bitcoind_paychan.bitcoin.keys import PrivateKey
@@ -50,6 +50,7 @@ from bitcoind_paychan.errors import (
     PaychanError,
     ProtocolError,
     RemoteProtocolError,
+    TLSError,
     TransactionRejected,
 )
 from bitcoind_paychan.node.bitcoind import AsyncBitcoind
@@ -59,6 +60,7 @@ from bitcoind_paychan.store import ChannelStore
 from bitcoind_paychan.store.writer import PaymentWriter
 from bitcoind_paychan.transport import dial as transports
 from bitcoind_paychan.transport.base import CarriedStream, Stream, encode
+from bitcoind_paychan.transport.tls import ClientTLS
 from bitcoind_paychan.wire import pb
 
 log = logging.getLogger(__name__)
@@ -89,7 +91,8 @@ class ClientManager:
 
     `policy` is what channels ask for and accept (its `value` is the size `open_channel` uses
     when given none); `autopilot` is when to act and its `fees` what every refund and contract
-    pays.
+    pays. `tls` says, per peer (as dialled: host:port or URL), how to verify its TLS
+    (`ClientTLS`: a CA file or a pinned fingerprint); other TCP peers are plain, as bitcoinj's.
     """
 
     def __init__(
@@ -106,10 +109,12 @@ class ClientManager:
         zmq_endpoint: str | None = None,
         poll_interval: float = 5.0,
         review_interval: float = 60.0,
-        dial: Dialer = transports.dial,
+        dial: Dialer | None = None,
+        tls: Mapping[str, ClientTLS] | None = None,
     ) -> None:
         self.wallet = wallet
-        self.dial = dial
+        self.tls = dict(tls or {})  # peer → how to verify its TLS; others: plain TCP
+        self.dial = dial or self._dial
         self.store = store
         self.payments = PaymentWriter(store)  # group commit of every channel's payments
         self.network = network
@@ -282,11 +287,13 @@ class ClientManager:
     async def _connect(self, machine: ClientChannel
                        ) -> tuple[Channel, VersionRefused | ChannelClosed | ResumeRefused | None]:
         """Connect and run the handshake; the channel is live when the outcome is None."""
+        stored = (f"channel {machine.record.contract_txid} stays stored" if machine.record
+                  else "nothing was stored or spent")
         try:
             stream = await self.dial(machine.peer, self.handshake_timeout)
+        except TLSError as exc:
+            raise ChannelFailed(f"{exc} ({stored})") from exc
         except (OSError, TimeoutError) as exc:
-            stored = (f"channel {machine.record.contract_txid} stays stored" if machine.record
-                      else "nothing was stored or spent")
             raise ChannelFailed(f"cannot reach the server at {machine.peer}: {exc}; is it "
                                 f"running and listening there? ({stored})") from exc
         channel = Channel(self, machine, stream)
@@ -295,6 +302,10 @@ class ClientManager:
             self.live[channel.contract_txid] = channel
             self.watcher.schedule_deadline(channel.record)
         return channel, outcome
+
+    async def _dial(self, peer: str, timeout: float | None) -> Stream:
+        """The default dialer: TCP or WebSocket by the peer's form, TLS as `tls` says."""
+        return await transports.dial(peer, timeout, self.tls.get(peer))
 
 
 class PaymentClient(ClientManager):

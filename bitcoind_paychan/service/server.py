@@ -18,10 +18,10 @@ import inspect
 import itertools
 import logging
 import resource
-import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
+from typing import Any
 
 from bitcoind_paychan.bitcoin.keys import PrivateKey
 from bitcoind_paychan.bitcoin.tx import Transaction
@@ -71,6 +71,8 @@ from bitcoind_paychan.store.leases import Lease, Leases, leases_for
 from bitcoind_paychan.store.writer import PaymentWriter, Writes
 from bitcoind_paychan.transport import tcp
 from bitcoind_paychan.transport.base import Link, Stream, decode
+from bitcoind_paychan.transport.tls import ServerTLS
+from bitcoind_paychan.transport.tlsdoor import TLSDoor
 from bitcoind_paychan.wire import MessageStream, pb
 
 log = logging.getLogger(__name__)
@@ -549,18 +551,32 @@ class ServerConnection:
 
 
 class PaymentServer(ServerManager):
-    """A ServerManager listening on TCP (the protocol's own transport, bitcoinj's)."""
+    """A ServerManager listening on TCP (the protocol's own transport, bitcoinj's); over TLS
+    with `tls` (certificate and key files; off by default, as bitcoinj peers speak plain TCP).
+    Takes ServerManager's arguments."""
 
     _listener: tcp.Listener | None = None
 
-    async def listen(self, host: str = "127.0.0.1", port: int = 0, *,
-                     ssl_context: ssl.SSLContext | None = None) -> tuple[str, int]:
+    def __init__(self, *args: Any, tls: ServerTLS | None = None, **options: Any) -> None:
+        super().__init__(*args, **options)
+        self.tls = tls
+
+    def tls_door(self) -> TLSDoor | None:
+        """The TLS handshake for a listener of this server (TCP, or the WebSocket one):
+        within the handshake timeout, refusals counted as PeerErrors. TLSError if the
+        certificate files cannot be used."""
+        if self.tls is None:
+            return None
+        return TLSDoor(self.tls, self.handshake_timeout, self.on_event)
+
+    async def listen(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
         """Start the autopilot and accept connections; returns the bound (host, port)."""
         raise_fd_limit()
+        door = self.tls_door()
         await self.start()
-        self._listener = tcp.Listener(self.gate, self._serve, ssl_context)
+        self._listener = tcp.Listener(self.gate, self._serve, door)
         bound = await self._listener.listen(host, port)
-        log.info("payment server listening on %s:%s", *bound)
+        log.info("payment server listening on %s:%s%s", *bound, " (TLS)" if door else "")
         return bound
 
     async def stop(self, grace: float = 10.0) -> None:

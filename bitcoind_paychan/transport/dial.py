@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from bitcoind_paychan.transport import tcp, websocket
 from bitcoind_paychan.transport.base import Stream
+from bitcoind_paychan.transport.tls import ClientTLS
 
 
 def is_url(peer: str) -> bool:
@@ -16,8 +17,10 @@ def split_peer(peer: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-async def dial(peer: str, timeout: float | None) -> Stream:
-    """Connect to `peer` within `timeout` seconds (TimeoutError, OSError)."""
+async def dial(peer: str, timeout: float | None, tls: ClientTLS | None = None) -> Stream:
+    """Connect to `peer` within `timeout` seconds (TimeoutError, OSError), over TLS verified
+    by `tls` (for TCP; wss:// is TLS, by default against the system's CAs): TLSError if the
+    server fails its checks."""
     if is_url(peer):
-        return await websocket.connect(peer, timeout)
-    return await tcp.connect(*split_peer(peer), timeout)
+        return await websocket.connect(peer, timeout, tls)
+    return await tcp.connect(*split_peer(peer), timeout, tls)

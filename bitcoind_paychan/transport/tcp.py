@@ -4,37 +4,40 @@ The one place TCP sockets are opened, by a server (`Listener`) or a client (`con
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections.abc import Awaitable, Callable
 
 from bitcoind_paychan.service.limits import Admission, PeerGate
 from bitcoind_paychan.transport.base import Connections
+from bitcoind_paychan.transport.tls import ClientTLS, connect_tls
+from bitcoind_paychan.transport.tlsdoor import TLSDoor
 from bitcoind_paychan.wire import MessageStream, open_connection
 
 Serve = Callable[[MessageStream, Admission], Awaitable[None]]
 
 
 async def connect(host: str, port: int, timeout: float | None,
-                  ssl_context: ssl.SSLContext | None = None) -> MessageStream:
-    """Connect to a payment channel server; TimeoutError after `timeout` seconds."""
-    return await open_connection(host, port, timeout, ssl_context)
+                  tls: ClientTLS | None = None) -> MessageStream:
+    """Connect to a payment channel server (over TLS, verified by `tls`); TimeoutError after
+    `timeout` seconds, TLSError if the server fails `tls`'s checks."""
+    if tls is not None:
+        return await connect_tls(host, port, tls, timeout)
+    return await open_connection(host, port, timeout)
 
 
 class Listener:
     """Accepts TCP connections: each address through `gate` (over its limits: aborted before
-    anything is read), then `serve(stream, admission)` in its own task; the stream is closed
-    when it returns."""
+    anything is read), then `door`'s TLS handshake if any, then `serve(stream, admission)` in
+    its own task; the stream is closed when it returns."""
 
-    def __init__(self, gate: PeerGate, serve: Serve,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(self, gate: PeerGate, serve: Serve, door: TLSDoor | None = None) -> None:
         self.gate = gate
-        self.ssl_context = ssl_context
+        self.door = door
         self._server: asyncio.Server | None = None
         self._connections = Connections(serve)
 
     async def listen(self, host: str, port: int) -> tuple[str, int]:
         """Accept connections on host:port; returns the bound (host, port)."""
-        self._server = await asyncio.start_server(self._accept, host, port, ssl=self.ssl_context)
+        self._server = await asyncio.start_server(self._accept, host, port)
         bound = self._server.sockets[0].getsockname()
         return str(bound[0]), int(bound[1])
 
@@ -46,6 +49,8 @@ class Listener:
     async def stop(self) -> None:
         """Accept no more; end every connection's task."""
         self.close()
+        if self.door:
+            await self.door.stop()
         await self._connections.stop()
         if self._server:
             await self._server.wait_closed()
@@ -56,4 +61,9 @@ class Listener:
         if admission is None:  # over a per-peer limit: hang up before reading anything
             writer.transport.abort()
             return
-        await self._connections.run(MessageStream(reader, writer), admission)
+        stream = MessageStream(reader, writer)
+        if self.door and not await self.door.accept(writer, stream.peername):  # first await
+            admission.release()
+            await stream.close()
+            return
+        await self._connections.run(stream, admission)

@@ -19,10 +19,12 @@ from collections.abc import Awaitable, Callable, Sequence
 import aiohttp
 from aiohttp import web
 
-from bitcoind_paychan.errors import ErrorCode, RemoteProtocolError
+from bitcoind_paychan.errors import ErrorCode, RemoteProtocolError, TLSError
 from bitcoind_paychan.service.limits import Admission, PeerGate
 from bitcoind_paychan.transport.base import Connections, Inbox, Stream, encode
 from bitcoind_paychan.transport.http import WebServer
+from bitcoind_paychan.transport.tls import ClientTLS, handshake_failed, refusal
+from bitcoind_paychan.transport.tlsdoor import TLS_ONLY_HEADER, TLSDoor
 from bitcoind_paychan.wire import pb
 from bitcoind_paychan.wire.framing import MAX_MESSAGE_SIZE, check_size
 
@@ -104,19 +106,32 @@ class WebSocketStream:
 
 
 async def connect(url: str, timeout: float | None,
-                  ssl_context: ssl.SSLContext | None = None) -> WebSocketStream:
+                  tls: ClientTLS | None = None) -> WebSocketStream:
     """Connect to a payment channel server at a ws:// (wss://) URL; TimeoutError after
-    `timeout` seconds, ConnectionError if the server refuses the upgrade."""
+    `timeout` seconds, ConnectionError if the server refuses the upgrade. A wss:// server is
+    verified by `tls` (default: the system's CAs); TLSError if it fails the checks."""
+    secure = url.startswith("wss://")
+    if tls is not None and not secure:
+        raise TLSError(f"{url} is configured with TLS but is a ws:// URL: use wss://")
+    tls = (tls or ClientTLS()) if secure else None
     session = aiohttp.ClientSession()
     try:
         async with asyncio.timeout(timeout):
             ws = await session.ws_connect(url, max_msg_size=MAX_MESSAGE_SIZE, autoping=True,
-                                          ssl=ssl_context if ssl_context is not None else True)
+                                          ssl=tls.context() if tls else True)
+        if tls is not None:
+            await _check(ws, url, tls)
     except TimeoutError:
         await session.close()
         raise TimeoutError(f"connecting to {url} timed out after {timeout} s") from None
+    except aiohttp.ClientSSLError as exc:
+        await session.close()
+        assert tls is not None
+        raise _tls_failed(exc, url, tls) from exc
     except aiohttp.WSServerHandshakeError as exc:
         await session.close()
+        if exc.headers and TLS_ONLY_HEADER in exc.headers:
+            raise TLSError(f"{url} speaks only TLS: use a wss:// URL") from exc
         raise ConnectionError(f"{url} refused the WebSocket upgrade: {exc.status} "
                               f"{exc.message}") from exc
     except aiohttp.ClientError as exc:
@@ -128,15 +143,35 @@ async def connect(url: str, timeout: float | None,
     return WebSocketStream(ws, url, session)
 
 
+async def _check(ws: aiohttp.ClientWebSocketResponse, url: str, tls: ClientTLS) -> None:
+    """`tls`'s own checks (pin, dates) on the server's certificate; on failure tell the
+    server why, then hang up."""
+    ssl_object = ws.get_extra_info("ssl_object")
+    try:
+        tls.check(ssl_object.getpeercert(binary_form=True) if ssl_object else None, url)
+    except TLSError as exc:
+        await ws.send_bytes(refusal(exc))
+        await ws.close()
+        raise
+
+
+def _tls_failed(exc: aiohttp.ClientSSLError, url: str, tls: ClientTLS) -> TLSError:
+    cause = (exc.certificate_error if isinstance(exc, aiohttp.ClientConnectorCertificateError)
+             else exc.os_error)
+    if isinstance(cause, ssl.SSLError | ConnectionError):
+        return handshake_failed(cause, url, tls)
+    return TLSError(f"TLS with {url} failed: {exc}")
+
+
 class Listener:
     """Accepts WebSocket connections on `path`: each address through `gate`, then
     `serve(stream, admission)`; the stream is closed when it returns."""
 
     def __init__(self, gate: PeerGate, serve: Serve, path: str = "/",
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 door: TLSDoor | None = None) -> None:
         self.gate = gate
         self.path = path
-        self.ssl_context = ssl_context
+        self.door = door  # TLS (wss://): each connection's handshake, after the gate
         self._web: WebServer | None = None
         self._connections: Connections[WebSocketStream] = Connections(serve)
         self._accepting = True
@@ -145,7 +180,7 @@ class Listener:
         """Accept connections on host:port; returns the bound (host, port)."""
         app = web.Application()
         app.router.add_get(self.path, self._accept)
-        self._web = WebServer(app, host, port, ssl_context=self.ssl_context)
+        self._web = WebServer(app, host, port, door=self.door, gate=self.gate)
         return await self._web.start()
 
     def close(self) -> None:

@@ -14,6 +14,8 @@ MAX_MESSAGE_SIZE = 32767
 """Largest payload bitcoinj accepts (and so the largest we send or accept)."""
 
 HEADER_SIZE = 4
+TLS_RECORDS = (b"\x15\x03", b"\x16\x03")
+"""How a TLS alert or handshake record starts: read as a frame length, over 350 MB."""
 _HEADER = struct.Struct(">i")
 
 
@@ -84,9 +86,11 @@ class FrameDecoder:
         while end - pos >= HEADER_SIZE:
             (size,) = _HEADER.unpack_from(buf, pos)
             if size < 0 or size > MAX_MESSAGE_SIZE:
+                tls = bytes(buf[pos:pos + 2]) in TLS_RECORDS
                 del buf[:]
                 self._error = RemoteProtocolError(
-                    f"peer sent a frame length of {size}; allowed is 0..{MAX_MESSAGE_SIZE}",
+                    f"peer sent a frame length of {size}; allowed is 0..{MAX_MESSAGE_SIZE}"
+                    + ("; it speaks TLS, and this connection is plain TCP" if tls else ""),
                     code=ErrorCode.SYNTAX_ERROR,
                 )
                 if frames:

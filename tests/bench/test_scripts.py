@@ -40,6 +40,13 @@ def test_throughput_with_a_window_and_in_server_capacity_mode() -> None:
         assert isinstance(capacity[key], float) and capacity[key] > 0, key  # type: ignore
 
 
+def test_throughput_over_tls_on_tcp_and_websocket_and_uvloop() -> None:
+    for transport, loop in (("tcp", []), ("ws", []), ("tcp", ["--uvloop"])):
+        result = run_json("bench/throughput.py", "--channels", "1", "--payments", "20",
+                          "--window", "4", "--tls", "--transport", transport, *loop)
+        assert result["tls"] is True and result["server_logged"] == 20, (transport, loop)
+
+
 def test_throughput_over_websocket() -> None:
     result = run_json("bench/throughput.py", "--channels", "2", "--payments", "20",
                       "--window", "4", "--transport", "ws")

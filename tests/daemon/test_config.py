@@ -21,6 +21,8 @@ from bitcoind_paychan.daemon.config import Config, config_from_dict, load_config
 from bitcoind_paychan.errors import ConfigError
 from bitcoind_paychan.node.config import NodeConfig
 from bitcoind_paychan.service.limits import PeerLimits
+from bitcoind_paychan.transport.tls import ClientTLS, ServerTLS
+from tests.transport.certs import CertFactory
 
 CONTRIB = Path(__file__).resolve().parents[2] / "contrib"
 HOME = Path("~").expanduser()
@@ -373,6 +375,19 @@ BAD = [
      ["found host '0.0.0.0'", "expected a loopback address"]),
     ("control:\n  listen: example.com:4243", "control.listen", ["'example.com'", "loopback"]),
     ("control:\n  listen: '[2001:db8::1]:4243'", "control.listen", ["'2001:db8::1'", "loopback"]),
+    # TLS: both files or neither; a server entry's trust
+    ("server:\n  tls_cert_file: server.crt", "server.tls_key_file",
+     ["missing, expected tls_key_file together with tls_cert_file", "neither for plain TCP"]),
+    ("client:\n  servers:\n    shop:\n      address: 10.0.0.1:4242\n      fingerprint: ab12",
+     "client.servers.shop.fingerprint",
+     ["found 'ab12'", "expected sha256: and 64 hex digits, colons allowed"]),
+    ("client:\n  servers:\n    shop:\n      address: 10.0.0.1:4242\n      ca_fil: ca.pem",
+     "client.servers.shop.ca_fil", ["unknown key", "did you mean 'client.servers.shop.ca_file'"]),
+    ("client:\n  servers:\n    shop:\n      fingerprint: null", "client.servers.shop.address",
+     ["missing, expected the server's host:port"]),
+    ("client:\n  servers:\n    shop:\n      address: 10.0.0.1:4242\n      tls: false\n"
+     "      ca_file: ca.pem", "client.servers.shop.tls",
+     ["found false beside ca_file/fingerprint", "expected true"]),
     # not a mapping at all
     ("- network: main", "", ["found a list at the top level", "expected a mapping"]),
     # the store's engine and where it is
@@ -614,3 +629,47 @@ def test_payout_address_must_belong_to_the_network(tmp_path: Path) -> None:
     message = error_of(write(tmp_path, f"server:\n  payout_address: {mainnet}\n"))
     assert "server.payout_address" in message and "regtest" in message
     assert load_config(write(tmp_path, "network: regtest\n")).payout_script() is None
+
+
+def test_tls_files_are_checked_when_the_daemon_starts(tmp_path: Path) -> None:
+    certs = CertFactory(tmp_path)
+    one, two = certs.issue("one"), certs.issue("two")
+    (tmp_path / "node.cookie").write_text("__cookie__:secret")
+    path = write(tmp_path, f"""
+        bitcoind:
+          cookie_file: node.cookie
+        server:
+          tls_cert_file: {one.cert_file.name}
+          tls_key_file: {two.key_file.name}
+        client:
+          servers:
+            shop: {{address: 10.0.0.1:4242, ca_file: missing.pem}}
+        """)
+    config = load_config(path)  # a schema check reads no files
+    assert config.server.tls == ServerTLS(one.cert_file, two.key_file)
+    assert config.client.tls == {"10.0.0.1:4242": ClientTLS(ca_file=tmp_path / "missing.pem")}
+    message = error_of(path, check_files=True)
+    assert message.startswith(f"{path}: server.tls_cert_file: "), message
+    assert "the key does not belong to the certificate" in message
+    path = write(tmp_path, path.read_text().replace(two.key_file.name, one.key_file.name))
+    message = error_of(path, check_files=True)
+    assert message.startswith(f"{path}: client.servers.shop.ca_file: "), message
+    assert "missing.pem: cannot load the CA file" in message
+
+
+def test_server_entries_choose_plain_tcp_a_ca_a_pin_or_the_system_cas(tmp_path: Path) -> None:
+    pin = "sha256:" + "AB:" * 31 + "AB"
+    path = write(tmp_path, f"""
+        client:
+          servers:
+            plain: 10.0.0.1:4242
+            with_ca: {{address: 10.0.0.2:4242, ca_file: ca.pem}}
+            pinned: {{address: 10.0.0.3:4242, fingerprint: '{pin}'}}
+            public: {{address: pay.example.com:4242, tls: true}}
+            spelled_out: {{address: 10.0.0.4:4242, tls: false}}
+        """)
+    client = load_config(path).client
+    assert client.servers["with_ca"] == "10.0.0.2:4242"
+    assert client.tls == {"10.0.0.2:4242": ClientTLS(ca_file=tmp_path / "ca.pem"),
+                          "10.0.0.3:4242": ClientTLS(fingerprint="sha256:" + "ab" * 32),
+                          "pay.example.com:4242": ClientTLS()}

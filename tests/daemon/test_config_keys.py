@@ -24,6 +24,7 @@ from bitcoind_paychan.store import MemoryStore
 from regtest.node import RegtestNode, regtest_nodes
 from tests.conftest import self_paying_daemon
 from tests.daemon import test_daemon, test_daemon_postgres
+from tests.transport.certs import CertFactory
 
 DOCS = Path(__file__).parents[2] / "docs" / "config.md"
 BOTH: dict[str, dict[str, Any]] = {
@@ -242,3 +243,36 @@ def test_logging_levels_set_a_subsystems_level(node: RegtestNode, tmp_path: Path
 
 
 SHOWN_BY["logging.levels"] = test_logging_levels_set_a_subsystems_level
+
+
+def test_server_tls_files_and_a_pinned_server_carry_the_daemons_channels(
+        node: RegtestNode, tmp_path: Path) -> None:
+    issued = CertFactory(tmp_path).issue("server")
+    address = self_paying_daemon(node, tmp_path)["client"]["servers"]["self"]
+
+    async def scenario() -> tuple[dict[str, Any], str]:
+        server = {"tls_cert_file": str(issued.cert_file), "tls_key_file": str(issued.key_file),
+                  "listen": address}
+        pinned = {"self": {"address": address, "fingerprint": issued.pin.fingerprint}}
+        async with running(node, tmp_path, server=server, client={"servers": pinned}) as daemon:
+            opened = await daemon.open("self", 200_000)
+            await daemon.pay("self", 5_000, None)
+            closed = await daemon.close(opened["contract_txid"])
+        plain = {"self": address}  # the same server without TLS on the client's side
+        async with running(node, tmp_path, server=server, client={"servers": plain}) as daemon:
+            try:
+                await daemon.open("self", 200_000, new=True)
+                refused = ""
+            except ChannelFailed as exc:
+                refused = str(exc)
+        return closed, refused
+
+    closed, refused = asyncio.run(scenario())
+    assert closed["status"] == "closing"
+    assert "this server speaks TLS" in refused
+    log = (tmp_path / "daemon.log").read_text()
+    assert "(TLS)" in log and "TLS refused: the peer does not speak TLS" in log
+
+
+SHOWN_BY["server.tls_cert_file"] = SHOWN_BY["server.tls_key_file"] = (
+    test_server_tls_files_and_a_pinned_server_carry_the_daemons_channels)
