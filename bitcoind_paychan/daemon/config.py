@@ -201,7 +201,8 @@ POLICY_KEYS: dict[str, dict[str, str]] = {
 }
 # The server section's keys for its PeerLimits (key → field), read like POLICY_KEYS.
 LIMIT_KEYS = {"max_connections_per_minute": "max_connections_per_minute",
-              "max_handshakes_per_ip": "max_handshakes_per_ip"}
+              "max_handshakes_per_ip": "max_handshakes_per_ip",
+              "max_contract_checks": "max_contract_checks"}
 BUILT = ("policy", "limits")  # section fields built from keys, not keys themselves
 NULL_IS_DEFAULT = {"scheduler.settle_margin"}  # null: the policy derives it
 

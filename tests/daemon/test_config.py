@@ -346,6 +346,8 @@ BAD = [
      ["found 0", "≥ 1"]),
     ("server:\n  max_handshakes_per_ip: true", "server.max_handshakes_per_ip",
      ["found true", "expected an integer"]),
+    ("server:\n  max_contract_checks: 0", "server.max_contract_checks",
+     ["found 0", "≥ 1"]),
     ("client:\n  servers:\n    shop: ws://shop.example/paychan", "client.servers.shop",
      ["found 'ws://shop.example/paychan'", "expected ws://host:port/path"]),
     ("server:\n  websocket: 127.0.0.1:4244", "server.websocket",
@@ -574,9 +576,10 @@ def test_the_contrib_examples_load(name: str, network: str,
 def test_peer_limits_come_from_the_server_section(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, "")).server.limits == PeerLimits()
     config = load_config(write(tmp_path, "server:\n  max_connections_per_minute: 30\n"
-                                         "  max_handshakes_per_ip: 4\n"))
+                                         "  max_handshakes_per_ip: 4\n"
+                                         "  max_contract_checks: 2\n"))
     assert config.server.limits == PeerLimits(max_connections_per_minute=30,
-                                              max_handshakes_per_ip=4)
+                                              max_handshakes_per_ip=4, max_contract_checks=2)
 
 
 def test_payout_address_must_belong_to_the_network(tmp_path: Path) -> None:

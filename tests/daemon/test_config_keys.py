@@ -96,6 +96,7 @@ PROBES: dict[str, tuple[Any, Probe]] = {
     "server.max_connections_per_minute": (30, lambda d: server(d).gate.limits
                                           .max_connections_per_minute),
     "server.max_handshakes_per_ip": (4, lambda d: server(d).gate.limits.max_handshakes_per_ip),
+    "server.max_contract_checks": (2, lambda d: server(d).gate.limits.max_contract_checks),
     "server.payout_address": ("bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080",
                               lambda d: server(d).payout_script),
     "server.websocket": ("127.0.0.1:4244/pay", lambda d: d.websocket and d.websocket.path),
