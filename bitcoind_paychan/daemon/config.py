@@ -36,6 +36,8 @@ from bitcoind_paychan.daemon.logs import SUBSYSTEMS
 from bitcoind_paychan.errors import ConfigError, DecodeError, PolicyError
 from bitcoind_paychan.node.config import CHAINS, DEFAULT_RPC_PORTS, NodeConfig
 from bitcoind_paychan.service.limits import PeerLimits
+from bitcoind_paychan.transport.proxies import EXPECTED as PROXIES_EXPECTED
+from bitcoind_paychan.transport.proxies import HEADERS, TrustedProxies
 
 LEVELS = ("debug", "info", "warning", "error")
 FORMATS = ("human", "json")
@@ -77,6 +79,7 @@ class ServerConfig:
     policy: ServerPolicy
     limits: PeerLimits  # per-address connection rate and handshakes
     websocket: str | None = None  # host:port/path of the WebSocket listener; None: none
+    proxies: TrustedProxies = field(default_factory=TrustedProxies)  # whose header counts
 
     @property
     def websocket_address(self) -> tuple[str, str] | None:
@@ -203,7 +206,9 @@ POLICY_KEYS: dict[str, dict[str, str]] = {
 LIMIT_KEYS = {"max_connections_per_minute": "max_connections_per_minute",
               "max_handshakes_per_ip": "max_handshakes_per_ip",
               "max_contract_checks": "max_contract_checks"}
-BUILT = ("policy", "limits")  # section fields built from keys, not keys themselves
+# The server section's keys for its TrustedProxies (the WebSocket listener's).
+PROXY_KEYS = ("trusted_proxies", "proxy_header")
+BUILT = ("policy", "limits", "proxies")  # section fields built from keys, not keys themselves
 NULL_IS_DEFAULT = {"scheduler.settle_margin"}  # null: the policy derives it
 
 
@@ -211,7 +216,8 @@ def section_keys(section: str) -> tuple[str, ...]:
     """The keys a section accepts: its own settings, then those that set its policy."""
     own = [f.name for f in dataclasses.fields(SECTIONS[section]) if f.name not in BUILT]
     policy = {**POLICY_KEYS.get(section, {}), **(LIMIT_KEYS if section == "server" else {})}
-    return (*(k for k in own if k not in policy.values()), *policy)
+    built = PROXY_KEYS if section == "server" else ()
+    return (*(k for k in own if k not in policy.values()), *policy, *built)
 
 
 def default_cookie_file(network: str) -> Path:
@@ -354,6 +360,7 @@ def _server(r: _Reader, d: dict[str, Any], network: str) -> ServerConfig:
                                     nullable=True),
         payout_address=r.optional_string(d, "server", "payout_address", None),
         websocket=_websocket(r, d),
+        proxies=_proxies(r, d),
     )
     if s.payout_address is not None:
         try:
@@ -373,6 +380,20 @@ def _websocket(r: _Reader, d: dict[str, Any]) -> str | None:
                                    "127.0.0.1:4244/paychan), or null for no WebSocket listener")
     r.address({"websocket": value.partition("/")[0]}, "server", "websocket", "")
     return value
+
+
+def _proxies(r: _Reader, d: dict[str, Any]) -> TrustedProxies:
+    """server.trusted_proxies (addresses, CIDR networks) and the header they set."""
+    header = r.choice(d, "server", "proxy_header", TrustedProxies.header, HEADERS)
+    raw = d.get("trusted_proxies")
+    if raw is None:
+        return TrustedProxies(header=header)
+    if not isinstance(raw, list):
+        r.fail("server.trusted_proxies", f"found {_show(raw)}, expected {PROXIES_EXPECTED}")
+    try:
+        return TrustedProxies.parse(raw, header)
+    except PolicyError as exc:
+        r.fail("server.trusted_proxies", exc.detail)
 
 
 def _client(r: _Reader, d: dict[str, Any]) -> ClientConfig:

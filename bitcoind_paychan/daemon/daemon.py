@@ -137,7 +137,8 @@ class Daemon:
                 limits=config.server.limits, **common)
             if config.server.websocket_address:
                 self.websocket = websocket.Listener(self.server.gate, self.server.serve,
-                                                    config.server.websocket_address[1])
+                                                    config.server.websocket_address[1],
+                                                    trusted_proxies=config.server.proxies)
         if config.client.enabled:
             self.client = PaymentClient(wallet, store, network=Network.from_chain(config.network),
                                         policy=config.client.policy,
