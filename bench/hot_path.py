@@ -1,8 +1,9 @@
 """CPU per payment of the two state machines alone, in one process (no I/O): the client signs
 (`ClientChannel.pay`), the frame is encoded and decoded, the server verifies
-(`ServerChannel.receive`), and its ack goes back the same way. Prints µs per payment for each
-part, and with --profile the top functions. Usage: python bench/hot_path.py [--payments N]
-[--profile] [--json]   (--json prints one JSON object last)
+(`ServerChannel.receive_pipelined`, W payments together with --window W), and its ack goes
+back the same way. Prints µs per payment for each part, and with --profile the top functions.
+Usage: python bench/hot_path.py [--payments N] [--window W] [--profile] [--json]
+(--json prints one JSON object last)
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ NOW = 1_700_000_000
 VALUE = 100_000_000
 
 
-def opened() -> tuple[ClientChannel, ServerChannel]:
+def opened(window: int = 1) -> tuple[ClientChannel, ServerChannel]:
     """A v3 channel open between two machines (the contract funded by a made-up coin)."""
-    client = ClientChannel(ClientPolicy(VALUE), PrivateKey.generate(), NOW, 3)
+    client = ClientChannel(ClientPolicy(VALUE, payment_window=window), PrivateKey.generate(),
+                           NOW, 3)
     server = ServerChannel(ServerPolicy(), PrivateKey.generate(), NOW)
     queue: list[tuple[str, Effect]] = [("c", e) for e in client.start()]
     while queue:
@@ -56,27 +58,34 @@ def sent(effects: list[Effect]) -> bytes:
     return next(encode_frame(encode_message(e.message)) for e in effects if isinstance(e, Send))
 
 
-def measure(payments: int) -> dict[str, float]:
-    client, server = opened()
+def measure(payments: int, window: int = 1) -> dict[str, float]:
+    """CPU per payment by part; `window` payments signed, then received together by the server
+    (`receive_pipelined`: the ECDSA check once per batch), then their acks."""
+    client, server = opened(window)
     decoder = FrameDecoder()
     names = ("client_pay", "encode", "decode", "server_receive", "ack_round_trip")
     totals = [0.0] * len(names)
     clock = time.process_time
-    for _ in range(payments):
+    for _ in range(payments // window):
         t0 = clock()
-        effects = client.pay(1000)
+        effects = [client.pay(1000) for _ in range(window)]
         t1 = clock()
-        frame = sent(effects)
+        frames = b"".join(sent(e) for e in effects)
         t2 = clock()
-        message = decode_message(decoder.feed(frame)[0])
+        received = [decode_message(payload) for payload in decoder.feed(frames)]
         t3 = clock()
-        answer = server.receive(message)
+        answer, taken = server.receive_pipelined(received)
+        assert taken == window
         t4 = clock()
-        client.receive(decode_message(decoder.feed(sent(answer))[0]))
+        acks = b"".join(encode_frame(encode_message(e.message)) for e in answer
+                        if isinstance(e, Send))
+        for payload in decoder.feed(acks):
+            client.receive(decode_message(payload))
         t5 = clock()
         for index, spent in enumerate((t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
             totals[index] += spent
-    per = {name: seconds / payments * 1e6 for name, seconds in zip(names, totals, strict=True)}
+    done = payments // window * window
+    per = {name: seconds / done * 1e6 for name, seconds in zip(names, totals, strict=True)}
     per["total"] = sum(per.values())
     return per
 
@@ -84,15 +93,17 @@ def measure(payments: int) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--payments", type=int, default=5000)
+    parser.add_argument("--window", type=int, default=1, choices=range(1, 65),
+                        metavar="W", help="payments the server receives together (1..64)")
     parser.add_argument("--profile", action="store_true", help="print the top functions")
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
     args = parser.parse_args(argv)
     if args.profile:
         profiler = cProfile.Profile()
-        profiler.runcall(measure, args.payments)
+        profiler.runcall(measure, args.payments, args.window)
         pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
-    per = measure(args.payments)
-    print(f"two machines, {args.payments} payments, µs of CPU per payment:")
+    per = measure(args.payments, args.window)
+    print(f"two machines, {args.payments} payments, window {args.window}, µs of CPU per payment:")
     for part, us in per.items():
         print(f"  {part:16} {us:8.1f}")
     if args.json:

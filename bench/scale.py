@@ -6,16 +6,21 @@ blocks can spend them) in an SQLite file beside a regtest node. A server process
 that store; reported: seconds from starting the process to completing a handshake with it,
 seconds to process a block (scan, store, review) with 1 and with 100 watched outputs spent in
 it, the server's peak RSS, and the longest ack gap of a live (real) channel paying all the
-while. `--connections K`: K stored channels resumed by K concurrent connections, each paying
+while; beside the gap, the server event loop's longest step (one callback or task step, with
+what it ran and any wait for the GIL; the gap adds the machine's load, fsyncs and the client),
+the longest step of the autopilot's own tasks (what a block holds the loop for) and the longest
+garbage collection, from the block's wake-up to the end of its handling.
+`--connections K`: K stored channels resumed by K concurrent connections, each paying
 `--payments` times: payments/s, p99 latency and the server's RSS per connection.
 Figures, not assertions. Usage: python bench/scale.py [--channels N] [--connections K]
-[--payments M] [--json]   (--json prints one JSON object last)
+[--payments M] [--show-steps MS] [--json]   (--json prints one JSON object last)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import multiprocessing
@@ -52,6 +57,7 @@ AMOUNT = 1_000  # sat per payment
 REAL = 101  # synthetic channels watching real wallet outputs (spent by the timed blocks)
 SPENDS = (1, 100)  # watched outputs spent per timed block
 EXPIRY = 4_000_000_000  # far away: no deadline falls in the run
+SHOW_STEPS = "PAYCHAN_SCALE_SHOW_STEPS"  # --show-steps, for the server process
 
 
 def rss_mb() -> float:
@@ -62,6 +68,79 @@ def rss_mb() -> float:
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# Tasks of the autopilot, by their outermost coroutine: the block monitor (which handles each
+# block), APScheduler's jobs (reviews, deadlines) and the mempool wake-up's reviews.
+AUTOPILOT = ("BlockMonitor._run", "run_coroutine_job", "ChainWatcher._review_mempool_spends")
+
+
+class LoopSteps:
+    """The event loop's longest steps (one callback or task step each, wall time including
+    any wait for the GIL): what holds the loop, and for how long; and the longest step of the
+    autopilot's own tasks. Installed in the server process only; `take` returns and resets
+    them. Steps longer than `show_over` seconds are printed to stderr as they happen."""
+
+    def __init__(self, show_over: float | None = None) -> None:
+        self.longest = self.longest_autopilot = 0.0
+        self.what = ""
+        original = asyncio.events.Handle._run
+        steps = self
+
+        def timed(handle: asyncio.events.Handle) -> None:
+            t0 = time.perf_counter()
+            original(handle)
+            took = time.perf_counter() - t0
+            if took > steps.longest:
+                steps.longest, steps.what = took, _describe(handle)
+            if took > steps.longest_autopilot and _root(handle) in AUTOPILOT:
+                steps.longest_autopilot = took
+            if show_over is not None and took > show_over:
+                print(f"server: loop step {took * 1000:.1f} ms, {_describe(handle)}",
+                      file=sys.stderr)
+
+        setattr(asyncio.events.Handle, "_run", timed)  # noqa: B010 (mypy: a method)
+        self.longest_gc = 0.0
+        self._gc_started = 0.0
+        gc.callbacks.append(self._collecting)
+
+    def _collecting(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.longest_gc = max(self.longest_gc, time.perf_counter() - self._gc_started)
+
+    def take(self) -> tuple[float, str, float, float]:
+        """The longest step, what it ran, the longest garbage collection and the autopilot's
+        longest step (seconds)."""
+        taken = self.longest, self.what, self.longest_gc, self.longest_autopilot
+        self.longest = self.longest_gc = self.longest_autopilot = 0.0
+        self.what = ""
+        return taken
+
+
+def _root(handle: asyncio.events.Handle) -> str:
+    """The outermost coroutine of the task a step belongs to ("" for a plain callback)."""
+    task = getattr(getattr(handle, "_callback", None), "__self__", None)
+    return getattr(task.get_coro(), "__qualname__", "") if isinstance(task, asyncio.Task) else ""
+
+
+def _describe(handle: asyncio.events.Handle) -> str:
+    callback = getattr(handle, "_callback", None)
+    task = getattr(callback, "__self__", None)
+    if not isinstance(task, asyncio.Task):
+        return repr(callback)[:120]
+    # The two innermost coroutines the task waits in now: the step ran up to there.
+    chain: list[Any] = [task.get_coro()]
+    while hasattr(getattr(chain[-1], "cr_await", None), "cr_frame"):
+        chain.append(chain[-1].cr_await)
+    return " < ".join(_where(coro) for coro in reversed(chain[-2:]))
+
+
+def _where(coro: Any) -> str:
+    frame = getattr(coro, "cr_frame", None)
+    where = f"{frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.f_lineno}" if frame else ""
+    return f"{getattr(coro, '__qualname__', coro)} {where}"
 
 
 def config_for(node: RegtestNode) -> NodeConfig:
@@ -110,6 +189,8 @@ def server_process(conn: Connection, config: NodeConfig, db: Path) -> None:
 async def serve(conn: Connection, config: NodeConfig, db: Path) -> None:
     """Serve; report each chain event's processing time; answer 'rss'; stop on 'stop'."""
     started = time.perf_counter()
+    show = os.environ.get(SHOW_STEPS)
+    steps = LoopSteps(float(show) / 1000 if show else None)
     store = SQLiteStore(db)
     # Every benchmark connection comes from 127.0.0.1: lift the per-address limits.
     limits = PeerLimits(max_connections_per_minute=10**9, max_handshakes_per_ip=10**9)
@@ -121,8 +202,11 @@ async def serve(conn: Connection, config: NodeConfig, db: Path) -> None:
     async def timed(event: ChainEvent) -> None:
         t0 = time.perf_counter()
         await handle(event)
-        conn.send(("block", event.tip.height, time.perf_counter() - t0,
-                   watcher.block_channels, watcher.reviewed_channels))
+        took = time.perf_counter() - t0
+        # Since the last block: this block's wake-up and handling (and payments meanwhile).
+        longest, what, collecting, autopilot = steps.take()
+        conn.send(("block", event.tip.height, took, watcher.block_channels,
+                   watcher.reviewed_channels, longest, what, collecting, autopilot))
 
     watcher._on_chain_event = timed  # type: ignore[method-assign]
     address = await server.listen()
@@ -149,7 +233,7 @@ class Server:
                                    daemon=True)
         self.process.start()
         theirs.close()
-        self.blocks: list[tuple[int, float, int, int]] = []
+        self.blocks: list[tuple[Any, ...]] = []
 
     def expect(self, kind: str, timeout: float = 600.0) -> tuple[Any, ...]:
         while True:
@@ -161,14 +245,14 @@ class Server:
             if message[0] == kind:
                 return tuple(message[1:])
 
-    def block(self, height: int) -> tuple[int, float, int, int]:
+    def block(self, height: int) -> tuple[Any, ...]:
         while not any(b[0] >= height for b in self.blocks):
             self.expect("block")
         return next(b for b in self.blocks if b[0] >= height)
 
     def stop(self) -> float:
         self.pipe.send("stop")
-        (peak,) = self.expect("stopped", 60)
+        (peak,) = self.expect("stopped", 600)  # K connections to hang up on
         self.process.join(10)
         return float(peak)
 
@@ -265,7 +349,8 @@ async def stored_channels(node: RegtestNode, tmp: Path, count: int) -> dict[str,
             await asyncio.sleep(0.5)  # payments before the block, for the gap's baseline
             t0 = time.perf_counter()
             height = await asyncio.to_thread(mine, node)
-            _, seconds, folded, reviewed = await asyncio.to_thread(server.block, height)
+            _, seconds, folded, reviewed, step, what, collecting, autopilot = (
+                await asyncio.to_thread(server.block, height))
             t1 = time.perf_counter()
             await asyncio.sleep(0.2)
             gap = max((end - start for start, end in acks if end >= t0 and start <= t1),
@@ -274,6 +359,10 @@ async def stored_channels(node: RegtestNode, tmp: Path, count: int) -> dict[str,
             result[f"block_{k}_channels_touched"] = folded
             result[f"block_{k}_channels_reviewed"] = reviewed
             result[f"block_{k}_ack_gap_ms"] = round(gap * 1000, 1)
+            result[f"block_{k}_longest_loop_step_ms"] = round(step * 1000, 1)
+            result[f"block_{k}_longest_loop_step_in"] = what
+            result[f"block_{k}_longest_gc_ms"] = round(collecting * 1000, 1)
+            result[f"block_{k}_longest_autopilot_step_ms"] = round(autopilot * 1000, 1)
         paying = False
         await payer
         latencies = sorted(end - start for start, end in acks)
@@ -355,8 +444,10 @@ async def connections(node: RegtestNode, tmp: Path, count: int, payments: int) -
         await asyncio.gather(*tasks)
         wall = time.perf_counter() - t0
         latencies.sort()
+        stopping = time.perf_counter()
         peak = server.stop()
         return {"connections": count, "payments_per_connection": payments,
+                "server_stop_s": round(time.perf_counter() - stopping, 1),
                 "payments_per_s": round(len(latencies) / wall, 1),
                 "p50_ms": round(latencies[len(latencies) // 2] * 1000, 1),
                 "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 1),
@@ -375,7 +466,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="K live connections paying instead of the stored-channels run")
     parser.add_argument("--payments", type=int, default=5, help="per connection")
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
+    parser.add_argument("--show-steps", type=float, metavar="MS",
+                        help="print each server event-loop step longer than MS milliseconds")
     args = parser.parse_args(argv)
+    if args.show_steps is not None:
+        os.environ[SHOW_STEPS] = str(args.show_steps)
     if args.channels < REAL or args.connections < 0 or args.payments < 1:
         parser.error(f"--channels must be at least {REAL}, --payments at least 1")
     load = os.getloadavg()

@@ -8,7 +8,8 @@ latency is measured from pay() to ack. Beside the figures: the CPU each process 
 payment, the store disk's fsync latency and coincurve's verify rate, measured in the same run.
 --transport ws: the same over WebSocket (one binary message per protocol message).
 Usage: python bench/throughput.py [--channels N] [--payments M] [--window W] [--version 1|2|3]
-[--transport tcp|ws] [--capacity] [--profile FILE] [--json]   (--json: one JSON object last)
+[--transport tcp|ws] [--capacity] [--uvloop] [--profile FILE] [--json]
+(--json: one JSON object last)
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from typing import Any
 
+import eventloop  # bench/eventloop.py
 from hardware import fsync_latency_ms, verify_rate  # bench/hardware.py
 from replay import load  # bench/replay.py
 
@@ -47,6 +49,7 @@ from bitcoind_paychan.transport.dial import split_peer
 from regtest.node import RegtestNode, regtest_nodes, sync_tips
 
 AMOUNT = 1_000  # sat per payment: the server's default minimum
+UVLOOP_ENV = "PAYCHAN_BENCH_UVLOOP"  # "1": every process of the run on uvloop (--uvloop)
 INFO = b"bench"  # marks the timed payments (the opening payment has no info)
 FUNDING_SPARE = 100_000  # sat per funding coin beyond the channel value: the contract's fee
 MAX_FUNDING = 49 * 100_000_000  # the client node's wallet starts with one 50 BTC coinbase
@@ -59,6 +62,11 @@ def channel_value(payments: int) -> int:
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def context_switches() -> int:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_nvcsw + usage.ru_nivcsw
 
 
 def config_for(node: RegtestNode) -> NodeConfig:
@@ -76,34 +84,41 @@ def child_setup() -> None:
 
 
 def profiled(profile: str, main: Coroutine[Any, Any, Any]) -> Any:
-    """Run `main`; with a `profile` path, under cProfile (the event loop's thread only: the
-    store's writer thread is not in it), its stats written there."""
+    """Run `main` (on uvloop with --uvloop); with a `profile` path, under cProfile (the event
+    loop's thread only: the store's writer thread is not in it), its stats written there."""
+    use_uvloop = os.environ.get(UVLOOP_ENV) == "1"
     if not profile:
-        return asyncio.run(main)
+        return eventloop.run(main, use_uvloop)
     profiler = cProfile.Profile()
     try:
-        return profiler.runcall(asyncio.run, main)
+        return profiler.runcall(eventloop.run, main, use_uvloop)
     finally:
         profiler.dump_stats(profile)
 
 
 def server_process(conn: Connection, config: NodeConfig, db: Path, transport: str,
-                   profile: str) -> None:
+                   expected: int, profile: str) -> None:
     child_setup()
-    profiled(profile and f"{profile}.server", serve(conn, config, db, transport))
+    profiled(profile and f"{profile}.server", serve(conn, config, db, transport, expected))
 
 
-async def serve(conn: Connection, config: NodeConfig, db: Path, transport: str) -> None:
+async def serve(conn: Connection, config: NodeConfig, db: Path, transport: str,
+                expected: int) -> None:
     """Serve until the parent says stop (or goes away); then report what was received. The
     parent is told the peer to dial: host:port, or a ws:// URL."""
     seen = 0
     cpu = [0.0, 0.0]  # process CPU (every thread) at the first and the last timed payment
+    commits = [0, 0]  # the writer's commits, at the same two moments
+    switches = [0, 0]  # the process's context switches (voluntary and not), likewise
 
     def on_event(event: ServerEvent) -> None:
         nonlocal seen
         if isinstance(event, PaymentReceived) and event.info == INFO:
             seen += 1
-            cpu[seen > 1] = time.process_time()
+            if seen in (1, expected):  # the clock is read twice, not once per payment
+                cpu[seen > 1] = time.process_time()
+                commits[seen > 1] = server.payments.commits
+                switches[seen > 1] = context_switches()
 
     with SQLiteStore(db) as store:
         server = PaymentServer(MiningBroadcaster(Bitcoind(config)), store, on_event=on_event)
@@ -121,9 +136,11 @@ async def serve(conn: Connection, config: NodeConfig, db: Path, transport: str) 
         await server.stop()
         await listener.stop()
         logged = sum(1 for p in store.payments(Role.SERVER) if p.info == INFO)  # not openings
-    cpu_per_payment = (cpu[1] - cpu[0]) / (seen - 1) if seen > 1 else 0.0
+    cpu_per_payment = (cpu[1] - cpu[0]) / (seen - 1) if seen == expected > 1 else 0.0
     conn.send({"seen": seen, "logged": logged, "rss_mb": peak_rss_mb(),
-               "cpu_us": cpu_per_payment * 1e6})
+               "cpu_us": cpu_per_payment * 1e6,
+               "per_commit": (seen - 1) / max(commits[1] - commits[0], 1),
+               "switches": (switches[1] - switches[0]) / max(seen - 1, 1)})
 
 
 # -- the client process ------------------------------------------------------------------
@@ -141,7 +158,7 @@ def load_process(conn: Connection, tmp: Path, address: tuple[str, int], payments
                  window: int) -> None:
     """Server-capacity mode: replay payments signed before timing (bench/replay.py)."""
     child_setup()
-    conn.send(asyncio.run(load(tmp / "client.db", address, payments, AMOUNT, INFO, window)))
+    conn.send(profiled("", load(tmp / "client.db", address, payments, AMOUNT, INFO, window)))
 
 
 async def pay_all(config: NodeConfig, tmp: Path, address: str, channels: int,
@@ -225,7 +242,7 @@ def run(channels: int, payments: int, version: int, window: int, capacity: bool,
         fund_client(client_node, server_node, channels, channel_value(payments))
         try:
             server = start(server_process, config_for(server_node), Path(tmp) / "server.db",
-                           transport, profile)
+                           transport, channels * payments, profile)
             address = receive(server, "server")
             client = start(client_process, config_for(client_node), Path(tmp), address,
                            channels, payments, version, window, capacity, profile)
@@ -273,6 +290,8 @@ def run(channels: int, payments: int, version: int, window: int, capacity: bool,
         "server_seen": served["seen"],
         "server_logged": served["logged"],
         "server_cpu_us": round(served["cpu_us"], 1),  # per payment, every thread
+        "server_payments_per_commit": round(served["per_commit"], 1),
+        "server_switches_per_payment": round(served["switches"], 2),
         "client_cpu_us": round(paid["cpu_us"], 1),
         "fsync_ms": round(fsync_ms, 3),
         "verify_per_s": round(verifies),
@@ -280,6 +299,7 @@ def run(channels: int, payments: int, version: int, window: int, capacity: bool,
         "serial_bound_per_s": round(1 / serial_s, 1),
         "rate_over_serial_bound": round(rate * serial_s, 3),
         "load_average": round(os.getloadavg()[0], 2),
+        "event_loop": "uvloop" if os.environ.get(UVLOOP_ENV) == "1" else "asyncio",
     }
 
 
@@ -301,8 +321,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="TCP (length-prefixed frames) or WebSocket (a message each)")
     parser.add_argument("--profile", default="", metavar="FILE",
                         help="profile server and client (cProfile): FILE.server, FILE.client")
+    parser.add_argument("--uvloop", action="store_true",
+                        help="run every process on uvloop's event loop (if installed)")
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
     args = parser.parse_args(argv)
+    if args.uvloop:
+        eventloop.loop_factory(True)  # fails now, with what to install, if it is missing
+        os.environ[UVLOOP_ENV] = "1"  # the spawned processes inherit it
     if min(args.channels, args.payments, args.window) < 1:
         parser.error("--channels, --payments and --window must be at least 1")
     if args.channels * (channel_value(args.payments) + FUNDING_SPARE) > MAX_FUNDING:
@@ -317,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     print(f"paychan v{r['version']}: {r['channels']} channel(s) × {r['payments']} payments of "
           f"{AMOUNT} sat, window {r['window']}, {r['mode']} (client or load process, and server, "
-          f"over loopback {r['transport']})")
+          f"over loopback {r['transport']}), {r['event_loop']} event loop")
     print(f"  opening     {r['channels']} channel(s) in {r['open_s']} s (sequential, untimed)")
     print(f"  throughput  {r['total_payments']} payments in {r['wall_s']} s = "
           f"{r['payments_per_s']} payments/s")
@@ -325,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
           "(pay() to ack)")
     print(f"  CPU         server {r['server_cpu_us']} µs   client {r['client_cpu_us']} µs "
           "per payment (process time, every thread)")
+    print(f"  server      {r['server_payments_per_commit']} payments per commit, "
+          f"{r['server_switches_per_payment']} context switches per payment")
     print(f"  machine     fsync {r['fsync_ms']} ms (p50, store's disk), {r['verify_per_s']} "
           f"verifies/s; load average {r['load_average']}")
     print(f"  ratios      rate / verify rate {r['rate_over_verify']}   rate / serial bound "

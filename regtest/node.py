@@ -150,6 +150,7 @@ class RegtestNode:
             args += [
                 f"-zmqpubhashblock={self.zmq_endpoint}",
                 f"-zmqpubsequence={self.zmq_endpoint}",
+                f"-zmqpubrawtx={self.zmq_endpoint}",
             ]
         return args + list(self.extra_args)
 

@@ -60,8 +60,13 @@ def test_operators_quick_start_runs_twice_beside_other_nodes(tmp_path: Path) -> 
 
 
 def run_quickstart(env: dict[str, str], tmp: Path) -> tuple[str, str]:
-    """Run the block as a script; afterwards no process it started may be left running."""
-    script = "set -euo pipefail\n" + quickstart()
+    return run_block(quickstart(), env, tmp)
+
+
+def run_block(block: str, env: dict[str, str], tmp: Path) -> tuple[str, str]:
+    """Run a README's shell block as a script from the checkout's root; afterwards no process
+    it started may be left running (bitcoinds under `tmp` are killed if it failed)."""
+    script = "set -euo pipefail\n" + block
     shell = subprocess.Popen(["bash", "-c", script], cwd=ROOT, env=env, text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              start_new_session=True)

@@ -63,6 +63,11 @@ class PublicKey:
         """True iff `der_sig` is a strict-DER, low-S signature of `digest` by this key."""
         if len(digest) != 32 or not is_low_s(der_sig):  # is_low_s also checks strict DER
             return False
+        return self.verify_low_s(digest, der_sig)
+
+    def verify_low_s(self, digest: bytes, der_sig: bytes) -> bool:
+        """`verify` for a 32-byte digest and a signature the caller has already found strict
+        DER and low S (`is_low_s`): the ECDSA check alone, on the key parsed once."""
         try:
             return bool(self._ec.verify(der_sig, digest, hasher=None))
         except ValueError:

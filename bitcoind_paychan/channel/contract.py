@@ -11,6 +11,7 @@ keeps no change) on a tx spending contract:0 that returns `change` to the client
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from dataclasses import dataclass
 from functools import cached_property
@@ -137,24 +138,37 @@ class Contract:
     # -- payments --------------------------------------------------------------------------
 
     @cached_property
-    def _payment_preimage_parts(self) -> tuple[bytes, bytes]:
-        """Version 3: what a payment's BIP143 preimage holds before its outputs hash (version,
-        no prevouts or sequences hash for ANYONECANPAY, outpoint, script code, amount,
-        sequence), and the change output after its value; the same for every payment."""
-        head = b"".join((_U32.pack(1), bytes(64), self.outpoint.serialize(),
-                         encode_varint(len(self.script)), self.script, _I64.pack(self.value),
-                         _U32.pack(FINAL)))
-        return head, encode_varint(len(self.change_script)) + self.change_script
+    def _payment_midstate(self) -> hashlib._Hash:
+        """SHA-256 over what every payment's preimage starts with, the same for all of them:
+        legacy (v1, v2): version, one input (outpoint, script code, sequence); BIP143 (v3):
+        version, no prevouts or sequences hash (ANYONECANPAY), outpoint, script code, amount,
+        sequence. A payment hashes on from a copy of it."""
+        script = encode_varint(len(self.script)) + self.script
+        outpoint = self.outpoint.serialize()
+        if self.version == 3:
+            head = [_U32.pack(1), bytes(64), outpoint, script, _I64.pack(self.value)]
+        else:
+            head = [_U32.pack(1), b"\x01", outpoint, script]
+        return hashlib.sha256(b"".join(head) + _U32.pack(FINAL))
+
+    @cached_property
+    def _change_output_script(self) -> bytes:
+        """The change output after its value: the length-prefixed change script."""
+        return encode_varint(len(self.change_script)) + self.change_script
 
     def payment_sighash(self, change: int) -> bytes:
         """The digest a payment leaving the client `change` signs: `sighash` of `payment_tx`,
-        from parts serialized once per channel (version 3)."""
+        hashed on from the channel's midstate (the preimage's constant head)."""
         hashtype = payment_hashtype(change)
-        if self.version != 3:
-            return self.sighash(self.payment_tx(change), hashtype)
-        head, change_output = self._payment_preimage_parts
-        outputs = hash256(_I64.pack(change) + change_output) if change else bytes(32)
-        return hash256(b"".join((head, outputs, _U32.pack(0), _U32.pack(hashtype))))
+        if self.version == 3:
+            outputs = (hash256(_I64.pack(change) + self._change_output_script) if change
+                       else bytes(32))
+        else:  # SINGLE: one output, the change; NONE: no outputs
+            outputs = (b"\x01" + _I64.pack(change) + self._change_output_script if change
+                       else b"\x00")
+        state = self._payment_midstate.copy()
+        state.update(outputs + _U32.pack(0) + _U32.pack(hashtype))  # lock time 0, hashtype
+        return hashlib.sha256(state.digest()).digest()
 
     def payment_tx(self, change: int) -> Transaction:
         """The unsigned tx a payment signs: contract:0 → `change` back to the client."""
@@ -179,7 +193,7 @@ class Contract:
                          f"expected {payment_hashtype(change):#x}")
         if not is_low_s(der):
             raise bad_tx("payment signature is not canonical low-S DER")
-        if not self.client_key.verify(self.payment_sighash(change), der):
+        if not self.client_key.verify_low_s(self.payment_sighash(change), der):
             raise bad_tx("payment signature does not verify against the contract")
 
     # -- settlement (server) ---------------------------------------------------------------

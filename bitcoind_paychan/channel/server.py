@@ -7,6 +7,7 @@ touches a socket, the node, the store or a clock: `now` is given at construction
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from bitcoind_paychan.bitcoin.keys import PrivateKey, PublicKey
@@ -171,6 +172,23 @@ class ServerChannel(ProtocolMachine):
         machine = cls(policy, record.key, now)
         machine.version, machine.record, machine.state = record.version, record, S.OPEN
         return machine
+
+    def receive_pipelined(self, received: Sequence[T]) -> tuple[list[Effect], int]:
+        """Messages received together on an open channel: handled in order as `receive` would
+        handle each (every payment's signature verified), while the channel stays open;
+        returns the effects and how many messages were taken (the rest wait until these
+        effects are carried out)."""
+        if self.state is not ServerState.OPEN:
+            return self.receive(received[0]), 1
+        return self._take_while_open(received)
+
+    def _take_while_open(self, received: Sequence[T]) -> tuple[list[Effect], int]:
+        effects: list[Effect] = []
+        for taken, message in enumerate(received, 1):
+            effects += self.receive(message)
+            if self.state is not ServerState.OPEN:
+                return effects, taken
+        return effects, len(received)
 
     # -- inputs ----------------------------------------------------------------------------
 

@@ -2,7 +2,9 @@
 
 `ChainTracker` is the reorg logic without any I/O; `BlockMonitor` runs it against a `Bitcoind`
 under asyncio, woken by ZMQ (`hashblock`/`sequence`) and by a poll timer. ZMQ messages are
-only wake-ups (they can be lost); RPC is the source of truth.
+only wake-ups (they can be lost); RPC is the source of truth. It also hands the transactions
+of `rawtx` messages (those entering the mempool, and a connected block's) to a callback, so
+a watcher can look at mempool spends at once instead of at its next periodic review.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 NO_PARENT = "00" * 32  # the genesis block's prev_hash
 ZMQ_TOPICS = (b"hashblock", b"sequence")
+RAWTX = b"rawtx"
+YIELD_EVERY = 32  # rawtx messages handled per event-loop step (a block brings thousands)
 _T = TypeVar("_T")
 
 
@@ -196,7 +200,9 @@ class BlockMonitor:
     """Delivers `ChainEvent`s of a bitcoind to `on_event`, one at a time and in order.
 
     It checks the node on every ZMQ `hashblock`/`sequence` block message (if `zmq_endpoint` is
-    given) and at least every `poll_interval` seconds. RPC runs in worker threads. While the
+    given) and at least every `poll_interval` seconds. With `on_transaction` it also
+    subscribes to `rawtx` there and passes each serialized transaction to it (it must be
+    quick and not raise; lost messages are not noticed). RPC runs in worker threads. While the
     node cannot be reached it logs once, reports `healthy` False, retries with a backoff up to
     `poll_interval` and catches up when the node is back. If `on_event` raises, the tracker
     is rolled back and the same event is delivered again on the next check (at least once).
@@ -213,11 +219,13 @@ class BlockMonitor:
         start_from: tuple[int, str] | None = None,
         window: int = 144,
         max_catch_up: int = 1000,
+        on_transaction: Callable[[bytes], None] | None = None,
     ) -> None:
         if poll_interval <= 0:
             raise ValueError("poll_interval must be positive")
         self._node = node
         self._on_event = on_event
+        self._on_transaction = on_transaction
         self._zmq_endpoint = zmq_endpoint
         self._poll_interval = poll_interval
         self._tracker = ChainTracker(window, start=start_from, max_catch_up=max_catch_up)
@@ -262,7 +270,7 @@ class BlockMonitor:
             sock = context.socket(zmq.SUB)
             try:
                 sock.setsockopt(zmq.LINGER, 0)
-                for topic in ZMQ_TOPICS:
+                for topic in (*ZMQ_TOPICS, *([RAWTX] if self._on_transaction else [])):
                     sock.setsockopt(zmq.SUBSCRIBE, topic)
                 sock.connect(self._zmq_endpoint)
             except zmq.ZMQError:
@@ -381,7 +389,9 @@ class BlockMonitor:
                     await self._wake.wait()
 
     async def _listen(self, sock: zmq.asyncio.Socket) -> None:
-        """Set the wake-up flag on every block message (mempool messages are ignored)."""
+        """Set the wake-up flag on every block message; hand `rawtx` bodies on (other mempool
+        messages are ignored)."""
+        handled = 0
         while True:
             try:
                 frames = await sock.recv_multipart()
@@ -393,3 +403,8 @@ class BlockMonitor:
             body = frames[1] if len(frames) > 1 else b""
             if topic == b"hashblock" or (topic == b"sequence" and body[32:33] in (b"C", b"D")):
                 self._wake.set()
+            elif topic == RAWTX and self._on_transaction is not None:
+                self._on_transaction(body)
+                handled += 1
+                if handled % YIELD_EVERY == 0:  # queued messages need no wait: yield
+                    await asyncio.sleep(0)

@@ -376,19 +376,20 @@ class Channel:
             turn, self._sent = self._sent, loop.create_future()
             sent = self._sent
         try:
-            if turn is not None:
-                await turn  # the payment before this one is on the wire
-            if not self.connected:
-                raise ChannelFailed(self._ended())
             for effect in effects:
                 if isinstance(effect, StorePayment):
                     try:
                         await writes.stored(effect)  # durable before it is sent
                     except StoreError as exc:  # the autopilot finished the channel meanwhile
                         raise await self._unpayable(exc) from exc
-                elif isinstance(effect, Send):
+            if turn is not None:  # after the store: payments committed together wake together
+                await turn  # the payment before this one is on the wire (one write for all)
+            if not self.connected:
+                raise ChannelFailed(self._ended())
+            for effect in effects:
+                if isinstance(effect, Send):
                     self._post(effect.message)
-                else:
+                elif not isinstance(effect, StorePayment):
                     await self._run([effect])
         except BaseException:
             await self.disconnect()  # a later payment must not go out before this one

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import inspect
+import itertools
 import logging
 import resource
 import ssl
@@ -489,11 +490,14 @@ class ServerConnection:
                 self._confirmed = True
             manager._busy.add(self)
             started = time.perf_counter()
-            received = [message]
-            effects = machine.receive(message)
-            while pending and self.takes_more(len(received)):
-                received.append(more := pending.popleft())
-                effects += machine.receive(more)
+            if self.takes_more(0):  # pipelined: this and those already here, checked together
+                batch = [message, *itertools.islice(pending, PAYMENT_WINDOW - 1)]
+                effects, taken = machine.receive_pipelined(batch)
+                received = batch[:taken]
+                for _ in range(taken - 1):
+                    pending.popleft()
+            else:
+                received, effects = [message], machine.receive(message)
             try:
                 if not await manager._carry_out(machine, self.link, effects):
                     self.connection_lost()

@@ -3,23 +3,28 @@
 It follows the node's blocks (BlockMonitor: ZMQ wake-ups, polling, reorgs), scans each block
 once against its index of watched outpoints (`WatchIndex`, rebuilt from the store at start),
 folds it into the channels it touches, and carries out what `channel.watch.review` decides for
-the channels that need attention. APScheduler wakes it once, at the earliest deadline (a
-restart loses none, and one missed while the process was down fires at once), on a safety
-interval, and for retries with backoff while the node refuses a refund as non-final or cannot
-be reached. Store and node calls run off the event loop.
+the channels that need attention. With ZMQ, each transaction entering the node's mempool
+(`rawtx`) is matched against the index too, and the channels it spends from are reviewed at
+once (the review asks the node: ZMQ only wakes it). APScheduler wakes it once, at the
+earliest deadline (a restart loses none, and one missed while the process was down fires at
+once), on a safety interval, and for retries with backoff while the node refuses a refund
+as non-final or cannot be reached. Store and node calls run off the event loop, a block's
+channels are loaded and stored in slices of SLICE, and no loop step walks all channels, so a
+payment is never held up by more than a few milliseconds of the watcher's work.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gc
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from bitcoind_paychan.bitcoin.tx import OutPoint, Transaction
+from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.channel.chainstate import ChainState
 from bitcoind_paychan.channel.effects import (
     Broadcast,
@@ -41,7 +46,7 @@ from bitcoind_paychan.channel.watch import (
     revert_block,
     review,
 )
-from bitcoind_paychan.errors import NodeError, PaychanError, TransactionRejected
+from bitcoind_paychan.errors import DecodeError, NodeError, PaychanError, TransactionRejected
 from bitcoind_paychan.logcontext import about_channel
 from bitcoind_paychan.node.bitcoind import AsyncBitcoind
 from bitcoind_paychan.node.monitor import Block, BlockMonitor, ChainEvent
@@ -50,6 +55,10 @@ from bitcoind_paychan.store import ChannelStore
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 600.0
+# Channels loaded or stored per store call: the store serves one call at a time, and a
+# payment's commit waits for the call in progress, so a block touching many channels is
+# worked through in slices of this size (see ARCHITECTURE.md, "the autopilot's index").
+SLICE = 25
 # Channels whose money may still move are in the index: blocks are scanned for them. Final
 # ones (waiting to be buried, then forgotten or discarded) are looked at by the periodic review
 # only, and by a reorg that may undo what finished them. A client's FAILED channel (given up
@@ -114,6 +123,8 @@ class ChainWatcher:
         self.block_channels = 0  # how many channels the last chain event was folded into
         self._lock = asyncio.Lock()
         self._new_block = asyncio.Event()
+        self._mempool_touched: set[str] = set()  # spent from in the mempool, to review
+        self._mempool_review: asyncio.Task[None] | None = None
         self._backoff = 0.0
         self._armed_after: float | None = None
         self._meta_key = f"synced:{role.value}"
@@ -130,8 +141,14 @@ class ChainWatcher:
             start_from = (int(height), block_hash)
         self.monitor = BlockMonitor(self.wallet.node, self._on_chain_event,
                                     zmq_endpoint=self.zmq_endpoint,
-                                    poll_interval=self.poll_interval, start_from=start_from)
+                                    poll_interval=self.poll_interval, start_from=start_from,
+                                    on_transaction=self._mempool_transaction)
         await asyncio.to_thread(self._build_index)
+        # The index lives as long as the process: keep its large dicts and heap (and all else
+        # alive now) out of the collector's full passes, which would otherwise walk them while
+        # holding the event loop (tens of ms with 100,000 channels).
+        gc.collect()
+        gc.freeze()
         self.scheduler.start()
         self.scheduler.add_job(self.review_all, "interval", seconds=self.review_interval,
                                id="review", coalesce=True, max_instances=1)
@@ -150,6 +167,9 @@ class ChainWatcher:
     async def stop(self) -> None:
         if self.monitor:
             await self.monitor.stop()
+        if self._mempool_review is not None:
+            self._mempool_review.cancel()
+        gc.unfreeze()  # what start froze may be collected again (the index, once dropped)
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
 
@@ -219,8 +239,7 @@ class ChainWatcher:
             states: dict[str, ChainState] = {}
 
             async def load(txids: list[str]) -> None:
-                loaded = await asyncio.to_thread(self.store.load, self.role, txids)
-                for txid, (record, state) in loaded.items():
+                for txid, (record, state) in (await self._load(txids)).items():
                     records[txid], before[txid], states[txid] = record, state, state
 
             if event.disconnected:  # what the reorg may undo, watched again
@@ -234,14 +253,15 @@ class ChainWatcher:
             for block in event.connected:
                 hits = await self._scan(block) if len(self.index) else {}
                 await load([txid for txid in hits if txid not in records])
-                for txid, txs in hits.items():
+                for n, (txid, txs) in enumerate(hits.items(), 1):
                     if txid in records:
                         states[txid] = apply_block(records[txid], states[txid], txs,
                                                    block.height)
+                    if n % SLICE == 0:
+                        await asyncio.sleep(0)  # let payments in
             changed = {t: s for t, s in states.items() if s != before[t]}
             tip = event.tip
-            await asyncio.to_thread(self.store.put_chain_states, self.role, changed,
-                                    {self._meta_key: f"{tip.height}:{tip.hash}"})
+            await self._put_chain_states(changed, {self._meta_key: f"{tip.height}:{tip.hash}"})
             for txid, state in changed.items():
                 if state.contract_height:
                     self.index.confirmed(txid)
@@ -249,6 +269,23 @@ class ChainWatcher:
         self._new_block.set()
         self._new_block = asyncio.Event()
         await self.review_all(final=False, touched=set(records))
+
+    def _mempool_transaction(self, raw: bytes) -> None:
+        """ZMQ `rawtx`: a transaction reached the node. If it spends a watched outpoint, its
+        channels are reviewed now rather than at the next periodic review."""
+        try:
+            touched = self.index.spent_by(Transaction.parse(raw))
+        except DecodeError:
+            return
+        if touched:
+            self._mempool_touched |= touched
+            if self._mempool_review is None or self._mempool_review.done():
+                self._mempool_review = asyncio.create_task(self._review_mempool_spends())
+
+    async def _review_mempool_spends(self) -> None:
+        while self._mempool_touched:
+            touched, self._mempool_touched = self._mempool_touched, set()
+            await self.review_all(final=False, touched=touched)
 
     async def _scan(self, block: Block) -> dict[str, list[Transaction]]:
         """The block's transactions touching watched channels (fetched and scanned off the
@@ -322,10 +359,11 @@ class ChainWatcher:
         wanted |= {record.contract_txid for record in listed}
         # The mempool, asked in batches: for the periodic review every watched contract
         # output (a spend there is news of a channel nothing else points at).
-        outpoints = self.index.outpoints(None if final else wanted)
-        spenders = await self.wallet.run(self._spenders, outpoints) if outpoints else {}
+        asked = None if final else frozenset(wanted)
+        spenders = await self.wallet.run(self._spenders, asked) if len(self.index) and (
+            asked is None or asked) else {}
         wanted |= set(spenders)
-        loaded = await asyncio.to_thread(self.store.load, self.role, sorted(wanted))
+        loaded = await self._load(sorted(wanted))
         for txid in wanted - set(loaded):
             self.index.remove(txid)  # no longer stored
         self.reviewed_channels = len(loaded)
@@ -353,8 +391,9 @@ class ChainWatcher:
                     break
         await self._store_marks(marks, chain_states, {r.contract_txid: r for r, _ in plans})
         failure: PaychanError | None = None
-        for record, effects in rest:
-            await asyncio.sleep(0)
+        for n, (record, effects) in enumerate(rest):
+            if n:
+                await asyncio.sleep(0)  # let payments in between channels
             try:
                 for effect in effects:
                     await self._carry_out(record, effect, tip)
@@ -363,8 +402,10 @@ class ChainWatcher:
         if failure:
             raise failure
 
-    def _spenders(self, outpoints: dict[str, OutPoint]) -> dict[str, Transaction]:
-        """Node thread: the mempool's spenders of these channels' contract outputs."""
+    def _spenders(self, txids: frozenset[str] | None) -> dict[str, Transaction]:
+        """Node thread: the mempool's spenders of these watched channels' contract outputs
+        (None: of all of them)."""
+        outpoints = self.index.outpoints(txids)
         pairs = {txid: (o.txid_hex, o.index) for txid, o in outpoints.items()}
         spent = self.wallet.node.spenders(pairs.values())
         return {txid: spent[pair] for txid, pair in pairs.items() if pair in spent}
@@ -391,13 +432,14 @@ class ChainWatcher:
     async def _store_marks(self, marks: dict[str, MarkChannel],
                            chain_states: dict[str, ChainState],
                            records: dict[str, ChannelRecord]) -> None:
-        """Store new statuses (and closing transactions) and chain states, one transaction
-        for each kind."""
-        if marks:
+        """Store new statuses (and closing transactions), then chain states, SLICE channels
+        per transaction."""
+        changes = [(txid, _marked(mark)) for txid, mark in marks.items()]
+        for start in range(0, len(changes), SLICE):
             await asyncio.to_thread(self.store.modify_many, self.role,
-                                    {txid: _marked(mark) for txid, mark in marks.items()})
+                                    dict(changes[start:start + SLICE]))
         if chain_states:
-            await asyncio.to_thread(self.store.put_chain_states, self.role, chain_states)
+            await self._put_chain_states(chain_states)
         for txid, mark in marks.items():
             if mark.status is ChannelStatus.OPEN:  # a given-up client channel confirmed
                 self.index.set_deadline(txid, self._deadline(records[txid].contract.expiry))
@@ -405,6 +447,24 @@ class ChainWatcher:
             else:
                 self.index.no_deadline(txid)
             log.info("channel %s is %s", txid, mark.status.value)
+
+    async def _load(self, txids: list[str]) -> dict[str, tuple[ChannelRecord, ChainState]]:
+        """The stored records and chain states of these channels, loaded in slices."""
+        loaded: dict[str, tuple[ChannelRecord, ChainState]] = {}
+        for start in range(0, len(txids), SLICE):
+            loaded.update(await asyncio.to_thread(self.store.load, self.role,
+                                                  txids[start:start + SLICE]))
+        return loaded
+
+    async def _put_chain_states(self, states: dict[str, ChainState],
+                                meta: dict[str, str] | None = None) -> None:
+        """Store these chain states in slices, `meta` with the last one (a crash in between
+        leaves the block to be processed again: folding it in twice changes nothing)."""
+        items = list(states.items())
+        for start in range(0, max(len(items), 1), SLICE):
+            last = start + SLICE >= len(items)
+            await asyncio.to_thread(self.store.put_chain_states, self.role,
+                                    dict(items[start:start + SLICE]), meta if last else None)
 
     async def _observed(self, txid: str, state: ChainState, seen: ChainState) -> ChainState:
         if seen != state:

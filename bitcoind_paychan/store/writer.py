@@ -21,10 +21,20 @@ from bitcoind_paychan.channel.effects import Effect, StorePayment
 from bitcoind_paychan.channel.records import ChannelRecord
 from bitcoind_paychan.store.base import ChannelStore, Payment
 
-MAX_BATCH = 512  # payments per commit
+MAX_BATCH = 512  # payments per commit (a larger hand-over is committed whole)
 IDLE_EXIT = 2.0  # seconds without work before the thread ends
 
-_Item = tuple[Payment, asyncio.AbstractEventLoop, "asyncio.Future[None]"]
+Outcomes = list["BaseException | None"]  # one per payment of a hand-over: None once stored
+
+
+class _HandOver:
+    """Payments handed to the writer together, answered by one future (one wake-up)."""
+
+    __slots__ = ("done", "loop", "payments")
+
+    def __init__(self, payments: list[Payment], loop: asyncio.AbstractEventLoop) -> None:
+        self.payments, self.loop = payments, loop
+        self.done: asyncio.Future[Outcomes] = loop.create_future()
 
 
 class PaymentWriter:
@@ -32,26 +42,34 @@ class PaymentWriter:
 
     def __init__(self, store: ChannelStore) -> None:
         self.store = store
-        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_HandOver] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._running = False
+        self.commits = 0  # commits made, and the payments they held (batch size = their ratio)
+        self.committed = 0
 
     async def record_payment(self, record: ChannelRecord, amount: int, info: bytes = b"") -> None:
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-        self._queue.put(((record, amount, info), loop, done))
+        outcome = (await self._hand_over([(record, amount, info)]))[0]
+        if outcome is not None:
+            raise outcome
+
+    def start(self, effects: Iterable[Effect]) -> Writes:
+        """Hand every StorePayment among `effects` to the writer now, in one hand-over (so they
+        share a commit); `Writes.stored(effect)` awaits each one in its place."""
+        stores = [e for e in effects if isinstance(e, StorePayment)]
+        if not stores:
+            return Writes({}, None, self)
+        done = self._hand_over([(e.record, e.amount, e.info) for e in stores])
+        return Writes({id(e): index for index, e in enumerate(stores)}, done, self)
+
+    def _hand_over(self, payments: list[Payment]) -> asyncio.Future[Outcomes]:
+        item = _HandOver(payments, asyncio.get_running_loop())
+        self._queue.put(item)
         with self._lock:
             if not self._running:
                 self._running = True
                 threading.Thread(target=self._work, name="payment-writer", daemon=True).start()
-        await done
-
-    def start(self, effects: Iterable[Effect]) -> Writes:
-        """Hand every StorePayment among `effects` to the writer now (so they share a commit);
-        `Writes.stored(effect)` awaits each one in its place."""
-        return Writes({id(e): asyncio.ensure_future(self.record_payment(e.record, e.amount,
-                                                                        e.info))
-                       for e in effects if isinstance(e, StorePayment)}, self)
+        return item.done
 
     def _work(self) -> None:
         while True:
@@ -63,23 +81,30 @@ class PaymentWriter:
                         self._running = False
                         return
                 continue
-            batch = [first]
-            while len(batch) < MAX_BATCH:
+            batch, size = [first], len(first.payments)
+            while size < MAX_BATCH:
                 try:
-                    batch.append(self._queue.get_nowait())
+                    item = self._queue.get_nowait()
                 except queue.Empty:
                     break
+                batch.append(item)
+                size += len(item.payments)
             self._commit(batch)
 
-    def _commit(self, batch: list[_Item]) -> None:
+    def _commit(self, batch: list[_HandOver]) -> None:
+        payments = [payment for item in batch for payment in item.payments]
         try:
-            outcomes: list[BaseException | None] = list(
-                self.store.record_payments([payment for payment, _, _ in batch]))
+            outcomes: Outcomes = list(self.store.record_payments(payments))
         except BaseException as e:  # the commit failed: none is stored
-            outcomes = [e] * len(batch)
+            outcomes = [e] * len(payments)
+        self.commits += 1
+        self.committed += len(payments)
         answers: dict[asyncio.AbstractEventLoop, list[_Answer]] = {}
-        for (_, loop, done), outcome in zip(batch, outcomes, strict=True):
-            answers.setdefault(loop, []).append((done, outcome))
+        at = 0
+        for item in batch:
+            answers.setdefault(item.loop, []).append(
+                (item.done, outcomes[at:at + len(item.payments)]))
+            at += len(item.payments)
         for loop, settled in answers.items():  # one wake-up per loop, not per payment
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
                 loop.call_soon_threadsafe(_settle, settled)
@@ -88,28 +113,30 @@ class PaymentWriter:
 class Writes:
     """Payments handed to a writer ahead of their turn (`PaymentWriter.start`)."""
 
-    def __init__(self, started: dict[int, asyncio.Future[None]], writer: PaymentWriter) -> None:
-        self._started, self._writer = started, writer
+    def __init__(self, index: dict[int, int], done: asyncio.Future[Outcomes] | None,
+                 writer: PaymentWriter) -> None:
+        self._index, self._done, self._writer = index, done, writer
 
     async def stored(self, effect: StorePayment) -> None:
         """Return once `effect`'s payment is durable (started now if it was not before)."""
-        started = self._started.get(id(effect))
-        await (started if started is not None
-               else self._writer.record_payment(effect.record, effect.amount, effect.info))
+        at = self._index.get(id(effect))
+        if at is None or self._done is None:
+            await self._writer.record_payment(effect.record, effect.amount, effect.info)
+            return
+        outcome = (await self._done)[at]  # one shared future: its task's alone
+        if outcome is not None:
+            raise outcome
 
     async def finish(self) -> None:
         """Wait for every write started (after a failure, so none is left running unseen)."""
-        await asyncio.gather(*self._started.values(), return_exceptions=True)
+        if self._done is not None:
+            await asyncio.gather(self._done, return_exceptions=True)
 
 
-_Answer = tuple["asyncio.Future[None]", BaseException | None]
+_Answer = tuple["asyncio.Future[Outcomes]", Outcomes]
 
 
 def _settle(answers: list[_Answer]) -> None:
-    for done, outcome in answers:
-        if done.cancelled():
-            continue
-        if outcome is None:
-            done.set_result(None)
-        else:
-            done.set_exception(outcome)
+    for done, outcomes in answers:
+        if not done.cancelled():
+            done.set_result(outcomes)

@@ -60,7 +60,14 @@ def type_name(msg: pb.TwoWayChannelMessage) -> str:
 
 
 def encode_message(msg: pb.TwoWayChannelMessage) -> bytes:
-    """Serialize `msg` (unframed); LocalProtocolError if invalid or larger than a frame allows."""
+    """Serialize `msg` (unframed); LocalProtocolError if invalid or larger than a frame allows.
+    A bare PAYMENT_ACK (one per payment) is bytes serialized once."""
+    if msg.type == _ACK and not msg.HasField("payment_ack"):
+        return _BARE_ACK
+    return _encode(msg)
+
+
+def _encode(msg: pb.TwoWayChannelMessage) -> bytes:
     problem = _problem(msg)
     if problem is not None:
         raise LocalProtocolError(f"refusing to send an invalid message: {problem}")
@@ -73,6 +80,10 @@ def encode_message(msg: pb.TwoWayChannelMessage) -> bytes:
             f"{type_name(msg)} message is {len(payload)} bytes; the limit is {MAX_MESSAGE_SIZE}"
         )
     return payload
+
+
+_ACK = MessageType.PAYMENT_ACK
+_BARE_ACK = _encode(pb.TwoWayChannelMessage(type=_ACK))
 
 
 def decode_message(payload: bytes) -> pb.TwoWayChannelMessage:

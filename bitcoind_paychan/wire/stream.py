@@ -20,6 +20,10 @@ CLOSE_TIMEOUT = 5.0
 """Seconds close() waits for buffered bytes to reach a peer before it aborts the socket."""
 
 
+def frame(msg: pb.TwoWayChannelMessage) -> bytes:
+    return encode_frame(encode_message(msg))
+
+
 class MessageStream:
     """One peer connection. Not safe for concurrent receive() calls (one reader task)."""
 
@@ -89,12 +93,12 @@ class MessageStream:
 
     async def send(self, msg: pb.TwoWayChannelMessage) -> None:
         """Frame, write and drain one message. ConnectionError if the peer has gone."""
-        self._writer.write(encode_frame(encode_message(msg)))
+        self._writer.write(frame(msg))
         await self._writer.drain()
 
     async def send_many(self, msgs: Iterable[pb.TwoWayChannelMessage]) -> None:
         """Send several messages in one write and one drain; nothing is sent if one is invalid."""
-        data = b"".join([encode_frame(encode_message(m)) for m in msgs])
+        data = b"".join([frame(m) for m in msgs])
         if data:
             self._writer.write(data)
             await self._writer.drain()
@@ -102,7 +106,7 @@ class MessageStream:
     def post(self, msgs: Iterable[pb.TwoWayChannelMessage]) -> None:
         """Write messages without waiting for the kernel to take them (the caller bounds how
         much it posts, as a payment window does)."""
-        self._writer.write(b"".join([encode_frame(encode_message(m)) for m in msgs]))
+        self._writer.write(b"".join([frame(m) for m in msgs]))
 
     async def send_frames(self, frames: Sequence[bytes]) -> None:
         """Send encoded messages (`encode_message(m)` each), framed, in one write and drain."""

@@ -33,9 +33,11 @@ def test_throughput_with_a_window_and_in_server_capacity_mode() -> None:
                      "--window", "8")
     assert piped["window"] == 8 and piped["server_logged"] == 40
     capacity = run_json("bench/throughput.py", "--channels", "2", "--payments", "30",
-                        "--window", "4", "--capacity")
+                        "--window", "4", "--capacity", "--uvloop")
     assert capacity["mode"] == "capacity" and capacity["server_logged"] == 60
-    assert isinstance(capacity["server_cpu_us"], float) and capacity["server_cpu_us"] > 0
+    assert capacity["event_loop"] == "uvloop"
+    for key in ("server_cpu_us", "server_payments_per_commit"):
+        assert isinstance(capacity[key], float) and capacity[key] > 0, key  # type: ignore
 
 
 def test_throughput_over_websocket() -> None:
@@ -43,6 +45,13 @@ def test_throughput_over_websocket() -> None:
                       "--window", "4", "--transport", "ws")
     assert result["transport"] == "ws" and result["server_logged"] == 40
     assert isinstance(result["payments_per_s"], float) and result["payments_per_s"] > 0
+
+
+def test_hot_path_bench_reports_each_part_with_a_window() -> None:
+    result = run_json("bench/hot_path.py", "--payments", "64", "--window", "16")
+    for key in ("client_pay", "encode", "decode", "server_receive", "ack_round_trip", "total"):
+        value = result[key]
+        assert isinstance(value, int | float) and value >= 0, key
 
 
 def test_store_bench_reports_its_figures() -> None:
@@ -83,3 +92,11 @@ def test_scale_bench_reports_its_figures() -> None:
     assert live["connections"] == 20
     for key in ("payments_per_s", "p99_ms", "rss_per_connection_kb"):
         assert isinstance(live[key], int | float), key
+
+
+def test_paid_requests_reports_its_figures() -> None:
+    result = run_json("bench/paid_requests.py", "--clients", "2", "--requests", "5")
+    assert result["requests"] == 10
+    assert isinstance(result["paid_requests_per_s"], float) and result["paid_requests_per_s"] > 0
+    assert result["paid_sat"] == 2 * 6 * 100  # each client's opening request and 5 more
+    assert result["server_stored_sat"] == 2 * 1_000 + 2 * 6 * 100  # the openings beside

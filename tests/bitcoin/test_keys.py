@@ -54,6 +54,15 @@ def test_sign_verify_round_trip() -> None:
     assert not verify(key.pub, DIGEST[:31], sig)
 
 
+
+def test_verify_low_s_is_the_ecdsa_check_alone() -> None:
+    key = PrivateKey.generate()
+    sig = key.sign(DIGEST)
+    assert key.pub.verify_low_s(DIGEST, sig)
+    assert not key.pub.verify_low_s(sha256(b"payment 43"), sig)
+    assert not PrivateKey.generate().pub.verify_low_s(DIGEST, sig)
+    assert not key.pub.verify_low_s(DIGEST, b"\x30\x00")  # unparsable: False, not an error
+
 def test_signing_is_deterministic_and_always_low_s() -> None:
     key = PrivateKey(bytes.fromhex("11" * 32))
     assert key.sign(DIGEST) == key.sign(DIGEST)

@@ -942,3 +942,100 @@ def test_initial_payment_of_everything_settles_at_once(version: int) -> None:
     assert types(effects)[-1] is PrepareSettlement
     assert T.CHANNEL_OPEN in [m.type for m in sent(effects)]
     assert state_of(session.server) is ServerState.SETTLING
+
+
+# -- pipelined payments ------------------------------------------------------------------------
+
+
+def _updates(pump: Pump, amounts: list[int], bad: tuple[int, ...] = ()) -> list[T]:
+    """UPDATE_PAYMENTs paying `amounts` in turn; those at the indexes `bad` signed by a
+    stranger's key (valid in every other way)."""
+    record = pump.server.record
+    assert record is not None
+    updates, change = [], record.change
+    for index, amount in enumerate(amounts):
+        change -= amount
+        key = PrivateKey.generate() if index in bad else pump.client.key
+        updates.append(wire(messages.update_payment(
+            change, record.contract.sign_payment(key, change), b"%d" % index)))
+    return updates
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_pipelined_payments_are_each_checked_and_stored_and_acknowledged_in_order(
+        version: int) -> None:
+    pump = opened(version)
+    before = pump.server.record
+    assert before is not None
+    updates = _updates(pump, [1_000, 2_000, 3_000, 4_000])
+    effects, taken = pump.server.receive_pipelined(updates)
+    assert taken == 4
+    assert types(effects) == [StorePayment, PaymentReceived, Send] * 4
+    stores = [e for e in effects if isinstance(e, StorePayment)]
+    assert [(s.amount, s.info, s.record.payments) for s in stores] == [
+        (1_000, b"0", before.payments + 1), (2_000, b"1", before.payments + 2),
+        (3_000, b"2", before.payments + 3), (4_000, b"3", before.payments + 4)]
+    assert pump.server.record == stores[-1].record
+    assert pump.server.record.change == before.change - 10_000
+    assert pump.server.state is ServerState.OPEN
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("bad", [(0,), (1,), (2,)], ids=["first", "middle", "last"])
+def test_a_pipelined_payment_with_a_bad_signature_is_refused_wherever_it_is(
+        version: int, bad: tuple[int, ...]) -> None:
+    """Every signature of a pipelined batch is verified: a bad one is never acknowledged,
+    even when a later payment in the same batch is signed correctly."""
+    pump = opened(version)
+    before = pump.server.record
+    assert before is not None
+    updates = _updates(pump, [1_000, 1_000, 1_000], bad=bad)
+    effects, taken = pump.server.receive_pipelined(updates)
+    good = bad[0]
+    assert taken == good + 1
+    assert types(effects)[:3 * good] == [StorePayment, PaymentReceived, Send] * good
+    assert_refused(pump.server, effects[3 * good:], ErrorCode.BAD_TRANSACTION)
+    assert pump.server.record is not None
+    assert pump.server.record.change == before.change - 1_000 * good
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("bad", [(3,), (1, 3)], ids=["last", "second and last"])
+def test_a_pipelined_batch_is_accepted_up_to_its_first_bad_signature(
+        version: int, bad: tuple[int, ...]) -> None:
+    pump = opened(version)
+    before = pump.server.record
+    assert before is not None
+    updates = _updates(pump, [1_000, 1_000, 1_000, 1_000], bad=bad)
+    effects, taken = pump.server.receive_pipelined(updates)
+    good = bad[0]  # accepted before the first bad one, each verified
+    assert taken == good + 1
+    assert types(effects)[:3 * good] == [StorePayment, PaymentReceived, Send] * good
+    assert_refused(pump.server, effects[3 * good:], ErrorCode.BAD_TRANSACTION)
+    assert pump.server.record is not None
+    assert pump.server.record.change == before.change - 1_000 * good
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_pipelined_batch_stops_at_the_payment_that_exhausts_the_channel(version: int) -> None:
+    pump = opened(version)
+    record = pump.server.record
+    assert record is not None
+    updates = _updates(pump, [1_000, record.change - 1_000, 0])
+    effects, taken = pump.server.receive_pipelined(updates)
+    assert taken == 2  # the third waits, and is refused once its turn comes (SETTLING)
+    assert types(effects) == [StorePayment, PaymentReceived, Send] * 2 + [PrepareSettlement]
+    assert pump.server.state is ServerState.SETTLING
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_pipelined_batch_with_a_refused_payment_is_handled_one_by_one(version: int) -> None:
+    pump = opened(version)
+    record = pump.server.record
+    assert record is not None
+    updates = _updates(pump, [1_000, 1_000])
+    updates.insert(1, wire(messages.update_payment(  # a second payment raising the change
+        record.change + 1, record.contract.sign_payment(pump.client.key, record.change + 1))))
+    effects, taken = pump.server.receive_pipelined(updates)
+    assert taken == 2 and types(effects)[:3] == [StorePayment, PaymentReceived, Send]
+    assert_refused(pump.server, effects[3:], ErrorCode.BAD_TRANSACTION)

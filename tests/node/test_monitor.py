@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.errors import NodeError
 from bitcoind_paychan.node import Bitcoind
 from bitcoind_paychan.node.monitor import NO_PARENT, Block, BlockMonitor, ChainEvent, ChainTracker
@@ -446,3 +447,22 @@ def test_background_delivery_is_serial_and_stops_cleanly(chain_node: RegtestNode
     assert peak == 1 and clean
     hashes = [b.hash for event in delivered for b in event.connected]
     assert hashes == node_chain(chain_node, delivered[0].tip.height, chain_node.tip()[0])
+
+
+def test_zmq_rawtx_messages_are_handed_to_the_transaction_callback(
+        chain_node: RegtestNode) -> None:
+    """With `on_transaction`, the monitor subscribes to `rawtx` as well and hands on each
+    transaction the node publishes (here a new block's coinbase), between its block wake-ups."""
+    seen: list[bytes] = []
+    coinbases: set[str] = set()
+
+    def mine_until_seen() -> bool:  # (a SUB socket misses what is sent while it subscribes)
+        (mined,) = chain_node.mine(1)
+        coinbases.add(chain_node.rpc("getblock", mined)["tx"][0])
+        time.sleep(0.2)
+        return bool(coinbases & {Transaction.parse(raw).txid_hex for raw in seen})
+
+    _, tip = chain_node.tip()
+    with running(chain_node, zmq=True, poll_interval=60, on_transaction=seen.append) as run:
+        run.wait_for([tip])
+        wait_until(mine_until_seen, 20, what="a new block's coinbase as rawtx")

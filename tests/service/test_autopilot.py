@@ -43,6 +43,15 @@ def spender_of(sides: Sides, txid: str) -> Transaction:
     raise AssertionError(f"nothing spends {txid}")
 
 
+def spent_on_node(sides: Sides, txid: str) -> bool:
+    """Whether the node knows a transaction spending `txid` (mempool or recent blocks)."""
+    try:
+        spender_of(sides, txid)
+    except AssertionError:
+        return False
+    return True
+
+
 async def mine(sides: Sides, blocks: int = 1) -> None:
     await asyncio.to_thread(sides.server_node.mine, blocks)
 
@@ -82,6 +91,8 @@ def test_refund_confirms_on_its_own_when_the_server_is_gone(one_node: Sides,
                 return True
 
         await until(refund_broadcast, what="the refund broadcast")
+        # the refund is stored before it is broadcast: wait until the node has it
+        await until(lambda: spent_on_node(sides, txid), what="the refund on the node")
         refund = spender_of(sides, txid)
         await mine(sides)
         await until(lambda: status(client, Role.CLIENT, txid) in (ChannelStatus.REFUNDED, None),

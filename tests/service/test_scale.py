@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gc
 import resource
 import time
 from dataclasses import replace
@@ -59,3 +60,25 @@ def test_the_server_raises_its_open_files_limit_to_serve_many_connections(sides:
         assert asyncio.run(scenario()) == hard
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_full_garbage_collections_do_not_walk_the_index(sides: Sides) -> None:
+    """With 100,000 watched channels a full collection walked the index's dicts and deadline
+    heap: tens of milliseconds holding the event loop, at random moments. Once the watcher
+    has built its index, the index is out of the collector's way."""
+    async def scenario() -> tuple[int, int]:
+        server = sides.server(review_interval=3600)
+        now = int(time.time())
+        records = [replace(failed_row(now + 86_400), status=ChannelStatus.OPEN)
+                   for _ in range(STORED)]
+        server.store.put_many(records)
+        await server.listen()
+        index = server.watcher.index
+        containers = [c for c in vars(index).values() if gc.is_tracked(c)]
+        walked = {id(o) for o in gc.get_objects()}
+        await server.stop()
+        return len(containers), sum(id(c) in walked for c in containers)
+
+    containers, walked = asyncio.run(scenario())
+    assert containers > 0  # the deadline heap at least
+    assert walked == 0

@@ -1,10 +1,17 @@
-"""The autopilot's work per block follows the live channels, not the dead rows in the store."""
+"""The autopilot's work per block follows the live channels it touches, not the rows stored."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
+from pathlib import Path
 
+from bitcoind_paychan.bitcoin.tx import OutPoint, Transaction
+from bitcoind_paychan.channel.chainstate import ChainState
+from bitcoind_paychan.channel.records import ChannelStatus, Role
+from bitcoind_paychan.service.watcher import SLICE
+from regtest.node import RegtestNode, regtest_nodes
 from regtest.stranger import failed_row
 from tests.service.conftest import FAST, Sides, until
 
@@ -46,3 +53,103 @@ def test_dead_rows_are_not_reviewed_per_block_and_never_funded_rows_are_pruned(
     assert max(reviewed) <= 1
     assert before_review == LEGACY_ROWS + 1
     assert stored == [honest]
+
+
+def test_a_block_touching_more_channels_than_a_slice_is_folded_into_every_one(
+        sides: Sides) -> None:
+    """The watcher loads and stores a block's channels SLICE at a time (a payment's commit
+    then waits for one slice, not for the whole block): every channel the block touches is
+    folded in, and the block is recorded as processed only with the last slice."""
+    node = sides.server_node
+    outputs = separate_outputs(sides, 2 * SLICE + 1)
+    expiry = int(time.time()) + 86_400
+    records = [replace(row, status=ChannelStatus.OPEN,
+                       contract=replace(row.contract, outpoint=output))
+               for row, output in ((failed_row(expiry), o) for o in outputs)]
+
+    async def scenario() -> tuple[list[ChainState], int, str | None]:
+        server = sides.server(review_interval=3600)
+        server.store.put_many(records)
+        server.store.put_chain_states(Role.SERVER, {r.contract_txid: ChainState(
+            contract_height=node.tip()[0]) for r in records})
+        await server.listen()
+        node.wallet_rpc("lockunspent", True, [{"txid": o.txid_hex, "vout": o.index}
+                                              for o in outputs])
+        for output in outputs:
+            await asyncio.to_thread(spend, node, output)
+        await asyncio.to_thread(sides.mine)
+        height = node.tip()[0]
+        await until(lambda: server.watcher.monitor and server.watcher.monitor.tip
+                    and server.watcher.monitor.tip.height >= height, what="the block")
+        states = [server.store.chain_state(Role.SERVER, r.contract_txid) for r in records]
+        synced = server.store.get_meta("synced:server")
+        await server.stop()
+        return states, height, synced
+
+    states, height, synced = asyncio.run(scenario())
+    assert [s.spender_height for s in states] == [height] * len(records)
+    assert synced is not None and synced.startswith(f"{height}:")
+
+
+def separate_outputs(sides: Sides, count: int) -> list[OutPoint]:
+    """`count` confirmed wallet outputs of the server's node, each in its own transaction
+    (a channel is known by its contract's txid), locked so the wallet spends none."""
+    node = sides.server_node
+    txid = node.wallet_rpc("sendmany", "", {node.new_address(): "0.0011" for _ in range(count)})
+    funding = Transaction.from_hex(node.wallet_rpc("gettransaction", txid)["hex"])
+    sides.mine()
+    coins = [OutPoint(funding.txid, i) for i, out in enumerate(funding.outputs)
+             if out.value == 110_000]
+    outputs = [spend(node, coin, "0.001") for coin in coins]
+    sides.mine()
+    node.wallet_rpc("lockunspent", False, [{"txid": o.txid_hex, "vout": o.index}
+                                           for o in outputs])
+    return outputs
+
+
+def spend(node: RegtestNode, coin: OutPoint, btc: str = "0.0009") -> OutPoint:
+    """Spend `coin` to a new wallet address, paying `btc` (the rest is the fee); the new
+    output."""
+    raw = node.rpc("createrawtransaction", [{"txid": coin.txid_hex, "vout": coin.index}],
+                   {node.new_address(): btc})
+    signed = node.wallet_rpc("signrawtransactionwithwallet", raw)["hex"]
+    return OutPoint.from_hex(node.rpc("sendrawtransaction", signed), 0)
+
+
+def test_a_mempool_spend_of_a_watched_output_is_seen_at_once_with_zmq(tmp_path: Path) -> None:
+    """A spend of a channel's contract output waiting in the mempool was seen only by the
+    periodic review (or once mined). With ZMQ `rawtx`, the watcher matches each transaction
+    entering the mempool against its index and reviews the channels it spends from at once
+    (the review asks the node, which stays the source of truth)."""
+    with regtest_nodes(1, zmq=True) as (node,):
+        sides = Sides(node, node, tmp_path)
+        (output,) = separate_outputs(sides, 1)
+        row = failed_row(int(time.time()) + 86_400)
+        record = replace(row, status=ChannelStatus.OPEN,
+                         contract=replace(row.contract, outpoint=output))
+
+        async def scenario() -> tuple[bytes, bytes | None]:
+            server = sides.server(review_interval=3600, poll_interval=60,
+                                  zmq_endpoint=node.zmq_endpoint)
+            server.store.put(record)
+            server.store.put_chain_state(Role.SERVER, record.contract_txid,
+                                         ChainState(contract_height=node.tip()[0]))
+            await server.listen()
+            monitor = server.watcher.monitor
+            assert monitor is not None
+            # A block seen long before the next poll: the ZMQ subscription is live.
+            await asyncio.to_thread(sides.mine)
+            height = node.tip()[0]
+            await until(lambda: monitor.tip and monitor.tip.height == height, what="ZMQ")
+            node.wallet_rpc("lockunspent", True, [{"txid": output.txid_hex,
+                                                   "vout": output.index}])
+            spent = await asyncio.to_thread(spend, node, output)
+            raw = bytes.fromhex(node.rpc("getrawtransaction", spent.txid_hex))
+            await until(lambda: server.store.chain_state(
+                Role.SERVER, record.contract_txid).spender == raw, what="the mempool spend")
+            state = server.store.chain_state(Role.SERVER, record.contract_txid)
+            await server.stop()
+            return raw, state.spender
+
+        raw, spender = asyncio.run(scenario())
+        assert spender == raw

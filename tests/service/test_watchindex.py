@@ -71,3 +71,32 @@ def test_deadlines_come_due_by_the_chain_clock_and_the_next_is_found() -> None:
     index.remove(txids[400])
     assert index.next_deadline(350) is None
     assert index.due(1_000) == {txids[200], txids[300]}
+
+
+def test_a_mempool_transaction_names_the_channels_it_spends_from() -> None:
+    funding = coin()
+    contract = tx(funding)
+    other = tx(coin())
+    index = WatchIndex()
+    index.add(contract.txid_hex, 0, None, contract.serialize())
+    index.add(other.txid_hex, 0, None, None)
+    assert index.spent_by(tx(funding, OutPoint(other.txid, 0))) == {contract.txid_hex,
+                                                                    other.txid_hex}
+    assert index.spent_by(tx(coin())) == set()
+
+
+def test_the_contract_outputs_of_all_channels_survive_removals_and_re_adds() -> None:
+    """`outpoints()` walks a list of the channels ever added (so a worker thread can walk it
+    while the loop changes the index): removed ones are left out, re-added ones listed once,
+    also after the list was compacted (here when mostly stale)."""
+    index = WatchIndex()
+    contracts = [tx(coin()) for _ in range(3_000)]
+    for contract in contracts:
+        index.add(contract.txid_hex, 1, None, None)
+    for contract in contracts[:2_900]:
+        index.remove(contract.txid_hex)
+    index.add(contracts[0].txid_hex, 1, None, None)
+    expected = {c.txid_hex: OutPoint(c.txid, 1) for c in [contracts[0], *contracts[2_900:]]}
+    assert index.outpoints() == expected
+    assert index.outpoints([contracts[0].txid_hex, contracts[1].txid_hex]) == {
+        contracts[0].txid_hex: OutPoint(contracts[0].txid, 1)}

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from bitcoind_paychan.channel import messages
+from bitcoind_paychan.channel.effects import Send, StorePayment
 from bitcoind_paychan.channel.records import Role
 from bitcoind_paychan.errors import StoreError
 from bitcoind_paychan.store import SQLiteStore
@@ -81,5 +83,28 @@ def test_a_failed_commit_fails_every_caller_of_the_batch(tmp_path: Path) -> None
         writer = PaymentWriter(store)
         with pytest.raises(StoreError, match="closed"):
             await writer.record_payment(ch.pay(ch.record(), 5), 5)
+
+    asyncio.run(scenario())
+
+
+def test_payments_started_together_are_one_hand_over_each_answered_alone(
+        tmp_path: Path) -> None:
+    async def scenario() -> None:
+        with CountingStore(tmp_path / "channels.db") as store:
+            store.release.set()
+            stored, unknown = Channel(), Channel()
+            store.put(stored.record())
+            first = stored.pay(stored.record(), 5)
+            second = stored.pay(first, 5)
+            pays = [StorePayment(first, 5, b""), StorePayment(unknown.pay(unknown.record(), 5),
+                                                             5, b""), StorePayment(second, 5, b"")]
+            writes = PaymentWriter(store).start([pays[0], Send(messages.payment_ack()), *pays[1:]])
+            await writes.stored(pays[0])
+            with pytest.raises(StoreError, match="not stored"):  # refused alone
+                await writes.stored(pays[1])
+            await writes.stored(pays[2])
+            await writes.finish()
+            assert store.batches == [3]  # one commit for the three
+            assert [p.amount for p in store.payments(Role.SERVER, stored.txid)] == [5, 5]
 
     asyncio.run(scenario())

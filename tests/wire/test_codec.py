@@ -104,3 +104,15 @@ def test_error_message() -> None:
     plain = error_message(ErrorCode.TIMEOUT, "x" * 100_000)
     assert not plain.error.HasField("expected_value")
     assert len(encode_message(plain)) < 2000
+
+
+
+def test_a_bare_ack_is_bytes_serialized_once_and_equal_to_serializing_it() -> None:
+    def ack() -> pb.TwoWayChannelMessage:
+        return pb.TwoWayChannelMessage(type=MessageType.PAYMENT_ACK)
+
+    assert encode_message(ack()) is encode_message(ack())
+    assert encode_message(ack()) == ack().SerializeToString()
+    with_info = ack()
+    with_info.payment_ack.info = b"receipt"
+    assert decode_message(encode_message(with_info)).payment_ack.info == b"receipt"

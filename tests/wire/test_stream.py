@@ -193,3 +193,4 @@ def test_send_roundtrip_and_peername() -> None:
         await server.wait_closed()
 
     run(main())
+

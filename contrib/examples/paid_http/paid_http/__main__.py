@@ -1,0 +1,5 @@
+import sys
+
+from paid_http.cli import main
+
+sys.exit(main())

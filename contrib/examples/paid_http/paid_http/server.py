@@ -1,0 +1,212 @@
+"""The paid API: an aiohttp app whose requests cost `price` sat each, paid through a channel.
+
+    api = PaidApi(ServerPolicy(), price=100, content=my_handler)
+    manager = ServerManager(wallet, store, policy, on_event=api.on_event)
+    runner = await run_api(api, manager, "127.0.0.1", 8402)
+    # POST /paychan: the channel endpoint; /api/...: paid
+
+A request with no payment gets 402 and the offer. A request whose payment the server-side
+manager verified and stored is served, with the PAYMENT_ACK in its answer. Anything else is
+refused and nothing is served: a header that does not parse (400), a session that does not
+exist or has no channel (402: open or resume one), a payment that is not new (402: replayed or
+old), one below the price (402: underpaid), one the manager refused (400: bad signature...;
+the manager hangs up that session, so the client resumes in a new one).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from bitcoind_paychan.channel.effects import ChannelOpened, PaymentReceived
+from bitcoind_paychan.channel.server import ServerPolicy
+from bitcoind_paychan.service.server import ServerManager
+from bitcoind_paychan.transport import decode
+from bitcoind_paychan.wire import pb
+
+from paid_http.offer import (
+    ACK_HEADER,
+    CLOSED_HEADER,
+    FRAMES_TYPE,
+    MAX_FRAMES_BODY,
+    PAYMENT_HEADER,
+    SESSION_HEADER,
+    BadFrames,
+    Offer,
+    ack_header,
+    join_frames,
+    read_payment_header,
+    split_frames,
+)
+from paid_http.sessions import Session, Sessions
+
+log = logging.getLogger(__name__)
+ENDPOINT = "/paychan"
+T = pb.TwoWayChannelMessage
+Content = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_current: contextvars.ContextVar[Session | None] = contextvars.ContextVar("session",
+                                                                          default=None)
+
+
+async def echo(request: web.Request) -> web.StreamResponse:
+    """The example's paid content: what was asked, echoed back."""
+    return web.json_response({"path": request.path, "query": dict(request.query)})
+
+
+class PaidApi:
+    """Serves `content` under /api/ at `price` sat per request, paid through channels opened
+    at /paychan. The server manager must be built with `on_event=api.on_event`: that is how
+    a session learns its channel and each payment stored."""
+
+    def __init__(self, policy: ServerPolicy, price: int, content: Content = echo) -> None:
+        if price < policy.min_increment:
+            raise ValueError(f"price {price} is below the server's minimum increment "
+                             f"{policy.min_increment}")
+        self.policy = policy
+        self.price = price
+        self.content = content
+        self._sessions: Sessions | None = None
+        self.served = 0
+
+    def app(self, server: ServerManager) -> web.Application:
+        """The aiohttp app, its channels run by `server` (built with `on_event=self.on_event`)."""
+        sessions = self._sessions = Sessions(server)
+        app = web.Application(client_max_size=MAX_FRAMES_BODY)
+        app.router.add_post(ENDPOINT, self.endpoint)
+        app.router.add_route("*", "/api/{tail:.*}", self.paid)
+        app.on_shutdown.append(lambda _: sessions.close_all())
+        return app
+
+    @property
+    def sessions(self) -> Sessions:
+        if self._sessions is None:
+            raise RuntimeError("PaidApi.app(server) builds the sessions")
+        return self._sessions
+
+    def on_event(self, event: object) -> None:
+        """The manager's events, in the task of the session whose message caused them."""
+        session = _current.get()
+        if session is None:
+            return
+        if isinstance(event, ChannelOpened):
+            session.opened(event.record.contract_txid, event.record.change)
+        elif isinstance(event, PaymentReceived):
+            session.change = event.record.change
+            session.received += event.amount
+
+    def offer(self, request: web.Request) -> Offer:
+        return Offer(price=self.price, endpoint=str(request.url.with_path(ENDPOINT)
+                                                     .with_query(None)),
+                     min_channel_value=self.policy.min_channel_size,
+                     open_payment=self.policy.min_payment, versions=self.policy.versions)
+
+    # -- handlers ------------------------------------------------------------------------
+
+    async def paid(self, request: web.Request) -> web.StreamResponse:
+        header = request.headers.get(PAYMENT_HEADER)
+        if header is None:
+            return self._payment_required(request, "payment required")
+        try:
+            session_id, frame, payment = read_payment_header(header)
+        except BadFrames as exc:
+            return _error(400, str(exc))
+        session = self.sessions.get(session_id)
+        if session is None or session.channel is None:
+            return self._payment_required(
+                request, "no open channel in that session (it ended or never opened one): "
+                "open or resume a channel at the endpoint, then pay")
+        async with session.lock:
+            if session.closed or session.change is None:
+                return self._payment_required(request, "the session's channel was closed; "
+                                                       "resume or open one at the endpoint")
+            amount = session.change - payment.update_payment.client_change_value
+            if amount <= 0:
+                return self._payment_required(
+                    request, f"the payment is not new (replayed or old): channel "
+                    f"{session.channel} already holds a payment leaving the client "
+                    f"{session.change} sat; sign one leaving {session.change - self.price}")
+            if amount < self.price:
+                return self._payment_required(
+                    request, f"underpaid: the payment adds {amount} sat, a request costs "
+                    f"{self.price}")
+            answer, stored = await self._exchange(session, frame)
+            ack = next((f for f in answer if decode(f).type == T.PAYMENT_ACK), None)
+            if ack is None or stored < self.price:
+                return _error(400, f"payment refused: {_explain(answer)}; the session is "
+                                   "closed, resume the channel at the endpoint",
+                              closed=session.closed)
+        try:
+            response = await self.content(request)
+        except Exception:  # paid for, so it gets its ack: the client's payment is settled
+            log.exception("serving %s failed", request.path)
+            response = _error(500, "the request was paid for but serving it failed")
+        self.served += 1
+        response.headers[ACK_HEADER] = ack_header(ack)
+        if session.closed:
+            response.headers[CLOSED_HEADER] = "1"  # used up: the server settled it
+        return response
+
+    async def endpoint(self, request: web.Request) -> web.StreamResponse:
+        """POST frames to a session (a new one without Paychan-Session); get its answers."""
+        session_id = request.headers.get(SESSION_HEADER)
+        if session_id is None:
+            session: Session | None = await self.sessions.new()
+        else:
+            session = self.sessions.get(session_id)
+        if session is None:
+            return _error(410, "no such session (it ended, or expired before opening a "
+                               "channel): POST without Paychan-Session to start a new one")
+        try:
+            received = split_frames(await request.read())
+        except BadFrames as exc:
+            await session.lost()
+            return _error(400, f"bad frames: {exc}; the session is closed", closed=True)
+        answer: list[bytes] = []
+        async with session.lock:
+            for frame in received:
+                if session.closed:
+                    break
+                answer += (await self._exchange(session, frame))[0]
+        headers = {SESSION_HEADER: session.id}
+        if session.closed:
+            headers[CLOSED_HEADER] = "1"
+        return web.Response(body=join_frames(answer), content_type=FRAMES_TYPE, headers=headers)
+
+    async def _exchange(self, session: Session, frame: bytes) -> tuple[list[bytes], int]:
+        """Hand the manager one frame of `session`: (its answer, sat stored meanwhile)."""
+        token = _current.set(session)
+        session.received = 0
+        try:
+            return await session.exchange(frame), session.received
+        finally:
+            _current.reset(token)
+
+    def _payment_required(self, request: web.Request, why: str) -> web.Response:
+        offer = self.offer(request)
+        body = json.loads(offer.to_json()) | {"error": why}
+        return web.json_response(body, status=402)
+
+
+async def run_api(api: PaidApi, server: ServerManager, host: str, port: int) -> web.AppRunner:
+    """Start `server`'s autopilot and serve `api` on host:port; `cleanup()` the runner, then
+    `server.stop()`, to stop."""
+    await server.start()
+    runner = web.AppRunner(api.app(server))
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
+
+
+def _explain(answer: list[bytes]) -> str:
+    errors = [m.error.explanation for m in map(decode, answer) if m.type == T.ERROR]
+    return errors[0] if errors else "the channel did not acknowledge it"
+
+
+def _error(status: int, why: str, closed: bool = False) -> web.Response:
+    headers = {CLOSED_HEADER: "1"} if closed else {}
+    return web.json_response({"error": why}, status=status, headers=headers)
+

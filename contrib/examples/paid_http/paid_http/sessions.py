@@ -1,0 +1,103 @@
+"""Sessions: one server-manager connection each, carried by HTTP POSTs instead of a socket.
+
+A session is the manager's `Link`: what the manager sends is collected, and `exchange` hands
+the manager one frame and returns what it answered — `receive` returns only once that frame's
+effects (store, broadcast, ack) are carried out. One exchange at a time per session (its
+`lock`), so each answer belongs to the request that carried the frame. A session that has not
+opened (or resumed) a channel within the manager's handshake timeout is dropped, as a silent
+TCP peer would be; so is one idle for an hour (the client resumes its channel in a new one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable, Sequence
+
+from bitcoind_paychan.service.server import ServerConnection, ServerManager
+
+IDLE_TIMEOUT = 3600.0
+
+
+class Session:
+    """One connection of the server manager, addressed by an unguessable id (the contract
+    txid is public on chain; this is known only to the client that opened the session)."""
+
+    def __init__(self, server: ServerManager, on_closed: Callable[[Session], None]) -> None:
+        self.id = secrets.token_urlsafe(16)
+        self.lock = asyncio.Lock()
+        self.closed = False
+        self.channel: str | None = None  # contract txid, once opened or resumed here
+        self.change: int | None = None  # the client's change after the last stored payment
+        self.received = 0  # sat stored during the exchange in progress
+        self.used = time.monotonic()
+        self._outbox: list[bytes] = []
+        self._on_closed = on_closed
+        self.connection: ServerConnection = server.accept(self, f"http session {self.id[:8]}")
+
+    async def send_frames(self, frames: Sequence[bytes]) -> None:
+        """The manager's answer: kept for the request being handled."""
+        self._outbox.extend(frames)
+
+    async def close(self) -> None:
+        """The manager hung up (refused, settled, or the channel moved to a newer session)."""
+        if not self.closed:
+            self.closed = True
+            self._on_closed(self)
+
+    def opened(self, contract_txid: str, change: int) -> None:
+        """The manager opened (or resumed) channel `contract_txid` in this session."""
+        self.channel, self.change = contract_txid, change
+
+    async def exchange(self, frame: bytes) -> list[bytes]:
+        """Hand the manager `frame` (the caller holds `lock`); what it sent back."""
+        self.used = time.monotonic()
+        await self.connection.receive(frame)
+        answer, self._outbox = self._outbox, []
+        return answer
+
+    async def lost(self) -> None:
+        """The session is over from our side: the manager forgets the connection."""
+        if not self.closed:
+            self.connection.connection_lost()
+            await self.close()
+
+
+class Sessions:
+    """The live sessions, by id. One unused for `idle_timeout` seconds is dropped (its
+    channel stays stored; the client resumes it in a new session when it comes back)."""
+
+    def __init__(self, server: ServerManager, idle_timeout: float = IDLE_TIMEOUT) -> None:
+        self.server = server
+        self.idle_timeout = idle_timeout
+        self._by_id: dict[str, Session] = {}
+
+    async def new(self) -> Session:
+        await self._expire()
+        session = Session(self.server, self._forget)
+        self._by_id[session.id] = session
+        return session
+
+    def get(self, session_id: str) -> Session | None:
+        session = self._by_id.get(session_id)
+        return None if session is None or session.closed else session
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def _forget(self, session: Session) -> None:
+        self._by_id.pop(session.id, None)
+
+    async def _expire(self) -> None:
+        """Drop sessions silent for longer than the handshake timeout before their channel is
+        open, or than the idle timeout after."""
+        now, handshake = time.monotonic(), self.server.handshake_timeout
+        for session in [s for s in self._by_id.values() if not s.lock.locked()]:
+            timeout = handshake if session.channel is None else self.idle_timeout
+            if session.used < now - timeout:
+                await session.lost()
+
+    async def close_all(self) -> None:
+        for session in list(self._by_id.values()):
+            await session.lost()

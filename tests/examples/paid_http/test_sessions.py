@@ -1,0 +1,35 @@
+"""Sessions: a session silent too long is dropped (the manager forgets its connection)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from bitcoind_paychan.node import AsyncBitcoind, Bitcoind
+from bitcoind_paychan.service.server import ServerManager
+from bitcoind_paychan.store import SQLiteStore
+from regtest.node import RegtestNode
+from tests.conftest import config_for
+
+from paid_http.sessions import Sessions
+
+
+def test_sessions_silent_too_long_are_dropped(node: RegtestNode, tmp_path: Path) -> None:
+    async def main() -> None:
+        store = SQLiteStore(tmp_path / "api.db")
+        manager = ServerManager(AsyncBitcoind(Bitcoind(config_for(node))), store)
+        sessions = Sessions(manager, idle_timeout=600)
+        handshaking, idle, paying = [await sessions.new() for _ in range(3)]
+        idle.opened("ab" * 32, 5_000)
+        paying.opened("cd" * 32, 5_000)
+        handshaking.used -= manager.handshake_timeout + 1  # opened no channel in time
+        idle.used -= 601  # its channel's client went quiet for longer than the idle timeout
+        paying.used -= manager.handshake_timeout + 1  # open: only the idle timeout counts
+        await sessions.new()  # a new session sweeps the old ones
+        assert sessions.get(handshaking.id) is None and handshaking.connection.closed
+        assert sessions.get(idle.id) is None and idle.connection.closed
+        assert sessions.get(paying.id) is paying and not paying.connection.closed
+        assert len(sessions) == 2
+        store.close()
+
+    asyncio.run(main())
