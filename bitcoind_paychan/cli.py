@@ -111,7 +111,7 @@ def _bitcoind(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from bitcoind_paychan import demo
 
-    return demo.main(args.version, args.payments, args.amount, args.json)
+    return demo.main(args.version, args.payments, args.amount, args.json, args.store)
 
 
 def _daemon(args: argparse.Namespace) -> int:
@@ -304,6 +304,9 @@ def parser() -> argparse.ArgumentParser:
                       "1: bitcoinj's 2013 multisig+refund)")
     demo.add_argument("--payments", type=_positive, default=100, help="how many payments (100)")
     demo.add_argument("--amount", type=_positive, default=1_000, help="sat per payment (1000)")
+    demo.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite",
+                      help="the server's store: an SQLite file (default), or a database on a "
+                      "throwaway PostgreSQL server (installed from Debian's packages if need be)")
     command("daemon", _daemon, "run the server and/or client roles (see --config)")
     command("getinfo", _call("getinfo"),
             "the daemon's version, network, node state, height, channels")

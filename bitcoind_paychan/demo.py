@@ -12,6 +12,7 @@ import json
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -23,10 +24,11 @@ from bitcoind_paychan.bitcoin.network import Network
 from bitcoind_paychan.bitcoin.script import p2wpkh_script
 from bitcoind_paychan.node import Bitcoind, NodeConfig, to_sat
 from bitcoind_paychan.regtest.node import RegtestNode, regtest_nodes, sync_tips
+from bitcoind_paychan.regtest.postgres import PostgresServer
 from bitcoind_paychan.service.client import PaymentClient
 from bitcoind_paychan.service.regtest import MiningBroadcaster
 from bitcoind_paychan.service.server import PaymentServer
-from bitcoind_paychan.store import SQLiteStore
+from bitcoind_paychan.store import ChannelStore, SQLiteStore, open_store
 
 
 @dataclass(frozen=True)
@@ -70,10 +72,10 @@ class Progress:
 
 
 async def stream_payments(server_node: RegtestNode, client_node: RegtestNode, version: int,
-                          payments: int, amount: int, workdir: Path, out: TextIO
-                          ) -> tuple[str, str, int, list[str]]:
+                          payments: int, amount: int, workdir: Path, out: TextIO,
+                          server_store: ChannelStore) -> tuple[str, str, int, list[str]]:
     server_wallet = MiningBroadcaster(Bitcoind(node_config(server_node)))
-    server = PaymentServer(server_wallet, SQLiteStore(workdir / "server.db"))
+    server = PaymentServer(server_wallet, server_store)
     client = PaymentClient(MiningBroadcaster(Bitcoind(node_config(client_node))),
                            SQLiteStore(workdir / "client.db"))
     host, port = await server.listen()
@@ -95,14 +97,28 @@ async def stream_payments(server_node: RegtestNode, client_node: RegtestNode, ve
     return channel.contract_txid, settlement.txid_hex, channel.paid, server_wallet.mined
 
 
+def server_store(engine: str, workdir: Path, stack: ExitStack, out: TextIO) -> ChannelStore:
+    """The server's store: an SQLite file, or a database on a throwaway PostgreSQL server."""
+    if engine == "sqlite":
+        return stack.enter_context(SQLiteStore(workdir / "server.db"))
+    print("starting a throwaway PostgreSQL server for the server's store…", file=out)
+    database = stack.enter_context(PostgresServer())
+    store = stack.enter_context(open_store(engine="postgresql",
+                                           dsn=database.dsn(database.new_database())))
+    print(f"server's store: {store.info().location}", file=out)
+    return store
+
+
 def run_demo(version: int = 3, payments: int = 100, amount: int = 1_000,
-             out: TextIO = sys.stderr) -> DemoResult:
-    """Run the demo; progress goes to `out`; returns the checked outcome."""
+             out: TextIO = sys.stderr, store: str = "sqlite") -> DemoResult:
+    """Run the demo (the server's store of engine `store`); progress goes to `out`; returns
+    the checked outcome."""
     print("starting two regtest nodes (server side, client side)…", file=out)
     with regtest_nodes(2, connected=True) as (server_node, client_node), \
-            tempfile.TemporaryDirectory(prefix="paychan-demo-") as tmp:
+            tempfile.TemporaryDirectory(prefix="paychan-demo-") as tmp, ExitStack() as stack:
         contract_txid, settlement_txid, paid, mined = asyncio.run(stream_payments(
-            server_node, client_node, version, payments, amount, Path(tmp), out))
+            server_node, client_node, version, payments, amount, Path(tmp), out,
+            server_store(store, Path(tmp), stack, out)))
         if mined:
             print("note: Bitcoin Knots refuses to relay bare multisig outputs, so the version 1 "
                   f"contract {mined[0]} was mined directly with generateblock (regtest only)",
@@ -171,8 +187,8 @@ def print_summary(result: DemoResult, out: TextIO) -> None:
         print(f"  {name:<{width}}  {value}", file=out)
 
 
-def main(version: int, payments: int, amount: int, as_json: bool) -> int:
-    result = run_demo(version, payments, amount, sys.stderr if as_json else sys.stdout)
+def main(version: int, payments: int, amount: int, as_json: bool, store: str = "sqlite") -> int:
+    result = run_demo(version, payments, amount, sys.stderr if as_json else sys.stdout, store)
     if as_json:
         print(json.dumps(asdict(result)))
     else:

@@ -16,6 +16,7 @@ Every error says what happened and, where there is something to do, what to do.
     │   ├── LocalProtocolError   we (or the application) broke the rules
     │   └── RemoteProtocolError  the peer broke the rules; carries the wire error code
     └── StoreError               the durable store
+        └── LeaseLost            another connection (or instance) took the channel over
 """
 
 from __future__ import annotations
@@ -111,3 +112,9 @@ class RemoteProtocolError(ProtocolError):
 
 class StoreError(PaychanError):
     """The durable store failed; nothing was acknowledged that was not stored."""
+
+
+class LeaseLost(StoreError):
+    """A payment was not stored because its connection no longer holds the channel's lease:
+    the client resumed on another connection or instance (or the channel is being settled),
+    whose fencing token is newer. Nothing was acknowledged; this connection must end."""

@@ -10,6 +10,22 @@ import pytest
 
 from bitcoind_paychan.node import Bitcoind, NodeConfig
 from regtest.node import RegtestNode, free_port, regtest_nodes
+from regtest.postgres import PostgresServer
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the whole session (started on first use, as an
+    unprivileged user when we are root), stopped and removed at the end. Without fsync: the
+    tests crash processes and the server, never the machine."""
+    with PostgresServer(fsync=False) as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server: PostgresServer) -> str:
+    """The DSN of a new, empty database on the session's PostgreSQL server."""
+    return postgres_server.dsn(postgres_server.new_database())
 
 
 @pytest.fixture

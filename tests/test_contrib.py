@@ -91,11 +91,24 @@ def test_the_mainnet_example_fits_the_unit() -> None:
     config = load_config(CONTRIB / "paychan.mainnet.yaml")
     state = Path("/var/lib") / unit["StateDirectory"][0]
     runtime = Path("/run") / unit["RuntimeDirectory"][0]
-    assert config.store.path.is_relative_to(state)
+    assert config.store.path is not None and config.store.path.is_relative_to(state)
     assert config.control.cookie_file.parent == runtime
     assert unit["RuntimeDirectoryMode"] == ["0750"] and config.control.cookie_mode == 0o640
     assert unit["StateDirectoryMode"] == ["0700"]  # the store: the daemon's user only
     assert re.search(r"--config /etc/paychan/paychan\.yaml$", unit["ExecStart"][0])
+
+
+def test_the_several_instances_example_shares_a_postgresql_store_behind_a_balancer(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGPASSWORD", "secret")
+    folder = CONTRIB / "several-instances"
+    config = load_config(folder / "paychan.instance.yaml")
+    assert config.store.engine == "postgresql" and config.store.dsn is not None
+    assert "secret" in config.store.dsn  # the password from the environment, not the file
+    assert config.cluster.instance_id == "paychan-1" and config.server.enabled
+    listen = config.server.listen
+    for balancer in ("haproxy.cfg", "nginx-stream.conf"):  # the instance is a backend there
+        assert listen in (folder / balancer).read_text(), balancer
 
 
 def rules() -> list[dict[str, Any]]:

@@ -35,3 +35,13 @@ def test_cli_prints_one_json_object_last() -> None:
     assert result["version"] == 3 and result["payments"] == 5
     assert result["client_change_sat"] + result["paid_sat"] == 1_000_000
     assert "5/5 payments" in done.stderr
+
+
+def test_demo_on_a_postgresql_store_adds_up() -> None:
+    done = subprocess.run([sys.executable, "-m", "bitcoind_paychan.cli", "demo", "--payments",
+                           "4", "--store", "postgresql", "--json"], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["payments"] == 4 and result["client_change_sat"] + result["paid_sat"] == 1_000_000
+    assert "server's store: PostgreSQL database" in done.stderr

@@ -36,6 +36,9 @@ from bitcoind_paychan.daemon.logs import SUBSYSTEMS
 from bitcoind_paychan.errors import ConfigError, DecodeError, PolicyError
 from bitcoind_paychan.node.config import CHAINS, DEFAULT_RPC_PORTS, NodeConfig
 from bitcoind_paychan.service.limits import PeerLimits
+from bitcoind_paychan.store import ENGINES, ChannelStore, open_store
+from bitcoind_paychan.store.leases import ClusterPolicy
+from bitcoind_paychan.store.postgres import check_dsn, password_of
 from bitcoind_paychan.transport.proxies import EXPECTED as PROXIES_EXPECTED
 from bitcoind_paychan.transport.proxies import HEADERS, TrustedProxies
 
@@ -105,7 +108,16 @@ class ClientConfig:
 
 @dataclass(frozen=True)
 class StoreConfig:
-    path: Path
+    """Where the channels are kept: an SQLite file (`path`), or a PostgreSQL database (`dsn`,
+    which may hold a password: never shown)."""
+
+    engine: str
+    path: Path | None
+    dsn: str | None = field(default=None, repr=False)
+
+    def open(self, *, read_only: bool = False) -> ChannelStore:
+        """The store this configuration names (its engine's StoreError if it cannot open)."""
+        return open_store(self.path, engine=self.engine, dsn=self.dsn, read_only=read_only)
 
 
 @dataclass(frozen=True)
@@ -156,6 +168,7 @@ class Config:
     logging: LoggingConfig
     control: ControlConfig
     metrics: MetricsConfig
+    cluster: ClusterPolicy = field(default_factory=ClusterPolicy)  # instances sharing a store
     source: Path | None = None
 
     def node_config(self) -> NodeConfig:
@@ -189,6 +202,7 @@ SECTIONS: dict[str, type[Any]] = {
     "bitcoind": BitcoindConfig, "server": ServerConfig, "client": ClientConfig,
     "store": StoreConfig, "scheduler": SchedulerConfig, "fees": FeePolicy,
     "logging": LoggingConfig, "control": ControlConfig, "metrics": MetricsConfig,
+    "cluster": ClusterPolicy,
 }
 TOP_LEVEL = ("network", *SECTIONS)
 # The keys that set a policy's field (key → field). Their defaults and rules are the policy's.
@@ -275,13 +289,25 @@ def load_config(path: str | Path | None, *, check_files: bool = False) -> Config
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: found {_show(data)} at the top level, expected a mapping "
                           f"of sections ({', '.join(TOP_LEVEL)})")
-    bitcoind = data.get("bitcoind")
-    if isinstance(bitcoind, dict) and bitcoind.get("password") is not None and mode & 0o077:
+    secret = _secret_key(data)
+    if secret and mode & 0o077:
         who = " and ".join(w for w, bits in (("group", 0o070), ("others", 0o007)) if mode & bits)
         raise ConfigError(
-            f"{source}: bitcoind.password: the file holds a secret but is readable by {who} "
+            f"{source}: {secret}: the file holds a secret but is readable by {who} "
             f"(mode {stat.S_IMODE(mode):03o}), expected mode 600; fix: chmod 600 {source}")
     return config_from_dict(data, source, check_files=check_files)
+
+
+def _secret_key(data: Mapping[str, Any]) -> str | None:
+    """The key that holds a secret in the file itself (not through ${NAME}), if any."""
+    bitcoind, store = data.get("bitcoind"), data.get("store")
+    if isinstance(bitcoind, dict) and bitcoind.get("password") is not None:
+        return "bitcoind.password"
+    if isinstance(store, dict) and isinstance(store.get("dsn"), str):
+        password = password_of(store["dsn"])
+        if password and not _ENV.search(password):
+            return "store.dsn"
+    return None
 
 
 def config_from_dict(data: Mapping[str, Any], source: Path | None = None, *,
@@ -298,8 +324,7 @@ def config_from_dict(data: Mapping[str, Any], source: Path | None = None, *,
         bitcoind=_bitcoind(r, r.section(data, "bitcoind"), network, check_files),
         server=_server(r, r.section(data, "server"), network),
         client=_client(r, r.section(data, "client")),
-        store=StoreConfig(r.path(r.section(data, "store"), "store", "path",
-                                 "~/.paychan/<network>/channels.db", network)),
+        store=_store(r, r.section(data, "store"), network),
         scheduler=SchedulerConfig(
             review_interval=r.number(scheduler, "scheduler", "review_interval", 60.0),
             policy=r.policy(scheduler, "scheduler", WatchPolicy, fees=fees)),
@@ -307,10 +332,35 @@ def config_from_dict(data: Mapping[str, Any], source: Path | None = None, *,
         logging=_logging(r, r.section(data, "logging"), network),
         control=_control(r, r.section(data, "control"), network),
         metrics=_metrics(r, r.section(data, "metrics")),
+        cluster=_cluster(r, r.section(data, "cluster")),
         source=source,
     )
     _cross_checks(r, config)
     return config
+
+
+def _store(r: _Reader, d: dict[str, Any], network: str) -> StoreConfig:
+    engine = r.choice(d, "store", "engine", "sqlite", ENGINES)
+    if engine == "sqlite":
+        if d.get("dsn") is not None:
+            r.fail("store.dsn", "found a dsn with engine sqlite, expected no dsn (set "
+                                "store.engine: postgresql to use it) ")
+        return StoreConfig(engine, r.path(d, "store", "path", "~/.paychan/<network>/channels.db",
+                                          network))
+    if d.get("path") is not None:
+        r.fail("store.path", "found a path with engine postgresql, expected store.dsn only "
+                             "(the path is for engine sqlite)")
+    dsn = d.get("dsn")
+    if not isinstance(dsn, str) or not dsn:
+        r.fail("store.dsn", f"found {'nothing' if dsn is None else type(dsn).__name__}, expected "
+                            "a PostgreSQL connection string for engine postgresql, e.g. "
+                            "postgresql://paychan:${PGPASSWORD}@127.0.0.1/paychan")
+    try:
+        check_dsn(dsn)
+    except ValueError as e:
+        r.fail("store.dsn", f"not a PostgreSQL connection string ({e}); expected e.g. "
+                            "postgresql://paychan:${PGPASSWORD}@127.0.0.1/paychan")
+    return StoreConfig(engine, None, dsn)
 
 
 def _bitcoind(r: _Reader, d: dict[str, Any], network: str, check_files: bool) -> BitcoindConfig:
@@ -417,6 +467,16 @@ def _client(r: _Reader, d: dict[str, Any]) -> ClientConfig:
                                                  "server's host:port (port 1-65535)")
     return ClientConfig(enabled=r.boolean(d, "client", "enabled", False), servers=servers,
                         policy=r.policy(d, "client", ClientPolicy))
+
+
+def _cluster(r: _Reader, d: dict[str, Any]) -> ClusterPolicy:
+    try:
+        return ClusterPolicy(
+            instance_id=r.optional_string(d, "cluster", "instance_id", None),
+            takeover_after=r.number(d, "cluster", "takeover_after",
+                                    ClusterPolicy.takeover_after))
+    except PolicyError as exc:
+        r.fail(_join("cluster", exc.field), exc.detail)
 
 
 def _websocket_url(r: _Reader, key: str, value: str) -> str:

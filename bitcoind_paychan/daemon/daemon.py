@@ -31,13 +31,14 @@ from bitcoind_paychan.daemon.config import Config
 from bitcoind_paychan.daemon.control import ControlServer
 from bitcoind_paychan.daemon.logs import Logs
 from bitcoind_paychan.daemon.metrics import MetricsServer, PaychanMetrics
-from bitcoind_paychan.errors import ConfigError, LocalProtocolError, NodeError
+from bitcoind_paychan.errors import ConfigError, LocalProtocolError, NodeError, StoreError
 from bitcoind_paychan.logcontext import bind_channel, channel_fields
 from bitcoind_paychan.node import AsyncBitcoind, Bitcoind
 from bitcoind_paychan.service.client import Channel, ChannelFailed, ChannelGone, PaymentClient
 from bitcoind_paychan.service.server import PaymentServer, ServerEvent
 from bitcoind_paychan.service.watcher import ChannelView
-from bitcoind_paychan.store import ChannelSummary, SQLiteStore
+from bitcoind_paychan.store import ChannelStore, ChannelSummary
+from bitcoind_paychan.store.leases import leases_for
 from bitcoind_paychan.transport import websocket
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class Daemon:
         self.websocket: websocket.Listener | None = None  # the server's, if configured
         self.channels: dict[str, Channel] = {}  # the client's live channels
         self.node = Bitcoind(config.node_config())
-        self.store: SQLiteStore | None = None
+        self.store: ChannelStore | None = None
         self.started = time.time()
         self._stop = asyncio.Event()
         self._busy = 0  # control calls in flight (payments, opens, closes)
@@ -73,10 +74,11 @@ class Daemon:
         logs = Logs(config.logging.level, config.logging.format, config.logging.file,
                     config.logging.levels)
         node = self.node
-        config.store.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # First, like bitcoind's datadir lock: a second daemon on this store stops here,
+        if config.store.path is not None:
+            config.store.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # First, like bitcoind's datadir lock: a second daemon on an SQLite store stops here,
         # before it touches the node, a port or the control cookie.
-        self.store = store = SQLiteStore(config.store.path)
+        self.store = store = _open_store(config)
         try:
             tip = await asyncio.to_thread(node.check)
         except BaseException:
@@ -120,7 +122,7 @@ class Daemon:
             await self._shutdown(control, metrics, store)
         return 0
 
-    def build(self, wallet: AsyncBitcoind, store: SQLiteStore) -> None:
+    def build(self, wallet: AsyncBitcoind, store: ChannelStore) -> None:
         """The enabled roles' services, with the policies the configuration built."""
         config = self.config
         common: dict[str, Any] = {
@@ -134,7 +136,8 @@ class Daemon:
                 min_confirmations=config.server.min_confirmations,
                 payout_script=config.payout_script(),
                 on_payment_latency=self.metrics.server.latency.observe,
-                limits=config.server.limits, **common)
+                limits=config.server.limits, leases=leases_for(store, config.cluster),
+                **common)
             if config.server.websocket_address:
                 self.websocket = websocket.Listener(self.server.gate, self.server.serve,
                                                     config.server.websocket_address[1],
@@ -145,7 +148,7 @@ class Daemon:
                                         on_event=self._client_event, **common)
 
     async def _shutdown(self, control: ControlServer, metrics: MetricsServer | None,
-                        store: SQLiteStore) -> None:
+                        store: ChannelStore) -> None:
         deadline = time.monotonic() + 15
         while self._busy and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
@@ -206,7 +209,8 @@ class Daemon:
         height = self._last_height()
         if height is not None:
             m.height.set(height)
-        m.store_size.set(store_size(self.config.store.path))
+        if self.config.store.path is not None:  # SQLite; a database's size is its server's
+            m.store_size.set(store_size(self.config.store.path))
 
     def _node_healthy(self) -> bool:
         return all(service.watcher.healthy for service in (self.server, self.client)
@@ -234,6 +238,7 @@ class Daemon:
             "client": sorted(self.config.client.servers) if self.client else None,
             "channels": {state.value: sum(1 for v in views if v.status == state.value)
                          for state in ChannelStatus},
+            "store": None if self.store is None else asdict(self.store.info()),
         }
 
     def _last_height(self) -> int | None:
@@ -461,6 +466,17 @@ def _instant(text: str) -> int:
         raise LocalProtocolError(f"prunehistory: {text!r} is not a date; give YYYY-MM-DD, "
                                  "YYYY-MM-DDTHH:MM or Unix seconds") from None
     return int((when if when.tzinfo else when.replace(tzinfo=dt.UTC)).timestamp())
+
+
+def _open_store(config: Config) -> ChannelStore:
+    """The configured store; a database that refuses us is named with its key and file."""
+    try:
+        return config.store.open()
+    except StoreError as exc:
+        if config.store.engine == "sqlite":
+            raise
+        where = f" in {config.source}" if config.source else ""
+        raise StoreError(f"store.dsn{where}: {exc}") from None
 
 
 @contextlib.contextmanager

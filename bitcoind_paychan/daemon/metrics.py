@@ -92,7 +92,8 @@ class PaychanMetrics:
             "paychan_settlements_unconfirmed", "Channels closing whose settlement (or refund) "
             "has no confirmation yet, by role.", ["role"], registry=r)
         self.store_size = Gauge("paychan_store_size_bytes",
-                                "Size of the channel store on disk (database and journal).",
+                                "Size of the SQLite channel store on disk (database and journal); "
+                                "not set with PostgreSQL (watch the database server).",
                                 registry=r)
         Info("paychan_build", "The daemon's version, Python and network.", registry=r).info(
             {"version": __version__, "python": platform.python_version(), "network": network})

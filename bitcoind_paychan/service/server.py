@@ -4,7 +4,10 @@ listening on TCP.
 The manager carries out the machines' effects in order — store, broadcast, send — with the
 durable store written before any message that acknowledges what was stored. An application
 that has its own connections (WebSocket, HTTP, a queue) hands it each frame received on one
-(`ServerConnection.receive`); the manager answers through the connection's `Link`.
+(`ServerConnection.receive`); the manager answers through the connection's `Link`. A
+connection that claims a channel (opened, or resumed with its proof) takes the channel's lease
+first (`store/leases.py`): its payments are stored only while it holds it, wherever (on
+whichever instance) the client resumes next.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from bitcoind_paychan.channel.server import (
 from bitcoind_paychan.channel.watch import WatchPolicy
 from bitcoind_paychan.errors import (
     ErrorCode,
+    LeaseLost,
     LocalProtocolError,
     NodeError,
     NodeUnreachable,
@@ -63,6 +67,7 @@ from bitcoind_paychan.service.limits import Admission, PeerGate, PeerLimits
 from bitcoind_paychan.service.outbox import effects_in_order, send_all
 from bitcoind_paychan.service.watcher import ChainWatcher, ChannelView
 from bitcoind_paychan.store import ChannelStore
+from bitcoind_paychan.store.leases import Lease, Leases, leases_for
 from bitcoind_paychan.store.writer import PaymentWriter, Writes
 from bitcoind_paychan.transport import tcp
 from bitcoind_paychan.transport.base import Link, Stream, decode
@@ -126,10 +131,14 @@ class ServerManager:
         payout_script: bytes | None = None,
         on_payment_latency: Callable[[float], None] | None = None,
         limits: PeerLimits | None = None,
+        leases: Leases | None = None,
     ) -> None:
         self.wallet = wallet
         self.store = store
-        self.payments = PaymentWriter(store)  # group commit of every channel's payments
+        # Which connection may store each channel's payments (shared by instances, or not).
+        self.leases: Leases = leases or leases_for(store)
+        # Group commit of every channel's payments, each fenced by its connection's lease.
+        self.payments = PaymentWriter(store, self.leases)
         self.policy = policy or ServerPolicy()
         self.on_payment = on_payment
         self.on_event = on_event
@@ -144,6 +153,7 @@ class ServerManager:
         # Offered contracts checked with the node at once, all connections together.
         self.contract_checks = asyncio.Semaphore(self.gate.limits.max_contract_checks)
         self._owners: dict[str, Link] = {}  # contract txid → its current connection
+        self._held: dict[int, Lease] = {}  # a connection's (its Link's id) → its lease
         self._connections: set[ServerConnection] = set()
         self._busy: set[ServerConnection] = set()  # connections handling a message right now
         self._stopping = False
@@ -151,7 +161,7 @@ class ServerManager:
         self.watcher = ChainWatcher(
             Role.SERVER, wallet, store, autopilot or WatchPolicy(),
             settle=self._settle_if_open, on_event=self._finished, zmq_endpoint=zmq_endpoint,
-            poll_interval=poll_interval, review_interval=review_interval)
+            poll_interval=poll_interval, review_interval=review_interval, leases=self.leases)
 
     async def start(self) -> None:
         """Start the autopilot (once; transports' `listen` does it)."""
@@ -228,24 +238,34 @@ class ServerManager:
             self.on_event(event)
 
     async def settle(self, contract_txid: str) -> Transaction:
-        """Settle a stored open channel now, whether or not its client is connected."""
-        record = self.store.get(Role.SERVER, contract_txid)
-        if record is None or record.status is not ChannelStatus.OPEN:
-            raise LocalProtocolError(f"no open server channel with contract {contract_txid}")
-        owner = self._owners.pop(contract_txid, None)
-        if owner is not None:
-            await owner.close()
-        machine = ServerChannel.resumed_from(self.policy, record, int(self.clock()))
-        effects = await self._settlement(machine, contract_txid)
-        settlement = next(e.settlement for e in effects if isinstance(e, ChannelClosed))
-        await self._carry_out(machine, None, effects)
-        return settlement
+        """Settle a stored open channel now, whether or not its client is connected (here or
+        on another instance: the lease taken first fences its connection's later payments, and
+        the record read after it holds every payment stored before)."""
+        lease = await asyncio.to_thread(self.leases.acquire, Role.SERVER, contract_txid,
+                                        f"{self.leases.instance}/settle")
+        try:
+            record = await asyncio.to_thread(self.store.get, Role.SERVER, contract_txid)
+            if record is None or record.status is not ChannelStatus.OPEN:
+                raise LocalProtocolError(f"no open server channel with contract {contract_txid}")
+            owner = self._owners.pop(contract_txid, None)
+            if owner is not None:
+                await owner.close()
+            machine = ServerChannel.resumed_from(self.policy, record, int(self.clock()))
+            effects = await self._settlement(machine, contract_txid)
+            settlement = next(e.settlement for e in effects if isinstance(e, ChannelClosed))
+            await self._carry_out(machine, None, effects)
+            return settlement
+        finally:
+            self.leases.release(lease)
 
     def _ended(self, connection: ServerConnection) -> None:
         self._connections.discard(connection)
         for txid, owner in list(self._owners.items()):
             if owner is connection.link:
                 del self._owners[txid]
+        lease = self._held.pop(id(connection.link), None)
+        if lease is not None:
+            self.leases.release(lease)
 
     async def _carry_out(self, machine: ServerChannel, stream: Link | None,
                          effects: list[Effect]) -> bool:
@@ -253,8 +273,11 @@ class ServerManager:
 
         Every payment among `effects` is handed to the writer at once (so pipelined payments
         share a commit); each is still awaited in its place, before what follows it (its ack),
-        and acks go out together after the last one's commit."""
-        writes = self.payments.start(effects)
+        and acks go out together after the last one's commit. Payments after a ClaimChannel
+        wait for its lease (they are written under it, in their turn)."""
+        claims = any(isinstance(effect, ClaimChannel) for effect in effects)
+        writes = self.payments.start([] if claims or stream is None else effects,
+                                     self._held.get(id(stream)) if stream is not None else None)
         try:
             return await self._carry_out_in_order(machine, stream, list(effects), writes)
         finally:
@@ -268,7 +291,13 @@ class ServerManager:
                     await asyncio.to_thread(self.store.put, record)
                     self.watcher.watch(record)
                 case StorePayment():
-                    await writes.stored(effect)
+                    try:
+                        await writes.stored(effect, self._held.get(id(stream))
+                                            if stream is not None else None)
+                    except LeaseLost as exc:  # resumed elsewhere: not stored, not acked
+                        log.info("%s", exc)
+                        queue[:] = [Send(messages.error(ErrorCode.OTHER, str(exc))),
+                                    Disconnect("the channel's lease moved to another connection")]
                 case Broadcast():
                     refusal = await self._broadcast(machine, effect)
                     if refusal:
@@ -281,6 +310,13 @@ class ServerManager:
                     queue[:0] = machine.channel_loaded(loaded)
                 case ClaimChannel(txid):
                     bind_channel(txid)  # and, from now on, its channel
+                    refusal = (await self._take_lease(machine, stream, txid, queue)
+                               if stream is not None else "")
+                    if refusal:
+                        log.info("refusing the resume of %s: %s", txid, refusal)
+                        queue[:] = [Send(messages.error(ErrorCode.OTHER, refusal)),
+                                    Disconnect(refusal)]
+                        continue
                     previous = self._owners.get(txid)
                     if stream is not None:
                         self._owners[txid] = stream
@@ -307,6 +343,26 @@ class ServerManager:
                         await stream.close()
                     return False
         return True
+
+    async def _take_lease(self, machine: ServerChannel, stream: Link, txid: str,
+                          remaining: list[Effect]) -> str:
+        """Take the channel's lease for this connection (fencing whichever held it, on any
+        instance), then check the channel is as this connection loaded it; if payments were
+        stored since (by the connection it replaces), refuse: what to tell the client."""
+        holder = f"{self.leases.instance}/{id(stream):x}"
+        lease = await asyncio.to_thread(self.leases.acquire, Role.SERVER, txid, holder)
+        self._held[id(stream)] = lease
+        stored = await asyncio.to_thread(self.store.get, Role.SERVER, txid)
+        loaded = next((e.record.change + e.amount for e in remaining
+                       if isinstance(e, StorePayment)), None)
+        if loaded is None:
+            loaded = machine.record.change if machine.record is not None else None
+        if stored is not None and stored.change == loaded:
+            return ""
+        del self._held[id(stream)]
+        self.leases.release(lease)
+        return ("the channel took payments on another connection while this one resumed it "
+                "(nothing was stored here); resume again")
 
     async def _settlement(self, machine: ServerChannel, txid: str) -> list[Effect]:
         try:

@@ -10,7 +10,10 @@ earliest deadline (a restart loses none, and one missed while the process was do
 once), on a safety interval, and for retries with backoff while the node refuses a refund
 as non-final or cannot be reached. Store and node calls run off the event loop, a block's
 channels are loaded and stored in slices of SLICE, and no loop step walks all channels, so a
-payment is never held up by more than a few milliseconds of the watcher's work.
+payment is never held up by more than a few milliseconds of the watcher's work. With `leases` (a
+server), a deadline's settlement and each broadcast are claimed first, so one instance of those
+sharing the store does each; and when the store is shared, the index re-reads the live channels
+at each block and review, so it learns of channels other instances opened.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ from bitcoind_paychan.node.bitcoind import AsyncBitcoind
 from bitcoind_paychan.node.monitor import Block, BlockMonitor, ChainEvent
 from bitcoind_paychan.service.watchindex import WatchIndex
 from bitcoind_paychan.store import ChannelStore
+from bitcoind_paychan.store.base import WatchedChannel
+from bitcoind_paychan.store.leases import Leases
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 600.0
@@ -105,8 +110,10 @@ class ChainWatcher:
         zmq_endpoint: str | None = None,
         poll_interval: float = 5.0,
         review_interval: float = 60.0,
+        leases: Leases | None = None,
     ) -> None:
         self.role = role
+        self.leases = leases
         self.wallet = wallet
         self.store = store
         self.policy = policy or WatchPolicy()
@@ -152,17 +159,51 @@ class ChainWatcher:
         self.scheduler.start()
         self.scheduler.add_job(self.review_all, "interval", seconds=self.review_interval,
                                id="review", coalesce=True, max_instances=1)
+        if self.leases is not None and self.leases.shared:
+            self.scheduler.add_job(self._heartbeat, "interval", id="heartbeat",
+                                   seconds=self.leases.policy.heartbeat_interval, coalesce=True,
+                                   max_instances=1, next_run_time=dt.datetime.now(dt.UTC))
         self._arm(None)  # a deadline missed while the process was down fires at once
         await self.monitor.start()
         await self.review_all()
 
+    async def _heartbeat(self) -> None:
+        assert self.leases is not None
+        try:
+            await asyncio.to_thread(self.leases.heartbeat)
+        except PaychanError as exc:
+            log.warning("heartbeat failed (%s): other instances take this one's duties over "
+                        "if it stays silent", exc)
+
+    async def _learn_channels(self) -> None:
+        """A shared store: channels other instances stored join the index (its deadlines
+        too), so a block or a deadline reaches them here as well. The store is read in a
+        worker thread; the index is changed only on the loop, a slice at a time."""
+        if self.leases is None or not self.leases.shared:
+            return
+        channels = await asyncio.to_thread(self.store.watched, self.role, LIVE[self.role])
+        learnt = 0
+        for channel in channels:
+            if channel.contract_txid in self.index:
+                continue
+            self._index_channel(channel)
+            learnt += 1
+            if learnt % SLICE == 0:
+                await asyncio.sleep(0)  # let payments in
+        if learnt:
+            self._arm(self._armed_after)
+
     def _build_index(self) -> None:
-        """Worker thread: the live channels of the store into the index."""
+        """Worker thread, at start (before anything else uses the index): the live channels
+        of the store into the index."""
         for channel in self.store.watched(self.role, LIVE[self.role]):
-            open_ = channel.status is ChannelStatus.OPEN
-            self.index.add(channel.contract_txid, channel.outpoint_index,
-                           self._deadline(channel.expiry) if open_ else None,
-                           channel.contract_tx)
+            if channel.contract_txid not in self.index:
+                self._index_channel(channel)
+
+    def _index_channel(self, channel: WatchedChannel) -> None:
+        open_ = channel.status is ChannelStatus.OPEN
+        self.index.add(channel.contract_txid, channel.outpoint_index,
+                       self._deadline(channel.expiry) if open_ else None, channel.contract_tx)
 
     async def stop(self) -> None:
         if self.monitor:
@@ -233,6 +274,7 @@ class ChainWatcher:
     # -- chain events ----------------------------------------------------------------------
 
     async def _on_chain_event(self, event: ChainEvent) -> None:
+        await self._learn_channels()
         async with self._lock:
             records: dict[str, ChannelRecord] = {}
             before: dict[str, ChainState] = {}
@@ -331,6 +373,8 @@ class ChainWatcher:
         `final` (the periodic review) also the final ones waiting to be buried, and every
         watched contract output against the mempool (batched). On a node failure, try again
         with backoff."""
+        if final:
+            await self._learn_channels()
         async with self._lock:
             try:
                 await self._review_all(final, set(touched))
@@ -476,6 +520,8 @@ class ChainWatcher:
         txid = record.contract_txid
         match effect:
             case Broadcast(tx, purpose):
+                if not await self._claim(f"broadcast:{tx.txid_hex}", self.review_interval / 2):
+                    return
                 try:
                     await self.wallet.broadcast(tx)
                     # Unconfirmed transactions are re-sent at every review: log those quietly.
@@ -493,9 +539,16 @@ class ChainWatcher:
                 states = {txid: effect.state} if isinstance(effect, StoreChainState) else {}
                 await self._store_marks(marks, states, {txid: record})
             case SettleChannel():
-                if self.settle is not None:
-                    log.info("channel %s nears its expiry: settling", txid)
-                    await self.settle(txid)
+                if self.settle is None:
+                    return
+                if not await self._claim(f"settle:{txid}"):
+                    self._look_again_after_takeover()  # its claimer may be dead
+                    return
+                log.info("channel %s nears its expiry: settling", txid)
+                try:
+                    await self.settle(txid)  # re-reads the channel after its lease
+                finally:
+                    await self._finish(f"settle:{txid}")
             case ForgetChannel() | DiscardChannel():
                 if isinstance(effect, ForgetChannel):
                     await asyncio.to_thread(self.store.forget, self.role, txid)
@@ -508,6 +561,26 @@ class ChainWatcher:
             case ChannelFinished():
                 if self.on_event:
                     self.on_event(effect)
+
+    async def _claim(self, duty: str, hold: float | None = None) -> bool:
+        """Whether this instance does `duty` now (always, without leases)."""
+        if self.leases is None:
+            return True
+        if await asyncio.to_thread(self.leases.claim, duty, hold):
+            return True
+        log.debug("%s: another instance is doing it", duty)
+        return False
+
+    def _look_again_after_takeover(self) -> None:
+        """Review the due channels again once a silent claimer would count as dead."""
+        assert self.leases is not None
+        when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.leases.policy.takeover_after)
+        self.scheduler.add_job(self.review_all, "date", id="takeover", replace_existing=True,
+                               run_date=when, kwargs={"final": False})
+
+    async def _finish(self, duty: str) -> None:
+        if self.leases is not None:
+            await asyncio.to_thread(self.leases.finish, duty)
 
     def chain_state(self, contract_txid: str) -> ChainState:
         return self.store.chain_state(self.role, contract_txid)

@@ -1,27 +1,43 @@
 """The durable store: what each side must remember about its channels to refund or settle them.
 
-`open_store(path)` is the way in; `ChannelStore` is the contract every engine meets.
+`open_store(...)` is the way in (it picks the engine); `ChannelStore` is the contract every
+engine meets. Engines: `SQLiteStore` (one file, one process), `PostgresStore` (a database that
+several processes share), `MemoryStore` (tests only). The SQL engines share their logic
+(`sql.py`) and the record codec (`codec.py`); each has its own schema and migrations.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from bitcoind_paychan.errors import StoreError
 from bitcoind_paychan.store.base import (
     ChannelStore,
     ChannelSummary,
     PaymentLogEntry,
+    StoreInfo,
     WatchedChannel,
 )
 from bitcoind_paychan.store.memory import MemoryStore
+from bitcoind_paychan.store.postgres import PostgresStore
 from bitcoind_paychan.store.sqlite import SQLiteStore
 
-__all__ = ["ChannelStore", "ChannelSummary", "MemoryStore", "PaymentLogEntry", "SQLiteStore",
-           "WatchedChannel",
-           "open_store"]
+__all__ = ["ENGINES", "ChannelStore", "ChannelSummary", "MemoryStore", "PaymentLogEntry",
+           "PostgresStore", "SQLiteStore", "StoreInfo", "WatchedChannel", "open_store"]
+
+ENGINES = ("sqlite", "postgresql")
 
 
-def open_store(path: str | Path, *, read_only: bool = False) -> ChannelStore:
-    """The durable store at `path` (an SQLite file, created 0600 if missing), owned by this
-    process until closed; or, `read_only`, a look at a store another process may own."""
-    return SQLiteStore(path, read_only=read_only)
+def open_store(path: str | Path | None = None, *, engine: str = "sqlite",
+               dsn: str | None = None, read_only: bool = False) -> ChannelStore:
+    """The durable store of `engine`: an SQLite file at `path` (created 0600 if missing), owned
+    by this process until closed; or the PostgreSQL database `dsn` (its schema created or
+    upgraded), which other processes may share. `read_only`: a look at a store another
+    process may own."""
+    if engine == "sqlite" and path is not None:
+        return SQLiteStore(path, read_only=read_only)
+    if engine == "postgresql" and dsn is not None:
+        return PostgresStore(dsn, read_only=read_only)
+    raise StoreError(f"cannot open a store of engine {engine!r} with path={path!r} and a "
+                     f"{'' if dsn else 'missing '}dsn: use engine sqlite with a path, or "
+                     "postgresql with a dsn")

@@ -112,6 +112,16 @@ def _parsed(raw: bytes) -> Transaction | None:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class StoreInfo:
+    """What `paychan getinfo` says of a store: its engine, where it is (never a password) and
+    the version of its schema."""
+
+    engine: str
+    location: str
+    schema_version: int
+
+
 Payment = tuple[ChannelRecord, int, bytes]  # a record_payment call: record, amount, info
 
 
@@ -248,6 +258,10 @@ class ChannelStore(Protocol):
         confirmed or spent (use `forget`). Discarding an unknown channel does nothing."""
         ...
 
+    def info(self) -> StoreInfo:
+        """The engine, where the store is, and its schema version."""
+        ...
+
     def close(self) -> None:
         """Release the store; later calls raise StoreError. Closing twice is harmless."""
         ...
@@ -260,6 +274,24 @@ class ChannelStore(Protocol):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None: ...
+
+
+class Closable:
+    """`with store:` closes it at the end."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 # -- refusals shared by the engines, so they say the same thing ----------------------------
@@ -319,3 +351,9 @@ def discard_refusal(status: ChannelStatus, state: ChainState) -> str | None:
 
 def closed() -> StoreError:
     return StoreError("the channel store is closed; open it again to use it")
+
+
+def newer_store(name: str, version: int, understood: int) -> str:
+    """Why a store of a newer schema is refused (every engine says it alike)."""
+    return (f"{name} has store schema version {version}, newer than this bitcoind-paychan "
+            f"understands ({understood}); upgrade bitcoind-paychan to open it")

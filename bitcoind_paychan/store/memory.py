@@ -9,16 +9,16 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
-from types import TracebackType
-from typing import Self
 
 from bitcoind_paychan.channel.chainstate import ChainState
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.errors import StoreError
 from bitcoind_paychan.store.base import (
     ChannelSummary,
+    Closable,
     Payment,
     PaymentLogEntry,
+    StoreInfo,
     WatchedChannel,
     change_increased,
     closed,
@@ -30,11 +30,12 @@ from bitcoind_paychan.store.base import (
     summarize,
     unknown_channel,
 )
+from bitcoind_paychan.store.codec import SCHEMA_VERSION
 
 _Key = tuple[Role, str]
 
 
-class MemoryStore:
+class MemoryStore(Closable):
     """The ChannelStore contract, in memory, thread-safe."""
 
     def __init__(self) -> None:
@@ -281,17 +282,9 @@ class MemoryStore:
         self._times.pop(key, None)
         self._log = [e for e in self._log if (e.role, e.contract_txid) != key]
 
+    def info(self) -> StoreInfo:
+        return StoreInfo("memory", "memory (not durable)", SCHEMA_VERSION)
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

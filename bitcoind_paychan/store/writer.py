@@ -6,7 +6,9 @@ writer thread takes every payment queued by the time it is free and stores them 
 batching adds no latency; under load the batch is what arrived during the previous commit, so
 the window follows the load. Each caller's `record_payment` returns only after the commit that
 holds its payment, so nothing is acknowledged before it is durable. The thread ends after a
-moment without work and starts again with the next payment.
+moment without work and starts again with the next payment. A server's payments carry their
+connection's lease: with `leases`, each is stored only while that lease is current (fencing,
+`store/leases.py`), checked in the same commit.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Iterable
 from bitcoind_paychan.channel.effects import Effect, StorePayment
 from bitcoind_paychan.channel.records import ChannelRecord
 from bitcoind_paychan.store.base import ChannelStore, Payment
+from bitcoind_paychan.store.leases import FencedPayment, Lease, Leases
 
 MAX_BATCH = 512  # payments per commit (a larger hand-over is committed whole)
 IDLE_EXIT = 2.0  # seconds without work before the thread ends
@@ -28,42 +31,48 @@ Outcomes = list["BaseException | None"]  # one per payment of a hand-over: None 
 
 
 class _HandOver:
-    """Payments handed to the writer together, answered by one future (one wake-up)."""
+    """Payments handed to the writer together (under one lease, if any), answered by one
+    future (one wake-up)."""
 
-    __slots__ = ("done", "loop", "payments")
+    __slots__ = ("done", "lease", "loop", "payments")
 
-    def __init__(self, payments: list[Payment], loop: asyncio.AbstractEventLoop) -> None:
-        self.payments, self.loop = payments, loop
+    def __init__(self, payments: list[Payment], lease: Lease | None,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.payments, self.lease, self.loop = payments, lease, loop
         self.done: asyncio.Future[Outcomes] = loop.create_future()
 
 
 class PaymentWriter:
     """`await writer.record_payment(...)`: `store.record_payment`, group-committed."""
 
-    def __init__(self, store: ChannelStore) -> None:
+    def __init__(self, store: ChannelStore, leases: Leases | None = None) -> None:
         self.store = store
+        self.leases = leases
         self._queue: queue.SimpleQueue[_HandOver] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._running = False
         self.commits = 0  # commits made, and the payments they held (batch size = their ratio)
         self.committed = 0
 
-    async def record_payment(self, record: ChannelRecord, amount: int, info: bytes = b"") -> None:
-        outcome = (await self._hand_over([(record, amount, info)]))[0]
+    async def record_payment(self, record: ChannelRecord, amount: int, info: bytes = b"",
+                             lease: Lease | None = None) -> None:
+        outcome = (await self._hand_over([(record, amount, info)], lease))[0]
         if outcome is not None:
             raise outcome
 
-    def start(self, effects: Iterable[Effect]) -> Writes:
-        """Hand every StorePayment among `effects` to the writer now, in one hand-over (so they
-        share a commit); `Writes.stored(effect)` awaits each one in its place."""
+    def start(self, effects: Iterable[Effect], lease: Lease | None = None) -> Writes:
+        """Hand every StorePayment among `effects` (made under `lease`, if any) to the writer
+        now, in one hand-over (so they share a commit); `Writes.stored(effect)` awaits each one
+        in its place."""
         stores = [e for e in effects if isinstance(e, StorePayment)]
         if not stores:
             return Writes({}, None, self)
-        done = self._hand_over([(e.record, e.amount, e.info) for e in stores])
+        done = self._hand_over([(e.record, e.amount, e.info) for e in stores], lease)
         return Writes({id(e): index for index, e in enumerate(stores)}, done, self)
 
-    def _hand_over(self, payments: list[Payment]) -> asyncio.Future[Outcomes]:
-        item = _HandOver(payments, asyncio.get_running_loop())
+    def _hand_over(self, payments: list[Payment], lease: Lease | None
+                   ) -> asyncio.Future[Outcomes]:
+        item = _HandOver(payments, lease, asyncio.get_running_loop())
         self._queue.put(item)
         with self._lock:
             if not self._running:
@@ -94,7 +103,12 @@ class PaymentWriter:
     def _commit(self, batch: list[_HandOver]) -> None:
         payments = [payment for item in batch for payment in item.payments]
         try:
-            outcomes: Outcomes = list(self.store.record_payments(payments))
+            if self.leases is not None:
+                fenced: list[FencedPayment] = [(payment, item.lease) for item in batch
+                                               for payment in item.payments]
+                outcomes: Outcomes = list(self.leases.record_payments(fenced))
+            else:
+                outcomes = list(self.store.record_payments(payments))
         except BaseException as e:  # the commit failed: none is stored
             outcomes = [e] * len(payments)
         self.commits += 1
@@ -117,11 +131,12 @@ class Writes:
                  writer: PaymentWriter) -> None:
         self._index, self._done, self._writer = index, done, writer
 
-    async def stored(self, effect: StorePayment) -> None:
-        """Return once `effect`'s payment is durable (started now if it was not before)."""
+    async def stored(self, effect: StorePayment, lease: Lease | None = None) -> None:
+        """Return once `effect`'s payment is durable (started now, under `lease`, if it was
+        not before)."""
         at = self._index.get(id(effect))
         if at is None or self._done is None:
-            await self._writer.record_payment(effect.record, effect.amount, effect.info)
+            await self._writer.record_payment(effect.record, effect.amount, effect.info, lease)
             return
         outcome = (await self._done)[at]  # one shared future: its task's alone
         if outcome is not None:

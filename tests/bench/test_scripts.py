@@ -94,6 +94,18 @@ def test_scale_bench_reports_its_figures() -> None:
         assert isinstance(live[key], int | float), key
 
 
+def test_failover_kills_instances_and_loses_nor_doubles_nothing() -> None:
+    result = run_json("bench/failover.py", "--instances", "2", "--clients", "3", "--kills",
+                      "2", "--kill-every", "1", "--phase", "1")
+    during = result["payments_acknowledged_during_kills"]
+    assert result["kills"] == 2 and isinstance(during, int) and during > 0
+    assert result["payments_lost"] == 0 and result["double_accepted"] == 0
+    assert result["settlements_broadcast_twice"] == 0
+    assert result["channels_settled"] == result["channels_closed_by_clients"] == 3
+    rates = result["payments_per_s"]
+    assert isinstance(rates, dict) and set(rates) == {"1", "2"}
+
+
 def test_paid_requests_reports_its_figures() -> None:
     result = run_json("bench/paid_requests.py", "--clients", "2", "--requests", "5")
     assert result["requests"] == 10

@@ -384,6 +384,18 @@ BAD = [
     ("control:\n  listen: '[2001:db8::1]:4243'", "control.listen", ["'2001:db8::1'", "loopback"]),
     # not a mapping at all
     ("- network: main", "", ["found a list at the top level", "expected a mapping"]),
+    # the store's engine and where it is
+    ("store:\n  engine: mysql", "store.engine",
+     ["found 'mysql'", "expected one of: sqlite, postgresql"]),
+    ("store:\n  engine: postgresql", "store.dsn",
+     ["found nothing", "expected a PostgreSQL connection string"]),
+    ("store:\n  engine: postgresql\n  dsn: 'host=db oops'", "store.dsn",
+     ["not a PostgreSQL connection string", 'missing "=" after "oops"']),
+    ("store:\n  engine: postgresql\n  dsn: 'host=db port=99999'", "store.dsn",
+     ["port '99999' is not a port number"]),
+    ("store:\n  dsn: host=db", "store.dsn", ["found a dsn with engine sqlite"]),
+    ("store:\n  engine: postgresql\n  dsn: host=db\n  path: /a.db", "store.path",
+     ["found a path with engine postgresql", "store.dsn only"]),
 ]
 
 
@@ -492,6 +504,21 @@ def test_a_readable_file_with_a_password_is_refused(tmp_path: Path, mode: int, w
     assert f"chmod 600 {path}" in message
     path.chmod(0o600)
     assert load_config(path).bitcoind.password == "hunter2"
+
+
+def test_a_postgresql_store_keeps_its_dsn_out_of_sight(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    text = "store:\n  engine: postgresql\n  dsn: postgresql://pay:{}@db.example/paychan\n"
+    path = write(tmp_path, text.format("hunter2hunter2"), mode=0o644)
+    message = error_of(path)
+    assert message.startswith(f"{path}: store.dsn: the file holds a secret")
+    monkeypatch.setenv("PAYCHAN_DB_PASSWORD", "from-the-environment")
+    config = load_config(write(tmp_path, text.format("${PAYCHAN_DB_PASSWORD}"), mode=0o644))
+    assert config.store.engine == "postgresql" and config.store.path is None
+    assert config.store.dsn == "postgresql://pay:from-the-environment@db.example/paychan"
+    assert "from-the-environment" not in repr(config)
+    bad = write(tmp_path, "store:\n  engine: postgresql\n  dsn: 'postgresql://u:pa ss@h/x'\n")
+    assert "pa ss" not in error_of(bad) and "store.dsn: not a PostgreSQL" in error_of(bad)
 
 
 def test_a_readable_file_without_secrets_is_fine(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from bitcoind_paychan.service.client import ChannelFailed
 from bitcoind_paychan.store import MemoryStore
 from regtest.node import RegtestNode, regtest_nodes
 from tests.conftest import self_paying_daemon
-from tests.daemon import test_daemon
+from tests.daemon import test_daemon, test_daemon_postgres
 
 DOCS = Path(__file__).parents[2] / "docs" / "config.md"
 BOTH: dict[str, dict[str, Any]] = {
@@ -69,7 +69,7 @@ def built(data: dict[str, Any], folder: Path) -> Daemon:
     for cookie in ("node.cookie", "other.cookie"):
         (folder / cookie).write_text("__cookie__:" + "1" * 64)
     daemon = Daemon(config_from_dict(data, folder / "paychan.yaml"))
-    daemon.build(AsyncBitcoind(daemon.node), MemoryStore())  # type: ignore[arg-type]
+    daemon.build(AsyncBitcoind(daemon.node), MemoryStore())
     return daemon
 
 
@@ -132,6 +132,8 @@ PROBES: dict[str, tuple[Any, Probe]] = {
     "scheduler.forget_depth": (3, lambda d: client(d).watcher.policy.forget_depth),
     "scheduler.bump_after_blocks": (5, lambda d: server(d).watcher.policy.bump_after_blocks),
     "scheduler.review_interval": (7.0, lambda d: server(d).watcher.review_interval),
+    "cluster.instance_id": ("shop-2", lambda d: server(d).leases.instance),
+    "cluster.takeover_after": (9.0, lambda d: server(d).leases.policy.takeover_after),
     "fees.target": (2, lambda d: fees(d).target),
     "fees.min_rate": (5, lambda d: fees(d).floor),
     "fees.max_rate": (50, lambda d: fees(d).cap),
@@ -140,6 +142,8 @@ PROBES: dict[str, tuple[Any, Probe]] = {
 SHOWN_BY: dict[str, Callable[..., None]] = {
     "server.listen": test_daemon.test_open_pay_list_close_through_the_cli,
     "store.path": test_daemon.test_graceful_shutdown_mid_stream_loses_nothing,
+    "store.engine": test_daemon_postgres.test_a_server_daemon_on_postgresql_keeps_its_payments,
+    "store.dsn": test_daemon_postgres.test_a_server_daemon_on_postgresql_keeps_its_payments,
     "logging.format": test_daemon.test_json_logs_and_sighup_reopens_the_log_file,
     "logging.file": test_daemon.test_json_logs_and_sighup_reopens_the_log_file,
     "control.listen": test_daemon.test_control_api_refuses_a_wrong_or_missing_cookie,

@@ -1,11 +1,13 @@
 """A server or a client in a process of its own, for kill -9 tests.
 
     python -m tests.service.side_process server NODE.json STORE PORT [--hold N] [--after N]
+        [--instance NAME]
     python -m tests.service.side_process client NODE.json STORE PORT --pays K [--close]
 
 NODE.json: {"url", "cookie", "wallet"}. Each line printed is one JSON event. `--hold N` makes
 the server wait before its Nth broadcast, `--after N` after it, until the file STORE.go
-exists (so a test can kill it at exactly that point).
+exists (so a test can kill it at exactly that point). A STORE that is a postgresql:// DSN is
+that shared database (with `--instance`, the instance's name among those sharing it).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from bitcoind_paychan.node import Bitcoind, NodeConfig
 from bitcoind_paychan.service.client import PaymentClient
 from bitcoind_paychan.service.regtest import MiningBroadcaster
 from bitcoind_paychan.service.server import PaymentServer, ServerEvent
-from bitcoind_paychan.store import SQLiteStore
+from bitcoind_paychan.store import ChannelStore, SQLiteStore, open_store
+from bitcoind_paychan.store.leases import ClusterPolicy, leases_for
 from tests.service.conftest import FAST
 
 
@@ -70,11 +73,19 @@ async def serve(args: argparse.Namespace) -> None:
             say(type(event).__name__, contract=getattr(getattr(event, "record", None),
                                                        "contract_txid", None))
 
-    server = PaymentServer(wallet, SQLiteStore(args.store), on_event=report, autopilot=FAST,
-                           poll_interval=0.2, review_interval=0.5)
+    store = store_of(args.store)
+    server = PaymentServer(wallet, store, on_event=report, autopilot=FAST,
+                           poll_interval=0.2, review_interval=0.5,
+                           leases=leases_for(store, ClusterPolicy(args.instance or None, 1.0)))
     await server.listen("127.0.0.1", args.port)
     say("listening")
     await asyncio.Event().wait()
+
+
+def store_of(name: str) -> ChannelStore:
+    if name.startswith("postgresql://"):
+        return open_store(engine="postgresql", dsn=name)
+    return SQLiteStore(name)
 
 
 async def pay(args: argparse.Namespace) -> None:
@@ -101,6 +112,7 @@ def main() -> None:
     parser.add_argument("--after", type=int, default=0)
     parser.add_argument("--pays", type=int, default=0)
     parser.add_argument("--close", action="store_true")
+    parser.add_argument("--instance", default="")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     asyncio.run(serve(args) if args.role == "server" else pay(args))

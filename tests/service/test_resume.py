@@ -217,3 +217,36 @@ def test_a_stranger_with_the_public_contract_txid_can_neither_drop_nor_close_it(
     assert types == [T.SERVER_VERSION, T.CHANNEL_OPEN, T.ERROR]
     assert status is ChannelStatus.OPEN
     assert sum(p.amount for p in sides.payments()) == 4_000
+
+
+def test_a_payment_accepted_on_one_connection_is_not_accepted_again_by_a_resuming_one(
+        sides: Sides) -> None:
+    """Seen: a client resumed on a second connection (loaded: change C), paid on the first
+    (stored, acknowledged: change C - 1000), then sent that same payment on the second as its
+    resume: the second connection took it as a new payment of 1000 and acknowledged it too.
+    Now the resume takes the channel's lease, sees the channel moved on since it was loaded,
+    and refuses (ERROR: resume again), storing and acknowledging nothing."""
+    async def scenario() -> pb.TwoWayChannelMessage | None:
+        server = sides.server()
+        host, port = await server.listen()
+        client = sides.client()
+        first = await client.open(host, port, 300_000, version=2)
+        resumer = await open_connection(host, port, 10)
+        await resumer.send_many([messages.client_version(2, DEFAULT_TIME_WINDOW,
+                                                         first.contract_txid)])
+        for _ in range(2):  # SERVER_VERSION, CHANNEL_OPEN: the channel is loaded
+            assert await resumer.receive(10) is not None
+        await first.pay(1_000)  # stored and acknowledged on the first connection
+        record = client.store.get(Role.CLIENT, first.contract_txid)
+        assert record is not None
+        await resumer.send_many([messages.update_payment(record.change, record.signature)])
+        answer = await resumer.receive(10)
+        assert await resumer.receive(10) is None  # and hung up
+        await resumer.close()
+        await server.stop()
+        return answer
+
+    answer = asyncio.run(scenario())
+    assert answer is not None and answer.type == T.ERROR
+    assert "resume again" in answer.error.explanation
+    assert [p.amount for p in sides.payments()] == [1_000, 1_000]  # opening, then one payment

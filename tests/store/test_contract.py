@@ -15,6 +15,7 @@ from bitcoind_paychan.channel.chainstate import ChainState
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.errors import StoreError
 from bitcoind_paychan.store import ChannelStore, MemoryStore, SQLiteStore
+from bitcoind_paychan.store.postgres import PostgresStore
 from tests.store.helpers import Channel, assert_same
 
 OPEN, CLOSING = ChannelStatus.OPEN, ChannelStatus.CLOSING
@@ -25,16 +26,31 @@ FULL_CHAIN = ChainState(contract_height=800_001, spender=b"spend" * 40, spender_
                         conflict_height=800_002, broadcast_height=800_100, fee_rate=2_500)
 
 
-@pytest.fixture(params=["sqlite-file", "sqlite-memory", "memory"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ChannelStore]:
+def opener(engine: str, request: pytest.FixtureRequest, tmp_path: Path
+           ) -> Callable[[], ChannelStore]:
+    """Opens the same store of `engine` each time it is called."""
+    if engine == "postgresql":  # a new database on the session's server
+        dsn = request.getfixturevalue("postgres_dsn")
+        return lambda: PostgresStore(dsn)
     engines: dict[str, Callable[[], ChannelStore]] = {
         "sqlite-file": lambda: SQLiteStore(tmp_path / "channels.db"),
         "sqlite-memory": lambda: SQLiteStore(":memory:"),
         "memory": MemoryStore,
     }
-    with engines[request.param]() as opened:
+    return engines[engine]
+
+
+@pytest.fixture(params=["sqlite-file", "sqlite-memory", "memory", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ChannelStore]:
+    with opener(request.param, request, tmp_path)() as opened:
         assert isinstance(opened, ChannelStore)
         yield opened
+
+
+@pytest.fixture(params=["sqlite-file", "postgresql"])
+def reopen(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], ChannelStore]:
+    """A durable engine's store, opened anew at each call."""
+    return opener(request.param, request, tmp_path)
 
 
 @pytest.mark.parametrize("status", list(ChannelStatus))
@@ -275,16 +291,15 @@ def test_payment_numbers_are_per_channel_and_role(store: ChannelStore) -> None:
         assert [e.seq for e in store.payments(role, ch.txid)] == [4, 3, 2, 1]
 
 
-def test_history_survives_reopening(tmp_path: Path) -> None:
+def test_history_survives_reopening(reopen: Callable[[], ChannelStore]) -> None:
     ch = Channel()
-    path = tmp_path / "channels.db"
-    with SQLiteStore(path) as store:
+    with reopen() as store:
         store.put(ch.pay(ch.record(), 700))
         store.record_payment(ch.pay(ch.pay(ch.record(), 700), 300), 300)
         store.modify(Role.SERVER, ch.txid, lambda r: replace(r, status=ChannelStatus.SETTLED))
         store.forget(Role.SERVER, ch.txid)
         kept = store.history()
-    with SQLiteStore(path) as store:
+    with reopen() as store:
         assert store.history() == kept and kept[0].paid == 1000 and kept[0].payments == 2
         assert [e.amount for e in store.payments(Role.SERVER, ch.txid)] == [300, 700]
 

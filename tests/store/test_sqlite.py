@@ -21,7 +21,8 @@ from bitcoind_paychan.channel.chainstate import ChainState
 from bitcoind_paychan.channel.contract import Contract
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.errors import StoreError
-from bitcoind_paychan.store import SQLiteStore, open_store, schema
+from bitcoind_paychan.store import SQLiteStore, codec, open_store
+from bitcoind_paychan.store import sqlite_schema as schema
 from tests.store.helpers import Channel, assert_same
 
 
@@ -41,7 +42,7 @@ def umask_zero() -> Iterator[None]:
 
 
 def test_every_record_field_has_columns() -> None:
-    # A new ChannelRecord or Contract field fails here until schema.py stores it.
+    # A new ChannelRecord or Contract field fails here until codec.py stores it.
     stored = {
         "role": ["role"], "contract_tx": ["contract_tx"], "key": ["key_secret"],
         "change": ["change"], "signature": ["signature"], "status": ["status"],
@@ -52,17 +53,17 @@ def test_every_record_field_has_columns() -> None:
     }
     names = {f.name for f in fields(ChannelRecord) if f.name != "contract"}
     assert names | {f.name for f in fields(Contract)} == set(stored)
-    assert sorted(c for cols in stored.values() for c in cols) == sorted(schema.CHANNEL_COLUMNS)
+    assert sorted(c for cols in stored.values() for c in cols) == sorted(codec.CHANNEL_COLUMNS)
 
 
 def test_every_chain_state_field_has_a_column() -> None:
-    # A new ChainState field fails here until schema.py stores it.
+    # A new ChainState field fails here until codec.py stores it.
     names = [f.name for f in fields(ChainState)]
-    assert list(schema.CHAIN_COLUMNS) == [*schema.KEY_COLUMNS, *names]
+    assert list(codec.CHAIN_COLUMNS) == [*codec.KEY_COLUMNS, *names]
     state = ChainState(1, b"x", 3, 4, 5, 6)
     assert all(getattr(state, n) != getattr(ChainState(), n) for n in names)
-    row = schema.encode_chain(Role.CLIENT, "ab" * 32, state)
-    assert schema.decode_chain(row[len(schema.KEY_COLUMNS):]) == state
+    row = codec.encode_chain(Role.CLIENT, "ab" * 32, state)
+    assert codec.decode_chain(row[len(codec.KEY_COLUMNS):]) == state
 
 
 def test_survives_close_and_reopen(path: Path) -> None:
@@ -171,8 +172,8 @@ def test_refuses_an_exposed_wal_file(path: Path) -> None:
 def test_refuses_a_newer_schema(path: Path) -> None:
     SQLiteStore(path).close()
     with sqlite3.connect(path) as conn:
-        conn.execute(f"PRAGMA user_version = {schema.SCHEMA_VERSION + 1}")
-    newer = schema.SCHEMA_VERSION + 1
+        conn.execute(f"PRAGMA user_version = {codec.SCHEMA_VERSION + 1}")
+    newer = codec.SCHEMA_VERSION + 1
     with pytest.raises(StoreError, match=rf"schema version {newer}, newer.*upgrade bitcoind-"):
         SQLiteStore(path)
 
@@ -192,10 +193,10 @@ def _old_store(path: Path, version: int, channels: list[ChannelRecord],
             conn.execute(sql)
         conn.execute(f"PRAGMA application_id = {schema.APPLICATION_ID}")
         conn.execute(f"PRAGMA user_version = {version}")
-        columns = ", ".join(schema.CHANNEL_COLUMNS)
-        marks = ", ".join("?" * len(schema.CHANNEL_COLUMNS))
+        columns = ", ".join(codec.CHANNEL_COLUMNS)
+        marks = ", ".join("?" * len(codec.CHANNEL_COLUMNS))
         conn.executemany(f"INSERT OR REPLACE INTO channels ({columns}) VALUES ({marks})",
-                         [schema.encode(rec) for rec in channels])
+                         [codec.encode(rec) for rec in channels])
         conn.executemany("INSERT INTO payment_log (role, contract_txid, amount, change_after, "
                          "info) VALUES (?, ?, ?, ?, ?)",
                          [(rec.role.value, rec.contract_txid, amount, rec.change, info)
@@ -239,7 +240,7 @@ def test_upgrades_an_old_file_keeping_its_data(path: Path, tmp_path: Path, versi
         assert summary.opened_at is None and summary.paid == 1060 and summary.payments == 4
         assert len(store.payments(Role.SERVER, ch.txid)) == 4
     with closing(sqlite3.connect(path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (schema.SCHEMA_VERSION,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (codec.SCHEMA_VERSION,)
     SQLiteStore(tmp_path / "new.db").close()
     assert _schema_sql(path) == _schema_sql(tmp_path / "new.db")  # as if created new
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -15,17 +15,18 @@ from bitcoind_paychan.channel.records import Role
 from bitcoind_paychan.errors import StoreError
 from bitcoind_paychan.store import SQLiteStore
 from bitcoind_paychan.store.base import Payment
+from bitcoind_paychan.store.postgres import PostgresStore
+from bitcoind_paychan.store.sql import SQLStore
 from bitcoind_paychan.store.writer import PaymentWriter
 from tests.store.helpers import Channel
 
 
-class CountingStore(SQLiteStore):
-    """A real SQLite store that notes each batch; its first commit waits for `release`."""
+class Counting(SQLStore):
+    """Notes each batch of a real store; its first commit waits for `release`."""
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
-        self.batches: list[int] = []
-        self.first_started, self.release = threading.Event(), threading.Event()
+    batches: list[int]
+    first_started: threading.Event
+    release: threading.Event
 
     def record_payments(self, batch: Sequence[Payment]) -> list[StoreError | None]:
         self.batches.append(len(batch))
@@ -34,9 +35,34 @@ class CountingStore(SQLiteStore):
         return super().record_payments(batch)
 
 
-def test_payments_queued_during_a_commit_share_the_next_one(tmp_path: Path) -> None:
+class CountingSQLite(Counting, SQLiteStore):
+    pass
+
+
+class CountingPostgres(Counting, PostgresStore):
+    pass
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], SQLStore]:
+    """Opens a new store of each durable engine (the writer's batch is one transaction)."""
+    if request.param == "postgresql":
+        dsn = request.getfixturevalue("postgres_dsn")
+        return lambda: CountingPostgres(dsn)
+    return lambda: CountingSQLite(tmp_path / "channels.db")
+
+
+def counting(opened: SQLStore) -> Counting:
+    assert isinstance(opened, Counting)
+    opened.batches = []
+    opened.first_started, opened.release = threading.Event(), threading.Event()
+    return opened
+
+
+def test_payments_queued_during_a_commit_share_the_next_one(engine: Callable[[], SQLStore]
+                                                            ) -> None:
     async def scenario() -> None:
-        with CountingStore(tmp_path / "channels.db") as store:
+        with counting(engine()) as store:
             channels = [Channel() for _ in range(20)]
             for ch in channels:
                 store.put(ch.record())
@@ -58,9 +84,10 @@ def test_payments_queued_during_a_commit_share_the_next_one(tmp_path: Path) -> N
     asyncio.run(scenario())
 
 
-def test_a_refused_payment_fails_only_its_own_caller(tmp_path: Path) -> None:
+def test_a_refused_payment_fails_only_its_own_caller(engine: Callable[[], SQLStore]) -> None:
     async def scenario() -> None:
-        with SQLiteStore(tmp_path / "channels.db") as store:
+        with counting(engine()) as store:
+            store.release.set()
             stored, unknown = Channel(), Channel()
             store.put(stored.record())
             writer = PaymentWriter(store)
@@ -74,9 +101,11 @@ def test_a_refused_payment_fails_only_its_own_caller(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
-def test_a_failed_commit_fails_every_caller_of_the_batch(tmp_path: Path) -> None:
+def test_a_failed_commit_fails_every_caller_of_the_batch(engine: Callable[[], SQLStore]
+                                                         ) -> None:
     async def scenario() -> None:
-        store = SQLiteStore(tmp_path / "channels.db")
+        store = counting(engine())
+        store.release.set()
         ch = Channel()
         store.put(ch.record())
         store.close()
@@ -88,9 +117,9 @@ def test_a_failed_commit_fails_every_caller_of_the_batch(tmp_path: Path) -> None
 
 
 def test_payments_started_together_are_one_hand_over_each_answered_alone(
-        tmp_path: Path) -> None:
+        engine: Callable[[], SQLStore]) -> None:
     async def scenario() -> None:
-        with CountingStore(tmp_path / "channels.db") as store:
+        with counting(engine()) as store:
             store.release.set()
             stored, unknown = Channel(), Channel()
             store.put(stored.record())

@@ -1,0 +1,213 @@
+"""Channel leases with fencing, and claimed duties: one writer per channel, one doer per duty.
+
+Several server instances may serve one store (active-active, PostgreSQL). A server channel is
+served by ONE connection at a time across all of them: the holder of its *lease*. A new channel
+or a resume whose proof was checked acquires the lease at once (no waiting for the old holder
+to expire) and the channel's *fencing token* goes up by one. Every payment write names the
+lease it was made under and is stored only while that lease's token is still the channel's, in
+the same transaction as the payment; otherwise it fails with `LeaseLost`, is not acknowledged,
+and its connection ends with ERROR. After acquiring, the new holder re-reads the channel: what
+the old holder stored before is in that read, and nothing it tries later is stored, so two
+connections never accept diverging payments.
+
+*Duties* (a deadline's settlement) are claimed before they are done, so one instance does each;
+a claim held by an instance that stopped beating its heart for `takeover_after` seconds is taken
+over. `LocalLeases` is the engine for a store one process owns (SQLite, memory): the leases
+live in the process, exact and as cheap as a dict lookup per payment.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from bitcoind_paychan.channel.records import Role
+from bitcoind_paychan.errors import LeaseLost, PolicyError, StoreError
+from bitcoind_paychan.store.base import ChannelStore, Payment
+
+
+@dataclass(frozen=True)
+class ClusterPolicy:
+    """Who this instance is among those sharing a store, and when a silent one is dead.
+
+    `instance_id` names this instance in leases and claims (None: `<hostname>:<pid>`, new at
+    each start); `takeover_after` is how long (seconds) an instance may miss its heartbeat
+    before its claimed duties are taken over (its leases need no takeover: a resume takes a
+    lease at once). Instances beat every `takeover_after` / 3 seconds."""
+
+    instance_id: str | None = None
+    takeover_after: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.takeover_after < 3600:
+            raise PolicyError("takeover_after", f"found {self.takeover_after}, expected "
+                              "seconds > 0 and < 3600 (a few seconds: a dead instance's "
+                              "duties wait that long)")
+        if self.instance_id is not None and not self.instance_id.strip():
+            raise PolicyError("instance_id", "found an empty name, expected a name unique "
+                              "among the instances (or null: hostname and pid)")
+
+    @property
+    def instance(self) -> str:
+        return self.instance_id or f"{socket.gethostname()}:{os.getpid()}"
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return self.takeover_after / 3
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A connection's hold on a channel: valid while `token` is the channel's token."""
+
+    role: Role
+    contract_txid: str
+    holder: str  # instance/connection
+    token: int
+
+
+FencedPayment = tuple[Payment, Lease | None]  # None: no lease needed (a client's own channel)
+
+
+class Leases(Protocol):
+    """Leases and duty claims of the instances sharing one store. Thread-safe."""
+
+    @property
+    def instance(self) -> str: ...
+
+    @property
+    def shared(self) -> bool:
+        """True when other instances may use the same store (their channels, their claims)."""
+        ...
+
+    @property
+    def policy(self) -> ClusterPolicy:
+        """This instance's name and the takeover timing."""
+        ...
+
+    def acquire(self, role: Role, contract_txid: str, holder: str) -> Lease:
+        """Take the channel's lease for `holder` now, raising its token (whoever held it)."""
+        ...
+
+    def release(self, lease: Lease) -> None:
+        """Give the lease up if it is still held (a later holder's is left alone)."""
+        ...
+
+    def record_payments(self, batch: Sequence[FencedPayment]) -> list[StoreError | None]:
+        """The store's group commit, each payment stored only while its lease is current
+        (checked in the payment's transaction): per payment None, its refusal, or LeaseLost."""
+        ...
+
+    def claim(self, duty: str, hold: float | None = None) -> bool:
+        """True: this instance does `duty` now (no live instance holds it); False: leave it.
+        The claim lasts until `finish` (or its instance is silent for `takeover_after`), or
+        with `hold`, that many seconds (one rebroadcast per review, not one per instance)."""
+        ...
+
+    def finish(self, duty: str) -> None:
+        """Give up the claim on `duty` (done, or to be tried again later)."""
+        ...
+
+    def heartbeat(self) -> None:
+        """Say this instance is alive (its claims stay its own)."""
+        ...
+
+
+def lease_lost(lease: Lease) -> LeaseLost:
+    return LeaseLost(
+        f"payment on {lease.role} channel {lease.contract_txid} not stored: this connection "
+        f"({lease.holder}) lost the channel's lease (token {lease.token}) to a newer "
+        "connection, where the client resumed; nothing was acknowledged, this connection ends")
+
+
+def fenced(batch: Sequence[FencedPayment], tokens: Mapping[tuple[Role, str], int],
+           store: Callable[[list[Payment]], list[StoreError | None]]
+           ) -> list[StoreError | None]:
+    """Store (with `store`) the payments of `batch` whose lease is the channel's current one
+    (`tokens`: the channels' tokens, read under a lock the commit keeps) or that need none;
+    LeaseLost for the others. Per payment, its outcome."""
+    outcomes: list[StoreError | None] = [
+        None if lease is None or tokens.get((lease.role, lease.contract_txid)) == lease.token
+        else lease_lost(lease) for _, lease in batch]
+    current = [payment for (payment, _), refused in zip(batch, outcomes, strict=True)
+               if refused is None]
+    stored = iter(store(current) if current else [])
+    return [refused if refused is not None else next(stored) for refused in outcomes]
+
+
+class LocalLeases:
+    """The leases of a store owned by this process alone: held in memory (tokens start again
+    at each start, as every connection does). A payment's check and its commit happen under
+    one lock that `acquire` takes too, so once `acquire` returns, no payment of an older lease
+    is stored."""
+
+    def __init__(self, store: ChannelStore, policy: ClusterPolicy | None = None) -> None:
+        self.store = store
+        self._policy = policy or ClusterPolicy()
+        self._instance = self._policy.instance
+        self._lock = threading.Lock()
+        self._tokens: dict[tuple[Role, str], int] = {}
+        self._holders: dict[tuple[Role, str], str] = {}
+        self._duties: set[str] = set()
+        self._duty_lock = threading.Lock()  # apart: a claim never waits for a commit
+
+    @property
+    def instance(self) -> str:
+        return self._instance
+
+    @property
+    def policy(self) -> ClusterPolicy:
+        return self._policy
+
+    shared = False  # one process owns the store
+
+    def acquire(self, role: Role, contract_txid: str, holder: str) -> Lease:
+        key = (Role(role), contract_txid)
+        with self._lock:
+            token = self._tokens[key] = self._tokens.get(key, 0) + 1
+            self._holders[key] = holder
+        return Lease(key[0], contract_txid, holder, token)
+
+    def release(self, lease: Lease) -> None:
+        key = (lease.role, lease.contract_txid)
+        with self._lock:
+            if self._tokens.get(key) == lease.token:
+                self._holders.pop(key, None)
+
+    def holder(self, role: Role, contract_txid: str) -> str | None:
+        """Who holds the channel's lease now (None: nobody)."""
+        return self._holders.get((Role(role), contract_txid))
+
+    def record_payments(self, batch: Sequence[FencedPayment]) -> list[StoreError | None]:
+        with self._lock:
+            return fenced(batch, self._tokens, self.store.record_payments)
+
+    def claim(self, duty: str, hold: float | None = None) -> bool:
+        if hold is not None:
+            return True  # nobody else to do it
+        with self._duty_lock:
+            if duty in self._duties:
+                return False
+            self._duties.add(duty)
+            return True
+
+    def finish(self, duty: str) -> None:
+        with self._duty_lock:
+            self._duties.discard(duty)
+
+    def heartbeat(self) -> None:
+        """One process: nobody else to tell."""
+
+
+def leases_for(store: ChannelStore, policy: ClusterPolicy | None = None) -> Leases:
+    """The leases of `store`: in the database when other instances may share it (PostgreSQL),
+    else in this process (a store it owns alone: SQLite, memory)."""
+    if store.info().engine == "postgresql":
+        from bitcoind_paychan.store.postgres_leases import PostgresLeases
+
+        return PostgresLeases(store, policy)
+    return LocalLeases(store, policy)

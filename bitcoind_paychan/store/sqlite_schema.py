@@ -1,0 +1,161 @@
+"""The SQLite engine's schema and its migrations (the codec is `codec.py`, the statements
+`sql.py`).
+
+A new file gets version 1's tables (V1) and then every step of MIGRATIONS, exactly as an old file
+is upgraded, so both end with the same schema. To change the schema: append a step to MIGRATIONS
+(and the same change to `postgres_schema.py`) and bump SCHEMA_VERSION in `codec.py`. A step that
+reshapes data is a function of the connection (as `_to_v4`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from typing import Any
+
+from bitcoind_paychan.store.codec import SCHEMA_VERSION
+from bitcoind_paychan.store.sql import STATUS_INDEX
+
+APPLICATION_ID = 0x50434831  # "PCH1" in PRAGMA application_id: marks the file as ours
+# The version is in PRAGMA user_version.
+
+# Version 2 added the chain watcher's tables.
+V2_TABLES = (
+    """CREATE TABLE chain_state (  -- the chain watcher's view of a channel (ChainState)
+        role TEXT NOT NULL,
+        contract_txid TEXT NOT NULL,
+        contract_height INTEGER NOT NULL,
+        spender BLOB NOT NULL,
+        spender_height INTEGER NOT NULL,
+        conflict_height INTEGER NOT NULL,
+        broadcast_height INTEGER NOT NULL,
+        fee_rate INTEGER NOT NULL,
+        PRIMARY KEY (role, contract_txid),
+        FOREIGN KEY (role, contract_txid) REFERENCES channels ON DELETE CASCADE
+    ) WITHOUT ROWID""",
+    """CREATE TABLE meta (  -- small durable settings, e.g. the last block the watcher processed
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) WITHOUT ROWID""",
+)
+
+# Version 3: the autopilot lists the channels it still watches by status (indexed), so rows
+# that need no more watching cost nothing per block.
+V3_INDEXES = (f"CREATE INDEX {STATUS_INDEX} ON channels (role, status)",)
+
+V1 = (
+    """CREATE TABLE channels (
+        role TEXT NOT NULL,
+        contract_txid TEXT NOT NULL,  -- display-order hex; the contract outpoint's txid
+        version INTEGER NOT NULL,
+        client_pub BLOB NOT NULL,
+        server_pub BLOB NOT NULL,
+        expiry INTEGER NOT NULL,
+        outpoint_index INTEGER NOT NULL,
+        value INTEGER NOT NULL,
+        contract_tx BLOB NOT NULL,
+        key_secret BLOB NOT NULL,
+        change INTEGER NOT NULL,
+        signature BLOB NOT NULL,
+        status TEXT NOT NULL,
+        refund_tx BLOB NOT NULL,
+        settlement_tx BLOB NOT NULL,
+        peer TEXT NOT NULL,
+        payments INTEGER NOT NULL,
+        PRIMARY KEY (role, contract_txid)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE payment_log (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused, even after forget
+        role TEXT NOT NULL,
+        contract_txid TEXT NOT NULL,
+        amount INTEGER NOT NULL,
+        change_after INTEGER NOT NULL,
+        info BLOB NOT NULL,
+        FOREIGN KEY (role, contract_txid) REFERENCES channels ON DELETE CASCADE
+    )""",
+    "CREATE INDEX payment_log_by_channel ON payment_log (role, contract_txid, seq)",
+)
+
+# Version 4 keeps history: when a channel opened and closed; a summary of each forgotten
+# channel; a payment log that outlives its channel's record (no cascade), numbers payments
+# within their channel (`seq`; the initial payment is 1) and is ordered by `id`.
+V4_STATEMENTS = (
+    "ALTER TABLE channels ADD COLUMN opened_at INTEGER",  # NULL: stored before version 4
+    "ALTER TABLE channels ADD COLUMN closed_at INTEGER",  # when its money was first final
+    """CREATE TABLE history (  -- what stays of a forgotten channel (ChannelSummary)
+        role TEXT NOT NULL,
+        contract_txid TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        value INTEGER NOT NULL,
+        paid INTEGER NOT NULL,
+        payments INTEGER NOT NULL,
+        peer TEXT NOT NULL,
+        expiry INTEGER NOT NULL,
+        closing_txid TEXT,
+        to_client INTEGER NOT NULL,
+        to_server INTEGER NOT NULL,
+        fee INTEGER NOT NULL,
+        opened_at INTEGER,
+        closed_at INTEGER NOT NULL,
+        contract_tx BLOB NOT NULL,
+        closing_tx BLOB NOT NULL,
+        PRIMARY KEY (role, contract_txid)
+    )""",
+    "DROP INDEX payment_log_by_channel",
+    "ALTER TABLE payment_log RENAME TO payment_log_v3",
+    """CREATE TABLE payment_log (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,  -- orders the log; never reused
+        role TEXT NOT NULL,
+        contract_txid TEXT NOT NULL,
+        seq INTEGER NOT NULL,  -- the payment's number in its channel; 1: the initial payment
+        amount INTEGER NOT NULL,
+        change_after INTEGER NOT NULL,
+        info BLOB NOT NULL
+    )""",
+    "CREATE INDEX payment_log_by_channel ON payment_log (role, contract_txid, id)",
+)
+
+
+def _to_v4(conn: sqlite3.Connection) -> None:
+    """Version 4's tables, and the older log copied: numbered within each channel, with the
+    initial payment (which versions 1 to 3 did not log) put back in front of it."""
+    for sql in V4_STATEMENTS:
+        conn.execute(sql)
+    channels = {(role, txid): (payments, value, change) for role, txid, payments, value, change
+                in conn.execute("SELECT role, contract_txid, payments, value, change "
+                                "FROM channels")}
+    logs: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
+    for row in conn.execute("SELECT seq, role, contract_txid, amount, change_after, info "
+                            "FROM payment_log_v3 ORDER BY seq"):
+        logs.setdefault((row[1], row[2]), []).append(row)
+    rows: list[tuple[float, int, tuple[Any, ...]]] = []  # (order, before/after, new row)
+    for key in sorted(channels.keys() | logs.keys()):
+        logged = logs.get(key, [])
+        payments, value, change = channels.get(key, (len(logged), 0, 0))
+        initial = value - change - sum(row[3] for row in logged)
+        number = max(payments - len(logged), 0)
+        if number >= 1 and initial > 0:
+            order = float(logged[0][0]) if logged else float("inf")
+            rows.append((order, 0, (*key, number, initial, value - initial, b"")))
+        for seq, role, txid, amount, change_after, info in logged:
+            number += 1
+            rows.append((float(seq), 1, (role, txid, number, amount, change_after, info)))
+    rows.sort(key=lambda r: (r[0], r[1]))
+    conn.executemany("INSERT INTO payment_log (role, contract_txid, seq, amount, change_after, "
+                     "info) VALUES (?, ?, ?, ?, ?, ?)", [r[2] for r in rows])
+    conn.execute("DROP TABLE payment_log_v3")
+
+
+def _statements(*sql: str) -> Callable[[sqlite3.Connection], None]:
+    def run(conn: sqlite3.Connection) -> None:
+        for statement in sql:
+            conn.execute(statement)
+    return run
+
+
+# MIGRATIONS[v] upgrades a file from schema v + 1 to v + 2 (so MIGRATIONS[0]: 1 -> 2).
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    _statements(*V2_TABLES), _statements(*V3_INDEXES), _to_v4)
+assert len(MIGRATIONS) == SCHEMA_VERSION - 1
+

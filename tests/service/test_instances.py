@@ -1,0 +1,176 @@
+"""Several server instances on one PostgreSQL store (active-active): any instance serves any
+channel, one connection at a time across all of them; each deadline settled once; a killed
+instance's channels settled by a survivor. Real PostgreSQL, real regtest node."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import Any
+
+import pytest
+
+from bitcoind_paychan.channel import messages
+from bitcoind_paychan.channel.effects import ChannelClosed, PaymentReceived
+from bitcoind_paychan.channel.messages import DEFAULT_TIME_WINDOW
+from bitcoind_paychan.channel.records import ChannelStatus, Role
+from bitcoind_paychan.node import Bitcoind
+from bitcoind_paychan.service.client import ChannelFailed
+from bitcoind_paychan.service.regtest import MiningBroadcaster
+from bitcoind_paychan.service.server import PaymentServer, ServerEvent
+from bitcoind_paychan.store import open_store
+from bitcoind_paychan.store.leases import ClusterPolicy, leases_for
+from bitcoind_paychan.wire import open_connection, pb
+from regtest.node import free_port
+from tests.conftest import config_for
+from tests.service.conftest import FAST, Sides, until
+from tests.service.test_crash import ROOT, Side
+
+T = pb.TwoWayChannelMessage
+VALUE = 300_000
+
+
+def instance(sides: Sides, dsn: str, name: str, events: list[ServerEvent]) -> PaymentServer:
+    """A server instance on the shared database `dsn`."""
+    store = open_store(engine="postgresql", dsn=dsn)
+    return PaymentServer(MiningBroadcaster(Bitcoind(config_for(sides.server_node))), store,
+                         on_event=events.append, autopilot=FAST, poll_interval=0.2,
+                         review_interval=0.5,
+                         leases=leases_for(store, ClusterPolicy(name, takeover_after=1.0)))
+
+
+def paid(events: list[ServerEvent]) -> list[int]:
+    return [e.amount for e in events if isinstance(e, PaymentReceived)]
+
+
+def test_a_client_resuming_on_another_instance_fences_the_first(
+        one_node: Sides, postgres_dsn: str) -> None:
+    sides = one_node
+    on_a: list[ServerEvent] = []
+    on_b: list[ServerEvent] = []
+
+    async def scenario() -> tuple[int, int]:
+        a, b = (instance(sides, postgres_dsn, "a", on_a),
+                instance(sides, postgres_dsn, "b", on_b))
+        host, port_a = await a.listen()
+        _, port_b = await b.listen()
+        client = sides.client()
+        channel = await client.open(host, port_a, VALUE, version=2)
+        await channel.pay(1_000)  # on a
+        txid = channel.contract_txid
+        # The client resumes on b (as after a balancer sent it there) while a still serves it.
+        last = client.store.get(Role.CLIENT, txid)
+        assert last is not None
+        resumed = await open_connection(host, port_b, 10)
+        await resumed.send_many([messages.client_version(2, DEFAULT_TIME_WINDOW, txid)])
+        for _ in range(2):  # SERVER_VERSION, CHANNEL_OPEN
+            assert await resumed.receive(10) is not None
+        await resumed.send_many([messages.update_payment(last.change, last.signature)])
+        ack = await resumed.receive(10)  # the proof: b holds the lease now
+        assert ack is not None and ack.type == T.PAYMENT_ACK
+        with pytest.raises(ChannelFailed, match="lost the channel's lease"):
+            await channel.pay(1_000)  # a can no longer store a payment for it
+        signed = client.store.get(Role.CLIENT, txid)  # stored before it was sent to a
+        assert signed is not None and signed.change == last.change - 1_000
+        await resumed.send_many([messages.update_payment(signed.change, signed.signature)])
+        ack = await resumed.receive(10)  # b takes it: accepted once, by one instance
+        assert ack is not None and ack.type == T.PAYMENT_ACK
+        stored = b.store.get(Role.SERVER, txid)
+        assert stored is not None
+        logged = len(b.store.payments(Role.SERVER, txid))
+        await resumed.close()
+        for service in (client, a, b):
+            await service.stop()
+        return VALUE - stored.change, logged
+
+    taken, logged = asyncio.run(scenario())
+    assert paid(on_a) == [1_000, 1_000] and paid(on_b) == [1_000]  # opening, then one each
+    assert taken == 3_000 and logged == 3
+
+
+def test_a_deadline_settlement_is_done_by_one_instance(
+        one_node: Sides, postgres_dsn: str) -> None:
+    sides = one_node
+    on_a: list[ServerEvent] = []
+    on_b: list[ServerEvent] = []
+
+    async def scenario() -> list[str]:
+        a, b = (instance(sides, postgres_dsn, "a", on_a),
+                instance(sides, postgres_dsn, "b", on_b))
+        host, port = await a.listen()
+        await b.listen()
+        client = sides.client()
+        channel = await client.open(host, port, VALUE)
+        await channel.pay(10_000)
+        txid = channel.contract_txid
+        await asyncio.to_thread(sides.server_node.mine, 1)  # b learns of a's channel
+        await until(lambda: txid in b.watcher.index, what="b to watch a's channel")
+        record = channel.record
+        sides.server_node.set_mocktime(record.contract.expiry - FAST.settle_margin + 60)
+        await asyncio.to_thread(sides.server_node.mine, 1)  # both reach its deadline
+        await until(lambda: closed(on_a + on_b), what="an instance to settle")
+        await asyncio.to_thread(sides.server_node.mine, 1)
+        await until(lambda: status(a, txid) is ChannelStatus.SETTLED, what="settled")
+        for service in (client, a, b):
+            await service.stop()
+        return closed(on_a + on_b)
+
+    assert len(asyncio.run(scenario())) == 1  # one settlement, by one instance
+
+
+def closed(events: list[ServerEvent]) -> list[str]:
+    return [e.settlement.txid_hex for e in events if isinstance(e, ChannelClosed)]
+
+
+def status(server: PaymentServer, txid: str) -> ChannelStatus | None:
+    record = server.store.get(Role.SERVER, txid)
+    return None if record is None else record.status
+
+
+async def start_instance(sides: Sides, dsn: str, name: str, port: int) -> Side:
+    """An instance in a process of its own (for kill -9)."""
+    node = sides.tmp / f"{name}.node.json"
+    node.write_text(json.dumps({"url": sides.server_node.rpc_url,
+                                "wallet": sides.server_node.wallet,
+                                "cookie": str(sides.server_node.cookie_path)}))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.service.side_process", "server", str(node), dsn,
+        str(port), "--instance", name, cwd=ROOT, stdout=asyncio.subprocess.PIPE)
+    side = Side(proc)
+    await side.wait_for("listening")
+    return side
+
+
+def test_a_killed_instances_channel_is_settled_by_the_survivor_after_the_takeover_time(
+        one_node: Sides, postgres_dsn: str) -> None:
+    """The killed instance had claimed the channel's settlement (as if killed while settling
+    it): the survivor leaves it while the claim's owner may be alive, then takes it over."""
+    sides = one_node
+    on_b: list[ServerEvent] = []
+
+    async def scenario() -> tuple[Any, int]:
+        port = free_port()
+        a = await start_instance(sides, postgres_dsn, "a", port)
+        b = instance(sides, postgres_dsn, "b", on_b)
+        await b.listen()
+        client = sides.client()
+        channel = await client.open("127.0.0.1", port, VALUE)
+        for _ in range(3):
+            await channel.pay(10_000)
+        await a.kill()  # SIGKILL, with its client connected
+        doomed = leases_for(open_store(engine="postgresql", dsn=postgres_dsn),
+                            ClusterPolicy("a", takeover_after=1.0))
+        assert doomed.claim(f"settle:{channel.contract_txid}")  # its last beat, then silence
+        record = channel.record
+        sides.server_node.set_mocktime(record.contract.expiry - FAST.settle_margin + 60)
+        await asyncio.to_thread(sides.server_node.mine, 1)
+        await until(lambda: closed(on_b), what="the survivor to settle the killed one's channel")
+        settlement = next(e.settlement for e in on_b if isinstance(e, ChannelClosed))
+        await client.stop()
+        await b.stop()
+        return settlement, VALUE - record.change
+
+    settlement, acknowledged = asyncio.run(scenario())
+    # Every payment the killed instance acknowledged is in the survivor's settlement.
+    assert VALUE - settlement.outputs[0].value >= acknowledged == 31_000
