@@ -39,6 +39,8 @@ from bitcoind_paychan.service.limits import PeerLimits
 from bitcoind_paychan.store import ENGINES, ChannelStore, open_store
 from bitcoind_paychan.store.leases import ClusterPolicy
 from bitcoind_paychan.store.postgres import check_dsn, password_of
+from bitcoind_paychan.transport.proxies import EXPECTED as PROXIES_EXPECTED
+from bitcoind_paychan.transport.proxies import HEADERS, TrustedProxies
 from bitcoind_paychan.transport.tls import ClientTLS, ServerTLS
 
 LEVELS = ("debug", "info", "warning", "error")
@@ -89,6 +91,7 @@ class ServerConfig:
         if self.tls_cert_file is None or self.tls_key_file is None:
             return None
         return ServerTLS(self.tls_cert_file, self.tls_key_file)
+    proxies: TrustedProxies = field(default_factory=TrustedProxies)  # whose header counts
 
     @property
     def websocket_address(self) -> tuple[str, str] | None:
@@ -225,8 +228,12 @@ POLICY_KEYS: dict[str, dict[str, str]] = {
 }
 # The server section's keys for its PeerLimits (key → field), read like POLICY_KEYS.
 LIMIT_KEYS = {"max_connections_per_minute": "max_connections_per_minute",
-              "max_handshakes_per_ip": "max_handshakes_per_ip"}
-BUILT = ("policy", "limits", "tls")  # section fields built from keys, not keys themselves
+              "max_handshakes_per_ip": "max_handshakes_per_ip",
+              "max_contract_checks": "max_contract_checks"}
+# The server section's keys for its TrustedProxies (the WebSocket listener's).
+PROXY_KEYS = ("trusted_proxies", "proxy_header")
+# Section fields built from keys, not keys themselves.
+BUILT = ("policy", "limits", "tls", "proxies")
 NULL_IS_DEFAULT = {"scheduler.settle_margin"}  # null: the policy derives it
 
 
@@ -234,7 +241,8 @@ def section_keys(section: str) -> tuple[str, ...]:
     """The keys a section accepts: its own settings, then those that set its policy."""
     own = [f.name for f in dataclasses.fields(SECTIONS[section]) if f.name not in BUILT]
     policy = {**POLICY_KEYS.get(section, {}), **(LIMIT_KEYS if section == "server" else {})}
-    return (*(k for k in own if k not in policy.values()), *policy)
+    built = PROXY_KEYS if section == "server" else ()
+    return (*(k for k in own if k not in policy.values()), *policy, *built)
 
 
 def default_cookie_file(network: str) -> Path:
@@ -415,6 +423,7 @@ def _server(r: _Reader, d: dict[str, Any], network: str, check_files: bool) -> S
         tls_cert_file=r.optional_path(d, "server", "tls_cert_file", network),
         tls_key_file=r.optional_path(d, "server", "tls_key_file", network),
         websocket=_websocket(r, d),
+        proxies=_proxies(r, d),
     )
     if (s.tls_cert_file is None) != (s.tls_key_file is None):
         given, missing = (("tls_cert_file", "tls_key_file") if s.tls_key_file is None
@@ -444,6 +453,20 @@ def _websocket(r: _Reader, d: dict[str, Any]) -> str | None:
                                    "127.0.0.1:4244/paychan), or null for no WebSocket listener")
     r.address({"websocket": value.partition("/")[0]}, "server", "websocket", "")
     return value
+
+
+def _proxies(r: _Reader, d: dict[str, Any]) -> TrustedProxies:
+    """server.trusted_proxies (addresses, CIDR networks) and the header they set."""
+    header = r.choice(d, "server", "proxy_header", TrustedProxies.header, HEADERS)
+    raw = d.get("trusted_proxies")
+    if raw is None:
+        return TrustedProxies(header=header)
+    if not isinstance(raw, list):
+        r.fail("server.trusted_proxies", f"found {_show(raw)}, expected {PROXIES_EXPECTED}")
+    try:
+        return TrustedProxies.parse(raw, header)
+    except PolicyError as exc:
+        r.fail("server.trusted_proxies", exc.detail)
 
 
 def _client(r: _Reader, d: dict[str, Any], network: str, check_files: bool) -> ClientConfig:

@@ -141,7 +141,8 @@ class Daemon:
             if config.server.websocket_address:
                 self.websocket = websocket.Listener(self.server.gate, self.server.serve,
                                                     config.server.websocket_address[1],
-                                                    self.server.tls_door())
+                                                    self.server.tls_door(),
+                                                    trusted_proxies=config.server.proxies)
         if config.client.enabled:
             self.client = PaymentClient(wallet, store, network=Network.from_chain(config.network),
                                         policy=config.client.policy,

@@ -50,6 +50,7 @@ from bitcoind_paychan.errors import (
     PaychanError,
     ProtocolError,
     RemoteProtocolError,
+    StoreError,
     TLSError,
     TransactionRejected,
 )
@@ -370,8 +371,12 @@ class Channel:
     async def pay(self, amount: int, info: bytes = b"") -> bytes:
         """Pay `amount` sat more; returns once the server acknowledged it (with its info).
         The payment is stored before it is sent; calls made while others await their acks are
-        sent at once while the window has room."""
+        sent at once while the window has room. On a channel that can no longer be paid
+        through: ChannelGone (closed, settled, forgotten) or ChannelFailed (failed, or its
+        connection ended), saying what to do; nothing is stored or sent then."""
         machine, loop = self.machine, asyncio.get_running_loop()
+        if not self.connected:
+            raise await self._unpayable()
         async with self._lock:  # signed, queued for the store and for the wire in call order
             while machine.state is ClientState.WAITING_FOR_ACK and not machine.can_pay:
                 await self._read_one(lambda: machine.can_pay)  # an ack makes room
@@ -384,7 +389,10 @@ class Channel:
         try:
             for effect in effects:
                 if isinstance(effect, StorePayment):
-                    await writes.stored(effect)  # durable before it is sent
+                    try:
+                        await writes.stored(effect)  # durable before it is sent
+                    except StoreError as exc:  # the autopilot finished the channel meanwhile
+                        raise await self._unpayable(exc) from exc
             if turn is not None:  # after the store: payments committed together wake together
                 await turn  # the payment before this one is on the wire (one write for all)
             if not self.connected:
@@ -408,9 +416,16 @@ class Channel:
         """Ask the server to settle (after the payment in flight, if any, is acknowledged or
         lost); return the settlement once received and checked, or once a valid spender of
         the contract appears on our node (a bitcoinj server may never send CLOSE, and may lose
-        it as it hangs up). Closing a closing or closed channel returns its settlement."""
+        it as it hangs up). Closing a closing or closed channel returns its settlement;
+        closing a failed or forgotten one raises ChannelFailed (ChannelGone) at once."""
         if self.record.settlement_tx:
             return Transaction.parse(self.record.settlement_tx)
+        if not self.connected:
+            stored = await self._stored()
+            if stored is not None and stored.settlement_tx:
+                return Transaction.parse(stored.settlement_tx)
+            if stored is None or stored.status is ChannelStatus.FAILED:
+                raise await self._unpayable()
         async with self._lock:
             if self.connected:
                 await self._run(self.machine.close())
@@ -533,6 +548,31 @@ class Channel:
                 return
             await self._run(self.machine.receive(message))
 
+    async def _stored(self) -> ChannelRecord | None:
+        return await asyncio.to_thread(self.client.store.get, Role.CLIENT, self.contract_txid)
+
+    async def _unpayable(self, cause: StoreError | None = None) -> ChannelFailed:
+        """Why no payment can go through this channel, from what the store says of it."""
+        txid, stored = self.contract_txid, None
+        with contextlib.suppress(StoreError):
+            stored = await self._stored()
+        new = "open a new channel to pay"
+        if stored is None:
+            return ChannelGone(f"channel {txid} is closed and forgotten: its money was settled "
+                               f"on chain and it is in the history only; {new}")
+        if stored.status is ChannelStatus.FAILED:
+            return ChannelFailed(f"channel {txid} failed: its contract never made it on chain "
+                                 f"(double-spent or abandoned), so nothing can be paid through "
+                                 f"it; {new}")
+        if stored.status is not ChannelStatus.OPEN:
+            return ChannelGone(f"channel {txid} is {stored.status}: the server settled it (or "
+                               f"it was refunded); {new}")
+        if cause is not None:
+            return ChannelFailed(f"cannot store the payment on channel {txid}: {cause}; "
+                                 "nothing was sent")
+        return ChannelFailed(f"{self._ended()}: resume it (open or resume) to pay "
+                             "(nothing was stored or sent)")
+
     def _ended(self) -> str:
         """Why the connection is over, true to what was stored."""
         peer = self.machine.peer
@@ -605,7 +645,10 @@ class Channel:
         while True:
             spender = await self.client.wallet.spender(record.contract_txid, 0)
             if spender is None:  # mined already? the watcher records spenders in blocks
-                mined = self.client.watcher.chain_state(record.contract_txid).spender
+                try:
+                    mined = self.client.watcher.chain_state(record.contract_txid).spender
+                except StoreError:  # forgotten meanwhile: buried, in the history only
+                    raise await self._unpayable() from None
                 spender = Transaction.parse(mined) if mined else None
             if spender is not None:
                 try:

@@ -1,5 +1,6 @@
 """Per-peer limits at the server's door: how often one address may connect, and how many
-channel handshakes it may have under way at once.
+channel handshakes it may have under way at once; and, for all peers together, how many
+offered contracts the server's node checks at once.
 
 A peer over a limit is hung up on at once, before anything is read or allocated for it, and
 logged at most once per `log_interval` (with the count refused since), so a flood cannot fill
@@ -26,10 +27,12 @@ class PeerLimits:
 
     max_connections_per_minute: int = 600  # per address; a burst of all of them is allowed
     max_handshakes_per_ip: int = 100  # connections from one address not yet in an open channel
+    max_contract_checks: int = 8  # contracts checked with the node at once, all peers together
     log_interval: float = 60.0  # seconds between two log lines about the same peer
 
     def __post_init__(self) -> None:
-        for name in ("max_connections_per_minute", "max_handshakes_per_ip"):
+        for name in ("max_connections_per_minute", "max_handshakes_per_ip",
+                     "max_contract_checks"):
             if getattr(self, name) < 1:
                 raise PolicyError(name, f"found {getattr(self, name)}, expected an integer ≥ 1")
         if self.log_interval <= 0:

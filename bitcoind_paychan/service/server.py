@@ -152,6 +152,8 @@ class ServerManager:
         self.on_payment_latency = on_payment_latency  # seconds from UPDATE_PAYMENT to its ack
         self.handshake_timeout = handshake_timeout
         self.gate = PeerGate(limits)  # per-address connection rate and handshakes (transports)
+        # Offered contracts checked with the node at once, all connections together.
+        self.contract_checks = asyncio.Semaphore(self.gate.limits.max_contract_checks)
         self._owners: dict[str, Link] = {}  # contract txid → its current connection
         self._held: dict[int, Lease] = {}  # a connection's (its Link's id) → its lease
         self._connections: set[ServerConnection] = set()
@@ -388,8 +390,22 @@ class ServerManager:
                     Disconnect("settlement failed")]
 
     async def _check_contract(self, tx: Transaction) -> tuple[str | None, bool]:
-        """Would the node take this contract? (refusal or None, whether to retry later)"""
+        """Would the node take this contract? (refusal or None, whether to retry later)
+
+        At most `limits.max_contract_checks` checks run at once, whoever offered them: a
+        contract waits for a free slot up to half the handshake timeout (leaving the check
+        itself time before the client gives up), then is refused as retryable."""
         bind_channel(tx.txid_hex)  # the connection's channel, before it is claimed
+        wait = self.handshake_timeout / 2
+        try:
+            async with asyncio.timeout(wait):
+                await self.contract_checks.acquire()
+        except TimeoutError:
+            busy = self.gate.limits.max_contract_checks
+            log.warning("refused contract %s unchecked: %d other contracts were being checked "
+                        "for %.1f s (server.max_contract_checks)", tx.txid_hex, busy, wait)
+            return (f"it is busy checking other contracts (at most {busy} at once) and none "
+                    f"finished within {wait:g} s"), True
         try:
             await self.wallet.check_acceptable(tx)
             return None, False
@@ -401,6 +417,8 @@ class ServerManager:
                         tx.txid_hex, exc)
             unreachable = isinstance(exc, NodeUnreachable)
             return ("its node does not answer" if unreachable else "its node failed"), True
+        finally:
+            self.contract_checks.release()
 
     async def _broadcast(self, machine: ServerChannel, effect: Broadcast) -> str:
         """Broadcast; on refusal return what to tell the client.

@@ -2,7 +2,8 @@
 message (no length prefix), on a configurable path. The one place WebSocket connections are
 opened, by a server (`Listener`) or a client (`connect`).
 
-Limits as on TCP: the server's PeerGate per address (over it: 429 before the upgrade), the
+Limits as on TCP: the server's PeerGate per address (over it: 429 before the upgrade; behind
+trusted reverse proxies, the client's address their header names, `proxies`), the
 protocol's largest message (a larger one closes the connection with WebSocket code 1009,
 message too big), the manager's handshake timeout; a text message or junk is answered with
 ERROR (SYNTAX_ERROR) and a hang-up.
@@ -23,6 +24,7 @@ from bitcoind_paychan.errors import ErrorCode, RemoteProtocolError, TLSError
 from bitcoind_paychan.service.limits import Admission, PeerGate
 from bitcoind_paychan.transport.base import Connections, Inbox, Stream, encode
 from bitcoind_paychan.transport.http import WebServer
+from bitcoind_paychan.transport.proxies import TrustedProxies
 from bitcoind_paychan.transport.tls import ClientTLS, handshake_failed, refusal
 from bitcoind_paychan.transport.tlsdoor import TLS_ONLY_HEADER, TLSDoor
 from bitcoind_paychan.wire import pb
@@ -164,14 +166,17 @@ def _tls_failed(exc: aiohttp.ClientSSLError, url: str, tls: ClientTLS) -> TLSErr
 
 
 class Listener:
-    """Accepts WebSocket connections on `path`: each address through `gate`, then
-    `serve(stream, admission)`; the stream is closed when it returns."""
+    """Accepts WebSocket connections on `path`: each client's address through `gate`, then
+    `serve(stream, admission)`; the stream is closed when it returns. A connection from one
+    of `trusted_proxies` is counted and logged by the client address their header names."""
 
     def __init__(self, gate: PeerGate, serve: Serve, path: str = "/",
-                 door: TLSDoor | None = None) -> None:
+                 door: TLSDoor | None = None, *,
+                 trusted_proxies: TrustedProxies | None = None) -> None:
         self.gate = gate
         self.path = path
         self.door = door  # TLS (wss://): each connection's handshake, after the gate
+        self.trusted_proxies = trusted_proxies or TrustedProxies()
         self._web: WebServer | None = None
         self._connections: Connections[WebSocketStream] = Connections(serve)
         self._accepting = True
@@ -197,7 +202,9 @@ class Listener:
     async def _accept(self, request: web.Request) -> web.StreamResponse:
         if not self._accepting:
             raise web.HTTPServiceUnavailable(text="the payment server is stopping\n")
-        admission = self.gate.admit(request.remote or "")
+        proxies = self.trusted_proxies
+        client = proxies.client(request.remote or "", request.headers.getall(proxies.header, []))
+        admission = self.gate.admit(client)
         if admission is None:  # over a per-peer limit: refused before the upgrade
             raise web.HTTPTooManyRequests(text="too many connections from your address\n")
         ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_SIZE, autoping=True)
@@ -206,13 +213,15 @@ class Listener:
         except BaseException:
             admission.release()
             raise
-        await self._connections.run(WebSocketStream(ws, _peername(request)), admission)
+        await self._connections.run(WebSocketStream(ws, _peername(request, client)), admission)
         return ws
 
 
-def _peername(request: web.Request) -> str:
+def _peername(request: web.Request, client: str) -> str:
+    """The peer for logs: its address and port, or the client a trusted proxy names (via)."""
     peer = request.transport.get_extra_info("peername") if request.transport else None
+    name = request.remote or "unknown peer"
     if isinstance(peer, tuple) and len(peer) >= 2:
         host = str(peer[0])
-        return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
-    return request.remote or "unknown peer"
+        name = f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+    return name if client == (request.remote or "") else f"{client} (via {name})"

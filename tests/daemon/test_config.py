@@ -21,6 +21,7 @@ from bitcoind_paychan.daemon.config import Config, config_from_dict, load_config
 from bitcoind_paychan.errors import ConfigError
 from bitcoind_paychan.node.config import NodeConfig
 from bitcoind_paychan.service.limits import PeerLimits
+from bitcoind_paychan.transport.proxies import TrustedProxies
 from bitcoind_paychan.transport.tls import ClientTLS, ServerTLS
 from tests.transport.certs import CertFactory
 
@@ -348,6 +349,14 @@ BAD = [
      ["found 0", "≥ 1"]),
     ("server:\n  max_handshakes_per_ip: true", "server.max_handshakes_per_ip",
      ["found true", "expected an integer"]),
+    ("server:\n  max_contract_checks: 0", "server.max_contract_checks",
+     ["found 0", "≥ 1"]),
+    ("server:\n  trusted_proxies: [127.0.0.1, 10.0.0.0/33]", "server.trusted_proxies",
+     ["found '10.0.0.0/33'", "expected a list of IP addresses or networks in CIDR form"]),
+    ("server:\n  trusted_proxies: 10.0.0.0/8", "server.trusted_proxies",
+     ["found '10.0.0.0/8' (a string)", "expected a list of IP addresses"]),
+    ("server:\n  proxy_header: x-real-ip", "server.proxy_header",
+     ["found 'x-real-ip'", "expected one of: x-forwarded-for, forwarded"]),
     ("client:\n  servers:\n    shop: ws://shop.example/paychan", "client.servers.shop",
      ["found 'ws://shop.example/paychan'", "expected ws://host:port/path"]),
     ("server:\n  websocket: 127.0.0.1:4244", "server.websocket",
@@ -616,9 +625,18 @@ def test_the_contrib_examples_load(name: str, network: str,
 def test_peer_limits_come_from_the_server_section(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, "")).server.limits == PeerLimits()
     config = load_config(write(tmp_path, "server:\n  max_connections_per_minute: 30\n"
-                                         "  max_handshakes_per_ip: 4\n"))
+                                         "  max_handshakes_per_ip: 4\n"
+                                         "  max_contract_checks: 2\n"))
     assert config.server.limits == PeerLimits(max_connections_per_minute=30,
-                                              max_handshakes_per_ip=4)
+                                              max_handshakes_per_ip=4, max_contract_checks=2)
+
+
+def test_trusted_proxies_come_from_the_server_section(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "")).server.proxies == TrustedProxies()
+    config = load_config(write(tmp_path, "server:\n  trusted_proxies: [127.0.0.1, fd00::/8]\n"
+                                         "  proxy_header: forwarded\n"))
+    assert config.server.proxies == TrustedProxies.parse(["127.0.0.1/32", "fd00::/8"],
+                                                         "forwarded")
 
 
 def test_payout_address_must_belong_to_the_network(tmp_path: Path) -> None:

@@ -38,9 +38,23 @@ def documented_keys() -> list[str]:
     return re.findall(r"^\| `([a-z_]+(?:\.[a-z_]+)?)` \|", DOCS.read_text(), re.MULTILINE)
 
 
+# Keys that act only beside another: the configuration both sides of their probe start from.
+NEEDS: dict[str, dict[str, Any]] = {
+    "server.trusted_proxies": {"websocket": "127.0.0.1:4244/paychan"},
+    "server.proxy_header": {"websocket": "127.0.0.1:4244/paychan"},
+}
+
+
+def base(key: str) -> dict[str, Any]:
+    """Both roles enabled, and what `key` needs to act."""
+    data: dict[str, Any] = {section: dict(values) for section, values in BOTH.items()}
+    data["server"].update(NEEDS.get(key, {}))
+    return data
+
+
 def setting(key: str, value: Any) -> dict[str, Any]:
     """The configuration with `key` (section.name) set to `value`, both roles enabled."""
-    data: dict[str, Any] = {section: dict(values) for section, values in BOTH.items()}
+    data = base(key)
     if "." not in key:
         return {**data, key: value}
     section, name = key.split(".")
@@ -63,6 +77,11 @@ def built(data: dict[str, Any], folder: Path) -> Daemon:
 def server(daemon: Daemon) -> Any:
     assert daemon.server is not None
     return daemon.server
+
+
+def websocket(daemon: Daemon) -> Any:
+    assert daemon.websocket is not None
+    return daemon.websocket
 
 
 def client(daemon: Daemon) -> Any:
@@ -97,9 +116,12 @@ PROBES: dict[str, tuple[Any, Probe]] = {
     "server.max_connections_per_minute": (30, lambda d: server(d).gate.limits
                                           .max_connections_per_minute),
     "server.max_handshakes_per_ip": (4, lambda d: server(d).gate.limits.max_handshakes_per_ip),
+    "server.max_contract_checks": (2, lambda d: server(d).gate.limits.max_contract_checks),
     "server.payout_address": ("bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080",
                               lambda d: server(d).payout_script),
     "server.websocket": ("127.0.0.1:4244/pay", lambda d: d.websocket and d.websocket.path),
+    "server.trusted_proxies": (["127.0.0.1"], lambda d: websocket(d).trusted_proxies.networks),
+    "server.proxy_header": ("forwarded", lambda d: websocket(d).trusted_proxies.header),
     "client.enabled": (False, lambda d: d.client is not None),
     "client.servers": ({"shop": "10.0.0.1:4242"}, lambda d: d._server_address("shop")
                        if "shop" in d.config.client.servers else None),
@@ -143,7 +165,7 @@ def test_the_documented_keys_are_all_accounted_for() -> None:
 @pytest.mark.parametrize("key", sorted(PROBES))
 def test_changing_a_key_changes_what_the_daemon_runs_with(key: str, tmp_path: Path) -> None:
     value, probe = PROBES[key]
-    assert probe(built(setting(key, value), tmp_path)) != probe(built(BOTH, tmp_path)), key
+    assert probe(built(setting(key, value), tmp_path)) != probe(built(base(key), tmp_path)), key
 
 
 def test_the_services_share_the_policies_the_configuration_built(tmp_path: Path) -> None:

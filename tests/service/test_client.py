@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.channel.records import ChannelStatus, Role
 from bitcoind_paychan.node import Bitcoind
-from bitcoind_paychan.service.client import ChannelFailed
+from bitcoind_paychan.service.client import ChannelFailed, ChannelGone
 from bitcoind_paychan.service.regtest import MiningBroadcaster
 from bitcoind_paychan.service.server import PaymentServer, ServerManager
 from bitcoind_paychan.wire import pb
@@ -112,3 +114,71 @@ def test_a_payment_the_application_carries_completes_when_it_feeds_back_the_ack(
     assert paid == 1_000 + 4_000 + 5_000
     assert connections == 2  # resumed on a new connection
     assert [p.amount for p in sides.payments()][-1] == 5_000
+
+
+def status(sides: Sides, txid: str) -> ChannelStatus | None:
+    record = sides.store("client").get(Role.CLIENT, txid)
+    return record.status if record else None
+
+
+def test_paying_or_closing_a_channel_settled_and_forgotten_meanwhile_is_channel_gone(
+        sides: Sides) -> None:
+    """The server settles while the application holds the channel and does not read; the
+    autopilot sees the settlement buried and forgets the channel. Paying through it, or
+    closing it, then says it is gone and to open a new one (it was a StoreError), and
+    nothing is stored."""
+    async def scenario() -> tuple[str, str, str, int]:
+        server = sides.server()
+        host, port = await server.listen()
+        client = sides.client()
+        channel = await client.open(host, port, VALUE)
+        await channel.pay(2_000)
+        txid = channel.contract_txid
+        await server.settle(txid)
+        while status(sides, txid) is not None:  # settled, buried, forgotten
+            await asyncio.to_thread(sides.mine, 1)
+            await until(lambda: status(sides, txid) is not ChannelStatus.OPEN, 5.0,
+                        "the client's autopilot to see the settlement")
+        with pytest.raises(ChannelGone) as paying:
+            await channel.pay(1_000)
+        with pytest.raises(ChannelGone) as closing:
+            await channel.close()
+        logged = len(sides.store("client").payments(Role.CLIENT, txid))
+        await client.stop()
+        await server.stop()
+        return txid, str(paying.value), str(closing.value), logged
+
+    txid, paying, closing, logged = asyncio.run(scenario())
+    for message in (paying, closing):
+        assert f"channel {txid} is closed and forgotten" in message, message
+        assert "open a new channel" in message, message
+    assert logged == 2  # the initial payment and the 2,000: nothing for the refused one
+
+
+def test_paying_a_closed_or_disconnected_channel_says_what_happened_and_what_to_do(
+        sides: Sides) -> None:
+    async def scenario() -> tuple[str, str, str, str, int]:
+        server = sides.server()
+        host, port = await server.listen()
+        client = sides.client()
+        channel = await client.open(host, port, VALUE)
+        await channel.disconnect()
+        with pytest.raises(ChannelFailed) as disconnected:
+            await channel.pay(1_000)
+        resumed = await client.open(host, port, VALUE)
+        await resumed.pay(1_000)
+        settlement = await resumed.close()
+        with pytest.raises(ChannelGone) as closed:
+            await resumed.pay(1_000)
+        again = await resumed.close()  # closing a closed channel returns its settlement
+        await client.stop()
+        await server.stop()
+        return (str(disconnected.value), str(closed.value), settlement.txid_hex,
+                again.txid_hex, resumed.paid)
+
+    disconnected, closed, settlement, again, paid = asyncio.run(scenario())
+    assert "ended" in disconnected and "resume it" in disconnected, disconnected
+    assert "nothing was stored or sent" in disconnected
+    assert "is closing: the server settled it" in closed and "open a new channel" in closed
+    assert settlement == again
+    assert paid == 1_000 + 1_000

@@ -76,7 +76,8 @@ def test_idle_peers_are_forgotten_so_the_table_stays_bounded() -> None:
 
 
 @pytest.mark.parametrize("limits", [{"max_connections_per_minute": 0},
-                                    {"max_handshakes_per_ip": 0}, {"log_interval": 0}])
+                                    {"max_handshakes_per_ip": 0}, {"max_contract_checks": 0},
+                                    {"log_interval": 0}])
 def test_limits_are_validated(limits: dict[str, int]) -> None:
     with pytest.raises(PolicyError):
         PeerLimits(**limits)

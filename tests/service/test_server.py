@@ -310,3 +310,35 @@ def test_the_manager_answers_each_frame_an_application_carries_before_receive_re
     assert paid == 6_000
     sides.mine(1)
     assert sides.client_node.rpc("getrawtransaction", settlement, True)["confirmations"] == 1
+
+
+def test_contract_checks_share_one_cap_and_one_not_checked_in_time_is_refused(
+        sides: Sides) -> None:
+    """Strangers cost nothing, so the node's checks of offered contracts are capped for all
+    peers together: with the one slot held (a check that never ends), a contract is refused
+    as retryable once half the handshake timeout has passed, unchecked, and nothing is kept;
+    with the slot free again, strangers offering at once are each checked in turn (and
+    refused by the node), and a client opens."""
+    async def scenario() -> tuple[str, list[str], list[ErrorCode | None], list[str]]:
+        server = sides.server(limits=PeerLimits(max_contract_checks=1), handshake_timeout=1.0)
+        host, port = await server.listen()
+        await server.contract_checks.acquire()  # a stalled check holds the only slot
+        with pytest.raises(ChannelFailed) as busy:
+            await sides.client().open(host, port, 500_000)
+        stored = [r.contract_txid for r in server.store.channels()]
+        server.contract_checks.release()
+        codes = list(await asyncio.gather(*(fake_open(host, port) for _ in range(3))))
+        channel = await sides.client().open(host, port, 500_000)
+        await channel.pay(1_000)
+        opened = [r.contract_txid for r in server.store.channels()]
+        await channel.disconnect()
+        await server.stop()
+        return str(busy.value), stored, codes, opened
+
+    message, stored, codes, opened = asyncio.run(scenario())
+    assert "OTHER" in message and "retry later" in message, message
+    assert "busy checking other contracts (at most 1 at once)" in message, message
+    assert "nothing was stored" in message, message
+    assert stored == []
+    assert codes == [ErrorCode.BAD_TRANSACTION] * 3  # checked by the node, one at a time
+    assert len(opened) == 1

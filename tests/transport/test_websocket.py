@@ -4,16 +4,20 @@ settled over ws://, and a peer that breaks the rules refused as on TCP."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import aiohttp
+import pytest
 
 from bitcoind_paychan.channel import messages
 from bitcoind_paychan.channel.records import ChannelStatus, Role
 from bitcoind_paychan.errors import ErrorCode
 from bitcoind_paychan.service.client import ChannelFailed
-from bitcoind_paychan.service.limits import PeerLimits
+from bitcoind_paychan.service.limits import Admission, PeerGate, PeerLimits
 from bitcoind_paychan.service.server import PaymentServer
 from bitcoind_paychan.transport import websocket
+from bitcoind_paychan.transport.base import Stream
+from bitcoind_paychan.transport.proxies import TrustedProxies
 from bitcoind_paychan.wire import MAX_MESSAGE_SIZE, encode_message, error_code, pb
 from tests.service.conftest import Sides
 
@@ -148,3 +152,52 @@ def test_a_wrong_path_is_a_clear_error_that_spends_nothing(sides: Sides) -> None
     assert "refused the WebSocket upgrade: 404" in error
     assert "nothing was stored or spent" in error
     assert sides.store("client").channels(Role.CLIENT) == []
+
+
+async def through_proxy(trusted: list[str]) -> tuple[list[int], list[str]]:
+    """Connections from 127.0.0.1 (the proxy) naming clients in X-Forwarded-For, one
+    handshake per address allowed: the status of each upgrade, the peers as served."""
+    served: list[str] = []
+
+    async def serve(stream: Stream, admission: Admission) -> None:
+        served.append(stream.peername)
+        await stream.receive(None)  # hold the handshake slot until the client leaves
+
+    gate = PeerGate(PeerLimits(max_handshakes_per_ip=1))
+    listener = websocket.Listener(gate, serve, "/paychan",
+                                  trusted_proxies=TrustedProxies.parse(trusted))
+    host, port = await listener.listen("127.0.0.1", 0)
+    statuses: list[int] = []
+    async with aiohttp.ClientSession() as session:
+        open_ones = []
+        for forwarded in ("203.0.113.7", "198.51.100.9", "203.0.113.7",
+                          "198.51.100.9, 203.0.113.7"):  # the client's own header, appended
+            try:
+                ws = await session.ws_connect(f"ws://{host}:{port}/paychan",
+                                              headers={"X-Forwarded-For": forwarded})
+                open_ones.append(ws)
+                statuses.append(101)
+            except aiohttp.WSServerHandshakeError as exc:
+                statuses.append(exc.status)
+        for ws in open_ones:
+            await ws.close()
+    listener.close()
+    await listener.stop()
+    return statuses, served
+
+
+def test_forwarded_for_from_an_untrusted_peer_is_ignored() -> None:
+    statuses, served = asyncio.run(through_proxy(["10.0.0.0/8"]))
+    assert statuses == [101, 429, 429, 429]  # every client is the proxy's one address
+    assert served[0].startswith("127.0.0.1:") and "203.0.113.7" not in served[0]
+
+
+def test_forwarded_for_from_a_trusted_proxy_names_the_client_for_limits_and_logs(
+        caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, "bitcoind_paychan.service.limits"):
+        statuses, served = asyncio.run(through_proxy(["127.0.0.1"]))
+    assert statuses == [101, 101, 429, 429]  # one handshake per client, not per proxy
+    assert [name.split(" (via ")[0] for name in served] == ["203.0.113.7", "198.51.100.9"]
+    assert all(" (via 127.0.0.1:" in name for name in served)
+    refusals = [r.getMessage() for r in caplog.records]
+    assert refusals and "hanging up on 203.0.113.7" in refusals[0]
