@@ -269,6 +269,8 @@ def test_client_killed_after_the_settlement_broadcast(one_node: Sides) -> None:
         await until(lambda: restarted.store.get(Role.CLIENT, txid) is not None
                     and restarted.store.get(Role.CLIENT, txid).status  # type: ignore[union-attr]
                     is ChannelStatus.SETTLED, what="the restarted client to record it")
+        # the application hears of it after it is stored
+        await until(lambda: bool(sides.client_events), what="the channel's finished event")
         change = restarted.store.get(Role.CLIENT, txid).change  # type: ignore[union-attr]
         await restarted.stop()
         return txid, change
