@@ -232,8 +232,11 @@ async def measure(args: argparse.Namespace, run: Run) -> dict[str, Any]:
         url=node.rpc_url, chain="regtest", wallet="client", cookie_file=node.cookie_path))),
         client_store, policy=ClientPolicy(value=VALUE), poll_interval=0.5,
         review_interval=5.0)
-    payers = [Payer(client, await client.open("127.0.0.1", port, VALUE, new=True))
-              for _ in range(args.clients)]
+    payers = []
+    for n in range(1, args.clients + 1):
+        payers.append(Payer(client, await client.open("127.0.0.1", port, VALUE, new=True)))
+        if n % 20 == 0:  # each contract spends the last one's change: stay below the node's
+            await asyncio.to_thread(node.mine, 1)  # limit of 25 unconfirmed ancestors
     running = True
     tasks = [asyncio.create_task(p.run(lambda: running)) for p in payers]
 
