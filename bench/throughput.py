@@ -346,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--channels, --payments and --window must be at least 1")
     if args.channels * (channel_value(args.payments) + FUNDING_SPARE) > MAX_FUNDING:
         parser.error("channels × payments needs more than the client wallet's 50 BTC")
+    if args.uvloop and args.tls:  # the TLS door peeks at the first byte before anything
+        # reads it; uvloop's transports may read it first (a handshake then stalls)
+        parser.error("--tls runs on asyncio's event loop only, not with --uvloop")
     if args.capacity and (args.transport != "tcp" or args.tls):
         parser.error("--capacity replays frames over plain TCP only")
     try:

@@ -40,11 +40,23 @@ def test_throughput_with_a_window_and_in_server_capacity_mode() -> None:
         assert isinstance(capacity[key], float) and capacity[key] > 0, key  # type: ignore
 
 
-def test_throughput_over_tls_on_tcp_and_websocket_and_uvloop() -> None:
-    for transport, loop in (("tcp", []), ("ws", []), ("tcp", ["--uvloop"])):
+def test_throughput_over_tls_on_tcp_and_websocket() -> None:
+    for transport in ("tcp", "ws"):
         result = run_json("bench/throughput.py", "--channels", "1", "--payments", "20",
-                          "--window", "4", "--tls", "--transport", transport, *loop)
-        assert result["tls"] is True and result["server_logged"] == 20, (transport, loop)
+                          "--window", "4", "--tls", "--transport", transport)
+        assert result["tls"] is True and result["server_logged"] == 20, transport
+
+
+def test_throughput_refuses_tls_on_uvloop() -> None:
+    done = subprocess.run([sys.executable, "bench/throughput.py", "--tls", "--uvloop"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--tls runs on asyncio's event loop only" in done.stderr
+
+
+def test_throughput_on_uvloop() -> None:
+    result = run_json("bench/throughput.py", "--channels", "1", "--payments", "20",
+                      "--window", "4", "--uvloop")
+    assert result["event_loop"] == "uvloop" and result["server_logged"] == 20
 
 
 def test_throughput_over_websocket() -> None:
