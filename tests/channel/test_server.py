@@ -981,28 +981,12 @@ def test_pipelined_payments_are_each_checked_and_stored_and_acknowledged_in_orde
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-@pytest.mark.parametrize("bad", [(0,), (1,), (2,)], ids=["first", "middle", "last"])
-def test_a_pipelined_payment_with_a_bad_signature_is_refused_wherever_it_is(
-        version: int, bad: tuple[int, ...]) -> None:
-    """Every signature of a pipelined batch is verified: a bad one is never acknowledged,
-    even when a later payment in the same batch is signed correctly."""
-    pump = opened(version)
-    before = pump.server.record
-    assert before is not None
-    updates = _updates(pump, [1_000, 1_000, 1_000], bad=bad)
-    effects, taken = pump.server.receive_pipelined(updates)
-    good = bad[0]
-    assert taken == good + 1
-    assert types(effects)[:3 * good] == [StorePayment, PaymentReceived, Send] * good
-    assert_refused(pump.server, effects[3 * good:], ErrorCode.BAD_TRANSACTION)
-    assert pump.server.record is not None
-    assert pump.server.record.change == before.change - 1_000 * good
-
-
-@pytest.mark.parametrize("version", VERSIONS)
-@pytest.mark.parametrize("bad", [(3,), (1, 3)], ids=["last", "second and last"])
+@pytest.mark.parametrize("bad", [(0,), (1,), (3,), (1, 3)],
+                         ids=["first", "second", "last", "second and last"])
 def test_a_pipelined_batch_is_accepted_up_to_its_first_bad_signature(
         version: int, bad: tuple[int, ...]) -> None:
+    """Every signature of a pipelined batch is verified: a bad one is never acknowledged,
+    even when a later payment of the same batch is signed correctly."""
     pump = opened(version)
     before = pump.server.record
     assert before is not None
