@@ -217,8 +217,8 @@ def show(method: str, result: Any, as_json: bool) -> None:
                               ("conf", "contract_confirmations"),
                               ("closing", "closing_txid")]))
     elif method == "listpayments":
-        print(_table(result, [("role", "role"), ("contract", "contract_txid"),
-                              ("seq", "seq"), ("amount", "amount"),
+        print(_table(result, [("stored", "stored_at"), ("role", "role"),
+                              ("contract", "contract_txid"), ("seq", "seq"), ("amount", "amount"),
                               ("change after", "change_after"), ("info", "info")]))
     elif isinstance(result, dict):
         width = max((len(k) for k in result), default=0)
@@ -236,6 +236,8 @@ def _cell(key: str, value: Any) -> str:
         return "yes" if value else "no"
     if key in ("deadline", "expiry", "opened_at", "closed_at", "before") and isinstance(value, int):
         return dt.datetime.fromtimestamp(value, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    if key == "stored_at" and isinstance(value, int):  # payments: to the second
+        return dt.datetime.fromtimestamp(value, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
     if isinstance(value, list):
         return ", ".join(_cell("", v) for v in value) or "-"
     if isinstance(value, dict):
@@ -332,8 +334,12 @@ def parser() -> argparse.ArgumentParser:
                         help="stream N payments (≥ 1)")
     command("close", _close, "settle a channel").add_argument(
         "channel", help="contract txid (or a unique prefix), or a server's name")
-    payments = command("listpayments", _call("listpayments", "channel"), "payments made")
+    payments = command("listpayments", _call("listpayments", "channel", "limit", "since"),
+                       "payments made and received, newest first")
     payments.add_argument("channel", nargs="?", help="contract txid (or a unique prefix)")
+    payments.add_argument("--limit", type=_positive, metavar="N", help="the newest N only")
+    payments.add_argument("--since", metavar="DATE", help="those stored at or after DATE: "
+                          "YYYY-MM-DD, YYYY-MM-DDTHH:MM (UTC) or Unix seconds")
     pruning = command("prunehistory", _call("prunehistory", "before"),
                       "delete the history of channels closed before a date")
     pruning.add_argument("--before", required=True, metavar="DATE",

@@ -124,7 +124,8 @@ class DaemonApi(Protocol):
 
     async def close(self, channel_id: str) -> dict[str, Any]: ...
 
-    async def listpayments(self, channel_id: str | None) -> list[dict[str, Any]]: ...
+    async def listpayments(self, channel_id: str | None, limit: int | None = None,
+                           since: str | None = None) -> list[dict[str, Any]]: ...
 
     async def prunehistory(self, before: str) -> dict[str, Any]: ...
 
@@ -141,7 +142,7 @@ class DaemonApi(Protocol):
 @dataclass(frozen=True)
 class Param:
     name: str
-    kind: str  # "str", "amount", "flag" (a bool, false when missing)
+    kind: str  # "str", "amount", "count" (a whole number ≥ 1), "flag" (false when missing)
     required: bool = True
 
     def check(self, method: str, value: Any) -> Any:
@@ -152,10 +153,11 @@ class Param:
                 raise LocalProtocolError(f"{method}: {self.name} must be true or false, got "
                                          f"{json.dumps(value)}")
             return value
-        if self.kind == "amount":
+        if self.kind in ("amount", "count"):
             if isinstance(value, bool) or not isinstance(value, int):
-                raise LocalProtocolError(f"{method}: {self.name} must be a whole number of "
-                                       f"satoshis, got {json.dumps(value)}")
+                unit = " of satoshis" if self.kind == "amount" else ""
+                raise LocalProtocolError(f"{method}: {self.name} must be a whole number{unit}, "
+                                         f"got {json.dumps(value)}")
             if value <= 0:
                 raise LocalProtocolError(f"{method}: {self.name} must be positive, got {value}")
             return value
@@ -177,7 +179,9 @@ SIGNATURES: dict[str, tuple[Param, ...]] = {
     "pay": (Param("target", "str"), Param("amount", "amount"),
             Param("info", "str", required=False)),
     "close": (Param("channel_id", "str"),),
-    "listpayments": (Param("channel_id", "str", required=False),),
+    "listpayments": (Param("channel_id", "str", required=False),
+                     Param("limit", "count", required=False),
+                     Param("since", "str", required=False)),
     "prunehistory": (Param("before", "str"),),
     "stop": (),
 }

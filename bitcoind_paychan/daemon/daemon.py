@@ -421,15 +421,20 @@ class Daemon:
             return None
         return Transaction.parse(record.settlement_tx).txid_hex
 
-    async def listpayments(self, channel_id: str | None) -> list[dict[str, Any]]:
+    async def listpayments(self, channel_id: str | None, limit: int | None = None,
+                           since: str | None = None) -> list[dict[str, Any]]:
+        """Logged payments, newest first (by when they were stored; those logged before
+        their time was kept last): at most `limit`, those stored at or after `since`."""
         txid = self._find(channel_id, forgotten=True).contract_txid if channel_id else None
+        after = None if since is None else _instant(since, "listpayments --since")
         payments: list[dict[str, Any]] = []
         for role, service in ((Role.SERVER, self.server), (Role.CLIENT, self.client)):
             if service is not None:
                 payments += [asdict(p) | {"role": role.value, "info": _text(p.info),
                                           "info_hex": p.info.hex()}
-                             for p in service.store.payments(role, txid)]
-        return payments
+                             for p in service.store.payments(role, txid, limit, after)]
+        payments.sort(key=lambda p: p["stored_at"] or 0, reverse=True)  # stable: by id within
+        return payments[:limit]
 
     async def stop(self) -> dict[str, Any]:
         asyncio.get_running_loop().call_later(0.1, self._stop.set)
@@ -458,14 +463,14 @@ def _forgotten(summary: ChannelSummary) -> dict[str, Any]:
                   "forgotten": True}
 
 
-def _instant(text: str) -> int:
+def _instant(text: str, what: str = "prunehistory") -> int:
     """Unix seconds of `2026-01-31`, `2026-01-31T12:00` (UTC unless it says) or `1767225600`."""
     if text.isdigit():
         return int(text)
     try:
         when = dt.datetime.fromisoformat(text)
     except ValueError:
-        raise LocalProtocolError(f"prunehistory: {text!r} is not a date; give YYYY-MM-DD, "
+        raise LocalProtocolError(f"{what}: {text!r} is not a date; give YYYY-MM-DD, "
                                  "YYYY-MM-DDTHH:MM or Unix seconds") from None
     return int((when if when.tzinfo else when.replace(tzinfo=dt.UTC)).timestamp())
 

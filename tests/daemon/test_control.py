@@ -115,9 +115,10 @@ class FakeDaemon:
             "close", channel_id, default={"settlement_txid": "cd" * 32})
         return answer
 
-    async def listpayments(self, channel_id: str | None) -> list[dict[str, Any]]:
+    async def listpayments(self, channel_id: str | None, limit: int | None = None,
+                           since: str | None = None) -> list[dict[str, Any]]:
         answer: list[dict[str, Any]] = await self._answer(
-            "listpayments", channel_id, default=[{"amount": 5, "info": ""}])
+            "listpayments", channel_id, limit, since, default=[{"amount": 5, "info": ""}])
         return answer
 
     async def prunehistory(self, before: str) -> dict[str, Any]:
@@ -299,6 +300,8 @@ def test_dispatch(tmp_path: Path) -> None:
         assert await h.result("close", txid) == {"settlement_txid": "cd" * 32}
         assert await h.result("listpayments") == [{"amount": 5, "info": ""}]
         assert await h.result("listpayments", txid) == [{"amount": 5, "info": ""}]
+        assert await h.result("listpayments", None, 3, "2026-01-01") == [
+            {"amount": 5, "info": ""}]
         assert await h.result("prunehistory", "2026-01-01") == {"pruned": 0}
         assert await h.result("stop") == {"stopping": True}
         assert h.api.calls == [
@@ -307,7 +310,8 @@ def test_dispatch(tmp_path: Path) -> None:
             ("listchannels", (None, True)), ("getchannel", ("abab",)),
             ("open", ("alice", 50_000, False)),
             ("pay", ("alice", 10, None)), ("pay", (txid, 11, "coffee")), ("close", (txid,)),
-            ("listpayments", (None,)), ("listpayments", (txid,)),
+            ("listpayments", (None, None, None)), ("listpayments", (txid, None, None)),
+            ("listpayments", (None, 3, "2026-01-01")),
             ("prunehistory", ("2026-01-01",)), ("stop", ()),
         ]
         # Named parameters and a missing params member.
@@ -327,6 +331,8 @@ def test_dispatch(tmp_path: Path) -> None:
     ("getchannel", [5], "channel_id must be a string, got 5"),
     ("getchannel", [""], "channel_id must not be empty"),
     ("listchannels", ["open", 1], "all must be true or false, got 1"),
+    ("listpayments", [None, 0], "limit must be positive, got 0"),
+    ("listpayments", [None, "3"], 'limit must be a whole number, got "3"'),
     ("listchannels", ["open", True, 1], "listchannels takes 0 to 2 parameters"),
     ("prunehistory", [], "prunehistory takes 1 parameter, got 0"),
     ("listchannels", [3], "state must be a string"),

@@ -126,6 +126,7 @@ def test_open_pay_list_close_through_the_cli(daemons: Daemons) -> None:
     daemons.start("client")
     info = daemons.json("client", "getinfo")
     assert info["network"] == "regtest" and info["client"] == ["shop"]
+    opened_at = int(time.time())
     opened = daemons.json("client", "open", "shop", "400000")
     txid = opened["contract_txid"]
     assert opened["status"] == "open" and opened["paid"] == 1_000
@@ -138,6 +139,14 @@ def test_open_pay_list_close_through_the_cli(daemons: Daemons) -> None:
     assert "open" in table and txid[:16] in table
     payments = daemons.json("server", "listpayments", txid[:12])
     assert [p["amount"] for p in payments].count(2_000) == 10
+    newest = daemons.json("server", "listpayments", "--limit", "3")
+    assert [p["seq"] for p in newest] == [11, 10, 9]
+    assert all(p["stored_at"] >= opened_at for p in newest)
+    assert len(daemons.json("server", "listpayments", "--since", str(opened_at))) == 11
+    assert daemons.json("server", "listpayments", "--since", "2999-01-01") == []
+    bad = daemons.cli("server", "listpayments", "--since", "soon", check=False)
+    assert bad.returncode != 0 and "listpayments --since: 'soon' is not a date" in bad.stderr
+    assert "stored" in daemons.cli("server", "listpayments", "--limit", "1").stdout
     scraped = urllib.request.urlopen(
         f"http://127.0.0.1:{daemons.metrics_port}/metrics", timeout=10).read().decode()
     assert metric(scraped, 'paychan_payments_total{role="server"}') == 11
