@@ -29,6 +29,7 @@ from bitcoind_paychan.channel.records import ChannelStatus, Role
 from bitcoind_paychan.daemon.activity import Activity
 from bitcoind_paychan.daemon.config import Config
 from bitcoind_paychan.daemon.control import ControlServer
+from bitcoind_paychan.daemon.health import SettleHealth
 from bitcoind_paychan.daemon.logs import Logs
 from bitcoind_paychan.daemon.metrics import MetricsServer, PaychanMetrics
 from bitcoind_paychan.errors import ConfigError, LocalProtocolError, NodeError, StoreError
@@ -61,6 +62,8 @@ class Daemon:
         self.websocket: websocket.Listener | None = None  # the server's, if configured
         self.channels: dict[str, Channel] = {}  # the client's live channels
         self.node = Bitcoind(config.node_config())
+        self.health = SettleHealth(self.node, self._views,
+                                   lambda r: self.metrics.settle_state(r.reason.value))
         self.store: ChannelStore | None = None
         self.started = time.time()
         self._stop = asyncio.Event()
@@ -96,6 +99,7 @@ class Daemon:
                                 cookie_mode=config.control.cookie_mode,
                                 cookie_group=config.control.cookie_group)
         metrics = None
+        health: asyncio.Task[None] | None = None
         try:
             if self.server:
                 with _listening("server.listen", config.server.listen):
@@ -115,10 +119,13 @@ class Daemon:
                 self.metrics.collect = self._collect
                 with _listening("metrics.listen", config.metrics.listen):
                     await metrics.start()
+            health = asyncio.create_task(self.health.run())
             log.info("paychan daemon ready (control on %s)", config.control.listen)
             await self._stop.wait()
             log.info("stopping: no new connections; finishing payments in flight")
         finally:
+            if health is not None:
+                health.cancel()
             await self._shutdown(control, metrics, store)
         return 0
 
@@ -232,9 +239,12 @@ class Daemon:
             node, node_error = "up", None
         except NodeError as exc:
             height, node, node_error = self._last_height(), "down", str(exc)
+        settle = await self.health.check()  # what the docs say getinfo checks
         return {
             "version": __version__, "network": self.config.network, "node": node,
-            "node_error": node_error, "height": height,
+            "node_error": node_error, "can_settle": settle.can_settle,
+            "can_settle_reason": settle.reason.value, "can_settle_detail": settle.detail,
+            "height": height,
             "uptime": int(time.time() - self.started),
             "server": self.config.server.listen if self.server else None,
             "client": sorted(self.config.client.servers) if self.client else None,

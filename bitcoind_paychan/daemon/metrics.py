@@ -82,6 +82,11 @@ class PaychanMetrics:
         self.errors = Counter("paychan_errors_total", "Protocol errors, by error code.",
                               ["code"], registry=r)
         self.node_up = Gauge("paychan_node_up", "1 if bitcoind answers, else 0.", registry=r)
+        self.can_settle = Gauge(
+            "paychan_can_settle", "1 if this daemon can settle and refund right now (bitcoind "
+            "answers, the wallet is loaded and unlocked, the chain synced, unsettled contracts' "
+            "blocks on disk), else 0; `reason` says which failed (ok when none).", ["reason"],
+            registry=r)
         self.height = Gauge("paychan_node_last_block_height",
                             "Height of the last block seen from bitcoind.", registry=r)
         self.next_deadline = Gauge(
@@ -102,6 +107,11 @@ class PaychanMetrics:
         prometheus_client.GCCollector(registry=r)
         self.server = RoleMetrics(self, "server")
         self.client = RoleMetrics(self, "client")
+
+    def settle_state(self, reason: str) -> None:
+        """`paychan_can_settle`: one series, labelled with the reason."""
+        self.can_settle.clear()
+        self.can_settle.labels(reason=reason).set(1 if reason == "ok" else 0)
 
     def render(self) -> bytes:
         """The scrape: refresh the state gauges (`collect`), then the text exposition."""

@@ -340,6 +340,7 @@ class Channel:
         self._sent: asyncio.Future[None] | None = None  # the last payment's turn on the wire
         self._outgoing: list[pb.TwoWayChannelMessage] = []  # payments posted, not yet written
         self._sending: asyncio.Future[None] | None = None  # the last posted payments' send
+        self._server_error: PeerError | None = None  # the ERROR the server ended with
 
     @property
     def record(self) -> ChannelRecord:
@@ -437,6 +438,11 @@ class Channel:
                     closed = wire.result()
                     assert isinstance(closed, ChannelClosed)
                     return closed.settlement
+                if wire in done and self._server_error is not None:
+                    # The server said why it does not settle: no settlement is coming.
+                    raise ChannelFailed(f"{self._explain(self._server_error)}; the channel "
+                                        "stays open: close it again later (it is refunded "
+                                        "after its expiry if the server never settles)")
                 return await chain  # the connection ended: the chain tells
             finally:
                 for task in (wire, chain):
@@ -534,6 +540,8 @@ class Channel:
             for event in self._events:
                 if isinstance(event, PeerError):
                     self._events.clear()
+                    if event.remote:
+                        self._server_error = event
                     raise ChannelFailed(self._explain(event))
             if self.machine.state is ClientState.CLOSED:
                 raise ChannelFailed(self._ended())

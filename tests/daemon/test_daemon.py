@@ -6,6 +6,7 @@ from __future__ import annotations
 import grp
 import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -119,6 +120,34 @@ def metric(text: str, sample: str) -> float:
         if name == sample:
             return float(value)
     raise AssertionError(f"{sample} not in metrics:\n{text}")
+
+
+def test_getinfo_and_metrics_say_whether_the_daemon_can_settle(daemons: Daemons) -> None:
+    node = daemons.node
+    assert node.wallet is not None
+    wallets = node.datadir / node.chain / "wallets"
+    daemons.start("server")
+    info = daemons.json("server", "getinfo")
+    assert (info["can_settle"], info["can_settle_reason"]) == (True, "ok")
+    node.rpc("unloadwallet", node.wallet)  # as after a bitcoind restart without it
+    assert daemons.json("server", "getinfo")["can_settle"]  # the daemon loaded it itself
+    assert "had wallet 'paychan' on disk but not loaded" in daemons.log("server")
+    node.rpc("unloadwallet", node.wallet)
+    (wallets / node.wallet).rename(wallets / "elsewhere")  # now it cannot
+    info = daemons.json("server", "getinfo")
+    assert (info["can_settle"], info["can_settle_reason"]) == (False, "wallet_not_loaded")
+    assert info["node"] == "up" and "load_on_startup=true" in info["can_settle_detail"]
+    assert "CANNOT settle or refund (wallet_not_loaded)" in daemons.log("server")
+    people = daemons.cli("server", "getinfo").stdout
+    assert re.search(r"^can_settle +no$", people, re.MULTILINE) and "wallet_not_loaded" in people
+    scraped = urllib.request.urlopen(
+        f"http://127.0.0.1:{daemons.metrics_port}/metrics", timeout=10).read().decode()
+    assert metric(scraped, 'paychan_can_settle{reason="wallet_not_loaded"}') == 0
+    (wallets / "elsewhere").rename(wallets / node.wallet)
+    assert daemons.json("server", "getinfo")["can_settle"]
+    scraped = urllib.request.urlopen(
+        f"http://127.0.0.1:{daemons.metrics_port}/metrics", timeout=10).read().decode()
+    assert metric(scraped, 'paychan_can_settle{reason="ok"}') == 1
 
 
 def test_open_pay_list_close_through_the_cli(daemons: Daemons) -> None:
