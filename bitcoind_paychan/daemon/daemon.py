@@ -35,6 +35,7 @@ from bitcoind_paychan.daemon.metrics import MetricsServer, PaychanMetrics
 from bitcoind_paychan.errors import ConfigError, LocalProtocolError, NodeError, StoreError
 from bitcoind_paychan.logcontext import bind_channel, channel_fields
 from bitcoind_paychan.node import AsyncBitcoind, Bitcoind
+from bitcoind_paychan.node.health import Reason
 from bitcoind_paychan.service.client import Channel, ChannelFailed, ChannelGone, PaymentClient
 from bitcoind_paychan.service.server import PaymentServer, ServerEvent
 from bitcoind_paychan.service.watcher import ChannelView
@@ -89,6 +90,7 @@ class Daemon:
             raise
         log.info("paychan %s on %s; bitcoind at %s, height %s", __version__, config.network,
                  config.bitcoind.url, tip.height)
+        await asyncio.to_thread(self._rebuild_activity, store)
         self.build(AsyncBitcoind(node), store)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -221,6 +223,15 @@ class Daemon:
         if self.config.store.path is not None:  # SQLite; a database's size is its server's
             m.store_size.set(store_size(self.config.store.path))
 
+    def _rebuild_activity(self, store: ChannelStore) -> None:
+        """The dashboard's last hour, from the payment log (payments stored before schema
+        version 5 have no time: they are not in it)."""
+        since = int(time.time()) - 3600
+        for role, enabled in ((Role.SERVER, self.config.server.enabled),
+                              (Role.CLIENT, self.config.client.enabled)):
+            if enabled:
+                self.activity.rebuild(role.value, store.payments_per_second(role, since))
+
     def _node_healthy(self) -> bool:
         return all(service.watcher.healthy for service in (self.server, self.client)
                    if service is not None)
@@ -264,9 +275,19 @@ class Daemon:
         """What the dashboard shows: channels, the node as the watchers see it (no RPC),
         the last hour's payments."""
         now = time.time()
+        settle = self.health.last
+        node_error = None
+        if settle is not None and settle.reason is Reason.NODE_UNREACHABLE:
+            node_error = settle.detail
         return {
             "version": __version__, "network": self.config.network, "now": int(now),
-            "node": {"up": self._node_healthy(), "height": self._last_height()},
+            "node": {"up": self._node_healthy() and node_error is None,
+                     "height": self._last_height(), "error": node_error},
+            "settle": None if settle is None else settle.as_dict(),
+            "roles": [role for role, on in (("server", self.server), ("client", self.client))
+                      if on is not None],
+            "connections": {"server": self.server.connected if self.server else 0,
+                            "client": sum(1 for c in self.channels.values() if c.connected)},
             "channels": [asdict(v) for v in self._views()],
             "activity": self.activity.series(now),
         }

@@ -189,6 +189,11 @@ class ServerManager:
             self._started = False
             await self.watcher.stop()
 
+    @property
+    def connected(self) -> int:
+        """Client connections open now."""
+        return len(self._connections)
+
     def accept(self, link: Link, peer: str = "") -> ServerConnection:
         """A new connection from a client, answered through `link`."""
         connection = ServerConnection(self, link, peer)

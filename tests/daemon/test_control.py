@@ -55,13 +55,18 @@ CHANNEL: dict[str, Any] = {"contract_txid": TXID, "role": "client", "status": "o
 
 DASHBOARD: dict[str, Any] = {
     "version": "0.1", "network": "regtest", "now": 1_700_000_000,
-    "node": {"up": True, "height": 101},
+    "node": {"up": True, "height": 101, "error": None},
+    "settle": {"can_settle": True, "reason": "ok", "detail": "bitcoind answers"},
+    "roles": ["client"], "connections": {"server": 0, "client": 1},
     "channels": [CHANNEL | {"version": 2, "paid": 700, "change": 99_300, "payments": 3,
                             "peer": "127.0.0.1:4242", "expiry": 1_700_086_400,
                             "deadline": 1_700_072_000, "contract_confirmations": 1,
                             "closing_txid": None, "closing_confirmations": 0}],
     "activity": {"minutes": [1_700_000_000 - 60 * i for i in range(59, -1, -1)],
-                 "payments": [0] * 57 + [1, 0, 2], "received": [0] * 57 + [100, 0, 600]},
+                 "live_seconds": 10,
+                 "client": {"payments": [0] * 57 + [1, 0, 2],
+                            "amounts": [0] * 57 + [100, 0, 600], "total": 3, "amount": 700,
+                            "rate_live": 0.2, "rate_hour": 3 / 3600}},
 }
 
 
