@@ -77,6 +77,10 @@ from bitcoind_paychan.wire import MessageStream, pb
 
 log = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = 15.0  # bitcoinj's idle timeout while a channel is being set up
+# How long a resumed connection may stay silent before proving the channel is its own: bitcoinj
+# proves it with its next payment, whenever its application pays, so this is generous; it
+# only bounds how long someone who knows a contract txid can hold a connection.
+RESUME_TIMEOUT = 600.0
 ACK = pb.TwoWayChannelMessage.PAYMENT_ACK
 UPDATE_PAYMENT = pb.TwoWayChannelMessage.UPDATE_PAYMENT
 
@@ -112,7 +116,8 @@ class ServerManager:
     input when the share is too small.
     Payments after the first wait until the contract has `min_confirmations` (default: 0 on
     regtest, 1 elsewhere). `handshake_timeout`: how long a connection may be silent before its
-    channel is open (transports that read for themselves apply it; `idle_timeout` says it).
+    channel is open (transports that read for themselves apply it; `idle_timeout` says it);
+    `resume_timeout`: how long a resumed one may be silent before its first payment proves it.
     """
 
     def __init__(
@@ -125,6 +130,7 @@ class ServerManager:
         on_event: Callable[[ServerEvent], None] | None = None,
         clock: Callable[[], float] = time.time,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        resume_timeout: float = RESUME_TIMEOUT,
         autopilot: WatchPolicy | None = None,
         zmq_endpoint: str | None = None,
         poll_interval: float = 5.0,
@@ -151,6 +157,7 @@ class ServerManager:
         self.payout_script = payout_script  # None: a fresh wallet address per settlement
         self.on_payment_latency = on_payment_latency  # seconds from UPDATE_PAYMENT to its ack
         self.handshake_timeout = handshake_timeout
+        self.resume_timeout = resume_timeout
         self.gate = PeerGate(limits)  # per-address connection rate and handshakes (transports)
         # Offered contracts checked with the node at once, all connections together.
         self.contract_checks = asyncio.Semaphore(self.gate.limits.max_contract_checks)
@@ -491,10 +498,13 @@ class ServerConnection:
     @property
     def idle_timeout(self) -> float | None:
         """How long the peer may stay silent now: the handshake timeout until the channel is
-        open (or resumed: a bitcoinj client proves it with its next payment, whenever its
-        application pays), then no limit, as bitcoinj."""
-        if self.machine.state in (ServerState.OPEN, ServerState.RESUMED):
+        open; resumed but not yet proven, the (longer) resume timeout (a bitcoinj client
+        proves it with its next payment, whenever its application pays); open, no limit, as
+        bitcoinj."""
+        if self.machine.state is ServerState.OPEN:
             return None
+        if self.machine.state is ServerState.RESUMED:
+            return self.manager.resume_timeout
         return self.manager.handshake_timeout
 
     @property
