@@ -150,6 +150,26 @@ def test_getinfo_and_metrics_say_whether_the_daemon_can_settle(daemons: Daemons)
     assert metric(scraped, 'paychan_can_settle{reason="ok"}') == 1
 
 
+def test_close_prints_the_servers_reason_when_it_cannot_settle(daemons: Daemons) -> None:
+    node = daemons.node
+    assert node.wallet is not None
+    wallets = node.datadir / node.chain / "wallets"
+    daemons.start("server")
+    daemons.start("client")
+    txid = daemons.json("client", "open", "shop", "400000")["contract_txid"]
+    daemons.cli("client", "pay", "shop", "2000")
+    node.rpc("unloadwallet", node.wallet)
+    (wallets / node.wallet).rename(wallets / "elsewhere")
+    refused = daemons.cli("client", "close", "shop", check=False)
+    (wallets / "elsewhere").rename(wallets / node.wallet)
+    assert refused.returncode == 1
+    assert "the server said: OTHER: cannot settle now" in refused.stderr
+    assert "wallet 'paychan' is not loaded" in refused.stderr
+    assert "did not settle in time" not in refused.stderr
+    closed = daemons.json("client", "close", txid)  # the server loads its wallet now
+    assert closed["status"] == "closing" and closed["settlement_txid"]
+
+
 def test_open_pay_list_close_through_the_cli(daemons: Daemons) -> None:
     daemons.start("server")
     daemons.start("client")
