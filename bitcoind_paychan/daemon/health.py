@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable, Iterable
 
 from bitcoind_paychan.node.bitcoind import Bitcoind
-from bitcoind_paychan.node.health import Readiness, Reason, probe_node, settle_readiness
+from bitcoind_paychan.node.health import Readiness, probe_node, settle_readiness
 from bitcoind_paychan.service.watcher import ChannelView
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,3 @@ class SettleHealth:
             except Exception:  # a bug here must not stop the checks
                 log.exception("checking whether the daemon can settle failed")
             await asyncio.sleep(self.interval)
-
-    @property
-    def reason(self) -> Reason | None:
-        return None if self.last is None else self.last.reason

@@ -1,8 +1,11 @@
-"""The dashboard's activity: per role, by minute for the hour, and the live rate."""
+"""The dashboard's activity: per role, by minute for the hour, and the live rate; and which
+block the can-settle check needs kept."""
 
 from __future__ import annotations
 
 from bitcoind_paychan.daemon.activity import LIVE, MINUTES, Activity
+from bitcoind_paychan.daemon.health import oldest_contract_height
+from bitcoind_paychan.service.watcher import ChannelView
 
 NOW = 1_700_000_000.5  # half a second into a second (and into a minute's 20th second)
 
@@ -43,3 +46,15 @@ def test_rebuilt_from_the_stored_seconds_as_if_recorded_then() -> None:
     assert rebuilt.series(NOW) == recorded.series(NOW)
     assert rebuilt.series(NOW)["server"]["total"] == 5  # the one over an hour old is not
     assert rebuilt.series(NOW)["server"]["rate_live"] == 2 / LIVE
+
+
+def test_the_oldest_unsettled_contract_block_is_what_pruning_must_keep() -> None:
+    def view(status: str, confirmations: int) -> ChannelView:
+        return ChannelView(role="server", contract_txid="ab" * 32, version=3, status=status,
+                           value=100_000, paid=0, change=100_000, payments=1, peer="", expiry=0,
+                           deadline=0, contract_confirmations=confirmations,
+                           closing_txid=None, closing_confirmations=0)
+
+    views = [view("open", 10), view("closing", 50), view("settled", 90), view("open", 0)]
+    assert oldest_contract_height(views, tip=200) == 151  # 50 confirmations at tip 200
+    assert oldest_contract_height([view("open", 0), view("settled", 5)], tip=200) is None
