@@ -96,7 +96,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 4 -> 5: each logged payment stamped with when it was stored (Unix seconds; the column's
     # default, so every write gets it; NULL: logged before version 5), indexed for "since".
     ("ALTER TABLE payment_log ADD COLUMN stored_at BIGINT",
-     "ALTER TABLE payment_log ALTER COLUMN stored_at SET DEFAULT extract(epoch FROM now())::bigint",
+     "ALTER TABLE payment_log ALTER COLUMN stored_at SET DEFAULT "
+     "floor(extract(epoch FROM now()))::bigint",
      "CREATE INDEX payment_log_by_time ON payment_log (stored_at)"),
 )
 assert FIRST_VERSION + len(MIGRATIONS) == SCHEMA_VERSION
