@@ -23,6 +23,7 @@ from bitcoind_paychan.errors import (
     WalletNotLoaded,
 )
 from bitcoind_paychan.node.config import NodeConfig
+from bitcoind_paychan.reasons import connection_failure
 
 RPC_IN_WARMUP = -28
 RPC_WALLET_INSUFFICIENT_FUNDS = -6
@@ -107,8 +108,8 @@ class RpcClient:
                     reconnected = True
                     continue  # a kept-alive connection may have died with a node restart
                 raise NodeUnreachable(
-                    f"bitcoind does not answer at {self.config.url} ({exc.__class__.__name__}: "
-                    f"{exc}); is it running, and are rpcport/rpcbind right?"
+                    f"bitcoind does not answer at {self.config.url} "
+                    f"({connection_failure(exc)}); is it running, and are rpcport/rpcbind right?"
                 ) from None
 
     def _auth_hint(self) -> str:
