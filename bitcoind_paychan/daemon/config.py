@@ -445,7 +445,7 @@ def _bitcoind(r: _Reader, d: dict[str, Any], network: str, check_files: bool) ->
         cookie = r.path(d, "bitcoind", "cookie_file", str(default_cookie_file(network)),
                         network)
         if check_files:
-            _check_readable(r, "bitcoind.cookie_file", cookie)
+            r.check_file(lambda: _check_readable(r, "bitcoind.cookie_file", cookie))
     wallet = r.optional_string(d, "bitcoind", "wallet", "paychan")
     zmq = r.optional_string(d, "bitcoind", "zmq", None)
     if zmq is not None and not _ZMQ.match(zmq):
@@ -476,11 +476,9 @@ def _server(r: _Reader, d: dict[str, Any], network: str, check_files: bool) -> S
                           else ("tls_key_file", "tls_cert_file"))
         r.fail(f"server.{missing}", f"missing, expected {missing} together with {given} "
                                     "(give both for TLS, or neither for plain TCP)")
-    if check_files and s.tls is not None:
-        try:
-            s.tls.context()
-        except TLSError as exc:
-            r.fail("server.tls_cert_file", f"{exc}", file=True)
+    tls = s.tls
+    if check_files and tls is not None:
+        r.check_file(lambda: _check_tls(r, "server.tls_cert_file", tls.context))
     if s.payout_address is not None:
         try:
             address_to_script(s.payout_address, Network.from_chain(network))
@@ -604,13 +602,19 @@ def _client_tls(r: _Reader, d: dict[str, Any], key: str, network: str, check_fil
         return None
     try:
         trust = ClientTLS(ca_file, pin)
-        if check_files:
-            trust.context()
     except PolicyError as exc:
         r.fail(f"{key}.{exc.field}", exc.detail)
-    except TLSError as exc:
-        r.fail(f"{key}.ca_file", str(exc), file=True)
+    if check_files:
+        r.check_file(lambda: _check_tls(r, f"{key}.ca_file", trust.context))
     return trust
+
+
+def _check_tls(r: _Reader, key: str, context: Callable[[], object]) -> None:
+    """A TLS context can be built from the files the configuration names."""
+    try:
+        context()
+    except TLSError as exc:
+        r.fail(key, str(exc), file=True)
 
 
 def _logging(r: _Reader, d: dict[str, Any], network: str) -> LoggingConfig:
@@ -737,6 +741,13 @@ class _Reader:
     def fail(self, key: str, message: str, *, file: bool = False) -> NoReturn:
         raise _Problem(key, message, file)
 
+    def check_file(self, check: Callable[[], None]) -> None:
+        """Run a check of a file; its problem is noted and the section goes on."""
+        try:
+            check()
+        except _Problem as problem:
+            self.problems.append(problem)
+
     def wrong(self, key: str, message: str, default: _V) -> _V:
         """Note a problem with `key` and go on with `default`."""
         self.problems.append(_Problem(key, message))
@@ -816,6 +827,9 @@ class _Reader:
         except PolicyError as exc:
             names = {name: _join(section, key) for key, name in keys.items()}
             detail = re.sub(r"\b(" + "|".join(names) + r")\b", lambda m: names[m[1]], exc.detail)
+            spelled = d.get(next((k for k, n in keys.items() if n == exc.field), ""))
+            if isinstance(spelled, _Int):  # as written: 0644, not 420
+                detail = detail.replace(f"found {int(spelled)}", f"found {spelled.written}")
             self.fail(names.get(exc.field, _join(section, exc.field)), detail)
 
     def integer(self, d: Mapping[str, Any], section: str, name: str, default: int, *,

@@ -209,11 +209,10 @@ class Daemon:
             if service is None:
                 continue
             views = service.views()
-            for state, count in counts[role].items():
-                if state == "lifetime":
-                    m.lifetime.labels(role=role).set(count)
-                else:
-                    m.channels.labels(role=role, state=state).set(count)
+            for state in ChannelStatus:
+                m.channels.labels(role=role, state=state.value).set(counts[role][state.value])
+            m.forgotten.labels(role=role).set(counts[role]["forgotten"])
+            m.lifetime.labels(role=role).set(counts[role]["lifetime"])
             m.locked.labels(role=role).set(sum(v.value for v in views if v.status == "open"))
             unsettled = [v.deadline for v in views if v.status in ("open", "closing")]
             if unsettled:

@@ -69,13 +69,15 @@ class PaychanMetrics:
         self.registry = r = CollectorRegistry()
         self.collect: Callable[[], None] | None = None
         self.channels = Gauge(
-            "paychan_channels", "Channels by role (server: channels clients opened to us; "
-            "client: channels we opened) and state: the stored ones (open, closing, settled, "
-            "refunded, failed) and the forgotten ones (closed, buried, history kept).",
-            ["role", "state"], registry=r)
+            "paychan_channels", "Stored channels by role (server: channels clients opened to "
+            "us; client: channels we opened) and state.", ["role", "state"], registry=r)
+        self.forgotten = Gauge(
+            "paychan_channels_forgotten", "Channels closed, buried and forgotten (their history "
+            "kept until pruned), by role.", ["role"], registry=r)
         self.lifetime = Gauge(
-            "paychan_channels_lifetime", "Channels ever opened, by role: stored and forgotten "
-            "(never-funded channels discarded are not counted).", ["role"], registry=r)
+            "paychan_channels_lifetime", "Channels ever opened, by role: stored (any state) and "
+            "forgotten; never-funded channels that were discarded are not counted.", ["role"],
+            registry=r)
         self.locked = Gauge("paychan_value_locked_sat",
                             "Satoshis locked in open channels, by role (server: clients' "
                             "channels to us; client: our channels).", ["role"], registry=r)
