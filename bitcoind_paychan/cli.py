@@ -373,7 +373,8 @@ def parser() -> argparse.ArgumentParser:
     listing.add_argument("--all", action="store_true",
                          help="also the forgotten ones (closed and buried): the history")
     command("getchannel", _call("getchannel", "channel"), "one channel").add_argument(
-        "channel", help="contract txid (or a unique prefix)")
+        "channel", help="contract txid (or a unique prefix), or a server's name: its open "
+                        "channel")
     opening = command("open", _call("open", "server", "amount", "new"),
                       "open a channel (or resume the open one of that value)")
     opening.add_argument("server", help="a configured server's name, or host:port")
@@ -381,13 +382,17 @@ def parser() -> argparse.ArgumentParser:
     opening.add_argument("--new", action="store_true",
                          help="open another channel even if one to that server is open")
     paying = command("pay", _pay, "pay through a channel (opened or resumed as needed)")
-    paying.add_argument("target", help="a server's name or host:port, or a contract txid")
+    paying.add_argument("target", help="a contract txid (or a unique prefix): that channel, "
+                        "reconnected if need be; or a server's name or host:port: its one open "
+                        "channel, a new one if none (several open: refused, use a txid)")
     paying.add_argument("amount", type=_positive, help="sat")
     paying.add_argument("info", nargs="?", help="text sent along with the payment")
     paying.add_argument("--repeat", type=_positive, default=1, metavar="N",
-                        help="stream N payments (≥ 1)")
+                        help="stream N payments (≥ 1; progress on a terminal)")
     command("close", _close, "settle a channel").add_argument(
-        "channel", help="contract txid (or a unique prefix), or a server's name")
+        "channel", help="contract txid (or a unique prefix), or a server's name: its one open "
+                        "channel (several open: refused, use a txid)")
+    paying.epilog = "Prints what was paid and the channel's total; --json for the fields."
     payments = command("listpayments", _call("listpayments", "channel"), "payments made")
     payments.add_argument("channel", nargs="?", help="contract txid (or a unique prefix)")
     pruning = command("prunehistory", _call("prunehistory", "before"),

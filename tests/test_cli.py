@@ -209,6 +209,20 @@ def test_a_malformed_address_is_a_usage_error(daemon: Running, args: list[str]) 
     assert refused["code"] == -8
 
 
+def test_a_port_in_use_is_not_a_bad_configuration(daemon: Running, tmp_path: Path) -> None:
+    config = yaml.safe_load(daemon.config.read_text())
+    config["store"]["path"] = str(tmp_path / "other.db")
+    config["control"] = {"listen": f"127.0.0.1:{free_port()}",
+                         "cookie_file": str(tmp_path / "other.cookie")}
+    config["logging"]["file"] = str(tmp_path / "other.log")  # server.listen: the daemon's
+    second = tmp_path / "second.yaml"
+    second.write_text(yaml.safe_dump(config))
+    done = subprocess.run([*PAYCHAN, "daemon", "--config", str(second)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 1, done.stderr  # not 2: the file is right, the port is taken
+    assert "address already in use" in done.stderr and "server.listen" in done.stderr
+
+
 def test_a_bad_date_is_a_usage_error(daemon: Running) -> None:
     for date in ("yesterday", "2999-01-01"):
         done = daemon.cli("prunehistory", "--before", date)

@@ -409,7 +409,7 @@ def _store(r: _Reader, d: dict[str, Any], network: str) -> StoreConfig:
                              "(the path is for engine sqlite)")
     dsn = d.get("dsn")
     if not isinstance(dsn, str) or not dsn:
-        r.fail("store.dsn", f"found {'nothing' if dsn is None else type(dsn).__name__}, expected "
+        r.fail("store.dsn", f"found {'nothing' if dsn is None else _show(dsn)}, expected "
                             "a PostgreSQL connection string for engine postgresql, e.g. "
                             "postgresql://paychan:${PGPASSWORD}@127.0.0.1/paychan")
     try:
