@@ -236,7 +236,12 @@ def test_messages_have_no_python_internals(daemon: Running) -> None:
     http = daemon.cli("open", control, "100000")  # an HTTP server, not a paychan one
     assert http.returncode == 1 and "speaks HTTP" in http.stderr, http.stderr
     assert "frame length" not in http.stderr
-    for out in (closed.stderr, http.stderr):
+    server = yaml.safe_load(daemon.config.read_text())["server"]["listen"]
+    tcp = daemon.cli("open", f"ws://{server}/paychan", "100000")  # TCP, not WebSocket
+    assert tcp.returncode == 1 and "not a WebSocket listener" in tcp.stderr, tcp.stderr
+    nobody = daemon.cli("open", f"ws://127.0.0.1:{free_port()}/paychan", "100000")
+    assert nobody.returncode == 1 and "connection refused" in nobody.stderr, nobody.stderr
+    for out in (closed.stderr, http.stderr, tcp.stderr, nobody.stderr):
         assert not re.search(r"Errno|ssl:default|\('|Error:|new=True", out), out
     log = (daemon.tmp / "daemon.log").read_text()
     assert not re.search(r"ChannelOpened|ChannelFinished|PaymentReceived", log)
