@@ -183,22 +183,22 @@ def _pay(args: argparse.Namespace) -> int:
     on Ctrl-C a newline and a summary of what was paid before exiting with 130."""
     client = _control(args)
     result: Any = None
-    done, started = 0, time.perf_counter()
+    made, started = 0, time.perf_counter()
     progress = args.repeat > 1 and not args.json and sys.stderr.isatty()
     try:
-        for done in range(1, args.repeat + 1):
+        while made < args.repeat:
             result = client.call("pay", args.target, args.amount, args.info)
+            made += 1
             if progress:  # this run's payments, not the channel's
-                rate = done / (time.perf_counter() - started)
-                print(f"\r{done}/{args.repeat} payments, {done * args.amount} sat paid, "
+                rate = made / (time.perf_counter() - started)
+                print(f"\r{made}/{args.repeat} payments, {made * args.amount} sat paid, "
                       f"{rate:.0f}/s", end="", file=sys.stderr, flush=True)
     except KeyboardInterrupt:
-        paid = done - 1  # the one in flight when interrupted may or may not have been made
         if progress:
             print(file=sys.stderr)
-        print(f"interrupted: {paid} of {args.repeat} payments of {args.amount} sat made "
-              f"({paid * args.amount} sat); `paychan listpayments` shows what was stored",
-              file=sys.stderr)
+        print(f"interrupted: {made} of {args.repeat} payments of {args.amount} sat made "
+              f"({made * args.amount} sat; the one in flight may have been made too: "
+              "`paychan listpayments` shows what was stored)", file=sys.stderr)
         raise
     if progress:
         print(file=sys.stderr)
@@ -223,8 +223,10 @@ def _close(args: argparse.Namespace) -> int:
     """Settle a channel; say that we wait for the server only when we ask it (an open
     channel: a closing or closed one is reported as it is)."""
     client = _control(args)
-    if not args.json and client.call("getchannel", args.channel)["status"] == "open":
-        print("asking the server to settle and waiting for the settlement…", file=sys.stderr)
+    shown = {} if args.json else client.call("getchannel", args.channel)
+    if shown.get("status") == "open":
+        print("asking the server to settle and waiting for the settlement…"
+              if shown["role"] == "client" else "settling the channel now…", file=sys.stderr)
     show("close", client.call("close", args.channel), args.json)
     return 0
 

@@ -205,6 +205,11 @@ def test_open_and_close_do_exactly_what_they_say(daemons: Daemons) -> None:
     assert len(daemons.json("server", "listchannels")) == 1
     extra = daemons.json("client", "open", "shop", "300000", "--new")
     assert extra["resumed"] is False and extra["contract_txid"] != txid
+    settled = daemons.cli("server", "close", extra["contract_txid"])  # the server settles
+    assert "settling the channel now" in settled.stderr, settled.stderr
+    assert "asking the server" not in settled.stderr  # it is the server
+    again = daemons.cli("server", "close", extra["contract_txid"])
+    assert again.stderr == "" and "closing" in again.stdout  # reported as it is
 
 
 def test_graceful_shutdown_mid_stream_loses_nothing(daemons: Daemons) -> None:
