@@ -14,6 +14,7 @@ Every error says what happened and, where there is something to do, what to do.
     │   └── TransactionRejected
     ├── ProtocolError            the channel protocol
     │   ├── LocalProtocolError   we (or the application) broke the rules
+    │   │   └── InvalidParameter a request's parameter is malformed (an address, a date)
     │   └── RemoteProtocolError  the peer broke the rules; carries the wire error code
     ├── StoreError               the durable store
     │   └── LeaseLost            another connection (or instance) took the channel over
@@ -105,6 +106,11 @@ class ProtocolError(PaychanError):
 
 class LocalProtocolError(ProtocolError):
     """We were asked to do something the protocol does not allow in this state."""
+
+
+class InvalidParameter(LocalProtocolError):
+    """A request's parameter is malformed (a server address, a date): nothing was done; the
+    message names the parameter and the form expected. The CLI exits with status 2 (usage)."""
 
 
 class RemoteProtocolError(ProtocolError):

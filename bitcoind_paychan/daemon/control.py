@@ -17,7 +17,8 @@ Error codes (bitcoind's where one fits):
     code    meaning
     -1      ConfigError, any other PaychanError, or an internal error (logged)
     -6      InsufficientFunds
-    -8      invalid parameter (count, type, or a non-positive amount)
+    -8      invalid parameter (count, type, a non-positive amount, a malformed server
+            address or date: InvalidParameter); `paychan` exits with 2 (usage)
     -18     WalletNotLoaded
     -26     TransactionRejected
     -28     NodeUnreachable
@@ -26,6 +27,8 @@ Error codes (bitcoind's where one fits):
     -31     LocalProtocolError (also "no such channel", "client role not enabled", ...)
     -32     RemoteProtocolError
     -33     StoreError
+    -34     ChannelFailed: a channel could not be opened or used (refused, unreachable,
+            gone); the message says why and what was kept
     -32600  invalid request (not a JSON-RPC call object)
     -32601  method not found
     -32700  parse error (the body is not JSON)
@@ -53,6 +56,7 @@ from bitcoind_paychan.daemon.web import WebServer, read_body
 from bitcoind_paychan.errors import (
     ConfigError,
     InsufficientFunds,
+    InvalidParameter,
     LocalProtocolError,
     NodeAuthError,
     NodeUnreachable,
@@ -64,6 +68,7 @@ from bitcoind_paychan.errors import (
     WrongNetwork,
 )
 from bitcoind_paychan.logcontext import channel_logging
+from bitcoind_paychan.service.client import ChannelFailed
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +84,7 @@ WRONG_NETWORK = -30
 LOCAL_PROTOCOL = -31
 REMOTE_PROTOCOL = -32
 STORE_ERROR = -33
+CHANNEL_FAILED = -34
 INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
 PARSE_ERROR = -32700
@@ -92,11 +98,12 @@ ERROR_CODES: tuple[tuple[type[PaychanError], int], ...] = (
     (WalletNotLoaded, WALLET_NOT_LOADED),
     (InsufficientFunds, INSUFFICIENT_FUNDS),
     (TransactionRejected, TRANSACTION_REJECTED),
+    (InvalidParameter, INVALID_PARAMETER),
     (LocalProtocolError, LOCAL_PROTOCOL),
     (RemoteProtocolError, REMOTE_PROTOCOL),
     (StoreError, STORE_ERROR),
+    (ChannelFailed, CHANNEL_FAILED),
 )
-
 
 
 def error_code(exc: PaychanError) -> int:

@@ -24,6 +24,7 @@ from bitcoind_paychan.errors import (
     WalletNotLoaded,
 )
 from bitcoind_paychan.node.config import NodeConfig
+from bitcoind_paychan.reasons import connection_failure
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +118,8 @@ class RpcClient:
                     reconnected = True
                     continue  # a kept-alive connection may have died with a node restart
                 raise NodeUnreachable(
-                    f"bitcoind does not answer at {self.config.url} ({exc.__class__.__name__}: "
-                    f"{exc}); is it running, and are rpcport/rpcbind right?"
+                    f"bitcoind does not answer at {self.config.url} "
+                    f"({connection_failure(exc)}); is it running, and are rpcport/rpcbind right?"
                 ) from None
 
     def _load_wallet(self, name: str, why: str) -> None:

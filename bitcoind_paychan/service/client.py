@@ -55,6 +55,7 @@ from bitcoind_paychan.errors import (
     TransactionRejected,
 )
 from bitcoind_paychan.node.bitcoind import AsyncBitcoind
+from bitcoind_paychan.reasons import connection_failure
 from bitcoind_paychan.service.outbox import effects_in_order
 from bitcoind_paychan.service.watcher import ChainWatcher, ChannelView
 from bitcoind_paychan.store import ChannelStore
@@ -234,7 +235,7 @@ class ClientManager:
                 raise ChannelExists(
                     f"channel {other.contract_txid} to {peer} is open with {other.value} sat "
                     f"({other.change} left), not {value}: pay through it, close it, or open "
-                    "another beside it (paychan open --new; open(..., new=True))")
+                    "another beside it (paychan open --new)")
         known = await asyncio.to_thread(self.spoken_version, peer)
         return await self._open_new(peer, policy, version or known or DEFAULT_VERSION)
 
@@ -295,7 +296,8 @@ class ClientManager:
         except TLSError as exc:
             raise ChannelFailed(f"{exc} ({stored})") from exc
         except (OSError, TimeoutError) as exc:
-            raise ChannelFailed(f"cannot reach the server at {machine.peer}: {exc}; is it "
+            raise ChannelFailed(f"cannot reach the server at {machine.peer}: "
+                                f"{connection_failure(exc)}; is it "
                                 f"running and listening there? ({stored})") from exc
         channel = Channel(self, machine, stream)
         outcome = await channel._handshake()
@@ -593,7 +595,8 @@ class Channel:
 
     def _explain(self, event: PeerError) -> str:
         who = "the server said" if event.remote else "we refused the server"
-        return f"{who}: {event.code.name}: {event.explanation}"
+        code = "" if event.code.name in event.explanation else f" ({event.code.name})"
+        return f"{who}: {event.explanation}{code}"
 
     def _post(self, message: pb.TwoWayChannelMessage) -> None:
         """Send `message` with the others posted in this turn of the event loop: payments

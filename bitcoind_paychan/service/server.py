@@ -83,6 +83,7 @@ HANDSHAKE_TIMEOUT = 15.0  # bitcoinj's idle timeout while a channel is being set
 RESUME_TIMEOUT = 600.0
 ACK = pb.TwoWayChannelMessage.PAYMENT_ACK
 UPDATE_PAYMENT = pb.TwoWayChannelMessage.UPDATE_PAYMENT
+PAYING = (UPDATE_PAYMENT, pb.TwoWayChannelMessage.PROVIDE_CONTRACT)  # messages that pay
 
 ServerEvent = ChannelOpened | PaymentReceived | ChannelClosed | PeerError | ChannelFinished
 PaymentHandler = Callable[[PaymentReceived], bytes | Awaitable[bytes | None] | None]
@@ -563,6 +564,7 @@ class ServerConnection:
                 self._confirmed = True
             manager._busy.add(self)
             started = time.perf_counter()
+            stored_before = record.payments if record is not None else 0
             if self.takes_more(0):  # pipelined: this and those already here, checked together
                 batch = [message, *itertools.islice(pending, PAYMENT_WINDOW - 1)]
                 effects, taken = machine.receive_pipelined(batch)
@@ -577,10 +579,13 @@ class ServerConnection:
                     return
             finally:
                 manager._busy.discard(self)
-            if manager.on_payment_latency:
-                for done in received:
-                    if done.type == UPDATE_PAYMENT:
-                        manager.on_payment_latency(time.perf_counter() - started)
+            if manager.on_payment_latency and machine.record is not None and any(
+                    done.type in PAYING for done in received):
+                # One per payment stored (the opening payment with its contract), as counted
+                # by the PaymentReceived events; a resume's loaded payments are not new.
+                elapsed = time.perf_counter() - started
+                for _ in range(machine.record.payments - stored_before):
+                    manager.on_payment_latency(elapsed)
 
 
 class PaymentServer(ServerManager):

@@ -352,7 +352,11 @@ class ChainWatcher:
         deadline = record.contract.expiry
         if self.role is Role.SERVER:
             deadline -= self.policy.settle_margin
-        closing = Transaction.parse(state.spender).txid_hex if state.spender else None
+        # The closing transaction seen on chain; before that, the settlement stored as soon
+        # as it was made (server) or received (client).
+        closing = (Transaction.parse(state.spender).txid_hex if state.spender
+                   else Transaction.parse(record.settlement_tx).txid_hex
+                   if record.settlement_tx else None)
         return ChannelView(
             role=self.role.value, contract_txid=record.contract_txid, version=record.version,
             status=record.status.value, value=record.value, paid=record.paid,

@@ -23,6 +23,7 @@ import aiohttp
 from aiohttp import web
 
 from bitcoind_paychan.errors import ErrorCode, RemoteProtocolError, TLSError
+from bitcoind_paychan.reasons import connection_failure
 from bitcoind_paychan.service.limits import Admission, PeerGate
 from bitcoind_paychan.transport.base import Connections, Inbox, Stream, encode
 from bitcoind_paychan.transport.http import WebServer
@@ -139,9 +140,17 @@ async def connect(url: str, timeout: float | None,
             raise TLSError(f"{url} speaks only TLS: use a wss:// URL") from exc
         raise ConnectionError(f"{url} refused the WebSocket upgrade: {exc.status} "
                               f"{exc.message}") from exc
+    except aiohttp.ClientConnectorError as exc:
+        await session.close()
+        raise exc.os_error from None  # refused, unreachable, no such host: said by the caller
+    except (aiohttp.ClientResponseError, aiohttp.ServerDisconnectedError) as exc:
+        await session.close()
+        raise ConnectionError(f"the peer at {url} does not answer in HTTP: it is not a "
+                              "WebSocket listener (a paychan TCP port is reached as "
+                              "host:port)") from exc
     except aiohttp.ClientError as exc:
         await session.close()
-        raise ConnectionError(f"cannot connect to {url}: {exc}") from exc
+        raise ConnectionError(f"cannot connect to {url}: {connection_failure(exc)}") from exc
     except BaseException:
         await session.close()
         raise

@@ -3,9 +3,11 @@ the CLI, graceful shutdown mid-stream, the control API's cookie, and metrics."""
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import json
 import os
+import pty
 import re
 import signal
 import socket
@@ -113,6 +115,22 @@ def daemons(tmp_path: Path) -> Iterator[Daemons]:
             running.stop_all()
 
 
+def on_a_terminal(command: list[str]) -> str:
+    """What `command` writes to its stderr when that is a terminal (a pseudo-terminal)."""
+    leader, follower = pty.openpty()
+    try:
+        done = subprocess.run(command, stderr=follower, stdout=subprocess.DEVNULL, timeout=300)
+    finally:
+        os.close(follower)
+    chunks = []
+    with contextlib.suppress(OSError):  # EIO once the terminal has no writer left
+        while chunk := os.read(leader, 4096):
+            chunks.append(chunk)
+    os.close(leader)
+    assert done.returncode == 0
+    return b"".join(chunks).decode().replace("\r\n", "\n")  # the terminal's newlines
+
+
 def metric(text: str, sample: str) -> float:
     """The value of one sample (`name{labels}` exactly as exposed) in a scrape."""
     for line in text.splitlines():
@@ -180,7 +198,7 @@ def test_open_pay_list_close_through_the_cli(daemons: Daemons) -> None:
     txid = opened["contract_txid"]
     assert opened["status"] == "open" and opened["paid"] == 1_000
     paid = daemons.cli("client", "pay", "shop", "2000", "hello", "--repeat", "10")
-    assert "10/10 payments" in paid.stderr
+    assert "paid 10 × 2000 sat = 20000 sat (hello)" in paid.stdout, paid.stdout
     (client_view,) = daemons.json("client", "listchannels")
     (server_view,) = daemons.json("server", "listchannels", "open")
     assert client_view["paid"] == server_view["paid"] == 21_000
@@ -205,7 +223,10 @@ def test_open_pay_list_close_through_the_cli(daemons: Daemons) -> None:
     assert metric(scraped, 'paychan_next_deadline_seconds{role="server"}') > 0
     assert metric(scraped, 'paychan_settlements_unconfirmed{role="server"}') == 0
     assert metric(scraped, "paychan_store_size_bytes") > 0
-    assert metric(scraped, 'paychan_payment_latency_seconds_count{role="server"}') == 10
+    assert metric(scraped, 'paychan_payment_latency_seconds_count{role="server"}') == 11  # payments
+    assert metric(scraped, 'paychan_errors_total{code="TIMEOUT"}') == 0  # there from the start
+    assert metric(scraped, 'paychan_channels_lifetime{role="server"}') == 1
+    assert metric(scraped, 'paychan_channels_forgotten{role="server"}') == 0
     closed = daemons.json("client", "close", txid)
     assert len(closed["settlement_txid"]) == 64
     daemons.node.mine(1)
@@ -242,6 +263,11 @@ def test_open_and_close_do_exactly_what_they_say(daemons: Daemons) -> None:
     assert len(daemons.json("server", "listchannels")) == 1
     extra = daemons.json("client", "open", "shop", "300000", "--new")
     assert extra["resumed"] is False and extra["contract_txid"] != txid
+    settled = daemons.cli("server", "close", extra["contract_txid"])  # the server settles
+    assert "settling the channel now" in settled.stderr, settled.stderr
+    assert "asking the server" not in settled.stderr  # it is the server
+    again = daemons.cli("server", "close", extra["contract_txid"])
+    assert again.stderr == "" and "closing" in again.stdout  # reported as it is
 
 
 def test_graceful_shutdown_mid_stream_loses_nothing(daemons: Daemons) -> None:
@@ -363,9 +389,10 @@ def test_history_of_a_forgotten_channel_stays_and_counts_agree(daemons: Daemons)
     _self_paying(daemons)
     daemons.start("self")
     txid = daemons.json("self", "open", "self", "1000000")["contract_txid"]
-    paid = daemons.cli("self", "pay", "self", "1000", "coffee", "--repeat", "5")
-    assert "1/5 payments, 1000 sat paid" in paid.stderr  # this run's, not the channel's
-    assert "5/5 payments, 5000 sat paid" in paid.stderr
+    progress = on_a_terminal([*PAYCHAN, "--config", str(daemons.config("self")), "pay", "self",
+                              "1000", "coffee", "--repeat", "5"])
+    assert "\r1/5 payments, 1000 sat paid" in progress  # this run's, not the channel's
+    assert "\r5/5 payments, 5000 sat paid" in progress and progress.endswith("\n")
     daemons.json("self", "close", txid)
     daemons.node.mine(1)  # forget_depth 1: buried at once
     wait_until(lambda: daemons.json("self", "listchannels") == [], what="the channel forgotten")
