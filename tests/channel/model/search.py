@@ -29,16 +29,18 @@ TEST_FILE = "tests/channel/test_model.py"
 BATCH = 100  # examples per run of the timed search: it stops within one batch of its budget
 
 
-
 def profile(**chosen: Any) -> settings:
-    return settings(deadline=None, suppress_health_check=[HealthCheck.too_slow], **chosen)
+    return settings(deadline=None, **{"suppress_health_check": [HealthCheck.too_slow], **chosen})
 
 
 settings.register_profile("quick", profile(max_examples=150, stateful_step_count=50,
                                            database=None, derandomize=True))
 settings.register_profile("deep", profile(max_examples=10_000, stateful_step_count=80,
                                           database=DATABASE))
-SEARCH = profile(max_examples=BATCH, stateful_step_count=80, database=DATABASE)
+# Dozens of runs per search: a health check (a slow or much-filtered batch, say) is not a
+# money bug, and must not fail one run in a hundred.
+SEARCH = profile(max_examples=BATCH, stateful_step_count=80, database=DATABASE,
+                 suppress_health_check=list(HealthCheck))
 PROFILE_NAME = os.environ.get("HYPOTHESIS_PROFILE", "quick")
 PROFILE = settings.get_profile(PROFILE_NAME)
 SEARCH_SECONDS = float(os.environ.get("MODEL_SEARCH_SECONDS", "120"))
@@ -69,15 +71,15 @@ class Tally:
 TALLY = Tally()
 
 
-def run(machine: type[RuleBasedStateMachine], profile: settings, chosen: int | None,
+def run(machine: type[RuleBasedStateMachine], using: settings, chosen: int | None,
         command: str) -> None:
-    """One hypothesis run of `machine` under `profile` (seeded by `chosen` unless the profile
-    is derandomized); a failure says its seed and how to run it again."""
+    """One hypothesis run of `machine` with the settings `using` (seeded by `chosen` unless
+    they are derandomized); a failure says its seed and how to run it again."""
     if chosen is not None:
         seed(chosen)(machine)
     start = time.monotonic()
     try:
-        run_state_machine_as_test(machine, settings=profile)
+        run_state_machine_as_test(machine, settings=using)
     except Exception as exc:
         what = f"seed {chosen}" if chosen is not None else "the fixed smoke set"
         exc.add_note(f"Model failure ({what}). Reproduce with:\n    {command}\n(random runs "
@@ -93,8 +95,9 @@ def fresh_seed(forced: str | None) -> int:
     return int(forced) if forced is not None else random.getrandbits(64)
 
 
-def reproduce(selector: str, chosen: int | None, profile: str = PROFILE_NAME) -> str:
-    env = f"HYPOTHESIS_PROFILE={profile} " if profile != "quick" else ""
+def reproduce(selector: str, chosen: int | None, profile_name: str = PROFILE_NAME) -> str:
+    """The command that runs test `selector` of the model again, under seed `chosen`."""
+    env = f"HYPOTHESIS_PROFILE={profile_name} " if profile_name != "quick" else ""
     option = f" --hypothesis-seed={chosen}" if chosen is not None else ""
     return f"{env}.venv/bin/pytest {TEST_FILE}::{selector}{option}"
 
@@ -107,6 +110,6 @@ def timed_search(machine: type[RuleBasedStateMachine], budget: float, forced: st
     deadline = time.monotonic() + budget
     while True:
         chosen = fresh_seed(forced)
-        run(machine, SEARCH, chosen, reproduce(selector, chosen, "quick"))
+        run(machine, SEARCH, chosen, reproduce(selector, chosen, "quick"))  # any profile
         if forced is not None or time.monotonic() >= deadline:
             return TALLY
