@@ -2,18 +2,30 @@
 chain: hypothesis searches for the interleaving that loses money.
 
 Every rule is an input one side can get; the invariants (tests/channel/model/checks.py) are
-checked at each send and broadcast and after every step. `HYPOTHESIS_PROFILE=deep` searches
-much longer than the quick profile `make test` runs.
+checked at each send and broadcast and after every step. What runs (tests/channel/model/
+search.py):
+
+- `test_channel_model`: in `make test` the quick profile, a fixed derandomized smoke set (the
+  same 150 examples every run); `HYPOTHESIS_PROFILE=deep .venv/bin/pytest
+  tests/channel/test_model.py::test_channel_model` searches 10,000 random examples of up to
+  80 steps (minutes; run it with `nice`, before resolving an issue that touches the
+  machines, the stores or the watcher) and prints its seed, examples, steps and time.
+- `test_model_search`: in `make test`, random examples in batches of 100 until
+  MODEL_SEARCH_SECONDS (120) have passed, each batch under a fresh seed, so every CI run
+  looks somewhere new.
+
+A failure says its seed and the command that runs it again (`--hypothesis-seed=N`); random
+runs keep the example database in `.hypothesis/model` (out of git), which replays the
+failures it saved before anything new. Failures found are replayed step by step as plain
+tests at the end of this file.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from functools import partial
 
 import pytest
-from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -21,16 +33,18 @@ from bitcoind_paychan.bitcoin.tx import Transaction, TxIn, TxOut
 from bitcoind_paychan.channel.contract import DUST
 from bitcoind_paychan.channel.records import ChannelStatus, Role
 from tests.channel.model.checks import PAYOUT
+from tests.channel.model.search import (
+    PROFILE,
+    PROFILE_NAME,
+    SEARCH_SECONDS,
+    TALLY,
+    fresh_seed,
+    reproduce,
+    run,
+    timed_search,
+)
 from tests.channel.model.world import SERVER_POLICY, Connection, Crash, Process, World
 
-settings.register_profile(
-    "quick", max_examples=150, stateful_step_count=50, deadline=None, database=None,
-    derandomize=True, suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile(
-    "deep", max_examples=10_000, stateful_step_count=80, deadline=None, database=None,
-    suppress_health_check=[HealthCheck.too_slow])
-PROFILE_NAME = os.environ.get("HYPOTHESIS_PROFILE", "quick")
-PROFILE = settings.get_profile(PROFILE_NAME)
 if PROFILE_NAME == "deep":
     pytestmark = pytest.mark.timeout(0)  # the deep search takes as long as it takes
 
@@ -263,8 +277,45 @@ class ChannelModel(RuleBasedStateMachine):
         self.world.checks.after_step()
 
 
-ChannelModel.TestCase.settings = PROFILE
-TestChannelModel = ChannelModel.TestCase
+class ExploredModel(ChannelModel):
+    """The model as the random searches run it: the example database files their failures
+    under this class, whose source does not change when rules do. Counts what it runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        TALLY.examples += 1
+
+    @invariant()
+    def money_is_safe(self) -> None:
+        TALLY.checks += 1
+        super().money_is_safe()
+
+
+def test_channel_model(pytestconfig: pytest.Config, capsys: pytest.CaptureFixture[str]) -> None:
+    """The profile's search: quick (the fixed smoke set) or deep (10,000 random examples)."""
+    forced = pytestconfig.getoption("hypothesis_seed")
+    if PROFILE.derandomize:
+        run(ChannelModel, PROFILE, None, reproduce("test_channel_model", None))
+        return
+    chosen = fresh_seed(forced)
+    TALLY.reset()
+    run(ExploredModel, PROFILE, chosen, reproduce("test_channel_model", chosen))
+    report(capsys, f"model, {PROFILE_NAME} profile, seed {chosen}")
+
+
+@pytest.mark.timeout(int(SEARCH_SECONDS) + 600)  # a failure's shrinking may take 5 minutes
+def test_model_search(pytestconfig: pytest.Config, capsys: pytest.CaptureFixture[str]) -> None:
+    """A random search bounded by time (MODEL_SEARCH_SECONDS, 120 by default), fresh
+    examples every run; the failures the database saved come first."""
+    timed_search(ExploredModel, SEARCH_SECONDS, pytestconfig.getoption("hypothesis_seed"),
+                 "test_model_search")
+    report(capsys, "model search")
+
+
+def report(capsys: pytest.CaptureFixture[str], what: str) -> None:
+    """The figures of a search that passed, on the terminal even when output is captured."""
+    with capsys.disabled():
+        print(f"\n{what}: {TALLY}")
 
 
 # -- failures the model found, replayed step by step (each fixed in its owning module) ------
@@ -305,4 +356,23 @@ def test_failed_channel_whose_settlement_was_seen_is_not_discarded() -> None:
         m.mine_double_spend(index=0, step=600)
         m.mine(blocks=6, step=600, include=True)
         m.review(side=Role.SERVER)
+    replay(steps)
+
+
+
+def test_resume_in_flight_while_its_channel_is_discarded() -> None:
+    """The client resumed a stored channel; before CHANNEL_OPEN arrived a block double-spent
+    the contract's funding coin and five more buried it, so its watcher discarded the channel
+    (it never held money). CHANNEL_OPEN then made it re-send its last payment, no longer in
+    its store: one it had stored before, over an output that will never exist (the model
+    required the present store to hold it)."""
+    def steps(m: ChannelModel) -> None:
+        m.open_channel(version=1, window=18000, value=100_000, flow=True)
+        m.node_reachable(side=Role.SERVER, reachable=False)
+        m.client_closes(flow=False)
+        m.open_channel(version=1, window=18000, value=100_000, flow=True)
+        m.open_channel(version=1, window=18000, value=100_000, flow=False)
+        m.mine_double_spend(index=0, step=1)
+        m.mine(blocks=5, step=1, include=False)
+        m.client_closes(flow=True)
     replay(steps)

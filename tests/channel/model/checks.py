@@ -66,6 +66,9 @@ class Checks:
         self.stranger_displaced_owner = False
         self.store_refusals: list[str] = []  # writes a store refused (the adapter gave up)
         self.forgotten: set[str] = set()  # channels forgotten once their closing tx was buried
+        # every (change, signature) the client's store has held, per channel: a resume may
+        # re-send the last one after the watcher discarded or forgot the channel meanwhile
+        self.client_committed: dict[str, set[tuple[int, bytes]]] = {}
 
     # -- at the moment of acting -----------------------------------------------------------
 
@@ -85,9 +88,20 @@ class Checks:
                     "server sends a settlement it has not stored")
             self.settlement_checked(record, Transaction.parse(message.settlement.tx))
 
+    def client_stored(self, record: ChannelRecord) -> None:
+        """The client's store committed `record`'s payment."""
+        self.client_committed.setdefault(record.contract_txid, set()).add(
+            (record.change, record.signature))
+
     def client_sends(self, store: ChannelStore, record: ChannelRecord | None,
                      message: T) -> None:
-        """A payment is sent only once stored, and is one the client's checks allow."""
+        """A payment is sent only once stored, and is one the client's checks allow.
+
+        While the channel is stored, what is sent is the stored payment. A resume re-sends
+        the payment its machine loaded; if the watcher discarded or forgot the channel while
+        the resume was in flight (its funding double-spent, or its closing tx, forget_depth
+        deep), that payment was committed before and spends an output the chain will not
+        give back: it must be one the store held."""
         if message.type == T.UPDATE_PAYMENT:
             change, signature = (message.update_payment.client_change_value,
                                  message.update_payment.signature)
@@ -97,9 +111,15 @@ class Checks:
         else:
             return
         assert record is not None
-        stored = store.get(Role.CLIENT, record.contract_txid)
-        require(stored is not None and stored.change == change
-                and stored.signature == signature, "client sends a payment it has not stored")
+        txid = record.contract_txid
+        stored = store.get(Role.CLIENT, txid)
+        if stored is None:
+            require(txid in self.forgotten
+                    and (change, signature) in self.client_committed.get(txid, ()),
+                    "client sends a payment it has not stored")
+        else:
+            require(stored.change == change and stored.signature == signature,
+                    "client sends a payment it has not stored")
         require(change == 0 or DUST <= change <= record.value,
                 f"client signs a payment leaving {change} sat (dust or above the value)")
         require(payment_verifies(record), "client sends a payment that does not verify")

@@ -213,8 +213,10 @@ class Process:
                 if isinstance(effect, StoreChannel):
                     self.world.register(effect.record)
                     self.store.put(effect.record)
+                    self.stored(effect.record)
                 elif isinstance(effect, StorePayment):
                     self.store.record_payment(effect.record, effect.amount, effect.info)
+                    self.stored(effect.record)
                 else:
                     yield effect
             except StoreError as exc:
@@ -222,6 +224,9 @@ class Process:
                 if conn is not None:
                     self.world.close_end(conn, self.role)
                 return
+
+    def stored(self, record: ChannelRecord) -> None:
+        """The store committed `record` (a channel or a payment)."""
 
     def crashed(self) -> None:
         self.up = False
@@ -430,6 +435,9 @@ class ClientProcess(Process):
                 case Disconnect():
                     self.world.close_end(conn, Role.CLIENT)
                     return
+
+    def stored(self, record: ChannelRecord) -> None:
+        self.world.checks.client_stored(record)
 
     def crashed(self) -> None:
         super().crashed()
