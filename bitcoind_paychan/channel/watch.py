@@ -155,7 +155,13 @@ def review(record: ChannelRecord, state: ChainState, tip: Tip, fee_rate: int,
         return []  # a FAILED contract is never broadcast by us
     if record.role is Role.SERVER:
         if record.status is ChannelStatus.CLOSING and record.settlement_tx:
-            return [Broadcast(Transaction.parse(record.settlement_tx), "settlement", txid)]
+            # The channel's one settlement, again (a refused broadcast leaves it CLOSING): its
+            # contract first while that is unconfirmed (it may have left the mempool).
+            settlement = Broadcast(Transaction.parse(record.settlement_tx), "settlement", txid)
+            if not state.contract_height:
+                return [Broadcast(Transaction.parse(record.contract_tx), "contract", txid),
+                        settlement]
+            return [settlement]
         if tip.time >= contract.expiry - policy.settle_margin:
             return [SettleChannel(txid)]
         if not state.contract_height:  # ours to broadcast (again, after a crash or eviction)

@@ -7,7 +7,10 @@ that has its own connections (WebSocket, HTTP, a queue) hands it each frame rece
 (`ServerConnection.receive`); the manager answers through the connection's `Link`. A
 connection that claims a channel (opened, or resumed with its proof) takes the channel's lease
 first (`store/leases.py`): its payments are stored only while it holds it, wherever (on
-whichever instance) the client resumes next.
+whichever instance) the client resumes next. A settlement, whichever path asks for it (the
+client's CLOSE, a resume near expiry, the autopilot, the application), claims the channel's
+settling duty (`settle:<txid>`), then takes the lease, re-reads the channel, and stores it
+CLOSING only while that lease is current and the channel still OPEN: one settlement per channel.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import logging
 import resource
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import replace
+from dataclasses import dataclass
 from typing import Any
 
 from bitcoind_paychan.bitcoin.keys import PrivateKey
@@ -59,6 +62,8 @@ from bitcoind_paychan.errors import (
     NodeError,
     NodeUnreachable,
     RemoteProtocolError,
+    SettlementDecided,
+    StoreError,
     TransactionRejected,
 )
 from bitcoind_paychan.logcontext import bind_channel
@@ -82,6 +87,19 @@ UPDATE_PAYMENT = pb.TwoWayChannelMessage.UPDATE_PAYMENT
 
 ServerEvent = ChannelOpened | PaymentReceived | ChannelClosed | PeerError | ChannelFinished
 PaymentHandler = Callable[[PaymentReceived], bytes | Awaitable[bytes | None] | None]
+
+
+@dataclass
+class _Settling:
+    """One carry-out's settlement: whether its duty was claimed before (by the autopilot),
+    the duty it claimed itself (finished when the carry-out ends), the lease its CLOSING write
+    is fenced by, and what came of it."""
+
+    claimed: bool = False
+    duty: str | None = None
+    lease: Lease | None = None
+    settlement: Transaction | None = None
+    failure: str = ""
 
 
 def raise_fd_limit() -> int:
@@ -162,7 +180,7 @@ class ServerManager:
         self._started = False
         self.watcher = ChainWatcher(
             Role.SERVER, wallet, store, autopilot or WatchPolicy(),
-            settle=self._settle_if_open, on_event=self._finished, zmq_endpoint=zmq_endpoint,
+            settle=self._settle_claimed, on_event=self._finished, zmq_endpoint=zmq_endpoint,
             poll_interval=poll_interval, review_interval=review_interval, leases=self.leases)
 
     async def start(self) -> None:
@@ -229,11 +247,12 @@ class ServerManager:
         """Every stored channel's state, deadline, txids and confirmations."""
         return [self.watcher.view(record) for record in self.channels()]
 
-    async def _settle_if_open(self, contract_txid: str) -> None:
+    async def _settle_claimed(self, contract_txid: str) -> None:
+        """The autopilot's settlement (its `settle:` duty claimed): settle if still open."""
         try:
-            await self.settle(contract_txid)
-        except LocalProtocolError as exc:
-            log.info("not settling %s: %s", contract_txid, exc)
+            await self._settle(contract_txid)
+        except (LocalProtocolError, StoreError) as exc:
+            log.info("not settling %s now: %s", contract_txid, exc)
 
     def _finished(self, event: ChannelFinished) -> None:
         if self.on_event:
@@ -241,24 +260,32 @@ class ServerManager:
 
     async def settle(self, contract_txid: str) -> Transaction:
         """Settle a stored open channel now, whether or not its client is connected (here or
-        on another instance: the lease taken first fences its connection's later payments, and
-        the record read after it holds every payment stored before)."""
-        lease = await asyncio.to_thread(self.leases.acquire, Role.SERVER, contract_txid,
-                                        f"{self.leases.instance}/settle")
+        on another instance). It claims the channel's settling duty (LocalProtocolError if
+        another instance or connection is settling it), takes the lease (fencing its
+        connection's later payments), reads the record (every payment stored before) and
+        stores the settlement only while that lease is current (StoreError otherwise: the
+        client resumed meanwhile; nothing was broadcast)."""
+        duty = f"settle:{contract_txid}"
+        if not await asyncio.to_thread(self.leases.claim, duty):
+            raise LocalProtocolError(f"channel {contract_txid} is being settled right now (by "
+                                     "another connection or instance): its settlement is "
+                                     "stored as it closes; look at the channel again")
         try:
-            record = await asyncio.to_thread(self.store.get, Role.SERVER, contract_txid)
-            if record is None or record.status is not ChannelStatus.OPEN:
-                raise LocalProtocolError(f"no open server channel with contract {contract_txid}")
-            owner = self._owners.pop(contract_txid, None)
-            if owner is not None:
-                await owner.close()
-            machine = ServerChannel.resumed_from(self.policy, record, int(self.clock()))
-            effects = await self._settlement(machine, contract_txid)
-            settlement = next(e.settlement for e in effects if isinstance(e, ChannelClosed))
-            await self._carry_out(machine, None, effects)
-            return settlement
+            return await self._settle(contract_txid)
         finally:
-            self.leases.release(lease)
+            await asyncio.to_thread(self.leases.finish, duty)
+
+    async def _settle(self, contract_txid: str) -> Transaction:
+        """`settle`, its duty claimed."""
+        record = await asyncio.to_thread(self.store.get, Role.SERVER, contract_txid)
+        if record is None or record.status is not ChannelStatus.OPEN:
+            raise LocalProtocolError(f"no open server channel with contract {contract_txid}")
+        machine = ServerChannel.resumed_from(self.policy, record, int(self.clock()))
+        settling = _Settling(claimed=True)
+        await self._carry_out(machine, None, [PrepareSettlement(contract_txid)], settling)
+        if settling.settlement is None:
+            raise StoreError(f"channel {contract_txid} was not settled: {settling.failure}")
+        return settling.settlement
 
     def _ended(self, connection: ServerConnection) -> None:
         self._connections.discard(connection)
@@ -270,25 +297,40 @@ class ServerManager:
             self.leases.release(lease)
 
     async def _carry_out(self, machine: ServerChannel, stream: Link | None,
-                         effects: list[Effect]) -> bool:
+                         effects: list[Effect], settling: _Settling | None = None) -> bool:
         """Do what the machine asked, in order. False once the connection must end.
 
         Every payment among `effects` is handed to the writer at once (so pipelined payments
         share a commit); each is still awaited in its place, before what follows it (its ack),
         and acks go out together after the last one's commit. Payments after a ClaimChannel
-        wait for its lease (they are written under it, in their turn)."""
+        wait for its lease (they are written under it, in their turn). A settlement's duty,
+        claimed on the way, is finished at the end."""
         claims = any(isinstance(effect, ClaimChannel) for effect in effects)
         writes = self.payments.start([] if claims or stream is None else effects,
                                      self._held.get(id(stream)) if stream is not None else None)
+        settling = settling or _Settling()
         try:
-            return await self._carry_out_in_order(machine, stream, list(effects), writes)
+            return await self._carry_out_in_order(machine, stream, list(effects), writes,
+                                                  settling)
         finally:
             await writes.finish()
+            if settling.duty is not None:
+                await asyncio.to_thread(self.leases.finish, settling.duty)
+            if stream is None and settling.lease is not None:
+                await asyncio.to_thread(self.leases.release, settling.lease)
 
     async def _carry_out_in_order(self, machine: ServerChannel, stream: Link | None,
-                                  queue: list[Effect], writes: Writes) -> bool:
+                                  queue: list[Effect], writes: Writes,
+                                  settling: _Settling) -> bool:
         async for effect in effects_in_order(queue, stream, (StorePayment, PaymentReceived)):
             match effect:
+                case StoreChannel(record) if record.status is ChannelStatus.CLOSING:
+                    refusal = await self._store_settlement(record, settling)
+                    if refusal:
+                        queue[:] = [Send(messages.error(ErrorCode.OTHER, refusal)),
+                                    Disconnect(refusal)]
+                        continue
+                    self.watcher.watch(record)
                 case StoreChannel(record):
                     await asyncio.to_thread(self.store.put, record)
                     self.watcher.watch(record)
@@ -300,8 +342,12 @@ class ServerManager:
                         log.info("%s", exc)
                         queue[:] = [Send(messages.error(ErrorCode.OTHER, str(exc))),
                                     Disconnect("the channel's lease moved to another connection")]
+                    except SettlementDecided as exc:  # not stored, not acked: its settlement
+                        stored = await asyncio.to_thread(self.store.get, Role.SERVER,
+                                                         effect.record.contract_txid)
+                        queue[:] = self._settled_or_refused(machine, stored, str(exc))
                 case Broadcast():
-                    refusal = await self._broadcast(machine, effect)
+                    refusal = await self._broadcast(effect)
                     if refusal:
                         queue[:] = [Send(messages.error(ErrorCode.BAD_TRANSACTION, refusal)),
                                     Disconnect(refusal)]
@@ -312,12 +358,10 @@ class ServerManager:
                     queue[:0] = machine.channel_loaded(loaded)
                 case ClaimChannel(txid):
                     bind_channel(txid)  # and, from now on, its channel
-                    refusal = (await self._take_lease(machine, stream, txid, queue)
-                               if stream is not None else "")
-                    if refusal:
-                        log.info("refusing the resume of %s: %s", txid, refusal)
-                        queue[:] = [Send(messages.error(ErrorCode.OTHER, refusal)),
-                                    Disconnect(refusal)]
+                    answer = (await self._take_lease(machine, stream, txid, queue)
+                              if stream is not None else None)
+                    if answer is not None:
+                        queue[:] = answer
                         continue
                     previous = self._owners.get(txid)
                     if stream is not None:
@@ -326,7 +370,8 @@ class ServerManager:
                         log.info("channel %s moved to a new connection", txid)
                         await previous.close()
                 case PrepareSettlement(txid):
-                    queue[:0] = await self._settlement(machine, txid)
+                    bind_channel(txid)
+                    queue[:0] = await self._prepare_settlement(machine, stream, txid, settling)
                 case FundSettlement(draft, weight, fee_rate):
                     queue[:0] = await self._fund_settlement(machine, draft, weight, fee_rate)
                 case PaymentReceived():
@@ -347,10 +392,11 @@ class ServerManager:
         return True
 
     async def _take_lease(self, machine: ServerChannel, stream: Link, txid: str,
-                          remaining: list[Effect]) -> str:
+                          remaining: list[Effect]) -> list[Effect] | None:
         """Take the channel's lease for this connection (fencing whichever held it, on any
-        instance), then check the channel is as this connection loaded it; if payments were
-        stored since (by the connection it replaces), refuse: what to tell the client."""
+        instance), then check the channel is as this connection loaded it. None if so; else
+        what to answer instead: its settlement if it was settled meanwhile, a refusal if
+        payments were stored since (by the connection it replaces)."""
         holder = f"{self.leases.instance}/{id(stream):x}"
         lease = await asyncio.to_thread(self.leases.acquire, Role.SERVER, txid, holder)
         self._held[id(stream)] = lease
@@ -359,12 +405,73 @@ class ServerManager:
                        if isinstance(e, StorePayment)), None)
         if loaded is None:
             loaded = machine.record.change if machine.record is not None else None
-        if stored is not None and stored.change == loaded:
-            return ""
+        if stored is not None and stored.status is ChannelStatus.OPEN and (
+                stored.change == loaded):
+            return None
         del self._held[id(stream)]
         self.leases.release(lease)
-        return ("the channel took payments on another connection while this one resumed it "
-                "(nothing was stored here); resume again")
+        return self._settled_or_refused(machine, stored, (
+            "the channel took payments on another connection while this one resumed it "
+            "(nothing was stored here); resume again"))
+
+    def _settled_or_refused(self, machine: ServerChannel, stored: ChannelRecord | None,
+                            refusal: str) -> list[Effect]:
+        """The machine's answer if the stored channel is settling (its settlement), else
+        `refusal` (ERROR, hang up)."""
+        if stored is not None and stored.status is ChannelStatus.CLOSING:
+            log.info("channel %s was settled meanwhile: answering with its settlement",
+                     stored.contract_txid)
+            return machine.settlement_decided(stored)
+        log.info("refusing the resume of %s: %s", machine.record and
+                 machine.record.contract_txid, refusal)
+        return [Send(messages.error(ErrorCode.OTHER, refusal)), Disconnect(refusal)]
+
+    async def _prepare_settlement(self, machine: ServerChannel, stream: Link | None,
+                                  txid: str, settling: _Settling) -> list[Effect]:
+        """One settlement per channel: claim its settling duty (unless the autopilot did),
+        take its lease (fencing every other connection, on any instance), re-read it; only if
+        it is still open as this machine knows it, price and build the settlement."""
+        if not settling.claimed:
+            duty = f"settle:{txid}"
+            if not await asyncio.to_thread(self.leases.claim, duty):
+                stored = await asyncio.to_thread(self.store.get, Role.SERVER, txid)
+                settling.failure = "another connection or instance is settling it"
+                return self._settled_or_refused(machine, stored, (
+                    "the channel is being settled by another connection or instance; resume "
+                    "again to receive its settlement"))
+            settling.claimed, settling.duty = True, duty
+        holder = f"{self.leases.instance}/settle"
+        lease = settling.lease = await asyncio.to_thread(self.leases.acquire, Role.SERVER,
+                                                         txid, holder)
+        if stream is not None:
+            self._held[id(stream)] = lease  # released when the connection ends
+        stored = await asyncio.to_thread(self.store.get, Role.SERVER, txid)
+        record = machine.record
+        if stored is None or record is None or stored.status is not ChannelStatus.OPEN or (
+                stored.change != record.change):
+            settling.failure = "it changed since it was read"
+            return self._settled_or_refused(machine, stored, (
+                "the channel took payments on another connection since this one loaded it "
+                "(nothing was stored here); resume again"))
+        owner = self._owners.pop(txid, None)
+        if owner is not None and owner is not stream:
+            await owner.close()
+        return await self._settlement(machine, txid)
+
+    async def _store_settlement(self, record: ChannelRecord, settling: _Settling) -> str:
+        """Store the channel CLOSING with its settlement, fenced by the settlement's lease;
+        on refusal what to tell the client (nothing was stored: nothing is broadcast)."""
+        if settling.lease is None:
+            raise LocalProtocolError("a settlement is stored only under the lease it took")
+        try:
+            await asyncio.to_thread(self.leases.store_settlement, record, settling.lease)
+        except StoreError as exc:  # LeaseLost, SettlementDecided, or the store failed
+            log.warning("settlement of %s not stored, so not broadcast: %s",
+                        record.contract_txid, exc)
+            settling.failure = str(exc)
+            return f"cannot settle now: {exc}"
+        settling.settlement = Transaction.parse(record.settlement_tx)
+        return ""
 
     async def _settlement(self, machine: ServerChannel, txid: str) -> list[Effect]:
         try:
@@ -420,14 +527,17 @@ class ServerManager:
         finally:
             self.contract_checks.release()
 
-    async def _broadcast(self, machine: ServerChannel, effect: Broadcast) -> str:
+    async def _broadcast(self, effect: Broadcast) -> str:
         """Broadcast; on refusal return what to tell the client.
 
         A contract reaches this only after the node said it would take it, and its record is
         stored. If the broadcast then fails, the record stays OPEN and nothing is marked: the
         contract may have reached the node (a timeout) and the watcher broadcasts it again at
         each review, or finds it double-spent (then FAILED, and pruned once buried). A node
-        that does not answer is no reason to refuse the client: the channel opens.
+        that does not answer is no reason to refuse the client: the channel opens. A refused
+        settlement stays stored (CLOSING, the channel's one settlement): the autopilot
+        broadcasts it again (its contract first), replaces it with a higher fee (same payout),
+        or finds what spent the contract; the channel never goes back to OPEN.
         """
         if effect.purpose == "contract":
             bind_channel(effect.tx.txid_hex)  # the connection's channel, before it is claimed
@@ -441,12 +551,7 @@ class ServerManager:
                             "will broadcast it again", effect.tx.txid_hex, exc)
                 return ""
             log.error("broadcast of %s %s failed: %s", effect.purpose, effect.tx.txid_hex, exc)
-            refusal = f"the server's node refused the {effect.purpose}: {exc}"
-        record = machine.record
-        if record is not None and effect.purpose != "contract":
-            # The settlement never left: the channel is still open.
-            await asyncio.to_thread(self.store.put, replace(record, status=ChannelStatus.OPEN))
-        return refusal
+            return f"the server's node refused the {effect.purpose}: {exc}"
 
     async def _notify_payment(self, event: PaymentReceived) -> bytes | None:
         if self.on_event:

@@ -20,6 +20,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from bitcoind_paychan.bitcoin.tx import Transaction, TxIn, TxOut
 from bitcoind_paychan.channel.contract import DUST
 from bitcoind_paychan.channel.records import ChannelStatus, Role
+from tests.channel.model import glue
 from tests.channel.model.checks import PAYOUT
 from tests.channel.model.world import SERVER_POLICY, Connection, Crash, Process, World
 
@@ -123,6 +124,29 @@ class ChannelModel(RuleBasedStateMachine):
         open_ = server.store.channels(Role.SERVER, (ChannelStatus.OPEN,))
         if open_:
             self.act(lambda: server.settle_stored(open_[index % len(open_)].contract_txid))
+
+    @rule(index=pick, flow=st.booleans())
+    def settle_while_resuming(self, index: int, flow: bool) -> None:
+        """A settlement is decided (the operator, the autopilot) while a resume of the same
+        channel is in flight: loaded as open, its proof not taken yet. With none in flight,
+        the client (its connection lost) resumes its stored channel and the server loads it
+        first."""
+        world, server = self.world, self.world.server
+        if not any(glue.server_resumed(c.server) for c in world.connections) and (
+                world.client.resumable() is not None):
+            live = world.client.conn
+            if live is not None and live in world.connections:
+                self.lose_connection(world.connections.index(live))
+            self.act(lambda: world.client.open(3, 24 * HOUR, 100_000))
+            conn = world.client.conn
+            if conn is not None and conn.to_server:
+                self.act(lambda: world.deliver(conn, True, False))  # CLIENT_VERSION: loaded
+        loaded = [c.server.record for c in world.connections
+                  if glue.server_resumed(c.server) and c.server.record is not None]
+        if server.up and loaded:
+            txid = loaded[index % len(loaded)].contract_txid
+            self.act(lambda: server.settle_stored(txid))
+        self.let_flow(flow)
 
     # -- the network -----------------------------------------------------------------------
 
@@ -305,4 +329,17 @@ def test_failed_channel_whose_settlement_was_seen_is_not_discarded() -> None:
         m.mine_double_spend(index=0, step=600)
         m.mine(blocks=6, step=600, include=True)
         m.review(side=Role.SERVER)
+    replay(steps)
+
+
+def test_a_settlement_decided_while_a_resume_is_in_flight_is_what_the_resume_gets() -> None:
+    """Issue 19, Seen 1 on one process: the client resumed (the server loaded the channel
+    open) and the autopilot settled it before the resume's proof arrived. The proof must be
+    answered with that settlement; no payment is stored or acknowledged after it."""
+    def steps(m: ChannelModel) -> None:
+        m.open_channel(version=3, window=86340, value=100_000, flow=True)
+        m.pay(amount="min", flow=True)
+        m.lose_connection(index=0)
+        m.settle_while_resuming(index=0, flow=True)
+        m.pay(amount="min", flow=True)
     replay(steps)

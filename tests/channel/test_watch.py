@@ -296,8 +296,22 @@ def test_closing_server_rebroadcasts_its_unseen_settlement() -> None:
     settlement = settlement_of(server)
     closing = replace(server, status=ChannelStatus.CLOSING,
                       settlement_tx=settlement.serialize())
-    assert review(closing, ChainState(), tip(), RATE, POLICY) == [
+    assert review(closing, ChainState(contract_height=150), tip(), RATE, POLICY) == [
         Broadcast(settlement, "settlement", server.contract_txid)]
+
+
+def test_a_closing_server_channel_broadcasts_its_unconfirmed_contract_before_its_settlement(
+        ) -> None:
+    """A refused settlement leaves the channel CLOSING (never OPEN again): if its contract left
+    the mempool, the review puts the contract back first, then the one stored settlement."""
+    server, _ = records()
+    settlement = settlement_of(server)
+    closing = replace(server, status=ChannelStatus.CLOSING,
+                      settlement_tx=settlement.serialize())
+    txid = server.contract_txid
+    assert review(closing, ChainState(), tip(), RATE, POLICY) == [
+        Broadcast(Transaction.parse(server.contract_tx), "contract", txid),
+        Broadcast(settlement, "settlement", txid)]
 
 
 def test_other_outpoints_are_ignored() -> None:

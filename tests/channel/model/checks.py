@@ -66,6 +66,7 @@ class Checks:
         self.stranger_displaced_owner = False
         self.store_refusals: list[str] = []  # writes a store refused (the adapter gave up)
         self.forgotten: set[str] = set()  # channels forgotten once their closing tx was buried
+        self.settlements: dict[str, bytes] = {}  # the one settlement decided per channel
 
     # -- at the moment of acting -----------------------------------------------------------
 
@@ -77,6 +78,12 @@ class Checks:
             stored = store.get(Role.SERVER, record.contract_txid)
             require(stored is not None and stored.change <= record.change,
                     f"server acknowledges change {record.change} before storing it")
+            settled = (stored.settlement_tx if stored is not None and stored.status in (
+                ChannelStatus.CLOSING, ChannelStatus.SETTLED) else b"")
+            if settled and not is_refund(Transaction.parse(settled)):
+                require(client_share(record.contract, Transaction.parse(settled))
+                        <= record.change, f"server acknowledges change {record.change} on "
+                        f"{record.contract_txid} after a settlement paying more was decided")
         if message.type == T.CLOSE and message.HasField("settlement"):
             assert record is not None
             stored = store.get(Role.SERVER, record.contract_txid)
@@ -103,6 +110,20 @@ class Checks:
         require(change == 0 or DUST <= change <= record.value,
                 f"client signs a payment leaving {change} sat (dust or above the value)")
         require(payment_verifies(record), "client sends a payment that does not verify")
+
+    def storing(self, store: ChannelStore, record: ChannelRecord) -> None:
+        """One settlement per channel: the server decides (stores CLOSING with a settlement)
+        only on an open channel, and never a second one for a channel (a retry or a fee bump
+        replaces the stored one through the watcher)."""
+        if record.role is not Role.SERVER or record.status is not ChannelStatus.CLOSING:
+            return
+        txid = record.contract_txid
+        stored = store.get(Role.SERVER, txid)
+        require(stored is not None and stored.status is ChannelStatus.OPEN,
+                f"server stores a settlement of {txid}, which is not open")
+        require(txid not in self.settlements or self.settlements[txid] == record.settlement_tx,
+                f"a second settlement decided for {txid}")
+        self.settlements[txid] = record.settlement_tx
 
     def settlement_checked(self, record: ChannelRecord, settlement: Transaction) -> None:
         problem = spend_problem(record.contract, settlement, ANY_TIME)
