@@ -284,7 +284,8 @@ class ServerManager:
         settling = _Settling(claimed=True)
         await self._carry_out(machine, None, [PrepareSettlement(contract_txid)], settling)
         if settling.settlement is None:
-            raise StoreError(f"channel {contract_txid} was not settled: {settling.failure}")
+            why = settling.failure or "its node could not price or fund it now (see the log)"
+            raise StoreError(f"channel {contract_txid} was not settled: {why}")
         return settling.settlement
 
     def _ended(self, connection: ServerConnection) -> None:
