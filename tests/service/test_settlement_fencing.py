@@ -25,7 +25,7 @@ from bitcoind_paychan.store import ChannelStore, open_store
 from bitcoind_paychan.store.leases import ClusterPolicy, Leases, leases_for
 from bitcoind_paychan.wire import MessageStream, open_connection, pb
 from tests.conftest import config_for
-from tests.service.conftest import FAST, Sides
+from tests.service.conftest import FAST, Sides, until
 
 T = pb.TwoWayChannelMessage
 VALUE = 300_000
@@ -137,6 +137,27 @@ def payment(record: ChannelRecord, change: int, challenge: bytes = b"") -> T:
                                    resume_proof=proof)
 
 
+async def prove(stream: MessageStream, record: ChannelRecord, answers: list[T]) -> None:
+    """The resume's first payment (the last one again, with the proof): acknowledged, the
+    connection now holds the channel's lease."""
+    challenge = answers[0].server_version.resume_challenge
+    await stream.send_many([payment(record, record.change, challenge)])
+    ack = await stream.receive(10)
+    assert ack is not None and ack.type == T.PAYMENT_ACK
+
+
+async def pay_on(stream: MessageStream, record: ChannelRecord, times: int = 3) -> int:
+    """Pay 1,000 sat `times` over, until one is not acknowledged; the change last acked."""
+    acked = record.change
+    for _ in range(times):
+        await stream.send_many([payment(record, acked - 1_000)])
+        answer = await stream.receive(10)
+        if answer is None or answer.type != T.PAYMENT_ACK:
+            break
+        acked -= 1_000
+    return acked
+
+
 def test_a_resume_that_takes_the_lease_while_a_settlement_awaits_the_node_fences_it(
         cluster: Cluster) -> None:
     """Seen 1: the settler took the lease and read the channel, then awaited the node; the
@@ -151,19 +172,10 @@ def test_a_resume_that_takes_the_lease_while_a_settlement_awaits_the_node_fences
         await cluster.gate.entered.wait()  # lease taken, channel read, node asked
         stream, answers = await resume(ports[1], record)
         assert [m.type for m in answers] == [T.SERVER_VERSION, T.CHANNEL_OPEN]
-        challenge = answers[0].server_version.resume_challenge
-        await stream.send_many([payment(record, record.change, challenge)])  # the proof
-        ack = await stream.receive(10)
-        assert ack is not None and ack.type == T.PAYMENT_ACK
+        await prove(stream, record, answers)
         cluster.gate.release.set()  # the settler goes on
         outcome = (await asyncio.gather(settling, return_exceptions=True))[0]
-        acked = record.change
-        for _ in range(3):  # the client pays on: each stored, then acknowledged
-            await stream.send_many([payment(record, acked - 1_000)])
-            answer = await stream.receive(10)
-            if answer is None or answer.type != T.PAYMENT_ACK:
-                break
-            acked -= 1_000
+        acked = await pay_on(stream, record)  # each stored, then acknowledged
         await stream.close()
         stored = resumer.store.get(Role.SERVER, record.contract_txid)
         spender = await settler.wallet.spender(record.contract_txid,
@@ -179,6 +191,35 @@ def test_a_resume_that_takes_the_lease_while_a_settlement_awaits_the_node_fences
     assert spender is None and cluster.settlements() == []
     assert stored is not None and stored.status is ChannelStatus.OPEN
     assert stored.change == acked == VALUE - 1_000 - 10_000 - 3_000
+
+
+def test_the_autopilots_settlement_and_a_resume_meanwhile_lose_no_acknowledged_payment(
+        cluster: Cluster) -> None:
+    """Seen 1 as reported: the autopilot settles at the deadline and awaits its node after
+    taking the lease and reading the channel; the client resumes (a newer lease); then a
+    settlement is stored and broadcast, and the client pays on. The settlement on the chain
+    pays the client no more than the change it was acknowledged: the fenced attempt is not
+    stored, the next review's is, and no payment is acknowledged after it."""
+    async def scenario() -> tuple[int, int, Transaction]:
+        ports = await cluster.start()
+        record = await opened(cluster, ports[0])
+        node = cluster.sides.server_node
+        node.set_mocktime(record.contract.expiry - FAST.settle_margin + 60)
+        await asyncio.to_thread(node.mine, 1)  # the deadline: an autopilot settles
+        await cluster.gate.entered.wait()  # lease taken, channel read, node asked
+        stream, answers = await resume(ports[1], record)
+        await prove(stream, record, answers)
+        cluster.gate.release.set()
+        await until(lambda: cluster.settlements(), what="the autopilot to settle")
+        acked = await pay_on(stream, record)  # nothing more may be acknowledged
+        await stream.close()
+        await cluster.stop()
+        return record.change, acked, cluster.settlements()[-1]
+
+    change, acked, settlement = asyncio.run(scenario())
+    assert settlement.outputs[0].value <= acked  # every acknowledged payment is in it
+    assert acked == change == settlement.outputs[0].value
+    assert len(cluster.settlements()) == 1
 
 
 def test_a_resume_that_finds_the_channel_settled_since_it_loaded_it_answers_with_the_settlement(
