@@ -174,6 +174,8 @@ class Checks:
             require(payment_verifies(record),
                     f"server holds an unverified payment on {record.contract_txid}")
         for txid, record in servers.items():
+            if record.status is ChannelStatus.FAILED:  # its settlement cannot confirm: a reorg
+                self.settlements.pop(txid, None)  # that confirms the contract reopens it
             require(record.paid >= self.server_paid.get(txid, 0),
                     f"server's share of {txid} fell from {self.server_paid.get(txid)} to "
                     f"{record.paid}")
