@@ -343,3 +343,20 @@ def test_a_settlement_decided_while_a_resume_is_in_flight_is_what_the_resume_get
         m.settle_while_resuming(index=0, flow=True)
         m.pay(amount="min", flow=True)
     replay(steps)
+
+
+def test_a_resume_in_flight_while_its_channel_is_settled_and_forgotten_resends_a_logged_payment(
+        ) -> None:
+    """Found by the rule above: a resume was in flight (the server's answers not read yet)
+    while its channel was settled and both sides forgot it once the settlement was buried.
+    The resumed client re-sent its last payment, no longer in its store but in its history:
+    nothing new was signed."""
+    def steps(m: ChannelModel) -> None:
+        m.open_channel(flow=True, value=100000, version=1, window=18000)
+        m.pay(amount="one", flow=False)
+        m.pay(amount="one", flow=False)
+        m.settle_while_resuming(flow=False, index=0)
+        m.reorg(depth=4, include=True, step=1)
+        m.reorg(depth=1, include=False, step=1)
+        m.settle_while_resuming(flow=True, index=0)
+    replay(steps)

@@ -105,8 +105,14 @@ class Checks:
             return
         assert record is not None
         stored = store.get(Role.CLIENT, record.contract_txid)
-        require(stored is not None and stored.change == change
-                and stored.signature == signature, "client sends a payment it has not stored")
+        if stored is None and message.type == T.UPDATE_PAYMENT:  # forgotten (settled, buried)
+            # while a resume was in flight: it re-sends its last payment, which the history
+            # keeps (nothing new is signed: a new one would not be stored)
+            require(any(e.change_after == change for e in store.payments(
+                Role.CLIENT, record.contract_txid)), "client sends a payment it has not stored")
+        else:
+            require(stored is not None and stored.change == change
+                    and stored.signature == signature, "client sends a payment it has not stored")
         require(change == 0 or DUST <= change <= record.value,
                 f"client signs a payment leaving {change} sat (dust or above the value)")
         require(payment_verifies(record), "client sends a payment that does not verify")
