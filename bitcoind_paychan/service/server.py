@@ -23,7 +23,6 @@ import logging
 import resource
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from bitcoind_paychan.bitcoin.keys import PrivateKey
@@ -70,6 +69,7 @@ from bitcoind_paychan.logcontext import bind_channel
 from bitcoind_paychan.node.bitcoind import AsyncBitcoind
 from bitcoind_paychan.service.limits import Admission, PeerGate, PeerLimits
 from bitcoind_paychan.service.outbox import effects_in_order, send_all
+from bitcoind_paychan.service.settlement import Settlements, Settling
 from bitcoind_paychan.service.watcher import ChainWatcher, ChannelView
 from bitcoind_paychan.store import ChannelStore
 from bitcoind_paychan.store.leases import Lease, Leases, leases_for
@@ -89,19 +89,6 @@ ServerEvent = ChannelOpened | PaymentReceived | ChannelClosed | PeerError | Chan
 PaymentHandler = Callable[[PaymentReceived], bytes | Awaitable[bytes | None] | None]
 
 
-@dataclass
-class _Settling:
-    """One carry-out's settlement: whether its duty was claimed before (by the autopilot),
-    the duty it claimed itself (finished when the carry-out ends), the lease its CLOSING write
-    is fenced by, and what came of it."""
-
-    claimed: bool = False
-    duty: str | None = None
-    lease: Lease | None = None
-    settlement: Transaction | None = None
-    failure: str = ""
-
-
 def raise_fd_limit() -> int:
     """Raise this process's soft limit on open files to its hard limit (as bitcoind does), so
     each connected channel can have its socket; log it. Returns the soft limit now."""
@@ -119,7 +106,7 @@ def raise_fd_limit() -> int:
     return int(soft)
 
 
-class ServerManager:
+class ServerManager(Settlements):
     """Accepts payment channels over connections the application (or a transport) carries:
     `accept(link)` per connection, then `receive` each frame on it. Storage, resume, the
     autopilot (settlement before expiry), events and limits are the manager's.
@@ -281,7 +268,7 @@ class ServerManager:
         if record is None or record.status is not ChannelStatus.OPEN:
             raise LocalProtocolError(f"no open server channel with contract {contract_txid}")
         machine = ServerChannel.resumed_from(self.policy, record, int(self.clock()))
-        settling = _Settling(claimed=True)
+        settling = Settling(claimed=True)
         await self._carry_out(machine, None, [PrepareSettlement(contract_txid)], settling)
         if settling.settlement is None:
             why = settling.failure or "its node could not price or fund it now (see the log)"
@@ -298,7 +285,7 @@ class ServerManager:
             self.leases.release(lease)
 
     async def _carry_out(self, machine: ServerChannel, stream: Link | None,
-                         effects: list[Effect], settling: _Settling | None = None) -> bool:
+                         effects: list[Effect], settling: Settling | None = None) -> bool:
         """Do what the machine asked, in order. False once the connection must end.
 
         Every payment among `effects` is handed to the writer at once (so pipelined payments
@@ -309,7 +296,7 @@ class ServerManager:
         claims = any(isinstance(effect, ClaimChannel) for effect in effects)
         writes = self.payments.start([] if claims or stream is None else effects,
                                      self._held.get(id(stream)) if stream is not None else None)
-        settling = settling or _Settling()
+        settling = settling or Settling()
         try:
             return await self._carry_out_in_order(machine, stream, list(effects), writes,
                                                   settling)
@@ -322,7 +309,7 @@ class ServerManager:
 
     async def _carry_out_in_order(self, machine: ServerChannel, stream: Link | None,
                                   queue: list[Effect], writes: Writes,
-                                  settling: _Settling) -> bool:
+                                  settling: Settling) -> bool:
         async for effect in effects_in_order(queue, stream, (StorePayment, PaymentReceived)):
             match effect:
                 case StoreChannel(record) if record.status is ChannelStatus.CLOSING:
@@ -414,88 +401,6 @@ class ServerManager:
         return self._settled_or_refused(machine, stored, (
             "the channel took payments on another connection while this one resumed it "
             "(nothing was stored here); resume again"))
-
-    def _settled_or_refused(self, machine: ServerChannel, stored: ChannelRecord | None,
-                            refusal: str) -> list[Effect]:
-        """The machine's answer if the stored channel is settling (its settlement), else
-        `refusal` (ERROR, hang up)."""
-        if stored is not None and stored.status is ChannelStatus.CLOSING:
-            log.info("channel %s was settled meanwhile: answering with its settlement",
-                     stored.contract_txid)
-            return machine.settlement_decided(stored)
-        log.info("refusing the resume of %s: %s", machine.record and
-                 machine.record.contract_txid, refusal)
-        return [Send(messages.error(ErrorCode.OTHER, refusal)), Disconnect(refusal)]
-
-    async def _prepare_settlement(self, machine: ServerChannel, stream: Link | None,
-                                  txid: str, settling: _Settling) -> list[Effect]:
-        """One settlement per channel: claim its settling duty (unless the autopilot did),
-        take its lease (fencing every other connection, on any instance), re-read it; only if
-        it is still open as this machine knows it, price and build the settlement."""
-        if not settling.claimed:
-            duty = f"settle:{txid}"
-            if not await asyncio.to_thread(self.leases.claim, duty):
-                stored = await asyncio.to_thread(self.store.get, Role.SERVER, txid)
-                settling.failure = "another connection or instance is settling it"
-                return self._settled_or_refused(machine, stored, (
-                    "the channel is being settled by another connection or instance; resume "
-                    "again to receive its settlement"))
-            settling.claimed, settling.duty = True, duty
-        holder = f"{self.leases.instance}/settle"
-        lease = settling.lease = await asyncio.to_thread(self.leases.acquire, Role.SERVER,
-                                                         txid, holder)
-        if stream is not None:
-            self._held[id(stream)] = lease  # released when the connection ends
-        stored = await asyncio.to_thread(self.store.get, Role.SERVER, txid)
-        record = machine.record
-        if stored is None or record is None or stored.status is not ChannelStatus.OPEN or (
-                stored.change != record.change):
-            settling.failure = "it changed since it was read"
-            return self._settled_or_refused(machine, stored, (
-                "the channel took payments on another connection since this one loaded it "
-                "(nothing was stored here); resume again"))
-        owner = self._owners.pop(txid, None)
-        if owner is not None and owner is not stream:
-            await owner.close()
-        return await self._settlement(machine, txid)
-
-    async def _store_settlement(self, record: ChannelRecord, settling: _Settling) -> str:
-        """Store the channel CLOSING with its settlement, fenced by the settlement's lease;
-        on refusal what to tell the client (nothing was stored: nothing is broadcast)."""
-        if settling.lease is None:
-            raise LocalProtocolError("a settlement is stored only under the lease it took")
-        try:
-            await asyncio.to_thread(self.leases.store_settlement, record, settling.lease)
-        except StoreError as exc:  # LeaseLost, SettlementDecided, or the store failed
-            log.warning("settlement of %s not stored, so not broadcast: %s",
-                        record.contract_txid, exc)
-            settling.failure = str(exc)
-            return f"cannot settle now: {exc}"
-        settling.settlement = Transaction.parse(record.settlement_tx)
-        return ""
-
-    async def _settlement(self, machine: ServerChannel, txid: str) -> list[Effect]:
-        try:
-            fee_rate = await self.watcher.fee_rate()
-            payout = self.payout_script or await self.wallet.payout_script()
-            return machine.settle(fee_rate, payout)
-        except (NodeError, LocalProtocolError) as exc:
-            log.error("cannot settle channel %s now: %s", txid, exc)
-            return [Send(messages.error(ErrorCode.OTHER, f"cannot settle now: {exc}")),
-                    Disconnect("settlement failed")]
-
-    async def _fund_settlement(self, machine: ServerChannel, draft: Transaction, weight: int,
-                               fee_rate: int) -> list[Effect]:
-        contract = draft.inputs[0].prevout
-        try:
-            funded = await self.wallet.fund_external(
-                draft, {(contract.txid_hex, contract.index): weight}, fee_rate)
-            log.info("the settlement's fee comes from a wallet input (share too small)")
-            return machine.settle_funded(funded)
-        except (NodeError, LocalProtocolError) as exc:
-            log.error("cannot fund the settlement of %s: %s", contract.txid_hex, exc)
-            return [Send(messages.error(ErrorCode.OTHER, f"cannot settle now: {exc}")),
-                    Disconnect("settlement failed")]
 
     async def _check_contract(self, tx: Transaction) -> tuple[str | None, bool]:
         """Would the node take this contract? (refusal or None, whether to retry later)
