@@ -127,6 +127,12 @@ class LeaseLost(StoreError):
     whose fencing token is newer. Nothing was acknowledged; this connection must end."""
 
 
+class SettlementDecided(StoreError):
+    """A payment (or a second settlement) was not stored because the channel is no longer
+    open: its settlement was decided (stored CLOSING) by another connection or instance.
+    Nothing was acknowledged; the stored settlement is the channel's one."""
+
+
 class TLSError(PaychanError):
     """A TLS connection failed: a certificate not trusted, expired, for another host or not
     the pinned one, or a peer that does not speak TLS. The message says which and what to do."""

@@ -48,6 +48,7 @@ class Input(enum.Enum):
     CONTRACT_CHECKED = "contract_checked"  # server: the answer to CheckContract
     SETTLE = "settle"  # server: the answer to PrepareSettlement, or the application's close
     SETTLE_FUNDED = "settle_funded"  # server: the answer to FundSettlement
+    SETTLEMENT_DECIDED = "settlement_decided"  # server: the channel was found CLOSING
     CONNECTION_LOST = "connection_lost"
 
 

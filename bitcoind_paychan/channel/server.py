@@ -114,8 +114,8 @@ S = ServerState
 TABLE = table({
     (S.WAITING_FOR_VERSION, T.CLIENT_VERSION): {S.LOADING_CHANNEL, S.WAITING_FOR_REFUND,
                                                 S.WAITING_FOR_CONTRACT},
-    (S.LOADING_CHANNEL, Input.CHANNEL_LOADED): {S.RESUMED, S.SETTLING, S.WAITING_FOR_REFUND,
-                                                S.WAITING_FOR_CONTRACT},
+    (S.LOADING_CHANNEL, Input.CHANNEL_LOADED): {S.RESUMED, S.SETTLING, S.CLOSED,
+                                                S.WAITING_FOR_REFUND, S.WAITING_FOR_CONTRACT},
     (S.WAITING_FOR_REFUND, T.PROVIDE_REFUND): {S.WAITING_FOR_CONTRACT},
     (S.WAITING_FOR_CONTRACT, T.PROVIDE_CONTRACT): {S.CHECKING_CONTRACT},
     (S.CHECKING_CONTRACT, Input.CONTRACT_CHECKED): {S.OPEN, S.SETTLING},  # or refused: closed
@@ -125,6 +125,11 @@ TABLE = table({
     (S.OPEN, Input.SETTLE): {S.SETTLING, S.CLOSED},  # the application settles
     (S.SETTLING, Input.SETTLE): {S.SETTLING, S.CLOSED},  # SETTLING: waiting for a wallet input
     (S.SETTLING, Input.SETTLE_FUNDED): {S.CLOSED},
+    # The stored channel turned out CLOSING (settled by another connection or instance since
+    # this one loaded it): answer with that settlement, take nothing more.
+    (S.RESUMED, Input.SETTLEMENT_DECIDED): {S.CLOSED},
+    (S.OPEN, Input.SETTLEMENT_DECIDED): {S.CLOSED},
+    (S.SETTLING, Input.SETTLEMENT_DECIDED): {S.CLOSED},
 }, ServerState, S.CLOSED)
 
 
@@ -135,7 +140,8 @@ class ServerChannel(ProtocolMachine):
     Inputs besides `receive(message)`: `channel_loaded(record | None)` (answers LoadChannel),
     `contract_checked(refusal, retryable)` (answers CheckContract),
     `settle(fee_rate, payout_script)` (answers PrepareSettlement, or settles an open
-    channel), `settle_funded(tx)` (answers FundSettlement), `connection_lost()`. `TABLE`
+    channel), `settle_funded(tx)` (answers FundSettlement), `settlement_decided(record)` (the
+    stored channel was found CLOSING), `connection_lost()`. `TABLE`
     lists which are legal in which state. A resumed connection owns the channel (and may
     CLOSE) only once its first UPDATE_PAYMENT proves it holds the client's contract key."""
 
@@ -198,16 +204,22 @@ class ServerChannel(ProtocolMachine):
         return self._input(Input.CHANNEL_LOADED, self._on_channel_loaded, record)
 
     def _on_channel_loaded(self, record: ChannelRecord | None) -> list[Effect]:
+        if record is not None and record.version == self.version and _settlement_of(record):
+            # Settling already: its one settlement is the answer (bitcoinj checks and stores it).
+            self.record, self.state = record, ServerState.CLOSED
+            return [Send(messages.server_version(self.version)), *self._settled_before(record)]
         if record is None or record.status is not ChannelStatus.OPEN or (
                 record.version != self.version):
             return self._initiate()  # nothing to resume: a fresh channel, as bitcoinj does
         self.record = record
         if record.contract.expiry - self.now <= SETTLEMENT_MARGIN:
             # Too close to the client's refund to take more payments: settle instead (what
-            # the autopilot does anyway, so no proof is needed).
+            # the autopilot does anyway, so no proof is needed). The settlement claims the
+            # channel's settling duty, then its lease: a resume that finds the duty taken
+            # fences nobody.
             self.state = ServerState.SETTLING
             return [Send(messages.server_version(self.version)),
-                    ClaimChannel(record.contract_txid), PrepareSettlement(record.contract_txid)]
+                    PrepareSettlement(record.contract_txid)]
         self.state = ServerState.RESUMED
         if self.version >= 3:
             self.challenge = resume_challenge(self.key.secret)
@@ -249,6 +261,21 @@ class ServerChannel(ProtocolMachine):
             return [FundSettlement(draft, contract.spend_weight(), fee_rate)]
         draft = contract.settlement_draft(record.change, share - fee, payout_script)
         return self._settled(contract.sign_settlement(draft, record.signature, record.key))
+
+    def settlement_decided(self, record: ChannelRecord) -> list[Effect]:
+        """The stored channel is CLOSING (another connection or instance settled it after this
+        one loaded it): send its settlement (CLOSE, without one if it holds none) and hang up;
+        nothing more is stored or acknowledged here."""
+        return self._input(Input.SETTLEMENT_DECIDED, self._on_settlement_decided, record)
+
+    def _on_settlement_decided(self, record: ChannelRecord) -> list[Effect]:
+        self.record, self.state = record, ServerState.CLOSED
+        return self._settled_before(record)
+
+    def _settled_before(self, record: ChannelRecord) -> list[Effect]:
+        settlement = _settlement_of(record)
+        return [Send(messages.close(settlement.serialize() if settlement else None)),
+                Disconnect("channel settled before (its settlement sent)")]
 
     def settle_funded(self, funded: Transaction) -> list[Effect]:
         """The answer to FundSettlement: the draft with the wallet's inputs (signed) and
@@ -409,6 +436,14 @@ class ServerChannel(ProtocolMachine):
     def _on_close(self, message: T) -> list[Effect]:
         self.state = ServerState.SETTLING
         return [PrepareSettlement(self._record().contract_txid)]
+
+
+def _settlement_of(record: ChannelRecord) -> Transaction | None:
+    """The settlement a CLOSING record holds (not a refund, which carries a lock time)."""
+    if record.status is not ChannelStatus.CLOSING or not record.settlement_tx:
+        return None
+    tx = Transaction.parse(record.settlement_tx)
+    return tx if tx.locktime == 0 else None
 
 
 def _client_key(data: bytes) -> bytes:

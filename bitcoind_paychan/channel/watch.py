@@ -155,7 +155,7 @@ def review(record: ChannelRecord, state: ChainState, tip: Tip, fee_rate: int,
         return []  # a FAILED contract is never broadcast by us
     if record.role is Role.SERVER:
         if record.status is ChannelStatus.CLOSING and record.settlement_tx:
-            return [Broadcast(Transaction.parse(record.settlement_tx), "settlement", txid)]
+            return _settle_again(record, state, fee_rate)
         if tip.time >= contract.expiry - policy.settle_margin:
             return [SettleChannel(txid)]
         if not state.contract_height:  # ours to broadcast (again, after a crash or eviction)
@@ -166,6 +166,24 @@ def review(record: ChannelRecord, state: ChainState, tip: Tip, fee_rate: int,
     if record.status is ChannelStatus.CLOSING and record.settlement_tx:
         return [Broadcast(Transaction.parse(record.settlement_tx), "settlement", txid)]
     return []
+
+
+def _settle_again(record: ChannelRecord, state: ChainState, fee_rate: int) -> list[Effect]:
+    """The channel's one settlement, again: the node holds no spender of the contract (a
+    refused broadcast leaves the channel CLOSING, never OPEN). Its contract goes first while
+    that is unconfirmed (it may have left the mempool); the settlement is re-signed at
+    `fee_rate` if that is above its own (same payout script: a replacement, never a rival)."""
+    txid = record.contract_txid
+    settlement = Transaction.parse(record.settlement_tx)
+    effects: list[Effect] = []
+    if not state.contract_height:
+        effects.append(Broadcast(Transaction.parse(record.contract_tx), "contract", txid))
+    repriced = (_bumped_settlement(record, settlement, fee_rate)
+                if fee_rate > _fee_rate_of(record.contract, settlement) else None)
+    if repriced is None:
+        return [*effects, Broadcast(settlement, "settlement", txid)]
+    return [MarkChannel(txid, ChannelStatus.CLOSING, closing_tx=repriced.serialize()),
+            *effects, Broadcast(repriced, "settlement", txid)]
 
 
 def _buried(state: ChainState, tip: Tip, policy: WatchPolicy) -> bool:

@@ -7,7 +7,10 @@ that has its own connections (WebSocket, HTTP, a queue) hands it each frame rece
 (`ServerConnection.receive`); the manager answers through the connection's `Link`. A
 connection that claims a channel (opened, or resumed with its proof) takes the channel's lease
 first (`store/leases.py`): its payments are stored only while it holds it, wherever (on
-whichever instance) the client resumes next.
+whichever instance) the client resumes next. A settlement, whichever path asks for it (the
+client's CLOSE, a resume near expiry, the autopilot, the application), claims the channel's
+settling duty (`settle:<txid>`), then takes the lease, re-reads the channel, and stores it
+CLOSING only while that lease is current and the channel still OPEN: one settlement per channel.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ import logging
 import resource
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import replace
 from typing import Any
 
 from bitcoind_paychan.bitcoin.keys import PrivateKey
@@ -59,12 +61,15 @@ from bitcoind_paychan.errors import (
     NodeError,
     NodeUnreachable,
     RemoteProtocolError,
+    SettlementDecided,
+    StoreError,
     TransactionRejected,
 )
 from bitcoind_paychan.logcontext import bind_channel
 from bitcoind_paychan.node.bitcoind import AsyncBitcoind
 from bitcoind_paychan.service.limits import Admission, PeerGate, PeerLimits
 from bitcoind_paychan.service.outbox import effects_in_order, send_all
+from bitcoind_paychan.service.settlement import Settlements, Settling
 from bitcoind_paychan.service.watcher import ChainWatcher, ChannelView
 from bitcoind_paychan.store import ChannelStore
 from bitcoind_paychan.store.leases import Lease, Leases, leases_for
@@ -106,7 +111,7 @@ def raise_fd_limit() -> int:
     return int(soft)
 
 
-class ServerManager:
+class ServerManager(Settlements):
     """Accepts payment channels over connections the application (or a transport) carries:
     `accept(link)` per connection, then `receive` each frame on it. Storage, resume, the
     autopilot (settlement before expiry), events and limits are the manager's.
@@ -170,7 +175,7 @@ class ServerManager:
         self._started = False
         self.watcher = ChainWatcher(
             Role.SERVER, wallet, store, autopilot or WatchPolicy(),
-            settle=self._settle_if_open, on_event=self._finished, zmq_endpoint=zmq_endpoint,
+            settle=self._settle_claimed, on_event=self._finished, zmq_endpoint=zmq_endpoint,
             poll_interval=poll_interval, review_interval=review_interval, leases=self.leases)
 
     async def start(self) -> None:
@@ -242,11 +247,12 @@ class ServerManager:
         """Every stored channel's state, deadline, txids and confirmations."""
         return [self.watcher.view(record) for record in self.channels()]
 
-    async def _settle_if_open(self, contract_txid: str) -> None:
+    async def _settle_claimed(self, contract_txid: str) -> None:
+        """The autopilot's settlement (its `settle:` duty claimed): settle if still open."""
         try:
-            await self.settle(contract_txid)
-        except LocalProtocolError as exc:
-            log.info("not settling %s: %s", contract_txid, exc)
+            await self._settle(contract_txid)
+        except (LocalProtocolError, StoreError) as exc:
+            log.info("not settling %s now: %s", contract_txid, exc)
 
     def _finished(self, event: ChannelFinished) -> None:
         if self.on_event:
@@ -254,24 +260,33 @@ class ServerManager:
 
     async def settle(self, contract_txid: str) -> Transaction:
         """Settle a stored open channel now, whether or not its client is connected (here or
-        on another instance: the lease taken first fences its connection's later payments, and
-        the record read after it holds every payment stored before)."""
-        lease = await asyncio.to_thread(self.leases.acquire, Role.SERVER, contract_txid,
-                                        f"{self.leases.instance}/settle")
+        on another instance). It claims the channel's settling duty (LocalProtocolError if
+        another instance or connection is settling it), takes the lease (fencing its
+        connection's later payments), reads the record (every payment stored before) and
+        stores the settlement only while that lease is current (StoreError otherwise: the
+        client resumed meanwhile; nothing was broadcast)."""
+        duty = f"settle:{contract_txid}"
+        if not await asyncio.to_thread(self.leases.claim, duty):
+            raise LocalProtocolError(f"channel {contract_txid} is being settled right now (by "
+                                     "another connection or instance): its settlement is "
+                                     "stored as it closes; look at the channel again")
         try:
-            record = await asyncio.to_thread(self.store.get, Role.SERVER, contract_txid)
-            if record is None or record.status is not ChannelStatus.OPEN:
-                raise LocalProtocolError(f"no open server channel with contract {contract_txid}")
-            owner = self._owners.pop(contract_txid, None)
-            if owner is not None:
-                await owner.close()
-            machine = ServerChannel.resumed_from(self.policy, record, int(self.clock()))
-            effects = await self._settlement(machine, contract_txid)
-            settlement = next(e.settlement for e in effects if isinstance(e, ChannelClosed))
-            await self._carry_out(machine, None, effects)
-            return settlement
+            return await self._settle(contract_txid)
         finally:
-            self.leases.release(lease)
+            await asyncio.to_thread(self.leases.finish, duty)
+
+    async def _settle(self, contract_txid: str) -> Transaction:
+        """`settle`, its duty claimed."""
+        record = await asyncio.to_thread(self.store.get, Role.SERVER, contract_txid)
+        if record is None or record.status is not ChannelStatus.OPEN:
+            raise LocalProtocolError(f"no open server channel with contract {contract_txid}")
+        machine = ServerChannel.resumed_from(self.policy, record, int(self.clock()))
+        settling = Settling(claimed=True)
+        await self._carry_out(machine, None, [PrepareSettlement(contract_txid)], settling)
+        if settling.settlement is None:
+            why = settling.failure or "its node could not price or fund it now (see the log)"
+            raise StoreError(f"channel {contract_txid} was not settled: {why}")
+        return settling.settlement
 
     def _ended(self, connection: ServerConnection) -> None:
         self._connections.discard(connection)
@@ -283,25 +298,40 @@ class ServerManager:
             self.leases.release(lease)
 
     async def _carry_out(self, machine: ServerChannel, stream: Link | None,
-                         effects: list[Effect]) -> bool:
+                         effects: list[Effect], settling: Settling | None = None) -> bool:
         """Do what the machine asked, in order. False once the connection must end.
 
         Every payment among `effects` is handed to the writer at once (so pipelined payments
         share a commit); each is still awaited in its place, before what follows it (its ack),
         and acks go out together after the last one's commit. Payments after a ClaimChannel
-        wait for its lease (they are written under it, in their turn)."""
+        wait for its lease (they are written under it, in their turn). A settlement's duty,
+        claimed on the way, is finished at the end."""
         claims = any(isinstance(effect, ClaimChannel) for effect in effects)
         writes = self.payments.start([] if claims or stream is None else effects,
                                      self._held.get(id(stream)) if stream is not None else None)
+        settling = settling or Settling()
         try:
-            return await self._carry_out_in_order(machine, stream, list(effects), writes)
+            return await self._carry_out_in_order(machine, stream, list(effects), writes,
+                                                  settling)
         finally:
             await writes.finish()
+            if settling.duty is not None:
+                await asyncio.to_thread(self.leases.finish, settling.duty)
+            if stream is None and settling.lease is not None:
+                await asyncio.to_thread(self.leases.release, settling.lease)
 
     async def _carry_out_in_order(self, machine: ServerChannel, stream: Link | None,
-                                  queue: list[Effect], writes: Writes) -> bool:
+                                  queue: list[Effect], writes: Writes,
+                                  settling: Settling) -> bool:
         async for effect in effects_in_order(queue, stream, (StorePayment, PaymentReceived)):
             match effect:
+                case StoreChannel(record) if record.status is ChannelStatus.CLOSING:
+                    refusal = await self._store_settlement(record, settling)
+                    if refusal:
+                        queue[:] = [Send(messages.error(ErrorCode.OTHER, refusal)),
+                                    Disconnect(refusal)]
+                        continue
+                    self.watcher.watch(record)
                 case StoreChannel(record):
                     await asyncio.to_thread(self.store.put, record)
                     self.watcher.watch(record)
@@ -313,8 +343,12 @@ class ServerManager:
                         log.info("%s", exc)
                         queue[:] = [Send(messages.error(ErrorCode.OTHER, str(exc))),
                                     Disconnect("the channel's lease moved to another connection")]
+                    except SettlementDecided as exc:  # not stored, not acked: its settlement
+                        stored = await asyncio.to_thread(self.store.get, Role.SERVER,
+                                                         effect.record.contract_txid)
+                        queue[:] = self._settled_or_refused(machine, stored, str(exc))
                 case Broadcast():
-                    refusal = await self._broadcast(machine, effect)
+                    refusal = await self._broadcast(effect)
                     if refusal:
                         queue[:] = [Send(messages.error(ErrorCode.BAD_TRANSACTION, refusal)),
                                     Disconnect(refusal)]
@@ -325,12 +359,10 @@ class ServerManager:
                     queue[:0] = machine.channel_loaded(loaded)
                 case ClaimChannel(txid):
                     bind_channel(txid)  # and, from now on, its channel
-                    refusal = (await self._take_lease(machine, stream, txid, queue)
-                               if stream is not None else "")
-                    if refusal:
-                        log.info("refusing the resume of %s: %s", txid, refusal)
-                        queue[:] = [Send(messages.error(ErrorCode.OTHER, refusal)),
-                                    Disconnect(refusal)]
+                    answer = (await self._take_lease(machine, stream, txid, queue)
+                              if stream is not None else None)
+                    if answer is not None:
+                        queue[:] = answer
                         continue
                     previous = self._owners.get(txid)
                     if stream is not None:
@@ -339,7 +371,8 @@ class ServerManager:
                         log.info("channel %s moved to a new connection", txid)
                         await previous.close()
                 case PrepareSettlement(txid):
-                    queue[:0] = await self._settlement(machine, txid)
+                    bind_channel(txid)
+                    queue[:0] = await self._prepare_settlement(machine, stream, txid, settling)
                 case FundSettlement(draft, weight, fee_rate):
                     queue[:0] = await self._fund_settlement(machine, draft, weight, fee_rate)
                 case PaymentReceived():
@@ -360,10 +393,11 @@ class ServerManager:
         return True
 
     async def _take_lease(self, machine: ServerChannel, stream: Link, txid: str,
-                          remaining: list[Effect]) -> str:
+                          remaining: list[Effect]) -> list[Effect] | None:
         """Take the channel's lease for this connection (fencing whichever held it, on any
-        instance), then check the channel is as this connection loaded it; if payments were
-        stored since (by the connection it replaces), refuse: what to tell the client."""
+        instance), then check the channel is as this connection loaded it. None if so; else
+        what to answer instead: its settlement if it was settled meanwhile, a refusal if
+        payments were stored since (by the connection it replaces)."""
         holder = f"{self.leases.instance}/{id(stream):x}"
         lease = await asyncio.to_thread(self.leases.acquire, Role.SERVER, txid, holder)
         self._held[id(stream)] = lease
@@ -372,35 +406,14 @@ class ServerManager:
                        if isinstance(e, StorePayment)), None)
         if loaded is None:
             loaded = machine.record.change if machine.record is not None else None
-        if stored is not None and stored.change == loaded:
-            return ""
+        if stored is not None and stored.status is ChannelStatus.OPEN and (
+                stored.change == loaded):
+            return None
         del self._held[id(stream)]
         self.leases.release(lease)
-        return ("the channel took payments on another connection while this one resumed it "
-                "(nothing was stored here); resume again")
-
-    async def _settlement(self, machine: ServerChannel, txid: str) -> list[Effect]:
-        try:
-            fee_rate = await self.watcher.fee_rate()
-            payout = self.payout_script or await self.wallet.payout_script()
-            return machine.settle(fee_rate, payout)
-        except (NodeError, LocalProtocolError) as exc:
-            log.error("cannot settle channel %s now: %s", txid, exc)
-            return [Send(messages.error(ErrorCode.OTHER, f"cannot settle now: {exc}")),
-                    Disconnect("settlement failed")]
-
-    async def _fund_settlement(self, machine: ServerChannel, draft: Transaction, weight: int,
-                               fee_rate: int) -> list[Effect]:
-        contract = draft.inputs[0].prevout
-        try:
-            funded = await self.wallet.fund_external(
-                draft, {(contract.txid_hex, contract.index): weight}, fee_rate)
-            log.info("the settlement's fee comes from a wallet input (share too small)")
-            return machine.settle_funded(funded)
-        except (NodeError, LocalProtocolError) as exc:
-            log.error("cannot fund the settlement of %s: %s", contract.txid_hex, exc)
-            return [Send(messages.error(ErrorCode.OTHER, f"cannot settle now: {exc}")),
-                    Disconnect("settlement failed")]
+        return self._settled_or_refused(machine, stored, (
+            "the channel took payments on another connection while this one resumed it "
+            "(nothing was stored here); resume again"))
 
     async def _check_contract(self, tx: Transaction) -> tuple[str | None, bool]:
         """Would the node take this contract? (refusal or None, whether to retry later)
@@ -433,14 +446,17 @@ class ServerManager:
         finally:
             self.contract_checks.release()
 
-    async def _broadcast(self, machine: ServerChannel, effect: Broadcast) -> str:
+    async def _broadcast(self, effect: Broadcast) -> str:
         """Broadcast; on refusal return what to tell the client.
 
         A contract reaches this only after the node said it would take it, and its record is
         stored. If the broadcast then fails, the record stays OPEN and nothing is marked: the
         contract may have reached the node (a timeout) and the watcher broadcasts it again at
         each review, or finds it double-spent (then FAILED, and pruned once buried). A node
-        that does not answer is no reason to refuse the client: the channel opens.
+        that does not answer is no reason to refuse the client: the channel opens. A refused
+        settlement stays stored (CLOSING, the channel's one settlement): the autopilot
+        broadcasts it again (its contract first), replaces it with a higher fee (same payout),
+        or finds what spent the contract; the channel never goes back to OPEN.
         """
         if effect.purpose == "contract":
             bind_channel(effect.tx.txid_hex)  # the connection's channel, before it is claimed
@@ -454,12 +470,7 @@ class ServerManager:
                             "will broadcast it again", effect.tx.txid_hex, exc)
                 return ""
             log.error("broadcast of %s %s failed: %s", effect.purpose, effect.tx.txid_hex, exc)
-            refusal = f"the server's node refused the {effect.purpose}: {exc}"
-        record = machine.record
-        if record is not None and effect.purpose != "contract":
-            # The settlement never left: the channel is still open.
-            await asyncio.to_thread(self.store.put, replace(record, status=ChannelStatus.OPEN))
-        return refusal
+            return f"the server's node refused the {effect.purpose}: {exc}"
 
     async def _notify_payment(self, event: PaymentReceived) -> bytes | None:
         if self.on_event:

@@ -18,7 +18,7 @@ from typing import Protocol, Self, runtime_checkable
 from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.channel.chainstate import ChainState
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
-from bitcoind_paychan.errors import DecodeError, StoreError
+from bitcoind_paychan.errors import DecodeError, SettlementDecided, StoreError
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +148,9 @@ class ChannelStore(Protocol):
 
     def record_payment(self, record: ChannelRecord, amount: int, info: bytes = b"") -> None:
         """Store `record`'s change/signature/payments and log the payment, in one transaction.
-        Refuses an unknown channel and a `change` above the stored one."""
+        Refuses an unknown channel, a `change` above the stored one, and a channel whose
+        stored status is not OPEN (its settlement was decided: `SettlementDecided`), checked
+        in the same statement that stores the payment."""
         ...
 
     def record_payments(self, batch: Sequence[Payment]) -> list[StoreError | None]:
@@ -309,6 +311,14 @@ def not_stored(role: Role, contract_txid: str) -> StoreError:
     return StoreError(
         f"cannot record a payment on {role} channel {contract_txid}: it is not stored; "
         "put() the channel before accepting payments on it"
+    )
+
+
+def settlement_decided(role: Role, contract_txid: str, status: ChannelStatus,
+                       what: str = "record a payment") -> StoreError:
+    return SettlementDecided(
+        f"cannot {what} on {role} channel {contract_txid}: it is {status}, not open (its "
+        "settlement was decided); nothing was stored, so nothing may be acknowledged"
     )
 
 

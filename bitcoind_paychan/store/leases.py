@@ -10,6 +10,11 @@ and its connection ends with ERROR. After acquiring, the new holder re-reads the
 the old holder stored before is in that read, and nothing it tries later is stored, so two
 connections never accept diverging payments.
 
+A *settlement* is an operation under the lease too: its CLOSING write (`store_settlement`) is
+stored only while the lease it took is current and the channel is still OPEN, checked in the
+same transaction; and no payment is stored on a channel that is not OPEN (the store's own rule),
+so no payment is acknowledged once a settlement was decided, on any connection or instance.
+
 *Duties* (a deadline's settlement) are claimed before they are done, so one instance does each;
 a claim held by an instance that stopped beating its heart for `takeover_after` seconds is taken
 over. `LocalLeases` is the engine for a store one process owns (SQLite, memory): the leases
@@ -25,9 +30,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from bitcoind_paychan.channel.records import Role
+from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.errors import LeaseLost, PolicyError, StoreError
-from bitcoind_paychan.store.base import ChannelStore, Payment
+from bitcoind_paychan.store.base import ChannelStore, Payment, settlement_decided
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,14 @@ class Leases(Protocol):
         (checked in the payment's transaction): per payment None, its refusal, or LeaseLost."""
         ...
 
+    def store_settlement(self, record: ChannelRecord, lease: Lease) -> None:
+        """Store `record` (the channel CLOSING with its settlement) only while `lease` is the
+        channel's current one and the stored channel is still OPEN with the same change,
+        checked in the write's own transaction. LeaseLost (a newer holder: the client resumed
+        elsewhere), SettlementDecided (not open any more) or StoreError: nothing stored, so
+        the settlement must not be broadcast."""
+        ...
+
     def claim(self, duty: str, hold: float | None = None) -> bool:
         """True: this instance does `duty` now (no live instance holds it); False: leave it.
         The claim lasts until `finish` (or its instance is silent for `takeover_after`), or
@@ -122,6 +135,29 @@ def lease_lost(lease: Lease) -> LeaseLost:
         f"payment on {lease.role} channel {lease.contract_txid} not stored: this connection "
         f"({lease.holder}) lost the channel's lease (token {lease.token}) to a newer "
         "connection, where the client resumed; nothing was acknowledged, this connection ends")
+
+
+def settlement_lost(lease: Lease) -> LeaseLost:
+    return LeaseLost(
+        f"settlement of {lease.role} channel {lease.contract_txid} not stored: it was taken "
+        f"under a lease (token {lease.token}) that a newer connection took over (the client "
+        "resumed); the channel stays open and is settled again later")
+
+
+def closing(record: ChannelRecord) -> Callable[[ChannelRecord], ChannelRecord]:
+    """The `modify` change that stores the settlement `record` over the stored channel: only
+    an OPEN one with the change the settlement pays (else nothing is stored)."""
+    def change(stored: ChannelRecord) -> ChannelRecord:
+        if stored.status is not ChannelStatus.OPEN:
+            raise settlement_decided(Role(stored.role), stored.contract_txid, stored.status,
+                                     "store a settlement")
+        if stored.change != record.change:
+            raise StoreError(
+                f"settlement of {record.role} channel {record.contract_txid} not stored: it "
+                f"pays change {record.change} but the stored change is {stored.change} (a "
+                "payment was stored since it was read); settle again")
+        return record
+    return change
 
 
 def fenced(batch: Sequence[FencedPayment], tokens: Mapping[tuple[Role, str], int],
@@ -185,6 +221,12 @@ class LocalLeases:
     def record_payments(self, batch: Sequence[FencedPayment]) -> list[StoreError | None]:
         with self._lock:
             return fenced(batch, self._tokens, self.store.record_payments)
+
+    def store_settlement(self, record: ChannelRecord, lease: Lease) -> None:
+        with self._lock:  # as a payment's: no acquisition between the check and the write
+            if self._tokens.get((lease.role, lease.contract_txid)) != lease.token:
+                raise settlement_lost(lease)
+            self.store.modify(lease.role, lease.contract_txid, closing(record))
 
     def claim(self, duty: str, hold: float | None = None) -> bool:
         if hold is not None:

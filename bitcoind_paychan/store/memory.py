@@ -27,6 +27,7 @@ from bitcoind_paychan.store.base import (
     not_final,
     not_stored,
     other_channel,
+    settlement_decided,
     summarize,
     unknown_channel,
 )
@@ -97,6 +98,8 @@ class MemoryStore(Closable):
         old = self._records.get(key)
         if old is None:
             return not_stored(*key)
+        if old.status is not ChannelStatus.OPEN:
+            return settlement_decided(*key, old.status)
         if record.change > old.change:
             return change_increased(*key, old.change, record.change)
         self._records[key] = replace(

@@ -18,12 +18,12 @@ from contextlib import contextmanager, suppress
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from bitcoind_paychan.channel.records import Role
+from bitcoind_paychan.channel.records import ChannelStatus, Role
 from bitcoind_paychan.errors import StoreError
 from bitcoind_paychan.store import postgres_schema as schema
-from bitcoind_paychan.store.base import Payment, closed, newer_store
+from bitcoind_paychan.store.base import Payment, closed, newer_store, settlement_decided
 from bitcoind_paychan.store.codec import SCHEMA_VERSION
-from bitcoind_paychan.store.sql import Cursor, SQLStore, refusal
+from bitcoind_paychan.store.sql import STATUS, Cursor, SQLStore, refusal
 
 if TYPE_CHECKING:  # psycopg is imported when first used: SQLite users never pay for it
     import psycopg
@@ -150,9 +150,17 @@ class PostgresStore(SQLStore):
         with conn.cursor() as cur:
             cur.executemany(schema.PAY_AND_LOG, rows, returning=True)  # pipelined
             for record, _, _ in batch:
-                stored, before = cur.fetchone()
-                outcomes.append(None if stored else refusal(record, before))
+                stored, before, status = cur.fetchone()
+                outcomes.append(None if stored else refusal(record, before, status))
                 cur.nextset()
+        for at, (record, _, _) in enumerate(batch):
+            if outcomes[at] is not None:  # rare: was it a settlement committed meanwhile? (the
+                # statement saw the row as it began, before the settlement its UPDATE waited for)
+                row = conn.execute(STATUS, (Role(record.role).value, record.contract_txid)
+                                   ).fetchone()
+                if row is not None and row[0] != ChannelStatus.OPEN:
+                    outcomes[at] = settlement_decided(Role(record.role), record.contract_txid,
+                                                      ChannelStatus(row[0]))
         return outcomes
 
     def close(self) -> None:

@@ -7,6 +7,8 @@ store (what they promise: `leases.py`).
   payments (`PostgresStore`'s own), and stores only those whose lease is current. An `acquire`
   meanwhile waits for that commit (its update needs the row), so the new holder's read of the
   channel shows every payment of the old lease that was stored, and no later one is.
+- A settlement's CLOSING write reads its channel's token `FOR SHARE` in the transaction that
+  writes the record (locked `FOR UPDATE`, still OPEN): stored only under the current lease.
 - A duty is a row of `duties`; a claim inserts it, or takes it over when its claimer (a process:
   instance name and a nonce, so a restart under the same name is another claimer) has not
   beaten in `instances` for `takeover_after` seconds, or when its `hold` ran out. Times are the
@@ -19,9 +21,16 @@ import secrets
 from collections.abc import Sequence
 from typing import Any
 
-from bitcoind_paychan.channel.records import Role
+from bitcoind_paychan.channel.records import ChannelRecord, Role
 from bitcoind_paychan.errors import StoreError
-from bitcoind_paychan.store.leases import ClusterPolicy, FencedPayment, Lease, fenced
+from bitcoind_paychan.store.leases import (
+    ClusterPolicy,
+    FencedPayment,
+    Lease,
+    closing,
+    fenced,
+    settlement_lost,
+)
 
 TABLES = (
     """CREATE TABLE IF NOT EXISTS channel_leases (  -- which connection serves each channel
@@ -51,6 +60,7 @@ ACQUIRE = (
 )
 RELEASE = ("UPDATE channel_leases SET holder = NULL "
            "WHERE role = ? AND contract_txid = ? AND token = ?")
+TOKEN = ("SELECT token FROM channel_leases WHERE role = ? AND contract_txid = ? FOR SHARE")
 TOKENS = ("SELECT contract_txid, token FROM channel_leases "
           "WHERE role = ? AND contract_txid = ANY(?) ORDER BY contract_txid FOR SHARE")
 CLAIM = (
@@ -115,6 +125,15 @@ class PostgresLeases:
                     tokens[(role, txid)] = int(token)
             return fenced(batch, tokens,
                           lambda payments: self.store._store_payments(session, payments))
+
+    def store_settlement(self, record: ChannelRecord, lease: Lease) -> None:
+        what = (f"store the settlement of {lease.contract_txid} (it is not stored, so it must "
+                "not be broadcast)")
+        with self.store._transaction(what) as session:
+            row = session.execute(TOKEN, (lease.role.value, lease.contract_txid)).fetchone()
+            if row is None or int(row[0]) != lease.token:
+                raise settlement_lost(lease)
+            self.store._modify(session, lease.role, lease.contract_txid, closing(record))
 
     def claim(self, duty: str, hold: float | None = None) -> bool:
         with self.store._transaction(f"claim {duty}") as session:

@@ -103,14 +103,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 assert FIRST_VERSION + len(MIGRATIONS) == SCHEMA_VERSION
 
 # Store one payment (the arguments of sql.PAY, then seq, amount, info) and say, in one round
-# trip, whether it was stored and the change stored before it (NULL: no such channel): the
-# outer SELECT sees the table as it was before the UPDATE.
+# trip, whether it was stored and the change and status stored before it (NULL: no such
+# channel): the outer SELECTs see the table as it was before the UPDATE. Only on an open
+# channel (as sql.PAY).
 PAY_AND_LOG = (
     "WITH paid AS (UPDATE channels SET change = %s, signature = %s, payments = %s "
-    "WHERE role = %s AND contract_txid = %s AND change >= %s "
+    "WHERE role = %s AND contract_txid = %s AND change >= %s AND status = 'open' "
     "RETURNING role, contract_txid, change), "
     "logged AS (INSERT INTO payment_log (role, contract_txid, seq, amount, change_after, info) "
     "SELECT role, contract_txid, %s, %s, change, %s FROM paid) "
-    "SELECT (SELECT count(*) FROM paid), "
-    "(SELECT change FROM channels WHERE role = %s AND contract_txid = %s)"
+    "SELECT (SELECT count(*) FROM paid), c.change, c.status FROM (SELECT 1) AS one "
+    "LEFT JOIN channels AS c ON c.role = %s AND c.contract_txid = %s"
 )

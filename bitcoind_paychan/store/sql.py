@@ -30,6 +30,7 @@ from bitcoind_paychan.store.base import (
     not_final,
     not_stored,
     other_channel,
+    settlement_decided,
     summarize,
     unknown_channel,
 )
@@ -67,9 +68,10 @@ PUT = (
     "excluded.closed_at IS NULL THEN NULL ELSE coalesce(channels.closed_at, excluded.closed_at) "
     "END WHERE channels.change >= excluded.change"
 )
-# Arguments: change, signature, payments, role, contract_txid, change.
+# Arguments: change, signature, payments, role, contract_txid, change. Only on an open channel:
+# once its settlement is decided (CLOSING), no payment is stored, whoever holds its lease.
 PAY = (f"UPDATE channels SET change = ?, signature = ?, payments = ? WHERE {_KEY} "
-       "AND change >= ?")
+       "AND change >= ? AND status = 'open'")
 LOG = (
     "INSERT INTO payment_log (role, contract_txid, seq, amount, change_after, info) "
     "VALUES (?, ?, ?, ?, ?, ?)"
@@ -77,6 +79,7 @@ LOG = (
 LOGGED = f"SELECT 1 FROM payment_log WHERE {_KEY} LIMIT 1"
 SELECT = f"SELECT {_COLS} FROM channels"
 CHANGE = f"SELECT change FROM channels WHERE {_KEY}"
+CHANGE_AND_STATUS = f"SELECT change, status FROM channels WHERE {_KEY}"
 STATUS = f"SELECT status FROM channels WHERE {_KEY}"
 DELETE = f"DELETE FROM channels WHERE {_KEY}"
 DELETE_LOG = f"DELETE FROM payment_log WHERE {_KEY}"
@@ -409,12 +412,15 @@ class SQLStore(Closable):
             conn.execute(DELETE, key)
 
 
-def refusal(record: ChannelRecord, stored_change: int | None) -> StoreError:
-    """Why a payment on `record`'s channel, whose stored change was `stored_change` (None: not
-    stored), was refused."""
+def refusal(record: ChannelRecord, stored_change: int | None, stored_status: str = "open"
+            ) -> StoreError:
+    """Why a payment on `record`'s channel, whose stored change and status were
+    `stored_change` (None: not stored) and `stored_status`, was refused."""
     role, txid = Role(record.role), record.contract_txid
     if stored_change is None:
         return not_stored(role, txid)
+    if stored_status != ChannelStatus.OPEN:
+        return settlement_decided(role, txid, ChannelStatus(stored_status))
     return change_increased(role, txid, stored_change, record.change)
 
 

@@ -24,7 +24,7 @@ from bitcoind_paychan.store import sqlite_schema as schema
 from bitcoind_paychan.store.base import Payment, closed, newer_store
 from bitcoind_paychan.store.codec import SCHEMA_VERSION
 from bitcoind_paychan.store.sql import (
-    CHANGE,
+    CHANGE_AND_STATUS,
     LOG,
     PAY,
     STATUS_INDEX,
@@ -164,8 +164,8 @@ def _record_one(conn: Session, record: ChannelRecord, amount: int,
         return None
     conn.execute("ROLLBACK TO payment")
     conn.execute("RELEASE payment")
-    row = conn.execute(CHANGE, (role, txid)).fetchone()
-    return refusal(record, None if row is None else row[0])
+    row = conn.execute(CHANGE_AND_STATUS, (role, txid)).fetchone()
+    return refusal(record, *(row or (None,)))
 
 
 def _hint(e: sqlite3.Error) -> str:

@@ -32,6 +32,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from bitcoind_paychan.bitcoin.tx import Transaction, TxIn, TxOut
 from bitcoind_paychan.channel.contract import DUST
 from bitcoind_paychan.channel.records import ChannelStatus, Role
+from tests.channel.model import glue
 from tests.channel.model.checks import PAYOUT
 from tests.channel.model.search import (
     PROFILE,
@@ -137,6 +138,29 @@ class ChannelModel(RuleBasedStateMachine):
         open_ = server.store.channels(Role.SERVER, (ChannelStatus.OPEN,))
         if open_:
             self.act(lambda: server.settle_stored(open_[index % len(open_)].contract_txid))
+
+    @rule(index=pick, flow=st.booleans())
+    def settle_while_resuming(self, index: int, flow: bool) -> None:
+        """A settlement is decided (the operator, the autopilot) while a resume of the same
+        channel is in flight: loaded as open, its proof not taken yet. With none in flight,
+        the client (its connection lost) resumes its stored channel and the server loads it
+        first."""
+        world, server = self.world, self.world.server
+        if not any(glue.server_resumed(c.server) for c in world.connections) and (
+                world.client.resumable() is not None):
+            live = world.client.conn
+            if live is not None and live in world.connections:
+                self.lose_connection(world.connections.index(live))
+            self.act(lambda: world.client.open(3, 24 * HOUR, 100_000))
+            conn = world.client.conn
+            if conn is not None and conn.to_server:
+                self.act(lambda: world.deliver(conn, True, False))  # CLIENT_VERSION: loaded
+        loaded = [c.server.record for c in world.connections
+                  if glue.server_resumed(c.server) and c.server.record is not None]
+        if server.up and loaded:
+            txid = loaded[index % len(loaded)].contract_txid
+            self.act(lambda: server.settle_stored(txid))
+        self.let_flow(flow)
 
     # -- the network -----------------------------------------------------------------------
 
@@ -375,4 +399,34 @@ def test_resume_in_flight_while_its_channel_is_discarded() -> None:
         m.mine_double_spend(index=0, step=1)
         m.mine(blocks=5, step=1, include=False)
         m.client_closes(flow=True)
+    replay(steps)
+
+
+def test_a_settlement_decided_while_a_resume_is_in_flight_is_what_the_resume_gets() -> None:
+    """Issue 19, Seen 1 on one process: the client resumed (the server loaded the channel
+    open) and the autopilot settled it before the resume's proof arrived. The proof must be
+    answered with that settlement; no payment is stored or acknowledged after it."""
+    def steps(m: ChannelModel) -> None:
+        m.open_channel(version=3, window=86340, value=100_000, flow=True)
+        m.pay(amount="min", flow=True)
+        m.lose_connection(index=0)
+        m.settle_while_resuming(index=0, flow=True)
+        m.pay(amount="min", flow=True)
+    replay(steps)
+
+
+def test_a_resume_in_flight_while_its_channel_is_settled_and_forgotten_resends_a_logged_payment(
+        ) -> None:
+    """Found by the rule above: a resume was in flight (the server's answers not read yet)
+    while its channel was settled and both sides forgot it once the settlement was buried.
+    The resumed client re-sent its last payment, no longer in its store but in its history:
+    nothing new was signed."""
+    def steps(m: ChannelModel) -> None:
+        m.open_channel(flow=True, value=100000, version=1, window=18000)
+        m.pay(amount="one", flow=False)
+        m.pay(amount="one", flow=False)
+        m.settle_while_resuming(flow=False, index=0)
+        m.reorg(depth=4, include=True, step=1)
+        m.reorg(depth=1, include=False, step=1)
+        m.settle_while_resuming(flow=True, index=0)
     replay(steps)

@@ -927,7 +927,9 @@ def test_resume_close_to_the_expiry_settles_instead(version: int) -> None:
     server.receive(wire(messages.client_version(version, DEFAULT_TIME_WINDOW,
                                                 record.contract_txid)))
     loaded = server.channel_loaded(record)
-    assert types(loaded) == [Send, ClaimChannel, PrepareSettlement]
+    # No ClaimChannel: the settlement claims the settling duty, then takes the lease itself
+    # (a resume that finds the duty taken fences nobody).
+    assert types(loaded) == [Send, PrepareSettlement]
     assert T.CHANNEL_OPEN not in [m.type for m in sent(loaded)]
     assert state_of(server) is ServerState.SETTLING
     closing = server.settle(FEE_RATE, PAYOUT)
@@ -1023,3 +1025,84 @@ def test_a_pipelined_batch_with_a_refused_payment_is_handled_one_by_one(version:
     effects, taken = pump.server.receive_pipelined(updates)
     assert taken == 2 and types(effects)[:3] == [StorePayment, PaymentReceived, Send]
     assert_refused(pump.server, effects[3:], ErrorCode.BAD_TRANSACTION)
+
+
+# -- a settlement decided elsewhere ------------------------------------------------------------
+
+
+def _settling(pump: Pump) -> ChannelRecord:
+    """The pump's server channel as another connection stored it when it settled it."""
+    other = ServerChannel.resumed_from(ServerPolicy(min_payment=MIN_PAYMENT),
+                                       pump.server_store[pump.client.record.contract_txid],  # type: ignore[union-attr]
+                                       NOW)
+    stored = other.settle(FEE_RATE, PAYOUT)[0]
+    assert isinstance(stored, StoreChannel) and stored.record.status is ChannelStatus.CLOSING
+    return stored.record
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_resume_of_a_settling_channel_is_answered_with_its_settlement(version: int) -> None:
+    """Not a fresh INITIATE: the client gets the one settlement (CLOSE), checks and stores it."""
+    pump = opened(version)
+    pump.run(pump.client.pay(10_000))
+    closing = _settling(pump)
+    client = ClientChannel.resuming(pump.client_store[closing.contract_txid],
+                                    ClientPolicy(VALUE), NOW + 60)
+    server = ServerChannel(ServerPolicy(min_payment=MIN_PAYMENT), PrivateKey.generate(), NOW + 60)
+    resumed = Pump(client, server, server_store={closing.contract_txid: closing})
+    resumed.run(client.start())
+    loaded: list[Effect] = [e for e in resumed.server_log if not isinstance(e, LoadChannel)]
+    assert [m.type for m in sent(loaded)] == [T.SERVER_VERSION, T.CLOSE]
+    assert sent(loaded)[1].settlement.tx == closing.settlement_tx
+    assert not [e for e in loaded if isinstance(e, ClaimChannel | StorePayment
+                                                | PrepareSettlement)]
+    assert state_of(server) is ServerState.CLOSED
+    assert client.state is ClientState.CLOSED
+    assert resumed.client_store[closing.contract_txid].settlement_tx == closing.settlement_tx
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_closing_channel_holding_a_refund_is_not_resumed_nor_answered_with_it(
+        version: int) -> None:
+    pump = opened(version)
+    record = pump.server.record
+    assert record is not None
+    refund = Transaction(2, (TxIn(record.contract.outpoint, sequence=0),),
+                         (), record.contract.expiry)
+    refunding = dataclasses.replace(record, status=ChannelStatus.CLOSING,
+                                    settlement_tx=refund.serialize())
+    server, _ = _resume(pump, version)
+    assert [m.type for m in sent(server.channel_loaded(refunding))] == [T.SERVER_VERSION,
+                                                                         T.INITIATE]
+
+
+@pytest.mark.parametrize("state", ["resumed", "open", "settling"])
+def test_a_settlement_decided_meanwhile_is_sent_and_nothing_more_taken(state: str) -> None:
+    """The service found the stored channel CLOSING after this connection loaded it (its
+    lease's re-read, or a refused settling duty): the machine answers with that settlement."""
+    pump = opened(3)
+    record = pump.server_store[pump.client.record.contract_txid]  # type: ignore[union-attr]
+    server = pump.server
+    if state == "resumed":
+        server, _ = _resume(pump, 3)
+        server.channel_loaded(record)
+    elif state == "settling":
+        server.receive(wire(messages.close()))
+    closing = _settling(pump)
+    effects = server.settlement_decided(closing)
+    assert types(effects) == [Send, Disconnect]
+    assert sent(effects)[0].type == T.CLOSE
+    assert sent(effects)[0].settlement.tx == closing.settlement_tx
+    assert state_of(server) is ServerState.CLOSED and server.record == closing
+    later = server.receive(wire(messages.update_payment(
+        record.change - 1_000, record.contract.sign_payment(pump.client.key,
+                                                            record.change - 1_000))))
+    assert not [e for e in later if isinstance(e, StorePayment | Send)]  # closed: nothing
+
+
+def test_a_settlement_decided_before_a_channel_is_loaded_is_a_local_error() -> None:
+    pump = opened(3)
+    closing = _settling(pump)
+    server, _ = _resume(pump, 3)
+    with pytest.raises(LocalProtocolError):
+        server.settlement_decided(closing)

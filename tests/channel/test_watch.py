@@ -296,8 +296,44 @@ def test_closing_server_rebroadcasts_its_unseen_settlement() -> None:
     settlement = settlement_of(server)
     closing = replace(server, status=ChannelStatus.CLOSING,
                       settlement_tx=settlement.serialize())
-    assert review(closing, ChainState(), tip(), RATE, POLICY) == [
+    assert review(closing, ChainState(contract_height=150), tip(), RATE, POLICY) == [
         Broadcast(settlement, "settlement", server.contract_txid)]
+
+
+def test_a_closing_server_channel_broadcasts_its_unconfirmed_contract_before_its_settlement(
+        ) -> None:
+    """A refused settlement leaves the channel CLOSING (never OPEN again): if its contract left
+    the mempool, the review puts the contract back first, then the one stored settlement."""
+    server, _ = records()
+    settlement = settlement_of(server)
+    closing = replace(server, status=ChannelStatus.CLOSING,
+                      settlement_tx=settlement.serialize())
+    txid = server.contract_txid
+    assert review(closing, ChainState(), tip(), RATE, POLICY) == [
+        Broadcast(Transaction.parse(server.contract_tx), "contract", txid),
+        Broadcast(settlement, "settlement", txid)]
+
+
+def test_a_closing_server_channels_unseen_settlement_is_repriced_with_the_same_payout() -> None:
+    """A settlement the node refused (say its fee fell below what the mempool takes now) is
+    re-signed at the current rate, paying the same client change and the same payout script:
+    it replaces the stored one (MarkChannel first), never a rival."""
+    server, _ = records()
+    low = settlement_of(server, 1_000)
+    closing = replace(server, status=ChannelStatus.CLOSING, settlement_tx=low.serialize())
+    effects = review(closing, ChainState(contract_height=150), tip(), 10_000, POLICY)
+    assert types(effects) == [MarkChannel, Broadcast]
+    mark, sent = effects
+    assert isinstance(mark, MarkChannel) and isinstance(sent, Broadcast)
+    repriced = sent.tx
+    assert mark.status is ChannelStatus.CLOSING and mark.closing_tx == repriced.serialize()
+    assert sent.purpose == "settlement" and repriced.txid != low.txid
+    assert repriced.outputs[0] == low.outputs[0]  # the client's change, untouched
+    assert repriced.outputs[-1].script_pubkey == low.outputs[-1].script_pubkey
+    assert repriced.outputs[-1].value < low.outputs[-1].value
+    # At its own rate or below, the stored one goes out as it is.
+    assert review(closing, ChainState(contract_height=150), tip(), 1_000, POLICY) == [
+        Broadcast(low, "settlement", server.contract_txid)]
 
 
 def test_other_outpoints_are_ignored() -> None:

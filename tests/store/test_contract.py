@@ -13,8 +13,9 @@ import pytest
 from bitcoind_paychan.bitcoin.tx import Transaction, TxIn, TxOut
 from bitcoind_paychan.channel.chainstate import ChainState
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
-from bitcoind_paychan.errors import StoreError
+from bitcoind_paychan.errors import LeaseLost, SettlementDecided, StoreError
 from bitcoind_paychan.store import ChannelStore, MemoryStore, SQLiteStore
+from bitcoind_paychan.store.leases import leases_for
 from bitcoind_paychan.store.postgres import PostgresStore
 from tests.store.helpers import Channel, assert_same
 
@@ -145,6 +146,56 @@ def test_record_payments_stores_a_batch_and_refuses_only_the_bad_ones(
     assert store.payments(Role.SERVER, unknown.txid) == []
 
 
+@pytest.mark.parametrize("role", list(Role))
+@pytest.mark.parametrize("status", [CLOSING, *FINAL])
+def test_no_payment_is_stored_once_the_channel_is_not_open(
+        store: ChannelStore, role: Role, status: ChannelStatus) -> None:
+    """Seen: a payment stored (and acknowledged) on a channel whose settlement was already
+    decided. The status is checked in the statement that stores the payment."""
+    settling, live = Channel(), Channel()
+    store.put(settling.record(role, status=status, settlement_tx=b"settle" * 30))
+    store.put(live.record(role))
+    late = settling.pay(settling.record(role), 1_000)
+    with pytest.raises(SettlementDecided, match=f"it is {status}, not open"):
+        store.record_payment(late, 1_000)
+    outcomes = store.record_payments([(late, 1_000, b""), (live.pay(live.record(role), 5),
+                                                           5, b"")])
+    assert isinstance(outcomes[0], SettlementDecided) and outcomes[1] is None
+    stored = store.get(role, settling.txid)
+    assert stored is not None and stored.status is status and stored.change == 100_000
+    assert store.payments(role, settling.txid) == []
+
+
+def test_a_settlement_is_stored_only_under_its_current_lease_and_only_once(
+        store: ChannelStore) -> None:
+    """The CLOSING write is fenced like a payment (token checked in its transaction) and only
+    turns an OPEN channel with the change it pays into CLOSING; after it, no payment is
+    stored under any lease."""
+    ch = Channel()
+    store.put(ch.record())
+    leases = leases_for(store)
+    settler = leases.acquire(Role.SERVER, ch.txid, "a/settle")
+    closing = replace(ch.record(), status=CLOSING, settlement_tx=b"settle" * 30)
+    resumed = leases.acquire(Role.SERVER, ch.txid, "b/1")  # the client resumed meanwhile
+    with pytest.raises(LeaseLost, match="settlement"):
+        leases.store_settlement(closing, settler)
+    assert store.get(Role.SERVER, ch.txid).status is OPEN  # type: ignore[union-attr]
+    paid = ch.pay(ch.record(), 10)
+    assert leases.record_payments([((paid, 10, b""), resumed)]) == [None]
+    with pytest.raises(StoreError, match="stored change is 99990"):  # pays an older change
+        leases.store_settlement(closing, resumed)
+    leases.store_settlement(replace(closing, change=paid.change), resumed)
+    assert store.get(Role.SERVER, ch.txid).status is CLOSING  # type: ignore[union-attr]
+    with pytest.raises(SettlementDecided):  # a second settlement, even under the lease
+        leases.store_settlement(replace(closing, change=paid.change, settlement_tx=b"x"),
+                                resumed)
+    outcome = leases.record_payments([((ch.pay(paid, 10), 10, b""), resumed)])[0]
+    assert isinstance(outcome, SettlementDecided)
+    stored = store.get(Role.SERVER, ch.txid)
+    assert stored is not None and stored.settlement_tx == b"settle" * 30
+    assert stored.change == paid.change
+
+
 def test_channels_filtered_by_role_and_status(store: ChannelStore) -> None:
     recs = {
         (role, status): Channel().record(role, status=status)
@@ -210,9 +261,10 @@ def test_forget_refused_while_money_is_not_settled(
     store: ChannelStore, status: ChannelStatus
 ) -> None:
     ch = Channel()
+    store.put(ch.record())
+    store.record_payment(ch.pay(ch.record(), 100), 100)  # paid while open, then settling
     rec = ch.pay(ch.record(status=status), 100)
-    store.put(ch.record(status=status))
-    store.record_payment(rec, 100)
+    store.put(rec)
     with pytest.raises(StoreError, match=f"its status is {status}.*not settled"):
         store.forget(Role.SERVER, ch.txid)
     assert_same(store.get(Role.SERVER, ch.txid), rec)
@@ -287,7 +339,7 @@ def test_the_initial_payment_is_logged_once(store: ChannelStore) -> None:
     ch = Channel()
     opened = ch.pay(ch.record(), 1000)  # what an opening stores: payments=1, 1000 sat paid
     store.put(opened)
-    store.put(replace(opened, status=CLOSING))  # an update logs nothing
+    store.put(replace(opened, peer="paychan.example:1"))  # an update logs nothing
     paid = ch.pay(opened, 500)
     store.record_payment(paid, 500, b"next")
     log = store.payments(Role.SERVER, ch.txid)
@@ -466,7 +518,7 @@ def test_modify_is_not_interleaved_by_a_payment(store: ChannelStore) -> None:
     def pay() -> None:
         try:
             assert inside.wait(10)
-            store.record_payment(paid, 100)  # must wait until modify has committed
+            store.record_payment(paid, 100)  # waits until modify has committed
         except BaseException as e:
             errors.append(e)
 
@@ -483,12 +535,13 @@ def test_modify_is_not_interleaved_by_a_payment(store: ChannelStore) -> None:
     finally:
         inside.set()
         payer.join(10)
-    assert not payer.is_alive() and errors == []
+    assert not payer.is_alive()
+    assert [type(e) for e in errors] == [SettlementDecided]  # it came after: not stored
     assert len(seen) == 1 and seen[0].change == rec.change  # the payment was not in yet
     assert (new.status, new.change) == (CLOSING, rec.change)
     assert_same(store.get(Role.SERVER, ch.txid),
-                replace(paid, status=CLOSING, settlement_tx=b"settle"))
-    assert [e.amount for e in store.payments(Role.SERVER, ch.txid)] == [100]
+                replace(rec, status=CLOSING, settlement_tx=b"settle"))
+    assert store.payments(Role.SERVER, ch.txid) == []
 
 
 # -- chain state -----------------------------------------------------------------------------

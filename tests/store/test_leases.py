@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bitcoind_paychan.channel.records import Role
-from bitcoind_paychan.errors import ConfigError, LeaseLost, StoreError
+from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
+from bitcoind_paychan.errors import ConfigError, LeaseLost, SettlementDecided, StoreError
 from bitcoind_paychan.store import SQLiteStore
 from bitcoind_paychan.store.base import Payment
 from bitcoind_paychan.store.leases import ClusterPolicy, LocalLeases
@@ -97,6 +99,52 @@ def test_acquire_waits_for_a_commit_in_progress_so_the_new_holder_reads_it(
                                             b"", old)
 
     asyncio.run(scenario())
+
+
+class SlowSettlingStore(SQLiteStore):
+    """A real store whose read-modify-writes wait for `release` once `started` is set."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def modify(self, role: Role, contract_txid: str, change: Any) -> ChannelRecord:
+        self.started.set()
+        self.release.wait(timeout=30)
+        return super().modify(role, contract_txid, change)
+
+
+def test_a_resume_waits_for_a_settlement_being_stored_and_reads_it_closing(
+        tmp_path: Path) -> None:
+    """Issue 19, Seen 1 on one process, at the store: the settlement passed its lease check
+    and is being written when the client resumes. The resume's acquisition waits for it, so
+    its read shows the channel CLOSING, and no payment is stored after, under any lease."""
+    with SlowSettlingStore(tmp_path / "channels.db") as store:
+        channel = Channel()
+        store.put(channel.record())
+        leases = LocalLeases(store)
+        settler = leases.acquire(Role.SERVER, channel.txid, "a/settle")
+        closing = replace(channel.record(), status=ChannelStatus.CLOSING,
+                          settlement_tx=b"settle" * 30)
+        settling = threading.Thread(target=leases.store_settlement, args=(closing, settler))
+        settling.start()
+        assert store.started.wait(30)  # checked its lease, writing
+        seen: list[Any] = []
+        taking = threading.Thread(target=lambda: seen.extend([
+            leases.acquire(Role.SERVER, channel.txid, "b/1"),
+            store.get(Role.SERVER, channel.txid)]))
+        taking.start()
+        taking.join(0.2)  # (the acquisition waits for the write, however long this is)
+        store.release.set()
+        settling.join(30)
+        taking.join(30)
+        taken, read = seen
+        assert taken.token == settler.token + 1
+        assert read is not None and read.status is ChannelStatus.CLOSING
+        outcome = leases.record_payments([((channel.pay(channel.record(), 10), 10, b""),
+                                           taken)])[0]
+        assert isinstance(outcome, SettlementDecided)
+        assert store.payments(Role.SERVER, channel.txid) == []
 
 
 def test_release_leaves_a_later_holder_alone(tmp_path: Path) -> None:

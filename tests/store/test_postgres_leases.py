@@ -6,12 +6,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from bitcoind_paychan.channel.records import Role
-from bitcoind_paychan.errors import LeaseLost, StoreError
+from bitcoind_paychan.channel.records import ChannelStatus, Role
+from bitcoind_paychan.errors import LeaseLost, SettlementDecided, StoreError
 from bitcoind_paychan.store.leases import ClusterPolicy, leases_for
 from bitcoind_paychan.store.postgres import PostgresStore
 from bitcoind_paychan.store.postgres_leases import PostgresLeases
@@ -91,6 +92,83 @@ def test_a_resume_on_another_instance_waits_for_a_payment_being_committed(
         taking.join(30)
         assert outcome == [None] and taken[0].token == lease.token + 1
         assert store_b.get(Role.SERVER, channel.txid).change == paid.change  # type: ignore
+
+
+class SlowSettlingStore(PostgresStore):
+    """A real PostgresStore whose read-modify-writes wait for `release` (inside the
+    transaction, after the settlement's lease check) once `started` is set."""
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__(dsn)
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def _modify(self, conn: Any, role: Role, contract_txid: str, change: Any) -> Any:
+        self.started.set()
+        self.release.wait(timeout=30)
+        return super()._modify(conn, role, contract_txid, change)
+
+
+def test_a_resume_on_another_instance_waits_for_a_settlement_being_committed_and_sees_it(
+        postgres_dsn: str) -> None:
+    """Issue 19, Seen 1 across instances, at the store: a's settlement passed its lease check
+    and is being committed when the client resumes on b. b's acquisition waits for that
+    commit, so b's read after it shows the channel CLOSING (b answers with the settlement),
+    and no payment b makes is stored, under its newer lease or not."""
+    with SlowSettlingStore(postgres_dsn) as store_a, PostgresStore(postgres_dsn) as store_b:
+        a, b = instance(store_a, "a"), instance(store_b, "b")
+        channel = Channel()
+        store_a.put(channel.record())
+        lease = a.acquire(Role.SERVER, channel.txid, "a/settle")
+        closing = replace(channel.record(), status=ChannelStatus.CLOSING,
+                          settlement_tx=b"settle" * 30)
+        failures: list[BaseException] = []
+
+        def settle() -> None:
+            try:
+                a.store_settlement(closing, lease)
+            except BaseException as exc:
+                failures.append(exc)
+
+        settling = threading.Thread(target=settle)
+        settling.start()
+        assert store_a.started.wait(30)  # a holds the lease row FOR SHARE, mid-commit
+        seen: list[Any] = []
+        taking = threading.Thread(target=lambda: seen.extend([
+            b.acquire(Role.SERVER, channel.txid, "b/1"),
+            store_b.get(Role.SERVER, channel.txid)]))
+        taking.start()
+        taking.join(0.2)  # (b's acquisition waits for a's commit, however long this is)
+        store_a.release.set()
+        settling.join(30)
+        taking.join(30)
+        assert failures == []
+        taken, read = seen
+        assert taken.token == lease.token + 1
+        assert read is not None and read.status is ChannelStatus.CLOSING
+        paid = channel.pay(channel.record(), 10)
+        outcome = b.record_payments([((paid, 10, b""), taken)])[0]
+        assert isinstance(outcome, SettlementDecided)
+        assert store_b.payments(Role.SERVER, channel.txid) == []
+
+
+def test_a_settlement_under_a_lease_taken_over_is_not_stored(
+        two: tuple[PostgresStore, PostgresStore]) -> None:
+    """Seen 1, the other order: the client resumed on b (a newer lease) while a's settler
+    awaited its node; a's CLOSING write is refused, b's payments go on."""
+    store_a, store_b = two
+    a, b = instance(store_a, "a"), instance(store_b, "b")
+    channel = Channel()
+    store_a.put(channel.record())
+    settler = a.acquire(Role.SERVER, channel.txid, "a/settle")
+    resumed = b.acquire(Role.SERVER, channel.txid, "b/1")
+    closing = replace(channel.record(), status=ChannelStatus.CLOSING, settlement_tx=b"s" * 9)
+    with pytest.raises(LeaseLost, match="settlement"):
+        a.store_settlement(closing, settler)
+    paid = channel.pay(channel.record(), 10)
+    assert b.record_payments([((paid, 10, b""), resumed)]) == [None]
+    stored = store_b.get(Role.SERVER, channel.txid)
+    assert stored is not None and stored.status is ChannelStatus.OPEN
+    assert stored.change == paid.change
 
 
 def until(predicate: Any, what: str, timeout: float = 30.0) -> None:

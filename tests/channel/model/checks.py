@@ -69,6 +69,7 @@ class Checks:
         # every (change, signature) the client's store has held, per channel: a resume may
         # re-send the last one after the watcher discarded or forgot the channel meanwhile
         self.client_committed: dict[str, set[tuple[int, bytes]]] = {}
+        self.settlements: dict[str, bytes] = {}  # the one settlement decided per channel
 
     # -- at the moment of acting -----------------------------------------------------------
 
@@ -80,6 +81,12 @@ class Checks:
             stored = store.get(Role.SERVER, record.contract_txid)
             require(stored is not None and stored.change <= record.change,
                     f"server acknowledges change {record.change} before storing it")
+            settled = (stored.settlement_tx if stored is not None and stored.status in (
+                ChannelStatus.CLOSING, ChannelStatus.SETTLED) else b"")
+            if settled and not is_refund(Transaction.parse(settled)):
+                require(client_share(record.contract, Transaction.parse(settled))
+                        <= record.change, f"server acknowledges change {record.change} on "
+                        f"{record.contract_txid} after a settlement paying more was decided")
         if message.type == T.CLOSE and message.HasField("settlement"):
             assert record is not None
             stored = store.get(Role.SERVER, record.contract_txid)
@@ -114,8 +121,12 @@ class Checks:
         txid = record.contract_txid
         stored = store.get(Role.CLIENT, txid)
         if stored is None:
+            # discarded or forgotten while a resume was in flight: it re-sends its last
+            # payment, one its store committed before (nothing new is signed)
             require(txid in self.forgotten
-                    and (change, signature) in self.client_committed.get(txid, ()),
+                    and ((change, signature) in self.client_committed.get(txid, ())
+                         or any(e.change_after == change
+                                for e in store.payments(Role.CLIENT, txid))),
                     "client sends a payment it has not stored")
         else:
             require(stored.change == change and stored.signature == signature,
@@ -123,6 +134,20 @@ class Checks:
         require(change == 0 or DUST <= change <= record.value,
                 f"client signs a payment leaving {change} sat (dust or above the value)")
         require(payment_verifies(record), "client sends a payment that does not verify")
+
+    def storing(self, store: ChannelStore, record: ChannelRecord) -> None:
+        """One settlement per channel: the server decides (stores CLOSING with a settlement)
+        only on an open channel, and never a second one for a channel (a retry or a fee bump
+        replaces the stored one through the watcher)."""
+        if record.role is not Role.SERVER or record.status is not ChannelStatus.CLOSING:
+            return
+        txid = record.contract_txid
+        stored = store.get(Role.SERVER, txid)
+        require(stored is not None and stored.status is ChannelStatus.OPEN,
+                f"server stores a settlement of {txid}, which is not open")
+        require(txid not in self.settlements or self.settlements[txid] == record.settlement_tx,
+                f"a second settlement decided for {txid}")
+        self.settlements[txid] = record.settlement_tx
 
     def settlement_checked(self, record: ChannelRecord, settlement: Transaction) -> None:
         problem = spend_problem(record.contract, settlement, ANY_TIME)
@@ -173,6 +198,8 @@ class Checks:
             require(payment_verifies(record),
                     f"server holds an unverified payment on {record.contract_txid}")
         for txid, record in servers.items():
+            if record.status is ChannelStatus.FAILED:  # its settlement cannot confirm: a reorg
+                self.settlements.pop(txid, None)  # that confirms the contract reopens it
             require(record.paid >= self.server_paid.get(txid, 0),
                     f"server's share of {txid} fell from {self.server_paid.get(txid)} to "
                     f"{record.paid}")

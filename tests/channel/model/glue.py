@@ -51,3 +51,8 @@ def server_closed(machine: ServerChannel) -> bool:
 
 def server_settling(machine: ServerChannel) -> bool:
     return machine.state is ServerState.SETTLING
+
+
+def server_resumed(machine: ServerChannel) -> bool:
+    """A resume loaded, its proof not taken yet."""
+    return machine.state is ServerState.RESUMED

@@ -212,6 +212,7 @@ class Process:
             try:
                 if isinstance(effect, StoreChannel):
                     self.world.register(effect.record)
+                    self.world.checks.storing(self.store, effect.record)
                     self.store.put(effect.record)
                     self.stored(effect.record)
                 elif isinstance(effect, StorePayment):
@@ -266,6 +267,19 @@ class ServerProcess(Process):
         machine = glue.server_for_settlement(SERVER_POLICY, record, self.now())
         self.run(None, machine, self.settlement(machine))
 
+    def still_open(self, machine: ServerChannel, txid: str) -> bool:
+        """As the service's re-read after taking the lease (a claim, a settlement): the
+        stored channel is still open (no settlement was decided since `machine` loaded it)."""
+        stored = self.store.get(Role.SERVER, txid)
+        return stored is not None and stored.status is ChannelStatus.OPEN
+
+    def settled_or_refused(self, machine: ServerChannel, txid: str) -> list[Effect]:
+        """As ServerManager._settled_or_refused: its settlement if it is settling."""
+        stored = self.store.get(Role.SERVER, txid)
+        if stored is not None and stored.status is ChannelStatus.CLOSING:
+            return machine.settlement_decided(stored)
+        return [Send(messages.error(ErrorCode.OTHER, "resume again")), Disconnect("moved")]
+
     def settlement(self, machine: ServerChannel) -> list[Effect]:
         if not self.node_up:
             return [Send(messages.error(ErrorCode.OTHER, "cannot settle now: no node")),
@@ -303,13 +317,13 @@ class ServerProcess(Process):
                     refused = self.broadcast(tx)
                     if refused and purpose == "contract" and not self.node_up:
                         continue  # checked but not sent: the watcher broadcasts it again
-                    if refused:
-                        if machine.record is not None and purpose != "contract":
-                            self.store.put(replace(machine.record, status=ChannelStatus.OPEN))
+                    if refused:  # a settlement stays stored, CLOSING: the watcher retries
                         queue[:] = [Send(messages.error(ErrorCode.BAD_TRANSACTION, refused)),
                                     Disconnect(refused)]
                 case LoadChannel(txid):
                     queue[:0] = machine.channel_loaded(self.store.get(Role.SERVER, txid))
+                case ClaimChannel(txid) if not self.still_open(machine, txid):
+                    queue[:] = self.settled_or_refused(machine, txid)
                 case ClaimChannel(txid):
                     previous = self.owners.get(txid)
                     if conn is not None:
@@ -319,7 +333,12 @@ class ServerProcess(Process):
                                 machine):  # near its expiry any resume settles the channel
                             self.world.checks.stranger_displaced_owner = True
                         self.world.close_end(previous, Role.SERVER)
-                case PrepareSettlement():
+                case PrepareSettlement(txid) if not self.still_open(machine, txid):
+                    queue[:] = self.settled_or_refused(machine, txid)
+                case PrepareSettlement(txid):
+                    owner = self.owners.pop(txid, None)
+                    if owner is not None and owner is not conn:
+                        self.world.close_end(owner, Role.SERVER)
                     queue[:0] = self.settlement(machine)
                 case FundSettlement():
                     queue[:0] = self.fund_settlement(machine, effect)
