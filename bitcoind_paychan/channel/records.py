@@ -43,7 +43,8 @@ class ChannelRecord:
     status: ChannelStatus = ChannelStatus.OPEN
     refund_tx: bytes = b""  # client, version 1: the fully signed refund
     settlement_tx: bytes = b""  # the settlement we broadcast (server) or were sent (client)
-    peer: str = ""  # client: the server's host:port
+    peer: str = ""  # client: the server as dialled (host:port, URL); server: the client as
+    # the application named it (`accept(link, peer=...)`; a transport: its address)
     payments: int = 0
 
     @property

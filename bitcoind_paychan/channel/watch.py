@@ -23,6 +23,7 @@ from bitcoind_paychan.channel.contract import DUST, Contract
 from bitcoind_paychan.channel.effects import (
     Broadcast,
     ChannelFinished,
+    ClosingSeen,
     DiscardChannel,
     Effect,
     ForgetChannel,
@@ -182,11 +183,13 @@ def _spent(record: ChannelRecord, state: ChainState, tip: Tip, fee_rate: int,
         return _finish(record, state, tip, policy, status, spender)
     txid = record.contract_txid
     effects: list[Effect] = []
+    ours = (record.role is Role.SERVER) != refund
     if record.status is not ChannelStatus.CLOSING:
         # OPEN: the other side closed it (or we did and crashed); final: a reorg undid it.
         effects.append(MarkChannel(txid, ChannelStatus.CLOSING, closing_tx=state.spender))
+        if record.status is ChannelStatus.OPEN and not ours:
+            effects.append(ClosingSeen(record, spender, refund))
     rebroadcast = Broadcast(spender, "rebroadcast", txid)
-    ours = (record.role is Role.SERVER) != refund
     if ours and not state.fee_rate:  # start the clock for fee bumping (after a crash, too)
         paid = _fee_rate_of(record.contract, spender)
         return [*effects, StoreChainState(txid, replace(state, fee_rate=paid,

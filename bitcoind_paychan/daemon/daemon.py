@@ -31,10 +31,17 @@ from bitcoind_paychan.daemon.config import Config
 from bitcoind_paychan.daemon.control import ControlServer
 from bitcoind_paychan.daemon.logs import Logs
 from bitcoind_paychan.daemon.metrics import MetricsServer, PaychanMetrics
-from bitcoind_paychan.errors import ConfigError, LocalProtocolError, NodeError, StoreError
+from bitcoind_paychan.errors import (
+    ChannelFailed,
+    ChannelGone,
+    ConfigError,
+    LocalProtocolError,
+    NodeError,
+    StoreError,
+)
 from bitcoind_paychan.logcontext import bind_channel, channel_fields
 from bitcoind_paychan.node import AsyncBitcoind, Bitcoind
-from bitcoind_paychan.service.client import Channel, ChannelFailed, ChannelGone, PaymentClient
+from bitcoind_paychan.service.client import Channel, ClientEvent, PaymentClient
 from bitcoind_paychan.service.server import PaymentServer, ServerEvent
 from bitcoind_paychan.service.watcher import ChannelView
 from bitcoind_paychan.store import ChannelStore, ChannelSummary
@@ -184,10 +191,11 @@ class Daemon:
                      type(event).__name__, extra=channel_fields(event.record.contract_txid,
                                                                 event.record.peer))
 
-    def _client_event(self, event: ChannelFinished) -> None:
-        log.info("client channel %s finished: %s", event.record.contract_txid,
-                 event.status.value, extra=channel_fields(event.record.contract_txid,
-                                                          event.record.peer))
+    def _client_event(self, event: ClientEvent) -> None:
+        what = (f"finished: {event.status.value}" if isinstance(event, ChannelFinished)
+                else f"closing: {event.closing.txid_hex} seen in the mempool")
+        log.info("client channel %s %s", event.record.contract_txid, what,
+                 extra=channel_fields(event.record.contract_txid, event.record.peer))
 
     def _collect(self) -> None:
         """Refresh the gauges from the store and the node's health, at scrape time."""
@@ -340,11 +348,12 @@ class Daemon:
         """The open channel of `amount` sat to `server`, resumed, or a new one (always a new
         one with `new`); never one of another value. `resumed` says which."""
         with self._working():
-            channel = await self._client().open_channel(self._server_address(server), amount,
-                                                        new=new)
+            client = self._client()
+            live = {txid for txid, channel in client.live.items() if channel.connected}
+            channel = await client.open_channel(self._server_address(server), amount, new=new)
             self.channels[channel.contract_txid] = channel
-            view = asdict(self._client().watcher.view(channel.record))
-            return view | {"resumed": channel.resumed}
+            view = asdict(client.watcher.view(channel.record))
+            return view | {"resumed": channel.resumed or channel.contract_txid in live}
 
     async def pay(self, target: str, amount: int, info: str | None) -> dict[str, Any]:
         with self._working():

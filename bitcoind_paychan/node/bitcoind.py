@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -76,12 +77,22 @@ class Acceptance:
     fee: int | None = None
 
 
+_IMPORT_LOCKS: dict[tuple[str, str | None], threading.Lock] = {}
+_IMPORT_LOCKS_GUARD = threading.Lock()
+
+
 class Bitcoind:
     """A bitcoind reached over JSON-RPC; safe to share between threads."""
 
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.rpc = RpcClient(config)
+        # importdescriptors holds the wallet's rescan slot even for a new key: a second import
+        # at the same time fails with "Wallet is currently rescanning". One at a time per
+        # wallet in this process, whichever adapter object asks.
+        with _IMPORT_LOCKS_GUARD:
+            self._imports = _IMPORT_LOCKS.setdefault((config.url, config.wallet),
+                                                     threading.Lock())
 
     def check(self) -> ChainTip:
         """Reach the node, check its chain and (if configured) wallet; return the tip."""
@@ -267,7 +278,9 @@ class Bitcoind:
             info = self.rpc.call("getdescriptorinfo", f"{kind}({secret_wif})")
             requests.append({"desc": f"{kind}({secret_wif})#{info['checksum']}",
                              "timestamp": "now"})
-        for result in self.rpc.call("importdescriptors", requests, wallet=True):
+        with self._imports:
+            results = self.rpc.call("importdescriptors", requests, wallet=True)
+        for result in results:
             if not result.get("success"):
                 raise NodeError(f"the wallet refused the channel key: {result.get('error')}")
 

@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import inspect
 import itertools
 import logging
 import resource
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
-from typing import Any
 
 from bitcoind_paychan.bitcoin.keys import PrivateKey
 from bitcoind_paychan.bitcoin.tx import Transaction
@@ -33,6 +31,7 @@ from bitcoind_paychan.channel.effects import (
     ChannelOpened,
     CheckContract,
     ClaimChannel,
+    ClosingSeen,
     Disconnect,
     Effect,
     FundSettlement,
@@ -58,11 +57,13 @@ from bitcoind_paychan.errors import (
     LocalProtocolError,
     NodeError,
     NodeUnreachable,
+    NotStarted,
     RemoteProtocolError,
     TransactionRejected,
 )
 from bitcoind_paychan.logcontext import bind_channel
 from bitcoind_paychan.node.bitcoind import AsyncBitcoind
+from bitcoind_paychan.service.callbacks import Callbacks
 from bitcoind_paychan.service.limits import Admission, PeerGate, PeerLimits
 from bitcoind_paychan.service.outbox import effects_in_order, send_all
 from bitcoind_paychan.service.watcher import ChainWatcher, ChannelView
@@ -80,8 +81,13 @@ HANDSHAKE_TIMEOUT = 15.0  # bitcoinj's idle timeout while a channel is being set
 ACK = pb.TwoWayChannelMessage.PAYMENT_ACK
 UPDATE_PAYMENT = pb.TwoWayChannelMessage.UPDATE_PAYMENT
 
-ServerEvent = ChannelOpened | PaymentReceived | ChannelClosed | PeerError | ChannelFinished
+ServerEvent = (ChannelOpened | PaymentReceived | ChannelClosed | PeerError | ClosingSeen
+               | ChannelFinished)
+"""What a server's `on_event` hears (their order: docs/events.md)."""
 PaymentHandler = Callable[[PaymentReceived], bytes | Awaitable[bytes | None] | None]
+"""`on_payment`: called once a payment is verified and stored, before its ack; what it returns
+(bytes, or a coroutine's bytes) goes to the client in the ack."""
+EventHandler = Callable[[ServerEvent], object]
 
 
 def raise_fd_limit() -> int:
@@ -105,7 +111,13 @@ class ServerManager:
     """Accepts payment channels over connections the application (or a transport) carries:
     `accept(link)` per connection, then `receive` each frame on it. Storage, resume, the
     autopilot (settlement before expiry), events and limits are the manager's.
-    `on_payment` may return bytes to attach to the ack.
+    `await start()` first (the autopilot; a transport's `listen` does it): until then
+    `accept` raises NotStarted, since nothing would settle a channel before its expiry.
+
+    `on_payment` may return bytes to attach to the ack. `on_payment` and `on_event` are the
+    application's: an exception in either is logged and counted (`callback_errors`), and the
+    channel goes on (the payment is acknowledged all the same). `peer` given to `accept` is
+    stored with the channel (`ChannelRecord.peer`) and shown in views, events and logs.
 
     Settlements pay the node's fee estimate within the autopilot's fee policy
     (`autopilot.fees`: target, floor and cap), from the server's share, or from a wallet
@@ -113,6 +125,7 @@ class ServerManager:
     Payments after the first wait until the contract has `min_confirmations` (default: 0 on
     regtest, 1 elsewhere). `handshake_timeout`: how long a connection may be silent before its
     channel is open (transports that read for themselves apply it; `idle_timeout` says it).
+    `tls`: the certificate its listeners present (`tls_door()`), if any.
     """
 
     def __init__(
@@ -122,7 +135,7 @@ class ServerManager:
         policy: ServerPolicy | None = None,
         *,
         on_payment: PaymentHandler | None = None,
-        on_event: Callable[[ServerEvent], None] | None = None,
+        on_event: EventHandler | None = None,
         clock: Callable[[], float] = time.time,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         autopilot: WatchPolicy | None = None,
@@ -134,8 +147,10 @@ class ServerManager:
         on_payment_latency: Callable[[float], None] | None = None,
         limits: PeerLimits | None = None,
         leases: Leases | None = None,
+        tls: ServerTLS | None = None,
     ) -> None:
         self.wallet = wallet
+        self.tls = tls  # for the listeners that serve it (tls_door)
         self.store = store
         # Which connection may store each channel's payments (shared by instances, or not).
         self.leases: Leases = leases or leases_for(store)
@@ -144,6 +159,7 @@ class ServerManager:
         self.policy = policy or ServerPolicy()
         self.on_payment = on_payment
         self.on_event = on_event
+        self.callbacks = Callbacks()  # the application's, isolated (errors counted)
         self.clock = clock
         if min_confirmations is None:
             min_confirmations = 0 if wallet.node.config.chain == "regtest" else 1
@@ -164,6 +180,16 @@ class ServerManager:
             Role.SERVER, wallet, store, autopilot or WatchPolicy(),
             settle=self._settle_if_open, on_event=self._finished, zmq_endpoint=zmq_endpoint,
             poll_interval=poll_interval, review_interval=review_interval, leases=self.leases)
+
+    @property
+    def callback_errors(self) -> int:
+        """How many times `on_payment` or `on_event` raised (each logged, then ignored)."""
+        return self.callbacks.errors
+
+    @property
+    def started(self) -> bool:
+        """The autopilot runs: channels may be accepted."""
+        return self._started
 
     async def start(self) -> None:
         """Start the autopilot (once; transports' `listen` does it)."""
@@ -189,8 +215,25 @@ class ServerManager:
             self._started = False
             await self.watcher.stop()
 
+    def tls_door(self) -> TLSDoor | None:
+        """The TLS handshake for a listener of this server (TCP, or the WebSocket one):
+        within the handshake timeout, refusals counted as PeerErrors. TLSError if the
+        certificate files cannot be used."""
+        if self.tls is None:
+            return None
+        return TLSDoor(self.tls, self.handshake_timeout,
+                       lambda event: self.callbacks.event(self.on_event, event))
+
     def accept(self, link: Link, peer: str = "") -> ServerConnection:
-        """A new connection from a client, answered through `link`."""
+        """A new connection from a client, answered through `link`; `peer` names the client
+        (stored with its channel, shown in views, events and logs). NotStarted before
+        `await start()`."""
+        if not self._started:
+            raise NotStarted(
+                "the ServerManager is not watching the chain: await manager.start() before "
+                "accept() (a transport's listen() does it), else a channel its client never "
+                "closes is not settled before its expiry and the client's refund takes back "
+                "every payment; nothing was accepted")
         connection = ServerConnection(self, link, peer)
         self._connections.add(connection)
         return connection
@@ -235,9 +278,8 @@ class ServerManager:
         except LocalProtocolError as exc:
             log.info("not settling %s: %s", contract_txid, exc)
 
-    def _finished(self, event: ChannelFinished) -> None:
-        if self.on_event:
-            self.on_event(event)
+    def _finished(self, event: ClosingSeen | ChannelFinished) -> None:
+        self.callbacks.event(self.on_event, event)
 
     async def settle(self, contract_txid: str) -> Transaction:
         """Settle a stored open channel now, whether or not its client is connected (here or
@@ -337,8 +379,7 @@ class ServerManager:
                 case ChannelOpened() | ChannelClosed() | PeerError():
                     if isinstance(effect, ChannelOpened):
                         self.watcher.schedule_deadline(effect.record)
-                    if self.on_event:
-                        self.on_event(effect)
+                    self.callbacks.event(self.on_event, effect)
                 case Disconnect(reason):
                     log.info("closing connection: %s", reason)
                     if stream is not None:
@@ -449,14 +490,8 @@ class ServerManager:
         return refusal
 
     async def _notify_payment(self, event: PaymentReceived) -> bytes | None:
-        if self.on_event:
-            self.on_event(event)
-        if self.on_payment is None:
-            return None
-        result = self.on_payment(event)
-        if inspect.isawaitable(result):
-            result = await result
-        return result
+        self.callbacks.event(self.on_event, event)
+        return await self.callbacks.answer(self.on_payment, event)
 
 
 class ServerConnection:
@@ -470,7 +505,8 @@ class ServerConnection:
         self.manager = manager
         self.link = link
         self.peer = peer or "unknown peer"
-        self.machine = ServerChannel(manager.policy, PrivateKey.generate(), int(manager.clock()))
+        self.machine = ServerChannel(manager.policy, PrivateKey.generate(), int(manager.clock()),
+                                     peer)
         self._confirmed = manager.min_confirmations == 0
         bind_channel(peer=self.peer)  # the task that carries it logs its peer
 
@@ -574,18 +610,14 @@ class PaymentServer(ServerManager):
     Takes ServerManager's arguments."""
 
     _listener: tcp.Listener | None = None
+    _bound: tuple[str, int] | None = None
 
-    def __init__(self, *args: Any, tls: ServerTLS | None = None, **options: Any) -> None:
-        super().__init__(*args, **options)
-        self.tls = tls
-
-    def tls_door(self) -> TLSDoor | None:
-        """The TLS handshake for a listener of this server (TCP, or the WebSocket one):
-        within the handshake timeout, refusals counted as PeerErrors. TLSError if the
-        certificate files cannot be used."""
-        if self.tls is None:
-            return None
-        return TLSDoor(self.tls, self.handshake_timeout, self.on_event)
+    @property
+    def address(self) -> tuple[str, int]:
+        """The (host, port) it listens on; LocalProtocolError before `listen`."""
+        if self._listener is None or self._bound is None:
+            raise LocalProtocolError("the payment server is not listening: await listen()")
+        return self._bound
 
     async def listen(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
         """Start the autopilot and accept connections; returns the bound (host, port)."""
@@ -593,7 +625,7 @@ class PaymentServer(ServerManager):
         door = self.tls_door()
         await self.start()
         self._listener = tcp.Listener(self.gate, self._serve, door)
-        bound = await self._listener.listen(host, port)
+        bound = self._bound = await self._listener.listen(host, port)
         log.info("payment server listening on %s:%s%s", *bound, " (TLS)" if door else "")
         return bound
 

@@ -17,9 +17,8 @@ import pytest
 
 from bitcoind_paychan.daemon.config import config_from_dict
 from bitcoind_paychan.daemon.daemon import Daemon
-from bitcoind_paychan.errors import LocalProtocolError
+from bitcoind_paychan.errors import ChannelFailed, LocalProtocolError
 from bitcoind_paychan.node import AsyncBitcoind
-from bitcoind_paychan.service.client import ChannelFailed
 from bitcoind_paychan.store import MemoryStore
 from regtest.node import RegtestNode, regtest_nodes
 from tests.conftest import self_paying_daemon
