@@ -150,11 +150,13 @@ class Daemon:
                                                     config.server.websocket_address[1],
                                                     self.server.tls_door(),
                                                     trusted_proxies=config.server.proxies)
+            self.server.callbacks.on_error = self.metrics.callback_errors.inc
         if config.client.enabled:
             self.client = PaymentClient(wallet, store, network=Network.from_chain(config.network),
                                         policy=config.client.policy,
                                         on_event=self._client_event, tls=config.client.tls,
                                         **common)
+            self.client.callbacks.on_error = self.metrics.callback_errors.inc
 
     async def _shutdown(self, control: ControlServer, metrics: MetricsServer | None,
                         store: ChannelStore) -> None:

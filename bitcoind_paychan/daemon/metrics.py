@@ -81,6 +81,9 @@ class PaychanMetrics:
                                  ["role"], registry=r, buckets=LATENCY_BUCKETS)
         self.errors = Counter("paychan_errors_total", "Protocol errors, by error code.",
                               ["code"], registry=r)
+        self.callback_errors = Counter(
+            "paychan_callback_errors_total", "Exceptions raised by the application's callbacks "
+            "(on_payment, on_event), each logged and ignored.", registry=r)
         self.node_up = Gauge("paychan_node_up", "1 if bitcoind answers, else 0.", registry=r)
         self.height = Gauge("paychan_node_last_block_height",
                             "Height of the last block seen from bitcoind.", registry=r)
