@@ -57,6 +57,14 @@ def manager(sides: Sides, **options: object) -> ServerManager:
                          **options)  # type: ignore[arg-type]
 
 
+async def gated(sides: Sides) -> tuple[ServerManager, GatedDialer, ClientManager]:
+    """A started server manager, and a client that reaches it through a gated dialer."""
+    server = manager(sides)
+    await server.start()
+    dial = GatedDialer(server)
+    return server, dial, sides.client(dial=dial)
+
+
 async def while_first_dials(client: ClientManager, dial: GatedDialer,
                             first: Callable[[], Awaitable[Channel]],
                             second: Callable[[], Awaitable[Channel]]
@@ -80,10 +88,7 @@ def test_two_opens_at_once_fund_one_channel_and_share_it(sides: Sides) -> None:
     sides.fund_client(2)  # enough for two channels, as the bug funded
 
     async def scenario() -> None:
-        server = manager(sides)
-        await server.start()
-        dial = GatedDialer(server)
-        client = sides.client(dial=dial)
+        server, dial, client = await gated(sides)
         one, two = await while_first_dials(
             client, dial, lambda: client.open_channel(PEER, VALUE),
             lambda: client.open_channel(PEER, VALUE))
@@ -114,10 +119,7 @@ def test_an_open_of_another_value_meanwhile_is_channel_exists_and_funds_nothing(
     sides.fund_client(2)
 
     async def scenario() -> str:
-        server = manager(sides)
-        await server.start()
-        dial = GatedDialer(server)
-        client = sides.client(dial=dial)
+        server, dial, client = await gated(sides)
         one, two = await while_first_dials(
             client, dial, lambda: client.open_channel(PEER, VALUE),
             lambda: client.open_channel(PEER, VALUE + 1_000))
@@ -138,10 +140,7 @@ def test_opens_to_two_peers_at_once_both_fund_their_channel(sides: Sides) -> Non
     sides.fund_client(3)
 
     async def scenario() -> set[str]:
-        server = manager(sides)
-        await server.start()
-        dial = GatedDialer(server)
-        client = sides.client(dial=dial)
+        server, dial, client = await gated(sides)
         opens = [asyncio.ensure_future(client.open_channel(peer, VALUE))
                  for peer in ("app://a", "app://b", "app://c")]
         await until(lambda: dial.calls == 3, what="three opens dialing together")
