@@ -379,6 +379,9 @@ class ServerManager:
                 case ChannelOpened() | ChannelClosed() | PeerError():
                     if isinstance(effect, ChannelOpened):
                         self.watcher.schedule_deadline(effect.record)
+                        log.info("%s %s channel %s (%d sat)", effect.record.peer or "a client",
+                                 "resumed" if effect.resumed else "opened",
+                                 effect.record.contract_txid, effect.record.value)
                     self.callbacks.event(self.on_event, effect)
                 case Disconnect(reason):
                     log.info("closing connection: %s", reason)
@@ -601,7 +604,8 @@ class ServerConnection:
             if manager.on_payment_latency:
                 for done in received:
                     if done.type == UPDATE_PAYMENT:
-                        manager.on_payment_latency(time.perf_counter() - started)
+                        manager.callbacks.event(manager.on_payment_latency,
+                                                time.perf_counter() - started)
 
 
 class PaymentServer(ServerManager):

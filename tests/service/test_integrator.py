@@ -233,8 +233,8 @@ def test_pay_without_an_ack_times_out_and_the_payment_is_sent_again_on_resume(
     assert client_paid == server_paid == 5_000
 
 
-def test_the_servers_records_views_and_events_carry_the_peer_the_application_named(
-        sides: Sides) -> None:
+def test_the_servers_records_views_events_and_logs_carry_the_peer_the_application_named(
+        sides: Sides, caplog: pytest.LogCaptureFixture) -> None:
     async def scenario() -> tuple[str, str]:
         server = manager(sides)
         await server.start()
@@ -249,8 +249,10 @@ def test_the_servers_records_views_and_events_carry_the_peer_the_application_nam
         assert stored is not None
         return view.peer, stored.peer
 
-    view_peer, stored_peer = asyncio.run(scenario())
+    with caplog.at_level(logging.INFO, "bitcoind_paychan.service.server"):
+        view_peer, stored_peer = asyncio.run(scenario())
     assert view_peer == stored_peer == "app client"
+    assert "app client opened channel" in caplog.text
     assert {event.record.peer for event in sides.opened() + sides.payments()} == {"app client"}
 
 
