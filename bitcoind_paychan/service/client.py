@@ -121,6 +121,9 @@ class ClientManager:
     when given none); `autopilot` is when to act and its `fees` what every refund and contract
     pays. `tls` says, per peer (as dialled: host:port or URL), how to verify its TLS
     (`ClientTLS`: a CA file or a pinned fingerprint); other TCP peers are plain, as bitcoinj's.
+    `network` (for the channel keys) is the node's chain unless given. `on_event` hears the
+    chain's news of each channel (ClientEvent: ClosingSeen, then ChannelFinished; an
+    exception it raises is logged and counted in `callback_errors`).
     """
 
     def __init__(
