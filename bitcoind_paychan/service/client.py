@@ -13,12 +13,11 @@ returns a `transport.CarriedStream` over its own Link, and feeds it what arrives
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 
 from bitcoind_paychan.bitcoin.keys import PrivateKey
@@ -61,6 +60,7 @@ from bitcoind_paychan.errors import (
 from bitcoind_paychan.node.bitcoind import AsyncBitcoind
 from bitcoind_paychan.service.callbacks import Callbacks
 from bitcoind_paychan.service.outbox import effects_in_order
+from bitcoind_paychan.service.turns import OpenTurns
 from bitcoind_paychan.service.watcher import ChainWatcher, ChannelView, WatchEvent
 from bitcoind_paychan.store import ChannelStore
 from bitcoind_paychan.store.writer import PaymentWriter
@@ -82,34 +82,6 @@ ClientEvent = WatchEvent
 """What a client's `on_event` hears: the server's settlement seen in the
 mempool (ClosingSeen), then the channel's money settled on chain (ChannelFinished). Opening,
 payments and closing are the answers of `open_channel`, `pay` and `close`."""
-
-
-class OpenTurns:
-    """One open (or resume) at a time per peer: a second caller waits for the first's, then
-    finds its channel live. `waiting(peer)`: how many calls wait for their turn now."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._waiting: collections.Counter[str] = collections.Counter()
-
-    def waiting(self, peer: str) -> int:
-        return self._waiting[peer]
-
-    @contextlib.asynccontextmanager
-    async def turn(self, peer: str) -> AsyncIterator[None]:
-        lock = self._locks.setdefault(peer, asyncio.Lock())
-        self._waiting[peer] += 1
-        try:
-            await lock.acquire()
-        finally:
-            self._waiting[peer] -= 1
-        try:
-            yield
-        finally:
-            lock.release()
-            if not lock.locked() and not self._waiting[peer]:
-                self._locks.pop(peer, None)
-                del self._waiting[peer]
 
 
 class ClientManager:
