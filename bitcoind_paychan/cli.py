@@ -2,7 +2,8 @@
 daemon's control API.
 
 Exit status: 0 success; 1 the daemon answered with an error (its code is in the message, and
-in `--json` errors), or another failure; 2 usage or configuration error; 3 the daemon cannot
+in `--json` errors), or another failure; 2 usage or configuration error (a parameter the
+daemon found malformed, code -8, included); 3 the daemon cannot
 be reached (not running, no or wrong cookie, no answer in time); 130 interrupted; 141 the
 reader of the output went away (as a process killed by SIGPIPE).
 """
@@ -17,7 +18,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
 from bitcoind_paychan import __version__
@@ -27,6 +28,7 @@ from bitcoind_paychan.errors import ConfigError, PaychanError
 EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED, EXIT_PIPE = 1, 2, 3, 130, 141
 USAGE_ERROR = -1000  # the code of a usage or configuration error in `--json` errors
 MISC_ERROR = -1  # any other local failure
+INVALID_PARAMETER = -8  # the daemon's code for a malformed parameter: a usage error
 
 
 class UsageError(Exception):
@@ -104,7 +106,12 @@ def _bitcoind(args: argparse.Namespace) -> int:
     from bitcoind_paychan.regtest.fetch import find_bitcoind
 
     binaries = find_bitcoind()
-    print(f"{binaries.bitcoind}\n{binaries.bitcoin_cli}\n{binaries.version}")
+    if args.json:
+        print(json.dumps({"bitcoind": str(binaries.bitcoind),
+                          "bitcoin_cli": str(binaries.bitcoin_cli),
+                          "version": binaries.version}, indent=2))
+    else:
+        print(f"{binaries.bitcoind}\n{binaries.bitcoin_cli}\n{binaries.version}")
     return 0
 
 
@@ -124,7 +131,9 @@ def _daemon(args: argparse.Namespace) -> int:
 def _completion(args: argparse.Namespace) -> int:
     from bitcoind_paychan.completion import script
 
-    print(script(parser(), args.shell), end="")
+    text = script(parser(), args.shell)
+    print(json.dumps({"shell": args.shell, "script": text}) if args.json else text, end="\n"
+          if args.json else "")
     return 0
 
 
@@ -132,11 +141,12 @@ def _completion(args: argparse.Namespace) -> int:
 
 
 def _control(args: argparse.Namespace) -> Any:
-    from bitcoind_paychan.daemon.config import find_config, load_config
+    from bitcoind_paychan.daemon.config import find_config, load_control_config
     from bitcoind_paychan.daemon.rpcclient import ControlClient
 
-    config = load_config(find_config(args.config))
-    client = ControlClient(f"http://{config.control.listen}", config.control.cookie_file,
+    # Only the control section: the CLI needs no database password nor bitcoind's cookie.
+    control = load_control_config(find_config(args.config))
+    client = ControlClient(f"http://{control.listen}", control.cookie_file,
                            timeout=args.timeout)
     if args.wait:
         _wait_for_daemon(client, args.wait)
@@ -169,17 +179,31 @@ def _call(method: str, *params: Any) -> Callable[[argparse.Namespace], int]:
 
 
 def _pay(args: argparse.Namespace) -> int:
+    """One payment, or `--repeat N` of them: progress on a terminal only (`\r` lines), and
+    on Ctrl-C a newline and a summary of what was paid before exiting with 130."""
     client = _control(args)
     result: Any = None
-    started = time.perf_counter()
-    for i in range(args.repeat):
-        result = client.call("pay", args.target, args.amount, args.info)
-        if args.repeat > 1 and not args.json:  # this run's payments, not the channel's
-            rate = (i + 1) / (time.perf_counter() - started)
-            print(f"\r{i + 1}/{args.repeat} payments, {(i + 1) * args.amount} sat paid, "
-                  f"{rate:.0f}/s", end="", file=sys.stderr, flush=True)
-    if args.repeat > 1 and not args.json:
+    made, started = 0, time.perf_counter()
+    progress = args.repeat > 1 and not args.json and sys.stderr.isatty()
+    try:
+        while made < args.repeat:
+            result = client.call("pay", args.target, args.amount, args.info)
+            made += 1
+            if progress:  # this run's payments, not the channel's
+                rate = made / (time.perf_counter() - started)
+                print(f"\r{made}/{args.repeat} payments, {made * args.amount} sat paid, "
+                      f"{rate:.0f}/s", end="", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        if progress:
+            print(file=sys.stderr)
+        print(f"interrupted: {made} of {args.repeat} payments of {args.amount} sat made "
+              f"({made * args.amount} sat; the one in flight may have been made too: "
+              "`paychan listpayments` shows what was stored)", file=sys.stderr)
+        raise
+    if progress:
         print(file=sys.stderr)
+    if args.repeat > 1:
+        result = result | {"repeat": args.repeat}
     show("pay", result, args.json)
     return 0
 
@@ -196,9 +220,15 @@ def _dashboard(args: argparse.Namespace) -> int:
 
 
 def _close(args: argparse.Namespace) -> int:
-    if not args.json:
-        print("asking the server to settle and waiting for the settlement…", file=sys.stderr)
-    return _call("close", "channel")(args)
+    """Settle a channel; say that we wait for the server only when we ask it (an open
+    channel: a closing or closed one is reported as it is)."""
+    client = _control(args)
+    shown = {} if args.json else client.call("getchannel", args.channel)
+    if shown.get("status") == "open":
+        print("asking the server to settle and waiting for the settlement…"
+              if shown["role"] == "client" else "settling the channel now…", file=sys.stderr)
+    show("close", client.call("close", args.channel), args.json)
+    return 0
 
 
 # -- output ------------------------------------------------------------------------------------
@@ -217,15 +247,43 @@ def show(method: str, result: Any, as_json: bool) -> None:
                               ("conf", "contract_confirmations"),
                               ("closing", "closing_txid")]))
     elif method == "listpayments":
-        print(_table(result, [("role", "role"), ("contract", "contract_txid"),
-                              ("seq", "seq"), ("amount", "amount"),
+        print(_table(result, [("stored", "stored_at"), ("role", "role"),
+                              ("contract", "contract_txid"), ("seq", "seq"), ("amount", "amount"),
                               ("change after", "change_after"), ("info", "info")]))
+    elif method == "pay":
+        print(_paid(result))
     elif isinstance(result, dict):
-        width = max((len(k) for k in result), default=0)
-        for key, value in result.items():
-            print(f"{key:<{width}}  {_cell(key, value)}")
+        rows = list(_rows(result))
+        width = max((len(k) for k, _ in rows), default=0)
+        for key, value in rows:
+            print(f"{key:<{width}}  {value}")
     else:
         print(_cell("", result))
+
+
+def _rows(result: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, str]]:
+    """key: value lines; a mapping of mappings (getinfo's channels per role, getchannel's
+    server side) as `key sub` lines."""
+    for key, value in result.items():
+        if isinstance(value, dict) and value and (
+                prefix == "" and (key == "server" or all(isinstance(v, dict)
+                                                         for v in value.values()))):
+            yield from _rows(value, f"{prefix}{key} ")
+        else:
+            yield f"{prefix}{key}", _cell(key, value)
+
+
+def _paid(result: dict[str, Any]) -> str:
+    """What the payment (or the run of `--repeat` payments) was, and the channel's total."""
+    repeat = result.get("repeat", 1)
+    what = (f"paid {result['amount']} sat" if repeat == 1 else
+            f"paid {repeat} × {result['amount']} sat = {repeat * result['amount']} sat")
+    info = f" ({result['info']})" if result.get("info") else ""
+    answer = f"; the server answered {result['ack_info']!r}" if result.get("ack_info") else ""
+    return (f"{what}{info} through channel {result['contract_txid']}{answer}\n"
+            f"channel total: {result['paid']} of {result['value']} sat paid in "
+            f"{result['payment']} payments (the opening one included), "
+            f"{result['remaining']} sat left")
 
 
 def _cell(key: str, value: Any) -> str:
@@ -236,6 +294,8 @@ def _cell(key: str, value: Any) -> str:
         return "yes" if value else "no"
     if key in ("deadline", "expiry", "opened_at", "closed_at", "before") and isinstance(value, int):
         return dt.datetime.fromtimestamp(value, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    if key == "stored_at" and isinstance(value, int):  # payments: to the second
+        return dt.datetime.fromtimestamp(value, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
     if isinstance(value, list):
         return ", ".join(_cell("", v) for v in value) or "-"
     if isinstance(value, dict):
@@ -317,7 +377,8 @@ def parser() -> argparse.ArgumentParser:
     listing.add_argument("--all", action="store_true",
                          help="also the forgotten ones (closed and buried): the history")
     command("getchannel", _call("getchannel", "channel"), "one channel").add_argument(
-        "channel", help="contract txid (or a unique prefix)")
+        "channel", help="contract txid (or a unique prefix), or a server's name: its open "
+                        "channel")
     opening = command("open", _call("open", "server", "amount", "new"),
                       "open a channel (or resume the open one of that value)")
     opening.add_argument("server", help="a configured server's name, or host:port")
@@ -325,15 +386,23 @@ def parser() -> argparse.ArgumentParser:
     opening.add_argument("--new", action="store_true",
                          help="open another channel even if one to that server is open")
     paying = command("pay", _pay, "pay through a channel (opened or resumed as needed)")
-    paying.add_argument("target", help="a server's name or host:port, or a contract txid")
+    paying.add_argument("target", help="a contract txid (or a unique prefix): that channel, "
+                        "reconnected if need be; or a server's name or host:port: its one open "
+                        "channel, a new one if none (several open: refused, use a txid)")
     paying.add_argument("amount", type=_positive, help="sat")
     paying.add_argument("info", nargs="?", help="text sent along with the payment")
     paying.add_argument("--repeat", type=_positive, default=1, metavar="N",
-                        help="stream N payments (≥ 1)")
+                        help="stream N payments (≥ 1; progress on a terminal)")
     command("close", _close, "settle a channel").add_argument(
-        "channel", help="contract txid (or a unique prefix), or a server's name")
-    payments = command("listpayments", _call("listpayments", "channel"), "payments made")
+        "channel", help="contract txid (or a unique prefix), or a server's name: its one open "
+                        "channel (several open: refused, use a txid)")
+    paying.epilog = "Prints what was paid and the channel's total; --json for the fields."
+    payments = command("listpayments", _call("listpayments", "channel", "limit", "since"),
+                       "payments made and received, newest first")
     payments.add_argument("channel", nargs="?", help="contract txid (or a unique prefix)")
+    payments.add_argument("--limit", type=_positive, metavar="N", help="the newest N only")
+    payments.add_argument("--since", metavar="DATE", help="those stored at or after DATE: "
+                          "YYYY-MM-DD, YYYY-MM-DDTHH:MM (UTC) or Unix seconds")
     pruning = command("prunehistory", _call("prunehistory", "before"),
                       "delete the history of channels closed before a date")
     pruning.add_argument("--before", required=True, metavar="DATE",
@@ -359,7 +428,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         return fail(USAGE_ERROR, str(exc), as_json, EXIT_USAGE, exc.usage)
     except ControlError as exc:
-        status = EXIT_UNREACHABLE if exc.code in LOCAL_CODES else EXIT_ERROR
+        status = (EXIT_UNREACHABLE if exc.code in LOCAL_CODES else
+                  EXIT_USAGE if exc.code == INVALID_PARAMETER else EXIT_ERROR)
         return fail(exc.code, exc.message, as_json, status)
     except ConfigError as exc:
         return fail(USAGE_ERROR, str(exc), as_json, EXIT_USAGE)

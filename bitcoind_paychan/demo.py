@@ -24,7 +24,7 @@ from bitcoind_paychan.bitcoin.network import Network
 from bitcoind_paychan.bitcoin.script import p2wpkh_script
 from bitcoind_paychan.node import Bitcoind, NodeConfig, to_sat
 from bitcoind_paychan.regtest.node import RegtestNode, regtest_nodes, sync_tips
-from bitcoind_paychan.regtest.postgres import PostgresServer
+from bitcoind_paychan.regtest.postgres import PostgresServer, setup_steps
 from bitcoind_paychan.service.client import PaymentClient
 from bitcoind_paychan.service.regtest import MiningBroadcaster
 from bitcoind_paychan.service.server import PaymentServer
@@ -101,6 +101,10 @@ def server_store(engine: str, workdir: Path, stack: ExitStack, out: TextIO) -> C
     """The server's store: an SQLite file, or a database on a throwaway PostgreSQL server."""
     if engine == "sqlite":
         return stack.enter_context(SQLiteStore(workdir / "server.db"))
+    steps = setup_steps()
+    if steps:  # root changes this machine: say so before, and what to undo
+        print("as root, the demo will first " + "; and ".join(steps) + " (kept afterwards)",
+              file=out, flush=True)
     print("starting a throwaway PostgreSQL server for the server's store…", file=out)
     database = stack.enter_context(PostgresServer())
     store = stack.enter_context(open_store(engine="postgresql",

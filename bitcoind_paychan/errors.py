@@ -15,6 +15,7 @@ Every error says what happened and, where there is something to do, what to do.
     ├── ProtocolError            the channel protocol
     │   ├── LocalProtocolError   we (or the application) broke the rules
     │   │   ├── ChannelExists    a channel to that server is open already, of another value
+    │   │   ├── InvalidParameter a request's parameter is malformed (an address, a date)
     │   │   └── NotStarted       a manager used before `start()` (nothing watches the chain)
     │   └── RemoteProtocolError  the peer broke the rules; carries the wire error code
     ├── ChannelFailed            a channel could not be opened or used (says what happens next)
@@ -110,6 +111,11 @@ class ProtocolError(PaychanError):
 
 class LocalProtocolError(ProtocolError):
     """We were asked to do something the protocol does not allow in this state."""
+
+
+class InvalidParameter(LocalProtocolError):
+    """A request's parameter is malformed (a server address, a date): nothing was done; the
+    message names the parameter and the form expected. The CLI exits with status 2 (usage)."""
 
 
 class RemoteProtocolError(ProtocolError):

@@ -61,6 +61,23 @@ def find_bin() -> Path:
     return found
 
 
+def setup_steps() -> list[str]:
+    """What starting a server will change on this machine first, in words (nothing when the
+    programs are installed and, as root, the system user exists): for the demo to say before
+    it does it."""
+    steps = []
+    if _installed() is None and os.geteuid() == 0:
+        steps.append(f"install Debian's {PACKAGE} package (apt-get update; apt-get install "
+                     f"{PACKAGE})")
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam(SYSTEM_USER)
+        except KeyError:
+            steps.append(f"create the system user {SYSTEM_USER} (useradd --system; initdb "
+                         "refuses to run as root)")
+    return steps
+
+
 def _installed() -> Path | None:
     given = os.environ.get("PAYCHAN_PG_BIN")
     if given:

@@ -134,7 +134,8 @@ def test_every_alert_is_tested_firing_and_quiet() -> None:
         for case in test["alert_rule_test"]:
             cases.setdefault(case["alertname"], []).append(case["exp_alerts"])
     names = [rule["alert"] for rule in rules()]
-    assert {"PaychanNodeDown", "PaychanDeadlineNearNodeUnhealthy", "PaychanSettlementStuck",
+    assert {"PaychanNodeDown", "PaychanDeadlineNearCannotSettle", "PaychanCannotSettle",
+            "PaychanSettlementStuck",
             "PaychanPaymentsErroring", "PaychanStoreGrowingFast"} <= set(names)
     for name in names:
         assert any(expected for expected in cases.get(name, [])), f"{name} never fires"

@@ -49,7 +49,8 @@ def test_operators_quick_start_runs_twice_beside_other_nodes(tmp_path: Path) -> 
     with held(DEFAULT_PORTS):
         for run in (1, 2):
             out, err = run_quickstart(env, tmp)
-            assert "50/50 payments" in err, f"run {run}:\n{err}"
+            assert "paid 50 × 1000 sat = 50000 sat (coffee)" in out, f"run {run}:\n{out}"
+            assert "\r" not in err  # not a terminal: no progress line
             assert "regtest" in out  # getinfo
             assert re.search(r"client\s+[0-9a-f]{64}\s+open\s+1000000\s+51000", out), out  # whole
             assert "settlement_txid" in out

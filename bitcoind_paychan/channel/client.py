@@ -35,6 +35,7 @@ from bitcoind_paychan.channel.effects import (
     VersionRefused,
 )
 from bitcoind_paychan.channel.machine import (
+    VALUE_CODE_NOTE,
     Handler,
     Input,
     ProtocolMachine,
@@ -294,7 +295,8 @@ class ClientChannel(ProtocolMachine):
         if body.min_accepted_channel_size > self.policy.value:
             raise RemoteProtocolError(
                 f"the channel is too small: {self.policy.value} sat, and the server accepts "
-                f"channels of at least {body.min_accepted_channel_size} sat; open a larger one",
+                f"channels of at least {body.min_accepted_channel_size} sat; open a larger one "
+                f"({VALUE_CODE_NOTE})",
                 ErrorCode.CHANNEL_VALUE_TOO_LARGE, self.policy.value)
         if body.min_payment > self.policy.max_min_payment or body.min_payment >= self.policy.value:
             raise RemoteProtocolError(

@@ -29,6 +29,10 @@ from bitcoind_paychan.errors import (
 from bitcoind_paychan.wire import error_code, pb, type_name
 
 T = pb.TwoWayChannelMessage
+# bitcoinj's name for the code says the server's minimum is too large for the client's value:
+# both sides refuse a channel too small with it, and say so in words.
+VALUE_CODE_NOTE = ("wire code CHANNEL_VALUE_TOO_LARGE: bitcoinj's code for a channel value "
+                   "the other side does not accept")
 Handler = Callable[[T], list[Effect]]
 
 

@@ -40,6 +40,7 @@ from bitcoind_paychan.channel.effects import (
     StorePayment,
 )
 from bitcoind_paychan.channel.machine import (
+    VALUE_CODE_NOTE,
     Handler,
     Input,
     ProtocolMachine,
@@ -335,8 +336,9 @@ class ServerChannel(ProtocolMachine):
             raise bad_tx("the contract is not the transaction the signed refund spends")
         if contract.value < self.policy.min_channel_size:
             raise RemoteProtocolError(
-                f"channel value {contract.value} is below the minimum "
-                f"{self.policy.min_channel_size}", ErrorCode.CHANNEL_VALUE_TOO_LARGE,
+                f"the channel is too small: {contract.value} sat, below the minimum of "
+                f"{self.policy.min_channel_size} sat; open a larger one ({VALUE_CODE_NOTE})",
+                ErrorCode.CHANNEL_VALUE_TOO_LARGE,
                 self.policy.min_channel_size)
         if self.version >= self.policy.require_segwit_funding_from and any(
                 txin.script_sig or not txin.witness for txin in tx.inputs):

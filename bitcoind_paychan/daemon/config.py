@@ -18,7 +18,7 @@ import ipaddress
 import os
 import re
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -48,6 +48,8 @@ FORMATS = ("human", "json")
 COOKIE_MODES = (0o600, 0o640)  # the control cookie: owner only, or owner and group
 BITCOIN_SUBDIRS = {"main": "", "test": "testnet3"}  # others: the chain's name
 _P = TypeVar("_P")
+_T = TypeVar("_T")
+_V = TypeVar("_V")
 _ENV = re.compile(r"\$\{([^}]*)\}")
 _ZMQ = re.compile(r"^(tcp://(\[[0-9A-Fa-f:.]+\]|[^:/\s\[\]]+):\d+|ipc://\S+)$")
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
@@ -282,6 +284,37 @@ def load_config(path: str | Path | None, *, check_files: bool = False) -> Config
     """
     if path is None:
         return config_from_dict({}, None, check_files=check_files)
+    source, data, mode, lines = _read(path)
+    secret = _secret_key(data)
+    if secret and mode & 0o077:
+        who = " and ".join(w for w, bits in (("group", 0o070), ("others", 0o007)) if mode & bits)
+        raise ConfigError(
+            f"{source}: {secret}: the file holds a secret but is readable by {who} "
+            f"(mode {stat.S_IMODE(mode):03o}), expected mode 600; fix: chmod 600 {source}")
+    return config_from_dict(data, source, check_files=check_files, lines=lines)
+
+
+def load_control_config(path: str | Path | None) -> ControlConfig:
+    """Only what `paychan <command>` needs from the file at `path`: the network and the
+    control section (checked as the daemon checks them). The rest is the daemon's: its
+    `${NAME}`s are not expanded, so the CLI runs without the database password."""
+    if path is None:
+        return config_from_dict({}).control
+    source, data, _, lines = _read(path)
+    r = _Reader(source, lines)
+    data = {key: r.substitute(data[key], key) for key in ("network", "control") if key in data}
+    network = r.choice(data, "", "network", "regtest", CHAINS)
+    try:
+        control = _control(r, r.section(data, "control"), network)
+    except _Problem as problem:
+        r.problems.append(problem)
+    r.raise_errors()
+    return control
+
+
+def _read(path: str | Path) -> tuple[Path, dict[str, Any], int, dict[str, int]]:
+    """The file's path, its parsed top-level mapping, its mode and each key's line;
+    ConfigError if it cannot be read or is not a YAML mapping."""
     source = Path(os.path.expanduser(path))
     try:
         text = source.read_text(encoding="utf-8")
@@ -300,13 +333,7 @@ def load_config(path: str | Path | None, *, check_files: bool = False) -> Config
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: found {_show(data)} at the top level, expected a mapping "
                           f"of sections ({', '.join(TOP_LEVEL)})")
-    secret = _secret_key(data)
-    if secret and mode & 0o077:
-        who = " and ".join(w for w, bits in (("group", 0o070), ("others", 0o007)) if mode & bits)
-        raise ConfigError(
-            f"{source}: {secret}: the file holds a secret but is readable by {who} "
-            f"(mode {stat.S_IMODE(mode):03o}), expected mode 600; fix: chmod 600 {source}")
-    return config_from_dict(data, source, check_files=check_files)
+    return source, data, mode, _key_lines(yaml.compose(text, Loader=_Loader))
 
 
 def _secret_key(data: Mapping[str, Any]) -> str | None:
@@ -322,31 +349,50 @@ def _secret_key(data: Mapping[str, Any]) -> str | None:
 
 
 def config_from_dict(data: Mapping[str, Any], source: Path | None = None, *,
-                     check_files: bool = False) -> Config:
-    """Validate an already parsed configuration; `source` names the file in errors."""
-    r = _Reader(source)
+                     check_files: bool = False, lines: Mapping[str, int] | None = None
+                     ) -> Config:
+    """Validate an already parsed configuration; `source` names the file in errors, `lines`
+    (key path → line) puts them in file order. Every problem found is reported in one
+    ConfigError: the schema's first, in file order, then the files that cannot be read."""
+    r = _Reader(source, lines)
     data = r.substitute(data, "")
     r.check_keys(data, "", TOP_LEVEL)
     network = r.choice(data, "", "network", "regtest", CHAINS)
-    fees = r.policy(r.section(data, "fees"), "fees", FeePolicy)
-    scheduler = r.section(data, "scheduler")
+
+    def files() -> bool:  # not when a section is rebuilt from defaults after a problem
+        return check_files and not r.fallback
+
+    def section(name: str, build: Callable[[dict[str, Any]], _T]) -> _T:
+        """The section built from its keys; on a problem, noted, built from defaults."""
+        try:
+            return build(r.section(data, name))
+        except _Problem as problem:
+            r.problems.append(problem)
+            return r.defaults(lambda: build({}))
+
+    fees = section("fees", lambda d: r.policy(d, "fees", FeePolicy))
     config = Config(
         network=network,
-        bitcoind=_bitcoind(r, r.section(data, "bitcoind"), network, check_files),
-        server=_server(r, r.section(data, "server"), network, check_files),
-        client=_client(r, r.section(data, "client"), network, check_files),
-        store=_store(r, r.section(data, "store"), network),
-        scheduler=SchedulerConfig(
-            review_interval=r.number(scheduler, "scheduler", "review_interval", 60.0),
-            policy=r.policy(scheduler, "scheduler", WatchPolicy, fees=fees)),
+        bitcoind=section("bitcoind", lambda d: _bitcoind(r, d, network, files())),
+        server=section("server", lambda d: _server(r, d, network, files())),
+        client=section("client", lambda d: _client(r, d, network, files())),
+        store=section("store", lambda d: _store(r, d, network)),
+        scheduler=section("scheduler", lambda d: SchedulerConfig(
+            review_interval=r.number(d, "scheduler", "review_interval", 60.0),
+            policy=r.policy(d, "scheduler", WatchPolicy, fees=fees))),
         fees=fees,
-        logging=_logging(r, r.section(data, "logging"), network),
-        control=_control(r, r.section(data, "control"), network),
-        metrics=_metrics(r, r.section(data, "metrics")),
-        cluster=_cluster(r, r.section(data, "cluster")),
+        logging=section("logging", lambda d: _logging(r, d, network)),
+        control=section("control", lambda d: _control(r, d, network)),
+        metrics=section("metrics", lambda d: _metrics(r, d)),
+        cluster=section("cluster", lambda d: _cluster(r, d)),
         source=source,
     )
-    _cross_checks(r, config)
+    r.raise_errors()  # the cross checks compare values that must be valid first
+    try:
+        _cross_checks(r, config)
+    except _Problem as problem:
+        r.problems.append(problem)
+    r.raise_errors()
     return config
 
 
@@ -363,7 +409,7 @@ def _store(r: _Reader, d: dict[str, Any], network: str) -> StoreConfig:
                              "(the path is for engine sqlite)")
     dsn = d.get("dsn")
     if not isinstance(dsn, str) or not dsn:
-        r.fail("store.dsn", f"found {'nothing' if dsn is None else type(dsn).__name__}, expected "
+        r.fail("store.dsn", f"found {'nothing' if dsn is None else _show(dsn)}, expected "
                             "a PostgreSQL connection string for engine postgresql, e.g. "
                             "postgresql://paychan:${PGPASSWORD}@127.0.0.1/paychan")
     try:
@@ -399,7 +445,7 @@ def _bitcoind(r: _Reader, d: dict[str, Any], network: str, check_files: bool) ->
         cookie = r.path(d, "bitcoind", "cookie_file", str(default_cookie_file(network)),
                         network)
         if check_files:
-            _check_readable(r, "bitcoind.cookie_file", cookie)
+            r.check_file(lambda: _check_readable(r, "bitcoind.cookie_file", cookie))
     wallet = r.optional_string(d, "bitcoind", "wallet", "paychan")
     zmq = r.optional_string(d, "bitcoind", "zmq", None)
     if zmq is not None and not _ZMQ.match(zmq):
@@ -430,11 +476,9 @@ def _server(r: _Reader, d: dict[str, Any], network: str, check_files: bool) -> S
                           else ("tls_key_file", "tls_cert_file"))
         r.fail(f"server.{missing}", f"missing, expected {missing} together with {given} "
                                     "(give both for TLS, or neither for plain TCP)")
-    if check_files and s.tls is not None:
-        try:
-            s.tls.context()
-        except TLSError as exc:
-            r.fail("server.tls_cert_file", f"{exc}")
+    tls = s.tls
+    if check_files and tls is not None:
+        r.check_file(lambda: _check_tls(r, "server.tls_cert_file", tls.context))
     if s.payout_address is not None:
         try:
             address_to_script(s.payout_address, Network.from_chain(network))
@@ -509,6 +553,16 @@ def _server_address(r: _Reader, d: dict[str, Any], section: str, name: str) -> s
     return address
 
 
+def server_address(value: str) -> str:
+    """`value` if it is a server's host:port or ws:// (wss://) URL, as `client.servers`
+    takes them; ValueError saying what was expected."""
+    try:
+        return _server_address(_Reader(None), {"server": value}, "", "server")
+    except ConfigError:
+        raise ValueError(f"bad server address {value!r}: expected a configured server's name, "
+                         "host:port (port 1-65535) or ws://host:port/path") from None
+
+
 def _cluster(r: _Reader, d: dict[str, Any]) -> ClusterPolicy:
     try:
         return ClusterPolicy(
@@ -548,13 +602,19 @@ def _client_tls(r: _Reader, d: dict[str, Any], key: str, network: str, check_fil
         return None
     try:
         trust = ClientTLS(ca_file, pin)
-        if check_files:
-            trust.context()
     except PolicyError as exc:
         r.fail(f"{key}.{exc.field}", exc.detail)
-    except TLSError as exc:
-        r.fail(f"{key}.ca_file", str(exc))
+    if check_files:
+        r.check_file(lambda: _check_tls(r, f"{key}.ca_file", trust.context))
     return trust
+
+
+def _check_tls(r: _Reader, key: str, context: Callable[[], object]) -> None:
+    """A TLS context can be built from the files the configuration names."""
+    try:
+        context()
+    except TLSError as exc:
+        r.fail(key, str(exc), file=True)
 
 
 def _logging(r: _Reader, d: dict[str, Any], network: str) -> LoggingConfig:
@@ -633,30 +693,81 @@ def _cross_checks(r: _Reader, c: Config) -> None:
 def _check_readable(r: _Reader, key: str, path: Path) -> None:
     if not path.exists():
         r.fail(key, f"found {str(path)!r}, which does not exist; expected bitcoind's cookie "
-                    "file (is bitcoind running with this datadir and network?)")
+                    "file (is bitcoind running with this datadir and network?)", file=True)
     if not path.is_file():
-        r.fail(key, f"found {str(path)!r}, which is not a file; expected bitcoind's cookie file")
+        r.fail(key, f"found {str(path)!r}, which is not a file; expected bitcoind's cookie file",
+               file=True)
     try:
         with path.open("rb"):
             pass
     except OSError as exc:
         r.fail(key, f"found {str(path)!r}, which cannot be read ({exc.strerror}); expected a "
                     "readable cookie (rpccookieperms=group in bitcoin.conf, this user in "
-                    "bitcoind's group)")
+                    "bitcoind's group)", file=True)
 
 
 # -- typed access with precise errors -----------------------------------------------------------
 
 
-class _Reader:
-    """Reads typed values out of parsed YAML; every failure names file, key and expectation."""
+class _Problem(ConfigError):
+    """One problem with one key; `file` problems (a cookie, a certificate that cannot be
+    read) are reported after the schema's."""
 
-    def __init__(self, source: Path | None) -> None:
+    def __init__(self, key: str, message: str, file: bool = False) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key, self.file = key, file
+
+
+class _Reader:
+    """Reads typed values out of parsed YAML; every failure names file, key and expectation.
+    A value of the wrong kind is noted (`problems`) and its default used, so that one pass
+    finds every problem; `fail` gives up the section in hand (its defaults are used)."""
+
+    def __init__(self, source: Path | None, lines: Mapping[str, int] | None = None) -> None:
         self.source = source
         self.where = _label(source)
+        self.lines = lines or {}
+        self.problems: list[_Problem] = []
+        self.fallback = False  # building a section from defaults after a problem
 
-    def fail(self, key: str, message: str) -> NoReturn:
-        raise ConfigError(f"{self.where}: {key}: {message}")
+    def defaults(self, build: Callable[[], _T]) -> _T:
+        """What `build` makes of defaults alone (no files checked, nothing noted)."""
+        problems, self.problems, self.fallback = self.problems, [], True
+        try:
+            return build()
+        finally:
+            self.problems, self.fallback = problems, False
+
+    def fail(self, key: str, message: str, *, file: bool = False) -> NoReturn:
+        raise _Problem(key, message, file)
+
+    def check_file(self, check: Callable[[], None]) -> None:
+        """Run a check of a file; its problem is noted and the section goes on."""
+        try:
+            check()
+        except _Problem as problem:
+            self.problems.append(problem)
+
+    def wrong(self, key: str, message: str, default: _V) -> _V:
+        """Note a problem with `key` and go on with `default`."""
+        self.problems.append(_Problem(key, message))
+        return default
+
+    def raise_errors(self) -> None:
+        """One ConfigError for every problem noted: the schema's in file order, then the
+        files'; each line names the file and the key."""
+        if not self.problems:
+            return
+        ordered = sorted(self.problems, key=lambda p: (p.file, self._line(p.key)))
+        raise ConfigError("\n".join(f"{self.where}: {p}" for p in ordered))
+
+    def _line(self, key: str) -> float:
+        """The line of `key` (or of its closest enclosing key) in the file."""
+        while key:
+            if key in self.lines:
+                return self.lines[key]
+            key = key.rpartition(".")[0]
+        return float("inf")
 
     def substitute(self, value: Any, key: str) -> Any:
         """`${NAME}` in every string value → the environment variable NAME."""
@@ -670,11 +781,11 @@ class _Reader:
         def lookup(match: re.Match[str]) -> str:
             name = match.group(1)
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-                self.fail(key, f"found ${{{name}}}, expected ${{NAME}} with NAME an "
-                               "environment variable name")
+                return self.wrong(key, f"found ${{{name}}}, expected ${{NAME}} with NAME an "
+                                       "environment variable name", match.group(0))
             if name not in os.environ:
-                self.fail(key, f"environment variable {name} is not set, expected it to be "
-                               f"set for ${{{name}}}")
+                return self.wrong(key, f"environment variable {name} is not set, expected "
+                                       f"it to be set for ${{{name}}}", match.group(0))
             return os.environ[name]
 
         return _ENV.sub(lookup, value)
@@ -686,7 +797,7 @@ class _Reader:
             key = _join(prefix, str(name))
             close = difflib.get_close_matches(str(name), known, n=1)
             hint = f"did you mean {_join(prefix, close[0])!r}? " if close else ""
-            self.fail(key, f"unknown key; {hint}expected one of: {', '.join(known)}")
+            self.wrong(key, f"unknown key; {hint}expected one of: {', '.join(known)}", None)
 
     def section(self, data: Mapping[str, Any], name: str) -> dict[str, Any]:
         value = data.get(name)
@@ -716,6 +827,9 @@ class _Reader:
         except PolicyError as exc:
             names = {name: _join(section, key) for key, name in keys.items()}
             detail = re.sub(r"\b(" + "|".join(names) + r")\b", lambda m: names[m[1]], exc.detail)
+            spelled = d.get(next((k for k, n in keys.items() if n == exc.field), ""))
+            if isinstance(spelled, _Int):  # as written: 0644, not 420
+                detail = detail.replace(f"found {int(spelled)}", f"found {spelled.written}")
             self.fail(names.get(exc.field, _join(section, exc.field)), detail)
 
     def integer(self, d: Mapping[str, Any], section: str, name: str, default: int, *,
@@ -728,23 +842,25 @@ class _Reader:
         expected = f"an integer ≥ {minimum}" + (f" and ≤ {maximum}" if maximum else "")
         expected += " (or null for the default)" if nullable else ""
         if isinstance(value, bool) or not isinstance(value, int):
-            self.fail(key, f"found {_show(value)}, expected {expected}")
+            return self.wrong(key, f"found {_show(value)}, expected {expected}", default)
         if value < minimum or (maximum is not None and value > maximum):
-            self.fail(key, f"found {value}, expected {expected}")
+            return self.wrong(key, f"found {_show(value, kind=False)}, expected {expected}",
+                              default)
         return value
 
     def number(self, d: Mapping[str, Any], section: str, name: str, default: float) -> float:
         value = d.get(name, default)
         if (isinstance(value, bool) or not isinstance(value, int | float)
                 or not 0 < value < float("inf")):
-            self.fail(_join(section, name), f"found {_show(value)}, expected a number of "
-                                            "seconds > 0")
+            return self.wrong(_join(section, name), f"found {_show(value)}, expected a number "
+                                                    "of seconds > 0", default)
         return float(value)
 
     def boolean(self, d: Mapping[str, Any], section: str, name: str, default: bool) -> bool:
         value = d.get(name, default)
         if not isinstance(value, bool):
-            self.fail(_join(section, name), f"found {_show(value)}, expected true or false")
+            return self.wrong(_join(section, name), f"found {_show(value)}, expected true or "
+                                                    "false", default)
         return value
 
     def string(self, d: Mapping[str, Any], section: str, name: str, default: str) -> str:
@@ -768,23 +884,29 @@ class _Reader:
                choices: tuple[str, ...]) -> str:
         value = d.get(name, default)
         if not isinstance(value, str) or value not in choices:
-            self.fail(_join(section, name), f"found {_show(value)}, expected one of: "
-                                            f"{', '.join(choices)}")
+            return self.wrong(_join(section, name), f"found {_show(value)}, expected one of: "
+                                                    f"{', '.join(choices)}", default)
         return value
 
     def address(self, d: Mapping[str, Any], section: str, name: str, default: str) -> str:
+        """host:port; a bad one is noted and the default used (without a default, the
+        section is given up)."""
         key = _join(section, name)
         value = d.get(name, default)
         expected = "host:port (e.g. 127.0.0.1:4242 or [::1]:4242; port 0-65535)"
-        if not isinstance(value, str):
-            self.fail(key, f"found {_show(value)}, expected {expected}")
-        try:
-            host, port = _split(value)
-        except ValueError:
-            self.fail(key, f"found {value!r}, expected {expected}")
-        if not (_is_ip(host) or _HOSTNAME.match(host)) or port > 65535:
-            self.fail(key, f"found {value!r}, expected {expected}")
-        return value
+        problem = f"found {_show(value)}, expected {expected}"
+        if isinstance(value, str):
+            problem = f"found {value!r}, expected {expected}"
+            try:
+                host, port = _split(value)
+            except ValueError:
+                pass
+            else:
+                if (_is_ip(host) or _HOSTNAME.match(host)) and port <= 65535:
+                    return value
+        if not default:
+            self.fail(key, problem)
+        return self.wrong(key, problem, default)
 
     def path(self, d: Mapping[str, Any], section: str, name: str, default: str,
              network: str) -> Path:
@@ -823,6 +945,37 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> dict[Any, Any
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
+class _Int(int):
+    """An integer written otherwise than in decimal (`0644`, `0x10`, `1_000`): errors show
+    it as written."""
+
+    written: str
+
+
+def _construct_int(loader: _Loader, node: yaml.ScalarNode) -> int:
+    value = loader.construct_yaml_int(node)
+    if node.value == str(value):
+        return value
+    spelled = _Int(value)
+    spelled.written = node.value
+    return spelled
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
+def _key_lines(node: yaml.Node | None, prefix: str = "") -> dict[str, int]:
+    """Each key path of a composed YAML document → the line it is on (1-based)."""
+    lines: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = _join(prefix, str(key_node.value))
+            lines.setdefault(key, key_node.start_mark.line + 1)
+            for inner, line in _key_lines(value_node, key).items():
+                lines.setdefault(inner, line)
+    return lines
+
+
 # -- small helpers -------------------------------------------------------------------------------
 
 
@@ -834,14 +987,15 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
-def _show(value: Any) -> str:
-    """A found value as YAML would spell it, with its kind."""
+def _show(value: Any, kind: bool = True) -> str:
+    """A found value as the file spells it (`0644`, not 420), with its kind."""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return f"{str(value).lower()} (a boolean)"
     if isinstance(value, int | float):
-        return f"{value} (a number)"
+        written = value.written if isinstance(value, _Int) else str(value)
+        return f"{written} (a number)" if kind else written
     if isinstance(value, str):
         return f"{value!r} (a string)"
     if isinstance(value, dict):

@@ -17,7 +17,8 @@ Error codes (bitcoind's where one fits):
     code    meaning
     -1      ConfigError, any other PaychanError, or an internal error (logged)
     -6      InsufficientFunds
-    -8      invalid parameter (count, type, or a non-positive amount)
+    -8      invalid parameter (count, type, a non-positive amount, a malformed server
+            address or date: InvalidParameter); `paychan` exits with 2 (usage)
     -18     WalletNotLoaded
     -26     TransactionRejected
     -28     NodeUnreachable
@@ -26,6 +27,8 @@ Error codes (bitcoind's where one fits):
     -31     LocalProtocolError (also "no such channel", "client role not enabled", ...)
     -32     RemoteProtocolError
     -33     StoreError
+    -34     ChannelFailed: a channel could not be opened or used (refused, unreachable,
+            gone); the message says why and what was kept
     -32600  invalid request (not a JSON-RPC call object)
     -32601  method not found
     -32700  parse error (the body is not JSON)
@@ -51,8 +54,10 @@ from bitcoind_paychan.daemon.cookie import ControlCookie as ControlCookie
 from bitcoind_paychan.daemon.dashboard import Dashboard
 from bitcoind_paychan.daemon.web import WebServer, read_body
 from bitcoind_paychan.errors import (
+    ChannelFailed,
     ConfigError,
     InsufficientFunds,
+    InvalidParameter,
     LocalProtocolError,
     NodeAuthError,
     NodeUnreachable,
@@ -79,6 +84,7 @@ WRONG_NETWORK = -30
 LOCAL_PROTOCOL = -31
 REMOTE_PROTOCOL = -32
 STORE_ERROR = -33
+CHANNEL_FAILED = -34
 INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
 PARSE_ERROR = -32700
@@ -92,11 +98,12 @@ ERROR_CODES: tuple[tuple[type[PaychanError], int], ...] = (
     (WalletNotLoaded, WALLET_NOT_LOADED),
     (InsufficientFunds, INSUFFICIENT_FUNDS),
     (TransactionRejected, TRANSACTION_REJECTED),
+    (InvalidParameter, INVALID_PARAMETER),
     (LocalProtocolError, LOCAL_PROTOCOL),
     (RemoteProtocolError, REMOTE_PROTOCOL),
     (StoreError, STORE_ERROR),
+    (ChannelFailed, CHANNEL_FAILED),
 )
-
 
 
 def error_code(exc: PaychanError) -> int:
@@ -124,7 +131,8 @@ class DaemonApi(Protocol):
 
     async def close(self, channel_id: str) -> dict[str, Any]: ...
 
-    async def listpayments(self, channel_id: str | None) -> list[dict[str, Any]]: ...
+    async def listpayments(self, channel_id: str | None, limit: int | None = None,
+                           since: str | None = None) -> list[dict[str, Any]]: ...
 
     async def prunehistory(self, before: str) -> dict[str, Any]: ...
 
@@ -141,7 +149,7 @@ class DaemonApi(Protocol):
 @dataclass(frozen=True)
 class Param:
     name: str
-    kind: str  # "str", "amount", "flag" (a bool, false when missing)
+    kind: str  # "str", "amount", "count" (a whole number ≥ 1), "flag" (false when missing)
     required: bool = True
 
     def check(self, method: str, value: Any) -> Any:
@@ -152,10 +160,11 @@ class Param:
                 raise LocalProtocolError(f"{method}: {self.name} must be true or false, got "
                                          f"{json.dumps(value)}")
             return value
-        if self.kind == "amount":
+        if self.kind in ("amount", "count"):
             if isinstance(value, bool) or not isinstance(value, int):
-                raise LocalProtocolError(f"{method}: {self.name} must be a whole number of "
-                                       f"satoshis, got {json.dumps(value)}")
+                unit = " of satoshis" if self.kind == "amount" else ""
+                raise LocalProtocolError(f"{method}: {self.name} must be a whole number{unit}, "
+                                         f"got {json.dumps(value)}")
             if value <= 0:
                 raise LocalProtocolError(f"{method}: {self.name} must be positive, got {value}")
             return value
@@ -177,7 +186,9 @@ SIGNATURES: dict[str, tuple[Param, ...]] = {
     "pay": (Param("target", "str"), Param("amount", "amount"),
             Param("info", "str", required=False)),
     "close": (Param("channel_id", "str"),),
-    "listpayments": (Param("channel_id", "str", required=False),),
+    "listpayments": (Param("channel_id", "str", required=False),
+                     Param("limit", "count", required=False),
+                     Param("since", "str", required=False)),
     "prunehistory": (Param("before", "str"),),
     "stop": (),
 }

@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import errno
 import logging
 import os
 import signal
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -27,20 +29,24 @@ from bitcoind_paychan.channel.effects import (
 )
 from bitcoind_paychan.channel.records import ChannelStatus, Role
 from bitcoind_paychan.daemon.activity import Activity
-from bitcoind_paychan.daemon.config import Config
+from bitcoind_paychan.daemon.config import Config, server_address
 from bitcoind_paychan.daemon.control import ControlServer
+from bitcoind_paychan.daemon.health import SettleHealth
 from bitcoind_paychan.daemon.logs import Logs
 from bitcoind_paychan.daemon.metrics import MetricsServer, PaychanMetrics
 from bitcoind_paychan.errors import (
     ChannelFailed,
     ChannelGone,
     ConfigError,
+    InvalidParameter,
     LocalProtocolError,
     NodeError,
+    PaychanError,
     StoreError,
 )
 from bitcoind_paychan.logcontext import bind_channel, channel_fields
 from bitcoind_paychan.node import AsyncBitcoind, Bitcoind
+from bitcoind_paychan.node.health import Reason
 from bitcoind_paychan.service.client import Channel, ClientEvent, PaymentClient
 from bitcoind_paychan.service.server import PaymentServer, ServerEvent
 from bitcoind_paychan.service.watcher import ChannelView
@@ -68,6 +74,8 @@ class Daemon:
         self.websocket: websocket.Listener | None = None  # the server's, if configured
         self.channels: dict[str, Channel] = {}  # the client's live channels
         self.node = Bitcoind(config.node_config())
+        self.health = SettleHealth(self.node, self._views,
+                                   lambda r: self.metrics.settle_state(r.reason.value))
         self.store: ChannelStore | None = None
         self.started = time.time()
         self._stop = asyncio.Event()
@@ -93,6 +101,7 @@ class Daemon:
             raise
         log.info("paychan %s on %s; bitcoind at %s, height %s", __version__, config.network,
                  config.bitcoind.url, tip.height)
+        await asyncio.to_thread(self._rebuild_activity, store)
         self.build(AsyncBitcoind(node), store)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -103,6 +112,7 @@ class Daemon:
                                 cookie_mode=config.control.cookie_mode,
                                 cookie_group=config.control.cookie_group)
         metrics = None
+        health: asyncio.Task[None] | None = None
         try:
             if self.server:
                 with _listening("server.listen", config.server.listen):
@@ -122,10 +132,13 @@ class Daemon:
                 self.metrics.collect = self._collect
                 with _listening("metrics.listen", config.metrics.listen):
                     await metrics.start()
+            health = asyncio.create_task(self.health.run())
             log.info("paychan daemon ready (control on %s)", config.control.listen)
             await self._stop.wait()
             log.info("stopping: no new connections; finishing payments in flight")
         finally:
+            if health is not None:
+                health.cancel()
             await self._shutdown(control, metrics, store)
         return 0
 
@@ -189,9 +202,10 @@ class Daemon:
         elif isinstance(event, PeerError):
             self.metrics.errors.labels(code=event.code.name).inc()
         elif isinstance(event, ChannelOpened | ChannelFinished):
-            log.info("server channel %s: %s", event.record.contract_txid,
-                     type(event).__name__, extra=channel_fields(event.record.contract_txid,
-                                                                event.record.peer))
+            what = ("opened" if isinstance(event, ChannelOpened)
+                    else f"finished: {event.status.value}")
+            log.info("server channel %s %s", event.record.contract_txid, what,
+                     extra=channel_fields(event.record.contract_txid, event.record.peer))
 
     def _client_event(self, event: ClientEvent) -> None:
         what = (f"finished: {event.status.value}" if isinstance(event, ChannelFinished)
@@ -204,13 +218,15 @@ class Daemon:
         m = self.metrics
         now = time.time()
         m.next_deadline.clear()
+        counts = self._channel_counts()
         for role, service in (("server", self.server), ("client", self.client)):
             if service is None:
                 continue
             views = service.views()
             for state in ChannelStatus:
-                count = sum(1 for v in views if v.status == state.value)
-                m.channels.labels(role=role, state=state.value).set(count)
+                m.channels.labels(role=role, state=state.value).set(counts[role][state.value])
+            m.forgotten.labels(role=role).set(counts[role]["forgotten"])
+            m.lifetime.labels(role=role).set(counts[role]["lifetime"])
             m.locked.labels(role=role).set(sum(v.value for v in views if v.status == "open"))
             unsettled = [v.deadline for v in views if v.status in ("open", "closing")]
             if unsettled:
@@ -224,6 +240,15 @@ class Daemon:
         if self.config.store.path is not None:  # SQLite; a database's size is its server's
             m.store_size.set(store_size(self.config.store.path))
 
+    def _rebuild_activity(self, store: ChannelStore) -> None:
+        """The dashboard's last hour, from the payment log (payments stored before schema
+        version 5 have no time: they are not in it)."""
+        since = int(time.time()) - 3600
+        for role, enabled in ((Role.SERVER, self.config.server.enabled),
+                              (Role.CLIENT, self.config.client.enabled)):
+            if enabled:
+                self.activity.rebuild(role.value, store.payments_per_second(role, since))
+
     def _node_healthy(self) -> bool:
         return all(service.watcher.healthy for service in (self.server, self.client)
                    if service is not None)
@@ -236,22 +261,37 @@ class Daemon:
 
     async def getinfo(self) -> dict[str, Any]:
         """Answers while the node is down too: its state, and the last height seen."""
-        views = self._views()
         try:
             height: int | None = (await asyncio.to_thread(self.node.tip)).height
             node, node_error = "up", None
         except NodeError as exc:
             height, node, node_error = self._last_height(), "down", str(exc)
+        settle = await self.health.check()  # what the docs say getinfo checks
         return {
             "version": __version__, "network": self.config.network, "node": node,
-            "node_error": node_error, "height": height,
+            "node_error": node_error, "can_settle": settle.can_settle,
+            "can_settle_reason": settle.reason.value, "can_settle_detail": settle.detail,
+            "height": height,
             "uptime": int(time.time() - self.started),
             "server": self.config.server.listen if self.server else None,
             "client": sorted(self.config.client.servers) if self.client else None,
-            "channels": {state.value: sum(1 for v in views if v.status == state.value)
-                         for state in ChannelStatus},
+            "channels": self._channel_counts(),
             "store": None if self.store is None else asdict(self.store.info()),
         }
+
+    def _channel_counts(self) -> dict[str, dict[str, int]]:
+        """Per enabled role: stored channels by state, the forgotten ones (closed, buried,
+        their history kept), and the lifetime total (both; never-funded channels that were
+        discarded are not counted)."""
+        forgotten = Counter(h.role.value for h in self._history())
+        counts: dict[str, dict[str, int]] = {}
+        for role, service in (("server", self.server), ("client", self.client)):
+            if service is None:
+                continue
+            states = Counter(v.status for v in service.views())
+            counts[role] = {state.value: states[state.value] for state in ChannelStatus} | {
+                "forgotten": forgotten[role], "lifetime": states.total() + forgotten[role]}
+        return counts
 
     def _last_height(self) -> int | None:
         for service in (self.server, self.client):
@@ -264,9 +304,19 @@ class Daemon:
         """What the dashboard shows: channels, the node as the watchers see it (no RPC),
         the last hour's payments."""
         now = time.time()
+        settle = self.health.last
+        node_error = None
+        if settle is not None and settle.reason is Reason.NODE_UNREACHABLE:
+            node_error = settle.detail
         return {
             "version": __version__, "network": self.config.network, "now": int(now),
-            "node": {"up": self._node_healthy(), "height": self._last_height()},
+            "node": {"up": self._node_healthy() and node_error is None,
+                     "height": self._last_height(), "error": node_error},
+            "settle": None if settle is None else settle.as_dict(),
+            "roles": [role for role, on in (("server", self.server), ("client", self.client))
+                      if on is not None],
+            "connections": {"server": self.server.connected if self.server else 0,
+                            "client": sum(1 for c in self.channels.values() if c.connected)},
             "channels": [asdict(v) for v in self._views()],
             "activity": self.activity.series(now),
         }
@@ -283,8 +333,24 @@ class Daemon:
         return [row for row in rows if state is None or row["status"] == state]
 
     async def getchannel(self, channel_id: str) -> dict[str, Any]:
+        """One channel; a daemon that holds both sides of it (paying its own server) shows
+        the client's view, and the server's under `server`."""
         found = self._find(channel_id, forgotten=True)
-        return _live(found) if isinstance(found, ChannelView) else _forgotten(found)
+        row = _row(found)
+        if row["role"] == Role.CLIENT.value and self.server is not None:
+            server = self._server_side(found.contract_txid)
+            if server is not None:
+                row["server"] = server
+        return row
+
+    def _server_side(self, contract_txid: str) -> dict[str, Any] | None:
+        """The server's view of a channel this daemon also holds as client, if it has one."""
+        assert self.server is not None
+        record = self.server.store.get(Role.SERVER, contract_txid)
+        if record is not None:
+            return _live(self.server.watcher.view(record))
+        summaries = self.server.store.history(Role.SERVER, contract_txid)
+        return _forgotten(summaries[0]) if summaries else None
 
     def _history(self) -> list[ChannelSummary]:
         return self.store.history() if self.store else []
@@ -294,7 +360,7 @@ class Daemon:
         `before` (a date, a date and time in UTC, or Unix seconds; not in the future)."""
         cutoff = _instant(before)
         if cutoff > time.time():
-            raise LocalProtocolError(f"prunehistory: {before!r} is in the future; give the "
+            raise InvalidParameter(f"prunehistory: {before!r} is in the future; give the "
                                      "date before which closed channels' history may go")
         assert self.store is not None
         pruned = await asyncio.to_thread(self.store.prune_history, cutoff)
@@ -308,20 +374,21 @@ class Daemon:
     def _find(self, channel_id: str, forgotten: bool) -> ChannelView | ChannelSummary: ...
 
     def _find(self, channel_id: str, forgotten: bool = False) -> ChannelView | ChannelSummary:
-        """A channel by contract txid (or a unique prefix), or the open channel to a
-        configured server; if `forgotten` and no stored channel matches, a forgotten one.
-        A daemon paying its own server holds both sides of a channel: the client's view
-        stands for it."""
+        """A channel by contract txid (or a unique prefix), or by a configured server's name
+        its one open channel (several: refused, naming them, as `pay` does); if `forgotten`
+        and no stored channel matches, a forgotten one. A daemon paying its own server holds
+        both sides of a channel: the client's view stands for it."""
+        if channel_id in self.config.client.servers and self.client:
+            address = self.config.client.servers[channel_id]
+            views = [v for v in self.client.views() if v.peer == address and v.status == "open"]
+            if not views:
+                raise LocalProtocolError(f"no open channel to server {channel_id!r}; give a "
+                                         "contract txid to see a closed one")
+            _one_channel(channel_id, [v.contract_txid for v in views])
+            return views[0]
         found: dict[str, ChannelView | ChannelSummary] = {
             v.contract_txid: v for v in self._views()
             if v.contract_txid.startswith(channel_id)}  # client views overwrite
-        if not found and channel_id in self.config.client.servers and self.client:
-            address = self.config.client.servers[channel_id]
-            found = {v.contract_txid: v for v in self.client.views()
-                     if v.peer == address and v.status == "open"}
-        if not found and channel_id in self.config.client.servers:
-            raise LocalProtocolError(f"no open channel to server {channel_id!r}; give a "
-                                     "contract txid to see a closed one")
         if not found and forgotten:
             found = {h.contract_txid: h for h in sorted(self._history(), key=lambda h: h.role,
                                                         reverse=True)  # client's last
@@ -333,11 +400,16 @@ class Daemon:
         return next(iter(found.values()))
 
     def _server_address(self, server: str) -> str:
+        """A configured server's address, or `server` itself if it is host:port or a ws://
+        URL; InvalidParameter if it is malformed (`127.0.0.1:99999`, `:`)."""
         servers = self.config.client.servers
         if server in servers:
             return servers[server]
-        if server in servers.values() or ":" in server:
-            return server
+        if ":" in server:
+            try:
+                return server_address(server)
+            except ValueError as exc:
+                raise InvalidParameter(str(exc)) from None
         raise LocalProtocolError(f"unknown server {server!r}; configured: "
                                  f"{', '.join(sorted(servers)) or 'none'}")
 
@@ -352,12 +424,17 @@ class Daemon:
         with self._working():
             client = self._client()
             live = {txid for txid, channel in client.live.items() if channel.connected}
+            started = time.perf_counter()
             channel = await client.open_channel(self._server_address(server), amount, new=new)
-            self.channels[channel.contract_txid] = channel
+            # A channel live here already is returned as it is (not resumed, not new).
+            resumed = channel.resumed or channel.contract_txid in live
+            self._opened(channel, started, new=not resumed)
             view = asdict(client.watcher.view(channel.record))
-            return view | {"resumed": channel.resumed or channel.contract_txid in live}
+            return view | {"resumed": resumed}
 
     async def pay(self, target: str, amount: int, info: str | None) -> dict[str, Any]:
+        """Pay `amount` through the channel `target` names; what this payment was and the
+        channel's totals after it."""
         with self._working():
             channel = await self._channel_for(target)
             started = time.perf_counter()
@@ -374,26 +451,67 @@ class Daemon:
                 ack = b""
             self.metrics.client.paid(amount, time.perf_counter() - started)
             self.activity.record(amount, received=False)
-            return {"contract_txid": channel.contract_txid, "paid": channel.paid,
-                    "remaining": channel.remaining, "ack_info": ack.decode(errors="replace")}
+            return {"contract_txid": channel.contract_txid, "amount": amount, "info": info,
+                    "payment": channel.record.payments, "paid": channel.paid,
+                    "remaining": channel.remaining, "value": channel.record.value,
+                    "ack_info": ack.decode(errors="replace")}
 
     async def _channel_for(self, target: str) -> Channel:
-        """A live channel by contract txid (prefix), or the open one to a server (resumed),
-        or a new one of the configured channel size."""
-        live = [c for t, c in self.channels.items() if t.startswith(target) and c.connected]
-        if len(live) == 1:
-            return live[0]
-        address = self._server_address(target)
-        for channel in self.channels.values():
-            if channel.connected and channel.machine.peer == address and channel.remaining:
-                return channel
+        """The channel `pay` uses: a stored open channel by contract txid (or a unique
+        prefix), resumed if need be; or, for a server (a configured name or an address), its
+        one open channel with money left (resumed), or a new one of the configured channel
+        size if there is none. Several open channels to it: refused, naming them."""
         client = self._client()
-        for record in client.resumable(address):
+        if target not in self.config.client.servers and ":" not in target:
+            return await self._channel_by_txid(target)
+        address = self._server_address(target)
+        live = {t: c for t, c in self.channels.items()
+                if c.connected and c.machine.peer == address and c.remaining}
+        stored = [r.contract_txid for r in client.resumable(address)]
+        candidates = [*live, *(t for t in stored if t not in live)]
+        _one_channel(target, candidates)
+        for txid in candidates:
+            if txid in live:
+                return live[txid]
             with contextlib.suppress(ChannelGone):
-                return await self._resume(record.contract_txid)
+                return await self._resume(txid)
+        started = time.perf_counter()
         channel = await client.open_channel(address, self.config.client.channel_size, new=True)
-        self.channels[channel.contract_txid] = channel
+        self._opened(channel, started, new=not channel.resumed)
         return channel
+
+    def _opened(self, channel: Channel, started: float, new: bool) -> None:
+        """A channel `open` or `pay` got: kept live; a `new` one's opening payment counted."""
+        self.channels[channel.contract_txid] = channel
+        if new:
+            self.metrics.client.paid(channel.paid, time.perf_counter() - started)
+            self.activity.record(channel.paid, received=False)
+
+    async def _channel_by_txid(self, prefix: str) -> Channel:
+        """The stored client channel whose contract txid starts with `prefix`, if it is open
+        with money left (reconnected after a restart); else an error saying what it is."""
+        client = self._client()
+        records = [r for r in client.channels() if r.contract_txid.startswith(prefix)]
+        if not records:
+            servers = ", ".join(sorted(self.config.client.servers)) or "none"
+            raise LocalProtocolError(f"no server or client channel {prefix!r}: give a "
+                                     f"configured server ({servers}), a host:port, or a "
+                                     "contract txid")
+        if len(records) > 1:
+            raise LocalProtocolError(f"{prefix!r} matches {len(records)} channels; give more "
+                                     "of the txid")
+        record = records[0]
+        txid = record.contract_txid
+        if record.status is not ChannelStatus.OPEN:
+            raise LocalProtocolError(f"channel {txid} is {record.status.value}; open a new one "
+                                     f"(paychan open {record.peer} AMOUNT)")
+        if record.change == 0:
+            raise LocalProtocolError(f"channel {txid} is used up (all {record.value} sat "
+                                     "paid); close it and open a new one")
+        live = self.channels.get(txid)
+        if live is not None and live.connected:
+            return live
+        return await self._resume(txid)
 
     async def _resume(self, contract_txid: str) -> Channel:
         """Reconnect a stored open channel (never opens another)."""
@@ -432,15 +550,20 @@ class Daemon:
             return None
         return Transaction.parse(record.settlement_tx).txid_hex
 
-    async def listpayments(self, channel_id: str | None) -> list[dict[str, Any]]:
+    async def listpayments(self, channel_id: str | None, limit: int | None = None,
+                           since: str | None = None) -> list[dict[str, Any]]:
+        """Logged payments, newest first (by when they were stored; those logged before
+        their time was kept last): at most `limit`, those stored at or after `since`."""
         txid = self._find(channel_id, forgotten=True).contract_txid if channel_id else None
+        after = None if since is None else _instant(since, "listpayments --since")
         payments: list[dict[str, Any]] = []
         for role, service in ((Role.SERVER, self.server), (Role.CLIENT, self.client)):
             if service is not None:
                 payments += [asdict(p) | {"role": role.value, "info": _text(p.info),
                                           "info_hex": p.info.hex()}
-                             for p in service.store.payments(role, txid)]
-        return payments
+                             for p in service.store.payments(role, txid, limit, after)]
+        payments.sort(key=lambda p: p["stored_at"] or 0, reverse=True)  # stable: by id within
+        return payments[:limit]
 
     async def stop(self) -> dict[str, Any]:
         asyncio.get_running_loop().call_later(0.1, self._stop.set)
@@ -453,6 +576,19 @@ class Daemon:
             yield
         finally:
             self._busy -= 1
+
+
+def _one_channel(server: str, txids: list[str]) -> None:
+    """`pay` and `close` to a server by name act on its one open channel: refuse several."""
+    if len(txids) > 1:
+        raise LocalProtocolError(
+            f"{len(txids)} channels to server {server!r} are open: {', '.join(sorted(txids))}; "
+            "give "
+            "the contract txid of the one to use")
+
+
+def _row(found: ChannelView | ChannelSummary) -> dict[str, Any]:
+    return _live(found) if isinstance(found, ChannelView) else _forgotten(found)
 
 
 def _live(view: ChannelView) -> dict[str, Any]:
@@ -469,15 +605,15 @@ def _forgotten(summary: ChannelSummary) -> dict[str, Any]:
                   "forgotten": True}
 
 
-def _instant(text: str) -> int:
+def _instant(text: str, what: str = "prunehistory") -> int:
     """Unix seconds of `2026-01-31`, `2026-01-31T12:00` (UTC unless it says) or `1767225600`."""
     if text.isdigit():
         return int(text)
     try:
         when = dt.datetime.fromisoformat(text)
     except ValueError:
-        raise LocalProtocolError(f"prunehistory: {text!r} is not a date; give YYYY-MM-DD, "
-                                 "YYYY-MM-DDTHH:MM or Unix seconds") from None
+        raise InvalidParameter(f"{what}: {text!r} is not a date; give YYYY-MM-DD, "
+                               "YYYY-MM-DDTHH:MM or Unix seconds") from None
     return int((when if when.tzinfo else when.replace(tzinfo=dt.UTC)).timestamp())
 
 
@@ -494,14 +630,19 @@ def _open_store(config: Config) -> ChannelStore:
 
 @contextlib.contextmanager
 def _listening(key: str, address: str) -> Iterator[None]:
-    """A port we cannot listen on is a configuration problem: say which key to change."""
+    """A port we cannot listen on, said with the key to change. A port in use is not a bad
+    configuration (exit status 1: another program holds it now); an address this machine
+    does not have, or a port it may not bind, is (exit status 2)."""
     try:
         yield
     except OSError as exc:
         reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
-        raise ConfigError(f"cannot listen on {address} ({key}): {reason}; "
-                          f"another program (another paychan daemon?) may be using it: stop "
-                          f"it or set another {key}") from None
+        if exc.errno == errno.EADDRINUSE:
+            raise PaychanError(f"cannot listen on {address} ({key}): {reason}; another "
+                               "program (another paychan daemon?) is using it: stop it or set "
+                               f"another {key}") from None
+        raise ConfigError(f"cannot listen on {address} ({key}): {reason}; expected an address "
+                          f"of this machine and a port it may use: set another {key}") from None
 
 
 def _text(info: bytes) -> str | None:

@@ -32,6 +32,7 @@ from prometheus_client import (
 
 from bitcoind_paychan import __version__
 from bitcoind_paychan.daemon.web import WebServer
+from bitcoind_paychan.errors import ErrorCode
 
 log = logging.getLogger(__name__)
 
@@ -67,24 +68,44 @@ class PaychanMetrics:
     def __init__(self, network: str = "") -> None:
         self.registry = r = CollectorRegistry()
         self.collect: Callable[[], None] | None = None
-        self.channels = Gauge("paychan_channels", "Channels by role and state.",
-                              ["role", "state"], registry=r)
+        self.channels = Gauge(
+            "paychan_channels", "Stored channels by role (server: channels clients opened to "
+            "us; client: channels we opened) and state.", ["role", "state"], registry=r)
+        self.forgotten = Gauge(
+            "paychan_channels_forgotten", "Channels closed, buried and forgotten (their history "
+            "kept until pruned), by role.", ["role"], registry=r)
+        self.lifetime = Gauge(
+            "paychan_channels_lifetime", "Channels ever opened, by role: stored (any state) and "
+            "forgotten; never-funded channels that were discarded are not counted.", ["role"],
+            registry=r)
         self.locked = Gauge("paychan_value_locked_sat",
-                            "Satoshis locked in open channels, by role.", ["role"], registry=r)
-        self.payments = Counter("paychan_payments_total", "Payments made (client) or "
-                                "received (server).", ["role"], registry=r)
+                            "Satoshis locked in open channels, by role (server: clients' "
+                            "channels to us; client: our channels).", ["role"], registry=r)
+        self.payments = Counter("paychan_payments_total", "Payments received (role server) or "
+                                "made (role client), the opening payment of each channel "
+                                "included.", ["role"], registry=r)
         self.amounts = Counter("paychan_payment_amount_sat_total",
-                               "Satoshis paid (client) or received (server).", ["role"],
-                               registry=r)
-        self.latency = Histogram("paychan_payment_latency_seconds",
-                                 "Time from sending a payment to its acknowledgement.",
-                                 ["role"], registry=r, buckets=LATENCY_BUCKETS)
-        self.errors = Counter("paychan_errors_total", "Protocol errors, by error code.",
-                              ["code"], registry=r)
+                               "Satoshis received (role server) or paid (role client).",
+                               ["role"], registry=r)
+        self.latency = Histogram(
+            "paychan_payment_latency_seconds", "Per payment counted in paychan_payments_total: "
+            "server, from receiving it (an opening payment: its contract) to its "
+            "acknowledgement being due (checked and stored); client, from asking to pay to "
+            "the server's acknowledgement.", ["role"], registry=r, buckets=LATENCY_BUCKETS)
+        self.errors = Counter("paychan_errors_total", "Protocol errors on the server role's "
+                              "connections (sent or received), by wire error code; the "
+                              "client role's are in its log.", ["code"], registry=r)
+        for code in ErrorCode:  # every series from the start: rate() needs its zero
+            self.errors.labels(code=code.name)
         self.callback_errors = Counter(
             "paychan_callback_errors_total", "Exceptions raised by the application's callbacks "
             "(on_payment, on_event), each logged and ignored.", registry=r)
         self.node_up = Gauge("paychan_node_up", "1 if bitcoind answers, else 0.", registry=r)
+        self.can_settle = Gauge(
+            "paychan_can_settle", "1 if this daemon can settle and refund right now (bitcoind "
+            "answers, the wallet is loaded and unlocked, the chain synced, unsettled contracts' "
+            "blocks on disk), else 0; `reason` says which failed (ok when none).", ["reason"],
+            registry=r)
         self.height = Gauge("paychan_node_last_block_height",
                             "Height of the last block seen from bitcoind.", registry=r)
         self.next_deadline = Gauge(
@@ -105,6 +126,11 @@ class PaychanMetrics:
         prometheus_client.GCCollector(registry=r)
         self.server = RoleMetrics(self, "server")
         self.client = RoleMetrics(self, "client")
+
+    def settle_state(self, reason: str) -> None:
+        """`paychan_can_settle`: one series, labelled with the reason."""
+        self.can_settle.clear()
+        self.can_settle.labels(reason=reason).set(1 if reason == "ok" else 0)
 
     def render(self) -> bytes:
         """The scrape: refresh the state gauges (`collect`), then the text exposition."""

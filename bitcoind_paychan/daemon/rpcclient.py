@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from bitcoind_paychan.daemon.cookie import ControlCookie
 from bitcoind_paychan.errors import ConfigError, PaychanError
+from bitcoind_paychan.reasons import connection_failure
 
 # Local codes: the call got no JSON-RPC answer.
 NOT_RUNNING = -1001  # nothing listens at the control address
@@ -89,7 +90,8 @@ class ControlClient:
         if isinstance(reason, TimeoutError):
             return ControlError(TIMEOUT, f"no answer from the daemon at {self.address} within "
                                          f"{self.timeout:g}s (--timeout)")
-        return ControlError(UNREACHABLE, f"cannot reach the daemon at {self.address}: {reason}")
+        why = connection_failure(reason) if isinstance(reason, BaseException) else reason
+        return ControlError(UNREACHABLE, f"cannot reach the daemon at {self.address}: {why}")
 
     def _result(self, call_id: int, status: int, raw: bytes) -> Any:
         try:

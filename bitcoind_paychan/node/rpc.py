@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import logging
 import threading
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -23,8 +24,12 @@ from bitcoind_paychan.errors import (
     WalletNotLoaded,
 )
 from bitcoind_paychan.node.config import NodeConfig
+from bitcoind_paychan.reasons import connection_failure
+
+log = logging.getLogger(__name__)
 
 RPC_IN_WARMUP = -28
+RPC_WALLET_ALREADY_LOADED = -35
 RPC_WALLET_INSUFFICIENT_FUNDS = -6
 RPC_WALLET_NOT_FOUND = -18
 RPC_WALLET_NOT_SPECIFIED = -19
@@ -82,15 +87,21 @@ class RpcClient:
         """Call `method`; with `wallet`, against the configured wallet's endpoint.
 
         A dropped connection or a refused password is retried once (with the cookie read
-        again), so every call must be safe to repeat; ours are.
+        again), so every call must be safe to repeat; ours are. A configured wallet that
+        bitcoind has on disk but not loaded (a node restarted without `load_on_startup`) is
+        loaded, said in the log, and the call made again.
         """
         target = self.config.wallet if wallet else None
-        reconnected = reauthenticated = False
+        reconnected = reauthenticated = reloaded = False
         while True:
             try:
                 return self._method(target, method)(*params)
             except JSONRPCException as exc:
                 code, message = exc.code or 0, str(exc.message)
+                if code == RPC_WALLET_NOT_FOUND and target and not reloaded:
+                    reloaded = True
+                    self._load_wallet(target, message)
+                    continue
                 if code == _HTTP_ERROR:
                     self._drop_connection(target)
                     if "401" in message or "403" in message:
@@ -107,9 +118,26 @@ class RpcClient:
                     reconnected = True
                     continue  # a kept-alive connection may have died with a node restart
                 raise NodeUnreachable(
-                    f"bitcoind does not answer at {self.config.url} ({exc.__class__.__name__}: "
-                    f"{exc}); is it running, and are rpcport/rpcbind right?"
+                    f"bitcoind does not answer at {self.config.url} "
+                    f"({connection_failure(exc)}); is it running, and are rpcport/rpcbind right?"
                 ) from None
+
+    def _load_wallet(self, name: str, why: str) -> None:
+        """`loadwallet name` (another thread loading it too is fine); WalletNotLoaded, saying
+        what to do, if bitcoind cannot."""
+        try:
+            self.call("loadwallet", name)
+        except RpcError as exc:
+            if exc.code == RPC_WALLET_ALREADY_LOADED:
+                return
+            raise WalletNotLoaded(
+                f"wallet {name!r} is not loaded in bitcoind ({why}) and loading it failed "
+                f"({exc.rpc_message}); create it with `bitcoin-cli -named createwallet "
+                f"wallet_name={name} load_on_startup=true`, or fix what bitcoind says"
+            ) from None
+        log.warning("bitcoind had wallet %r on disk but not loaded (%s): loaded it. So that "
+                    "bitcoind loads it itself after a restart: `bitcoin-cli loadwallet %s "
+                    "true` once (load_on_startup)", name, why, name)
 
     def _auth_hint(self) -> str:
         how = (
@@ -123,11 +151,12 @@ class RpcClient:
         )
 
     def _typed(self, method: str, code: int, message: str, wallet: str | None) -> NodeError:
-        if code in (RPC_WALLET_NOT_FOUND, RPC_WALLET_NOT_SPECIFIED):
+        if code in (RPC_WALLET_NOT_FOUND, RPC_WALLET_NOT_SPECIFIED) and method != "loadwallet":
             name = wallet or self.config.wallet
             return WalletNotLoaded(
                 f"wallet {name!r} is not loaded in bitcoind ({message}); create or load it: "
-                f"`bitcoin-cli createwallet {name}` or `bitcoin-cli loadwallet {name}`"
+                f"`bitcoin-cli -named createwallet wallet_name={name} load_on_startup=true` "
+                f"or `bitcoin-cli loadwallet {name} true`"
             )
         if code == RPC_WALLET_INSUFFICIENT_FUNDS or "insufficient funds" in message.lower():
             return InsufficientFunds(f"the wallet cannot pay for this ({message}); add funds")

@@ -58,6 +58,7 @@ from bitcoind_paychan.errors import (
     TransactionRejected,
 )
 from bitcoind_paychan.node.bitcoind import AsyncBitcoind
+from bitcoind_paychan.reasons import connection_failure
 from bitcoind_paychan.service.callbacks import Callbacks
 from bitcoind_paychan.service.outbox import effects_in_order
 from bitcoind_paychan.service.turns import OpenTurns
@@ -257,7 +258,7 @@ class ClientManager:
             raise ChannelExists(
                 f"channel {other.contract_txid} to {peer} is open with {other.value} sat "
                 f"({other.change} left), not {value}: pay through it, close it, or open "
-                "another beside it (paychan open --new; open(..., new=True))")
+                "another beside it (paychan open --new)")
         return None
 
     async def resume(self, contract_txid: str) -> Channel:
@@ -323,7 +324,8 @@ class ClientManager:
         except TLSError as exc:
             raise ChannelFailed(f"{exc} ({stored})") from exc
         except (OSError, TimeoutError) as exc:
-            raise ChannelFailed(f"cannot reach the server at {machine.peer}: {exc}; is it "
+            raise ChannelFailed(f"cannot reach the server at {machine.peer}: "
+                                f"{connection_failure(exc)}; is it "
                                 f"running and listening there? ({stored})") from exc
         channel = Channel(self, machine, stream)
         outcome = await channel._handshake()
@@ -368,6 +370,7 @@ class Channel:
         self._sent: asyncio.Future[None] | None = None  # the last payment's turn on the wire
         self._outgoing: list[pb.TwoWayChannelMessage] = []  # payments posted, not yet written
         self._sending: asyncio.Future[None] | None = None  # the last posted payments' send
+        self._server_error: PeerError | None = None  # the ERROR the server ended with
 
     @property
     def resumed(self) -> bool:
@@ -500,6 +503,11 @@ class Channel:
                     closed = wire.result()
                     assert isinstance(closed, ChannelClosed)
                     return closed.settlement
+                if wire in done and self._server_error is not None:
+                    # The server said why it does not settle: no settlement is coming.
+                    raise ChannelFailed(f"{self._explain(self._server_error)}; the channel "
+                                        "stays open: close it again later (it is refunded "
+                                        "after its expiry if the server never settles)")
                 return await chain  # the connection ended: the chain tells
             finally:
                 for task in (wire, chain):
@@ -597,6 +605,8 @@ class Channel:
             for event in self._events:
                 if isinstance(event, PeerError):
                     self._events.clear()
+                    if event.remote:
+                        self._server_error = event
                     raise ChannelFailed(self._explain(event))
             if self.machine.state is ClientState.CLOSED:
                 raise ChannelFailed(self._ended())
@@ -648,7 +658,8 @@ class Channel:
 
     def _explain(self, event: PeerError) -> str:
         who = "the server said" if event.remote else "we refused the server"
-        return f"{who}: {event.code.name}: {event.explanation}"
+        code = "" if event.code.name in event.explanation else f" ({event.code.name})"
+        return f"{who}: {event.explanation}{code}"
 
     def _post(self, message: pb.TwoWayChannelMessage) -> None:
         """Send `message` with the others posted in this turn of the event loop: payments

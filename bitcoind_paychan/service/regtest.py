@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from bitcoind_paychan.bitcoin.tx import Transaction
-from bitcoind_paychan.errors import TransactionRejected
+from bitcoind_paychan.errors import NodeError, TransactionRejected
 from bitcoind_paychan.node.bitcoind import Acceptance, AsyncBitcoind, Bitcoind
 
 log = logging.getLogger(__name__)
@@ -34,15 +34,29 @@ class MiningBroadcaster(AsyncBitcoind):
         except TransactionRejected as exc:
             if not _bare_multisig(exc):
                 raise
-            log.warning("node refused bare multisig %s (%s); mining it directly (regtest)",
-                        tx.txid_hex, exc.reason)
-            await self.run(self._mine, tx)
-            self.mined.append(tx.txid_hex)
+            if await self.run(self.mine, tx):
+                log.info("node refused bare multisig %s (%s); mined it directly (regtest)",
+                         tx.txid_hex, exc.reason)
+                self.mined.append(tx.txid_hex)
             return tx.txid_hex
 
-    def _mine(self, tx: Transaction) -> None:
+    def mine(self, tx: Transaction) -> bool:
+        """Mine `tx` in a block of its own, unless the node already has it (mined by another
+        node racing us, whose block arrived meanwhile): True if we mined it."""
+        if self._known(tx):
+            return False
         address = self.node.rpc.call("getnewaddress", "", "bech32", wallet=True)
-        self.node.rpc.call("generateblock", address, [tx.hex()])
+        try:
+            self.node.rpc.call("generateblock", address, [tx.hex()])
+        except NodeError:
+            if self._known(tx):  # its block arrived between the check and ours (BIP30)
+                return False
+            raise
+        return True
+
+    def _known(self, tx: Transaction) -> bool:
+        """Whether the node holds `tx`'s first output, in a block or in its mempool."""
+        return self.node.rpc.call("gettxout", tx.txid_hex, 0, True) is not None
 
 
 def _bare_multisig(exc: TransactionRejected) -> bool:

@@ -78,8 +78,13 @@ from bitcoind_paychan.wire import MessageStream, pb
 
 log = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = 15.0  # bitcoinj's idle timeout while a channel is being set up
+# How long a resumed connection may stay silent before proving the channel is its own: bitcoinj
+# proves it with its next payment, whenever its application pays, so this is generous; it
+# only bounds how long someone who knows a contract txid can hold a connection.
+RESUME_TIMEOUT = 600.0
 ACK = pb.TwoWayChannelMessage.PAYMENT_ACK
 UPDATE_PAYMENT = pb.TwoWayChannelMessage.UPDATE_PAYMENT
+PAYING = (UPDATE_PAYMENT, pb.TwoWayChannelMessage.PROVIDE_CONTRACT)  # messages that pay
 
 ServerEvent = (ChannelOpened | PaymentReceived | ChannelClosed | PeerError | ClosingSeen
                | ChannelFinished)
@@ -124,7 +129,8 @@ class ServerManager:
     input when the share is too small.
     Payments after the first wait until the contract has `min_confirmations` (default: 0 on
     regtest, 1 elsewhere). `handshake_timeout`: how long a connection may be silent before its
-    channel is open (transports that read for themselves apply it; `idle_timeout` says it).
+    channel is open (transports that read for themselves apply it; `idle_timeout` says it);
+    `resume_timeout`: how long a resumed one may be silent before its first payment proves it.
     `tls`: the certificate its listeners present (`tls_door()`), if any.
     """
 
@@ -138,6 +144,7 @@ class ServerManager:
         on_event: EventHandler | None = None,
         clock: Callable[[], float] = time.time,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        resume_timeout: float = RESUME_TIMEOUT,
         autopilot: WatchPolicy | None = None,
         zmq_endpoint: str | None = None,
         poll_interval: float = 5.0,
@@ -167,6 +174,7 @@ class ServerManager:
         self.payout_script = payout_script  # None: a fresh wallet address per settlement
         self.on_payment_latency = on_payment_latency  # seconds from UPDATE_PAYMENT to its ack
         self.handshake_timeout = handshake_timeout
+        self.resume_timeout = resume_timeout
         self.gate = PeerGate(limits)  # per-address connection rate and handshakes (transports)
         # Offered contracts checked with the node at once, all connections together.
         self.contract_checks = asyncio.Semaphore(self.gate.limits.max_contract_checks)
@@ -223,6 +231,11 @@ class ServerManager:
             return None
         return TLSDoor(self.tls, self.handshake_timeout,
                        lambda event: self.callbacks.event(self.on_event, event))
+
+    @property
+    def connected(self) -> int:
+        """Client connections open now."""
+        return len(self._connections)
 
     def accept(self, link: Link, peer: str = "") -> ServerConnection:
         """A new connection from a client, answered through `link`; `peer` names the client
@@ -525,10 +538,13 @@ class ServerConnection:
     @property
     def idle_timeout(self) -> float | None:
         """How long the peer may stay silent now: the handshake timeout until the channel is
-        open (or resumed: a bitcoinj client proves it with its next payment, whenever its
-        application pays), then no limit, as bitcoinj."""
-        if self.machine.state in (ServerState.OPEN, ServerState.RESUMED):
+        open; resumed but not yet proven, the (longer) resume timeout (a bitcoinj client
+        proves it with its next payment, whenever its application pays); open, no limit, as
+        bitcoinj."""
+        if self.machine.state is ServerState.OPEN:
             return None
+        if self.machine.state is ServerState.RESUMED:
+            return self.manager.resume_timeout
         return self.manager.handshake_timeout
 
     @property
@@ -587,6 +603,7 @@ class ServerConnection:
                 self._confirmed = True
             manager._busy.add(self)
             started = time.perf_counter()
+            stored_before = record.payments if record is not None else 0
             if self.takes_more(0):  # pipelined: this and those already here, checked together
                 batch = [message, *itertools.islice(pending, PAYMENT_WINDOW - 1)]
                 effects, taken = machine.receive_pipelined(batch)
@@ -601,11 +618,13 @@ class ServerConnection:
                     return
             finally:
                 manager._busy.discard(self)
-            if manager.on_payment_latency:
-                for done in received:
-                    if done.type == UPDATE_PAYMENT:
-                        manager.callbacks.event(manager.on_payment_latency,
-                                                time.perf_counter() - started)
+            if manager.on_payment_latency and machine.record is not None and any(
+                    done.type in PAYING for done in received):
+                # One per payment stored (the opening payment with its contract), as counted
+                # by the PaymentReceived events; a resume's loaded payments are not new.
+                elapsed = time.perf_counter() - started
+                for _ in range(machine.record.payments - stored_before):
+                    manager.callbacks.event(manager.on_payment_latency, elapsed)
 
 
 class PaymentServer(ServerManager):

@@ -358,7 +358,11 @@ class ChainWatcher:
         deadline = record.contract.expiry
         if self.role is Role.SERVER:
             deadline -= self.policy.settle_margin
-        closing = Transaction.parse(state.spender).txid_hex if state.spender else None
+        # The closing transaction seen on chain; before that, the settlement stored as soon
+        # as it was made (server) or received (client).
+        closing = (Transaction.parse(state.spender).txid_hex if state.spender
+                   else Transaction.parse(record.settlement_tx).txid_hex
+                   if record.settlement_tx else None)
         return ChannelView(
             role=self.role.value, contract_txid=record.contract_txid, version=record.version,
             status=record.status.value, value=record.value, paid=record.paid,
@@ -387,10 +391,15 @@ class ChainWatcher:
                 self._backoff = 0.0
             except (NodeError, TransactionRejected) as exc:
                 self._backoff = min(max(self._backoff * 2, 5.0), MAX_BACKOFF)
-                log.warning("review failed (%s); again in %.0f s", exc, self._backoff)
+                now = dt.datetime.now(dt.UTC)
+                retry = now + dt.timedelta(seconds=self._backoff)
                 self.scheduler.add_job(self.review_all, "date", id="retry",
-                                       replace_existing=True, run_date=dt.datetime.now(dt.UTC)
-                                       + dt.timedelta(seconds=self._backoff))
+                                       replace_existing=True, run_date=retry)
+                periodic = self.scheduler.get_job("review")
+                if periodic is not None and periodic.next_run_time is not None:
+                    retry = min(retry, periodic.next_run_time)  # whichever comes first
+                log.warning("review failed (%s); again in %.0f s", exc,
+                            max((retry - now).total_seconds(), 0.0))
 
     async def fee_rate(self) -> int:
         """The rate (sat/kvB) for a transaction built now: the node's estimate for the fee

@@ -36,6 +36,7 @@ class PaymentLogEntry:
     change_after: int
     info: bytes
     seq: int
+    stored_at: int | None = None  # Unix seconds it was stored; None: logged before schema 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,10 +168,17 @@ class ChannelStore(Protocol):
         ...
 
     def payments(
-        self, role: Role, contract_txid: str | None = None, limit: int | None = None
+        self, role: Role, contract_txid: str | None = None, limit: int | None = None,
+        since: int | None = None,
     ) -> list[PaymentLogEntry]:
         """Logged payments of `role` (and one channel, live or forgotten, if given), newest
-        first, at most `limit`."""
+        first, at most `limit`; with `since` (Unix seconds), only those stored then or later."""
+        ...
+
+    def payments_per_second(self, role: Role, since: int) -> list[tuple[int, int, int]]:
+        """(second, payments, satoshis) for each second since `since` (Unix seconds) in which
+        payments of `role` were stored, oldest first: what the dashboard rebuilds its last
+        hour from."""
         ...
 
     def modify(

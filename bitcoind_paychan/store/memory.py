@@ -68,7 +68,7 @@ class MemoryStore(Closable):
                 self._store(key, record)
                 if new and record.paid and not self._logged(key):
                     self._log.append(PaymentLogEntry(*key, record.paid, record.change, b"",
-                                                     record.payments))
+                                                     record.payments, int(time.time())))
 
     def _store(self, key: _Key, record: ChannelRecord) -> None:
         """Store `record`, stamping when it opened and when its money was first final."""
@@ -102,7 +102,8 @@ class MemoryStore(Closable):
         self._records[key] = replace(
             old, change=record.change, signature=record.signature, payments=record.payments
         )
-        self._log.append(PaymentLogEntry(*key, amount, record.change, bytes(info), record.payments))
+        self._log.append(PaymentLogEntry(*key, amount, record.change, bytes(info), record.payments,
+                                         int(time.time())))
         return None
 
     def get(self, role: Role, contract_txid: str) -> ChannelRecord | None:
@@ -123,7 +124,8 @@ class MemoryStore(Closable):
             ]
 
     def payments(
-        self, role: Role, contract_txid: str | None = None, limit: int | None = None
+        self, role: Role, contract_txid: str | None = None, limit: int | None = None,
+        since: int | None = None,
     ) -> list[PaymentLogEntry]:
         with self._lock:
             self._check_open()
@@ -131,8 +133,16 @@ class MemoryStore(Closable):
                 e
                 for e in reversed(self._log)
                 if e.role == role and (contract_txid is None or e.contract_txid == contract_txid)
+                and (since is None or (e.stored_at or 0) >= since)
             ]
         return found if limit is None else found[: max(limit, 0)]
+
+    def payments_per_second(self, role: Role, since: int) -> list[tuple[int, int, int]]:
+        seconds: dict[int, tuple[int, int]] = {}
+        for entry in self.payments(role, since=since):
+            count, amount = seconds.get(entry.stored_at or 0, (0, 0))
+            seconds[entry.stored_at or 0] = (count + 1, amount + entry.amount)
+        return [(second, *seconds[second]) for second in sorted(seconds)]
 
     def modify(
         self, role: Role, contract_txid: str, change: Callable[[ChannelRecord], ChannelRecord]

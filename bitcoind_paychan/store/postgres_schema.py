@@ -92,7 +92,14 @@ CREATE = (
 
 # MIGRATIONS[i] upgrades a database from FIRST_VERSION + i to FIRST_VERSION + i + 1: each a
 # tuple of statements.
-MIGRATIONS: tuple[tuple[str, ...], ...] = ()
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 4 -> 5: each logged payment stamped with when it was stored (Unix seconds; the column's
+    # default, so every write gets it; NULL: logged before version 5), indexed for "since".
+    ("ALTER TABLE payment_log ADD COLUMN stored_at BIGINT",
+     "ALTER TABLE payment_log ALTER COLUMN stored_at SET DEFAULT "
+     "floor(extract(epoch FROM now()))::bigint",
+     "CREATE INDEX payment_log_by_time ON payment_log (stored_at)"),
+)
 assert FIRST_VERSION + len(MIGRATIONS) == SCHEMA_VERSION
 
 # Store one payment (the arguments of sql.PAY, then seq, amount, info) and say, in one round

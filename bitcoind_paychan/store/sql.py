@@ -80,7 +80,10 @@ CHANGE = f"SELECT change FROM channels WHERE {_KEY}"
 STATUS = f"SELECT status FROM channels WHERE {_KEY}"
 DELETE = f"DELETE FROM channels WHERE {_KEY}"
 DELETE_LOG = f"DELETE FROM payment_log WHERE {_KEY}"
-PAYMENTS = "SELECT role, contract_txid, amount, change_after, info, seq FROM payment_log"
+PAYMENTS = ("SELECT role, contract_txid, amount, change_after, info, seq, stored_at "
+            "FROM payment_log")
+PER_SECOND = ("SELECT stored_at, count(*), sum(amount) FROM payment_log WHERE stored_at >= ? "
+              "AND role = ? GROUP BY stored_at ORDER BY stored_at")
 TIMES = f"SELECT opened_at, closed_at FROM channels WHERE {_KEY}"
 
 _SUMMARY = ", ".join(codec.SUMMARY_COLUMNS)
@@ -237,19 +240,29 @@ class SQLStore(Closable):
         return [codec.decode(row, self._name) for row in rows]
 
     def payments(
-        self, role: Role, contract_txid: str | None = None, limit: int | None = None
+        self, role: Role, contract_txid: str | None = None, limit: int | None = None,
+        since: int | None = None,
     ) -> list[PaymentLogEntry]:
         sql, args = f"{PAYMENTS} WHERE role = ?", [Role(role).value]
         if contract_txid is not None:
             sql += " AND contract_txid = ?"
             args.append(contract_txid)
+        if since is not None:
+            sql += " AND stored_at >= ?"
+            args.append(str(int(since)))
         sql += " ORDER BY id DESC"
         if limit is not None:
             sql += " LIMIT ?"
             args.append(str(max(limit, 0)))
         with self._connection("read the payment log") as conn:
             rows = conn.execute(sql, args).fetchall()
-        return [PaymentLogEntry(Role(r[0]), r[1], r[2], r[3], bytes(r[4]), r[5]) for r in rows]
+        return [PaymentLogEntry(Role(r[0]), r[1], r[2], r[3], bytes(r[4]), r[5], r[6])
+                for r in rows]
+
+    def payments_per_second(self, role: Role, since: int) -> list[tuple[int, int, int]]:
+        with self._connection("read the payment log") as conn:
+            rows = conn.execute(PER_SECOND, (int(since), Role(role).value)).fetchall()
+        return [(int(second), int(count), int(amount)) for second, count, amount in rows]
 
     def modify(
         self, role: Role, contract_txid: str, change: Callable[[ChannelRecord], ChannelRecord]

@@ -76,6 +76,17 @@ V1 = (
     "CREATE INDEX payment_log_by_channel ON payment_log (role, contract_txid, seq)",
 )
 
+# The payment log of version 4 (`stamp` empty) and 5 (`stamp`: its stored_at column).
+PAYMENT_LOG = """CREATE TABLE payment_log (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,  -- orders the log; never reused
+        role TEXT NOT NULL,
+        contract_txid TEXT NOT NULL,
+        seq INTEGER NOT NULL,  -- the payment's number in its channel; 1: the initial payment
+        amount INTEGER NOT NULL,
+        change_after INTEGER NOT NULL,
+        info BLOB NOT NULL{stamp}
+    )"""
+
 # Version 4 keeps history: when a channel opened and closed; a summary of each forgotten
 # channel; a payment log that outlives its channel's record (no cascade), numbers payments
 # within their channel (`seq`; the initial payment is 1) and is ordered by `id`.
@@ -104,15 +115,7 @@ V4_STATEMENTS = (
     )""",
     "DROP INDEX payment_log_by_channel",
     "ALTER TABLE payment_log RENAME TO payment_log_v3",
-    """CREATE TABLE payment_log (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,  -- orders the log; never reused
-        role TEXT NOT NULL,
-        contract_txid TEXT NOT NULL,
-        seq INTEGER NOT NULL,  -- the payment's number in its channel; 1: the initial payment
-        amount INTEGER NOT NULL,
-        change_after INTEGER NOT NULL,
-        info BLOB NOT NULL
-    )""",
+    PAYMENT_LOG.format(stamp=""),
     "CREATE INDEX payment_log_by_channel ON payment_log (role, contract_txid, id)",
 )
 
@@ -147,6 +150,26 @@ def _to_v4(conn: sqlite3.Connection) -> None:
     conn.execute("DROP TABLE payment_log_v3")
 
 
+# Version 5 stamps each logged payment with when it was stored (Unix seconds; the column's
+# default, so every write gets it; NULL: logged before version 5), indexed for "since".
+STORED_AT = "CAST(strftime('%s', 'now') AS INTEGER)"
+V5_STATEMENTS = (
+    "DROP INDEX payment_log_by_channel",
+    "ALTER TABLE payment_log RENAME TO payment_log_v4",
+    PAYMENT_LOG.format(stamp=f",\n        stored_at INTEGER DEFAULT ({STORED_AT})"),
+    "INSERT INTO payment_log (id, role, contract_txid, seq, amount, change_after, info, "
+    "stored_at) SELECT id, role, contract_txid, seq, amount, change_after, info, NULL "
+    "FROM payment_log_v4",
+    # Ids are never reused: the sequence goes on from the old table's (rows pruned at its end
+    # included), not from the highest id copied.
+    "DELETE FROM sqlite_sequence WHERE name = 'payment_log'",
+    "UPDATE sqlite_sequence SET name = 'payment_log' WHERE name = 'payment_log_v4'",
+    "DROP TABLE payment_log_v4",
+    "CREATE INDEX payment_log_by_channel ON payment_log (role, contract_txid, id)",
+    "CREATE INDEX payment_log_by_time ON payment_log (stored_at)",
+)
+
+
 def _statements(*sql: str) -> Callable[[sqlite3.Connection], None]:
     def run(conn: sqlite3.Connection) -> None:
         for statement in sql:
@@ -156,6 +179,7 @@ def _statements(*sql: str) -> Callable[[sqlite3.Connection], None]:
 
 # MIGRATIONS[v] upgrades a file from schema v + 1 to v + 2 (so MIGRATIONS[0]: 1 -> 2).
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
-    _statements(*V2_TABLES), _statements(*V3_INDEXES), _to_v4)
+    _statements(*V2_TABLES), _statements(*V3_INDEXES), _to_v4,
+    _statements(*V5_STATEMENTS))
 assert len(MIGRATIONS) == SCHEMA_VERSION - 1
 

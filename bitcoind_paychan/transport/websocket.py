@@ -4,9 +4,11 @@ opened, by a server (`Listener`) or a client (`connect`).
 
 Limits as on TCP: the server's PeerGate per address (over it: 429 before the upgrade; behind
 trusted reverse proxies, the client's address their header names, `proxies`), the
-protocol's largest message (a larger one closes the connection with WebSocket code 1009,
-message too big), the manager's handshake timeout; a text message or junk is answered with
-ERROR (SYNTAX_ERROR) and a hang-up.
+protocol's largest message (32,767 bytes accepted, as on TCP; a larger one closes the
+connection with WebSocket code 1009, message too big; aiohttp refuses a message of
+`max_msg_size` itself, so it is given the limit plus one), the manager's handshake timeout; a
+text message or junk is answered with ERROR (SYNTAX_ERROR) and a hang-up; an unmasked client
+frame closes it with 1002 (RFC 6455; `wsmask.py`).
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ import aiohttp
 from aiohttp import web
 
 from bitcoind_paychan.errors import ErrorCode, RemoteProtocolError, TLSError
+from bitcoind_paychan.reasons import connection_failure
 from bitcoind_paychan.service.limits import Admission, PeerGate
 from bitcoind_paychan.transport.base import Connections, Inbox, Stream, encode
 from bitcoind_paychan.transport.http import WebServer
 from bitcoind_paychan.transport.proxies import TrustedProxies
 from bitcoind_paychan.transport.tls import ClientTLS, handshake_failed, refusal
 from bitcoind_paychan.transport.tlsdoor import TLS_ONLY_HEADER, TLSDoor
+from bitcoind_paychan.transport.wsmask import MaskedWebSocketResponse
 from bitcoind_paychan.wire import pb
 from bitcoind_paychan.wire.framing import MAX_MESSAGE_SIZE, check_size
 
@@ -119,7 +123,7 @@ async def connect(url: str, timeout: float | None,
     session = aiohttp.ClientSession()
     try:
         async with asyncio.timeout(timeout):
-            ws = await session.ws_connect(url, max_msg_size=MAX_MESSAGE_SIZE, autoping=True,
+            ws = await session.ws_connect(url, max_msg_size=MAX_MESSAGE_SIZE + 1, autoping=True,
                                           ssl=tls.context() if tls else True)
         if tls is not None:
             await _check(ws, url, tls)
@@ -136,9 +140,17 @@ async def connect(url: str, timeout: float | None,
             raise TLSError(f"{url} speaks only TLS: use a wss:// URL") from exc
         raise ConnectionError(f"{url} refused the WebSocket upgrade: {exc.status} "
                               f"{exc.message}") from exc
+    except aiohttp.ClientConnectorError as exc:
+        await session.close()
+        raise exc.os_error from None  # refused, unreachable, no such host: said by the caller
+    except (aiohttp.ClientResponseError, aiohttp.ServerDisconnectedError) as exc:
+        await session.close()
+        raise ConnectionError(f"the peer at {url} does not answer in HTTP: it is not a "
+                              "WebSocket listener (a paychan TCP port is reached as "
+                              "host:port)") from exc
     except aiohttp.ClientError as exc:
         await session.close()
-        raise ConnectionError(f"cannot connect to {url}: {exc}") from exc
+        raise ConnectionError(f"cannot connect to {url}: {connection_failure(exc)}") from exc
     except BaseException:
         await session.close()
         raise
@@ -207,7 +219,7 @@ class Listener:
         admission = self.gate.admit(client)
         if admission is None:  # over a per-peer limit: refused before the upgrade
             raise web.HTTPTooManyRequests(text="too many connections from your address\n")
-        ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_SIZE, autoping=True)
+        ws = MaskedWebSocketResponse(max_msg_size=MAX_MESSAGE_SIZE + 1, autoping=True)
         try:
             await ws.prepare(request)
         except BaseException:

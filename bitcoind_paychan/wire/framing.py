@@ -86,13 +86,9 @@ class FrameDecoder:
         while end - pos >= HEADER_SIZE:
             (size,) = _HEADER.unpack_from(buf, pos)
             if size < 0 or size > MAX_MESSAGE_SIZE:
-                tls = bytes(buf[pos:pos + 2]) in TLS_RECORDS
+                self._error = RemoteProtocolError(_bad_length(size, bytes(buf[pos:pos + 16])),
+                                                  code=ErrorCode.SYNTAX_ERROR)
                 del buf[:]
-                self._error = RemoteProtocolError(
-                    f"peer sent a frame length of {size}; allowed is 0..{MAX_MESSAGE_SIZE}"
-                    + ("; it speaks TLS, and this connection is plain TCP" if tls else ""),
-                    code=ErrorCode.SYNTAX_ERROR,
-                )
                 if frames:
                     return frames
                 raise self._error
@@ -104,3 +100,20 @@ class FrameDecoder:
         if pos:
             del buf[:pos]
         return frames
+
+
+def _bad_length(size: int, start: bytes) -> str:
+    """Why a length prefix is impossible, said for what the peer probably speaks instead."""
+    if start[:2] in TLS_RECORDS:
+        return (f"peer sent a frame length of {size}; allowed is 0..{MAX_MESSAGE_SIZE}; it "
+                "speaks TLS, and this connection is plain TCP")
+    if start.startswith((b"HTTP/", b"GET ", b"POST ", b"HEAD ")):
+        return ("the peer speaks HTTP, not the payment channel protocol: this is not a "
+                "paychan TCP port (a paychan WebSocket listener is reached as "
+                "ws://host:port/path)")
+    text = start.split(b"\r")[0].split(b"\n")[0]
+    if len(text) >= HEADER_SIZE and all(32 <= b < 127 for b in text):
+        return (f"the peer sent text ({text.decode()!r}), not the payment channel protocol: "
+                "is this a paychan port?")
+    return (f"peer sent a frame length of {size}; allowed is 0..{MAX_MESSAGE_SIZE}: it does not "
+            "speak the payment channel protocol")

@@ -6,6 +6,8 @@ import contextlib
 import dataclasses
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import textwrap
 from collections.abc import Iterator
@@ -691,3 +693,48 @@ def test_server_entries_choose_plain_tcp_a_ca_a_pin_or_the_system_cas(tmp_path: 
     assert client.tls == {"10.0.0.2:4242": ClientTLS(ca_file=tmp_path / "ca.pem"),
                           "10.0.0.3:4242": ClientTLS(fingerprint="sha256:" + "ab" * 32),
                           "pay.example.com:4242": ClientTLS()}
+
+
+# -- every problem at once -------------------------------------------------------------------------
+
+
+def test_every_problem_in_a_file_is_reported_at_once_in_file_order(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+        server:
+          enabled: maybe
+          listen: nowhere
+          min_payment: -3
+        bogus: 1
+        control:
+          cookie_mode: 0644
+        bitcoind:
+          cookie_file: /nonexistent/cookie
+          poll_interval: soon
+        """)
+    lines = error_of(path, check_files=True).splitlines()
+    keys = [line.removeprefix(f"{path}: ").split(":")[0] for line in lines]
+    assert keys == ["server.enabled", "server.listen", "server.min_payment", "bogus",
+                    "control.cookie_mode", "bitcoind.poll_interval",
+                    "bitcoind.cookie_file"], lines  # the schema's in file order, then files
+    assert all(line.startswith(f"{path}: ") for line in lines)
+
+
+def test_yaml_octal_is_shown_as_written(tmp_path: Path) -> None:
+    message = error_of(write(tmp_path, "control:\n  cookie_mode: 0644\n"))
+    assert "found 0644 (a number)" in message and "420" not in message
+    message = error_of(write(tmp_path, "fees:\n  target: 0x0\n"))
+    assert "found 0x0" in message, message
+
+
+def test_the_daemon_reports_the_schema_before_missing_files(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+        bitcoind:
+          cookie_file: /nonexistent/cookie
+        server:
+          listen: 127.0.0.1:99999
+        """)
+    done = subprocess.run([sys.executable, "-m", "bitcoind_paychan.cli", "daemon", "--config",
+                           str(path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    first, second = done.stderr.splitlines()
+    assert "server.listen" in first and "bitcoind.cookie_file" in second, done.stderr

@@ -55,13 +55,18 @@ CHANNEL: dict[str, Any] = {"contract_txid": TXID, "role": "client", "status": "o
 
 DASHBOARD: dict[str, Any] = {
     "version": "0.1", "network": "regtest", "now": 1_700_000_000,
-    "node": {"up": True, "height": 101},
+    "node": {"up": True, "height": 101, "error": None},
+    "settle": {"can_settle": True, "reason": "ok", "detail": "bitcoind answers"},
+    "roles": ["client"], "connections": {"server": 0, "client": 1},
     "channels": [CHANNEL | {"version": 2, "paid": 700, "change": 99_300, "payments": 3,
                             "peer": "127.0.0.1:4242", "expiry": 1_700_086_400,
                             "deadline": 1_700_072_000, "contract_confirmations": 1,
                             "closing_txid": None, "closing_confirmations": 0}],
     "activity": {"minutes": [1_700_000_000 - 60 * i for i in range(59, -1, -1)],
-                 "payments": [0] * 57 + [1, 0, 2], "received": [0] * 57 + [100, 0, 600]},
+                 "live_seconds": 10,
+                 "client": {"payments": [0] * 57 + [1, 0, 2],
+                            "amounts": [0] * 57 + [100, 0, 600], "total": 3, "amount": 700,
+                            "rate_live": 0.2, "rate_hour": 3 / 3600}},
 }
 
 
@@ -115,9 +120,10 @@ class FakeDaemon:
             "close", channel_id, default={"settlement_txid": "cd" * 32})
         return answer
 
-    async def listpayments(self, channel_id: str | None) -> list[dict[str, Any]]:
+    async def listpayments(self, channel_id: str | None, limit: int | None = None,
+                           since: str | None = None) -> list[dict[str, Any]]:
         answer: list[dict[str, Any]] = await self._answer(
-            "listpayments", channel_id, default=[{"amount": 5, "info": ""}])
+            "listpayments", channel_id, limit, since, default=[{"amount": 5, "info": ""}])
         return answer
 
     async def prunehistory(self, before: str) -> dict[str, Any]:
@@ -299,6 +305,8 @@ def test_dispatch(tmp_path: Path) -> None:
         assert await h.result("close", txid) == {"settlement_txid": "cd" * 32}
         assert await h.result("listpayments") == [{"amount": 5, "info": ""}]
         assert await h.result("listpayments", txid) == [{"amount": 5, "info": ""}]
+        assert await h.result("listpayments", None, 3, "2026-01-01") == [
+            {"amount": 5, "info": ""}]
         assert await h.result("prunehistory", "2026-01-01") == {"pruned": 0}
         assert await h.result("stop") == {"stopping": True}
         assert h.api.calls == [
@@ -307,7 +315,8 @@ def test_dispatch(tmp_path: Path) -> None:
             ("listchannels", (None, True)), ("getchannel", ("abab",)),
             ("open", ("alice", 50_000, False)),
             ("pay", ("alice", 10, None)), ("pay", (txid, 11, "coffee")), ("close", (txid,)),
-            ("listpayments", (None,)), ("listpayments", (txid,)),
+            ("listpayments", (None, None, None)), ("listpayments", (txid, None, None)),
+            ("listpayments", (None, 3, "2026-01-01")),
             ("prunehistory", ("2026-01-01",)), ("stop", ()),
         ]
         # Named parameters and a missing params member.
@@ -327,6 +336,8 @@ def test_dispatch(tmp_path: Path) -> None:
     ("getchannel", [5], "channel_id must be a string, got 5"),
     ("getchannel", [""], "channel_id must not be empty"),
     ("listchannels", ["open", 1], "all must be true or false, got 1"),
+    ("listpayments", [None, 0], "limit must be positive, got 0"),
+    ("listpayments", [None, "3"], 'limit must be a whole number, got "3"'),
     ("listchannels", ["open", True, 1], "listchannels takes 0 to 2 parameters"),
     ("prunehistory", [], "prunehistory takes 1 parameter, got 0"),
     ("listchannels", [3], "state must be a string"),

@@ -3,9 +3,12 @@ the CLI, graceful shutdown mid-stream, the control API's cookie, and metrics."""
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import json
 import os
+import pty
+import re
 import signal
 import socket
 import stat
@@ -112,6 +115,22 @@ def daemons(tmp_path: Path) -> Iterator[Daemons]:
             running.stop_all()
 
 
+def on_a_terminal(command: list[str]) -> str:
+    """What `command` writes to its stderr when that is a terminal (a pseudo-terminal)."""
+    leader, follower = pty.openpty()
+    try:
+        done = subprocess.run(command, stderr=follower, stdout=subprocess.DEVNULL, timeout=300)
+    finally:
+        os.close(follower)
+    chunks = []
+    with contextlib.suppress(OSError):  # EIO once the terminal has no writer left
+        while chunk := os.read(leader, 4096):
+            chunks.append(chunk)
+    os.close(leader)
+    assert done.returncode == 0
+    return b"".join(chunks).decode().replace("\r\n", "\n")  # the terminal's newlines
+
+
 def metric(text: str, sample: str) -> float:
     """The value of one sample (`name{labels}` exactly as exposed) in a scrape."""
     for line in text.splitlines():
@@ -121,16 +140,65 @@ def metric(text: str, sample: str) -> float:
     raise AssertionError(f"{sample} not in metrics:\n{text}")
 
 
+def test_getinfo_and_metrics_say_whether_the_daemon_can_settle(daemons: Daemons) -> None:
+    node = daemons.node
+    assert node.wallet is not None
+    wallets = node.datadir / node.chain / "wallets"
+    daemons.start("server")
+    info = daemons.json("server", "getinfo")
+    assert (info["can_settle"], info["can_settle_reason"]) == (True, "ok")
+    node.rpc("unloadwallet", node.wallet)  # as after a bitcoind restart without it
+    assert daemons.json("server", "getinfo")["can_settle"]  # the daemon loaded it itself
+    assert "had wallet 'paychan' on disk but not loaded" in daemons.log("server")
+    node.rpc("unloadwallet", node.wallet)
+    (wallets / node.wallet).rename(wallets / "elsewhere")  # now it cannot
+    info = daemons.json("server", "getinfo")
+    assert (info["can_settle"], info["can_settle_reason"]) == (False, "wallet_not_loaded")
+    assert info["node"] == "up" and "load_on_startup=true" in info["can_settle_detail"]
+    assert "CANNOT settle or refund (wallet_not_loaded)" in daemons.log("server")
+    people = daemons.cli("server", "getinfo").stdout
+    assert re.search(r"^can_settle +no$", people, re.MULTILINE) and "wallet_not_loaded" in people
+    scraped = urllib.request.urlopen(
+        f"http://127.0.0.1:{daemons.metrics_port}/metrics", timeout=10).read().decode()
+    assert metric(scraped, 'paychan_can_settle{reason="wallet_not_loaded"}') == 0
+    (wallets / "elsewhere").rename(wallets / node.wallet)
+    assert daemons.json("server", "getinfo")["can_settle"]
+    scraped = urllib.request.urlopen(
+        f"http://127.0.0.1:{daemons.metrics_port}/metrics", timeout=10).read().decode()
+    assert metric(scraped, 'paychan_can_settle{reason="ok"}') == 1
+
+
+def test_close_prints_the_servers_reason_when_it_cannot_settle(daemons: Daemons) -> None:
+    node = daemons.node
+    assert node.wallet is not None
+    wallets = node.datadir / node.chain / "wallets"
+    daemons.start("server")
+    daemons.start("client")
+    txid = daemons.json("client", "open", "shop", "400000")["contract_txid"]
+    daemons.cli("client", "pay", "shop", "2000")
+    node.rpc("unloadwallet", node.wallet)
+    (wallets / node.wallet).rename(wallets / "elsewhere")
+    refused = daemons.cli("client", "close", "shop", check=False)
+    (wallets / "elsewhere").rename(wallets / node.wallet)
+    assert refused.returncode == 1
+    assert "the server said: OTHER: cannot settle now" in refused.stderr
+    assert "wallet 'paychan' is not loaded" in refused.stderr
+    assert "did not settle in time" not in refused.stderr
+    closed = daemons.json("client", "close", txid)  # the server loads its wallet now
+    assert closed["status"] == "closing" and closed["settlement_txid"]
+
+
 def test_open_pay_list_close_through_the_cli(daemons: Daemons) -> None:
     daemons.start("server")
     daemons.start("client")
     info = daemons.json("client", "getinfo")
     assert info["network"] == "regtest" and info["client"] == ["shop"]
+    opened_at = int(time.time())
     opened = daemons.json("client", "open", "shop", "400000")
     txid = opened["contract_txid"]
     assert opened["status"] == "open" and opened["paid"] == 1_000
     paid = daemons.cli("client", "pay", "shop", "2000", "hello", "--repeat", "10")
-    assert "10/10 payments" in paid.stderr
+    assert "paid 10 × 2000 sat = 20000 sat (hello)" in paid.stdout, paid.stdout
     (client_view,) = daemons.json("client", "listchannels")
     (server_view,) = daemons.json("server", "listchannels", "open")
     assert client_view["paid"] == server_view["paid"] == 21_000
@@ -138,6 +206,14 @@ def test_open_pay_list_close_through_the_cli(daemons: Daemons) -> None:
     assert "open" in table and txid[:16] in table
     payments = daemons.json("server", "listpayments", txid[:12])
     assert [p["amount"] for p in payments].count(2_000) == 10
+    newest = daemons.json("server", "listpayments", "--limit", "3")
+    assert [p["seq"] for p in newest] == [11, 10, 9]
+    assert all(p["stored_at"] >= opened_at for p in newest)
+    assert len(daemons.json("server", "listpayments", "--since", str(opened_at))) == 11
+    assert daemons.json("server", "listpayments", "--since", "2999-01-01") == []
+    bad = daemons.cli("server", "listpayments", "--since", "soon", check=False)
+    assert bad.returncode != 0 and "listpayments --since: 'soon' is not a date" in bad.stderr
+    assert "stored" in daemons.cli("server", "listpayments", "--limit", "1").stdout
     scraped = urllib.request.urlopen(
         f"http://127.0.0.1:{daemons.metrics_port}/metrics", timeout=10).read().decode()
     assert metric(scraped, 'paychan_payments_total{role="server"}') == 11
@@ -147,7 +223,10 @@ def test_open_pay_list_close_through_the_cli(daemons: Daemons) -> None:
     assert metric(scraped, 'paychan_next_deadline_seconds{role="server"}') > 0
     assert metric(scraped, 'paychan_settlements_unconfirmed{role="server"}') == 0
     assert metric(scraped, "paychan_store_size_bytes") > 0
-    assert metric(scraped, 'paychan_payment_latency_seconds_count{role="server"}') == 10
+    assert metric(scraped, 'paychan_payment_latency_seconds_count{role="server"}') == 11  # payments
+    assert metric(scraped, 'paychan_errors_total{code="TIMEOUT"}') == 0  # there from the start
+    assert metric(scraped, 'paychan_channels_lifetime{role="server"}') == 1
+    assert metric(scraped, 'paychan_channels_forgotten{role="server"}') == 0
     closed = daemons.json("client", "close", txid)
     assert len(closed["settlement_txid"]) == 64
     daemons.node.mine(1)
@@ -184,6 +263,11 @@ def test_open_and_close_do_exactly_what_they_say(daemons: Daemons) -> None:
     assert len(daemons.json("server", "listchannels")) == 1
     extra = daemons.json("client", "open", "shop", "300000", "--new")
     assert extra["resumed"] is False and extra["contract_txid"] != txid
+    settled = daemons.cli("server", "close", extra["contract_txid"])  # the server settles
+    assert "settling the channel now" in settled.stderr, settled.stderr
+    assert "asking the server" not in settled.stderr  # it is the server
+    again = daemons.cli("server", "close", extra["contract_txid"])
+    assert again.stderr == "" and "closing" in again.stdout  # reported as it is
 
 
 def test_graceful_shutdown_mid_stream_loses_nothing(daemons: Daemons) -> None:
@@ -305,9 +389,10 @@ def test_history_of_a_forgotten_channel_stays_and_counts_agree(daemons: Daemons)
     _self_paying(daemons)
     daemons.start("self")
     txid = daemons.json("self", "open", "self", "1000000")["contract_txid"]
-    paid = daemons.cli("self", "pay", "self", "1000", "coffee", "--repeat", "5")
-    assert "1/5 payments, 1000 sat paid" in paid.stderr  # this run's, not the channel's
-    assert "5/5 payments, 5000 sat paid" in paid.stderr
+    progress = on_a_terminal([*PAYCHAN, "--config", str(daemons.config("self")), "pay", "self",
+                              "1000", "coffee", "--repeat", "5"])
+    assert "\r1/5 payments, 1000 sat paid" in progress  # this run's, not the channel's
+    assert "\r5/5 payments, 5000 sat paid" in progress and progress.endswith("\n")
     daemons.json("self", "close", txid)
     daemons.node.mine(1)  # forget_depth 1: buried at once
     wait_until(lambda: daemons.json("self", "listchannels") == [], what="the channel forgotten")

@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import struct
 import zlib
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -18,7 +20,7 @@ import pytest
 from bitcoind_paychan.daemon.control import ControlServer
 from bitcoind_paychan.daemon.dashboard import SESSION, login_link
 from regtest.node import regtest_nodes
-from tests.browser import Browser
+from tests.browser import Browser, Page
 from tests.daemon.test_control import DASHBOARD, TXID, FakeDaemon
 from tests.test_cli import Running
 
@@ -186,6 +188,29 @@ def keep(name: str, png: bytes, tmp_path: Path) -> None:
         shutil.copy(tmp_path / name, Path(wanted) / name)
 
 
+async def unable_to_settle_shows_red(daemon: Running, page: Page, tmp_path: Path) -> None:
+    """The wallet unloaded and gone from where bitcoind looks: the settle card turns red
+    with the reason; back again, it turns back."""
+    node = daemon.node
+    assert node.wallet is not None
+    wallets = node.datadir / node.chain / "wallets"
+    card = "document.getElementById('settle-card')"
+    await asyncio.to_thread(node.rpc, "unloadwallet", node.wallet)
+    (wallets / node.wallet).rename(wallets / "elsewhere")
+    try:
+        await asyncio.to_thread(daemon.cli, "getinfo")  # checks now (else within 10 s)
+        await page.wait_for(f"{card}.classList.contains('bad')")
+        text = await page.evaluate(f"{card}.innerText")
+        assert "CANNOT settle" in text and "wallet_not_loaded" in text
+        assert await page.evaluate(f"getComputedStyle({card}).backgroundColor") == (
+            "rgb(192, 57, 43)")  # red
+        keep("dashboard-cannot-settle.png", await page.screenshot(), tmp_path)
+    finally:
+        (wallets / "elsewhere").rename(wallets / node.wallet)
+    await asyncio.to_thread(daemon.cli, "getinfo")
+    await page.wait_for(f"{card}.classList.contains('ok')")
+
+
 def test_dashboard_in_a_browser_updates_live(daemon: Running, tmp_path: Path) -> None:
     link = daemon.json("dashboard")["url"]
     txid = daemon.json("listchannels")[0]["contract_txid"]
@@ -199,10 +224,31 @@ def test_dashboard_in_a_browser_updates_live(daemon: Running, tmp_path: Path) ->
             await page.wait_for("document.body.dataset.live === 'yes'")  # events arrive
             text = await page.evaluate("document.body.innerText")
             assert txid in text and "up" in text and f"tip {height:,}" in text
+            assert "200,000" in text and "can settle" in text  # thousands separated
             assert await page.evaluate("document.querySelectorAll('#channels tbody tr')"
                                        ".length") == 2  # the client's and the server's view
-            assert await page.evaluate("document.querySelectorAll('#chart-rate rect')"
-                                       ".length") >= 1
+            for role in ("server", "client"):  # each role apart: its card and charts
+                assert await page.evaluate(f"document.querySelectorAll('#chart-{role}-rate "
+                                           "rect').length") >= 1
+                assert "last hour's average" in await page.evaluate(
+                    f"document.querySelector('#role-{role} .rate-hour').textContent")
+                for kind in ("rate", "amount"):  # axes: values, and times every 15 min
+                    chart = f"#chart-{role}-{kind}"
+                    times = await page.evaluate(f"[...document.querySelectorAll('{chart} "
+                                                ".x-axis text')].map(t => t.textContent)")
+                    assert len(times) == 4 and all(re.fullmatch(r"\d\d:\d\d", t)
+                                                   for t in times), times
+                    assert await page.evaluate(f"document.querySelectorAll('{chart} .y-axis "
+                                               "text').length") == 3
+            live = ("parseFloat(document.querySelector('#role-{}  .rate-live').textContent"
+                    ".replace(/,/g, ''))")
+            streaming = asyncio.ensure_future(asyncio.to_thread(
+                daemon.cli, "pay", txid, "100", "--repeat", "300"))
+            await page.wait_for(f"{live.format('client')} > 0 && {live.format('server')} > 0")
+            await streaming
+            for role in ("server", "client"):  # the live channel's connection, each side
+                await page.wait_for(f"document.querySelector('#role-{role} .open').textContent"
+                                    ".includes('peers connected: 1')")
             payments = "[...document.querySelectorAll('#channels tbody tr')].map(r => " \
                        "r.cells[5].textContent).join(',')"
             before = await page.evaluate(payments)
@@ -214,6 +260,7 @@ def test_dashboard_in_a_browser_updates_live(daemon: Running, tmp_path: Path) ->
             assert external == 0  # no CDN, nothing leaves the machine
             png = await page.screenshot()
             keep("dashboard.png", png, tmp_path)
+            await unable_to_settle_shows_red(daemon, page, tmp_path)
             assert png_size(png) == (1280, 800)
             rows, channels = png_rows(png)
             assert pixel(rows, 5, 5, channels) == (0x1D, 0x23, 0x30)  # the header bar
@@ -238,3 +285,28 @@ def test_dashboard_in_a_browser_updates_live(daemon: Running, tmp_path: Path) ->
             keep("dashboard-phone.png", await phone.full_screenshot(), tmp_path)
 
     asyncio.run(main())
+
+
+def test_the_last_hour_is_rebuilt_after_a_restart(daemon: Running) -> None:
+    """Last in this module: it restarts the module's daemon (same store, new ports)."""
+
+    async def state(running: Running) -> dict[str, Any]:
+        link = running.json("dashboard")["url"]
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+            async with http.get(link):  # opens the session
+                pass
+            async with http.get(link.split("/login")[0] + "/state") as answer:
+                found: dict[str, Any] = await answer.json()
+                return found
+
+    logged = daemon.json("listpayments")  # all made within this hour
+    daemon.stop()
+    restarted = Running(daemon.node, daemon.tmp)
+    try:
+        activity = asyncio.run(state(restarted))["activity"]
+    finally:
+        restarted.stop()
+    for role in ("server", "client"):
+        mine = [p["amount"] for p in logged if p["role"] == role]
+        assert len(mine) > 300
+        assert (activity[role]["total"], activity[role]["amount"]) == (len(mine), sum(mine))

@@ -13,11 +13,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bitcoind_paychan import __version__
 from bitcoind_paychan.daemon.metrics import CONTENT_TYPE, MetricsServer, PaychanMetrics
+from bitcoind_paychan.errors import ErrorCode
 
 # The scrape of the hand-written exposition this replaced, every metric exercised: each
 # family's TYPE, and each sample name with its label names. Dashboards and alerts written
 # against it keep working.
 BASELINE_TYPES = {
+    "paychan_can_settle": "gauge",
     "paychan_channels": "gauge",
     "paychan_errors_total": "counter",
     "paychan_node_last_block_height": "gauge",
@@ -28,6 +30,7 @@ BASELINE_TYPES = {
     "paychan_value_locked_sat": "gauge",
 }
 BASELINE_SAMPLES = {
+    "paychan_can_settle": ("reason",),
     "paychan_channels": ("role", "state"),
     "paychan_errors_total": ("code",),
     "paychan_node_last_block_height": (),
@@ -51,6 +54,7 @@ def exercised() -> PaychanMetrics:
     m.server.paid(700)
     m.errors.labels(code="TIMEOUT").inc()
     m.node_up.set(1)
+    m.settle_state("ok")
     m.height.set(812_345)
     m.next_deadline.labels(role="server").set(3600)
     m.unconfirmed.labels(role="server").set(0)
@@ -159,3 +163,26 @@ def test_scrape_over_http() -> None:
             await server.stop()
 
     asyncio.run(main())
+
+
+def test_can_settle_is_one_series_labelled_with_the_reason() -> None:
+    m = PaychanMetrics()
+    m.settle_state("ok")
+    m.settle_state("wallet_not_loaded")
+    text = m.render().decode()
+    assert 'paychan_can_settle{reason="wallet_not_loaded"} 0.0' in text
+    assert 'reason="ok"' not in text
+    m.settle_state("ok")
+    assert 'paychan_can_settle{reason="ok"} 1.0' in m.render().decode()
+
+
+def test_error_counters_exist_from_the_start_and_help_covers_both_roles() -> None:
+    """rate() and increase() need a zero before the first error; a HELP text says what each
+    role counts."""
+    scrape = PaychanMetrics("regtest").render().decode()
+    for code in ErrorCode:
+        assert f'paychan_errors_total{{code="{code.name}"}} 0.0' in scrape
+    helps = dict(re.findall(r"^# HELP (paychan_\w+) (.*)$", scrape, re.M))
+    for name in ("paychan_channels", "paychan_value_locked_sat", "paychan_payments_total",
+                 "paychan_payment_amount_sat_total", "paychan_payment_latency_seconds"):
+        assert "server" in helps[name] and "client" in helps[name], (name, helps[name])

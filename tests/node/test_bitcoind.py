@@ -217,7 +217,8 @@ def test_node_on_another_chain() -> None:
 
 def test_missing_wallet(node: RegtestNode) -> None:
     adapter = Bitcoind(config_for(node, wallet="nosuchwallet"))
-    with pytest.raises(WalletNotLoaded, match="loadwallet nosuchwallet"):
+    with pytest.raises(WalletNotLoaded, match="createwallet wallet_name=nosuchwallet "
+                       "load_on_startup=true"):
         adapter.check()
     with pytest.raises(WalletNotLoaded):
         adapter.payout_script()

@@ -219,6 +219,30 @@ def test_a_stranger_with_the_public_contract_txid_can_neither_drop_nor_close_it(
     assert sum(p.amount for p in sides.payments()) == 4_000
 
 
+def test_a_resumed_connection_that_never_proves_itself_times_out(sides: Sides) -> None:
+    """Seen: a resumed connection that never proved its key never timed out, so anyone who
+    knows an open channel's txid could hold connections indefinitely. It gets its own
+    timeout, longer than the handshake's (here both are short)."""
+    async def scenario() -> tuple[list[int], str, bool]:
+        server = sides.server(handshake_timeout=0.2, resume_timeout=0.5)
+        host, port = await server.listen()
+        owner = await sides.client().open(host, port, 300_000)
+        stranger = await open_connection(host, port, 10)
+        await stranger.send_many([messages.client_version(3, DEFAULT_TIME_WINDOW,
+                                                          owner.contract_txid)])
+        seen = [await stranger.receive(30) for _ in range(3)]  # silent until refused
+        gone = await stranger.receive(30) is None
+        await owner.pay(1_000)  # the channel is not hurt
+        await server.stop()
+        await stranger.close()
+        last = seen[-1]
+        return ([int(m.type) for m in seen if m], last.error.explanation if last else "", gone)
+
+    types, explanation, gone = asyncio.run(scenario())
+    assert types == [T.SERVER_VERSION, T.CHANNEL_OPEN, T.ERROR] and gone
+    assert "within 0.5 s" in explanation  # the resume timeout, not the handshake's
+
+
 def test_a_payment_accepted_on_one_connection_is_not_accepted_again_by_a_resuming_one(
         sides: Sides) -> None:
     """Seen: a client resumed on a second connection (loaded: change C), paid on the first

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import replace
 from pathlib import Path
+
+import pytest
 
 from bitcoind_paychan.bitcoin.tx import OutPoint, Transaction
 from bitcoind_paychan.channel.chainstate import ChainState
@@ -154,3 +157,23 @@ def test_a_mempool_spend_of_a_watched_output_is_seen_at_once_with_zmq(tmp_path: 
 
         raw, spender = asyncio.run(scenario())
         assert spender == raw
+
+
+def test_a_failed_review_says_when_the_next_one_really_comes(
+        one_node: Sides, caplog: pytest.LogCaptureFixture) -> None:
+    """Seen: during a node outage every periodic review logged "again in 600 s" (the backoff)
+    although the next periodic review came within review_interval."""
+    async def scenario() -> list[float]:
+        server = one_node.server(review_interval=300)
+        await server.start()
+        await asyncio.to_thread(one_node.server_node.stop)
+        for _ in range(9):  # the backoff doubles from 5 s up to 600 s
+            await server.watcher.review_all()
+        await server.stop()
+        return [float(m.group(1)) for r in caplog.records
+                if (m := re.search(r"review failed .*; again in (\d+) s", r.getMessage()))]
+
+    announced = asyncio.run(scenario())
+    assert len(announced) >= 9
+    assert announced[:2] == [5.0, 10.0]  # the backoff while it is the sooner
+    assert 160 in announced and max(announced) <= 300  # then the periodic review, not 600 s

@@ -193,6 +193,27 @@ def test_payments_filtered_and_limited(store: ChannelStore) -> None:
     assert store.payments(Role.CLIENT) == []
 
 
+def test_payments_carry_when_they_were_stored(store: ChannelStore) -> None:
+    ch = Channel()
+    rec = ch.pay(ch.record(), 1000)
+    before = int(time.time())
+    store.put(rec)  # the initial payment, logged with the channel
+    for amount in (5, 7):
+        rec = ch.pay(rec, amount)
+        store.record_payment(rec, amount)
+    after = int(time.time())
+    entries = store.payments(Role.SERVER, ch.txid)
+    assert all(before <= (e.stored_at or 0) <= after for e in entries)
+    assert [e.amount for e in store.payments(Role.SERVER, since=before)] == [7, 5, 1000]
+    assert store.payments(Role.SERVER, since=after + 1) == []
+    assert [e.amount for e in store.payments(Role.SERVER, since=before, limit=1)] == [7]
+    per_second = store.payments_per_second(Role.SERVER, before)
+    assert all(before <= second <= after for second, _, _ in per_second)
+    assert (sum(n for _, n, _ in per_second), sum(a for _, _, a in per_second)) == (3, 1012)
+    assert store.payments_per_second(Role.SERVER, after + 1) == []
+    assert store.payments_per_second(Role.CLIENT, before) == []
+
+
 @pytest.mark.parametrize("status", NOT_FINAL)
 def test_forget_refused_while_money_is_not_settled(
     store: ChannelStore, status: ChannelStatus

@@ -4,6 +4,7 @@ line (never the password) for each way of failing to open. A real PostgreSQL thr
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import replace
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from bitcoind_paychan.channel.records import Role
 from bitcoind_paychan.errors import StoreError
 from bitcoind_paychan.store import open_store
+from bitcoind_paychan.store import postgres_schema as schema
 from bitcoind_paychan.store.codec import SCHEMA_VERSION
 from bitcoind_paychan.store.postgres import PostgresStore, describe, redact
 from regtest.ports import free_port
@@ -45,6 +47,27 @@ def test_a_store_of_a_newer_schema_is_refused(postgres_server: PostgresServer) -
     message = refusal(postgres_server.dsn(database))
     assert f"store schema version {SCHEMA_VERSION + 1}, newer than this" in message
     assert "upgrade bitcoind-paychan" in message
+
+
+def test_a_version_4_database_is_upgraded_keeping_its_log(
+        postgres_server: PostgresServer) -> None:
+    database = postgres_server.new_database()
+    for statement in schema.CREATE:
+        postgres_server.sql(statement, database)
+    ch = Channel()
+    postgres_server.sql("INSERT INTO schema_version VALUES (4); INSERT INTO payment_log (role, "
+                        f"contract_txid, seq, amount, change_after, info) VALUES ('server', "
+                        f"'{ch.txid}', 1, 1000, 99000, '')", database)
+    before = int(time.time())
+    with PostgresStore(postgres_server.dsn(database)) as store:
+        assert store.info().schema_version == SCHEMA_VERSION
+        rec = ch.pay(ch.record(), 1000)
+        store.put(rec)
+        store.record_payment(ch.pay(rec, 5), 5)
+        new, old = store.payments(Role.SERVER, ch.txid)
+        assert (old.amount, old.stored_at) == (1000, None)
+        assert new.amount == 5 and (new.stored_at or 0) >= before
+        assert store.payments(Role.SERVER, since=before) == [new]
 
 
 def test_instances_opening_a_new_database_together_create_it_once(

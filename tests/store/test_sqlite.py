@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import fields, replace
@@ -228,6 +229,7 @@ def test_upgrades_an_old_file_keeping_its_data(path: Path, tmp_path: Path, versi
                 (4, 30, 98_940, prefix + b"30"), (3, 20, 98_970, prefix + b"20"),
                 (2, 10, 98_990, prefix + b"10"), (1, 1000, 99_000, b"")]
             assert len(entries) == store.get(role, ch.txid).payments  # type: ignore[union-attr]
+            assert {e.stored_at for e in entries} == {None}  # logged before version 5
         assert store.payments(Role.CLIENT, unpaid.contract_txid) == []
         assert store.get_meta("synced:server") == ("5:00" if version >= 2 else None)
         assert store.history() == []
@@ -239,6 +241,11 @@ def test_upgrades_an_old_file_keeping_its_data(path: Path, tmp_path: Path, versi
         (summary,) = store.history()
         assert summary.opened_at is None and summary.paid == 1060 and summary.payments == 4
         assert len(store.payments(Role.SERVER, ch.txid)) == 4
+        before = int(time.time())
+        store.record_payment(client := ch.pay(client, 5), 5)
+        newest = store.payments(Role.CLIENT, ch.txid)[0]
+        assert (newest.amount, newest.seq) == (5, 5) and (newest.stored_at or 0) >= before
+        assert [e.amount for e in store.payments(Role.CLIENT, since=before)] == [5]
     with closing(sqlite3.connect(path)) as conn:
         assert conn.execute("PRAGMA user_version").fetchone() == (codec.SCHEMA_VERSION,)
     SQLiteStore(tmp_path / "new.db").close()
