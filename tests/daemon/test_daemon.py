@@ -181,7 +181,7 @@ def test_close_prints_the_servers_reason_when_it_cannot_settle(daemons: Daemons)
     refused = daemons.cli("client", "close", "shop", check=False)
     (wallets / "elsewhere").rename(wallets / node.wallet)
     assert refused.returncode == 1
-    assert "the server said: OTHER: cannot settle now" in refused.stderr
+    assert "the server said: cannot settle now" in refused.stderr
     assert "wallet 'paychan' is not loaded" in refused.stderr
     assert "did not settle in time" not in refused.stderr
     closed = daemons.json("client", "close", txid)  # the server loads its wallet now
