@@ -170,6 +170,7 @@ class Daemon:
                                         on_event=self._client_event, tls=config.client.tls,
                                         **common)
             self.client.callbacks.on_error = self.metrics.callback_errors.inc
+            self.client.open_new_hint = "paychan open --new"
 
     async def _shutdown(self, control: ControlServer, metrics: MetricsServer | None,
                         store: ChannelStore) -> None:

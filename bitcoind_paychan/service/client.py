@@ -129,6 +129,9 @@ class ClientManager:
         self.unresumable: set[str] = set()  # channels their server no longer has open
         self.turns = OpenTurns()  # one open or resume at a time per peer
         self.callbacks = Callbacks()  # the application's `on_event`, isolated
+        # How ChannelExists tells its reader to open another channel beside the open one (the
+        # daemon tells its operator the CLI's way).
+        self.open_new_hint = "open_channel(..., new=True)"
         self.watcher = ChainWatcher(Role.CLIENT, wallet, store, autopilot, on_event=on_event,
                                     zmq_endpoint=zmq_endpoint, poll_interval=poll_interval,
                                     review_interval=review_interval, callbacks=self.callbacks)
@@ -258,7 +261,7 @@ class ClientManager:
             raise ChannelExists(
                 f"channel {other.contract_txid} to {peer} is open with {other.value} sat "
                 f"({other.change} left), not {value}: pay through it, close it, or open "
-                "another beside it (paychan open --new)")
+                f"another beside it ({self.open_new_hint})")
         return None
 
     async def resume(self, contract_txid: str) -> Channel:

@@ -145,7 +145,7 @@ def test_open_never_makes_a_second_channel_nor_returns_one_of_another_value(
         assert not first.resumed
         twice = await client.open(host, port, 200_000)
         assert twice is first and not first.resumed  # the live channel, left as it was
-        with pytest.raises(ChannelExists, match=f"{first.contract_txid}.*200000 sat.*--new"):
+        with pytest.raises(ChannelExists, match=f"{first.contract_txid}.*200000 sat.*new=True"):
             await client.open(host, port, 300_000)
         await client.stop()  # a restart: only the store remembers the channel
         client.store.close()
