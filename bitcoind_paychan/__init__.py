@@ -1,19 +1,108 @@
-"""bitcoind-paychan: unidirectional (Spilman) payment channels beside a bitcoind."""
+"""bitcoind-paychan: unidirectional (Spilman) payment channels beside a bitcoind.
+
+The public API is what this package exports (`__all__`), grouped as the README's "Three
+levels" use it; docs/api.md says the same in prose and docs/events.md gives the events' order.
+
+- Services (level 3): PaymentServer, PaymentClient, Channel; TLS: ServerTLS, ClientTLS.
+- Channel managers over your own connection (level 2): ServerManager, ServerConnection,
+  ClientManager, and what they need of a connection: Link, Stream, CarriedStream, Dialer.
+- The node and the store: Bitcoind, AsyncBitcoind, NodeConfig, Network; SQLiteStore,
+  PostgresStore, MemoryStore, open_store, ChannelStore; what they hold: ChannelRecord,
+  ChannelStatus, Role, ChannelView, ChannelSummary, PaymentLogEntry, Transaction.
+- Policies: ServerPolicy, ClientPolicy, WatchPolicy, FeePolicy, PeerLimits.
+- Events and callbacks: ChannelOpened, PaymentReceived, ChannelClosed, PeerError,
+  ClosingSeen, ChannelFinished; ServerEvent, ClientEvent, PaymentHandler, EventHandler.
+- Errors: every class of `bitcoind_paychan.errors` (PaychanError and below).
+
+The state machines (level 1) are the public subpackage `bitcoind_paychan.channel`
+(ServerChannel, ClientChannel and their effects, `bitcoind_paychan.channel.effects`). Every
+other module, and any name starting with `_`, is private: it may change in any release.
+"""
 
 from bitcoind_paychan.bitcoin.network import Network
+from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.channel.client import ClientPolicy
+from bitcoind_paychan.channel.effects import (
+    ChannelClosed,
+    ChannelFinished,
+    ChannelOpened,
+    ClosingSeen,
+    PaymentReceived,
+    PeerError,
+)
 from bitcoind_paychan.channel.fees import FeePolicy
+from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.channel.server import ServerPolicy
 from bitcoind_paychan.channel.watch import WatchPolicy
+from bitcoind_paychan.errors import (
+    ChannelExists,
+    ChannelFailed,
+    ChannelGone,
+    ConfigError,
+    DecodeError,
+    ErrorCode,
+    InsufficientFunds,
+    InvalidParameter,
+    LeaseLost,
+    LocalProtocolError,
+    NodeAuthError,
+    NodeError,
+    NodeUnreachable,
+    NotStarted,
+    PaychanError,
+    PaymentTimeout,
+    PolicyError,
+    ProtocolError,
+    RemoteProtocolError,
+    StoreError,
+    TLSError,
+    TransactionRejected,
+    WalletNotLoaded,
+    WrongNetwork,
+)
 from bitcoind_paychan.node import AsyncBitcoind, Bitcoind, NodeConfig
-from bitcoind_paychan.service.client import Channel, ClientManager, PaymentClient
+from bitcoind_paychan.service.client import (
+    Channel,
+    ClientEvent,
+    ClientManager,
+    Dialer,
+    PaymentClient,
+)
 from bitcoind_paychan.service.limits import PeerLimits
-from bitcoind_paychan.service.server import PaymentServer, ServerConnection, ServerManager
-from bitcoind_paychan.store import SQLiteStore
+from bitcoind_paychan.service.server import (
+    EventHandler,
+    PaymentHandler,
+    PaymentServer,
+    ServerConnection,
+    ServerEvent,
+    ServerManager,
+)
+from bitcoind_paychan.service.watcher import ChannelView
+from bitcoind_paychan.store import (
+    ChannelStore,
+    ChannelSummary,
+    MemoryStore,
+    PaymentLogEntry,
+    PostgresStore,
+    SQLiteStore,
+    open_store,
+)
 from bitcoind_paychan.transport import CarriedStream, Link, Stream
+from bitcoind_paychan.transport.tls import ClientTLS, ServerTLS
 
 __version__ = "0.1.0"
-__all__ = ["AsyncBitcoind", "Bitcoind", "CarriedStream", "Channel", "ClientManager",
-           "ClientPolicy", "FeePolicy", "Link", "Network", "NodeConfig", "PaymentClient",
-           "PaymentServer", "PeerLimits", "SQLiteStore", "ServerConnection", "ServerManager",
-           "ServerPolicy", "Stream", "WatchPolicy"]
+__all__ = [  # grouped in the docstring above
+    "AsyncBitcoind", "Bitcoind", "CarriedStream", "Channel", "ChannelClosed", "ChannelExists",
+    "ChannelFailed", "ChannelFinished", "ChannelGone", "ChannelOpened", "ChannelRecord",
+    "ChannelStatus", "ChannelStore", "ChannelSummary", "ChannelView", "ClientEvent",
+    "ClientManager", "ClientPolicy", "ClientTLS", "ClosingSeen", "ConfigError", "DecodeError",
+    "Dialer", "ErrorCode", "EventHandler", "FeePolicy", "InsufficientFunds", "InvalidParameter",
+    "LeaseLost", "Link", "LocalProtocolError", "MemoryStore", "Network", "NodeAuthError",
+    "NodeConfig", "NodeError", "NodeUnreachable", "NotStarted", "PaychanError", "PaymentClient",
+    "PaymentHandler", "PaymentLogEntry", "PaymentReceived", "PaymentServer", "PaymentTimeout",
+    "PeerError", "PeerLimits", "PolicyError", "PostgresStore", "ProtocolError",
+    "RemoteProtocolError", "Role", "SQLiteStore", "ServerConnection", "ServerEvent",
+    "ServerManager", "ServerPolicy", "ServerTLS", "StoreError", "Stream", "TLSError",
+    "Transaction", "TransactionRejected", "WalletNotLoaded", "WatchPolicy", "WrongNetwork",
+    "open_store",
+]

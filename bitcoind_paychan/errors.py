@@ -14,8 +14,13 @@ Every error says what happened and, where there is something to do, what to do.
     │   └── TransactionRejected
     ├── ProtocolError            the channel protocol
     │   ├── LocalProtocolError   we (or the application) broke the rules
-    │   │   └── InvalidParameter a request's parameter is malformed (an address, a date)
+    │   │   ├── ChannelExists    a channel to that server is open already, of another value
+    │   │   ├── InvalidParameter a request's parameter is malformed (an address, a date)
+    │   │   └── NotStarted       a manager used before `start()` (nothing watches the chain)
     │   └── RemoteProtocolError  the peer broke the rules; carries the wire error code
+    ├── ChannelFailed            a channel could not be opened or used (says what happens next)
+    │   ├── ChannelGone          the server no longer has it open: open a new one
+    │   └── PaymentTimeout       no PAYMENT_ACK in time; the payment is stored, resume to resend
     ├── StoreError               the durable store
     │   └── LeaseLost            another connection (or instance) took the channel over
     └── TLSError                 a TLS handshake or certificate check failed
@@ -115,6 +120,31 @@ class InvalidParameter(LocalProtocolError):
 
 class RemoteProtocolError(ProtocolError):
     """The peer sent something the protocol does not allow; we answer with ERROR `code`."""
+
+
+class ChannelExists(LocalProtocolError):
+    """A channel to that server is open already, with another value: pay through it, close
+    it, or open another beside it (`new=True`)."""
+
+
+class NotStarted(LocalProtocolError):
+    """A channel manager was asked to take a channel before `await manager.start()`: nothing
+    would watch the chain, so a channel its client never closes would not be settled before
+    its expiry (and the client's refund would take back every payment)."""
+
+
+class ChannelFailed(PaychanError):
+    """The channel could not be opened or used; the message says why and what happens next."""
+
+
+class ChannelGone(ChannelFailed):
+    """The server no longer has the channel open (closed, settled, used up or forgotten); the
+    chain tells how it ends. Open a new channel to pay."""
+
+
+class PaymentTimeout(ChannelFailed):
+    """No PAYMENT_ACK arrived within the payment's timeout. The payment is stored (it may have
+    been received): the connection is closed, and resuming the channel sends it again."""
 
 
 class StoreError(PaychanError):

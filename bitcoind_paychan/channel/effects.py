@@ -184,6 +184,18 @@ class ChannelClosed:
 
 
 @dataclass(frozen=True, slots=True)
+class ClosingSeen:
+    """The other side's closing transaction is in the mempool, not confirmed yet: the
+    server's settlement (`refund` False: the client hears it before ChannelFinished), or the
+    client's refund (the server hears it). Sent once, when an open channel is first seen
+    closing this way; ChannelFinished follows when it confirms."""
+
+    record: ChannelRecord
+    closing: Transaction
+    refund: bool
+
+
+@dataclass(frozen=True, slots=True)
 class ChannelFinished:
     """The channel's money is settled on chain: by a settlement, a refund, or (FAILED) never
     locked because the contract's coins were spent elsewhere."""
@@ -228,5 +240,6 @@ Effect = (
     | ClaimChannel | PrepareSettlement | FundSettlement | ChannelOpened | PaymentReceived
     | PaymentAcknowledged | ChannelClosed | VersionRefused | ResumeRefused | PeerError
     | SettleChannel
-    | MarkChannel | StoreChainState | ForgetChannel | DiscardChannel | ChannelFinished
+    | MarkChannel | StoreChainState | ForgetChannel | DiscardChannel | ClosingSeen
+    | ChannelFinished
 )

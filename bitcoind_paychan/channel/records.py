@@ -42,8 +42,10 @@ class ChannelRecord:
     signature: bytes  # the client's payment signature for `change` (DER + hashtype)
     status: ChannelStatus = ChannelStatus.OPEN
     refund_tx: bytes = b""  # client, version 1: the fully signed refund
-    settlement_tx: bytes = b""  # the settlement we broadcast (server) or were sent (client)
-    peer: str = ""  # client: the server's host:port
+    settlement_tx: bytes | None = None  # the settlement we broadcast (server) or were sent
+    # (client); None until there is one
+    peer: str = ""  # client: the server as dialled (host:port, URL); server: the client as
+    # the application named it (`accept(link, peer=...)`; a transport: its address)
     payments: int = 0
 
     @property

@@ -150,10 +150,11 @@ class ServerChannel(ProtocolMachine):
     closed = ServerState.CLOSED
     peer_name = "client"
 
-    def __init__(self, policy: ServerPolicy, key: PrivateKey, now: int) -> None:
+    def __init__(self, policy: ServerPolicy, key: PrivateKey, now: int, peer: str = "") -> None:
         self.policy = policy
         self.key = key
         self.now = now
+        self.peer = peer  # who the application says the client is; stored with its channel
         self.state = ServerState.WAITING_FOR_VERSION
         self.version = 0
         self.expiry = 0
@@ -246,8 +247,10 @@ class ServerChannel(ProtocolMachine):
 
     def settle(self, fee_rate: int, payout_script: bytes) -> list[Effect]:
         """The answer to PrepareSettlement (or a close decided by the application): build,
-        store and broadcast the settlement, tell the client, hang up. When the server's share
-        cannot pay the fee, ask for a wallet input instead (FundSettlement)."""
+        store and broadcast the settlement, tell the client, hang up. `fee_rate` is in sat/kvB
+        (satoshis per 1,000 virtual bytes: 2_000 is 2 sat/vB); `payout_script` receives the
+        server's share. When the share cannot pay the fee, ask for a wallet input instead
+        (FundSettlement)."""
         return self._input(Input.SETTLE, self._on_settle, fee_rate, payout_script)
 
     def _on_settle(self, fee_rate: int, payout_script: bytes) -> list[Effect]:
@@ -374,7 +377,8 @@ class ServerChannel(ProtocolMachine):
             raise bad_tx(f"initial payment {paid} is below the minimum {self.policy.min_payment}")
         contract.check_payment(initial.client_change_value, initial.signature)
         self.record = ChannelRecord(Role.SERVER, contract, body.tx, self.key,
-                                    initial.client_change_value, initial.signature, payments=1)
+                                    initial.client_change_value, initial.signature,
+                                    peer=self.peer, payments=1)
         self.state = ServerState.CHECKING_CONTRACT
         return [CheckContract(tx)]  # nothing is stored before the node would take it
 

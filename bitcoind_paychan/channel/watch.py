@@ -23,6 +23,7 @@ from bitcoind_paychan.channel.contract import DUST, Contract
 from bitcoind_paychan.channel.effects import (
     Broadcast,
     ChannelFinished,
+    ClosingSeen,
     DiscardChannel,
     Effect,
     ForgetChannel,
@@ -155,7 +156,7 @@ def review(record: ChannelRecord, state: ChainState, tip: Tip, fee_rate: int,
         return []  # a FAILED contract is never broadcast by us
     if record.role is Role.SERVER:
         if record.status is ChannelStatus.CLOSING and record.settlement_tx:
-            return _settle_again(record, state, fee_rate)
+            return _settle_again(record, record.settlement_tx, state, fee_rate)
         if tip.time >= contract.expiry - policy.settle_margin:
             return [SettleChannel(txid)]
         if not state.contract_height:  # ours to broadcast (again, after a crash or eviction)
@@ -168,13 +169,14 @@ def review(record: ChannelRecord, state: ChainState, tip: Tip, fee_rate: int,
     return []
 
 
-def _settle_again(record: ChannelRecord, state: ChainState, fee_rate: int) -> list[Effect]:
+def _settle_again(record: ChannelRecord, settlement_tx: bytes, state: ChainState,
+                  fee_rate: int) -> list[Effect]:
     """The channel's one settlement, again: the node holds no spender of the contract (a
     refused broadcast leaves the channel CLOSING, never OPEN). Its contract goes first while
     that is unconfirmed (it may have left the mempool); the settlement is re-signed at
     `fee_rate` if that is above its own (same payout script: a replacement, never a rival)."""
     txid = record.contract_txid
-    settlement = Transaction.parse(record.settlement_tx)
+    settlement = Transaction.parse(settlement_tx)
     effects: list[Effect] = []
     if not state.contract_height:
         effects.append(Broadcast(Transaction.parse(record.contract_tx), "contract", txid))
@@ -200,11 +202,13 @@ def _spent(record: ChannelRecord, state: ChainState, tip: Tip, fee_rate: int,
         return _finish(record, state, tip, policy, status, spender)
     txid = record.contract_txid
     effects: list[Effect] = []
+    ours = (record.role is Role.SERVER) != refund
     if record.status is not ChannelStatus.CLOSING:
         # OPEN: the other side closed it (or we did and crashed); final: a reorg undid it.
         effects.append(MarkChannel(txid, ChannelStatus.CLOSING, closing_tx=state.spender))
+        if record.status is ChannelStatus.OPEN and not ours:
+            effects.append(ClosingSeen(record, spender, refund))
     rebroadcast = Broadcast(spender, "rebroadcast", txid)
-    ours = (record.role is Role.SERVER) != refund
     if ours and not state.fee_rate:  # start the clock for fee bumping (after a crash, too)
         paid = _fee_rate_of(record.contract, spender)
         return [*effects, StoreChainState(txid, replace(state, fee_rate=paid,

@@ -54,6 +54,7 @@ from bitcoind_paychan.daemon.cookie import ControlCookie as ControlCookie
 from bitcoind_paychan.daemon.dashboard import Dashboard
 from bitcoind_paychan.daemon.web import WebServer, read_body
 from bitcoind_paychan.errors import (
+    ChannelFailed,
     ConfigError,
     InsufficientFunds,
     InvalidParameter,
@@ -68,7 +69,6 @@ from bitcoind_paychan.errors import (
     WrongNetwork,
 )
 from bitcoind_paychan.logcontext import channel_logging
-from bitcoind_paychan.service.client import ChannelFailed
 
 log = logging.getLogger(__name__)
 

@@ -35,6 +35,8 @@ from bitcoind_paychan.daemon.health import SettleHealth
 from bitcoind_paychan.daemon.logs import Logs
 from bitcoind_paychan.daemon.metrics import MetricsServer, PaychanMetrics
 from bitcoind_paychan.errors import (
+    ChannelFailed,
+    ChannelGone,
     ConfigError,
     InvalidParameter,
     LocalProtocolError,
@@ -45,7 +47,7 @@ from bitcoind_paychan.errors import (
 from bitcoind_paychan.logcontext import bind_channel, channel_fields
 from bitcoind_paychan.node import AsyncBitcoind, Bitcoind
 from bitcoind_paychan.node.health import Reason
-from bitcoind_paychan.service.client import Channel, ChannelFailed, ChannelGone, PaymentClient
+from bitcoind_paychan.service.client import Channel, ClientEvent, PaymentClient
 from bitcoind_paychan.service.server import PaymentServer, ServerEvent
 from bitcoind_paychan.service.watcher import ChannelView
 from bitcoind_paychan.store import ChannelStore, ChannelSummary
@@ -161,11 +163,14 @@ class Daemon:
                                                     config.server.websocket_address[1],
                                                     self.server.tls_door(),
                                                     trusted_proxies=config.server.proxies)
+            self.server.callbacks.on_error = self.metrics.callback_errors.inc
         if config.client.enabled:
             self.client = PaymentClient(wallet, store, network=Network.from_chain(config.network),
                                         policy=config.client.policy,
                                         on_event=self._client_event, tls=config.client.tls,
                                         **common)
+            self.client.callbacks.on_error = self.metrics.callback_errors.inc
+            self.client.open_new_hint = "paychan open --new"
 
     async def _shutdown(self, control: ControlServer, metrics: MetricsServer | None,
                         store: ChannelStore) -> None:
@@ -203,10 +208,11 @@ class Daemon:
             log.info("server channel %s %s", event.record.contract_txid, what,
                      extra=channel_fields(event.record.contract_txid, event.record.peer))
 
-    def _client_event(self, event: ChannelFinished) -> None:
-        log.info("client channel %s finished: %s", event.record.contract_txid,
-                 event.status.value, extra=channel_fields(event.record.contract_txid,
-                                                          event.record.peer))
+    def _client_event(self, event: ClientEvent) -> None:
+        what = (f"finished: {event.status.value}" if isinstance(event, ChannelFinished)
+                else f"closing: {event.closing.txid_hex} seen in the mempool")
+        log.info("client channel %s %s", event.record.contract_txid, what,
+                 extra=channel_fields(event.record.contract_txid, event.record.peer))
 
     def _collect(self) -> None:
         """Refresh the gauges from the store and the node's health, at scrape time."""
@@ -417,12 +423,15 @@ class Daemon:
         """The open channel of `amount` sat to `server`, resumed, or a new one (always a new
         one with `new`); never one of another value. `resumed` says which."""
         with self._working():
+            client = self._client()
+            live = {txid for txid, channel in client.live.items() if channel.connected}
             started = time.perf_counter()
-            channel = await self._client().open_channel(self._server_address(server), amount,
-                                                        new=new)
-            self._opened(channel, started)
-            view = asdict(self._client().watcher.view(channel.record))
-            return view | {"resumed": channel.resumed}
+            channel = await client.open_channel(self._server_address(server), amount, new=new)
+            # A channel live here already is returned as it is (not resumed, not new).
+            resumed = channel.resumed or channel.contract_txid in live
+            self._opened(channel, started, new=not resumed)
+            view = asdict(client.watcher.view(channel.record))
+            return view | {"resumed": resumed}
 
     async def pay(self, target: str, amount: int, info: str | None) -> dict[str, Any]:
         """Pay `amount` through the channel `target` names; what this payment was and the
@@ -469,13 +478,13 @@ class Daemon:
                 return await self._resume(txid)
         started = time.perf_counter()
         channel = await client.open_channel(address, self.config.client.channel_size, new=True)
-        self._opened(channel, started)
+        self._opened(channel, started, new=not channel.resumed)
         return channel
 
-    def _opened(self, channel: Channel, started: float) -> None:
-        """A channel `open` or `pay` got: kept live; a new one's opening payment counted."""
+    def _opened(self, channel: Channel, started: float, new: bool) -> None:
+        """A channel `open` or `pay` got: kept live; a `new` one's opening payment counted."""
         self.channels[channel.contract_txid] = channel
-        if not channel.resumed:
+        if new:
             self.metrics.client.paid(channel.paid, time.perf_counter() - started)
             self.activity.record(channel.paid, received=False)
 

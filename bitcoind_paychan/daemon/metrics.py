@@ -97,6 +97,9 @@ class PaychanMetrics:
                               "client role's are in its log.", ["code"], registry=r)
         for code in ErrorCode:  # every series from the start: rate() needs its zero
             self.errors.labels(code=code.name)
+        self.callback_errors = Counter(
+            "paychan_callback_errors_total", "Exceptions raised by the application's callbacks "
+            "(on_payment, on_event), each logged and ignored.", registry=r)
         self.node_up = Gauge("paychan_node_up", "1 if bitcoind answers, else 0.", registry=r)
         self.can_settle = Gauge(
             "paychan_can_settle", "1 if this daemon can settle and refund right now (bitcoind "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -76,12 +78,23 @@ class Acceptance:
     fee: int | None = None
 
 
+IMPORT_WAIT = 30.0  # seconds a channel key's import waits for another program's rescan
+_IMPORT_LOCKS: dict[tuple[str, str | None], threading.Lock] = {}
+_IMPORT_LOCKS_GUARD = threading.Lock()
+
+
 class Bitcoind:
     """A bitcoind reached over JSON-RPC; safe to share between threads."""
 
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.rpc = RpcClient(config)
+        # importdescriptors holds the wallet's rescan slot even for a new key: a second import
+        # at the same time fails with "Wallet is currently rescanning". One at a time per
+        # wallet in this process, whichever adapter object asks.
+        with _IMPORT_LOCKS_GUARD:
+            self._imports = _IMPORT_LOCKS.setdefault((config.url, config.wallet),
+                                                     threading.Lock())
 
     def check(self) -> ChainTip:
         """Reach the node, check its chain and (if configured) wallet; return the tip."""
@@ -267,9 +280,31 @@ class Bitcoind:
             info = self.rpc.call("getdescriptorinfo", f"{kind}({secret_wif})")
             requests.append({"desc": f"{kind}({secret_wif})#{info['checksum']}",
                              "timestamp": "now"})
-        for result in self.rpc.call("importdescriptors", requests, wallet=True):
+        with self._imports:
+            results = self._import(requests)
+        for result in results:
             if not result.get("success"):
                 raise NodeError(f"the wallet refused the channel key: {result.get('error')}")
+
+    def _import(self, requests: list[dict[str, str]]) -> list[dict[str, Any]]:
+        """importdescriptors, waiting (up to IMPORT_WAIT s) while another process's import or
+        rescan holds the wallet."""
+        deadline = time.monotonic() + IMPORT_WAIT
+        while True:
+            try:
+                results: list[dict[str, Any]] = self.rpc.call("importdescriptors", requests,
+                                                               wallet=True)
+                return results
+            except RpcError as exc:
+                if "rescanning" not in exc.rpc_message or time.monotonic() > deadline:
+                    if "rescanning" in exc.rpc_message:
+                        raise NodeError(
+                            f"wallet {self.config.wallet!r} was busy rescanning (another "
+                            f"program imports keys or rescans it) for {IMPORT_WAIT:g} s, so "
+                            "the channel key could not be imported; nothing was spent: try "
+                            "again once the rescan is over") from exc
+                    raise
+                time.sleep(0.1)
 
     def balance(self) -> int:
         """The wallet's trusted balance (confirmed and own unconfirmed), in satoshis."""

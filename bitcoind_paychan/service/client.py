@@ -30,7 +30,6 @@ from bitcoind_paychan.channel.client import (
 )
 from bitcoind_paychan.channel.effects import (
     ChannelClosed,
-    ChannelFinished,
     ChannelOpened,
     Disconnect,
     Effect,
@@ -46,8 +45,12 @@ from bitcoind_paychan.channel.effects import (
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.channel.watch import WatchPolicy
 from bitcoind_paychan.errors import (
+    ChannelExists,
+    ChannelFailed,
+    ChannelGone,
     LocalProtocolError,
     PaychanError,
+    PaymentTimeout,
     ProtocolError,
     RemoteProtocolError,
     StoreError,
@@ -56,8 +59,10 @@ from bitcoind_paychan.errors import (
 )
 from bitcoind_paychan.node.bitcoind import AsyncBitcoind
 from bitcoind_paychan.reasons import connection_failure
+from bitcoind_paychan.service.callbacks import Callbacks
 from bitcoind_paychan.service.outbox import effects_in_order
-from bitcoind_paychan.service.watcher import ChainWatcher, ChannelView
+from bitcoind_paychan.service.turns import OpenTurns
+from bitcoind_paychan.service.watcher import ChainWatcher, ChannelView, WatchEvent
 from bitcoind_paychan.store import ChannelStore
 from bitcoind_paychan.store.writer import PaymentWriter
 from bitcoind_paychan.transport import dial as transports
@@ -67,23 +72,17 @@ from bitcoind_paychan.wire import pb
 
 log = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = 15.0
+PAY_TIMEOUT = 60.0  # seconds `pay` waits for its PAYMENT_ACK by default
+USED_UP = (ClientState.CLOSE_AFTER_ACK, ClientState.CLOSING)  # no more payments: closing
 DEFAULT_VERSION = 3
 VERSION_KEY = "client.version:"  # store meta key prefix: the major a server speaks
 FALLBACK = {3: 2}  # a server that refuses our major gets the next one
 Dialer = Callable[[str, float | None], Awaitable[Stream]]
 """Connect to a peer (as stored in its channels' records) within a timeout."""
-
-
-class ChannelFailed(PaychanError):
-    """The channel could not be opened or used; the message says why and what happens next."""
-
-
-class ChannelGone(ChannelFailed):
-    """The server no longer has the channel open; the chain tells how it ends."""
-
-
-class ChannelExists(LocalProtocolError):
-    """A channel to that server is open already, with another value."""
+ClientEvent = WatchEvent
+"""What a client's `on_event` hears: the server's settlement seen in the
+mempool (ClosingSeen), then the channel's money settled on chain (ChannelFinished). Opening,
+payments and closing are the answers of `open_channel`, `pay` and `close`."""
 
 
 class ClientManager:
@@ -95,6 +94,9 @@ class ClientManager:
     when given none); `autopilot` is when to act and its `fees` what every refund and contract
     pays. `tls` says, per peer (as dialled: host:port or URL), how to verify its TLS
     (`ClientTLS`: a CA file or a pinned fingerprint); other TCP peers are plain, as bitcoinj's.
+    `network` (for the channel keys) is the node's chain unless given. `on_event` hears the
+    chain's news of each channel (ClientEvent: ClosingSeen, then ChannelFinished; an
+    exception it raises is logged and counted in `callback_errors`).
     """
 
     def __init__(
@@ -102,12 +104,12 @@ class ClientManager:
         wallet: AsyncBitcoind,
         store: ChannelStore,
         *,
-        network: Network = Network.REGTEST,
+        network: Network | None = None,
         policy: ClientPolicy | None = None,
         clock: Callable[[], float] = time.time,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         autopilot: WatchPolicy | None = None,
-        on_event: Callable[[ChannelFinished], None] | None = None,
+        on_event: Callable[[ClientEvent], object] | None = None,
         zmq_endpoint: str | None = None,
         poll_interval: float = 5.0,
         review_interval: float = 60.0,
@@ -119,16 +121,26 @@ class ClientManager:
         self.dial = dial or self._dial
         self.store = store
         self.payments = PaymentWriter(store)  # group commit of every channel's payments
-        self.network = network
+        self.network = network or Network.from_chain(wallet.node.config.chain)
         self.policy = policy or ClientPolicy()
         self.clock = clock
         self.handshake_timeout = handshake_timeout
         self.live: dict[str, Channel] = {}  # contract txid → its channel on a live connection
         self.unresumable: set[str] = set()  # channels their server no longer has open
+        self.turns = OpenTurns()  # one open or resume at a time per peer
+        self.callbacks = Callbacks()  # the application's `on_event`, isolated
+        # How ChannelExists tells its reader to open another channel beside the open one (the
+        # daemon tells its operator the CLI's way).
+        self.open_new_hint = "open_channel(..., new=True)"
         self.watcher = ChainWatcher(Role.CLIENT, wallet, store, autopilot, on_event=on_event,
                                     zmq_endpoint=zmq_endpoint, poll_interval=poll_interval,
-                                    review_interval=review_interval)
+                                    review_interval=review_interval, callbacks=self.callbacks)
         self._started = False
+
+    @property
+    def callback_errors(self) -> int:
+        """How many times `on_event` raised (each logged, then ignored)."""
+        return self.callbacks.errors
 
     async def start(self) -> None:
         """Start the autopilot: refunds, settlements seen on chain, forgetting. `open` starts
@@ -208,44 +220,63 @@ class ClientManager:
         new: bool = False,
     ) -> Channel:
         """A channel of `value` sat (default: the policy's) to `peer`: the one already
-        open to it (live here, or stored and resumed), else a new one; `Channel.resumed` says
-        which. Never a channel of another value: if the open one holds a different value,
-        ChannelExists says so (pass `new=True` to open another beside it). A new channel
-        offers `version`, by default what the server spoke last time, else 3 (falling back to
-        2 if refused)."""
+        open to it (live here: that same `Channel` object, as it is; or stored and resumed),
+        else a new one. Never a channel of another value: if the open one holds a different
+        value, ChannelExists says so (pass `new=True` to open another beside it). A new
+        channel offers `version`, by default what the server spoke last time, else 3 (falling
+        back to 2 if refused).
+
+        One open (or resume) runs at a time per peer: a call made while another is under way
+        waits for it, then finds its channel (so two calls never fund two channels, nor take
+        each other's connection). Opening makes the channel's first payment: the server's
+        `min_payment` (its INITIATE says it; ours: 1,000 sat by default), which the client
+        accepts up to `ClientPolicy.max_min_payment`."""
         await self.start()
         policy = self.policy if value is None else replace(self.policy, value=value)
-        value = policy.value
-        if not new:
-            live = [c for c in self.live.values()
-                    if c.connected and c.machine.peer == peer and c.remaining]
-            candidates = [c.record for c in live] + self.resumable(peer)
-            for record in (r for r in candidates if r.value == value):
-                channel = self._connected(record.contract_txid)
-                if channel is not None:
-                    channel.resumed = True
-                    return channel
-                try:
-                    return await self.resume(record.contract_txid)
-                except ChannelGone as exc:
-                    log.warning("%s; opening a new channel", exc)
-            others = [r for r in candidates if r.value != value]
-            if others:
-                other = others[0]
-                raise ChannelExists(
-                    f"channel {other.contract_txid} to {peer} is open with {other.value} sat "
-                    f"({other.change} left), not {value}: pay through it, close it, or open "
-                    "another beside it (paychan open --new)")
-        known = await asyncio.to_thread(self.spoken_version, peer)
-        return await self._open_new(peer, policy, version or known or DEFAULT_VERSION)
+        async with self.turns.turn(peer):
+            if not new:
+                found = await self._open_to(peer, policy.value)
+                if found is not None:
+                    return found
+            known = await asyncio.to_thread(self.spoken_version, peer)
+            return await self._open_new(peer, policy, version or known or DEFAULT_VERSION)
+
+    async def _open_to(self, peer: str, value: int) -> Channel | None:
+        """The open channel of `value` to `peer` (live, else resumed), if any; ChannelExists
+        if the open one holds another value."""
+        live = [c for c in self.live.values()
+                if c.connected and c.machine.peer == peer and c.remaining]
+        candidates = [c.record for c in live] + self.resumable(peer)
+        for record in (r for r in candidates if r.value == value):
+            channel = self._connected(record.contract_txid)
+            if channel is not None:
+                return channel
+            try:
+                return await self._resume(record.contract_txid)
+            except ChannelGone as exc:
+                log.warning("%s; opening a new channel", exc)
+        others = [r for r in candidates if r.value != value]
+        if others:
+            other = others[0]
+            raise ChannelExists(
+                f"channel {other.contract_txid} to {peer} is open with {other.value} sat "
+                f"({other.change} left), not {value}: pay through it, close it, or open "
+                f"another beside it ({self.open_new_hint})")
+        return None
 
     async def resume(self, contract_txid: str) -> Channel:
-        """Reconnect a stored open channel to its server. ChannelGone if the server no longer
-        has it open (it settled it, maybe just now because its expiry is near)."""
+        """Reconnect a stored open channel to its server (a live one is returned as it is).
+        ChannelGone if the server no longer has it open (it settled it, maybe just now
+        because its expiry is near). Waits for an open or resume to the same server under
+        way."""
         await self.start()
+        record = self.store.get(Role.CLIENT, contract_txid)
+        async with self.turns.turn(record.peer if record else contract_txid):
+            return await self._resume(contract_txid)
+
+    async def _resume(self, contract_txid: str) -> Channel:
         live = self._connected(contract_txid)
         if live is not None:
-            live.resumed = True
             return live
         record = self.store.get(Role.CLIENT, contract_txid)
         if record is None or record.status is not ChannelStatus.OPEN:
@@ -325,15 +356,15 @@ class PaymentClient(ClientManager):
 
 
 class Channel:
-    """An open channel on a live connection. `resumed`: it continues a channel opened earlier
-    (rather than one this call opened). Payments may overlap: up to the machine's window
-    (what the server accepts, at most the policy's `payment_window`) are in flight at once."""
+    """An open channel on a live connection. Payments may overlap: up to the machine's window
+    (what the server accepts, at most the policy's `payment_window`) are in flight at once.
+    `open_channel` returns the live channel to a server as this same object to every caller;
+    nothing in it changes for that."""
 
     def __init__(self, client: ClientManager, machine: ClientChannel, stream: Stream) -> None:
         self.client = client
         self.machine = machine
         self.stream = stream
-        self.resumed = machine.resumed
         self.funded_inputs: tuple[tuple[str, int], ...] = ()
         self._events: list[Effect] = []
         self._lock = asyncio.Lock()  # payments and CLOSE go out one at a time, in call order
@@ -343,6 +374,12 @@ class Channel:
         self._outgoing: list[pb.TwoWayChannelMessage] = []  # payments posted, not yet written
         self._sending: asyncio.Future[None] | None = None  # the last posted payments' send
         self._server_error: PeerError | None = None  # the ERROR the server ended with
+
+    @property
+    def resumed(self) -> bool:
+        """This connection continues a channel opened earlier (on another connection, maybe
+        before a restart), rather than one it opened."""
+        return self.machine.resumed
 
     @property
     def record(self) -> ChannelRecord:
@@ -371,18 +408,27 @@ class Channel:
     def connected(self) -> bool:
         return self.machine.state is not ClientState.CLOSED
 
-    async def pay(self, amount: int, info: bytes = b"") -> bytes:
+    async def pay(self, amount: int, info: bytes = b"", timeout: float | None = PAY_TIMEOUT
+                  ) -> bytes:
         """Pay `amount` sat more; returns once the server acknowledged it (with its info).
         The payment is stored before it is sent; calls made while others await their acks are
         sent at once while the window has room. On a channel that can no longer be paid
-        through: ChannelGone (closed, settled, forgotten) or ChannelFailed (failed, or its
-        connection ended), saying what to do; nothing is stored or sent then."""
+        through: ChannelGone (closed, settled, used up, forgotten) or ChannelFailed (failed,
+        or its connection ended), saying what to do; nothing is stored or sent then.
+        No ack within `timeout` seconds (default 60; None: wait as long as it takes):
+        PaymentTimeout, and the connection is closed; the payment stays stored, and resuming
+        the channel sends it again."""
         machine, loop = self.machine, asyncio.get_running_loop()
         if not self.connected:
             raise await self._unpayable()
+        if self._spent():
+            raise ChannelGone(self._used_up())
         async with self._lock:  # signed, queued for the store and for the wire in call order
             while machine.state is ClientState.WAITING_FOR_ACK and not machine.can_pay:
                 await self._read_one(lambda: machine.can_pay)  # an ack makes room
+            if self._spent() or not self.connected:
+                raise ChannelGone(self._used_up()) if self.connected else (
+                    await self._unpayable())
             effects = machine.pay(amount, info)
             writes = self.client.payments.start(effects)  # pipelined ones share a commit
             acked: asyncio.Future[bytes] = loop.create_future()
@@ -411,9 +457,29 @@ class Channel:
         finally:
             sent.set_result(None)
             await writes.finish()
-        while not acked.done():
-            await self._read_one(acked.done)
+        try:
+            async with asyncio.timeout(timeout):
+                while not acked.done():
+                    await self._read_one(acked.done)
+        except TimeoutError:
+            await self.disconnect()
+            raise PaymentTimeout(
+                f"{self.machine.peer} did not acknowledge the payment of {amount} sat on channel "
+                f"{self.contract_txid} within {timeout:g} s; the connection is closed and the "
+                "payment stays stored: resume the channel to send it again") from None
         return acked.result()
+
+    def _spent(self) -> bool:
+        """No payment can go through any more: closing, or nothing left (change below dust
+        goes to the server, so a channel paid down to dust is used up)."""
+        record = self.machine.record
+        return self.machine.state in USED_UP or (record is not None and record.change == 0)
+
+    def _used_up(self) -> str:
+        why = ("is used up: nothing is left to pay" if self.record.change == 0
+               else "is closing: its close was asked for")
+        return (f"channel {self.contract_txid} {why}; the server settles it; open a new "
+                "channel to pay")
 
     async def close(self, timeout: float = 60.0) -> Transaction:
         """Ask the server to settle (after the payment in flight, if any, is acknowledged or

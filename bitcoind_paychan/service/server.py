@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import inspect
 import itertools
 import logging
 import resource
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
 
 from bitcoind_paychan.bitcoin.keys import PrivateKey
 from bitcoind_paychan.bitcoin.tx import Transaction
@@ -35,6 +33,7 @@ from bitcoind_paychan.channel.effects import (
     ChannelOpened,
     CheckContract,
     ClaimChannel,
+    ClosingSeen,
     Disconnect,
     Effect,
     FundSettlement,
@@ -60,6 +59,7 @@ from bitcoind_paychan.errors import (
     LocalProtocolError,
     NodeError,
     NodeUnreachable,
+    NotStarted,
     RemoteProtocolError,
     SettlementDecided,
     StoreError,
@@ -67,6 +67,7 @@ from bitcoind_paychan.errors import (
 )
 from bitcoind_paychan.logcontext import bind_channel
 from bitcoind_paychan.node.bitcoind import AsyncBitcoind
+from bitcoind_paychan.service.callbacks import Callbacks
 from bitcoind_paychan.service.limits import Admission, PeerGate, PeerLimits
 from bitcoind_paychan.service.outbox import effects_in_order, send_all
 from bitcoind_paychan.service.settlement import Settlements, Settling
@@ -90,8 +91,13 @@ ACK = pb.TwoWayChannelMessage.PAYMENT_ACK
 UPDATE_PAYMENT = pb.TwoWayChannelMessage.UPDATE_PAYMENT
 PAYING = (UPDATE_PAYMENT, pb.TwoWayChannelMessage.PROVIDE_CONTRACT)  # messages that pay
 
-ServerEvent = ChannelOpened | PaymentReceived | ChannelClosed | PeerError | ChannelFinished
+ServerEvent = (ChannelOpened | PaymentReceived | ChannelClosed | PeerError | ClosingSeen
+               | ChannelFinished)
+"""What a server's `on_event` hears (their order: docs/events.md)."""
 PaymentHandler = Callable[[PaymentReceived], bytes | Awaitable[bytes | None] | None]
+"""`on_payment`: called once a payment is verified and stored, before its ack; what it returns
+(bytes, or a coroutine's bytes) goes to the client in the ack."""
+EventHandler = Callable[[ServerEvent], object]
 
 
 def raise_fd_limit() -> int:
@@ -115,7 +121,13 @@ class ServerManager(Settlements):
     """Accepts payment channels over connections the application (or a transport) carries:
     `accept(link)` per connection, then `receive` each frame on it. Storage, resume, the
     autopilot (settlement before expiry), events and limits are the manager's.
-    `on_payment` may return bytes to attach to the ack.
+    `await start()` first (the autopilot; a transport's `listen` does it): until then
+    `accept` raises NotStarted, since nothing would settle a channel before its expiry.
+
+    `on_payment` may return bytes to attach to the ack. `on_payment` and `on_event` are the
+    application's: an exception in either is logged and counted (`callback_errors`), and the
+    channel goes on (the payment is acknowledged all the same). `peer` given to `accept` is
+    stored with the channel (`ChannelRecord.peer`) and shown in views, events and logs.
 
     Settlements pay the node's fee estimate within the autopilot's fee policy
     (`autopilot.fees`: target, floor and cap), from the server's share, or from a wallet
@@ -124,6 +136,7 @@ class ServerManager(Settlements):
     regtest, 1 elsewhere). `handshake_timeout`: how long a connection may be silent before its
     channel is open (transports that read for themselves apply it; `idle_timeout` says it);
     `resume_timeout`: how long a resumed one may be silent before its first payment proves it.
+    `tls`: the certificate its listeners present (`tls_door()`), if any.
     """
 
     def __init__(
@@ -133,7 +146,7 @@ class ServerManager(Settlements):
         policy: ServerPolicy | None = None,
         *,
         on_payment: PaymentHandler | None = None,
-        on_event: Callable[[ServerEvent], None] | None = None,
+        on_event: EventHandler | None = None,
         clock: Callable[[], float] = time.time,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         resume_timeout: float = RESUME_TIMEOUT,
@@ -146,8 +159,10 @@ class ServerManager(Settlements):
         on_payment_latency: Callable[[float], None] | None = None,
         limits: PeerLimits | None = None,
         leases: Leases | None = None,
+        tls: ServerTLS | None = None,
     ) -> None:
         self.wallet = wallet
+        self.tls = tls  # for the listeners that serve it (tls_door)
         self.store = store
         # Which connection may store each channel's payments (shared by instances, or not).
         self.leases: Leases = leases or leases_for(store)
@@ -156,6 +171,7 @@ class ServerManager(Settlements):
         self.policy = policy or ServerPolicy()
         self.on_payment = on_payment
         self.on_event = on_event
+        self.callbacks = Callbacks()  # the application's, isolated (errors counted)
         self.clock = clock
         if min_confirmations is None:
             min_confirmations = 0 if wallet.node.config.chain == "regtest" else 1
@@ -177,6 +193,16 @@ class ServerManager(Settlements):
             Role.SERVER, wallet, store, autopilot or WatchPolicy(),
             settle=self._settle_claimed, on_event=self._finished, zmq_endpoint=zmq_endpoint,
             poll_interval=poll_interval, review_interval=review_interval, leases=self.leases)
+
+    @property
+    def callback_errors(self) -> int:
+        """How many times `on_payment` or `on_event` raised (each logged, then ignored)."""
+        return self.callbacks.errors
+
+    @property
+    def started(self) -> bool:
+        """The autopilot runs: channels may be accepted."""
+        return self._started
 
     async def start(self) -> None:
         """Start the autopilot (once; transports' `listen` does it)."""
@@ -202,13 +228,30 @@ class ServerManager(Settlements):
             self._started = False
             await self.watcher.stop()
 
+    def tls_door(self) -> TLSDoor | None:
+        """The TLS handshake for a listener of this server (TCP, or the WebSocket one):
+        within the handshake timeout, refusals counted as PeerErrors. TLSError if the
+        certificate files cannot be used."""
+        if self.tls is None:
+            return None
+        return TLSDoor(self.tls, self.handshake_timeout,
+                       lambda event: self.callbacks.event(self.on_event, event))
+
     @property
     def connected(self) -> int:
         """Client connections open now."""
         return len(self._connections)
 
     def accept(self, link: Link, peer: str = "") -> ServerConnection:
-        """A new connection from a client, answered through `link`."""
+        """A new connection from a client, answered through `link`; `peer` names the client
+        (stored with its channel, shown in views, events and logs). NotStarted before
+        `await start()`."""
+        if not self._started:
+            raise NotStarted(
+                "the ServerManager is not watching the chain: await manager.start() before "
+                "accept() (a transport's listen() does it), else a channel its client never "
+                "closes is not settled before its expiry and the client's refund takes back "
+                "every payment; nothing was accepted")
         connection = ServerConnection(self, link, peer)
         self._connections.add(connection)
         return connection
@@ -254,9 +297,8 @@ class ServerManager(Settlements):
         except (LocalProtocolError, StoreError) as exc:
             log.info("not settling %s now: %s", contract_txid, exc)
 
-    def _finished(self, event: ChannelFinished) -> None:
-        if self.on_event:
-            self.on_event(event)
+    def _finished(self, event: ClosingSeen | ChannelFinished) -> None:
+        self.callbacks.event(self.on_event, event)
 
     async def settle(self, contract_txid: str) -> Transaction:
         """Settle a stored open channel now, whether or not its client is connected (here or
@@ -383,8 +425,10 @@ class ServerManager(Settlements):
                 case ChannelOpened() | ChannelClosed() | PeerError():
                     if isinstance(effect, ChannelOpened):
                         self.watcher.schedule_deadline(effect.record)
-                    if self.on_event:
-                        self.on_event(effect)
+                        log.info("%s %s channel %s (%d sat)", effect.record.peer or "a client",
+                                 "resumed" if effect.resumed else "opened",
+                                 effect.record.contract_txid, effect.record.value)
+                    self.callbacks.event(self.on_event, effect)
                 case Disconnect(reason):
                     log.info("closing connection: %s", reason)
                     if stream is not None:
@@ -473,14 +517,8 @@ class ServerManager(Settlements):
             return f"the server's node refused the {effect.purpose}: {exc}"
 
     async def _notify_payment(self, event: PaymentReceived) -> bytes | None:
-        if self.on_event:
-            self.on_event(event)
-        if self.on_payment is None:
-            return None
-        result = self.on_payment(event)
-        if inspect.isawaitable(result):
-            result = await result
-        return result
+        self.callbacks.event(self.on_event, event)
+        return await self.callbacks.answer(self.on_payment, event)
 
 
 class ServerConnection:
@@ -494,7 +532,8 @@ class ServerConnection:
         self.manager = manager
         self.link = link
         self.peer = peer or "unknown peer"
-        self.machine = ServerChannel(manager.policy, PrivateKey.generate(), int(manager.clock()))
+        self.machine = ServerChannel(manager.policy, PrivateKey.generate(), int(manager.clock()),
+                                     peer)
         self._confirmed = manager.min_confirmations == 0
         bind_channel(peer=self.peer)  # the task that carries it logs its peer
 
@@ -596,7 +635,7 @@ class ServerConnection:
                 # by the PaymentReceived events; a resume's loaded payments are not new.
                 elapsed = time.perf_counter() - started
                 for _ in range(machine.record.payments - stored_before):
-                    manager.on_payment_latency(elapsed)
+                    manager.callbacks.event(manager.on_payment_latency, elapsed)
 
 
 class PaymentServer(ServerManager):
@@ -605,18 +644,14 @@ class PaymentServer(ServerManager):
     Takes ServerManager's arguments."""
 
     _listener: tcp.Listener | None = None
+    _bound: tuple[str, int] | None = None
 
-    def __init__(self, *args: Any, tls: ServerTLS | None = None, **options: Any) -> None:
-        super().__init__(*args, **options)
-        self.tls = tls
-
-    def tls_door(self) -> TLSDoor | None:
-        """The TLS handshake for a listener of this server (TCP, or the WebSocket one):
-        within the handshake timeout, refusals counted as PeerErrors. TLSError if the
-        certificate files cannot be used."""
-        if self.tls is None:
-            return None
-        return TLSDoor(self.tls, self.handshake_timeout, self.on_event)
+    @property
+    def address(self) -> tuple[str, int]:
+        """The (host, port) it listens on; LocalProtocolError before `listen`."""
+        if self._listener is None or self._bound is None:
+            raise LocalProtocolError("the payment server is not listening: await listen()")
+        return self._bound
 
     async def listen(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
         """Start the autopilot and accept connections; returns the bound (host, port)."""
@@ -624,7 +659,7 @@ class PaymentServer(ServerManager):
         door = self.tls_door()
         await self.start()
         self._listener = tcp.Listener(self.gate, self._serve, door)
-        bound = await self._listener.listen(host, port)
+        bound = self._bound = await self._listener.listen(host, port)
         log.info("payment server listening on %s:%s%s", *bound, " (TLS)" if door else "")
         return bound
 

@@ -112,7 +112,7 @@ class Settlements:
                         record.contract_txid, exc)
             settling.failure = str(exc)
             return f"cannot settle now: {exc}"
-        settling.settlement = Transaction.parse(record.settlement_tx)
+        settling.settlement = Transaction.parse(record.settlement_tx or b"")
         return ""
 
     async def _settlement(self, machine: ServerChannel, txid: str) -> list[Effect]:

@@ -32,6 +32,7 @@ from bitcoind_paychan.channel.chainstate import ChainState
 from bitcoind_paychan.channel.effects import (
     Broadcast,
     ChannelFinished,
+    ClosingSeen,
     DiscardChannel,
     Effect,
     ForgetChannel,
@@ -53,6 +54,7 @@ from bitcoind_paychan.errors import DecodeError, NodeError, PaychanError, Transa
 from bitcoind_paychan.logcontext import about_channel
 from bitcoind_paychan.node.bitcoind import AsyncBitcoind
 from bitcoind_paychan.node.monitor import Block, BlockMonitor, ChainEvent
+from bitcoind_paychan.service.callbacks import Callbacks
 from bitcoind_paychan.service.watchindex import WatchIndex
 from bitcoind_paychan.store import ChannelStore
 from bitcoind_paychan.store.base import WatchedChannel
@@ -72,6 +74,8 @@ SLICE = 25
 LIVE = {Role.SERVER: (ChannelStatus.OPEN, ChannelStatus.CLOSING),
         Role.CLIENT: (ChannelStatus.OPEN, ChannelStatus.CLOSING, ChannelStatus.FAILED)}
 FINAL = tuple(status for status in ChannelStatus if status.final)
+WatchEvent = ClosingSeen | ChannelFinished
+"""What the autopilot tells the application (a client's `on_event` hears these)."""
 
 
 @dataclass(frozen=True)
@@ -106,11 +110,12 @@ class ChainWatcher:
         policy: WatchPolicy | None = None,
         *,
         settle: Callable[[str], Awaitable[object]] | None = None,
-        on_event: Callable[[ChannelFinished], None] | None = None,
+        on_event: Callable[[WatchEvent], object] | None = None,
         zmq_endpoint: str | None = None,
         poll_interval: float = 5.0,
         review_interval: float = 60.0,
         leases: Leases | None = None,
+        callbacks: Callbacks | None = None,
     ) -> None:
         self.role = role
         self.leases = leases
@@ -119,6 +124,7 @@ class ChainWatcher:
         self.policy = policy or WatchPolicy()
         self.settle = settle
         self.on_event = on_event
+        self.callbacks = callbacks or Callbacks()  # the application's, isolated
         self.zmq_endpoint = zmq_endpoint
         self.poll_interval = poll_interval
         self.review_interval = review_interval
@@ -567,9 +573,8 @@ class ChainWatcher:
                     await asyncio.to_thread(self.store.discard, self.role, txid)
                     log.info("channel %s never made it on chain: discarded", txid)
                 self.index.remove(txid)
-            case ChannelFinished():
-                if self.on_event:
-                    self.on_event(effect)
+            case ClosingSeen() | ChannelFinished():
+                self.callbacks.event(self.on_event, effect)
 
     async def _claim(self, duty: str, hold: float | None = None) -> bool:
         """Whether this instance does `duty` now (always, without leases)."""

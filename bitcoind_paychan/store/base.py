@@ -88,7 +88,7 @@ def summarize(record: ChannelRecord, state: ChainState, opened_at: int | None,
     """The summary kept when `record` (final; with its chain state) is forgotten."""
     contract = record.contract
     closing = b"" if record.status is ChannelStatus.FAILED else (
-        state.spender or record.settlement_tx)
+        state.spender or record.settlement_tx or b"")
     tx = _parsed(closing)
     to_client = fee = 0
     if tx is not None:

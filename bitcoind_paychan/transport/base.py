@@ -118,13 +118,32 @@ class Inbox:
 S = TypeVar("S", bound=Stream)
 
 
+class _Unlinked:
+    """The link of a CarriedStream being built (`CarriedStream.over`)."""
+
+    async def send_frames(self, frames: Sequence[bytes]) -> None:
+        raise ConnectionError("this stream has no link yet")
+
+    async def close(self) -> None:
+        pass
+
+
 class CarriedStream:
     """A Stream over an application's Link: frames go out through `link`; the application
-    hands in what arrives with `feed`, and `end` once the connection is gone."""
+    hands in what arrives with `feed`, and `end` once the connection is gone. When the link
+    needs the stream (to feed it what arrives), build both with `CarriedStream.over`."""
 
     def __init__(self, link: Link, peername: str) -> None:
         self.link = link
         self.inbox = Inbox(peername)
+
+    @classmethod
+    def over(cls, make_link: Callable[[CarriedStream], Link], peername: str) -> CarriedStream:
+        """A stream and its link: `make_link(stream)` builds the application's connection,
+        which hands what arrives to `stream.feed` (and calls `stream.end()` when it ends)."""
+        stream = cls(_Unlinked(), peername)
+        stream.link = make_link(stream)
+        return stream
 
     @property
     def peername(self) -> str:

@@ -11,6 +11,7 @@ from bitcoind_paychan.channel.chainstate import ChainState
 from bitcoind_paychan.channel.effects import (
     Broadcast,
     ChannelFinished,
+    ClosingSeen,
     DiscardChannel,
     Effect,
     ForgetChannel,
@@ -162,8 +163,13 @@ def test_the_client_notices_the_servers_settlement_and_forgets_when_buried() -> 
     settlement = settlement_of(server)
     mempool = ChainState(contract_height=100, spender=settlement.serialize())
     effects = review(client, mempool, tip(110), RATE, POLICY)
-    assert types(effects) == [MarkChannel, Broadcast]
+    assert types(effects) == [MarkChannel, ClosingSeen, Broadcast]
     assert isinstance(effects[0], MarkChannel) and effects[0].status is ChannelStatus.CLOSING
+    seen = effects[1]  # the application hears of it before it confirms
+    assert isinstance(seen, ClosingSeen) and seen.closing.txid_hex == settlement.txid_hex
+    assert not seen.refund
+    closing = replace(client, status=ChannelStatus.CLOSING, settlement_tx=settlement.serialize())
+    assert ClosingSeen not in types(review(closing, mempool, tip(111), RATE, POLICY))  # once
     confirmed = replace(mempool, spender_height=110)
     effects = review(client, confirmed, tip(110), RATE, POLICY)
     assert types(effects) == [MarkChannel, ChannelFinished]

@@ -17,9 +17,8 @@ import pytest
 
 from bitcoind_paychan.daemon.config import config_from_dict
 from bitcoind_paychan.daemon.daemon import Daemon
-from bitcoind_paychan.errors import LocalProtocolError
+from bitcoind_paychan.errors import ChannelFailed, LocalProtocolError
 from bitcoind_paychan.node import AsyncBitcoind
-from bitcoind_paychan.service.client import ChannelFailed
 from bitcoind_paychan.store import MemoryStore
 from regtest.node import RegtestNode, regtest_nodes
 from tests.conftest import self_paying_daemon
@@ -298,3 +297,24 @@ def test_server_tls_files_and_a_pinned_server_carry_the_daemons_channels(
 
 SHOWN_BY["server.tls_cert_file"] = SHOWN_BY["server.tls_key_file"] = (
     test_server_tls_files_and_a_pinned_server_carry_the_daemons_channels)
+
+
+# -- the daemon's own counts, on a real node ------------------------------------------------------
+
+
+def test_open_of_the_live_channel_counts_its_opening_payment_once(node: RegtestNode,
+                                                                   tmp_path: Path) -> None:
+    """`Channel.resumed` says only whether a connection continues an earlier one: `open` of
+    the channel live here already is reported resumed, and its opening payment (counted when
+    it was opened) is not counted again."""
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any], float | None]:
+        async with running(node, tmp_path) as daemon:
+            first = await daemon.open("self", 200_000)
+            again = await daemon.open("self", 200_000)
+            paid = daemon.metrics.registry.get_sample_value("paychan_payments_total",
+                                                            {"role": "client"})
+            return first, again, paid
+
+    first, again, paid = asyncio.run(scenario())
+    assert (first["resumed"], again["resumed"]) == (False, True)
+    assert again["contract_txid"] == first["contract_txid"] and paid == 1

@@ -252,7 +252,8 @@ def test_open_and_close_do_exactly_what_they_say(daemons: Daemons) -> None:
     daemons.start("client")
     other = daemons.cli("client", "open", "shop", "2100000000000000", check=False)
     assert other.returncode != 0
-    assert txid in other.stderr and "400000 sat" in other.stderr and "--new" in other.stderr
+    assert txid in other.stderr and "400000 sat" in other.stderr
+    assert "paychan open --new" in other.stderr and "new=True" not in other.stderr  # the CLI's
     resumed = daemons.json("client", "open", "shop", "400000")
     assert (resumed["contract_txid"], resumed["resumed"]) == (txid, True)
     closed = daemons.json("client", "close", txid)

@@ -15,13 +15,14 @@ import pytest
 from bitcoind_paychan.channel.effects import (
     ChannelFinished,
     ChannelOpened,
+    ClosingSeen,
     PaymentReceived,
     PeerError,
 )
 from bitcoind_paychan.channel.server import ServerPolicy
 from bitcoind_paychan.channel.watch import WatchPolicy
 from bitcoind_paychan.node import Bitcoind
-from bitcoind_paychan.service.client import PaymentClient
+from bitcoind_paychan.service.client import ClientEvent, PaymentClient
 from bitcoind_paychan.service.regtest import MiningBroadcaster
 from bitcoind_paychan.service.server import PaymentServer, ServerEvent
 from bitcoind_paychan.store import SQLiteStore
@@ -38,6 +39,7 @@ class Sides:
     tmp: Path
     events: list[ServerEvent] = field(default_factory=list)
     client_events: list[ChannelFinished] = field(default_factory=list)
+    client_closing: list[ClosingSeen] = field(default_factory=list)  # seen in the mempool
     client_wallet: str = DEFAULT_WALLET
     stores: dict[str, SQLiteStore] = field(default_factory=dict)
 
@@ -67,7 +69,13 @@ class Sides:
         options.setdefault("review_interval", 0.5)
         options.setdefault("autopilot", FAST)
         return PaymentClient(MiningBroadcaster(node), self.store(name),
-                             on_event=self.client_events.append, **options)
+                             on_event=self.client_event, **options)
+
+    def client_event(self, event: ClientEvent) -> None:
+        if isinstance(event, ClosingSeen):
+            self.client_closing.append(event)
+        else:
+            self.client_events.append(event)
 
     def payments(self) -> list[PaymentReceived]:
         return [e for e in self.events if isinstance(e, PaymentReceived)]

@@ -224,7 +224,7 @@ def test_a_low_fee_settlement_is_replaced_and_confirms(one_node: Sides) -> None:
             node.rpc("generateblock", node.new_address(), [])
         await until(lambda: not in_mempool(sides, low.txid_hex), what="the replacement")
         record = server.store.get(Role.SERVER, txid)
-        assert record is not None
+        assert record is not None and record.settlement_tx is not None
         high = Transaction.parse(record.settlement_tx)
         assert in_mempool(sides, high.txid_hex)
         await mine(sides)

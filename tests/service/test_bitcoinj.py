@@ -8,8 +8,7 @@ import asyncio
 
 from bitcoind_paychan.channel.effects import PeerError
 from bitcoind_paychan.channel.server import ServerPolicy
-from bitcoind_paychan.errors import ErrorCode
-from bitcoind_paychan.service.client import ChannelFailed
+from bitcoind_paychan.errors import ChannelFailed, ErrorCode
 from tests.service.bitcoinj_peer import BITCOINJ_POLICY, BitcoinjServer
 from tests.service.conftest import Sides
 from tests.service.test_flow import wallet_utxo

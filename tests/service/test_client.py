@@ -8,8 +8,8 @@ import pytest
 
 from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.channel.records import ChannelStatus, Role
+from bitcoind_paychan.errors import ChannelFailed, ChannelGone
 from bitcoind_paychan.node import Bitcoind
-from bitcoind_paychan.service.client import ChannelFailed, ChannelGone
 from bitcoind_paychan.service.regtest import MiningBroadcaster
 from bitcoind_paychan.service.server import PaymentServer, ServerManager
 from bitcoind_paychan.wire import pb

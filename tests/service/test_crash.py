@@ -13,8 +13,9 @@ from typing import Any, ClassVar
 import pytest
 
 from bitcoind_paychan.channel.records import ChannelStatus, Role
+from bitcoind_paychan.errors import ChannelFailed
 from bitcoind_paychan.node import Bitcoind
-from bitcoind_paychan.service.client import ChannelFailed, PaymentClient
+from bitcoind_paychan.service.client import PaymentClient
 from bitcoind_paychan.service.server import PaymentServer
 from bitcoind_paychan.store import SQLiteStore
 from regtest.node import free_port
@@ -82,7 +83,7 @@ def client_for(sides: Sides, store: Path) -> PaymentClient:
     node = Bitcoind(config_for(sides.client_node, wallet=sides.client_wallet))
     return PaymentClient(HoldingBroadcaster(node, Path("/nonexistent"), 0, 0),
                          SQLiteStore(store), autopilot=FAST, poll_interval=0.2,
-                         review_interval=0.5, on_event=sides.client_events.append)
+                         review_interval=0.5, on_event=sides.client_event)
 
 
 def server_for(sides: Sides, store: Path, hold: int = 0, after: int = 0) -> PaymentServer:

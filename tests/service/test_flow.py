@@ -125,8 +125,8 @@ def test_fee_above_the_servers_share_comes_from_a_wallet_input(sides: Sides,
 
 
 def test_v1_through_a_knots_node_fails_with_what_to_do(sides: Sides) -> None:
+    from bitcoind_paychan.errors import ChannelFailed
     from bitcoind_paychan.node import AsyncBitcoind, Bitcoind
-    from bitcoind_paychan.service.client import ChannelFailed
     from bitcoind_paychan.service.server import PaymentServer
     from bitcoind_paychan.store import SQLiteStore
     from tests.conftest import config_for

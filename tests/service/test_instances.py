@@ -15,8 +15,8 @@ from bitcoind_paychan.channel import messages
 from bitcoind_paychan.channel.effects import ChannelClosed, PaymentReceived
 from bitcoind_paychan.channel.messages import DEFAULT_TIME_WINDOW
 from bitcoind_paychan.channel.records import ChannelStatus, Role
+from bitcoind_paychan.errors import ChannelFailed
 from bitcoind_paychan.node import Bitcoind
-from bitcoind_paychan.service.client import ChannelFailed
 from bitcoind_paychan.service.regtest import MiningBroadcaster
 from bitcoind_paychan.service.server import PaymentServer, ServerEvent
 from bitcoind_paychan.store import open_store

@@ -14,7 +14,7 @@ import pytest
 from bitcoind_paychan.channel import messages
 from bitcoind_paychan.channel.messages import DEFAULT_TIME_WINDOW
 from bitcoind_paychan.channel.records import ChannelStatus, Role
-from bitcoind_paychan.service.client import ChannelExists
+from bitcoind_paychan.errors import ChannelExists
 from bitcoind_paychan.service.server import PaymentServer
 from bitcoind_paychan.wire import open_connection, pb
 from tests.service.conftest import Sides
@@ -144,8 +144,8 @@ def test_open_never_makes_a_second_channel_nor_returns_one_of_another_value(
         first = await client.open(host, port, 200_000)
         assert not first.resumed
         twice = await client.open(host, port, 200_000)
-        assert twice.contract_txid == first.contract_txid and twice.resumed
-        with pytest.raises(ChannelExists, match=f"{first.contract_txid}.*200000 sat.*--new"):
+        assert twice is first and not first.resumed  # the live channel, left as it was
+        with pytest.raises(ChannelExists, match=f"{first.contract_txid}.*200000 sat.*new=True"):
             await client.open(host, port, 300_000)
         await client.stop()  # a restart: only the store remembers the channel
         client.store.close()

@@ -14,9 +14,9 @@ from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.channel import messages
 from bitcoind_paychan.channel.records import ChannelStatus, Role
 from bitcoind_paychan.channel.server import ServerPolicy
-from bitcoind_paychan.errors import ErrorCode
+from bitcoind_paychan.errors import ChannelFailed, ErrorCode
 from bitcoind_paychan.node import AsyncBitcoind, Bitcoind
-from bitcoind_paychan.service.client import Channel, ChannelFailed
+from bitcoind_paychan.service.client import Channel
 from bitcoind_paychan.service.limits import PeerLimits
 from bitcoind_paychan.service.regtest import MiningBroadcaster
 from bitcoind_paychan.service.server import PaymentServer, ServerManager

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from bitcoind_paychan.service.client import ChannelFailed
+from bitcoind_paychan.errors import ChannelFailed
 from bitcoind_paychan.service.limits import PeerLimits
 from bitcoind_paychan.service.server import PaymentServer
 from bitcoind_paychan.transport import websocket

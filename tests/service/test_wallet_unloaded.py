@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bitcoind_paychan.service.client import Channel, ChannelFailed, PaymentClient
+from bitcoind_paychan.errors import ChannelFailed
+from bitcoind_paychan.service.client import Channel, PaymentClient
 from regtest.node import RegtestNode
 from tests.service.conftest import Sides, run
 
@@ -60,7 +61,7 @@ def test_close_says_at_once_why_the_server_cannot_settle(sides: Sides) -> None:
         with pytest.raises(ChannelFailed) as failed:
             await channel.close()
         message = str(failed.value)
-        assert "the server said: OTHER: cannot settle now" in message
+        assert "the server said: cannot settle now" in message and "(OTHER)" in message
         assert "wallet 'paychan' is not loaded" in message and "stays open" in message
         moved.rename(wallet_dir(node))
         again = await client.resume(channel.contract_txid)

@@ -63,6 +63,15 @@ def test_full_record_round_trip(store: ChannelStore, role: Role, status: Channel
     assert store.get(role, Channel().txid) is None
 
 
+def test_no_settlement_reads_back_as_none(store: ChannelStore) -> None:
+    """`settlement_tx` is None until there is one (a check for None means something), kept
+    as the column's empty value."""
+    ch = Channel()
+    store.put(ch.record())
+    got = store.get(Role.SERVER, ch.txid)
+    assert got is not None and got.settlement_tx is None
+
+
 def test_put_replaces_and_keeps_the_log(store: ChannelStore) -> None:
     ch = Channel()
     rec = ch.pay(ch.record(), 1000)

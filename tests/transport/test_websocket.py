@@ -11,8 +11,7 @@ import pytest
 
 from bitcoind_paychan.channel import messages
 from bitcoind_paychan.channel.records import ChannelStatus, Role
-from bitcoind_paychan.errors import ErrorCode
-from bitcoind_paychan.service.client import ChannelFailed
+from bitcoind_paychan.errors import ChannelFailed, ErrorCode
 from bitcoind_paychan.service.limits import Admission, PeerGate, PeerLimits
 from bitcoind_paychan.service.server import PaymentServer
 from bitcoind_paychan.transport import websocket

@@ -147,7 +147,7 @@ class Checks:
                 f"server stores a settlement of {txid}, which is not open")
         require(txid not in self.settlements or self.settlements[txid] == record.settlement_tx,
                 f"a second settlement decided for {txid}")
-        self.settlements[txid] = record.settlement_tx
+        self.settlements[txid] = record.settlement_tx or b""
 
     def settlement_checked(self, record: ChannelRecord, settlement: Transaction) -> None:
         problem = spend_problem(record.contract, settlement, ANY_TIME)

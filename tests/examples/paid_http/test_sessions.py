@@ -18,6 +18,7 @@ def test_sessions_silent_too_long_are_dropped(node: RegtestNode, tmp_path: Path)
     async def main() -> None:
         store = SQLiteStore(tmp_path / "api.db")
         manager = ServerManager(AsyncBitcoind(Bitcoind(config_for(node))), store)
+        await manager.start()
         sessions = Sessions(manager, idle_timeout=600)
         handshaking, idle, paying = [await sessions.new() for _ in range(3)]
         idle.opened("ab" * 32, 5_000)
@@ -30,6 +31,7 @@ def test_sessions_silent_too_long_are_dropped(node: RegtestNode, tmp_path: Path)
         assert sessions.get(idle.id) is None and idle.connection.closed
         assert sessions.get(paying.id) is paying and not paying.connection.closed
         assert len(sessions) == 2
+        await manager.stop()
         store.close()
 
     asyncio.run(main())
