@@ -145,6 +145,10 @@ SHOWN_BY: dict[str, Callable[..., None]] = {
     "store.path": test_daemon.test_graceful_shutdown_mid_stream_loses_nothing,
     "store.engine": test_daemon_postgres.test_a_server_daemon_on_postgresql_keeps_its_payments,
     "store.dsn": test_daemon_postgres.test_a_server_daemon_on_postgresql_keeps_its_payments,
+    **dict.fromkeys(("store.statement_timeout", "store.lock_timeout",
+                     "store.idle_in_transaction_session_timeout"),
+                    test_daemon_postgres
+                    .test_the_store_timeouts_bound_each_session_of_the_daemons_store),
     "logging.format": test_daemon.test_json_logs_and_sighup_reopens_the_log_file,
     "logging.file": test_daemon.test_json_logs_and_sighup_reopens_the_log_file,
     "control.listen": test_daemon.test_control_api_refuses_a_wrong_or_missing_cookie,
