@@ -92,6 +92,7 @@ class ServerConfig:
             return None
         return ServerTLS(self.tls_cert_file, self.tls_key_file)
     proxies: TrustedProxies = field(default_factory=TrustedProxies)  # whose header counts
+    proxy_protocol: bool = False  # the TCP listener: trusted proxies send a PROXY header
 
     @property
     def websocket_address(self) -> tuple[str, str] | None:
@@ -439,7 +440,12 @@ def _server(r: _Reader, d: dict[str, Any], network: str, check_files: bool) -> S
         tls_key_file=r.optional_path(d, "server", "tls_key_file", network),
         websocket=_websocket(r, d),
         proxies=_proxies(r, d),
+        proxy_protocol=r.boolean(d, "server", "proxy_protocol", False),
     )
+    if s.proxy_protocol and not s.proxies.networks:
+        r.fail("server.proxy_protocol", "found true without server.trusted_proxies, expected "
+                                        "the balancers' addresses there: only they may name "
+                                        "a client")
     if (s.tls_cert_file is None) != (s.tls_key_file is None):
         given, missing = (("tls_cert_file", "tls_key_file") if s.tls_key_file is None
                           else ("tls_key_file", "tls_cert_file"))

@@ -71,6 +71,7 @@ from bitcoind_paychan.store.leases import Lease, Leases, leases_for
 from bitcoind_paychan.store.writer import PaymentWriter, Writes
 from bitcoind_paychan.transport import tcp
 from bitcoind_paychan.transport.base import Link, Stream, decode
+from bitcoind_paychan.transport.proxies import TrustedProxies
 from bitcoind_paychan.transport.tls import ServerTLS
 from bitcoind_paychan.transport.tlsdoor import TLSDoor
 from bitcoind_paychan.wire import MessageStream, pb
@@ -571,13 +572,16 @@ class ServerConnection:
 class PaymentServer(ServerManager):
     """A ServerManager listening on TCP (the protocol's own transport, bitcoinj's); over TLS
     with `tls` (certificate and key files; off by default, as bitcoinj peers speak plain TCP).
-    Takes ServerManager's arguments."""
+    With `proxy_protocol` (trusted balancers), their connections carry a PROXY header naming
+    the client, whom the limits count. Takes ServerManager's arguments."""
 
     _listener: tcp.Listener | None = None
 
-    def __init__(self, *args: Any, tls: ServerTLS | None = None, **options: Any) -> None:
+    def __init__(self, *args: Any, tls: ServerTLS | None = None,
+                 proxy_protocol: TrustedProxies | None = None, **options: Any) -> None:
         super().__init__(*args, **options)
         self.tls = tls
+        self.proxy_protocol = proxy_protocol
 
     def tls_door(self) -> TLSDoor | None:
         """The TLS handshake for a listener of this server (TCP, or the WebSocket one):
@@ -592,7 +596,9 @@ class PaymentServer(ServerManager):
         raise_fd_limit()
         door = self.tls_door()
         await self.start()
-        self._listener = tcp.Listener(self.gate, self._serve, door)
+        self._listener = tcp.Listener(self.gate, self._serve, door,
+                                      proxy_protocol=self.proxy_protocol,
+                                      header_timeout=self.handshake_timeout)
         bound = await self._listener.listen(host, port)
         log.info("payment server listening on %s:%s%s", *bound, " (TLS)" if door else "")
         return bound

@@ -411,6 +411,9 @@ BAD = [
     ("store:\n  dsn: host=db", "store.dsn", ["found a dsn with engine sqlite"]),
     ("store:\n  engine: postgresql\n  dsn: host=db\n  path: /a.db", "store.path",
      ["found a path with engine postgresql", "store.dsn only"]),
+    ("server:\n  proxy_protocol: true", "server.proxy_protocol",
+     ["found true without server.trusted_proxies"]),
+    ("server:\n  proxy_protocol: 1", "server.proxy_protocol", ["expected true or false"]),
     # the PostgreSQL sessions' timeouts
     ("store:\n  lock_timeout: 3", "store.lock_timeout",
      ["found a lock_timeout with engine sqlite"]),

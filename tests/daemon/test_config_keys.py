@@ -42,6 +42,7 @@ def documented_keys() -> list[str]:
 NEEDS: dict[str, dict[str, Any]] = {
     "server.trusted_proxies": {"websocket": "127.0.0.1:4244/paychan"},
     "server.proxy_header": {"websocket": "127.0.0.1:4244/paychan"},
+    "server.proxy_protocol": {"trusted_proxies": ["10.0.0.1"]},
 }
 
 
@@ -122,6 +123,7 @@ PROBES: dict[str, tuple[Any, Probe]] = {
     "server.websocket": ("127.0.0.1:4244/pay", lambda d: d.websocket and d.websocket.path),
     "server.trusted_proxies": (["127.0.0.1"], lambda d: websocket(d).trusted_proxies.networks),
     "server.proxy_header": ("forwarded", lambda d: websocket(d).trusted_proxies.header),
+    "server.proxy_protocol": (True, lambda d: server(d).proxy_protocol),
     "client.enabled": (False, lambda d: d.client is not None),
     "client.servers": ({"shop": "10.0.0.1:4242"}, lambda d: d._server_address("shop")
                        if "shop" in d.config.client.servers else None),
