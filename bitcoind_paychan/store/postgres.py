@@ -20,8 +20,10 @@ unless its socket has something to read) and replaced, and the pool retries conn
 
 from __future__ import annotations
 
+import logging
 import re
 import select
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -42,6 +44,7 @@ if TYPE_CHECKING:  # psycopg is imported when first used: SQLite users never pay
 POOL_SIZE = 10  # connections at most (the payment writer's, the event loop's threads)
 CONNECT_TIMEOUT = 10  # seconds to reach the server (and to wait for a pooled connection)
 RECONNECT_DELAY = 0.2  # seconds at most between two attempts to replace a lost connection
+QUIET = 10.0  # seconds between two of psycopg_pool's warnings of one kind (while reconnecting)
 TABLES = ("channels", "chain_state", "meta", "payment_log", "history")
 INSTALL = "pip install 'bitcoind-paychan[postgresql]' (psycopg 3 and psycopg-pool)"
 
@@ -253,12 +256,14 @@ class PostgresStore(SQLStore):
 def _pooled(pool: ConnectionPool[Any]) -> Iterator[psycopg.Connection[Any]]:
     """A pooled connection, as `pool.connection()`, but never one the server closed (it
     restarted): such a one is dropped and the next taken, without the pool's backoff."""
-    for _ in range(pool.max_size + 1):
+    for _ in range(pool.max_size):  # at most every pooled one is stale
         conn = pool.getconn()
         if not _closed_by_server(conn):
             break
         conn.close()
         pool.putconn(conn)  # the pool sees it closed and connects a new one
+    else:
+        conn = pool.getconn()  # a new one
     try:
         with conn:
             yield conn
@@ -271,11 +276,15 @@ def _closed_by_server(conn: psycopg.Connection[Any]) -> bool:
     if it has (the server's goodbye, or end of file), one empty query says whether it lives."""
     if conn.closed:
         return True
+    idle = select.poll()  # not select(): a busy server's descriptors pass 1024
+    idle.register(conn.pgconn.socket, select.POLLIN)
+    if not idle.poll(0):
+        return False
     try:
-        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
-        if readable:
-            conn.execute("")
-    except Exception:
+        conn.execute("")
+    except Exception as e:
+        if not _driver_failure(e):
+            raise
         return True
     return False
 
@@ -287,6 +296,7 @@ def _pool_class() -> type[ConnectionPool[Any]]:
     from psycopg_pool import ConnectionPool
     from psycopg_pool.pool import AddConnection
 
+    logging.getLogger("psycopg.pool").addFilter(_OncePer(QUIET))
     class Pool(ConnectionPool[Any]):
         def schedule_task(self, task: Any, delay: float) -> None:
             if isinstance(task, AddConnection):
@@ -294,6 +304,23 @@ def _pool_class() -> type[ConnectionPool[Any]]:
             super().schedule_task(task, delay)
 
     return Pool
+
+
+class _OncePer(logging.Filter):
+    """At most one record of each kind (its message's format) per `interval` seconds: the
+    pool warns at each attempt to reconnect, every RECONNECT_DELAY while the server is down."""
+
+    def __init__(self, interval: float) -> None:
+        super().__init__()
+        self.interval = interval
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now, kind = time.monotonic(), str(record.msg)
+        if now - self._last.get(kind, float("-inf")) < self.interval:
+            return False
+        self._last[kind] = now
+        return True
 
 
 class _Session:

@@ -4,6 +4,7 @@ server accepts connections. A real PostgreSQL server."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -111,8 +112,9 @@ def test_an_instance_frozen_in_a_payment_transaction_does_not_hold_up_a_resume(
         assert again.token == taken.token + 1
 
 
-def test_the_store_works_again_after_the_server_restarts() -> None:
-    with PostgresServer(fsync=False) as server:
+def test_the_store_works_again_after_the_server_restarts(
+        caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, "psycopg.pool"), PostgresServer(fsync=False) as server:
         dsn = server.dsn(server.new_database())
         with PostgresStore(dsn) as store:
             channel = Channel()
@@ -133,3 +135,5 @@ def test_the_store_works_again_after_the_server_restarts() -> None:
             again = channel.pay(paid, 10)
             assert store.record_payments([(again, 10, b"")]) == [None]
             assert [p.amount for p in store.payments(Role.SERVER, channel.txid)] == [10, 10]
+    kinds = [record.msg for record in caplog.records if record.name == "psycopg.pool"]
+    assert len(kinds) == len(set(kinds))  # the pool's warnings: one of each kind, not a flood
