@@ -127,20 +127,25 @@ class Balancer:
         success (haproxy's `check inter 250ms fall 2 rise 1`)."""
         failures = dict.fromkeys(self.backends, 0)
         while True:
-            for backend in self.backends:
-                try:
-                    reader, writer = await asyncio.wait_for(
-                        asyncio.open_connection("127.0.0.1", self.health[backend]), CHECK_EVERY)
-                    ok = await asyncio.wait_for(reader.read(), CHECK_EVERY) == b"ok\n"
-                    writer.close()
-                except (OSError, TimeoutError):
-                    ok = False
+            checked = await asyncio.gather(*(self._healthy(b) for b in self.backends))
+            for backend, ok in zip(self.backends, checked, strict=True):
                 failures[backend] = 0 if ok else failures[backend] + 1
                 if ok:
                     self.down.discard(backend)
                 elif failures[backend] >= 2:
                     self.down.add(backend)
             await asyncio.sleep(CHECK_EVERY)
+
+    async def _healthy(self, backend: int) -> bool:
+        """Whether the backend's process answers its health port within CHECK_EVERY s."""
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection("127.0.0.1", self.health[backend]), CHECK_EVERY)
+            ok = await asyncio.wait_for(reader.read(), CHECK_EVERY) == b"ok\n"
+            writer.close()
+            return ok
+        except (OSError, TimeoutError):
+            return False
 
     def drop_all(self) -> None:
         """Hang up every proxied connection (clients resume through the new rotation)."""
