@@ -9,6 +9,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+import psycopg
 import pytest
 
 from bitcoind_paychan.channel.records import Role
@@ -110,6 +111,42 @@ def test_an_instance_frozen_in_a_payment_transaction_does_not_hold_up_a_resume(
         assert store_b.get(Role.SERVER, channel.txid).change == channel.record().change  # type: ignore[union-attr]
         again = a.acquire(Role.SERVER, channel.txid, "a/2")  # a's pool replaced the session
         assert again.token == taken.token + 1
+
+
+def test_a_session_frozen_halfway_through_a_pipelined_batch_is_ended_by_a_heartbeat(
+        postgres_dsn: str) -> None:
+    """A process stopped after sending part of a pipelined batch (no Sync yet) leaves its
+    session "active", waiting for the rest: the idle-in-transaction timeout never fires, so
+    the other instances' heartbeats end it once it has waited longer than that timeout."""
+    quick = SessionTimeouts(idle_in_transaction_session_timeout=0.2)
+    with PostgresStore(postgres_dsn, timeouts=quick) as store_b:
+        b = instance(store_b, "b")
+        channel = Channel()
+        store_b.put(channel.record())
+        lease = b.acquire(Role.SERVER, channel.txid, "b/1")
+        frozen = psycopg.connect(postgres_dsn, autocommit=True)
+        quick.configure(frozen)
+        pgconn = frozen.pgconn
+        pgconn.enter_pipeline_mode()
+        for sql in (b"BEGIN", b"SELECT token FROM channel_leases FOR SHARE"):
+            pgconn.send_query_params(sql, None)
+        pgconn.flush()  # ... and the process stops before the rest of the batch and its Sync
+        taken: list[Any] = []
+        taking = threading.Thread(target=lambda: taken.append(
+            b.acquire(Role.SERVER, channel.txid, "b/2")))
+        taking.start()
+
+        for _ in range(300):  # b's heartbeats (each 1/3 of takeover_after when it runs)
+            b.heartbeat()
+            taking.join(0.1)
+            if not taking.is_alive():
+                break
+        assert not taking.is_alive(), "the frozen session was never ended"
+        assert taken[0].token == lease.token + 1
+        with pytest.raises(psycopg.OperationalError):
+            pgconn.exit_pipeline_mode()
+            frozen.execute("SELECT 1")
+        frozen.close()
 
 
 def test_the_store_works_again_after_the_server_restarts(
