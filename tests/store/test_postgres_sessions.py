@@ -19,6 +19,7 @@ from bitcoind_paychan.store.postgres import PostgresStore, SessionTimeouts
 from bitcoind_paychan.store.postgres_leases import PostgresLeases
 from regtest.postgres import PostgresServer
 from tests.store.helpers import Channel
+from tests.store.test_postgres_leases import until
 
 
 def shown(store: PostgresStore, setting: str) -> str:
@@ -51,6 +52,14 @@ def test_timeouts_that_cannot_bound_a_frozen_instance_are_refused(
     with pytest.raises(PolicyError) as refused:
         SessionTimeouts(**given)
     assert refused.value.field == field
+
+
+def sessions_idle_in_transaction(store: PostgresStore) -> int:
+    with store._connection("look for sessions idle in a transaction") as session:
+        (count,) = session.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND state = 'idle in transaction'").fetchone()
+    return int(count)
 
 
 class FrozenStore(PostgresStore):
@@ -98,11 +107,8 @@ def test_an_instance_frozen_in_a_payment_transaction_does_not_hold_up_a_resume(
         taken = b.acquire(Role.SERVER, channel.txid, "b/1")  # returns while a is frozen
         assert taken.token == lease.token + 1
         assert store_b.get(Role.SERVER, channel.txid).change == channel.record().change  # type: ignore[union-attr]
-        with store_b._connection("look for a's session") as session:
-            (stuck,) = session.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND state = 'idle in transaction'").fetchone()
-        assert stuck == 0  # its session was ended: no row of it is locked any more
+        until(lambda: not sessions_idle_in_transaction(store_b),
+              "a's session was not ended")  # (its locks went first: b has the lease)
         store_a.wake.set()
         paying.join(30)
         (failed,) = outcome  # a's payment: not stored, so never acknowledged
