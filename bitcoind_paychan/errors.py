@@ -163,6 +163,12 @@ class SettlementDecided(StoreError):
     Nothing was acknowledged; the stored settlement is the channel's one."""
 
 
+class ProxyHeaderError(PaychanError):
+    """A connection from a trusted proxy did not begin with a valid PROXY protocol header
+    (missing, malformed, too long, cut short or late): it is refused before anything else is
+    read. The message says what was wrong; check the balancer's send-proxy/proxy_protocol."""
+
+
 class TLSError(PaychanError):
     """A TLS connection failed: a certificate not trusted, expired, for another host or not
     the pinned one, or a peer that does not speak TLS. The message says which and what to do."""

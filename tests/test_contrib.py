@@ -109,6 +109,13 @@ def test_the_several_instances_example_shares_a_postgresql_store_behind_a_balanc
     listen = config.server.listen
     for balancer in ("haproxy.cfg", "nginx-stream.conf"):  # the instance is a backend there
         assert listen in (folder / balancer).read_text(), balancer
+    # the balancers name each client in a PROXY header, which the instance reads from them
+    assert config.server.proxy_protocol and config.server.proxies.trusts_host("10.0.0.2")
+    haproxy = (folder / "haproxy.cfg").read_text()
+    assert re.search(r"^\s*default-server .*\bsend-proxy-v2\b.*\bcheck-send-proxy\b", haproxy,
+                     re.MULTILINE)
+    assert re.search(r"^\s*proxy_protocol on;", (folder / "nginx-stream.conf").read_text(),
+                     re.MULTILINE)
 
 
 def rules() -> list[dict[str, Any]]:

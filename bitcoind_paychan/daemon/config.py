@@ -36,7 +36,7 @@ from bitcoind_paychan.daemon.logs import SUBSYSTEMS
 from bitcoind_paychan.errors import ConfigError, DecodeError, PolicyError, TLSError
 from bitcoind_paychan.node.config import CHAINS, DEFAULT_RPC_PORTS, NodeConfig
 from bitcoind_paychan.service.limits import PeerLimits
-from bitcoind_paychan.store import ENGINES, ChannelStore, open_store
+from bitcoind_paychan.store import ENGINES, ChannelStore, SessionTimeouts, open_store
 from bitcoind_paychan.store.leases import ClusterPolicy
 from bitcoind_paychan.store.postgres import check_dsn, password_of
 from bitcoind_paychan.transport.proxies import EXPECTED as PROXIES_EXPECTED
@@ -94,6 +94,7 @@ class ServerConfig:
             return None
         return ServerTLS(self.tls_cert_file, self.tls_key_file)
     proxies: TrustedProxies = field(default_factory=TrustedProxies)  # whose header counts
+    proxy_protocol: bool = False  # the TCP listener: trusted proxies send a PROXY header
 
     @property
     def websocket_address(self) -> tuple[str, str] | None:
@@ -126,10 +127,12 @@ class StoreConfig:
     engine: str
     path: Path | None
     dsn: str | None = field(default=None, repr=False)
+    timeouts: SessionTimeouts = field(default_factory=SessionTimeouts)  # PostgreSQL sessions'
 
     def open(self, *, read_only: bool = False) -> ChannelStore:
         """The store this configuration names (its engine's StoreError if it cannot open)."""
-        return open_store(self.path, engine=self.engine, dsn=self.dsn, read_only=read_only)
+        return open_store(self.path, engine=self.engine, dsn=self.dsn, read_only=read_only,
+                          timeouts=self.timeouts)
 
 
 @dataclass(frozen=True)
@@ -234,8 +237,10 @@ LIMIT_KEYS = {"max_connections_per_minute": "max_connections_per_minute",
               "max_contract_checks": "max_contract_checks"}
 # The server section's keys for its TrustedProxies (the WebSocket listener's).
 PROXY_KEYS = ("trusted_proxies", "proxy_header")
+# The store section's keys for its SessionTimeouts (PostgreSQL only), in seconds.
+TIMEOUT_KEYS = tuple(f.name for f in dataclasses.fields(SessionTimeouts))
 # Section fields built from keys, not keys themselves.
-BUILT = ("policy", "limits", "tls", "proxies")
+BUILT = ("policy", "limits", "tls", "proxies", "timeouts")
 NULL_IS_DEFAULT = {"scheduler.settle_margin"}  # null: the policy derives it
 
 
@@ -243,7 +248,7 @@ def section_keys(section: str) -> tuple[str, ...]:
     """The keys a section accepts: its own settings, then those that set its policy."""
     own = [f.name for f in dataclasses.fields(SECTIONS[section]) if f.name not in BUILT]
     policy = {**POLICY_KEYS.get(section, {}), **(LIMIT_KEYS if section == "server" else {})}
-    built = PROXY_KEYS if section == "server" else ()
+    built = {"server": PROXY_KEYS, "store": TIMEOUT_KEYS}.get(section, ())
     return (*(k for k in own if k not in policy.values()), *policy, *built)
 
 
@@ -399,9 +404,10 @@ def config_from_dict(data: Mapping[str, Any], source: Path | None = None, *,
 def _store(r: _Reader, d: dict[str, Any], network: str) -> StoreConfig:
     engine = r.choice(d, "store", "engine", "sqlite", ENGINES)
     if engine == "sqlite":
-        if d.get("dsn") is not None:
-            r.fail("store.dsn", "found a dsn with engine sqlite, expected no dsn (set "
-                                "store.engine: postgresql to use it) ")
+        for key in ("dsn", *TIMEOUT_KEYS):
+            if d.get(key) is not None:
+                r.fail(f"store.{key}", f"found a {key} with engine sqlite, expected none (set "
+                                       "store.engine: postgresql to use it)")
         return StoreConfig(engine, r.path(d, "store", "path", "~/.paychan/<network>/channels.db",
                                           network))
     if d.get("path") is not None:
@@ -417,7 +423,17 @@ def _store(r: _Reader, d: dict[str, Any], network: str) -> StoreConfig:
     except ValueError as e:
         r.fail("store.dsn", f"not a PostgreSQL connection string ({e}); expected e.g. "
                             "postgresql://paychan:${PGPASSWORD}@127.0.0.1/paychan")
-    return StoreConfig(engine, None, dsn)
+    return StoreConfig(engine, None, dsn, _timeouts(r, d))
+
+
+def _timeouts(r: _Reader, d: dict[str, Any]) -> SessionTimeouts:
+    """store.statement_timeout, lock_timeout, idle_in_transaction_session_timeout (seconds)."""
+    defaults = SessionTimeouts()
+    try:
+        return SessionTimeouts(**{key: r.number(d, "store", key, getattr(defaults, key))
+                                  for key in TIMEOUT_KEYS})
+    except PolicyError as exc:
+        r.fail(_join("store", exc.field), exc.detail)
 
 
 def _bitcoind(r: _Reader, d: dict[str, Any], network: str, check_files: bool) -> BitcoindConfig:
@@ -470,7 +486,12 @@ def _server(r: _Reader, d: dict[str, Any], network: str, check_files: bool) -> S
         tls_key_file=r.optional_path(d, "server", "tls_key_file", network),
         websocket=_websocket(r, d),
         proxies=_proxies(r, d),
+        proxy_protocol=r.boolean(d, "server", "proxy_protocol", False),
     )
+    if s.proxy_protocol and not s.proxies.networks:
+        r.fail("server.proxy_protocol", "found true without server.trusted_proxies, expected "
+                                        "the balancers' addresses there: only they may name "
+                                        "a client")
     if (s.tls_cert_file is None) != (s.tls_key_file is None):
         given, missing = (("tls_cert_file", "tls_key_file") if s.tls_key_file is None
                           else ("tls_key_file", "tls_cert_file"))

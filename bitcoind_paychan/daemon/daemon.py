@@ -157,6 +157,7 @@ class Daemon:
                 payout_script=config.payout_script(),
                 on_payment_latency=self.metrics.server.latency.observe,
                 limits=config.server.limits, tls=config.server.tls,
+                proxy_protocol=config.server.proxies if config.server.proxy_protocol else None,
                 leases=leases_for(store, config.cluster), **common)
             if config.server.websocket_address:
                 self.websocket = websocket.Listener(self.server.gate, self.server.serve,

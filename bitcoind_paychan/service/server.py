@@ -77,6 +77,7 @@ from bitcoind_paychan.store.leases import Lease, Leases, leases_for
 from bitcoind_paychan.store.writer import PaymentWriter, Writes
 from bitcoind_paychan.transport import tcp
 from bitcoind_paychan.transport.base import Link, Stream, decode
+from bitcoind_paychan.transport.proxies import TrustedProxies
 from bitcoind_paychan.transport.tls import ServerTLS
 from bitcoind_paychan.transport.tlsdoor import TLSDoor
 from bitcoind_paychan.wire import MessageStream, pb
@@ -136,7 +137,8 @@ class ServerManager(Settlements):
     regtest, 1 elsewhere). `handshake_timeout`: how long a connection may be silent before its
     channel is open (transports that read for themselves apply it; `idle_timeout` says it);
     `resume_timeout`: how long a resumed one may be silent before its first payment proves it.
-    `tls`: the certificate its listeners present (`tls_door()`), if any.
+    `tls`: the certificate its listeners present (`tls_door()`), if any; `proxy_protocol`:
+    the balancers whose PROXY header names the client on the TCP listener (off by default).
     """
 
     def __init__(
@@ -160,9 +162,11 @@ class ServerManager(Settlements):
         limits: PeerLimits | None = None,
         leases: Leases | None = None,
         tls: ServerTLS | None = None,
+        proxy_protocol: TrustedProxies | None = None,
     ) -> None:
         self.wallet = wallet
         self.tls = tls  # for the listeners that serve it (tls_door)
+        self.proxy_protocol = proxy_protocol  # balancers whose PROXY header names the client
         self.store = store
         # Which connection may store each channel's payments (shared by instances, or not).
         self.leases: Leases = leases or leases_for(store)
@@ -641,7 +645,8 @@ class ServerConnection:
 class PaymentServer(ServerManager):
     """A ServerManager listening on TCP (the protocol's own transport, bitcoinj's); over TLS
     with `tls` (certificate and key files; off by default, as bitcoinj peers speak plain TCP).
-    Takes ServerManager's arguments."""
+    With `proxy_protocol` (trusted balancers), their connections carry a PROXY header naming
+    the client, whom the limits count. Takes ServerManager's arguments."""
 
     _listener: tcp.Listener | None = None
     _bound: tuple[str, int] | None = None
@@ -658,7 +663,9 @@ class PaymentServer(ServerManager):
         raise_fd_limit()
         door = self.tls_door()
         await self.start()
-        self._listener = tcp.Listener(self.gate, self._serve, door)
+        self._listener = tcp.Listener(self.gate, self._serve, door,
+                                      proxy_protocol=self.proxy_protocol,
+                                      header_timeout=self.handshake_timeout)
         bound = self._bound = await self._listener.listen(host, port)
         log.info("payment server listening on %s:%s%s", *bound, " (TLS)" if door else "")
         return bound

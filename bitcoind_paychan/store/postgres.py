@@ -8,18 +8,30 @@ payment is acknowledged only after it is on the server's disk. Read-modify-write
 so concurrent instances never raise a client's change nor lose a payment. A payment batch is one
 pipelined round trip (`PAY_AND_LOG`). Errors never show a password: messages name the database
 by host, port, name and user (`describe`). Schema: `postgres_schema.py`.
+
+Every pooled session carries timeouts (`SessionTimeouts`, `store:` in the configuration), so
+an instance that is paused (a long GC or VM pause, SIGSTOP) or cut off inside a transaction
+holds its rows (a lease read `FOR SHARE`) for at most `idle_in_transaction_session_timeout`:
+the server then ends its session, its locks go, and what it had not committed is not stored.
+After the server restarts, a pooled connection it closed is noticed before use (no round trip
+unless its socket has something to read) and replaced, and the pool retries connecting every
+`RECONNECT_DELAY` seconds at most (psycopg_pool backs off up to minutes by default).
 """
 
 from __future__ import annotations
 
+import logging
 import re
+import select
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from bitcoind_paychan.channel.records import ChannelStatus, Role
-from bitcoind_paychan.errors import StoreError
+from bitcoind_paychan.errors import PolicyError, StoreError
 from bitcoind_paychan.store import postgres_schema as schema
 from bitcoind_paychan.store.base import Payment, closed, newer_store, settlement_decided
 from bitcoind_paychan.store.codec import SCHEMA_VERSION
@@ -31,6 +43,8 @@ if TYPE_CHECKING:  # psycopg is imported when first used: SQLite users never pay
 
 POOL_SIZE = 10  # connections at most (the payment writer's, the event loop's threads)
 CONNECT_TIMEOUT = 10  # seconds to reach the server (and to wait for a pooled connection)
+RECONNECT_DELAY = 0.2  # seconds at most between two attempts to replace a lost connection
+QUIET = 10.0  # seconds between two of psycopg_pool's warnings of one kind (while reconnecting)
 TABLES = ("channels", "chain_state", "meta", "payment_log", "history")
 INSTALL = "pip install 'bitcoind-paychan[postgresql]' (psycopg 3 and psycopg-pool)"
 
@@ -107,25 +121,65 @@ def describe(dsn: str) -> str:
             f"{host}:{s.get('port') or 5432} as {s.get('user') or '(default user)'}")
 
 
+@dataclass(frozen=True)
+class SessionTimeouts:
+    """What bounds a session of this store (seconds; PostgreSQL's settings of those names).
+
+    `idle_in_transaction_session_timeout`: a session idle inside a transaction that long (its
+    process paused or cut off) is ended by the server, which releases its locks: how long a
+    resume elsewhere may wait for a frozen instance. `lock_timeout`: the longest wait for a
+    row lock (longer than the former, so a resume outlasts a frozen holder rather than fail).
+    `statement_timeout`: the longest any statement runs."""
+
+    statement_timeout: float = 30.0
+    lock_timeout: float = 5.0
+    idle_in_transaction_session_timeout: float = 2.0
+
+    def __post_init__(self) -> None:
+        for name in ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout"):
+            value = getattr(self, name)
+            if not 0.01 <= value <= 3600:
+                raise PolicyError(name, f"found {value}, expected seconds ≥ 0.01 and ≤ 3600")
+        if self.lock_timeout <= self.idle_in_transaction_session_timeout:
+            raise PolicyError("lock_timeout", f"found {self.lock_timeout}, expected more than "
+                              "idle_in_transaction_session_timeout "
+                              f"({self.idle_in_transaction_session_timeout}): a resume must "
+                              "outwait a frozen instance's transaction, not give up first")
+        if self.statement_timeout < self.lock_timeout:
+            raise PolicyError("statement_timeout", f"found {self.statement_timeout}, expected "
+                              f"at least lock_timeout ({self.lock_timeout})")
+
+    def configure(self, conn: psycopg.Connection[Any]) -> None:
+        """Set the timeouts on a new session (the pool's `configure`)."""
+        conn.execute(
+            "SELECT set_config('statement_timeout', %s, false), "
+            "set_config('lock_timeout', %s, false), "
+            "set_config('idle_in_transaction_session_timeout', %s, false)",
+            [f"{round(1000 * value)}ms" for value in (
+                self.statement_timeout, self.lock_timeout,
+                self.idle_in_transaction_session_timeout)])
+
+
 class PostgresStore(SQLStore):
     """The ChannelStore contract in a PostgreSQL database (created or upgraded on open).
 
     Unlike an SQLite file, a database is shared: several processes may open it at once.
     `read_only=True` refuses every write and needs a database of the current schema.
+    `timeouts` bound each pooled session (`SessionTimeouts`: its defaults).
     """
 
     ENGINE = "postgresql"
     _HISTORY_ORDER = "id"
     _FOR_UPDATE = " FOR UPDATE"
 
-    def __init__(self, dsn: str, *, read_only: bool = False, pool_size: int = POOL_SIZE) -> None:
+    def __init__(self, dsn: str, *, read_only: bool = False, pool_size: int = POOL_SIZE,
+                 timeouts: SessionTimeouts | None = None) -> None:
         try:
             driver = _driver()
         except ValueError as e:
             raise StoreError(str(e)) from None
-        from psycopg_pool import ConnectionPool
-
         self._dsn = dsn
+        self.timeouts = timeouts or SessionTimeouts()
         self._name = describe(dsn)
         self._read_only = read_only
         try:
@@ -137,9 +191,10 @@ class PostgresStore(SQLStore):
             with driver.connect(dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT) as conn:
                 _check_privileges(conn, self._name, read_only)
                 self._schema_version = _prepare_schema(conn, self._name, read_only)
-            self._pool: ConnectionPool[Any] | None = ConnectionPool(
+            self._pool: ConnectionPool[Any] | None = _pool_class()(
                 dsn, min_size=1, max_size=pool_size, kwargs={"autocommit": True},
-                timeout=CONNECT_TIMEOUT, name="paychan-store", open=False)
+                configure=self.timeouts.configure, timeout=CONNECT_TIMEOUT,
+                name="paychan-store", open=False)
             self._pool.open(wait=True, timeout=CONNECT_TIMEOUT)
 
     def _store_payments(self, conn: Any, batch: Sequence[Payment]) -> list[StoreError | None]:
@@ -195,7 +250,7 @@ class PostgresStore(SQLStore):
         pool = self._pool
         if pool is None:
             raise closed()
-        with self._errors(what), pool.connection() as conn:
+        with self._errors(what), _pooled(pool) as conn:
             yield _Session(conn)
 
     @contextmanager
@@ -203,6 +258,77 @@ class PostgresStore(SQLStore):
         self._refuse_writes(what)
         with self._connection(what) as session, session.conn.transaction():
             yield session
+
+
+@contextmanager
+def _pooled(pool: ConnectionPool[Any]) -> Iterator[psycopg.Connection[Any]]:
+    """A pooled connection, as `pool.connection()`, but never one the server closed (it
+    restarted): such a one is dropped and the next taken, without the pool's backoff."""
+    for _ in range(pool.max_size):  # at most every pooled one is stale
+        conn = pool.getconn()
+        if not _closed_by_server(conn):
+            break
+        conn.close()
+        pool.putconn(conn)  # the pool sees it closed and connects a new one
+    else:
+        conn = pool.getconn()  # a new one
+    try:
+        with conn:
+            yield conn
+    finally:
+        pool.putconn(conn)
+
+
+def _closed_by_server(conn: psycopg.Connection[Any]) -> bool:
+    """Whether an idle connection was closed under us. An idle session has nothing to read;
+    if it has (the server's goodbye, or end of file), one empty query says whether it lives."""
+    if conn.closed:
+        return True
+    idle = select.poll()  # not select(): a busy server's descriptors pass 1024
+    idle.register(conn.pgconn.socket, select.POLLIN)
+    if not idle.poll(0):
+        return False
+    try:
+        conn.execute("")
+    except Exception as e:
+        if not _driver_failure(e):
+            raise
+        return True
+    return False
+
+
+@lru_cache(maxsize=1)
+def _pool_class() -> type[ConnectionPool[Any]]:
+    """psycopg_pool's ConnectionPool, retrying a lost connection every RECONNECT_DELAY s at
+    most instead of backing off to minutes: a restarted server is used again within it."""
+    from psycopg_pool import ConnectionPool
+    from psycopg_pool.pool import AddConnection
+
+    logging.getLogger("psycopg.pool").addFilter(_OncePer(QUIET))
+    class Pool(ConnectionPool[Any]):
+        def schedule_task(self, task: Any, delay: float) -> None:
+            if isinstance(task, AddConnection):
+                delay = min(delay, RECONNECT_DELAY)
+            super().schedule_task(task, delay)
+
+    return Pool
+
+
+class _OncePer(logging.Filter):
+    """At most one record of each kind (its message's format) per `interval` seconds: the
+    pool warns at each attempt to reconnect, every RECONNECT_DELAY while the server is down."""
+
+    def __init__(self, interval: float) -> None:
+        super().__init__()
+        self.interval = interval
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now, kind = time.monotonic(), str(record.msg)
+        if now - self._last.get(kind, float("-inf")) < self.interval:
+            return False
+        self._last[kind] = now
+        return True
 
 
 class _Session:

@@ -13,10 +13,14 @@ store (what they promise: `leases.py`).
   instance name and a nonce, so a restart under the same name is another claimer) has not
   beaten in `instances` for `takeover_after` seconds, or when its `hold` ran out. Times are the
   database server's clock, the same for every instance.
+- The heartbeat also ends sessions of our role that wait for their client in the middle of a
+  pipelined batch for longer than the idle-in-transaction timeout: a process stopped there
+  holds its locks with no timeout of PostgreSQL's (before 17) to end it.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Sequence
 from typing import Any
@@ -32,6 +36,7 @@ from bitcoind_paychan.store.leases import (
     settlement_lost,
 )
 
+log = logging.getLogger(__name__)
 TABLES = (
     """CREATE TABLE IF NOT EXISTS channel_leases (  -- which connection serves each channel
         role TEXT NOT NULL,
@@ -75,6 +80,15 @@ FINISH = "DELETE FROM duties WHERE duty = ? AND claimer = ?"
 BEAT = ("INSERT INTO instances (claimer, instance, started_at, beat_at) "
         "VALUES (?, ?, now(), now()) ON CONFLICT (claimer) DO UPDATE SET beat_at = now()")
 FORGET_SILENT = "DELETE FROM instances WHERE beat_at < now() - interval '1 day'"
+# Sessions of our role left waiting for their client in the middle of a pipelined batch (its
+# process stopped before the batch's Sync): PostgreSQL's idle-in-transaction timeout does not
+# see them (they are "active"), so every heartbeat ends those silent for that long.
+REAP_FROZEN = (
+    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+    "WHERE datname = current_database() AND usename = current_user "
+    "AND pid <> pg_backend_pid() AND state = 'active' AND wait_event = 'ClientRead' "
+    "AND xact_start IS NOT NULL AND state_change < now() - make_interval(secs => ?)"
+)
 LEASE_LOCK = 0x5043484C  # "PCHL": the advisory lock under which the tables are created
 
 
@@ -149,3 +163,9 @@ class PostgresLeases:
         with self.store._transaction("beat this instance's heartbeat") as session:
             session.execute(BEAT, (self._claimer, self._instance))
             session.execute(FORGET_SILENT)
+            idle = self.store.timeouts.idle_in_transaction_session_timeout
+            (ended,) = session.execute(REAP_FROZEN, (idle,)).fetchone()
+        if ended:
+            log.warning("ended %d database session(s) of a frozen instance: waiting for their "
+                        "client inside a pipelined transaction for over %s s (their "
+                        "uncommitted writes are not stored)", ended, idle)

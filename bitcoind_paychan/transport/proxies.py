@@ -46,6 +46,10 @@ class TrustedProxies:
                                                      f"{EXPECTED}") from None
         return cls(tuple(networks), header)
 
+    def trusts_host(self, host: str) -> bool:
+        """Whether the connection's peer `host` (an IP address as written) is trusted."""
+        return self.trusts(_address(host))
+
     def trusts(self, address: IPAddress | None) -> bool:
         if address is None:
             return False

@@ -4,13 +4,20 @@ The one place TCP sockets are opened, by a server (`Listener`) or a client (`con
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 
+from bitcoind_paychan.errors import ProxyHeaderError
 from bitcoind_paychan.service.limits import Admission, PeerGate
+from bitcoind_paychan.transport import proxyproto
 from bitcoind_paychan.transport.base import Connections
+from bitcoind_paychan.transport.proxies import TrustedProxies
 from bitcoind_paychan.transport.tls import ClientTLS, connect_tls
-from bitcoind_paychan.transport.tlsdoor import TLSDoor
+from bitcoind_paychan.transport.tlsdoor import TLSDoor, reading
 from bitcoind_paychan.wire import MessageStream, open_connection
+from bitcoind_paychan.wire.stream import host_port
+
+log = logging.getLogger(__name__)
 
 Serve = Callable[[MessageStream, Admission], Awaitable[None]]
 
@@ -27,11 +34,19 @@ async def connect(host: str, port: int, timeout: float | None,
 class Listener:
     """Accepts TCP connections: each address through `gate` (over its limits: aborted before
     anything is read), then `door`'s TLS handshake if any, then `serve(stream, admission)` in
-    its own task; the stream is closed when it returns."""
+    its own task; the stream is closed when it returns.
 
-    def __init__(self, gate: PeerGate, serve: Serve, door: TLSDoor | None = None) -> None:
+    With `proxy_protocol` (the trusted balancers), a connection from one of them must begin
+    with a PROXY header (v1 or v2, within `header_timeout`) and counts as the client it names;
+    without a valid one it is refused (one log line). Other peers are not asked for one."""
+
+    def __init__(self, gate: PeerGate, serve: Serve, door: TLSDoor | None = None, *,
+                 proxy_protocol: TrustedProxies | None = None,
+                 header_timeout: float = 10.0) -> None:
         self.gate = gate
         self.door = door
+        self.proxy_protocol = proxy_protocol
+        self.header_timeout = header_timeout
         self._server: asyncio.Server | None = None
         self._connections = Connections(serve)
 
@@ -57,11 +72,23 @@ class Listener:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
-        admission = self.gate.admit(str(peer[0]) if peer else "")
+        address, peername = str(peer[0]) if peer else "", None
+        if self.proxy_protocol and self.proxy_protocol.trusts_host(address):
+            try:
+                header = await proxyproto.read_header(writer.transport, self.header_timeout)
+            except ProxyHeaderError as exc:
+                log.warning("%s: refused a connection from a trusted proxy: %s",
+                            host_port(address, peer[1]), exc)
+                writer.transport.abort()
+                return
+            reading(writer.transport).resume_reading()
+            if header.client is not None:  # else the proxy's own (a health check)
+                address, peername = header.client, host_port(header.client, header.port)
+        admission = self.gate.admit(address)
         if admission is None:  # over a per-peer limit: hang up before reading anything
             writer.transport.abort()
             return
-        stream = MessageStream(reader, writer)
+        stream = MessageStream(reader, writer, peername)
         if self.door and not await self.door.accept(writer, stream.peername):  # first await
             admission.release()
             await stream.close()

@@ -20,6 +20,11 @@ CLOSE_TIMEOUT = 5.0
 """Seconds close() waits for buffered bytes to reach a peer before it aborts the socket."""
 
 
+def host_port(host: str, port: object) -> str:
+    """'host:port', or '[v6]:port' for an IPv6 host."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def frame(msg: pb.TwoWayChannelMessage) -> bytes:
     return encode_frame(encode_message(msg))
 
@@ -27,9 +32,11 @@ def frame(msg: pb.TwoWayChannelMessage) -> bytes:
 class MessageStream:
     """One peer connection. Not safe for concurrent receive() calls (one reader task)."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 peername: str | None = None) -> None:
         self._reader = reader
         self._writer = writer
+        self._peername = peername  # None: the socket's peer (else a proxy's client)
         self._decoder = FrameDecoder()
         self._pending: collections.deque[bytes] = collections.deque()
         self._eof = False
@@ -38,10 +45,11 @@ class MessageStream:
     @property
     def peername(self) -> str:
         """The peer's address as 'host:port' ('[v6]:port'), for logs and errors."""
+        if self._peername is not None:
+            return self._peername
         addr = self._writer.get_extra_info("peername")
         if isinstance(addr, tuple) and len(addr) >= 2:
-            host = str(addr[0])
-            return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
+            return host_port(str(addr[0]), addr[1])
         return str(addr) if addr else "unknown peer"
 
     async def receive(self, timeout: float | None) -> pb.TwoWayChannelMessage | None:

@@ -113,11 +113,16 @@ def test_scale_bench_reports_its_figures() -> None:
         assert isinstance(live[key], int | float), key
 
 
-def test_failover_kills_instances_and_loses_nor_doubles_nothing() -> None:
+def test_failover_kills_freezes_and_restarts_and_loses_nor_doubles_nothing() -> None:
     result = run_json("bench/failover.py", "--instances", "2", "--clients", "3", "--kills",
-                      "2", "--kill-every", "1", "--phase", "1")
+                      "2", "--kill-every", "1", "--phase", "1", "--stop-for", "3",
+                      "--pg-restarts", "1")
     during = result["payments_acknowledged_during_kills"]
     assert result["kills"] == 2 and isinstance(during, int) and during > 0
+    gaps = result["longest_unable_to_pay_s"]
+    assert isinstance(gaps, dict) and set(gaps) == {"sigkill", "sigstop", "postgres_restart"}
+    assert result["sigstop_s"] == 3 and result["postgres_restarts"] == 1
+    assert isinstance(result["all_paying_after_postgres_ready_s"], float)
     assert result["payments_lost"] == 0 and result["double_accepted"] == 0
     assert result["settlements_broadcast_twice"] == 0
     assert result["channels_settled"] == result["channels_closed_by_clients"] == 3

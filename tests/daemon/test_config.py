@@ -413,6 +413,21 @@ BAD = [
     ("store:\n  dsn: host=db", "store.dsn", ["found a dsn with engine sqlite"]),
     ("store:\n  engine: postgresql\n  dsn: host=db\n  path: /a.db", "store.path",
      ["found a path with engine postgresql", "store.dsn only"]),
+    ("server:\n  proxy_protocol: true", "server.proxy_protocol",
+     ["found true without server.trusted_proxies"]),
+    ("server:\n  proxy_protocol: 1", "server.proxy_protocol", ["expected true or false"]),
+    # the PostgreSQL sessions' timeouts
+    ("store:\n  lock_timeout: 3", "store.lock_timeout",
+     ["found a lock_timeout with engine sqlite"]),
+    ("store:\n  engine: postgresql\n  dsn: host=db\n  statement_timeout: soon",
+     "store.statement_timeout", ["found 'soon' (a string)", "expected a number of seconds"]),
+    ("store:\n  engine: postgresql\n  dsn: host=db\n  lock_timeout: 1", "store.lock_timeout",
+     ["found 1.0, expected more than idle_in_transaction_session_timeout (2.0)",
+      "outwait a frozen instance"]),
+    ("store:\n  engine: postgresql\n  dsn: host=db\n  idle_in_transaction_session_timeout: 0",
+     "store.idle_in_transaction_session_timeout", ["expected a number of seconds > 0"]),
+    ("store:\n  engine: postgresql\n  dsn: host=db\n  statement_timeout: 4",
+     "store.statement_timeout", ["found 4.0, expected at least lock_timeout (5.0)"]),
 ]
 
 

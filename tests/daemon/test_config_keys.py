@@ -41,6 +41,7 @@ def documented_keys() -> list[str]:
 NEEDS: dict[str, dict[str, Any]] = {
     "server.trusted_proxies": {"websocket": "127.0.0.1:4244/paychan"},
     "server.proxy_header": {"websocket": "127.0.0.1:4244/paychan"},
+    "server.proxy_protocol": {"trusted_proxies": ["10.0.0.1"]},
 }
 
 
@@ -121,6 +122,7 @@ PROBES: dict[str, tuple[Any, Probe]] = {
     "server.websocket": ("127.0.0.1:4244/pay", lambda d: d.websocket and d.websocket.path),
     "server.trusted_proxies": (["127.0.0.1"], lambda d: websocket(d).trusted_proxies.networks),
     "server.proxy_header": ("forwarded", lambda d: websocket(d).trusted_proxies.header),
+    "server.proxy_protocol": (True, lambda d: server(d).proxy_protocol),
     "client.enabled": (False, lambda d: d.client is not None),
     "client.servers": ({"shop": "10.0.0.1:4242"}, lambda d: d._server_address("shop")
                        if "shop" in d.config.client.servers else None),
@@ -144,6 +146,10 @@ SHOWN_BY: dict[str, Callable[..., None]] = {
     "store.path": test_daemon.test_graceful_shutdown_mid_stream_loses_nothing,
     "store.engine": test_daemon_postgres.test_a_server_daemon_on_postgresql_keeps_its_payments,
     "store.dsn": test_daemon_postgres.test_a_server_daemon_on_postgresql_keeps_its_payments,
+    **dict.fromkeys(("store.statement_timeout", "store.lock_timeout",
+                     "store.idle_in_transaction_session_timeout"),
+                    test_daemon_postgres
+                    .test_the_store_timeouts_bound_each_session_of_the_daemons_store),
     "logging.format": test_daemon.test_json_logs_and_sighup_reopens_the_log_file,
     "logging.file": test_daemon.test_json_logs_and_sighup_reopens_the_log_file,
     "control.listen": test_daemon.test_control_api_refuses_a_wrong_or_missing_cookie,

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from bitcoind_paychan.channel.records import Role
+from bitcoind_paychan.daemon.config import config_from_dict
+from bitcoind_paychan.daemon.daemon import _open_store
 from bitcoind_paychan.store.codec import SCHEMA_VERSION
 from bitcoind_paychan.store.postgres import PostgresStore
 from regtest.postgres import PostgresServer
@@ -62,3 +65,15 @@ def test_a_database_that_refuses_is_one_line_naming_key_and_file(
     assert f"store.dsn in {daemons.config('server')}" in line
     assert "password authentication failed" in line and "wrong user or password" in line
     assert "not-the-password-9" not in line and Path(daemons.config("server")).exists()
+
+
+def test_the_store_timeouts_bound_each_session_of_the_daemons_store(postgres_dsn: str) -> None:
+    store: dict[str, Any] = {"engine": "postgresql", "dsn": postgres_dsn,
+                             "statement_timeout": 45, "lock_timeout": 4,
+                             "idle_in_transaction_session_timeout": 1.5}
+    opened = _open_store(config_from_dict({"store": store}))
+    assert isinstance(opened, PostgresStore)
+    with opened, opened._connection("show the timeouts") as session:
+        shown = [session.execute(f"SHOW {name}").fetchone()[0] for name in
+                 ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout")]
+    assert shown == ["45s", "4s", "1500ms"]
