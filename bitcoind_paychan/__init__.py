@@ -53,7 +53,9 @@ from bitcoind_paychan.errors import (
     PaymentTimeout,
     PolicyError,
     ProtocolError,
+    ProxyHeaderError,
     RemoteProtocolError,
+    SettlementDecided,
     StoreError,
     TLSError,
     TransactionRejected,
@@ -91,7 +93,7 @@ from bitcoind_paychan.transport import CarriedStream, Link, Stream
 from bitcoind_paychan.transport.tls import ClientTLS, ServerTLS
 
 __version__ = "0.1.0"
-__all__ = [  # grouped in the docstring above
+__all__ = [
     "AsyncBitcoind", "Bitcoind", "CarriedStream", "Channel", "ChannelClosed", "ChannelExists",
     "ChannelFailed", "ChannelFinished", "ChannelGone", "ChannelOpened", "ChannelRecord",
     "ChannelStatus", "ChannelStore", "ChannelSummary", "ChannelView", "ClientEvent",
@@ -100,9 +102,9 @@ __all__ = [  # grouped in the docstring above
     "LeaseLost", "Link", "LocalProtocolError", "MemoryStore", "Network", "NodeAuthError",
     "NodeConfig", "NodeError", "NodeUnreachable", "NotStarted", "PaychanError", "PaymentClient",
     "PaymentHandler", "PaymentLogEntry", "PaymentReceived", "PaymentServer", "PaymentTimeout",
-    "PeerError", "PeerLimits", "PolicyError", "PostgresStore", "ProtocolError",
+    "PeerError", "PeerLimits", "PolicyError", "PostgresStore", "ProtocolError", "ProxyHeaderError",
     "RemoteProtocolError", "Role", "SQLiteStore", "ServerConnection", "ServerEvent",
-    "ServerManager", "ServerPolicy", "ServerTLS", "StoreError", "Stream", "TLSError",
-    "Transaction", "TransactionRejected", "WalletNotLoaded", "WatchPolicy", "WrongNetwork",
-    "open_store",
+    "ServerManager", "ServerPolicy", "ServerTLS", "SettlementDecided", "StoreError", "Stream",
+    "TLSError", "Transaction", "TransactionRejected", "WalletNotLoaded", "WatchPolicy",
+    "WrongNetwork", "open_store",
 ]
