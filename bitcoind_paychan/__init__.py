@@ -10,8 +10,9 @@ levels" use it; docs/api.md says the same in prose and docs/events.md gives the 
   PostgresStore, MemoryStore, open_store, ChannelStore; what they hold: ChannelRecord,
   ChannelStatus, Role, ChannelView, ChannelSummary, PaymentLogEntry, Transaction.
 - Policies: ServerPolicy, ClientPolicy, WatchPolicy, FeePolicy, PeerLimits.
-- Events and callbacks: ChannelOpened, PaymentReceived, ChannelClosed, PeerError,
-  ClosingSeen, ChannelFinished; ServerEvent, ClientEvent, PaymentHandler, EventHandler.
+- Events and callbacks: ChannelOpened, PaymentReceived, PaymentAcknowledged, ChannelClosed,
+  PeerError, ClosingSeen, ChannelFinished; ServerEvent, ClientEvent, PaymentHandler,
+  EventHandler (a server's on_event), ClientEventHandler (a client's).
 - Errors: every class of `bitcoind_paychan.errors` (PaychanError and below).
 
 The state machines (level 1) are the public subpackage `bitcoind_paychan.channel`
@@ -27,6 +28,7 @@ from bitcoind_paychan.channel.effects import (
     ChannelFinished,
     ChannelOpened,
     ClosingSeen,
+    PaymentAcknowledged,
     PaymentReceived,
     PeerError,
 )
@@ -66,6 +68,7 @@ from bitcoind_paychan.node import AsyncBitcoind, Bitcoind, NodeConfig
 from bitcoind_paychan.service.client import (
     Channel,
     ClientEvent,
+    ClientEventHandler,
     ClientManager,
     Dialer,
     PaymentClient,
@@ -97,12 +100,13 @@ __all__ = [
     "AsyncBitcoind", "Bitcoind", "CarriedStream", "Channel", "ChannelClosed", "ChannelExists",
     "ChannelFailed", "ChannelFinished", "ChannelGone", "ChannelOpened", "ChannelRecord",
     "ChannelStatus", "ChannelStore", "ChannelSummary", "ChannelView", "ClientEvent",
-    "ClientManager", "ClientPolicy", "ClientTLS", "ClosingSeen", "ConfigError", "DecodeError",
-    "Dialer", "ErrorCode", "EventHandler", "FeePolicy", "InsufficientFunds", "InvalidParameter",
-    "LeaseLost", "Link", "LocalProtocolError", "MemoryStore", "Network", "NodeAuthError",
-    "NodeConfig", "NodeError", "NodeUnreachable", "NotStarted", "PaychanError", "PaymentClient",
-    "PaymentHandler", "PaymentLogEntry", "PaymentReceived", "PaymentServer", "PaymentTimeout",
-    "PeerError", "PeerLimits", "PolicyError", "PostgresStore", "ProtocolError", "ProxyHeaderError",
+    "ClientEventHandler", "ClientManager", "ClientPolicy", "ClientTLS", "ClosingSeen",
+    "ConfigError", "DecodeError", "Dialer", "ErrorCode", "EventHandler", "FeePolicy",
+    "InsufficientFunds", "InvalidParameter", "LeaseLost", "Link", "LocalProtocolError",
+    "MemoryStore", "Network", "NodeAuthError", "NodeConfig", "NodeError", "NodeUnreachable",
+    "NotStarted", "PaychanError", "PaymentAcknowledged", "PaymentClient", "PaymentHandler",
+    "PaymentLogEntry", "PaymentReceived", "PaymentServer", "PaymentTimeout", "PeerError",
+    "PeerLimits", "PolicyError", "PostgresStore", "ProtocolError", "ProxyHeaderError",
     "RemoteProtocolError", "Role", "SQLiteStore", "ServerConnection", "ServerEvent",
     "ServerManager", "ServerPolicy", "ServerTLS", "SettlementDecided", "StoreError", "Stream",
     "TLSError", "Transaction", "TransactionRejected", "WalletNotLoaded", "WatchPolicy",

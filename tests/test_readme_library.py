@@ -99,10 +99,7 @@ def test_the_examples_pass_mypy_strict_outside_the_checkout(tmp_path: Path) -> N
         path = tmp_path / f"{name.replace('-', '_')}.py"
         path.write_text(block(name))
         files.append(path.name)
-    checked = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--cache-dir",
-         str(ROOT / ".mypy_cache" / "readme"), *files],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    checked = mypy_strict(tmp_path, *files)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "Success: no issues found in 4 source files" in checked.stdout
 
@@ -113,12 +110,35 @@ def test_a_misspelt_callback_fails_mypy_strict(tmp_path: Path) -> None:
         "from bitcoind_paychan import AsyncBitcoind, PaymentServer, SQLiteStore\n"
         "def make(wallet: AsyncBitcoind) -> PaymentServer:\n"
         "    return PaymentServer(wallet, SQLiteStore('s.db'), on_paymnet=print)\n")
-    checked = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--cache-dir",
-         str(ROOT / ".mypy_cache" / "readme"), "typo.py"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    checked = mypy_strict(tmp_path, "typo.py")
     assert checked.returncode == 1, checked.stdout
     assert 'Unexpected keyword argument "on_paymnet"' in checked.stdout, checked.stdout
+
+
+def test_the_errors_old_import_path_still_passes_mypy_strict(tmp_path: Path) -> None:
+    """Integrators' code written when the channel errors lived in `service.client` keeps
+    type-checking: that module re-exports them (the same classes as `errors`')."""
+    (tmp_path / "old.py").write_text(
+        "from bitcoind_paychan.service.client import ChannelExists, ChannelFailed, ChannelGone\n"
+        "from bitcoind_paychan.service.client import ClientEvent, ClientEventHandler\n"
+        "def why(exc: ChannelFailed | ChannelExists) -> str:\n"
+        "    return 'gone' if isinstance(exc, ChannelGone) else str(exc)\n"
+        "def handler(on_event: ClientEventHandler, event: ClientEvent) -> object:\n"
+        "    return on_event(event)\n")
+    checked = mypy_strict(tmp_path, "old.py")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    from bitcoind_paychan import errors
+    from bitcoind_paychan.service import client
+    assert (client.ChannelExists, client.ChannelFailed, client.ChannelGone) == (
+        errors.ChannelExists, errors.ChannelFailed, errors.ChannelGone)
+
+
+def mypy_strict(folder: Path, *files: str) -> subprocess.CompletedProcess[str]:
+    """`mypy --strict` on `files` in `folder`, as an integrator runs it on its own code."""
+    return subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--cache-dir",
+         str(ROOT / ".mypy_cache" / "readme"), *files],
+        cwd=folder, capture_output=True, text=True, timeout=600)
 
 
 def test_every_error_class_is_exported_and_in_the_api_doc() -> None:

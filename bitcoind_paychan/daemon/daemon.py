@@ -22,8 +22,11 @@ from bitcoind_paychan import __version__
 from bitcoind_paychan.bitcoin.network import Network
 from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.channel.effects import (
+    ChannelClosed,
     ChannelFinished,
     ChannelOpened,
+    ClosingSeen,
+    PaymentAcknowledged,
     PaymentReceived,
     PeerError,
 )
@@ -210,8 +213,17 @@ class Daemon:
                      extra=channel_fields(event.record.contract_txid, event.record.peer))
 
     def _client_event(self, event: ClientEvent) -> None:
-        what = (f"finished: {event.status.value}" if isinstance(event, ChannelFinished)
-                else f"closing: {event.closing.txid_hex} seen in the mempool")
+        match event:
+            case PaymentAcknowledged():
+                return  # the CLI's pay answers it; a log line per payment is noise
+            case ChannelOpened(resumed=resumed):
+                what = "resumed" if resumed else "opened"
+            case ChannelClosed(settlement=settlement):
+                what = f"closed: settlement {settlement.txid_hex}"
+            case ClosingSeen(closing=closing):
+                what = f"closing: {closing.txid_hex} seen in the mempool"
+            case ChannelFinished(status=status):
+                what = f"finished: {status.value}"
         log.info("client channel %s %s", event.record.contract_txid, what,
                  extra=channel_fields(event.record.contract_txid, event.record.peer))
 

@@ -60,9 +60,10 @@ from bitcoind_paychan.errors import (
 from bitcoind_paychan.node.bitcoind import AsyncBitcoind
 from bitcoind_paychan.reasons import connection_failure
 from bitcoind_paychan.service.callbacks import Callbacks
+from bitcoind_paychan.service.clientevents import ClientEvent, ClientEventHandler, ClientEvents
 from bitcoind_paychan.service.outbox import effects_in_order
 from bitcoind_paychan.service.turns import OpenTurns
-from bitcoind_paychan.service.watcher import ChainWatcher, ChannelView, WatchEvent
+from bitcoind_paychan.service.watcher import ChainWatcher, ChannelView
 from bitcoind_paychan.store import ChannelStore
 from bitcoind_paychan.store.writer import PaymentWriter
 from bitcoind_paychan.transport import dial as transports
@@ -79,10 +80,10 @@ VERSION_KEY = "client.version:"  # store meta key prefix: the major a server spe
 FALLBACK = {3: 2}  # a server that refuses our major gets the next one
 Dialer = Callable[[str, float | None], Awaitable[Stream]]
 """Connect to a peer (as stored in its channels' records) within a timeout."""
-ClientEvent = WatchEvent
-"""What a client's `on_event` hears: the server's settlement seen in the
-mempool (ClosingSeen), then the channel's money settled on chain (ChannelFinished). Opening,
-payments and closing are the answers of `open_channel`, `pay` and `close`."""
+__all__ = [  # what integrators import from here (the errors: their old home)
+    "Channel", "ChannelExists", "ChannelFailed", "ChannelGone", "ClientEvent",
+    "ClientEventHandler", "ClientManager", "Dialer", "PaymentClient",
+]
 
 
 class ClientManager:
@@ -94,9 +95,10 @@ class ClientManager:
     when given none); `autopilot` is when to act and its `fees` what every refund and contract
     pays. `tls` says, per peer (as dialled: host:port or URL), how to verify its TLS
     (`ClientTLS`: a CA file or a pinned fingerprint); other TCP peers are plain, as bitcoinj's.
-    `network` (for the channel keys) is the node's chain unless given. `on_event` hears the
-    chain's news of each channel (ClientEvent: ClosingSeen, then ChannelFinished; an
-    exception it raises is logged and counted in `callback_errors`).
+    `network` (for the channel keys) is the node's chain unless given. `on_event` hears each
+    channel's events in order (ClientEvent: ChannelOpened, PaymentAcknowledged, ChannelClosed
+    or ClosingSeen, ChannelFinished; docs/events.md); an exception it raises is logged and
+    counted in `callback_errors`.
     """
 
     def __init__(
@@ -109,7 +111,7 @@ class ClientManager:
         clock: Callable[[], float] = time.time,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         autopilot: WatchPolicy | None = None,
-        on_event: Callable[[ClientEvent], object] | None = None,
+        on_event: ClientEventHandler | None = None,
         zmq_endpoint: str | None = None,
         poll_interval: float = 5.0,
         review_interval: float = 60.0,
@@ -129,13 +131,25 @@ class ClientManager:
         self.unresumable: set[str] = set()  # channels their server no longer has open
         self.turns = OpenTurns()  # one open or resume at a time per peer
         self.callbacks = Callbacks()  # the application's `on_event`, isolated
+        self.events = ClientEvents(self.callbacks)  # each channel's, in order
+        self.events.on_event = on_event
         # How ChannelExists tells its reader to open another channel beside the open one (the
         # daemon tells its operator the CLI's way).
         self.open_new_hint = "open_channel(..., new=True)"
-        self.watcher = ChainWatcher(Role.CLIENT, wallet, store, autopilot, on_event=on_event,
-                                    zmq_endpoint=zmq_endpoint, poll_interval=poll_interval,
-                                    review_interval=review_interval, callbacks=self.callbacks)
+        self.watcher = ChainWatcher(Role.CLIENT, wallet, store, autopilot,
+                                    on_event=self.events.tell, zmq_endpoint=zmq_endpoint,
+                                    poll_interval=poll_interval, review_interval=review_interval,
+                                    callbacks=self.callbacks)
         self._started = False
+
+    @property
+    def on_event(self) -> ClientEventHandler | None:
+        """The application's callback for each channel's events (may be set later)."""
+        return self.events.on_event
+
+    @on_event.setter
+    def on_event(self, handler: ClientEventHandler | None) -> None:
+        self.events.on_event = handler
 
     @property
     def callback_errors(self) -> int:
@@ -335,6 +349,7 @@ class ClientManager:
         if outcome is None:
             self.live[channel.contract_txid] = channel
             self.watcher.schedule_deadline(channel.record)
+            self.events.tell(ChannelOpened(channel.record, channel.resumed))
         return channel, outcome
 
     async def _dial(self, peer: str, timeout: float | None) -> Stream:
@@ -691,8 +706,12 @@ class Channel:
                     self.client.watcher.watch(record)
                 case StorePayment(record, amount, info):
                     await self.client.payments.record_payment(record, amount, info)
-                case PaymentAcknowledged(info=info) if self._acks:
+                case PaymentAcknowledged(info=info) if self._acks:  # a pay()'s, not a resume's
+                    self.client.events.tell(effect)
                     self._acks.popleft().set_result(info)
+                case ChannelClosed():
+                    self.client.events.tell(effect)
+                    self._events.append(effect)
                 case FundContract(script, value):
                     queue[:0] = await self._fund(script, value)
                 case Disconnect(reason):

@@ -39,6 +39,7 @@ class Sides:
     tmp: Path
     events: list[ServerEvent] = field(default_factory=list)
     client_events: list[ChannelFinished] = field(default_factory=list)
+    client_heard: list[ClientEvent] = field(default_factory=list)  # all, in order
     client_closing: list[ClosingSeen] = field(default_factory=list)  # seen in the mempool
     client_wallet: str = DEFAULT_WALLET
     stores: dict[str, SQLiteStore] = field(default_factory=dict)
@@ -72,9 +73,10 @@ class Sides:
                              on_event=self.client_event, **options)
 
     def client_event(self, event: ClientEvent) -> None:
+        self.client_heard.append(event)
         if isinstance(event, ClosingSeen):
             self.client_closing.append(event)
-        else:
+        elif isinstance(event, ChannelFinished):
             self.client_events.append(event)
 
     def payments(self) -> list[PaymentReceived]:

@@ -1,8 +1,9 @@
 """The library as an integrator meets it (issue 26), on real regtest nodes: concurrent opens
 fund one channel, a manager that does not watch the chain refuses channels, the application's
 callbacks cannot break a payment, `pay` gives up after its timeout, the server records the
-peer the application names, a used-up channel is ChannelGone, and the client hears of the
-server's settlement while it is in the mempool."""
+peer the application names, a used-up channel is ChannelGone, the client hears of the
+server's settlement while it is in the mempool, and the client's `on_event` hears each
+channel's events in their documented order."""
 
 from __future__ import annotations
 
@@ -14,11 +15,15 @@ import pytest
 
 from bitcoind_paychan import (
     Channel,
+    ChannelClosed,
     ChannelExists,
     ChannelGone,
+    ChannelOpened,
     ChannelStatus,
+    ClientEvent,
     ClientManager,
     NotStarted,
+    PaymentAcknowledged,
     PaymentReceived,
     PaymentTimeout,
     Role,
@@ -277,6 +282,8 @@ def test_paying_a_channel_down_to_dust_makes_the_next_payment_channel_gone(
 
 def test_the_client_hears_of_the_servers_settlement_in_the_mempool_before_it_confirms(
         sides: Sides) -> None:
+    """Then our close() finds that settlement on chain and returns it, without telling the
+    closing a second time (no ChannelClosed after the ClosingSeen)."""
     async def scenario() -> tuple[str, str, ChannelStatus]:
         server = manager(sides)
         await server.start()
@@ -287,6 +294,7 @@ def test_the_client_hears_of_the_servers_settlement_in_the_mempool_before_it_con
         settlement = await server.settle(channel.contract_txid)
         await until(lambda: sides.client_closing, what="the client to see the settlement")
         assert sides.client_events == []  # not confirmed: nothing finished yet
+        assert (await channel.close()).txid_hex == settlement.txid_hex  # from the chain
         await asyncio.to_thread(sides.mine, 1)
         await until(lambda: sides.client_events, what="the settlement to confirm")
         await client.stop()
@@ -298,3 +306,71 @@ def test_the_client_hears_of_the_servers_settlement_in_the_mempool_before_it_con
     assert seen == settled and finished is ChannelStatus.SETTLED
     (closing,) = sides.client_closing
     assert not closing.refund and closing.record.status is ChannelStatus.OPEN
+    assert heard(sides) == ["ChannelOpened", "PaymentAcknowledged", "ClosingSeen",
+                            "ChannelFinished"]
+
+
+def heard(sides: Sides) -> list[str]:
+    """The client's events so far, by name (and, for a ChannelOpened, resumed or not)."""
+    return [f"{type(e).__name__}(resumed)" if isinstance(e, ChannelOpened) and e.resumed
+            else type(e).__name__ for e in sides.client_heard]
+
+
+def test_the_client_hears_open_each_ack_close_and_finish_in_order_through_on_event(
+        sides: Sides) -> None:
+    """Events without polling on the client side too: each before the call it answers
+    returns; the resume's repeat of the last payment is not a payment; the calls' answers
+    are unchanged."""
+    async def scenario() -> tuple[list[str], list[int], bytes, str, str]:
+        server = manager(sides, on_payment=lambda event: b"ok")
+        await server.start()
+        client = sides.client(dial=Dialer(server))
+        channel = await client.open_channel(PEER, VALUE)
+        assert heard(sides) == ["ChannelOpened"]  # told before open_channel returned
+        info = await channel.pay(2_000)
+        assert heard(sides)[-1] == "PaymentAcknowledged"  # told before pay returned
+        await channel.disconnect()
+        channel = await client.open_channel(PEER, VALUE)  # resumed: its ChannelOpened again
+        await channel.pay(3_000)
+        settlement = await channel.close()
+        told = sides.client_heard[-1]
+        assert isinstance(told, ChannelClosed)
+        await asyncio.to_thread(sides.mine, 1)
+        await until(lambda: sides.client_events, what="the settlement to confirm")
+        await client.stop()
+        await server.stop()
+        acks = [e.amount for e in sides.client_heard if isinstance(e, PaymentAcknowledged)]
+        return heard(sides), acks, info, settlement.txid_hex, told.settlement.txid_hex
+
+    names, acks, info, settlement, told = asyncio.run(scenario())
+    assert names == ["ChannelOpened", "PaymentAcknowledged", "ChannelOpened(resumed)",
+                     "PaymentAcknowledged", "ChannelClosed", "ChannelFinished"]
+    assert acks == [2_000, 3_000] and info == b"ok" and told == settlement
+    (finished,) = sides.client_events
+    assert finished.status is ChannelStatus.SETTLED and finished.closing is not None
+    assert finished.closing.txid_hex == settlement
+    assert {e.record.contract_txid for e in sides.client_heard} == {
+        finished.record.contract_txid}
+
+
+def test_a_failing_client_callback_is_counted_and_the_calls_still_answer(
+        sides: Sides, caplog: pytest.LogCaptureFixture) -> None:
+    def on_event(event: ClientEvent) -> None:
+        sides.client_heard.append(event)
+        raise RuntimeError("the client application's bug")
+
+    async def scenario() -> tuple[bytes, int]:
+        server = manager(sides, on_payment=lambda event: b"ok")
+        await server.start()
+        client = sides.client(dial=Dialer(server))
+        client.on_event = on_event
+        channel = await client.open_channel(PEER, VALUE)
+        info = await channel.pay(2_000)
+        await client.stop()
+        await server.stop()
+        return info, client.callback_errors
+
+    with caplog.at_level(logging.ERROR, "bitcoind_paychan.service.callbacks"):
+        info, errors = asyncio.run(scenario())
+    assert info == b"ok" and errors == 2 == len(sides.client_heard)
+    assert "the client application's bug" in caplog.text

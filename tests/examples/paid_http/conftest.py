@@ -62,7 +62,7 @@ async def paid_client(sides: Sides, name: str = "client", value: int = VALUE
     wallet = AsyncBitcoind(Bitcoind(config_for(sides.client_node, wallet=sides.client_wallet)))
     async with client_manager(wallet, sides.store(name), value, poll_interval=0.2,
                               review_interval=0.5, autopilot=FAST,
-                              on_event=sides.client_events.append) as client:
+                              on_event=sides.client_event) as client:
         yield client
 
 
