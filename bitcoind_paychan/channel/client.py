@@ -205,7 +205,7 @@ class ClientChannel(ProtocolMachine):
             self._refund = contract.refund_tx(V1_REFUND_FEE)
             self.state = ClientState.WAITING_FOR_REFUND
             return [Send(messages.provide_refund(self.key.pub.data, self._refund.serialize()))]
-        return self._provide_contract(b"")
+        return self._provide_contract(None)
 
     def pay(self, amount: int, info: bytes = b"") -> list[Effect]:
         """Pay `amount` more: store the new signature, then send it. Any positive amount
@@ -329,7 +329,7 @@ class ClientChannel(ProtocolMachine):
         refund = self._contract.sign_refund(self.key, self._refund, signature)
         return self._provide_contract(refund.serialize())
 
-    def _provide_contract(self, refund_tx: bytes) -> list[Effect]:
+    def _provide_contract(self, refund_tx: bytes | None) -> list[Effect]:
         contract = self._contract
         assert contract is not None
         change = round_change(contract.value - self.min_payment)  # the initial payment

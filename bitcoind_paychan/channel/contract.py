@@ -270,13 +270,17 @@ class Contract:
                                 cooperative=v1)
         return max(-(-fee_rate * draft.vsize // 1000), 1)
 
-    def refund(self, key: PrivateKey, fee_rate: int, signed_v1_refund: bytes = b"") -> Transaction:
+    def refund(self, key: PrivateKey, fee_rate: int, signed_v1_refund: bytes | None = None
+               ) -> Transaction:
         """A signed refund paying `fee_rate`. Version 1 reuses the server's NONE|ANYONECANPAY
         signature from the refund signed at opening: it commits to no output, so the client
         may choose the fee again."""
         refund = self.refund_tx(self.refund_fee(fee_rate))
         if self.version != 1:
             return self.sign_refund(key, refund)
+        if signed_v1_refund is None:
+            raise LocalProtocolError("a version 1 refund needs the refund the server signed at "
+                                     "opening, and none is stored for this channel")
         pushes = [data for _, data in iter_script(Transaction.parse(signed_v1_refund)
                                                   .inputs[0].script_sig)]
         return self.sign_refund(key, refund, pushes[-1])

@@ -117,12 +117,12 @@ class SettleChannel:
 
 @dataclass(frozen=True, slots=True)
 class MarkChannel:
-    """Set a stored channel's status (and, if given, the tx closing it), atomically with
+    """Set a stored channel's status (and, unless None, the tx closing it), atomically with
     respect to payments being stored on it."""
 
     contract_txid: str
     status: ChannelStatus
-    closing_tx: bytes = b""
+    closing_tx: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,7 +41,8 @@ class ChannelRecord:
     change: int
     signature: bytes  # the client's payment signature for `change` (DER + hashtype)
     status: ChannelStatus = ChannelStatus.OPEN
-    refund_tx: bytes = b""  # client, version 1: the fully signed refund
+    refund_tx: bytes | None = None  # client, version 1: the fully signed refund (None:
+    # no refund stored; versions 2 and 3 sign theirs when needed)
     settlement_tx: bytes | None = None  # the settlement we broadcast (server) or were sent
     # (client); None until there is one
     peer: str = ""  # client: the server as dialled (host:port, URL); server: the client as

@@ -233,7 +233,7 @@ def _finish(record: ChannelRecord, state: ChainState, tip: Tip, policy: WatchPol
     if record.status is not status:
         change = client_share(record.contract, closing) if closing else record.contract.value
         effects += [
-            MarkChannel(txid, status, closing_tx=closing.serialize() if closing else b""),
+            MarkChannel(txid, status, closing_tx=closing.serialize() if closing else None),
             ChannelFinished(record, status, closing, record.contract.value - change, change),
         ]
     if _buried(state, tip, policy):

@@ -605,5 +605,6 @@ def _marked(mark: MarkChannel) -> Callable[[ChannelRecord], ChannelRecord]:
     """The record change a MarkChannel asks for: its status, and its closing tx if any."""
     def change(current: ChannelRecord) -> ChannelRecord:
         return replace(current, status=mark.status,
-                       settlement_tx=mark.closing_tx or current.settlement_tx)
+                       settlement_tx=current.settlement_tx if mark.closing_tx is None
+                       else mark.closing_tx)
     return change

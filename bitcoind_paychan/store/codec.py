@@ -73,8 +73,8 @@ def encode(record: ChannelRecord) -> tuple[Any, ...]:
         record.change,
         record.signature,
         ChannelStatus(record.status).value,
-        record.refund_tx,
-        record.settlement_tx or b"",  # the column is NOT NULL: empty for none
+        record.refund_tx or b"",  # these columns are NOT NULL: empty for None
+        record.settlement_tx or b"",
         record.peer,
         record.payments,
     )
@@ -88,8 +88,8 @@ def decode(row: tuple[Any, ...], source: str) -> ChannelRecord:
         contract = Contract(version, client_pub, server_pub, expiry,
                             OutPoint.from_hex(txid, index), value)
         return ChannelRecord(Role(role), contract, contract_tx, PrivateKey(secret), change,
-                             signature, ChannelStatus(status), refund_tx,
-                             bytes(settlement_tx) or None, peer, payments)
+                             signature, ChannelStatus(status),
+                             bytes(refund_tx) or None, bytes(settlement_tx) or None, peer, payments)
     except (DecodeError, ValueError) as e:
         raise StoreError(
             f"{role} channel {txid} in {source} does not decode ({e}); the store is damaged or "

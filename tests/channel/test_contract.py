@@ -443,6 +443,8 @@ def test_v1_refund_needs_the_server_signature() -> None:
     contract = make_contract(1)
     with pytest.raises(LocalProtocolError):
         contract.sign_refund(CLIENT, contract.refund_tx(V1_REFUND_FEE))
+    with pytest.raises(LocalProtocolError, match="none is stored"):
+        contract.refund(CLIENT, FEE_RATE, None)  # no refund signed at opening
 
 
 def test_v1_refund_with_server_signature() -> None:

@@ -263,6 +263,7 @@ def test_contract_inputs_spent_elsewhere_fail_the_channel_then_discard_it() -> N
     effects = review(client, state, tip(150), RATE, POLICY)
     assert types(effects) == [MarkChannel, ChannelFinished]
     assert isinstance(effects[0], MarkChannel) and effects[0].status is ChannelStatus.FAILED
+    assert effects[0].closing_tx is None  # nothing closed it: the record's tx stays as is
     failed = replace(client, status=ChannelStatus.FAILED)
     assert review(failed, state, tip(151), RATE, POLICY) == []
     # Never funded: no money history to keep, so it is discarded rather than forgotten.

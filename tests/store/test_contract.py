@@ -63,13 +63,16 @@ def test_full_record_round_trip(store: ChannelStore, role: Role, status: Channel
     assert store.get(role, Channel().txid) is None
 
 
-def test_no_settlement_reads_back_as_none(store: ChannelStore) -> None:
-    """`settlement_tx` is None until there is one (a check for None means something), kept
-    as the column's empty value."""
+def test_no_settlement_nor_refund_reads_back_as_none(store: ChannelStore) -> None:
+    """`settlement_tx` and `refund_tx` are None until there is one (a check for None means
+    something), kept as the column's empty value; once set, they read back as stored."""
     ch = Channel()
     store.put(ch.record())
     got = store.get(Role.SERVER, ch.txid)
-    assert got is not None and got.settlement_tx is None
+    assert got is not None and got.settlement_tx is None and got.refund_tx is None
+    store.put(replace(got, refund_tx=b"refund", settlement_tx=b"settle"))
+    got = store.get(Role.SERVER, ch.txid)
+    assert got is not None and (got.refund_tx, got.settlement_tx) == (b"refund", b"settle")
 
 
 def test_put_replaces_and_keeps_the_log(store: ChannelStore) -> None:
