@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 
 from bitcoind_paychan import __version__
 from bitcoind_paychan.channel.records import ChannelStatus
-from bitcoind_paychan.errors import ConfigError, PaychanError
+from bitcoind_paychan.errors import ConfigError, PaychanError, SystemChangeRefused
 
 EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED, EXIT_PIPE = 1, 2, 3, 130, 141
 USAGE_ERROR = -1000  # the code of a usage or configuration error in `--json` errors
@@ -118,7 +118,8 @@ def _bitcoind(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from bitcoind_paychan import demo
 
-    return demo.main(args.version, args.payments, args.amount, args.json, args.store)
+    return demo.main(args.version, args.payments, args.amount, args.json, args.store,
+                     args.allow_system_changes)
 
 
 def _daemon(args: argparse.Namespace) -> int:
@@ -366,7 +367,12 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--amount", type=_positive, default=1_000, help="sat per payment (1000)")
     demo.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite",
                       help="the server's store: an SQLite file (default), or a database on a "
-                      "throwaway PostgreSQL server (installed from Debian's packages if need be)")
+                      "throwaway PostgreSQL server (see --allow-system-changes)")
+    demo.add_argument("--allow-system-changes", action="store_true",
+                      help="with --store postgresql as root: allow installing Debian's "
+                      "postgresql package and creating the system user paychan-pg if missing "
+                      "(kept afterwards; the demo says which first). Without it the demo "
+                      "refuses and changes nothing (exit 2)")
     command("daemon", _daemon, "run the server and/or client roles (see --config)")
     command("getinfo", _call("getinfo"),
             "the daemon's version, network, node state, height, channels")
@@ -431,7 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = (EXIT_UNREACHABLE if exc.code in LOCAL_CODES else
                   EXIT_USAGE if exc.code == INVALID_PARAMETER else EXIT_ERROR)
         return fail(exc.code, exc.message, as_json, status)
-    except ConfigError as exc:
+    except (ConfigError, SystemChangeRefused) as exc:
         return fail(USAGE_ERROR, str(exc), as_json, EXIT_USAGE)
     except PaychanError as exc:
         return fail(MISC_ERROR, str(exc), as_json, EXIT_ERROR)

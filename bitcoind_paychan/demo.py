@@ -12,6 +12,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from decimal import Decimal
@@ -22,6 +23,7 @@ from bitcoind_paychan.bitcoin.address import script_to_address
 from bitcoind_paychan.bitcoin.keys import PrivateKey
 from bitcoind_paychan.bitcoin.network import Network
 from bitcoind_paychan.bitcoin.script import p2wpkh_script
+from bitcoind_paychan.errors import SystemChangeRefused
 from bitcoind_paychan.node import Bitcoind, NodeConfig, to_sat
 from bitcoind_paychan.regtest.node import RegtestNode, regtest_nodes, sync_tips
 from bitcoind_paychan.regtest.postgres import PostgresServer, setup_steps
@@ -97,14 +99,31 @@ async def stream_payments(server_node: RegtestNode, client_node: RegtestNode, ve
     return channel.contract_txid, settlement.txid_hex, channel.paid, server_wallet.mined
 
 
+ALLOW_OPTION = "--allow-system-changes"
+
+
+def check_system_changes(engine: str, allowed: bool, out: TextIO,
+                         needed: Callable[[], list[str]] | None = None) -> None:
+    """Before anything starts: what the store's set-up would change on this machine (`needed`:
+    installing PostgreSQL, creating its system user). Refused unless `allowed`; said first
+    when allowed."""
+    steps = (needed or setup_steps)() if engine == "postgresql" else []
+    if not steps:
+        return
+    if not allowed:
+        raise SystemChangeRefused(
+            "the PostgreSQL demo would first change this machine: " + "; and ".join(steps)
+            + f" (kept afterwards). Nothing was changed: run it again with {ALLOW_OPTION} "
+            "to allow this (on a throwaway machine or container), or install PostgreSQL "
+            "yourself, or use the default --store sqlite")
+    print("as root, the demo will first " + "; and ".join(steps) + " (kept afterwards)",
+          file=out, flush=True)
+
+
 def server_store(engine: str, workdir: Path, stack: ExitStack, out: TextIO) -> ChannelStore:
     """The server's store: an SQLite file, or a database on a throwaway PostgreSQL server."""
     if engine == "sqlite":
         return stack.enter_context(SQLiteStore(workdir / "server.db"))
-    steps = setup_steps()
-    if steps:  # root changes this machine: say so before, and what to undo
-        print("as root, the demo will first " + "; and ".join(steps) + " (kept afterwards)",
-              file=out, flush=True)
     print("starting a throwaway PostgreSQL server for the server's store…", file=out)
     database = stack.enter_context(PostgresServer())
     store = stack.enter_context(open_store(engine="postgresql",
@@ -114,9 +133,13 @@ def server_store(engine: str, workdir: Path, stack: ExitStack, out: TextIO) -> C
 
 
 def run_demo(version: int = 3, payments: int = 100, amount: int = 1_000,
-             out: TextIO = sys.stderr, store: str = "sqlite") -> DemoResult:
+             out: TextIO = sys.stderr, store: str = "sqlite", *,
+             allow_system_changes: bool = False,
+             needed: Callable[[], list[str]] | None = None) -> DemoResult:
     """Run the demo (the server's store of engine `store`); progress goes to `out`; returns
-    the checked outcome."""
+    the checked outcome. Raises SystemChangeRefused, before anything starts, when the store's
+    set-up would change this machine (`needed`) and `allow_system_changes` is false."""
+    check_system_changes(store, allow_system_changes, out, needed)
     print("starting two regtest nodes (server side, client side)…", file=out)
     with regtest_nodes(2, connected=True) as (server_node, client_node), \
             tempfile.TemporaryDirectory(prefix="paychan-demo-") as tmp, ExitStack() as stack:
@@ -191,8 +214,10 @@ def print_summary(result: DemoResult, out: TextIO) -> None:
         print(f"  {name:<{width}}  {value}", file=out)
 
 
-def main(version: int, payments: int, amount: int, as_json: bool, store: str = "sqlite") -> int:
-    result = run_demo(version, payments, amount, sys.stderr if as_json else sys.stdout, store)
+def main(version: int, payments: int, amount: int, as_json: bool, store: str = "sqlite",
+         allow_system_changes: bool = False) -> int:
+    result = run_demo(version, payments, amount, sys.stderr if as_json else sys.stdout, store,
+                      allow_system_changes=allow_system_changes)
     if as_json:
         print(json.dumps(asdict(result)))
     else:

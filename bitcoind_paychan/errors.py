@@ -23,7 +23,8 @@ Every error says what happened and, where there is something to do, what to do.
     │   └── PaymentTimeout       no PAYMENT_ACK in time; the payment is stored, resume to resend
     ├── StoreError               the durable store
     │   └── LeaseLost            another connection (or instance) took the channel over
-    └── TLSError                 a TLS handshake or certificate check failed
+    ├── TLSError                 a TLS handshake or certificate check failed
+    └── SystemChangeRefused      the demo would change this machine and was not asked to
 """
 
 from __future__ import annotations
@@ -172,3 +173,9 @@ class ProxyHeaderError(PaychanError):
 class TLSError(PaychanError):
     """A TLS connection failed: a certificate not trusted, expired, for another host or not
     the pinned one, or a peer that does not speak TLS. The message says which and what to do."""
+
+
+class SystemChangeRefused(PaychanError):
+    """`paychan demo` would change this machine (install a package, create a system user)
+    and the operator did not allow it; the message names each change and the option that
+    allows them. Nothing was changed."""

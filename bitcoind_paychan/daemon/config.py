@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import ipaddress
 import os
 import re
@@ -411,8 +412,8 @@ def _store(r: _Reader, d: dict[str, Any], network: str) -> StoreConfig:
         return StoreConfig(engine, r.path(d, "store", "path", "~/.paychan/<network>/channels.db",
                                           network))
     if d.get("path") is not None:
-        r.fail("store.path", "found a path with engine postgresql, expected store.dsn only "
-                             "(the path is for engine sqlite)")
+        r.wrong("store.path", "found a path with engine postgresql, expected store.dsn only "
+                              "(the path is for engine sqlite)", None)
     dsn = d.get("dsn")
     if not isinstance(dsn, str) or not dsn:
         r.fail("store.dsn", f"found {'nothing' if dsn is None else _show(dsn)}, expected "
@@ -437,6 +438,21 @@ def _timeouts(r: _Reader, d: dict[str, Any]) -> SessionTimeouts:
 
 
 def _bitcoind(r: _Reader, d: dict[str, Any], network: str, check_files: bool) -> BitcoindConfig:
+    default_url = f"http://127.0.0.1:{DEFAULT_RPC_PORTS[network]}"
+    url = r.guard(lambda: _bitcoind_url(r, d, network), default_url)
+    credentials = r.guard(lambda: _credentials(r, d), None)
+    user, password = credentials or (None, None)
+    cookie = None
+    if credentials == (None, None):  # the cookie file (not when the credentials are wrong)
+        cookie = r.guard(lambda: _cookie_file(r, d, network, check_files), None)
+    wallet = r.guard(lambda: r.optional_string(d, "bitcoind", "wallet", "paychan"), None)
+    zmq = r.guard(lambda: _zmq(r, d), None)
+    return BitcoindConfig(url=url, cookie_file=cookie, user=user, password=password,
+                          wallet=wallet, zmq=zmq,
+                          poll_interval=r.number(d, "bitcoind", "poll_interval", 5.0))
+
+
+def _bitcoind_url(r: _Reader, d: dict[str, Any], network: str) -> str:
     url = r.string(d, "bitcoind", "url", f"http://127.0.0.1:{DEFAULT_RPC_PORTS[network]}")
     parts = urlsplit(url)
     try:
@@ -447,6 +463,11 @@ def _bitcoind(r: _Reader, d: dict[str, Any], network: str, check_files: bool) ->
     if not valid:
         r.fail("bitcoind.url", f"found {url!r}, expected an http:// or https:// URL like "
                                f"http://127.0.0.1:{DEFAULT_RPC_PORTS[network]}")
+    return url
+
+
+def _credentials(r: _Reader, d: dict[str, Any]) -> tuple[str | None, str | None]:
+    """bitcoind.user and bitcoind.password: both, or neither (then the cookie file)."""
     user = r.optional_string(d, "bitcoind", "user", None)
     password = r.optional_string(d, "bitcoind", "password", None)
     if (user is None) != (password is None):
@@ -456,20 +477,22 @@ def _bitcoind(r: _Reader, d: dict[str, Any], network: str, check_files: bool) ->
     if user is not None and d.get("cookie_file") is not None:
         r.fail("bitcoind.cookie_file", "found both cookie_file and user/password, expected "
                                        "one way to authenticate")
-    cookie = None
-    if user is None:
-        cookie = r.path(d, "bitcoind", "cookie_file", str(default_cookie_file(network)),
-                        network)
-        if check_files:
-            r.check_file(lambda: _check_readable(r, "bitcoind.cookie_file", cookie))
-    wallet = r.optional_string(d, "bitcoind", "wallet", "paychan")
+    return user, password
+
+
+def _cookie_file(r: _Reader, d: dict[str, Any], network: str, check_files: bool) -> Path:
+    cookie = r.path(d, "bitcoind", "cookie_file", str(default_cookie_file(network)), network)
+    if check_files:
+        r.check_file(lambda: _check_readable(r, "bitcoind.cookie_file", cookie))
+    return cookie
+
+
+def _zmq(r: _Reader, d: dict[str, Any]) -> str | None:
     zmq = r.optional_string(d, "bitcoind", "zmq", None)
     if zmq is not None and not _ZMQ.match(zmq):
         r.fail("bitcoind.zmq", f"found {zmq!r}, expected a ZMQ endpoint like "
                                "tcp://127.0.0.1:28332 (bitcoind's zmqpubhashblock)")
-    return BitcoindConfig(url=url, cookie_file=cookie, user=user, password=password,
-                          wallet=wallet, zmq=zmq,
-                          poll_interval=r.number(d, "bitcoind", "poll_interval", 5.0))
+    return zmq
 
 
 def _server(r: _Reader, d: dict[str, Any], network: str, check_files: bool) -> ServerConfig:
@@ -481,32 +504,39 @@ def _server(r: _Reader, d: dict[str, Any], network: str, check_files: bool) -> S
         min_confirmations=r.integer(d, "server", "min_confirmations",
                                     0 if network == "regtest" else 1, minimum=0,
                                     nullable=True),
-        payout_address=r.optional_string(d, "server", "payout_address", None),
-        tls_cert_file=r.optional_path(d, "server", "tls_cert_file", network),
-        tls_key_file=r.optional_path(d, "server", "tls_key_file", network),
-        websocket=_websocket(r, d),
-        proxies=_proxies(r, d),
+        payout_address=r.guard(lambda: _payout_address(r, d, network), None),
+        tls_cert_file=r.guard(lambda: r.optional_path(d, "server", "tls_cert_file", network),
+                              None),
+        tls_key_file=r.guard(lambda: r.optional_path(d, "server", "tls_key_file", network),
+                             None),
+        websocket=r.guard(lambda: _websocket(r, d), None),
+        proxies=r.guard(lambda: _proxies(r, d), TrustedProxies()),
         proxy_protocol=r.boolean(d, "server", "proxy_protocol", False),
     )
     if s.proxy_protocol and not s.proxies.networks:
         r.fail("server.proxy_protocol", "found true without server.trusted_proxies, expected "
                                         "the balancers' addresses there: only they may name "
                                         "a client")
-    if (s.tls_cert_file is None) != (s.tls_key_file is None):
-        given, missing = (("tls_cert_file", "tls_key_file") if s.tls_key_file is None
-                          else ("tls_key_file", "tls_cert_file"))
-        r.fail(f"server.{missing}", f"missing, expected {missing} together with {given} "
+    given = [key for key in ("tls_cert_file", "tls_key_file") if d.get(key) is not None]
+    if len(given) == 1:
+        missing = "tls_key_file" if given == ["tls_cert_file"] else "tls_cert_file"
+        r.fail(f"server.{missing}", f"missing, expected {missing} together with {given[0]} "
                                     "(give both for TLS, or neither for plain TCP)")
     tls = s.tls
     if check_files and tls is not None:
         r.check_file(lambda: _check_tls(r, "server.tls_cert_file", tls.context))
-    if s.payout_address is not None:
-        try:
-            address_to_script(s.payout_address, Network.from_chain(network))
-        except DecodeError as exc:
-            r.fail("server.payout_address", f"found {s.payout_address!r}, expected an address "
-                                            f"of {network}: {exc}")
     return s
+
+
+def _payout_address(r: _Reader, d: dict[str, Any], network: str) -> str | None:
+    address = r.optional_string(d, "server", "payout_address", None)
+    if address is not None:
+        try:
+            address_to_script(address, Network.from_chain(network))
+        except DecodeError as exc:
+            r.fail("server.payout_address", f"found {address!r}, expected an address "
+                                            f"of {network}: {exc}")
+    return address
 
 
 def _websocket(r: _Reader, d: dict[str, Any]) -> str | None:
@@ -538,28 +568,37 @@ def _client(r: _Reader, d: dict[str, Any], network: str, check_files: bool) -> C
     raw = d.get("servers")
     servers: dict[str, str] = {}
     tls: dict[str, ClientTLS] = {}
-    if raw is not None:
-        if not isinstance(raw, dict):
-            r.fail("client.servers", f"found {_show(raw)}, expected a mapping of "
-                                     "name: host:port (or ws://host:port/path)")
-        for name in raw:
-            if not isinstance(name, str) or not name or ":" in name:
-                r.fail("client.servers", f"found the name {_show(name)}, expected a name "
-                                         "without ':' (e.g. shop)")
-            entry, section, key = raw, "client.servers", name
-            if isinstance(raw[name], dict):  # the address with how to trust its TLS
-                entry, section, key = raw[name], f"client.servers.{name}", "address"
-                r.check_keys(entry, section, SERVER_ENTRY_KEYS)
-                if entry.get("address") is None:
-                    r.fail(f"{section}.address", "missing, expected the server's host:port "
-                                                 "(or wss:// URL) beside how to trust its TLS")
-            servers[name] = _server_address(r, entry, section, key)
-            if entry is not raw:
-                trust = _client_tls(r, entry, section, network, check_files)
-                if trust is not None:
-                    tls[servers[name]] = trust
+    if raw is not None and not isinstance(raw, dict):
+        r.wrong("client.servers", f"found {_show(raw)}, expected a mapping of "
+                                  "name: host:port (or ws://host:port/path)", None)
+    elif raw is not None:
+        for name in raw:  # each server apart: one's mistake hides none of the others'
+            r.guard(functools.partial(_client_server, r, raw, name, network, check_files,
+                                      servers, tls), None)
     return ClientConfig(enabled=r.boolean(d, "client", "enabled", False), servers=servers,
                         policy=r.policy(d, "client", ClientPolicy), tls=tls)
+
+
+def _client_server(r: _Reader, raw: dict[Any, Any], name: Any, network: str,
+                   check_files: bool, servers: dict[str, str],
+                   tls: dict[str, ClientTLS]) -> None:
+    """One entry of client.servers, added to `servers` (and `tls`) when it is valid."""
+    if not isinstance(name, str) or not name or ":" in name:
+        r.fail("client.servers", f"found the name {_show(name)}, expected a name "
+                                 "without ':' (e.g. shop)")
+    entry, section, key = raw, "client.servers", name
+    if isinstance(raw[name], dict):  # the address with how to trust its TLS
+        entry, section, key = raw[name], f"client.servers.{name}", "address"
+        r.check_keys(entry, section, SERVER_ENTRY_KEYS)
+        if entry.get("address") is None:
+            r.fail(f"{section}.address", "missing, expected the server's host:port "
+                                         "(or wss:// URL) beside how to trust its TLS")
+    address = _server_address(r, entry, section, key)
+    if entry is not raw:
+        trust = _client_tls(r, entry, section, network, check_files)
+        if trust is not None:
+            tls[address] = trust
+    servers[name] = address
 
 
 def _server_address(r: _Reader, d: dict[str, Any], section: str, name: str) -> str:
@@ -587,7 +626,8 @@ def server_address(value: str) -> str:
 def _cluster(r: _Reader, d: dict[str, Any]) -> ClusterPolicy:
     try:
         return ClusterPolicy(
-            instance_id=r.optional_string(d, "cluster", "instance_id", None),
+            instance_id=r.guard(lambda: r.optional_string(d, "cluster", "instance_id", None),
+                                None),
             takeover_after=r.number(d, "cluster", "takeover_after",
                                     ClusterPolicy.takeover_after))
     except PolicyError as exc:
@@ -642,7 +682,7 @@ def _logging(r: _Reader, d: dict[str, Any], network: str) -> LoggingConfig:
     return LoggingConfig(
         level=r.choice(d, "logging", "level", "info", LEVELS),
         format=r.choice(d, "logging", "format", "human", FORMATS),
-        file=r.optional_path(d, "logging", "file", network),
+        file=r.guard(lambda: r.optional_path(d, "logging", "file", network), None),
         levels=_subsystem_levels(r, d.get("levels")),
     )
 
@@ -653,23 +693,29 @@ def _subsystem_levels(r: _Reader, raw: Any) -> dict[str, str]:
     if not isinstance(raw, dict):
         r.fail("logging.levels", f"found {_show(raw)}, expected a mapping of subsystem: level "
                                  "(e.g. watcher: debug)")
+    known = [name for name in raw if name in SUBSYSTEMS]
     for name in raw:
         if name not in SUBSYSTEMS:
-            r.fail("logging.levels", f"found the subsystem {_show(name)}, expected one of: "
-                                     f"{', '.join(SUBSYSTEMS)}")
-    return {name: r.choice(raw, "logging.levels", name, "info", LEVELS) for name in raw}
+            r.wrong("logging.levels", f"found the subsystem {_show(name)}, expected one of: "
+                                      f"{', '.join(SUBSYSTEMS)}", None)
+    return {name: r.choice(raw, "logging.levels", name, "info", LEVELS) for name in known}
 
 
 def _control(r: _Reader, d: dict[str, Any], network: str) -> ControlConfig:
     listen = r.address(d, "control", "listen", "127.0.0.1:4243")
     host = _split(listen)[0]
     if not _is_loopback(host):
-        r.fail("control.listen", f"found host {host!r}, expected a loopback address "
-                                 "(127.0.0.1, ::1 or localhost): the control API is local only")
-    return ControlConfig(listen=listen, cookie_file=r.path(
-        d, "control", "cookie_file", "~/.paychan/<network>/control.cookie", network),
-        cookie_mode=_cookie_mode(r, d.get("cookie_mode", COOKIE_MODES[0])),
-        cookie_group=r.optional_string(d, "control", "cookie_group", None))
+        r.wrong("control.listen", f"found host {host!r}, expected a loopback address "
+                                  "(127.0.0.1, ::1 or localhost): the control API is local "
+                                  "only", None)
+    cookie_file = r.guard(lambda: r.path(d, "control", "cookie_file",
+                                         "~/.paychan/<network>/control.cookie", network),
+                          Path(os.devnull))
+    return ControlConfig(listen=listen, cookie_file=cookie_file,
+                         cookie_mode=r.guard(lambda: _cookie_mode(
+                             r, d.get("cookie_mode", COOKIE_MODES[0])), COOKIE_MODES[0]),
+                         cookie_group=r.guard(lambda: r.optional_string(
+                             d, "control", "cookie_group", None), None))
 
 
 def _cookie_mode(r: _Reader, value: Any) -> int:
@@ -742,7 +788,8 @@ class _Problem(ConfigError):
 class _Reader:
     """Reads typed values out of parsed YAML; every failure names file, key and expectation.
     A value of the wrong kind is noted (`problems`) and its default used, so that one pass
-    finds every problem; `fail` gives up the section in hand (its defaults are used)."""
+    finds every problem; `fail` gives up what is being read: a key inside `guard` (the
+    section goes on), else the section in hand (its defaults are used)."""
 
     def __init__(self, source: Path | None, lines: Mapping[str, int] | None = None) -> None:
         self.source = source
@@ -764,10 +811,7 @@ class _Reader:
 
     def check_file(self, check: Callable[[], None]) -> None:
         """Run a check of a file; its problem is noted and the section goes on."""
-        try:
-            check()
-        except _Problem as problem:
-            self.problems.append(problem)
+        self.guard(check, None)
 
     def wrong(self, key: str, message: str, default: _V) -> _V:
         """Note a problem with `key` and go on with `default`."""
@@ -833,25 +877,44 @@ class _Reader:
                keys: Mapping[str, str] | None = None, **given: Any) -> _P:
         """Policy `cls` built from the section's keys (`keys`, or POLICY_KEYS). Absent keys
         take the policy's defaults; its own rules reject values, reported under the keys'
-        names."""
+        names. Each bad key is noted and left out (its default used), so that every bad key
+        is reported; the policy is built from the valid ones only."""
         keys = POLICY_KEYS[section] if keys is None else keys
+        names = {name: _join(section, key) for key, name in keys.items()}
         values: dict[str, Any] = {}
         for key, name in keys.items():
             value = d.get(key)
             if value is None and (key not in d or _join(section, key) in NULL_IS_DEFAULT):
                 continue
             if isinstance(value, bool) or not isinstance(value, int):
-                self.fail(_join(section, key), f"found {_show(value)}, expected an integer")
+                self.wrong(names[name], f"found {_show(value)}, expected an integer", None)
+                continue
             values[name] = value
+        while True:  # each rule broken: noted under its key, whose value is then left out
+            try:
+                return cls(**values, **given)
+            except PolicyError as exc:
+                if not values:  # the defaults themselves (with `given`) break a rule
+                    self.fail(names.get(exc.field, _join(section, exc.field)), exc.detail)
+                detail = re.sub(r"\b(" + "|".join(names) + r")\b", lambda m: names[m[1]],
+                                exc.detail)
+                spelled = d.get(next((k for k, n in keys.items() if n == exc.field), ""))
+                if isinstance(spelled, _Int):  # as written: 0644, not 420
+                    detail = detail.replace(f"found {int(spelled)}", f"found {spelled.written}")
+                self.wrong(names.get(exc.field, _join(section, exc.field)), detail, None)
+                if exc.field in values:
+                    del values[exc.field]
+                else:  # a rule of a field no key sets: the defaults then
+                    values.clear()
+
+    def guard(self, read: Callable[[], _T], default: _T) -> _T:
+        """`read` one key (or keys that stand or fall together); its problem is noted and
+        `default` used, so that the section goes on to its other keys."""
         try:
-            return cls(**values, **given)
-        except PolicyError as exc:
-            names = {name: _join(section, key) for key, name in keys.items()}
-            detail = re.sub(r"\b(" + "|".join(names) + r")\b", lambda m: names[m[1]], exc.detail)
-            spelled = d.get(next((k for k, n in keys.items() if n == exc.field), ""))
-            if isinstance(spelled, _Int):  # as written: 0644, not 420
-                detail = detail.replace(f"found {int(spelled)}", f"found {spelled.written}")
-            self.fail(names.get(exc.field, _join(section, exc.field)), detail)
+            return read()
+        except _Problem as problem:
+            self.problems.append(problem)
+            return default
 
     def integer(self, d: Mapping[str, Any], section: str, name: str, default: int, *,
                 minimum: int = 1, maximum: int | None = None, nullable: bool = False) -> int:

@@ -174,6 +174,8 @@ class Daemon:
                                         on_event=self._client_event, tls=config.client.tls,
                                         **common)
             self.client.callbacks.on_error = self.metrics.callback_errors.inc
+            self.client.on_peer_error = lambda error: self.metrics.errors.labels(
+                role="client", code=error.code.name).inc()
             self.client.open_new_hint = "paychan open --new"
 
     async def _shutdown(self, control: ControlServer, metrics: MetricsServer | None,
@@ -205,7 +207,7 @@ class Daemon:
             self.metrics.server.paid(event.amount)
             self.activity.record(event.amount, received=True)
         elif isinstance(event, PeerError):
-            self.metrics.errors.labels(code=event.code.name).inc()
+            self.metrics.errors.labels(role="server", code=event.code.name).inc()
         elif isinstance(event, ChannelOpened | ChannelFinished):
             what = ("opened" if isinstance(event, ChannelOpened)
                     else f"finished: {event.status.value}")

@@ -92,11 +92,13 @@ class PaychanMetrics:
             "server, from receiving it (an opening payment: its contract) to its "
             "acknowledgement being due (checked and stored); client, from asking to pay to "
             "the server's acknowledgement.", ["role"], registry=r, buckets=LATENCY_BUCKETS)
-        self.errors = Counter("paychan_errors_total", "Protocol errors on the server role's "
-                              "connections (sent or received), by wire error code; the "
-                              "client role's are in its log.", ["code"], registry=r)
-        for code in ErrorCode:  # every series from the start: rate() needs its zero
-            self.errors.labels(code=code.name)
+        self.errors = Counter("paychan_errors_total", "Protocol errors on the connections "
+                              "of each role (server: clients' connections to us; client: ours "
+                              "to servers), sent or received, by wire error code.",
+                              ["role", "code"], registry=r)
+        for role in ("server", "client"):  # every series from the start: rate() needs its zero
+            for code in ErrorCode:
+                self.errors.labels(role=role, code=code.name)
         self.callback_errors = Counter(
             "paychan_callback_errors_total", "Exceptions raised by the application's callbacks "
             "(on_payment, on_event), each logged and ignored.", registry=r)

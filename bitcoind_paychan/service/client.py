@@ -133,6 +133,9 @@ class ClientManager:
         self.callbacks = Callbacks()  # the application's `on_event`, isolated
         self.events = ClientEvents(self.callbacks)  # each channel's, in order
         self.events.on_event = on_event
+        # Told each protocol error on a channel's connection (sent or received): the daemon
+        # counts them in paychan_errors_total{role="client"}.
+        self.on_peer_error: Callable[[PeerError], object] | None = None
         # How ChannelExists tells its reader to open another channel beside the open one (the
         # daemon tells its operator the CLI's way).
         self.open_new_hint = "open_channel(..., new=True)"
@@ -718,6 +721,10 @@ class Channel:
                     log.info("%s: %s", self.machine.peer, reason)
                     await self.stream.close()
                     self._events.append(effect)
+                case PeerError():
+                    self._events.append(effect)
+                    if self.client.on_peer_error is not None:
+                        self.client.on_peer_error(effect)
                 case _:
                     self._events.append(effect)
 

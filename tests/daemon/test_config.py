@@ -753,3 +753,58 @@ def test_the_daemon_reports_the_schema_before_missing_files(tmp_path: Path) -> N
     assert done.returncode == 2
     first, second = done.stderr.splitlines()
     assert "server.listen" in first and "bitcoind.cookie_file" in second, done.stderr
+
+
+def test_a_bad_value_early_in_a_section_hides_none_of_its_later_mistakes(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+        server:
+          min_payment: -3
+          listen: 127.0.0.1:4242
+          min_time_window: 10
+          payout_address: nowhere
+          websocket: 8080
+          trusted_proxies: 10.0.0.0/99
+        client:
+          servers:
+            "bad:name": 127.0.0.1:1
+            shop: 127.0.0.1:99999
+          channel_size: 0
+          payment_window: soon
+        fees:
+          target: 0
+          max_rate: fast
+        control:
+          listen: 10.0.0.1:4243
+          cookie_mode: 0644
+          cookie_group: 7
+        bitcoind:
+          url: ftp://node
+          user: alice
+          zmq: udp://x
+        store:
+          dsn: postgresql://x@y/z
+          path: 5
+        """)
+    lines = error_of(path).splitlines()
+    keys = [line.removeprefix(f"{path}: ").split(":")[0] for line in lines]
+    assert keys == ["server.min_payment", "server.min_time_window", "server.payout_address",
+                    "server.websocket", "server.trusted_proxies", "client.servers",
+                    "client.servers.shop", "client.channel_size", "client.payment_window",
+                    "fees.target", "fees.max_rate", "control.listen", "control.cookie_mode",
+                    "control.cookie_group", "bitcoind.password",  # missing: at its section
+                    "bitcoind.url", "bitcoind.zmq", "store.dsn", "store.path"], lines
+    assert all(line.startswith(f"{path}: ") and "expected" in line for line in lines), lines
+    by_key = dict(zip(keys, lines, strict=True))
+    assert "found -3" in by_key["server.min_payment"]
+    assert "found 0644" in by_key["control.cookie_mode"]
+    assert "'fast'" in by_key["fees.max_rate"] and "an integer" in by_key["fees.max_rate"]
+
+
+def test_a_policy_is_built_only_from_its_valid_keys(tmp_path: Path) -> None:
+    """A broken rule is reported once, under its key; the other keys still count."""
+    path = write(tmp_path, "server:\n  min_channel_size: 5000\n  min_payment: 9000\n"
+                           "  max_time_window: 0\n")
+    lines = error_of(path).splitlines()
+    assert [line.split(": ")[1] for line in lines] == ["server.min_payment",
+                                                        "server.max_time_window"], lines
+    assert "less than server.min_channel_size (5000)" in lines[0]

@@ -37,6 +37,7 @@ class Daemons:
     def __init__(self, node: RegtestNode, tmp: Path) -> None:
         self.node, self.tmp = node, tmp
         self.server_port, self.metrics_port = free_port(), free_port()
+        self.client_metrics_port = free_port()
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         common = {
             "network": "regtest",
@@ -54,6 +55,7 @@ class Daemons:
             "bitcoind": {"wallet": "client"},
             "client": {"enabled": True, "servers": {"shop": f"127.0.0.1:{self.server_port}"},
                        "channel_size": 4_000_000},
+            "metrics": {"enabled": True, "listen": f"127.0.0.1:{self.client_metrics_port}"},
         })
 
     def write(self, name: str, common: dict[str, Any], own: dict[str, Any]) -> None:
@@ -184,6 +186,9 @@ def test_close_prints_the_servers_reason_when_it_cannot_settle(daemons: Daemons)
     assert "the server said: cannot settle now" in refused.stderr
     assert "wallet 'paychan' is not loaded" in refused.stderr
     assert "did not settle in time" not in refused.stderr
+    scraped = urllib.request.urlopen(
+        f"http://127.0.0.1:{daemons.client_metrics_port}/metrics", timeout=10).read().decode()
+    assert metric(scraped, 'paychan_errors_total{code="OTHER",role="client"}') == 1  # counted
     closed = daemons.json("client", "close", txid)  # the server loads its wallet now
     assert closed["status"] == "closing" and closed["settlement_txid"]
 
@@ -224,7 +229,7 @@ def test_open_pay_list_close_through_the_cli(daemons: Daemons) -> None:
     assert metric(scraped, 'paychan_settlements_unconfirmed{role="server"}') == 0
     assert metric(scraped, "paychan_store_size_bytes") > 0
     assert metric(scraped, 'paychan_payment_latency_seconds_count{role="server"}') == 11  # payments
-    assert metric(scraped, 'paychan_errors_total{code="TIMEOUT"}') == 0  # there from the start
+    assert metric(scraped, 'paychan_errors_total{code="TIMEOUT",role="server"}') == 0  # at start
     assert metric(scraped, 'paychan_channels_lifetime{role="server"}') == 1
     assert metric(scraped, 'paychan_channels_forgotten{role="server"}') == 0
     closed = daemons.json("client", "close", txid)

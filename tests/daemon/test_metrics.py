@@ -32,7 +32,7 @@ BASELINE_TYPES = {
 BASELINE_SAMPLES = {
     "paychan_can_settle": ("reason",),
     "paychan_channels": ("role", "state"),
-    "paychan_errors_total": ("code",),
+    "paychan_errors_total": ("code", "role"),
     "paychan_node_last_block_height": (),
     "paychan_node_up": (),
     "paychan_payment_amount_sat_total": ("role",),
@@ -52,7 +52,7 @@ def exercised() -> PaychanMetrics:
     m.locked.labels(role="server").set(150_000)
     m.client.paid(1000, 0.002)
     m.server.paid(700)
-    m.errors.labels(code="TIMEOUT").inc()
+    m.errors.labels(role="server", code="TIMEOUT").inc()
     m.node_up.set(1)
     m.settle_state("ok")
     m.height.set(812_345)
@@ -95,7 +95,7 @@ def test_values_and_meaning() -> None:
         'paychan_payment_amount_sat_total{role="server"} 700.0',
         'paychan_payment_latency_seconds_bucket{le="0.0025",role="client"} 1.0',
         'paychan_payment_latency_seconds_count{role="client"} 1.0',
-        'paychan_errors_total{code="TIMEOUT"} 1.0',
+        'paychan_errors_total{code="TIMEOUT",role="server"} 1.0',
         "paychan_node_up 1.0",
         "paychan_node_last_block_height 812345.0",
         'paychan_next_deadline_seconds{role="server"} 3600.0',
@@ -181,7 +181,8 @@ def test_error_counters_exist_from_the_start_and_help_covers_both_roles() -> Non
     role counts."""
     scrape = PaychanMetrics("regtest").render().decode()
     for code in ErrorCode:
-        assert f'paychan_errors_total{{code="{code.name}"}} 0.0' in scrape
+        for role in ("server", "client"):
+            assert f'paychan_errors_total{{code="{code.name}",role="{role}"}} 0.0' in scrape
     helps = dict(re.findall(r"^# HELP (paychan_\w+) (.*)$", scrape, re.M))
     for name in ("paychan_channels", "paychan_value_locked_sat", "paychan_payments_total",
                  "paychan_payment_amount_sat_total", "paychan_payment_latency_seconds"):
