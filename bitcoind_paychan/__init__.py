@@ -59,6 +59,7 @@ from bitcoind_paychan.errors import (
     RemoteProtocolError,
     SettlementDecided,
     StoreError,
+    SystemChangeRefused,
     TLSError,
     TransactionRejected,
     WalletNotLoaded,
@@ -109,6 +110,6 @@ __all__ = [
     "PeerLimits", "PolicyError", "PostgresStore", "ProtocolError", "ProxyHeaderError",
     "RemoteProtocolError", "Role", "SQLiteStore", "ServerConnection", "ServerEvent",
     "ServerManager", "ServerPolicy", "ServerTLS", "SettlementDecided", "StoreError", "Stream",
-    "TLSError", "Transaction", "TransactionRejected", "WalletNotLoaded", "WatchPolicy",
-    "WrongNetwork", "open_store",
+    "SystemChangeRefused", "TLSError", "Transaction", "TransactionRejected", "WalletNotLoaded",
+    "WatchPolicy", "WrongNetwork", "open_store",
 ]

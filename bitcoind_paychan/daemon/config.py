@@ -407,8 +407,8 @@ def _store(r: _Reader, d: dict[str, Any], network: str) -> StoreConfig:
     if engine == "sqlite":
         for key in ("dsn", *TIMEOUT_KEYS):
             if d.get(key) is not None:
-                r.fail(f"store.{key}", f"found a {key} with engine sqlite, expected none (set "
-                                       "store.engine: postgresql to use it)")
+                r.wrong(f"store.{key}", f"found a {key} with engine sqlite, expected none (set "
+                                        "store.engine: postgresql to use it)", None)
         return StoreConfig(engine, r.path(d, "store", "path", "~/.paychan/<network>/channels.db",
                                           network))
     if d.get("path") is not None:
