@@ -18,7 +18,8 @@ from bitcoind_paychan.channel import messages
 from bitcoind_paychan.channel.machine import resume_digest
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.store import SQLiteStore
-from bitcoind_paychan.wire import MessageStream, encode_frame, encode_message, open_connection, pb
+from bitcoind_paychan.transport.stream import MessageStream, open_connection
+from bitcoind_paychan.wire import encode_frame, encode_message, pb
 
 T = pb.TwoWayChannelMessage
 

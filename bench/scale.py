@@ -45,10 +45,11 @@ from bitcoind_paychan.channel.records import ChannelRecord, Role
 from bitcoind_paychan.node import AsyncBitcoind, Bitcoind, NodeConfig
 from bitcoind_paychan.node.monitor import ChainEvent
 from bitcoind_paychan.service.client import PaymentClient
-from bitcoind_paychan.service.limits import PeerLimits
 from bitcoind_paychan.service.server import PaymentServer, raise_fd_limit
 from bitcoind_paychan.store import SQLiteStore
-from bitcoind_paychan.wire import MessageStream, pb
+from bitcoind_paychan.transport.limits import PeerLimits
+from bitcoind_paychan.transport.stream import MessageStream
+from bitcoind_paychan.wire import pb
 from regtest.node import RegtestNode, regtest_nodes
 
 T = pb.TwoWayChannelMessage

@@ -20,22 +20,11 @@ The state machines (level 1) are the public subpackage `bitcoind_paychan.channel
 other module, and any name starting with `_`, is private: it may change in any release.
 """
 
-from bitcoind_paychan.bitcoin.network import Network
-from bitcoind_paychan.bitcoin.tx import Transaction
-from bitcoind_paychan.channel.client import ClientPolicy
-from bitcoind_paychan.channel.effects import (
-    ChannelClosed,
-    ChannelFinished,
-    ChannelOpened,
-    ClosingSeen,
-    PaymentAcknowledged,
-    PaymentReceived,
-    PeerError,
-)
-from bitcoind_paychan.channel.fees import FeePolicy
-from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
-from bitcoind_paychan.channel.server import ServerPolicy
-from bitcoind_paychan.channel.watch import WatchPolicy
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 from bitcoind_paychan.errors import (
     ChannelExists,
     ChannelFailed,
@@ -65,36 +54,54 @@ from bitcoind_paychan.errors import (
     WalletNotLoaded,
     WrongNetwork,
 )
-from bitcoind_paychan.node import AsyncBitcoind, Bitcoind, NodeConfig
-from bitcoind_paychan.service.client import (
-    Channel,
-    ClientEvent,
-    ClientEventHandler,
-    ClientManager,
-    Dialer,
-    PaymentClient,
-)
-from bitcoind_paychan.service.limits import PeerLimits
-from bitcoind_paychan.service.server import (
-    EventHandler,
-    PaymentHandler,
-    PaymentServer,
-    ServerConnection,
-    ServerEvent,
-    ServerManager,
-)
-from bitcoind_paychan.service.watcher import ChannelView
-from bitcoind_paychan.store import (
-    ChannelStore,
-    ChannelSummary,
-    MemoryStore,
-    PaymentLogEntry,
-    PostgresStore,
-    SQLiteStore,
-    open_store,
-)
-from bitcoind_paychan.transport import CarriedStream, Link, Stream
-from bitcoind_paychan.transport.tls import ClientTLS, ServerTLS
+
+if TYPE_CHECKING:
+    from bitcoind_paychan.bitcoin.network import Network
+    from bitcoind_paychan.bitcoin.tx import Transaction
+    from bitcoind_paychan.channel.client import ClientPolicy
+    from bitcoind_paychan.channel.effects import (
+        ChannelClosed,
+        ChannelFinished,
+        ChannelOpened,
+        ClosingSeen,
+        PaymentAcknowledged,
+        PaymentReceived,
+        PeerError,
+    )
+    from bitcoind_paychan.channel.fees import FeePolicy
+    from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
+    from bitcoind_paychan.channel.server import ServerPolicy
+    from bitcoind_paychan.channel.watch import WatchPolicy
+    from bitcoind_paychan.node import AsyncBitcoind, Bitcoind, NodeConfig
+    from bitcoind_paychan.service.client import (
+        Channel,
+        ClientEvent,
+        ClientEventHandler,
+        ClientManager,
+        Dialer,
+        PaymentClient,
+    )
+    from bitcoind_paychan.service.server import (
+        EventHandler,
+        PaymentHandler,
+        PaymentServer,
+        ServerConnection,
+        ServerEvent,
+        ServerManager,
+    )
+    from bitcoind_paychan.service.watcher import ChannelView
+    from bitcoind_paychan.store import (
+        ChannelStore,
+        ChannelSummary,
+        MemoryStore,
+        PaymentLogEntry,
+        PostgresStore,
+        SQLiteStore,
+        open_store,
+    )
+    from bitcoind_paychan.transport import CarriedStream, Link, Stream
+    from bitcoind_paychan.transport.limits import PeerLimits
+    from bitcoind_paychan.transport.tls import ClientTLS, ServerTLS
 
 __version__ = "0.1.0"
 __all__ = [
@@ -113,3 +120,45 @@ __all__ = [
     "SystemChangeRefused", "TLSError", "Transaction", "TransactionRejected", "WalletNotLoaded",
     "WatchPolicy", "WrongNetwork", "open_store",
 ]
+
+# Every other export is imported on first use (PEP 562), so that importing the package, or the
+# pure core under it (`channel`, `bitcoin`, `wire`), loads no asyncio, socket, TLS, database,
+# RPC or scheduler: tests/test_imports.py holds it. Each module below and its names:
+_HOMES = {
+    ".bitcoin.network": "Network",
+    ".bitcoin.tx": "Transaction",
+    ".channel.client": "ClientPolicy",
+    ".channel.effects": "ChannelClosed ChannelFinished ChannelOpened ClosingSeen "
+                        "PaymentAcknowledged PaymentReceived PeerError",
+    ".channel.fees": "FeePolicy",
+    ".channel.records": "ChannelRecord ChannelStatus Role",
+    ".channel.server": "ServerPolicy",
+    ".channel.watch": "WatchPolicy",
+    ".node": "AsyncBitcoind Bitcoind NodeConfig",
+    ".service.client": "Channel ClientEvent ClientEventHandler ClientManager Dialer PaymentClient",
+    ".service.server": "EventHandler PaymentHandler PaymentServer ServerConnection ServerEvent "
+                       "ServerManager",
+    ".service.watcher": "ChannelView",
+    ".store": "ChannelStore ChannelSummary MemoryStore PaymentLogEntry PostgresStore SQLiteStore "
+              "open_store",
+    ".transport": "CarriedStream Link Stream",
+    ".transport.limits": "PeerLimits",
+    ".transport.tls": "ClientTLS ServerTLS",
+}
+_MODULE_OF = {name: module for module, names in _HOMES.items() for name in names.split()}
+
+
+if not TYPE_CHECKING:  # hidden from type checkers, so that a misspelt name stays an error
+
+    def __getattr__(name: str) -> object:
+        """Import a lazy export's module on first use and keep the name here."""
+        module = _MODULE_OF.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module, __name__), name)
+        globals()[name] = value
+        return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -16,7 +16,8 @@ from bitcoind_paychan.channel import messages
 from bitcoind_paychan.channel.contract import Contract, output_script
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.errors import ErrorCode
-from bitcoind_paychan.wire import MessageStream, error_code, pb
+from bitcoind_paychan.transport.stream import MessageStream
+from bitcoind_paychan.wire import error_code, pb
 
 T = pb.TwoWayChannelMessage
 

@@ -36,10 +36,10 @@ from bitcoind_paychan.channel.watch import WatchPolicy
 from bitcoind_paychan.daemon.logs import SUBSYSTEMS
 from bitcoind_paychan.errors import ConfigError, DecodeError, PolicyError, TLSError
 from bitcoind_paychan.node.config import CHAINS, DEFAULT_RPC_PORTS, NodeConfig
-from bitcoind_paychan.service.limits import PeerLimits
 from bitcoind_paychan.store import ENGINES, ChannelStore, SessionTimeouts, open_store
 from bitcoind_paychan.store.leases import ClusterPolicy
 from bitcoind_paychan.store.postgres import check_dsn, password_of
+from bitcoind_paychan.transport.limits import PeerLimits
 from bitcoind_paychan.transport.proxies import EXPECTED as PROXIES_EXPECTED
 from bitcoind_paychan.transport.proxies import HEADERS, TrustedProxies
 from bitcoind_paychan.transport.tls import ClientTLS, ServerTLS

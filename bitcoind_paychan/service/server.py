@@ -68,7 +68,6 @@ from bitcoind_paychan.errors import (
 from bitcoind_paychan.logcontext import bind_channel
 from bitcoind_paychan.node.bitcoind import AsyncBitcoind
 from bitcoind_paychan.service.callbacks import Callbacks
-from bitcoind_paychan.service.limits import Admission, PeerGate, PeerLimits
 from bitcoind_paychan.service.outbox import effects_in_order, send_all
 from bitcoind_paychan.service.settlement import Settlements, Settling
 from bitcoind_paychan.service.watcher import ChainWatcher, ChannelView
@@ -77,10 +76,12 @@ from bitcoind_paychan.store.leases import Lease, Leases, leases_for
 from bitcoind_paychan.store.writer import PaymentWriter, Writes
 from bitcoind_paychan.transport import tcp
 from bitcoind_paychan.transport.base import Link, Stream, decode
+from bitcoind_paychan.transport.limits import Admission, PeerGate, PeerLimits
 from bitcoind_paychan.transport.proxies import TrustedProxies
+from bitcoind_paychan.transport.stream import MessageStream
 from bitcoind_paychan.transport.tls import ServerTLS
 from bitcoind_paychan.transport.tlsdoor import TLSDoor
-from bitcoind_paychan.wire import MessageStream, pb
+from bitcoind_paychan.wire import pb
 
 log = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = 15.0  # bitcoinj's idle timeout while a channel is being set up

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, Protocol, TypeVar
 
 from bitcoind_paychan.errors import ErrorCode, RemoteProtocolError
-from bitcoind_paychan.service.limits import Admission
+from bitcoind_paychan.transport.limits import Admission
 from bitcoind_paychan.wire import pb
 from bitcoind_paychan.wire.codec import decode_message, encode_message
 from bitcoind_paychan.wire.framing import check_received_size

@@ -16,7 +16,7 @@ import logging
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from bitcoind_paychan.service.limits import PeerGate
+from bitcoind_paychan.transport.limits import PeerGate
 from bitcoind_paychan.transport.tlsdoor import TLSDoor
 
 log = logging.getLogger(__name__)

@@ -8,14 +8,13 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from bitcoind_paychan.errors import ProxyHeaderError
-from bitcoind_paychan.service.limits import Admission, PeerGate
 from bitcoind_paychan.transport import proxyproto
 from bitcoind_paychan.transport.base import Connections
+from bitcoind_paychan.transport.limits import Admission, PeerGate
 from bitcoind_paychan.transport.proxies import TrustedProxies
+from bitcoind_paychan.transport.stream import MessageStream, host_port, open_connection
 from bitcoind_paychan.transport.tls import ClientTLS, connect_tls
 from bitcoind_paychan.transport.tlsdoor import TLSDoor, reading
-from bitcoind_paychan.wire import MessageStream, open_connection
-from bitcoind_paychan.wire.stream import host_port
 
 log = logging.getLogger(__name__)
 

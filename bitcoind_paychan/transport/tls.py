@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bitcoind_paychan.channel import messages
 from bitcoind_paychan.errors import ErrorCode, PolicyError, TLSError
-from bitcoind_paychan.wire import MessageStream
+from bitcoind_paychan.transport.stream import MessageStream
 from bitcoind_paychan.wire.codec import encode_message
 from bitcoind_paychan.wire.framing import encode_frame
 

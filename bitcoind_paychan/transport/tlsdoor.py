@@ -22,7 +22,7 @@ from typing import TypeVar, cast
 from bitcoind_paychan.channel import messages
 from bitcoind_paychan.channel.effects import PeerError
 from bitcoind_paychan.errors import ErrorCode, TLSError
-from bitcoind_paychan.service.limits import PeerGate
+from bitcoind_paychan.transport.limits import PeerGate
 from bitcoind_paychan.transport.tls import ServerTLS
 from bitcoind_paychan.wire.codec import encode_message
 from bitcoind_paychan.wire.framing import encode_frame

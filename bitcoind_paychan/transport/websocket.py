@@ -24,9 +24,9 @@ from aiohttp import web
 
 from bitcoind_paychan.errors import ErrorCode, RemoteProtocolError, TLSError
 from bitcoind_paychan.reasons import connection_failure
-from bitcoind_paychan.service.limits import Admission, PeerGate
 from bitcoind_paychan.transport.base import Connections, Inbox, Stream, encode
 from bitcoind_paychan.transport.http import WebServer
+from bitcoind_paychan.transport.limits import Admission, PeerGate
 from bitcoind_paychan.transport.proxies import TrustedProxies
 from bitcoind_paychan.transport.tls import ClientTLS, handshake_failed, refusal
 from bitcoind_paychan.transport.tlsdoor import TLS_ONLY_HEADER, TLSDoor

@@ -1,4 +1,6 @@
-"""Wire layer: bitcoinj-compatible framing and messages of the payment channel protocol."""
+"""Wire layer: bitcoinj-compatible framing and messages of the payment channel protocol.
+
+Pure: no sockets, no asyncio (the stream that carries frames over TCP is `transport.stream`)."""
 
 from bitcoind_paychan.wire import paychan_pb2 as pb
 from bitcoind_paychan.wire.codec import (
@@ -12,13 +14,11 @@ from bitcoind_paychan.wire.codec import (
     type_name,
 )
 from bitcoind_paychan.wire.framing import MAX_MESSAGE_SIZE, FrameDecoder, encode_frame
-from bitcoind_paychan.wire.stream import MessageStream, open_connection, start_server
 
 __all__ = [
     "MAX_MESSAGE_SIZE",
     "REQUIRED_BODY",
     "FrameDecoder",
-    "MessageStream",
     "MessageType",
     "TwoWayChannelMessage",
     "decode_message",
@@ -26,8 +26,6 @@ __all__ = [
     "encode_message",
     "error_code",
     "error_message",
-    "open_connection",
     "pb",
-    "start_server",
     "type_name",
 ]

@@ -22,7 +22,7 @@ from bitcoind_paychan.channel.watch import WatchPolicy
 from bitcoind_paychan.daemon.config import Config, config_from_dict, load_config
 from bitcoind_paychan.errors import ConfigError
 from bitcoind_paychan.node.config import NodeConfig
-from bitcoind_paychan.service.limits import PeerLimits
+from bitcoind_paychan.transport.limits import PeerLimits
 from bitcoind_paychan.transport.proxies import TrustedProxies
 from bitcoind_paychan.transport.tls import ClientTLS, ServerTLS
 from tests.transport.certs import CertFactory

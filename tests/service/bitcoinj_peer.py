@@ -16,10 +16,11 @@ from typing import Any
 
 from bitcoind_paychan.channel.effects import Disconnect, Effect, Send
 from bitcoind_paychan.channel.server import ServerChannel, ServerPolicy
-from bitcoind_paychan.service.limits import Admission
 from bitcoind_paychan.service.server import PaymentServer
 from bitcoind_paychan.transport import Link
-from bitcoind_paychan.wire import MessageStream, pb
+from bitcoind_paychan.transport.limits import Admission
+from bitcoind_paychan.transport.stream import MessageStream
+from bitcoind_paychan.wire import pb
 
 T = pb.TwoWayChannelMessage
 BITCOINJ_POLICY = ServerPolicy(versions=(1, 2), min_payment=1_000)

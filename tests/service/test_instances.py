@@ -21,7 +21,8 @@ from bitcoind_paychan.service.regtest import MiningBroadcaster
 from bitcoind_paychan.service.server import PaymentServer, ServerEvent
 from bitcoind_paychan.store import open_store
 from bitcoind_paychan.store.leases import ClusterPolicy, leases_for
-from bitcoind_paychan.wire import open_connection, pb
+from bitcoind_paychan.transport.stream import open_connection
+from bitcoind_paychan.wire import pb
 from regtest.node import free_port
 from tests.conftest import config_for
 from tests.service.conftest import FAST, Sides, until

@@ -16,7 +16,8 @@ from bitcoind_paychan.channel.messages import DEFAULT_TIME_WINDOW
 from bitcoind_paychan.channel.records import ChannelStatus, Role
 from bitcoind_paychan.errors import ChannelExists
 from bitcoind_paychan.service.server import PaymentServer
-from bitcoind_paychan.wire import open_connection, pb
+from bitcoind_paychan.transport.stream import open_connection
+from bitcoind_paychan.wire import pb
 from tests.service.conftest import Sides
 from tests.service.test_flow import wallet_utxo
 

@@ -17,11 +17,12 @@ from bitcoind_paychan.channel.server import ServerPolicy
 from bitcoind_paychan.errors import ChannelFailed, ErrorCode
 from bitcoind_paychan.node import AsyncBitcoind, Bitcoind
 from bitcoind_paychan.service.client import Channel
-from bitcoind_paychan.service.limits import PeerLimits
 from bitcoind_paychan.service.regtest import MiningBroadcaster
 from bitcoind_paychan.service.server import PaymentServer, ServerManager
 from bitcoind_paychan.store import SQLiteStore
-from bitcoind_paychan.wire import error_code, open_connection, pb
+from bitcoind_paychan.transport.limits import PeerLimits
+from bitcoind_paychan.transport.stream import open_connection
+from bitcoind_paychan.wire import error_code, pb
 from regtest.node import RegtestNode
 from regtest.stranger import fake_open
 from tests.conftest import config_for
@@ -199,11 +200,11 @@ def test_per_peer_limits_hang_up_on_a_flood_and_spare_the_paying_channel(
         await server.stop()
         return flood, over_handshakes, good.paid == 3_000
 
-    with caplog.at_level(logging.WARNING, "bitcoind_paychan.service.limits"):
+    with caplog.at_level(logging.WARNING, "bitcoind_paychan.transport.limits"):
         flood, over_handshakes, paid = asyncio.run(scenario())
     assert over_handshakes and paid
     assert flood[:5] == [False] * 5 and flood.count(False) <= 6, flood  # (+1: refill)
-    refusals = [r for r in caplog.records if r.name == "bitcoind_paychan.service.limits"]
+    refusals = [r for r in caplog.records if r.name == "bitcoind_paychan.transport.limits"]
     assert len(refusals) == 1, [r.getMessage() for r in refusals]  # no log flood
 
 

@@ -23,7 +23,8 @@ from bitcoind_paychan.service.regtest import MiningBroadcaster
 from bitcoind_paychan.service.server import PaymentServer, ServerEvent
 from bitcoind_paychan.store import ChannelStore, open_store
 from bitcoind_paychan.store.leases import ClusterPolicy, Leases, leases_for
-from bitcoind_paychan.wire import MessageStream, open_connection, pb
+from bitcoind_paychan.transport.stream import MessageStream, open_connection
+from bitcoind_paychan.wire import pb
 from tests.conftest import config_for
 from tests.service.conftest import FAST, Sides, until
 

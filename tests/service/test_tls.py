@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from bitcoind_paychan.errors import ChannelFailed
-from bitcoind_paychan.service.limits import PeerLimits
 from bitcoind_paychan.service.server import PaymentServer
 from bitcoind_paychan.transport import websocket
+from bitcoind_paychan.transport.limits import PeerLimits
 from bitcoind_paychan.transport.tls import ClientTLS, ServerTLS
 from tests.service.conftest import Sides, until
 from tests.transport.certs import CertFactory

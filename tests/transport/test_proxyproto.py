@@ -15,8 +15,8 @@ import pytest
 
 from bitcoind_paychan.channel import messages
 from bitcoind_paychan.errors import ErrorCode, ProxyHeaderError, RemoteProtocolError
-from bitcoind_paychan.service.limits import Admission, PeerGate, PeerLimits
 from bitcoind_paychan.transport import tcp
+from bitcoind_paychan.transport.limits import Admission, PeerGate, PeerLimits
 from bitcoind_paychan.transport.proxies import TrustedProxies
 from bitcoind_paychan.transport.proxyproto import (
     MAX_V2,
@@ -26,9 +26,8 @@ from bitcoind_paychan.transport.proxyproto import (
     missing,
     parse,
 )
+from bitcoind_paychan.transport.stream import MessageStream, frame
 from bitcoind_paychan.transport.tlsdoor import TLSDoor
-from bitcoind_paychan.wire import MessageStream
-from bitcoind_paychan.wire.stream import frame
 from tests.transport.certs import CertFactory
 
 

@@ -12,10 +12,10 @@ import pytest
 from bitcoind_paychan.channel import messages
 from bitcoind_paychan.channel.records import ChannelStatus, Role
 from bitcoind_paychan.errors import ChannelFailed, ErrorCode
-from bitcoind_paychan.service.limits import Admission, PeerGate, PeerLimits
 from bitcoind_paychan.service.server import PaymentServer
 from bitcoind_paychan.transport import websocket
 from bitcoind_paychan.transport.base import Stream
+from bitcoind_paychan.transport.limits import Admission, PeerGate, PeerLimits
 from bitcoind_paychan.transport.proxies import TrustedProxies
 from bitcoind_paychan.wire import MAX_MESSAGE_SIZE, encode_message, error_code, pb
 from tests.service.conftest import Sides
@@ -193,7 +193,7 @@ def test_forwarded_for_from_an_untrusted_peer_is_ignored() -> None:
 
 def test_forwarded_for_from_a_trusted_proxy_names_the_client_for_limits_and_logs(
         caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, "bitcoind_paychan.service.limits"):
+    with caplog.at_level(logging.WARNING, "bitcoind_paychan.transport.limits"):
         statuses, served = asyncio.run(through_proxy(["127.0.0.1"]))
     assert statuses == [101, 101, 429, 429]  # one handshake per client, not per proxy
     assert [name.split(" (via ")[0] for name in served] == ["203.0.113.7", "198.51.100.9"]

@@ -14,9 +14,9 @@ import aiohttp
 import pytest
 
 from bitcoind_paychan.errors import RemoteProtocolError
-from bitcoind_paychan.service.limits import Admission, PeerGate
 from bitcoind_paychan.transport import websocket
 from bitcoind_paychan.transport.base import Stream
+from bitcoind_paychan.transport.limits import Admission, PeerGate
 from bitcoind_paychan.transport.wsmask import MaskCheck
 from bitcoind_paychan.wire import MAX_MESSAGE_SIZE, pb
 

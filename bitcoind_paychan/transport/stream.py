@@ -13,7 +13,7 @@ from bitcoind_paychan.wire import paychan_pb2 as pb
 from bitcoind_paychan.wire.codec import decode_message, encode_message
 from bitcoind_paychan.wire.framing import FrameDecoder, encode_frame
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("bitcoind_paychan.wire.stream")  # logging.levels: `wire`, as ever
 
 READ_SIZE = 65536
 CLOSE_TIMEOUT = 5.0

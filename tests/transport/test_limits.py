@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from bitcoind_paychan.errors import PolicyError
-from bitcoind_paychan.service.limits import PeerGate, PeerLimits, peer_key
+from bitcoind_paychan.transport.limits import PeerGate, PeerLimits, peer_key
 
 
 class Clock:
@@ -42,7 +42,7 @@ def test_concurrent_handshakes_are_capped_until_one_ends() -> None:
 def test_refusals_log_one_line_per_peer_per_interval(caplog: pytest.LogCaptureFixture) -> None:
     clock = Clock()
     gate = PeerGate(PeerLimits(max_connections_per_minute=1, log_interval=60), clock)
-    with caplog.at_level(logging.WARNING, "bitcoind_paychan.service.limits"):
+    with caplog.at_level(logging.WARNING, "bitcoind_paychan.transport.limits"):
         for _ in range(1000):
             gate.admit("10.0.0.1")
             gate.admit("10.0.0.2")

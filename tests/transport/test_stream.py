@@ -12,15 +12,8 @@ from typing import Any
 import pytest
 
 from bitcoind_paychan.errors import ErrorCode, RemoteProtocolError
-from bitcoind_paychan.wire import (
-    MessageStream,
-    MessageType,
-    encode_frame,
-    encode_message,
-    open_connection,
-    pb,
-    start_server,
-)
+from bitcoind_paychan.transport.stream import MessageStream, open_connection, start_server
+from bitcoind_paychan.wire import MessageType, encode_frame, encode_message, pb
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
