@@ -35,6 +35,7 @@ from bitcoind_paychan.channel.effects import (
     LoadChannel,
     PaymentReceived,
     PrepareSettlement,
+    Purpose,
     Send,
     StoreChannel,
     StorePayment,
@@ -304,7 +305,8 @@ class ServerChannel(ProtocolMachine):
         closing = replace(self._record(), status=ChannelStatus.CLOSING,
                           settlement_tx=settlement.serialize())
         self.record, self.state = closing, ServerState.CLOSED
-        return [StoreChannel(closing), Broadcast(settlement, "settlement", closing.contract_txid),
+        return [StoreChannel(closing),
+                Broadcast(settlement, Purpose.SETTLEMENT, closing.contract_txid),
                 Send(messages.close(settlement.serialize())), ChannelClosed(closing, settlement),
                 Disconnect("channel settled")]
 
@@ -387,7 +389,7 @@ class ServerChannel(ProtocolMachine):
         paid = record.paid
         self.state = ServerState.OPEN
         effects: list[Effect] = [
-            StoreChannel(record), Broadcast(tx, "contract", contract.txid),
+            StoreChannel(record), Broadcast(tx, Purpose.CONTRACT, contract.txid),
             ClaimChannel(contract.txid), PaymentReceived(record, paid, b""),
             Send(messages.channel_open()), ChannelOpened(record, resumed=False)]
         if record.change == 0:  # the initial payment took everything: settle at once

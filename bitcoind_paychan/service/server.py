@@ -41,6 +41,7 @@ from bitcoind_paychan.channel.effects import (
     PaymentReceived,
     PeerError,
     PrepareSettlement,
+    Purpose,
     Send,
     StoreChannel,
     StorePayment,
@@ -506,14 +507,14 @@ class ServerManager(Settlements):
         broadcasts it again (its contract first), replaces it with a higher fee (same payout),
         or finds what spent the contract; the channel never goes back to OPEN.
         """
-        if effect.purpose == "contract":
+        if effect.purpose is Purpose.CONTRACT:
             bind_channel(effect.tx.txid_hex)  # the connection's channel, before it is claimed
         try:
             await self.wallet.broadcast(effect.tx)
             log.info("broadcast %s %s", effect.purpose, effect.tx.txid_hex)
             return ""
         except NodeError as exc:  # TransactionRejected included
-            if effect.purpose == "contract" and not isinstance(exc, TransactionRejected):
+            if effect.purpose is Purpose.CONTRACT and not isinstance(exc, TransactionRejected):
                 log.warning("contract %s checked but not broadcast yet (%s); the autopilot "
                             "will broadcast it again", effect.tx.txid_hex, exc)
                 return ""

@@ -33,6 +33,7 @@ from bitcoind_paychan.channel.effects import (
     PaymentReceived,
     PeerError,
     PrepareSettlement,
+    Purpose,
     Send,
     StoreChannel,
     StorePayment,
@@ -419,7 +420,7 @@ def test_good_contract_opens_in_order(version: int) -> None:
     assert record.change == VALUE - MIN_PAYMENT and record.payments == 1
     assert record.contract.expiry == session.expiry
     assert record.contract.client_pub == session.client.pub.data
-    assert broadcast.tx == tx and broadcast.purpose == "contract"
+    assert broadcast.tx == tx and broadcast.purpose is Purpose.CONTRACT
     assert broadcast.contract_txid == claim.contract_txid == tx.txid_hex
     assert received.amount == MIN_PAYMENT
     assert opened_.resumed is False
@@ -773,7 +774,7 @@ def test_exhausting_payment_asks_for_settlement(version: int) -> None:
     assert isinstance(send, Send)
     assert store.record.status is ChannelStatus.CLOSING
     assert store.record.settlement_tx == broadcast.tx.serialize() == send.message.settlement.tx
-    assert broadcast.purpose == "settlement"
+    assert broadcast.purpose is Purpose.SETTLEMENT
     assert [o.script_pubkey for o in broadcast.tx.outputs] == [PAYOUT]
     assert state_of(pump.server) is ServerState.CLOSED
 

@@ -29,6 +29,7 @@ from bitcoind_paychan.channel.effects import (
     MarkChannel,
     PaymentAcknowledged,
     PrepareSettlement,
+    Purpose,
     ResumeRefused,
     Send,
     SettleChannel,
@@ -177,7 +178,7 @@ class Process:
             case Broadcast(tx, purpose):
                 self.world.checks.broadcast(self.role, record, tx, purpose)
                 refused = self.broadcast(tx)
-                if refused and purpose != "contract":
+                if refused and purpose is not Purpose.CONTRACT:
                     return False
                 if refused:
                     state = self.store.chain_state(self.role, txid)
@@ -315,7 +316,7 @@ class ServerProcess(Process):
                 case Broadcast(tx, purpose):
                     self.world.checks.broadcast(Role.SERVER, machine.record, tx, purpose)
                     refused = self.broadcast(tx)
-                    if refused and purpose == "contract" and not self.node_up:
+                    if refused and purpose is Purpose.CONTRACT and not self.node_up:
                         continue  # checked but not sent: the watcher broadcasts it again
                     if refused:  # a settlement stays stored, CLOSING: the watcher retries
                         queue[:] = [Send(messages.error(ErrorCode.BAD_TRANSACTION, refused)),
