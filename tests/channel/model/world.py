@@ -426,7 +426,9 @@ class ClientProcess(Process):
         stored = self.store.get(Role.CLIENT, record.contract_txid)
         if stored is not None and stored.status is ChannelStatus.OPEN:
             self.tick()
-            self.store.put(replace(stored, status=ChannelStatus.FAILED))
+            for effect in conn.client.abandon():
+                assert isinstance(effect, StoreChannel)
+                self.store.put(effect.record)
 
     def settle_stored(self, txid: str) -> None:
         raise AssertionError("the client's watcher never asks to settle")
