@@ -60,7 +60,10 @@ from bitcoind_paychan.errors import (
 from bitcoind_paychan.wire import pb
 
 T = pb.TwoWayChannelMessage
-SETTLEMENT_MARGIN = 2 * 3600  # the server settles this long before the client's refund is valid
+# The least settle margin: the server settles at least this long before the client's refund
+# is valid. The margin itself is one policy value, `WatchPolicy.settle_margin` (the autopilot
+# settles then); the service hands it to the machines as `ServerPolicy.settle_margin`.
+SETTLEMENT_MARGIN = 2 * 3600
 # UPDATE_PAYMENTs a client may send before the first is acknowledged (SERVER_VERSION's
 # payment_window): they wait in the connection, handled and acknowledged in order.
 PAYMENT_WINDOW = 64
@@ -70,7 +73,9 @@ PAYMENT_WINDOW = 64
 class ServerPolicy:
     """What the server accepts. Windows are clamped into [min, max] as bitcoinj does.
     `min_payment` bounds the initial payment only (bitcoinj's meaning: the channel can always
-    be settled above dust); later increments need only be at least `min_increment`."""
+    be settled above dust); later increments need only be at least `min_increment`.
+    `settle_margin`: how long before the expiry a resume settles instead of taking payments;
+    a PaymentServer sets its autopilot's (`WatchPolicy.settle_margin`), so both agree."""
 
     min_channel_size: int = 100_000
     min_payment: int = 1_000
@@ -79,6 +84,7 @@ class ServerPolicy:
     versions: tuple[int, ...] = VERSIONS
     require_segwit_funding_from: int = 3  # from this major on, contracts must spend segwit coins
     min_increment: int = 1
+    settle_margin: int = SETTLEMENT_MARGIN
 
     def __post_init__(self) -> None:
         for name in ("min_channel_size", "min_payment"):
@@ -87,9 +93,12 @@ class ServerPolicy:
         if self.min_channel_size <= self.min_payment:
             raise PolicyError("min_payment", f"found {self.min_payment}, expected less than "
                                              f"min_channel_size ({self.min_channel_size})")
-        if self.min_time_window <= SETTLEMENT_MARGIN:
+        if self.settle_margin < SETTLEMENT_MARGIN:
+            raise PolicyError("settle_margin", f"found {self.settle_margin}, expected an "
+                                               f"integer ≥ {SETTLEMENT_MARGIN} (seconds)")
+        if self.min_time_window <= self.settle_margin:
             raise PolicyError("min_time_window", f"found {self.min_time_window}, expected more "
-                                                 f"than {SETTLEMENT_MARGIN} s (the server "
+                                                 f"than {self.settle_margin} s (the server "
                                                  "settles that long before expiry)")
         if self.max_time_window < self.min_time_window:
             raise PolicyError("max_time_window", f"found {self.max_time_window}, expected at "
@@ -214,7 +223,7 @@ class ServerChannel(ProtocolMachine):
                 record.version != self.version):
             return self._initiate()  # nothing to resume: a fresh channel, as bitcoinj does
         self.record = record
-        if record.contract.expiry - self.now <= SETTLEMENT_MARGIN:
+        if record.contract.expiry - self.now <= self.policy.settle_margin:
             # Too close to the client's refund to take more payments: settle instead (what
             # the autopilot does anyway, so no proof is needed). The settlement claims the
             # channel's settling duty, then its lease: a resume that finds the duty taken

@@ -22,6 +22,7 @@ import logging
 import resource
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
 
 from bitcoind_paychan.bitcoin.keys import PrivateKey
 from bitcoind_paychan.bitcoin.tx import Transaction
@@ -173,7 +174,12 @@ class ServerManager(Settlements):
         self.leases: Leases = leases or leases_for(store)
         # Group commit of every channel's payments, each fenced by its connection's lease.
         self.payments = PaymentWriter(store, self.leases)
-        self.policy = policy or ServerPolicy()
+        autopilot = autopilot or WatchPolicy()
+        # One settle margin: the machines stop taking resumes when the autopilot settles.
+        policy = policy or ServerPolicy()
+        if policy.settle_margin != autopilot.settle_margin:
+            policy = replace(policy, settle_margin=autopilot.settle_margin)
+        self.policy = policy
         self.on_payment = on_payment
         self.on_event = on_event
         self.callbacks = Callbacks()  # the application's, isolated (errors counted)
@@ -195,7 +201,7 @@ class ServerManager(Settlements):
         self._stopping = False
         self._started = False
         self.watcher = ChainWatcher(
-            Role.SERVER, wallet, store, autopilot or WatchPolicy(),
+            Role.SERVER, wallet, store, autopilot,
             settle=self._settle_claimed, on_event=self._finished, zmq_endpoint=zmq_endpoint,
             poll_interval=poll_interval, review_interval=review_interval, leases=self.leases)
 

@@ -47,7 +47,7 @@ from bitcoind_paychan.channel.server import (
     ServerPolicy,
     ServerState,
 )
-from bitcoind_paychan.errors import ErrorCode, LocalProtocolError
+from bitcoind_paychan.errors import ErrorCode, LocalProtocolError, PolicyError
 from bitcoind_paychan.wire import decode_message, encode_message, pb
 from tests.channel.pump import FEE_RATE, PAYOUT, Pump, funding_tx
 from tests.channel.test_contract import high_s
@@ -916,6 +916,27 @@ def test_message_while_loading_is_a_syntax_error() -> None:
 def test_channel_loaded_when_not_loading_is_a_local_error() -> None:
     with pytest.raises(LocalProtocolError):
         start(2).server.channel_loaded(None)
+
+
+def test_a_resume_inside_the_policy_settle_margin_settles_and_outside_it_resumes() -> None:
+    pump = opened(3)
+    record = pump.server_store[pump.client.record.contract_txid]  # type: ignore[union-attr]
+    wide = ServerPolicy(min_payment=MIN_PAYMENT, settle_margin=3 * 3600)
+    for policy, state in ((wide, ServerState.SETTLING),
+                          (ServerPolicy(min_payment=MIN_PAYMENT), ServerState.RESUMED)):
+        server = ServerChannel(policy, PrivateKey.generate(),
+                               record.contract.expiry - 3 * 3600 + 60)
+        server.receive(wire(messages.client_version(3, DEFAULT_TIME_WINDOW,
+                                                    record.contract_txid)))
+        server.channel_loaded(record)
+        assert state_of(server) is state
+
+
+def test_the_settle_margin_is_at_least_two_hours_and_below_the_least_window() -> None:
+    with pytest.raises(PolicyError, match=r"settle_margin.*≥ 7200"):
+        ServerPolicy(settle_margin=SETTLEMENT_MARGIN - 1)
+    with pytest.raises(PolicyError, match=r"min_time_window.*more than 14400 s"):
+        ServerPolicy(settle_margin=4 * 3600)
 
 
 @pytest.mark.parametrize("version", VERSIONS)

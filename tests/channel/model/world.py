@@ -60,7 +60,8 @@ LIVE = {Role.SERVER: (ChannelStatus.OPEN, ChannelStatus.CLOSING),
         Role.CLIENT: (ChannelStatus.OPEN, ChannelStatus.CLOSING, ChannelStatus.FAILED)}
 PEER = "server:1"
 SYNCED = "model:synced"
-SERVER_POLICY = ServerPolicy(min_channel_size=100_000, min_payment=1_000)
+SERVER_POLICY = ServerPolicy(min_channel_size=100_000, min_payment=1_000,
+                             settle_margin=WATCH_POLICY.settle_margin)  # as PaymentServer
 
 
 class Crash(Exception):
