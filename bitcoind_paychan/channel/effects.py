@@ -170,7 +170,9 @@ class ChannelOpened:
 
 @dataclass(frozen=True, slots=True)
 class PaymentReceived:
-    """Server: a payment was verified and stored (before it is acknowledged)."""
+    """Server: a payment was verified and stored (before it is acknowledged). Answer each
+    with `payment_answered(info)`, in order: the ack (PAYMENT_ACK carrying `info`, the
+    application's answer) is sent then; the opening's initial payment has no ack."""
 
     record: ChannelRecord
     amount: int

@@ -50,6 +50,7 @@ class Input(enum.Enum):
     SETTLE = "settle"  # server: the answer to PrepareSettlement, or the application's close
     SETTLE_FUNDED = "settle_funded"  # server: the answer to FundSettlement
     SETTLEMENT_DECIDED = "settlement_decided"  # server: the channel was found CLOSING
+    PAYMENT_ANSWERED = "payment_answered"  # server: the application's answer to PaymentReceived
     CONNECTION_LOST = "connection_lost"
 
 

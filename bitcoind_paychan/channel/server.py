@@ -7,6 +7,7 @@ touches a socket, the node, the store or a clock: `now` is given at construction
 from __future__ import annotations
 
 import enum
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -140,6 +141,11 @@ TABLE = table({
     (S.RESUMED, Input.SETTLEMENT_DECIDED): {S.CLOSED},
     (S.OPEN, Input.SETTLEMENT_DECIDED): {S.CLOSED},
     (S.SETTLING, Input.SETTLEMENT_DECIDED): {S.CLOSED},
+    # The application's answer to a PaymentReceived: its ack goes out (even on a connection
+    # closed since, by a later message of the same batch: the payment is stored).
+    (S.OPEN, Input.PAYMENT_ANSWERED): {S.OPEN},
+    (S.SETTLING, Input.PAYMENT_ANSWERED): {S.SETTLING},
+    (S.CLOSED, Input.PAYMENT_ANSWERED): {S.CLOSED},
 }, ServerState, S.CLOSED)
 
 
@@ -151,7 +157,8 @@ class ServerChannel(ProtocolMachine):
     `contract_checked(refusal, retryable)` (answers CheckContract),
     `settle(fee_rate, payout_script)` (answers PrepareSettlement, or settles an open
     channel), `settle_funded(tx)` (answers FundSettlement), `settlement_decided(record)` (the
-    stored channel was found CLOSING), `connection_lost()`. `TABLE`
+    stored channel was found CLOSING), `payment_answered(info)` (answers PaymentReceived:
+    the ack, carrying the application's info), `connection_lost()`. `TABLE`
     lists which are legal in which state. A resumed connection owns the channel (and may
     CLOSE) only once its first UPDATE_PAYMENT proves it holds the client's contract key."""
 
@@ -172,6 +179,7 @@ class ServerChannel(ProtocolMachine):
         self.refund_outpoint_txid = b""
         self.challenge = b""
         self.record: ChannelRecord | None = None
+        self._unanswered: deque[bool] = deque()  # per PaymentReceived: whether it awaits an ack
         self.handlers: dict[int, Handler] = {
             T.CLIENT_VERSION: self._on_client_version,
             T.PROVIDE_REFUND: self._on_provide_refund,
@@ -209,6 +217,16 @@ class ServerChannel(ProtocolMachine):
         return effects, len(received)
 
     # -- inputs ----------------------------------------------------------------------------
+
+    def payment_answered(self, info: bytes = b"") -> list[Effect]:
+        """The application's answer to the oldest unanswered PaymentReceived: its ack, with
+        `info` attached (nothing for the opening's initial payment: CHANNEL_OPEN answers it)."""
+        return self._input(Input.PAYMENT_ANSWERED, self._on_payment_answered, info)
+
+    def _on_payment_answered(self, info: bytes) -> list[Effect]:
+        if not self._unanswered:
+            raise LocalProtocolError("no payment awaits an answer")
+        return [Send(messages.payment_ack(info))] if self._unanswered.popleft() else []
 
     def channel_loaded(self, record: ChannelRecord | None) -> list[Effect]:
         """The answer to LoadChannel: the stored channel, or None if there is none."""
@@ -397,9 +415,10 @@ class ServerChannel(ProtocolMachine):
         contract, tx = record.contract, Transaction.parse(record.contract_tx)
         paid = record.paid
         self.state = ServerState.OPEN
+        self._unanswered.append(False)
         effects: list[Effect] = [
             StoreChannel(record), Broadcast(tx, Purpose.CONTRACT, contract.txid),
-            ClaimChannel(contract.txid), PaymentReceived(record, paid, b""),
+            ClaimChannel(contract.txid), PaymentReceived(record, paid, b""),  # no ack
             Send(messages.channel_open()), ChannelOpened(record, resumed=False)]
         if record.change == 0:  # the initial payment took everything: settle at once
             self.state = ServerState.SETTLING
@@ -427,9 +446,10 @@ class ServerChannel(ProtocolMachine):
                          f"{self.policy.min_increment}")
         record.contract.check_payment(change, body.signature)
         self.record = record = record.with_payment(change, body.signature)
+        # Its ack waits for the application's answer (payment_answered).
         effects: list[Effect] = [*proven, StorePayment(record, amount, body.info),
-                                 PaymentReceived(record, amount, body.info),
-                                 Send(messages.payment_ack())]
+                                 PaymentReceived(record, amount, body.info)]
+        self._unanswered.append(True)
         if change == 0:
             self.state = ServerState.SETTLING
             effects.append(PrepareSettlement(record.contract_txid))

@@ -90,7 +90,6 @@ HANDSHAKE_TIMEOUT = 15.0  # bitcoinj's idle timeout while a channel is being set
 # proves it with its next payment, whenever its application pays, so this is generous; it
 # only bounds how long someone who knows a contract txid can hold a connection.
 RESUME_TIMEOUT = 600.0
-ACK = pb.TwoWayChannelMessage.PAYMENT_ACK
 UPDATE_PAYMENT = pb.TwoWayChannelMessage.UPDATE_PAYMENT
 PAYING = (UPDATE_PAYMENT, pb.TwoWayChannelMessage.PROVIDE_CONTRACT)  # messages that pay
 
@@ -429,10 +428,8 @@ class ServerManager(Settlements):
                 case FundSettlement(draft, weight, fee_rate):
                     queue[:0] = await self._fund_settlement(machine, draft, weight, fee_rate)
                 case PaymentReceived():
-                    ack_info = await self._notify_payment(effect)
-                    ack = next((e.message for e in queue if isinstance(e, Send)), None)
-                    if ack_info and ack is not None and ack.type == ACK:
-                        ack.payment_ack.info = ack_info
+                    queue[:0] = machine.payment_answered(await self._notify_payment(effect)
+                                                         or b"")
                 case ChannelOpened() | ChannelClosed() | PeerError():
                     if isinstance(effect, ChannelOpened):
                         self.watcher.schedule_deadline(effect.record)

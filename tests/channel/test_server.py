@@ -688,6 +688,12 @@ def test_bad_payment_is_refused_and_nothing_changes(version: int, case: str) -> 
     assert pump.server_store == stored
 
 
+def answered(server: ServerChannel, effects: list[Effect], info: bytes = b"") -> list[Effect]:
+    """`effects` with each PaymentReceived answered in place, as the adapters do."""
+    return [out for e in effects for out in (
+        [e, *server.payment_answered(info)] if isinstance(e, PaymentReceived) else [e])]
+
+
 @pytest.mark.parametrize("version", VERSIONS)
 def test_good_payment_is_stored_before_it_is_acknowledged(version: int) -> None:
     pump = opened(version)
@@ -696,10 +702,14 @@ def test_good_payment_is_stored_before_it_is_acknowledged(version: int) -> None:
     change = record.change - 5_000
     signature = record.contract.sign_payment(pump.client.key, change)
     effects = pump.server.receive(wire(messages.update_payment(change, signature, b"order 7")))
-    assert types(effects) == [StorePayment, PaymentReceived, Send]
-    store, received, ack = effects
+    assert types(effects) == [StorePayment, PaymentReceived]  # the ack awaits the answer
+    store, received = effects
     assert isinstance(store, StorePayment) and isinstance(received, PaymentReceived)
+    (ack,) = pump.server.payment_answered(b"thanks")  # the application's info, as an input
     assert isinstance(ack, Send) and ack.message.type == T.PAYMENT_ACK
+    assert ack.message.payment_ack.info == b"thanks"
+    with pytest.raises(LocalProtocolError, match="no payment awaits an answer"):
+        pump.server.payment_answered(b"again")
     assert store.record.change == change and store.record.signature == signature
     assert store.record.payments == record.payments + 1
     assert (store.amount, store.info) == (5_000, b"order 7")
@@ -764,6 +774,7 @@ def test_exhausting_payment_asks_for_settlement(version: int) -> None:
     assert record is not None
     effects = pump.server.receive(wire(messages.update_payment(
         0, record.contract.sign_payment(pump.client.key, 0))))
+    effects = answered(pump.server, effects)
     assert types(effects) == [StorePayment, PaymentReceived, Send, PrepareSettlement]
     assert pump.server.state is ServerState.SETTLING
     assert isinstance(effects[0], StorePayment) and effects[0].amount == record.change
@@ -835,6 +846,7 @@ def test_resume_a_stored_open_channel(version: int) -> None:
     paid = server.receive(wire(messages.update_payment(
         change, record.contract.sign_payment(pump.client.key, change),
         resume_proof=_proof(server, pump.client.key, record.contract_txid))))
+    paid = answered(server, paid)
     assert types(paid) == [ClaimChannel, ChannelOpened, StorePayment, PaymentReceived, Send]
     claim, opened_ = paid[:2]
     assert claim == ClaimChannel(record.contract_txid)
@@ -993,6 +1005,7 @@ def test_pipelined_payments_are_each_checked_and_stored_and_acknowledged_in_orde
     assert before is not None
     updates = _updates(pump, [1_000, 2_000, 3_000, 4_000])
     effects, taken = pump.server.receive_pipelined(updates)
+    effects = answered(pump.server, effects)
     assert taken == 4
     assert types(effects) == [StorePayment, PaymentReceived, Send] * 4
     stores = [e for e in effects if isinstance(e, StorePayment)]
@@ -1016,6 +1029,7 @@ def test_a_pipelined_batch_is_accepted_up_to_its_first_bad_signature(
     assert before is not None
     updates = _updates(pump, [1_000, 1_000, 1_000, 1_000], bad=bad)
     effects, taken = pump.server.receive_pipelined(updates)
+    effects = answered(pump.server, effects)
     good = bad[0]  # accepted before the first bad one, each verified
     assert taken == good + 1
     assert types(effects)[:3 * good] == [StorePayment, PaymentReceived, Send] * good
@@ -1031,6 +1045,7 @@ def test_a_pipelined_batch_stops_at_the_payment_that_exhausts_the_channel(versio
     assert record is not None
     updates = _updates(pump, [1_000, record.change - 1_000, 0])
     effects, taken = pump.server.receive_pipelined(updates)
+    effects = answered(pump.server, effects)
     assert taken == 2  # the third waits, and is refused once its turn comes (SETTLING)
     assert types(effects) == [StorePayment, PaymentReceived, Send] * 2 + [PrepareSettlement]
     assert pump.server.state is ServerState.SETTLING
@@ -1045,6 +1060,7 @@ def test_a_pipelined_batch_with_a_refused_payment_is_handled_one_by_one(version:
     updates.insert(1, wire(messages.update_payment(  # a second payment raising the change
         record.change + 1, record.contract.sign_payment(pump.client.key, record.change + 1))))
     effects, taken = pump.server.receive_pipelined(updates)
+    effects = answered(pump.server, effects)
     assert taken == 2 and types(effects)[:3] == [StorePayment, PaymentReceived, Send]
     assert_refused(pump.server, effects[3:], ErrorCode.BAD_TRANSACTION)
 

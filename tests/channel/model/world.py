@@ -28,6 +28,7 @@ from bitcoind_paychan.channel.effects import (
     LoadChannel,
     MarkChannel,
     PaymentAcknowledged,
+    PaymentReceived,
     PrepareSettlement,
     Purpose,
     ResumeRefused,
@@ -344,6 +345,8 @@ class ServerProcess(Process):
                     queue[:0] = self.settlement(machine)
                 case FundSettlement():
                     queue[:0] = self.fund_settlement(machine, effect)
+                case PaymentReceived():  # the application answers: its ack goes out
+                    queue[:0] = machine.payment_answered(b"")
                 case Send(message):
                     self.world.checks.server_sends(self.store, machine, message)
                     if conn is not None and not conn.server_done:
