@@ -78,7 +78,7 @@ def measure(payments: int, window: int = 1) -> dict[str, float]:
         answer, taken = server.receive_pipelined(received)
         assert taken == window
         answer = [a for e in answer for a in (
-            server.payment_answered() if isinstance(e, PaymentReceived) else [e])]
+            server.payment_answered(e) if isinstance(e, PaymentReceived) else [e])]
         t4 = clock()
         acks = b"".join(encode_frame(encode_message(e.message)) for e in answer
                         if isinstance(e, Send))

@@ -171,7 +171,7 @@ class ChannelOpened:
 @dataclass(frozen=True, slots=True)
 class PaymentReceived:
     """Server: a payment was verified and stored (before it is acknowledged). Answer each
-    with `payment_answered(info)`, in order: the ack (PAYMENT_ACK carrying `info`, the
+    with `payment_answered(event, info)`, in order: the ack (PAYMENT_ACK carrying `info`, the
     application's answer) is sent then; the opening's initial payment has no ack."""
 
     record: ChannelRecord

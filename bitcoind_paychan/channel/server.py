@@ -157,7 +157,7 @@ class ServerChannel(ProtocolMachine):
     `contract_checked(refusal, retryable)` (answers CheckContract),
     `settle(fee_rate, payout_script)` (answers PrepareSettlement, or settles an open
     channel), `settle_funded(tx)` (answers FundSettlement), `settlement_decided(record)` (the
-    stored channel was found CLOSING), `payment_answered(info)` (answers PaymentReceived:
+    stored channel was found CLOSING), `payment_answered(received, info)` (answers PaymentReceived:
     the ack, carrying the application's info), `connection_lost()`. `TABLE`
     lists which are legal in which state. A resumed connection owns the channel (and may
     CLOSE) only once its first UPDATE_PAYMENT proves it holds the client's contract key."""
@@ -179,7 +179,7 @@ class ServerChannel(ProtocolMachine):
         self.refund_outpoint_txid = b""
         self.challenge = b""
         self.record: ChannelRecord | None = None
-        self._unanswered: deque[bool] = deque()  # per PaymentReceived: whether it awaits an ack
+        self._unanswered: deque[int] = deque()  # numbers of the payments awaiting their acks
         self.handlers: dict[int, Handler] = {
             T.CLIENT_VERSION: self._on_client_version,
             T.PROVIDE_REFUND: self._on_provide_refund,
@@ -218,15 +218,21 @@ class ServerChannel(ProtocolMachine):
 
     # -- inputs ----------------------------------------------------------------------------
 
-    def payment_answered(self, info: bytes = b"") -> list[Effect]:
-        """The application's answer to the oldest unanswered PaymentReceived: its ack, with
-        `info` attached (nothing for the opening's initial payment: CHANNEL_OPEN answers it)."""
-        return self._input(Input.PAYMENT_ANSWERED, self._on_payment_answered, info)
+    def payment_answered(self, received: PaymentReceived, info: bytes = b"") -> list[Effect]:
+        """The application's answer to `received`: its ack, with `info` attached. Nothing for
+        a payment with no ack to send (the opening's initial one: CHANNEL_OPEN answers it; or
+        one answered already). Answers come in the order the payments were received."""
+        return self._input(Input.PAYMENT_ANSWERED, self._on_payment_answered, received, info)
 
-    def _on_payment_answered(self, info: bytes) -> list[Effect]:
-        if not self._unanswered:
-            raise LocalProtocolError("no payment awaits an answer")
-        return [Send(messages.payment_ack(info))] if self._unanswered.popleft() else []
+    def _on_payment_answered(self, received: PaymentReceived, info: bytes) -> list[Effect]:
+        number = received.record.payments
+        if number not in self._unanswered:
+            return []
+        if number != self._unanswered[0]:
+            raise LocalProtocolError(f"payment {number} answered before payment "
+                                     f"{self._unanswered[0]}: answer them in order")
+        self._unanswered.popleft()
+        return [Send(messages.payment_ack(info))]
 
     def channel_loaded(self, record: ChannelRecord | None) -> list[Effect]:
         """The answer to LoadChannel: the stored channel, or None if there is none."""
@@ -415,7 +421,6 @@ class ServerChannel(ProtocolMachine):
         contract, tx = record.contract, Transaction.parse(record.contract_tx)
         paid = record.paid
         self.state = ServerState.OPEN
-        self._unanswered.append(False)
         effects: list[Effect] = [
             StoreChannel(record), Broadcast(tx, Purpose.CONTRACT, contract.txid),
             ClaimChannel(contract.txid), PaymentReceived(record, paid, b""),  # no ack
@@ -449,7 +454,7 @@ class ServerChannel(ProtocolMachine):
         # Its ack waits for the application's answer (payment_answered).
         effects: list[Effect] = [*proven, StorePayment(record, amount, body.info),
                                  PaymentReceived(record, amount, body.info)]
-        self._unanswered.append(True)
+        self._unanswered.append(record.payments)
         if change == 0:
             self.state = ServerState.SETTLING
             effects.append(PrepareSettlement(record.contract_txid))

@@ -428,8 +428,8 @@ class ServerManager(Settlements):
                 case FundSettlement(draft, weight, fee_rate):
                     queue[:0] = await self._fund_settlement(machine, draft, weight, fee_rate)
                 case PaymentReceived():
-                    queue[:0] = machine.payment_answered(await self._notify_payment(effect)
-                                                         or b"")
+                    info = await self._notify_payment(effect)
+                    queue[:0] = machine.payment_answered(effect, info or b"")
                 case ChannelOpened() | ChannelClosed() | PeerError():
                     if isinstance(effect, ChannelOpened):
                         self.watcher.schedule_deadline(effect.record)

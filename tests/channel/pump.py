@@ -77,7 +77,7 @@ class Pump:
             return [("server", e) for e in
                     self.server.channel_loaded(self.server_store.get(effect.contract_txid))]
         elif isinstance(effect, PaymentReceived):
-            return [("server", e) for e in self.server.payment_answered(self.ack_info)]
+            return [("server", e) for e in self.server.payment_answered(effect, self.ack_info)]
         elif isinstance(effect, PrepareSettlement):
             return [("server", e) for e in self.server.settle(FEE_RATE, PAYOUT)]
         return []

@@ -691,7 +691,7 @@ def test_bad_payment_is_refused_and_nothing_changes(version: int, case: str) -> 
 def answered(server: ServerChannel, effects: list[Effect], info: bytes = b"") -> list[Effect]:
     """`effects` with each PaymentReceived answered in place, as the adapters do."""
     return [out for e in effects for out in (
-        [e, *server.payment_answered(info)] if isinstance(e, PaymentReceived) else [e])]
+        [e, *server.payment_answered(e, info)] if isinstance(e, PaymentReceived) else [e])]
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -705,11 +705,10 @@ def test_good_payment_is_stored_before_it_is_acknowledged(version: int) -> None:
     assert types(effects) == [StorePayment, PaymentReceived]  # the ack awaits the answer
     store, received = effects
     assert isinstance(store, StorePayment) and isinstance(received, PaymentReceived)
-    (ack,) = pump.server.payment_answered(b"thanks")  # the application's info, as an input
+    (ack,) = pump.server.payment_answered(received, b"thanks")  # the application's info
     assert isinstance(ack, Send) and ack.message.type == T.PAYMENT_ACK
     assert ack.message.payment_ack.info == b"thanks"
-    with pytest.raises(LocalProtocolError, match="no payment awaits an answer"):
-        pump.server.payment_answered(b"again")
+    assert pump.server.payment_answered(received, b"again") == []  # one ack per payment
     assert store.record.change == change and store.record.signature == signature
     assert store.record.payments == record.payments + 1
     assert (store.amount, store.info) == (5_000, b"order 7")
@@ -1036,6 +1035,16 @@ def test_a_pipelined_batch_is_accepted_up_to_its_first_bad_signature(
     assert_refused(pump.server, effects[3 * good:], ErrorCode.BAD_TRANSACTION)
     assert pump.server.record is not None
     assert pump.server.record.change == before.change - 1_000 * good
+
+
+def test_pipelined_payments_are_answered_in_order() -> None:
+    pump = opened(3)
+    effects, _ = pump.server.receive_pipelined(_updates(pump, [1_000, 2_000]))
+    first, second = (e for e in effects if isinstance(e, PaymentReceived))
+    with pytest.raises(LocalProtocolError, match="answered before payment"):
+        pump.server.payment_answered(second)
+    assert types(pump.server.payment_answered(first) + pump.server.payment_answered(second)) == [
+        Send, Send]
 
 
 @pytest.mark.parametrize("version", VERSIONS)

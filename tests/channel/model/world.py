@@ -346,7 +346,7 @@ class ServerProcess(Process):
                 case FundSettlement():
                     queue[:0] = self.fund_settlement(machine, effect)
                 case PaymentReceived():  # the application answers: its ack goes out
-                    queue[:0] = machine.payment_answered(b"")
+                    queue[:0] = machine.payment_answered(effect)
                 case Send(message):
                     self.world.checks.server_sends(self.store, machine, message)
                     if conn is not None and not conn.server_done:
