@@ -115,6 +115,8 @@ TABLE = table({
     (C.CLOSE_AFTER_ACK, Input.SETTLEMENT_SEEN): {C.CLOSED},
     (C.CLOSED, Input.SETTLEMENT_SEEN): {C.CLOSED},
     (C.CLOSED, Input.CLOSE): {C.CLOSED},
+    (C.WAITING_FOR_OPEN, Input.ABANDON): {C.CLOSED},  # the server never said CHANNEL_OPEN
+    (C.CLOSED, Input.ABANDON): {C.CLOSED},
 }, ClientState, C.CLOSED)
 
 
@@ -124,7 +126,8 @@ class ClientChannel(ProtocolMachine):
     `ClientChannel(policy, key, now, version)` opens a new channel; `ClientChannel.resuming(
     record, policy, now)` continues a stored one. Inputs besides `receive(message)`: `start()`,
     `contract_funded(tx)` (answers FundContract), `pay(amount, info)`, `close()`,
-    `settlement_seen(tx)` (a spender of the contract found on the node) and
+    `settlement_seen(tx)` (a spender of the contract found on the node), `abandon()` (the
+    server never opened the new channel and its contract's coins are unspent) and
     `connection_lost()`; `TABLE` lists which are legal in which state. `close()` while a
     payment is in flight sends CLOSE once its ack arrives; closing again is a no-op."""
 
@@ -250,6 +253,20 @@ class ClientChannel(ProtocolMachine):
             raise LocalProtocolError("no channel to settle")
         check_settlement(record, settlement)
         return self._closed_by(settlement)
+
+    def abandon(self) -> list[Effect]:
+        """Give up the new channel the server never opened, once the adapter found the
+        contract's coins unspent (not on chain nor in our node's mempool): its record is kept
+        as FAILED (the watcher reopens it if the contract shows up on chain after all)."""
+        return self._input(Input.ABANDON, self._on_abandon)
+
+    def _on_abandon(self) -> list[Effect]:
+        record = self.record
+        if record is None or self.opened or self._resuming:
+            raise LocalProtocolError("only a new channel the server never opened is abandoned")
+        failed = replace(record, status=ChannelStatus.FAILED)
+        self.record, self.state = failed, ClientState.CLOSED
+        return [StoreChannel(failed)]
 
     def _on_connection_lost(self) -> list[Effect]:
         """A hang-up right after CLIENT_VERSION of a new channel is how a bitcoinj server says

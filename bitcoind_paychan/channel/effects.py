@@ -7,6 +7,7 @@ and must not carry out a `Send` until every `Store*` before it is durable.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.channel.chainstate import ChainState
@@ -46,12 +47,22 @@ class StorePayment:
     info: bytes
 
 
+class Purpose(StrEnum):
+    """Why a `Broadcast` sends its transaction; its value is the word logs and errors use."""
+
+    CONTRACT = "contract"
+    SETTLEMENT = "settlement"
+    REFUND = "refund"
+    FEE_BUMP = "fee bump"  # a refund replaced with a higher fee
+    REBROADCAST = "rebroadcast"  # what spent the contract, sent again after a reorg
+
+
 @dataclass(frozen=True, slots=True)
 class Broadcast:
-    """Hand a transaction to the node. `purpose`: contract, settlement or refund."""
+    """Hand a transaction to the node, for `purpose`."""
 
     tx: Transaction
-    purpose: str
+    purpose: Purpose
     contract_txid: str
 
 
@@ -159,7 +170,9 @@ class ChannelOpened:
 
 @dataclass(frozen=True, slots=True)
 class PaymentReceived:
-    """Server: a payment was verified and stored (before it is acknowledged)."""
+    """Server: a payment was verified and stored (before it is acknowledged). Answer each
+    with `payment_answered(event, info)`, in order: the ack (PAYMENT_ACK carrying `info`, the
+    application's answer) is sent then; the opening's initial payment has no ack."""
 
     record: ChannelRecord
     amount: int

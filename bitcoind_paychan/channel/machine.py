@@ -44,11 +44,13 @@ class Input(enum.Enum):
     PAY = "pay"  # client
     CLOSE = "close"  # client: the application asks to close
     SETTLEMENT_SEEN = "settlement_seen"  # client: a settlement of ours found on the node
+    ABANDON = "abandon"  # client: give up a contract the server never opened (coins unspent)
     CHANNEL_LOADED = "channel_loaded"  # server: the answer to LoadChannel
     CONTRACT_CHECKED = "contract_checked"  # server: the answer to CheckContract
     SETTLE = "settle"  # server: the answer to PrepareSettlement, or the application's close
     SETTLE_FUNDED = "settle_funded"  # server: the answer to FundSettlement
     SETTLEMENT_DECIDED = "settlement_decided"  # server: the channel was found CLOSING
+    PAYMENT_ANSWERED = "payment_answered"  # server: the application's answer to PaymentReceived
     CONNECTION_LOST = "connection_lost"
 
 

@@ -27,6 +27,31 @@ class ChannelStatus(enum.StrEnum):
     def final(self) -> bool:
         return self in (ChannelStatus.SETTLED, ChannelStatus.REFUNDED, ChannelStatus.FAILED)
 
+    def may_become(self, status: ChannelStatus) -> bool:
+        """Whether a stored channel of this status may be stored with `status` (STATUS_MOVES)."""
+        return status in STATUS_MOVES[self]
+
+
+_S = ChannelStatus
+# Every legal move of a stored channel's status, the one table the stores enforce (staying is
+# always legal: a payment or a repriced closing tx keeps the status). Money never returns to
+# OPEN once a closing tx exists; a reorg may undo an outcome, so the final statuses move back
+# to CLOSING (the closing tx left the chain for the mempool) or to another outcome (another
+# spender, or a rival of the contract, confirmed instead). Who makes each move:
+#   OPEN -> CLOSING: the server machine settles, the client machine closes, the watcher
+#     refunds or sees the other side's closing tx
+#   OPEN/CLOSING -> SETTLED/REFUNDED/FAILED: the watcher sees the outcome confirm (FAILED: a
+#     rival of the contract confirmed); OPEN -> FAILED also: a client gives up on a contract
+#     the server never took
+#   FAILED -> OPEN: the watcher finds the given-up contract on chain after all
+STATUS_MOVES: dict[ChannelStatus, frozenset[ChannelStatus]] = {
+    _S.OPEN: frozenset(_S),
+    _S.CLOSING: frozenset({_S.CLOSING, _S.SETTLED, _S.REFUNDED, _S.FAILED}),
+    _S.SETTLED: frozenset({_S.SETTLED, _S.CLOSING, _S.REFUNDED, _S.FAILED}),
+    _S.REFUNDED: frozenset({_S.REFUNDED, _S.CLOSING, _S.SETTLED, _S.FAILED}),
+    _S.FAILED: frozenset(_S),
+}
+
 
 @dataclass(frozen=True)
 class ChannelRecord:

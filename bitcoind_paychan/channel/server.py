@@ -7,6 +7,7 @@ touches a socket, the node, the store or a clock: `now` is given at construction
 from __future__ import annotations
 
 import enum
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -35,6 +36,7 @@ from bitcoind_paychan.channel.effects import (
     LoadChannel,
     PaymentReceived,
     PrepareSettlement,
+    Purpose,
     Send,
     StoreChannel,
     StorePayment,
@@ -59,7 +61,10 @@ from bitcoind_paychan.errors import (
 from bitcoind_paychan.wire import pb
 
 T = pb.TwoWayChannelMessage
-SETTLEMENT_MARGIN = 2 * 3600  # the server settles this long before the client's refund is valid
+# The least settle margin: the server settles at least this long before the client's refund
+# is valid. The margin itself is one policy value, `WatchPolicy.settle_margin` (the autopilot
+# settles then); the service hands it to the machines as `ServerPolicy.settle_margin`.
+SETTLEMENT_MARGIN = 2 * 3600
 # UPDATE_PAYMENTs a client may send before the first is acknowledged (SERVER_VERSION's
 # payment_window): they wait in the connection, handled and acknowledged in order.
 PAYMENT_WINDOW = 64
@@ -69,7 +74,9 @@ PAYMENT_WINDOW = 64
 class ServerPolicy:
     """What the server accepts. Windows are clamped into [min, max] as bitcoinj does.
     `min_payment` bounds the initial payment only (bitcoinj's meaning: the channel can always
-    be settled above dust); later increments need only be at least `min_increment`."""
+    be settled above dust); later increments need only be at least `min_increment`.
+    `settle_margin`: how long before the expiry a resume settles instead of taking payments;
+    a PaymentServer sets its autopilot's (`WatchPolicy.settle_margin`), so both agree."""
 
     min_channel_size: int = 100_000
     min_payment: int = 1_000
@@ -78,6 +85,7 @@ class ServerPolicy:
     versions: tuple[int, ...] = VERSIONS
     require_segwit_funding_from: int = 3  # from this major on, contracts must spend segwit coins
     min_increment: int = 1
+    settle_margin: int = SETTLEMENT_MARGIN
 
     def __post_init__(self) -> None:
         for name in ("min_channel_size", "min_payment"):
@@ -86,9 +94,12 @@ class ServerPolicy:
         if self.min_channel_size <= self.min_payment:
             raise PolicyError("min_payment", f"found {self.min_payment}, expected less than "
                                              f"min_channel_size ({self.min_channel_size})")
-        if self.min_time_window <= SETTLEMENT_MARGIN:
+        if self.settle_margin < SETTLEMENT_MARGIN:
+            raise PolicyError("settle_margin", f"found {self.settle_margin}, expected an "
+                                               f"integer ≥ {SETTLEMENT_MARGIN} (seconds)")
+        if self.min_time_window <= self.settle_margin:
             raise PolicyError("min_time_window", f"found {self.min_time_window}, expected more "
-                                                 f"than {SETTLEMENT_MARGIN} s (the server "
+                                                 f"than {self.settle_margin} s (the server "
                                                  "settles that long before expiry)")
         if self.max_time_window < self.min_time_window:
             raise PolicyError("max_time_window", f"found {self.max_time_window}, expected at "
@@ -130,6 +141,11 @@ TABLE = table({
     (S.RESUMED, Input.SETTLEMENT_DECIDED): {S.CLOSED},
     (S.OPEN, Input.SETTLEMENT_DECIDED): {S.CLOSED},
     (S.SETTLING, Input.SETTLEMENT_DECIDED): {S.CLOSED},
+    # The application's answer to a PaymentReceived: its ack goes out (even on a connection
+    # closed since, by a later message of the same batch: the payment is stored).
+    (S.OPEN, Input.PAYMENT_ANSWERED): {S.OPEN},
+    (S.SETTLING, Input.PAYMENT_ANSWERED): {S.SETTLING},
+    (S.CLOSED, Input.PAYMENT_ANSWERED): {S.CLOSED},
 }, ServerState, S.CLOSED)
 
 
@@ -141,7 +157,8 @@ class ServerChannel(ProtocolMachine):
     `contract_checked(refusal, retryable)` (answers CheckContract),
     `settle(fee_rate, payout_script)` (answers PrepareSettlement, or settles an open
     channel), `settle_funded(tx)` (answers FundSettlement), `settlement_decided(record)` (the
-    stored channel was found CLOSING), `connection_lost()`. `TABLE`
+    stored channel was found CLOSING), `payment_answered(received, info)` (answers PaymentReceived:
+    the ack, carrying the application's info), `connection_lost()`. `TABLE`
     lists which are legal in which state. A resumed connection owns the channel (and may
     CLOSE) only once its first UPDATE_PAYMENT proves it holds the client's contract key."""
 
@@ -162,6 +179,7 @@ class ServerChannel(ProtocolMachine):
         self.refund_outpoint_txid = b""
         self.challenge = b""
         self.record: ChannelRecord | None = None
+        self._unanswered: deque[int] = deque()  # numbers of the payments awaiting their acks
         self.handlers: dict[int, Handler] = {
             T.CLIENT_VERSION: self._on_client_version,
             T.PROVIDE_REFUND: self._on_provide_refund,
@@ -200,6 +218,22 @@ class ServerChannel(ProtocolMachine):
 
     # -- inputs ----------------------------------------------------------------------------
 
+    def payment_answered(self, received: PaymentReceived, info: bytes = b"") -> list[Effect]:
+        """The application's answer to `received`: its ack, with `info` attached. Nothing for
+        a payment with no ack to send (the opening's initial one: CHANNEL_OPEN answers it; or
+        one answered already). Answers come in the order the payments were received."""
+        return self._input(Input.PAYMENT_ANSWERED, self._on_payment_answered, received, info)
+
+    def _on_payment_answered(self, received: PaymentReceived, info: bytes) -> list[Effect]:
+        number = received.record.payments
+        if number not in self._unanswered:
+            return []
+        if number != self._unanswered[0]:
+            raise LocalProtocolError(f"payment {number} answered before payment "
+                                     f"{self._unanswered[0]}: answer them in order")
+        self._unanswered.popleft()
+        return [Send(messages.payment_ack(info))]
+
     def channel_loaded(self, record: ChannelRecord | None) -> list[Effect]:
         """The answer to LoadChannel: the stored channel, or None if there is none."""
         return self._input(Input.CHANNEL_LOADED, self._on_channel_loaded, record)
@@ -213,7 +247,7 @@ class ServerChannel(ProtocolMachine):
                 record.version != self.version):
             return self._initiate()  # nothing to resume: a fresh channel, as bitcoinj does
         self.record = record
-        if record.contract.expiry - self.now <= SETTLEMENT_MARGIN:
+        if record.contract.expiry - self.now <= self.policy.settle_margin:
             # Too close to the client's refund to take more payments: settle instead (what
             # the autopilot does anyway, so no proof is needed). The settlement claims the
             # channel's settling duty, then its lease: a resume that finds the duty taken
@@ -304,7 +338,8 @@ class ServerChannel(ProtocolMachine):
         closing = replace(self._record(), status=ChannelStatus.CLOSING,
                           settlement_tx=settlement.serialize())
         self.record, self.state = closing, ServerState.CLOSED
-        return [StoreChannel(closing), Broadcast(settlement, "settlement", closing.contract_txid),
+        return [StoreChannel(closing),
+                Broadcast(settlement, Purpose.SETTLEMENT, closing.contract_txid),
                 Send(messages.close(settlement.serialize())), ChannelClosed(closing, settlement),
                 Disconnect("channel settled")]
 
@@ -387,8 +422,8 @@ class ServerChannel(ProtocolMachine):
         paid = record.paid
         self.state = ServerState.OPEN
         effects: list[Effect] = [
-            StoreChannel(record), Broadcast(tx, "contract", contract.txid),
-            ClaimChannel(contract.txid), PaymentReceived(record, paid, b""),
+            StoreChannel(record), Broadcast(tx, Purpose.CONTRACT, contract.txid),
+            ClaimChannel(contract.txid), PaymentReceived(record, paid, b""),  # no ack
             Send(messages.channel_open()), ChannelOpened(record, resumed=False)]
         if record.change == 0:  # the initial payment took everything: settle at once
             self.state = ServerState.SETTLING
@@ -416,9 +451,10 @@ class ServerChannel(ProtocolMachine):
                          f"{self.policy.min_increment}")
         record.contract.check_payment(change, body.signature)
         self.record = record = record.with_payment(change, body.signature)
+        # Its ack waits for the application's answer (payment_answered).
         effects: list[Effect] = [*proven, StorePayment(record, amount, body.info),
-                                 PaymentReceived(record, amount, body.info),
-                                 Send(messages.payment_ack())]
+                                 PaymentReceived(record, amount, body.info)]
+        self._unanswered.append(record.payments)
         if change == 0:
             self.state = ServerState.SETTLING
             effects.append(PrepareSettlement(record.contract_txid))

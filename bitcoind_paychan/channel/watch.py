@@ -28,6 +28,7 @@ from bitcoind_paychan.channel.effects import (
     Effect,
     ForgetChannel,
     MarkChannel,
+    Purpose,
     SettleChannel,
     StoreChainState,
 )
@@ -160,12 +161,12 @@ def review(record: ChannelRecord, state: ChainState, tip: Tip, fee_rate: int,
         if tip.time >= contract.expiry - policy.settle_margin:
             return [SettleChannel(txid)]
         if not state.contract_height:  # ours to broadcast (again, after a crash or eviction)
-            return [Broadcast(Transaction.parse(record.contract_tx), "contract", txid)]
+            return [Broadcast(Transaction.parse(record.contract_tx), Purpose.CONTRACT, txid)]
         return []
     if tip.median_time > contract.expiry:  # the refund is final now
         return _refund(record, state, tip, fee_rate)
     if record.status is ChannelStatus.CLOSING and record.settlement_tx:
-        return [Broadcast(Transaction.parse(record.settlement_tx), "settlement", txid)]
+        return [Broadcast(Transaction.parse(record.settlement_tx), Purpose.SETTLEMENT, txid)]
     return []
 
 
@@ -179,13 +180,13 @@ def _settle_again(record: ChannelRecord, settlement_tx: bytes, state: ChainState
     settlement = Transaction.parse(settlement_tx)
     effects: list[Effect] = []
     if not state.contract_height:
-        effects.append(Broadcast(Transaction.parse(record.contract_tx), "contract", txid))
+        effects.append(Broadcast(Transaction.parse(record.contract_tx), Purpose.CONTRACT, txid))
     repriced = (_bumped_settlement(record, settlement, fee_rate)
                 if fee_rate > _fee_rate_of(record.contract, settlement) else None)
     if repriced is None:
-        return [*effects, Broadcast(settlement, "settlement", txid)]
+        return [*effects, Broadcast(settlement, Purpose.SETTLEMENT, txid)]
     return [MarkChannel(txid, ChannelStatus.CLOSING, closing_tx=repriced.serialize()),
-            *effects, Broadcast(repriced, "settlement", txid)]
+            *effects, Broadcast(repriced, Purpose.SETTLEMENT, txid)]
 
 
 def _buried(state: ChainState, tip: Tip, policy: WatchPolicy) -> bool:
@@ -208,7 +209,7 @@ def _spent(record: ChannelRecord, state: ChainState, tip: Tip, fee_rate: int,
         effects.append(MarkChannel(txid, ChannelStatus.CLOSING, closing_tx=state.spender))
         if record.status is ChannelStatus.OPEN and not ours:
             effects.append(ClosingSeen(record, spender, refund))
-    rebroadcast = Broadcast(spender, "rebroadcast", txid)
+    rebroadcast = Broadcast(spender, Purpose.REBROADCAST, txid)
     if ours and not state.fee_rate:  # start the clock for fee bumping (after a crash, too)
         paid = _fee_rate_of(record.contract, spender)
         return [*effects, StoreChainState(txid, replace(state, fee_rate=paid,
@@ -250,12 +251,12 @@ def _refund(record: ChannelRecord, state: ChainState, tip: Tip, fee_rate: int) -
     refund = contract.refund(record.key, fee_rate, record.refund_tx)
     effects: list[Effect] = []
     if not state.contract_height:  # the server may never have broadcast it
-        effects.append(Broadcast(Transaction.parse(record.contract_tx), "contract", txid))
+        effects.append(Broadcast(Transaction.parse(record.contract_tx), Purpose.CONTRACT, txid))
     return [*effects,
             MarkChannel(txid, ChannelStatus.CLOSING, closing_tx=refund.serialize()),
             StoreChainState(txid, replace(state, spender=refund.serialize(),
                                           broadcast_height=tip.height, fee_rate=fee_rate)),
-            Broadcast(refund, "refund", txid)]
+            Broadcast(refund, Purpose.REFUND, txid)]
 
 
 def _bump(record: ChannelRecord, state: ChainState, spender: Transaction, tip: Tip,
@@ -275,7 +276,7 @@ def _bump(record: ChannelRecord, state: ChainState, spender: Transaction, tip: T
     return [MarkChannel(txid, ChannelStatus.CLOSING, closing_tx=replacement.serialize()),
             StoreChainState(txid, replace(state, spender=replacement.serialize(),
                                           broadcast_height=tip.height, fee_rate=fee_rate)),
-            Broadcast(replacement, "fee bump", txid)]
+            Broadcast(replacement, Purpose.FEE_BUMP, txid)]
 
 
 def _bumped_settlement(record: ChannelRecord, settlement: Transaction,

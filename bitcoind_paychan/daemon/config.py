@@ -20,7 +20,7 @@ import os
 import re
 import stat
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
@@ -399,7 +399,13 @@ def config_from_dict(data: Mapping[str, Any], source: Path | None = None, *,
     except _Problem as problem:
         r.problems.append(problem)
     r.raise_errors()
-    return config
+    # One settle margin, built once (scheduler.settle_margin): the server's machines stop
+    # taking resumes when its autopilot settles.
+    margin = config.scheduler.policy.settle_margin
+    if not config.server.enabled:  # unchecked against it (see _cross_checks), and unused
+        return config
+    server = replace(config.server, policy=replace(config.server.policy, settle_margin=margin))
+    return replace(config, server=server)
 
 
 def _store(r: _Reader, d: dict[str, Any], network: str) -> StoreConfig:

@@ -599,8 +599,7 @@ class Channel:
         if any(spent):
             return (f"contract {record.contract_txid} reached the network; the channel stays "
                     "stored and is refunded after its expiry if the server does not settle")
-        abandoned = replace(record, status=ChannelStatus.FAILED)
-        await asyncio.to_thread(self.client.store.put, abandoned)
+        await self._run(self.machine.abandon())
         await wallet.release(self.funded_inputs)
         return (f"nothing was spent: contract {record.contract_txid} is not on chain nor in our "
                 "node's mempool; its coins are released to the wallet (the record is kept as "

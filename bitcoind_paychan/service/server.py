@@ -22,6 +22,7 @@ import logging
 import resource
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
 
 from bitcoind_paychan.bitcoin.keys import PrivateKey
 from bitcoind_paychan.bitcoin.tx import Transaction
@@ -41,6 +42,7 @@ from bitcoind_paychan.channel.effects import (
     PaymentReceived,
     PeerError,
     PrepareSettlement,
+    Purpose,
     Send,
     StoreChannel,
     StorePayment,
@@ -89,7 +91,6 @@ HANDSHAKE_TIMEOUT = 15.0  # bitcoinj's idle timeout while a channel is being set
 # proves it with its next payment, whenever its application pays, so this is generous; it
 # only bounds how long someone who knows a contract txid can hold a connection.
 RESUME_TIMEOUT = 600.0
-ACK = pb.TwoWayChannelMessage.PAYMENT_ACK
 UPDATE_PAYMENT = pb.TwoWayChannelMessage.UPDATE_PAYMENT
 PAYING = (UPDATE_PAYMENT, pb.TwoWayChannelMessage.PROVIDE_CONTRACT)  # messages that pay
 
@@ -173,7 +174,12 @@ class ServerManager(Settlements):
         self.leases: Leases = leases or leases_for(store)
         # Group commit of every channel's payments, each fenced by its connection's lease.
         self.payments = PaymentWriter(store, self.leases)
-        self.policy = policy or ServerPolicy()
+        autopilot = autopilot or WatchPolicy()
+        # One settle margin: the machines stop taking resumes when the autopilot settles.
+        policy = policy or ServerPolicy()
+        if policy.settle_margin != autopilot.settle_margin:
+            policy = replace(policy, settle_margin=autopilot.settle_margin)
+        self.policy = policy
         self.on_payment = on_payment
         self.on_event = on_event
         self.callbacks = Callbacks()  # the application's, isolated (errors counted)
@@ -195,7 +201,7 @@ class ServerManager(Settlements):
         self._stopping = False
         self._started = False
         self.watcher = ChainWatcher(
-            Role.SERVER, wallet, store, autopilot or WatchPolicy(),
+            Role.SERVER, wallet, store, autopilot,
             settle=self._settle_claimed, on_event=self._finished, zmq_endpoint=zmq_endpoint,
             poll_interval=poll_interval, review_interval=review_interval, leases=self.leases)
 
@@ -423,10 +429,8 @@ class ServerManager(Settlements):
                 case FundSettlement(draft, weight, fee_rate):
                     queue[:0] = await self._fund_settlement(machine, draft, weight, fee_rate)
                 case PaymentReceived():
-                    ack_info = await self._notify_payment(effect)
-                    ack = next((e.message for e in queue if isinstance(e, Send)), None)
-                    if ack_info and ack is not None and ack.type == ACK:
-                        ack.payment_ack.info = ack_info
+                    info = await self._notify_payment(effect)
+                    queue[:0] = machine.payment_answered(effect, info or b"")
                 case ChannelOpened() | ChannelClosed() | PeerError():
                     if isinstance(effect, ChannelOpened):
                         self.watcher.schedule_deadline(effect.record)
@@ -507,14 +511,14 @@ class ServerManager(Settlements):
         broadcasts it again (its contract first), replaces it with a higher fee (same payout),
         or finds what spent the contract; the channel never goes back to OPEN.
         """
-        if effect.purpose == "contract":
+        if effect.purpose is Purpose.CONTRACT:
             bind_channel(effect.tx.txid_hex)  # the connection's channel, before it is claimed
         try:
             await self.wallet.broadcast(effect.tx)
             log.info("broadcast %s %s", effect.purpose, effect.tx.txid_hex)
             return ""
         except NodeError as exc:  # TransactionRejected included
-            if effect.purpose == "contract" and not isinstance(exc, TransactionRejected):
+            if effect.purpose is Purpose.CONTRACT and not isinstance(exc, TransactionRejected):
                 log.warning("contract %s checked but not broadcast yet (%s); the autopilot "
                             "will broadcast it again", effect.tx.txid_hex, exc)
                 return ""

@@ -37,6 +37,7 @@ from bitcoind_paychan.channel.effects import (
     Effect,
     ForgetChannel,
     MarkChannel,
+    Purpose,
     SettleChannel,
     StoreChainState,
 )
@@ -540,10 +541,11 @@ class ChainWatcher:
                 try:
                     await self.wallet.broadcast(tx)
                     # Unconfirmed transactions are re-sent at every review: log those quietly.
-                    level = logging.INFO if purpose in ("fee bump", "refund") else logging.DEBUG
+                    quiet = purpose not in (Purpose.FEE_BUMP, Purpose.REFUND)
+                    level = logging.DEBUG if quiet else logging.INFO
                     log.log(level, "broadcast %s %s for channel %s", purpose, tx.txid_hex, txid)
                 except TransactionRejected as exc:
-                    if purpose != "contract":  # a contract already spent is no news
+                    if purpose is not Purpose.CONTRACT:  # a contract already spent is no news
                         raise
                     log.debug("contract %s not taken: %s", txid, exc.reason)
                     state = await asyncio.to_thread(self.store.chain_state, self.role, txid)

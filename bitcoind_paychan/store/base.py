@@ -136,7 +136,8 @@ class ChannelStore(Protocol):
 
     def put(self, record: ChannelRecord) -> None:
         """Insert or replace the whole record. Refuses a stale record whose `change` is above
-        the stored one (it would lose payments). A channel stored with money already paid
+        the stored one (it would lose payments) and a status move STATUS_MOVES does not
+        allow. A channel stored with money already paid
         (the initial payment of an opening) and no logged payment yet gets that payment logged,
         as number `record.payments`."""
         ...
@@ -188,7 +189,8 @@ class ChannelStore(Protocol):
     ) -> ChannelRecord:
         """Store `change(stored record)` and return it, atomically: no other write (such as a
         `record_payment`) lands between the read and the write. Refuses an unknown channel, a
-        result of another role or contract, and one whose `change` is above the stored one.
+        result of another role or contract, one whose `change` is above the stored one, and a
+        status move STATUS_MOVES does not allow.
         `change` runs under the store's lock: it must be quick and must not use the store
         (that would deadlock). If it raises, nothing is stored and the exception propagates."""
         ...
@@ -342,6 +344,17 @@ def change_increased(role: Role, contract_txid: str, stored: int, new: int) -> S
         f"{stored}: a payment never returns money to the client. The record is stale or wrong; "
         "re-read it with get() and apply the update to that"
     )
+
+
+def check_move(role: Role, contract_txid: str, stored: ChannelStatus,
+               new: ChannelStatus) -> None:
+    """Refuse to store a channel whose stored status may not become `new` (STATUS_MOVES)."""
+    if not stored.may_become(new):
+        raise StoreError(
+            f"refusing to move {role} channel {contract_txid} from {stored} to {new}: a "
+            f"{stored} channel never becomes {new} (see STATUS_MOVES). The record is stale or "
+            "wrong; re-read it with get() and apply the update to that"
+        )
 
 
 def not_final(role: Role, contract_txid: str, status: ChannelStatus) -> StoreError:

@@ -21,6 +21,7 @@ from bitcoind_paychan.store.base import (
     StoreInfo,
     WatchedChannel,
     change_increased,
+    check_move,
     closed,
     discard_refusal,
     not_discardable,
@@ -64,6 +65,8 @@ class MemoryStore(Closable):
                 old = self._records.get(key)
                 if old is not None and record.change > old.change:
                     raise change_increased(*key, old.change, record.change)
+                if old is not None:
+                    check_move(*key, old.status, record.status)
             for key, record in batch.items():
                 new = key not in self._records
                 self._store(key, record)
@@ -179,6 +182,7 @@ class MemoryStore(Closable):
             raise other_channel(*key, new)
         if new.change > old.change:
             raise change_increased(*key, old.change, new.change)
+        check_move(*key, old.status, new.status)
         return new
 
     def chain_state(self, role: Role, contract_txid: str) -> ChainState:

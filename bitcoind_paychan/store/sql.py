@@ -25,6 +25,7 @@ from bitcoind_paychan.store.base import (
     StoreInfo,
     WatchedChannel,
     change_increased,
+    check_move,
     discard_refusal,
     not_discardable,
     not_final,
@@ -197,7 +198,10 @@ class SQLStore(Closable):
     def _put(self, conn: Session, record: ChannelRecord, now: int) -> None:
         key = (Role(record.role).value, record.contract_txid)
         times = (now, now if record.status.final else None)
-        new = conn.execute(CHANGE, key).fetchone() is None
+        stored = conn.execute(f"{STATUS}{self._FOR_UPDATE}", key).fetchone()
+        new = stored is None
+        if stored is not None:
+            check_move(Role(record.role), key[1], ChannelStatus(stored[0]), record.status)
         if conn.execute(PUT, (*codec.encode(record), *times)).rowcount != 1:
             (stored,) = conn.execute(CHANGE, key).fetchone()
             raise change_increased(Role(record.role), key[1], stored, record.change)
@@ -294,6 +298,7 @@ class SQLStore(Closable):
             raise other_channel(role, contract_txid, new)
         if new.change > old.change:
             raise change_increased(role, contract_txid, old.change, new.change)
+        check_move(role, contract_txid, old.status, new.status)
         now = int(time.time())
         conn.execute(PUT, (*codec.encode(new), now, now if new.status.final else None))
         return new

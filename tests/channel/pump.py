@@ -12,6 +12,7 @@ from bitcoind_paychan.channel.effects import (
     Effect,
     FundContract,
     LoadChannel,
+    PaymentReceived,
     PrepareSettlement,
     Send,
     StoreChannel,
@@ -44,6 +45,7 @@ class Pump:
     client_log: list[Effect] = field(default_factory=list)
     server_log: list[Effect] = field(default_factory=list)
     segwit_funding: bool = True
+    ack_info: bytes = b""  # what the server's application attaches to each ack
 
     def run(self, client_effects: list[Effect]) -> None:
         """Carry out effects until both sides are quiet."""
@@ -51,7 +53,11 @@ class Pump:
         while queue:
             side, effect = queue.pop(0)
             (self.client_log if side == "client" else self.server_log).append(effect)
-            queue.extend(self._carry_out(side, effect))
+            follow = self._carry_out(side, effect)
+            if isinstance(effect, PaymentReceived):  # its ack, before what followed
+                queue[:0] = follow
+            else:
+                queue.extend(follow)
 
     def _carry_out(self, side: str, effect: Effect) -> list[tuple[str, Effect]]:
         store = self.client_store if side == "client" else self.server_store
@@ -70,6 +76,8 @@ class Pump:
         elif isinstance(effect, LoadChannel):
             return [("server", e) for e in
                     self.server.channel_loaded(self.server_store.get(effect.contract_txid))]
+        elif isinstance(effect, PaymentReceived):
+            return [("server", e) for e in self.server.payment_answered(effect, self.ack_info)]
         elif isinstance(effect, PrepareSettlement):
             return [("server", e) for e in self.server.settle(FEE_RATE, PAYOUT)]
         return []

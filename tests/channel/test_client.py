@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -15,11 +16,14 @@ from bitcoind_paychan.channel.contract import DUST
 from bitcoind_paychan.channel.effects import (
     ChannelClosed,
     ChannelOpened,
+    CheckContract,
+    Effect,
     FundContract,
     PaymentAcknowledged,
     PaymentReceived,
     ResumeRefused,
     Send,
+    StoreChannel,
     StorePayment,
     VersionRefused,
 )
@@ -321,6 +325,32 @@ def test_a_hang_up_before_server_version_is_a_version_refusal_only_for_a_new_cha
                                       NOW)
     resuming.start()
     assert resuming.connection_lost() == []  # a resume names its version: no fallback
+
+
+class RefusingPump(Pump):
+    """The server's node refuses the contract: the server never says CHANNEL_OPEN."""
+
+    def _carry_out(self, side: str, effect: Effect) -> list[tuple[str, Effect]]:
+        if isinstance(effect, CheckContract):
+            return [("server", e) for e in self.server.contract_checked("txn-mempool-conflict")]
+        return super()._carry_out(side, effect)
+
+
+def test_a_channel_the_server_never_opened_is_abandoned_as_failed() -> None:
+    pump = make_pump(3)
+    refused = RefusingPump(pump.client, pump.server)
+    refused.run(pump.client.start())
+    stored = refused.client_store[pump.client.record.contract_txid]  # type: ignore[union-attr]
+    assert pump.client.state is ClientState.CLOSED and stored.status is ChannelStatus.OPEN
+    (store,) = pump.client.abandon()
+    assert store == StoreChannel(replace(stored, status=ChannelStatus.FAILED))
+    assert pump.client.record == store.record
+    with pytest.raises(LocalProtocolError, match="cannot abandon while open"):
+        opened(3).client.abandon()
+    closed = opened(3).client
+    closed.connection_lost()
+    with pytest.raises(LocalProtocolError, match="only a new channel the server never opened"):
+        closed.abandon()
 
 
 def test_the_table_names_only_states_and_events_it_knows() -> None:

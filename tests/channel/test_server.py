@@ -33,6 +33,7 @@ from bitcoind_paychan.channel.effects import (
     PaymentReceived,
     PeerError,
     PrepareSettlement,
+    Purpose,
     Send,
     StoreChannel,
     StorePayment,
@@ -46,7 +47,7 @@ from bitcoind_paychan.channel.server import (
     ServerPolicy,
     ServerState,
 )
-from bitcoind_paychan.errors import ErrorCode, LocalProtocolError
+from bitcoind_paychan.errors import ErrorCode, LocalProtocolError, PolicyError
 from bitcoind_paychan.wire import decode_message, encode_message, pb
 from tests.channel.pump import FEE_RATE, PAYOUT, Pump, funding_tx
 from tests.channel.test_contract import high_s
@@ -419,7 +420,7 @@ def test_good_contract_opens_in_order(version: int) -> None:
     assert record.change == VALUE - MIN_PAYMENT and record.payments == 1
     assert record.contract.expiry == session.expiry
     assert record.contract.client_pub == session.client.pub.data
-    assert broadcast.tx == tx and broadcast.purpose == "contract"
+    assert broadcast.tx == tx and broadcast.purpose is Purpose.CONTRACT
     assert broadcast.contract_txid == claim.contract_txid == tx.txid_hex
     assert received.amount == MIN_PAYMENT
     assert opened_.resumed is False
@@ -687,6 +688,12 @@ def test_bad_payment_is_refused_and_nothing_changes(version: int, case: str) -> 
     assert pump.server_store == stored
 
 
+def answered(server: ServerChannel, effects: list[Effect], info: bytes = b"") -> list[Effect]:
+    """`effects` with each PaymentReceived answered in place, as the adapters do."""
+    return [out for e in effects for out in (
+        [e, *server.payment_answered(e, info)] if isinstance(e, PaymentReceived) else [e])]
+
+
 @pytest.mark.parametrize("version", VERSIONS)
 def test_good_payment_is_stored_before_it_is_acknowledged(version: int) -> None:
     pump = opened(version)
@@ -695,10 +702,13 @@ def test_good_payment_is_stored_before_it_is_acknowledged(version: int) -> None:
     change = record.change - 5_000
     signature = record.contract.sign_payment(pump.client.key, change)
     effects = pump.server.receive(wire(messages.update_payment(change, signature, b"order 7")))
-    assert types(effects) == [StorePayment, PaymentReceived, Send]
-    store, received, ack = effects
+    assert types(effects) == [StorePayment, PaymentReceived]  # the ack awaits the answer
+    store, received = effects
     assert isinstance(store, StorePayment) and isinstance(received, PaymentReceived)
+    (ack,) = pump.server.payment_answered(received, b"thanks")  # the application's info
     assert isinstance(ack, Send) and ack.message.type == T.PAYMENT_ACK
+    assert ack.message.payment_ack.info == b"thanks"
+    assert pump.server.payment_answered(received, b"again") == []  # one ack per payment
     assert store.record.change == change and store.record.signature == signature
     assert store.record.payments == record.payments + 1
     assert (store.amount, store.info) == (5_000, b"order 7")
@@ -763,6 +773,7 @@ def test_exhausting_payment_asks_for_settlement(version: int) -> None:
     assert record is not None
     effects = pump.server.receive(wire(messages.update_payment(
         0, record.contract.sign_payment(pump.client.key, 0))))
+    effects = answered(pump.server, effects)
     assert types(effects) == [StorePayment, PaymentReceived, Send, PrepareSettlement]
     assert pump.server.state is ServerState.SETTLING
     assert isinstance(effects[0], StorePayment) and effects[0].amount == record.change
@@ -773,7 +784,7 @@ def test_exhausting_payment_asks_for_settlement(version: int) -> None:
     assert isinstance(send, Send)
     assert store.record.status is ChannelStatus.CLOSING
     assert store.record.settlement_tx == broadcast.tx.serialize() == send.message.settlement.tx
-    assert broadcast.purpose == "settlement"
+    assert broadcast.purpose is Purpose.SETTLEMENT
     assert [o.script_pubkey for o in broadcast.tx.outputs] == [PAYOUT]
     assert state_of(pump.server) is ServerState.CLOSED
 
@@ -834,6 +845,7 @@ def test_resume_a_stored_open_channel(version: int) -> None:
     paid = server.receive(wire(messages.update_payment(
         change, record.contract.sign_payment(pump.client.key, change),
         resume_proof=_proof(server, pump.client.key, record.contract_txid))))
+    paid = answered(server, paid)
     assert types(paid) == [ClaimChannel, ChannelOpened, StorePayment, PaymentReceived, Send]
     claim, opened_ = paid[:2]
     assert claim == ClaimChannel(record.contract_txid)
@@ -917,6 +929,27 @@ def test_channel_loaded_when_not_loading_is_a_local_error() -> None:
         start(2).server.channel_loaded(None)
 
 
+def test_a_resume_inside_the_policy_settle_margin_settles_and_outside_it_resumes() -> None:
+    pump = opened(3)
+    record = pump.server_store[pump.client.record.contract_txid]  # type: ignore[union-attr]
+    wide = ServerPolicy(min_payment=MIN_PAYMENT, settle_margin=3 * 3600)
+    for policy, state in ((wide, ServerState.SETTLING),
+                          (ServerPolicy(min_payment=MIN_PAYMENT), ServerState.RESUMED)):
+        server = ServerChannel(policy, PrivateKey.generate(),
+                               record.contract.expiry - 3 * 3600 + 60)
+        server.receive(wire(messages.client_version(3, DEFAULT_TIME_WINDOW,
+                                                    record.contract_txid)))
+        server.channel_loaded(record)
+        assert state_of(server) is state
+
+
+def test_the_settle_margin_is_at_least_two_hours_and_below_the_least_window() -> None:
+    with pytest.raises(PolicyError, match=r"settle_margin.*≥ 7200"):
+        ServerPolicy(settle_margin=SETTLEMENT_MARGIN - 1)
+    with pytest.raises(PolicyError, match=r"min_time_window.*more than 14400 s"):
+        ServerPolicy(settle_margin=4 * 3600)
+
+
 @pytest.mark.parametrize("version", VERSIONS)
 def test_resume_close_to_the_expiry_settles_instead(version: int) -> None:
     pump = opened(version)
@@ -971,6 +1004,7 @@ def test_pipelined_payments_are_each_checked_and_stored_and_acknowledged_in_orde
     assert before is not None
     updates = _updates(pump, [1_000, 2_000, 3_000, 4_000])
     effects, taken = pump.server.receive_pipelined(updates)
+    effects = answered(pump.server, effects)
     assert taken == 4
     assert types(effects) == [StorePayment, PaymentReceived, Send] * 4
     stores = [e for e in effects if isinstance(e, StorePayment)]
@@ -994,12 +1028,23 @@ def test_a_pipelined_batch_is_accepted_up_to_its_first_bad_signature(
     assert before is not None
     updates = _updates(pump, [1_000, 1_000, 1_000, 1_000], bad=bad)
     effects, taken = pump.server.receive_pipelined(updates)
+    effects = answered(pump.server, effects)
     good = bad[0]  # accepted before the first bad one, each verified
     assert taken == good + 1
     assert types(effects)[:3 * good] == [StorePayment, PaymentReceived, Send] * good
     assert_refused(pump.server, effects[3 * good:], ErrorCode.BAD_TRANSACTION)
     assert pump.server.record is not None
     assert pump.server.record.change == before.change - 1_000 * good
+
+
+def test_pipelined_payments_are_answered_in_order() -> None:
+    pump = opened(3)
+    effects, _ = pump.server.receive_pipelined(_updates(pump, [1_000, 2_000]))
+    first, second = (e for e in effects if isinstance(e, PaymentReceived))
+    with pytest.raises(LocalProtocolError, match="answered before payment"):
+        pump.server.payment_answered(second)
+    assert types(pump.server.payment_answered(first) + pump.server.payment_answered(second)) == [
+        Send, Send]
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -1009,6 +1054,7 @@ def test_a_pipelined_batch_stops_at_the_payment_that_exhausts_the_channel(versio
     assert record is not None
     updates = _updates(pump, [1_000, record.change - 1_000, 0])
     effects, taken = pump.server.receive_pipelined(updates)
+    effects = answered(pump.server, effects)
     assert taken == 2  # the third waits, and is refused once its turn comes (SETTLING)
     assert types(effects) == [StorePayment, PaymentReceived, Send] * 2 + [PrepareSettlement]
     assert pump.server.state is ServerState.SETTLING
@@ -1023,6 +1069,7 @@ def test_a_pipelined_batch_with_a_refused_payment_is_handled_one_by_one(version:
     updates.insert(1, wire(messages.update_payment(  # a second payment raising the change
         record.change + 1, record.contract.sign_payment(pump.client.key, record.change + 1))))
     effects, taken = pump.server.receive_pipelined(updates)
+    effects = answered(pump.server, effects)
     assert taken == 2 and types(effects)[:3] == [StorePayment, PaymentReceived, Send]
     assert_refused(pump.server, effects[3:], ErrorCode.BAD_TRANSACTION)
 

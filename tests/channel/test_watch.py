@@ -16,6 +16,7 @@ from bitcoind_paychan.channel.effects import (
     Effect,
     ForgetChannel,
     MarkChannel,
+    Purpose,
     SettleChannel,
     StoreChainState,
 )
@@ -80,7 +81,7 @@ def test_server_settles_only_once_the_deadline_is_reached() -> None:
 def test_server_broadcasts_its_unconfirmed_contract_again() -> None:
     server, _ = records()
     effects = review(server, ChainState(), tip(), RATE, POLICY)
-    assert effects == [Broadcast(Transaction.parse(server.contract_tx), "contract",
+    assert effects == [Broadcast(Transaction.parse(server.contract_tx), Purpose.CONTRACT,
                                  server.contract_txid)]
 
 
@@ -93,8 +94,8 @@ def test_client_refunds_only_after_median_time_past_passes_the_expiry() -> None:
                      RATE, POLICY)
     assert types(effects) == [Broadcast, MarkChannel, StoreChainState, Broadcast]
     contract, mark, store, refund = effects
-    assert isinstance(contract, Broadcast) and contract.purpose == "contract"
-    assert isinstance(refund, Broadcast) and refund.purpose == "refund"
+    assert isinstance(contract, Broadcast) and contract.purpose is Purpose.CONTRACT
+    assert isinstance(refund, Broadcast) and refund.purpose is Purpose.REFUND
     tx = refund.tx
     assert tx.inputs[0].prevout == client.contract.outpoint
     assert tx.locktime == client.contract.expiry and is_refund(tx)
@@ -110,7 +111,7 @@ def test_refund_does_not_rebroadcast_a_confirmed_contract() -> None:
     _, client = records(2)
     late = tip(time=client.contract.expiry + 9000, median_time=client.contract.expiry + 10)
     effects = review(client, ChainState(contract_height=150), late, RATE, POLICY)
-    assert [e.purpose for e in effects if isinstance(e, Broadcast)] == ["refund"]
+    assert [e.purpose for e in effects if isinstance(e, Broadcast)] == [Purpose.REFUND]
 
 
 @pytest.mark.parametrize("version", [1, 2, 3])
@@ -219,7 +220,7 @@ def test_a_stuck_settlement_is_replaced_with_a_higher_fee() -> None:
     effects = review(closing, state, tip(202), 5_000, POLICY)
     assert types(effects) == [MarkChannel, StoreChainState, Broadcast]
     bumped = effects[-1]
-    assert isinstance(bumped, Broadcast) and bumped.purpose == "fee bump"
+    assert isinstance(bumped, Broadcast) and bumped.purpose is Purpose.FEE_BUMP
     high = bumped.tx
     assert high.outputs[0] == low.outputs[0]  # the client's change is untouched
     assert high.outputs[1].value < low.outputs[1].value  # the server's share pays the fee
@@ -249,7 +250,8 @@ def test_a_stuck_refund_is_replaced_by_the_client() -> None:
     later = replace(late, height=302)
     effects = review(closing, state, later, 4_000, POLICY)
     bumped = effects[-1]
-    assert isinstance(bumped, Broadcast) and bumped.purpose == "fee bump" and is_refund(bumped.tx)
+    assert isinstance(bumped, Broadcast) and bumped.purpose is Purpose.FEE_BUMP
+    assert is_refund(bumped.tx)
     assert bumped.tx.outputs[0].value < Transaction.parse(state.spender).outputs[0].value
 
 
@@ -304,7 +306,7 @@ def test_closing_server_rebroadcasts_its_unseen_settlement() -> None:
     closing = replace(server, status=ChannelStatus.CLOSING,
                       settlement_tx=settlement.serialize())
     assert review(closing, ChainState(contract_height=150), tip(), RATE, POLICY) == [
-        Broadcast(settlement, "settlement", server.contract_txid)]
+        Broadcast(settlement, Purpose.SETTLEMENT, server.contract_txid)]
 
 
 def test_a_closing_server_channel_broadcasts_its_unconfirmed_contract_before_its_settlement(
@@ -317,8 +319,8 @@ def test_a_closing_server_channel_broadcasts_its_unconfirmed_contract_before_its
                       settlement_tx=settlement.serialize())
     txid = server.contract_txid
     assert review(closing, ChainState(), tip(), RATE, POLICY) == [
-        Broadcast(Transaction.parse(server.contract_tx), "contract", txid),
-        Broadcast(settlement, "settlement", txid)]
+        Broadcast(Transaction.parse(server.contract_tx), Purpose.CONTRACT, txid),
+        Broadcast(settlement, Purpose.SETTLEMENT, txid)]
 
 
 def test_a_closing_server_channels_unseen_settlement_is_repriced_with_the_same_payout() -> None:
@@ -334,13 +336,13 @@ def test_a_closing_server_channels_unseen_settlement_is_repriced_with_the_same_p
     assert isinstance(mark, MarkChannel) and isinstance(sent, Broadcast)
     repriced = sent.tx
     assert mark.status is ChannelStatus.CLOSING and mark.closing_tx == repriced.serialize()
-    assert sent.purpose == "settlement" and repriced.txid != low.txid
+    assert sent.purpose is Purpose.SETTLEMENT and repriced.txid != low.txid
     assert repriced.outputs[0] == low.outputs[0]  # the client's change, untouched
     assert repriced.outputs[-1].script_pubkey == low.outputs[-1].script_pubkey
     assert repriced.outputs[-1].value < low.outputs[-1].value
     # At its own rate or below, the stored one goes out as it is.
     assert review(closing, ChainState(contract_height=150), tip(), 1_000, POLICY) == [
-        Broadcast(low, "settlement", server.contract_txid)]
+        Broadcast(low, Purpose.SETTLEMENT, server.contract_txid)]
 
 
 def test_other_outpoints_are_ignored() -> None:

@@ -175,7 +175,7 @@ def test_a_full_file_feeds_every_runtime_object(tmp_path: Path) -> None:
         user="paychan", password="hunter2")
     assert config.server_policy() == ServerPolicy(
         min_channel_size=200_000, min_payment=2_000, min_time_window=21_600,
-        max_time_window=172_800, min_increment=100)
+        max_time_window=172_800, min_increment=100, settle_margin=10_800)  # the scheduler's
     assert config.client_policy("shop") == ClientPolicy(
         value=500_000, time_window=43_200, max_min_payment=5_000)
     assert config.watch_policy() == WatchPolicy(

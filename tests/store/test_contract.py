@@ -12,7 +12,7 @@ import pytest
 
 from bitcoind_paychan.bitcoin.tx import Transaction, TxIn, TxOut
 from bitcoind_paychan.channel.chainstate import ChainState
-from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
+from bitcoind_paychan.channel.records import STATUS_MOVES, ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.errors import LeaseLost, SettlementDecided, StoreError
 from bitcoind_paychan.store import ChannelStore, MemoryStore, SQLiteStore
 from bitcoind_paychan.store.leases import leases_for
@@ -477,6 +477,41 @@ def test_modify_refuses_a_change_increase(store: ChannelStore) -> None:
         store.modify(Role.SERVER, ch.txid, lambda r: replace(r, change=r.change + 1,
                                                              status=CLOSING))
     assert_same(store.get(Role.SERVER, ch.txid), paid)
+
+
+MOVES = [(old, new) for old in ChannelStatus for new in ChannelStatus]
+
+
+@pytest.mark.parametrize(("old", "new"), MOVES, ids=[f"{o}-{n}" for o, n in MOVES])
+def test_status_moves_follow_the_one_table(store: ChannelStore, old: ChannelStatus,
+                                           new: ChannelStatus) -> None:
+    # put, modify and modify_many all store a legal move and refuse an illegal one, saying
+    # which, and storing nothing.
+    chans = [Channel(), Channel(), Channel()]
+    for ch in chans:
+        store.put(ch.record(status=old))
+    put, modified, many = chans
+    writes: list[Callable[[], object]] = [
+        lambda: store.put(put.record(status=new)),
+        lambda: store.modify(Role.SERVER, modified.txid, lambda r: replace(r, status=new)),
+        lambda: store.modify_many(Role.SERVER, {many.txid: lambda r: replace(r, status=new)}),
+    ]
+    for ch, write in zip(chans, writes, strict=True):
+        if new in STATUS_MOVES[old]:
+            write()
+        else:
+            with pytest.raises(StoreError, match=f"from {old} to {new}: a {old} channel "
+                                                 f"never becomes {new}"):
+                write()
+        stored = store.get(Role.SERVER, ch.txid)
+        assert stored is not None
+        assert stored.status is (new if new in STATUS_MOVES[old] else old)
+
+
+def test_a_closed_channel_never_reopens_but_a_failed_one_may() -> None:
+    assert [s for s in ChannelStatus if not s.may_become(OPEN)] == [
+        CLOSING, ChannelStatus.SETTLED, ChannelStatus.REFUNDED]
+    assert all(s.may_become(s) for s in ChannelStatus)
 
 
 def test_modify_refuses_another_channel_and_an_unknown_one(store: ChannelStore) -> None:

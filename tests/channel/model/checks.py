@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.channel.contract import DUST
+from bitcoind_paychan.channel.effects import Purpose
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.channel.server import ServerChannel
 from bitcoind_paychan.channel.watch import WatchPolicy, client_share, is_refund
@@ -157,7 +158,7 @@ class Checks:
 
     def broadcast(self, role: Role, record: ChannelRecord | None, tx: Transaction,
                   purpose: str) -> None:
-        if record is None or purpose == "contract" or not tx.inputs:
+        if record is None or purpose is Purpose.CONTRACT or not tx.inputs:
             return
         if tx.inputs[0].prevout != record.contract.outpoint:
             return

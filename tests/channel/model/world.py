@@ -28,7 +28,9 @@ from bitcoind_paychan.channel.effects import (
     LoadChannel,
     MarkChannel,
     PaymentAcknowledged,
+    PaymentReceived,
     PrepareSettlement,
+    Purpose,
     ResumeRefused,
     Send,
     SettleChannel,
@@ -59,7 +61,8 @@ LIVE = {Role.SERVER: (ChannelStatus.OPEN, ChannelStatus.CLOSING),
         Role.CLIENT: (ChannelStatus.OPEN, ChannelStatus.CLOSING, ChannelStatus.FAILED)}
 PEER = "server:1"
 SYNCED = "model:synced"
-SERVER_POLICY = ServerPolicy(min_channel_size=100_000, min_payment=1_000)
+SERVER_POLICY = ServerPolicy(min_channel_size=100_000, min_payment=1_000,
+                             settle_margin=WATCH_POLICY.settle_margin)  # as PaymentServer
 
 
 class Crash(Exception):
@@ -177,7 +180,7 @@ class Process:
             case Broadcast(tx, purpose):
                 self.world.checks.broadcast(self.role, record, tx, purpose)
                 refused = self.broadcast(tx)
-                if refused and purpose != "contract":
+                if refused and purpose is not Purpose.CONTRACT:
                     return False
                 if refused:
                     state = self.store.chain_state(self.role, txid)
@@ -315,7 +318,7 @@ class ServerProcess(Process):
                 case Broadcast(tx, purpose):
                     self.world.checks.broadcast(Role.SERVER, machine.record, tx, purpose)
                     refused = self.broadcast(tx)
-                    if refused and purpose == "contract" and not self.node_up:
+                    if refused and purpose is Purpose.CONTRACT and not self.node_up:
                         continue  # checked but not sent: the watcher broadcasts it again
                     if refused:  # a settlement stays stored, CLOSING: the watcher retries
                         queue[:] = [Send(messages.error(ErrorCode.BAD_TRANSACTION, refused)),
@@ -342,6 +345,8 @@ class ServerProcess(Process):
                     queue[:0] = self.settlement(machine)
                 case FundSettlement():
                     queue[:0] = self.fund_settlement(machine, effect)
+                case PaymentReceived():  # the application answers: its ack goes out
+                    queue[:0] = machine.payment_answered(effect)
                 case Send(message):
                     self.world.checks.server_sends(self.store, machine, message)
                     if conn is not None and not conn.server_done:
@@ -425,7 +430,9 @@ class ClientProcess(Process):
         stored = self.store.get(Role.CLIENT, record.contract_txid)
         if stored is not None and stored.status is ChannelStatus.OPEN:
             self.tick()
-            self.store.put(replace(stored, status=ChannelStatus.FAILED))
+            for effect in conn.client.abandon():
+                assert isinstance(effect, StoreChannel)
+                self.store.put(effect.record)
 
     def settle_stored(self, txid: str) -> None:
         raise AssertionError("the client's watcher never asks to settle")
