@@ -43,7 +43,9 @@ _S = ChannelStatus
 #   OPEN/CLOSING -> SETTLED/REFUNDED/FAILED: the watcher sees the outcome confirm (FAILED: a
 #     rival of the contract confirmed); OPEN -> FAILED also: a client gives up on a contract
 #     the server never took
-#   FAILED -> OPEN: the watcher finds the given-up contract on chain after all
+#   FAILED -> OPEN: the watcher finds the given-up contract on chain after all (FAILED ->
+#     CLOSING if it holds a settlement: the store refuses to move a record that holds one
+#     back to OPEN, since its client may broadcast that settlement)
 STATUS_MOVES: dict[ChannelStatus, frozenset[ChannelStatus]] = {
     _S.OPEN: frozenset(_S),
     _S.CLOSING: frozenset({_S.CLOSING, _S.SETTLED, _S.REFUNDED, _S.FAILED}),

@@ -141,6 +141,9 @@ TABLE = table({
     (S.RESUMED, Input.SETTLEMENT_DECIDED): {S.CLOSED},
     (S.OPEN, Input.SETTLEMENT_DECIDED): {S.CLOSED},
     (S.SETTLING, Input.SETTLEMENT_DECIDED): {S.CLOSED},
+    # closed by a protocol violation later in the same batch, whose ERROR never left (the
+    # batch's effects were dropped when its payment met the settlement): send that
+    (S.CLOSED, Input.SETTLEMENT_DECIDED): {S.CLOSED},
     # The application's answer to a PaymentReceived: its ack goes out (even on a connection
     # closed since, by a later message of the same batch: the payment is stored).
     (S.OPEN, Input.PAYMENT_ANSWERED): {S.OPEN},

@@ -150,9 +150,13 @@ def review(record: ChannelRecord, state: ChainState, tip: Tip, fee_rate: int,
     if state.spender:
         return _spent(record, state, tip, fee_rate, policy)
     if record.status is ChannelStatus.FAILED and state.contract_height:
-        # Given up before it opened (never broadcast by us), yet on chain after all: the
-        # money is in the channel, so it is open again (settled or refunded as usual).
-        return [MarkChannel(txid, ChannelStatus.OPEN)]
+        # Given up (never opened, or its contract's inputs went missing), yet on chain after
+        # all: the money is in the channel, so it is live again: closing if it holds a
+        # settlement (its client may broadcast that one: never open for payments again),
+        # else open (settled or refunded as usual).
+        settled = record.settlement_tx is not None and not is_refund(
+            Transaction.parse(record.settlement_tx))
+        return [MarkChannel(txid, ChannelStatus.CLOSING if settled else ChannelStatus.OPEN)]
     if record.status.final:
         return []  # a FAILED contract is never broadcast by us
     if record.role is Role.SERVER:
@@ -182,7 +186,8 @@ def _settle_again(record: ChannelRecord, settlement_tx: bytes, state: ChainState
     if not state.contract_height:
         effects.append(Broadcast(Transaction.parse(record.contract_tx), Purpose.CONTRACT, txid))
     repriced = (_bumped_settlement(record, settlement, fee_rate)
-                if fee_rate > _fee_rate_of(record.contract, settlement) else None)
+                if not is_refund(settlement)
+                and fee_rate > _fee_rate_of(record.contract, settlement) else None)
     if repriced is None:
         return [*effects, Broadcast(settlement, Purpose.SETTLEMENT, txid)]
     return [MarkChannel(txid, ChannelStatus.CLOSING, closing_tx=repriced.serialize()),

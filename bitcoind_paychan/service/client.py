@@ -224,7 +224,9 @@ class ClientManager:
                     f"the refund of {contract_txid} is not valid yet: it waits for the chain's "
                     f"median-time-past to pass {record.contract.expiry}", exc.reason) from exc
             raise
-        await asyncio.to_thread(self.store.put, replace(record, refund_tx=refund.serialize()))
+        signed = refund.serialize()  # stored on the current record (the watcher may have moved it)
+        await asyncio.to_thread(self.store.modify, Role.CLIENT, contract_txid,
+                                lambda current: replace(current, refund_tx=signed))
         return refund
 
     async def refund_tx(self, record: ChannelRecord) -> Transaction:

@@ -347,8 +347,15 @@ def change_increased(role: Role, contract_txid: str, stored: int, new: int) -> S
 
 
 def check_move(role: Role, contract_txid: str, stored: ChannelStatus,
-               new: ChannelStatus) -> None:
-    """Refuse to store a channel whose stored status may not become `new` (STATUS_MOVES)."""
+               new: ChannelStatus, settled: bool = False) -> None:
+    """Refuse to store a channel whose stored status may not become `new` (STATUS_MOVES);
+    `settled`: the new record holds a settlement, so it never becomes OPEN again (its client
+    may broadcast that settlement: a payment taken after it would be lost)."""
+    if settled and new is ChannelStatus.OPEN and stored is not ChannelStatus.OPEN:
+        raise StoreError(
+            f"refusing to move {role} channel {contract_txid} from {stored} to open: it holds "
+            "a settlement (sent to its client), so it is never open again; mark it closing"
+        )
     if not stored.may_become(new):
         raise StoreError(
             f"refusing to move {role} channel {contract_txid} from {stored} to {new}: a "

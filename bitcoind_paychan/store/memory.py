@@ -66,7 +66,7 @@ class MemoryStore(Closable):
                 if old is not None and record.change > old.change:
                     raise change_increased(*key, old.change, record.change)
                 if old is not None:
-                    check_move(*key, old.status, record.status)
+                    check_move(*key, old.status, record.status, record.settlement_tx is not None)
             for key, record in batch.items():
                 new = key not in self._records
                 self._store(key, record)
@@ -182,7 +182,7 @@ class MemoryStore(Closable):
             raise other_channel(*key, new)
         if new.change > old.change:
             raise change_increased(*key, old.change, new.change)
-        check_move(*key, old.status, new.status)
+        check_move(*key, old.status, new.status, new.settlement_tx is not None)
         return new
 
     def chain_state(self, role: Role, contract_txid: str) -> ChainState:

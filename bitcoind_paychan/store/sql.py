@@ -201,7 +201,8 @@ class SQLStore(Closable):
         stored = conn.execute(f"{STATUS}{self._FOR_UPDATE}", key).fetchone()
         new = stored is None
         if stored is not None:
-            check_move(Role(record.role), key[1], ChannelStatus(stored[0]), record.status)
+            check_move(Role(record.role), key[1], ChannelStatus(stored[0]), record.status,
+                       record.settlement_tx is not None)
         if conn.execute(PUT, (*codec.encode(record), *times)).rowcount != 1:
             (stored,) = conn.execute(CHANGE, key).fetchone()
             raise change_increased(Role(record.role), key[1], stored, record.change)
@@ -298,7 +299,7 @@ class SQLStore(Closable):
             raise other_channel(role, contract_txid, new)
         if new.change > old.change:
             raise change_increased(role, contract_txid, old.change, new.change)
-        check_move(role, contract_txid, old.status, new.status)
+        check_move(role, contract_txid, old.status, new.status, new.settlement_tx is not None)
         now = int(time.time())
         conn.execute(PUT, (*codec.encode(new), now, now if new.status.final else None))
         return new

@@ -1153,3 +1153,17 @@ def test_a_settlement_decided_before_a_channel_is_loaded_is_a_local_error() -> N
     server, _ = _resume(pump, 3)
     with pytest.raises(LocalProtocolError):
         server.settlement_decided(closing)
+
+
+def test_a_settlement_decided_after_its_batch_closed_the_machine_is_still_sent() -> None:
+    """A batch [good payment, bad signature] closed the machine; the good payment's write then
+    met a settlement decided elsewhere, so the batch's effects (its ERROR among them) were
+    dropped: the client gets the settlement, not an exception escaping the connection."""
+    pump = opened(3)
+    pump.server.receive_pipelined(_updates(pump, [1_000, 1_000], bad=(1,)))
+    assert pump.server.state is ServerState.CLOSED
+    closing = _settling(pump)
+    effects = pump.server.settlement_decided(closing)
+    assert types(effects) == [Send, Disconnect]
+    assert sent(effects)[0].type == T.CLOSE
+    assert sent(effects)[0].settlement.tx == closing.settlement_tx

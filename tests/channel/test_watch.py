@@ -369,3 +369,17 @@ def test_a_failed_channel_is_never_broadcast_but_reopens_if_its_contract_confirm
     acted = types(review(reopened, confirmed, late, RATE, POLICY))
     assert acted == ([SettleChannel] if role is Role.SERVER
                      else [MarkChannel, StoreChainState, Broadcast])  # the refund alone
+
+
+def test_a_given_up_channel_found_on_chain_is_closing_if_it_holds_a_settlement() -> None:
+    """Its contract's inputs went missing (FAILED) after its settlement was sent; the contract
+    confirmed after all. Its client holds that settlement: the channel is closing (settled
+    again), never open for payments, which that settlement would not pay."""
+    server, _ = records()
+    on_chain = ChainState(contract_height=150)
+    failed = replace(server, status=ChannelStatus.FAILED)
+    assert review(failed, on_chain, tip(152), RATE, POLICY) == [
+        MarkChannel(server.contract_txid, ChannelStatus.OPEN)]
+    settled = replace(failed, settlement_tx=settlement_of(server).serialize())
+    assert review(settled, on_chain, tip(152), RATE, POLICY) == [
+        MarkChannel(server.contract_txid, ChannelStatus.CLOSING)]

@@ -508,6 +508,32 @@ def test_status_moves_follow_the_one_table(store: ChannelStore, old: ChannelStat
         assert stored.status is (new if new in STATUS_MOVES[old] else old)
 
 
+@pytest.mark.parametrize("write", ["put", "modify", "modify_many"])
+def test_a_record_holding_a_settlement_never_becomes_open_again(store: ChannelStore,
+                                                                 write: str) -> None:
+    # A FAILED channel whose settlement was sent may come back (its contract confirmed after
+    # all), but as CLOSING: its client may broadcast that settlement.
+    ch = Channel()
+    failed = ch.record(status=ChannelStatus.FAILED, settlement_tx=b"\x02settlement")
+    store.put(failed)
+
+    def move(status: ChannelStatus) -> None:
+        if write == "put":
+            store.put(replace(failed, status=status))
+        elif write == "modify":
+            store.modify(Role.SERVER, ch.txid, lambda r: replace(r, status=status))
+        else:
+            store.modify_many(Role.SERVER, {ch.txid: lambda r: replace(r, status=status)})
+
+    with pytest.raises(StoreError, match="holds a settlement"):
+        move(OPEN)
+    stored = store.get(Role.SERVER, ch.txid)
+    assert stored is not None and stored.status is ChannelStatus.FAILED
+    move(CLOSING)
+    stored = store.get(Role.SERVER, ch.txid)
+    assert stored is not None and stored.status is CLOSING
+
+
 def test_a_closed_channel_never_reopens_but_a_failed_one_may() -> None:
     assert [s for s in ChannelStatus if not s.may_become(OPEN)] == [
         CLOSING, ChannelStatus.SETTLED, ChannelStatus.REFUNDED]
