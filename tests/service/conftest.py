@@ -5,6 +5,7 @@ makes peers drop each other)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +119,12 @@ def one_node(node: RegtestNode, tmp_path: Path) -> Iterator[Sides]:
     node.wallet_rpc("sendmany", "", {client_address: 5, node.rpc("getnewaddress",
                                                                  wallet="client"): 5})
     node.mine(1)
+    for _ in range(100):  # the wallet has seen the block (mine() syncs; checked anyway)
+        trusted = node.rpc("getbalances", wallet="client")["mine"]["trusted"]
+        if trusted >= 10:
+            break
+        time.sleep(0.1)
+    assert trusted >= 10, f"the client wallet holds {trusted} BTC confirmed, not 10"
     sides = Sides(node, node, tmp_path, client_wallet="client")
     yield sides
     sides.close()

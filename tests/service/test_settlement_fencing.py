@@ -17,7 +17,7 @@ from bitcoind_paychan.channel import messages
 from bitcoind_paychan.channel.effects import ChannelClosed
 from bitcoind_paychan.channel.machine import resume_digest
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
-from bitcoind_paychan.errors import LocalProtocolError, StoreError
+from bitcoind_paychan.errors import InsufficientFunds, LocalProtocolError, StoreError
 from bitcoind_paychan.node import Bitcoind
 from bitcoind_paychan.service.regtest import MiningBroadcaster
 from bitcoind_paychan.service.server import PaymentServer, ServerEvent
@@ -108,7 +108,14 @@ async def opened(cluster: Cluster, port: int) -> ChannelRecord:
     """A channel opened and paid on the server at `port`, its client gone (the client's
     stored record: its key signs what the test sends as the client)."""
     client = cluster.sides.client()
-    channel = await client.open("127.0.0.1", port, VALUE)
+    try:
+        channel = await client.open("127.0.0.1", port, VALUE)
+    except InsufficientFunds as exc:  # seen once in CI: say what the client wallet held
+        node = cluster.sides.client_node
+        raise AssertionError(
+            f"{exc}; client wallet: {node.rpc('getbalances', wallet='client')}, locked: "
+            f"{node.rpc('listlockunspent', wallet='client')}, unspent: "
+            f"{node.rpc('listunspent', 0, wallet='client')}") from exc
     await channel.pay(10_000)
     await channel.disconnect()
     await client.stop()
