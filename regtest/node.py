@@ -328,6 +328,22 @@ class RegtestNode:
         self.rpc("syncwithvalidationinterfacequeue")
         return block
 
+    def pay_in_block(self, outputs: dict[str, Any]) -> str:
+        """Pay `outputs` ({address: BTC}) from this node's wallet in a transaction mined at
+        once in a block of its own; returns its txid once the node's wallets have seen it.
+
+        The block is built with exactly this transaction, so the payment cannot be left in
+        (or out of) the mempool; a transaction the node refuses raises with the node's reason.
+        """
+        draft = self.wallet_rpc("createrawtransaction", [], outputs)
+        funded = self.wallet_rpc("fundrawtransaction", draft)["hex"]
+        signed = self.wallet_rpc("signrawtransactionwithwallet", funded)
+        if not signed.get("complete"):
+            raise RuntimeError(f"the wallet could not sign its payment: {signed.get('errors')}")
+        txid = str(self.rpc("decoderawtransaction", signed["hex"])["txid"])
+        self.mine_tx(signed["hex"])
+        return txid
+
     def set_mocktime(self, timestamp: int) -> None:
         self.rpc("setmocktime", timestamp)
 

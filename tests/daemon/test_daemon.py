@@ -108,8 +108,7 @@ class Daemons:
 def daemons(tmp_path: Path) -> Iterator[Daemons]:
     with regtest_nodes(1) as (node,):
         node.rpc("createwallet", "client")
-        node.wallet_rpc("sendtoaddress", node.rpc("getnewaddress", wallet="client"), 5)
-        node.mine(1)
+        node.pay_in_block({node.rpc("getnewaddress", wallet="client"): 5})
         running = Daemons(node, tmp_path)
         try:
             yield running

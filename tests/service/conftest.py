@@ -97,8 +97,8 @@ class Sides:
         """Give the client's wallet `coins` confirmed coins, so it can fund that many
         contracts without waiting for unconfirmed change to reach its node."""
         amounts = {self.client_node.new_address(): btc for _ in range(coins)}
-        self.server_node.wallet_rpc("sendmany", "", amounts)
-        self.mine(1)
+        self.server_node.pay_in_block(amounts)
+        self.sync()
 
     def mine(self, blocks: int = 1) -> None:
         self.server_node.mine(blocks)
@@ -115,10 +115,8 @@ def sides(two_nodes: list[RegtestNode], tmp_path: Path) -> Iterator[Sides]:
 @pytest.fixture
 def one_node(node: RegtestNode, tmp_path: Path) -> Iterator[Sides]:
     node.rpc("createwallet", "client")
-    client_address = node.rpc("getnewaddress", wallet="client")
-    node.wallet_rpc("sendmany", "", {client_address: 5, node.rpc("getnewaddress",
-                                                                 wallet="client"): 5})
-    node.mine(1)
+    addresses = [node.rpc("getnewaddress", wallet="client") for _ in range(2)]
+    node.pay_in_block({address: 5 for address in addresses})
     for _ in range(100):  # the wallet has seen the block (mine() syncs; checked anyway)
         trusted = node.rpc("getbalances", wallet="client")["mine"]["trusted"]
         if trusted >= 10:
