@@ -40,6 +40,7 @@ from replay import load  # bench/replay.py
 from bitcoind_paychan.channel.client import ClientPolicy
 from bitcoind_paychan.channel.effects import PaymentReceived
 from bitcoind_paychan.channel.records import Role
+from bitcoind_paychan.daemon.process import freeze_heap, raise_fd_limit
 from bitcoind_paychan.node import AsyncBitcoind, Bitcoind, NodeConfig, to_btc
 from bitcoind_paychan.service.client import Channel, PaymentClient
 from bitcoind_paychan.service.regtest import MiningBroadcaster
@@ -126,7 +127,9 @@ async def serve(conn: Connection, config: NodeConfig, db: Path, transport: str,
     with SQLiteStore(db) as store:
         server = PaymentServer(MiningBroadcaster(Bitcoind(config)), store, on_event=on_event,
                                tls=tls)
+        raise_fd_limit()  # as `paychan daemon` does: a socket per channel
         host, port = await server.listen()
+        freeze_heap()
         listener = websocket.Listener(server.gate, server.serve, "/paychan", server.tls_door())
         if transport == "ws":
             host, port = await listener.listen("127.0.0.1", 0)

@@ -19,7 +19,6 @@ import asyncio
 import collections
 import itertools
 import logging
-import resource
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
@@ -101,23 +100,6 @@ PaymentHandler = Callable[[PaymentReceived], bytes | Awaitable[bytes | None] | N
 """`on_payment`: called once a payment is verified and stored, before its ack; what it returns
 (bytes, or a coroutine's bytes) goes to the client in the ack."""
 EventHandler = Callable[[ServerEvent], object]
-
-
-def raise_fd_limit() -> int:
-    """Raise this process's soft limit on open files to its hard limit (as bitcoind does), so
-    each connected channel can have its socket; log it. Returns the soft limit now."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            log.info("open files limit raised from %s to %s", soft, hard)
-            soft = hard
-        except (ValueError, OSError) as exc:
-            log.warning("could not raise the open files limit %s (%s): at most about that "
-                        "many channels can be connected at once", soft, exc)
-    else:
-        log.info("open files limit: %s", "unlimited" if soft == resource.RLIM_INFINITY else soft)
-    return int(soft)
 
 
 class ServerManager(Settlements):
@@ -665,7 +647,6 @@ class PaymentServer(ServerManager):
 
     async def listen(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
         """Start the autopilot and accept connections; returns the bound (host, port)."""
-        raise_fd_limit()
         door = self.tls_door()
         await self.start()
         self._listener = tcp.Listener(self.gate, self._serve, door,

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import gc
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
@@ -158,11 +157,6 @@ class ChainWatcher:
                                     poll_interval=self.poll_interval, start_from=start_from,
                                     on_transaction=self._mempool_transaction)
         await asyncio.to_thread(self._build_index)
-        # The index lives as long as the process: keep its large dicts and heap (and all else
-        # alive now) out of the collector's full passes, which would otherwise walk them while
-        # holding the event loop (tens of ms with 100,000 channels).
-        gc.collect()
-        gc.freeze()
         self.scheduler.start()
         self.scheduler.add_job(self.review_all, "interval", seconds=self.review_interval,
                                id="review", coalesce=True, max_instances=1)
@@ -217,7 +211,6 @@ class ChainWatcher:
             await self.monitor.stop()
         if self._mempool_review is not None:
             self._mempool_review.cancel()
-        gc.unfreeze()  # what start froze may be collected again (the index, once dropped)
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
 
