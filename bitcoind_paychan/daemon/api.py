@@ -27,7 +27,6 @@ from bitcoind_paychan.daemon.rows import (
 )
 from bitcoind_paychan.errors import (
     ChannelFailed,
-    ChannelGone,
     InvalidParameter,
     LocalProtocolError,
     NodeError,
@@ -35,7 +34,7 @@ from bitcoind_paychan.errors import (
 from bitcoind_paychan.logcontext import bind_channel
 from bitcoind_paychan.node import Bitcoind
 from bitcoind_paychan.node.health import Reason
-from bitcoind_paychan.service.client import Channel, PaymentClient
+from bitcoind_paychan.service.client import Channel, PaymentClient, Source
 from bitcoind_paychan.service.server import PaymentServer
 from bitcoind_paychan.service.watcher import ChannelView
 from bitcoind_paychan.store import ChannelStore, ChannelSummary
@@ -52,7 +51,6 @@ class ControlApi:
     activity: Activity
     server: PaymentServer | None
     client: PaymentClient | None
-    channels: dict[str, Channel]
     node: Bitcoind
     health: SettleHealth
     store: ChannelStore | None
@@ -125,7 +123,7 @@ class ControlApi:
             "roles": [role for role, on in (("server", self.server), ("client", self.client))
                       if on is not None],
             "connections": {"server": self.server.connected if self.server else 0,
-                            "client": sum(1 for c in self.channels.values() if c.connected)},
+                            "client": self.client.connected if self.client else 0},
             "channels": [asdict(v) for v in self._views()],
             "activity": self.activity.series(now),
         }
@@ -232,14 +230,10 @@ class ControlApi:
         one with `new`); never one of another value. `resumed` says which."""
         with self._working():
             client = self._client()
-            live = {txid for txid, channel in client.live.items() if channel.connected}
-            started = time.perf_counter()
-            channel = await client.open_channel(self._server_address(server), amount, new=new)
-            # A channel live here already is returned as it is (not resumed, not new).
-            resumed = channel.resumed or channel.contract_txid in live
-            self._opened(channel, started, new=not resumed)
+            channel, source = await self._lookup(self._server_address(server), amount, new=new)
             view = asdict(client.watcher.view(channel.record))
-            return view | {"resumed": resumed}
+            # A channel live here already is returned as it is (not resumed, not new).
+            return view | {"resumed": source is not Source.NEW}
 
     async def pay(self, target: str, amount: int, info: str | None) -> dict[str, Any]:
         """Pay `amount` through the channel `target` names; what this payment was and the
@@ -256,7 +250,7 @@ class ControlApi:
                 # The connection was lost, but the payment is stored: resuming the channel
                 # sends it again and waits for its acknowledgement.
                 log.info("channel %s lost its connection; resuming", channel.contract_txid)
-                channel = await self._resume(channel.contract_txid)
+                channel = await self._client().resume(channel.contract_txid)
                 ack = b""
             self.metrics.client.paid(amount, time.perf_counter() - started)
             self.activity.record(amount, received=False)
@@ -270,31 +264,25 @@ class ControlApi:
         prefix), resumed if need be; or, for a server (a configured name or an address), its
         one open channel with money left (resumed), or a new one of the configured channel
         size if there is none. Several open channels to it: refused, naming them."""
-        client = self._client()
         if target not in self.config.client.servers and ":" not in target:
             return await self._channel_by_txid(target)
         address = self._server_address(target)
-        live = {t: c for t, c in self.channels.items()
-                if c.connected and c.machine.peer == address and c.remaining}
-        stored = [r.contract_txid for r in client.resumable(address)]
-        candidates = [*live, *(t for t in stored if t not in live)]
-        _one_channel(target, candidates)
-        for txid in candidates:
-            if txid in live:
-                return live[txid]
-            with contextlib.suppress(ChannelGone):
-                return await self._resume(txid)
-        started = time.perf_counter()
-        channel = await client.open_channel(address, self.config.client.channel_size, new=True)
-        self._opened(channel, started, new=not channel.resumed)
+        _one_channel(target, [r.contract_txid for r in self._client().payable(address)])
+        channel, _ = await self._lookup(address, self.config.client.channel_size,
+                                        any_value=True)
         return channel
 
-    def _opened(self, channel: Channel, started: float, new: bool) -> None:
-        """A channel `open` or `pay` got: kept live; a `new` one's opening payment counted."""
-        self.channels[channel.contract_txid] = channel
-        if new:
+    async def _lookup(self, address: str, amount: int, *, new: bool = False,
+                      any_value: bool = False) -> tuple[Channel, Source]:
+        """The client manager's channel to `address` (live, else resumed, else new); a new
+        one's opening payment counted."""
+        started = time.perf_counter()
+        found = await self._client().lookup(address, amount, new=new, any_value=any_value)
+        channel = found.channel
+        if found.source is Source.NEW:
             self.metrics.client.paid(channel.paid, time.perf_counter() - started)
             self.activity.record(channel.paid, received=False)
+        return channel, found.source
 
     async def _channel_by_txid(self, prefix: str) -> Channel:
         """The stored client channel whose contract txid starts with `prefix`, if it is open
@@ -317,17 +305,7 @@ class ControlApi:
         if record.change == 0:
             raise LocalProtocolError(f"channel {txid} is used up (all {record.value} sat "
                                      "paid); close it and open a new one")
-        live = self.channels.get(txid)
-        if live is not None and live.connected:
-            return live
-        return await self._resume(txid)
-
-    async def _resume(self, contract_txid: str) -> Channel:
-        """Reconnect a stored open channel (never opens another)."""
-        self.channels.pop(contract_txid, None)
-        resumed = await self._client().resume(contract_txid)
-        self.channels[contract_txid] = resumed
-        return resumed
+        return await client.resume(txid)  # the live one, else reconnected
 
     async def close(self, channel_id: str) -> dict[str, Any]:
         """Settle an open channel. Never opens one: a channel that is closing or closed is
@@ -341,11 +319,8 @@ class ControlApi:
             if view.role == "server" and self.server is not None:
                 settlement = await self.server.settle(txid)
             else:
-                channel = self.channels.get(txid)
-                if channel is None or not channel.connected:
-                    channel = await self._resume(txid)
+                channel = await self._client().resume(txid)  # the live one, else reconnected
                 settlement = await channel.close()
-                self.channels.pop(txid, None)
             return {"contract_txid": txid, "status": ChannelStatus.CLOSING.value,
                     "settlement_txid": settlement.txid_hex}
 

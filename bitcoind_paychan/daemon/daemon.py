@@ -38,7 +38,7 @@ from bitcoind_paychan.daemon.process import freeze_heap, raise_fd_limit, thaw_he
 from bitcoind_paychan.errors import ConfigError, PaychanError, StoreError
 from bitcoind_paychan.logcontext import channel_fields
 from bitcoind_paychan.node import AsyncBitcoind, Bitcoind
-from bitcoind_paychan.service.client import Channel, ClientEvent, PaymentClient
+from bitcoind_paychan.service.client import ClientEvent, PaymentClient
 from bitcoind_paychan.service.server import PaymentServer, ServerEvent
 from bitcoind_paychan.store import ChannelStore
 from bitcoind_paychan.store.leases import leases_for
@@ -62,7 +62,6 @@ class Daemon(ControlApi):
         self.server: PaymentServer | None = None
         self.client: PaymentClient | None = None
         self.websocket: websocket.Listener | None = None  # the server's, if configured
-        self.channels: dict[str, Channel] = {}  # the client's live channels
         self.node = Bitcoind(config.node_config())
         self.health = SettleHealth(self.node, self._views,
                                    lambda r: self.metrics.settle_state(r.reason.value))

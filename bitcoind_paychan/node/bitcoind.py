@@ -13,9 +13,9 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 from bitcoind_paychan.bitcoin.tx import Transaction, TxOut
-from bitcoind_paychan.errors import NodeError, TransactionRejected, WrongNetwork
+from bitcoind_paychan.errors import NodeError, RpcError, TransactionRejected, WrongNetwork
 from bitcoind_paychan.node.config import NodeConfig
-from bitcoind_paychan.node.rpc import RpcClient, RpcError
+from bitcoind_paychan.node.rpc import RpcClient
 
 COIN = 100_000_000
 RPC_THREADS = 8  # RPC calls in flight at once from one AsyncBitcoind

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from bitcoind_paychan.bitcoin.keys import PrivateKey
 from bitcoind_paychan.bitcoin.network import Network
@@ -82,8 +83,24 @@ Dialer = Callable[[str, float | None], Awaitable[Stream]]
 """Connect to a peer (as stored in its channels' records) within a timeout."""
 __all__ = [  # what integrators import from here (the errors: their old home)
     "Channel", "ChannelExists", "ChannelFailed", "ChannelGone", "ClientEvent",
-    "ClientEventHandler", "ClientManager", "Dialer", "PaymentClient",
+    "ClientEventHandler", "ClientManager", "Dialer", "Found", "PaymentClient", "Source",
 ]
+
+
+class Source(enum.Enum):
+    """Where a lookup's channel came from."""
+
+    LIVE = "live"  # connected here already: the same Channel object
+    RESUMED = "resumed"  # stored, reconnected by this lookup
+    NEW = "new"  # opened by this lookup
+
+
+@dataclass(frozen=True)
+class Found:
+    """What `ClientManager.lookup` found: the channel, and where it came from."""
+
+    channel: Channel
+    source: Source
 
 
 class ClientManager:
@@ -182,6 +199,11 @@ class ClientManager:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    @property
+    def connected(self) -> int:
+        """Channels on a live connection now."""
+        return sum(1 for channel in self.live.values() if channel.connected)
+
     def channels(self, statuses: tuple[ChannelStatus, ...] | None = None) -> list[ChannelRecord]:
         return self.store.channels(Role.CLIENT, statuses)
 
@@ -250,32 +272,55 @@ class ClientManager:
         each other's connection). Opening makes the channel's first payment: the server's
         `min_payment` (its INITIATE says it; ours: 1,000 sat by default), which the client
         accepts up to `ClientPolicy.max_min_payment`."""
+        return (await self.lookup(peer, value, version=version, new=new)).channel
+
+    async def lookup(
+        self, peer: str, value: int | None = None, *, any_value: bool = False,
+        version: int | None = None, new: bool = False,
+    ) -> Found:
+        """The channel to pay `peer` through, and where it came from: live here (that same
+        `Channel`, as it is), else stored and resumed, else new (of `value` sat, default: the
+        policy's). Only an open channel of `value` serves, ChannelExists if the open one
+        holds another (`open_channel`); with `any_value`, the first open one of any value
+        (live first) does. `new=True` opens a new one whatever is open. One lookup runs at a
+        time per peer: a second waits for the first and finds its channel."""
         await self.start()
         policy = self.policy if value is None else replace(self.policy, value=value)
         async with self.turns.turn(peer):
             if not new:
-                found = await self._open_to(peer, policy.value)
+                found = await self._open_to(peer, None if any_value else policy.value)
                 if found is not None:
                     return found
             known = await asyncio.to_thread(self.spoken_version, peer)
-            return await self._open_new(peer, policy, version or known or DEFAULT_VERSION)
+            channel = await self._open_new(peer, policy, version or known or DEFAULT_VERSION)
+            return Found(channel, Source.NEW)
 
-    async def _open_to(self, peer: str, value: int) -> Channel | None:
-        """The open channel of `value` to `peer` (live, else resumed), if any; ChannelExists
-        if the open one holds another value."""
-        live = [c for c in self.live.values()
+    def payable(self, peer: str) -> list[ChannelRecord]:
+        """The open channels to `peer` with money left that a lookup may return: live here,
+        then stored (`resumable`)."""
+        return [c.record for c in self._live_to(peer)] + self.resumable(peer)
+
+    def _live_to(self, peer: str) -> list[Channel]:
+        return [c for c in self.live.values()
                 if c.connected and c.machine.peer == peer and c.remaining]
-        candidates = [c.record for c in live] + self.resumable(peer)
-        for record in (r for r in candidates if r.value == value):
-            channel = self._connected(record.contract_txid)
-            if channel is not None:
-                return channel
-            try:
-                return await self._resume(record.contract_txid)
-            except ChannelGone as exc:
-                log.warning("%s; opening a new channel", exc)
-        others = [r for r in candidates if r.value != value]
-        if others:
+
+    async def _open_to(self, peer: str, value: int | None) -> Found | None:
+        """The open channel of `value` (None: any) to `peer`, live, else resumed, if any;
+        ChannelExists if the open one holds another value. The store is read only when no
+        live channel serves."""
+        live = self._live_to(peer)
+        for channel in live:
+            if value is None or channel.record.value == value:
+                return Found(channel, Source.LIVE)
+        stored = self.resumable(peer)
+        for record in stored:
+            if value is None or record.value == value:
+                try:
+                    return Found(await self._resume(record.contract_txid), Source.RESUMED)
+                except ChannelGone as exc:
+                    log.warning("%s; opening a new channel", exc)
+        others = [r for r in [c.record for c in live] + stored if r.value != value]
+        if value is not None and others:
             other = others[0]
             raise ChannelExists(
                 f"channel {other.contract_txid} to {peer} is open with {other.value} sat "
