@@ -15,6 +15,11 @@ Secret nonces: a `SecretNonce` signs once. `sign` takes it (under a lock) before
 a second use, even after a failed attempt, raises `NonceReused`; it cannot be pickled or
 copied, so it is never stored: a crash mid-session starts a new session with fresh nonces.
 `deterministic_sign` (the last signer's stateless variant) keeps no nonce at all.
+
+Why not a binding of libsecp256k1's musig module: of the bindings on the package index only
+btclib-secp256k1 exposes it (MIT, wheels, tweaks included), but it is a beta, and its opaque
+secret nonce, hidden nonce randomness and 32-byte-only messages leave BIP327's sign, tweak,
+nonce-generation and deterministic-signing vectors unrunnable against it.
 """
 
 from __future__ import annotations
@@ -260,9 +265,6 @@ class SecretNonce:
 
     def __repr__(self) -> str:
         return f"SecretNonce(pk={self.pk.hex()}, used={self.used})"
-
-    def __reduce_ex__(self, protocol: object) -> NoReturn:
-        raise TypeError(_NOT_SERIALISABLE)
 
     def __getstate__(self) -> NoReturn:
         raise TypeError(_NOT_SERIALISABLE)
