@@ -422,6 +422,8 @@ def partial_sig_verify(psig: bytes, pubnonces: Sequence[bytes], pubkeys: Sequenc
         raise MusigError("The `pubnonces` and `pubkeys` arrays must have the same length.")
     if len(tweaks) != len(is_xonly):
         raise MusigError("The `tweaks` and `is_xonly` arrays must have the same length.")
+    if not 0 <= i < len(pubkeys):
+        raise MusigError(f"signer index {i} is not among the {len(pubkeys)} signers")
     session = SessionContext(nonce_agg(pubnonces), pubkeys, tweaks, is_xonly, msg)
     return partial_sig_verify_internal(psig, pubnonces[i], pubkeys[i], session)
 

@@ -195,6 +195,11 @@ def test_verify_fails(case: dict[str, Any]) -> None:
         case["signer_index"])
 
 
+def test_verify_refuses_a_signer_index_out_of_range() -> None:
+    with pytest.raises(MusigError, match="not among the 3 signers"):
+        partial_sig_verify(bytes(32), SV_NONCES[:3], SV_KEYS[:3], [], [], SV_MSGS[0], 3)
+
+
 @pytest.mark.parametrize("case", _cases("sign_verify", "verify_error_test_cases"))
 def test_verify_errors(case: dict[str, Any]) -> None:
     _expect_error(case["error"], lambda: partial_sig_verify(
