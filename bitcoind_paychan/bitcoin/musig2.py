@@ -388,7 +388,9 @@ def sign(secnonce: SecretNonce, sk: bytes, session: SessionContext) -> bytes:
     d = session.g * session.keyagg.gacc * d_ % N
     psig = _bytes32((k1 + session.b * k2 + session.e * a * d) % N)
     pubnonce = _cbytes(_gmul_nonzero(k1_)) + _cbytes(_gmul_nonzero(k2_))
-    assert partial_sig_verify_internal(psig, pubnonce, pk, session), "partial signature"
+    if not partial_sig_verify_internal(psig, pubnonce, pk, session):  # kept under python -O
+        raise MusigError("our own partial signature does not verify: the session or the "
+                         "secret key is inconsistent; nothing was sent, start a new session")
     return psig
 
 
