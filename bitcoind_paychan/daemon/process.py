@@ -9,7 +9,7 @@ import gc
 import logging
 import resource
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("bitcoind_paychan.daemon.daemon")  # the "daemon" subsystem's lines
 
 
 def raise_fd_limit() -> int:
