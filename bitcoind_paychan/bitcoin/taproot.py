@@ -23,16 +23,16 @@ class TapLeaf:
     """One script of a tree, with its leaf version."""
 
     script: bytes
-    version: int = TAPSCRIPT
+    leaf_version: int = TAPSCRIPT
 
     def __post_init__(self) -> None:
-        if self.version & 1 or not 0 <= self.version <= 0xFE:
-            raise ValueError(f"leaf version {self.version:#x} is not even and below 0xff")
+        if self.leaf_version & 1 or self.leaf_version not in range(0xFF):
+            raise ValueError(f"leaf version {self.leaf_version:#x} is not even and below 0xff")
 
     @cached_property
     def hash(self) -> bytes:
         """TapLeaf: the leaf version and the length-prefixed script, tagged."""
-        return tagged_hash("TapLeaf", bytes((self.version,)) + encode_varint(len(self.script))
+        return tagged_hash("TapLeaf", bytes((self.leaf_version,)) + encode_varint(len(self.script))
                            + self.script)
 
 
@@ -119,5 +119,5 @@ class Taproot:
         has no such leaf."""
         for candidate, path in self._tree[1]:
             if candidate == leaf:
-                return bytes((leaf.version | self._output[1],)) + self.internal.data + path
+                return bytes((leaf.leaf_version | self._output[1],)) + self.internal.data + path
         raise ValueError("the leaf is not in this output's script tree")

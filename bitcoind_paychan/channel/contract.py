@@ -73,16 +73,17 @@ class Contract:
 
     @cached_property
     def kind(self) -> ContractKind:
-        """This contract's version-specific half (LocalProtocolError for an unknown version)."""
+        """This contract's version-specific half (LocalProtocolError for an unknown version),
+        made when first signed or checked: its scripts need only the kind's class."""
         return kind_of(self.version)(self)
 
     @cached_property
     def script(self) -> bytes:
-        return self.kind.locking_script(self.client_pub, self.server_pub, self.expiry)
+        return kind_of(self.version).locking_script(self.client_pub, self.server_pub, self.expiry)
 
     @cached_property
     def script_pubkey(self) -> bytes:
-        return self.kind.output_script(self.client_pub, self.server_pub, self.expiry)
+        return kind_of(self.version).output_script(self.client_pub, self.server_pub, self.expiry)
 
     @cached_property
     def client_key(self) -> PublicKey:
@@ -95,7 +96,7 @@ class Contract:
     @cached_property
     def change_script(self) -> bytes:
         """Where the client's change (and refund) goes: its contract key's own output."""
-        return self.kind.change_script(self.client_pub)
+        return kind_of(self.version).change_script(self.client_pub)
 
     @property
     def txid(self) -> str:
