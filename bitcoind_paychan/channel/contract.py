@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from bitcoind_paychan.bitcoin.keys import PrivateKey, PublicKey
-from bitcoind_paychan.bitcoin.sighash import SIGHASH_ALL
 from bitcoind_paychan.bitcoin.tx import OutPoint, Transaction, TxIn, TxOut
 from bitcoind_paychan.channel.kinds.base import (
     EXHAUSTED_HASHTYPE,
@@ -182,10 +181,11 @@ class Contract:
     def sign_settlement(self, tx: Transaction, client_sig: bytes,
                         server_key: PrivateKey | None) -> Transaction:
         """`tx` (input 0 the contract; output 0 the client's change, if any) with input 0
-        signed by both sides: the server signs SIGHASH_ALL over every input and output, so
-        any wallet inputs and outputs must already be in place. `server_key` None makes a
-        worst-case-size dummy, for fee estimates."""
-        server_sig = (self._signature(server_key, self.sighash(tx, SIGHASH_ALL), SIGHASH_ALL)
+        signed by both sides: the server signs with the kind's `final_hashtype` (SIGHASH_ALL:
+        every input and output), so any wallet inputs and outputs must already be in place.
+        `server_key` None makes a worst-case-size dummy, for fee estimates."""
+        hashtype = self.kind.final_hashtype
+        server_sig = (self._signature(server_key, self.sighash(tx, hashtype), hashtype)
                       if server_key else bytes(self.kind.scheme.max_size))
         return self.with_spend(tx, [client_sig, server_sig], Branch.COOPERATIVE)
 
@@ -206,8 +206,9 @@ class Contract:
     def sign_refund(self, key: PrivateKey, refund: Transaction,
                     server_sig: bytes | None = None) -> Transaction:
         """The client's fully signed refund (a pre-signed refund needs the server's too)."""
-        client_sig = self._signature(key, self.sighash(refund, SIGHASH_ALL, Branch.REFUND),
-                                     SIGHASH_ALL)
+        hashtype = self.kind.final_hashtype
+        client_sig = self._signature(key, self.sighash(refund, hashtype, Branch.REFUND),
+                                     hashtype)
         if not self.kind.capabilities.presigned_refund:
             return self.with_spend(refund, [client_sig], Branch.REFUND)
         if server_sig is None:

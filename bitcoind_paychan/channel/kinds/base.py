@@ -32,7 +32,12 @@ from bitcoind_paychan.bitcoin.keys import (
     is_low_s,
     split_sig_hashtype,
 )
-from bitcoind_paychan.bitcoin.sighash import SIGHASH_ANYONECANPAY, SIGHASH_NONE, SIGHASH_SINGLE
+from bitcoind_paychan.bitcoin.sighash import (
+    SIGHASH_ALL,
+    SIGHASH_ANYONECANPAY,
+    SIGHASH_NONE,
+    SIGHASH_SINGLE,
+)
 from bitcoind_paychan.bitcoin.tx import Transaction, TxIn, encode_varint
 
 if TYPE_CHECKING:
@@ -125,6 +130,10 @@ class ContractKind(abc.ABC):
     scheme: ClassVar[SignatureScheme]
     offered: ClassVar[bool] = True  # our client offers it by default and falls back to it
     presigned_refund_fee: ClassVar[int] = 0  # the fixed fee of a pre-signed refund
+    # The hashtype of the signature that completes a spend: the server's on a settlement, the
+    # client's on its refund. SIGHASH_ALL commits to every input, which a kind whose hashes
+    # need each spent amount (BIP341) can only sign knowing them all.
+    final_hashtype: ClassVar[int] = SIGHASH_ALL
 
     def __init__(self, contract: Contract) -> None:
         self.contract = contract
