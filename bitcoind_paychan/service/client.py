@@ -42,6 +42,7 @@ from bitcoind_paychan.channel.effects import (
     StorePayment,
     VersionRefused,
 )
+from bitcoind_paychan.channel.kinds.registry import DEFAULT_VERSION, FALLBACK
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.channel.watch import WatchPolicy
 from bitcoind_paychan.errors import (
@@ -75,9 +76,7 @@ log = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = 15.0
 PAY_TIMEOUT = 60.0  # seconds `pay` waits for its PAYMENT_ACK by default
 USED_UP = (ClientState.CLOSE_AFTER_ACK, ClientState.CLOSING)  # no more payments: closing
-DEFAULT_VERSION = 3
 VERSION_KEY = "client.version:"  # store meta key prefix: the major a server speaks
-FALLBACK = {3: 2}  # a server that refuses our major gets the next one
 Dialer = Callable[[str, float | None], Awaitable[Stream]]
 """Connect to a peer (as stored in its channels' records) within a timeout."""
 __all__ = [  # what integrators import from here (the errors: their old home)
