@@ -314,7 +314,7 @@ def test_a_refused_settlement_stays_the_channels_one_and_the_channel_stays_closi
         record = await opened(cluster, ports[0])
         settling = asyncio.create_task(settler.settle(record.contract_txid))
         await cluster.gate.entered.wait()
-        rival = await rival_settlement(settler, record.contract_txid)  # another spender wins
+        rival = await rival_settlement(cluster, record.contract_txid)  # another spender wins
         cluster.gate.release.set()
         settlement = await settling
         statuses = [status(settler, record.contract_txid)]
@@ -329,17 +329,18 @@ def test_a_refused_settlement_stays_the_channels_one_and_the_channel_stays_closi
     assert cluster.gate.asked == 1
 
 
-async def rival_settlement(server: PaymentServer, txid: str) -> Transaction:
+async def rival_settlement(cluster: Cluster, txid: str) -> Transaction:
     """A settlement of the stored channel at a high fee, to another address, in the mempool
-    (what a rival settler broadcast first)."""
-    record = server.store.get(Role.SERVER, txid)
+    (what a rival settler broadcast first), through the node past the servers' gate."""
+    record = cluster.servers[0].store.get(Role.SERVER, txid)
     assert record is not None
-    payout = await server.wallet.payout_script()
+    node = AsyncBitcoind(Bitcoind(config_for(cluster.sides.server_node)))
+    payout = await node.payout_script()
     contract = record.contract
     fee = contract.settlement_fee(record.change, payout, 20_000)
     draft = contract.settlement_draft(record.change, record.paid - fee, payout)
     rival = contract.sign_settlement(draft, record.signature, record.key)
-    await server.broadcaster.broadcast(rival)
+    await node.broadcast(rival)
     return rival
 
 
