@@ -179,7 +179,7 @@ class ServerManager(Settlements):
         self.leases: Leases = leases or leases_for(store)
         # Group commit of every channel's payments, each fenced by its connection's lease.
         self.payments = PaymentWriter(store, self.leases)
-        autopilot = watcher.policy if watcher else autopilot or WatchPolicy()
+        autopilot = watcher.policy if watcher is not None else autopilot or WatchPolicy()
         # One settle margin: the machines stop taking resumes when the autopilot settles.
         policy = policy or ServerPolicy()
         if policy.settle_margin != autopilot.settle_margin:
