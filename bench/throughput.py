@@ -43,7 +43,7 @@ from bitcoind_paychan.channel.kinds import registry as kinds
 from bitcoind_paychan.channel.records import Role
 from bitcoind_paychan.node import AsyncBitcoind, Bitcoind, NodeConfig, to_btc
 from bitcoind_paychan.service.client import Channel, PaymentClient
-from bitcoind_paychan.service.regtest import MiningBroadcaster
+from bitcoind_paychan.service.regtest import regtest_ports
 from bitcoind_paychan.service.server import PaymentServer, ServerEvent
 from bitcoind_paychan.store import SQLiteStore
 from bitcoind_paychan.transport import websocket
@@ -125,7 +125,7 @@ async def serve(conn: Connection, config: NodeConfig, db: Path, transport: str,
                 switches[seen > 1] = context_switches()
 
     with SQLiteStore(db) as store:
-        server = PaymentServer(MiningBroadcaster(Bitcoind(config)), store, on_event=on_event,
+        server = PaymentServer(regtest_ports(Bitcoind(config)), store, on_event=on_event,
                                tls=tls)
         host, port = await server.listen()
         listener = websocket.Listener(server.gate, server.serve, "/paychan", server.tls_door())

@@ -34,7 +34,7 @@ def test_refund_after_the_server_vanishes(sides: Sides, version: int) -> None:
     with pytest.raises(TransactionRejected, match="not valid yet"):
         asyncio.run(client.refund(record.contract_txid))
     advance_chain_time(sides, record.contract.expiry)
-    refund = asyncio.run(PaymentClient(client.wallet, client.store).refund(record.contract_txid))
+    refund = asyncio.run(PaymentClient(client.ports, client.store).refund(record.contract_txid))
     sides.client_node.mine(1)
     assert sides.client_node.rpc("getrawtransaction", refund.txid_hex, True)["confirmations"] == 1
     assert refund.locktime == record.contract.expiry
