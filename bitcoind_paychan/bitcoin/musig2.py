@@ -24,7 +24,6 @@ nonce-generation and deterministic-signing vectors unrunnable against it.
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import threading
 from collections.abc import Sequence
@@ -33,8 +32,11 @@ from typing import NoReturn
 
 import coincurve
 
+from bitcoind_paychan.bitcoin.hashes import tagged_hash
 from bitcoind_paychan.bitcoin.keys import CURVE_ORDER as N
-from bitcoind_paychan.errors import InvalidContribution, MusigError, NonceReused
+from bitcoind_paychan.bitcoin.keys import XOnlyKey
+from bitcoind_paychan.bitcoin.taproot import tap_tweak
+from bitcoind_paychan.errors import DecodeError, InvalidContribution, MusigError, NonceReused
 
 __all__ = [
     "KeyAggContext", "SecretNonce", "SessionContext", "apply_tweak", "deterministic_sign",
@@ -49,12 +51,6 @@ _INFINITY_BYTES = bytes(33)
 
 
 # -- hashes and points --------------------------------------------------------------------------
-
-def _tagged_hash(tag: str, msg: bytes) -> bytes:
-    """BIP340's tagged hash (private here; the Taproot primitives have their own)."""
-    tag_hash = hashlib.sha256(tag.encode()).digest()
-    return hashlib.sha256(tag_hash + tag_hash + msg).digest()
-
 
 def _int(b: bytes) -> int:
     return int.from_bytes(b, "big")
@@ -157,7 +153,7 @@ def get_xonly_pk(keyagg_ctx: KeyAggContext) -> bytes:
 
 
 def _hash_keys(pubkeys: Sequence[bytes]) -> bytes:
-    return _tagged_hash("KeyAgg list", b"".join(pubkeys))
+    return tagged_hash("KeyAgg list", b"".join(pubkeys))
 
 
 def _second_key(pubkeys: Sequence[bytes]) -> bytes:
@@ -167,7 +163,7 @@ def _second_key(pubkeys: Sequence[bytes]) -> bytes:
 def _key_agg_coeff(list_hash: bytes, pk: bytes, pk2: bytes) -> int:
     if pk == pk2:
         return 1
-    return _int(_tagged_hash("KeyAgg coefficient", list_hash + pk)) % N
+    return _int(tagged_hash("KeyAgg coefficient", list_hash + pk)) % N
 
 
 def key_agg_coeff(pubkeys: Sequence[bytes], pk: bytes) -> int:
@@ -224,7 +220,10 @@ def taproot_tweak(internal_key: bytes, merkle_root: bytes | None = None) -> byte
     (None for a key-path-only output): apply it as an x-only tweak to get the output key."""
     if len(internal_key) != 32 or (merkle_root is not None and len(merkle_root) != 32):
         raise MusigError("taproot_tweak needs a 32-byte x-only key and a 32-byte Merkle root")
-    return _tagged_hash("TapTweak", internal_key + (merkle_root or b""))
+    try:
+        return tap_tweak(XOnlyKey(internal_key), merkle_root or b"")
+    except (DecodeError, ValueError) as exc:
+        raise MusigError(f"no Taproot tweak for this internal key: {exc}") from None
 
 
 # -- nonces -------------------------------------------------------------------------------------
@@ -280,14 +279,14 @@ def _nonce_hash(rand: bytes, pk: bytes, aggpk: bytes, i: int, msg_prefixed: byte
                 extra_in: bytes) -> int:
     buf = (rand + len(pk).to_bytes(1, "big") + pk + len(aggpk).to_bytes(1, "big") + aggpk
            + msg_prefixed + len(extra_in).to_bytes(4, "big") + extra_in + i.to_bytes(1, "big"))
-    return _int(_tagged_hash("MuSig/nonce", buf))
+    return _int(tagged_hash("MuSig/nonce", buf))
 
 
 def _nonce_gen_internal(rand_: bytes, sk: bytes | None, pk: bytes, aggpk: bytes | None,
                         msg: bytes | None, extra_in: bytes | None) -> tuple[int, int, bytes]:
     """NonceGen with the randomness given: (k1, k2, pubnonce)."""
     if sk is not None:
-        rand = bytes(a ^ b for a, b in zip(sk, _tagged_hash("MuSig/aux", rand_), strict=True))
+        rand = bytes(a ^ b for a, b in zip(sk, tagged_hash("MuSig/aux", rand_), strict=True))
     else:
         rand = rand_
     msg_prefixed = b"\x00" if msg is None else b"\x01" + len(msg).to_bytes(8, "big") + msg
@@ -349,7 +348,7 @@ class SessionContext:
         self.msg = bytes(msg)
         self.keyagg = key_agg_and_tweak(self.pubkeys, self.tweaks, self.is_xonly)
         q = self.keyagg.Q
-        self.b = _int(_tagged_hash("MuSig/noncecoef", self.aggnonce + _xbytes(q) + msg)) % N
+        self.b = _int(tagged_hash("MuSig/noncecoef", self.aggnonce + _xbytes(q) + msg)) % N
         try:
             if len(self.aggnonce) != 66:
                 raise ValueError("an aggregate nonce is 66 bytes")
@@ -358,7 +357,7 @@ class SessionContext:
             raise InvalidContribution(None, "aggnonce") from None
         r = _add(r1, _mul(r2, self.b))
         self.R: Point = _G if r is None else r
-        self.e = _int(_tagged_hash("BIP0340/challenge", _xbytes(self.R) + _xbytes(q) + msg)) % N
+        self.e = _int(tagged_hash("BIP0340/challenge", _xbytes(self.R) + _xbytes(q) + msg)) % N
         self.g = 1 if _has_even_y(q) else N - 1  # Q's parity, folded into every key term
 
     def key_coeff(self, pk: bytes) -> int:
@@ -451,9 +450,9 @@ def deterministic_sign(sk: bytes, aggothernonce: bytes, pubkeys: Sequence[bytes]
     if len(sk) != 32:
         raise MusigError("secret key value is out of range.")
     sk_ = sk if rand is None else bytes(
-        a ^ b for a, b in zip(sk, _tagged_hash("MuSig/aux", rand), strict=True))
+        a ^ b for a, b in zip(sk, tagged_hash("MuSig/aux", rand), strict=True))
     aggpk = key_agg_and_tweak(pubkeys, tweaks, is_xonly).xonly_pk()
-    ks = [_int(_tagged_hash("MuSig/deterministic/nonce", sk_ + aggothernonce + aggpk
+    ks = [_int(tagged_hash("MuSig/deterministic/nonce", sk_ + aggothernonce + aggpk
                             + len(msg).to_bytes(8, "big") + msg + i.to_bytes(1, "big"))) % N
           for i in (0, 1)]
     assert 0 not in ks, "a zero nonce happens with negligible probability"

@@ -38,6 +38,7 @@ from bitcoind_paychan.daemon.process import freeze_heap, raise_fd_limit, thaw_he
 from bitcoind_paychan.errors import ConfigError, PaychanError, StoreError
 from bitcoind_paychan.logcontext import channel_fields
 from bitcoind_paychan.node import AsyncBitcoind, Bitcoind
+from bitcoind_paychan.node.ports import Node, NodePorts
 from bitcoind_paychan.service.client import ClientEvent, PaymentClient
 from bitcoind_paychan.service.server import PaymentServer, ServerEvent
 from bitcoind_paychan.store import ChannelStore
@@ -91,7 +92,7 @@ class Daemon(ControlApi):
         log.info("paychan %s on %s; bitcoind at %s, height %s", __version__, config.network,
                  config.bitcoind.url, tip.height)
         await asyncio.to_thread(self._rebuild_activity, store)
-        self.build(AsyncBitcoind(node), store)
+        self.build(NodePorts.of(AsyncBitcoind(node)), store)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
@@ -133,9 +134,11 @@ class Daemon(ControlApi):
             await self._shutdown(control, metrics, store)
         return 0
 
-    def build(self, wallet: AsyncBitcoind, store: ChannelStore) -> None:
-        """The enabled roles' services, with the policies the configuration built."""
+    def build(self, node: Node | NodePorts, store: ChannelStore) -> None:
+        """The enabled roles' services, with the policies the configuration built, over the
+        node's ports (one `AsyncBitcoind` gives them all)."""
         config = self.config
+        ports = NodePorts.of(node)
         common: dict[str, Any] = {
             "autopilot": config.watch_policy(), "zmq_endpoint": config.bitcoind.zmq,
             "poll_interval": config.bitcoind.poll_interval,
@@ -143,7 +146,7 @@ class Daemon(ControlApi):
         }
         if config.server.enabled:
             self.server = PaymentServer(
-                wallet, store, config.server_policy(), on_event=self._server_event,
+                ports, store, config.server_policy(), on_event=self._server_event,
                 min_confirmations=config.server.min_confirmations,
                 payout_script=config.payout_script(),
                 on_payment_latency=self.metrics.server.latency.observe,
@@ -157,7 +160,7 @@ class Daemon(ControlApi):
                                                     trusted_proxies=config.server.proxies)
             self.server.callbacks.on_error = self.metrics.callback_errors.inc
         if config.client.enabled:
-            self.client = PaymentClient(wallet, store, network=Network.from_chain(config.network),
+            self.client = PaymentClient(ports, store, network=Network.from_chain(config.network),
                                         policy=config.client.policy,
                                         on_event=self._client_event, tls=config.client.tls,
                                         **common)

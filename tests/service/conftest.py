@@ -24,7 +24,7 @@ from bitcoind_paychan.channel.server import ServerPolicy
 from bitcoind_paychan.channel.watch import WatchPolicy
 from bitcoind_paychan.node import Bitcoind
 from bitcoind_paychan.service.client import ClientEvent, PaymentClient
-from bitcoind_paychan.service.regtest import MiningBroadcaster
+from bitcoind_paychan.service.regtest import regtest_ports
 from bitcoind_paychan.service.server import PaymentServer, ServerEvent
 from bitcoind_paychan.store import SQLiteStore
 from regtest.node import DEFAULT_WALLET, RegtestNode, sync_tips
@@ -62,7 +62,7 @@ class Sides:
         options.setdefault("poll_interval", 0.2)
         options.setdefault("review_interval", 0.5)
         options.setdefault("autopilot", FAST)
-        return kind(MiningBroadcaster(node), self.store(name), policy,
+        return kind(regtest_ports(node), self.store(name), policy,
                     on_event=self.events.append, **options)
 
     def client(self, name: str = "client", **options: Any) -> PaymentClient:
@@ -70,7 +70,7 @@ class Sides:
         options.setdefault("poll_interval", 0.2)
         options.setdefault("review_interval", 0.5)
         options.setdefault("autopilot", FAST)
-        return PaymentClient(MiningBroadcaster(node), self.store(name),
+        return PaymentClient(regtest_ports(node), self.store(name),
                              on_event=self.client_event, **options)
 
     def client_event(self, event: ClientEvent) -> None:

@@ -10,7 +10,7 @@ from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.channel.records import ChannelStatus, Role
 from bitcoind_paychan.errors import ChannelFailed, ChannelGone
 from bitcoind_paychan.node import Bitcoind
-from bitcoind_paychan.service.regtest import MiningBroadcaster
+from bitcoind_paychan.service.regtest import regtest_ports
 from bitcoind_paychan.service.server import PaymentServer, ServerManager
 from bitcoind_paychan.wire import pb
 from tests.conftest import config_for
@@ -84,7 +84,7 @@ def test_a_payment_the_application_carries_completes_when_it_feeds_back_the_ack(
     UPDATE_PAYMENT through the application's link and returns once the application hands it
     the PAYMENT_ACK (`Channel.receive`); a resume dials a new carried connection."""
     async def scenario() -> tuple[bool, bool, bytes, int, int]:
-        manager = ServerManager(MiningBroadcaster(Bitcoind(config_for(sides.server_node))),
+        manager = ServerManager(regtest_ports(Bitcoind(config_for(sides.server_node))),
                                 sides.store("server"), on_payment=lambda p: b"ok",
                                 on_event=sides.events.append)
         await manager.start()

@@ -17,7 +17,7 @@ from bitcoind_paychan.channel.messages import DEFAULT_TIME_WINDOW
 from bitcoind_paychan.channel.records import ChannelStatus, Role
 from bitcoind_paychan.errors import ChannelFailed
 from bitcoind_paychan.node import Bitcoind
-from bitcoind_paychan.service.regtest import MiningBroadcaster
+from bitcoind_paychan.service.regtest import regtest_ports
 from bitcoind_paychan.service.server import PaymentServer, ServerEvent
 from bitcoind_paychan.store import open_store
 from bitcoind_paychan.store.leases import ClusterPolicy, leases_for
@@ -35,7 +35,7 @@ VALUE = 300_000
 def instance(sides: Sides, dsn: str, name: str, events: list[ServerEvent]) -> PaymentServer:
     """A server instance on the shared database `dsn`."""
     store = open_store(engine="postgresql", dsn=dsn)
-    return PaymentServer(MiningBroadcaster(Bitcoind(config_for(sides.server_node))), store,
+    return PaymentServer(regtest_ports(Bitcoind(config_for(sides.server_node))), store,
                          on_event=events.append, autopilot=FAST, poll_interval=0.2,
                          review_interval=0.5,
                          leases=leases_for(store, ClusterPolicy(name, takeover_after=1.0)))

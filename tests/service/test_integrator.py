@@ -32,7 +32,7 @@ from bitcoind_paychan import (
     Stream,
 )
 from bitcoind_paychan.node import Bitcoind
-from bitcoind_paychan.service.regtest import MiningBroadcaster
+from bitcoind_paychan.service.regtest import regtest_ports
 from tests.conftest import config_for
 from tests.service.carried import Dialer, Replies
 from tests.service.conftest import Sides, until
@@ -56,7 +56,7 @@ class GatedDialer(Dialer):
 
 
 def manager(sides: Sides, **options: object) -> ServerManager:
-    wallet = MiningBroadcaster(Bitcoind(config_for(sides.server_node)))
+    wallet = regtest_ports(Bitcoind(config_for(sides.server_node)))
     return ServerManager(wallet, sides.store("server"), on_event=sides.events.append,
                          poll_interval=0.2, review_interval=0.5,
                          **options)  # type: ignore[arg-type]

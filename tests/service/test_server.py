@@ -17,7 +17,7 @@ from bitcoind_paychan.channel.server import ServerPolicy
 from bitcoind_paychan.errors import ChannelFailed, ErrorCode
 from bitcoind_paychan.node import AsyncBitcoind, Bitcoind
 from bitcoind_paychan.service.client import Channel
-from bitcoind_paychan.service.regtest import MiningBroadcaster
+from bitcoind_paychan.service.regtest import regtest_ports
 from bitcoind_paychan.service.server import PaymentServer, ServerManager
 from bitcoind_paychan.store import SQLiteStore
 from bitcoind_paychan.transport.limits import PeerLimits
@@ -288,7 +288,7 @@ def test_the_manager_answers_each_frame_an_application_carries_before_receive_re
     returns, the payment is durably stored and its PAYMENT_ACK has gone out through the
     application's link."""
     async def scenario() -> tuple[Dialer, int, str]:
-        manager = ServerManager(MiningBroadcaster(Bitcoind(config_for(sides.server_node))),
+        manager = ServerManager(regtest_ports(Bitcoind(config_for(sides.server_node))),
                                 sides.store("server"), poll_interval=0.2, on_payment=lambda p:
                                 b"receipt %d" % p.amount)
         await manager.start()

@@ -18,8 +18,8 @@ from bitcoind_paychan.channel.effects import ChannelClosed
 from bitcoind_paychan.channel.machine import resume_digest
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.errors import InsufficientFunds, LocalProtocolError, StoreError
-from bitcoind_paychan.node import Bitcoind
-from bitcoind_paychan.service.regtest import MiningBroadcaster
+from bitcoind_paychan.node import AsyncBitcoind, Bitcoind
+from bitcoind_paychan.service.regtest import regtest_ports
 from bitcoind_paychan.service.server import PaymentServer, ServerEvent
 from bitcoind_paychan.store import ChannelStore, open_store
 from bitcoind_paychan.store.leases import ClusterPolicy, Leases, leases_for
@@ -42,7 +42,7 @@ class Gate:
         self.asked = 0
 
 
-class GatedWallet(MiningBroadcaster):
+class GatedWallet(AsyncBitcoind):
     """The real node; `payout_script` waits at the gate first."""
 
     def __init__(self, node: Bitcoind, gate: Gate) -> None:
@@ -86,7 +86,7 @@ def cluster(request: pytest.FixtureRequest, one_node: Sides) -> Iterator[Cluster
     made = Cluster(one_node, gate, [])
 
     def server(store: ChannelStore, leases: Leases | None = None) -> PaymentServer:
-        wallet = GatedWallet(Bitcoind(config_for(one_node.server_node)), gate)
+        wallet = regtest_ports(GatedWallet(Bitcoind(config_for(one_node.server_node)), gate))
         return PaymentServer(wallet, store, on_event=made.events.append, autopilot=FAST,
                              poll_interval=0.2, review_interval=0.5, leases=leases,
                              clock=lambda: made.now[0])
@@ -186,8 +186,8 @@ def test_a_resume_that_takes_the_lease_while_a_settlement_awaits_the_node_fences
         acked = await pay_on(stream, record)  # each stored, then acknowledged
         await stream.close()
         stored = resumer.store.get(Role.SERVER, record.contract_txid)
-        spender = await settler.wallet.spender(record.contract_txid,
-                                               record.contract.outpoint.index)
+        spender = await settler.ports.chain.spender(record.contract_txid,
+                                                    record.contract.outpoint.index)
         await cluster.stop()
         return (outcome if isinstance(outcome, BaseException) else None, acked, stored,
                 spender)
@@ -283,8 +283,8 @@ def test_strangers_resuming_near_expiry_and_a_close_together_make_one_settlement
         first_answers.append(close)
         for stream in (first, second):
             await stream.close()
-        spender = await cluster.servers[0].wallet.spender(record.contract_txid,
-                                                          record.contract.outpoint.index)
+        spender = await cluster.servers[0].ports.chain.spender(
+            record.contract_txid, record.contract.outpoint.index)
         late, late_answers = await resume(ports[2], record)
         await late.close()
         await cluster.stop()
@@ -314,7 +314,7 @@ def test_a_refused_settlement_stays_the_channels_one_and_the_channel_stays_closi
         record = await opened(cluster, ports[0])
         settling = asyncio.create_task(settler.settle(record.contract_txid))
         await cluster.gate.entered.wait()
-        rival = await rival_settlement(settler, record.contract_txid)  # another spender wins
+        rival = await rival_settlement(cluster, record.contract_txid)  # another spender wins
         cluster.gate.release.set()
         settlement = await settling
         statuses = [status(settler, record.contract_txid)]
@@ -329,18 +329,18 @@ def test_a_refused_settlement_stays_the_channels_one_and_the_channel_stays_closi
     assert cluster.gate.asked == 1
 
 
-async def rival_settlement(server: PaymentServer, txid: str) -> Transaction:
+async def rival_settlement(cluster: Cluster, txid: str) -> Transaction:
     """A settlement of the stored channel at a high fee, to another address, in the mempool
-    (what a rival settler broadcast first)."""
-    record = server.store.get(Role.SERVER, txid)
+    (what a rival settler broadcast first), through the node past the servers' gate."""
+    record = cluster.servers[0].store.get(Role.SERVER, txid)
     assert record is not None
-    node = server.wallet.node
-    payout = await asyncio.to_thread(node.payout_script)
+    node = AsyncBitcoind(Bitcoind(config_for(cluster.sides.server_node)))
+    payout = await node.payout_script()
     contract = record.contract
     fee = contract.settlement_fee(record.change, payout, 20_000)
     draft = contract.settlement_draft(record.change, record.paid - fee, payout)
     rival = contract.sign_settlement(draft, record.signature, record.key)
-    await asyncio.to_thread(node.broadcast, rival)
+    await node.broadcast(rival)
     return rival
 
 
