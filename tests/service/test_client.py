@@ -13,9 +13,10 @@ from bitcoind_paychan.node import Bitcoind
 from bitcoind_paychan.service.regtest import regtest_ports
 from bitcoind_paychan.service.server import PaymentServer, ServerManager
 from bitcoind_paychan.wire import pb
+from regtest.waiting import until
 from tests.conftest import config_for
 from tests.service.carried import Dialer
-from tests.service.conftest import Sides, until
+from tests.service.conftest import Sides
 
 VALUE = 400_000
 

@@ -24,8 +24,9 @@ from bitcoind_paychan.store.leases import ClusterPolicy, leases_for
 from bitcoind_paychan.transport.stream import open_connection
 from bitcoind_paychan.wire import pb
 from regtest.node import free_port
+from regtest.waiting import until
 from tests.conftest import config_for
-from tests.service.conftest import FAST, Sides, until
+from tests.service.conftest import FAST, Sides
 from tests.service.test_crash import ROOT, Side
 
 T = pb.TwoWayChannelMessage

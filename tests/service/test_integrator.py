@@ -33,9 +33,10 @@ from bitcoind_paychan import (
 )
 from bitcoind_paychan.node import Bitcoind
 from bitcoind_paychan.service.regtest import regtest_ports
+from regtest.waiting import until
 from tests.conftest import config_for
 from tests.service.carried import Dialer, Replies
-from tests.service.conftest import Sides, until
+from tests.service.conftest import Sides
 
 PEER = "app://shop"
 VALUE = 300_000

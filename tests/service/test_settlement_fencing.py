@@ -25,8 +25,9 @@ from bitcoind_paychan.store import ChannelStore, open_store
 from bitcoind_paychan.store.leases import ClusterPolicy, Leases, leases_for
 from bitcoind_paychan.transport.stream import MessageStream, open_connection
 from bitcoind_paychan.wire import pb
+from regtest.waiting import until
 from tests.conftest import config_for
-from tests.service.conftest import FAST, Sides, until
+from tests.service.conftest import FAST, Sides
 
 T = pb.TwoWayChannelMessage
 VALUE = 300_000
