@@ -217,8 +217,7 @@ async def pay(channel: Channel, payments: int, window: int) -> list[float]:
 def fund_client(client: RegtestNode, server: RegtestNode, channels: int, value: int) -> None:
     """One confirmed coin per channel, so no open waits for or chains unconfirmed change."""
     coin = to_btc(value + FUNDING_SPARE)
-    client.wallet_rpc("sendmany", "", {client.new_address(): coin for _ in range(channels)})
-    client.mine(1)
+    client.pay_in_block({client.new_address(): coin for _ in range(channels)})
     sync_tips([client, server])
 
 
