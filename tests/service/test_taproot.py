@@ -1,7 +1,7 @@
 """Version 4 on real regtest nodes: what confirms is the spend the contract's design names,
-read back from the node (`getrawtransaction TXID true`): the server's forced settlement
-through the payment leaf, the client's refund through the refund leaf; amounts exact against
-both wallets."""
+read back from the node (`getrawtransaction TXID true`): the cooperative close by key path
+(one 64-byte signature), the server's forced settlement through the payment leaf, the
+client's refund through the refund leaf; amounts exact against both wallets."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 from bitcoind_paychan.bitcoin.taproot import TapLeaf
 from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.channel.contract import Contract
+from bitcoind_paychan.channel.records import Role
 from bitcoind_paychan.service.client import PaymentClient
 from regtest.node import RegtestNode
 from tests.service.conftest import Sides, advance_chain_time
@@ -32,6 +33,35 @@ def spent_leaf(contract: Contract, info: dict[str, Any]) -> bytes:
     script, control = witness[-2:]
     assert control == contract.kind.output.control_block(TapLeaf(script))  # type: ignore[attr-defined]
     return script
+
+
+def test_the_cooperative_close_is_a_key_path_spend(sides: Sides) -> None:
+    async def scenario() -> tuple[Contract, int, Transaction]:
+        server = sides.server()
+        host, port = await server.listen()
+        channel = await sides.client().open(host, port, VALUE, version=4)
+        for _ in range(12):
+            await channel.pay(4_000)
+        settlement = await channel.close()
+        await server.stop()
+        return channel.record.contract, channel.record.change, settlement
+
+    contract, change, settlement = asyncio.run(scenario())
+    sides.mine(1)
+    info = confirmed(sides.server_node, settlement)
+    (signature,) = info["vin"][0]["txinwitness"]
+    assert len(bytes.fromhex(signature)) == 64  # the aggregate key's, SIGHASH_DEFAULT
+    assert (info["vin"][0]["txid"], info["vin"][0]["vout"]) == (contract.txid, 0)
+    paid = 1_000 + 12 * 4_000
+    assert change == VALUE - paid
+    share = settlement.outputs[1].value
+    assert wallet_utxo(sides.client_node, settlement.txid_hex, 0) == change
+    assert wallet_utxo(sides.server_node, settlement.txid_hex, 1) == share
+    fee = VALUE - change - share  # from the server's share
+    assert info["vsize"] <= fee <= info["vsize"] + 1
+    stored = sides.server().store.get(Role.SERVER, contract.txid)
+    assert stored is not None and stored.settlement_tx == settlement.serialize()
+    assert not [e for e in sides.errors() if not e.remote]  # nobody refused anything
 
 
 def test_the_forced_settlement_goes_through_the_payment_leaf(sides: Sides) -> None:

@@ -38,7 +38,7 @@ from bitcoind_paychan.bitcoin.sighash import (
     TAPROOT_HASHTYPES,
     taproot_sighash,
 )
-from bitcoind_paychan.bitcoin.taproot import TapLeaf, Taproot
+from bitcoind_paychan.bitcoin.taproot import TapLeaf, Taproot, tap_tweak
 from bitcoind_paychan.bitcoin.tx import Transaction, TxOut
 from bitcoind_paychan.channel.kinds.base import (
     EXHAUSTED_HASHTYPE,
@@ -49,7 +49,12 @@ from bitcoind_paychan.channel.kinds.base import (
     ContractKind,
     SignatureScheme,
 )
-from bitcoind_paychan.errors import DecodeError, LocalProtocolError
+from bitcoind_paychan.errors import (
+    DecodeError,
+    InvalidContribution,
+    LocalProtocolError,
+    MusigError,
+)
 
 _U32, _I64 = struct.Struct("<I"), struct.Struct("<q")
 _SCRIPT_PATH = b"\x02"  # BIP341 spend type: script path, no annex
@@ -120,7 +125,7 @@ class TaprootChannel(ContractKind):
     version = 4
     title = "Taproot: a MuSig2 key with payment and refund leaves"
     capabilities = Capabilities(segwit_funding_required=True, resume_challenge=True,
-                                reanchoring=True)
+                                reanchoring=True, key_path_close=True)
     scheme = Schnorr()
     final_hashtype = SIGHASH_ALL | SIGHASH_ANYONECANPAY
 
@@ -164,7 +169,8 @@ class TaprootChannel(ContractKind):
             raise LocalProtocolError(
                 f"a Taproot signature with hashtype {hashtype:#x} commits to every input's "
                 "amount, and only the contract's is known: sign with ANYONECANPAY")
-        return taproot_sighash(tx, 0, (self._spent,), hashtype, self._leaves[branch][0].hash)
+        leaf = None if branch is Branch.KEY_PATH else self._leaves[branch][0].hash
+        return taproot_sighash(tx, 0, (self._spent,), hashtype, leaf)
 
     @cached_property
     def _payment_midstates(self) -> dict[int, hashlib._Hash]:
@@ -195,7 +201,14 @@ class TaprootChannel(ContractKind):
 
     # -- unlocking ---------------------------------------------------------------------------
 
+    def signers(self, branch: Branch) -> tuple[PublicKey, ...]:
+        if branch is Branch.KEY_PATH:  # the output key, as the even-Y point BIP340 means
+            return (PublicKey(b"\x02" + self.output.output_key.data),)
+        return super().signers(branch)
+
     def unlock(self, tx: Transaction, sigs: list[bytes], branch: Branch) -> Transaction:
+        if branch is Branch.KEY_PATH:
+            return tx.with_witness(0, tuple(sigs))
         leaf, control = self._leaves[branch]
         # The client's signature sits below the server's, which <server> OP_CHECKSIGVERIFY
         # takes first from the top of the stack.
@@ -203,8 +216,10 @@ class TaprootChannel(ContractKind):
 
     def unlocking(self, tx: Transaction) -> tuple[list[bytes], Branch]:
         witness = tx.inputs[0].witness
-        if len(witness) < 2:
-            raise DecodeError(f"a witness of {len(witness)} items is no script-path spend")
+        if len(witness) == 1:
+            return list(witness), Branch.KEY_PATH
+        if not witness:
+            raise DecodeError("input 0 has no witness")
         *sigs, script, control = witness
         for branch, (leaf, expected) in self._leaves.items():
             if (script, control) == (leaf.script, expected):
@@ -213,3 +228,62 @@ class TaprootChannel(ContractKind):
                 return list(sigs), branch
         raise DecodeError("the witness spends neither the contract's payment leaf nor its "
                           "refund leaf")
+
+    # -- the cooperative key-path close ------------------------------------------------------
+
+    @cached_property
+    def _session_keys(self) -> tuple[list[bytes], list[bytes], list[bool]]:
+        """KeyAgg's keys, and the TapTweak (x-only) that makes their aggregate the output key."""
+        c, output = self.contract, self.output
+        return (aggregate_keys(c.client_pub, c.server_pub),
+                [tap_tweak(output.internal, output.merkle_root)], [True])
+
+    def _close_digest(self, tx: Transaction) -> bytes:
+        """What the aggregate key signs: `tx` (contract:0 its one input), SIGHASH_DEFAULT."""
+        if len(tx.inputs) != 1:
+            raise MusigError(f"a key-path close spends the contract alone, not "
+                             f"{len(tx.inputs)} inputs")
+        return self.sighash(tx, SIGHASH_DEFAULT, Branch.KEY_PATH)
+
+    def _session(self, tx: Transaction, nonces: list[bytes]) -> musig2.SessionContext:
+        keys, tweaks, xonly = self._session_keys
+        return musig2.SessionContext(musig2.nonce_agg(nonces), keys, tweaks, xonly,
+                                     self._close_digest(tx))
+
+    def _signer(self, pub: bytes) -> int:
+        return self._session_keys[0].index(pub)
+
+    def close_nonce(self, key: PrivateKey) -> tuple[musig2.SecretNonce, bytes]:
+        return musig2.nonce_gen(key.secret, key.pub.data, self.output.output_key.data)
+
+    def cosign_close(self, key: PrivateKey, client_nonce: bytes, tx: Transaction
+                     ) -> tuple[bytes, bytes]:
+        keys, tweaks, xonly = self._session_keys
+        try:
+            other = musig2.nonce_agg([client_nonce])
+        except InvalidContribution:
+            raise InvalidContribution(self._signer(self.contract.client_pub),
+                                             "pubnonce") from None
+        return musig2.deterministic_sign(key.secret, other, keys, tweaks, xonly,
+                                         self._close_digest(tx))
+
+    def sign_close(self, key: PrivateKey, secnonce: musig2.SecretNonce, client_nonce: bytes,
+                   server_nonce: bytes, server_signature: bytes, tx: Transaction) -> bytes:
+        session = self._session(tx, [client_nonce, server_nonce])
+        server = self.contract.server_pub
+        if not musig2.partial_sig_verify_internal(server_signature, server_nonce, server,
+                                                  session):
+            raise InvalidContribution(self._signer(server), "psig")
+        return musig2.sign(secnonce, key.secret, session)
+
+    def complete_close(self, tx: Transaction, client_nonce: bytes, client_signature: bytes,
+                       server_nonce: bytes, server_signature: bytes) -> Transaction:
+        session = self._session(tx, [client_nonce, server_nonce])
+        client = self.contract.client_pub
+        if not musig2.partial_sig_verify_internal(client_signature, client_nonce, client,
+                                                  session):
+            raise InvalidContribution(self._signer(client), "psig")
+        signature = musig2.partial_sig_agg([client_signature, server_signature], session)
+        if not self.output.output_key.verify_schnorr(session.msg, signature):
+            raise MusigError("the aggregate signature does not verify for the output key")
+        return self.unlock(tx, [signature], Branch.KEY_PATH)
