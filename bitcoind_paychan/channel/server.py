@@ -541,7 +541,7 @@ class ServerChannel(ProtocolMachine):
             return []
         tx = contract.settlement_draft(record.change, record.paid - fee, payout_script)
         try:
-            server_nonce, signature = contract.kind.cosign_close(self.key, nonce, tx)
+            server_nonce, signature = contract.kind.cosign_close(record.key, nonce, tx)
         except MusigError as exc:
             return self._fall_back(record, fee_rate, payout_script,
                                    f"the client's MuSig2 nonce is unusable ({exc})")

@@ -165,7 +165,8 @@ def test_a_lost_connection_mid_session_stores_nothing_and_a_new_session_closes()
     assert record.status is ChannelStatus.OPEN  # nothing decided: a new session may start
     client = ClientChannel.resuming(pump.client.record,  # type: ignore[arg-type]
                                     ClientPolicy(VALUE), NOW)
-    again = Pump(client, ServerChannel(ServerPolicy(), record.key, NOW),
+    # The new connection's machine has a key of its own: the channel's is the record's.
+    again = Pump(client, ServerChannel(ServerPolicy(), PrivateKey.generate(), NOW),
                  pump.client_store, pump.server_store)
     again.run(client.start())
     assert client.state is ClientState.OPEN
