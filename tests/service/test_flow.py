@@ -1,4 +1,4 @@
-"""Open → pay → close → settle on real regtest nodes, for versions 1, 2 and 3."""
+"""Open → pay → close → settle on real regtest nodes, for every version."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def wallet_utxo(node_rpc: object, txid: str, vout: int) -> int | None:
     return None
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 def test_open_pay_close_settles_on_chain(sides: Sides, version: int) -> None:
     async def scenario() -> tuple[Channel, Transaction]:
         server = sides.server()
@@ -59,7 +59,7 @@ def test_open_pay_close_settles_on_chain(sides: Sides, version: int) -> None:
     assert client_record is not None and client_record.status is ChannelStatus.CLOSING
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 def test_exhausting_a_channel_settles_everything_to_the_server(sides: Sides,
                                                                version: int) -> None:
     async def scenario() -> tuple[Channel, Transaction]:
@@ -81,11 +81,13 @@ def test_exhausting_a_channel_settles_everything_to_the_server(sides: Sides,
     assert settlement.outputs[0].value > 200_000 - 2_000
 
 
-def test_client_falls_back_to_version_2(sides: Sides) -> None:
+@pytest.mark.parametrize(("spoken", "ends_on"), [((1, 2), 2), ((1, 2, 3), 3)])
+def test_client_falls_back_from_version_4(sides: Sides, spoken: tuple[int, ...],
+                                          ends_on: int) -> None:
     from bitcoind_paychan.channel.server import ServerPolicy
 
     async def scenario() -> int:
-        server = sides.server(ServerPolicy(versions=(1, 2)))
+        server = sides.server(ServerPolicy(versions=spoken))
         host, port = await server.listen()
         channel = await sides.client().open(host, port, VALUE)
         await channel.pay(5_000)
@@ -93,10 +95,10 @@ def test_client_falls_back_to_version_2(sides: Sides) -> None:
         await server.stop()
         return channel.version
 
-    assert asyncio.run(scenario()) == 2
+    assert asyncio.run(scenario()) == ends_on
 
 
-@pytest.mark.parametrize("version", [2, 3])
+@pytest.mark.parametrize("version", [2, 3, 4])
 def test_fee_above_the_servers_share_comes_from_a_wallet_input(sides: Sides,
                                                               version: int) -> None:
     async def scenario() -> Transaction:

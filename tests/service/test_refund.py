@@ -15,7 +15,7 @@ from tests.service.test_flow import wallet_utxo
 VALUE = 500_000
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 def test_refund_after_the_server_vanishes(sides: Sides, version: int) -> None:
     client = sides.client()
 
