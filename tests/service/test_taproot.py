@@ -105,7 +105,7 @@ def test_the_refund_goes_through_the_refund_leaf(sides: Sides) -> None:
     contract = asyncio.run(open_then_lose_the_server())
     sides.mine(1)
     advance_chain_time(sides, contract.expiry)
-    refund = asyncio.run(PaymentClient(client.wallet, client.store).refund(contract.txid))
+    refund = asyncio.run(PaymentClient(client.ports, client.store).refund(contract.txid))
     sides.client_node.mine(1)  # its clock moved: the server's node dropped it
     info = confirmed(sides.client_node, refund)
     leaf = spent_leaf(contract, info)
