@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 
+from bitcoind_paychan.channel.kinds.registry import VERSIONS
 from bitcoind_paychan.transport import decode, encode
 from tests.examples.paid_http.conftest import PRICE, Api, paid_api, paid_client
 from tests.service.conftest import Sides
@@ -54,7 +55,7 @@ def test_a_request_without_a_payment_gets_the_offer(sides: Sides) -> None:
             assert status == 402
             assert body == {"price": PRICE, "endpoint": api.url.replace("/api/", "/paychan"),
                             "min_channel_value": 100_000, "open_payment": 1_000,
-                            "versions": [1, 2, 3], "header": PAYMENT_HEADER,
+                            "versions": list(VERSIONS), "header": PAYMENT_HEADER,
                             "error": "payment required"}
             assert api.api.served == 0
     asyncio.run(main())
