@@ -1,4 +1,5 @@
-"""The payment client on a real regtest node: a channel its server never opened."""
+"""The payment client on a real regtest node: a channel its server never opened; opens to
+several peers at once (channel keys imported together)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from bitcoind_paychan.wire import pb
 from tests.conftest import config_for
 from tests.service.carried import Dialer
 from tests.service.conftest import Sides, until
+from tests.service.test_integrator import gated
 
 VALUE = 400_000
 
@@ -182,3 +184,23 @@ def test_paying_a_closed_or_disconnected_channel_says_what_happened_and_what_to_
     assert "is closing: the server settled it" in closed and "open a new channel" in closed
     assert settlement == again
     assert paid == 1_000 + 1_000
+
+
+def test_opens_to_two_peers_at_once_both_fund_their_channel(sides: Sides) -> None:
+    """Seen: with no latency, the second of two opens failed with the node's raw "Wallet is
+    currently rescanning" (two channel keys imported at once). On the real node: its wallet's
+    imports are the point."""
+    sides.fund_client(3)
+
+    async def scenario() -> set[str]:
+        server, dial, client = await gated(sides)
+        opens = [asyncio.ensure_future(client.open_channel(peer, VALUE))
+                 for peer in ("app://a", "app://b", "app://c")]
+        await until(lambda: dial.calls == 3, what="three opens dialing together")
+        dial.gate.set()
+        channels = await asyncio.gather(*opens)
+        await client.stop()
+        await server.stop()
+        return {channel.contract_txid for channel in channels}
+
+    assert len(asyncio.run(scenario())) == 3

@@ -126,7 +126,7 @@ def test_a_mempool_spend_of_a_watched_output_is_seen_at_once_with_zmq(tmp_path: 
     entering the mempool against its index and reviews the channels it spends from at once
     (the review asks the node, which stays the source of truth)."""
     with regtest_nodes(1, zmq=True) as (node,):
-        sides = Sides(node, node, tmp_path)
+        sides = Sides(tmp_path, server_node=node, client_node=node)
         (output,) = separate_outputs(sides, 1)
         row = failed_row(int(time.time()) + 86_400)
         record = replace(row, status=ChannelStatus.OPEN,

@@ -68,6 +68,6 @@ async def paid_client(sides: Sides, name: str = "client", value: int = VALUE
 
 @pytest.fixture
 def sides(two_nodes: list[RegtestNode], tmp_path: Path) -> Iterator[Sides]:
-    sides = Sides(two_nodes[0], two_nodes[1], tmp_path)
+    sides = Sides(tmp_path, server_node=two_nodes[0], client_node=two_nodes[1])
     yield sides
     sides.close()
