@@ -7,19 +7,24 @@ from dataclasses import replace
 
 import pytest
 
-from bitcoind_paychan.bitcoin.tx import Transaction
+from bitcoind_paychan.bitcoin.tx import OutPoint, Transaction
 from bitcoind_paychan.channel.fees import FeePolicy
 from bitcoind_paychan.channel.records import ChannelStatus, Role
 from bitcoind_paychan.node import to_sat
 from bitcoind_paychan.service.client import Channel
+from regtest.memnode import MemNode
+from regtest.node import RegtestNode
 from tests.service.conftest import FAST, Sides
 
 VALUE = 1_000_000
 
 
-def wallet_utxo(node_rpc: object, txid: str, vout: int) -> int | None:
-    """The value of txid:vout if the node's wallet counts it as its own."""
-    for coin in node_rpc.wallet_rpc("listunspent", 0):  # type: ignore[attr-defined]
+def wallet_utxo(node: RegtestNode | MemNode, txid: str, vout: int) -> int | None:
+    """The value of txid:vout if the node's wallet counts it as its own (and unspent)."""
+    if isinstance(node, MemNode):
+        out = node.wallet.coins().get(OutPoint.from_hex(txid, vout))
+        return None if out is None else out.value
+    for coin in node.wallet_rpc("listunspent", 0):
         if coin["txid"] == txid and coin["vout"] == vout:
             return to_sat(coin["amount"])
     return None
