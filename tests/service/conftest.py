@@ -162,6 +162,13 @@ class MemSides(Duo):
     def mine(self, blocks: int = 1) -> None:
         self.chain.mine(blocks)
 
+    def confirmations(self, txid: str) -> int | None:
+        """How deep `txid` is (0: in the mempool; None: unknown), as getrawtransaction says."""
+        found = self.chain.transaction(bytes.fromhex(txid)[::-1])
+        if found is None:
+            return None
+        return 0 if found[1] is None else self.chain.height - found[1] + 1
+
 
 @pytest.fixture
 def sides(two_nodes: list[RegtestNode], tmp_path: Path) -> Iterator[Sides]:
