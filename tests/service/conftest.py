@@ -148,10 +148,10 @@ class MemSides(Duo):
         self.client_node.wallet.receive(50 * COIN)
 
     def server_adapter(self) -> AsyncBitcoind:
-        return cast(AsyncBitcoind, self.server_node)  # until the services take node ports
+        return adapter(self.server_node)
 
     def client_adapter(self) -> AsyncBitcoind:
-        return cast(AsyncBitcoind, self.client_node)
+        return adapter(self.client_node)
 
     def sync(self) -> None:
         """One chain: nothing to wait for."""
@@ -168,6 +168,11 @@ class MemSides(Duo):
         if found is None:
             return None
         return 0 if found[1] is None else self.chain.height - found[1] + 1
+
+
+def adapter(node: MemNode) -> AsyncBitcoind:
+    """`node` where the services take an AsyncBitcoind (until they take node ports)."""
+    return cast(AsyncBitcoind, node)
 
 
 @pytest.fixture
