@@ -1,4 +1,5 @@
-"""Many stored channels: one deadline wake-up, not a job per channel; enough file descriptors."""
+"""Many stored channels: one deadline wake-up, not a job per channel; enough file descriptors
+(on the in-process chain)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,23 @@ import resource
 import time
 from dataclasses import replace
 
+import pytest
+
 from bitcoind_paychan.channel.chainstate import ChainState
 from bitcoind_paychan.channel.records import ChannelStatus, Role
 from regtest.stranger import failed_row
-from tests.service.conftest import FAST, Sides
+from tests.service.conftest import FAST, MemSides
 
 STORED = 50
 
 
-def test_one_wake_up_at_the_earliest_deadline_of_many_stored_channels(sides: Sides) -> None:
+@pytest.fixture
+def sides(mem_sides: MemSides) -> MemSides:
+    """The scheduler, the index and the process's limits are the point: no node needed."""
+    return mem_sides
+
+
+def test_one_wake_up_at_the_earliest_deadline_of_many_stored_channels(sides: MemSides) -> None:
     """An older server added an APScheduler job per stored channel at start. Now there is
     one wake-up, at the earliest deadline; a channel opened with an earlier one moves it."""
     async def scenario() -> tuple[list[str], dt.datetime, int, list[str], dt.datetime]:
@@ -46,7 +55,7 @@ def test_one_wake_up_at_the_earliest_deadline_of_many_stored_channels(sides: Sid
     assert second == dt.datetime.fromtimestamp(earliest - 86_400 - margin, dt.UTC)
 
 
-def test_the_server_raises_its_open_files_limit_to_serve_many_connections(sides: Sides) -> None:
+def test_the_server_raises_its_open_files_limit_to_serve_many_connections(sides: MemSides) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
     try:
@@ -62,7 +71,7 @@ def test_the_server_raises_its_open_files_limit_to_serve_many_connections(sides:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def test_full_garbage_collections_do_not_walk_the_index(sides: Sides) -> None:
+def test_full_garbage_collections_do_not_walk_the_index(sides: MemSides) -> None:
     """With 100,000 watched channels a full collection walked the index's dicts and deadline
     heap: tens of milliseconds holding the event loop, at random moments. Once the watcher
     has built its index, the index is out of the collector's way."""
