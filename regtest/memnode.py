@@ -1,5 +1,5 @@
-"""A node of a `MemChain` with a `MemWallet`: the node adapter's async face (what the services
-ask of `AsyncBitcoind`: tip, fee rate, fund, sign, broadcast, look up, watch keys), answered in
+"""A node of a `MemChain` with a `MemWallet`: the node ports the services use (chain source,
+broadcaster, fee estimator, wallet, regtest miner: what `AsyncBitcoind` answers), answered in
 process and at once. Its `node` is what the watcher and `BlockMonitor` reach through today
 (`rpc.call` for block hashes, headers and raw blocks, `spenders`, `config.chain`).
 
@@ -17,7 +17,8 @@ from bitcoind_paychan.bitcoin.network import Network
 from bitcoind_paychan.bitcoin.tx import OutPoint, Transaction, TxOut
 from bitcoind_paychan.errors import NodeError, NodeUnreachable, TransactionRejected
 from bitcoind_paychan.node.bitcoind import ALREADY_KNOWN, Acceptance, ChainTip, FundedTx, TxStatus
-from regtest.memchain import MemChain
+from bitcoind_paychan.node.monitor import Block
+from regtest.memchain import MemBlock, MemChain
 from regtest.memwallet import MemWallet
 
 T = TypeVar("T")
@@ -35,10 +36,10 @@ class MemConfig:
 class MemNode:
     """One side's node and wallet on a shared `MemChain`."""
 
-    def __init__(self, chain: MemChain, wallet: MemWallet | None = None,
+    def __init__(self, memchain: MemChain, wallet: MemWallet | None = None,
                  network: Network = Network.REGTEST) -> None:
-        self.chain = chain
-        self.wallet = wallet or MemWallet(chain, network)
+        self.memchain = memchain
+        self.wallet = wallet or MemWallet(memchain, network)
         self.network = network
         self.down = False
         self.broadcasts: list[Transaction] = []  # every transaction it was asked to send
@@ -53,23 +54,61 @@ class MemNode:
         self._up()
         return call(*args)
 
+    @property
+    def chain(self) -> str:
+        """Which chain this node follows ("regtest" by default)."""
+        return self.network.chain
+
+    async def best_block_hash(self) -> str:
+        self._up()
+        return self.memchain.tip.hash
+
+    async def block_header(self, block_hash: str) -> Block:
+        self._up()
+        block = self._block(block_hash)
+        return Block(block.height, block.hash, block.prev_hash, block.time, block.median_time)
+
+    async def raw_block(self, block_hash: str) -> bytes:
+        self._up()
+        return self._block(block_hash).raw()
+
+    def _block(self, block_hash: str) -> MemBlock:
+        block = self.memchain.block(block_hash)
+        if block is None:
+            raise NodeError(f"bitcoind does not know block {block_hash}")
+        return block
+
+    async def spenders(self, outpoints: Iterable[tuple[str, int]]
+                       ) -> dict[tuple[str, int], Transaction]:
+        """The mempool transactions spending any of these outpoints (txid, index)."""
+        return self.node.spenders(outpoints)
+
+    async def mine(self, tx: Transaction) -> bool:
+        """Mine `tx` in a block of its own, unless the chain or the mempool holds it."""
+        self._up()
+        with self.memchain.lock:
+            if self.memchain.transaction(tx.txid) is not None:
+                return False
+            self.memchain.mine(txs=[tx], mempool=False)
+            return True
+
     async def tip(self) -> ChainTip:
         self._up()
-        with self.chain.lock:
-            tip = self.chain.tip
-            return ChainTip(tip.height, tip.hash, self.chain.median_time(), tip.time)
+        with self.memchain.lock:
+            tip = self.memchain.tip
+            return ChainTip(tip.height, tip.hash, self.memchain.median_time(), tip.time)
 
     async def fee_rate(self, target_blocks: int = 6, floor: int = 1000) -> int:
         self._up()
-        return max(floor, self.chain.min_relay_fee, self.chain.estimate or 0)
+        return max(floor, self.memchain.min_relay_fee, self.memchain.estimate or 0)
 
     async def fund(self, script_pubkey: bytes, amount: int, fee_rate: int | None = None,
                    version: int = 2) -> FundedTx:
         self._up()
         draft = Transaction(version, (), (TxOut(amount, script_pubkey),), 0)
-        with self.chain.lock:
+        with self.memchain.lock:
             tx = self.wallet.fund(draft, fee_rate)
-            fee = self.chain.fee(tx)
+            fee = self.memchain.fee(tx)
         return FundedTx(tx, 0, fee, tuple((i.prevout.txid_hex, i.prevout.index)
                                           for i in tx.inputs))
 
@@ -77,10 +116,10 @@ class MemNode:
                             fee_rate: int) -> Transaction:
         self._up()
         external = {}
-        with self.chain.lock:
+        with self.memchain.lock:
             for (txid, index), weight in input_weights.items():
                 outpoint = OutPoint.from_hex(txid, index)
-                spent = self.chain.output(outpoint)
+                spent = self.memchain.output(outpoint)
                 if spent is None:
                     raise NodeError(f"the wallet cannot find input {txid}:{index}")
                 external[outpoint] = (spent, weight)
@@ -93,20 +132,20 @@ class MemNode:
     async def broadcast(self, tx: Transaction) -> str:
         self._up()
         self.broadcasts.append(tx)
-        problem = self.chain.accept(tx)
+        problem = self.memchain.accept(tx)
         if problem:
             raise rejected(tx, problem)
-        with self.chain.lock:
+        with self.memchain.lock:
             self.wallet.locked -= {txin.prevout for txin in tx.inputs}
         return tx.txid_hex
 
     async def test_accept(self, tx: Transaction) -> Acceptance:
         self._up()
-        with self.chain.lock:
-            problem = self.chain.test_accept(tx)
+        with self.memchain.lock:
+            problem = self.memchain.test_accept(tx)
             if problem:
                 return Acceptance(False, problem)
-            return Acceptance(True, "", tx.vsize, self.chain.fee(tx))
+            return Acceptance(True, "", tx.vsize, self.memchain.fee(tx))
 
     async def check_acceptable(self, tx: Transaction) -> Acceptance:
         acceptance = await self.test_accept(tx)
@@ -116,23 +155,23 @@ class MemNode:
 
     async def transaction(self, txid: str) -> TxStatus | None:
         self._up()
-        with self.chain.lock:
-            found = self.chain.transaction(OutPoint.from_hex(txid, 0).txid)
+        with self.memchain.lock:
+            found = self.memchain.transaction(OutPoint.from_hex(txid, 0).txid)
             if found is None:
                 return None
             tx, height = found
             if height is None:
                 return TxStatus(tx, 0, None, None)
-            return TxStatus(tx, self.chain.height - height + 1, self.chain.blocks[height].hash,
-                            height)
+            depth = self.memchain.height - height + 1
+            return TxStatus(tx, depth, self.memchain.blocks[height].hash, height)
 
     async def is_spent(self, txid: str, index: int) -> bool:
         self._up()
         outpoint = OutPoint.from_hex(txid, index)
-        with self.chain.lock:
-            if self.chain.output(outpoint) is not None:
+        with self.memchain.lock:
+            if self.memchain.output(outpoint) is not None:
                 return False
-            if self.chain.transaction(outpoint.txid) is None:
+            if self.memchain.transaction(outpoint.txid) is None:
                 raise NodeError(f"bitcoind does not know transaction {txid}")
             return True
 
@@ -168,7 +207,7 @@ class SyncFace:
         self._node._up()
         found = {}
         for txid, index in outpoints:
-            tx = self._node.chain.mempool_spender(OutPoint.from_hex(txid, index))
+            tx = self._node.memchain.mempool_spender(OutPoint.from_hex(txid, index))
             if tx is not None:
                 found[(txid, index)] = tx
         return found
@@ -176,7 +215,7 @@ class SyncFace:
     def call(self, method: str, *params: Any, wallet: bool = False) -> Any:
         """The few RPC methods the block monitor and the watcher call."""
         self._node._up()
-        chain = self._node.chain
+        chain = self._node.memchain
         with chain.lock:
             if method == "getbestblockhash":
                 return chain.tip.hash

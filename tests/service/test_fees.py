@@ -22,7 +22,7 @@ VALUE = 300_000
 def fee_rate(node: RegtestNode | MemNode, tx: Transaction) -> float:
     """sat/vB paid by `tx` (its inputs looked up by txindex)."""
     if isinstance(node, MemNode):
-        return node.chain.fee(tx) / tx.vsize
+        return node.memchain.fee(tx) / tx.vsize
     spent = sum(to_sat(node.rpc("getrawtransaction", i.prevout.txid_hex, True)
                        ["vout"][i.prevout.index]["value"]) for i in tx.inputs)
     return (spent - sum(o.value for o in tx.outputs)) / tx.vsize

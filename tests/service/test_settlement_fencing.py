@@ -45,7 +45,7 @@ class GatedWallet(MemNode):
     """The server's node and wallet; `payout_script` waits at the gate first."""
 
     def __init__(self, node: MemNode, gate: Gate) -> None:
-        super().__init__(node.chain, node.wallet)
+        super().__init__(node.memchain, node.wallet)
         self.gate = gate
 
     async def payout_script(self) -> bytes:
