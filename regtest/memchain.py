@@ -27,7 +27,8 @@ from bitcoind_paychan.bitcoin.hashes import hash256
 from bitcoind_paychan.bitcoin.script import push_int
 from bitcoind_paychan.bitcoin.tx import OutPoint, Transaction, TxIn, TxOut, encode_varint
 from bitcoind_paychan.channel.contract import FINAL
-from regtest.chainrules import contract_spent, is_final, key_spend_problem, spend_problem
+
+from .chainrules import contract_spent, is_final, key_spend_problem, spend_problem
 
 MIN_RELAY_FEE = 1000  # sat/kvB, bitcoind's default -minrelaytxfee
 COINBASE_VALUE = 50 * 100_000_000

@@ -18,8 +18,9 @@ from bitcoind_paychan.bitcoin.tx import OutPoint, Transaction, TxOut
 from bitcoind_paychan.errors import NodeError, NodeUnreachable, TransactionRejected
 from bitcoind_paychan.node.bitcoind import ALREADY_KNOWN, Acceptance, ChainTip, FundedTx, TxStatus
 from bitcoind_paychan.node.monitor import Block
-from regtest.memchain import MemBlock, MemChain
-from regtest.memwallet import MemWallet
+
+from .memchain import MemBlock, MemChain
+from .memwallet import MemWallet
 
 T = TypeVar("T")
 

@@ -11,7 +11,8 @@ from bitcoind_paychan.bitcoin.script import p2pkh_script, p2wpkh_script, push
 from bitcoind_paychan.bitcoin.sighash import SIGHASH_ALL, bip143_sighash, legacy_sighash
 from bitcoind_paychan.bitcoin.tx import OutPoint, Transaction, TxIn, TxOut
 from bitcoind_paychan.errors import InsufficientFunds
-from regtest.memchain import MemChain, dust_limit
+
+from .memchain import MemChain, dust_limit
 
 FALLBACK_FEE = 20_000  # sat/kvB without an estimate: the regtest nodes' -fallbackfee=0.0002
 DUMMY_SIG = bytes(72)  # a signature with its hashtype at its largest, to size fees
