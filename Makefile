@@ -24,8 +24,11 @@ lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
+# The suite runs on TEST_WORKERS processes (pytest-xdist); each starts its own nodes and servers.
+TEST_WORKERS ?= 2
+
 test: install lint
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n $(TEST_WORKERS)
 
 demo: install
 	$(VENV)/bin/paychan demo

@@ -45,7 +45,7 @@ from bitcoind_paychan.channel.records import ChannelStatus, Role
 from bitcoind_paychan.errors import PaychanError, StoreError
 from bitcoind_paychan.node import Bitcoind, NodeConfig, to_btc
 from bitcoind_paychan.service.client import Channel, PaymentClient
-from bitcoind_paychan.service.regtest import MiningBroadcaster
+from bitcoind_paychan.service.regtest import regtest_ports
 from bitcoind_paychan.service.server import PaymentServer, ServerEvent
 from bitcoind_paychan.store import PostgresStore, SQLiteStore, open_store
 from bitcoind_paychan.store.leases import ClusterPolicy, leases_for
@@ -93,7 +93,7 @@ async def serve(dsn: str, port: int, health: int, name: str, node: dict[str, str
 
     signal.signal(signal.SIGUSR1, lambda *_: FreezingStore.freeze.set())
     store = FreezingStore(dsn)
-    server = PaymentServer(MiningBroadcaster(Bitcoind(config)), store, on_event=on_event,
+    server = PaymentServer(regtest_ports(Bitcoind(config)), store, on_event=on_event,
                            poll_interval=0.5, review_interval=5.0,
                            leases=leases_for(store, ClusterPolicy(name, TAKEOVER_AFTER)))
     await server.listen("127.0.0.1", port)
@@ -322,7 +322,7 @@ async def measure(args: argparse.Namespace, run: Run) -> dict[str, Any]:
     balancer = Balancer(run.ports, run.health)
     port = await balancer.start()
     client_store = SQLiteStore(run.tmp / "client.db")
-    client = PaymentClient(MiningBroadcaster(Bitcoind(NodeConfig(
+    client = PaymentClient(regtest_ports(Bitcoind(NodeConfig(
         url=node.rpc_url, chain="regtest", wallet="client", cookie_file=node.cookie_path))),
         client_store, policy=ClientPolicy(value=VALUE), poll_interval=0.5,
         review_interval=5.0, handshake_timeout=3 * args.ack_timeout)

@@ -39,10 +39,11 @@ from replay import load  # bench/replay.py
 
 from bitcoind_paychan.channel.client import ClientPolicy
 from bitcoind_paychan.channel.effects import PaymentReceived
+from bitcoind_paychan.channel.kinds import registry as kinds
 from bitcoind_paychan.channel.records import Role
 from bitcoind_paychan.node import AsyncBitcoind, Bitcoind, NodeConfig, to_btc
 from bitcoind_paychan.service.client import Channel, PaymentClient
-from bitcoind_paychan.service.regtest import MiningBroadcaster
+from bitcoind_paychan.service.regtest import regtest_ports
 from bitcoind_paychan.service.server import PaymentServer, ServerEvent
 from bitcoind_paychan.store import SQLiteStore
 from bitcoind_paychan.transport import websocket
@@ -124,7 +125,7 @@ async def serve(conn: Connection, config: NodeConfig, db: Path, transport: str,
                 switches[seen > 1] = context_switches()
 
     with SQLiteStore(db) as store:
-        server = PaymentServer(MiningBroadcaster(Bitcoind(config)), store, on_event=on_event,
+        server = PaymentServer(regtest_ports(Bitcoind(config)), store, on_event=on_event,
                                tls=tls)
         host, port = await server.listen()
         listener = websocket.Listener(server.gate, server.serve, "/paychan", server.tls_door())
@@ -322,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--channels", type=int, default=1)
     parser.add_argument("--payments", type=int, default=1000)
-    parser.add_argument("--version", type=int, choices=(1, 2, 3), default=3)
+    parser.add_argument("--version", type=int, choices=kinds.VERSIONS,
+                        default=kinds.DEFAULT_VERSION, help=kinds.describe())
     parser.add_argument("--window", type=int, default=1,
                         help="payments in flight per channel (the server accepts up to 64)")
     parser.add_argument("--capacity", action="store_true",

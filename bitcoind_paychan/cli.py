@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
 from bitcoind_paychan import __version__
+from bitcoind_paychan.channel.kinds import registry as kinds
 from bitcoind_paychan.channel.records import ChannelStatus
 from bitcoind_paychan.errors import ConfigError, PaychanError, SystemChangeRefused
 
@@ -360,9 +361,8 @@ def parser() -> argparse.ArgumentParser:
     command("bitcoind", _bitcoind, "find or fetch a regtest bitcoind; print paths")
     demo = command("demo", _demo,
                    "regtest demo: open a channel, stream payments, close, settle, summarize")
-    demo.add_argument("--version", type=int, choices=(1, 2, 3), default=3,
-                      help="channel version (3: P2WSH CLTV, the default; 2: bitcoinj's CLTV; "
-                      "1: bitcoinj's 2013 multisig+refund)")
+    demo.add_argument("--version", type=int, choices=kinds.VERSIONS,
+                      default=kinds.DEFAULT_VERSION, help=f"channel version ({kinds.describe()})")
     demo.add_argument("--payments", type=_positive, default=100, help="how many payments (100)")
     demo.add_argument("--amount", type=_positive, default=1_000, help="sat per payment (1000)")
     demo.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite",

@@ -24,11 +24,12 @@ from bitcoind_paychan.bitcoin.keys import PrivateKey
 from bitcoind_paychan.bitcoin.network import Network
 from bitcoind_paychan.bitcoin.script import p2wpkh_script
 from bitcoind_paychan.errors import SystemChangeRefused
-from bitcoind_paychan.node import Bitcoind, NodeConfig, to_sat
+from bitcoind_paychan.node import AsyncBitcoind, Bitcoind, NodeConfig, to_sat
+from bitcoind_paychan.node.ports import NodePorts
 from bitcoind_paychan.regtest.node import RegtestNode, regtest_nodes, sync_tips
 from bitcoind_paychan.regtest.postgres import PostgresServer, setup_steps
 from bitcoind_paychan.service.client import PaymentClient
-from bitcoind_paychan.service.regtest import MiningBroadcaster
+from bitcoind_paychan.service.regtest import MiningBroadcaster, regtest_ports
 from bitcoind_paychan.service.server import PaymentServer
 from bitcoind_paychan.store import ChannelStore, SQLiteStore, open_store
 
@@ -76,9 +77,10 @@ class Progress:
 async def stream_payments(server_node: RegtestNode, client_node: RegtestNode, version: int,
                           payments: int, amount: int, workdir: Path, out: TextIO,
                           server_store: ChannelStore) -> tuple[str, str, int, list[str]]:
-    server_wallet = MiningBroadcaster(Bitcoind(node_config(server_node)))
-    server = PaymentServer(server_wallet, server_store)
-    client = PaymentClient(MiningBroadcaster(Bitcoind(node_config(client_node))),
+    server_rpc = AsyncBitcoind(Bitcoind(node_config(server_node)))
+    mining = MiningBroadcaster(server_rpc, server_rpc)
+    server = PaymentServer(NodePorts.of(server_rpc, broadcaster=mining), server_store)
+    client = PaymentClient(regtest_ports(Bitcoind(node_config(client_node))),
                            SQLiteStore(workdir / "client.db"))
     host, port = await server.listen()
     value = max(1_000_000, (payments + 2) * amount + 50_000)
@@ -96,7 +98,7 @@ async def stream_payments(server_node: RegtestNode, client_node: RegtestNode, ve
     await server.stop()
     print(f"closed: settlement {settlement.txid_hex} received and checked by the client",
           file=out)
-    return channel.contract_txid, settlement.txid_hex, channel.paid, server_wallet.mined
+    return channel.contract_txid, settlement.txid_hex, channel.paid, mining.mined
 
 
 ALLOW_OPTION = "--allow-system-changes"

@@ -5,6 +5,9 @@ Every error says what happened and, where there is something to do, what to do.
     PaychanError
     ├── ConfigError              bad configuration (names file, key, expectation)
     ├── DecodeError              malformed bytes: a transaction, script, signature, frame
+    ├── MusigError               a MuSig2 (BIP327) input cannot be used (a tweak, a key, a nonce)
+    │   ├── InvalidContribution  a signer's key, nonce or partial signature is invalid (who, what)
+    │   └── NonceReused          a secret nonce was offered a second time
     ├── NodeError                talking to bitcoind
     │   ├── NodeUnreachable
     │   ├── NodeAuthError
@@ -52,6 +55,31 @@ class PolicyError(ConfigError):
 
 class DecodeError(PaychanError, ValueError):
     """Bytes that should hold a transaction, script, key, signature or message do not."""
+
+
+class MusigError(PaychanError, ValueError):
+    """A MuSig2 (BIP327) input cannot be used: a tweak out of range, a signer's key missing
+    from the key list, a secret key that does not match its nonce. Nothing was signed."""
+
+
+class InvalidContribution(MusigError):
+    """A participant sent an invalid MuSig2 contribution: `contrib` names it ("pubkey",
+    "pubnonce", "aggnonce", "aggothernonce" or "psig") and `signer` the index of the signer
+    who sent it (None for the nonce aggregator). Hold that party accountable: abort the
+    session and sign nothing more in it."""
+
+    def __init__(self, signer: int | None, contrib: str, message: str = "") -> None:
+        who = "the nonce aggregator" if signer is None else f"signer {signer}"
+        super().__init__(message or f"{who} sent an invalid {contrib}: abort this MuSig2 "
+                                    "session and hold that party accountable")
+        self.signer = signer
+        self.contrib = contrib
+
+
+class NonceReused(MusigError):
+    """A MuSig2 secret nonce was offered to sign a second time (or after it was discarded).
+    Signing twice with one nonce reveals the secret key, so nothing was signed: start a new
+    session with a fresh nonce_gen."""
 
 
 class NodeError(PaychanError):

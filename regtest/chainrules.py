@@ -14,10 +14,15 @@ from bitcoind_paychan.bitcoin.keys import PublicKey, split_sig_hashtype
 from bitcoind_paychan.bitcoin.script import iter_script, p2pkh_script, p2sh_script, p2wsh_script
 from bitcoind_paychan.bitcoin.sighash import bip143_sighash, legacy_sighash
 from bitcoind_paychan.bitcoin.tx import OutPoint, Transaction, TxOut
-from bitcoind_paychan.channel.contract import FINAL, Contract, locking_script
+from bitcoind_paychan.channel.contract import (
+    FINAL,
+    LOCKTIME_THRESHOLD,
+    Branch,
+    Contract,
+    locking_script,
+)
 from bitcoind_paychan.errors import DecodeError
 
-LOCKTIME_THRESHOLD = 500_000_000  # below: a block height; from it on: a unix time
 ANY_HEIGHT = 2**32  # a height (or time) past every lock time: finality not checked
 
 
@@ -29,52 +34,37 @@ def is_final(tx: Transaction, height: int, median_time: int) -> bool:
             or all(txin.sequence == FINAL for txin in tx.inputs))
 
 
-def unlocking_data(contract: Contract, tx: Transaction) -> tuple[list[bytes], bool]:
-    """The signatures spending contract:0 in input 0 of `tx`, and whether it is the
-    cooperative (both keys) branch; DecodeError if it is not shaped as the contract needs."""
-    txin = tx.inputs[0]
-    if contract.version == 3:
-        *sigs, branch, script = txin.witness
-        if script != contract.script:
-            raise DecodeError("witness script is not the contract's")
-        return list(sigs), branch == b"\x01"
-    pushes = list(iter_script(txin.script_sig))
-    if contract.version == 1:
-        return [data or b"" for _, data in pushes[1:]], True
-    *sig_pushes, (selector_op, selector), (_, redeem) = pushes
-    if redeem != contract.script:
-        raise DecodeError("redeem script is not the contract's")
-    return [data or b"" for _, data in sig_pushes], selector is None and selector_op == 0x51
-
-
 def spend_problem(contract: Contract, tx: Transaction, median_time: int,
                   height: int = ANY_HEIGHT) -> str | None:
     """Why `tx` cannot spend contract:0 in a block at `height` whose predecessor's
-    median-time-past is `median_time` (None: it can)."""
+    median-time-past is `median_time` (None: it can). The contract's kind reads the spend
+    back and names its signers; every signature must verify, canonical for its scheme."""
     if not tx.inputs or tx.inputs[0].prevout != contract.outpoint:
         return "does not spend contract:0 in input 0"
     if not is_final(tx, height, median_time):
         return f"non-final: lock time {tx.locktime} not yet passed (median time {median_time})"
     if sum(o.value for o in tx.outputs) > contract.value and len(tx.inputs) == 1:
         return "pays out more than the contract holds"
+    kind = contract.kind
     try:
-        sigs, cooperative = unlocking_data(contract, tx)
+        sigs, branch = kind.unlocking(tx)
     except (DecodeError, ValueError) as exc:
         return f"malformed unlocking data: {exc}"
-    keys: list[PublicKey] = ([contract.client_key, contract.server_key] if cooperative
-                             else [contract.client_key])
-    if not cooperative and (tx.locktime < contract.expiry or tx.inputs[0].sequence == FINAL
-                            or (tx.locktime < LOCKTIME_THRESHOLD)
-                            != (contract.expiry < LOCKTIME_THRESHOLD)):
+    keys = kind.signers(branch)
+    if branch is Branch.REFUND and (tx.locktime < contract.expiry
+                                    or tx.inputs[0].sequence == FINAL
+                                    or (tx.locktime < LOCKTIME_THRESHOLD)
+                                    != (contract.expiry < LOCKTIME_THRESHOLD)):
         return "refund branch without the channel's lock time"
     if len(sigs) != len(keys):
         return f"{len(sigs)} signatures for {len(keys)} keys"
     for key, sig in zip(keys, sigs, strict=True):
         try:
-            der, hashtype = split_sig_hashtype(sig)
+            body, hashtype = kind.scheme.split(sig)
         except DecodeError as exc:
             return f"bad signature encoding: {exc}"
-        if not key.verify(contract.sighash(tx, hashtype), der):
+        if not (kind.scheme.canonical(body)
+                and kind.scheme.verify(key, contract.sighash(tx, hashtype, branch), body)):
             return f"signature by {key} does not verify"
     return None
 

@@ -11,6 +11,8 @@ apt configuration is never touched) and run through sid's own dynamic loader.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -18,7 +20,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +51,48 @@ def cache_root() -> Path:
     return Path(base) / "bitcoind-paychan"
 
 
+_held: dict[str, tuple[threading.RLock, list[int]]] = {}
+_held_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def machine_lock(name: str) -> Iterator[None]:
+    """Hold a lock every process of this user shares (parallel test workers, a demo beside
+    them), for a set-up step that must run once at a time: apt-get, filling a cache folder.
+    Re-entrant within a process. Check again for what the step provides once it is held."""
+    with _held_lock:
+        local, depth = _held.setdefault(name, (threading.RLock(), [0]))
+    with local:
+        if depth[0]:
+            depth[0] += 1
+            try:
+                yield
+            finally:
+                depth[0] -= 1
+            return
+        path = cache_root() / "locks" / f"{name}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            depth[0] = 1
+            try:
+                yield
+            finally:
+                depth[0] = 0
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def apt_install(packages: tuple[str, ...]) -> None:
+    """Install Debian `packages` with the machine's own apt (as root; hold
+    `machine_lock("apt")`, as apt-get refuses a second run at once); FetchError on failure."""
+    env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
+    for command in (["apt-get", "update", "-q"],
+                    ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages]):
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+        if done.returncode != 0:
+            raise FetchError(f"{' '.join(command)} failed: {done.stderr.strip()[-600:]}")
+
+
 def find_bitcoind(fetch: bool = True, log: bool = True) -> Binaries:
     """Return a runnable bitcoind, fetching Knots from Debian sid if none is given or cached."""
     explicit = os.environ.get("BITCOIND")
@@ -67,7 +112,8 @@ def find_bitcoind(fetch: bool = True, log: bool = True) -> Binaries:
         raise FetchError(
             "no bitcoind: set $BITCOIND, put bitcoind on PATH, or run regtest/fetch.py"
         )
-    return _fetch(log)
+    with machine_lock("fetch-knots"):
+        return _cached() or _fetch(log)
 
 
 def _checked(bitcoind: Path, cli: Path, source: str) -> Binaries:
@@ -189,6 +235,12 @@ def unpack_from_debian(package: str, cache: str, log: bool = True,
     """Debian sid's `package` and the libraries it needs, unpacked under the cache's `cache`
     folder (no root, the machine's apt untouched); `prepare(tree, target)` runs before the tree
     moves to `target`. Returns the target and the package's version."""
+    with machine_lock(f"fetch-{cache}"):
+        return _unpack_from_debian(package, cache, log, prepare)
+
+
+def _unpack_from_debian(package: str, cache: str, log: bool,
+                        prepare: Callable[[Path, Path], None] | None) -> tuple[Path, str]:
     root = cache_root() / cache
     root.mkdir(parents=True, exist_ok=True)
     say = (lambda msg: print(f"[fetch] {msg}", file=sys.stderr, flush=True)) if log else _quiet

@@ -1,37 +1,30 @@
 """A node of a `MemChain` with a `MemWallet`: the node ports the services use (chain source,
 broadcaster, fee estimator, wallet, regtest miner: what `AsyncBitcoind` answers), answered in
-process and at once. Its `node` is what the watcher and `BlockMonitor` reach through today
-(`rpc.call` for block hashes, headers and raw blocks, `spenders`, `config.chain`).
+process and at once.
 
 Set `down` to make every call fail as an unreachable node does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from collections.abc import Iterable
 
 from bitcoind_paychan.bitcoin.keys import PrivateKey
 from bitcoind_paychan.bitcoin.network import Network
 from bitcoind_paychan.bitcoin.tx import OutPoint, Transaction, TxOut
 from bitcoind_paychan.errors import NodeError, NodeUnreachable, TransactionRejected
-from bitcoind_paychan.node.bitcoind import ALREADY_KNOWN, Acceptance, ChainTip, FundedTx, TxStatus
-from bitcoind_paychan.node.monitor import Block
+from bitcoind_paychan.node.bitcoind import (
+    ALREADY_KNOWN,
+    Acceptance,
+    Block,
+    ChainTip,
+    FundedTx,
+    TxStatus,
+)
+from bitcoind_paychan.node.ports import Outpoint
 
 from .memchain import MemBlock, MemChain
 from .memwallet import MemWallet
-
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class MemConfig:
-    """The part of NodeConfig the services read."""
-
-    chain: str = "regtest"
-    url: str = "memchain://"
-    wallet: str | None = "memwallet"
 
 
 class MemNode:
@@ -44,16 +37,10 @@ class MemNode:
         self.network = network
         self.down = False
         self.broadcasts: list[Transaction] = []  # every transaction it was asked to send
-        self.node = SyncFace(self)
 
     def _up(self) -> None:
         if self.down:
             raise NodeUnreachable("cannot reach bitcoind at memchain:// (the test took it down)")
-
-    async def run(self, call: Callable[..., T], *args: Any) -> T:
-        """`call(*args)`, at once (nothing here waits)."""
-        self._up()
-        return call(*args)
 
     @property
     def chain(self) -> str:
@@ -79,10 +66,15 @@ class MemNode:
             raise NodeError(f"bitcoind does not know block {block_hash}")
         return block
 
-    async def spenders(self, outpoints: Iterable[tuple[str, int]]
-                       ) -> dict[tuple[str, int], Transaction]:
+    async def spenders(self, outpoints: Iterable[Outpoint]) -> dict[Outpoint, Transaction]:
         """The mempool transactions spending any of these outpoints (txid, index)."""
-        return self.node.spenders(outpoints)
+        self._up()
+        found = {}
+        for txid, index in outpoints:
+            tx = self.memchain.mempool_spender(OutPoint.from_hex(txid, index))
+            if tx is not None:
+                found[(txid, index)] = tx
+        return found
 
     async def mine(self, tx: Transaction) -> bool:
         """Mine `tx` in a block of its own, unless the chain or the mempool holds it."""
@@ -182,7 +174,7 @@ class MemNode:
 
     async def spender(self, txid: str, index: int) -> Transaction | None:
         self._up()
-        return self.node.spenders([(txid, index)]).get((txid, index))
+        return (await self.spenders([(txid, index)])).get((txid, index))
 
     async def watch_key(self, secret_wif: str, script_types: tuple[str, ...] = ("pkh", "wpkh")
                         ) -> None:
@@ -192,41 +184,3 @@ class MemNode:
 
 def rejected(tx: Transaction, reason: str) -> TransactionRejected:
     return TransactionRejected(f"bitcoind rejected transaction {tx.txid_hex}: {reason}", reason)
-
-
-class SyncFace:
-    """What the watcher and `BlockMonitor` use of the synchronous `Bitcoind` (until the
-    services take node ports): `rpc.call` for the chain's blocks, `spenders`, `config`."""
-
-    def __init__(self, node: MemNode) -> None:
-        self._node = node
-        self.config = MemConfig()
-        self.rpc = self
-
-    def spenders(self, outpoints: Iterable[tuple[str, int]]) -> dict[tuple[str, int], Transaction]:
-        """The mempool transactions spending any of these outpoints (txid, index)."""
-        self._node._up()
-        found = {}
-        for txid, index in outpoints:
-            tx = self._node.memchain.mempool_spender(OutPoint.from_hex(txid, index))
-            if tx is not None:
-                found[(txid, index)] = tx
-        return found
-
-    def call(self, method: str, *params: Any, wallet: bool = False) -> Any:
-        """The few RPC methods the block monitor and the watcher call."""
-        self._node._up()
-        chain = self._node.memchain
-        with chain.lock:
-            if method == "getbestblockhash":
-                return chain.tip.hash
-            block = chain.block(str(params[0])) if params else None
-            if block is None:
-                raise NodeError(f"memchain: {method}{params} is not answered here")
-            if method == "getblockheader":
-                return {"height": block.height, "hash": block.hash, "time": block.time,
-                        "previousblockhash": block.prev_hash,
-                        "mediantime": block.median_time}
-            if method == "getblock" and params[1:] == (0,):
-                return block.raw().hex()
-            raise NodeError(f"memchain: {method}{params} is not answered here")

@@ -28,7 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-from .fetch import FetchError
+from .fetch import FetchError, apt_install, machine_lock
 from .node import _die_with_parent
 from .ports import free_port
 
@@ -45,12 +45,9 @@ def find_bin() -> Path:
     if found:
         return found
     if os.geteuid() == 0:
-        env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
-        for command in (["apt-get", "update", "-q"],
-                        ["apt-get", "install", "-y", "-q", "--no-install-recommends", PACKAGE]):
-            done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
-            if done.returncode != 0:
-                raise FetchError(f"{' '.join(command)} failed: {done.stderr.strip()[-600:]}")
+        with machine_lock("apt"):  # one apt-get at a time, whichever test worker asks
+            if _installed() is None:
+                apt_install((PACKAGE,))
     else:
         raise FetchError(f"no PostgreSQL server programs (initdb, postgres): install Debian's "
                          f"{PACKAGE} package (apt-get install {PACKAGE}, as root), or set "
@@ -95,9 +92,13 @@ def _system_user() -> tuple[int, int]:
     try:
         entry = pwd.getpwnam(SYSTEM_USER)
     except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
-                        "--shell", "/usr/sbin/nologin", SYSTEM_USER], check=True,
-                       capture_output=True)
+        with machine_lock("system-user"):
+            with contextlib.suppress(KeyError):
+                entry = pwd.getpwnam(SYSTEM_USER)
+                return entry.pw_uid, entry.pw_gid
+            subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir",
+                            "/nonexistent", "--shell", "/usr/sbin/nologin", SYSTEM_USER],
+                           check=True, capture_output=True)
         entry = pwd.getpwnam(SYSTEM_USER)
     return entry.pw_uid, entry.pw_gid
 

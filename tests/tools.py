@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
-from regtest.fetch import FetchError, cache_root, unpack_from_debian
+from regtest.fetch import FetchError, apt_install, cache_root, machine_lock, unpack_from_debian
 
 CHROMIUM_PACKAGES = ("chromium-headless-shell", "fonts-dejavu-core")
 CHROMIUM_NAMES = ("chromium-headless-shell", "chromium")
@@ -25,10 +24,12 @@ CHROMIUM_NAMES = ("chromium-headless-shell", "chromium")
 def debian_tree(package: str, cache: str, program: str) -> Path:
     """The newest tree in the cache's `cache` folder that holds `program` (a path inside it),
     else Debian sid's `package` unpacked there."""
-    trees = sorted(cache_root().glob(f"{cache}/*/{program}"))
-    if trees:
-        return trees[-1].parents[len(Path(program).parts) - 1]
-    return unpack_from_debian(package, cache, log=False)[0]
+    def cached() -> Path | None:
+        trees = sorted(cache_root().glob(f"{cache}/*/{program}"))
+        return trees[-1].parents[len(Path(program).parts) - 1] if trees else None
+
+    with machine_lock(f"fetch-{cache}"):  # a parallel test worker may be filling it now
+        return cached() or unpack_from_debian(package, cache, log=False)[0]
 
 
 def promtool() -> Path:
@@ -45,13 +46,9 @@ def chromium() -> Path:
     if os.geteuid() != 0:
         raise FetchError("no headless Chromium: install Debian's "
                          f"{' '.join(CHROMIUM_PACKAGES)} (apt-get install, as root)")
-    env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update", "-q"],
-                    ["apt-get", "install", "-y", "-q", "--no-install-recommends",
-                     *CHROMIUM_PACKAGES]):
-        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
-        if done.returncode != 0:
-            raise FetchError(f"{' '.join(command)} failed: {done.stderr.strip()[-600:]}")
+    with machine_lock("apt"):  # one apt-get at a time, whichever test worker asks
+        if _chromium_on_path() is None:
+            apt_install(CHROMIUM_PACKAGES)
     found = _chromium_on_path()
     if not found:
         raise FetchError(f"{CHROMIUM_PACKAGES[0]} installed, but no Chromium on PATH")

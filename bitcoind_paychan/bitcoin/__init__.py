@@ -1,4 +1,5 @@
-"""Bitcoin primitives: transactions, scripts, signature hashes, keys and addresses."""
+"""Bitcoin primitives: transactions, scripts, signature hashes (legacy, BIP143, BIP341), keys
+(ECDSA and BIP340 Schnorr), Taproot outputs and addresses."""
 
 from bitcoind_paychan.bitcoin.address import (
     address_to_script,
@@ -8,10 +9,11 @@ from bitcoind_paychan.bitcoin.address import (
     segwit_decode,
     segwit_encode,
 )
-from bitcoind_paychan.bitcoin.hashes import hash160, hash256, ripemd160, sha256
+from bitcoind_paychan.bitcoin.hashes import hash160, hash256, ripemd160, sha256, tagged_hash
 from bitcoind_paychan.bitcoin.keys import (
     PrivateKey,
     PublicKey,
+    XOnlyKey,
     append_hashtype,
     is_canonical_der,
     is_low_s,
@@ -25,6 +27,7 @@ from bitcoind_paychan.bitcoin.script import (
     multisig_2of2_script,
     p2pkh_script,
     p2sh_script,
+    p2tr_script,
     p2wpkh_script,
     p2wsh_script,
     push,
@@ -34,10 +37,24 @@ from bitcoind_paychan.bitcoin.script import (
 from bitcoind_paychan.bitcoin.sighash import (
     SIGHASH_ALL,
     SIGHASH_ANYONECANPAY,
+    SIGHASH_DEFAULT,
     SIGHASH_NONE,
     SIGHASH_SINGLE,
+    TaprootTxHashes,
     bip143_sighash,
     legacy_sighash,
+    taproot_sighash,
+    taproot_sigmsg,
+)
+from bitcoind_paychan.bitcoin.taproot import (
+    TapLeaf,
+    Taproot,
+    TapTree,
+    branch_hash,
+    output_key,
+    tap_tweak,
+    tree_hash,
+    tweak_private_key,
 )
 from bitcoind_paychan.bitcoin.tx import (
     OutPoint,
@@ -51,20 +68,27 @@ from bitcoind_paychan.bitcoin.tx import (
 __all__ = [
     "SIGHASH_ALL",
     "SIGHASH_ANYONECANPAY",
+    "SIGHASH_DEFAULT",
     "SIGHASH_NONE",
     "SIGHASH_SINGLE",
     "Network",
     "OutPoint",
     "PrivateKey",
     "PublicKey",
+    "TapLeaf",
+    "TapTree",
+    "Taproot",
+    "TaprootTxHashes",
     "Transaction",
     "TxIn",
     "TxOut",
+    "XOnlyKey",
     "address_to_script",
     "append_hashtype",
     "base58check_decode",
     "base58check_encode",
     "bip143_sighash",
+    "branch_hash",
     "cltv_channel_script",
     "decode_varint",
     "encode_varint",
@@ -75,8 +99,10 @@ __all__ = [
     "iter_script",
     "legacy_sighash",
     "multisig_2of2_script",
+    "output_key",
     "p2pkh_script",
     "p2sh_script",
+    "p2tr_script",
     "p2wpkh_script",
     "p2wsh_script",
     "push",
@@ -88,5 +114,11 @@ __all__ = [
     "segwit_encode",
     "sha256",
     "split_sig_hashtype",
+    "tagged_hash",
+    "tap_tweak",
+    "taproot_sighash",
+    "taproot_sigmsg",
+    "tree_hash",
+    "tweak_private_key",
     "verify",
 ]

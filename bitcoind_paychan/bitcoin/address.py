@@ -123,11 +123,11 @@ def _convert_bits(data: list[int] | bytes, frombits: int, tobits: int, pad: bool
     return out
 
 
-def segwit_encode(hrp: str, version: int, program: bytes) -> str:
-    """A segwit address: bech32 for version 0, bech32m for versions 1 to 16."""
-    _check_program(version, program)
-    encoding = Encoding.BECH32 if version == 0 else Encoding.BECH32M
-    return bech32_encode(hrp, [version, *_convert_bits(program, 8, 5, True)], encoding)
+def segwit_encode(hrp: str, witver: int, program: bytes) -> str:
+    """A segwit address: bech32 for witness version 0, bech32m for versions 1 to 16."""
+    _check_program(witver, program)
+    encoding = Encoding.BECH32 if witver == 0 else Encoding.BECH32M
+    return bech32_encode(hrp, [witver, *_convert_bits(program, 8, 5, True)], encoding)
 
 
 def segwit_decode(address: str) -> tuple[str, int, bytes]:
@@ -135,29 +135,29 @@ def segwit_decode(address: str) -> tuple[str, int, bytes]:
     hrp, data, encoding = bech32_decode(address)
     if not data:
         raise DecodeError("segwit address has an empty data section")
-    version = data[0]
-    if version > 16:
-        raise DecodeError(f"invalid witness version {version}")
+    witver = data[0]
+    if witver > 16:
+        raise DecodeError(f"invalid witness version {witver}")
     program = bytes(_convert_bits(data[1:], 5, 8, False))
-    _check_program(version, program)
-    if encoding != (Encoding.BECH32 if version == 0 else Encoding.BECH32M):
-        raise DecodeError(f"witness version {version} address with a {encoding.name} checksum")
-    return hrp, version, program
+    _check_program(witver, program)
+    if encoding != (Encoding.BECH32 if witver == 0 else Encoding.BECH32M):
+        raise DecodeError(f"witness version {witver} address with a {encoding.name} checksum")
+    return hrp, witver, program
 
 
-def _check_program(version: int, program: bytes) -> None:
-    if not 0 <= version <= 16:
-        raise DecodeError(f"invalid witness version {version}")
+def _check_program(witver: int, program: bytes) -> None:
+    if not 0 <= witver <= 16:
+        raise DecodeError(f"invalid witness version {witver}")
     if not 2 <= len(program) <= 40:
         raise DecodeError(f"invalid witness program length {len(program)}")
-    if version == 0 and len(program) not in (20, 32):
+    if witver == 0 and len(program) not in (20, 32):
         raise DecodeError(f"invalid v0 witness program length {len(program)}")
 
 
-def witness_script(version: int, program: bytes) -> bytes:
+def witness_script(witver: int, program: bytes) -> bytes:
     """The scriptPubKey of a witness program: OP_n <program>."""
-    _check_program(version, program)
-    return bytes((0x50 + version if version else 0, len(program))) + program
+    _check_program(witver, program)
+    return bytes((0x50 + witver if witver else 0, len(program))) + program
 
 
 def script_to_address(script_pubkey: bytes, network: Network) -> str:

@@ -1,4 +1,5 @@
-"""The hash functions of Bitcoin: sha256, hash256 (double sha256), ripemd160, hash160."""
+"""The hash functions of Bitcoin: sha256, hash256 (double sha256), ripemd160, hash160, and
+BIP340's tagged hashes."""
 
 from __future__ import annotations
 
@@ -39,3 +40,18 @@ ripemd160: Callable[[bytes], bytes] = _pick_ripemd160()
 def hash160(data: bytes) -> bytes:
     """RIPEMD-160 of SHA-256 (P2PKH/P2WPKH key hashes, P2SH script hashes)."""
     return ripemd160(_sha256(data).digest())
+
+
+_TAG_STATES: dict[str, hashlib._Hash] = {}
+
+
+def tagged_hash(tag: str, data: bytes) -> bytes:
+    """BIP340's tagged hash: sha256(sha256(tag) ‖ sha256(tag) ‖ data). The state after the
+    tag's 64 bytes is computed once per tag and copied."""
+    state = _TAG_STATES.get(tag)
+    if state is None:
+        digest = _sha256(tag.encode()).digest()
+        state = _TAG_STATES[tag] = _sha256(digest + digest)
+    hashed = state.copy()
+    hashed.update(data)
+    return hashed.digest()

@@ -1,11 +1,14 @@
-"""secp256k1 keys and ECDSA signatures over coincurve, with bitcoind's strictness rules.
+"""secp256k1 keys, ECDSA and BIP340 Schnorr signatures over coincurve, with bitcoind's
+strictness rules.
 
-Signatures are DER without the hashtype byte unless a name says otherwise; verification
-demands strict DER (BIP66) and low S (BIP62/BIP146), as bitcoind's standardness does.
+ECDSA signatures are DER without the hashtype byte unless a name says otherwise; verification
+demands strict DER (BIP66) and low S (BIP62/BIP146), as bitcoind's standardness does. Schnorr
+signatures are BIP340's 64 bytes, by and for x-only keys (`XOnlyKey`).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import InitVar, dataclass, field
 
 import coincurve
@@ -77,6 +80,40 @@ class PublicKey:
         return f"PublicKey({self.data.hex()})"
 
 
+@dataclass(frozen=True, slots=True)
+class XOnlyKey:
+    """A validated BIP340 x-only public key: the 32-byte X coordinate of a point whose Y is
+    even. The constructor raises DecodeError unless it is one (wrong length, not below the
+    field size, or no point on secp256k1 has it)."""
+
+    data: bytes
+    _ec: coincurve.PublicKeyXOnly = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if len(self.data) != 32:
+            raise DecodeError(f"an x-only public key is 32 bytes, not {len(self.data)}")
+        if type(self.data) is not bytes:
+            object.__setattr__(self, "data", bytes(self.data))
+        try:
+            object.__setattr__(self, "_ec", coincurve.PublicKeyXOnly(self.data))
+        except ValueError:
+            raise DecodeError("x-only public key is not the X of a point on secp256k1") from None
+
+    @classmethod
+    def of(cls, pub: PublicKey) -> XOnlyKey:
+        """The x-only form of a compressed key (its X; the Y's parity is dropped)."""
+        if not pub.compressed:
+            raise DecodeError("an x-only key is taken from a compressed public key")
+        return cls(pub.data[1:])
+
+    def verify_schnorr(self, message: bytes, signature: bytes) -> bool:
+        """True iff `signature` (64 bytes) is this key's BIP340 signature of `message`."""
+        return len(signature) == 64 and bool(self._ec.verify(signature, message))
+
+    def __repr__(self) -> str:
+        return f"XOnlyKey({self.data.hex()})"
+
+
 class PrivateKey:
     """A secp256k1 private key; its public key is always compressed."""
 
@@ -127,6 +164,19 @@ class PrivateKey:
         der = self._ec.sign(digest, hasher=None)
         assert is_low_s(der), "libsecp256k1 returned a high-S or non-strict-DER signature"
         return der
+
+    def sign_schnorr(self, digest: bytes, aux_rand: bytes | None = None) -> bytes:
+        """BIP340 signature (64 bytes) of a 32-byte digest, by this key's x-only form. BIP340
+        asks for 32 bytes of fresh randomness (`aux_rand`), taken from the OS CSPRNG when
+        None; a given value serves the test vectors."""
+        if len(digest) != 32:
+            raise ValueError(f"digest must be 32 bytes, got {len(digest)}")
+        return self._ec.sign_schnorr(digest, os.urandom(32) if aux_rand is None else aux_rand)
+
+    @property
+    def xonly(self) -> XOnlyKey:
+        """This key's x-only public key (what its Schnorr signatures verify against)."""
+        return XOnlyKey.of(self.pub)
 
     def __repr__(self) -> str:
         return f"PrivateKey(pub={self.pub.data.hex()})"

@@ -194,3 +194,9 @@ def cltv_channel_script(server_pub: bytes, client_pub: bytes, expiry: int) -> by
             bytes((OP_CHECKSIG,)),
         )
     )
+
+
+def p2tr_script(output_key: bytes) -> bytes:
+    """OP_1 <32>: a Taproot output to the x-only `output_key` (BIP341)."""
+    _check_len("output key", output_key, 32)
+    return b"\x51\x20" + output_key

@@ -1,4 +1,5 @@
-"""Signature hashes: the original (legacy) algorithm and BIP143's (segwit v0).
+"""Signature hashes: the original (legacy) algorithm, BIP143's (segwit v0) and BIP341's
+(Taproot, key path and script path; no annex).
 
 `script_code` is the raw script, without its length prefix. Neither function removes
 OP_CODESEPARATOR: our scripts (P2PKH, 2-of-2 multisig, the CLTV channel script) contain
@@ -9,10 +10,13 @@ legacy function does not apply FindAndDelete of the signature either.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-from bitcoind_paychan.bitcoin.hashes import hash256
-from bitcoind_paychan.bitcoin.tx import Transaction, encode_varint
+from bitcoind_paychan.bitcoin.hashes import hash256, sha256, tagged_hash
+from bitcoind_paychan.bitcoin.tx import Transaction, TxOut, encode_varint
 
+SIGHASH_DEFAULT = 0x00  # Taproot only: ALL, with a 64-byte signature (no hashtype byte)
 SIGHASH_ALL = 0x01
 SIGHASH_NONE = 0x02
 SIGHASH_SINGLE = 0x03
@@ -111,3 +115,81 @@ def bip143_sighash(
             )
         )
     )
+
+
+TAPROOT_HASHTYPES = frozenset((SIGHASH_DEFAULT, SIGHASH_ALL, SIGHASH_NONE, SIGHASH_SINGLE,
+                               SIGHASH_ALL | SIGHASH_ANYONECANPAY,
+                               SIGHASH_NONE | SIGHASH_ANYONECANPAY,
+                               SIGHASH_SINGLE | SIGHASH_ANYONECANPAY))
+NO_CODESEPARATOR = 0xFFFFFFFF  # the script path's codesep_pos when none was executed
+
+
+@dataclass(frozen=True)
+class TaprootTxHashes:
+    """BIP341's single-SHA256 hashes over all inputs and outputs of a transaction, the same
+    for every input it signs (compute them once per transaction)."""
+
+    prevouts: bytes
+    amounts: bytes
+    script_pubkeys: bytes
+    sequences: bytes
+    outputs: bytes
+
+    @classmethod
+    def of(cls, tx: Transaction, spent: Sequence[TxOut]) -> TaprootTxHashes:
+        """`spent`: the outputs `tx`'s inputs spend, in input order."""
+        if len(spent) != len(tx.inputs):
+            raise ValueError(f"{len(spent)} spent outputs for {len(tx.inputs)} inputs")
+        return cls(
+            sha256(b"".join(i.prevout.serialize() for i in tx.inputs)),
+            sha256(b"".join(_I64.pack(o.value) for o in spent)),
+            sha256(b"".join(encode_varint(len(o.script_pubkey)) + o.script_pubkey
+                            for o in spent)),
+            sha256(b"".join(_U32.pack(i.sequence) for i in tx.inputs)),
+            sha256(b"".join(o.serialize() for o in tx.outputs)),
+        )
+
+
+def taproot_sigmsg(
+    tx: Transaction, input_index: int, spent: Sequence[TxOut], hashtype: int,
+    leaf_hash: bytes | None = None, codesep_pos: int = NO_CODESEPARATOR,
+    hashes: TaprootTxHashes | None = None,
+) -> bytes:
+    """BIP341's SigMsg for input `input_index` (without the epoch byte): the key path when
+    `leaf_hash` is None, else the script path of that leaf (BIP342's extension). `spent`: the
+    outputs every input spends, in order. ValueError for a hashtype Taproot does not define
+    or SIGHASH_SINGLE without a matching output (consensus makes those invalid)."""
+    _check_index(tx, input_index)
+    if hashtype not in TAPROOT_HASHTYPES:
+        raise ValueError(f"hashtype {hashtype:#x} is not defined for Taproot")
+    base, anyone = hashtype & 0x03, hashtype & SIGHASH_ANYONECANPAY
+    if base == SIGHASH_SINGLE and input_index >= len(tx.outputs):
+        raise ValueError(f"SIGHASH_SINGLE on input {input_index} without a matching output")
+    signed = tx.inputs[input_index]
+    parts = [bytes((hashtype,)), _U32.pack(tx.version), _U32.pack(tx.locktime)]
+    hashes = hashes or TaprootTxHashes.of(tx, spent)
+    if not anyone:
+        parts += (hashes.prevouts, hashes.amounts, hashes.script_pubkeys, hashes.sequences)
+    if base not in (SIGHASH_NONE, SIGHASH_SINGLE):
+        parts.append(hashes.outputs)
+    parts.append(b"\x02" if leaf_hash is not None else b"\x00")  # spend type: ext, no annex
+    if anyone:
+        parts += (signed.prevout.serialize(), spent[input_index].serialize(),
+                  _U32.pack(signed.sequence))
+    else:
+        parts.append(_U32.pack(input_index))
+    if base == SIGHASH_SINGLE:
+        parts.append(sha256(tx.outputs[input_index].serialize()))
+    if leaf_hash is not None:
+        parts += (leaf_hash, b"\x00", _U32.pack(codesep_pos))  # key_version 0
+    return b"".join(parts)
+
+
+def taproot_sighash(
+    tx: Transaction, input_index: int, spent: Sequence[TxOut], hashtype: int,
+    leaf_hash: bytes | None = None, codesep_pos: int = NO_CODESEPARATOR,
+    hashes: TaprootTxHashes | None = None,
+) -> bytes:
+    """The BIP341 signature hash: TapSighash over the epoch (0) and `taproot_sigmsg`."""
+    return tagged_hash("TapSighash", b"\x00" + taproot_sigmsg(
+        tx, input_index, spent, hashtype, leaf_hash, codesep_pos, hashes))

@@ -14,7 +14,6 @@ from bitcoind_paychan.bitcoin.keys import PrivateKey, PublicKey
 from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.channel import messages
 from bitcoind_paychan.channel.contract import (
-    V1_REFUND_FEE,
     Contract,
     bad_tx,
     contract_from_tx,
@@ -34,6 +33,7 @@ from bitcoind_paychan.channel.effects import (
     StorePayment,
     VersionRefused,
 )
+from bitcoind_paychan.channel.kinds.registry import DEFAULT_VERSION, kind_of
 from bitcoind_paychan.channel.machine import (
     VALUE_CODE_NOTE,
     Handler,
@@ -136,12 +136,13 @@ class ClientChannel(ProtocolMachine):
     closed = ClientState.CLOSED
     peer_name = "server"
 
-    def __init__(self, policy: ClientPolicy, key: PrivateKey, now: int, version: int = 3,
-                 peer: str = "") -> None:
+    def __init__(self, policy: ClientPolicy, key: PrivateKey, now: int,
+                 version: int = DEFAULT_VERSION, peer: str = "") -> None:
         self.policy = policy
         self.key = key
         self.now = now
         self.version = version
+        self.kind = kind_of(version)  # LocalProtocolError for a version we do not know
         self.peer = peer
         self.record: ChannelRecord | None = None
         self.state = ClientState.IDLE
@@ -204,8 +205,8 @@ class ClientChannel(ProtocolMachine):
         if contract.value != self.policy.value:
             raise LocalProtocolError(f"the wallet funded {contract.value}, not {self.policy.value}")
         self._contract, self._contract_tx = contract, contract_tx.serialize()
-        if self.version == 1:
-            self._refund = contract.refund_tx(V1_REFUND_FEE)
+        if self.kind.capabilities.presigned_refund:
+            self._refund = contract.refund_tx(self.kind.presigned_refund_fee)
             self.state = ClientState.WAITING_FOR_REFUND
             return [Send(messages.provide_refund(self.key.pub.data, self._refund.serialize()))]
         return self._provide_contract(None)
@@ -354,7 +355,8 @@ class ClientChannel(ProtocolMachine):
         record = ChannelRecord(Role.CLIENT, contract, self._contract_tx, self.key, change,
                                signature, refund_tx=refund_tx, peer=self.peer, payments=1)
         self.record, self.state = record, ClientState.WAITING_FOR_OPEN
-        client_key = self.key.pub.data if self.version >= 2 else None
+        # With a pre-signed refund, the client's key went in PROVIDE_REFUND.
+        client_key = None if self.kind.capabilities.presigned_refund else self.key.pub.data
         return [StoreChannel(record),
                 Send(messages.provide_contract(self._contract_tx, change, signature, client_key))]
 

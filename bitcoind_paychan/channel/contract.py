@@ -1,66 +1,42 @@
-"""The three contract kinds and every transaction built on them (pure, no I/O).
+"""A funded channel's contract and every transaction built on it (pure, no I/O).
 
-- version 1: bare 2-of-2 `OP_2 <client> <server> OP_2 OP_CHECKMULTISIG`, legacy sighashes;
-  the client's refund is pre-signed by the server (SIGHASH_NONE|ANYONECANPAY).
-- version 2: bitcoinj's CLTV script in P2SH, legacy sighashes; the client refunds alone.
-- version 3: the same script in P2WSH, BIP143 sighashes (amount-committing, non-malleable).
-
-A payment is the client's signature (SIGHASH_SINGLE|ANYONECANPAY, or NONE|ANYONECANPAY when it
-keeps no change) on a tx spending contract:0 that returns `change` to the client as output 0.
+What differs between versions (scripts, signature hashes, the signature scheme, how a spend
+is unlocked, capabilities) is the contract's kind (channel/kinds/, one module per version);
+what is the same is here. A payment is the client's signature (SIGHASH_SINGLE|ANYONECANPAY,
+or NONE|ANYONECANPAY when it keeps no change) on a tx spending contract:0 that returns
+`change` to the client as output 0.
 """
 
 from __future__ import annotations
 
-import hashlib
-import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
-from bitcoind_paychan.bitcoin.hashes import hash160, hash256, sha256
-from bitcoind_paychan.bitcoin.keys import (
-    PrivateKey,
-    PublicKey,
-    append_hashtype,
-    is_low_s,
-    split_sig_hashtype,
+from bitcoind_paychan.bitcoin.keys import PrivateKey, PublicKey
+from bitcoind_paychan.bitcoin.tx import OutPoint, Transaction, TxIn, TxOut
+from bitcoind_paychan.channel.kinds.base import (
+    EXHAUSTED_HASHTYPE,
+    FINAL,
+    NON_FINAL,
+    PAYMENT_HASHTYPE,
+    REFUND_SERVER_HASHTYPE,
+    Branch,
+    ContractKind,
 )
-from bitcoind_paychan.bitcoin.script import (
-    OP_0,
-    OP_1,
-    cltv_channel_script,
-    iter_script,
-    multisig_2of2_script,
-    p2pkh_script,
-    p2sh_script,
-    p2wpkh_script,
-    p2wsh_script,
-    push,
-)
-from bitcoind_paychan.bitcoin.sighash import (
-    SIGHASH_ALL,
-    SIGHASH_ANYONECANPAY,
-    SIGHASH_NONE,
-    SIGHASH_SINGLE,
-    bip143_sighash,
-    legacy_sighash,
-)
-from bitcoind_paychan.bitcoin.tx import OutPoint, Transaction, TxIn, TxOut, encode_varint
+from bitcoind_paychan.channel.kinds.registry import VERSIONS, kind_of
 from bitcoind_paychan.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 
-VERSIONS = (1, 2, 3)
+__all__ = ["DUST", "FINAL", "NON_FINAL", "VERSIONS", "Branch", "Contract", "bad_tx",
+           "check_refund_request", "contract_from_tx", "locking_script", "output_script",
+           "payment_hashtype", "round_change"]
+
 DUST = 546  # change below this is paid to the server instead (bitcoinj's rule)
-V1_REFUND_FEE = 1000  # bitcoinj's fixed fee for the pre-signed v1 refund
-FINAL = 0xFFFFFFFF
-_U32, _I64 = struct.Struct("<I"), struct.Struct("<q")
-NON_FINAL = 0xFFFFFFFE  # lets nLockTime apply
-PAYMENT_HASHTYPE = SIGHASH_SINGLE | SIGHASH_ANYONECANPAY
-EXHAUSTED_HASHTYPE = SIGHASH_NONE | SIGHASH_ANYONECANPAY
-REFUND_SERVER_HASHTYPE = SIGHASH_NONE | SIGHASH_ANYONECANPAY
-MAX_SIG = 73  # DER + hashtype, for fee estimation
 LOCKTIME_THRESHOLD = 500_000_000  # lock times below are heights, above unix times
 
 
 def bad_tx(message: str) -> RemoteProtocolError:
+    """A transaction or signature of the peer's that the protocol refuses."""
     return RemoteProtocolError(message, ErrorCode.BAD_TRANSACTION)
 
 
@@ -75,21 +51,12 @@ def round_change(change: int) -> int:
 
 def locking_script(version: int, client_pub: bytes, server_pub: bytes, expiry: int) -> bytes:
     """The script the channel's signatures commit to (bare script, redeem or witness script)."""
-    if version == 1:
-        return multisig_2of2_script(client_pub, server_pub)
-    if version in (2, 3):
-        return cltv_channel_script(server_pub, client_pub, expiry)
-    raise LocalProtocolError(f"unknown channel version {version}")
+    return kind_of(version).locking_script(client_pub, server_pub, expiry)
 
 
 def output_script(version: int, client_pub: bytes, server_pub: bytes, expiry: int) -> bytes:
     """The scriptPubKey of contract output 0."""
-    script = locking_script(version, client_pub, server_pub, expiry)
-    if version == 1:
-        return script
-    if version == 2:
-        return p2sh_script(hash160(script))
-    return p2wsh_script(sha256(script))
+    return kind_of(version).output_script(client_pub, server_pub, expiry)
 
 
 @dataclass(frozen=True)
@@ -104,12 +71,18 @@ class Contract:
     value: int
 
     @cached_property
+    def kind(self) -> ContractKind:
+        """This contract's version-specific half (LocalProtocolError for an unknown version),
+        made when first signed or checked: its scripts need only the kind's class."""
+        return kind_of(self.version)(self)
+
+    @cached_property
     def script(self) -> bytes:
-        return locking_script(self.version, self.client_pub, self.server_pub, self.expiry)
+        return kind_of(self.version).locking_script(self.client_pub, self.server_pub, self.expiry)
 
     @cached_property
     def script_pubkey(self) -> bytes:
-        return output_script(self.version, self.client_pub, self.server_pub, self.expiry)
+        return kind_of(self.version).output_script(self.client_pub, self.server_pub, self.expiry)
 
     @cached_property
     def client_key(self) -> PublicKey:
@@ -121,54 +94,40 @@ class Contract:
 
     @cached_property
     def change_script(self) -> bytes:
-        """Where the client's change (and refund) goes: its contract key, P2PKH or P2WPKH."""
-        key_hash = hash160(self.client_pub)
-        return p2wpkh_script(key_hash) if self.version == 3 else p2pkh_script(key_hash)
+        """Where the client's change (and refund) goes: its contract key's own output."""
+        return kind_of(self.version).change_script(self.client_pub)
 
     @property
     def txid(self) -> str:
         return self.outpoint.txid_hex
 
-    def sighash(self, tx: Transaction, hashtype: int) -> bytes:
+    def sighash(self, tx: Transaction, hashtype: int,
+                branch: Branch = Branch.COOPERATIVE) -> bytes:
         """The digest a signature on input 0 of `tx` (spending this contract) commits to."""
-        if self.version == 3:
-            return bip143_sighash(tx, 0, self.script, self.value, hashtype)
-        return legacy_sighash(tx, 0, self.script, hashtype)
+        return self.kind.sighash(tx, hashtype, branch)
+
+    def _signature(self, key: PrivateKey, digest: bytes, hashtype: int) -> bytes:
+        return self.kind.scheme.sign(key, digest, hashtype)
+
+    def _check_signature(self, what: str, key: PublicKey, signature: bytes, hashtype: int,
+                         digest_of: Callable[[], bytes]) -> None:
+        """Raise RemoteProtocolError unless `signature` is `key`'s, of `digest_of()`, with
+        exactly `hashtype`, encoded as the kind's scheme demands."""
+        scheme = self.kind.scheme
+        body, found = scheme.split(signature)
+        if found != hashtype:
+            raise bad_tx(f"{what} signed with hashtype {found:#x}, expected {hashtype:#x}")
+        if not scheme.canonical(body):
+            raise bad_tx(f"{what} signature is not {scheme.canonical_form}")
+        if not scheme.verify(key, digest_of(), body):
+            raise bad_tx(f"{what} signature does not verify against the contract")
 
     # -- payments --------------------------------------------------------------------------
 
-    @cached_property
-    def _payment_midstate(self) -> hashlib._Hash:
-        """SHA-256 over what every payment's preimage starts with, the same for all of them:
-        legacy (v1, v2): version, one input (outpoint, script code, sequence); BIP143 (v3):
-        version, no prevouts or sequences hash (ANYONECANPAY), outpoint, script code, amount,
-        sequence. A payment hashes on from a copy of it."""
-        script = encode_varint(len(self.script)) + self.script
-        outpoint = self.outpoint.serialize()
-        if self.version == 3:
-            head = [_U32.pack(1), bytes(64), outpoint, script, _I64.pack(self.value)]
-        else:
-            head = [_U32.pack(1), b"\x01", outpoint, script]
-        return hashlib.sha256(b"".join(head) + _U32.pack(FINAL))
-
-    @cached_property
-    def _change_output_script(self) -> bytes:
-        """The change output after its value: the length-prefixed change script."""
-        return encode_varint(len(self.change_script)) + self.change_script
-
     def payment_sighash(self, change: int) -> bytes:
         """The digest a payment leaving the client `change` signs: `sighash` of `payment_tx`,
-        hashed on from the channel's midstate (the preimage's constant head)."""
-        hashtype = payment_hashtype(change)
-        if self.version == 3:
-            outputs = (hash256(_I64.pack(change) + self._change_output_script) if change
-                       else bytes(32))
-        else:  # SINGLE: one output, the change; NONE: no outputs
-            outputs = (b"\x01" + _I64.pack(change) + self._change_output_script if change
-                       else b"\x00")
-        state = self._payment_midstate.copy()
-        state.update(outputs + _U32.pack(0) + _U32.pack(hashtype))  # lock time 0, hashtype
-        return hashlib.sha256(state.digest()).digest()
+        hashed on from the channel's prefix (computed once by its kind)."""
+        return self.kind.payment_sighash(change, payment_hashtype(change))
 
     def payment_tx(self, change: int) -> Transaction:
         """The unsigned tx a payment signs: contract:0 → `change` back to the client."""
@@ -176,9 +135,8 @@ class Contract:
         return Transaction(1, (TxIn(self.outpoint, b"", FINAL),), outputs, 0)
 
     def sign_payment(self, key: PrivateKey, change: int) -> bytes:
-        """The client's payment signature (DER + hashtype) leaving it `change`."""
-        hashtype = payment_hashtype(change)
-        return append_hashtype(key.sign(self.payment_sighash(change)), hashtype)
+        """The client's payment signature (hashtype included) leaving it `change`."""
+        return self._signature(key, self.payment_sighash(change), payment_hashtype(change))
 
     def check_payment(self, change: int, signature: bytes) -> None:
         """Raise RemoteProtocolError unless `signature` is the client's valid payment leaving it
@@ -187,14 +145,8 @@ class Contract:
             raise bad_tx(f"change {change} exceeds the channel value {self.value}")
         if 0 < change < DUST:
             raise bad_tx(f"change {change} is dust (below {DUST}); send 0 instead")
-        der, hashtype = split_sig_hashtype(signature)
-        if hashtype != payment_hashtype(change):
-            raise bad_tx(f"payment signed with hashtype {hashtype:#x}, "
-                         f"expected {payment_hashtype(change):#x}")
-        if not is_low_s(der):
-            raise bad_tx("payment signature is not canonical low-S DER")
-        if not self.client_key.verify_low_s(self.payment_sighash(change), der):
-            raise bad_tx("payment signature does not verify against the contract")
+        self._check_signature("payment", self.client_key, signature, payment_hashtype(change),
+                              lambda: self.payment_sighash(change))
 
     # -- settlement (server) ---------------------------------------------------------------
 
@@ -206,7 +158,8 @@ class Contract:
     def settlement_fee(self, change: int, payout_script: bytes, fee_rate: int) -> int:
         """The fee (sat) a settlement without extra inputs pays at `fee_rate` sat/kvB."""
         draft = self.settlement_draft(change, 0, payout_script)
-        return -(-fee_rate * self.sign_settlement(draft, bytes(MAX_SIG), None).vsize // 1000)
+        dummy = bytes(self.kind.scheme.max_size)
+        return -(-fee_rate * self.sign_settlement(draft, dummy, None).vsize // 1000)
 
     def settlement(
         self, change: int, client_sig: bytes, server_key: PrivateKey, payout_script: bytes,
@@ -228,20 +181,17 @@ class Contract:
     def sign_settlement(self, tx: Transaction, client_sig: bytes,
                         server_key: PrivateKey | None) -> Transaction:
         """`tx` (input 0 the contract; output 0 the client's change, if any) with input 0
-        signed by both sides: the server signs SIGHASH_ALL over every input and output, so
-        any wallet inputs and outputs must already be in place. `server_key` None makes a
-        worst-case-size dummy, for fee estimates."""
-        server_sig = (append_hashtype(server_key.sign(self.sighash(tx, SIGHASH_ALL)), SIGHASH_ALL)
-                      if server_key else bytes(MAX_SIG))
-        return self.with_spend(tx, [client_sig, server_sig], cooperative=True)
+        signed by both sides: the server signs with the kind's `final_hashtype` (SIGHASH_ALL:
+        every input and output), so any wallet inputs and outputs must already be in place.
+        `server_key` None makes a worst-case-size dummy, for fee estimates."""
+        hashtype = self.kind.final_hashtype
+        server_sig = (self._signature(server_key, self.sighash(tx, hashtype), hashtype)
+                      if server_key else bytes(self.kind.scheme.max_size))
+        return self.with_spend(tx, [client_sig, server_sig], Branch.COOPERATIVE)
 
     def spend_weight(self) -> int:
         """Weight of input 0 once signed cooperatively (for a wallet funding the rest)."""
-        draft = self.settlement_draft(0, 0, b"")
-        signed = self.sign_settlement(draft, bytes(MAX_SIG), None)
-        bare = len(draft.serialize())  # both without witness; the scriptSig is the difference
-        witness = signed.weight - 4 * len(signed.serialize(include_witness=False))
-        return 4 * (41 + len(signed.serialize(include_witness=False)) - bare) + witness
+        return self.kind.input_weight(Branch.COOPERATIVE)
 
     # -- refunds (client) ------------------------------------------------------------------
 
@@ -255,61 +205,53 @@ class Contract:
 
     def sign_refund(self, key: PrivateKey, refund: Transaction,
                     server_sig: bytes | None = None) -> Transaction:
-        """The client's fully signed refund (v1 needs the server's signature too)."""
-        client_sig = append_hashtype(key.sign(self.sighash(refund, SIGHASH_ALL)), SIGHASH_ALL)
-        if self.version == 1:
-            if server_sig is None:
-                raise LocalProtocolError("a version 1 refund needs the server's signature")
-            return self.with_spend(refund, [client_sig, server_sig], cooperative=True)
-        return self.with_spend(refund, [client_sig], cooperative=False)
+        """The client's fully signed refund (a pre-signed refund needs the server's too)."""
+        hashtype = self.kind.final_hashtype
+        client_sig = self._signature(key, self.sighash(refund, hashtype, Branch.REFUND),
+                                     hashtype)
+        if not self.kind.capabilities.presigned_refund:
+            return self.with_spend(refund, [client_sig], Branch.REFUND)
+        if server_sig is None:
+            raise LocalProtocolError(f"a version {self.version} refund needs the server's "
+                                     "signature")
+        return self.with_spend(refund, [client_sig, server_sig], Branch.REFUND)
 
     def refund_fee(self, fee_rate: int) -> int:
         """The fee a refund pays at `fee_rate` sat/kvB (sized with worst-case signatures)."""
-        v1 = self.version == 1
-        draft = self.with_spend(self.refund_tx(0), [bytes(MAX_SIG)] * (2 if v1 else 1),
-                                cooperative=v1)
+        sigs = [bytes(self.kind.scheme.max_size)] * len(self.kind.signers(Branch.REFUND))
+        draft = self.with_spend(self.refund_tx(0), sigs, Branch.REFUND)
         return max(-(-fee_rate * draft.vsize // 1000), 1)
 
-    def refund(self, key: PrivateKey, fee_rate: int, signed_v1_refund: bytes | None = None
+    def refund(self, key: PrivateKey, fee_rate: int, presigned: bytes | None = None
                ) -> Transaction:
-        """A signed refund paying `fee_rate`. Version 1 reuses the server's NONE|ANYONECANPAY
-        signature from the refund signed at opening: it commits to no output, so the client
-        may choose the fee again."""
+        """A signed refund paying `fee_rate`. A kind with a pre-signed refund reuses the
+        server's NONE|ANYONECANPAY signature from the refund signed at opening (`presigned`):
+        it commits to no output, so the client may choose the fee again."""
         refund = self.refund_tx(self.refund_fee(fee_rate))
-        if self.version != 1:
+        if not self.kind.capabilities.presigned_refund:
             return self.sign_refund(key, refund)
-        if signed_v1_refund is None:
-            raise LocalProtocolError("a version 1 refund needs the refund the server signed at "
-                                     "opening, and none is stored for this channel")
-        pushes = [data for _, data in iter_script(Transaction.parse(signed_v1_refund)
-                                                  .inputs[0].script_sig)]
-        return self.sign_refund(key, refund, pushes[-1])
+        if presigned is None:
+            raise LocalProtocolError(f"a version {self.version} refund needs the refund the "
+                                     "server signed at opening, and none is stored for this "
+                                     "channel")
+        sigs, _ = self.kind.unlocking(Transaction.parse(presigned))
+        return self.sign_refund(key, refund, sigs[-1])
 
     def sign_refund_as_server(self, key: PrivateKey, refund: Transaction) -> bytes:
-        return append_hashtype(key.sign(self.sighash(refund, REFUND_SERVER_HASHTYPE)),
-                               REFUND_SERVER_HASHTYPE)
+        digest = self.sighash(refund, REFUND_SERVER_HASHTYPE, Branch.REFUND)
+        return self._signature(key, digest, REFUND_SERVER_HASHTYPE)
 
     def check_server_refund_signature(self, refund: Transaction, signature: bytes) -> None:
-        der, hashtype = split_sig_hashtype(signature)
-        if hashtype != REFUND_SERVER_HASHTYPE:
-            raise bad_tx(f"refund signed with hashtype {hashtype:#x}, expected NONE|ANYONECANPAY")
-        if not self.server_key.verify(self.sighash(refund, hashtype), der):
-            raise bad_tx("the server's refund signature does not verify")
+        self._check_signature(
+            "the server's refund", self.server_key, signature, REFUND_SERVER_HASHTYPE,
+            lambda: self.sighash(refund, REFUND_SERVER_HASHTYPE, Branch.REFUND))
 
     # -- scripts ---------------------------------------------------------------------------
 
-    def with_spend(self, tx: Transaction, sigs: list[bytes], cooperative: bool) -> Transaction:
-        """`tx` with input 0 unlocking the contract: cooperative = client and server sigs
-        (payment/settlement), else the client's refund path."""
-        if self.version == 1:
-            return tx.with_script_sig(0, bytes((OP_0,)) + b"".join(push(s) for s in sigs))
-        branch = b"\x01" if cooperative else b""
-        if self.version == 2:
-            # bitcoinj pushes the refund branch's false as one 0x00 byte, not OP_0.
-            selector = bytes((OP_1,)) if cooperative else push(b"\x00")
-            return tx.with_script_sig(0, b"".join(push(s) for s in sigs) + selector
-                                      + push(self.script))
-        return tx.with_witness(0, (*sigs, branch, self.script))
+    def with_spend(self, tx: Transaction, sigs: list[bytes], branch: Branch) -> Transaction:
+        """`tx` with input 0 unlocking the contract on `branch` (`sigs`: the client's, then
+        the server's where the branch needs both)."""
+        return self.kind.unlock(tx, sigs, branch)
 
 
 def contract_from_tx(

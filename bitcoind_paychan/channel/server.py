@@ -16,7 +16,6 @@ from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.channel import messages
 from bitcoind_paychan.channel.contract import (
     DUST,
-    VERSIONS,
     Contract,
     bad_tx,
     check_refund_request,
@@ -41,6 +40,8 @@ from bitcoind_paychan.channel.effects import (
     StoreChannel,
     StorePayment,
 )
+from bitcoind_paychan.channel.kinds.base import Capabilities
+from bitcoind_paychan.channel.kinds.registry import VERSIONS, kind_of
 from bitcoind_paychan.channel.machine import (
     VALUE_CODE_NOTE,
     Handler,
@@ -83,11 +84,16 @@ class ServerPolicy:
     min_time_window: int = 4 * 3600
     max_time_window: int = 7 * 24 * 3600
     versions: tuple[int, ...] = VERSIONS
-    require_segwit_funding_from: int = 3  # from this major on, contracts must spend segwit coins
+    require_segwit_funding: bool = False  # every version's contracts must spend segwit coins,
+    # not only those of the kinds that require it (Capabilities.segwit_funding_required)
     min_increment: int = 1
     settle_margin: int = SETTLEMENT_MARGIN
 
     def __post_init__(self) -> None:
+        unknown = [v for v in self.versions if v not in VERSIONS]
+        if unknown or not self.versions:
+            raise PolicyError("versions", f"found {list(self.versions)}, expected some of "
+                                          f"{', '.join(map(str, VERSIONS))}")
         for name in ("min_channel_size", "min_payment"):
             if getattr(self, name) < 1:
                 raise PolicyError(name, f"found {getattr(self, name)}, expected an integer ≥ 1")
@@ -259,9 +265,9 @@ class ServerChannel(ProtocolMachine):
             return [Send(messages.server_version(self.version)),
                     PrepareSettlement(record.contract_txid)]
         self.state = ServerState.RESUMED
-        if self.version >= 3:
+        if self.capabilities.resume_challenge:
             self.challenge = resume_challenge(self.key.secret)
-        return [Send(messages.server_version(self.version, self.challenge, PAYMENT_WINDOW)),
+        return [Send(messages.server_version(self.version, self.challenge, self._window)),
                 Send(messages.channel_open())]
 
     def contract_checked(self, refusal: str | None, retryable: bool = False) -> list[Effect]:
@@ -346,6 +352,16 @@ class ServerChannel(ProtocolMachine):
                 Send(messages.close(settlement.serialize())), ChannelClosed(closing, settlement),
                 Disconnect("channel settled")]
 
+    @property
+    def capabilities(self) -> Capabilities:
+        """What the channel's kind can do (known once CLIENT_VERSION named it)."""
+        return kind_of(self.version).capabilities
+
+    @property
+    def _window(self) -> int:
+        """The payment window SERVER_VERSION offers: 1 (stop and wait) without pipelining."""
+        return PAYMENT_WINDOW if self.capabilities.pipelining else 1
+
     # -- handlers --------------------------------------------------------------------------
 
     def _on_client_version(self, message: T) -> list[Effect]:
@@ -369,9 +385,9 @@ class ServerChannel(ProtocolMachine):
         return self._initiate()
 
     def _initiate(self) -> list[Effect]:
-        self.state = (ServerState.WAITING_FOR_REFUND if self.version == 1
+        self.state = (ServerState.WAITING_FOR_REFUND if self.capabilities.presigned_refund
                       else ServerState.WAITING_FOR_CONTRACT)
-        return [Send(messages.server_version(self.version, payment_window=PAYMENT_WINDOW)),
+        return [Send(messages.server_version(self.version, payment_window=self._window)),
                 Send(messages.initiate(self.key.pub.data, self.policy.min_channel_size,
                                        self.expiry, self.policy.min_payment))]
 
@@ -380,8 +396,9 @@ class ServerChannel(ProtocolMachine):
         self.client_pub = _client_key(body.multisig_key)
         refund = Transaction.parse(body.tx)
         check_refund_request(refund, self.expiry)
-        # Value 0: version 1 signs legacy sighashes, which do not commit to the amount.
-        draft = Contract(1, self.client_pub, self.key.pub.data, self.expiry,
+        # Value 0: the amount is not known yet (the kinds with a pre-signed refund sign
+        # legacy sighashes, which do not commit to it).
+        draft = Contract(self.version, self.client_pub, self.key.pub.data, self.expiry,
                          refund.inputs[0].prevout, 0)
         self.refund_outpoint_txid = refund.inputs[0].prevout.txid
         self.state = ServerState.WAITING_FOR_CONTRACT
@@ -389,7 +406,7 @@ class ServerChannel(ProtocolMachine):
 
     def _on_provide_contract(self, message: T) -> list[Effect]:
         body = message.provide_contract
-        if self.version >= 2:
+        if not self.capabilities.presigned_refund:  # else the key came in PROVIDE_REFUND
             if not body.HasField("client_key"):
                 raise RemoteProtocolError("PROVIDE_CONTRACT without client_key",
                                           ErrorCode.SYNTAX_ERROR)
@@ -397,7 +414,7 @@ class ServerChannel(ProtocolMachine):
         tx = Transaction.parse(body.tx)
         contract = contract_from_tx(self.version, tx, self.client_pub, self.key.pub.data,
                                     self.expiry)
-        if self.version == 1 and tx.txid != self.refund_outpoint_txid:
+        if self.capabilities.presigned_refund and tx.txid != self.refund_outpoint_txid:
             raise bad_tx("the contract is not the transaction the signed refund spends")
         if contract.value < self.policy.min_channel_size:
             raise RemoteProtocolError(
@@ -405,8 +422,9 @@ class ServerChannel(ProtocolMachine):
                 f"{self.policy.min_channel_size} sat; open a larger one ({VALUE_CODE_NOTE})",
                 ErrorCode.CHANNEL_VALUE_TOO_LARGE,
                 self.policy.min_channel_size)
-        if self.version >= self.policy.require_segwit_funding_from and any(
-                txin.script_sig or not txin.witness for txin in tx.inputs):
+        segwit_only = (self.capabilities.segwit_funding_required
+                       or self.policy.require_segwit_funding)
+        if segwit_only and any(txin.script_sig or not txin.witness for txin in tx.inputs):
             raise bad_tx("the contract must spend native segwit coins only, so its txid "
                          "cannot be malleated")
         initial = body.initial_payment  # min_payment bounds this one payment only
@@ -464,8 +482,9 @@ class ServerChannel(ProtocolMachine):
         return effects
 
     def _check_resume_proof(self, record: ChannelRecord, body: pb.UpdatePayment) -> None:
-        """v3: a signature over our challenge by the client's contract key. v1/v2 (what
-        bitcoinj sends): a valid payment signature, which only the key's holder can make."""
+        """With a resume challenge: a signature over it by the client's contract key.
+        Without (v1/v2, what bitcoinj sends): a valid payment signature, which only the key's
+        holder can make."""
         if not self.challenge:
             record.contract.check_payment(body.client_change_value, body.signature)
             return

@@ -50,6 +50,7 @@ from bitcoind_paychan.errors import (
 from bitcoind_paychan.logcontext import bind_channel, channel_fields
 from bitcoind_paychan.node import AsyncBitcoind, Bitcoind
 from bitcoind_paychan.node.health import Reason
+from bitcoind_paychan.node.ports import Node, NodePorts
 from bitcoind_paychan.service.client import Channel, ClientEvent, PaymentClient
 from bitcoind_paychan.service.server import PaymentServer, ServerEvent
 from bitcoind_paychan.service.watcher import ChannelView
@@ -105,7 +106,7 @@ class Daemon:
         log.info("paychan %s on %s; bitcoind at %s, height %s", __version__, config.network,
                  config.bitcoind.url, tip.height)
         await asyncio.to_thread(self._rebuild_activity, store)
-        self.build(AsyncBitcoind(node), store)
+        self.build(NodePorts.of(AsyncBitcoind(node)), store)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
@@ -145,9 +146,11 @@ class Daemon:
             await self._shutdown(control, metrics, store)
         return 0
 
-    def build(self, wallet: AsyncBitcoind, store: ChannelStore) -> None:
-        """The enabled roles' services, with the policies the configuration built."""
+    def build(self, node: Node | NodePorts, store: ChannelStore) -> None:
+        """The enabled roles' services, with the policies the configuration built, over the
+        node's ports (one `AsyncBitcoind` gives them all)."""
         config = self.config
+        ports = NodePorts.of(node)
         common: dict[str, Any] = {
             "autopilot": config.watch_policy(), "zmq_endpoint": config.bitcoind.zmq,
             "poll_interval": config.bitcoind.poll_interval,
@@ -155,7 +158,7 @@ class Daemon:
         }
         if config.server.enabled:
             self.server = PaymentServer(
-                wallet, store, config.server_policy(), on_event=self._server_event,
+                ports, store, config.server_policy(), on_event=self._server_event,
                 min_confirmations=config.server.min_confirmations,
                 payout_script=config.payout_script(),
                 on_payment_latency=self.metrics.server.latency.observe,
@@ -169,7 +172,7 @@ class Daemon:
                                                     trusted_proxies=config.server.proxies)
             self.server.callbacks.on_error = self.metrics.callback_errors.inc
         if config.client.enabled:
-            self.client = PaymentClient(wallet, store, network=Network.from_chain(config.network),
+            self.client = PaymentClient(ports, store, network=Network.from_chain(config.network),
                                         policy=config.client.policy,
                                         on_event=self._client_event, tls=config.client.tls,
                                         **common)

@@ -4,6 +4,7 @@ from bitcoind_paychan.node.bitcoind import (
     Acceptance,
     AsyncBitcoind,
     Bitcoind,
+    Block,
     ChainTip,
     FundedTx,
     TxStatus,
@@ -11,7 +12,7 @@ from bitcoind_paychan.node.bitcoind import (
     to_sat,
 )
 from bitcoind_paychan.node.config import CHAINS, NodeConfig
-from bitcoind_paychan.node.monitor import Block, BlockMonitor, ChainEvent, ChainTracker
+from bitcoind_paychan.node.monitor import BlockMonitor, ChainEvent, ChainTracker
 from bitcoind_paychan.node.rpc import RpcClient, RpcError
 
 __all__ = [

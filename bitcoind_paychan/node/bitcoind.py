@@ -6,7 +6,7 @@ import asyncio
 import functools
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal
@@ -18,6 +18,7 @@ from bitcoind_paychan.node.config import NodeConfig
 from bitcoind_paychan.node.rpc import RpcClient, RpcError
 
 COIN = 100_000_000
+NO_PARENT = "00" * 32  # the genesis block's prev_hash
 RPC_THREADS = 8  # RPC calls in flight at once from one AsyncBitcoind
 SPENDERS_BATCH = 1000  # outpoints per gettxspendingprevout call
 T = TypeVar("T")
@@ -46,6 +47,28 @@ class ChainTip:
     block_hash: str
     median_time: int
     time: int
+
+
+@dataclass(frozen=True)
+class Block:
+    """A block header of interest: where it sits and its timestamps."""
+
+    height: int
+    hash: str
+    prev_hash: str
+    time: int
+    median_time: int
+
+    @classmethod
+    def from_header(cls, header: Mapping[str, Any]) -> Block:
+        """From a verbose `getblockheader` result."""
+        return cls(
+            int(header["height"]),
+            str(header["hash"]),
+            str(header.get("previousblockhash", NO_PARENT)),
+            int(header["time"]),
+            int(header["mediantime"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -117,6 +140,15 @@ class Bitcoind:
             int(info["mediantime"]),
             int(header["time"]),
         )
+
+    def best_block_hash(self) -> str:
+        return str(self.rpc.call("getbestblockhash"))
+
+    def block_header(self, block_hash: str) -> Block:
+        return Block.from_header(self.rpc.call("getblockheader", block_hash))
+
+    def raw_block(self, block_hash: str) -> bytes:
+        return bytes.fromhex(self.rpc.call("getblock", block_hash, 0))
 
     def fee_rate(self, target_blocks: int = 6, floor: int = 1000) -> int:
         """Fee rate in sat/kvB for confirmation within `target_blocks`, never below `floor`,
@@ -306,6 +338,25 @@ class Bitcoind:
                     raise
                 time.sleep(0.1)
 
+    def mine(self, tx: Transaction) -> bool:
+        """Regtest: mine `tx` in a block of its own (to a wallet address), unless the node
+        already has it (mined by another node racing us, whose block arrived meanwhile): True
+        if we mined it."""
+        if self._known(tx):
+            return False
+        address = self.rpc.call("getnewaddress", "", "bech32", wallet=True)
+        try:
+            self.rpc.call("generateblock", address, [tx.hex()])
+        except NodeError:
+            if self._known(tx):  # its block arrived between the check and ours (BIP30)
+                return False
+            raise
+        return True
+
+    def _known(self, tx: Transaction) -> bool:
+        """Whether the node holds `tx`'s first output, in a block or in its mempool."""
+        return self.rpc.call("gettxout", tx.txid_hex, 0, True) is not None
+
     def balance(self) -> int:
         """The wallet's trusted balance (confirmed and own unconfirmed), in satoshis."""
         return to_sat(self.rpc.call("getbalances", wallet=True)["mine"]["trusted"])
@@ -314,7 +365,8 @@ class Bitcoind:
 class AsyncBitcoind:
     """The same adapter for asyncio code: each call runs in a worker thread of its own pool,
     so a slow or busy node never holds up the default pool's other work (the store's writes,
-    which acknowledge payments)."""
+    which acknowledge payments). It implements every port of `node/ports.py` (a `Node`, and a
+    `Miner` on regtest)."""
 
     def __init__(self, node: Bitcoind) -> None:
         self.node = node
@@ -325,8 +377,21 @@ class AsyncBitcoind:
         return await asyncio.get_running_loop().run_in_executor(
             self._pool, functools.partial(call, *args))
 
+    @property
+    def chain(self) -> str:
+        return self.node.config.chain
+
     async def tip(self) -> ChainTip:
         return await self.run(self.node.tip)
+
+    async def best_block_hash(self) -> str:
+        return await self.run(self.node.best_block_hash)
+
+    async def block_header(self, block_hash: str) -> Block:
+        return await self.run(self.node.block_header, block_hash)
+
+    async def raw_block(self, block_hash: str) -> bytes:
+        return await self.run(self.node.raw_block, block_hash)
 
     async def fee_rate(self, target_blocks: int = 6, floor: int = 1000) -> int:
         return await self.run(self.node.fee_rate, target_blocks, floor)
@@ -363,6 +428,13 @@ class AsyncBitcoind:
 
     async def spender(self, txid: str, index: int) -> Transaction | None:
         return await self.run(self.node.spender, txid, index)
+
+    async def spenders(self, outpoints: Iterable[tuple[str, int]]
+                       ) -> dict[tuple[str, int], Transaction]:
+        return await self.run(self.node.spenders, list(outpoints))
+
+    async def mine(self, tx: Transaction) -> bool:
+        return await self.run(self.node.mine, tx)
 
     async def watch_key(self, secret_wif: str, script_types: tuple[str, ...] = ("pkh", "wpkh")
                         ) -> None:

@@ -1,10 +1,11 @@
 """The block monitor: which blocks joined and left bitcoind's best chain, in order.
 
-`ChainTracker` is the reorg logic without any I/O; `BlockMonitor` runs it against a `Bitcoind`
-under asyncio, woken by ZMQ (`hashblock`/`sequence`) and by a poll timer. ZMQ messages are
-only wake-ups (they can be lost); RPC is the source of truth. It also hands the transactions
-of `rawtx` messages (those entering the mempool, and a connected block's) to a callback, so
-a watcher can look at mempool spends at once instead of at its next periodic review.
+`ChainTracker` is the reorg logic without any I/O; `BlockMonitor` runs it against a chain
+source (`node.ports.ChainSource`, e.g. `AsyncBitcoind`) under asyncio, woken by ZMQ
+(`hashblock`/`sequence`) and by a poll timer. ZMQ messages are only wake-ups (they can be
+lost); the chain source is the source of truth. It also hands the transactions of `rawtx`
+messages (those entering the mempool, and a connected block's) to a callback, so a watcher can
+look at mempool spends at once instead of at its next periodic review.
 """
 
 from __future__ import annotations
@@ -14,45 +15,23 @@ import contextlib
 import copy
 import logging
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import zmq
 import zmq.asyncio
 
 from bitcoind_paychan.errors import NodeError
-from bitcoind_paychan.node.bitcoind import Bitcoind
+from bitcoind_paychan.node.bitcoind import Block
+from bitcoind_paychan.node.ports import ChainSource
 
 logger = logging.getLogger(__name__)
 
-NO_PARENT = "00" * 32  # the genesis block's prev_hash
 ZMQ_TOPICS = (b"hashblock", b"sequence")
 RAWTX = b"rawtx"
 YIELD_EVERY = 32  # rawtx messages handled per event-loop step (a block brings thousands)
 _T = TypeVar("_T")
-
-
-@dataclass(frozen=True)
-class Block:
-    """A block header of interest: where it sits and its timestamps."""
-
-    height: int
-    hash: str
-    prev_hash: str
-    time: int
-    median_time: int
-
-    @classmethod
-    def from_header(cls, header: Mapping[str, Any]) -> Block:
-        """From a verbose `getblockheader` result."""
-        return cls(
-            int(header["height"]),
-            str(header["hash"]),
-            str(header.get("previousblockhash", NO_PARENT)),
-            int(header["time"]),
-            int(header["mediantime"]),
-        )
 
 
 @dataclass(frozen=True)
@@ -197,12 +176,13 @@ class _MissingHeader(Exception):
 
 
 class BlockMonitor:
-    """Delivers `ChainEvent`s of a bitcoind to `on_event`, one at a time and in order.
+    """Delivers `ChainEvent`s of a chain source to `on_event`, one at a time and in order.
 
     It checks the node on every ZMQ `hashblock`/`sequence` block message (if `zmq_endpoint` is
     given) and at least every `poll_interval` seconds. With `on_transaction` it also
     subscribes to `rawtx` there and passes each serialized transaction to it (it must be
-    quick and not raise; lost messages are not noticed). RPC runs in worker threads. While the
+    quick and not raise; lost messages are not noticed). The source is asked on the loop (an
+`AsyncBitcoind` runs its RPC in worker threads). While the
     node cannot be reached it logs once, reports `healthy` False, retries with a backoff up to
     `poll_interval` and catches up when the node is back. If `on_event` raises, the tracker
     is rolled back and the same event is delivered again on the next check (at least once).
@@ -211,7 +191,7 @@ class BlockMonitor:
 
     def __init__(
         self,
-        node: Bitcoind,
+        node: ChainSource,
         on_event: Callable[[ChainEvent], Awaitable[None]],
         *,
         zmq_endpoint: str | None = None,
@@ -301,7 +281,7 @@ class BlockMonitor:
         cannot be reached, and whatever `on_event` raises."""
         async with self._lock:
             try:
-                tip_hash = await self._call(self._poll)
+                tip_hash = await self._call(self._poll())
                 while True:
                     before = self._tracker.copy()
                     event = await self._next_event(tip_hash)
@@ -324,12 +304,12 @@ class BlockMonitor:
             return tip
 
     async def _next_event(self, tip_hash: str) -> ChainEvent | None:
-        """Advance the tracker, fetching (in a worker thread) any header it lacks."""
+        """Advance the tracker, fetching any header it lacks."""
         while True:
             try:
                 return self._tracker.advance(tip_hash, self._lookup)
             except _MissingHeader as missing:
-                await self._call(self._fetch_headers, missing.block_hash, -1, 32)
+                await self._call(self._fetch_headers(missing.block_hash, -1, 32))
 
     def _lookup(self, block_hash: str) -> Block:
         try:
@@ -337,29 +317,30 @@ class BlockMonitor:
         except KeyError:
             raise _MissingHeader(block_hash) from None
 
-    def _poll(self) -> str:
-        """Worker thread: the best block hash, with the headers from it down to what the
-        tracker knows prefetched."""
-        tip_hash = str(self._node.rpc.call("getbestblockhash"))
+    async def _poll(self) -> str:
+        """The best block hash, with the headers from it down to what the tracker knows
+        prefetched."""
+        tip_hash = await self._node.best_block_hash()
         floor = self._tracker.floor
-        self._fetch_headers(tip_hash, math.inf if floor is None else floor, None)
+        await self._fetch_headers(tip_hash, math.inf if floor is None else floor, None)
         return tip_hash
 
-    def _fetch_headers(self, block_hash: str, stop_height: float, limit: int | None) -> None:
-        """Worker thread: headers from `block_hash` back into the cache, until one is known
-        or cached, after one at or below `stop_height`, or after `limit` of them."""
+    async def _fetch_headers(self, block_hash: str, stop_height: float, limit: int | None
+                             ) -> None:
+        """Headers from `block_hash` back into the cache, until one is known or cached, after
+        one at or below `stop_height`, or after `limit` of them."""
         fetched = 0
         while block_hash not in self._headers and not self._tracker.knows(block_hash):
-            block = Block.from_header(self._node.rpc.call("getblockheader", block_hash))
+            block = await self._node.block_header(block_hash)
             self._headers[block_hash] = block
             fetched += 1
             if block.height <= stop_height or block.height == 0 or fetched == limit:
                 return
             block_hash = block.prev_hash
 
-    async def _call(self, fn: Callable[..., _T], *args: Any) -> _T:
+    async def _call(self, asking: Awaitable[_T]) -> _T:
         try:
-            result = await asyncio.to_thread(fn, *args)
+            result = await asking
         except NodeError as exc:
             self._last_error = self._node_error = exc
             self._healthy = False

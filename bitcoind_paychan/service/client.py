@@ -42,6 +42,7 @@ from bitcoind_paychan.channel.effects import (
     StorePayment,
     VersionRefused,
 )
+from bitcoind_paychan.channel.kinds.registry import DEFAULT_VERSION, FALLBACK
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.channel.watch import WatchPolicy
 from bitcoind_paychan.errors import (
@@ -57,7 +58,7 @@ from bitcoind_paychan.errors import (
     TLSError,
     TransactionRejected,
 )
-from bitcoind_paychan.node.bitcoind import AsyncBitcoind
+from bitcoind_paychan.node.ports import Node, NodePorts
 from bitcoind_paychan.reasons import connection_failure
 from bitcoind_paychan.service.callbacks import Callbacks
 from bitcoind_paychan.service.clientevents import ClientEvent, ClientEventHandler, ClientEvents
@@ -75,9 +76,7 @@ log = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = 15.0
 PAY_TIMEOUT = 60.0  # seconds `pay` waits for its PAYMENT_ACK by default
 USED_UP = (ClientState.CLOSE_AFTER_ACK, ClientState.CLOSING)  # no more payments: closing
-DEFAULT_VERSION = 3
 VERSION_KEY = "client.version:"  # store meta key prefix: the major a server speaks
-FALLBACK = {3: 2}  # a server that refuses our major gets the next one
 Dialer = Callable[[str, float | None], Awaitable[Stream]]
 """Connect to a peer (as stored in its channels' records) within a timeout."""
 __all__ = [  # what integrators import from here (the errors: their old home)
@@ -95,15 +94,17 @@ class ClientManager:
     when given none); `autopilot` is when to act and its `fees` what every refund and contract
     pays. `tls` says, per peer (as dialled: host:port or URL), how to verify its TLS
     (`ClientTLS`: a CA file or a pinned fingerprint); other TCP peers are plain, as bitcoinj's.
-    `network` (for the channel keys) is the node's chain unless given. `on_event` hears each
-    channel's events in order (ClientEvent: ChannelOpened, PaymentAcknowledged, ChannelClosed
-    or ClosingSeen, ChannelFinished; docs/events.md); an exception it raises is logged and
-    counted in `callback_errors`.
+    `network` (for the channel keys) is the chain source's chain unless given. `wallet` is the
+    node's ports: one `Node` (an `AsyncBitcoind`) or `NodePorts`; `watcher`, if given, is a
+    client `ChainWatcher` of `store`, which replaces `autopilot` and the polling options.
+    `on_event` hears each channel's events in order (ClientEvent: ChannelOpened,
+    PaymentAcknowledged, ChannelClosed or ClosingSeen, ChannelFinished; docs/events.md); an
+    exception it raises is logged and counted in `callback_errors`.
     """
 
     def __init__(
         self,
-        wallet: AsyncBitcoind,
+        wallet: Node | NodePorts,
         store: ChannelStore,
         *,
         network: Network | None = None,
@@ -117,13 +118,15 @@ class ClientManager:
         review_interval: float = 60.0,
         dial: Dialer | None = None,
         tls: Mapping[str, ClientTLS] | None = None,
+        watcher: ChainWatcher | None = None,
     ) -> None:
-        self.wallet = wallet
+        self.ports = ports = NodePorts.of(wallet)
+        self.wallet, self.chain, self.broadcaster = ports.wallet, ports.chain, ports.broadcaster
         self.tls = dict(tls or {})  # peer → how to verify its TLS; others: plain TCP
         self.dial = dial or self._dial
         self.store = store
         self.payments = PaymentWriter(store)  # group commit of every channel's payments
-        self.network = network or Network.from_chain(wallet.node.config.chain)
+        self.network = network or Network.from_chain(ports.chain.chain)
         self.policy = policy or ClientPolicy()
         self.clock = clock
         self.handshake_timeout = handshake_timeout
@@ -139,10 +142,12 @@ class ClientManager:
         # How ChannelExists tells its reader to open another channel beside the open one (the
         # daemon tells its operator the CLI's way).
         self.open_new_hint = "open_channel(..., new=True)"
-        self.watcher = ChainWatcher(Role.CLIENT, wallet, store, autopilot,
-                                    on_event=self.events.tell, zmq_endpoint=zmq_endpoint,
-                                    poll_interval=poll_interval, review_interval=review_interval,
-                                    callbacks=self.callbacks)
+        self.watcher = watcher or ChainWatcher(Role.CLIENT, ports, store, autopilot,
+                                               zmq_endpoint=zmq_endpoint,
+                                               poll_interval=poll_interval,
+                                               review_interval=review_interval)
+        self.watcher.attach(Role.CLIENT, store, on_event=self.events.tell,
+                            callbacks=self.callbacks)
         self._started = False
 
     @property
@@ -215,9 +220,9 @@ class ClientManager:
         if record is None or record.status.final:
             raise LocalProtocolError(f"no unsettled client channel with contract {contract_txid}")
         refund = await self.refund_tx(record)
-        await self.wallet.broadcast(Transaction.parse(record.contract_tx))
+        await self.broadcaster.broadcast(Transaction.parse(record.contract_tx))
         try:
-            await self.wallet.broadcast(refund)
+            await self.broadcaster.broadcast(refund)
         except TransactionRejected as exc:
             if "non-final" in exc.reason:
                 raise TransactionRejected(
@@ -580,7 +585,8 @@ class Channel:
             # The server broadcast it; telling our own node too lets our wallet spend the
             # contract's change at once (say, for the next channel). Best effort.
             try:
-                await self.client.wallet.broadcast(Transaction.parse(opened.record.contract_tx))
+                await self.client.broadcaster.broadcast(
+                    Transaction.parse(opened.record.contract_tx))
             except PaychanError as exc:
                 log.warning("our node did not take contract %s: %s",
                             opened.record.contract_txid, exc)
@@ -592,9 +598,9 @@ class Channel:
         keep the record as FAILED (never broadcast by us; if it shows up on chain after all,
         the autopilot treats it as funded and refunds it). Returns what happened, in words."""
         record = self.record
-        wallet = self.client.wallet
         try:
-            spent = [await wallet.is_spent(txid, index) for txid, index in self.funded_inputs]
+            spent = [await self.client.chain.is_spent(txid, index)
+                     for txid, index in self.funded_inputs]
         except PaychanError as exc:
             return (f"contract {record.contract_txid} may have been broadcast (our node cannot "
                     f"tell: {exc}); the channel stays stored and is refunded after its expiry")
@@ -602,7 +608,7 @@ class Channel:
             return (f"contract {record.contract_txid} reached the network; the channel stays "
                     "stored and is refunded after its expiry if the server does not settle")
         await self._run(self.machine.abandon())
-        await wallet.release(self.funded_inputs)
+        await self.client.wallet.release(self.funded_inputs)
         return (f"nothing was spent: contract {record.contract_txid} is not on chain nor in our "
                 "node's mempool; its coins are released to the wallet (the record is kept as "
                 "failed, in case the contract appears on chain after all)")
@@ -747,7 +753,7 @@ class Channel:
         record = self.record
         deadline = time.monotonic() + timeout
         while True:
-            spender = await self.client.wallet.spender(record.contract_txid, 0)
+            spender = await self.client.chain.spender(record.contract_txid, 0)
             if spender is None:  # mined already? the watcher records spenders in blocks
                 try:
                     mined = self.client.watcher.chain_state(record.contract_txid).spender

@@ -5,24 +5,29 @@ from __future__ import annotations
 import logging
 
 from bitcoind_paychan.bitcoin.tx import Transaction
-from bitcoind_paychan.errors import NodeError, TransactionRejected
+from bitcoind_paychan.errors import TransactionRejected
 from bitcoind_paychan.node.bitcoind import Acceptance, AsyncBitcoind, Bitcoind
+from bitcoind_paychan.node.ports import Broadcaster, Miner, NodePorts
 
 log = logging.getLogger(__name__)
 
 
-class MiningBroadcaster(AsyncBitcoind):
-    """Broadcasts like its node; a transaction the mempool refuses for having a bare
-    multisig output (Knots' policy) is mined directly with `generateblock` instead.
-    For regtest demos and tests of channel version 1 only."""
+class MiningBroadcaster:
+    """A broadcaster wrapping another: a transaction the mempool refuses for having a bare
+    multisig output (Knots' policy) is mined directly by `miner` instead (in a block of its
+    own). For regtest demos and tests of channel version 1 only."""
 
-    def __init__(self, node: Bitcoind) -> None:
-        super().__init__(node)
+    def __init__(self, broadcaster: Broadcaster, miner: Miner) -> None:
+        self.broadcaster = broadcaster
+        self.miner = miner
         self.mined: list[str] = []
+
+    async def test_accept(self, tx: Transaction) -> Acceptance:
+        return await self.broadcaster.test_accept(tx)
 
     async def check_acceptable(self, tx: Transaction) -> Acceptance:
         try:
-            return await super().check_acceptable(tx)
+            return await self.broadcaster.check_acceptable(tx)
         except TransactionRejected as exc:
             if not _bare_multisig(exc):
                 raise
@@ -30,33 +35,21 @@ class MiningBroadcaster(AsyncBitcoind):
 
     async def broadcast(self, tx: Transaction) -> str:
         try:
-            return await super().broadcast(tx)
+            return await self.broadcaster.broadcast(tx)
         except TransactionRejected as exc:
             if not _bare_multisig(exc):
                 raise
-            if await self.run(self.mine, tx):
+            if await self.miner.mine(tx):
                 log.info("node refused bare multisig %s (%s); mined it directly (regtest)",
                          tx.txid_hex, exc.reason)
                 self.mined.append(tx.txid_hex)
             return tx.txid_hex
 
-    def mine(self, tx: Transaction) -> bool:
-        """Mine `tx` in a block of its own, unless the node already has it (mined by another
-        node racing us, whose block arrived meanwhile): True if we mined it."""
-        if self._known(tx):
-            return False
-        address = self.node.rpc.call("getnewaddress", "", "bech32", wallet=True)
-        try:
-            self.node.rpc.call("generateblock", address, [tx.hex()])
-        except NodeError:
-            if self._known(tx):  # its block arrived between the check and ours (BIP30)
-                return False
-            raise
-        return True
 
-    def _known(self, tx: Transaction) -> bool:
-        """Whether the node holds `tx`'s first output, in a block or in its mempool."""
-        return self.node.rpc.call("gettxout", tx.txid_hex, 0, True) is not None
+def regtest_ports(node: Bitcoind | AsyncBitcoind) -> NodePorts:
+    """A regtest node's ports, its broadcaster a `MiningBroadcaster` over it."""
+    full = AsyncBitcoind(node) if isinstance(node, Bitcoind) else node
+    return NodePorts.of(full, broadcaster=MiningBroadcaster(full, full))
 
 
 def _bare_multisig(exc: TransactionRejected) -> bool:

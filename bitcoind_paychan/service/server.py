@@ -68,7 +68,7 @@ from bitcoind_paychan.errors import (
     TransactionRejected,
 )
 from bitcoind_paychan.logcontext import bind_channel
-from bitcoind_paychan.node.bitcoind import AsyncBitcoind
+from bitcoind_paychan.node.ports import Node, NodePorts, minimum_confirmations
 from bitcoind_paychan.service.callbacks import Callbacks
 from bitcoind_paychan.service.outbox import effects_in_order, send_all
 from bitcoind_paychan.service.settlement import Settlements, Settling
@@ -136,8 +136,11 @@ class ServerManager(Settlements):
     (`autopilot.fees`: target, floor and cap), from the server's share, or from a wallet
     input when the share is too small.
     Payments after the first wait until the contract has `min_confirmations` (default: 0 on
-    regtest, 1 elsewhere). `handshake_timeout`: how long a connection may be silent before its
-    channel is open (transports that read for themselves apply it; `idle_timeout` says it);
+    regtest, 1 elsewhere, by the chain source's `chain`). `wallet` is the node's ports: one
+    `Node` (an `AsyncBitcoind`) or `NodePorts`; `watcher`, if given, is a server
+    `ChainWatcher` of `store`, whose policy is the autopilot's (the manager binds its hooks).
+    `handshake_timeout`: how long a connection may be silent before its channel is open
+    (transports that read for themselves apply it; `idle_timeout` says it);
     `resume_timeout`: how long a resumed one may be silent before its first payment proves it.
     `tls`: the certificate its listeners present (`tls_door()`), if any; `proxy_protocol`:
     the balancers whose PROXY header names the client on the TCP listener (off by default).
@@ -145,7 +148,7 @@ class ServerManager(Settlements):
 
     def __init__(
         self,
-        wallet: AsyncBitcoind,
+        wallet: Node | NodePorts,
         store: ChannelStore,
         policy: ServerPolicy | None = None,
         *,
@@ -165,8 +168,10 @@ class ServerManager(Settlements):
         leases: Leases | None = None,
         tls: ServerTLS | None = None,
         proxy_protocol: TrustedProxies | None = None,
+        watcher: ChainWatcher | None = None,
     ) -> None:
-        self.wallet = wallet
+        self.ports = ports = NodePorts.of(wallet)
+        self.wallet, self.broadcaster = ports.wallet, ports.broadcaster
         self.tls = tls  # for the listeners that serve it (tls_door)
         self.proxy_protocol = proxy_protocol  # balancers whose PROXY header names the client
         self.store = store
@@ -174,7 +179,7 @@ class ServerManager(Settlements):
         self.leases: Leases = leases or leases_for(store)
         # Group commit of every channel's payments, each fenced by its connection's lease.
         self.payments = PaymentWriter(store, self.leases)
-        autopilot = autopilot or WatchPolicy()
+        autopilot = watcher.policy if watcher is not None else autopilot or WatchPolicy()
         # One settle margin: the machines stop taking resumes when the autopilot settles.
         policy = policy or ServerPolicy()
         if policy.settle_margin != autopilot.settle_margin:
@@ -185,7 +190,7 @@ class ServerManager(Settlements):
         self.callbacks = Callbacks()  # the application's, isolated (errors counted)
         self.clock = clock
         if min_confirmations is None:
-            min_confirmations = 0 if wallet.node.config.chain == "regtest" else 1
+            min_confirmations = minimum_confirmations(ports.chain.chain)
         self.min_confirmations = min_confirmations
         self.payout_script = payout_script  # None: a fresh wallet address per settlement
         self.on_payment_latency = on_payment_latency  # seconds from UPDATE_PAYMENT to its ack
@@ -200,10 +205,11 @@ class ServerManager(Settlements):
         self._busy: set[ServerConnection] = set()  # connections handling a message right now
         self._stopping = False
         self._started = False
-        self.watcher = ChainWatcher(
-            Role.SERVER, wallet, store, autopilot,
-            settle=self._settle_claimed, on_event=self._finished, zmq_endpoint=zmq_endpoint,
-            poll_interval=poll_interval, review_interval=review_interval, leases=self.leases)
+        self.watcher = watcher or ChainWatcher(
+            Role.SERVER, ports, store, autopilot, zmq_endpoint=zmq_endpoint,
+            poll_interval=poll_interval, review_interval=review_interval)
+        self.watcher.attach(Role.SERVER, store, settle=self._settle_claimed,
+                            on_event=self._finished, leases=self.leases)
 
     @property
     def callback_errors(self) -> int:
@@ -486,7 +492,7 @@ class ServerManager(Settlements):
             return (f"it is busy checking other contracts (at most {busy} at once) and none "
                     f"finished within {wait:g} s"), True
         try:
-            await self.wallet.check_acceptable(tx)
+            await self.broadcaster.check_acceptable(tx)
             return None, False
         except TransactionRejected as exc:
             log.info("refused contract %s: %s", tx.txid_hex, exc.reason)
@@ -514,7 +520,7 @@ class ServerManager(Settlements):
         if effect.purpose is Purpose.CONTRACT:
             bind_channel(effect.tx.txid_hex)  # the connection's channel, before it is claimed
         try:
-            await self.wallet.broadcast(effect.tx)
+            await self.broadcaster.broadcast(effect.tx)
             log.info("broadcast %s %s", effect.purpose, effect.tx.txid_hex)
             return ""
         except NodeError as exc:  # TransactionRejected included

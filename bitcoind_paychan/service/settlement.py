@@ -23,7 +23,7 @@ from bitcoind_paychan.channel.effects import Disconnect, Effect, Send
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.channel.server import ServerChannel
 from bitcoind_paychan.errors import ErrorCode, LocalProtocolError, NodeError, StoreError
-from bitcoind_paychan.node.bitcoind import AsyncBitcoind
+from bitcoind_paychan.node.ports import Wallet
 from bitcoind_paychan.service.watcher import ChainWatcher
 from bitcoind_paychan.store import ChannelStore
 from bitcoind_paychan.store.leases import Lease, Leases
@@ -48,7 +48,7 @@ class Settling:
 class Settlements:
     """ServerManager's settlement steps (mixed in: the attributes are the manager's)."""
 
-    wallet: AsyncBitcoind
+    wallet: Wallet
     store: ChannelStore
     leases: Leases
     watcher: ChainWatcher

@@ -51,10 +51,17 @@ from bitcoind_paychan.channel.watch import (
     revert_block,
     review,
 )
-from bitcoind_paychan.errors import DecodeError, NodeError, PaychanError, TransactionRejected
+from bitcoind_paychan.errors import (
+    DecodeError,
+    InvalidParameter,
+    NodeError,
+    PaychanError,
+    TransactionRejected,
+)
 from bitcoind_paychan.logcontext import about_channel
-from bitcoind_paychan.node.bitcoind import AsyncBitcoind
-from bitcoind_paychan.node.monitor import Block, BlockMonitor, ChainEvent
+from bitcoind_paychan.node.bitcoind import Block
+from bitcoind_paychan.node.monitor import BlockMonitor, ChainEvent
+from bitcoind_paychan.node.ports import Node, NodePorts, Outpoint
 from bitcoind_paychan.service.callbacks import Callbacks
 from bitcoind_paychan.service.watchindex import WatchIndex
 from bitcoind_paychan.store import ChannelStore
@@ -101,12 +108,13 @@ class ChannelView:
 
 
 class ChainWatcher:
-    """Watches the chain for every stored channel of `role`."""
+    """Watches the chain for every stored channel of `role`, through `node`'s chain source,
+    broadcaster and fee estimator (a `Node`, or `NodePorts`)."""
 
     def __init__(
         self,
         role: Role,
-        wallet: AsyncBitcoind,
+        node: Node | NodePorts,
         store: ChannelStore,
         policy: WatchPolicy | None = None,
         *,
@@ -120,7 +128,8 @@ class ChainWatcher:
     ) -> None:
         self.role = role
         self.leases = leases
-        self.wallet = wallet
+        ports = NodePorts.of(node)
+        self.chain, self.broadcaster, self.fees = ports.chain, ports.broadcaster, ports.fees
         self.store = store
         self.policy = policy or WatchPolicy()
         self.settle = settle
@@ -143,6 +152,23 @@ class ChainWatcher:
         self._armed_after: float | None = None
         self._meta_key = f"synced:{role.value}"
 
+    def attach(self, role: Role, store: ChannelStore, *,
+               settle: Callable[[str], Awaitable[object]] | None = None,
+               on_event: Callable[[WatchEvent], object] | None = None,
+               leases: Leases | None = None, callbacks: Callbacks | None = None) -> None:
+        """A manager takes this watcher on: it must watch the manager's `role` in its
+        `store`; the manager's hooks (settle, events, leases, callbacks) replace its own."""
+        if role is not self.role:
+            raise InvalidParameter(f"watcher: a {self.role.value} watcher cannot serve a "
+                                   f"{role.value} manager; build it with Role.{role.name}")
+        if store is not self.store:
+            raise InvalidParameter("watcher: it watches another store than the manager's; "
+                                   "build it with the manager's store")
+        if self.scheduler.running:
+            raise InvalidParameter("watcher: already started; give a manager a new watcher")
+        self.settle, self.on_event, self.leases = settle, on_event, leases
+        self.callbacks = callbacks or self.callbacks
+
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -153,7 +179,7 @@ class ChainWatcher:
         if synced:
             height, block_hash = synced.split(":")
             start_from = (int(height), block_hash)
-        self.monitor = BlockMonitor(self.wallet.node, self._on_chain_event,
+        self.monitor = BlockMonitor(self.chain, self._on_chain_event,
                                     zmq_endpoint=self.zmq_endpoint,
                                     poll_interval=self.poll_interval, start_from=start_from,
                                     on_transaction=self._mempool_transaction)
@@ -339,8 +365,8 @@ class ChainWatcher:
     async def _scan(self, block: Block) -> dict[str, list[Transaction]]:
         """The block's transactions touching watched channels (fetched and scanned off the
         event loop)."""
-        raw = await self.wallet.run(self.wallet.node.rpc.call, "getblock", block.hash, 0)
-        return await asyncio.to_thread(self.index.scan, bytes.fromhex(raw))
+        raw = await self.chain.raw_block(block.hash)
+        return await asyncio.to_thread(self.index.scan, raw)
 
     async def until_confirmed(self, contract_txid: str, confirmations: int) -> None:
         """Return once the contract is `confirmations` deep (at once for 0)."""
@@ -406,11 +432,11 @@ class ChainWatcher:
         """The rate (sat/kvB) for a transaction built now: the node's estimate for the fee
         policy's target, clamped into its floor and cap."""
         fees = self.policy.fees
-        return fees.rate(await self.wallet.fee_rate(fees.target, fees.floor))
+        return fees.rate(await self.fees.fee_rate(fees.target, fees.floor))
 
     async def _review_all(self, final: bool, touched: set[str]) -> None:
         self.reviews += 1
-        chain_tip = await self.wallet.tip()
+        chain_tip = await self.chain.tip()
         tip = Tip(chain_tip.height, chain_tip.median_time, chain_tip.time)
         clock = tip.time if self.role is Role.SERVER else tip.median_time
         statuses = (ChannelStatus.CLOSING, *FINAL) if final else (ChannelStatus.CLOSING,)
@@ -420,7 +446,7 @@ class ChainWatcher:
         # The mempool, asked in batches: for the periodic review every watched contract
         # output (a spend there is news of a channel nothing else points at).
         asked = None if final else frozenset(wanted)
-        spenders = await self.wallet.run(self._spenders, asked) if len(self.index) and (
+        spenders = await self._spenders(asked) if len(self.index) and (
             asked is None or asked) else {}
         wanted |= set(spenders)
         loaded = await self._load(sorted(wanted))
@@ -462,13 +488,17 @@ class ChainWatcher:
         if failure:
             raise failure
 
-    def _spenders(self, txids: frozenset[str] | None) -> dict[str, Transaction]:
-        """Node thread: the mempool's spenders of these watched channels' contract outputs
-        (None: of all of them)."""
-        outpoints = self.index.outpoints(txids)
-        pairs = {txid: (o.txid_hex, o.index) for txid, o in outpoints.items()}
-        spent = self.wallet.node.spenders(pairs.values())
-        return {txid: spent[pair] for txid, pair in pairs.items() if pair in spent}
+    async def _spenders(self, txids: frozenset[str] | None) -> dict[str, Transaction]:
+        """The mempool's spenders of these watched channels' contract outputs (None: of all
+        of them); the index is walked off the event loop."""
+        pairs = await asyncio.to_thread(self._outpoints, txids)
+        spent = await self.chain.spenders(list(pairs.values()))
+        return await asyncio.to_thread(
+            lambda: {txid: spent[pair] for txid, pair in pairs.items() if pair in spent})
+
+    def _outpoints(self, txids: frozenset[str] | None) -> dict[str, Outpoint]:
+        """Worker thread: the contract outpoint of each of these watched channels."""
+        return {txid: (o.txid_hex, o.index) for txid, o in self.index.outpoints(txids).items()}
 
     async def _plan(self, record: ChannelRecord, state: ChainState,
                     mempool_spender: Transaction | None, tip: Tip, fee_rate: int
@@ -484,7 +514,7 @@ class ChainWatcher:
                 state.conflict_height or state.contract_height or state.spender):
             # Failed with no chain fact to show for it (stored by an older version): are its
             # coins gone? Then it is discarded once that is buried, like any double spend.
-            acceptance = await self.wallet.test_accept(Transaction.parse(record.contract_tx))
+            acceptance = await self.broadcaster.test_accept(Transaction.parse(record.contract_tx))
             state = await self._observed(txid, state, observe_missing_inputs(
                 state, acceptance.reason, tip.height))
         return review(record, state, tip, fee_rate, self.policy)
@@ -539,7 +569,7 @@ class ChainWatcher:
                 if not await self._claim(f"broadcast:{tx.txid_hex}", self.review_interval / 2):
                     return
                 try:
-                    await self.wallet.broadcast(tx)
+                    await self.broadcaster.broadcast(tx)
                     # Unconfirmed transactions are re-sent at every review: log those quietly.
                     quiet = purpose not in (Purpose.FEE_BUMP, Purpose.REFUND)
                     level = logging.DEBUG if quiet else logging.INFO

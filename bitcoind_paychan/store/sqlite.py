@@ -227,20 +227,20 @@ def _prepare_schema(conn: sqlite3.Connection, name: str) -> None:
     """Create the schema in a new file, upgrade an older one, refuse a newer or foreign one."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        found = conn.execute("PRAGMA user_version").fetchone()[0]
         app_id = conn.execute("PRAGMA application_id").fetchone()[0]
         tables = conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise StoreError(newer_store(name, version, SCHEMA_VERSION))
-        if app_id != schema.APPLICATION_ID and (app_id or version or tables):
+        if found > SCHEMA_VERSION:
+            raise StoreError(newer_store(name, found, SCHEMA_VERSION))
+        if app_id != schema.APPLICATION_ID and (app_id or found or tables):
             raise StoreError(f"{name} is an SQLite file of some other program, not a "
                              "bitcoind-paychan store; give the path of a new or existing store")
-        if version == 0:  # new: version 1's tables, then every migration
+        if found == 0:  # new: schema version 1's tables, then every migration
             for sql in schema.V1:
                 conn.execute(sql)
             conn.execute(f"PRAGMA application_id = {schema.APPLICATION_ID}")
-            version = 1
-        for step in schema.MIGRATIONS[version - 1 :]:
+            found = 1
+        for step in schema.MIGRATIONS[found - 1 :]:
             step(conn)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     except BaseException:

@@ -123,10 +123,10 @@ def _parse_v1(data: bytes) -> ProxyHeader:
 
 
 def _parse_v2(data: bytes) -> ProxyHeader:
-    version, command = data[12] >> 4, data[12] & 0xF
+    ver, command = data[12] >> 4, data[12] & 0xF
     family, transport = data[13] >> 4, data[13] & 0xF
-    if version != 2:
-        raise ProxyHeaderError(f"a PROXY header of version {version}, expected 2")
+    if ver != 2:
+        raise ProxyHeaderError(f"a PROXY header of version {ver}, expected 2")
     if command == 0x0:  # LOCAL: the proxy's own connection (a health check)
         return ProxyHeader(None)
     if command != 0x1:

@@ -20,7 +20,7 @@ from bitcoind_paychan.channel.contract import (
     DUST,
     FINAL,
     NON_FINAL,
-    V1_REFUND_FEE,
+    Branch,
     Contract,
     check_refund_request,
     contract_from_tx,
@@ -29,6 +29,7 @@ from bitcoind_paychan.channel.contract import (
     payment_hashtype,
     round_change,
 )
+from bitcoind_paychan.channel.kinds.v1_multisig import BareMultisig
 from bitcoind_paychan.errors import (
     DecodeError,
     ErrorCode,
@@ -160,14 +161,14 @@ SSIG = bytes(range(100, 172))
 
 def test_v1_cooperative_script_sig() -> None:
     contract = make_contract(1)
-    spent = contract.with_spend(contract.payment_tx(5000), [CSIG, SSIG], cooperative=True)
+    spent = contract.with_spend(contract.payment_tx(5000), [CSIG, SSIG], Branch.COOPERATIVE)
     assert spent.inputs[0].script_sig == b"\x00" + direct_push(CSIG) + direct_push(SSIG)
     assert spent.inputs[0].witness == ()
 
 
 def test_v2_cooperative_script_sig() -> None:
     contract = make_contract(2)
-    spent = contract.with_spend(contract.payment_tx(5000), [CSIG, SSIG], cooperative=True)
+    spent = contract.with_spend(contract.payment_tx(5000), [CSIG, SSIG], Branch.COOPERATIVE)
     assert spent.inputs[0].script_sig == (direct_push(CSIG) + direct_push(SSIG) + b"\x51"
                                           + direct_push(contract.script))
     assert spent.inputs[0].witness == ()
@@ -175,17 +176,17 @@ def test_v2_cooperative_script_sig() -> None:
 
 def test_v2_refund_script_sig_pushes_a_zero_byte() -> None:
     contract = make_contract(2)
-    spent = contract.with_spend(contract.refund_tx(1000), [CSIG], cooperative=False)
+    spent = contract.with_spend(contract.refund_tx(1000), [CSIG], Branch.REFUND)
     assert spent.inputs[0].script_sig == (direct_push(CSIG) + b"\x01\x00"
                                           + direct_push(contract.script))
 
 
 def test_v3_witnesses() -> None:
     contract = make_contract(3)
-    coop = contract.with_spend(contract.payment_tx(5000), [CSIG, SSIG], cooperative=True)
+    coop = contract.with_spend(contract.payment_tx(5000), [CSIG, SSIG], Branch.COOPERATIVE)
     assert coop.inputs[0].witness == (CSIG, SSIG, b"\x01", contract.script)
     assert coop.inputs[0].script_sig == b""
-    refund = contract.with_spend(contract.refund_tx(1000), [CSIG], cooperative=False)
+    refund = contract.with_spend(contract.refund_tx(1000), [CSIG], Branch.REFUND)
     assert refund.inputs[0].witness == (CSIG, b"", contract.script)
     assert refund.inputs[0].script_sig == b""
 
@@ -433,23 +434,23 @@ def test_refund_fee() -> None:
     # Sized by the refund's worst-case size: v1 carries two signatures, v3 is discounted.
     assert make_contract(3).refund_fee(FEE_RATE) < make_contract(2).refund_fee(FEE_RATE)
     v1 = make_contract(1)
-    signed = v1.with_spend(v1.refund_tx(0), [bytes(73)] * 2, cooperative=True)
+    signed = v1.with_spend(v1.refund_tx(0), [bytes(73)] * 2, Branch.COOPERATIVE)
     assert v1.refund_fee(FEE_RATE) == -(-FEE_RATE * signed.vsize // 1000)
-    assert V1_REFUND_FEE == 1000  # the fee of the refund exchanged at opening (bitcoinj's)
+    assert BareMultisig.presigned_refund_fee == 1000  # the refund exchanged at opening: bitcoinj
     assert make_contract(2).refund_fee(0) == 1
 
 
 def test_v1_refund_needs_the_server_signature() -> None:
     contract = make_contract(1)
     with pytest.raises(LocalProtocolError):
-        contract.sign_refund(CLIENT, contract.refund_tx(V1_REFUND_FEE))
+        contract.sign_refund(CLIENT, contract.refund_tx(BareMultisig.presigned_refund_fee))
     with pytest.raises(LocalProtocolError, match="none is stored"):
         contract.refund(CLIENT, FEE_RATE, None)  # no refund signed at opening
 
 
 def test_v1_refund_with_server_signature() -> None:
     contract = make_contract(1)
-    refund = contract.refund_tx(V1_REFUND_FEE)
+    refund = contract.refund_tx(BareMultisig.presigned_refund_fee)
     server_sig = contract.sign_refund_as_server(SERVER, refund)
     assert server_sig[-1] == NONE_ACP
     contract.check_server_refund_signature(refund, server_sig)  # does not raise
@@ -466,7 +467,7 @@ def test_v1_refund_with_server_signature() -> None:
 
 
 def _tampered_refund_signatures(contract: Contract) -> dict[str, tuple[Transaction, bytes]]:
-    refund = contract.refund_tx(V1_REFUND_FEE)
+    refund = contract.refund_tx(BareMultisig.presigned_refund_fee)
     good = contract.sign_refund_as_server(SERVER, refund)
     der = good[:-1]
     return {

@@ -16,7 +16,6 @@ from bitcoind_paychan.channel.client import ClientChannel, ClientPolicy, ClientS
 from bitcoind_paychan.channel.contract import (
     DUST,
     FINAL,
-    V1_REFUND_FEE,
     Contract,
     output_script,
 )
@@ -38,6 +37,7 @@ from bitcoind_paychan.channel.effects import (
     StoreChannel,
     StorePayment,
 )
+from bitcoind_paychan.channel.kinds.v1_multisig import BareMultisig
 from bitcoind_paychan.channel.machine import resume_digest
 from bitcoind_paychan.channel.messages import DEFAULT_TIME_WINDOW
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
@@ -130,7 +130,7 @@ class Session:
                         OutPoint(tx.txid, 0), tx.outputs[0].value)
 
     def refund(self, tx: Transaction) -> Transaction:
-        return self.contract(tx).refund_tx(V1_REFUND_FEE)
+        return self.contract(tx).refund_tx(BareMultisig.presigned_refund_fee)
 
     def provide_refund(self, refund: Transaction, key: bytes | None = None) -> list[Effect]:
         client_pub = self.client.pub.data if key is None else key
@@ -583,7 +583,7 @@ def test_v3_wrapped_or_mixed_segwit_funding_is_refused() -> None:
 
 
 def test_v2_policy_may_require_segwit_too() -> None:
-    session = start(2, ServerPolicy(require_segwit_funding_from=2))
+    session = start(2, ServerPolicy(require_segwit_funding=True))
     effects = session.provide_contract(session.contract_tx(segwit=False))
     assert_refused(session.server, effects, ErrorCode.BAD_TRANSACTION)
 

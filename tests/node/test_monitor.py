@@ -15,8 +15,9 @@ import pytest
 
 from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.errors import NodeError
-from bitcoind_paychan.node import Bitcoind
-from bitcoind_paychan.node.monitor import NO_PARENT, Block, BlockMonitor, ChainEvent, ChainTracker
+from bitcoind_paychan.node import AsyncBitcoind, Bitcoind
+from bitcoind_paychan.node.bitcoind import NO_PARENT, Block
+from bitcoind_paychan.node.monitor import BlockMonitor, ChainEvent, ChainTracker
 from regtest.node import RegtestNode, wait_until
 from tests.conftest import config_for
 
@@ -237,7 +238,7 @@ def running(node: RegtestNode, *, zmq: bool = False, **kwargs: Any) -> Iterator[
 
     async def create() -> BlockMonitor:
         monitor = BlockMonitor(
-            Bitcoind(config_for(node)),
+            AsyncBitcoind(Bitcoind(config_for(node))),
             on_event,
             zmq_endpoint=node.zmq_endpoint if zmq else None,
             **kwargs,
@@ -388,7 +389,7 @@ def test_a_failing_handler_gets_the_same_event_again(chain_node: RegtestNode) ->
                 raise RuntimeError("handler failed")
             delivered.append(event)
 
-        monitor = BlockMonitor(Bitcoind(config_for(chain_node)), on_event)  # sync() only
+        monitor = BlockMonitor(AsyncBitcoind(Bitcoind(config_for(chain_node))), on_event)  # sync()
         await monitor.sync()
         mined = await asyncio.to_thread(chain_node.mine, 2)
         fail = True
@@ -424,7 +425,7 @@ def test_background_delivery_is_serial_and_stops_cleanly(chain_node: RegtestNode
                 active -= 1
 
         monitor = BlockMonitor(
-            Bitcoind(config_for(chain_node)),
+            AsyncBitcoind(Bitcoind(config_for(chain_node))),
             on_event,
             zmq_endpoint=chain_node.zmq_endpoint,
             poll_interval=0.2,

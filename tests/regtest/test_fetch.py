@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -75,3 +77,34 @@ def test_missing_library_is_named(found: fetch.Binaries, tmp_path: Path) -> None
     with pytest.raises(FetchError, match=r"missing shared library libzmq\.so\.5"):
         fetch._version(launcher)
     shutil.rmtree(tmp_path / "usr")
+
+
+_TRY_LOCK = """
+import fcntl, sys
+with open(sys.argv[1], "w") as handle:
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print("held")
+    else:
+        print("free")
+"""
+
+
+def test_a_machine_lock_is_held_against_other_processes_and_reentrant_in_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    lock_file = tmp_path / "bitcoind-paychan" / "locks" / "apt.lock"
+
+    def other_process_sees() -> str:
+        done = subprocess.run([sys.executable, "-c", _TRY_LOCK, str(lock_file)],
+                              capture_output=True, text=True, check=True)
+        return done.stdout.strip()
+
+    with fetch.machine_lock("apt"):
+        assert other_process_sees() == "held"
+        with fetch.machine_lock("apt"):  # the same process again: no deadlock
+            assert other_process_sees() == "held"
+        assert other_process_sees() == "held"  # the inner exit does not release it
+    assert other_process_sees() == "free"

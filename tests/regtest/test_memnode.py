@@ -17,7 +17,9 @@ from bitcoind_paychan.errors import (
     NodeUnreachable,
     TransactionRejected,
 )
-from bitcoind_paychan.node.monitor import Block, BlockMonitor, ChainEvent
+from bitcoind_paychan.node.bitcoind import Block
+from bitcoind_paychan.node.monitor import BlockMonitor, ChainEvent
+from bitcoind_paychan.node.ports import Node, NodePorts
 from regtest.memchain import MemChain
 from regtest.memnode import MemNode
 
@@ -29,6 +31,13 @@ def node() -> MemNode:
     node = MemNode(MemChain())
     node.wallet.receive(BTC, BTC // 2)
     return node
+
+
+def test_it_is_every_port_of_a_node(node: MemNode) -> None:
+    as_node: Node = node  # mypy holds it to the ports' protocols
+    ports = NodePorts.of(as_node)
+    assert all(port is node for port in (ports.chain, ports.broadcaster, ports.fees,
+                                         ports.wallet))
 
 
 def test_fund_pays_from_segwit_coins_with_change_and_locks_them(node: MemNode) -> None:
@@ -122,14 +131,13 @@ def test_the_block_monitor_follows_blocks_and_reorgs(node: MemNode) -> None:
         events.append(event)
 
     async def scenario() -> tuple[Block, Block]:
-        monitor = BlockMonitor(node.node, heard, poll_interval=3600)  # type: ignore[arg-type]
+        monitor = BlockMonitor(node, heard, poll_interval=3600)
         await monitor.sync()
         node.memchain.mine(2)
         await monitor.sync()
         node.memchain.reorg(1)
         tip = await monitor.sync()
-        raw = node.node.rpc.call("getblock", tip.hash, 0)
-        assert bytes.fromhex(raw) == node.memchain.tip.raw()
+        assert await node.raw_block(tip.hash) == node.memchain.tip.raw()
         return tip, events[-1].disconnected[0]
 
     tip, gone = asyncio.run(scenario())

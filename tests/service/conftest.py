@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
@@ -23,9 +23,10 @@ from bitcoind_paychan.channel.effects import (
 from bitcoind_paychan.channel.server import ServerPolicy
 from bitcoind_paychan.channel.watch import WatchPolicy
 from bitcoind_paychan.node import Bitcoind
-from bitcoind_paychan.node.bitcoind import COIN, AsyncBitcoind
+from bitcoind_paychan.node.bitcoind import COIN
+from bitcoind_paychan.node.ports import Node, NodePorts
 from bitcoind_paychan.service.client import ClientEvent, PaymentClient
-from bitcoind_paychan.service.regtest import MiningBroadcaster
+from bitcoind_paychan.service.regtest import regtest_ports
 from bitcoind_paychan.service.server import PaymentServer, ServerEvent
 from bitcoind_paychan.store import SQLiteStore
 from regtest.memchain import MemChain
@@ -49,12 +50,12 @@ class Duo:
     stores: dict[str, SQLiteStore] = field(default_factory=dict)
     poll_interval: float = 0.2
 
-    def server_adapter(self) -> AsyncBitcoind:
-        """The node adapter a new server service of this test uses."""
+    def server_ports(self) -> Node | NodePorts:
+        """The node ports a new server service of this test uses."""
         raise NotImplementedError
 
-    def client_adapter(self) -> AsyncBitcoind:
-        """The node adapter a new client service of this test uses."""
+    def client_ports(self) -> Node | NodePorts:
+        """The node ports a new client service of this test uses."""
         raise NotImplementedError
 
     def store(self, name: str) -> SQLiteStore:
@@ -73,14 +74,14 @@ class Duo:
         options.setdefault("poll_interval", self.poll_interval)
         options.setdefault("review_interval", 0.5)
         options.setdefault("autopilot", FAST)
-        return kind(self.server_adapter(), self.store(name), policy,
+        return kind(self.server_ports(), self.store(name), policy,
                     on_event=self.events.append, **options)
 
     def client(self, name: str = "client", **options: Any) -> PaymentClient:
         options.setdefault("poll_interval", self.poll_interval)
         options.setdefault("review_interval", 0.5)
         options.setdefault("autopilot", FAST)
-        return PaymentClient(self.client_adapter(), self.store(name),
+        return PaymentClient(self.client_ports(), self.store(name),
                              on_event=self.client_event, **options)
 
     def client_event(self, event: ClientEvent) -> None:
@@ -108,12 +109,12 @@ class Sides(Duo):
     client_node: RegtestNode
     client_wallet: str = DEFAULT_WALLET
 
-    def server_adapter(self) -> AsyncBitcoind:
-        return MiningBroadcaster(Bitcoind(config_for(self.server_node)))
+    def server_ports(self) -> Node | NodePorts:
+        return regtest_ports(Bitcoind(config_for(self.server_node)))
 
-    def client_adapter(self) -> AsyncBitcoind:
+    def client_ports(self) -> Node | NodePorts:
         node = Bitcoind(config_for(self.client_node, wallet=self.client_wallet))
-        return MiningBroadcaster(node)
+        return regtest_ports(node)
 
     def sync(self) -> None:
         if self.server_node is not self.client_node:
@@ -147,11 +148,11 @@ class MemSides(Duo):
         self.server_node.wallet.receive(50 * COIN)
         self.client_node.wallet.receive(50 * COIN)
 
-    def server_adapter(self) -> AsyncBitcoind:
-        return adapter(self.server_node)
+    def server_ports(self) -> Node | NodePorts:
+        return self.server_node
 
-    def client_adapter(self) -> AsyncBitcoind:
-        return adapter(self.client_node)
+    def client_ports(self) -> Node | NodePorts:
+        return self.client_node
 
     def sync(self) -> None:
         """One chain: nothing to wait for."""
@@ -168,11 +169,6 @@ class MemSides(Duo):
         if found is None:
             return None
         return 0 if found[1] is None else self.chain.height - found[1] + 1
-
-
-def adapter(node: MemNode) -> AsyncBitcoind:
-    """`node` where the services take an AsyncBitcoind (until they take node ports)."""
-    return cast(AsyncBitcoind, node)
 
 
 @pytest.fixture

@@ -21,9 +21,10 @@ from typing import Any
 
 from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.channel.effects import PaymentReceived
-from bitcoind_paychan.node import Bitcoind, NodeConfig
+from bitcoind_paychan.node import AsyncBitcoind, Bitcoind, NodeConfig
+from bitcoind_paychan.node.ports import NodePorts
 from bitcoind_paychan.service.client import PaymentClient
-from bitcoind_paychan.service.regtest import MiningBroadcaster
+from bitcoind_paychan.service.regtest import MiningBroadcaster, regtest_ports
 from bitcoind_paychan.service.server import PaymentServer, ServerEvent
 from bitcoind_paychan.store import ChannelStore, SQLiteStore, open_store
 from bitcoind_paychan.store.leases import ClusterPolicy, leases_for
@@ -37,8 +38,8 @@ def say(event: str, **fields: Any) -> None:
 class HoldingBroadcaster(MiningBroadcaster):
     """Stops before (or after) its Nth broadcast until a file appears."""
 
-    def __init__(self, node: Bitcoind, gate: Path, before: int, after: int) -> None:
-        super().__init__(node)
+    def __init__(self, node: AsyncBitcoind, gate: Path, before: int, after: int) -> None:
+        super().__init__(node, node)
         self.gate, self.before, self.after, self.count = gate, before, after, 0
 
     async def broadcast(self, tx: Transaction) -> str:
@@ -64,7 +65,9 @@ def node_of(path: str) -> Bitcoind:
 
 async def serve(args: argparse.Namespace) -> None:
     gate = Path(args.store + ".go")
-    wallet = HoldingBroadcaster(node_of(args.node), gate, args.hold, args.after)
+    node = AsyncBitcoind(node_of(args.node))
+    wallet = NodePorts.of(node, broadcaster=HoldingBroadcaster(node, gate, args.hold,
+                                                               args.after))
 
     def report(event: ServerEvent) -> None:
         if isinstance(event, PaymentReceived):
@@ -89,7 +92,7 @@ def store_of(name: str) -> ChannelStore:
 
 
 async def pay(args: argparse.Namespace) -> None:
-    client = PaymentClient(MiningBroadcaster(node_of(args.node)), SQLiteStore(args.store),
+    client = PaymentClient(regtest_ports(node_of(args.node)), SQLiteStore(args.store),
                            autopilot=FAST, poll_interval=0.2, review_interval=0.5)
     channel = await client.open("127.0.0.1", args.port, 1_000_000)
     say("opened", contract=channel.contract_txid, paid=channel.paid)

@@ -84,7 +84,7 @@ def test_a_payment_the_application_carries_completes_when_it_feeds_back_the_ack(
     UPDATE_PAYMENT through the application's link and returns once the application hands it
     the PAYMENT_ACK (`Channel.receive`); a resume dials a new carried connection."""
     async def scenario() -> tuple[bool, bool, bytes, int, int]:
-        manager = ServerManager(mem_sides.server_adapter(), mem_sides.store("server"),
+        manager = ServerManager(mem_sides.server_ports(), mem_sides.store("server"),
                                 on_payment=lambda p: b"ok", on_event=mem_sides.events.append,
                                 poll_interval=mem_sides.poll_interval)
         await manager.start()

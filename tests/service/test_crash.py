@@ -14,7 +14,8 @@ import pytest
 
 from bitcoind_paychan.channel.records import ChannelStatus, Role
 from bitcoind_paychan.errors import ChannelFailed
-from bitcoind_paychan.node import Bitcoind
+from bitcoind_paychan.node import AsyncBitcoind, Bitcoind
+from bitcoind_paychan.node.ports import NodePorts
 from bitcoind_paychan.service.client import PaymentClient
 from bitcoind_paychan.service.server import PaymentServer
 from bitcoind_paychan.store import SQLiteStore
@@ -80,15 +81,17 @@ def stores(sides: Sides) -> tuple[Path, Path]:
 
 
 def client_for(sides: Sides, store: Path) -> PaymentClient:
-    node = Bitcoind(config_for(sides.client_node, wallet=sides.client_wallet))
-    return PaymentClient(HoldingBroadcaster(node, Path("/nonexistent"), 0, 0),
+    node = AsyncBitcoind(Bitcoind(config_for(sides.client_node, wallet=sides.client_wallet)))
+    holding = HoldingBroadcaster(node, Path("/nonexistent"), 0, 0)
+    return PaymentClient(NodePorts.of(node, broadcaster=holding),
                          SQLiteStore(store), autopilot=FAST, poll_interval=0.2,
                          review_interval=0.5, on_event=sides.client_event)
 
 
 def server_for(sides: Sides, store: Path, hold: int = 0, after: int = 0) -> PaymentServer:
-    node = Bitcoind(config_for(sides.server_node))
-    wallet = HoldingBroadcaster(node, Path(str(store) + ".go"), hold, after)
+    node = AsyncBitcoind(Bitcoind(config_for(sides.server_node)))
+    holding = HoldingBroadcaster(node, Path(str(store) + ".go"), hold, after)
+    wallet = NodePorts.of(node, broadcaster=holding)
     return PaymentServer(wallet, SQLiteStore(store), autopilot=FAST, poll_interval=0.2,
                          review_interval=0.5, on_event=sides.events.append)
 

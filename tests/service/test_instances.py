@@ -33,7 +33,7 @@ VALUE = 300_000
 def instance(sides: Duo, dsn: str, name: str, events: list[ServerEvent]) -> PaymentServer:
     """A server instance on the shared database `dsn`."""
     store = open_store(engine="postgresql", dsn=dsn)
-    return PaymentServer(sides.server_adapter(), store,
+    return PaymentServer(sides.server_ports(), store,
                          on_event=events.append, autopilot=FAST, poll_interval=0.2,
                          review_interval=0.5,
                          leases=leases_for(store, ClusterPolicy(name, takeover_after=1.0)))

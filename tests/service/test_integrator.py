@@ -59,7 +59,7 @@ def sides(mem_sides: MemSides) -> MemSides:
 
 
 def manager(sides: Duo, **options: object) -> ServerManager:
-    return ServerManager(sides.server_adapter(), sides.store("server"),
+    return ServerManager(sides.server_ports(), sides.store("server"),
                          on_event=sides.events.append,
                          poll_interval=sides.poll_interval, review_interval=0.5,
                          **options)  # type: ignore[arg-type]

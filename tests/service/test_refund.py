@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from bitcoind_paychan.channel.contract import V1_REFUND_FEE
+from bitcoind_paychan.channel.kinds.v1_multisig import BareMultisig
 from bitcoind_paychan.errors import TransactionRejected
 from bitcoind_paychan.service.client import Channel, PaymentClient
 from tests.service.conftest import MemSides, advance_chain_time
@@ -36,13 +36,13 @@ def test_refund_after_the_server_vanishes(mem_sides: MemSides, version: int) -> 
     with pytest.raises(TransactionRejected, match="not valid yet"):
         asyncio.run(client.refund(record.contract_txid))
     advance_chain_time(sides, record.contract.expiry)
-    refund = asyncio.run(PaymentClient(client.wallet, client.store).refund(record.contract_txid))
+    refund = asyncio.run(PaymentClient(client.ports, client.store).refund(record.contract_txid))
     sides.mine(1)
     assert sides.confirmations(refund.txid_hex) == 1
     assert refund.locktime == record.contract.expiry
     fee = VALUE - refund.outputs[0].value
     # Every version pays the node's estimate; version 1 reuses the server's NONE|ANYONECANPAY
     # signature with a fee of its own choosing instead of the 1000 sat signed at opening.
-    assert 0 < fee < V1_REFUND_FEE
+    assert 0 < fee < BareMultisig.presigned_refund_fee
     assert refund.vsize <= fee <= refund.vsize + 6  # 1 sat/vB, sized with worst-case sigs
     assert wallet_utxo(sides.client_node, refund.txid_hex, 0) == VALUE - fee

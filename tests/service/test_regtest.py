@@ -1,12 +1,11 @@
-"""MiningBroadcaster (regtest v1): a contract another node already mined, or that is in the
-mempool, is not mined again (seen: `generateblock failed … bad-txns-BIP30` in the demo when
-both nodes raced to mine the contract)."""
+"""MiningBroadcaster (regtest v1) mines through the node's `mine`: a contract another node
+already mined, or that is in the mempool, is not mined again (seen: `generateblock failed …
+bad-txns-BIP30` in the demo when both nodes raced to mine the contract)."""
 
 from __future__ import annotations
 
 from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.node import Bitcoind
-from bitcoind_paychan.service.regtest import MiningBroadcaster
 from regtest.node import RegtestNode
 from tests.conftest import config_for
 
@@ -18,12 +17,12 @@ def signed_tx(node: RegtestNode) -> Transaction:
         node.wallet_rpc("signrawtransactionwithwallet", funded)["hex"]))
 
 
-class LateBlock(MiningBroadcaster):
+class LateBlock(Bitcoind):
     """The other node's block with the transaction arrives just after we looked: our check
     finds nothing the first time, and the node holds it by the time we mine."""
 
-    def __init__(self, node: Bitcoind, racer: RegtestNode) -> None:
-        super().__init__(node)
+    def __init__(self, node: RegtestNode, racer: RegtestNode) -> None:
+        super().__init__(config_for(node))
         self.racer, self.looked = racer, 0
 
     def _known(self, tx: Transaction) -> bool:
@@ -35,7 +34,7 @@ class LateBlock(MiningBroadcaster):
 
 
 def test_a_transaction_the_node_holds_is_not_mined_again(node: RegtestNode) -> None:
-    broadcaster = MiningBroadcaster(Bitcoind(config_for(node)))
+    broadcaster = Bitcoind(config_for(node))
     tx = signed_tx(node)
     assert broadcaster.mine(tx) is True
     assert broadcaster.mine(tx) is False  # in a block already: no BIP30 error
@@ -45,7 +44,7 @@ def test_a_transaction_the_node_holds_is_not_mined_again(node: RegtestNode) -> N
 
 
 def test_a_block_that_lands_while_we_mine_is_no_error(node: RegtestNode) -> None:
-    racing = LateBlock(Bitcoind(config_for(node)), node)
+    racing = LateBlock(node, node)
     tx = signed_tx(node)
     assert racing.mine(tx) is False and racing.looked == 2
     assert racing.mine(tx) is False

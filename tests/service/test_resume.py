@@ -207,7 +207,7 @@ def test_a_stranger_with_the_public_contract_txid_can_neither_drop_nor_close_it(
         await victim.pay(1_000)
         record = server.store.get(Role.SERVER, victim.contract_txid)
         assert record is not None
-        spender = await server.wallet.spender(victim.contract_txid, 0)
+        spender = await server.ports.chain.spender(victim.contract_txid, 0)
         assert spender is None  # nothing settled it
         settlement = await victim.close()
         await server.stop()

@@ -291,7 +291,7 @@ def test_the_manager_answers_each_frame_an_application_carries_before_receive_re
     returns, the payment is durably stored and its PAYMENT_ACK has gone out through the
     application's link."""
     async def scenario() -> tuple[Dialer, int, str]:
-        manager = ServerManager(mem_sides.server_adapter(), mem_sides.store("server"),
+        manager = ServerManager(mem_sides.server_ports(), mem_sides.store("server"),
                                 poll_interval=mem_sides.poll_interval,
                                 on_payment=lambda p: b"receipt %d" % p.amount)
         await manager.start()

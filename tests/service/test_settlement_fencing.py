@@ -25,7 +25,7 @@ from bitcoind_paychan.store.leases import ClusterPolicy, Leases, leases_for
 from bitcoind_paychan.transport.stream import MessageStream, open_connection
 from bitcoind_paychan.wire import pb
 from regtest.memnode import MemNode
-from tests.service.conftest import FAST, MemSides, adapter, until
+from tests.service.conftest import FAST, MemSides, until
 
 T = pb.TwoWayChannelMessage
 VALUE = 300_000
@@ -85,7 +85,7 @@ def cluster(request: pytest.FixtureRequest, mem_sides: MemSides) -> Iterator[Clu
     made = Cluster(mem_sides, gate, [])
 
     def server(store: ChannelStore, leases: Leases | None = None) -> PaymentServer:
-        wallet = adapter(GatedWallet(mem_sides.server_node, gate))
+        wallet = GatedWallet(mem_sides.server_node, gate)
         return PaymentServer(wallet, store, on_event=made.events.append, autopilot=FAST,
                              poll_interval=mem_sides.poll_interval, review_interval=0.5,
                              leases=leases, clock=lambda: made.now[0])
@@ -178,8 +178,8 @@ def test_a_resume_that_takes_the_lease_while_a_settlement_awaits_the_node_fences
         acked = await pay_on(stream, record)  # each stored, then acknowledged
         await stream.close()
         stored = resumer.store.get(Role.SERVER, record.contract_txid)
-        spender = await settler.wallet.spender(record.contract_txid,
-                                               record.contract.outpoint.index)
+        spender = await settler.ports.chain.spender(record.contract_txid,
+                                                    record.contract.outpoint.index)
         await cluster.stop()
         return (outcome if isinstance(outcome, BaseException) else None, acked, stored,
                 spender)
@@ -274,8 +274,8 @@ def test_strangers_resuming_near_expiry_and_a_close_together_make_one_settlement
         first_answers.append(close)
         for stream in (first, second):
             await stream.close()
-        spender = await cluster.servers[0].wallet.spender(record.contract_txid,
-                                                          record.contract.outpoint.index)
+        spender = await cluster.servers[0].ports.chain.spender(
+            record.contract_txid, record.contract.outpoint.index)
         late, late_answers = await resume(ports[2], record)
         await late.close()
         await cluster.stop()
@@ -322,10 +322,10 @@ def test_a_refused_settlement_stays_the_channels_one_and_the_channel_stays_closi
 
 async def rival_settlement(cluster: Cluster, txid: str) -> Transaction:
     """A settlement of the stored channel at a high fee, to another address, in the mempool
-    (what a rival settler broadcast first)."""
+    (what a rival settler broadcast first), through the node past the servers' gate."""
     record = cluster.servers[0].store.get(Role.SERVER, txid)
     assert record is not None
-    node = cluster.sides.server_node  # not gated
+    node = cluster.sides.server_node
     payout = await node.payout_script()
     contract = record.contract
     fee = contract.settlement_fee(record.change, payout, 20_000)

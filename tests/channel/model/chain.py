@@ -1,7 +1,7 @@
 """A modelled chain: blocks, a mempool, reorgs and the clock, with spends of a channel's
 contract checked by the project's own sighash and key code (no script interpreter, no node):
-the rules are `regtest.chainrules`, which `regtest.memchain` (the service tests' chain) checks
-too.
+the rules are `regtest.chainrules` (each contract's kind reads the spend back and checks its
+signatures), which `regtest.memchain`, the service tests' chain, checks too.
 
 Coins that no modelled transaction created are wallet coins: they exist until spent.
 """

@@ -41,7 +41,7 @@ async def paid_api(sides: Duo, price: int = PRICE, name: str = "api", port: int 
         sides.events.append(event)  # type: ignore[arg-type]
         api.on_event(event)
 
-    manager = ServerManager(sides.server_adapter(), sides.store(name), policy,
+    manager = ServerManager(sides.server_ports(), sides.store(name), policy,
                             on_event=on_event, poll_interval=sides.poll_interval,
                             review_interval=0.5, autopilot=FAST)
     port = port or free_port()
@@ -58,7 +58,7 @@ async def paid_client(sides: Duo, name: str = "client", value: int = VALUE
                       ) -> AsyncIterator[PaidClient]:
     """A paying client whose channels are stored in the store `name` (a restart: the block
     ends, another begins on the same store)."""
-    async with client_manager(sides.client_adapter(), sides.store(name), value,
+    async with client_manager(sides.client_ports(), sides.store(name), value,
                               poll_interval=sides.poll_interval,
                               review_interval=0.5, autopilot=FAST,
                               on_event=sides.client_event) as client:

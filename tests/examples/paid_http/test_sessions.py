@@ -10,7 +10,6 @@ from bitcoind_paychan.service.server import ServerManager
 from bitcoind_paychan.store import SQLiteStore
 from regtest.memchain import MemChain
 from regtest.memnode import MemNode
-from tests.service.conftest import adapter
 
 from paid_http.sessions import Sessions
 
@@ -18,7 +17,7 @@ from paid_http.sessions import Sessions
 def test_sessions_silent_too_long_are_dropped(tmp_path: Path) -> None:
     async def main() -> None:
         store = SQLiteStore(tmp_path / "api.db")
-        manager = ServerManager(adapter(MemNode(MemChain())), store)
+        manager = ServerManager(MemNode(MemChain()), store)
         await manager.start()
         sessions = Sessions(manager, idle_timeout=600)
         handshaking, idle, paying = [await sessions.new() for _ in range(3)]
