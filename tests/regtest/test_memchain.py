@@ -152,3 +152,16 @@ def test_listeners_hear_blocks_and_transactions(chain: MemChain, wallet: MemWall
     chain.accept(tx)
     block, = chain.mine()
     assert heard[-2:] == [tx, block]
+
+
+def test_evicting_a_transaction_takes_its_descendants_along(chain: MemChain,
+                                                            wallet: MemWallet) -> None:
+    coins = wallet.receive(BTC, BTC)
+    parent = spend(wallet, coins[0], BTC - 1_000)
+    assert chain.accept(parent) is None
+    child = spend(wallet, OutPoint(parent.txid, 0), BTC - 2_000)  # signed once its coin exists
+    other = spend(wallet, coins[1], BTC - 1_000)
+    assert chain.accept(child) is None and chain.accept(other) is None
+    chain.evict(parent.txid)
+    assert list(chain.mempool.values()) == [other]
+    assert chain.output(coins[0]) is not None  # its coin is unspent again
