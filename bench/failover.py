@@ -469,9 +469,8 @@ async def verify(run: Run, client: PaymentClient, client_store: SQLiteStore,
 def fund_client(node: RegtestNode, clients: int) -> None:
     node.rpc("createwallet", "client")
     coin = to_btc(VALUE + 100_000)
-    node.wallet_rpc("sendmany", "", {node.rpc("getnewaddress", wallet="client"): coin
-                                     for _ in range(clients)})
-    node.mine(1)
+    node.pay_in_block({node.rpc("getnewaddress", wallet="client"): coin
+                       for _ in range(clients)})
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

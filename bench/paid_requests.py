@@ -113,9 +113,8 @@ def main() -> int:
           tempfile.TemporaryDirectory(prefix="paychan-bench-") as tmp_name):
         tmp = Path(tmp_name)
         coin = to_btc(VALUE + 100_000)
-        client_node.wallet_rpc("sendmany", "", {client_node.new_address(): coin
-                                                for _ in range(args.clients)})
-        client_node.mine(1)
+        client_node.pay_in_block({client_node.new_address(): coin
+                                  for _ in range(args.clients)})
         sync_tips([client_node, server_node])
         port = free_port()
         api = start_api(server_node, tmp, port, args.price)

@@ -287,9 +287,8 @@ async def handshake(address: tuple[str, int], deadline: float) -> float:
 def real_outputs(node: RegtestNode) -> tuple[list[OutPoint], bytes]:
     """REAL confirmed wallet outputs, each in its own transaction (a channel is known by its
     contract's txid), to be watched by synthetic channels; and one of those transactions."""
-    txid = node.wallet_rpc("sendmany", "", {node.new_address(): "0.0011" for _ in range(REAL)})
+    txid = node.pay_in_block({node.new_address(): "0.0011" for _ in range(REAL)})
     funding = Transaction.from_hex(node.wallet_rpc("gettransaction", txid)["hex"])
-    node.mine(1)
     coins = [OutPoint(funding.txid, i) for i, out in enumerate(funding.outputs)
              if out.value == 110_000]
     txs = [move(node, coin, "0.001") for coin in coins]

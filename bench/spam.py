@@ -237,9 +237,7 @@ def run(attempts: int, junk: int, blocks: int, timeout: float) -> dict[str, Any]
     ctx = multiprocessing.get_context("spawn")
     with (regtest_nodes(2, connected=True) as (server_node, client_node),
           tempfile.TemporaryDirectory(prefix="paychan-spam-") as tmp):
-        client_node.wallet_rpc("sendtoaddress", client_node.new_address(),
-                               to_btc(CHANNEL_VALUE + 100_000))
-        client_node.mine(1)
+        client_node.pay_in_block({client_node.new_address(): to_btc(CHANNEL_VALUE + 100_000)})
         sync_tips([client_node, server_node])
         ours, theirs = ctx.Pipe()
         server = ctx.Process(target=server_process, daemon=True, args=(

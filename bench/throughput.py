@@ -5,12 +5,13 @@ durable SQLiteStores on temporary files, and two peered regtest bitcoinds (one p
 Channels are opened and funded before timing; then every channel makes M payments of 1000 sat
 concurrently (W in flight per channel, --window W; 1: each awaits its ack), and each payment's
 latency is measured from pay() to ack. Beside the figures: the CPU each process spent per
-payment, the store disk's fsync latency and coincurve's verify rate, measured in the same run.
+payment, the store disk's fsync latency and coincurve's ECDSA and Schnorr verify rates, measured
+in the same run. Several versions (--version 3 4) run in turn, each reported.
 --transport ws: the same over WebSocket (one binary message per protocol message).
-Usage: python bench/throughput.py [--channels N] [--payments M] [--window W] [--version 1|2|3]
-[--transport tcp|ws] [--tls] [--capacity] [--uvloop] [--profile FILE] [--json]
-(--json: one JSON object last; --tls: over TLS, wss:// for ws, a test CA's certificate
-checked by the client)
+Usage: python bench/throughput.py [--channels N] [--payments M] [--window W]
+[--version 1|2|3|4 ...] [--transport tcp|ws] [--tls] [--capacity] [--uvloop] [--profile FILE]
+[--json] (--json: one JSON object last, {"runs": [...]} for several versions; --tls: over
+TLS, wss:// for ws, a test CA's certificate checked by the client)
 """
 
 from __future__ import annotations
@@ -34,12 +35,13 @@ from pathlib import Path
 from typing import Any
 
 import eventloop  # bench/eventloop.py
-from hardware import fsync_latency_ms, verify_rate  # bench/hardware.py
+from hardware import fsync_latency_ms, schnorr_verify_rate, verify_rate  # bench/hardware.py
 from replay import load  # bench/replay.py
 
 from bitcoind_paychan.channel.client import ClientPolicy
 from bitcoind_paychan.channel.effects import PaymentReceived
 from bitcoind_paychan.channel.kinds import registry as kinds
+from bitcoind_paychan.channel.kinds.v4_taproot import Schnorr
 from bitcoind_paychan.channel.records import Role
 from bitcoind_paychan.node import AsyncBitcoind, Bitcoind, NodeConfig, to_btc
 from bitcoind_paychan.service.client import Channel, PaymentClient
@@ -217,8 +219,7 @@ async def pay(channel: Channel, payments: int, window: int) -> list[float]:
 def fund_client(client: RegtestNode, server: RegtestNode, channels: int, value: int) -> None:
     """One confirmed coin per channel, so no open waits for or chains unconfirmed change."""
     coin = to_btc(value + FUNDING_SPARE)
-    client.wallet_rpc("sendmany", "", {client.new_address(): coin for _ in range(channels)})
-    client.mine(1)
+    client.pay_in_block({client.new_address(): coin for _ in range(channels)})
     sync_tips([client, server])
 
 
@@ -276,7 +277,9 @@ def run(channels: int, payments: int, version: int, window: int, capacity: bool,
                     process.kill()
                     process.join()
         fsync_ms = fsync_latency_ms(Path(tmp))
-    verifies = verify_rate()
+    ecdsa, schnorr = verify_rate(), schnorr_verify_rate()
+    # The rate of the scheme this version's payments are signed with.
+    verifies = schnorr if isinstance(kinds.kind_of(version).scheme, Schnorr) else ecdsa
     latencies = sorted(paid["latencies_ms"])
     total = channels * payments
     rate = total / paid["wall_s"]
@@ -307,6 +310,8 @@ def run(channels: int, payments: int, version: int, window: int, capacity: bool,
         "client_cpu_us": round(paid["cpu_us"], 1),
         "fsync_ms": round(fsync_ms, 3),
         "verify_per_s": round(verifies),
+        "ecdsa_verify_per_s": round(ecdsa),
+        "schnorr_verify_per_s": round(schnorr),
         "rate_over_verify": round(rate / verifies, 3),
         "serial_bound_per_s": round(1 / serial_s, 1),
         "rate_over_serial_bound": round(rate * serial_s, 3),
@@ -323,8 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--channels", type=int, default=1)
     parser.add_argument("--payments", type=int, default=1000)
-    parser.add_argument("--version", type=int, choices=kinds.VERSIONS,
-                        default=kinds.DEFAULT_VERSION, help=kinds.describe())
+    parser.add_argument("--version", type=int, choices=kinds.VERSIONS, nargs="+",
+                        default=[kinds.DEFAULT_VERSION],
+                        help=f"one or more, run in turn: {kinds.describe()}")
     parser.add_argument("--window", type=int, default=1,
                         help="payments in flight per channel (the server accepts up to 64)")
     parser.add_argument("--capacity", action="store_true",
@@ -353,12 +359,24 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--tls runs on asyncio's event loop only, not with --uvloop")
     if args.capacity and (args.transport != "tcp" or args.tls):
         parser.error("--capacity replays frames over plain TCP only")
-    try:
-        r = run(args.channels, args.payments, args.version, args.window, args.capacity,
-                args.profile, args.transport, args.tls)
-    except KeyboardInterrupt:
-        print("interrupted; nodes, processes and files cleaned up", file=sys.stderr)
-        return 130
+    results = []
+    for version in args.version:
+        try:
+            r = run(args.channels, args.payments, version, args.window, args.capacity,
+                    args.profile, args.transport, args.tls)
+        except KeyboardInterrupt:
+            print("interrupted; nodes, processes and files cleaned up", file=sys.stderr)
+            return 130
+        results.append((r, report(r)))
+    if args.json:
+        runs = [r for r, _ in results]
+        print(json.dumps(runs[0] if len(runs) == 1 else {"runs": runs}))
+    sys.stdout.flush()
+    return 0 if all(ok for _, ok in results) else 1
+
+
+def report(r: dict[str, Any]) -> bool:
+    """Print one run's figures; False if the server did not store every payment."""
     print(f"paychan v{r['version']}: {r['channels']} channel(s) × {r['payments']} payments of "
           f"{AMOUNT} sat, window {r['window']}, {r['mode']} (client or load process, and server, "
           f"over loopback {r['transport']}{' with TLS' if r['tls'] else ''}), "
@@ -372,20 +390,18 @@ def main(argv: list[str] | None = None) -> int:
           "per payment (process time, every thread)")
     print(f"  server      {r['server_payments_per_commit']} payments per commit, "
           f"{r['server_switches_per_payment']} context switches per payment")
-    print(f"  machine     fsync {r['fsync_ms']} ms (p50, store's disk), {r['verify_per_s']} "
-          f"verifies/s; load average {r['load_average']}")
+    print(f"  machine     fsync {r['fsync_ms']} ms (p50, store's disk); verifies/s: ECDSA "
+          f"{r['ecdsa_verify_per_s']}, Schnorr {r['schnorr_verify_per_s']}; load average "
+          f"{r['load_average']}")
     print(f"  ratios      rate / verify rate {r['rate_over_verify']}   rate / serial bound "
           f"{r['rate_over_serial_bound']} (bound {r['serial_bound_per_s']}/s: two fsyncs and both "
           "sides' CPU per payment, in series)")
     print(f"  peak RSS    server {r['server_rss_mb']} MB   client {r['client_rss_mb']} MB")
-    ok = r["server_seen"] == r["server_logged"] == r["total_payments"]
+    ok = bool(r["server_seen"] == r["server_logged"] == r["total_payments"])
     if not ok:
         print(f"error: the server received {r['server_seen']} payments and stored "
               f"{r['server_logged']}, not {r['total_payments']}", file=sys.stderr)
-    if args.json:
-        print(json.dumps(r))
-    sys.stdout.flush()
-    return 0 if ok else 1
+    return ok
 
 
 if __name__ == "__main__":

@@ -1,18 +1,26 @@
 """The consensus rules an in-process chain checks, with the project's own sighash and key code
 (no script interpreter): finality by height and median-time-past, spends of a channel's
-contract (every version, both branches, CLTV) and of the wallet's P2WPKH and P2PKH coins.
+contract (versions 1-3 through their kinds; version 4's P2TR by BIP341's key and script
+paths) and of the wallet's P2WPKH and P2PKH coins.
 
 Shared by the model test's chain (tests/channel/model/chain.py) and `regtest.memchain`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from bitcoind_paychan.bitcoin.hashes import hash160, sha256
-from bitcoind_paychan.bitcoin.keys import PublicKey, split_sig_hashtype
-from bitcoind_paychan.bitcoin.script import iter_script, p2pkh_script, p2sh_script, p2wsh_script
-from bitcoind_paychan.bitcoin.sighash import bip143_sighash, legacy_sighash
+from bitcoind_paychan.bitcoin.keys import PublicKey, XOnlyKey, split_sig_hashtype
+from bitcoind_paychan.bitcoin.script import (
+    decode_script_num,
+    iter_script,
+    p2pkh_script,
+    p2sh_script,
+    p2wsh_script,
+)
+from bitcoind_paychan.bitcoin.sighash import bip143_sighash, legacy_sighash, taproot_sighash
+from bitcoind_paychan.bitcoin.taproot import TapLeaf, branch_hash, output_key
 from bitcoind_paychan.bitcoin.tx import OutPoint, Transaction, TxOut
 from bitcoind_paychan.channel.contract import (
     FINAL,
@@ -153,4 +161,67 @@ def _signature_problem(pub: bytes, sig: bytes, digest: Callable[[int], bytes]) -
         return f"bad key or signature encoding: {exc}"
     if not key.verify(digest(hashtype), der):
         return f"signature by {key} does not verify"
+    return None
+
+
+def is_taproot(script_pubkey: bytes) -> bool:
+    return len(script_pubkey) == 34 and script_pubkey[:2] == b"\x51\x20"
+
+
+def taproot_spend_problem(tx: Transaction, index: int, spent: Sequence[TxOut]) -> str | None:
+    """Why input `index` of `tx` cannot spend the P2TR output `spent[index]` (`spent`: what
+    every input spends, in order): BIP341's key path (one Schnorr signature by the output
+    key) or its script path, the leaf proven by its control block, for the two leaf
+    templates channels use: `<server> CHECKSIGVERIFY <client> CHECKSIG` and `<expiry> CLTV
+    DROP <client> CHECKSIG` (BIP65 against the lock time; its finality is the caller's)."""
+    txin = tx.inputs[index]
+    witness = list(txin.witness)
+    if txin.script_sig or not witness:
+        return "P2TR spend with a scriptSig or no witness"
+    try:
+        output = XOnlyKey(spent[index].script_pubkey[2:])
+        if len(witness) == 1:
+            return _schnorr_problem(output, witness[0], tx, index, spent, None)
+        *stack, leaf_script, control = witness
+        if len(control) < 33 or (len(control) - 33) % 32:
+            return "malformed control block"
+        leaf = TapLeaf(leaf_script, control[0] & 0xFE)
+        node = leaf.hash
+        for at in range(33, len(control), 32):
+            node = branch_hash(node, control[at:at + 32])
+        tweaked, parity = output_key(XOnlyKey(control[1:33]), node)
+        if tweaked != output or parity != control[0] & 1:
+            return "the control block does not commit to this leaf"
+        items = [data for _, data in iter_script(leaf_script)]
+    except (DecodeError, ValueError) as exc:
+        return f"malformed P2TR spend: {exc}"
+    ops = bytes(op for op, _ in iter_script(leaf_script))
+    if ops[1:] == b"\xad\x20\xac" and len(stack) == 2:  # <server> CHECKSIGVERIFY <client> ...
+        server, client = items[0], items[2]
+        assert server is not None and client is not None
+        return (_schnorr_problem(XOnlyKey(server), stack[1], tx, index, spent, leaf.hash)
+                or _schnorr_problem(XOnlyKey(client), stack[0], tx, index, spent, leaf.hash))
+    if ops[1:] == b"\xb1\x75\x20\xac" and len(stack) == 1:  # <expiry> CLTV DROP <client> ...
+        expiry = decode_script_num(items[0], 5) if items[0] else ops[0] - 0x50  # OP_n
+        client = items[3]
+        assert client is not None
+        if (tx.locktime < expiry or txin.sequence == FINAL
+                or (tx.locktime < LOCKTIME_THRESHOLD) != (expiry < LOCKTIME_THRESHOLD)):
+            return "refund leaf without the channel's lock time"
+        return _schnorr_problem(XOnlyKey(client), stack[0], tx, index, spent, leaf.hash)
+    return f"unknown leaf script {leaf_script.hex()} (this chain spends channel leaves only)"
+
+
+def _schnorr_problem(key: XOnlyKey, signature: bytes, tx: Transaction, index: int,
+                     spent: Sequence[TxOut], leaf_hash: bytes | None) -> str | None:
+    """BIP340/341: a 64-byte signature (SIGHASH_DEFAULT) or 65 with an explicit hashtype."""
+    if len(signature) not in (64, 65) or signature[64:] == b"\x00":
+        return f"bad Schnorr signature encoding ({len(signature)} bytes)"
+    hashtype = signature[64] if len(signature) == 65 else 0
+    try:
+        digest = taproot_sighash(tx, index, spent, hashtype, leaf_hash)
+    except ValueError as exc:
+        return f"bad signature hashtype: {exc}"
+    if not key.verify_schnorr(digest, signature[:64]):
+        return f"Schnorr signature by {key} does not verify"
     return None

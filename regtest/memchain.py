@@ -28,7 +28,14 @@ from bitcoind_paychan.bitcoin.script import push_int
 from bitcoind_paychan.bitcoin.tx import OutPoint, Transaction, TxIn, TxOut, encode_varint
 from bitcoind_paychan.channel.contract import FINAL
 
-from .chainrules import contract_spent, is_final, key_spend_problem, spend_problem
+from .chainrules import (
+    contract_spent,
+    is_final,
+    is_taproot,
+    key_spend_problem,
+    spend_problem,
+    taproot_spend_problem,
+)
 
 MIN_RELAY_FEE = 1000  # sat/kvB, bitcoind's default -minrelaytxfee
 COINBASE_VALUE = 50 * 100_000_000
@@ -230,11 +237,14 @@ class MemChain:
         median-time-past is `median_time`: lock time or a spend that fails."""
         if not is_final(tx, height, median_time):
             return "non-final"
-        for index, txin in enumerate(tx.inputs):
-            spent = (lookup or self.prevout)(txin.prevout)
-            assert spent is not None
+        outputs = [(lookup or self.prevout)(txin.prevout) for txin in tx.inputs]
+        every = [out for out in outputs if out is not None]
+        assert len(every) == len(outputs)
+        for index, (txin, spent) in enumerate(zip(tx.inputs, every, strict=True)):
             contract = contract_spent(tx, index, spent, txin.prevout)
-            if contract is not None:
+            if is_taproot(spent.script_pubkey):
+                problem = taproot_spend_problem(tx, index, every)
+            elif contract is not None:
                 problem = spend_problem(contract, tx, median_time, height) if index == 0 \
                     else "a channel contract spent in an input other than the first"
             else:

@@ -406,9 +406,11 @@ def regtest_nodes(
 
 
 def sync_tips(nodes: list[RegtestNode], timeout: float = 30.0) -> None:
-    """Wait until every node has the same tip."""
+    """Wait until every node has the same tip and every node's wallets have seen it."""
     if len(nodes) > 1:
         wait_until(lambda: len({node.tip() for node in nodes}) == 1, timeout, what="tips to sync")
+        for node in nodes:
+            node.rpc("syncwithvalidationinterfacequeue")
 
 
 def stop_all() -> None:

@@ -36,7 +36,7 @@ def complete(line: str, tmp_path: Path) -> list[str]:
     ("paychan --js", ["--json"]),
     ("paychan listchannels o", ["open"]),
     ("paychan --config x.yaml --json pay self 1 --re", ["--repeat"]),
-    ("paychan demo --version ", ["1", "2", "3"]),
+    ("paychan demo --version ", ["1", "2", "3", "4"]),
     ("paychan completion ", ["bash", "zsh"]),
     ("paychan --timeout 5 cl", ["close"]),
 ])

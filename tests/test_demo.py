@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from bitcoind_paychan import cli, demo
+from bitcoind_paychan.channel.kinds.registry import DEFAULT_VERSION
 from bitcoind_paychan.demo import run_demo
 from bitcoind_paychan.errors import SystemChangeRefused
 from bitcoind_paychan.regtest import postgres
@@ -21,7 +22,7 @@ KEYS = {"version", "contract_txid", "settlement_txid", "payments", "paid_sat",
         "server_received_sat", "client_change_sat", "fee_sat", "settlement_confirmations"}
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 4])
 def test_demo_adds_up(version: int, caplog: pytest.LogCaptureFixture) -> None:
     log = io.StringIO()
     result = run_demo(version, payments=7, amount=2_000, out=log)
@@ -39,7 +40,7 @@ def test_cli_prints_one_json_object_last() -> None:
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert set(result) == KEYS
-    assert result["version"] == 3 and result["payments"] == 5
+    assert result["version"] == DEFAULT_VERSION and result["payments"] == 5
     assert result["client_change_sat"] + result["paid_sat"] == 1_000_000
     assert "5/5 payments" in done.stderr
 

@@ -45,13 +45,18 @@ def hash160(data: bytes) -> bytes:
 _TAG_STATES: dict[str, hashlib._Hash] = {}
 
 
-def tagged_hash(tag: str, data: bytes) -> bytes:
-    """BIP340's tagged hash: sha256(sha256(tag) ‖ sha256(tag) ‖ data). The state after the
-    tag's 64 bytes is computed once per tag and copied."""
+def tagged_state(tag: str) -> hashlib._Hash:
+    """A SHA-256 state that has hashed `tag`'s prefix (sha256(tag) twice): update it with the
+    data and take its digest for the tagged hash. Computed once per tag, a copy each call."""
     state = _TAG_STATES.get(tag)
     if state is None:
         digest = _sha256(tag.encode()).digest()
         state = _TAG_STATES[tag] = _sha256(digest + digest)
-    hashed = state.copy()
+    return state.copy()
+
+
+def tagged_hash(tag: str, data: bytes) -> bytes:
+    """BIP340's tagged hash: sha256(sha256(tag) ‖ sha256(tag) ‖ data)."""
+    hashed = tagged_state(tag)
     hashed.update(data)
     return hashed.digest()

@@ -146,8 +146,12 @@ class TaprootTxHashes:
             sha256(b"".join(encode_varint(len(o.script_pubkey)) + o.script_pubkey
                             for o in spent)),
             sha256(b"".join(_U32.pack(i.sequence) for i in tx.inputs)),
-            sha256(b"".join(o.serialize() for o in tx.outputs)),
+            _outputs_hash(tx),
         )
+
+
+def _outputs_hash(tx: Transaction) -> bytes:
+    return sha256(b"".join(o.serialize() for o in tx.outputs))
 
 
 def taproot_sigmsg(
@@ -157,8 +161,10 @@ def taproot_sigmsg(
 ) -> bytes:
     """BIP341's SigMsg for input `input_index` (without the epoch byte): the key path when
     `leaf_hash` is None, else the script path of that leaf (BIP342's extension). `spent`: the
-    outputs every input spends, in order. ValueError for a hashtype Taproot does not define
-    or SIGHASH_SINGLE without a matching output (consensus makes those invalid)."""
+    outputs every input spends, in order; under ANYONECANPAY only the signed input's is read
+    (`spent` may end after it: the others' need not be known). ValueError for a hashtype
+    Taproot does not define or SIGHASH_SINGLE without a matching output (consensus makes
+    those invalid)."""
     _check_index(tx, input_index)
     if hashtype not in TAPROOT_HASHTYPES:
         raise ValueError(f"hashtype {hashtype:#x} is not defined for Taproot")
@@ -167,11 +173,11 @@ def taproot_sigmsg(
         raise ValueError(f"SIGHASH_SINGLE on input {input_index} without a matching output")
     signed = tx.inputs[input_index]
     parts = [bytes((hashtype,)), _U32.pack(tx.version), _U32.pack(tx.locktime)]
-    hashes = hashes or TaprootTxHashes.of(tx, spent)
     if not anyone:
+        hashes = hashes or TaprootTxHashes.of(tx, spent)
         parts += (hashes.prevouts, hashes.amounts, hashes.script_pubkeys, hashes.sequences)
     if base not in (SIGHASH_NONE, SIGHASH_SINGLE):
-        parts.append(hashes.outputs)
+        parts.append(hashes.outputs if hashes else _outputs_hash(tx))
     parts.append(b"\x02" if leaf_hash is not None else b"\x00")  # spend type: ext, no annex
     if anyone:
         parts += (signed.prevout.serialize(), spent[input_index].serialize(),

@@ -11,6 +11,7 @@ from collections import deque
 from dataclasses import dataclass, replace
 
 from bitcoind_paychan.bitcoin.keys import PrivateKey, PublicKey
+from bitcoind_paychan.bitcoin.musig2 import SecretNonce
 from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.channel import messages
 from bitcoind_paychan.channel.contract import (
@@ -48,6 +49,7 @@ from bitcoind_paychan.errors import (
     DecodeError,
     ErrorCode,
     LocalProtocolError,
+    MusigError,
     PolicyError,
     RemoteProtocolError,
 )
@@ -110,7 +112,8 @@ TABLE = table({
     (C.CLOSE_AFTER_ACK, T.CLOSE): {C.CLOSED},
     (C.CLOSING, T.PAYMENT_ACK): {C.CLOSING},  # an ack already on the wire is honoured
     (C.CLOSING, Input.CLOSE): {C.CLOSING},
-    (C.CLOSING, T.CLOSE): {C.CLOSED},
+    (C.CLOSING, T.CLOSE): {C.CLOSED,  # the settlement
+                           C.CLOSING},  # the key-path settlement to sign (v4): ours goes back
     (C.CLOSING, Input.SETTLEMENT_SEEN): {C.CLOSED},
     (C.CLOSE_AFTER_ACK, Input.SETTLEMENT_SEEN): {C.CLOSED},
     (C.CLOSED, Input.SETTLEMENT_SEEN): {C.CLOSED},
@@ -156,6 +159,8 @@ class ClientChannel(ProtocolMachine):
         self._contract_tx = b""
         self._refund: Transaction | None = None
         self._in_flight: deque[tuple[int, bytes]] = deque()  # (amount, info) awaiting acks
+        self._secnonce: SecretNonce | None = None  # our MuSig2 nonce for the key-path close:
+        self._nonce = b""  # in memory only (a crash starts a new session), signs once
         self.window = 1  # payments in flight at most: the server's payment_window, capped
         self.handlers: dict[int, Handler] = {
             T.SERVER_VERSION: self._on_server_version,
@@ -238,7 +243,7 @@ class ClientChannel(ProtocolMachine):
     def _on_close_input(self) -> list[Effect]:
         if self.state is ClientState.OPEN:
             self.state = ClientState.CLOSING
-            return [Send(messages.close())]
+            return [Send(self._close_message())]
         if self.state is ClientState.WAITING_FOR_ACK:
             self.state = ClientState.CLOSE_AFTER_ACK
         return []
@@ -385,20 +390,46 @@ class ClientChannel(ProtocolMachine):
         if self._in_flight:  # more payments await their acks
             return effects
         if self.state is ClientState.CLOSE_AFTER_ACK and record.change:
-            effects.append(Send(messages.close()))
+            effects.append(Send(self._close_message()))
         self.state = (ClientState.OPEN if self.state is ClientState.WAITING_FOR_ACK
                       and record.change else ClientState.CLOSING)
         return effects
 
+    def _close_message(self) -> T:
+        """CLOSE, with a fresh MuSig2 nonce when the kind closes by key path."""
+        if not self.kind.capabilities.key_path_close:
+            return messages.close()
+        self._secnonce, self._nonce = self._stored().contract.kind.close_nonce(self.key)
+        return messages.close(musig_nonce=self._nonce)
+
     def _on_close(self, message: T) -> list[Effect]:
         record = self.record
         assert record is not None
+        if message.musig_settlement and not message.HasField("settlement"):
+            return self._sign_key_path_close(record, message)
         self.state = ClientState.CLOSED
         if not message.HasField("settlement"):
             return [Disconnect("server closed without a settlement; watch the chain")]
         settlement = Transaction.parse(message.settlement.tx)
         check_settlement(record, settlement)
         return [*self._closed_by(settlement), Disconnect("channel settled")]
+
+    def _sign_key_path_close(self, record: ChannelRecord, message: T) -> list[Effect]:
+        """The server's key-path settlement, its nonce and partial signature: checked (it pays
+        us our change; the server's signature verifies), our partial signature back."""
+        secnonce, self._secnonce = self._secnonce, None
+        if secnonce is None or self.state is not ClientState.CLOSING:
+            raise bad_tx("a key-path settlement to sign, but no MuSig2 session of ours is open "
+                         "(a replayed proposal?)")
+        settlement = Transaction.parse(message.musig_settlement)
+        check_settlement(record, settlement)
+        try:
+            signature = record.contract.kind.sign_close(
+                self.key, secnonce, self._nonce, message.musig_nonce,
+                message.musig_partial_signature, settlement)
+        except MusigError as exc:
+            raise bad_tx(f"the server's key-path settlement cannot be signed: {exc}") from None
+        return [Send(messages.close(musig_partial_signature=signature))]
 
     def _closed_by(self, settlement: Transaction) -> list[Effect]:
         closing = replace(self._stored(), status=ChannelStatus.CLOSING,

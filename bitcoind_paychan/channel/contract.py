@@ -155,11 +155,16 @@ class Contract:
         base = self.payment_tx(change)
         return Transaction(1, base.inputs, (*base.outputs, TxOut(share, payout_script)), 0)
 
-    def settlement_fee(self, change: int, payout_script: bytes, fee_rate: int) -> int:
-        """The fee (sat) a settlement without extra inputs pays at `fee_rate` sat/kvB."""
+    def settlement_fee(self, change: int, payout_script: bytes, fee_rate: int,
+                       branch: Branch = Branch.COOPERATIVE) -> int:
+        """The fee (sat) a settlement without extra inputs pays at `fee_rate` sat/kvB: signed
+        by both keys, or by their aggregate (KEY_PATH: one 64-byte SIGHASH_DEFAULT signature)."""
         draft = self.settlement_draft(change, 0, payout_script)
-        dummy = bytes(self.kind.scheme.max_size)
-        return -(-fee_rate * self.sign_settlement(draft, dummy, None).vsize // 1000)
+        if branch is Branch.KEY_PATH:
+            signed = self.with_spend(draft, [bytes(64)], branch)
+        else:
+            signed = self.sign_settlement(draft, bytes(self.kind.scheme.max_size), None)
+        return -(-fee_rate * signed.vsize // 1000)
 
     def settlement(
         self, change: int, client_sig: bytes, server_key: PrivateKey, payout_script: bytes,

@@ -83,10 +83,20 @@ def channel_open() -> T:
     return T(type=T.CHANNEL_OPEN)
 
 
-def close(settlement_tx: bytes | None = None) -> T:
+def close(settlement_tx: bytes | None = None, *, musig_nonce: bytes = b"",
+          musig_partial_signature: bytes = b"", musig_settlement: bytes = b"") -> T:
+    """CLOSE: the server's with the settlement; a v4 key-path close's MuSig2 steps (ours,
+    fields 1001-1003, bitcoinj skips them) with the nonce, partial signature, and the
+    unsigned settlement they sign."""
     msg = T(type=T.CLOSE)
     if settlement_tx is not None:
         msg.settlement.tx = settlement_tx
+    if musig_nonce:
+        msg.musig_nonce = musig_nonce
+    if musig_partial_signature:
+        msg.musig_partial_signature = musig_partial_signature
+    if musig_settlement:
+        msg.musig_settlement = musig_settlement
     return msg
 
 

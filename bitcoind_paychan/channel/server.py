@@ -16,6 +16,7 @@ from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.channel import messages
 from bitcoind_paychan.channel.contract import (
     DUST,
+    Branch,
     Contract,
     bad_tx,
     check_refund_request,
@@ -34,6 +35,7 @@ from bitcoind_paychan.channel.effects import (
     FundSettlement,
     LoadChannel,
     PaymentReceived,
+    PeerError,
     PrepareSettlement,
     Purpose,
     Send,
@@ -56,6 +58,7 @@ from bitcoind_paychan.errors import (
     DecodeError,
     ErrorCode,
     LocalProtocolError,
+    MusigError,
     PolicyError,
     RemoteProtocolError,
 )
@@ -124,6 +127,7 @@ class ServerState(enum.Enum):
     RESUMED = "waiting for a payment proving the resumed channel is the client's"
     OPEN = "open"
     SETTLING = "settling"
+    COSIGNING = "waiting for the client's partial signature of the key-path close"
     CLOSED = "closed"
 
 
@@ -140,13 +144,19 @@ TABLE = table({
     (S.OPEN, T.UPDATE_PAYMENT): {S.OPEN, S.SETTLING},
     (S.OPEN, T.CLOSE): {S.SETTLING},
     (S.OPEN, Input.SETTLE): {S.SETTLING, S.CLOSED},  # the application settles
-    (S.SETTLING, Input.SETTLE): {S.SETTLING, S.CLOSED},  # SETTLING: waiting for a wallet input
+    # SETTLING: waiting for a wallet input; COSIGNING: the client's CLOSE offered a MuSig2
+    # nonce, and the key-path settlement went to it with the server's nonce and signature
+    (S.SETTLING, Input.SETTLE): {S.SETTLING, S.COSIGNING, S.CLOSED},
     (S.SETTLING, Input.SETTLE_FUNDED): {S.CLOSED},
+    # the client's partial signature: settled by key path; else ERROR, and settled through
+    # the payment leaf (SETTLING: its fee needs a wallet input)
+    (S.COSIGNING, T.CLOSE): {S.CLOSED, S.SETTLING},
     # The stored channel turned out CLOSING (settled by another connection or instance since
     # this one loaded it): answer with that settlement, take nothing more.
     (S.RESUMED, Input.SETTLEMENT_DECIDED): {S.CLOSED},
     (S.OPEN, Input.SETTLEMENT_DECIDED): {S.CLOSED},
     (S.SETTLING, Input.SETTLEMENT_DECIDED): {S.CLOSED},
+    (S.COSIGNING, Input.SETTLEMENT_DECIDED): {S.CLOSED},
     # closed by a protocol violation later in the same batch, whose ERROR never left (the
     # batch's effects were dropped when its payment met the settlement): send that
     (S.CLOSED, Input.SETTLEMENT_DECIDED): {S.CLOSED},
@@ -154,6 +164,7 @@ TABLE = table({
     # closed since, by a later message of the same batch: the payment is stored).
     (S.OPEN, Input.PAYMENT_ANSWERED): {S.OPEN},
     (S.SETTLING, Input.PAYMENT_ANSWERED): {S.SETTLING},
+    (S.COSIGNING, Input.PAYMENT_ANSWERED): {S.COSIGNING},
     (S.CLOSED, Input.PAYMENT_ANSWERED): {S.CLOSED},
 }, ServerState, S.CLOSED)
 
@@ -189,6 +200,8 @@ class ServerChannel(ProtocolMachine):
         self.challenge = b""
         self.record: ChannelRecord | None = None
         self._unanswered: deque[int] = deque()  # numbers of the payments awaiting their acks
+        self._client_nonce = b""  # the MuSig2 nonce of the client's CLOSE, for one session
+        self._cosigning: Cosigning | None = None
         self.handlers: dict[int, Handler] = {
             T.CLIENT_VERSION: self._on_client_version,
             T.PROVIDE_REFUND: self._on_provide_refund,
@@ -298,6 +311,18 @@ class ServerChannel(ProtocolMachine):
 
     def _on_settle(self, fee_rate: int, payout_script: bytes) -> list[Effect]:
         record = self._record()
+        self.state = ServerState.SETTLING
+        nonce, self._client_nonce = self._client_nonce, b""  # one session per nonce
+        if nonce:
+            proposal = self._propose_key_path(record, nonce, fee_rate, payout_script)
+            if proposal:
+                return proposal
+        return self._settle_by_leaf(record, fee_rate, payout_script)
+
+    def _settle_by_leaf(self, record: ChannelRecord, fee_rate: int, payout_script: bytes
+                        ) -> list[Effect]:
+        """The settlement both keys sign (v4: through the payment leaf), the fee from the
+        server's share, or from a wallet input when the share cannot pay it."""
         self.state = ServerState.SETTLING
         contract = record.contract
         fee = contract.settlement_fee(record.change, payout_script, fee_rate)
@@ -496,8 +521,73 @@ class ServerChannel(ProtocolMachine):
                                       ErrorCode.BAD_TRANSACTION)
 
     def _on_close(self, message: T) -> list[Effect]:
+        if self.state is ServerState.COSIGNING:
+            return self._on_close_signature(message)
+        if message.musig_nonce and self.capabilities.key_path_close:
+            self._client_nonce = message.musig_nonce
         self.state = ServerState.SETTLING
         return [PrepareSettlement(self._record().contract_txid)]
+
+    # -- the cooperative key-path close ----------------------------------------------------
+
+    def _propose_key_path(self, record: ChannelRecord, nonce: bytes, fee_rate: int,
+                          payout_script: bytes) -> list[Effect]:
+        """CLOSE with the unsigned key-path settlement (the fee from the server's share), the
+        server's nonce and partial signature (deterministic: no secret nonce is kept); none
+        when the share cannot pay even that fee (then the payment leaf, a wallet input)."""
+        contract = record.contract
+        fee = contract.settlement_fee(record.change, payout_script, fee_rate, Branch.KEY_PATH)
+        if record.paid - fee < DUST:
+            return []
+        tx = contract.settlement_draft(record.change, record.paid - fee, payout_script)
+        try:
+            server_nonce, signature = contract.kind.cosign_close(record.key, nonce, tx)
+        except MusigError as exc:
+            return self._fall_back(record, fee_rate, payout_script,
+                                   f"the client's MuSig2 nonce is unusable ({exc})")
+        self._cosigning = Cosigning(tx, nonce, server_nonce, signature, fee_rate, payout_script)
+        self.state = ServerState.COSIGNING
+        return [Send(messages.close(musig_nonce=server_nonce, musig_partial_signature=signature,
+                                    musig_settlement=tx.serialize()))]
+
+    def _on_close_signature(self, message: T) -> list[Effect]:
+        session, self._cosigning, record = self._cosigning, None, self._record()
+        assert session is not None, "COSIGNING holds its session"
+        if message.musig_nonce:
+            return self._fall_back(record, session.fee_rate, session.payout_script,
+                                   "a second MuSig2 nonce in one session (a replayed nonce)")
+        try:
+            signed = record.contract.kind.complete_close(
+                session.tx, session.client_nonce, message.musig_partial_signature,
+                session.server_nonce, session.server_signature)
+        except MusigError as exc:
+            why = ("CLOSE without the client's partial signature"
+                   if not message.musig_partial_signature else
+                   f"the client's partial signature does not verify ({exc})")
+            return self._fall_back(record, session.fee_rate, session.payout_script, why)
+        return self._settled(signed)
+
+    def _fall_back(self, record: ChannelRecord, fee_rate: int, payout_script: bytes, why: str
+                   ) -> list[Effect]:
+        """ERROR saying why the key-path close failed, then the settlement through the
+        payment leaf, which needs nothing more from the client."""
+        explanation = f"{why}: the server settles through the payment leaf instead"
+        return [Send(messages.error(ErrorCode.BAD_TRANSACTION, explanation)),
+                PeerError(ErrorCode.BAD_TRANSACTION, explanation, remote=False),
+                *self._settle_by_leaf(record, fee_rate, payout_script)]
+
+
+@dataclass(frozen=True)
+class Cosigning:
+    """A key-path close awaiting the client's partial signature: the unsigned settlement,
+    both nonces, the server's partial signature, and what settling by the leaf would use."""
+
+    tx: Transaction
+    client_nonce: bytes
+    server_nonce: bytes
+    server_signature: bytes
+    fee_rate: int
+    payout_script: bytes
 
 
 def _settlement_of(record: ChannelRecord) -> Transaction | None:

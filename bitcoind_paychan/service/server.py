@@ -368,7 +368,10 @@ class ServerManager(Settlements):
         claims = any(isinstance(effect, ClaimChannel) for effect in effects)
         writes = self.payments.start([] if claims or stream is None else effects,
                                      self._held.get(id(stream)) if stream is not None else None)
-        settling = settling or Settling()
+        # A settlement decided on a later frame (a key-path close's last CLOSE) is fenced by
+        # the lease its PrepareSettlement took for this connection.
+        settling = settling or Settling(
+            lease=self._held.get(id(stream)) if stream is not None else None)
         try:
             return await self._carry_out_in_order(machine, stream, list(effects), writes,
                                                   settling)

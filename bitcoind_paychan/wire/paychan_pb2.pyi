@@ -75,7 +75,23 @@ class TwoWayChannelMessage(_message.Message):
     PAYMENT_ACK_FIELD_NUMBER: _builtins.int
     SETTLEMENT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    MUSIG_NONCE_FIELD_NUMBER: _builtins.int
+    MUSIG_PARTIAL_SIGNATURE_FIELD_NUMBER: _builtins.int
+    MUSIG_SETTLEMENT_FIELD_NUMBER: _builtins.int
     type: Global___TwoWayChannelMessage.MessageType.ValueType
+    musig_nonce: _builtins.bytes
+    """Ours, not bitcoinj's (proto2 peers skip unknown fields): a version-4 channel's
+    cooperative key-path close, a MuSig2 (BIP327) session carried in CLOSE messages. The
+    client's CLOSE carries its public nonce; the server answers with CLOSE holding the
+    unsigned settlement, its public nonce and its partial signature (and no settlement);
+    the client's next CLOSE carries its partial signature; the server's last CLOSE, the
+    signed settlement, as ever.
+    66 bytes
+    """
+    musig_partial_signature: _builtins.bytes
+    """32 bytes"""
+    musig_settlement: _builtins.bytes
+    """the unsigned key-path settlement both sign"""
     @_builtins.property
     def client_version(self) -> Global___ClientVersion: ...
     @_builtins.property
@@ -110,10 +126,13 @@ class TwoWayChannelMessage(_message.Message):
         payment_ack: Global___PaymentAck | None = ...,
         settlement: Global___Settlement | None = ...,
         error: Global___Error | None = ...,
+        musig_nonce: _builtins.bytes | None = ...,
+        musig_partial_signature: _builtins.bytes | None = ...,
+        musig_settlement: _builtins.bytes | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["client_version", b"client_version", "error", b"error", "initiate", b"initiate", "payment_ack", b"payment_ack", "provide_contract", b"provide_contract", "provide_refund", b"provide_refund", "return_refund", b"return_refund", "server_version", b"server_version", "settlement", b"settlement", "type", b"type", "update_payment", b"update_payment"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["client_version", b"client_version", "error", b"error", "initiate", b"initiate", "musig_nonce", b"musig_nonce", "musig_partial_signature", b"musig_partial_signature", "musig_settlement", b"musig_settlement", "payment_ack", b"payment_ack", "provide_contract", b"provide_contract", "provide_refund", b"provide_refund", "return_refund", b"return_refund", "server_version", b"server_version", "settlement", b"settlement", "type", b"type", "update_payment", b"update_payment"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_version", b"client_version", "error", b"error", "initiate", b"initiate", "payment_ack", b"payment_ack", "provide_contract", b"provide_contract", "provide_refund", b"provide_refund", "return_refund", b"return_refund", "server_version", b"server_version", "settlement", b"settlement", "type", b"type", "update_payment", b"update_payment"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_version", b"client_version", "error", b"error", "initiate", b"initiate", "musig_nonce", b"musig_nonce", "musig_partial_signature", b"musig_partial_signature", "musig_settlement", b"musig_settlement", "payment_ack", b"payment_ack", "provide_contract", b"provide_contract", "provide_refund", b"provide_refund", "return_refund", b"return_refund", "server_version", b"server_version", "settlement", b"settlement", "type", b"type", "update_payment", b"update_payment"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -28,6 +28,18 @@ def test_throughput_reports_its_figures() -> None:
         assert isinstance(result[key], int | float) and result[key] > 0, key  # type: ignore
 
 
+def test_throughput_of_versions_3_and_4_in_one_run() -> None:
+    result = run_json("bench/throughput.py", "--version", "3", "4", "--payments", "5")
+    runs = result["runs"]
+    assert isinstance(runs, list) and [r["version"] for r in runs] == [3, 4]
+    for r in runs:
+        assert r["server_logged"] == 5 and r["schnorr_verify_per_s"] > 0
+        assert r["ecdsa_verify_per_s"] > 0
+    # Each version's ratio is to the rate of the scheme its payments are signed with.
+    assert runs[0]["verify_per_s"] == runs[0]["ecdsa_verify_per_s"]
+    assert runs[1]["verify_per_s"] == runs[1]["schnorr_verify_per_s"]
+
+
 def test_throughput_with_a_window_and_in_server_capacity_mode() -> None:
     piped = run_json("bench/throughput.py", "--channels", "1", "--payments", "40",
                      "--window", "8")

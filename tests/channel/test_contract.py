@@ -144,7 +144,7 @@ def test_change_script_is_p2pkh_for_v1_v2_and_p2wpkh_for_v3() -> None:
     assert make_contract(3).change_script == b"\x00\x14" + key_hash
 
 
-@pytest.mark.parametrize("version", [0, 4])
+@pytest.mark.parametrize("version", [0, 5])
 def test_unknown_version_has_no_script(version: int) -> None:
     with pytest.raises(LocalProtocolError):
         locking_script(version, CLIENT.pub.data, SERVER.pub.data, EXPIRY)

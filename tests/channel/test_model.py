@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from bitcoind_paychan.bitcoin.tx import Transaction, TxIn, TxOut
-from bitcoind_paychan.channel.contract import DUST
+from bitcoind_paychan.channel.contract import DUST, VERSIONS
 from bitcoind_paychan.channel.records import ChannelStatus, Role
 from tests.channel.model import glue
 from tests.channel.model.checks import PAYOUT
@@ -86,7 +86,7 @@ class ChannelModel(RuleBasedStateMachine):
 
     # -- the client application ------------------------------------------------------------
 
-    @rule(version=st.sampled_from([1, 2, 3]),
+    @rule(version=st.sampled_from(VERSIONS),
           window=st.sampled_from([5 * HOUR, 24 * HOUR - 60]),
           value=st.sampled_from([100_000, 150_000]), flow=st.booleans())
     def open_channel(self, version: int, window: int, value: int, flow: bool) -> None:

@@ -16,6 +16,7 @@ from bitcoind_paychan.channel.client import ClientChannel, ClientPolicy, ClientS
 from bitcoind_paychan.channel.contract import (
     DUST,
     FINAL,
+    Branch,
     Contract,
     output_script,
 )
@@ -191,7 +192,7 @@ def opened(version: int) -> Pump:
 # -- the handshake -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("major", [0, 4, 99, -1])
+@pytest.mark.parametrize("major", [0, 5, 99, -1])
 def test_unknown_major_version(major: int) -> None:
     server = ServerChannel(ServerPolicy(), PrivateKey.generate(), NOW)
     effects = server.receive(wire(messages.client_version(major, DEFAULT_TIME_WINDOW, None)))
@@ -686,6 +687,46 @@ def test_bad_payment_is_refused_and_nothing_changes(version: int, case: str) -> 
     assert_refused(pump.server, effects, ErrorCode.BAD_TRANSACTION)
     assert pump.server.record is before
     assert pump.server_store == stored
+
+
+def _bad_schnorr_updates(pump: Pump) -> dict[str, tuple[int, bytes]]:
+    """Version 4's payments are BIP340 signatures on the payment leaf: what else a hostile
+    client may send."""
+    record = pump.server.record
+    assert record is not None
+    contract, key = record.contract, pump.client.key
+    change = record.change - 10_000
+    good = contract.sign_payment(key, change)
+    tx, hashtype = contract.payment_tx(change), good[64]
+    all_acp = SIGHASH_ALL | SIGHASH_ANYONECANPAY
+
+    def schnorr(digest: bytes, byte: int | None = hashtype) -> bytes:
+        return key.sign_schnorr(digest) + (bytes((byte,)) if byte is not None else b"")
+
+    return {
+        "tampered Schnorr signature": (change, good[:10] + bytes((good[10] ^ 1,)) + good[11:]),
+        "Schnorr signature without its hashtype": (change, good[:64]),
+        "explicit SIGHASH_DEFAULT byte": (change, good[:64] + b"\x00"),
+        "wrong hash type (ALL|ANYONECANPAY)": (change, schnorr(
+            contract.sighash(tx, all_acp), all_acp)),
+        "wrong leaf (the refund leaf's message)": (change, schnorr(
+            contract.sighash(tx, hashtype, Branch.REFUND))),
+        "key path's message": (change, schnorr(contract.sighash(tx, hashtype, Branch.KEY_PATH))),
+        "ECDSA signature": (change, key.sign(contract.payment_sighash(change)) + b"\x83"),
+        "server's Schnorr signature": (change, contract.sign_payment(record.key, change)),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_schnorr_updates(opened(4))))
+def test_a_bad_schnorr_payment_is_refused_and_nothing_is_stored(case: str) -> None:
+    pump = opened(4)
+    pump.run(pump.client.pay(20_000))
+    before, stored = pump.server.record, dict(pump.server_store)
+    change, signature = _bad_schnorr_updates(pump)[case]
+    effects = pump.server.receive(wire(messages.update_payment(change, signature)))
+    apply(pump.server_store, effects)
+    assert_refused(pump.server, effects, ErrorCode.BAD_TRANSACTION)
+    assert pump.server.record is before and pump.server_store == stored
 
 
 def answered(server: ServerChannel, effects: list[Effect], info: bytes = b"") -> list[Effect]:

@@ -69,7 +69,7 @@ async def open_channel(sides: Duo, pays: int = 3) -> tuple[PaymentServer, Paymen
     return server, client, channel
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 def test_refund_confirms_on_its_own_when_the_server_is_gone(one_node: Sides,
                                                             version: int) -> None:
     sides = one_node

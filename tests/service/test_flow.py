@@ -1,6 +1,6 @@
-"""Open → pay → close → settle, for versions 1, 2 and 3: on real regtest nodes (funding,
-signing, broadcast, a wallet input paying the fee, a Knots node refusing version 1), and on
-the in-process chain where the services decide (exhausting, falling back, a fixed payout,
+"""Open → pay → close → settle, for every version: on real regtest nodes (funding, signing,
+broadcast, a wallet input paying the fee, a Knots node refusing version 1), and on the
+in-process chain where the services decide (exhausting, falling back, a fixed payout,
 pipelining)."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def wallet_utxo(node: RegtestNode | MemNode, txid: str, vout: int) -> int | None
     return None
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 def test_open_pay_close_settles_on_chain(sides: Sides, version: int) -> None:
     async def scenario() -> tuple[Channel, Transaction]:
         server = sides.server()
@@ -67,7 +67,7 @@ def test_open_pay_close_settles_on_chain(sides: Sides, version: int) -> None:
     assert client_record is not None and client_record.status is ChannelStatus.CLOSING
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 def test_exhausting_a_channel_settles_everything_to_the_server(mem_sides: MemSides,
                                                                version: int) -> None:
     async def scenario() -> tuple[Channel, Transaction]:
@@ -89,11 +89,13 @@ def test_exhausting_a_channel_settles_everything_to_the_server(mem_sides: MemSid
     assert settlement.outputs[0].value > 200_000 - 2_000
 
 
-def test_client_falls_back_to_version_2(mem_sides: MemSides) -> None:
+@pytest.mark.parametrize(("spoken", "ends_on"), [((1, 2), 2), ((1, 2, 3), 3)])
+def test_client_falls_back_from_version_4(mem_sides: MemSides, spoken: tuple[int, ...],
+                                          ends_on: int) -> None:
     from bitcoind_paychan.channel.server import ServerPolicy
 
     async def scenario() -> int:
-        server = mem_sides.server(ServerPolicy(versions=(1, 2)))
+        server = mem_sides.server(ServerPolicy(versions=spoken))
         host, port = await server.listen()
         channel = await mem_sides.client().open(host, port, VALUE)
         await channel.pay(5_000)
@@ -101,10 +103,10 @@ def test_client_falls_back_to_version_2(mem_sides: MemSides) -> None:
         await server.stop()
         return channel.version
 
-    assert asyncio.run(scenario()) == 2
+    assert asyncio.run(scenario()) == ends_on
 
 
-@pytest.mark.parametrize("version", [2, 3])
+@pytest.mark.parametrize("version", [2, 3, 4])
 def test_fee_above_the_servers_share_comes_from_a_wallet_input(sides: Sides,
                                                               version: int) -> None:
     async def scenario() -> Transaction:

@@ -16,7 +16,7 @@ from tests.service.test_flow import wallet_utxo
 VALUE = 500_000
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 def test_refund_after_the_server_vanishes(mem_sides: MemSides, version: int) -> None:
     sides = mem_sides
     client = sides.client()

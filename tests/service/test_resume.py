@@ -230,7 +230,7 @@ def test_a_resumed_connection_that_never_proves_itself_times_out(mem_sides: MemS
         host, port = await server.listen()
         owner = await mem_sides.client().open(host, port, 300_000)
         stranger = await open_connection(host, port, 10)
-        await stranger.send_many([messages.client_version(3, DEFAULT_TIME_WINDOW,
+        await stranger.send_many([messages.client_version(owner.version, DEFAULT_TIME_WINDOW,
                                                           owner.contract_txid)])
         seen = [await stranger.receive(30) for _ in range(3)]  # silent until refused
         gone = await stranger.receive(30) is None

@@ -99,9 +99,9 @@ def separate_outputs(sides: Sides, count: int) -> list[OutPoint]:
     """`count` confirmed wallet outputs of the server's node, each in its own transaction
     (a channel is known by its contract's txid), locked so the wallet spends none."""
     node = sides.server_node
-    txid = node.wallet_rpc("sendmany", "", {node.new_address(): "0.0011" for _ in range(count)})
+    txid = node.pay_in_block({node.new_address(): "0.0011" for _ in range(count)})
     funding = Transaction.from_hex(node.wallet_rpc("gettransaction", txid)["hex"])
-    sides.mine()
+    sides.sync()
     coins = [OutPoint(funding.txid, i) for i, out in enumerate(funding.outputs)
              if out.value == 110_000]
     outputs = [spend(node, coin, "0.001") for coin in coins]

@@ -68,9 +68,12 @@ SCHEMA: dict[str, list[tuple[int, str, int, bool, object]]] = {
 }
 
 
-# Our own extensions (the v3 resume proof, the payment window): numbers bitcoinj does not use,
-# optional, so a bitcoinj peer skips them and our peers read v1/v2 messages without them.
-OURS = {"ServerVersion": {1001: "resume_challenge", 1002: "payment_window"},
+# Our own extensions (the v3 resume proof, the payment window, the v4 key-path close's MuSig2
+# session): numbers bitcoinj does not use, optional, so a bitcoinj peer skips them and our
+# peers read v1/v2 messages without them.
+OURS = {"TwoWayChannelMessage": {1001: "musig_nonce", 1002: "musig_partial_signature",
+                                 1003: "musig_settlement"},
+        "ServerVersion": {1001: "resume_challenge", 1002: "payment_window"},
         "UpdatePayment": {1001: "resume_proof"}}
 OUR_TYPES = {"payment_window": F.TYPE_UINT32}  # the others are bytes
 

@@ -32,6 +32,7 @@ from bitcoind_paychan.bitcoin.keys import (
     is_low_s,
     split_sig_hashtype,
 )
+from bitcoind_paychan.bitcoin.musig2 import SecretNonce
 from bitcoind_paychan.bitcoin.sighash import (
     SIGHASH_ALL,
     SIGHASH_ANYONECANPAY,
@@ -39,6 +40,7 @@ from bitcoind_paychan.bitcoin.sighash import (
     SIGHASH_SINGLE,
 )
 from bitcoind_paychan.bitcoin.tx import Transaction, TxIn, encode_varint
+from bitcoind_paychan.errors import LocalProtocolError
 
 if TYPE_CHECKING:
     from bitcoind_paychan.channel.contract import Contract
@@ -55,6 +57,7 @@ class Branch(enum.Enum):
 
     COOPERATIVE = "both keys"  # payments and the settlement
     REFUND = "the client's refund"  # after the expiry (alone, or pre-signed by the server)
+    KEY_PATH = "the aggregate key"  # a cooperative close signed by both (key_path_close)
 
 
 @dataclass(frozen=True)
@@ -189,6 +192,40 @@ class ContractKind(abc.ABC):
     def unlocking(self, tx: Transaction) -> tuple[list[bytes], Branch]:
         """The signatures input 0 of `tx` carries and its branch; DecodeError if it is not
         shaped as this kind's spend."""
+
+    @property
+    def branches(self) -> tuple[Branch, ...]:
+        """The branches a spend of this kind's contract may take."""
+        key_path = (Branch.KEY_PATH,) if self.capabilities.key_path_close else ()
+        return (Branch.COOPERATIVE, Branch.REFUND, *key_path)
+
+    # -- the cooperative key-path close (capabilities.key_path_close) ------------------------
+    # One MuSig2 session: the client's nonce (close_nonce), the server's nonce and partial
+    # signature over the unsigned settlement (cosign_close: the last signer, stateless), the
+    # client's partial signature (sign_close), the server's aggregate (complete_close).
+    # A bad contribution raises MusigError, naming whose and what.
+
+    def close_nonce(self, key: PrivateKey) -> tuple[SecretNonce, bytes]:
+        """The client's secret nonce (kept in memory only, signs once) and public nonce."""
+        raise self._no_key_path()
+
+    def cosign_close(self, key: PrivateKey, client_nonce: bytes, tx: Transaction
+                     ) -> tuple[bytes, bytes]:
+        """The server's (public nonce, partial signature) of `tx`'s key-path spend."""
+        raise self._no_key_path()
+
+    def sign_close(self, key: PrivateKey, secnonce: SecretNonce, client_nonce: bytes,
+                   server_nonce: bytes, server_signature: bytes, tx: Transaction) -> bytes:
+        """The client's partial signature (its nonce spent), once the server's is checked."""
+        raise self._no_key_path()
+
+    def complete_close(self, tx: Transaction, client_nonce: bytes, client_signature: bytes,
+                       server_nonce: bytes, server_signature: bytes) -> Transaction:
+        """`tx` signed by the aggregate key, once the client's partial signature is checked."""
+        raise self._no_key_path()
+
+    def _no_key_path(self) -> LocalProtocolError:
+        return LocalProtocolError(f"a version {self.version} contract has no key-path close")
 
     def input_weight(self, branch: Branch) -> int:
         """The weight of input 0 unlocked on `branch` with the largest signatures (a wallet

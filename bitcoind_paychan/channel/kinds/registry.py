@@ -12,10 +12,11 @@ from bitcoind_paychan.channel.kinds.base import ContractKind
 from bitcoind_paychan.channel.kinds.v1_multisig import BareMultisig
 from bitcoind_paychan.channel.kinds.v2_p2sh import P2SHChannel
 from bitcoind_paychan.channel.kinds.v3_p2wsh import P2WSHChannel
+from bitcoind_paychan.channel.kinds.v4_taproot import TaprootChannel
 from bitcoind_paychan.errors import LocalProtocolError
 
 KINDS: dict[int, type[ContractKind]] = {
-    kind.version: kind for kind in (BareMultisig, P2SHChannel, P2WSHChannel)
+    kind.version: kind for kind in (BareMultisig, P2SHChannel, P2WSHChannel, TaprootChannel)
 }
 VERSIONS = tuple(sorted(KINDS))
 OFFERED = tuple(sorted((v for v, kind in KINDS.items() if kind.offered), reverse=True))

@@ -54,7 +54,7 @@ def test_a_request_without_a_payment_gets_the_offer(sides: MemSides) -> None:
             assert status == 402
             assert body == {"price": PRICE, "endpoint": api.url.replace("/api/", "/paychan"),
                             "min_channel_value": 100_000, "open_payment": 1_000,
-                            "versions": [1, 2, 3], "header": PAYMENT_HEADER,
+                            "versions": [1, 2, 3, 4], "header": PAYMENT_HEADER,
                             "error": "payment required"}
             assert api.api.served == 0
     asyncio.run(main())
