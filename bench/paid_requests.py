@@ -31,7 +31,8 @@ sys.path.insert(0, str(EXAMPLE))  # the example is not installed
 
 from bitcoind_paychan.node import AsyncBitcoind, Bitcoind, NodeConfig, to_btc  # noqa: E402
 from bitcoind_paychan.store import SQLiteStore  # noqa: E402
-from regtest.node import RegtestNode, free_port, regtest_nodes, sync_tips, wait_until  # noqa: E402
+from regtest.node import RegtestNode, free_port, regtest_nodes, sync_tips  # noqa: E402
+from regtest.waiting import wait_until  # noqa: E402
 
 from paid_http.client import PaidClient, client_manager  # noqa: E402
 

@@ -42,10 +42,11 @@ from bitcoind_paychan.channel.chainstate import ChainState
 from bitcoind_paychan.channel.contract import Contract
 from bitcoind_paychan.channel.machine import resume_digest
 from bitcoind_paychan.channel.records import ChannelRecord, Role
+from bitcoind_paychan.daemon.process import freeze_heap, raise_fd_limit
 from bitcoind_paychan.node import AsyncBitcoind, Bitcoind, NodeConfig
 from bitcoind_paychan.node.monitor import ChainEvent
 from bitcoind_paychan.service.client import PaymentClient
-from bitcoind_paychan.service.server import PaymentServer, raise_fd_limit
+from bitcoind_paychan.service.server import PaymentServer
 from bitcoind_paychan.store import SQLiteStore
 from bitcoind_paychan.transport.limits import PeerLimits
 from bitcoind_paychan.transport.stream import MessageStream
@@ -210,7 +211,9 @@ async def serve(conn: Connection, config: NodeConfig, db: Path) -> None:
                    watcher.reviewed_channels, longest, what, collecting, autopilot))
 
     watcher._on_chain_event = timed  # type: ignore[method-assign]
+    raise_fd_limit()  # the daemon's acts on the process, as `paychan daemon` takes them
     address = await server.listen()
+    freeze_heap()
     conn.send(("serving", address, time.perf_counter() - started, rss_mb()))
     loop = asyncio.get_running_loop()
     requests: asyncio.Queue[str] = asyncio.Queue()

@@ -34,6 +34,7 @@ from typing import Any
 
 from throughput import child_setup, config_for, receive
 
+from bitcoind_paychan.daemon.process import freeze_heap, raise_fd_limit
 from bitcoind_paychan.node import AsyncBitcoind, Bitcoind, NodeConfig, to_btc
 from bitcoind_paychan.service.client import PaymentClient
 from bitcoind_paychan.service.server import PaymentServer
@@ -60,7 +61,9 @@ async def serve(conn: Connection, config: NodeConfig, db: Path) -> None:
     """Serve; answer "stats" with the store's rows, bytes and this process's CPU seconds."""
     with SQLiteStore(db) as store:
         server = PaymentServer(AsyncBitcoind(Bitcoind(config)), store, poll_interval=0.1)
+        raise_fd_limit()  # as `paychan daemon` does: a socket per connection
         conn.send(await server.listen())
+        freeze_heap()
         while await asyncio.to_thread(_recv, conn) == "stats":
             wal = Path(f"{db}-wal")
             conn.send({"rows": len(store.channels()), "bytes": db.stat().st_size,

@@ -43,6 +43,7 @@ from bitcoind_paychan.channel.effects import PaymentReceived
 from bitcoind_paychan.channel.kinds import registry as kinds
 from bitcoind_paychan.channel.kinds.v4_taproot import Schnorr
 from bitcoind_paychan.channel.records import Role
+from bitcoind_paychan.daemon.process import freeze_heap, raise_fd_limit
 from bitcoind_paychan.node import AsyncBitcoind, Bitcoind, NodeConfig, to_btc
 from bitcoind_paychan.service.client import Channel, PaymentClient
 from bitcoind_paychan.service.regtest import regtest_ports
@@ -129,7 +130,9 @@ async def serve(conn: Connection, config: NodeConfig, db: Path, transport: str,
     with SQLiteStore(db) as store:
         server = PaymentServer(regtest_ports(Bitcoind(config)), store, on_event=on_event,
                                tls=tls)
+        raise_fd_limit()  # as `paychan daemon` does: a socket per channel
         host, port = await server.listen()
+        freeze_heap()
         listener = websocket.Listener(server.gate, server.serve, "/paychan", server.tls_door())
         if transport == "ws":
             host, port = await listener.listen("127.0.0.1", 0)

@@ -157,7 +157,8 @@ def _control(args: argparse.Namespace) -> Any:
 
 def _wait_for_daemon(client: Any, seconds: float) -> None:
     """Like bitcoin-cli -rpcwait: wait for the daemon to answer (or to write its cookie)."""
-    from bitcoind_paychan.daemon.rpcclient import NO_COOKIE, NOT_RUNNING, ControlError
+    from bitcoind_paychan.daemon.rpcclient import NO_COOKIE, NOT_RUNNING
+    from bitcoind_paychan.errors import ControlError
 
     deadline = time.monotonic() + seconds
     while True:
@@ -422,7 +423,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from bitcoind_paychan.daemon.rpcclient import LOCAL_CODES, ControlError
+    from bitcoind_paychan.daemon.rpcclient import LOCAL_CODES
+    from bitcoind_paychan.errors import ControlError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     as_json = "--json" in argv

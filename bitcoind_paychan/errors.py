@@ -4,11 +4,13 @@ Every error says what happened and, where there is something to do, what to do.
 
     PaychanError
     ├── ConfigError              bad configuration (names file, key, expectation)
+    │   └── PolicyError          a policy's value breaks its rule (names the field)
     ├── DecodeError              malformed bytes: a transaction, script, signature, frame
     ├── MusigError               a MuSig2 (BIP327) input cannot be used (a tweak, a key, a nonce)
     │   ├── InvalidContribution  a signer's key, nonce or partial signature is invalid (who, what)
     │   └── NonceReused          a secret nonce was offered a second time
     ├── NodeError                talking to bitcoind
+    │   ├── RpcError             the node answered an error (its code and message)
     │   ├── NodeUnreachable
     │   ├── NodeAuthError
     │   ├── WrongNetwork
@@ -25,9 +27,18 @@ Every error says what happened and, where there is something to do, what to do.
     │   ├── ChannelGone          the server no longer has it open: open a new one
     │   └── PaymentTimeout       no PAYMENT_ACK in time; the payment is stored, resume to resend
     ├── StoreError               the durable store
-    │   └── LeaseLost            another connection (or instance) took the channel over
+    │   ├── LeaseLost            another connection (or instance) took the channel over
+    │   └── SettlementDecided    the channel is settling: no payment stored after that
+    ├── ProxyHeaderError         a trusted balancer's connection without a valid PROXY header
     ├── TLSError                 a TLS handshake or certificate check failed
-    └── SystemChangeRefused      the demo would change this machine and was not asked to
+    ├── SystemChangeRefused      the demo would change this machine and was not asked to
+    └── ControlError             a `paychan <command>` call to the daemon failed (its code)
+
+Only three exceptions are defined elsewhere, each beside its one user because it never
+leaves it: the CLI's UsageError (a bad command line, printed with its usage), the config
+reader's Problem (one key's problem, gathered into one ConfigError) and the block monitor's
+_MissingHeader (a header gone during a reorg walk: the walk is retried). tests/test_errors.py
+holds it.
 """
 
 from __future__ import annotations
@@ -100,6 +111,16 @@ class WrongNetwork(NodeError):
 
 class WalletNotLoaded(NodeError):
     """The configured wallet does not exist or is not loaded in bitcoind."""
+
+
+class RpcError(NodeError):
+    """bitcoind answered with an error; `code` and `rpc_message` are the node's."""
+
+    def __init__(self, method: str, code: int, message: str) -> None:
+        super().__init__(f"bitcoind {method} failed ({code}): {message}")
+        self.method = method
+        self.code = code
+        self.rpc_message = message
 
 
 class InsufficientFunds(NodeError):
@@ -207,3 +228,13 @@ class SystemChangeRefused(PaychanError):
     """`paychan demo` would change this machine (install a package, create a system user)
     and the operator did not allow it; the message names each change and the option that
     allows them. Nothing was changed."""
+
+
+class ControlError(PaychanError):
+    """A call to the daemon's control API failed (`paychan <command>`); `code` is the daemon's
+    JSON-RPC code, or a local one when no answer came (daemon/rpcclient.py names them)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message

@@ -22,13 +22,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from .fetch import Binaries, find_bitcoind
 from .ports import free_port as free_port  # re-exported: tests import it from here
+from .waiting import wait_until
 
 COINBASE_MATURITY = 100
 DEFAULT_WALLET = "paychan"
@@ -47,20 +48,6 @@ class RPCFault(RuntimeError):
         super().__init__(f"RPC error {code}: {message}")
         self.code = code
         self.message = message
-
-
-def wait_until(
-    predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str = ""
-) -> Any:
-    """Poll `predicate` until it returns something truthy; raise TimeoutError after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what or predicate!r}")
-        time.sleep(interval)
 
 
 def _die_with_parent() -> None:

@@ -19,7 +19,8 @@ import yaml
 
 from bitcoind_paychan.cli import EXIT_PIPE, USAGE_ERROR, show
 from bitcoind_paychan.daemon.config import SYSTEM_CONFIG, config_locations
-from regtest.node import RegtestNode, free_port, regtest_nodes, wait_until
+from regtest.node import RegtestNode, free_port, regtest_nodes
+from regtest.waiting import wait_until
 from tests.conftest import self_paying_daemon
 
 PAYCHAN = [sys.executable, "-m", "bitcoind_paychan.cli"]

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from regtest.fetch import cache_root
-from regtest.node import wait_until
+from regtest.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PORTS = (18443, 18444, 4242, 4243)  # regtest's RPC and P2P; the old quick start's

@@ -85,8 +85,9 @@ class Logs:
         root.setLevel(level.upper())
         for noisy in ("apscheduler", "BitcoinRPC", "asyncio", "aiohttp"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
-        for subsystem, subsystem_level in (levels or {}).items():
-            logging.getLogger(SUBSYSTEMS[subsystem]).setLevel(subsystem_level.upper())
+        levels = levels or {}
+        for subsystem, logger in SUBSYSTEMS.items():  # unset ones follow the root again
+            logging.getLogger(logger).setLevel(levels.get(subsystem, "NOTSET").upper())
 
     def _handler(self) -> logging.Handler:
         handler: logging.Handler

@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bitcoind_paychan.daemon.cookie import ControlCookie
-from bitcoind_paychan.errors import ConfigError, PaychanError
+from bitcoind_paychan.errors import ConfigError, ControlError
 from bitcoind_paychan.reasons import connection_failure
 
 # Local codes: the call got no JSON-RPC answer.
@@ -28,15 +28,6 @@ BAD_ANSWER = -1004  # the answer was not a JSON-RPC answer
 TIMEOUT = -1005  # no answer in time
 UNREACHABLE = -1006  # another connection failure
 LOCAL_CODES = (NOT_RUNNING, NO_COOKIE, UNAUTHORIZED, BAD_ANSWER, TIMEOUT, UNREACHABLE)
-
-
-class ControlError(PaychanError):
-    """A control call failed; `code` is the daemon's JSON-RPC code or a local one."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 class ControlClient:

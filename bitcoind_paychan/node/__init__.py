@@ -1,5 +1,6 @@
 """The node adapter: bitcoind over JSON-RPC (python-bitcoinrpc)."""
 
+from bitcoind_paychan.errors import RpcError
 from bitcoind_paychan.node.bitcoind import (
     Acceptance,
     AsyncBitcoind,
@@ -13,7 +14,7 @@ from bitcoind_paychan.node.bitcoind import (
 )
 from bitcoind_paychan.node.config import CHAINS, NodeConfig
 from bitcoind_paychan.node.monitor import BlockMonitor, ChainEvent, ChainTracker
-from bitcoind_paychan.node.rpc import RpcClient, RpcError
+from bitcoind_paychan.node.rpc import RpcClient
 
 __all__ = [
     "CHAINS",

@@ -13,9 +13,9 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 from bitcoind_paychan.bitcoin.tx import Transaction, TxOut
-from bitcoind_paychan.errors import NodeError, TransactionRejected, WrongNetwork
+from bitcoind_paychan.errors import NodeError, RpcError, TransactionRejected, WrongNetwork
 from bitcoind_paychan.node.config import NodeConfig
-from bitcoind_paychan.node.rpc import RpcClient, RpcError
+from bitcoind_paychan.node.rpc import RpcClient
 
 COIN = 100_000_000
 NO_PARENT = "00" * 32  # the genesis block's prev_hash

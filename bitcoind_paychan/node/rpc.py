@@ -21,6 +21,7 @@ from bitcoind_paychan.errors import (
     NodeAuthError,
     NodeError,
     NodeUnreachable,
+    RpcError,
     WalletNotLoaded,
 )
 from bitcoind_paychan.node.config import NodeConfig
@@ -34,16 +35,6 @@ RPC_WALLET_INSUFFICIENT_FUNDS = -6
 RPC_WALLET_NOT_FOUND = -18
 RPC_WALLET_NOT_SPECIFIED = -19
 _HTTP_ERROR = -342  # python-bitcoinrpc's code for a non-JSON HTTP reply
-
-
-class RpcError(NodeError):
-    """bitcoind answered with an error; `code` and `rpc_message` are the node's."""
-
-    def __init__(self, method: str, code: int, message: str) -> None:
-        super().__init__(f"bitcoind {method} failed ({code}): {message}")
-        self.method = method
-        self.code = code
-        self.rpc_message = message
 
 
 class RpcClient:

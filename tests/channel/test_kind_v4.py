@@ -60,7 +60,7 @@ def test_a_payment_is_a_schnorr_signature_on_the_payment_leaf(change: int) -> No
     (CONTRACT.sign_payment(CLIENT, 5_000)[:64] + b"\x84", "hashtype 0x84 is not one"),
     (CONTRACT.sign_payment(CLIENT, 5_000) + b"\x00", "64 or 65 bytes, not 66"),
     (b"", "64 or 65 bytes, not 0"),
-])
+], ids=lambda value: value if isinstance(value, str) else "signature")  # stable: xdist
 def test_a_bad_payment_signature_is_refused_with_why(signature: bytes, why: str) -> None:
     with pytest.raises((RemoteProtocolError, DecodeError), match=why):
         CONTRACT.check_payment(5_000, signature)

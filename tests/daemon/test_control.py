@@ -28,11 +28,11 @@ from bitcoind_paychan.daemon.rpcclient import (
     TIMEOUT,
     UNAUTHORIZED,
     ControlClient,
-    ControlError,
 )
 from bitcoind_paychan.daemon.web import MAX_BODY, WebServer
 from bitcoind_paychan.errors import (
     ConfigError,
+    ControlError,
     DecodeError,
     InsufficientFunds,
     LocalProtocolError,

@@ -25,7 +25,8 @@ import yaml
 
 from bitcoind_paychan.channel.records import Role
 from bitcoind_paychan.store import SQLiteStore
-from regtest.node import RegtestNode, free_port, regtest_nodes, wait_until
+from regtest.node import RegtestNode, free_port, regtest_nodes
+from regtest.waiting import wait_until
 from tests.daemon.test_control import operators_group
 
 PAYCHAN = [sys.executable, "-m", "bitcoind_paychan.cli"]

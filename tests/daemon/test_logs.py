@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from bitcoind_paychan.daemon.logs import HumanFormatter, JsonFormatter
+from bitcoind_paychan.daemon.logs import SUBSYSTEMS, HumanFormatter, JsonFormatter, Logs
 from bitcoind_paychan.daemon.rpcclient import ControlClient
 from bitcoind_paychan.logcontext import (
     ChannelFields,
@@ -103,3 +103,11 @@ def test_a_real_daemon_tags_channel_lines_and_honours_subsystem_levels(
     assert any(e["logger"].endswith("control") and e["level"] == "debug" for e in log)
     assert not any(e["logger"].endswith("daemon.daemon") and e["level"] == "info" for e in log)
     assert not any(e["level"] == "debug" and not e["logger"].endswith("control") for e in log)
+
+
+def test_a_new_daemons_logs_forget_the_subsystem_levels_of_the_last(tmp_path: Path) -> None:
+    Logs(file=tmp_path / "first.log", levels={"daemon": "warning", "server": "debug"})
+    Logs(file=tmp_path / "second.log")
+    for logger in SUBSYSTEMS.values():
+        assert logging.getLogger(logger).level == logging.NOTSET
+        assert logging.getLogger(logger).getEffectiveLevel() == logging.INFO

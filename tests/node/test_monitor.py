@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import threading
-import time
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -18,7 +17,8 @@ from bitcoind_paychan.errors import NodeError
 from bitcoind_paychan.node import AsyncBitcoind, Bitcoind
 from bitcoind_paychan.node.bitcoind import NO_PARENT, Block
 from bitcoind_paychan.node.monitor import BlockMonitor, ChainEvent, ChainTracker
-from regtest.node import RegtestNode, wait_until
+from regtest.node import RegtestNode
+from regtest.waiting import until, wait_until
 from tests.conftest import config_for
 
 T = TypeVar("T")
@@ -225,6 +225,22 @@ class Running:
         """Until the last connected blocks delivered are `hashes`."""
         wait_until(lambda: self.connected()[-len(hashes) :] == hashes, timeout, what=str(hashes))
 
+    def delivers(self, node: RegtestNode, timeout: float = 2.0) -> bool:
+        """Mine a block: is it delivered within `timeout`? (A SUB socket misses what is
+        published while it subscribes: with a long poll interval, only ZMQ delivers at once.)"""
+        try:
+            self.wait_for(node.mine(1), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
+def seen_anew(seen: list[BaseException], error: BaseException | None) -> int:
+    """Keep `error` if it is not one of `seen` (by identity); how many are kept."""
+    if error is not None and not any(error is e for e in seen):
+        seen.append(error)
+    return len(seen)
+
 
 @contextlib.contextmanager
 def running(node: RegtestNode, *, zmq: bool = False, **kwargs: Any) -> Iterator[Running]:
@@ -323,7 +339,7 @@ def test_zmq_wakes_the_monitor_promptly(chain_node: RegtestNode) -> None:
     _, tip = chain_node.tip()
     with running(chain_node, zmq=True, poll_interval=60) as run:
         run.wait_for([tip])
-        time.sleep(0.5)  # let the SUB socket finish subscribing
+        wait_until(lambda: run.delivers(chain_node), 30, what="the SUB socket to subscribe")
         for _ in range(3):
             mined = chain_node.mine(1)
             run.wait_for(mined, timeout=10)  # far below the 60 s poll
@@ -339,7 +355,9 @@ def test_node_outage_and_recovery(
         assert run.monitor.healthy
         chain_node.stop()
         wait_until(lambda: not run.monitor.healthy, 10, what="monitor to notice the outage")
-        time.sleep(1.5)  # several failed retries
+        failures: list[BaseException] = []  # each retry fails with a new error
+        wait_until(lambda: seen_anew(failures, run.monitor.last_error) >= 3, 10,
+                   what="several failed retries")
         assert run.monitor.running
         assert isinstance(run.monitor.last_error, NodeError)
         chain_node.start(same_ports=True)  # a new cookie
@@ -436,9 +454,8 @@ def test_background_delivery_is_serial_and_stops_cleanly(chain_node: RegtestNode
             with contextlib.suppress(RuntimeError):
                 await asyncio.gather(monitor.sync(), monitor.sync())
         best = await asyncio.to_thread(chain_node.tip)
-        async with asyncio.timeout(15):
-            while not delivered or delivered[-1].tip.hash != best[1]:
-                await asyncio.sleep(0.05)
+        await until(lambda: delivered and delivered[-1].tip.hash == best[1], 15,
+                    what="the best block delivered")
         await monitor.stop()
         await monitor.stop()
         pending = asyncio.all_tasks() - {asyncio.current_task()}
@@ -457,11 +474,15 @@ def test_zmq_rawtx_messages_are_handed_to_the_transaction_callback(
     seen: list[bytes] = []
     coinbases: set[str] = set()
 
+    def seen_coinbase() -> bool:
+        return bool(coinbases & {Transaction.parse(raw).txid_hex for raw in list(seen)})
+
     def mine_until_seen() -> bool:  # (a SUB socket misses what is sent while it subscribes)
         (mined,) = chain_node.mine(1)
         coinbases.add(chain_node.rpc("getblock", mined)["tx"][0])
-        time.sleep(0.2)
-        return bool(coinbases & {Transaction.parse(raw).txid_hex for raw in seen})
+        with contextlib.suppress(TimeoutError):
+            wait_until(seen_coinbase, 2, what="the coinbase as rawtx")
+        return seen_coinbase()
 
     _, tip = chain_node.tip()
     with running(chain_node, zmq=True, poll_interval=60, on_transaction=seen.append) as run:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from regtest.node import RegtestNode, regtest_nodes, wait_until
+from regtest.node import RegtestNode, regtest_nodes
+from regtest.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 

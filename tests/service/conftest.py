@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -200,15 +200,6 @@ def one_node(node: RegtestNode, tmp_path: Path) -> Iterator[Sides]:
     sides = Sides(tmp_path, server_node=node, client_node=node, client_wallet="client")
     yield sides
     sides.close()
-
-
-async def until(predicate: Callable[[], object], timeout: float = 30.0, what: str = "") -> None:
-    """Wait in the event loop (so the services keep running) until `predicate()` is true."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what or predicate}")
-        await asyncio.sleep(0.05)
 
 
 def run(coro: object) -> object:

@@ -15,7 +15,8 @@ from bitcoind_paychan.channel.watch import WatchPolicy
 from bitcoind_paychan.errors import StoreError
 from bitcoind_paychan.service.client import Channel, PaymentClient
 from bitcoind_paychan.service.server import PaymentServer
-from tests.service.conftest import FAST, Duo, MemSides, Sides, until
+from regtest.waiting import until
+from tests.service.conftest import FAST, Duo, MemSides, Sides
 
 VALUE = 500_000
 
@@ -220,8 +221,10 @@ def test_a_low_fee_settlement_is_replaced_and_confirms(one_node: Sides) -> None:
         assert in_mempool(sides, low.txid_hex)
         policy = server.watcher.policy  # the estimate rises to 10 sat/vB
         server.watcher.policy = replace(policy, fees=replace(policy.fees, min_rate=10))
-        for _ in range(3):  # blocks without it: it is stuck
-            await asyncio.sleep(1)
+        node.rpc("generateblock", node.new_address(), [])  # a block without it
+        await until(lambda: server.store.chain_state(Role.SERVER, txid).broadcast_height,
+                    what="the settlement's clock started (a review saw it unconfirmed)")
+        for _ in range(server.watcher.policy.bump_after_blocks):  # more: it is stuck
             node.rpc("generateblock", node.new_address(), [])
         await until(lambda: not in_mempool(sides, low.txid_hex), what="the replacement")
         record = server.store.get(Role.SERVER, txid)
@@ -278,9 +281,17 @@ def test_payments_wait_for_the_contract_to_confirm_when_asked(mem_sides: MemSide
         host, port = await server.listen()
         client = mem_sides.client()
         channel = await client.open(host, port, VALUE)  # the initial payment needs none
+        held = asyncio.Event()
+        until_confirmed = server.watcher.until_confirmed
+
+        async def holding(contract_txid: str, confirmations: int) -> None:
+            held.set()
+            await until_confirmed(contract_txid, confirmations)
+
+        server.watcher.until_confirmed = holding  # type: ignore[method-assign]
         paying = asyncio.create_task(channel.pay(5_000))
-        await asyncio.sleep(1.0)
-        assert not paying.done()  # held until the contract confirms
+        await asyncio.wait_for(held.wait(), 30)  # the server holds the payment...
+        assert not paying.done()  # ...until the contract confirms
         await mine(mem_sides)
         await asyncio.wait_for(paying, 30)
         await channel.pay(5_000)  # now at once

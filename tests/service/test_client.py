@@ -13,8 +13,9 @@ from bitcoind_paychan.channel.records import ChannelStatus, Role
 from bitcoind_paychan.errors import ChannelFailed, ChannelGone
 from bitcoind_paychan.service.server import PaymentServer, ServerManager
 from bitcoind_paychan.wire import pb
+from regtest.waiting import until
 from tests.service.carried import Dialer
-from tests.service.conftest import Duo, MemSides, Sides, until
+from tests.service.conftest import Duo, MemSides, Sides
 from tests.service.test_integrator import gated
 
 VALUE = 400_000

@@ -20,8 +20,9 @@ from bitcoind_paychan.service.client import PaymentClient
 from bitcoind_paychan.service.server import PaymentServer
 from bitcoind_paychan.store import SQLiteStore
 from regtest.node import free_port
+from regtest.waiting import until
 from tests.conftest import config_for
-from tests.service.conftest import FAST, Sides, until
+from tests.service.conftest import FAST, Sides
 from tests.service.side_process import HoldingBroadcaster
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -23,7 +23,8 @@ from bitcoind_paychan.store.leases import ClusterPolicy, leases_for
 from bitcoind_paychan.transport.stream import open_connection
 from bitcoind_paychan.wire import pb
 from regtest.node import free_port
-from tests.service.conftest import FAST, Duo, MemSides, Sides, until
+from regtest.waiting import until
+from tests.service.conftest import FAST, Duo, MemSides, Sides
 from tests.service.test_crash import ROOT, Side
 
 T = pb.TwoWayChannelMessage

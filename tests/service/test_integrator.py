@@ -31,8 +31,9 @@ from bitcoind_paychan import (
     ServerManager,
     Stream,
 )
+from regtest.waiting import until
 from tests.service.carried import Dialer, Replies
-from tests.service.conftest import Duo, MemSides, until
+from tests.service.conftest import Duo, MemSides
 
 PEER = "app://shop"
 VALUE = 300_000

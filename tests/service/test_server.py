@@ -26,9 +26,10 @@ from bitcoind_paychan.transport.stream import open_connection
 from bitcoind_paychan.wire import error_code, pb
 from regtest.node import RegtestNode
 from regtest.stranger import fake_open
+from regtest.waiting import until
 from tests.conftest import config_for
 from tests.service.carried import Dialer
-from tests.service.conftest import FAST, MemSides, Sides, until
+from tests.service.conftest import FAST, MemSides, Sides
 
 T = pb.TwoWayChannelMessage
 

@@ -25,7 +25,8 @@ from bitcoind_paychan.store.leases import ClusterPolicy, Leases, leases_for
 from bitcoind_paychan.transport.stream import MessageStream, open_connection
 from bitcoind_paychan.wire import pb
 from regtest.memnode import MemNode
-from tests.service.conftest import FAST, MemSides, until
+from regtest.waiting import until
+from tests.service.conftest import FAST, MemSides
 
 T = pb.TwoWayChannelMessage
 VALUE = 300_000

@@ -19,7 +19,8 @@ from bitcoind_paychan.service.server import PaymentServer
 from bitcoind_paychan.transport import websocket
 from bitcoind_paychan.transport.limits import PeerLimits
 from bitcoind_paychan.transport.tls import ClientTLS, ServerTLS
-from tests.service.conftest import Duo, MemSides, until
+from regtest.waiting import until
+from tests.service.conftest import Duo, MemSides
 from tests.transport.certs import CertFactory
 
 VALUE = 500_000

@@ -17,7 +17,8 @@ from bitcoind_paychan.channel.records import ChannelStatus, Role
 from bitcoind_paychan.service.watcher import SLICE
 from regtest.node import RegtestNode, regtest_nodes
 from regtest.stranger import failed_row
-from tests.service.conftest import FAST, MemSides, Sides, until
+from regtest.waiting import until
+from tests.service.conftest import FAST, MemSides, Sides
 
 LEGACY_ROWS = 100
 

@@ -58,6 +58,21 @@ def test_a_batch_stores_the_current_leases_payments_and_refuses_the_others(
         assert store.payments(Role.SERVER, moved.txid) == []
 
 
+class ContendedLock:
+    """A lock that says when a thread found it held and waits for it (`contended`)."""
+
+    def __init__(self) -> None:
+        self.inner, self.contended = threading.Lock(), threading.Event()
+
+    def __enter__(self) -> None:
+        if not self.inner.acquire(blocking=False):
+            self.contended.set()
+            self.inner.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.inner.release()
+
+
 class SlowStore(SQLiteStore):
     """A real store whose commit waits for `release` once `started` is set."""
 
@@ -80,6 +95,7 @@ def test_acquire_waits_for_a_commit_in_progress_so_the_new_holder_reads_it(
             channel = Channel()
             store.put(channel.record())
             leases = LocalLeases(store)
+            leases._lock = lock = ContendedLock()  # type: ignore[assignment]
             old = leases.acquire(Role.SERVER, channel.txid, "a/1")
             writer = PaymentWriter(store, leases)
             paid = asyncio.ensure_future(
@@ -87,8 +103,8 @@ def test_acquire_waits_for_a_commit_in_progress_so_the_new_holder_reads_it(
             await asyncio.to_thread(store.started.wait, 30)  # the old holder is committing
             taking = asyncio.ensure_future(
                 asyncio.to_thread(leases.acquire, Role.SERVER, channel.txid, "b/1"))
-            await asyncio.sleep(0.05)
-            assert not taking.done()  # it waits for the commit
+            assert await asyncio.to_thread(lock.contended.wait, 30)  # it waits for the commit
+            assert not taking.done()
             store.release.set()
             new = await taking
             await paid

@@ -4,7 +4,6 @@ instance is its own PostgresStore (its own pool) on the same database."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any
@@ -16,6 +15,7 @@ from bitcoind_paychan.errors import LeaseLost, SettlementDecided, StoreError
 from bitcoind_paychan.store.leases import ClusterPolicy, leases_for
 from bitcoind_paychan.store.postgres import PostgresStore
 from bitcoind_paychan.store.postgres_leases import PostgresLeases
+from regtest.waiting import wait_until
 from tests.store.helpers import Channel
 
 
@@ -171,13 +171,6 @@ def test_a_settlement_under_a_lease_taken_over_is_not_stored(
     assert stored.change == paid.change
 
 
-def until(predicate: Any, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
-
-
 def test_a_duty_is_done_by_one_instance_and_taken_over_when_its_claimer_goes_silent(
         two: tuple[PostgresStore, PostgresStore]) -> None:
     store_a, store_b = two
@@ -189,7 +182,7 @@ def test_a_duty_is_done_by_one_instance_and_taken_over_when_its_claimer_goes_sil
     b.finish("settle:x")
     assert a.claim("settle:y")
     # a stops beating (as if killed): after takeover_after, b takes the duty over.
-    until(lambda: b.claim("settle:y"), "b never took over the duty of a silent instance")
+    wait_until(lambda: b.claim("settle:y"), what="b to take over the duty of a silent instance")
     b.heartbeat()
     assert not a.claim("settle:y")  # and a, if it comes back, leaves it to b (alive)
 
@@ -200,7 +193,7 @@ def test_a_held_claim_lasts_its_hold_even_for_a_live_instance(
     a, b = instance(store_a, "a"), instance(store_b, "b")
     assert a.claim("broadcast:t", hold=0.3)
     assert not b.claim("broadcast:t", hold=0.3)  # rebroadcast once, not by each instance
-    until(lambda: b.claim("broadcast:t", hold=0.3), "the hold never ran out")
+    wait_until(lambda: b.claim("broadcast:t", hold=0.3), what="the hold to run out")
 
 
 def test_a_restarted_instance_of_the_same_name_is_another_claimer(
@@ -214,5 +207,5 @@ def test_a_restarted_instance_of_the_same_name_is_another_claimer(
         after.heartbeat()  # alive, unlike its predecessor
         return after.claim("settle:z")
 
-    until(beat_and_claim, "the restarted instance never took over its silent predecessor's "
-          "duty")
+    wait_until(beat_and_claim, what="the restarted instance to take over its silent "
+               "predecessor's duty")

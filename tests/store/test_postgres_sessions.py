@@ -18,8 +18,8 @@ from bitcoind_paychan.store.leases import ClusterPolicy, leases_for
 from bitcoind_paychan.store.postgres import PostgresStore, SessionTimeouts
 from bitcoind_paychan.store.postgres_leases import PostgresLeases
 from regtest.postgres import PostgresServer
+from regtest.waiting import wait_until
 from tests.store.helpers import Channel
-from tests.store.test_postgres_leases import until
 
 
 def shown(store: PostgresStore, setting: str) -> str:
@@ -107,8 +107,8 @@ def test_an_instance_frozen_in_a_payment_transaction_does_not_hold_up_a_resume(
         taken = b.acquire(Role.SERVER, channel.txid, "b/1")  # returns while a is frozen
         assert taken.token == lease.token + 1
         assert store_b.get(Role.SERVER, channel.txid).change == channel.record().change  # type: ignore[union-attr]
-        until(lambda: not sessions_idle_in_transaction(store_b),
-              "a's session was not ended")  # (its locks went first: b has the lease)
+        wait_until(lambda: not sessions_idle_in_transaction(store_b),
+                   what="a's session to end")  # (its locks went first: b has the lease)
         store_a.wake.set()
         paying.join(30)
         (failed,) = outcome  # a's payment: not stored, so never acknowledged

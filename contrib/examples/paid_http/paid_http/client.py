@@ -36,7 +36,6 @@ from bitcoind_paychan.transport import CarriedStream, Stream
 from paid_http.link import HttpLink
 from paid_http.offer import (
     ACK_HEADER,
-    CLOSED_HEADER,
     PAYMENT_HEADER,
     Offer,
     payment_header,
@@ -102,7 +101,6 @@ class PaidClient:
         self.value = value
         self.paid = 0  # sat paid for requests through this object
         self._offers: dict[URL, Offer] = {}  # origin → its offer
-        self._channels: dict[str, Channel] = {}  # endpoint → its live channel
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def get(self, url: str, headers: Mapping[str, str] | None = None) -> PaidResponse:
@@ -157,7 +155,6 @@ class PaidClient:
         """Settle the channel that pays for `url`'s API; returns the settlement."""
         offer = await self.offer(url)
         channel = await self._channel(offer)
-        self._channels.pop(offer.endpoint, None)
         return await channel.close()
 
     async def _paid(self, method: str, url: str, data: bytes | None,
@@ -166,26 +163,21 @@ class PaidClient:
         response = await self._send(method, url, data, headers | payment.header)
         if not await payment.settle(response.headers):
             log.info("%s answered %s without an ack: the channel will be resumed", url,
-                     response.status)
-            self._channels.pop(offer.endpoint, None)
+                     response.status)  # (settle hung it up: the next lookup resumes it)
             return response
         self.paid += offer.price
-        if response.headers.get(CLOSED_HEADER) == "1":  # used up: the server settled it
-            self._channels.pop(offer.endpoint, None)
         return PaidResponse(response.status, response.headers, response.body, offer.price)
 
     async def _channel(self, offer: Offer) -> Channel:
-        """The live channel to `offer`'s endpoint with room for a payment: this one, else the
-        stored one resumed, else a new one (one with less than the price left is closed)."""
-        live = self._channels.get(offer.endpoint)
-        if live is not None and live.connected and live.remaining >= offer.price:
-            return live
+        """The channel to `offer`'s endpoint with room for a payment: the manager's lookup
+        (live, else the stored one resumed, else a new one); one with less than the price
+        left is closed and a new one opened."""
         value = max(self.value, offer.min_channel_value)
-        channel = await self.manager.open_channel(offer.endpoint, value)
+        found = await self.manager.lookup(offer.endpoint, value, any_value=True)
+        channel = found.channel
         if channel.remaining < offer.price:
             await channel.close()
             channel = await self.manager.open_channel(offer.endpoint, value, new=True)
-        self._channels[offer.endpoint] = channel
         return channel
 
     async def _send(self, method: str, url: str, data: bytes | None,
