@@ -85,21 +85,19 @@ def contract_spent(tx: Transaction, index: int, spent: TxOut, outpoint: OutPoint
     txin = tx.inputs[index]
     script = spent.script_pubkey
     pushes = _pushes(txin.script_sig)
-    candidates: list[tuple[int, bytes]] = []
     if len(script) == 71 and script[0] == 0x52 and script[-1] == 0xAE:  # bare 2-of-2
-        candidates.append((1, script))
+        version, locking = 1, script
     elif pushes and script == p2sh_script(hash160(pushes[-1])):
-        candidates.append((2, pushes[-1]))
+        version, locking = 2, pushes[-1]
     elif txin.witness and script == p2wsh_script(sha256(txin.witness[-1])):
-        candidates.append((3, txin.witness[-1]))
-    for version, locking in candidates:
-        keys = _channel_keys(version, locking)
-        if keys is None:
-            continue
-        client, server, expiry = keys
-        if locking_script(version, client, server, expiry) == locking:
-            return Contract(version, client, server, expiry, outpoint, spent.value)
-    return None
+        version, locking = 3, txin.witness[-1]
+    else:
+        return None
+    keys = _channel_keys(version, locking)
+    if keys is None or locking_script(version, *keys) != locking:
+        return None
+    client, server, expiry = keys
+    return Contract(version, client, server, expiry, outpoint, spent.value)
 
 
 def _pushes(script: bytes) -> list[bytes]:
@@ -124,10 +122,12 @@ def _channel_keys(version: int, locking: bytes) -> tuple[bytes, bytes, int] | No
     server, expiry_op, client = items[1][1], items[4], items[8][1]
     if server is None or client is None:
         return None
-    data = expiry_op[1]
-    expiry = (expiry_op[0] - 0x50 if data is None
-              else int.from_bytes(data, "little") if data else 0)
-    return client, server, expiry
+    return client, server, _script_int(*expiry_op)
+
+
+def _script_int(op: int, data: bytes | None) -> int:
+    """The number a push of `push_int` carries (OP_0..OP_16, or a minimal script number)."""
+    return op - 0x50 if data is None else decode_script_num(data, 5) if data else 0
 
 
 def key_spend_problem(tx: Transaction, index: int, spent: TxOut) -> str | None:
@@ -202,7 +202,7 @@ def taproot_spend_problem(tx: Transaction, index: int, spent: Sequence[TxOut]) -
         return (_schnorr_problem(XOnlyKey(server), stack[1], tx, index, spent, leaf.hash)
                 or _schnorr_problem(XOnlyKey(client), stack[0], tx, index, spent, leaf.hash))
     if ops[1:] == b"\xb1\x75\x20\xac" and len(stack) == 1:  # <expiry> CLTV DROP <client> ...
-        expiry = decode_script_num(items[0], 5) if items[0] else ops[0] - 0x50  # OP_n
+        expiry = _script_int(ops[0], items[0])
         client = items[3]
         assert client is not None
         if (tx.locktime < expiry or txin.sequence == FINAL
