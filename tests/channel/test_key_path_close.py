@@ -31,7 +31,7 @@ from bitcoind_paychan.channel.records import ChannelStatus
 from bitcoind_paychan.channel.server import ServerChannel, ServerPolicy, ServerState
 from bitcoind_paychan.errors import ErrorCode
 from bitcoind_paychan.wire import decode_message, encode_message, pb
-from tests.channel.model.chain import spend_problem
+from regtest.chainrules import spend_problem
 from tests.channel.pump import FEE_RATE, PAYOUT, Pump
 
 T = pb.TwoWayChannelMessage

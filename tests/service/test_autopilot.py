@@ -1,4 +1,6 @@
-"""Channels on autopilot, on a real regtest node: deadlines, refunds, reorgs, outages, fees."""
+"""Channels on autopilot: deadlines, refunds, reorgs, outages, fees. Refunds, reorgs, an
+outage and a fee bump on a real regtest node; the deadlines, views, waiting for a
+confirmation and a double spend on the in-process chain."""
 
 from __future__ import annotations
 
@@ -7,14 +9,14 @@ from dataclasses import replace
 
 import pytest
 
-from bitcoind_paychan.bitcoin.tx import Transaction
+from bitcoind_paychan.bitcoin.tx import Transaction, TxIn, TxOut
 from bitcoind_paychan.channel.records import ChannelStatus, Role
 from bitcoind_paychan.channel.watch import WatchPolicy
 from bitcoind_paychan.errors import StoreError
 from bitcoind_paychan.service.client import Channel, PaymentClient
 from bitcoind_paychan.service.server import PaymentServer
 from regtest.waiting import until
-from tests.service.conftest import FAST, Sides
+from tests.service.conftest import FAST, Duo, MemSides, Sides
 
 VALUE = 500_000
 
@@ -53,11 +55,11 @@ def spent_on_node(sides: Sides, txid: str) -> bool:
     return True
 
 
-async def mine(sides: Sides, blocks: int = 1) -> None:
-    await asyncio.to_thread(sides.server_node.mine, blocks)
+async def mine(sides: Sides | MemSides, blocks: int = 1) -> None:
+    await asyncio.to_thread(sides.mine, blocks)
 
 
-async def open_channel(sides: Sides, pays: int = 3) -> tuple[PaymentServer, PaymentClient,
+async def open_channel(sides: Duo, pays: int = 3) -> tuple[PaymentServer, PaymentClient,
                                                               Channel]:
     server = sides.server()
     host, port = await server.listen()
@@ -113,28 +115,27 @@ def test_refund_confirms_on_its_own_when_the_server_is_gone(one_node: Sides,
 
 
 def test_server_settles_before_the_refund_is_valid_and_the_client_records_it(
-    one_node: Sides,
+    mem_sides: MemSides,
 ) -> None:
-    sides = one_node
 
     async def scenario() -> int:
-        server, client, channel = await open_channel(sides)
+        server, client, channel = await open_channel(mem_sides)
         txid, record = channel.contract_txid, channel.record
         deadline = record.contract.expiry - server.watcher.policy.settle_margin
         assert server.watcher.deadline_of(txid) is not None
-        sides.server_node.set_mocktime(deadline + 60)
-        await mine(sides)  # a block past the server's deadline: it settles
+        mem_sides.chain.mocktime = deadline + 60
+        await mine(mem_sides)  # a block past the server's deadline: it settles
         await until(lambda: status(server, Role.SERVER, txid) is ChannelStatus.CLOSING,
                     what="the server to settle")
-        median = sides.server_node.rpc("getblockchaininfo")["mediantime"]
+        median = mem_sides.chain.median_time()
         assert median < record.contract.expiry  # the client's refund is not valid yet
         await until(lambda: status(client, Role.CLIENT, txid) is ChannelStatus.CLOSING,
                     what="the client to see the settlement")
-        await mine(sides)
+        await mine(mem_sides)
         await until(lambda: status(client, Role.CLIENT, txid) is ChannelStatus.SETTLED,
                     what="the client to record the settlement")
         await until(lambda: status(server, Role.SERVER, txid) is ChannelStatus.SETTLED)
-        await mine(sides)
+        await mine(mem_sides)
         await until(lambda: status(server, Role.SERVER, txid) is None, what="server forgets")
         await until(lambda: status(client, Role.CLIENT, txid) is None, what="client forgets")
         await client.stop()
@@ -142,11 +143,11 @@ def test_server_settles_before_the_refund_is_valid_and_the_client_records_it(
         return record.change
 
     change = asyncio.run(scenario())
-    (client_finished,) = sides.client_events
+    (client_finished,) = mem_sides.client_events
     assert client_finished.status is ChannelStatus.SETTLED
     assert client_finished.client_amount == change
     assert client_finished.server_amount == VALUE - change
-    server_finished = [e for e in sides.events if type(e).__name__ == "ChannelFinished"]
+    server_finished = [e for e in mem_sides.events if type(e).__name__ == "ChannelFinished"]
     assert len(server_finished) == 1
 
 
@@ -249,11 +250,10 @@ def test_policy_defaults() -> None:
     assert WatchPolicy().forget_depth == 6
 
 
-def test_channel_views_show_state_deadlines_and_confirmations(one_node: Sides) -> None:
-    sides = one_node
+def test_channel_views_show_state_deadlines_and_confirmations(mem_sides: MemSides) -> None:
 
     async def scenario() -> None:
-        server, client, channel = await open_channel(sides, pays=2)
+        server, client, channel = await open_channel(mem_sides, pays=2)
         (view,) = client.views()
         assert (view.status, view.contract_txid, view.paid) == ("open", channel.contract_txid,
                                                                  21_000)
@@ -261,11 +261,11 @@ def test_channel_views_show_state_deadlines_and_confirmations(one_node: Sides) -
         assert view.contract_confirmations == 0 and view.closing_txid is None
         (server_view,) = server.views()
         assert server_view.deadline == view.expiry - FAST.settle_margin
-        await mine(sides, 2)
+        await mine(mem_sides, 2)
         await until(lambda: client.views()[0].contract_confirmations == 2)
         settlement = await channel.close()
         await until(lambda: client.views()[0].closing_txid == settlement.txid_hex)
-        await mine(sides)
+        await mine(mem_sides)
         await until(lambda: server.views() and server.views()[0].closing_confirmations == 1
                     and server.views()[0].status == "settled")
         await client.stop()
@@ -274,13 +274,12 @@ def test_channel_views_show_state_deadlines_and_confirmations(one_node: Sides) -
     asyncio.run(scenario())
 
 
-def test_payments_wait_for_the_contract_to_confirm_when_asked(one_node: Sides) -> None:
-    sides = one_node
+def test_payments_wait_for_the_contract_to_confirm_when_asked(mem_sides: MemSides) -> None:
 
     async def scenario() -> None:
-        server = sides.server(min_confirmations=1)
+        server = mem_sides.server(min_confirmations=1)
         host, port = await server.listen()
-        client = sides.client()
+        client = mem_sides.client()
         channel = await client.open(host, port, VALUE)  # the initial payment needs none
         held = asyncio.Event()
         until_confirmed = server.watcher.until_confirmed
@@ -293,7 +292,7 @@ def test_payments_wait_for_the_contract_to_confirm_when_asked(one_node: Sides) -
         paying = asyncio.create_task(channel.pay(5_000))
         await asyncio.wait_for(held.wait(), 30)  # the server holds the payment...
         assert not paying.done()  # ...until the contract confirms
-        await mine(sides)
+        await mine(mem_sides)
         await asyncio.wait_for(paying, 30)
         await channel.pay(5_000)  # now at once
         await client.stop()
@@ -302,34 +301,33 @@ def test_payments_wait_for_the_contract_to_confirm_when_asked(one_node: Sides) -
     asyncio.run(scenario())
 
 
-def test_a_double_spent_contract_fails_the_channel_on_both_sides(one_node: Sides) -> None:
-    sides = one_node
-    node = sides.server_node
+def test_a_double_spent_contract_fails_the_channel_on_both_sides(mem_sides: MemSides) -> None:
+    chain, wallet = mem_sides.chain, mem_sides.client_node.wallet
 
     async def scenario() -> str:
-        server, client, channel = await open_channel(sides, pays=1)
+        server, client, channel = await open_channel(mem_sides, pays=1)
         txid = channel.contract_txid
         contract = Transaction.parse(channel.record.contract_tx)
         coin = contract.inputs[0].prevout
         # The client's wallet spends the contract's coin again, paying more: full RBF.
-        raw = node.rpc("createrawtransaction", [{"txid": coin.txid_hex, "vout": coin.index}],
-                       [{node.rpc("getnewaddress", wallet=sides.client_wallet): 4.99}],
-                       wallet=sides.client_wallet)
-        signed = node.rpc("signrawtransactionwithwallet", raw, wallet=sides.client_wallet)
-        node.rpc("sendrawtransaction", signed["hex"])
-        await mine(sides)
+        spent = chain.prevout(coin)
+        assert spent is not None
+        again = wallet.sign(Transaction(2, (TxIn(coin, b"", 0xFFFFFFFD),), (
+            TxOut(spent.value - 1_000_000, wallet.new_script()),)))
+        assert chain.accept(again) is None
+        await mine(mem_sides)
         await until(lambda: status(server, Role.SERVER, txid) is ChannelStatus.FAILED,
                     what="the server to see the double spend")
         await until(lambda: status(client, Role.CLIENT, txid) is ChannelStatus.FAILED,
                     what="the client to see the double spend")
-        await mine(sides, 2)
+        await mine(mem_sides, 2)
         await until(lambda: status(server, Role.SERVER, txid) is None, what="forgetting")
         await client.stop()
         await server.stop()
         return txid
 
     asyncio.run(scenario())
-    (finished,) = sides.client_events
+    (finished,) = mem_sides.client_events
     assert finished.status is ChannelStatus.FAILED and finished.client_amount == VALUE
-    server_finished = [e for e in sides.events if type(e).__name__ == "ChannelFinished"]
+    server_finished = [e for e in mem_sides.events if type(e).__name__ == "ChannelFinished"]
     assert len(server_finished) == 1

@@ -1,4 +1,6 @@
-"""The payment client on a real regtest node: a channel its server never opened."""
+"""The payment client: on a real regtest node, a channel its server never opened and opens to
+several peers at once (channel keys imported together); on the in-process chain, carried
+payments and what paying or closing a closed channel says."""
 
 from __future__ import annotations
 
@@ -9,14 +11,12 @@ import pytest
 from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.channel.records import ChannelStatus, Role
 from bitcoind_paychan.errors import ChannelFailed, ChannelGone
-from bitcoind_paychan.node import Bitcoind
-from bitcoind_paychan.service.regtest import regtest_ports
 from bitcoind_paychan.service.server import PaymentServer, ServerManager
 from bitcoind_paychan.wire import pb
 from regtest.waiting import until
-from tests.conftest import config_for
 from tests.service.carried import Dialer
-from tests.service.conftest import Sides
+from tests.service.conftest import Duo, MemSides, Sides
+from tests.service.test_integrator import gated
 
 VALUE = 400_000
 
@@ -80,17 +80,17 @@ def test_a_contract_the_server_never_opened_releases_its_coins_and_is_never_broa
 
 
 def test_a_payment_the_application_carries_completes_when_it_feeds_back_the_ack(
-        sides: Sides) -> None:
+        mem_sides: MemSides) -> None:
     """The client manager over a connection the application carries: `pay` sends its
     UPDATE_PAYMENT through the application's link and returns once the application hands it
     the PAYMENT_ACK (`Channel.receive`); a resume dials a new carried connection."""
     async def scenario() -> tuple[bool, bool, bytes, int, int]:
-        manager = ServerManager(regtest_ports(Bitcoind(config_for(sides.server_node))),
-                                sides.store("server"), on_payment=lambda p: b"ok",
-                                on_event=sides.events.append)
+        manager = ServerManager(mem_sides.server_ports(), mem_sides.store("server"),
+                                on_payment=lambda p: b"ok", on_event=mem_sides.events.append,
+                                poll_interval=mem_sides.poll_interval)
         await manager.start()
         dial = Dialer(manager)
-        client = sides.client(dial=dial)
+        client = mem_sides.client(dial=dial)
         first = await client.open_channel("app://shop", 300_000)
         await first.pay(4_000)
         await first.disconnect()
@@ -114,37 +114,37 @@ def test_a_payment_the_application_carries_completes_when_it_feeds_back_the_ack(
     assert ack == b"ok"
     assert paid == 1_000 + 4_000 + 5_000
     assert connections == 2  # resumed on a new connection
-    assert [p.amount for p in sides.payments()][-1] == 5_000
+    assert [p.amount for p in mem_sides.payments()][-1] == 5_000
 
 
-def status(sides: Sides, txid: str) -> ChannelStatus | None:
+def status(sides: Duo, txid: str) -> ChannelStatus | None:
     record = sides.store("client").get(Role.CLIENT, txid)
     return record.status if record else None
 
 
 def test_paying_or_closing_a_channel_settled_and_forgotten_meanwhile_is_channel_gone(
-        sides: Sides) -> None:
+        mem_sides: MemSides) -> None:
     """The server settles while the application holds the channel and does not read; the
     autopilot sees the settlement buried and forgets the channel. Paying through it, or
     closing it, then says it is gone and to open a new one (it was a StoreError), and
     nothing is stored."""
     async def scenario() -> tuple[str, str, str, int]:
-        server = sides.server()
+        server = mem_sides.server()
         host, port = await server.listen()
-        client = sides.client()
+        client = mem_sides.client()
         channel = await client.open(host, port, VALUE)
         await channel.pay(2_000)
         txid = channel.contract_txid
         await server.settle(txid)
-        while status(sides, txid) is not None:  # settled, buried, forgotten
-            await asyncio.to_thread(sides.mine, 1)
-            await until(lambda: status(sides, txid) is not ChannelStatus.OPEN, 5.0,
+        while status(mem_sides, txid) is not None:  # settled, buried, forgotten
+            await asyncio.to_thread(mem_sides.mine, 1)
+            await until(lambda: status(mem_sides, txid) is not ChannelStatus.OPEN, 5.0,
                         "the client's autopilot to see the settlement")
         with pytest.raises(ChannelGone) as paying:
             await channel.pay(1_000)
         with pytest.raises(ChannelGone) as closing:
             await channel.close()
-        logged = len(sides.store("client").payments(Role.CLIENT, txid))
+        logged = len(mem_sides.store("client").payments(Role.CLIENT, txid))
         await client.stop()
         await server.stop()
         return txid, str(paying.value), str(closing.value), logged
@@ -157,11 +157,11 @@ def test_paying_or_closing_a_channel_settled_and_forgotten_meanwhile_is_channel_
 
 
 def test_paying_a_closed_or_disconnected_channel_says_what_happened_and_what_to_do(
-        sides: Sides) -> None:
+        mem_sides: MemSides) -> None:
     async def scenario() -> tuple[str, str, str, str, int]:
-        server = sides.server()
+        server = mem_sides.server()
         host, port = await server.listen()
-        client = sides.client()
+        client = mem_sides.client()
         channel = await client.open(host, port, VALUE)
         await channel.disconnect()
         with pytest.raises(ChannelFailed) as disconnected:
@@ -183,3 +183,23 @@ def test_paying_a_closed_or_disconnected_channel_says_what_happened_and_what_to_
     assert "is closing: the server settled it" in closed and "open a new channel" in closed
     assert settlement == again
     assert paid == 1_000 + 1_000
+
+
+def test_opens_to_two_peers_at_once_both_fund_their_channel(sides: Sides) -> None:
+    """Seen: with no latency, the second of two opens failed with the node's raw "Wallet is
+    currently rescanning" (two channel keys imported at once). On the real node: its wallet's
+    imports are the point."""
+    sides.fund_client(3)
+
+    async def scenario() -> set[str]:
+        server, dial, client = await gated(sides)
+        opens = [asyncio.ensure_future(client.open_channel(peer, VALUE))
+                 for peer in ("app://a", "app://b", "app://c")]
+        await until(lambda: dial.calls == 3, what="three opens dialing together")
+        dial.gate.set()
+        channels = await asyncio.gather(*opens)
+        await client.stop()
+        await server.stop()
+        return {channel.contract_txid for channel in channels}
+
+    assert len(asyncio.run(scenario())) == 3

@@ -1,4 +1,7 @@
-"""Open → pay → close → settle on real regtest nodes, for every version."""
+"""Open → pay → close → settle, for every version: on real regtest nodes (funding, signing,
+broadcast, a wallet input paying the fee, a Knots node refusing version 1), and on the
+in-process chain where the services decide (exhausting, falling back, a fixed payout,
+pipelining)."""
 
 from __future__ import annotations
 
@@ -7,19 +10,24 @@ from dataclasses import replace
 
 import pytest
 
-from bitcoind_paychan.bitcoin.tx import Transaction
+from bitcoind_paychan.bitcoin.tx import OutPoint, Transaction
 from bitcoind_paychan.channel.fees import FeePolicy
 from bitcoind_paychan.channel.records import ChannelStatus, Role
 from bitcoind_paychan.node import to_sat
 from bitcoind_paychan.service.client import Channel
-from tests.service.conftest import FAST, Sides
+from regtest.memnode import MemNode
+from regtest.node import RegtestNode
+from tests.service.conftest import FAST, MemSides, Sides
 
 VALUE = 1_000_000
 
 
-def wallet_utxo(node_rpc: object, txid: str, vout: int) -> int | None:
-    """The value of txid:vout if the node's wallet counts it as its own."""
-    for coin in node_rpc.wallet_rpc("listunspent", 0):  # type: ignore[attr-defined]
+def wallet_utxo(node: RegtestNode | MemNode, txid: str, vout: int) -> int | None:
+    """The value of txid:vout if the node's wallet counts it as its own (and unspent)."""
+    if isinstance(node, MemNode):
+        out = node.wallet.coins().get(OutPoint.from_hex(txid, vout))
+        return None if out is None else out.value
+    for coin in node.wallet_rpc("listunspent", 0):
         if coin["txid"] == txid and coin["vout"] == vout:
             return to_sat(coin["amount"])
     return None
@@ -60,12 +68,12 @@ def test_open_pay_close_settles_on_chain(sides: Sides, version: int) -> None:
 
 
 @pytest.mark.parametrize("version", [1, 2, 3, 4])
-def test_exhausting_a_channel_settles_everything_to_the_server(sides: Sides,
+def test_exhausting_a_channel_settles_everything_to_the_server(mem_sides: MemSides,
                                                                version: int) -> None:
     async def scenario() -> tuple[Channel, Transaction]:
-        server = sides.server()
+        server = mem_sides.server()
         host, port = await server.listen()
-        channel = await sides.client().open(host, port, 200_000, version=version)
+        channel = await mem_sides.client().open(host, port, 200_000, version=version)
         while channel.remaining > 50_000:
             await channel.pay(50_000)
         await channel.pay(channel.remaining)
@@ -76,20 +84,20 @@ def test_exhausting_a_channel_settles_everything_to_the_server(sides: Sides,
     channel, settlement = asyncio.run(scenario())
     assert channel.remaining == 0
     assert len(settlement.outputs) == 1
-    sides.mine(1)
-    assert wallet_utxo(sides.server_node, settlement.txid_hex, 0) == settlement.outputs[0].value
+    mem_sides.mine(1)
+    assert wallet_utxo(mem_sides.server_node, settlement.txid_hex, 0) == settlement.outputs[0].value
     assert settlement.outputs[0].value > 200_000 - 2_000
 
 
 @pytest.mark.parametrize(("spoken", "ends_on"), [((1, 2), 2), ((1, 2, 3), 3)])
-def test_client_falls_back_from_version_4(sides: Sides, spoken: tuple[int, ...],
+def test_client_falls_back_from_version_4(mem_sides: MemSides, spoken: tuple[int, ...],
                                           ends_on: int) -> None:
     from bitcoind_paychan.channel.server import ServerPolicy
 
     async def scenario() -> int:
-        server = sides.server(ServerPolicy(versions=spoken))
+        server = mem_sides.server(ServerPolicy(versions=spoken))
         host, port = await server.listen()
-        channel = await sides.client().open(host, port, VALUE)
+        channel = await mem_sides.client().open(host, port, VALUE)
         await channel.pay(5_000)
         await channel.close()
         await server.stop()
@@ -150,14 +158,13 @@ def test_v1_through_a_knots_node_fails_with_what_to_do(sides: Sides) -> None:
     assert "bare multisig" in message and "Bitcoin Core" in message and "version 2 or 3" in message
 
 
-def test_a_fixed_payout_address_receives_the_settlement(sides: Sides) -> None:
-    address = sides.server_node.new_address()
-    script = bytes.fromhex(sides.server_node.wallet_rpc("getaddressinfo", address)["scriptPubKey"])
+def test_a_fixed_payout_address_receives_the_settlement(mem_sides: MemSides) -> None:
+    script = mem_sides.server_node.wallet.new_script()
 
     async def scenario() -> Transaction:
-        server = sides.server(payout_script=script)
+        server = mem_sides.server(payout_script=script)
         host, port = await server.listen()
-        channel = await sides.client().open(host, port, VALUE)
+        channel = await mem_sides.client().open(host, port, VALUE)
         await channel.pay(10_000)
         settlement = await channel.close()
         await server.stop()
@@ -167,11 +174,12 @@ def test_a_fixed_payout_address_receives_the_settlement(sides: Sides) -> None:
     assert settlement.outputs[1].script_pubkey == script
 
 
-def test_pipelined_payments_on_one_channel_are_each_stored_and_acknowledged(sides: Sides) -> None:
+def test_pipelined_payments_on_one_channel_are_each_stored_and_acknowledged(
+        mem_sides: MemSides) -> None:
     async def scenario() -> Channel:
-        server = sides.server()
+        server = mem_sides.server()
         host, port = await server.listen()
-        channel = await sides.client().open(host, port, VALUE)
+        channel = await mem_sides.client().open(host, port, VALUE)
         assert channel.machine.window == 16  # our server takes a window: the policy's
         infos = await asyncio.gather(*(channel.pay(1_000, f"p{i}".encode()) for i in range(60)))
         assert infos == [b""] * 60
@@ -181,7 +189,7 @@ def test_pipelined_payments_on_one_channel_are_each_stored_and_acknowledged(side
 
     channel = asyncio.run(scenario())
     assert channel.paid == 1_000 + 60 * 1_000
-    assert [p.info for p in sides.payments()[1:]] == [f"p{i}".encode() for i in range(60)]
+    assert [p.info for p in mem_sides.payments()[1:]] == [f"p{i}".encode() for i in range(60)]
     for role, name in ((Role.SERVER, "server"), (Role.CLIENT, "client")):
-        log = sides.store(name).payments(role, channel.contract_txid)
+        log = mem_sides.store(name).payments(role, channel.contract_txid)
         assert [e.seq for e in log] == list(range(61, 0, -1))  # every one stored, in order

@@ -1,6 +1,7 @@
 """Several server instances on one PostgreSQL store (active-active): any instance serves any
 channel, one connection at a time across all of them; each deadline settled once; a killed
-instance's channels settled by a survivor. Real PostgreSQL, real regtest node."""
+instance's channels settled by a survivor. Real PostgreSQL; the in-process chain, but for the
+killed instance (its own process, beside a real regtest node)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,6 @@ from bitcoind_paychan.channel.effects import ChannelClosed, PaymentReceived
 from bitcoind_paychan.channel.messages import DEFAULT_TIME_WINDOW
 from bitcoind_paychan.channel.records import ChannelStatus, Role
 from bitcoind_paychan.errors import ChannelFailed
-from bitcoind_paychan.node import Bitcoind
-from bitcoind_paychan.service.regtest import regtest_ports
 from bitcoind_paychan.service.server import PaymentServer, ServerEvent
 from bitcoind_paychan.store import open_store
 from bitcoind_paychan.store.leases import ClusterPolicy, leases_for
@@ -25,18 +24,17 @@ from bitcoind_paychan.transport.stream import open_connection
 from bitcoind_paychan.wire import pb
 from regtest.node import free_port
 from regtest.waiting import until
-from tests.conftest import config_for
-from tests.service.conftest import FAST, Sides
+from tests.service.conftest import FAST, Duo, MemSides, Sides
 from tests.service.test_crash import ROOT, Side
 
 T = pb.TwoWayChannelMessage
 VALUE = 300_000
 
 
-def instance(sides: Sides, dsn: str, name: str, events: list[ServerEvent]) -> PaymentServer:
+def instance(sides: Duo, dsn: str, name: str, events: list[ServerEvent]) -> PaymentServer:
     """A server instance on the shared database `dsn`."""
     store = open_store(engine="postgresql", dsn=dsn)
-    return PaymentServer(regtest_ports(Bitcoind(config_for(sides.server_node))), store,
+    return PaymentServer(sides.server_ports(), store,
                          on_event=events.append, autopilot=FAST, poll_interval=0.2,
                          review_interval=0.5,
                          leases=leases_for(store, ClusterPolicy(name, takeover_after=1.0)))
@@ -47,17 +45,16 @@ def paid(events: list[ServerEvent]) -> list[int]:
 
 
 def test_a_client_resuming_on_another_instance_fences_the_first(
-        one_node: Sides, postgres_dsn: str) -> None:
-    sides = one_node
+        mem_sides: MemSides, postgres_dsn: str) -> None:
     on_a: list[ServerEvent] = []
     on_b: list[ServerEvent] = []
 
     async def scenario() -> tuple[int, int]:
-        a, b = (instance(sides, postgres_dsn, "a", on_a),
-                instance(sides, postgres_dsn, "b", on_b))
+        a, b = (instance(mem_sides, postgres_dsn, "a", on_a),
+                instance(mem_sides, postgres_dsn, "b", on_b))
         host, port_a = await a.listen()
         _, port_b = await b.listen()
-        client = sides.client()
+        client = mem_sides.client()
         channel = await client.open(host, port_a, VALUE, version=2)
         await channel.pay(1_000)  # on a
         txid = channel.contract_txid
@@ -92,27 +89,26 @@ def test_a_client_resuming_on_another_instance_fences_the_first(
 
 
 def test_a_deadline_settlement_is_done_by_one_instance(
-        one_node: Sides, postgres_dsn: str) -> None:
-    sides = one_node
+        mem_sides: MemSides, postgres_dsn: str) -> None:
     on_a: list[ServerEvent] = []
     on_b: list[ServerEvent] = []
 
     async def scenario() -> list[str]:
-        a, b = (instance(sides, postgres_dsn, "a", on_a),
-                instance(sides, postgres_dsn, "b", on_b))
+        a, b = (instance(mem_sides, postgres_dsn, "a", on_a),
+                instance(mem_sides, postgres_dsn, "b", on_b))
         host, port = await a.listen()
         await b.listen()
-        client = sides.client()
+        client = mem_sides.client()
         channel = await client.open(host, port, VALUE)
         await channel.pay(10_000)
         txid = channel.contract_txid
-        await asyncio.to_thread(sides.server_node.mine, 1)  # b learns of a's channel
+        mem_sides.mine(1)  # b learns of a's channel
         await until(lambda: txid in b.watcher.index, what="b to watch a's channel")
         record = channel.record
-        sides.server_node.set_mocktime(record.contract.expiry - FAST.settle_margin + 60)
-        await asyncio.to_thread(sides.server_node.mine, 1)  # both reach its deadline
+        mem_sides.chain.mocktime = record.contract.expiry - FAST.settle_margin + 60
+        mem_sides.mine(1)  # both reach its deadline
         await until(lambda: closed(on_a + on_b), what="an instance to settle")
-        await asyncio.to_thread(sides.server_node.mine, 1)
+        mem_sides.mine(1)
         await until(lambda: status(a, txid) is ChannelStatus.SETTLED, what="settled")
         for service in (client, a, b):
             await service.stop()

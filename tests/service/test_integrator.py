@@ -1,4 +1,4 @@
-"""The library as an integrator meets it (issue 26), on real regtest nodes: concurrent opens
+"""The library as an integrator meets it (issue 26), on the in-process chain: concurrent opens
 fund one channel, a manager that does not watch the chain refuses channels, the application's
 callbacks cannot break a payment, `pay` gives up after its timeout, the server records the
 peer the application names, a used-up channel is ChannelGone, the client hears of the
@@ -31,12 +31,9 @@ from bitcoind_paychan import (
     ServerManager,
     Stream,
 )
-from bitcoind_paychan.node import Bitcoind
-from bitcoind_paychan.service.regtest import regtest_ports
 from regtest.waiting import until
-from tests.conftest import config_for
 from tests.service.carried import Dialer, Replies
-from tests.service.conftest import Sides
+from tests.service.conftest import Duo, MemSides
 
 PEER = "app://shop"
 VALUE = 300_000
@@ -56,14 +53,20 @@ class GatedDialer(Dialer):
         return await super().__call__(peer, timeout)
 
 
-def manager(sides: Sides, **options: object) -> ServerManager:
-    wallet = regtest_ports(Bitcoind(config_for(sides.server_node)))
-    return ServerManager(wallet, sides.store("server"), on_event=sides.events.append,
-                         poll_interval=0.2, review_interval=0.5,
+@pytest.fixture
+def sides(mem_sides: MemSides) -> MemSides:
+    """These tests are about the managers' decisions: they run on the in-process chain."""
+    return mem_sides
+
+
+def manager(sides: Duo, **options: object) -> ServerManager:
+    return ServerManager(sides.server_ports(), sides.store("server"),
+                         on_event=sides.events.append,
+                         poll_interval=sides.poll_interval, review_interval=0.5,
                          **options)  # type: ignore[arg-type]
 
 
-async def gated(sides: Sides) -> tuple[ServerManager, GatedDialer, ClientManager]:
+async def gated(sides: Duo) -> tuple[ServerManager, GatedDialer, ClientManager]:
     """A started server manager, and a client that reaches it through a gated dialer."""
     server = manager(sides)
     await server.start()
@@ -87,7 +90,7 @@ async def while_first_dials(client: ClientManager, dial: GatedDialer,
     return one, two
 
 
-def test_two_opens_at_once_fund_one_channel_and_share_it(sides: Sides) -> None:
+def test_two_opens_at_once_fund_one_channel_and_share_it(sides: MemSides) -> None:
     """Seen: two `open_channel` calls for one peer funded two channels, or the second resumed
     the first's channel and killed its connection. Now the second waits for the first and
     gets the very same channel; `resumed` is left as it was."""
@@ -121,7 +124,7 @@ def test_two_opens_at_once_fund_one_channel_and_share_it(sides: Sides) -> None:
 
 
 def test_an_open_of_another_value_meanwhile_is_channel_exists_and_funds_nothing(
-        sides: Sides) -> None:
+        sides: MemSides) -> None:
     sides.fund_client(2)
 
     async def scenario() -> str:
@@ -140,26 +143,7 @@ def test_an_open_of_another_value_meanwhile_is_channel_exists_and_funds_nothing(
     assert f"open with {VALUE} sat" in message and "new=True" in message
 
 
-def test_opens_to_two_peers_at_once_both_fund_their_channel(sides: Sides) -> None:
-    """Seen: with no latency, the second of two opens failed with the node's raw "Wallet is
-    currently rescanning" (two channel keys imported at once)."""
-    sides.fund_client(3)
-
-    async def scenario() -> set[str]:
-        server, dial, client = await gated(sides)
-        opens = [asyncio.ensure_future(client.open_channel(peer, VALUE))
-                 for peer in ("app://a", "app://b", "app://c")]
-        await until(lambda: dial.calls == 3, what="three opens dialing together")
-        dial.gate.set()
-        channels = await asyncio.gather(*opens)
-        await client.stop()
-        await server.stop()
-        return {channel.contract_txid for channel in channels}
-
-    assert len(asyncio.run(scenario())) == 3
-
-
-def test_a_manager_not_watching_the_chain_refuses_channels(sides: Sides) -> None:
+def test_a_manager_not_watching_the_chain_refuses_channels(sides: MemSides) -> None:
     """Seen: a ServerManager never started took payments while nothing watched the chain, so
     a channel its client kept open would be refunded at expiry, payments and all."""
     async def scenario() -> tuple[str, str]:
@@ -178,7 +162,7 @@ def test_a_manager_not_watching_the_chain_refuses_channels(sides: Sides) -> None
 
 
 def test_a_failing_callback_is_logged_and_counted_and_the_payment_still_acknowledged(
-        sides: Sides, caplog: pytest.LogCaptureFixture) -> None:
+        sides: MemSides, caplog: pytest.LogCaptureFixture) -> None:
     """Seen: an exception in `on_payment` or `on_event` escaped `receive()`: the payment was
     stored but never acknowledged, and `pay()` waited forever."""
     def on_payment(event: PaymentReceived) -> bytes:
@@ -214,7 +198,7 @@ def test_a_failing_callback_is_logged_and_counted_and_the_payment_still_acknowle
 
 
 def test_pay_without_an_ack_times_out_and_the_payment_is_sent_again_on_resume(
-        sides: Sides) -> None:
+        sides: MemSides) -> None:
     async def scenario() -> tuple[str, int, int]:
         server = manager(sides)
         await server.start()
@@ -240,7 +224,7 @@ def test_pay_without_an_ack_times_out_and_the_payment_is_sent_again_on_resume(
 
 
 def test_the_servers_records_views_events_and_logs_carry_the_peer_the_application_named(
-        sides: Sides, caplog: pytest.LogCaptureFixture) -> None:
+        sides: MemSides, caplog: pytest.LogCaptureFixture) -> None:
     async def scenario() -> tuple[str, str]:
         server = manager(sides)
         await server.start()
@@ -263,7 +247,7 @@ def test_the_servers_records_views_events_and_logs_carry_the_peer_the_applicatio
 
 
 def test_paying_a_channel_down_to_dust_makes_the_next_payment_channel_gone(
-        sides: Sides) -> None:
+        sides: MemSides) -> None:
     async def scenario() -> str:
         server = manager(sides)
         await server.start()
@@ -282,7 +266,7 @@ def test_paying_a_channel_down_to_dust_makes_the_next_payment_channel_gone(
 
 
 def test_the_client_hears_of_the_servers_settlement_in_the_mempool_before_it_confirms(
-        sides: Sides) -> None:
+        sides: MemSides) -> None:
     """Then our close() finds that settlement on chain and returns it, without telling the
     closing a second time (no ChannelClosed after the ClosingSeen)."""
     async def scenario() -> tuple[str, str, ChannelStatus]:
@@ -311,14 +295,14 @@ def test_the_client_hears_of_the_servers_settlement_in_the_mempool_before_it_con
                             "ChannelFinished"]
 
 
-def heard(sides: Sides) -> list[str]:
+def heard(sides: Duo) -> list[str]:
     """The client's events so far, by name (and, for a ChannelOpened, resumed or not)."""
     return [f"{type(e).__name__}(resumed)" if isinstance(e, ChannelOpened) and e.resumed
             else type(e).__name__ for e in sides.client_heard]
 
 
 def test_the_client_hears_open_each_ack_close_and_finish_in_order_through_on_event(
-        sides: Sides) -> None:
+        sides: MemSides) -> None:
     """Events without polling on the client side too: each before the call it answers
     returns; the resume's repeat of the last payment is not a payment; the calls' answers
     are unchanged."""
@@ -355,7 +339,7 @@ def test_the_client_hears_open_each_ack_close_and_finish_in_order_through_on_eve
 
 
 def test_a_failing_client_callback_is_counted_and_the_calls_still_answer(
-        sides: Sides, caplog: pytest.LogCaptureFixture) -> None:
+        sides: MemSides, caplog: pytest.LogCaptureFixture) -> None:
     def on_event(event: ClientEvent) -> None:
         sides.client_heard.append(event)
         raise RuntimeError("the client application's bug")

@@ -1,4 +1,5 @@
-"""The server vanishes: after the expiry the client's refund confirms, for every version."""
+"""The server vanishes: after the expiry the client's refund confirms, for every version (on
+the in-process chain; test_autopilot.py's refund on its own runs on a real node)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,15 @@ import pytest
 from bitcoind_paychan.channel.kinds.v1_multisig import BareMultisig
 from bitcoind_paychan.errors import TransactionRejected
 from bitcoind_paychan.service.client import Channel, PaymentClient
-from tests.service.conftest import Sides, advance_chain_time
+from tests.service.conftest import MemSides, advance_chain_time
 from tests.service.test_flow import wallet_utxo
 
 VALUE = 500_000
 
 
 @pytest.mark.parametrize("version", [1, 2, 3, 4])
-def test_refund_after_the_server_vanishes(sides: Sides, version: int) -> None:
+def test_refund_after_the_server_vanishes(mem_sides: MemSides, version: int) -> None:
+    sides = mem_sides
     client = sides.client()
 
     async def open_then_lose_the_server() -> Channel:
@@ -30,13 +32,13 @@ def test_refund_after_the_server_vanishes(sides: Sides, version: int) -> None:
     channel = asyncio.run(open_then_lose_the_server())
     record = channel.record
     sides.mine(1)
-    assert sides.client_node.rpc("getrawtransaction", record.contract_txid, True)["confirmations"]
+    assert sides.confirmations(record.contract_txid)
     with pytest.raises(TransactionRejected, match="not valid yet"):
         asyncio.run(client.refund(record.contract_txid))
     advance_chain_time(sides, record.contract.expiry)
     refund = asyncio.run(PaymentClient(client.ports, client.store).refund(record.contract_txid))
-    sides.client_node.mine(1)
-    assert sides.client_node.rpc("getrawtransaction", refund.txid_hex, True)["confirmations"] == 1
+    sides.mine(1)
+    assert sides.confirmations(refund.txid_hex) == 1
     assert refund.locktime == record.contract.expiry
     fee = VALUE - refund.outputs[0].value
     # Every version pays the node's estimate; version 1 reuses the server's NONE|ANYONECANPAY

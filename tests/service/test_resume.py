@@ -1,5 +1,6 @@
 """Resuming a channel: after a dropped connection, after a killed client process, and the
-server's hand-over from an old connection to a new one."""
+server's hand-over from an old connection to a new one. On the in-process chain, but for the
+killed client process (a real node beside it)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from bitcoind_paychan.errors import ChannelExists
 from bitcoind_paychan.service.server import PaymentServer
 from bitcoind_paychan.transport.stream import open_connection
 from bitcoind_paychan.wire import pb
-from tests.service.conftest import Sides
+from tests.service.conftest import MemSides, Sides
 from tests.service.test_flow import wallet_utxo
 
 T = pb.TwoWayChannelMessage
@@ -27,11 +28,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("version", [1, 2, 3])
-def test_resume_after_a_dropped_connection(sides: Sides, version: int) -> None:
-    client = sides.client()
+def test_resume_after_a_dropped_connection(mem_sides: MemSides, version: int) -> None:
+    client = mem_sides.client()
 
     async def scenario() -> tuple[str, int]:
-        server = sides.server()
+        server = mem_sides.server()
         host, port = await server.listen()
         first = await client.open(host, port, 500_000, version=version)
         for _ in range(5):
@@ -48,10 +49,10 @@ def test_resume_after_a_dropped_connection(sides: Sides, version: int) -> None:
 
     settlement, paid = asyncio.run(scenario())
     assert paid == 1_000 + 5 * 2_000 + 5 * 3_000
-    assert sum(p.amount for p in sides.payments()) == paid  # nothing counted twice
-    assert [e.resumed for e in sides.opened()] == [False, True]
-    sides.mine(1)
-    assert wallet_utxo(sides.client_node, settlement, 0) == 500_000 - paid
+    assert sum(p.amount for p in mem_sides.payments()) == paid  # nothing counted twice
+    assert [e.resumed for e in mem_sides.opened()] == [False, True]
+    mem_sides.mine(1)
+    assert wallet_utxo(mem_sides.client_node, settlement, 0) == 500_000 - paid
 
 
 @pytest.mark.parametrize("version", [1, 2, 3])
@@ -89,15 +90,15 @@ def test_resume_after_the_client_process_is_killed(sides: Sides, version: int) -
     assert change == 1_000_000 - paid
 
 
-def test_server_drops_the_older_connection_of_a_resumed_channel(sides: Sides) -> None:
+def test_server_drops_the_older_connection_of_a_resumed_channel(mem_sides: MemSides) -> None:
     async def scenario() -> None:
-        server: PaymentServer = sides.server()
+        server: PaymentServer = mem_sides.server()
         host, port = await server.listen()
-        client = sides.client()
+        client = mem_sides.client()
         old = await client.open(host, port, 300_000)
         await old.pay(1_000)
         # Another instance on the same store (as after a restart) resumes while `old` is live.
-        new = await sides.client().open(host, port, 300_000)
+        new = await mem_sides.client().open(host, port, 300_000)
         assert new.contract_txid == old.contract_txid
         assert await old.stream.receive(timeout=10) is None  # the server hung up on `old`
         await new.pay(1_000)
@@ -105,14 +106,14 @@ def test_server_drops_the_older_connection_of_a_resumed_channel(sides: Sides) ->
         await server.stop()
 
     asyncio.run(scenario())
-    assert sum(p.amount for p in sides.payments()) == 3_000
+    assert sum(p.amount for p in mem_sides.payments()) == 3_000
 
 
-def test_one_client_holds_several_channels_to_one_server(sides: Sides) -> None:
+def test_one_client_holds_several_channels_to_one_server(mem_sides: MemSides) -> None:
     async def scenario() -> list[str]:
-        server = sides.server()
+        server = mem_sides.server()
         host, port = await server.listen()
-        client = sides.client()
+        client = mem_sides.client()
         first = await client.open(host, port, 200_000)
         second = await client.open(host, port, 200_000, new=True)  # another, by request
         fresh = await client.open(host, port, 200_000, new=True)
@@ -131,17 +132,17 @@ def test_one_client_holds_several_channels_to_one_server(sides: Sides) -> None:
     first, second, fresh, again = asyncio.run(scenario())
     assert len({first, second, fresh}) == 3
     assert again == first
-    assert sum(p.amount for p in sides.payments()) == 3 * 3_000 + 1_000
+    assert sum(p.amount for p in mem_sides.payments()) == 3 * 3_000 + 1_000
 
 
 def test_open_never_makes_a_second_channel_nor_returns_one_of_another_value(
-        sides: Sides) -> None:
+        mem_sides: MemSides) -> None:
     """Seen: `open` twice while a channel was live made two channels; after a restart,
     `open` of another amount returned the existing channel."""
     async def scenario() -> None:
-        server = sides.server()
+        server = mem_sides.server()
         host, port = await server.listen()
-        client = sides.client()
+        client = mem_sides.client()
         first = await client.open(host, port, 200_000)
         assert not first.resumed
         twice = await client.open(host, port, 200_000)
@@ -150,7 +151,7 @@ def test_open_never_makes_a_second_channel_nor_returns_one_of_another_value(
             await client.open(host, port, 300_000)
         await client.stop()  # a restart: only the store remembers the channel
         client.store.close()
-        client = sides.client()
+        client = mem_sides.client()
         with pytest.raises(ChannelExists, match=first.contract_txid):
             await client.open(host, port, 300_000)
         resumed = await client.open(host, port, 200_000)
@@ -164,11 +165,11 @@ def test_open_never_makes_a_second_channel_nor_returns_one_of_another_value(
     asyncio.run(scenario())
 
 
-def test_a_channel_the_server_settled_meanwhile_gives_way_to_a_new_one(sides: Sides) -> None:
+def test_a_channel_the_server_settled_meanwhile_gives_way_to_a_new_one(mem_sides: MemSides) -> None:
     async def scenario() -> tuple[str, str]:
-        server = sides.server()
+        server = mem_sides.server()
         host, port = await server.listen()
-        client = sides.client()
+        client = mem_sides.client()
         old = await client.open(host, port, 300_000)
         await old.pay(5_000)
         await old.disconnect()
@@ -182,18 +183,18 @@ def test_a_channel_the_server_settled_meanwhile_gives_way_to_a_new_one(sides: Si
 
     old, new = asyncio.run(scenario())
     assert old != new
-    assert sum(p.amount for p in sides.payments()) == 1_000 + 5_000 + 1_000 + 2_000
+    assert sum(p.amount for p in mem_sides.payments()) == 1_000 + 5_000 + 1_000 + 2_000
 
 
 @pytest.mark.parametrize("version", [1, 2, 3])
 def test_a_stranger_with_the_public_contract_txid_can_neither_drop_nor_close_it(
-        sides: Sides, version: int) -> None:
+        mem_sides: MemSides, version: int) -> None:
     """Seen: anyone naming a victim's (public) contract txid in CLIENT_VERSION got the
     channel: the victim was dropped and the stranger's CLOSE settled the channel early."""
     async def scenario() -> tuple[list[int], ChannelStatus, str]:
-        server = sides.server()
+        server = mem_sides.server()
         host, port = await server.listen()
-        victim = await sides.client().open(host, port, 300_000, version=version)
+        victim = await mem_sides.client().open(host, port, 300_000, version=version)
         await victim.pay(1_000)
         stranger = await open_connection(host, port, 10)
         await stranger.send_many([messages.client_version(version, DEFAULT_TIME_WINDOW,
@@ -217,17 +218,17 @@ def test_a_stranger_with_the_public_contract_txid_can_neither_drop_nor_close_it(
     types, status, _ = asyncio.run(scenario())
     assert types == [T.SERVER_VERSION, T.CHANNEL_OPEN, T.ERROR]
     assert status is ChannelStatus.OPEN
-    assert sum(p.amount for p in sides.payments()) == 4_000
+    assert sum(p.amount for p in mem_sides.payments()) == 4_000
 
 
-def test_a_resumed_connection_that_never_proves_itself_times_out(sides: Sides) -> None:
+def test_a_resumed_connection_that_never_proves_itself_times_out(mem_sides: MemSides) -> None:
     """Seen: a resumed connection that never proved its key never timed out, so anyone who
     knows an open channel's txid could hold connections indefinitely. It gets its own
     timeout, longer than the handshake's (here both are short)."""
     async def scenario() -> tuple[list[int], str, bool]:
-        server = sides.server(handshake_timeout=0.2, resume_timeout=0.5)
+        server = mem_sides.server(handshake_timeout=0.2, resume_timeout=0.5)
         host, port = await server.listen()
-        owner = await sides.client().open(host, port, 300_000)
+        owner = await mem_sides.client().open(host, port, 300_000)
         stranger = await open_connection(host, port, 10)
         await stranger.send_many([messages.client_version(owner.version, DEFAULT_TIME_WINDOW,
                                                           owner.contract_txid)])
@@ -245,16 +246,16 @@ def test_a_resumed_connection_that_never_proves_itself_times_out(sides: Sides) -
 
 
 def test_a_payment_accepted_on_one_connection_is_not_accepted_again_by_a_resuming_one(
-        sides: Sides) -> None:
+        mem_sides: MemSides) -> None:
     """Seen: a client resumed on a second connection (loaded: change C), paid on the first
     (stored, acknowledged: change C - 1000), then sent that same payment on the second as its
     resume: the second connection took it as a new payment of 1000 and acknowledged it too.
     Now the resume takes the channel's lease, sees the channel moved on since it was loaded,
     and refuses (ERROR: resume again), storing and acknowledging nothing."""
     async def scenario() -> pb.TwoWayChannelMessage | None:
-        server = sides.server()
+        server = mem_sides.server()
         host, port = await server.listen()
-        client = sides.client()
+        client = mem_sides.client()
         first = await client.open(host, port, 300_000, version=2)
         resumer = await open_connection(host, port, 10)
         await resumer.send_many([messages.client_version(2, DEFAULT_TIME_WINDOW,
@@ -274,4 +275,4 @@ def test_a_payment_accepted_on_one_connection_is_not_accepted_again_by_a_resumin
     answer = asyncio.run(scenario())
     assert answer is not None and answer.type == T.ERROR
     assert "resume again" in answer.error.explanation
-    assert [p.amount for p in sides.payments()] == [1_000, 1_000]  # opening, then one payment
+    assert [p.amount for p in mem_sides.payments()] == [1_000, 1_000]  # opening, then one payment

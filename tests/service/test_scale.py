@@ -1,5 +1,5 @@
 """Many stored channels: one deadline wake-up, not a job per channel; the process left to
-its application."""
+its application (on the in-process chain)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,23 @@ import resource
 import time
 from dataclasses import replace
 
+import pytest
+
 from bitcoind_paychan.channel.chainstate import ChainState
 from bitcoind_paychan.channel.records import ChannelStatus, Role
 from regtest.stranger import failed_row
-from tests.service.conftest import FAST, Sides
+from tests.service.conftest import FAST, MemSides
 
 STORED = 50
 
 
-def test_one_wake_up_at_the_earliest_deadline_of_many_stored_channels(sides: Sides) -> None:
+@pytest.fixture
+def sides(mem_sides: MemSides) -> MemSides:
+    """The scheduler, the index and the process's limits are the point: no node needed."""
+    return mem_sides
+
+
+def test_one_wake_up_at_the_earliest_deadline_of_many_stored_channels(sides: MemSides) -> None:
     """An older server added an APScheduler job per stored channel at start. Now there is
     one wake-up, at the earliest deadline; a channel opened with an earlier one moves it."""
     async def scenario() -> tuple[list[str], dt.datetime, int, list[str], dt.datetime]:
@@ -47,7 +55,7 @@ def test_one_wake_up_at_the_earliest_deadline_of_many_stored_channels(sides: Sid
     assert second == dt.datetime.fromtimestamp(earliest - 86_400 - margin, dt.UTC)
 
 
-def test_a_payment_server_leaves_the_process_limits_and_collector_alone(sides: Sides) -> None:
+def test_a_payment_server_leaves_the_process_limits_and_collector_alone(sides: MemSides) -> None:
     """Raising the open files limit and freezing the heap act on the whole process: the
     daemon takes them (tests/daemon/test_process.py), a library's server does not."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

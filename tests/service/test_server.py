@@ -1,4 +1,6 @@
-"""The server answers bad input with the right ERROR, loses nothing, and keeps serving."""
+"""The server answers bad input with the right ERROR, loses nothing, and keeps serving. Its
+decisions run on the in-process chain; the node's own refusals, a node that stops, and the
+cap on contract checks (which the node answers) on real nodes."""
 
 from __future__ import annotations
 
@@ -17,7 +19,6 @@ from bitcoind_paychan.channel.server import ServerPolicy
 from bitcoind_paychan.errors import ChannelFailed, ErrorCode
 from bitcoind_paychan.node import AsyncBitcoind, Bitcoind
 from bitcoind_paychan.service.client import Channel
-from bitcoind_paychan.service.regtest import regtest_ports
 from bitcoind_paychan.service.server import PaymentServer, ServerManager
 from bitcoind_paychan.store import SQLiteStore
 from bitcoind_paychan.transport.limits import PeerLimits
@@ -28,7 +29,7 @@ from regtest.stranger import fake_open
 from regtest.waiting import until
 from tests.conftest import config_for
 from tests.service.carried import Dialer
-from tests.service.conftest import FAST, Sides
+from tests.service.conftest import FAST, MemSides, Sides
 
 T = pb.TwoWayChannelMessage
 
@@ -51,12 +52,13 @@ def frame(message: T) -> bytes:
     return struct.pack(">i", len(payload)) + payload
 
 
-def test_bad_input_gets_the_right_error_while_a_good_channel_keeps_paying(sides: Sides) -> None:
+def test_bad_input_gets_the_right_error_while_a_good_channel_keeps_paying(
+        mem_sides: MemSides) -> None:
     async def scenario() -> tuple[dict[str, tuple[ErrorCode, bool]], Channel]:
-        server = sides.server()
+        server = mem_sides.server()
         server.handshake_timeout = 0.5
         host, port = await server.listen()
-        good = await sides.client().open(host, port, 500_000)
+        good = await mem_sides.client().open(host, port, 500_000)
         cases = {
             "garbage": [struct.pack(">i", 5) + b"\xff\xff\xff\xff\xff"],
             "oversized frame": [struct.pack(">i", 40_000)],
@@ -88,11 +90,11 @@ def test_bad_input_gets_the_right_error_while_a_good_channel_keeps_paying(sides:
 
 
 @pytest.mark.parametrize("version", [1, 2, 3])
-def test_bad_payments_are_refused_and_nothing_is_lost(sides: Sides, version: int) -> None:
+def test_bad_payments_are_refused_and_nothing_is_lost(mem_sides: MemSides, version: int) -> None:
     async def scenario() -> tuple[list[ErrorCode], int, int]:
-        server = sides.server(ServerPolicy(min_increment=100))
+        server = mem_sides.server(ServerPolicy(min_increment=100))
         host, port = await server.listen()
-        client = sides.client()
+        client = mem_sides.client()
         channel = await client.open(host, port, 500_000, version=version)
         await channel.pay(10_000)
         record = channel.record
@@ -133,13 +135,14 @@ def test_bad_payments_are_refused_and_nothing_is_lost(sides: Sides, version: int
 
 
 
-def test_a_strangers_fake_contract_leaves_no_row_and_is_a_bad_transaction(sides: Sides) -> None:
+def test_a_strangers_fake_contract_leaves_no_row_and_is_a_bad_transaction(
+        mem_sides: MemSides) -> None:
     """Fake segwit inputs, the stranger's own key, a valid initial payment: the node would
     not take the contract, so nothing is stored (it used to leave a FAILED row forever)."""
     async def scenario() -> tuple[list[ErrorCode | None], list[str], str]:
-        server = sides.server()
+        server = mem_sides.server()
         host, port = await server.listen()
-        good = await sides.client().open(host, port, 500_000)
+        good = await mem_sides.client().open(host, port, 500_000)
         codes = [await fake_open(host, port, version) for version in (2, 3, 3)]
         await good.pay(1_000)
         stored = [r.contract_txid for r in server.store.channels()]
@@ -182,12 +185,12 @@ async def hung_up_at_once(host: str, port: int) -> bool:
 
 
 def test_per_peer_limits_hang_up_on_a_flood_and_spare_the_paying_channel(
-        sides: Sides, caplog: pytest.LogCaptureFixture) -> None:
+        mem_sides: MemSides, caplog: pytest.LogCaptureFixture) -> None:
     async def scenario() -> tuple[list[bool], bool, bool]:
-        server = sides.server(limits=PeerLimits(max_connections_per_minute=8,
+        server = mem_sides.server(limits=PeerLimits(max_connections_per_minute=8,
                                                 max_handshakes_per_ip=2))
         host, port = await server.listen()
-        good = await sides.client().open(host, port, 500_000)  # 1 connection
+        good = await mem_sides.client().open(host, port, 500_000)  # 1 connection
         idle = [await open_connection(host, port, 10) for _ in range(2)]  # 2 handshakes
         for stream in idle:
             await stream.send(messages.client_version(2, messages.DEFAULT_TIME_WINDOW, None))
@@ -284,17 +287,17 @@ def test_a_contract_double_spent_between_check_and_broadcast_stays_open_then_is_
 
 
 def test_the_manager_answers_each_frame_an_application_carries_before_receive_returns(
-        sides: Sides) -> None:
+        mem_sides: MemSides) -> None:
     """A request/response transport hands the manager one frame per request: when `receive`
     returns, the payment is durably stored and its PAYMENT_ACK has gone out through the
     application's link."""
     async def scenario() -> tuple[Dialer, int, str]:
-        manager = ServerManager(regtest_ports(Bitcoind(config_for(sides.server_node))),
-                                sides.store("server"), poll_interval=0.2, on_payment=lambda p:
-                                b"receipt %d" % p.amount)
+        manager = ServerManager(mem_sides.server_ports(), mem_sides.store("server"),
+                                poll_interval=mem_sides.poll_interval,
+                                on_payment=lambda p: b"receipt %d" % p.amount)
         await manager.start()
         dial = Dialer(manager)
-        client = sides.client(dial=dial)
+        client = mem_sides.client(dial=dial)
         channel = await client.open_channel("app://shop", 300_000)
         assert await channel.pay(2_000) == b"receipt 2000"
         await channel.pay(3_000)
@@ -310,8 +313,8 @@ def test_the_manager_answers_each_frame_an_application_carries_before_receive_re
         ([T.PAYMENT_ACK], 1_000 + 2_000), ([T.PAYMENT_ACK], 1_000 + 5_000)]
     assert exchanges[-1].request == T.CLOSE and exchanges[-1].response == [T.CLOSE]
     assert paid == 6_000
-    sides.mine(1)
-    assert sides.client_node.rpc("getrawtransaction", settlement, True)["confirmations"] == 1
+    mem_sides.mine(1)
+    assert mem_sides.confirmations(settlement) == 1
 
 
 def test_contract_checks_share_one_cap_and_one_not_checked_in_time_is_refused(

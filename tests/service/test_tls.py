@@ -1,6 +1,6 @@
-"""TLS on the payment listener and in the client, on real regtest nodes: channels over TLS
-(CA file or pinned fingerprint), and each bad certificate or mismatched peer refused with
-one clear error on both sides."""
+"""TLS on the payment listener and in the client, on the in-process chain (the node is not
+the point): channels over TLS (CA file or pinned fingerprint), and each bad certificate or
+mismatched peer refused with one clear error on both sides."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from bitcoind_paychan.transport import websocket
 from bitcoind_paychan.transport.limits import PeerLimits
 from bitcoind_paychan.transport.tls import ClientTLS, ServerTLS
 from regtest.waiting import until
-from tests.service.conftest import Sides
+from tests.service.conftest import Duo, MemSides
 from tests.transport.certs import CertFactory
 
 VALUE = 500_000
@@ -28,8 +28,13 @@ SERVER_LOGS = ("bitcoind_paychan.service.server", "bitcoind_paychan.transport.tl
                "bitcoind_paychan.transport.http")
 
 
+@pytest.fixture
+def sides(mem_sides: MemSides) -> MemSides:
+    return mem_sides
+
+
 @contextlib.asynccontextmanager
-async def serving(sides: Sides, transport: str, tls: ServerTLS | None, secure: bool,
+async def serving(sides: Duo, transport: str, tls: ServerTLS | None, secure: bool,
                   **options: Any) -> AsyncIterator[tuple[PaymentServer, str]]:
     """A server listening on `transport` (tcp, ws), over TLS with `tls`; yields it and the
     peer a client dials (a wss:// URL if `secure`)."""
@@ -54,7 +59,7 @@ async def serving(sides: Sides, transport: str, tls: ServerTLS | None, secure: b
 
 @pytest.mark.parametrize("transport", ["tcp", "ws"])
 @pytest.mark.parametrize("trust", ["ca_file", "fingerprint"])
-def test_open_pay_resume_settle_over_tls(sides: Sides, tmp_path: Path, trust: str,
+def test_open_pay_resume_settle_over_tls(sides: MemSides, tmp_path: Path, trust: str,
                                          transport: str) -> None:
     certs = CertFactory(tmp_path)
     issued = certs.issue("server")
@@ -77,7 +82,7 @@ def test_open_pay_resume_settle_over_tls(sides: Sides, tmp_path: Path, trust: st
     settlement = asyncio.run(scenario())
     assert sum(p.amount for p in sides.payments()) == 1_000 + 10 * 2_000 + 3_000
     sides.mine(1)
-    assert sides.client_node.rpc("getrawtransaction", settlement, True)["confirmations"] == 1
+    assert sides.confirmations(settlement) == 1
 
 
 @dataclass(frozen=True)
@@ -123,7 +128,7 @@ def bad_cases(tmp_path: Path) -> dict[str, Case]:
 
 @pytest.mark.parametrize("transport", ["tcp", "ws"])
 def test_each_bad_certificate_or_mismatch_is_one_clear_error_on_both_sides(
-        sides: Sides, tmp_path: Path, caplog: pytest.LogCaptureFixture, transport: str) -> None:
+        sides: MemSides, tmp_path: Path, caplog: pytest.LogCaptureFixture, transport: str) -> None:
     cases = bad_cases(tmp_path)
 
     def server_lines(logs: str) -> list[str]:
@@ -156,12 +161,12 @@ def test_each_bad_certificate_or_mismatch_is_one_clear_error_on_both_sides(
                 assert len(sides.errors()) == errors_before + 1, name
     assert sides.client().channels() == []
     assert sides.server().channels() == []
-    assert sides.client_node.wallet_rpc("listlockunspent") == []
+    assert not sides.client_node.wallet.locked
 
 
 @pytest.mark.parametrize("transport", ["tcp", "ws"])
 def test_tls_handshakes_time_out_and_count_against_the_peer_gate(
-        sides: Sides, tmp_path: Path, caplog: pytest.LogCaptureFixture, transport: str) -> None:
+        sides: MemSides, tmp_path: Path, caplog: pytest.LogCaptureFixture, transport: str) -> None:
     issued = CertFactory(tmp_path).issue("server")
 
     async def scenario() -> tuple[bytes, bytes]:

@@ -1,4 +1,5 @@
-"""The autopilot's work per block follows the live channels it touches, not the rows stored."""
+"""The autopilot's work per block follows the live channels it touches, not the rows stored
+(on the in-process chain; ZMQ's mempool wake-ups on a real node)."""
 
 from __future__ import annotations
 
@@ -10,34 +11,34 @@ from pathlib import Path
 
 import pytest
 
-from bitcoind_paychan.bitcoin.tx import OutPoint, Transaction
+from bitcoind_paychan.bitcoin.tx import OutPoint, Transaction, TxIn, TxOut
 from bitcoind_paychan.channel.chainstate import ChainState
 from bitcoind_paychan.channel.records import ChannelStatus, Role
 from bitcoind_paychan.service.watcher import SLICE
 from regtest.node import RegtestNode, regtest_nodes
 from regtest.stranger import failed_row
 from regtest.waiting import until
-from tests.service.conftest import FAST, Sides
+from tests.service.conftest import FAST, MemSides, Sides
 
 LEGACY_ROWS = 100
 
 
 def test_dead_rows_are_not_reviewed_per_block_and_never_funded_rows_are_pruned(
-        sides: Sides) -> None:
+        mem_sides: MemSides) -> None:
     """An older server kept a FAILED row per stranger's fake contract, loaded, parsed and
     reviewed at every block. Now blocks touch only live channels, and a row whose coins do
     not exist is discarded once that is `forget_depth` blocks old."""
     async def scenario() -> tuple[list[int], list[int], int, list[str], str]:
-        server = sides.server(review_interval=3600)  # reviews only at start and per block
+        server = mem_sides.server(review_interval=3600)  # reviews only at start and per block
         expiry = int(time.time()) + 86_400
         for _ in range(LEGACY_ROWS):
             server.store.put(failed_row(expiry))
         host, port = await server.listen()
-        channel = await sides.client().open(host, port, 500_000)
+        channel = await mem_sides.client().open(host, port, 500_000)
         per_block, reviewed = [], []
         for _ in range(FAST.forget_depth + 1):
             reviews = server.watcher.reviews
-            await asyncio.to_thread(sides.mine)
+            await asyncio.to_thread(mem_sides.mine)
             await until(lambda seen=reviews: server.watcher.reviews > seen,  # type: ignore[misc]
                         what="the block's review")
             per_block.append(server.watcher.block_channels)
@@ -60,29 +61,28 @@ def test_dead_rows_are_not_reviewed_per_block_and_never_funded_rows_are_pruned(
 
 
 def test_a_block_touching_more_channels_than_a_slice_is_folded_into_every_one(
-        sides: Sides) -> None:
+        mem_sides: MemSides) -> None:
     """The watcher loads and stores a block's channels SLICE at a time (a payment's commit
     then waits for one slice, not for the whole block): every channel the block touches is
     folded in, and the block is recorded as processed only with the last slice."""
-    node = sides.server_node
-    outputs = separate_outputs(sides, 2 * SLICE + 1)
+    chain, wallet = mem_sides.chain, mem_sides.server_node.wallet
+    outputs = mem_separate_outputs(mem_sides, 2 * SLICE + 1)
     expiry = int(time.time()) + 86_400
     records = [replace(row, status=ChannelStatus.OPEN,
                        contract=replace(row.contract, outpoint=output))
                for row, output in ((failed_row(expiry), o) for o in outputs)]
 
     async def scenario() -> tuple[list[ChainState], int, str | None]:
-        server = sides.server(review_interval=3600)
+        server = mem_sides.server(review_interval=3600)
         server.store.put_many(records)
         server.store.put_chain_states(Role.SERVER, {r.contract_txid: ChainState(
-            contract_height=node.tip()[0]) for r in records})
+            contract_height=chain.height) for r in records})
         await server.listen()
-        node.wallet_rpc("lockunspent", True, [{"txid": o.txid_hex, "vout": o.index}
-                                              for o in outputs])
+        wallet.release(tuple((o.txid_hex, o.index) for o in outputs))
         for output in outputs:
-            await asyncio.to_thread(spend, node, output)
-        await asyncio.to_thread(sides.mine)
-        height = node.tip()[0]
+            mem_spend(mem_sides, output)
+        mem_sides.mine()
+        height = chain.height
         # the block is processed once its sync point is stored (with the last slice)
         await until(lambda: (server.store.get_meta("synced:server") or "").startswith(
             f"{height}:"), what="the block to be processed")
@@ -112,6 +112,24 @@ def separate_outputs(sides: Sides, count: int) -> list[OutPoint]:
     return outputs
 
 
+def mem_separate_outputs(sides: MemSides, count: int) -> list[OutPoint]:
+    """As `separate_outputs`, on the in-process chain."""
+    coins = sides.server_node.wallet.receive(*[110_000] * count)
+    outputs = [mem_spend(sides, coin, 100_000) for coin in coins]
+    sides.mine()
+    sides.server_node.wallet.lock(tuple(outputs))
+    return outputs
+
+
+def mem_spend(sides: MemSides, coin: OutPoint, value: int = 90_000) -> OutPoint:
+    """As `spend`, on the in-process chain (the rest of the coin is the fee)."""
+    wallet = sides.server_node.wallet
+    tx = wallet.sign(Transaction(2, (TxIn(coin, b"", 0xFFFFFFFD),), (
+        TxOut(value, wallet.new_script()),)))
+    assert sides.chain.accept(tx) is None
+    return OutPoint(tx.txid, 0)
+
+
 def spend(node: RegtestNode, coin: OutPoint, btc: str = "0.0009") -> OutPoint:
     """Spend `coin` to a new wallet address, paying `btc` (the rest is the fee); the new
     output."""
@@ -127,7 +145,7 @@ def test_a_mempool_spend_of_a_watched_output_is_seen_at_once_with_zmq(tmp_path: 
     entering the mempool against its index and reviews the channels it spends from at once
     (the review asks the node, which stays the source of truth)."""
     with regtest_nodes(1, zmq=True) as (node,):
-        sides = Sides(node, node, tmp_path)
+        sides = Sides(tmp_path, server_node=node, client_node=node)
         (output,) = separate_outputs(sides, 1)
         row = failed_row(int(time.time()) + 86_400)
         record = replace(row, status=ChannelStatus.OPEN,
@@ -161,13 +179,13 @@ def test_a_mempool_spend_of_a_watched_output_is_seen_at_once_with_zmq(tmp_path: 
 
 
 def test_a_failed_review_says_when_the_next_one_really_comes(
-        one_node: Sides, caplog: pytest.LogCaptureFixture) -> None:
+        mem_sides: MemSides, caplog: pytest.LogCaptureFixture) -> None:
     """Seen: during a node outage every periodic review logged "again in 600 s" (the backoff)
     although the next periodic review came within review_interval."""
     async def scenario() -> list[float]:
-        server = one_node.server(review_interval=300)
+        server = mem_sides.server(review_interval=300)
         await server.start()
-        await asyncio.to_thread(one_node.server_node.stop)
+        mem_sides.server_node.down = True
         for _ in range(9):  # the backoff doubles from 5 s up to 600 s
             await server.watcher.review_all()
         await server.stop()

@@ -1,5 +1,7 @@
-"""The WebSocket transport end to end on real regtest nodes: a channel opened, paid, resumed and
-settled over ws://, and a peer that breaks the rules refused as on TCP."""
+"""The WebSocket transport end to end on the in-process chain (the transport is the point; a
+client daemon pays a server daemon over WebSocket on real nodes in tests/daemon): a channel
+opened, paid, resumed and settled over ws://, and a peer that breaks the rules refused as on
+TCP."""
 
 from __future__ import annotations
 
@@ -18,13 +20,18 @@ from bitcoind_paychan.transport.base import Stream
 from bitcoind_paychan.transport.limits import Admission, PeerGate, PeerLimits
 from bitcoind_paychan.transport.proxies import TrustedProxies
 from bitcoind_paychan.wire import MAX_MESSAGE_SIZE, encode_message, error_code, pb
-from tests.service.conftest import Sides
+from tests.service.conftest import MemSides
 
 T = pb.TwoWayChannelMessage
 VALUE = 500_000
 
 
-async def ws_server(sides: Sides, path: str = "/paychan") -> tuple[PaymentServer,
+
+@pytest.fixture
+def sides(mem_sides: MemSides) -> MemSides:
+    return mem_sides
+
+async def ws_server(sides: MemSides, path: str = "/paychan") -> tuple[PaymentServer,
                                                                    websocket.Listener, str]:
     server = sides.server()
     await server.start()
@@ -33,7 +40,7 @@ async def ws_server(sides: Sides, path: str = "/paychan") -> tuple[PaymentServer
     return server, listener, f"ws://{host}:{port}{path}"
 
 
-def test_open_pay_resume_and_settle_over_websocket(sides: Sides) -> None:
+def test_open_pay_resume_and_settle_over_websocket(sides: MemSides) -> None:
     async def scenario() -> tuple[str, str, bool, int]:
         server, listener, url = await ws_server(sides)
         client = sides.client()
@@ -56,7 +63,7 @@ def test_open_pay_resume_and_settle_over_websocket(sides: Sides) -> None:
     assert paid == 1_000 + 20 * 1_000 + 30 * 500
     assert [p.amount for p in sides.payments()] == [1_000] + [1_000] * 20 + [500] * 30
     sides.mine(1)
-    assert sides.client_node.rpc("getrawtransaction", settlement, True)["confirmations"] == 1
+    assert sides.confirmations(settlement) == 1
     record = sides.store("server").get(Role.SERVER, contract)
     assert record is not None and record.status is ChannelStatus.CLOSING
     assert record.paid == paid
@@ -79,7 +86,7 @@ async def exchange(url: str, send: list[bytes | str]) -> tuple[list[aiohttp.WSMe
         return received, ws.close_code
 
 
-def test_junk_a_text_message_and_an_oversized_message_are_refused(sides: Sides) -> None:
+def test_junk_a_text_message_and_an_oversized_message_are_refused(sides: MemSides) -> None:
     async def scenario() -> dict[str, tuple[list[ErrorCode], int | None]]:
         server, listener, url = await ws_server(sides)
         hello = encode_message(messages.client_version(2, messages.DEFAULT_TIME_WINDOW, None))
@@ -106,7 +113,7 @@ def test_junk_a_text_message_and_an_oversized_message_are_refused(sides: Sides) 
     assert sides.errors() == []  # nothing reached a channel: no channel events
 
 
-def test_a_silent_peer_is_timed_out_and_the_gate_counts_websocket_peers(sides: Sides) -> None:
+def test_a_silent_peer_is_timed_out_and_the_gate_counts_websocket_peers(sides: MemSides) -> None:
     async def scenario() -> tuple[list[ErrorCode], int]:
         server = sides.server(handshake_timeout=0.5,
                               limits=PeerLimits(max_handshakes_per_ip=1))
@@ -132,7 +139,7 @@ def test_a_silent_peer_is_timed_out_and_the_gate_counts_websocket_peers(sides: S
     assert codes == [ErrorCode.TIMEOUT]
 
 
-def test_a_wrong_path_is_a_clear_error_that_spends_nothing(sides: Sides) -> None:
+def test_a_wrong_path_is_a_clear_error_that_spends_nothing(sides: MemSides) -> None:
     async def scenario() -> str:
         server, listener, url = await ws_server(sides)
         client = sides.client()

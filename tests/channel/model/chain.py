@@ -1,6 +1,7 @@
 """A modelled chain: blocks, a mempool, reorgs and the clock, with spends of a channel's
 contract checked by the project's own sighash and key code (no script interpreter, no node):
-each contract's kind reads the spend back and checks its signatures.
+the rules are `regtest.chainrules` (each contract's kind reads the spend back and checks its
+signatures), which `regtest.memchain`, the service tests' chain, checks too.
 
 Coins that no modelled transaction created are wallet coins: they exist until spent.
 """
@@ -12,8 +13,8 @@ import statistics
 from dataclasses import dataclass, field
 
 from bitcoind_paychan.bitcoin.tx import OutPoint, Transaction
-from bitcoind_paychan.channel.contract import FINAL, Branch, Contract
-from bitcoind_paychan.errors import DecodeError
+from bitcoind_paychan.channel.contract import Contract
+from regtest.chainrules import ANY_HEIGHT, is_final, spend_problem
 
 START_TIME = 1_700_000_000
 _ids = itertools.count(1)
@@ -25,41 +26,6 @@ class Block:
     time: int
     txs: list[Transaction]
     id: int = field(default_factory=lambda: next(_ids))
-
-
-def spend_problem(contract: Contract, tx: Transaction, median_time: int) -> str | None:
-    """Why `tx` cannot spend contract:0 at a tip with this median-time-past (None: it can)."""
-    if not tx.inputs or tx.inputs[0].prevout != contract.outpoint:
-        return "does not spend contract:0 in input 0"
-    if not is_final(tx, median_time):
-        return f"lock time {tx.locktime} not yet passed (median time {median_time})"
-    if sum(o.value for o in tx.outputs) > contract.value and len(tx.inputs) == 1:
-        return "pays out more than the contract holds"
-    kind = contract.kind
-    try:
-        sigs, branch = kind.unlocking(tx)
-    except (DecodeError, ValueError) as exc:
-        return f"malformed unlocking data: {exc}"
-    keys = kind.signers(branch)
-    if branch is Branch.REFUND and (tx.locktime < contract.expiry
-                                    or tx.inputs[0].sequence == FINAL):
-        return "refund branch without the channel's lock time"
-    if len(sigs) != len(keys):
-        return f"{len(sigs)} signatures for {len(keys)} keys"
-    for key, sig in zip(keys, sigs, strict=True):
-        try:
-            body, hashtype = kind.scheme.split(sig)
-        except DecodeError as exc:
-            return f"bad signature encoding: {exc}"
-        if not (kind.scheme.canonical(body)
-                and kind.scheme.verify(key, contract.sighash(tx, hashtype, branch), body)):
-            return f"signature by {key} does not verify"
-    return None
-
-
-def is_final(tx: Transaction, median_time: int) -> bool:
-    return (tx.locktime == 0 or tx.locktime < median_time
-            or all(txin.sequence == FINAL for txin in tx.inputs))
 
 
 class Chain:
@@ -122,7 +88,7 @@ class Chain:
         contract = self.contracts.get(tx.inputs[0].prevout.txid) if tx.inputs else None
         if contract is not None and tx.inputs[0].prevout == contract.outpoint:
             return spend_problem(contract, tx, median_time)
-        return None if is_final(tx, median_time) else "non-final"
+        return None if is_final(tx, ANY_HEIGHT, median_time) else "non-final"
 
     def fee(self, tx: Transaction) -> int:
         contract = self.contracts.get(tx.inputs[0].prevout.txid)

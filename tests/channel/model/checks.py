@@ -14,8 +14,8 @@ from bitcoind_paychan.channel.watch import WatchPolicy, client_share, is_refund
 from bitcoind_paychan.errors import ProtocolError
 from bitcoind_paychan.store import ChannelStore
 from bitcoind_paychan.wire import pb
+from regtest.chainrules import spend_problem
 from tests.channel.model import glue
-from tests.channel.model.chain import spend_problem
 
 if TYPE_CHECKING:
     from tests.channel.model.world import World

@@ -1,5 +1,6 @@
 """The paid API beside a server node and paying clients beside a client node (tests/service's
-`Sides`: two peered regtest nodes, a store each)."""
+`MemSides`: both on the in-process chain, a store each: the application is the point, not
+the node; its README's walk-through runs on real nodes)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,9 @@ from pathlib import Path
 import pytest
 
 from bitcoind_paychan.channel.server import ServerPolicy
-from bitcoind_paychan.node import AsyncBitcoind, Bitcoind
 from bitcoind_paychan.service.server import ServerManager
-from regtest.node import RegtestNode, free_port
-from tests.conftest import config_for
-from tests.service.conftest import FAST, Sides
+from regtest.node import free_port
+from tests.service.conftest import FAST, Duo, MemSides
 
 from paid_http.client import PaidClient, client_manager
 from paid_http.server import PaidApi, run_api
@@ -32,7 +31,7 @@ class Api:
 
 
 @contextlib.asynccontextmanager
-async def paid_api(sides: Sides, price: int = PRICE, name: str = "api", port: int = 0
+async def paid_api(sides: Duo, price: int = PRICE, name: str = "api", port: int = 0
                    ) -> AsyncIterator[Api]:
     """The paid API on `port` (default: a free one), its channels stored in the store `name`."""
     policy = ServerPolicy()
@@ -42,9 +41,9 @@ async def paid_api(sides: Sides, price: int = PRICE, name: str = "api", port: in
         sides.events.append(event)  # type: ignore[arg-type]
         api.on_event(event)
 
-    wallet = AsyncBitcoind(Bitcoind(config_for(sides.server_node)))
-    manager = ServerManager(wallet, sides.store(name), policy, on_event=on_event,
-                            poll_interval=0.2, review_interval=0.5, autopilot=FAST)
+    manager = ServerManager(sides.server_ports(), sides.store(name), policy,
+                            on_event=on_event, poll_interval=sides.poll_interval,
+                            review_interval=0.5, autopilot=FAST)
     port = port or free_port()
     runner = await run_api(api, manager, "127.0.0.1", port)
     try:
@@ -55,19 +54,19 @@ async def paid_api(sides: Sides, price: int = PRICE, name: str = "api", port: in
 
 
 @contextlib.asynccontextmanager
-async def paid_client(sides: Sides, name: str = "client", value: int = VALUE
+async def paid_client(sides: Duo, name: str = "client", value: int = VALUE
                       ) -> AsyncIterator[PaidClient]:
     """A paying client whose channels are stored in the store `name` (a restart: the block
     ends, another begins on the same store)."""
-    wallet = AsyncBitcoind(Bitcoind(config_for(sides.client_node, wallet=sides.client_wallet)))
-    async with client_manager(wallet, sides.store(name), value, poll_interval=0.2,
+    async with client_manager(sides.client_ports(), sides.store(name), value,
+                              poll_interval=sides.poll_interval,
                               review_interval=0.5, autopilot=FAST,
                               on_event=sides.client_event) as client:
         yield client
 
 
 @pytest.fixture
-def sides(two_nodes: list[RegtestNode], tmp_path: Path) -> Iterator[Sides]:
-    sides = Sides(two_nodes[0], two_nodes[1], tmp_path)
+def sides(tmp_path: Path) -> Iterator[MemSides]:
+    sides = MemSides(tmp_path)
     yield sides
     sides.close()

@@ -1,4 +1,4 @@
-"""The paying client end to end on real regtest nodes: a thousand paid requests settled on
+"""The paying client end to end on the in-process chain: a thousand paid requests settled on
 chain with the exact total; a restarted client resumes its channel; a restarted server costs
 at most one price."""
 
@@ -11,19 +11,19 @@ from bitcoind_paychan.channel.effects import ChannelOpened
 from bitcoind_paychan.channel.records import Role
 from regtest.node import free_port
 from tests.examples.paid_http.conftest import PRICE, VALUE, paid_api, paid_client
-from tests.service.conftest import Sides
+from tests.service.conftest import MemSides
 from tests.service.test_flow import wallet_utxo
 
 OPENING = 1_000  # the protocol's initial payment (the server's min_payment)
 
 
-def stored_total(sides: Sides) -> int:
+def stored_total(sides: MemSides) -> int:
     """What the server's store says the client paid (the opening payment included)."""
     return sum(payment.amount for payment in sides.payments())
 
 
 def test_a_thousand_paid_requests_then_the_settlement_pays_the_exact_total(
-        sides: Sides) -> None:
+        sides: MemSides) -> None:
     async def scenario() -> tuple[list[int], int, Transaction]:
         async with paid_api(sides) as api, paid_client(sides) as client:
             paid = []
@@ -48,7 +48,7 @@ def test_a_thousand_paid_requests_then_the_settlement_pays_the_exact_total(
     assert wallet_utxo(sides.client_node, settlement.txid_hex, 0) == change
 
 
-def test_a_restarted_client_resumes_its_channel(sides: Sides) -> None:
+def test_a_restarted_client_resumes_its_channel(sides: MemSides) -> None:
     async def scenario() -> list[str]:
         async with paid_api(sides) as api:
             async with paid_client(sides) as client:
@@ -67,7 +67,7 @@ def test_a_restarted_client_resumes_its_channel(sides: Sides) -> None:
     assert record is not None and record.paid == OPENING + 5 * PRICE
 
 
-def test_a_restarted_server_costs_the_client_at_most_one_price(sides: Sides) -> None:
+def test_a_restarted_server_costs_the_client_at_most_one_price(sides: MemSides) -> None:
     """The server's sessions die with it: the payment of the first request after the restart
     reaches no session (402). The client resumes, which re-sends that payment as its proof
     (stored: one price for nothing), then pays the request again."""
@@ -88,7 +88,7 @@ def test_a_restarted_server_costs_the_client_at_most_one_price(sides: Sides) -> 
 
 
 def test_a_used_up_channel_is_settled_and_the_next_request_opens_another(
-        sides: Sides) -> None:
+        sides: MemSides) -> None:
     price, value = 10_000, 101_000  # the opening payment and ten requests use it all
     sides.fund_client(2)
 

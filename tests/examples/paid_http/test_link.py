@@ -12,14 +12,14 @@ from bitcoind_paychan.channel import messages
 from bitcoind_paychan.transport import encode
 from bitcoind_paychan.wire import pb
 from tests.examples.paid_http.conftest import paid_api
-from tests.service.conftest import Sides
+from tests.service.conftest import MemSides
 
 from paid_http.link import HttpLink
 
 T = pb.TwoWayChannelMessage
 
 
-def test_a_session_the_endpoint_does_not_know_ends_the_stream(sides: Sides) -> None:
+def test_a_session_the_endpoint_does_not_know_ends_the_stream(sides: MemSides) -> None:
     async def main() -> None:
         async with paid_api(sides) as api, aiohttp.ClientSession() as http:
             link = HttpLink(http, api.url.replace("/api/", "/paychan"), 10)

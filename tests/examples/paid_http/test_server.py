@@ -1,4 +1,4 @@
-"""The paid API refuses what does not pay, on real regtest nodes: each refusal is a clear
+"""The paid API refuses what does not pay, on the in-process chain: each refusal is a clear
 402/400, nothing is served and nothing is stored."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import aiohttp
 from bitcoind_paychan.channel.kinds.registry import VERSIONS
 from bitcoind_paychan.transport import decode, encode
 from tests.examples.paid_http.conftest import PRICE, Api, paid_api, paid_client
-from tests.service.conftest import Sides
+from tests.service.conftest import MemSides
 
 from paid_http.client import PaidClient
 from paid_http.offer import (
@@ -28,7 +28,7 @@ from paid_http.offer import (
 Scenario = Callable[[Api, PaidClient, Offer], Awaitable[None]]
 
 
-def run(sides: Sides, scenario: Scenario) -> None:
+def run(sides: MemSides, scenario: Scenario) -> None:
     """Open a channel with one paid request, then run `scenario`; afterwards the API has
     served that one request only and stored that one payment only (beside the opening)."""
     async def main() -> None:
@@ -48,7 +48,7 @@ async def fetch(url: str, headers: dict[str, str] | None = None, data: bytes | N
         return response.status, dict(response.headers), await response.json()
 
 
-def test_a_request_without_a_payment_gets_the_offer(sides: Sides) -> None:
+def test_a_request_without_a_payment_gets_the_offer(sides: MemSides) -> None:
     async def main() -> None:
         async with paid_api(sides) as api:
             status, _, body = await fetch(api.url + "anything?x=1")
@@ -61,7 +61,7 @@ def test_a_request_without_a_payment_gets_the_offer(sides: Sides) -> None:
     asyncio.run(main())
 
 
-def test_a_header_that_does_not_parse_is_a_400(sides: Sides) -> None:
+def test_a_header_that_does_not_parse_is_a_400(sides: MemSides) -> None:
     async def main() -> None:
         async with paid_api(sides) as api:
             for header in ("nonsense", "s:not base64!", "s:" + base64.b64encode(b"\x01").decode()):
@@ -71,7 +71,7 @@ def test_a_header_that_does_not_parse_is_a_400(sides: Sides) -> None:
     asyncio.run(main())
 
 
-def test_a_payment_to_an_unknown_session_is_a_402(sides: Sides) -> None:
+def test_a_payment_to_an_unknown_session_is_a_402(sides: MemSides) -> None:
     async def scenario(api: Api, client: PaidClient, offer: Offer) -> None:
         payment = await client.pay(offer, PRICE)
         status, _, body = await fetch(api.url, {
@@ -82,7 +82,7 @@ def test_a_payment_to_an_unknown_session_is_a_402(sides: Sides) -> None:
     run(sides, scenario)
 
 
-def test_an_underpayment_is_a_402(sides: Sides) -> None:
+def test_an_underpayment_is_a_402(sides: MemSides) -> None:
     async def scenario(api: Api, client: PaidClient, offer: Offer) -> None:
         payment = await client.pay(offer, PRICE - 1)
         status, headers, body = await fetch(api.url, payment.header)
@@ -93,7 +93,7 @@ def test_an_underpayment_is_a_402(sides: Sides) -> None:
     run(sides, scenario)
 
 
-def test_a_replayed_payment_is_a_402(sides: Sides) -> None:
+def test_a_replayed_payment_is_a_402(sides: MemSides) -> None:
     async def scenario(api: Api, client: PaidClient, offer: Offer) -> None:
         first = await client.pay(offer, PRICE)
         status, headers, _ = await fetch(api.url, first.header)
@@ -110,7 +110,7 @@ def test_a_replayed_payment_is_a_402(sides: Sides) -> None:
     assert [p.amount for p in sides.payments()] == [1_000, PRICE, PRICE]
 
 
-def test_a_bad_signature_is_a_400_and_the_client_resumes(sides: Sides) -> None:
+def test_a_bad_signature_is_a_400_and_the_client_resumes(sides: MemSides) -> None:
     async def main() -> None:
         async with paid_api(sides) as api, paid_client(sides) as client:
             assert (await client.get(api.url)).status == 200
@@ -136,7 +136,7 @@ def test_a_bad_signature_is_a_400_and_the_client_resumes(sides: Sides) -> None:
     assert [p.amount for p in sides.payments()] == [1_000, PRICE, PRICE, PRICE]
 
 
-def test_the_endpoint_refuses_bad_frames_and_unknown_sessions(sides: Sides) -> None:
+def test_the_endpoint_refuses_bad_frames_and_unknown_sessions(sides: MemSides) -> None:
     async def main() -> None:
         async with paid_api(sides) as api:
             endpoint = api.url.replace("/api/", "/paychan")

@@ -1,23 +1,23 @@
-"""Sessions: a session silent too long is dropped (the manager forgets its connection)."""
+"""Sessions: a session silent too long is dropped (the manager forgets its connection). On the
+in-process chain: the node is not the point."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
 
-from bitcoind_paychan.node import AsyncBitcoind, Bitcoind
 from bitcoind_paychan.service.server import ServerManager
 from bitcoind_paychan.store import SQLiteStore
-from regtest.node import RegtestNode
-from tests.conftest import config_for
+from regtest.memchain import MemChain
+from regtest.memnode import MemNode
 
 from paid_http.sessions import Sessions
 
 
-def test_sessions_silent_too_long_are_dropped(node: RegtestNode, tmp_path: Path) -> None:
+def test_sessions_silent_too_long_are_dropped(tmp_path: Path) -> None:
     async def main() -> None:
         store = SQLiteStore(tmp_path / "api.db")
-        manager = ServerManager(AsyncBitcoind(Bitcoind(config_for(node))), store)
+        manager = ServerManager(MemNode(MemChain()), store)
         await manager.start()
         sessions = Sessions(manager, idle_timeout=600)
         handshaking, idle, paying = [await sessions.new() for _ in range(3)]

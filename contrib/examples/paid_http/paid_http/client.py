@@ -28,7 +28,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from bitcoind_paychan.bitcoin.tx import Transaction
-from bitcoind_paychan.node.bitcoind import AsyncBitcoind
+from bitcoind_paychan.node.ports import Node, NodePorts
 from bitcoind_paychan.service.client import Channel, ClientManager, Dialer
 from bitcoind_paychan.store import ChannelStore
 from bitcoind_paychan.transport import CarriedStream, Stream
@@ -196,7 +196,7 @@ def http_dialer(http: aiohttp.ClientSession) -> Dialer:
 
 
 @contextlib.asynccontextmanager
-async def client_manager(wallet: AsyncBitcoind, store: ChannelStore, value: int = DEFAULT_VALUE,
+async def client_manager(wallet: Node | NodePorts, store: ChannelStore, value: int = DEFAULT_VALUE,
                          **options: Any) -> AsyncIterator[PaidClient]:
     """A PaidClient over a ClientManager (`options`: the manager's) that dials channel
     endpoints over HTTP; the manager's autopilot runs until the block ends."""
