@@ -32,6 +32,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from bitcoind_paychan.bitcoin.tx import Transaction, TxIn, TxOut
 from bitcoind_paychan.channel.contract import DUST, VERSIONS
 from bitcoind_paychan.channel.records import ChannelStatus, Role
+from bitcoind_paychan.wire import decode_message
 from tests.channel.model import glue
 from tests.channel.model.checks import PAYOUT
 from tests.channel.model.search import (
@@ -206,6 +207,20 @@ class ChannelModel(RuleBasedStateMachine):
             conn.to_client.clear()
             self.act(lambda: self.world.close_end(conn, Role.SERVER))
             self.act(lambda: self.world.close_end(conn, Role.CLIENT))
+
+    @precondition(lambda self: self.world.connections)
+    @rule(index=pick)
+    def client_completes_key_path_alone(self, index: int) -> None:
+        """A hostile client: it takes the server's key-path proposal off the wire, completes
+        what it can alone, never sends its partial signature and hangs up (then resumes and
+        pays on through the other rules). No payment may be acknowledged below a settlement
+        it holds (checks.py)."""
+        conn = self.connection(index)
+        if conn is None or conn.stranger or conn.client_done:
+            return
+        proposals = [f for f in conn.to_client if decode_message(f).musig_settlement]
+        if proposals:
+            self.act(lambda: self.world.client_completes_alone(conn, proposals[0]))
 
     @rule(index=pick)
     def stranger_resumes(self, index: int) -> None:
@@ -429,4 +444,21 @@ def test_a_resume_in_flight_while_its_channel_is_settled_and_forgotten_resends_a
         m.reorg(depth=4, include=True, step=1)
         m.reorg(depth=1, include=False, step=1)
         m.settle_while_resuming(flow=True, index=0)
+    replay(steps)
+
+
+def test_a_client_completing_the_key_path_settlement_alone_then_paying_on() -> None:
+    """The review of version 4: the server sent its partial signature with its key-path
+    proposal, so the client completed that settlement alone, hung up, resumed and paid on:
+    every later payment acknowledged was one that settlement undoes."""
+    def steps(m: ChannelModel) -> None:
+        m.open_channel(version=4, window=86340, value=100_000, flow=True)
+        m.client_closes(flow=False)
+        m.deliver(index=0, to_server=True, duplicate=False)  # CLOSE: the proposal comes back
+        m.client_completes_key_path_alone(index=0)
+        m.flush(index=0)
+        m.open_channel(version=4, window=86340, value=100_000, flow=True)  # resumes
+        m.pay(amount=40_000, flow=True)
+        (record,) = m.world.server.store.channels(Role.SERVER)
+        assert record.status is ChannelStatus.OPEN and record.change == 59_000  # acknowledged
     replay(steps)
