@@ -240,7 +240,8 @@ def _contest(record: ChannelRecord, state: ChainState, spender: Transaction, tip
     while the channel is open), and the server replaces it with its own settlement through
     the payment leaf (the client's latest payment, the payout of the spend's last output:
     every non-refund spend carries the server's signature), at a fee rate that outbids it.
-    The channel is CLOSING with that settlement; nothing is broadcast for the other spend."""
+    The channel is CLOSING with that settlement; nothing is broadcast for the other spend,
+    which becomes the closing transaction only when the server's share cannot outbid it."""
     txid = record.contract_txid
     rate = max(fee_rate, _fee_rate_of(record.contract, spender) + INCREMENTAL_RELAY_FEE + 1)
     payout = spender.outputs[-1].script_pubkey
