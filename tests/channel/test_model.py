@@ -211,16 +211,31 @@ class ChannelModel(RuleBasedStateMachine):
     @precondition(lambda self: self.world.connections)
     @rule(index=pick)
     def client_completes_key_path_alone(self, index: int) -> None:
-        """A hostile client: it takes the server's key-path proposal off the wire, completes
-        what it can alone, never sends its partial signature and hangs up (then resumes and
-        pays on through the other rules). No payment may be acknowledged below a settlement
-        it holds (checks.py)."""
+        """A hostile client: it takes the server's key-path proposal off the wire (closing its
+        open channel and letting its frames reach the server first, if none is in flight),
+        completes what it can alone, never sends its partial signature, hangs up, resumes at
+        once and pays on (more through the other rules). No payment may be acknowledged below
+        a settlement it holds (checks.py)."""
         conn = self.connection(index)
         if conn is None or conn.stranger or conn.client_done:
             return
-        proposals = [f for f in conn.to_client if decode_message(f).musig_settlement]
+        if not self.proposals(conn) and glue.client_can_pay(conn.client):
+            self.act(self.world.client.close)
+            for _ in range(8):  # what it sent before CLOSE, then CLOSE: the proposal returns
+                if self.proposals(conn) or not conn.to_server or conn not in self.world.connections:
+                    break
+                self.act(partial(self.world.deliver, conn, True, False))
+        proposals = self.proposals(conn)
         if proposals:
             self.act(lambda: self.world.client_completes_alone(conn, proposals[0]))
+            self.flush_connection(conn)  # the server reads the hang-up
+            self.open_channel(version=4, window=24 * HOUR - 60, value=100_000, flow=True)
+            self.pay(amount="min", flow=True)
+
+    @staticmethod
+    def proposals(conn: Connection) -> list[bytes]:
+        """The server's key-path proposals in flight to the client."""
+        return [f for f in conn.to_client if decode_message(f).musig_settlement]
 
     @rule(index=pick)
     def stranger_resumes(self, index: int) -> None:
@@ -453,12 +468,8 @@ def test_a_client_completing_the_key_path_settlement_alone_then_paying_on() -> N
     every later payment acknowledged was one that settlement undoes."""
     def steps(m: ChannelModel) -> None:
         m.open_channel(version=4, window=86340, value=100_000, flow=True)
-        m.client_closes(flow=False)
-        m.deliver(index=0, to_server=True, duplicate=False)  # CLOSE: the proposal comes back
-        m.client_completes_key_path_alone(index=0)
-        m.flush(index=0)
-        m.open_channel(version=4, window=86340, value=100_000, flow=True)  # resumes
+        m.client_completes_key_path_alone(index=0)  # closes, takes it, resumes, pays 1,000
         m.pay(amount=40_000, flow=True)
         (record,) = m.world.server.store.channels(Role.SERVER)
-        assert record.status is ChannelStatus.OPEN and record.change == 59_000  # acknowledged
+        assert record.status is ChannelStatus.OPEN and record.change == 58_000  # acknowledged
     replay(steps)
