@@ -14,7 +14,8 @@ The names, arguments and error messages follow BIP327's reference code; points a
 Secret nonces: a `SecretNonce` signs once. `sign` takes it (under a lock) before any check, so
 a second use, even after a failed attempt, raises `NonceReused`; it cannot be pickled or
 copied, so it is never stored: a crash mid-session starts a new session with fresh nonces.
-`deterministic_sign` (the last signer's stateless variant) keeps no nonce at all.
+`deterministic_sign` (the last signer's stateless variant) keeps no nonce at all;
+`deterministic_nonce` is its nonce alone, derived again from the same inputs to sign later.
 
 Why not a binding of libsecp256k1's musig module: of the bindings on the package index only
 btclib-secp256k1 exposes it (MIT, wheels, tweaks included), but it is a beta, and its opaque
@@ -39,9 +40,9 @@ from bitcoind_paychan.bitcoin.taproot import tap_tweak
 from bitcoind_paychan.errors import DecodeError, InvalidContribution, MusigError, NonceReused
 
 __all__ = [
-    "KeyAggContext", "SecretNonce", "SessionContext", "apply_tweak", "deterministic_sign",
-    "get_xonly_pk", "individual_pk", "key_agg", "key_agg_and_tweak", "key_agg_coeff",
-    "key_sort", "nonce_agg", "nonce_gen", "partial_sig_agg", "partial_sig_verify",
+    "KeyAggContext", "SecretNonce", "SessionContext", "apply_tweak", "deterministic_nonce",
+    "deterministic_sign", "get_xonly_pk", "individual_pk", "key_agg", "key_agg_and_tweak",
+    "key_agg_coeff", "key_sort", "nonce_agg", "nonce_gen", "partial_sig_agg", "partial_sig_verify",
     "partial_sig_verify_internal", "sign", "taproot_tweak",
 ]
 
@@ -442,11 +443,13 @@ def partial_sig_agg(psigs: Sequence[bytes], session: SessionContext) -> bytes:
     return _xbytes(session.R) + _bytes32(s)
 
 
-def deterministic_sign(sk: bytes, aggothernonce: bytes, pubkeys: Sequence[bytes],
-                       tweaks: Sequence[bytes], is_xonly: Sequence[bool], msg: bytes,
-                       rand: bytes | None = None) -> tuple[bytes, bytes]:
-    """BIP327's DeterministicSign for the last signer, who has every other nonce already
-    (their aggregate): (public nonce, partial signature), with no secret nonce kept."""
+def deterministic_nonce(sk: bytes, aggothernonce: bytes, pubkeys: Sequence[bytes],
+                        tweaks: Sequence[bytes], is_xonly: Sequence[bool], msg: bytes,
+                        rand: bytes | None = None) -> tuple[SecretNonce, bytes]:
+    """BIP327 DeterministicSign's nonce: (secret nonce, public nonce), a function of the key,
+    the other nonces' aggregate, the aggregate key and the message alone. So the last signer
+    may publish its public nonce first and derive the same secret nonce again to sign later
+    (the same inputs give the same partial signature: no nonce is ever reused)."""
     if len(sk) != 32:
         raise MusigError("secret key value is out of range.")
     sk_ = sk if rand is None else bytes(
@@ -457,7 +460,16 @@ def deterministic_sign(sk: bytes, aggothernonce: bytes, pubkeys: Sequence[bytes]
           for i in (0, 1)]
     assert 0 not in ks, "a zero nonce happens with negligible probability"
     pubnonce = _cbytes(_gmul_nonzero(ks[0])) + _cbytes(_gmul_nonzero(ks[1]))
-    secnonce = SecretNonce(ks[0], ks[1], individual_pk(sk))
+    return SecretNonce(ks[0], ks[1], individual_pk(sk)), pubnonce
+
+
+def deterministic_sign(sk: bytes, aggothernonce: bytes, pubkeys: Sequence[bytes],
+                       tweaks: Sequence[bytes], is_xonly: Sequence[bool], msg: bytes,
+                       rand: bytes | None = None) -> tuple[bytes, bytes]:
+    """BIP327's DeterministicSign for the last signer, who has every other nonce already
+    (their aggregate): (public nonce, partial signature), with no secret nonce kept."""
+    secnonce, pubnonce = deterministic_nonce(sk, aggothernonce, pubkeys, tweaks, is_xonly,
+                                             msg, rand)
     try:
         aggnonce = nonce_agg([pubnonce, aggothernonce])
     except InvalidContribution:

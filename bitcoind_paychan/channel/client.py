@@ -415,18 +415,19 @@ class ClientChannel(ProtocolMachine):
         return [*self._closed_by(settlement), Disconnect("channel settled")]
 
     def _sign_key_path_close(self, record: ChannelRecord, message: T) -> list[Effect]:
-        """The server's key-path settlement, its nonce and partial signature: checked (it pays
-        us our change; the server's signature verifies), our partial signature back."""
+        """The server's unsigned key-path settlement and its nonce: checked to be exactly the
+        settlement our contract would draft (our change to us, the rest to the server), our
+        partial signature back. The server signs last, alone: our partial signature only
+        completes this settlement, and only the server can complete it."""
         secnonce, self._secnonce = self._secnonce, None
         if secnonce is None or self.state is not ClientState.CLOSING:
             raise bad_tx("a key-path settlement to sign, but no MuSig2 session of ours is open "
                          "(a replayed proposal?)")
         settlement = Transaction.parse(message.musig_settlement)
-        check_settlement(record, settlement)
+        check_key_path_proposal(record, settlement)
         try:
             signature = record.contract.kind.sign_close(
-                self.key, secnonce, self._nonce, message.musig_nonce,
-                message.musig_partial_signature, settlement)
+                self.key, secnonce, self._nonce, message.musig_nonce, settlement)
         except MusigError as exc:
             raise bad_tx(f"the server's key-path settlement cannot be signed: {exc}") from None
         return [Send(messages.close(musig_partial_signature=signature))]
@@ -463,3 +464,30 @@ def check_settlement(record: ChannelRecord, settlement: Transaction) -> None:
         if (first is None or first.script_pubkey != contract.change_script
                 or first.value < record.change):
             raise bad_tx(f"the settlement does not pay our change of {record.change} sat")
+
+
+def check_key_path_proposal(record: ChannelRecord, proposal: Transaction) -> None:
+    """Raise RemoteProtocolError unless the unsigned key-path settlement the server asks us to
+    sign is our contract's settlement draft: version 1, lock time 0, the contract its one
+    (FINAL) input, output 0 exactly our change to our own script (none when we keep none),
+    and at most one more output (the server's share, to any script)."""
+    check_settlement(record, proposal)
+    contract = record.contract
+    shares = proposal.outputs[1 if record.change else 0:]
+    if len(shares) > 1:
+        raise bad_tx(f"the key-path settlement has {len(proposal.outputs)} outputs, not our "
+                     "change and the server's share")
+    expected = (contract.settlement_draft(record.change, shares[0].value,
+                                          shares[0].script_pubkey)
+                if shares else contract.payment_tx(record.change))
+    wrong = [what for what, differs in (
+        (f"version {proposal.version}, not {expected.version}",
+         proposal.version != expected.version),
+        (f"lock time {proposal.locktime}, not 0", proposal.locktime != expected.locktime),
+        ("inputs other than the contract alone with a FINAL sequence",
+         proposal.inputs != expected.inputs),
+        (f"outputs other than exactly our change of {record.change} sat and the server's share",
+         proposal.outputs != expected.outputs)) if differs]
+    if wrong:
+        raise bad_tx(f"the key-path settlement is not our contract's settlement draft: it has "
+                     f"{'; '.join(wrong)}")

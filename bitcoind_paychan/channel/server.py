@@ -145,7 +145,8 @@ TABLE = table({
     (S.OPEN, T.CLOSE): {S.SETTLING},
     (S.OPEN, Input.SETTLE): {S.SETTLING, S.CLOSED},  # the application settles
     # SETTLING: waiting for a wallet input; COSIGNING: the client's CLOSE offered a MuSig2
-    # nonce, and the key-path settlement went to it with the server's nonce and signature
+    # nonce, and the unsigned key-path settlement went to it with the server's nonce (never
+    # the server's partial signature)
     (S.SETTLING, Input.SETTLE): {S.SETTLING, S.COSIGNING, S.CLOSED},
     (S.SETTLING, Input.SETTLE_FUNDED): {S.CLOSED},
     # the client's partial signature: settled by key path; else ERROR, and settled through
@@ -532,25 +533,28 @@ class ServerChannel(ProtocolMachine):
 
     def _propose_key_path(self, record: ChannelRecord, nonce: bytes, fee_rate: int,
                           payout_script: bytes) -> list[Effect]:
-        """CLOSE with the unsigned key-path settlement (the fee from the server's share), the
-        server's nonce and partial signature (deterministic: no secret nonce is kept); none
-        when the share cannot pay even that fee (then the payment leaf, a wallet input)."""
+        """CLOSE with the unsigned key-path settlement (the fee from the server's share) and
+        the server's public nonce only: its partial signature would let the client complete
+        that settlement alone, so it never leaves the server (derived again, deterministic,
+        once the client's arrives: no secret nonce is kept). None when the share cannot pay
+        even that fee (then the payment leaf, a wallet input)."""
         contract = record.contract
         fee = contract.settlement_fee(record.change, payout_script, fee_rate, Branch.KEY_PATH)
         if record.paid - fee < DUST:
             return []
         tx = contract.settlement_draft(record.change, record.paid - fee, payout_script)
         try:
-            server_nonce, signature = contract.kind.cosign_close(record.key, nonce, tx)
+            server_nonce = contract.kind.server_close_nonce(record.key, nonce, tx)
         except MusigError as exc:
             return self._fall_back(record, fee_rate, payout_script,
                                    f"the client's MuSig2 nonce is unusable ({exc})")
-        self._cosigning = Cosigning(tx, nonce, server_nonce, signature, fee_rate, payout_script)
+        self._cosigning = Cosigning(tx, nonce, fee_rate, payout_script)
         self.state = ServerState.COSIGNING
-        return [Send(messages.close(musig_nonce=server_nonce, musig_partial_signature=signature,
-                                    musig_settlement=tx.serialize()))]
+        return [Send(messages.close(musig_nonce=server_nonce, musig_settlement=tx.serialize()))]
 
     def _on_close_signature(self, message: T) -> list[Effect]:
+        """The client's partial signature: checked, the server's added, the key-path
+        settlement stored (then broadcast and sent); else ERROR and the payment leaf."""
         session, self._cosigning, record = self._cosigning, None, self._record()
         assert session is not None, "COSIGNING holds its session"
         if message.musig_nonce:
@@ -558,8 +562,7 @@ class ServerChannel(ProtocolMachine):
                                    "a second MuSig2 nonce in one session (a replayed nonce)")
         try:
             signed = record.contract.kind.complete_close(
-                session.tx, session.client_nonce, message.musig_partial_signature,
-                session.server_nonce, session.server_signature)
+                record.key, session.tx, session.client_nonce, message.musig_partial_signature)
         except MusigError as exc:
             why = ("CLOSE without the client's partial signature"
                    if not message.musig_partial_signature else
@@ -580,12 +583,10 @@ class ServerChannel(ProtocolMachine):
 @dataclass(frozen=True)
 class Cosigning:
     """A key-path close awaiting the client's partial signature: the unsigned settlement,
-    both nonces, the server's partial signature, and what settling by the leaf would use."""
+    the client's nonce (the server's derives from it), and what settling by the leaf uses."""
 
     tx: Transaction
     client_nonce: bytes
-    server_nonce: bytes
-    server_signature: bytes
     fee_rate: int
     payout_script: bytes
 

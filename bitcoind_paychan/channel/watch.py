@@ -207,6 +207,9 @@ def _spent(record: ChannelRecord, state: ChainState, tip: Tip, fee_rate: int,
         status = ChannelStatus.REFUNDED if refund else ChannelStatus.SETTLED
         return _finish(record, state, tip, policy, status, spender)
     txid = record.contract_txid
+    if record.role is Role.SERVER and not refund and (
+            client_share(record.contract, spender) > record.change):
+        return _contest(record, state, spender, tip, fee_rate)
     effects: list[Effect] = []
     ours = (record.role is Role.SERVER) != refund
     if record.status is not ChannelStatus.CLOSING:
@@ -222,6 +225,39 @@ def _spent(record: ChannelRecord, state: ChainState, tip: Tip, fee_rate: int,
                 rebroadcast]
     bumped = _bump(record, state, spender, tip, fee_rate, policy) if ours else []
     return effects + bumped if bumped else [*effects, rebroadcast]
+
+
+# What a replacement adds to the fee rate it replaces (bitcoind's -incrementalrelayfee
+# default, sat/kvB; one more covers `_fee_rate_of` rounding down).
+INCREMENTAL_RELAY_FEE = 1_000
+
+
+def _contest(record: ChannelRecord, state: ChainState, spender: Transaction, tip: Tip,
+             fee_rate: int) -> list[Effect]:
+    """The server sees an unconfirmed spend of the contract paying the client more than its
+    stored change: not its settlement (it never lets its signature of one leave before it
+    stores it), so never recorded as one. The application hears of it (ClosingSeen, once,
+    while the channel is open), and the server replaces it with its own settlement through
+    the payment leaf (the client's latest payment, the payout of the spend's last output:
+    every non-refund spend carries the server's signature), at a fee rate that outbids it.
+    The channel is CLOSING with that settlement; nothing is broadcast for the other spend,
+    which becomes the closing transaction only when the server's share cannot outbid it."""
+    txid = record.contract_txid
+    rate = max(fee_rate, _fee_rate_of(record.contract, spender) + INCREMENTAL_RELAY_FEE + 1)
+    payout = spender.outputs[-1].script_pubkey
+    ours = (_bumped_settlement(record, spender, rate)
+            if len(spender.outputs) > 1 and payout != record.contract.change_script else None)
+    effects: list[Effect] = []
+    if record.status is ChannelStatus.OPEN:
+        effects.append(ClosingSeen(record, spender, False))
+    if ours is None:  # the share cannot outbid it: the channel is closing by the other spend
+        if record.status is not ChannelStatus.CLOSING:
+            effects.insert(0, MarkChannel(txid, ChannelStatus.CLOSING, closing_tx=state.spender))
+        return effects
+    return [MarkChannel(txid, ChannelStatus.CLOSING, closing_tx=ours.serialize()), *effects,
+            StoreChainState(txid, replace(state, spender=ours.serialize(),
+                                          broadcast_height=tip.height, fee_rate=rate)),
+            Broadcast(ours, Purpose.FEE_BUMP, txid)]
 
 
 def _fee_rate_of(contract: Contract, tx: Transaction) -> int:

@@ -83,13 +83,14 @@ class TwoWayChannelMessage(_message.Message):
     """Ours, not bitcoinj's (proto2 peers skip unknown fields): a version-4 channel's
     cooperative key-path close, a MuSig2 (BIP327) session carried in CLOSE messages. The
     client's CLOSE carries its public nonce; the server answers with CLOSE holding the
-    unsigned settlement, its public nonce and its partial signature (and no settlement);
-    the client's next CLOSE carries its partial signature; the server's last CLOSE, the
-    signed settlement, as ever.
+    unsigned settlement and its public nonce (never its partial signature: the server
+    signs last, so the client cannot complete the settlement alone); the client's next
+    CLOSE carries its partial signature; the server's last CLOSE, the signed settlement
+    (stored before it is sent), as ever.
     66 bytes
     """
     musig_partial_signature: _builtins.bytes
-    """32 bytes"""
+    """32 bytes, the client's only"""
     musig_settlement: _builtins.bytes
     """the unsigned key-path settlement both sign"""
     @_builtins.property

@@ -22,6 +22,7 @@ from bitcoind_paychan.bitcoin.keys import CURVE_ORDER
 from bitcoind_paychan.bitcoin.musig2 import (
     SecretNonce,
     SessionContext,
+    deterministic_nonce,
     deterministic_sign,
     individual_pk,
     key_agg,
@@ -260,6 +261,24 @@ def test_det_sign_valid(case: dict[str, Any]) -> None:
                              _hex(case["tweaks"]), case["is_xonly"],
                              _hex(DS["msgs"])[case["msg_index"]])
     assert partial_sig_verify_internal(psig, pubnonce, keys[case["signer_index"]], session)
+
+
+@pytest.mark.parametrize("case", _cases("det_sign", "valid_test_cases"))
+def test_det_nonce_is_det_signs_and_signs_the_same_again(case: dict[str, Any]) -> None:
+    """The nonce alone (what the last signer publishes first), derived twice, signs to
+    DeterministicSign's vector each time: each derivation is a fresh single-use nonce."""
+    keys = [_hex(DS["pubkeys"])[i] for i in case["key_indices"]]
+    args = (bytes.fromhex(DS["sk"]), bytes.fromhex(case["aggothernonce"]), keys,
+            _hex(case["tweaks"]), case["is_xonly"], _hex(DS["msgs"])[case["msg_index"]],
+            None if case["rand"] is None else bytes.fromhex(case["rand"]))
+    expected_nonce, expected_psig = _hex(case["expected"])
+    session = SessionContext(nonce_agg([bytes.fromhex(case["aggothernonce"]), expected_nonce]),
+                             keys, _hex(case["tweaks"]), case["is_xonly"],
+                             _hex(DS["msgs"])[case["msg_index"]])
+    for _ in range(2):
+        secnonce, pubnonce = deterministic_nonce(*args)
+        assert pubnonce == expected_nonce
+        assert sign(secnonce, bytes.fromhex(DS["sk"]), session) == expected_psig
 
 
 @pytest.mark.parametrize("case", _cases("det_sign", "error_test_cases"))

@@ -1,7 +1,9 @@
 """Version 4's cooperative close: a MuSig2 session in the CLOSE exchange (the client's nonce;
-the server's nonce and partial signature with the unsigned settlement; the client's partial
-signature; the signed key-path settlement). Whatever goes wrong in it gets a clear ERROR, and
-the server settles through the payment leaf instead; nothing half-done is stored."""
+the server's nonce with the unsigned settlement; the client's partial signature; the signed
+key-path settlement, stored by the server before it leaves). The server's partial signature
+never leaves the server, so the client can never complete a settlement alone. Whatever goes
+wrong gets a clear ERROR, and the server settles through the payment leaf instead; nothing
+half-done is stored."""
 
 from __future__ import annotations
 
@@ -65,7 +67,8 @@ def proposal(pump: Pump) -> tuple[T, T]:
     assert isinstance(pump.server.receive(close)[0], PrepareSettlement)
     answer = only_send(pump.server.settle(FEE_RATE, PAYOUT))
     assert pump.server.state is ServerState.COSIGNING
-    assert not answer.HasField("settlement") and len(answer.musig_partial_signature) == 32
+    assert not answer.HasField("settlement") and len(answer.musig_nonce) == 66
+    assert not answer.HasField("musig_partial_signature")  # the server signs last, alone
     return close, answer
 
 
@@ -183,7 +186,7 @@ def test_the_client_refuses_a_proposal_it_did_not_ask_for_or_cannot_check() -> N
     pump = opened()
     _, answer = proposal(pump)
     tampered = wire(answer)
-    tampered.musig_partial_signature = bytes(31) + b"\x01"
+    tampered.musig_nonce = b"\x02" + bytes(65)  # not a point
     effects = pump.client.receive(tampered)
     assert isinstance(effects[0], Send)
     assert "cannot be signed" in effects[0].message.error.explanation
@@ -208,3 +211,111 @@ def test_a_proposal_that_underpays_the_client_is_refused() -> None:
     effects = pump.client.receive(wire(answer))
     assert isinstance(effects[0], Send)
     assert "does not pay our change" in effects[0].message.error.explanation
+
+
+def server_partial_signature(pump: Pump, close: T, answer: T) -> bytes:
+    """The server's partial signature of the proposal, as BIP327 DeterministicSign makes it
+    (the nonce it yields is the one the server sent)."""
+    record = pump.server.record
+    assert record is not None
+    kind = record.contract.kind
+    assert isinstance(kind, TaprootChannel)
+    keys, tweaks, xonly = kind._session_keys
+    tx = Transaction.parse(answer.musig_settlement)
+    nonce, signature = musig2.deterministic_sign(
+        record.key.secret, musig2.nonce_agg([close.musig_nonce]), keys, tweaks, xonly,
+        kind._close_digest(tx))
+    assert nonce == answer.musig_nonce
+    return signature
+
+
+def test_the_server_partial_signature_never_leaves_the_server() -> None:
+    """Not in its proposal, not in anything it sends after: the settlement goes out signed,
+    and only once it is stored."""
+    pump = opened()
+    close, answer = proposal(pump)
+    secret = server_partial_signature(pump, close, answer)
+    pump.run(pump.client.receive(answer))
+    sent = [answer, *pump.sent("server")]
+    assert all(secret not in m.SerializeToString() for m in sent)
+    stored = [i for i, e in enumerate(pump.server_log) if isinstance(e, StoreChannel)]
+    settled = [i for i, e in enumerate(pump.server_log)
+               if isinstance(e, Send) and e.message.HasField("settlement")]
+    assert stored and settled and stored[-1] < settled[0]
+    (record,) = pump.server_store.values()
+    assert record.status is ChannelStatus.CLOSING
+    assert_valid(pump, Transaction.parse(record.settlement_tx or b""), Branch.KEY_PATH)
+
+
+def test_a_client_that_aggregates_alone_and_resumes_cannot_undo_later_payments() -> None:
+    """The review's attack: the client takes the proposal, never sends its partial signature,
+    hangs up, resumes and pays on. What it holds completes no spend of the contract, so the
+    payments the server acknowledges after are safe."""
+    pump = opened()
+    close, answer = proposal(pump)
+    record = pump.server.record
+    assert record is not None and pump.client._secnonce is not None
+    kind = record.contract.kind
+    assert isinstance(kind, TaprootChannel)
+    tx = Transaction.parse(answer.musig_settlement)
+    session = kind._session(tx, [close.musig_nonce, answer.musig_nonce])
+    mine = musig2.sign(pump.client._secnonce, pump.client.key.secret, session)
+    alone = kind.unlock(tx, [musig2.partial_sig_agg([mine], session)], Branch.KEY_PATH)
+    assert spend_problem(record.contract, alone, NOW) is not None  # not a valid spend
+    pump.server.connection_lost()
+    client = ClientChannel.resuming(pump.client.record,  # type: ignore[arg-type]
+                                    ClientPolicy(VALUE), NOW)
+    again = Pump(client, ServerChannel(ServerPolicy(), PrivateKey.generate(), NOW),
+                 pump.client_store, pump.server_store)
+    again.run(client.start())
+    again.run(client.pay(400_000))
+    (stored,) = pump.server_store.values()
+    assert stored.status is ChannelStatus.OPEN and stored.change == VALUE - 421_000
+    assert [m.type for m in again.sent("server")].count(T.PAYMENT_ACK) == 2  # resume, payment
+    # The server's nonce (public) was all the client got from it, never its partial signature.
+    secret = server_partial_signature(pump, close, answer)
+    assert all(secret not in m.SerializeToString() for m in [answer, *pump.sent("server")])
+
+
+def hostile(honest: Transaction, change: int, how: str) -> Transaction:
+    """The honest proposal, altered as a hostile server might."""
+    first, share = honest.outputs
+    txin = honest.inputs[0]
+    if how == "lock time":
+        return Transaction(honest.version, (replace(txin, sequence=0xFFFFFFFE),),
+                           honest.outputs, 1)
+    if how == "version":
+        return replace(honest, version=2)
+    if how == "sequence":
+        return replace(honest, inputs=(replace(txin, sequence=0),))
+    if how == "extra input":
+        other = replace(txin, prevout=replace(txin.prevout, index=1))
+        return replace(honest, inputs=(txin, other))
+    if how == "extra output":
+        return replace(honest, outputs=(first, replace(share, value=share.value - 1000),
+                                        replace(share, value=1000)))
+    assert how == "more change"  # more than we are owed is not the draft either
+    return replace(honest, outputs=(replace(first, value=change + 1),
+                                    replace(share, value=share.value - 1)))
+
+
+@pytest.mark.parametrize(("how", "why"), [
+    ("lock time", "lock time 1, not 0"),
+    ("version", "version 2, not 1"),
+    ("sequence", "inputs other than the contract alone with a FINAL sequence"),
+    ("extra input", "inputs other than the contract alone"),
+    ("extra output", "3 outputs"),
+    ("more change", "outputs other than exactly our change"),
+])
+def test_the_client_signs_only_its_contracts_settlement_draft(how: str, why: str) -> None:
+    pump = opened()
+    _, answer = proposal(pump)
+    change = pump.client.record.change  # type: ignore[union-attr]
+    odd = hostile(Transaction.parse(answer.musig_settlement), change, how)
+    effects = pump.client.receive(wire(messages.close(musig_nonce=answer.musig_nonce,
+                                                      musig_settlement=odd.serialize())))
+    sends = [wire(e.message) for e in effects if isinstance(e, Send)]
+    assert [m.type for m in sends] == [T.ERROR] and why in sends[0].error.explanation
+    assert not any(m.HasField("musig_partial_signature") for m in sends)
+    assert pump.client.state is ClientState.CLOSED
+    assert all(r.status is ChannelStatus.OPEN for r in pump.client_store.values())

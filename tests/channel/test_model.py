@@ -32,6 +32,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from bitcoind_paychan.bitcoin.tx import Transaction, TxIn, TxOut
 from bitcoind_paychan.channel.contract import DUST, VERSIONS
 from bitcoind_paychan.channel.records import ChannelStatus, Role
+from bitcoind_paychan.wire import decode_message
 from tests.channel.model import glue
 from tests.channel.model.checks import PAYOUT
 from tests.channel.model.search import (
@@ -206,6 +207,35 @@ class ChannelModel(RuleBasedStateMachine):
             conn.to_client.clear()
             self.act(lambda: self.world.close_end(conn, Role.SERVER))
             self.act(lambda: self.world.close_end(conn, Role.CLIENT))
+
+    @precondition(lambda self: self.world.connections)
+    @rule(index=pick)
+    def client_completes_key_path_alone(self, index: int) -> None:
+        """A hostile client: it takes the server's key-path proposal off the wire (closing its
+        open channel and letting its frames reach the server first, if none is in flight),
+        completes what it can alone, never sends its partial signature, hangs up, resumes at
+        once and pays on (more through the other rules). No payment may be acknowledged below
+        a settlement it holds (checks.py)."""
+        conn = self.connection(index)
+        if conn is None or conn.stranger or conn.client_done:
+            return
+        if not self.proposals(conn) and glue.client_can_pay(conn.client):
+            self.act(self.world.client.close)
+            for _ in range(8):  # what it sent before CLOSE, then CLOSE: the proposal returns
+                if self.proposals(conn) or not conn.to_server or conn not in self.world.connections:
+                    break
+                self.act(partial(self.world.deliver, conn, True, False))
+        proposals = self.proposals(conn)
+        if proposals:
+            self.act(lambda: self.world.client_completes_alone(conn, proposals[0]))
+            self.flush_connection(conn)  # the server reads the hang-up
+            self.open_channel(version=4, window=24 * HOUR - 60, value=100_000, flow=True)
+            self.pay(amount="min", flow=True)
+
+    @staticmethod
+    def proposals(conn: Connection) -> list[bytes]:
+        """The server's key-path proposals in flight to the client."""
+        return [f for f in conn.to_client if decode_message(f).musig_settlement]
 
     @rule(index=pick)
     def stranger_resumes(self, index: int) -> None:
@@ -429,4 +459,17 @@ def test_a_resume_in_flight_while_its_channel_is_settled_and_forgotten_resends_a
         m.reorg(depth=4, include=True, step=1)
         m.reorg(depth=1, include=False, step=1)
         m.settle_while_resuming(flow=True, index=0)
+    replay(steps)
+
+
+def test_a_client_completing_the_key_path_settlement_alone_then_paying_on() -> None:
+    """The review of version 4: the server sent its partial signature with its key-path
+    proposal, so the client completed that settlement alone, hung up, resumed and paid on:
+    every later payment acknowledged was one that settlement undoes."""
+    def steps(m: ChannelModel) -> None:
+        m.open_channel(version=4, window=86340, value=100_000, flow=True)
+        m.client_completes_key_path_alone(index=0)  # closes, takes it, resumes, pays 1,000
+        m.pay(amount=40_000, flow=True)
+        (record,) = m.world.server.store.channels(Role.SERVER)
+        assert record.status is ChannelStatus.OPEN and record.change == 58_000  # acknowledged
     replay(steps)

@@ -8,6 +8,7 @@ import pytest
 
 from bitcoind_paychan.bitcoin.tx import OutPoint, Transaction, TxIn, TxOut
 from bitcoind_paychan.channel.chainstate import ChainState
+from bitcoind_paychan.channel.contract import Branch
 from bitcoind_paychan.channel.effects import (
     Broadcast,
     ChannelFinished,
@@ -34,6 +35,7 @@ from bitcoind_paychan.channel.watch import (
     review,
 )
 from bitcoind_paychan.store.base import discard_refusal
+from tests.channel.model.chain import spend_problem
 from tests.channel.pump import PAYOUT
 from tests.channel.test_client import NOW, opened
 
@@ -383,3 +385,52 @@ def test_a_given_up_channel_found_on_chain_is_closing_if_it_holds_a_settlement()
     settled = replace(failed, settlement_tx=settlement_of(server).serialize())
     assert review(settled, on_chain, tip(152), RATE, POLICY) == [
         MarkChannel(server.contract_txid, ChannelStatus.CLOSING)]
+
+
+def key_path_settlement(server: ChannelRecord, client: ChannelRecord, change: int
+                        ) -> Transaction:
+    """A v4 key-path settlement both keys signed, paying the client `change`."""
+    kind, contract = server.contract.kind, server.contract
+    fee = contract.settlement_fee(change, PAYOUT, RATE, Branch.KEY_PATH)
+    tx = contract.settlement_draft(change, contract.value - change - fee, PAYOUT)
+    secnonce, client_nonce = kind.close_nonce(client.key)
+    server_nonce = kind.server_close_nonce(server.key, client_nonce, tx)
+    signature = kind.sign_close(client.key, secnonce, client_nonce, server_nonce, tx)
+    return kind.complete_close(server.key, tx, client_nonce, signature)
+
+
+def test_a_spend_paying_the_client_more_than_the_stored_change_is_contested() -> None:
+    """A key-path settlement of an earlier change (what a client completing one alone would
+    hold) is never recorded as the server's settlement: the application hears of it, and the
+    server outbids it with its own settlement of the client's latest payment."""
+    server, client = records(4)
+    stale = key_path_settlement(server, client, server.change + 30_000)
+    assert spend_problem(server.contract, stale, NOW) is None
+    mempool = ChainState(contract_height=100, spender=stale.serialize())
+    effects = review(server, mempool, tip(110), RATE, POLICY)
+    assert types(effects) == [MarkChannel, ClosingSeen, StoreChainState, Broadcast]
+    marked, seen, stored, broadcast = effects
+    assert isinstance(seen, ClosingSeen) and seen.closing == stale and not seen.refund
+    assert isinstance(marked, MarkChannel) and marked.closing_tx
+    ours = Transaction.parse(marked.closing_tx)
+    assert ours.outputs[0].value == server.change and ours.outputs[-1].script_pubkey == PAYOUT
+    assert server.contract.kind.unlocking(ours)[1] is Branch.COOPERATIVE
+    assert spend_problem(server.contract, ours, NOW) is None
+    assert isinstance(broadcast, Broadcast) and broadcast.tx == ours
+    assert broadcast.purpose is Purpose.FEE_BUMP
+    assert isinstance(stored, StoreChainState) and stored.state.spender == ours.serialize()
+    assert fee_rate(server, ours) > fee_rate(server, stale) + 1000  # a valid replacement
+    # Still in the mempool next time: contested again, never heard of twice, never ours.
+    closing = replace(server, status=ChannelStatus.CLOSING, settlement_tx=ours.serialize())
+    again = review(closing, mempool, tip(111), RATE, POLICY)
+    assert ClosingSeen not in types(again)
+    assert all(e.closing_tx != stale.serialize() for e in again if isinstance(e, MarkChannel))
+    # Confirmed: the channel finishes with what the chain really paid.
+    effects = review(closing, replace(mempool, spender_height=111), tip(111), RATE, POLICY)
+    finished = effects[1]
+    assert isinstance(finished, ChannelFinished)
+    assert finished.client_amount == server.change + 30_000
+
+
+def fee_rate(record: ChannelRecord, tx: Transaction) -> int:
+    return (record.contract.value - sum(o.value for o in tx.outputs)) * 1000 // tx.vsize

@@ -200,28 +200,32 @@ class ContractKind(abc.ABC):
         return (Branch.COOPERATIVE, Branch.REFUND, *key_path)
 
     # -- the cooperative key-path close (capabilities.key_path_close) ------------------------
-    # One MuSig2 session: the client's nonce (close_nonce), the server's nonce and partial
-    # signature over the unsigned settlement (cosign_close: the last signer, stateless), the
-    # client's partial signature (sign_close), the server's aggregate (complete_close).
+    # One MuSig2 session, in which the signature completing the settlement is made by the
+    # server alone and last: the client's nonce (close_nonce); the server's public nonce for
+    # the unsigned settlement (server_close_nonce: BIP327 DeterministicSign's, so the server
+    # keeps no nonce and never sends a partial signature); the client's partial signature
+    # (sign_close); the server's own, derived again, and the aggregate (complete_close).
     # A bad contribution raises MusigError, naming whose and what.
 
     def close_nonce(self, key: PrivateKey) -> tuple[SecretNonce, bytes]:
         """The client's secret nonce (kept in memory only, signs once) and public nonce."""
         raise self._no_key_path()
 
-    def cosign_close(self, key: PrivateKey, client_nonce: bytes, tx: Transaction
-                     ) -> tuple[bytes, bytes]:
-        """The server's (public nonce, partial signature) of `tx`'s key-path spend."""
+    def server_close_nonce(self, key: PrivateKey, client_nonce: bytes, tx: Transaction
+                           ) -> bytes:
+        """The server's public nonce for `tx`'s key-path spend (its partial signature stays
+        with the server until `complete_close`)."""
         raise self._no_key_path()
 
     def sign_close(self, key: PrivateKey, secnonce: SecretNonce, client_nonce: bytes,
-                   server_nonce: bytes, server_signature: bytes, tx: Transaction) -> bytes:
-        """The client's partial signature (its nonce spent), once the server's is checked."""
+                   server_nonce: bytes, tx: Transaction) -> bytes:
+        """The client's partial signature of `tx` (its nonce spent)."""
         raise self._no_key_path()
 
-    def complete_close(self, tx: Transaction, client_nonce: bytes, client_signature: bytes,
-                       server_nonce: bytes, server_signature: bytes) -> Transaction:
-        """`tx` signed by the aggregate key, once the client's partial signature is checked."""
+    def complete_close(self, key: PrivateKey, tx: Transaction, client_nonce: bytes,
+                       client_signature: bytes) -> Transaction:
+        """`tx` signed by the aggregate key: the client's partial signature checked, the
+        server's derived again and added, the result checked against the output key."""
         raise self._no_key_path()
 
     def _no_key_path(self) -> LocalProtocolError:

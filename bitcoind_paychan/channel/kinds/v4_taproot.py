@@ -256,33 +256,35 @@ class TaprootChannel(ContractKind):
     def close_nonce(self, key: PrivateKey) -> tuple[musig2.SecretNonce, bytes]:
         return musig2.nonce_gen(key.secret, key.pub.data, self.output.output_key.data)
 
-    def cosign_close(self, key: PrivateKey, client_nonce: bytes, tx: Transaction
-                     ) -> tuple[bytes, bytes]:
+    def _server_nonce(self, key: PrivateKey, client_nonce: bytes, tx: Transaction
+                      ) -> tuple[musig2.SecretNonce, bytes]:
+        """The server's nonce for `tx`, BIP327 DeterministicSign's: the same every time."""
         keys, tweaks, xonly = self._session_keys
         try:
             other = musig2.nonce_agg([client_nonce])
         except InvalidContribution:
             raise InvalidContribution(self._signer(self.contract.client_pub),
-                                             "pubnonce") from None
-        return musig2.deterministic_sign(key.secret, other, keys, tweaks, xonly,
-                                         self._close_digest(tx))
+                                      "pubnonce") from None
+        return musig2.deterministic_nonce(key.secret, other, keys, tweaks, xonly,
+                                          self._close_digest(tx))
+
+    def server_close_nonce(self, key: PrivateKey, client_nonce: bytes, tx: Transaction
+                           ) -> bytes:
+        return self._server_nonce(key, client_nonce, tx)[1]
 
     def sign_close(self, key: PrivateKey, secnonce: musig2.SecretNonce, client_nonce: bytes,
-                   server_nonce: bytes, server_signature: bytes, tx: Transaction) -> bytes:
-        session = self._session(tx, [client_nonce, server_nonce])
-        server = self.contract.server_pub
-        if not musig2.partial_sig_verify_internal(server_signature, server_nonce, server,
-                                                  session):
-            raise InvalidContribution(self._signer(server), "psig")
-        return musig2.sign(secnonce, key.secret, session)
+                   server_nonce: bytes, tx: Transaction) -> bytes:
+        return musig2.sign(secnonce, key.secret, self._session(tx, [client_nonce, server_nonce]))
 
-    def complete_close(self, tx: Transaction, client_nonce: bytes, client_signature: bytes,
-                       server_nonce: bytes, server_signature: bytes) -> Transaction:
+    def complete_close(self, key: PrivateKey, tx: Transaction, client_nonce: bytes,
+                       client_signature: bytes) -> Transaction:
+        secnonce, server_nonce = self._server_nonce(key, client_nonce, tx)
         session = self._session(tx, [client_nonce, server_nonce])
         client = self.contract.client_pub
         if not musig2.partial_sig_verify_internal(client_signature, client_nonce, client,
                                                   session):
             raise InvalidContribution(self._signer(client), "psig")
+        server_signature = musig2.sign(secnonce, key.secret, session)
         signature = musig2.partial_sig_agg([client_signature, server_signature], session)
         if not self.output.output_key.verify_schnorr(session.msg, signature):
             raise MusigError("the aggregate signature does not verify for the output key")

@@ -71,6 +71,10 @@ class Checks:
         # re-send the last one after the watcher discarded or forgot the channel meanwhile
         self.client_committed: dict[str, set[tuple[int, bytes]]] = {}
         self.settlements: dict[str, bytes] = {}  # the one settlement decided per channel
+        # the most a settlement the client completed alone pays it, per channel (none ever
+        # should: the server's partial signature never leaves it before the settlement is
+        # stored, and after that no payment is acknowledged)
+        self.client_completed: dict[str, int] = {}
 
     # -- at the moment of acting -----------------------------------------------------------
 
@@ -84,6 +88,10 @@ class Checks:
                     f"server acknowledges change {record.change} before storing it")
             settled = (stored.settlement_tx if stored is not None and stored.status in (
                 ChannelStatus.CLOSING, ChannelStatus.SETTLED) else b"")
+            alone = self.client_completed.get(record.contract_txid)
+            require(alone is None or alone <= record.change,
+                    f"server acknowledges change {record.change} on {record.contract_txid} "
+                    f"while the client holds a settlement paying it {alone} it completed alone")
             if settled and not is_refund(Transaction.parse(settled)):
                 require(client_share(record.contract, Transaction.parse(settled))
                         <= record.change, f"server acknowledges change {record.change} on "
@@ -95,6 +103,13 @@ class Checks:
                     and stored.settlement_tx == message.settlement.tx,
                     "server sends a settlement it has not stored")
             self.settlement_checked(record, Transaction.parse(message.settlement.tx))
+
+    def client_holds(self, record: ChannelRecord, spend: Transaction) -> None:
+        """A hostile client completed `spend` of `record`'s contract from what it got, without
+        sending its own partial signature: if that is a valid spend, remember what it pays."""
+        if spend_problem(record.contract, spend, ANY_TIME) is None:
+            txid, share = record.contract_txid, client_share(record.contract, spend)
+            self.client_completed[txid] = max(share, self.client_completed.get(txid, 0))
 
     def client_stored(self, record: ChannelRecord) -> None:
         """The client's store committed `record`'s payment."""

@@ -7,6 +7,7 @@ module follows it.
 from __future__ import annotations
 
 from bitcoind_paychan.bitcoin.keys import PrivateKey
+from bitcoind_paychan.bitcoin.musig2 import SecretNonce
 from bitcoind_paychan.channel.client import ClientChannel, ClientPolicy, ClientState
 from bitcoind_paychan.channel.records import ChannelRecord
 from bitcoind_paychan.channel.server import ServerChannel, ServerPolicy, ServerState
@@ -56,3 +57,9 @@ def server_settling(machine: ServerChannel) -> bool:
 def server_resumed(machine: ServerChannel) -> bool:
     """A resume loaded, its proof not taken yet."""
     return machine.state is ServerState.RESUMED
+
+
+def client_close_session(machine: ClientChannel) -> tuple[SecretNonce | None, bytes]:
+    """The client's MuSig2 nonce of its CLOSE (secret, public): None before a key-path close
+    or once spent."""
+    return machine._secnonce, machine._nonce

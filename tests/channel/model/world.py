@@ -9,11 +9,13 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
+from bitcoind_paychan.bitcoin import musig2
 from bitcoind_paychan.bitcoin.hashes import sha256
 from bitcoind_paychan.bitcoin.keys import PrivateKey
 from bitcoind_paychan.bitcoin.tx import OutPoint, Transaction, TxIn, TxOut
 from bitcoind_paychan.channel import messages
 from bitcoind_paychan.channel.client import ClientChannel, ClientPolicy
+from bitcoind_paychan.channel.contract import Branch
 from bitcoind_paychan.channel.effects import (
     Broadcast,
     ChannelOpened,
@@ -38,6 +40,7 @@ from bitcoind_paychan.channel.effects import (
     StoreChannel,
     StorePayment,
 )
+from bitcoind_paychan.channel.kinds.v4_taproot import TaprootChannel
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.channel.server import ServerChannel, ServerPolicy
 from bitcoind_paychan.channel.watch import (
@@ -48,7 +51,7 @@ from bitcoind_paychan.channel.watch import (
     revert_block,
     review,
 )
-from bitcoind_paychan.errors import ErrorCode, LocalProtocolError, StoreError
+from bitcoind_paychan.errors import ErrorCode, LocalProtocolError, MusigError, StoreError
 from bitcoind_paychan.store import MemoryStore
 from bitcoind_paychan.wire import decode_message, encode_message, pb
 from tests.channel.model import glue
@@ -560,6 +563,31 @@ class World:
         self.prune()
 
     # -- a stranger who knows only a contract txid (public once on chain) ---------------
+
+    # -- a hostile client completing a key-path settlement alone -----------------------
+
+    def client_completes_alone(self, conn: Connection, frame: bytes) -> None:
+        """The client takes the server's key-path proposal (`frame`) off the wire, signs it
+        with its own nonce, never sends that, aggregates whatever the server's message holds,
+        and hangs up; any valid settlement it got is the model's to check against later
+        acknowledgements (it resumes and pays on as other rules let it)."""
+        proposal, record = decode_message(frame), conn.client.record
+        secnonce, nonce = glue.client_close_session(conn.client)
+        conn.to_client.remove(frame)
+        kind = record.contract.kind if record is not None else None
+        if record is not None and secnonce is not None and isinstance(kind, TaprootChannel):
+            tx = Transaction.parse(proposal.musig_settlement)
+            try:
+                session = kind._session(tx, [nonce, proposal.musig_nonce])
+                psigs = [musig2.sign(secnonce, record.key.secret, session)]
+                if proposal.musig_partial_signature:
+                    psigs.append(proposal.musig_partial_signature)
+                signature = musig2.partial_sig_agg(psigs, session)
+            except MusigError:
+                signature = b""
+            if signature:
+                self.checks.client_holds(record, kind.unlock(tx, [signature], Branch.KEY_PATH))
+        self.close_end(conn, Role.CLIENT)
 
     def stranger_connects(self, victim: ChannelRecord) -> Connection:
         """A resume naming `victim`'s contract, signed (when asked to) with another key."""
