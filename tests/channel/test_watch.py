@@ -35,7 +35,7 @@ from bitcoind_paychan.channel.watch import (
     review,
 )
 from bitcoind_paychan.store.base import discard_refusal
-from tests.channel.model.chain import spend_problem
+from regtest.chainrules import spend_problem
 from tests.channel.pump import PAYOUT
 from tests.channel.test_client import NOW, opened
 
