@@ -51,7 +51,7 @@ def opened(version: int) -> Pump:
     return pump
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 def test_open_pay_close(version: int) -> None:
     pump = opened(version)
     refund = [T.RETURN_REFUND] if version == 1 else []
@@ -88,7 +88,7 @@ def test_open_pay_close(version: int) -> None:
     assert pump.server_store[record.contract_txid].settlement_tx == settlement.serialize()
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 def test_exhausting_the_channel_settles(version: int) -> None:
     pump = opened(version)
     record = pump.client.record

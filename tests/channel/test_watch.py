@@ -116,7 +116,7 @@ def test_refund_does_not_rebroadcast_a_confirmed_contract() -> None:
     assert [e.purpose for e in effects if isinstance(e, Broadcast)] == [Purpose.REFUND]
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 def test_every_version_can_refund_at_any_fee(version: int) -> None:
     _, client = records(version)
     late = tip(time=client.contract.expiry + 9000, median_time=client.contract.expiry + 10)

@@ -27,7 +27,7 @@ T = pb.TwoWayChannelMessage
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 def test_resume_after_a_dropped_connection(mem_sides: MemSides, version: int) -> None:
     client = mem_sides.client()
 
@@ -55,7 +55,7 @@ def test_resume_after_a_dropped_connection(mem_sides: MemSides, version: int) ->
     assert wallet_utxo(mem_sides.client_node, settlement, 0) == 500_000 - paid
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 def test_resume_after_the_client_process_is_killed(sides: Sides, version: int) -> None:
     store = sides.tmp / "killed-client.db"
 
@@ -186,7 +186,7 @@ def test_a_channel_the_server_settled_meanwhile_gives_way_to_a_new_one(mem_sides
     assert sum(p.amount for p in mem_sides.payments()) == 1_000 + 5_000 + 1_000 + 2_000
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 def test_a_stranger_with_the_public_contract_txid_can_neither_drop_nor_close_it(
         mem_sides: MemSides, version: int) -> None:
     """Seen: anyone naming a victim's (public) contract txid in CLIENT_VERSION got the

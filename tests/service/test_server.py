@@ -89,7 +89,7 @@ def test_bad_input_gets_the_right_error_while_a_good_channel_keeps_paying(
     assert good.paid == 1_000 + 7 * 1_000
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 def test_bad_payments_are_refused_and_nothing_is_lost(mem_sides: MemSides, version: int) -> None:
     async def scenario() -> tuple[list[ErrorCode], int, int]:
         server = mem_sides.server(ServerPolicy(min_increment=100))
