@@ -44,6 +44,7 @@ from bitcoind_paychan.channel.machine import (
     table,
 )
 from bitcoind_paychan.channel.messages import DEFAULT_TIME_WINDOW
+from bitcoind_paychan.channel.reanchor_client import EXPIRY_SLACK, ClientReanchoring
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.errors import (
     DecodeError,
@@ -56,7 +57,6 @@ from bitcoind_paychan.errors import (
 from bitcoind_paychan.wire import error_code, pb
 
 T = pb.TwoWayChannelMessage
-EXPIRY_SLACK = 60  # seconds of clock difference tolerated on the server's expiry
 
 
 @dataclass(frozen=True)
@@ -67,9 +67,12 @@ class ClientPolicy:
     time_window: int = DEFAULT_TIME_WINDOW
     max_min_payment: int = 10_000
     payment_window: int = 16  # payments in flight at most, if the server takes a window
+    max_fee_rate: int = 200_000  # sat/kvB: the most a re-anchor may pay (the service sets
+    # its FeePolicy's cap)
 
     def __post_init__(self) -> None:
-        for name in ("value", "time_window", "max_min_payment", "payment_window"):
+        for name in ("value", "time_window", "max_min_payment", "payment_window",
+                     "max_fee_rate"):
             if getattr(self, name) < 1:
                 raise PolicyError(name, f"found {getattr(self, name)}, expected an integer ≥ 1")
 
@@ -120,10 +123,23 @@ TABLE = table({
     (C.CLOSED, Input.CLOSE): {C.CLOSED},
     (C.WAITING_FOR_OPEN, Input.ABANDON): {C.CLOSED},  # the server never said CHANNEL_OPEN
     (C.CLOSED, Input.ABANDON): {C.CLOSED},
+    # Re-anchoring (docs/design/reanchoring.md), on a channel whose server offered it; the
+    # channel stays open throughout (payments go on). The application asks (PROPOSE); the
+    # server's TERMS (asked or not) are checked, funded (FundReanchor, with a top-up), then R
+    # and the carried payment are signed, stored and sent (SIGNED); ACK stores R complete,
+    # REFUSED ends it. Closing: quotes are ignored, answers still recorded.
+    (C.OPEN, Input.REANCHOR): {C.OPEN},
+    (C.WAITING_FOR_ACK, Input.REANCHOR): {C.WAITING_FOR_ACK},
+    **{(state, event): {state}
+       for state in (C.OPEN, C.WAITING_FOR_ACK, C.CLOSE_AFTER_ACK, C.CLOSING)
+       for event in (T.REANCHOR_TERMS, T.REANCHOR_ACK, T.REANCHOR_REFUSED,
+                     Input.REANCHOR_FUNDED, Input.REANCHOR_CONFIRMED)},
+    (C.CLOSED, Input.REANCHOR_FUNDED): {C.CLOSED},  # the coins are released
+    (C.CLOSED, Input.REANCHOR_CONFIRMED): {C.CLOSED},
 }, ClientState, C.CLOSED)
 
 
-class ClientChannel(ProtocolMachine):
+class ClientChannel(ClientReanchoring, ProtocolMachine):
     """One connection to a server on the client side.
 
     `ClientChannel(policy, key, now, version)` opens a new channel; `ClientChannel.resuming(
@@ -162,6 +178,9 @@ class ClientChannel(ProtocolMachine):
         self._secnonce: SecretNonce | None = None  # our MuSig2 nonce for the key-path close:
         self._nonce = b""  # in memory only (a crash starts a new session), signs once
         self.window = 1  # payments in flight at most: the server's payment_window, capped
+        self.reanchoring = False
+        self._wish = (0, 0, now)
+        self._funding = None
         self.handlers: dict[int, Handler] = {
             T.SERVER_VERSION: self._on_server_version,
             T.INITIATE: self._on_initiate,
@@ -169,6 +188,9 @@ class ClientChannel(ProtocolMachine):
             T.CHANNEL_OPEN: self._on_channel_open,
             T.PAYMENT_ACK: self._on_payment_ack,
             T.CLOSE: self._on_close,
+            T.REANCHOR_TERMS: self._on_reanchor_terms,
+            T.REANCHOR_ACK: self._on_reanchor_ack,
+            T.REANCHOR_REFUSED: self._on_reanchor_refused,
         }
 
     @classmethod
@@ -184,6 +206,9 @@ class ClientChannel(ProtocolMachine):
         return (self.state is ClientState.OPEN or (self.state is ClientState.WAITING_FOR_ACK
                 and len(self._in_flight) < self.window))
 
+    def _paying(self) -> bool:
+        return self.state in (ClientState.OPEN, ClientState.WAITING_FOR_ACK)
+
     @property
     def resumed(self) -> bool:
         """True when this connection continues a stored channel rather than opening one."""
@@ -198,7 +223,8 @@ class ClientChannel(ProtocolMachine):
     def _on_start(self) -> list[Effect]:
         self.state = ClientState.WAITING_FOR_VERSION
         previous = self.record.contract_txid if self.record else None
-        return [Send(messages.client_version(self.version, self.policy.time_window, previous))]
+        return [Send(messages.client_version(self.version, self.policy.time_window, previous,
+                                             self.kind.capabilities.reanchoring))]
 
     def contract_funded(self, contract_tx: Transaction) -> list[Effect]:
         """The answer to FundContract: the wallet's signed, unbroadcast contract."""
@@ -233,7 +259,9 @@ class ClientChannel(ProtocolMachine):
         if amount > record.change:
             raise LocalProtocolError(f"the channel has {record.change} sat left; "
                                      f"cannot pay {amount}")
-        return self._send_payment(record, round_change(record.change - amount), info)
+        paired = self._paired(record, amount)
+        return self._send_payment(record, round_change(record.change - amount) if paired is None
+                                  else paired, info)
 
     def close(self) -> list[Effect]:
         """Ask the server to settle: at once, or once the payment in flight is acknowledged.
@@ -300,6 +328,8 @@ class ClientChannel(ProtocolMachine):
                 f"server answered major {message.server_version.major} to our {self.version}",
                 ErrorCode.NO_ACCEPTABLE_VERSION)
         self._challenge = message.server_version.resume_challenge
+        self.reanchoring = (self.kind.capabilities.reanchoring
+                            and message.server_version.reanchoring)
         self.window = max(1, min(self.policy.payment_window,
                                  message.server_version.payment_window))
         self.state = (ClientState.WAITING_FOR_OPEN if self._resuming
@@ -378,8 +408,13 @@ class ClientChannel(ProtocolMachine):
                      if self._challenge else b"")
             self.state = ClientState.WAITING_FOR_ACK
             self._in_flight.append((0, b""))
-            effects.append(Send(messages.update_payment(record.change, record.signature,
-                                                        resume_proof=proof)))
+            pending = record.pending if self.reanchoring else None
+            binding = pending is not None and pending.binding
+            effects.append(Send(messages.update_payment(
+                record.change, record.signature, resume_proof=proof,
+                next_signature=pending.signature if pending and binding else b"")))
+            if pending is not None and binding and not pending.complete:
+                effects.append(Send(self._signed_message(record)))  # the server may not have it
         return effects
 
     def _on_payment_ack(self, message: T) -> list[Effect]:
@@ -444,13 +479,20 @@ class ClientChannel(ProtocolMachine):
 
     def _send_payment(self, record: ChannelRecord, change: int, info: bytes) -> list[Effect]:
         signature = record.contract.sign_payment(self.key, change)
-        updated = record.with_payment(change, signature)
+        pending, next_signature = record.pending, b""
+        if pending is not None and pending.binding:  # signed on C' too, until R confirms
+            next_signature = pending.contract.sign_payment(
+                self.key, change + pending.offset(record.contract))
+            updated = record.with_payments(change, signature, next_signature)
+        else:
+            updated = record.with_payment(change, signature)
         self.record = updated
         amount = record.change - change
         self._in_flight.append((amount, info))
         self.state = ClientState.WAITING_FOR_ACK
         return [StorePayment(updated, amount, info),
-                Send(messages.update_payment(change, signature, info))]
+                Send(messages.update_payment(change, signature, info,
+                                             next_signature=next_signature))]
 
 
 def check_settlement(record: ChannelRecord, settlement: Transaction) -> None:

@@ -194,6 +194,18 @@ class Contract:
                       if server_key else bytes(self.kind.scheme.max_size))
         return self.with_spend(tx, [client_sig, server_sig], Branch.COOPERATIVE)
 
+    def sign_cooperative(self, key: PrivateKey, tx: Transaction) -> bytes:
+        """The client's signature of `tx`'s input 0 (this contract) on the 2-of-2 branch with
+        the kind's `final_hashtype` (a re-anchor: it commits to every output)."""
+        hashtype = self.kind.final_hashtype
+        return self._signature(key, self.sighash(tx, hashtype, Branch.COOPERATIVE), hashtype)
+
+    def check_cooperative(self, what: str, tx: Transaction, signature: bytes) -> None:
+        """Raise RemoteProtocolError unless `signature` is the client's `sign_cooperative`."""
+        hashtype = self.kind.final_hashtype
+        self._check_signature(what, self.client_key, signature, hashtype,
+                              lambda: self.sighash(tx, hashtype, Branch.COOPERATIVE))
+
     def spend_weight(self) -> int:
         """Weight of input 0 once signed cooperatively (for a wallet funding the rest)."""
         return self.kind.input_weight(Branch.COOPERATIVE)

@@ -55,6 +55,7 @@ class Purpose(StrEnum):
     REFUND = "refund"
     FEE_BUMP = "fee bump"  # a refund replaced with a higher fee
     REBROADCAST = "rebroadcast"  # what spent the contract, sent again after a reorg
+    REANCHOR = "re-anchor"  # R: the contract spent into the next one (issue 23)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +115,55 @@ class FundSettlement:
     draft: Transaction
     contract_input_weight: int
     fee_rate: int
+
+
+@dataclass(frozen=True, slots=True)
+class PrepareReanchor:
+    """Server: fetch a fee rate and a payout script for a re-anchor's quote; answer with
+    `ServerChannel.quote_reanchor`."""
+
+    contract_txid: str
+
+
+@dataclass(frozen=True, slots=True)
+class FundReanchor:
+    """Client: have the wallet add native segwit inputs and one change output to `draft` (R)
+    at `fee_rate` sat/kvB, counting `contract_input_weight` for input 0, which it must leave
+    unsigned, and paying every fee not already taken from the outputs; lock the coins;
+    answer with `ClientChannel.reanchor_funded`."""
+
+    draft: Transaction
+    contract_input_weight: int
+    fee_rate: int
+
+
+@dataclass(frozen=True, slots=True)
+class CheckReanchor:
+    """Server: ask the node whether it would accept R (complete) now, and whether
+    `payout_script` is our wallet's (a re-sent REANCHOR_SIGNED names one this connection
+    never quoted); answer with `ServerChannel.reanchor_checked`. Nothing is stored yet."""
+
+    tx: Transaction
+    payout_script: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ReanchorEnded:
+    """A re-anchor exchange on this connection ended without a pending re-anchor: `reason`
+    says why (declined by us, refused by the peer, or the node refused R). Client: the
+    coins of R's wallet inputs, if any, are to be released (`tx`) once R cannot confirm."""
+
+    contract_txid: str
+    reason: str
+    tx: Transaction | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReanchorSigned:
+    """R is complete and stored (the server broadcast it; the client got the ACK): the
+    channel moves to the next contract once R confirms (the watcher's promotion)."""
+
+    record: ChannelRecord
 
 
 # -- the chain watcher's requests ----------------------------------------------------------
@@ -254,5 +304,6 @@ Effect = (
     | PaymentAcknowledged | ChannelClosed | VersionRefused | ResumeRefused | PeerError
     | SettleChannel
     | MarkChannel | StoreChainState | ForgetChannel | DiscardChannel | ClosingSeen
-    | ChannelFinished
+    | ChannelFinished | PrepareReanchor | FundReanchor | CheckReanchor | ReanchorEnded
+    | ReanchorSigned
 )

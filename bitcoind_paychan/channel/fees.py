@@ -47,3 +47,15 @@ class FeePolicy:
 
 
 __all__ = ["MAX_FEE_TARGET", "FeePolicy"]
+
+
+def reanchor_fees(vsize: int, payout_vbytes: int, fee_rate: int, pure_payout: bool
+                  ) -> tuple[int, int]:
+    """(client, server): who pays which part of a re-anchor's fee at `fee_rate` sat/kvB, the
+    one rule (docs/design/reanchoring.md, 6). The server pays its payout output's
+    `payout_vbytes`; a pure payout (no top-up, no renewal) is a partial settlement, and the
+    server pays all of it, as it pays its settlements. Otherwise the client pays the rest (a
+    renewal and a top-up are its funding, as a contract's is)."""
+    total = -(-fee_rate * vsize // 1000)
+    server = total if pure_payout else min(total, -(-fee_rate * payout_vbytes // 1000))
+    return total - server, server

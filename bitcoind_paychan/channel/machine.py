@@ -51,6 +51,12 @@ class Input(enum.Enum):
     SETTLE_FUNDED = "settle_funded"  # server: the answer to FundSettlement
     SETTLEMENT_DECIDED = "settlement_decided"  # server: the channel was found CLOSING
     PAYMENT_ANSWERED = "payment_answered"  # server: the application's answer to PaymentReceived
+    REANCHOR = "reanchor"  # client: the application asks for a top-up or a renewal
+    REANCHOR_FUNDED = "reanchor_funded"  # client: the answer to FundReanchor
+    REANCHOR_QUOTE = "reanchor_quote"  # server: the answer to PrepareReanchor, or the
+    # application's own quote (a payout or a renewal it wants)
+    REANCHOR_CHECKED = "reanchor_checked"  # server: the answer to CheckReanchor
+    REANCHOR_CONFIRMED = "reanchor_confirmed"  # both: R confirmed, the channel promoted
     CONNECTION_LOST = "connection_lost"
 
 

@@ -9,18 +9,24 @@ T = pb.TwoWayChannelMessage
 DEFAULT_TIME_WINDOW = 24 * 3600 - 60  # bitcoinj's default, 86340 s
 
 
-def client_version(major: int, time_window: int, previous_contract: str | None) -> T:
+def client_version(major: int, time_window: int, previous_contract: str | None,
+                   reanchoring: bool = False) -> T:
     msg = T(type=T.CLIENT_VERSION)
     body = msg.client_version
     body.major, body.minor, body.time_window_secs = major, 0, time_window
+    if reanchoring:
+        body.reanchoring = True
     if previous_contract:
         body.previous_channel_contract_hash = bytes.fromhex(previous_contract)
     return msg
 
 
-def server_version(major: int, resume_challenge: bytes = b"", payment_window: int = 1) -> T:
+def server_version(major: int, resume_challenge: bytes = b"", payment_window: int = 1,
+                   reanchoring: bool = False) -> T:
     msg = T(type=T.SERVER_VERSION)
     msg.server_version.major, msg.server_version.minor = major, 0
+    if reanchoring:
+        msg.server_version.reanchoring = True
     if resume_challenge:
         msg.server_version.resume_challenge = resume_challenge
     if payment_window > 1:
@@ -61,10 +67,12 @@ def provide_contract(contract_tx: bytes, change: int, signature: bytes,
 
 
 def update_payment(change: int, signature: bytes, info: bytes = b"",
-                   resume_proof: bytes = b"") -> T:
+                   resume_proof: bytes = b"", next_signature: bytes = b"") -> T:
     msg = T(type=T.UPDATE_PAYMENT)
     body = msg.update_payment
     body.client_change_value, body.signature = change, signature
+    if next_signature:
+        body.next_signature = next_signature
     if info:
         body.info = info
     if resume_proof:
@@ -97,6 +105,45 @@ def close(settlement_tx: bytes | None = None, *, musig_nonce: bytes = b"",
         msg.musig_partial_signature = musig_partial_signature
     if musig_settlement:
         msg.musig_settlement = musig_settlement
+    return msg
+
+
+# -- re-anchoring (ours; docs/design/reanchoring.md) ----------------------------------------
+
+
+def reanchor_propose(top_up: int, time_window: int) -> T:
+    msg = T(type=T.REANCHOR_PROPOSE)
+    msg.reanchor_propose.top_up, msg.reanchor_propose.time_window_secs = top_up, time_window
+    return msg
+
+
+def reanchor_terms(expiry: int, payout: int, payout_script: bytes, fee_rate: int) -> T:
+    msg = T(type=T.REANCHOR_TERMS)
+    body = msg.reanchor_terms
+    body.expire_time_secs, body.payout = expiry, payout
+    body.payout_script, body.fee_rate = payout_script, fee_rate
+    return msg
+
+
+def reanchor_signed(tx: bytes, expiry: int, payout: int, fee_rate: int, change: int,
+                    next_signature: bytes, client_signature: bytes) -> T:
+    msg = T(type=T.REANCHOR_SIGNED)
+    body = msg.reanchor_signed
+    body.tx, body.expire_time_secs, body.payout, body.fee_rate = tx, expiry, payout, fee_rate
+    body.client_change_value, body.next_signature = change, next_signature
+    body.client_signature = client_signature
+    return msg
+
+
+def reanchor_ack(tx: bytes) -> T:
+    msg = T(type=T.REANCHOR_ACK)
+    msg.reanchor_ack.tx = tx
+    return msg
+
+
+def reanchor_refused(explanation: str) -> T:
+    msg = T(type=T.REANCHOR_REFUSED)
+    msg.reanchor_refused.explanation = explanation
     return msg
 
 

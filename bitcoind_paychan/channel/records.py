@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bitcoind_paychan.bitcoin.keys import PrivateKey
 from bitcoind_paychan.channel.contract import Contract
@@ -56,6 +56,35 @@ STATUS_MOVES: dict[ChannelStatus, frozenset[ChannelStatus]] = {
 
 
 @dataclass(frozen=True)
+class PendingReanchor:
+    """A re-anchor in flight (docs/design/reanchoring.md): R, a cooperative spend of the
+    channel's contract C creating the next contract C' (output 0), and the latest payment
+    carried onto C'. `change` is always the record's change plus `offset`."""
+
+    tx: bytes  # R: client-signed (the client's until the ACK), or complete
+    contract: Contract  # C' = R:0
+    payout: int  # gross sat R pays the server (its payout output plus its fee part)
+    fee_rate: int  # sat/kvB, as the terms said
+    change: int  # the client's change on C' in the latest payment
+    signature: bytes  # the client's signature of that payment on C'
+    complete: bool = False  # R carries both signatures: the server stored it as binding
+    refused: bool = False  # client: the server refused it (no more double signing)
+
+    @property
+    def txid(self) -> str:
+        return self.contract.txid
+
+    def offset(self, current: Contract) -> int:
+        """What a payment's change on C' adds to its change on `current` (C)."""
+        return self.contract.value + self.payout - current.value
+
+    @property
+    def binding(self) -> bool:
+        """Payments must be signed on both contracts (not refused)."""
+        return not self.refused
+
+
+@dataclass(frozen=True)
 class ChannelRecord:
     """One channel as one side knows it. `change` is the client's change in the latest
     payment: for the server the lowest it has verified and stored; for the client the lowest
@@ -75,6 +104,14 @@ class ChannelRecord:
     peer: str = ""  # client: the server as dialled (host:port, URL); server: the client as
     # the application named it (`accept(link, peer=...)`; a transport: its address)
     payments: int = 0
+    generation: int = 0  # how many re-anchors confirmed before `contract`
+    origin: str = ""  # the channel's id once re-anchored: generation 0's contract txid
+    pending: PendingReanchor | None = None  # a re-anchor in flight
+
+    @property
+    def channel_id(self) -> str:
+        """The channel's identity across generations: its first contract's txid."""
+        return self.origin or self.contract.txid
 
     @property
     def contract_txid(self) -> str:
@@ -100,3 +137,13 @@ class ChannelRecord:
         new.__dict__.update(self.__dict__, change=change, signature=signature,
                             payments=self.payments + 1)
         return new
+
+    def with_payments(self, change: int, signature: bytes, next_signature: bytes
+                      ) -> ChannelRecord:
+        """One more payment signed on the contract and, during a re-anchor, on the next one
+        (its change there: `change` plus the re-anchor's offset)."""
+        pending = self.pending
+        assert pending is not None and pending.binding, "a re-anchor in flight"
+        carried = replace(pending, change=change + pending.offset(self.contract),
+                          signature=next_signature)
+        return replace(self.with_payment(change, signature), pending=carried)

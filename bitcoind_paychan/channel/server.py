@@ -53,6 +53,7 @@ from bitcoind_paychan.channel.machine import (
     resume_digest,
     table,
 )
+from bitcoind_paychan.channel.reanchor_server import ServerReanchoring
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.errors import (
     DecodeError,
@@ -91,6 +92,8 @@ class ServerPolicy:
     # not only those of the kinds that require it (Capabilities.segwit_funding_required)
     min_increment: int = 1
     settle_margin: int = SETTLEMENT_MARGIN
+    max_fee_rate: int = 200_000  # sat/kvB: the most a re-anchor's quote or R may pay (the
+    # service sets its FeePolicy's cap)
 
     def __post_init__(self) -> None:
         unknown = [v for v in self.versions if v not in VERSIONS]
@@ -113,6 +116,9 @@ class ServerPolicy:
         if self.max_time_window < self.min_time_window:
             raise PolicyError("max_time_window", f"found {self.max_time_window}, expected at "
                                                  f"least min_time_window ({self.min_time_window})")
+        if self.max_fee_rate < 1000:
+            raise PolicyError("max_fee_rate", f"found {self.max_fee_rate}, expected at least "
+                                              "1000 sat/kvB")
         if self.min_increment < 1:
             raise PolicyError("min_increment", f"found {self.min_increment}, expected an "
                                                "integer ≥ 1")
@@ -167,10 +173,30 @@ TABLE = table({
     (S.SETTLING, Input.PAYMENT_ANSWERED): {S.SETTLING},
     (S.COSIGNING, Input.PAYMENT_ANSWERED): {S.COSIGNING},
     (S.CLOSED, Input.PAYMENT_ANSWERED): {S.CLOSED},
+    # Re-anchoring (docs/design/reanchoring.md), on an open channel that negotiated it; the
+    # channel stays OPEN throughout (payments go on). PROPOSE asks for a quote
+    # (PrepareReanchor); a quote (that answer, or the application's wish) sends TERMS;
+    # SIGNED is checked and signed, then the node is asked (CheckReanchor); its answer
+    # stores R, broadcasts it and sends ACK, or refuses. Settling: refused, nothing changes.
+    (S.OPEN, T.REANCHOR_PROPOSE): {S.OPEN},
+    (S.OPEN, Input.REANCHOR_QUOTE): {S.OPEN},
+    (S.OPEN, T.REANCHOR_SIGNED): {S.OPEN},
+    (S.OPEN, Input.REANCHOR_CHECKED): {S.OPEN},
+    (S.SETTLING, Input.REANCHOR_CHECKED): {S.SETTLING},
+    (S.COSIGNING, Input.REANCHOR_CHECKED): {S.COSIGNING},
+    (S.CLOSED, Input.REANCHOR_CHECKED): {S.CLOSED},
+    (S.SETTLING, T.REANCHOR_PROPOSE): {S.SETTLING},
+    (S.SETTLING, T.REANCHOR_SIGNED): {S.SETTLING},
+    (S.COSIGNING, T.REANCHOR_PROPOSE): {S.COSIGNING},
+    (S.COSIGNING, T.REANCHOR_SIGNED): {S.COSIGNING},
+    # R confirmed (the watcher promoted the stored channel): the next contract is ours
+    (S.OPEN, Input.REANCHOR_CONFIRMED): {S.OPEN},
+    (S.RESUMED, Input.REANCHOR_CONFIRMED): {S.RESUMED},
+    (S.CLOSED, Input.REANCHOR_CONFIRMED): {S.CLOSED},
 }, ServerState, S.CLOSED)
 
 
-class ServerChannel(ProtocolMachine):
+class ServerChannel(ServerReanchoring, ProtocolMachine):
     """One client connection on the server side; `resumed_from` acts on a stored channel
     with no connection (the application settling it).
 
@@ -203,12 +229,19 @@ class ServerChannel(ProtocolMachine):
         self._unanswered: deque[int] = deque()  # numbers of the payments awaiting their acks
         self._client_nonce = b""  # the MuSig2 nonce of the client's CLOSE, for one session
         self._cosigning: Cosigning | None = None
+        self.reanchoring = False
+        self.acked_change = 0
+        self._wish = (0, 0)
+        self._quoted = set()
+        self._checking = None
         self.handlers: dict[int, Handler] = {
             T.CLIENT_VERSION: self._on_client_version,
             T.PROVIDE_REFUND: self._on_provide_refund,
             T.PROVIDE_CONTRACT: self._on_provide_contract,
             T.UPDATE_PAYMENT: self._on_update_payment,
             T.CLOSE: self._on_close,
+            T.REANCHOR_PROPOSE: self._on_reanchor_message,
+            T.REANCHOR_SIGNED: self._on_reanchor_message,
         }
 
     @classmethod
@@ -220,6 +253,7 @@ class ServerChannel(ProtocolMachine):
                                      "not open")
         machine = cls(policy, record.key, now)
         machine.version, machine.record, machine.state = record.version, record, S.OPEN
+        machine.acked_change = record.change
         return machine
 
     def receive_pipelined(self, received: Sequence[T]) -> tuple[list[Effect], int]:
@@ -255,6 +289,7 @@ class ServerChannel(ProtocolMachine):
             raise LocalProtocolError(f"payment {number} answered before payment "
                                      f"{self._unanswered[0]}: answer them in order")
         self._unanswered.popleft()
+        self.acked_change = received.record.change
         return [Send(messages.payment_ack(info))]
 
     def channel_loaded(self, record: ChannelRecord | None) -> list[Effect]:
@@ -278,10 +313,11 @@ class ServerChannel(ProtocolMachine):
             self.state = ServerState.SETTLING
             return [Send(messages.server_version(self.version)),
                     PrepareSettlement(record.contract_txid)]
-        self.state = ServerState.RESUMED
+        self.state, self.acked_change = ServerState.RESUMED, record.change
         if self.capabilities.resume_challenge:
             self.challenge = resume_challenge(self.key.secret)
-        return [Send(messages.server_version(self.version, self.challenge, self._window)),
+        return [Send(messages.server_version(self.version, self.challenge, self._window,
+                                             self.reanchoring)),
                 Send(messages.channel_open())]
 
     def contract_checked(self, refusal: str | None, retryable: bool = False) -> list[Effect]:
@@ -398,6 +434,7 @@ class ServerChannel(ProtocolMachine):
                                       f"(this server speaks {supported})",
                                       ErrorCode.NO_ACCEPTABLE_VERSION)
         self.version = body.major
+        self.reanchoring = self.capabilities.reanchoring and body.reanchoring
         window = min(max(body.time_window_secs, self.policy.min_time_window),
                      self.policy.max_time_window)
         self.expiry = self.now + window
@@ -413,7 +450,8 @@ class ServerChannel(ProtocolMachine):
     def _initiate(self) -> list[Effect]:
         self.state = (ServerState.WAITING_FOR_REFUND if self.capabilities.presigned_refund
                       else ServerState.WAITING_FOR_CONTRACT)
-        return [Send(messages.server_version(self.version, payment_window=self._window)),
+        return [Send(messages.server_version(self.version, payment_window=self._window,
+                                             reanchoring=self.reanchoring)),
                 Send(messages.initiate(self.key.pub.data, self.policy.min_channel_size,
                                        self.expiry, self.policy.min_payment))]
 
@@ -467,7 +505,7 @@ class ServerChannel(ProtocolMachine):
     def _opened(self, record: ChannelRecord) -> list[Effect]:
         contract, tx = record.contract, Transaction.parse(record.contract_tx)
         paid = record.paid
-        self.state = ServerState.OPEN
+        self.state, self.acked_change = ServerState.OPEN, record.change
         effects: list[Effect] = [
             StoreChannel(record), Broadcast(tx, Purpose.CONTRACT, contract.txid),
             ClaimChannel(contract.txid), PaymentReceived(record, paid, b""),  # no ack
@@ -497,7 +535,9 @@ class ServerChannel(ProtocolMachine):
             raise bad_tx(f"payment of {amount} is below the minimum increment "
                          f"{self.policy.min_increment}")
         record.contract.check_payment(change, body.signature)
-        self.record = record = record.with_payment(change, body.signature)
+        self.record = record = (
+            record.with_payment(change, body.signature) if record.pending is None else
+            self._paired_payment(record, change, body.signature, body.next_signature))
         # Its ack waits for the application's answer (payment_answered).
         effects: list[Effect] = [*proven, StorePayment(record, amount, body.info),
                                  PaymentReceived(record, amount, body.info)]
@@ -520,6 +560,13 @@ class ServerChannel(ProtocolMachine):
             raise RemoteProtocolError("the first payment after a resume must carry a "
                                       "resume_proof signed by the channel's client key",
                                       ErrorCode.BAD_TRANSACTION)
+
+    def _on_reanchor_message(self, message: T) -> list[Effect]:
+        if self.state is not ServerState.OPEN:
+            return self._refuse_reanchor(message)
+        if message.type == T.REANCHOR_PROPOSE:
+            return self._on_reanchor_propose(message)
+        return self._on_reanchor_signed(message)
 
     def _on_close(self, message: T) -> list[Effect]:
         if self.state is ServerState.COSIGNING:

@@ -23,6 +23,9 @@ _Body = Literal[
     "provide_contract",
     "update_payment",
     "error",
+    "reanchor_terms",
+    "reanchor_signed",
+    "reanchor_ack",
 ]
 
 REQUIRED_BODY: dict[int, _Body] = {
@@ -34,9 +37,13 @@ REQUIRED_BODY: dict[int, _Body] = {
     MessageType.PROVIDE_CONTRACT: "provide_contract",
     MessageType.UPDATE_PAYMENT: "update_payment",
     MessageType.ERROR: "error",
+    MessageType.REANCHOR_TERMS: "reanchor_terms",
+    MessageType.REANCHOR_SIGNED: "reanchor_signed",
+    MessageType.REANCHOR_ACK: "reanchor_ack",
 }
 """Body each type must carry. CHANNEL_OPEN has none; CLOSE's settlement and PAYMENT_ACK's body
-are optional (bitcoinj sends a bare PAYMENT_ACK when it has no info)."""
+are optional (bitcoinj sends a bare PAYMENT_ACK when it has no info); so are REANCHOR_PROPOSE's
+and REANCHOR_REFUSED's (all their fields are optional)."""
 
 MAX_EXPLANATION = 1024
 """error_message() truncates longer explanations so the frame always fits."""

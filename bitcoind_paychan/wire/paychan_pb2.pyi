@@ -48,6 +48,19 @@ class TwoWayChannelMessage(_message.Message):
         CLOSE: TwoWayChannelMessage._MessageType.ValueType  # 9
         """settlement optional"""
         ERROR: TwoWayChannelMessage._MessageType.ValueType  # 10
+        REANCHOR_PROPOSE: TwoWayChannelMessage._MessageType.ValueType  # 1001
+        """Ours (issue 23, docs/design/reanchoring.md): re-anchoring a live channel, only
+        where both sides negotiated it (never a bitcoinj peer: it speaks majors 1 and 2).
+        client: what it wants
+        """
+        REANCHOR_TERMS: TwoWayChannelMessage._MessageType.ValueType  # 1002
+        """server: a quote (also unasked); nothing signed"""
+        REANCHOR_SIGNED: TwoWayChannelMessage._MessageType.ValueType  # 1003
+        """client: R signed by the client, the carry payment on C'"""
+        REANCHOR_ACK: TwoWayChannelMessage._MessageType.ValueType  # 1004
+        """server: R complete, stored before it is sent"""
+        REANCHOR_REFUSED: TwoWayChannelMessage._MessageType.ValueType  # 1005
+        """server: nothing changes, the channel goes on"""
 
     class MessageType(_MessageType, metaclass=_MessageTypeEnumTypeWrapper): ...
     CLIENT_VERSION: TwoWayChannelMessage.MessageType.ValueType  # 1
@@ -63,6 +76,19 @@ class TwoWayChannelMessage(_message.Message):
     CLOSE: TwoWayChannelMessage.MessageType.ValueType  # 9
     """settlement optional"""
     ERROR: TwoWayChannelMessage.MessageType.ValueType  # 10
+    REANCHOR_PROPOSE: TwoWayChannelMessage.MessageType.ValueType  # 1001
+    """Ours (issue 23, docs/design/reanchoring.md): re-anchoring a live channel, only
+    where both sides negotiated it (never a bitcoinj peer: it speaks majors 1 and 2).
+    client: what it wants
+    """
+    REANCHOR_TERMS: TwoWayChannelMessage.MessageType.ValueType  # 1002
+    """server: a quote (also unasked); nothing signed"""
+    REANCHOR_SIGNED: TwoWayChannelMessage.MessageType.ValueType  # 1003
+    """client: R signed by the client, the carry payment on C'"""
+    REANCHOR_ACK: TwoWayChannelMessage.MessageType.ValueType  # 1004
+    """server: R complete, stored before it is sent"""
+    REANCHOR_REFUSED: TwoWayChannelMessage.MessageType.ValueType  # 1005
+    """server: nothing changes, the channel goes on"""
 
     TYPE_FIELD_NUMBER: _builtins.int
     CLIENT_VERSION_FIELD_NUMBER: _builtins.int
@@ -78,6 +104,11 @@ class TwoWayChannelMessage(_message.Message):
     MUSIG_NONCE_FIELD_NUMBER: _builtins.int
     MUSIG_PARTIAL_SIGNATURE_FIELD_NUMBER: _builtins.int
     MUSIG_SETTLEMENT_FIELD_NUMBER: _builtins.int
+    REANCHOR_PROPOSE_FIELD_NUMBER: _builtins.int
+    REANCHOR_TERMS_FIELD_NUMBER: _builtins.int
+    REANCHOR_SIGNED_FIELD_NUMBER: _builtins.int
+    REANCHOR_ACK_FIELD_NUMBER: _builtins.int
+    REANCHOR_REFUSED_FIELD_NUMBER: _builtins.int
     type: Global___TwoWayChannelMessage.MessageType.ValueType
     musig_nonce: _builtins.bytes
     """Ours, not bitcoinj's (proto2 peers skip unknown fields): a version-4 channel's
@@ -113,6 +144,18 @@ class TwoWayChannelMessage(_message.Message):
     def settlement(self) -> Global___Settlement: ...
     @_builtins.property
     def error(self) -> Global___Error: ...
+    @_builtins.property
+    def reanchor_propose(self) -> Global___ReanchorPropose:
+        """Ours: the re-anchoring messages' bodies (see MessageType 1001-1005)."""
+
+    @_builtins.property
+    def reanchor_terms(self) -> Global___ReanchorTerms: ...
+    @_builtins.property
+    def reanchor_signed(self) -> Global___ReanchorSigned: ...
+    @_builtins.property
+    def reanchor_ack(self) -> Global___ReanchorAck: ...
+    @_builtins.property
+    def reanchor_refused(self) -> Global___ReanchorRefused: ...
     def __init__(
         self,
         *,
@@ -130,10 +173,15 @@ class TwoWayChannelMessage(_message.Message):
         musig_nonce: _builtins.bytes | None = ...,
         musig_partial_signature: _builtins.bytes | None = ...,
         musig_settlement: _builtins.bytes | None = ...,
+        reanchor_propose: Global___ReanchorPropose | None = ...,
+        reanchor_terms: Global___ReanchorTerms | None = ...,
+        reanchor_signed: Global___ReanchorSigned | None = ...,
+        reanchor_ack: Global___ReanchorAck | None = ...,
+        reanchor_refused: Global___ReanchorRefused | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["client_version", b"client_version", "error", b"error", "initiate", b"initiate", "musig_nonce", b"musig_nonce", "musig_partial_signature", b"musig_partial_signature", "musig_settlement", b"musig_settlement", "payment_ack", b"payment_ack", "provide_contract", b"provide_contract", "provide_refund", b"provide_refund", "return_refund", b"return_refund", "server_version", b"server_version", "settlement", b"settlement", "type", b"type", "update_payment", b"update_payment"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["client_version", b"client_version", "error", b"error", "initiate", b"initiate", "musig_nonce", b"musig_nonce", "musig_partial_signature", b"musig_partial_signature", "musig_settlement", b"musig_settlement", "payment_ack", b"payment_ack", "provide_contract", b"provide_contract", "provide_refund", b"provide_refund", "reanchor_ack", b"reanchor_ack", "reanchor_propose", b"reanchor_propose", "reanchor_refused", b"reanchor_refused", "reanchor_signed", b"reanchor_signed", "reanchor_terms", b"reanchor_terms", "return_refund", b"return_refund", "server_version", b"server_version", "settlement", b"settlement", "type", b"type", "update_payment", b"update_payment"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_version", b"client_version", "error", b"error", "initiate", b"initiate", "musig_nonce", b"musig_nonce", "musig_partial_signature", b"musig_partial_signature", "musig_settlement", b"musig_settlement", "payment_ack", b"payment_ack", "provide_contract", b"provide_contract", "provide_refund", b"provide_refund", "return_refund", b"return_refund", "server_version", b"server_version", "settlement", b"settlement", "type", b"type", "update_payment", b"update_payment"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_version", b"client_version", "error", b"error", "initiate", b"initiate", "musig_nonce", b"musig_nonce", "musig_partial_signature", b"musig_partial_signature", "musig_settlement", b"musig_settlement", "payment_ack", b"payment_ack", "provide_contract", b"provide_contract", "provide_refund", b"provide_refund", "reanchor_ack", b"reanchor_ack", "reanchor_propose", b"reanchor_propose", "reanchor_refused", b"reanchor_refused", "reanchor_signed", b"reanchor_signed", "reanchor_terms", b"reanchor_terms", "return_refund", b"return_refund", "server_version", b"server_version", "settlement", b"settlement", "type", b"type", "update_payment", b"update_payment"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -149,12 +197,15 @@ class ClientVersion(_message.Message):
     MINOR_FIELD_NUMBER: _builtins.int
     PREVIOUS_CHANNEL_CONTRACT_HASH_FIELD_NUMBER: _builtins.int
     TIME_WINDOW_SECS_FIELD_NUMBER: _builtins.int
+    REANCHORING_FIELD_NUMBER: _builtins.int
     major: _builtins.int
     minor: _builtins.int
     previous_channel_contract_hash: _builtins.bytes
     """Contract txid (display byte order) of a channel to resume."""
     time_window_secs: _builtins.int
     """Requested channel lifetime for a new channel: 24 h - 60 s."""
+    reanchoring: _builtins.bool
+    """Ours: this client can re-anchor a live channel (issue 23)."""
     def __init__(
         self,
         *,
@@ -162,10 +213,11 @@ class ClientVersion(_message.Message):
         minor: _builtins.int | None = ...,
         previous_channel_contract_hash: _builtins.bytes | None = ...,
         time_window_secs: _builtins.int | None = ...,
+        reanchoring: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["major", b"major", "minor", b"minor", "previous_channel_contract_hash", b"previous_channel_contract_hash", "time_window_secs", b"time_window_secs"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["major", b"major", "minor", b"minor", "previous_channel_contract_hash", b"previous_channel_contract_hash", "reanchoring", b"reanchoring", "time_window_secs", b"time_window_secs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["major", b"major", "minor", b"minor", "previous_channel_contract_hash", b"previous_channel_contract_hash", "time_window_secs", b"time_window_secs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["major", b"major", "minor", b"minor", "previous_channel_contract_hash", b"previous_channel_contract_hash", "reanchoring", b"reanchoring", "time_window_secs", b"time_window_secs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -181,6 +233,7 @@ class ServerVersion(_message.Message):
     MINOR_FIELD_NUMBER: _builtins.int
     RESUME_CHALLENGE_FIELD_NUMBER: _builtins.int
     PAYMENT_WINDOW_FIELD_NUMBER: _builtins.int
+    REANCHORING_FIELD_NUMBER: _builtins.int
     major: _builtins.int
     minor: _builtins.int
     resume_challenge: _builtins.bytes
@@ -191,6 +244,8 @@ class ServerVersion(_message.Message):
     """Ours: how many UPDATE_PAYMENTs the client may have unacknowledged at once (the server
     handles them in order and acks each). Absent (bitcoinj): 1, stop and wait.
     """
+    reanchoring: _builtins.bool
+    """Ours: this server takes re-anchors on this channel (only if the client said it can)."""
     def __init__(
         self,
         *,
@@ -198,10 +253,11 @@ class ServerVersion(_message.Message):
         minor: _builtins.int | None = ...,
         resume_challenge: _builtins.bytes | None = ...,
         payment_window: _builtins.int | None = ...,
+        reanchoring: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["major", b"major", "minor", b"minor", "payment_window", b"payment_window", "resume_challenge", b"resume_challenge"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["major", b"major", "minor", b"minor", "payment_window", b"payment_window", "reanchoring", b"reanchoring", "resume_challenge", b"resume_challenge"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["major", b"major", "minor", b"minor", "payment_window", b"payment_window", "resume_challenge", b"resume_challenge"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["major", b"major", "minor", b"minor", "payment_window", b"payment_window", "reanchoring", b"reanchoring", "resume_challenge", b"resume_challenge"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -321,12 +377,17 @@ class UpdatePayment(_message.Message):
     SIGNATURE_FIELD_NUMBER: _builtins.int
     INFO_FIELD_NUMBER: _builtins.int
     RESUME_PROOF_FIELD_NUMBER: _builtins.int
+    NEXT_SIGNATURE_FIELD_NUMBER: _builtins.int
     client_change_value: _builtins.int
     signature: _builtins.bytes
     info: _builtins.bytes
     resume_proof: _builtins.bytes
     """Ours, not bitcoinj's: the first payment after a v3 resume carries the client's
     signature over the server's resume_challenge (see ARCHITECTURE.md).
+    """
+    next_signature: _builtins.bytes
+    """Ours: while a re-anchor is pending, the same payment signed on the new contract C'
+    (its change: client_change_value plus the re-anchor's offset).
     """
     def __init__(
         self,
@@ -335,10 +396,11 @@ class UpdatePayment(_message.Message):
         signature: _builtins.bytes | None = ...,
         info: _builtins.bytes | None = ...,
         resume_proof: _builtins.bytes | None = ...,
+        next_signature: _builtins.bytes | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["client_change_value", b"client_change_value", "info", b"info", "resume_proof", b"resume_proof", "signature", b"signature"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["client_change_value", b"client_change_value", "info", b"info", "next_signature", b"next_signature", "resume_proof", b"resume_proof", "signature", b"signature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_change_value", b"client_change_value", "info", b"info", "resume_proof", b"resume_proof", "signature", b"signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_change_value", b"client_change_value", "info", b"info", "next_signature", b"next_signature", "resume_proof", b"resume_proof", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -438,3 +500,147 @@ class Error(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Error: _TypeAlias = Error  # noqa: Y015
+
+@_typing.final
+class ReanchorPropose(_message.Message):
+    """Ours (issue 23): re-anchoring. Client -> server: what the client wants; nothing signed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOP_UP_FIELD_NUMBER: _builtins.int
+    TIME_WINDOW_SECS_FIELD_NUMBER: _builtins.int
+    top_up: _builtins.int
+    """sat added from the client's wallet (0: none)"""
+    time_window_secs: _builtins.int
+    """renew: the new expiry's window from now (0: keep)"""
+    def __init__(
+        self,
+        *,
+        top_up: _builtins.int | None = ...,
+        time_window_secs: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time_window_secs", b"time_window_secs", "top_up", b"top_up"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["time_window_secs", b"time_window_secs", "top_up", b"top_up"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReanchorPropose: _TypeAlias = ReanchorPropose  # noqa: Y015
+
+@_typing.final
+class ReanchorTerms(_message.Message):
+    """Server -> client: a quote (also sent unasked: a payout or a renewal the server wants)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPIRE_TIME_SECS_FIELD_NUMBER: _builtins.int
+    PAYOUT_FIELD_NUMBER: _builtins.int
+    PAYOUT_SCRIPT_FIELD_NUMBER: _builtins.int
+    FEE_RATE_FIELD_NUMBER: _builtins.int
+    expire_time_secs: _builtins.int
+    """the new contract's expiry"""
+    payout: _builtins.int
+    """gross sat paid out to the server in R"""
+    payout_script: _builtins.bytes
+    fee_rate: _builtins.int
+    """sat/kvB"""
+    def __init__(
+        self,
+        *,
+        expire_time_secs: _builtins.int | None = ...,
+        payout: _builtins.int | None = ...,
+        payout_script: _builtins.bytes | None = ...,
+        fee_rate: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time_secs", b"expire_time_secs", "fee_rate", b"fee_rate", "payout", b"payout", "payout_script", b"payout_script"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time_secs", b"expire_time_secs", "fee_rate", b"fee_rate", "payout", b"payout", "payout_script", b"payout_script"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReanchorTerms: _TypeAlias = ReanchorTerms  # noqa: Y015
+
+@_typing.final
+class ReanchorSigned(_message.Message):
+    """Client -> server: R signed by the client, and its current payment carried onto C'."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TX_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_SECS_FIELD_NUMBER: _builtins.int
+    PAYOUT_FIELD_NUMBER: _builtins.int
+    FEE_RATE_FIELD_NUMBER: _builtins.int
+    CLIENT_CHANGE_VALUE_FIELD_NUMBER: _builtins.int
+    NEXT_SIGNATURE_FIELD_NUMBER: _builtins.int
+    CLIENT_SIGNATURE_FIELD_NUMBER: _builtins.int
+    tx: _builtins.bytes
+    """input 0 (C:0) unsigned, every other input signed by the wallet"""
+    expire_time_secs: _builtins.int
+    payout: _builtins.int
+    fee_rate: _builtins.int
+    client_change_value: _builtins.int
+    """the client's change on C when it signed"""
+    next_signature: _builtins.bytes
+    """that payment on C'"""
+    client_signature: _builtins.bytes
+    """the client's signature of R's input 0 (C:0)"""
+    def __init__(
+        self,
+        *,
+        tx: _builtins.bytes | None = ...,
+        expire_time_secs: _builtins.int | None = ...,
+        payout: _builtins.int | None = ...,
+        fee_rate: _builtins.int | None = ...,
+        client_change_value: _builtins.int | None = ...,
+        next_signature: _builtins.bytes | None = ...,
+        client_signature: _builtins.bytes | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["client_change_value", b"client_change_value", "client_signature", b"client_signature", "expire_time_secs", b"expire_time_secs", "fee_rate", b"fee_rate", "next_signature", b"next_signature", "payout", b"payout", "tx", b"tx"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_change_value", b"client_change_value", "client_signature", b"client_signature", "expire_time_secs", b"expire_time_secs", "fee_rate", b"fee_rate", "next_signature", b"next_signature", "payout", b"payout", "tx", b"tx"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReanchorSigned: _TypeAlias = ReanchorSigned  # noqa: Y015
+
+@_typing.final
+class ReanchorAck(_message.Message):
+    """Server -> client: R with both signatures (stored by the server before it is sent)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TX_FIELD_NUMBER: _builtins.int
+    tx: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        tx: _builtins.bytes | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["tx", b"tx"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tx", b"tx"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReanchorAck: _TypeAlias = ReanchorAck  # noqa: Y015
+
+@_typing.final
+class ReanchorRefused(_message.Message):
+    """Server -> client: the re-anchor is refused; the channel goes on, on its contract."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPLANATION_FIELD_NUMBER: _builtins.int
+    explanation: _builtins.str
+    def __init__(
+        self,
+        *,
+        explanation: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["explanation", b"explanation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["explanation", b"explanation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReanchorRefused: _TypeAlias = ReanchorRefused  # noqa: Y015

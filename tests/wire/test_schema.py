@@ -69,13 +69,22 @@ SCHEMA: dict[str, list[tuple[int, str, int, bool, object]]] = {
 
 
 # Our own extensions (the v3 resume proof, the payment window, the v4 key-path close's MuSig2
-# session): numbers bitcoinj does not use, optional, so a bitcoinj peer skips them and our
-# peers read v1/v2 messages without them.
+# session, re-anchoring): numbers bitcoinj does not use, optional, so a bitcoinj peer skips
+# them and our peers read v1/v2 messages without them.
 OURS = {"TwoWayChannelMessage": {1001: "musig_nonce", 1002: "musig_partial_signature",
-                                 1003: "musig_settlement"},
-        "ServerVersion": {1001: "resume_challenge", 1002: "payment_window"},
-        "UpdatePayment": {1001: "resume_proof"}}
-OUR_TYPES = {"payment_window": F.TYPE_UINT32}  # the others are bytes
+                                 1003: "musig_settlement", 1004: "reanchor_propose",
+                                 1005: "reanchor_terms", 1006: "reanchor_signed",
+                                 1007: "reanchor_ack", 1008: "reanchor_refused"},
+        "ClientVersion": {1001: "reanchoring"},
+        "ServerVersion": {1001: "resume_challenge", 1002: "payment_window",
+                          1003: "reanchoring"},
+        "UpdatePayment": {1001: "resume_proof", 1002: "next_signature"}}
+OUR_TYPES = {"payment_window": F.TYPE_UINT32, "reanchoring": F.TYPE_BOOL,
+             **{name: F.TYPE_MESSAGE for name in OURS["TwoWayChannelMessage"].values()
+                if name.startswith("reanchor_")}}  # the others are bytes
+# Messages of ours alone (re-anchoring), carried only in the fields above.
+OUR_MESSAGES = {"ReanchorPropose", "ReanchorTerms", "ReanchorSigned", "ReanchorAck",
+                "ReanchorRefused"}
 
 
 @pytest.mark.parametrize("message", sorted(SCHEMA))
@@ -114,7 +123,7 @@ def test_a_bitcoinj_peer_reads_our_extended_messages() -> None:
 
 
 def test_nothing_extra_in_file() -> None:
-    assert sorted(pb.DESCRIPTOR.message_types_by_name) == sorted(SCHEMA)
+    assert sorted(pb.DESCRIPTOR.message_types_by_name) == sorted({*SCHEMA, *OUR_MESSAGES})
     proto = Path(__file__).resolve().parents[2] / "proto" / "paychan.proto"
     assert 'syntax = "proto2";' in proto.read_text()
     assert "package paymentchannels;" in proto.read_text()
@@ -125,6 +134,9 @@ def test_enums_match_bitcoinj() -> None:
         "CLIENT_VERSION": 1, "SERVER_VERSION": 2, "INITIATE": 3, "PROVIDE_REFUND": 4,
         "RETURN_REFUND": 5, "PROVIDE_CONTRACT": 6, "CHANNEL_OPEN": 7, "UPDATE_PAYMENT": 8,
         "CLOSE": 9, "ERROR": 10, "PAYMENT_ACK": 11,
+        # ours (re-anchoring), far from bitcoinj's: only on channels that negotiated it
+        "REANCHOR_PROPOSE": 1001, "REANCHOR_TERMS": 1002, "REANCHOR_SIGNED": 1003,
+        "REANCHOR_ACK": 1004, "REANCHOR_REFUSED": 1005,
     }  # fmt: skip
     assert dict(pb.Error.ErrorCode.items()) == {c.name: c.value for c in ErrorCode}
 

@@ -1,0 +1,214 @@
+"""The client's half of re-anchoring (docs/design/reanchoring.md), mixed into ClientChannel;
+its transitions are rows of client.py's one TABLE.
+
+The client checks the server's quote (never a payout above what the server acknowledged),
+builds R itself (its wallet funds a top-up), signs it and the payment carried onto the next
+contract, and stores all of it before it sends anything: from then on the server can
+complete R alone. Until R confirms, every payment is signed on both contracts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from bitcoind_paychan.bitcoin.tx import Transaction
+from bitcoind_paychan.channel import messages
+from bitcoind_paychan.channel import reanchor as rules
+from bitcoind_paychan.channel.contract import DUST, Branch, bad_tx, round_change
+from bitcoind_paychan.channel.effects import (
+    Effect,
+    FundReanchor,
+    ReanchorEnded,
+    ReanchorSigned,
+    Send,
+    StoreChannel,
+)
+from bitcoind_paychan.channel.machine import Input
+from bitcoind_paychan.channel.records import ChannelRecord, PendingReanchor
+from bitcoind_paychan.errors import LocalProtocolError, RemoteProtocolError
+from bitcoind_paychan.wire import pb
+
+if TYPE_CHECKING:
+    from bitcoind_paychan.channel.client import ClientChannel
+
+T = pb.TwoWayChannelMessage
+EXPIRY_SLACK = 60  # seconds of clock difference tolerated on the server's expiry
+
+
+class ClientReanchoring:
+    """Re-anchoring on the client's connection (a mixin of ClientChannel)."""
+
+    reanchoring: bool  # negotiated: the kind can, the server offered it
+    _wish: tuple[int, int, int]  # our PROPOSE: (top-up, time window, now)
+    _funding: tuple[rules.Terms, Transaction] | None  # terms and draft awaiting the wallet
+
+    def _machine(self) -> ClientChannel:
+        return self  # type: ignore[return-value]
+
+    def _paying(self) -> bool:
+        """The channel is open (a payment may be in flight): a re-anchor may be signed."""
+        raise NotImplementedError
+
+    @property
+    def acked_change(self) -> int:
+        """Our change in the last payment the server acknowledged (payments in flight are
+        stored and signed, not acknowledged)."""
+        machine = self._machine()
+        return machine._stored().change + sum(amount for amount, _ in machine._in_flight)
+
+    def reanchor(self, top_up: int, time_window: int, now: int) -> list[Effect]:
+        """Ask the server for a re-anchor: add `top_up` sat from our wallet, renew to
+        `time_window` s from `now` (0: keep the expiry); the server may add a payout of what
+        we owe. Nothing is signed before its quote is checked."""
+        machine = self._machine()
+        return machine._input(Input.REANCHOR, self._on_reanchor, top_up, time_window, now)
+
+    def _on_reanchor(self, top_up: int, time_window: int, now: int) -> list[Effect]:
+        record = self._machine()._stored()
+        if not self.reanchoring:
+            raise LocalProtocolError("this channel's server did not offer re-anchoring")
+        if top_up < 0 or time_window < 0:
+            raise LocalProtocolError("a top-up and a time window are never negative")
+        if (record.pending is not None and record.pending.binding) or self._funding:
+            raise LocalProtocolError(f"channel {record.channel_id} has a re-anchor in flight")
+        self._wish = (top_up, time_window, now)
+        return [Send(messages.reanchor_propose(top_up, time_window))]
+
+    # -- the server's quote ----------------------------------------------------------------
+
+    def _on_reanchor_terms(self, message: T) -> list[Effect]:
+        machine = self._machine()
+        record = machine._stored()
+        if not self.reanchoring:
+            raise RemoteProtocolError("re-anchor terms on a channel that did not negotiate "
+                                      "re-anchoring")
+        top_up, window, now = self._wish
+        self._wish = (0, 0, max(now, machine.now))
+        if not self._paying() or self._funding or (
+                record.pending is not None and record.pending.binding):
+            return []  # closing, or one in flight: the quote is ignored (it binds nobody)
+        body = message.reanchor_terms
+        terms = rules.Terms(body.expire_time_secs, body.payout, body.payout_script,
+                               body.fee_rate)
+        latest = max(now, machine.now) + (window or machine.policy.time_window) + EXPIRY_SLACK
+        why = rules.check_terms(record, self.acked_change, terms, top_up,
+                                   max(latest, record.contract.expiry),
+                                   machine.policy.max_fee_rate)
+        if why:
+            return [ReanchorEnded(record.contract_txid, f"declined the server's terms: {why}")]
+        draft = rules.draft(record.contract, terms, top_up)
+        if top_up:
+            self._funding = (terms, draft)
+            return [FundReanchor(draft, record.contract.kind.input_weight(Branch.COOPERATIVE),
+                                 terms.fee_rate)]
+        return self._sign_reanchor(record, terms, draft)
+
+    def reanchor_funded(self, funded: Transaction) -> list[Effect]:
+        """The answer to FundReanchor: R with our wallet's inputs (signed) and change."""
+        machine = self._machine()
+        return machine._input(Input.REANCHOR_FUNDED, self._on_reanchor_funded, funded)
+
+    def _on_reanchor_funded(self, funded: Transaction) -> list[Effect]:
+        machine = self._machine()
+        funding, self._funding = self._funding, None
+        record = machine._stored()
+        if funding is None:
+            raise LocalProtocolError("no re-anchor is being funded")
+        terms, draft = funding
+        if not self._paying():
+            return [ReanchorEnded(record.contract_txid, f"the channel is {machine.state.value}"
+                                  "; nothing was signed", funded)]
+        rules.check_funded(draft, funded)
+        return self._sign_reanchor(record, terms, funded)
+
+    def _sign_reanchor(self, record: ChannelRecord, terms: rules.Terms, tx: Transaction
+                       ) -> list[Effect]:
+        """Sign R's input 0 and our current payment on C', store it all, then send it."""
+        machine = self._machine()
+        nxt = rules.next_contract(record.contract, tx, terms.expiry)
+        carried = record.change + nxt.value + terms.payout - record.contract.value
+        if carried < DUST:  # paid on since the quote: C' would hold nothing of ours
+            return [ReanchorEnded(record.contract_txid, "the new contract would leave us "
+                                  f"{carried} sat; nothing was signed",
+                                  tx if len(tx.inputs) > 1 else None)]
+        next_signature = nxt.sign_payment(machine.key, carried)
+        pending = PendingReanchor(tx.serialize(), nxt, terms.payout, terms.fee_rate, carried,
+                                  next_signature)
+        machine.record = stored = replace(record, pending=pending)
+        return [StoreChannel(stored), Send(self._signed_message(stored))]
+
+    def _signed_message(self, record: ChannelRecord) -> T:
+        """REANCHOR_SIGNED for the stored pending re-anchor (sent again after a resume)."""
+        pending = record.pending
+        assert pending is not None
+        tx = Transaction.parse(pending.tx)
+        client_signature = record.contract.sign_cooperative(self._machine().key, tx)
+        return messages.reanchor_signed(pending.tx, pending.contract.expiry, pending.payout,
+                                        pending.fee_rate, record.change, pending.signature,
+                                        client_signature)
+
+    # -- the server's answer ---------------------------------------------------------------
+
+    def _on_reanchor_ack(self, message: T) -> list[Effect]:
+        machine = self._machine()
+        record = machine._stored()
+        pending = record.pending
+        tx = Transaction.parse(message.reanchor_ack.tx)
+        if pending is None or pending.txid != tx.txid_hex or pending.refused:
+            raise bad_tx("REANCHOR_ACK for a re-anchor we have not signed")
+        if pending.complete:
+            return []
+        machine.record = stored = replace(record, pending=replace(
+            pending, tx=tx.serialize(), complete=True))
+        return [StoreChannel(stored), ReanchorSigned(stored)]
+
+    def _on_reanchor_refused(self, message: T) -> list[Effect]:
+        """The server refused (or declined to quote): we stop signing on C', but keep R's
+        record until R cannot confirm (a server could still complete it: it pays it no more
+        than agreed, and C' is ours to refund)."""
+        machine = self._machine()
+        record = machine._stored()
+        why = message.reanchor_refused.explanation or "no reason given"
+        pending = record.pending
+        if pending is None or pending.complete or pending.refused:
+            return [ReanchorEnded(record.contract_txid, f"the server refused: {why}")]
+        machine.record = stored = replace(record, pending=replace(pending, refused=True))
+        tx = Transaction.parse(pending.tx)
+        return [StoreChannel(stored), ReanchorEnded(record.contract_txid,
+                                                    f"the server refused: {why}",
+                                                    tx if len(tx.inputs) > 1 else None)]
+
+    # -- payments during the re-anchor, promotion ------------------------------------------
+
+    def _paired(self, record: ChannelRecord, amount: int) -> int | None:
+        """The change a payment of `amount` leaves while a re-anchor binds payments (None:
+        no re-anchor binds them). Refused when the contract could not cover it: it waits for
+        the re-anchor to confirm."""
+        pending = record.pending
+        if pending is None or not pending.binding:
+            return None
+        change = round_change(record.change - amount)
+        if change < DUST or change + pending.offset(record.contract) < DUST:
+            raise LocalProtocolError(
+                f"a payment of {amount} sat would leave the contract without change while a "
+                f"re-anchor of channel {record.channel_id} is pending: it waits for the "
+                "re-anchor to confirm")
+        return change
+
+    def reanchor_confirmed(self, record: ChannelRecord) -> list[Effect]:
+        """R confirmed and the stored channel was promoted (`record`): payments from now on
+        are signed on the next contract alone."""
+        machine = self._machine()
+        return machine._input(Input.REANCHOR_CONFIRMED, self._on_reanchor_confirmed, record)
+
+    def _on_reanchor_confirmed(self, record: ChannelRecord) -> list[Effect]:
+        machine = self._machine()
+        ours = machine._stored()
+        if ours.contract_txid == record.contract_txid:
+            return []  # promoted already
+        if ours.pending is None or ours.pending.txid != record.contract_txid:
+            raise LocalProtocolError(f"channel {record.channel_id} has no pending re-anchor "
+                                     f"creating {record.contract_txid}")
+        machine.record = rules.promoted(ours)
+        return []
