@@ -69,6 +69,8 @@ class ClientPolicy:
     payment_window: int = 16  # payments in flight at most, if the server takes a window
     max_fee_rate: int = 200_000  # sat/kvB: the most a re-anchor may pay (the service sets
     # its FeePolicy's cap)
+    reanchoring: bool = False  # ask for re-anchoring (issue 23) where the kind can; off
+    # until the service layer carries out its effects (docs/design/reanchoring.md, 11)
 
     def __post_init__(self) -> None:
         for name in ("value", "time_window", "max_min_payment", "payment_window",
@@ -206,6 +208,10 @@ class ClientChannel(ClientReanchoring, ProtocolMachine):
         return (self.state is ClientState.OPEN or (self.state is ClientState.WAITING_FOR_ACK
                 and len(self._in_flight) < self.window))
 
+    @property
+    def _may_reanchor(self) -> bool:
+        return self.policy.reanchoring and self.kind.capabilities.reanchoring
+
     def _paying(self) -> bool:
         return self.state in (ClientState.OPEN, ClientState.WAITING_FOR_ACK)
 
@@ -224,7 +230,7 @@ class ClientChannel(ClientReanchoring, ProtocolMachine):
         self.state = ClientState.WAITING_FOR_VERSION
         previous = self.record.contract_txid if self.record else None
         return [Send(messages.client_version(self.version, self.policy.time_window, previous,
-                                             self.kind.capabilities.reanchoring))]
+                                             self._may_reanchor))]
 
     def contract_funded(self, contract_tx: Transaction) -> list[Effect]:
         """The answer to FundContract: the wallet's signed, unbroadcast contract."""
@@ -328,8 +334,7 @@ class ClientChannel(ClientReanchoring, ProtocolMachine):
                 f"server answered major {message.server_version.major} to our {self.version}",
                 ErrorCode.NO_ACCEPTABLE_VERSION)
         self._challenge = message.server_version.resume_challenge
-        self.reanchoring = (self.kind.capabilities.reanchoring
-                            and message.server_version.reanchoring)
+        self.reanchoring = self._may_reanchor and message.server_version.reanchoring
         self.window = max(1, min(self.policy.payment_window,
                                  message.server_version.payment_window))
         self.state = (ClientState.WAITING_FOR_OPEN if self._resuming

@@ -57,5 +57,5 @@ def reanchor_fees(vsize: int, payout_vbytes: int, fee_rate: int, pure_payout: bo
     server pays all of it, as it pays its settlements. Otherwise the client pays the rest (a
     renewal and a top-up are its funding, as a contract's is)."""
     total = -(-fee_rate * vsize // 1000)
-    server = total if pure_payout else min(total, -(-fee_rate * payout_vbytes // 1000))
-    return total - server, server
+    server = total if pure_payout else -(-fee_rate * payout_vbytes // 1000)
+    return max(total - server, 0), server

@@ -16,7 +16,7 @@ from bitcoind_paychan.channel.contract import (
     output_script,
 )
 from bitcoind_paychan.channel.fees import reanchor_fees
-from bitcoind_paychan.channel.records import ChannelRecord, PendingReanchor
+from bitcoind_paychan.channel.records import ChannelRecord, PendingReanchor, Role
 from bitcoind_paychan.errors import LocalProtocolError
 
 REANCHOR_SEQUENCE = 0xFFFFFFFD  # R's input 0 signals replaceability (BIP125): the server's
@@ -70,9 +70,7 @@ def draft(current: Contract, terms: Terms, top_up: int) -> Transaction:
     client's fee part, and change), C' holding C's value plus `top_up` less the payout."""
     shape = _tx(current, terms, 0, 0)
     client_fee, server_fee = fees(current, shape, terms)
-    if top_up:
-        server_fee = reanchor_fees(0, payout_vbytes(terms.payout_script), terms.fee_rate,
-                                   False)[1] if terms.payout else 0
+    if top_up:  # the wallet adds inputs: never a pure payout, the server pays its output
         return _tx(current, terms, current.value + top_up - terms.payout,
                    terms.payout - server_fee)
     return _tx(current, terms, current.value - terms.payout - client_fee,
@@ -194,3 +192,12 @@ def promoted(record: ChannelRecord) -> ChannelRecord:
     return replace(record, contract=pending.contract, contract_tx=pending.tx,
                    change=pending.change, signature=pending.signature,
                    generation=record.generation + 1, origin=record.channel_id, pending=None)
+
+
+def without_unchecked(record: ChannelRecord) -> ChannelRecord:
+    """A server's record as a new connection takes it: a pending re-anchor binds only once
+    stored complete; one it was still checking (its payments stored with it) when the
+    connection or process ended was never signed out, and is dropped."""
+    if record.role is Role.SERVER and record.pending and not record.pending.complete:
+        return replace(record, pending=None)
+    return record

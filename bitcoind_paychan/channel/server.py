@@ -53,6 +53,7 @@ from bitcoind_paychan.channel.machine import (
     resume_digest,
     table,
 )
+from bitcoind_paychan.channel.reanchor import without_unchecked
 from bitcoind_paychan.channel.reanchor_server import ServerReanchoring
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.errors import (
@@ -94,6 +95,8 @@ class ServerPolicy:
     settle_margin: int = SETTLEMENT_MARGIN
     max_fee_rate: int = 200_000  # sat/kvB: the most a re-anchor's quote or R may pay (the
     # service sets its FeePolicy's cap)
+    reanchoring: bool = False  # offer re-anchoring (issue 23) where the kind can; off until
+    # the service layer carries out its effects (docs/design/reanchoring.md, 11)
 
     def __post_init__(self) -> None:
         unknown = [v for v in self.versions if v not in VERSIONS]
@@ -252,6 +255,7 @@ class ServerChannel(ServerReanchoring, ProtocolMachine):
             raise LocalProtocolError(f"channel {record.contract_txid} is {record.status}, "
                                      "not open")
         machine = cls(policy, record.key, now)
+        record = without_unchecked(record)
         machine.version, machine.record, machine.state = record.version, record, S.OPEN
         machine.acked_change = record.change
         return machine
@@ -304,7 +308,7 @@ class ServerChannel(ServerReanchoring, ProtocolMachine):
         if record is None or record.status is not ChannelStatus.OPEN or (
                 record.version != self.version):
             return self._initiate()  # nothing to resume: a fresh channel, as bitcoinj does
-        self.record = record
+        self.record = record = without_unchecked(record)
         if record.contract.expiry - self.now <= self.policy.settle_margin:
             # Too close to the client's refund to take more payments: settle instead (what
             # the autopilot does anyway, so no proof is needed). The settlement claims the
@@ -434,7 +438,8 @@ class ServerChannel(ServerReanchoring, ProtocolMachine):
                                       f"(this server speaks {supported})",
                                       ErrorCode.NO_ACCEPTABLE_VERSION)
         self.version = body.major
-        self.reanchoring = self.capabilities.reanchoring and body.reanchoring
+        self.reanchoring = (self.policy.reanchoring and self.capabilities.reanchoring
+                            and body.reanchoring)
         window = min(max(body.time_window_secs, self.policy.min_time_window),
                      self.policy.max_time_window)
         self.expiry = self.now + window

@@ -57,7 +57,12 @@ SUMMARY_COLUMNS = (*KEY_COLUMNS, "version", "status", "value", "paid", "payments
 
 
 def encode(record: ChannelRecord) -> tuple[Any, ...]:
-    """The row of `record`, in CHANNEL_COLUMNS order."""
+    """The row of `record`, in CHANNEL_COLUMNS order. A re-anchored channel or one with a
+    re-anchor pending is refused: this schema cannot hold its generations yet
+    (docs/design/reanchoring.md, 9), and storing it without them would lose money."""
+    if record.pending is not None or record.generation:
+        raise StoreError(f"channel {record.channel_id} has a re-anchor, which this store "
+                         "schema cannot hold yet; nothing was stored")
     c = record.contract
     return (
         Role(record.role).value,

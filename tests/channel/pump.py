@@ -9,10 +9,13 @@ from bitcoind_paychan.bitcoin.tx import OutPoint, Transaction, TxIn, TxOut
 from bitcoind_paychan.channel.client import ClientChannel
 from bitcoind_paychan.channel.effects import (
     CheckContract,
+    CheckReanchor,
     Effect,
     FundContract,
+    FundReanchor,
     LoadChannel,
     PaymentReceived,
+    PrepareReanchor,
     PrepareSettlement,
     Send,
     StoreChannel,
@@ -24,6 +27,7 @@ from bitcoind_paychan.wire import decode_message, encode_message, pb
 
 PAYOUT = b"\x00\x14" + bytes(20)
 FEE_RATE = 2000
+WALLET_COIN = 400_000  # what funding_tx's and reanchor_funding's wallet coin holds
 
 
 def funding_tx(effect: FundContract, segwit: bool = True) -> Transaction:
@@ -36,6 +40,17 @@ def funding_tx(effect: FundContract, segwit: bool = True) -> Transaction:
                                     TxOut(50_000, PAYOUT)), 0)
 
 
+def reanchor_funding(effect: FundReanchor, contract_value: int) -> Transaction:
+    """A wallet-like funding of R: one signed segwit coin of WALLET_COIN sat and change back,
+    the fee at the asked rate on a generous size (C:0 spent at `contract_value`)."""
+    coin = TxIn(OutPoint(PrivateKey.generate().pub.data[1:], 0), b"", 0xFFFFFFFD,
+                (bytes(71), bytes(33)))
+    fee = -(-effect.fee_rate * (effect.draft.vsize + 250) // 1000)
+    change = contract_value + WALLET_COIN - sum(o.value for o in effect.draft.outputs) - fee
+    return Transaction(effect.draft.version, (*effect.draft.inputs, coin),
+                       (*effect.draft.outputs, TxOut(change, PAYOUT)), 0)
+
+
 @dataclass
 class Pump:
     client: ClientChannel
@@ -46,10 +61,14 @@ class Pump:
     server_log: list[Effect] = field(default_factory=list)
     segwit_funding: bool = True
     ack_info: bytes = b""  # what the server's application attaches to each ack
+    reanchor_refusal: str | None = None  # the server's node's answer to CheckReanchor
+    hold: set[type] = field(default_factory=set)  # effects not carried out (kept in `held`)
+    held: list[Effect] = field(default_factory=list)
+    drop: set[int] = field(default_factory=set)  # message types lost on the way (in `held`)
 
-    def run(self, client_effects: list[Effect]) -> None:
-        """Carry out effects until both sides are quiet."""
-        queue: list[tuple[str, Effect]] = [("client", e) for e in client_effects]
+    def run(self, client_effects: list[Effect], side: str = "client") -> None:
+        """Carry out effects (the client's, or the server's) until both sides are quiet."""
+        queue: list[tuple[str, Effect]] = [(side, e) for e in client_effects]
         while queue:
             side, effect = queue.pop(0)
             (self.client_log if side == "client" else self.server_log).append(effect)
@@ -61,6 +80,10 @@ class Pump:
 
     def _carry_out(self, side: str, effect: Effect) -> list[tuple[str, Effect]]:
         store = self.client_store if side == "client" else self.server_store
+        if type(effect) in self.hold or (isinstance(effect, Send)
+                                         and effect.message.type in self.drop):
+            self.held.append(effect)
+            return []
         if isinstance(effect, StoreChannel | StorePayment):
             store[effect.record.contract_txid] = effect.record
         elif isinstance(effect, Send):
@@ -80,6 +103,15 @@ class Pump:
             return [("server", e) for e in self.server.payment_answered(effect, self.ack_info)]
         elif isinstance(effect, PrepareSettlement):
             return [("server", e) for e in self.server.settle(FEE_RATE, PAYOUT)]
+        elif isinstance(effect, PrepareReanchor):
+            return [("server", e) for e in
+                    self.server.quote_reanchor(FEE_RATE, PAYOUT, self.server.now)]
+        elif isinstance(effect, FundReanchor):
+            value = self.client.record.contract.value  # type: ignore[union-attr]
+            return [("client", e) for e in
+                    self.client.reanchor_funded(reanchor_funding(effect, value))]
+        elif isinstance(effect, CheckReanchor):
+            return [("server", e) for e in self.server.reanchor_checked(self.reanchor_refusal)]
         return []
 
     def sent(self, side: str) -> list[pb.TwoWayChannelMessage]:

@@ -52,7 +52,10 @@ def test_every_record_field_has_columns() -> None:
         "server_pub": ["server_pub"], "expiry": ["expiry"], "value": ["value"],
         "outpoint": ["contract_txid", "outpoint_index"],
     }
-    names = {f.name for f in fields(ChannelRecord) if f.name != "contract"}
+    # Re-anchoring's fields have no columns yet: codec.encode refuses a record that uses them
+    # (tests/channel/test_reanchor.py), never stores it without them.
+    refused = {"generation", "origin", "pending"}
+    names = {f.name for f in fields(ChannelRecord) if f.name != "contract"} - refused
     assert names | {f.name for f in fields(Contract)} == set(stored)
     assert sorted(c for cols in stored.values() for c in cols) == sorted(codec.CHANNEL_COLUMNS)
 

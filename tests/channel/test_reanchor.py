@@ -1,0 +1,624 @@
+"""Re-anchoring a live channel (issue 23, docs/design/reanchoring.md), machine level: the
+exchange in order (nothing signed before the quote is checked; the client stores R before it
+sends it; the server stores R before it broadcasts or sends it back), payments signed on both
+contracts while R is pending, promotion, and every hostile or broken step: bad signatures, a
+payout above what was acknowledged, a node refusing R (a top-up input spent elsewhere),
+payments the old contract cannot cover, crashes and resumes at each step."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from bitcoind_paychan.bitcoin.keys import PrivateKey
+from bitcoind_paychan.bitcoin.tx import Transaction, TxOut
+from bitcoind_paychan.channel import messages, reanchor
+from bitcoind_paychan.channel.client import ClientChannel, ClientPolicy, ClientState
+from bitcoind_paychan.channel.contract import DUST
+from bitcoind_paychan.channel.effects import (
+    Broadcast,
+    CheckReanchor,
+    Effect,
+    FundReanchor,
+    PeerError,
+    PrepareReanchor,
+    Purpose,
+    ReanchorEnded,
+    Send,
+    StoreChannel,
+    StorePayment,
+)
+from bitcoind_paychan.channel.fees import reanchor_fees
+from bitcoind_paychan.channel.records import ChannelRecord
+from bitcoind_paychan.channel.server import ServerChannel, ServerPolicy, ServerState
+from bitcoind_paychan.errors import ErrorCode, LocalProtocolError, StoreError
+from bitcoind_paychan.store import codec
+from bitcoind_paychan.wire import decode_message, encode_message, pb
+from regtest.chainrules import spend_problem
+from tests.channel.pump import FEE_RATE, PAYOUT, WALLET_COIN, Pump
+
+T = pb.TwoWayChannelMessage
+NOW, VALUE, DAY = 1_700_000_000, 500_000, 24 * 3600
+VERSIONS = (3, 4)  # the kinds with `capabilities.reanchoring`
+
+
+CLIENT, SERVER = ClientPolicy(VALUE, reanchoring=True), ServerPolicy(reanchoring=True)
+
+
+def opened(version: int = 3, paid: int = 20_000) -> Pump:
+    client = ClientChannel(CLIENT, PrivateKey.generate(), NOW, version)
+    server = ServerChannel(SERVER, PrivateKey.generate(), NOW)
+    pump = Pump(client, server)
+    pump.run(client.start())
+    assert client.reanchoring and server.reanchoring
+    pump.run(client.pay(paid))
+    assert client.state is ClientState.OPEN and server.state is ServerState.OPEN
+    return pump
+
+
+def wire(message: T) -> T:
+    return decode_message(encode_message(message))
+
+
+def sends(effects: list[Effect]) -> list[T]:
+    return [wire(e.message) for e in effects if isinstance(e, Send)]
+
+
+def rec(machine: ClientChannel | ServerChannel) -> ChannelRecord:
+    assert machine.record is not None
+    return machine.record
+
+
+def renewed(pump: Pump, top_up: int = 0, window: int = 2 * DAY) -> Transaction:
+    """Run a whole re-anchor; return R as the server completed it."""
+    pump.run(pump.client.reanchor(top_up, window, NOW))
+    pending = rec(pump.server).pending
+    assert pending is not None and pending.complete
+    return Transaction.parse(pending.tx)
+
+
+def types(log: list[Effect]) -> list[str]:
+    return [type(e).__name__ if not isinstance(e, Send) else
+            T.MessageType.Name(e.message.type) for e in log]
+
+
+# -- negotiation -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_bitcoinj_versions_never_negotiate_it_and_refuse_its_messages(version: int) -> None:
+    client = ClientChannel(CLIENT, PrivateKey.generate(), NOW, version)
+    server = ServerChannel(SERVER, PrivateKey.generate(), NOW)
+    pump = Pump(client, server)
+    pump.run(client.start())
+    hello = pump.sent("client")[0].client_version
+    assert not hello.HasField("reanchoring")
+    assert not pump.sent("server")[0].server_version.HasField("reanchoring")
+    with pytest.raises(LocalProtocolError, match="did not offer re-anchoring"):
+        client.reanchor(0, DAY, NOW)
+    effects = server.receive(wire(messages.reanchor_propose(0, DAY)))
+    assert isinstance(effects[1], PeerError) and effects[1].code is ErrorCode.SYNTAX_ERROR
+    assert server.state is ServerState.CLOSED
+
+
+def test_a_server_offers_it_only_to_a_client_that_asked() -> None:
+    server = ServerChannel(SERVER, PrivateKey.generate(), NOW)
+    (version, _) = sends(server.receive(wire(messages.client_version(3, DAY, None))))
+    assert not version.server_version.reanchoring and not server.reanchoring
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_off_by_default_until_the_service_carries_it_out(version: int) -> None:
+    client = ClientChannel(ClientPolicy(VALUE), PrivateKey.generate(), NOW, version)
+    server = ServerChannel(ServerPolicy(), PrivateKey.generate(), NOW)
+    (hello,) = sends(client.start())
+    assert not hello.client_version.reanchoring
+    asked = wire(messages.client_version(version, DAY, None, reanchoring=True))
+    assert not sends(server.receive(asked))[0].server_version.reanchoring
+
+
+def test_no_store_schema_takes_a_re_anchor_yet() -> None:
+    """Until the generations' schema exists, a record with a re-anchor is refused whole,
+    never stored without it."""
+    pump = opened()
+    renewed(pump)
+    with pytest.raises(StoreError, match="cannot hold yet"):
+        codec.encode(rec(pump.server))
+
+
+# -- the happy paths -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_renewal_with_payout_runs_in_order_and_adds_up(version: int) -> None:
+    pump = opened(version)
+    before = rec(pump.server)
+    r = renewed(pump)
+    # the client stored R (and C', and the carried payment) right before it sent it; the
+    # server stored it before its broadcast and its ACK
+    client_types, server_types = types(pump.client_log), types(pump.server_log)
+    at = client_types.index("REANCHOR_SIGNED")
+    stored = pump.client_log[at - 1]
+    assert isinstance(stored, StoreChannel) and stored.record.pending is not None
+    sent = pump.client_log[at]
+    assert isinstance(sent, Send) and sent.message.reanchor_signed.tx == stored.record.pending.tx
+    assert client_types[at + 1:].count("StoreChannel") == 1  # R complete, after the ACK
+    tail = server_types[server_types.index("CheckReanchor"):]
+    assert tail[:5] == ["CheckReanchor", "StoreChannel", "Broadcast", "REANCHOR_ACK",
+                        "ReanchorSigned"]
+    broadcast = next(e for e in pump.server_log if isinstance(e, Broadcast)
+                     and e.purpose is Purpose.REANCHOR)
+    assert broadcast.tx == r
+    # R spends C by our own sighash and key code; C' holds the rest; the payout is the
+    # acknowledged total less the server's fee part; every sat is accounted for
+    assert spend_problem(before.contract, r, NOW) is None
+    pending = rec(pump.server).pending
+    assert pending is not None
+    client_fee, server_fee = reanchor.fees(before.contract, r, pending_terms(pump))
+    assert pending.payout == before.paid
+    assert r.outputs[1] == TxOut(before.paid - server_fee, PAYOUT)
+    assert r.outputs[0].value == VALUE - before.paid - client_fee
+    assert sum(o.value for o in r.outputs) + client_fee + server_fee == VALUE
+    assert pending.contract.expiry == NOW + 2 * DAY and pending.change == before.change - client_fee
+    # the client holds the same, complete
+    client_pending = rec(pump.client).pending
+    assert client_pending is not None and client_pending.complete
+    assert client_pending.tx == pending.tx and client_pending.signature == pending.signature
+
+
+def pending_terms(pump: Pump) -> reanchor.Terms:
+    pending = rec(pump.server).pending
+    assert pending is not None
+    return reanchor.Terms(pending.contract.expiry, pending.payout, PAYOUT, pending.fee_rate)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_top_up_payout_and_renewal_together(version: int) -> None:
+    pump = opened(version)
+    before = rec(pump.server)
+    r = renewed(pump, top_up=300_000)
+    fund = next(e for e in pump.client_log if isinstance(e, FundReanchor))
+    assert fund.fee_rate == FEE_RATE and len(r.inputs) == 2 and len(r.outputs) == 3
+    pending = rec(pump.client).pending
+    assert pending is not None
+    assert pending.contract.value == VALUE + 300_000 - before.paid
+    assert pending.change == before.change + 300_000  # the wallet paid the client's fees
+    _, server_fee = reanchor_fees(0, reanchor.payout_vbytes(PAYOUT), FEE_RATE, False)
+    assert r.outputs[1].value == before.paid - server_fee
+    total_fee = VALUE + WALLET_COIN - sum(o.value for o in r.outputs)
+    assert total_fee > server_fee  # the client's wallet paid the rest
+    assert spend_problem(before.contract, r, NOW) is None
+
+
+def test_a_pure_payout_is_paid_by_the_server_alone() -> None:
+    pump = opened()
+    before = rec(pump.server)
+    pump.run(pump.server.quote_reanchor(FEE_RATE, PAYOUT, NOW), "server")  # its own wish
+    r = Transaction.parse(rec(pump.server).pending.tx)  # type: ignore[union-attr]
+    assert r.outputs[0].value == VALUE - before.paid  # the client pays nothing
+    assert rec(pump.client).pending.change == before.change  # type: ignore[union-attr]
+    assert rec(pump.client).pending.contract.expiry == before.contract.expiry  # type: ignore[union-attr]
+    assert r.outputs[1].value < before.paid  # the fee came from the payout
+
+
+# -- payments while the re-anchor is pending, and promotion -----------------------------------
+
+
+def test_payments_in_flight_are_signed_stored_and_acked_on_both_contracts() -> None:
+    pump = opened()
+    renewed(pump)
+    pump.client_log.clear()
+    pump.server_log.clear()
+    pump.run(pump.client.pay(5_000))
+    (update,) = [m for m in pump.sent("client") if m.type == T.UPDATE_PAYMENT]
+    assert update.update_payment.next_signature
+    stored = next(e for e in pump.server_log if isinstance(e, StorePayment)).record
+    pending = stored.pending
+    assert pending is not None
+    # the server holds the latest payment on C and on C', both valid
+    stored.contract.check_payment(stored.change, stored.signature)
+    pending.contract.check_payment(pending.change, pending.signature)
+    assert pending.change == stored.change + pending.offset(stored.contract)
+    assert "PAYMENT_ACK" in types(pump.server_log)
+    assert types(pump.server_log).index("StorePayment") < types(pump.server_log).index(
+        "PAYMENT_ACK")
+    assert rec(pump.client).pending == pending  # both sides agree
+
+
+def test_the_stream_never_pauses_during_a_renewal() -> None:
+    """Payments go on between every step of the exchange (the window of 16 in flight)."""
+    pump = opened()
+    pump.hold = {CheckReanchor}
+    pump.run(pump.client.reanchor(0, 2 * DAY, NOW))
+    for _ in range(5):
+        pump.run(pump.client.pay(1_000))  # the server is asking its node about R
+    (check,) = pump.held
+    assert rec(pump.server).payments == rec(pump.client).payments == 7
+    pump.hold = set()
+    pump.run(pump.server.reanchor_checked(None))
+    pending = rec(pump.server).pending
+    assert pending is not None and pending.complete
+    pending.contract.check_payment(pending.change, pending.signature)
+    assert isinstance(check, CheckReanchor)
+
+
+def test_a_payment_the_old_contract_cannot_cover_waits_for_promotion() -> None:
+    pump = opened()
+    renewed(pump, top_up=300_000)
+    change = rec(pump.client).change
+    with pytest.raises(LocalProtocolError, match="waits for the re-anchor to confirm"):
+        pump.client.pay(change)  # C would be exhausted; C' still has 300,000 more
+    promote(pump)
+    pump.run(pump.client.pay(change + 100_000))  # beyond C's value: C' covers it
+    assert rec(pump.server).change == rec(pump.client).change
+
+
+def promote(pump: Pump) -> None:
+    """What the watcher does once R has its confirmations: promote the stored channel and
+    tell the live connections."""
+    for machine in (pump.client, pump.server):
+        record = rec(machine)
+        promoted = reanchor.promoted(record)
+        machine.reanchor_confirmed(promoted)
+        assert rec(machine) == promoted
+
+
+def test_promotion_moves_both_sides_to_the_next_contract_and_keeps_the_identity() -> None:
+    pump = opened()
+    first = rec(pump.server).contract_txid
+    r = renewed(pump)
+    pump.run(pump.client.pay(3_000))
+    promote(pump)
+    for machine in (pump.client, pump.server):
+        record = rec(machine)
+        assert record.generation == 1 and record.channel_id == first
+        assert record.contract_txid == r.txid_hex and record.pending is None
+        record.contract.check_payment(record.change, record.signature)
+    pump.run(pump.client.pay(2_000))
+    (update,) = [m for m in pump.sent("client")[-1:]]
+    assert not update.update_payment.next_signature  # C' alone now
+    assert rec(pump.server).change == rec(pump.client).change
+    renewed(pump, window=3 * DAY)  # and again, from generation 1
+    promote(pump)
+    assert rec(pump.server).generation == 2 and rec(pump.server).channel_id == first
+
+
+# -- hostile clients -------------------------------------------------------------------------
+
+
+def signed_message(pump: Pump) -> T:
+    """The client's REANCHOR_SIGNED, intercepted before the server saw it."""
+    pump.hold = {CheckReanchor}
+    pump.run(pump.client.reanchor(0, 2 * DAY, NOW))
+    (message,) = [m for m in pump.sent("client") if m.type == T.REANCHOR_SIGNED]
+    # take the server back to before it (a fresh resumed machine over its store)
+    return message
+
+
+def fresh_server(pump: Pump) -> ServerChannel:
+    record = rec(pump.server)
+    server = ServerChannel.resumed_from(SERVER, record, NOW)
+    server.reanchoring = True
+    return server
+
+
+def mutate(message: T, **changes: object) -> T:
+    body = wire(message)
+    for name, value in changes.items():
+        setattr(body.reanchor_signed, name, value)
+    return body
+
+
+def refused_with(effects: list[Effect], code: ErrorCode, match: str) -> None:
+    errors = [e for e in effects if isinstance(e, PeerError)]
+    assert errors and errors[0].code is code and match in errors[0].explanation, effects
+    assert not [e for e in effects if isinstance(e, StoreChannel | Broadcast | CheckReanchor)]
+
+
+def test_a_bad_client_signature_on_r_is_refused_and_nothing_stored() -> None:
+    pump = opened()
+    message = signed_message(pump)
+    server = fresh_server(pump)
+    forged = PrivateKey.generate()
+    tx = Transaction.parse(message.reanchor_signed.tx)
+    bad = rec(pump.server).contract.sign_cooperative(forged, tx)
+    effects = server.receive(mutate(message, client_signature=bad))
+    refused_with(effects, ErrorCode.BAD_TRANSACTION, "does not verify")
+
+
+def test_a_bad_signature_of_the_carried_payment_is_refused() -> None:
+    pump = opened()
+    message = signed_message(pump)
+    server = fresh_server(pump)
+    sig = message.reanchor_signed.next_signature
+    effects = server.receive(mutate(message, next_signature=sig[:-1] + bytes([sig[-1] ^ 2])))
+    refused_with(effects, ErrorCode.BAD_TRANSACTION, "hashtype")
+
+
+def test_a_payout_above_what_was_paid_is_refused() -> None:
+    """A client cannot make the server 'accept' a payout above its paid total (the
+    generation offset would then raise the client's change on C')."""
+    pump = opened()
+    message = signed_message(pump)
+    server = fresh_server(pump)
+    effects = server.receive(mutate(message, payout=rec(pump.server).paid + 1))
+    refused_with(effects, ErrorCode.BAD_TRANSACTION, "pays out")
+
+
+@pytest.mark.parametrize(("output", "delta", "why"), [
+    (0, 500, "must hold"),  # C' keeps more than the contract less payout and client fee
+    (1, -100, "output 1 must pay exactly"),  # the server paid less than its payout
+])
+def test_r_moving_a_sat_from_where_the_rule_puts_it_is_refused(output: int, delta: int,
+                                                                why: str) -> None:
+    pump = opened()
+    message = signed_message(pump)
+    tx = Transaction.parse(message.reanchor_signed.tx)
+    outputs = list(tx.outputs)
+    outputs[output] = replace(outputs[output], value=outputs[output].value + delta)
+    moved = replace(tx, outputs=tuple(outputs))
+    effects = fresh_server(pump).receive(mutate(message, tx=moved.serialize()))
+    refused_with(effects, ErrorCode.BAD_TRANSACTION, why)
+
+
+def test_r_not_replaceable_or_with_a_legacy_input_is_refused() -> None:
+    pump = opened()
+    message = signed_message(pump)
+    tx = Transaction.parse(message.reanchor_signed.tx)
+    final = replace(tx, inputs=(replace(tx.inputs[0], sequence=0xFFFFFFFF),))
+    refused_with(fresh_server(pump).receive(mutate(message, tx=final.serialize())),
+                 ErrorCode.BAD_TRANSACTION, "sequence")
+    legacy = replace(tx, inputs=(*tx.inputs, replace(tx.inputs[0], script_sig=b"\x00")))
+    refused_with(fresh_server(pump).receive(mutate(message, tx=legacy.serialize())),
+                 ErrorCode.BAD_TRANSACTION, "native segwit")
+
+
+def test_a_carried_change_other_than_the_channels_is_refused() -> None:
+    pump = opened()
+    message = signed_message(pump)
+    effects = fresh_server(pump).receive(mutate(
+        message, client_change_value=message.reanchor_signed.client_change_value + 1))
+    refused_with(effects, ErrorCode.BAD_TRANSACTION, "carries change")
+
+
+def test_a_payment_without_its_second_signature_is_refused_while_r_is_pending() -> None:
+    pump = opened()
+    renewed(pump)
+    record = rec(pump.server)
+    payment = record.contract.sign_payment(pump.client.key, record.change - 1_000)
+    effects = pump.server.receive(wire(messages.update_payment(record.change - 1_000, payment)))
+    refused_with(effects, ErrorCode.BAD_TRANSACTION, "next_signature")
+    assert not [e for e in effects if isinstance(e, StorePayment)]
+
+
+def test_a_payment_with_a_bad_second_signature_is_refused() -> None:
+    pump = opened()
+    renewed(pump)
+    record = rec(pump.server)
+    change = record.change - 1_000
+    payment = record.contract.sign_payment(pump.client.key, change)
+    wrong = record.pending.contract.sign_payment(  # type: ignore[union-attr]
+        pump.client.key, change)  # signed for the wrong change on C'
+    effects = pump.server.receive(wire(messages.update_payment(change, payment,
+                                                               next_signature=wrong)))
+    refused_with(effects, ErrorCode.BAD_TRANSACTION, "does not verify")
+    assert not [e for e in effects if isinstance(e, StorePayment)]
+
+
+def test_a_payment_exhausting_the_contract_is_refused_while_r_is_pending() -> None:
+    pump = opened()
+    renewed(pump, top_up=300_000)
+    record = rec(pump.server)
+    pending = record.pending
+    assert pending is not None
+    payment = record.contract.sign_payment(pump.client.key, 0)
+    second = pending.contract.sign_payment(pump.client.key, pending.offset(record.contract))
+    effects = pump.server.receive(wire(messages.update_payment(0, payment,
+                                                               next_signature=second)))
+    refused_with(effects, ErrorCode.BAD_TRANSACTION, "leave change")
+
+
+def test_a_second_re_anchor_while_one_is_pending_is_refused() -> None:
+    pump = opened()
+    renewed(pump)
+    with pytest.raises(LocalProtocolError, match="in flight"):
+        pump.client.reanchor(0, 3 * DAY, NOW)
+    pump.server_log.clear()
+    pump.run([Send(messages.reanchor_propose(0, 3 * DAY))])  # a hostile client asks anyway
+    assert isinstance(pump.server_log[0], PrepareReanchor)
+    assert pump.sent("server") == []  # no second quote while one is pending
+
+
+# -- hostile servers -------------------------------------------------------------------------
+
+
+def quoted(pump: Pump, **terms: object) -> list[Effect]:
+    """The client's answer to a server quote with `terms` changed."""
+    record = rec(pump.server)
+    base = dict(expiry=record.contract.expiry, payout=record.paid, payout_script=PAYOUT,
+                fee_rate=FEE_RATE) | terms
+    return pump.client.receive(wire(messages.reanchor_terms(
+        int(base["expiry"]), int(base["payout"]),  # type: ignore[call-overload]
+        bytes(base["payout_script"]), int(base["fee_rate"]))))  # type: ignore[call-overload]
+
+
+@pytest.mark.parametrize(("terms", "why"), [
+    ({"payout": 21_001}, "more than the 21000 sat it acknowledged"),
+    ({"fee_rate": 200_001}, "above our cap"),
+    ({"expiry": NOW + 30 * DAY}, "outside"),
+    ({"expiry": NOW + DAY - 61}, "outside"),  # earlier than C's own expiry
+])
+def test_the_client_declines_terms_signing_away_more_than_agreed(terms: dict[str, int],
+                                                                 why: str) -> None:
+    pump = opened()
+    effects = quoted(pump, **terms)
+    (ended,) = effects
+    assert isinstance(ended, ReanchorEnded) and why in ended.reason
+    assert rec(pump.client).pending is None
+
+
+def test_the_client_never_pays_out_what_is_only_in_flight() -> None:
+    """A payment stored and sent but not acknowledged is not the server's yet."""
+    pump = opened()
+    pump.client.pay(10_000)  # never delivered, never acked
+    effects = quoted(pump, payout=30_000)
+    assert isinstance(effects[0], ReanchorEnded) and "21000 sat it acknowledged" in \
+        effects[0].reason
+
+
+def test_the_server_quotes_only_what_it_acknowledged() -> None:
+    pump = opened()
+    record = rec(pump.server)
+    payment = record.contract.sign_payment(pump.client.key, record.change - 7_000)
+    effects = pump.server.receive(wire(messages.update_payment(record.change - 7_000,
+                                                               payment)))
+    assert any(isinstance(e, StorePayment) for e in effects)  # stored, its ack not yet sent
+    (terms,) = sends(pump.server.quote_reanchor(FEE_RATE, PAYOUT, NOW))
+    assert terms.reanchor_terms.payout == 21_000  # the initial payment and 20,000
+
+
+def test_an_ack_for_another_r_is_refused() -> None:
+    pump = opened()
+    message = signed_message(pump)
+    tx = Transaction.parse(message.reanchor_signed.tx)
+    other = replace(tx, outputs=(tx.outputs[0], replace(tx.outputs[1], value=1)))
+    effects = pump.client.receive(wire(messages.reanchor_ack(other.serialize())))
+    assert any(isinstance(e, PeerError) for e in effects)
+
+
+# -- R refused, the channel settling, crashes -------------------------------------------------
+
+
+def test_a_node_refusing_r_ends_it_and_payments_go_on_plainly() -> None:
+    """The client spent a top-up input elsewhere before the server's check (or the node
+    refuses R for any reason): REFUSED, nothing stored, the coins released."""
+    pump = opened()
+    pump.reanchor_refusal = "bad-txns-inputs-missingorspent"
+    pump.run(pump.client.reanchor(300_000, 2 * DAY, NOW))
+    assert rec(pump.server).pending is None
+    assert not any(isinstance(e, Broadcast) and e.purpose is Purpose.REANCHOR
+                   for e in pump.server_log)
+    client_pending = rec(pump.client).pending
+    assert client_pending is not None and client_pending.refused  # kept until R is dead
+    ended = [e for e in pump.client_log if isinstance(e, ReanchorEnded)]
+    assert ended and ended[-1].tx is not None and len(ended[-1].tx.inputs) == 2  # to release
+    pump.run(pump.client.pay(1_000))
+    assert not pump.sent("client")[-1].update_payment.next_signature
+    assert rec(pump.server).change == rec(pump.client).change
+
+
+def test_payments_made_during_a_refused_check_are_kept_on_the_contract() -> None:
+    pump = opened()
+    pump.hold = {CheckReanchor}
+    pump.reanchor_refusal = "min relay fee not met"
+    pump.run(pump.client.reanchor(0, 2 * DAY, NOW))
+    pump.run(pump.client.pay(4_000))
+    pump.hold = set()
+    pump.run(pump.server.reanchor_checked("min relay fee not met"))
+    record = rec(pump.server)
+    assert record.pending is None and record.paid == 25_000
+    record.contract.check_payment(record.change, record.signature)
+
+
+def test_a_re_anchor_meeting_a_settlement_is_refused_and_nothing_stored() -> None:
+    pump = opened()
+    pump.hold = {CheckReanchor}
+    pump.run(pump.client.reanchor(0, 2 * DAY, NOW))
+    pump.hold = set()
+    pump.server.receive(wire(messages.close()))  # the client's CLOSE crosses it
+    assert pump.server.state is ServerState.SETTLING
+    effects = pump.server.reanchor_checked(None)
+    assert not [e for e in effects if isinstance(e, StoreChannel | Broadcast)]
+    assert [m.type for m in sends(effects)] == [T.REANCHOR_REFUSED]
+    assert rec(pump.server).pending is None
+
+
+def test_the_server_refuses_to_re_anchor_a_contract_about_to_expire() -> None:
+    pump = opened()
+    late = NOW + DAY - ServerPolicy().settle_margin - reanchor.REANCHOR_LEAD
+    (answer,) = sends(pump.server.quote_reanchor(FEE_RATE, PAYOUT, late))
+    assert answer.type == T.REANCHOR_REFUSED and "too soon" in answer.reanchor_refused.explanation
+
+
+def resumed(pump: Pump) -> Pump:
+    """Both sides restarted from their stores, the client resuming."""
+    record = pump.client_store[rec(pump.client).contract_txid]
+    client = ClientChannel.resuming(record, CLIENT, NOW)
+    server = ServerChannel(SERVER, PrivateKey.generate(), NOW)
+    again = Pump(client, server, dict(pump.client_store), dict(pump.server_store))
+    again.run(client.start())
+    return again
+
+
+def test_crash_after_the_client_stored_r_before_the_server_saw_it() -> None:
+    pump = opened()
+    pump.drop = {T.REANCHOR_SIGNED}  # stored by the client, lost on the way
+    pump.run(pump.client.reanchor(0, 2 * DAY, NOW))
+    assert rec(pump.client).pending is not None
+    again = resumed(pump)
+    pending = rec(again.server).pending
+    assert pending is not None and pending.complete  # re-sent after the proof, taken
+    assert rec(again.client).pending.complete  # type: ignore[union-attr]
+
+
+def test_crash_while_the_server_asked_its_node() -> None:
+    """The server stored payments with the unchecked R, then died: a new connection drops
+    that R and takes the client's re-sent one afresh."""
+    pump = opened()
+    pump.hold = {CheckReanchor}
+    pump.run(pump.client.reanchor(0, 2 * DAY, NOW))
+    pump.run(pump.client.pay(2_000))
+    stored = pump.server_store[rec(pump.server).contract_txid]
+    assert stored.pending is not None and not stored.pending.complete
+    again = resumed(pump)
+    pending = rec(again.server).pending
+    assert pending is not None and pending.complete
+    assert rec(again.server).change == rec(again.client).change
+
+
+def test_crash_after_the_server_stored_r_before_the_ack() -> None:
+    pump = opened()
+    pump.drop = {T.REANCHOR_ACK}  # stored and broadcast by the server, lost on the way
+    pump.run(pump.client.reanchor(0, 2 * DAY, NOW))
+    lost = pump.client_store[rec(pump.client).contract_txid]
+    assert lost.pending is not None and not lost.pending.complete
+    again = resumed(pump)
+    server_types = types(again.server_log)
+    assert "REANCHOR_ACK" in server_types
+    assert "CheckReanchor" not in server_types and "Broadcast" not in server_types  # idempotent
+    assert rec(again.client).pending.complete  # type: ignore[union-attr]
+
+
+def test_a_resumed_client_sending_another_r_is_refused() -> None:
+    pump = opened()
+    renewed(pump)
+    again = resumed(pump)
+    record = rec(again.client)
+    assert record.pending is not None
+    other = Transaction.parse(record.pending.tx)
+    message = messages.reanchor_signed(replace(other, locktime=0, version=2,
+                                               outputs=other.outputs[:1]).serialize(),
+                                       record.pending.contract.expiry, 0, FEE_RATE,
+                                       record.change, record.pending.signature, b"\x30")
+    (answer,) = sends(again.server.receive(wire(message)))
+    assert answer.type == T.REANCHOR_REFUSED and "in flight" in answer.reanchor_refused.explanation
+
+
+def test_payments_during_the_exchange_survive_a_resume_on_both_contracts() -> None:
+    pump = opened()
+    renewed(pump)
+    pump.run(pump.client.pay(1_500))
+    again = resumed(pump)
+    again.run(again.client.pay(2_500))
+    server, client = rec(again.server), rec(again.client)
+    assert server.change == client.change and server.pending == client.pending
+    assert server.pending is not None
+    server.pending.contract.check_payment(server.pending.change, server.pending.signature)
+
+
+def test_carried_change_is_never_dust() -> None:
+    pump = opened(paid=VALUE - 1_600)  # 600 sat left: C' would keep less than dust
+    effects = quoted(pump, payout=0, expiry=rec(pump.client).contract.expiry + 30)
+    assert isinstance(effects[0], ReanchorEnded) and "leave us" in effects[0].reason
+    assert rec(pump.client).change < 2 * DUST
