@@ -200,10 +200,12 @@ class Contract:
         hashtype = self.kind.final_hashtype
         return self._signature(key, self.sighash(tx, hashtype, Branch.COOPERATIVE), hashtype)
 
-    def check_cooperative(self, what: str, tx: Transaction, signature: bytes) -> None:
-        """Raise RemoteProtocolError unless `signature` is the client's `sign_cooperative`."""
+    def check_cooperative(self, what: str, tx: Transaction, signature: bytes,
+                          signer: PublicKey | None = None) -> None:
+        """Raise RemoteProtocolError unless `signature` is `sign_cooperative`'s by `signer`
+        (the client's key by default)."""
         hashtype = self.kind.final_hashtype
-        self._check_signature(what, self.client_key, signature, hashtype,
+        self._check_signature(what, signer or self.client_key, signature, hashtype,
                               lambda: self.sighash(tx, hashtype, Branch.COOPERATIVE))
 
     def spend_weight(self) -> int:

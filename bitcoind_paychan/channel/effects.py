@@ -139,9 +139,10 @@ class FundReanchor:
 
 @dataclass(frozen=True, slots=True)
 class CheckReanchor:
-    """Server: ask the node whether it would accept R (complete) now, and whether
-    `payout_script` is our wallet's (a re-sent REANCHOR_SIGNED names one this connection
-    never quoted); answer with `ServerChannel.reanchor_checked`. Nothing is stored yet."""
+    """Server: ask the node whether it would accept R (complete) now, and, unless empty,
+    whether `payout_script` is our wallet's (a REANCHOR_SIGNED re-sent after a resume pays
+    one this connection never quoted: refuse it unless it is); answer with
+    `ServerChannel.reanchor_checked`. Nothing is stored yet."""
 
     tx: Transaction
     payout_script: bytes

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from bitcoind_paychan.bitcoin.tx import Transaction, TxIn, TxOut
 from bitcoind_paychan.channel.contract import (
     DUST,
+    Branch,
     Contract,
     bad_tx,
     contract_from_tx,
@@ -17,7 +18,7 @@ from bitcoind_paychan.channel.contract import (
 )
 from bitcoind_paychan.channel.fees import reanchor_fees
 from bitcoind_paychan.channel.records import ChannelRecord, PendingReanchor, Role
-from bitcoind_paychan.errors import LocalProtocolError
+from bitcoind_paychan.errors import DecodeError, LocalProtocolError
 
 REANCHOR_SEQUENCE = 0xFFFFFFFD  # R's input 0 signals replaceability (BIP125): the server's
 # settlement of C replaces an R that has not confirmed by C's settle deadline
@@ -192,6 +193,21 @@ def promoted(record: ChannelRecord) -> ChannelRecord:
     return replace(record, contract=pending.contract, contract_tx=pending.tx,
                    change=pending.change, signature=pending.signature,
                    generation=record.generation + 1, origin=record.channel_id, pending=None)
+
+
+def check_complete(current: Contract, tx: Transaction, signed_txid: str) -> None:
+    """The client's check of the R the server sends back (REANCHOR_ACK): the one it signed
+    (same txid), input 0 unlocked on the 2-of-2 branch with the server's valid signature.
+    RemoteProtocolError otherwise."""
+    if tx.txid_hex != signed_txid:
+        raise bad_tx("REANCHOR_ACK for a re-anchor we have not signed")
+    try:
+        sigs, branch = current.kind.unlocking(tx)
+    except (DecodeError, ValueError, IndexError):
+        raise bad_tx("the re-anchor's input 0 is not unlocked by the contract's script") from None
+    if branch is not Branch.COOPERATIVE or len(sigs) != 2:
+        raise bad_tx("the re-anchor's input 0 does not carry both signatures")
+    current.check_cooperative("the server's re-anchor", tx, sigs[1], current.server_key)
 
 
 def without_unchecked(record: ChannelRecord) -> ChannelRecord:

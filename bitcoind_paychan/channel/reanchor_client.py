@@ -155,8 +155,9 @@ class ClientReanchoring:
         record = machine._stored()
         pending = record.pending
         tx = Transaction.parse(message.reanchor_ack.tx)
-        if pending is None or pending.txid != tx.txid_hex or pending.refused:
+        if pending is None or pending.refused:
             raise bad_tx("REANCHOR_ACK for a re-anchor we have not signed")
+        rules.check_complete(record.contract, tx, pending.txid)
         if pending.complete:
             return []
         machine.record = stored = replace(record, pending=replace(

@@ -133,7 +133,10 @@ class ServerReanchoring:
         complete = record.contract.sign_settlement(tx, body.client_signature, record.key)
         self._checking = complete
         machine.record = replace(record, pending=candidate)  # payments now come in pairs
-        return [CheckReanchor(complete, terms.payout_script)]
+        # A payout script this connection did not quote (R re-sent after a resume) is the
+        # adapter's to check: it must be our wallet's.
+        foreign = terms.payout_script not in self._quoted
+        return [CheckReanchor(complete, terms.payout_script if foreign else b"")]
 
     def reanchor_checked(self, refusal: str | None) -> list[Effect]:
         """The answer to CheckReanchor: None if the node would take R and the payout script

@@ -125,7 +125,11 @@ class TaprootChannel(ContractKind):
     version = 4
     title = "Taproot: a MuSig2 key with payment and refund leaves"
     capabilities = Capabilities(segwit_funding_required=True, resume_challenge=True,
-                                reanchoring=True, key_path_close=True)
+                                key_path_close=True)
+    # No re-anchoring yet (docs/design/reanchoring.md, 8): its cooperative signatures are
+    # ALL|ANYONECANPAY, so a client could add an input to a complete R, change its txid and
+    # with it C''s outpoint, voiding every payment the server holds on C'. R needs
+    # SIGHASH_DEFAULT over the client's inputs' spent outputs first.
     scheme = Schnorr()
     final_hashtype = SIGHASH_ALL | SIGHASH_ANYONECANPAY
 
