@@ -134,7 +134,7 @@ TABLE = table({
     (C.WAITING_FOR_ACK, Input.REANCHOR): {C.WAITING_FOR_ACK},
     **{(state, event): {state}
        for state in (C.OPEN, C.WAITING_FOR_ACK, C.CLOSE_AFTER_ACK, C.CLOSING)
-       for event in (T.REANCHOR_TERMS, T.REANCHOR_ACK, T.REANCHOR_REFUSED,
+       for event in (T.REANCHOR_TERMS, T.REANCHOR_ACK, T.REANCHOR_REFUSED, T.REANCHOR_LOCKED,
                      Input.REANCHOR_FUNDED, Input.REANCHOR_CONFIRMED)},
     (C.CLOSED, Input.REANCHOR_FUNDED): {C.CLOSED},  # the coins are released
     (C.CLOSED, Input.REANCHOR_CONFIRMED): {C.CLOSED},
@@ -193,6 +193,7 @@ class ClientChannel(ClientReanchoring, ProtocolMachine):
             T.REANCHOR_TERMS: self._on_reanchor_terms,
             T.REANCHOR_ACK: self._on_reanchor_ack,
             T.REANCHOR_REFUSED: self._on_reanchor_refused,
+            T.REANCHOR_LOCKED: self._on_reanchor_locked,
         }
 
     @classmethod

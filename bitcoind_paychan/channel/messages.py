@@ -147,5 +147,11 @@ def reanchor_refused(explanation: str) -> T:
     return msg
 
 
+def reanchor_locked(txid: str) -> T:
+    msg = T(type=T.REANCHOR_LOCKED)
+    msg.reanchor_locked.txid = bytes.fromhex(txid)
+    return msg
+
+
 def error(code: ErrorCode, explanation: str, expected_value: int | None = None) -> T:
     return error_message(code, explanation, expected_value)

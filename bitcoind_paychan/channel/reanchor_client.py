@@ -197,9 +197,24 @@ class ClientReanchoring:
                 "re-anchor to confirm")
         return change
 
+    def _on_reanchor_locked(self, message: T) -> list[Effect]:
+        """The server moved the channel to C' (R confirmed): so do we, and sign payments on
+        C' alone from now on (until then we sign on both, whatever our own node says)."""
+        machine = self._machine()
+        record = machine._stored()
+        txid = message.reanchor_locked.txid.hex()
+        if record.contract_txid == txid:
+            return []  # promoted already
+        pending = record.pending
+        if pending is None or not pending.complete or pending.txid != txid:
+            raise bad_tx(f"REANCHOR_LOCKED for {txid}, which is not our complete re-anchor")
+        machine.record = promoted = rules.promoted(record)
+        return [StoreChannel(promoted)]
+
     def reanchor_confirmed(self, record: ChannelRecord) -> list[Effect]:
-        """R confirmed and the stored channel was promoted (`record`): payments from now on
-        are signed on the next contract alone."""
+        """R confirmed and the stored channel was promoted (`record`), with no server to say
+        so (the watcher, no connection): payments from now on are signed on the next
+        contract alone."""
         machine = self._machine()
         return machine._input(Input.REANCHOR_CONFIRMED, self._on_reanchor_confirmed, record)
 

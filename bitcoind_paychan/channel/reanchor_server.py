@@ -46,9 +46,17 @@ class ServerReanchoring:
     _wish: tuple[int, int]  # the client's PROPOSE: (top-up, time window)
     _quoted: set[bytes]  # payout scripts quoted on this connection
     _checking: Transaction | None  # R complete, awaiting the node's answer
+    _locked_offset: int | None  # the offset of the re-anchor promoted on this connection
 
     def _machine(self) -> ServerChannel:
         return self  # type: ignore[return-value]
+
+    def _open(self) -> bool:
+        """The channel is open (not settling, not closed)."""
+        raise NotImplementedError
+
+    def _closed(self) -> bool:
+        raise NotImplementedError
 
     def _reanchor_lead_left(self, now: int) -> bool:
         """C has long enough left for R to confirm before the server would settle it."""
@@ -146,13 +154,12 @@ class ServerReanchoring:
         return machine._input(Input.REANCHOR_CHECKED, self._on_reanchor_checked, refusal)
 
     def _on_reanchor_checked(self, refusal: str | None) -> list[Effect]:
-        from bitcoind_paychan.channel.server import ServerState
         machine = self._machine()
         complete, self._checking = self._checking, None
         record = machine._record()
         if complete is None or record.pending is None:
             return []
-        if refusal is None and machine.state is ServerState.OPEN:
+        if refusal is None and self._open():
             stored = replace(record, pending=replace(record.pending, tx=complete.serialize(),
                                                      complete=True))
             machine.record = stored
@@ -162,7 +169,7 @@ class ServerReanchoring:
         machine.record = replace(record, pending=None)
         why = refusal or f"the channel is {machine.state.value}"
         effects: list[Effect] = [ReanchorEnded(record.contract_txid, why)]
-        if machine.state is not ServerState.CLOSED:
+        if not self._closed():
             effects.insert(0, Send(messages.reanchor_refused(f"re-anchor refused: {why}")))
         return effects
 
@@ -204,9 +211,22 @@ class ServerReanchoring:
                 return []  # promoted already
             raise LocalProtocolError(f"channel {record.channel_id} has no pending re-anchor "
                                      f"creating {record.contract_txid}")
+        offset = ours.pending.offset(ours.contract)
         machine.record = reanchor.promoted(ours)
-        self.acked_change += ours.pending.offset(ours.contract)
-        return []
+        self.acked_change += offset
+        self._locked_offset = offset  # payments the client signed on both before it knew
+        if self._closed():
+            return []
+        return [Send(messages.reanchor_locked(record.contract_txid))]
+
+    def _on_contract(self, body: pb.UpdatePayment) -> tuple[int, bytes]:
+        """A payment's change and signature on the channel's contract: after a promotion on
+        this connection, a payment the client still signed on both contracts (before it got
+        REANCHOR_LOCKED) counts by its signature on the new one."""
+        record = self._machine()._record()
+        if self._locked_offset is not None and body.next_signature and record.pending is None:
+            return body.client_change_value + self._locked_offset, body.next_signature
+        return body.client_change_value, body.signature
 
     def _require_negotiated(self) -> None:
         if not self.reanchoring:

@@ -237,6 +237,7 @@ class ServerChannel(ServerReanchoring, ProtocolMachine):
         self._wish = (0, 0)
         self._quoted = set()
         self._checking = None
+        self._locked_offset = None
         self.handlers: dict[int, Handler] = {
             T.CLIENT_VERSION: self._on_client_version,
             T.PROVIDE_REFUND: self._on_provide_refund,
@@ -522,7 +523,7 @@ class ServerChannel(ServerReanchoring, ProtocolMachine):
 
     def _on_update_payment(self, message: T) -> list[Effect]:
         body = message.update_payment
-        change, record = body.client_change_value, self._record()
+        change, signature, record = *self._on_contract(body), self._record()
         proven: list[Effect] = []
         if self.state is ServerState.RESUMED:
             self._check_resume_proof(record, body)
@@ -532,17 +533,17 @@ class ServerChannel(ServerReanchoring, ProtocolMachine):
             raise bad_tx(f"payment would lower the server's value: change {change} is above "
                          f"the previous {record.change}")
         if change == record.change:
-            if body.signature != record.signature:  # a re-sent payment must be the same one
-                record.contract.check_payment(change, body.signature)
+            if signature != record.signature:  # a re-sent payment must be the same one
+                record.contract.check_payment(change, signature)
             return [*proven, Send(messages.payment_ack())]
         amount = record.change - change
         if amount < self.policy.min_increment and change:
             raise bad_tx(f"payment of {amount} is below the minimum increment "
                          f"{self.policy.min_increment}")
-        record.contract.check_payment(change, body.signature)
+        record.contract.check_payment(change, signature)
         self.record = record = (
-            record.with_payment(change, body.signature) if record.pending is None else
-            self._paired_payment(record, change, body.signature, body.next_signature))
+            record.with_payment(change, signature) if record.pending is None else
+            self._paired_payment(record, change, signature, body.next_signature))
         # Its ack waits for the application's answer (payment_answered).
         effects: list[Effect] = [*proven, StorePayment(record, amount, body.info),
                                  PaymentReceived(record, amount, body.info)]
@@ -565,6 +566,12 @@ class ServerChannel(ServerReanchoring, ProtocolMachine):
             raise RemoteProtocolError("the first payment after a resume must carry a "
                                       "resume_proof signed by the channel's client key",
                                       ErrorCode.BAD_TRANSACTION)
+
+    def _open(self) -> bool:
+        return self.state is ServerState.OPEN
+
+    def _closed(self) -> bool:
+        return self.state is ServerState.CLOSED
 
     def _on_reanchor_message(self, message: T) -> list[Effect]:
         if self.state is not ServerState.OPEN:

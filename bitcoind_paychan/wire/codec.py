@@ -26,6 +26,7 @@ _Body = Literal[
     "reanchor_terms",
     "reanchor_signed",
     "reanchor_ack",
+    "reanchor_locked",
 ]
 
 REQUIRED_BODY: dict[int, _Body] = {
@@ -40,6 +41,7 @@ REQUIRED_BODY: dict[int, _Body] = {
     MessageType.REANCHOR_TERMS: "reanchor_terms",
     MessageType.REANCHOR_SIGNED: "reanchor_signed",
     MessageType.REANCHOR_ACK: "reanchor_ack",
+    MessageType.REANCHOR_LOCKED: "reanchor_locked",
 }
 """Body each type must carry. CHANNEL_OPEN has none; CLOSE's settlement and PAYMENT_ACK's body
 are optional (bitcoinj sends a bare PAYMENT_ACK when it has no info); so are REANCHOR_PROPOSE's

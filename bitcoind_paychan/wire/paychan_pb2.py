@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#bitcoind_paychan/wire/paychan.proto\x12\x0fpaymentchannels\"\x92\n\n\x14TwoWayChannelMessage\x12?\n\x04type\x18\x01 \x02(\x0e\x32\x31.paymentchannels.TwoWayChannelMessage.MessageType\x12\x36\n\x0e\x63lient_version\x18\x02 \x01(\x0b\x32\x1e.paymentchannels.ClientVersion\x12\x36\n\x0eserver_version\x18\x03 \x01(\x0b\x32\x1e.paymentchannels.ServerVersion\x12+\n\x08initiate\x18\x04 \x01(\x0b\x32\x19.paymentchannels.Initiate\x12\x36\n\x0eprovide_refund\x18\x05 \x01(\x0b\x32\x1e.paymentchannels.ProvideRefund\x12\x34\n\rreturn_refund\x18\x06 \x01(\x0b\x32\x1d.paymentchannels.ReturnRefund\x12:\n\x10provide_contract\x18\x07 \x01(\x0b\x32 .paymentchannels.ProvideContract\x12\x36\n\x0eupdate_payment\x18\x08 \x01(\x0b\x32\x1e.paymentchannels.UpdatePayment\x12\x30\n\x0bpayment_ack\x18\x0b \x01(\x0b\x32\x1b.paymentchannels.PaymentAck\x12/\n\nsettlement\x18\t \x01(\x0b\x32\x1b.paymentchannels.Settlement\x12%\n\x05\x65rror\x18\n \x01(\x0b\x32\x16.paymentchannels.Error\x12\x14\n\x0bmusig_nonce\x18\xe9\x07 \x01(\x0c\x12 \n\x17musig_partial_signature\x18\xea\x07 \x01(\x0c\x12\x19\n\x10musig_settlement\x18\xeb\x07 \x01(\x0c\x12;\n\x10reanchor_propose\x18\xec\x07 \x01(\x0b\x32 .paymentchannels.ReanchorPropose\x12\x37\n\x0ereanchor_terms\x18\xed\x07 \x01(\x0b\x32\x1e.paymentchannels.ReanchorTerms\x12\x39\n\x0freanchor_signed\x18\xee\x07 \x01(\x0b\x32\x1f.paymentchannels.ReanchorSigned\x12\x33\n\x0creanchor_ack\x18\xef\x07 \x01(\x0b\x32\x1c.paymentchannels.ReanchorAck\x12;\n\x10reanchor_refused\x18\xf0\x07 \x01(\x0b\x32 .paymentchannels.ReanchorRefused\"\xb9\x02\n\x0bMessageType\x12\x12\n\x0e\x43LIENT_VERSION\x10\x01\x12\x12\n\x0eSERVER_VERSION\x10\x02\x12\x0c\n\x08INITIATE\x10\x03\x12\x12\n\x0ePROVIDE_REFUND\x10\x04\x12\x11\n\rRETURN_REFUND\x10\x05\x12\x14\n\x10PROVIDE_CONTRACT\x10\x06\x12\x10\n\x0c\x43HANNEL_OPEN\x10\x07\x12\x12\n\x0eUPDATE_PAYMENT\x10\x08\x12\x0f\n\x0bPAYMENT_ACK\x10\x0b\x12\t\n\x05\x43LOSE\x10\t\x12\t\n\x05\x45RROR\x10\n\x12\x15\n\x10REANCHOR_PROPOSE\x10\xe9\x07\x12\x13\n\x0eREANCHOR_TERMS\x10\xea\x07\x12\x14\n\x0fREANCHOR_SIGNED\x10\xeb\x07\x12\x11\n\x0cREANCHOR_ACK\x10\xec\x07\x12\x15\n\x10REANCHOR_REFUSED\x10\xed\x07\"\x8f\x01\n\rClientVersion\x12\r\n\x05major\x18\x01 \x02(\x05\x12\x10\n\x05minor\x18\x02 \x01(\x05:\x01\x30\x12&\n\x1eprevious_channel_contract_hash\x18\x03 \x01(\x0c\x12\x1f\n\x10time_window_secs\x18\x04 \x01(\x04:\x05\x38\x36\x33\x34\x30\x12\x14\n\x0breanchoring\x18\xe9\x07 \x01(\x08\"z\n\rServerVersion\x12\r\n\x05major\x18\x01 \x02(\x05\x12\x10\n\x05minor\x18\x02 \x01(\x05:\x01\x30\x12\x19\n\x10resume_challenge\x18\xe9\x07 \x01(\x0c\x12\x17\n\x0epayment_window\x18\xea\x07 \x01(\r\x12\x14\n\x0breanchoring\x18\xeb\x07 \x01(\x08\"r\n\x08Initiate\x12\x14\n\x0cmultisig_key\x18\x01 \x02(\x0c\x12!\n\x19min_accepted_channel_size\x18\x02 \x02(\x04\x12\x18\n\x10\x65xpire_time_secs\x18\x03 \x02(\x04\x12\x13\n\x0bmin_payment\x18\x04 \x02(\x04\"1\n\rProvideRefund\x12\x14\n\x0cmultisig_key\x18\x01 \x02(\x0c\x12\n\n\x02tx\x18\x02 \x02(\x0c\"!\n\x0cReturnRefund\x12\x11\n\tsignature\x18\x01 \x02(\x0c\"j\n\x0fProvideContract\x12\n\n\x02tx\x18\x01 \x02(\x0c\x12\x37\n\x0finitial_payment\x18\x02 \x02(\x0b\x32\x1e.paymentchannels.UpdatePayment\x12\x12\n\nclient_key\x18\x03 \x01(\x0c\"}\n\rUpdatePayment\x12\x1b\n\x13\x63lient_change_value\x18\x01 \x02(\x04\x12\x11\n\tsignature\x18\x02 \x02(\x0c\x12\x0c\n\x04info\x18\x03 \x01(\x0c\x12\x15\n\x0cresume_proof\x18\xe9\x07 \x01(\x0c\x12\x17\n\x0enext_signature\x18\xea\x07 \x01(\x0c\"\x1a\n\nPaymentAck\x12\x0c\n\x04info\x18\x01 \x01(\x0c\"\x18\n\nSettlement\x12\n\n\x02tx\x18\x03 \x02(\x0c\"\xa9\x02\n\x05\x45rror\x12\x35\n\x04\x63ode\x18\x01 \x01(\x0e\x32 .paymentchannels.Error.ErrorCode:\x05OTHER\x12\x13\n\x0b\x65xplanation\x18\x02 \x01(\t\x12\x16\n\x0e\x65xpected_value\x18\x03 \x01(\x04\"\xbb\x01\n\tErrorCode\x12\x0b\n\x07TIMEOUT\x10\x01\x12\x10\n\x0cSYNTAX_ERROR\x10\x02\x12\x19\n\x15NO_ACCEPTABLE_VERSION\x10\x03\x12\x13\n\x0f\x42\x41\x44_TRANSACTION\x10\x04\x12\x1c\n\x18TIME_WINDOW_UNACCEPTABLE\x10\x05\x12\x1b\n\x17\x43HANNEL_VALUE_TOO_LARGE\x10\x06\x12\x19\n\x15MIN_PAYMENT_TOO_LARGE\x10\x07\x12\t\n\x05OTHER\x10\x08\";\n\x0fReanchorPropose\x12\x0e\n\x06top_up\x18\x01 \x01(\x04\x12\x18\n\x10time_window_secs\x18\x02 \x01(\x04\"b\n\rReanchorTerms\x12\x18\n\x10\x65xpire_time_secs\x18\x01 \x02(\x04\x12\x0e\n\x06payout\x18\x02 \x02(\x04\x12\x15\n\rpayout_script\x18\x03 \x02(\x0c\x12\x10\n\x08\x66\x65\x65_rate\x18\x04 \x02(\x04\"\xa7\x01\n\x0eReanchorSigned\x12\n\n\x02tx\x18\x01 \x02(\x0c\x12\x18\n\x10\x65xpire_time_secs\x18\x02 \x02(\x04\x12\x0e\n\x06payout\x18\x03 \x02(\x04\x12\x10\n\x08\x66\x65\x65_rate\x18\x04 \x02(\x04\x12\x1b\n\x13\x63lient_change_value\x18\x05 \x02(\x04\x12\x16\n\x0enext_signature\x18\x06 \x02(\x0c\x12\x18\n\x10\x63lient_signature\x18\x07 \x02(\x0c\"\x19\n\x0bReanchorAck\x12\n\n\x02tx\x18\x01 \x02(\x0c\"&\n\x0fReanchorRefused\x12\x13\n\x0b\x65xplanation\x18\x01 \x01(\t')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#bitcoind_paychan/wire/paychan.proto\x12\x0fpaymentchannels\"\xe3\n\n\x14TwoWayChannelMessage\x12?\n\x04type\x18\x01 \x02(\x0e\x32\x31.paymentchannels.TwoWayChannelMessage.MessageType\x12\x36\n\x0e\x63lient_version\x18\x02 \x01(\x0b\x32\x1e.paymentchannels.ClientVersion\x12\x36\n\x0eserver_version\x18\x03 \x01(\x0b\x32\x1e.paymentchannels.ServerVersion\x12+\n\x08initiate\x18\x04 \x01(\x0b\x32\x19.paymentchannels.Initiate\x12\x36\n\x0eprovide_refund\x18\x05 \x01(\x0b\x32\x1e.paymentchannels.ProvideRefund\x12\x34\n\rreturn_refund\x18\x06 \x01(\x0b\x32\x1d.paymentchannels.ReturnRefund\x12:\n\x10provide_contract\x18\x07 \x01(\x0b\x32 .paymentchannels.ProvideContract\x12\x36\n\x0eupdate_payment\x18\x08 \x01(\x0b\x32\x1e.paymentchannels.UpdatePayment\x12\x30\n\x0bpayment_ack\x18\x0b \x01(\x0b\x32\x1b.paymentchannels.PaymentAck\x12/\n\nsettlement\x18\t \x01(\x0b\x32\x1b.paymentchannels.Settlement\x12%\n\x05\x65rror\x18\n \x01(\x0b\x32\x16.paymentchannels.Error\x12\x14\n\x0bmusig_nonce\x18\xe9\x07 \x01(\x0c\x12 \n\x17musig_partial_signature\x18\xea\x07 \x01(\x0c\x12\x19\n\x10musig_settlement\x18\xeb\x07 \x01(\x0c\x12;\n\x10reanchor_propose\x18\xec\x07 \x01(\x0b\x32 .paymentchannels.ReanchorPropose\x12\x37\n\x0ereanchor_terms\x18\xed\x07 \x01(\x0b\x32\x1e.paymentchannels.ReanchorTerms\x12\x39\n\x0freanchor_signed\x18\xee\x07 \x01(\x0b\x32\x1f.paymentchannels.ReanchorSigned\x12\x33\n\x0creanchor_ack\x18\xef\x07 \x01(\x0b\x32\x1c.paymentchannels.ReanchorAck\x12;\n\x10reanchor_refused\x18\xf0\x07 \x01(\x0b\x32 .paymentchannels.ReanchorRefused\x12\x39\n\x0freanchor_locked\x18\xf1\x07 \x01(\x0b\x32\x1f.paymentchannels.ReanchorLocked\"\xcf\x02\n\x0bMessageType\x12\x12\n\x0e\x43LIENT_VERSION\x10\x01\x12\x12\n\x0eSERVER_VERSION\x10\x02\x12\x0c\n\x08INITIATE\x10\x03\x12\x12\n\x0ePROVIDE_REFUND\x10\x04\x12\x11\n\rRETURN_REFUND\x10\x05\x12\x14\n\x10PROVIDE_CONTRACT\x10\x06\x12\x10\n\x0c\x43HANNEL_OPEN\x10\x07\x12\x12\n\x0eUPDATE_PAYMENT\x10\x08\x12\x0f\n\x0bPAYMENT_ACK\x10\x0b\x12\t\n\x05\x43LOSE\x10\t\x12\t\n\x05\x45RROR\x10\n\x12\x15\n\x10REANCHOR_PROPOSE\x10\xe9\x07\x12\x13\n\x0eREANCHOR_TERMS\x10\xea\x07\x12\x14\n\x0fREANCHOR_SIGNED\x10\xeb\x07\x12\x11\n\x0cREANCHOR_ACK\x10\xec\x07\x12\x15\n\x10REANCHOR_REFUSED\x10\xed\x07\x12\x14\n\x0fREANCHOR_LOCKED\x10\xee\x07\"\x8f\x01\n\rClientVersion\x12\r\n\x05major\x18\x01 \x02(\x05\x12\x10\n\x05minor\x18\x02 \x01(\x05:\x01\x30\x12&\n\x1eprevious_channel_contract_hash\x18\x03 \x01(\x0c\x12\x1f\n\x10time_window_secs\x18\x04 \x01(\x04:\x05\x38\x36\x33\x34\x30\x12\x14\n\x0breanchoring\x18\xe9\x07 \x01(\x08\"z\n\rServerVersion\x12\r\n\x05major\x18\x01 \x02(\x05\x12\x10\n\x05minor\x18\x02 \x01(\x05:\x01\x30\x12\x19\n\x10resume_challenge\x18\xe9\x07 \x01(\x0c\x12\x17\n\x0epayment_window\x18\xea\x07 \x01(\r\x12\x14\n\x0breanchoring\x18\xeb\x07 \x01(\x08\"r\n\x08Initiate\x12\x14\n\x0cmultisig_key\x18\x01 \x02(\x0c\x12!\n\x19min_accepted_channel_size\x18\x02 \x02(\x04\x12\x18\n\x10\x65xpire_time_secs\x18\x03 \x02(\x04\x12\x13\n\x0bmin_payment\x18\x04 \x02(\x04\"1\n\rProvideRefund\x12\x14\n\x0cmultisig_key\x18\x01 \x02(\x0c\x12\n\n\x02tx\x18\x02 \x02(\x0c\"!\n\x0cReturnRefund\x12\x11\n\tsignature\x18\x01 \x02(\x0c\"j\n\x0fProvideContract\x12\n\n\x02tx\x18\x01 \x02(\x0c\x12\x37\n\x0finitial_payment\x18\x02 \x02(\x0b\x32\x1e.paymentchannels.UpdatePayment\x12\x12\n\nclient_key\x18\x03 \x01(\x0c\"}\n\rUpdatePayment\x12\x1b\n\x13\x63lient_change_value\x18\x01 \x02(\x04\x12\x11\n\tsignature\x18\x02 \x02(\x0c\x12\x0c\n\x04info\x18\x03 \x01(\x0c\x12\x15\n\x0cresume_proof\x18\xe9\x07 \x01(\x0c\x12\x17\n\x0enext_signature\x18\xea\x07 \x01(\x0c\"\x1a\n\nPaymentAck\x12\x0c\n\x04info\x18\x01 \x01(\x0c\"\x18\n\nSettlement\x12\n\n\x02tx\x18\x03 \x02(\x0c\"\xa9\x02\n\x05\x45rror\x12\x35\n\x04\x63ode\x18\x01 \x01(\x0e\x32 .paymentchannels.Error.ErrorCode:\x05OTHER\x12\x13\n\x0b\x65xplanation\x18\x02 \x01(\t\x12\x16\n\x0e\x65xpected_value\x18\x03 \x01(\x04\"\xbb\x01\n\tErrorCode\x12\x0b\n\x07TIMEOUT\x10\x01\x12\x10\n\x0cSYNTAX_ERROR\x10\x02\x12\x19\n\x15NO_ACCEPTABLE_VERSION\x10\x03\x12\x13\n\x0f\x42\x41\x44_TRANSACTION\x10\x04\x12\x1c\n\x18TIME_WINDOW_UNACCEPTABLE\x10\x05\x12\x1b\n\x17\x43HANNEL_VALUE_TOO_LARGE\x10\x06\x12\x19\n\x15MIN_PAYMENT_TOO_LARGE\x10\x07\x12\t\n\x05OTHER\x10\x08\";\n\x0fReanchorPropose\x12\x0e\n\x06top_up\x18\x01 \x01(\x04\x12\x18\n\x10time_window_secs\x18\x02 \x01(\x04\"b\n\rReanchorTerms\x12\x18\n\x10\x65xpire_time_secs\x18\x01 \x02(\x04\x12\x0e\n\x06payout\x18\x02 \x02(\x04\x12\x15\n\rpayout_script\x18\x03 \x02(\x0c\x12\x10\n\x08\x66\x65\x65_rate\x18\x04 \x02(\x04\"\xa7\x01\n\x0eReanchorSigned\x12\n\n\x02tx\x18\x01 \x02(\x0c\x12\x18\n\x10\x65xpire_time_secs\x18\x02 \x02(\x04\x12\x0e\n\x06payout\x18\x03 \x02(\x04\x12\x10\n\x08\x66\x65\x65_rate\x18\x04 \x02(\x04\x12\x1b\n\x13\x63lient_change_value\x18\x05 \x02(\x04\x12\x16\n\x0enext_signature\x18\x06 \x02(\x0c\x12\x18\n\x10\x63lient_signature\x18\x07 \x02(\x0c\"\x19\n\x0bReanchorAck\x12\n\n\x02tx\x18\x01 \x02(\x0c\"&\n\x0fReanchorRefused\x12\x13\n\x0b\x65xplanation\x18\x01 \x01(\t\"\x1e\n\x0eReanchorLocked\x12\x0c\n\x04txid\x18\x01 \x02(\x0c')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,39 +32,41 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bitcoind_paychan.wire.paych
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TWOWAYCHANNELMESSAGE']._serialized_start=57
-  _globals['_TWOWAYCHANNELMESSAGE']._serialized_end=1355
-  _globals['_TWOWAYCHANNELMESSAGE_MESSAGETYPE']._serialized_start=1042
-  _globals['_TWOWAYCHANNELMESSAGE_MESSAGETYPE']._serialized_end=1355
-  _globals['_CLIENTVERSION']._serialized_start=1358
-  _globals['_CLIENTVERSION']._serialized_end=1501
-  _globals['_SERVERVERSION']._serialized_start=1503
-  _globals['_SERVERVERSION']._serialized_end=1625
-  _globals['_INITIATE']._serialized_start=1627
-  _globals['_INITIATE']._serialized_end=1741
-  _globals['_PROVIDEREFUND']._serialized_start=1743
-  _globals['_PROVIDEREFUND']._serialized_end=1792
-  _globals['_RETURNREFUND']._serialized_start=1794
-  _globals['_RETURNREFUND']._serialized_end=1827
-  _globals['_PROVIDECONTRACT']._serialized_start=1829
-  _globals['_PROVIDECONTRACT']._serialized_end=1935
-  _globals['_UPDATEPAYMENT']._serialized_start=1937
-  _globals['_UPDATEPAYMENT']._serialized_end=2062
-  _globals['_PAYMENTACK']._serialized_start=2064
-  _globals['_PAYMENTACK']._serialized_end=2090
-  _globals['_SETTLEMENT']._serialized_start=2092
-  _globals['_SETTLEMENT']._serialized_end=2116
-  _globals['_ERROR']._serialized_start=2119
-  _globals['_ERROR']._serialized_end=2416
-  _globals['_ERROR_ERRORCODE']._serialized_start=2229
-  _globals['_ERROR_ERRORCODE']._serialized_end=2416
-  _globals['_REANCHORPROPOSE']._serialized_start=2418
-  _globals['_REANCHORPROPOSE']._serialized_end=2477
-  _globals['_REANCHORTERMS']._serialized_start=2479
-  _globals['_REANCHORTERMS']._serialized_end=2577
-  _globals['_REANCHORSIGNED']._serialized_start=2580
-  _globals['_REANCHORSIGNED']._serialized_end=2747
-  _globals['_REANCHORACK']._serialized_start=2749
-  _globals['_REANCHORACK']._serialized_end=2774
-  _globals['_REANCHORREFUSED']._serialized_start=2776
-  _globals['_REANCHORREFUSED']._serialized_end=2814
+  _globals['_TWOWAYCHANNELMESSAGE']._serialized_end=1436
+  _globals['_TWOWAYCHANNELMESSAGE_MESSAGETYPE']._serialized_start=1101
+  _globals['_TWOWAYCHANNELMESSAGE_MESSAGETYPE']._serialized_end=1436
+  _globals['_CLIENTVERSION']._serialized_start=1439
+  _globals['_CLIENTVERSION']._serialized_end=1582
+  _globals['_SERVERVERSION']._serialized_start=1584
+  _globals['_SERVERVERSION']._serialized_end=1706
+  _globals['_INITIATE']._serialized_start=1708
+  _globals['_INITIATE']._serialized_end=1822
+  _globals['_PROVIDEREFUND']._serialized_start=1824
+  _globals['_PROVIDEREFUND']._serialized_end=1873
+  _globals['_RETURNREFUND']._serialized_start=1875
+  _globals['_RETURNREFUND']._serialized_end=1908
+  _globals['_PROVIDECONTRACT']._serialized_start=1910
+  _globals['_PROVIDECONTRACT']._serialized_end=2016
+  _globals['_UPDATEPAYMENT']._serialized_start=2018
+  _globals['_UPDATEPAYMENT']._serialized_end=2143
+  _globals['_PAYMENTACK']._serialized_start=2145
+  _globals['_PAYMENTACK']._serialized_end=2171
+  _globals['_SETTLEMENT']._serialized_start=2173
+  _globals['_SETTLEMENT']._serialized_end=2197
+  _globals['_ERROR']._serialized_start=2200
+  _globals['_ERROR']._serialized_end=2497
+  _globals['_ERROR_ERRORCODE']._serialized_start=2310
+  _globals['_ERROR_ERRORCODE']._serialized_end=2497
+  _globals['_REANCHORPROPOSE']._serialized_start=2499
+  _globals['_REANCHORPROPOSE']._serialized_end=2558
+  _globals['_REANCHORTERMS']._serialized_start=2560
+  _globals['_REANCHORTERMS']._serialized_end=2658
+  _globals['_REANCHORSIGNED']._serialized_start=2661
+  _globals['_REANCHORSIGNED']._serialized_end=2828
+  _globals['_REANCHORACK']._serialized_start=2830
+  _globals['_REANCHORACK']._serialized_end=2855
+  _globals['_REANCHORREFUSED']._serialized_start=2857
+  _globals['_REANCHORREFUSED']._serialized_end=2895
+  _globals['_REANCHORLOCKED']._serialized_start=2897
+  _globals['_REANCHORLOCKED']._serialized_end=2927
 # @@protoc_insertion_point(module_scope)

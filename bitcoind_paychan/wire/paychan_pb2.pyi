@@ -61,6 +61,8 @@ class TwoWayChannelMessage(_message.Message):
         """server: R complete, stored before it is sent"""
         REANCHOR_REFUSED: TwoWayChannelMessage._MessageType.ValueType  # 1005
         """server: nothing changes, the channel goes on"""
+        REANCHOR_LOCKED: TwoWayChannelMessage._MessageType.ValueType  # 1006
+        """server: R confirmed, payments on the new contract alone"""
 
     class MessageType(_MessageType, metaclass=_MessageTypeEnumTypeWrapper): ...
     CLIENT_VERSION: TwoWayChannelMessage.MessageType.ValueType  # 1
@@ -89,6 +91,8 @@ class TwoWayChannelMessage(_message.Message):
     """server: R complete, stored before it is sent"""
     REANCHOR_REFUSED: TwoWayChannelMessage.MessageType.ValueType  # 1005
     """server: nothing changes, the channel goes on"""
+    REANCHOR_LOCKED: TwoWayChannelMessage.MessageType.ValueType  # 1006
+    """server: R confirmed, payments on the new contract alone"""
 
     TYPE_FIELD_NUMBER: _builtins.int
     CLIENT_VERSION_FIELD_NUMBER: _builtins.int
@@ -109,6 +113,7 @@ class TwoWayChannelMessage(_message.Message):
     REANCHOR_SIGNED_FIELD_NUMBER: _builtins.int
     REANCHOR_ACK_FIELD_NUMBER: _builtins.int
     REANCHOR_REFUSED_FIELD_NUMBER: _builtins.int
+    REANCHOR_LOCKED_FIELD_NUMBER: _builtins.int
     type: Global___TwoWayChannelMessage.MessageType.ValueType
     musig_nonce: _builtins.bytes
     """Ours, not bitcoinj's (proto2 peers skip unknown fields): a version-4 channel's
@@ -156,6 +161,8 @@ class TwoWayChannelMessage(_message.Message):
     def reanchor_ack(self) -> Global___ReanchorAck: ...
     @_builtins.property
     def reanchor_refused(self) -> Global___ReanchorRefused: ...
+    @_builtins.property
+    def reanchor_locked(self) -> Global___ReanchorLocked: ...
     def __init__(
         self,
         *,
@@ -178,10 +185,11 @@ class TwoWayChannelMessage(_message.Message):
         reanchor_signed: Global___ReanchorSigned | None = ...,
         reanchor_ack: Global___ReanchorAck | None = ...,
         reanchor_refused: Global___ReanchorRefused | None = ...,
+        reanchor_locked: Global___ReanchorLocked | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["client_version", b"client_version", "error", b"error", "initiate", b"initiate", "musig_nonce", b"musig_nonce", "musig_partial_signature", b"musig_partial_signature", "musig_settlement", b"musig_settlement", "payment_ack", b"payment_ack", "provide_contract", b"provide_contract", "provide_refund", b"provide_refund", "reanchor_ack", b"reanchor_ack", "reanchor_propose", b"reanchor_propose", "reanchor_refused", b"reanchor_refused", "reanchor_signed", b"reanchor_signed", "reanchor_terms", b"reanchor_terms", "return_refund", b"return_refund", "server_version", b"server_version", "settlement", b"settlement", "type", b"type", "update_payment", b"update_payment"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["client_version", b"client_version", "error", b"error", "initiate", b"initiate", "musig_nonce", b"musig_nonce", "musig_partial_signature", b"musig_partial_signature", "musig_settlement", b"musig_settlement", "payment_ack", b"payment_ack", "provide_contract", b"provide_contract", "provide_refund", b"provide_refund", "reanchor_ack", b"reanchor_ack", "reanchor_locked", b"reanchor_locked", "reanchor_propose", b"reanchor_propose", "reanchor_refused", b"reanchor_refused", "reanchor_signed", b"reanchor_signed", "reanchor_terms", b"reanchor_terms", "return_refund", b"return_refund", "server_version", b"server_version", "settlement", b"settlement", "type", b"type", "update_payment", b"update_payment"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_version", b"client_version", "error", b"error", "initiate", b"initiate", "musig_nonce", b"musig_nonce", "musig_partial_signature", b"musig_partial_signature", "musig_settlement", b"musig_settlement", "payment_ack", b"payment_ack", "provide_contract", b"provide_contract", "provide_refund", b"provide_refund", "reanchor_ack", b"reanchor_ack", "reanchor_propose", b"reanchor_propose", "reanchor_refused", b"reanchor_refused", "reanchor_signed", b"reanchor_signed", "reanchor_terms", b"reanchor_terms", "return_refund", b"return_refund", "server_version", b"server_version", "settlement", b"settlement", "type", b"type", "update_payment", b"update_payment"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_version", b"client_version", "error", b"error", "initiate", b"initiate", "musig_nonce", b"musig_nonce", "musig_partial_signature", b"musig_partial_signature", "musig_settlement", b"musig_settlement", "payment_ack", b"payment_ack", "provide_contract", b"provide_contract", "provide_refund", b"provide_refund", "reanchor_ack", b"reanchor_ack", "reanchor_locked", b"reanchor_locked", "reanchor_propose", b"reanchor_propose", "reanchor_refused", b"reanchor_refused", "reanchor_signed", b"reanchor_signed", "reanchor_terms", b"reanchor_terms", "return_refund", b"return_refund", "server_version", b"server_version", "settlement", b"settlement", "type", b"type", "update_payment", b"update_payment"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -644,3 +652,26 @@ class ReanchorRefused(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReanchorRefused: _TypeAlias = ReanchorRefused  # noqa: Y015
+
+@_typing.final
+class ReanchorLocked(_message.Message):
+    """Server -> client: R confirmed and the server moved the channel to C' (its txid, display
+    order): sign payments on C' alone from now on (as Lightning's splice_locked).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TXID_FIELD_NUMBER: _builtins.int
+    txid: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        txid: _builtins.bytes | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["txid", b"txid"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["txid", b"txid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReanchorLocked: _TypeAlias = ReanchorLocked  # noqa: Y015

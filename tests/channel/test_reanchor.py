@@ -267,13 +267,13 @@ def test_a_payment_the_old_contract_cannot_cover_waits_for_promotion() -> None:
 
 
 def promote(pump: Pump) -> None:
-    """What the watcher does once R has its confirmations: promote the stored channel and
-    tell the live connections."""
-    for machine in (pump.client, pump.server):
-        record = rec(machine)
-        promoted = reanchor.promoted(record)
-        machine.reanchor_confirmed(promoted)
-        assert rec(machine) == promoted
+    """What the server's watcher does once R has its confirmations: promote the stored
+    channel and tell the live connection, which tells the client (REANCHOR_LOCKED)."""
+    promoted = reanchor.promoted(rec(pump.server))
+    pump.run(pump.server.reanchor_confirmed(promoted), "server")
+    assert rec(pump.server) == promoted
+    assert rec(pump.client).contract_txid == promoted.contract_txid
+    assert pump.client_store[promoted.contract_txid] == rec(pump.client)
 
 
 def test_promotion_moves_both_sides_to_the_next_contract_and_keeps_the_identity() -> None:
@@ -671,3 +671,23 @@ def test_the_payout_script_is_checked_by_the_adapter_unless_quoted_here() -> Non
                       next_signature=moved.sign_payment(pump.client.key, carried))
     (check,) = fresh_server(pump).receive(resigned)
     assert isinstance(check, CheckReanchor) and check.payout_script == theirs
+
+
+def test_a_payment_signed_on_both_that_crosses_the_lock_counts_on_the_new_contract() -> None:
+    pump = opened()
+    renewed(pump)
+    crossing = [e for e in pump.client.pay(3_000) if isinstance(e, Send)]  # not yet delivered
+    promote(pump)  # the server locks, the client learns it after having sent the payment
+    effects = pump.server.receive(wire(crossing[0].message))
+    stored = next(e for e in effects if isinstance(e, StorePayment)).record
+    stored.contract.check_payment(stored.change, stored.signature)  # on C'
+    assert stored.contract_txid == rec(pump.client).contract_txid
+    assert stored.change == rec(pump.client).change  # both sides agree on C'
+
+
+def test_a_lock_for_another_transaction_is_refused() -> None:
+    pump = opened()
+    renewed(pump)
+    effects = pump.client.receive(wire(messages.reanchor_locked("11" * 32)))
+    assert any(isinstance(e, PeerError) for e in effects)
+    assert rec(pump.client).generation == 0

@@ -74,7 +74,8 @@ SCHEMA: dict[str, list[tuple[int, str, int, bool, object]]] = {
 OURS = {"TwoWayChannelMessage": {1001: "musig_nonce", 1002: "musig_partial_signature",
                                  1003: "musig_settlement", 1004: "reanchor_propose",
                                  1005: "reanchor_terms", 1006: "reanchor_signed",
-                                 1007: "reanchor_ack", 1008: "reanchor_refused"},
+                                 1007: "reanchor_ack", 1008: "reanchor_refused",
+                                 1009: "reanchor_locked"},
         "ClientVersion": {1001: "reanchoring"},
         "ServerVersion": {1001: "resume_challenge", 1002: "payment_window",
                           1003: "reanchoring"},
@@ -84,7 +85,7 @@ OUR_TYPES = {"payment_window": F.TYPE_UINT32, "reanchoring": F.TYPE_BOOL,
                 if name.startswith("reanchor_")}}  # the others are bytes
 # Messages of ours alone (re-anchoring), carried only in the fields above.
 OUR_MESSAGES = {"ReanchorPropose", "ReanchorTerms", "ReanchorSigned", "ReanchorAck",
-                "ReanchorRefused"}
+                "ReanchorRefused", "ReanchorLocked"}
 
 
 @pytest.mark.parametrize("message", sorted(SCHEMA))
@@ -136,7 +137,7 @@ def test_enums_match_bitcoinj() -> None:
         "CLOSE": 9, "ERROR": 10, "PAYMENT_ACK": 11,
         # ours (re-anchoring), far from bitcoinj's: only on channels that negotiated it
         "REANCHOR_PROPOSE": 1001, "REANCHOR_TERMS": 1002, "REANCHOR_SIGNED": 1003,
-        "REANCHOR_ACK": 1004, "REANCHOR_REFUSED": 1005,
+        "REANCHOR_ACK": 1004, "REANCHOR_REFUSED": 1005, "REANCHOR_LOCKED": 1006,
     }  # fmt: skip
     assert dict(pb.Error.ErrorCode.items()) == {c.name: c.value for c in ErrorCode}
 
