@@ -87,7 +87,9 @@ class ServerReanchoring:
                   time_window: int) -> list[Effect]:
         machine = self._machine()
         record = machine._record()
-        self._require_negotiated()
+        if not self.reanchoring:
+            raise LocalProtocolError("re-anchoring was not negotiated on this channel (a "
+                                     "bitcoinj client, or one that did not ask for it)")
         wish_top_up, wish_window = self._wish
         self._wish = (0, 0)
         if record.pending is not None or self._checking is not None:

@@ -105,8 +105,11 @@ class MemoryStore(Closable):
             return settlement_decided(*key, old.status)
         if record.change > old.change:
             return change_increased(*key, old.change, record.change)
+        # During a stored re-anchor the payment carries its signature on the next contract too.
+        same = record.pending and old.pending and record.pending.txid == old.pending.txid
         self._records[key] = replace(
-            old, change=record.change, signature=record.signature, payments=record.payments
+            old, change=record.change, signature=record.signature, payments=record.payments,
+            pending=record.pending if same else old.pending,
         )
         self._log.append(PaymentLogEntry(*key, amount, record.change, bytes(info), record.payments,
                                          int(time.time())))

@@ -129,7 +129,22 @@ class ChannelModel(RuleBasedStateMachine):
         self.act(self.world.client.close)
         self.let_flow(flow)
 
+    @precondition(lambda self: self.client_connected())
+    @rule(top_up=st.sampled_from([0, 100_000]), window=st.sampled_from([0, 24 * HOUR]),
+          flow=st.booleans())
+    def client_reanchors(self, top_up: int, window: int, flow: bool) -> None:
+        """Issue 23: a top-up and/or a renewal (the server adds a payout of what it acked)."""
+        self.act(lambda: self.world.client.reanchor(top_up, window))
+        self.let_flow(flow)
+
     # -- the server operator ---------------------------------------------------------------
+
+    @rule(index=pick, renew=st.booleans())
+    def server_quotes_reanchor(self, index: int, renew: bool) -> None:
+        """Issue 23: the server asks for a payout (and a renewal) on a live connection."""
+        conn = self.connection(index)
+        if conn is not None:
+            self.act(lambda: self.world.server.quote(conn, renew))
 
     @rule(index=pick)
     def server_closes(self, index: int) -> None:

@@ -97,6 +97,9 @@ def test_bitcoinj_versions_never_negotiate_it_and_refuse_its_messages(version: i
     assert not pump.sent("server")[0].server_version.HasField("reanchoring")
     with pytest.raises(LocalProtocolError, match="did not offer re-anchoring"):
         client.reanchor(0, DAY, NOW)
+    with pytest.raises(LocalProtocolError, match="not negotiated"):
+        server.quote_reanchor(FEE_RATE, PAYOUT, NOW)  # the application's wish: refused
+    assert server.state.value == "open"
     effects = server.receive(wire(messages.reanchor_propose(0, DAY)))
     assert isinstance(effects[1], PeerError) and effects[1].code is ErrorCode.SYNTAX_ERROR
     assert server.state is ServerState.CLOSED

@@ -104,6 +104,22 @@ class Checks:
                     "server sends a settlement it has not stored")
             self.settlement_checked(record, Transaction.parse(message.settlement.tx))
 
+    def reanchor_released(self, store: ChannelStore, machine: ServerChannel,
+                          tx: Transaction) -> None:
+        """The server lets R out (broadcast, then REANCHOR_ACK) only once it is stored, valid,
+        and paying it no more than its stored paid total (issue 23, rules 1 and 2)."""
+        record = machine.record
+        assert record is not None
+        stored = store.get(Role.SERVER, record.contract_txid)
+        pending = stored.pending if stored is not None else None
+        require(pending is not None and pending.complete and pending.tx == tx.serialize(),
+                "server releases a re-anchor it has not stored")
+        assert stored is not None and pending is not None
+        problem = spend_problem(stored.contract, tx, ANY_TIME)
+        require(problem is None, f"server signs an invalid re-anchor: {problem}")
+        require(pending.payout <= stored.paid, f"re-anchor pays out {pending.payout}, more "
+                f"than the {stored.paid} sat paid")
+
     def client_holds(self, record: ChannelRecord, spend: Transaction) -> None:
         """A hostile client completed `spend` of `record`'s contract from what it got, without
         sending its own partial signature: if that is a valid spend, remember what it pays."""
@@ -125,9 +141,16 @@ class Checks:
         the resume was in flight (its funding double-spent, or its closing tx, forget_depth
         deep), that payment was committed before and spends an output the chain will not
         give back: it must be one the store held."""
+        if message.type == T.REANCHOR_SIGNED:
+            return self.client_signs_reanchor(store, record, message)
         if message.type == T.UPDATE_PAYMENT:
             change, signature = (message.update_payment.client_change_value,
                                  message.update_payment.signature)
+            if message.update_payment.next_signature and record is not None:
+                held = store.get(Role.CLIENT, record.contract_txid)
+                require(held is not None and held.pending is not None
+                        and held.pending.signature == message.update_payment.next_signature,
+                        "client sends a payment on the next contract it has not stored")
         elif message.type == T.PROVIDE_CONTRACT:
             body = message.provide_contract.initial_payment
             change, signature = body.client_change_value, body.signature
@@ -150,6 +173,20 @@ class Checks:
         require(change == 0 or DUST <= change <= record.value,
                 f"client signs a payment leaving {change} sat (dust or above the value)")
         require(payment_verifies(record), "client sends a payment that does not verify")
+
+    def client_signs_reanchor(self, store: ChannelStore, record: ChannelRecord | None,
+                              message: T) -> None:
+        """The client sends R only once it is stored (the server can complete it from then
+        on), and never pays out more than the server has stored as paid (rule 2)."""
+        assert record is not None
+        body = message.reanchor_signed
+        held = store.get(Role.CLIENT, record.contract_txid)
+        require(held is not None and held.pending is not None and held.pending.tx == body.tx,
+                "client sends a re-anchor it has not stored")
+        server = self.world.server.store.get(Role.SERVER, record.contract_txid)
+        if server is not None:
+            require(body.payout <= server.paid, f"client signs a payout of {body.payout}, "
+                    f"more than the {server.paid} sat the server holds")
 
     def storing(self, store: ChannelStore, record: ChannelRecord) -> None:
         """One settlement per channel: the server decides (stores CLOSING with a settlement)
@@ -213,6 +250,8 @@ class Checks:
         for record in [*servers.values(), *live]:
             require(payment_verifies(record),
                     f"server holds an unverified payment on {record.contract_txid}")
+        for record in [*servers.values(), *clients.values()]:
+            self.pending_covered(record)
         for txid, record in servers.items():
             if record.status is ChannelStatus.FAILED:  # its settlement cannot confirm: a reorg
                 self.settlements.pop(txid, None)  # that confirms the contract reopens it
@@ -230,6 +269,24 @@ class Checks:
             require(not self.stranger_displaced_owner,
                     "a stranger's resume displaced the channel's owner")
             require(not self.stranger_close_honoured, "a stranger's CLOSE was honoured")
+
+    def pending_covered(self, record: ChannelRecord) -> None:
+        """Rule 1 of issue 23: while a re-anchor binds payments, the latest stored payment is
+        valid on both contracts (whichever ends up on chain, it is covered), carried by the
+        re-anchor's offset, and R pays out no more than was paid."""
+        pending = record.pending
+        if pending is None or not pending.binding or (
+                record.role is Role.SERVER and not pending.complete):
+            return
+        txid = record.contract_txid
+        require(pending.change == record.change + pending.offset(record.contract),
+                f"{record.role}'s payment on {txid}'s next contract is not its latest")
+        try:
+            pending.contract.check_payment(pending.change, pending.signature)
+        except ProtocolError:
+            raise Violation(f"{record.role}'s payment on {txid}'s next contract does not "
+                            "verify") from None
+        require(pending.payout <= record.paid, f"{txid}'s re-anchor pays out more than paid")
 
     def funded_contracts_recoverable(self, servers: dict[str, ChannelRecord],
                                      clients: dict[str, ChannelRecord]) -> None:

@@ -20,17 +20,20 @@ from bitcoind_paychan.channel.effects import (
     Broadcast,
     ChannelOpened,
     CheckContract,
+    CheckReanchor,
     ClaimChannel,
     DiscardChannel,
     Disconnect,
     Effect,
     ForgetChannel,
     FundContract,
+    FundReanchor,
     FundSettlement,
     LoadChannel,
     MarkChannel,
     PaymentAcknowledged,
     PaymentReceived,
+    PrepareReanchor,
     PrepareSettlement,
     Purpose,
     ResumeRefused,
@@ -65,7 +68,11 @@ LIVE = {Role.SERVER: (ChannelStatus.OPEN, ChannelStatus.CLOSING),
 PEER = "server:1"
 SYNCED = "model:synced"
 SERVER_POLICY = ServerPolicy(min_channel_size=100_000, min_payment=1_000,
-                             settle_margin=WATCH_POLICY.settle_margin)  # as PaymentServer
+                             settle_margin=WATCH_POLICY.settle_margin,  # as PaymentServer
+                             reanchoring=True)
+# Re-anchoring runs in the machines only (docs/design/reanchoring.md, 11): the server stores
+# R, but no service broadcasts it yet, so in this world R never reaches the chain (the case
+# "R never confirms"): the old contract must stay as safe as ever throughout.
 
 
 class Crash(Exception):
@@ -318,6 +325,18 @@ class ServerProcess(Process):
                         queue[:0] = machine.contract_checked(self.chain.test_accept(tx))
                     else:
                         queue[:0] = machine.contract_checked("its node does not answer", True)
+                case Broadcast(tx, Purpose.REANCHOR):
+                    self.world.checks.reanchor_released(self.store, machine, tx)
+                case PrepareReanchor():
+                    if self.node_up:
+                        queue[:0] = machine.quote_reanchor(self.chain.fee_rate, PAYOUT,
+                                                           self.now())
+                case CheckReanchor(tx, script):
+                    refused = (self.chain.test_accept(tx) if self.node_up
+                               else "its node does not answer")
+                    if script not in (b"", PAYOUT):
+                        refused = "the payout script is not our wallet's"
+                    queue[:0] = machine.reanchor_checked(refused)
                 case Broadcast(tx, purpose):
                     self.world.checks.broadcast(Role.SERVER, machine.record, tx, purpose)
                     refused = self.broadcast(tx)
@@ -359,6 +378,17 @@ class ServerProcess(Process):
                         self.hang_up(conn)
                     return
 
+    def quote(self, conn: Connection, renew: bool) -> None:
+        """The server's own wish on a live connection: a payout, and a renewal if `renew`."""
+        if not (self.up and self.node_up) or conn.server_done:
+            return
+        try:
+            effects = conn.server.quote_reanchor(self.chain.fee_rate, PAYOUT, self.now(),
+                                                 time_window=24 * 3600 if renew else 0)
+        except LocalProtocolError:
+            return  # not open: nothing to quote
+        self.run(conn, conn.server, effects)
+
     def crashed(self) -> None:
         super().crashed()
         for conn in list(self.world.connections):
@@ -385,7 +415,7 @@ class ClientProcess(Process):
         """As PaymentClient.open: resume a stored open channel, else open a new one."""
         if not self.up or (self.conn is not None and not self.conn.client_done):
             return None
-        policy = ClientPolicy(value, time_window)
+        policy = ClientPolicy(value, time_window, reanchoring=True)
         stored = self.resumable()
         if stored is not None:
             machine = glue.resumed_client(policy, stored, self.now())
@@ -407,6 +437,17 @@ class ClientProcess(Process):
             effects = conn.client.pay(amount)
         except LocalProtocolError:
             return  # the application is told no; nothing changed
+        self.run(conn, effects)
+
+    def reanchor(self, top_up: int, time_window: int) -> None:
+        """The application asks for a top-up and/or a renewal."""
+        conn = self.conn
+        if conn is None or conn.client_done:
+            return
+        try:
+            effects = conn.client.reanchor(top_up, time_window, self.now())
+        except LocalProtocolError:
+            return  # not negotiated, not open, or one in flight: the application is told no
         self.run(conn, effects)
 
     def close(self) -> None:
@@ -451,6 +492,15 @@ class ClientProcess(Process):
                         self.world.close_end(conn, Role.CLIENT)
                         return
                     queue[:0] = machine.contract_funded(self.world.funding_tx(script, value))
+                case FundReanchor(draft, _, rate):  # a wallet coin of 300,000 sat, change
+                    coin = TxIn(self.world.fresh_outpoint(), b"", 0xFFFFFFFD,
+                                (bytes(71), bytes(33)))
+                    assert machine.record is not None
+                    change = (machine.record.value + 300_000 - sum(o.value for o in draft.outputs)
+                              - -(-rate * (draft.vsize + 250) // 1000))
+                    queue[:0] = machine.reanchor_funded(Transaction(
+                        draft.version, (*draft.inputs, coin), (*draft.outputs,
+                                                               TxOut(change, PAYOUT)), 0))
                 case Send(message):
                     self.world.checks.client_sends(self.store, machine.record, message)
                     if not conn.client_done:
