@@ -36,7 +36,7 @@ from bitcoind_paychan.errors import ErrorCode, LocalProtocolError, StoreError
 from bitcoind_paychan.store import codec
 from bitcoind_paychan.wire import decode_message, encode_message, pb
 from regtest.chainrules import spend_problem
-from tests.channel.pump import FEE_RATE, PAYOUT, WALLET_COIN, Pump
+from tests.channel.pump import FEE_RATE, PAYOUT, WALLET_COIN, Pump, reanchor_funding
 
 T = pb.TwoWayChannelMessage
 NOW, VALUE, DAY = 1_700_000_000, 500_000, 24 * 3600
@@ -694,3 +694,31 @@ def test_a_lock_for_another_transaction_is_refused() -> None:
     effects = pump.client.receive(wire(messages.reanchor_locked("11" * 32)))
     assert any(isinstance(e, PeerError) for e in effects)
     assert rec(pump.client).generation == 0
+
+
+def test_a_wallet_that_changes_the_drafts_outputs_or_uses_legacy_coins_is_refused() -> None:
+    pump = opened()
+    pump.hold = {FundReanchor}
+    pump.run(pump.client.reanchor(300_000, 2 * DAY, NOW))
+    (fund,) = pump.held
+    assert isinstance(fund, FundReanchor)
+    funded = reanchor_funding(fund, VALUE)
+    richer = replace(funded, outputs=(replace(funded.outputs[0], value=1), *funded.outputs[1:]))
+    with pytest.raises(LocalProtocolError, match="changed the re-anchor"):
+        pump.client.reanchor_funded(richer)
+    assert rec(pump.client).pending is None  # nothing signed, nothing stored
+
+
+def test_funding_that_arrives_after_the_channel_closed_signs_nothing_and_releases() -> None:
+    pump = opened()
+    pump.hold = {FundReanchor}
+    pump.run(pump.client.reanchor(300_000, 2 * DAY, NOW))
+    (fund,) = pump.held
+    assert isinstance(fund, FundReanchor)
+    pump.hold = set()
+    pump.run(pump.client.close())
+    assert pump.client.state is ClientState.CLOSED
+    effects = pump.client.reanchor_funded(reanchor_funding(fund, VALUE))
+    (ended,) = effects
+    assert isinstance(ended, ReanchorEnded) and ended.tx is not None  # its coins to release
+    assert rec(pump.client).pending is None
