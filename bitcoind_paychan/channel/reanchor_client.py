@@ -70,7 +70,12 @@ class ClientReanchoring:
             raise LocalProtocolError("this channel's server did not offer re-anchoring")
         if top_up < 0 or time_window < 0:
             raise LocalProtocolError("a top-up and a time window are never negative")
-        if (record.pending is not None and record.pending.binding) or self._funding:
+        if record.pending is not None and not record.pending.binding:
+            raise LocalProtocolError(
+                f"channel {record.channel_id} holds a refused re-anchor its server could still "
+                "complete; it must be known dead (a top-up input spent, or the contract spent "
+                "otherwise) before another is signed, or C' could not be found to refund it")
+        if record.pending is not None or self._funding:
             raise LocalProtocolError(f"channel {record.channel_id} has a re-anchor in flight")
         self._wish = (top_up, time_window, now)
         return [Send(messages.reanchor_propose(top_up, time_window))]
@@ -85,9 +90,8 @@ class ClientReanchoring:
                                       "re-anchoring")
         top_up, window, now = self._wish
         self._wish = (0, 0, max(now, machine.now))
-        if not self._paying() or self._funding or (
-                record.pending is not None and record.pending.binding):
-            return []  # closing, or one in flight: the quote is ignored (it binds nobody)
+        if not self._paying() or self._funding or record.pending is not None:
+            return []  # closing, or one in flight or refused: the quote binds nobody
         body = message.reanchor_terms
         terms = rules.Terms(body.expire_time_secs, body.payout, body.payout_script,
                                body.fee_rate)

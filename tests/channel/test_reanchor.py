@@ -722,3 +722,15 @@ def test_funding_that_arrives_after_the_channel_closed_signs_nothing_and_release
     (ended,) = effects
     assert isinstance(ended, ReanchorEnded) and ended.tx is not None  # its coins to release
     assert rec(pump.client).pending is None
+
+
+def test_a_refused_r_blocks_another_until_it_is_known_dead() -> None:
+    """A hostile server could still complete a refused R (it holds the client's signature):
+    the client keeps it, and signs no other R meanwhile, so it can always find C' to refund."""
+    pump = opened()
+    pump.reanchor_refusal = "min relay fee not met"
+    pump.run(pump.client.reanchor(0, 2 * DAY, NOW))
+    assert rec(pump.client).pending.refused  # type: ignore[union-attr]
+    with pytest.raises(LocalProtocolError, match="refused re-anchor"):
+        pump.client.reanchor(0, 2 * DAY, NOW)
+    assert quoted(pump, payout=0, expiry=NOW + DAY) == []  # an unasked quote is ignored
