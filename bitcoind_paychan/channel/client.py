@@ -414,12 +414,11 @@ class ClientChannel(ClientReanchoring, ProtocolMachine):
                      if self._challenge else b"")
             self.state = ClientState.WAITING_FOR_ACK
             self._in_flight.append((0, b""))
-            pending = record.pending if self.reanchoring else None
-            binding = pending is not None and pending.binding
-            effects.append(Send(messages.update_payment(
+            pending = record.pending if record.pending and record.pending.binding else None
+            effects.append(Send(messages.update_payment(  # on both while a re-anchor binds
                 record.change, record.signature, resume_proof=proof,
-                next_signature=pending.signature if pending and binding else b"")))
-            if pending is not None and binding and not pending.complete:
+                next_signature=pending.signature if pending else b"")))
+            if pending is not None and not pending.complete and self.reanchoring:
                 effects.append(Send(self._signed_message(record)))  # the server may not have it
         return effects
 
