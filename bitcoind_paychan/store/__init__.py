@@ -14,6 +14,7 @@ from bitcoind_paychan.errors import StoreError
 from bitcoind_paychan.store.base import (
     ChannelStore,
     ChannelSummary,
+    Generation,
     PaymentLogEntry,
     StoreInfo,
     WatchedChannel,
@@ -22,7 +23,8 @@ from bitcoind_paychan.store.memory import MemoryStore
 from bitcoind_paychan.store.postgres import PostgresStore, SessionTimeouts
 from bitcoind_paychan.store.sqlite import SQLiteStore
 
-__all__ = ["ENGINES", "ChannelStore", "ChannelSummary", "MemoryStore", "PaymentLogEntry",
+__all__ = ["ENGINES", "ChannelStore", "ChannelSummary", "Generation", "MemoryStore",
+           "PaymentLogEntry",
            "PostgresStore", "SQLiteStore", "SessionTimeouts", "StoreInfo", "WatchedChannel",
            "open_store"]
 

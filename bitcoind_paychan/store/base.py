@@ -98,7 +98,7 @@ def summarize(record: ChannelRecord, state: ChainState, opened_at: int | None,
         if len(tx.inputs) == 1:
             fee = max(contract.value - sum(o.value for o in tx.outputs), 0)
     return ChannelSummary(
-        Role(record.role), record.contract_txid, record.version, ChannelStatus(record.status),
+        Role(record.role), record.channel_id, record.version, ChannelStatus(record.status),
         contract.value, record.paid, record.payments, record.peer, contract.expiry,
         tx.txid_hex if tx else None, to_client,
         contract.value - to_client - fee if tx else 0, fee, opened_at, closed_at,
@@ -126,10 +126,34 @@ class StoreInfo:
 Payment = tuple[ChannelRecord, int, bytes]  # a record_payment call: record, amount, info
 
 
+@dataclass(frozen=True, slots=True)
+class Generation:
+    """One contract a re-anchored channel left behind (docs/design/reanchoring.md 9): kept
+    while the channel is stored and after it is forgotten, until the history is pruned."""
+
+    role: Role
+    channel_id: str  # generation 0's contract txid: the channel's key in the store
+    generation: int
+    contract_txid: str
+    contract_tx: bytes
+    expiry: int
+    value: int
+    reanchor_txid: str  # R, which spent this contract (its output 0: the next one)
+    payout: int  # gross sat R paid the server
+    promoted_at: int  # Unix seconds: when the next generation replaced this one
+
+
 @runtime_checkable
 class ChannelStore(Protocol):
     """Channel records keyed by (role, contract_txid), plus an append-only payment log, each
     channel's ChainState (the chain watcher's, apart from the record) and a few meta settings.
+
+    The key's `contract_txid` is the channel's id (`ChannelRecord.channel_id`: generation 0's
+    contract txid), the same as the contract's txid until the channel is re-anchored; a record
+    keeps it across generations (codec.py says why). A record of generation g + 1 (a promotion)
+    replaces one of generation g only if it is the stored pending re-anchor's contract, and
+    keeps generation g as a `Generation`; a payment or record of an older generation, or one
+    that starts a second re-anchor while one is stored, is refused.
 
     Every method is atomic and thread-safe; errors are `StoreError`s.
     """
@@ -151,7 +175,10 @@ class ChannelStore(Protocol):
         """Store `record`'s change/signature/payments and log the payment, in one transaction.
         Refuses an unknown channel, a `change` above the stored one, and a channel whose
         stored status is not OPEN (its settlement was decided: `SettlementDecided`), checked
-        in the same statement that stores the payment."""
+        in the same statement that stores the payment. While a re-anchor is stored the
+        payment's signature on the next contract (`record.pending`) is stored with it, in the
+        same statement; a payment of another generation, or one without that second signature
+        while the stored re-anchor binds, is refused."""
         ...
 
     def record_payments(self, batch: Sequence[Payment]) -> list[StoreError | None]:
@@ -263,6 +290,11 @@ class ChannelStore(Protocol):
         settled) are never touched."""
         ...
 
+    def generations(self, role: Role, contract_txid: str) -> list[Generation]:
+        """The superseded generations of the channel whose id is `contract_txid`, oldest
+        first (the current one is its record). Forgetting the channel keeps them."""
+        ...
+
     def discard(self, role: Role, contract_txid: str) -> None:
         """Delete a channel whose contract never made it on chain, with its ChainState and
         payment log: it is no money history (nothing ever moved), so nothing of it is kept.
@@ -343,6 +375,47 @@ def change_increased(role: Role, contract_txid: str, stored: int, new: int) -> S
         f"refusing to store {role} channel {contract_txid} with change {new} above the stored "
         f"{stored}: a payment never returns money to the client. The record is stale or wrong; "
         "re-read it with get() and apply the update to that"
+    )
+
+
+def check_generation(role: Role, channel_id: str, stored_generation: int, stored_next: str,
+                     stored_status: ChannelStatus, record: ChannelRecord) -> bool:
+    """Whether storing `record` over a row of `stored_generation` with pending re-anchor txid
+    `stored_next` ('' none) promotes it (True: keep the stored generation as history); a
+    StoreError if the record is of an older generation, skips one, promotes a contract that
+    is not the stored pending one, or starts a second re-anchor (or one on a channel whose
+    settlement was decided)."""
+    what = f"{role} channel {channel_id}"
+    if record.generation < stored_generation:
+        raise StoreError(f"refusing to store {what} at generation {record.generation}: it was "
+                         f"re-anchored to generation {stored_generation} meanwhile; the record "
+                         "is stale: re-read it with get()")
+    if record.generation > stored_generation:
+        if record.generation != stored_generation + 1 or record.contract_txid != stored_next:
+            raise StoreError(f"refusing to store {what} at generation {record.generation}: "
+                             f"only the stored re-anchor ({stored_next or 'none'}) can become "
+                             f"generation {stored_generation + 1}")
+        return True
+    pending = record.pending.txid if record.pending else ""
+    if pending and pending != stored_next:
+        if stored_next:
+            raise StoreError(f"refusing to store a second re-anchor ({pending}) of {what}: "
+                             f"re-anchor {stored_next} is stored; one at a time")
+        if stored_status is not ChannelStatus.OPEN or record.status is not ChannelStatus.OPEN:
+            raise StoreError(f"refusing to store a re-anchor of {what}: it is "
+                             f"{stored_status}, its settlement is decided")
+    return False
+
+
+def other_generation(record: ChannelRecord, stored_generation: int,
+                     stored_next: str) -> StoreError:
+    """Why a payment signed on `record` does not fit the stored generation or re-anchor."""
+    signed = record.pending.txid if record.pending else "none"
+    return StoreError(
+        f"refusing a payment on {record.role} channel {record.channel_id}: it was signed for "
+        f"generation {record.generation} (re-anchor {signed}) while the store holds generation "
+        f"{stored_generation} (re-anchor {stored_next or 'none'}), so it is not covered on "
+        "every contract the channel may end on; it is not stored and must not be acknowledged"
     )
 
 

@@ -5,6 +5,13 @@ engine: `sqlite_schema.py`, `postgres_schema.py`), so one record reads back the 
 To store a new ChannelRecord field: add its column to CHANNEL_COLUMNS, `encode` and `decode`, and
 a migration step to each engine's schema. A new ChainState field likewise: CHAIN_COLUMNS,
 `encode_chain`, `decode_chain`.
+
+A channel's identity (decided here for every engine, docs/design/reanchoring.md 9 and 12): its
+row is keyed by its *channel id*, generation 0's contract txid, in the `contract_txid` column
+(so every row stored before re-anchoring existed keeps its key). It never changes when the
+channel is re-anchored: the current contract's txid is `current_txid` ('' while generation 0,
+whose contract txid is the key), every superseded generation is a row of `generations`, and a
+re-anchor in flight is the `next_*` columns (`next_state` '': none).
 """
 
 from __future__ import annotations
@@ -15,14 +22,37 @@ from bitcoind_paychan.bitcoin.keys import PrivateKey
 from bitcoind_paychan.bitcoin.tx import OutPoint
 from bitcoind_paychan.channel.chainstate import ChainState
 from bitcoind_paychan.channel.contract import Contract
-from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
+from bitcoind_paychan.channel.records import (
+    ChannelRecord,
+    ChannelStatus,
+    PendingReanchor,
+    Role,
+)
 from bitcoind_paychan.errors import DecodeError, StoreError
 from bitcoind_paychan.store.base import ChannelSummary
 
 # The store schema's version, the same for every engine: each engine's migrations lead to it.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
-KEY_COLUMNS = ("role", "contract_txid")
+KEY_COLUMNS = ("role", "contract_txid")  # contract_txid: the channel id (see above)
+# Version 6: the generation chain and a pending re-anchor (last, so older rows are a prefix).
+REANCHOR_COLUMNS = (
+    "generation",
+    "current_txid",
+    "next_txid",
+    "next_state",
+    "next_tx",
+    "next_expiry",
+    "next_value",
+    "next_payout",
+    "next_fee_rate",
+    "next_change",
+    "next_signature",
+)
+# A pending re-anchor's state, as `next_state` holds it ('': none pending).
+SIGNED, COMPLETE, REFUSED = "signed", "complete", "refused"
+GENERATION_COLUMNS = ("role", "channel_id", "generation", "contract_txid", "contract_tx",
+                      "expiry", "value", "reanchor_txid", "payout", "promoted_at")
 CHANNEL_COLUMNS = (
     *KEY_COLUMNS,
     "version",
@@ -40,6 +70,7 @@ CHANNEL_COLUMNS = (
     "settlement_tx",
     "peer",
     "payments",
+    *REANCHOR_COLUMNS,
 )
 CHAIN_COLUMNS = (
     *KEY_COLUMNS,
@@ -57,16 +88,11 @@ SUMMARY_COLUMNS = (*KEY_COLUMNS, "version", "status", "value", "paid", "payments
 
 
 def encode(record: ChannelRecord) -> tuple[Any, ...]:
-    """The row of `record`, in CHANNEL_COLUMNS order. A re-anchored channel or one with a
-    re-anchor pending is refused: this schema cannot hold its generations yet
-    (docs/design/reanchoring.md, 9), and storing it without them would lose money."""
-    if record.pending is not None or record.generation:
-        raise StoreError(f"channel {record.channel_id} has a re-anchor, which this store "
-                         "schema cannot hold yet; nothing was stored")
+    """The row of `record`, in CHANNEL_COLUMNS order, keyed by its channel id."""
     c = record.contract
     return (
         Role(record.role).value,
-        c.txid,
+        record.channel_id,
         c.version,
         c.client_pub,
         c.server_pub,
@@ -82,19 +108,57 @@ def encode(record: ChannelRecord) -> tuple[Any, ...]:
         record.settlement_tx or b"",
         record.peer,
         record.payments,
+        record.generation,
+        c.txid if record.generation else "",
+        *encode_pending(record.pending),
     )
+
+
+def pending_state(pending: PendingReanchor | None) -> str:
+    if pending is None:
+        return ""
+    return COMPLETE if pending.complete else REFUSED if pending.refused else SIGNED
+
+
+def pending_txid(pending: PendingReanchor | None) -> str:
+    return "" if pending is None else pending.txid
+
+
+def encode_pending(pending: PendingReanchor | None) -> tuple[Any, ...]:
+    """The `next_*` columns of a pending re-anchor (empty values for none)."""
+    if pending is None:
+        return ("", "", b"", 0, 0, 0, 0, 0, b"")
+    return (pending.txid, pending_state(pending), pending.tx, pending.contract.expiry,
+            pending.contract.value, pending.payout, pending.fee_rate, pending.change,
+            pending.signature)
+
+
+def _decode_pending(contract: Contract, next_txid: str, state: str, tx: bytes, expiry: int,
+                    value: int, payout: int, fee_rate: int, change: int, signature: bytes
+                    ) -> PendingReanchor | None:
+    if not state:
+        return None
+    if state not in (SIGNED, COMPLETE, REFUSED):
+        raise ValueError(f"unknown re-anchor state {state!r}")
+    nxt = Contract(contract.version, contract.client_pub, contract.server_pub, expiry,
+                   OutPoint.from_hex(next_txid, 0), value)
+    return PendingReanchor(bytes(tx), nxt, payout, fee_rate, change, bytes(signature),
+                           complete=state == COMPLETE, refused=state == REFUSED)
 
 
 def decode(row: tuple[Any, ...], source: str) -> ChannelRecord:
     """The ChannelRecord of a row in CHANNEL_COLUMNS order; StoreError if it does not decode."""
     (role, txid, version, client_pub, server_pub, expiry, index, value, contract_tx, secret,
-     change, signature, status, refund_tx, settlement_tx, peer, payments) = row
+     change, signature, status, refund_tx, settlement_tx, peer, payments, generation,
+     current_txid, *pending) = row
     try:
         contract = Contract(version, client_pub, server_pub, expiry,
-                            OutPoint.from_hex(txid, index), value)
+                            OutPoint.from_hex(current_txid or txid, index), value)
         return ChannelRecord(Role(role), contract, contract_tx, PrivateKey(secret), change,
                              signature, ChannelStatus(status),
-                             bytes(refund_tx) or None, bytes(settlement_tx) or None, peer, payments)
+                             bytes(refund_tx) or None, bytes(settlement_tx) or None, peer, payments,
+                             generation, txid if current_txid else "",
+                             _decode_pending(contract, *pending))
     except (DecodeError, ValueError) as e:
         raise StoreError(
             f"{role} channel {txid} in {source} does not decode ({e}); the store is damaged or "

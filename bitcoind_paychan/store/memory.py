@@ -16,11 +16,13 @@ from bitcoind_paychan.errors import StoreError
 from bitcoind_paychan.store.base import (
     ChannelSummary,
     Closable,
+    Generation,
     Payment,
     PaymentLogEntry,
     StoreInfo,
     WatchedChannel,
     change_increased,
+    check_generation,
     check_move,
     closed,
     discard_refusal,
@@ -28,11 +30,12 @@ from bitcoind_paychan.store.base import (
     not_final,
     not_stored,
     other_channel,
+    other_generation,
     settlement_decided,
     summarize,
     unknown_channel,
 )
-from bitcoind_paychan.store.codec import SCHEMA_VERSION
+from bitcoind_paychan.store.codec import SCHEMA_VERSION, pending_txid
 
 _Key = tuple[Role, str]
 
@@ -48,6 +51,7 @@ class MemoryStore(Closable):
         self._meta: dict[str, str] = {}
         self._history: dict[_Key, ChannelSummary] = {}
         self._times: dict[_Key, tuple[int, int | None]] = {}  # opened, closed
+        self._generations: list[Generation] = []
         self._closed = False
 
     def _check_open(self) -> None:
@@ -58,15 +62,13 @@ class MemoryStore(Closable):
         self.put_many([record])
 
     def put_many(self, records: Iterable[ChannelRecord]) -> None:
-        batch = {(Role(r.role), r.contract_txid): r for r in records}
+        batch = {(Role(r.role), r.channel_id): r for r in records}
         with self._lock:
             self._check_open()
             for key, record in batch.items():
                 old = self._records.get(key)
-                if old is not None and record.change > old.change:
-                    raise change_increased(*key, old.change, record.change)
                 if old is not None:
-                    check_move(*key, old.status, record.status, record.settlement_tx is not None)
+                    _check_over(old, record)
             for key, record in batch.items():
                 new = key not in self._records
                 self._store(key, record)
@@ -75,8 +77,14 @@ class MemoryStore(Closable):
                                                      record.payments, int(time.time())))
 
     def _store(self, key: _Key, record: ChannelRecord) -> None:
-        """Store `record`, stamping when it opened and when its money was first final."""
+        """Store `record`, stamping when it opened and when its money was first final, and
+        keeping the generation it promotes as history."""
         now = int(time.time())
+        old = self._records.get(key)
+        if old is not None and old.pending is not None and record.generation > old.generation:
+            self._generations.append(Generation(
+                *key, old.generation, old.contract_txid, old.contract_tx, old.contract.expiry,
+                old.contract.value, old.pending.txid, old.pending.payout, now))
         opened, closed_at = self._times.get(key, (now, None))
         closed_at = (closed_at or now) if record.status.final else None
         self._times[key] = (opened, closed_at)
@@ -97,19 +105,27 @@ class MemoryStore(Closable):
             return [self._record_one(*payment) for payment in batch]
 
     def _record_one(self, record: ChannelRecord, amount: int, info: bytes) -> StoreError | None:
-        key = (Role(record.role), record.contract_txid)
+        key = (Role(record.role), record.channel_id)
         old = self._records.get(key)
         if old is None:
             return not_stored(*key)
         if old.status is not ChannelStatus.OPEN:
             return settlement_decided(*key, old.status)
+        # During a stored re-anchor the payment carries its signature on the next contract too.
+        stored_next = pending_txid(old.pending)
+        same = stored_next == pending_txid(record.pending)
+        binds = old.pending is not None and old.pending.binding
+        if record.generation != old.generation or (binds and not same):
+            return other_generation(record, old.generation, stored_next)
         if record.change > old.change:
             return change_increased(*key, old.change, record.change)
-        # During a stored re-anchor the payment carries its signature on the next contract too.
-        same = record.pending and old.pending and record.pending.txid == old.pending.txid
+        pending = old.pending
+        if same and pending is not None and record.pending is not None:
+            pending = replace(pending, change=record.pending.change,
+                              signature=record.pending.signature)
         self._records[key] = replace(
             old, change=record.change, signature=record.signature, payments=record.payments,
-            pending=record.pending if same else old.pending,
+            pending=pending,
         )
         self._log.append(PaymentLogEntry(*key, amount, record.change, bytes(info), record.payments,
                                          int(time.time())))
@@ -181,11 +197,9 @@ class MemoryStore(Closable):
         if old is None:
             raise unknown_channel(*key, "modify the record")
         new = change(old)
-        if (Role(new.role), new.contract_txid) != key:
+        if (Role(new.role), new.channel_id) != key:
             raise other_channel(*key, new)
-        if new.change > old.change:
-            raise change_increased(*key, old.change, new.change)
-        check_move(*key, old.status, new.status, new.settlement_tx is not None)
+        _check_over(old, new)
         return new
 
     def chain_state(self, role: Role, contract_txid: str) -> ChainState:
@@ -281,7 +295,16 @@ class MemoryStore(Closable):
             for key in old:
                 del self._history[key]
             self._log = [e for e in self._log if (e.role, e.contract_txid) not in old]
+            self._generations = [g for g in self._generations
+                                 if (g.role, g.channel_id) not in old]
             return len(old)
+
+    def generations(self, role: Role, contract_txid: str) -> list[Generation]:
+        with self._lock:
+            self._check_open()
+            return sorted((g for g in self._generations
+                           if (g.role, g.channel_id) == (role, contract_txid)),
+                          key=lambda g: g.generation)
 
     def discard(self, role: Role, contract_txid: str) -> None:
         key = (Role(role), contract_txid)
@@ -308,3 +331,12 @@ class MemoryStore(Closable):
     def close(self) -> None:
         with self._lock:
             self._closed = True
+
+
+def _check_over(old: ChannelRecord, new: ChannelRecord) -> None:
+    """Refuse storing `new` over `old` (the same channel) as every engine does."""
+    key = (Role(old.role), old.channel_id)
+    check_move(*key, old.status, new.status, new.settlement_tx is not None)
+    check_generation(*key, old.generation, pending_txid(old.pending), old.status, new)
+    if new.change > old.change and new.generation == old.generation:
+        raise change_increased(*key, old.change, new.change)

@@ -35,7 +35,7 @@ from bitcoind_paychan.errors import PolicyError, StoreError
 from bitcoind_paychan.store import postgres_schema as schema
 from bitcoind_paychan.store.base import Payment, closed, newer_store, settlement_decided
 from bitcoind_paychan.store.codec import SCHEMA_VERSION
-from bitcoind_paychan.store.sql import STATUS, Cursor, SQLStore, refusal
+from bitcoind_paychan.store.sql import STATUS, Cursor, SQLStore, pay_arguments, refusal
 
 if TYPE_CHECKING:  # psycopg is imported when first used: SQLite users never pay for it
     import psycopg
@@ -198,23 +198,22 @@ class PostgresStore(SQLStore):
             self._pool.open(wait=True, timeout=CONNECT_TIMEOUT)
 
     def _store_payments(self, conn: Any, batch: Sequence[Payment]) -> list[StoreError | None]:
-        rows = [(r.change, r.signature, r.payments, Role(r.role).value, r.contract_txid,
-                 r.change, r.payments, amount, info, Role(r.role).value, r.contract_txid)
+        rows = [(*pay_arguments(r), r.payments, amount, info, Role(r.role).value, r.channel_id)
                 for r, amount, info in batch]
         outcomes: list[StoreError | None] = []
         with conn.cursor() as cur:
             cur.executemany(schema.PAY_AND_LOG, rows, returning=True)  # pipelined
             for record, _, _ in batch:
-                stored, before, status = cur.fetchone()
-                outcomes.append(None if stored else refusal(record, before, status))
+                stored, *before = cur.fetchone()
+                outcomes.append(None if stored else refusal(record, *before))
                 cur.nextset()
         for at, (record, _, _) in enumerate(batch):
             if outcomes[at] is not None:  # rare: was it a settlement committed meanwhile? (the
                 # statement saw the row as it began, before the settlement its UPDATE waited for)
-                row = conn.execute(STATUS, (Role(record.role).value, record.contract_txid)
+                row = conn.execute(STATUS, (Role(record.role).value, record.channel_id)
                                    ).fetchone()
                 if row is not None and row[0] != ChannelStatus.OPEN:
-                    outcomes[at] = settlement_decided(Role(record.role), record.contract_txid,
+                    outcomes[at] = settlement_decided(Role(record.role), record.channel_id,
                                                       ChannelStatus(row[0]))
         return outcomes
 

@@ -11,7 +11,7 @@ starting together upgrade a shared database once.
 from __future__ import annotations
 
 from bitcoind_paychan.store.codec import SCHEMA_VERSION
-from bitcoind_paychan.store.sql import STATUS_INDEX
+from bitcoind_paychan.store.sql import PAY_SET, PAY_WHERE, STATUS_INDEX, reanchor_statements
 
 FIRST_VERSION = 4
 MIGRATION_LOCK = 0x50434831  # pg_advisory_lock key ("PCH1"): one migrator at a time
@@ -99,19 +99,21 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
      "ALTER TABLE payment_log ALTER COLUMN stored_at SET DEFAULT "
      "floor(extract(epoch FROM now()))::bigint",
      "CREATE INDEX payment_log_by_time ON payment_log (stored_at)"),
+    # 5 -> 6: re-anchoring's generation chain and pending re-anchor (as sqlite_schema's V6).
+    reanchor_statements("BYTEA", "''::bytea"),
 )
 assert FIRST_VERSION + len(MIGRATIONS) == SCHEMA_VERSION
 
-# Store one payment (the arguments of sql.PAY, then seq, amount, info) and say, in one round
-# trip, whether it was stored and the change and status stored before it (NULL: no such
-# channel): the outer SELECTs see the table as it was before the UPDATE. Only on an open
-# channel (as sql.PAY).
+# Store one payment (the arguments of sql.PAY, then seq, amount, info, role, channel id) and
+# say, in one round trip, whether it was stored and the change, status, generation and pending
+# re-anchor stored before it (NULL: no such channel): the outer SELECTs see the table as it was
+# before the UPDATE. As sql.PAY: only on an open channel of the payment's generation, with its
+# signature on a stored re-anchor's contract.
 PAY_AND_LOG = (
-    "WITH paid AS (UPDATE channels SET change = %s, signature = %s, payments = %s "
-    "WHERE role = %s AND contract_txid = %s AND change >= %s AND status = 'open' "
+    f"WITH paid AS (UPDATE channels SET {PAY_SET} WHERE {PAY_WHERE} "
     "RETURNING role, contract_txid, change), "
     "logged AS (INSERT INTO payment_log (role, contract_txid, seq, amount, change_after, info) "
-    "SELECT role, contract_txid, %s, %s, change, %s FROM paid) "
-    "SELECT (SELECT count(*) FROM paid), c.change, c.status FROM (SELECT 1) AS one "
-    "LEFT JOIN channels AS c ON c.role = %s AND c.contract_txid = %s"
-)
+    "SELECT role, contract_txid, ?, ?, change, ? FROM paid) "
+    "SELECT (SELECT count(*) FROM paid), c.change, c.status, c.generation, c.next_txid "
+    "FROM (SELECT 1) AS one LEFT JOIN channels AS c ON c.role = ? AND c.contract_txid = ?"
+).replace("?", "%s")

@@ -20,17 +20,20 @@ from bitcoind_paychan.store import codec
 from bitcoind_paychan.store.base import (
     ChannelSummary,
     Closable,
+    Generation,
     Payment,
     PaymentLogEntry,
     StoreInfo,
     WatchedChannel,
     change_increased,
+    check_generation,
     check_move,
     discard_refusal,
     not_discardable,
     not_final,
     not_stored,
     other_channel,
+    other_generation,
     settlement_decided,
     summarize,
     unknown_channel,
@@ -59,7 +62,8 @@ _UPDATES = ", ".join(f"{c} = excluded.{c}" for c in codec.CHANNEL_COLUMNS
                      if c not in codec.KEY_COLUMNS)
 _KEY = "role = ? AND contract_txid = ?"
 
-# Upsert, not delete-and-insert: that would delete the row's chain state with it.
+# Upsert, not delete-and-insert: that would delete the row's chain state with it. The change
+# only goes down within a generation (a promotion's is on the next contract).
 # After the record's columns come opened_at and closed_at (now if the status is final, else
 # NULL): an update keeps opened_at and the first closed_at, and clears it if a reorg undid it.
 PUT = (
@@ -67,12 +71,18 @@ PUT = (
     f"VALUES ({', '.join('?' * (len(codec.CHANNEL_COLUMNS) + 2))}) "
     f"ON CONFLICT (role, contract_txid) DO UPDATE SET {_UPDATES}, closed_at = CASE WHEN "
     "excluded.closed_at IS NULL THEN NULL ELSE coalesce(channels.closed_at, excluded.closed_at) "
-    "END WHERE channels.change >= excluded.change"
+    "END WHERE channels.change >= excluded.change OR channels.generation < excluded.generation"
 )
-# Arguments: change, signature, payments, role, contract_txid, change. Only on an open channel:
-# once its settlement is decided (CLOSING), no payment is stored, whoever holds its lease.
-PAY = (f"UPDATE channels SET change = ?, signature = ?, payments = ? WHERE {_KEY} "
-       "AND change >= ? AND status = 'open'")
+# Arguments: `pay_arguments`. Only on an open channel (once its settlement is decided, CLOSING,
+# no payment is stored, whoever holds its lease) of the payment's generation, and while a
+# stored re-anchor binds (signed or complete) only with the payment's signature on its
+# contract, stored in the same statement: the pair is stored whole or not at all.
+PAY_SET = ("change = ?, signature = ?, payments = ?, "
+           "next_change = CASE WHEN next_txid = ? THEN ? ELSE next_change END, "
+           "next_signature = CASE WHEN next_txid = ? THEN ? ELSE next_signature END")
+PAY_WHERE = (f"{_KEY} AND change >= ? AND status = 'open' AND generation = ? "
+             f"AND (next_state IN ('', '{codec.REFUSED}') OR next_txid = ?)")
+PAY = f"UPDATE channels SET {PAY_SET} WHERE {PAY_WHERE}"
 LOG = (
     "INSERT INTO payment_log (role, contract_txid, seq, amount, change_after, info) "
     "VALUES (?, ?, ?, ?, ?, ?)"
@@ -80,8 +90,24 @@ LOG = (
 LOGGED = f"SELECT 1 FROM payment_log WHERE {_KEY} LIMIT 1"
 SELECT = f"SELECT {_COLS} FROM channels"
 CHANGE = f"SELECT change FROM channels WHERE {_KEY}"
-CHANGE_AND_STATUS = f"SELECT change, status FROM channels WHERE {_KEY}"
+CHANGE_AND_STATUS = ("SELECT change, status, generation, next_txid FROM channels "
+                     f"WHERE {_KEY}")
 STATUS = f"SELECT status FROM channels WHERE {_KEY}"
+STORED = f"SELECT status, generation, next_txid FROM channels WHERE {_KEY}"
+# Arguments: promoted_at, role, channel id. The stored generation, kept before its
+# promotion overwrites the row.
+KEEP_GENERATION = (
+    f"INSERT INTO generations ({', '.join(codec.GENERATION_COLUMNS)}) "
+    "SELECT role, contract_txid, generation, CASE WHEN current_txid = '' THEN contract_txid "
+    "ELSE current_txid END, contract_tx, expiry, value, next_txid, next_payout, ? "
+    f"FROM channels WHERE {_KEY}"
+)
+GENERATIONS = (f"SELECT {', '.join(codec.GENERATION_COLUMNS)} FROM generations "
+               "WHERE role = ? AND channel_id = ? ORDER BY generation")
+PRUNE_GENERATIONS = (
+    "DELETE FROM generations WHERE (role, channel_id) IN "
+    "(SELECT role, contract_txid FROM history WHERE closed_at < ?)"
+)
 DELETE = f"DELETE FROM channels WHERE {_KEY}"
 DELETE_LOG = f"DELETE FROM payment_log WHERE {_KEY}"
 PAYMENTS = ("SELECT role, contract_txid, amount, change_after, info, seq, stored_at "
@@ -145,6 +171,35 @@ SET_META = (
 STATUS_INDEX = "channels_by_status"
 
 
+def reanchor_statements(blob: str, empty: str) -> tuple[str, ...]:
+    """Schema version 6 for an engine whose byte string type is `blob`, written `empty` when
+    empty (integers are BIGINT, SQLite's INTEGER affinity): the channel's generation and
+    pending re-anchor columns (codec.REANCHOR_COLUMNS), and the `generations` table."""
+    columns = (("generation", "BIGINT NOT NULL DEFAULT 0"),
+               ("current_txid", "TEXT NOT NULL DEFAULT ''"),
+               ("next_txid", "TEXT NOT NULL DEFAULT ''"),
+               ("next_state", "TEXT NOT NULL DEFAULT ''"),
+               ("next_tx", f"{blob} NOT NULL DEFAULT {empty}"),
+               *((name, "BIGINT NOT NULL DEFAULT 0") for name in (
+                   "next_expiry", "next_value", "next_payout", "next_fee_rate", "next_change")),
+               ("next_signature", f"{blob} NOT NULL DEFAULT {empty}"))
+    assert tuple(name for name, _ in columns) == codec.REANCHOR_COLUMNS
+    return (*(f"ALTER TABLE channels ADD COLUMN {name} {kind}" for name, kind in columns),
+            f"""CREATE TABLE generations (  -- a re-anchored channel's superseded contracts
+        role TEXT NOT NULL,
+        channel_id TEXT NOT NULL,  -- the channels row's key (generation 0's contract txid)
+        generation BIGINT NOT NULL,
+        contract_txid TEXT NOT NULL,
+        contract_tx {blob} NOT NULL,
+        expiry BIGINT NOT NULL,
+        value BIGINT NOT NULL,
+        reanchor_txid TEXT NOT NULL,  -- R, which spent it (its output 0: the next contract)
+        payout BIGINT NOT NULL,  -- gross sat R paid the server
+        promoted_at BIGINT NOT NULL,  -- when the next generation replaced it
+        PRIMARY KEY (role, channel_id, generation)
+    )""")
+
+
 def marks(n: int) -> str:
     return ", ".join("?" * n)
 
@@ -185,7 +240,7 @@ class SQLStore(Closable):
     # -- the contract ----------------------------------------------------------------------
 
     def put(self, record: ChannelRecord) -> None:
-        key = (Role(record.role), record.contract_txid)
+        key = (Role(record.role), record.channel_id)
         with self._transaction(f"store {key[0]} channel {key[1]}") as conn:
             self._put(conn, record, int(time.time()))
 
@@ -196,13 +251,12 @@ class SQLStore(Closable):
                 self._put(conn, record, now)
 
     def _put(self, conn: Session, record: ChannelRecord, now: int) -> None:
-        key = (Role(record.role).value, record.contract_txid)
+        key = (Role(record.role).value, record.channel_id)
         times = (now, now if record.status.final else None)
-        stored = conn.execute(f"{STATUS}{self._FOR_UPDATE}", key).fetchone()
+        stored = conn.execute(f"{STORED}{self._FOR_UPDATE}", key).fetchone()
         new = stored is None
         if stored is not None:
-            check_move(Role(record.role), key[1], ChannelStatus(stored[0]), record.status,
-                       record.settlement_tx is not None)
+            self._check_stored(conn, record, stored, now)
         if conn.execute(PUT, (*codec.encode(record), *times)).rowcount != 1:
             (stored,) = conn.execute(CHANGE, key).fetchone()
             raise change_increased(Role(record.role), key[1], stored, record.change)
@@ -210,6 +264,16 @@ class SQLStore(Closable):
             conn.execute(UNARCHIVE, key)  # stored again: no longer history
             if record.paid and conn.execute(LOGGED, key).fetchone() is None:
                 conn.execute(LOG, (*key, record.payments, record.paid, record.change, b""))
+
+    def _check_stored(self, conn: Session, record: ChannelRecord,
+                      stored: tuple[Any, ...], now: int) -> None:
+        """Refuse a move of `record` over the `stored` (status, generation, next txid) row,
+        or keep the stored generation as history if `record` promotes it."""
+        role, status = Role(record.role), ChannelStatus(stored[0])
+        check_move(role, record.channel_id, status, record.status,
+                   record.settlement_tx is not None)
+        if check_generation(role, record.channel_id, stored[1], stored[2], status, record):
+            conn.execute(KEEP_GENERATION, (now, role.value, record.channel_id))
 
     def record_payment(self, record: ChannelRecord, amount: int, info: bytes = b"") -> None:
         refusal = self.record_payments([(record, amount, info)])[0]
@@ -295,12 +359,13 @@ class SQLStore(Closable):
             raise unknown_channel(role, contract_txid, "modify the record")
         old = codec.decode(row, self._name)
         new = change(old)
-        if (Role(new.role), new.contract_txid) != (role, contract_txid):
+        if (Role(new.role), new.channel_id) != (role, contract_txid):
             raise other_channel(role, contract_txid, new)
-        if new.change > old.change:
+        if new.change > old.change and new.generation == old.generation:
             raise change_increased(role, contract_txid, old.change, new.change)
-        check_move(role, contract_txid, old.status, new.status, new.settlement_tx is not None)
         now = int(time.time())
+        self._check_stored(conn, new, (old.status, old.generation,
+                                       codec.pending_txid(old.pending)), now)
         conn.execute(PUT, (*codec.encode(new), now, now if new.status.final else None))
         return new
 
@@ -357,7 +422,7 @@ class SQLStore(Closable):
                 sql = LOAD.format(keys=marks(len(chunk)))
                 for row in conn.execute(sql, (Role(role).value, *chunk)):
                     record = codec.decode(row[:width], self._name)
-                    found[record.contract_txid] = (record, codec.decode_chain(row[width:]))
+                    found[record.channel_id] = (record, codec.decode_chain(row[width:]))
         return found
 
     def chain_heights_from(self, role: Role, height: int) -> list[str]:
@@ -402,7 +467,13 @@ class SQLStore(Closable):
     def prune_history(self, before: int) -> int:
         with self._transaction("prune the history") as conn:
             conn.execute(PRUNE_LOG, (before,))
+            conn.execute(PRUNE_GENERATIONS, (before,))
             return int(conn.execute(PRUNE, (before,)).rowcount)
+
+    def generations(self, role: Role, contract_txid: str) -> list[Generation]:
+        with self._connection(f"read the generations of {role} channel {contract_txid}") as c:
+            rows = c.execute(GENERATIONS, (Role(role).value, contract_txid)).fetchall()
+        return [Generation(Role(r[0]), r[1], r[2], r[3], bytes(r[4]), *r[5:]) for r in rows]
 
     def discard(self, role: Role, contract_txid: str) -> None:
         key = (Role(role).value, contract_txid)
@@ -418,15 +489,28 @@ class SQLStore(Closable):
             conn.execute(DELETE, key)
 
 
-def refusal(record: ChannelRecord, stored_change: int | None, stored_status: str = "open"
-            ) -> StoreError:
-    """Why a payment on `record`'s channel, whose stored change and status were
-    `stored_change` (None: not stored) and `stored_status`, was refused."""
-    role, txid = Role(record.role), record.contract_txid
+def pay_arguments(record: ChannelRecord) -> tuple[Any, ...]:
+    """The arguments of PAY (PAY_SET's, then PAY_WHERE's) storing the payment of `record`."""
+    pending = record.pending
+    txid = codec.pending_txid(pending)
+    change, signature = (pending.change, pending.signature) if pending else (0, b"")
+    return (record.change, record.signature, record.payments, txid, change, txid, signature,
+            Role(record.role).value, record.channel_id, record.change, record.generation, txid)
+
+
+def refusal(record: ChannelRecord, stored_change: int | None, stored_status: str = "open",
+            stored_generation: int = 0, stored_next: str = "") -> StoreError:
+    """Why a payment on `record`'s channel, whose stored change, status, generation and
+    pending re-anchor were `stored_change` (None: not stored), `stored_status`, ..., was
+    refused."""
+    role, txid = Role(record.role), record.channel_id
     if stored_change is None:
         return not_stored(role, txid)
     if stored_status != ChannelStatus.OPEN:
         return settlement_decided(role, txid, ChannelStatus(stored_status))
+    if stored_generation != record.generation or stored_next != codec.pending_txid(
+            record.pending):
+        return other_generation(record, stored_generation, stored_next)
     return change_increased(role, txid, stored_change, record.change)
 
 

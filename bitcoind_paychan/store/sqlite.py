@@ -30,6 +30,7 @@ from bitcoind_paychan.store.sql import (
     STATUS_INDEX,
     Session,
     SQLStore,
+    pay_arguments,
     refusal,
 )
 
@@ -155,10 +156,9 @@ class SQLiteStore(SQLStore):
 def _record_one(conn: Session, record: ChannelRecord, amount: int,
                 info: bytes) -> StoreError | None:
     """Store one payment of a batch in its own savepoint: a refusal undoes it alone."""
-    role, txid, change = Role(record.role).value, record.contract_txid, record.change
+    role, txid, change = Role(record.role).value, record.channel_id, record.change
     conn.execute("SAVEPOINT payment")
-    if conn.execute(PAY, (change, record.signature, record.payments, role, txid, change)
-                    ).rowcount == 1:
+    if conn.execute(PAY, pay_arguments(record)).rowcount == 1:
         conn.execute(LOG, (role, txid, record.payments, amount, change, info))
         conn.execute("RELEASE payment")
         return None

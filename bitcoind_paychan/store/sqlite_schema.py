@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bitcoind_paychan.store.codec import SCHEMA_VERSION
-from bitcoind_paychan.store.sql import STATUS_INDEX
+from bitcoind_paychan.store.sql import STATUS_INDEX, reanchor_statements
 
 APPLICATION_ID = 0x50434831  # "PCH1" in PRAGMA application_id: marks the file as ours
 # The version is in PRAGMA user_version.
@@ -170,6 +170,13 @@ V5_STATEMENTS = (
 )
 
 
+# Version 6: re-anchoring (docs/design/reanchoring.md 9). A channel keeps its key (its channel
+# id, generation 0's contract txid); its current generation, a re-anchor in flight, and every
+# generation it left behind (never deleted with the channel: history). One self-contained step
+# (`reanchor_statements`, shared with PostgreSQL) so it can be renumbered at a merge.
+V6_STATEMENTS = reanchor_statements("BLOB", "x''")
+
+
 def _statements(*sql: str) -> Callable[[sqlite3.Connection], None]:
     def run(conn: sqlite3.Connection) -> None:
         for statement in sql:
@@ -180,6 +187,6 @@ def _statements(*sql: str) -> Callable[[sqlite3.Connection], None]:
 # MIGRATIONS[v] upgrades a file from schema v + 1 to v + 2 (so MIGRATIONS[0]: 1 -> 2).
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _statements(*V2_TABLES), _statements(*V3_INDEXES), _to_v4,
-    _statements(*V5_STATEMENTS))
+    _statements(*V5_STATEMENTS), _statements(*V6_STATEMENTS))
 assert len(MIGRATIONS) == SCHEMA_VERSION - 1
 

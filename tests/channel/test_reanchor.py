@@ -32,7 +32,7 @@ from bitcoind_paychan.channel.effects import (
 from bitcoind_paychan.channel.fees import reanchor_fees
 from bitcoind_paychan.channel.records import ChannelRecord
 from bitcoind_paychan.channel.server import ServerChannel, ServerPolicy, ServerState
-from bitcoind_paychan.errors import ErrorCode, LocalProtocolError, StoreError
+from bitcoind_paychan.errors import ErrorCode, LocalProtocolError
 from bitcoind_paychan.store import codec
 from bitcoind_paychan.wire import decode_message, encode_message, pb
 from regtest.chainrules import spend_problem
@@ -133,13 +133,15 @@ def test_off_by_default_until_the_service_carries_it_out(version: int) -> None:
     assert not sends(server.receive(asked))[0].server_version.reanchoring
 
 
-def test_no_store_schema_takes_a_re_anchor_yet() -> None:
-    """Until the generations' schema exists, a record with a re-anchor is refused whole,
-    never stored without it."""
+def test_the_codec_keeps_a_re_anchor_whole() -> None:
+    """A record with a re-anchor in flight encodes and decodes to itself (the engines' own
+    tests: tests/store/test_contract_reanchor.py)."""
     pump = opened()
     renewed(pump)
-    with pytest.raises(StoreError, match="cannot hold yet"):
-        codec.encode(rec(pump.server))
+    for record in (rec(pump.server), rec(pump.client)):
+        again = codec.decode(codec.encode(record), "test")
+        assert (again.pending, again.generation, again.channel_id) == (
+            record.pending, record.generation, record.channel_id)
 
 
 # -- the happy paths -------------------------------------------------------------------------
