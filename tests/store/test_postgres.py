@@ -7,11 +7,12 @@ import threading
 import time
 from dataclasses import replace
 
+import psycopg
 import pytest
 
 from bitcoind_paychan.channel.records import Role
 from bitcoind_paychan.errors import StoreError
-from bitcoind_paychan.store import open_store
+from bitcoind_paychan.store import codec, open_store
 from bitcoind_paychan.store import postgres_schema as schema
 from bitcoind_paychan.store.codec import SCHEMA_VERSION
 from bitcoind_paychan.store.postgres import PostgresStore, describe, redact
@@ -68,6 +69,31 @@ def test_a_version_4_database_is_upgraded_keeping_its_log(
         assert (old.amount, old.stored_at) == (1000, None)
         assert new.amount == 5 and (new.stored_at or 0) >= before
         assert store.payments(Role.SERVER, since=before) == [new]
+
+
+def test_a_version_5_database_gets_re_anchoring_keeping_its_channels(
+        postgres_server: PostgresServer) -> None:
+    """Schema 6's step alone (it may be renumbered at a merge): the channels stored before it
+    read back as generation 0 with nothing pending, keyed as before, and take re-anchors."""
+    database = postgres_server.new_database()
+    old = [*schema.CREATE, *(sql for step in schema.MIGRATIONS[:-1] for sql in step)]
+    ch = Channel()
+    record = ch.pay(ch.record(), 1_000)
+    columns = codec.CHANNEL_COLUMNS[:-len(codec.REANCHOR_COLUMNS)]
+    with psycopg.connect(postgres_server.dsn(database), autocommit=True) as conn:
+        for statement in old:
+            conn.execute(statement)
+        conn.execute(f"INSERT INTO channels ({', '.join(columns)}) VALUES "
+                     f"({', '.join(['%s'] * len(columns))})",
+                     codec.encode(record)[:len(columns)])
+        conn.execute(f"INSERT INTO schema_version VALUES ({SCHEMA_VERSION - 1})")
+    with PostgresStore(postgres_server.dsn(database)) as store:
+        assert store.info().schema_version == SCHEMA_VERSION
+        got = store.get(Role.SERVER, ch.txid)
+        assert_same(got, record)
+        assert got is not None and (got.generation, got.pending) == (0, None)
+        assert store.generations(Role.SERVER, ch.txid) == []
+        store.record_payment(ch.pay(record, 5), 5)
 
 
 def test_instances_opening_a_new_database_together_create_it_once(
