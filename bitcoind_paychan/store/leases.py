@@ -115,6 +115,14 @@ class Leases(Protocol):
         the settlement must not be broadcast."""
         ...
 
+    def store_reanchor(self, record: ChannelRecord, lease: Lease) -> None:
+        """Store `record` (the channel with its complete pending re-anchor, the server's R)
+        only while `lease` is current and the stored channel is still OPEN, at the same
+        generation and change, with no other re-anchor, checked in the write's own
+        transaction. LeaseLost, SettlementDecided or StoreError: nothing stored, so R must not
+        be broadcast nor sent back."""
+        ...
+
     def claim(self, duty: str, hold: float | None = None) -> bool:
         """True: this instance does `duty` now (no live instance holds it); False: leave it.
         The claim lasts until `finish` (or its instance is silent for `takeover_after`), or
@@ -142,6 +150,30 @@ def settlement_lost(lease: Lease) -> LeaseLost:
         f"settlement of {lease.role} channel {lease.contract_txid} not stored: it was taken "
         f"under a lease (token {lease.token}) that a newer connection took over (the client "
         "resumed); the channel stays open and is settled again later")
+
+
+def reanchor_lost(lease: Lease) -> LeaseLost:
+    return LeaseLost(
+        f"re-anchor of {lease.role} channel {lease.contract_txid} not stored: a newer "
+        f"connection took the channel's lease (token {lease.token}); it is neither broadcast "
+        "nor sent back, and the client's re-sent REANCHOR_SIGNED is checked afresh")
+
+
+def reanchoring(record: ChannelRecord) -> Callable[[ChannelRecord], ChannelRecord]:
+    """The `modify` change that stores the server's complete re-anchor `record` over the
+    stored channel: only an OPEN one at the same generation and change (the store refuses a
+    second re-anchor)."""
+    def change(stored: ChannelRecord) -> ChannelRecord:
+        if stored.status is not ChannelStatus.OPEN:
+            raise settlement_decided(Role(stored.role), stored.channel_id, stored.status,
+                                     "store a re-anchor")
+        if (stored.change, stored.generation) != (record.change, record.generation):
+            raise StoreError(
+                f"re-anchor of {record.role} channel {record.channel_id} not stored: the "
+                f"stored channel moved (change {stored.change}, generation "
+                f"{stored.generation}) since it was checked; nothing is broadcast")
+        return record
+    return change
 
 
 def closing(record: ChannelRecord) -> Callable[[ChannelRecord], ChannelRecord]:
@@ -223,10 +255,17 @@ class LocalLeases:
             return fenced(batch, self._tokens, self.store.record_payments)
 
     def store_settlement(self, record: ChannelRecord, lease: Lease) -> None:
+        self._store_fenced(lease, closing(record), settlement_lost)
+
+    def store_reanchor(self, record: ChannelRecord, lease: Lease) -> None:
+        self._store_fenced(lease, reanchoring(record), reanchor_lost)
+
+    def _store_fenced(self, lease: Lease, change: Callable[[ChannelRecord], ChannelRecord],
+                      lost: Callable[[Lease], LeaseLost]) -> None:
         with self._lock:  # as a payment's: no acquisition between the check and the write
             if self._tokens.get((lease.role, lease.contract_txid)) != lease.token:
-                raise settlement_lost(lease)
-            self.store.modify(lease.role, lease.contract_txid, closing(record))
+                raise lost(lease)
+            self.store.modify(lease.role, lease.contract_txid, change)
 
     def claim(self, duty: str, hold: float | None = None) -> bool:
         if hold is not None:

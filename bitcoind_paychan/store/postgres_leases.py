@@ -22,17 +22,19 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from bitcoind_paychan.channel.records import ChannelRecord, Role
-from bitcoind_paychan.errors import StoreError
+from bitcoind_paychan.errors import LeaseLost, StoreError
 from bitcoind_paychan.store.leases import (
     ClusterPolicy,
     FencedPayment,
     Lease,
     closing,
     fenced,
+    reanchor_lost,
+    reanchoring,
     settlement_lost,
 )
 
@@ -141,13 +143,22 @@ class PostgresLeases:
                           lambda payments: self.store._store_payments(session, payments))
 
     def store_settlement(self, record: ChannelRecord, lease: Lease) -> None:
-        what = (f"store the settlement of {lease.contract_txid} (it is not stored, so it must "
-                "not be broadcast)")
-        with self.store._transaction(what) as session:
+        self._store_fenced(lease, closing(record), settlement_lost, "settlement")
+
+    def store_reanchor(self, record: ChannelRecord, lease: Lease) -> None:
+        self._store_fenced(lease, reanchoring(record), reanchor_lost, "re-anchor")
+
+    def _store_fenced(self, lease: Lease, change: Callable[[ChannelRecord], ChannelRecord],
+                      lost: Callable[[Lease], LeaseLost], what: str) -> None:
+        """`modify` the channel with `change` only while `lease` is current, in one
+        transaction (the token row locked FOR SHARE: no acquisition in between)."""
+        doing = (f"store the {what} of {lease.contract_txid} (it is not stored, so it must "
+                 "not be broadcast)")
+        with self.store._transaction(doing) as session:
             row = session.execute(TOKEN, (lease.role.value, lease.contract_txid)).fetchone()
             if row is None or int(row[0]) != lease.token:
-                raise settlement_lost(lease)
-            self.store._modify(session, lease.role, lease.contract_txid, closing(record))
+                raise lost(lease)
+            self.store._modify(session, lease.role, lease.contract_txid, change)
 
     def claim(self, duty: str, hold: float | None = None) -> bool:
         with self.store._transaction(f"claim {duty}") as session:

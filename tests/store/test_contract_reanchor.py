@@ -14,8 +14,9 @@ import pytest
 from bitcoind_paychan.bitcoin.tx import OutPoint
 from bitcoind_paychan.channel import reanchor
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
-from bitcoind_paychan.errors import StoreError
+from bitcoind_paychan.errors import LeaseLost, SettlementDecided, StoreError
 from bitcoind_paychan.store import ChannelStore, Generation
+from bitcoind_paychan.store.leases import leases_for
 from tests.channel.pump import Pump
 from tests.channel.test_reanchor import opened, promote, rec, renewed
 from tests.store.helpers import assert_same
@@ -172,3 +173,37 @@ def test_writes_that_would_lose_money_are_refused(store: ChannelStore) -> None:
         store.put(replace(rec(fresh.server), status=ChannelStatus.CLOSING,
                           settlement_tx=b"settle"))
     assert stored(store, rec(fresh.server)).pending is None
+
+
+def test_the_servers_reanchor_is_stored_only_under_its_current_lease(
+        store: ChannelStore) -> None:
+    """The server's StoreChannel of its complete R is fenced as its settlement is: under a
+    lease a resume took over, after a payment stored since R was checked, or once the
+    settlement is decided, nothing is stored (so R is neither broadcast nor sent back)."""
+    leases = leases_for(store)
+    pump = opened()
+    store.put(before := rec(pump.server))
+    first = leases.acquire(Role.SERVER, before.channel_id, "a/1")
+    renewed(pump)
+    resumed = leases.acquire(Role.SERVER, before.channel_id, "b/1")
+    with pytest.raises(LeaseLost, match="re-anchor"):
+        leases.store_reanchor(rec(pump.server), first)
+    assert stored(store, before).pending is None
+    leases.store_reanchor(rec(pump.server), resumed)
+    assert_same(stored(store, before), rec(pump.server))
+    # another channel: a payment on C stored since R was checked, then its settlement
+    other = opened()
+    store.put(before := rec(other.server))
+    lease = leases.acquire(Role.SERVER, before.channel_id, "a/2")
+    renewed(other)
+    change = before.change - 10
+    paid = replace(before, change=change, payments=before.payments + 1,
+                   signature=before.contract.sign_payment(other.client.key, change))
+    store.record_payment(paid, 10)
+    with pytest.raises(StoreError, match="moved"):
+        leases.store_reanchor(rec(other.server), lease)
+    leases.store_settlement(replace(paid, status=ChannelStatus.CLOSING,
+                                    settlement_tx=b"settle"), lease)
+    with pytest.raises(SettlementDecided):
+        leases.store_reanchor(replace(rec(other.server), change=change), lease)
+    assert stored(store, before).pending is None
