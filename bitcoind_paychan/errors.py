@@ -197,6 +197,11 @@ class PaymentTimeout(ChannelFailed):
     been received): the connection is closed, and resuming the channel sends it again."""
 
 
+class ReanchorRefused(PaychanError):
+    """A re-anchor did not happen (declined by us, refused by the server or its node); the
+    channel goes on, on its contract, and may be re-anchored again."""
+
+
 class StoreError(PaychanError):
     """The durable store failed; nothing was acknowledged that was not stored."""
 

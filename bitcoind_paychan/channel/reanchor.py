@@ -46,13 +46,15 @@ def is_pure_payout(current: Contract, tx: Transaction, expiry: int) -> bool:
     return len(tx.inputs) == 1 and expiry == current.expiry
 
 
-def fees(current: Contract, tx: Transaction, terms: Terms) -> tuple[int, int]:
+def fees(current: Contract, tx: Transaction, terms: Terms, top_up: bool = False
+         ) -> tuple[int, int]:
     """(client, server) fee parts of `tx` (R, wallet inputs signed, input 0 not yet) by the
-    one rule (`fees.reanchor_fees`), sizing input 0 with worst-case signatures."""
+    one rule (`fees.reanchor_fees`), sizing input 0 with worst-case signatures. `top_up`:
+    `tx` is the draft the client's wallet is still to fund (so never a pure payout)."""
     vsize = current.sign_settlement(tx, bytes(current.kind.scheme.max_size), None).vsize
     vbytes = payout_vbytes(terms.payout_script) if terms.payout else 0
     return reanchor_fees(vsize, vbytes, terms.fee_rate,
-                         is_pure_payout(current, tx, terms.expiry))
+                         not top_up and is_pure_payout(current, tx, terms.expiry))
 
 
 def _tx(current: Contract, terms: Terms, value: int, payout: int) -> Transaction:
@@ -70,7 +72,7 @@ def draft(current: Contract, terms: Terms, top_up: int) -> Transaction:
     money in C); with one, the draft its wallet funds (inputs worth `top_up` plus the
     client's fee part, and change), C' holding C's value plus `top_up` less the payout."""
     shape = _tx(current, terms, 0, 0)
-    client_fee, server_fee = fees(current, shape, terms)
+    client_fee, server_fee = fees(current, shape, terms, top_up > 0)
     if top_up:  # the wallet adds inputs: never a pure payout, the server pays its output
         return _tx(current, terms, current.value + top_up - terms.payout,
                    terms.payout - server_fee)

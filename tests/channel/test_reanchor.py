@@ -208,6 +208,20 @@ def test_top_up_payout_and_renewal_together(version: int) -> None:
     assert spend_problem(before.contract, r, NOW) is None
 
 
+def test_a_top_up_alone_keeps_the_expiry_and_the_server_pays_only_its_output() -> None:
+    """A top-up without a renewal is no pure payout (the wallet adds inputs): the client's
+    draft and the server's check price it alike (found on real nodes: the draft had priced
+    it as a pure payout, and the server refused the payout output)."""
+    pump = opened()
+    before = rec(pump.server)
+    r = renewed(pump, top_up=300_000, window=0)
+    pending = rec(pump.server).pending
+    assert pending is not None and pending.contract.expiry == before.contract.expiry
+    _, server_fee = reanchor_fees(0, reanchor.payout_vbytes(PAYOUT), FEE_RATE, False)
+    assert r.outputs[1].value == before.paid - server_fee
+    assert pending.contract.value == VALUE + 300_000 - before.paid
+
+
 def test_a_pure_payout_is_paid_by_the_server_alone() -> None:
     pump = opened()
     before = rec(pump.server)

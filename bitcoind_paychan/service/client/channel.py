@@ -23,8 +23,11 @@ from bitcoind_paychan.channel.effects import (
     Disconnect,
     Effect,
     FundContract,
+    FundReanchor,
     PaymentAcknowledged,
     PeerError,
+    ReanchorEnded,
+    ReanchorSigned,
     ResumeRefused,
     Send,
     StoreChannel,
@@ -39,10 +42,12 @@ from bitcoind_paychan.errors import (
     PaychanError,
     PaymentTimeout,
     ProtocolError,
+    ReanchorRefused,
     RemoteProtocolError,
     StoreError,
 )
 from bitcoind_paychan.node.ports import Broadcaster, ChainSource, Wallet
+from bitcoind_paychan.service.client.reanchoring import fund_reanchor, reanchor_ended
 from bitcoind_paychan.service.clientevents import ClientEvents
 from bitcoind_paychan.service.outbox import effects_in_order
 from bitcoind_paychan.service.watcher import ChainWatcher
@@ -67,6 +72,7 @@ class Manager(Protocol):
     payments: PaymentWriter
     network: Network
     handshake_timeout: float
+    clock: Callable[[], float]
     watcher: ChainWatcher
     events: ClientEvents
     on_peer_error: Callable[[PeerError], object] | None
@@ -185,6 +191,27 @@ class Channel:
                 f"{self.contract_txid} within {timeout:g} s; the connection is closed and the "
                 "payment stays stored: resume the channel to send it again") from None
         return acked.result()
+
+    async def reanchor(self, top_up: int = 0, time_window: int = 0, timeout: float = 60.0
+                       ) -> ChannelRecord:
+        """Re-anchor the channel (docs/design/reanchoring.md): add `top_up` sat from our
+        wallet, renew its expiry to `time_window` s from now (0: keep it), and let the server
+        take a payout of what it was acknowledged. Returns the stored record once the server
+        completed R (the channel moves to the new contract when R confirms); payments go on
+        meanwhile. ReanchorRefused if it did not happen (the channel goes on as it was).
+        Only on a channel whose server offered re-anchoring to a client whose policy
+        enables it."""
+        if not self.connected:
+            raise await self._unpayable()
+        async with self._lock:
+            await self._run(self.machine.reanchor(top_up, time_window,
+                                                  int(self.client.clock())))
+            ended = await self._until((ReanchorSigned, ReanchorEnded), timeout)
+        if isinstance(ended, ReanchorEnded):
+            raise ReanchorRefused(f"channel {self.contract_txid} was not re-anchored: "
+                                  f"{ended.reason}; it goes on as it was")
+        assert isinstance(ended, ReanchorSigned)
+        return ended.record
 
     def _spent(self) -> bool:
         """No payment can go through any more: closing, or nothing left (change below dust
@@ -418,6 +445,11 @@ class Channel:
                     self._events.append(effect)
                 case FundContract(script, value):
                     queue[:0] = await self._fund(script, value)
+                case FundReanchor():
+                    queue[:0] = await fund_reanchor(self.client.wallet, self.machine, effect)
+                case ReanchorEnded():
+                    await reanchor_ended(self.client.wallet, self.machine, effect)
+                    self._events.append(effect)
                 case Disconnect(reason):
                     log.info("%s: %s", self.machine.peer, reason)
                     await self.stream.close()

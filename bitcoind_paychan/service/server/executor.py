@@ -14,6 +14,7 @@ from bitcoind_paychan.channel.effects import (
     ChannelClosed,
     ChannelOpened,
     CheckContract,
+    CheckReanchor,
     ClaimChannel,
     Disconnect,
     Effect,
@@ -21,8 +22,11 @@ from bitcoind_paychan.channel.effects import (
     LoadChannel,
     PaymentReceived,
     PeerError,
+    PrepareReanchor,
     PrepareSettlement,
     Purpose,
+    ReanchorEnded,
+    ReanchorSigned,
     Send,
     StoreChannel,
     StorePayment,
@@ -42,6 +46,7 @@ from bitcoind_paychan.node.ports import Broadcaster
 from bitcoind_paychan.service.callbacks import Callbacks
 from bitcoind_paychan.service.outbox import effects_in_order
 from bitcoind_paychan.service.server.events import EventHandler, PaymentHandler
+from bitcoind_paychan.service.server.reanchoring import Reanchors
 from bitcoind_paychan.service.server.routing import Routing
 from bitcoind_paychan.service.server.settlement import Settling
 from bitcoind_paychan.store.writer import PaymentWriter, Writes
@@ -52,7 +57,7 @@ from bitcoind_paychan.transport.limits import PeerGate
 log = logging.getLogger("bitcoind_paychan.service.server")
 
 
-class EffectsExecutor(Routing):
+class EffectsExecutor(Routing, Reanchors):
     """ServerManager's carrying out of effects (mixed in: the attributes are the
     manager's)."""
 
@@ -103,6 +108,13 @@ class EffectsExecutor(Routing):
                                     Disconnect(refusal)]
                         continue
                     self.watcher.watch(record)
+                case StoreChannel(record) if record.pending and record.pending.complete:
+                    await writes.finish()  # the payments before it, stored first
+                    refused = await self._store_reanchor(record, self._held.get(id(stream))
+                                                         if stream is not None else None)
+                    if refused:
+                        queue[:] = refused
+                        continue
                 case StoreChannel(record):
                     await asyncio.to_thread(self.store.put, record)
                     self.watcher.watch(record)
@@ -123,6 +135,15 @@ class EffectsExecutor(Routing):
                     if refusal:
                         queue[:] = [Send(messages.error(ErrorCode.BAD_TRANSACTION, refusal)),
                                     Disconnect(refusal)]
+                case PrepareReanchor():
+                    queue[:0] = await self._prepare_reanchor(machine)
+                case CheckReanchor(tx, payout_script):
+                    queue[:0] = await self._check_reanchor(machine, tx, payout_script)
+                case ReanchorSigned(signed):
+                    log.info("re-anchor %s of channel %s stored, broadcast and sent back",
+                             signed.pending and signed.pending.txid, signed.channel_id)
+                case ReanchorEnded(txid, reason):
+                    log.info("re-anchor of channel %s ended: %s", txid, reason)
                 case CheckContract(tx):
                     queue[:0] = machine.contract_checked(*await self._check_contract(tx))
                 case LoadChannel(txid):
@@ -216,6 +237,10 @@ class EffectsExecutor(Routing):
             if effect.purpose is Purpose.CONTRACT and not isinstance(exc, TransactionRejected):
                 log.warning("contract %s checked but not broadcast yet (%s); the autopilot "
                             "will broadcast it again", effect.tx.txid_hex, exc)
+                return ""
+            if effect.purpose is Purpose.REANCHOR:  # checked and stored: the client gets it
+                log.warning("re-anchor %s stored but not broadcast (%s); the client may "
+                            "broadcast it", effect.tx.txid_hex, exc)
                 return ""
             log.error("broadcast of %s %s failed: %s", effect.purpose, effect.tx.txid_hex, exc)
             return f"the server's node refused the {effect.purpose}: {exc}"

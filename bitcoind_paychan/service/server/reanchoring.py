@@ -1,0 +1,86 @@
+"""The server's re-anchoring steps (issue 23, docs/design/reanchoring.md), between a machine's
+PrepareReanchor / CheckReanchor and its StoreChannel of the complete R (a mixin of the
+manager: its wallet, node, leases and clock). Off unless the server's policy enables it
+(`ServerPolicy.reanchoring`).
+
+The quote prices R with the autopilot's fee estimate and pays out to the configured payout
+script or a fresh one of the wallet. R is checked with the node (`testmempoolaccept`: the
+client's wallet inputs exist, are unspent and signed); a payout script this connection did
+not quote is refused (checking the wallet owns it is not built yet: the client proposes
+again). The complete R is stored under the connection's lease (`Leases.store_reanchor`), after
+every payment handed to the writer before it, and only then broadcast and sent back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from bitcoind_paychan.bitcoin.tx import Transaction
+from bitcoind_paychan.channel import messages
+from bitcoind_paychan.channel.effects import Disconnect, Effect, Send
+from bitcoind_paychan.channel.records import ChannelRecord
+from bitcoind_paychan.channel.server import ServerChannel
+from bitcoind_paychan.errors import ErrorCode, NodeError, StoreError, TransactionRejected
+from bitcoind_paychan.node.ports import Broadcaster, Wallet
+from bitcoind_paychan.service.watcher import ChainWatcher
+from bitcoind_paychan.store.leases import Lease, Leases
+
+log = logging.getLogger("bitcoind_paychan.service.server")
+
+FOREIGN_PAYOUT = ("it pays out to a script this connection did not quote (after a resume); "
+                  "propose the re-anchor again")
+
+
+class Reanchors:
+    """ServerManager's re-anchoring steps (mixed in: the attributes are the manager's)."""
+
+    wallet: Wallet
+    broadcaster: Broadcaster
+    leases: Leases
+    watcher: ChainWatcher
+    payout_script: bytes | None
+    clock: Callable[[], float]
+
+    async def _prepare_reanchor(self, machine: ServerChannel) -> list[Effect]:
+        """The machine's quote at the node's fee estimate; REANCHOR_REFUSED if the node
+        cannot give one (the channel goes on)."""
+        try:
+            fee_rate = await self.watcher.fee_rate()
+            payout = self.payout_script or await self.wallet.payout_script()
+        except NodeError as exc:
+            log.warning("cannot quote a re-anchor now: %s", exc)
+            return [Send(messages.reanchor_refused(f"the server cannot quote now: {exc}"))]
+        return machine.quote_reanchor(fee_rate, payout, int(self.clock()))
+
+    async def _check_reanchor(self, machine: ServerChannel, tx: Transaction,
+                              payout_script: bytes) -> list[Effect]:
+        """The machine's answer to the node's verdict on R (complete, not broadcast)."""
+        refusal: str | None = FOREIGN_PAYOUT if payout_script else None
+        if refusal is None:
+            try:
+                await self.broadcaster.check_acceptable(tx)
+            except TransactionRejected as exc:
+                refusal = f"the server's node refused it: {exc.reason}"
+            except NodeError as exc:
+                refusal = f"the server's node cannot check it now: {exc}"
+        if refusal:
+            log.info("refused re-anchor %s: %s", tx.txid_hex, refusal)
+        return machine.reanchor_checked(refusal)
+
+    async def _store_reanchor(self, record: ChannelRecord, lease: Lease | None) -> list[Effect]:
+        """Store the complete R under `lease`; on refusal the connection's end (nothing
+        stored, so R is neither broadcast nor sent back), else nothing."""
+        try:
+            if lease is None:
+                raise StoreError("a re-anchor is stored only under the channel's lease")
+            await asyncio.to_thread(self.leases.store_reanchor, record, lease)
+        except StoreError as exc:  # LeaseLost, SettlementDecided, or the store failed
+            log.warning("re-anchor of %s not stored, so not broadcast: %s",
+                        record.channel_id, exc)
+            why = f"cannot re-anchor now: {exc}"
+            return [Send(messages.error(ErrorCode.OTHER, why)), Disconnect(why)]
+        log.info("re-anchor %s of channel %s stored", record.pending and record.pending.txid,
+                 record.channel_id)
+        return []

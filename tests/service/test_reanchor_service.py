@@ -1,0 +1,85 @@
+"""Re-anchoring through the services (issue 23, docs/design/reanchoring.md) on real regtest
+nodes, with the policy enabled on both sides (it is off by default): the server quotes with its
+node's fee estimate and wallet, checks R with its node, stores it under the channel's lease,
+broadcasts it and sends it back; payments go on meanwhile, signed and stored on both contracts.
+What is not built yet (the watcher's promotion, top-up coins of a refused R) is not run here."""
+
+from __future__ import annotations
+
+import asyncio
+
+from bitcoind_paychan.bitcoin.tx import Transaction
+from bitcoind_paychan.channel.client import ClientPolicy
+from bitcoind_paychan.channel.records import ChannelRecord, Role
+from bitcoind_paychan.channel.server import ServerPolicy
+from bitcoind_paychan.node import to_sat
+from tests.service.conftest import Sides
+
+VALUE, DAY = 1_000_000, 24 * 3600
+
+
+def reanchored(sides: Sides, before: list[int], after: list[int], top_up: int = 0,
+               time_window: int = 0) -> tuple[ChannelRecord, ChannelRecord]:
+    """Open a v3 channel with re-anchoring enabled on both sides, pay `before`, re-anchor,
+    pay `after`: (the record `reanchor` returned, the client's record at the end)."""
+    async def scenario() -> tuple[ChannelRecord, ChannelRecord]:
+        server = sides.server(ServerPolicy(reanchoring=True))
+        host, port = await server.listen()
+        client = sides.client(policy=ClientPolicy(VALUE, reanchoring=True))
+        channel = await client.open(host, port, VALUE, version=3)
+        for amount in before:
+            await channel.pay(amount)
+        signed = await channel.reanchor(top_up, time_window)
+        for amount in after:  # the stream goes on, on both contracts
+            await channel.pay(amount)
+        record = channel.record
+        await server.stop()
+        return signed, record
+
+    return asyncio.run(scenario())
+
+
+def test_a_renewal_with_payout_through_the_services(sides: Sides) -> None:
+    signed, client_record = reanchored(sides, [10_000] * 5, [1_000] * 3, time_window=2 * DAY)
+    pending = signed.pending
+    assert pending is not None and pending.complete
+    r = Transaction.parse(pending.tx)
+    assert r.txid_hex in sides.server_node.rpc("getrawmempool")  # broadcast after it was stored
+    stored = sides.server().store.get(Role.SERVER, signed.channel_id)
+    assert stored is not None and stored.pending is not None and stored.pending.complete
+    assert stored.pending.tx == pending.tx
+    paid = 1_000 + 5 * 10_000 + 3 * 1_000
+    assert stored.paid == paid == client_record.paid
+    stored.contract.check_payment(stored.change, stored.signature)  # the latest on C
+    stored.pending.contract.check_payment(stored.pending.change, stored.pending.signature)
+    assert stored.pending.change == stored.change + stored.pending.offset(stored.contract)
+    assert pending.payout == 51_000  # what the server had acknowledged when it quoted
+    sides.mine(1)
+    payout = r.outputs[1]
+    coins = {(c["txid"], c["vout"]): to_sat(c["amount"])
+             for c in sides.server_node.wallet_rpc("listunspent", 0)}
+    assert coins[(r.txid_hex, 1)] == payout.value  # the server's wallet holds its payout
+    fee = VALUE - r.outputs[0].value - payout.value
+    assert 0 < fee < 2_000 and len(r.outputs) == 2 and len(r.inputs) == 1
+    assert payout.value < pending.payout  # the server pays its own output's fee part
+    # The client's money on C' is what it had on C, less the rest of the fee.
+    assert stored.pending.change == client_record.change - (fee - (pending.payout - payout.value))
+
+
+def test_a_top_up_funded_by_the_clients_wallet(sides: Sides) -> None:
+    signed, client_record = reanchored(sides, [10_000], [2_000], top_up=300_000)
+    pending = signed.pending
+    assert pending is not None and pending.complete
+    r = Transaction.parse(pending.tx)
+    assert len(r.inputs) >= 2  # the contract and the client's coins
+    assert r.txid_hex in sides.server_node.rpc("getrawmempool")  # the server broadcast it
+    # C' holds C's value, the top-up and no payout less: the server quoted what it had
+    # acknowledged (11,000 sat) as a payout, paid from C
+    payout = pending.payout
+    assert payout == 11_000 and r.outputs[0].value == VALUE + 300_000 - payout
+    stored = sides.server().store.get(Role.SERVER, signed.channel_id)
+    assert stored is not None and stored.pending is not None
+    assert stored.pending.change == client_record.change + 300_000  # the offset: the top-up
+    stored.pending.contract.check_payment(stored.pending.change, stored.pending.signature)
+    sides.mine(1)
+    assert sides.server_node.rpc("getrawtransaction", r.txid_hex, True)["confirmations"] == 1
