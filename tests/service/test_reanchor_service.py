@@ -10,10 +10,18 @@ import asyncio
 
 from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.channel.client import ClientPolicy
+from bitcoind_paychan.channel.effects import Send, StorePayment
 from bitcoind_paychan.channel.records import ChannelRecord, Role
 from bitcoind_paychan.channel.server import ServerPolicy
 from bitcoind_paychan.node import to_sat
+from bitcoind_paychan.service.server import ServerManager
+from bitcoind_paychan.transport.base import encode
+from bitcoind_paychan.wire import pb
+from regtest.waiting import until
+from tests.service.carried import Dialer
 from tests.service.conftest import Sides
+
+T = pb.TwoWayChannelMessage
 
 VALUE, DAY = 1_000_000, 24 * 3600
 
@@ -83,3 +91,55 @@ def test_a_top_up_funded_by_the_clients_wallet(sides: Sides) -> None:
     stored.pending.contract.check_payment(stored.pending.change, stored.pending.signature)
     sides.mine(1)
     assert sides.server_node.rpc("getrawtransaction", r.txid_hex, True)["confirmations"] == 1
+
+
+def test_a_payment_pipelined_behind_the_signed_reanchor_is_stored_on_both_contracts(
+        sides: Sides) -> None:
+    """REANCHOR_SIGNED and a payment signed on both contracts arrive in one batch: the
+    server checks R with its node, stores it (after the payment the writer already had),
+    broadcasts and acknowledges it, then acknowledges the payment, whose two signatures are
+    both stored with R. Frames are held and delivered by the test: no timing."""
+    async def scenario() -> tuple[list[int], ChannelRecord, ChannelRecord]:
+        manager = ServerManager(sides.server_ports(), sides.store("server"),
+                                ServerPolicy(reanchoring=True), on_event=sides.events.append,
+                                poll_interval=sides.poll_interval)
+        await manager.start()
+        dial = Dialer(manager)
+        client = sides.client(dial=dial, policy=ClientPolicy(VALUE, reanchoring=True))
+        channel = await client.open_channel("app://shop", VALUE, version=3)
+        await channel.pay(10_000)
+        carried = dial.connections[-1]
+        carried.hold = True
+        reanchoring = asyncio.ensure_future(channel.reanchor(time_window=2 * DAY))
+        await until(lambda: carried.held, what="REANCHOR_PROPOSE")
+        for reply in await carried.deliver(carried.held.pop()):
+            channel.receive(reply)  # the terms: the client signs and stores R
+        await until(lambda: carried.held, what="REANCHOR_SIGNED")
+        signed_frame = carried.held.pop()
+        effects = channel.machine.pay(3_000)  # signed on both contracts, behind it
+        for effect in effects:
+            if isinstance(effect, StorePayment):
+                await client.payments.record_payment(effect.record, effect.amount)
+        payment = [e.message for e in effects if isinstance(e, Send)]
+        carried.replies.frames = []
+        await carried.connection.receive_many([signed_frame, *encode(payment)])
+        replies = [int(T.FromString(f).type) for f in carried.replies.frames]
+        for reply in carried.replies.frames:
+            channel.receive(reply)
+        signed = await reanchoring
+        stored = manager.store.get(Role.SERVER, signed.channel_id)
+        assert stored is not None
+        await client.stop()
+        await manager.stop()
+        return replies, signed, stored
+
+    replies, signed, stored = asyncio.run(scenario())
+    assert replies == [T.REANCHOR_ACK, T.PAYMENT_ACK]  # R stored and sent first
+    assert stored.paid == 1_000 + 10_000 + 3_000
+    assert stored.pending is not None and stored.pending.complete
+    assert signed.pending is not None and stored.pending.tx == signed.pending.tx
+    stored.contract.check_payment(stored.change, stored.signature)
+    stored.pending.contract.check_payment(stored.pending.change, stored.pending.signature)
+    assert stored.pending.change == stored.change + stored.pending.offset(stored.contract)
+    assert Transaction.parse(stored.pending.tx).txid_hex in sides.server_node.rpc(
+        "getrawmempool")
