@@ -8,7 +8,7 @@ levels" use it; docs/api.md says the same in prose and docs/events.md gives the 
   ClientManager, and what they need of a connection: Link, Stream, CarriedStream, Dialer.
 - The node and the store: Bitcoind, AsyncBitcoind, NodeConfig, Network; SQLiteStore,
   PostgresStore, MemoryStore, open_store, ChannelStore; what they hold: ChannelRecord,
-  ChannelStatus, Role, ChannelView, ChannelSummary, PaymentLogEntry, Transaction.
+  ChannelStatus, Role, ChannelView, ChannelSummary, Generation, PaymentLogEntry, Transaction.
 - Policies: ServerPolicy, ClientPolicy, WatchPolicy, FeePolicy, PeerLimits.
 - Events and callbacks: ChannelOpened, PaymentReceived, PaymentAcknowledged, ChannelClosed,
   PeerError, ClosingSeen, ChannelFinished; ServerEvent, ClientEvent, PaymentHandler,
@@ -49,6 +49,7 @@ from bitcoind_paychan.errors import (
     PolicyError,
     ProtocolError,
     ProxyHeaderError,
+    ReanchorRefused,
     RemoteProtocolError,
     RpcError,
     SettlementDecided,
@@ -98,6 +99,7 @@ if TYPE_CHECKING:
     from bitcoind_paychan.store import (
         ChannelStore,
         ChannelSummary,
+        Generation,
         MemoryStore,
         PaymentLogEntry,
         PostgresStore,
@@ -115,12 +117,14 @@ __all__ = [
     "ChannelStatus", "ChannelStore", "ChannelSummary", "ChannelView", "ClientEvent",
     "ClientEventHandler", "ClientManager", "ClientPolicy", "ClientTLS", "ClosingSeen",
     "ConfigError", "ControlError", "DecodeError", "Dialer", "ErrorCode", "EventHandler",
-    "FeePolicy", "InsufficientFunds", "InvalidContribution", "InvalidParameter", "LeaseLost",
+    "FeePolicy", "Generation", "InsufficientFunds", "InvalidContribution", "InvalidParameter",
+    "LeaseLost",
     "Link", "LocalProtocolError", "MemoryStore", "MusigError", "Network", "NodeAuthError",
     "NodeConfig", "NodeError", "NodeUnreachable", "NonceReused", "NotStarted", "PaychanError",
     "PaymentAcknowledged", "PaymentClient", "PaymentHandler", "PaymentLogEntry",
     "PaymentReceived", "PaymentServer", "PaymentTimeout", "PeerError", "PeerLimits",
-    "PolicyError", "PostgresStore", "ProtocolError", "ProxyHeaderError", "RemoteProtocolError",
+    "PolicyError", "PostgresStore", "ProtocolError", "ProxyHeaderError", "ReanchorRefused",
+    "RemoteProtocolError",
     "Role", "RpcError", "SQLiteStore", "ServerConnection", "ServerEvent", "ServerManager",
     "ServerPolicy", "ServerTLS", "SettlementDecided", "StoreError", "Stream",
     "SystemChangeRefused", "TLSError", "Transaction", "TransactionRejected", "WalletNotLoaded",
@@ -145,8 +149,8 @@ _HOMES = {
     ".service.server": "EventHandler PaymentHandler PaymentServer ServerConnection ServerEvent "
                        "ServerManager",
     ".service.watcher": "ChannelView",
-    ".store": "ChannelStore ChannelSummary MemoryStore PaymentLogEntry PostgresStore SQLiteStore "
-              "open_store",
+    ".store": "ChannelStore ChannelSummary Generation MemoryStore PaymentLogEntry PostgresStore "
+              "SQLiteStore open_store",
     ".transport": "CarriedStream Link Stream",
     ".transport.limits": "PeerLimits",
     ".transport.tls": "ClientTLS ServerTLS",
