@@ -172,6 +172,10 @@ class MemNode:
         self._up()
         return self.wallet.new_script()
 
+    async def owns_script(self, script_pubkey: bytes) -> bool:
+        self._up()
+        return script_pubkey in self.wallet.keys
+
     async def spender(self, txid: str, index: int) -> Transaction | None:
         self._up()
         return (await self.spenders([(txid, index)])).get((txid, index))

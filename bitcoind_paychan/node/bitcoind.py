@@ -287,6 +287,13 @@ class Bitcoind:
         address = self.rpc.call("getnewaddress", "", "bech32", wallet=True)
         return bytes.fromhex(self.rpc.call("getaddressinfo", address, wallet=True)["scriptPubKey"])
 
+    def owns_script(self, script_pubkey: bytes) -> bool:
+        """Is money paid to `script_pubkey` the wallet's? (False: no address, or not ours.)"""
+        address = self.rpc.call("decodescript", script_pubkey.hex()).get("address")
+        if not address:
+            return False
+        return bool(self.rpc.call("getaddressinfo", address, wallet=True)["ismine"])
+
     def spender(self, txid: str, index: int) -> Transaction | None:
         """The mempool transaction spending txid:index, if there is one."""
         return self.spenders([(txid, index)]).get((txid, index))
@@ -412,6 +419,9 @@ class AsyncBitcoind:
 
     async def payout_script(self) -> bytes:
         return await self.run(self.node.payout_script)
+
+    async def owns_script(self, script_pubkey: bytes) -> bool:
+        return await self.run(self.node.owns_script, script_pubkey)
 
     async def test_accept(self, tx: Transaction) -> Acceptance:
         return await self.run(self.node.test_accept, tx)

@@ -100,6 +100,10 @@ class Wallet(Protocol):
     async def payout_script(self) -> bytes:
         """A fresh scriptPubKey of ours for receiving money."""
 
+    async def owns_script(self, script_pubkey: bytes) -> bool:
+        """Is money paid to `script_pubkey` ours (the wallet's `ismine`)? False for a script
+        with no address."""
+
     async def watch_key(self, secret_wif: str, script_types: tuple[str, ...] = ("pkh", "wpkh")
                         ) -> None:
         """Make a channel key ours: what is paid to it (refunds, change) is our money."""

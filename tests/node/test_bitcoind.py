@@ -134,6 +134,9 @@ def test_payout_script_belongs_to_the_wallet(bitcoind: Bitcoind, node: RegtestNo
     address = node.rpc("decodescript", script.hex())["address"]
     assert node.wallet_rpc("getaddressinfo", address)["ismine"]
     assert bitcoind.payout_script() != script
+    assert bitcoind.owns_script(script)
+    assert not bitcoind.owns_script(b"\x00\x14" + bytes(20))  # an address, not ours
+    assert not bitcoind.owns_script(b"\x6a\x01\x00")  # no address at all (OP_RETURN)
 
 
 def test_invalid_tx_is_rejected_with_the_nodes_reason(bitcoind: Bitcoind) -> None:

@@ -7,18 +7,23 @@ What is not built yet (the watcher's promotion, top-up coins of a refused R) is 
 from __future__ import annotations
 
 import asyncio
+import os
+
+import pytest
 
 from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.channel.client import ClientPolicy
 from bitcoind_paychan.channel.effects import Send, StorePayment
 from bitcoind_paychan.channel.records import ChannelRecord, Role
 from bitcoind_paychan.channel.server import ServerPolicy
+from bitcoind_paychan.errors import ChannelFailed, ReanchorRefused
 from bitcoind_paychan.node import to_sat
+from bitcoind_paychan.service.client import Channel, PaymentClient
 from bitcoind_paychan.service.server import ServerManager
 from bitcoind_paychan.transport.base import encode
 from bitcoind_paychan.wire import pb
 from regtest.waiting import until
-from tests.service.carried import Dialer
+from tests.service.carried import Dialer, Requests
 from tests.service.conftest import Sides
 
 T = pb.TwoWayChannelMessage
@@ -93,6 +98,23 @@ def test_a_top_up_funded_by_the_clients_wallet(sides: Sides) -> None:
     assert sides.server_node.rpc("getrawtransaction", r.txid_hex, True)["confirmations"] == 1
 
 
+async def carried_channel(sides: Sides) -> tuple[ServerManager, PaymentClient, Channel,
+                                                Requests]:
+    """A v3 channel with re-anchoring enabled, on a connection the test carries (its frames
+    held from now on: the test delivers them), paid 1,000 + 10,000 sat."""
+    manager = ServerManager(sides.server_ports(), sides.store("server"),
+                            ServerPolicy(reanchoring=True), on_event=sides.events.append,
+                            poll_interval=sides.poll_interval)
+    await manager.start()
+    dial = Dialer(manager)
+    client = sides.client(dial=dial, policy=ClientPolicy(VALUE, reanchoring=True))
+    channel = await client.open_channel("app://shop", VALUE, version=3)
+    await channel.pay(10_000)
+    carried = dial.connections[-1]
+    carried.hold = True
+    return manager, client, channel, carried
+
+
 def test_a_payment_pipelined_behind_the_signed_reanchor_is_stored_on_both_contracts(
         sides: Sides) -> None:
     """REANCHOR_SIGNED and a payment signed on both contracts arrive in one batch: the
@@ -100,16 +122,7 @@ def test_a_payment_pipelined_behind_the_signed_reanchor_is_stored_on_both_contra
     broadcasts and acknowledges it, then acknowledges the payment, whose two signatures are
     both stored with R. Frames are held and delivered by the test: no timing."""
     async def scenario() -> tuple[list[int], ChannelRecord, ChannelRecord]:
-        manager = ServerManager(sides.server_ports(), sides.store("server"),
-                                ServerPolicy(reanchoring=True), on_event=sides.events.append,
-                                poll_interval=sides.poll_interval)
-        await manager.start()
-        dial = Dialer(manager)
-        client = sides.client(dial=dial, policy=ClientPolicy(VALUE, reanchoring=True))
-        channel = await client.open_channel("app://shop", VALUE, version=3)
-        await channel.pay(10_000)
-        carried = dial.connections[-1]
-        carried.hold = True
+        manager, client, channel, carried = await carried_channel(sides)
         reanchoring = asyncio.ensure_future(channel.reanchor(time_window=2 * DAY))
         await until(lambda: carried.held, what="REANCHOR_PROPOSE")
         for reply in await carried.deliver(carried.held.pop()):
@@ -141,5 +154,68 @@ def test_a_payment_pipelined_behind_the_signed_reanchor_is_stored_on_both_contra
     stored.contract.check_payment(stored.change, stored.signature)
     stored.pending.contract.check_payment(stored.pending.change, stored.pending.signature)
     assert stored.pending.change == stored.change + stored.pending.offset(stored.contract)
+    assert Transaction.parse(stored.pending.tx).txid_hex in sides.server_node.rpc(
+        "getrawmempool")
+
+
+def test_a_payout_script_not_quoted_on_the_connection_must_be_the_servers(
+        sides: Sides) -> None:
+    """REANCHOR_SIGNED names its payout script; one this connection did not quote is taken
+    only if the server's wallet owns it: a client that routes the payout elsewhere (here: terms
+    altered on their way) is refused, nothing is stored, and the channel goes on."""
+    async def scenario() -> tuple[list[int], ChannelRecord]:
+        manager, client, channel, carried = await carried_channel(sides)
+        hijack = asyncio.ensure_future(channel.reanchor(time_window=2 * DAY))
+        await until(lambda: carried.held, what="REANCHOR_PROPOSE")
+        (terms,) = [T.FromString(f) for f in await carried.deliver(carried.held.pop())]
+        terms.reanchor_terms.payout_script = b"\x00\x14" + os.urandom(20)  # not the server's
+        channel.receive(terms)
+        await until(lambda: carried.held, what="REANCHOR_SIGNED")
+        refused = [int(T.FromString(f).type) for f in await carried.deliver(carried.held.pop())]
+        for reply in carried.replies.frames:
+            channel.receive(reply)
+        with pytest.raises(ReanchorRefused, match="not the server's wallet's"):
+            await hijack
+        assert channel.record.pending is not None  # the refused R, kept until it is dead
+        carried.hold = False
+        await channel.pay(1_000)  # the channel goes on, on its contract
+        await client.stop()
+        await manager.stop()
+        return refused, channel.record
+
+    refused, record = asyncio.run(scenario())
+    assert refused == [T.REANCHOR_REFUSED]
+    stored = sides.server().store.get(Role.SERVER, record.channel_id)
+    assert stored is not None and stored.pending is None  # nothing stored, nothing broadcast
+    assert stored.paid == 1_000 + 10_000 + 1_000
+
+
+def test_a_resumed_client_sends_its_r_again_and_the_server_takes_its_own_script(
+        sides: Sides) -> None:
+    """The server's terms, then the connection drops before R reaches it: the resumed client
+    sends R again on a connection that quoted nothing; its payout script is the server's
+    wallet's, so R is checked, stored, broadcast and acknowledged."""
+    async def scenario() -> ChannelRecord:
+        manager, client, channel, carried = await carried_channel(sides)
+        dropped = asyncio.ensure_future(channel.reanchor(time_window=2 * DAY))
+        await until(lambda: carried.held, what="REANCHOR_PROPOSE")
+        for reply in await carried.deliver(carried.held.pop()):
+            channel.receive(reply)
+        await until(lambda: carried.held, what="REANCHOR_SIGNED")
+        carried.held.clear()  # lost with the connection
+        await carried.close()
+        with pytest.raises(ChannelFailed):
+            await dropped
+        before = manager.store.get(Role.SERVER, channel.record.channel_id)
+        assert before is not None and before.pending is None  # the server never saw R
+        await client.open_channel("app://shop", VALUE, version=3)  # resumes, sends R again
+        stored = manager.store.get(Role.SERVER, channel.record.channel_id)
+        assert stored is not None
+        await client.stop()
+        await manager.stop()
+        return stored
+
+    stored = asyncio.run(scenario())
+    assert stored.pending is not None and stored.pending.complete
     assert Transaction.parse(stored.pending.tx).txid_hex in sides.server_node.rpc(
         "getrawmempool")

@@ -6,9 +6,10 @@ manager: its wallet, node, leases and clock). Off unless the server's policy ena
 The quote prices R with the autopilot's fee estimate and pays out to the configured payout
 script or a fresh one of the wallet. R is checked with the node (`testmempoolaccept`: the
 client's wallet inputs exist, are unspent and signed); a payout script this connection did
-not quote is refused (checking the wallet owns it is not built yet: the client proposes
-again). The complete R is stored under the connection's lease (`Leases.store_reanchor`), after
-every payment handed to the writer before it, and only then broadcast and sent back.
+not quote (R re-sent after a resume) must be the wallet's (`Wallet.owns_script`), else a
+client could route the payout to itself. The complete R is stored under the connection's
+lease (`Leases.store_reanchor`), after every payment handed to the writer before it, and only
+then broadcast and sent back.
 """
 
 from __future__ import annotations
@@ -29,8 +30,7 @@ from bitcoind_paychan.store.leases import Lease, Leases
 
 log = logging.getLogger("bitcoind_paychan.service.server")
 
-FOREIGN_PAYOUT = ("it pays out to a script this connection did not quote (after a resume); "
-                  "propose the re-anchor again")
+FOREIGN_PAYOUT = "it pays out to a script that is not the server's wallet's"
 
 
 class Reanchors:
@@ -57,14 +57,17 @@ class Reanchors:
     async def _check_reanchor(self, machine: ServerChannel, tx: Transaction,
                               payout_script: bytes) -> list[Effect]:
         """The machine's answer to the node's verdict on R (complete, not broadcast)."""
-        refusal: str | None = FOREIGN_PAYOUT if payout_script else None
-        if refusal is None:
-            try:
+        refusal: str | None = None
+        try:
+            if payout_script and payout_script != self.payout_script and not (
+                    await self.wallet.owns_script(payout_script)):
+                refusal = FOREIGN_PAYOUT
+            else:
                 await self.broadcaster.check_acceptable(tx)
-            except TransactionRejected as exc:
-                refusal = f"the server's node refused it: {exc.reason}"
-            except NodeError as exc:
-                refusal = f"the server's node cannot check it now: {exc}"
+        except TransactionRejected as exc:
+            refusal = f"the server's node refused it: {exc.reason}"
+        except NodeError as exc:
+            refusal = f"the server's node cannot check it now: {exc}"
         if refusal:
             log.info("refused re-anchor %s: %s", tx.txid_hex, refusal)
         return machine.reanchor_checked(refusal)
