@@ -466,7 +466,7 @@ class FuzzPump(Pump):
         super().run(client_effects)
         while self.link is not None and (held := self.link.flush()):
             for direction, payload in held:
-                self.drain(self._deliver(direction, payload))
+                self.drain(self._deliver(direction, [payload]))
         if self.link is not None and self.link.decide:
             self.drain(self._decide())
 
@@ -476,7 +476,7 @@ class FuzzPump(Pump):
             payload = encode_message(effect.message)  # a message the codec refuses raises
             TALLY.frames += 1
             frames = self.link.transmit(direction, payload) if self.link else [payload]
-            return [e for p in frames for e in self._deliver(direction, p)]
+            return self._deliver(direction, frames)
         if isinstance(effect, FundContract):
             return [("client", e) for e in self.client.contract_funded(
                 funding(effect, self.tag))]
@@ -484,19 +484,31 @@ class FuzzPump(Pump):
             return [("server", e) for e in self.server.settle_funded(wallet_funded(effect.draft))]
         return super()._carry_out(side, effect)
 
-    def _deliver(self, direction: str, payload: bytes) -> list[tuple[str, Effect]]:
+    def _deliver(self, direction: str, frames: list[bytes]) -> list[tuple[str, Effect]]:
+        """Frames arriving together, as the transports hand them on: decoded until one does
+        not decode (then ERROR and hang-up, after the ones before it); the server takes
+        them as pipelined payments (`receive_pipelined`), the effects in order."""
         receiver, sender = (("server", "client") if direction == TO_SERVER
                             else ("client", "server"))
+        machine, peer = ((self.server, self.client) if receiver == "server"
+                         else (self.client, self.server))
         follow: list[tuple[str, Effect]] = []
-        machine = self.server if receiver == "server" else self.client
+        pending: list[T] = []
         try:
-            message = decode_message(payload)
+            for payload in frames:
+                pending.append(decode_message(payload))
         except RemoteProtocolError as exc:  # the receiver's adapter: ERROR, hang up
             TALLY.undecodable += 1
-            peer = self.client if receiver == "server" else self.server
-            return [*follow, *[(receiver, e) for e in machine.connection_lost()],
-                    *[(sender, e) for e in peer.receive(messages.error(exc.code, str(exc)))]]
-        return [*follow, *[(receiver, e) for e in machine.receive(message)]]
+            follow = [*[(receiver, e) for e in machine.connection_lost()],
+                      *[(sender, e) for e in peer.receive(messages.error(exc.code, str(exc)))]]
+        taken: list[tuple[str, Effect]] = []
+        while pending:
+            if receiver == "server":
+                effects, count = self.server.receive_pipelined(pending)
+            else:
+                effects, count = self.client.receive(pending[0]), 1
+            taken, pending = taken + [(receiver, e) for e in effects], pending[count:]
+        return taken + follow
 
     def _decide(self) -> list[tuple[str, Effect]]:
         """At a quiet moment, another instance settles the server's channel from the store
