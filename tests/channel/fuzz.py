@@ -12,6 +12,7 @@ the money properties checked at every call into either machine.
 from __future__ import annotations
 
 import traceback
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
@@ -84,9 +85,12 @@ class Tally:
     undecodable: int = 0
     refused: int = 0  # ERRORs the machines sent
     input_errors: int = 0  # inputs the machine refused (PaychanError), as an adapter sees
+    refusals: Counter[str] = field(default_factory=Counter)  # which, and why
 
     def __str__(self) -> str:
-        return ", ".join(f"{k} {v:,}" for k, v in vars(self).items())
+        counts = ", ".join(f"{k} {v:,}" for k, v in vars(self).items() if isinstance(v, int))
+        why = "".join(f"\n  {n:6,} {what}" for what, n in self.refusals.most_common(8))
+        return f"{counts}; inputs refused:{why}"
 
 
 TALLY = Tally()
@@ -114,9 +118,10 @@ class Watch:
         the project's errors (the adapter gets the error, the machine's effects are none)."""
         try:
             effects = run()
-        except PaychanError:
+        except PaychanError as exc:
             require(name != "receive", f"receive raised:\n{traceback.format_exc()}")
             TALLY.input_errors += 1
+            TALLY.refusals[f"{name}: {str(exc)[:60]}"] += 1
             return []
         except Violation:
             raise
