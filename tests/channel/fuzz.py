@@ -292,7 +292,7 @@ class Link:
     foreign: list[bytes]  # frames of other channels' honest sessions
     sent: dict[str, list[bytes]] = field(default_factory=lambda: {TO_SERVER: [], TO_CLIENT: []})
     held: dict[str, list[bytes]] = field(default_factory=lambda: {TO_SERVER: [], TO_CLIENT: []})
-    decide: bool = False  # before the next delivery: another instance settles the channel
+    decide: bool = False  # at the next quiet moment, another instance settles the channel
 
     def transmit(self, direction: str, payload: bytes) -> list[bytes]:
         history = self.sent[direction]
