@@ -31,7 +31,8 @@ from hypothesis import strategies as st
 from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.channel import client as client_module
 from bitcoind_paychan.channel.contract import Branch, Contract
-from bitcoind_paychan.channel.kinds.registry import VERSIONS
+from bitcoind_paychan.channel.effects import Send
+from bitcoind_paychan.channel.kinds.registry import VERSIONS, kind_of
 from bitcoind_paychan.channel.records import ChannelStatus
 from bitcoind_paychan.channel.server import ServerChannel
 from bitcoind_paychan.wire import decode_message, pb
@@ -164,3 +165,16 @@ def test_a_server_paid_after_the_settlement_is_caught(version: int,
     index, _ = first(version, TO_SERVER, T.UPDATE_PAYMENT)
     with pytest.raises(Violation, match="after the settlement"):
         session(version, [Mutation(TO_SERVER, index, "decide")], no_draw, [])
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_only_a_key_path_close_carries_the_extension_fields(version: int) -> None:
+    """A bitcoinj peer (versions 1 and 2) never sees fields 1001-1003: no frame of an honest
+    session of a kind without the key-path close sets one, in either direction."""
+    pump = session(version, [], no_draw, [])
+    sent = [e.message for e in [*pump.client_log, *pump.server_log] if isinstance(e, Send)]
+    extended = [m for m in sent if any(m.HasField(f) for f in
+                                       ("musig_nonce", "musig_partial_signature",
+                                        "musig_settlement"))]
+    key_path = kind_of(version).capabilities.key_path_close
+    assert bool(extended) is key_path, [m.type for m in extended]
