@@ -467,8 +467,8 @@ class FuzzPump(Pump):
     tag: int = 0
     watch: Watch = field(default_factory=Watch)
 
-    def run(self, client_effects: list[Effect]) -> None:
-        super().run(client_effects)
+    def run(self, client_effects: list[Effect], side: str = "client") -> None:
+        super().run(client_effects, side)
         while self.link is not None and (held := self.link.flush()):
             for direction, payload in held:
                 self.drain(self._deliver(direction, [payload]))
