@@ -87,9 +87,13 @@ class ProtocolMachine:
     closed: enum.Enum
     peer_name: str
     handlers: dict[int, Handler]  # message type → handler
+    now: int  # the time of the latest input that gave one (its construction's at first)
 
-    def receive(self, message: T) -> list[Effect]:
-        """Handle one message from the peer."""
+    def receive(self, message: T, now: int | None = None) -> list[Effect]:
+        """Handle one message from the peer, received at `now` (the service's clock: every
+        check of a time against an expiry uses it; None keeps the last time given)."""
+        if now is not None:
+            self.now = now
         if self.state is self.closed:
             return []
         if message.type == T.ERROR:

@@ -164,8 +164,11 @@ class ClientReanchoring:
         rules.check_complete(record.contract, tx, pending.txid)
         if pending.complete:
             return []
+        # Only input 0's witness is the server's to give: our wallet inputs keep our own.
+        ours = Transaction.parse(pending.tx)
+        complete = ours.with_witness(0, tx.inputs[0].witness)
         machine.record = stored = replace(record, pending=replace(
-            pending, tx=tx.serialize(), complete=True))
+            pending, tx=complete.serialize(), complete=True))
         return [StoreChannel(stored), ReanchorSigned(stored)]
 
     def _on_reanchor_refused(self, message: T) -> list[Effect]:

@@ -125,7 +125,8 @@ class ServerReanchoring:
         if pending is not None or self._checking is not None:
             return [Send(messages.reanchor_refused("another re-anchor of this channel is in "
                                                    "flight"))]
-        if not self._reanchor_lead_left(machine.now):
+        now = machine.now  # when this message arrived (the service's clock)
+        if not self._reanchor_lead_left(now):
             return [Send(messages.reanchor_refused(
                 "the contract expires too soon to re-anchor: the server settles it"))]
         policy = machine.policy
@@ -136,12 +137,15 @@ class ServerReanchoring:
             terms = replace(terms, payout_script=tx.outputs[1].script_pubkey)
         signed = reanchor.Signed(tx, terms, body.client_change_value, body.next_signature,
                                  body.client_signature)
+        # A renewal never shortens C and always leaves the client's refund a window away
+        # (so C' is at least as far as C, whose lead was just checked).
         candidate = reanchor.check_signed(
-            record, signed, machine.now + policy.min_time_window,
-            machine.now + policy.max_time_window, policy.max_fee_rate)
+            record, signed, max(record.contract.expiry, now + policy.min_time_window),
+            now + policy.max_time_window, policy.max_fee_rate)
         # Signed here, but nothing leaves before the node's answer and the store.
         complete = record.contract.sign_settlement(tx, body.client_signature, record.key)
         self._checking = complete
+        self._locked_offset = None  # an earlier promotion's: payments pair with this R now
         machine.record = replace(record, pending=candidate)  # payments now come in pairs
         # A payout script this connection did not quote (R re-sent after a resume) is the
         # adapter's to check: it must be our wallet's.

@@ -261,11 +261,14 @@ class ServerChannel(ServerReanchoring, ProtocolMachine):
         machine.acked_change = record.change
         return machine
 
-    def receive_pipelined(self, received: Sequence[T]) -> tuple[list[Effect], int]:
-        """Messages received together on an open channel: handled in order as `receive` would
-        handle each (every payment's signature verified), while the channel stays open;
-        returns the effects and how many messages were taken (the rest wait until these
-        effects are carried out)."""
+    def receive_pipelined(self, received: Sequence[T], now: int | None = None
+                          ) -> tuple[list[Effect], int]:
+        """Messages received together (at `now`) on an open channel: handled in order as
+        `receive` would handle each (every payment's signature verified), while the channel
+        stays open; returns the effects and how many messages were taken (the rest wait until
+        these effects are carried out)."""
+        if now is not None:
+            self.now = now
         if self.state is not ServerState.OPEN:
             return self.receive(received[0]), 1
         return self._take_while_open(received)

@@ -232,10 +232,11 @@ class Checked(ProtocolMachine):
 
     watch: Watch
 
-    def receive(self, message: T) -> list[Effect]:
+    def receive(self, message: T, now: int | None = None) -> list[Effect]:
         if isinstance(self, ClientChannel) and message.type == T.CLOSE:
             self.watch.last_close[id(self)] = message
-        return self.watch.call(self, "receive", lambda: super(Checked, self).receive(message))
+        return self.watch.call(self, "receive",
+                               lambda: super(Checked, self).receive(message, now))
 
     def _input(self, event: Input, handler: Callable[..., list[Effect]], *args: Any
                ) -> list[Effect]:

@@ -750,3 +750,74 @@ def test_a_refused_r_blocks_another_until_it_is_known_dead() -> None:
     with pytest.raises(LocalProtocolError, match="refused re-anchor"):
         pump.client.reanchor(0, 2 * DAY, NOW)
     assert quoted(pump, payout=0, expiry=NOW + DAY) == []  # an unasked quote is ignored
+
+
+# -- the hostile review of the first build (/work/notes/review-living.md) ---------------------
+
+
+def signed_for(pump: Pump, terms: reanchor.Terms, tx: Transaction | None = None) -> T:
+    """A hostile client's REANCHOR_SIGNED for `terms` (R drafted by the rule unless `tx`),
+    signed by the client's machine (its record keeps the R)."""
+    record = pump.client._stored()
+    r = tx if tx is not None else reanchor.draft(record.contract, terms, 0)
+    (signed,) = sends(pump.client._sign_reanchor(record, terms, r))
+    return signed
+
+
+def test_the_servers_expiry_checks_use_the_time_the_r_arrived() -> None:
+    """Review 2: on a connection open for 10 h, R renewing to connection start + the minimum
+    window (in the past by then) was taken, checked against the connection's start time."""
+    pump = opened(paid=200_000)
+    server, real_now = pump.server, NOW + 10 * 3600
+    stale = reanchor.Terms(NOW + SERVER.min_time_window, 0, PAYOUT, FEE_RATE)
+    effects = server.receive(signed_for(pump, stale), now=real_now)
+    refused_with(effects, ErrorCode.BAD_TRANSACTION, "outside")
+    assert rec(server).pending is None and server.now == real_now
+
+
+def test_a_renewal_never_shortens_the_contract() -> None:
+    pump = opened()
+    expiry = rec(pump.server).contract.expiry
+    earlier = reanchor.Terms(expiry - 60, 0, PAYOUT, FEE_RATE)  # within the window, < E
+    refused_with(pump.server.receive(signed_for(pump, earlier), now=NOW), ErrorCode.BAD_TRANSACTION,
+                 "outside")
+
+
+def test_the_lead_before_cs_deadline_is_checked_when_r_arrives() -> None:
+    pump = opened()
+    message = signed_message(pump)
+    late = NOW + DAY - SERVER.settle_margin - reanchor.REANCHOR_LEAD
+    (answer,) = sends(fresh_server(pump).receive(message, now=late))
+    assert answer.type == T.REANCHOR_REFUSED and "too soon" in answer.reanchor_refused.explanation
+
+
+def test_the_client_keeps_its_own_wallet_witnesses_from_the_ack() -> None:
+    """Review 8: only input 0's witness is the server's; the rest of R stays as we signed."""
+    pump = opened()
+    pump.drop = {T.REANCHOR_ACK}
+    pump.run(pump.client.reanchor(300_000, 2 * DAY, NOW))
+    (ack,) = [e for e in pump.held if isinstance(e, Send)]
+    good = Transaction.parse(ack.message.reanchor_ack.tx)
+    theirs = good.with_witness(1, (bytes(72), bytes(33)))  # same txid: witnesses are not in it
+    pump.client.receive(wire(messages.reanchor_ack(theirs.serialize())))
+    pending = rec(pump.client).pending
+    assert pending is not None and pending.complete
+    assert Transaction.parse(pending.tx) == good
+
+
+def test_a_later_refused_re_anchor_does_not_read_payments_on_the_old_offset() -> None:
+    """Review 10: after one promotion, a second re-anchor refused by the node; a payment the
+    client signed on both while it was being checked counts on the contract, by its own
+    signature (the first promotion's offset was left behind)."""
+    pump = opened()
+    renewed(pump)
+    promote(pump)
+    pump.hold = {CheckReanchor}
+    pump.run(pump.client.reanchor(0, 3 * DAY, NOW))
+    crossing = [e for e in pump.client.pay(2_000) if isinstance(e, Send)]
+    assert crossing[0].message.update_payment.next_signature  # signed on both
+    pump.server.reanchor_checked("min relay fee not met")
+    effects = pump.server.receive(wire(crossing[0].message))
+    stored = next(e for e in effects if isinstance(e, StorePayment)).record
+    stored.contract.check_payment(stored.change, stored.signature)
+    assert stored.change == rec(pump.client).change

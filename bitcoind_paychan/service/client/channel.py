@@ -368,7 +368,7 @@ class Channel:
             if message is None:
                 await self._run(self.machine.connection_lost())
                 return
-            await self._run(self.machine.receive(message))
+            await self._run(self.machine.receive(message, int(self.client.clock())))
 
     async def _stored(self) -> ChannelRecord | None:
         return await asyncio.to_thread(self.client.store.get, Role.CLIENT, self.contract_txid)

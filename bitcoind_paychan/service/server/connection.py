@@ -149,12 +149,13 @@ class ServerConnection:
             stored_before = record.payments if record is not None else 0
             if self.takes_more(0):  # pipelined: this and those already here, checked together
                 batch = [message, *itertools.islice(pending, PAYMENT_WINDOW - 1)]
-                effects, taken = machine.receive_pipelined(batch)
+                effects, taken = machine.receive_pipelined(batch, int(manager.clock()))
                 received = batch[:taken]
                 for _ in range(taken - 1):
                     pending.popleft()
             else:
-                received, effects = [message], machine.receive(message)
+                received, effects = [message], machine.receive(message,
+                                                               int(manager.clock()))
             try:
                 if not await manager._carry_out(machine, self.link, effects):
                     self.connection_lost()
