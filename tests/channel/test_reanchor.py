@@ -655,12 +655,17 @@ def test_carried_change_is_never_dust() -> None:
     assert rec(pump.client).change < 2 * DUST
 
 
+def held_ack(pump: Pump, top_up: int = 0) -> Transaction:
+    """Run a re-anchor whose REANCHOR_ACK is lost on its way; the R it carried."""
+    pump.drop = {T.REANCHOR_ACK}
+    pump.run(pump.client.reanchor(top_up, 2 * DAY, NOW))
+    (ack,) = [e for e in pump.held if isinstance(e, Send)]
+    return Transaction.parse(ack.message.reanchor_ack.tx)
+
+
 def test_an_ack_without_the_servers_valid_signature_is_refused() -> None:
     pump = opened()
-    pump.drop = {T.REANCHOR_ACK}
-    pump.run(pump.client.reanchor(0, 2 * DAY, NOW))
-    (ack,) = [e for e in pump.held if isinstance(e, Send)]
-    good = Transaction.parse(ack.message.reanchor_ack.tx)
+    good = held_ack(pump)
     witness = list(good.inputs[0].witness)
     witness[1] = witness[0]  # the client's own signature where the server's belongs
     forged = good.with_witness(0, tuple(witness))
@@ -794,10 +799,7 @@ def test_the_lead_before_cs_deadline_is_checked_when_r_arrives() -> None:
 def test_the_client_keeps_its_own_wallet_witnesses_from_the_ack() -> None:
     """Review 8: only input 0's witness is the server's; the rest of R stays as we signed."""
     pump = opened()
-    pump.drop = {T.REANCHOR_ACK}
-    pump.run(pump.client.reanchor(300_000, 2 * DAY, NOW))
-    (ack,) = [e for e in pump.held if isinstance(e, Send)]
-    good = Transaction.parse(ack.message.reanchor_ack.tx)
+    good = held_ack(pump, 300_000)
     theirs = good.with_witness(1, (bytes(72), bytes(33)))  # same txid: witnesses are not in it
     pump.client.receive(wire(messages.reanchor_ack(theirs.serialize())))
     pending = rec(pump.client).pending
