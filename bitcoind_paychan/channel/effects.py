@@ -119,10 +119,12 @@ class FundSettlement:
 
 @dataclass(frozen=True, slots=True)
 class PrepareReanchor:
-    """Server: fetch a fee rate and a payout script for a re-anchor's quote; answer with
-    `ServerChannel.quote_reanchor`."""
+    """Server: fetch a fee rate and a payout script for a re-anchor's quote (`payout_script`
+    when not empty: this connection's earlier quote's, never a fresh one from the wallet);
+    answer with `ServerChannel.quote_reanchor`."""
 
     contract_txid: str
+    payout_script: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,10 +144,13 @@ class CheckReanchor:
     """Server: ask the node whether it would accept R (complete) now, and, unless empty,
     whether `payout_script` is our wallet's (a REANCHOR_SIGNED re-sent after a resume pays
     one this connection never quoted: refuse it unless it is); answer with
-    `ServerChannel.reanchor_checked`. Nothing is stored yet."""
+    `ServerChannel.reanchor_checked` (with R's fee as the node counts it, and when
+    `resent`, no quote made on this connection, the current fee estimate). Nothing is
+    stored yet."""
 
     tx: Transaction
     payout_script: bytes
+    resent: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -186,6 +186,33 @@ def check_signed(record: ChannelRecord, signed: Signed, earliest: int, latest: i
                            signed.next_signature)
 
 
+def check_fee(current: Contract, tx: Transaction, terms: Terms, fee: int | None,
+              estimate: int | None, max_fee_rate: int) -> str | None:
+    """The server's check of R's fee (complete, its node asked): why it refuses R, or None.
+    `estimate` (sat/kvB) is given for an R not quoted on this connection (re-sent after a
+    resume): its rate may not be below the estimate (nor above the cap: `check_signed`); a
+    pure payout, which the server pays, not above it either (no more than settling C would
+    cost it now). With wallet inputs, R's real `fee` (the node's count) must pay the stated
+    rate on R's size: the server's part, taken from its payout, is priced at that rate."""
+    if estimate is not None:
+        rate = min(estimate, max_fee_rate)
+        if is_pure_payout(current, tx, terms.expiry):
+            if terms.fee_rate > rate:
+                return (f"it pays out at {terms.fee_rate} sat/kvB, more than the server's rate "
+                        f"now ({rate}), at which it would settle the contract")
+        elif terms.fee_rate < rate:
+            return (f"its fee rate {terms.fee_rate} sat/kvB is below the server's estimate "
+                    f"now ({rate})")
+    if len(tx.inputs) > 1:
+        needed = -(-terms.fee_rate * tx.vsize // 1000)
+        if fee is None:
+            return "the server's node did not count its fee"
+        if fee < needed:
+            return (f"it pays {fee} sat in fees, less than its stated rate of {terms.fee_rate} "
+                    f"sat/kvB asks on its {tx.vsize} vB ({needed} sat)")
+    return None
+
+
 def promoted(record: ChannelRecord) -> ChannelRecord:
     """The record once R confirmed: C' is the contract, the carried payment its payment, one
     generation more, nothing pending. Only a complete pending re-anchor is promoted."""

@@ -10,6 +10,7 @@ come signed on both contracts, and both signatures are stored before its ack.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
     from bitcoind_paychan.channel.server import ServerChannel
 
 T = pb.TwoWayChannelMessage
+QUOTES_KEPT = 4  # quotes (payout script, fee rate) a connection remembers: one outstanding,
+# and the few before it an R signed meanwhile may still follow
 
 
 class ServerReanchoring:
@@ -44,8 +47,10 @@ class ServerReanchoring:
     reanchoring: bool  # negotiated: the kind can, the client said it can
     acked_change: int  # the client's change in the last payment acknowledged
     _wish: tuple[int, int]  # the client's PROPOSE: (top-up, time window)
-    _quoted: set[bytes]  # payout scripts quoted on this connection
+    _quoted: deque[tuple[bytes, int]]  # (payout script, fee rate) quoted here, the latest
+    # last, QUOTES_KEPT at most
     _checking: Transaction | None  # R complete, awaiting the node's answer
+    _checking_terms: reanchor.Terms | None  # what that R states (its payout script's)
     _locked_offset: int | None  # the offset of the re-anchor promoted on this connection
 
     def _machine(self) -> ServerChannel:
@@ -69,9 +74,15 @@ class ServerReanchoring:
     def _on_reanchor_propose(self, message: T) -> list[Effect]:
         machine = self._machine()
         self._require_negotiated()
-        body = message.reanchor_propose
+        record, body = machine._record(), message.reanchor_propose
+        if record.pending is not None or self._checking is not None:
+            # Refused before anything is asked of the wallet or the node.
+            return [Send(messages.reanchor_refused("another re-anchor of this channel is in "
+                                                   "flight"))]
         self._wish = (body.top_up, body.time_window_secs)
-        return [PrepareReanchor(machine._record().contract_txid)]
+        # The latest quote's script again: one fresh wallet script per connection at most.
+        script = self._quoted[-1][0] if self._quoted else b""
+        return [PrepareReanchor(record.contract_txid, script)]
 
     def quote_reanchor(self, fee_rate: int, payout_script: bytes, now: int,
                        payout: bool = True, time_window: int = 0) -> list[Effect]:
@@ -109,7 +120,7 @@ class ServerReanchoring:
         amount = acked_paid if payout and acked_paid - vbytes_fee >= DUST else 0
         if not amount and expiry == record.contract.expiry and not wish_top_up:
             return [Send(messages.reanchor_refused("nothing to re-anchor"))]
-        self._quoted.add(payout_script)
+        self._quoted.append((payout_script, fee_rate))
         return [Send(messages.reanchor_terms(expiry, amount, payout_script, fee_rate))]
 
     # -- the client's signed R -------------------------------------------------------------
@@ -137,6 +148,10 @@ class ServerReanchoring:
             terms = replace(terms, payout_script=tx.outputs[1].script_pubkey)
         signed = reanchor.Signed(tx, terms, body.client_change_value, body.next_signature,
                                  body.client_signature)
+        rates = [rate for _, rate in self._quoted]
+        if rates and terms.fee_rate not in rates:
+            raise bad_tx(f"the re-anchor's fee rate {terms.fee_rate} sat/kvB is not the rate "
+                         f"quoted on this connection ({rates[-1]})")
         # A renewal never shortens C and always leaves the client's refund a window away
         # (so C' is at least as far as C, whose lead was just checked).
         candidate = reanchor.check_signed(
@@ -144,27 +159,42 @@ class ServerReanchoring:
             now + policy.max_time_window, policy.max_fee_rate)
         # Signed here, but nothing leaves before the node's answer and the store.
         complete = record.contract.sign_settlement(tx, body.client_signature, record.key)
-        self._checking = complete
+        self._checking, self._checking_terms = complete, terms
         self._locked_offset = None  # an earlier promotion's: payments pair with this R now
         machine.record = replace(record, pending=candidate)  # payments now come in pairs
         # A payout script this connection did not quote (R re-sent after a resume) is the
-        # adapter's to check: it must be our wallet's.
-        foreign = terms.payout_script not in self._quoted
-        return [CheckReanchor(complete, terms.payout_script if foreign else b"")]
+        # adapter's to check: it must be our wallet's; and with no quote here, the adapter
+        # gives its fee estimate, for the rate to be checked against it.
+        foreign = terms.payout_script not in {script for script, _ in self._quoted}
+        return [CheckReanchor(complete, terms.payout_script if foreign else b"",
+                              not self._quoted)]
 
-    def reanchor_checked(self, refusal: str | None) -> list[Effect]:
+    def reanchor_checked(self, refusal: str | None, fee: int | None = None,
+                         estimate: int | None = None) -> list[Effect]:
         """The answer to CheckReanchor: None if the node would take R and the payout script
-        is ours. Then R is stored (the pending re-anchor), broadcast, and sent back; else the
-        re-anchor is refused and the channel goes on, on its contract."""
+        is ours; `fee`, R's fee as the node counts it (testmempoolaccept's fees.base, sat);
+        `estimate`, the server's fee rate now (sat/kvB; asked for an R not quoted here).
+        Then, if R's fee keeps the fee rule (`reanchor.check_fee`), R is stored (the pending
+        re-anchor), broadcast, and sent back; else the re-anchor is refused and the channel
+        goes on, on its contract."""
         machine = self._machine()
-        return machine._input(Input.REANCHOR_CHECKED, self._on_reanchor_checked, refusal)
+        return machine._input(Input.REANCHOR_CHECKED, self._on_reanchor_checked, refusal, fee,
+                              estimate)
 
-    def _on_reanchor_checked(self, refusal: str | None) -> list[Effect]:
+    def _on_reanchor_checked(self, refusal: str | None, fee: int | None,
+                             estimate: int | None) -> list[Effect]:
         machine = self._machine()
         complete, self._checking = self._checking, None
+        terms, self._checking_terms = self._checking_terms, None
         record = machine._record()
-        if complete is None or record.pending is None:
+        if complete is None or terms is None or record.pending is None:
             return []
+        if refusal is None and not self._quoted and estimate is None:
+            refusal = "the server has no fee estimate to check its rate against now"
+        if refusal is None:
+            refusal = reanchor.check_fee(record.contract, complete, terms, fee,
+                                         None if self._quoted else estimate,
+                                         machine.policy.max_fee_rate)
         if refusal is None and self._open():
             stored = replace(record, pending=replace(record.pending, tx=complete.serialize(),
                                                      complete=True))

@@ -54,7 +54,7 @@ from bitcoind_paychan.channel.machine import (
     table,
 )
 from bitcoind_paychan.channel.reanchor import without_unchecked
-from bitcoind_paychan.channel.reanchor_server import ServerReanchoring
+from bitcoind_paychan.channel.reanchor_server import QUOTES_KEPT, ServerReanchoring
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.errors import (
     DecodeError,
@@ -235,8 +235,9 @@ class ServerChannel(ServerReanchoring, ProtocolMachine):
         self.reanchoring = False
         self.acked_change = 0
         self._wish = (0, 0)
-        self._quoted = set()
+        self._quoted = deque(maxlen=QUOTES_KEPT)
         self._checking = None
+        self._checking_terms = None
         self._locked_offset = None
         self.handlers: dict[int, Handler] = {
             T.CLIENT_VERSION: self._on_client_version,

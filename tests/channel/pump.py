@@ -51,6 +51,14 @@ def reanchor_funding(effect: FundReanchor, contract_value: int) -> Transaction:
                        (*effect.draft.outputs, TxOut(change, PAYOUT)), 0)
 
 
+def reanchor_fee(tx: Transaction, server: ServerChannel) -> int:
+    """R's fee as a node counts it: every wallet input is one coin of WALLET_COIN sat (as
+    reanchor_funding's)."""
+    assert server.record is not None
+    spent = server.record.contract.value + WALLET_COIN * (len(tx.inputs) - 1)
+    return spent - sum(output.value for output in tx.outputs)
+
+
 @dataclass
 class Pump:
     client: ClientChannel
@@ -107,14 +115,17 @@ class Pump:
         elif isinstance(effect, PrepareSettlement):
             return [("server", e) for e in self.server.settle(FEE_RATE, PAYOUT)]
         elif isinstance(effect, PrepareReanchor):
+            script = effect.payout_script or PAYOUT
             return [("server", e) for e in
-                    self.server.quote_reanchor(FEE_RATE, PAYOUT, self.server.now)]
+                    self.server.quote_reanchor(FEE_RATE, script, self.server.now)]
         elif isinstance(effect, FundReanchor):
             value = self.client.record.contract.value  # type: ignore[union-attr]
             return [("client", e) for e in
                     self.client.reanchor_funded(reanchor_funding(effect, value))]
         elif isinstance(effect, CheckReanchor):
-            return [("server", e) for e in self.server.reanchor_checked(self.reanchor_refusal)]
+            return [("server", e) for e in self.server.reanchor_checked(
+                self.reanchor_refusal, reanchor_fee(effect.tx, self.server),
+                FEE_RATE if effect.resent else None)]
         return []
 
     def sent(self, side: str) -> list[pb.TwoWayChannelMessage]:

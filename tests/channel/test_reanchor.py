@@ -12,7 +12,7 @@ from dataclasses import replace
 import pytest
 
 from bitcoind_paychan.bitcoin.keys import PrivateKey
-from bitcoind_paychan.bitcoin.tx import Transaction, TxOut
+from bitcoind_paychan.bitcoin.tx import OutPoint, Transaction, TxIn, TxOut
 from bitcoind_paychan.channel import messages, reanchor
 from bitcoind_paychan.channel.client import ClientChannel, ClientPolicy, ClientState
 from bitcoind_paychan.channel.contract import DUST
@@ -30,13 +30,21 @@ from bitcoind_paychan.channel.effects import (
     StorePayment,
 )
 from bitcoind_paychan.channel.fees import reanchor_fees
+from bitcoind_paychan.channel.reanchor_server import QUOTES_KEPT
 from bitcoind_paychan.channel.records import ChannelRecord
 from bitcoind_paychan.channel.server import ServerChannel, ServerPolicy, ServerState
 from bitcoind_paychan.errors import ErrorCode, LocalProtocolError
 from bitcoind_paychan.store import codec
 from bitcoind_paychan.wire import decode_message, encode_message, pb
 from regtest.chainrules import spend_problem
-from tests.channel.pump import FEE_RATE, PAYOUT, WALLET_COIN, Pump, reanchor_funding
+from tests.channel.pump import (
+    FEE_RATE,
+    PAYOUT,
+    WALLET_COIN,
+    Pump,
+    reanchor_fee,
+    reanchor_funding,
+)
 
 T = pb.TwoWayChannelMessage
 NOW, VALUE, DAY = 1_700_000_000, 500_000, 24 * 3600
@@ -457,8 +465,9 @@ def test_a_second_re_anchor_while_one_is_pending_is_refused() -> None:
         pump.client.reanchor(0, 3 * DAY, NOW)
     pump.server_log.clear()
     pump.run([Send(messages.reanchor_propose(0, 3 * DAY))])  # a hostile client asks anyway
-    assert isinstance(pump.server_log[0], PrepareReanchor)
-    assert pump.sent("server") == []  # no second quote while one is pending
+    # refused before the wallet or the node is asked anything (review 5)
+    assert not [e for e in pump.server_log if isinstance(e, PrepareReanchor)]
+    assert [m.type for m in pump.sent("server")] == [T.REANCHOR_REFUSED]
 
 
 # -- hostile servers -------------------------------------------------------------------------
@@ -823,3 +832,95 @@ def test_a_later_refused_re_anchor_does_not_read_payments_on_the_old_offset() ->
     stored = next(e for e in effects if isinstance(e, StorePayment)).record
     stored.contract.check_payment(stored.change, stored.signature)
     assert stored.change == rec(pump.client).change
+
+
+def pure_payout_at(pump: Pump, rate: int) -> T:
+    record = pump.client._stored()
+    return signed_for(pump, reanchor.Terms(record.contract.expiry, 90_000, PAYOUT, rate))
+
+
+def test_a_signed_r_must_state_the_rate_quoted_on_this_connection() -> None:
+    """Review 3 (fee grief): after a quote at the server's estimate, a pure payout at the
+    server's cap (the server pays it all) is refused."""
+    pump = opened(paid=100_000)
+    pump.server.receive(wire(messages.reanchor_propose(0, 0)))
+    pump.server.quote_reanchor(FEE_RATE, PAYOUT, NOW)
+    effects = pump.server.receive(pure_payout_at(pump, SERVER.max_fee_rate))
+    refused_with(effects, ErrorCode.BAD_TRANSACTION, "not the rate quoted")
+
+
+@pytest.mark.parametrize(("rate", "why"), [
+    (SERVER.max_fee_rate, "more than the server's rate now"),  # a pure payout: at most it
+    (FEE_RATE, None),
+])
+def test_a_resent_pure_payout_pays_no_more_than_settling_would(rate: int, why: str | None
+                                                               ) -> None:
+    pump = opened(paid=100_000)
+    server = fresh_server(pump)  # no quote on this connection: R re-sent after a resume
+    (check,) = server.receive(pure_payout_at(pump, rate))
+    assert isinstance(check, CheckReanchor) and check.resent
+    effects = server.reanchor_checked(None, None, FEE_RATE)
+    if why is None:
+        assert rec(server).pending.complete  # type: ignore[union-attr]
+        return
+    (refused,) = sends(effects)
+    assert why in refused.reanchor_refused.explanation and rec(server).pending is None
+
+
+def test_a_resent_renewal_below_the_servers_estimate_is_refused() -> None:
+    pump = opened()
+    message = signed_message(pump)  # at FEE_RATE
+    server = fresh_server(pump)
+    server.receive(message)
+    (refused,) = sends(server.reanchor_checked(None, None, FEE_RATE + 1))
+    assert "below the server's estimate" in refused.reanchor_refused.explanation
+    server = fresh_server(pump)
+    server.receive(message)
+    (refused,) = sends(server.reanchor_checked(None))  # the adapter gave no estimate
+    assert "no fee estimate" in refused.reanchor_refused.explanation
+
+
+def test_a_top_up_r_must_really_pay_its_stated_rate() -> None:
+    """Review 3 (top-up skim): the client states the cap as R's rate (so the server's part,
+    taken from its payout, is large) but funds R at 1 sat/vB and keeps the difference: the
+    node's count of R's fee refuses it."""
+    pump = opened(paid=200_000)
+    cap = SERVER.max_fee_rate
+    pump.server.quote_reanchor(cap, PAYOUT, NOW)  # the server's estimate is at its cap
+    record = pump.client._stored()
+    terms = reanchor.Terms(record.contract.expiry, record.paid, PAYOUT, cap)
+    draft = reanchor.draft(record.contract, terms, 10_000)
+    coin = TxIn(OutPoint(PrivateKey.generate().pub.data[1:], 0), b"", 0xFFFFFFFD,
+                (bytes(71), bytes(33)))
+    shape = Transaction(draft.version, (*draft.inputs, coin), (*draft.outputs, TxOut(0, PAYOUT)),
+                        0)
+    real_fee = record.contract.sign_settlement(shape, bytes(73), None).vsize  # 1 sat/vB
+    change = record.contract.value + WALLET_COIN - sum(o.value for o in draft.outputs) - real_fee
+    r = replace(shape, outputs=(*draft.outputs, TxOut(change, PAYOUT)))
+    (check,) = pump.server.receive(signed_for(pump, terms, r))
+    assert isinstance(check, CheckReanchor) and not check.resent
+    (refused,) = sends(pump.server.reanchor_checked(None, reanchor_fee(check.tx, pump.server)))
+    assert "less than its stated rate" in refused.reanchor_refused.explanation
+    assert rec(pump.server).pending is None
+
+
+def test_proposals_reuse_the_connections_quote_script_and_keep_few_quotes() -> None:
+    """Review 5: every PROPOSE asked the wallet for a fresh script, kept for the connection's
+    life. Now the first quote's script is reused, and a connection keeps QUOTES_KEPT."""
+    pump = opened()
+    server, scripts = pump.server, []
+    for i in range(50):
+        (prepare,) = server.receive(wire(messages.reanchor_propose(0, 2 * DAY)))
+        assert isinstance(prepare, PrepareReanchor)
+        scripts.append(prepare.payout_script)
+        server.quote_reanchor(FEE_RATE + i, prepare.payout_script or PAYOUT, NOW)
+    assert scripts[0] == b"" and set(scripts[1:]) == {PAYOUT}  # the wallet asked once
+    assert len(server._quoted) == QUOTES_KEPT
+
+
+def test_a_proposal_while_r_is_being_checked_asks_nothing() -> None:
+    pump = opened()
+    pump.hold = {CheckReanchor}
+    pump.run(pump.client.reanchor(0, 2 * DAY, NOW))
+    (refused,) = pump.server.receive(wire(messages.reanchor_propose(0, 3 * DAY)))
+    assert isinstance(refused, Send) and refused.message.type == T.REANCHOR_REFUSED

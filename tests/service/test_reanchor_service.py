@@ -8,23 +8,29 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
+from typing import Any
 
 import pytest
 
 from bitcoind_paychan.bitcoin.tx import Transaction
+from bitcoind_paychan.channel import messages
 from bitcoind_paychan.channel.client import ClientPolicy
-from bitcoind_paychan.channel.effects import Send, StorePayment
+from bitcoind_paychan.channel.effects import FundReanchor, Send, StoreChannel, StorePayment
+from bitcoind_paychan.channel.fees import FeePolicy
 from bitcoind_paychan.channel.records import ChannelRecord, Role
 from bitcoind_paychan.channel.server import ServerPolicy
+from bitcoind_paychan.channel.watch import WatchPolicy
 from bitcoind_paychan.errors import ChannelFailed, ReanchorRefused
 from bitcoind_paychan.node import to_sat
 from bitcoind_paychan.service.client import Channel, PaymentClient
 from bitcoind_paychan.service.server import ServerManager
 from bitcoind_paychan.transport.base import encode
+from bitcoind_paychan.transport.limits import PeerLimits
 from bitcoind_paychan.wire import pb
 from regtest.waiting import until
 from tests.service.carried import Dialer, Requests
-from tests.service.conftest import Sides
+from tests.service.conftest import MemSides, Sides
 
 T = pb.TwoWayChannelMessage
 
@@ -98,13 +104,14 @@ def test_a_top_up_funded_by_the_clients_wallet(sides: Sides) -> None:
     assert sides.server_node.rpc("getrawtransaction", r.txid_hex, True)["confirmations"] == 1
 
 
-async def carried_channel(sides: Sides) -> tuple[ServerManager, PaymentClient, Channel,
-                                                Requests]:
+async def carried_channel(sides: Sides | MemSides, **options: Any
+                          ) -> tuple[ServerManager, PaymentClient, Channel, Requests]:
     """A v3 channel with re-anchoring enabled, on a connection the test carries (its frames
-    held from now on: the test delivers them), paid 1,000 + 10,000 sat."""
+    held from now on: the test delivers them), paid 1,000 + 10,000 sat. `options`: the
+    server manager's."""
     manager = ServerManager(sides.server_ports(), sides.store("server"),
                             ServerPolicy(reanchoring=True), on_event=sides.events.append,
-                            poll_interval=sides.poll_interval)
+                            poll_interval=sides.poll_interval, **options)
     await manager.start()
     dial = Dialer(manager)
     client = sides.client(dial=dial, policy=ClientPolicy(VALUE, reanchoring=True))
@@ -219,3 +226,90 @@ def test_a_resumed_client_sends_its_r_again_and_the_server_takes_its_own_script(
     assert stored.pending is not None and stored.pending.complete
     assert Transaction.parse(stored.pending.tx).txid_hex in sides.server_node.rpc(
         "getrawmempool")
+
+
+async def ask(carried: Requests, message: pb.TwoWayChannelMessage) -> list[T]:
+    """Deliver one of the client's messages to the server by hand; its answers."""
+    return [T.FromString(f) for f in await carried.deliver(encode([message])[0])]
+
+
+def test_a_top_up_r_paying_less_than_its_stated_rate_is_refused_by_its_real_fee(
+        sides: Sides) -> None:
+    """Review 3 (top-up skim): the server quotes 20 sat/vB; a hostile client's wallet funds
+    R at 1 sat/vB and keeps the difference (the server's fee part, taken from its payout, is
+    priced at the stated rate). The node's count of R's fee (testmempoolaccept fees.base)
+    refuses it: nothing stored, nothing broadcast, the channel goes on."""
+    async def scenario() -> tuple[T, Transaction, ChannelRecord]:
+        manager, client, channel, carried = await carried_channel(
+            sides, autopilot=WatchPolicy(fees=FeePolicy(min_rate=20)))
+        machine = channel.machine
+        (propose,) = [e.message for e in machine.reanchor(100_000, 0, int(time.time()))
+                      if isinstance(e, Send)]
+        (terms,) = await ask(carried, propose)
+        assert terms.reanchor_terms.fee_rate == 20_000
+        (fund,) = machine.receive(terms)
+        assert isinstance(fund, FundReanchor) and fund.fee_rate == 20_000
+        contract = fund.draft.inputs[0].prevout
+        funded = await client.wallet.fund_external(  # at 1 sat/vB, not the quoted rate
+            fund.draft, {(contract.txid_hex, contract.index): fund.contract_input_weight}, 1000)
+        effects = machine.reanchor_funded(funded)
+        for effect in effects:
+            if isinstance(effect, StoreChannel):
+                client.store.put(effect.record)
+        (signed,) = [e.message for e in effects if isinstance(e, Send)]
+        (answer,) = await ask(carried, signed)
+        stored = manager.store.get(Role.SERVER, channel.record.channel_id)
+        assert stored is not None
+        await client.stop()
+        await manager.stop()
+        return answer, funded, stored
+
+    answer, r, stored = asyncio.run(scenario())
+    assert answer.type == T.REANCHOR_REFUSED
+    assert "less than its stated rate" in answer.reanchor_refused.explanation
+    assert stored.pending is None
+    assert r.txid_hex not in sides.server_node.rpc("getrawmempool")
+
+
+def test_proposals_on_one_connection_ask_the_wallet_once(mem_sides: MemSides) -> None:
+    """Review 5: each REANCHOR_PROPOSE asked the wallet for a fresh address; the quotes of one
+    connection now all pay the first one's script."""
+    async def scenario() -> set[bytes]:
+        manager, client, _channel, carried = await carried_channel(mem_sides)
+        scripts = set()
+        for _ in range(20):
+            (terms,) = await ask(carried, messages.reanchor_propose(0, 2 * DAY))
+            scripts.add(terms.reanchor_terms.payout_script)
+        await client.stop()
+        await manager.stop()
+        return scripts
+
+    assert len(asyncio.run(scenario())) == 1
+
+
+def test_a_signed_r_waits_for_a_contract_check_slot(mem_sides: MemSides) -> None:
+    """Review 5: CheckReanchor shares the node checks' slots (`max_contract_checks`): with the
+    one slot taken, R is refused (nothing stored) once half the handshake timeout passed."""
+    async def scenario() -> tuple[T, ChannelRecord]:
+        manager, client, channel, carried = await carried_channel(
+            mem_sides, limits=PeerLimits(max_contract_checks=1), handshake_timeout=0.2)
+        reanchoring = asyncio.ensure_future(channel.reanchor(time_window=2 * DAY))
+        await until(lambda: carried.held, what="REANCHOR_PROPOSE")
+        for reply in await carried.deliver(carried.held.pop()):
+            channel.receive(reply)
+        await until(lambda: carried.held, what="REANCHOR_SIGNED")
+        await manager.contract_checks.acquire()  # another check holds the one slot
+        (answer,) = [T.FromString(f) for f in await carried.deliver(carried.held.pop())]
+        manager.contract_checks.release()
+        channel.receive(encode([answer])[0])
+        with pytest.raises(ReanchorRefused):
+            await reanchoring
+        stored = manager.store.get(Role.SERVER, channel.record.channel_id)
+        assert stored is not None
+        await client.stop()
+        await manager.stop()
+        return answer, stored
+
+    answer, stored = asyncio.run(scenario())
+    assert answer.type == T.REANCHOR_REFUSED and "busy" in answer.reanchor_refused.explanation
+    assert stored.pending is None

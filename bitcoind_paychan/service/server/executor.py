@@ -135,10 +135,10 @@ class EffectsExecutor(Routing, Reanchors):
                     if refusal:
                         queue[:] = [Send(messages.error(ErrorCode.BAD_TRANSACTION, refusal)),
                                     Disconnect(refusal)]
-                case PrepareReanchor():
-                    queue[:0] = await self._prepare_reanchor(machine)
-                case CheckReanchor(tx, payout_script):
-                    queue[:0] = await self._check_reanchor(machine, tx, payout_script)
+                case PrepareReanchor(_, script):
+                    queue[:0] = await self._prepare_reanchor(machine, script)
+                case CheckReanchor():
+                    queue[:0] = await self._check_reanchor(machine, effect)
                 case ReanchorSigned(signed):
                     log.info("re-anchor %s of channel %s stored, broadcast and sent back",
                              signed.pending and signed.pending.txid, signed.channel_id)
@@ -191,16 +191,9 @@ class EffectsExecutor(Routing, Reanchors):
         contract waits for a free slot up to half the handshake timeout (leaving the check
         itself time before the client gives up), then is refused as retryable."""
         bind_channel(tx.txid_hex)  # the connection's channel, before it is claimed
-        wait = self.handshake_timeout / 2
-        try:
-            async with asyncio.timeout(wait):
-                await self.contract_checks.acquire()
-        except TimeoutError:
-            busy = self.gate.limits.max_contract_checks
-            log.warning("refused contract %s unchecked: %d other contracts were being checked "
-                        "for %.1f s (server.max_contract_checks)", tx.txid_hex, busy, wait)
-            return (f"it is busy checking other contracts (at most {busy} at once) and none "
-                    f"finished within {wait:g} s"), True
+        busy = await self._check_slot("contract", tx)
+        if busy:
+            return busy, True
         try:
             await self.broadcaster.check_acceptable(tx)
             return None, False
@@ -214,6 +207,23 @@ class EffectsExecutor(Routing, Reanchors):
             return ("its node does not answer" if unreachable else "its node failed"), True
         finally:
             self.contract_checks.release()
+
+    async def _check_slot(self, what: str, tx: Transaction) -> str:
+        """Take one of the `limits.max_contract_checks` slots for asking the node about `tx`
+        (a contract, a re-anchor); the caller releases it. Waits up to half the handshake
+        timeout (leaving the check itself time before the client gives up), else returns why
+        it is refused (retryable), taking no slot."""
+        wait = self.handshake_timeout / 2
+        try:
+            async with asyncio.timeout(wait):
+                await self.contract_checks.acquire()
+            return ""
+        except TimeoutError:
+            busy = self.gate.limits.max_contract_checks
+            log.warning("refused %s %s unchecked: %d other transactions were being checked "
+                        "for %.1f s (server.max_contract_checks)", what, tx.txid_hex, busy, wait)
+            return (f"it is busy checking other transactions (at most {busy} at once) and "
+                    f"none finished within {wait:g} s")
 
     async def _broadcast(self, effect: Broadcast) -> str:
         """Broadcast; on refusal return what to tell the client.

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.channel import messages
-from bitcoind_paychan.channel.effects import Disconnect, Effect, Send
+from bitcoind_paychan.channel.effects import CheckReanchor, Disconnect, Effect, Send
 from bitcoind_paychan.channel.records import ChannelRecord
 from bitcoind_paychan.channel.server import ServerChannel
 from bitcoind_paychan.errors import ErrorCode, NodeError, StoreError, TransactionRejected
@@ -42,35 +42,50 @@ class Reanchors:
     watcher: ChainWatcher
     payout_script: bytes | None
     clock: Callable[[], float]
+    contract_checks: asyncio.Semaphore
 
-    async def _prepare_reanchor(self, machine: ServerChannel) -> list[Effect]:
-        """The machine's quote at the node's fee estimate; REANCHOR_REFUSED if the node
-        cannot give one (the channel goes on)."""
+    async def _check_slot(self, what: str, tx: Transaction) -> str:
+        raise NotImplementedError  # the executor's
+
+    async def _prepare_reanchor(self, machine: ServerChannel, quoted: bytes) -> list[Effect]:
+        """The machine's quote at the node's fee estimate, to the connection's earlier quote's
+        script (`quoted`), else the configured one or a fresh one of the wallet;
+        REANCHOR_REFUSED if the node cannot give them (the channel goes on)."""
         try:
             fee_rate = await self.watcher.fee_rate()
-            payout = self.payout_script or await self.wallet.payout_script()
+            payout = quoted or self.payout_script or await self.wallet.payout_script()
         except NodeError as exc:
             log.warning("cannot quote a re-anchor now: %s", exc)
             return [Send(messages.reanchor_refused(f"the server cannot quote now: {exc}"))]
         return machine.quote_reanchor(fee_rate, payout, int(self.clock()))
 
-    async def _check_reanchor(self, machine: ServerChannel, tx: Transaction,
-                              payout_script: bytes) -> list[Effect]:
-        """The machine's answer to the node's verdict on R (complete, not broadcast)."""
+    async def _check_reanchor(self, machine: ServerChannel, check: CheckReanchor
+                              ) -> list[Effect]:
+        """The machine's answer to the node's verdict on R (complete, not broadcast): with
+        R's fee as the node counts it, and the fee estimate for an R not quoted here. Node
+        checks share the contracts' slots (`max_contract_checks`)."""
+        tx, payout_script = check.tx, check.payout_script
         refusal: str | None = None
+        fee = estimate = None
+        busy = await self._check_slot("re-anchor", tx)
+        if busy:
+            return machine.reanchor_checked(f"the server is {busy}")
         try:
             if payout_script and payout_script != self.payout_script and not (
                     await self.wallet.owns_script(payout_script)):
                 refusal = FOREIGN_PAYOUT
             else:
-                await self.broadcaster.check_acceptable(tx)
+                fee = (await self.broadcaster.check_acceptable(tx)).fee
+                estimate = await self.watcher.fee_rate() if check.resent else None
         except TransactionRejected as exc:
             refusal = f"the server's node refused it: {exc.reason}"
         except NodeError as exc:
             refusal = f"the server's node cannot check it now: {exc}"
+        finally:
+            self.contract_checks.release()
         if refusal:
             log.info("refused re-anchor %s: %s", tx.txid_hex, refusal)
-        return machine.reanchor_checked(refusal)
+        return machine.reanchor_checked(refusal, fee, estimate)
 
     async def _store_reanchor(self, record: ChannelRecord, lease: Lease | None) -> list[Effect]:
         """Store the complete R under `lease`; on refusal the connection's end (nothing

@@ -346,7 +346,7 @@ class ServerProcess(Process):
                                else "its node does not answer")
                     if script not in (b"", PAYOUT):
                         refused = "the payout script is not our wallet's"
-                    queue[:0] = machine.reanchor_checked(refused)
+                    queue[:0] = machine.reanchor_checked(refused, None, self.chain.fee_rate)
                 case Broadcast(tx, purpose):
                     self.world.checks.broadcast(Role.SERVER, machine.record, tx, purpose)
                     refused = self.broadcast(tx)
