@@ -181,7 +181,7 @@ class ClientChannel(ClientReanchoring, ProtocolMachine):
         self._nonce = b""  # in memory only (a crash starts a new session), signs once
         self.window = 1  # payments in flight at most: the server's payment_window, capped
         self.reanchoring = False
-        self._wish = (0, 0, now)
+        self._wish = None
         self._funding = None
         self.handlers: dict[int, Handler] = {
             T.SERVER_VERSION: self._on_server_version,

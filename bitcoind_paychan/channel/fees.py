@@ -59,3 +59,14 @@ def reanchor_fees(vsize: int, payout_vbytes: int, fee_rate: int, pure_payout: bo
     total = -(-fee_rate * vsize // 1000)
     server = total if pure_payout else -(-fee_rate * payout_vbytes // 1000)
     return max(total - server, 0), server
+
+
+REANCHOR_RATE_SLACK = 50  # percent a re-anchor's quoted rate may be above the client's own
+# estimate (two nodes' estimates differ), plus one sat/vB (where both sit at the floor)
+
+
+def reanchor_rate_ceiling(estimate: int, cap: int) -> int:
+    """The highest rate (sat/kvB) a client signs a re-anchor at, given its own node's
+    `estimate`: the estimate plus REANCHOR_RATE_SLACK percent and 1 sat/vB, never above its
+    `cap` (`fees.max_rate`)."""
+    return min(cap, estimate + estimate * REANCHOR_RATE_SLACK // 100 + 1000)

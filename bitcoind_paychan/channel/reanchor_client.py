@@ -24,6 +24,7 @@ from bitcoind_paychan.channel.effects import (
     Send,
     StoreChannel,
 )
+from bitcoind_paychan.channel.fees import reanchor_rate_ceiling
 from bitcoind_paychan.channel.machine import Input
 from bitcoind_paychan.channel.records import ChannelRecord, PendingReanchor
 from bitcoind_paychan.errors import LocalProtocolError, RemoteProtocolError
@@ -40,7 +41,8 @@ class ClientReanchoring:
     """Re-anchoring on the client's connection (a mixin of ClientChannel)."""
 
     reanchoring: bool  # negotiated: the kind can, the server offered it
-    _wish: tuple[int, int, int]  # our PROPOSE: (top-up, time window, now)
+    _wish: tuple[int, int, int] | None  # our PROPOSE: (top-up, time window, highest rate);
+    # None: we asked for nothing
     _funding: tuple[rules.Terms, Transaction] | None  # terms and draft awaiting the wallet
 
     def _machine(self) -> ClientChannel:
@@ -57,15 +59,20 @@ class ClientReanchoring:
         machine = self._machine()
         return machine._stored().change + sum(amount for amount, _ in machine._in_flight)
 
-    def reanchor(self, top_up: int, time_window: int, now: int) -> list[Effect]:
+    def reanchor(self, top_up: int, time_window: int, now: int,
+                 fee_estimate: int | None = None) -> list[Effect]:
         """Ask the server for a re-anchor: add `top_up` sat from our wallet, renew to
         `time_window` s from `now` (0: keep the expiry); the server may add a payout of what
-        we owe. Nothing is signed before its quote is checked."""
+        we owe. Nothing is signed before its quote is checked, its rate at most our node's
+        `fee_estimate` (sat/kvB) plus `fees.REANCHOR_RATE_SLACK` (None: the cap alone)."""
         machine = self._machine()
-        return machine._input(Input.REANCHOR, self._on_reanchor, top_up, time_window, now)
+        return machine._input(Input.REANCHOR, self._on_reanchor, top_up, time_window, now,
+                              fee_estimate)
 
-    def _on_reanchor(self, top_up: int, time_window: int, now: int) -> list[Effect]:
-        record = self._machine()._stored()
+    def _on_reanchor(self, top_up: int, time_window: int, now: int,
+                     fee_estimate: int | None) -> list[Effect]:
+        machine = self._machine()
+        record = machine._stored()
         if not self.reanchoring:
             raise LocalProtocolError("this channel's server did not offer re-anchoring")
         if top_up < 0 or time_window < 0:
@@ -77,7 +84,10 @@ class ClientReanchoring:
                 "otherwise) before another is signed, or C' could not be found to refund it")
         if record.pending is not None or self._funding:
             raise LocalProtocolError(f"channel {record.channel_id} has a re-anchor in flight")
-        self._wish = (top_up, time_window, now)
+        cap = machine.policy.max_fee_rate
+        machine.now = max(machine.now, now)
+        self._wish = (top_up, time_window, cap if fee_estimate is None
+                      else reanchor_rate_ceiling(fee_estimate, cap))
         return [Send(messages.reanchor_propose(top_up, time_window))]
 
     # -- the server's quote ----------------------------------------------------------------
@@ -88,17 +98,21 @@ class ClientReanchoring:
         if not self.reanchoring:
             raise RemoteProtocolError("re-anchor terms on a channel that did not negotiate "
                                       "re-anchoring")
-        top_up, window, now = self._wish
-        self._wish = (0, 0, max(now, machine.now))
+        wish, self._wish = self._wish, None
         if not self._paying() or self._funding or record.pending is not None:
             return []  # closing, or one in flight or refused: the quote binds nobody
         body = message.reanchor_terms
         terms = rules.Terms(body.expire_time_secs, body.payout, body.payout_script,
                                body.fee_rate)
-        latest = max(now, machine.now) + (window or machine.policy.time_window) + EXPIRY_SLACK
+        if wish is None and terms.expiry != record.contract.expiry:
+            # Unasked: only a payout the server pays (a partial settlement) is signed; a
+            # renewal costs us its fee, so we sign one only when we asked for it.
+            return [ReanchorEnded(record.contract_txid, "declined the server's unasked "
+                                  "terms: only a payout it pays is signed unasked")]
+        top_up, window, max_rate = wish or (0, 0, machine.policy.max_fee_rate)
+        latest = machine.now + (window or machine.policy.time_window) + EXPIRY_SLACK
         why = rules.check_terms(record, self.acked_change, terms, top_up,
-                                   max(latest, record.contract.expiry),
-                                   machine.policy.max_fee_rate)
+                                   max(latest, record.contract.expiry), max_rate)
         if why:
             return [ReanchorEnded(record.contract_txid, f"declined the server's terms: {why}")]
         draft = rules.draft(record.contract, terms, top_up)

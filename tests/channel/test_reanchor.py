@@ -29,7 +29,7 @@ from bitcoind_paychan.channel.effects import (
     StoreChannel,
     StorePayment,
 )
-from bitcoind_paychan.channel.fees import reanchor_fees
+from bitcoind_paychan.channel.fees import reanchor_fees, reanchor_rate_ceiling
 from bitcoind_paychan.channel.reanchor_server import QUOTES_KEPT
 from bitcoind_paychan.channel.records import ChannelRecord
 from bitcoind_paychan.channel.server import ServerChannel, ServerPolicy, ServerState
@@ -473,8 +473,12 @@ def test_a_second_re_anchor_while_one_is_pending_is_refused() -> None:
 # -- hostile servers -------------------------------------------------------------------------
 
 
-def quoted(pump: Pump, **terms: object) -> list[Effect]:
-    """The client's answer to a server quote with `terms` changed."""
+def quoted(pump: Pump, asked: bool = True, fee_estimate: int | None = None, **terms: int
+           ) -> list[Effect]:
+    """The client's answer to a server quote with `terms` changed; `asked`: for a renewal of
+    2 days it asked (its PROPOSE lost on the way), with its node's `fee_estimate`."""
+    if asked:
+        pump.client.reanchor(0, 2 * DAY, NOW, fee_estimate)
     record = rec(pump.server)
     base = dict(expiry=record.contract.expiry, payout=record.paid, payout_script=PAYOUT,
                 fee_rate=FEE_RATE) | terms
@@ -492,7 +496,7 @@ def quoted(pump: Pump, **terms: object) -> list[Effect]:
 def test_the_client_declines_terms_signing_away_more_than_agreed(terms: dict[str, int],
                                                                  why: str) -> None:
     pump = opened()
-    effects = quoted(pump, **terms)
+    effects = quoted(pump, True, None, **terms)
     (ended,) = effects
     assert isinstance(ended, ReanchorEnded) and why in ended.reason
     assert rec(pump.client).pending is None
@@ -763,7 +767,7 @@ def test_a_refused_r_blocks_another_until_it_is_known_dead() -> None:
     assert rec(pump.client).pending.refused  # type: ignore[union-attr]
     with pytest.raises(LocalProtocolError, match="refused re-anchor"):
         pump.client.reanchor(0, 2 * DAY, NOW)
-    assert quoted(pump, payout=0, expiry=NOW + DAY) == []  # an unasked quote is ignored
+    assert quoted(pump, False, payout=0, expiry=NOW + DAY) == []  # an unasked quote: ignored
 
 
 # -- the hostile review of the first build (/work/notes/review-living.md) ---------------------
@@ -924,3 +928,43 @@ def test_a_proposal_while_r_is_being_checked_asks_nothing() -> None:
     pump.run(pump.client.reanchor(0, 2 * DAY, NOW))
     (refused,) = pump.server.receive(wire(messages.reanchor_propose(0, 3 * DAY)))
     assert isinstance(refused, Send) and refused.message.type == T.REANCHOR_REFUSED
+
+
+def test_unasked_terms_renewing_at_our_cost_are_declined() -> None:
+    """Review 4: a hostile server's unasked TERMS, a renewal of one second at our fee cap
+    and no payout: signed, the fee from our change, again and again. Unasked, only a payout
+    the server pays is signed."""
+    pump = opened()
+    record = rec(pump.client)
+    effects = quoted(pump, False, expiry=record.contract.expiry + 1, payout=0,
+                     fee_rate=CLIENT.max_fee_rate)
+    (ended,) = effects
+    assert isinstance(ended, ReanchorEnded) and "unasked" in ended.reason
+    assert rec(pump.client).pending is None
+
+
+def test_unasked_terms_of_a_payout_the_server_pays_are_signed() -> None:
+    pump = opened()
+    before = rec(pump.client)
+    effects = quoted(pump, False)  # C's expiry, the acknowledged total, at FEE_RATE
+    assert [m.type for m in sends(effects)] == [T.REANCHOR_SIGNED]
+    pending = rec(pump.client).pending
+    assert pending is not None and pending.change == before.change  # we pay nothing
+
+
+@pytest.mark.parametrize(("rate", "signed"), [
+    (reanchor_rate_ceiling(FEE_RATE, CLIENT.max_fee_rate), True),
+    (reanchor_rate_ceiling(FEE_RATE, CLIENT.max_fee_rate) + 1, False),
+])
+def test_a_renewal_we_asked_for_pays_at_most_our_estimate_and_its_slack(rate: int,
+                                                                        signed: bool) -> None:
+    """Review 4: the rate was capped only by `max_fee_rate`; now by our node's estimate plus
+    REANCHOR_RATE_SLACK percent and 1 sat/vB."""
+    pump = opened()
+    expiry = NOW + 2 * DAY
+    effects = quoted(pump, fee_estimate=FEE_RATE, expiry=expiry, fee_rate=rate)
+    if signed:
+        assert [m.type for m in sends(effects)] == [T.REANCHOR_SIGNED]
+        return
+    (ended,) = effects
+    assert isinstance(ended, ReanchorEnded) and "above our cap" in ended.reason

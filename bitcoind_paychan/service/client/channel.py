@@ -39,6 +39,7 @@ from bitcoind_paychan.errors import (
     ChannelFailed,
     ChannelGone,
     LocalProtocolError,
+    NodeError,
     PaychanError,
     PaymentTimeout,
     ProtocolError,
@@ -203,9 +204,14 @@ class Channel:
         enables it."""
         if not self.connected:
             raise await self._unpayable()
+        try:
+            estimate = await self.client.watcher.fee_rate()  # the quote's rate: at most near it
+        except NodeError as exc:
+            raise ReanchorRefused(f"channel {self.contract_txid} was not re-anchored: our node "
+                                  f"gives no fee estimate ({exc}); it goes on as it was") from exc
         async with self._lock:
             await self._run(self.machine.reanchor(top_up, time_window,
-                                                  int(self.client.clock())))
+                                                  int(self.client.clock()), estimate))
             ended = await self._until((ReanchorSigned, ReanchorEnded), timeout)
         if isinstance(ended, ReanchorEnded):
             raise ReanchorRefused(f"channel {self.contract_txid} was not re-anchored: "
