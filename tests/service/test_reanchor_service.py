@@ -216,16 +216,23 @@ def test_a_resumed_client_sends_its_r_again_and_the_server_takes_its_own_script(
         before = manager.store.get(Role.SERVER, channel.record.channel_id)
         assert before is not None and before.pending is None  # the server never saw R
         await client.open_channel("app://shop", VALUE, version=3)  # resumes, sends R again
-        stored = manager.store.get(Role.SERVER, channel.record.channel_id)
-        assert stored is not None
-        await client.stop()
-        await manager.stop()
+        stored = await stopped(manager, client, channel)
         return stored
 
     stored = asyncio.run(scenario())
     assert stored.pending is not None and stored.pending.complete
     assert Transaction.parse(stored.pending.tx).txid_hex in sides.server_node.rpc(
         "getrawmempool")
+
+
+async def stopped(manager: ServerManager, client: PaymentClient, channel: Channel
+                  ) -> ChannelRecord:
+    """Stop both sides; the server's stored record of `channel`."""
+    stored = manager.store.get(Role.SERVER, channel.record.channel_id)
+    assert stored is not None
+    await client.stop()
+    await manager.stop()
+    return stored
 
 
 async def ask(carried: Requests, message: pb.TwoWayChannelMessage) -> list[T]:
@@ -258,10 +265,7 @@ def test_a_top_up_r_paying_less_than_its_stated_rate_is_refused_by_its_real_fee(
                 client.store.put(effect.record)
         (signed,) = [e.message for e in effects if isinstance(e, Send)]
         (answer,) = await ask(carried, signed)
-        stored = manager.store.get(Role.SERVER, channel.record.channel_id)
-        assert stored is not None
-        await client.stop()
-        await manager.stop()
+        stored = await stopped(manager, client, channel)
         return answer, funded, stored
 
     answer, r, stored = asyncio.run(scenario())
@@ -304,12 +308,71 @@ def test_a_signed_r_waits_for_a_contract_check_slot(mem_sides: MemSides) -> None
         channel.receive(encode([answer])[0])
         with pytest.raises(ReanchorRefused):
             await reanchoring
-        stored = manager.store.get(Role.SERVER, channel.record.channel_id)
-        assert stored is not None
-        await client.stop()
-        await manager.stop()
+        stored = await stopped(manager, client, channel)
         return answer, stored
 
     answer, stored = asyncio.run(scenario())
     assert answer.type == T.REANCHOR_REFUSED and "busy" in answer.reanchor_refused.explanation
     assert stored.pending is None
+
+
+
+def test_payments_go_on_while_a_reanchor_is_asked_and_signed(mem_sides: MemSides) -> None:
+    """Review 9: `reanchor` held the payment lock for the whole exchange, pausing payments
+    until the server answered. Now a payment goes out while the PROPOSE waits for its
+    answer, and one signed while R is being signed follows R on the wire: delivered in the
+    order sent, the server takes every frame (a payment before R on the contract alone, one
+    after it on both contracts)."""
+    async def scenario() -> tuple[list[T], list[int], ChannelRecord]:
+        manager, client, channel, carried = await carried_channel(mem_sides)
+        reanchoring = asyncio.ensure_future(channel.reanchor(time_window=2 * DAY))
+        await until(lambda: carried.held, what="REANCHOR_PROPOSE")
+        first = asyncio.ensure_future(channel.pay(1_000))
+        await until(lambda: len(carried.held) == 2, what="a payment behind the PROPOSE")
+        (terms,) = await carried.deliver(carried.held.pop(0))  # kept back for now
+        for reply in await carried.deliver(carried.held.pop(0)):
+            channel.receive(reply)  # the first payment's ack
+        await first
+        channel.receive(terms)  # the client signs R; a payment is asked for meanwhile
+        second = asyncio.ensure_future(channel.pay(2_000))
+        await until(lambda: len(carried.held) == 2, what="R and the second payment")
+        sent = [T.FromString(frame) for frame in carried.held]
+        answers = []
+        for frame in list(carried.held):
+            for reply in await carried.deliver(frame):
+                answers.append(int(T.FromString(reply).type))
+                channel.receive(reply)
+        carried.held.clear()
+        await second
+        await reanchoring
+        stored = await stopped(manager, client, channel)
+        return sent, answers, stored
+
+    sent, answers, stored = asyncio.run(scenario())
+    assert sorted(answers) == sorted([T.REANCHOR_ACK, T.PAYMENT_ACK])  # no ERROR
+    (payment,) = [m for m in sent if m.type == T.UPDATE_PAYMENT]
+    signed_first = sent[0].type == T.REANCHOR_SIGNED
+    assert bool(payment.update_payment.next_signature) == signed_first
+    assert stored.paid == 1_000 + 10_000 + 1_000 + 2_000
+    assert stored.pending is not None and stored.pending.complete
+    stored.pending.contract.check_payment(stored.pending.change, stored.pending.signature)
+
+
+def test_the_servers_unasked_terms_do_not_answer_a_later_reanchor(mem_sides: MemSides) -> None:
+    """Review 9: the client's declining of unasked TERMS was left among its events, and the
+    next `reanchor` took it for its own answer (refused at once, while the server's answer
+    to its PROPOSE was signed anyway)."""
+    async def scenario() -> ChannelRecord:
+        manager, client, channel, carried = await carried_channel(mem_sides)
+        carried.hold = False
+        record = channel.record
+        channel.receive(encode([messages.reanchor_terms(  # a renewal of 1 s: declined
+            record.contract.expiry + 1, 0, b"\x00\x14" + bytes(20), 1000)])[0])
+        await channel.pay(1_000)  # reads the TERMS, then the ack
+        signed = await channel.reanchor(time_window=2 * DAY)
+        await client.stop()
+        await manager.stop()
+        return signed
+
+    signed = asyncio.run(scenario())
+    assert signed.pending is not None and signed.pending.complete

@@ -97,6 +97,10 @@ class Channel:
         self._sent: asyncio.Future[None] | None = None  # the last payment's turn on the wire
         self._outgoing: list[pb.TwoWayChannelMessage] = []  # payments posted, not yet written
         self._sending: asyncio.Future[None] | None = None  # the last posted payments' send
+        # An R just signed, being stored and sent: payments signed after it (on both
+        # contracts) are stored and sent after it.
+        self._signing: asyncio.Future[None] | None = None
+        self._reanchoring = False  # a reanchor() awaits the server's answer
         self._server_error: PeerError | None = None  # the ERROR the server ended with
 
     @property
@@ -154,6 +158,8 @@ class Channel:
                 raise ChannelGone(self._used_up()) if self.connected else (
                     await self._unpayable())
             effects = machine.pay(amount, info)
+            if self._signing is not None:  # R signed just before this payment: R first
+                await asyncio.shield(self._signing)
             writes = self.client.payments.start(effects)  # pipelined ones share a commit
             acked: asyncio.Future[bytes] = loop.create_future()
             self._acks.append(acked)
@@ -199,20 +205,28 @@ class Channel:
         wallet, renew its expiry to `time_window` s from now (0: keep it), and let the server
         take a payout of what it was acknowledged. Returns the stored record once the server
         completed R (the channel moves to the new contract when R confirms); payments go on
-        meanwhile. ReanchorRefused if it did not happen (the channel goes on as it was).
-        Only on a channel whose server offered re-anchoring to a client whose policy
-        enables it."""
+        meanwhile (never paused: this waits for no payment's turn). ReanchorRefused if it
+        did not happen (the channel goes on as it was). Only on a channel whose server
+        offered re-anchoring to a client whose policy enables it, one re-anchor at a time."""
         if not self.connected:
             raise await self._unpayable()
+        if self._reanchoring:
+            raise LocalProtocolError(f"channel {self.contract_txid} has a re-anchor in flight")
         try:
             estimate = await self.client.watcher.fee_rate()  # the quote's rate: at most near it
         except NodeError as exc:
             raise ReanchorRefused(f"channel {self.contract_txid} was not re-anchored: our node "
                                   f"gives no fee estimate ({exc}); it goes on as it was") from exc
-        async with self._lock:
-            await self._run(self.machine.reanchor(top_up, time_window,
-                                                  int(self.client.clock()), estimate))
+        proposal = self.machine.reanchor(top_up, time_window, int(self.client.clock()),
+                                         estimate)
+        self._reanchoring = True  # from now on the server's answer is this call's
+        try:
+            for effect in proposal:  # REANCHOR_PROPOSE, in turn with the payments
+                assert isinstance(effect, Send)
+                self._post(effect.message)
             ended = await self._until((ReanchorSigned, ReanchorEnded), timeout)
+        finally:
+            self._reanchoring = False
         if isinstance(ended, ReanchorEnded):
             raise ReanchorRefused(f"channel {self.contract_txid} was not re-anchored: "
                                   f"{ended.reason}; it goes on as it was")
@@ -435,10 +449,40 @@ class Channel:
             await self.stream.send_frames(frames)
 
     async def _run(self, effects: list[Effect]) -> None:
-        queue = list(effects)
+        signing: list[asyncio.Future[None]] = []
+        try:
+            await self._carry_out(list(effects), signing)
+        finally:
+            for turn in signing:  # R stored and sent: the payments signed after it go on
+                turn.set_result(None)
+                self._signing = None
+
+    def _signed_reanchor(self, record: ChannelRecord) -> asyncio.Future[None] | None:
+        """A just-signed R about to be stored (then sent): the turn payments signed after it
+        wait for. Taken before anything is awaited after the machine signed it."""
+        pending = record.pending
+        if pending is None or pending.complete or pending.refused or self._signing:
+            return None
+        self._signing = asyncio.get_running_loop().create_future()
+        return self._signing
+
+    async def _payments_out(self) -> None:
+        """Every payment signed so far stored and written to the server."""
+        if self._sent is not None:
+            await self._sent
+        if self._outgoing:
+            self._flush()
+        if self._sending is not None:
+            await self._sending
+
+    async def _carry_out(self, queue: list[Effect], signing: list[asyncio.Future[None]]
+                         ) -> None:
         async for effect in effects_in_order(queue, self.stream):
             match effect:
                 case StoreChannel(record):
+                    if (turn := self._signed_reanchor(record)) is not None:
+                        signing.append(turn)
+                        await self._payments_out()  # R after the payments before it
                     await asyncio.to_thread(self.client.store.put, record)
                     self.client.watcher.watch(record)
                 case StorePayment(record, amount, info):
@@ -455,7 +499,11 @@ class Channel:
                     queue[:0] = await fund_reanchor(self.client.wallet, self.machine, effect)
                 case ReanchorEnded():
                     await reanchor_ended(self.client.wallet, self.machine, effect)
-                    self._events.append(effect)
+                    if self._reanchoring:  # else the server's unasked terms: nobody waits
+                        self._events.append(effect)
+                case ReanchorSigned() if not self._reanchoring:
+                    log.info("signed the server's payout %s", effect.record.pending
+                             and effect.record.pending.txid)
                 case Disconnect(reason):
                     log.info("%s: %s", self.machine.peer, reason)
                     await self.stream.close()
