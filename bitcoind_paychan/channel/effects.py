@@ -172,6 +172,16 @@ class ReanchorSigned:
     record: ChannelRecord
 
 
+@dataclass(frozen=True, slots=True)
+class ReanchorLocked:
+    """Client: the server says R confirmed (REANCHOR_LOCKED). Its word alone moves nothing:
+    once our own node shows R confirmed, store `reanchor.promoted(record)` and hand it to
+    `ClientChannel.reanchor_confirmed`; until then payments stay signed on both contracts
+    and C's refund stays ours."""
+
+    record: ChannelRecord  # ours, R complete
+
+
 # -- the chain watcher's requests ----------------------------------------------------------
 
 
@@ -311,5 +321,5 @@ Effect = (
     | SettleChannel
     | MarkChannel | StoreChainState | ForgetChannel | DiscardChannel | ClosingSeen
     | ChannelFinished | PrepareReanchor | FundReanchor | CheckReanchor | ReanchorEnded
-    | ReanchorSigned
+    | ReanchorSigned | ReanchorLocked
 )

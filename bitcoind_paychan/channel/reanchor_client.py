@@ -20,6 +20,7 @@ from bitcoind_paychan.channel.effects import (
     Effect,
     FundReanchor,
     ReanchorEnded,
+    ReanchorLocked,
     ReanchorSigned,
     Send,
     StoreChannel,
@@ -219,8 +220,9 @@ class ClientReanchoring:
         return change
 
     def _on_reanchor_locked(self, message: T) -> list[Effect]:
-        """The server moved the channel to C' (R confirmed): so do we, and sign payments on
-        C' alone from now on (until then we sign on both, whatever our own node says)."""
+        """The server moved the channel to C' (R confirmed). Its word alone is no reason to
+        drop C (and its refund): the adapter promotes us once our own node shows R
+        confirmed; until then we sign on both (the server counts such a payment on C')."""
         machine = self._machine()
         record = machine._stored()
         txid = message.reanchor_locked.txid.hex()
@@ -229,8 +231,7 @@ class ClientReanchoring:
         pending = record.pending
         if pending is None or not pending.complete or pending.txid != txid:
             raise bad_tx(f"REANCHOR_LOCKED for {txid}, which is not our complete re-anchor")
-        machine.record = promoted = rules.promoted(record)
-        return [StoreChannel(promoted)]
+        return [ReanchorLocked(record)]
 
     def reanchor_confirmed(self, record: ChannelRecord) -> list[Effect]:
         """R confirmed and the stored channel was promoted (`record`), with no server to say

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from bitcoind_paychan.bitcoin.keys import PrivateKey
 from bitcoind_paychan.bitcoin.tx import OutPoint, Transaction, TxIn, TxOut
+from bitcoind_paychan.channel import reanchor
 from bitcoind_paychan.channel.client import ClientChannel
 from bitcoind_paychan.channel.effects import (
     CheckContract,
@@ -17,6 +18,7 @@ from bitcoind_paychan.channel.effects import (
     PaymentReceived,
     PrepareReanchor,
     PrepareSettlement,
+    ReanchorLocked,
     Send,
     StoreChannel,
     StorePayment,
@@ -73,6 +75,7 @@ class Pump:
     hold: set[type] = field(default_factory=set)  # effects not carried out (kept in `held`)
     held: list[Effect] = field(default_factory=list)
     drop: set[int] = field(default_factory=set)  # message types lost on the way (in `held`)
+    client_sees_r: bool = True  # the client's node shows R confirmed once the server locks
 
     def run(self, client_effects: list[Effect], side: str = "client") -> None:
         """Carry out effects (the client's, or the server's) until both sides are quiet."""
@@ -122,6 +125,10 @@ class Pump:
             value = self.client.record.contract.value  # type: ignore[union-attr]
             return [("client", e) for e in
                     self.client.reanchor_funded(reanchor_funding(effect, value))]
+        elif isinstance(effect, ReanchorLocked) and self.client_sees_r:
+            promoted = reanchor.promoted(effect.record)  # stored, then the machine follows
+            self.client_store[promoted.contract_txid] = promoted
+            return [("client", e) for e in self.client.reanchor_confirmed(promoted)]
         elif isinstance(effect, CheckReanchor):
             return [("server", e) for e in self.server.reanchor_checked(
                 self.reanchor_refusal, reanchor_fee(effect.tx, self.server),

@@ -25,6 +25,7 @@ from bitcoind_paychan.channel.effects import (
     PrepareReanchor,
     Purpose,
     ReanchorEnded,
+    ReanchorLocked,
     Send,
     StoreChannel,
     StorePayment,
@@ -968,3 +969,28 @@ def test_a_renewal_we_asked_for_pays_at_most_our_estimate_and_its_slack(rate: in
         return
     (ended,) = effects
     assert isinstance(ended, ReanchorEnded) and "above our cap" in ended.reason
+
+
+def test_the_servers_lock_alone_never_drops_the_contract() -> None:
+    """Review 7: a REANCHOR_LOCKED right after the ACK moved the client to C' on the
+    server's word: C's refund data gone, and if R then died, nothing left to refund. Now
+    the client stays on C (R pending) until its own node shows R confirmed; it signs on
+    both meanwhile, and a server that did promote counts those payments on C'."""
+    pump = opened()
+    renewed(pump)
+    pump.client_sees_r = False
+    before = rec(pump.client)
+    assert before.pending is not None
+    effects = pump.client.receive(wire(messages.reanchor_locked(before.pending.txid)))
+    assert effects == [ReanchorLocked(before)] and rec(pump.client) == before
+    pump.run(pump.server.reanchor_confirmed(reanchor.promoted(rec(pump.server))), "server")
+    assert rec(pump.client) == before  # the honest lock: still our node's word to wait for
+    pump.run(pump.client.pay(1_000))
+    assert pump.sent("client")[-1].update_payment.next_signature
+    client, server = rec(pump.client), rec(pump.server)
+    assert client.pending is not None and server.generation == 1
+    assert server.change == client.pending.change  # the same payment, counted on C'
+    pump.run(pump.client.reanchor_confirmed(reanchor.promoted(client)))  # our node confirms
+    assert rec(pump.client).contract_txid == server.contract_txid
+    pump.run(pump.client.pay(1_000))
+    assert rec(pump.server).change == rec(pump.client).change

@@ -16,7 +16,13 @@ import pytest
 from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.channel import messages
 from bitcoind_paychan.channel.client import ClientPolicy
-from bitcoind_paychan.channel.effects import FundReanchor, Send, StoreChannel, StorePayment
+from bitcoind_paychan.channel.effects import (
+    FundReanchor,
+    ReanchorLocked,
+    Send,
+    StoreChannel,
+    StorePayment,
+)
 from bitcoind_paychan.channel.fees import FeePolicy
 from bitcoind_paychan.channel.records import ChannelRecord, Role
 from bitcoind_paychan.channel.server import ServerPolicy
@@ -24,6 +30,7 @@ from bitcoind_paychan.channel.watch import WatchPolicy
 from bitcoind_paychan.errors import ChannelFailed, ReanchorRefused
 from bitcoind_paychan.node import to_sat
 from bitcoind_paychan.service.client import Channel, PaymentClient
+from bitcoind_paychan.service.client.reanchoring import reanchor_locked
 from bitcoind_paychan.service.server import ServerManager
 from bitcoind_paychan.transport.base import encode
 from bitcoind_paychan.transport.limits import PeerLimits
@@ -376,3 +383,35 @@ def test_the_servers_unasked_terms_do_not_answer_a_later_reanchor(mem_sides: Mem
 
     signed = asyncio.run(scenario())
     assert signed.pending is not None and signed.pending.complete
+
+
+def test_the_client_moves_to_the_new_contract_on_its_own_nodes_word(
+        mem_sides: MemSides) -> None:
+    """Review 7: a REANCHOR_LOCKED while R is unconfirmed (a hostile server, right after its
+    ACK) made the client drop C and its refund. Now the client stays on C, payments signed
+    on both contracts and taken by the server; once its own node shows R confirmed, the
+    server's lock promotes its stored channel."""
+    async def scenario() -> tuple[ChannelRecord, ChannelRecord, ChannelRecord]:
+        manager, client, channel, carried = await carried_channel(mem_sides)
+        carried.hold = False
+        signed = await channel.reanchor(time_window=2 * DAY)
+        assert signed.pending is not None
+        channel.receive(encode([messages.reanchor_locked(signed.pending.txid)])[0])
+        await channel.pay(1_000)  # reads the early lock, then this payment's ack
+        kept = client.store.get(Role.CLIENT, signed.channel_id)
+        assert kept is not None
+        mem_sides.mine(1)
+        effects = await reanchor_locked(client.chain, client.store, client.watcher,
+                                        channel.machine, ReanchorLocked(channel.record))
+        assert effects == []
+        promoted = client.store.get(Role.CLIENT, signed.channel_id)
+        assert promoted is not None
+        stored = await stopped(manager, client, channel)
+        return kept, promoted, stored
+
+    kept, promoted, stored = asyncio.run(scenario())
+    assert kept.generation == 0 and kept.pending is not None and kept.pending.complete
+    assert stored.paid == kept.paid and stored.pending is not None  # paid on both contracts
+    stored.pending.contract.check_payment(stored.pending.change, stored.pending.signature)
+    assert promoted.generation == 1 and promoted.contract_txid == kept.pending.txid
+    assert promoted.change == stored.pending.change

@@ -27,6 +27,7 @@ from bitcoind_paychan.channel.effects import (
     PaymentAcknowledged,
     PeerError,
     ReanchorEnded,
+    ReanchorLocked,
     ReanchorSigned,
     ResumeRefused,
     Send,
@@ -48,7 +49,11 @@ from bitcoind_paychan.errors import (
     StoreError,
 )
 from bitcoind_paychan.node.ports import Broadcaster, ChainSource, Wallet
-from bitcoind_paychan.service.client.reanchoring import fund_reanchor, reanchor_ended
+from bitcoind_paychan.service.client.reanchoring import (
+    fund_reanchor,
+    reanchor_ended,
+    reanchor_locked,
+)
 from bitcoind_paychan.service.clientevents import ClientEvents
 from bitcoind_paychan.service.outbox import effects_in_order
 from bitcoind_paychan.service.watcher import ChainWatcher
@@ -497,6 +502,9 @@ class Channel:
                     queue[:0] = await self._fund(script, value)
                 case FundReanchor():
                     queue[:0] = await fund_reanchor(self.client.wallet, self.machine, effect)
+                case ReanchorLocked():
+                    queue[:0] = await reanchor_locked(self.client.chain, self.client.store,
+                                                      self.client.watcher, self.machine, effect)
                 case ReanchorEnded():
                     await reanchor_ended(self.client.wallet, self.machine, effect)
                     if self._reanchoring:  # else the server's unasked terms: nobody waits
