@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 T = pb.TwoWayChannelMessage
 QUOTES_KEPT = 4  # quotes (payout script, fee rate) a connection remembers: one outstanding,
 # and the few before it an R signed meanwhile may still follow
+QUOTE_FRESH = 600  # s a quote's rate is reused for the next PROPOSE (no node asked meanwhile)
 
 
 class ServerReanchoring:
@@ -47,8 +48,8 @@ class ServerReanchoring:
     reanchoring: bool  # negotiated: the kind can, the client said it can
     acked_change: int  # the client's change in the last payment acknowledged
     _wish: tuple[int, int]  # the client's PROPOSE: (top-up, time window)
-    _quoted: deque[tuple[bytes, int]]  # (payout script, fee rate) quoted here, the latest
-    # last, QUOTES_KEPT at most
+    _quoted: deque[tuple[bytes, int, int]]  # (payout script, fee rate, when) quoted here, the
+    # latest last, QUOTES_KEPT at most
     _checking: Transaction | None  # R complete, awaiting the node's answer
     _checking_terms: reanchor.Terms | None  # what that R states (its payout script's)
     _locked_offset: int | None  # the offset of the re-anchor promoted on this connection
@@ -80,8 +81,13 @@ class ServerReanchoring:
             return [Send(messages.reanchor_refused("another re-anchor of this channel is in "
                                                    "flight"))]
         self._wish = (body.top_up, body.time_window_secs)
-        # The latest quote's script again: one fresh wallet script per connection at most.
-        script = self._quoted[-1][0] if self._quoted else b""
+        if not self._quoted:
+            return [PrepareReanchor(record.contract_txid)]
+        # The latest quote's script again (one fresh wallet script per connection at most),
+        # and while it is fresh its rate too: the node is not asked again.
+        script, rate, when = self._quoted[-1]
+        if machine.now - when < QUOTE_FRESH:
+            return self._on_quote(rate, script, machine.now, True, 0)
         return [PrepareReanchor(record.contract_txid, script)]
 
     def quote_reanchor(self, fee_rate: int, payout_script: bytes, now: int,
@@ -120,7 +126,8 @@ class ServerReanchoring:
         amount = acked_paid if payout and acked_paid - vbytes_fee >= DUST else 0
         if not amount and expiry == record.contract.expiry and not wish_top_up:
             return [Send(messages.reanchor_refused("nothing to re-anchor"))]
-        self._quoted.append((payout_script, fee_rate))
+        if not self._quoted or self._quoted[-1][:2] != (payout_script, fee_rate):
+            self._quoted.append((payout_script, fee_rate, now))
         return [Send(messages.reanchor_terms(expiry, amount, payout_script, fee_rate))]
 
     # -- the client's signed R -------------------------------------------------------------
@@ -148,7 +155,7 @@ class ServerReanchoring:
             terms = replace(terms, payout_script=tx.outputs[1].script_pubkey)
         signed = reanchor.Signed(tx, terms, body.client_change_value, body.next_signature,
                                  body.client_signature)
-        rates = [rate for _, rate in self._quoted]
+        rates = [rate for _, rate, _ in self._quoted]
         if rates and terms.fee_rate not in rates:
             raise bad_tx(f"the re-anchor's fee rate {terms.fee_rate} sat/kvB is not the rate "
                          f"quoted on this connection ({rates[-1]})")
@@ -165,7 +172,7 @@ class ServerReanchoring:
         # A payout script this connection did not quote (R re-sent after a resume) is the
         # adapter's to check: it must be our wallet's; and with no quote here, the adapter
         # gives its fee estimate, for the rate to be checked against it.
-        foreign = terms.payout_script not in {script for script, _ in self._quoted}
+        foreign = terms.payout_script not in {script for script, _, _ in self._quoted}
         return [CheckReanchor(complete, terms.payout_script if foreign else b"",
                               not self._quoted)]
 

@@ -31,7 +31,7 @@ from bitcoind_paychan.channel.effects import (
     StorePayment,
 )
 from bitcoind_paychan.channel.fees import reanchor_fees, reanchor_rate_ceiling
-from bitcoind_paychan.channel.reanchor_server import QUOTES_KEPT
+from bitcoind_paychan.channel.reanchor_server import QUOTE_FRESH, QUOTES_KEPT
 from bitcoind_paychan.channel.records import ChannelRecord
 from bitcoind_paychan.channel.server import ServerChannel, ServerPolicy, ServerState
 from bitcoind_paychan.errors import ErrorCode, LocalProtocolError
@@ -909,17 +909,24 @@ def test_a_top_up_r_must_really_pay_its_stated_rate() -> None:
     assert rec(pump.server).pending is None
 
 
-def test_proposals_reuse_the_connections_quote_script_and_keep_few_quotes() -> None:
-    """Review 5: every PROPOSE asked the wallet for a fresh script, kept for the connection's
-    life. Now the first quote's script is reused, and a connection keeps QUOTES_KEPT."""
+def test_proposals_reuse_the_connections_quote_and_keep_few_quotes() -> None:
+    """Review 5: every PROPOSE asked the wallet for a fresh script (and the node for a rate),
+    each kept for the connection's life. Now a fresh quote is answered again as it is, an
+    older one's script reused, and a connection keeps QUOTES_KEPT quotes."""
     pump = opened()
-    server, scripts = pump.server, []
-    for i in range(50):
-        (prepare,) = server.receive(wire(messages.reanchor_propose(0, 2 * DAY)))
-        assert isinstance(prepare, PrepareReanchor)
-        scripts.append(prepare.payout_script)
-        server.quote_reanchor(FEE_RATE + i, prepare.payout_script or PAYOUT, NOW)
-    assert scripts[0] == b"" and set(scripts[1:]) == {PAYOUT}  # the wallet asked once
+    server = pump.server
+    (prepare,) = server.receive(wire(messages.reanchor_propose(0, 2 * DAY)))
+    assert isinstance(prepare, PrepareReanchor) and prepare.payout_script == b""
+    (first,) = sends(server.quote_reanchor(FEE_RATE, PAYOUT, NOW))
+    for _ in range(50):  # nothing asked of the wallet or the node: the same quote again
+        (again,) = sends(server.receive(wire(messages.reanchor_propose(0, 2 * DAY)), NOW + 1))
+        terms = again.reanchor_terms
+        assert (terms.payout_script, terms.fee_rate) == (PAYOUT, first.reanchor_terms.fee_rate)
+    for i in range(1, 10):  # each later than QUOTE_FRESH: the node asked, the script reused
+        when = NOW + i * QUOTE_FRESH
+        (prepare,) = server.receive(wire(messages.reanchor_propose(0, 2 * DAY)), when)
+        assert isinstance(prepare, PrepareReanchor) and prepare.payout_script == PAYOUT
+        server.quote_reanchor(FEE_RATE + i, prepare.payout_script, when)
     assert len(server._quoted) == QUOTES_KEPT
 
 
