@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from bitcoind_paychan.bitcoin.tx import Transaction
-from bitcoind_paychan.channel import messages
+from bitcoind_paychan.channel import messages, reanchor
 from bitcoind_paychan.channel.client import ClientPolicy
 from bitcoind_paychan.channel.effects import (
     FundReanchor,
@@ -415,3 +415,35 @@ def test_the_client_moves_to_the_new_contract_on_its_own_nodes_word(
     stored.pending.contract.check_payment(stored.pending.change, stored.pending.signature)
     assert promoted.generation == 1 and promoted.contract_txid == kept.pending.txid
     assert promoted.change == stored.pending.change
+
+
+def test_the_server_checks_a_renewal_against_its_clock_when_r_arrives(
+        mem_sides: MemSides) -> None:
+    """Review 2: the server checked R's expiry against the time its connection started. On
+    a connection that has streamed for 20 hours, R renewing C by one second (terms altered on
+    their way) leaves the client's refund of C' less than the minimum window away: the
+    server's clock at R's arrival refuses it (before: taken)."""
+    clock = [time.time()]
+
+    async def scenario() -> tuple[list[T], ChannelRecord]:
+        manager, client, channel, carried = await carried_channel(mem_sides,
+                                                                  clock=lambda: clock[0])
+        reanchoring = asyncio.ensure_future(channel.reanchor(time_window=2 * DAY))
+        await until(lambda: carried.held, what="REANCHOR_PROPOSE")
+        (terms,) = [T.FromString(f) for f in await carried.deliver(carried.held.pop())]
+        expiry = channel.record.contract.expiry
+        terms.reanchor_terms.expire_time_secs = expiry + 1
+        channel.receive(terms)
+        await until(lambda: carried.held, what="REANCHOR_SIGNED")
+        lead = manager.policy.settle_margin + reanchor.REANCHOR_LEAD
+        clock[0] = expiry - lead - 600  # C keeps its lead; E' is not a window away
+        answers = [T.FromString(f) for f in await carried.deliver(carried.held.pop())]
+        for reply in carried.replies.frames:
+            channel.receive(reply)
+        with pytest.raises(ChannelFailed):
+            await reanchoring
+        return answers, await stopped(manager, client, channel)
+
+    answers, stored = asyncio.run(scenario())
+    assert answers[0].type == T.ERROR and "outside" in answers[0].error.explanation
+    assert stored.pending is None
