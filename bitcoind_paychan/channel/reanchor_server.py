@@ -50,6 +50,7 @@ class ServerReanchoring:
     _wish: tuple[int, int]  # the client's PROPOSE: (top-up, time window)
     _quoted: deque[tuple[bytes, int, int]]  # (payout script, fee rate, when) quoted here, the
     # latest last, QUOTES_KEPT at most
+    _preparing: bool  # a PrepareReanchor awaits its answer (it answers every PROPOSE)
     _checking: Transaction | None  # R complete, awaiting the node's answer
     _checking_terms: reanchor.Terms | None  # what that R states (its payout script's)
     _locked_offset: int | None  # the offset of the re-anchor promoted on this connection
@@ -81,13 +82,17 @@ class ServerReanchoring:
             return [Send(messages.reanchor_refused("another re-anchor of this channel is in "
                                                    "flight"))]
         self._wish = (body.top_up, body.time_window_secs)
+        if self._preparing:
+            return []  # the quote being prepared answers this one (pipelined PROPOSEs)
         if not self._quoted:
+            self._preparing = True
             return [PrepareReanchor(record.contract_txid)]
         # The latest quote's script again (one fresh wallet script per connection at most),
         # and while it is fresh its rate too: the node is not asked again.
         script, rate, when = self._quoted[-1]
         if machine.now - when < QUOTE_FRESH:
             return self._on_quote(rate, script, machine.now, True, 0)
+        self._preparing = True
         return [PrepareReanchor(record.contract_txid, script)]
 
     def quote_reanchor(self, fee_rate: int, payout_script: bytes, now: int,
@@ -100,10 +105,21 @@ class ServerReanchoring:
         return machine._input(Input.REANCHOR_QUOTE, self._on_quote, fee_rate, payout_script,
                               now, payout, time_window)
 
+    def reanchor_unquoted(self, why: str) -> list[Effect]:
+        """The answer to PrepareReanchor when the adapter cannot quote (no fee estimate, no
+        wallet script): REANCHOR_REFUSED saying `why`; the channel goes on."""
+        machine = self._machine()
+        return machine._input(Input.REANCHOR_QUOTE, self._on_unquoted, why)
+
+    def _on_unquoted(self, why: str) -> list[Effect]:
+        self._preparing, self._wish = False, (0, 0)
+        return [Send(messages.reanchor_refused(why))]
+
     def _on_quote(self, fee_rate: int, payout_script: bytes, now: int, payout: bool,
                   time_window: int) -> list[Effect]:
         machine = self._machine()
         record = machine._record()
+        self._preparing = False
         if not self.reanchoring:
             raise LocalProtocolError("re-anchoring was not negotiated on this channel (a "
                                      "bitcoinj client, or one that did not ask for it)")

@@ -236,6 +236,7 @@ class ServerChannel(ServerReanchoring, ProtocolMachine):
         self.acked_change = 0
         self._wish = (0, 0)
         self._quoted = deque(maxlen=QUOTES_KEPT)
+        self._preparing = False
         self._checking = None
         self._checking_terms = None
         self._locked_offset = None

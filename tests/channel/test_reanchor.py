@@ -1001,3 +1001,18 @@ def test_the_servers_lock_alone_never_drops_the_contract() -> None:
     assert rec(pump.client).contract_txid == server.contract_txid
     pump.run(pump.client.pay(1_000))
     assert rec(pump.server).change == rec(pump.client).change
+
+
+def test_pipelined_proposals_prepare_one_quote() -> None:
+    """Review 5: PROPOSEs received in one batch each asked the wallet and the node; one
+    PrepareReanchor now answers them all, and one the adapter could not answer does not
+    block the next."""
+    pump = opened()
+    server = pump.server
+    batch = [wire(messages.reanchor_propose(0, 2 * DAY)) for _ in range(20)]
+    effects, taken = server.receive_pipelined(batch, NOW)
+    assert taken == 20 and [type(e) for e in effects] == [PrepareReanchor]
+    (refused,) = sends(server.reanchor_unquoted("the server cannot quote now: no estimate"))
+    assert refused.type == T.REANCHOR_REFUSED
+    effects, _ = server.receive_pipelined(batch[:1], NOW)
+    assert [type(e) for e in effects] == [PrepareReanchor]

@@ -56,7 +56,7 @@ class Reanchors:
             payout = quoted or self.payout_script or await self.wallet.payout_script()
         except NodeError as exc:
             log.warning("cannot quote a re-anchor now: %s", exc)
-            return [Send(messages.reanchor_refused(f"the server cannot quote now: {exc}"))]
+            return machine.reanchor_unquoted(f"the server cannot quote now: {exc}")
         return machine.quote_reanchor(fee_rate, payout, int(self.clock()))
 
     async def _check_reanchor(self, machine: ServerChannel, check: CheckReanchor
