@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from typing import Any
 
@@ -340,8 +341,8 @@ def test_payments_go_on_while_a_reanchor_is_asked_and_signed(mem_sides: MemSides
         for reply in await carried.deliver(carried.held.pop(0)):
             channel.receive(reply)  # the first payment's ack
         await first
-        channel.receive(terms)  # the client signs R; a payment is asked for meanwhile
-        second = asyncio.ensure_future(channel.pay(2_000))
+        channel.receive(terms)  # the reader wakes first: it signs R and stores it...
+        second = asyncio.ensure_future(channel.pay(2_000))  # ...while this one is signed
         await until(lambda: len(carried.held) == 2, what="R and the second payment")
         sent = [T.FromString(frame) for frame in carried.held]
         answers = []
@@ -357,9 +358,10 @@ def test_payments_go_on_while_a_reanchor_is_asked_and_signed(mem_sides: MemSides
 
     sent, answers, stored = asyncio.run(scenario())
     assert sorted(answers) == sorted([T.REANCHOR_ACK, T.PAYMENT_ACK])  # no ERROR
-    (payment,) = [m for m in sent if m.type == T.UPDATE_PAYMENT]
-    signed_first = sent[0].type == T.REANCHOR_SIGNED
-    assert bool(payment.update_payment.next_signature) == signed_first
+    # The reader handles the TERMS first (asyncio runs ready tasks in order), so the payment
+    # is signed while R is being stored: it waits for R, then follows it, on both contracts.
+    assert [m.type for m in sent] == [T.REANCHOR_SIGNED, T.UPDATE_PAYMENT]
+    assert sent[1].update_payment.next_signature
     assert stored.paid == 1_000 + 10_000 + 1_000 + 2_000
     assert stored.pending is not None and stored.pending.complete
     stored.pending.contract.check_payment(stored.pending.change, stored.pending.signature)
@@ -447,3 +449,59 @@ def test_the_server_checks_a_renewal_against_its_clock_when_r_arrives(
     answers, stored = asyncio.run(scenario())
     assert answers[0].type == T.ERROR and "outside" in answers[0].error.explanation
     assert stored.pending is None
+
+
+def test_a_payment_signed_while_r_is_stored_is_stored_and_sent_after_it(
+        mem_sides: MemSides, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 9's other half: with payments no longer paused, one signed (on both
+    contracts) while R is being stored must not be stored before R (the store would refuse
+    it, or R's write would overwrite its change) nor reach the server before R (the server,
+    not holding R, would check R's carried change against it). R's store is held by the
+    test; the payment's writer is flushed: nothing of the payment was stored meanwhile."""
+    async def scenario() -> tuple[list[str], list[T]]:
+        manager, client, channel, carried = await carried_channel(mem_sides)
+        store, order = client.store, []
+        gate, entered = threading.Event(), threading.Event()
+        put, record_payments = store.put, store.record_payments
+
+        def held_put(record: ChannelRecord) -> None:
+            fresh = record.pending is not None and not record.pending.complete
+            if fresh:
+                entered.set()
+                gate.wait(30)
+            put(record)
+            order.append("R" if fresh else "record")
+
+        def logged(payments: Any) -> Any:
+            if payments:  # the test's own flush below hands over none
+                order.append("payment")
+            return record_payments(payments)
+
+        monkeypatch.setattr(store, "put", held_put)
+        monkeypatch.setattr(store, "record_payments", logged)
+        reanchoring = asyncio.ensure_future(channel.reanchor(time_window=2 * DAY))
+        await until(lambda: carried.held, what="REANCHOR_PROPOSE")
+        (terms,) = await carried.deliver(carried.held.pop())
+        channel.receive(terms)
+        await until(entered.is_set, what="R being stored")
+        payments = channel.record.payments
+        paying = asyncio.ensure_future(channel.pay(2_000))
+        await until(lambda: channel.record.payments == payments + 1, what="the payment signed")
+        await client.payments._hand_over([], None)  # the writer has done what it was handed
+        during = list(order)
+        gate.set()
+        await until(lambda: len(carried.held) == 2, what="R and the payment")
+        sent = [T.FromString(frame) for frame in carried.held]
+        for frame in list(carried.held):
+            for reply in await carried.deliver(frame):
+                channel.receive(reply)
+        carried.held.clear()
+        await paying
+        await reanchoring
+        await stopped(manager, client, channel)
+        return during, sent
+
+    during, sent = asyncio.run(scenario())
+    assert during == []  # nothing of the payment stored while R was
+    assert [m.type for m in sent] == [T.REANCHOR_SIGNED, T.UPDATE_PAYMENT]
+    assert sent[1].update_payment.next_signature
