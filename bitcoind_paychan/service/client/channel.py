@@ -217,17 +217,17 @@ class Channel:
             raise await self._unpayable()
         if self._reanchoring:
             raise LocalProtocolError(f"channel {self.contract_txid} has a re-anchor in flight")
-        try:
-            estimate = await self.client.watcher.fee_rate()  # the quote's rate: at most near it
-        except NodeError as exc:
-            raise ReanchorRefused(f"channel {self.contract_txid} was not re-anchored: our node "
-                                  f"gives no fee estimate ({exc}); it goes on as it was") from exc
-        proposal = self.machine.reanchor(top_up, time_window, int(self.client.clock()),
-                                         estimate)
         self._reanchoring = True  # from now on the server's answer is this call's
         try:
-            for effect in proposal:  # REANCHOR_PROPOSE, in turn with the payments
-                assert isinstance(effect, Send)
+            try:
+                estimate = await self.client.watcher.fee_rate()  # the quote's: near it at most
+            except NodeError as exc:
+                raise ReanchorRefused(f"channel {self.contract_txid} was not re-anchored: our "
+                                      f"node gives no fee estimate ({exc}); it goes on as it "
+                                      "was") from exc
+            for effect in self.machine.reanchor(top_up, time_window, int(self.client.clock()),
+                                                estimate):
+                assert isinstance(effect, Send)  # REANCHOR_PROPOSE, in turn with payments
                 self._post(effect.message)
             ended = await self._until((ReanchorSigned, ReanchorEnded), timeout)
         finally:
