@@ -222,8 +222,8 @@ class EffectsExecutor(Routing, Reanchors):
             busy = self.gate.limits.max_contract_checks
             log.warning("refused %s %s unchecked: %d other transactions were being checked "
                         "for %.1f s (server.max_contract_checks)", what, tx.txid_hex, busy, wait)
-            return (f"it is busy checking other transactions (at most {busy} at once) and "
-                    f"none finished within {wait:g} s")
+            return (f"it is busy checking other {what}s (at most {busy} at once) and none "
+                    f"finished within {wait:g} s")
 
     async def _broadcast(self, effect: Broadcast) -> str:
         """Broadcast; on refusal return what to tell the client.
