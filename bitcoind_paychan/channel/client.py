@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from bitcoind_paychan.bitcoin.keys import PrivateKey, PublicKey
 from bitcoind_paychan.bitcoin.musig2 import SecretNonce
 from bitcoind_paychan.bitcoin.tx import Transaction
-from bitcoind_paychan.channel import messages
+from bitcoind_paychan.channel import messages, reanchor_autopilot
 from bitcoind_paychan.channel.contract import (
     Contract,
     bad_tx,
@@ -69,14 +69,21 @@ class ClientPolicy:
     payment_window: int = 16  # payments in flight at most, if the server takes a window
     max_fee_rate: int = 200_000  # sat/kvB: the most a re-anchor may pay (the service sets
     # its FeePolicy's cap)
-    reanchoring: bool = False  # ask for re-anchoring (issue 23) where the kind can; off
-    # until the service layer carries out its effects (docs/design/reanchoring.md, 11)
+    reanchoring: bool = False  # ask for re-anchoring (issue 23) where the kind can
+    # The autopilot's re-anchors (reanchor_autopilot.py; 0: off): top up below `refill_below`
+    # sat up to `refill_to` (0: `value`), never funding more than `max_deposit` in all; renew
+    # within `renew_before` s of the expiry.
+    refill_below: int = 0
+    refill_to: int = 0
+    max_deposit: int = 0
+    renew_before: int = 0
 
     def __post_init__(self) -> None:
         for name in ("value", "time_window", "max_min_payment", "payment_window",
                      "max_fee_rate"):
             if getattr(self, name) < 1:
                 raise PolicyError(name, f"found {getattr(self, name)}, expected an integer ≥ 1")
+        reanchor_autopilot.check_client(self)
 
 
 class ClientState(enum.Enum):

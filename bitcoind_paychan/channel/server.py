@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 from bitcoind_paychan.bitcoin.keys import PrivateKey, PublicKey
 from bitcoind_paychan.bitcoin.tx import Transaction
-from bitcoind_paychan.channel import messages
+from bitcoind_paychan.channel import messages, reanchor_autopilot
 from bitcoind_paychan.channel.contract import (
     DUST,
     Branch,
@@ -95,8 +95,11 @@ class ServerPolicy:
     settle_margin: int = SETTLEMENT_MARGIN
     max_fee_rate: int = 200_000  # sat/kvB: the most a re-anchor's quote or R may pay (the
     # service sets its FeePolicy's cap)
-    reanchoring: bool = False  # offer re-anchoring (issue 23) where the kind can; off until
-    # the service layer carries out its effects (docs/design/reanchoring.md, 11)
+    reanchoring: bool = False  # offer re-anchoring (issue 23) where the kind can
+    # The autopilot's quotes sent unasked (reanchor_autopilot.py; 0: off): a payout once the
+    # client acknowledged `payout_above` sat, a renewal within `renew_before` s of the expiry.
+    payout_above: int = 0
+    renew_before: int = 0
 
     def __post_init__(self) -> None:
         unknown = [v for v in self.versions if v not in VERSIONS]
@@ -125,6 +128,7 @@ class ServerPolicy:
         if self.min_increment < 1:
             raise PolicyError("min_increment", f"found {self.min_increment}, expected an "
                                                "integer ≥ 1")
+        reanchor_autopilot.check_server(self)
 
 
 class ServerState(enum.Enum):
