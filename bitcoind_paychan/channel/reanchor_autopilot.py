@@ -7,7 +7,6 @@ server quotes a payout once it earned `payout_above` and a renewal near the expi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 from bitcoind_paychan.channel.contract import DUST
@@ -61,12 +60,12 @@ def check_client(policy: ClientKeys) -> None:
     """The client's autopilot keys make sense together (PolicyError naming the key)."""
     _not_negative(policy, "refill_below", "refill_to", "max_deposit", "renew_before")
     if policy.refill_below:
-        target = policy.refill_to or policy.value
+        target = policy.refill_to
         if not policy.max_deposit:
             raise PolicyError("max_deposit", "found 0 beside refill_below, expected the most "
                                              "sat the channel may ever be funded with (what "
                                              "it opened with plus every top-up)")
-        if target <= policy.refill_below:
+        if target and target <= policy.refill_below:
             raise PolicyError("refill_to", f"found {target}, expected more than refill_below "
                                            f"({policy.refill_below})")
         if target > policy.max_deposit:
@@ -98,12 +97,14 @@ def check_server(policy: ServerKeys) -> None:
                                          "expected true: the autopilot re-anchors")
 
 
-@dataclass(frozen=True)
-class GenerationValues:
-    """What a superseded generation says of the money: its contract's value, R's payout."""
+class GenerationValues(Protocol):
+    """What a superseded generation says of the money (store.Generation): its contract's
+    value, R's gross payout."""
 
-    value: int
-    payout: int
+    @property
+    def value(self) -> int: ...
+    @property
+    def payout(self) -> int: ...
 
 
 def deposited(record: ChannelRecord, generations: Sequence[GenerationValues]) -> int:

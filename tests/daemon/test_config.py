@@ -436,8 +436,9 @@ BAD = [
     ("client:\n  reanchoring: true\n  refill_below: 100000\n  max_deposit: 3000000\n"
      "  refill_to: 90000", "client.refill_to",
      ["found 90000, expected more than client.refill_below (100000)"]),
-    ("client:\n  reanchoring: true\n  refill_below: 100000\n  max_deposit: 500000",
-     "client.refill_to", ["found 1000000, expected at most client.max_deposit (500000)"]),
+    ("client:\n  reanchoring: true\n  refill_below: 100000\n  max_deposit: 500000\n"
+     "  refill_to: 600000", "client.refill_to",
+     ["found 600000, expected at most client.max_deposit (500000)"]),
     ("client:\n  renew_before: 3600", "client.reanchoring",
      ["found false beside client.refill_below or client.renew_before", "expected true"]),
     ("client:\n  reanchoring: true\n  renew_before: 90000", "client.renew_before",

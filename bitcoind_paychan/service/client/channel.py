@@ -15,6 +15,7 @@ from bitcoind_paychan.bitcoin.network import Network
 from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.channel.client import (
     ClientChannel,
+    ClientPolicy,
     ClientState,
 )
 from bitcoind_paychan.channel.effects import (
@@ -34,10 +35,12 @@ from bitcoind_paychan.channel.effects import (
     StorePayment,
     VersionRefused,
 )
+from bitcoind_paychan.channel.reanchor_autopilot import client_wish, deposited
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.errors import (
     ChannelFailed,
     ChannelGone,
+    InvalidParameter,
     LocalProtocolError,
     PaychanError,
     PaymentTimeout,
@@ -59,6 +62,7 @@ from bitcoind_paychan.wire import pb
 # The "client" subsystem's lines (daemon/logs.py), as before the client had its package.
 log = logging.getLogger("bitcoind_paychan.service.client")
 PAY_TIMEOUT = 60.0  # seconds `pay` waits for its PAYMENT_ACK by default
+REPROPOSE_AFTER = 60.0  # s before the autopilot asks again for a re-anchor that did not happen
 USED_UP = (ClientState.CLOSE_AFTER_ACK, ClientState.CLOSING)  # no more payments: closing
 
 
@@ -73,6 +77,7 @@ class Manager(Protocol):
     network: Network
     handshake_timeout: float
     clock: Callable[[], float]
+    policy: ClientPolicy
     watcher: ChainWatcher
     events: ClientEvents
     on_peer_error: Callable[[PeerError], object] | None
@@ -97,6 +102,8 @@ class Channel:
         self._outgoing: list[pb.TwoWayChannelMessage] = []  # payments posted, not yet written
         self._sending: asyncio.Future[None] | None = None  # the last posted payments' send
         self._server_error: PeerError | None = None  # the ERROR the server ended with
+        self._by_hand = 0  # reanchor() calls awaiting their outcome
+        self._propose_after = 0.0  # the autopilot's next re-anchor wish, not before
 
     @property
     def resumed(self) -> bool:
@@ -147,6 +154,7 @@ class Channel:
         if self._spent():
             raise ChannelGone(self._used_up())
         async with self._lock:  # signed, queued for the store and for the wire in call order
+            await self._reanchor_due()
             while machine.state is ClientState.WAITING_FOR_ACK and not machine.can_pay:
                 await self._read_one(lambda: machine.can_pay)  # an ack makes room
             if self._spent() or not self.connected:
@@ -203,15 +211,59 @@ class Channel:
         enables it."""
         if not self.connected:
             raise await self._unpayable()
+        if top_up:
+            await self._within_deposit(top_up)
         async with self._lock:
-            await self._run(self.machine.reanchor(top_up, time_window,
-                                                  int(self.client.clock())))
-            ended = await self._until((ReanchorSigned, ReanchorEnded), timeout)
+            self._by_hand += 1
+            try:
+                await self._run(self.machine.reanchor(top_up, time_window,
+                                                      int(self.client.clock())))
+                ended = await self._until((ReanchorSigned, ReanchorEnded), timeout)
+            finally:
+                self._by_hand -= 1
         if isinstance(ended, ReanchorEnded):
             raise ReanchorRefused(f"channel {self.contract_txid} was not re-anchored: "
                                   f"{ended.reason}; it goes on as it was")
         assert isinstance(ended, ReanchorSigned)
         return ended.record
+
+    async def _deposited(self) -> int:
+        """Sat this channel was ever funded with: its opening value plus every top-up."""
+        record = self.record
+        generations = await asyncio.to_thread(self.client.store.generations, Role.CLIENT,
+                                              record.channel_id)
+        return deposited(record, generations)
+
+    async def _within_deposit(self, top_up: int) -> None:
+        """InvalidParameter if `top_up` would fund the channel above `max_deposit`."""
+        cap = self.client.policy.max_deposit
+        funded = await self._deposited()
+        if funded + top_up > cap:
+            raise InvalidParameter(
+                f"a top-up of {top_up} sat would fund channel {self.record.channel_id} with "
+                f"{funded + top_up} sat in all, above client.max_deposit ({cap}); nothing "
+                "was asked")
+
+    async def _reanchor_due(self) -> None:
+        """The autopilot (`refill_below`, `renew_before`): ask for a top-up and/or renewal
+        when one is due (REANCHOR_PROPOSE; the outcome arrives as payments go on), at most
+        once per REPROPOSE_AFTER seconds while none is pending."""
+        policy, now, record = self.client.policy, self.client.clock(), self.machine.record
+        if (not self.machine.reanchoring or record is None or now < self._propose_after
+                or record.pending is not None
+                or self.machine.state not in (ClientState.OPEN, ClientState.WAITING_FOR_ACK)):
+            return
+        refill = bool(policy.refill_below) and record.change < policy.refill_below
+        funded = await self._deposited() if refill else record.value
+        wish = client_wish(policy, record, int(now), funded)
+        if wish is None:
+            return
+        self._propose_after = now + REPROPOSE_AFTER
+        try:
+            await self._run(self.machine.reanchor(*wish, int(now)))
+        except LocalProtocolError as exc:  # one in flight, or a refused one not yet dead
+            log.info("the autopilot does not re-anchor channel %s now: %s",
+                     record.channel_id, exc)
 
     def _spent(self) -> bool:
         """No payment can go through any more: closing, or nothing left (change below dust
@@ -449,7 +501,13 @@ class Channel:
                     queue[:0] = await fund_reanchor(self.client.wallet, self.machine, effect)
                 case ReanchorEnded():
                     await reanchor_ended(self.client.wallet, self.machine, effect)
-                    self._events.append(effect)
+                    if self._by_hand:  # else the autopilot's: nobody awaits it
+                        self._events.append(effect)
+                case ReanchorSigned():
+                    log.info("channel %s re-anchored: %s", effect.record.channel_id,
+                             effect.record.pending and effect.record.pending.txid)
+                    if self._by_hand:
+                        self._events.append(effect)
                 case Disconnect(reason):
                     log.info("%s: %s", self.machine.peer, reason)
                     await self.stream.close()

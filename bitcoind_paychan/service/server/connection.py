@@ -52,6 +52,8 @@ class Manager(Protocol):
 
     def _ended(self, connection: ServerConnection) -> None: ...
 
+    async def _reanchor_unasked(self, connection: ServerConnection) -> None: ...
+
 
 class ServerConnection:
     """One client's connection to a ServerManager. Hand it each frame (or decoded message)
@@ -67,6 +69,7 @@ class ServerConnection:
         self.machine = ServerChannel(manager.policy, PrivateKey.generate(), int(manager.clock()),
                                      peer)
         self._confirmed = manager.min_confirmations == 0
+        self.quote_after = 0.0  # the autopilot's next unasked re-anchor quote, not before
         bind_channel(peer=self.peer)  # the task that carries it logs its peer
 
     @property
@@ -161,6 +164,8 @@ class ServerConnection:
                     return
             finally:
                 manager._busy.discard(self)
+            if any(done.type == UPDATE_PAYMENT for done in received):
+                await manager._reanchor_unasked(self)  # a payout or renewal due?
             if manager.on_payment_latency and machine.record is not None and any(
                     done.type in PAYING for done in received):
                 # One per payment stored (the opening payment with its contract), as counted
