@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.channel.contract import DUST
 from bitcoind_paychan.channel.reanchor import REANCHOR_LEAD
 from bitcoind_paychan.channel.records import ChannelRecord
@@ -149,3 +150,14 @@ def server_wish(policy: ServerKeys, record: ChannelRecord, acked_change: int, no
     if not payout and not renew:
         return None
     return payout, policy.min_time_window if renew else 0
+
+
+def kinds(record: ChannelRecord) -> tuple[str, ...]:
+    """What the pending re-anchor of `record` does: topup, payout and/or renewal."""
+    pending = record.pending
+    if pending is None:
+        return ()
+    inputs = len(Transaction.parse(pending.tx).inputs)
+    return tuple(kind for kind, does in (
+        ("topup", inputs > 1), ("payout", pending.payout > 0),
+        ("renewal", pending.contract.expiry != record.contract.expiry)) if does)

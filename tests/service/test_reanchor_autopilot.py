@@ -13,6 +13,7 @@ import pytest
 
 from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.channel.client import ClientPolicy
+from bitcoind_paychan.channel.kinds.registry import DEFAULT_VERSION, OFFERED, kind_of
 from bitcoind_paychan.channel.records import ChannelRecord, Role
 from bitcoind_paychan.channel.server import ServerPolicy
 from bitcoind_paychan.errors import InvalidParameter, LocalProtocolError
@@ -164,3 +165,21 @@ def test_the_autopilot_asks_nothing_while_nothing_is_due(mem_sides: MemSides) ->
     record = asyncio.run(main())
     assert record.pending is None and record.paid == 21_000
     assert {tx.txid_hex for tx in mem_sides.chain.mempool.values()} <= {record.contract_txid}
+
+
+def test_a_client_asking_for_reanchoring_opens_the_newest_kind_that_can(
+        mem_sides: MemSides) -> None:
+    async def main() -> tuple[int, int]:
+        server = mem_sides.server(ServerPolicy(reanchoring=True))
+        host, port = await server.listen()
+        try:
+            living = await mem_sides.client(policy=ClientPolicy(VALUE, reanchoring=True)).open(
+                host, port, VALUE)
+            plain = await mem_sides.client("plain").open(host, port, VALUE)
+            return living.version, plain.version
+        finally:
+            await server.stop()
+
+    living, plain = asyncio.run(main())
+    assert living == max(v for v in OFFERED if kind_of(v).capabilities.reanchoring)
+    assert plain == DEFAULT_VERSION

@@ -25,7 +25,7 @@ from bitcoind_paychan.channel.effects import (
     ResumeRefused,
     VersionRefused,
 )
-from bitcoind_paychan.channel.kinds.registry import DEFAULT_VERSION, FALLBACK
+from bitcoind_paychan.channel.kinds.registry import DEFAULT_VERSION, FALLBACK, OFFERED, kind_of
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.channel.watch import WatchPolicy
 from bitcoind_paychan.errors import (
@@ -268,7 +268,7 @@ class ClientManager:
                 if found is not None:
                     return found
             known = await asyncio.to_thread(self.spoken_version, peer)
-            channel = await self._open_new(peer, policy, version or known or DEFAULT_VERSION)
+            channel = await self._open_new(peer, policy, version or self._newest(known))
             return Found(channel, Source.NEW)
 
     def payable(self, peer: str) -> list[ChannelRecord]:
@@ -337,6 +337,15 @@ class ClientManager:
                                 f"{contract_txid}: {outcome.explanation}; it stays stored and "
                                 "is refunded after its expiry")
         return channel
+
+    def _newest(self, known: int | None) -> int:
+        """The version a new channel offers: what the server spoke last time, else the
+        default; with re-anchoring asked for, the newest kind up to it that can re-anchor."""
+        newest = known or DEFAULT_VERSION
+        if not self.policy.reanchoring:
+            return newest
+        return next((v for v in OFFERED if v <= newest
+                     and kind_of(v).capabilities.reanchoring), newest)
 
     async def _open_new(self, peer: str, policy: ClientPolicy, version: int) -> Channel:
         """Open a new channel, falling back to an older major when the server refuses ours

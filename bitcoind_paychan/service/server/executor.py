@@ -142,6 +142,7 @@ class EffectsExecutor(Routing, Reanchors):
                 case ReanchorSigned(signed):
                     log.info("re-anchor %s of channel %s stored, broadcast and sent back",
                              signed.pending and signed.pending.txid, signed.channel_id)
+                    self.callbacks.event(self.on_event, effect)
                 case ReanchorEnded(txid, reason):
                     log.info("re-anchor of channel %s ended: %s", txid, reason)
                 case CheckContract(tx):

@@ -152,4 +152,9 @@ class ChainWatcher(BlockFolding):
             closing_txid=closing,
             closing_confirmations=tip - state.spender_height + 1 if state.spender_height
             else 0,
+            channel_id=record.channel_id, generation=record.generation,
+            reanchor_txid=record.pending.txid if record.pending else None,
+            reanchor_state=("" if record.pending is None else "refused"
+                            if record.pending.refused else "complete"
+                            if record.pending.complete else "signed"),
         )
