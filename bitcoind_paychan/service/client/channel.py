@@ -213,14 +213,15 @@ class Channel:
             raise await self._unpayable()
         if top_up:
             await self._within_deposit(top_up)
-        async with self._lock:
-            self._by_hand += 1
-            try:
+        self._by_hand += 1
+        try:
+            async with self._lock:  # PROPOSE goes out between payments, in call order
                 await self._run(self.machine.reanchor(top_up, time_window,
                                                       int(self.client.clock())))
-                ended = await self._until((ReanchorSigned, ReanchorEnded), timeout)
-            finally:
-                self._by_hand -= 1
+            # Payments go on while the server quotes and checks: this waits on their reads.
+            ended = await self._until((ReanchorSigned, ReanchorEnded), timeout)
+        finally:
+            self._by_hand -= 1
         if isinstance(ended, ReanchorEnded):
             raise ReanchorRefused(f"channel {self.contract_txid} was not re-anchored: "
                                   f"{ended.reason}; it goes on as it was")
@@ -235,8 +236,11 @@ class Channel:
         return deposited(record, generations)
 
     async def _within_deposit(self, top_up: int) -> None:
-        """InvalidParameter if `top_up` would fund the channel above `max_deposit`."""
+        """InvalidParameter if `top_up` would fund the channel above `max_deposit` (when
+        set: the autopilot's top-ups always are within one)."""
         cap = self.client.policy.max_deposit
+        if not cap:  # none set: the application's (operator's) own top-up, as asked
+            return
         funded = await self._deposited()
         if funded + top_up > cap:
             raise InvalidParameter(
