@@ -30,6 +30,7 @@ from bitcoind_paychan.channel.effects import (
     MarkChannel,
     PromoteChannel,
     Purpose,
+    ReanchorEnded,
     SettleChannel,
     StoreChainState,
 )
@@ -142,15 +143,18 @@ def client_share(contract: Contract, tx: Transaction) -> int:
 
 
 def review(record: ChannelRecord, state: ChainState, tip: Tip, fee_rate: int,
-           policy: WatchPolicy, promote_depth: int = 1) -> list[Effect]:
+           policy: WatchPolicy, promote_depth: int = 1, reanchor_dead: bool = False
+           ) -> list[Effect]:
     """What to do about one stored channel now. `promote_depth`: the confirmations of a
-    re-anchor R after which the channel moves to the next contract (at least 1)."""
+    re-anchor R after which the channel moves to the next contract (at least 1);
+    `reanchor_dead`: the node says R can never confirm (an input of it spent elsewhere)."""
     txid, contract = record.channel_id, record.contract
     fee_rate = policy.fees.rate(fee_rate)
     if record.pending is not None and record.status is ChannelStatus.OPEN and not (
             state.conflict_height and not state.contract_height) and (
             not state.spender or reanchored(record, state)):
-        return _reanchoring(record, state, tip, fee_rate, policy, max(1, promote_depth))
+        return _reanchoring(record, state, tip, fee_rate, policy, max(1, promote_depth),
+                            reanchor_dead)
     if state.conflict_height and not state.contract_height:
         return _finish(record, state, tip, policy, ChannelStatus.FAILED, None)
     if state.spender:
@@ -188,10 +192,12 @@ def reanchored(record: ChannelRecord, state: ChainState) -> bool:
 
 
 def _reanchoring(record: ChannelRecord, state: ChainState, tip: Tip, fee_rate: int,
-                 policy: WatchPolicy, promote_depth: int) -> list[Effect]:
+                 policy: WatchPolicy, promote_depth: int, dead: bool) -> list[Effect]:
     """An open channel with a re-anchor R in flight whose contract nothing but R spends: R
     buried `promote_depth` deep promotes the channel; the server's settle deadline before
-    that settles the contract (replacing an unconfirmed R: its input 0 signals RBF); until
+    that settles the contract (replacing an unconfirmed R: its input 0 signals RBF), and so
+    does R found `dead` (a top-up input spent elsewhere: the latest payment on the contract
+    is the server's to take, rule 1), whose other wallet coins the client gets back; until
     then the server broadcasts its complete R (again: after a crash before its broadcast,
     after an eviction or a reorg)."""
     txid, pending = record.channel_id, record.pending
@@ -199,7 +205,13 @@ def _reanchoring(record: ChannelRecord, state: ChainState, tip: Tip, fee_rate: i
     if state.spender_height:  # R is in a block
         return [PromoteChannel(txid)] if depth(tip, state.spender_height) >= promote_depth \
             else []
+    r = Transaction.parse(pending.tx)
+    if dead and record.role is Role.CLIENT:
+        return [ReanchorEnded(txid, f"re-anchor {r.txid_hex} can never confirm: an input of "
+                              "it was spent elsewhere", r)] if len(r.inputs) > 1 else []
     if record.role is Role.SERVER:
+        if dead:
+            return [SettleChannel(txid, f"its re-anchor {r.txid_hex} can never confirm")]
         if tip.time >= record.contract.expiry - policy.settle_margin:
             return [SettleChannel(txid)]
         if pending.complete:
@@ -207,7 +219,7 @@ def _reanchoring(record: ChannelRecord, state: ChainState, tip: Tip, fee_rate: i
             if not state.contract_height:
                 effects.append(Broadcast(Transaction.parse(record.contract_tx),
                                          Purpose.CONTRACT, txid))
-            return [*effects, Broadcast(Transaction.parse(pending.tx), Purpose.REANCHOR, txid)]
+            return [*effects, Broadcast(r, Purpose.REANCHOR, txid)]
         return []
     if tip.median_time > record.contract.expiry:
         return _refund(record, state, tip, fee_rate)

@@ -6,6 +6,8 @@ missed it is told on its resume, and the channel is settled on its new contract.
 from __future__ import annotations
 
 import asyncio
+import os
+from decimal import Decimal
 
 from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.channel.client import ClientPolicy
@@ -108,3 +110,88 @@ def test_a_client_that_missed_the_promotion_is_told_on_its_resume(sides: Sides) 
     assert server_record.paid == client_record.paid
     assert server_record.status is ChannelStatus.OPEN
     server_record.contract.check_payment(server_record.change, server_record.signature)
+
+
+def fresh_wallet(sides: Sides, *btc: str) -> str:
+    """A new wallet on the client's node holding coins of `btc` each (mined at once), which
+    the client's services use from now on."""
+    name = f"topup-{os.urandom(4).hex()}"
+    sides.client_node.rpc("createwallet", name)
+    sides.client_wallet = name
+    fund(sides, name, *btc)
+    return name
+
+
+def fund(sides: Sides, wallet: str, *btc: str) -> None:
+    addresses = [sides.client_node.rpc("getnewaddress", wallet=wallet) for _ in btc]
+    sides.server_node.pay_in_block(dict(zip(addresses, btc, strict=True)))
+    sides.sync()
+
+
+def double_spend(sides: Sides, wallet: str, outpoint: tuple[str, int]) -> str:
+    """The client's wallet spends `outpoint` back to itself, mined at once in a block of its
+    own (the mempool holds R, which spends it too)."""
+    txid, vout = outpoint
+    coin = sides.client_node.rpc("gettxout", txid, vout, False)
+    value = int(Decimal(str(coin["value"])) * 100_000_000) - 5_000
+    address = sides.client_node.rpc("getnewaddress", wallet=wallet)
+    draft = sides.client_node.rpc("createrawtransaction", [{"txid": txid, "vout": vout}],
+                                  {address: Decimal(value) / 100_000_000}, wallet=wallet)
+    signed = sides.client_node.rpc("signrawtransactionwithwallet", draft, wallet=wallet)
+    assert signed["complete"]
+    sides.server_node.mine_tx(signed["hex"])
+    sides.sync()
+    return str(sides.server_node.rpc("decoderawtransaction", signed["hex"])["txid"])
+
+
+def test_a_top_up_input_double_spent_settles_the_contract_and_releases_the_coins(
+        sides: Sides) -> None:
+    """Rule 1 and 3: while R is unconfirmed the client spends one of its top-up coins
+    elsewhere (mined). R can never confirm: the server's watcher settles the contract at
+    once with the latest payment on it (every one acknowledged meanwhile was stored with its
+    signature there), and the client's watcher releases R's other wallet coins."""
+    wallet = fresh_wallet(sides, "0.011")  # the contract's coin
+
+    async def scenario() -> tuple[Transaction, ChannelRecord, list[dict[str, object]]]:
+        server = sides.server(ServerPolicy(reanchoring=True))
+        host, port = await server.listen()
+        client = sides.client(policy=ClientPolicy(VALUE, reanchoring=True))
+        channel = await client.open(host, port, VALUE, version=3)
+        await channel.pay(10_000)
+        await asyncio.to_thread(fund, sides, wallet, "0.004", "0.004")  # top-up coins
+        signed = await channel.reanchor(600_000, 2 * DAY)
+        assert signed.pending is not None
+        r = Transaction.parse(signed.pending.tx)
+        assert len(r.inputs) >= 3  # the contract and at least two coins of ours
+        for _ in range(3):
+            await channel.pay(1_000)  # on both contracts
+        spent = (r.inputs[1].prevout.txid_hex, r.inputs[1].prevout.index)
+        await asyncio.to_thread(double_spend, sides, wallet, spent)
+        channel_id = signed.channel_id
+
+        def settled() -> ChannelRecord | None:
+            record = server.store.get(Role.SERVER, channel_id)
+            return record if record and record.status is ChannelStatus.CLOSING else None
+
+        record = await until(settled, what="the server's settlement of the contract")
+        rest = [(i.prevout.txid_hex, i.prevout.index) for i in r.inputs[2:]]
+
+        def released() -> bool:
+            locked = {(c["txid"], c["vout"]) for c in sides.client_node.rpc(
+                "listlockunspent", wallet=wallet)}
+            return not locked & set(rest)
+
+        await until(released, what="R's other coins released")
+        coins = sides.client_node.rpc("listunspent", 0, 9999999, wallet=wallet)
+        await client.stop()
+        await server.stop()
+        assert record.settlement_tx is not None
+        return Transaction.parse(record.settlement_tx), record, [
+            c for c in coins if (c["txid"], c["vout"]) in set(rest)]
+
+    settlement, record, coins = asyncio.run(scenario())
+    assert settlement.inputs[0].prevout == record.contract.outpoint  # C, not C'
+    assert record.generation == 0 and record.paid == 1_000 + 10_000 + 3 * 1_000
+    assert settlement.outputs[0].value == record.change  # the latest payment on C
+    record.contract.check_payment(record.change, record.signature)
+    assert coins  # R's other coins are the client's to spend again
