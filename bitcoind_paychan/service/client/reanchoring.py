@@ -9,7 +9,8 @@ import logging
 from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.channel.client import ClientChannel
 from bitcoind_paychan.channel.effects import Effect, FundReanchor, ReanchorEnded
-from bitcoind_paychan.node.ports import Outpoint, Wallet
+from bitcoind_paychan.errors import NodeError
+from bitcoind_paychan.node.ports import ChainSource, Outpoint, Wallet
 
 log = logging.getLogger("bitcoind_paychan.service.client")
 
@@ -32,6 +33,24 @@ async def fund_reanchor(wallet: Wallet, machine: ClientChannel, effect: FundRean
     except BaseException:
         await wallet.release(wallet_inputs(funded))
         raise
+
+
+async def release_dead(wallet: Wallet, chain: ChainSource, effect: ReanchorEnded) -> int:
+    """The watcher found R dead (a wallet input of it spent elsewhere): release those of
+    its wallet coins still unspent (each alone: one released already, or spent, is no
+    error). How many were released."""
+    assert effect.tx is not None
+    released = 0
+    for outpoint in wallet_inputs(effect.tx):
+        try:
+            if not await chain.is_spent(*outpoint):
+                await wallet.release((outpoint,))
+                released += 1
+        except NodeError as exc:
+            log.debug("coin %s:%d of dead re-anchor not released: %s", *outpoint, exc)
+    if released:
+        log.info("%s; %d of its wallet coins released", effect.reason, released)
+    return released
 
 
 async def reanchor_ended(wallet: Wallet, machine: ClientChannel, effect: ReanchorEnded

@@ -1,0 +1,197 @@
+"""A re-anchored channel after R is signed (issue 23, docs/design/reanchoring.md 4, 5, 7) on
+real regtest nodes: the channel keeps its id across generations, the server's watcher
+promotes it once R confirms and tells a live connection (REANCHOR_LOCKED), a client that
+missed it is told on its resume, and the channel is settled on its new contract."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from decimal import Decimal
+
+from bitcoind_paychan.bitcoin.tx import Transaction
+from bitcoind_paychan.channel.client import ClientPolicy
+from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
+from bitcoind_paychan.channel.server import ServerPolicy
+from bitcoind_paychan.service.client import Channel, PaymentClient
+from bitcoind_paychan.service.server import PaymentServer
+from bitcoind_paychan.store import ChannelStore
+from regtest.waiting import until
+from tests.service.conftest import Sides
+
+VALUE, DAY = 1_000_000, 24 * 3600
+
+
+def generation(store: ChannelStore, role: Role, channel_id: str) -> int:
+    record = store.get(role, channel_id)
+    return record.generation if record is not None else -1
+
+
+async def reanchored_channel(sides: Sides, top_up: int = 0
+                             ) -> tuple[PaymentServer, PaymentClient, Channel, ChannelRecord]:
+    """A v3 channel paid 1,000 + 10,000 sat and re-anchored (renewed to two days, the
+    server's payout of what it acknowledged, `top_up`): R complete, broadcast, unconfirmed."""
+    server = sides.server(ServerPolicy(reanchoring=True))
+    host, port = await server.listen()
+    client = sides.client(policy=ClientPolicy(VALUE, reanchoring=True))
+    channel = await client.open(host, port, VALUE, version=3)
+    await channel.pay(10_000)
+    signed = await channel.reanchor(top_up, 2 * DAY)
+    return server, client, channel, signed
+
+
+def test_promotion_on_a_live_connection_and_settlement_of_the_new_contract(
+        sides: Sides) -> None:
+    """R confirms: the server's watcher promotes the stored channel (generation 1, the old
+    one kept in `generations`) and tells the live connection; the client, still signing on
+    both contracts, moves on REANCHOR_LOCKED; payments then go on the new contract alone, and
+    the channel's settlement spends it."""
+    async def scenario() -> tuple[ChannelRecord, ChannelRecord, ChannelRecord, Transaction,
+                                  list[int]]:
+        server, client, channel, signed = await reanchored_channel(sides)
+        channel_id = signed.channel_id
+        await channel.pay(2_000)  # on both contracts
+        sides.mine(1)
+        await until(lambda: generation(server.store, Role.SERVER, channel_id) == 1,
+                    what="the server's promotion")
+        await channel.pay(3_000)  # signed on both, crossing REANCHOR_LOCKED
+        assert channel.record.generation == 1 and channel.record.pending is None
+        await channel.pay(4_000)  # on the new contract alone
+        client_record = channel.record
+        server_record = server.store.get(Role.SERVER, channel_id)
+        assert server_record is not None
+        stored_client = client.store.get(Role.CLIENT, channel_id)
+        assert stored_client is not None
+        generations = [g.generation for g in server.store.generations(Role.SERVER, channel_id)]
+        settlement = await channel.close()
+        await client.stop()
+        await server.stop()
+        return client_record, stored_client, server_record, settlement, generations
+
+    client_record, stored_client, server_record, settlement, generations = asyncio.run(
+        scenario())
+    assert generations == [0]
+    assert server_record.generation == stored_client.generation == 1
+    assert server_record.contract_txid == client_record.contract_txid != server_record.channel_id
+    assert server_record.change == stored_client.change == client_record.change
+    server_record.contract.check_payment(server_record.change, server_record.signature)
+    assert settlement.inputs[0].prevout == server_record.contract.outpoint  # C' is settled
+    sides.mine(1)
+    assert sides.server_node.rpc("getrawtransaction", settlement.txid_hex, True)[
+        "confirmations"] == 1
+
+
+def test_a_client_that_missed_the_promotion_is_told_on_its_resume(sides: Sides) -> None:
+    """The client hangs up while R is unconfirmed; the server promotes with no connection
+    (under the channel's lease). The client resumes naming the channel's id with its record
+    of the old generation: the server opens it, takes its payment re-sent on both contracts
+    by its signature on the new one, and says REANCHOR_LOCKED; the client moves and pays on."""
+    async def scenario() -> tuple[ChannelRecord, ChannelRecord]:
+        server, client, channel, signed = await reanchored_channel(sides)
+        channel_id = signed.channel_id
+        await channel.pay(2_000)
+        await channel.disconnect()
+        sides.mine(1)
+        await until(lambda: generation(server.store, Role.SERVER, channel_id) == 1,
+                    what="the server's promotion")
+        assert generation(client.store, Role.CLIENT, channel_id) == 0  # FAST: 2 blocks
+        resumed = await client.resume(channel_id)
+        await resumed.pay(5_000)
+        client_record = resumed.record
+        server_record = server.store.get(Role.SERVER, channel_id)
+        assert server_record is not None
+        await client.stop()
+        await server.stop()
+        return client_record, server_record
+
+    client_record, server_record = asyncio.run(scenario())
+    assert client_record.generation == server_record.generation == 1
+    assert client_record.change == server_record.change
+    assert server_record.paid == client_record.paid
+    assert server_record.status is ChannelStatus.OPEN
+    server_record.contract.check_payment(server_record.change, server_record.signature)
+
+
+def fresh_wallet(sides: Sides, *btc: str) -> str:
+    """A new wallet on the client's node holding coins of `btc` each (mined at once), which
+    the client's services use from now on."""
+    name = f"topup-{os.urandom(4).hex()}"
+    sides.client_node.rpc("createwallet", name)
+    sides.client_wallet = name
+    fund(sides, name, *btc)
+    return name
+
+
+def fund(sides: Sides, wallet: str, *btc: str) -> None:
+    addresses = [sides.client_node.rpc("getnewaddress", wallet=wallet) for _ in btc]
+    sides.server_node.pay_in_block(dict(zip(addresses, btc, strict=True)))
+    sides.sync()
+
+
+def double_spend(sides: Sides, wallet: str, outpoint: tuple[str, int]) -> str:
+    """The client's wallet spends `outpoint` back to itself, mined at once in a block of its
+    own (the mempool holds R, which spends it too)."""
+    txid, vout = outpoint
+    coin = sides.client_node.rpc("gettxout", txid, vout, False)
+    value = int(Decimal(str(coin["value"])) * 100_000_000) - 5_000
+    address = sides.client_node.rpc("getnewaddress", wallet=wallet)
+    draft = sides.client_node.rpc("createrawtransaction", [{"txid": txid, "vout": vout}],
+                                  {address: Decimal(value) / 100_000_000}, wallet=wallet)
+    signed = sides.client_node.rpc("signrawtransactionwithwallet", draft, wallet=wallet)
+    assert signed["complete"]
+    sides.server_node.mine_tx(signed["hex"])
+    sides.sync()
+    return str(sides.server_node.rpc("decoderawtransaction", signed["hex"])["txid"])
+
+
+def test_a_top_up_input_double_spent_settles_the_contract_and_releases_the_coins(
+        sides: Sides) -> None:
+    """Rule 1 and 3: while R is unconfirmed the client spends one of its top-up coins
+    elsewhere (mined). R can never confirm: the server's watcher settles the contract at
+    once with the latest payment on it (every one acknowledged meanwhile was stored with its
+    signature there), and the client's watcher releases R's other wallet coins."""
+    wallet = fresh_wallet(sides, "0.011")  # the contract's coin
+
+    async def scenario() -> tuple[Transaction, ChannelRecord, list[dict[str, object]]]:
+        server = sides.server(ServerPolicy(reanchoring=True))
+        host, port = await server.listen()
+        client = sides.client(policy=ClientPolicy(VALUE, reanchoring=True))
+        channel = await client.open(host, port, VALUE, version=3)
+        await channel.pay(10_000)
+        await asyncio.to_thread(fund, sides, wallet, "0.004", "0.004")  # top-up coins
+        signed = await channel.reanchor(600_000, 2 * DAY)
+        assert signed.pending is not None
+        r = Transaction.parse(signed.pending.tx)
+        assert len(r.inputs) >= 3  # the contract and at least two coins of ours
+        for _ in range(3):
+            await channel.pay(1_000)  # on both contracts
+        spent = (r.inputs[1].prevout.txid_hex, r.inputs[1].prevout.index)
+        await asyncio.to_thread(double_spend, sides, wallet, spent)
+        channel_id = signed.channel_id
+
+        def settled() -> ChannelRecord | None:
+            record = server.store.get(Role.SERVER, channel_id)
+            return record if record and record.status is ChannelStatus.CLOSING else None
+
+        record = await until(settled, what="the server's settlement of the contract")
+        rest = [(i.prevout.txid_hex, i.prevout.index) for i in r.inputs[2:]]
+
+        def released() -> bool:
+            locked = {(c["txid"], c["vout"]) for c in sides.client_node.rpc(
+                "listlockunspent", wallet=wallet)}
+            return not locked & set(rest)
+
+        await until(released, what="R's other coins released")
+        coins = sides.client_node.rpc("listunspent", 0, 9999999, wallet=wallet)
+        await client.stop()
+        await server.stop()
+        assert record.settlement_tx is not None
+        return Transaction.parse(record.settlement_tx), record, [
+            c for c in coins if (c["txid"], c["vout"]) in set(rest)]
+
+    settlement, record, coins = asyncio.run(scenario())
+    assert settlement.inputs[0].prevout == record.contract.outpoint  # C, not C'
+    assert record.generation == 0 and record.paid == 1_000 + 10_000 + 3 * 1_000
+    assert settlement.outputs[0].value == record.change  # the latest payment on C
+    record.contract.check_payment(record.change, record.signature)
+    assert coins  # R's other coins are the client's to spend again
