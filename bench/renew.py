@@ -118,8 +118,8 @@ async def run(server_node: RegtestNode, client_node: RegtestNode, tmp: Path, rea
         assert record.pending is not None
         r = Transaction.parse(record.pending.tx)
         sizes.setdefault(kind, []).append(r.vsize)
-        client_node.mine(1)
-        sync_tips([client_node, server_node])
+        server_node.mine(1)  # its mempool holds R: the server broadcast it
+        sync_tips([server_node, client_node])
         during.append(stream.longest_gap(began, ended))
         if not await promoted(channel, r.txid_hex, promotion_timeout):
             stopped = (f"re-anchor {i + 1} was not promoted within {promotion_timeout:g} s "
