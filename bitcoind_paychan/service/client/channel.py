@@ -104,7 +104,8 @@ class Channel:
         self._sending: asyncio.Future[None] | None = None  # the last posted payments' send
         self._server_error: PeerError | None = None  # the ERROR the server ended with
         self._by_hand = 0  # reanchor() calls awaiting their outcome
-        self._propose_after = 0.0  # the autopilot's next re-anchor wish, not before
+        # The autopilot's last wish: (not again before, the generation it was made on).
+        self._proposed = (0.0, -1)
 
     @property
     def resumed(self) -> bool:
@@ -257,10 +258,12 @@ class Channel:
 
     async def _reanchor_due(self) -> None:
         """The autopilot (`refill_below`, `renew_before`): ask for a top-up and/or renewal
-        when one is due (REANCHOR_PROPOSE; the outcome arrives as payments go on), at most
-        once per REPROPOSE_AFTER seconds while none is pending."""
+        when one is due (REANCHOR_PROPOSE; the outcome arrives as payments go on): at once
+        on a new generation, else at most once per REPROPOSE_AFTER seconds (the server may
+        have refused, or its own quote crossed ours)."""
         policy, now, record = self.client.policy, self.client.clock(), self.machine.record
-        if (not self.machine.reanchoring or record is None or now < self._propose_after
+        if (not self.machine.reanchoring or record is None
+                or (now < self._proposed[0] and record.generation == self._proposed[1])
                 or record.pending is not None
                 or self.machine.state not in (ClientState.OPEN, ClientState.WAITING_FOR_ACK)):
             return
@@ -269,7 +272,7 @@ class Channel:
         wish = client_wish(policy, record, int(now), funded)
         if wish is None:
             return
-        self._propose_after = now + REPROPOSE_AFTER
+        self._proposed = (now + REPROPOSE_AFTER, record.generation)
         try:
             await self._run(self.machine.reanchor(*wish, int(now)))
         except LocalProtocolError as exc:  # one in flight, or a refused one not yet dead

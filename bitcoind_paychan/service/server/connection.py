@@ -69,7 +69,8 @@ class ServerConnection:
         self.machine = ServerChannel(manager.policy, PrivateKey.generate(), int(manager.clock()),
                                      peer)
         self._confirmed = manager.min_confirmations == 0
-        self.quote_after = 0.0  # the autopilot's next unasked re-anchor quote, not before
+        # The autopilot's last unasked quote: (not again before, the generation it was on).
+        self.quoted = (0.0, -1)
         bind_channel(peer=self.peer)  # the task that carries it logs its peer
 
     @property

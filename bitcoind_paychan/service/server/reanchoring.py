@@ -81,15 +81,17 @@ class Reanchors:
     async def _reanchor_unasked(self, connection: ServerConnection) -> None:
         """The autopilot (`payout_above`, `renew_before`): REANCHOR_TERMS sent unasked on a
         live connection once a payout or a renewal is due, at most once per REQUOTE_AFTER
-        seconds while the client has not signed (it may decline without a word)."""
+        seconds on one generation while the client has not signed (it may decline without a
+        word), at once on a new generation."""
         machine, now = connection.machine, self.clock()
-        if (not machine.reanchoring or machine.record is None or now < connection.quote_after
-                or machine.state is not ServerState.OPEN):
+        record = machine.record
+        if (not machine.reanchoring or record is None or machine.state is not ServerState.OPEN
+                or (now < connection.quoted[0] and record.generation == connection.quoted[1])):
             return
-        wish = server_wish(self.policy, machine.record, machine.acked_change, int(now))
+        wish = server_wish(self.policy, record, machine.acked_change, int(now))
         if wish is None:
             return
-        connection.quote_after = now + REQUOTE_AFTER
+        connection.quoted = (now + REQUOTE_AFTER, record.generation)
         effects = await self._prepare_reanchor(machine, *wish)
         await self._carry_out(machine, connection.link, effects)
 
