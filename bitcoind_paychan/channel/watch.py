@@ -150,6 +150,12 @@ def review(record: ChannelRecord, state: ChainState, tip: Tip, fee_rate: int,
     `reanchor_dead`: the node says R can never confirm (an input of it spent elsewhere)."""
     txid, contract = record.channel_id, record.contract
     fee_rate = policy.fees.rate(fee_rate)
+    if (state.spender and record.generation and record.pending is None
+            and Transaction.parse(state.spender).txid_hex == record.contract_txid):
+        # R's block folded in against the record before its promotion was stored (a race
+        # the watcher's `moved` cannot see): R created the contract, so its block confirms
+        # the contract; it is no spend of it.
+        state = ChainState(contract_height=state.spender_height)
     if record.pending is not None and record.status is ChannelStatus.OPEN and not (
             state.conflict_height and not state.contract_height) and (
             not state.spender or reanchored(record, state)):

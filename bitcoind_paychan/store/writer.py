@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import queue
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
 from bitcoind_paychan.channel.effects import Effect, StorePayment
@@ -63,18 +63,23 @@ class PaymentWriter:
         if outcome is not None:
             raise outcome
 
-    async def in_order(self, task: Callable[[], T]) -> T:
+    def in_order(self, task: Callable[[], T]) -> Awaitable[T]:
         """Run `task` (a store write) in the writer thread after every payment handed over
         before it is committed, and before any handed over after it (a re-anchor's promotion:
         the payments signed for the old generation are stored first, those signed for the
-        new one after it). Its result, or what it raised."""
+        new one after it). Handed over by this call itself (so a machine moved right after
+        it stores nothing ahead of it); await its result, or what it raised."""
         result: list[T] = []
         item = _HandOver([], None, asyncio.get_running_loop(), lambda: result.append(task()))
         self._enqueue(item)
-        outcome = (await item.done)[0]
-        if outcome is not None:
-            raise outcome
-        return result[0]
+
+        async def outcome() -> T:
+            failure = (await item.done)[0]
+            if failure is not None:
+                raise failure
+            return result[0]
+
+        return outcome()
 
     def start(self, effects: Iterable[Effect], lease: Lease | None = None) -> Writes:
         """Hand every StorePayment among `effects` (made under `lease`, if any) to the writer

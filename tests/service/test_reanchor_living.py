@@ -98,12 +98,12 @@ def test_one_channel_lives_through_ten_autopilot_reanchors(sides: Sides) -> None
     record, stream, done, settlement, opening = asyncio.run(scenario())
     sides.mine(1)
     seen = {kind for _, _, did in done for kind in did}
-    assert len(done) >= 10 and seen == {"topup", "payout", "renewal"}
-    assert any(set(did) == {"topup", "payout", "renewal"} for _, _, did in done)
     print(f"\nre-anchors: {len(done)} {[d for _, _, d in done]}; payments acknowledged: "
           f"{len(stream.acks)}; longest gap between acknowledgements: "
           f"{stream.longest_gap() * 1000:.1f} ms")
 
+    assert len(done) >= 10 and seen == {"topup", "payout", "renewal"}
+    assert any(set(did) == {"topup", "payout", "renewal"} for _, _, did in done)
     # The server: what the client paid (every acknowledged payment and the opening one) is
     # exactly what the re-anchors paid it out (gross) and its share of the last contract.
     paid = 1_000 + stream.acked

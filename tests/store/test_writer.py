@@ -153,6 +153,9 @@ def test_a_write_in_order_runs_after_the_payments_before_it_and_before_those_aft
             before = asyncio.ensure_future(writer.record_payment(first, 5))
             await asyncio.to_thread(store.first_started.wait, 30)
             queued = asyncio.ensure_future(writer.record_payment(ch.pay(first, 5), 5))
+            await asyncio.sleep(0)  # handed over
+            # Handed over by the call itself: a payment whose task is merely scheduled (the
+            # machine moved on after the call) comes after it.
             seen = asyncio.ensure_future(writer.in_order(
                 lambda: store.get(Role.SERVER, ch.txid)))
             after = asyncio.ensure_future(writer.record_payment(
