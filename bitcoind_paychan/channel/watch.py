@@ -312,6 +312,25 @@ def _contest(record: ChannelRecord, state: ChainState, spender: Transaction, tip
             Broadcast(ours, Purpose.FEE_BUMP, txid)]
 
 
+def replacing_rate(record: ChannelRecord, payout_script: bytes) -> int:
+    """The least rate (sat/kvB) at which the settlement of `record`'s contract replaces its
+    pending re-anchor R in a mempool (BIP125: a higher rate, and a fee above R's by the
+    incremental relay fee over the settlement's own size); 0 without a complete R. R's fee
+    is exact without a top-up; with one, its rate over its size plus a dust's worth (the
+    wallet's rounding of its change)."""
+    pending = record.pending
+    if pending is None or not pending.complete:
+        return 0
+    r, contract = Transaction.parse(pending.tx), record.contract
+    if len(r.inputs) == 1:
+        r_fee = contract.value - sum(output.value for output in r.outputs)
+    else:
+        r_fee = -(-pending.fee_rate * r.vsize // 1000) + DUST
+    vsize = contract.settlement_fee(record.change, payout_script, 1000)  # at 1 sat/vB
+    needed = r_fee + -(-INCREMENTAL_RELAY_FEE * vsize // 1000)
+    return max(-(-needed * 1000 // vsize), r_fee * 1000 // r.vsize + INCREMENTAL_RELAY_FEE) + 1
+
+
 def _fee_rate_of(contract: Contract, tx: Transaction) -> int:
     """sat/kvB of a tx spending only the contract (1 for others: any estimate beats it)."""
     if len(tx.inputs) != 1:

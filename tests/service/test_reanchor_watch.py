@@ -195,3 +195,43 @@ def test_a_top_up_input_double_spent_settles_the_contract_and_releases_the_coins
     assert settlement.outputs[0].value == record.change  # the latest payment on C
     record.contract.check_payment(record.change, record.signature)
     assert coins  # R's other coins are the client's to spend again
+
+
+def test_the_contracts_deadline_before_r_confirms_settles_it_replacing_r(
+        one_node: Sides) -> None:
+    """Rule 1: R (a renewal with a payout, no top-up) sits unconfirmed when a block's time
+    reaches the contract's settle deadline: the server settles the contract in time, at a
+    rate that replaces R (its input 0 signals RBF), with the latest payment on it."""
+    sides, node = one_node, one_node.server_node
+
+    async def scenario() -> tuple[ChannelRecord, Transaction, list[str]]:
+        server, client, channel, signed = await reanchored_channel(sides)
+        await channel.pay(2_000)  # on both contracts
+        assert signed.pending is not None
+        r_txid = Transaction.parse(signed.pending.tx).txid_hex
+        assert r_txid in node.rpc("getrawmempool")
+        deadline = signed.contract.expiry - server.watcher.policy.settle_margin
+        node.set_mocktime(deadline + 1)
+        node.rpc("generateblock", node.new_address(), [])  # R stays in the mempool
+
+        def settled() -> ChannelRecord | None:
+            record = server.store.get(Role.SERVER, signed.channel_id)
+            return record if record and record.status is ChannelStatus.CLOSING else None
+
+        record = await until(settled, what="the server's settlement at the deadline")
+        assert record.settlement_tx is not None
+        settlement = Transaction.parse(record.settlement_tx)
+        await until(lambda: settlement.txid_hex in node.rpc("getrawmempool"),
+                    what="the settlement replacing R")
+        mempool = list(node.rpc("getrawmempool"))
+        await client.stop()
+        await server.stop()
+        return record, settlement, [r_txid, *mempool]
+
+    record, settlement, (r_txid, *mempool) = asyncio.run(scenario())
+    assert r_txid not in mempool  # replaced
+    assert settlement.inputs[0].prevout == record.contract.outpoint  # C
+    assert record.paid == 1_000 + 10_000 + 2_000 and record.generation == 0
+    assert settlement.outputs[0].value == record.change
+    node.mine(1)
+    assert node.rpc("getrawtransaction", settlement.txid_hex, True)["confirmations"] == 1
