@@ -35,6 +35,7 @@ from bitcoind_paychan.channel.effects import (
     StoreChainState,
 )
 from bitcoind_paychan.channel.fees import FeePolicy
+from bitcoind_paychan.channel.reanchor import promoted
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.channel.server import SETTLEMENT_MARGIN
 from bitcoind_paychan.errors import PolicyError
@@ -155,6 +156,17 @@ def review(record: ChannelRecord, state: ChainState, tip: Tip, fee_rate: int,
             not state.spender or reanchored(record, state)):
         return _reanchoring(record, state, tip, fee_rate, policy, max(1, promote_depth),
                             reanchor_dead)
+    if record.status is ChannelStatus.CLOSING and reanchored(record, state):
+        # R beat the decided settlement of the contract (or is racing it): once R is in a
+        # block the money is on the next contract, settled there at once; until then the
+        # server's settlement (priced to replace R) goes out again.
+        if state.spender_height:
+            deep = depth(tip, state.spender_height) >= max(1, promote_depth)
+            return [PromoteChannel(txid)] if deep else []
+        if record.role is Role.SERVER and record.settlement_tx:
+            return _settle_again(record, record.settlement_tx, replace(state, spender=b""),
+                                 fee_rate)
+        return []
     if state.conflict_height and not state.contract_height:
         return _finish(record, state, tip, policy, ChannelStatus.FAILED, None)
     if state.spender:
@@ -310,6 +322,21 @@ def _contest(record: ChannelRecord, state: ChainState, spender: Transaction, tip
             StoreChainState(txid, replace(state, spender=ours.serialize(),
                                           broadcast_height=tip.height, fee_rate=rate)),
             Broadcast(ours, Purpose.FEE_BUMP, txid)]
+
+
+def promoted_closing(record: ChannelRecord, fee_rate: int) -> ChannelRecord | None:
+    """A CLOSING `record` whose re-anchor R confirmed after all: the channel on the next
+    contract, still CLOSING (a decided settlement is final for the channel). The server's
+    settlement moves to the next contract with the latest payment carried there, paying the
+    same payout script at `fee_rate` (None if its share cannot pay that, or the old one had
+    wallet inputs); the client's old settlement is void."""
+    moved = replace(promoted(record), status=ChannelStatus.CLOSING, settlement_tx=None)
+    if record.role is Role.CLIENT:
+        return moved
+    if record.settlement_tx is None:
+        return None
+    settlement = _bumped_settlement(moved, Transaction.parse(record.settlement_tx), fee_rate)
+    return None if settlement is None else replace(moved, settlement_tx=settlement.serialize())
 
 
 def replacing_rate(record: ChannelRecord, payout_script: bytes) -> int:

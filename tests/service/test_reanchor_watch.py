@@ -235,3 +235,46 @@ def test_the_contracts_deadline_before_r_confirms_settles_it_replacing_r(
     assert settlement.outputs[0].value == record.change
     node.mine(1)
     assert node.rpc("getrawtransaction", settlement.txid_hex, True)["confirmations"] == 1
+
+
+def test_r_confirming_after_the_settlement_was_decided_settles_the_next_contract(
+        sides: Sides) -> None:
+    """Rule 1: the server settled the contract (its settlement replacing R in the mempool),
+    yet R is what a miner put in a block. The channel stays CLOSING (a decided settlement is
+    final) and moves to the next contract, where the server settles at once with the
+    latest payment carried there, to the same payout script."""
+    async def scenario() -> tuple[ChannelRecord, ChannelRecord, Transaction]:
+        server, client, channel, signed = await reanchored_channel(sides)
+        await channel.pay(2_000)
+        assert signed.pending is not None
+        r = Transaction.parse(signed.pending.tx)
+        first = await server.settle(signed.channel_id)  # replaces R in the mempool
+        assert first.inputs[0].prevout == signed.contract.outpoint
+        decided = server.store.get(Role.SERVER, signed.channel_id)
+        assert decided is not None and decided.status is ChannelStatus.CLOSING
+        node = sides.server_node  # R (after its contract) wins after all:
+        await asyncio.to_thread(node.rpc, "generateblock", node.new_address(),
+                                [signed.contract_tx.hex(), r.hex()])
+        await asyncio.to_thread(sides.sync)
+        await until(lambda: generation(server.store, Role.SERVER, signed.channel_id) == 1,
+                    what="the channel moved to the next contract")
+        moved = server.store.get(Role.SERVER, signed.channel_id)
+        assert moved is not None and moved.settlement_tx is not None
+        settlement = Transaction.parse(moved.settlement_tx)
+        await until(lambda: settlement.txid_hex in sides.server_node.rpc("getrawmempool"),
+                    what="the settlement of the next contract broadcast")
+        await client.stop()
+        await server.stop()
+        return decided, moved, settlement
+
+    decided, moved, settlement = asyncio.run(scenario())
+    assert moved.status is ChannelStatus.CLOSING and moved.generation == 1
+    assert decided.pending is not None
+    assert settlement.inputs[0].prevout == moved.contract.outpoint  # C' = R:0
+    assert moved.change == decided.pending.change  # the latest payment, carried
+    assert settlement.outputs[0].value == moved.change
+    old = Transaction.parse(decided.settlement_tx or b"")
+    assert settlement.outputs[-1].script_pubkey == old.outputs[-1].script_pubkey
+    sides.mine(1)
+    assert sides.server_node.rpc("getrawtransaction", settlement.txid_hex, True)[
+        "confirmations"] == 1
