@@ -278,3 +278,47 @@ def test_r_confirming_after_the_settlement_was_decided_settles_the_next_contract
     sides.mine(1)
     assert sides.server_node.rpc("getrawtransaction", settlement.txid_hex, True)[
         "confirmations"] == 1
+
+
+def test_r_reorged_out_after_the_promotion_is_broadcast_again_and_the_channel_goes_on(
+        one_node: Sides) -> None:
+    """Rule 1: the block holding R (and its contract) is reorged out after the promotion. The
+    watcher sees the new contract unconfirmed again, keeps the channel on it (promotion is
+    done at the depth payments on a new contract already trust) and sends R again; payments
+    go on, R confirms in a new block, and the channel settles on the new contract."""
+    sides, node = one_node, one_node.server_node
+
+    async def scenario() -> tuple[list[int], ChannelRecord, Transaction]:
+        server, client, channel, signed = await reanchored_channel(sides)
+        channel_id = signed.channel_id
+        assert signed.pending is not None
+        r_txid = Transaction.parse(signed.pending.tx).txid_hex
+        (block,) = await asyncio.to_thread(node.mine, 1)
+        await until(lambda: generation(server.store, Role.SERVER, channel_id) == 1,
+                    what="the server's promotion")
+        await channel.pay(2_000)  # REANCHOR_LOCKED reaches the client
+        heights = [server.watcher.chain_state(channel_id).contract_height]
+        await asyncio.to_thread(node.invalidate, block)  # R and its contract unconfirmed
+        await until(lambda: server.watcher.chain_state(channel_id).contract_height == 0,
+                    what="R's confirmation undone")
+        heights.append(generation(server.store, Role.SERVER, channel_id))
+        await until(lambda: r_txid in node.rpc("getrawmempool"), what="R in the mempool")
+        await channel.pay(3_000)  # on the new contract
+        node.rpc("generateblock", node.new_address(), [signed.contract_tx.hex(),
+                                                       bytes(signed.pending.tx).hex()])
+        await until(lambda: server.watcher.chain_state(channel_id).contract_height > 0,
+                    what="R confirmed again")
+        settlement = await channel.close()
+        record = server.store.get(Role.SERVER, channel_id)
+        assert record is not None
+        await client.stop()
+        await server.stop()
+        return heights, record, settlement
+
+    (height, generation_after), record, settlement = asyncio.run(scenario())
+    assert height > 0 and generation_after == 1  # never moved back to the old contract
+    assert record.generation == 1 and record.contract_txid != record.channel_id
+    assert settlement.inputs[0].prevout == record.contract.outpoint
+    assert settlement.outputs[0].value == record.change
+    node.mine(1)
+    assert node.rpc("getrawtransaction", settlement.txid_hex, True)["confirmations"] == 1
