@@ -9,15 +9,22 @@ import asyncio
 import os
 from decimal import Decimal
 
+import pytest
+
 from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.channel.client import ClientPolicy
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.channel.server import ServerPolicy
+from bitcoind_paychan.errors import ReanchorRefused
 from bitcoind_paychan.service.client import Channel, PaymentClient
 from bitcoind_paychan.service.server import PaymentServer
 from bitcoind_paychan.store import ChannelStore
+from bitcoind_paychan.wire import pb
 from regtest.waiting import until
 from tests.service.conftest import Sides
+from tests.service.test_reanchor_service import carried_channel
+
+T = pb.TwoWayChannelMessage
 
 VALUE, DAY = 1_000_000, 24 * 3600
 
@@ -322,3 +329,44 @@ def test_r_reorged_out_after_the_promotion_is_broadcast_again_and_the_channel_go
     assert settlement.outputs[0].value == record.change
     node.mine(1)
     assert node.rpc("getrawtransaction", settlement.txid_hex, True)["confirmations"] == 1
+
+
+def test_a_refused_top_up_gives_the_clients_coins_back(sides: Sides) -> None:
+    """Rule 3: the server refuses a signed top-up R (here: its payout script was altered on
+    the way, so it is not the server's). The client cannot know the server will never
+    complete R, so it kills R: one of R's wallet coins is spent back to its wallet (the
+    node takes it: nothing else spends that coin), and the others are released at once."""
+    wallet = fresh_wallet(sides, "0.011")
+
+    async def scenario() -> tuple[Transaction, list[tuple[str, int]], set[tuple[str, int]]]:
+        manager, client, channel, carried = await carried_channel(sides)
+        await asyncio.to_thread(fund, sides, wallet, "0.004", "0.004")
+        refused = asyncio.ensure_future(channel.reanchor(600_000, 2 * DAY))
+        await until(lambda: carried.held, what="REANCHOR_PROPOSE")
+        (terms,) = [T.FromString(f) for f in await carried.deliver(carried.held.pop())]
+        terms.reanchor_terms.payout_script = b"\x00\x14" + os.urandom(20)  # not the server's
+        channel.receive(terms)
+        await until(lambda: carried.held, what="REANCHOR_SIGNED")
+        await carried.deliver(carried.held.pop())
+        for reply in carried.replies.frames:
+            channel.receive(reply)
+        with pytest.raises(ReanchorRefused):
+            await refused
+        pending = channel.record.pending
+        assert pending is not None and pending.refused
+        r = Transaction.parse(pending.tx)
+        coins = [(i.prevout.txid_hex, i.prevout.index) for i in r.inputs[1:]]
+        locked = {(c["txid"], c["vout"]) for c in sides.client_node.rpc(
+            "listlockunspent", wallet=wallet)}
+        await client.stop()
+        await manager.stop()
+        return r, coins, locked
+
+    r, coins, locked = asyncio.run(scenario())
+    assert len(coins) >= 2 and not locked & set(coins)  # none stays locked
+    spender = sides.client_node.rpc("gettxspendingprevout",
+                                    [{"txid": coins[0][0], "vout": coins[0][1]}])[0]
+    reclaim = spender["spendingtxid"]
+    assert reclaim != r.txid_hex  # spent back to the client's wallet: R is dead
+    assert sides.client_node.rpc("gettransaction", reclaim, wallet=wallet)["amount"] == 0
+    assert sides.client_node.rpc("testmempoolaccept", [r.hex()])[0]["allowed"] is False
