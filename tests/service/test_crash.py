@@ -439,13 +439,13 @@ def test_client_killed_at_each_step_of_a_reanchor(one_node: Sides, step: str) ->
         looking.close()
         # The client resumes the old generation ("signed": R not even acknowledged; it
         # re-sends R, answered REANCHOR_LOCKED): CHANNEL_OPEN, then REANCHOR_LOCKED.
-        channel = await client_for(sides, client_db, ClientPolicy(VALUE, reanchoring=True)
-                                   ).resume(opened["contract"])
+        restarted = client_for(sides, client_db, ClientPolicy(VALUE, reanchoring=True))
+        channel = await restarted.resume(opened["contract"])
         await channel.pay(3_000)
         assert channel.record.generation == 1
         record = channel.record
         settlement = await channel.close()
-        await channel.client.stop()
+        await restarted.stop()
         await server.kill()
         assert settlement.inputs[0].prevout == record.contract.outpoint  # C'
         return record.change, settlement.outputs[0].value
