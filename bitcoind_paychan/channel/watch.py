@@ -226,7 +226,7 @@ def _reanchoring(record: ChannelRecord, state: ChainState, tip: Tip, fee_rate: i
             return [SettleChannel(txid, f"its re-anchor {r.txid_hex} can never confirm")]
         if tip.time >= record.contract.expiry - policy.settle_margin:
             return [SettleChannel(txid)]
-        if pending.complete:
+        if pending.complete and not state.spender:  # R is in no mempool we know of
             effects: list[Effect] = []
             if not state.contract_height:
                 effects.append(Broadcast(Transaction.parse(record.contract_tx),
@@ -328,15 +328,17 @@ def promoted_closing(record: ChannelRecord, fee_rate: int) -> ChannelRecord | No
     """A CLOSING `record` whose re-anchor R confirmed after all: the channel on the next
     contract, still CLOSING (a decided settlement is final for the channel). The server's
     settlement moves to the next contract with the latest payment carried there, paying the
-    same payout script at `fee_rate` (None if its share cannot pay that, or the old one had
-    wallet inputs); the client's old settlement is void."""
+    same payout script at `fee_rate` (none if its share there cannot pay that, or the old one
+    had wallet inputs); the client's old settlement is void. None: nothing to settle from."""
     moved = replace(promoted(record), status=ChannelStatus.CLOSING, settlement_tx=None)
     if record.role is Role.CLIENT:
         return moved
     if record.settlement_tx is None:
         return None
     settlement = _bumped_settlement(moved, Transaction.parse(record.settlement_tx), fee_rate)
-    return None if settlement is None else replace(moved, settlement_tx=settlement.serialize())
+    # None: R paid out nearly all the server had; what it earned since cannot pay a
+    # settlement's fee: the client's refund after the next expiry closes the channel.
+    return moved if settlement is None else replace(moved, settlement_tx=settlement.serialize())
 
 
 def replacing_rate(record: ChannelRecord, payout_script: bytes) -> int:
