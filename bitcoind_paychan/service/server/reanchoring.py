@@ -24,7 +24,7 @@ from bitcoind_paychan.channel import messages
 from bitcoind_paychan.channel.effects import Disconnect, Effect, Send
 from bitcoind_paychan.channel.reanchor import promoted
 from bitcoind_paychan.channel.records import ChannelRecord, Role
-from bitcoind_paychan.channel.server import ServerChannel
+from bitcoind_paychan.channel.server import ServerChannel, ServerState
 from bitcoind_paychan.errors import ErrorCode, NodeError, StoreError, TransactionRejected
 from bitcoind_paychan.node.ports import Broadcaster, Wallet
 from bitcoind_paychan.service.outbox import send_all
@@ -116,11 +116,13 @@ class Reanchors:
             return None
 
     def _holder(self, channel_id: str) -> ServerConnection | None:
-        """The live, proven connection here holding the channel's lease, if any."""
+        """The live, proven, open (not settling) connection here holding the channel's
+        lease, if any."""
         for connection in self._connections:
             record = connection.machine.record
             if (record is not None and record.channel_id == channel_id
-                    and not connection.closed and id(connection.link) in self._held
+                    and connection.machine.state is ServerState.OPEN
+                    and id(connection.link) in self._held
                     and record.pending is not None and record.pending.complete):
                 return connection
         return None
@@ -134,8 +136,10 @@ class Reanchors:
         resumes)."""
         machine, link = connection.machine, connection.link
         lease = self._held[id(link)]
-        promotion = asyncio.ensure_future(self.payments.in_order(
-            partial(self.leases.store_promotion, lease, fee_rate)))
+        # Queued now, before anything else runs on the loop: no payment of the new
+        # generation can be handed to the writer ahead of it.
+        promotion = self.payments.in_order(partial(self.leases.store_promotion, lease,
+                                                   fee_rate))
         record = machine.record
         assert record is not None
         effects = machine.reanchor_confirmed(promoted(record))
