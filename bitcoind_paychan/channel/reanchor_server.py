@@ -122,6 +122,8 @@ class ServerReanchoring:
         pending = record.pending
         if pending is not None and pending.complete and pending.txid == tx.txid_hex:
             return [Send(messages.reanchor_ack(pending.tx))]  # re-sent: stored already
+        if record.generation and tx.txid_hex == record.contract_txid:
+            return [Send(messages.reanchor_locked(tx.txid_hex))]  # re-sent: confirmed since
         if pending is not None or self._checking is not None:
             return [Send(messages.reanchor_refused("another re-anchor of this channel is in "
                                                    "flight"))]

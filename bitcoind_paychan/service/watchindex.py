@@ -36,6 +36,7 @@ class WatchIndex:
         self._heap: list[tuple[int, str]] = []  # (deadline, txid); stale entries skipped
         self._due: set[str] = set()  # open channels whose deadline the chain has reached
         self._reanchor: dict[str, tuple[bytes, ...]] = {}  # channel → R's wallet inputs
+        self.reanchoring: set[str] = set()  # channels with a re-anchor R in flight
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -69,6 +70,10 @@ class WatchIndex:
             self._reanchor[contract_txid] = extra
         else:
             self._reanchor.pop(contract_txid, None)
+        if reanchor_tx is None:
+            self.reanchoring.discard(contract_txid)
+        else:
+            self.reanchoring.add(contract_txid)
         for key in keys + extra:
             self._outpoints[key] = contract_txid
         if deadline is None:
@@ -103,6 +108,7 @@ class WatchIndex:
         self._unlink(contract_txid)
         self._keys.pop(contract_txid, None)
         self._reanchor.pop(contract_txid, None)
+        self.reanchoring.discard(contract_txid)
         self.unconfirmed.discard(contract_txid)
         self.no_deadline(contract_txid)
         if len(self._order) > 2 * len(self._keys) + 1024:  # mostly stale: compact

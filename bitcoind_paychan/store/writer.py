@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import queue
 import threading
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import TypeVar
 
 from bitcoind_paychan.channel.effects import Effect, StorePayment
@@ -63,23 +63,16 @@ class PaymentWriter:
         if outcome is not None:
             raise outcome
 
-    def in_order(self, task: Callable[[], T]) -> Awaitable[T]:
-        """Run `task` (a store write) in the writer thread after every payment handed over
-        before it is committed, and before any handed over after it (a re-anchor's promotion:
-        the payments signed for the old generation are stored first, those signed for the
-        new one after it). Handed over by this call itself (so a machine moved right after
-        it stores nothing ahead of it); await its result, or what it raised."""
+    def in_order(self, task: Callable[[], T]) -> Coroutine[object, object, T]:
+        """Queue `task` (a store write) now, to run in the writer thread after every payment
+        handed over before this call is committed, and before any handed over after it (a
+        re-anchor's promotion: the payments signed for the old generation are stored first,
+        those signed for the new one after it). Await the result for its result, or what it
+        raised. The queueing is done by the call itself, not by the await."""
         result: list[T] = []
         item = _HandOver([], None, asyncio.get_running_loop(), lambda: result.append(task()))
         self._enqueue(item)
-
-        async def outcome() -> T:
-            failure = (await item.done)[0]
-            if failure is not None:
-                raise failure
-            return result[0]
-
-        return outcome()
+        return _outcome(item, result)
 
     def start(self, effects: Iterable[Effect], lease: Lease | None = None) -> Writes:
         """Hand every StorePayment among `effects` (made under `lease`, if any) to the writer
@@ -191,6 +184,13 @@ class Writes:
 
 
 _Answer = tuple["asyncio.Future[Outcomes]", Outcomes]
+
+
+async def _outcome(item: _HandOver, result: list[T]) -> T:
+    outcome = (await item.done)[0]
+    if outcome is not None:
+        raise outcome
+    return result[0]
 
 
 def _settle(answers: list[_Answer]) -> None:

@@ -141,9 +141,10 @@ def test_payments_started_together_are_one_hand_over_each_answered_alone(
 
 def test_a_write_in_order_runs_after_the_payments_before_it_and_before_those_after(
         engine: Callable[[], SQLStore]) -> None:
-    """`in_order` (a re-anchor's promotion) takes its place in the writer's queue: the
-    payments handed over before it are committed first, those after it later, whatever the
-    batching. The writer is held in its first commit while all three are queued."""
+    """`in_order` (a re-anchor's promotion) takes its place in the writer's queue when it is
+    called (not when awaited): the payments handed over before it are committed first,
+    those after it later, whatever the batching. The writer is held in its first commit
+    while all of them are queued."""
     async def scenario() -> None:
         with counting(engine()) as store:
             ch = Channel()
@@ -152,17 +153,13 @@ def test_a_write_in_order_runs_after_the_payments_before_it_and_before_those_aft
             first = ch.pay(ch.record(), 5)
             before = asyncio.ensure_future(writer.record_payment(first, 5))
             await asyncio.to_thread(store.first_started.wait, 30)
-            queued = asyncio.ensure_future(writer.record_payment(ch.pay(first, 5), 5))
-            await asyncio.sleep(0)  # handed over
-            # Handed over by the call itself: a payment whose task is merely scheduled (the
-            # machine moved on after the call) comes after it.
-            seen = asyncio.ensure_future(writer.in_order(
-                lambda: store.get(Role.SERVER, ch.txid)))
-            after = asyncio.ensure_future(writer.record_payment(
-                ch.pay(ch.pay(first, 5), 5), 5))
-            await asyncio.sleep(0)
+            second = StorePayment(ch.pay(first, 5), 5, b"")
+            third = StorePayment(ch.pay(second.record, 5), 5, b"")
+            queued = writer.start([second])  # each handed over when called, in this order
+            seen = writer.in_order(lambda: store.get(Role.SERVER, ch.txid))
+            after = writer.start([third])
             store.release.set()
-            await asyncio.gather(before, queued, after)
+            await asyncio.gather(before, queued.stored(second), after.stored(third))
             at_task = await seen
             assert at_task is not None and at_task.change == ch.contract.value - 10
             assert store.batches == [1, 1, 1]  # the task split the queue in its place

@@ -522,7 +522,9 @@ class Channel:
                 case FundReanchor():
                     queue[:0] = await fund_reanchor(self.client.wallet, self.machine, effect)
                 case ReanchorEnded():
-                    await reanchor_ended(self.client.wallet, self.machine, effect)
+                    await reanchor_ended(self.client.wallet, self.client.broadcaster,
+                                         await self.client.watcher.fee_rate(), self.machine,
+                                         effect)
                     if self._by_hand:  # else the autopilot's: nobody awaits it
                         self._events.append(effect)
                 case ReanchorSigned():

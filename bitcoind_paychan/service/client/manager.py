@@ -219,7 +219,7 @@ class ClientManager:
             return None
         try:
             return await asyncio.to_thread(self.store.modify, Role.CLIENT, channel_id,
-                                           promoting)
+                                           promoting(0))
         except StoreError as exc:
             log.warning("channel %s not promoted now: %s", channel_id, exc)
             return None

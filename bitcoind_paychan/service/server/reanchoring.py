@@ -162,30 +162,34 @@ class Reanchors:
         review)."""
         connection = self._holder(channel_id)
         try:
+            fee_rate = await self.watcher.fee_rate()  # a settlement moved to C' pays it
             if connection is not None:
-                return await self._promote_live(connection)
+                return await self._promote_live(connection, fee_rate)
             holder = f"{self.leases.instance}/promote"
             lease = await asyncio.to_thread(self.leases.acquire, Role.SERVER, channel_id,
                                             holder)
             try:
-                return await asyncio.to_thread(self.leases.store_promotion, lease)
+                return await asyncio.to_thread(self.leases.store_promotion, lease, fee_rate)
             finally:
                 await asyncio.to_thread(self.leases.release, lease)
-        except StoreError as exc:
+        except (StoreError, NodeError) as exc:
             log.warning("channel %s not promoted now: %s", channel_id, exc)
             return None
 
     def _holder(self, channel_id: str) -> ServerConnection | None:
-        """The live, proven connection here holding the channel's lease, if any."""
+        """The live, proven, open (not settling) connection here holding the channel's
+        lease, if any."""
         for connection in self._connections:
             record = connection.machine.record
             if (record is not None and record.channel_id == channel_id
-                    and not connection.closed and id(connection.link) in self._held
+                    and connection.machine.state is ServerState.OPEN
+                    and id(connection.link) in self._held
                     and record.pending is not None and record.pending.complete):
                 return connection
         return None
 
-    async def _promote_live(self, connection: ServerConnection) -> ChannelRecord:
+    async def _promote_live(self, connection: ServerConnection, fee_rate: int
+                            ) -> ChannelRecord:
         """Promote in the order of the connection's payments: the store's promotion is
         queued behind every payment handed to the writer (signed for the old generation) and
         the machine moves in the same step, so every later payment is of the new one. Then
@@ -193,8 +197,10 @@ class Reanchors:
         resumes)."""
         machine, link = connection.machine, connection.link
         lease = self._held[id(link)]
-        promotion = asyncio.ensure_future(self.payments.in_order(
-            partial(self.leases.store_promotion, lease)))
+        # Queued now, before anything else runs on the loop: no payment of the new
+        # generation can be handed to the writer ahead of it.
+        promotion = self.payments.in_order(partial(self.leases.store_promotion, lease,
+                                                   fee_rate))
         record = machine.record
         assert record is not None
         effects = machine.reanchor_confirmed(promoted(record))

@@ -115,7 +115,8 @@ class ReviewPipeline(WatchedChannels):
         clock = tip.time if self.role is Role.SERVER else tip.median_time
         statuses = (ChannelStatus.CLOSING, *FINAL) if final else (ChannelStatus.CLOSING,)
         listed = await asyncio.to_thread(self.store.channels, self.role, statuses)
-        wanted = touched | self.index.due(clock) | self.index.unconfirmed
+        wanted = (touched | self.index.due(clock) | self.index.unconfirmed
+                  | self.index.reanchoring)
         wanted |= {record.channel_id for record in listed}
         # The mempool, asked in batches: for the periodic review every watched contract
         # output (a spend there is news of a channel nothing else points at).
