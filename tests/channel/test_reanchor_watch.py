@@ -14,6 +14,7 @@ from bitcoind_paychan.channel.effects import (
     ReanchorEnded,
     SettleChannel,
 )
+from bitcoind_paychan.channel.reanchor import promoted
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus
 from bitcoind_paychan.channel.watch import (
     INCREMENTAL_RELAY_FEE,
@@ -126,3 +127,16 @@ def test_r_beating_it_with_nothing_earned_since_leaves_the_channel_to_its_refund
     moved = promoted_closing(closing(record), RATE)
     assert moved is not None and moved.generation == 1
     assert moved.status is ChannelStatus.CLOSING and moved.settlement_tx is None
+
+
+def test_r_folded_in_before_the_promotion_was_stored_is_no_settlement() -> None:
+    """The race seen on real nodes: R's block folded into the chain state against the record
+    of the old generation (R its contract's spender), while the promotion (the live
+    connection's REANCHOR_LOCKED) stored the new generation. The promoted record with that
+    chain state is open on its new contract, confirmed in R's block: not settled, not
+    settling."""
+    record, r = server_record()
+    moved = promoted(record)
+    stale = ChainState(contract_height=100, spender=r.serialize(), spender_height=101)
+    assert review(moved, stale, at(102), RATE, POLICY) == []
+    assert review(moved, ChainState(contract_height=101), at(102), RATE, POLICY) == []
