@@ -124,12 +124,14 @@ def client_wish(policy: ClientKeys, record: ChannelRecord, now: int, funded: int
     `deposited` says of the channel."""
     if not policy.reanchoring or record.pending is not None:
         return None
+    renew = bool(policy.renew_before) and record.contract.expiry - now <= policy.renew_before
     top_up = 0
-    if policy.refill_below and record.change < policy.refill_below:
+    # Due below refill_below; with a renewal due anyway, whatever brings it to refill_to
+    # rides along (one transaction instead of two).
+    if policy.refill_below and (record.change < policy.refill_below or renew):
         target = policy.refill_to or policy.value
         top_up = min(target - record.change, policy.max_deposit - funded)
         top_up = top_up if top_up >= DUST else 0
-    renew = bool(policy.renew_before) and record.contract.expiry - now <= policy.renew_before
     window = policy.time_window if renew else 0
     return (top_up, window) if top_up or window else None
 

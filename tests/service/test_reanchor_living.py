@@ -75,18 +75,25 @@ def test_one_channel_lives_through_ten_autopilot_reanchors(sides: Sides) -> None
         stream = Stream(channel)
         payers = [asyncio.ensure_future(stream.pay()) for _ in range(WINDOW)]
         done: list[tuple[Transaction, int, tuple[str, ...]]] = []
-        for round_ in range(12):
-            if round_ in (3, 6, 9):  # the expiry comes near: the client renews
-                clock.skipped += channel.record.contract.expiry - clock() - RENEW_BEFORE + 60
+        skips = 0
+        for round_ in range(20):
             await until(lambda: channel.record.pending is not None
                         and channel.record.pending.complete, 60, "the autopilot's re-anchor")
             record = channel.record
             assert record.pending is not None
             r = Transaction.parse(record.pending.tx)
             done.append((r, record.pending.payout, kinds(record)))
+            all_three = any(len(did) == 3 for _, _, did in done)
+            # Bring the next contract's expiry near: the client renews on it (with a top-up
+            # to refill_to riding along, and the server's payout): all three in one.
+            if skips < 5 and not all_three and round_ % 2 == 0 and round_ > 0:
+                clock.skipped += record.pending.contract.expiry - clock() - RENEW_BEFORE + 60
+                skips += 1
             sides.mine(1)
             await until(functools.partial(promoted, channel, r.txid_hex), 60,
                         "the channel's promotion")
+            if len(done) >= 10 and all_three:
+                break
         stream.stop.set()
         await asyncio.gather(*payers)
         record = channel.record

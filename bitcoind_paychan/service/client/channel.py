@@ -267,8 +267,9 @@ class Channel:
                 or record.pending is not None
                 or self.machine.state not in (ClientState.OPEN, ClientState.WAITING_FOR_ACK)):
             return
-        refill = bool(policy.refill_below) and record.change < policy.refill_below
-        funded = await self._deposited() if refill else record.value
+        if client_wish(policy, record, int(now), 0) is None:
+            return  # nothing due (the hot path: no store read)
+        funded = await self._deposited() if policy.refill_below else record.value
         wish = client_wish(policy, record, int(now), funded)
         if wish is None:
             return
