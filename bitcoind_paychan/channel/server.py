@@ -294,7 +294,11 @@ class ServerChannel(ServerReanchoring, ProtocolMachine):
             raise LocalProtocolError(f"payment {number} answered before payment "
                                      f"{self._unanswered[0]}: answer them in order")
         self._unanswered.popleft()
-        self.acked_change = received.record.change
+        paid = received.record
+        # A payment stored before a promotion this connection made since counts on the
+        # next contract (its change there: the one it carried).
+        moved = paid.pending is not None and self._record().generation > paid.generation
+        self.acked_change = paid.pending.change if moved and paid.pending else paid.change
         return [Send(messages.payment_ack(info))]
 
     def channel_loaded(self, record: ChannelRecord | None, locked_offset: int | None = None

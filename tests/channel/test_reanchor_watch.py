@@ -1,5 +1,6 @@
-"""The chain watcher's decisions about a channel with a re-anchor R in flight (issue 23,
-docs/design/reanchoring.md 5), as pure functions: R is never taken for a settlement."""
+"""A channel after its re-anchor R is signed (issue 23, docs/design/reanchoring.md 4, 5):
+the chain watcher's decisions as pure functions (R is never taken for a settlement), and
+the server machine across its promotion."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.channel.chainstate import ChainState
 from bitcoind_paychan.channel.effects import (
     Broadcast,
+    PaymentReceived,
     PromoteChannel,
     Purpose,
     ReanchorEnded,
     SettleChannel,
 )
+from bitcoind_paychan.channel.reanchor import promoted
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus
 from bitcoind_paychan.channel.watch import (
     INCREMENTAL_RELAY_FEE,
@@ -126,3 +129,19 @@ def test_r_beating_it_with_nothing_earned_since_leaves_the_channel_to_its_refund
     moved = promoted_closing(closing(record), RATE)
     assert moved is not None and moved.generation == 1
     assert moved.status is ChannelStatus.CLOSING and moved.settlement_tx is None
+
+
+def test_a_payment_answered_after_the_promotion_is_acknowledged_on_the_next_contract() -> None:
+    """A payment stored on both contracts whose answer comes after the connection's
+    promotion: what the server counts as acknowledged is its change on the next contract
+    (a later quote's payout is bounded by it)."""
+    pump = opened()
+    renewed(pump, top_up=100_000)  # the offset is positive: C' holds more than C
+    pump.hold = {PaymentReceived}
+    pump.run(pump.client.pay(5_000))
+    (received,) = pump.held
+    assert isinstance(received, PaymentReceived) and received.record.pending is not None
+    pump.hold = set()
+    pump.run(pump.server.reanchor_confirmed(promoted(rec(pump.server))), "server")
+    pump.run(pump.server.payment_answered(received), "server")
+    assert pump.server.acked_change == received.record.pending.change == rec(pump.server).change
