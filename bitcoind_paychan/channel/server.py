@@ -298,13 +298,11 @@ class ServerChannel(ServerReanchoring, ProtocolMachine):
             raise LocalProtocolError(f"payment {number} answered before payment "
                                      f"{self._unanswered[0]}: answer them in order")
         self._unanswered.popleft()
-        paid, pending = received.record, received.record.pending
-        current = self._record().generation
-        # Received on the old contract, answered after the promotion: its change on the new
-        # one (signed on both while R was pending), else the next quote would count the
-        # re-anchor's top-up as paid.
-        self.acked_change = (pending.change if pending is not None
-                             and paid.generation < current else paid.change)
+        paid = received.record
+        # A payment stored before a promotion this connection made since counts on the
+        # next contract (its change there: the one it carried).
+        moved = paid.pending is not None and self._record().generation > paid.generation
+        self.acked_change = paid.pending.change if moved and paid.pending else paid.change
         return [Send(messages.payment_ack(info))]
 
     def channel_loaded(self, record: ChannelRecord | None, locked_offset: int | None = None

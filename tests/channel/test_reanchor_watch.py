@@ -1,5 +1,6 @@
-"""The chain watcher's decisions about a channel with a re-anchor R in flight (issue 23,
-docs/design/reanchoring.md 5), as pure functions: R is never taken for a settlement."""
+"""A channel after its re-anchor R is signed (issue 23, docs/design/reanchoring.md 4, 5):
+the chain watcher's decisions as pure functions (R is never taken for a settlement), and
+the server machine across its promotion."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.channel.chainstate import ChainState
 from bitcoind_paychan.channel.effects import (
     Broadcast,
+    PaymentReceived,
     PromoteChannel,
     Purpose,
     ReanchorEnded,
@@ -140,3 +142,19 @@ def test_r_folded_in_before_the_promotion_was_stored_is_no_settlement() -> None:
     stale = ChainState(contract_height=100, spender=r.serialize(), spender_height=101)
     assert review(moved, stale, at(102), RATE, POLICY) == []
     assert review(moved, ChainState(contract_height=101), at(102), RATE, POLICY) == []
+
+
+def test_a_payment_answered_after_the_promotion_is_acknowledged_on_the_next_contract() -> None:
+    """A payment stored on both contracts whose answer comes after the connection's
+    promotion: what the server counts as acknowledged is its change on the next contract
+    (a later quote's payout is bounded by it)."""
+    pump = opened()
+    renewed(pump, top_up=100_000)  # the offset is positive: C' holds more than C
+    pump.hold = {PaymentReceived}
+    pump.run(pump.client.pay(5_000))
+    (received,) = pump.held
+    assert isinstance(received, PaymentReceived) and received.record.pending is not None
+    pump.hold = set()
+    pump.run(pump.server.reanchor_confirmed(promoted(rec(pump.server))), "server")
+    pump.run(pump.server.payment_answered(received), "server")
+    assert pump.server.acked_change == received.record.pending.change == rec(pump.server).change

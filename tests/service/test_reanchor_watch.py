@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
+from collections.abc import Sequence
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -15,13 +18,14 @@ from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.channel.client import ClientPolicy
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.channel.server import ServerPolicy
-from bitcoind_paychan.errors import ReanchorRefused
+from bitcoind_paychan.errors import ReanchorRefused, StoreError
 from bitcoind_paychan.service.client import Channel, PaymentClient
 from bitcoind_paychan.service.server import PaymentServer
-from bitcoind_paychan.store import ChannelStore
+from bitcoind_paychan.store import ChannelStore, SQLiteStore
+from bitcoind_paychan.store.base import Payment
 from bitcoind_paychan.wire import pb
 from regtest.waiting import until
-from tests.service.conftest import Sides
+from tests.service.conftest import FAST, MemSides, Sides
 from tests.service.test_reanchor_service import carried_channel
 
 T = pb.TwoWayChannelMessage
@@ -370,3 +374,66 @@ def test_a_refused_top_up_gives_the_clients_coins_back(sides: Sides) -> None:
     assert reclaim != r.txid_hex  # spent back to the client's wallet: R is dead
     assert sides.client_node.rpc("gettransaction", reclaim, wallet=wallet)["amount"] == 0
     assert sides.client_node.rpc("testmempoolaccept", [r.hex()])[0]["allowed"] is False
+
+
+class HeldCommits(SQLiteStore):
+    """A server store whose next group commit of payments waits for `release`."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.holding, self.entered, self.release = False, threading.Event(), threading.Event()
+
+    def record_payments(self, batch: Sequence[Payment]) -> list[StoreError | None]:
+        if self.holding:
+            self.holding = False
+            self.entered.set()
+            self.release.wait(30)
+        return super().record_payments(batch)
+
+
+def test_the_promotion_takes_its_place_among_payments_being_stored(
+        mem_sides: MemSides) -> None:
+    """The race between a promotion and the payments of its connection, driven by holding
+    the server's group commit: a payment on both contracts is being committed when the
+    watcher promotes; the promotion is queued behind it (and the machine moves at once),
+    and the payment the client sends next (still on both contracts: it has not heard
+    REANCHOR_LOCKED) is counted on the new contract and written after the promotion.
+    Nothing is refused or lost."""
+    store = HeldCommits(mem_sides.tmp / "held.db")
+
+    async def scenario() -> tuple[ChannelRecord, ChannelRecord, int]:
+        server = PaymentServer(mem_sides.server_ports(), store, ServerPolicy(reanchoring=True),
+                               autopilot=FAST, poll_interval=0.05, review_interval=0.5)
+        host, port = await server.listen()
+        client = mem_sides.client(policy=ClientPolicy(VALUE, reanchoring=True))
+        channel = await client.open(host, port, VALUE, version=3)
+        mem_sides.mine(1)
+        await channel.pay(10_000)
+        await channel.reanchor(0, 2 * DAY)
+        (connection,) = server._connections
+        store.holding = True
+        first = asyncio.ensure_future(channel.pay(1_000))  # on both; its commit held
+        await asyncio.to_thread(store.entered.wait, 30)
+        mem_sides.mine(1)  # R confirmed: the watcher promotes, queued behind `first`
+        machine = connection.machine
+        await until(lambda: machine.record is not None and machine.record.generation == 1,
+                    what="the promotion queued, the machine moved")
+        # The connection handles its next frame once the held one is answered: the
+        # client's next payment (still on both contracts) reaches the moved machine.
+        second = asyncio.ensure_future(channel.pay(2_000))
+        store.release.set()
+        await asyncio.gather(first, second)
+        await channel.pay(3_000)  # REANCHOR_LOCKED read by now: on the new contract alone
+        stored = store.get(Role.SERVER, channel.channel_id)
+        assert stored is not None
+        logged = len(store.payments(Role.SERVER, channel.channel_id))
+        record = channel.record
+        await client.stop()
+        await server.stop()
+        return stored, record, logged
+
+    stored, record, logged = asyncio.run(scenario())
+    assert stored.generation == record.generation == 1
+    assert stored.change == record.change and stored.signature == record.signature
+    stored.contract.check_payment(stored.change, stored.signature)
+    assert logged == 1 + 1 + 3  # the opening, 10,000, then the three: none refused

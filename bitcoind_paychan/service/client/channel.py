@@ -204,7 +204,7 @@ class Channel:
             await self.disconnect()
             raise PaymentTimeout(
                 f"{self.machine.peer} did not acknowledge the payment of {amount} sat on channel "
-                f"{self.contract_txid} within {timeout:g} s; the connection is closed and the "
+                f"{self.channel_id} within {timeout:g} s; the connection is closed and the "
                 "payment stays stored: resume the channel to send it again") from None
         return acked.result()
 
@@ -231,7 +231,7 @@ class Channel:
         finally:
             self._by_hand -= 1
         if isinstance(ended, ReanchorEnded):
-            raise ReanchorRefused(f"channel {self.contract_txid} was not re-anchored: "
+            raise ReanchorRefused(f"channel {self.channel_id} was not re-anchored: "
                                   f"{ended.reason}; it goes on as it was")
         assert isinstance(ended, ReanchorSigned)
         return ended.record
@@ -289,7 +289,7 @@ class Channel:
     def _used_up(self) -> str:
         why = ("is used up: nothing is left to pay" if self.record.change == 0
                else "is closing: its close was asked for")
-        return (f"channel {self.contract_txid} {why}; the server settles it; open a new "
+        return (f"channel {self.channel_id} {why}; the server settles it; open a new "
                 "channel to pay")
 
     async def close(self, timeout: float = 60.0) -> Transaction:
@@ -442,7 +442,7 @@ class Channel:
 
     async def _unpayable(self, cause: StoreError | None = None) -> ChannelFailed:
         """Why no payment can go through this channel, from what the store says of it."""
-        txid, stored = self.contract_txid, None
+        txid, stored = self.channel_id, None
         with contextlib.suppress(StoreError):
             stored = await self._stored()
         new = "open a new channel to pay"
@@ -469,7 +469,7 @@ class Channel:
             return f"the connection to {peer} ended before a channel was set up"
         if not self.machine.opened and not self.machine.resumed:
             return f"the connection to {peer} ended before the server said CHANNEL_OPEN"
-        return (f"the connection to {peer} ended; channel {self.contract_txid} stays stored "
+        return (f"the connection to {peer} ended; channel {self.channel_id} stays stored "
                 "and can be resumed, or refunded after its expiry")
 
     def _explain(self, event: PeerError) -> str:
