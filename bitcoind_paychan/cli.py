@@ -30,6 +30,8 @@ EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED, EXIT_PIPE = 1, 2, 3,
 USAGE_ERROR = -1000  # the code of a usage or configuration error in `--json` errors
 MISC_ERROR = -1  # any other local failure
 INVALID_PARAMETER = -8  # the daemon's code for a malformed parameter: a usage error
+CHANNEL_HELP = ("contract txid (or a unique prefix), or a server's name: its one open channel "
+                "(several open: refused, use a txid)")
 
 
 class UsageError(Exception):
@@ -266,9 +268,14 @@ def show(method: str, result: Any, as_json: bool) -> None:
 
 def _rows(result: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, str]]:
     """key: value lines; a mapping of mappings (getinfo's channels per role, getchannel's
-    server side) as `key sub` lines."""
+    server side) as `key sub` lines; getchannel's generations one line each."""
     for key, value in result.items():
-        if isinstance(value, dict) and value and (
+        if key == "generations" and isinstance(value, list):
+            for g in value:
+                yield (f"{prefix}generation {g['generation']}",
+                       f"{g['contract_txid']} ({g['value']} sat, re-anchored by "
+                       f"{g['reanchor_txid']}, {g['payout']} sat paid out)")
+        elif isinstance(value, dict) and value and (
                 prefix == "" and (key == "server" or all(isinstance(v, dict)
                                                          for v in value.values()))):
             yield from _rows(value, f"{prefix}{key} ")
@@ -404,6 +411,20 @@ def parser() -> argparse.ArgumentParser:
         "channel", help="contract txid (or a unique prefix), or a server's name: its one open "
                         "channel (several open: refused, use a txid)")
     paying.epilog = "Prints what was paid and the channel's total; --json for the fields."
+    # Re-anchoring a live channel (issue 23): its payments go on meanwhile.
+    topping = command("topup", _call("topup", "channel", "amount"),
+                      "add sat from the wallet to a live channel (client; re-anchoring)")
+    topping.add_argument("channel", help=CHANNEL_HELP)
+    topping.add_argument("amount", type=_positive, help="sat (within client.max_deposit)")
+    renewing = command("renew", _call("renew", "channel", "window"),
+                       "move a live channel's expiry later (re-anchoring)")
+    renewing.add_argument("channel", help=CHANNEL_HELP)
+    renewing.add_argument("--window", type=_positive, metavar="SECONDS",
+                          help="from now (default: client.time_window; on a server, "
+                               "server.min_time_window)")
+    command("payout", _call("payout", "channel"),
+            "pay the server what a live channel's client acknowledged, the channel going on "
+            "(server; re-anchoring)").add_argument("channel", help=CHANNEL_HELP)
     payments = command("listpayments", _call("listpayments", "channel", "limit", "since"),
                        "payments made and received, newest first")
     payments.add_argument("channel", nargs="?", help="contract txid (or a unique prefix)")

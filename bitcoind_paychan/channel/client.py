@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from bitcoind_paychan.bitcoin.keys import PrivateKey, PublicKey
 from bitcoind_paychan.bitcoin.musig2 import SecretNonce
 from bitcoind_paychan.bitcoin.tx import Transaction
-from bitcoind_paychan.channel import messages
+from bitcoind_paychan.channel import messages, reanchor_autopilot
 from bitcoind_paychan.channel.contract import (
     Contract,
     bad_tx,
@@ -69,14 +69,21 @@ class ClientPolicy:
     payment_window: int = 16  # payments in flight at most, if the server takes a window
     max_fee_rate: int = 200_000  # sat/kvB: the most a re-anchor may pay (the service sets
     # its FeePolicy's cap)
-    reanchoring: bool = False  # ask for re-anchoring (issue 23) where the kind can; off
-    # until the service layer carries out its effects (docs/design/reanchoring.md, 11)
+    reanchoring: bool = False  # ask for re-anchoring (issue 23) where the kind can
+    # The autopilot's re-anchors (reanchor_autopilot.py; 0: off): top up below `refill_below`
+    # sat up to `refill_to` (0: `value`), never funding more than `max_deposit` in all; renew
+    # within `renew_before` s of the expiry.
+    refill_below: int = 0
+    refill_to: int = 0
+    max_deposit: int = 0
+    renew_before: int = 0
 
     def __post_init__(self) -> None:
         for name in ("value", "time_window", "max_min_payment", "payment_window",
                      "max_fee_rate"):
             if getattr(self, name) < 1:
                 raise PolicyError(name, f"found {getattr(self, name)}, expected an integer ≥ 1")
+        reanchor_autopilot.check_client(self)
 
 
 class ClientState(enum.Enum):
@@ -229,7 +236,7 @@ class ClientChannel(ClientReanchoring, ProtocolMachine):
 
     def _on_start(self) -> list[Effect]:
         self.state = ClientState.WAITING_FOR_VERSION
-        previous = self.record.contract_txid if self.record else None
+        previous = self.record.channel_id if self.record else None
         return [Send(messages.client_version(self.version, self.policy.time_window, previous,
                                              self._may_reanchor))]
 
@@ -378,8 +385,8 @@ class ClientChannel(ClientReanchoring, ProtocolMachine):
             raise RemoteProtocolError("unexpected INITIATE while waiting for CHANNEL_OPEN",
                                       ErrorCode.SYNTAX_ERROR)
         self.state = ClientState.CLOSED
-        return [ResumeRefused(record.contract_txid),
-                Disconnect(f"the server no longer has channel {record.contract_txid} open")]
+        return [ResumeRefused(record.channel_id),
+                Disconnect(f"the server no longer has channel {record.channel_id} open")]
 
     def _on_return_refund(self, message: T) -> list[Effect]:
         assert self._contract is not None and self._refund is not None
@@ -410,7 +417,7 @@ class ClientChannel(ClientReanchoring, ProtocolMachine):
             # The last payment may not have reached the server: send it again (the server
             # acknowledges a repeat without counting it twice). It also proves to the server
             # that this connection holds the channel's key (v3: by signing its challenge).
-            proof = (self.key.sign(resume_digest(self._challenge, record.contract_txid))
+            proof = (self.key.sign(resume_digest(self._challenge, record.channel_id))
                      if self._challenge else b"")
             self.state = ClientState.WAITING_FOR_ACK
             self._in_flight.append((0, b""))

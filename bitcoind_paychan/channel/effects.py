@@ -187,7 +187,17 @@ class ReanchorLocked:
 
 @dataclass(frozen=True, slots=True)
 class SettleChannel:
-    """Server: settle this stored channel now (its expiry is near)."""
+    """Server: settle this stored channel now (`reason`: its expiry is near, or its
+    re-anchor can never confirm)."""
+
+    contract_txid: str
+    reason: str = "nears its expiry"
+
+
+@dataclass(frozen=True, slots=True)
+class PromoteChannel:
+    """The channel's re-anchor R is buried deep enough (issue 23): the stored channel moves
+    to the next contract (`reanchor.promoted`), and a live connection is told."""
 
     contract_txid: str
 
@@ -321,5 +331,5 @@ Effect = (
     | SettleChannel
     | MarkChannel | StoreChainState | ForgetChannel | DiscardChannel | ClosingSeen
     | ChannelFinished | PrepareReanchor | FundReanchor | CheckReanchor | ReanchorEnded
-    | ReanchorSigned | ReanchorLocked
+    | ReanchorSigned | ReanchorLocked | PromoteChannel
 )

@@ -115,7 +115,7 @@ class ClientReanchoring:
         why = rules.check_terms(record, self.acked_change, terms, top_up,
                                    max(latest, record.contract.expiry), max_rate)
         if why:
-            return [ReanchorEnded(record.contract_txid, f"declined the server's terms: {why}")]
+            return [ReanchorEnded(record.channel_id, f"declined the server's terms: {why}")]
         draft = rules.draft(record.contract, terms, top_up)
         if top_up:
             self._funding = (terms, draft)
@@ -136,7 +136,7 @@ class ClientReanchoring:
             raise LocalProtocolError("no re-anchor is being funded")
         terms, draft = funding
         if not self._paying():
-            return [ReanchorEnded(record.contract_txid, f"the channel is {machine.state.value}"
+            return [ReanchorEnded(record.channel_id, f"the channel is {machine.state.value}"
                                   "; nothing was signed", funded)]
         rules.check_funded(draft, funded)
         return self._sign_reanchor(record, terms, funded)
@@ -148,7 +148,7 @@ class ClientReanchoring:
         nxt = rules.next_contract(record.contract, tx, terms.expiry)
         carried = record.change + nxt.value + terms.payout - record.contract.value
         if carried < DUST:  # paid on since the quote: C' would hold nothing of ours
-            return [ReanchorEnded(record.contract_txid, "the new contract would leave us "
+            return [ReanchorEnded(record.channel_id, "the new contract would leave us "
                                   f"{carried} sat; nothing was signed",
                                   tx if len(tx.inputs) > 1 else None)]
         next_signature = nxt.sign_payment(machine.key, carried)
@@ -195,10 +195,10 @@ class ClientReanchoring:
         why = message.reanchor_refused.explanation or "no reason given"
         pending = record.pending
         if pending is None or pending.complete or pending.refused:
-            return [ReanchorEnded(record.contract_txid, f"the server refused: {why}")]
+            return [ReanchorEnded(record.channel_id, f"the server refused: {why}")]
         machine.record = stored = replace(record, pending=replace(pending, refused=True))
         tx = Transaction.parse(pending.tx)
-        return [StoreChannel(stored), ReanchorEnded(record.contract_txid,
+        return [StoreChannel(stored), ReanchorEnded(record.channel_id,
                                                     f"the server refused: {why}",
                                                     tx if len(tx.inputs) > 1 else None)]
 
@@ -229,9 +229,11 @@ class ClientReanchoring:
         if record.contract_txid == txid:
             return []  # promoted already
         pending = record.pending
-        if pending is None or not pending.complete or pending.txid != txid:
-            raise bad_tx(f"REANCHOR_LOCKED for {txid}, which is not our complete re-anchor")
-        return [ReanchorLocked(record)]
+        if pending is None or pending.refused or pending.txid != txid:
+            raise bad_tx(f"REANCHOR_LOCKED for {txid}, which is not our re-anchor")
+        # If confirmed, complete, even if its ACK never reached us (a lost connection): the
+        # adapter checks that with our own node before anything moves.
+        return [ReanchorLocked(replace(record, pending=replace(pending, complete=True)))]
 
     def reanchor_confirmed(self, record: ChannelRecord) -> list[Effect]:
         """R confirmed and the stored channel was promoted (`record`), with no server to say
@@ -248,5 +250,7 @@ class ClientReanchoring:
         if ours.pending is None or ours.pending.txid != record.contract_txid:
             raise LocalProtocolError(f"channel {record.channel_id} has no pending re-anchor "
                                      f"creating {record.contract_txid}")
-        machine.record = rules.promoted(ours)
+        # Confirmed, so complete, even if its ACK never reached us (a lost connection).
+        machine.record = rules.promoted(replace(ours, pending=replace(ours.pending,
+                                                                      complete=True)))
         return []

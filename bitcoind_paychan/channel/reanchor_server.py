@@ -86,14 +86,14 @@ class ServerReanchoring:
             return []  # the quote being prepared answers this one (pipelined PROPOSEs)
         if not self._quoted:
             self._preparing = True
-            return [PrepareReanchor(record.contract_txid)]
+            return [PrepareReanchor(record.channel_id)]
         # The latest quote's script again (one fresh wallet script per connection at most),
         # and while it is fresh its rate too: the node is not asked again.
         script, rate, when = self._quoted[-1]
         if machine.now - when < QUOTE_FRESH:
             return self._on_quote(rate, script, machine.now, True, 0)
         self._preparing = True
-        return [PrepareReanchor(record.contract_txid, script)]
+        return [PrepareReanchor(record.channel_id, script)]
 
     def quote_reanchor(self, fee_rate: int, payout_script: bytes, now: int,
                        payout: bool = True, time_window: int = 0) -> list[Effect]:
@@ -156,6 +156,8 @@ class ServerReanchoring:
         pending = record.pending
         if pending is not None and pending.complete and pending.txid == tx.txid_hex:
             return [Send(messages.reanchor_ack(pending.tx))]  # re-sent: stored already
+        if record.generation and tx.txid_hex == record.contract_txid:
+            return [Send(messages.reanchor_locked(tx.txid_hex))]  # re-sent: confirmed since
         if pending is not None or self._checking is not None:
             return [Send(messages.reanchor_refused("another re-anchor of this channel is in "
                                                    "flight"))]
@@ -223,11 +225,11 @@ class ServerReanchoring:
                                                      complete=True))
             machine.record = stored
             return [StoreChannel(stored), Broadcast(complete, Purpose.REANCHOR,
-                                                    stored.contract_txid),
+                                                    stored.channel_id),
                     Send(messages.reanchor_ack(complete.serialize())), ReanchorSigned(stored)]
         machine.record = replace(record, pending=None)
         why = refusal or f"the channel is {machine.state.value}"
-        effects: list[Effect] = [ReanchorEnded(record.contract_txid, why)]
+        effects: list[Effect] = [ReanchorEnded(record.channel_id, why)]
         if not self._closed():
             effects.insert(0, Send(messages.reanchor_refused(f"re-anchor refused: {why}")))
         return effects

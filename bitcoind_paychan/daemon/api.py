@@ -13,7 +13,7 @@ from typing import Any, overload
 
 from bitcoind_paychan import __version__
 from bitcoind_paychan.bitcoin.tx import Transaction
-from bitcoind_paychan.channel.records import ChannelStatus, Role
+from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.daemon.activity import Activity
 from bitcoind_paychan.daemon.config import Config, server_address
 from bitcoind_paychan.daemon.health import SettleHealth
@@ -144,11 +144,56 @@ class ControlApi:
         the client's view, and the server's under `server`."""
         found = self._find(channel_id, forgotten=True)
         row = channel_row(found)
+        row["generations"] = self._generations(row["role"], row.get("channel_id")
+                                               or found.contract_txid)
         if row["role"] == Role.CLIENT.value and self.server is not None:
             server = self._server_side(found.contract_txid)
             if server is not None:
                 row["server"] = server
         return row
+
+    async def topup(self, channel_id: str, amount: int) -> dict[str, Any]:
+        """Re-anchor a client channel with `amount` sat more from the wallet (within
+        `client.max_deposit`); the payments go on meanwhile."""
+        with self._working():
+            channel = await self._client().resume(self._find(channel_id).contract_txid)
+            return reanchor_row(await channel.reanchor(top_up=amount))
+
+    async def renew(self, channel_id: str, window: int | None = None) -> dict[str, Any]:
+        """Move a channel's expiry to `window` s from now (default: the client's
+        `time_window`, the server's `min_time_window`): a client asks its server; a server
+        quotes its live client, which signs on its connection."""
+        with self._working():
+            view = self._find(channel_id)
+            if view.role == Role.SERVER.value and self.server is not None:
+                quoted = await self.server.quote(view.channel_id or view.contract_txid, False,
+                                                 window or self.server.policy.min_time_window)
+                return {"channel_id": view.channel_id, "quoted": quoted}
+            client = self._client()
+            channel = await client.resume(view.contract_txid)
+            return reanchor_row(await channel.reanchor(
+                time_window=window or client.policy.time_window))
+
+    async def payout(self, channel_id: str) -> dict[str, Any]:
+        """A server's partial settlement of a channel: a quote paying out what its live
+        client acknowledged, which the client signs on its connection (R then confirms)."""
+        with self._working():
+            view = self._find(channel_id)
+            if self.server is None:
+                raise LocalProtocolError("a payout is the server's, and the server role is "
+                                         "not enabled (server.enabled); a client tops up or "
+                                         "renews")
+            quoted = await self.server.quote(view.channel_id or view.contract_txid)
+            return {"channel_id": view.channel_id, "quoted": quoted}
+
+    def _generations(self, role: str, channel_id: str) -> list[dict[str, Any]]:
+        """A channel's superseded contracts, oldest first."""
+        if self.store is None:
+            return []
+        return [{"generation": g.generation, "contract_txid": g.contract_txid,
+                 "expiry": g.expiry, "value": g.value, "reanchor_txid": g.reanchor_txid,
+                 "payout": g.payout, "promoted_at": g.promoted_at}
+                for g in self.store.generations(Role(role), channel_id)]
 
     def _server_side(self, contract_txid: str) -> dict[str, Any] | None:
         """The server's view of a channel this daemon also holds as client, if it has one."""
@@ -250,7 +295,7 @@ class ControlApi:
                 # The connection was lost, but the payment is stored: resuming the channel
                 # sends it again and waits for its acknowledgement.
                 log.info("channel %s lost its connection; resuming", channel.contract_txid)
-                channel = await self._client().resume(channel.contract_txid)
+                channel = await self._client().resume(channel.channel_id)
                 ack = b""
             self.metrics.client.paid(amount, time.perf_counter() - started)
             self.activity.record(amount, received=False)
@@ -288,7 +333,7 @@ class ControlApi:
         """The stored client channel whose contract txid starts with `prefix`, if it is open
         with money left (reconnected after a restart); else an error saying what it is."""
         client = self._client()
-        records = [r for r in client.channels() if r.contract_txid.startswith(prefix)]
+        records = [r for r in client.channels() if r.channel_id.startswith(prefix)]
         if not records:
             servers = ", ".join(sorted(self.config.client.servers)) or "none"
             raise LocalProtocolError(f"no server or client channel {prefix!r}: give a "
@@ -298,7 +343,7 @@ class ControlApi:
             raise LocalProtocolError(f"{prefix!r} matches {len(records)} channels; give more "
                                      "of the txid")
         record = records[0]
-        txid = record.contract_txid
+        txid = record.channel_id
         if record.status is not ChannelStatus.OPEN:
             raise LocalProtocolError(f"channel {txid} is {record.status.value}; open a new one "
                                      f"(paychan open {record.peer} AMOUNT)")
@@ -360,6 +405,16 @@ class ControlApi:
             yield
         finally:
             self._busy -= 1
+
+
+def reanchor_row(record: ChannelRecord) -> dict[str, Any]:
+    """A re-anchor the server completed: R, what it pays out, the next contract."""
+    pending = record.pending
+    assert pending is not None
+    return {"channel_id": record.channel_id, "reanchor_txid": pending.txid,
+            "payout": pending.payout, "value": pending.contract.value,
+            "expiry": pending.contract.expiry, "state": "complete" if pending.complete
+            else "signed"}
 
 
 def _one_channel(server: str, txids: list[str]) -> None:

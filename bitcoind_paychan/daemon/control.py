@@ -131,6 +131,12 @@ class DaemonApi(Protocol):
 
     async def close(self, channel_id: str) -> dict[str, Any]: ...
 
+    async def topup(self, channel_id: str, amount: int) -> dict[str, Any]: ...
+
+    async def renew(self, channel_id: str, window: int | None = None) -> dict[str, Any]: ...
+
+    async def payout(self, channel_id: str) -> dict[str, Any]: ...
+
     async def listpayments(self, channel_id: str | None, limit: int | None = None,
                            since: str | None = None) -> list[dict[str, Any]]: ...
 
@@ -186,6 +192,9 @@ SIGNATURES: dict[str, tuple[Param, ...]] = {
     "pay": (Param("target", "str"), Param("amount", "amount"),
             Param("info", "str", required=False)),
     "close": (Param("channel_id", "str"),),
+    "topup": (Param("channel_id", "str"), Param("amount", "amount")),
+    "renew": (Param("channel_id", "str"), Param("window", "count", required=False)),
+    "payout": (Param("channel_id", "str"),),
     "listpayments": (Param("channel_id", "str", required=False),
                      Param("limit", "count", required=False),
                      Param("since", "str", required=False)),

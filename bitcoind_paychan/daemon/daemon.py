@@ -25,7 +25,9 @@ from bitcoind_paychan.channel.effects import (
     PaymentAcknowledged,
     PaymentReceived,
     PeerError,
+    ReanchorSigned,
 )
+from bitcoind_paychan.channel.reanchor_autopilot import kinds as reanchor_kinds
 from bitcoind_paychan.channel.records import ChannelStatus, Role
 from bitcoind_paychan.daemon.activity import Activity
 from bitcoind_paychan.daemon.api import ControlApi
@@ -200,6 +202,11 @@ class Daemon(ControlApi):
             self.activity.record(event.amount, received=True)
         elif isinstance(event, PeerError):
             self.metrics.errors.labels(role="server", code=event.code.name).inc()
+        elif isinstance(event, ReanchorSigned):
+            for kind in reanchor_kinds(event.record):
+                self.metrics.reanchors.labels(kind=kind).inc()
+            if event.record.pending is not None:
+                self.metrics.paid_out.inc(event.record.pending.payout)
         elif isinstance(event, ChannelOpened | ChannelFinished):
             what = ("opened" if isinstance(event, ChannelOpened)
                     else f"finished: {event.status.value}")
@@ -239,6 +246,8 @@ class Daemon(ControlApi):
             unsettled = [v.deadline for v in views if v.status in ("open", "closing")]
             if unsettled:
                 m.next_deadline.labels(role=role).set(min(unsettled) - now)
+            m.reanchors_pending.labels(role=role).set(sum(
+                1 for v in views if v.reanchor_state in ("signed", "complete")))
             m.unconfirmed.labels(role=role).set(sum(
                 1 for v in views if v.status == "closing" and not v.closing_confirmations))
         m.node_up.set(1 if self._node_healthy() else 0)

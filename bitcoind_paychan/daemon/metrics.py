@@ -102,6 +102,18 @@ class PaychanMetrics:
         self.callback_errors = Counter(
             "paychan_callback_errors_total", "Exceptions raised by the application's callbacks "
             "(on_payment, on_event), each logged and ignored.", registry=r)
+        self.reanchors = Counter(
+            "paychan_reanchors_total", "Re-anchors of live channels (issue 23) the server "
+            "stored complete and broadcast, by what they did (kind: topup, payout, renewal; "
+            "one re-anchor doing several counts under each).", ["kind"], registry=r)
+        for kind in ("topup", "payout", "renewal"):
+            self.reanchors.labels(kind=kind)
+        self.paid_out = Counter(
+            "paychan_reanchor_payout_sat_total", "Satoshis re-anchors paid out to the server "
+            "(gross: its payout output and its fee part), the channels going on.", registry=r)
+        self.reanchors_pending = Gauge(
+            "paychan_reanchors_pending", "Channels with a re-anchor in flight (signed, not yet "
+            "confirmed and promoted), by role.", ["role"], registry=r)
         self.node_up = Gauge("paychan_node_up", "1 if bitcoind answers, else 0.", registry=r)
         self.can_settle = Gauge(
             "paychan_can_settle", "1 if this daemon can settle and refund right now (bitcoind "

@@ -30,7 +30,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from bitcoind_paychan.channel.reanchor import promoted
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
+from bitcoind_paychan.channel.watch import promoted_closing
 from bitcoind_paychan.errors import LeaseLost, PolicyError, StoreError
 from bitcoind_paychan.store.base import ChannelStore, Payment, settlement_decided
 
@@ -123,6 +125,13 @@ class Leases(Protocol):
         be broadcast nor sent back."""
         ...
 
+    def store_promotion(self, lease: Lease, fee_rate: int) -> ChannelRecord:
+        """Promote the stored channel to its complete re-anchor's contract (`promoting`: R
+        buried deep enough; a CLOSING channel's settlement moved to it at `fee_rate`) only
+        while `lease` is current, in the write's own transaction; the promoted record.
+        LeaseLost, SettlementDecided or StoreError: nothing stored."""
+        ...
+
     def claim(self, duty: str, hold: float | None = None) -> bool:
         """True: this instance does `duty` now (no live instance holds it); False: leave it.
         The claim lasts until `finish` (or its instance is silent for `takeover_after`), or
@@ -152,11 +161,15 @@ def settlement_lost(lease: Lease) -> LeaseLost:
         "resumed); the channel stays open and is settled again later")
 
 
-def reanchor_lost(lease: Lease) -> LeaseLost:
+def _taken(what: str, lease: Lease, then: str) -> LeaseLost:
     return LeaseLost(
-        f"re-anchor of {lease.role} channel {lease.contract_txid} not stored: a newer "
-        f"connection took the channel's lease (token {lease.token}); it is neither broadcast "
-        "nor sent back, and the client's re-sent REANCHOR_SIGNED is checked afresh")
+        f"{what} of {lease.role} channel {lease.contract_txid} not stored: a newer "
+        f"connection took the channel's lease (token {lease.token}); {then}")
+
+
+def reanchor_lost(lease: Lease) -> LeaseLost:
+    return _taken("re-anchor", lease, "it is neither broadcast nor sent back, and the "
+                  "client's re-sent REANCHOR_SIGNED is checked afresh")
 
 
 def reanchoring(record: ChannelRecord) -> Callable[[ChannelRecord], ChannelRecord]:
@@ -173,6 +186,32 @@ def reanchoring(record: ChannelRecord) -> Callable[[ChannelRecord], ChannelRecor
                 f"stored channel moved (change {stored.change}, generation "
                 f"{stored.generation}) since it was checked; nothing is broadcast")
         return record
+    return change
+
+
+def promotion_lost(lease: Lease) -> LeaseLost:
+    return _taken("promotion", lease, "it is promoted again at the next review")
+
+
+def promoting(fee_rate: int) -> Callable[[ChannelRecord], ChannelRecord]:
+    """The `modify` change that promotes the stored channel to its complete re-anchor's
+    contract: an OPEN one; a CLOSING one (R confirmed after its settlement was decided)
+    stays CLOSING, its settlement moved to the next contract at `fee_rate`
+    (`watch.promoted_closing`)."""
+    def change(stored: ChannelRecord) -> ChannelRecord:
+        what = f"{stored.role} channel {stored.channel_id}"
+        if stored.pending is None or not stored.pending.complete:
+            raise StoreError(f"{what} holds no complete re-anchor to promote (promoted "
+                             "already, or it was dropped)")
+        if stored.status is ChannelStatus.OPEN:
+            return promoted(stored)
+        if stored.status is ChannelStatus.CLOSING:
+            moved = promoted_closing(stored, fee_rate)
+            if moved is not None:
+                return moved
+            raise StoreError(f"{what}: the settlement cannot move to the next contract")
+        raise settlement_decided(Role(stored.role), stored.channel_id, stored.status,
+                                 "promote a re-anchor")
     return change
 
 
@@ -260,12 +299,15 @@ class LocalLeases:
     def store_reanchor(self, record: ChannelRecord, lease: Lease) -> None:
         self._store_fenced(lease, reanchoring(record), reanchor_lost)
 
+    def store_promotion(self, lease: Lease, fee_rate: int) -> ChannelRecord:
+        return self._store_fenced(lease, promoting(fee_rate), promotion_lost)
+
     def _store_fenced(self, lease: Lease, change: Callable[[ChannelRecord], ChannelRecord],
-                      lost: Callable[[Lease], LeaseLost]) -> None:
+                      lost: Callable[[Lease], LeaseLost]) -> ChannelRecord:
         with self._lock:  # as a payment's: no acquisition between the check and the write
             if self._tokens.get((lease.role, lease.contract_txid)) != lease.token:
                 raise lost(lease)
-            self.store.modify(lease.role, lease.contract_txid, change)
+            return self.store.modify(lease.role, lease.contract_txid, change)
 
     def claim(self, duty: str, hold: float | None = None) -> bool:
         if hold is not None:

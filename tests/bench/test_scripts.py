@@ -148,3 +148,14 @@ def test_paid_requests_reports_its_figures() -> None:
     assert isinstance(result["paid_requests_per_s"], float) and result["paid_requests_per_s"] > 0
     assert result["paid_sat"] == 2 * 6 * 100  # each client's opening request and 5 more
     assert result["server_stored_sat"] == 2 * 1_000 + 2 * 6 * 100  # the openings beside
+
+
+def test_renew_reports_its_figures() -> None:
+    result = run_json("bench/renew.py", "--reanchors", "2", "--window", "4",
+                      "--promotion-timeout", "2")
+    assert isinstance(result["reanchors"], int) and result["reanchors"] >= 1
+    for key in ("reanchor_round_trip_ms", "longest_ack_gap_ms", "payments_per_s",
+                "vbytes_per_renewal", "vbytes_close_plus_reopen"):
+        value = result[key]
+        assert isinstance(value, int | float) and value > 0, key
+    assert result["vbytes_per_renewal"] < result["vbytes_close_plus_reopen"]  # type: ignore

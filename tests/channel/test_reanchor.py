@@ -21,6 +21,7 @@ from bitcoind_paychan.channel.effects import (
     CheckReanchor,
     Effect,
     FundReanchor,
+    PaymentReceived,
     PeerError,
     PrepareReanchor,
     Purpose,
@@ -1016,3 +1017,20 @@ def test_pipelined_proposals_prepare_one_quote() -> None:
     assert refused.type == T.REANCHOR_REFUSED
     effects, _ = server.receive_pipelined(batch[:1], NOW)
     assert [type(e) for e in effects] == [PrepareReanchor]
+
+
+def test_a_payment_answered_after_the_promotion_counts_on_the_new_contract() -> None:
+    """A payment signed on both contracts is received, then the channel is promoted (the
+    watcher's input), then the payment is answered: the server's acknowledged change is the
+    payment's on the new contract. Counted on the old one, the next quote (found by the
+    living test) asked a payout larger than paid by the top-up, which the client refused."""
+    pump = opened()
+    renewed(pump, top_up=100_000)
+    (update,) = sends(pump.client.pay(2_000))
+    effects = pump.server.receive(update)
+    (received,) = [e for e in effects if isinstance(e, PaymentReceived)]
+    pump.server.reanchor_confirmed(reanchor.promoted(rec(pump.server)))
+    sends(pump.server.payment_answered(received))
+    paid_on_new = rec(pump.server).contract.value - rec(pump.server).change
+    (terms,) = sends(pump.server.quote_reanchor(FEE_RATE, PAYOUT, NOW))
+    assert terms.reanchor_terms.payout == paid_on_new == 2_000

@@ -428,6 +428,31 @@ BAD = [
      "store.idle_in_transaction_session_timeout", ["expected a number of seconds > 0"]),
     ("store:\n  engine: postgresql\n  dsn: host=db\n  statement_timeout: 4",
      "store.statement_timeout", ["found 4.0, expected at least lock_timeout (5.0)"]),
+    # re-anchoring and its autopilot (issue 23)
+    ("client:\n  reanchoring: yes please", "client.reanchoring",
+     ["found 'yes please' (a string)", "expected true or false"]),
+    ("client:\n  refill_below: 100000", "client.max_deposit",
+     ["found 0 beside client.refill_below", "funded with"]),
+    ("client:\n  reanchoring: true\n  refill_below: 100000\n  max_deposit: 3000000\n"
+     "  refill_to: 90000", "client.refill_to",
+     ["found 90000, expected more than client.refill_below (100000)"]),
+    ("client:\n  reanchoring: true\n  refill_below: 100000\n  max_deposit: 500000\n"
+     "  refill_to: 600000", "client.refill_to",
+     ["found 600000, expected at most client.max_deposit (500000)"]),
+    ("client:\n  renew_before: 3600", "client.reanchoring",
+     ["found false beside client.refill_below or client.renew_before", "expected true"]),
+    ("client:\n  reanchoring: true\n  renew_before: 90000", "client.renew_before",
+     ["found 90000, expected less than client.time_window (86340 s)"]),
+    ("client:\n  max_deposit: -1", "client.max_deposit", ["found -1, expected an integer ≥ 0"]),
+    ("server:\n  reanchoring: true\n  payout_above: 100", "server.payout_above",
+     ["found 100, expected 0 (off) or at least 546 sat"]),
+    ("server:\n  reanchoring: true\n  renew_before: 3600", "server.renew_before",
+     ["found 3600, expected more than 10800 s", "less than server.min_time_window"]),
+    ("server:\n  payout_above: 50000", "server.reanchoring",
+     ["found false beside server.payout_above or server.renew_before", "expected true"]),
+    ("server:\n  enabled: true\n  reanchoring: true\n  renew_before: 12000\n"
+     "scheduler:\n  settle_margin: 9000", "server.renew_before",
+     ["found 12000, expected more than 12600 s (scheduler.settle_margin, 9000 s"]),
 ]
 
 

@@ -42,13 +42,19 @@ NEEDS: dict[str, dict[str, Any]] = {
     "server.trusted_proxies": {"websocket": "127.0.0.1:4244/paychan"},
     "server.proxy_header": {"websocket": "127.0.0.1:4244/paychan"},
     "server.proxy_protocol": {"trusted_proxies": ["10.0.0.1"]},
+    "server.payout_above": {"reanchoring": True},
+    "server.renew_before": {"reanchoring": True},
+    "client.refill_below": {"reanchoring": True, "max_deposit": 3_000_000},
+    "client.refill_to": {"reanchoring": True, "refill_below": 100_000, "max_deposit": 3_000_000},
+    "client.max_deposit": {"reanchoring": True},
+    "client.renew_before": {"reanchoring": True},
 }
 
 
 def base(key: str) -> dict[str, Any]:
     """Both roles enabled, and what `key` needs to act."""
     data: dict[str, Any] = {section: dict(values) for section, values in BOTH.items()}
-    data["server"].update(NEEDS.get(key, {}))
+    data[key.split(".")[0] if key.startswith("client.") else "server"].update(NEEDS.get(key, {}))
     return data
 
 
@@ -130,6 +136,14 @@ PROBES: dict[str, tuple[Any, Probe]] = {
     "client.time_window": (7200, lambda d: client(d).policy.time_window),
     "client.max_min_payment": (500, lambda d: client(d).policy.max_min_payment),
     "client.payment_window": (4, lambda d: client(d).policy.payment_window),
+    "client.reanchoring": (True, lambda d: client(d).policy.reanchoring),
+    "client.refill_below": (200_000, lambda d: client(d).policy.refill_below),
+    "client.refill_to": (2_000_000, lambda d: client(d).policy.refill_to),
+    "client.max_deposit": (5_000_000, lambda d: client(d).policy.max_deposit),
+    "client.renew_before": (3600, lambda d: client(d).policy.renew_before),
+    "server.reanchoring": (True, lambda d: server(d).policy.reanchoring),
+    "server.payout_above": (50_000, lambda d: server(d).policy.payout_above),
+    "server.renew_before": (12_000, lambda d: server(d).policy.renew_before),
     "scheduler.settle_margin": (9000, lambda d: server(d).watcher.policy.settle_margin),
     "scheduler.forget_depth": (3, lambda d: client(d).watcher.policy.forget_depth),
     "scheduler.bump_after_blocks": (5, lambda d: server(d).watcher.policy.bump_after_blocks),

@@ -120,6 +120,21 @@ class FakeDaemon:
             "close", channel_id, default={"settlement_txid": "cd" * 32})
         return answer
 
+    async def topup(self, channel_id: str, amount: int) -> dict[str, Any]:
+        answer: dict[str, Any] = await self._answer("topup", channel_id, amount,
+                                                    default={"reanchor_txid": "ef" * 32})
+        return answer
+
+    async def renew(self, channel_id: str, window: int | None = None) -> dict[str, Any]:
+        answer: dict[str, Any] = await self._answer("renew", channel_id, window,
+                                                    default={"reanchor_txid": "ef" * 32})
+        return answer
+
+    async def payout(self, channel_id: str) -> dict[str, Any]:
+        answer: dict[str, Any] = await self._answer("payout", channel_id,
+                                                    default={"quoted": {"payout": 1}})
+        return answer
+
     async def listpayments(self, channel_id: str | None, limit: int | None = None,
                            since: str | None = None) -> list[dict[str, Any]]:
         answer: list[dict[str, Any]] = await self._answer(

@@ -163,3 +163,28 @@ def test_the_chain_source_ports_answer_from_the_chain(node: MemNode) -> None:
             await node.block_header("00" * 32)
 
     asyncio.run(scenario())
+
+
+def test_reclaim_spends_a_locked_coin_whole_back_to_the_wallet(node: MemNode) -> None:
+    """As the node adapter's `reclaim`: a coin (locked by a funding, say a refused
+    re-anchor's) spent back to a fresh script of the wallet, replaceable, the fee from it."""
+    async def scenario() -> None:
+        funded = await node.fund(await node.payout_script(), 10_000_000, fee_rate=2_000)
+        txid, index = funded.inputs[0]
+        coin = OutPoint.from_hex(txid, index)
+        assert coin in node.wallet.locked
+        value = node.memchain.output(coin)
+        assert value is not None
+        back = await node.reclaim((txid, index), 3_000)
+        assert [i.prevout for i in back.inputs] == [coin]
+        assert back.inputs[0].sequence == 0xFFFFFFFD and len(back.outputs) == 1
+        assert back.outputs[0].script_pubkey in node.wallet.keys
+        fee = value.value - back.outputs[0].value
+        assert fee == node.memchain.fee(back) and 0 < fee <= 3_000 * (back.vsize + 1) // 1000
+        await node.broadcast(back)  # the funding that held it can no longer confirm
+        with pytest.raises(TransactionRejected):
+            await node.broadcast(funded.tx)
+        with pytest.raises(NodeError):
+            await node.reclaim((txid, index), 3_000)  # spent
+
+    asyncio.run(scenario())

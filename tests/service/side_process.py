@@ -1,13 +1,16 @@
 """A server or a client in a process of its own, for kill -9 tests.
 
     python -m tests.service.side_process server NODE.json STORE PORT [--hold N] [--after N]
-        [--instance NAME]
+        [--instance NAME] [--reanchoring]
     python -m tests.service.side_process client NODE.json STORE PORT --pays K [--close]
+        [--reanchoring]
 
 NODE.json: {"url", "cookie", "wallet"}. Each line printed is one JSON event. `--hold N` makes
 the server wait before its Nth broadcast, `--after N` after it, until the file STORE.go
 exists (so a test can kill it at exactly that point). A STORE that is a postgresql:// DSN is
-that shared database (with `--instance`, the instance's name among those sharing it).
+that shared database (with `--instance`, the instance's name among those sharing it);
+`--reanchoring`: the server takes re-anchors (issue 23); the client re-anchors its channel
+(a renewal) after its payments.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from bitcoind_paychan.bitcoin.tx import Transaction
+from bitcoind_paychan.channel.client import ClientPolicy
 from bitcoind_paychan.channel.effects import PaymentReceived
+from bitcoind_paychan.channel.server import ServerPolicy
 from bitcoind_paychan.node import AsyncBitcoind, Bitcoind, NodeConfig
 from bitcoind_paychan.node.ports import NodePorts
 from bitcoind_paychan.service.client import PaymentClient
@@ -77,7 +82,8 @@ async def serve(args: argparse.Namespace) -> None:
                                                        "contract_txid", None))
 
     store = store_of(args.store)
-    server = PaymentServer(wallet, store, on_event=report, autopilot=FAST,
+    server = PaymentServer(wallet, store, ServerPolicy(reanchoring=args.reanchoring),
+                           on_event=report, autopilot=FAST,
                            poll_interval=0.2, review_interval=0.5,
                            leases=leases_for(store, ClusterPolicy(args.instance or None, 1.0)))
     await server.listen("127.0.0.1", args.port)
@@ -93,12 +99,18 @@ def store_of(name: str) -> ChannelStore:
 
 async def pay(args: argparse.Namespace) -> None:
     client = PaymentClient(regtest_ports(node_of(args.node)), SQLiteStore(args.store),
-                           autopilot=FAST, poll_interval=0.2, review_interval=0.5)
-    channel = await client.open("127.0.0.1", args.port, 1_000_000)
+                           autopilot=FAST, poll_interval=0.2, review_interval=0.5,
+                           policy=ClientPolicy(1_000_000, reanchoring=args.reanchoring))
+    version = 3 if args.reanchoring else None  # re-anchoring: version 3 (issue 23)
+    channel = await client.open("127.0.0.1", args.port, 1_000_000, version=version)
     say("opened", contract=channel.contract_txid, paid=channel.paid)
     for _ in range(args.pays):
         await channel.pay(1_000)
         say("paid", contract=channel.contract_txid, paid=channel.paid)
+    if args.reanchoring:
+        say("reanchoring")
+        signed = await channel.reanchor(0, 2 * 24 * 3600)
+        say("reanchored", contract=signed.channel_id)
     if args.close:
         settlement = await channel.close()
         say("closed", settlement=settlement.txid_hex)
@@ -116,6 +128,7 @@ def main() -> None:
     parser.add_argument("--pays", type=int, default=0)
     parser.add_argument("--close", action="store_true")
     parser.add_argument("--instance", default="")
+    parser.add_argument("--reanchoring", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     asyncio.run(serve(args) if args.role == "server" else pay(args))

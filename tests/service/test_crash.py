@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 import pytest
 
+from bitcoind_paychan.channel.client import ClientPolicy
 from bitcoind_paychan.channel.records import ChannelStatus, Role
 from bitcoind_paychan.errors import ChannelFailed
 from bitcoind_paychan.node import AsyncBitcoind, Bitcoind
@@ -81,12 +82,13 @@ def stores(sides: Sides) -> tuple[Path, Path]:
     return sides.tmp / "server.db", sides.tmp / "client.db"
 
 
-def client_for(sides: Sides, store: Path) -> PaymentClient:
+def client_for(sides: Sides, store: Path, policy: ClientPolicy | None = None
+               ) -> PaymentClient:
     node = AsyncBitcoind(Bitcoind(config_for(sides.client_node, wallet=sides.client_wallet)))
     holding = HoldingBroadcaster(node, Path("/nonexistent"), 0, 0)
     return PaymentClient(NodePorts.of(node, broadcaster=holding),
                          SQLiteStore(store), autopilot=FAST, poll_interval=0.2,
-                         review_interval=0.5, on_event=sides.client_event)
+                         review_interval=0.5, on_event=sides.client_event, policy=policy)
 
 
 def server_for(sides: Sides, store: Path, hold: int = 0, after: int = 0) -> PaymentServer:
@@ -320,3 +322,133 @@ def test_client_killed_then_back_after_the_expiry_refunds_at_once(one_node: Side
     txid = asyncio.run(scenario())
     change, _ = settled_amounts(sides, txid)
     assert VALUE - 5_000 < change < VALUE
+
+
+# -- a re-anchor (issue 23) with the server killed at each step ---------------------------
+
+DAY = 24 * 3600
+REANCHOR_STEPS = {
+    "stored": ("--hold", "2"),  # R stored complete, not broadcast, no ACK
+    "broadcast": ("--after", "2"),  # R stored and broadcast, no ACK
+    "confirmed": (),  # R acknowledged, then confirmed while the server is down
+}
+
+
+@pytest.mark.parametrize("step", list(REANCHOR_STEPS))
+def test_server_killed_at_each_step_of_a_reanchor(one_node: Sides, step: str) -> None:
+    """Rule 3: kill -9 of the server at each step after it takes R, then a restart: its
+    watcher broadcasts the stored R, the resumed client re-sends REANCHOR_SIGNED and gets
+    the ACK (or, R confirmed meanwhile, CHANNEL_OPEN then REANCHOR_LOCKED), the channel
+    moves to the new contract once R confirms, and nothing paid is lost: the settlement of
+    the new contract pays exactly what both sides stored."""
+    sides = one_node
+    server_db, client_db = stores(sides)
+    port = free_port()
+
+    async def scenario() -> tuple[str, int, int, int]:
+        server = await Side.start(sides, "server", server_db, port, "--reanchoring",
+                                  *REANCHOR_STEPS[step])
+        await server.wait_for("listening")
+        client = client_for(sides, client_db, ClientPolicy(VALUE, reanchoring=True))
+        channel = await client.open("127.0.0.1", port, VALUE, version=3)
+        await mine(sides)  # the contract confirmed: the server's next broadcast is R's
+        await channel.pay(10_000)
+        if step == "confirmed":
+            await channel.reanchor(0, 2 * DAY)
+            await server.kill()
+            await channel.disconnect()  # an idle channel would notice at its next read
+            await mine(sides)  # R confirmed while the server is down
+        else:
+            reanchoring = asyncio.create_task(channel.reanchor(0, 2 * DAY))
+            await server.wait_for("holding")
+            await server.kill()
+            with pytest.raises(ChannelFailed):
+                await reanchoring
+        stored = client.store.get(Role.CLIENT, channel.channel_id)
+        assert stored is not None and stored.pending is not None
+        r_txid = stored.pending.txid
+        restarted = await Side.start(sides, "server", server_db, port, "--reanchoring")
+        await restarted.wait_for("listening")
+        channel = await client.open("127.0.0.1", port, VALUE)  # resumes the stored channel
+        if step != "confirmed":
+            await until(lambda: r_txid in sides.server_node.rpc("getrawmempool"),
+                        what="the restarted server to broadcast R")
+            await mine(sides)
+        looking = SQLiteStore(server_db, read_only=True)
+
+        def promoted() -> bool:
+            record = looking.get(Role.SERVER, channel.channel_id)
+            return record is not None and record.generation == 1
+
+        await until(promoted, what="the server's promotion")
+        looking.close()
+        await channel.pay(3_000)  # crosses REANCHOR_LOCKED (or follows it)
+        assert channel.record.generation == 1
+        await channel.pay(4_000)  # on the new contract alone
+        record = channel.record
+        settlement = await channel.close()
+        await client.stop()
+        await restarted.kill()
+        assert settlement.inputs[0].prevout.txid_hex == r_txid  # C' = R:0
+        return r_txid, record.change, settlement.outputs[0].value, record.generation
+
+    r_txid, change, settled, generation = asyncio.run(scenario())
+    assert generation == 1 and settled == change
+    assert settled_amounts(sides, r_txid)[0] == change
+
+
+@pytest.mark.parametrize("step", ["signed", "acknowledged"])
+def test_client_killed_at_each_step_of_a_reanchor(one_node: Sides, step: str) -> None:
+    """Rule 3: kill -9 of the client after it stored and sent its signed R ("signed": the
+    server holds R stored, not yet broadcast nor acknowledged) or once R was acknowledged
+    ("acknowledged": R then confirms while the client is down). Restarted from its store,
+    the client resumes: it re-sends R and gets the ACK, or hears REANCHOR_LOCKED; the
+    channel moves to the new contract and settles there with every payment."""
+    sides = one_node
+    server_db, client_db = stores(sides)
+    port = free_port()
+    hold = ("--hold", "2") if step == "signed" else ()
+
+    async def scenario() -> tuple[int, int]:
+        server = await Side.start(sides, "server", server_db, port, "--reanchoring", *hold)
+        await server.wait_for("listening")
+        client = await Side.start(sides, "client", client_db, port, "--pays", "2",
+                                  "--reanchoring")
+        opened = await client.wait_for("opened")
+        await client.wait_for("reanchoring")
+        if step == "signed":
+            await server.wait_for("holding")  # R stored by both, not acknowledged
+            await client.kill()
+            Path(str(server_db) + ".go").touch()  # the server goes on: broadcast, ACK lost
+        else:
+            await client.wait_for("reanchored")
+            await client.kill()
+        stored = SQLiteStore(client_db, read_only=True).get(Role.CLIENT, opened["contract"])
+        assert stored is not None and stored.pending is not None  # R, stored before it left
+        r_txid = stored.pending.txid
+        await until(lambda: r_txid in sides.server_node.rpc("getrawmempool"),
+                    what="the server to broadcast R")
+        await mine(sides)  # the contract and R
+        looking = SQLiteStore(server_db, read_only=True)
+
+        def promoted() -> bool:
+            record = looking.get(Role.SERVER, opened["contract"])
+            return record is not None and record.generation == 1
+
+        await until(promoted, what="the server's promotion")
+        looking.close()
+        # The client resumes the old generation ("signed": R not even acknowledged; it
+        # re-sends R, answered REANCHOR_LOCKED): CHANNEL_OPEN, then REANCHOR_LOCKED.
+        restarted = client_for(sides, client_db, ClientPolicy(VALUE, reanchoring=True))
+        channel = await restarted.resume(opened["contract"])
+        await channel.pay(3_000)
+        assert channel.record.generation == 1
+        record = channel.record
+        settlement = await channel.close()
+        await restarted.stop()
+        await server.kill()
+        assert settlement.inputs[0].prevout == record.contract.outpoint  # C'
+        return record.change, settlement.outputs[0].value
+
+    change, settled = asyncio.run(scenario())
+    assert settled == change

@@ -13,10 +13,13 @@ from typing import Any
 import pytest
 
 from bitcoind_paychan.channel import messages
+from bitcoind_paychan.channel.client import ClientPolicy
 from bitcoind_paychan.channel.effects import ChannelClosed, PaymentReceived
 from bitcoind_paychan.channel.messages import DEFAULT_TIME_WINDOW
-from bitcoind_paychan.channel.records import ChannelStatus, Role
+from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
+from bitcoind_paychan.channel.server import ServerPolicy
 from bitcoind_paychan.errors import ChannelFailed
+from bitcoind_paychan.node.ports import NodePorts
 from bitcoind_paychan.service.server import PaymentServer, ServerEvent
 from bitcoind_paychan.store import open_store
 from bitcoind_paychan.store.leases import ClusterPolicy, leases_for
@@ -172,3 +175,74 @@ def test_a_killed_instances_channel_is_settled_by_the_survivor_after_the_takeove
     settlement, acknowledged = asyncio.run(scenario())
     # Every payment the killed instance acknowledged is in the survivor's settlement.
     assert VALUE - settlement.outputs[0].value >= acknowledged == 31_000
+
+
+class Held:
+    """A broadcaster that holds every broadcast while `holding` (an instance frozen right
+    after it stored R, before its broadcast and its ACK)."""
+
+    def __init__(self, node: Any) -> None:
+        self.node, self.holding, self.held = node, False, asyncio.Event()
+
+    async def broadcast(self, tx: Any) -> str:
+        if self.holding:
+            self.held.set()
+            await asyncio.Event().wait()  # until the instance is stopped
+        return str(await self.node.broadcast(tx))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.node, name)
+
+
+def test_a_reanchor_taken_over_by_another_instance_finishes_once(
+        mem_sides: MemSides, postgres_dsn: str) -> None:
+    """Rule 3 with several instances: instance a stores the client's R (complete, under the
+    channel's lease) and is stopped before it broadcasts R or acknowledges it. The client
+    resumes on instance b (the balancer's choice), re-sends R and gets the ACK (b finds it
+    stored: idempotent); b's watcher broadcasts R, promotes the channel once (its duty
+    claimed) and tells the client; payments go on, on the new contract."""
+    async def scenario() -> tuple[ChannelRecord, list[int], int]:
+        held = Held(mem_sides.server_ports())
+        store_a = open_store(engine="postgresql", dsn=postgres_dsn)
+        a = PaymentServer(NodePorts.of(held, broadcaster=held), store_a,
+                          ServerPolicy(reanchoring=True), autopilot=FAST, poll_interval=0.2,
+                          review_interval=0.5,
+                          leases=leases_for(store_a, ClusterPolicy("a", takeover_after=1.0)))
+        host, port = await a.listen()
+        client = mem_sides.client(policy=ClientPolicy(VALUE, reanchoring=True))
+        channel = await client.open(host, port, VALUE, version=3)
+        mem_sides.mine(1)  # the contract: a's next broadcast is R's
+        await channel.pay(10_000)
+        held.holding = True
+        reanchoring = asyncio.ensure_future(channel.reanchor(0, 2 * 24 * 3600))
+        await held.held.wait()  # R stored by a, neither broadcast nor acknowledged
+        stored = a.store.get(Role.SERVER, channel.channel_id)
+        assert stored is not None and stored.pending is not None and stored.pending.complete
+        await a.stop(grace=0)
+        with pytest.raises(ChannelFailed):
+            await reanchoring
+        store_b = open_store(engine="postgresql", dsn=postgres_dsn)
+        b = PaymentServer(mem_sides.server_ports(), store_b, ServerPolicy(reanchoring=True),
+                          autopilot=FAST, poll_interval=0.2, review_interval=0.5,
+                          leases=leases_for(store_b, ClusterPolicy("b", takeover_after=1.0)))
+        await b.listen(host, port)  # the balancer sends the client to b
+        resumed = await client.open(host, port, VALUE)  # re-sends R: b acknowledges it
+        r_txid = bytes.fromhex(stored.pending.txid)[::-1]
+        await until(lambda: r_txid in mem_sides.chain.mempool, what="b to broadcast R")
+        mem_sides.mine(1)
+        await until(lambda: (b.store.get(Role.SERVER, channel.channel_id) or stored
+                             ).generation == 1, what="b's promotion")
+        await resumed.pay(3_000)  # crosses REANCHOR_LOCKED
+        await resumed.pay(4_000)
+        record = resumed.record
+        generations = [g.generation for g in b.store.generations(Role.SERVER,
+                                                                 channel.channel_id)]
+        server = b.store.get(Role.SERVER, channel.channel_id)
+        assert server is not None
+        for service in (client, b):
+            await service.stop()
+        return record, generations, server.change
+
+    record, generations, server_change = asyncio.run(scenario())
+    assert record.generation == 1 and generations == [0]  # promoted once
+    assert server_change == record.change

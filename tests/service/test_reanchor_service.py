@@ -403,9 +403,10 @@ def test_the_client_moves_to_the_new_contract_on_its_own_nodes_word(
         kept = client.store.get(Role.CLIENT, signed.channel_id)
         assert kept is not None
         mem_sides.mine(1)
-        effects = await reanchor_locked(client.chain, client.store, client.watcher,
-                                        channel.machine, ReanchorLocked(channel.record))
-        assert effects == []
+        effects = await reanchor_locked(client.chain, channel.machine,
+                                        ReanchorLocked(channel.record))
+        assert [type(e) for e in effects] == [StoreChannel]  # the machine moved: store it
+        await channel._run(effects)
         promoted = client.store.get(Role.CLIENT, signed.channel_id)
         assert promoted is not None
         stored = await stopped(manager, client, channel)
@@ -457,8 +458,9 @@ def test_a_payment_signed_while_r_is_stored_is_stored_and_sent_after_it(
     contracts) while R is being stored must not be stored before R (the store would refuse
     it, or R's write would overwrite its change) nor reach the server before R (the server,
     not holding R, would check R's carried change against it). R's store is held by the
-    test; the payment's writer is flushed: nothing of the payment was stored meanwhile."""
-    async def scenario() -> tuple[list[str], list[T]]:
+    test (R's write goes through the payment writer, in order): nothing of the payment was
+    stored meanwhile, and it is stored after R."""
+    async def scenario() -> tuple[list[str], list[str], list[T]]:
         manager, client, channel, carried = await carried_channel(mem_sides)
         store, order = client.store, []
         gate, entered = threading.Event(), threading.Event()
@@ -487,8 +489,7 @@ def test_a_payment_signed_while_r_is_stored_is_stored_and_sent_after_it(
         payments = channel.record.payments
         paying = asyncio.ensure_future(channel.pay(2_000))
         await until(lambda: channel.record.payments == payments + 1, what="the payment signed")
-        await client.payments._hand_over([], None)  # the writer has done what it was handed
-        during = list(order)
+        during = list(order)  # R's write holds the payment writer: the payment waits behind it
         gate.set()
         await until(lambda: len(carried.held) == 2, what="R and the payment")
         sent = [T.FromString(frame) for frame in carried.held]
@@ -499,9 +500,10 @@ def test_a_payment_signed_while_r_is_stored_is_stored_and_sent_after_it(
         await paying
         await reanchoring
         await stopped(manager, client, channel)
-        return during, sent
+        return during, order, sent
 
-    during, sent = asyncio.run(scenario())
+    during, order, sent = asyncio.run(scenario())
     assert during == []  # nothing of the payment stored while R was
+    assert order[:2] == ["R", "payment"]
     assert [m.type for m in sent] == [T.REANCHOR_SIGNED, T.UPDATE_PAYMENT]
     assert sent[1].update_payment.next_signature

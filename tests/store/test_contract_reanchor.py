@@ -207,3 +207,41 @@ def test_the_servers_reanchor_is_stored_only_under_its_current_lease(
     with pytest.raises(SettlementDecided):
         leases.store_reanchor(replace(rec(other.server), change=change), lease)
     assert stored(store, before).pending is None
+
+
+def test_watched_names_the_current_contract_and_the_reanchor_in_flight(
+        store: ChannelStore) -> None:
+    """The autopilot's index is rebuilt from `watched`: a channel with R in flight is listed
+    with R (its wallet inputs are watched), a promoted one by its id and its current
+    contract's txid."""
+    pump = server_with_pending(store)
+    pending = rec(pump.server).pending
+    assert pending is not None
+    (watched,) = store.watched(Role.SERVER, [ChannelStatus.OPEN])
+    assert watched.contract_txid == rec(pump.server).channel_id
+    assert watched.current_txid == "" and watched.reanchor_tx == pending.tx
+    promote(pump)
+    store.put(rec(pump.server))
+    (watched,) = store.watched(Role.SERVER, [ChannelStatus.OPEN])
+    assert watched.contract_txid == rec(pump.server).channel_id
+    assert watched.current_txid == pending.txid and watched.reanchor_tx is None
+    assert watched.outpoint_index == 0 and watched.expiry == pending.contract.expiry
+
+
+def test_the_promotion_is_stored_only_under_the_current_lease(store: ChannelStore) -> None:
+    """`Leases.store_promotion`: fenced as the re-anchor's own write; it promotes the stored
+    channel (the superseded generation kept), and only a channel holding a complete R."""
+    leases = leases_for(store)
+    pump = server_with_pending(store)
+    channel_id = rec(pump.server).channel_id
+    first = leases.acquire(Role.SERVER, channel_id, "a/1")
+    current = leases.acquire(Role.SERVER, channel_id, "b/1")
+    with pytest.raises(LeaseLost, match="promotion"):
+        leases.store_promotion(first, 1_000)
+    assert stored(store, rec(pump.server)).generation == 0
+    promoted = leases.store_promotion(current, 1_000)
+    assert_same(promoted, reanchor.promoted(rec(pump.server)))
+    assert_same(stored(store, promoted), promoted)
+    assert [g.generation for g in store.generations(Role.SERVER, channel_id)] == [0]
+    with pytest.raises(StoreError, match="no complete re-anchor"):
+        leases.store_promotion(current, 1_000)  # promoted already

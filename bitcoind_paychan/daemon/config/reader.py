@@ -3,6 +3,7 @@ what was found and what was expected; one pass notes them all."""
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import re
@@ -131,12 +132,19 @@ class Reader:
         is reported; the policy is built from the valid ones only."""
         keys = POLICY_KEYS[section] if keys is None else keys
         names = {name: join(section, key) for key, name in keys.items()}
+        flags = {f.name for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+                 if isinstance(f.default, bool)}
         values: dict[str, Any] = {}
         for key, name in keys.items():
             value = d.get(key)
             if value is None and (key not in d or join(section, key) in NULL_IS_DEFAULT):
                 continue
-            if isinstance(value, bool) or not isinstance(value, int):
+            if name in flags:
+                if not isinstance(value, bool):
+                    self.wrong(names[name], f"found {show(value)}, expected true or false",
+                               None)
+                    continue
+            elif isinstance(value, bool) or not isinstance(value, int):
                 self.wrong(names[name], f"found {show(value)}, expected an integer", None)
                 continue
             values[name] = value

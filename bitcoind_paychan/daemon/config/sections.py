@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from bitcoind_paychan.channel.reanchor import REANCHOR_LEAD
 from bitcoind_paychan.daemon.config.keys import TIMEOUT_KEYS
 from bitcoind_paychan.daemon.config.reader import Reader
 from bitcoind_paychan.daemon.config.schema import (
@@ -202,6 +203,11 @@ def cross_checks(r: Reader, c: Config) -> None:
         r.fail("scheduler.settle_margin",
                f"found {margin}, expected less than server.min_time_window ({window}), or "
                "channels would be settled as they open")
+    renew, soonest = c.server.policy.renew_before, margin + REANCHOR_LEAD
+    if c.server.enabled and renew and renew <= soonest:
+        r.fail("server.renew_before",
+               f"found {renew}, expected more than {soonest} s (scheduler.settle_margin, "
+               f"{margin} s, plus an hour for R to confirm), or no renewal could be quoted")
     listeners = [("control.listen", c.control.listen)]
     if c.server.enabled:
         listeners.append(("server.listen", c.server.listen))

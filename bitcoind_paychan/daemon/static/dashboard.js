@@ -6,7 +6,7 @@
   const num = (n) => Number(n).toLocaleString("en-US");
   const rate = (n) => Number(n).toLocaleString("en-US", {minimumFractionDigits: 1, maximumFractionDigits: 1});
   const LABELS = ["Contract txid", "Role", "State", "Peer", "Value", "Paid", "Payments", "Deadline in",
-                  "Contract conf.", "Closing txid", "Closing conf."];
+                  "Contract conf.", "Closing txid", "Closing conf.", "Generation", "Re-anchor"];
   const ROLE = {server: {title: "Server: received", name: "Server", verb: "received"},
                 client: {title: "Client: paid", name: "Client", verb: "paid"}};
   // Chart geometry (viewBox units): room on the left for the value axis, below for times.
@@ -132,7 +132,8 @@
       const values = [[c.contract_txid, "txid"], [c.role], [c.status, "state-" + c.status], [c.peer || "–", "peer"],
         [num(c.value), "num"], [num(c.paid), "num"], [num(c.payments), "num"],
         [live ? duration(c.deadline - s.now) : "–"], [num(c.contract_confirmations), "num"],
-        [c.closing_txid || "–", "txid"], [c.closing_txid ? num(c.closing_confirmations) : "–", "num"]];
+        [c.closing_txid || "–", "txid"], [c.closing_txid ? num(c.closing_confirmations) : "–", "num"],
+        [num(c.generation || 0), "num"], [c.reanchor_txid ? `${c.reanchor_state} ${c.reanchor_txid}` : "–", "txid"]];
       values.forEach(([text, cls], i) => cell(row, text, cls, LABELS[i]));
     }
     $("no-channels").hidden = s.channels.length > 0;

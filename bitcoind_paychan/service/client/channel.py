@@ -9,12 +9,14 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import Protocol
 
 from bitcoind_paychan.bitcoin.network import Network
 from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.channel.client import (
     ClientChannel,
+    ClientPolicy,
     ClientState,
 )
 from bitcoind_paychan.channel.effects import (
@@ -35,10 +37,12 @@ from bitcoind_paychan.channel.effects import (
     StorePayment,
     VersionRefused,
 )
+from bitcoind_paychan.channel.reanchor_autopilot import client_wish, deposited
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.errors import (
     ChannelFailed,
     ChannelGone,
+    InvalidParameter,
     LocalProtocolError,
     NodeError,
     PaychanError,
@@ -65,6 +69,7 @@ from bitcoind_paychan.wire import pb
 # The "client" subsystem's lines (daemon/logs.py), as before the client had its package.
 log = logging.getLogger("bitcoind_paychan.service.client")
 PAY_TIMEOUT = 60.0  # seconds `pay` waits for its PAYMENT_ACK by default
+REPROPOSE_AFTER = 60.0  # s before the autopilot asks again for a re-anchor that did not happen
 USED_UP = (ClientState.CLOSE_AFTER_ACK, ClientState.CLOSING)  # no more payments: closing
 
 
@@ -79,6 +84,7 @@ class Manager(Protocol):
     network: Network
     handshake_timeout: float
     clock: Callable[[], float]
+    policy: ClientPolicy
     watcher: ChainWatcher
     events: ClientEvents
     on_peer_error: Callable[[PeerError], object] | None
@@ -107,6 +113,8 @@ class Channel:
         self._signing: asyncio.Future[None] | None = None
         self._reanchoring = False  # a reanchor() awaits the server's answer
         self._server_error: PeerError | None = None  # the ERROR the server ended with
+        # The autopilot's last wish: (not again before, the generation it was made on).
+        self._proposed = (0.0, -1)
 
     @property
     def resumed(self) -> bool:
@@ -122,7 +130,13 @@ class Channel:
 
     @property
     def contract_txid(self) -> str:
+        """The current contract's txid (the channel's id until a re-anchor confirms)."""
         return self.record.contract_txid
+
+    @property
+    def channel_id(self) -> str:
+        """The channel's identity for life: its first contract's txid (the store's key)."""
+        return self.record.channel_id
 
     @property
     def version(self) -> int:
@@ -157,6 +171,7 @@ class Channel:
         if self._spent():
             raise ChannelGone(self._used_up())
         async with self._lock:  # signed, queued for the store and for the wire in call order
+            await self._reanchor_due()
             while machine.state is ClientState.WAITING_FOR_ACK and not machine.can_pay:
                 await self._read_one(lambda: machine.can_pay)  # an ack makes room
             if self._spent() or not self.connected:
@@ -200,7 +215,7 @@ class Channel:
             await self.disconnect()
             raise PaymentTimeout(
                 f"{self.machine.peer} did not acknowledge the payment of {amount} sat on channel "
-                f"{self.contract_txid} within {timeout:g} s; the connection is closed and the "
+                f"{self.channel_id} within {timeout:g} s; the connection is closed and the "
                 "payment stays stored: resume the channel to send it again") from None
         return acked.result()
 
@@ -216,27 +231,78 @@ class Channel:
         if not self.connected:
             raise await self._unpayable()
         if self._reanchoring:
-            raise LocalProtocolError(f"channel {self.contract_txid} has a re-anchor in flight")
+            raise LocalProtocolError(f"channel {self.channel_id} has a re-anchor in flight")
+        if top_up:
+            await self._within_deposit(top_up)
         self._reanchoring = True  # from now on the server's answer is this call's
         try:
             try:
                 estimate = await self.client.watcher.fee_rate()  # the quote's: near it at most
             except NodeError as exc:
-                raise ReanchorRefused(f"channel {self.contract_txid} was not re-anchored: our "
+                raise ReanchorRefused(f"channel {self.channel_id} was not re-anchored: our "
                                       f"node gives no fee estimate ({exc}); it goes on as it "
                                       "was") from exc
             for effect in self.machine.reanchor(top_up, time_window, int(self.client.clock()),
                                                 estimate):
                 assert isinstance(effect, Send)  # REANCHOR_PROPOSE, in turn with payments
                 self._post(effect.message)
+            # Payments go on while the server quotes and checks: this waits on their reads.
             ended = await self._until((ReanchorSigned, ReanchorEnded), timeout)
         finally:
             self._reanchoring = False
         if isinstance(ended, ReanchorEnded):
-            raise ReanchorRefused(f"channel {self.contract_txid} was not re-anchored: "
+            raise ReanchorRefused(f"channel {self.channel_id} was not re-anchored: "
                                   f"{ended.reason}; it goes on as it was")
         assert isinstance(ended, ReanchorSigned)
         return ended.record
+
+    async def _deposited(self) -> int:
+        """Sat this channel was ever funded with: its opening value plus every top-up."""
+        record = self.record
+        generations = await asyncio.to_thread(self.client.store.generations, Role.CLIENT,
+                                              record.channel_id)
+        return deposited(record, generations)
+
+    async def _within_deposit(self, top_up: int) -> None:
+        """InvalidParameter if `top_up` would fund the channel above `max_deposit` (when
+        set: the autopilot's top-ups always are within one)."""
+        cap = self.client.policy.max_deposit
+        if not cap:  # none set: the application's (operator's) own top-up, as asked
+            return
+        funded = await self._deposited()
+        if funded + top_up > cap:
+            raise InvalidParameter(
+                f"a top-up of {top_up} sat would fund channel {self.record.channel_id} with "
+                f"{funded + top_up} sat in all, above client.max_deposit ({cap}); nothing "
+                "was asked")
+
+    async def _reanchor_due(self) -> None:
+        """The autopilot (`refill_below`, `renew_before`): ask for a top-up and/or renewal
+        when one is due (REANCHOR_PROPOSE; the outcome arrives as payments go on): at once
+        on a new generation, else at most once per REPROPOSE_AFTER seconds (the server may
+        have refused, or its own quote crossed ours)."""
+        policy, now, record = self.client.policy, self.client.clock(), self.machine.record
+        if (not self.machine.reanchoring or record is None
+                or (now < self._proposed[0] and record.generation == self._proposed[1])
+                or record.pending is not None
+                or self.machine.state not in (ClientState.OPEN, ClientState.WAITING_FOR_ACK)):
+            return
+        if client_wish(policy, record, int(now), 0) is None:
+            return  # nothing due (the hot path: no store read)
+        funded = await self._deposited() if policy.refill_below else record.value
+        wish = client_wish(policy, record, int(now), funded)
+        if wish is None:
+            return
+        self._proposed = (now + REPROPOSE_AFTER, record.generation)
+        try:
+            estimate = await self.client.watcher.fee_rate()  # its quote's rate: near it at most
+            await self._run(self.machine.reanchor(*wish, int(now), estimate))
+        except NodeError as exc:
+            log.info("the autopilot does not re-anchor channel %s now: no fee estimate (%s)",
+                     record.channel_id, exc)
+        except LocalProtocolError as exc:  # one in flight, or a refused one not yet dead
+            log.info("the autopilot does not re-anchor channel %s now: %s",
+                     record.channel_id, exc)
 
     def _spent(self) -> bool:
         """No payment can go through any more: closing, or nothing left (change below dust
@@ -247,7 +313,7 @@ class Channel:
     def _used_up(self) -> str:
         why = ("is used up: nothing is left to pay" if self.record.change == 0
                else "is closing: its close was asked for")
-        return (f"channel {self.contract_txid} {why}; the server settles it; open a new "
+        return (f"channel {self.channel_id} {why}; the server settles it; open a new "
                 "channel to pay")
 
     async def close(self, timeout: float = 60.0) -> Transaction:
@@ -396,11 +462,11 @@ class Channel:
             await self._run(self.machine.receive(message, int(self.client.clock())))
 
     async def _stored(self) -> ChannelRecord | None:
-        return await asyncio.to_thread(self.client.store.get, Role.CLIENT, self.contract_txid)
+        return await asyncio.to_thread(self.client.store.get, Role.CLIENT, self.channel_id)
 
     async def _unpayable(self, cause: StoreError | None = None) -> ChannelFailed:
         """Why no payment can go through this channel, from what the store says of it."""
-        txid, stored = self.contract_txid, None
+        txid, stored = self.channel_id, None
         with contextlib.suppress(StoreError):
             stored = await self._stored()
         new = "open a new channel to pay"
@@ -427,7 +493,7 @@ class Channel:
             return f"the connection to {peer} ended before a channel was set up"
         if not self.machine.opened and not self.machine.resumed:
             return f"the connection to {peer} ended before the server said CHANNEL_OPEN"
-        return (f"the connection to {peer} ended; channel {self.contract_txid} stays stored "
+        return (f"the connection to {peer} ended; channel {self.channel_id} stays stored "
                 "and can be resumed, or refunded after its expiry")
 
     def _explain(self, event: PeerError) -> str:
@@ -484,10 +550,18 @@ class Channel:
                          ) -> None:
         async for effect in effects_in_order(queue, self.stream):
             match effect:
-                case StoreChannel(record):
+                case StoreChannel(record) if record.generation or record.pending:
                     if (turn := self._signed_reanchor(record)) is not None:
                         signing.append(turn)
                         await self._payments_out()  # R after the payments before it
+                    # Re-anchoring: in the order of the payments handed to the writer (a
+                    # promotion after those signed for the old generation, before later ones).
+                    await self.client.payments.in_order(partial(self.client.store.put, record))
+                    if record.pending is None:  # promoted (REANCHOR_LOCKED), or later
+                        await self.client.watcher.moved(record)
+                    else:
+                        self.client.watcher.watch_reanchor(record)
+                case StoreChannel(record):
                     await asyncio.to_thread(self.client.store.put, record)
                     self.client.watcher.watch(record)
                 case StorePayment(record, amount, info):
@@ -503,15 +577,17 @@ class Channel:
                 case FundReanchor():
                     queue[:0] = await fund_reanchor(self.client.wallet, self.machine, effect)
                 case ReanchorLocked():
-                    queue[:0] = await reanchor_locked(self.client.chain, self.client.store,
-                                                      self.client.watcher, self.machine, effect)
+                    queue[:0] = await reanchor_locked(self.client.chain, self.machine, effect)
                 case ReanchorEnded():
-                    await reanchor_ended(self.client.wallet, self.machine, effect)
-                    if self._reanchoring:  # else the server's unasked terms: nobody waits
+                    await reanchor_ended(self.client.wallet, self.client.broadcaster,
+                                         await self._reclaim_rate(), self.machine, effect)
+                    if self._reanchoring:  # else the autopilot's, or unasked terms: nobody
+                        self._events.append(effect)  # waits for it
+                case ReanchorSigned():
+                    log.info("channel %s re-anchored: %s", effect.record.channel_id,
+                             effect.record.pending and effect.record.pending.txid)
+                    if self._reanchoring:
                         self._events.append(effect)
-                case ReanchorSigned() if not self._reanchoring:
-                    log.info("signed the server's payout %s", effect.record.pending
-                             and effect.record.pending.txid)
                 case Disconnect(reason):
                     log.info("%s: %s", self.machine.peer, reason)
                     await self.stream.close()
@@ -522,6 +598,13 @@ class Channel:
                         self.client.on_peer_error(effect)
                 case _:
                     self._events.append(effect)
+
+    async def _reclaim_rate(self) -> int:
+        """The rate to spend a dead R's coin back at: the node's estimate, else our cap."""
+        try:
+            return await self.client.watcher.fee_rate()
+        except NodeError:
+            return self.machine.policy.max_fee_rate
 
     async def _fund(self, script: bytes, value: int) -> list[Effect]:
         key = self.machine.key
@@ -544,7 +627,7 @@ class Channel:
             spender = await self.client.chain.spender(record.contract_txid, 0)
             if spender is None:  # mined already? the watcher records spenders in blocks
                 try:
-                    mined = self.client.watcher.chain_state(record.contract_txid).spender
+                    mined = self.client.watcher.chain_state(record.channel_id).spender
                 except StoreError:  # forgotten meanwhile: buried, in the history only
                     raise await self._unpayable() from None
                 spender = Transaction.parse(mined) if mined else None

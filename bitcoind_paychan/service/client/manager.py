@@ -22,10 +22,11 @@ from bitcoind_paychan.channel.effects import (
     ChannelClosed,
     ChannelOpened,
     PeerError,
+    ReanchorEnded,
     ResumeRefused,
     VersionRefused,
 )
-from bitcoind_paychan.channel.kinds.registry import DEFAULT_VERSION, FALLBACK
+from bitcoind_paychan.channel.kinds.registry import DEFAULT_VERSION, FALLBACK, OFFERED, kind_of
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.channel.watch import WatchPolicy
 from bitcoind_paychan.errors import (
@@ -33,6 +34,7 @@ from bitcoind_paychan.errors import (
     ChannelFailed,
     ChannelGone,
     LocalProtocolError,
+    StoreError,
     TLSError,
     TransactionRejected,
 )
@@ -40,10 +42,12 @@ from bitcoind_paychan.node.ports import Node, NodePorts
 from bitcoind_paychan.reasons import connection_failure
 from bitcoind_paychan.service.callbacks import Callbacks
 from bitcoind_paychan.service.client.channel import Channel
+from bitcoind_paychan.service.client.reanchoring import release_dead
 from bitcoind_paychan.service.clientevents import ClientEventHandler, ClientEvents
 from bitcoind_paychan.service.turns import OpenTurns
 from bitcoind_paychan.service.watcher import ChainWatcher, ChannelView
 from bitcoind_paychan.store import ChannelStore
+from bitcoind_paychan.store.leases import promoting
 from bitcoind_paychan.store.writer import PaymentWriter
 from bitcoind_paychan.transport import dial as transports
 from bitcoind_paychan.transport.base import Stream
@@ -118,7 +122,7 @@ class ClientManager:
         self.policy = policy or ClientPolicy()
         self.clock = clock
         self.handshake_timeout = handshake_timeout
-        self.live: dict[str, Channel] = {}  # contract txid → its channel on a live connection
+        self.live: dict[str, Channel] = {}  # channel id → its channel on a live connection
         self.unresumable: set[str] = set()  # channels their server no longer has open
         self.turns = OpenTurns()  # one open or resume at a time per peer
         self.callbacks = Callbacks()  # the application's `on_event`, isolated
@@ -136,6 +140,13 @@ class ClientManager:
                                                review_interval=review_interval)
         self.watcher.attach(Role.CLIENT, store, on_event=self.events.tell,
                             callbacks=self.callbacks)
+        # A re-anchor is promoted by the server's REANCHOR_LOCKED on a live connection (or
+        # on the resume after it); the watcher does it only for a channel with no connection
+        # once R is buried `forget_depth` deep, by when the server has promoted it too.
+        self.watcher.promote = self._promote
+        self.watcher.promote_depth = self.watcher.policy.forget_depth
+        self.watcher.reanchor_ended = self._reanchor_dead
+        self._released: set[str] = set()  # dead re-anchors whose coins were released
         self._started = False
 
     @property
@@ -192,14 +203,33 @@ class ClientManager:
         here, that its server has not refused to resume."""
         return [record for record in self.store.channels(Role.CLIENT, (ChannelStatus.OPEN,))
                 if record.peer == peer and record.change > 0
-                and not self._connected(record.contract_txid)
-                and record.contract_txid not in self.unresumable]
+                and not self._connected(record.channel_id)
+                and record.channel_id not in self.unresumable]
 
     def spoken_version(self, peer: str) -> int | None:
         """The major the server at `peer` (host:port) last opened a channel with (stored, so
         a restart does not ask again with a major it hangs up on)."""
         known = self.store.get_meta(f"{VERSION_KEY}{peer}")
         return int(known) if known else None
+
+    async def _promote(self, channel_id: str) -> ChannelRecord | None:
+        """The watcher's promotion of a channel with no live connection (None: left to the
+        connection's REANCHOR_LOCKED, or nothing to promote)."""
+        if self._connected(channel_id) is not None:
+            return None
+        try:
+            return await asyncio.to_thread(self.store.modify, Role.CLIENT, channel_id,
+                                           promoting(0))
+        except StoreError as exc:
+            log.warning("channel %s not promoted now: %s", channel_id, exc)
+            return None
+
+    async def _reanchor_dead(self, effect: ReanchorEnded) -> None:
+        """A re-anchor of ours can never confirm: its unspent wallet coins go back (once per
+        process: a coin released already stays so)."""
+        if effect.tx is not None and effect.tx.txid_hex not in self._released:
+            self._released.add(effect.tx.txid_hex)
+            await release_dead(self.wallet, self.chain, effect)
 
     def _connected(self, contract_txid: str) -> Channel | None:
         live = self.live.get(contract_txid)
@@ -268,7 +298,7 @@ class ClientManager:
                 if found is not None:
                     return found
             known = await asyncio.to_thread(self.spoken_version, peer)
-            channel = await self._open_new(peer, policy, version or known or DEFAULT_VERSION)
+            channel = await self._open_new(peer, policy, version or self._newest(known))
             return Found(channel, Source.NEW)
 
     def payable(self, peer: str) -> list[ChannelRecord]:
@@ -292,7 +322,7 @@ class ClientManager:
         for record in stored:
             if value is None or record.value == value:
                 try:
-                    return Found(await self._resume(record.contract_txid), Source.RESUMED)
+                    return Found(await self._resume(record.channel_id), Source.RESUMED)
                 except ChannelGone as exc:
                     log.warning("%s; opening a new channel", exc)
         others = [r for r in [c.record for c in live] + stored if r.value != value]
@@ -338,6 +368,15 @@ class ClientManager:
                                 "is refunded after its expiry")
         return channel
 
+    def _newest(self, known: int | None) -> int:
+        """The version a new channel offers: what the server spoke last time, else the
+        default; with re-anchoring asked for, the newest kind up to it that can re-anchor."""
+        newest = known or DEFAULT_VERSION
+        if not self.policy.reanchoring:
+            return newest
+        return next((v for v in OFFERED if v <= newest
+                     and kind_of(v).capabilities.reanchoring), newest)
+
     async def _open_new(self, peer: str, policy: ClientPolicy, version: int) -> Channel:
         """Open a new channel, falling back to an older major when the server refuses ours
         (with ERROR, or, as bitcoinj does, by hanging up before SERVER_VERSION)."""
@@ -373,7 +412,7 @@ class ClientManager:
         channel = Channel(self, machine, stream)
         outcome = await channel._handshake()
         if outcome is None:
-            self.live[channel.contract_txid] = channel
+            self.live[channel.channel_id] = channel
             self.watcher.schedule_deadline(channel.record)
             self.events.tell(ChannelOpened(channel.record, channel.resumed))
         return channel, outcome

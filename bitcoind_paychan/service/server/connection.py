@@ -52,6 +52,8 @@ class Manager(Protocol):
 
     def _ended(self, connection: ServerConnection) -> None: ...
 
+    async def _reanchor_unasked(self, connection: ServerConnection) -> None: ...
+
 
 class ServerConnection:
     """One client's connection to a ServerManager. Hand it each frame (or decoded message)
@@ -67,6 +69,8 @@ class ServerConnection:
         self.machine = ServerChannel(manager.policy, PrivateKey.generate(), int(manager.clock()),
                                      peer)
         self._confirmed = manager.min_confirmations == 0
+        # The autopilot's last unasked quote: (not again before, the generation it was on).
+        self.quoted = (0.0, -1)
         bind_channel(peer=self.peer)  # the task that carries it logs its peer
 
     @property
@@ -93,7 +97,7 @@ class ServerConnection:
     @property
     def contract_txid(self) -> str | None:
         record = self.machine.record
-        return record.contract_txid if record else None
+        return record.channel_id if record else None
 
     def takes_more(self, count: int) -> bool:
         """Would `count` + 1 pipelined payments be handled together now?"""
@@ -141,7 +145,7 @@ class ServerConnection:
             record = machine.record
             if message.type == UPDATE_PAYMENT and record is not None and not self._confirmed:
                 # Payments beyond the first wait until the contract is buried deep enough.
-                await manager.watcher.until_confirmed(record.contract_txid,
+                await manager.watcher.until_confirmed(record.channel_id,
                                                       manager.min_confirmations)
                 self._confirmed = True
             manager._busy.add(self)
@@ -162,6 +166,8 @@ class ServerConnection:
                     return
             finally:
                 manager._busy.discard(self)
+            if any(done.type == UPDATE_PAYMENT for done in received):
+                await manager._reanchor_unasked(self)  # a payout or renewal due?
             if manager.on_payment_latency and machine.record is not None and any(
                     done.type in PAYING for done in received):
                 # One per payment stored (the opening payment with its contract), as counted

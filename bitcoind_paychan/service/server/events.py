@@ -12,10 +12,11 @@ from bitcoind_paychan.channel.effects import (
     ClosingSeen,
     PaymentReceived,
     PeerError,
+    ReanchorSigned,
 )
 
 ServerEvent = (ChannelOpened | PaymentReceived | ChannelClosed | PeerError | ClosingSeen
-               | ChannelFinished)
+               | ChannelFinished | ReanchorSigned)
 """What a server's `on_event` hears (their order: docs/events.md)."""
 PaymentHandler = Callable[[PaymentReceived], bytes | Awaitable[bytes | None] | None]
 """`on_payment`: called once a payment is verified and stored, before its ack; what it returns

@@ -16,21 +16,37 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from functools import partial
 
 from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.channel import messages
 from bitcoind_paychan.channel.effects import CheckReanchor, Disconnect, Effect, Send
-from bitcoind_paychan.channel.records import ChannelRecord
-from bitcoind_paychan.channel.server import ServerChannel
-from bitcoind_paychan.errors import ErrorCode, NodeError, StoreError, TransactionRejected
+from bitcoind_paychan.channel.reanchor import promoted
+from bitcoind_paychan.channel.reanchor_autopilot import server_wish
+from bitcoind_paychan.channel.records import ChannelRecord, Role
+from bitcoind_paychan.channel.server import ServerChannel, ServerPolicy, ServerState
+from bitcoind_paychan.errors import (
+    ErrorCode,
+    LocalProtocolError,
+    NodeError,
+    StoreError,
+    TransactionRejected,
+)
 from bitcoind_paychan.node.ports import Broadcaster, Wallet
+from bitcoind_paychan.service.outbox import send_all
+from bitcoind_paychan.service.server.connection import ServerConnection
 from bitcoind_paychan.service.watcher import ChainWatcher
+from bitcoind_paychan.store import ChannelStore
 from bitcoind_paychan.store.leases import Lease, Leases
+from bitcoind_paychan.store.writer import PaymentWriter
+from bitcoind_paychan.transport.base import Link
+from bitcoind_paychan.wire import pb
 
 log = logging.getLogger("bitcoind_paychan.service.server")
 
 FOREIGN_PAYOUT = "it pays out to a script that is not the server's wallet's"
+REQUOTE_AFTER = 60.0  # s before the autopilot quotes again a client that did not sign
 
 
 class Reanchors:
@@ -38,26 +54,85 @@ class Reanchors:
 
     wallet: Wallet
     broadcaster: Broadcaster
+    store: ChannelStore
+    payments: PaymentWriter
+    _connections: set[ServerConnection]
+    _held: dict[int, Lease]
     leases: Leases
     watcher: ChainWatcher
     payout_script: bytes | None
     clock: Callable[[], float]
     contract_checks: asyncio.Semaphore
+    policy: ServerPolicy
+    _carry_out: Callable[[ServerChannel, Link | None, list[Effect]], Awaitable[bool]]
 
     async def _check_slot(self, what: str, tx: Transaction) -> str:
         raise NotImplementedError  # the executor's
 
-    async def _prepare_reanchor(self, machine: ServerChannel, quoted: bytes) -> list[Effect]:
-        """The machine's quote at the node's fee estimate, to the connection's earlier quote's
-        script (`quoted`), else the configured one or a fresh one of the wallet;
-        REANCHOR_REFUSED if the node cannot give them (the channel goes on)."""
+    async def _prepare_reanchor(self, machine: ServerChannel, quoted: bytes = b"",
+                                payout: bool = True, time_window: int = 0,
+                                asked: bool = True) -> list[Effect]:
+        """The machine's quote at the node's fee estimate (the client's PROPOSE answered, or
+        the server's own wish: `payout`, a renewal of `time_window` s), to the connection's
+        earlier quote's script (`quoted`), else the configured one or a fresh one of the
+        wallet. If the node cannot give them: REANCHOR_REFUSED to an `asked` quote, nothing
+        to the server's own (the channel goes on)."""
         try:
             fee_rate = await self.watcher.fee_rate()
-            payout = quoted or self.payout_script or await self.wallet.payout_script()
+            script = quoted or self.payout_script or await self.wallet.payout_script()
         except NodeError as exc:
             log.warning("cannot quote a re-anchor now: %s", exc)
-            return machine.reanchor_unquoted(f"the server cannot quote now: {exc}")
-        return machine.quote_reanchor(fee_rate, payout, int(self.clock()))
+            return machine.reanchor_unquoted(f"the server cannot quote now: {exc}") if asked \
+                else []
+        return machine.quote_reanchor(fee_rate, script, int(self.clock()), payout, time_window)
+
+    async def _reanchor_unasked(self, connection: ServerConnection) -> None:
+        """The autopilot (`payout_above`, `renew_before`): REANCHOR_TERMS sent unasked on a
+        live connection once a payout or a renewal is due, at most once per REQUOTE_AFTER
+        seconds on one generation while the client has not signed (it may decline without a
+        word), at once on a new generation."""
+        machine, now = connection.machine, self.clock()
+        record = machine.record
+        if (not machine.reanchoring or record is None or machine.state is not ServerState.OPEN
+                or (now < connection.quoted[0] and record.generation == connection.quoted[1])):
+            return
+        wish = server_wish(self.policy, record, machine.acked_change, int(now))
+        if wish is None:
+            return
+        connection.quoted = (now + REQUOTE_AFTER, record.generation)
+        effects = await self._prepare_reanchor(machine, b"", *wish, asked=False)
+        await self._carry_out(machine, connection.link, effects)
+
+    async def quote(self, channel_id: str, payout: bool = True, time_window: int = 0
+                    ) -> dict[str, int]:
+        """Send the live client of channel `channel_id` a re-anchor quote now (`paychan
+        payout`, `paychan renew` on a server): a payout of what it acknowledged (`payout`)
+        and/or a renewal to `time_window` s from now. The client signs it on its connection
+        (its policy must enable re-anchoring); returns what was quoted. LocalProtocolError
+        if the channel has no live connection here, did not negotiate re-anchoring, or
+        has nothing to quote."""
+        connection = next((c for c in self._connections if c.machine.record is not None
+                           and c.machine.record.channel_id == channel_id
+                           and not c.closed), None)
+        if connection is None:
+            raise LocalProtocolError(f"channel {channel_id} has no live connection on this "
+                                     "server: a re-anchor is quoted to a connected client "
+                                     "(the autopilot quotes when it comes back)")
+        machine = connection.machine
+        effects = await self._prepare_reanchor(machine, b"", payout, time_window,
+                                                asked=False)
+        quoted = next((e.message.reanchor_terms for e in effects if isinstance(e, Send)
+                       and e.message.type == pb.TwoWayChannelMessage.REANCHOR_TERMS), None)
+        refused = next((e.message.reanchor_refused.explanation for e in effects
+                        if isinstance(e, Send) and e.message.type
+                        == pb.TwoWayChannelMessage.REANCHOR_REFUSED), None)
+        if refused is not None or not effects:
+            raise LocalProtocolError(f"channel {channel_id} cannot be re-anchored now: "
+                                     f"{refused or 'a re-anchor is in flight'}")
+        await self._carry_out(machine, connection.link, effects)
+        assert quoted is not None
+        return {"payout": quoted.payout, "expiry": quoted.expire_time_secs,
+                "fee_rate": quoted.fee_rate}
 
     async def _check_reanchor(self, machine: ServerChannel, check: CheckReanchor
                               ) -> list[Effect]:
@@ -86,6 +161,77 @@ class Reanchors:
         if refusal:
             log.info("refused re-anchor %s: %s", tx.txid_hex, refusal)
         return machine.reanchor_checked(refusal, fee, estimate)
+
+    async def _locked_offset(self, record: ChannelRecord | None) -> int | None:
+        """A re-anchored channel's last offset (what its last re-anchor added to a payment's
+        change on the contract before it), from the stored generations; None before any."""
+        if record is None or not record.generation:
+            return None
+        generations = await asyncio.to_thread(self.store.generations, Role.SERVER,
+                                              record.channel_id)
+        last = generations[-1]
+        return record.contract.value + last.payout - last.value
+
+    async def _promote(self, channel_id: str) -> ChannelRecord | None:
+        """The autopilot's promotion (its `promote:` duty claimed; R buried deep enough):
+        through the live connection holding the channel here, whose machine moves with the
+        store and tells the client (REANCHOR_LOCKED); else under the channel's lease, taken
+        for it (a connection elsewhere is fenced: its client resumes and is told). The
+        promoted record, or None if the store refused (it is tried again at the next
+        review)."""
+        connection = self._holder(channel_id)
+        try:
+            fee_rate = await self.watcher.fee_rate()  # a settlement moved to C' pays it
+            if connection is not None:
+                return await self._promote_live(connection, fee_rate)
+            holder = f"{self.leases.instance}/promote"
+            lease = await asyncio.to_thread(self.leases.acquire, Role.SERVER, channel_id,
+                                            holder)
+            try:
+                return await asyncio.to_thread(self.leases.store_promotion, lease, fee_rate)
+            finally:
+                await asyncio.to_thread(self.leases.release, lease)
+        except (StoreError, NodeError) as exc:
+            log.warning("channel %s not promoted now: %s", channel_id, exc)
+            return None
+
+    def _holder(self, channel_id: str) -> ServerConnection | None:
+        """The live, proven, open (not settling) connection here holding the channel's
+        lease, if any."""
+        for connection in self._connections:
+            record = connection.machine.record
+            if (record is not None and record.channel_id == channel_id
+                    and connection.machine.state is ServerState.OPEN
+                    and id(connection.link) in self._held
+                    and record.pending is not None and record.pending.complete):
+                return connection
+        return None
+
+    async def _promote_live(self, connection: ServerConnection, fee_rate: int
+                            ) -> ChannelRecord:
+        """Promote in the order of the connection's payments: the store's promotion is
+        queued behind every payment handed to the writer (signed for the old generation) and
+        the machine moves in the same step, so every later payment is of the new one. Then
+        REANCHOR_LOCKED goes out. If the store refuses, the connection ends (its client
+        resumes)."""
+        machine, link = connection.machine, connection.link
+        lease = self._held[id(link)]
+        # Queued now, before anything else runs on the loop: no payment of the new
+        # generation can be handed to the writer ahead of it.
+        promotion = self.payments.in_order(partial(self.leases.store_promotion, lease,
+                                                   fee_rate))
+        record = machine.record
+        assert record is not None
+        effects = machine.reanchor_confirmed(promoted(record))
+        try:
+            stored = await promotion
+        except StoreError:
+            await link.close()
+            connection.connection_lost()
+            raise
+        # The machine's answer is REANCHOR_LOCKED alone (nothing on a closed connection).
+        await send_all(link, [effect.message for effect in effects if isinstance(effect, Send)])
+        return stored
 
     async def _store_reanchor(self, record: ChannelRecord, lease: Lease | None) -> list[Effect]:
         """Store the complete R under `lease`; on refusal the connection's end (nothing

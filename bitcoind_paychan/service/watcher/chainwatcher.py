@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from bitcoind_paychan.bitcoin.tx import Transaction
+from bitcoind_paychan.channel.effects import ReanchorEnded
 from bitcoind_paychan.channel.records import ChannelRecord, Role
 from bitcoind_paychan.channel.watch import WatchPolicy
 from bitcoind_paychan.errors import InvalidParameter
@@ -57,6 +58,10 @@ class ChainWatcher(BlockFolding):
         self.store = store
         self.policy = policy or WatchPolicy()
         self.settle = settle
+        self.promote: Callable[[str], Awaitable[ChannelRecord | None]] | None = None
+        self.promote_depth = 1  # a re-anchor's confirmations before its promotion
+        # Told a re-anchor that can never confirm (client: its wallet coins go back).
+        self.reanchor_ended: Callable[[ReanchorEnded], Awaitable[None]] | None = None
         self.on_event = on_event
         self.callbacks = callbacks or Callbacks()  # the application's, isolated
         self.zmq_endpoint = zmq_endpoint
@@ -132,7 +137,7 @@ class ChainWatcher(BlockFolding):
 
     def view(self, record: ChannelRecord) -> ChannelView:
         """What a person watching this channel wants to know."""
-        state = self.store.chain_state(self.role, record.contract_txid)
+        state = self.store.chain_state(self.role, record.channel_id)
         tip = self.monitor.tip.height if self.monitor and self.monitor.tip else 0
         deadline = record.contract.expiry
         if self.role is Role.SERVER:
@@ -143,7 +148,7 @@ class ChainWatcher(BlockFolding):
                    else Transaction.parse(record.settlement_tx).txid_hex
                    if record.settlement_tx else None)
         return ChannelView(
-            role=self.role.value, contract_txid=record.contract_txid, version=record.version,
+            role=self.role.value, contract_txid=record.channel_id, version=record.version,
             status=record.status.value, value=record.value, paid=record.paid,
             change=record.change, payments=record.payments, peer=record.peer,
             expiry=record.contract.expiry, deadline=deadline,
@@ -152,4 +157,9 @@ class ChainWatcher(BlockFolding):
             closing_txid=closing,
             closing_confirmations=tip - state.spender_height + 1 if state.spender_height
             else 0,
+            channel_id=record.channel_id, generation=record.generation,
+            reanchor_txid=record.pending.txid if record.pending else None,
+            reanchor_state=("" if record.pending is None else "refused"
+                            if record.pending.refused else "complete"
+                            if record.pending.complete else "signed"),
         )

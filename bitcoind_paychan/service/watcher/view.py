@@ -24,3 +24,7 @@ class ChannelView:
     contract_confirmations: int
     closing_txid: str | None
     closing_confirmations: int
+    channel_id: str = ""  # generation 0's contract txid: the channel's identity for life
+    generation: int = 0  # re-anchors confirmed before the current contract
+    reanchor_txid: str | None = None  # a re-anchor in flight (issue 23): R's txid
+    reanchor_state: str = ""  # signed (by the client), complete (both), refused
