@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from bitcoind_paychan.bitcoin.tx import Transaction
+from bitcoind_paychan.bitcoin.tx import Transaction, parse_outputs
 from bitcoind_paychan.channel import messages, reanchor
 from bitcoind_paychan.channel.contract import DUST, bad_tx
 from bitcoind_paychan.channel.effects import (
@@ -134,13 +134,15 @@ class ServerReanchoring:
             if len(tx.outputs) < 2:
                 raise bad_tx("a re-anchor with a payout has no payout output")
             terms = replace(terms, payout_script=tx.outputs[1].script_pubkey)
+        spent = parse_outputs(body.spent_outputs) if body.spent_outputs else ()
         signed = reanchor.Signed(tx, terms, body.client_change_value, body.next_signature,
-                                 body.client_signature)
+                                 body.client_signature, spent)
         candidate = reanchor.check_signed(
             record, signed, machine.now + policy.min_time_window,
             machine.now + policy.max_time_window, policy.max_fee_rate)
         # Signed here, but nothing leaves before the node's answer and the store.
-        complete = record.contract.sign_settlement(tx, body.client_signature, record.key)
+        complete = record.contract.complete_cooperative(tx, body.client_signature, record.key,
+                                                        spent)
         self._checking = complete
         machine.record = replace(record, pending=candidate)  # payments now come in pairs
         # A payout script this connection did not quote (R re-sent after a resume) is the

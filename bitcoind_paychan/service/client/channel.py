@@ -446,7 +446,8 @@ class Channel:
                 case FundContract(script, value):
                     queue[:0] = await self._fund(script, value)
                 case FundReanchor():
-                    queue[:0] = await fund_reanchor(self.client.wallet, self.machine, effect)
+                    queue[:0] = await fund_reanchor(self.client.wallet, self.client.chain,
+                                                   self.machine, effect)
                 case ReanchorEnded():
                     await reanchor_ended(self.client.wallet, self.machine, effect)
                     self._events.append(effect)

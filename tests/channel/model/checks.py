@@ -115,7 +115,8 @@ class Checks:
         require(pending is not None and pending.complete and pending.tx == tx.serialize(),
                 "server releases a re-anchor it has not stored")
         assert stored is not None and pending is not None
-        problem = spend_problem(stored.contract, tx, ANY_TIME)
+        problem = spend_problem(stored.contract, tx, ANY_TIME,
+                                spent=self.world.chain.spent_outputs(tx))
         require(problem is None, f"server signs an invalid re-anchor: {problem}")
         require(pending.payout <= stored.paid, f"re-anchor pays out {pending.payout}, more "
                 f"than the {stored.paid} sat paid")

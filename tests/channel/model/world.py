@@ -505,12 +505,14 @@ class ClientProcess(Process):
                 case FundReanchor(draft, _, rate):  # a wallet coin of 300,000 sat, change
                     coin = TxIn(self.world.fresh_outpoint(), b"", 0xFFFFFFFD,
                                 (bytes(71), bytes(33)))
+                    self.chain.coins[coin.prevout] = TxOut(300_000, PAYOUT)
                     assert machine.record is not None
                     change = (machine.record.value + 300_000 - sum(o.value for o in draft.outputs)
                               - -(-rate * (draft.vsize + 250) // 1000))
                     queue[:0] = machine.reanchor_funded(Transaction(
                         draft.version, (*draft.inputs, coin), (*draft.outputs,
-                                                               TxOut(change, PAYOUT)), 0))
+                                                               TxOut(change, PAYOUT)), 0),
+                        (self.chain.coins[coin.prevout],))  # v4 signs over what it spends
                 case Send(message):
                     self.world.checks.client_sends(self.store, machine.record, message)
                     if not conn.client_done:
