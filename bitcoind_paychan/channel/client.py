@@ -229,7 +229,7 @@ class ClientChannel(ClientReanchoring, ProtocolMachine):
 
     def _on_start(self) -> list[Effect]:
         self.state = ClientState.WAITING_FOR_VERSION
-        previous = self.record.contract_txid if self.record else None
+        previous = self.record.channel_id if self.record else None
         return [Send(messages.client_version(self.version, self.policy.time_window, previous,
                                              self._may_reanchor))]
 
@@ -378,8 +378,8 @@ class ClientChannel(ClientReanchoring, ProtocolMachine):
             raise RemoteProtocolError("unexpected INITIATE while waiting for CHANNEL_OPEN",
                                       ErrorCode.SYNTAX_ERROR)
         self.state = ClientState.CLOSED
-        return [ResumeRefused(record.contract_txid),
-                Disconnect(f"the server no longer has channel {record.contract_txid} open")]
+        return [ResumeRefused(record.channel_id),
+                Disconnect(f"the server no longer has channel {record.channel_id} open")]
 
     def _on_return_refund(self, message: T) -> list[Effect]:
         assert self._contract is not None and self._refund is not None
@@ -410,7 +410,7 @@ class ClientChannel(ClientReanchoring, ProtocolMachine):
             # The last payment may not have reached the server: send it again (the server
             # acknowledges a repeat without counting it twice). It also proves to the server
             # that this connection holds the channel's key (v3: by signing its challenge).
-            proof = (self.key.sign(resume_digest(self._challenge, record.contract_txid))
+            proof = (self.key.sign(resume_digest(self._challenge, record.channel_id))
                      if self._challenge else b"")
             self.state = ClientState.WAITING_FOR_ACK
             self._in_flight.append((0, b""))

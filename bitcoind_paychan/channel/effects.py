@@ -178,6 +178,14 @@ class SettleChannel:
 
 
 @dataclass(frozen=True, slots=True)
+class PromoteChannel:
+    """The channel's re-anchor R is buried deep enough (issue 23): the stored channel moves
+    to the next contract (`reanchor.promoted`), and a live connection is told."""
+
+    contract_txid: str
+
+
+@dataclass(frozen=True, slots=True)
 class MarkChannel:
     """Set a stored channel's status (and, unless None, the tx closing it), atomically with
     respect to payments being stored on it."""
@@ -306,5 +314,5 @@ Effect = (
     | SettleChannel
     | MarkChannel | StoreChainState | ForgetChannel | DiscardChannel | ClosingSeen
     | ChannelFinished | PrepareReanchor | FundReanchor | CheckReanchor | ReanchorEnded
-    | ReanchorSigned
+    | ReanchorSigned | PromoteChannel
 )

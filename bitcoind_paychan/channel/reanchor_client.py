@@ -100,7 +100,7 @@ class ClientReanchoring:
                                    max(latest, record.contract.expiry),
                                    machine.policy.max_fee_rate)
         if why:
-            return [ReanchorEnded(record.contract_txid, f"declined the server's terms: {why}")]
+            return [ReanchorEnded(record.channel_id, f"declined the server's terms: {why}")]
         draft = rules.draft(record.contract, terms, top_up)
         if top_up:
             self._funding = (terms, draft)
@@ -125,7 +125,7 @@ class ClientReanchoring:
             raise LocalProtocolError("no re-anchor is being funded")
         terms, draft = funding
         if not self._paying():
-            return [ReanchorEnded(record.contract_txid, f"the channel is {machine.state.value}"
+            return [ReanchorEnded(record.channel_id, f"the channel is {machine.state.value}"
                                   "; nothing was signed", funded)]
         rules.check_funded(draft, funded)
         if not record.contract.kind.reanchor_needs_spent:
@@ -140,7 +140,7 @@ class ClientReanchoring:
         nxt = rules.next_contract(record.contract, tx, terms.expiry)
         carried = record.change + nxt.value + terms.payout - record.contract.value
         if carried < DUST:  # paid on since the quote: C' would hold nothing of ours
-            return [ReanchorEnded(record.contract_txid, "the new contract would leave us "
+            return [ReanchorEnded(record.channel_id, "the new contract would leave us "
                                   f"{carried} sat; nothing was signed",
                                   tx if len(tx.inputs) > 1 else None)]
         next_signature = nxt.sign_payment(machine.key, carried)
@@ -185,10 +185,10 @@ class ClientReanchoring:
         why = message.reanchor_refused.explanation or "no reason given"
         pending = record.pending
         if pending is None or pending.complete or pending.refused:
-            return [ReanchorEnded(record.contract_txid, f"the server refused: {why}")]
+            return [ReanchorEnded(record.channel_id, f"the server refused: {why}")]
         machine.record = stored = replace(record, pending=replace(pending, refused=True))
         tx = Transaction.parse(pending.tx)
-        return [StoreChannel(stored), ReanchorEnded(record.contract_txid,
+        return [StoreChannel(stored), ReanchorEnded(record.channel_id,
                                                     f"the server refused: {why}",
                                                     tx if len(tx.inputs) > 1 else None)]
 
@@ -218,9 +218,11 @@ class ClientReanchoring:
         if record.contract_txid == txid:
             return []  # promoted already
         pending = record.pending
-        if pending is None or not pending.complete or pending.txid != txid:
-            raise bad_tx(f"REANCHOR_LOCKED for {txid}, which is not our complete re-anchor")
-        machine.record = promoted = rules.promoted(record)
+        if pending is None or pending.refused or pending.txid != txid:
+            raise bad_tx(f"REANCHOR_LOCKED for {txid}, which is not our re-anchor")
+        # Confirmed, so complete, even if its ACK never reached us (a lost connection).
+        machine.record = promoted = rules.promoted(
+            replace(record, pending=replace(pending, complete=True)))
         return [StoreChannel(promoted)]
 
     def reanchor_confirmed(self, record: ChannelRecord) -> list[Effect]:

@@ -71,7 +71,7 @@ class ServerReanchoring:
         self._require_negotiated()
         body = message.reanchor_propose
         self._wish = (body.top_up, body.time_window_secs)
-        return [PrepareReanchor(machine._record().contract_txid)]
+        return [PrepareReanchor(machine._record().channel_id)]
 
     def quote_reanchor(self, fee_rate: int, payout_script: bytes, now: int,
                        payout: bool = True, time_window: int = 0) -> list[Effect]:
@@ -168,11 +168,11 @@ class ServerReanchoring:
                                                      complete=True))
             machine.record = stored
             return [StoreChannel(stored), Broadcast(complete, Purpose.REANCHOR,
-                                                    stored.contract_txid),
+                                                    stored.channel_id),
                     Send(messages.reanchor_ack(complete.serialize())), ReanchorSigned(stored)]
         machine.record = replace(record, pending=None)
         why = refusal or f"the channel is {machine.state.value}"
-        effects: list[Effect] = [ReanchorEnded(record.contract_txid, why)]
+        effects: list[Effect] = [ReanchorEnded(record.channel_id, why)]
         if not self._closed():
             effects.insert(0, Send(messages.reanchor_refused(f"re-anchor refused: {why}")))
         return effects

@@ -253,7 +253,7 @@ class ServerChannel(ServerReanchoring, ProtocolMachine):
                      ) -> ServerChannel:
         """A machine for a stored open channel with no client connected (to settle it)."""
         if record.status is not ChannelStatus.OPEN:
-            raise LocalProtocolError(f"channel {record.contract_txid} is {record.status}, "
+            raise LocalProtocolError(f"channel {record.channel_id} is {record.status}, "
                                      "not open")
         machine = cls(policy, record.key, now)
         record = without_unchecked(record)
@@ -297,11 +297,16 @@ class ServerChannel(ServerReanchoring, ProtocolMachine):
         self.acked_change = received.record.change
         return [Send(messages.payment_ack(info))]
 
-    def channel_loaded(self, record: ChannelRecord | None) -> list[Effect]:
-        """The answer to LoadChannel: the stored channel, or None if there is none."""
-        return self._input(Input.CHANNEL_LOADED, self._on_channel_loaded, record)
+    def channel_loaded(self, record: ChannelRecord | None, locked_offset: int | None = None
+                       ) -> list[Effect]:
+        """The answer to LoadChannel: the stored channel, or None if there is none. For a
+        re-anchored channel (generation > 0), `locked_offset` is its last re-anchor's offset:
+        a client that has not heard of the promotion re-sends its payment on both contracts
+        (counted by its signature on the current one) and is told REANCHOR_LOCKED."""
+        return self._input(Input.CHANNEL_LOADED, self._on_channel_loaded, record, locked_offset)
 
-    def _on_channel_loaded(self, record: ChannelRecord | None) -> list[Effect]:
+    def _on_channel_loaded(self, record: ChannelRecord | None,
+                           locked_offset: int | None = None) -> list[Effect]:
         if record is not None and record.version == self.version and _settlement_of(record):
             # Settling already: its one settlement is the answer (bitcoinj checks and stores it).
             self.record, self.state = record, ServerState.CLOSED
@@ -317,13 +322,18 @@ class ServerChannel(ServerReanchoring, ProtocolMachine):
             # fences nobody.
             self.state = ServerState.SETTLING
             return [Send(messages.server_version(self.version)),
-                    PrepareSettlement(record.contract_txid)]
+                    PrepareSettlement(record.channel_id)]
         self.state, self.acked_change = ServerState.RESUMED, record.change
         if self.capabilities.resume_challenge:
             self.challenge = resume_challenge(self.key.secret)
-        return [Send(messages.server_version(self.version, self.challenge, self._window,
-                                             self.reanchoring)),
-                Send(messages.channel_open())]
+        effects: list[Effect] = [
+            Send(messages.server_version(self.version, self.challenge, self._window,
+                                         self.reanchoring)),
+            Send(messages.channel_open())]
+        if self.reanchoring and record.generation and locked_offset is not None:
+            self._locked_offset = locked_offset
+            effects.append(Send(messages.reanchor_locked(record.contract_txid)))
+        return effects
 
     def contract_checked(self, refusal: str | None, retryable: bool = False) -> list[Effect]:
         """The answer to CheckContract: None if the node would accept the contract (store,
@@ -415,7 +425,7 @@ class ServerChannel(ServerReanchoring, ProtocolMachine):
                           settlement_tx=settlement.serialize())
         self.record, self.state = closing, ServerState.CLOSED
         return [StoreChannel(closing),
-                Broadcast(settlement, Purpose.SETTLEMENT, closing.contract_txid),
+                Broadcast(settlement, Purpose.SETTLEMENT, closing.channel_id),
                 Send(messages.close(settlement.serialize())), ChannelClosed(closing, settlement),
                 Disconnect("channel settled")]
 
@@ -527,7 +537,7 @@ class ServerChannel(ServerReanchoring, ProtocolMachine):
         proven: list[Effect] = []
         if self.state is ServerState.RESUMED:
             self._check_resume_proof(record, body)
-            proven = [ClaimChannel(record.contract_txid), ChannelOpened(record, resumed=True)]
+            proven = [ClaimChannel(record.channel_id), ChannelOpened(record, resumed=True)]
             self.state = ServerState.OPEN
         if change > record.change:
             raise bad_tx(f"payment would lower the server's value: change {change} is above "
@@ -550,7 +560,7 @@ class ServerChannel(ServerReanchoring, ProtocolMachine):
         self._unanswered.append(record.payments)
         if change == 0:
             self.state = ServerState.SETTLING
-            effects.append(PrepareSettlement(record.contract_txid))
+            effects.append(PrepareSettlement(record.channel_id))
         return effects
 
     def _check_resume_proof(self, record: ChannelRecord, body: pb.UpdatePayment) -> None:
@@ -560,7 +570,7 @@ class ServerChannel(ServerReanchoring, ProtocolMachine):
         if not self.challenge:
             record.contract.check_payment(body.client_change_value, body.signature)
             return
-        digest = resume_digest(self.challenge, record.contract_txid)
+        digest = resume_digest(self.challenge, record.channel_id)
         if not body.resume_proof or not record.contract.client_key.verify(digest,
                                                                           body.resume_proof):
             raise RemoteProtocolError("the first payment after a resume must carry a "
@@ -586,7 +596,7 @@ class ServerChannel(ServerReanchoring, ProtocolMachine):
         if message.musig_nonce and self.capabilities.key_path_close:
             self._client_nonce = message.musig_nonce
         self.state = ServerState.SETTLING
-        return [PrepareSettlement(self._record().contract_txid)]
+        return [PrepareSettlement(self._record().channel_id)]
 
     # -- the cooperative key-path close ----------------------------------------------------
 

@@ -28,6 +28,7 @@ from bitcoind_paychan.channel.effects import (
     Effect,
     ForgetChannel,
     MarkChannel,
+    PromoteChannel,
     Purpose,
     SettleChannel,
     StoreChainState,
@@ -141,10 +142,15 @@ def client_share(contract: Contract, tx: Transaction) -> int:
 
 
 def review(record: ChannelRecord, state: ChainState, tip: Tip, fee_rate: int,
-           policy: WatchPolicy) -> list[Effect]:
-    """What to do about one stored channel now."""
-    txid, contract = record.contract_txid, record.contract
+           policy: WatchPolicy, promote_depth: int = 1) -> list[Effect]:
+    """What to do about one stored channel now. `promote_depth`: the confirmations of a
+    re-anchor R after which the channel moves to the next contract (at least 1)."""
+    txid, contract = record.channel_id, record.contract
     fee_rate = policy.fees.rate(fee_rate)
+    if record.pending is not None and record.status is ChannelStatus.OPEN and not (
+            state.conflict_height and not state.contract_height) and (
+            not state.spender or reanchored(record, state)):
+        return _reanchoring(record, state, tip, fee_rate, policy, max(1, promote_depth))
     if state.conflict_height and not state.contract_height:
         return _finish(record, state, tip, policy, ChannelStatus.FAILED, None)
     if state.spender:
@@ -174,13 +180,47 @@ def review(record: ChannelRecord, state: ChainState, tip: Tip, fee_rate: int,
     return []
 
 
+def reanchored(record: ChannelRecord, state: ChainState) -> bool:
+    """The contract's spender is the channel's pending re-anchor R (issue 23)."""
+    pending = record.pending
+    return bool(pending and state.spender
+                and Transaction.parse(state.spender).txid_hex == pending.txid)
+
+
+def _reanchoring(record: ChannelRecord, state: ChainState, tip: Tip, fee_rate: int,
+                 policy: WatchPolicy, promote_depth: int) -> list[Effect]:
+    """An open channel with a re-anchor R in flight whose contract nothing but R spends: R
+    buried `promote_depth` deep promotes the channel; the server's settle deadline before
+    that settles the contract (replacing an unconfirmed R: its input 0 signals RBF); until
+    then the server broadcasts its complete R (again: after a crash before its broadcast,
+    after an eviction or a reorg)."""
+    txid, pending = record.channel_id, record.pending
+    assert pending is not None
+    if state.spender_height:  # R is in a block
+        return [PromoteChannel(txid)] if depth(tip, state.spender_height) >= promote_depth \
+            else []
+    if record.role is Role.SERVER:
+        if tip.time >= record.contract.expiry - policy.settle_margin:
+            return [SettleChannel(txid)]
+        if pending.complete:
+            effects: list[Effect] = []
+            if not state.contract_height:
+                effects.append(Broadcast(Transaction.parse(record.contract_tx),
+                                         Purpose.CONTRACT, txid))
+            return [*effects, Broadcast(Transaction.parse(pending.tx), Purpose.REANCHOR, txid)]
+        return []
+    if tip.median_time > record.contract.expiry:
+        return _refund(record, state, tip, fee_rate)
+    return []
+
+
 def _settle_again(record: ChannelRecord, settlement_tx: bytes, state: ChainState,
                   fee_rate: int) -> list[Effect]:
     """The channel's one settlement, again: the node holds no spender of the contract (a
     refused broadcast leaves the channel CLOSING, never OPEN). Its contract goes first while
     that is unconfirmed (it may have left the mempool); the settlement is re-signed at
     `fee_rate` if that is above its own (same payout script: a replacement, never a rival)."""
-    txid = record.contract_txid
+    txid = record.channel_id
     settlement = Transaction.parse(settlement_tx)
     effects: list[Effect] = []
     if not state.contract_height:
@@ -206,7 +246,7 @@ def _spent(record: ChannelRecord, state: ChainState, tip: Tip, fee_rate: int,
     if state.spender_height:  # confirmed: the money has moved
         status = ChannelStatus.REFUNDED if refund else ChannelStatus.SETTLED
         return _finish(record, state, tip, policy, status, spender)
-    txid = record.contract_txid
+    txid = record.channel_id
     if record.role is Role.SERVER and not refund and (
             client_share(record.contract, spender) > record.change):
         return _contest(record, state, spender, tip, fee_rate)
@@ -242,7 +282,7 @@ def _contest(record: ChannelRecord, state: ChainState, spender: Transaction, tip
     every non-refund spend carries the server's signature), at a fee rate that outbids it.
     The channel is CLOSING with that settlement; nothing is broadcast for the other spend,
     which becomes the closing transaction only when the server's share cannot outbid it."""
-    txid = record.contract_txid
+    txid = record.channel_id
     rate = max(fee_rate, _fee_rate_of(record.contract, spender) + INCREMENTAL_RELAY_FEE + 1)
     payout = spender.outputs[-1].script_pubkey
     ours = (_bumped_settlement(record, spender, rate)
@@ -270,7 +310,7 @@ def _fee_rate_of(contract: Contract, tx: Transaction) -> int:
 def _finish(record: ChannelRecord, state: ChainState, tip: Tip, policy: WatchPolicy,
             status: ChannelStatus, closing: Transaction | None) -> list[Effect]:
     """Mark the outcome once; forget the channel once it is buried."""
-    txid = record.contract_txid
+    txid = record.channel_id
     effects: list[Effect] = []
     if record.status is not status:
         change = client_share(record.contract, closing) if closing else record.contract.value
@@ -288,7 +328,7 @@ def _finish(record: ChannelRecord, state: ChainState, tip: Tip, policy: WatchPol
 
 
 def _refund(record: ChannelRecord, state: ChainState, tip: Tip, fee_rate: int) -> list[Effect]:
-    txid, contract = record.contract_txid, record.contract
+    txid, contract = record.channel_id, record.contract
     refund = contract.refund(record.key, fee_rate, record.refund_tx)
     effects: list[Effect] = []
     if not state.contract_height:  # the server may never have broadcast it
@@ -306,7 +346,7 @@ def _bump(record: ChannelRecord, state: ChainState, spender: Transaction, tip: T
     stuck = tip.height - state.broadcast_height >= policy.bump_after_blocks
     if not (stuck and fee_rate > state.fee_rate):
         return []
-    contract, txid = record.contract, record.contract_txid
+    contract, txid = record.contract, record.channel_id
     if record.role is Role.CLIENT:
         replacement = contract.refund(record.key, fee_rate, record.refund_tx)
     else:

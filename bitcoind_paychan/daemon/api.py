@@ -250,7 +250,7 @@ class ControlApi:
                 # The connection was lost, but the payment is stored: resuming the channel
                 # sends it again and waits for its acknowledgement.
                 log.info("channel %s lost its connection; resuming", channel.contract_txid)
-                channel = await self._client().resume(channel.contract_txid)
+                channel = await self._client().resume(channel.channel_id)
                 ack = b""
             self.metrics.client.paid(amount, time.perf_counter() - started)
             self.activity.record(amount, received=False)
@@ -288,7 +288,7 @@ class ControlApi:
         """The stored client channel whose contract txid starts with `prefix`, if it is open
         with money left (reconnected after a restart); else an error saying what it is."""
         client = self._client()
-        records = [r for r in client.channels() if r.contract_txid.startswith(prefix)]
+        records = [r for r in client.channels() if r.channel_id.startswith(prefix)]
         if not records:
             servers = ", ".join(sorted(self.config.client.servers)) or "none"
             raise LocalProtocolError(f"no server or client channel {prefix!r}: give a "
@@ -298,7 +298,7 @@ class ControlApi:
             raise LocalProtocolError(f"{prefix!r} matches {len(records)} channels; give more "
                                      "of the txid")
         record = records[0]
-        txid = record.contract_txid
+        txid = record.channel_id
         if record.status is not ChannelStatus.OPEN:
             raise LocalProtocolError(f"channel {txid} is {record.status.value}; open a new one "
                                      f"(paychan open {record.peer} AMOUNT)")

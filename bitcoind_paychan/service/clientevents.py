@@ -40,7 +40,7 @@ class ClientEvents:
         self._finished: dict[str, None] = {}  # the last FINISHED_KEPT, oldest first
 
     def tell(self, event: ClientEvent) -> None:
-        txid = event.record.contract_txid
+        txid = event.record.channel_id
         if txid in self._finished:
             log.debug("channel %s finished already: %s not told", txid, type(event).__name__)
             return

@@ -1,8 +1,10 @@
 """The autopilot's in-memory index of what the chain could change for its channels.
 
-For each watched (live) channel it holds the contract output (a spend of it settles or refunds
+Channels are keyed by their id (generation 0's contract txid, for life). For each watched
+(live) channel it holds its current contract's output (a spend of it settles or refunds
 the channel), while the contract is unconfirmed its inputs (the contract itself spends them; any
-other transaction spending one is a double spend), and while the channel is OPEN its deadline.
+other transaction spending one is a double spend), the wallet inputs of a re-anchor R in
+flight (issue 23: another spend of one kills R), and while the channel is OPEN its deadline.
 A block is scanned once against the outpoints, so its cost follows the block and the channels
 it touches, not the number of channels stored. The index is rebuilt from the store at start
 (`ChannelStore.watched`) and kept up to date by the watcher.
@@ -26,13 +28,14 @@ class WatchIndex:
     """Outpoints → channel, the unconfirmed contracts, and the deadlines of open channels."""
 
     def __init__(self) -> None:
-        self._outpoints: dict[bytes, str] = {}  # watched outpoint (serialized) → contract txid
-        self._keys: dict[str, tuple[bytes, ...]] = {}  # contract txid → its watched outpoints
+        self._outpoints: dict[bytes, str] = {}  # watched outpoint (serialized) → channel id
+        self._keys: dict[str, tuple[bytes, ...]] = {}  # channel id → its watched outpoints
         self._order: list[str] = []  # every watched txid (stale ones too), for `outpoints`
         self.unconfirmed: set[str] = set()  # channels whose contract is not in a block yet
         self._deadlines: dict[str, int] = {}  # open channel → when it must act
         self._heap: list[tuple[int, str]] = []  # (deadline, txid); stale entries skipped
         self._due: set[str] = set()  # open channels whose deadline the chain has reached
+        self._reanchor: dict[str, tuple[bytes, ...]] = {}  # channel → R's wallet inputs
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -41,21 +44,32 @@ class WatchIndex:
         return contract_txid in self._keys
 
     def add(self, contract_txid: str, index: int, deadline: int | None,
-            contract_tx: bytes | None) -> None:
-        """Watch a channel: its contract output, its contract's inputs while `contract_tx` is
-        given (unconfirmed), its `deadline` while it is open (None: it is not)."""
-        keys: tuple[bytes, ...] = (OutPoint.from_hex(contract_txid, index).serialize(),)
+            contract_tx: bytes | None, current_txid: str = "",
+            reanchor_tx: bytes | None = None) -> None:
+        """Watch a channel (keyed by its id, `contract_txid`): its current contract's output
+        (`current_txid`:`index`; '' while that is the channel's first contract), its
+        contract's inputs while `contract_tx` is given (unconfirmed), the wallet inputs of a
+        re-anchor R in flight (`reanchor_tx`: another spend of one is a double spend of R),
+        its `deadline` while it is open (None: it is not)."""
+        outpoint = OutPoint.from_hex(current_txid or contract_txid, index)
+        keys: tuple[bytes, ...] = (outpoint.serialize(),)
         if contract_tx is not None:
             keys += tuple(txin.prevout.serialize()
                           for txin in Transaction.parse(contract_tx).inputs)
             self.unconfirmed.add(contract_txid)
         else:
             self.unconfirmed.discard(contract_txid)
+        extra = () if reanchor_tx is None else tuple(
+            txin.prevout.serialize() for txin in Transaction.parse(reanchor_tx).inputs[1:])
         self._unlink(contract_txid)
         if contract_txid not in self._keys:
             self._order.append(contract_txid)
-        self._keys[contract_txid] = keys
-        for key in keys:
+        self._keys[contract_txid] = keys + extra
+        if extra:
+            self._reanchor[contract_txid] = extra
+        else:
+            self._reanchor.pop(contract_txid, None)
+        for key in keys + extra:
             self._outpoints[key] = contract_txid
         if deadline is None:
             self.no_deadline(contract_txid)
@@ -67,9 +81,10 @@ class WatchIndex:
         keys = self._keys.get(contract_txid)
         if keys is None or contract_txid not in self.unconfirmed:
             return
-        for key in keys[1:]:
+        kept = keys[:1] + self._reanchor.get(contract_txid, ())
+        for key in set(keys) - set(kept):
             self._outpoints.pop(key, None)
-        self._keys[contract_txid] = keys[:1]
+        self._keys[contract_txid] = kept
         self.unconfirmed.discard(contract_txid)
 
     def set_deadline(self, contract_txid: str, deadline: int) -> None:
@@ -87,6 +102,7 @@ class WatchIndex:
         """Stop watching a channel (forgotten or discarded)."""
         self._unlink(contract_txid)
         self._keys.pop(contract_txid, None)
+        self._reanchor.pop(contract_txid, None)
         self.unconfirmed.discard(contract_txid)
         self.no_deadline(contract_txid)
         if len(self._order) > 2 * len(self._keys) + 1024:  # mostly stale: compact

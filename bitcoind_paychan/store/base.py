@@ -46,11 +46,13 @@ class WatchedChannel:
     is unconfirmed its raw transaction (whose inputs a double spend would spend); None once
     the contract is confirmed."""
 
-    contract_txid: str
+    contract_txid: str  # the channel's id
     outpoint_index: int
     expiry: int
     status: ChannelStatus
     contract_tx: bytes | None
+    current_txid: str = ""  # the current contract's txid once re-anchored ('': the id)
+    reanchor_tx: bytes | None = None  # R in flight (its wallet inputs are watched)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from bitcoind_paychan.channel.reanchor import promoted
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.errors import LeaseLost, PolicyError, StoreError
 from bitcoind_paychan.store.base import ChannelStore, Payment, settlement_decided
@@ -123,6 +124,13 @@ class Leases(Protocol):
         be broadcast nor sent back."""
         ...
 
+    def store_promotion(self, lease: Lease) -> ChannelRecord:
+        """Promote the stored channel to its complete re-anchor's contract (`reanchor.
+        promoted`: R buried deep enough) only while `lease` is current and the channel is
+        OPEN with that re-anchor, in the write's own transaction; the promoted record.
+        LeaseLost, SettlementDecided or StoreError: nothing stored."""
+        ...
+
     def claim(self, duty: str, hold: float | None = None) -> bool:
         """True: this instance does `duty` now (no live instance holds it); False: leave it.
         The claim lasts until `finish` (or its instance is silent for `takeover_after`), or
@@ -152,11 +160,15 @@ def settlement_lost(lease: Lease) -> LeaseLost:
         "resumed); the channel stays open and is settled again later")
 
 
-def reanchor_lost(lease: Lease) -> LeaseLost:
+def _taken(what: str, lease: Lease, then: str) -> LeaseLost:
     return LeaseLost(
-        f"re-anchor of {lease.role} channel {lease.contract_txid} not stored: a newer "
-        f"connection took the channel's lease (token {lease.token}); it is neither broadcast "
-        "nor sent back, and the client's re-sent REANCHOR_SIGNED is checked afresh")
+        f"{what} of {lease.role} channel {lease.contract_txid} not stored: a newer "
+        f"connection took the channel's lease (token {lease.token}); {then}")
+
+
+def reanchor_lost(lease: Lease) -> LeaseLost:
+    return _taken("re-anchor", lease, "it is neither broadcast nor sent back, and the "
+                  "client's re-sent REANCHOR_SIGNED is checked afresh")
 
 
 def reanchoring(record: ChannelRecord) -> Callable[[ChannelRecord], ChannelRecord]:
@@ -174,6 +186,22 @@ def reanchoring(record: ChannelRecord) -> Callable[[ChannelRecord], ChannelRecor
                 f"{stored.generation}) since it was checked; nothing is broadcast")
         return record
     return change
+
+
+def promotion_lost(lease: Lease) -> LeaseLost:
+    return _taken("promotion", lease, "it is promoted again at the next review")
+
+
+def promoting(stored: ChannelRecord) -> ChannelRecord:
+    """The `modify` change that promotes the stored channel to its complete re-anchor's
+    contract: only an OPEN one holding a complete re-anchor."""
+    if stored.status is not ChannelStatus.OPEN:
+        raise settlement_decided(Role(stored.role), stored.channel_id, stored.status,
+                                 "promote a re-anchor")
+    if stored.pending is None or not stored.pending.complete:
+        raise StoreError(f"{stored.role} channel {stored.channel_id} holds no complete "
+                         "re-anchor to promote (promoted already, or it was dropped)")
+    return promoted(stored)
 
 
 def closing(record: ChannelRecord) -> Callable[[ChannelRecord], ChannelRecord]:
@@ -260,12 +288,15 @@ class LocalLeases:
     def store_reanchor(self, record: ChannelRecord, lease: Lease) -> None:
         self._store_fenced(lease, reanchoring(record), reanchor_lost)
 
+    def store_promotion(self, lease: Lease) -> ChannelRecord:
+        return self._store_fenced(lease, promoting, promotion_lost)
+
     def _store_fenced(self, lease: Lease, change: Callable[[ChannelRecord], ChannelRecord],
-                      lost: Callable[[Lease], LeaseLost]) -> None:
+                      lost: Callable[[Lease], LeaseLost]) -> ChannelRecord:
         with self._lock:  # as a payment's: no acquisition between the check and the write
             if self._tokens.get((lease.role, lease.contract_txid)) != lease.token:
                 raise lost(lease)
-            self.store.modify(lease.role, lease.contract_txid, change)
+            return self.store.modify(lease.role, lease.contract_txid, change)
 
     def claim(self, duty: str, hold: float | None = None) -> bool:
         if hold is not None:

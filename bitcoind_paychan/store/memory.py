@@ -234,7 +234,9 @@ class MemoryStore(Closable):
             return [
                 WatchedChannel(txid, rec.contract.outpoint.index, rec.contract.expiry,
                                rec.status, None if self._chain.get(
-                                   key, ChainState()).contract_height else rec.contract_tx)
+                                   key, ChainState()).contract_height else rec.contract_tx,
+                               rec.contract_txid if rec.generation else "",
+                               rec.pending.tx if rec.pending else None)
                 for key, rec in sorted(self._records.items(), key=lambda item: item[0])
                 if key[0] == role and rec.status in wanted
                 for txid in (key[1],)

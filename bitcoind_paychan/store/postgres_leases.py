@@ -33,6 +33,8 @@ from bitcoind_paychan.store.leases import (
     Lease,
     closing,
     fenced,
+    promoting,
+    promotion_lost,
     reanchor_lost,
     reanchoring,
     settlement_lost,
@@ -148,8 +150,11 @@ class PostgresLeases:
     def store_reanchor(self, record: ChannelRecord, lease: Lease) -> None:
         self._store_fenced(lease, reanchoring(record), reanchor_lost, "re-anchor")
 
+    def store_promotion(self, lease: Lease) -> ChannelRecord:
+        return self._store_fenced(lease, promoting, promotion_lost, "promotion")
+
     def _store_fenced(self, lease: Lease, change: Callable[[ChannelRecord], ChannelRecord],
-                      lost: Callable[[Lease], LeaseLost], what: str) -> None:
+                      lost: Callable[[Lease], LeaseLost], what: str) -> ChannelRecord:
         """`modify` the channel with `change` only while `lease` is current, in one
         transaction (the token row locked FOR SHARE: no acquisition in between)."""
         doing = (f"store the {what} of {lease.contract_txid} (it is not stored, so it must "
@@ -158,7 +163,9 @@ class PostgresLeases:
             row = session.execute(TOKEN, (lease.role.value, lease.contract_txid)).fetchone()
             if row is None or int(row[0]) != lease.token:
                 raise lost(lease)
-            self.store._modify(session, lease.role, lease.contract_txid, change)
+            stored: ChannelRecord = self.store._modify(session, lease.role, lease.contract_txid,
+                                                       change)
+            return stored
 
     def claim(self, duty: str, hold: float | None = None) -> bool:
         with self.store._transaction(f"claim {duty}") as session:

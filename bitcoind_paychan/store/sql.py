@@ -147,7 +147,8 @@ CHAIN = (
 # it is unconfirmed.
 WATCHED = (
     "SELECT c.contract_txid, c.outpoint_index, c.expiry, c.status, "
-    "CASE WHEN coalesce(s.contract_height, 0) = 0 THEN c.contract_tx END "
+    "CASE WHEN coalesce(s.contract_height, 0) = 0 THEN c.contract_tx END, c.current_txid, "
+    "CASE WHEN c.next_state <> '' THEN c.next_tx END "
     "FROM channels AS c{indexed} "
     "LEFT JOIN chain_state AS s USING (role, contract_txid) "
     "WHERE c.role = ? AND c.status IN ({live})"
@@ -411,8 +412,9 @@ class SQLStore(Closable):
         with self._connection(f"list the live {role} channels") as conn:
             rows = conn.execute(sql, (Role(role).value, *wanted)).fetchall()
         return [WatchedChannel(txid, index, expiry, ChannelStatus(status),
-                               None if tx is None else bytes(tx))
-                for txid, index, expiry, status, tx in rows]
+                               None if tx is None else bytes(tx), current,
+                               None if r_tx is None else bytes(r_tx))
+                for txid, index, expiry, status, tx, current, r_tx in rows]
 
     def load(self, role: Role, contract_txids: Iterable[str]
              ) -> dict[str, tuple[ChannelRecord, ChainState]]:

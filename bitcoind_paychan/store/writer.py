@@ -17,7 +17,8 @@ import asyncio
 import contextlib
 import queue
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 from bitcoind_paychan.channel.effects import Effect, StorePayment
 from bitcoind_paychan.channel.records import ChannelRecord
@@ -26,19 +27,21 @@ from bitcoind_paychan.store.leases import FencedPayment, Lease, Leases
 
 MAX_BATCH = 512  # payments per commit (a larger hand-over is committed whole)
 IDLE_EXIT = 2.0  # seconds without work before the thread ends
+T = TypeVar("T")
 
 Outcomes = list["BaseException | None"]  # one per payment of a hand-over: None once stored
 
 
 class _HandOver:
     """Payments handed to the writer together (under one lease, if any), answered by one
-    future (one wake-up)."""
+    future (one wake-up); or one other write (`task`) to run in its place in the order."""
 
-    __slots__ = ("done", "lease", "loop", "payments")
+    __slots__ = ("done", "lease", "loop", "payments", "task")
 
     def __init__(self, payments: list[Payment], lease: Lease | None,
-                 loop: asyncio.AbstractEventLoop) -> None:
-        self.payments, self.lease, self.loop = payments, lease, loop
+                 loop: asyncio.AbstractEventLoop,
+                 task: Callable[[], object] | None = None) -> None:
+        self.payments, self.lease, self.loop, self.task = payments, lease, loop, task
         self.done: asyncio.Future[Outcomes] = loop.create_future()
 
 
@@ -60,6 +63,19 @@ class PaymentWriter:
         if outcome is not None:
             raise outcome
 
+    async def in_order(self, task: Callable[[], T]) -> T:
+        """Run `task` (a store write) in the writer thread after every payment handed over
+        before it is committed, and before any handed over after it (a re-anchor's promotion:
+        the payments signed for the old generation are stored first, those signed for the
+        new one after it). Its result, or what it raised."""
+        result: list[T] = []
+        item = _HandOver([], None, asyncio.get_running_loop(), lambda: result.append(task()))
+        self._enqueue(item)
+        outcome = (await item.done)[0]
+        if outcome is not None:
+            raise outcome
+        return result[0]
+
     def start(self, effects: Iterable[Effect], lease: Lease | None = None) -> Writes:
         """Hand every StorePayment among `effects` (made under `lease`, if any) to the writer
         now, in one hand-over (so they share a commit); `Writes.stored(effect)` awaits each one
@@ -73,22 +89,30 @@ class PaymentWriter:
     def _hand_over(self, payments: list[Payment], lease: Lease | None
                    ) -> asyncio.Future[Outcomes]:
         item = _HandOver(payments, lease, asyncio.get_running_loop())
+        self._enqueue(item)
+        return item.done
+
+    def _enqueue(self, item: _HandOver) -> None:
         self._queue.put(item)
         with self._lock:
             if not self._running:
                 self._running = True
                 threading.Thread(target=self._work, name="payment-writer", daemon=True).start()
-        return item.done
 
     def _work(self) -> None:
+        waiting: _HandOver | None = None  # taken off the queue, not in the last batch
         while True:
             try:
-                first = self._queue.get(timeout=IDLE_EXIT)
+                first = waiting or self._queue.get(timeout=IDLE_EXIT)
             except queue.Empty:
                 with self._lock:
                     if self._queue.empty():
                         self._running = False
                         return
+                continue
+            waiting = None
+            if first.task is not None:
+                self._run(first)
                 continue
             batch, size = [first], len(first.payments)
             while size < MAX_BATCH:
@@ -96,9 +120,22 @@ class PaymentWriter:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
+                if item.task is not None:  # runs after this batch, alone
+                    waiting = item
+                    break
                 batch.append(item)
                 size += len(item.payments)
             self._commit(batch)
+
+    def _run(self, item: _HandOver) -> None:
+        assert item.task is not None
+        outcome: BaseException | None = None
+        try:
+            item.task()
+        except BaseException as e:  # handed to the waiting caller
+            outcome = e
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+            item.loop.call_soon_threadsafe(_settle, [(item.done, [outcome])])
 
     def _commit(self, batch: list[_HandOver]) -> None:
         payments = [payment for item in batch for payment in item.payments]

@@ -137,3 +137,33 @@ def test_payments_started_together_are_one_hand_over_each_answered_alone(
             assert [p.amount for p in store.payments(Role.SERVER, stored.txid)] == [5, 5]
 
     asyncio.run(scenario())
+
+
+def test_a_write_in_order_runs_after_the_payments_before_it_and_before_those_after(
+        engine: Callable[[], SQLStore]) -> None:
+    """`in_order` (a re-anchor's promotion) takes its place in the writer's queue: the
+    payments handed over before it are committed first, those after it later, whatever the
+    batching. The writer is held in its first commit while all three are queued."""
+    async def scenario() -> None:
+        with counting(engine()) as store:
+            ch = Channel()
+            store.put(ch.record())
+            writer = PaymentWriter(store)
+            first = ch.pay(ch.record(), 5)
+            before = asyncio.ensure_future(writer.record_payment(first, 5))
+            await asyncio.to_thread(store.first_started.wait, 30)
+            queued = asyncio.ensure_future(writer.record_payment(ch.pay(first, 5), 5))
+            seen = asyncio.ensure_future(writer.in_order(
+                lambda: store.get(Role.SERVER, ch.txid)))
+            after = asyncio.ensure_future(writer.record_payment(
+                ch.pay(ch.pay(first, 5), 5), 5))
+            await asyncio.sleep(0)
+            store.release.set()
+            await asyncio.gather(before, queued, after)
+            at_task = await seen
+            assert at_task is not None and at_task.change == ch.contract.value - 10
+            assert store.batches == [1, 1, 1]  # the task split the queue in its place
+            with pytest.raises(ZeroDivisionError):  # what the task raises, raised here
+                await writer.in_order(lambda: 1 // 0)
+
+    asyncio.run(scenario())

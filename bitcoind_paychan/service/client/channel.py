@@ -9,6 +9,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import Protocol
 
 from bitcoind_paychan.bitcoin.network import Network
@@ -112,7 +113,13 @@ class Channel:
 
     @property
     def contract_txid(self) -> str:
+        """The current contract's txid (the channel's id until a re-anchor confirms)."""
         return self.record.contract_txid
+
+    @property
+    def channel_id(self) -> str:
+        """The channel's identity for life: its first contract's txid (the store's key)."""
+        return self.record.channel_id
 
     @property
     def version(self) -> int:
@@ -371,7 +378,7 @@ class Channel:
             await self._run(self.machine.receive(message))
 
     async def _stored(self) -> ChannelRecord | None:
-        return await asyncio.to_thread(self.client.store.get, Role.CLIENT, self.contract_txid)
+        return await asyncio.to_thread(self.client.store.get, Role.CLIENT, self.channel_id)
 
     async def _unpayable(self, cause: StoreError | None = None) -> ChannelFailed:
         """Why no payment can go through this channel, from what the store says of it."""
@@ -432,6 +439,14 @@ class Channel:
         queue = list(effects)
         async for effect in effects_in_order(queue, self.stream):
             match effect:
+                case StoreChannel(record) if record.generation or record.pending:
+                    # Re-anchoring: in the order of the payments handed to the writer (a
+                    # promotion after those signed for the old generation, before later ones).
+                    await self.client.payments.in_order(partial(self.client.store.put, record))
+                    if record.pending is None:  # promoted (REANCHOR_LOCKED), or later
+                        await self.client.watcher.moved(record)
+                    else:
+                        self.client.watcher.watch_reanchor(record)
                 case StoreChannel(record):
                     await asyncio.to_thread(self.client.store.put, record)
                     self.client.watcher.watch(record)
@@ -483,7 +498,7 @@ class Channel:
             spender = await self.client.chain.spender(record.contract_txid, 0)
             if spender is None:  # mined already? the watcher records spenders in blocks
                 try:
-                    mined = self.client.watcher.chain_state(record.contract_txid).spender
+                    mined = self.client.watcher.chain_state(record.channel_id).spender
                 except StoreError:  # forgotten meanwhile: buried, in the history only
                     raise await self._unpayable() from None
                 spender = Transaction.parse(mined) if mined else None

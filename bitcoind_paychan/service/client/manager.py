@@ -33,6 +33,7 @@ from bitcoind_paychan.errors import (
     ChannelFailed,
     ChannelGone,
     LocalProtocolError,
+    StoreError,
     TLSError,
     TransactionRejected,
 )
@@ -44,6 +45,7 @@ from bitcoind_paychan.service.clientevents import ClientEventHandler, ClientEven
 from bitcoind_paychan.service.turns import OpenTurns
 from bitcoind_paychan.service.watcher import ChainWatcher, ChannelView
 from bitcoind_paychan.store import ChannelStore
+from bitcoind_paychan.store.leases import promoting
 from bitcoind_paychan.store.writer import PaymentWriter
 from bitcoind_paychan.transport import dial as transports
 from bitcoind_paychan.transport.base import Stream
@@ -118,7 +120,7 @@ class ClientManager:
         self.policy = policy or ClientPolicy()
         self.clock = clock
         self.handshake_timeout = handshake_timeout
-        self.live: dict[str, Channel] = {}  # contract txid → its channel on a live connection
+        self.live: dict[str, Channel] = {}  # channel id → its channel on a live connection
         self.unresumable: set[str] = set()  # channels their server no longer has open
         self.turns = OpenTurns()  # one open or resume at a time per peer
         self.callbacks = Callbacks()  # the application's `on_event`, isolated
@@ -136,6 +138,11 @@ class ClientManager:
                                                review_interval=review_interval)
         self.watcher.attach(Role.CLIENT, store, on_event=self.events.tell,
                             callbacks=self.callbacks)
+        # A re-anchor is promoted by the server's REANCHOR_LOCKED on a live connection (or
+        # on the resume after it); the watcher does it only for a channel with no connection
+        # once R is buried `forget_depth` deep, by when the server has promoted it too.
+        self.watcher.promote = self._promote
+        self.watcher.promote_depth = self.watcher.policy.forget_depth
         self._started = False
 
     @property
@@ -192,14 +199,26 @@ class ClientManager:
         here, that its server has not refused to resume."""
         return [record for record in self.store.channels(Role.CLIENT, (ChannelStatus.OPEN,))
                 if record.peer == peer and record.change > 0
-                and not self._connected(record.contract_txid)
-                and record.contract_txid not in self.unresumable]
+                and not self._connected(record.channel_id)
+                and record.channel_id not in self.unresumable]
 
     def spoken_version(self, peer: str) -> int | None:
         """The major the server at `peer` (host:port) last opened a channel with (stored, so
         a restart does not ask again with a major it hangs up on)."""
         known = self.store.get_meta(f"{VERSION_KEY}{peer}")
         return int(known) if known else None
+
+    async def _promote(self, channel_id: str) -> ChannelRecord | None:
+        """The watcher's promotion of a channel with no live connection (None: left to the
+        connection's REANCHOR_LOCKED, or nothing to promote)."""
+        if self._connected(channel_id) is not None:
+            return None
+        try:
+            return await asyncio.to_thread(self.store.modify, Role.CLIENT, channel_id,
+                                           promoting)
+        except StoreError as exc:
+            log.warning("channel %s not promoted now: %s", channel_id, exc)
+            return None
 
     def _connected(self, contract_txid: str) -> Channel | None:
         live = self.live.get(contract_txid)
@@ -292,7 +311,7 @@ class ClientManager:
         for record in stored:
             if value is None or record.value == value:
                 try:
-                    return Found(await self._resume(record.contract_txid), Source.RESUMED)
+                    return Found(await self._resume(record.channel_id), Source.RESUMED)
                 except ChannelGone as exc:
                     log.warning("%s; opening a new channel", exc)
         others = [r for r in [c.record for c in live] + stored if r.value != value]
@@ -373,7 +392,7 @@ class ClientManager:
         channel = Channel(self, machine, stream)
         outcome = await channel._handshake()
         if outcome is None:
-            self.live[channel.contract_txid] = channel
+            self.live[channel.channel_id] = channel
             self.watcher.schedule_deadline(channel.record)
             self.events.tell(ChannelOpened(channel.record, channel.resumed))
         return channel, outcome

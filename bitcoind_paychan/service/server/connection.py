@@ -93,7 +93,7 @@ class ServerConnection:
     @property
     def contract_txid(self) -> str | None:
         record = self.machine.record
-        return record.contract_txid if record else None
+        return record.channel_id if record else None
 
     def takes_more(self, count: int) -> bool:
         """Would `count` + 1 pipelined payments be handled together now?"""
@@ -141,7 +141,7 @@ class ServerConnection:
             record = machine.record
             if message.type == UPDATE_PAYMENT and record is not None and not self._confirmed:
                 # Payments beyond the first wait until the contract is buried deep enough.
-                await manager.watcher.until_confirmed(record.contract_txid,
+                await manager.watcher.until_confirmed(record.channel_id,
                                                       manager.min_confirmations)
                 self._confirmed = True
             manager._busy.add(self)

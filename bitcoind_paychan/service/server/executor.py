@@ -115,6 +115,7 @@ class EffectsExecutor(Routing, Reanchors):
                     if refused:
                         queue[:] = refused
                         continue
+                    self.watcher.watch_reanchor(record)
                 case StoreChannel(record):
                     await asyncio.to_thread(self.store.put, record)
                     self.watcher.watch(record)
@@ -128,7 +129,7 @@ class EffectsExecutor(Routing, Reanchors):
                                     Disconnect("the channel's lease moved to another connection")]
                     except SettlementDecided as exc:  # not stored, not acked: its settlement
                         stored = await asyncio.to_thread(self.store.get, Role.SERVER,
-                                                         effect.record.contract_txid)
+                                                         effect.record.channel_id)
                         queue[:] = self._settled_or_refused(machine, stored, str(exc))
                 case Broadcast():
                     refusal = await self._broadcast(effect)
@@ -148,7 +149,7 @@ class EffectsExecutor(Routing, Reanchors):
                     queue[:0] = machine.contract_checked(*await self._check_contract(tx))
                 case LoadChannel(txid):
                     loaded = await asyncio.to_thread(self.store.get, Role.SERVER, txid)
-                    queue[:0] = machine.channel_loaded(loaded)
+                    queue[:0] = machine.channel_loaded(loaded, await self._locked_offset(loaded))
                 case ClaimChannel(txid):
                     bind_channel(txid)  # and, from now on, its channel
                     answer = (await self._take_lease(machine, stream, txid, queue)

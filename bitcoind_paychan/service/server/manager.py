@@ -143,6 +143,8 @@ class ServerManager(EffectsExecutor):
             poll_interval=poll_interval, review_interval=review_interval)
         self.watcher.attach(Role.SERVER, store, settle=self._settle_claimed,
                             on_event=self._finished, leases=self.leases)
+        self.watcher.promote = self._promote  # a re-anchor buried deep enough
+        self.watcher.promote_depth = max(1, min_confirmations)
 
     @property
     def callback_errors(self) -> int:

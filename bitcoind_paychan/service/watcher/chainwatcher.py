@@ -57,6 +57,8 @@ class ChainWatcher(BlockFolding):
         self.store = store
         self.policy = policy or WatchPolicy()
         self.settle = settle
+        self.promote: Callable[[str], Awaitable[ChannelRecord | None]] | None = None
+        self.promote_depth = 1  # a re-anchor's confirmations before its promotion
         self.on_event = on_event
         self.callbacks = callbacks or Callbacks()  # the application's, isolated
         self.zmq_endpoint = zmq_endpoint
@@ -132,7 +134,7 @@ class ChainWatcher(BlockFolding):
 
     def view(self, record: ChannelRecord) -> ChannelView:
         """What a person watching this channel wants to know."""
-        state = self.store.chain_state(self.role, record.contract_txid)
+        state = self.store.chain_state(self.role, record.channel_id)
         tip = self.monitor.tip.height if self.monitor and self.monitor.tip else 0
         deadline = record.contract.expiry
         if self.role is Role.SERVER:
@@ -143,7 +145,7 @@ class ChainWatcher(BlockFolding):
                    else Transaction.parse(record.settlement_tx).txid_hex
                    if record.settlement_tx else None)
         return ChannelView(
-            role=self.role.value, contract_txid=record.contract_txid, version=record.version,
+            role=self.role.value, contract_txid=record.channel_id, version=record.version,
             status=record.status.value, value=record.value, paid=record.paid,
             change=record.change, payments=record.payments, peer=record.peer,
             expiry=record.contract.expiry, deadline=deadline,

@@ -61,7 +61,8 @@ class WatchedChannels(WatchSchedule):
     def _index_channel(self, channel: WatchedChannel) -> None:
         open_ = channel.status is ChannelStatus.OPEN
         self.index.add(channel.contract_txid, channel.outpoint_index,
-                       self._deadline(channel.expiry) if open_ else None, channel.contract_tx)
+                       self._deadline(channel.expiry) if open_ else None, channel.contract_tx,
+                       channel.current_txid, channel.reanchor_tx)
 
     def watch(self, record: ChannelRecord, state: ChainState | None = None) -> None:
         """Watch a channel (call it once the record is stored, before its contract can be
@@ -69,16 +70,28 @@ class WatchedChannels(WatchSchedule):
         if record.status not in LIVE[self.role] and state is None:
             return
         unconfirmed = state is None or not state.contract_height
-        self.index.add(record.contract_txid, record.contract.outpoint.index,
+        self.index.add(record.channel_id, record.contract.outpoint.index,
                        self._deadline(record.contract.expiry)
                        if record.status is ChannelStatus.OPEN else None,
-                       record.contract_tx if unconfirmed else None)
+                       record.contract_tx if unconfirmed else None,
+                       record.contract_txid if record.generation else "",
+                       record.pending.tx if record.pending else None)
         if self.scheduler.running:
             self._arm(self._armed_after)
 
+    def watch_reanchor(self, record: ChannelRecord) -> None:
+        """A re-anchor R of the channel was stored: its wallet inputs are watched too (a
+        spend of one elsewhere kills R), the rest as it was."""
+        unconfirmed = record.channel_id in self.index.unconfirmed
+        self.index.add(record.channel_id, record.contract.outpoint.index,
+                       self.index.deadline(record.channel_id),
+                       record.contract_tx if unconfirmed else None,
+                       record.contract_txid if record.generation else "",
+                       record.pending.tx if record.pending else None)
+
     def schedule_deadline(self, record: ChannelRecord) -> None:
         """Watch the channel; the wake-up moves to its deadline if that is the earliest."""
-        if record.contract_txid not in self.index:
+        if record.channel_id not in self.index:
             self.watch(record)
 
     async def _load(self, txids: list[str]) -> dict[str, tuple[ChannelRecord, ChainState]]:

@@ -20,6 +20,7 @@ from bitcoind_paychan.channel.effects import (
     Effect,
     ForgetChannel,
     MarkChannel,
+    PromoteChannel,
     Purpose,
     SettleChannel,
     StoreChainState,
@@ -61,6 +62,8 @@ class ReviewPipeline(WatchedChannels):
     broadcaster: Broadcaster
     fees: FeeEstimator
     settle: Callable[[str], Awaitable[object]] | None
+    promote: Callable[[str], Awaitable[ChannelRecord | None]] | None
+    promote_depth: int
     on_event: Callable[[WatchEvent], object] | None
     callbacks: Callbacks
     reviews: int
@@ -107,7 +110,7 @@ class ReviewPipeline(WatchedChannels):
         statuses = (ChannelStatus.CLOSING, *FINAL) if final else (ChannelStatus.CLOSING,)
         listed = await asyncio.to_thread(self.store.channels, self.role, statuses)
         wanted = touched | self.index.due(clock) | self.index.unconfirmed
-        wanted |= {record.contract_txid for record in listed}
+        wanted |= {record.channel_id for record in listed}
         # The mempool, asked in batches: for the periodic review every watched contract
         # output (a spend there is news of a channel nothing else points at).
         asked = None if final else frozenset(wanted)
@@ -134,13 +137,13 @@ class ReviewPipeline(WatchedChannels):
         for record, effects in plans:
             for lead, effect in enumerate([*effects, None]):
                 if isinstance(effect, MarkChannel):
-                    marks[record.contract_txid] = effect
+                    marks[record.channel_id] = effect
                 elif isinstance(effect, StoreChainState):
-                    chain_states[record.contract_txid] = effect.state
+                    chain_states[record.channel_id] = effect.state
                 else:
                     rest.append((record, effects[lead:]))
                     break
-        await self._store_marks(marks, chain_states, {r.contract_txid: r for r, _ in plans})
+        await self._store_marks(marks, chain_states, {r.channel_id: r for r, _ in plans})
         failure: PaychanError | None = None
         for n, (record, effects) in enumerate(rest):
             if n:
@@ -170,7 +173,7 @@ class ReviewPipeline(WatchedChannels):
                     ) -> list[Effect]:
         """What `review` decides for one channel, once what the mempool (or, for a failed
         channel with no chain fact, the node) says is folded in and stored."""
-        txid = record.contract_txid
+        txid = record.channel_id
         if record.status is not ChannelStatus.OPEN:
             self.index.no_deadline(txid)
         if not state.spender_height and not record.status.final:
@@ -182,7 +185,7 @@ class ReviewPipeline(WatchedChannels):
             acceptance = await self.broadcaster.test_accept(Transaction.parse(record.contract_tx))
             state = await self._observed(txid, state, observe_missing_inputs(
                 state, acceptance.reason, tip.height))
-        return review(record, state, tip, fee_rate, self.policy)
+        return review(record, state, tip, fee_rate, self.policy, self.promote_depth)
 
     async def _store_marks(self, marks: dict[str, MarkChannel],
                            chain_states: dict[str, ChainState],
@@ -205,7 +208,7 @@ class ReviewPipeline(WatchedChannels):
 
     @about_channel
     async def _carry_out(self, record: ChannelRecord, effect: Effect, tip: Tip) -> None:
-        txid = record.contract_txid
+        txid = record.channel_id
         match effect:
             case Broadcast(tx, purpose):
                 if not await self._claim(f"broadcast:{tx.txid_hex}", self.review_interval / 2):
@@ -238,6 +241,8 @@ class ReviewPipeline(WatchedChannels):
                     await self.settle(txid)  # re-reads the channel after its lease
                 finally:
                     await self._finish(f"settle:{txid}")
+            case PromoteChannel():
+                await self._promote(txid)
             case ForgetChannel() | DiscardChannel():
                 if isinstance(effect, ForgetChannel):
                     await asyncio.to_thread(self.store.forget, self.role, txid)
@@ -249,6 +254,34 @@ class ReviewPipeline(WatchedChannels):
                 self.index.remove(txid)
             case ClosingSeen() | ChannelFinished():
                 self.callbacks.event(self.on_event, effect)
+
+
+    async def moved(self, record: ChannelRecord) -> None:
+        """The stored channel `record` was promoted to its next contract (here or by a
+        connection): the chain state that saw R spend the old contract now describes the
+        new one (R's block is its block), and the index watches it."""
+        state = await asyncio.to_thread(self.store.chain_state, self.role, record.channel_id)
+        if state.spender and Transaction.parse(state.spender).txid_hex == record.contract_txid:
+            state = ChainState(contract_height=state.spender_height)
+            await asyncio.to_thread(self.store.put_chain_state, self.role, record.channel_id,
+                                    state)
+        self.watch(record, state)
+
+    async def _promote(self, channel_id: str) -> None:
+        """R is buried deep enough: the manager promotes the stored channel (its duty
+        claimed: one instance does it), telling a live connection; the chain state then
+        describes the new contract (R's block is its block) and the index watches it."""
+        if self.promote is None or not await self._claim(f"promote:{channel_id}"):
+            return
+        try:
+            promoted = await self.promote(channel_id)
+        finally:
+            await self._finish(f"promote:{channel_id}")
+        if promoted is None:
+            return
+        await self.moved(promoted)
+        log.info("channel %s moved to its next contract %s (generation %d)", channel_id,
+                 promoted.contract_txid, promoted.generation)
 
 
 def _marked(mark: MarkChannel) -> Callable[[ChannelRecord], ChannelRecord]:
