@@ -122,6 +122,15 @@ class MemNode:
         self._up()
         self.wallet.release(inputs)
 
+    async def reclaim(self, coin: tuple[str, int], fee_rate: int) -> Transaction:
+        self._up()
+        outpoint = OutPoint.from_hex(*coin)
+        with self.memchain.lock:
+            spent = self.memchain.output(outpoint)
+            if spent is None:
+                raise NodeError(f"coin {coin[0]}:{coin[1]} is spent or unknown")
+            return self.wallet.reclaim(outpoint, spent, fee_rate)
+
     async def broadcast(self, tx: Transaction) -> str:
         self._up()
         self.broadcasts.append(tx)

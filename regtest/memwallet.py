@@ -110,6 +110,15 @@ class MemWallet:
         self.lock(tuple(o for o, _ in chosen))
         return self.sign(funded, dict(chosen))
 
+    def reclaim(self, coin: OutPoint, spent: TxOut, fee_rate: int) -> Transaction:
+        """`coin` (the wallet's, `spent` its output) spent whole to a fresh script of the
+        wallet, the fee taken from it; signed, BIP125 replaceable."""
+        script = self.new_script()
+        draft = Transaction(2, (TxIn(coin, b"", 0xFFFFFFFD),), (TxOut(spent.value, script),), 0)
+        fee = self._fee(draft, 0, fee_rate, 0)
+        draft = Transaction(2, draft.inputs, (TxOut(spent.value - fee, script),), 0)
+        return self.sign(draft, {coin: spent})
+
     def _fee(self, tx: Transaction, first_wallet_input: int, rate: int, extra_weight: int
              ) -> int:
         """The fee of `tx` once its wallet inputs (from `first_wallet_input` on) are signed."""

@@ -172,9 +172,11 @@ class ReanchorSigned:
 
 @dataclass(frozen=True, slots=True)
 class SettleChannel:
-    """Server: settle this stored channel now (its expiry is near)."""
+    """Server: settle this stored channel now (`reason`: its expiry is near, or its
+    re-anchor can never confirm)."""
 
     contract_txid: str
+    reason: str = "nears its expiry"
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,10 +30,12 @@ from bitcoind_paychan.channel.effects import (
     MarkChannel,
     PromoteChannel,
     Purpose,
+    ReanchorEnded,
     SettleChannel,
     StoreChainState,
 )
 from bitcoind_paychan.channel.fees import FeePolicy
+from bitcoind_paychan.channel.reanchor import promoted
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.channel.server import SETTLEMENT_MARGIN
 from bitcoind_paychan.errors import PolicyError
@@ -142,15 +144,29 @@ def client_share(contract: Contract, tx: Transaction) -> int:
 
 
 def review(record: ChannelRecord, state: ChainState, tip: Tip, fee_rate: int,
-           policy: WatchPolicy, promote_depth: int = 1) -> list[Effect]:
+           policy: WatchPolicy, promote_depth: int = 1, reanchor_dead: bool = False
+           ) -> list[Effect]:
     """What to do about one stored channel now. `promote_depth`: the confirmations of a
-    re-anchor R after which the channel moves to the next contract (at least 1)."""
+    re-anchor R after which the channel moves to the next contract (at least 1);
+    `reanchor_dead`: the node says R can never confirm (an input of it spent elsewhere)."""
     txid, contract = record.channel_id, record.contract
     fee_rate = policy.fees.rate(fee_rate)
     if record.pending is not None and record.status is ChannelStatus.OPEN and not (
             state.conflict_height and not state.contract_height) and (
             not state.spender or reanchored(record, state)):
-        return _reanchoring(record, state, tip, fee_rate, policy, max(1, promote_depth))
+        return _reanchoring(record, state, tip, fee_rate, policy, max(1, promote_depth),
+                            reanchor_dead)
+    if record.status is ChannelStatus.CLOSING and reanchored(record, state):
+        # R beat the decided settlement of the contract (or is racing it): once R is in a
+        # block the money is on the next contract, settled there at once; until then the
+        # server's settlement (priced to replace R) goes out again.
+        if state.spender_height:
+            deep = depth(tip, state.spender_height) >= max(1, promote_depth)
+            return [PromoteChannel(txid)] if deep else []
+        if record.role is Role.SERVER and record.settlement_tx:
+            return _settle_again(record, record.settlement_tx, replace(state, spender=b""),
+                                 fee_rate)
+        return []
     if state.conflict_height and not state.contract_height:
         return _finish(record, state, tip, policy, ChannelStatus.FAILED, None)
     if state.spender:
@@ -188,10 +204,12 @@ def reanchored(record: ChannelRecord, state: ChainState) -> bool:
 
 
 def _reanchoring(record: ChannelRecord, state: ChainState, tip: Tip, fee_rate: int,
-                 policy: WatchPolicy, promote_depth: int) -> list[Effect]:
+                 policy: WatchPolicy, promote_depth: int, dead: bool) -> list[Effect]:
     """An open channel with a re-anchor R in flight whose contract nothing but R spends: R
     buried `promote_depth` deep promotes the channel; the server's settle deadline before
-    that settles the contract (replacing an unconfirmed R: its input 0 signals RBF); until
+    that settles the contract (replacing an unconfirmed R: its input 0 signals RBF), and so
+    does R found `dead` (a top-up input spent elsewhere: the latest payment on the contract
+    is the server's to take, rule 1), whose other wallet coins the client gets back; until
     then the server broadcasts its complete R (again: after a crash before its broadcast,
     after an eviction or a reorg)."""
     txid, pending = record.channel_id, record.pending
@@ -199,7 +217,13 @@ def _reanchoring(record: ChannelRecord, state: ChainState, tip: Tip, fee_rate: i
     if state.spender_height:  # R is in a block
         return [PromoteChannel(txid)] if depth(tip, state.spender_height) >= promote_depth \
             else []
+    r = Transaction.parse(pending.tx)
+    if dead and record.role is Role.CLIENT:
+        return [ReanchorEnded(txid, f"re-anchor {r.txid_hex} can never confirm: an input of "
+                              "it was spent elsewhere", r)] if len(r.inputs) > 1 else []
     if record.role is Role.SERVER:
+        if dead:
+            return [SettleChannel(txid, f"its re-anchor {r.txid_hex} can never confirm")]
         if tip.time >= record.contract.expiry - policy.settle_margin:
             return [SettleChannel(txid)]
         if pending.complete:
@@ -207,7 +231,7 @@ def _reanchoring(record: ChannelRecord, state: ChainState, tip: Tip, fee_rate: i
             if not state.contract_height:
                 effects.append(Broadcast(Transaction.parse(record.contract_tx),
                                          Purpose.CONTRACT, txid))
-            return [*effects, Broadcast(Transaction.parse(pending.tx), Purpose.REANCHOR, txid)]
+            return [*effects, Broadcast(r, Purpose.REANCHOR, txid)]
         return []
     if tip.median_time > record.contract.expiry:
         return _refund(record, state, tip, fee_rate)
@@ -298,6 +322,40 @@ def _contest(record: ChannelRecord, state: ChainState, spender: Transaction, tip
             StoreChainState(txid, replace(state, spender=ours.serialize(),
                                           broadcast_height=tip.height, fee_rate=rate)),
             Broadcast(ours, Purpose.FEE_BUMP, txid)]
+
+
+def promoted_closing(record: ChannelRecord, fee_rate: int) -> ChannelRecord | None:
+    """A CLOSING `record` whose re-anchor R confirmed after all: the channel on the next
+    contract, still CLOSING (a decided settlement is final for the channel). The server's
+    settlement moves to the next contract with the latest payment carried there, paying the
+    same payout script at `fee_rate` (None if its share cannot pay that, or the old one had
+    wallet inputs); the client's old settlement is void."""
+    moved = replace(promoted(record), status=ChannelStatus.CLOSING, settlement_tx=None)
+    if record.role is Role.CLIENT:
+        return moved
+    if record.settlement_tx is None:
+        return None
+    settlement = _bumped_settlement(moved, Transaction.parse(record.settlement_tx), fee_rate)
+    return None if settlement is None else replace(moved, settlement_tx=settlement.serialize())
+
+
+def replacing_rate(record: ChannelRecord, payout_script: bytes) -> int:
+    """The least rate (sat/kvB) at which the settlement of `record`'s contract replaces its
+    pending re-anchor R in a mempool (BIP125: a higher rate, and a fee above R's by the
+    incremental relay fee over the settlement's own size); 0 without a complete R. R's fee
+    is exact without a top-up; with one, its rate over its size plus a dust's worth (the
+    wallet's rounding of its change)."""
+    pending = record.pending
+    if pending is None or not pending.complete:
+        return 0
+    r, contract = Transaction.parse(pending.tx), record.contract
+    if len(r.inputs) == 1:
+        r_fee = contract.value - sum(output.value for output in r.outputs)
+    else:
+        r_fee = -(-pending.fee_rate * r.vsize // 1000) + DUST
+    vsize = contract.settlement_fee(record.change, payout_script, 1000)  # at 1 sat/vB
+    needed = r_fee + -(-INCREMENTAL_RELAY_FEE * vsize // 1000)
+    return max(-(-needed * 1000 // vsize), r_fee * 1000 // r.vsize + INCREMENTAL_RELAY_FEE) + 1
 
 
 def _fee_rate_of(contract: Contract, tx: Transaction) -> int:

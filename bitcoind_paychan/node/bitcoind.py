@@ -218,6 +218,25 @@ class Bitcoind:
             raise NodeError("the wallet reordered the transaction it was asked to fund")
         return signed
 
+    def reclaim(self, coin: tuple[str, int], fee_rate: int) -> Transaction:
+        """Spend our confirmed `coin` whole back to a fresh address of ours, the fee taken from
+        it at `fee_rate` sat/kvB; signed, not broadcast."""
+        txid, vout = coin
+        found = self.rpc.call("gettxout", txid, vout, False)
+        if found is None:
+            raise NodeError(f"coin {txid}:{vout} is spent or unknown: nothing to reclaim")
+        address = self.rpc.call("getnewaddress", "", "bech32", wallet=True)
+        draft = self.rpc.call("createrawtransaction",
+                              [{"txid": txid, "vout": vout, "sequence": 0xFFFFFFFD}],
+                              [{address: found["value"]}])
+        options = {"add_inputs": False, "subtractFeeFromOutputs": [0],
+                   "fee_rate": str(Decimal(fee_rate) / 1000), "changePosition": 1}
+        funded = self.rpc.call("fundrawtransaction", draft, options, False, wallet=True)
+        signed = self.rpc.call("signrawtransactionwithwallet", funded["hex"], wallet=True)
+        if not signed.get("complete"):
+            raise NodeError(f"the wallet cannot sign coin {txid}:{vout}")
+        return Transaction.from_hex(signed["hex"])
+
     def release(self, inputs: tuple[tuple[str, int], ...]) -> None:
         """Unlock coins that a funding tx, now abandoned, had reserved."""
         self.rpc.call("lockunspent", True, [{"txid": t, "vout": n} for t, n in inputs], wallet=True)
@@ -431,6 +450,9 @@ class AsyncBitcoind:
 
     async def release(self, inputs: tuple[tuple[str, int], ...]) -> None:
         await self.run(self.node.release, inputs)
+
+    async def reclaim(self, coin: tuple[str, int], fee_rate: int) -> Transaction:
+        return await self.run(self.node.reclaim, coin, fee_rate)
 
     async def fund_external(self, draft: Transaction, input_weights: dict[tuple[str, int], int],
                             fee_rate: int) -> Transaction:

@@ -97,6 +97,11 @@ class Wallet(Protocol):
     async def release(self, inputs: tuple[Outpoint, ...]) -> None:
         """Unlock coins a funding tx, now abandoned, had reserved."""
 
+    async def reclaim(self, coin: Outpoint, fee_rate: int) -> Transaction:
+        """A signed, unbroadcast tx spending our confirmed `coin` (locked or not) whole to a
+        fresh script of ours at `fee_rate` sat/kvB (BIP125 replaceable): what kills a signed
+        transaction that spends it."""
+
     async def payout_script(self) -> bytes:
         """A fresh scriptPubKey of ours for receiving money."""
 

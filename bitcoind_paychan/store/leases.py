@@ -32,6 +32,7 @@ from typing import Protocol
 
 from bitcoind_paychan.channel.reanchor import promoted
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
+from bitcoind_paychan.channel.watch import promoted_closing
 from bitcoind_paychan.errors import LeaseLost, PolicyError, StoreError
 from bitcoind_paychan.store.base import ChannelStore, Payment, settlement_decided
 
@@ -124,10 +125,10 @@ class Leases(Protocol):
         be broadcast nor sent back."""
         ...
 
-    def store_promotion(self, lease: Lease) -> ChannelRecord:
-        """Promote the stored channel to its complete re-anchor's contract (`reanchor.
-        promoted`: R buried deep enough) only while `lease` is current and the channel is
-        OPEN with that re-anchor, in the write's own transaction; the promoted record.
+    def store_promotion(self, lease: Lease, fee_rate: int) -> ChannelRecord:
+        """Promote the stored channel to its complete re-anchor's contract (`promoting`: R
+        buried deep enough; a CLOSING channel's settlement moved to it at `fee_rate`) only
+        while `lease` is current, in the write's own transaction; the promoted record.
         LeaseLost, SettlementDecided or StoreError: nothing stored."""
         ...
 
@@ -192,16 +193,26 @@ def promotion_lost(lease: Lease) -> LeaseLost:
     return _taken("promotion", lease, "it is promoted again at the next review")
 
 
-def promoting(stored: ChannelRecord) -> ChannelRecord:
+def promoting(fee_rate: int) -> Callable[[ChannelRecord], ChannelRecord]:
     """The `modify` change that promotes the stored channel to its complete re-anchor's
-    contract: only an OPEN one holding a complete re-anchor."""
-    if stored.status is not ChannelStatus.OPEN:
+    contract: an OPEN one; a CLOSING one (R confirmed after its settlement was decided)
+    stays CLOSING, its settlement moved to the next contract at `fee_rate`
+    (`watch.promoted_closing`)."""
+    def change(stored: ChannelRecord) -> ChannelRecord:
+        what = f"{stored.role} channel {stored.channel_id}"
+        if stored.pending is None or not stored.pending.complete:
+            raise StoreError(f"{what} holds no complete re-anchor to promote (promoted "
+                             "already, or it was dropped)")
+        if stored.status is ChannelStatus.OPEN:
+            return promoted(stored)
+        if stored.status is ChannelStatus.CLOSING:
+            moved = promoted_closing(stored, fee_rate)
+            if moved is not None:
+                return moved
+            raise StoreError(f"{what}: the settlement cannot move to the next contract")
         raise settlement_decided(Role(stored.role), stored.channel_id, stored.status,
                                  "promote a re-anchor")
-    if stored.pending is None or not stored.pending.complete:
-        raise StoreError(f"{stored.role} channel {stored.channel_id} holds no complete "
-                         "re-anchor to promote (promoted already, or it was dropped)")
-    return promoted(stored)
+    return change
 
 
 def closing(record: ChannelRecord) -> Callable[[ChannelRecord], ChannelRecord]:
@@ -288,8 +299,8 @@ class LocalLeases:
     def store_reanchor(self, record: ChannelRecord, lease: Lease) -> None:
         self._store_fenced(lease, reanchoring(record), reanchor_lost)
 
-    def store_promotion(self, lease: Lease) -> ChannelRecord:
-        return self._store_fenced(lease, promoting, promotion_lost)
+    def store_promotion(self, lease: Lease, fee_rate: int) -> ChannelRecord:
+        return self._store_fenced(lease, promoting(fee_rate), promotion_lost)
 
     def _store_fenced(self, lease: Lease, change: Callable[[ChannelRecord], ChannelRecord],
                       lost: Callable[[Lease], LeaseLost]) -> ChannelRecord:

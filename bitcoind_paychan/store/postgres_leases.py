@@ -150,8 +150,8 @@ class PostgresLeases:
     def store_reanchor(self, record: ChannelRecord, lease: Lease) -> None:
         self._store_fenced(lease, reanchoring(record), reanchor_lost, "re-anchor")
 
-    def store_promotion(self, lease: Lease) -> ChannelRecord:
-        return self._store_fenced(lease, promoting, promotion_lost, "promotion")
+    def store_promotion(self, lease: Lease, fee_rate: int) -> ChannelRecord:
+        return self._store_fenced(lease, promoting(fee_rate), promotion_lost, "promotion")
 
     def _store_fenced(self, lease: Lease, change: Callable[[ChannelRecord], ChannelRecord],
                       lost: Callable[[Lease], LeaseLost], what: str) -> ChannelRecord:

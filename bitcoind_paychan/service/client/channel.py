@@ -464,7 +464,9 @@ class Channel:
                     queue[:0] = await fund_reanchor(self.client.wallet, self.client.chain,
                                                    self.machine, effect)
                 case ReanchorEnded():
-                    await reanchor_ended(self.client.wallet, self.machine, effect)
+                    await reanchor_ended(self.client.wallet, self.client.broadcaster,
+                                         await self.client.watcher.fee_rate(), self.machine,
+                                         effect)
                     self._events.append(effect)
                 case Disconnect(reason):
                     log.info("%s: %s", self.machine.peer, reason)

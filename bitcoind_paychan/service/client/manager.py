@@ -22,6 +22,7 @@ from bitcoind_paychan.channel.effects import (
     ChannelClosed,
     ChannelOpened,
     PeerError,
+    ReanchorEnded,
     ResumeRefused,
     VersionRefused,
 )
@@ -41,6 +42,7 @@ from bitcoind_paychan.node.ports import Node, NodePorts
 from bitcoind_paychan.reasons import connection_failure
 from bitcoind_paychan.service.callbacks import Callbacks
 from bitcoind_paychan.service.client.channel import Channel
+from bitcoind_paychan.service.client.reanchoring import release_dead
 from bitcoind_paychan.service.clientevents import ClientEventHandler, ClientEvents
 from bitcoind_paychan.service.turns import OpenTurns
 from bitcoind_paychan.service.watcher import ChainWatcher, ChannelView
@@ -143,6 +145,8 @@ class ClientManager:
         # once R is buried `forget_depth` deep, by when the server has promoted it too.
         self.watcher.promote = self._promote
         self.watcher.promote_depth = self.watcher.policy.forget_depth
+        self.watcher.reanchor_ended = self._reanchor_dead
+        self._released: set[str] = set()  # dead re-anchors whose coins were released
         self._started = False
 
     @property
@@ -215,10 +219,17 @@ class ClientManager:
             return None
         try:
             return await asyncio.to_thread(self.store.modify, Role.CLIENT, channel_id,
-                                           promoting)
+                                           promoting(0))
         except StoreError as exc:
             log.warning("channel %s not promoted now: %s", channel_id, exc)
             return None
+
+    async def _reanchor_dead(self, effect: ReanchorEnded) -> None:
+        """A re-anchor of ours can never confirm: its unspent wallet coins go back (once per
+        process: a coin released already stays so)."""
+        if effect.tx is not None and effect.tx.txid_hex not in self._released:
+            self._released.add(effect.tx.txid_hex)
+            await release_dead(self.wallet, self.chain, effect)
 
     def _connected(self, contract_txid: str) -> Channel | None:
         live = self.live.get(contract_txid)

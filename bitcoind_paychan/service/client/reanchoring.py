@@ -10,7 +10,7 @@ from bitcoind_paychan.bitcoin.tx import Transaction, TxOut
 from bitcoind_paychan.channel.client import ClientChannel
 from bitcoind_paychan.channel.effects import Effect, FundReanchor, ReanchorEnded
 from bitcoind_paychan.errors import NodeError
-from bitcoind_paychan.node.ports import ChainSource, Outpoint, Wallet
+from bitcoind_paychan.node.ports import Broadcaster, ChainSource, Outpoint, Wallet
 
 log = logging.getLogger("bitcoind_paychan.service.client")
 
@@ -51,18 +51,45 @@ async def spent_outputs(chain: ChainSource, tx: Transaction) -> tuple[TxOut, ...
     return tuple(outputs)
 
 
-async def reanchor_ended(wallet: Wallet, machine: ClientChannel, effect: ReanchorEnded
-                         ) -> None:
+async def release_dead(wallet: Wallet, chain: ChainSource, effect: ReanchorEnded) -> int:
+    """The watcher found R dead (a wallet input of it spent elsewhere): release those of
+    its wallet coins still unspent (each alone: one released already, or spent, is no
+    error). How many were released."""
+    assert effect.tx is not None
+    released = 0
+    for outpoint in wallet_inputs(effect.tx):
+        try:
+            if not await chain.is_spent(*outpoint):
+                await wallet.release((outpoint,))
+                released += 1
+        except NodeError as exc:
+            log.debug("coin %s:%d of dead re-anchor not released: %s", *outpoint, exc)
+    if released:
+        log.info("%s; %d of its wallet coins released", effect.reason, released)
+    return released
+
+
+async def reanchor_ended(wallet: Wallet, broadcaster: Broadcaster, fee_rate: int,
+                         machine: ClientChannel, effect: ReanchorEnded) -> None:
     """Release the coins of a funded R that was never signed out (no pending re-anchor holds
-    it). A refused R we sent keeps them locked: the server could still complete it, so they
-    are released only once R cannot confirm (not built yet: spend one back)."""
+    it). A refused R we sent could still be completed by its server: one of its wallet coins
+    is spent back to us first (`Wallet.reclaim`), which kills R, then the others are
+    released; if our node refuses that spend (R itself is in the mempool: the server
+    completed it after all), they stay locked and R may confirm (C' is ours to refund)."""
     log.info("re-anchor of channel %s ended: %s", effect.contract_txid, effect.reason)
     if effect.tx is None:
         return
+    coins = wallet_inputs(effect.tx)
     pending = machine.record.pending if machine.record is not None else None
     if pending is not None and pending.txid == effect.tx.txid_hex:
-        log.warning("the top-up coins of refused re-anchor %s stay locked until it cannot "
-                    "confirm", effect.tx.txid_hex)
-        return
-    await wallet.release(wallet_inputs(effect.tx))
-
+        try:
+            await broadcaster.broadcast(await wallet.reclaim(coins[0], fee_rate))
+        except NodeError as exc:
+            log.warning("the top-up coins of refused re-anchor %s stay locked until it cannot "
+                        "confirm: spending one back was refused (%s)", effect.tx.txid_hex, exc)
+            return
+        log.info("refused re-anchor %s killed: coin %s:%d spent back to the wallet",
+                 effect.tx.txid_hex, *coins[0])
+        coins = coins[1:]
+    if coins:
+        await wallet.release(coins)

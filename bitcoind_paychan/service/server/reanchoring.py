@@ -101,16 +101,17 @@ class Reanchors:
         review)."""
         connection = self._holder(channel_id)
         try:
+            fee_rate = await self.watcher.fee_rate()  # a settlement moved to C' pays it
             if connection is not None:
-                return await self._promote_live(connection)
+                return await self._promote_live(connection, fee_rate)
             holder = f"{self.leases.instance}/promote"
             lease = await asyncio.to_thread(self.leases.acquire, Role.SERVER, channel_id,
                                             holder)
             try:
-                return await asyncio.to_thread(self.leases.store_promotion, lease)
+                return await asyncio.to_thread(self.leases.store_promotion, lease, fee_rate)
             finally:
                 await asyncio.to_thread(self.leases.release, lease)
-        except StoreError as exc:
+        except (StoreError, NodeError) as exc:
             log.warning("channel %s not promoted now: %s", channel_id, exc)
             return None
 
@@ -124,7 +125,8 @@ class Reanchors:
                 return connection
         return None
 
-    async def _promote_live(self, connection: ServerConnection) -> ChannelRecord:
+    async def _promote_live(self, connection: ServerConnection, fee_rate: int
+                            ) -> ChannelRecord:
         """Promote in the order of the connection's payments: the store's promotion is
         queued behind every payment handed to the writer (signed for the old generation) and
         the machine moves in the same step, so every later payment is of the new one. Then
@@ -133,7 +135,7 @@ class Reanchors:
         machine, link = connection.machine, connection.link
         lease = self._held[id(link)]
         promotion = asyncio.ensure_future(self.payments.in_order(
-            partial(self.leases.store_promotion, lease)))
+            partial(self.leases.store_promotion, lease, fee_rate)))
         record = machine.record
         assert record is not None
         effects = machine.reanchor_confirmed(promoted(record))

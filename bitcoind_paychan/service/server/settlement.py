@@ -22,6 +22,7 @@ from bitcoind_paychan.channel import messages
 from bitcoind_paychan.channel.effects import Disconnect, Effect, Send
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.channel.server import ServerChannel
+from bitcoind_paychan.channel.watch import replacing_rate
 from bitcoind_paychan.errors import ErrorCode, LocalProtocolError, NodeError, StoreError
 from bitcoind_paychan.node.ports import Wallet
 from bitcoind_paychan.service.watcher import ChainWatcher
@@ -119,6 +120,8 @@ class Settlements:
         try:
             fee_rate = await self.watcher.fee_rate()
             payout = self.payout_script or await self.wallet.payout_script()
+            if machine.record is not None:  # a re-anchor R in flight: the settlement replaces it
+                fee_rate = max(fee_rate, replacing_rate(machine.record, payout))
             return machine.settle(fee_rate, payout)
         except (NodeError, LocalProtocolError) as exc:
             log.error("cannot settle channel %s now: %s", txid, exc)

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from bitcoind_paychan.bitcoin.tx import Transaction
+from bitcoind_paychan.channel.effects import ReanchorEnded
 from bitcoind_paychan.channel.records import ChannelRecord, Role
 from bitcoind_paychan.channel.watch import WatchPolicy
 from bitcoind_paychan.errors import InvalidParameter
@@ -59,6 +60,8 @@ class ChainWatcher(BlockFolding):
         self.settle = settle
         self.promote: Callable[[str], Awaitable[ChannelRecord | None]] | None = None
         self.promote_depth = 1  # a re-anchor's confirmations before its promotion
+        # Told a re-anchor that can never confirm (client: its wallet coins go back).
+        self.reanchor_ended: Callable[[ReanchorEnded], Awaitable[None]] | None = None
         self.on_event = on_event
         self.callbacks = callbacks or Callbacks()  # the application's, isolated
         self.zmq_endpoint = zmq_endpoint

@@ -22,14 +22,17 @@ from bitcoind_paychan.channel.effects import (
     MarkChannel,
     PromoteChannel,
     Purpose,
+    ReanchorEnded,
     SettleChannel,
     StoreChainState,
 )
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.channel.watch import (
+    MISSING_INPUTS,
     Tip,
     observe_mempool,
     observe_missing_inputs,
+    reanchored,
     review,
 )
 from bitcoind_paychan.errors import (
@@ -51,6 +54,8 @@ from bitcoind_paychan.service.watcher.channels import SLICE, WatchedChannels
 log = logging.getLogger("bitcoind_paychan.service.watcher")
 MAX_BACKOFF = 600.0
 FINAL = tuple(status for status in ChannelStatus if status.final)
+# The node's reasons for refusing a re-anchor R whose input another transaction spends.
+DEAD = (*MISSING_INPUTS, "txn-mempool-conflict", "insufficient fee", "replacement")
 WatchEvent = ClosingSeen | ChannelFinished
 """What the autopilot tells the application (a client's `on_event` hears these)."""
 
@@ -64,6 +69,7 @@ class ReviewPipeline(WatchedChannels):
     settle: Callable[[str], Awaitable[object]] | None
     promote: Callable[[str], Awaitable[ChannelRecord | None]] | None
     promote_depth: int
+    reanchor_ended: Callable[[ReanchorEnded], Awaitable[None]] | None
     on_event: Callable[[WatchEvent], object] | None
     callbacks: Callbacks
     reviews: int
@@ -176,8 +182,12 @@ class ReviewPipeline(WatchedChannels):
         txid = record.channel_id
         if record.status is not ChannelStatus.OPEN:
             self.index.no_deadline(txid)
+        dead = False
         if not state.spender_height and not record.status.final:
+            if reanchored(record, state) and mempool_spender is None:  # R left the mempool
+                state = await self._observed(txid, state, replace(state, spender=b""))
             state = await self._observed(txid, state, observe_mempool(state, mempool_spender))
+            dead = await self._reanchor_dead(record, state)
         elif record.status is ChannelStatus.FAILED and not (
                 state.conflict_height or state.contract_height or state.spender):
             # Failed with no chain fact to show for it (stored by an older version): are its
@@ -185,7 +195,15 @@ class ReviewPipeline(WatchedChannels):
             acceptance = await self.broadcaster.test_accept(Transaction.parse(record.contract_tx))
             state = await self._observed(txid, state, observe_missing_inputs(
                 state, acceptance.reason, tip.height))
-        return review(record, state, tip, fee_rate, self.policy, self.promote_depth)
+        return review(record, state, tip, fee_rate, self.policy, self.promote_depth, dead)
+
+    async def _reanchor_dead(self, record: ChannelRecord, state: ChainState) -> bool:
+        """An open channel's re-anchor R, in neither the mempool nor a block, can never
+        confirm: the node refuses it for an input spent elsewhere (or a conflict)."""
+        if record.pending is None or record.status is not ChannelStatus.OPEN or state.spender:
+            return False
+        acceptance = await self.broadcaster.test_accept(Transaction.parse(record.pending.tx))
+        return not acceptance.allowed and any(m in acceptance.reason for m in DEAD)
 
     async def _store_marks(self, marks: dict[str, MarkChannel],
                            chain_states: dict[str, ChainState],
@@ -236,13 +254,16 @@ class ReviewPipeline(WatchedChannels):
                 if not await self._claim(f"settle:{txid}"):
                     self._look_again_after_takeover()  # its claimer may be dead
                     return
-                log.info("channel %s nears its expiry: settling", txid)
+                log.info("channel %s %s: settling", txid, effect.reason)
                 try:
                     await self.settle(txid)  # re-reads the channel after its lease
                 finally:
                     await self._finish(f"settle:{txid}")
             case PromoteChannel():
                 await self._promote(txid)
+            case ReanchorEnded():
+                if self.reanchor_ended is not None:
+                    await self.reanchor_ended(effect)
             case ForgetChannel() | DiscardChannel():
                 if isinstance(effect, ForgetChannel):
                     await asyncio.to_thread(self.store.forget, self.role, txid)
