@@ -107,10 +107,14 @@ class Chain:
         return tuple(outputs)
 
     def fee(self, tx: Transaction) -> int:
+        """What `tx` pays in fees, if the model knows every coin it spends (else 0)."""
         contract = self.contracts.get(tx.inputs[0].prevout.txid)
-        if contract is None or len(tx.inputs) != 1:
+        if contract is None or tx.inputs[0].prevout != contract.outpoint:
             return 0
-        return contract.value - sum(o.value for o in tx.outputs)
+        others = self.spent_outputs(tx)
+        if len(others) != len(tx.inputs) - 1:
+            return 0
+        return contract.value + sum(o.value for o in others) - sum(o.value for o in tx.outputs)
 
     # -- the node's answers ----------------------------------------------------------------
 
