@@ -595,3 +595,30 @@ def test_r_reorged_out_after_promotion_with_its_parents_is_sent_again() -> None:
         m.mine(blocks=2, step=600, include=True)
         assert only(m, Role.SERVER).contract.outpoint.txid in m.world.chain.confirmed()
     replay(steps)
+
+
+def test_r_confirming_after_the_settlement_was_decided_moves_that_settlement_on() -> None:
+    """A miner takes R although the contract's settlement was decided (and replaced R in the
+    mempool): the money is on the next contract, so the server's settlement moves there at
+    once, with the latest payment carried onto it; the channel stays closing."""
+    def steps(m: ChannelModel) -> None:
+        m.open_channel(version=3, window=18000, value=100_000, flow=True)
+        m.mine(blocks=1, step=600, include=True)
+        m.pay(amount=20_000, flow=True)
+        m.client_reanchors(top_up=0, window=24 * HOUR, flow=True)
+        m.pay(amount=5_000, flow=True)  # signed on both contracts: 5,000 owed on the next
+        pending = only(m, Role.SERVER).pending
+        assert pending is not None and pending.complete
+        m.client_closes(flow=True)
+        assert only(m, Role.SERVER).status is ChannelStatus.CLOSING
+        m.world.chain.mine(600, include=False, extra=[Transaction.parse(pending.tx)])
+        m.chain_moved()
+        server = only(m, Role.SERVER)
+        assert server.status is ChannelStatus.CLOSING and server.generation == 1
+        assert server.contract_txid == pending.txid and server.settlement_tx is not None
+        settlement = Transaction.parse(server.settlement_tx)
+        assert settlement.inputs[0].prevout == server.contract.outpoint
+        assert client_share(server.contract, settlement) == pending.change
+        m.mine(blocks=2, step=600, include=True)  # its next review sends it; it confirms
+        assert only(m, Role.SERVER).status is ChannelStatus.SETTLED
+    replay(steps)
