@@ -139,6 +139,18 @@ class ChannelModel(RuleBasedStateMachine):
         self.act(lambda: self.world.client.reanchor(top_up, window))
         self.let_flow(flow)
 
+    @precondition(lambda self: self.client_connected())
+    @rule(top_up=st.sampled_from([0, 100_000]), window=st.sampled_from([0, 24 * HOUR]),
+          blocks=st.integers(1, 3), step=block_steps, pay=st.booleans())
+    def reanchor_and_mine(self, top_up: int, window: int, blocks: int, step: int,
+                          pay: bool) -> None:
+        """Issue 23 on chain: a whole re-anchor (a payment signed on both contracts while R
+        is pending, if `pay`), then blocks that take what the mempool holds (R among it)."""
+        self.client_reanchors(top_up=top_up, window=window, flow=True)
+        if pay:
+            self.pay(amount="min", flow=True)
+        self.mine(blocks=blocks, step=step, include=True)
+
     # -- the server operator ---------------------------------------------------------------
 
     @rule(index=pick, renew=st.booleans())
