@@ -43,10 +43,11 @@ def is_final(tx: Transaction, height: int, median_time: int) -> bool:
 
 
 def spend_problem(contract: Contract, tx: Transaction, median_time: int,
-                  height: int = ANY_HEIGHT) -> str | None:
+                  height: int = ANY_HEIGHT, spent: tuple[TxOut, ...] = ()) -> str | None:
     """Why `tx` cannot spend contract:0 in a block at `height` whose predecessor's
     median-time-past is `median_time` (None: it can). The contract's kind reads the spend
-    back and names its signers; every signature must verify, canonical for its scheme."""
+    back and names its signers; every signature must verify, canonical for its scheme.
+    `spent`: the outputs `tx`'s other inputs spend (a kind whose hashes commit to them)."""
     if not tx.inputs or tx.inputs[0].prevout != contract.outpoint:
         return "does not spend contract:0 in input 0"
     if not is_final(tx, height, median_time):
@@ -72,7 +73,8 @@ def spend_problem(contract: Contract, tx: Transaction, median_time: int,
         except DecodeError as exc:
             return f"bad signature encoding: {exc}"
         if not (kind.scheme.canonical(body)
-                and kind.scheme.verify(key, contract.sighash(tx, hashtype, branch), body)):
+                and kind.scheme.verify(key, contract.sighash(tx, hashtype, branch, spent),
+                                       body)):
             return f"signature by {key} does not verify"
     return None
 

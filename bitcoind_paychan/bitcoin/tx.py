@@ -275,3 +275,17 @@ def parse_block_transactions(block: bytes) -> list[Transaction]:
     if parser.pos != len(block):
         raise DecodeError(f"{len(block) - parser.pos} trailing bytes after the block")
     return txs
+
+
+def serialize_outputs(outputs: tuple[TxOut, ...]) -> bytes:
+    """A list of outputs as a transaction carries them: their count, then each."""
+    return encode_varint(len(outputs)) + b"".join(out.serialize() for out in outputs)
+
+
+def parse_outputs(data: bytes) -> tuple[TxOut, ...]:
+    """The outputs `serialize_outputs` wrote; DecodeError unless `data` is exactly that."""
+    parser = _Parser(data)
+    outputs = tuple(parser.txout() for _ in range(parser.count(9, "output")))
+    if parser.pos != len(data):
+        raise DecodeError(f"{len(data) - parser.pos} trailing bytes after the outputs")
+    return outputs

@@ -102,9 +102,10 @@ class Contract:
         return self.outpoint.txid_hex
 
     def sighash(self, tx: Transaction, hashtype: int,
-                branch: Branch = Branch.COOPERATIVE) -> bytes:
-        """The digest a signature on input 0 of `tx` (spending this contract) commits to."""
-        return self.kind.sighash(tx, hashtype, branch)
+                branch: Branch = Branch.COOPERATIVE, spent: tuple[TxOut, ...] = ()) -> bytes:
+        """The digest a signature on input 0 of `tx` (spending this contract) commits to
+        (`spent`: the outputs its other inputs spend, for a kind whose hash needs them)."""
+        return self.kind.sighash(tx, hashtype, branch, spent)
 
     def _signature(self, key: PrivateKey, digest: bytes, hashtype: int) -> bytes:
         return self.kind.scheme.sign(key, digest, hashtype)
@@ -194,19 +195,30 @@ class Contract:
                       if server_key else bytes(self.kind.scheme.max_size))
         return self.with_spend(tx, [client_sig, server_sig], Branch.COOPERATIVE)
 
-    def sign_cooperative(self, key: PrivateKey, tx: Transaction) -> bytes:
-        """The client's signature of `tx`'s input 0 (this contract) on the 2-of-2 branch with
-        the kind's `final_hashtype` (a re-anchor: it commits to every output)."""
-        hashtype = self.kind.final_hashtype
-        return self._signature(key, self.sighash(tx, hashtype, Branch.COOPERATIVE), hashtype)
+    def sign_cooperative(self, key: PrivateKey, tx: Transaction,
+                         spent: tuple[TxOut, ...] = ()) -> bytes:
+        """Our signature of re-anchor `tx`'s input 0 (this contract) on the 2-of-2 branch with
+        the kind's `reanchor_hashtype`, which commits to every input and output (`spent`: the
+        outputs the other inputs spend, for a kind whose hash needs them)."""
+        hashtype = self.kind.reanchor_hashtype
+        return self._signature(key, self.sighash(tx, hashtype, Branch.COOPERATIVE, spent),
+                               hashtype)
 
     def check_cooperative(self, what: str, tx: Transaction, signature: bytes,
-                          signer: PublicKey | None = None) -> None:
+                          signer: PublicKey | None = None, spent: tuple[TxOut, ...] = ()
+                          ) -> None:
         """Raise RemoteProtocolError unless `signature` is `sign_cooperative`'s by `signer`
         (the client's key by default)."""
-        hashtype = self.kind.final_hashtype
+        hashtype = self.kind.reanchor_hashtype
         self._check_signature(what, signer or self.client_key, signature, hashtype,
-                              lambda: self.sighash(tx, hashtype, Branch.COOPERATIVE))
+                              lambda: self.sighash(tx, hashtype, Branch.COOPERATIVE, spent))
+
+    def complete_cooperative(self, tx: Transaction, client_sig: bytes, server_key: PrivateKey,
+                             spent: tuple[TxOut, ...] = ()) -> Transaction:
+        """Re-anchor `tx` with input 0 carrying the client's `sign_cooperative` signature and
+        the server's own: complete (the server's signature is added last)."""
+        server_sig = self.sign_cooperative(server_key, tx, spent)
+        return self.with_spend(tx, [client_sig, server_sig], Branch.COOPERATIVE)
 
     def spend_weight(self) -> int:
         """Weight of input 0 once signed cooperatively (for a wallet funding the rest)."""

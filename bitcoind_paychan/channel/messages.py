@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bitcoind_paychan.bitcoin.tx import TxOut, serialize_outputs
 from bitcoind_paychan.errors import ErrorCode
 from bitcoind_paychan.wire import error_message, pb
 
@@ -126,12 +127,15 @@ def reanchor_terms(expiry: int, payout: int, payout_script: bytes, fee_rate: int
 
 
 def reanchor_signed(tx: bytes, expiry: int, payout: int, fee_rate: int, change: int,
-                    next_signature: bytes, client_signature: bytes) -> T:
+                    next_signature: bytes, client_signature: bytes,
+                    spent: tuple[TxOut, ...] = ()) -> T:
     msg = T(type=T.REANCHOR_SIGNED)
     body = msg.reanchor_signed
     body.tx, body.expire_time_secs, body.payout, body.fee_rate = tx, expiry, payout, fee_rate
     body.client_change_value, body.next_signature = change, next_signature
     body.client_signature = client_signature
+    if spent:
+        body.spent_outputs = serialize_outputs(spent)
     return msg
 
 

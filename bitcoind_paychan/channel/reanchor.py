@@ -5,6 +5,7 @@ payout when there is one, then at most the client's wallet change."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from bitcoind_paychan.bitcoin.tx import Transaction, TxIn, TxOut
@@ -122,6 +123,17 @@ def check_funded(draft_tx: Transaction, funded: Transaction) -> None:
         raise LocalProtocolError("the wallet funded the re-anchor with non-segwit coins")
 
 
+def check_spent(current: Contract, tx: Transaction, spent: tuple[TxOut, ...],
+                error: Callable[[str], Exception]) -> None:
+    """R's spent outputs as its kind signs them: one for each input after the contract when
+    the kind's re-anchor signatures commit to them (BIP341), none otherwise. The node checks
+    they are the true ones: a signature over others does not verify on chain."""
+    wanted = len(tx.inputs) - 1 if current.kind.reanchor_needs_spent else 0
+    if len(spent) != wanted:
+        raise error(f"the re-anchor names {len(spent)} spent outputs; its version "
+                    f"{current.version} signatures need {wanted}")
+
+
 @dataclass(frozen=True)
 class Signed:
     """What REANCHOR_SIGNED carries, parsed."""
@@ -131,6 +143,7 @@ class Signed:
     change: int  # the client's change on C the carry payment continues
     next_signature: bytes  # that payment on C'
     client_signature: bytes  # the client's signature of R's input 0
+    spent: tuple[TxOut, ...] = ()  # the outputs R's inputs 1.. spend (a kind that needs them)
 
 
 def next_contract(current: Contract, tx: Transaction, expiry: int) -> Contract:
@@ -153,6 +166,7 @@ def check_signed(record: ChannelRecord, signed: Signed, earliest: int, latest: i
         raise bad_tx("the re-anchor's input 0 must spend the contract, sequence 0xfffffffd")
     if any(txin.script_sig or not txin.witness for txin in tx.inputs[1:]):
         raise bad_tx("the re-anchor's other inputs must be native segwit, signed")
+    check_spent(current, tx, signed.spent, bad_tx)
     if terms.expiry != current.expiry and not earliest <= terms.expiry <= latest:
         raise bad_tx(f"the new expiry {terms.expiry} is outside [{earliest}, {latest}]")
     nxt = next_contract(current, tx, terms.expiry)
@@ -181,9 +195,10 @@ def check_signed(record: ChannelRecord, signed: Signed, earliest: int, latest: i
     if carried < DUST:
         raise bad_tx(f"the new contract would leave the client {carried} sat (dust)")
     nxt.check_payment(carried, signed.next_signature)
-    current.check_cooperative("the re-anchor's", tx, signed.client_signature)
+    current.check_cooperative("the re-anchor's", tx, signed.client_signature,
+                              spent=signed.spent)
     return PendingReanchor(tx.serialize(), nxt, terms.payout, terms.fee_rate, carried,
-                           signed.next_signature)
+                           signed.next_signature, spent=signed.spent)
 
 
 def check_fee(current: Contract, tx: Transaction, terms: Terms, fee: int | None,
@@ -224,11 +239,11 @@ def promoted(record: ChannelRecord) -> ChannelRecord:
                    generation=record.generation + 1, origin=record.channel_id, pending=None)
 
 
-def check_complete(current: Contract, tx: Transaction, signed_txid: str) -> None:
+def check_complete(current: Contract, tx: Transaction, pending: PendingReanchor) -> None:
     """The client's check of the R the server sends back (REANCHOR_ACK): the one it signed
     (same txid), input 0 unlocked on the 2-of-2 branch with the server's valid signature.
     RemoteProtocolError otherwise."""
-    if tx.txid_hex != signed_txid:
+    if tx.txid_hex != pending.txid:
         raise bad_tx("REANCHOR_ACK for a re-anchor we have not signed")
     try:
         sigs, branch = current.kind.unlocking(tx)
@@ -236,7 +251,8 @@ def check_complete(current: Contract, tx: Transaction, signed_txid: str) -> None
         raise bad_tx("the re-anchor's input 0 is not unlocked by the contract's script") from None
     if branch is not Branch.COOPERATIVE or len(sigs) != 2:
         raise bad_tx("the re-anchor's input 0 does not carry both signatures")
-    current.check_cooperative("the server's re-anchor", tx, sigs[1], current.server_key)
+    current.check_cooperative("the server's re-anchor", tx, sigs[1], current.server_key,
+                              pending.spent)
 
 
 def without_unchecked(record: ChannelRecord) -> ChannelRecord:

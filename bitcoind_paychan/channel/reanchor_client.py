@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from bitcoind_paychan.bitcoin.tx import Transaction
+from bitcoind_paychan.bitcoin.tx import Transaction, TxOut
 from bitcoind_paychan.channel import messages
 from bitcoind_paychan.channel import reanchor as rules
 from bitcoind_paychan.channel.contract import DUST, Branch, bad_tx, round_change
@@ -123,12 +123,16 @@ class ClientReanchoring:
                                  terms.fee_rate)]
         return self._sign_reanchor(record, terms, draft)
 
-    def reanchor_funded(self, funded: Transaction) -> list[Effect]:
-        """The answer to FundReanchor: R with our wallet's inputs (signed) and change."""
+    def reanchor_funded(self, funded: Transaction, spent: tuple[TxOut, ...] = ()
+                        ) -> list[Effect]:
+        """The answer to FundReanchor: R with our wallet's inputs (signed) and change, and the
+        outputs those inputs spend (needed by a kind whose re-anchor signatures commit to
+        them: `kind.reanchor_needs_spent`)."""
         machine = self._machine()
-        return machine._input(Input.REANCHOR_FUNDED, self._on_reanchor_funded, funded)
+        return machine._input(Input.REANCHOR_FUNDED, self._on_reanchor_funded, funded, spent)
 
-    def _on_reanchor_funded(self, funded: Transaction) -> list[Effect]:
+    def _on_reanchor_funded(self, funded: Transaction, spent: tuple[TxOut, ...]
+                            ) -> list[Effect]:
         machine = self._machine()
         funding, self._funding = self._funding, None
         record = machine._stored()
@@ -139,10 +143,13 @@ class ClientReanchoring:
             return [ReanchorEnded(record.channel_id, f"the channel is {machine.state.value}"
                                   "; nothing was signed", funded)]
         rules.check_funded(draft, funded)
-        return self._sign_reanchor(record, terms, funded)
+        if not record.contract.kind.reanchor_needs_spent:
+            spent = ()  # its signatures commit to no other input's output
+        rules.check_spent(record.contract, funded, spent, LocalProtocolError)
+        return self._sign_reanchor(record, terms, funded, spent)
 
-    def _sign_reanchor(self, record: ChannelRecord, terms: rules.Terms, tx: Transaction
-                       ) -> list[Effect]:
+    def _sign_reanchor(self, record: ChannelRecord, terms: rules.Terms, tx: Transaction,
+                       spent: tuple[TxOut, ...] = ()) -> list[Effect]:
         """Sign R's input 0 and our current payment on C', store it all, then send it."""
         machine = self._machine()
         nxt = rules.next_contract(record.contract, tx, terms.expiry)
@@ -153,7 +160,7 @@ class ClientReanchoring:
                                   tx if len(tx.inputs) > 1 else None)]
         next_signature = nxt.sign_payment(machine.key, carried)
         pending = PendingReanchor(tx.serialize(), nxt, terms.payout, terms.fee_rate, carried,
-                                  next_signature)
+                                  next_signature, spent=spent)
         machine.record = stored = replace(record, pending=pending)
         return [StoreChannel(stored), Send(self._signed_message(stored))]
 
@@ -162,10 +169,11 @@ class ClientReanchoring:
         pending = record.pending
         assert pending is not None
         tx = Transaction.parse(pending.tx)
-        client_signature = record.contract.sign_cooperative(self._machine().key, tx)
+        client_signature = record.contract.sign_cooperative(self._machine().key, tx,
+                                                            pending.spent)
         return messages.reanchor_signed(pending.tx, pending.contract.expiry, pending.payout,
                                         pending.fee_rate, record.change, pending.signature,
-                                        client_signature)
+                                        client_signature, pending.spent)
 
     # -- the server's answer ---------------------------------------------------------------
 
@@ -176,7 +184,7 @@ class ClientReanchoring:
         tx = Transaction.parse(message.reanchor_ack.tx)
         if pending is None or pending.refused:
             raise bad_tx("REANCHOR_ACK for a re-anchor we have not signed")
-        rules.check_complete(record.contract, tx, pending.txid)
+        rules.check_complete(record.contract, tx, pending)
         if pending.complete:
             return []
         # Only input 0's witness is the server's to give: our wallet inputs keep our own.

@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from bitcoind_paychan.bitcoin.tx import Transaction
+from bitcoind_paychan.bitcoin.tx import Transaction, parse_outputs
 from bitcoind_paychan.channel import messages, reanchor
 from bitcoind_paychan.channel.contract import DUST, bad_tx
 from bitcoind_paychan.channel.effects import (
@@ -171,8 +171,9 @@ class ServerReanchoring:
             if len(tx.outputs) < 2:
                 raise bad_tx("a re-anchor with a payout has no payout output")
             terms = replace(terms, payout_script=tx.outputs[1].script_pubkey)
+        spent = parse_outputs(body.spent_outputs) if body.spent_outputs else ()
         signed = reanchor.Signed(tx, terms, body.client_change_value, body.next_signature,
-                                 body.client_signature)
+                                 body.client_signature, spent)
         rates = [rate for _, rate, _ in self._quoted]
         if rates and terms.fee_rate not in rates:
             raise bad_tx(f"the re-anchor's fee rate {terms.fee_rate} sat/kvB is not the rate "
@@ -183,7 +184,8 @@ class ServerReanchoring:
             record, signed, max(record.contract.expiry, now + policy.min_time_window),
             now + policy.max_time_window, policy.max_fee_rate)
         # Signed here, but nothing leaves before the node's answer and the store.
-        complete = record.contract.sign_settlement(tx, body.client_signature, record.key)
+        complete = record.contract.complete_cooperative(tx, body.client_signature, record.key,
+                                                        spent)
         self._checking, self._checking_terms = complete, terms
         self._locked_offset = None  # an earlier promotion's: payments pair with this R now
         machine.record = replace(record, pending=candidate)  # payments now come in pairs

@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass, replace
 
 from bitcoind_paychan.bitcoin.keys import PrivateKey
+from bitcoind_paychan.bitcoin.tx import TxOut
 from bitcoind_paychan.channel.contract import Contract
 
 
@@ -69,6 +70,8 @@ class PendingReanchor:
     signature: bytes  # the client's signature of that payment on C'
     complete: bool = False  # R carries both signatures: the server stored it as binding
     refused: bool = False  # client: the server refused it (no more double signing)
+    spent: tuple[TxOut, ...] = ()  # the outputs R's inputs 1.. spend, for a kind whose
+    # re-anchor signatures commit to them (v4: BIP341); () for the others
 
     @property
     def txid(self) -> str:

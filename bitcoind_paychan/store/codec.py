@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from bitcoind_paychan.bitcoin.keys import PrivateKey
-from bitcoind_paychan.bitcoin.tx import OutPoint
+from bitcoind_paychan.bitcoin.tx import OutPoint, parse_outputs, serialize_outputs
 from bitcoind_paychan.channel.chainstate import ChainState
 from bitcoind_paychan.channel.contract import Contract
 from bitcoind_paychan.channel.records import (
@@ -48,6 +48,7 @@ REANCHOR_COLUMNS = (
     "next_fee_rate",
     "next_change",
     "next_signature",
+    "next_spent",
 )
 # A pending re-anchor's state, as `next_state` holds it ('': none pending).
 SIGNED, COMPLETE, REFUSED = "signed", "complete", "refused"
@@ -127,15 +128,15 @@ def pending_txid(pending: PendingReanchor | None) -> str:
 def encode_pending(pending: PendingReanchor | None) -> tuple[Any, ...]:
     """The `next_*` columns of a pending re-anchor (empty values for none)."""
     if pending is None:
-        return ("", "", b"", 0, 0, 0, 0, 0, b"")
+        return ("", "", b"", 0, 0, 0, 0, 0, b"", b"")
     return (pending.txid, pending_state(pending), pending.tx, pending.contract.expiry,
             pending.contract.value, pending.payout, pending.fee_rate, pending.change,
-            pending.signature)
+            pending.signature, serialize_outputs(pending.spent) if pending.spent else b"")
 
 
 def _decode_pending(contract: Contract, next_txid: str, state: str, tx: bytes, expiry: int,
-                    value: int, payout: int, fee_rate: int, change: int, signature: bytes
-                    ) -> PendingReanchor | None:
+                    value: int, payout: int, fee_rate: int, change: int, signature: bytes,
+                    spent: bytes) -> PendingReanchor | None:
     if not state:
         return None
     if state not in (SIGNED, COMPLETE, REFUSED):
@@ -143,7 +144,8 @@ def _decode_pending(contract: Contract, next_txid: str, state: str, tx: bytes, e
     nxt = Contract(contract.version, contract.client_pub, contract.server_pub, expiry,
                    OutPoint.from_hex(next_txid, 0), value)
     return PendingReanchor(bytes(tx), nxt, payout, fee_rate, change, bytes(signature),
-                           complete=state == COMPLETE, refused=state == REFUSED)
+                           complete=state == COMPLETE, refused=state == REFUSED,
+                           spent=parse_outputs(bytes(spent)) if spent else ())
 
 
 def decode(row: tuple[Any, ...], source: str) -> ChannelRecord:

@@ -183,7 +183,9 @@ def reanchor_statements(blob: str, empty: str) -> tuple[str, ...]:
                ("next_tx", f"{blob} NOT NULL DEFAULT {empty}"),
                *((name, "BIGINT NOT NULL DEFAULT 0") for name in (
                    "next_expiry", "next_value", "next_payout", "next_fee_rate", "next_change")),
-               ("next_signature", f"{blob} NOT NULL DEFAULT {empty}"))
+               ("next_signature", f"{blob} NOT NULL DEFAULT {empty}"),
+               ("next_spent", f"{blob} NOT NULL DEFAULT {empty}"))  # R's other inputs'
+    # spent outputs (tx.serialize_outputs), for a kind whose signatures commit to them (v4)
     assert tuple(name for name, _ in columns) == codec.REANCHOR_COLUMNS
     return (*(f"ALTER TABLE channels ADD COLUMN {name} {kind}" for name, kind in columns),
             f"""CREATE TABLE generations (  -- a re-anchored channel's superseded contracts

@@ -581,6 +581,7 @@ class ReanchorSigned(_message.Message):
     CLIENT_CHANGE_VALUE_FIELD_NUMBER: _builtins.int
     NEXT_SIGNATURE_FIELD_NUMBER: _builtins.int
     CLIENT_SIGNATURE_FIELD_NUMBER: _builtins.int
+    SPENT_OUTPUTS_FIELD_NUMBER: _builtins.int
     tx: _builtins.bytes
     """input 0 (C:0) unsigned, every other input signed by the wallet"""
     expire_time_secs: _builtins.int
@@ -592,6 +593,10 @@ class ReanchorSigned(_message.Message):
     """that payment on C'"""
     client_signature: _builtins.bytes
     """the client's signature of R's input 0 (C:0)"""
+    spent_outputs: _builtins.bytes
+    """The outputs inputs 1.. spend (count, then each as a transaction carries it), for a
+    version whose re-anchor signatures commit to them (4: BIP341 SIGHASH_DEFAULT).
+    """
     def __init__(
         self,
         *,
@@ -602,10 +607,11 @@ class ReanchorSigned(_message.Message):
         client_change_value: _builtins.int | None = ...,
         next_signature: _builtins.bytes | None = ...,
         client_signature: _builtins.bytes | None = ...,
+        spent_outputs: _builtins.bytes | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["client_change_value", b"client_change_value", "client_signature", b"client_signature", "expire_time_secs", b"expire_time_secs", "fee_rate", b"fee_rate", "next_signature", b"next_signature", "payout", b"payout", "tx", b"tx"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["client_change_value", b"client_change_value", "client_signature", b"client_signature", "expire_time_secs", b"expire_time_secs", "fee_rate", b"fee_rate", "next_signature", b"next_signature", "payout", b"payout", "spent_outputs", b"spent_outputs", "tx", b"tx"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_change_value", b"client_change_value", "client_signature", b"client_signature", "expire_time_secs", b"expire_time_secs", "fee_rate", b"fee_rate", "next_signature", b"next_signature", "payout", b"payout", "tx", b"tx"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_change_value", b"client_change_value", "client_signature", b"client_signature", "expire_time_secs", b"expire_time_secs", "fee_rate", b"fee_rate", "next_signature", b"next_signature", "payout", b"payout", "spent_outputs", b"spent_outputs", "tx", b"tx"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

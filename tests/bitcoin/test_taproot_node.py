@@ -10,12 +10,15 @@ from collections.abc import Iterator
 import pytest
 
 from bitcoind_paychan.bitcoin.address import script_to_address
+from bitcoind_paychan.bitcoin.hashes import hash160
 from bitcoind_paychan.bitcoin.keys import PrivateKey
 from bitcoind_paychan.bitcoin.script import (
     OP_CHECKLOCKTIMEVERIFY,
     OP_CHECKSIG,
     OP_CHECKSIGVERIFY,
     OP_DROP,
+    p2pkh_script,
+    p2wpkh_script,
     push,
     push_int,
 )
@@ -28,7 +31,10 @@ from bitcoind_paychan.bitcoin.sighash import (
     taproot_sighash,
 )
 from bitcoind_paychan.bitcoin.taproot import TapLeaf, Taproot, tweak_private_key
-from bitcoind_paychan.bitcoin.tx import Transaction, TxOut
+from bitcoind_paychan.bitcoin.tx import Transaction, TxIn, TxOut
+from bitcoind_paychan.channel import reanchor
+from bitcoind_paychan.channel.contract import Branch, Contract, output_script
+from bitcoind_paychan.node import to_sat
 from regtest.node import RegtestNode, regtest_nodes
 from tests.bitcoin.test_against_node import (
     FINAL_BUT_LOCKTIME,
@@ -38,6 +44,8 @@ from tests.bitcoin.test_against_node import (
     assert_rejected,
     cltv_expiry,
     fund,
+    mempool_verdict,
+    segwit_sig,
     spend,
 )
 
@@ -177,3 +185,96 @@ def test_broken_spends_are_refused(chain: RegtestNode) -> None:
     assert_rejected(chain, payment_spend(sign(client, tx, other_amount, ht, payment),
                                          good_server), BAD_SIGNATURE)
     assert_accepted_and_confirms(chain, payment_spend(good_client, good_server))
+
+
+# -- a version 4 re-anchor (issue 23, docs/design/reanchoring.md 8) ---------------------------
+
+
+class Reanchor:
+    """A v4 contract and a wallet coin on chain, and R as the kind builds it: the contract
+    renewed and topped up by the coin, a payout to the server, change back."""
+
+    TOP_UP, PAYOUT, RATE = 300_000, 30_000, 2_000
+
+    def __init__(self, node: RegtestNode) -> None:
+        self.client, self.server, self.wallet = (PrivateKey.generate() for _ in range(3))
+        expiry = cltv_expiry(node)
+        script = output_script(4, self.client.pub.data, self.server.pub.data, expiry)
+        self.coin_script = p2wpkh_script(hash160(self.wallet.pub.data))
+        contract_coin, self.coin = fund(node, script, self.coin_script)
+        self.contract = Contract(4, self.client.pub.data, self.server.pub.data, expiry,
+                                 contract_coin.outpoint, contract_coin.value)
+        payout_script = p2wpkh_script(hash160(PrivateKey.generate().pub.data))
+        self.terms = reanchor.Terms(expiry + 86_400, self.PAYOUT, payout_script, self.RATE)
+        draft = reanchor.draft(self.contract, self.terms, self.TOP_UP)
+        self.fee = 1_500  # what the wallet adds for the client's part
+        self.unsigned = Transaction(draft.version, (*draft.inputs, TxIn(self.coin.outpoint,
+                                                                        b"", 0xFFFFFFFD)),
+                                    (*draft.outputs, TxOut(self.change, self.coin_script)), 0)
+
+    @property
+    def change(self) -> int:
+        return self.coin.value - self.TOP_UP - self.fee
+
+    @property
+    def spent(self) -> tuple[TxOut, ...]:
+        return (TxOut(self.coin.value, self.coin_script),)
+
+    def signed(self, tx: Transaction, spent: tuple[TxOut, ...] | None = None,
+               hashtype: int | None = None) -> Transaction:
+        """`tx` with input 0 signed by both (the kind's way, or with `hashtype` and the
+        contract's amount alone) and every wallet input signed by the wallet."""
+        if hashtype is None:
+            named = self.spent if spent is None else spent
+            client = self.contract.sign_cooperative(self.client, tx, named)
+            tx = self.contract.complete_cooperative(tx, client, self.server, named)
+        else:
+            sigs = [self.contract.kind.scheme.sign(
+                key, self.contract.sighash(tx, hashtype), hashtype)
+                for key in (self.client, self.server)]
+            tx = self.contract.with_spend(tx, sigs, Branch.COOPERATIVE)
+        code = p2pkh_script(hash160(self.wallet.pub.data))
+        for index in range(1, len(tx.inputs)):
+            value = self.coin.value  # every wallet coin of this test holds the same
+            signature = segwit_sig(self.wallet, tx, index, code, value, SIGHASH_ALL)
+            tx = tx.with_witness(index, (signature, self.wallet.pub.data))
+        return tx
+
+
+def test_a_v4_re_anchor_built_by_the_kind_confirms_with_exact_amounts(chain: RegtestNode) -> None:
+    """The node is the judge of R's SIGHASH_DEFAULT signatures on the payment leaf (over the
+    wallet coin's spent output), and of every sat: C' holds the contract, the top-up, less
+    the payout; the server's output its payout less its fee part; the fee is what is left."""
+    r = Reanchor(chain)
+    tx = r.signed(r.unsigned)
+    assert [len(sig) for sig in tx.inputs[0].witness[:2]] == [64, 64]  # SIGHASH_DEFAULT
+    _, server_fee = reanchor.fees(r.contract, r.unsigned, r.terms, top_up=True)
+    verdict = mempool_verdict(chain, tx)
+    assert verdict["allowed"], verdict.get("reject-reason")
+    assert to_sat(verdict["fees"]["base"]) == r.fee + server_fee
+    assert_accepted_and_confirms(chain, tx)
+    outputs = [to_sat(o["value"]) for o in chain.rpc("getrawtransaction", tx.txid_hex,
+                                                     True)["vout"]]
+    assert outputs == [r.contract.value + r.TOP_UP - r.PAYOUT, r.PAYOUT - server_fee, r.change]
+
+
+def test_a_v4_re_anchor_cannot_be_moved_to_another_txid(chain: RegtestNode) -> None:
+    """What v4's close hashtype (ALL|ANYONECANPAY) would allow on R, the node takes: an input
+    added after both signed. R's own signatures (SIGHASH_DEFAULT over every spent output)
+    make the same R with an added input, or one signed over a lie about the coin, invalid."""
+    r = Reanchor(chain)
+    (extra,) = fund(chain, r.coin_script)
+    grown = Transaction(2, (*r.unsigned.inputs, TxIn(extra.outpoint, b"", 0xFFFFFFFD)),
+                        (*r.unsigned.outputs[:2],
+                         TxOut(r.change + extra.value, r.coin_script)), 0)
+    # the threat, real: signed the close's way, R grows an input the signers never saw
+    loose = r.signed(grown, hashtype=SIGHASH_ALL | ACP)
+    assert mempool_verdict(chain, loose)["allowed"]
+    # R signed the kind's way, then grown (its wallet inputs signed again): refused
+    complete = r.signed(r.unsigned)
+    moved = loose.with_witness(0, complete.inputs[0].witness)  # wallet inputs re-signed
+    assert moved.txid_hex != complete.txid_hex
+    assert_rejected(chain, moved, BAD_SIGNATURE)
+    # signed over a coin amount the client lied about: void on chain
+    lie = (TxOut(r.coin.value - 1_000, r.coin_script),)
+    assert_rejected(chain, r.signed(r.unsigned, spent=lie), BAD_SIGNATURE)

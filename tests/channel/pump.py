@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bitcoind_paychan.bitcoin.hashes import hash160
 from bitcoind_paychan.bitcoin.keys import PrivateKey
+from bitcoind_paychan.bitcoin.script import p2wpkh_script
 from bitcoind_paychan.bitcoin.tx import OutPoint, Transaction, TxIn, TxOut
 from bitcoind_paychan.channel import reanchor
 from bitcoind_paychan.channel.client import ClientChannel
@@ -42,15 +44,18 @@ def funding_tx(effect: FundContract, segwit: bool = True) -> Transaction:
                                     TxOut(50_000, PAYOUT)), 0)
 
 
-def reanchor_funding(effect: FundReanchor, contract_value: int) -> Transaction:
+def reanchor_funding(effect: FundReanchor, contract_value: int
+                     ) -> tuple[Transaction, tuple[TxOut, ...]]:
     """A wallet-like funding of R: one signed segwit coin of WALLET_COIN sat and change back,
-    the fee at the asked rate on a generous size (C:0 spent at `contract_value`)."""
-    coin = TxIn(OutPoint(PrivateKey.generate().pub.data[1:], 0), b"", 0xFFFFFFFD,
-                (bytes(71), bytes(33)))
+    the fee at the asked rate on a generous size (C:0 spent at `contract_value`); and the
+    output that coin spends."""
+    key = PrivateKey.generate()
+    coin = TxIn(OutPoint(key.pub.data[1:], 0), b"", 0xFFFFFFFD, (bytes(71), bytes(33)))
     fee = -(-effect.fee_rate * (effect.draft.vsize + 250) // 1000)
     change = contract_value + WALLET_COIN - sum(o.value for o in effect.draft.outputs) - fee
-    return Transaction(effect.draft.version, (*effect.draft.inputs, coin),
-                       (*effect.draft.outputs, TxOut(change, PAYOUT)), 0)
+    funded = Transaction(effect.draft.version, (*effect.draft.inputs, coin),
+                         (*effect.draft.outputs, TxOut(change, PAYOUT)), 0)
+    return funded, (TxOut(WALLET_COIN, p2wpkh_script(hash160(key.pub.data))),)
 
 
 def reanchor_fee(tx: Transaction, server: ServerChannel) -> int:
@@ -124,7 +129,7 @@ class Pump:
         elif isinstance(effect, FundReanchor):
             value = self.client.record.contract.value  # type: ignore[union-attr]
             return [("client", e) for e in
-                    self.client.reanchor_funded(reanchor_funding(effect, value))]
+                    self.client.reanchor_funded(*reanchor_funding(effect, value))]
         elif isinstance(effect, ReanchorLocked) and self.client_sees_r:
             promoted = reanchor.promoted(effect.record)  # stored, then the machine follows
             self.client_store[promoted.contract_txid] = promoted

@@ -112,3 +112,19 @@ def test_a_signature_over_every_input_needs_their_amounts() -> None:
     with pytest.raises(LocalProtocolError, match="ANYONECANPAY"):
         CONTRACT.sighash(funded, SIGHASH_ALL)
     assert CONTRACT.sighash(funded, SIGHASH_ALL | ACP)  # the contract's amount alone
+
+
+def test_a_re_anchor_signature_commits_to_every_input_it_is_told_of() -> None:
+    """R's hashtype (SIGHASH_DEFAULT) commits to each spent output: the signature needs
+    them all, and changes with any of them (an amount lie makes it void on chain)."""
+    tx = CONTRACT.settlement_draft(5_000, 10_000, b"\x00\x14" + bytes(20))
+    funded = Transaction(2, (*tx.inputs, TxIn(OutPoint(sha256(b"w"), 1))), tx.outputs, 0)
+    coin = TxOut(50_000, b"\x00\x14" + bytes(20))
+    with pytest.raises(LocalProtocolError, match="1 inputs besides the contract, 0 spent"):
+        CONTRACT.sign_cooperative(CLIENT, funded)
+    signature = CONTRACT.sign_cooperative(CLIENT, funded, (coin,))
+    assert len(signature) == 64  # SIGHASH_DEFAULT: no hashtype byte
+    CONTRACT.check_cooperative("R", funded, signature, spent=(coin,))
+    with pytest.raises(RemoteProtocolError, match="does not verify"):
+        CONTRACT.check_cooperative("R", funded, signature,
+                                   spent=(TxOut(coin.value + 1, coin.script_pubkey),))

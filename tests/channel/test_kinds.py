@@ -72,8 +72,8 @@ def test_capabilities_by_name() -> None:
     assert caps[2] == Capabilities()
     assert caps[3] == Capabilities(segwit_funding_required=True, resume_challenge=True,
                                    reanchoring=True)
-    # v4 re-anchors only once R commits to every input (tests/channel/test_reanchor.py)
-    assert caps[4] == replace(caps[3], key_path_close=True, reanchoring=False)
+    # v4 re-anchors with R signed over every input (tests/channel/test_reanchor.py)
+    assert caps[4] == replace(caps[3], key_path_close=True)
     assert all(c.pipelining for c in caps.values())
 
 

@@ -31,7 +31,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from bitcoind_paychan.bitcoin.tx import Transaction, TxIn, TxOut
 from bitcoind_paychan.channel.contract import DUST, VERSIONS
+from bitcoind_paychan.channel.records import ChannelRecord as ChannelRecordT
 from bitcoind_paychan.channel.records import ChannelStatus, Role
+from bitcoind_paychan.channel.watch import client_share
 from bitcoind_paychan.wire import decode_message
 from tests.channel.model import glue
 from tests.channel.model.checks import PAYOUT
@@ -137,6 +139,18 @@ class ChannelModel(RuleBasedStateMachine):
         self.act(lambda: self.world.client.reanchor(top_up, window))
         self.let_flow(flow)
 
+    @precondition(lambda self: self.client_connected())
+    @rule(top_up=st.sampled_from([0, 100_000]), window=st.sampled_from([0, 24 * HOUR]),
+          blocks=st.integers(1, 3), step=block_steps, pay=st.booleans())
+    def reanchor_and_mine(self, top_up: int, window: int, blocks: int, step: int,
+                          pay: bool) -> None:
+        """Issue 23 on chain: a whole re-anchor (a payment signed on both contracts while R
+        is pending, if `pay`), then blocks that take what the mempool holds (R among it)."""
+        self.client_reanchors(top_up=top_up, window=window, flow=True)
+        if pay:
+            self.pay(amount="min", flow=True)
+        self.mine(blocks=blocks, step=step, include=True)
+
     # -- the server operator ---------------------------------------------------------------
 
     @rule(index=pick, renew=st.booleans())
@@ -153,7 +167,7 @@ class ChannelModel(RuleBasedStateMachine):
             return
         open_ = server.store.channels(Role.SERVER, (ChannelStatus.OPEN,))
         if open_:
-            self.act(lambda: server.settle_stored(open_[index % len(open_)].contract_txid))
+            self.act(lambda: server.settle_stored(open_[index % len(open_)].channel_id))
 
     @rule(index=pick, flow=st.booleans())
     def settle_while_resuming(self, index: int, flow: bool) -> None:
@@ -174,7 +188,7 @@ class ChannelModel(RuleBasedStateMachine):
         loaded = [c.server.record for c in world.connections
                   if glue.server_resumed(c.server) and c.server.record is not None]
         if server.up and loaded:
-            txid = loaded[index % len(loaded)].contract_txid
+            txid = loaded[index % len(loaded)].channel_id
             self.act(lambda: server.settle_stored(txid))
         self.let_flow(flow)
 
@@ -314,14 +328,15 @@ class ChannelModel(RuleBasedStateMachine):
 
     @rule(step=block_steps, index=pick)
     def mine_double_spend(self, step: int, index: int) -> None:
-        """A block spends the coin funding a contract not yet confirmed."""
+        """A block spends the coin funding a contract not yet confirmed (a re-anchor R: its
+        top-up coin, the client's to spend elsewhere)."""
         chain = self.world.chain
         confirmed = chain.confirmed()
         pending = [t for t in chain.contracts if t not in confirmed]
         if not pending:
             return
         funding = self.world.contract_txs[pending[index % len(pending)]]
-        spend = Transaction(2, (TxIn(funding.inputs[0].prevout, b"", 0xFFFFFFFD,
+        spend = Transaction(2, (TxIn(funding.inputs[-1].prevout, b"", 0xFFFFFFFD,
                                      (bytes(71), bytes(33))),), (TxOut(1000, PAYOUT),), 0)
         chain.mine(step, include=True, extra=[spend])
         self.chain_moved()
@@ -487,4 +502,135 @@ def test_a_client_completing_the_key_path_settlement_alone_then_paying_on() -> N
         m.pay(amount=40_000, flow=True)
         (record,) = m.world.server.store.channels(Role.SERVER)
         assert record.status is ChannelStatus.OPEN and record.change == 58_000  # acknowledged
+    replay(steps)
+
+
+# -- re-anchoring on the modelled chain (issue 23): each path replayed, its outcome asserted --
+
+
+def only(model: ChannelModel, role: Role) -> ChannelRecordT:
+    process = model.process(role)
+    (record,) = process.store.channels(role)
+    return record
+
+
+@pytest.mark.parametrize("version", [3, 4])
+def test_r_confirms_and_both_sides_move_to_the_next_contract(version: int) -> None:
+    """The server stores R, broadcasts it; R confirms; the server's watcher promotes the
+    channel and tells the live connection, whose client promotes on REANCHOR_LOCKED; the
+    stream goes on and the next contract is settled with the latest payment."""
+    def steps(m: ChannelModel) -> None:
+        m.open_channel(version=version, window=18000, value=100_000, flow=True)
+        m.pay(amount=20_000, flow=True)
+        m.client_reanchors(top_up=100_000, window=24 * HOUR, flow=True)
+        r = bytes.fromhex(only(m, Role.SERVER).pending.txid)[::-1]  # type: ignore[union-attr]
+        assert r in {tx.txid for tx in m.world.chain.mempool}  # broadcast once stored
+        m.mine(blocks=1, step=600, include=True)
+        assert (only(m, Role.SERVER).generation, only(m, Role.CLIENT).generation) == (1, 0)
+        m.flush(index=0)  # REANCHOR_LOCKED reaches the client
+        server, client = only(m, Role.SERVER), only(m, Role.CLIENT)
+        assert (server.generation, client.generation) == (1, 1)
+        assert server.contract.outpoint.txid == r == client.contract.outpoint.txid
+        assert server.channel_id == client.channel_id != server.contract_txid
+        m.pay(amount=5_000, flow=True)  # on the next contract alone
+        paying = only(m, Role.SERVER)
+        assert paying.change == only(m, Role.CLIENT).change == client.change - 5_000
+        m.server_closes(index=0)
+        m.mine(blocks=1, step=600, include=True)
+        server = only(m, Role.SERVER)
+        assert server.status is ChannelStatus.SETTLED and server.settlement_tx is not None
+        settlement = Transaction.parse(server.settlement_tx)
+        assert client_share(server.contract, settlement) == paying.change
+    replay(steps)
+
+
+def test_a_top_up_coin_double_spent_kills_r_and_the_server_settles_the_contract() -> None:
+    """The client spends its top-up coin elsewhere before R confirms: R can never confirm,
+    so the server settles the old contract at once with the latest payment it holds there."""
+    def steps(m: ChannelModel) -> None:
+        m.open_channel(version=3, window=18000, value=100_000, flow=True)
+        m.mine(blocks=1, step=600, include=True)  # the contract alone
+        m.world.chain.fee_rate = 1000
+        m.pay(amount=20_000, flow=True)
+        m.client_reanchors(top_up=100_000, window=0, flow=True)
+        paid = only(m, Role.SERVER).paid
+        m.mine_double_spend(step=600, index=1)  # the pending contract: R's top-up coin
+        m.review(side=Role.SERVER)
+        server = only(m, Role.SERVER)
+        assert server.status is ChannelStatus.CLOSING and server.generation == 0
+        settlement = Transaction.parse(server.settlement_tx or b"")
+        assert settlement.inputs[0].prevout == server.contract.outpoint
+        assert server.contract.value - settlement.outputs[0].value == paid
+    replay(steps)
+
+
+def test_the_settlement_at_the_deadline_replaces_an_unconfirmed_r() -> None:
+    """R paid a high fee rate and sits unconfirmed when the contract's settle deadline comes:
+    the server's settlement is priced to replace it (BIP125), and it does (found by the model
+    once R reached its chain: a settlement at the node's rate could not replace R, and the
+    server took R for its own closing transaction)."""
+    def steps(m: ChannelModel) -> None:
+        m.open_channel(version=3, window=18000, value=100_000, flow=True)
+        m.fee_rate(rate=10_000)
+        m.client_reanchors(top_up=100_000, window=0, flow=True)
+        m.fee_rate(rate=1000)
+        m.client_closes(flow=True)  # the server settles now, R still in the mempool
+        server = only(m, Role.SERVER)
+        mempool = {tx.txid_hex for tx in m.world.chain.mempool}
+        assert server.status is ChannelStatus.CLOSING and server.settlement_tx is not None
+        assert Transaction.parse(server.settlement_tx).txid_hex in mempool
+        assert server.pending is not None and server.pending.txid not in mempool
+        m.node_reachable(side=Role.SERVER, reachable=True)  # its review: nothing taken for R
+    replay(steps)
+
+
+def test_r_reorged_out_after_promotion_with_its_parents_is_sent_again() -> None:
+    """Found by the model: a reorg put the contract and two re-anchors after it back in the
+    mempool while both sides were on the third contract; the first contract's money is on
+    the last one as long as the re-anchors confirm, which both sides keep broadcasting."""
+    def steps(m: ChannelModel) -> None:
+        m.open_channel(flow=True, value=100000, version=3, window=18000)
+        m.server_quotes_reanchor(index=0, renew=False)
+        m.flush(index=0)
+        m.lose_connection(index=0)
+        m.reorg(depth=1, include=True, step=1)
+        m.open_channel(flow=False, value=100000, version=1, window=18000)
+        m.client_reanchors(flow=True, top_up=0, window=0)
+        m.client_reanchors(flow=False, top_up=0, window=86400)
+        m.pay(amount="one", flow=True)
+        m.client_reanchors(flow=False, top_up=0, window=0)
+        m.reorg(depth=1, include=True, step=1)
+        m.node_reachable(reachable=False, side=Role.CLIENT)
+        m.client_reanchors(flow=True, top_up=0, window=0)
+        m.reorg(depth=4, include=False, step=1)
+        assert only(m, Role.SERVER).generation == 2
+        m.mine(blocks=2, step=600, include=True)
+        assert only(m, Role.SERVER).contract.outpoint.txid in m.world.chain.confirmed()
+    replay(steps)
+
+
+def test_r_confirming_after_the_settlement_was_decided_moves_that_settlement_on() -> None:
+    """A miner takes R although the contract's settlement was decided (and replaced R in the
+    mempool): the money is on the next contract, so the server's settlement moves there at
+    once, with the latest payment carried onto it; the channel stays closing."""
+    def steps(m: ChannelModel) -> None:
+        m.open_channel(version=3, window=18000, value=100_000, flow=True)
+        m.mine(blocks=1, step=600, include=True)
+        m.pay(amount=20_000, flow=True)
+        m.client_reanchors(top_up=0, window=24 * HOUR, flow=True)
+        m.pay(amount=5_000, flow=True)  # signed on both contracts: 5,000 owed on the next
+        pending = only(m, Role.SERVER).pending
+        assert pending is not None and pending.complete
+        m.client_closes(flow=True)
+        assert only(m, Role.SERVER).status is ChannelStatus.CLOSING
+        m.world.chain.mine(600, include=False, extra=[Transaction.parse(pending.tx)])
+        m.chain_moved()
+        server = only(m, Role.SERVER)
+        assert server.status is ChannelStatus.CLOSING and server.generation == 1
+        assert server.contract_txid == pending.txid and server.settlement_tx is not None
+        settlement = Transaction.parse(server.settlement_tx)
+        assert settlement.inputs[0].prevout == server.contract.outpoint
+        assert client_share(server.contract, settlement) == pending.change
+        m.mine(blocks=2, step=600, include=True)  # its next review sends it; it confirms
+        assert only(m, Role.SERVER).status is ChannelStatus.SETTLED
     replay(steps)

@@ -12,7 +12,8 @@ from dataclasses import replace
 import pytest
 
 from bitcoind_paychan.bitcoin.keys import PrivateKey
-from bitcoind_paychan.bitcoin.tx import OutPoint, Transaction, TxIn, TxOut
+from bitcoind_paychan.bitcoin.sighash import SIGHASH_ANYONECANPAY, SIGHASH_DEFAULT
+from bitcoind_paychan.bitcoin.tx import OutPoint, Transaction, TxIn, TxOut, serialize_outputs
 from bitcoind_paychan.channel import messages, reanchor
 from bitcoind_paychan.channel.client import ClientChannel, ClientPolicy, ClientState
 from bitcoind_paychan.channel.contract import DUST
@@ -50,7 +51,13 @@ from tests.channel.pump import (
 
 T = pb.TwoWayChannelMessage
 NOW, VALUE, DAY = 1_700_000_000, 500_000, 24 * 3600
-VERSIONS = (3,)  # the kinds with `capabilities.reanchoring` (not v4 yet: see below)
+VERSIONS = (3, 4)  # the kinds with `capabilities.reanchoring`
+
+
+@pytest.fixture(params=VERSIONS)
+def version(request: pytest.FixtureRequest) -> int:
+    """Each test taking `version` runs on every kind that re-anchors."""
+    return int(request.param)
 
 
 CLIENT, SERVER = ClientPolicy(VALUE, reanchoring=True), ServerPolicy(reanchoring=True)
@@ -115,16 +122,18 @@ def test_bitcoinj_versions_never_negotiate_it_and_refuse_its_messages(version: i
     assert server.state is ServerState.CLOSED
 
 
-def test_version_4_does_not_negotiate_it_until_r_commits_to_every_input() -> None:
-    """v4's cooperative signature (ALL|ANYONECANPAY) would let a client add an input to a
-    complete R, moving C' to another txid: every payment the server holds on C' would be
-    void. Until R is signed with SIGHASH_DEFAULT, v4 channels never re-anchor."""
+def test_version_4_negotiates_it_with_r_signed_over_every_input() -> None:
+    """v4's cooperative close signs ALL|ANYONECANPAY, which on R would let a client add an
+    input to a complete R and move C' to another txid. Its re-anchors are signed with
+    SIGHASH_DEFAULT (every input and output): the kind says so, and both negotiate it."""
     client = ClientChannel(CLIENT, PrivateKey.generate(), NOW, 4)
     server = ServerChannel(SERVER, PrivateKey.generate(), NOW)
     pump = Pump(client, server)
     pump.run(client.start())
-    assert client.state is ClientState.OPEN and not client.reanchoring
-    assert not server.reanchoring
+    assert client.state is ClientState.OPEN and client.reanchoring and server.reanchoring
+    kind = rec(client).contract.kind
+    assert kind.reanchor_hashtype == SIGHASH_DEFAULT and kind.reanchor_needs_spent
+    assert kind.final_hashtype & SIGHASH_ANYONECANPAY  # the close's, never R's
 
 
 def test_a_server_offers_it_only_to_a_client_that_asked() -> None:
@@ -143,11 +152,11 @@ def test_off_by_default_until_the_service_carries_it_out(version: int) -> None:
     assert not sends(server.receive(asked))[0].server_version.reanchoring
 
 
-def test_the_codec_keeps_a_re_anchor_whole() -> None:
+def test_the_codec_keeps_a_re_anchor_whole(version: int) -> None:
     """A record with a re-anchor in flight encodes and decodes to itself (the engines' own
     tests: tests/store/test_contract_reanchor.py)."""
-    pump = opened()
-    renewed(pump)
+    pump = opened(version)
+    renewed(pump, top_up=300_000)
     for record in (rec(pump.server), rec(pump.client)):
         again = codec.decode(codec.encode(record), "test")
         assert (again.pending, again.generation, again.channel_id) == (
@@ -215,14 +224,18 @@ def test_top_up_payout_and_renewal_together(version: int) -> None:
     assert r.outputs[1].value == before.paid - server_fee
     total_fee = VALUE + WALLET_COIN - sum(o.value for o in r.outputs)
     assert total_fee > server_fee  # the client's wallet paid the rest
-    assert spend_problem(before.contract, r, NOW) is None
+    # v4 signs R over the wallet coin's output too; both sides stored what they signed over
+    server_pending = rec(pump.server).pending
+    assert server_pending is not None and server_pending.spent == pending.spent
+    assert [o.value for o in pending.spent] == ([WALLET_COIN] if version == 4 else [])
+    assert spend_problem(before.contract, r, NOW, spent=pending.spent) is None
 
 
-def test_a_top_up_alone_keeps_the_expiry_and_the_server_pays_only_its_output() -> None:
+def test_a_top_up_alone_keeps_the_expiry_and_the_server_pays_only_its_output(version: int) -> None:
     """A top-up without a renewal is no pure payout (the wallet adds inputs): the client's
     draft and the server's check price it alike (found on real nodes: the draft had priced
     it as a pure payout, and the server refused the payout output)."""
-    pump = opened()
+    pump = opened(version)
     before = rec(pump.server)
     r = renewed(pump, top_up=300_000, window=0)
     pending = rec(pump.server).pending
@@ -232,8 +245,8 @@ def test_a_top_up_alone_keeps_the_expiry_and_the_server_pays_only_its_output() -
     assert pending.contract.value == VALUE + 300_000 - before.paid
 
 
-def test_a_pure_payout_is_paid_by_the_server_alone() -> None:
-    pump = opened()
+def test_a_pure_payout_is_paid_by_the_server_alone(version: int) -> None:
+    pump = opened(version)
     before = rec(pump.server)
     pump.run(pump.server.quote_reanchor(FEE_RATE, PAYOUT, NOW), "server")  # its own wish
     r = Transaction.parse(rec(pump.server).pending.tx)  # type: ignore[union-attr]
@@ -246,8 +259,8 @@ def test_a_pure_payout_is_paid_by_the_server_alone() -> None:
 # -- payments while the re-anchor is pending, and promotion -----------------------------------
 
 
-def test_payments_in_flight_are_signed_stored_and_acked_on_both_contracts() -> None:
-    pump = opened()
+def test_payments_in_flight_are_signed_stored_and_acked_on_both_contracts(version: int) -> None:
+    pump = opened(version)
     renewed(pump)
     pump.client_log.clear()
     pump.server_log.clear()
@@ -267,9 +280,9 @@ def test_payments_in_flight_are_signed_stored_and_acked_on_both_contracts() -> N
     assert rec(pump.client).pending == pending  # both sides agree
 
 
-def test_the_stream_never_pauses_during_a_renewal() -> None:
+def test_the_stream_never_pauses_during_a_renewal(version: int) -> None:
     """Payments go on between every step of the exchange (the window of 16 in flight)."""
-    pump = opened()
+    pump = opened(version)
     pump.hold = {CheckReanchor}
     pump.run(pump.client.reanchor(0, 2 * DAY, NOW))
     for _ in range(5):
@@ -284,8 +297,8 @@ def test_the_stream_never_pauses_during_a_renewal() -> None:
     assert isinstance(check, CheckReanchor)
 
 
-def test_a_payment_the_old_contract_cannot_cover_waits_for_promotion() -> None:
-    pump = opened()
+def test_a_payment_the_old_contract_cannot_cover_waits_for_promotion(version: int) -> None:
+    pump = opened(version)
     renewed(pump, top_up=300_000)
     change = rec(pump.client).change
     with pytest.raises(LocalProtocolError, match="waits for the re-anchor to confirm"):
@@ -305,8 +318,9 @@ def promote(pump: Pump) -> None:
     assert pump.client_store[promoted.contract_txid] == rec(pump.client)
 
 
-def test_promotion_moves_both_sides_to_the_next_contract_and_keeps_the_identity() -> None:
-    pump = opened()
+def test_promotion_moves_both_sides_to_the_next_contract_and_keeps_the_identity(
+        version: int) -> None:
+    pump = opened(version)
     first = rec(pump.server).contract_txid
     r = renewed(pump)
     pump.run(pump.client.pay(3_000))
@@ -357,8 +371,8 @@ def refused_with(effects: list[Effect], code: ErrorCode, match: str) -> None:
     assert not [e for e in effects if isinstance(e, StoreChannel | Broadcast | CheckReanchor)]
 
 
-def test_a_bad_client_signature_on_r_is_refused_and_nothing_stored() -> None:
-    pump = opened()
+def test_a_bad_client_signature_on_r_is_refused_and_nothing_stored(version: int) -> None:
+    pump = opened(version)
     message = signed_message(pump)
     server = fresh_server(pump)
     forged = PrivateKey.generate()
@@ -368,8 +382,8 @@ def test_a_bad_client_signature_on_r_is_refused_and_nothing_stored() -> None:
     refused_with(effects, ErrorCode.BAD_TRANSACTION, "does not verify")
 
 
-def test_a_bad_signature_of_the_carried_payment_is_refused() -> None:
-    pump = opened()
+def test_a_bad_signature_of_the_carried_payment_is_refused(version: int) -> None:
+    pump = opened(version)
     message = signed_message(pump)
     server = fresh_server(pump)
     sig = message.reanchor_signed.next_signature
@@ -377,10 +391,10 @@ def test_a_bad_signature_of_the_carried_payment_is_refused() -> None:
     refused_with(effects, ErrorCode.BAD_TRANSACTION, "hashtype")
 
 
-def test_a_payout_above_what_was_paid_is_refused() -> None:
+def test_a_payout_above_what_was_paid_is_refused(version: int) -> None:
     """A client cannot make the server 'accept' a payout above its paid total (the
     generation offset would then raise the client's change on C')."""
-    pump = opened()
+    pump = opened(version)
     message = signed_message(pump)
     server = fresh_server(pump)
     effects = server.receive(mutate(message, payout=rec(pump.server).paid + 1))
@@ -392,8 +406,8 @@ def test_a_payout_above_what_was_paid_is_refused() -> None:
     (1, -100, "output 1 must pay exactly"),  # the server paid less than its payout
 ])
 def test_r_moving_a_sat_from_where_the_rule_puts_it_is_refused(output: int, delta: int,
-                                                                why: str) -> None:
-    pump = opened()
+                                                                why: str, version: int) -> None:
+    pump = opened(version)
     message = signed_message(pump)
     tx = Transaction.parse(message.reanchor_signed.tx)
     outputs = list(tx.outputs)
@@ -403,8 +417,8 @@ def test_r_moving_a_sat_from_where_the_rule_puts_it_is_refused(output: int, delt
     refused_with(effects, ErrorCode.BAD_TRANSACTION, why)
 
 
-def test_r_not_replaceable_or_with_a_legacy_input_is_refused() -> None:
-    pump = opened()
+def test_r_not_replaceable_or_with_a_legacy_input_is_refused(version: int) -> None:
+    pump = opened(version)
     message = signed_message(pump)
     tx = Transaction.parse(message.reanchor_signed.tx)
     final = replace(tx, inputs=(replace(tx.inputs[0], sequence=0xFFFFFFFF),))
@@ -415,16 +429,108 @@ def test_r_not_replaceable_or_with_a_legacy_input_is_refused() -> None:
                  ErrorCode.BAD_TRANSACTION, "native segwit")
 
 
-def test_a_carried_change_other_than_the_channels_is_refused() -> None:
-    pump = opened()
+def signed_top_up(pump: Pump) -> tuple[T, tuple[TxOut, ...]]:
+    """The client's REANCHOR_SIGNED of a top-up, intercepted, and its true spent outputs."""
+    pump.hold = {FundReanchor}
+    pump.run(pump.client.reanchor(300_000, 2 * DAY, NOW))
+    (fund,) = pump.held
+    assert isinstance(fund, FundReanchor)
+    funded, spent = reanchor_funding(fund, VALUE)
+    pump.hold, pump.held = {CheckReanchor}, []
+    pump.run(pump.client.reanchor_funded(funded, spent))
+    (message,) = [m for m in pump.sent("client") if m.type == T.REANCHOR_SIGNED]
+    return message, spent
+
+
+def extra_coin() -> tuple[TxIn, TxOut]:
+    """Another segwit coin a client could slip into R, and the output it spends."""
+    key = PrivateKey.generate()
+    return (TxIn(OutPoint(key.pub.data[1:], 3), b"", 0xFFFFFFFD, (bytes(71), bytes(33))),
+            TxOut(90_000, PAYOUT))
+
+
+def test_an_input_added_after_the_client_signed_r_is_refused(version: int) -> None:
+    """R's signatures commit to every input (v3: BIP143 SIGHASH_ALL; v4: SIGHASH_DEFAULT
+    over every spent output): R with one more input than the client signed is refused."""
+    pump = opened(version)
+    message, spent = signed_top_up(pump)
+    tx = Transaction.parse(message.reanchor_signed.tx)
+    txin, out = extra_coin()
+    grown = replace(tx, inputs=(*tx.inputs, txin)).serialize()
+    named = serialize_outputs((*spent, out)) if version == 4 else b""
+    effects = fresh_server(pump).receive(mutate(message, tx=grown, spent_outputs=named))
+    refused_with(effects, ErrorCode.BAD_TRANSACTION, "does not verify")
+
+
+def test_an_input_added_to_a_complete_r_voids_its_signatures(version: int) -> None:
+    """The move ALL|ANYONECANPAY would allow (v4's close hashtype): a client adding a coin
+    to the R the server completed, so moving C' to another txid. R's signatures forbid it."""
+    pump = opened(version)
+    r = renewed(pump, top_up=300_000)
+    pending = rec(pump.server).pending
+    assert pending is not None
+    contract = rec(pump.server).contract
+    assert spend_problem(contract, r, NOW, spent=pending.spent) is None
+    txin, out = extra_coin()
+    grown = replace(r, inputs=(*r.inputs, txin))
+    assert grown.txid_hex != r.txid_hex
+    spent = (*pending.spent, out) if version == 4 else ()
+    assert "does not verify" in str(spend_problem(contract, grown, NOW, spent=spent))
+
+
+def test_v4_r_signed_with_the_closes_hashtype_is_refused() -> None:
+    """The close's ALL|ANYONECANPAY would leave R's other inputs open: refused on R."""
+    pump = opened(4)
+    message, _ = signed_top_up(pump)
+    tx = Transaction.parse(message.reanchor_signed.tx)
+    contract = rec(pump.server).contract
+    loose = contract.kind.final_hashtype
+    signature = contract.kind.scheme.sign(pump.client.key, contract.sighash(tx, loose), loose)
+    effects = fresh_server(pump).receive(mutate(message, client_signature=signature))
+    refused_with(effects, ErrorCode.BAD_TRANSACTION, "hashtype")
+
+
+def test_spent_outputs_that_do_not_fit_the_kind_are_refused(version: int) -> None:
+    pump = opened(version)
+    message, spent = signed_top_up(pump)
+    wrong = () if version == 4 else spent  # v4 needs them; v3 signs over none
+    effects = fresh_server(pump).receive(mutate(message, spent_outputs=serialize_outputs(wrong)))
+    refused_with(effects, ErrorCode.BAD_TRANSACTION, "spent outputs")
+
+
+def test_a_lie_about_a_spent_amount_makes_an_r_the_node_refuses() -> None:
+    """A v4 client naming another amount for its coin signs over the lie; the server cannot
+    know it, but its signature over the lie is void on chain: its node's check (here the
+    chain rules) refuses R, and nothing is stored or sent."""
+    pump = opened(4)
+    message, spent = signed_top_up(pump)
+    (coin,) = spent
+    lie = (TxOut(coin.value - 50_000, coin.script_pubkey),)
+    tx = Transaction.parse(message.reanchor_signed.tx)
+    signature = rec(pump.client).contract.sign_cooperative(pump.client.key, tx, lie)
+    server = fresh_server(pump)
+    effects = server.receive(mutate(message, client_signature=signature,
+                                    spent_outputs=serialize_outputs(lie)))
+    (check,) = effects
+    assert isinstance(check, CheckReanchor)
+    contract = rec(server).contract
+    assert spend_problem(contract, check.tx, NOW, spent=lie) is None  # as the lie says
+    assert "does not verify" in str(spend_problem(contract, check.tx, NOW, spent=spent))
+    effects = server.reanchor_checked("mandatory-script-verify-flag-failed")
+    assert not [e for e in effects if isinstance(e, StoreChannel | Broadcast)]
+    assert rec(server).pending is None
+
+
+def test_a_carried_change_other_than_the_channels_is_refused(version: int) -> None:
+    pump = opened(version)
     message = signed_message(pump)
     effects = fresh_server(pump).receive(mutate(
         message, client_change_value=message.reanchor_signed.client_change_value + 1))
     refused_with(effects, ErrorCode.BAD_TRANSACTION, "carries change")
 
 
-def test_a_payment_without_its_second_signature_is_refused_while_r_is_pending() -> None:
-    pump = opened()
+def test_a_payment_without_its_second_signature_is_refused_while_r_is_pending(version: int) -> None:
+    pump = opened(version)
     renewed(pump)
     record = rec(pump.server)
     payment = record.contract.sign_payment(pump.client.key, record.change - 1_000)
@@ -433,8 +539,8 @@ def test_a_payment_without_its_second_signature_is_refused_while_r_is_pending() 
     assert not [e for e in effects if isinstance(e, StorePayment)]
 
 
-def test_a_payment_with_a_bad_second_signature_is_refused() -> None:
-    pump = opened()
+def test_a_payment_with_a_bad_second_signature_is_refused(version: int) -> None:
+    pump = opened(version)
     renewed(pump)
     record = rec(pump.server)
     change = record.change - 1_000
@@ -447,8 +553,8 @@ def test_a_payment_with_a_bad_second_signature_is_refused() -> None:
     assert not [e for e in effects if isinstance(e, StorePayment)]
 
 
-def test_a_payment_exhausting_the_contract_is_refused_while_r_is_pending() -> None:
-    pump = opened()
+def test_a_payment_exhausting_the_contract_is_refused_while_r_is_pending(version: int) -> None:
+    pump = opened(version)
     renewed(pump, top_up=300_000)
     record = rec(pump.server)
     pending = record.pending
@@ -460,8 +566,8 @@ def test_a_payment_exhausting_the_contract_is_refused_while_r_is_pending() -> No
     refused_with(effects, ErrorCode.BAD_TRANSACTION, "leave change")
 
 
-def test_a_second_re_anchor_while_one_is_pending_is_refused() -> None:
-    pump = opened()
+def test_a_second_re_anchor_while_one_is_pending_is_refused(version: int) -> None:
+    pump = opened(version)
     renewed(pump)
     with pytest.raises(LocalProtocolError, match="in flight"):
         pump.client.reanchor(0, 3 * DAY, NOW)
@@ -496,25 +602,25 @@ def quoted(pump: Pump, asked: bool = True, fee_estimate: int | None = None, **te
     ({"expiry": NOW + DAY - 61}, "outside"),  # earlier than C's own expiry
 ])
 def test_the_client_declines_terms_signing_away_more_than_agreed(terms: dict[str, int],
-                                                                 why: str) -> None:
-    pump = opened()
+                                                                 why: str, version: int) -> None:
+    pump = opened(version)
     effects = quoted(pump, True, None, **terms)
     (ended,) = effects
     assert isinstance(ended, ReanchorEnded) and why in ended.reason
     assert rec(pump.client).pending is None
 
 
-def test_the_client_never_pays_out_what_is_only_in_flight() -> None:
+def test_the_client_never_pays_out_what_is_only_in_flight(version: int) -> None:
     """A payment stored and sent but not acknowledged is not the server's yet."""
-    pump = opened()
+    pump = opened(version)
     pump.client.pay(10_000)  # never delivered, never acked
     effects = quoted(pump, payout=30_000)
     assert isinstance(effects[0], ReanchorEnded) and "21000 sat it acknowledged" in \
         effects[0].reason
 
 
-def test_the_server_quotes_only_what_it_acknowledged() -> None:
-    pump = opened()
+def test_the_server_quotes_only_what_it_acknowledged(version: int) -> None:
+    pump = opened(version)
     record = rec(pump.server)
     payment = record.contract.sign_payment(pump.client.key, record.change - 7_000)
     effects = pump.server.receive(wire(messages.update_payment(record.change - 7_000,
@@ -524,8 +630,8 @@ def test_the_server_quotes_only_what_it_acknowledged() -> None:
     assert terms.reanchor_terms.payout == 21_000  # the initial payment and 20,000
 
 
-def test_an_ack_for_another_r_is_refused() -> None:
-    pump = opened()
+def test_an_ack_for_another_r_is_refused(version: int) -> None:
+    pump = opened(version)
     message = signed_message(pump)
     tx = Transaction.parse(message.reanchor_signed.tx)
     other = replace(tx, outputs=(tx.outputs[0], replace(tx.outputs[1], value=1)))
@@ -536,10 +642,10 @@ def test_an_ack_for_another_r_is_refused() -> None:
 # -- R refused, the channel settling, crashes -------------------------------------------------
 
 
-def test_a_node_refusing_r_ends_it_and_payments_go_on_plainly() -> None:
+def test_a_node_refusing_r_ends_it_and_payments_go_on_plainly(version: int) -> None:
     """The client spent a top-up input elsewhere before the server's check (or the node
     refuses R for any reason): REFUSED, nothing stored, the coins released."""
-    pump = opened()
+    pump = opened(version)
     pump.reanchor_refusal = "bad-txns-inputs-missingorspent"
     pump.run(pump.client.reanchor(300_000, 2 * DAY, NOW))
     assert rec(pump.server).pending is None
@@ -554,8 +660,8 @@ def test_a_node_refusing_r_ends_it_and_payments_go_on_plainly() -> None:
     assert rec(pump.server).change == rec(pump.client).change
 
 
-def test_payments_made_during_a_refused_check_are_kept_on_the_contract() -> None:
-    pump = opened()
+def test_payments_made_during_a_refused_check_are_kept_on_the_contract(version: int) -> None:
+    pump = opened(version)
     pump.hold = {CheckReanchor}
     pump.reanchor_refusal = "min relay fee not met"
     pump.run(pump.client.reanchor(0, 2 * DAY, NOW))
@@ -567,8 +673,8 @@ def test_payments_made_during_a_refused_check_are_kept_on_the_contract() -> None
     record.contract.check_payment(record.change, record.signature)
 
 
-def test_a_re_anchor_meeting_a_settlement_is_refused_and_nothing_stored() -> None:
-    pump = opened()
+def test_a_re_anchor_meeting_a_settlement_is_refused_and_nothing_stored(version: int) -> None:
+    pump = opened(version)
     pump.hold = {CheckReanchor}
     pump.run(pump.client.reanchor(0, 2 * DAY, NOW))
     pump.hold = set()
@@ -580,8 +686,8 @@ def test_a_re_anchor_meeting_a_settlement_is_refused_and_nothing_stored() -> Non
     assert rec(pump.server).pending is None
 
 
-def test_the_server_refuses_to_re_anchor_a_contract_about_to_expire() -> None:
-    pump = opened()
+def test_the_server_refuses_to_re_anchor_a_contract_about_to_expire(version: int) -> None:
+    pump = opened(version)
     late = NOW + DAY - ServerPolicy().settle_margin - reanchor.REANCHOR_LEAD
     (answer,) = sends(pump.server.quote_reanchor(FEE_RATE, PAYOUT, late))
     assert answer.type == T.REANCHOR_REFUSED and "too soon" in answer.reanchor_refused.explanation
@@ -597,8 +703,8 @@ def resumed(pump: Pump) -> Pump:
     return again
 
 
-def test_crash_after_the_client_stored_r_before_the_server_saw_it() -> None:
-    pump = opened()
+def test_crash_after_the_client_stored_r_before_the_server_saw_it(version: int) -> None:
+    pump = opened(version)
     pump.drop = {T.REANCHOR_SIGNED}  # stored by the client, lost on the way
     pump.run(pump.client.reanchor(0, 2 * DAY, NOW))
     assert rec(pump.client).pending is not None
@@ -608,10 +714,10 @@ def test_crash_after_the_client_stored_r_before_the_server_saw_it() -> None:
     assert rec(again.client).pending.complete  # type: ignore[union-attr]
 
 
-def test_crash_while_the_server_asked_its_node() -> None:
+def test_crash_while_the_server_asked_its_node(version: int) -> None:
     """The server stored payments with the unchecked R, then died: a new connection drops
     that R and takes the client's re-sent one afresh."""
-    pump = opened()
+    pump = opened(version)
     pump.hold = {CheckReanchor}
     pump.run(pump.client.reanchor(0, 2 * DAY, NOW))
     pump.run(pump.client.pay(2_000))
@@ -623,8 +729,8 @@ def test_crash_while_the_server_asked_its_node() -> None:
     assert rec(again.server).change == rec(again.client).change
 
 
-def test_crash_after_the_server_stored_r_before_the_ack() -> None:
-    pump = opened()
+def test_crash_after_the_server_stored_r_before_the_ack(version: int) -> None:
+    pump = opened(version)
     pump.drop = {T.REANCHOR_ACK}  # stored and broadcast by the server, lost on the way
     pump.run(pump.client.reanchor(0, 2 * DAY, NOW))
     lost = pump.client_store[rec(pump.client).contract_txid]
@@ -636,8 +742,8 @@ def test_crash_after_the_server_stored_r_before_the_ack() -> None:
     assert rec(again.client).pending.complete  # type: ignore[union-attr]
 
 
-def test_a_resumed_client_sending_another_r_is_refused() -> None:
-    pump = opened()
+def test_a_resumed_client_sending_another_r_is_refused(version: int) -> None:
+    pump = opened(version)
     renewed(pump)
     again = resumed(pump)
     record = rec(again.client)
@@ -651,8 +757,8 @@ def test_a_resumed_client_sending_another_r_is_refused() -> None:
     assert answer.type == T.REANCHOR_REFUSED and "in flight" in answer.reanchor_refused.explanation
 
 
-def test_payments_during_the_exchange_survive_a_resume_on_both_contracts() -> None:
-    pump = opened()
+def test_payments_during_the_exchange_survive_a_resume_on_both_contracts(version: int) -> None:
+    pump = opened(version)
     renewed(pump)
     pump.run(pump.client.pay(1_500))
     again = resumed(pump)
@@ -663,8 +769,8 @@ def test_payments_during_the_exchange_survive_a_resume_on_both_contracts() -> No
     server.pending.contract.check_payment(server.pending.change, server.pending.signature)
 
 
-def test_carried_change_is_never_dust() -> None:
-    pump = opened(paid=VALUE - 1_600)  # 600 sat left: C' would keep less than dust
+def test_carried_change_is_never_dust(version: int) -> None:
+    pump = opened(version, paid=VALUE - 1_600)  # 600 sat left: C' would keep less than dust
     effects = quoted(pump, payout=0, expiry=rec(pump.client).contract.expiry + 30)
     assert isinstance(effects[0], ReanchorEnded) and "leave us" in effects[0].reason
     assert rec(pump.client).change < 2 * DUST
@@ -678,8 +784,8 @@ def held_ack(pump: Pump, top_up: int = 0) -> Transaction:
     return Transaction.parse(ack.message.reanchor_ack.tx)
 
 
-def test_an_ack_without_the_servers_valid_signature_is_refused() -> None:
-    pump = opened()
+def test_an_ack_without_the_servers_valid_signature_is_refused(version: int) -> None:
+    pump = opened(version)
     good = held_ack(pump)
     witness = list(good.inputs[0].witness)
     witness[1] = witness[0]  # the client's own signature where the server's belongs
@@ -690,11 +796,11 @@ def test_an_ack_without_the_servers_valid_signature_is_refused() -> None:
     assert not rec(pump.client).pending.complete  # type: ignore[union-attr]
 
 
-def test_the_payout_script_is_checked_by_the_adapter_unless_quoted_here() -> None:
+def test_the_payout_script_is_checked_by_the_adapter_unless_quoted_here(version: int) -> None:
     """A client could route the payout to itself: on the connection that quoted, the
     machine knows the script; a re-sent R (fresh connection) names it for the adapter to
     check it is the server's wallet's."""
-    pump = opened()
+    pump = opened(version)
     message = signed_message(pump)
     (held,) = pump.held
     assert isinstance(held, CheckReanchor) and held.payout_script == b""  # quoted here
@@ -712,8 +818,9 @@ def test_the_payout_script_is_checked_by_the_adapter_unless_quoted_here() -> Non
     assert isinstance(check, CheckReanchor) and check.payout_script == theirs
 
 
-def test_a_payment_signed_on_both_that_crosses_the_lock_counts_on_the_new_contract() -> None:
-    pump = opened()
+def test_a_payment_signed_on_both_that_crosses_the_lock_counts_on_the_new_contract(
+        version: int) -> None:
+    pump = opened(version)
     renewed(pump)
     crossing = [e for e in pump.client.pay(3_000) if isinstance(e, Send)]  # not yet delivered
     promote(pump)  # the server locks, the client learns it after having sent the payment
@@ -724,29 +831,31 @@ def test_a_payment_signed_on_both_that_crosses_the_lock_counts_on_the_new_contra
     assert stored.change == rec(pump.client).change  # both sides agree on C'
 
 
-def test_a_lock_for_another_transaction_is_refused() -> None:
-    pump = opened()
+def test_a_lock_for_another_transaction_is_refused(version: int) -> None:
+    pump = opened(version)
     renewed(pump)
     effects = pump.client.receive(wire(messages.reanchor_locked("11" * 32)))
     assert any(isinstance(e, PeerError) for e in effects)
     assert rec(pump.client).generation == 0
 
 
-def test_a_wallet_that_changes_the_drafts_outputs_or_uses_legacy_coins_is_refused() -> None:
-    pump = opened()
+def test_a_wallet_that_changes_the_drafts_outputs_or_uses_legacy_coins_is_refused(
+        version: int) -> None:
+    pump = opened(version)
     pump.hold = {FundReanchor}
     pump.run(pump.client.reanchor(300_000, 2 * DAY, NOW))
     (fund,) = pump.held
     assert isinstance(fund, FundReanchor)
-    funded = reanchor_funding(fund, VALUE)
+    funded, spent = reanchor_funding(fund, VALUE)
     richer = replace(funded, outputs=(replace(funded.outputs[0], value=1), *funded.outputs[1:]))
     with pytest.raises(LocalProtocolError, match="changed the re-anchor"):
-        pump.client.reanchor_funded(richer)
+        pump.client.reanchor_funded(richer, spent)
     assert rec(pump.client).pending is None  # nothing signed, nothing stored
 
 
-def test_funding_that_arrives_after_the_channel_closed_signs_nothing_and_releases() -> None:
-    pump = opened()
+def test_funding_that_arrives_after_the_channel_closed_signs_nothing_and_releases(
+        version: int) -> None:
+    pump = opened(version)
     pump.hold = {FundReanchor}
     pump.run(pump.client.reanchor(300_000, 2 * DAY, NOW))
     (fund,) = pump.held
@@ -754,16 +863,16 @@ def test_funding_that_arrives_after_the_channel_closed_signs_nothing_and_release
     pump.hold = set()
     pump.run(pump.client.close())
     assert pump.client.state is ClientState.CLOSED
-    effects = pump.client.reanchor_funded(reanchor_funding(fund, VALUE))
+    effects = pump.client.reanchor_funded(*reanchor_funding(fund, VALUE))
     (ended,) = effects
     assert isinstance(ended, ReanchorEnded) and ended.tx is not None  # its coins to release
     assert rec(pump.client).pending is None
 
 
-def test_a_refused_r_blocks_another_until_it_is_known_dead() -> None:
+def test_a_refused_r_blocks_another_until_it_is_known_dead(version: int) -> None:
     """A hostile server could still complete a refused R (it holds the client's signature):
     the client keeps it, and signs no other R meanwhile, so it can always find C' to refund."""
-    pump = opened()
+    pump = opened(version)
     pump.reanchor_refusal = "min relay fee not met"
     pump.run(pump.client.reanchor(0, 2 * DAY, NOW))
     assert rec(pump.client).pending.refused  # type: ignore[union-attr]
@@ -776,18 +885,21 @@ def test_a_refused_r_blocks_another_until_it_is_known_dead() -> None:
 
 
 def signed_for(pump: Pump, terms: reanchor.Terms, tx: Transaction | None = None) -> T:
-    """A hostile client's REANCHOR_SIGNED for `terms` (R drafted by the rule unless `tx`),
-    signed by the client's machine (its record keeps the R)."""
+    """A hostile client's REANCHOR_SIGNED for `terms` (R drafted by the rule unless `tx`,
+    whose wallet inputs each spend a WALLET_COIN output, named when the kind signs over
+    them), signed by the client's machine (its record keeps the R)."""
     record = pump.client._stored()
     r = tx if tx is not None else reanchor.draft(record.contract, terms, 0)
-    (signed,) = sends(pump.client._sign_reanchor(record, terms, r))
+    spent = ((TxOut(WALLET_COIN, PAYOUT),) * (len(r.inputs) - 1)
+             if record.contract.kind.reanchor_needs_spent else ())
+    (signed,) = sends(pump.client._sign_reanchor(record, terms, r, spent))
     return signed
 
 
-def test_the_servers_expiry_checks_use_the_time_the_r_arrived() -> None:
+def test_the_servers_expiry_checks_use_the_time_the_r_arrived(version: int) -> None:
     """Review 2: on a connection open for 10 h, R renewing to connection start + the minimum
     window (in the past by then) was taken, checked against the connection's start time."""
-    pump = opened(paid=200_000)
+    pump = opened(version, paid=200_000)
     server, real_now = pump.server, NOW + 10 * 3600
     stale = reanchor.Terms(NOW + SERVER.min_time_window, 0, PAYOUT, FEE_RATE)
     effects = server.receive(signed_for(pump, stale), now=real_now)
@@ -795,25 +907,25 @@ def test_the_servers_expiry_checks_use_the_time_the_r_arrived() -> None:
     assert rec(server).pending is None and server.now == real_now
 
 
-def test_a_renewal_never_shortens_the_contract() -> None:
-    pump = opened()
+def test_a_renewal_never_shortens_the_contract(version: int) -> None:
+    pump = opened(version)
     expiry = rec(pump.server).contract.expiry
     earlier = reanchor.Terms(expiry - 60, 0, PAYOUT, FEE_RATE)  # within the window, < E
     refused_with(pump.server.receive(signed_for(pump, earlier), now=NOW), ErrorCode.BAD_TRANSACTION,
                  "outside")
 
 
-def test_the_lead_before_cs_deadline_is_checked_when_r_arrives() -> None:
-    pump = opened()
+def test_the_lead_before_cs_deadline_is_checked_when_r_arrives(version: int) -> None:
+    pump = opened(version)
     message = signed_message(pump)
     late = NOW + DAY - SERVER.settle_margin - reanchor.REANCHOR_LEAD
     (answer,) = sends(fresh_server(pump).receive(message, now=late))
     assert answer.type == T.REANCHOR_REFUSED and "too soon" in answer.reanchor_refused.explanation
 
 
-def test_the_client_keeps_its_own_wallet_witnesses_from_the_ack() -> None:
+def test_the_client_keeps_its_own_wallet_witnesses_from_the_ack(version: int) -> None:
     """Review 8: only input 0's witness is the server's; the rest of R stays as we signed."""
-    pump = opened()
+    pump = opened(version)
     good = held_ack(pump, 300_000)
     theirs = good.with_witness(1, (bytes(72), bytes(33)))  # same txid: witnesses are not in it
     pump.client.receive(wire(messages.reanchor_ack(theirs.serialize())))
@@ -822,11 +934,11 @@ def test_the_client_keeps_its_own_wallet_witnesses_from_the_ack() -> None:
     assert Transaction.parse(pending.tx) == good
 
 
-def test_a_later_refused_re_anchor_does_not_read_payments_on_the_old_offset() -> None:
+def test_a_later_refused_re_anchor_does_not_read_payments_on_the_old_offset(version: int) -> None:
     """Review 10: after one promotion, a second re-anchor refused by the node; a payment the
     client signed on both while it was being checked counts on the contract, by its own
     signature (the first promotion's offset was left behind)."""
-    pump = opened()
+    pump = opened(version)
     renewed(pump)
     promote(pump)
     pump.hold = {CheckReanchor}
@@ -845,10 +957,10 @@ def pure_payout_at(pump: Pump, rate: int) -> T:
     return signed_for(pump, reanchor.Terms(record.contract.expiry, 90_000, PAYOUT, rate))
 
 
-def test_a_signed_r_must_state_the_rate_quoted_on_this_connection() -> None:
+def test_a_signed_r_must_state_the_rate_quoted_on_this_connection(version: int) -> None:
     """Review 3 (fee grief): after a quote at the server's estimate, a pure payout at the
     server's cap (the server pays it all) is refused."""
-    pump = opened(paid=100_000)
+    pump = opened(version, paid=100_000)
     pump.server.receive(wire(messages.reanchor_propose(0, 0)))
     pump.server.quote_reanchor(FEE_RATE, PAYOUT, NOW)
     effects = pump.server.receive(pure_payout_at(pump, SERVER.max_fee_rate))
@@ -859,9 +971,9 @@ def test_a_signed_r_must_state_the_rate_quoted_on_this_connection() -> None:
     (SERVER.max_fee_rate, "more than the server's rate now"),  # a pure payout: at most it
     (FEE_RATE, None),
 ])
-def test_a_resent_pure_payout_pays_no_more_than_settling_would(rate: int, why: str | None
-                                                               ) -> None:
-    pump = opened(paid=100_000)
+def test_a_resent_pure_payout_pays_no_more_than_settling_would(rate: int, why: str | None,
+                                                               version: int) -> None:
+    pump = opened(version, paid=100_000)
     server = fresh_server(pump)  # no quote on this connection: R re-sent after a resume
     (check,) = server.receive(pure_payout_at(pump, rate))
     assert isinstance(check, CheckReanchor) and check.resent
@@ -873,8 +985,8 @@ def test_a_resent_pure_payout_pays_no_more_than_settling_would(rate: int, why: s
     assert why in refused.reanchor_refused.explanation and rec(server).pending is None
 
 
-def test_a_resent_renewal_below_the_servers_estimate_is_refused() -> None:
-    pump = opened()
+def test_a_resent_renewal_below_the_servers_estimate_is_refused(version: int) -> None:
+    pump = opened(version)
     message = signed_message(pump)  # at FEE_RATE
     server = fresh_server(pump)
     server.receive(message)
@@ -886,11 +998,11 @@ def test_a_resent_renewal_below_the_servers_estimate_is_refused() -> None:
     assert "no fee estimate" in refused.reanchor_refused.explanation
 
 
-def test_a_top_up_r_must_really_pay_its_stated_rate() -> None:
+def test_a_top_up_r_must_really_pay_its_stated_rate(version: int) -> None:
     """Review 3 (top-up skim): the client states the cap as R's rate (so the server's part,
     taken from its payout, is large) but funds R at 1 sat/vB and keeps the difference: the
     node's count of R's fee refuses it."""
-    pump = opened(paid=200_000)
+    pump = opened(version, paid=200_000)
     cap = SERVER.max_fee_rate
     pump.server.quote_reanchor(cap, PAYOUT, NOW)  # the server's estimate is at its cap
     record = pump.client._stored()
@@ -910,11 +1022,11 @@ def test_a_top_up_r_must_really_pay_its_stated_rate() -> None:
     assert rec(pump.server).pending is None
 
 
-def test_proposals_reuse_the_connections_quote_and_keep_few_quotes() -> None:
+def test_proposals_reuse_the_connections_quote_and_keep_few_quotes(version: int) -> None:
     """Review 5: every PROPOSE asked the wallet for a fresh script (and the node for a rate),
     each kept for the connection's life. Now a fresh quote is answered again as it is, an
     older one's script reused, and a connection keeps QUOTES_KEPT quotes."""
-    pump = opened()
+    pump = opened(version)
     server = pump.server
     (prepare,) = server.receive(wire(messages.reanchor_propose(0, 2 * DAY)))
     assert isinstance(prepare, PrepareReanchor) and prepare.payout_script == b""
@@ -931,19 +1043,19 @@ def test_proposals_reuse_the_connections_quote_and_keep_few_quotes() -> None:
     assert len(server._quoted) == QUOTES_KEPT
 
 
-def test_a_proposal_while_r_is_being_checked_asks_nothing() -> None:
-    pump = opened()
+def test_a_proposal_while_r_is_being_checked_asks_nothing(version: int) -> None:
+    pump = opened(version)
     pump.hold = {CheckReanchor}
     pump.run(pump.client.reanchor(0, 2 * DAY, NOW))
     (refused,) = pump.server.receive(wire(messages.reanchor_propose(0, 3 * DAY)))
     assert isinstance(refused, Send) and refused.message.type == T.REANCHOR_REFUSED
 
 
-def test_unasked_terms_renewing_at_our_cost_are_declined() -> None:
+def test_unasked_terms_renewing_at_our_cost_are_declined(version: int) -> None:
     """Review 4: a hostile server's unasked TERMS, a renewal of one second at our fee cap
     and no payout: signed, the fee from our change, again and again. Unasked, only a payout
     the server pays is signed."""
-    pump = opened()
+    pump = opened(version)
     record = rec(pump.client)
     effects = quoted(pump, False, expiry=record.contract.expiry + 1, payout=0,
                      fee_rate=CLIENT.max_fee_rate)
@@ -952,8 +1064,8 @@ def test_unasked_terms_renewing_at_our_cost_are_declined() -> None:
     assert rec(pump.client).pending is None
 
 
-def test_unasked_terms_of_a_payout_the_server_pays_are_signed() -> None:
-    pump = opened()
+def test_unasked_terms_of_a_payout_the_server_pays_are_signed(version: int) -> None:
+    pump = opened(version)
     before = rec(pump.client)
     effects = quoted(pump, False)  # C's expiry, the acknowledged total, at FEE_RATE
     assert [m.type for m in sends(effects)] == [T.REANCHOR_SIGNED]
@@ -965,11 +1077,11 @@ def test_unasked_terms_of_a_payout_the_server_pays_are_signed() -> None:
     (reanchor_rate_ceiling(FEE_RATE, CLIENT.max_fee_rate), True),
     (reanchor_rate_ceiling(FEE_RATE, CLIENT.max_fee_rate) + 1, False),
 ])
-def test_a_renewal_we_asked_for_pays_at_most_our_estimate_and_its_slack(rate: int,
-                                                                        signed: bool) -> None:
+def test_a_renewal_we_asked_for_pays_at_most_our_estimate_and_its_slack(
+        rate: int, signed: bool, version: int) -> None:
     """Review 4: the rate was capped only by `max_fee_rate`; now by our node's estimate plus
     REANCHOR_RATE_SLACK percent and 1 sat/vB."""
-    pump = opened()
+    pump = opened(version)
     expiry = NOW + 2 * DAY
     effects = quoted(pump, fee_estimate=FEE_RATE, expiry=expiry, fee_rate=rate)
     if signed:
@@ -979,12 +1091,12 @@ def test_a_renewal_we_asked_for_pays_at_most_our_estimate_and_its_slack(rate: in
     assert isinstance(ended, ReanchorEnded) and "above our cap" in ended.reason
 
 
-def test_the_servers_lock_alone_never_drops_the_contract() -> None:
+def test_the_servers_lock_alone_never_drops_the_contract(version: int) -> None:
     """Review 7: a REANCHOR_LOCKED right after the ACK moved the client to C' on the
     server's word: C's refund data gone, and if R then died, nothing left to refund. Now
     the client stays on C (R pending) until its own node shows R confirmed; it signs on
     both meanwhile, and a server that did promote counts those payments on C'."""
-    pump = opened()
+    pump = opened(version)
     renewed(pump)
     pump.client_sees_r = False
     before = rec(pump.client)
@@ -1004,11 +1116,11 @@ def test_the_servers_lock_alone_never_drops_the_contract() -> None:
     assert rec(pump.server).change == rec(pump.client).change
 
 
-def test_pipelined_proposals_prepare_one_quote() -> None:
+def test_pipelined_proposals_prepare_one_quote(version: int) -> None:
     """Review 5: PROPOSEs received in one batch each asked the wallet and the node; one
     PrepareReanchor now answers them all, and one the adapter could not answer does not
     block the next."""
-    pump = opened()
+    pump = opened(version)
     server = pump.server
     batch = [wire(messages.reanchor_propose(0, 2 * DAY)) for _ in range(20)]
     effects, taken = server.receive_pipelined(batch, NOW)
@@ -1019,12 +1131,12 @@ def test_pipelined_proposals_prepare_one_quote() -> None:
     assert [type(e) for e in effects] == [PrepareReanchor]
 
 
-def test_a_payment_answered_after_the_promotion_counts_on_the_new_contract() -> None:
+def test_a_payment_answered_after_the_promotion_counts_on_the_new_contract(version: int) -> None:
     """A payment signed on both contracts is received, then the channel is promoted (the
     watcher's input), then the payment is answered: the server's acknowledged change is the
     payment's on the new contract. Counted on the old one, the next quote (found by the
     living test) asked a payout larger than paid by the top-up, which the client refused."""
-    pump = opened()
+    pump = opened(version)
     renewed(pump, top_up=100_000)
     (update,) = sends(pump.client.pay(2_000))
     effects = pump.server.receive(update)

@@ -29,7 +29,7 @@ def test_renew_topup_and_payout_through_the_cli(daemons: Daemons) -> None:
     channels = []
     for _ in range(3):
         opened = daemons.json("client", "open", "shop", "400000", "--new")
-        assert opened["version"] == 3  # the newest kind that re-anchors
+        assert opened["version"] == 4  # the newest kind that re-anchors
         channels.append(opened["contract_txid"])
         daemons.cli("client", "pay", opened["contract_txid"], "2000", "--repeat", "5")
     renewing, topping, paying_out = channels

@@ -46,14 +46,15 @@ VALUE, DAY = 1_000_000, 24 * 3600
 
 
 def reanchored(sides: Sides, before: list[int], after: list[int], top_up: int = 0,
-               time_window: int = 0) -> tuple[ChannelRecord, ChannelRecord]:
-    """Open a v3 channel with re-anchoring enabled on both sides, pay `before`, re-anchor,
-    pay `after`: (the record `reanchor` returned, the client's record at the end)."""
+               time_window: int = 0, version: int = 3
+               ) -> tuple[ChannelRecord, ChannelRecord]:
+    """Open a channel of `version` with re-anchoring enabled on both sides, pay `before`,
+    re-anchor, pay `after`: (the record `reanchor` returned, the client's record at the end)."""
     async def scenario() -> tuple[ChannelRecord, ChannelRecord]:
         server = sides.server(ServerPolicy(reanchoring=True))
         host, port = await server.listen()
         client = sides.client(policy=ClientPolicy(VALUE, reanchoring=True))
-        channel = await client.open(host, port, VALUE, version=3)
+        channel = await client.open(host, port, VALUE, version=version)
         for amount in before:
             await channel.pay(amount)
         signed = await channel.reanchor(top_up, time_window)
@@ -66,8 +67,10 @@ def reanchored(sides: Sides, before: list[int], after: list[int], top_up: int = 
     return asyncio.run(scenario())
 
 
-def test_a_renewal_with_payout_through_the_services(sides: Sides) -> None:
-    signed, client_record = reanchored(sides, [10_000] * 5, [1_000] * 3, time_window=2 * DAY)
+@pytest.mark.parametrize("version", [3, 4])
+def test_a_renewal_with_payout_through_the_services(sides: Sides, version: int) -> None:
+    signed, client_record = reanchored(sides, [10_000] * 5, [1_000] * 3, time_window=2 * DAY,
+                                       version=version)
     pending = signed.pending
     assert pending is not None and pending.complete
     r = Transaction.parse(pending.tx)
@@ -93,8 +96,12 @@ def test_a_renewal_with_payout_through_the_services(sides: Sides) -> None:
     assert stored.pending.change == client_record.change - (fee - (pending.payout - payout.value))
 
 
-def test_a_top_up_funded_by_the_clients_wallet(sides: Sides) -> None:
-    signed, client_record = reanchored(sides, [10_000], [2_000], top_up=300_000)
+@pytest.mark.parametrize("version", [3, 4])
+def test_a_top_up_funded_by_the_clients_wallet(sides: Sides, version: int) -> None:
+    """v4: R is signed over the wallet coins' spent outputs (SIGHASH_DEFAULT), which the
+    client's service reads from its node: the server's node takes R and mines it."""
+    signed, client_record = reanchored(sides, [10_000], [2_000], top_up=300_000,
+                                       version=version)
     pending = signed.pending
     assert pending is not None and pending.complete
     r = Transaction.parse(pending.tx)

@@ -39,7 +39,7 @@ from bitcoind_paychan.bitcoin.sighash import (
     SIGHASH_NONE,
     SIGHASH_SINGLE,
 )
-from bitcoind_paychan.bitcoin.tx import Transaction, TxIn, encode_varint
+from bitcoind_paychan.bitcoin.tx import Transaction, TxIn, TxOut, encode_varint
 from bitcoind_paychan.errors import LocalProtocolError
 
 if TYPE_CHECKING:
@@ -137,6 +137,13 @@ class ContractKind(abc.ABC):
     # client's on its refund. SIGHASH_ALL commits to every input, which a kind whose hashes
     # need each spent amount (BIP341) can only sign knowing them all.
     final_hashtype: ClassVar[int] = SIGHASH_ALL
+    # The hashtype of both signatures on a re-anchor's input 0 (docs/design/reanchoring.md,
+    # 3 and 8): it must commit to every input and output, so that R's txid, and with it the
+    # next contract's outpoint, is fixed once the server signs.
+    reanchor_hashtype: ClassVar[int] = SIGHASH_ALL
+    # Whether a re-anchor signature commits to the outputs R's other inputs spend (BIP341:
+    # every spent amount and script), which the signer must then be told.
+    reanchor_needs_spent: ClassVar[bool] = False
 
     def __init__(self, contract: Contract) -> None:
         self.contract = contract
@@ -167,8 +174,10 @@ class ContractKind(abc.ABC):
     # -- signature hashes --------------------------------------------------------------------
 
     @abc.abstractmethod
-    def sighash(self, tx: Transaction, hashtype: int, branch: Branch) -> bytes:
-        """The digest a signature on input 0 of `tx` (spending contract:0) commits to."""
+    def sighash(self, tx: Transaction, hashtype: int, branch: Branch,
+                spent: tuple[TxOut, ...] = ()) -> bytes:
+        """The digest a signature on input 0 of `tx` (spending contract:0) commits to.
+        `spent`: the outputs inputs 1.. spend, for a kind whose hash commits to them."""
 
     @abc.abstractmethod
     def payment_sighash(self, change: int, hashtype: int) -> bytes:

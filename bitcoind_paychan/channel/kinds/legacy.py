@@ -8,7 +8,7 @@ import struct
 from functools import cached_property
 
 from bitcoind_paychan.bitcoin.sighash import legacy_sighash
-from bitcoind_paychan.bitcoin.tx import Transaction, encode_varint
+from bitcoind_paychan.bitcoin.tx import Transaction, TxOut, encode_varint
 from bitcoind_paychan.channel.kinds.base import ECDSA, FINAL, Branch, ContractKind
 
 _U32, _I64 = struct.Struct("<I"), struct.Struct("<q")
@@ -19,7 +19,8 @@ class LegacyKind(ContractKind):
 
     scheme = ECDSA()
 
-    def sighash(self, tx: Transaction, hashtype: int, branch: Branch) -> bytes:
+    def sighash(self, tx: Transaction, hashtype: int, branch: Branch,
+                spent: tuple[TxOut, ...] = ()) -> bytes:
         return legacy_sighash(tx, 0, self.contract.script, hashtype)
 
     @cached_property

@@ -11,7 +11,7 @@ from functools import cached_property
 from bitcoind_paychan.bitcoin.hashes import hash160, hash256, sha256
 from bitcoind_paychan.bitcoin.script import cltv_channel_script, p2wpkh_script, p2wsh_script
 from bitcoind_paychan.bitcoin.sighash import bip143_sighash
-from bitcoind_paychan.bitcoin.tx import Transaction, encode_varint
+from bitcoind_paychan.bitcoin.tx import Transaction, TxOut, encode_varint
 from bitcoind_paychan.channel.kinds.base import ECDSA, FINAL, Branch, Capabilities, ContractKind
 from bitcoind_paychan.errors import DecodeError
 
@@ -38,7 +38,8 @@ class P2WSHChannel(ContractKind):
     def change_script(cls, client_pub: bytes) -> bytes:
         return p2wpkh_script(hash160(client_pub))
 
-    def sighash(self, tx: Transaction, hashtype: int, branch: Branch) -> bytes:
+    def sighash(self, tx: Transaction, hashtype: int, branch: Branch,
+                spent: tuple[TxOut, ...] = ()) -> bytes:
         return bip143_sighash(tx, 0, self.contract.script, self.contract.value, hashtype)
 
     @cached_property

@@ -10,6 +10,8 @@ own; the client refunds alone through the refund leaf after the expiry. The sign
 completes a spend is ALL|ANYONECANPAY: BIP341 hashes commit to every spent amount under
 SIGHASH_ALL, and a settlement the server's wallet funds has inputs the kind does not know.
 Change and refunds go to the client key's P2WPKH (a wallet imports it as it does v3's).
+A re-anchor (docs/design/reanchoring.md, 8) is signed by both on the payment leaf with
+SIGHASH_DEFAULT, over every input's spent output: its txid is fixed once the server signs.
 """
 
 from __future__ import annotations
@@ -125,13 +127,15 @@ class TaprootChannel(ContractKind):
     version = 4
     title = "Taproot: a MuSig2 key with payment and refund leaves"
     capabilities = Capabilities(segwit_funding_required=True, resume_challenge=True,
-                                key_path_close=True)
-    # No re-anchoring yet (docs/design/reanchoring.md, 8): its cooperative signatures are
-    # ALL|ANYONECANPAY, so a client could add an input to a complete R, change its txid and
-    # with it C''s outpoint, voiding every payment the server holds on C'. R needs
-    # SIGHASH_DEFAULT over the client's inputs' spent outputs first.
+                                reanchoring=True, key_path_close=True)
     scheme = Schnorr()
     final_hashtype = SIGHASH_ALL | SIGHASH_ANYONECANPAY
+    # A re-anchor is signed by both on the payment leaf with SIGHASH_DEFAULT, which commits
+    # to every input (outpoint, amount, script) and output: ALL|ANYONECANPAY would let a
+    # client add an input to a complete R, changing its txid and with it C''s outpoint, so
+    # voiding every payment the server holds on C' (docs/design/reanchoring.md, 8).
+    reanchor_hashtype = SIGHASH_DEFAULT
+    reanchor_needs_spent = True
 
     @classmethod
     def locking_script(cls, client_pub: bytes, server_pub: bytes, expiry: int) -> bytes:
@@ -168,13 +172,16 @@ class TaprootChannel(ContractKind):
 
     # -- signature hashes --------------------------------------------------------------------
 
-    def sighash(self, tx: Transaction, hashtype: int, branch: Branch) -> bytes:
-        if len(tx.inputs) > 1 and not hashtype & SIGHASH_ANYONECANPAY:
+    def sighash(self, tx: Transaction, hashtype: int, branch: Branch,
+                spent: tuple[TxOut, ...] = ()) -> bytes:
+        if not hashtype & SIGHASH_ANYONECANPAY and len(spent) != len(tx.inputs) - 1:
             raise LocalProtocolError(
                 f"a Taproot signature with hashtype {hashtype:#x} commits to every input's "
-                "amount, and only the contract's is known: sign with ANYONECANPAY")
+                f"amount and script: {len(tx.inputs) - 1} inputs besides the contract, "
+                f"{len(spent)} spent outputs known (name them, or sign with ANYONECANPAY)")
         leaf = None if branch is Branch.KEY_PATH else self._leaves[branch][0].hash
-        return taproot_sighash(tx, 0, (self._spent,), hashtype, leaf)
+        amounts = (self._spent,) if hashtype & SIGHASH_ANYONECANPAY else (self._spent, *spent)
+        return taproot_sighash(tx, 0, amounts, hashtype, leaf)
 
     @cached_property
     def _payment_midstates(self) -> dict[int, hashlib._Hash]:

@@ -575,7 +575,8 @@ class Channel:
                 case FundContract(script, value):
                     queue[:0] = await self._fund(script, value)
                 case FundReanchor():
-                    queue[:0] = await fund_reanchor(self.client.wallet, self.machine, effect)
+                    queue[:0] = await fund_reanchor(self.client.wallet, self.client.chain,
+                                                    self.machine, effect)
                 case ReanchorLocked():
                     queue[:0] = await reanchor_locked(self.client.chain, self.machine, effect)
                 case ReanchorEnded():

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from bitcoind_paychan.bitcoin.tx import Transaction
+from bitcoind_paychan.bitcoin.tx import Transaction, TxOut
 from bitcoind_paychan.channel import reanchor
 from bitcoind_paychan.channel.client import ClientChannel
 from bitcoind_paychan.channel.effects import (
@@ -28,19 +28,35 @@ def wallet_inputs(tx: Transaction) -> tuple[Outpoint, ...]:
     return tuple((txin.prevout.txid_hex, txin.prevout.index) for txin in tx.inputs[1:])
 
 
-async def fund_reanchor(wallet: Wallet, machine: ClientChannel, effect: FundReanchor
-                        ) -> list[Effect]:
-    """The wallet's inputs and change for R (its coins locked), handed to the machine; the
-    coins released again if the machine does not take them."""
+async def fund_reanchor(wallet: Wallet, chain: ChainSource, machine: ClientChannel,
+                        effect: FundReanchor) -> list[Effect]:
+    """The wallet's inputs and change for R (its coins locked), handed to the machine with
+    the outputs those coins spend when the kind signs over them (v4); the coins released
+    again if the machine does not take them."""
     contract = effect.draft.inputs[0].prevout
     funded = await wallet.fund_external(
         effect.draft, {(contract.txid_hex, contract.index): effect.contract_input_weight},
         effect.fee_rate)
     try:
-        return machine.reanchor_funded(funded)
+        needs_spent = machine.record is not None and (
+            machine.record.contract.kind.reanchor_needs_spent)
+        spent = await spent_outputs(chain, funded) if needs_spent else ()
+        return machine.reanchor_funded(funded, spent)
     except BaseException:
         await wallet.release(wallet_inputs(funded))
         raise
+
+
+async def spent_outputs(chain: ChainSource, tx: Transaction) -> tuple[TxOut, ...]:
+    """The outputs R's wallet inputs spend, as the node knows them."""
+    outputs = []
+    for txid, index in wallet_inputs(tx):
+        status = await chain.transaction(txid)
+        if status is None:
+            raise NodeError(f"the node does not know {txid}, whose output {index} the wallet "
+                            "funded the re-anchor with")
+        outputs.append(status.tx.outputs[index])
+    return tuple(outputs)
 
 
 async def release_dead(wallet: Wallet, chain: ChainSource, effect: ReanchorEnded) -> int:

@@ -12,7 +12,7 @@ import itertools
 import statistics
 from dataclasses import dataclass, field
 
-from bitcoind_paychan.bitcoin.tx import OutPoint, Transaction
+from bitcoind_paychan.bitcoin.tx import OutPoint, Transaction, TxOut
 from bitcoind_paychan.channel.contract import Contract
 from regtest.chainrules import ANY_HEIGHT, is_final, spend_problem
 
@@ -35,6 +35,7 @@ class Chain:
         self.blocks = [Block(h, START_TIME - 600 * (11 - h), []) for h in range(12)]
         self.mempool: list[Transaction] = []
         self.contracts: dict[bytes, Contract] = {}  # contract txid (raw) → contract
+        self.coins: dict[OutPoint, TxOut] = {}  # wallet coins whose outputs the model made
         self.fee_rate = 1000
 
     # -- views ---------------------------------------------------------------------------
@@ -87,14 +88,33 @@ class Chain:
                 return f"input {txin.prevout.txid_hex} is not available yet"
         contract = self.contracts.get(tx.inputs[0].prevout.txid) if tx.inputs else None
         if contract is not None and tx.inputs[0].prevout == contract.outpoint:
-            return spend_problem(contract, tx, median_time)
+            return spend_problem(contract, tx, median_time, spent=self.spent_outputs(tx))
         return None if is_final(tx, ANY_HEIGHT, median_time) else "non-final"
 
+    def spent_outputs(self, tx: Transaction) -> tuple[TxOut, ...]:
+        """The outputs `tx`'s inputs after the first spend, where the model knows them all
+        (a v4 re-anchor's signatures commit to them); () otherwise."""
+        made = {t.txid: t for t in self.chain_txs() + self.mempool}
+        outputs = []
+        for txin in tx.inputs[1:]:
+            parent = made.get(txin.prevout.txid)
+            if parent is not None and txin.prevout.index < len(parent.outputs):
+                outputs.append(parent.outputs[txin.prevout.index])
+            elif txin.prevout in self.coins:
+                outputs.append(self.coins[txin.prevout])
+            else:
+                return ()
+        return tuple(outputs)
+
     def fee(self, tx: Transaction) -> int:
+        """What `tx` pays in fees, if the model knows every coin it spends (else 0)."""
         contract = self.contracts.get(tx.inputs[0].prevout.txid)
-        if contract is None or len(tx.inputs) != 1:
+        if contract is None or tx.inputs[0].prevout != contract.outpoint:
             return 0
-        return contract.value - sum(o.value for o in tx.outputs)
+        others = self.spent_outputs(tx)
+        if len(others) != len(tx.inputs) - 1:
+            return 0
+        return contract.value + sum(o.value for o in others) - sum(o.value for o in tx.outputs)
 
     # -- the node's answers ----------------------------------------------------------------
 

@@ -3,9 +3,11 @@ after every step."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from bitcoind_paychan.bitcoin.tx import Transaction
+from bitcoind_paychan.channel import reanchor
 from bitcoind_paychan.channel.contract import DUST
 from bitcoind_paychan.channel.effects import Purpose
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
@@ -58,6 +60,20 @@ def refund_valid(record: ChannelRecord) -> bool:
             and spend_problem(record.contract, refund, record.contract.expiry + 1) is None)
 
 
+def with_next_contracts(records: dict[str, ChannelRecord]) -> dict[str, ChannelRecord]:
+    """`records` by contract txid, plus each pending re-anchor's next contract as the record
+    would be once promoted (the server's complete R; the client's, unless refused: the
+    server may complete it)."""
+    found = dict(records)
+    for record in records.values():
+        pending = record.pending
+        if pending is not None and pending.binding and (
+                pending.complete or record.role is Role.CLIENT):
+            found.setdefault(pending.txid, reanchor.promoted(
+                replace(record, pending=replace(pending, complete=True))))
+    return found
+
+
 class Checks:
     def __init__(self, world: World) -> None:
         self.world = world
@@ -83,8 +99,9 @@ class Checks:
         record = machine.record
         if message.type in (T.PAYMENT_ACK, T.CHANNEL_OPEN):
             assert record is not None
-            stored = store.get(Role.SERVER, record.contract_txid)
-            require(stored is not None and stored.change <= record.change,
+            stored = store.get(Role.SERVER, record.channel_id)
+            require(stored is not None and (stored.contract_txid != record.contract_txid
+                                            or stored.change <= record.change),
                     f"server acknowledges change {record.change} before storing it")
             settled = (stored.settlement_tx if stored is not None and stored.status in (
                 ChannelStatus.CLOSING, ChannelStatus.SETTLED) else b"")
@@ -98,24 +115,24 @@ class Checks:
                         f"{record.contract_txid} after a settlement paying more was decided")
         if message.type == T.CLOSE and message.HasField("settlement"):
             assert record is not None
-            stored = store.get(Role.SERVER, record.contract_txid)
+            stored = store.get(Role.SERVER, record.channel_id)
             require(stored is not None and stored.status is ChannelStatus.CLOSING
                     and stored.settlement_tx == message.settlement.tx,
                     "server sends a settlement it has not stored")
             self.settlement_checked(record, Transaction.parse(message.settlement.tx))
 
-    def reanchor_released(self, store: ChannelStore, machine: ServerChannel,
+    def reanchor_released(self, store: ChannelStore, record: ChannelRecord,
                           tx: Transaction) -> None:
-        """The server lets R out (broadcast, then REANCHOR_ACK) only once it is stored, valid,
-        and paying it no more than its stored paid total (issue 23, rules 1 and 2)."""
-        record = machine.record
-        assert record is not None
-        stored = store.get(Role.SERVER, record.contract_txid)
+        """The server lets R out (broadcast, then REANCHOR_ACK; its watcher's broadcast
+        again) only once it is stored, valid, and paying it no more than its stored paid
+        total (issue 23, rules 1 and 2)."""
+        stored = store.get(Role.SERVER, record.channel_id)
         pending = stored.pending if stored is not None else None
         require(pending is not None and pending.complete and pending.tx == tx.serialize(),
                 "server releases a re-anchor it has not stored")
         assert stored is not None and pending is not None
-        problem = spend_problem(stored.contract, tx, ANY_TIME)
+        problem = spend_problem(stored.contract, tx, ANY_TIME,
+                                spent=self.world.chain.spent_outputs(tx))
         require(problem is None, f"server signs an invalid re-anchor: {problem}")
         require(pending.payout <= stored.paid, f"re-anchor pays out {pending.payout}, more "
                 f"than the {stored.paid} sat paid")
@@ -147,7 +164,7 @@ class Checks:
             change, signature = (message.update_payment.client_change_value,
                                  message.update_payment.signature)
             if message.update_payment.next_signature and record is not None:
-                held = store.get(Role.CLIENT, record.contract_txid)
+                held = store.get(Role.CLIENT, record.channel_id)
                 require(held is not None and held.pending is not None
                         and held.pending.signature == message.update_payment.next_signature,
                         "client sends a payment on the next contract it has not stored")
@@ -158,8 +175,13 @@ class Checks:
             return
         assert record is not None
         txid = record.contract_txid
-        stored = store.get(Role.CLIENT, txid)
-        if stored is None:
+        stored = store.get(Role.CLIENT, record.channel_id)
+        if stored is not None and stored.contract_txid != txid:
+            # promoted (its watcher, REANCHOR_LOCKED) while this payment was signed on C:
+            # it was stored as the pair it belongs to before
+            require((change, signature) in self.client_committed.get(txid, ()),
+                    "client sends a payment it has not stored")
+        elif stored is None:
             # discarded or forgotten while a resume was in flight: it re-sends its last
             # payment, one its store committed before (nothing new is signed)
             require(txid in self.forgotten
@@ -180,10 +202,10 @@ class Checks:
         on), and never pays out more than the server has stored as paid (rule 2)."""
         assert record is not None
         body = message.reanchor_signed
-        held = store.get(Role.CLIENT, record.contract_txid)
+        held = store.get(Role.CLIENT, record.channel_id)
         require(held is not None and held.pending is not None and held.pending.tx == body.tx,
                 "client sends a re-anchor it has not stored")
-        server = self.world.server.store.get(Role.SERVER, record.contract_txid)
+        server = self.world.server.store.get(Role.SERVER, record.channel_id)
         if server is not None:
             require(body.payout <= server.paid, f"client signs a payout of {body.payout}, "
                     f"more than the {server.paid} sat the server holds")
@@ -194,7 +216,7 @@ class Checks:
         replaces the stored one through the watcher)."""
         if record.role is not Role.SERVER or record.status is not ChannelStatus.CLOSING:
             return
-        txid = record.contract_txid
+        txid = record.channel_id
         stored = store.get(Role.SERVER, txid)
         require(stored is not None and stored.status is ChannelStatus.OPEN,
                 f"server stores a settlement of {txid}, which is not open")
@@ -209,9 +231,13 @@ class Checks:
                 "server's settlement does not pay the client its change")
 
     def broadcast(self, role: Role, record: ChannelRecord | None, tx: Transaction,
-                  purpose: str) -> None:
+                  purpose: str, store: ChannelStore | None = None) -> None:
         if record is None or purpose is Purpose.CONTRACT or not tx.inputs:
             return
+        if purpose is Purpose.REANCHOR:
+            require(role is Role.SERVER and store is not None, "R broadcast by the client")
+            assert store is not None
+            return self.reanchor_released(store, record, tx)
         if tx.inputs[0].prevout != record.contract.outpoint:
             return
         if role is Role.SERVER and not is_refund(tx):
@@ -222,23 +248,23 @@ class Checks:
 
     def acknowledged(self, record: ChannelRecord) -> None:
         """The client was told its payment arrived: the server must have stored it."""
-        stored = self.world.server.store.get(Role.SERVER, record.contract_txid)
-        if stored is not None:
+        stored = self.world.server.store.get(Role.SERVER, record.channel_id)
+        if stored is not None and stored.contract_txid == record.contract_txid:
             require(stored.change <= record.change,
                     f"acknowledged change {record.change} is not in the server's store "
                     f"(it has {stored.change})")
 
-    def forgetting(self, role: Role, txid: str) -> None:
+    def forgetting(self, role: Role, record: ChannelRecord) -> None:
         """A channel is forgotten only once its closing tx is forget_depth deep."""
-        chain = self.world.chain
-        raw_txid = bytes.fromhex(txid)[::-1]
-        spent = chain.spender(chain.contracts[raw_txid].outpoint)
-        if spent is None:  # never confirmed: its funding coin went elsewhere
-            spent = chain.spender(self.world.contract_txs[raw_txid].inputs[0].prevout)
+        chain, contract = self.world.chain, record.contract
+        spent = chain.spender(contract.outpoint)
+        if spent is None:  # never confirmed: a coin funding it went elsewhere
+            funding = self.world.contract_txs[contract.outpoint.txid]
+            spent = next(filter(None, (chain.spender(i.prevout) for i in funding.inputs)), None)
         depth = chain.depth(spent[1]) if spent else 0
         require(depth >= WATCH_POLICY.forget_depth,
-                f"{role} forgets {txid} while its closing tx is {depth} deep")
-        self.forgotten.add(txid)
+                f"{role} forgets {record.channel_id} while its closing tx is {depth} deep")
+        self.forgotten.update({record.channel_id, record.contract_txid})
 
     # -- after every step ------------------------------------------------------------------
 
@@ -290,10 +316,24 @@ class Checks:
 
     def funded_contracts_recoverable(self, servers: dict[str, ChannelRecord],
                                      clients: dict[str, ChannelRecord]) -> None:
+        """Rule 1 of issue 23 on chain: whichever of C and C' the chain holds, the server can
+        settle it with the latest payment it holds on it (its C' payment: the carried one
+        while R is not promoted), or the client can refund it."""
+        # R of a channel promoted on either side, published: its money is on the next
+        # contract (checked in turn); only a reorg deeper than the promotion can undo it,
+        # the risk payments on a contract at min_confirmations take (design, 5)
+        world = self.world
+        moved_on = {generation.reanchor_txid for process in (world.server, world.client)
+                    for r in process.store.channels(process.role) if r.generation
+                    for generation in process.store.generations(process.role, r.channel_id)}
+        servers, clients = with_next_contracts(servers), with_next_contracts(clients)
         chain = self.world.chain
         published = {tx.txid for tx in chain.chain_txs() + chain.mempool}
         for raw_txid, contract in chain.contracts.items():
             if raw_txid not in published or chain.spender(contract.outpoint):
+                continue
+            spender = chain.mempool_spender(contract.outpoint)
+            if spender is not None and spender.txid_hex in moved_on:
                 continue
             txid = contract.txid
             server, client = servers.get(txid), clients.get(txid)

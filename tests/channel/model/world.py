@@ -13,7 +13,8 @@ from bitcoind_paychan.bitcoin import musig2
 from bitcoind_paychan.bitcoin.hashes import sha256
 from bitcoind_paychan.bitcoin.keys import PrivateKey
 from bitcoind_paychan.bitcoin.tx import OutPoint, Transaction, TxIn, TxOut
-from bitcoind_paychan.channel import messages
+from bitcoind_paychan.channel import messages, reanchor
+from bitcoind_paychan.channel.chainstate import ChainState
 from bitcoind_paychan.channel.client import ClientChannel, ClientPolicy
 from bitcoind_paychan.channel.contract import Branch
 from bitcoind_paychan.channel.effects import (
@@ -35,7 +36,9 @@ from bitcoind_paychan.channel.effects import (
     PaymentReceived,
     PrepareReanchor,
     PrepareSettlement,
+    PromoteChannel,
     Purpose,
+    ReanchorLocked,
     ResumeRefused,
     Send,
     SettleChannel,
@@ -51,11 +54,15 @@ from bitcoind_paychan.channel.watch import (
     apply_block,
     observe_mempool,
     observe_missing_inputs,
+    reanchored,
+    replacing_rate,
     revert_block,
     review,
 )
 from bitcoind_paychan.errors import ErrorCode, LocalProtocolError, MusigError, StoreError
+from bitcoind_paychan.service.watcher.review import DEAD
 from bitcoind_paychan.store import MemoryStore
+from bitcoind_paychan.store.leases import promoting
 from bitcoind_paychan.wire import decode_message, encode_message, pb
 from tests.channel.model import glue
 from tests.channel.model.chain import Chain
@@ -70,9 +77,12 @@ SYNCED = "model:synced"
 SERVER_POLICY = ServerPolicy(min_channel_size=100_000, min_payment=1_000,
                              settle_margin=WATCH_POLICY.settle_margin,  # as PaymentServer
                              reanchoring=True)
-# Re-anchoring runs in the machines only (docs/design/reanchoring.md, 11): the server stores
-# R, but no service broadcasts it yet, so in this world R never reaches the chain (the case
-# "R never confirms"): the old contract must stay as safe as ever throughout.
+# Re-anchoring (docs/design/reanchoring.md): the server stores R, then broadcasts it (and its
+# watcher again, after a crash or an eviction); R confirms, is double-spent (a top-up coin),
+# replaced by the settlement of its contract at the deadline, or reorged out. Its watcher
+# promotes the channel once R is PROMOTE_DEPTH deep (the client's: forget_depth, and only with
+# no connection), as the services do.
+PROMOTE_DEPTH = {Role.SERVER: 1, Role.CLIENT: WATCH_POLICY.forget_depth}
 
 
 class Crash(Exception):
@@ -151,7 +161,7 @@ class Process:
             common += 1
         reorg = common < len(synced)
         for record in self.store.channels(self.role, None if reorg else LIVE[self.role]):
-            txid = record.contract_txid
+            txid = record.channel_id
             before = state = self.store.chain_state(self.role, txid)
             for height in range(len(synced) - 1, common - 1, -1):
                 state = revert_block(state, height)
@@ -168,15 +178,21 @@ class Process:
         tip = Tip(self.chain.tip.height, self.chain.median_time, self.chain.tip.time)
         self.reviewed = []
         for record in self.store.channels(self.role, None if everything else LIVE[self.role]):
-            txid = record.contract_txid
+            txid = record.channel_id
             state = self.store.chain_state(self.role, txid)
+            dead = False
             if not state.spender_height and not record.status.final:
-                seen = observe_mempool(state, self.chain.mempool_spender(record.contract.outpoint))
+                spender = self.chain.mempool_spender(record.contract.outpoint)
+                seen = observe_mempool(state, spender)
+                if reanchored(record, state) and spender is None:  # R left the mempool
+                    seen = replace(state, spender=b"")
                 if seen != state:
                     self.tick()
                     self.store.put_chain_state(self.role, txid, seen)
                     state = seen
-            for effect in review(record, state, tip, self.chain.fee_rate, WATCH_POLICY):
+                dead = self.reanchor_dead(record, state)
+            for effect in review(record, state, tip, self.chain.fee_rate, WATCH_POLICY,
+                                 PROMOTE_DEPTH[self.role], dead):
                 self.tick()
                 if not self.carry_out_review(record, effect, tip):
                     break
@@ -185,10 +201,10 @@ class Process:
 
     def carry_out_review(self, record: ChannelRecord, effect: Effect, tip: Tip) -> bool:
         """As the service's ChainWatcher does; False stops this channel's review."""
-        txid = record.contract_txid
+        txid = record.channel_id
         match effect:
             case Broadcast(tx, purpose):
-                self.world.checks.broadcast(self.role, record, tx, purpose)
+                self.world.checks.broadcast(self.role, record, tx, purpose, self.store)
                 refused = self.broadcast(tx)
                 if refused and purpose is not Purpose.CONTRACT:
                     return False
@@ -204,13 +220,49 @@ class Process:
                 self.store.put_chain_state(self.role, txid, state)
             case SettleChannel():
                 self.settle_stored(txid)
+            case PromoteChannel():
+                self.promote(record)
+                return False  # the next review sees the next contract
             case ForgetChannel():
-                self.world.checks.forgetting(self.role, txid)
+                self.world.checks.forgetting(self.role, record)
                 self.store.forget(self.role, txid)
             case DiscardChannel():
-                self.world.checks.forgetting(self.role, txid)
+                self.world.checks.forgetting(self.role, record)
                 self.store.discard(self.role, txid)
         return True
+
+    def reanchor_dead(self, record: ChannelRecord, state: ChainState) -> bool:
+        """As the service's watcher: an open channel's R, in neither the mempool nor a block,
+        that the node refuses for an input spent elsewhere (or a conflict)."""
+        if record.pending is None or record.status is not ChannelStatus.OPEN or state.spender:
+            return False
+        refused = self.chain.test_accept(Transaction.parse(record.pending.tx))
+        return refused is not None and any(m in refused for m in DEAD)
+
+    def promote(self, record: ChannelRecord) -> None:
+        """R is deep enough: the stored channel moves to its next contract (as the services'
+        `_promote`), and its chain state describes that contract (R's block is its block)."""
+        raise NotImplementedError
+
+    def promote_stored(self, channel_id: str, fee_rate: int) -> ChannelRecord | None:
+        """The store's promotion (`promoting`: an open channel; a closing one keeps closing,
+        its settlement moved to the next contract at `fee_rate`); None if refused."""
+        self.tick()
+        try:
+            promoted = self.store.modify(self.role, channel_id, promoting(fee_rate))
+        except StoreError:
+            return None  # tried again at the next review
+        self.moved(promoted)
+        return promoted
+
+    def moved(self, record: ChannelRecord) -> None:
+        """As the watcher's `moved`: the chain state that saw R spend the old contract now
+        describes the next one."""
+        state = self.store.chain_state(self.role, record.channel_id)
+        if state.spender and Transaction.parse(state.spender).txid_hex == record.contract_txid:
+            self.tick()
+            self.store.put_chain_state(self.role, record.channel_id,
+                                       ChainState(contract_height=state.spender_height))
 
     def settle_stored(self, txid: str) -> None:
         raise NotImplementedError
@@ -220,9 +272,9 @@ class Process:
         server's CLOSING is stored only on a channel the store still holds open."""
         if record.role is not Role.SERVER or record.status is not ChannelStatus.CLOSING:
             return
-        stored = self.store.get(Role.SERVER, record.contract_txid)
+        stored = self.store.get(Role.SERVER, record.channel_id)
         if stored is None or stored.status is not ChannelStatus.OPEN:
-            raise StoreError(f"settlement refused: channel {record.contract_txid} is not open")
+            raise StoreError(f"settlement refused: channel {record.channel_id} is not open")
 
     def in_order(self, queue: list[Effect], conn: Connection | None) -> Iterator[Effect]:
         """Take effects off `queue` (which the caller may extend) one by one, crashing
@@ -237,6 +289,8 @@ class Process:
                     self.fence_settlement(effect.record)
                     self.world.checks.storing(self.store, effect.record)
                     self.store.put(effect.record)
+                    if effect.record.generation and effect.record.pending is None:
+                        self.moved(effect.record)  # promoted (REANCHOR_LOCKED): as the service
                     self.stored(effect.record)
                 elif isinstance(effect, StorePayment):
                     self.store.record_payment(effect.record, effect.amount, effect.info)
@@ -307,8 +361,11 @@ class ServerProcess(Process):
         if not self.node_up:
             return [Send(messages.error(ErrorCode.OTHER, "cannot settle now: no node")),
                     Disconnect("settlement failed")]
-        try:
-            return machine.settle(self.chain.fee_rate, PAYOUT)
+        try:  # a re-anchor R in flight: the settlement replaces it (as the service's)
+            rate = self.chain.fee_rate
+            if machine.record is not None:
+                rate = max(rate, replacing_rate(machine.record, PAYOUT))
+            return machine.settle(rate, PAYOUT)
         except LocalProtocolError as exc:
             return [Send(messages.error(ErrorCode.OTHER, f"cannot settle now: {exc}")),
                     Disconnect("settlement failed")]
@@ -320,6 +377,10 @@ class ServerProcess(Process):
                     Disconnect("settlement failed")]
         coin = TxIn(self.world.fresh_outpoint(), b"", 0xFFFFFFFD, (bytes(71), bytes(33)))
         draft = effect.draft
+        fee = -(-effect.fee_rate * (draft.vsize + 250) // 1000)  # the wallet pays it all
+        contract = self.chain.contracts[draft.inputs[0].prevout.txid]
+        spent = sum(o.value for o in draft.outputs) + 10_000 + fee - contract.value
+        self.chain.coins[coin.prevout] = TxOut(max(spent, 10_000), PAYOUT)
         funded = Transaction(draft.version, (*draft.inputs, coin),
                              (*draft.outputs, TxOut(10_000, PAYOUT)), draft.locktime)
         return machine.settle_funded(funded)
@@ -335,8 +396,10 @@ class ServerProcess(Process):
                         queue[:0] = machine.contract_checked(self.chain.test_accept(tx))
                     else:
                         queue[:0] = machine.contract_checked("its node does not answer", True)
-                case Broadcast(tx, Purpose.REANCHOR):
-                    self.world.checks.reanchor_released(self.store, machine, tx)
+                case Broadcast(tx, Purpose.REANCHOR):  # stored: the watcher retries if refused
+                    assert machine.record is not None
+                    self.world.checks.reanchor_released(self.store, machine.record, tx)
+                    self.broadcast(tx)
                 case PrepareReanchor():
                     if self.node_up:
                         queue[:0] = machine.quote_reanchor(self.chain.fee_rate, PAYOUT,
@@ -346,7 +409,8 @@ class ServerProcess(Process):
                                else "its node does not answer")
                     if script not in (b"", PAYOUT):
                         refused = "the payout script is not our wallet's"
-                    queue[:0] = machine.reanchor_checked(refused, None, self.chain.fee_rate)
+                    queue[:0] = machine.reanchor_checked(refused, self.chain.fee(tx),
+                                                         self.chain.fee_rate)
                 case Broadcast(tx, purpose):
                     self.world.checks.broadcast(Role.SERVER, machine.record, tx, purpose)
                     refused = self.broadcast(tx)
@@ -356,7 +420,8 @@ class ServerProcess(Process):
                         queue[:] = [Send(messages.error(ErrorCode.BAD_TRANSACTION, refused)),
                                     Disconnect(refused)]
                 case LoadChannel(txid):
-                    queue[:0] = machine.channel_loaded(self.store.get(Role.SERVER, txid))
+                    loaded = self.store.get(Role.SERVER, txid)
+                    queue[:0] = machine.channel_loaded(loaded, self.locked_offset(loaded))
                 case ClaimChannel(txid) if not self.still_open(machine, txid):
                     queue[:] = self.settled_or_refused(machine, txid)
                 case ClaimChannel(txid):
@@ -388,6 +453,24 @@ class ServerProcess(Process):
                         self.hang_up(conn)
                     return
 
+    def locked_offset(self, record: ChannelRecord | None) -> int | None:
+        """As the service's: a re-anchored channel's last offset, from its generations."""
+        if record is None or not record.generation:
+            return None
+        last = self.store.generations(Role.SERVER, record.channel_id)[-1]
+        return record.contract.value + last.payout - last.value
+
+    def promote(self, record: ChannelRecord) -> None:
+        """Through the live connection holding the channel (its machine moves with the store
+        and tells the client, REANCHOR_LOCKED), else in the store alone."""
+        promoted = self.promote_stored(record.channel_id,
+                                       WATCH_POLICY.fees.rate(self.chain.fee_rate))
+        owner = self.owners.get(record.channel_id)
+        live = owner.server.record if owner is not None else None
+        if promoted is not None and owner is not None and live is not None and (
+                live.pending is not None and live.pending.complete):
+            self.run(owner, owner.server, owner.server.reanchor_confirmed(promoted))
+
     def quote(self, conn: Connection, renew: bool) -> None:
         """The server's own wish on a live connection: a payout, and a renewal if `renew`."""
         if not (self.up and self.node_up) or conn.server_done:
@@ -417,7 +500,7 @@ class ClientProcess(Process):
 
     def resumable(self) -> ChannelRecord | None:
         for record in self.store.channels(Role.CLIENT, (ChannelStatus.OPEN,)):
-            if record.change > 0 and record.contract_txid not in self.unresumable:
+            if record.change > 0 and record.channel_id not in self.unresumable:
                 return record
         return None
 
@@ -481,7 +564,7 @@ class ClientProcess(Process):
         chain = self.chain
         if chain.spender(funding) or chain.mempool_spender(funding):
             return
-        stored = self.store.get(Role.CLIENT, record.contract_txid)
+        stored = self.store.get(Role.CLIENT, record.channel_id)
         if stored is not None and stored.status is ChannelStatus.OPEN:
             self.tick()
             for effect in conn.client.abandon():
@@ -490,6 +573,15 @@ class ClientProcess(Process):
 
     def settle_stored(self, txid: str) -> None:
         raise AssertionError("the client's watcher never asks to settle")
+
+    def promote(self, record: ChannelRecord) -> None:
+        """Only with no live connection (which promotes on REANCHOR_LOCKED), as the service's
+        client manager: the stored channel, if it holds a complete re-anchor and is open."""
+        conn = self.conn
+        live = conn.client.record if conn is not None and not conn.client_done else None
+        if live is not None and live.channel_id == record.channel_id:
+            return
+        self.promote_stored(record.channel_id, 0)
 
     def run(self, conn: Connection, effects: list[Effect]) -> None:
         """Carry out effects in order, as the service's Channel._run does."""
@@ -505,16 +597,22 @@ class ClientProcess(Process):
                 case FundReanchor(draft, _, rate):  # a wallet coin of 300,000 sat, change
                     coin = TxIn(self.world.fresh_outpoint(), b"", 0xFFFFFFFD,
                                 (bytes(71), bytes(33)))
+                    self.chain.coins[coin.prevout] = TxOut(300_000, PAYOUT)
                     assert machine.record is not None
                     change = (machine.record.value + 300_000 - sum(o.value for o in draft.outputs)
                               - -(-rate * (draft.vsize + 250) // 1000))
                     queue[:0] = machine.reanchor_funded(Transaction(
                         draft.version, (*draft.inputs, coin), (*draft.outputs,
-                                                               TxOut(change, PAYOUT)), 0))
+                                                               TxOut(change, PAYOUT)), 0),
+                        (self.chain.coins[coin.prevout],))  # v4 signs over what it spends
                 case Send(message):
                     self.world.checks.client_sends(self.store, machine.record, message)
                     if not conn.client_done:
                         conn.to_server.append(encode_message(message))
+                case ReanchorLocked(record) if self.sees_confirmed(record):
+                    effects = machine.reanchor_confirmed(reanchor.promoted(record))
+                    assert machine.record is not None  # stored, then the machine's effects
+                    queue[:0] = [StoreChannel(machine.record), *effects]
                 case ResumeRefused(txid):
                     self.unresumable.add(txid)
                 case ChannelOpened(record, resumed) if not resumed and self.node_up:
@@ -524,6 +622,13 @@ class ClientProcess(Process):
                 case Disconnect():
                     self.world.close_end(conn, Role.CLIENT)
                     return
+
+    def sees_confirmed(self, record: ChannelRecord) -> bool:
+        """As the service's `reanchor_locked`: our own node shows the server's R confirmed
+        (else the channel stays on its contract, signing on both)."""
+        pending = record.pending
+        return (self.node_up and pending is not None
+                and bytes.fromhex(pending.txid)[::-1] in self.chain.confirmed())
 
     def stored(self, record: ChannelRecord) -> None:
         self.world.checks.client_stored(record)
@@ -564,10 +669,13 @@ class World:
 
     def register(self, record: ChannelRecord) -> None:
         """A contract exists now: the chain checks spends of it, the model can double-spend
-        its funding coin."""
-        self.chain.contracts.setdefault(record.contract.outpoint.txid, record.contract)
-        self.contract_txs.setdefault(record.contract.outpoint.txid,
-                                     Transaction.parse(record.contract_tx))
+        its funding coin (a re-anchor's next contract: a top-up coin of R)."""
+        contracts = [(record.contract, record.contract_tx)]
+        if record.pending is not None:
+            contracts.append((record.pending.contract, record.pending.tx))
+        for contract, tx in contracts:
+            self.chain.contracts.setdefault(contract.outpoint.txid, contract)
+            self.contract_txs.setdefault(contract.outpoint.txid, Transaction.parse(tx))
 
     def connect(self, client: ClientChannel, stranger: bool = False) -> Connection:
         server = glue.new_server(SERVER_POLICY, self.fresh_key(), self.chain.tip.time)
