@@ -110,7 +110,11 @@ class Checks:
         and paying it no more than its stored paid total (issue 23, rules 1 and 2)."""
         record = machine.record
         assert record is not None
-        stored = store.get(Role.SERVER, record.contract_txid)
+        self.reanchor_stored(store.get(Role.SERVER, record.contract_txid), tx)
+
+    def reanchor_stored(self, stored: ChannelRecord | None, tx: Transaction) -> None:
+        """R let out (by a connection, or broadcast again by the watcher) is the stored
+        complete R of `stored`, valid, paying out no more than paid."""
         pending = stored.pending if stored is not None else None
         require(pending is not None and pending.complete and pending.tx == tx.serialize(),
                 "server releases a re-anchor it has not stored")
@@ -211,6 +215,9 @@ class Checks:
     def broadcast(self, role: Role, record: ChannelRecord | None, tx: Transaction,
                   purpose: str) -> None:
         if record is None or purpose is Purpose.CONTRACT or not tx.inputs:
+            return
+        if purpose is Purpose.REANCHOR:  # the watcher sends the stored R again
+            self.reanchor_stored(record, tx)
             return
         if tx.inputs[0].prevout != record.contract.outpoint:
             return
