@@ -54,6 +54,7 @@ class ServerReanchoring:
     _checking: Transaction | None  # R complete, awaiting the node's answer
     _checking_terms: reanchor.Terms | None  # what that R states (its payout script's)
     _locked_offset: int | None  # the offset of the re-anchor promoted on this connection
+    _maybe_current: bool  # resumed after a promotion: the client may not be behind
 
     def _machine(self) -> ServerChannel:
         return self  # type: ignore[return-value]
@@ -283,12 +284,22 @@ class ServerReanchoring:
         return [Send(messages.reanchor_locked(record.contract_txid))]
 
     def _on_contract(self, body: pb.UpdatePayment) -> tuple[int, bytes]:
-        """A payment's change and signature on the channel's contract: after a promotion on
-        this connection, a payment the client still signed on both contracts (before it got
-        REANCHOR_LOCKED) counts by its signature on the new one."""
-        record = self._machine()._record()
-        if self._locked_offset is not None and body.next_signature and record.pending is None:
-            return body.client_change_value + self._locked_offset, body.next_signature
+        """A payment's change and signature on the channel's contract: after a promotion (on
+        this connection, or before a resume), a payment the client still signed on both
+        contracts (before it got REANCHOR_LOCKED) counts by its signature on the new one. A
+        resumed client's first such payment that verifies on the contract as it stands is of
+        this generation (a next re-anchor's pair): the client is not behind."""
+        record, offset = self._machine()._record(), self._locked_offset
+        if offset is not None and body.next_signature and record.pending is None:
+            if self._maybe_current:
+                self._maybe_current = False
+                try:
+                    record.contract.check_payment(body.client_change_value, body.signature)
+                    self._locked_offset = None
+                    return body.client_change_value, body.signature
+                except RemoteProtocolError:
+                    pass  # signed on the contract before: counted on this one
+            return body.client_change_value + offset, body.next_signature
         return body.client_change_value, body.signature
 
     def _require_negotiated(self) -> None:

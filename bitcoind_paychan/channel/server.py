@@ -244,6 +244,7 @@ class ServerChannel(ServerReanchoring, ProtocolMachine):
         self._checking = None
         self._checking_terms = None
         self._locked_offset = None
+        self._maybe_current = False
         self.handlers: dict[int, Handler] = {
             T.CLIENT_VERSION: self._on_client_version,
             T.PROVIDE_REFUND: self._on_provide_refund,
@@ -344,7 +345,7 @@ class ServerChannel(ServerReanchoring, ProtocolMachine):
                                          self.reanchoring)),
             Send(messages.channel_open())]
         if self.reanchoring and record.generation and locked_offset is not None:
-            self._locked_offset = locked_offset
+            self._locked_offset, self._maybe_current = locked_offset, True
             effects.append(Send(messages.reanchor_locked(record.contract_txid)))
         return effects
 

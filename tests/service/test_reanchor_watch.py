@@ -18,13 +18,14 @@ from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.channel.client import ClientPolicy
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.channel.server import ServerPolicy
-from bitcoind_paychan.errors import ReanchorRefused, StoreError
+from bitcoind_paychan.errors import ChannelFailed, ReanchorRefused, StoreError
 from bitcoind_paychan.service.client import Channel, PaymentClient
-from bitcoind_paychan.service.server import PaymentServer
+from bitcoind_paychan.service.server import PaymentServer, ServerManager
 from bitcoind_paychan.store import ChannelStore, SQLiteStore
 from bitcoind_paychan.store.base import Payment
 from bitcoind_paychan.wire import pb
 from regtest.waiting import until
+from tests.service.carried import Dialer
 from tests.service.conftest import FAST, MemSides, Sides
 from tests.service.test_reanchor_service import carried_channel
 
@@ -437,3 +438,55 @@ def test_the_promotion_takes_its_place_among_payments_being_stored(
     assert stored.change == record.change and stored.signature == record.signature
     stored.contract.check_payment(stored.change, stored.signature)
     assert logged == 1 + 1 + 3  # the opening, 10,000, then the three: none refused
+
+
+def test_a_resume_after_a_promotion_with_the_next_reanchor_signed_is_not_mistaken(
+        mem_sides: MemSides) -> None:
+    """A channel re-anchored once (generation 1); the client signs a second R, whose
+    REANCHOR_SIGNED is lost with the connection. Its resume re-sends its payment on both of
+    its contracts (the current one and the second R's): the server, which told it
+    REANCHOR_LOCKED for the first R, must count that payment on the current contract (it
+    verifies there: the client is not behind), then take the re-sent second R."""
+    async def scenario() -> ChannelRecord:
+        manager = ServerManager(mem_sides.server_ports(), mem_sides.store("server"),
+                                ServerPolicy(reanchoring=True), autopilot=FAST,
+                                poll_interval=0.05, review_interval=0.5)
+        await manager.start()
+        dial = Dialer(manager)
+        client = mem_sides.client(dial=dial, policy=ClientPolicy(VALUE, reanchoring=True))
+        channel = await client.open_channel("app://shop", VALUE, version=3)
+        await channel.pay(10_000)
+        await channel.reanchor(0, 2 * DAY)
+        mem_sides.mine(1)
+        await until(lambda: generation(manager.store, Role.SERVER, channel.channel_id) == 1,
+                    what="the first promotion")
+        await channel.pay(1_000)  # on both, counted on the new contract
+        # A carried (request/response) connection cannot bring the server's unasked
+        # REANCHOR_LOCKED: the client hears it on its resume.
+        await channel.disconnect()
+        channel = await client.resume(channel.channel_id)
+        assert channel.record.generation == 1
+        carried = dial.connections[-1]
+        carried.hold = True
+        lost = asyncio.ensure_future(channel.reanchor(0, 3 * DAY))
+        await until(lambda: carried.held, what="REANCHOR_PROPOSE")
+        for reply in await carried.deliver(carried.held.pop()):
+            channel.receive(reply)  # the terms: the client signs and stores the second R
+        await until(lambda: carried.held, what="REANCHOR_SIGNED")
+        carried.held.clear()  # lost with the connection
+        await carried.close()
+        with pytest.raises(ChannelFailed):
+            await lost
+        resumed = await client.resume(channel.channel_id)  # re-sends both
+        await resumed.pay(2_000)
+        stored = manager.store.get(Role.SERVER, channel.channel_id)
+        assert stored is not None
+        await client.stop()
+        await manager.stop()
+        return stored
+
+    stored = asyncio.run(scenario())
+    assert stored.generation == 1
+    assert stored.pending is not None and stored.pending.complete  # the second R, taken
+    stored.contract.check_payment(stored.change, stored.signature)
+    stored.pending.contract.check_payment(stored.pending.change, stored.pending.signature)
