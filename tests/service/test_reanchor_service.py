@@ -31,7 +31,7 @@ from bitcoind_paychan.channel.watch import WatchPolicy
 from bitcoind_paychan.errors import ChannelFailed, ReanchorRefused
 from bitcoind_paychan.node import to_sat
 from bitcoind_paychan.service.client import Channel, PaymentClient
-from bitcoind_paychan.service.client.reanchoring import reanchor_locked
+from bitcoind_paychan.service.client.reanchoring import reanchor_locked, spent_outputs
 from bitcoind_paychan.service.server import ServerManager
 from bitcoind_paychan.transport.base import encode
 from bitcoind_paychan.transport.limits import PeerLimits
@@ -119,18 +119,18 @@ def test_a_top_up_funded_by_the_clients_wallet(sides: Sides, version: int) -> No
     assert sides.server_node.rpc("getrawtransaction", r.txid_hex, True)["confirmations"] == 1
 
 
-async def carried_channel(sides: Sides | MemSides, **options: Any
+async def carried_channel(sides: Sides | MemSides, version: int = 3, **options: Any
                           ) -> tuple[ServerManager, PaymentClient, Channel, Requests]:
-    """A v3 channel with re-anchoring enabled, on a connection the test carries (its frames
-    held from now on: the test delivers them), paid 1,000 + 10,000 sat. `options`: the
-    server manager's."""
+    """A channel of `version` with re-anchoring enabled, on a connection the test carries
+    (its frames held from now on: the test delivers them), paid 1,000 + 10,000 sat.
+    `options`: the server manager's."""
     manager = ServerManager(sides.server_ports(), sides.store("server"),
                             ServerPolicy(reanchoring=True), on_event=sides.events.append,
                             poll_interval=sides.poll_interval, **options)
     await manager.start()
     dial = Dialer(manager)
     client = sides.client(dial=dial, policy=ClientPolicy(VALUE, reanchoring=True))
-    channel = await client.open_channel("app://shop", VALUE, version=3)
+    channel = await client.open_channel("app://shop", VALUE, version=version)
     await channel.pay(10_000)
     carried = dial.connections[-1]
     carried.hold = True
@@ -255,15 +255,16 @@ async def ask(carried: Requests, message: pb.TwoWayChannelMessage) -> list[T]:
     return [T.FromString(f) for f in await carried.deliver(encode([message])[0])]
 
 
+@pytest.mark.parametrize("version", [3, 4])
 def test_a_top_up_r_paying_less_than_its_stated_rate_is_refused_by_its_real_fee(
-        sides: Sides) -> None:
+        sides: Sides, version: int) -> None:
     """Review 3 (top-up skim): the server quotes 20 sat/vB; a hostile client's wallet funds
     R at 1 sat/vB and keeps the difference (the server's fee part, taken from its payout, is
     priced at the stated rate). The node's count of R's fee (testmempoolaccept fees.base)
     refuses it: nothing stored, nothing broadcast, the channel goes on."""
     async def scenario() -> tuple[T, Transaction, ChannelRecord]:
         manager, client, channel, carried = await carried_channel(
-            sides, autopilot=WatchPolicy(fees=FeePolicy(min_rate=20)))
+            sides, version, autopilot=WatchPolicy(fees=FeePolicy(min_rate=20)))
         machine = channel.machine
         (propose,) = [e.message for e in machine.reanchor(100_000, 0, int(time.time()))
                       if isinstance(e, Send)]
@@ -274,7 +275,7 @@ def test_a_top_up_r_paying_less_than_its_stated_rate_is_refused_by_its_real_fee(
         contract = fund.draft.inputs[0].prevout
         funded = await client.wallet.fund_external(  # at 1 sat/vB, not the quoted rate
             fund.draft, {(contract.txid_hex, contract.index): fund.contract_input_weight}, 1000)
-        effects = machine.reanchor_funded(funded)
+        effects = machine.reanchor_funded(funded, await spent_outputs(client.chain, funded))
         for effect in effects:
             if isinstance(effect, StoreChannel):
                 client.store.put(effect.record)
@@ -394,14 +395,15 @@ def test_the_servers_unasked_terms_do_not_answer_a_later_reanchor(mem_sides: Mem
     assert signed.pending is not None and signed.pending.complete
 
 
+@pytest.mark.parametrize("version", [3, 4])
 def test_the_client_moves_to_the_new_contract_on_its_own_nodes_word(
-        mem_sides: MemSides) -> None:
+        mem_sides: MemSides, version: int) -> None:
     """Review 7: a REANCHOR_LOCKED while R is unconfirmed (a hostile server, right after its
     ACK) made the client drop C and its refund. Now the client stays on C, payments signed
     on both contracts and taken by the server; once its own node shows R confirmed, the
     server's lock promotes its stored channel."""
     async def scenario() -> tuple[ChannelRecord, ChannelRecord, ChannelRecord]:
-        manager, client, channel, carried = await carried_channel(mem_sides)
+        manager, client, channel, carried = await carried_channel(mem_sides, version)
         carried.hold = False
         signed = await channel.reanchor(time_window=2 * DAY)
         assert signed.pending is not None
