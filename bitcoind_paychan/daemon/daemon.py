@@ -27,6 +27,7 @@ from bitcoind_paychan.channel.effects import (
     PeerError,
 )
 from bitcoind_paychan.channel.records import ChannelStatus, Role
+from bitcoind_paychan.daemon import eventloop
 from bitcoind_paychan.daemon.activity import Activity
 from bitcoind_paychan.daemon.api import ControlApi
 from bitcoind_paychan.daemon.config import Config
@@ -287,7 +288,8 @@ def _listening(key: str, address: str) -> Iterator[None]:
 
 
 def run_daemon(config: Config) -> int:
-    return asyncio.run(Daemon(config).run())
+    """Run the daemon `config` describes, on the event loop it names (`daemon.event_loop`)."""
+    return eventloop.run(Daemon(config).run(), config.daemon.event_loop)
 
 
 

@@ -59,10 +59,12 @@ def test_throughput_over_tls_on_tcp_and_websocket() -> None:
         assert result["tls"] is True and result["server_logged"] == 20, transport
 
 
-def test_throughput_refuses_tls_on_uvloop() -> None:
-    done = subprocess.run([sys.executable, "bench/throughput.py", "--tls", "--uvloop"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and "--tls runs on asyncio's event loop only" in done.stderr
+def test_throughput_over_tls_on_uvloop() -> None:
+    for transport in ("tcp", "ws"):
+        result = run_json("bench/throughput.py", "--channels", "2", "--payments", "20",
+                          "--window", "4", "--tls", "--uvloop", "--transport", transport)
+        assert (result["tls"], result["event_loop"]) == (True, "uvloop"), transport
+        assert result["server_logged"] == 40, transport
 
 
 def test_throughput_on_uvloop() -> None:

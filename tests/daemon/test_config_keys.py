@@ -158,6 +158,7 @@ SHOWN_BY: dict[str, Callable[..., None]] = {
     "control.cookie_group": test_daemon.test_control_cookie_mode_and_group_come_from_the_config,
     "metrics.enabled": test_daemon.test_open_pay_list_close_through_the_cli,
     "metrics.listen": test_daemon.test_open_pay_list_close_through_the_cli,
+    "daemon.event_loop": test_daemon.test_a_server_daemon_on_uvloop_serves_channels_over_tls,
 }
 
 

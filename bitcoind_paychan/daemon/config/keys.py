@@ -10,6 +10,7 @@ from bitcoind_paychan.daemon.config.schema import (
     BitcoindConfig,
     ClientConfig,
     ControlConfig,
+    DaemonConfig,
     LoggingConfig,
     MetricsConfig,
     SchedulerConfig,
@@ -23,7 +24,7 @@ SECTIONS: dict[str, type[Any]] = {
     "bitcoind": BitcoindConfig, "server": ServerConfig, "client": ClientConfig,
     "store": StoreConfig, "scheduler": SchedulerConfig, "fees": FeePolicy,
     "logging": LoggingConfig, "control": ControlConfig, "metrics": MetricsConfig,
-    "cluster": ClusterPolicy,
+    "cluster": ClusterPolicy, "daemon": DaemonConfig,
 }
 TOP_LEVEL = ("network", *SECTIONS)
 # The keys that set a policy's field (key → field). Their defaults and rules are the policy's.

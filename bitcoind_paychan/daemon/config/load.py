@@ -17,6 +17,7 @@ from bitcoind_paychan.daemon.config.roles import read_client, read_server
 from bitcoind_paychan.daemon.config.schema import (
     Config,
     ControlConfig,
+    DaemonConfig,
     SchedulerConfig,
 )
 from bitcoind_paychan.daemon.config.sections import (
@@ -29,6 +30,7 @@ from bitcoind_paychan.daemon.config.sections import (
     read_store,
 )
 from bitcoind_paychan.daemon.config.yamlfile import ENV, read_yaml
+from bitcoind_paychan.daemon.eventloop import DEFAULT_EVENT_LOOP, EVENT_LOOPS
 from bitcoind_paychan.errors import ConfigError
 from bitcoind_paychan.node.config import CHAINS
 from bitcoind_paychan.store.postgres import password_of
@@ -122,6 +124,8 @@ def config_from_dict(data: Mapping[str, Any], source: Path | None = None, *,
         control=section("control", lambda d: read_control(r, d, network)),
         metrics=section("metrics", lambda d: read_metrics(r, d)),
         cluster=section("cluster", lambda d: read_cluster(r, d)),
+        daemon=section("daemon", lambda d: DaemonConfig(
+            event_loop=r.choice(d, "daemon", "event_loop", DEFAULT_EVENT_LOOP, EVENT_LOOPS))),
         source=source,
     )
     r.raise_errors()  # the cross checks compare values that must be valid first

@@ -133,6 +133,13 @@ class ControlConfig:
 
 
 @dataclass(frozen=True)
+class DaemonConfig:
+    """The daemon process itself: the event loop it runs on (daemon/eventloop.py)."""
+
+    event_loop: str = "asyncio"
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     enabled: bool
     listen: str
@@ -153,6 +160,7 @@ class Config:
     control: ControlConfig
     metrics: MetricsConfig
     cluster: ClusterPolicy = field(default_factory=ClusterPolicy)  # instances sharing a store
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
     source: Path | None = None
 
     def node_config(self) -> NodeConfig:
