@@ -219,6 +219,12 @@ class ProxyHeaderError(PaychanError):
     read. The message says what was wrong; check the balancer's send-proxy/proxy_protocol."""
 
 
+class PaidHttpError(PaychanError):
+    """A message of the channel protocol over HTTP cannot be read: a Payment credential or
+    receipt, an offer, or a body of frames (transport/paidhttp). The message says which part
+    and what was expected; nothing it carried was acted on."""
+
+
 class TLSError(PaychanError):
     """A TLS connection failed: a certificate not trusted, expired, for another host or not
     the pinned one, or a peer that does not speak TLS. The message says which and what to do."""

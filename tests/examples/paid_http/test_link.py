@@ -10,11 +10,10 @@ import pytest
 
 from bitcoind_paychan.channel import messages
 from bitcoind_paychan.transport import encode
+from bitcoind_paychan.transport.paidhttp import HttpLink
 from bitcoind_paychan.wire import pb
 from tests.examples.paid_http.conftest import paid_api
 from tests.service.conftest import MemSides
-
-from paid_http.link import HttpLink
 
 T = pb.TwoWayChannelMessage
 

@@ -11,19 +11,20 @@ import aiohttp
 
 from bitcoind_paychan.channel.kinds.registry import VERSIONS
 from bitcoind_paychan.transport import decode, encode
-from tests.examples.paid_http.conftest import PRICE, Api, paid_api, paid_client
-from tests.service.conftest import MemSides
-
-from paid_http.client import PaidClient
-from paid_http.offer import (
+from bitcoind_paychan.transport.paidhttp import (
+    CHALLENGE_HEADER,
     CLOSED_HEADER,
     FRAMES_TYPE,
     PAYMENT_HEADER,
     SESSION_HEADER,
     Offer,
+    credential,
     join_frames,
-    payment_header,
 )
+from tests.examples.paid_http.conftest import PRICE, Api, paid_api, paid_client
+from tests.service.conftest import MemSides
+
+from paid_http.client import PaidClient
 
 Scenario = Callable[[Api, PaidClient, Offer], Awaitable[None]]
 
@@ -51,11 +52,14 @@ async def fetch(url: str, headers: dict[str, str] | None = None, data: bytes | N
 def test_a_request_without_a_payment_gets_the_offer(sides: MemSides) -> None:
     async def main() -> None:
         async with paid_api(sides) as api:
-            status, _, body = await fetch(api.url + "anything?x=1")
+            status, headers, body = await fetch(api.url + "anything?x=1")
             assert status == 402
+            assert headers[CHALLENGE_HEADER].startswith('Payment id="')
+            assert 'method="paychan", intent="session"' in headers[CHALLENGE_HEADER]
             assert body == {"price": PRICE, "endpoint": api.url.replace("/api/", "/paychan"),
                             "min_channel_value": 100_000, "open_payment": 1_000,
-                            "versions": list(VERSIONS), "header": PAYMENT_HEADER,
+                            "versions": list(VERSIONS), "unit": "request", "reserve": 0,
+                            "header": PAYMENT_HEADER,
                             "error": "payment required"}
             assert api.api.served == 0
     asyncio.run(main())
@@ -64,7 +68,9 @@ def test_a_request_without_a_payment_gets_the_offer(sides: MemSides) -> None:
 def test_a_header_that_does_not_parse_is_a_400(sides: MemSides) -> None:
     async def main() -> None:
         async with paid_api(sides) as api:
-            for header in ("nonsense", "s:not base64!", "s:" + base64.b64encode(b"\x01").decode()):
+            for header in ("nonsense", "Payment not-base64!", "Payment " + base64.b64encode(
+                    b'{"method": "paychan", "payload": {"session": "s", "payment": "AQ"}}'
+            ).decode(), "Bearer abc"):
                 status, _, body = await fetch(api.url, {PAYMENT_HEADER: header})
                 assert status == 400, body
             assert api.api.served == 0
@@ -75,7 +81,7 @@ def test_a_payment_to_an_unknown_session_is_a_402(sides: MemSides) -> None:
     async def scenario(api: Api, client: PaidClient, offer: Offer) -> None:
         payment = await client.pay(offer, PRICE)
         status, _, body = await fetch(api.url, {
-            PAYMENT_HEADER: payment_header("not-a-session", payment.frame)})
+            PAYMENT_HEADER: credential("not-a-session", payment.frame)})
         assert status == 402 and "no open channel in that session" in str(body["error"])
         assert body["price"] == PRICE  # the offer, to open or resume a channel
         await payment.abandon()
@@ -123,7 +129,7 @@ def test_a_bad_signature_is_a_400_and_the_client_resumes(sides: MemSides) -> Non
             forged = encode([message])[0]
             assert payment.link.session is not None
             status, headers, body = await fetch(api.url, {
-                PAYMENT_HEADER: payment_header(payment.link.session, forged)})
+                PAYMENT_HEADER: credential(payment.link.session, forged)})
             assert status == 400 and "payment refused" in str(body["error"])
             assert "does not verify" in str(body["error"])
             assert headers.get(CLOSED_HEADER) == "1"

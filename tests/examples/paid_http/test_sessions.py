@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from bitcoind_paychan.service.server import ServerManager
+from bitcoind_paychan.service.server import ServerConnection, ServerManager
 from bitcoind_paychan.store import SQLiteStore
+from bitcoind_paychan.transport.paidhttp import Session, Sessions
 from regtest.memchain import MemChain
 from regtest.memnode import MemNode
-
-from paid_http.sessions import Sessions
 
 
 def test_sessions_silent_too_long_are_dropped(tmp_path: Path) -> None:
@@ -27,9 +26,15 @@ def test_sessions_silent_too_long_are_dropped(tmp_path: Path) -> None:
         idle.used -= 601  # its channel's client went quiet for longer than the idle timeout
         paying.used -= manager.handshake_timeout + 1  # open: only the idle timeout counts
         await sessions.new()  # a new session sweeps the old ones
-        assert sessions.get(handshaking.id) is None and handshaking.connection.closed
-        assert sessions.get(idle.id) is None and idle.connection.closed
-        assert sessions.get(paying.id) is paying and not paying.connection.closed
+
+        def closed(session: Session) -> bool:
+            connection = session.connection
+            assert isinstance(connection, ServerConnection)
+            return connection.closed
+
+        assert sessions.get(handshaking.id) is None and closed(handshaking)
+        assert sessions.get(idle.id) is None and closed(idle)
+        assert sessions.get(paying.id) is paying and not closed(paying)
         assert len(sessions) == 2
         await manager.stop()
         store.close()

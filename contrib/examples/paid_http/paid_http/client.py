@@ -29,18 +29,18 @@ from yarl import URL
 
 from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.node.ports import Node, NodePorts
-from bitcoind_paychan.service.client import Channel, ClientManager, Dialer
+from bitcoind_paychan.service.client import Channel, ClientManager
 from bitcoind_paychan.store import ChannelStore
-from bitcoind_paychan.transport import CarriedStream, Stream
-
-from paid_http.link import HttpLink
-from paid_http.offer import (
-    ACK_HEADER,
+from bitcoind_paychan.transport import CarriedStream
+from bitcoind_paychan.transport.paidhttp import (
     PAYMENT_HEADER,
+    RECEIPT_HEADER,
+    HttpLink,
     Offer,
-    payment_header,
-    read_ack_header,
+    credential,
+    read_receipt,
 )
+from bitcoind_paychan.transport.paidhttp.link import http_dialer
 
 log = logging.getLogger(__name__)
 DEFAULT_VALUE = 1_000_000  # sat locked in a new channel (at least the server's minimum)
@@ -71,16 +71,16 @@ class PendingPayment:
     @property
     def header(self) -> dict[str, str]:
         assert self.link.session is not None, "a channel is open only in a session"
-        return {PAYMENT_HEADER: payment_header(self.link.session, self.frame)}
+        return {PAYMENT_HEADER: credential(self.link.session, self.frame)}
 
     async def settle(self, headers: Mapping[str, str]) -> bool:
-        """Hand the answer's ack to the manager (True); without one, hang up (False): the
-        payment stays stored, and the next one resumes the channel."""
-        ack = headers.get(ACK_HEADER)
-        if ack is None:
+        """Hand the answer's ack (in its receipt) to the manager (True); without one, hang up
+        (False): the payment stays stored, and the next one resumes the channel."""
+        found = headers.get(RECEIPT_HEADER)
+        if found is None:
             await self.abandon()
             return False
-        self.link.stream.feed(read_ack_header(ack))
+        self.link.stream.feed(read_receipt(found).ack)
         await self.paying
         return True
 
@@ -186,13 +186,6 @@ class PaidClient:
             return PaidResponse(response.status, CIMultiDict(response.headers),
                                 await response.read(),
                                 0)
-
-
-def http_dialer(http: aiohttp.ClientSession) -> Dialer:
-    """The client manager's dialer: a session at the channel endpoint (the channels' peer)."""
-    async def dial(endpoint: str, timeout: float | None) -> Stream:
-        return HttpLink(http, endpoint, timeout).stream
-    return dial
 
 
 @contextlib.asynccontextmanager

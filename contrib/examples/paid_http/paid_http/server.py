@@ -24,25 +24,27 @@ from aiohttp import web
 
 from bitcoind_paychan.channel.effects import ChannelOpened, PaymentReceived
 from bitcoind_paychan.channel.server import ServerPolicy
+from bitcoind_paychan.errors import PaidHttpError
 from bitcoind_paychan.service.server import ServerManager
 from bitcoind_paychan.transport import decode
-from bitcoind_paychan.wire import pb
-
-from paid_http.offer import (
-    ACK_HEADER,
+from bitcoind_paychan.transport.paidhttp import (
+    CHALLENGE_HEADER,
     CLOSED_HEADER,
     FRAMES_TYPE,
     MAX_FRAMES_BODY,
     PAYMENT_HEADER,
+    RECEIPT_HEADER,
     SESSION_HEADER,
-    BadFrames,
     Offer,
-    ack_header,
+    Session,
+    Sessions,
+    challenge,
     join_frames,
-    read_payment_header,
+    read_credential,
+    receipt,
     split_frames,
 )
-from paid_http.sessions import Session, Sessions
+from bitcoind_paychan.wire import pb
 
 log = logging.getLogger(__name__)
 ENDPOINT = "/paychan"
@@ -111,8 +113,8 @@ class PaidApi:
         if header is None:
             return self._payment_required(request, "payment required")
         try:
-            session_id, frame, payment = read_payment_header(header)
-        except BadFrames as exc:
+            session_id, frame, payment = read_credential(header)
+        except PaidHttpError as exc:
             return _error(400, str(exc))
         session = self.sessions.get(session_id)
         if session is None or session.channel is None:
@@ -145,7 +147,7 @@ class PaidApi:
             log.exception("serving %s failed", request.path)
             response = _error(500, "the request was paid for but serving it failed")
         self.served += 1
-        response.headers[ACK_HEADER] = ack_header(ack)
+        response.headers[RECEIPT_HEADER] = receipt(ack, stored, 0)
         if session.closed:
             response.headers[CLOSED_HEADER] = "1"  # used up: the server settled it
         return response
@@ -162,7 +164,7 @@ class PaidApi:
                                "channel): POST without Paychan-Session to start a new one")
         try:
             received = split_frames(await request.read())
-        except BadFrames as exc:
+        except PaidHttpError as exc:
             await session.lost()
             return _error(400, f"bad frames: {exc}; the session is closed", closed=True)
         answer: list[bytes] = []
@@ -188,7 +190,8 @@ class PaidApi:
     def _payment_required(self, request: web.Request, why: str) -> web.Response:
         offer = self.offer(request)
         body = json.loads(offer.to_json()) | {"error": why}
-        return web.json_response(body, status=402)
+        return web.json_response(body, status=402, headers={
+            CHALLENGE_HEADER: challenge(offer, request.host), "Cache-Control": "no-store"})
 
 
 async def run_api(api: PaidApi, server: ServerManager, host: str, port: int) -> web.AppRunner:

@@ -14,8 +14,27 @@ import asyncio
 import secrets
 import time
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
-from bitcoind_paychan.service.server import ServerConnection, ServerManager
+from bitcoind_paychan.transport.base import Link
+
+
+class CarriedConnection(Protocol):
+    """What a session needs of one connection of the server manager."""
+
+    async def receive(self, frame: bytes) -> None: ...
+
+    def connection_lost(self) -> None: ...
+
+
+class Acceptor(Protocol):
+    """What sessions need of the server manager (service.server.ServerManager)."""
+
+    @property
+    def handshake_timeout(self) -> float: ...
+
+    def accept(self, link: Link, peer: str) -> CarriedConnection: ...
+
 
 IDLE_TIMEOUT = 3600.0
 
@@ -24,7 +43,7 @@ class Session:
     """One connection of the server manager, addressed by an unguessable id (the contract
     txid is public on chain; this is known only to the client that opened the session)."""
 
-    def __init__(self, server: ServerManager, on_closed: Callable[[Session], None]) -> None:
+    def __init__(self, server: Acceptor, on_closed: Callable[[Session], None]) -> None:
         self.id = secrets.token_urlsafe(16)
         self.lock = asyncio.Lock()
         self.closed = False
@@ -34,7 +53,7 @@ class Session:
         self.used = time.monotonic()
         self._outbox: list[bytes] = []
         self._on_closed = on_closed
-        self.connection: ServerConnection = server.accept(self, f"http session {self.id[:8]}")
+        self.connection: CarriedConnection = server.accept(self, f"http session {self.id[:8]}")
 
     async def send_frames(self, frames: Sequence[bytes]) -> None:
         """The manager's answer: kept for the request being handled."""
@@ -68,7 +87,7 @@ class Sessions:
     """The live sessions, by id. One unused for `idle_timeout` seconds is dropped (its
     channel stays stored; the client resumes it in a new session when it comes back)."""
 
-    def __init__(self, server: ServerManager, idle_timeout: float = IDLE_TIMEOUT) -> None:
+    def __init__(self, server: Acceptor, idle_timeout: float = IDLE_TIMEOUT) -> None:
         self.server = server
         self.idle_timeout = idle_timeout
         self._by_id: dict[str, Session] = {}

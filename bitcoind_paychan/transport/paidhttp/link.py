@@ -4,23 +4,28 @@ The manager's dialer gets `HttpLink(...).stream` (a CarriedStream over this link
 sends frames through `send_frames`; they are POSTed to the channel endpoint in order, one POST
 at a time, and the frames the server answered are fed to the stream, where the manager reads
 them. A payment the application is about to attach to a request (`expect_payment`) is kept
-instead of POSTed: it travels in that request's `Paychan-Payment` header, and the ack from
-its answer is fed to the stream the same way (`feed`).
+instead of POSTed: it travels in that request's `Authorization: Payment` credential, and the
+ack from its answer's receipt is fed to the stream the same way (`feed`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import aiohttp
 
 from bitcoind_paychan.errors import PaychanError
-from bitcoind_paychan.transport import CarriedStream, decode
+from bitcoind_paychan.transport.base import CarriedStream, Stream, decode
+from bitcoind_paychan.transport.paidhttp.wire import (
+    CLOSED_HEADER,
+    FRAMES_TYPE,
+    SESSION_HEADER,
+    join_frames,
+    split_frames,
+)
 from bitcoind_paychan.wire import pb
-
-from paid_http.offer import CLOSED_HEADER, FRAMES_TYPE, SESSION_HEADER, join_frames, split_frames
 
 log = logging.getLogger(__name__)
 T = pb.TwoWayChannelMessage
@@ -109,3 +114,13 @@ class HttpLink:
         if payment is not None and not payment.done():
             payment.cancel()
         self.stream.end()
+
+
+Dial = Callable[[str, "float | None"], Awaitable[Stream]]
+
+
+def http_dialer(http: aiohttp.ClientSession) -> Dial:
+    """A client manager's dialer: a session at the channel endpoint (the channels' peer)."""
+    async def dial(endpoint: str, timeout: float | None) -> Stream:
+        return HttpLink(http, endpoint, timeout).stream
+    return dial
