@@ -11,11 +11,13 @@ TCP peer would be; so is one idle for an hour (the client resumes its channel in
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import secrets
 import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from bitcoind_paychan.channel.effects import ChannelOpened, PaymentReceived
 from bitcoind_paychan.transport.base import Link
 
 
@@ -37,6 +39,8 @@ class Acceptor(Protocol):
 
 
 IDLE_TIMEOUT = 3600.0
+_current: contextvars.ContextVar[Session | None] = contextvars.ContextVar("session",
+                                                                          default=None)
 
 
 class Session:
@@ -70,9 +74,15 @@ class Session:
         self.channel, self.change = contract_txid, change
 
     async def exchange(self, frame: bytes) -> list[bytes]:
-        """Hand the manager `frame` (the caller holds `lock`); what it sent back."""
+        """Hand the manager `frame` (the caller holds `lock`); what it sent back. `received`
+        is then the sat stored meanwhile (the manager's events, through `session_event`)."""
         self.used = time.monotonic()
-        await self.connection.receive(frame)
+        self.received = 0
+        token = _current.set(self)
+        try:
+            await self.connection.receive(frame)
+        finally:
+            _current.reset(token)
         answer, self._outbox = self._outbox, []
         return answer
 
@@ -81,6 +91,19 @@ class Session:
         if not self.closed:
             self.connection.connection_lost()
             await self.close()
+
+
+def session_event(event: object) -> None:
+    """The server manager's events (its `on_event`, or called from it): the session whose
+    frame caused one learns its channel (opened or resumed) and each payment stored."""
+    session = _current.get()
+    if session is None:
+        return
+    if isinstance(event, ChannelOpened):
+        session.opened(event.record.contract_txid, event.record.change)
+    elif isinstance(event, PaymentReceived):
+        session.change = event.record.change
+        session.received += event.amount
 
 
 class Sessions:

@@ -93,8 +93,8 @@ def test_an_underpayment_is_a_402(sides: MemSides) -> None:
         payment = await client.pay(offer, PRICE - 1)
         status, headers, body = await fetch(api.url, payment.header)
         assert status == 402
-        assert body["error"] == f"underpaid: the payment adds {PRICE - 1} sat, a request " \
-                                f"costs {PRICE}"
+        assert body["error"] == f"underpaid: the payment adds {PRICE - 1} sat, the request " \
+                                f"needs {PRICE}"
         assert not await payment.settle(headers)  # no ack: the client hangs up
     run(sides, scenario)
 

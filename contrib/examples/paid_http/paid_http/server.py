@@ -15,43 +15,31 @@ the manager hangs up that session, so the client resumes in a new one).
 
 from __future__ import annotations
 
-import contextvars
 import json
 import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from bitcoind_paychan.channel.effects import ChannelOpened, PaymentReceived
 from bitcoind_paychan.channel.server import ServerPolicy
-from bitcoind_paychan.errors import PaidHttpError
 from bitcoind_paychan.service.server import ServerManager
-from bitcoind_paychan.transport import decode
 from bitcoind_paychan.transport.paidhttp import (
     CHALLENGE_HEADER,
     CLOSED_HEADER,
-    FRAMES_TYPE,
     MAX_FRAMES_BODY,
     PAYMENT_HEADER,
     RECEIPT_HEADER,
-    SESSION_HEADER,
     Offer,
-    Session,
     Sessions,
     challenge,
-    join_frames,
-    read_credential,
     receipt,
-    split_frames,
 )
-from bitcoind_paychan.wire import pb
+from bitcoind_paychan.transport.paidhttp.server import Refused, endpoint, error, take_payment
+from bitcoind_paychan.transport.paidhttp.sessions import session_event
 
 log = logging.getLogger(__name__)
 ENDPOINT = "/paychan"
-T = pb.TwoWayChannelMessage
 Content = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_current: contextvars.ContextVar[Session | None] = contextvars.ContextVar("session",
-                                                                          default=None)
 
 
 async def echo(request: web.Request) -> web.StreamResponse:
@@ -91,14 +79,7 @@ class PaidApi:
 
     def on_event(self, event: object) -> None:
         """The manager's events, in the task of the session whose message caused them."""
-        session = _current.get()
-        if session is None:
-            return
-        if isinstance(event, ChannelOpened):
-            session.opened(event.record.contract_txid, event.record.change)
-        elif isinstance(event, PaymentReceived):
-            session.change = event.record.change
-            session.received += event.amount
+        session_event(event)
 
     def offer(self, request: web.Request) -> Offer:
         return Offer(price=self.price, endpoint=str(request.url.with_path(ENDPOINT)
@@ -112,40 +93,17 @@ class PaidApi:
         header = request.headers.get(PAYMENT_HEADER)
         if header is None:
             return self._payment_required(request, "payment required")
-        try:
-            session_id, frame, payment = read_credential(header)
-        except PaidHttpError as exc:
-            return _error(400, str(exc))
-        session = self.sessions.get(session_id)
-        if session is None or session.channel is None:
-            return self._payment_required(
-                request, "no open channel in that session (it ended or never opened one): "
-                "open or resume a channel at the endpoint, then pay")
-        async with session.lock:
-            if session.closed or session.change is None:
-                return self._payment_required(request, "the session's channel was closed; "
-                                                       "resume or open one at the endpoint")
-            amount = session.change - payment.update_payment.client_change_value
-            if amount <= 0:
-                return self._payment_required(
-                    request, f"the payment is not new (replayed or old): channel "
-                    f"{session.channel} already holds a payment leaving the client "
-                    f"{session.change} sat; sign one leaving {session.change - self.price}")
-            if amount < self.price:
-                return self._payment_required(
-                    request, f"underpaid: the payment adds {amount} sat, a request costs "
-                    f"{self.price}")
-            answer, stored = await self._exchange(session, frame)
-            ack = next((f for f in answer if decode(f).type == T.PAYMENT_ACK), None)
-            if ack is None or stored < self.price:
-                return _error(400, f"payment refused: {_explain(answer)}; the session is "
-                                   "closed, resume the channel at the endpoint",
-                              closed=session.closed)
+        taken = await take_payment(self.sessions, header, lambda _: self.price)
+        if isinstance(taken, Refused):
+            if taken.status == 402:
+                return self._payment_required(request, taken.why)
+            return error(taken.status, taken.why, closed=taken.closed)
+        session, ack, stored = taken.session, taken.ack, taken.amount
         try:
             response = await self.content(request)
         except Exception:  # paid for, so it gets its ack: the client's payment is settled
             log.exception("serving %s failed", request.path)
-            response = _error(500, "the request was paid for but serving it failed")
+            response = error(500, "the request was paid for but serving it failed")
         self.served += 1
         response.headers[RECEIPT_HEADER] = receipt(ack, stored, 0)
         if session.closed:
@@ -154,38 +112,7 @@ class PaidApi:
 
     async def endpoint(self, request: web.Request) -> web.StreamResponse:
         """POST frames to a session (a new one without Paychan-Session); get its answers."""
-        session_id = request.headers.get(SESSION_HEADER)
-        if session_id is None:
-            session: Session | None = await self.sessions.new()
-        else:
-            session = self.sessions.get(session_id)
-        if session is None:
-            return _error(410, "no such session (it ended, or expired before opening a "
-                               "channel): POST without Paychan-Session to start a new one")
-        try:
-            received = split_frames(await request.read())
-        except PaidHttpError as exc:
-            await session.lost()
-            return _error(400, f"bad frames: {exc}; the session is closed", closed=True)
-        answer: list[bytes] = []
-        async with session.lock:
-            for frame in received:
-                if session.closed:
-                    break
-                answer += (await self._exchange(session, frame))[0]
-        headers = {SESSION_HEADER: session.id}
-        if session.closed:
-            headers[CLOSED_HEADER] = "1"
-        return web.Response(body=join_frames(answer), content_type=FRAMES_TYPE, headers=headers)
-
-    async def _exchange(self, session: Session, frame: bytes) -> tuple[list[bytes], int]:
-        """Hand the manager one frame of `session`: (its answer, sat stored meanwhile)."""
-        token = _current.set(session)
-        session.received = 0
-        try:
-            return await session.exchange(frame), session.received
-        finally:
-            _current.reset(token)
+        return await endpoint(self.sessions, request)  # the library's handler
 
     def _payment_required(self, request: web.Request, why: str) -> web.Response:
         offer = self.offer(request)
@@ -202,14 +129,3 @@ async def run_api(api: PaidApi, server: ServerManager, host: str, port: int) -> 
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner
-
-
-def _explain(answer: list[bytes]) -> str:
-    errors = [m.error.explanation for m in map(decode, answer) if m.type == T.ERROR]
-    return errors[0] if errors else "the channel did not acknowledge it"
-
-
-def _error(status: int, why: str, closed: bool = False) -> web.Response:
-    headers = {CLOSED_HEADER: "1"} if closed else {}
-    return web.json_response({"error": why}, status=status, headers=headers)
-
