@@ -12,14 +12,24 @@ DEFAULT_TIMEOUT = 30.0  # seconds an upstream may take to answer (headers, then 
 
 @dataclass(frozen=True)
 class Price:
-    """A route's price rule: `price` sat per `per` (a request, a byte of the response body, a
-    second of a streaming response; free: nothing). A request needs `reserve` sat of credit
-    before it is forwarded (per request: the price itself); what it is charged once the
-    response is known is at most that, and the rest stays the session's credit."""
+    """A route's price rule: `price` sat per `quantity` of `per` (requests, bytes of the
+    response body, seconds of a streaming response; free: nothing). A request needs
+    `reserve` sat of credit before it is forwarded (per request: the price itself); what it
+    is charged once the response is known is at most that, and the rest stays the
+    session's credit."""
 
     per: str = "request"
     price: int = 0
     reserve: int = 0
+    quantity: int = 1
+
+    def cost(self, units: int) -> int:
+        """Sat `units` (bytes, seconds) cost: rounded up."""
+        return -(-units * self.price // self.quantity)
+
+    def units_for(self, sat: int) -> int:
+        """The most units `sat` pays for."""
+        return sat * self.quantity // self.price if self.price else 0
 
     @property
     def free(self) -> bool:

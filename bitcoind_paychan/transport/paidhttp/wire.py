@@ -56,6 +56,7 @@ class Offer:
     versions: tuple[int, ...]  # channel protocol majors the server speaks
     unit: str = "request"  # what `price` is per: request, byte (of the response), second
     reserve: int = 0  # sat a request needs in credit before it is served (0: `price`)
+    quantity: int = 1  # `price` buys this many units (1 sat per 1000 bytes: 1, 1000)
     header: str = PAYMENT_HEADER
     error: str = "payment required"
 
@@ -77,6 +78,7 @@ class Offer:
                        versions=tuple(int(v) for v in data["versions"]),
                        unit=str(data.get("unit", "request")),
                        reserve=int(data.get("reserve", 0)),
+                       quantity=int(data.get("quantity", 1)),
                        header=str(data.get("header", PAYMENT_HEADER)),
                        error=str(data.get("error", "")))
         except (ValueError, KeyError, TypeError) as exc:

@@ -59,6 +59,7 @@ def test_a_request_without_a_payment_gets_the_offer(sides: MemSides) -> None:
             assert body == {"price": PRICE, "endpoint": api.url.replace("/api/", "/paychan"),
                             "min_channel_value": 100_000, "open_payment": 1_000,
                             "versions": list(VERSIONS), "unit": "request", "reserve": 0,
+                            "quantity": 1,
                             "header": PAYMENT_HEADER,
                             "error": "payment required"}
             assert api.api.served == 0

@@ -24,12 +24,13 @@ import aiohttp
 
 from bitcoind_paychan.channel.server import ServerPolicy
 from bitcoind_paychan.errors import PaychanError
+from bitcoind_paychan.gateway.payer import DEFAULT_VALUE
 from bitcoind_paychan.node import AsyncBitcoind, Bitcoind, NodeConfig
 from bitcoind_paychan.service.server import ServerManager
 from bitcoind_paychan.store import SQLiteStore
 from bitcoind_paychan.transport.paidhttp import Offer
 
-from paid_http.client import DEFAULT_VALUE, PaidClient, client_manager
+from paid_http.client import PaidClient, client_manager
 from paid_http.server import ENDPOINT, PaidApi, run_api
 
 log = logging.getLogger("paid_http")

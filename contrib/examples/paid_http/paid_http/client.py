@@ -28,22 +28,14 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from bitcoind_paychan.bitcoin.tx import Transaction
+from bitcoind_paychan.gateway.payer import DEFAULT_VALUE, Payer, PendingPayment
 from bitcoind_paychan.node.ports import Node, NodePorts
 from bitcoind_paychan.service.client import Channel, ClientManager
 from bitcoind_paychan.store import ChannelStore
-from bitcoind_paychan.transport import CarriedStream
-from bitcoind_paychan.transport.paidhttp import (
-    PAYMENT_HEADER,
-    RECEIPT_HEADER,
-    HttpLink,
-    Offer,
-    credential,
-    read_receipt,
-)
+from bitcoind_paychan.transport.paidhttp import Offer
 from bitcoind_paychan.transport.paidhttp.link import http_dialer
 
 log = logging.getLogger(__name__)
-DEFAULT_VALUE = 1_000_000  # sat locked in a new channel (at least the server's minimum)
 
 
 @dataclass(frozen=True)
@@ -57,46 +49,13 @@ class PaidResponse:
         return json.loads(self.body)
 
 
-@dataclass
-class PendingPayment:
-    """A payment signed and stored, to travel in one request's header (`header`); `settle`
-    with that request's answer."""
-
-    channel: Channel
-    link: HttpLink
-    amount: int
-    frame: bytes  # the UPDATE_PAYMENT
-    paying: asyncio.Future[bytes]  # the manager's pay(), done once the ack is handed in
-
-    @property
-    def header(self) -> dict[str, str]:
-        assert self.link.session is not None, "a channel is open only in a session"
-        return {PAYMENT_HEADER: credential(self.link.session, self.frame)}
-
-    async def settle(self, headers: Mapping[str, str]) -> bool:
-        """Hand the answer's ack (in its receipt) to the manager (True); without one, hang up
-        (False): the payment stays stored, and the next one resumes the channel."""
-        found = headers.get(RECEIPT_HEADER)
-        if found is None:
-            await self.abandon()
-            return False
-        self.link.stream.feed(read_receipt(found).ack)
-        await self.paying
-        return True
-
-    async def abandon(self) -> None:
-        self.paying.cancel()
-        with contextlib.suppress(BaseException):
-            await self.paying
-        await self.channel.disconnect()
-
-
 class PaidClient:
     """Pays for requests to paid APIs, through one channel per channel endpoint."""
 
     def __init__(self, manager: ClientManager, http: aiohttp.ClientSession,
                  value: int = DEFAULT_VALUE) -> None:
         self.manager = manager
+        self.payer = Payer(manager, value)
         self.http = http
         self.value = value
         self.paid = 0  # sat paid for requests through this object
@@ -133,18 +92,7 @@ class PaidClient:
     async def pay(self, offer: Offer, amount: int) -> PendingPayment:
         """Sign and store a payment of `amount` through the channel to `offer`'s endpoint
         (opened or resumed as needed), for the caller to carry."""
-        channel = await self._channel(offer)
-        stream = channel.stream
-        assert isinstance(stream, CarriedStream) and isinstance(stream.link, HttpLink), \
-            "the manager dials with http_dialer"
-        link = stream.link
-        expected = link.expect_payment()
-        paying = asyncio.ensure_future(channel.pay(amount))
-        await asyncio.wait({expected, paying}, return_when=asyncio.FIRST_COMPLETED)
-        if not expected.done():  # pay() failed before sending anything
-            expected.cancel()
-            await paying
-        return PendingPayment(channel, link, amount, expected.result(), paying)
+        return await self.payer.pay(offer, amount)
 
     async def offer(self, url: str) -> Offer:
         """The offer of `url`'s API: remembered, else asked for (an unpaid request)."""
@@ -161,7 +109,7 @@ class PaidClient:
                     headers: dict[str, str], offer: Offer) -> PaidResponse:
         payment = await self.pay(offer, offer.price)
         response = await self._send(method, url, data, headers | payment.header)
-        if not await payment.settle(response.headers):
+        if await payment.settle(response.headers) is None:
             log.info("%s answered %s without an ack: the channel will be resumed", url,
                      response.status)  # (settle hung it up: the next lookup resumes it)
             return response
@@ -169,16 +117,7 @@ class PaidClient:
         return PaidResponse(response.status, response.headers, response.body, offer.price)
 
     async def _channel(self, offer: Offer) -> Channel:
-        """The channel to `offer`'s endpoint with room for a payment: the manager's lookup
-        (live, else the stored one resumed, else a new one); one with less than the price
-        left is closed and a new one opened."""
-        value = max(self.value, offer.min_channel_value)
-        found = await self.manager.lookup(offer.endpoint, value, any_value=True)
-        channel = found.channel
-        if channel.remaining < offer.price:
-            await channel.close()
-            channel = await self.manager.open_channel(offer.endpoint, value, new=True)
-        return channel
+        return await self.payer.channel(offer, offer.price)
 
     async def _send(self, method: str, url: str, data: bytes | None,
                     headers: Mapping[str, str]) -> PaidResponse:

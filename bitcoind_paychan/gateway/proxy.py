@@ -1,0 +1,279 @@
+"""The gateway: an aiohttp reverse proxy that sells its upstreams' answers through payment
+channels (docs/paid-http.md says what goes over the wire; docs/config.md, `gateway:`, how a
+route is priced).
+
+    gateway = Gateway(routes, server.policy)  # server: a started ServerManager whose
+    app = gateway.app(server)                  # on_event calls gateway.on_event
+
+A request on a free route is forwarded. On a paid route, one without a `Payment` credential
+gets 402 and the offer; one whose payment does not suffice (see `take_payment`) is refused
+and never forwarded. A payment the manager stored adds to its channel's credit; the request
+holds what it needs of it (its price, or for a price per byte all the credit, at least the
+reserve), is forwarded, and is charged once the answer is known: the rest goes back to the
+credit, and the answer's receipt says both. Not charged: an upstream that cannot be reached
+or times out (502/504), answers 5xx, or breaks off its body.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+from bitcoind_paychan.channel.server import ServerPolicy
+from bitcoind_paychan.gateway.credit import Credit
+from bitcoind_paychan.gateway.routes import Route, route_for, unsafe_path
+from bitcoind_paychan.gateway.upstream import Upstreams, response_headers
+from bitcoind_paychan.transport.paidhttp.server import (
+    Refused,
+    Stored,
+    endpoint,
+    error,
+    take_payment,
+)
+from bitcoind_paychan.transport.paidhttp.sessions import Acceptor, Sessions, session_event
+from bitcoind_paychan.transport.paidhttp.wire import (
+    CHALLENGE_HEADER,
+    MAX_FRAMES_BODY,
+    PAYMENT_HEADER,
+    RECEIPT_HEADER,
+    SCHEME,
+    Offer,
+    challenge,
+    receipt,
+)
+
+log = logging.getLogger(__name__)
+access = logging.getLogger("bitcoind_paychan.gateway.access")  # what was charged for what
+DEFAULT_ENDPOINT = "/paychan"
+CHUNK = 64 * 1024
+
+
+class UpstreamFailed(Exception):
+    """The upstream could not be reached, timed out or broke off (never charged)."""
+
+    def __init__(self, status: int, why: str) -> None:
+        super().__init__(why)
+        self.status = status
+
+
+@dataclass
+class Paid:
+    """A request's stored payment and the credit it holds until it is charged."""
+
+    stored: Stored
+    held: int
+
+
+class Gateway:
+    """Routes requests to upstreams, charging paid routes through channels run by a server
+    manager; the manager's `on_event` must call `on_event`."""
+
+    def __init__(self, routes: Sequence[Route], policy: ServerPolicy,
+                 endpoint_path: str = DEFAULT_ENDPOINT) -> None:
+        for route in routes:
+            if not route.price.free and route.price.needed < policy.min_increment:
+                raise ValueError(f"route {route.path}: a request needs {route.price.needed} "
+                                 f"sat, below the server's minimum increment "
+                                 f"{policy.min_increment}")
+        self.routes = tuple(routes)
+        self.policy = policy
+        self.endpoint_path = endpoint_path
+        self.credit = Credit()
+        self.upstreams = Upstreams()
+        self._sessions: Sessions | None = None
+
+    def app(self, server: Acceptor) -> web.Application:
+        """The aiohttp application, its channels run by `server`."""
+        sessions = self._sessions = Sessions(server)
+        app = web.Application(client_max_size=MAX_FRAMES_BODY)
+        app.router.add_post(self.endpoint_path, lambda request: endpoint(sessions, request))
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        app.on_shutdown.append(lambda _: sessions.close_all())
+        app.on_cleanup.append(lambda _: self.upstreams.close())
+        return app
+
+    @property
+    def sessions(self) -> Sessions:
+        if self._sessions is None:
+            raise RuntimeError("Gateway.app(server) builds the sessions")
+        return self._sessions
+
+    @staticmethod
+    def on_event(event: object) -> None:
+        """The server manager's events: the sessions learn their channels and payments."""
+        session_event(event)
+
+    def offer(self, request: web.Request, route: Route) -> Offer:
+        price = route.price
+        return Offer(price=price.price, unit=price.per, reserve=price.reserve,
+                     quantity=price.quantity,
+                     endpoint=str(request.url.with_path(self.endpoint_path).with_query(None)),
+                     min_channel_value=self.policy.min_channel_size,
+                     open_payment=self.policy.min_payment, versions=self.policy.versions)
+
+    # -- the handler -----------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        why = unsafe_path(request.path)
+        if why is not None:
+            return error(400, f"path {request.path!r}: {why}")
+        route = route_for(self.routes, request.path)
+        if route is None:
+            return error(404, f"no route serves {request.path}")
+        if route.price.free:
+            return await self._free(route, request)
+        header = request.headers.get(PAYMENT_HEADER, "")
+        if not header.strip().lower().startswith(SCHEME.lower()):
+            return self._payment_required(request, route, "payment required")
+        needed = route.price.needed
+        taken = await take_payment(
+            self.sessions, header,
+            lambda channel: max(needed - self.credit.of(channel), self.policy.min_increment))
+        if isinstance(taken, Refused):
+            if taken.status == 402:
+                return self._payment_required(request, route, taken.why)
+            return error(taken.status, taken.why, closed=taken.closed)
+        held = self.credit.hold(taken.channel, taken.amount, needed,
+                                everything=route.price.per == "byte")
+        if held is None:  # another request of this channel took the credit meanwhile
+            answer = self._payment_required(request, route, "the channel's credit was spent "
+                                            "by another request meanwhile: pay again")
+            answer.headers[RECEIPT_HEADER] = self._receipt(taken, 0)
+            return answer
+        return await self._paid(route, request, Paid(taken, held))
+
+    async def _free(self, route: Route, request: web.Request) -> web.StreamResponse:
+        try:
+            upstream = await self._send(route, request)
+        except UpstreamFailed as exc:
+            return error(exc.status, str(exc))
+        async with upstream:
+            answer = web.StreamResponse(status=upstream.status,
+                                        headers=response_headers(upstream.headers))
+            await answer.prepare(request)
+            try:
+                await _copy(upstream, answer)
+            except UpstreamFailed:
+                return answer  # cut short: the client sees the body end early
+            await answer.write_eof()
+        return answer
+
+    async def _paid(self, route: Route, request: web.Request, paid: Paid
+                    ) -> web.StreamResponse:
+        try:
+            upstream = await self._send(route, request)
+        except UpstreamFailed as exc:
+            return self._charged(error(exc.status, str(exc)), route, request, paid, 0)
+        async with upstream:
+            if upstream.status >= 500:
+                body = await _read_some(upstream)
+                answer = web.Response(status=upstream.status, body=body,
+                                      headers=response_headers(upstream.headers))
+                return self._charged(answer, route, request, paid, 0)
+            if route.price.per == "byte":
+                return await self._per_byte(route, request, paid, upstream)
+            return await self._per_request(route, request, paid, upstream)
+
+    async def _per_request(self, route: Route, request: web.Request, paid: Paid,
+                           upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+        """Charged the price with the answer's headers; given back if the body breaks off."""
+        answer = web.StreamResponse(status=upstream.status,
+                                    headers=response_headers(upstream.headers))
+        self._charged(answer, route, request, paid, route.price.price)
+        await answer.prepare(request)
+        try:
+            await _copy(upstream, answer)
+        except UpstreamFailed as exc:
+            self.credit.refund(paid.stored.channel, route.price.price)
+            access.info("refunded %d sat to channel %s: %s %s broke off (%s)",
+                        route.price.price, paid.stored.channel, request.method, request.path,
+                        exc)
+            return answer
+        await answer.write_eof()
+        return answer
+
+    async def _per_byte(self, route: Route, request: web.Request, paid: Paid,
+                        upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+        """The body read whole (at most what the held credit pays for), then charged."""
+        limit = route.price.units_for(paid.held)
+        length = upstream.content_length
+        if length is not None and length > limit:
+            return self._too_large(route, request, paid, length)
+        body = bytearray()
+        try:
+            while chunk := await _chunk(upstream):
+                body += chunk
+                if len(body) > limit:
+                    return self._too_large(route, request, paid, None)
+        except UpstreamFailed as exc:
+            return self._charged(error(exc.status, str(exc)), route, request, paid, 0)
+        answer = web.Response(status=upstream.status, body=bytes(body),
+                              headers=response_headers(upstream.headers))
+        return self._charged(answer, route, request, paid, route.price.cost(len(body)))
+
+    def _too_large(self, route: Route, request: web.Request, paid: Paid,
+                   length: int | None) -> web.StreamResponse:
+        size = f"{length} bytes" if length is not None else "larger"
+        cost = f", costs {route.price.cost(length)} sat" if length is not None else ""
+        answer = self._payment_required(
+            request, route, f"the answer is {size}{cost}: more than the {paid.held} sat of "
+            f"credit held pay for ({route.price.units_for(paid.held)} bytes); pay more")
+        return self._charged(answer, route, request, paid, 0)
+
+    def _charged(self, answer: web.StreamResponse, route: Route, request: web.Request,
+                 paid: Paid, cost: int) -> web.StreamResponse:
+        """Charge `cost` of what `paid` held (the rest back to the credit); the receipt on
+        `answer`; one access-log line."""
+        channel = paid.stored.channel
+        self.credit.refund(channel, paid.held - cost)
+        answer.headers[RECEIPT_HEADER] = self._receipt(paid.stored, cost)
+        access.info("charged %d sat (paid %d, credit %d) for %s %s -> %d via %s, channel %s",
+                    cost, paid.stored.amount, self.credit.of(channel), request.method,
+                    request.path, answer.status, route.path, channel)
+        return answer
+
+    def _receipt(self, stored: Stored, cost: int) -> str:
+        return receipt(stored.ack, cost, self.credit.of(stored.channel))
+
+    async def _send(self, route: Route, request: web.Request) -> aiohttp.ClientResponse:
+        try:
+            return await self.upstreams.send(route, request)
+        except TimeoutError:
+            raise UpstreamFailed(504, f"the upstream of {route.path} did not answer within "
+                                      f"{route.timeout:g} s") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamFailed(502, f"the upstream of {route.path} cannot be reached: "
+                                      f"{exc}") from None
+
+    def _payment_required(self, request: web.Request, route: Route, why: str) -> web.Response:
+        offer = self.offer(request, route)
+        body = json.loads(offer.to_json()) | {"error": why}
+        return web.json_response(body, status=402, headers={
+            CHALLENGE_HEADER: challenge(offer, request.host), "Cache-Control": "no-store"})
+
+
+async def _chunk(upstream: aiohttp.ClientResponse) -> bytes:
+    try:
+        return await upstream.content.read(CHUNK)
+    except TimeoutError:
+        raise UpstreamFailed(504, "the upstream stopped sending its answer") from None
+    except (aiohttp.ClientError, OSError) as exc:
+        raise UpstreamFailed(502, f"the upstream broke off its answer: {exc}") from None
+
+
+async def _copy(upstream: aiohttp.ClientResponse, answer: web.StreamResponse) -> None:
+    while chunk := await _chunk(upstream):
+        await answer.write(chunk)
+
+
+async def _read_some(upstream: aiohttp.ClientResponse, limit: int = CHUNK) -> bytes:
+    """Up to `limit` bytes of an answer not worth more (an upstream's error page)."""
+    try:
+        return await upstream.content.read(limit)
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        return b""
