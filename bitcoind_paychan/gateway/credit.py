@@ -28,10 +28,11 @@ class Credit:
         self._by_channel[channel] = credit - held
         return held
 
-    def refund(self, channel: str, sat: int) -> None:
-        """Give back `sat` a request held and was not charged."""
+    def add(self, channel: str, sat: int) -> None:
+        """Credit `sat`: what a request held and was not charged, or a payment stored
+        outside a request (a resume's proof)."""
         if sat < 0:
-            raise ValueError(f"a refund of {sat} sat: a request is never charged more than "
+            raise ValueError(f"a credit of {sat} sat: a request is never charged more than "
                              "it held")
         if sat:
             self._by_channel[channel] = self.of(channel) + sat

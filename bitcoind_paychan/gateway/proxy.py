@@ -91,7 +91,10 @@ class Gateway:
         """The aiohttp application, its channels run by `server`."""
         sessions = self._sessions = Sessions(server)
         app = web.Application(client_max_size=MAX_FRAMES_BODY)
-        app.router.add_post(self.endpoint_path, lambda request: endpoint(sessions, request))
+        async def channels(request: web.Request) -> web.StreamResponse:
+            return await endpoint(sessions, request, self.credit.add)
+
+        app.router.add_post(self.endpoint_path, channels)
         app.router.add_route("*", "/{tail:.*}", self.handle)
         app.on_shutdown.append(lambda _: sessions.close_all())
         app.on_cleanup.append(lambda _: self.upstreams.close())
@@ -189,7 +192,7 @@ class Gateway:
         try:
             await _copy(upstream, answer)
         except UpstreamFailed as exc:
-            self.credit.refund(paid.stored.channel, route.price.price)
+            self.credit.add(paid.stored.channel, route.price.price)
             access.info("refunded %d sat to channel %s: %s %s broke off (%s)",
                         route.price.price, paid.stored.channel, request.method, request.path,
                         exc)
@@ -230,7 +233,7 @@ class Gateway:
         """Charge `cost` of what `paid` held (the rest back to the credit); the receipt on
         `answer`; one access-log line."""
         channel = paid.stored.channel
-        self.credit.refund(channel, paid.held - cost)
+        self.credit.add(channel, paid.held - cost)
         answer.headers[RECEIPT_HEADER] = self._receipt(paid.stored, cost)
         access.info("charged %d sat (paid %d, credit %d) for %s %s -> %d via %s, channel %s",
                     cost, paid.stored.amount, self.credit.of(channel), request.method,

@@ -85,8 +85,11 @@ async def take_payment(sessions: Sessions, value: str, minimum: Callable[[str], 
     return Stored(session, channel, stored, ack)
 
 
-async def endpoint(sessions: Sessions, request: web.Request) -> web.Response:
-    """POST frames to a session (a new one without Paychan-Session); answer its frames."""
+async def endpoint(sessions: Sessions, request: web.Request,
+                   on_stored: Callable[[str, int], None] | None = None) -> web.Response:
+    """POST frames to a session (a new one without Paychan-Session); answer its frames.
+    A payment stored meanwhile (a resume re-sends the channel's last payment as its proof:
+    one the service never acknowledged is stored then) is told to `on_stored(channel, sat)`."""
     session_id = request.headers.get(SESSION_HEADER)
     session = await sessions.new() if session_id is None else sessions.get(session_id)
     if session is None:
@@ -103,6 +106,8 @@ async def endpoint(sessions: Sessions, request: web.Request) -> web.Response:
             if session.closed:
                 break
             answer += await session.exchange(frame)
+            if session.received and session.channel is not None and on_stored is not None:
+                on_stored(session.channel, session.received)
     headers = {SESSION_HEADER: session.id}
     if session.closed:
         headers[CLOSED_HEADER] = "1"

@@ -1,0 +1,177 @@
+"""The gateway between a real upstream (an aiohttp app started here) and paying clients,
+its channels on the in-process chain (tests/service's `MemSides`: the services' decisions
+are the point, not the node; test_e2e.py runs one on real nodes)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from yarl import URL
+
+from bitcoind_paychan.channel.server import ServerPolicy
+from bitcoind_paychan.gateway import Gateway, Price, Route
+from bitcoind_paychan.gateway.payer import Payer, PendingPayment
+from bitcoind_paychan.service.client import ClientManager
+from bitcoind_paychan.service.server import ServerManager
+from bitcoind_paychan.transport.http import WebServer
+from bitcoind_paychan.transport.paidhttp import Offer
+from bitcoind_paychan.transport.paidhttp.link import http_dialer
+from tests.service.conftest import FAST, Duo, MemSides
+
+PRICE = 100
+OPEN = ServerPolicy().min_payment  # the opening payment: the channel's first credit
+VALUE = 200_000
+
+
+@dataclass
+class Upstream:
+    """A real HTTP service behind the gateway; `seen`: each request it got (path, headers)."""
+
+    url: str
+    seen: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    release: asyncio.Event = field(default_factory=asyncio.Event)  # /api/stall waits on it
+
+
+def upstream_app(upstream: Upstream) -> web.Application:
+    async def hello(request: web.Request) -> web.StreamResponse:
+        upstream.seen.append((request.path_qs, dict(request.headers)))
+        return web.json_response({"path": request.path, "query": dict(request.query)},
+                                 headers={"Payment-Receipt": "forged", "X-Up": "1"})
+
+    async def data(request: web.Request) -> web.StreamResponse:
+        upstream.seen.append((request.path_qs, dict(request.headers)))
+        size = int(request.query.get("n", "1000"))
+        if request.query.get("chunked"):
+            answer = web.StreamResponse()
+            await answer.prepare(request)
+            for start in range(0, size, 4096):
+                await answer.write(b"x" * min(4096, size - start))
+            await answer.write_eof()
+            return answer
+        return web.Response(body=b"x" * size)
+
+    async def fail(request: web.Request) -> web.StreamResponse:
+        upstream.seen.append((request.path_qs, dict(request.headers)))
+        return web.json_response({"error": "upstream is broken"}, status=503)
+
+    async def stall(request: web.Request) -> web.StreamResponse:
+        upstream.seen.append((request.path_qs, dict(request.headers)))
+        await upstream.release.wait()
+        return web.Response(text="late")
+
+    async def cut(request: web.Request) -> web.StreamResponse:
+        """Promises 10,000 bytes, sends 100, hangs up."""
+        upstream.seen.append((request.path_qs, dict(request.headers)))
+        answer = web.StreamResponse(headers={"Content-Length": "10000"})
+        await answer.prepare(request)
+        await answer.write(b"y" * 100)
+        assert request.transport is not None
+        request.transport.close()
+        return answer
+
+    app = web.Application()
+    app.router.add_route("*", "/api/data", data)
+    app.router.add_get("/api/fail", fail)
+    app.router.add_get("/api/stall", stall)
+    app.router.add_get("/api/cut", cut)
+    app.router.add_route("*", "/{tail:.*}", hello)
+    return app
+
+
+# Upstreams relative to the upstream's root: /bytes/api/data → /api/data.
+ROUTES = (
+    Route("/api", "/api", Price("request", PRICE)),
+    Route("/bytes", "", Price("byte", 1, reserve=5_000, quantity=10), timeout=5.0),
+    Route("/free", "/free", Price("free")),
+    Route("/slow", "", Price("request", PRICE), timeout=0.2),
+)
+
+
+@dataclass
+class Bench:
+    """The upstream, the gateway before it, and a paying client."""
+
+    upstream: Upstream
+    url: str  # the gateway's root (no trailing slash)
+    gateway: Gateway
+    manager: ServerManager
+    payer: Payer
+    http: aiohttp.ClientSession
+
+    async def get(self, path: str, headers: dict[str, str] | None = None
+                  ) -> tuple[int, Any, dict[str, str]]:
+        """(status, body: JSON if it is, else bytes, headers) of a GET through the gateway."""
+        url = URL(self.url + path, encoded=True)  # as written: dot segments too
+        async with self.http.get(url, headers=headers) as response:
+            body = await response.read()
+            try:
+                parsed: Any = await response.json(content_type=None)
+            except ValueError:
+                parsed = body
+            return response.status, parsed, dict(response.headers)
+
+    async def offer(self, path: str) -> Offer:
+        status, body, _ = await self.get(path)
+        assert status == 402, body
+        return Offer.from_json(json.dumps(body))
+
+    async def paid(self, path: str, amount: int
+                   ) -> tuple[int, Any, dict[str, str], PendingPayment]:
+        """GET `path` paying `amount` (the payment settled with the answer's receipt)."""
+        payment = await self.payer.pay(await self.offer(path), amount)
+        status, body, headers = await self.get(path, payment.header)
+        await payment.settle(headers)
+        return status, body, headers, payment
+
+
+def routed(routes: Sequence[Route], upstream: str) -> list[Route]:
+    return [Route(r.path, upstream + r.upstream, r.price, r.timeout) for r in routes]
+
+
+@contextlib.asynccontextmanager
+async def bench(sides: Duo, routes: Sequence[Route] = ROUTES) -> AsyncIterator[Bench]:
+    upstream = Upstream("")
+    up_server = WebServer(upstream_app(upstream), "127.0.0.1", 0)
+    host, port = await up_server.start()
+    upstream.url = f"http://{host}:{port}"
+    policy = ServerPolicy()
+    gateway = Gateway(routed(routes, upstream.url), policy)
+
+    def on_event(event: object) -> None:
+        sides.events.append(event)  # type: ignore[arg-type]
+        gateway.on_event(event)
+
+    manager = ServerManager(sides.server_ports(), sides.store("gateway"), policy,
+                            on_event=on_event, poll_interval=sides.poll_interval,
+                            review_interval=0.5, autopilot=FAST)
+    await manager.start()
+    server = WebServer(gateway.app(manager), "127.0.0.1", 0)
+    host, port = await server.start()
+    try:
+        async with (aiohttp.ClientSession() as http,
+                    ClientManager(sides.client_ports(), sides.store("client"),
+                                  dial=http_dialer(http), poll_interval=sides.poll_interval,
+                                  review_interval=0.5, autopilot=FAST) as client):
+            yield Bench(upstream, f"http://{host}:{port}", gateway, manager,
+                        Payer(client, VALUE), http)
+    finally:
+        upstream.release.set()
+        await server.stop()
+        await manager.stop()
+        await up_server.stop()
+
+
+@pytest.fixture
+def sides(tmp_path: Path) -> Iterator[MemSides]:
+    sides = MemSides(tmp_path)
+    yield sides
+    sides.close()

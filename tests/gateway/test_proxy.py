@@ -1,0 +1,177 @@
+"""The gateway's proxy against a real upstream, channels on the in-process chain: what is
+forwarded, what is charged, and every refusal (never forwarded, nothing stored)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from bitcoind_paychan.transport.paidhttp import (
+    CHALLENGE_HEADER,
+    PAYMENT_HEADER,
+    credential,
+    read_receipt,
+)
+from tests.gateway.conftest import OPEN, PRICE, Bench, bench
+from tests.service.conftest import MemSides
+
+Scenario = Callable[[Bench], Awaitable[None]]
+
+
+def run(sides: MemSides, scenario: Scenario) -> None:
+    async def main() -> None:
+        async with bench(sides) as b:
+            await scenario(b)
+    asyncio.run(main())
+
+
+def test_an_unpaid_request_gets_402_and_the_offer_and_is_not_forwarded(
+        sides: MemSides) -> None:
+    async def scenario(b: Bench) -> None:
+        status, body, headers = await b.get("/api/hello?x=1")
+        assert status == 402
+        assert headers[CHALLENGE_HEADER].startswith('Payment id="')
+        assert 'method="paychan", intent="session"' in headers[CHALLENGE_HEADER]
+        assert headers["Cache-Control"] == "no-store"
+        assert (body["price"], body["unit"], body["endpoint"]) == (
+            PRICE, "request", b.url + "/paychan")
+        assert body["error"] == "payment required"
+        status, body, _ = await b.get("/bytes/data")
+        assert (body["unit"], body["reserve"], body["quantity"]) == ("byte", 5_000, 10)
+        status, _, _ = await b.get("/api/x", {PAYMENT_HEADER: "Bearer abc"})
+        assert status == 402  # another scheme is not a payment
+        assert b.upstream.seen == []
+    run(sides, scenario)
+
+
+def test_a_free_route_is_forwarded_and_unrouted_or_dotted_paths_are_not(
+        sides: MemSides) -> None:
+    async def scenario(b: Bench) -> None:
+        status, body, headers = await b.get("/free/health?a=b")
+        assert status == 200 and body == {"path": "/free/health", "query": {"a": "b"}}
+        assert "Payment-Receipt" not in headers  # the upstream's forgery is dropped
+        assert headers["X-Up"] == "1"
+        assert (await b.get("/nowhere"))[0] == 404
+        assert (await b.get("/free/%2e%2e/api/hello"))[0] == 400
+        assert [path for path, _ in b.upstream.seen] == ["/free/health?a=b"]
+    run(sides, scenario)
+
+
+def test_a_paid_request_is_forwarded_without_payment_headers_and_charged_its_price(
+        sides: MemSides) -> None:
+    async def scenario(b: Bench) -> None:
+        status, body, headers, payment = await b.paid("/api/hello?n=1", PRICE)
+        assert status == 200 and body["path"] == "/api/hello"
+        receipt = read_receipt(headers["Payment-Receipt"])
+        assert (receipt.charged, receipt.credit) == (PRICE, OPEN)  # the opening payment's
+        assert payment.paying.done()  # the manager completed the payment with the ack
+        (path, sent), = b.upstream.seen
+        lowered = {k.lower() for k in sent}
+        assert path == "/api/hello?n=1"
+        assert not lowered & {"authorization", "paychan-session", "payment-receipt"}
+        assert sent["X-Forwarded-For"] == "127.0.0.1"
+        status, _, headers, _ = await b.paid("/api/again", PRICE)
+        assert status == 200 and read_receipt(headers["Payment-Receipt"]).charged == PRICE
+    run(sides, scenario)
+    assert [p.amount for p in sides.payments()] == [1_000, PRICE, PRICE]
+
+
+def test_a_replayed_underpaid_foreign_or_malformed_payment_is_never_forwarded(
+        sides: MemSides) -> None:
+    async def scenario(b: Bench) -> None:
+        status, _, headers, first = await b.paid("/api/one", PRICE)
+        assert status == 200
+        replayed = first.header
+        status, body, headers = await b.get("/api/two", replayed)
+        assert status == 402 and "not new (replayed or old)" in body["error"]
+        assert "Payment-Receipt" not in headers
+        under = await b.payer.pay(await b.offer("/bytes/data"), 3_000)
+        status, body, headers = await b.get("/bytes/data", under.header)
+        assert status == 402 and body["error"] == (  # the credit (OPEN) and 3,000 < 5,000
+            f"underpaid: the payment adds 3000 sat, the request needs {5_000 - OPEN}")
+        assert await under.settle(headers) is None  # no receipt: hung up, resumed later
+        foreign = await b.payer.pay(await b.offer("/api/x"), PRICE)
+        status, body, _ = await b.get("/api/four", {
+            PAYMENT_HEADER: credential("not-a-session", foreign.frame)})
+        assert status == 402 and "no open channel in that session" in body["error"]
+        await foreign.abandon()
+        status, body, _ = await b.get("/api/five", {PAYMENT_HEADER: "Payment !!"})
+        assert status == 400 and "base64url" in body["error"]
+        assert [path for path, _ in b.upstream.seen] == ["/api/one"]
+        # Each refused payment the client signed is stored as a resume's proof: credit, not
+        # lost (3,000 as `foreign` was signed, PRICE as the next one is).
+        status, _, headers, _ = await b.paid("/api/six", 1)
+        receipt = read_receipt(headers["Payment-Receipt"])
+        assert (status, receipt.charged) == (200, PRICE)
+        assert receipt.credit == OPEN + 3_000 + PRICE + 1 - PRICE
+        assert [path for path, _ in b.upstream.seen] == ["/api/one", "/api/six"]
+    run(sides, scenario)
+    assert [p.amount for p in sides.payments()] == [OPEN, PRICE, 3_000, PRICE, 1]
+
+
+def test_an_upstream_failure_is_not_charged_and_the_payment_stays_credit(
+        sides: MemSides) -> None:
+    async def scenario(b: Bench) -> None:
+        status, body, headers, _ = await b.paid("/api/fail", PRICE)
+        assert status == 503 and body == {"error": "upstream is broken"}
+        receipt = read_receipt(headers["Payment-Receipt"])
+        assert (receipt.charged, receipt.credit) == (0, OPEN + PRICE)
+        # The credit pays the next request: it adds the minimum increment only.
+        status, _, headers, _ = await b.paid("/api/hello", 1)
+        receipt = read_receipt(headers["Payment-Receipt"])
+        assert status == 200 and (receipt.charged, receipt.credit) == (PRICE, OPEN + 1)
+        status, body, headers, _ = await b.paid("/slow/api/stall", 1)
+        assert status == 504 and "did not answer within 0.2 s" in body["error"]
+        receipt = read_receipt(headers["Payment-Receipt"])
+        assert (receipt.charged, receipt.credit) == (0, OPEN + 2)
+        status, body, headers, _ = await b.paid("/api/cut", 1)
+        receipt = read_receipt(headers["Payment-Receipt"])  # charged with the headers...
+        assert (receipt.charged, receipt.credit) == (PRICE, OPEN + 3 - PRICE)
+        assert len(body) < 10_000  # ...but the body broke off
+        status, _, headers, _ = await b.paid("/api/hello", 1)
+        receipt = read_receipt(headers["Payment-Receipt"])  # so it was given back
+        assert (receipt.charged, receipt.credit) == (PRICE, OPEN + 4 - PRICE)
+    run(sides, scenario)
+
+
+def test_an_unreachable_upstream_is_a_502_not_charged(sides: MemSides) -> None:
+    async def scenario(b: Bench) -> None:
+        await b.gateway.upstreams.close()
+        b.gateway.routes = tuple(r if r.path != "/api" else type(r)(
+            r.path, "http://127.0.0.1:9/api", r.price) for r in b.gateway.routes)
+        status, body, headers, _ = await b.paid("/api/hello", PRICE)
+        assert status == 502 and "cannot be reached" in body["error"]
+        assert read_receipt(headers["Payment-Receipt"]).charged == 0
+    run(sides, scenario)
+
+
+def test_per_byte_is_charged_after_the_work_and_the_rest_is_credit(sides: MemSides) -> None:
+    async def scenario(b: Bench) -> None:
+        status, body, headers, _ = await b.paid("/bytes/api/data?n=1234", 5_000)
+        assert status == 200 and body == b"x" * 1234
+        receipt = read_receipt(headers["Payment-Receipt"])
+        held = OPEN + 5_000  # all the credit
+        assert (receipt.charged, receipt.credit) == (124, held - 124)  # 1 sat / 10 bytes
+        status, body, headers, _ = await b.paid("/bytes/api/data?n=2000&chunked=1", 1)
+        receipt = read_receipt(headers["Payment-Receipt"])
+        assert status == 200 and len(body) == 2000
+        assert (receipt.charged, receipt.credit) == (200, held - 124 + 1 - 200)
+    run(sides, scenario)
+
+
+def test_per_byte_an_answer_larger_than_the_credit_pays_for_is_not_served(
+        sides: MemSides) -> None:
+    async def scenario(b: Bench) -> None:
+        status, body, headers, _ = await b.paid("/bytes/api/data?n=70000", 5_000)
+        assert status == 402  # 7,000 sat's worth; OPEN + 5,000 held
+        assert body["error"].startswith("the answer is 70000 bytes, costs 7000 sat: more "
+                                        f"than the {OPEN + 5_000} sat of credit held pay for")
+        assert read_receipt(headers["Payment-Receipt"]).charged == 0
+        status, body, headers, _ = await b.paid("/bytes/api/data?n=70000&chunked=1", 1)
+        assert status == 402 and body["error"].startswith("the answer is larger")
+        assert read_receipt(headers["Payment-Receipt"]).charged == 0
+        status, body, headers, _ = await b.paid("/bytes/api/data?n=70000", 1_000)
+        assert status == 200 and len(body) == 70_000
+        receipt = read_receipt(headers["Payment-Receipt"])
+        assert (receipt.charged, receipt.credit) == (7_000, OPEN + 6_001 - 7_000)
+    run(sides, scenario)
