@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from bitcoind_paychan.channel.fees import FeePolicy
 from bitcoind_paychan.channel.watch import WatchPolicy
+from bitcoind_paychan.daemon.config.gateway import read_gateway
 from bitcoind_paychan.daemon.config.keys import TOP_LEVEL
 from bitcoind_paychan.daemon.config.reader import Problem, Reader
 from bitcoind_paychan.daemon.config.roles import read_client, read_server
@@ -122,6 +123,7 @@ def config_from_dict(data: Mapping[str, Any], source: Path | None = None, *,
         control=section("control", lambda d: read_control(r, d, network)),
         metrics=section("metrics", lambda d: read_metrics(r, d)),
         cluster=section("cluster", lambda d: read_cluster(r, d)),
+        gateway=section("gateway", lambda d: read_gateway(r, d)),
         source=source,
     )
     r.raise_errors()  # the cross checks compare values that must be valid first

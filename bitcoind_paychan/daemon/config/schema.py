@@ -17,6 +17,7 @@ from bitcoind_paychan.channel.server import ServerPolicy
 from bitcoind_paychan.channel.watch import WatchPolicy
 from bitcoind_paychan.daemon.config.values import label
 from bitcoind_paychan.errors import ConfigError
+from bitcoind_paychan.gateway.routes import Route
 from bitcoind_paychan.node.config import NodeConfig
 from bitcoind_paychan.store import ChannelStore, SessionTimeouts, open_store
 from bitcoind_paychan.store.leases import ClusterPolicy
@@ -139,6 +140,17 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class GatewayConfig:
+    """`paychan gateway`: the reverse proxy selling `routes` (each a path prefix, an upstream
+    and a price rule), its channel endpoint at `endpoint` on `listen`."""
+
+    enabled: bool
+    listen: str
+    endpoint: str
+    routes: tuple[Route, ...]
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; `source` is the file it came from (None: defaults only)."""
 
@@ -153,6 +165,8 @@ class Config:
     control: ControlConfig
     metrics: MetricsConfig
     cluster: ClusterPolicy = field(default_factory=ClusterPolicy)  # instances sharing a store
+    gateway: GatewayConfig = field(default_factory=lambda: GatewayConfig(
+        False, "127.0.0.1:8402", "/paychan", ()))
     source: Path | None = None
 
     def node_config(self) -> NodeConfig:
