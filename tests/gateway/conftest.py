@@ -93,6 +93,7 @@ ROUTES = (
     Route("/bytes", "", Price("byte", 1, reserve=5_000, quantity=10), timeout=5.0),
     Route("/free", "/free", Price("free")),
     Route("/slow", "", Price("request", PRICE), timeout=0.2),
+    Route("/held", "", Price("request", PRICE)),  # /held/api/stall: until `release`
 )
 
 

@@ -175,3 +175,27 @@ def test_per_byte_an_answer_larger_than_the_credit_pays_for_is_not_served(
         receipt = read_receipt(headers["Payment-Receipt"])
         assert (receipt.charged, receipt.credit) == (7_000, OPEN + 6_001 - 7_000)
     run(sides, scenario)
+
+
+def test_a_request_in_flight_holds_its_price_and_the_credit_adds_up(sides: MemSides) -> None:
+    """A request held by its upstream (an event, not a timer) holds its price out of the
+    channel's credit; in the end the credit is exactly what was stored less what was
+    charged."""
+    async def scenario(b: Bench) -> None:
+        offer = await b.offer("/api/x")
+        first = await b.payer.pay(offer, 1)
+        stalled = asyncio.ensure_future(b.get("/held/api/stall", first.header))
+        while not b.upstream.seen:  # the upstream has it: its credit is held
+            await asyncio.sleep(0)
+        # The stalled request's payment is stored but its ack not yet handed back: the
+        # client's channel waits for it, so the next payment goes once it is settled.
+        assert b.gateway.credit.of(first.channel.contract_txid) == OPEN + 1 - PRICE
+        b.upstream.release.set()
+        status, _, headers = await stalled
+        assert status == 200 and (await first.settle(headers)) is not None
+        status, _, headers, _ = await b.paid("/api/y", 1)
+        receipt = read_receipt(headers["Payment-Receipt"])
+        assert (status, receipt.charged) == (200, PRICE)
+        stored = sum(p.amount for p in sides.payments())
+        assert receipt.credit == stored - 2 * PRICE == OPEN + 2 - 2 * PRICE
+    run(sides, scenario)
