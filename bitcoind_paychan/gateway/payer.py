@@ -93,6 +93,13 @@ class Payer:
             await paying
         return PendingPayment(channel, link, amount, expected.result(), paying)
 
+    async def top_up(self, offer: Offer, amount: int) -> None:
+        """Pay `amount` outside a request: POSTed to the channel endpoint in the channel's
+        session, it adds to the channel's credit there (a metered stream waiting for it goes
+        on). Returns once the service acknowledged it."""
+        channel = await self.channel(offer, amount)
+        await channel.pay(amount)
+
     async def channel(self, offer: Offer, amount: int = 0) -> Channel:
         """The channel to `offer`'s endpoint with room for `amount`: the manager's lookup
         (live, else the stored one resumed, else a new one); one with less left is closed and

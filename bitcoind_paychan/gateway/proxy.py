@@ -25,6 +25,7 @@ import aiohttp
 from aiohttp import web
 
 from bitcoind_paychan.channel.server import ServerPolicy
+from bitcoind_paychan.gateway import metered
 from bitcoind_paychan.gateway.credit import Credit
 from bitcoind_paychan.gateway.routes import Route, route_for, unsafe_path
 from bitcoind_paychan.gateway.upstream import Upstreams, response_headers
@@ -202,7 +203,10 @@ class Gateway:
 
     async def _per_byte(self, route: Route, request: web.Request, paid: Paid,
                         upstream: aiohttp.ClientResponse) -> web.StreamResponse:
-        """The body read whole (at most what the held credit pays for), then charged."""
+        """The body read whole (at most what the held credit pays for), then charged; one of
+        unknown length (chunked, SSE) is a metered stream."""
+        if upstream.content_length is None or metered.is_sse(upstream):
+            return await self._metered(route, request, paid, upstream)
         limit = route.price.units_for(paid.held)
         length = upstream.content_length
         if length is not None and length > limit:
@@ -218,6 +222,33 @@ class Gateway:
         answer = web.Response(status=upstream.status, body=bytes(body),
                               headers=response_headers(upstream.headers))
         return self._charged(answer, route, request, paid, route.price.cost(len(body)))
+
+    async def _metered(self, route: Route, request: web.Request, paid: Paid,
+                       upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+        """Paid as it is sent (metered.py); charged at its end (the receipt, sent with the
+        headers, says 0 so far: the next one shows the credit left)."""
+        channel = paid.stored.channel
+        meter = metered.Meter(route, self.credit, channel, paid.held)
+        answer = web.StreamResponse(status=upstream.status,
+                                    headers=response_headers(upstream.headers))
+        answer.headers[RECEIPT_HEADER] = self._receipt(paid.stored, 0)
+        whole, why = False, "the client went away"
+        try:
+            await answer.prepare(request)
+            whole = await metered.stream(answer, upstream, meter,
+                                         self.offer(request, route).to_json(), _chunk)
+            why = "complete" if whole else "the client did not pay in time"
+        except UpstreamFailed as exc:
+            why = str(exc)
+        finally:
+            cost = meter.settle()
+            access.info("charged %d sat (paid %d, credit %d) for %s %s -> %d via %s, channel "
+                        "%s: a stream of %d bytes, %s", cost, paid.stored.amount,
+                        self.credit.of(channel), request.method, request.path, answer.status,
+                        route.path, channel, meter.sent, why)
+        if whole:
+            await answer.write_eof()
+        return answer
 
     def _too_large(self, route: Route, request: web.Request, paid: Paid,
                    length: int | None) -> web.StreamResponse:

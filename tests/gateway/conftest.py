@@ -28,6 +28,7 @@ from bitcoind_paychan.transport.paidhttp.link import http_dialer
 from tests.service.conftest import FAST, Duo, MemSides
 
 PRICE = 100
+EVENT_SIZE = 58  # bytes of each event of /api/events
 OPEN = ServerPolicy().min_payment  # the opening payment: the channel's first credit
 VALUE = 200_000
 
@@ -59,6 +60,16 @@ def upstream_app(upstream: Upstream) -> web.Application:
             return answer
         return web.Response(body=b"x" * size)
 
+    async def events(request: web.Request) -> web.StreamResponse:
+        """`n` Server-Sent Events of EVENT_SIZE bytes each."""
+        upstream.seen.append((request.path_qs, dict(request.headers)))
+        answer = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await answer.prepare(request)
+        for n in range(int(request.query["n"])):
+            await answer.write(b"data: %06d" % n + b"." * (EVENT_SIZE - 14) + b"\n\n")
+        await answer.write_eof()
+        return answer
+
     async def fail(request: web.Request) -> web.StreamResponse:
         upstream.seen.append((request.path_qs, dict(request.headers)))
         return web.json_response({"error": "upstream is broken"}, status=503)
@@ -81,6 +92,7 @@ def upstream_app(upstream: Upstream) -> web.Application:
     app = web.Application()
     app.router.add_route("*", "/api/data", data)
     app.router.add_get("/api/fail", fail)
+    app.router.add_get("/api/events", events)
     app.router.add_get("/api/stall", stall)
     app.router.add_get("/api/cut", cut)
     app.router.add_route("*", "/{tail:.*}", hello)
@@ -94,6 +106,8 @@ ROUTES = (
     Route("/free", "/free", Price("free")),
     Route("/slow", "", Price("request", PRICE), timeout=0.2),
     Route("/held", "", Price("request", PRICE)),  # /held/api/stall: until `release`
+    Route("/meter", "", Price("byte", 1, reserve=5_000, quantity=10)),  # streams: top up
+    Route("/short", "", Price("byte", 1, reserve=5_000, quantity=10), timeout=0.3),
 )
 
 

@@ -1,0 +1,118 @@
+"""Metered streams: a per-byte answer of unknown length (chunked, or Server-Sent Events) paid
+as it is consumed, within a credit window.
+
+The request holds its channel's credit (at least the route's reserve) when it starts; each
+part of the answer is paid out of it before it is written, then out of the channel's credit
+as it grows. When nothing is left the gateway stops reading the upstream (its connection's
+flow control pauses the upstream, nothing is dropped) and waits for the client to top up:
+a payment POSTed to the channel endpoint in the same session. An SSE client is told with an
+event `payment-required` (its data: the offer, the credit, and the sat the next event needs);
+an SSE answer is only ever cut between events. Waiting longer than the route's timeout ends
+the stream. At the end the stream is charged what it sent and the rest goes back to credit.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+from bitcoind_paychan.gateway.credit import Credit
+from bitcoind_paychan.gateway.routes import Route
+
+SSE_TYPE = "text/event-stream"
+PAYMENT_EVENT = "payment-required"
+EVENT_END = b"\n\n"
+Read = Callable[[aiohttp.ClientResponse], Awaitable[bytes]]
+
+
+@dataclass
+class Meter:
+    """One stream's account: sat drawn (held, then taken from the credit) and bytes sent."""
+
+    route: Route
+    credit: Credit
+    channel: str
+    drawn: int
+    sent: int = 0
+
+    @property
+    def room(self) -> int:
+        """Bytes that what was drawn still pays for."""
+        return self.route.price.units_for(self.drawn) - self.sent
+
+    def draw(self, size: int) -> None:
+        """Take from the credit what sending `size` more bytes lacks (as much as there is)."""
+        lacking = self.route.price.cost(self.sent + size) - self.drawn
+        if lacking > 0:
+            self.drawn += self.credit.take(self.channel, lacking)
+
+    def settle(self) -> int:
+        """The stream's cost (what it sent); the rest of what it drew goes back."""
+        cost = self.route.price.cost(self.sent)
+        self.credit.add(self.channel, self.drawn - cost)
+        return cost
+
+
+def is_sse(upstream: aiohttp.ClientResponse) -> bool:
+    return upstream.headers.get("Content-Type", "").lower().startswith(SSE_TYPE)
+
+
+async def stream(answer: web.StreamResponse, upstream: aiohttp.ClientResponse, meter: Meter,
+                 offer: str, read: Read) -> bool:
+    """Copy `upstream` to the prepared `answer`, each part paid before it is written; False
+    if the client did not top up in time (the stream was ended short)."""
+    sse = is_sse(upstream)
+    pending = b""
+    ended = False
+    while pending or not ended:
+        if not ended and (not pending or (sse and EVENT_END not in pending)):
+            chunk = await read(upstream)
+            ended = not chunk
+            pending += chunk
+            continue
+        size = _next_part(pending, meter.room, sse, ended)
+        if size == 0:
+            whole = _first_part(pending, sse)
+            meter.draw(whole)
+            if _next_part(pending, meter.room, sse, ended):
+                continue
+            if sse:
+                await answer.write(_payment_event(offer, meter, whole))
+            if not await meter.credit.wait(meter.channel, meter.route.timeout):
+                return False
+            continue
+        await answer.write(pending[:size])
+        meter.sent += size
+        pending = pending[size:]
+    return True
+
+
+def _next_part(pending: bytes, room: int, sse: bool, ended: bool) -> int:
+    """How many bytes of `pending` to write within `room`: all that fits, or for SSE the
+    whole events that fit (the rest once the upstream has ended)."""
+    if room <= 0 or not pending:
+        return 0
+    if not sse:
+        return min(room, len(pending))
+    cut = pending.rfind(EVENT_END, 0, room)
+    if cut >= 0:
+        return cut + len(EVENT_END)
+    return len(pending) if ended and len(pending) <= room else 0
+
+
+def _first_part(pending: bytes, sse: bool) -> int:
+    """The least that can be written next: the first event for SSE, else everything."""
+    cut = pending.find(EVENT_END) if sse else -1
+    return cut + len(EVENT_END) if cut >= 0 else len(pending)
+
+
+def _payment_event(offer: str, meter: Meter, size: int) -> bytes:
+    lacking = meter.route.price.cost(meter.sent + size) - meter.drawn
+    data = json.loads(offer) | {"error": "the stream's credit is spent: pay to go on",
+                                "credit": meter.credit.of(meter.channel), "needed": lacking}
+    return f"event: {PAYMENT_EVENT}\ndata: {json.dumps(data)}\n\n".encode()
+
