@@ -57,7 +57,7 @@ def test_an_sse_client_is_asked_to_pay_between_whole_events(sides: MemSides) -> 
     async def main() -> None:
         async with bench(sides) as b:
             count = 2_000  # 116,000 bytes: 11,600 sat
-            response, channel = await open_stream(b, f"/meter/api/events?n={count}", 5_000)
+            response, _ = await open_stream(b, f"/meter/api/events?n={count}", 5_000)
             held = OPEN + 5_000
             paid_for = held * 10 // EVENT_SIZE  # whole events only
             events: list[bytes] = []
