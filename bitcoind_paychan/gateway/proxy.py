@@ -68,6 +68,7 @@ class Paid:
 
     stored: Stored
     held: int
+    settled: bool = False  # charged (or handed to a meter): what it held is accounted for
 
 
 class Gateway:
@@ -149,7 +150,20 @@ class Gateway:
                                             "by another request meanwhile: pay again")
             answer.headers[RECEIPT_HEADER] = self._receipt(taken, 0)
             return answer
-        return await self._paid(route, request, Paid(taken, held))
+        paid = Paid(taken, held)
+        try:
+            return await self._paid(route, request, paid)
+        except Exception:
+            if paid.settled:
+                raise
+            log.exception("serving %s %s failed", request.method, request.path)
+            return self._charged(error(500, "the gateway failed to serve the request; it was "
+                                            "not charged"), route, request, paid, 0)
+        except BaseException:  # cancelled (the gateway stops): the credit held goes back
+            if not paid.settled:
+                paid.settled = True
+                self.credit.add(taken.channel, held)
+            raise
 
     async def _free(self, route: Route, request: web.Request) -> web.StreamResponse:
         try:
@@ -229,6 +243,7 @@ class Gateway:
         headers, says 0 so far: the next one shows the credit left)."""
         channel = paid.stored.channel
         meter = metered.Meter(route, self.credit, channel, paid.held)
+        paid.settled = True  # the meter accounts for what it held
         answer = web.StreamResponse(status=upstream.status,
                                     headers=response_headers(upstream.headers))
         answer.headers[RECEIPT_HEADER] = self._receipt(paid.stored, 0)
@@ -264,6 +279,8 @@ class Gateway:
         """Charge `cost` of what `paid` held (the rest back to the credit); the receipt on
         `answer`; one access-log line."""
         channel = paid.stored.channel
+        assert not paid.settled, "a request is charged once"
+        paid.settled = True
         self.credit.add(channel, paid.held - cost)
         answer.headers[RECEIPT_HEADER] = self._receipt(paid.stored, cost)
         access.info("charged %d sat (paid %d, credit %d) for %s %s -> %d via %s, channel %s",

@@ -23,6 +23,7 @@ from bitcoind_paychan.gateway.payer import Payer, PendingPayment
 from bitcoind_paychan.service.client import ClientManager
 from bitcoind_paychan.service.server import ServerManager
 from bitcoind_paychan.transport.http import WebServer
+from bitcoind_paychan.transport.limits import PeerLimits
 from bitcoind_paychan.transport.paidhttp import Offer
 from bitcoind_paychan.transport.paidhttp.link import http_dialer
 from tests.service.conftest import FAST, Duo, MemSides
@@ -153,7 +154,8 @@ def routed(routes: Sequence[Route], upstream: str) -> list[Route]:
 
 
 @contextlib.asynccontextmanager
-async def bench(sides: Duo, routes: Sequence[Route] = ROUTES) -> AsyncIterator[Bench]:
+async def bench(sides: Duo, routes: Sequence[Route] = ROUTES,
+                limits: PeerLimits | None = None) -> AsyncIterator[Bench]:
     upstream = Upstream("")
     up_server = WebServer(upstream_app(upstream), "127.0.0.1", 0)
     host, port = await up_server.start()
@@ -167,7 +169,7 @@ async def bench(sides: Duo, routes: Sequence[Route] = ROUTES) -> AsyncIterator[B
 
     manager = ServerManager(sides.server_ports(), sides.store("gateway"), policy,
                             on_event=on_event, poll_interval=sides.poll_interval,
-                            review_interval=0.5, autopilot=FAST)
+                            review_interval=0.5, autopilot=FAST, limits=limits)
     await manager.start()
     server = WebServer(gateway.app(manager), "127.0.0.1", 0)
     host, port = await server.start()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+from bitcoind_paychan.transport.limits import PeerLimits
 from bitcoind_paychan.transport.paidhttp import (
     CHALLENGE_HEADER,
     PAYMENT_HEADER,
@@ -204,3 +205,22 @@ def test_a_request_in_flight_holds_its_price_and_the_credit_adds_up(sides: MemSi
         stored = sum(p.amount for p in sides.payments())
         assert receipt.credit == stored - 2 * PRICE == OPEN + 2 - 2 * PRICE
     run(sides, scenario)
+
+
+def test_an_address_may_hold_only_so_many_sessions_without_a_channel(sides: MemSides) -> None:
+    async def main() -> None:
+        async with bench(sides, limits=PeerLimits(max_handshakes_per_ip=2)) as b:
+            endpoint = b.url + "/paychan"
+
+            async def new_session() -> int:
+                async with b.http.post(endpoint, data=b"") as response:
+                    return response.status
+
+            assert await new_session() == 200  # one slot taken (no channel yet)
+            status, _, _, _ = await b.paid("/api/x", 1)  # opens its channel: slot given back
+            assert status == 200
+            assert await new_session() == 200
+            async with b.http.post(endpoint, data=b"") as response:
+                assert response.status == 429
+                assert "too many sessions from your address" in (await response.json())["error"]
+    asyncio.run(main())

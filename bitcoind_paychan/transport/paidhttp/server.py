@@ -91,7 +91,13 @@ async def endpoint(sessions: Sessions, request: web.Request,
     A payment stored meanwhile (a resume re-sends the channel's last payment as its proof:
     one the service never acknowledged is stored then) is told to `on_stored(channel, sat)`."""
     session_id = request.headers.get(SESSION_HEADER)
-    session = await sessions.new() if session_id is None else sessions.get(session_id)
+    if session_id is None:
+        session = await sessions.admit(request.remote)
+        if session is None:
+            return error(429, "too many sessions from your address (a minute, or without a "
+                              "channel at once): retry later")
+    else:
+        session = sessions.get(session_id)
     if session is None:
         return error(410, "no such session (it ended, or expired before opening a channel): "
                           "POST without Paychan-Session to start a new one")

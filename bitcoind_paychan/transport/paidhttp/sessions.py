@@ -19,6 +19,7 @@ from typing import Protocol
 
 from bitcoind_paychan.channel.effects import ChannelOpened, PaymentReceived
 from bitcoind_paychan.transport.base import Link
+from bitcoind_paychan.transport.limits import Admission, PeerGate
 
 
 class CarriedConnection(Protocol):
@@ -35,6 +36,9 @@ class Acceptor(Protocol):
     @property
     def handshake_timeout(self) -> float: ...
 
+    @property
+    def gate(self) -> PeerGate: ...  # per-address limits: new sessions pass it
+
     def accept(self, link: Link, peer: str) -> CarriedConnection: ...
 
 
@@ -47,7 +51,8 @@ class Session:
     """One connection of the server manager, addressed by an unguessable id (the contract
     txid is public on chain; this is known only to the client that opened the session)."""
 
-    def __init__(self, server: Acceptor, on_closed: Callable[[Session], None]) -> None:
+    def __init__(self, server: Acceptor, on_closed: Callable[[Session], None],
+                 admission: Admission | None = None) -> None:
         self.id = secrets.token_urlsafe(16)
         self.lock = asyncio.Lock()
         self.closed = False
@@ -57,6 +62,7 @@ class Session:
         self.used = time.monotonic()
         self._outbox: list[bytes] = []
         self._on_closed = on_closed
+        self._admission = admission  # its address's handshake slot, until a channel opens
         self.connection: CarriedConnection = server.accept(self, f"http session {self.id[:8]}")
 
     async def send_frames(self, frames: Sequence[bytes]) -> None:
@@ -67,11 +73,18 @@ class Session:
         """The manager hung up (refused, settled, or the channel moved to a newer session)."""
         if not self.closed:
             self.closed = True
+            self._release()
             self._on_closed(self)
 
     def opened(self, contract_txid: str, change: int) -> None:
         """The manager opened (or resumed) channel `contract_txid` in this session."""
         self.channel, self.change = contract_txid, change
+        self._release()
+
+    def _release(self) -> None:
+        if self._admission is not None:
+            self._admission.release()
+            self._admission = None
 
     async def exchange(self, frame: bytes) -> list[bytes]:
         """Hand the manager `frame` (the caller holds `lock`); what it sent back. `received`
@@ -115,9 +128,18 @@ class Sessions:
         self.idle_timeout = idle_timeout
         self._by_id: dict[str, Session] = {}
 
-    async def new(self) -> Session:
+    async def admit(self, peer: str | None) -> Session | None:
+        """A new session for a client at `peer`, or None if the server's gate refuses that
+        address (too many sessions a minute, or too many without a channel yet)."""
+        admission = self.server.gate.admit(peer) if peer else None
+        if peer and admission is None:
+            return None
+        return await self.new(admission)
+
+    async def new(self, admission: Admission | None = None) -> Session:
+        """A new session (holding its address's `admission` until its channel opens)."""
         await self._expire()
-        session = Session(self.server, self._forget)
+        session = Session(self.server, self._forget, admission)
         self._by_id[session.id] = session
         return session
 
