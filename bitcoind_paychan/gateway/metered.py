@@ -1,5 +1,5 @@
-"""Metered streams: a per-byte answer of unknown length (chunked, or Server-Sent Events) paid
-as it is consumed, within a credit window.
+"""Metered streams: an answer priced per second, or per byte and of unknown length (chunked,
+or Server-Sent Events), paid as it is consumed, within a credit window.
 
 The request holds its channel's credit (at least the route's reserve) when it starts; each
 part of the answer is paid out of it before it is written, then out of the channel's credit
@@ -14,8 +14,10 @@ the stream. At the end the stream is charged what it sent and the rest goes back
 from __future__ import annotations
 
 import json
+import sys
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
@@ -31,28 +33,57 @@ Read = Callable[[aiohttp.ClientResponse], Awaitable[bytes]]
 
 @dataclass
 class Meter:
-    """One stream's account: sat drawn (held, then taken from the credit) and bytes sent."""
+    """One stream's account: sat drawn (held, then taken from the credit), bytes sent, and
+    for a price per second the time it has streamed (`clock`'s seconds since it began, less
+    the pauses waiting for payment; the second under way is paid at its start)."""
 
     route: Route
     credit: Credit
     channel: str
     drawn: int
+    clock: Callable[[], float] = time.monotonic
     sent: int = 0
+    paused: float = 0.0
+    started: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.started = self.clock()
+
+    @property
+    def timed(self) -> bool:
+        return self.route.price.per == "second"
+
+    def used(self, size: int) -> int:
+        """Units (bytes, or seconds) used once `size` more bytes are sent."""
+        if self.timed:
+            return int(self.clock() - self.started - self.paused) + 1
+        return self.sent + size
 
     @property
     def room(self) -> int:
-        """Bytes that what was drawn still pays for."""
-        return self.route.price.units_for(self.drawn) - self.sent
+        """Bytes that what was drawn pays for now (per second: any, while the time used is
+        paid for)."""
+        covered = self.route.price.units_for(self.drawn)
+        if self.timed:
+            return sys.maxsize if self.used(0) <= covered else 0
+        return covered - self.sent
 
     def draw(self, size: int) -> None:
         """Take from the credit what sending `size` more bytes lacks (as much as there is)."""
-        lacking = self.route.price.cost(self.sent + size) - self.drawn
+        lacking = self.lacking(size)
         if lacking > 0:
             self.drawn += self.credit.take(self.channel, lacking)
 
+    def lacking(self, size: int) -> int:
+        return self.route.price.cost(self.used(size)) - self.drawn
+
     def settle(self) -> int:
-        """The stream's cost (what it sent); the rest of what it drew goes back."""
-        cost = self.route.price.cost(self.sent)
+        """The stream's cost (what it sent, or the time it streamed: never more than it
+        drew); the rest of what it drew goes back."""
+        if self.timed:
+            self.draw(0)  # the time it streamed since its last part, as far as credit goes
+        cost = min(self.route.price.cost(self.used(0) if self.timed else self.sent),
+                   self.drawn)
         self.credit.add(self.channel, self.drawn - cost)
         return cost
 
@@ -82,7 +113,10 @@ async def stream(answer: web.StreamResponse, upstream: aiohttp.ClientResponse, m
                 continue
             if sse:
                 await answer.write(_payment_event(offer, meter, whole))
-            if not await meter.credit.wait(meter.channel, meter.route.timeout):
+            began = meter.clock()
+            topped_up = await meter.credit.wait(meter.channel, meter.route.timeout)
+            meter.paused += meter.clock() - began  # not charged: the upstream was paused
+            if not topped_up:
                 return False
             continue
         await answer.write(pending[:size])
@@ -111,7 +145,7 @@ def _first_part(pending: bytes, sse: bool) -> int:
 
 
 def _payment_event(offer: str, meter: Meter, size: int) -> bytes:
-    lacking = meter.route.price.cost(meter.sent + size) - meter.drawn
+    lacking = meter.lacking(size)
     data = json.loads(offer) | {"error": "the stream's credit is spent: pay to go on",
                                 "credit": meter.credit.of(meter.channel), "needed": lacking}
     return f"event: {PAYMENT_EVENT}\ndata: {json.dumps(data)}\n\n".encode()

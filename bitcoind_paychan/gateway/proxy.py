@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -76,7 +77,8 @@ class Gateway:
     manager; the manager's `on_event` must call `on_event`."""
 
     def __init__(self, routes: Sequence[Route], policy: ServerPolicy,
-                 endpoint_path: str = DEFAULT_ENDPOINT) -> None:
+                 endpoint_path: str = DEFAULT_ENDPOINT,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         for route in routes:
             if not route.price.free and route.price.needed < policy.min_increment:
                 raise ValueError(f"route {route.path}: a request needs {route.price.needed} "
@@ -85,6 +87,7 @@ class Gateway:
         self.routes = tuple(routes)
         self.policy = policy
         self.endpoint_path = endpoint_path
+        self.clock = clock  # a stream priced per second is timed by it
         self.credit = Credit()
         self.upstreams = Upstreams()
         self._sessions: Sessions | None = None
@@ -144,7 +147,7 @@ class Gateway:
                 return self._payment_required(request, route, taken.why)
             return error(taken.status, taken.why, closed=taken.closed)
         held = self.credit.hold(taken.channel, taken.amount, needed,
-                                everything=route.price.per == "byte")
+                                everything=route.price.per in ("byte", "second"))
         if held is None:  # another request of this channel took the credit meanwhile
             answer = self._payment_required(request, route, "the channel's credit was spent "
                                             "by another request meanwhile: pay again")
@@ -193,6 +196,8 @@ class Gateway:
                 answer = web.Response(status=upstream.status, body=body,
                                       headers=response_headers(upstream.headers))
                 return self._charged(answer, route, request, paid, 0)
+            if route.price.per == "second":
+                return await self._metered(route, request, paid, upstream)
             if route.price.per == "byte":
                 return await self._per_byte(route, request, paid, upstream)
             return await self._per_request(route, request, paid, upstream)
@@ -239,10 +244,10 @@ class Gateway:
 
     async def _metered(self, route: Route, request: web.Request, paid: Paid,
                        upstream: aiohttp.ClientResponse) -> web.StreamResponse:
-        """Paid as it is sent (metered.py); charged at its end (the receipt, sent with the
-        headers, says 0 so far: the next one shows the credit left)."""
+        """Paid as it is sent, or as it streams (metered.py); charged at its end (the
+        receipt, sent with the headers, says 0 so far: the next one shows the credit left)."""
         channel = paid.stored.channel
-        meter = metered.Meter(route, self.credit, channel, paid.held)
+        meter = metered.Meter(route, self.credit, channel, paid.held, self.clock)
         paid.settled = True  # the meter accounts for what it held
         answer = web.StreamResponse(status=upstream.status,
                                     headers=response_headers(upstream.headers))

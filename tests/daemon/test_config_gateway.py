@@ -61,6 +61,8 @@ def test_per_sets_the_price_rule() -> None:
     rules = [config_from_dict(gateway(entry)).gateway.routes[0].price.per for entry in (
         {**API, "per": "request"}, BYTES, {"path": "/f", "upstream": "http://u", "per": "free"},
         {k: v for k, v in API.items()})]
+    timed = config_from_dict(gateway({**BYTES, "per": "second", "quantity": 60}))
+    assert timed.gateway.routes[0].price == Price("second", 1, 500, 60)
     assert rules == ["request", "byte", "free", "request"]  # the default: per request
 
 
@@ -74,8 +76,10 @@ def test_per_sets_the_price_rule() -> None:
     ({**API, "upstream": "ftp://x"}, "routes[0].upstream: found 'ftp://x'"),
     ({**API, "upstream": "http://h:99999"}, "routes[0].upstream: found 'http://h:99999'"),
     ({**API, "upstream": "http://h/?q=1"}, "routes[0].upstream: found 'http://h/?q=1'"),
-    ({**API, "per": "second"}, "routes[0].per: found 'second' (a string), expected one of: "
-                               "request, byte, free"),
+    ({**API, "per": "minute"}, "routes[0].per: found 'minute' (a string), expected one of: "
+                               "request, byte, second, free"),
+    ({**API, "per": "second"}, "routes[0].reserve: missing, expected the sat a request "
+                               "pre-pays with per: second"),
     ({**API, "price": 0}, "routes[0].price: found 0, expected an integer ≥ 1"),
     ({"path": "/a", "upstream": "http://u"}, "routes[0].price: missing"),
     ({**API, "reserve": 50}, "routes[0].reserve: found 50 (a number) with per: request"),

@@ -41,6 +41,7 @@ class Upstream:
     url: str
     seen: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     release: asyncio.Event = field(default_factory=asyncio.Event)  # /api/stall waits on it
+    ticks: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)  # /api/ticks
 
 
 def upstream_app(upstream: Upstream) -> web.Application:
@@ -71,6 +72,16 @@ def upstream_app(upstream: Upstream) -> web.Application:
         await answer.write_eof()
         return answer
 
+    async def ticks(request: web.Request) -> web.StreamResponse:
+        """Server-Sent Events as the test puts them in `ticks` (None: the end)."""
+        upstream.seen.append((request.path_qs, dict(request.headers)))
+        answer = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await answer.prepare(request)
+        while (event := await upstream.ticks.get()) is not None:
+            await answer.write(event)
+        await answer.write_eof()
+        return answer
+
     async def fail(request: web.Request) -> web.StreamResponse:
         upstream.seen.append((request.path_qs, dict(request.headers)))
         return web.json_response({"error": "upstream is broken"}, status=503)
@@ -94,6 +105,7 @@ def upstream_app(upstream: Upstream) -> web.Application:
     app.router.add_route("*", "/api/data", data)
     app.router.add_get("/api/fail", fail)
     app.router.add_get("/api/events", events)
+    app.router.add_get("/api/ticks", ticks)
     app.router.add_get("/api/stall", stall)
     app.router.add_get("/api/cut", cut)
     app.router.add_route("*", "/{tail:.*}", hello)
@@ -109,7 +121,18 @@ ROUTES = (
     Route("/held", "", Price("request", PRICE)),  # /held/api/stall: until `release`
     Route("/meter", "", Price("byte", 1, reserve=5_000, quantity=10)),  # streams: top up
     Route("/short", "", Price("byte", 1, reserve=5_000, quantity=10), timeout=0.3),
+    Route("/live", "", Price("second", 100, reserve=500)),  # streams by the test's clock
 )
+
+
+@dataclass
+class Clock:
+    """The gateway's clock in these tests: it moves when the test says."""
+
+    now: float = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 @dataclass
@@ -155,13 +178,14 @@ def routed(routes: Sequence[Route], upstream: str) -> list[Route]:
 
 @contextlib.asynccontextmanager
 async def bench(sides: Duo, routes: Sequence[Route] = ROUTES,
-                limits: PeerLimits | None = None) -> AsyncIterator[Bench]:
+                limits: PeerLimits | None = None, clock: Clock | None = None
+                ) -> AsyncIterator[Bench]:
     upstream = Upstream("")
     up_server = WebServer(upstream_app(upstream), "127.0.0.1", 0)
     host, port = await up_server.start()
     upstream.url = f"http://{host}:{port}"
     policy = ServerPolicy()
-    gateway = Gateway(routed(routes, upstream.url), policy)
+    gateway = Gateway(routed(routes, upstream.url), policy, clock=clock or Clock())
 
     def on_event(event: object) -> None:
         sides.events.append(event)  # type: ignore[arg-type]
@@ -182,6 +206,7 @@ async def bench(sides: Duo, routes: Sequence[Route] = ROUTES,
                         Payer(client, VALUE), http)
     finally:
         upstream.release.set()
+        upstream.ticks.put_nowait(None)
         await server.stop()
         await manager.stop()
         await up_server.stop()

@@ -13,7 +13,7 @@ import aiohttp
 from bitcoind_paychan.gateway.metered import PAYMENT_EVENT
 from bitcoind_paychan.transport.paidhttp import read_receipt
 from regtest.waiting import until
-from tests.gateway.conftest import EVENT_SIZE, OPEN, Bench, bench
+from tests.gateway.conftest import EVENT_SIZE, OPEN, Bench, Clock, bench
 from tests.service.conftest import MemSides
 
 
@@ -93,4 +93,35 @@ def test_a_stream_not_paid_in_time_ends_short_and_is_charged_what_it_sent(
             response.release()
             assert not b.gateway.credit.waiting(channel)
             assert b.gateway.credit.of(channel) == 0  # charged all it held: it sent that much
+    asyncio.run(main())
+
+
+def test_a_stream_priced_per_second_is_paid_for_the_time_it_streams(sides: MemSides) -> None:
+    """The gateway's clock moves only when the test moves it: 100 sat a second, the second
+    under way paid at its start, the pause waiting for payment not charged."""
+    async def main() -> None:
+        clock = Clock()
+        async with bench(sides, clock=clock) as b:
+            response, channel = await open_stream(b, "/live/api/ticks", 1)
+            held = OPEN + 1  # 10 s at 100 sat/s
+            b.upstream.ticks.put_nowait(b"data: 0\n\n")  # at 0 s: the 1st second
+            assert await response.content.readuntil(b"\n\n") == b"data: 0\n\n"
+            clock.now += 9.5  # in the 10th second: still paid for
+            b.upstream.ticks.put_nowait(b"data: 1\n\n")
+            assert await response.content.readuntil(b"\n\n") == b"data: 1\n\n"
+            clock.now += 2  # the 12th second: 200 sat lacking, none in credit
+            b.upstream.ticks.put_nowait(b"data: 2\n\n")
+            asked = await response.content.readuntil(b"\n\n")
+            assert asked.startswith(f"event: {PAYMENT_EVENT}\n".encode())
+            data = json.loads(asked.split(b"data: ", 1)[1])
+            assert (data["needed"], data["unit"]) == (12 * 100 - held, "second")
+            await until(lambda: b.gateway.credit.waiting(channel), what="the pause")
+            clock.now += 60  # a minute waiting for payment: not charged
+            await b.payer.top_up(await b.offer("/live/x"), 1_000)
+            assert await response.content.readuntil(b"\n\n") == b"data: 2\n\n"
+            clock.now += 1  # ends in the 13th second of streaming
+            b.upstream.ticks.put_nowait(None)
+            assert await response.content.read() == b""
+            response.release()
+            assert b.gateway.credit.of(channel) == held + 1_000 - 13 * 100
     asyncio.run(main())

@@ -13,8 +13,8 @@ from bitcoind_paychan.daemon.config.schema import GatewayConfig
 from bitcoind_paychan.daemon.config.yamlfile import show
 from bitcoind_paychan.gateway.routes import DEFAULT_TIMEOUT, Price, Route, unsafe_path
 
-PER = ("request", "byte", "free")  # the price rules this version serves (per second: next)
-METERED = ("byte",)  # priced by the response: they need a reserve
+PER = ("request", "byte", "second", "free")
+METERED = ("byte", "second")  # priced by the response: they need a reserve
 
 
 def read_gateway(r: Reader, d: dict[str, Any]) -> GatewayConfig:
@@ -76,7 +76,7 @@ def _price(r: Reader, entry: dict[str, Any], key: str, per: str) -> Price:
         for name in ("price", "reserve", "quantity"):
             if entry.get(name) is not None:
                 r.fail(f"{key}.{name}", f"found {show(entry[name])} on a free route, "
-                                        "expected none (or set per: request, byte)")
+                                        "expected none (or set per: request, byte, second)")
         return Price("free")
     if entry.get("price") is None:
         r.fail(f"{key}.price", f"missing, expected the sat a {per} costs (an integer ≥ 1)")
