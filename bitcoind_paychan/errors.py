@@ -225,6 +225,16 @@ class PaidHttpError(PaychanError):
     and what was expected; nothing it carried was acted on."""
 
 
+class UpstreamFailed(PaychanError):
+    """The gateway's upstream could not be reached (502), did not answer in time (504), or
+    broke off or mangled its answer (502). Never charged: what the request held goes back to
+    its channel's credit. The message names the route; check the upstream."""
+
+    def __init__(self, status: int, why: str) -> None:
+        super().__init__(why)
+        self.status = status
+
+
 class TLSError(PaychanError):
     """A TLS connection failed: a certificate not trusted, expired, for another host or not
     the pinned one, or a peer that does not speak TLS. The message says which and what to do."""

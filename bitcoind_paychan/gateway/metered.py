@@ -14,6 +14,7 @@ the stream. At the end the stream is charged what it sent and the rest goes back
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -22,12 +23,14 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
+from bitcoind_paychan.errors import UpstreamFailed
 from bitcoind_paychan.gateway.credit import Credit
 from bitcoind_paychan.gateway.routes import Route
 
 SSE_TYPE = "text/event-stream"
 PAYMENT_EVENT = "payment-required"
-EVENT_END = b"\n\n"
+EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")  # a blank line ends an event
+MAX_EVENT = 1 << 20  # bytes an SSE event may take: an upstream's longer one ends the stream
 Read = Callable[[aiohttp.ClientResponse], Awaitable[bytes]]
 
 
@@ -100,7 +103,9 @@ async def stream(answer: web.StreamResponse, upstream: aiohttp.ClientResponse, m
     pending = b""
     ended = False
     while pending or not ended:
-        if not ended and (not pending or (sse and EVENT_END not in pending)):
+        if not ended and (not pending or (sse and not EVENT_END.search(pending))):
+            if len(pending) > MAX_EVENT:
+                raise UpstreamFailed(502, f"the upstream sent an event over {MAX_EVENT} bytes")
             chunk = await read(upstream)
             ended = not chunk
             pending += chunk
@@ -132,16 +137,16 @@ def _next_part(pending: bytes, room: int, sse: bool, ended: bool) -> int:
         return 0
     if not sse:
         return min(room, len(pending))
-    cut = pending.rfind(EVENT_END, 0, room)
-    if cut >= 0:
-        return cut + len(EVENT_END)
+    ends = [end.end() for end in EVENT_END.finditer(pending, 0, min(room, len(pending)))]
+    if ends:
+        return ends[-1]
     return len(pending) if ended and len(pending) <= room else 0
 
 
 def _first_part(pending: bytes, sse: bool) -> int:
     """The least that can be written next: the first event for SSE, else everything."""
-    cut = pending.find(EVENT_END) if sse else -1
-    return cut + len(EVENT_END) if cut >= 0 else len(pending)
+    end = EVENT_END.search(pending) if sse else None
+    return end.end() if end else len(pending)
 
 
 def _payment_event(offer: str, meter: Meter, size: int) -> bytes:

@@ -26,6 +26,7 @@ import aiohttp
 from aiohttp import web
 
 from bitcoind_paychan.channel.server import ServerPolicy
+from bitcoind_paychan.errors import UpstreamFailed
 from bitcoind_paychan.gateway import metered
 from bitcoind_paychan.gateway.credit import Credit
 from bitcoind_paychan.gateway.routes import Route, route_for, unsafe_path
@@ -53,14 +54,6 @@ log = logging.getLogger(__name__)
 access = logging.getLogger("bitcoind_paychan.gateway.access")  # what was charged for what
 DEFAULT_ENDPOINT = "/paychan"
 CHUNK = 64 * 1024
-
-
-class UpstreamFailed(Exception):
-    """The upstream could not be reached, timed out or broke off (never charged)."""
-
-    def __init__(self, status: int, why: str) -> None:
-        super().__init__(why)
-        self.status = status
 
 
 @dataclass

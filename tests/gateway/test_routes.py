@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from multidict import CIMultiDict
 
-from bitcoind_paychan.gateway import Credit, Price, Route, route_for
+from bitcoind_paychan.gateway import Credit, Price, Route, metered, route_for
 from bitcoind_paychan.gateway.routes import unsafe_path
 from bitcoind_paychan.gateway.upstream import request_headers, response_headers
 
@@ -74,3 +74,17 @@ def test_credit_is_held_for_a_request_and_given_back() -> None:
     assert credit.of("c") == 7 and credit.of("other") == 0
     with pytest.raises(ValueError, match="never charged more than it held"):
         credit.add("c", -1)
+
+
+@pytest.mark.parametrize(("pending", "room", "ended", "size"), [
+    (b"data: a\n\ndata: b\n\n", 100, False, 18),  # both events fit
+    (b"data: a\n\ndata: b\n\n", 17, False, 9),  # only the first one
+    (b"data: a\r\n\r\ndata: b\r\r", 100, False, 20),  # CRLF and CR blank lines end them too
+    (b"data: a\n\ndata: b", 100, False, 9),  # the second is not whole yet
+    (b"data: a\n\ndata: b", 100, True, 16),  # ...unless the upstream ended
+    (b"data: a\n\n", 8, False, 0),  # no whole event fits: wait for credit
+])
+def test_an_sse_stream_is_cut_only_between_events(pending: bytes, room: int, ended: bool,
+                                                  size: int) -> None:
+    assert metered._next_part(pending, room, True, ended) == size
+    assert metered._next_part(pending, room, False, ended) == min(room, len(pending))
