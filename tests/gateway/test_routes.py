@@ -81,7 +81,7 @@ def test_credit_is_held_for_a_request_and_given_back() -> None:
     (b"data: a\n\ndata: b\n\n", 17, False, 9),  # only the first one
     (b"data: a\r\n\r\ndata: b\r\r", 100, False, 20),  # CRLF and CR blank lines end them too
     (b"data: a\n\ndata: b", 100, False, 9),  # the second is not whole yet
-    (b"data: a\n\ndata: b", 100, True, 16),  # ...unless the upstream ended
+    (b"data: b", 100, True, 7),  # ...unless the upstream ended: its last part then
     (b"data: a\n\n", 8, False, 0),  # no whole event fits: wait for credit
 ])
 def test_an_sse_stream_is_cut_only_between_events(pending: bytes, room: int, ended: bool,
