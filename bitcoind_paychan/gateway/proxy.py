@@ -26,9 +26,10 @@ import aiohttp
 from aiohttp import web
 
 from bitcoind_paychan.channel.server import ServerPolicy
-from bitcoind_paychan.errors import UpstreamFailed
+from bitcoind_paychan.errors import PaidHttpError, UpstreamFailed
 from bitcoind_paychan.gateway import metered
 from bitcoind_paychan.gateway.credit import Credit
+from bitcoind_paychan.gateway.replays import KEY_HEADER, MAX_ANSWER, MAX_KEY, Replays, valid_key
 from bitcoind_paychan.gateway.routes import Route, route_for, unsafe_path
 from bitcoind_paychan.gateway.upstream import Upstreams, response_headers
 from bitcoind_paychan.transport.paidhttp.server import (
@@ -47,6 +48,7 @@ from bitcoind_paychan.transport.paidhttp.wire import (
     SCHEME,
     Offer,
     challenge,
+    read_credential,
     receipt,
 )
 
@@ -62,6 +64,7 @@ class Paid:
 
     stored: Stored
     held: int
+    key: str | None = None  # its Idempotency-Key
     settled: bool = False  # charged (or handed to a meter): what it held is accounted for
 
 
@@ -82,6 +85,7 @@ class Gateway:
         self.endpoint_path = endpoint_path
         self.clock = clock  # a stream priced per second is timed by it
         self.credit = Credit()
+        self.replays = Replays()
         self.upstreams = Upstreams()
         self._sessions: Sessions | None = None
 
@@ -131,6 +135,14 @@ class Gateway:
         header = request.headers.get(PAYMENT_HEADER, "")
         if not header.strip().lower().startswith(SCHEME.lower()):
             return self._payment_required(request, route, "payment required")
+        key = request.headers.get(KEY_HEADER)
+        if key is not None:
+            if not valid_key(key):
+                return error(400, f"{KEY_HEADER}: expected 1 to {MAX_KEY} printable "
+                                  "characters")
+            replayed = await self._replay(request, header, key)
+            if replayed is not None:
+                return replayed
         needed = route.price.needed
         taken = await take_payment(
             self.sessions, header,
@@ -146,7 +158,9 @@ class Gateway:
                                             "by another request meanwhile: pay again")
             answer.headers[RECEIPT_HEADER] = self._receipt(taken, 0)
             return answer
-        paid = Paid(taken, held)
+        paid = Paid(taken, held, key)
+        if key is not None:
+            self.replays.begin(taken.channel, key, _request_id(request), taken.ack)
         try:
             return await self._paid(route, request, paid)
         except Exception:
@@ -160,6 +174,56 @@ class Gateway:
                 paid.settled = True
                 self.credit.add(taken.channel, held)
             raise
+        finally:
+            kept = key is not None and self.replays.get(taken.channel, key)
+            if key is not None and kept and kept.status is None:  # not charged: forgotten
+                self.replays.forget(taken.channel, key)
+
+    async def _replay(self, request: web.Request, header: str, key: str
+                      ) -> web.StreamResponse | None:
+        """The kept answer to a retry of a request already charged (not charged again; a
+        new payment it carries is stored and credited), a refusal, or None: not a retry."""
+        try:
+            session_id, _, payment = read_credential(header)
+        except PaidHttpError:
+            return None  # the usual refusal follows
+        session = self.sessions.get(session_id)
+        channel = session.channel if session is not None else None
+        replay = self.replays.get(channel, key) if channel is not None else None
+        if session is None or channel is None or replay is None:
+            return None
+        if replay.request != _request_id(request):
+            return error(422, f"{KEY_HEADER} {key!r} was used for {replay.request}: expected "
+                              "the same request, or a new key")
+        if replay.status is None:
+            return error(409, f"the request with {KEY_HEADER} {key!r} is in progress: wait "
+                              "for its answer")
+        if replay.body is None:
+            return error(409, f"the request with {KEY_HEADER} {key!r} was answered and "
+                              f"charged {replay.charged} sat once; its answer (a stream, or "
+                              "too large) is not kept: a new key buys it again")
+        ack = replay.ack
+        if session.change is not None and \
+                payment.update_payment.client_change_value < session.change:
+            taken = await take_payment(self.sessions, header,
+                                       lambda _: self.policy.min_increment)
+            if isinstance(taken, Refused):
+                return error(taken.status, taken.why, closed=taken.closed)
+            self.credit.add(channel, taken.amount)
+            ack = taken.ack
+        answer = web.Response(status=replay.status, body=replay.body, headers=replay.headers)
+        answer.headers[RECEIPT_HEADER] = receipt(ack, 0, self.credit.of(channel))
+        access.info("charged 0 sat for %s %s -> %d, channel %s: answered again for %s %r "
+                    "(charged %d sat the first time)", request.method, request.path,
+                    replay.status, channel, KEY_HEADER, key, replay.charged)
+        return answer
+
+    def _keep(self, paid: Paid, cost: int, answer: web.StreamResponse,
+              body: bytes | None) -> None:
+        """Keep a charged answer for a retry with the request's Idempotency-Key, if any."""
+        if paid.key is not None and cost > 0:
+            self.replays.finish(paid.stored.channel, paid.key, cost, answer.status,
+                                response_headers(answer.headers), body)
 
     async def _free(self, route: Route, request: web.Request) -> web.StreamResponse:
         try:
@@ -203,7 +267,7 @@ class Gateway:
         self._charged(answer, route, request, paid, route.price.price)
         await answer.prepare(request)
         try:
-            await _copy(upstream, answer)
+            body = await _copy(upstream, answer, MAX_ANSWER if paid.key else 0)
         except UpstreamFailed as exc:
             self.credit.add(paid.stored.channel, route.price.price)
             access.info("refunded %d sat to channel %s: %s %s broke off (%s)",
@@ -211,6 +275,7 @@ class Gateway:
                         exc)
             return answer
         await answer.write_eof()
+        self._keep(paid, route.price.price, answer, body)
         return answer
 
     async def _per_byte(self, route: Route, request: web.Request, paid: Paid,
@@ -233,7 +298,9 @@ class Gateway:
             return self._charged(error(exc.status, str(exc)), route, request, paid, 0)
         answer = web.Response(status=upstream.status, body=bytes(body),
                               headers=response_headers(upstream.headers))
-        return self._charged(answer, route, request, paid, route.price.cost(len(body)))
+        cost = route.price.cost(len(body))
+        self._keep(paid, cost, answer, bytes(body))
+        return self._charged(answer, route, request, paid, cost)
 
     async def _metered(self, route: Route, request: web.Request, paid: Paid,
                        upstream: aiohttp.ClientResponse) -> web.StreamResponse:
@@ -255,6 +322,7 @@ class Gateway:
             why = str(exc)
         finally:
             cost = meter.settle()
+            self._keep(paid, cost, answer, None)  # a stream is not answered again
             access.info("charged %d sat (paid %d, credit %d) for %s %s -> %d via %s, channel "
                         "%s: a stream of %d bytes, %s", cost, paid.stored.amount,
                         self.credit.of(channel), request.method, request.path, answer.status,
@@ -315,9 +383,21 @@ async def _chunk(upstream: aiohttp.ClientResponse) -> bytes:
         raise UpstreamFailed(502, f"the upstream broke off its answer: {exc}") from None
 
 
-async def _copy(upstream: aiohttp.ClientResponse, answer: web.StreamResponse) -> None:
+async def _copy(upstream: aiohttp.ClientResponse, answer: web.StreamResponse,
+                keep: int = 0) -> bytes | None:
+    """Copy the body; what was copied if it is at most `keep` bytes, else None."""
+    kept: bytearray | None = bytearray() if keep else None
     while chunk := await _chunk(upstream):
         await answer.write(chunk)
+        if kept is not None:
+            kept += chunk
+            if len(kept) > keep:
+                kept = None
+    return None if kept is None else bytes(kept)
+
+
+def _request_id(request: web.Request) -> str:
+    return f"{request.method} {request.path_qs}"
 
 
 async def _read_some(upstream: aiohttp.ClientResponse, limit: int = CHUNK) -> bytes:
