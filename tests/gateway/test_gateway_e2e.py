@@ -87,5 +87,8 @@ def test_the_daemons_gateway_sells_an_upstream_on_a_real_node(node: RegtestNode,
 
     paid, txid = asyncio.run(scenario())
     assert paid == 1_000 + 5 * PRICE + 2_000
+    log = (tmp_path / "daemon" / "daemon.log").read_text()  # the access log: what for what
+    assert log.count(f"charged {PRICE} sat (paid {PRICE}, credit 1000) for GET /api/hello") == 5
+    assert "charged 124 sat (paid 2000, credit 2876) for GET /bytes/api/data -> 200" in log
     node.mine(1)
     assert node.rpc("getrawtransaction", txid, True)["confirmations"] == 1
