@@ -172,7 +172,8 @@ class Daemon(ControlApi):
             self.server.callbacks.on_error = self.metrics.callback_errors.inc
             if config.gateway.enabled:
                 self.gateway = Gateway(config.gateway.routes, self.server.policy,
-                                       config.gateway.endpoint)
+                                       config.gateway.endpoint,
+                                       proxies=config.server.proxies)
         if config.client.enabled:
             self.client = PaymentClient(ports, store, network=Network.from_chain(config.network),
                                         policy=config.client.policy,

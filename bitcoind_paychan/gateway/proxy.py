@@ -51,6 +51,7 @@ from bitcoind_paychan.transport.paidhttp.wire import (
     read_credential,
     receipt,
 )
+from bitcoind_paychan.transport.proxies import TrustedProxies
 
 log = logging.getLogger(__name__)
 access = logging.getLogger("bitcoind_paychan.gateway.access")  # what was charged for what
@@ -74,7 +75,8 @@ class Gateway:
 
     def __init__(self, routes: Sequence[Route], policy: ServerPolicy,
                  endpoint_path: str = DEFAULT_ENDPOINT,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 proxies: TrustedProxies | None = None) -> None:
         for route in routes:
             if not route.price.free and route.price.needed < policy.min_increment:
                 raise ValueError(f"route {route.path}: a request needs {route.price.needed} "
@@ -84,6 +86,7 @@ class Gateway:
         self.policy = policy
         self.endpoint_path = endpoint_path
         self.clock = clock  # a stream priced per second is timed by it
+        self.proxies = proxies or TrustedProxies()  # whose X-Forwarded-For names the client
         self.credit = Credit()
         self.replays = Replays()
         self.upstreams = Upstreams()
@@ -94,7 +97,7 @@ class Gateway:
         sessions = self._sessions = Sessions(server)
         app = web.Application(client_max_size=MAX_FRAMES_BODY)
         async def channels(request: web.Request) -> web.StreamResponse:
-            return await endpoint(sessions, request, self.credit.add)
+            return await endpoint(sessions, request, self.credit.add, self.client_of(request))
 
         app.router.add_post(self.endpoint_path, channels)
         app.router.add_route("*", "/{tail:.*}", self.handle)
@@ -107,6 +110,11 @@ class Gateway:
         if self._sessions is None:
             raise RuntimeError("Gateway.app(server) builds the sessions")
         return self._sessions
+
+    def client_of(self, request: web.Request) -> str:
+        """The client's address: the connection's, or what a trusted proxy says it is."""
+        peer = request.remote or ""
+        return self.proxies.client(peer, request.headers.getall(self.proxies.header, []))
 
     @staticmethod
     def on_event(event: object) -> None:
@@ -359,7 +367,8 @@ class Gateway:
 
     async def _send(self, route: Route, request: web.Request) -> aiohttp.ClientResponse:
         try:
-            return await self.upstreams.send(route, request)
+            trusted = self.proxies.trusts_host(request.remote or "")
+            return await self.upstreams.send(route, request, trusted)
         except TimeoutError:
             raise UpstreamFailed(504, f"the upstream of {route.path} did not answer within "
                                       f"{route.timeout:g} s") from None

@@ -41,11 +41,12 @@ def _all(headers: Mapping[str, str], name: str) -> list[str]:
                                                     if k.lower() == name.lower()]
 
 
-def request_headers(headers: Mapping[str, str], peer: str | None, scheme: str
-                    ) -> CIMultiDict[str]:
+def request_headers(headers: Mapping[str, str], peer: str | None, scheme: str,
+                    trusted: bool = False) -> CIMultiDict[str]:
     """What goes upstream of a client's request headers: not the hop-by-hop ones, not the
     protocol's, not a `Payment` credential (another scheme's Authorization does go); with
-    X-Forwarded-For (the peer appended) and X-Forwarded-Proto."""
+    X-Forwarded-For (the peer appended to what a `trusted` proxy said; from anyone else the
+    peer alone) and X-Forwarded-Proto."""
     dropped = _dropped(headers)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in headers.items():
@@ -55,7 +56,7 @@ def request_headers(headers: Mapping[str, str], peer: str | None, scheme: str
         if lowered == "authorization" and value.strip().lower().startswith(SCHEME.lower()):
             continue
         out.add(name, value)
-    forwarded = ", ".join(_all(headers, "X-Forwarded-For"))
+    forwarded = ", ".join(_all(headers, "X-Forwarded-For")) if trusted else ""
     if peer:
         out["X-Forwarded-For"] = f"{forwarded}, {peer}" if forwarded else peer
     out["X-Forwarded-Proto"] = scheme
@@ -92,14 +93,16 @@ class Upstreams:
                                                .DummyCookieJar())
         return self._http
 
-    async def send(self, route: Route, request: web.Request) -> aiohttp.ClientResponse:
-        """`request` sent to `route`'s upstream, its answer's headers read (aiohttp's
-        ClientError or a TimeoutError if it cannot be); the caller reads and releases it."""
+    async def send(self, route: Route, request: web.Request, trusted: bool = False
+                   ) -> aiohttp.ClientResponse:
+        """`request` sent to `route`'s upstream (`trusted`: its peer is a trusted proxy), its
+        answer's headers read (aiohttp's ClientError or a TimeoutError if it cannot be); the
+        caller reads and releases it."""
         url = route.upstream_url(request.path, request.rel_url.raw_query_string)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=route.timeout,
                                         sock_read=route.timeout)
         peer = request.remote
-        headers = request_headers(request.headers, peer, request.scheme)
+        headers = request_headers(request.headers, peer, request.scheme, trusted)
         body = request.content if request.body_exists else None
         return await self.http.request(request.method, url, headers=headers, data=body,
                                        timeout=timeout, allow_redirects=False)

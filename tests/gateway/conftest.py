@@ -26,6 +26,7 @@ from bitcoind_paychan.transport.http import WebServer
 from bitcoind_paychan.transport.limits import PeerLimits
 from bitcoind_paychan.transport.paidhttp import Offer
 from bitcoind_paychan.transport.paidhttp.link import http_dialer
+from bitcoind_paychan.transport.proxies import TrustedProxies
 from tests.service.conftest import FAST, Duo, MemSides
 
 PRICE = 100
@@ -178,14 +179,15 @@ def routed(routes: Sequence[Route], upstream: str) -> list[Route]:
 
 @contextlib.asynccontextmanager
 async def bench(sides: Duo, routes: Sequence[Route] = ROUTES,
-                limits: PeerLimits | None = None, clock: Clock | None = None
-                ) -> AsyncIterator[Bench]:
+                limits: PeerLimits | None = None, clock: Clock | None = None,
+                proxies: TrustedProxies | None = None) -> AsyncIterator[Bench]:
     upstream = Upstream("")
     up_server = WebServer(upstream_app(upstream), "127.0.0.1", 0)
     host, port = await up_server.start()
     upstream.url = f"http://{host}:{port}"
     policy = ServerPolicy()
-    gateway = Gateway(routed(routes, upstream.url), policy, clock=clock or Clock())
+    gateway = Gateway(routed(routes, upstream.url), policy, clock=clock or Clock(),
+                      proxies=proxies)
 
     def on_event(event: object) -> None:
         sides.events.append(event)  # type: ignore[arg-type]

@@ -13,6 +13,7 @@ from bitcoind_paychan.transport.paidhttp import (
     credential,
     read_receipt,
 )
+from bitcoind_paychan.transport.proxies import TrustedProxies
 from tests.gateway.conftest import OPEN, PRICE, Bench, bench
 from tests.service.conftest import MemSides
 
@@ -71,8 +72,12 @@ def test_a_paid_request_is_forwarded_without_payment_headers_and_charged_its_pri
         assert path == "/api/hello?n=1"
         assert not lowered & {"authorization", "paychan-session", "payment-receipt"}
         assert sent["X-Forwarded-For"] == "127.0.0.1"
-        status, _, headers, _ = await b.paid("/api/again", PRICE)
+        payment = await b.payer.pay(await b.offer("/api/x"), PRICE)
+        status, _, headers = await b.get("/api/again", payment.header | {
+            "X-Forwarded-For": "6.6.6.6"})  # a client's own: not believed, not passed on
+        await payment.settle(headers)
         assert status == 200 and read_receipt(headers["Payment-Receipt"]).charged == PRICE
+        assert b.upstream.seen[-1][1]["X-Forwarded-For"] == "127.0.0.1"
     run(sides, scenario)
     assert [p.amount for p in sides.payments()] == [1_000, PRICE, PRICE]
 
@@ -223,4 +228,23 @@ def test_an_address_may_hold_only_so_many_sessions_without_a_channel(sides: MemS
             async with b.http.post(endpoint, data=b"") as response:
                 assert response.status == 429
                 assert "too many sessions from your address" in (await response.json())["error"]
+    asyncio.run(main())
+
+
+def test_behind_a_trusted_proxy_the_client_it_names_is_limited_and_forwarded(
+        sides: MemSides) -> None:
+    async def main() -> None:
+        async with bench(sides, limits=PeerLimits(max_handshakes_per_ip=1),
+                         proxies=TrustedProxies.parse(["127.0.0.1"])) as b:
+            async def new_session(client: str) -> int:
+                async with b.http.post(b.url + "/paychan", data=b"",
+                                       headers={"X-Forwarded-For": client}) as response:
+                    return response.status
+
+            assert await new_session("10.0.0.1") == 200
+            assert await new_session("10.0.0.1") == 429  # its one slot is taken
+            assert await new_session("10.0.0.2") == 200  # another client behind the proxy
+            status, _, _ = await b.get("/free/x", {"X-Forwarded-For": "10.0.0.3"})
+            assert status == 200
+            assert b.upstream.seen[-1][1]["X-Forwarded-For"] == "10.0.0.3, 127.0.0.1"
     asyncio.run(main())

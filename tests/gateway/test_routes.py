@@ -48,9 +48,12 @@ def test_the_gateways_and_the_payment_headers_never_go_upstream() -> None:
         "Authorization": "Payment abc", "Paychan-Session": "s", "Payment-Receipt": "r",
         "Payment-Authorization": "Payment x", "Connection": "keep-alive, X-Hop",
         "X-Hop": "1", "Host": "gw", "Accept": "*/*", "X-Forwarded-For": "10.0.0.1",
-        "Content-Length": "5"}), "192.0.2.1", "https")
+        "Content-Length": "5"}), "192.0.2.1", "https", trusted=True)
     assert dict(sent) == {"Accept": "*/*", "X-Forwarded-For": "10.0.0.1, 192.0.2.1",
                           "X-Forwarded-Proto": "https"}
+    untrusted = request_headers(CIMultiDict({"X-Forwarded-For": "10.0.0.1"}), "192.0.2.1",
+                                "http")
+    assert untrusted["X-Forwarded-For"] == "192.0.2.1"  # a client's own claim is dropped
     other = request_headers(CIMultiDict({"Authorization": "Bearer t"}), None, "http")
     assert other["Authorization"] == "Bearer t"  # the client's own credentials do go
 

@@ -86,13 +86,15 @@ async def take_payment(sessions: Sessions, value: str, minimum: Callable[[str], 
 
 
 async def endpoint(sessions: Sessions, request: web.Request,
-                   on_stored: Callable[[str, int], None] | None = None) -> web.Response:
+                   on_stored: Callable[[str, int], None] | None = None,
+                   peer: str | None = None) -> web.Response:
     """POST frames to a session (a new one without Paychan-Session); answer its frames.
     A payment stored meanwhile (a resume re-sends the channel's last payment as its proof:
-    one the service never acknowledged is stored then) is told to `on_stored(channel, sat)`."""
+    one the service never acknowledged is stored then) is told to `on_stored(channel, sat)`.
+    `peer`: the client's address, if not the connection's (behind a trusted proxy)."""
     session_id = request.headers.get(SESSION_HEADER)
     if session_id is None:
-        session = await sessions.admit(request.remote)
+        session = await sessions.admit(peer or request.remote)
         if session is None:
             return error(429, "too many sessions from your address (a minute, or without a "
                               "channel at once): retry later")
