@@ -151,6 +151,16 @@ class Gateway:
             replayed = await self._replay(request, header, key)
             if replayed is not None:
                 return replayed
+        # From here the key (if any) is this request's: a retry meanwhile is refused (409).
+        reserved = self.replays.reserve(self._channel_of(header), key, _request_id(request))
+        try:
+            return await self._pay_and_serve(route, request, header, key)
+        finally:
+            if reserved is not None and reserved.status is None:  # not charged: forgotten
+                self.replays.forget(*reserved.where)
+
+    async def _pay_and_serve(self, route: Route, request: web.Request, header: str,
+                             key: str | None) -> web.StreamResponse:
         needed = route.price.needed
         taken = await take_payment(
             self.sessions, header,
@@ -168,7 +178,7 @@ class Gateway:
             return answer
         paid = Paid(taken, held, key)
         if key is not None:
-            self.replays.begin(taken.channel, key, _request_id(request), taken.ack)
+            self.replays.paid_by(taken.channel, key, taken.ack)
         try:
             return await self._paid(route, request, paid)
         except Exception:
@@ -182,10 +192,15 @@ class Gateway:
                 paid.settled = True
                 self.credit.add(taken.channel, held)
             raise
-        finally:
-            kept = key is not None and self.replays.get(taken.channel, key)
-            if key is not None and kept and kept.status is None:  # not charged: forgotten
-                self.replays.forget(taken.channel, key)
+
+    def _channel_of(self, header: str) -> str | None:
+        """The channel of the session a credential names, if it parses and has one."""
+        try:
+            session_id, _, _ = read_credential(header)
+        except PaidHttpError:
+            return None
+        session = self.sessions.get(session_id)
+        return session.channel if session is not None else None
 
     async def _replay(self, request: web.Request, header: str, key: str
                       ) -> web.StreamResponse | None:

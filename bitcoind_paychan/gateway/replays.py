@@ -27,8 +27,9 @@ TTL = 3600.0  # seconds a charged answer is kept
 class Replay:
     """One key's request: in progress (`status` None), or answered (`body` None: not kept)."""
 
+    where: tuple[str, str]  # (channel, key)
     request: str  # "METHOD path?query"
-    ack: bytes  # the PAYMENT_ACK of the payment that paid it
+    ack: bytes = b""  # the PAYMENT_ACK of the payment that paid it
     charged: int = 0
     status: int | None = None
     headers: dict[str, str] = field(default_factory=dict)
@@ -46,9 +47,20 @@ class Replays:
         self._expire()
         return self._kept.get((channel, key))
 
-    def begin(self, channel: str, key: str, request: str, ack: bytes) -> Replay:
-        replay = self._kept[(channel, key)] = Replay(request, ack, at=self.clock())
+    def reserve(self, channel: str | None, key: str | None, request: str) -> Replay | None:
+        """Take `key` on `channel` for `request` (in progress), if both are known and the
+        key is free; the caller forgets it if the request is not charged."""
+        if channel is None or key is None or (channel, key) in self._kept:
+            return None
+        replay = self._kept[(channel, key)] = Replay((channel, key), request,
+                                                     at=self.clock())
         return replay
+
+    def paid_by(self, channel: str, key: str, ack: bytes) -> None:
+        """The reserved request's payment was stored: its ack, to give a retry again."""
+        replay = self._kept.get((channel, key))
+        if replay is not None:
+            replay.ack = ack
 
     def finish(self, channel: str, key: str, charged: int, status: int,
                headers: Mapping[str, str], body: bytes | None) -> None:

@@ -8,6 +8,7 @@ import asyncio
 
 from bitcoind_paychan.gateway.replays import KEY_HEADER
 from bitcoind_paychan.transport.paidhttp import read_receipt
+from regtest.waiting import until
 from tests.gateway.conftest import OPEN, PRICE, Bench, bench
 from tests.service.conftest import MemSides
 
@@ -52,8 +53,7 @@ def test_a_retry_while_the_request_runs_is_refused(sides: MemSides) -> None:
         payment = await b.payer.pay(offer, PRICE)
         headers = payment.header | {KEY_HEADER: "k"}
         running = asyncio.ensure_future(b.get("/held/api/stall", headers))
-        while not b.upstream.seen:  # the upstream has it (an event, not a timer)
-            await asyncio.sleep(0)
+        await until(lambda: b.upstream.seen, what="the upstream has it")
         status, body, _ = await b.get("/held/api/stall", headers)
         assert status == 409 and "is in progress" in body["error"]
         b.upstream.release.set()
@@ -82,3 +82,28 @@ def test_a_request_not_charged_is_forgotten_and_a_stream_is_not_answered_twice(
         status, body, _ = await b.get("/api/x", payment.header | {KEY_HEADER: "k" * 256})
         assert status == 400 and KEY_HEADER in body["error"]
     run(sides, scenario)
+
+
+def test_a_key_is_taken_before_the_payment_is_stored(sides: MemSides) -> None:
+    """Request A waits for its session's lock (held here: a hook, not a timer) before its
+    payment is stored; B, the same key meanwhile, is refused at once: never two charges."""
+    async def scenario(b: Bench) -> None:
+        offer = await b.offer("/api/x")
+        payment = await b.payer.pay(offer, PRICE)
+        assert payment.link.session is not None
+        session = b.gateway.sessions.get(payment.link.session)
+        assert session is not None
+        headers = payment.header | {KEY_HEADER: "once"}
+        async with session.lock:
+            first = asyncio.ensure_future(b.get("/api/hello", headers))
+            await until(lambda: b.gateway.replays.get(session.channel or "", "once"),
+                        what="A has taken the key (and waits for the lock)")
+            status, body, _ = await b.get("/api/hello", headers)
+            assert status == 409 and "is in progress" in body["error"]
+            assert not first.done()
+        status, _, answer = await first
+        assert status == 200 and read_receipt(answer["Payment-Receipt"]).charged == PRICE
+        await payment.settle(answer)
+        assert len(b.upstream.seen) == 1
+    run(sides, scenario)
+    assert [p.amount for p in sides.payments()] == [OPEN, PRICE]

@@ -14,6 +14,7 @@ from bitcoind_paychan.transport.paidhttp import (
     read_receipt,
 )
 from bitcoind_paychan.transport.proxies import TrustedProxies
+from regtest.waiting import until
 from tests.gateway.conftest import OPEN, PRICE, Bench, bench
 from tests.service.conftest import MemSides
 
@@ -196,8 +197,7 @@ def test_a_request_in_flight_holds_its_price_and_the_credit_adds_up(sides: MemSi
         offer = await b.offer("/api/x")
         first = await b.payer.pay(offer, 1)
         stalled = asyncio.ensure_future(b.get("/held/api/stall", first.header))
-        while not b.upstream.seen:  # the upstream has it: its credit is held
-            await asyncio.sleep(0)
+        await until(lambda: b.upstream.seen, what="the upstream has it: its credit is held")
         # The stalled request's payment is stored but its ack not yet handed back: the
         # client's channel waits for it, so the next payment goes once it is settled.
         assert b.gateway.credit.of(first.channel.contract_txid) == OPEN + 1 - PRICE
