@@ -260,7 +260,7 @@ class Gateway:
             try:
                 await _copy(upstream, answer)
             except UpstreamFailed:
-                return answer  # cut short: the client sees the body end early
+                return _cut(request, answer)
             await answer.write_eof()
         return answer
 
@@ -296,7 +296,7 @@ class Gateway:
             access.info("refunded %d sat to channel %s: %s %s broke off (%s)",
                         route.price.price, paid.stored.channel, request.method, request.path,
                         exc)
-            return answer
+            return _cut(request, answer)
         await answer.write_eof()
         self._keep(paid, route.price.price, answer, body)
         return answer
@@ -350,8 +350,9 @@ class Gateway:
                         "%s: a stream of %d bytes, %s", cost, paid.stored.amount,
                         self.credit.of(channel), request.method, request.path, answer.status,
                         route.path, channel, meter.sent, why)
-        if whole:
-            await answer.write_eof()
+        if not whole:
+            return _cut(request, answer)
+        await answer.write_eof()
         return answer
 
     def _too_large(self, route: Route, request: web.Request, paid: Paid,
@@ -418,6 +419,14 @@ async def _copy(upstream: aiohttp.ClientResponse, answer: web.StreamResponse,
             if len(kept) > keep:
                 kept = None
     return None if kept is None else bytes(kept)
+
+
+def _cut(request: web.Request, answer: web.StreamResponse) -> web.StreamResponse:
+    """An answer cut short: its connection is closed before the body's end is sent, so the
+    client sees it incomplete (not a shorter answer that looks whole)."""
+    if request.transport is not None:
+        request.transport.close()
+    return answer
 
 
 def _request_id(request: web.Request) -> str:

@@ -149,10 +149,14 @@ class Bench:
 
     async def get(self, path: str, headers: dict[str, str] | None = None
                   ) -> tuple[int, Any, dict[str, str]]:
-        """(status, body: JSON if it is, else bytes, headers) of a GET through the gateway."""
+        """(status, body: JSON if it is, else bytes, or None if it was cut short, headers)
+        of a GET through the gateway."""
         url = URL(self.url + path, encoded=True)  # as written: dot segments too
         async with self.http.get(url, headers=headers) as response:
-            body = await response.read()
+            try:
+                body = await response.read()
+            except aiohttp.ClientPayloadError:  # the connection closed before its end
+                return response.status, None, dict(response.headers)
             try:
                 parsed: Any = await response.json(content_type=None)
             except ValueError:

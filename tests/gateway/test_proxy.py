@@ -134,7 +134,7 @@ def test_an_upstream_failure_is_not_charged_and_the_payment_stays_credit(
         status, body, headers, _ = await b.paid("/api/cut", 1)
         receipt = read_receipt(headers["Payment-Receipt"])  # charged with the headers...
         assert (receipt.charged, receipt.credit) == (PRICE, OPEN + 3 - PRICE)
-        assert len(body) < 10_000  # ...but the body broke off
+        assert body is None  # ...but the body broke off, and the client can tell
         status, _, headers, _ = await b.paid("/api/hello", 1)
         receipt = read_receipt(headers["Payment-Receipt"])  # so it was given back
         assert (receipt.charged, receipt.credit) == (PRICE, OPEN + 4 - PRICE)
