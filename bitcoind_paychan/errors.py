@@ -225,6 +225,11 @@ class PaidHttpError(PaychanError):
     and what was expected; nothing it carried was acted on."""
 
 
+class PriceRefused(PaychanError):
+    """A paying client refused a payment over its caps (per request, or in all): nothing was
+    signed nor sent. The message says the price, the cap and which option raises it."""
+
+
 class UpstreamFailed(PaychanError):
     """The gateway's upstream could not be reached (502), did not answer in time (504), or
     broke off or mangled its answer (502). Never charged: what the request held goes back to

@@ -18,6 +18,7 @@ import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from bitcoind_paychan.errors import PriceRefused
 from bitcoind_paychan.service.client import Channel, ClientManager
 from bitcoind_paychan.transport import CarriedStream
 from bitcoind_paychan.transport.paidhttp.link import HttpLink
@@ -71,15 +72,33 @@ class PendingPayment:
 
 class Payer:
     """Pays through one channel per channel endpoint (`manager`'s: live, resumed or new),
-    locking `value` sat in each new one (at least the offer's minimum)."""
+    locking `value` sat in each new one (at least the offer's minimum). Caps: no payment over
+    `max_payment` sat, nor over `max_total` sat in all through this payer (None: no cap);
+    beyond them PriceRefused, before anything is signed."""
 
-    def __init__(self, manager: ClientManager, value: int = DEFAULT_VALUE) -> None:
+    def __init__(self, manager: ClientManager, value: int = DEFAULT_VALUE, *,
+                 max_payment: int | None = None, max_total: int | None = None) -> None:
         self.manager = manager
         self.value = value
+        self.max_payment = max_payment
+        self.max_total = max_total
+        self.paid = 0  # sat signed through this payer
+
+    def check(self, amount: int, what: str = "a payment") -> None:
+        """PriceRefused if paying `amount` would break a cap."""
+        if self.max_payment is not None and amount > self.max_payment:
+            raise PriceRefused(f"{what} of {amount} sat is over the cap of {self.max_payment} "
+                               "sat per payment (max_payment): refused, nothing paid")
+        if self.max_total is not None and self.paid + amount > self.max_total:
+            raise PriceRefused(f"{what} of {amount} sat would bring the total paid to "
+                               f"{self.paid + amount} sat, over the cap of {self.max_total} "
+                               "(max_total): refused, nothing paid")
 
     async def pay(self, offer: Offer, amount: int) -> PendingPayment:
         """Sign and store a payment of `amount` through the channel to `offer`'s endpoint
-        (opened or resumed as needed), for the caller to carry."""
+        (opened or resumed as needed), for the caller to carry; PriceRefused over a cap."""
+        self.check(amount)
+        self.paid += amount
         channel = await self.channel(offer, amount)
         stream = channel.stream
         assert isinstance(stream, CarriedStream) and isinstance(stream.link, HttpLink), \
@@ -97,6 +116,8 @@ class Payer:
         """Pay `amount` outside a request: POSTed to the channel endpoint in the channel's
         session, it adds to the channel's credit there (a metered stream waiting for it goes
         on). Returns once the service acknowledged it."""
+        self.check(amount, "a top-up")
+        self.paid += amount
         channel = await self.channel(offer, amount)
         await channel.pay(amount)
 

@@ -6,6 +6,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+import pytest
+
+from bitcoind_paychan.errors import PriceRefused
+from bitcoind_paychan.gateway.payer import Payer
 from bitcoind_paychan.transport.limits import PeerLimits
 from bitcoind_paychan.transport.paidhttp import (
     CHALLENGE_HEADER,
@@ -248,3 +252,21 @@ def test_behind_a_trusted_proxy_the_client_it_names_is_limited_and_forwarded(
             assert status == 200
             assert b.upstream.seen[-1][1]["X-Forwarded-For"] == "10.0.0.3, 127.0.0.1"
     asyncio.run(main())
+
+
+def test_a_payer_refuses_payments_over_its_caps(sides: MemSides) -> None:
+    async def scenario(b: Bench) -> None:
+        payer = Payer(b.payer.manager, max_payment=PRICE, max_total=2 * PRICE + 50)
+        offer = await b.offer("/api/x")
+        with pytest.raises(PriceRefused, match="over the cap of 100 sat per payment"):
+            await payer.pay(offer, PRICE + 1)
+        for _ in range(2):
+            payment = await payer.pay(offer, PRICE)
+            status, _, headers = await b.get("/api/x", payment.header)
+            assert status == 200 and await payment.settle(headers) is not None
+        with pytest.raises(PriceRefused, match="total paid to 300 sat, over the cap of 250"):
+            await payer.pay(offer, PRICE)
+        with pytest.raises(PriceRefused, match="a top-up of 51 sat"):
+            await payer.top_up(offer, 51)
+    run(sides, scenario)
+    assert [p.amount for p in sides.payments()] == [OPEN, PRICE, PRICE]  # nothing else signed
