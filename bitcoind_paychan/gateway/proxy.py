@@ -31,7 +31,15 @@ from bitcoind_paychan.gateway import metered
 from bitcoind_paychan.gateway.credit import Credit
 from bitcoind_paychan.gateway.replays import KEY_HEADER, MAX_ANSWER, MAX_KEY, Replays, valid_key
 from bitcoind_paychan.gateway.routes import Route, route_for, unsafe_path
-from bitcoind_paychan.gateway.upstream import Upstreams, response_headers
+from bitcoind_paychan.gateway.upstream import (
+    Upstreams,
+    copy,
+    cut,
+    read_chunk,
+    read_some,
+    request_id,
+    response_headers,
+)
 from bitcoind_paychan.transport.paidhttp.server import (
     Refused,
     Stored,
@@ -56,7 +64,6 @@ from bitcoind_paychan.transport.proxies import TrustedProxies
 log = logging.getLogger(__name__)
 access = logging.getLogger("bitcoind_paychan.gateway.access")  # what was charged for what
 DEFAULT_ENDPOINT = "/paychan"
-CHUNK = 64 * 1024
 
 
 @dataclass
@@ -152,7 +159,7 @@ class Gateway:
             if replayed is not None:
                 return replayed
         # From here the key (if any) is this request's: a retry meanwhile is refused (409).
-        reserved = self.replays.reserve(self._channel_of(header), key, _request_id(request))
+        reserved = self.replays.reserve(self._channel_of(header), key, request_id(request))
         try:
             return await self._pay_and_serve(route, request, header, key)
         finally:
@@ -215,7 +222,7 @@ class Gateway:
         replay = self.replays.get(channel, key) if channel is not None else None
         if session is None or channel is None or replay is None:
             return None
-        if replay.request != _request_id(request):
+        if replay.request != request_id(request):
             return error(422, f"{KEY_HEADER} {key!r} was used for {replay.request}: expected "
                               "the same request, or a new key")
         if replay.status is None:
@@ -258,9 +265,9 @@ class Gateway:
                                         headers=response_headers(upstream.headers))
             await answer.prepare(request)
             try:
-                await _copy(upstream, answer)
+                await copy(upstream, answer)
             except UpstreamFailed:
-                return _cut(request, answer)
+                return cut(request, answer)
             await answer.write_eof()
         return answer
 
@@ -272,7 +279,7 @@ class Gateway:
             return self._charged(error(exc.status, str(exc)), route, request, paid, 0)
         async with upstream:
             if upstream.status >= 500:
-                body = await _read_some(upstream)
+                body = await read_some(upstream)
                 answer = web.Response(status=upstream.status, body=body,
                                       headers=response_headers(upstream.headers))
                 return self._charged(answer, route, request, paid, 0)
@@ -290,13 +297,13 @@ class Gateway:
         self._charged(answer, route, request, paid, route.price.price)
         await answer.prepare(request)
         try:
-            body = await _copy(upstream, answer, MAX_ANSWER if paid.key else 0)
+            body = await copy(upstream, answer, MAX_ANSWER if paid.key else 0)
         except UpstreamFailed as exc:
             self.credit.add(paid.stored.channel, route.price.price)
             access.info("refunded %d sat to channel %s: %s %s broke off (%s)",
                         route.price.price, paid.stored.channel, request.method, request.path,
                         exc)
-            return _cut(request, answer)
+            return cut(request, answer)
         await answer.write_eof()
         self._keep(paid, route.price.price, answer, body)
         return answer
@@ -313,7 +320,7 @@ class Gateway:
             return self._too_large(route, request, paid, length)
         body = bytearray()
         try:
-            while chunk := await _chunk(upstream):
+            while chunk := await read_chunk(upstream):
                 body += chunk
                 if len(body) > limit:
                     return self._too_large(route, request, paid, None)
@@ -339,7 +346,7 @@ class Gateway:
         try:
             await answer.prepare(request)
             whole = await metered.stream(answer, upstream, meter,
-                                         self.offer(request, route).to_json(), _chunk)
+                                         self.offer(request, route).to_json(), read_chunk)
             why = "complete" if whole else "the client did not pay in time"
         except UpstreamFailed as exc:
             why = str(exc)
@@ -351,7 +358,7 @@ class Gateway:
                         self.credit.of(channel), request.method, request.path, answer.status,
                         route.path, channel, meter.sent, why)
         if not whole:
-            return _cut(request, answer)
+            return cut(request, answer)
         await answer.write_eof()
         return answer
 
@@ -382,60 +389,11 @@ class Gateway:
         return receipt(stored.ack, cost, self.credit.of(stored.channel))
 
     async def _send(self, route: Route, request: web.Request) -> aiohttp.ClientResponse:
-        try:
-            trusted = self.proxies.trusts_host(request.remote or "")
-            return await self.upstreams.send(route, request, trusted)
-        except TimeoutError:
-            raise UpstreamFailed(504, f"the upstream of {route.path} did not answer within "
-                                      f"{route.timeout:g} s") from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamFailed(502, f"the upstream of {route.path} cannot be reached: "
-                                      f"{exc}") from None
+        return await self.upstreams.send(route, request,
+                                         self.proxies.trusts_host(request.remote or ""))
 
     def _payment_required(self, request: web.Request, route: Route, why: str) -> web.Response:
         offer = self.offer(request, route)
         body = json.loads(offer.to_json()) | {"error": why}
         return web.json_response(body, status=402, headers={
             CHALLENGE_HEADER: challenge(offer, request.host), "Cache-Control": "no-store"})
-
-
-async def _chunk(upstream: aiohttp.ClientResponse) -> bytes:
-    try:
-        return await upstream.content.read(CHUNK)
-    except TimeoutError:
-        raise UpstreamFailed(504, "the upstream stopped sending its answer") from None
-    except (aiohttp.ClientError, OSError) as exc:
-        raise UpstreamFailed(502, f"the upstream broke off its answer: {exc}") from None
-
-
-async def _copy(upstream: aiohttp.ClientResponse, answer: web.StreamResponse,
-                keep: int = 0) -> bytes | None:
-    """Copy the body; what was copied if it is at most `keep` bytes, else None."""
-    kept: bytearray | None = bytearray() if keep else None
-    while chunk := await _chunk(upstream):
-        await answer.write(chunk)
-        if kept is not None:
-            kept += chunk
-            if len(kept) > keep:
-                kept = None
-    return None if kept is None else bytes(kept)
-
-
-def _cut(request: web.Request, answer: web.StreamResponse) -> web.StreamResponse:
-    """An answer cut short: its connection is closed before the body's end is sent, so the
-    client sees it incomplete (not a shorter answer that looks whole)."""
-    if request.transport is not None:
-        request.transport.close()
-    return answer
-
-
-def _request_id(request: web.Request) -> str:
-    return f"{request.method} {request.path_qs}"
-
-
-async def _read_some(upstream: aiohttp.ClientResponse, limit: int = CHUNK) -> bytes:
-    """Up to `limit` bytes of an answer not worth more (an upstream's error page)."""
-    try:
-        return await upstream.content.read(limit)
-    except (TimeoutError, aiohttp.ClientError, OSError):
-        return b""

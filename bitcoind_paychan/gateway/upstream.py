@@ -1,5 +1,6 @@
 """Forwarding to an upstream: which headers go (the gateway's own and the client's payment
-never do), and the request itself on aiohttp's client."""
+never do), the request itself on aiohttp's client, and reading its answer (each failure an
+UpstreamFailed)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
+from bitcoind_paychan.errors import UpstreamFailed
 from bitcoind_paychan.gateway.routes import Route
 from bitcoind_paychan.transport.paidhttp.wire import (
     CHALLENGE_HEADER,
@@ -96,18 +98,70 @@ class Upstreams:
     async def send(self, route: Route, request: web.Request, trusted: bool = False
                    ) -> aiohttp.ClientResponse:
         """`request` sent to `route`'s upstream (`trusted`: its peer is a trusted proxy), its
-        answer's headers read (aiohttp's ClientError or a TimeoutError if it cannot be); the
-        caller reads and releases it."""
+        answer's headers read (UpstreamFailed if it cannot be); the caller reads and releases
+        it."""
         url = route.upstream_url(request.path, request.rel_url.raw_query_string)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=route.timeout,
                                         sock_read=route.timeout)
         peer = request.remote
         headers = request_headers(request.headers, peer, request.scheme, trusted)
         body = request.content if request.body_exists else None
-        return await self.http.request(request.method, url, headers=headers, data=body,
-                                       timeout=timeout, allow_redirects=False)
+        try:
+            return await self.http.request(request.method, url, headers=headers, data=body,
+                                           timeout=timeout, allow_redirects=False)
+        except TimeoutError:
+            raise UpstreamFailed(504, f"the upstream of {route.path} did not answer within "
+                                      f"{route.timeout:g} s") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamFailed(502, f"the upstream of {route.path} cannot be reached: "
+                                      f"{exc}") from None
 
     async def close(self) -> None:
         if self._http is not None:
             await self._http.close()
             self._http = None
+
+
+CHUNK = 64 * 1024
+
+
+async def read_chunk(upstream: aiohttp.ClientResponse) -> bytes:
+    try:
+        return await upstream.content.read(CHUNK)
+    except TimeoutError:
+        raise UpstreamFailed(504, "the upstream stopped sending its answer") from None
+    except (aiohttp.ClientError, OSError) as exc:
+        raise UpstreamFailed(502, f"the upstream broke off its answer: {exc}") from None
+
+
+async def copy(upstream: aiohttp.ClientResponse, answer: web.StreamResponse,
+                keep: int = 0) -> bytes | None:
+    """Copy the body; what was copied if it is at most `keep` bytes, else None."""
+    kept: bytearray | None = bytearray() if keep else None
+    while chunk := await read_chunk(upstream):
+        await answer.write(chunk)
+        if kept is not None:
+            kept += chunk
+            if len(kept) > keep:
+                kept = None
+    return None if kept is None else bytes(kept)
+
+
+def cut(request: web.Request, answer: web.StreamResponse) -> web.StreamResponse:
+    """An answer cut short: its connection is closed before the body's end is sent, so the
+    client sees it incomplete (not a shorter answer that looks whole)."""
+    if request.transport is not None:
+        request.transport.close()
+    return answer
+
+
+def request_id(request: web.Request) -> str:
+    return f"{request.method} {request.path_qs}"
+
+
+async def read_some(upstream: aiohttp.ClientResponse, limit: int = CHUNK) -> bytes:
+    """Up to `limit` bytes of an answer not worth more (an upstream's error page)."""
+    try:
+        return await upstream.content.read(limit)
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        return b""
