@@ -173,7 +173,9 @@ class Daemon(ControlApi):
             if config.gateway.enabled:
                 self.gateway = Gateway(config.gateway.routes, self.server.policy,
                                        config.gateway.endpoint,
-                                       proxies=config.server.proxies)
+                                       proxies=config.server.proxies,
+                                       max_requests_per_session=config.gateway
+                                       .max_requests_per_session)
         if config.client.enabled:
             self.client = PaymentClient(ports, store, network=Network.from_chain(config.network),
                                         policy=config.client.policy,

@@ -64,6 +64,7 @@ from bitcoind_paychan.transport.proxies import TrustedProxies
 log = logging.getLogger(__name__)
 access = logging.getLogger("bitcoind_paychan.gateway.access")  # what was charged for what
 DEFAULT_ENDPOINT = "/paychan"
+MAX_REQUESTS_PER_SESSION = 16  # paid requests of one channel served at once
 
 
 @dataclass
@@ -83,7 +84,8 @@ class Gateway:
     def __init__(self, routes: Sequence[Route], policy: ServerPolicy,
                  endpoint_path: str = DEFAULT_ENDPOINT,
                  clock: Callable[[], float] = time.monotonic,
-                 proxies: TrustedProxies | None = None) -> None:
+                 proxies: TrustedProxies | None = None,
+                 max_requests_per_session: int = MAX_REQUESTS_PER_SESSION) -> None:
         for route in routes:
             if not route.price.free and route.price.needed < policy.min_increment:
                 raise ValueError(f"route {route.path}: a request needs {route.price.needed} "
@@ -94,6 +96,8 @@ class Gateway:
         self.endpoint_path = endpoint_path
         self.clock = clock  # a stream priced per second is timed by it
         self.proxies = proxies or TrustedProxies()  # whose X-Forwarded-For names the client
+        self.max_requests_per_session = max_requests_per_session  # in flight at once
+        self._in_flight: dict[str, int] = {}  # channel → its paid requests being served
         self.credit = Credit()
         self.replays = Replays()
         self.upstreams = Upstreams()
@@ -158,13 +162,24 @@ class Gateway:
             replayed = await self._replay(request, header, key)
             if replayed is not None:
                 return replayed
+        channel = self._channel_of(header)
+        busy = self._in_flight.get(channel, 0) if channel is not None else 0
+        if busy >= self.max_requests_per_session:
+            return error(429, f"{busy} requests of this session are in flight, the most the "
+                              "gateway serves at once: wait for one to end (nothing was paid)")
         # From here the key (if any) is this request's: a retry meanwhile is refused (409).
-        reserved = self.replays.reserve(self._channel_of(header), key, request_id(request))
+        reserved = self.replays.reserve(channel, key, request_id(request))
+        if channel is not None:
+            self._in_flight[channel] = busy + 1
         try:
             return await self._pay_and_serve(route, request, header, key)
         finally:
             if reserved is not None and reserved.status is None:  # not charged: forgotten
                 self.replays.forget(*reserved.where)
+            if channel is not None:
+                self._in_flight[channel] -= 1
+                if not self._in_flight[channel]:
+                    del self._in_flight[channel]
 
     async def _pay_and_serve(self, route: Route, request: web.Request, header: str,
                              key: str | None) -> web.StreamResponse:

@@ -120,6 +120,8 @@ def test_every_wrong_key_of_a_route_is_reported_at_once() -> None:
                                             "used by server.listen"),
     (gateway(API, listen="nowhere"), "gateway.listen: found 'nowhere'"),
     (gateway(API, endpoint="paychan"), "gateway.endpoint: found 'paychan'"),
+    (gateway(API, max_requests_per_session=0), "gateway.max_requests_per_session: found 0, "
+                                               "expected an integer ≥ 1"),
     (gateway(API, routes={"path": "/a"}), "gateway.routes: found a mapping, expected a list"),
 ])
 def test_a_wrong_gateway_is_refused(data: dict[str, Any], message: str) -> None:

@@ -48,6 +48,7 @@ NEEDS: dict[str, dict[str, dict[str, Any]]] = {
     "server.proxy_protocol": {"server": {"trusted_proxies": ["10.0.0.1"]}},
     "gateway.enabled": {"gateway": {"routes": [ROUTE]}},
     "gateway.endpoint": GATEWAY,
+    "gateway.max_requests_per_session": GATEWAY,
     "gateway.routes": GATEWAY,
 }
 
@@ -154,6 +155,7 @@ PROBES: dict[str, tuple[Any, Probe]] = {
     "fees.max_rate": (50, lambda d: fees(d).cap),
     "gateway.enabled": (True, lambda d: d.gateway is not None),
     "gateway.endpoint": ("/channels", lambda d: gateway(d).endpoint_path),
+    "gateway.max_requests_per_session": (2, lambda d: gateway(d).max_requests_per_session),
     "gateway.routes": ([{**ROUTE, "per": "byte", "reserve": 500, "quantity": 1000}],
                        lambda d: gateway(d).routes[0].price),
 }

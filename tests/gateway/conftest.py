@@ -184,14 +184,15 @@ def routed(routes: Sequence[Route], upstream: str) -> list[Route]:
 @contextlib.asynccontextmanager
 async def bench(sides: Duo, routes: Sequence[Route] = ROUTES,
                 limits: PeerLimits | None = None, clock: Clock | None = None,
-                proxies: TrustedProxies | None = None) -> AsyncIterator[Bench]:
+                proxies: TrustedProxies | None = None, in_flight: int = 16
+                ) -> AsyncIterator[Bench]:
     upstream = Upstream("")
     up_server = WebServer(upstream_app(upstream), "127.0.0.1", 0)
     host, port = await up_server.start()
     upstream.url = f"http://{host}:{port}"
     policy = ServerPolicy()
     gateway = Gateway(routed(routes, upstream.url), policy, clock=clock or Clock(),
-                      proxies=proxies)
+                      proxies=proxies, max_requests_per_session=in_flight)
 
     def on_event(event: object) -> None:
         sides.events.append(event)  # type: ignore[arg-type]

@@ -270,3 +270,20 @@ def test_a_payer_refuses_payments_over_its_caps(sides: MemSides) -> None:
             await payer.top_up(offer, 51)
     run(sides, scenario)
     assert [p.amount for p in sides.payments()] == [OPEN, PRICE, PRICE]  # nothing else signed
+
+
+def test_a_session_may_have_only_so_many_paid_requests_in_flight(sides: MemSides) -> None:
+    async def main() -> None:
+        async with bench(sides, in_flight=1) as b:
+            payment = await b.payer.pay(await b.offer("/api/x"), PRICE)
+            first = asyncio.ensure_future(b.get("/held/api/stall", payment.header))
+            await until(lambda: b.upstream.seen, what="the first request in flight")
+            status, body, headers = await b.get("/api/x", payment.header)
+            assert status == 429 and "requests of this session are in flight" in body["error"]
+            assert "Payment-Receipt" not in headers  # refused before its payment was looked at
+            b.upstream.release.set()
+            status, _, headers = await first
+            assert status == 200 and await payment.settle(headers) is not None
+            status, _, _, _ = await b.paid("/api/y", 1)  # the slot is free again
+            assert status == 200
+    asyncio.run(main())

@@ -11,6 +11,7 @@ from bitcoind_paychan.daemon.config.keys import ROUTE_KEYS
 from bitcoind_paychan.daemon.config.reader import Reader
 from bitcoind_paychan.daemon.config.schema import GatewayConfig
 from bitcoind_paychan.daemon.config.yamlfile import show
+from bitcoind_paychan.gateway.proxy import MAX_REQUESTS_PER_SESSION
 from bitcoind_paychan.gateway.routes import DEFAULT_TIMEOUT, Price, Route, unsafe_path
 
 PER = ("request", "byte", "second", "free")
@@ -47,7 +48,10 @@ def read_gateway(r: Reader, d: dict[str, Any]) -> GatewayConfig:
                                  "gateway")
     return GatewayConfig(enabled=enabled,
                          listen=r.address(d, "gateway", "listen", "127.0.0.1:8402"),
-                         endpoint=endpoint, routes=tuple(routes))
+                         endpoint=endpoint, routes=tuple(routes),
+                         max_requests_per_session=r.integer(
+                             d, "gateway", "max_requests_per_session",
+                             MAX_REQUESTS_PER_SESSION))
 
 
 def _route(r: Reader, entry: Any, key: str, endpoint: str) -> Route:

@@ -17,6 +17,7 @@ from bitcoind_paychan.channel.server import ServerPolicy
 from bitcoind_paychan.channel.watch import WatchPolicy
 from bitcoind_paychan.daemon.config.values import label
 from bitcoind_paychan.errors import ConfigError
+from bitcoind_paychan.gateway.proxy import MAX_REQUESTS_PER_SESSION
 from bitcoind_paychan.gateway.routes import Route
 from bitcoind_paychan.node.config import NodeConfig
 from bitcoind_paychan.store import ChannelStore, SessionTimeouts, open_store
@@ -148,6 +149,7 @@ class GatewayConfig:
     listen: str
     endpoint: str
     routes: tuple[Route, ...]
+    max_requests_per_session: int = MAX_REQUESTS_PER_SESSION  # paid, of one channel, at once
 
 
 @dataclass(frozen=True)
@@ -166,7 +168,7 @@ class Config:
     metrics: MetricsConfig
     cluster: ClusterPolicy = field(default_factory=ClusterPolicy)  # instances sharing a store
     gateway: GatewayConfig = field(default_factory=lambda: GatewayConfig(
-        False, "127.0.0.1:8402", "/paychan", ()))
+        False, "127.0.0.1:8402", "/paychan", (), MAX_REQUESTS_PER_SESSION))
     source: Path | None = None
 
     def node_config(self) -> NodeConfig:
