@@ -1,5 +1,5 @@
-"""The client's link: a session the endpoint no longer knows ends the stream the manager
-reads, and nothing more is sent through it."""
+"""The client's link (transport/paidhttp): a session the endpoint no longer knows ends the
+stream the manager reads, and nothing more is sent through it."""
 
 from __future__ import annotations
 
@@ -12,16 +12,16 @@ from bitcoind_paychan.channel import messages
 from bitcoind_paychan.transport import encode
 from bitcoind_paychan.transport.paidhttp import HttpLink
 from bitcoind_paychan.wire import pb
-from tests.examples.paid_http.conftest import paid_api
+from tests.gateway.conftest import bench
 from tests.service.conftest import MemSides
 
 T = pb.TwoWayChannelMessage
 
 
-def test_a_session_the_endpoint_does_not_know_ends_the_stream(sides: MemSides) -> None:
+def test_a_session_the_endpoint_does_not_know_ends_the_stream(mem_sides: MemSides) -> None:
     async def main() -> None:
-        async with paid_api(sides) as api, aiohttp.ClientSession() as http:
-            link = HttpLink(http, api.url.replace("/api/", "/paychan"), 10)
+        async with bench(mem_sides) as gateway, aiohttp.ClientSession() as http:
+            link = HttpLink(http, gateway.url + gateway.gateway.endpoint_path, 10)
             link.session = "expired"
             await link.send_frames(encode([messages.payment_ack()]))
             assert await link.stream.receive(10) is None  # the manager sees the end
