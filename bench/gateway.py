@@ -92,10 +92,10 @@ async def run(clients: int, requests: int, stream_mb: int, tmp: Path) -> dict[st
     host, port = await up.start()
     upstream = f"http://{host}:{port}"
     policy = ServerPolicy()
+    store = SQLiteStore(tmp / "gateway.db")
     gateway = Gateway([Route("/api", upstream, Price("request", PRICE)),
                        Route("/live", upstream, Price("byte", 1, reserve=10_000,
-                                                      quantity=1000))], policy)
-    store = SQLiteStore(tmp / "gateway.db")
+                                                      quantity=1000))], policy, store=store)
     manager = ServerManager(server_node, store, policy, on_event=gateway.on_event,
                             poll_interval=0.5)
     await manager.start()

@@ -43,6 +43,7 @@ from bitcoind_paychan.node.ports import Node, NodePorts
 from bitcoind_paychan.service.client import ClientEvent, PaymentClient
 from bitcoind_paychan.service.server import PaymentServer, ServerEvent
 from bitcoind_paychan.store import ChannelStore
+from bitcoind_paychan.store.credit import CreditStore
 from bitcoind_paychan.store.leases import leases_for
 from bitcoind_paychan.transport import websocket
 from bitcoind_paychan.transport.http import WebServer
@@ -171,8 +172,11 @@ class Daemon(ControlApi):
                                                     trusted_proxies=config.server.proxies)
             self.server.callbacks.on_error = self.metrics.callback_errors.inc
             if config.gateway.enabled:
+                if not isinstance(store, CreditStore):
+                    raise ConfigError(f"gateway.enabled: the store ({store.info().engine}) "
+                                      "keeps no credit: use SQLite or PostgreSQL")
                 self.gateway = Gateway(config.gateway.routes, self.server.policy,
-                                       config.gateway.endpoint,
+                                       config.gateway.endpoint, store=store,
                                        proxies=config.server.proxies,
                                        max_requests_per_session=config.gateway
                                        .max_requests_per_session)

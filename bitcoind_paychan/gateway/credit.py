@@ -1,51 +1,53 @@
 """Credit: sat a channel's client has paid the gateway and not yet spent, by channel.
 
-Every change is synchronous (no await between reading and writing a balance), so requests
-of one channel running side by side never spend the same sat twice. A metered stream that
-has spent what it may waits (`wait`) until the credit grows. Kept in memory: a gateway
-restart loses it (see ARCHITECTURE.md).
+It lives in the store (store/credit.py): a channel's credit is what its stored payments paid
+less what the gateway took, so a payment is credit the moment it is stored, a gateway restart
+loses none, and instances on one PostgreSQL share it. Each take is atomic in the store, so
+requests of one channel (on one instance or several) never spend the same sat twice. A
+metered stream that has spent what it may waits (`wait`) until this instance sees the credit
+grow (a payment it stored, or credit given back).
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
+
+from bitcoind_paychan.store.credit import CreditStore
 
 
 class Credit:
-    def __init__(self) -> None:
-        self._by_channel: dict[str, int] = {}
+    def __init__(self, store: CreditStore) -> None:
+        self.store = store
         self._grown: dict[str, asyncio.Event] = {}  # channel → set when its credit grows
 
     def of(self, channel: str) -> int:
-        return self._by_channel.get(channel, 0)
+        return self.store.credit(channel)
 
     def hold(self, channel: str, paid: int, needed: int, *, everything: bool = False
              ) -> int | None:
-        """Add the payment `paid` to the channel's credit, then take `needed` of it for one
-        request (with `everything`, all of it, at least `needed`): the sat held, or None if
-        the credit falls short (the payment stays credited)."""
-        self.add(channel, paid)
-        credit = self.of(channel)
-        if credit < needed:
-            return None
-        held = credit if everything else needed
-        self._by_channel[channel] = credit - held
-        return held
+        """Take `needed` of the channel's credit (which the stored payment `paid` is part
+        of) for one request (with `everything`, all of it, at least `needed`): the sat held,
+        or None if the credit falls short (the payment stays credit)."""
+        self.grew(channel, paid)
+        return self.store.take_credit(channel, needed, sys.maxsize if everything else needed)
 
     def take(self, channel: str, sat: int) -> int:
         """Take up to `sat` of the channel's credit; what was taken."""
-        taken = min(sat, self.of(channel))
-        self._by_channel[channel] = self.of(channel) - taken
-        return taken
+        return self.store.take_credit(channel, 0, sat) or 0
 
-    def add(self, channel: str, sat: int) -> None:
-        """Credit `sat`: a payment, what a request held and was not charged, or a payment
-        stored outside a request (a resume's proof, a stream's top-up)."""
+    def give_back(self, channel: str, sat: int) -> None:
+        """Credit again `sat` a request held and was not charged."""
         if sat < 0:
             raise ValueError(f"a credit of {sat} sat: a request is never charged more than "
                              "it held")
+        self.store.give_credit(channel, sat)
+        self.grew(channel, sat)
+
+    def grew(self, channel: str, sat: int) -> None:
+        """The channel's credit grew by `sat` (a payment stored, credit given back): wake
+        the streams waiting for it."""
         if sat:
-            self._by_channel[channel] = self.of(channel) + sat
             grown = self._grown.pop(channel, None)
             if grown is not None:
                 grown.set()

@@ -87,7 +87,7 @@ class Meter:
             self.draw(0)  # the time it streamed since its last part, as far as credit goes
         cost = min(self.route.price.cost(self.used(0) if self.timed else self.sent),
                    self.drawn)
-        self.credit.add(self.channel, self.drawn - cost)
+        self.credit.give_back(self.channel, self.drawn - cost)
         return cost
 
 

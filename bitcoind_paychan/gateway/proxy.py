@@ -2,8 +2,8 @@
 channels (docs/paid-http.md says what goes over the wire; docs/config.md, `gateway:`, how a
 route is priced).
 
-    gateway = Gateway(routes, server.policy)  # server: a started ServerManager whose
-    app = gateway.app(server)                  # on_event calls gateway.on_event
+    gateway = Gateway(routes, server.policy, store=store)  # server: a started ServerManager
+    app = gateway.app(server)          # on `store`, whose on_event calls gateway.on_event
 
 A request on a free route is forwarded. On a paid route, one without a `Payment` credential
 gets 402 and the offer; one whose payment does not suffice (see `take_payment`) is refused
@@ -40,6 +40,7 @@ from bitcoind_paychan.gateway.upstream import (
     request_id,
     response_headers,
 )
+from bitcoind_paychan.store.credit import CreditStore
 from bitcoind_paychan.transport.paidhttp.server import (
     Refused,
     Stored,
@@ -82,7 +83,7 @@ class Gateway:
     manager; the manager's `on_event` must call `on_event`."""
 
     def __init__(self, routes: Sequence[Route], policy: ServerPolicy,
-                 endpoint_path: str = DEFAULT_ENDPOINT,
+                 endpoint_path: str = DEFAULT_ENDPOINT, *, store: CreditStore,
                  clock: Callable[[], float] = time.monotonic,
                  proxies: TrustedProxies | None = None,
                  max_requests_per_session: int = MAX_REQUESTS_PER_SESSION) -> None:
@@ -98,7 +99,7 @@ class Gateway:
         self.proxies = proxies or TrustedProxies()  # whose X-Forwarded-For names the client
         self.max_requests_per_session = max_requests_per_session  # in flight at once
         self._in_flight: dict[str, int] = {}  # channel → its paid requests being served
-        self.credit = Credit()
+        self.credit = Credit(store)  # in the store: shared, kept across restarts
         self.replays = Replays()
         self.upstreams = Upstreams()
         self._sessions: Sessions | None = None
@@ -108,7 +109,8 @@ class Gateway:
         sessions = self._sessions = Sessions(server)
         app = web.Application(client_max_size=MAX_FRAMES_BODY)
         async def channels(request: web.Request) -> web.StreamResponse:
-            return await endpoint(sessions, request, self.credit.add, self.client_of(request))
+            return await endpoint(sessions, request, self.credit.grew,
+                                  self.client_of(request))
 
         app.router.add_post(self.endpoint_path, channels)
         app.router.add_route("*", "/{tail:.*}", self.handle)
@@ -212,7 +214,7 @@ class Gateway:
         except BaseException:  # cancelled (the gateway stops): the credit held goes back
             if not paid.settled:
                 paid.settled = True
-                self.credit.add(taken.channel, held)
+                self.credit.give_back(taken.channel, held)
             raise
 
     def _channel_of(self, header: str) -> str | None:
@@ -254,7 +256,7 @@ class Gateway:
                                        lambda _: self.policy.min_increment)
             if isinstance(taken, Refused):
                 return error(taken.status, taken.why, closed=taken.closed)
-            self.credit.add(channel, taken.amount)
+            self.credit.grew(channel, taken.amount)
             ack = taken.ack
         answer = web.Response(status=replay.status, body=replay.body, headers=replay.headers)
         answer.headers[RECEIPT_HEADER] = receipt(ack, 0, self.credit.of(channel))
@@ -314,7 +316,7 @@ class Gateway:
         try:
             body = await copy(upstream, answer, MAX_ANSWER if paid.key else 0)
         except UpstreamFailed as exc:
-            self.credit.add(paid.stored.channel, route.price.price)
+            self.credit.give_back(paid.stored.channel, route.price.price)
             access.info("refunded %d sat to channel %s: %s %s broke off (%s)",
                         route.price.price, paid.stored.channel, request.method, request.path,
                         exc)
@@ -393,7 +395,7 @@ class Gateway:
         channel = paid.stored.channel
         assert not paid.settled, "a request is charged once"
         paid.settled = True
-        self.credit.add(channel, paid.held - cost)
+        self.credit.give_back(channel, paid.held - cost)
         answer.headers[RECEIPT_HEADER] = self._receipt(paid.stored, cost)
         access.info("charged %d sat (paid %d, credit %d) for %s %s -> %d via %s, channel %s",
                     cost, paid.stored.amount, self.credit.of(channel), request.method,

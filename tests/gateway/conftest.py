@@ -181,18 +181,31 @@ def routed(routes: Sequence[Route], upstream: str) -> list[Route]:
     return [Route(r.path, upstream + r.upstream, r.price, r.timeout) for r in routes]
 
 
+@dataclass
+class Served:
+    """The upstream and the gateway before it (at `url`), its channels run by `manager`."""
+
+    upstream: Upstream
+    url: str
+    gateway: Gateway
+    manager: ServerManager
+
+
 @contextlib.asynccontextmanager
-async def bench(sides: Duo, routes: Sequence[Route] = ROUTES,
-                limits: PeerLimits | None = None, clock: Clock | None = None,
-                proxies: TrustedProxies | None = None, in_flight: int = 16
-                ) -> AsyncIterator[Bench]:
+async def serving(sides: Duo, routes: Sequence[Route] = ROUTES,
+                  limits: PeerLimits | None = None, clock: Clock | None = None,
+                  proxies: TrustedProxies | None = None, in_flight: int = 16, port: int = 0
+                  ) -> AsyncIterator[Served]:
+    """The upstream and the gateway on `port` (0: a free one), its channels and credit in the
+    store "gateway" (a restart: the block ends, another begins on the same store)."""
     upstream = Upstream("")
     up_server = WebServer(upstream_app(upstream), "127.0.0.1", 0)
-    host, port = await up_server.start()
-    upstream.url = f"http://{host}:{port}"
+    up_host, up_port = await up_server.start()
+    upstream.url = f"http://{up_host}:{up_port}"
     policy = ServerPolicy()
-    gateway = Gateway(routed(routes, upstream.url), policy, clock=clock or Clock(),
-                      proxies=proxies, max_requests_per_session=in_flight)
+    gateway = Gateway(routed(routes, upstream.url), policy, store=sides.store("gateway"),
+                      clock=clock or Clock(), proxies=proxies,
+                      max_requests_per_session=in_flight)
 
     def on_event(event: object) -> None:
         sides.events.append(event)  # type: ignore[arg-type]
@@ -202,21 +215,36 @@ async def bench(sides: Duo, routes: Sequence[Route] = ROUTES,
                             on_event=on_event, poll_interval=sides.poll_interval,
                             review_interval=0.5, autopilot=FAST, limits=limits)
     await manager.start()
-    server = WebServer(gateway.app(manager), "127.0.0.1", 0)
+    server = WebServer(gateway.app(manager), "127.0.0.1", port)
     host, port = await server.start()
     try:
-        async with (aiohttp.ClientSession() as http,
-                    ClientManager(sides.client_ports(), sides.store("client"),
-                                  dial=http_dialer(http), poll_interval=sides.poll_interval,
-                                  review_interval=0.5, autopilot=FAST) as client):
-            yield Bench(upstream, f"http://{host}:{port}", gateway, manager,
-                        Payer(client, VALUE), http)
+        yield Served(upstream, f"http://{host}:{port}", gateway, manager)
     finally:
         upstream.release.set()
         upstream.ticks.put_nowait(None)
         await server.stop()
         await manager.stop()
         await up_server.stop()
+
+
+@contextlib.asynccontextmanager
+async def paying(sides: Duo) -> AsyncIterator[tuple[aiohttp.ClientSession, Payer]]:
+    """A paying client, its channels in the store "client"."""
+    async with (aiohttp.ClientSession() as http,
+                ClientManager(sides.client_ports(), sides.store("client"),
+                              dial=http_dialer(http), poll_interval=sides.poll_interval,
+                              review_interval=0.5, autopilot=FAST) as client):
+        yield http, Payer(client, VALUE)
+
+
+@contextlib.asynccontextmanager
+async def bench(sides: Duo, routes: Sequence[Route] = ROUTES,
+                limits: PeerLimits | None = None, clock: Clock | None = None,
+                proxies: TrustedProxies | None = None, in_flight: int = 16
+                ) -> AsyncIterator[Bench]:
+    async with (serving(sides, routes, limits, clock, proxies, in_flight) as served,
+                paying(sides) as (http, payer)):
+        yield Bench(served.upstream, served.url, served.gateway, served.manager, payer, http)
 
 
 @pytest.fixture

@@ -8,6 +8,8 @@ from multidict import CIMultiDict
 from bitcoind_paychan.gateway import Credit, Price, Route, metered, route_for
 from bitcoind_paychan.gateway.routes import unsafe_path
 from bitcoind_paychan.gateway.upstream import request_headers, response_headers
+from bitcoind_paychan.store import MemoryStore
+from tests.store.helpers import Channel
 
 ROUTES = (Route("/", "http://up/root", Price("free")),
           Route("/api", "http://up/v1", Price("request", 10)),
@@ -69,14 +71,24 @@ def test_an_upstream_cannot_answer_for_the_gateway() -> None:
 
 
 def test_credit_is_held_for_a_request_and_given_back() -> None:
-    credit = Credit()
-    assert credit.hold("c", 50, 100) is None and credit.of("c") == 50  # short: kept
-    assert credit.hold("c", 60, 100) == 100 and credit.of("c") == 10
-    assert credit.hold("c", 5, 10, everything=True) == 15 and credit.of("c") == 0
-    credit.add("c", 7)
-    assert credit.of("c") == 7 and credit.of("other") == 0
+    store, channel = MemoryStore(), Channel()
+    record = channel.record()
+    store.put(record)
+    credit, c = Credit(store), channel.txid
+
+    def pay(amount: int) -> int:
+        nonlocal record
+        record = channel.pay(record, amount)
+        store.record_payment(record, amount)  # stored: credit at once
+        return amount
+
+    assert credit.hold(c, pay(50), 100) is None and credit.of(c) == 50  # short: kept
+    assert credit.hold(c, pay(60), 100) == 100 and credit.of(c) == 10
+    assert credit.hold(c, pay(5), 10, everything=True) == 15 and credit.of(c) == 0
+    credit.give_back(c, 7)
+    assert credit.of(c) == 7 and credit.of("other") == 0
     with pytest.raises(ValueError, match="never charged more than it held"):
-        credit.add("c", -1)
+        credit.give_back(c, -1)
 
 
 @pytest.mark.parametrize(("pending", "room", "ended", "size"), [
