@@ -22,6 +22,8 @@ from bitcoind_paychan.gateway import Gateway, Price, Route
 from bitcoind_paychan.gateway.payer import Payer, PendingPayment
 from bitcoind_paychan.service.client import ClientManager
 from bitcoind_paychan.service.server import ServerManager
+from bitcoind_paychan.store.leases import Leases
+from bitcoind_paychan.store.sql import SQLStore
 from bitcoind_paychan.transport.http import WebServer
 from bitcoind_paychan.transport.limits import PeerLimits
 from bitcoind_paychan.transport.paidhttp import Offer
@@ -194,16 +196,19 @@ class Served:
 @contextlib.asynccontextmanager
 async def serving(sides: Duo, routes: Sequence[Route] = ROUTES,
                   limits: PeerLimits | None = None, clock: Clock | None = None,
-                  proxies: TrustedProxies | None = None, in_flight: int = 16, port: int = 0
+                  proxies: TrustedProxies | None = None, in_flight: int = 16, port: int = 0,
+                  store: SQLStore | None = None, leases: Leases | None = None
                   ) -> AsyncIterator[Served]:
-    """The upstream and the gateway on `port` (0: a free one), its channels and credit in the
-    store "gateway" (a restart: the block ends, another begins on the same store)."""
+    """The upstream and the gateway on `port` (0: a free one), its channels and credit in
+    `store` (default: the SQLite store "gateway"; a restart: the block ends, another begins
+    on the same store)."""
+    store = store or sides.store("gateway")
     upstream = Upstream("")
     up_server = WebServer(upstream_app(upstream), "127.0.0.1", 0)
     up_host, up_port = await up_server.start()
     upstream.url = f"http://{up_host}:{up_port}"
     policy = ServerPolicy()
-    gateway = Gateway(routed(routes, upstream.url), policy, store=sides.store("gateway"),
+    gateway = Gateway(routed(routes, upstream.url), policy, store=store,
                       clock=clock or Clock(), proxies=proxies,
                       max_requests_per_session=in_flight)
 
@@ -211,9 +216,10 @@ async def serving(sides: Duo, routes: Sequence[Route] = ROUTES,
         sides.events.append(event)  # type: ignore[arg-type]
         gateway.on_event(event)
 
-    manager = ServerManager(sides.server_ports(), sides.store("gateway"), policy,
+    manager = ServerManager(sides.server_ports(), store, policy,
                             on_event=on_event, poll_interval=sides.poll_interval,
-                            review_interval=0.5, autopilot=FAST, limits=limits)
+                            review_interval=0.5, autopilot=FAST, limits=limits,
+                            leases=leases)
     await manager.start()
     server = WebServer(gateway.app(manager), "127.0.0.1", port)
     host, port = await server.start()
