@@ -396,9 +396,10 @@ class Gateway:
         assert not paid.settled, "a request is charged once"
         paid.settled = True
         self.credit.give_back(channel, paid.held - cost)
-        answer.headers[RECEIPT_HEADER] = self._receipt(paid.stored, cost)
+        left = self.credit.of(channel)  # one read of the store for the receipt and the log
+        answer.headers[RECEIPT_HEADER] = receipt(paid.stored.ack, cost, left)
         access.info("charged %d sat (paid %d, credit %d) for %s %s -> %d via %s, channel %s",
-                    cost, paid.stored.amount, self.credit.of(channel), request.method,
+                    cost, paid.stored.amount, left, request.method,
                     request.path, answer.status, route.path, channel)
         return answer
 
