@@ -2,7 +2,8 @@
 
 It lives in the store (store/credit.py): a channel's credit is what its stored payments paid
 less what the gateway took, so a payment is credit the moment it is stored, a gateway restart
-loses none, and instances on one PostgreSQL share it. Each take is atomic in the store, so
+loses none, and instances on one PostgreSQL share it. The store is called in a thread (as
+the server manager does), never blocking the event loop. Each take is atomic in the store, so
 requests of one channel (on one instance or several) never spend the same sat twice. A
 metered stream that has spent what it may waits (`wait`) until this instance sees the credit
 grow (a payment it stored, or credit given back).
@@ -21,27 +22,28 @@ class Credit:
         self.store = store
         self._grown: dict[str, asyncio.Event] = {}  # channel → set when its credit grows
 
-    def of(self, channel: str) -> int:
-        return self.store.credit(channel)
+    async def of(self, channel: str) -> int:
+        return await asyncio.to_thread(self.store.credit, channel)
 
-    def hold(self, channel: str, paid: int, needed: int, *, everything: bool = False
+    async def hold(self, channel: str, paid: int, needed: int, *, everything: bool = False
              ) -> int | None:
         """Take `needed` of the channel's credit (which the stored payment `paid` is part
         of) for one request (with `everything`, all of it, at least `needed`): the sat held,
         or None if the credit falls short (the payment stays credit)."""
         self.grew(channel, paid)
-        return self.store.take_credit(channel, needed, sys.maxsize if everything else needed)
+        return await asyncio.to_thread(self.store.take_credit, channel, needed,
+                                       sys.maxsize if everything else needed)
 
-    def take(self, channel: str, sat: int) -> int:
+    async def take(self, channel: str, sat: int) -> int:
         """Take up to `sat` of the channel's credit; what was taken."""
-        return self.store.take_credit(channel, 0, sat) or 0
+        return await asyncio.to_thread(self.store.take_credit, channel, 0, sat) or 0
 
-    def give_back(self, channel: str, sat: int) -> None:
+    async def give_back(self, channel: str, sat: int) -> None:
         """Credit again `sat` a request held and was not charged."""
         if sat < 0:
             raise ValueError(f"a credit of {sat} sat: a request is never charged more than "
                              "it held")
-        self.store.give_credit(channel, sat)
+        await asyncio.to_thread(self.store.give_credit, channel, sat)
         self.grew(channel, sat)
 
     def grew(self, channel: str, sat: int) -> None:

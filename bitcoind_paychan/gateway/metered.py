@@ -71,23 +71,23 @@ class Meter:
             return sys.maxsize if self.used(0) <= covered else 0
         return covered - self.sent
 
-    def draw(self, size: int) -> None:
+    async def draw(self, size: int) -> None:
         """Take from the credit what sending `size` more bytes lacks (as much as there is)."""
         lacking = self.lacking(size)
         if lacking > 0:
-            self.drawn += self.credit.take(self.channel, lacking)
+            self.drawn += await self.credit.take(self.channel, lacking)
 
     def lacking(self, size: int) -> int:
         return self.route.price.cost(self.used(size)) - self.drawn
 
-    def settle(self) -> int:
+    async def settle(self) -> int:
         """The stream's cost (what it sent, or the time it streamed: never more than it
         drew); the rest of what it drew goes back."""
         if self.timed:
-            self.draw(0)  # the time it streamed since its last part, as far as credit goes
+            await self.draw(0)  # the time it streamed since its last part, as far as credit goes
         cost = min(self.route.price.cost(self.used(0) if self.timed else self.sent),
                    self.drawn)
-        self.credit.give_back(self.channel, self.drawn - cost)
+        await self.credit.give_back(self.channel, self.drawn - cost)
         return cost
 
 
@@ -113,11 +113,12 @@ async def stream(answer: web.StreamResponse, upstream: aiohttp.ClientResponse, m
         size = _next_part(pending, meter.room, sse, ended)
         if size == 0:
             whole = _first_part(pending, sse)
-            meter.draw(whole)
+            await meter.draw(whole)
             if _next_part(pending, meter.room, sse, ended):
                 continue
             if sse:
-                await answer.write(_payment_event(offer, meter, whole))
+                await answer.write(_payment_event(offer, meter, whole,
+                                                  await meter.credit.of(meter.channel)))
             began = meter.clock()
             topped_up = await meter.credit.wait(meter.channel, meter.route.timeout)
             meter.paused += meter.clock() - began  # not charged: the upstream was paused
@@ -149,9 +150,9 @@ def _first_part(pending: bytes, sse: bool) -> int:
     return end.end() if end else len(pending)
 
 
-def _payment_event(offer: str, meter: Meter, size: int) -> bytes:
+def _payment_event(offer: str, meter: Meter, size: int, credit: int) -> bytes:
     lacking = meter.lacking(size)
     data = json.loads(offer) | {"error": "the stream's credit is spent: pay to go on",
-                                "credit": meter.credit.of(meter.channel), "needed": lacking}
+                                "credit": credit, "needed": lacking}
     return f"event: {PAYMENT_EVENT}\ndata: {json.dumps(data)}\n\n".encode()
 

@@ -44,6 +44,7 @@ from bitcoind_paychan.store.credit import CreditStore
 from bitcoind_paychan.transport.paidhttp.server import (
     Refused,
     Stored,
+    at_least,
     endpoint,
     error,
     take_payment,
@@ -188,17 +189,17 @@ class Gateway:
         needed = route.price.needed
         taken = await take_payment(
             self.sessions, header,
-            lambda channel: max(needed - self.credit.of(channel), self.policy.min_increment))
+            lambda channel: self._lacking(channel, needed))
         if isinstance(taken, Refused):
             if taken.status == 402:
                 return self._payment_required(request, route, taken.why)
             return error(taken.status, taken.why, closed=taken.closed)
-        held = self.credit.hold(taken.channel, taken.amount, needed,
+        held = await self.credit.hold(taken.channel, taken.amount, needed,
                                 everything=route.price.per in ("byte", "second"))
         if held is None:  # another request of this channel took the credit meanwhile
             answer = self._payment_required(request, route, "the channel's credit was spent "
                                             "by another request meanwhile: pay again")
-            answer.headers[RECEIPT_HEADER] = self._receipt(taken, 0)
+            answer.headers[RECEIPT_HEADER] = await self._receipt(taken, 0)
             return answer
         paid = Paid(taken, held, key)
         if key is not None:
@@ -209,12 +210,12 @@ class Gateway:
             if paid.settled:
                 raise
             log.exception("serving %s %s failed", request.method, request.path)
-            return self._charged(error(500, "the gateway failed to serve the request; it was "
+            return await self._charged(error(500, "the gateway failed to serve the request; it was "
                                             "not charged"), route, request, paid, 0)
         except BaseException:  # cancelled (the gateway stops): the credit held goes back
             if not paid.settled:
                 paid.settled = True
-                self.credit.give_back(taken.channel, held)
+                await self.credit.give_back(taken.channel, held)
             raise
 
     def _channel_of(self, header: str) -> str | None:
@@ -253,13 +254,13 @@ class Gateway:
         if session.change is not None and \
                 payment.update_payment.client_change_value < session.change:
             taken = await take_payment(self.sessions, header,
-                                       lambda _: self.policy.min_increment)
+                                       at_least(self.policy.min_increment))
             if isinstance(taken, Refused):
                 return error(taken.status, taken.why, closed=taken.closed)
             self.credit.grew(channel, taken.amount)
             ack = taken.ack
         answer = web.Response(status=replay.status, body=replay.body, headers=replay.headers)
-        answer.headers[RECEIPT_HEADER] = receipt(ack, 0, self.credit.of(channel))
+        answer.headers[RECEIPT_HEADER] = receipt(ack, 0, await self.credit.of(channel))
         access.info("charged 0 sat for %s %s -> %d, channel %s: answered again for %s %r "
                     "(charged %d sat the first time)", request.method, request.path,
                     replay.status, channel, KEY_HEADER, key, replay.charged)
@@ -293,13 +294,13 @@ class Gateway:
         try:
             upstream = await self._send(route, request)
         except UpstreamFailed as exc:
-            return self._charged(error(exc.status, str(exc)), route, request, paid, 0)
+            return await self._charged(error(exc.status, str(exc)), route, request, paid, 0)
         async with upstream:
             if upstream.status >= 500:
                 body = await read_some(upstream)
                 answer = web.Response(status=upstream.status, body=body,
                                       headers=response_headers(upstream.headers))
-                return self._charged(answer, route, request, paid, 0)
+                return await self._charged(answer, route, request, paid, 0)
             if route.price.per == "second":
                 return await self._metered(route, request, paid, upstream)
             if route.price.per == "byte":
@@ -311,12 +312,12 @@ class Gateway:
         """Charged the price with the answer's headers; given back if the body breaks off."""
         answer = web.StreamResponse(status=upstream.status,
                                     headers=response_headers(upstream.headers))
-        self._charged(answer, route, request, paid, route.price.price)
+        await self._charged(answer, route, request, paid, route.price.price)
         await answer.prepare(request)
         try:
             body = await copy(upstream, answer, MAX_ANSWER if paid.key else 0)
         except UpstreamFailed as exc:
-            self.credit.give_back(paid.stored.channel, route.price.price)
+            await self.credit.give_back(paid.stored.channel, route.price.price)
             access.info("refunded %d sat to channel %s: %s %s broke off (%s)",
                         route.price.price, paid.stored.channel, request.method, request.path,
                         exc)
@@ -334,20 +335,20 @@ class Gateway:
         limit = route.price.units_for(paid.held)
         length = upstream.content_length
         if length is not None and length > limit:
-            return self._too_large(route, request, paid, length)
+            return await self._too_large(route, request, paid, length)
         body = bytearray()
         try:
             while chunk := await read_chunk(upstream):
                 body += chunk
                 if len(body) > limit:
-                    return self._too_large(route, request, paid, None)
+                    return await self._too_large(route, request, paid, None)
         except UpstreamFailed as exc:
-            return self._charged(error(exc.status, str(exc)), route, request, paid, 0)
+            return await self._charged(error(exc.status, str(exc)), route, request, paid, 0)
         answer = web.Response(status=upstream.status, body=bytes(body),
                               headers=response_headers(upstream.headers))
         cost = route.price.cost(len(body))
         self._keep(paid, cost, answer, bytes(body))
-        return self._charged(answer, route, request, paid, cost)
+        return await self._charged(answer, route, request, paid, cost)
 
     async def _metered(self, route: Route, request: web.Request, paid: Paid,
                        upstream: aiohttp.ClientResponse) -> web.StreamResponse:
@@ -358,7 +359,7 @@ class Gateway:
         paid.settled = True  # the meter accounts for what it held
         answer = web.StreamResponse(status=upstream.status,
                                     headers=response_headers(upstream.headers))
-        answer.headers[RECEIPT_HEADER] = self._receipt(paid.stored, 0)
+        answer.headers[RECEIPT_HEADER] = await self._receipt(paid.stored, 0)
         whole, why = False, "the client went away"
         try:
             await answer.prepare(request)
@@ -368,43 +369,48 @@ class Gateway:
         except UpstreamFailed as exc:
             why = str(exc)
         finally:
-            cost = meter.settle()
+            cost = await meter.settle()
             self._keep(paid, cost, answer, None)  # a stream is not answered again
             access.info("charged %d sat (paid %d, credit %d) for %s %s -> %d via %s, channel "
                         "%s: a stream of %d bytes, %s", cost, paid.stored.amount,
-                        self.credit.of(channel), request.method, request.path, answer.status,
+                        await self.credit.of(channel), request.method, request.path,
+                        answer.status,
                         route.path, channel, meter.sent, why)
         if not whole:
             return cut(request, answer)
         await answer.write_eof()
         return answer
 
-    def _too_large(self, route: Route, request: web.Request, paid: Paid,
+    async def _too_large(self, route: Route, request: web.Request, paid: Paid,
                    length: int | None) -> web.StreamResponse:
         size = f"{length} bytes" if length is not None else "larger"
         cost = f", costs {route.price.cost(length)} sat" if length is not None else ""
         answer = self._payment_required(
             request, route, f"the answer is {size}{cost}: more than the {paid.held} sat of "
             f"credit held pay for ({route.price.units_for(paid.held)} bytes); pay more")
-        return self._charged(answer, route, request, paid, 0)
+        return await self._charged(answer, route, request, paid, 0)
 
-    def _charged(self, answer: web.StreamResponse, route: Route, request: web.Request,
+    async def _charged(self, answer: web.StreamResponse, route: Route, request: web.Request,
                  paid: Paid, cost: int) -> web.StreamResponse:
         """Charge `cost` of what `paid` held (the rest back to the credit); the receipt on
         `answer`; one access-log line."""
         channel = paid.stored.channel
         assert not paid.settled, "a request is charged once"
         paid.settled = True
-        self.credit.give_back(channel, paid.held - cost)
-        left = self.credit.of(channel)  # one read of the store for the receipt and the log
+        await self.credit.give_back(channel, paid.held - cost)
+        left = await self.credit.of(channel)  # one read of the store for the receipt and the log
         answer.headers[RECEIPT_HEADER] = receipt(paid.stored.ack, cost, left)
         access.info("charged %d sat (paid %d, credit %d) for %s %s -> %d via %s, channel %s",
                     cost, paid.stored.amount, left, request.method,
                     request.path, answer.status, route.path, channel)
         return answer
 
-    def _receipt(self, stored: Stored, cost: int) -> str:
-        return receipt(stored.ack, cost, self.credit.of(stored.channel))
+    async def _receipt(self, stored: Stored, cost: int) -> str:
+        return receipt(stored.ack, cost, await self.credit.of(stored.channel))
+
+    async def _lacking(self, channel: str, needed: int) -> int:
+        """What a payment must add for a request that needs `needed` sat of credit."""
+        return max(needed - await self.credit.of(channel), self.policy.min_increment)
 
     async def _send(self, route: Route, request: web.Request) -> aiohttp.ClientResponse:
         return await self.upstreams.send(route, request,

@@ -33,7 +33,7 @@ def test_two_instances_on_postgresql_share_the_credit(sides: MemSides, postgres_
                         (channel,) = [e.record.contract_txid for e in sides.opened()]
                         credit = OPEN + 5_000
                         assert read_receipt(headers["Payment-Receipt"]).credit == credit
-                        assert b.gateway.credit.of(channel) == credit  # b sees it at once
+                        assert await b.gateway.credit.of(channel) == credit  # b sees it at once
                         port = int(a.url.rsplit(":", 1)[1])
                     # a stops; b takes its address (as a balancer would send the client on)
                     async with serving(sides, store=store_b, leases=leases_b,
@@ -46,7 +46,7 @@ def test_two_instances_on_postgresql_share_the_credit(sides: MemSides, postgres_
                         credit += 1 + 1 - PRICE
                         assert status == 200 and (receipt.charged, receipt.credit) == (
                             PRICE, credit)
-                        assert a.gateway.credit.of(channel) == credit  # one ledger
+                        assert await a.gateway.credit.of(channel) == credit  # one ledger
             assert [p.amount for p in sides.payments()] == [OPEN, PRICE + 5_000, 1, 1]
 
     asyncio.run(main())

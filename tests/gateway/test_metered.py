@@ -44,7 +44,7 @@ def test_a_chunked_stream_pauses_when_the_credit_is_spent_and_goes_on_after_a_to
             held = OPEN + 5_000  # 1 sat per 10 bytes: 60,000 bytes
             first = await response.content.readexactly(held * 10)
             await until(lambda: b.gateway.credit.waiting(channel), what="the pause")
-            assert b.gateway.credit.of(channel) == 0
+            assert await b.gateway.credit.of(channel) == 0
             await b.payer.top_up(await b.offer("/meter/x"), 2_500)
             rest = await response.content.read()
             assert first + rest == b"x" * 80_000  # nothing dropped
@@ -94,7 +94,7 @@ def test_a_stream_not_paid_in_time_ends_short_and_is_charged_what_it_sent(
                 await response.content.read()                # payment is over
             response.release()
             assert not b.gateway.credit.waiting(channel)
-            assert b.gateway.credit.of(channel) == 0  # charged all it held: it sent that much
+            assert await b.gateway.credit.of(channel) == 0  # charged all it held: it sent that much
     asyncio.run(main())
 
 
@@ -125,5 +125,5 @@ def test_a_stream_priced_per_second_is_paid_for_the_time_it_streams(sides: MemSi
             b.upstream.ticks.put_nowait(None)
             assert await response.content.read() == b""
             response.release()
-            assert b.gateway.credit.of(channel) == held + 1_000 - 13 * 100
+            assert await b.gateway.credit.of(channel) == held + 1_000 - 13 * 100
     asyncio.run(main())

@@ -204,7 +204,7 @@ def test_a_request_in_flight_holds_its_price_and_the_credit_adds_up(sides: MemSi
         await until(lambda: b.upstream.seen, what="the upstream has it: its credit is held")
         # The stalled request's payment is stored but its ack not yet handed back: the
         # client's channel waits for it, so the next payment goes once it is settled.
-        assert b.gateway.credit.of(first.channel.contract_txid) == OPEN + 1 - PRICE
+        assert await b.gateway.credit.of(first.channel.contract_txid) == OPEN + 1 - PRICE
         b.upstream.release.set()
         status, _, headers = await stalled
         assert status == 200 and (await first.settle(headers)) is not None

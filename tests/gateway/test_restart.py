@@ -24,7 +24,7 @@ def test_a_gateway_restarted_mid_session_keeps_the_credit(sides: MemSides) -> No
             # The gateway stops (its sessions end) and starts again on the same store and
             # port, while the client goes on: its next request resumes the channel.
             async with serving(sides, port=port) as again:
-                assert again.gateway.credit.of(channel) == OPEN + 5_000
+                assert await again.gateway.credit.of(channel) == OPEN + 5_000
                 b = Bench(again.upstream, again.url, again.gateway, again.manager, payer, http)
                 # Its first payment names the old session: refused, never forwarded, no
                 # receipt, so the client hangs up; the payment stays stored on its side.
@@ -39,7 +39,7 @@ def test_a_gateway_restarted_mid_session_keeps_the_credit(sides: MemSides) -> No
                 assert (receipt.charged, receipt.credit) == (PRICE, credit)
                 assert [(e.record.contract_txid, e.resumed) for e in sides.opened()] == [
                     (channel, False), (channel, True)]  # resumed, not a new channel
-                assert again.gateway.credit.of(channel) == credit
+                assert await again.gateway.credit.of(channel) == credit
         assert [p.amount for p in sides.payments()] == [OPEN, PRICE + 5_000, 1, 1]
 
     asyncio.run(main())

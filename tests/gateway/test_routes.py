@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from multidict import CIMultiDict
 
@@ -82,13 +84,17 @@ def test_credit_is_held_for_a_request_and_given_back() -> None:
         store.record_payment(record, amount)  # stored: credit at once
         return amount
 
-    assert credit.hold(c, pay(50), 100) is None and credit.of(c) == 50  # short: kept
-    assert credit.hold(c, pay(60), 100) == 100 and credit.of(c) == 10
-    assert credit.hold(c, pay(5), 10, everything=True) == 15 and credit.of(c) == 0
-    credit.give_back(c, 7)
-    assert credit.of(c) == 7 and credit.of("other") == 0
-    with pytest.raises(ValueError, match="never charged more than it held"):
-        credit.give_back(c, -1)
+    async def main() -> None:
+        assert await credit.hold(c, pay(50), 100) is None and await credit.of(c) == 50  # kept
+        assert await credit.hold(c, pay(60), 100) == 100 and await credit.of(c) == 10
+        assert await credit.hold(c, pay(5), 10, everything=True) == 15
+        assert await credit.of(c) == 0
+        await credit.give_back(c, 7)
+        assert await credit.of(c) == 7 and await credit.of("other") == 0
+        with pytest.raises(ValueError, match="never charged more than it held"):
+            await credit.give_back(c, -1)
+
+    asyncio.run(main())
 
 
 @pytest.mark.parametrize(("pending", "room", "ended", "size"), [

@@ -9,7 +9,7 @@ that is how a session learns its channel and each payment stored.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -50,10 +50,18 @@ class Refused:
     closed: bool = False  # the session ended (Paychan-Closed: 1)
 
 
-async def take_payment(sessions: Sessions, value: str, minimum: Callable[[str], int]
-                       ) -> Stored | Refused:
+def at_least(sat: int) -> Callable[[str], Awaitable[int]]:
+    """`take_payment`'s minimum: the same `sat` for every channel."""
+    async def minimum(_channel: str) -> int:
+        return sat
+    return minimum
+
+
+async def take_payment(sessions: Sessions, value: str,
+                       minimum: Callable[[str], Awaitable[int]]) -> Stored | Refused:
     """The payment in the credential `value`, stored, or why not. It must add at least
-    `minimum(channel)` sat to its channel's last payment (asked under the session's lock)."""
+    `await minimum(channel)` sat to its channel's last payment (asked under the session's
+    lock)."""
     try:
         session_id, frame, payment = read_credential(value)
     except PaidHttpError as exc:
@@ -68,7 +76,7 @@ async def take_payment(sessions: Sessions, value: str, minimum: Callable[[str], 
             return Refused(402, "the session's channel was closed; resume or open one at "
                                 "the endpoint")
         amount = change - payment.update_payment.client_change_value
-        least = minimum(channel)
+        least = await minimum(channel)
         if amount <= 0:
             return Refused(402, f"the payment is not new (replayed or old): channel {channel} "
                                 f"already holds a payment leaving the client {change} sat; "

@@ -34,7 +34,13 @@ from bitcoind_paychan.transport.paidhttp import (
     challenge,
     receipt,
 )
-from bitcoind_paychan.transport.paidhttp.server import Refused, endpoint, error, take_payment
+from bitcoind_paychan.transport.paidhttp.server import (
+    Refused,
+    at_least,
+    endpoint,
+    error,
+    take_payment,
+)
 from bitcoind_paychan.transport.paidhttp.sessions import session_event
 
 log = logging.getLogger(__name__)
@@ -93,7 +99,7 @@ class PaidApi:
         header = request.headers.get(PAYMENT_HEADER)
         if header is None:
             return self._payment_required(request, "payment required")
-        taken = await take_payment(self.sessions, header, lambda _: self.price)
+        taken = await take_payment(self.sessions, header, at_least(self.price))
         if isinstance(taken, Refused):
             if taken.status == 402:
                 return self._payment_required(request, taken.why)
