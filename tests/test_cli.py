@@ -286,14 +286,27 @@ def test_pay_says_what_it_paid_and_the_channel_total(daemon: Running) -> None:
             f"payments") in done.stdout, done.stdout
 
 
+def _interruptible() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_during_repeat_prints_a_summary(daemon: Running) -> None:
     payments = len(daemon.json("listpayments"))
+    # As a shell starts a foreground command: Ctrl-C not ignored, even if this test runs as a
+    # background job (which inherits SIGINT ignored, and so would the command: POSIX's rule).
     stream = subprocess.Popen([*PAYCHAN, "--config", str(daemon.config), "pay", "self", "1",
-                               "--repeat", "100000"], stderr=subprocess.PIPE, text=True)
+                               "--repeat", "100000"], stderr=subprocess.PIPE, text=True,
+                              env=os.environ | {"PYTHONFAULTHANDLER": "1"},
+                              preexec_fn=_interruptible)
     wait_until(lambda: len(daemon.json("listpayments")) > payments + 4,
                what="the stream to be under way")
     stream.send_signal(signal.SIGINT)
-    _, err = stream.communicate(timeout=60)
+    try:
+        _, err = stream.communicate(timeout=60)
+    except subprocess.TimeoutExpired:  # where it is stuck: faulthandler's dump on SIGABRT
+        stream.send_signal(signal.SIGABRT)
+        _, err = stream.communicate(timeout=30)
+        raise AssertionError(f"still running 60 s after SIGINT:\n{err}") from None
     assert stream.returncode == 130
     assert re.search(r"interrupted: \d+ of 100000 payments of 1 sat made", err), err
     assert "Traceback" not in err

@@ -49,7 +49,10 @@ class Pump:
 
     def run(self, client_effects: list[Effect]) -> None:
         """Carry out effects until both sides are quiet."""
-        queue: list[tuple[str, Effect]] = [("client", e) for e in client_effects]
+        self.drain([("client", e) for e in client_effects])
+
+    def drain(self, queue: list[tuple[str, Effect]]) -> None:
+        """Carry out each side's effects, and what they lead to, until both are quiet."""
         while queue:
             side, effect = queue.pop(0)
             (self.client_log if side == "client" else self.server_log).append(effect)

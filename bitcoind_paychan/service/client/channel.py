@@ -225,11 +225,11 @@ class Channel:
                     return closed.settlement
                 if wire in done and self._server_error is not None:
                     # The server said why it does not settle: no settlement is coming.
-                    raise ChannelFailed(f"{self._explain(self._server_error)}; the server "
-                                        "may still settle on its own (the watcher reports "
-                                        "it when it reaches the chain), else close it again "
-                                        "later (it is refunded after its expiry if the "
-                                        "server never settles)")
+                    raise ChannelFailed(f"{self._explain(self._server_error)}; the channel "
+                                        "stays open unless the server settles it on its own "
+                                        "(the watcher reports that when it reaches the "
+                                        "chain): close it again later (it is refunded after "
+                                        "its expiry if the server never settles)")
                 return await chain  # the connection ended: the chain tells
             finally:
                 for task in (wire, chain):

@@ -208,6 +208,15 @@ class Process:
     def settle_stored(self, txid: str) -> None:
         raise NotImplementedError
 
+    def fence_settlement(self, record: ChannelRecord) -> None:
+        """The service's fenced settlement write (executor: Leases.store_settlement): a
+        server's CLOSING is stored only on a channel the store still holds open."""
+        if record.role is not Role.SERVER or record.status is not ChannelStatus.CLOSING:
+            return
+        stored = self.store.get(Role.SERVER, record.contract_txid)
+        if stored is None or stored.status is not ChannelStatus.OPEN:
+            raise StoreError(f"settlement refused: channel {record.contract_txid} is not open")
+
     def in_order(self, queue: list[Effect], conn: Connection | None) -> Iterator[Effect]:
         """Take effects off `queue` (which the caller may extend) one by one, crashing
         before any of them if so armed; carries out the stores itself. A store that refuses
@@ -218,6 +227,7 @@ class Process:
             try:
                 if isinstance(effect, StoreChannel):
                     self.world.register(effect.record)
+                    self.fence_settlement(effect.record)
                     self.world.checks.storing(self.store, effect.record)
                     self.store.put(effect.record)
                     self.stored(effect.record)
