@@ -73,8 +73,8 @@ class PendingPayment:
 class Payer:
     """Pays through one channel per channel endpoint (`manager`'s: live, resumed or new),
     locking `value` sat in each new one (at least the offer's minimum). Caps: no payment over
-    `max_payment` sat, nor over `max_total` sat in all through this payer (None: no cap);
-    beyond them PriceRefused, before anything is signed."""
+    `max_payment` sat, nor over `max_total` sat in all through this payer, opening payments
+    included (None: no cap); beyond them PriceRefused, before anything is signed."""
 
     def __init__(self, manager: ClientManager, value: int = DEFAULT_VALUE, *,
                  max_payment: int | None = None, max_total: int | None = None) -> None:
@@ -84,9 +84,10 @@ class Payer:
         self.max_total = max_total
         self.paid = 0  # sat signed through this payer
 
-    def check(self, amount: int, what: str = "a payment") -> None:
-        """PriceRefused if paying `amount` would break a cap."""
-        if self.max_payment is not None and amount > self.max_payment:
+    def check(self, amount: int, what: str = "a payment", *, opening: bool = False) -> None:
+        """PriceRefused if paying `amount` would break a cap (an opening payment: only
+        `max_total`)."""
+        if not opening and self.max_payment is not None and amount > self.max_payment:
             raise PriceRefused(f"{what} of {amount} sat is over the cap of {self.max_payment} "
                                "sat per payment (max_payment): refused, nothing paid")
         if self.max_total is not None and self.paid + amount > self.max_total:
@@ -98,8 +99,9 @@ class Payer:
         """Sign and store a payment of `amount` through the channel to `offer`'s endpoint
         (opened or resumed as needed), for the caller to carry; PriceRefused over a cap."""
         self.check(amount)
-        self.paid += amount
         channel = await self.channel(offer, amount)
+        self.check(amount)  # again: with a new channel's opening payment
+        self.paid += amount
         stream = channel.stream
         assert isinstance(stream, CarriedStream) and isinstance(stream.link, HttpLink), \
             "the manager dials with http_dialer"
@@ -117,18 +119,26 @@ class Payer:
         session, it adds to the channel's credit there (a metered stream waiting for it goes
         on). Returns once the service acknowledged it."""
         self.check(amount, "a top-up")
-        self.paid += amount
         channel = await self.channel(offer, amount)
+        self.check(amount, "a top-up")
+        self.paid += amount
         await channel.pay(amount)
 
     async def channel(self, offer: Offer, amount: int = 0) -> Channel:
         """The channel to `offer`'s endpoint with room for `amount`: the manager's lookup
         (live, else the stored one resumed, else a new one); one with less left is closed and
-        a new one opened."""
+        a new one opened. A new channel's opening payment counts toward `max_total`."""
         value = max(self.value, offer.min_channel_value)
+        if not self.manager.payable(offer.endpoint):
+            self._opening(offer)
         found = await self.manager.lookup(offer.endpoint, value, any_value=True)
         channel = found.channel
         if channel.remaining < amount:
+            self._opening(offer)
             await channel.close()
             channel = await self.manager.open_channel(offer.endpoint, value, new=True)
         return channel
+
+    def _opening(self, offer: Offer) -> None:
+        self.check(offer.open_payment, "a new channel's opening payment", opening=True)
+        self.paid += offer.open_payment

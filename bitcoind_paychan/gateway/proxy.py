@@ -138,7 +138,7 @@ class Gateway:
     def offer(self, request: web.Request, route: Route) -> Offer:
         price = route.price
         return Offer(price=price.price, unit=price.per, reserve=price.reserve,
-                     quantity=price.quantity,
+                     quantity=price.quantity, min_increment=self.policy.min_increment,
                      endpoint=str(request.url.with_path(self.endpoint_path).with_query(None)),
                      min_channel_value=self.policy.min_channel_size,
                      open_payment=self.policy.min_payment, versions=self.policy.versions)

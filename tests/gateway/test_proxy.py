@@ -256,7 +256,8 @@ def test_behind_a_trusted_proxy_the_client_it_names_is_limited_and_forwarded(
 
 def test_a_payer_refuses_payments_over_its_caps(sides: MemSides) -> None:
     async def scenario(b: Bench) -> None:
-        payer = Payer(b.payer.manager, max_payment=PRICE, max_total=2 * PRICE + 50)
+        # The opening payment counts toward the total.
+        payer = Payer(b.payer.manager, max_payment=PRICE, max_total=OPEN + 2 * PRICE + 50)
         offer = await b.offer("/api/x")
         with pytest.raises(PriceRefused, match="over the cap of 100 sat per payment"):
             await payer.pay(offer, PRICE + 1)
@@ -264,7 +265,7 @@ def test_a_payer_refuses_payments_over_its_caps(sides: MemSides) -> None:
             payment = await payer.pay(offer, PRICE)
             status, _, headers = await b.get("/api/x", payment.header)
             assert status == 200 and await payment.settle(headers) is not None
-        with pytest.raises(PriceRefused, match="total paid to 300 sat, over the cap of 250"):
+        with pytest.raises(PriceRefused, match="total paid to 1300 sat, over the cap of 1250"):
             await payer.pay(offer, PRICE)
         with pytest.raises(PriceRefused, match="a top-up of 51 sat"):
             await payer.top_up(offer, 51)

@@ -17,6 +17,7 @@ from bitcoind_paychan.transport.paidhttp.wire import (
     challenge,
     credential,
     join_frames,
+    read_challenge,
     read_credential,
     read_receipt,
     receipt,
@@ -26,6 +27,6 @@ from bitcoind_paychan.transport.paidhttp.wire import (
 __all__ = [
     "CHALLENGE_HEADER", "CLOSED_HEADER", "FRAMES_TYPE", "MAX_FRAMES_BODY", "PAYMENT_HEADER",
     "RECEIPT_HEADER", "SESSION_HEADER", "HttpLink", "Offer", "Receipt", "Session", "Sessions",
-    "challenge", "credential", "join_frames", "read_credential", "read_receipt", "receipt",
-    "split_frames",
+    "challenge", "credential", "join_frames", "read_challenge", "read_credential",
+    "read_receipt", "receipt", "split_frames",
 ]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -57,6 +58,7 @@ class Offer:
     unit: str = "request"  # what `price` is per: request, byte (of the response), second
     reserve: int = 0  # sat a request needs in credit before it is served (0: `price`)
     quantity: int = 1  # `price` buys this many units (1 sat per 1000 bytes: 1, 1000)
+    min_increment: int = 1  # sat: the least a payment after the opening may add
     header: str = PAYMENT_HEADER
     error: str = "payment required"
 
@@ -79,6 +81,7 @@ class Offer:
                        unit=str(data.get("unit", "request")),
                        reserve=int(data.get("reserve", 0)),
                        quantity=int(data.get("quantity", 1)),
+                       min_increment=int(data.get("min_increment", 1)),
                        header=str(data.get("header", PAYMENT_HEADER)),
                        error=str(data.get("error", "")))
         except (ValueError, KeyError, TypeError) as exc:
@@ -91,6 +94,19 @@ def challenge(offer: Offer, realm: str) -> str:
     encoded = b64url(json.dumps(request, sort_keys=True, separators=(",", ":")).encode())
     return (f'{SCHEME} id="{secrets.token_urlsafe(12)}", realm="{_quoted(realm)}", '
             f'method="{METHOD}", intent="{INTENT}", request="{encoded}"')
+
+
+def read_challenge(value: str) -> Offer:
+    """The offer in a `WWW-Authenticate: Payment` challenge of the `paychan` method;
+    PaidHttpError if it is not one."""
+    scheme, _, params = value.strip().partition(" ")
+    found = dict(re.findall(r'([A-Za-z_-]+)="((?:[^"\\]|\\.)*)"', params))
+    if scheme.lower() != SCHEME.lower() or found.get("method") != METHOD or \
+            "request" not in found:
+        raise PaidHttpError(f"the {CHALLENGE_HEADER} header is not a {SCHEME} challenge of "
+                            f"the {METHOD!r} method: {value[:200]!r}")
+    return Offer.from_json(_from_b64url(found["request"],
+                                        f"the {CHALLENGE_HEADER} header's request").decode())
 
 
 def join_frames(frames: Sequence[bytes]) -> bytes:
