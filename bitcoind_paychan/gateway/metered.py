@@ -77,6 +77,14 @@ class Meter:
         if lacking > 0:
             self.drawn += await self.credit.take(self.channel, lacking)
 
+    async def top_up(self) -> bool:
+        """Wait for the channel's credit to grow (a top-up), at most the route's timeout
+        (False: none came). The pause is not charged: the upstream was not read."""
+        began = self.clock()
+        grown = await self.credit.wait(self.channel, self.route.timeout)
+        self.paused += self.clock() - began
+        return grown
+
     def lacking(self, size: int) -> int:
         return self.route.price.cost(self.used(size)) - self.drawn
 
@@ -119,10 +127,7 @@ async def stream(answer: web.StreamResponse, upstream: aiohttp.ClientResponse, m
             if sse:
                 await answer.write(_payment_event(offer, meter, whole,
                                                   await meter.credit.of(meter.channel)))
-            began = meter.clock()
-            topped_up = await meter.credit.wait(meter.channel, meter.route.timeout)
-            meter.paused += meter.clock() - began  # not charged: the upstream was paused
-            if not topped_up:
+            if not await meter.top_up():
                 return False
             continue
         await answer.write(pending[:size])

@@ -16,6 +16,7 @@ or times out (502/504), answers 5xx, or breaks off its body.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -27,7 +28,7 @@ from aiohttp import web
 
 from bitcoind_paychan.channel.server import ServerPolicy
 from bitcoind_paychan.errors import PaidHttpError, UpstreamFailed
-from bitcoind_paychan.gateway import metered
+from bitcoind_paychan.gateway import metered, websocket
 from bitcoind_paychan.gateway.credit import Credit
 from bitcoind_paychan.gateway.replays import KEY_HEADER, MAX_ANSWER, MAX_KEY, Replays, valid_key
 from bitcoind_paychan.gateway.routes import Route, route_for, unsafe_path
@@ -37,6 +38,7 @@ from bitcoind_paychan.gateway.upstream import (
     cut,
     read_chunk,
     read_some,
+    request_headers,
     request_id,
     response_headers,
 )
@@ -274,6 +276,8 @@ class Gateway:
                                 response_headers(answer.headers), body)
 
     async def _free(self, route: Route, request: web.Request) -> web.StreamResponse:
+        if websocket.is_upgrade(request):
+            return await self._websocket(route, request, None)
         try:
             upstream = await self._send(route, request)
         except UpstreamFailed as exc:
@@ -291,6 +295,8 @@ class Gateway:
 
     async def _paid(self, route: Route, request: web.Request, paid: Paid
                     ) -> web.StreamResponse:
+        if websocket.is_upgrade(request):
+            return await self._websocket(route, request, paid)
         try:
             upstream = await self._send(route, request)
         except UpstreamFailed as exc:
@@ -380,6 +386,51 @@ class Gateway:
             return cut(request, answer)
         await answer.write_eof()
         return answer
+
+    async def _websocket(self, route: Route, request: web.Request, paid: Paid | None
+                         ) -> web.StreamResponse:
+        """A WebSocket carried to the upstream (websocket.py): per request charged as it
+        opens, per byte or second metered as the upstream's messages go (None: free)."""
+        headers = dict(request_headers(request.headers, request.remote, request.scheme,
+                                       self.proxies.trusts_host(request.remote or "")))
+        protocols = [p.strip() for p in headers.pop("Sec-WebSocket-Protocol", "").split(",")
+                     if p.strip()]
+        url = websocket.ws_url(route.upstream_url(request.path,
+                                                  request.rel_url.raw_query_string))
+        try:
+            upstream = await asyncio.wait_for(self.upstreams.http.ws_connect(
+                url, headers=websocket.handshake_headers(headers), protocols=protocols),
+                route.timeout)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            failed = error(502, f"the upstream of {route.path} did not open the WebSocket: "
+                                f"{exc}; not charged")
+            return failed if paid is None else await self._charged(failed, route, request,
+                                                                   paid, 0)
+        client = web.WebSocketResponse(protocols=[upstream.protocol] if upstream.protocol
+                                       else ())
+        meter = None
+        if paid is not None and route.price.per == "request":
+            await self._charged(client, route, request, paid, route.price.price)
+        elif paid is not None:
+            meter = metered.Meter(route, self.credit, paid.stored.channel, paid.held,
+                                  self.clock)
+            paid.settled = True  # the meter accounts for what it held
+            client.headers[RECEIPT_HEADER] = await self._receipt(paid.stored, 0)
+        why = "the client went away"
+        try:
+            await client.prepare(request)
+            why = await websocket.carry(client, upstream, meter)
+        finally:
+            if not upstream.closed:
+                await upstream.close()
+            if meter is not None:
+                cost = await meter.settle()
+                access.info("charged %d sat (paid %d, credit %d) for a WebSocket on %s via "
+                            "%s, channel %s: %d bytes from the upstream, %s", cost,
+                            paid.stored.amount if paid else 0,
+                            await self.credit.of(meter.channel), request.path,
+                            route.path, meter.channel, meter.sent, why)
+        return client
 
     async def _too_large(self, route: Route, request: web.Request, paid: Paid,
                    length: int | None) -> web.StreamResponse:

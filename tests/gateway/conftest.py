@@ -45,6 +45,8 @@ class Upstream:
     seen: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     release: asyncio.Event = field(default_factory=asyncio.Event)  # /api/stall waits on it
     ticks: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)  # /api/ticks
+    frames: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)  # /api/ws
+    heard: list[str] = field(default_factory=list)  # what /api/ws's clients sent
 
 
 def upstream_app(upstream: Upstream) -> web.Application:
@@ -85,6 +87,25 @@ def upstream_app(upstream: Upstream) -> web.Application:
         await answer.write_eof()
         return answer
 
+    async def ws(request: web.Request) -> web.StreamResponse:
+        """A WebSocket: sends what the test puts in `frames` (None: closes), keeps what the
+        client sends in `heard` and echoes it."""
+        upstream.seen.append((request.path_qs, dict(request.headers)))
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
+
+        async def listen() -> None:
+            async for message in socket:
+                upstream.heard.append(message.data)
+                await socket.send_str("echo " + message.data)
+
+        listening = asyncio.ensure_future(listen())
+        while (frame := await upstream.frames.get()) is not None:
+            await socket.send_bytes(frame)
+        await socket.close()
+        listening.cancel()
+        return socket
+
     async def fail(request: web.Request) -> web.StreamResponse:
         upstream.seen.append((request.path_qs, dict(request.headers)))
         return web.json_response({"error": "upstream is broken"}, status=503)
@@ -110,6 +131,7 @@ def upstream_app(upstream: Upstream) -> web.Application:
     app.router.add_get("/api/events", events)
     app.router.add_get("/api/ticks", ticks)
     app.router.add_get("/api/stall", stall)
+    app.router.add_get("/api/ws", ws)
     app.router.add_get("/api/cut", cut)
     app.router.add_route("*", "/{tail:.*}", hello)
     return app
@@ -120,6 +142,7 @@ ROUTES = (
     Route("/api", "/api", Price("request", PRICE)),
     Route("/bytes", "", Price("byte", 1, reserve=5_000, quantity=10), timeout=5.0),
     Route("/free", "/free", Price("free")),
+    Route("/gratis", "", Price("free")),
     Route("/slow", "", Price("request", PRICE), timeout=0.2),
     Route("/held", "", Price("request", PRICE)),  # /held/api/stall: until `release`
     Route("/meter", "", Price("byte", 1, reserve=5_000, quantity=10)),  # streams: top up
@@ -228,6 +251,7 @@ async def serving(sides: Duo, routes: Sequence[Route] = ROUTES,
     finally:
         upstream.release.set()
         upstream.ticks.put_nowait(None)
+        upstream.frames.put_nowait(None)
         await server.stop()
         await manager.stop()
         await up_server.stop()
