@@ -58,6 +58,7 @@ from bitcoind_paychan.transport.paidhttp.wire import (
     PAYMENT_HEADER,
     RECEIPT_HEADER,
     SCHEME,
+    SESSION_HEADER,
     Offer,
     challenge,
     read_credential,
@@ -112,8 +113,14 @@ class Gateway:
         sessions = self._sessions = Sessions(server)
         app = web.Application(client_max_size=MAX_FRAMES_BODY)
         async def channels(request: web.Request) -> web.StreamResponse:
-            return await endpoint(sessions, request, self.credit.grew,
-                                  self.client_of(request))
+            answer = await endpoint(sessions, request, self.credit.grew,
+                                    self.client_of(request))
+            session = sessions.get(answer.headers.get(SESSION_HEADER, ""))
+            if session is not None and session.channel is not None:
+                # Opened or resumed here (it may have been paid and spent elsewhere): the
+                # next request reads its credit from the store.
+                self.credit.forget(session.channel)
+            return answer
 
         app.router.add_post(self.endpoint_path, channels)
         app.router.add_route("*", "/{tail:.*}", self.handle)
@@ -449,7 +456,7 @@ class Gateway:
         assert not paid.settled, "a request is charged once"
         paid.settled = True
         await self.credit.give_back(channel, paid.held - cost)
-        left = await self.credit.of(channel)  # one read of the store for the receipt and the log
+        left = await self.credit.known(channel)  # for the receipt and the log
         answer.headers[RECEIPT_HEADER] = receipt(paid.stored.ack, cost, left)
         access.info("charged %d sat (paid %d, credit %d) for %s %s -> %d via %s, channel %s",
                     cost, paid.stored.amount, left, request.method,
@@ -457,11 +464,11 @@ class Gateway:
         return answer
 
     async def _receipt(self, stored: Stored, cost: int) -> str:
-        return receipt(stored.ack, cost, await self.credit.of(stored.channel))
+        return receipt(stored.ack, cost, await self.credit.known(stored.channel))
 
     async def _lacking(self, channel: str, needed: int) -> int:
         """What a payment must add for a request that needs `needed` sat of credit."""
-        return max(needed - await self.credit.of(channel), self.policy.min_increment)
+        return max(needed - await self.credit.known(channel), self.policy.min_increment)
 
     async def _send(self, route: Route, request: web.Request) -> aiohttp.ClientResponse:
         return await self.upstreams.send(route, request,

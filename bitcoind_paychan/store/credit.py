@@ -45,6 +45,11 @@ class CreditStore(Protocol):
         sat taken, or None (nothing taken)."""
         ...
 
+    def take_credit_left(self, contract_txid: str, least: int, most: int
+                         ) -> tuple[int | None, int]:
+        """`take_credit`, and the credit left after it (read in the same transaction)."""
+        ...
+
     def give_credit(self, contract_txid: str, sat: int) -> None:
         """Give back `sat` taken and not charged."""
         ...
@@ -83,19 +88,23 @@ class SQLCredit:
         return 0 if row is None else max(int(row[0]), 0)
 
     def take_credit(self, contract_txid: str, least: int, most: int) -> int | None:
+        return self.take_credit_left(contract_txid, least, most)[0]
+
+    def take_credit_left(self, contract_txid: str, least: int, most: int
+                         ) -> tuple[int | None, int]:
         key = (SERVER, contract_txid)
         with self._transaction(f"take channel {contract_txid}'s credit") as conn:
             conn.execute(ENSURE, key)
             row = conn.execute(f"{SPENT}{self._FOR_UPDATE}", key).fetchone()
             if row is None:  # no such channel: no credit
-                return taking(0, 0, least, most)
+                return taking(0, 0, least, most), 0
             spent = int(row[0])
             paid = int(conn.execute(PAID, key).fetchone()[0])  # read once the row is locked
             self._credit_read(contract_txid)
             taken = taking(paid, spent, least, most)
             if taken:
                 conn.execute(SPEND, (taken, *key))
-            return taken
+            return taken, max(paid - spent - (taken or 0), 0)
 
     def give_credit(self, contract_txid: str, sat: int) -> None:
         if not sat:

@@ -312,13 +312,18 @@ class MemoryStore(Closable):
             return self._paid(contract_txid) - self._spent.get(contract_txid, 0)
 
     def take_credit(self, contract_txid: str, least: int, most: int) -> int | None:
+        return self.take_credit_left(contract_txid, least, most)[0]
+
+    def take_credit_left(self, contract_txid: str, least: int, most: int
+                         ) -> tuple[int | None, int]:
         with self._lock:
             self._check_open()
             spent = self._spent.get(contract_txid, 0)
-            taken = taking(self._paid(contract_txid), spent, least, most)
+            paid = self._paid(contract_txid)
+            taken = taking(paid, spent, least, most)
             if taken:
                 self._spent[contract_txid] = spent + taken
-            return taken
+            return taken, max(paid - spent - (taken or 0), 0)
 
     def give_credit(self, contract_txid: str, sat: int) -> None:
         with self._lock:

@@ -288,3 +288,34 @@ def test_a_session_may_have_only_so_many_paid_requests_in_flight(sides: MemSides
             status, _, _, _ = await b.paid("/api/y", 1)  # the slot is free again
             assert status == 200
     asyncio.run(main())
+
+
+def test_paid_requests_read_no_credit_beyond_their_take(sides: MemSides) -> None:
+    """What a payment must add and what a receipt says come from what the gateway knows of
+    the channel (each take reads the credit left in its own transaction): after the first,
+    a paid request costs the store one payment and one take, no extra read."""
+    async def scenario(b: Bench) -> None:
+        offer = await b.offer("/api/x")
+        payment = await b.payer.pay(offer, PRICE)
+        status, _, headers = await b.get("/api/x", payment.header)
+        assert status == 200 and await payment.settle(headers) is not None
+        store = b.gateway.credit.store
+        reads: list[str] = []
+        read = store.credit
+
+        def counted(channel: str) -> int:
+            reads.append(channel)
+            return read(channel)
+
+        store.credit = counted  # type: ignore[method-assign, assignment]
+        credits = []
+        for _ in range(3):
+            payment = await b.payer.pay(offer, 1)
+            status, _, headers = await b.get("/api/x", payment.header)
+            receipt = await payment.settle(headers)
+            assert status == 200 and receipt is not None
+            credits.append(receipt.credit)
+        assert reads == []
+        assert credits == [OPEN + n - n * PRICE for n in (1, 2, 3)]  # exact all the same
+        assert credits[-1] == await b.gateway.credit.of(payment.channel.contract_txid)
+    run(sides, scenario)

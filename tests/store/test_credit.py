@@ -117,6 +117,15 @@ def test_a_version_5_database_gains_the_credit_table(postgres_server: PostgresSe
         assert store.credit(channel.txid) == 400
 
 
+def test_a_take_says_what_it_left(store: ChannelStore) -> None:
+    credit = credit_of(store)
+    channel = paid(store, 1_000)
+    assert credit.take_credit_left(channel.txid, 300, 300) == (300, 700)
+    assert credit.take_credit_left(channel.txid, 800, 800) == (None, 700)
+    assert credit.take_credit_left(channel.txid, 0, 10**9) == (700, 0)
+    assert credit.take_credit_left("00" * 32, 0, 5) == (0, 0)  # no such channel
+
+
 class HeldStore(PostgresStore):
     """An instance whose credit takes stop, once they read the balance under its lock, until
     `release`."""
