@@ -41,7 +41,8 @@ from bitcoind_paychan.gateway.payer import DEFAULT_VALUE, Payer, PendingPayment
 from bitcoind_paychan.node.ports import Node, NodePorts
 from bitcoind_paychan.service.client import ClientManager
 from bitcoind_paychan.store import ChannelStore
-from bitcoind_paychan.transport.paidhttp.link import http_dialer
+from bitcoind_paychan.transport import CarriedStream
+from bitcoind_paychan.transport.paidhttp.link import HttpLink, http_dialer
 from bitcoind_paychan.transport.paidhttp.wire import (
     CHALLENGE_HEADER,
     PAYMENT_HEADER,
@@ -130,23 +131,28 @@ class PaychanAuth(httpx.Auth):
             log.info("%s: a 402 this client cannot pay: %s", response.url, exc)
             return None
 
-    def amount(self, offer: Offer) -> int:
-        """What a request on `offer` must add to the credit its channel is known to hold."""
+    def amount(self, offer: Offer, opened: int | None = None) -> int:
+        """What a request on `offer` must add to the credit its channel is known to hold:
+        the last receipt's, else what the endpoint said as the channel opened or resumed
+        (`opened`), else none."""
         if self.max_request is not None and offer.needed > self.max_request:
             raise PriceRefused(f"{offer.endpoint} asks {offer.needed} sat for a request "
                                f"({offer.price} sat per {offer.quantity} {offer.unit}), over "
                                f"the cap of {self.max_request} sat per request (max_request): "
                                "refused, nothing paid")
         known = self.receipts.get(offer.endpoint)
-        credit = known.credit if known is not None else 0
+        credit = known.credit if known is not None else opened or 0
         return max(offer.needed - credit, offer.min_increment, 1)
 
     async def _pay(self, offer: Offer) -> PendingPayment:
-        amount = self.amount(offer)
+        self.amount(offer)  # over the cap: refused before a channel is opened
         lock = self._locks.setdefault(offer.endpoint, asyncio.Lock())
         await lock.acquire()
         try:
-            return await self.payer.pay(offer, amount)
+            stream = (await self.payer.channel(offer)).stream  # opened or resumed
+            link = stream.link if isinstance(stream, CarriedStream) else None
+            opened = link.credit if isinstance(link, HttpLink) else None
+            return await self.payer.pay(offer, self.amount(offer, opened))
         except BaseException:
             lock.release()
             raise

@@ -65,10 +65,6 @@ class Credit:
         await asyncio.to_thread(self.store.give_credit, channel, sat)
         self.grew(channel, sat)
 
-    def forget(self, channel: str) -> None:
-        """Drop what this instance knew of the channel's credit (read again next time)."""
-        self._known.pop(channel, None)
-
     def grew(self, channel: str, sat: int) -> None:
         """The channel's credit grew by `sat` (a payment stored, credit given back): wake
         the streams waiting for it."""

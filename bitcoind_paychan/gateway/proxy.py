@@ -54,6 +54,7 @@ from bitcoind_paychan.transport.paidhttp.server import (
 from bitcoind_paychan.transport.paidhttp.sessions import Acceptor, Sessions, session_event
 from bitcoind_paychan.transport.paidhttp.wire import (
     CHALLENGE_HEADER,
+    CREDIT_HEADER,
     MAX_FRAMES_BODY,
     PAYMENT_HEADER,
     RECEIPT_HEADER,
@@ -117,9 +118,9 @@ class Gateway:
                                     self.client_of(request))
             session = sessions.get(answer.headers.get(SESSION_HEADER, ""))
             if session is not None and session.channel is not None:
-                # Opened or resumed here (it may have been paid and spent elsewhere): the
-                # next request reads its credit from the store.
-                self.credit.forget(session.channel)
+                # Opened, resumed or topped up here (it may have been paid and spent
+                # elsewhere): its credit read afresh, and told to the client.
+                answer.headers[CREDIT_HEADER] = str(await self.credit.of(session.channel))
             return answer
 
         app.router.add_post(self.endpoint_path, channels)

@@ -15,6 +15,7 @@ from bitcoind_paychan.gateway.routes import Route
 from bitcoind_paychan.transport.paidhttp.wire import (
     CHALLENGE_HEADER,
     CLOSED_HEADER,
+    CREDIT_HEADER,
     RECEIPT_HEADER,
     SCHEME,
     SESSION_HEADER,
@@ -25,8 +26,8 @@ HOP_BY_HOP = frozenset(h.lower() for h in (
     "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Connection",
     "TE", "Trailer", "Transfer-Encoding", "Upgrade"))
 # The protocol's own headers: between the client and the gateway only, in both directions.
-OWN = frozenset(h.lower() for h in (SESSION_HEADER, CLOSED_HEADER, RECEIPT_HEADER,
-                                    "Payment-Authorization"))
+OWN = frozenset(h.lower() for h in (SESSION_HEADER, CLOSED_HEADER, CREDIT_HEADER,
+                                    RECEIPT_HEADER, "Payment-Authorization"))
 NOT_FORWARDED = HOP_BY_HOP | OWN | {"host", "content-length"}
 
 

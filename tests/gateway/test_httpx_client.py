@@ -51,18 +51,18 @@ def test_httpx_code_pays_each_request_out_of_the_credit_its_receipts_show(
             receipt = read_receipt(response.headers["Payment-Receipt"])
             assert receipt.charged == PRICE
             credits.append(receipt.credit)
-        # The first pays the price (the credit unknown); then the least increment, the
-        # opening payment's credit paying the rest.
-        assert credits == [OPEN, OPEN + 1 - PRICE, OPEN + 2 - 2 * PRICE, OPEN + 3 - 3 * PRICE]
-        assert auth.paid == OPEN + PRICE + 3
+        # Each pays the least increment, the opening payment's credit paying the rest (the
+        # endpoint said it as the channel opened; then each receipt).
+        assert credits == [OPEN + n - n * PRICE for n in (1, 2, 3, 4)]
+        assert auth.paid == OPEN + 4
         assert [path for path, _ in served.upstream.seen] == [
             f"/api/hello?n={n}" for n in range(4)]  # the unpaid first try not forwarded
         assert all("Authorization" not in headers for _, headers in served.upstream.seen)
         free = await http.get("/free/x")
         assert free.status_code == 200 and "Payment-Receipt" not in free.headers
-        assert auth.paid == OPEN + PRICE + 3  # a free route costs nothing
+        assert auth.paid == OPEN + 4  # a free route costs nothing
     run(sides, scenario)
-    assert [p.amount for p in sides.payments()] == [OPEN, PRICE, 1, 1, 1]
+    assert [p.amount for p in sides.payments()] == [OPEN, 1, 1, 1, 1]
 
 
 def test_an_offer_over_the_cap_per_request_is_refused_before_anything_is_signed(
@@ -81,15 +81,15 @@ def test_an_offer_over_the_cap_per_request_is_refused_before_anything_is_signed(
 
 def test_payments_over_the_cap_in_all_are_refused(sides: MemSides) -> None:
     async def scenario(served: Served, auth: PaychanAuth, http: httpx.AsyncClient) -> None:
-        assert (await http.get("/api/a")).status_code == 200  # OPEN + PRICE
+        assert (await http.get("/api/a")).status_code == 200  # OPEN + 1
         assert (await http.get("/api/b")).status_code == 200  # + 1
-        with pytest.raises(PriceRefused, match=f"total paid to {OPEN + PRICE + 2} sat, over "
-                                               f"the cap of {OPEN + PRICE + 1}"):
+        with pytest.raises(PriceRefused, match=f"total paid to {OPEN + 3} sat, over the cap "
+                                               f"of {OPEN + 2}"):
             await http.get("/api/c")
         assert [path for path, _ in served.upstream.seen] == ["/api/a", "/api/b"]
-        assert auth.paid == OPEN + PRICE + 1
-    run(sides, scenario, max_total=OPEN + PRICE + 1)
-    assert [p.amount for p in sides.payments()] == [OPEN, PRICE, 1]
+        assert auth.paid == OPEN + 2
+    run(sides, scenario, max_total=OPEN + 2)
+    assert [p.amount for p in sides.payments()] == [OPEN, 1, 1]
 
 
 def test_a_request_whose_session_was_lost_resumes_the_channel_and_pays_again(
@@ -101,8 +101,8 @@ def test_a_request_whose_session_was_lost_resumes_the_channel_and_pays_again(
         assert response.status_code == 200  # the 402 (unknown session) paid once more
         receipt = read_receipt(response.headers["Payment-Receipt"])
         # The lost payment (1 sat, signed for /api/b's first try) came back as the resume's
-        # proof: credit, not lost; the retry paid the price (the credit unknown after a loss).
-        assert receipt.credit == OPEN + PRICE - PRICE + 1 + PRICE - PRICE
+        # proof: credit, not lost (the endpoint said so as the channel resumed).
+        assert receipt.credit == OPEN + 1 - PRICE + 1 + 1 - PRICE
         assert [path for path, _ in served.upstream.seen] == ["/api/a", "/api/b"]
     run(sides, scenario)
 

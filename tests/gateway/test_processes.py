@@ -150,7 +150,7 @@ def test_httpx_async_and_sync_clients_pay_the_gateways_process(gateway: Running,
 
     try:
         paid = asyncio.run(scenario())
-        assert paid == OPEN + PRICE + 2  # the opening's credit pays after the first
+        assert paid == OPEN + 3  # the opening's credit pays all but the least increment
         with paying_in_thread(regtest_ports(Bitcoind(config_for(gateway.node))), store,
                               200_000, poll_interval=0.2) as auth:
             response = httpx.get(gateway.url + "/api/sync", auth=auth)  # resumes the channel
@@ -210,13 +210,15 @@ def test_paychan_fetch_opens_resumes_tops_up_and_refuses_over_its_caps(
                             gateway.url + "/api/hello?n=1")
     assert first.returncode == 0, first.stderr
     assert json.loads(out.read_text()) == {"path": "/api/hello", "query": {"n": "1"}}
-    assert f"paid {OPEN + PRICE} sat; charged {PRICE} sat, credit {OPEN}" in first.stderr
+    # The opening payment's credit (the endpoint says it) pays all but the least increment.
+    assert f"paid {OPEN + 1} sat; charged {PRICE} sat, credit {OPEN + 1 - PRICE}" in \
+        first.stderr
     assert gateway.upstream.seen[-1][1]["X-Who"] == "fetch"
     posted = gateway.paychan("fetch", "--store", store, "-X", "PUT", "-d", "abc",
                              gateway.url + "/api/put")  # a new process: resumes the channel
     assert posted.returncode == 0, posted.stderr
     assert json.loads(posted.stdout)["path"] == "/api/put"
-    assert f"paid {PRICE} sat; charged {PRICE} sat" in posted.stderr  # no new opening
+    assert f"paid 1 sat; charged {PRICE} sat" in posted.stderr  # no new opening: its credit
     events = gateway.paychan("fetch", "--store", store, "--max-request", "20000",
                              gateway.url + "/meter/api/events?n=600")
     assert events.returncode == 0, events.stderr
@@ -228,8 +230,10 @@ def test_paychan_fetch_opens_resumes_tops_up_and_refuses_over_its_caps(
     assert refused.returncode == 1
     assert f"asks {PRICE} sat for a request" in refused.stderr
     assert f"over the cap of {PRICE - 1} sat per request" in refused.stderr
-    unpaid = gateway.paychan("fetch", "--store", store, "--max-total", "5",
-                             gateway.url + "/api/hello")
-    assert unpaid.returncode == 1 and "max_total" in unpaid.stderr
+    unpaid = gateway.paychan("fetch", "--store", str(tmp_path / "new.db"), "--max-total", "5",
+                             gateway.url + "/api/hello")  # a new channel: its opening payment
+    assert unpaid.returncode == 1
+    assert f"opening payment of {OPEN} sat would bring the total paid to {OPEN} sat, over " \
+           "the cap of 5 (max_total)" in unpaid.stderr
     log = (gateway.config.parent / "gateway.log").read_text()
     assert f"charged {-(-600 * EVENT_SIZE // 10)} sat" in log  # the stream, as it was sent

@@ -7,6 +7,7 @@ from bitcoind_paychan.transport.paidhttp.sessions import Session, Sessions
 from bitcoind_paychan.transport.paidhttp.wire import (
     CHALLENGE_HEADER,
     CLOSED_HEADER,
+    CREDIT_HEADER,
     FRAMES_TYPE,
     MAX_FRAMES_BODY,
     PAYMENT_HEADER,
@@ -25,8 +26,8 @@ from bitcoind_paychan.transport.paidhttp.wire import (
 )
 
 __all__ = [
-    "CHALLENGE_HEADER", "CLOSED_HEADER", "FRAMES_TYPE", "MAX_FRAMES_BODY", "PAYMENT_HEADER",
-    "RECEIPT_HEADER", "SESSION_HEADER", "HttpLink", "Offer", "Receipt", "Session", "Sessions",
-    "challenge", "credential", "join_frames", "read_challenge", "read_credential",
-    "read_receipt", "receipt", "split_frames",
+    "CHALLENGE_HEADER", "CLOSED_HEADER", "CREDIT_HEADER", "FRAMES_TYPE", "MAX_FRAMES_BODY",
+    "PAYMENT_HEADER", "RECEIPT_HEADER", "SESSION_HEADER", "HttpLink", "Offer", "Receipt",
+    "Session", "Sessions", "challenge", "credential", "join_frames", "read_challenge",
+    "read_credential", "read_receipt", "receipt", "split_frames",
 ]

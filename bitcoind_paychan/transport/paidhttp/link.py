@@ -20,6 +20,7 @@ from bitcoind_paychan.errors import PaychanError
 from bitcoind_paychan.transport.base import CarriedStream, Stream, decode
 from bitcoind_paychan.transport.paidhttp.wire import (
     CLOSED_HEADER,
+    CREDIT_HEADER,
     FRAMES_TYPE,
     SESSION_HEADER,
     join_frames,
@@ -41,6 +42,7 @@ class HttpLink:
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.stream = CarriedStream(self, endpoint)  # what the manager reads
         self.session: str | None = None  # the server's id for it, from the first answer
+        self.credit: int | None = None  # the channel's credit, as the last answer said
         self.closed = False
         self._queue: asyncio.Queue[list[bytes]] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
@@ -107,6 +109,9 @@ class HttpLink:
                 raise ConnectionError(f"the channel endpoint answered {response.status}: "
                                       f"{body[:300].decode(errors='replace')}")
             self.session = response.headers.get(SESSION_HEADER, self.session)
+            credit = response.headers.get(CREDIT_HEADER, "")
+            if credit.isdigit():
+                self.credit = int(credit)
             return split_frames(body), response.headers.get(CLOSED_HEADER) == "1"
 
     async def _ended(self) -> None:

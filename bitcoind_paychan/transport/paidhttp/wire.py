@@ -39,6 +39,7 @@ CHALLENGE_HEADER = "WWW-Authenticate"
 RECEIPT_HEADER = "Payment-Receipt"
 SESSION_HEADER = "Paychan-Session"
 CLOSED_HEADER = "Paychan-Closed"
+CREDIT_HEADER = "Paychan-Credit"  # the channel endpoint's: its channel's credit (sat)
 FRAMES_TYPE = "application/x-paychan-frames"
 MAX_FRAMES_BODY = 64 * 1024  # a handshake is a few hundred bytes; a contract tx a few more
 MAX_CREDENTIAL = 4096  # characters: a payment frame is about 100 bytes
