@@ -58,7 +58,7 @@ T = TypeVar("T")
 class PaychanAuth(httpx.Auth):
     """Pays `paychan` 402s through `payer` (its manager runs on `loop`: the running one if
     None). `max_request`: the most one request may cost (its price, or reserve); None: no
-    cap. `paid`: sat paid through this object; `receipts`: the last receipt per endpoint."""
+    cap. `paid`: sat paid through this object; `receipts`: the last receipt per channel."""
 
     requires_response_body = False  # the offer is in the challenge: streams stay streams
 
@@ -68,7 +68,7 @@ class PaychanAuth(httpx.Auth):
         self.max_request = max_request
         self.loop = loop
         self.offers: dict[str, Offer] = {}  # URL without its query → its offer
-        self.receipts: dict[str, Receipt] = {}  # endpoint → the last receipt through it
+        self.receipts: dict[str, Receipt] = {}  # channel → the last receipt through it
         self._locks: dict[str, asyncio.Lock] = {}  # one payment at a time per channel
 
     @property
@@ -131,16 +131,16 @@ class PaychanAuth(httpx.Auth):
             log.info("%s: a 402 this client cannot pay: %s", response.url, exc)
             return None
 
-    def amount(self, offer: Offer, opened: int | None = None) -> int:
-        """What a request on `offer` must add to the credit its channel is known to hold:
-        the last receipt's, else what the endpoint said as the channel opened or resumed
-        (`opened`), else none."""
+    def amount(self, offer: Offer, channel: str = "", opened: int | None = None) -> int:
+        """What a request on `offer` must add to the credit `channel` is known to hold: its
+        last receipt's, else what the endpoint said as it opened or resumed (`opened`), else
+        none."""
         if self.max_request is not None and offer.needed > self.max_request:
             raise PriceRefused(f"{offer.endpoint} asks {offer.needed} sat for a request "
                                f"({offer.price} sat per {offer.quantity} {offer.unit}), over "
                                f"the cap of {self.max_request} sat per request (max_request): "
                                "refused, nothing paid")
-        known = self.receipts.get(offer.endpoint)
+        known = self.receipts.get(channel)
         credit = known.credit if known is not None else opened or 0
         return max(offer.needed - credit, offer.min_increment, 1)
 
@@ -149,10 +149,12 @@ class PaychanAuth(httpx.Auth):
         lock = self._locks.setdefault(offer.endpoint, asyncio.Lock())
         await lock.acquire()
         try:
-            stream = (await self.payer.channel(offer)).stream  # opened or resumed
+            channel = await self.payer.channel(offer)  # opened or resumed
+            stream = channel.stream
             link = stream.link if isinstance(stream, CarriedStream) else None
             opened = link.credit if isinstance(link, HttpLink) else None
-            return await self.payer.pay(offer, self.amount(offer, opened))
+            return await self.payer.pay(offer, self.amount(offer, channel.contract_txid,
+                                                           opened))
         except BaseException:
             lock.release()
             raise
@@ -163,18 +165,19 @@ class PaychanAuth(httpx.Auth):
             receipt = await payment.settle(response.headers)
         finally:
             self._locks[offer.endpoint].release()
+        channel = payment.channel.contract_txid
         if receipt is None:
-            self.receipts.pop(offer.endpoint, None)  # resumed next time: its credit unknown
+            self.receipts.pop(channel, None)  # resumed next time: the endpoint says it
             log.info("%s answered %s without a receipt: the channel will be resumed",
                      response.url, response.status_code)
         else:
-            self.receipts[offer.endpoint] = receipt
+            self.receipts[channel] = receipt
 
     async def _abandon(self, offer: Offer, payment: PendingPayment) -> None:
         try:
             await payment.abandon()
         finally:
-            self.receipts.pop(offer.endpoint, None)
+            self.receipts.pop(payment.channel.contract_txid, None)
             self._locks[offer.endpoint].release()
 
     async def top_up(self, url: str, amount: int) -> None:
