@@ -2,13 +2,15 @@
 upstream, and the clients of the product paying it: httpx (async and synchronous), curl (a
 plain client: the 402, then a credential carried by hand) and `paychan fetch` (opening its
 channel on first use, resuming it in the next process, topping up a metered SSE stream,
-refusing an offer over its cap). The gateway's own control API shows the exact total."""
+refusing an offer over its cap), a chunked download and a WebSocket paid per byte. The
+gateway's own control API and access log show what was paid and charged."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 import yaml
@@ -48,6 +51,11 @@ class Running:
     upstream: Upstream
     process: subprocess.Popen[bytes]
     node: RegtestNode
+    loop: asyncio.AbstractEventLoop  # the upstream's
+
+    def frame(self, data: bytes | None) -> None:
+        """Have the upstream's WebSocket send `data` (None: close)."""
+        self.loop.call_soon_threadsafe(self.upstream.frames.put_nowait, data)
 
     def paychan(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*PAYCHAN, "--config", str(self.config), *args],
@@ -61,7 +69,7 @@ class Running:
 
 
 @contextlib.contextmanager
-def threaded_upstream() -> Iterator[Upstream]:
+def threaded_upstream() -> Iterator[tuple[Upstream, asyncio.AbstractEventLoop]]:
     """The upstream on an event loop of its own thread: the tests block while it serves."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
@@ -71,9 +79,10 @@ def threaded_upstream() -> Iterator[Upstream]:
     host, port = asyncio.run_coroutine_threadsafe(server.start(), loop).result(30)
     upstream.url = f"http://{host}:{port}"
     try:
-        yield upstream
+        yield upstream, loop
     finally:
         loop.call_soon_threadsafe(upstream.release.set)
+        loop.call_soon_threadsafe(upstream.frames.put_nowait, None)
         asyncio.run_coroutine_threadsafe(server.stop(), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(30)
@@ -100,11 +109,11 @@ def gateway_config(node: RegtestNode, tmp: Path, upstream: str, listen: str) -> 
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     tmp = tmp_path_factory.mktemp("gateway")
     listen = f"127.0.0.1:{free_port()}"
-    with regtest_nodes(1) as (node,), threaded_upstream() as upstream:
+    with regtest_nodes(1) as (node,), threaded_upstream() as (upstream, loop):
         config = tmp / "paychan.yaml"
         config.write_text(yaml.safe_dump(gateway_config(node, tmp, upstream.url, listen)))
         process = subprocess.Popen([*PAYCHAN, "gateway", "--config", str(config)])
-        running = Running(f"http://{listen}", config, upstream, process, node)
+        running = Running(f"http://{listen}", config, upstream, process, node, loop)
         try:
             wait_until(lambda: _answers(running.url + "/api/x"), 60, interval=0.2,
                        what="the gateway to answer")
@@ -237,3 +246,42 @@ def test_paychan_fetch_opens_resumes_tops_up_and_refuses_over_its_caps(
            "the cap of 5 (max_total)" in unpaid.stderr
     log = (gateway.config.parent / "gateway.log").read_text()
     assert f"charged {-(-600 * EVENT_SIZE // 10)} sat" in log  # the stream, as it was sent
+
+
+def test_a_chunked_download_and_a_websocket_are_paid_per_byte_through_the_process(
+        gateway: Running, tmp_path: Path) -> None:
+    store_path = str(tmp_path / "fetch.db")
+    out = tmp_path / "data.bin"
+    fetched = gateway.paychan("fetch", "--store", store_path, "-o", str(out),
+                              gateway.url + "/meter/api/data?n=15000&chunked=1")
+    assert fetched.returncode == 0, fetched.stderr
+    assert out.read_bytes() == b"x" * 15_000
+    wallet = regtest_ports(Bitcoind(config_for(gateway.node)))
+    store = SQLiteStore(tmp_path / "client.db")
+
+    async def scenario() -> None:
+        async with paying(wallet, store, 200_000, poll_interval=0.2) as auth:
+            offer = read_challenge(httpx.get(gateway.url + "/meter/api/ws").headers[
+                "WWW-Authenticate"])
+            payment = await auth.payer.pay(offer, offer.reserve)  # 2,000 sat: 20,000 bytes
+            async with aiohttp.ClientSession() as http:
+                socket = await http.ws_connect(gateway.url + "/meter/api/ws",
+                                               headers=payment.header)
+                assert await payment.settle(socket._response.headers) is not None
+                for n in range(3):
+                    gateway.frame(bytes([n]) * 5_000)
+                    assert await socket.receive_bytes() == bytes([n]) * 5_000
+                gateway.frame(None)
+                assert (await socket.receive()).type == aiohttp.WSMsgType.CLOSE
+                await socket.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        store.close()
+    log = gateway.config.parent / "gateway.log"
+    assert re.search(r"charged 1500 sat \(paid \d+, credit \d+\) for GET /meter/api/data",
+                     log.read_text())  # 15,000 bytes at 1 sat per 10
+    wait_until(lambda: re.search(r"charged 1500 sat \(paid 2000, credit \d+\) for a WebSocket "
+                                 r"on /meter/api/ws", log.read_text()), 30,
+               what="the WebSocket's access-log line (15,000 bytes, charged as it ended)")
