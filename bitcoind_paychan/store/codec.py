@@ -20,7 +20,7 @@ from bitcoind_paychan.errors import DecodeError, StoreError
 from bitcoind_paychan.store.base import ChannelSummary
 
 # The store schema's version, the same for every engine: each engine's migrations lead to it.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 KEY_COLUMNS = ("role", "contract_txid")
 CHANNEL_COLUMNS = (

@@ -99,6 +99,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
      "ALTER TABLE payment_log ALTER COLUMN stored_at SET DEFAULT "
      "floor(extract(epoch FROM now()))::bigint",
      "CREATE INDEX payment_log_by_time ON payment_log (stored_at)"),
+    # 5 -> 6: what the gateway took of each server channel's payments (store/credit.py).
+    # Self-contained: it touches no other table.
+    ("""CREATE TABLE credit_spent (
+        role TEXT NOT NULL,
+        contract_txid TEXT NOT NULL,
+        spent BIGINT NOT NULL CHECK (spent >= 0),
+        PRIMARY KEY (role, contract_txid),
+        FOREIGN KEY (role, contract_txid) REFERENCES channels ON DELETE CASCADE
+    )""",),
 )
 assert FIRST_VERSION + len(MIGRATIONS) == SCHEMA_VERSION
 

@@ -35,6 +35,7 @@ from bitcoind_paychan.store.base import (
     summarize,
     unknown_channel,
 )
+from bitcoind_paychan.store.credit import SQLCredit
 
 BATCH = 500  # contract txids per query (below every engine's limit on bound parameters)
 
@@ -149,7 +150,7 @@ def marks(n: int) -> str:
     return ", ".join("?" * n)
 
 
-class SQLStore(Closable):
+class SQLStore(SQLCredit, Closable):
     """The ChannelStore contract in SQL; subclasses are the engines."""
 
     ENGINE = ""

@@ -170,6 +170,19 @@ V5_STATEMENTS = (
 )
 
 
+# Version 6: what the gateway took of each server channel's payments (store/credit.py: its
+# credit is what the channel paid less this). Self-contained: it touches no other table.
+V6_TABLES = (
+    """CREATE TABLE credit_spent (
+        role TEXT NOT NULL,
+        contract_txid TEXT NOT NULL,
+        spent INTEGER NOT NULL CHECK (spent >= 0),
+        PRIMARY KEY (role, contract_txid),
+        FOREIGN KEY (role, contract_txid) REFERENCES channels ON DELETE CASCADE
+    ) WITHOUT ROWID""",
+)
+
+
 def _statements(*sql: str) -> Callable[[sqlite3.Connection], None]:
     def run(conn: sqlite3.Connection) -> None:
         for statement in sql:
@@ -180,6 +193,6 @@ def _statements(*sql: str) -> Callable[[sqlite3.Connection], None]:
 # MIGRATIONS[v] upgrades a file from schema v + 1 to v + 2 (so MIGRATIONS[0]: 1 -> 2).
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _statements(*V2_TABLES), _statements(*V3_INDEXES), _to_v4,
-    _statements(*V5_STATEMENTS))
+    _statements(*V5_STATEMENTS), _statements(*V6_TABLES))
 assert len(MIGRATIONS) == SCHEMA_VERSION - 1
 

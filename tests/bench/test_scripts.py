@@ -144,9 +144,10 @@ def test_failover_kills_freezes_and_restarts_and_loses_nor_doubles_nothing() -> 
     assert isinstance(rates, dict) and set(rates) == {"1", "2"}
 
 
-def test_paid_requests_reports_its_figures() -> None:
-    result = run_json("bench/paid_requests.py", "--clients", "2", "--requests", "5")
-    assert result["requests"] == 10
-    assert isinstance(result["paid_requests_per_s"], float) and result["paid_requests_per_s"] > 0
-    assert result["paid_sat"] == 2 * 6 * 100  # each client's opening request and 5 more
-    assert result["server_stored_sat"] == 2 * 1_000 + 2 * 6 * 100  # the openings beside
+def test_gateway_reports_its_figures() -> None:
+    result = run_json("bench/gateway.py", "--clients", "2", "--requests", "5", "--stream-mb", "1")
+    for key in ("direct_per_s", "paid_per_s", "paid_p50_ms", "overhead_p50_ms",
+                "overhead_p99_ms", "stream_mb_per_s"):
+        value = result[key]
+        assert isinstance(value, int | float) and value > 0, key
+    assert result["paid_requests"] == 2 * 5 + 2 and result["stream_bytes"] == 1 << 20

@@ -11,6 +11,7 @@ from bitcoind_paychan.daemon.config.schema import (
     ClientConfig,
     ControlConfig,
     DaemonConfig,
+    GatewayConfig,
     LoggingConfig,
     MetricsConfig,
     SchedulerConfig,
@@ -24,7 +25,7 @@ SECTIONS: dict[str, type[Any]] = {
     "bitcoind": BitcoindConfig, "server": ServerConfig, "client": ClientConfig,
     "store": StoreConfig, "scheduler": SchedulerConfig, "fees": FeePolicy,
     "logging": LoggingConfig, "control": ControlConfig, "metrics": MetricsConfig,
-    "cluster": ClusterPolicy, "daemon": DaemonConfig,
+    "cluster": ClusterPolicy, "daemon": DaemonConfig, "gateway": GatewayConfig,
 }
 TOP_LEVEL = ("network", *SECTIONS)
 # The keys that set a policy's field (key → field). Their defaults and rules are the policy's.
@@ -60,3 +61,4 @@ def section_keys(section: str) -> tuple[str, ...]:
 
 
 SERVER_ENTRY_KEYS = ("address", "tls", "ca_file", "fingerprint")
+ROUTE_KEYS = ("path", "upstream", "per", "price", "reserve", "quantity", "timeout")
