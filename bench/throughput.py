@@ -34,7 +34,6 @@ from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from typing import Any
 
-import eventloop  # bench/eventloop.py
 from hardware import fsync_latency_ms, schnorr_verify_rate, verify_rate  # bench/hardware.py
 from replay import load  # bench/replay.py
 
@@ -43,6 +42,7 @@ from bitcoind_paychan.channel.effects import PaymentReceived
 from bitcoind_paychan.channel.kinds import registry as kinds
 from bitcoind_paychan.channel.kinds.v4_taproot import Schnorr
 from bitcoind_paychan.channel.records import Role
+from bitcoind_paychan.daemon import eventloop
 from bitcoind_paychan.daemon.process import freeze_heap, raise_fd_limit
 from bitcoind_paychan.node import AsyncBitcoind, Bitcoind, NodeConfig, to_btc
 from bitcoind_paychan.service.client import Channel, PaymentClient
@@ -93,12 +93,12 @@ def child_setup() -> None:
 def profiled(profile: str, main: Coroutine[Any, Any, Any]) -> Any:
     """Run `main` (on uvloop with --uvloop); with a `profile` path, under cProfile (the event
     loop's thread only: the store's writer thread is not in it), its stats written there."""
-    use_uvloop = os.environ.get(UVLOOP_ENV) == "1"
+    loop = "uvloop" if os.environ.get(UVLOOP_ENV) == "1" else "asyncio"
     if not profile:
-        return eventloop.run(main, use_uvloop)
-    profiler = cProfile.Profile()
+        return eventloop.run(main, loop)
+    profiler = cProfile.Profile(time.thread_time)  # CPU of the loop thread, not wall time
     try:
-        return profiler.runcall(eventloop.run, main, use_uvloop)
+        return profiler.runcall(eventloop.run, main, loop)
     finally:
         profiler.dump_stats(profile)
 
@@ -351,15 +351,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
     args = parser.parse_args(argv)
     if args.uvloop:
-        eventloop.loop_factory(True)  # fails now, with what to install, if it is missing
+        eventloop.loop_factory("uvloop")  # fails now, with what to install, if it is missing
         os.environ[UVLOOP_ENV] = "1"  # the spawned processes inherit it
     if min(args.channels, args.payments, args.window) < 1:
         parser.error("--channels, --payments and --window must be at least 1")
     if args.channels * (channel_value(args.payments) + FUNDING_SPARE) > MAX_FUNDING:
         parser.error("channels × payments needs more than the client wallet's 50 BTC")
-    if args.uvloop and args.tls:  # the TLS door peeks at the first byte before anything
-        # reads it; uvloop's transports may read it first (a handshake then stalls)
-        parser.error("--tls runs on asyncio's event loop only, not with --uvloop")
     if args.capacity and (args.transport != "tcp" or args.tls):
         parser.error("--capacity replays frames over plain TCP only")
     results = []

@@ -132,6 +132,57 @@ def _daemon(args: argparse.Namespace) -> int:
     return run_daemon(load_config(find_config(args.config), check_files=True))
 
 
+def _gateway(args: argparse.Namespace) -> int:
+    from bitcoind_paychan.daemon.config import find_config, load_config
+    from bitcoind_paychan.daemon.daemon import run_daemon
+
+    return run_daemon(load_config(find_config(args.config), check_files=True,
+                                  gateway_only=True))
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    import asyncio
+    from pathlib import Path
+
+    from bitcoind_paychan.daemon.config import find_config, load_config
+    from bitcoind_paychan.gateway.fetch import Fetch, fetch, header_pair
+    from bitcoind_paychan.node import AsyncBitcoind, Bitcoind
+    from bitcoind_paychan.node.ports import NodePorts
+    from bitcoind_paychan.store import SQLiteStore
+
+    config = load_config(find_config(args.config), check_files=True)
+    usage = "usage: paychan fetch [-X METHOD] [-H 'Name: value'] [-d DATA] [-o FILE] URL"
+    try:
+        headers = [header_pair(h) for h in args.header]
+    except ValueError as exc:
+        raise UsageError(f"-H: {exc}", usage) from None
+    data = args.data
+    body = None if data is None else (Path(data[1:]).read_bytes() if data.startswith("@")
+                                      else data.encode())
+    store_path = Path(args.store) if args.store else _fetch_store(config.store.path,
+                                                                  config.network)
+    store_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    store = SQLiteStore(store_path)
+    job = Fetch(args.url, args.request or ("POST" if body is not None else "GET"), headers,
+                body, Path(args.output) if args.output else None, args.include, args.value,
+                args.max_request, args.max_total)
+    wallet = NodePorts.of(AsyncBitcoind(Bitcoind(config.node_config())))
+    try:
+        return asyncio.run(fetch(wallet, store, job))
+    finally:
+        store.close()
+
+
+def _fetch_store(daemon_store: Any, network: str) -> Any:
+    """`paychan fetch`'s own store: fetch-NETWORK.db beside the daemon's SQLite file, else in
+    ~/.local/share/paychan."""
+    from pathlib import Path
+
+    folder = daemon_store.parent if daemon_store is not None else \
+        Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local/share") / "paychan"
+    return folder / f"fetch-{network}.db"
+
+
 def _completion(args: argparse.Namespace) -> int:
     from bitcoind_paychan.completion import script
 
@@ -382,6 +433,8 @@ def parser() -> argparse.ArgumentParser:
                       "(kept afterwards; the demo says which first). Without it the demo "
                       "refuses and changes nothing (exit 2)")
     command("daemon", _daemon, "run the server and/or client roles (see --config)")
+    command("gateway", _gateway, "run the daemon as a paid HTTP gateway only: the gateway: "
+            "section's routes and the server role its channels need (the client role off)")
     command("getinfo", _call("getinfo"),
             "the daemon's version, network, node state, height, channels")
     listing = command("listchannels", _call("listchannels", "state", "all"),
@@ -435,6 +488,29 @@ def parser() -> argparse.ArgumentParser:
                       "delete the history of channels closed before a date")
     pruning.add_argument("--before", required=True, metavar="DATE",
                          help="YYYY-MM-DD, YYYY-MM-DDTHH:MM (UTC) or Unix seconds")
+    fetching = command("fetch", _fetch, "fetch a URL, paying a paychan 402 through a channel "
+                       "with its gateway (opened or resumed on first use)")
+    fetching.add_argument("url", help="http(s) URL")
+    fetching.add_argument("-X", "--request", metavar="METHOD", help="GET, or POST with -d")
+    fetching.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'",
+                          help="a request header (repeatable)")
+    fetching.add_argument("-d", "--data", metavar="DATA", help="the request body (@FILE: a "
+                          "file's bytes)")
+    fetching.add_argument("-o", "--output", metavar="FILE", help="write the body there, not "
+                          "to stdout")
+    fetching.add_argument("-i", "--include", action="store_true",
+                          help="the answer's status line and headers to stderr")
+    fetching.add_argument("--max-request", type=_positive, metavar="SAT",
+                          help="refuse an offer whose request costs more (a stream's top-ups "
+                          "included)")
+    fetching.add_argument("--max-total", type=_positive, metavar="SAT",
+                          help="pay at most this much in all")
+    fetching.add_argument("--value", type=_positive, default=1_000_000, metavar="SAT",
+                          help="sat to lock in a new channel (1000000)")
+    fetching.add_argument("--store", metavar="FILE", help="the SQLite store of fetch's "
+                          "channels (fetch-NETWORK.db beside the daemon's store)")
+    fetching.epilog = ("Exit status 0 for an answer under 400, 1 otherwise or when a price "
+                       "is over a cap. Coins: the configured bitcoind wallet.")
     command("dashboard", _dashboard,
             "print a link that opens the live dashboard in a browser on this machine")
     command("stop", _call("stop"), "stop the daemon gracefully")

@@ -224,6 +224,27 @@ class ProxyHeaderError(PaychanError):
     read. The message says what was wrong; check the balancer's send-proxy/proxy_protocol."""
 
 
+class PaidHttpError(PaychanError):
+    """A message of the channel protocol over HTTP cannot be read: a Payment credential or
+    receipt, an offer, or a body of frames (transport/paidhttp). The message says which part
+    and what was expected; nothing it carried was acted on."""
+
+
+class PriceRefused(PaychanError):
+    """A paying client refused a payment over its caps (per request, or in all): nothing was
+    signed nor sent. The message says the price, the cap and which option raises it."""
+
+
+class UpstreamFailed(PaychanError):
+    """The gateway's upstream could not be reached (502), did not answer in time (504), or
+    broke off or mangled its answer (502). Never charged: what the request held goes back to
+    its channel's credit. The message names the route; check the upstream."""
+
+    def __init__(self, status: int, why: str) -> None:
+        super().__init__(why)
+        self.status = status
+
+
 class TLSError(PaychanError):
     """A TLS connection failed: a certificate not trusted, expired, for another host or not
     the pinned one, or a peer that does not speak TLS. The message says which and what to do."""

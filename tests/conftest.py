@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bitcoind_paychan.daemon.config import config_from_dict
+from bitcoind_paychan.daemon.daemon import Daemon
 from bitcoind_paychan.node import Bitcoind, NodeConfig
 from regtest.node import RegtestNode, free_port, regtest_nodes
 from regtest.postgres import PostgresServer
@@ -58,6 +63,28 @@ def config_for(node: RegtestNode, **overrides: object) -> NodeConfig:
 def bitcoind(node: RegtestNode) -> Bitcoind:
     """The node adapter attached to `node`."""
     return Bitcoind(config_for(node))
+
+
+@contextlib.asynccontextmanager
+async def running_daemon(node: RegtestNode, tmp: Path, **sections: dict[str, Any]
+                         ) -> AsyncIterator[Daemon]:
+    """A daemon with both roles beside `node`, paying its own server (`self`), in this
+    process; `sections` update its configuration."""
+    data = self_paying_daemon(node, tmp)
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(values)
+    daemon = Daemon(config_from_dict(data))
+    task = asyncio.create_task(daemon.run())
+    deadline = time.monotonic() + 60
+    while not (tmp / "control.cookie").exists():  # written once everything listens
+        assert not task.done(), task.exception()
+        assert time.monotonic() < deadline, "the daemon did not start"
+        await asyncio.sleep(0.05)
+    try:
+        yield daemon
+    finally:
+        daemon.request_stop()
+        await task
 
 
 def self_paying_daemon(node: RegtestNode, tmp: Path) -> dict[str, Any]:

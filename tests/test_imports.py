@@ -83,7 +83,7 @@ def test_an_unknown_name_is_an_attribute_error() -> None:
 def test_transport_imports_nothing_above_it() -> None:
     """Services and the daemon use the transports, never the other way round."""
     upward = [f"{path.name}: {node.module}"
-              for path in sorted((PACKAGE / "transport").glob("*.py"))
+              for path in sorted((PACKAGE / "transport").rglob("*.py"))
               for node in ast.walk(ast.parse(path.read_text()))
               if isinstance(node, ast.ImportFrom) and node.module
               and node.module.startswith(("bitcoind_paychan.service", "bitcoind_paychan.daemon"))]

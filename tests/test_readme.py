@@ -20,10 +20,14 @@ DEFAULT_PORTS = (18443, 18444, 4242, 4243)  # regtest's RPC and P2P; the old qui
 
 
 def quickstart() -> str:
-    readme = (ROOT / "README.md").read_text()
-    match = re.search(r"<!-- quickstart -->\s*```sh\n(.*?)```\s*<!-- /quickstart -->", readme,
-                      re.DOTALL)
-    assert match, "the README lost its quick start block"
+    return sh_block(ROOT / "README.md", "quickstart")
+
+
+def sh_block(readme: Path, name: str) -> str:
+    """The shell block of `readme` between `<!-- name -->` and `<!-- /name -->`."""
+    match = re.search(rf"<!-- {name} -->\s*```sh\n(.*?)```\s*<!-- /{name} -->",
+                      readme.read_text(), re.DOTALL)
+    assert match, f"{readme} lost its {name} block"
     return match.group(1)
 
 

@@ -6,7 +6,6 @@ contract in and carries out the effects. Every payment is stored before it is se
 
 from __future__ import annotations
 
-import enum
 from collections import deque
 from dataclasses import dataclass, replace
 
@@ -37,6 +36,7 @@ from bitcoind_paychan.channel.effects import (
 from bitcoind_paychan.channel.kinds.registry import DEFAULT_VERSION, kind_of
 from bitcoind_paychan.channel.machine import (
     VALUE_CODE_NOTE,
+    FastEnum,
     Handler,
     Input,
     ProtocolMachine,
@@ -86,7 +86,7 @@ class ClientPolicy:
         reanchor_autopilot.check_client(self)
 
 
-class ClientState(enum.Enum):
+class ClientState(FastEnum):
     IDLE = "not started"
     WAITING_FOR_VERSION = "waiting for SERVER_VERSION"
     WAITING_FOR_INITIATE = "waiting for INITIATE"

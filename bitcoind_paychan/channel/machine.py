@@ -36,7 +36,14 @@ VALUE_CODE_NOTE = ("wire code CHANNEL_VALUE_TOO_LARGE: bitcoinj's code for a cha
 Handler = Callable[[T], list[Effect]]
 
 
-class Input(enum.Enum):
+class FastEnum(enum.Enum):
+    """An Enum hashed by identity (its members are singletons), in C: Enum's own __hash__ is
+    Python code, and every transition looks up (state, event) in its table."""
+
+    __hash__ = object.__hash__
+
+
+class Input(FastEnum):
     """Application inputs and adapters' answers, as events of the transition tables."""
 
     START = "start"  # client: say hello (open or resume)
@@ -99,11 +106,12 @@ class ProtocolMachine:
         if message.type == T.ERROR:
             return self.on_error(message)
         try:
-            if (self.state, message.type) not in self.TABLE:
+            allowed = self.TABLE.get((self.state, message.type))
+            if allowed is None:
                 raise RemoteProtocolError(
                     f"unexpected {type_name(message)} while {self.state.value}",
                     ErrorCode.SYNTAX_ERROR)
-            return self._step(message.type, self.handlers[message.type], message)
+            return self._step(message.type, self.handlers[message.type], allowed, message)
         except DecodeError as exc:
             return self.refuse(RemoteProtocolError(str(exc), ErrorCode.BAD_TRANSACTION))
         except RemoteProtocolError as exc:
@@ -112,14 +120,15 @@ class ProtocolMachine:
     def _input(self, event: Input, handler: Callable[..., list[Effect]], *args: Any
                ) -> list[Effect]:
         """Apply an application input, if the table allows it in this state."""
-        if (self.state, event) not in self.TABLE:
+        allowed = self.TABLE.get((self.state, event))
+        if allowed is None:
             raise LocalProtocolError(f"cannot {event.value.replace('_', ' ')} while "
                                      f"{self.state.value}")
-        return self._step(event, handler, *args)
+        return self._step(event, handler, allowed, *args)
 
-    def _step(self, event: Event, handler: Callable[..., list[Effect]], *args: Any
-              ) -> list[Effect]:
-        allowed, before = self.TABLE[(self.state, event)], self.state
+    def _step(self, event: Event, handler: Callable[..., list[Effect]],
+              allowed: frozenset[Any], *args: Any) -> list[Effect]:
+        before = self.state
         effects = handler(*args)
         if self.state not in allowed and self.state is not self.closed:
             raise LocalProtocolError(f"bug: {event_name(event)} moved {before.name} to "

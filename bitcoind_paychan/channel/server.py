@@ -6,7 +6,6 @@ touches a socket, the node, the store or a clock: `now` is given at construction
 
 from __future__ import annotations
 
-import enum
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -46,6 +45,7 @@ from bitcoind_paychan.channel.kinds.base import Capabilities
 from bitcoind_paychan.channel.kinds.registry import VERSIONS, kind_of
 from bitcoind_paychan.channel.machine import (
     VALUE_CODE_NOTE,
+    FastEnum,
     Handler,
     Input,
     ProtocolMachine,
@@ -131,7 +131,7 @@ class ServerPolicy:
         reanchor_autopilot.check_server(self)
 
 
-class ServerState(enum.Enum):
+class ServerState(FastEnum):
     WAITING_FOR_VERSION = "waiting for CLIENT_VERSION"
     LOADING_CHANNEL = "looking up the channel to resume"
     WAITING_FOR_REFUND = "waiting for PROVIDE_REFUND"

@@ -16,6 +16,7 @@ from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.daemon.activity import Activity
 from bitcoind_paychan.daemon.config import Config, server_address
+from bitcoind_paychan.daemon.eventloop import event_loop_name
 from bitcoind_paychan.daemon.health import SettleHealth
 from bitcoind_paychan.daemon.metrics import PaychanMetrics
 from bitcoind_paychan.daemon.rows import (
@@ -80,6 +81,7 @@ class ControlApi:
             "can_settle_reason": settle.reason.value, "can_settle_detail": settle.detail,
             "height": height,
             "uptime": int(time.time() - self.started),
+            "event_loop": event_loop_name(),
             "server": self.config.server.listen if self.server else None,
             "client": sorted(self.config.client.servers) if self.client else None,
             "channels": self._channel_counts(),

@@ -29,6 +29,7 @@ from bitcoind_paychan.channel.effects import (
 )
 from bitcoind_paychan.channel.reanchor_autopilot import kinds as reanchor_kinds
 from bitcoind_paychan.channel.records import ChannelStatus, Role
+from bitcoind_paychan.daemon import eventloop
 from bitcoind_paychan.daemon.activity import Activity
 from bitcoind_paychan.daemon.api import ControlApi
 from bitcoind_paychan.daemon.config import Config
@@ -38,14 +39,17 @@ from bitcoind_paychan.daemon.logs import Logs
 from bitcoind_paychan.daemon.metrics import MetricsServer, PaychanMetrics
 from bitcoind_paychan.daemon.process import freeze_heap, raise_fd_limit, thaw_heap
 from bitcoind_paychan.errors import ConfigError, PaychanError, StoreError
+from bitcoind_paychan.gateway import Gateway
 from bitcoind_paychan.logcontext import channel_fields
 from bitcoind_paychan.node import AsyncBitcoind, Bitcoind
 from bitcoind_paychan.node.ports import Node, NodePorts
 from bitcoind_paychan.service.client import ClientEvent, PaymentClient
 from bitcoind_paychan.service.server import PaymentServer, ServerEvent
 from bitcoind_paychan.store import ChannelStore
+from bitcoind_paychan.store.credit import CreditStore
 from bitcoind_paychan.store.leases import leases_for
 from bitcoind_paychan.transport import websocket
+from bitcoind_paychan.transport.http import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,8 @@ class Daemon(ControlApi):
         self.server: PaymentServer | None = None
         self.client: PaymentClient | None = None
         self.websocket: websocket.Listener | None = None  # the server's, if configured
+        self.gateway: Gateway | None = None  # on the server's channels, if configured
+        self._gateway_listener: WebServer | None = None
         self.node = Bitcoind(config.node_config())
         self.health = SettleHealth(self.node, self._views,
                                    lambda r: self.metrics.settle_state(r.reason.value))
@@ -116,6 +122,13 @@ class Daemon(ControlApi):
                 with _listening("server.websocket", address):
                     host, port = await self.websocket.listen(*split_address(address))
                 log.info("server listening for WebSocket on ws://%s:%s%s", host, port, path)
+            if self.server and self.gateway:
+                self._gateway_listener = WebServer(self.gateway.app(self.server),
+                                                   *split_address(config.gateway.listen))
+                with _listening("gateway.listen", config.gateway.listen):
+                    host, port = await self._gateway_listener.start()
+                log.info("gateway listening on http://%s:%s (channels at %s)", host, port,
+                         config.gateway.endpoint)
             if self.client:
                 await self.client.start()
             freeze_heap()  # the watchers' indexes are built: out of the collector's way
@@ -161,6 +174,15 @@ class Daemon(ControlApi):
                                                     self.server.tls_door(),
                                                     trusted_proxies=config.server.proxies)
             self.server.callbacks.on_error = self.metrics.callback_errors.inc
+            if config.gateway.enabled:
+                if not isinstance(store, CreditStore):
+                    raise ConfigError(f"gateway.enabled: the store ({store.info().engine}) "
+                                      "keeps no credit: use SQLite or PostgreSQL")
+                self.gateway = Gateway(config.gateway.routes, self.server.policy,
+                                       config.gateway.endpoint, store=store,
+                                       proxies=config.server.proxies,
+                                       max_requests_per_session=config.gateway
+                                       .max_requests_per_session)
         if config.client.enabled:
             self.client = PaymentClient(ports, store, network=Network.from_chain(config.network),
                                         policy=config.client.policy,
@@ -178,6 +200,8 @@ class Daemon(ControlApi):
             await asyncio.sleep(0.02)
         if self.websocket:
             self.websocket.close()
+        if self._gateway_listener:
+            await self._gateway_listener.stop()
         if self.server:
             await self.server.stop()
         if self.websocket:
@@ -197,6 +221,8 @@ class Daemon(ControlApi):
     # -- events and metrics ----------------------------------------------------------------
 
     def _server_event(self, event: ServerEvent) -> None:
+        if self.gateway is not None:
+            self.gateway.on_event(event)  # its sessions learn their channels and payments
         if isinstance(event, PaymentReceived):
             self.metrics.server.paid(event.amount)
             self.activity.record(event.amount, received=True)
@@ -296,7 +322,8 @@ def _listening(key: str, address: str) -> Iterator[None]:
 
 
 def run_daemon(config: Config) -> int:
-    return asyncio.run(Daemon(config).run())
+    """Run the daemon `config` describes, on the event loop it names (`daemon.event_loop`)."""
+    return eventloop.run(Daemon(config).run(), config.daemon.event_loop)
 
 
 

@@ -31,6 +31,7 @@ SUBSYSTEMS = {
     "transport": "bitcoind_paychan.transport",
     "metrics": "bitcoind_paychan.daemon.metrics",
     "daemon": "bitcoind_paychan.daemon.daemon",
+    "gateway": "bitcoind_paychan.gateway",  # its access log: bitcoind_paychan.gateway.access
 }
 
 

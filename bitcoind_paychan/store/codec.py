@@ -32,10 +32,10 @@ from bitcoind_paychan.errors import DecodeError, StoreError
 from bitcoind_paychan.store.base import ChannelSummary
 
 # The store schema's version, the same for every engine: each engine's migrations lead to it.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 KEY_COLUMNS = ("role", "contract_txid")  # contract_txid: the channel id (see above)
-# Version 6: the generation chain and a pending re-anchor (last, so older rows are a prefix).
+# Version 7: the generation chain and a pending re-anchor (last, so older rows are a prefix).
 REANCHOR_COLUMNS = (
     "generation",
     "current_txid",

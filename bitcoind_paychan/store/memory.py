@@ -36,6 +36,7 @@ from bitcoind_paychan.store.base import (
     unknown_channel,
 )
 from bitcoind_paychan.store.codec import SCHEMA_VERSION, pending_txid
+from bitcoind_paychan.store.credit import given, taking
 
 _Key = tuple[Role, str]
 
@@ -52,6 +53,7 @@ class MemoryStore(Closable):
         self._history: dict[_Key, ChannelSummary] = {}
         self._times: dict[_Key, tuple[int, int | None]] = {}  # opened, closed
         self._generations: list[Generation] = []
+        self._spent: dict[str, int] = {}  # the gateway's credit taken, by server channel
         self._closed = False
 
     def _check_open(self) -> None:
@@ -279,6 +281,8 @@ class MemoryStore(Closable):
             self._history[key] = summarize(rec, self._chain.pop(key, ChainState()), opened,
                                            closed_at or int(time.time()))
             del self._records[key]
+            if key[0] is Role.SERVER:
+                self._spent.pop(contract_txid, None)
 
     def history(
         self, role: Role | None = None, contract_txid: str | None = None
@@ -325,7 +329,40 @@ class MemoryStore(Closable):
         del self._records[key]
         self._chain.pop(key, None)
         self._times.pop(key, None)
+        if key[0] is Role.SERVER:
+            self._spent.pop(key[1], None)
         self._log = [e for e in self._log if (e.role, e.contract_txid) != key]
+
+    # -- the gateway's credit (store/credit.py) ---------------------------------------------
+
+    def credit(self, contract_txid: str) -> int:
+        with self._lock:
+            return self._paid(contract_txid) - self._spent.get(contract_txid, 0)
+
+    def take_credit(self, contract_txid: str, least: int, most: int) -> int | None:
+        return self.take_credit_left(contract_txid, least, most)[0]
+
+    def take_credit_left(self, contract_txid: str, least: int, most: int
+                         ) -> tuple[int | None, int]:
+        with self._lock:
+            self._check_open()
+            spent = self._spent.get(contract_txid, 0)
+            paid = self._paid(contract_txid)
+            taken = taking(paid, spent, least, most)
+            if taken:
+                self._spent[contract_txid] = spent + taken
+            return taken, max(paid - spent - (taken or 0), 0)
+
+    def give_credit(self, contract_txid: str, sat: int) -> None:
+        with self._lock:
+            self._check_open()
+            if sat and (Role.SERVER, contract_txid) in self._records:
+                self._spent[contract_txid] = given(self._spent.get(contract_txid, 0), sat,
+                                                   contract_txid)
+
+    def _paid(self, contract_txid: str) -> int:
+        record = self._records.get((Role.SERVER, contract_txid))
+        return 0 if record is None else record.paid
 
     def info(self) -> StoreInfo:
         return StoreInfo("memory", "memory (not durable)", SCHEMA_VERSION)

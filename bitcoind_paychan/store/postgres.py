@@ -45,7 +45,7 @@ POOL_SIZE = 10  # connections at most (the payment writer's, the event loop's th
 CONNECT_TIMEOUT = 10  # seconds to reach the server (and to wait for a pooled connection)
 RECONNECT_DELAY = 0.2  # seconds at most between two attempts to replace a lost connection
 QUIET = 10.0  # seconds between two of psycopg_pool's warnings of one kind (while reconnecting)
-TABLES = ("channels", "chain_state", "meta", "payment_log", "history")
+TABLES = ("channels", "chain_state", "meta", "payment_log", "history", "credit_spent")
 INSTALL = "pip install 'bitcoind-paychan[postgresql]' (psycopg 3 and psycopg-pool)"
 
 _PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]+)", re.IGNORECASE)

@@ -99,7 +99,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
      "ALTER TABLE payment_log ALTER COLUMN stored_at SET DEFAULT "
      "floor(extract(epoch FROM now()))::bigint",
      "CREATE INDEX payment_log_by_time ON payment_log (stored_at)"),
-    # 5 -> 6: re-anchoring's generation chain and pending re-anchor (as sqlite_schema's V6).
+    # 5 -> 6: what the gateway took of each server channel's payments (store/credit.py).
+    # Self-contained: it touches no other table.
+    ("""CREATE TABLE credit_spent (
+        role TEXT NOT NULL,
+        contract_txid TEXT NOT NULL,
+        spent BIGINT NOT NULL CHECK (spent >= 0),
+        PRIMARY KEY (role, contract_txid),
+        FOREIGN KEY (role, contract_txid) REFERENCES channels ON DELETE CASCADE
+    )""",),
+    # 6 -> 7: re-anchoring's generation chain and pending re-anchor (as sqlite_schema's V7).
     reanchor_statements("BYTEA", "''::bytea"),
 )
 assert FIRST_VERSION + len(MIGRATIONS) == SCHEMA_VERSION

@@ -38,6 +38,7 @@ from bitcoind_paychan.store.base import (
     summarize,
     unknown_channel,
 )
+from bitcoind_paychan.store.credit import SQLCredit
 
 BATCH = 500  # contract txids per query (below every engine's limit on bound parameters)
 
@@ -173,7 +174,7 @@ STATUS_INDEX = "channels_by_status"
 
 
 def reanchor_statements(blob: str, empty: str) -> tuple[str, ...]:
-    """Schema version 6 for an engine whose byte string type is `blob`, written `empty` when
+    """Schema version 7 for an engine whose byte string type is `blob`, written `empty` when
     empty (integers are BIGINT, SQLite's INTEGER affinity): the channel's generation and
     pending re-anchor columns (codec.REANCHOR_COLUMNS), and the `generations` table."""
     columns = (("generation", "BIGINT NOT NULL DEFAULT 0"),
@@ -207,7 +208,7 @@ def marks(n: int) -> str:
     return ", ".join("?" * n)
 
 
-class SQLStore(Closable):
+class SQLStore(SQLCredit, Closable):
     """The ChannelStore contract in SQL; subclasses are the engines."""
 
     ENGINE = ""

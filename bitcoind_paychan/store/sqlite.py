@@ -155,15 +155,12 @@ class SQLiteStore(SQLStore):
 
 def _record_one(conn: Session, record: ChannelRecord, amount: int,
                 info: bytes) -> StoreError | None:
-    """Store one payment of a batch in its own savepoint: a refusal undoes it alone."""
+    """Store one payment of a batch: its guarded UPDATE changes its row or nothing, so a
+    refusal leaves nothing to undo (no savepoint); a failing statement fails the batch."""
     role, txid, change = Role(record.role).value, record.channel_id, record.change
-    conn.execute("SAVEPOINT payment")
     if conn.execute(PAY, pay_arguments(record)).rowcount == 1:
         conn.execute(LOG, (role, txid, record.payments, amount, change, info))
-        conn.execute("RELEASE payment")
         return None
-    conn.execute("ROLLBACK TO payment")
-    conn.execute("RELEASE payment")
     row = conn.execute(CHANGE_AND_STATUS, (role, txid)).fetchone()
     return refusal(record, *(row or (None,)))
 

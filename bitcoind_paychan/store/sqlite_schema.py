@@ -170,11 +170,24 @@ V5_STATEMENTS = (
 )
 
 
-# Version 6: re-anchoring (docs/design/reanchoring.md 9). A channel keeps its key (its channel
+# Version 6: what the gateway took of each server channel's payments (store/credit.py: its
+# credit is what the channel paid less this). Self-contained: it touches no other table.
+V6_TABLES = (
+    """CREATE TABLE credit_spent (
+        role TEXT NOT NULL,
+        contract_txid TEXT NOT NULL,
+        spent INTEGER NOT NULL CHECK (spent >= 0),
+        PRIMARY KEY (role, contract_txid),
+        FOREIGN KEY (role, contract_txid) REFERENCES channels ON DELETE CASCADE
+    ) WITHOUT ROWID""",
+)
+
+
+# Version 7: re-anchoring (docs/design/reanchoring.md 9). A channel keeps its key (its channel
 # id, generation 0's contract txid); its current generation, a re-anchor in flight, and every
 # generation it left behind (never deleted with the channel: history). One self-contained step
 # (`reanchor_statements`, shared with PostgreSQL) so it can be renumbered at a merge.
-V6_STATEMENTS = reanchor_statements("BLOB", "x''")
+V7_STATEMENTS = reanchor_statements("BLOB", "x''")
 
 
 def _statements(*sql: str) -> Callable[[sqlite3.Connection], None]:
@@ -187,6 +200,6 @@ def _statements(*sql: str) -> Callable[[sqlite3.Connection], None]:
 # MIGRATIONS[v] upgrades a file from schema v + 1 to v + 2 (so MIGRATIONS[0]: 1 -> 2).
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _statements(*V2_TABLES), _statements(*V3_INDEXES), _to_v4,
-    _statements(*V5_STATEMENTS), _statements(*V6_STATEMENTS))
+    _statements(*V5_STATEMENTS), _statements(*V6_TABLES), _statements(*V7_STATEMENTS))
 assert len(MIGRATIONS) == SCHEMA_VERSION - 1
 

@@ -179,8 +179,8 @@ class Writes:
 
     async def finish(self) -> None:
         """Wait for every write started (after a failure, so none is left running unseen)."""
-        if self._done is not None:
-            await asyncio.gather(self._done, return_exceptions=True)
+        if self._done is not None and not self._done.done():  # done: nothing to wait for
+            await asyncio.wait([self._done])
 
 
 _Answer = tuple["asyncio.Future[Outcomes]", Outcomes]

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from bitcoind_paychan.transport.accept import Acceptor
 from bitcoind_paychan.transport.limits import PeerGate
 from bitcoind_paychan.transport.tlsdoor import TLSDoor
 
@@ -66,7 +68,7 @@ class WebServer:
         self.port = port
         self.idle_timeout = idle_timeout
         self._runner: web.AppRunner | None = None
-        self._tls_server: asyncio.Server | None = None
+        self._tls_server: Acceptor | None = None
 
     async def start(self) -> tuple[str, int]:
         """Listen; the bound (host, port)."""
@@ -86,28 +88,25 @@ class WebServer:
             await runner.cleanup()
             raise
         self._runner = runner
-        server = site._server
-        assert isinstance(server, asyncio.Server)
+        server = cast(asyncio.Server, site._server)  # uvloop's Server too (not a subclass)
         address = server.sockets[0].getsockname()
         return address[0], address[1]
 
     async def _start_tls(self, runner: web.AppRunner) -> tuple[str, int]:
         assert self.door is not None and runner.server is not None
         try:
-            self._tls_server = await self.door.listen(runner.server, self.gate or PeerGate(),
-                                                      self.host, self.port)
+            self._tls_server, address = await self.door.listen(
+                runner.server, self.gate or PeerGate(), self.host, self.port)
         except BaseException:
             await runner.cleanup()
             raise
         self._runner = runner
-        address = self._tls_server.sockets[0].getsockname()
-        return address[0], address[1]
+        return address
 
     async def stop(self) -> None:
         """Stop listening, let running handlers answer (briefly), close every connection."""
         runner, self._runner = self._runner, None
-        if self._tls_server is not None and self.door is not None:
-            self._tls_server.close()
-            await self.door.stop()
+        if self._tls_server is not None:
+            await self._tls_server.stop()
         if runner is not None:
             await runner.cleanup()

@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import os
 import socket
 import struct
 from dataclasses import dataclass
 
 from bitcoind_paychan.errors import ProxyHeaderError
-from bitcoind_paychan.transport.tlsdoor import reading
 
 V1_PREFIX = b"PROXY "
 V1_MAX = 107  # the longest v1 line, CRLF included
@@ -75,27 +73,24 @@ def parse(data: bytes) -> ProxyHeader:
     return _parse_v2(data) if data.startswith(V2_SIGNATURE) else _parse_v1(data)
 
 
-async def read_header(transport: asyncio.BaseTransport, timeout: float) -> ProxyHeader:
+async def read_header(sock: socket.socket, timeout: float) -> ProxyHeader:
     """The header at the start of a just accepted TCP connection, read within `timeout`
-    seconds straight from its socket (its transport paused: not a byte past the header is
-    read, so a TLS handshake or the protocol's frames follow untouched); ProxyHeaderError if
-    it is missing, invalid, cut short or late. The caller resumes reading."""
-    transport = reading(transport)
-    transport.pause_reading()
+    seconds from its socket (before any transport exists: not a byte past the header is read,
+    so a TLS handshake or the protocol's frames follow untouched); ProxyHeaderError if it is
+    missing, invalid, cut short or late."""
     loop = asyncio.get_running_loop()
     data = b""
-    with socket.socket(fileno=os.dup(transport.get_extra_info("socket").fileno())) as sock:
-        try:
-            async with asyncio.timeout(timeout):
-                while more := missing(data):
-                    got = await loop.sock_recv(sock, more)
-                    if not got:
-                        raise ProxyHeaderError("the proxy hung up within the PROXY header")
-                    data += got
-        except TimeoutError:
-            raise ProxyHeaderError(f"no whole PROXY header within {timeout} s") from None
-        except OSError as exc:
-            raise ProxyHeaderError(f"reading the PROXY header failed: {exc}") from None
+    try:
+        async with asyncio.timeout(timeout):
+            while more := missing(data):
+                got = await loop.sock_recv(sock, more)
+                if not got:
+                    raise ProxyHeaderError("the proxy hung up within the PROXY header")
+                data += got
+    except TimeoutError:
+        raise ProxyHeaderError(f"no whole PROXY header within {timeout} s") from None
+    except OSError as exc:
+        raise ProxyHeaderError(f"reading the PROXY header failed: {exc}") from None
     return parse(data)
 
 

@@ -62,8 +62,11 @@ class MessageStream:
         """
         if not self._pending:
             try:
-                async with asyncio.timeout(timeout):
+                if timeout is None:  # no timer to arm and cancel per message
                     await self._fill()
+                else:
+                    async with asyncio.timeout(timeout):
+                        await self._fill()
             except TimeoutError:
                 raise RemoteProtocolError(
                     f"no message from {self.peername} within {timeout} s", code=ErrorCode.TIMEOUT

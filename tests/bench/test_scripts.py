@@ -59,10 +59,12 @@ def test_throughput_over_tls_on_tcp_and_websocket() -> None:
         assert result["tls"] is True and result["server_logged"] == 20, transport
 
 
-def test_throughput_refuses_tls_on_uvloop() -> None:
-    done = subprocess.run([sys.executable, "bench/throughput.py", "--tls", "--uvloop"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and "--tls runs on asyncio's event loop only" in done.stderr
+def test_throughput_over_tls_on_uvloop() -> None:
+    for transport in ("tcp", "ws"):
+        result = run_json("bench/throughput.py", "--channels", "2", "--payments", "20",
+                          "--window", "4", "--tls", "--uvloop", "--transport", transport)
+        assert (result["tls"], result["event_loop"]) == (True, "uvloop"), transport
+        assert result["server_logged"] == 40, transport
 
 
 def test_throughput_on_uvloop() -> None:
@@ -142,12 +144,13 @@ def test_failover_kills_freezes_and_restarts_and_loses_nor_doubles_nothing() -> 
     assert isinstance(rates, dict) and set(rates) == {"1", "2"}
 
 
-def test_paid_requests_reports_its_figures() -> None:
-    result = run_json("bench/paid_requests.py", "--clients", "2", "--requests", "5")
-    assert result["requests"] == 10
-    assert isinstance(result["paid_requests_per_s"], float) and result["paid_requests_per_s"] > 0
-    assert result["paid_sat"] == 2 * 6 * 100  # each client's opening request and 5 more
-    assert result["server_stored_sat"] == 2 * 1_000 + 2 * 6 * 100  # the openings beside
+def test_gateway_reports_its_figures() -> None:
+    result = run_json("bench/gateway.py", "--clients", "2", "--requests", "5", "--stream-mb", "1")
+    for key in ("direct_per_s", "paid_per_s", "paid_p50_ms", "overhead_p50_ms",
+                "overhead_p99_ms", "stream_mb_per_s"):
+        value = result[key]
+        assert isinstance(value, int | float) and value > 0, key
+    assert result["paid_requests"] == 2 * 5 + 2 and result["stream_bytes"] == 1 << 20
 
 
 def test_renew_reports_its_figures() -> None:

@@ -5,11 +5,10 @@ behaviour. Keys that were once validated but never applied get regtest tests her
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,10 @@ from bitcoind_paychan.errors import ChannelFailed, LocalProtocolError
 from bitcoind_paychan.node import AsyncBitcoind
 from bitcoind_paychan.store import MemoryStore
 from regtest.node import RegtestNode, regtest_nodes
+from tests.conftest import running_daemon as running
 from tests.conftest import self_paying_daemon
 from tests.daemon import test_daemon, test_daemon_postgres
+from tests.gateway import test_gateway_e2e
 from tests.transport.certs import CertFactory
 
 DOCS = Path(__file__).parents[2] / "docs" / "config.md"
@@ -37,24 +38,33 @@ def documented_keys() -> list[str]:
     return re.findall(r"^\| `([a-z_]+(?:\.[a-z_]+)?)` \|", DOCS.read_text(), re.MULTILINE)
 
 
-# Keys that act only beside another: the configuration both sides of their probe start from.
-NEEDS: dict[str, dict[str, Any]] = {
-    "server.trusted_proxies": {"websocket": "127.0.0.1:4244/paychan"},
-    "server.proxy_header": {"websocket": "127.0.0.1:4244/paychan"},
-    "server.proxy_protocol": {"trusted_proxies": ["10.0.0.1"]},
-    "server.payout_above": {"reanchoring": True},
-    "server.renew_before": {"reanchoring": True},
-    "client.refill_below": {"reanchoring": True, "max_deposit": 3_000_000},
-    "client.refill_to": {"reanchoring": True, "refill_below": 100_000, "max_deposit": 3_000_000},
-    "client.max_deposit": {"reanchoring": True},
-    "client.renew_before": {"reanchoring": True},
+# Keys that act only beside another: the configuration both sides of their probe start from
+# (section → its settings).
+ROUTE = {"path": "/api", "upstream": "http://127.0.0.1:8080", "price": 10}
+GATEWAY = {"gateway": {"enabled": True, "routes": [ROUTE]}}
+NEEDS: dict[str, dict[str, dict[str, Any]]] = {
+    "server.trusted_proxies": {"server": {"websocket": "127.0.0.1:4244/paychan"}},
+    "server.proxy_header": {"server": {"websocket": "127.0.0.1:4244/paychan"}},
+    "server.proxy_protocol": {"server": {"trusted_proxies": ["10.0.0.1"]}},
+    "gateway.enabled": {"gateway": {"routes": [ROUTE]}},
+    "gateway.endpoint": GATEWAY,
+    "gateway.max_requests_per_session": GATEWAY,
+    "gateway.routes": GATEWAY,
+    "server.payout_above": {"server": {"reanchoring": True}},
+    "server.renew_before": {"server": {"reanchoring": True}},
+    "client.refill_below": {"client": {"reanchoring": True, "max_deposit": 3_000_000}},
+    "client.refill_to": {"client": {"reanchoring": True, "refill_below": 100_000,
+                                    "max_deposit": 3_000_000}},
+    "client.max_deposit": {"client": {"reanchoring": True}},
+    "client.renew_before": {"client": {"reanchoring": True}},
 }
 
 
 def base(key: str) -> dict[str, Any]:
     """Both roles enabled, and what `key` needs to act."""
     data: dict[str, Any] = {section: dict(values) for section, values in BOTH.items()}
-    data[key.split(".")[0] if key.startswith("client.") else "server"].update(NEEDS.get(key, {}))
+    for section, values in NEEDS.get(key, {}).items():
+        data.setdefault(section, {}).update(values)
     return data
 
 
@@ -93,6 +103,11 @@ def websocket(daemon: Daemon) -> Any:
 def client(daemon: Daemon) -> Any:
     assert daemon.client is not None
     return daemon.client
+
+
+def gateway(daemon: Daemon) -> Any:
+    assert daemon.gateway is not None
+    return daemon.gateway
 
 
 def fees(daemon: Daemon) -> Any:
@@ -153,6 +168,11 @@ PROBES: dict[str, tuple[Any, Probe]] = {
     "fees.target": (2, lambda d: fees(d).target),
     "fees.min_rate": (5, lambda d: fees(d).floor),
     "fees.max_rate": (50, lambda d: fees(d).cap),
+    "gateway.enabled": (True, lambda d: d.gateway is not None),
+    "gateway.endpoint": ("/channels", lambda d: gateway(d).endpoint_path),
+    "gateway.max_requests_per_session": (2, lambda d: gateway(d).max_requests_per_session),
+    "gateway.routes": ([{**ROUTE, "per": "byte", "reserve": 500, "quantity": 1000}],
+                       lambda d: gateway(d).routes[0].price),
 }
 # Keys the daemon uses outside the services: the end-to-end tests that show them at work.
 SHOWN_BY: dict[str, Callable[..., None]] = {
@@ -172,6 +192,8 @@ SHOWN_BY: dict[str, Callable[..., None]] = {
     "control.cookie_group": test_daemon.test_control_cookie_mode_and_group_come_from_the_config,
     "metrics.enabled": test_daemon.test_open_pay_list_close_through_the_cli,
     "metrics.listen": test_daemon.test_open_pay_list_close_through_the_cli,
+    "daemon.event_loop": test_daemon.test_a_server_daemon_on_uvloop_serves_channels_over_tls,
+    "gateway.listen": test_gateway_e2e.test_the_daemons_gateway_sells_an_upstream_on_a_real_node,
 }
 
 
@@ -204,27 +226,6 @@ def test_keys_used_outside_the_services_are_shown_end_to_end(key: str) -> None:
 
 
 # -- keys that used to do nothing, on a real node ------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def running(node: RegtestNode, tmp: Path, **sections: dict[str, Any]
-                  ) -> AsyncIterator[Daemon]:
-    """A daemon with both roles beside `node`, paying its own server (`self`)."""
-    data = self_paying_daemon(node, tmp)
-    for section, values in sections.items():
-        data.setdefault(section, {}).update(values)
-    daemon = Daemon(config_from_dict(data))
-    task = asyncio.create_task(daemon.run())
-    deadline = time.monotonic() + 60
-    while not (tmp / "control.cookie").exists():  # written once everything listens
-        assert not task.done(), task.exception()
-        assert time.monotonic() < deadline, "the daemon did not start"
-        await asyncio.sleep(0.05)
-    try:
-        yield daemon
-    finally:
-        daemon.request_stop()
-        await task
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,7 @@ from bitcoind_paychan.store import SQLiteStore
 from regtest.node import RegtestNode, free_port, regtest_nodes
 from regtest.waiting import wait_until
 from tests.daemon.test_control import operators_group
+from tests.transport.certs import CertFactory
 
 PAYCHAN = [sys.executable, "-m", "bitcoind_paychan.cli"]
 
@@ -514,3 +515,32 @@ def test_a_client_daemon_pays_a_server_daemon_over_its_websocket_listener(
     wait_until(lambda: daemons.json("server", "getchannel", txid)["status"] == "settled",
                what="the server daemon to record the settlement")
     assert f"WebSocket on ws://127.0.0.1:{ws_port}/paychan" in daemons.log("server")
+
+
+def test_a_server_daemon_on_uvloop_serves_channels_over_tls(daemons: Daemons,
+                                                            tmp_path: Path) -> None:
+    """`daemon.event_loop: uvloop`: the server daemon runs on uvloop (getinfo says so) and its
+    TLS listener takes a client daemon's channel, payments and close as asyncio's does."""
+    issued = CertFactory(tmp_path).issue("server")
+    address = f"127.0.0.1:{daemons.server_port}"
+    for name, changes in (
+            ("server", {"daemon": {"event_loop": "uvloop"},
+                        "server": {"tls_cert_file": str(issued.cert_file),
+                                   "tls_key_file": str(issued.key_file)}}),
+            ("client", {"client": {"servers": {"shop": {
+                "address": address, "fingerprint": issued.pin.fingerprint}}}})):
+        path = daemons.config(name)
+        config = yaml.safe_load(path.read_text())
+        for section, values in changes.items():
+            config.setdefault(section, {}).update(values)
+        path.write_text(yaml.safe_dump(config))
+    daemons.start("server")
+    daemons.start("client")
+    assert daemons.json("server", "getinfo")["event_loop"] == "uvloop"
+    assert daemons.json("client", "getinfo")["event_loop"] == "asyncio"
+    txid = daemons.json("client", "open", "shop", "400000")["contract_txid"]
+    daemons.cli("client", "pay", "shop", "2000", "--repeat", "20")
+    (server_view,) = daemons.json("server", "listchannels", "open")
+    assert server_view["paid"] == 1_000 + 20 * 2_000
+    assert len(daemons.json("client", "close", txid)["settlement_txid"]) == 64
+    assert "(TLS)" in daemons.log("server")

@@ -21,7 +21,7 @@ from bitcoind_paychan.logcontext import (
     channel_logging,
 )
 from regtest.node import RegtestNode, regtest_nodes
-from tests.daemon.test_config_keys import running
+from tests.conftest import running_daemon as running
 
 TXID = "ab" * 32
 

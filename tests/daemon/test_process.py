@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from regtest.node import RegtestNode, regtest_nodes
-from tests.daemon.test_config_keys import running
+from tests.conftest import running_daemon as running
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,8 @@ from bitcoind_paychan.daemon.config.schema import (
     BitcoindConfig,
     ClientConfig,
     ControlConfig,
+    DaemonConfig,
+    GatewayConfig,
     LoggingConfig,
     MetricsConfig,
     SchedulerConfig,
@@ -23,7 +25,7 @@ SECTIONS: dict[str, type[Any]] = {
     "bitcoind": BitcoindConfig, "server": ServerConfig, "client": ClientConfig,
     "store": StoreConfig, "scheduler": SchedulerConfig, "fees": FeePolicy,
     "logging": LoggingConfig, "control": ControlConfig, "metrics": MetricsConfig,
-    "cluster": ClusterPolicy,
+    "cluster": ClusterPolicy, "daemon": DaemonConfig, "gateway": GatewayConfig,
 }
 TOP_LEVEL = ("network", *SECTIONS)
 # The keys that set a policy's field (key → field). Their defaults and rules are the policy's.
@@ -63,3 +65,4 @@ def section_keys(section: str) -> tuple[str, ...]:
 
 
 SERVER_ENTRY_KEYS = ("address", "tls", "ca_file", "fingerprint")
+ROUTE_KEYS = ("path", "upstream", "per", "price", "reserve", "quantity", "timeout")

@@ -11,12 +11,14 @@ from typing import Any, TypeVar
 
 from bitcoind_paychan.channel.fees import FeePolicy
 from bitcoind_paychan.channel.watch import WatchPolicy
+from bitcoind_paychan.daemon.config.gateway import read_gateway
 from bitcoind_paychan.daemon.config.keys import TOP_LEVEL
 from bitcoind_paychan.daemon.config.reader import Problem, Reader
 from bitcoind_paychan.daemon.config.roles import read_client, read_server
 from bitcoind_paychan.daemon.config.schema import (
     Config,
     ControlConfig,
+    DaemonConfig,
     SchedulerConfig,
 )
 from bitcoind_paychan.daemon.config.sections import (
@@ -29,6 +31,7 @@ from bitcoind_paychan.daemon.config.sections import (
     read_store,
 )
 from bitcoind_paychan.daemon.config.yamlfile import ENV, read_yaml
+from bitcoind_paychan.daemon.eventloop import DEFAULT_EVENT_LOOP, EVENT_LOOPS
 from bitcoind_paychan.errors import ConfigError
 from bitcoind_paychan.node.config import CHAINS
 from bitcoind_paychan.store.postgres import password_of
@@ -36,16 +39,21 @@ from bitcoind_paychan.store.postgres import password_of
 _T = TypeVar("_T")
 
 
-def load_config(path: str | Path | None, *, check_files: bool = False) -> Config:
+def load_config(path: str | Path | None, *, check_files: bool = False,
+                gateway_only: bool = False) -> Config:
     """Read and validate the YAML file at `path` (None: all defaults; an empty file too).
 
     `check_files` also checks that bitcoind's cookie file can be read (the daemon does at
     start; pure schema checks need no files). A file holding `bitcoind.password` must not be
-    readable by group or others.
+    readable by group or others. `gateway_only` (`paychan gateway`): the gateway and the
+    server role it runs on are enabled, the client role is not, whatever the file says.
     """
     if path is None:
-        return config_from_dict({}, None, check_files=check_files)
+        return config_from_dict(_gateway_only({}) if gateway_only else {}, None,
+                                check_files=check_files)
     source, data, mode, lines = read_yaml(path)
+    if gateway_only:
+        data = _gateway_only(data)
     secret = _secret_key(data)
     if secret and mode & 0o077:
         who = " and ".join(w for w, bits in (("group", 0o070), ("others", 0o007)) if mode & bits)
@@ -71,6 +79,15 @@ def load_control_config(path: str | Path | None) -> ControlConfig:
         r.problems.append(problem)
     r.raise_errors()
     return control
+
+
+def _gateway_only(data: Mapping[str, Any]) -> dict[str, Any]:
+    """`data` with only the gateway and its server enabled."""
+    def section(name: str, enabled: bool) -> Any:
+        found = data.get(name) or {}
+        return {**found, "enabled": enabled} if isinstance(found, dict) else found  # (wrong)
+    return {**data, "server": section("server", True), "gateway": section("gateway", True),
+            "client": section("client", False)}
 
 
 def _secret_key(data: Mapping[str, Any]) -> str | None:
@@ -122,6 +139,9 @@ def config_from_dict(data: Mapping[str, Any], source: Path | None = None, *,
         control=section("control", lambda d: read_control(r, d, network)),
         metrics=section("metrics", lambda d: read_metrics(r, d)),
         cluster=section("cluster", lambda d: read_cluster(r, d)),
+        daemon=section("daemon", lambda d: DaemonConfig(
+            event_loop=r.choice(d, "daemon", "event_loop", DEFAULT_EVENT_LOOP, EVENT_LOOPS))),
+        gateway=section("gateway", lambda d: read_gateway(r, d)),
         source=source,
     )
     r.raise_errors()  # the cross checks compare values that must be valid first

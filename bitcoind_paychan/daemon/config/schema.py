@@ -17,6 +17,8 @@ from bitcoind_paychan.channel.server import ServerPolicy
 from bitcoind_paychan.channel.watch import WatchPolicy
 from bitcoind_paychan.daemon.config.values import label
 from bitcoind_paychan.errors import ConfigError
+from bitcoind_paychan.gateway.proxy import MAX_REQUESTS_PER_SESSION
+from bitcoind_paychan.gateway.routes import Route
 from bitcoind_paychan.node.config import NodeConfig
 from bitcoind_paychan.store import ChannelStore, SessionTimeouts, open_store
 from bitcoind_paychan.store.leases import ClusterPolicy
@@ -133,9 +135,28 @@ class ControlConfig:
 
 
 @dataclass(frozen=True)
+class DaemonConfig:
+    """The daemon process itself: the event loop it runs on (daemon/eventloop.py)."""
+
+    event_loop: str = "asyncio"
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     enabled: bool
     listen: str
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """`paychan gateway`: the reverse proxy selling `routes` (each a path prefix, an upstream
+    and a price rule), its channel endpoint at `endpoint` on `listen`."""
+
+    enabled: bool
+    listen: str
+    endpoint: str
+    routes: tuple[Route, ...]
+    max_requests_per_session: int = MAX_REQUESTS_PER_SESSION  # paid, of one channel, at once
 
 
 @dataclass(frozen=True)
@@ -153,6 +174,9 @@ class Config:
     control: ControlConfig
     metrics: MetricsConfig
     cluster: ClusterPolicy = field(default_factory=ClusterPolicy)  # instances sharing a store
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    gateway: GatewayConfig = field(default_factory=lambda: GatewayConfig(
+        False, "127.0.0.1:8402", "/paychan", (), MAX_REQUESTS_PER_SESSION))
     source: Path | None = None
 
     def node_config(self) -> NodeConfig:

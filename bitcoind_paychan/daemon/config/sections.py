@@ -215,6 +215,9 @@ def cross_checks(r: Reader, c: Config) -> None:
             listeners.append(("server.websocket", c.server.websocket_address[0]))
     if c.metrics.enabled:
         listeners.append(("metrics.listen", c.metrics.listen))
+    if c.gateway.enabled:
+        _check_gateway(r, c)
+        listeners.append(("gateway.listen", c.gateway.listen))
     seen: dict[tuple[str, int], str] = {}
     for key, address in listeners:
         host, port = host_port(address)
@@ -222,6 +225,24 @@ def cross_checks(r: Reader, c: Config) -> None:
             r.fail(key, f"found {address!r}, already used by {seen[host, port]}; expected a "
                         "different port")
         seen[host, port] = key
+
+
+def _check_gateway(r: Reader, c: Config) -> None:
+    """The gateway runs on the server role's channels, each payment at least its minimum."""
+    if not c.server.enabled:
+        r.fail("gateway.enabled", "found true without server.enabled, expected the server "
+                                  "role enabled too: the gateway's channels are the server's")
+    if c.server.policy.reanchoring:
+        r.fail("gateway.enabled", "found true with server.reanchoring, expected one of them: "
+                                  "the gateway's credit does not carry across a re-anchor yet "
+                                  "(it counts what the current contract paid)")
+    least = c.server.policy.min_increment
+    for index, route in enumerate(c.gateway.routes):
+        if not route.price.free and route.price.needed < least:
+            name = "reserve" if route.price.reserve else "price"
+            r.fail(f"gateway.routes[{index}].{name}",
+                   f"found {route.price.needed}, expected at least server.min_increment "
+                   f"({least}): a smaller payment is refused")
 
 
 def _check_readable(r: Reader, key: str, path: Path) -> None:

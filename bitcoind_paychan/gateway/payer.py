@@ -1,0 +1,144 @@
+"""The paying side's core: a payment signed and stored through the channel to an offer's
+endpoint, carried in one request's credential, completed by its answer's receipt.
+
+    payer = Payer(manager)          # a ClientManager that dials with link.http_dialer
+    payment = await payer.pay(offer, offer.needed)
+    response = await http.get(url, headers=payment.header)
+    receipt = await payment.settle(response.headers)   # None: not acknowledged
+
+A payment the service did not acknowledge (its session ended: a restart, say) stays stored
+on this side; the next lookup resumes the channel, which re-sends it as the proof that it is
+ours, and the request is paid again: such a loss costs at most one payment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from bitcoind_paychan.errors import PriceRefused
+from bitcoind_paychan.service.client import Channel, ClientManager
+from bitcoind_paychan.transport import CarriedStream
+from bitcoind_paychan.transport.paidhttp.link import HttpLink
+from bitcoind_paychan.transport.paidhttp.wire import (
+    PAYMENT_HEADER,
+    RECEIPT_HEADER,
+    Offer,
+    Receipt,
+    credential,
+    read_receipt,
+)
+
+DEFAULT_VALUE = 1_000_000  # sat locked in a new channel (at least the service's minimum)
+
+
+@dataclass
+class PendingPayment:
+    """A payment signed and stored, to travel in one request's header (`header`); `settle`
+    with that request's answer."""
+
+    channel: Channel
+    link: HttpLink
+    amount: int
+    frame: bytes  # the UPDATE_PAYMENT
+    paying: asyncio.Future[bytes]  # the manager's pay(), done once the ack is handed in
+    receipt: Receipt | None = field(default=None)
+
+    @property
+    def header(self) -> dict[str, str]:
+        assert self.link.session is not None, "a channel is open only in a session"
+        return {PAYMENT_HEADER: credential(self.link.session, self.frame)}
+
+    async def settle(self, headers: Mapping[str, str]) -> Receipt | None:
+        """Hand the answer's ack (in its receipt) to the manager: the receipt; without one,
+        hang up (None): the payment stays stored, and the next one resumes the channel."""
+        found = headers.get(RECEIPT_HEADER)
+        if found is None:
+            await self.abandon()
+            return None
+        self.receipt = read_receipt(found)
+        self.link.stream.feed(self.receipt.ack)
+        await self.paying
+        return self.receipt
+
+    async def abandon(self) -> None:
+        self.paying.cancel()
+        with contextlib.suppress(BaseException):
+            await self.paying
+        await self.channel.disconnect()
+
+
+class Payer:
+    """Pays through one channel per channel endpoint (`manager`'s: live, resumed or new),
+    locking `value` sat in each new one (at least the offer's minimum). Caps: no payment over
+    `max_payment` sat, nor over `max_total` sat in all through this payer, opening payments
+    included (None: no cap); beyond them PriceRefused, before anything is signed."""
+
+    def __init__(self, manager: ClientManager, value: int = DEFAULT_VALUE, *,
+                 max_payment: int | None = None, max_total: int | None = None) -> None:
+        self.manager = manager
+        self.value = value
+        self.max_payment = max_payment
+        self.max_total = max_total
+        self.paid = 0  # sat signed through this payer
+
+    def check(self, amount: int, what: str = "a payment", *, opening: bool = False) -> None:
+        """PriceRefused if paying `amount` would break a cap (an opening payment: only
+        `max_total`)."""
+        if not opening and self.max_payment is not None and amount > self.max_payment:
+            raise PriceRefused(f"{what} of {amount} sat is over the cap of {self.max_payment} "
+                               "sat per payment (max_payment): refused, nothing paid")
+        if self.max_total is not None and self.paid + amount > self.max_total:
+            raise PriceRefused(f"{what} of {amount} sat would bring the total paid to "
+                               f"{self.paid + amount} sat, over the cap of {self.max_total} "
+                               "(max_total): refused, nothing paid")
+
+    async def pay(self, offer: Offer, amount: int) -> PendingPayment:
+        """Sign and store a payment of `amount` through the channel to `offer`'s endpoint
+        (opened or resumed as needed), for the caller to carry; PriceRefused over a cap."""
+        self.check(amount)
+        channel = await self.channel(offer, amount)
+        self.check(amount)  # again: with a new channel's opening payment
+        self.paid += amount
+        stream = channel.stream
+        assert isinstance(stream, CarriedStream) and isinstance(stream.link, HttpLink), \
+            "the manager dials with http_dialer"
+        link = stream.link
+        expected = link.expect_payment()
+        paying = asyncio.ensure_future(channel.pay(amount))
+        await asyncio.wait({expected, paying}, return_when=asyncio.FIRST_COMPLETED)
+        if not expected.done():  # pay() failed before sending anything
+            expected.cancel()
+            await paying
+        return PendingPayment(channel, link, amount, expected.result(), paying)
+
+    async def top_up(self, offer: Offer, amount: int) -> None:
+        """Pay `amount` outside a request: POSTed to the channel endpoint in the channel's
+        session, it adds to the channel's credit there (a metered stream waiting for it goes
+        on). Returns once the service acknowledged it."""
+        self.check(amount, "a top-up")
+        channel = await self.channel(offer, amount)
+        self.check(amount, "a top-up")
+        self.paid += amount
+        await channel.pay(amount)
+
+    async def channel(self, offer: Offer, amount: int = 0) -> Channel:
+        """The channel to `offer`'s endpoint with room for `amount`: the manager's lookup
+        (live, else the stored one resumed, else a new one); one with less left is closed and
+        a new one opened. A new channel's opening payment counts toward `max_total`."""
+        value = max(self.value, offer.min_channel_value)
+        if not self.manager.payable(offer.endpoint):
+            self._opening(offer)
+        found = await self.manager.lookup(offer.endpoint, value, any_value=True)
+        channel = found.channel
+        if channel.remaining < amount:
+            self._opening(offer)
+            await channel.close()
+            channel = await self.manager.open_channel(offer.endpoint, value, new=True)
+        return channel
+
+    def _opening(self, offer: Offer) -> None:
+        self.check(offer.open_payment, "a new channel's opening payment", opening=True)
+        self.paid += offer.open_payment

@@ -1,0 +1,122 @@
+"""The gateway's credit in the store: what a server channel's client paid and the gateway has
+not yet charged, shared by every instance on the store and surviving a restart.
+
+Credit is derived, never copied: a channel's credit is what its stored payments paid (the
+contract's value less the client's stored change) less what the gateway took of it (the
+`credit_spent` table, schema version 6). So a payment is credit the moment it is durably
+stored, in the same transaction, and a restart loses none. Taking credit reads and raises
+`spent` under the row's lock in one transaction, so two requests (of one instance or of two
+on one PostgreSQL) never take the same sat twice. A forgotten channel's row goes with it.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from bitcoind_paychan.channel.records import Role
+
+if TYPE_CHECKING:
+    from bitcoind_paychan.store.sql import Session
+
+SERVER = Role.SERVER.value
+_KEY = "role = ? AND contract_txid = ?"
+# The channel's row of credit_spent, made on first use (only for a stored channel).
+ENSURE = ("INSERT INTO credit_spent (role, contract_txid, spent) SELECT role, contract_txid, "
+          f"0 FROM channels WHERE {_KEY} ON CONFLICT DO NOTHING")
+SPENT = f"SELECT spent FROM credit_spent WHERE {_KEY}"
+PAID = f"SELECT value - change FROM channels WHERE {_KEY}"
+SPEND = f"UPDATE credit_spent SET spent = spent + ? WHERE {_KEY}"
+BALANCE = ("SELECT c.value - c.change - coalesce(s.spent, 0) FROM channels AS c LEFT JOIN "
+           "credit_spent AS s ON s.role = c.role AND s.contract_txid = c.contract_txid "
+           "WHERE c.role = ? AND c.contract_txid = ?")
+
+
+@runtime_checkable
+class CreditStore(Protocol):
+    """A store that keeps the gateway's credit (SQLite, PostgreSQL, memory)."""
+
+    def credit(self, contract_txid: str) -> int:
+        """The server channel's credit: paid, less what was taken (0: no such channel)."""
+        ...
+
+    def take_credit(self, contract_txid: str, least: int, most: int) -> int | None:
+        """Take up to `most` sat of the channel's credit if it holds at least `least`: the
+        sat taken, or None (nothing taken)."""
+        ...
+
+    def take_credit_left(self, contract_txid: str, least: int, most: int
+                         ) -> tuple[int | None, int]:
+        """`take_credit`, and the credit left after it (read in the same transaction)."""
+        ...
+
+    def give_credit(self, contract_txid: str, sat: int) -> None:
+        """Give back `sat` taken and not charged."""
+        ...
+
+
+def taking(paid: int, spent: int, least: int, most: int) -> int | None:
+    """What a take of (`least`, `most`) gets of a credit of `paid` less `spent`."""
+    if least < 0 or most < least:
+        raise ValueError(f"take {least} to {most} sat of credit: expected 0 <= least <= most")
+    credit = paid - spent
+    return None if credit < least else min(credit, most)
+
+
+def given(spent: int, sat: int, contract_txid: str) -> int:
+    """`spent` once `sat` is given back."""
+    if not 0 <= sat <= spent:
+        raise ValueError(f"channel {contract_txid}: {sat} sat given back, but {spent} were "
+                         "taken: a request is never charged more than it held")
+    return spent - sat
+
+
+class SQLCredit:
+    """CreditStore in SQL, for SQLStore (whose `_transaction` and `_connection` it uses)."""
+
+    _FOR_UPDATE = ""
+
+    def _connection(self, what: str) -> AbstractContextManager[Session]:
+        raise NotImplementedError
+
+    def _transaction(self, what: str) -> AbstractContextManager[Session]:
+        raise NotImplementedError
+
+    def credit(self, contract_txid: str) -> int:
+        with self._connection(f"read channel {contract_txid}'s credit") as conn:
+            row = conn.execute(BALANCE, (SERVER, contract_txid)).fetchone()
+        return 0 if row is None else max(int(row[0]), 0)
+
+    def take_credit(self, contract_txid: str, least: int, most: int) -> int | None:
+        return self.take_credit_left(contract_txid, least, most)[0]
+
+    def take_credit_left(self, contract_txid: str, least: int, most: int
+                         ) -> tuple[int | None, int]:
+        key = (SERVER, contract_txid)
+        with self._transaction(f"take channel {contract_txid}'s credit") as conn:
+            conn.execute(ENSURE, key)
+            row = conn.execute(f"{SPENT}{self._FOR_UPDATE}", key).fetchone()
+            if row is None:  # no such channel: no credit
+                return taking(0, 0, least, most), 0
+            spent = int(row[0])
+            paid = int(conn.execute(PAID, key).fetchone()[0])  # read once the row is locked
+            self._credit_read(contract_txid)
+            taken = taking(paid, spent, least, most)
+            if taken:
+                conn.execute(SPEND, (taken, *key))
+            return taken, max(paid - spent - (taken or 0), 0)
+
+    def give_credit(self, contract_txid: str, sat: int) -> None:
+        if not sat:
+            return
+        key = (SERVER, contract_txid)
+        with self._transaction(f"give back channel {contract_txid}'s credit") as conn:
+            row = conn.execute(f"{SPENT}{self._FOR_UPDATE}", key).fetchone()
+            if row is None:  # the channel was forgotten meanwhile: nothing left to credit
+                return
+            given(int(row[0]), sat, contract_txid)
+            conn.execute(SPEND, (-sat, *key))
+
+    def _credit_read(self, contract_txid: str) -> None:
+        """Called inside `take_credit` once the balance is read under its lock (tests hold
+        an instance here to drive races)."""

@@ -1,0 +1,131 @@
+"""The client's side of a session: a client-manager connection carried by POSTs.
+
+The manager's dialer gets `HttpLink(...).stream` (a CarriedStream over this link). The manager
+sends frames through `send_frames`; they are POSTed to the channel endpoint in order, one POST
+at a time, and the frames the server answered are fed to the stream, where the manager reads
+them. A payment the application is about to attach to a request (`expect_payment`) is kept
+instead of POSTed: it travels in that request's `Authorization: Payment` credential, and the
+ack from its answer's receipt is fed to the stream the same way (`feed`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+import aiohttp
+
+from bitcoind_paychan.errors import PaychanError
+from bitcoind_paychan.transport.base import CarriedStream, Stream, decode
+from bitcoind_paychan.transport.paidhttp.wire import (
+    CLOSED_HEADER,
+    CREDIT_HEADER,
+    FRAMES_TYPE,
+    SESSION_HEADER,
+    join_frames,
+    split_frames,
+)
+from bitcoind_paychan.wire import pb
+
+log = logging.getLogger(__name__)
+T = pb.TwoWayChannelMessage
+
+
+class HttpLink:
+    """One session with the server at `endpoint`; each POST may take `timeout` seconds."""
+
+    def __init__(self, http: aiohttp.ClientSession, endpoint: str,
+                 timeout: float | None) -> None:
+        self.http = http
+        self.endpoint = endpoint
+        self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.stream = CarriedStream(self, endpoint)  # what the manager reads
+        self.session: str | None = None  # the server's id for it, from the first answer
+        self.credit: int | None = None  # the channel's credit, as the last answer said
+        self.closed = False
+        self._queue: asyncio.Queue[list[bytes]] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+        self._payment: asyncio.Future[bytes] | None = None
+
+    def expect_payment(self) -> asyncio.Future[bytes]:
+        """The next UPDATE_PAYMENT the manager sends is kept for a request, not POSTed."""
+        self._payment = asyncio.get_running_loop().create_future()
+        return self._payment
+
+    async def send_frames(self, frames: Sequence[bytes]) -> None:
+        pending = list(frames)
+        payment = self._payment
+        if payment is not None and not payment.done():
+            for index, frame in enumerate(pending):
+                if decode(frame).type == T.UPDATE_PAYMENT:
+                    payment.set_result(pending.pop(index))
+                    self._payment = None
+                    break
+        if not pending:
+            return
+        if self.closed:
+            raise ConnectionError(f"the session with {self.endpoint} has ended")
+        self._queue.put_nowait(pending)
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._post_all())
+
+    async def close(self) -> None:
+        """Hang up: what is queued is still POSTed (an ERROR, say), then the session ends."""
+        if not self.closed:
+            self.closed = True
+            if self._worker is None:
+                await self._ended()
+            else:
+                self._queue.put_nowait([])  # wakes the worker to finish
+
+    async def _post_all(self) -> None:
+        while True:
+            frames = await self._queue.get()
+            if not frames:
+                if self._queue.empty():
+                    break
+                continue
+            try:
+                answer, ended = await self._post(frames)
+            except (aiohttp.ClientError, OSError, PaychanError) as exc:  # timeouts included
+                log.info("session with %s failed: %s", self.endpoint, exc)
+                break
+            for frame in answer:
+                self.stream.feed(frame)
+            if ended:
+                break
+        self.closed = True
+        await self._ended()
+
+    async def _post(self, frames: list[bytes]) -> tuple[list[bytes], bool]:
+        headers = {"Content-Type": FRAMES_TYPE}
+        if self.session is not None:
+            headers[SESSION_HEADER] = self.session
+        async with self.http.post(self.endpoint, data=join_frames(frames), headers=headers,
+                                  timeout=self.timeout) as response:
+            body = await response.read()
+            if response.status != 200:
+                raise ConnectionError(f"the channel endpoint answered {response.status}: "
+                                      f"{body[:300].decode(errors='replace')}")
+            self.session = response.headers.get(SESSION_HEADER, self.session)
+            credit = response.headers.get(CREDIT_HEADER, "")
+            if credit.isdigit():
+                self.credit = int(credit)
+            return split_frames(body), response.headers.get(CLOSED_HEADER) == "1"
+
+    async def _ended(self) -> None:
+        payment, self._payment = self._payment, None
+        if payment is not None and not payment.done():
+            payment.cancel()
+        self.stream.end()
+
+
+Dial = Callable[[str, "float | None"], Awaitable[Stream]]
+
+
+def http_dialer(http: aiohttp.ClientSession) -> Dial:
+    """A client manager's dialer: a session at the channel endpoint (the channels' peer)."""
+    async def dial(endpoint: str, timeout: float | None) -> Stream:
+        return HttpLink(http, endpoint, timeout).stream
+    return dial

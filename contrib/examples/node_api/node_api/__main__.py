@@ -1,0 +1,5 @@
+import sys
+
+from node_api.app import main
+
+sys.exit(main())

@@ -1,5 +1,0 @@
-import sys
-
-from paid_http.cli import main
-
-sys.exit(main())

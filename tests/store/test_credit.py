@@ -1,0 +1,183 @@
+"""The gateway's credit in the store (store/credit.py), on every engine: derived from the
+stored payments, taken and given back, surviving a reopen, and on PostgreSQL never taken twice
+by two instances (a race driven by the test, not by timing)."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable
+from contextlib import closing
+from dataclasses import replace
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from bitcoind_paychan.channel.records import ChannelStatus, Role
+from bitcoind_paychan.store import ChannelStore, SQLiteStore, codec, postgres_schema, sqlite_schema
+from bitcoind_paychan.store.codec import SCHEMA_VERSION
+from bitcoind_paychan.store.credit import CreditStore
+from bitcoind_paychan.store.postgres import PostgresStore
+from regtest.postgres import PostgresServer
+from regtest.waiting import wait_until
+from tests.store.helpers import Channel
+from tests.store.test_contract import reopen, store
+
+__all__ = ["reopen", "store"]
+
+
+def credit_of(store: ChannelStore) -> CreditStore:
+    assert isinstance(store, CreditStore)
+    return store
+
+
+def paid(store: ChannelStore, *amounts: int) -> Channel:
+    """A server channel stored, then paid `amounts` in turn."""
+    channel = Channel()
+    record = channel.record()
+    store.put(record)
+    for amount in amounts:
+        record = channel.pay(record, amount)
+        store.record_payment(record, amount)
+    return channel
+
+
+def test_credit_is_what_the_payments_paid_less_what_was_taken(store: ChannelStore) -> None:
+    credit = credit_of(store)
+    channel = paid(store, 1_000)
+    txid = channel.txid
+    assert credit.credit(txid) == 1_000
+    assert credit.take_credit(txid, 300, 300) == 300
+    assert credit.take_credit(txid, 800, 800) is None  # short: nothing taken
+    assert credit.credit(txid) == 700
+    assert credit.take_credit(txid, 100, 10**9) == 700  # everything, at least 100
+    assert credit.take_credit(txid, 0, 50) == 0
+    credit.give_credit(txid, 250)  # held and not charged
+    assert credit.credit(txid) == 250
+    record = store.get(Role.SERVER, txid)
+    assert record is not None
+    store.record_payment(channel.pay(record, 500), 500)  # a stored payment is credit at once
+    assert credit.credit(txid) == 750
+    with pytest.raises(ValueError, match="never charged more than it held"):
+        credit.give_credit(txid, 1_000)
+    assert credit.credit(txid) == 750
+
+
+def test_a_channel_the_store_does_not_hold_has_no_credit(store: ChannelStore) -> None:
+    credit = credit_of(store)
+    unknown = Channel().txid
+    assert credit.credit(unknown) == 0
+    assert credit.take_credit(unknown, 1, 1) is None
+    assert credit.take_credit(unknown, 0, 5) == 0
+    credit.give_credit(unknown, 5)  # forgotten meanwhile: nothing to give back to
+    client = Channel()
+    store.put(client.pay(client.record(Role.CLIENT), 900))
+    assert credit.credit(client.txid) == 0  # only what a server channel was paid is credit
+
+
+def test_a_forgotten_channel_takes_its_credit_with_it(store: ChannelStore) -> None:
+    credit = credit_of(store)
+    channel = paid(store, 1_000)
+    assert credit.take_credit(channel.txid, 400, 400) == 400
+    store.modify(Role.SERVER, channel.txid, lambda r: replace(r, status=ChannelStatus.SETTLED))
+    store.forget(Role.SERVER, channel.txid)
+    assert credit.credit(channel.txid) == 0
+
+
+def test_credit_survives_a_reopen(reopen: Callable[[], ChannelStore]) -> None:
+    with reopen() as first:
+        channel = paid(first, 2_000)
+        assert credit_of(first).take_credit(channel.txid, 500, 500) == 500
+    with reopen() as again:
+        assert credit_of(again).credit(channel.txid) == 1_500
+
+
+def version_5_channel() -> tuple[Channel, tuple[str, ...], tuple[object, ...]]:
+    """A server channel paid 1,000 sat, as a version 5 store's channels row holds it (the
+    columns before re-anchoring's, version 7)."""
+    channel = Channel()
+    record = channel.pay(channel.record(), 1_000)
+    columns = codec.CHANNEL_COLUMNS[:-len(codec.REANCHOR_COLUMNS)]
+    return channel, columns, tuple(codec.encode(record)[:len(columns)])
+
+
+def test_a_version_5_sqlite_file_gains_the_credit_table(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    channel, columns, row = version_5_channel()
+    with closing(sqlite3.connect(path)) as conn:
+        for sql in sqlite_schema.V1:
+            conn.execute(sql)
+        for step in sqlite_schema.MIGRATIONS[:4]:  # 1 -> 5
+            step(conn)
+        conn.execute(f"PRAGMA application_id = {sqlite_schema.APPLICATION_ID}")
+        conn.execute("PRAGMA user_version = 5")
+        conn.execute(f"INSERT INTO channels ({', '.join(columns)}) VALUES "
+                     f"({', '.join('?' * len(columns))})", row)
+        conn.commit()
+    with SQLiteStore(path) as store:
+        assert store.info().schema_version == SCHEMA_VERSION
+        assert store.take_credit(channel.txid, 600, 600) == 600
+        assert store.credit(channel.txid) == 400
+
+
+def test_a_version_5_database_gains_the_credit_table(postgres_server: PostgresServer) -> None:
+    database = postgres_server.new_database()
+    channel, columns, row = version_5_channel()
+    upgrades = postgres_schema.MIGRATIONS[:5 - postgres_schema.FIRST_VERSION]  # up to 5
+    with psycopg.connect(postgres_server.dsn(database), autocommit=True) as conn:
+        for statement in [*postgres_schema.CREATE, *(sql for step in upgrades for sql in step)]:
+            conn.execute(statement)
+        conn.execute(f"INSERT INTO channels ({', '.join(columns)}) VALUES "
+                     f"({', '.join(['%s'] * len(columns))})", row)
+        conn.execute("INSERT INTO schema_version VALUES (5)")
+    with PostgresStore(postgres_server.dsn(database)) as store:
+        assert store.info().schema_version == SCHEMA_VERSION
+        assert store.take_credit(channel.txid, 600, 600) == 600
+        assert store.credit(channel.txid) == 400
+
+
+def test_a_take_says_what_it_left(store: ChannelStore) -> None:
+    credit = credit_of(store)
+    channel = paid(store, 1_000)
+    assert credit.take_credit_left(channel.txid, 300, 300) == (300, 700)
+    assert credit.take_credit_left(channel.txid, 800, 800) == (None, 700)
+    assert credit.take_credit_left(channel.txid, 0, 10**9) == (700, 0)
+    assert credit.take_credit_left("00" * 32, 0, 5) == (0, 0)  # no such channel
+
+
+class HeldStore(PostgresStore):
+    """An instance whose credit takes stop, once they read the balance under its lock, until
+    `release`."""
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__(dsn)
+        self.reading, self.release = threading.Event(), threading.Event()
+
+    def _credit_read(self, contract_txid: str) -> None:
+        self.reading.set()
+        assert self.release.wait(timeout=30)
+
+
+def test_two_instances_never_take_the_same_credit(postgres_server: PostgresServer) -> None:
+    database = postgres_server.new_database()
+    dsn = postgres_server.dsn(database)
+    with HeldStore(dsn) as a, PostgresStore(dsn) as b:
+        channel = paid(a, 150)
+        assert b.take_credit(channel.txid, 0, 0) == 0  # the channel's row exists: a locks it
+        got: dict[str, int | None] = {}
+        first = threading.Thread(target=lambda: got.update(a=a.take_credit(channel.txid, 100,
+                                                                           100)))
+        first.start()
+        assert a.reading.wait(timeout=30)  # a read 150 and holds the row
+        second = threading.Thread(target=lambda: got.update(b=b.take_credit(channel.txid, 100,
+                                                                            100)))
+        second.start()
+        wait_until(lambda: postgres_server.sql(  # b waits for a's row lock
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND "
+            f"datname = '{database}'", database) == "1", what="b waiting on a's lock")
+        a.release.set()
+        first.join(30)
+        second.join(30)
+        assert got == {"a": 100, "b": None}  # b read the balance a left: 50
+        assert b.credit(channel.txid) == 50

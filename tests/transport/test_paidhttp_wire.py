@@ -1,0 +1,115 @@
+"""The channel protocol's HTTP face: offers and their Payment challenge, bodies of frames, the
+Payment credential and the receipt."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from bitcoind_paychan.channel import messages
+from bitcoind_paychan.errors import PaidHttpError
+from bitcoind_paychan.transport import decode, encode
+from bitcoind_paychan.transport.paidhttp import (
+    Offer,
+    challenge,
+    credential,
+    join_frames,
+    read_credential,
+    read_receipt,
+    receipt,
+    split_frames,
+)
+from bitcoind_paychan.transport.paidhttp.wire import b64url
+from bitcoind_paychan.wire import pb
+
+T = pb.TwoWayChannelMessage
+OFFER = Offer(price=100, endpoint="http://h/paychan", min_channel_value=100_000,
+              open_payment=1_000, versions=(2, 3))
+
+
+def payment(change: int) -> bytes:
+    message = T(type=T.UPDATE_PAYMENT)
+    message.update_payment.client_change_value = change
+    message.update_payment.signature = b"\x30" * 8
+    return encode([message])[0]
+
+
+def token(data: object) -> str:
+    return "Payment " + b64url(json.dumps(data).encode())
+
+
+def test_an_offer_reads_back_as_written() -> None:
+    assert Offer.from_json(OFFER.to_json()) == OFFER
+    metered = Offer(price=2, endpoint="e", min_channel_value=1, open_payment=1, versions=(3,),
+                    unit="byte", reserve=5_000)
+    assert Offer.from_json(metered.to_json()) == metered
+    assert (OFFER.needed, metered.needed) == (100, 5_000)
+
+
+def test_a_402_that_is_not_an_offer_says_so() -> None:
+    with pytest.raises(PaidHttpError, match="not an offer"):
+        Offer.from_json('{"price": 100}')
+
+
+def test_the_challenge_is_a_payment_scheme_carrying_the_offer() -> None:
+    value = challenge(OFFER, 'api.example:80')
+    assert value.startswith('Payment id="')
+    params = dict(part.strip().split("=", 1) for part in value[len("Payment "):].split(","))
+    assert params["realm"] == '"api.example:80"'
+    assert (params["method"], params["intent"]) == ('"paychan"', '"session"')
+    request = params["request"].strip('"')
+    assert "=" not in request  # base64url without padding
+    decoded = json.loads(base64.urlsafe_b64decode(request + "=" * (-len(request) % 4)))
+    assert decoded["price"] == 100 and decoded["endpoint"] == "http://h/paychan"
+    assert challenge(OFFER, "h") != challenge(OFFER, "h")  # each has its own id
+
+
+def test_frames_travel_in_a_body_in_order() -> None:
+    frames = encode([messages.payment_ack(), messages.channel_open()])
+    assert split_frames(join_frames(frames)) == frames
+
+
+def test_a_body_cut_inside_a_frame_is_refused() -> None:
+    with pytest.raises(PaidHttpError, match="ends inside a frame"):
+        split_frames(join_frames([payment(5_000)])[:-2])
+
+
+def test_a_credential_names_its_session_and_frame() -> None:
+    value = credential("s1", payment(5_000))
+    assert value.startswith("Payment ") and "=" not in value
+    session, frame, message = read_credential(value)
+    assert (session, frame) == ("s1", payment(5_000))
+    assert message.update_payment.client_change_value == 5_000
+
+
+@pytest.mark.parametrize(("value", "why"), [
+    ("no-scheme", "must be 'Payment <base64url JSON"),
+    ("Bearer abc", "must be 'Payment <base64url JSON"),
+    ("Payment " + "A" * 5000, "at most 4096"),
+    ("Payment %%%", "not valid base64url"),
+    ("Payment " + b64url(b"\xff\xfe"), "does not hold base64url JSON"),
+    ("Payment " + b64url(b"[1]"), "does not hold a JSON object"),
+    (token({"method": "card", "payload": {}}), "expected method 'paychan'"),
+    (token({"method": "paychan", "payload": {"session": "s"}}), "needs a session and a payment"),
+    (token({"method": "paychan", "payload": {"session": "s", "payment": b64url(b"\xff\xff")}}),
+     "does not hold a protocol message"),
+    (token({"method": "paychan", "payload": {
+        "session": "s", "payment": b64url(encode([messages.payment_ack()])[0])}}),
+     "carries a PAYMENT_ACK, not an UPDATE_PAYMENT"),
+])
+def test_a_credential_that_is_not_one_is_refused(value: str, why: str) -> None:
+    with pytest.raises(PaidHttpError, match=why.replace("(", r"\(")):
+        read_credential(value)
+
+
+def test_a_receipt_carries_a_payment_ack_and_the_charge() -> None:
+    ack = encode([messages.payment_ack()])[0]
+    found = read_receipt(receipt(ack, 120, 380))
+    assert decode(found.ack).type == T.PAYMENT_ACK
+    assert (found.charged, found.credit) == (120, 380)
+    with pytest.raises(PaidHttpError, match="does not carry a PAYMENT_ACK"):
+        read_receipt(receipt(payment(1), 1, 0))
+    with pytest.raises(PaidHttpError, match="expected ack, charged, credit"):
+        read_receipt(b64url(b'{"ack": "AA"}'))
