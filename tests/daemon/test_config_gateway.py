@@ -112,6 +112,8 @@ def test_every_wrong_key_of_a_route_is_reported_at_once() -> None:
     (gateway(), "gateway.routes: found none, expected at least one route"),
     ({"gateway": {"enabled": True, "routes": [API]}},
      "gateway.enabled: found true without server.enabled"),
+    (gateway(API, server={"reanchoring": True}), "gateway.enabled: found true with "
+                                                 "server.reanchoring, expected one of them"),
     (gateway(API, server={"min_increment": 20}), "gateway.routes[0].price: found 10, "
                                                  "expected at least server.min_increment (20)"),
     (gateway({**BYTES, "reserve": 15}, server={"min_increment": 20}),

@@ -115,6 +115,7 @@ def test_a_version_5_sqlite_file_gains_the_credit_table(tmp_path: Path) -> None:
         conn.execute(f"INSERT INTO channels ({', '.join(columns)}) VALUES "
                      f"({', '.join('?' * len(columns))})", row)
         conn.commit()
+    path.chmod(0o600)  # as the store makes its files: it holds channel keys
     with SQLiteStore(path) as store:
         assert store.info().schema_version == SCHEMA_VERSION
         assert store.take_credit(channel.txid, 600, 600) == 600
