@@ -30,6 +30,7 @@ from typing import Any
 
 from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.channel.client import ClientPolicy
+from bitcoind_paychan.channel.reanchor import promotion_depth
 from bitcoind_paychan.channel.server import ServerPolicy
 from bitcoind_paychan.errors import ChannelFailed
 from bitcoind_paychan.node import AsyncBitcoind, Bitcoind, NodeConfig, to_btc
@@ -118,7 +119,10 @@ async def run(server_node: RegtestNode, client_node: RegtestNode, tmp: Path, rea
         assert record.pending is not None
         r = Transaction.parse(record.pending.tx)
         sizes.setdefault(kind, []).append(r.vsize)
-        server_node.mine(1)  # its mempool holds R: the server broadcast it
+        # Its mempool holds R (the server broadcast it); a top-up R is promoted only once
+        # forget_depth deep (reanchor.promotion_depth), by both sides.
+        server_node.mine(promotion_depth(r, 1, max(server.watcher.policy.forget_depth,
+                                                   client.watcher.policy.forget_depth)))
         sync_tips([server_node, client_node])
         during.append(stream.longest_gap(began, ended))
         if not await promoted(channel, r.txid_hex, promotion_timeout):

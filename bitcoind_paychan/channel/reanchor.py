@@ -239,6 +239,16 @@ def promoted(record: ChannelRecord) -> ChannelRecord:
                    generation=record.generation + 1, origin=record.channel_id, pending=None)
 
 
+def promotion_depth(r: Transaction, confirmations: int, final: int) -> int:
+    """The blocks R must be buried before either side promotes the channel to C' (and drops
+    C's settlement signatures, or its refund). An R spending only C:0 stays valid through a
+    reorg and is sent again: `max(1, confirmations)`. A top-up R also spends the client's
+    wallet coins, which the client could spend elsewhere once a reorg put R back in the
+    mempool, leaving C funded again with neither side holding its settlement or refund: such
+    an R is promoted only `final` deep (the watcher's `forget_depth`, design 5)."""
+    return max(1, confirmations, final if len(r.inputs) > 1 else 1)
+
+
 def check_complete(current: Contract, tx: Transaction, pending: PendingReanchor) -> None:
     """The client's check of the R the server sends back (REANCHOR_ACK): the one it signed
     (same txid), input 0 unlocked on the 2-of-2 branch with the server's valid signature.

@@ -35,7 +35,7 @@ from bitcoind_paychan.channel.effects import (
     StoreChainState,
 )
 from bitcoind_paychan.channel.fees import FeePolicy
-from bitcoind_paychan.channel.reanchor import promoted
+from bitcoind_paychan.channel.reanchor import promoted, promotion_depth
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.channel.server import SETTLEMENT_MARGIN
 from bitcoind_paychan.errors import PolicyError
@@ -147,7 +147,8 @@ def review(record: ChannelRecord, state: ChainState, tip: Tip, fee_rate: int,
            policy: WatchPolicy, promote_depth: int = 1, reanchor_dead: bool = False
            ) -> list[Effect]:
     """What to do about one stored channel now. `promote_depth`: the confirmations of a
-    re-anchor R after which the channel moves to the next contract (at least 1);
+    re-anchor R after which the channel moves to the next contract (at least 1; a top-up R's:
+    `policy.forget_depth`, `reanchor.promotion_depth`);
     `reanchor_dead`: the node says R can never confirm (an input of it spent elsewhere)."""
     txid, contract = record.channel_id, record.contract
     fee_rate = policy.fees.rate(fee_rate)
@@ -160,14 +161,15 @@ def review(record: ChannelRecord, state: ChainState, tip: Tip, fee_rate: int,
     if record.pending is not None and record.status is ChannelStatus.OPEN and not (
             state.conflict_height and not state.contract_height) and (
             not state.spender or reanchored(record, state)):
-        return _reanchoring(record, state, tip, fee_rate, policy, max(1, promote_depth),
-                            reanchor_dead)
+        return _reanchoring(record, state, tip, fee_rate, policy,
+                            _promotion_depth(record, promote_depth, policy), reanchor_dead)
     if record.status is ChannelStatus.CLOSING and reanchored(record, state):
         # R beat the decided settlement of the contract (or is racing it): once R is in a
         # block the money is on the next contract, settled there at once; until then the
         # server's settlement (priced to replace R) goes out again.
         if state.spender_height:
-            deep = depth(tip, state.spender_height) >= max(1, promote_depth)
+            deep = depth(tip, state.spender_height) >= _promotion_depth(
+                record, promote_depth, policy)
             return [PromoteChannel(txid)] if deep else []
         if record.role is Role.SERVER and record.settlement_tx:
             return _settle_again(record, record.settlement_tx, replace(state, spender=b""),
@@ -200,6 +202,13 @@ def review(record: ChannelRecord, state: ChainState, tip: Tip, fee_rate: int,
     if record.status is ChannelStatus.CLOSING and record.settlement_tx:
         return [Broadcast(Transaction.parse(record.settlement_tx), Purpose.SETTLEMENT, txid)]
     return []
+
+
+def _promotion_depth(record: ChannelRecord, promote_depth: int, policy: WatchPolicy) -> int:
+    """The depth at which the channel's pending R is promoted (`reanchor.promotion_depth`)."""
+    assert record.pending is not None
+    return promotion_depth(Transaction.parse(record.pending.tx), promote_depth,
+                           policy.forget_depth)
 
 
 def reanchored(record: ChannelRecord, state: ChainState) -> bool:

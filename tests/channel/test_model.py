@@ -36,7 +36,7 @@ from bitcoind_paychan.channel.records import ChannelStatus, Role
 from bitcoind_paychan.channel.watch import client_share
 from bitcoind_paychan.wire import decode_message
 from tests.channel.model import glue
-from tests.channel.model.checks import PAYOUT
+from tests.channel.model.checks import PAYOUT, WATCH_POLICY
 from tests.channel.model.search import (
     PROFILE,
     PROFILE_NAME,
@@ -345,7 +345,7 @@ class ChannelModel(RuleBasedStateMachine):
     def reorg(self, depth: int, step: int, include: bool) -> None:
         """The top `depth` blocks are replaced by `depth + 1` others."""
         chain = self.world.chain
-        chain.disconnect(depth)
+        self.world.checks.reorged(chain.disconnect(depth))
         for _ in range(depth + 1):
             chain.mine(step, include)
         self.chain_moved()
@@ -516,9 +516,10 @@ def only(model: ChannelModel, role: Role) -> ChannelRecordT:
 
 @pytest.mark.parametrize("version", [3, 4])
 def test_r_confirms_and_both_sides_move_to_the_next_contract(version: int) -> None:
-    """The server stores R, broadcasts it; R confirms; the server's watcher promotes the
-    channel and tells the live connection, whose client promotes on REANCHOR_LOCKED; the
-    stream goes on and the next contract is settled with the latest payment."""
+    """The server stores R, broadcasts it; R confirms; a top-up R buried forget_depth deep,
+    the server's watcher promotes the channel and tells the live connection, whose client
+    promotes on REANCHOR_LOCKED; the stream goes on and the next contract is settled with
+    the latest payment."""
     def steps(m: ChannelModel) -> None:
         m.open_channel(version=version, window=18000, value=100_000, flow=True)
         m.pay(amount=20_000, flow=True)
@@ -526,6 +527,8 @@ def test_r_confirms_and_both_sides_move_to_the_next_contract(version: int) -> No
         r = bytes.fromhex(only(m, Role.SERVER).pending.txid)[::-1]  # type: ignore[union-attr]
         assert r in {tx.txid for tx in m.world.chain.mempool}  # broadcast once stored
         m.mine(blocks=1, step=600, include=True)
+        assert (only(m, Role.SERVER).generation, only(m, Role.CLIENT).generation) == (0, 0)
+        m.mine(blocks=WATCH_POLICY.forget_depth - 1, step=600, include=True)
         assert (only(m, Role.SERVER).generation, only(m, Role.CLIENT).generation) == (1, 0)
         m.flush(index=0)  # REANCHOR_LOCKED reaches the client
         server, client = only(m, Role.SERVER), only(m, Role.CLIENT)
@@ -633,4 +636,30 @@ def test_r_confirming_after_the_settlement_was_decided_moves_that_settlement_on(
         assert client_share(server.contract, settlement) == pending.change
         m.mine(blocks=2, step=600, include=True)  # its next review sends it; it confirms
         assert only(m, Role.SERVER).status is ChannelStatus.SETTLED
+    replay(steps)
+
+
+def test_a_top_up_r_reorged_out_after_one_block_then_double_spent_leaves_c_settleable() -> None:
+    """Found by the deep search (seed 13144844682722299119): a top-up R promoted by both sides
+    at 1 confirmation, a 1-block reorg, then its top-up coin spent elsewhere left C funded with
+    neither its settlement nor its refund held. A top-up R is promoted only forget_depth deep,
+    so the server still holds C's latest payment and settles it; the client keeps C."""
+    def steps(m: ChannelModel) -> None:
+        m.open_channel(version=3, window=18000, value=100_000, flow=True)
+        m.mine(blocks=1, step=600, include=True)  # the contract alone
+        m.pay(amount=20_000, flow=True)
+        m.client_reanchors(top_up=100_000, window=0, flow=True)
+        m.mine(blocks=1, step=600, include=True)  # R, 1 confirmation
+        m.flush(index=0)
+        assert (only(m, Role.SERVER).generation, only(m, Role.CLIENT).generation) == (0, 0)
+        paid = only(m, Role.SERVER).paid
+        m.reorg(depth=1, include=False, step=1)  # R back in the mempool
+        m.mine_double_spend(step=600, index=0)  # R's top-up coin spent elsewhere: R dead
+        m.review(side=Role.SERVER)
+        server, client = only(m, Role.SERVER), only(m, Role.CLIENT)
+        assert server.status is ChannelStatus.CLOSING and server.generation == 0
+        assert client.generation == 0 and client.contract == server.contract
+        settlement = Transaction.parse(server.settlement_tx or b"")
+        assert settlement.inputs[0].prevout == server.contract.outpoint
+        assert server.contract.value - settlement.outputs[0].value == paid
     replay(steps)

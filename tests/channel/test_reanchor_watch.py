@@ -16,7 +16,7 @@ from bitcoind_paychan.channel.effects import (
     ReanchorEnded,
     SettleChannel,
 )
-from bitcoind_paychan.channel.reanchor import promoted
+from bitcoind_paychan.channel.reanchor import promoted, promotion_depth
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus
 from bitcoind_paychan.channel.watch import (
     INCREMENTAL_RELAY_FEE,
@@ -58,6 +58,27 @@ def test_r_in_the_mempool_or_a_shallow_block_is_no_settlement() -> None:
         PromoteChannel(record.channel_id)]
     assert review(record, confirmed, at(101), RATE, POLICY, 0) == [  # at least one
         PromoteChannel(record.channel_id)]
+
+
+def test_a_top_up_r_is_promoted_only_forget_depth_deep() -> None:
+    """A top-up R spends the client's wallet coins, which a reorg could let it spend
+    elsewhere: promoted at forget_depth however few confirmations promote a plain R (else C
+    could come back funded with neither its settlement nor its refund held)."""
+    pump = opened()
+    r = renewed(pump, top_up=100_000)
+    mined = ChainState(contract_height=100, spender=r.serialize(), spender_height=101)
+    for record in (rec(pump.server), rec(pump.client)):
+        assert promotion_depth(r, 1, POLICY.forget_depth) == POLICY.forget_depth == 3
+        assert review(record, mined, at(102), RATE, POLICY, 1) == []  # 2 of 3
+        assert review(record, mined, at(103), RATE, POLICY, 1) == [
+            PromoteChannel(record.channel_id)]
+    server = rec(pump.server)
+    assert review(closing(server), mined, at(102), RATE, POLICY, 1) == []  # settling C
+    assert review(closing(server), mined, at(103), RATE, POLICY, 1) == [
+        PromoteChannel(server.channel_id)]
+    assert promotion_depth(r, 5, POLICY.forget_depth) == 5  # min_confirmations above it
+    plain = server_record()[1]
+    assert promotion_depth(plain, 0, POLICY.forget_depth) == 1
 
 
 def test_the_server_broadcasts_its_complete_r_until_it_is_seen() -> None:

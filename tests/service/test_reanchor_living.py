@@ -2,7 +2,8 @@
 in flight) lives through at least ten re-anchors driven by the autopilot alone (the server's
 payouts, the client's top-ups and renewals, and all three in one), each R mined and the
 channel promoted; the stream never stops; at the end every sat adds up against both
-wallets. The longest gap between acknowledgements is printed, not asserted."""
+wallets (a top-up R mined forget_depth deep before both promote it). The longest gap
+between acknowledgements is printed, not asserted."""
 
 from __future__ import annotations
 
@@ -14,13 +15,14 @@ from dataclasses import dataclass, field
 
 from bitcoind_paychan.bitcoin.tx import Transaction
 from bitcoind_paychan.channel.client import ClientPolicy
+from bitcoind_paychan.channel.reanchor import promotion_depth
 from bitcoind_paychan.channel.reanchor_autopilot import kinds
 from bitcoind_paychan.channel.records import ChannelRecord
 from bitcoind_paychan.channel.server import ServerPolicy
 from bitcoind_paychan.node import to_sat
 from bitcoind_paychan.service.client import Channel
 from regtest.waiting import until
-from tests.service.conftest import Sides
+from tests.service.conftest import FAST, Sides
 
 VALUE = 1_000_000
 AMOUNT = 20  # sat per payment
@@ -89,7 +91,7 @@ def test_one_channel_lives_through_ten_autopilot_reanchors(sides: Sides) -> None
             if skips < 5 and not all_three and round_ % 2 == 0 and round_ > 0:
                 clock.skipped += record.pending.contract.expiry - clock() - RENEW_BEFORE + 60
                 skips += 1
-            sides.mine(1)
+            sides.mine(promotion_depth(r, 1, FAST.forget_depth))  # a top-up R: that deep
             await until(functools.partial(promoted, channel, r.txid_hex), 60,
                         "the channel's promotion")
             if len(done) >= 10 and all_three:

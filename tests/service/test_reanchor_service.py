@@ -395,25 +395,32 @@ def test_the_servers_unasked_terms_do_not_answer_a_later_reanchor(mem_sides: Mem
     assert signed.pending is not None and signed.pending.complete
 
 
-@pytest.mark.parametrize("version", [3, 4])
+@pytest.mark.parametrize(("version", "top_up"), [(3, 0), (4, 0), (3, 50_000), (4, 50_000)])
 def test_the_client_moves_to_the_new_contract_on_its_own_nodes_word(
-        mem_sides: MemSides, version: int) -> None:
+        mem_sides: MemSides, version: int, top_up: int) -> None:
     """Review 7: a REANCHOR_LOCKED while R is unconfirmed (a hostile server, right after its
     ACK) made the client drop C and its refund. Now the client stays on C, payments signed
-    on both contracts and taken by the server; once its own node shows R confirmed, the
-    server's lock promotes its stored channel."""
+    on both contracts and taken by the server; once its own node shows R confirmed (a top-up
+    R: forget_depth deep, the deep search's reorg case), the server's lock promotes its
+    stored channel."""
+    final = 3  # the client's forget_depth
+
     async def scenario() -> tuple[ChannelRecord, ChannelRecord, ChannelRecord]:
         manager, client, channel, carried = await carried_channel(mem_sides, version)
         carried.hold = False
-        signed = await channel.reanchor(time_window=2 * DAY)
+        signed = await channel.reanchor(top_up=top_up, time_window=2 * DAY)
         assert signed.pending is not None
         channel.receive(encode([messages.reanchor_locked(signed.pending.txid)])[0])
         await channel.pay(1_000)  # reads the early lock, then this payment's ack
         kept = client.store.get(Role.CLIENT, signed.channel_id)
         assert kept is not None
         mem_sides.mine(1)
+        if top_up:  # 1 confirmation: a reorg could let the client spend its coin elsewhere
+            assert await reanchor_locked(client.chain, channel.machine,
+                                         ReanchorLocked(channel.record), final) == []
+            mem_sides.mine(final - 1)
         effects = await reanchor_locked(client.chain, channel.machine,
-                                        ReanchorLocked(channel.record))
+                                        ReanchorLocked(channel.record), final)
         assert [type(e) for e in effects] == [StoreChannel]  # the machine moved: store it
         await channel._run(effects)
         promoted = client.store.get(Role.CLIENT, signed.channel_id)

@@ -578,7 +578,8 @@ class Channel:
                     queue[:0] = await fund_reanchor(self.client.wallet, self.client.chain,
                                                     self.machine, effect)
                 case ReanchorLocked():
-                    queue[:0] = await reanchor_locked(self.client.chain, self.machine, effect)
+                    queue[:0] = await reanchor_locked(self.client.chain, self.machine, effect,
+                                                      self.client.watcher.policy.forget_depth)
                 case ReanchorEnded():
                     await reanchor_ended(self.client.wallet, self.client.broadcaster,
                                          await self._reclaim_rate(), self.machine, effect)

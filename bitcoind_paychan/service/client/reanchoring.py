@@ -103,12 +103,13 @@ async def reanchor_ended(wallet: Wallet, broadcaster: Broadcaster, fee_rate: int
         await wallet.release(coins)
 
 
-async def reanchor_locked(chain: ChainSource, machine: ClientChannel, effect: ReanchorLocked
-                          ) -> list[Effect]:
+async def reanchor_locked(chain: ChainSource, machine: ClientChannel, effect: ReanchorLocked,
+                          final: int) -> list[Effect]:
     """The server says R confirmed: promote the channel only if our own node shows R with a
-    confirmation (the machine moves, then the promoted record is stored in the order of the
-    payments handed to the writer); else stay on C, signing on both contracts, C's refund
-    kept (our watcher promotes once R is buried)."""
+    confirmation, or `final` (our `forget_depth`) for a top-up R (`promotion_depth`: a reorg
+    could leave C funded with no refund of it); the machine moves, then the promoted record
+    is stored in the order of the payments handed to the writer. Else stay on C, signing on
+    both contracts, C's refund kept (our watcher promotes once R is buried)."""
     pending = effect.record.pending
     assert pending is not None
     try:
@@ -117,10 +118,11 @@ async def reanchor_locked(chain: ChainSource, machine: ClientChannel, effect: Re
         log.warning("cannot see re-anchor %s on our node (%s): channel %s stays on its "
                     "contract until it can", pending.txid, exc, effect.record.channel_id)
         return []
-    if status is None or status.confirmations < 1:
-        log.info("the server says re-anchor %s confirmed; our node does not yet: channel %s "
-                 "stays on its contract, payments signed on both", pending.txid,
-                 effect.record.channel_id)
+    needed = reanchor.promotion_depth(Transaction.parse(pending.tx), 1, final)
+    if status is None or status.confirmations < needed:
+        log.info("the server says re-anchor %s confirmed; our node does not show it %d deep "
+                 "yet: channel %s stays on its contract, payments signed on both",
+                 pending.txid, needed, effect.record.channel_id)
         return []
     effects = machine.reanchor_confirmed(reanchor.promoted(effect.record))
     assert machine.record is not None

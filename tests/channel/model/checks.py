@@ -20,6 +20,7 @@ from regtest.chainrules import spend_problem
 from tests.channel.model import glue
 
 if TYPE_CHECKING:
+    from tests.channel.model.chain import Block
     from tests.channel.model.world import World
 
 T = pb.TwoWayChannelMessage
@@ -83,6 +84,9 @@ class Checks:
         self.stranger_displaced_owner = False
         self.store_refusals: list[str] = []  # writes a store refused (the adapter gave up)
         self.forgotten: set[str] = set()  # channels forgotten once their closing tx was buried
+        # transactions a reorg undid from a block forget_depth deep (the depth both sides
+        # take as final: a top-up R is promoted there)
+        self.undone_final: set[str] = set()
         # every (change, signature) the client's store has held, per channel: a resume may
         # re-send the last one after the watcher discarded or forgot the channel meanwhile
         self.client_committed: dict[str, set[tuple[int, bytes]]] = {}
@@ -314,6 +318,12 @@ class Checks:
                             "verify") from None
         require(pending.payout <= record.paid, f"{txid}'s re-anchor pays out more than paid")
 
+    def reorged(self, gone: list[Block]) -> None:
+        """A reorg took the blocks `gone` (oldest first) off the chain."""
+        for i, block in enumerate(gone):
+            if len(gone) - i >= WATCH_POLICY.forget_depth:
+                self.undone_final.update(tx.txid_hex for tx in block.txs)
+
     def funded_contracts_recoverable(self, servers: dict[str, ChannelRecord],
                                      clients: dict[str, ChannelRecord]) -> None:
         """Rule 1 of issue 23 on chain: whichever of C and C' the chain holds, the server can
@@ -323,9 +333,14 @@ class Checks:
         # contract (checked in turn); only a reorg deeper than the promotion can undo it,
         # the risk payments on a contract at min_confirmations take (design, 5)
         world = self.world
-        moved_on = {generation.reanchor_txid for process in (world.server, world.client)
-                    for r in process.store.channels(process.role) if r.generation
-                    for generation in process.store.generations(process.role, r.channel_id)}
+        left = [generation for process in (world.server, world.client)
+                for r in process.store.channels(process.role) if r.generation
+                for generation in process.store.generations(process.role, r.channel_id)]
+        moved_on = {generation.reanchor_txid for generation in left}
+        # a reorg as deep as forget_depth undid the R both promoted at that depth (a top-up
+        # R, whose coin may then be spent elsewhere): what forgetting at that depth presumes
+        beyond_final = {generation.contract_txid for generation in left
+                        if generation.reanchor_txid in self.undone_final}
         servers, clients = with_next_contracts(servers), with_next_contracts(clients)
         chain = self.world.chain
         published = {tx.txid for tx in chain.chain_txs() + chain.mempool}
@@ -339,6 +354,8 @@ class Checks:
             server, client = servers.get(txid), clients.get(txid)
             if server is None and client is None and txid in self.forgotten:
                 continue  # a reorg as deep as forget_depth undid a closing tx both buried
+            if txid in beyond_final:
+                continue
             if client is not None:
                 require(refund_valid(client), f"client's refund of {txid} is invalid")
             require((server is not None and settlement_valid(server)) or client is not None,

@@ -81,7 +81,8 @@ SERVER_POLICY = ServerPolicy(min_channel_size=100_000, min_payment=1_000,
 # watcher again, after a crash or an eviction); R confirms, is double-spent (a top-up coin),
 # replaced by the settlement of its contract at the deadline, or reorged out. Its watcher
 # promotes the channel once R is PROMOTE_DEPTH deep (the client's: forget_depth, and only with
-# no connection), as the services do.
+# no connection; a top-up R's: forget_depth on both sides, `reanchor.promotion_depth`), as the
+# services do.
 PROMOTE_DEPTH = {Role.SERVER: 1, Role.CLIENT: WATCH_POLICY.forget_depth}
 
 
@@ -624,11 +625,15 @@ class ClientProcess(Process):
                     return
 
     def sees_confirmed(self, record: ChannelRecord) -> bool:
-        """As the service's `reanchor_locked`: our own node shows the server's R confirmed
-        (else the channel stays on its contract, signing on both)."""
+        """As the service's `reanchor_locked`: our own node shows the server's R confirmed,
+        a top-up R forget_depth deep (`reanchor.promotion_depth`; else the channel stays on
+        its contract, signing on both)."""
         pending = record.pending
-        return (self.node_up and pending is not None
-                and bytes.fromhex(pending.txid)[::-1] in self.chain.confirmed())
+        if not self.node_up or pending is None:
+            return False
+        found = self.chain.confirmed().get(bytes.fromhex(pending.txid)[::-1])
+        return found is not None and self.chain.depth(found[1]) >= reanchor.promotion_depth(
+            Transaction.parse(pending.tx), 1, WATCH_POLICY.forget_depth)
 
     def stored(self, record: ChannelRecord) -> None:
         self.world.checks.client_stored(record)
