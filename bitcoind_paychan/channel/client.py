@@ -136,7 +136,9 @@ TABLE = table({
     # channel stays open throughout (payments go on). The application asks (PROPOSE); the
     # server's TERMS (asked or not) are checked, funded (FundReanchor, with a top-up), then R
     # and the carried payment are signed, stored and sent (SIGNED); ACK stores R complete,
-    # REFUSED ends it. Closing: quotes are ignored, answers still recorded.
+    # REFUSED ends it. An unasked payout goes to an autopilot first (ReanchorOffered: it
+    # proposes its own, or `accept_offer`); `reanchor_unfunded` and `accept_offer` are
+    # inputs of the REANCHOR_FUNDED kind. Closing: quotes are ignored, answers recorded.
     (C.OPEN, Input.REANCHOR): {C.OPEN},
     (C.WAITING_FOR_ACK, Input.REANCHOR): {C.WAITING_FOR_ACK},
     **{(state, event): {state}
@@ -190,6 +192,7 @@ class ClientChannel(ClientReanchoring, ProtocolMachine):
         self.reanchoring = False
         self._wish = None
         self._funding = None
+        self._offered = None
         self.handlers: dict[int, Handler] = {
             T.SERVER_VERSION: self._on_server_version,
             T.INITIATE: self._on_initiate,

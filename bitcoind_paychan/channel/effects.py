@@ -165,6 +165,17 @@ class ReanchorEnded:
 
 
 @dataclass(frozen=True, slots=True)
+class ReanchorOffered:
+    """Client with an autopilot (`refill_below`, `renew_before`): the server quoted a
+    payout of `payout` sat unasked. Answer with `ClientChannel.reanchor` to propose our own
+    re-anchor instead (the server's answer to it pays the payout too: one R for all), or
+    with `ClientChannel.accept_offer` to sign the payout alone."""
+
+    contract_txid: str
+    payout: int
+
+
+@dataclass(frozen=True, slots=True)
 class ReanchorSigned:
     """R is complete and stored (the server broadcast it; the client got the ACK): the
     channel moves to the next contract once R confirms (the watcher's promotion)."""
@@ -331,5 +342,5 @@ Effect = (
     | SettleChannel
     | MarkChannel | StoreChainState | ForgetChannel | DiscardChannel | ClosingSeen
     | ChannelFinished | PrepareReanchor | FundReanchor | CheckReanchor | ReanchorEnded
-    | ReanchorSigned | ReanchorLocked | PromoteChannel
+    | ReanchorOffered | ReanchorSigned | ReanchorLocked | PromoteChannel
 )

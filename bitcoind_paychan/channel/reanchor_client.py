@@ -21,6 +21,7 @@ from bitcoind_paychan.channel.effects import (
     FundReanchor,
     ReanchorEnded,
     ReanchorLocked,
+    ReanchorOffered,
     ReanchorSigned,
     Send,
     StoreChannel,
@@ -45,6 +46,7 @@ class ClientReanchoring:
     _wish: tuple[int, int, int] | None  # our PROPOSE: (top-up, time window, highest rate);
     # None: we asked for nothing
     _funding: tuple[rules.Terms, Transaction] | None  # terms and draft awaiting the wallet
+    _offered: rules.Terms | None  # the server's unasked payout, awaiting our autopilot
 
     def _machine(self) -> ClientChannel:
         return self  # type: ignore[return-value]
@@ -87,6 +89,7 @@ class ClientReanchoring:
             raise LocalProtocolError(f"channel {record.channel_id} has a re-anchor in flight")
         cap = machine.policy.max_fee_rate
         machine.now = max(machine.now, now)
+        self._offered = None  # our own proposal's answer pays any payout offered too
         self._wish = (top_up, time_window, cap if fee_estimate is None
                       else reanchor_rate_ceiling(fee_estimate, cap))
         return [Send(messages.reanchor_propose(top_up, time_window))]
@@ -105,17 +108,60 @@ class ClientReanchoring:
         body = message.reanchor_terms
         terms = rules.Terms(body.expire_time_secs, body.payout, body.payout_script,
                                body.fee_rate)
-        if wish is None and terms.expiry != record.contract.expiry:
+        renews = terms.expiry != record.contract.expiry
+        if (wish is not None and wish[1] and not renews
+                and machine.now + wish[1] > record.contract.expiry):
+            # We asked for a renewal; a quote that keeps the expiry is the server's unasked
+            # payout crossing our PROPOSE on the wire: its answer to ours comes next (a
+            # quote we would decline anyway ends it now).
+            if why := self._declined(record, terms, wish):
+                return [ReanchorEnded(record.channel_id, why)]
+            self._wish = wish
+            return []
+        if wish is None and renews:
             # Unasked: only a payout the server pays (a partial settlement) is signed; a
             # renewal costs us its fee, so we sign one only when we asked for it.
             return [ReanchorEnded(record.contract_txid, "declined the server's unasked "
                                   "terms: only a payout it pays is signed unasked")]
+        policy = machine.policy
+        if wish is None and (policy.refill_below or policy.renew_before):
+            # Our autopilot may want a top-up or a renewal now: it proposes it (the answer
+            # pays this payout too, in one R) or signs the payout alone (accept_offer).
+            self._offered = terms
+            return [ReanchorOffered(record.contract_txid, terms.payout)]
+        return self._take_terms(record, terms, wish)
+
+    def _declined(self, record: ChannelRecord, terms: rules.Terms,
+                  wish: tuple[int, int, int] | None) -> str | None:
+        """Why we decline `terms` given what we asked (`wish`), or None."""
+        machine = self._machine()
         top_up, window, max_rate = wish or (0, 0, machine.policy.max_fee_rate)
         latest = machine.now + (window or machine.policy.time_window) + EXPIRY_SLACK
         why = rules.check_terms(record, self.acked_change, terms, top_up,
                                    max(latest, record.contract.expiry), max_rate)
-        if why:
-            return [ReanchorEnded(record.channel_id, f"declined the server's terms: {why}")]
+        return f"declined the server's terms: {why}" if why else None
+
+    def accept_offer(self) -> list[Effect]:
+        """The answer to ReanchorOffered when our autopilot wants nothing now: sign the
+        server's unasked payout (checked again: the channel may have moved meanwhile)."""
+        machine = self._machine()
+        return machine._input(Input.REANCHOR_FUNDED, self._on_accept_offer)
+
+    def _on_accept_offer(self) -> list[Effect]:
+        terms, self._offered = self._offered, None
+        record = self._machine()._stored()
+        if (terms is None or not self._paying() or self._funding
+                or record.pending is not None):
+            return []  # superseded by our own proposal, closing, or one in flight
+        return self._take_terms(record, terms, None)
+
+    def _take_terms(self, record: ChannelRecord, terms: rules.Terms,
+                    wish: tuple[int, int, int] | None) -> list[Effect]:
+        """Check a quote against what we asked (`wish`; None: unasked), then fund R (a
+        top-up) or sign it."""
+        if why := self._declined(record, terms, wish):
+            return [ReanchorEnded(record.channel_id, why)]
+        top_up = wish[0] if wish else 0
         draft = rules.draft(record.contract, terms, top_up)
         if top_up:
             self._funding = (terms, draft)
@@ -130,6 +176,20 @@ class ClientReanchoring:
         them: `kind.reanchor_needs_spent`)."""
         machine = self._machine()
         return machine._input(Input.REANCHOR_FUNDED, self._on_reanchor_funded, funded, spent)
+
+    def reanchor_unfunded(self, why: str) -> list[Effect]:
+        """The answer to FundReanchor when the wallet could not fund the top-up (`why`):
+        nothing was signed; the channel goes on, and a later re-anchor may be asked."""
+        machine = self._machine()
+        return machine._input(Input.REANCHOR_FUNDED, self._on_reanchor_unfunded, why)
+
+    def _on_reanchor_unfunded(self, why: str) -> list[Effect]:
+        if self._funding is None:
+            raise LocalProtocolError("no re-anchor is being funded")
+        self._funding = None
+        record = self._machine()._stored()
+        return [ReanchorEnded(record.channel_id, f"our wallet could not fund the top-up: "
+                              f"{why}; nothing was signed")]
 
     def _on_reanchor_funded(self, funded: Transaction, spent: tuple[TxOut, ...]
                             ) -> list[Effect]:

@@ -28,6 +28,7 @@ from bitcoind_paychan.channel.effects import (
     Purpose,
     ReanchorEnded,
     ReanchorLocked,
+    ReanchorOffered,
     Send,
     StoreChannel,
     StorePayment,
@@ -63,8 +64,8 @@ def version(request: pytest.FixtureRequest) -> int:
 CLIENT, SERVER = ClientPolicy(VALUE, reanchoring=True), ServerPolicy(reanchoring=True)
 
 
-def opened(version: int = 3, paid: int = 20_000) -> Pump:
-    client = ClientChannel(CLIENT, PrivateKey.generate(), NOW, version)
+def opened(version: int = 3, paid: int = 20_000, policy: ClientPolicy = CLIENT) -> Pump:
+    client = ClientChannel(policy, PrivateKey.generate(), NOW, version)
     server = ServerChannel(SERVER, PrivateKey.generate(), NOW)
     pump = Pump(client, server)
     pump.run(client.start())
@@ -1071,6 +1072,85 @@ def test_unasked_terms_of_a_payout_the_server_pays_are_signed(version: int) -> N
     assert [m.type for m in sends(effects)] == [T.REANCHOR_SIGNED]
     pending = rec(pump.client).pending
     assert pending is not None and pending.change == before.change  # we pay nothing
+
+
+AUTOPILOT = ClientPolicy(VALUE, reanchoring=True, refill_below=400_000, refill_to=VALUE,
+                         max_deposit=2 * VALUE, renew_before=3600)
+
+
+def test_an_autopilot_client_answers_an_unasked_payout_with_its_own_proposal(
+        version: int) -> None:
+    """The server's unasked payout reached a client whose autopilot wants a top-up: signing
+    the payout alone would leave the top-up for later (and the server, knowing of each new
+    generation first, would quote first every time). It is offered to the autopilot, which
+    proposes its own; the answer pays the payout too, in one R."""
+    pump = opened(version, policy=AUTOPILOT)
+    (offered,) = quoted(pump, False)  # C's expiry, the acknowledged total
+    assert isinstance(offered, ReanchorOffered) and offered.payout == rec(pump.client).paid
+    assert rec(pump.client).pending is None  # nothing signed yet
+    (propose,) = sends(pump.client.reanchor(200_000, 0, NOW))
+    assert propose.type == T.REANCHOR_PROPOSE and propose.reanchor_propose.top_up == 200_000
+    assert pump.client.accept_offer() == []  # the offer was superseded by our proposal
+    (fund,) = quoted(pump, False)  # the server's answer: the payout, funded by our top-up
+    assert isinstance(fund, FundReanchor) and fund.draft.outputs[1].value > 0
+
+
+def test_an_autopilot_client_wanting_nothing_signs_the_offered_payout(version: int) -> None:
+    pump = opened(version, policy=AUTOPILOT)
+    before = rec(pump.client)
+    (offered,) = quoted(pump, False)
+    assert isinstance(offered, ReanchorOffered)
+    assert [m.type for m in sends(pump.client.accept_offer())] == [T.REANCHOR_SIGNED]
+    pending = rec(pump.client).pending
+    assert pending is not None and pending.payout == before.paid
+    assert pending.change == before.change  # the payout costs us nothing
+
+
+def test_an_offer_is_not_signed_once_the_channel_is_closing(version: int) -> None:
+    pump = opened(version, policy=AUTOPILOT)
+    (offered,) = quoted(pump, False)
+    assert isinstance(offered, ReanchorOffered)
+    pump.client.close()
+    assert pump.client.accept_offer() == [] and rec(pump.client).pending is None
+
+
+def test_an_unasked_payout_crossing_our_renewal_waits_for_its_answer(version: int) -> None:
+    """Our PROPOSE (a renewal) and the server's unasked payout crossed on the wire: the
+    payout alone is not taken for the answer (it would drop the renewal); the answer that
+    renews, next, is signed."""
+    pump = opened(version)
+    pump.client.reanchor(0, 2 * DAY, NOW)
+    assert quoted(pump, False) == []  # C's expiry: the crossing quote
+    assert rec(pump.client).pending is None
+    effects = quoted(pump, False, expiry=NOW + 2 * DAY)
+    assert [m.type for m in sends(effects)] == [T.REANCHOR_SIGNED]
+    pending = rec(pump.client).pending
+    assert pending is not None and pending.contract.expiry == NOW + 2 * DAY
+
+
+def test_a_crossing_quote_we_would_decline_ends_the_exchange(version: int) -> None:
+    pump = opened(version)
+    pump.client.reanchor(0, 2 * DAY, NOW)
+    (ended,) = quoted(pump, False, payout=rec(pump.client).paid + 1)
+    assert isinstance(ended, ReanchorEnded) and "acknowledged" in ended.reason
+
+
+def test_a_top_up_our_wallet_cannot_fund_ends_and_another_may_be_asked(version: int) -> None:
+    """The wallet failed to fund R (no coins): nothing is signed, the exchange ends with
+    the wallet's reason, and the next re-anchor is not refused as one in flight."""
+    pump = opened(version)
+    pump.client.reanchor(300_000, 0, NOW)
+    (fund,) = quoted(pump, False)
+    assert isinstance(fund, FundReanchor)
+    with pytest.raises(LocalProtocolError, match="in flight"):
+        pump.client.reanchor(300_000, 0, NOW)
+    (ended,) = pump.client.reanchor_unfunded("Insufficient funds")
+    assert isinstance(ended, ReanchorEnded) and "Insufficient funds" in ended.reason
+    assert ended.tx is None and rec(pump.client).pending is None
+    with pytest.raises(LocalProtocolError, match="no re-anchor is being funded"):
+        pump.client.reanchor_unfunded("again")
+    (propose,) = sends(pump.client.reanchor(300_000, 0, NOW))
+    assert propose.type == T.REANCHOR_PROPOSE
 
 
 @pytest.mark.parametrize(("rate", "signed"), [

@@ -104,6 +104,27 @@ def test_the_client_tops_up_below_refill_below_up_to_refill_to(mem_sides: MemSid
     assert top_up == 1_200_000 - left
 
 
+def test_a_payout_and_a_top_up_due_together_go_in_one_r(mem_sides: MemSides) -> None:
+    """The server's payout and the client's top-up fall due on the same payment: whichever
+    side speaks first, one R pays out and tops up (the client's autopilot answers the
+    server's unasked payout with its own proposal, or takes the crossing quote as the
+    answer to its own), never a payout alone with the top-up left for later."""
+    policy = ClientPolicy(VALUE, reanchoring=True, refill_below=975_000, refill_to=VALUE,
+                          max_deposit=3 * VALUE)
+
+    async def scenario(channel: Channel, clock: Clock) -> ChannelRecord:
+        await channel.pay(30_000)  # 31,000 acknowledged, 969,000 left: both due
+        return await pay_until_reanchored(channel, 1_000)
+
+    record = run(mem_sides, ServerPolicy(reanchoring=True, payout_above=20_000), policy,
+                 scenario)
+    assert isinstance(record, ChannelRecord) and record.pending is not None
+    r = Transaction.parse(record.pending.tx)
+    assert len(r.inputs) >= 2 and record.pending.payout >= 31_000
+    top_up = record.pending.contract.value - VALUE + record.pending.payout
+    assert top_up == VALUE - 969_000  # back to refill_to from where it stood when due
+
+
 def test_a_top_up_never_funds_the_channel_above_max_deposit(mem_sides: MemSides) -> None:
     policy = ClientPolicy(VALUE, reanchoring=True, refill_below=900_000, refill_to=1_000_000,
                           max_deposit=1_100_000)

@@ -119,17 +119,22 @@ def test_a_top_up_funded_by_the_clients_wallet(sides: Sides, version: int) -> No
     assert sides.server_node.rpc("getrawtransaction", r.txid_hex, True)["confirmations"] == 1
 
 
-async def carried_channel(sides: Sides | MemSides, version: int = 3, **options: Any
+REANCHORING = ClientPolicy(VALUE, reanchoring=True)
+
+
+async def carried_channel(sides: Sides | MemSides, version: int = 3,
+                          policy: ClientPolicy = REANCHORING,
+                          **options: Any
                           ) -> tuple[ServerManager, PaymentClient, Channel, Requests]:
     """A channel of `version` with re-anchoring enabled, on a connection the test carries
     (its frames held from now on: the test delivers them), paid 1,000 + 10,000 sat.
-    `options`: the server manager's."""
+    `policy`: the client's; `options`: the server manager's."""
     manager = ServerManager(sides.server_ports(), sides.store("server"),
                             ServerPolicy(reanchoring=True), on_event=sides.events.append,
                             poll_interval=sides.poll_interval, **options)
     await manager.start()
     dial = Dialer(manager)
-    client = sides.client(dial=dial, policy=ClientPolicy(VALUE, reanchoring=True))
+    client = sides.client(dial=dial, policy=policy)
     channel = await client.open_channel("app://shop", VALUE, version=version)
     await channel.pay(10_000)
     carried = dial.connections[-1]
@@ -393,6 +398,50 @@ def test_the_servers_unasked_terms_do_not_answer_a_later_reanchor(mem_sides: Mem
 
     signed = asyncio.run(scenario())
     assert signed.pending is not None and signed.pending.complete
+
+
+def test_an_unasked_payout_read_while_a_top_up_is_due_becomes_one_r_with_both(
+        mem_sides: MemSides) -> None:
+    """The server's unasked payout reaches the client's reader (a payment awaiting its ack)
+    while the client's autopilot wants a top-up: the client proposes its top-up instead of
+    signing the payout alone, and the server's answer pays out and tops up in one R. Before,
+    the payout alone was signed, every time the server spoke first (as it does on each new
+    generation: its node sees R first). Frames are held and delivered by the test."""
+    policy = ClientPolicy(VALUE, reanchoring=True, refill_below=985_000, refill_to=VALUE,
+                          max_deposit=3 * VALUE)
+
+    async def scenario() -> tuple[list[int], ChannelRecord]:
+        manager, client, channel, carried = await carried_channel(mem_sides, policy=policy)
+        paying = asyncio.ensure_future(channel.pay(5_000))  # 984,000 left: a top-up is due
+        await until(lambda: carried.held, what="the payment")
+        carried.replies.frames = []
+        quoted = await manager.quote(channel.channel_id)  # the payout of 11,000, unasked
+        assert quoted["payout"] == 11_000
+        for frame in carried.replies.frames:
+            channel.receive(frame)  # read by the payment awaiting its ack
+        await until(lambda: len(carried.held) == 2, what="the client's answer to the quote")
+        answered = [int(T.FromString(f).type) for f in carried.held]
+        carried.hold = False
+        for frame in carried.held:
+            for reply in await carried.deliver(frame):
+                channel.receive(reply)
+        await paying
+        for _ in range(50):
+            await channel.pay(1_000)
+            pending = channel.record.pending
+            if pending is not None and pending.complete:
+                break
+        record = channel.record
+        await client.stop()
+        await manager.stop()
+        return answered, record
+
+    answered, record = asyncio.run(scenario())
+    assert answered == [T.UPDATE_PAYMENT, T.REANCHOR_PROPOSE]  # not REANCHOR_SIGNED
+    assert record.pending is not None and record.pending.complete
+    r = Transaction.parse(record.pending.tx)
+    assert len(r.inputs) == 2 and record.pending.payout == 16_000  # the top-up and payout
+    assert record.pending.contract.value - VALUE + record.pending.payout == VALUE - 984_000
 
 
 @pytest.mark.parametrize(("version", "top_up"), [(3, 0), (4, 0), (3, 50_000), (4, 50_000)])

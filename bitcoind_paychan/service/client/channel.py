@@ -30,6 +30,7 @@ from bitcoind_paychan.channel.effects import (
     PeerError,
     ReanchorEnded,
     ReanchorLocked,
+    ReanchorOffered,
     ReanchorSigned,
     ResumeRefused,
     Send,
@@ -115,6 +116,7 @@ class Channel:
         self._server_error: PeerError | None = None  # the ERROR the server ended with
         # The autopilot's last wish: (not again before, the generation it was made on).
         self._proposed = (0.0, -1)
+        self._background: set[asyncio.Task[None]] = set()  # a top-up being funded
 
     @property
     def resumed(self) -> bool:
@@ -281,16 +283,13 @@ class Channel:
         when one is due (REANCHOR_PROPOSE; the outcome arrives as payments go on): at once
         on a new generation, else at most once per REPROPOSE_AFTER seconds (the server may
         have refused, or its own quote crossed ours)."""
-        policy, now, record = self.client.policy, self.client.clock(), self.machine.record
+        now, record = self.client.clock(), self.machine.record
         if (not self.machine.reanchoring or record is None
                 or (now < self._proposed[0] and record.generation == self._proposed[1])
                 or record.pending is not None
                 or self.machine.state not in (ClientState.OPEN, ClientState.WAITING_FOR_ACK)):
             return
-        if client_wish(policy, record, int(now), 0) is None:
-            return  # nothing due (the hot path: no store read)
-        funded = await self._deposited() if policy.refill_below else record.value
-        wish = client_wish(policy, record, int(now), funded)
+        wish = await self._autopilot_wish(record, now)
         if wish is None:
             return
         self._proposed = (now + REPROPOSE_AFTER, record.generation)
@@ -303,6 +302,50 @@ class Channel:
         except LocalProtocolError as exc:  # one in flight, or a refused one not yet dead
             log.info("the autopilot does not re-anchor channel %s now: %s",
                      record.channel_id, exc)
+
+    async def _autopilot_wish(self, record: ChannelRecord, now: float
+                              ) -> tuple[int, int] | None:
+        """(top-up, time window) our autopilot asks for on `record` now, or None."""
+        policy = self.client.policy
+        if client_wish(policy, record, int(now), 0) is None:
+            return None  # nothing due (the hot path: no store read)
+        funded = await self._deposited() if policy.refill_below else record.value
+        return client_wish(policy, record, int(now), funded)
+
+    async def _answer_offer(self) -> list[Effect]:
+        """The server quoted a payout unasked (ReanchorOffered): our autopilot proposes its
+        own top-up or renewal instead when one is due (the server's answer pays the payout
+        too, in one R), else the payout alone is signed."""
+        record, now = self.record, self.client.clock()
+        wish = await self._autopilot_wish(record, now)
+        if wish is not None:
+            try:
+                estimate = await self.client.watcher.fee_rate()
+                effects = self.machine.reanchor(*wish, int(now), estimate)
+            except (NodeError, LocalProtocolError) as exc:
+                log.info("the autopilot signs the server's payout on channel %s alone: %s",
+                         record.channel_id, exc)
+            else:
+                self._proposed = (now + REPROPOSE_AFTER, record.generation)
+                return effects
+        return self.machine.accept_offer()
+
+    def _fund_in_background(self, effect: FundReanchor) -> None:
+        """The wallet funds a top-up while payments go on: the connection's reader (which
+        may hold the payment lock) never waits for it. Its answer, or the wallet's failure,
+        goes to the machine when it comes."""
+        async def fund() -> None:
+            try:
+                effects = await fund_reanchor(self.client.wallet, self.client.chain,
+                                              self.machine, effect)
+            except PaychanError as exc:
+                log.warning("channel %s: %s", self.channel_id, exc)
+                effects = self.machine.reanchor_unfunded(str(exc))
+            await self._run(effects)
+
+        task = asyncio.ensure_future(fund())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _spent(self) -> bool:
         """No payment can go through any more: closing, or nothing left (change below dust
@@ -367,6 +410,11 @@ class Channel:
         if self.connected:
             self.machine.connection_lost()
         await self.stream.close()
+
+    async def settled(self) -> None:
+        """Wait for the background work of this channel (a top-up being funded) to end."""
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
 
     # -- driving the machine ---------------------------------------------------------------
 
@@ -575,8 +623,9 @@ class Channel:
                 case FundContract(script, value):
                     queue[:0] = await self._fund(script, value)
                 case FundReanchor():
-                    queue[:0] = await fund_reanchor(self.client.wallet, self.client.chain,
-                                                    self.machine, effect)
+                    self._fund_in_background(effect)
+                case ReanchorOffered():
+                    queue[:0] = await self._answer_offer()
                 case ReanchorLocked():
                     queue[:0] = await reanchor_locked(self.client.chain, self.machine, effect,
                                                       self.client.watcher.policy.forget_depth)

@@ -175,6 +175,7 @@ class ClientManager:
         for channel in list(self.live.values()):
             if channel.connected:
                 await channel.disconnect()
+            await channel.settled()  # a top-up being funded: its coins locked or released
         if self._started:
             self._started = False
             await self.watcher.stop()
