@@ -255,6 +255,12 @@ async def stopped(manager: ServerManager, client: PaymentClient, channel: Channe
     return stored
 
 
+def server_generation(manager: ServerManager, channel_id: str) -> int:
+    stored = manager.store.get(Role.SERVER, channel_id)
+    assert stored is not None
+    return stored.generation
+
+
 async def ask(carried: Requests, message: pb.TwoWayChannelMessage) -> list[T]:
     """Deliver one of the client's messages to the server by hand; its answers."""
     return [T.FromString(f) for f in await carried.deliver(encode([message])[0])]
@@ -483,6 +489,42 @@ def test_the_client_moves_to_the_new_contract_on_its_own_nodes_word(
     stored.pending.contract.check_payment(stored.pending.change, stored.pending.signature)
     assert promoted.generation == 1 and promoted.contract_txid == kept.pending.txid
     assert promoted.change == stored.pending.change
+
+
+@pytest.mark.parametrize("top_up", [0, 50_000])
+def test_a_live_channel_whose_node_lagged_the_servers_lock_moves_once_r_is_buried(
+        mem_sides: MemSides, top_up: int) -> None:
+    """The server's REANCHOR_LOCKED (sent once) came before our node showed R deep enough:
+    the live channel stayed on C, signing on both contracts, until the next resume. Now our
+    watcher, finding R buried, moves the live channel as the lock would have. The carried
+    connection brings no later lock of the server's: only our watcher can move it."""
+    async def scenario() -> tuple[ChannelRecord, ChannelRecord, ChannelRecord]:
+        manager, client, channel, carried = await carried_channel(mem_sides)
+        carried.hold = False
+        signed = await channel.reanchor(top_up=top_up, time_window=2 * DAY)
+        assert signed.pending is not None
+        channel.receive(encode([messages.reanchor_locked(signed.pending.txid)])[0])
+        await channel.pay(1_000)  # reads the early lock: our node shows R nowhere yet
+        kept = channel.record
+        mem_sides.mine(max(client.watcher.policy.forget_depth,  # a top-up R's depth too
+                           manager.watcher.policy.forget_depth))
+        await until(lambda: channel.record.generation == 1, 30,
+                    "the live channel's promotion by our watcher")
+        await until(lambda: server_generation(manager, signed.channel_id) == 1, 30,
+                    "the server's promotion (its lock lost on the carried connection)")
+        sent = len(carried.exchanges)
+        await channel.pay(1_000)
+        payment = carried.exchanges[sent]
+        assert payment.response == [T.PAYMENT_ACK]
+        last = client.store.get(Role.CLIENT, signed.channel_id)
+        assert last is not None
+        await stopped(manager, client, channel)
+        return kept, channel.machine._stored(), last
+
+    kept, live, stored = asyncio.run(scenario())
+    assert kept.generation == 0 and kept.pending is not None
+    assert live.generation == 1 and live.contract_txid == kept.pending.txid
+    assert stored.generation == 1 and stored.pending is None and stored.paid == live.paid
 
 
 def test_the_server_checks_a_renewal_against_its_clock_when_r_arrives(

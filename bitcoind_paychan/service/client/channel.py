@@ -117,6 +117,7 @@ class Channel:
         # The autopilot's last wish: (not again before, the generation it was made on).
         self._proposed = (0.0, -1)
         self._background: set[asyncio.Task[None]] = set()  # a top-up being funded
+        self._lagging: ReanchorLocked | None = None  # the server's lock our node lagged
 
     @property
     def resumed(self) -> bool:
@@ -411,6 +412,19 @@ class Channel:
             self.machine.connection_lost()
         await self.stream.close()
 
+    async def promote_lagging(self) -> None:
+        """Our watcher finds R buried: if the server's REANCHOR_LOCKED came before our node
+        showed R deep enough, the live channel moves now (as the lock would have), in the
+        order of the payments handed to the writer. The server sends its lock only once."""
+        lock = self._lagging
+        if lock is None or not self.connected:
+            return
+        moved = await reanchor_locked(self.client.chain, self.machine, lock,
+                                      self.client.watcher.policy.forget_depth)
+        if moved:
+            self._lagging = None
+            await self._run(moved)
+
     async def settled(self) -> None:
         """Wait for the background work of this channel (a top-up being funded) to end."""
         while self._background:
@@ -627,8 +641,10 @@ class Channel:
                 case ReanchorOffered():
                     queue[:0] = await self._answer_offer()
                 case ReanchorLocked():
-                    queue[:0] = await reanchor_locked(self.client.chain, self.machine, effect,
-                                                      self.client.watcher.policy.forget_depth)
+                    moved = await reanchor_locked(self.client.chain, self.machine, effect,
+                                                  self.client.watcher.policy.forget_depth)
+                    self._lagging = None if moved else effect  # our node lags: the watcher
+                    queue[:0] = moved  # moves it once it finds R buried (promote_lagging)
                 case ReanchorEnded():
                     await reanchor_ended(self.client.wallet, self.client.broadcaster,
                                          await self._reclaim_rate(), self.machine, effect)

@@ -215,8 +215,10 @@ class ClientManager:
 
     async def _promote(self, channel_id: str) -> ChannelRecord | None:
         """The watcher's promotion of a channel with no live connection (None: left to the
-        connection's REANCHOR_LOCKED, or nothing to promote)."""
-        if self._connected(channel_id) is not None:
+        connection's REANCHOR_LOCKED, or nothing to promote). A live one moves here only if
+        the server's lock came while our node lagged (`Channel.promote_lagging`)."""
+        if (live := self._connected(channel_id)) is not None:
+            await live.promote_lagging()
             return None
         try:
             return await asyncio.to_thread(self.store.modify, Role.CLIENT, channel_id,

@@ -109,7 +109,8 @@ async def reanchor_locked(chain: ChainSource, machine: ClientChannel, effect: Re
     confirmation, or `final` (our `forget_depth`) for a top-up R (`promotion_depth`: a reorg
     could leave C funded with no refund of it); the machine moves, then the promoted record
     is stored in the order of the payments handed to the writer. Else stay on C, signing on
-    both contracts, C's refund kept (our watcher promotes once R is buried)."""
+    both contracts, C's refund kept (our watcher moves it once R is buried:
+    `Channel.promote_lagging`)."""
     pending = effect.record.pending
     assert pending is not None
     try:
