@@ -91,9 +91,11 @@ class ChannelModel(RuleBasedStateMachine):
 
     @rule(version=st.sampled_from(VERSIONS),
           window=st.sampled_from([5 * HOUR, 24 * HOUR - 60]),
-          value=st.sampled_from([100_000, 150_000]), flow=st.booleans())
-    def open_channel(self, version: int, window: int, value: int, flow: bool) -> None:
-        self.act(lambda: self.world.client.open(version, window, value))
+          value=st.sampled_from([100_000, 150_000]), autopilot=st.booleans(),
+          flow=st.booleans())
+    def open_channel(self, version: int, window: int, value: int, autopilot: bool,
+                     flow: bool) -> None:
+        self.act(lambda: self.world.client.open(version, window, value, autopilot))
         self.let_flow(flow)
 
     @precondition(lambda self: self.client_connected())
@@ -137,6 +139,16 @@ class ChannelModel(RuleBasedStateMachine):
     def client_reanchors(self, top_up: int, window: int, flow: bool) -> None:
         """Issue 23: a top-up and/or a renewal (the server adds a payout of what it acked)."""
         self.act(lambda: self.world.client.reanchor(top_up, window))
+        self.let_flow(flow)
+
+    @precondition(lambda self: self.world.client.offered is not None)
+    @rule(propose=st.booleans(), top_up=st.sampled_from([0, 100_000]),
+          window=st.sampled_from([0, 24 * HOUR]), flow=st.booleans())
+    def client_answers_offer(self, propose: bool, top_up: int, window: int,
+                             flow: bool) -> None:
+        """Issue 23: the client's autopilot answers the server's unasked payout: its own
+        top-up and/or renewal (the answer pays the payout too), or the payout alone."""
+        self.act(lambda: self.world.client.answer_offer(propose, top_up, window))
         self.let_flow(flow)
 
     @precondition(lambda self: self.client_connected())

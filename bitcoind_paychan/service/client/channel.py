@@ -419,8 +419,13 @@ class Channel:
         lock = self._lagging
         if lock is None or not self.connected:
             return
-        moved = await reanchor_locked(self.client.chain, self.machine, lock,
-                                      self.client.watcher.policy.forget_depth)
+        try:
+            moved = await reanchor_locked(self.client.chain, self.machine, lock,
+                                          self.client.watcher.policy.forget_depth)
+        except LocalProtocolError as exc:  # no longer this channel's pending re-anchor
+            self._lagging = None
+            log.info("channel %s: the lagged lock is stale: %s", self.channel_id, exc)
+            return
         if moved:
             self._lagging = None
             await self._run(moved)

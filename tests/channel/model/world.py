@@ -39,6 +39,7 @@ from bitcoind_paychan.channel.effects import (
     PromoteChannel,
     Purpose,
     ReanchorLocked,
+    ReanchorOffered,
     ResumeRefused,
     Send,
     SettleChannel,
@@ -498,6 +499,8 @@ class ClientProcess(Process):
         self.conn: Connection | None = None
         self.unresumable: set[str] = set()
         self.acked: dict[str, int] = {}  # contract txid → lowest change the server acked
+        self.offered: Connection | None = None  # an unasked payout awaits our autopilot
+        self.lagging: ReanchorLocked | None = None  # the server's lock our node lagged
 
     def resumable(self) -> ChannelRecord | None:
         for record in self.store.channels(Role.CLIENT, (ChannelStatus.OPEN,)):
@@ -505,11 +508,15 @@ class ClientProcess(Process):
                 return record
         return None
 
-    def open(self, version: int, time_window: int, value: int) -> Connection | None:
-        """As PaymentClient.open: resume a stored open channel, else open a new one."""
+    def open(self, version: int, time_window: int, value: int, autopilot: bool = False
+             ) -> Connection | None:
+        """As PaymentClient.open: resume a stored open channel, else open a new one. With
+        `autopilot` (a `renew_before`), the server's unasked payouts are offered to it."""
         if not self.up or (self.conn is not None and not self.conn.client_done):
             return None
-        policy = ClientPolicy(value, time_window, reanchoring=True)
+        policy = ClientPolicy(value, time_window, reanchoring=True,
+                              renew_before=3600 if autopilot else 0)
+        self.offered = self.lagging = None
         stored = self.resumable()
         if stored is not None:
             machine = glue.resumed_client(policy, stored, self.now())
@@ -580,9 +587,27 @@ class ClientProcess(Process):
         client manager: the stored channel, if it holds a complete re-anchor and is open."""
         conn = self.conn
         live = conn.client.record if conn is not None and not conn.client_done else None
-        if live is not None and live.channel_id == record.channel_id:
+        if conn is not None and live is not None and live.channel_id == record.channel_id:
+            lock, self.lagging = self.lagging, None  # as Channel.promote_lagging
+            if lock is not None and self.sees_confirmed(lock.record):
+                self.run(conn, [lock])
+            else:
+                self.lagging = lock
             return
         self.promote_stored(record.channel_id, 0)
+
+    def answer_offer(self, propose: bool, top_up: int, time_window: int) -> None:
+        """Our autopilot answers the server's unasked payout: its own proposal, or the
+        payout signed alone."""
+        conn, self.offered = self.offered, None
+        if conn is None or conn is not self.conn or conn.client_done:
+            return
+        try:
+            effects = (conn.client.reanchor(top_up, time_window, self.now()) if propose
+                       else conn.client.accept_offer())
+        except LocalProtocolError:
+            return  # one in flight meanwhile: the application is told no
+        self.run(conn, effects)
 
     def run(self, conn: Connection, effects: list[Effect]) -> None:
         """Carry out effects in order, as the service's Channel._run does."""
@@ -614,6 +639,10 @@ class ClientProcess(Process):
                     effects = machine.reanchor_confirmed(reanchor.promoted(record))
                     assert machine.record is not None  # stored, then the machine's effects
                     queue[:0] = [StoreChannel(machine.record), *effects]
+                case ReanchorLocked():  # our node lags: the watcher moves it (promote)
+                    self.lagging = effect
+                case ReanchorOffered():
+                    self.offered = conn
                 case ResumeRefused(txid):
                     self.unresumable.add(txid)
                 case ChannelOpened(record, resumed) if not resumed and self.node_up:
