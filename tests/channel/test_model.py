@@ -93,8 +93,8 @@ class ChannelModel(RuleBasedStateMachine):
           window=st.sampled_from([5 * HOUR, 24 * HOUR - 60]),
           value=st.sampled_from([100_000, 150_000]), autopilot=st.booleans(),
           flow=st.booleans())
-    def open_channel(self, version: int, window: int, value: int, autopilot: bool,
-                     flow: bool) -> None:
+    def open_channel(self, version: int, window: int, value: int, flow: bool,
+                     autopilot: bool = False) -> None:
         self.act(lambda: self.world.client.open(version, window, value, autopilot))
         self.let_flow(flow)
 
