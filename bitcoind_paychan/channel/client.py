@@ -193,6 +193,8 @@ class ClientChannel(ClientReanchoring, ProtocolMachine):
         self._wish = None
         self._funding = None
         self._offered = None
+        self._funding_refused = False
+        self._crossed = False
         self.handlers: dict[int, Handler] = {
             T.SERVER_VERSION: self._on_server_version,
             T.INITIATE: self._on_initiate,

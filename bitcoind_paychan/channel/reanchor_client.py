@@ -47,6 +47,8 @@ class ClientReanchoring:
     # None: we asked for nothing
     _funding: tuple[rules.Terms, Transaction] | None  # terms and draft awaiting the wallet
     _offered: rules.Terms | None  # the server's unasked payout, awaiting our autopilot
+    _funding_refused: bool  # the server refused while our wallet funded: its answer ends it
+    _crossed: bool  # our PROPOSE's renewal met one quote keeping the expiry already
 
     def _machine(self) -> ClientChannel:
         return self  # type: ignore[return-value]
@@ -85,11 +87,12 @@ class ClientReanchoring:
                 f"channel {record.channel_id} holds a refused re-anchor its server could still "
                 "complete; it must be known dead (a top-up input spent, or the contract spent "
                 "otherwise) before another is signed, or C' could not be found to refund it")
-        if record.pending is not None or self._funding:
+        if record.pending is not None or self._funding or self._funding_refused:
             raise LocalProtocolError(f"channel {record.channel_id} has a re-anchor in flight")
         cap = machine.policy.max_fee_rate
         machine.now = max(machine.now, now)
         self._offered = None  # our own proposal's answer pays any payout offered too
+        self._crossed = False
         self._wish = (top_up, time_window, cap if fee_estimate is None
                       else reanchor_rate_ceiling(fee_estimate, cap))
         return [Send(messages.reanchor_propose(top_up, time_window))]
@@ -103,20 +106,21 @@ class ClientReanchoring:
             raise RemoteProtocolError("re-anchor terms on a channel that did not negotiate "
                                       "re-anchoring")
         wish, self._wish = self._wish, None
-        if not self._paying() or self._funding or record.pending is not None:
+        if self._busy(record):
             return []  # closing, or one in flight or refused: the quote binds nobody
         body = message.reanchor_terms
         terms = rules.Terms(body.expire_time_secs, body.payout, body.payout_script,
                                body.fee_rate)
         renews = terms.expiry != record.contract.expiry
-        if (wish is not None and wish[1] and not renews
+        if (wish is not None and wish[1] and not renews and not self._crossed
                 and machine.now + wish[1] > record.contract.expiry):
-            # We asked for a renewal; a quote that keeps the expiry is the server's unasked
-            # payout crossing our PROPOSE on the wire: its answer to ours comes next (a
-            # quote we would decline anyway ends it now).
+            # We asked for a renewal; the first quote that keeps the expiry is taken for the
+            # server's unasked payout crossing our PROPOSE on the wire: its answer to ours
+            # comes next (a second such quote is that answer: a renewal it capped; a quote
+            # we would decline anyway ends it now).
             if why := self._declined(record, terms, wish):
                 return [ReanchorEnded(record.channel_id, why)]
-            self._wish = wish
+            self._wish, self._crossed = wish, True
             return []
         if wish is None and renews:
             # Unasked: only a payout the server pays (a partial settlement) is signed; a
@@ -150,10 +154,15 @@ class ClientReanchoring:
     def _on_accept_offer(self) -> list[Effect]:
         terms, self._offered = self._offered, None
         record = self._machine()._stored()
-        if (terms is None or not self._paying() or self._funding
-                or record.pending is not None):
+        if terms is None or self._busy(record):
             return []  # superseded by our own proposal, closing, or one in flight
         return self._take_terms(record, terms, None)
+
+    def _busy(self, record: ChannelRecord) -> bool:
+        """No quote can be taken now: closing, or a re-anchor in flight (being funded, a
+        refused one's funding still in the wallet, or pending)."""
+        return (not self._paying() or self._funding is not None or self._funding_refused
+                or record.pending is not None)
 
     def _take_terms(self, record: ChannelRecord, terms: rules.Terms,
                     wish: tuple[int, int, int] | None) -> list[Effect]:
@@ -184,6 +193,9 @@ class ClientReanchoring:
         return machine._input(Input.REANCHOR_FUNDED, self._on_reanchor_unfunded, why)
 
     def _on_reanchor_unfunded(self, why: str) -> list[Effect]:
+        if self._funding_refused:  # ended already: the server refused meanwhile
+            self._funding_refused = False
+            return []
         if self._funding is None:
             raise LocalProtocolError("no re-anchor is being funded")
         self._funding = None
@@ -196,16 +208,23 @@ class ClientReanchoring:
         machine = self._machine()
         funding, self._funding = self._funding, None
         record = machine._stored()
+        if funding is None and self._funding_refused:
+            self._funding_refused = False
+            return [ReanchorEnded(record.channel_id, "the server refused while our wallet "
+                                  "funded the top-up; nothing was signed", funded)]
         if funding is None:
             raise LocalProtocolError("no re-anchor is being funded")
         terms, draft = funding
         if not self._paying():
             return [ReanchorEnded(record.channel_id, f"the channel is {machine.state.value}"
                                   "; nothing was signed", funded)]
-        rules.check_funded(draft, funded)
         if not record.contract.kind.reanchor_needs_spent:
             spent = ()  # its signatures commit to no other input's output
-        rules.check_spent(record.contract, funded, spent, LocalProtocolError)
+        try:
+            rules.check_funded(draft, funded)
+            rules.check_spent(record.contract, funded, spent, LocalProtocolError)
+        except LocalProtocolError as exc:  # our wallet's answer is not what we asked for
+            return [ReanchorEnded(record.channel_id, f"{exc}; nothing was signed", funded)]
         return self._sign_reanchor(record, terms, funded, spent)
 
     def _sign_reanchor(self, record: ChannelRecord, terms: rules.Terms, tx: Transaction,
@@ -261,6 +280,9 @@ class ClientReanchoring:
         machine = self._machine()
         record = machine._stored()
         why = message.reanchor_refused.explanation or "no reason given"
+        self._wish = None  # answered: a later quote is not this PROPOSE's answer
+        if self._funding is not None:  # our wallet is funding it: its answer ends it
+            self._funding, self._funding_refused = None, True
         pending = record.pending
         if pending is None or pending.complete or pending.refused:
             return [ReanchorEnded(record.channel_id, f"the server refused: {why}")]

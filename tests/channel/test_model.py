@@ -135,10 +135,21 @@ class ChannelModel(RuleBasedStateMachine):
 
     @precondition(lambda self: self.client_connected())
     @rule(top_up=st.sampled_from([0, 100_000]), window=st.sampled_from([0, 24 * HOUR]),
-          flow=st.booleans())
-    def client_reanchors(self, top_up: int, window: int, flow: bool) -> None:
-        """Issue 23: a top-up and/or a renewal (the server adds a payout of what it acked)."""
+          flow=st.booleans(), wallet_later=st.booleans())
+    def client_reanchors(self, top_up: int, window: int, flow: bool,
+                         wallet_later: bool = False) -> None:
+        """Issue 23: a top-up and/or a renewal (the server adds a payout of what it acked);
+        with `wallet_later`, the wallet's funding answers when `wallet_answers` says."""
+        self.world.client.defer_funding = wallet_later
         self.act(lambda: self.world.client.reanchor(top_up, window))
+        self.let_flow(flow)
+
+    @precondition(lambda self: self.world.client.funding is not None)
+    @rule(fail=st.booleans(), flow=st.booleans())
+    def wallet_answers(self, fail: bool, flow: bool) -> None:
+        """The wallet funds the top-up (or has no coins) after messages went on meanwhile:
+        a refusal, a close, a lost connection."""
+        self.act(lambda: self.world.client.answer_funding(fail))
         self.let_flow(flow)
 
     @precondition(lambda self: self.world.client.offered is not None)

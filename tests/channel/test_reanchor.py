@@ -849,8 +849,9 @@ def test_a_wallet_that_changes_the_drafts_outputs_or_uses_legacy_coins_is_refuse
     assert isinstance(fund, FundReanchor)
     funded, spent = reanchor_funding(fund, VALUE)
     richer = replace(funded, outputs=(replace(funded.outputs[0], value=1), *funded.outputs[1:]))
-    with pytest.raises(LocalProtocolError, match="changed the re-anchor"):
-        pump.client.reanchor_funded(richer, spent)
+    (ended,) = pump.client.reanchor_funded(richer, spent)
+    assert isinstance(ended, ReanchorEnded) and "changed the re-anchor" in ended.reason
+    assert ended.tx == richer  # its coins to release
     assert rec(pump.client).pending is None  # nothing signed, nothing stored
 
 
@@ -868,6 +869,63 @@ def test_funding_that_arrives_after_the_channel_closed_signs_nothing_and_release
     (ended,) = effects
     assert isinstance(ended, ReanchorEnded) and ended.tx is not None  # its coins to release
     assert rec(pump.client).pending is None
+
+
+def test_a_refusal_read_while_our_wallet_funds_ends_it_and_the_funding_is_released(
+        version: int) -> None:
+    """The server's REANCHOR_REFUSED is read while our wallet funds the top-up (the service
+    funds beside the reader): the exchange ends there, and the funding, when it comes, is
+    not signed but handed back for release; no other re-anchor starts before it came."""
+    pump = opened(version)
+    pump.client.reanchor(300_000, 0, NOW)
+    (fund,) = quoted(pump, False)
+    assert isinstance(fund, FundReanchor)
+    (ended,) = pump.client.receive(wire(messages.reanchor_refused("busy")))
+    assert isinstance(ended, ReanchorEnded) and "busy" in ended.reason
+    with pytest.raises(LocalProtocolError, match="in flight"):
+        pump.client.reanchor(0, 2 * DAY, NOW)
+    assert quoted(pump, False) == []  # nor is a quote taken meanwhile
+    funded, spent = reanchor_funding(fund, VALUE)
+    (released,) = pump.client.reanchor_funded(funded, spent)
+    assert isinstance(released, ReanchorEnded) and released.tx == funded
+    assert rec(pump.client).pending is None
+    assert [m.type for m in sends(pump.client.reanchor(0, 2 * DAY, NOW))] == [
+        T.REANCHOR_PROPOSE]
+
+
+def test_a_refusal_read_while_the_wallet_fails_ends_it_once(version: int) -> None:
+    pump = opened(version)
+    pump.client.reanchor(300_000, 0, NOW)
+    quoted(pump, False)
+    pump.client.receive(wire(messages.reanchor_refused("busy")))
+    assert pump.client.reanchor_unfunded("Insufficient funds") == []  # ended already
+    assert [m.type for m in sends(pump.client.reanchor(0, 2 * DAY, NOW))] == [
+        T.REANCHOR_PROPOSE]
+
+
+def test_a_refusal_clears_our_proposal_so_a_later_quote_is_not_its_answer(
+        version: int) -> None:
+    """After REANCHOR_REFUSED, the server's later unasked payout is an unasked payout: not
+    swallowed as a crossing quote, nor funded as the refused top-up's answer."""
+    pump = opened(version)
+    pump.client.reanchor(300_000, 2 * DAY, NOW)
+    pump.client.receive(wire(messages.reanchor_refused("not now")))
+    effects = quoted(pump, False)  # C's expiry: an unasked payout
+    assert [m.type for m in sends(effects)] == [T.REANCHOR_SIGNED]  # no FundReanchor
+    pending = rec(pump.client).pending
+    assert pending is not None and len(Transaction.parse(pending.tx).inputs) == 1
+
+
+def test_a_second_quote_keeping_the_expiry_is_our_renewals_capped_answer(
+        version: int) -> None:
+    """Only the first expiry-keeping quote after our PROPOSE is taken for a crossing one: a
+    server that caps the renewal (its max_time_window) answers with the expiry kept, and
+    that answer is signed rather than waited past for ever."""
+    pump = opened(version)
+    pump.client.reanchor(0, 2 * DAY, NOW)
+    assert quoted(pump, False) == []  # the crossing quote
+    effects = quoted(pump, False)  # the answer: the expiry kept
+    assert [m.type for m in sends(effects)] == [T.REANCHOR_SIGNED]
 
 
 def test_a_refused_r_blocks_another_until_it_is_known_dead(version: int) -> None:

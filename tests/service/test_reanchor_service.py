@@ -491,6 +491,29 @@ def test_the_client_moves_to_the_new_contract_on_its_own_nodes_word(
     assert promoted.change == stored.pending.change
 
 
+def test_a_top_up_our_wallet_cannot_fund_is_refused_at_once_and_the_channel_goes_on(
+        mem_sides: MemSides) -> None:
+    """The wallet funds a top-up beside the connection's reader; when it cannot (60 BTC
+    asked of a 50 BTC wallet), `reanchor` is told at once, not after its timeout with the
+    connection dropped (no message from the server would have woken it)."""
+    async def scenario() -> tuple[bool, ChannelRecord]:
+        manager, client, channel, carried = await carried_channel(mem_sides)
+        carried.hold = False
+        with pytest.raises(ReanchorRefused, match="could not fund"):
+            await channel.reanchor(top_up=60 * 100_000_000, timeout=30)
+        connected = channel.connected
+        await channel.pay(1_000)  # the channel goes on, and may re-anchor again
+        signed = await channel.reanchor(time_window=2 * DAY)
+        await client.stop()
+        await manager.stop()
+        return connected, signed
+
+    connected, signed = asyncio.run(scenario())
+    assert connected and signed.pending is not None and signed.pending.complete
+    assert len(Transaction.parse(signed.pending.tx).inputs) == 1
+    assert not mem_sides.client_node.wallet.locked  # nothing stays locked
+
+
 @pytest.mark.parametrize("top_up", [0, 50_000])
 def test_a_live_channel_whose_node_lagged_the_servers_lock_moves_once_r_is_buried(
         mem_sides: MemSides, top_up: int) -> None:

@@ -8,7 +8,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from functools import partial
 from typing import Protocol
 
@@ -74,6 +74,10 @@ REPROPOSE_AFTER = 60.0  # s before the autopilot asks again for a re-anchor that
 USED_UP = (ClientState.CLOSE_AFTER_ACK, ClientState.CLOSING)  # no more payments: closing
 
 
+class _Woken(Exception):
+    """Background work reported while a reader waited for a message."""
+
+
 class Manager(Protocol):
     """What a channel asks of its ClientManager."""
 
@@ -89,6 +93,7 @@ class Manager(Protocol):
     watcher: ChainWatcher
     events: ClientEvents
     on_peer_error: Callable[[PeerError], object] | None
+    background: set[asyncio.Task[None]]  # channels' re-anchoring work: awaited by stop()
 
 
 class Channel:
@@ -116,7 +121,8 @@ class Channel:
         self._server_error: PeerError | None = None  # the ERROR the server ended with
         # The autopilot's last wish: (not again before, the generation it was made on).
         self._proposed = (0.0, -1)
-        self._background: set[asyncio.Task[None]] = set()  # a top-up being funded
+        self._woken = asyncio.Event()  # background work ended: `reanchor()` looks again
+        self._working = 0  # background work in flight (started by this connection's reader)
         self._lagging: ReanchorLocked | None = None  # the server's lock our node lagged
 
     @property
@@ -249,8 +255,10 @@ class Channel:
                                                 estimate):
                 assert isinstance(effect, Send)  # REANCHOR_PROPOSE, in turn with payments
                 self._post(effect.message)
-            # Payments go on while the server quotes and checks: this waits on their reads.
-            ended = await self._until((ReanchorSigned, ReanchorEnded), timeout)
+            # Payments go on while the server quotes and checks: this waits on their reads,
+            # and wakes when the wallet's funding ends with no message from the server.
+            ended = await self._until((ReanchorSigned, ReanchorEnded), timeout,
+                                      woken=self._woken)
         finally:
             self._reanchoring = False
         if isinstance(ended, ReanchorEnded):
@@ -313,40 +321,55 @@ class Channel:
         funded = await self._deposited() if policy.refill_below else record.value
         return client_wish(policy, record, int(now), funded)
 
-    async def _answer_offer(self) -> list[Effect]:
+    async def _answer_offer(self) -> None:
         """The server quoted a payout unasked (ReanchorOffered): our autopilot proposes its
         own top-up or renewal instead when one is due (the server's answer pays the payout
-        too, in one R), else the payout alone is signed."""
+        too, in one R), else the payout alone is signed (`accept_offer` checks it again)."""
         record, now = self.record, self.client.clock()
-        wish = await self._autopilot_wish(record, now)
-        if wish is not None:
-            try:
+        effects: list[Effect] | None = None
+        try:
+            wish = await self._autopilot_wish(record, now)
+            if wish is not None:
                 estimate = await self.client.watcher.fee_rate()
                 effects = self.machine.reanchor(*wish, int(now), estimate)
-            except (NodeError, LocalProtocolError) as exc:
-                log.info("the autopilot signs the server's payout on channel %s alone: %s",
-                         record.channel_id, exc)
-            else:
                 self._proposed = (now + REPROPOSE_AFTER, record.generation)
-                return effects
-        return self.machine.accept_offer()
+        except (NodeError, StoreError, LocalProtocolError) as exc:
+            log.info("the autopilot signs the server's payout on channel %s alone: %s",
+                     record.channel_id, exc)
+        await self._run(effects if effects is not None else self.machine.accept_offer())
 
-    def _fund_in_background(self, effect: FundReanchor) -> None:
-        """The wallet funds a top-up while payments go on: the connection's reader (which
-        may hold the payment lock) never waits for it. Its answer, or the wallet's failure,
-        goes to the machine when it comes."""
-        async def fund() -> None:
+    async def _fund_reanchor(self, effect: FundReanchor) -> None:
+        """The wallet funds a top-up; its answer, or its failure, goes to the machine."""
+        try:
+            effects = await fund_reanchor(self.client.wallet, self.client.chain,
+                                          self.machine, effect)
+        except PaychanError as exc:
+            log.warning("channel %s: our wallet did not fund the re-anchor: %s",
+                        self.machine.peer, exc)
+            effects = self.machine.reanchor_unfunded(str(exc))
+        await self._run(effects)
+
+    def _in_background(self, work: Coroutine[object, object, None]) -> None:
+        """Re-anchoring work that waits on the wallet, the store or the node, done beside
+        the connection's reader (which may hold the payment lock), so acknowledgements keep
+        flowing. Its events wake a `reanchor()` waiting for them; an unexpected failure
+        ends the connection (the channel stays stored; a resume goes on from the store)."""
+        async def guarded() -> None:
             try:
-                effects = await fund_reanchor(self.client.wallet, self.client.chain,
-                                              self.machine, effect)
-            except PaychanError as exc:
-                log.warning("channel %s: %s", self.channel_id, exc)
-                effects = self.machine.reanchor_unfunded(str(exc))
-            await self._run(effects)
+                await work
+            except Exception:
+                log.exception("re-anchoring on channel %s failed; hanging up",
+                              self.machine.peer)
+                await self.disconnect()
+            finally:
+                self._working -= 1
+                self._woken.set()
 
-        task = asyncio.ensure_future(fund())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._working += 1
+
+        task = asyncio.ensure_future(guarded())
+        self.client.background.add(task)
+        task.add_done_callback(self.client.background.discard)
 
     def _spent(self) -> bool:
         """No payment can go through any more: closing, or nothing left (change below dust
@@ -430,11 +453,6 @@ class Channel:
             self._lagging = None
             await self._run(moved)
 
-    async def settled(self) -> None:
-        """Wait for the background work of this channel (a top-up being funded) to end."""
-        while self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
-
     # -- driving the machine ---------------------------------------------------------------
 
     async def _handshake(self) -> VersionRefused | ChannelClosed | ResumeRefused | None:
@@ -492,21 +510,26 @@ class Channel:
                 "node's mempool; its coins are released to the wallet (the record is kept as "
                 "failed, in case the contract appears on chain after all)")
 
-    async def _until(self, wanted: type | tuple[type, ...], timeout: float | None = None
-                     ) -> Effect:
-        """Read and handle messages until the machine reports a `wanted` event."""
+    async def _until(self, wanted: type | tuple[type, ...], timeout: float | None = None,
+                     woken: asyncio.Event | None = None) -> Effect:
+        """Read and handle messages until the machine reports a `wanted` event (which
+        background work may report too: it sets `woken`)."""
         while True:
             for event in self._events:
                 if isinstance(event, wanted):
                     self._events.remove(event)
                     return event
             await self._read_one(lambda: any(isinstance(e, wanted) for e in self._events),
-                                 timeout)
+                                 timeout, woken)
 
-    async def _read_one(self, done: Callable[[], bool], timeout: float | None = None) -> None:
-        """Read and handle one message, unless `done()` became true while another task read;
-        ChannelFailed if the connection is over."""
+    async def _read_one(self, done: Callable[[], bool], timeout: float | None = None,
+                        woken: asyncio.Event | None = None) -> None:
+        """Read and handle one message, unless `done()` became true while another task read
+        (or, with `woken`, while this one waited); ChannelFailed if the connection is
+        over."""
         async with self._reading:
+            if woken is not None:
+                woken.clear()
             if done():
                 return
             for event in self._events:
@@ -518,7 +541,11 @@ class Channel:
             if self.machine.state is ClientState.CLOSED:
                 raise ChannelFailed(self._ended())
             try:
-                message = await self.stream.receive(timeout)
+                message = await (self.stream.receive(timeout) if woken is None
+                                 or not self._working
+                                 else self._receive_unless(woken, timeout))
+            except _Woken:
+                return  # the caller looks at its events again
             except RemoteProtocolError as exc:
                 self.machine.connection_lost()
                 await self.stream.close()
@@ -527,6 +554,24 @@ class Channel:
                 await self._run(self.machine.connection_lost())
                 return
             await self._run(self.machine.receive(message, int(self.client.clock())))
+
+    async def _receive_unless(self, woken: asyncio.Event, timeout: float | None
+                              ) -> pb.TwoWayChannelMessage | None:
+        """The next message, or _Woken once `woken` is set first (the streams' receive
+        takes nothing from the connection until a whole message is there, so cancelling
+        it loses none)."""
+        receiving = asyncio.ensure_future(self.stream.receive(timeout))
+        waking = asyncio.ensure_future(woken.wait())
+        try:
+            await asyncio.wait((receiving, waking), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waking.cancel()
+            if not receiving.done():
+                receiving.cancel()
+            await asyncio.wait((receiving,))
+        if receiving.cancelled():
+            raise _Woken
+        return receiving.result()
 
     async def _stored(self) -> ChannelRecord | None:
         return await asyncio.to_thread(self.client.store.get, Role.CLIENT, self.channel_id)
@@ -642,9 +687,9 @@ class Channel:
                 case FundContract(script, value):
                     queue[:0] = await self._fund(script, value)
                 case FundReanchor():
-                    self._fund_in_background(effect)
+                    self._in_background(self._fund_reanchor(effect))
                 case ReanchorOffered():
-                    queue[:0] = await self._answer_offer()
+                    self._in_background(self._answer_offer())
                 case ReanchorLocked():
                     moved = await reanchor_locked(self.client.chain, self.machine, effect,
                                                   self.client.watcher.policy.forget_depth)

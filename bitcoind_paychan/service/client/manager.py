@@ -147,6 +147,7 @@ class ClientManager:
         self.watcher.promote_depth = self.watcher.policy.forget_depth
         self.watcher.reanchor_ended = self._reanchor_dead
         self._released: set[str] = set()  # dead re-anchors whose coins were released
+        self.background: set[asyncio.Task[None]] = set()  # channels' re-anchoring work
         self._started = False
 
     @property
@@ -175,7 +176,8 @@ class ClientManager:
         for channel in list(self.live.values()):
             if channel.connected:
                 await channel.disconnect()
-            await channel.settled()  # a top-up being funded: its coins locked or released
+        while self.background:  # a top-up being funded: its coins locked or released
+            await asyncio.gather(*self.background, return_exceptions=True)
         if self._started:
             self._started = False
             await self.watcher.stop()

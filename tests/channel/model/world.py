@@ -500,6 +500,8 @@ class ClientProcess(Process):
         self.unresumable: set[str] = set()
         self.acked: dict[str, int] = {}  # contract txid → lowest change the server acked
         self.offered: Connection | None = None  # an unasked payout awaits our autopilot
+        self.defer_funding = False  # the wallet answers FundReanchor later (as the service,
+        self.funding: tuple[Connection, FundReanchor] | None = None  # beside the reader)
         self.lagging: ReanchorLocked | None = None  # the server's lock our node lagged
 
     def resumable(self) -> ChannelRecord | None:
@@ -620,17 +622,10 @@ class ClientProcess(Process):
                         self.world.close_end(conn, Role.CLIENT)
                         return
                     queue[:0] = machine.contract_funded(self.world.funding_tx(script, value))
-                case FundReanchor(draft, _, rate):  # a wallet coin of 300,000 sat, change
-                    coin = TxIn(self.world.fresh_outpoint(), b"", 0xFFFFFFFD,
-                                (bytes(71), bytes(33)))
-                    self.chain.coins[coin.prevout] = TxOut(300_000, PAYOUT)
-                    assert machine.record is not None
-                    change = (machine.record.value + 300_000 - sum(o.value for o in draft.outputs)
-                              - -(-rate * (draft.vsize + 250) // 1000))
-                    queue[:0] = machine.reanchor_funded(Transaction(
-                        draft.version, (*draft.inputs, coin), (*draft.outputs,
-                                                               TxOut(change, PAYOUT)), 0),
-                        (self.chain.coins[coin.prevout],))  # v4 signs over what it spends
+                case FundReanchor() if self.defer_funding:
+                    self.funding = (conn, effect)
+                case FundReanchor():
+                    queue[:0] = self.funded(machine, effect)
                 case Send(message):
                     self.world.checks.client_sends(self.store, machine.record, message)
                     if not conn.client_done:
@@ -653,6 +648,29 @@ class ClientProcess(Process):
                     self.world.close_end(conn, Role.CLIENT)
                     return
 
+    def funded(self, machine: ClientChannel, effect: FundReanchor) -> list[Effect]:
+        """The wallet's answer: a coin of 300,000 sat and change."""
+        draft, rate = effect.draft, effect.fee_rate
+        coin = TxIn(self.world.fresh_outpoint(), b"", 0xFFFFFFFD, (bytes(71), bytes(33)))
+        self.chain.coins[coin.prevout] = TxOut(300_000, PAYOUT)
+        assert machine.record is not None
+        change = (machine.record.value + 300_000 - sum(o.value for o in draft.outputs)
+                  - -(-rate * (draft.vsize + 250) // 1000))
+        return machine.reanchor_funded(Transaction(
+            draft.version, (*draft.inputs, coin), (*draft.outputs, TxOut(change, PAYOUT)), 0),
+            (self.chain.coins[coin.prevout],))  # v4 signs over what it spends
+
+    def answer_funding(self, fail: bool) -> None:
+        """The wallet answers a FundReanchor it was handed earlier (meanwhile messages went
+        on): funded, or failed (no coins)."""
+        held, self.funding = self.funding, None
+        if held is None or not self.up:
+            return
+        conn, effect = held
+        machine = conn.client
+        self.run(conn, machine.reanchor_unfunded("no coins") if fail
+                 else self.funded(machine, effect))
+
     def sees_confirmed(self, record: ChannelRecord) -> bool:
         """As the service's `reanchor_locked`: our own node shows the server's R confirmed,
         a top-up R forget_depth deep (`reanchor.promotion_depth`; else the channel stays on
@@ -672,6 +690,7 @@ class ClientProcess(Process):
         if self.conn is not None:
             self.world.close_end(self.conn, Role.CLIENT, crashed=True)
         self.conn = None
+        self.funding = self.offered = self.lagging = None  # the process's memory is gone
 
 
 class World:
