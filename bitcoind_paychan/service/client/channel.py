@@ -10,7 +10,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from functools import partial
-from typing import Protocol
+from typing import Literal, Protocol
 
 from bitcoind_paychan.bitcoin.network import Network
 from bitcoind_paychan.bitcoin.tx import Transaction
@@ -72,10 +72,6 @@ log = logging.getLogger("bitcoind_paychan.service.client")
 PAY_TIMEOUT = 60.0  # seconds `pay` waits for its PAYMENT_ACK by default
 REPROPOSE_AFTER = 60.0  # s before the autopilot asks again for a re-anchor that did not happen
 USED_UP = (ClientState.CLOSE_AFTER_ACK, ClientState.CLOSING)  # no more payments: closing
-
-
-class _Woken(Exception):
-    """Background work reported while a reader waited for a message."""
 
 
 class Manager(Protocol):
@@ -541,11 +537,10 @@ class Channel:
             if self.machine.state is ClientState.CLOSED:
                 raise ChannelFailed(self._ended())
             try:
-                message = await (self.stream.receive(timeout) if woken is None
-                                 or not self._working
-                                 else self._receive_unless(woken, timeout))
-            except _Woken:
-                return  # the caller looks at its events again
+                if woken is None or not self._working:
+                    message = await self.stream.receive(timeout)
+                elif (message := await self._receive_unless(woken, timeout)) is False:
+                    return  # woken: the caller looks at its events again
             except RemoteProtocolError as exc:
                 self.machine.connection_lost()
                 await self.stream.close()
@@ -556,10 +551,10 @@ class Channel:
             await self._run(self.machine.receive(message, int(self.client.clock())))
 
     async def _receive_unless(self, woken: asyncio.Event, timeout: float | None
-                              ) -> pb.TwoWayChannelMessage | None:
-        """The next message, or _Woken once `woken` is set first (the streams' receive
-        takes nothing from the connection until a whole message is there, so cancelling
-        it loses none)."""
+                              ) -> pb.TwoWayChannelMessage | Literal[False] | None:
+        """The next message (None: the peer left), or False once `woken` is set first (the
+        streams' receive takes nothing from the connection until a whole message is
+        there, so cancelling it loses none)."""
         receiving = asyncio.ensure_future(self.stream.receive(timeout))
         waking = asyncio.ensure_future(woken.wait())
         try:
@@ -570,7 +565,7 @@ class Channel:
                 receiving.cancel()
             await asyncio.wait((receiving,))
         if receiving.cancelled():
-            raise _Woken
+            return False
         return receiving.result()
 
     async def _stored(self) -> ChannelRecord | None:
