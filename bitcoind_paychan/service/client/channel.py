@@ -537,18 +537,19 @@ class Channel:
             if self.machine.state is ClientState.CLOSED:
                 raise ChannelFailed(self._ended())
             try:
-                if woken is None or not self._working:
-                    message = await self.stream.receive(timeout)
-                elif (message := await self._receive_unless(woken, timeout)) is False:
-                    return  # woken: the caller looks at its events again
+                received = await (self.stream.receive(timeout) if woken is None
+                                  or not self._working
+                                  else self._receive_unless(woken, timeout))
             except RemoteProtocolError as exc:
                 self.machine.connection_lost()
                 await self.stream.close()
                 raise ChannelFailed(f"{self.machine.peer}: {exc}") from exc
-            if message is None:
+            if received is False:
+                return  # woken: the caller looks at its events again
+            if received is None:
                 await self._run(self.machine.connection_lost())
                 return
-            await self._run(self.machine.receive(message, int(self.client.clock())))
+            await self._run(self.machine.receive(received, int(self.client.clock())))
 
     async def _receive_unless(self, woken: asyncio.Event, timeout: float | None
                               ) -> pb.TwoWayChannelMessage | Literal[False] | None:
