@@ -41,23 +41,29 @@ def say(event: str, **fields: Any) -> None:
 
 
 class HoldingBroadcaster(MiningBroadcaster):
-    """Stops before (or after) its Nth broadcast until a file appears."""
+    """Stops before (or after) the broadcast of its Nth distinct transaction until a file
+    appears. A rebroadcast (the watcher's, of an unconfirmed contract) does not count: the
+    Nth is the same transaction whenever the watcher runs."""
 
     def __init__(self, node: AsyncBitcoind, gate: Path, before: int, after: int) -> None:
         super().__init__(node, node)
-        self.gate, self.before, self.after, self.count = gate, before, after, 0
+        self.gate, self.before, self.after = gate, before, after
+        self.seen: list[str] = []
 
     async def broadcast(self, tx: Transaction) -> str:
-        self.count += 1
-        if self.count == self.before:
-            await self._hold("before", tx)
+        new = tx.txid_hex not in self.seen
+        if new:
+            self.seen.append(tx.txid_hex)
+        count = len(self.seen) if new else -1  # never a hold (0: none asked)
+        if count == self.before:
+            await self._hold("before", tx, count)
         txid = await super().broadcast(tx)
-        if self.count == self.after:
-            await self._hold("after", tx)
+        if count == self.after:
+            await self._hold("after", tx, count)
         return txid
 
-    async def _hold(self, when: str, tx: Transaction) -> None:
-        say("holding", when=when, n=self.count, txid=tx.txid_hex)
+    async def _hold(self, when: str, tx: Transaction, count: int) -> None:
+        say("holding", when=when, n=count, txid=tx.txid_hex)
         while not self.gate.exists():
             await asyncio.sleep(0.05)
 
