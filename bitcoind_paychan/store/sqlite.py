@@ -98,7 +98,18 @@ class SQLiteStore(SQLStore):
 
     def _store_payments(self, conn: Session, batch: Sequence[Payment]
                         ) -> list[StoreError | None]:
-        return [_record_one(conn, *payment) for payment in batch]
+        """A channel's consecutive payments (one connection's pipelined batch) update its row
+        once; every log entry of the batch is appended by one executemany."""
+        outcomes: list[StoreError | None] = []
+        log: list[tuple[str, str, int, int, int, bytes]] = []
+        for run in _runs(batch):
+            if len(run) > 1 and _record_run(conn, run, log):
+                outcomes += [None] * len(run)
+            else:
+                outcomes += [_record_one(conn, *payment, log) for payment in run]
+        if log:
+            conn.executemany(LOG, log)
+        return outcomes
 
     @property
     def is_open(self) -> bool:
@@ -152,14 +163,47 @@ class SQLiteStore(SQLStore):
                 raise
 
 
-def _record_one(conn: Session, record: ChannelRecord, amount: int,
-                info: bytes) -> StoreError | None:
+LogRow = tuple[str, str, int, int, int, bytes]
+
+
+def _runs(batch: Sequence[Payment]) -> Iterator[Sequence[Payment]]:
+    """`batch` cut into runs of consecutive payments on one channel, each paying more than
+    the one before (a lone payment is a run of one)."""
+    start = 0
+    for at in range(1, len(batch) + 1):
+        if at == len(batch) or not _follows(batch[at - 1][0], batch[at][0]):
+            yield batch[start:at]
+            start = at
+
+
+def _follows(before: ChannelRecord, after: ChannelRecord) -> bool:
+    return (after.contract_txid == before.contract_txid and after.role == before.role
+            and after.change < before.change)
+
+
+def _record_run(conn: Session, run: Sequence[Payment], log: list[LogRow]) -> bool:
+    """Store a run of payments on one channel with one UPDATE: guarded by the first's change,
+    it changes the row exactly when each payment's own guarded UPDATE, in turn, would. False
+    (nothing changed): the caller stores them one by one, each refused alone."""
+    first, last = run[0][0], run[-1][0]
+    role, txid = Role(last.role).value, last.contract_txid
+    if conn.execute(PAY, (last.change, last.signature, last.payments, role, txid, first.change)
+                    ).rowcount != 1:
+        return False
+    log += [(role, txid, record.payments, amount, record.change, info)
+            for record, amount, info in run]
+    return True
+
+
+def _record_one(conn: Session, record: ChannelRecord, amount: int, info: bytes,
+                log: list[LogRow]) -> StoreError | None:
     """Store one payment of a batch: its guarded UPDATE changes its row or nothing, so a
-    refusal leaves nothing to undo (no savepoint); a failing statement fails the batch."""
+    refusal leaves nothing to undo (no savepoint); a failing statement fails the batch. Its
+    log entry is added to `log` (appended at the batch's end)."""
     role, txid, change = Role(record.role).value, record.contract_txid, record.change
     if conn.execute(PAY, (change, record.signature, record.payments, role, txid, change)
                     ).rowcount == 1:
-        conn.execute(LOG, (role, txid, record.payments, amount, change, info))
+        log.append((role, txid, record.payments, amount, change, info))
         return None
     row = conn.execute(CHANGE_AND_STATUS, (role, txid)).fetchone()
     return refusal(record, *(row or (None,)))

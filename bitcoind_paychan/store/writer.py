@@ -15,31 +15,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import logging
 import queue
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from bitcoind_paychan.channel.effects import Effect, StorePayment
 from bitcoind_paychan.channel.records import ChannelRecord
 from bitcoind_paychan.store.base import ChannelStore, Payment
 from bitcoind_paychan.store.leases import FencedPayment, Lease, Leases
 
+log = logging.getLogger(__name__)
 MAX_BATCH = 512  # payments per commit (a larger hand-over is committed whole)
 IDLE_EXIT = 2.0  # seconds without work before the thread ends
 
 Outcomes = list["BaseException | None"]  # one per payment of a hand-over: None once stored
 
 
+Answer = Callable[[Outcomes], None]
+"""Told a hand-over's outcomes, on its event loop's thread, once their commit is done."""
+
+
 class _HandOver:
     """Payments handed to the writer together (under one lease, if any), answered by one
-    future (one wake-up)."""
+    call on their loop (one wake-up)."""
 
-    __slots__ = ("done", "lease", "loop", "payments")
+    __slots__ = ("answer", "lease", "loop", "payments")
 
     def __init__(self, payments: list[Payment], lease: Lease | None,
-                 loop: asyncio.AbstractEventLoop) -> None:
-        self.payments, self.lease, self.loop = payments, lease, loop
-        self.done: asyncio.Future[Outcomes] = loop.create_future()
+                 loop: asyncio.AbstractEventLoop, answer: Answer) -> None:
+        self.payments, self.lease, self.loop, self.answer = payments, lease, loop, answer
 
 
 class PaymentWriter:
@@ -70,15 +76,21 @@ class PaymentWriter:
         done = self._hand_over([(e.record, e.amount, e.info) for e in stores], lease)
         return Writes({id(e): index for index, e in enumerate(stores)}, done, self)
 
-    def _hand_over(self, payments: list[Payment], lease: Lease | None
-                   ) -> asyncio.Future[Outcomes]:
-        item = _HandOver(payments, lease, asyncio.get_running_loop())
-        self._queue.put(item)
+    def submit(self, payments: list[Payment], lease: Lease | None, answer: Answer) -> None:
+        """Hand `payments` (made under `lease`, if any) to the writer; `answer(outcomes)` is
+        called on the running loop once the commit holding them is done (or failed), in the
+        order of the hand-overs, among the loop's callbacks: no task wakes up."""
+        self._queue.put(_HandOver(payments, lease, asyncio.get_running_loop(), answer))
         with self._lock:
             if not self._running:
                 self._running = True
                 threading.Thread(target=self._work, name="payment-writer", daemon=True).start()
-        return item.done
+
+    def _hand_over(self, payments: list[Payment], lease: Lease | None
+                   ) -> asyncio.Future[Outcomes]:
+        done: asyncio.Future[Outcomes] = asyncio.get_running_loop().create_future()
+        self.submit(payments, lease, functools.partial(_resolve, done))
+        return done
 
     def _work(self) -> None:
         while True:
@@ -117,7 +129,7 @@ class PaymentWriter:
         at = 0
         for item in batch:
             answers.setdefault(item.loop, []).append(
-                (item.done, outcomes[at:at + len(item.payments)]))
+                (item.answer, outcomes[at:at + len(item.payments)]))
             at += len(item.payments)
         for loop, settled in answers.items():  # one wake-up per loop, not per payment
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
@@ -130,6 +142,15 @@ class Writes:
     def __init__(self, index: dict[int, int], done: asyncio.Future[Outcomes] | None,
                  writer: PaymentWriter) -> None:
         self._index, self._done, self._writer = index, done, writer
+
+    @classmethod
+    def answered(cls, effects: Iterable[Effect], outcomes: Outcomes, writer: PaymentWriter
+                 ) -> Writes:
+        """The writes of `effects`' StorePayments, their `outcomes` (from `submit`) known."""
+        stores = [e for e in effects if isinstance(e, StorePayment)]
+        done: asyncio.Future[Outcomes] = asyncio.get_running_loop().create_future()
+        done.set_result(outcomes)
+        return cls({id(e): index for index, e in enumerate(stores)}, done, writer)
 
     async def stored(self, effect: StorePayment, lease: Lease | None = None) -> None:
         """Return once `effect`'s payment is durable (started now, under `lease`, if it was
@@ -148,10 +169,17 @@ class Writes:
             await asyncio.wait([self._done])
 
 
-_Answer = tuple["asyncio.Future[Outcomes]", Outcomes]
+_Answer = tuple[Answer, Outcomes]
+
+
+def _resolve(done: asyncio.Future[Outcomes], outcomes: Outcomes) -> None:
+    if not done.cancelled():
+        done.set_result(outcomes)
 
 
 def _settle(answers: list[_Answer]) -> None:
-    for done, outcomes in answers:
-        if not done.cancelled():
-            done.set_result(outcomes)
+    for answer, outcomes in answers:
+        try:
+            answer(outcomes)
+        except Exception:  # one hand-over's bug must not leave the others unanswered
+            log.exception("answering a payment commit failed")
