@@ -77,6 +77,10 @@ class Tappable(Protocol):
     def untap(self) -> None:
         """Stop handing frames over."""
 
+    @property
+    def backed_up(self) -> bool:
+        """Is the peer not reading what was written (a writer would wait to drain)?"""
+
     def post_framed(self, data: bytes) -> None:
         """Write frames (length-prefixed, joined) now, unless the connection is closing."""
 

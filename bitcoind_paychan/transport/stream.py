@@ -17,6 +17,7 @@ from bitcoind_paychan.wire.framing import FrameDecoder, encode_frame
 log = logging.getLogger("bitcoind_paychan.wire.stream")  # logging.levels: `wire`, as ever
 
 READ_SIZE = 65536
+WRITE_HIGH_WATER = 64 * 1024  # bytes buffered for the peer: asyncio's default high-water mark
 PAUSE_AT = 256  # frames received and not yet handled: stop reading until they are
 CLOSE_TIMEOUT = 5.0
 """Seconds close() waits for buffered bytes to reach a peer before it aborts the socket."""
@@ -193,6 +194,12 @@ class MessageStream:
         """Stop handing frames to the tap (`run_tapped` returns)."""
         self._tap = None
         self._wake()
+
+    @property
+    def backed_up(self) -> bool:
+        """Has the peer left more unread than a drain would wait for (asyncio's high-water
+        mark)? A tap then leaves frames to the reader, whose sends drain."""
+        return self._writer.transport.get_write_buffer_size() >= WRITE_HIGH_WATER
 
     def post_framed(self, data: bytes) -> None:
         """Write frames encoded earlier now, unless the connection is closing (the caller

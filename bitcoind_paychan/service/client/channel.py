@@ -334,14 +334,27 @@ class Channel:
                 raise ChannelFailed(self._ended())
             try:
                 message = await self.stream.receive(timeout)
+                if message is None:
+                    await self._run(self.machine.connection_lost())
+                    return
+                await self._handle(message)
+                while (self.machine.state is ClientState.WAITING_FOR_ACK
+                       and (message := self.stream.receive_buffered()) is not None):
+                    await self._handle(message)  # the acks of that read (a window's)
             except RemoteProtocolError as exc:
                 self.machine.connection_lost()
                 await self.stream.close()
                 raise ChannelFailed(f"{self.machine.peer}: {exc}") from exc
-            if message is None:
-                await self._run(self.machine.connection_lost())
-                return
-            await self._run(self.machine.receive(message))
+
+    async def _handle(self, message: pb.TwoWayChannelMessage) -> None:
+        """One message from the server, handled; a pay() call's ack answered at once."""
+        effects = self.machine.receive(message)
+        if len(effects) == 1 and isinstance(ack := effects[0], PaymentAcknowledged) and (
+                self._acks):
+            self.client.events.tell(ack)
+            self._acks.popleft().set_result(ack.info)
+            return
+        await self._run(effects)
 
     async def _stored(self) -> ChannelRecord | None:
         return await asyncio.to_thread(self.client.store.get, Role.CLIENT, self.contract_txid)

@@ -78,8 +78,8 @@ class FastLane:
         """The payments leading `frames` (up to the window), checked by the machine and
         handed to the writer; how many frames were taken."""
         connection = self.connection
-        if self._deferred or not connection.fast:
-            return 0
+        if self._deferred or not connection.fast or self.stream.backed_up:
+            return 0  # the task takes them (its sends wait for a peer that does not read)
         received: list[pb.TwoWayChannelMessage] = []
         for payload in frames[:PAYMENT_WINDOW]:
             try:
