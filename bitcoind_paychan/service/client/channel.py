@@ -9,7 +9,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 from bitcoind_paychan.bitcoin.network import Network
 from bitcoind_paychan.bitcoin.tx import Transaction
@@ -48,8 +48,9 @@ from bitcoind_paychan.service.outbox import effects_in_order
 from bitcoind_paychan.service.watcher import ChainWatcher
 from bitcoind_paychan.store import ChannelStore
 from bitcoind_paychan.store.writer import PaymentWriter
-from bitcoind_paychan.transport.base import CarriedStream, Stream, encode
+from bitcoind_paychan.transport.base import CarriedStream, Stream, Tappable, encode
 from bitcoind_paychan.wire import pb
+from bitcoind_paychan.wire.framing import encode_frame
 
 # The "client" subsystem's lines (daemon/logs.py), as before the client had its package.
 log = logging.getLogger("bitcoind_paychan.service.client")
@@ -91,6 +92,7 @@ class Channel:
         self._outgoing: list[pb.TwoWayChannelMessage] = []  # payments posted, not yet written
         self._sending: asyncio.Future[None] | None = None  # the last posted payments' send
         self._server_error: PeerError | None = None  # the ERROR the server ended with
+        self._writes_now = isinstance(stream, Tappable)  # TCP: posted payments written at once
 
     @property
     def resumed(self) -> bool:
@@ -405,8 +407,14 @@ class Channel:
 
     def _flush(self) -> None:
         frames, self._outgoing = encode(self._outgoing), []
-        if self.connected:
-            self._sending = asyncio.ensure_future(self._send(self._sending, frames))
+        if not self.connected:
+            return
+        if self._writes_now and (self._sending is None or self._sending.done()):
+            # Nothing before them still draining: written now, no task (the window bounds
+            # what a server that does not read leaves in the buffer).
+            cast(Tappable, self.stream).post_framed(b"".join(map(encode_frame, frames)))
+            return
+        self._sending = asyncio.ensure_future(self._send(self._sending, frames))
 
     async def _send(self, before: asyncio.Future[None] | None, frames: list[bytes]) -> None:
         if before is not None:
