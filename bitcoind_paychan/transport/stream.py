@@ -139,17 +139,22 @@ class MessageStream:
                 ) from None
             if not self._pending:
                 return None
-        return decode_message(self._pending.popleft())
+        return decode_message(self._taken())
 
     def receive_buffered(self) -> pb.TwoWayChannelMessage | None:
         """The next message if it has already arrived whole, else None (never waits)."""
-        return decode_message(self._pending.popleft()) if self._pending else None
+        return decode_message(self._taken()) if self._pending else None
+
+    def _taken(self) -> bytes:
+        """The next pending frame, taken; reading resumes once few are left waiting."""
+        frame = self._pending.popleft()
+        if self._paused and len(self._pending) <= PAUSE_AT // 2:
+            self._paused = False
+            cast(asyncio.Transport, self._writer.transport).resume_reading()
+        return frame
 
     async def _fill(self) -> None:
         """Read until at least one payload is pending or the peer has left."""
-        if self._paused:
-            self._paused = False
-            cast(asyncio.Transport, self._writer.transport).resume_reading()
         while not self._pending:
             if self._decoder.failed:
                 self._decoder.feed(b"")  # raises the stored framing error
