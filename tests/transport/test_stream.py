@@ -36,6 +36,18 @@ def ack(info: bytes = b"") -> pb.TwoWayChannelMessage:
     )
 
 
+def sending(msgs: list[pb.TwoWayChannelMessage]) -> Handler:
+    """A raw server's handler: `msgs` in one write, then the connection held until the
+    client leaves."""
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"".join(encode_frame(encode_message(m)) for m in msgs))  # one segment
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    return handler
+
+
 @pytest.fixture(params=["reader", "protocol"])
 def fed(request: pytest.FixtureRequest) -> bool:
     """Our stream over a StreamReader, or fed by its FrameProtocol (as a TCP listener's)."""
@@ -68,14 +80,8 @@ async def client_of(handler: Handler, fed: bool = False) -> AsyncIterator[Messag
 def test_several_frames_in_one_write(fed: bool) -> None:
     msgs = [ack(bytes([i])) for i in range(5)]
 
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"".join(encode_frame(encode_message(m)) for m in msgs))  # one segment
-        await writer.drain()
-        await reader.read()  # hold the connection until the client leaves
-        writer.close()
-
     async def main() -> None:
-        async with client_of(handler, fed) as stream:
+        async with client_of(sending(msgs), fed) as stream:
             got = [await stream.receive(timeout=5) for _ in msgs]
             assert got == msgs
 
@@ -215,12 +221,6 @@ def test_send_roundtrip_and_peername() -> None:
 def test_a_tap_takes_frames_as_they_arrive_and_what_it_leaves_is_received_in_order() -> None:
     msgs = [ack(bytes([i])) for i in range(4)]
 
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"".join(encode_frame(encode_message(m)) for m in msgs))
-        await writer.drain()
-        await reader.read()
-        writer.close()
-
     async def main() -> None:
         tapped: list[bytes] = []
 
@@ -229,7 +229,7 @@ def test_a_tap_takes_frames_as_they_arrive_and_what_it_leaves_is_received_in_ord
             tapped.extend(taken)
             return len(taken)
 
-        async with client_of(handler, fed=True) as stream:
+        async with client_of(sending(msgs), fed=True) as stream:
             await stream.run_tapped(tap)
             rest = [await stream.receive(timeout=5) for _ in msgs[2:]]
         assert tapped == [encode_message(m) for m in msgs[:2]]
@@ -241,14 +241,8 @@ def test_a_tap_takes_frames_as_they_arrive_and_what_it_leaves_is_received_in_ord
 def test_a_fed_stream_stops_reading_while_too_many_frames_wait_and_loses_none() -> None:
     msgs = [ack(i.to_bytes(2, "big")) for i in range(PAUSE_AT + 50)]
 
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"".join(encode_frame(encode_message(m)) for m in msgs))
-        await writer.drain()
-        await reader.read()
-        writer.close()
-
     async def main() -> None:
-        async with client_of(handler, fed=True) as stream:
+        async with client_of(sending(msgs), fed=True) as stream:
             transport = cast(asyncio.Transport, stream._writer.transport)
             await until(lambda: not transport.is_reading(), what="the reading to pause")
             got = []
