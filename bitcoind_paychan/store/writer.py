@@ -19,6 +19,7 @@ import functools
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable
 
 from bitcoind_paychan.channel.effects import Effect, StorePayment
@@ -59,6 +60,7 @@ class PaymentWriter:
         self._running = False
         self.commits = 0  # commits made, and the payments they held (batch size = their ratio)
         self.committed = 0
+        self.cpu_s = 0.0  # the writer thread's CPU time in its commits (benchmarks read it)
 
     async def record_payment(self, record: ChannelRecord, amount: int, info: bytes = b"",
                              lease: Lease | None = None) -> None:
@@ -113,6 +115,7 @@ class PaymentWriter:
             self._commit(batch)
 
     def _commit(self, batch: list[_HandOver]) -> None:
+        started = time.thread_time()
         payments = [payment for item in batch for payment in item.payments]
         try:
             if self.leases is not None:
@@ -125,6 +128,7 @@ class PaymentWriter:
             outcomes = [e] * len(payments)
         self.commits += 1
         self.committed += len(payments)
+        self.cpu_s += time.thread_time() - started
         answers: dict[asyncio.AbstractEventLoop, list[_Answer]] = {}
         at = 0
         for item in batch:
