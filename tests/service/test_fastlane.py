@@ -17,7 +17,7 @@ from bitcoind_paychan.channel.effects import PaymentReceived
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.errors import StoreError
 from bitcoind_paychan.service.server import PaymentServer
-from bitcoind_paychan.store.leases import FencedPayment, LocalLeases
+from bitcoind_paychan.store.leases import FencedPayment, Lease, LocalLeases
 from bitcoind_paychan.transport.stream import MessageStream
 from bitcoind_paychan.wire import pb
 from regtest.waiting import until
@@ -37,6 +37,12 @@ class GatedLeases(LocalLeases):
         self.hold = threading.Event()
         self.hold.set()
         self.entered = 0
+        self.acquired = 0  # leases taken
+
+    def acquire(self, role: Role, contract_txid: str, holder: str) -> Lease:
+        lease = super().acquire(role, contract_txid, holder)
+        self.acquired += 1
+        return lease
 
     def record_payments(self, batch: Sequence[FencedPayment]) -> list[StoreError | None]:
         self.entered += 1
@@ -158,6 +164,37 @@ def test_payments_in_flight_when_the_settlement_takes_the_lease_are_never_acknow
     assert got == [None]  # hung up, nothing acknowledged
     assert record.status is ChannelStatus.CLOSING
     assert record.change == client_gets == VALUE - 1_000 - 10_000
+
+
+def test_payments_in_flight_when_the_client_resumes_elsewhere_are_never_acknowledged(
+        mem_sides: MemSides) -> None:
+    """The payments are handed to the (held) writer; the client resumes on a new connection,
+    which takes the channel's lease (the old connection is hung up); released, the old
+    connection's payments are not stored nor acknowledged, the new one's proof is."""
+    async def scenario() -> tuple[list[int | None], list[int | None], int]:
+        leases = GatedLeases(mem_sides.store("server"))
+        server = mem_sides.server(leases=leases)
+        record, port = await open_paid(mem_sides, server)
+        old = await resumed(port, record)
+        leases.hold.clear()
+        entered, acquired = leases.entered, leases.acquired
+        await old.send_many([payment(record, record.change - n * 1_000) for n in (1, 2)])
+        await until(lambda: leases.entered > entered, what="the commit to reach the gate")
+        new, answered = await resume(port, record)
+        proving = asyncio.create_task(prove(new, record, answered))
+        await until(lambda: leases.acquired > acquired, what="the new connection's lease")
+        leases.hold.set()
+        await proving  # its proof acknowledged
+        got = await answers(old, 1)
+        for stream in (old, new):
+            await stream.close()
+        await server.stop()
+        return got, [m.type for m in answered], stored(server, record).change
+
+    got, answered, change = asyncio.run(scenario())
+    assert answered == [T.SERVER_VERSION, T.CHANNEL_OPEN]
+    assert got == [None]  # hung up, nothing acknowledged
+    assert change == VALUE - 1_000 - 10_000  # what the new connection's proof holds
 
 
 def test_a_bad_payment_behind_good_ones_is_refused_after_their_acks(
