@@ -1,7 +1,8 @@
 """CPU per payment of the two state machines alone, in one process (no I/O): the client signs
 (`ClientChannel.pay`), the frame is encoded and decoded, the server verifies
 (`ServerChannel.receive_pipelined`, W payments together with --window W), and its ack goes
-back the same way. Prints µs per payment for each part, and with --profile the top functions.
+back the same way. Prints µs per payment for each part, the server's bare path (`server_floor`:
+those parts and SQLite commits of 100), and with --profile the top functions.
 Usage: python bench/hot_path.py [--payments N] [--window W] [--profile] [--json]
 (--json prints one JSON object last)
 """
@@ -13,7 +14,9 @@ import cProfile
 import json
 import pstats
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 from bitcoind_paychan.bitcoin.keys import PrivateKey
 from bitcoind_paychan.bitcoin.tx import OutPoint, Transaction, TxIn, TxOut
@@ -25,8 +28,12 @@ from bitcoind_paychan.channel.effects import (
     PaymentReceived,
     PrepareSettlement,
     Send,
+    StorePayment,
 )
+from bitcoind_paychan.channel.messages import update_payment
 from bitcoind_paychan.channel.server import ServerChannel, ServerPolicy
+from bitcoind_paychan.store import SQLiteStore
+from bitcoind_paychan.store.base import Payment
 from bitcoind_paychan.wire import FrameDecoder, decode_message, encode_frame, encode_message
 
 NOW = 1_700_000_000
@@ -57,6 +64,40 @@ def opened(window: int = 1) -> tuple[ClientChannel, ServerChannel]:
 
 def sent(effects: list[Effect]) -> bytes:
     return next(encode_frame(encode_message(e.message)) for e in effects if isinstance(e, Send))
+
+
+def server_floor(payments: int, directory: Path, batch: int = 100) -> float:
+    """µs of CPU per payment of the bare server path, in one process: each UPDATE_PAYMENT
+    decoded and checked by the machine (its sighash from the cached prefix, its signature
+    verified), its ack encoded, and the payments (one channel's) stored by an SQLiteStore in
+    commits of `batch` (one fsync each): what a server must do, without its event loop, sockets or
+    threads. Signed before timing."""
+    client, server = opened()
+    record = client.record
+    assert record is not None and server.record is not None
+    frames, change = [], record.change
+    for _ in range(payments):
+        change -= 1000
+        frames.append(encode_message(update_payment(
+            change, record.contract.sign_payment(record.key, change))))
+    with SQLiteStore(directory / "floor.db") as store:
+        store.put(server.record)
+        stores: list[Payment] = []
+        started = time.process_time()
+        for frame in frames:
+            for effect in server.receive(decode_message(frame)):
+                if isinstance(effect, StorePayment):
+                    stores.append((effect.record, effect.amount, effect.info))
+                elif isinstance(effect, PaymentReceived):
+                    for answer in server.payment_answered(effect):
+                        assert isinstance(answer, Send)
+                        encode_frame(encode_message(answer.message))
+            if len(stores) == batch:
+                store.record_payments(stores)
+                stores = []
+        if stores:
+            store.record_payments(stores)
+        return (time.process_time() - started) / payments * 1e6
 
 
 def measure(payments: int, window: int = 1) -> dict[str, float]:
@@ -109,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"two machines, {args.payments} payments, window {args.window}, µs of CPU per payment:")
     for part, us in per.items():
         print(f"  {part:16} {us:8.1f}")
+    with tempfile.TemporaryDirectory(prefix="paychan-floor-") as tmp:
+        per["server_floor"] = server_floor(args.payments, Path(tmp))
+    print(f"  server floor     {per['server_floor']:8.1f}   (decode, machine, ack, SQLite "
+          "commits of 100: the bare server path, no loop, sockets or threads)")
     if args.json:
         print(json.dumps({k: round(v, 1) for k, v in per.items()}))
     sys.stdout.flush()

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from hardware import fsync_latency_ms, schnorr_verify_rate, verify_rate  # bench/hardware.py
+from hot_path import server_floor  # bench/hot_path.py
 from replay import load  # bench/replay.py
 
 from bitcoind_paychan.channel.client import ClientPolicy
@@ -57,6 +58,7 @@ from tests.transport.certs import CertFactory  # test certificates (the dev depe
 
 AMOUNT = 1_000  # sat per payment: the server's default minimum
 UVLOOP_ENV = "PAYCHAN_BENCH_UVLOOP"  # "1": every process of the run on uvloop (--uvloop)
+FLOOR_PAYMENTS = 2000  # payments the bare server path is measured on (capacity mode)
 INFO = b"bench"  # marks the timed payments (the opening payment has no info)
 FUNDING_SPARE = 100_000  # sat per funding coin beyond the channel value: the contract's fee
 MAX_FUNDING = 49 * 100_000_000  # the client node's wallet starts with one 50 BTC coinbase
@@ -116,6 +118,7 @@ async def serve(conn: Connection, config: NodeConfig, db: Path, transport: str,
     seen = 0
     cpu = [0.0, 0.0]  # process CPU (every thread) at the first and the last timed payment
     commits = [0, 0]  # the writer's commits, at the same two moments
+    writer_cpu = [0.0, 0.0]  # the writer thread's CPU in its commits, likewise
     switches = [0, 0]  # the process's context switches (voluntary and not), likewise
 
     def on_event(event: ServerEvent) -> None:
@@ -125,6 +128,7 @@ async def serve(conn: Connection, config: NodeConfig, db: Path, transport: str,
             if seen in (1, expected):  # the clock is read twice, not once per payment
                 cpu[seen > 1] = time.process_time()
                 commits[seen > 1] = server.payments.commits
+                writer_cpu[seen > 1] = server.payments.cpu_s
                 switches[seen > 1] = context_switches()
 
     with SQLiteStore(db) as store:
@@ -151,6 +155,7 @@ async def serve(conn: Connection, config: NodeConfig, db: Path, transport: str,
     conn.send({"seen": seen, "logged": logged, "rss_mb": peak_rss_mb(),
                "cpu_us": cpu_per_payment * 1e6,
                "per_commit": (seen - 1) / max(commits[1] - commits[0], 1),
+               "writer_cpu_us": (writer_cpu[1] - writer_cpu[0]) / max(seen - 1, 1) * 1e6,
                "switches": (switches[1] - switches[0]) / max(seen - 1, 1)})
 
 
@@ -280,6 +285,7 @@ def run(channels: int, payments: int, version: int, window: int, capacity: bool,
                     process.kill()
                     process.join()
         fsync_ms = fsync_latency_ms(Path(tmp))
+        floor_us = server_floor(FLOOR_PAYMENTS, Path(tmp)) if capacity else 0.0
     ecdsa, schnorr = verify_rate(), schnorr_verify_rate()
     # The rate of the scheme this version's payments are signed with.
     verifies = schnorr if isinstance(kinds.kind_of(version).scheme, Schnorr) else ecdsa
@@ -308,7 +314,9 @@ def run(channels: int, payments: int, version: int, window: int, capacity: bool,
         "server_seen": served["seen"],
         "server_logged": served["logged"],
         "server_cpu_us": round(served["cpu_us"], 1),  # per payment, every thread
+        "server_floor_us": round(floor_us, 1),  # the bare path (capacity mode), hot_path.py
         "server_payments_per_commit": round(served["per_commit"], 1),
+        "server_writer_cpu_us": round(served["writer_cpu_us"], 1),  # of server_cpu_us
         "server_switches_per_payment": round(served["switches"], 2),
         "client_cpu_us": round(paid["cpu_us"], 1),
         "fsync_ms": round(fsync_ms, 3),
@@ -388,8 +396,12 @@ def report(r: dict[str, Any]) -> bool:
           "(pay() to ack)")
     print(f"  CPU         server {r['server_cpu_us']} µs   client {r['client_cpu_us']} µs "
           "per payment (process time, every thread)")
+    if r["server_floor_us"]:
+        print(f"  floor       {r['server_floor_us']} µs per payment: the bare server path "
+              "(decode, machine, ack, SQLite commits of 100; no loop, sockets or threads)")
     print(f"  server      {r['server_payments_per_commit']} payments per commit, "
-          f"{r['server_switches_per_payment']} context switches per payment")
+          f"{r['server_switches_per_payment']} context switches per payment, its writer "
+          f"thread {r['server_writer_cpu_us']} µs of CPU per payment")
     print(f"  machine     fsync {r['fsync_ms']} ms (p50, store's disk); verifies/s: ECDSA "
           f"{r['ecdsa_verify_per_s']}, Schnorr {r['schnorr_verify_per_s']}; load average "
           f"{r['load_average']}")

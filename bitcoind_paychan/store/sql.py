@@ -494,13 +494,16 @@ class SQLStore(SQLCredit, Closable):
             conn.execute(DELETE, key)
 
 
-def pay_arguments(record: ChannelRecord) -> tuple[Any, ...]:
-    """The arguments of PAY (PAY_SET's, then PAY_WHERE's) storing the payment of `record`."""
+def pay_arguments(record: ChannelRecord, guard: int | None = None) -> tuple[Any, ...]:
+    """The arguments of PAY (PAY_SET's, then PAY_WHERE's) storing the payment of `record`;
+    the stored change must be at least `guard` (default: the payment's own change; a run of
+    payments on one channel stored by its last: the first's)."""
     pending = record.pending
     txid = codec.pending_txid(pending)
     change, signature = (pending.change, pending.signature) if pending else (0, b"")
     return (record.change, record.signature, record.payments, txid, change, txid, signature,
-            Role(record.role).value, record.channel_id, record.change, record.generation, txid)
+            Role(record.role).value, record.channel_id,
+            record.change if guard is None else guard, record.generation, txid)
 
 
 def refusal(record: ChannelRecord, stored_change: int | None, stored_status: str = "open",

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bitcoind_paychan.channel.records import ChannelRecord, Role
 from bitcoind_paychan.errors import StoreError
-from bitcoind_paychan.store import files
+from bitcoind_paychan.store import codec, files
 from bitcoind_paychan.store import sqlite_schema as schema
 from bitcoind_paychan.store.base import Payment, closed, newer_store
 from bitcoind_paychan.store.codec import SCHEMA_VERSION
@@ -99,7 +99,18 @@ class SQLiteStore(SQLStore):
 
     def _store_payments(self, conn: Session, batch: Sequence[Payment]
                         ) -> list[StoreError | None]:
-        return [_record_one(conn, *payment) for payment in batch]
+        """A channel's consecutive payments (one connection's pipelined batch) update its row
+        once; every log entry of the batch is appended by one executemany."""
+        outcomes: list[StoreError | None] = []
+        log: list[tuple[str, str, int, int, int, bytes]] = []
+        for run in _runs(batch):
+            if len(run) > 1 and _record_run(conn, run, log):
+                outcomes += [None] * len(run)
+            else:
+                outcomes += [_record_one(conn, *payment, log) for payment in run]
+        if log:
+            conn.executemany(LOG, log)
+        return outcomes
 
     @property
     def is_open(self) -> bool:
@@ -153,13 +164,48 @@ class SQLiteStore(SQLStore):
                 raise
 
 
-def _record_one(conn: Session, record: ChannelRecord, amount: int,
-                info: bytes) -> StoreError | None:
+LogRow = tuple[str, str, int, int, int, bytes]
+
+
+def _runs(batch: Sequence[Payment]) -> Iterator[Sequence[Payment]]:
+    """`batch` cut into runs of consecutive payments on one channel, each paying more than
+    the one before (a lone payment is a run of one)."""
+    start = 0
+    for at in range(1, len(batch) + 1):
+        if at == len(batch) or not _follows(batch[at - 1][0], batch[at][0]):
+            yield batch[start:at]
+            start = at
+
+
+def _follows(before: ChannelRecord, after: ChannelRecord) -> bool:
+    """`after` pays on from `before`: the same channel, generation and pending re-anchor
+    (whose pair the last one's PAY stores), less change."""
+    return (after.channel_id == before.channel_id and after.role == before.role
+            and after.change < before.change and after.generation == before.generation
+            and codec.pending_txid(after.pending) == codec.pending_txid(before.pending))
+
+
+def _record_run(conn: Session, run: Sequence[Payment], log: list[LogRow]) -> bool:
+    """Store a run of payments on one channel with one UPDATE: guarded by the first's change,
+    it changes the row exactly when each payment's own guarded UPDATE, in turn, would. False
+    (nothing changed): the caller stores them one by one, each refused alone."""
+    first, last = run[0][0], run[-1][0]
+    role, txid = Role(last.role).value, last.channel_id
+    if conn.execute(PAY, pay_arguments(last, guard=first.change)).rowcount != 1:
+        return False
+    log += [(role, txid, record.payments, amount, record.change, info)
+            for record, amount, info in run]
+    return True
+
+
+def _record_one(conn: Session, record: ChannelRecord, amount: int, info: bytes,
+                log: list[LogRow]) -> StoreError | None:
     """Store one payment of a batch: its guarded UPDATE changes its row or nothing, so a
-    refusal leaves nothing to undo (no savepoint); a failing statement fails the batch."""
+    refusal leaves nothing to undo (no savepoint); a failing statement fails the batch. Its
+    log entry is added to `log` (appended at the batch's end)."""
     role, txid, change = Role(record.role).value, record.channel_id, record.change
     if conn.execute(PAY, pay_arguments(record)).rowcount == 1:
-        conn.execute(LOG, (role, txid, record.payments, amount, change, info))
+        log.append((role, txid, record.payments, amount, change, info))
         return None
     row = conn.execute(CHANGE_AND_STATUS, (role, txid)).fetchone()
     return refusal(record, *(row or (None,)))

@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterable
 from typing import TypeVar
 
@@ -25,6 +28,7 @@ from bitcoind_paychan.channel.records import ChannelRecord
 from bitcoind_paychan.store.base import ChannelStore, Payment
 from bitcoind_paychan.store.leases import FencedPayment, Lease, Leases
 
+log = logging.getLogger(__name__)
 MAX_BATCH = 512  # payments per commit (a larger hand-over is committed whole)
 IDLE_EXIT = 2.0  # seconds without work before the thread ends
 T = TypeVar("T")
@@ -32,17 +36,22 @@ T = TypeVar("T")
 Outcomes = list["BaseException | None"]  # one per payment of a hand-over: None once stored
 
 
+Answer = Callable[[Outcomes], None]
+"""Told a hand-over's outcomes, on its event loop's thread, once their commit is done."""
+
+
 class _HandOver:
     """Payments handed to the writer together (under one lease, if any), answered by one
-    future (one wake-up); or one other write (`task`) to run in its place in the order."""
+    call on their loop (one wake-up); or one other write (`task`) to run in its place in
+    the order, answered the same way (one outcome)."""
 
-    __slots__ = ("done", "lease", "loop", "payments", "task")
+    __slots__ = ("answer", "lease", "loop", "payments", "task")
 
     def __init__(self, payments: list[Payment], lease: Lease | None,
-                 loop: asyncio.AbstractEventLoop,
+                 loop: asyncio.AbstractEventLoop, answer: Answer,
                  task: Callable[[], object] | None = None) -> None:
-        self.payments, self.lease, self.loop, self.task = payments, lease, loop, task
-        self.done: asyncio.Future[Outcomes] = loop.create_future()
+        self.payments, self.lease, self.loop, self.answer = payments, lease, loop, answer
+        self.task = task
 
 
 class PaymentWriter:
@@ -56,23 +65,13 @@ class PaymentWriter:
         self._running = False
         self.commits = 0  # commits made, and the payments they held (batch size = their ratio)
         self.committed = 0
+        self.cpu_s = 0.0  # the writer thread's CPU time in its commits (benchmarks read it)
 
     async def record_payment(self, record: ChannelRecord, amount: int, info: bytes = b"",
                              lease: Lease | None = None) -> None:
         outcome = (await self._hand_over([(record, amount, info)], lease))[0]
         if outcome is not None:
             raise outcome
-
-    def in_order(self, task: Callable[[], T]) -> Coroutine[object, object, T]:
-        """Queue `task` (a store write) now, to run in the writer thread after every payment
-        handed over before this call is committed, and before any handed over after it (a
-        re-anchor's promotion: the payments signed for the old generation are stored first,
-        those signed for the new one after it). Await the result for its result, or what it
-        raised. The queueing is done by the call itself, not by the await."""
-        result: list[T] = []
-        item = _HandOver([], None, asyncio.get_running_loop(), lambda: result.append(task()))
-        self._enqueue(item)
-        return _outcome(item, result)
 
     def start(self, effects: Iterable[Effect], lease: Lease | None = None) -> Writes:
         """Hand every StorePayment among `effects` (made under `lease`, if any) to the writer
@@ -84,11 +83,24 @@ class PaymentWriter:
         done = self._hand_over([(e.record, e.amount, e.info) for e in stores], lease)
         return Writes({id(e): index for index, e in enumerate(stores)}, done, self)
 
-    def _hand_over(self, payments: list[Payment], lease: Lease | None
-                   ) -> asyncio.Future[Outcomes]:
-        item = _HandOver(payments, lease, asyncio.get_running_loop())
-        self._enqueue(item)
-        return item.done
+    def in_order(self, task: Callable[[], T]) -> Coroutine[object, object, T]:
+        """Queue `task` (a store write) now, to run in the writer thread after every payment
+        handed over before this call is committed, and before any handed over after it (a
+        re-anchor's promotion: the payments signed for the old generation are stored first,
+        those signed for the new one after it). Await the result for its result, or what it
+        raised. The queueing is done by the call itself, not by the await."""
+        result: list[T] = []
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Outcomes] = loop.create_future()
+        self._enqueue(_HandOver([], None, loop, functools.partial(_resolve, done),
+                                lambda: result.append(task())))
+        return _outcome(done, result)
+
+    def submit(self, payments: list[Payment], lease: Lease | None, answer: Answer) -> None:
+        """Hand `payments` (made under `lease`, if any) to the writer; `answer(outcomes)` is
+        called on the running loop once the commit holding them is done (or failed), in the
+        order of the hand-overs, among the loop's callbacks: no task wakes up."""
+        self._enqueue(_HandOver(payments, lease, asyncio.get_running_loop(), answer))
 
     def _enqueue(self, item: _HandOver) -> None:
         self._queue.put(item)
@@ -96,6 +108,12 @@ class PaymentWriter:
             if not self._running:
                 self._running = True
                 threading.Thread(target=self._work, name="payment-writer", daemon=True).start()
+
+    def _hand_over(self, payments: list[Payment], lease: Lease | None
+                   ) -> asyncio.Future[Outcomes]:
+        done: asyncio.Future[Outcomes] = asyncio.get_running_loop().create_future()
+        self.submit(payments, lease, functools.partial(_resolve, done))
+        return done
 
     def _work(self) -> None:
         waiting: _HandOver | None = None  # taken off the queue, not in the last batch
@@ -133,9 +151,10 @@ class PaymentWriter:
         except BaseException as e:  # handed to the waiting caller
             outcome = e
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
-            item.loop.call_soon_threadsafe(_settle, [(item.done, [outcome])])
+            item.loop.call_soon_threadsafe(_settle, [(item.answer, [outcome])])
 
     def _commit(self, batch: list[_HandOver]) -> None:
+        started = time.thread_time()
         payments = [payment for item in batch for payment in item.payments]
         try:
             if self.leases is not None:
@@ -148,11 +167,12 @@ class PaymentWriter:
             outcomes = [e] * len(payments)
         self.commits += 1
         self.committed += len(payments)
+        self.cpu_s += time.thread_time() - started
         answers: dict[asyncio.AbstractEventLoop, list[_Answer]] = {}
         at = 0
         for item in batch:
             answers.setdefault(item.loop, []).append(
-                (item.done, outcomes[at:at + len(item.payments)]))
+                (item.answer, outcomes[at:at + len(item.payments)]))
             at += len(item.payments)
         for loop, settled in answers.items():  # one wake-up per loop, not per payment
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
@@ -165,6 +185,15 @@ class Writes:
     def __init__(self, index: dict[int, int], done: asyncio.Future[Outcomes] | None,
                  writer: PaymentWriter) -> None:
         self._index, self._done, self._writer = index, done, writer
+
+    @classmethod
+    def answered(cls, effects: Iterable[Effect], outcomes: Outcomes, writer: PaymentWriter
+                 ) -> Writes:
+        """The writes of `effects`' StorePayments, their `outcomes` (from `submit`) known."""
+        stores = [e for e in effects if isinstance(e, StorePayment)]
+        done: asyncio.Future[Outcomes] = asyncio.get_running_loop().create_future()
+        done.set_result(outcomes)
+        return cls({id(e): index for index, e in enumerate(stores)}, done, writer)
 
     async def stored(self, effect: StorePayment, lease: Lease | None = None) -> None:
         """Return once `effect`'s payment is durable (started now, under `lease`, if it was
@@ -183,17 +212,24 @@ class Writes:
             await asyncio.wait([self._done])
 
 
-_Answer = tuple["asyncio.Future[Outcomes]", Outcomes]
+_Answer = tuple[Answer, Outcomes]
 
 
-async def _outcome(item: _HandOver, result: list[T]) -> T:
-    outcome = (await item.done)[0]
-    if outcome is not None:
-        raise outcome
-    return result[0]
+def _resolve(done: asyncio.Future[Outcomes], outcomes: Outcomes) -> None:
+    if not done.cancelled():
+        done.set_result(outcomes)
 
 
 def _settle(answers: list[_Answer]) -> None:
-    for done, outcomes in answers:
-        if not done.cancelled():
-            done.set_result(outcomes)
+    for answer, outcomes in answers:
+        try:
+            answer(outcomes)
+        except Exception:  # one hand-over's bug must not leave the others unanswered
+            log.exception("answering a payment commit failed")
+
+
+async def _outcome(done: asyncio.Future[Outcomes], result: list[T]) -> T:
+    outcome = (await done)[0]
+    if outcome is not None:
+        raise outcome
+    return result[0]

@@ -12,7 +12,7 @@ import asyncio
 import collections
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 from bitcoind_paychan.errors import ErrorCode, RemoteProtocolError
 from bitcoind_paychan.transport.limits import Admission
@@ -63,6 +63,26 @@ class Stream(Link, Protocol):
 
     async def send(self, message: pb.TwoWayChannelMessage) -> None:
         """Send one message."""
+
+
+@runtime_checkable
+class Tappable(Protocol):
+    """A stream that can hand frames over as they arrive, in its protocol's callback
+    (`transport/stream.py`'s MessageStream over a FrameProtocol: a TCP listener's)."""
+
+    async def run_tapped(self, tap: Callable[[list[bytes]], int]) -> None:
+        """Hand arriving frames to `tap` (it returns how many it took) until it leaves some,
+        the peer leaves, or `untap()`."""
+
+    def untap(self) -> None:
+        """Stop handing frames over."""
+
+    @property
+    def backed_up(self) -> bool:
+        """Is the peer not reading what was written (a writer would wait to drain)?"""
+
+    def post_framed(self, data: bytes) -> None:
+        """Write frames (length-prefixed, joined) now, unless the connection is closing."""
 
 
 class Inbox:

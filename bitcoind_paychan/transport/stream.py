@@ -7,6 +7,7 @@ import collections
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import cast
 
 from bitcoind_paychan.errors import ErrorCode, RemoteProtocolError
 from bitcoind_paychan.wire import paychan_pb2 as pb
@@ -16,6 +17,8 @@ from bitcoind_paychan.wire.framing import FrameDecoder, encode_frame
 log = logging.getLogger("bitcoind_paychan.wire.stream")  # logging.levels: `wire`, as ever
 
 READ_SIZE = 65536
+WRITE_HIGH_WATER = 64 * 1024  # bytes buffered for the peer: asyncio's default high-water mark
+PAUSE_AT = 256  # frames received and not yet handled: stop reading until they are
 CLOSE_TIMEOUT = 5.0
 """Seconds close() waits for buffered bytes to reach a peer before it aborts the socket."""
 
@@ -29,11 +32,69 @@ def frame(msg: pb.TwoWayChannelMessage) -> bytes:
     return encode_frame(encode_message(msg))
 
 
-class MessageStream:
-    """One peer connection. Not safe for concurrent receive() calls (one reader task)."""
+Tap = Callable[[list[bytes]], int]
+"""Takes frames (payloads) as they arrive, in the protocol's data_received; returns how many
+it took, in order (the rest wait for `receive`)."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 peername: str | None = None) -> None:
+
+class FrameProtocol(asyncio.StreamReaderProtocol):
+    """A StreamReaderProtocol whose received bytes go to its MessageStream, in data_received,
+    not through a StreamReader: the stream parses frames as they arrive, and may hand them to
+    a tap (a server's payments handled in the loop's callback, no task woken). Bytes received
+    before the stream is attached are kept for it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._unused = asyncio.StreamReader(loop=loop)  # kept: the base holds it weakly
+        super().__init__(self._unused, loop=loop)
+        self._stream: MessageStream | None = None
+        self._early: list[bytes] = []
+        self._ended: tuple[Exception | None] | None = None
+
+    def attach(self, stream: MessageStream) -> None:
+        self._stream = stream
+        for data in self._early:
+            stream._received(data)
+        self._early = []
+        if self._ended is not None:
+            stream._ended(self._ended[0])
+
+    def data_received(self, data: bytes) -> None:
+        if self._stream is None:
+            self._early.append(data)
+        else:
+            self._stream._received(data)
+
+    def eof_received(self) -> bool | None:
+        self._end(None)
+        return super().eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end(exc)
+        super().connection_lost(exc)
+
+    def _end(self, exc: Exception | None) -> None:
+        if self._stream is None:
+            self._ended = self._ended or (exc,)
+        else:
+            self._stream._ended(exc)
+
+
+def framed_connection(transport: asyncio.BaseTransport, protocol: FrameProtocol,
+                      loop: asyncio.AbstractEventLoop, peername: str | None = None
+                      ) -> MessageStream:
+    """The MessageStream of an accepted connection whose protocol is `protocol`."""
+    writer = asyncio.StreamWriter(transport, protocol, None, loop)  # type: ignore[arg-type]
+    return MessageStream(None, writer, peername, protocol)
+
+
+class MessageStream:
+    """One peer connection. Not safe for concurrent receive() calls (one reader task).
+
+    Over a StreamReader (`reader`), or, with a FrameProtocol, fed by it (`reader` None): then
+    `run_tapped` can hand frames to a tap as they arrive."""
+
+    def __init__(self, reader: asyncio.StreamReader | None, writer: asyncio.StreamWriter,
+                 peername: str | None = None, protocol: FrameProtocol | None = None) -> None:
         self._reader = reader
         self._writer = writer
         self._peername = peername  # None: the socket's peer (else a proxy's client)
@@ -41,6 +102,11 @@ class MessageStream:
         self._pending: collections.deque[bytes] = collections.deque()
         self._eof = False
         self._closed = False
+        self._tap: Tap | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._paused = False
+        if protocol is not None:
+            protocol.attach(self)
 
     @property
     def peername(self) -> str:
@@ -73,11 +139,19 @@ class MessageStream:
                 ) from None
             if not self._pending:
                 return None
-        return decode_message(self._pending.popleft())
+        return decode_message(self._taken())
 
     def receive_buffered(self) -> pb.TwoWayChannelMessage | None:
         """The next message if it has already arrived whole, else None (never waits)."""
-        return decode_message(self._pending.popleft()) if self._pending else None
+        return decode_message(self._taken()) if self._pending else None
+
+    def _taken(self) -> bytes:
+        """The next pending frame, taken; reading resumes once few are left waiting."""
+        frame = self._pending.popleft()
+        if self._paused and len(self._pending) <= PAUSE_AT // 2:
+            self._paused = False
+            cast(asyncio.Transport, self._writer.transport).resume_reading()
+        return frame
 
     async def _fill(self) -> None:
         """Read until at least one payload is pending or the peer has left."""
@@ -86,6 +160,9 @@ class MessageStream:
                 self._decoder.feed(b"")  # raises the stored framing error
             if self._eof:
                 return
+            if self._reader is None:  # fed by its FrameProtocol
+                await self._arrival()
+                continue
             try:
                 data = await self._reader.read(READ_SIZE)
             except OSError as exc:  # reset, aborted, keepalive timeout: the peer is gone
@@ -101,6 +178,83 @@ class MessageStream:
                     )
                 return
             self._pending.extend(self._decoder.feed(data))
+
+    # -- fed by a FrameProtocol -------------------------------------------------------------
+
+    async def run_tapped(self, tap: Tap) -> None:
+        """Hand the frames that arrive to `tap`, in the protocol's data_received, until it
+        leaves some (they wait for `receive`), the peer leaves or breaks the framing, or
+        `untap()`. Returns at once if something is pending already, or over a StreamReader."""
+        if self._reader is not None:
+            return
+        self._tap = tap
+        try:
+            while self._tap is not None and not self._pending and not self._eof and not (
+                    self._decoder.failed):
+                await self._arrival()
+        finally:
+            self._tap = None
+
+    def untap(self) -> None:
+        """Stop handing frames to the tap (`run_tapped` returns)."""
+        self._tap = None
+        self._wake()
+
+    @property
+    def backed_up(self) -> bool:
+        """Has the peer left more unread than a drain would wait for (asyncio's high-water
+        mark)? A tap then leaves frames to the reader, whose sends drain."""
+        return self._writer.transport.get_write_buffer_size() >= WRITE_HIGH_WATER
+
+    def post_framed(self, data: bytes) -> None:
+        """Write frames encoded earlier now, unless the connection is closing (the caller
+        bounds how much it writes, as a payment window does)."""
+        if not self._writer.transport.is_closing():
+            self._writer.write(data)
+
+    async def _arrival(self) -> None:
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _received(self, data: bytes) -> None:
+        if self._eof:
+            return
+        try:
+            frames = self._decoder.feed(data)
+        except RemoteProtocolError:
+            frames = []  # stored: the reader raises it
+        if self._tap is not None and not self._pending and frames:
+            taken = self._tap(frames)
+            if taken < len(frames):
+                self._tap = None
+                frames = frames[taken:]
+            else:
+                frames = []
+        if frames:
+            self._pending.extend(frames)
+            if len(self._pending) >= PAUSE_AT and not self._paused:  # as a StreamReader's limit
+                self._paused = True
+                cast(asyncio.Transport, self._writer.transport).pause_reading()
+        if frames or self._decoder.failed:
+            self._wake()
+
+    def _ended(self, exc: Exception | None) -> None:
+        if self._eof:
+            return
+        self._eof = True
+        if exc is not None:
+            log.info("reading from %s failed: %s", self.peername, exc)
+        if self._decoder.buffered:
+            log.info("%s left mid-frame; %d bytes discarded", self.peername,
+                     self._decoder.buffered)
+        self._wake()
 
     async def send(self, msg: pb.TwoWayChannelMessage) -> None:
         """Frame, write and drain one message. ConnectionError if the peer has gone."""

@@ -14,7 +14,13 @@ from bitcoind_paychan.transport.accept import Acceptor, hand_over, peer_of, read
 from bitcoind_paychan.transport.base import Connections
 from bitcoind_paychan.transport.limits import Admission, PeerGate
 from bitcoind_paychan.transport.proxies import TrustedProxies
-from bitcoind_paychan.transport.stream import MessageStream, host_port, open_connection
+from bitcoind_paychan.transport.stream import (
+    FrameProtocol,
+    MessageStream,
+    framed_connection,
+    host_port,
+    open_connection,
+)
 from bitcoind_paychan.transport.tls import ClientTLS, connect_tls
 from bitcoind_paychan.transport.tlsdoor import TLSDoor
 
@@ -88,8 +94,7 @@ class Listener:
             sock.close()
             return
         loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(loop=loop)
-        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        protocol = FrameProtocol(loop)
         if self.door is None:
             transport, _ = await loop.connect_accepted_socket(lambda: protocol, hand_over(sock))
         else:
@@ -99,5 +104,5 @@ class Listener:
                 admission.release()
                 return
             transport = reading(secure)
-        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-        await self._connections.run(MessageStream(reader, writer, peername), admission)
+        await self._connections.run(framed_connection(transport, protocol, loop, peername),
+                                    admission)

@@ -40,11 +40,12 @@ class BitcoinjServer(PaymentServer):
             await asyncio.Event().wait()  # connected and silent until the server stops
 
     async def _carry_out(self, machine: ServerChannel, stream: Link | None,
-                         effects: list[Effect], settling: Any = None) -> bool:
+                         effects: list[Effect], settling: Any = None,
+                         stored: Any = None) -> bool:
         if stream is not None:
             self._streams[id(machine)] = stream
         return await super()._carry_out(machine, stream, self._as_bitcoinj(machine, effects),
-                                        settling)
+                                        settling, stored)
 
     async def _settlement(self, machine: ServerChannel, txid: str) -> list[Effect]:
         return self._as_bitcoinj(machine, await super()._settlement(machine, txid))

@@ -104,10 +104,10 @@ def cluster(request: pytest.FixtureRequest, mem_sides: MemSides) -> Iterator[Clu
         store.close()
 
 
-async def opened(cluster: Cluster, port: int) -> ChannelRecord:
+async def opened(sides: MemSides, port: int) -> ChannelRecord:
     """A channel opened and paid on the server at `port`, its client gone (the client's
     stored record: its key signs what the test sends as the client)."""
-    client = cluster.sides.client()
+    client = sides.client()
     channel = await client.open("127.0.0.1", port, VALUE)
     await channel.pay(10_000)
     await channel.disconnect()
@@ -168,7 +168,7 @@ def test_a_resume_that_takes_the_lease_while_a_settlement_awaits_the_node_fences
                                   Transaction | None]:
         ports = await cluster.start()
         settler, resumer = cluster.servers[0], cluster.servers[1]
-        record = await opened(cluster, ports[0])
+        record = await opened(cluster.sides, ports[0])
         settling = asyncio.create_task(settler.settle(record.contract_txid))
         await cluster.gate.entered.wait()  # lease taken, channel read, node asked
         stream, answers = await resume(ports[1], record)
@@ -203,7 +203,7 @@ def test_the_autopilots_settlement_and_a_resume_meanwhile_lose_no_acknowledged_p
     stored, the next review's is, and no payment is acknowledged after it."""
     async def scenario() -> tuple[int, int, Transaction]:
         ports = await cluster.start()
-        record = await opened(cluster, ports[0])
+        record = await opened(cluster.sides, ports[0])
         cluster.sides.chain.mocktime = record.contract.expiry - FAST.settle_margin + 60
         cluster.sides.mine(1)  # the deadline: an autopilot settles
         await cluster.gate.entered.wait()  # lease taken, channel read, node asked
@@ -230,7 +230,7 @@ def test_a_resume_that_finds_the_channel_settled_since_it_loaded_it_answers_with
     async def scenario() -> tuple[list[T | None], Transaction, ChannelRecord | None]:
         ports = await cluster.start()
         settler, resumer = cluster.servers[0], cluster.servers[1]
-        record = await opened(cluster, ports[0])
+        record = await opened(cluster.sides, ports[0])
         stream, answers = await resume(ports[1], record)  # loaded: still open
         assert [m.type for m in answers] == [T.SERVER_VERSION, T.CHANNEL_OPEN]
         cluster.gate.release.set()
@@ -262,7 +262,7 @@ def test_strangers_resuming_near_expiry_and_a_close_together_make_one_settlement
     is built and broadcast, and a later resume is answered with it."""
     async def scenario() -> tuple[list[T], list[T], Transaction | None, list[T], str]:
         ports = await cluster.start()
-        record = await opened(cluster, ports[0])
+        record = await opened(cluster.sides, ports[0])
         cluster.now[0] = record.contract.expiry - HOUR  # every server's clock: near expiry
         first, first_answers = await resume(ports[0], record, 1)  # a stranger: the txid only
         await cluster.gate.entered.wait()  # it claimed the duty and is settling
@@ -303,7 +303,7 @@ def test_a_refused_settlement_stays_the_channels_one_and_the_channel_stays_closi
     async def scenario() -> tuple[Transaction, Transaction, list[ChannelStatus | None]]:
         ports = await cluster.start()
         settler = cluster.servers[0]
-        record = await opened(cluster, ports[0])
+        record = await opened(cluster.sides, ports[0])
         settling = asyncio.create_task(settler.settle(record.contract_txid))
         await cluster.gate.entered.wait()
         rival = await rival_settlement(cluster, record.contract_txid)  # another spender wins

@@ -158,6 +158,38 @@ def test_record_payments_stores_a_batch_and_refuses_only_the_bad_ones(
     assert store.payments(Role.SERVER, unknown.txid) == []
 
 
+def test_a_channels_consecutive_payments_are_stored_as_each_alone_would_be(
+        store: ChannelStore) -> None:
+    """A pipelined batch (one channel's payments in a row: SQLite updates its row once) is
+    stored, refused and logged payment by payment, as if each came alone."""
+    a, b, settled = Channel(), Channel(), Channel()
+    store.put(a.record())
+    store.put(b.record())
+    store.put(settled.record(status=CLOSING, settlement_tx=b"settle" * 30))
+    a1 = a.pay(a.record(), 100)
+    a2 = a.pay(a1, 200)
+    a3 = a.pay(a2, 300)
+    store.record_payment(b.pay(b.record(), 1_000), 1_000)
+    b_above = b.pay(b.record(), 500)  # change above the stored one: refused alone
+    b_below = b.pay(replace(b_above, change=b_above.change - 1_000), 1_000)
+    late = settled.pay(settled.record(), 10)
+    outcomes = store.record_payments([
+        (a1, 100, b"a1"), (a2, 200, b"a2"), (a3, 300, b"a3"),
+        (b_above, 500, b"no"), (b_below, 1_000, b"b2"),
+        (late, 10, b""), (settled.pay(late, 10), 10, b"")])
+    assert [outcome is None for outcome in outcomes] == [True, True, True, False, True, False,
+                                                         False]
+    assert "above the stored" in str(outcomes[3])
+    assert isinstance(outcomes[5], SettlementDecided)
+    assert isinstance(outcomes[6], SettlementDecided)
+    assert_same(store.get(Role.SERVER, a.txid), a3)
+    assert_same(store.get(Role.SERVER, b.txid), b_below)
+    assert [(e.info, e.seq) for e in store.payments(Role.SERVER, a.txid)] == [
+        (b"a3", 3), (b"a2", 2), (b"a1", 1)]
+    assert [e.info for e in store.payments(Role.SERVER, b.txid)] == [b"b2", b""]
+    assert store.payments(Role.SERVER, settled.txid) == []
+
+
 @pytest.mark.parametrize("role", list(Role))
 @pytest.mark.parametrize("status", [CLOSING, *FINAL])
 def test_no_payment_is_stored_once_the_channel_is_not_open(

@@ -10,7 +10,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from functools import partial
-from typing import Literal, Protocol
+from typing import Literal, Protocol, cast
 
 from bitcoind_paychan.bitcoin.network import Network
 from bitcoind_paychan.bitcoin.tx import Transaction
@@ -64,8 +64,9 @@ from bitcoind_paychan.service.outbox import effects_in_order
 from bitcoind_paychan.service.watcher import ChainWatcher
 from bitcoind_paychan.store import ChannelStore
 from bitcoind_paychan.store.writer import PaymentWriter
-from bitcoind_paychan.transport.base import CarriedStream, Stream, encode
+from bitcoind_paychan.transport.base import CarriedStream, Stream, Tappable, encode
 from bitcoind_paychan.wire import pb
+from bitcoind_paychan.wire.framing import encode_frame
 
 # The "client" subsystem's lines (daemon/logs.py), as before the client had its package.
 log = logging.getLogger("bitcoind_paychan.service.client")
@@ -120,6 +121,7 @@ class Channel:
         self._woken = asyncio.Event()  # background work ended: `reanchor()` looks again
         self._working = 0  # background work in flight (started by this connection's reader)
         self._lagging: ReanchorLocked | None = None  # the server's lock our node lagged
+        self._writes_now = isinstance(stream, Tappable)  # TCP: posted payments written at once
 
     @property
     def resumed(self) -> bool:
@@ -540,16 +542,29 @@ class Channel:
                 received = await (self.stream.receive(timeout) if woken is None
                                   or not self._working
                                   else self._receive_unless(woken, timeout))
+                if received is False:
+                    return  # woken: the caller looks at its events again
+                if received is None:
+                    await self._run(self.machine.connection_lost())
+                    return
+                await self._handle(received)
+                while (self.machine.state is ClientState.WAITING_FOR_ACK
+                       and (message := self.stream.receive_buffered()) is not None):
+                    await self._handle(message)  # the acks of that read (a window's)
             except RemoteProtocolError as exc:
                 self.machine.connection_lost()
                 await self.stream.close()
                 raise ChannelFailed(f"{self.machine.peer}: {exc}") from exc
-            if received is False:
-                return  # woken: the caller looks at its events again
-            if received is None:
-                await self._run(self.machine.connection_lost())
-                return
-            await self._run(self.machine.receive(received, int(self.client.clock())))
+
+    async def _handle(self, message: pb.TwoWayChannelMessage) -> None:
+        """One message from the server, handled; a pay() call's ack answered at once."""
+        effects = self.machine.receive(message, int(self.client.clock()))
+        if len(effects) == 1 and isinstance(ack := effects[0], PaymentAcknowledged) and (
+                self._acks):
+            self.client.events.tell(ack)
+            self._acks.popleft().set_result(ack.info)
+            return
+        await self._run(effects)
 
     async def _receive_unless(self, woken: asyncio.Event, timeout: float | None
                               ) -> pb.TwoWayChannelMessage | Literal[False] | None:
@@ -618,8 +633,14 @@ class Channel:
 
     def _flush(self) -> None:
         frames, self._outgoing = encode(self._outgoing), []
-        if self.connected:
-            self._sending = asyncio.ensure_future(self._send(self._sending, frames))
+        if not self.connected:
+            return
+        if self._writes_now and (self._sending is None or self._sending.done()):
+            # Nothing before them still draining: written now, no task (the window bounds
+            # what a server that does not read leaves in the buffer).
+            cast(Tappable, self.stream).post_framed(b"".join(map(encode_frame, frames)))
+            return
+        self._sending = asyncio.ensure_future(self._send(self._sending, frames))
 
     async def _send(self, before: asyncio.Future[None] | None, frames: list[bytes]) -> None:
         if before is not None:

@@ -23,9 +23,13 @@ from bitcoind_paychan.errors import RemoteProtocolError
 from bitcoind_paychan.logcontext import bind_channel
 from bitcoind_paychan.service.callbacks import Callbacks
 from bitcoind_paychan.service.outbox import send_all
+from bitcoind_paychan.service.server.events import EventHandler, PaymentHandler
+from bitcoind_paychan.service.server.fastlane import FastLane
 from bitcoind_paychan.service.server.settlement import Settling
 from bitcoind_paychan.service.watcher import ChainWatcher
-from bitcoind_paychan.transport.base import Link, decode
+from bitcoind_paychan.store.leases import Lease
+from bitcoind_paychan.store.writer import Outcomes, PaymentWriter
+from bitcoind_paychan.transport.base import Link, Tappable, decode
 from bitcoind_paychan.wire import pb
 
 # The "server" subsystem's lines (daemon/logs.py), as before the server had its package.
@@ -45,10 +49,16 @@ class Manager(Protocol):
     watcher: ChainWatcher
     callbacks: Callbacks
     on_payment_latency: Callable[[float], None] | None
+    on_payment: PaymentHandler | None
+    on_event: EventHandler | None
+    payments: PaymentWriter
     _busy: set[ServerConnection]
+    _held: dict[int, Lease]
+    _stopping: bool
 
     async def _carry_out(self, machine: ServerChannel, stream: Link | None,
-                         effects: list[Effect], settling: Settling | None = None) -> bool: ...
+                         effects: list[Effect], settling: Settling | None = None,
+                         stored: Outcomes | None = None) -> bool: ...
 
     def _ended(self, connection: ServerConnection) -> None: ...
 
@@ -103,6 +113,25 @@ class ServerConnection:
         """Would `count` + 1 pipelined payments be handled together now?"""
         return (self._confirmed and self.machine.state is ServerState.OPEN
                 and count < PAYMENT_WINDOW)
+
+    @property
+    def fast(self) -> bool:
+        """May payments take the fast lane now (`fastlane.py`): open, confirmed, no
+        application answer to wait for, the manager not stopping, and no re-anchoring
+        autopilot of ours to ask after each payment (`payout_above`, `renew_before`: the
+        general path quotes after payments)?"""
+        manager = self.manager
+        policy = manager.policy
+        autopilot = self.machine.reanchoring and bool(policy.payout_above
+                                                      or policy.renew_before)
+        return (self.takes_more(0) and manager.on_payment is None and not manager._stopping
+                and not autopilot)
+
+    async def run_fast_lane(self, stream: Tappable) -> None:
+        """Take payments in the stream's callback until something needs this task (then
+        carried out here, in order)."""
+        if not await FastLane(self, stream).run():
+            self.connection_lost()
 
     async def receive(self, frame: bytes | pb.TwoWayChannelMessage) -> None:
         """Handle one frame from the client."""

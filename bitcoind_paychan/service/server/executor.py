@@ -49,7 +49,7 @@ from bitcoind_paychan.service.server.events import EventHandler, PaymentHandler
 from bitcoind_paychan.service.server.reanchoring import Reanchors
 from bitcoind_paychan.service.server.routing import Routing
 from bitcoind_paychan.service.server.settlement import Settling
-from bitcoind_paychan.store.writer import PaymentWriter, Writes
+from bitcoind_paychan.store.writer import Outcomes, PaymentWriter, Writes
 from bitcoind_paychan.transport.base import Link
 from bitcoind_paychan.transport.limits import PeerGate
 
@@ -71,17 +71,21 @@ class EffectsExecutor(Routing, Reanchors):
     on_payment: PaymentHandler | None
 
     async def _carry_out(self, machine: ServerChannel, stream: Link | None,
-                         effects: list[Effect], settling: Settling | None = None) -> bool:
+                         effects: list[Effect], settling: Settling | None = None,
+                         stored: Outcomes | None = None) -> bool:
         """Do what the machine asked, in order. False once the connection must end.
 
         Every payment among `effects` is handed to the writer at once (so pipelined payments
         share a commit); each is still awaited in its place, before what follows it (its ack),
         and acks go out together after the last one's commit. Payments after a ClaimChannel
         wait for its lease (they are written under it, in their turn). A settlement's duty,
-        claimed on the way, is finished at the end."""
+        claimed on the way, is finished at the end. `stored`: the payments were handed to
+        the writer already (the fast lane's), with these outcomes."""
         claims = any(isinstance(effect, ClaimChannel) for effect in effects)
-        writes = self.payments.start([] if claims or stream is None else effects,
-                                     self._held.get(id(stream)) if stream is not None else None)
+        writes = (Writes.answered(effects, stored, self.payments) if stored is not None else
+                  self.payments.start([] if claims or stream is None else effects,
+                                      self._held.get(id(stream)) if stream is not None
+                                      else None))
         # A settlement decided on a later frame (a key-path close's last CLOSE) is fenced by
         # the lease its PrepareSettlement took for this connection.
         settling = settling or Settling(

@@ -18,7 +18,7 @@ from bitcoind_paychan.channel.server import ServerChannel
 from bitcoind_paychan.errors import RemoteProtocolError
 from bitcoind_paychan.service.server.connection import ServerConnection
 from bitcoind_paychan.service.server.settlement import Settlements
-from bitcoind_paychan.transport.base import Link, Stream
+from bitcoind_paychan.transport.base import Link, Stream, Tappable
 from bitcoind_paychan.transport.limits import Admission
 
 # The "server" subsystem's lines (daemon/logs.py), as before the server had its package.
@@ -40,6 +40,10 @@ class Routing(Settlements):
         connection = self.accept(stream, stream.peername)
         try:
             while not connection.closed:
+                if isinstance(stream, Tappable) and connection.fast:
+                    await connection.run_fast_lane(stream)  # until it needs this task
+                    if connection.closed or self._stopping:
+                        return
                 try:
                     batch = [message] if (message := await stream.receive(
                         connection.idle_timeout)) else []
