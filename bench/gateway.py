@@ -7,11 +7,16 @@ ServerManager with a durable SQLite store, and N paying clients (each a ClientMa
 own store and channel), on the in-process chain (regtest/memchain: the node is not what is
 measured). Each client opens its channel with one paid request (not timed), then makes M
 requests one after another over keep-alive: first to the upstream directly, then through the
-gateway, each paid (sign and store a payment, carry it, the gateway verifies and stores it,
-forwards, the answer carries the ack). The overhead per request is the paid latency less the
-direct one (p50, p99). Then one metered stream (per byte, of unknown length) of the given size
-is read through the gateway, its credit drawn for every 64 KB part sent.
-Usage: python bench/gateway.py [--clients N] [--requests M] [--stream-mb S] [--json]
+gateway, each paid. With --prepay 0 each carries its own payment (sign and store it, carry
+it, the gateway verifies and stores it, takes the price from the credit, forwards, the answer
+carries the ack); with --prepay K (the default) a payment adds K requests' worth of credit
+and the requests it covers carry no payment: the gateway takes the price from the credit
+(group-committed with the other clients' takes) and forwards. The overhead per request is
+the paid latency less the direct one (p50, p99). Then one metered stream (per byte, of
+unknown length) of the given size is read through the gateway, its credit drawn for every
+64 KB part sent.
+Usage: python bench/gateway.py [--clients N] [--requests M] [--prepay K] [--stream-mb S]
+[--loop asyncio|uvloop] [--json]
 (prints figures, then one JSON object last)
 """
 
@@ -35,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bitcoind_paychan.channel.server import ServerPolicy  # noqa: E402
+from bitcoind_paychan.daemon import eventloop  # noqa: E402
 from bitcoind_paychan.gateway import Gateway, Price, Route  # noqa: E402
 from bitcoind_paychan.gateway.payer import Payer  # noqa: E402
 from bitcoind_paychan.node.bitcoind import COIN  # noqa: E402
@@ -84,7 +90,8 @@ async def timed(calls: int, call: Callable[[], Awaitable[None]]) -> list[float]:
     return latencies
 
 
-async def run(clients: int, requests: int, stream_mb: int, tmp: Path) -> dict[str, object]:
+async def run(clients: int, requests: int, prepay: int, stream_mb: int, tmp: Path
+              ) -> dict[str, object]:
     chain = MemChain()
     server_node = MemNode(chain)
     server_node.wallet.receive(50 * COIN)
@@ -120,12 +127,18 @@ async def run(clients: int, requests: int, stream_mb: int, tmp: Path) -> dict[st
                 async with http.get(upstream + "/hello") as answer:
                     await answer.read()
 
+            credit = dict.fromkeys(payers, 0)  # as each client's last receipt said
+
             async def paid(payer: Payer) -> None:
-                payment = await payer.pay(offer, PRICE)
+                payment = (await payer.spend(offer) if credit[payer] >= PRICE else
+                           await payer.pay(offer, PRICE - credit[payer],
+                                           ahead=prepay * PRICE))
                 async with http.get(url + "/api/hello", headers=payment.header) as answer:
                     await answer.read()
                     assert answer.status == 200, answer.status
-                    assert await payment.settle(answer.headers) is not None
+                    receipt = await payment.settle(answer.headers)
+                    assert receipt is not None
+                    credit[payer] = receipt.credit
 
             for payer in payers:  # open each channel (not timed)
                 await paid(payer)
@@ -139,7 +152,7 @@ async def run(clients: int, requests: int, stream_mb: int, tmp: Path) -> dict[st
             paid_s = time.perf_counter() - began
             parts = max(1, stream_mb * 1024 * 1024 // PART)
             cost = -(-parts * PART // 1000)
-            payment = await payers[0].pay(offer, cost + 10_000)
+            payment = await payers[0].pay(offer, cost + 10_000 - credit[payers[0]])
             began = time.perf_counter()
             async with http.get(f"{url}/live/stream?parts={parts}",
                                 headers=payment.header) as answer:
@@ -151,9 +164,11 @@ async def run(clients: int, requests: int, stream_mb: int, tmp: Path) -> dict[st
             for m in managers:
                 await m.stop()
             total = len(paid_ms) + clients
-            server_paid = sum(view.paid for view in manager.views())
-            expected = clients * policy.min_payment + total * PRICE + cost + 10_000
-            assert server_paid == expected, (server_paid, expected)
+            views = manager.views()
+            server_paid = sum(view.paid for view in views)
+            assert server_paid == sum(payer.paid for payer in payers), server_paid
+            left = sum([await gateway.credit.of(view.contract_txid) for view in views])
+            assert server_paid - left == total * PRICE + cost, (server_paid, left)
     finally:
         await front.stop()
         await manager.stop()
@@ -162,7 +177,9 @@ async def run(clients: int, requests: int, stream_mb: int, tmp: Path) -> dict[st
             s.close()
     overhead = [p - d for p, d in zip(sorted(paid_ms), sorted(direct_ms), strict=True)]
     return {
-        "clients": clients, "requests": requests, "price": PRICE,
+        "clients": clients, "requests": requests, "price": PRICE, "prepay": prepay,
+        "loop": eventloop.event_loop_name(), "takes_per_commit": round(
+            len(paid_ms) / max(gateway.credit.commits, 1), 2),
         "direct_per_s": round(len(direct_ms) / direct_s, 1),
         "paid_per_s": round(len(paid_ms) / paid_s, 1),
         "direct_p50_ms": round(statistics.median(direct_ms), 3),
@@ -180,11 +197,15 @@ def main() -> int:
     top = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     top.add_argument("--clients", type=int, default=4)
     top.add_argument("--requests", type=int, default=200, help="per client (%(default)s)")
+    top.add_argument("--prepay", type=int, default=100, help="requests' worth a payment "
+                     "adds (0: each request carries its own payment; %(default)s)")
     top.add_argument("--stream-mb", type=int, default=64, help="(%(default)s)")
+    top.add_argument("--loop", choices=eventloop.EVENT_LOOPS, default="asyncio")
     top.add_argument("--json", action="store_true", help="only the JSON object")
     args = top.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        result = asyncio.run(run(args.clients, args.requests, args.stream_mb, Path(tmp)))
+        result = eventloop.run(run(args.clients, args.requests, args.prepay, args.stream_mb,
+                                   Path(tmp)), args.loop)
     if not args.json:
         print(f"{result['paid_per_s']} paid requests/s through the gateway "
               f"({result['direct_per_s']}/s direct), overhead p50 {result['overhead_p50_ms']} "

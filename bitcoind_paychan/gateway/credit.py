@@ -4,7 +4,10 @@ It lives in the store (store/credit.py): a channel's credit is what its stored p
 less what the gateway took, so a payment is credit the moment it is stored, a gateway restart
 loses none, and instances on one PostgreSQL share it. The store is called in a thread (as
 the server manager does), never blocking the event loop. Each take is atomic in the store, so
-requests of one channel (on one instance or several) never spend the same sat twice. A
+requests of one channel (on one instance or several) never spend the same sat twice. Takes
+are group-committed: those that arrive while a commit runs go together in the next one (one
+transaction, one fsync), each answered once its commit is durable; a lone take commits at
+once, so batching adds no latency. A
 metered stream that has spent what it may waits (`wait`) until this instance sees the credit
 grow (a payment it stored, or credit given back).
 
@@ -19,7 +22,9 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from bitcoind_paychan.store.credit import CreditStore
+from bitcoind_paychan.store.credit import CreditStore, Take, check_takes
+
+_Waiting = tuple[Take, "asyncio.Future[tuple[int | None, int]]"]  # a take and its answer
 
 
 class Credit:
@@ -27,6 +32,9 @@ class Credit:
         self.store = store
         self._grown: dict[str, asyncio.Event] = {}  # channel → set when its credit grows
         self._known: dict[str, int] = {}  # channel → its credit as this instance last saw it
+        self._takes: list[_Waiting] = []  # takes waiting for the next commit
+        self._committing: asyncio.Task[None] | None = None
+        self.commits = 0  # commits of takes made (takes per commit: the batching)
 
     async def of(self, channel: str) -> int:
         """The channel's credit, read from the store."""
@@ -51,9 +59,45 @@ class Credit:
         return await self._take(channel, 0, sat) or 0
 
     async def _take(self, channel: str, least: int, most: int) -> int | None:
-        taken, self._known[channel] = await asyncio.to_thread(self.store.take_credit_left,
-                                                              channel, least, most)
+        check_takes([(channel, least, most)])
+        answer: asyncio.Future[tuple[int | None, int]] = (
+            asyncio.get_running_loop().create_future())
+        self._takes.append(((channel, least, most), answer))
+        if self._committing is None:
+            self._committing = asyncio.ensure_future(self._commit_takes())
+        taken, self._known[channel] = await answer
         return taken
+
+    async def _commit_takes(self) -> None:
+        """Commit the takes waiting, in batches, until none waits. A take whose caller went
+        away (cancelled) before its commit answered is given back."""
+        batch: list[_Waiting] = []
+        try:
+            while self._takes:
+                batch, self._takes = self._takes, []
+                try:
+                    answers = await asyncio.to_thread(self.store.take_credits,
+                                                      [take for take, _ in batch])
+                except Exception as exc:  # the commit failed: nothing was taken
+                    for _, answer in batch:
+                        if not answer.done():
+                            answer.set_exception(exc)
+                    continue
+                self.commits += 1
+                unclaimed = []
+                for ((channel, _, _), answer), (taken, left) in zip(batch, answers,
+                                                                    strict=True):
+                    if answer.done():  # cancelled
+                        unclaimed.append((channel, taken or 0))
+                    else:
+                        answer.set_result((taken, left))
+                for channel, taken in unclaimed:
+                    await self.give_back(channel, taken)
+                batch = []
+        finally:
+            self._committing = None
+            for _, answer in batch + self._takes:  # the gateway stops
+                answer.cancel()
 
     async def give_back(self, channel: str, sat: int) -> None:
         """Credit again `sat` a request held and was not charged."""

@@ -6,6 +6,10 @@ endpoint, carried in one request's credential, completed by its answer's receipt
     response = await http.get(url, headers=payment.header)
     receipt = await payment.settle(response.headers)   # None: not acknowledged
 
+A request the channel's credit covers (its last receipt says so) need carry no payment:
+`await payer.spend(offer)` (a SpentCredit, the same three steps, nothing signed or stored).
+`pay(..., ahead=N)` pays at least N sat (as the caps allow), credit for the next requests.
+
 A payment the service did not acknowledge (its session ended: a restart, say) stays stored
 on this side; the next lookup resumes the channel, which re-sends it as the proof that it is
 ours, and the request is paid again: such a loss costs at most one payment.
@@ -70,6 +74,36 @@ class PendingPayment:
         await self.channel.disconnect()
 
 
+@dataclass
+class SpentCredit:
+    """A request that spends the credit its channel holds (paid ahead): its credential
+    carries the session and a new request number, no payment; `settle` with its answer."""
+
+    channel: Channel
+    link: HttpLink
+    seq: int
+    amount: int = 0  # sat it pays: none
+    receipt: Receipt | None = field(default=None)
+
+    @property
+    def header(self) -> dict[str, str]:
+        assert self.link.session is not None, "a channel is open only in a session"
+        return {PAYMENT_HEADER: credential(self.link.session, None, self.seq)}
+
+    async def settle(self, headers: Mapping[str, str]) -> Receipt | None:
+        """The answer's receipt; without one (the session is gone: a restart, say), hang up
+        (None): the next request resumes the channel."""
+        found = headers.get(RECEIPT_HEADER)
+        if found is None:
+            await self.abandon()
+            return None
+        self.receipt = read_receipt(found)
+        return self.receipt
+
+    async def abandon(self) -> None:
+        await self.channel.disconnect()
+
+
 class Payer:
     """Pays through one channel per channel endpoint (`manager`'s: live, resumed or new),
     locking `value` sat in each new one (at least the offer's minimum). Caps: no payment over
@@ -95,12 +129,15 @@ class Payer:
                                f"{self.paid + amount} sat, over the cap of {self.max_total} "
                                "(max_total): refused, nothing paid")
 
-    async def pay(self, offer: Offer, amount: int) -> PendingPayment:
+    async def pay(self, offer: Offer, amount: int, *, ahead: int = 0) -> PendingPayment:
         """Sign and store a payment of `amount` through the channel to `offer`'s endpoint
-        (opened or resumed as needed), for the caller to carry; PriceRefused over a cap."""
+        (opened or resumed as needed), for the caller to carry; PriceRefused over a cap. With
+        `ahead`, the payment is raised toward `ahead` sat as far as the caps and the channel
+        allow: credit paid ahead, so the next requests need carry no payment (`spend`)."""
         self.check(amount)
         channel = await self.channel(offer, amount)
         self.check(amount)  # again: with a new channel's opening payment
+        amount = self._raised(amount, ahead, channel.remaining)
         self.paid += amount
         stream = channel.stream
         assert isinstance(stream, CarriedStream) and isinstance(stream.link, HttpLink), \
@@ -113,6 +150,24 @@ class Payer:
             expected.cancel()
             await paying
         return PendingPayment(channel, link, amount, expected.result(), paying)
+
+    def _raised(self, amount: int, ahead: int, remaining: int) -> int:
+        """`amount` raised toward `ahead`, within the caps and the channel's `remaining`."""
+        most = min(ahead, remaining)
+        if self.max_payment is not None:
+            most = min(most, self.max_payment)
+        if self.max_total is not None:
+            most = min(most, self.max_total - self.paid)
+        return max(amount, most)
+
+    async def spend(self, offer: Offer) -> SpentCredit:
+        """A request that spends the credit of the channel to `offer`'s endpoint (live or
+        resumed), carrying no payment; the caller knows the credit covers it (a receipt)."""
+        channel = await self.channel(offer)
+        stream = channel.stream
+        assert isinstance(stream, CarriedStream) and isinstance(stream.link, HttpLink), \
+            "the manager dials with http_dialer"
+        return SpentCredit(channel, stream.link, stream.link.next_seq())
 
     async def top_up(self, offer: Offer, amount: int) -> None:
         """Pay `amount` outside a request: POSTed to the channel endpoint in the channel's

@@ -62,7 +62,7 @@ from bitcoind_paychan.transport.paidhttp.wire import (
     SESSION_HEADER,
     Offer,
     challenge,
-    read_credential,
+    parse_credential,
     receipt,
 )
 from bitcoind_paychan.transport.proxies import TrustedProxies
@@ -199,7 +199,7 @@ class Gateway:
         needed = route.price.needed
         taken = await take_payment(
             self.sessions, header,
-            lambda channel: self._lacking(channel, needed))
+            lambda channel: self._lacking(channel, needed), credit=True)
         if isinstance(taken, Refused):
             if taken.status == 402:
                 return self._payment_required(request, route, taken.why)
@@ -207,8 +207,10 @@ class Gateway:
         held = await self.credit.hold(taken.channel, taken.amount, needed,
                                 everything=route.price.per in ("byte", "second"))
         if held is None:  # another request of this channel took the credit meanwhile
-            answer = self._payment_required(request, route, "the channel's credit was spent "
-                                            "by another request meanwhile: pay again")
+            why = ("the channel's credit was spent by another request meanwhile: pay again"
+                   if taken.amount else f"the channel's credit does not cover the request "
+                   f"({needed} sat): pay with it")
+            answer = self._payment_required(request, route, why)
             answer.headers[RECEIPT_HEADER] = await self._receipt(taken, 0)
             return answer
         paid = Paid(taken, held, key)
@@ -231,7 +233,7 @@ class Gateway:
     def _channel_of(self, header: str) -> str | None:
         """The channel of the session a credential names, if it parses and has one."""
         try:
-            session_id, _, _ = read_credential(header)
+            session_id = parse_credential(header).session
         except PaidHttpError:
             return None
         session = self.sessions.get(session_id)
@@ -242,10 +244,10 @@ class Gateway:
         """The kept answer to a retry of a request already charged (not charged again; a
         new payment it carries is stored and credited), a refusal, or None: not a retry."""
         try:
-            session_id, _, payment = read_credential(header)
+            found = parse_credential(header)
         except PaidHttpError:
             return None  # the usual refusal follows
-        session = self.sessions.get(session_id)
+        session = self.sessions.get(found.session)
         channel = session.channel if session is not None else None
         replay = self.replays.get(channel, key) if channel is not None else None
         if session is None or channel is None or replay is None:
@@ -261,8 +263,8 @@ class Gateway:
                               f"charged {replay.charged} sat once; its answer (a stream, or "
                               "too large) is not kept: a new key buys it again")
         ack = replay.ack
-        if session.change is not None and \
-                payment.update_payment.client_change_value < session.change:
+        if found.message is not None and session.change is not None and \
+                found.message.update_payment.client_change_value < session.change:
             taken = await take_payment(self.sessions, header,
                                        at_least(self.policy.min_increment))
             if isinstance(taken, Refused):

@@ -11,6 +11,7 @@ on one PostgreSQL) never take the same sat twice. A forgotten channel's row goes
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -50,15 +51,30 @@ class CreditStore(Protocol):
         """`take_credit`, and the credit left after it (read in the same transaction)."""
         ...
 
+    def take_credits(self, takes: Sequence[Take]) -> list[tuple[int | None, int]]:
+        """Each take of `takes` (channel, least, most) in turn, all in one transaction (one
+        commit: the gateway's group commit); `take_credit_left`'s answer for each."""
+        ...
+
     def give_credit(self, contract_txid: str, sat: int) -> None:
         """Give back `sat` taken and not charged."""
         ...
 
 
+Take = tuple[str, int, int]  # (contract txid, least, most)
+
+
+def check_takes(takes: Sequence[Take]) -> None:
+    """ValueError for a take no credit could answer (before a transaction begins)."""
+    for _, least, most in takes:
+        if least < 0 or most < least:
+            raise ValueError(f"take {least} to {most} sat of credit: expected 0 <= least <= "
+                             "most")
+
+
 def taking(paid: int, spent: int, least: int, most: int) -> int | None:
     """What a take of (`least`, `most`) gets of a credit of `paid` less `spent`."""
-    if least < 0 or most < least:
-        raise ValueError(f"take {least} to {most} sat of credit: expected 0 <= least <= most")
+    check_takes([("", least, most)])
     credit = paid - spent
     return None if credit < least else min(credit, most)
 
@@ -92,19 +108,36 @@ class SQLCredit:
 
     def take_credit_left(self, contract_txid: str, least: int, most: int
                          ) -> tuple[int | None, int]:
+        return self.take_credits([(contract_txid, least, most)])[0]
+
+    def take_credits(self, takes: Sequence[Take]) -> list[tuple[int | None, int]]:
+        check_takes(takes)
+        answers: dict[int, tuple[int | None, int]] = {}
+        # Rows locked in channel order (a channel's takes keep theirs): two instances'
+        # batches never wait for each other in a cycle.
+        order = sorted(range(len(takes)), key=lambda index: takes[index][0])
+        channels = sorted({txid for txid, _, _ in takes})
+        named = ", ".join(channels[:3]) + (f" and {len(channels) - 3} more" if
+                                           len(channels) > 3 else "")
+        with self._transaction(f"take the credit of channel {named}") as conn:
+            for index in order:
+                answers[index] = self._take(conn, *takes[index])
+        return [answers[index] for index in range(len(takes))]
+
+    def _take(self, conn: Session, contract_txid: str, least: int, most: int
+              ) -> tuple[int | None, int]:
         key = (SERVER, contract_txid)
-        with self._transaction(f"take channel {contract_txid}'s credit") as conn:
-            conn.execute(ENSURE, key)
-            row = conn.execute(f"{SPENT}{self._FOR_UPDATE}", key).fetchone()
-            if row is None:  # no such channel: no credit
-                return taking(0, 0, least, most), 0
-            spent = int(row[0])
-            paid = int(conn.execute(PAID, key).fetchone()[0])  # read once the row is locked
-            self._credit_read(contract_txid)
-            taken = taking(paid, spent, least, most)
-            if taken:
-                conn.execute(SPEND, (taken, *key))
-            return taken, max(paid - spent - (taken or 0), 0)
+        conn.execute(ENSURE, key)
+        row = conn.execute(f"{SPENT}{self._FOR_UPDATE}", key).fetchone()
+        if row is None:  # no such channel: no credit
+            return taking(0, 0, least, most), 0
+        spent = int(row[0])
+        paid = int(conn.execute(PAID, key).fetchone()[0])  # read once the row is locked
+        self._credit_read(contract_txid)
+        taken = taking(paid, spent, least, most)
+        if taken:
+            conn.execute(SPEND, (taken, *key))
+        return taken, max(paid - spent - (taken or 0), 0)
 
     def give_credit(self, contract_txid: str, sat: int) -> None:
         if not sat:

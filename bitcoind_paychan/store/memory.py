@@ -33,7 +33,7 @@ from bitcoind_paychan.store.base import (
     unknown_channel,
 )
 from bitcoind_paychan.store.codec import SCHEMA_VERSION
-from bitcoind_paychan.store.credit import given, taking
+from bitcoind_paychan.store.credit import Take, check_takes, given, taking
 
 _Key = tuple[Role, str]
 
@@ -316,14 +316,21 @@ class MemoryStore(Closable):
 
     def take_credit_left(self, contract_txid: str, least: int, most: int
                          ) -> tuple[int | None, int]:
+        return self.take_credits([(contract_txid, least, most)])[0]
+
+    def take_credits(self, takes: Sequence[Take]) -> list[tuple[int | None, int]]:
+        check_takes(takes)
+        answers: list[tuple[int | None, int]] = []
         with self._lock:
             self._check_open()
-            spent = self._spent.get(contract_txid, 0)
-            paid = self._paid(contract_txid)
-            taken = taking(paid, spent, least, most)
-            if taken:
-                self._spent[contract_txid] = spent + taken
-            return taken, max(paid - spent - (taken or 0), 0)
+            for contract_txid, least, most in takes:
+                spent = self._spent.get(contract_txid, 0)
+                paid = self._paid(contract_txid)
+                taken = taking(paid, spent, least, most)
+                if taken:
+                    self._spent[contract_txid] = spent + taken
+                answers.append((taken, max(paid - spent - (taken or 0), 0)))
+        return answers
 
     def give_credit(self, contract_txid: str, sat: int) -> None:
         with self._lock:

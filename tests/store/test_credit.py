@@ -126,6 +126,19 @@ def test_a_take_says_what_it_left(store: ChannelStore) -> None:
     assert credit.take_credit_left("00" * 32, 0, 5) == (0, 0)  # no such channel
 
 
+def test_a_batch_of_takes_is_taken_in_turn_in_one_transaction(store: ChannelStore) -> None:
+    credit = credit_of(store)
+    one, two = paid(store, 500), paid(store, 300)
+    assert credit.take_credits([(two.txid, 200, 200), (one.txid, 400, 400),
+                                (two.txid, 200, 200), (one.txid, 0, 10**9),
+                                ("00" * 32, 0, 5)]) == [
+        (200, 100), (400, 100), (None, 100), (100, 0), (0, 0)]  # each sees those before
+    assert (credit.credit(one.txid), credit.credit(two.txid)) == (0, 100)
+    with pytest.raises(ValueError, match="expected 0 <= least <= most"):
+        credit.take_credits([(two.txid, 50, 50), (one.txid, 5, 1)])
+    assert credit.credit(two.txid) == 100  # a bad take in a batch: none of it is taken
+
+
 class HeldStore(PostgresStore):
     """An instance whose credit takes stop, once they read the balance under its lock, until
     `release`."""
