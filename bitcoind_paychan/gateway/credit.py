@@ -5,11 +5,11 @@ less what the gateway took, so a payment is credit the moment it is stored, a ga
 loses none, and instances on one PostgreSQL share it. The store is called in a thread (as
 the server manager does), never blocking the event loop. Each take is atomic in the store, so
 requests of one channel (on one instance or several) never spend the same sat twice. Takes
-are group-committed: those that arrive while a commit runs go together in the next one (one
-transaction, one fsync), each answered once its commit is durable; a lone take commits at
-once, so batching adds no latency. A
-metered stream that has spent what it may waits (`wait`) until this instance sees the credit
-grow (a payment it stored, or credit given back).
+are group-committed by a thread of their own (store/groupcommit.py): those that arrive while
+a commit runs go together in the next one (one transaction, one fsync), each answered once
+its commit is durable; a lone take commits at once, so batching adds no latency. A metered
+stream that has spent what it may waits (`wait`) until this instance sees the credit grow
+(a payment it stored, or credit given back).
 
 `known` is the credit as this instance last saw it (each take reads it in its own
 transaction, then what this instance stores and gives back is added): what a payment must add
@@ -20,11 +20,51 @@ instance's takes and payments show at the next take; the take itself is the stor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
+from collections.abc import Callable
+from typing import NamedTuple
 
 from bitcoind_paychan.store.credit import CreditStore, Take, check_takes
+from bitcoind_paychan.store.groupcommit import GroupCommit
 
-_Waiting = tuple[Take, "asyncio.Future[tuple[int | None, int]]"]  # a take and its answer
+
+class _Waiting(NamedTuple):
+    """A take waiting for its commit, and where to answer it."""
+
+    take: Take
+    answer: asyncio.Future[tuple[int | None, int]]
+    loop: asyncio.AbstractEventLoop
+
+
+_Answers = list[tuple[_Waiting, "tuple[int | None, int] | Exception"]]
+
+
+class _Takes(GroupCommit[_Waiting]):
+    """The takes' group commit: each batch in one `take_credits` transaction, answered on
+    each take's loop (`answer`, called there once per batch)."""
+
+    thread_name = "credit-takes"
+
+    def __init__(self, store: CreditStore, answer: Callable[[_Answers], None]) -> None:
+        super().__init__()
+        self.store, self.answer = store, answer
+
+    def put(self, waiting: _Waiting) -> None:
+        self._put(waiting)
+
+    def _commit(self, batch: list[_Waiting]) -> None:
+        try:
+            found: list[tuple[int | None, int] | Exception] = list(
+                self.store.take_credits([waiting.take for waiting in batch]))
+        except Exception as exc:  # the commit failed: nothing was taken
+            found = [exc] * len(batch)
+        by_loop: dict[asyncio.AbstractEventLoop, _Answers] = {}
+        for waiting, answer in zip(batch, found, strict=True):
+            by_loop.setdefault(waiting.loop, []).append((waiting, answer))
+        for loop, answers in by_loop.items():  # one wake-up per loop
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                loop.call_soon_threadsafe(self.answer, answers)
 
 
 class Credit:
@@ -32,9 +72,8 @@ class Credit:
         self.store = store
         self._grown: dict[str, asyncio.Event] = {}  # channel → set when its credit grows
         self._known: dict[str, int] = {}  # channel → its credit as this instance last saw it
-        self._takes: list[_Waiting] = []  # takes waiting for the next commit
-        self._committing: asyncio.Task[None] | None = None
-        self.commits = 0  # commits of takes made (takes per commit: the batching)
+        self._takes = _Takes(store, self._answer)  # the thread committing takes
+        self._giving: set[asyncio.Task[None]] = set()  # cancelled takes being given back
 
     async def of(self, channel: str) -> int:
         """The channel's credit, read from the store."""
@@ -60,44 +99,31 @@ class Credit:
 
     async def _take(self, channel: str, least: int, most: int) -> int | None:
         check_takes([(channel, least, most)])
-        answer: asyncio.Future[tuple[int | None, int]] = (
-            asyncio.get_running_loop().create_future())
-        self._takes.append(((channel, least, most), answer))
-        if self._committing is None:
-            self._committing = asyncio.ensure_future(self._commit_takes())
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[tuple[int | None, int]] = loop.create_future()
+        self._takes.put(_Waiting((channel, least, most), answer, loop))
         taken, self._known[channel] = await answer
         return taken
 
-    async def _commit_takes(self) -> None:
-        """Commit the takes waiting, in batches, until none waits. A take whose caller went
-        away (cancelled) before its commit answered is given back."""
-        batch: list[_Waiting] = []
-        try:
-            while self._takes:
-                batch, self._takes = self._takes, []
-                try:
-                    answers = await asyncio.to_thread(self.store.take_credits,
-                                                      [take for take, _ in batch])
-                except Exception as exc:  # the commit failed: nothing was taken
-                    for _, answer in batch:
-                        if not answer.done():
-                            answer.set_exception(exc)
-                    continue
-                self.commits += 1
-                unclaimed = []
-                for ((channel, _, _), answer), (taken, left) in zip(batch, answers,
-                                                                    strict=True):
-                    if answer.done():  # cancelled
-                        unclaimed.append((channel, taken or 0))
-                    else:
-                        answer.set_result((taken, left))
-                for channel, taken in unclaimed:
-                    await self.give_back(channel, taken)
-                batch = []
-        finally:
-            self._committing = None
-            for _, answer in batch + self._takes:  # the gateway stops
-                answer.cancel()
+    @property
+    def commits(self) -> int:
+        """Commits of takes made (takes per commit: the batching)."""
+        return self._takes.commits
+
+    def _answer(self, answers: list[tuple[_Waiting, tuple[int | None, int] | Exception]]
+                ) -> None:
+        """On the loop: each take's answer; one whose caller went away (cancelled) before
+        its commit answered is given back."""
+        for waiting, found in answers:
+            if not waiting.answer.done():
+                if isinstance(found, Exception):
+                    waiting.answer.set_exception(found)
+                else:
+                    waiting.answer.set_result(found)
+            elif not isinstance(found, Exception) and found[0]:
+                giving = asyncio.ensure_future(self.give_back(waiting.take[0], found[0]))
+                self._giving.add(giving)
+                giving.add_done_callback(self._giving.discard)
 
     async def give_back(self, channel: str, sat: int) -> None:
         """Credit again `sat` a request held and was not charged."""

@@ -184,7 +184,7 @@ class Payer:
         (live, else the stored one resumed, else a new one); one with less left is closed and
         a new one opened. A new channel's opening payment counts toward `max_total`."""
         value = max(self.value, offer.min_channel_value)
-        if not self.manager.payable(offer.endpoint):
+        if not self.manager.has_payable(offer.endpoint):
             self._opening(offer)
         found = await self.manager.lookup(offer.endpoint, value, any_value=True)
         channel = found.channel

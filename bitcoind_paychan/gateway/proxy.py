@@ -38,9 +38,11 @@ from bitcoind_paychan.gateway.upstream import (
     cut,
     read_chunk,
     read_some,
+    read_whole,
     request_headers,
     request_id,
     response_headers,
+    small,
 )
 from bitcoind_paychan.store.credit import CreditStore
 from bitcoind_paychan.transport.paidhttp.server import (
@@ -325,7 +327,19 @@ class Gateway:
 
     async def _per_request(self, route: Route, request: web.Request, paid: Paid,
                            upstream: aiohttp.ClientResponse) -> web.StreamResponse:
-        """Charged the price with the answer's headers; given back if the body breaks off."""
+        """A small answer read whole, then charged the price (not charged if its body breaks
+        off: 502); a larger one charged with its headers, given back if its body breaks off
+        (the client sees it cut short)."""
+        if small(request, upstream):
+            try:
+                whole_body = await read_whole(upstream)
+            except UpstreamFailed as exc:
+                return await self._charged(error(exc.status, str(exc)), route, request, paid,
+                                           0)
+            whole = web.Response(status=upstream.status, body=whole_body,
+                                 headers=response_headers(upstream.headers))
+            self._keep(paid, route.price.price, whole, whole_body)
+            return await self._charged(whole, route, request, paid, route.price.price)
         answer = web.StreamResponse(status=upstream.status,
                                     headers=response_headers(upstream.headers))
         await self._charged(answer, route, request, paid, route.price.price)

@@ -1,12 +1,10 @@
 """PaymentWriter: group commit of payments, from asyncio, through one writer thread.
 
 Payments on many channels arrive at once; committing each alone costs one fsync apiece. The
-writer thread takes every payment queued by the time it is free and stores them with one
-`record_payments` call (one commit, one fsync). When idle it commits a lone payment at once, so
-batching adds no latency; under load the batch is what arrived during the previous commit, so
-the window follows the load. Each caller's `record_payment` returns only after the commit that
-holds its payment, so nothing is acknowledged before it is durable. The thread ends after a
-moment without work and starts again with the next payment. A server's payments carry their
+writer thread (groupcommit.py) takes every payment queued by the time it is free and stores
+them with one `record_payments` call (one commit, one fsync); a lone payment is committed at
+once. Each caller's `record_payment` returns only after the commit that holds its payment,
+so nothing is acknowledged before it is durable. A server's payments carry their
 connection's lease: with `leases`, each is stored only while that lease is current (fencing,
 `store/leases.py`), checked in the same commit.
 """
@@ -15,17 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import queue
-import threading
 from collections.abc import Iterable
 
 from bitcoind_paychan.channel.effects import Effect, StorePayment
 from bitcoind_paychan.channel.records import ChannelRecord
 from bitcoind_paychan.store.base import ChannelStore, Payment
+from bitcoind_paychan.store.groupcommit import GroupCommit
 from bitcoind_paychan.store.leases import FencedPayment, Lease, Leases
-
-MAX_BATCH = 512  # payments per commit (a larger hand-over is committed whole)
-IDLE_EXIT = 2.0  # seconds without work before the thread ends
 
 Outcomes = list["BaseException | None"]  # one per payment of a hand-over: None once stored
 
@@ -42,17 +36,15 @@ class _HandOver:
         self.done: asyncio.Future[Outcomes] = loop.create_future()
 
 
-class PaymentWriter:
+class PaymentWriter(GroupCommit[_HandOver]):
     """`await writer.record_payment(...)`: `store.record_payment`, group-committed."""
 
+    thread_name = "payment-writer"
+
     def __init__(self, store: ChannelStore, leases: Leases | None = None) -> None:
+        super().__init__()
         self.store = store
         self.leases = leases
-        self._queue: queue.SimpleQueue[_HandOver] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._running = False
-        self.commits = 0  # commits made, and the payments they held (batch size = their ratio)
-        self.committed = 0
 
     async def record_payment(self, record: ChannelRecord, amount: int, info: bytes = b"",
                              lease: Lease | None = None) -> None:
@@ -73,32 +65,11 @@ class PaymentWriter:
     def _hand_over(self, payments: list[Payment], lease: Lease | None
                    ) -> asyncio.Future[Outcomes]:
         item = _HandOver(payments, lease, asyncio.get_running_loop())
-        self._queue.put(item)
-        with self._lock:
-            if not self._running:
-                self._running = True
-                threading.Thread(target=self._work, name="payment-writer", daemon=True).start()
+        self._put(item)
         return item.done
 
-    def _work(self) -> None:
-        while True:
-            try:
-                first = self._queue.get(timeout=IDLE_EXIT)
-            except queue.Empty:
-                with self._lock:
-                    if self._queue.empty():
-                        self._running = False
-                        return
-                continue
-            batch, size = [first], len(first.payments)
-            while size < MAX_BATCH:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                batch.append(item)
-                size += len(item.payments)
-            self._commit(batch)
+    def _size(self, item: _HandOver) -> int:
+        return len(item.payments)
 
     def _commit(self, batch: list[_HandOver]) -> None:
         payments = [payment for item in batch for payment in item.payments]
@@ -111,8 +82,6 @@ class PaymentWriter:
                 outcomes = list(self.store.record_payments(payments))
         except BaseException as e:  # the commit failed: none is stored
             outcomes = [e] * len(payments)
-        self.commits += 1
-        self.committed += len(payments)
         answers: dict[asyncio.AbstractEventLoop, list[_Answer]] = {}
         at = 0
         for item in batch:

@@ -14,6 +14,7 @@ from bitcoind_paychan.store import SQLiteStore
 from bitcoind_paychan.store.credit import Take
 from bitcoind_paychan.transport.paidhttp import PAYMENT_HEADER, credential, read_receipt
 from bitcoind_paychan.transport.paidhttp.server import Refused, at_least, take_payment
+from regtest.waiting import until
 from tests.gateway.conftest import OPEN, PRICE, Bench
 from tests.gateway.test_proxy import run
 from tests.service.conftest import MemSides
@@ -114,7 +115,9 @@ def test_takes_arriving_during_a_commit_share_the_next_and_a_cancelled_one_is_gi
         assert await asyncio.gather(first, *later[:3]) == [100] * 4
         assert later[-1].cancelled()
         assert store.batches == [1, 4] and credit.commits == 2  # one commit for four takes
-        assert await credit.of(channel) == 1_000 - 400  # the cancelled one's 100 given back
+        await until(lambda: store.credit(channel) == 1_000 - 400,  # the cancelled one's 100
+                    what="the cancelled take given back")
+        assert await credit.of(channel) == 1_000 - 400
 
     with HeldCommits(tmp_path / "gateway.db") as store:
         asyncio.run(scenario(store, paid(store, 1_000).txid))
