@@ -85,6 +85,11 @@ class Credit:
         found = self._known.get(channel)
         return found if found is not None else await self.of(channel)
 
+    def cached(self, channel: str) -> int:
+        """The channel's credit as this instance last saw it, without the store (0 if never
+        seen)."""
+        return self._known.get(channel, 0)
+
     async def hold(self, channel: str, paid: int, needed: int, *, everything: bool = False
              ) -> int | None:
         """Take `needed` of the channel's credit (which the stored payment `paid` is part

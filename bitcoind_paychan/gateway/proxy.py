@@ -27,7 +27,7 @@ import aiohttp
 from aiohttp import web
 
 from bitcoind_paychan.channel.server import ServerPolicy
-from bitcoind_paychan.errors import PaidHttpError, UpstreamFailed
+from bitcoind_paychan.errors import PaidHttpError, StoreError, UpstreamFailed
 from bitcoind_paychan.gateway import metered, websocket
 from bitcoind_paychan.gateway.credit import Credit
 from bitcoind_paychan.gateway.replays import KEY_HEADER, MAX_ANSWER, MAX_KEY, Replays, valid_key
@@ -206,8 +206,17 @@ class Gateway:
             if taken.status == 402:
                 return self._payment_required(request, route, taken.why)
             return error(taken.status, taken.why, closed=taken.closed)
-        held = await self.credit.hold(taken.channel, taken.amount, needed,
-                                everything=route.price.per in ("byte", "second"))
+        try:
+            held = await self.credit.hold(taken.channel, taken.amount, needed,
+                                          everything=route.price.per in ("byte", "second"))
+        except StoreError as exc:  # the payment is stored (credit), nothing was taken
+            log.warning("taking the credit of channel %s failed: %s", taken.channel, exc)
+            answer = error(503, f"the gateway could not take the request's credit ({exc}): "
+                                "not forwarded, not charged; a payment it carried is stored "
+                                "as credit: retry later")
+            answer.headers[RECEIPT_HEADER] = receipt(taken.ack, 0,
+                                                     self.credit.cached(taken.channel))
+            return answer
         if held is None:  # another request of this channel took the credit meanwhile
             why = ("the channel's credit was spent by another request meanwhile: pay again"
                    if taken.amount else f"the channel's credit does not cover the request "
