@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable
 from typing import NamedTuple
 
-from bitcoind_paychan.store.credit import CreditStore, Take, check_takes
+from bitcoind_paychan.store.credit import CreditStore, PaymentTake, Take, check_takes
 from bitcoind_paychan.store.groupcommit import GroupCommit
 
 
@@ -90,13 +90,32 @@ class Credit:
         seen)."""
         return self._known.get(channel, 0)
 
-    async def hold(self, channel: str, paid: int, needed: int, *, everything: bool = False
-             ) -> int | None:
+    async def hold(self, channel: str, paid: int, needed: int, *, everything: bool = False,
+                   made: PaymentTake | None = None) -> int | None:
         """Take `needed` of the channel's credit (which the stored payment `paid` is part
         of) for one request (with `everything`, all of it, at least `needed`): the sat held,
-        or None if the credit falls short (the payment stays credit)."""
+        or None if the credit falls short (the payment stays credit). `made`: the take
+        already made in the payment's transaction (`with_payment`), if it was."""
         self.grew(channel, paid)
+        if made is not None and made.answer is not None and made.contract_txid == channel:
+            taken, self._known[channel] = made.answer
+            return taken
         return await self._take(channel, needed, sys.maxsize if everything else needed)
+
+    @staticmethod
+    def with_payment(channel: str, needed: int, *, everything: bool = False
+                     ) -> PaymentTake:
+        """The take `hold` would make, to be made with a payment of `channel` instead (the
+        payment's exchange runs with it in store.credit.WITH_PAYMENT)."""
+        return PaymentTake(needed, sys.maxsize if everything else needed, channel)
+
+    def unclaimed(self, made: PaymentTake) -> None:
+        """`made`'s request went away before it used what was taken with its payment: give
+        it back (now, or once its commit answers)."""
+        made.closed = True
+        if made.answer is not None and made.answer[0]:
+            self._give_back_later(made.contract_txid, made.answer[0])
+            made.answer = None
 
     async def take(self, channel: str, sat: int) -> int:
         """Take up to `sat` of the channel's credit; what was taken."""
@@ -126,9 +145,12 @@ class Credit:
                 else:
                     waiting.answer.set_result(found)
             elif not isinstance(found, Exception) and found[0]:
-                giving = asyncio.ensure_future(self.give_back(waiting.take[0], found[0]))
-                self._giving.add(giving)
-                giving.add_done_callback(self._giving.discard)
+                self._give_back_later(waiting.take[0], found[0])
+
+    def _give_back_later(self, channel: str, sat: int) -> None:
+        giving = asyncio.ensure_future(self.give_back(channel, sat))
+        self._giving.add(giving)
+        giving.add_done_callback(self._giving.discard)
 
     async def give_back(self, channel: str, sat: int) -> None:
         """Credit again `sat` a request held and was not charged."""

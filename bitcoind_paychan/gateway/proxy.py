@@ -44,7 +44,7 @@ from bitcoind_paychan.gateway.upstream import (
     response_headers,
     small,
 )
-from bitcoind_paychan.store.credit import CreditStore
+from bitcoind_paychan.store.credit import WITH_PAYMENT, CreditStore, PaymentTake
 from bitcoind_paychan.transport.paidhttp.server import (
     Refused,
     Stored,
@@ -187,7 +187,7 @@ class Gateway:
         if channel is not None:
             self._in_flight[channel] = busy + 1
         try:
-            return await self._pay_and_serve(route, request, header, key)
+            return await self._pay_and_serve(route, request, header, key, channel)
         finally:
             if reserved is not None and reserved.status is None:  # not charged: forgotten
                 self.replays.forget(*reserved.where)
@@ -197,18 +197,34 @@ class Gateway:
                     del self._in_flight[channel]
 
     async def _pay_and_serve(self, route: Route, request: web.Request, header: str,
-                             key: str | None) -> web.StreamResponse:
+                             key: str | None, channel: str | None) -> web.StreamResponse:
         needed = route.price.needed
-        taken = await take_payment(
-            self.sessions, header,
-            lambda channel: self._lacking(channel, needed), credit=True)
+        everything = route.price.per in ("byte", "second")
+        # The credit is taken in the transaction that stores the request's payment (one
+        # commit), if it carries one and its session has a channel; else by `hold` below.
+        made = (self.credit.with_payment(channel, needed, everything=everything)
+                if channel is not None else None)
+        exchange = self._exchange(header, needed, made)
+        try:
+            taken = await asyncio.shield(exchange)
+        except asyncio.CancelledError:  # what was taken with the payment goes back
+            if made is not None:
+                exchange.add_done_callback(lambda _: self.credit.unclaimed(made))
+            raise
+        except StoreError as exc:  # the payment (and its take) not stored: not acknowledged
+            log.warning("storing a payment failed: %s", exc)
+            return error(503, f"the gateway could not store the payment ({exc}): not "
+                              "forwarded, not charged; resume the channel and retry later")
+        finally:
+            if made is not None:
+                made.closed = True
         if isinstance(taken, Refused):
             if taken.status == 402:
                 return self._payment_required(request, route, taken.why)
             return error(taken.status, taken.why, closed=taken.closed)
         try:
             held = await self.credit.hold(taken.channel, taken.amount, needed,
-                                          everything=route.price.per in ("byte", "second"))
+                                          everything=everything, made=made)
         except StoreError as exc:  # the payment is stored (credit), nothing was taken
             log.warning("taking the credit of channel %s failed: %s", taken.channel, exc)
             answer = error(503, f"the gateway could not take the request's credit ({exc}): "
@@ -240,6 +256,18 @@ class Gateway:
                 paid.settled = True
                 await self.credit.give_back(taken.channel, held)
             raise
+
+    def _exchange(self, header: str, needed: int, made: PaymentTake | None
+                  ) -> asyncio.Task[Stored | Refused]:
+        """`take_payment` of the request's credential, in a task of its own (it finishes even
+        if the request goes away), with `made` to take with its payment."""
+        token = WITH_PAYMENT.set(made)
+        try:
+            return asyncio.ensure_future(take_payment(
+                self.sessions, header, lambda channel: self._lacking(channel, needed),
+                credit=True))
+        finally:
+            WITH_PAYMENT.reset(token)
 
     def _channel_of(self, header: str) -> str | None:
         """The channel of the session a credential names, if it parses and has one."""

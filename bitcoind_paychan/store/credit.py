@@ -7,17 +7,26 @@ contract's value less the client's stored change) less what the gateway took of 
 stored, in the same transaction, and a restart loses none. Taking credit reads and raises
 `spent` under the row's lock in one transaction, so two requests (of one instance or of two
 on one PostgreSQL) never take the same sat twice. A forgotten channel's row goes with it.
+
+A take may also ride with a payment (`PaymentTake`): made in the transaction that stores the
+payment, right after it, so a paid request costs the gateway one commit, not two. The
+gateway names it in `WITH_PAYMENT` (a context variable) around the exchange that stores the
+payment; the payment writer (writer.py) attaches it to that payment.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextvars
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from bitcoind_paychan.channel.records import Role
+from bitcoind_paychan.channel.records import ChannelRecord, Role
 
 if TYPE_CHECKING:
+    from bitcoind_paychan.errors import StoreError
+    from bitcoind_paychan.store.base import Payment
     from bitcoind_paychan.store.sql import Session
 
 SERVER = Role.SERVER.value
@@ -62,6 +71,62 @@ class CreditStore(Protocol):
 
 
 Take = tuple[str, int, int]  # (contract txid, least, most)
+
+
+@runtime_checkable
+class TakingStore(Protocol):
+    """A store whose group commit of payments also makes their takes of credit (SQLite,
+    PostgreSQL, memory)."""
+
+    def record_payments(self, batch: Sequence[Payment],
+                        takes: Sequence[PaymentTake | None] = ()) -> list[StoreError | None]:
+        """`ChannelStore.record_payments`; each stored payment's take (`takes`, by position)
+        made in the same transaction, right after it."""
+        ...
+
+
+@dataclass
+class PaymentTake:
+    """A take of credit (`least` to `most` sat) to make in the transaction that stores a
+    payment of `channel`, right after it; none if the payment is refused. `answer`: (taken
+    or None, credit left), set once the commit holding both is durable."""
+
+    least: int
+    most: int
+    channel: str  # the channel whose payment it rides with
+    contract_txid: str = ""  # set as it is attached to that payment
+    answer: tuple[int | None, int] | None = None
+    closed: bool = False  # set once the exchange is over: nothing attaches any more
+
+    def __post_init__(self) -> None:
+        check_takes([self.take()])  # a bad take never fails the payment's transaction
+
+    def take(self) -> Take:
+        return (self.contract_txid, self.least, self.most)
+
+
+# The take to make with the next payment stored in this context (the gateway's request).
+WITH_PAYMENT: contextvars.ContextVar[PaymentTake | None] = contextvars.ContextVar(
+    "WITH_PAYMENT", default=None)
+
+
+def attach(record: ChannelRecord) -> PaymentTake | None:
+    """The take waiting (in this context) for a payment of a server channel, now attached
+    to the payment `record` stores (once: a second payment gets none)."""
+    take = WITH_PAYMENT.get()
+    if take is None or take.closed or take.contract_txid or \
+            Role(record.role) is not Role.SERVER or record.contract_txid != take.channel:
+        return None
+    take.contract_txid = record.contract_txid
+    return take
+
+
+def taken_after(outcomes: Sequence[object], takes: Sequence[PaymentTake | None],
+                take_one: Callable[[Take], tuple[int | None, int]]) -> None:
+    """Make each stored payment's take (its outcome None), in the payment's transaction."""
+    for outcome, take in zip(outcomes, takes, strict=False):
+        if take is not None and outcome is None:
+            take.answer = take_one(take.take())
 
 
 def check_takes(takes: Sequence[Take]) -> None:
@@ -123,6 +188,11 @@ class SQLCredit:
             for index in order:
                 answers[index] = self._take(conn, *takes[index])
         return [answers[index] for index in range(len(takes))]
+
+    def _takes_after(self, conn: Session, outcomes: Sequence[object],
+                     takes: Sequence[PaymentTake | None]) -> None:
+        """The takes of the payments just stored in `conn`'s transaction (`taken_after`)."""
+        taken_after(outcomes, takes, lambda take: self._take(conn, *take))
 
     def _take(self, conn: Session, contract_txid: str, least: int, most: int
               ) -> tuple[int | None, int]:

@@ -6,7 +6,8 @@ them with one `record_payments` call (one commit, one fsync); a lone payment is 
 once. Each caller's `record_payment` returns only after the commit that holds its payment,
 so nothing is acknowledged before it is durable. A server's payments carry their
 connection's lease: with `leases`, each is stored only while that lease is current (fencing,
-`store/leases.py`), checked in the same commit.
+`store/leases.py`), checked in the same commit. A take of credit the gateway asked for with a
+payment (`store/credit.py`, WITH_PAYMENT) is made in the payment's commit.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Iterable
 from bitcoind_paychan.channel.effects import Effect, StorePayment
 from bitcoind_paychan.channel.records import ChannelRecord
 from bitcoind_paychan.store.base import ChannelStore, Payment
+from bitcoind_paychan.store.credit import TakingStore, attach
 from bitcoind_paychan.store.groupcommit import GroupCommit
 from bitcoind_paychan.store.leases import FencedPayment, Lease, Leases
 
@@ -28,12 +30,14 @@ class _HandOver:
     """Payments handed to the writer together (under one lease, if any), answered by one
     future (one wake-up)."""
 
-    __slots__ = ("done", "lease", "loop", "payments")
+    __slots__ = ("done", "lease", "loop", "payments", "takes")
 
     def __init__(self, payments: list[Payment], lease: Lease | None,
                  loop: asyncio.AbstractEventLoop) -> None:
         self.payments, self.lease, self.loop = payments, lease, loop
         self.done: asyncio.Future[Outcomes] = loop.create_future()
+        # A take of credit the gateway asked to make with a payment (store/credit.py).
+        self.takes = [attach(record) for record, _, _ in payments]
 
 
 class PaymentWriter(GroupCommit[_HandOver]):
@@ -73,15 +77,24 @@ class PaymentWriter(GroupCommit[_HandOver]):
 
     def _commit(self, batch: list[_HandOver]) -> None:
         payments = [payment for item in batch for payment in item.payments]
+        takes = [take for item in batch for take in item.takes]
         try:
             if self.leases is not None:
                 fenced: list[FencedPayment] = [(payment, item.lease) for item in batch
                                                for payment in item.payments]
-                outcomes: Outcomes = list(self.leases.record_payments(fenced))
+                outcomes: Outcomes = list(self.leases.record_payments(fenced, takes)
+                                          if any(takes) else
+                                          self.leases.record_payments(fenced))
+            elif any(takes):
+                assert isinstance(self.store, TakingStore), "takes need a store of credit"
+                outcomes = list(self.store.record_payments(payments, takes))
             else:
                 outcomes = list(self.store.record_payments(payments))
-        except BaseException as e:  # the commit failed: none is stored
+        except BaseException as e:  # the commit failed: none is stored, nothing taken
             outcomes = [e] * len(payments)
+            for take in takes:
+                if take is not None:
+                    take.answer = None
         answers: dict[asyncio.AbstractEventLoop, list[_Answer]] = {}
         at = 0
         for item in batch:

@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 
 from bitcoind_paychan.channel.records import ChannelStatus, Role
+from bitcoind_paychan.errors import LeaseLost, StoreError
 from bitcoind_paychan.store import ChannelStore, SQLiteStore
-from bitcoind_paychan.store.credit import CreditStore
+from bitcoind_paychan.store.credit import CreditStore, PaymentTake
+from bitcoind_paychan.store.leases import leases_for
 from bitcoind_paychan.store.postgres import PostgresStore
 from regtest.postgres import PostgresServer
 from regtest.waiting import wait_until
@@ -137,6 +139,36 @@ def test_a_batch_of_takes_is_taken_in_turn_in_one_transaction(store: ChannelStor
     with pytest.raises(ValueError, match="expected 0 <= least <= most"):
         credit.take_credits([(two.txid, 50, 50), (one.txid, 5, 1)])
     assert credit.credit(two.txid) == 100  # a bad take in a batch: none of it is taken
+
+
+def test_a_take_rides_in_the_transaction_that_stores_its_payment(store: ChannelStore) -> None:
+    """Through the leases (the server's path; fenced in the same commit): each stored
+    payment's take is made right after it; a refused payment's (a lost lease, a higher
+    change) is not made."""
+    leases = leases_for(store)
+    one, two = paid(store, 300), paid(store, 300)
+    lease = leases.acquire(Role.SERVER, one.txid, "a/1")
+    stale = leases.acquire(Role.SERVER, two.txid, "a/1")
+    leases.acquire(Role.SERVER, two.txid, "b/1")  # `stale` lost: two's payment is refused
+    first, second = (store.get(Role.SERVER, c.txid) for c in (one, two))
+    assert first is not None and second is not None
+    takes = [PaymentTake(500, 500, one.txid), PaymentTake(100, 100, two.txid), None]
+    for take in takes[:2]:
+        assert take is not None
+        take.contract_txid = take.channel  # as the writer attaches it
+    outcomes = leases.record_payments([((one.pay(first, 400), 400, b""), lease),
+                                       ((two.pay(second, 10), 10, b""), stale),
+                                       ((one.pay(first, 1), 1, b""), lease)], takes)
+    assert outcomes[0] is None and isinstance(outcomes[1], LeaseLost)
+    assert isinstance(outcomes[2], StoreError)  # a higher change than the one stored first
+    assert [t.answer if t is not None else None for t in takes] == [(500, 200), None, None]
+    credit = credit_of(store)
+    assert (credit.credit(one.txid), credit.credit(two.txid)) == (200, 300)
+
+
+def test_a_take_is_bounded_before_it_can_fail_a_payment() -> None:
+    with pytest.raises(ValueError, match="expected 0 <= least <= most"):
+        PaymentTake(5, 1, "00" * 32)
 
 
 class HeldStore(PostgresStore):
