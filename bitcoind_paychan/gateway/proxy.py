@@ -20,8 +20,9 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -62,6 +63,7 @@ from bitcoind_paychan.transport.paidhttp.wire import (
     RECEIPT_HEADER,
     SCHEME,
     SESSION_HEADER,
+    Credential,
     Offer,
     challenge,
     parse_credential,
@@ -169,15 +171,19 @@ class Gateway:
         header = request.headers.get(PAYMENT_HEADER, "")
         if not header.strip().lower().startswith(SCHEME.lower()):
             return self._payment_required(request, route, "payment required")
+        try:
+            found: Credential | None = parse_credential(header)
+        except PaidHttpError:
+            found = None  # take_payment's refusal follows
         key = request.headers.get(KEY_HEADER)
         if key is not None:
             if not valid_key(key):
                 return error(400, f"{KEY_HEADER}: expected 1 to {MAX_KEY} printable "
                                   "characters")
-            replayed = await self._replay(request, header, key)
+            replayed = await self._replay(request, header, found, key)
             if replayed is not None:
                 return replayed
-        channel = self._channel_of(header)
+        channel = self._channel_of(found)
         busy = self._in_flight.get(channel, 0) if channel is not None else 0
         if busy >= self.max_requests_per_session:
             return error(429, f"{busy} requests of this session are in flight, the most the "
@@ -187,7 +193,7 @@ class Gateway:
         if channel is not None:
             self._in_flight[channel] = busy + 1
         try:
-            return await self._pay_and_serve(route, request, header, key, channel)
+            return await self._pay_and_serve(route, request, header, key, found, channel)
         finally:
             if reserved is not None and reserved.status is None:  # not charged: forgotten
                 self.replays.forget(*reserved.where)
@@ -197,20 +203,27 @@ class Gateway:
                     del self._in_flight[channel]
 
     async def _pay_and_serve(self, route: Route, request: web.Request, header: str,
-                             key: str | None, channel: str | None) -> web.StreamResponse:
+                             key: str | None, found: Credential | None, channel: str | None
+                             ) -> web.StreamResponse:
         needed = route.price.needed
         everything = route.price.per in ("byte", "second")
         # The credit is taken in the transaction that stores the request's payment (one
         # commit), if it carries one and its session has a channel; else by `hold` below.
         made = (self.credit.with_payment(channel, needed, everything=everything)
-                if channel is not None else None)
-        exchange = self._exchange(header, needed, made)
+                if channel is not None and found is not None and found.frame is not None
+                else None)
+        paying = take_payment(self.sessions, found or header,
+                              lambda channel: self._lacking(channel, needed), credit=True)
         try:
-            taken = await asyncio.shield(exchange)
-        except asyncio.CancelledError:  # what was taken with the payment goes back
-            if made is not None:
-                exchange.add_done_callback(lambda _: self.credit.unclaimed(made))
-            raise
+            if made is None:
+                taken = await paying
+            else:  # in a task of its own, which finishes even if the request goes away
+                exchange = self._exchange(paying, made)
+                try:
+                    taken = await asyncio.shield(exchange)
+                except asyncio.CancelledError:  # what was taken with the payment goes back
+                    exchange.add_done_callback(lambda _: self.credit.unclaimed(made))
+                    raise
         except StoreError as exc:  # the payment (and its take) not stored: not acknowledged
             log.warning("storing a payment failed: %s", exc)
             return error(503, f"the gateway could not store the payment ({exc}): not "
@@ -257,34 +270,28 @@ class Gateway:
                 await self.credit.give_back(taken.channel, held)
             raise
 
-    def _exchange(self, header: str, needed: int, made: PaymentTake | None
+    @staticmethod
+    def _exchange(paying: Coroutine[Any, Any, Stored | Refused], made: PaymentTake
                   ) -> asyncio.Task[Stored | Refused]:
-        """`take_payment` of the request's credential, in a task of its own (it finishes even
-        if the request goes away), with `made` to take with its payment."""
+        """`paying` (take_payment) in a task of its own, `made` to take with its payment."""
         token = WITH_PAYMENT.set(made)
         try:
-            return asyncio.ensure_future(take_payment(
-                self.sessions, header, lambda channel: self._lacking(channel, needed),
-                credit=True))
+            return asyncio.ensure_future(paying)
         finally:
             WITH_PAYMENT.reset(token)
 
-    def _channel_of(self, header: str) -> str | None:
-        """The channel of the session a credential names, if it parses and has one."""
-        try:
-            session_id = parse_credential(header).session
-        except PaidHttpError:
+    def _channel_of(self, found: Credential | None) -> str | None:
+        """The channel of the session a credential names, if it parsed and has one."""
+        if found is None:
             return None
-        session = self.sessions.get(session_id)
+        session = self.sessions.get(found.session)
         return session.channel if session is not None else None
 
-    async def _replay(self, request: web.Request, header: str, key: str
-                      ) -> web.StreamResponse | None:
+    async def _replay(self, request: web.Request, header: str, found: Credential | None,
+                      key: str) -> web.StreamResponse | None:
         """The kept answer to a retry of a request already charged (not charged again; a
         new payment it carries is stored and credited), a refusal, or None: not a retry."""
-        try:
-            found = parse_credential(header)
-        except PaidHttpError:
+        if found is None:
             return None  # the usual refusal follows
         session = self.sessions.get(found.session)
         channel = session.channel if session is not None else None

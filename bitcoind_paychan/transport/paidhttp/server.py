@@ -22,6 +22,7 @@ from bitcoind_paychan.transport.paidhttp.wire import (
     FRAMES_TYPE,
     PAYMENT_HEADER,
     SESSION_HEADER,
+    Credential,
     join_frames,
     parse_credential,
     split_frames,
@@ -58,16 +59,16 @@ def at_least(sat: int) -> Callable[[str], Awaitable[int]]:
     return minimum
 
 
-async def take_payment(sessions: Sessions, value: str,
+async def take_payment(sessions: Sessions, value: str | Credential,
                        minimum: Callable[[str], Awaitable[int]], *,
                        credit: bool = False) -> Stored | Refused:
-    """The payment in the credential `value`, stored, or why not. It must add at least
-    `await minimum(channel)` sat to its channel's last payment (asked under the session's
-    lock). With `credit` (a service that keeps credit: the gateway), a credential without a
-    payment is taken too, once per `seq` in its session: Stored with 0 sat and no ack (the
-    caller takes the request's price from the channel's credit)."""
+    """The payment in the credential `value` (or `value` as parsed), stored, or why not. It
+    must add at least `await minimum(channel)` sat to its channel's last payment (asked under
+    the session's lock). With `credit` (a service that keeps credit: the gateway), a
+    credential without a payment is taken too, once per `seq` in its session: Stored with 0
+    sat and no ack (the caller takes the request's price from the channel's credit)."""
     try:
-        found = parse_credential(value)
+        found = parse_credential(value) if isinstance(value, str) else value
     except PaidHttpError as exc:
         return Refused(400, str(exc))
     if found.frame is None and not credit:
