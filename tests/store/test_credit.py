@@ -206,3 +206,35 @@ def test_two_instances_never_take_the_same_credit(postgres_server: PostgresServe
         second.join(30)
         assert got == {"a": 100, "b": None}  # b read the balance a left: 50
         assert b.credit(channel.txid) == 50
+
+
+def test_a_take_riding_with_a_payment_and_another_instances_take_never_spend_the_same_sat(
+        postgres_server: PostgresServer) -> None:
+    """Instance a stores a payment of 100 with its request's take of 200 (one transaction,
+    through its leases); b's take of 200 waits for a's row lock, then reads what a left."""
+    database = postgres_server.new_database()
+    dsn = postgres_server.dsn(database)
+    with HeldStore(dsn) as a, PostgresStore(dsn) as b:
+        channel = paid(a, 150)
+        assert b.take_credit(channel.txid, 0, 0) == 0  # the channel's row exists: a locks it
+        leases = leases_for(a)
+        lease = leases.acquire(Role.SERVER, channel.txid, "a/1")
+        record = a.get(Role.SERVER, channel.txid)
+        assert record is not None
+        take = PaymentTake(200, 200, channel.txid, contract_txid=channel.txid)
+        got: dict[str, object] = {}
+        first = threading.Thread(target=lambda: got.update(a=leases.record_payments(
+            [((channel.pay(record, 100), 100, b""), lease)], [take])))
+        first.start()
+        assert a.reading.wait(timeout=30)  # a stored the payment, read 250, holds the row
+        second = threading.Thread(target=lambda: got.update(b=b.take_credit(channel.txid, 200,
+                                                                            200)))
+        second.start()
+        wait_until(lambda: postgres_server.sql(  # b waits for a's row lock
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND "
+            f"datname = '{database}'", database) == "1", what="b waiting on a's lock")
+        a.release.set()
+        first.join(30)
+        second.join(30)
+        assert got == {"a": [None], "b": None} and take.answer == (200, 50)
+        assert b.credit(channel.txid) == 50
