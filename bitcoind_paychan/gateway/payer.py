@@ -117,6 +117,7 @@ class Payer:
         self.max_payment = max_payment
         self.max_total = max_total
         self.paid = 0  # sat signed through this payer
+        self._last: dict[str, Channel] = {}  # endpoint → the channel found last
 
     def check(self, amount: int, what: str = "a payment", *, opening: bool = False) -> None:
         """PriceRefused if paying `amount` would break a cap (an opening payment: only
@@ -183,6 +184,9 @@ class Payer:
         """The channel to `offer`'s endpoint with room for `amount`: the manager's lookup
         (live, else the stored one resumed, else a new one); one with less left is closed and
         a new one opened. A new channel's opening payment counts toward `max_total`."""
+        last = self._last.get(offer.endpoint)
+        if last is not None and last.connected and last.remaining >= max(amount, 1):
+            return last  # still live: what the lookup would find first
         value = max(self.value, offer.min_channel_value)
         if not self.manager.has_payable(offer.endpoint):
             self._opening(offer)
@@ -192,6 +196,7 @@ class Payer:
             self._opening(offer)
             await channel.close()
             channel = await self.manager.open_channel(offer.endpoint, value, new=True)
+        self._last[offer.endpoint] = channel
         return channel
 
     def _opening(self, offer: Offer) -> None:
