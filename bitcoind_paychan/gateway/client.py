@@ -12,7 +12,9 @@ A request answered 402 with a `Payment ... method="paychan"` challenge is sent a
 a payment through the channel to the offer's endpoint (opened on first use, or the stored one
 resumed); its answer's receipt completes the payment. The offer is remembered per URL (without
 its query), so later requests are paid at once. Each payment adds what the request needs
-beyond the credit the last receipt showed. Caps (PriceRefused, nothing signed): an offer whose
+beyond the credit the last receipt showed (at least `prepay` sat, as the caps allow: credit
+paid ahead); a request that credit covers carries no payment, only the session and a request
+number, and spends it. Caps (PriceRefused, nothing signed): an offer whose
 request costs more than `max_request` sat, and payments over `max_total` sat in all.
 """
 
@@ -37,7 +39,7 @@ import aiohttp
 import httpx
 
 from bitcoind_paychan.errors import PaidHttpError, PriceRefused
-from bitcoind_paychan.gateway.payer import DEFAULT_VALUE, Payer, PendingPayment
+from bitcoind_paychan.gateway.payer import DEFAULT_VALUE, Payer, PendingPayment, SpentCredit
 from bitcoind_paychan.node.ports import Node, NodePorts
 from bitcoind_paychan.service.client import ClientManager
 from bitcoind_paychan.store import ChannelStore
@@ -58,14 +60,17 @@ T = TypeVar("T")
 class PaychanAuth(httpx.Auth):
     """Pays `paychan` 402s through `payer` (its manager runs on `loop`: the running one if
     None). `max_request`: the most one request may cost (its price, or reserve); None: no
-    cap. `paid`: sat paid through this object; `receipts`: the last receipt per channel."""
+    cap. `prepay`: the least sat a payment adds (0: what the request lacks), so the requests
+    after it spend credit without a payment of their own. `paid`: sat paid through this
+    object; `receipts`: the last receipt per channel."""
 
     requires_response_body = False  # the offer is in the challenge: streams stay streams
 
-    def __init__(self, payer: Payer, *, max_request: int | None = None,
+    def __init__(self, payer: Payer, *, max_request: int | None = None, prepay: int = 0,
                  loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.payer = payer
         self.max_request = max_request
+        self.prepay = prepay
         self.loop = loop
         self.offers: dict[str, Offer] = {}  # URL without its query → its offer
         self.receipts: dict[str, Receipt] = {}  # channel → the last receipt through it
@@ -134,7 +139,7 @@ class PaychanAuth(httpx.Auth):
     def amount(self, offer: Offer, channel: str = "", opened: int | None = None) -> int:
         """What a request on `offer` must add to the credit `channel` is known to hold: its
         last receipt's, else what the endpoint said as it opened or resumed (`opened`), else
-        none."""
+        none. 0: that credit covers it."""
         if self.max_request is not None and offer.needed > self.max_request:
             raise PriceRefused(f"{offer.endpoint} asks {offer.needed} sat for a request "
                                f"({offer.price} sat per {offer.quantity} {offer.unit}), over "
@@ -142,9 +147,11 @@ class PaychanAuth(httpx.Auth):
                                "refused, nothing paid")
         known = self.receipts.get(channel)
         credit = known.credit if known is not None else opened or 0
+        if credit >= offer.needed:
+            return 0
         return max(offer.needed - credit, offer.min_increment, 1)
 
-    async def _pay(self, offer: Offer) -> PendingPayment:
+    async def _pay(self, offer: Offer) -> PendingPayment | SpentCredit:
         self.amount(offer)  # over the cap: refused before a channel is opened
         lock = self._locks.setdefault(offer.endpoint, asyncio.Lock())
         await lock.acquire()
@@ -153,13 +160,15 @@ class PaychanAuth(httpx.Auth):
             stream = channel.stream
             link = stream.link if isinstance(stream, CarriedStream) else None
             opened = link.credit if isinstance(link, HttpLink) else None
-            return await self.payer.pay(offer, self.amount(offer, channel.channel_id,
-                                                           opened))
+            amount = self.amount(offer, channel.channel_id, opened)
+            if not amount:
+                return await self.payer.spend(offer)
+            return await self.payer.pay(offer, amount, ahead=self.prepay)
         except BaseException:
             lock.release()
             raise
 
-    async def _settle(self, offer: Offer, payment: PendingPayment,
+    async def _settle(self, offer: Offer, payment: PendingPayment | SpentCredit,
                       response: httpx.Response) -> None:
         try:
             receipt = await payment.settle(response.headers)
@@ -173,7 +182,7 @@ class PaychanAuth(httpx.Auth):
         else:
             self.receipts[channel] = receipt
 
-    async def _abandon(self, offer: Offer, payment: PendingPayment) -> None:
+    async def _abandon(self, offer: Offer, payment: PendingPayment | SpentCredit) -> None:
         try:
             await payment.abandon()
         finally:
@@ -209,14 +218,14 @@ def _on(loop: asyncio.AbstractEventLoop, step: Awaitable[T]) -> T:
 @contextlib.asynccontextmanager
 async def paying(wallet: Node | NodePorts, store: ChannelStore, value: int = DEFAULT_VALUE,
                  *, max_request: int | None = None, max_total: int | None = None,
-                 **options: Any) -> AsyncIterator[PaychanAuth]:
+                 prepay: int = 0, **options: Any) -> AsyncIterator[PaychanAuth]:
     """A PaychanAuth over a ClientManager of `wallet` and `store` (`options`: the manager's)
     that opens channels of `value` sat at the gateways' endpoints; the manager (and its
     autopilot: refunds, settlement before expiry) runs until the block ends."""
     async with (aiohttp.ClientSession() as http,
                 ClientManager(wallet, store, dial=http_dialer(http), **options) as manager):
         yield PaychanAuth(Payer(manager, value, max_total=max_total), max_request=max_request,
-                          loop=asyncio.get_running_loop())
+                          prepay=prepay, loop=asyncio.get_running_loop())
 
 
 @contextlib.contextmanager

@@ -4,9 +4,12 @@ It lives in the store (store/credit.py): a channel's credit is what its stored p
 less what the gateway took, so a payment is credit the moment it is stored, a gateway restart
 loses none, and instances on one PostgreSQL share it. The store is called in a thread (as
 the server manager does), never blocking the event loop. Each take is atomic in the store, so
-requests of one channel (on one instance or several) never spend the same sat twice. A
-metered stream that has spent what it may waits (`wait`) until this instance sees the credit
-grow (a payment it stored, or credit given back).
+requests of one channel (on one instance or several) never spend the same sat twice. Takes
+are group-committed by a thread of their own (store/groupcommit.py): those that arrive while
+a commit runs go together in the next one (one transaction, one fsync), each answered once
+its commit is durable; a lone take commits at once, so batching adds no latency. A metered
+stream that has spent what it may waits (`wait`) until this instance sees the credit grow
+(a payment it stored, or credit given back).
 
 `known` is the credit as this instance last saw it (each take reads it in its own
 transaction, then what this instance stores and gives back is added): what a payment must add
@@ -17,9 +20,51 @@ instance's takes and payments show at the next take; the take itself is the stor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
+from collections.abc import Callable
+from typing import NamedTuple
 
-from bitcoind_paychan.store.credit import CreditStore
+from bitcoind_paychan.store.credit import CreditStore, PaymentTake, Take, check_takes
+from bitcoind_paychan.store.groupcommit import GroupCommit
+
+
+class _Waiting(NamedTuple):
+    """A take waiting for its commit, and where to answer it."""
+
+    take: Take
+    answer: asyncio.Future[tuple[int | None, int]]
+    loop: asyncio.AbstractEventLoop
+
+
+_Answers = list[tuple[_Waiting, "tuple[int | None, int] | Exception"]]
+
+
+class _Takes(GroupCommit[_Waiting]):
+    """The takes' group commit: each batch in one `take_credits` transaction, answered on
+    each take's loop (`answer`, called there once per batch)."""
+
+    thread_name = "credit-takes"
+
+    def __init__(self, store: CreditStore, answer: Callable[[_Answers], None]) -> None:
+        super().__init__()
+        self.store, self.answer = store, answer
+
+    def put(self, waiting: _Waiting) -> None:
+        self._put(waiting)
+
+    def _commit(self, batch: list[_Waiting]) -> None:
+        try:
+            found: list[tuple[int | None, int] | Exception] = list(
+                self.store.take_credits([waiting.take for waiting in batch]))
+        except Exception as exc:  # the commit failed: nothing was taken
+            found = [exc] * len(batch)
+        by_loop: dict[asyncio.AbstractEventLoop, _Answers] = {}
+        for waiting, answer in zip(batch, found, strict=True):
+            by_loop.setdefault(waiting.loop, []).append((waiting, answer))
+        for loop, answers in by_loop.items():  # one wake-up per loop
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                loop.call_soon_threadsafe(self.answer, answers)
 
 
 class Credit:
@@ -27,6 +72,8 @@ class Credit:
         self.store = store
         self._grown: dict[str, asyncio.Event] = {}  # channel → set when its credit grows
         self._known: dict[str, int] = {}  # channel → its credit as this instance last saw it
+        self._takes = _Takes(store, self._answer)  # the thread committing takes
+        self._giving: set[asyncio.Task[None]] = set()  # cancelled takes being given back
 
     async def of(self, channel: str) -> int:
         """The channel's credit, read from the store."""
@@ -38,22 +85,72 @@ class Credit:
         found = self._known.get(channel)
         return found if found is not None else await self.of(channel)
 
-    async def hold(self, channel: str, paid: int, needed: int, *, everything: bool = False
-             ) -> int | None:
+    def cached(self, channel: str) -> int:
+        """The channel's credit as this instance last saw it, without the store (0 if never
+        seen)."""
+        return self._known.get(channel, 0)
+
+    async def hold(self, channel: str, paid: int, needed: int, *, everything: bool = False,
+                   made: PaymentTake | None = None) -> int | None:
         """Take `needed` of the channel's credit (which the stored payment `paid` is part
         of) for one request (with `everything`, all of it, at least `needed`): the sat held,
-        or None if the credit falls short (the payment stays credit)."""
+        or None if the credit falls short (the payment stays credit). `made`: the take
+        already made in the payment's transaction (`with_payment`), if it was."""
         self.grew(channel, paid)
+        if made is not None and made.answer is not None and made.contract_txid == channel:
+            taken, self._known[channel] = made.answer
+            return taken
         return await self._take(channel, needed, sys.maxsize if everything else needed)
+
+    @staticmethod
+    def with_payment(channel: str, needed: int, *, everything: bool = False
+                     ) -> PaymentTake:
+        """The take `hold` would make, to be made with a payment of `channel` instead (the
+        payment's exchange runs with it in store.credit.WITH_PAYMENT)."""
+        return PaymentTake(needed, sys.maxsize if everything else needed, channel)
+
+    def unclaimed(self, made: PaymentTake) -> None:
+        """`made`'s request went away before it used what was taken with its payment: give
+        it back (now, or once its commit answers)."""
+        made.closed = True
+        if made.answer is not None and made.answer[0]:
+            self._give_back_later(made.contract_txid, made.answer[0])
+            made.answer = None
 
     async def take(self, channel: str, sat: int) -> int:
         """Take up to `sat` of the channel's credit; what was taken."""
         return await self._take(channel, 0, sat) or 0
 
     async def _take(self, channel: str, least: int, most: int) -> int | None:
-        taken, self._known[channel] = await asyncio.to_thread(self.store.take_credit_left,
-                                                              channel, least, most)
+        check_takes([(channel, least, most)])
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[tuple[int | None, int]] = loop.create_future()
+        self._takes.put(_Waiting((channel, least, most), answer, loop))
+        taken, self._known[channel] = await answer
         return taken
+
+    @property
+    def commits(self) -> int:
+        """Commits of takes made (takes per commit: the batching)."""
+        return self._takes.commits
+
+    def _answer(self, answers: list[tuple[_Waiting, tuple[int | None, int] | Exception]]
+                ) -> None:
+        """On the loop: each take's answer; one whose caller went away (cancelled) before
+        its commit answered is given back."""
+        for waiting, found in answers:
+            if not waiting.answer.done():
+                if isinstance(found, Exception):
+                    waiting.answer.set_exception(found)
+                else:
+                    waiting.answer.set_result(found)
+            elif not isinstance(found, Exception) and found[0]:
+                self._give_back_later(waiting.take[0], found[0])
+
+    def _give_back_later(self, channel: str, sat: int) -> None:
+        giving = asyncio.ensure_future(self.give_back(channel, sat))
+        self._giving.add(giving)
+        giving.add_done_callback(self._giving.discard)
 
     async def give_back(self, channel: str, sat: int) -> None:
         """Credit again `sat` a request held and was not charged."""

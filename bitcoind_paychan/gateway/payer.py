@@ -6,6 +6,10 @@ endpoint, carried in one request's credential, completed by its answer's receipt
     response = await http.get(url, headers=payment.header)
     receipt = await payment.settle(response.headers)   # None: not acknowledged
 
+A request the channel's credit covers (its last receipt says so) need carry no payment:
+`await payer.spend(offer)` (a SpentCredit, the same three steps, nothing signed or stored).
+`pay(..., ahead=N)` pays at least N sat (as the caps allow), credit for the next requests.
+
 A payment the service did not acknowledge (its session ended: a restart, say) stays stored
 on this side; the next lookup resumes the channel, which re-sends it as the proof that it is
 ours, and the request is paid again: such a loss costs at most one payment.
@@ -70,6 +74,36 @@ class PendingPayment:
         await self.channel.disconnect()
 
 
+@dataclass
+class SpentCredit:
+    """A request that spends the credit its channel holds (paid ahead): its credential
+    carries the session and a new request number, no payment; `settle` with its answer."""
+
+    channel: Channel
+    link: HttpLink
+    seq: int
+    amount: int = 0  # sat it pays: none
+    receipt: Receipt | None = field(default=None)
+
+    @property
+    def header(self) -> dict[str, str]:
+        assert self.link.session is not None, "a channel is open only in a session"
+        return {PAYMENT_HEADER: credential(self.link.session, None, self.seq)}
+
+    async def settle(self, headers: Mapping[str, str]) -> Receipt | None:
+        """The answer's receipt; without one (the session is gone: a restart, say), hang up
+        (None): the next request resumes the channel."""
+        found = headers.get(RECEIPT_HEADER)
+        if found is None:
+            await self.abandon()
+            return None
+        self.receipt = read_receipt(found)
+        return self.receipt
+
+    async def abandon(self) -> None:
+        await self.channel.disconnect()
+
+
 class Payer:
     """Pays through one channel per channel endpoint (`manager`'s: live, resumed or new),
     locking `value` sat in each new one (at least the offer's minimum). Caps: no payment over
@@ -83,6 +117,7 @@ class Payer:
         self.max_payment = max_payment
         self.max_total = max_total
         self.paid = 0  # sat signed through this payer
+        self._last: dict[str, Channel] = {}  # endpoint → the channel found last
 
     def check(self, amount: int, what: str = "a payment", *, opening: bool = False) -> None:
         """PriceRefused if paying `amount` would break a cap (an opening payment: only
@@ -95,12 +130,15 @@ class Payer:
                                f"{self.paid + amount} sat, over the cap of {self.max_total} "
                                "(max_total): refused, nothing paid")
 
-    async def pay(self, offer: Offer, amount: int) -> PendingPayment:
+    async def pay(self, offer: Offer, amount: int, *, ahead: int = 0) -> PendingPayment:
         """Sign and store a payment of `amount` through the channel to `offer`'s endpoint
-        (opened or resumed as needed), for the caller to carry; PriceRefused over a cap."""
+        (opened or resumed as needed), for the caller to carry; PriceRefused over a cap. With
+        `ahead`, the payment is raised toward `ahead` sat as far as the caps and the channel
+        allow: credit paid ahead, so the next requests need carry no payment (`spend`)."""
         self.check(amount)
         channel = await self.channel(offer, amount)
         self.check(amount)  # again: with a new channel's opening payment
+        amount = self._raised(amount, ahead, channel.remaining)
         self.paid += amount
         stream = channel.stream
         assert isinstance(stream, CarriedStream) and isinstance(stream.link, HttpLink), \
@@ -113,6 +151,24 @@ class Payer:
             expected.cancel()
             await paying
         return PendingPayment(channel, link, amount, expected.result(), paying)
+
+    def _raised(self, amount: int, ahead: int, remaining: int) -> int:
+        """`amount` raised toward `ahead`, within the caps and the channel's `remaining`."""
+        most = min(ahead, remaining)
+        if self.max_payment is not None:
+            most = min(most, self.max_payment)
+        if self.max_total is not None:
+            most = min(most, self.max_total - self.paid)
+        return max(amount, most)
+
+    async def spend(self, offer: Offer) -> SpentCredit:
+        """A request that spends the credit of the channel to `offer`'s endpoint (live or
+        resumed), carrying no payment; the caller knows the credit covers it (a receipt)."""
+        channel = await self.channel(offer)
+        stream = channel.stream
+        assert isinstance(stream, CarriedStream) and isinstance(stream.link, HttpLink), \
+            "the manager dials with http_dialer"
+        return SpentCredit(channel, stream.link, stream.link.next_seq())
 
     async def top_up(self, offer: Offer, amount: int) -> None:
         """Pay `amount` outside a request: POSTed to the channel endpoint in the channel's
@@ -128,8 +184,11 @@ class Payer:
         """The channel to `offer`'s endpoint with room for `amount`: the manager's lookup
         (live, else the stored one resumed, else a new one); one with less left is closed and
         a new one opened. A new channel's opening payment counts toward `max_total`."""
+        last = self._last.get(offer.endpoint)
+        if last is not None and last.connected and last.remaining >= max(amount, 1):
+            return last  # still live: what the lookup would find first
         value = max(self.value, offer.min_channel_value)
-        if not self.manager.payable(offer.endpoint):
+        if not self.manager.has_payable(offer.endpoint):
             self._opening(offer)
         found = await self.manager.lookup(offer.endpoint, value, any_value=True)
         channel = found.channel
@@ -137,6 +196,7 @@ class Payer:
             self._opening(offer)
             await channel.close()
             channel = await self.manager.open_channel(offer.endpoint, value, new=True)
+        self._last[offer.endpoint] = channel
         return channel
 
     def _opening(self, offer: Offer) -> None:

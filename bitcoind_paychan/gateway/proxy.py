@@ -20,14 +20,15 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from bitcoind_paychan.channel.server import ServerPolicy
-from bitcoind_paychan.errors import PaidHttpError, UpstreamFailed
+from bitcoind_paychan.errors import PaidHttpError, StoreError, UpstreamFailed
 from bitcoind_paychan.gateway import metered, websocket
 from bitcoind_paychan.gateway.credit import Credit
 from bitcoind_paychan.gateway.replays import KEY_HEADER, MAX_ANSWER, MAX_KEY, Replays, valid_key
@@ -38,11 +39,13 @@ from bitcoind_paychan.gateway.upstream import (
     cut,
     read_chunk,
     read_some,
+    read_whole,
     request_headers,
     request_id,
     response_headers,
+    small,
 )
-from bitcoind_paychan.store.credit import CreditStore
+from bitcoind_paychan.store.credit import WITH_PAYMENT, CreditStore, PaymentTake
 from bitcoind_paychan.transport.paidhttp.server import (
     Refused,
     Stored,
@@ -60,9 +63,10 @@ from bitcoind_paychan.transport.paidhttp.wire import (
     RECEIPT_HEADER,
     SCHEME,
     SESSION_HEADER,
+    Credential,
     Offer,
     challenge,
-    read_credential,
+    parse_credential,
     receipt,
 )
 from bitcoind_paychan.transport.proxies import TrustedProxies
@@ -167,15 +171,19 @@ class Gateway:
         header = request.headers.get(PAYMENT_HEADER, "")
         if not header.strip().lower().startswith(SCHEME.lower()):
             return self._payment_required(request, route, "payment required")
+        try:
+            found: Credential | None = parse_credential(header)
+        except PaidHttpError:
+            found = None  # take_payment's refusal follows
         key = request.headers.get(KEY_HEADER)
         if key is not None:
             if not valid_key(key):
                 return error(400, f"{KEY_HEADER}: expected 1 to {MAX_KEY} printable "
                                   "characters")
-            replayed = await self._replay(request, header, key)
+            replayed = await self._replay(request, header, found, key)
             if replayed is not None:
                 return replayed
-        channel = self._channel_of(header)
+        channel = self._channel_of(found)
         busy = self._in_flight.get(channel, 0) if channel is not None else 0
         if busy >= self.max_requests_per_session:
             return error(429, f"{busy} requests of this session are in flight, the most the "
@@ -185,7 +193,7 @@ class Gateway:
         if channel is not None:
             self._in_flight[channel] = busy + 1
         try:
-            return await self._pay_and_serve(route, request, header, key)
+            return await self._pay_and_serve(route, request, header, key, found, channel)
         finally:
             if reserved is not None and reserved.status is None:  # not charged: forgotten
                 self.replays.forget(*reserved.where)
@@ -195,20 +203,54 @@ class Gateway:
                     del self._in_flight[channel]
 
     async def _pay_and_serve(self, route: Route, request: web.Request, header: str,
-                             key: str | None) -> web.StreamResponse:
+                             key: str | None, found: Credential | None, channel: str | None
+                             ) -> web.StreamResponse:
         needed = route.price.needed
-        taken = await take_payment(
-            self.sessions, header,
-            lambda channel: self._lacking(channel, needed))
+        everything = route.price.per in ("byte", "second")
+        # The credit is taken in the transaction that stores the request's payment (one
+        # commit), if it carries one and its session has a channel; else by `hold` below.
+        made = (self.credit.with_payment(channel, needed, everything=everything)
+                if channel is not None and found is not None and found.frame is not None
+                else None)
+        paying = take_payment(self.sessions, found or header,
+                              lambda channel: self._lacking(channel, needed), credit=True)
+        try:
+            if made is None:
+                taken = await paying
+            else:  # in a task of its own, which finishes even if the request goes away
+                exchange = self._exchange(paying, made)
+                try:
+                    taken = await asyncio.shield(exchange)
+                except asyncio.CancelledError:  # what was taken with the payment goes back
+                    exchange.add_done_callback(lambda _: self.credit.unclaimed(made))
+                    raise
+        except StoreError as exc:  # the payment (and its take) not stored: not acknowledged
+            log.warning("storing a payment failed: %s", exc)
+            return error(503, f"the gateway could not store the payment ({exc}): not "
+                              "forwarded, not charged; resume the channel and retry later")
+        finally:
+            if made is not None:
+                made.closed = True
         if isinstance(taken, Refused):
             if taken.status == 402:
                 return self._payment_required(request, route, taken.why)
             return error(taken.status, taken.why, closed=taken.closed)
-        held = await self.credit.hold(taken.channel, taken.amount, needed,
-                                everything=route.price.per in ("byte", "second"))
+        try:
+            held = await self.credit.hold(taken.channel, taken.amount, needed,
+                                          everything=everything, made=made)
+        except StoreError as exc:  # the payment is stored (credit), nothing was taken
+            log.warning("taking the credit of channel %s failed: %s", taken.channel, exc)
+            answer = error(503, f"the gateway could not take the request's credit ({exc}): "
+                                "not forwarded, not charged; a payment it carried is stored "
+                                "as credit: retry later")
+            answer.headers[RECEIPT_HEADER] = receipt(taken.ack, 0,
+                                                     self.credit.cached(taken.channel))
+            return answer
         if held is None:  # another request of this channel took the credit meanwhile
-            answer = self._payment_required(request, route, "the channel's credit was spent "
-                                            "by another request meanwhile: pay again")
+            why = ("the channel's credit was spent by another request meanwhile: pay again"
+                   if taken.amount else f"the channel's credit does not cover the request "
+                   f"({needed} sat): pay with it")
+            answer = self._payment_required(request, route, why)
             answer.headers[RECEIPT_HEADER] = await self._receipt(taken, 0)
             return answer
         paid = Paid(taken, held, key)
@@ -228,24 +270,30 @@ class Gateway:
                 await self.credit.give_back(taken.channel, held)
             raise
 
-    def _channel_of(self, header: str) -> str | None:
-        """The channel of the session a credential names, if it parses and has one."""
+    @staticmethod
+    def _exchange(paying: Coroutine[Any, Any, Stored | Refused], made: PaymentTake
+                  ) -> asyncio.Task[Stored | Refused]:
+        """`paying` (take_payment) in a task of its own, `made` to take with its payment."""
+        token = WITH_PAYMENT.set(made)
         try:
-            session_id, _, _ = read_credential(header)
-        except PaidHttpError:
+            return asyncio.ensure_future(paying)
+        finally:
+            WITH_PAYMENT.reset(token)
+
+    def _channel_of(self, found: Credential | None) -> str | None:
+        """The channel of the session a credential names, if it parsed and has one."""
+        if found is None:
             return None
-        session = self.sessions.get(session_id)
+        session = self.sessions.get(found.session)
         return session.channel if session is not None else None
 
-    async def _replay(self, request: web.Request, header: str, key: str
-                      ) -> web.StreamResponse | None:
+    async def _replay(self, request: web.Request, header: str, found: Credential | None,
+                      key: str) -> web.StreamResponse | None:
         """The kept answer to a retry of a request already charged (not charged again; a
         new payment it carries is stored and credited), a refusal, or None: not a retry."""
-        try:
-            session_id, _, payment = read_credential(header)
-        except PaidHttpError:
+        if found is None:
             return None  # the usual refusal follows
-        session = self.sessions.get(session_id)
+        session = self.sessions.get(found.session)
         channel = session.channel if session is not None else None
         replay = self.replays.get(channel, key) if channel is not None else None
         if session is None or channel is None or replay is None:
@@ -261,8 +309,8 @@ class Gateway:
                               f"charged {replay.charged} sat once; its answer (a stream, or "
                               "too large) is not kept: a new key buys it again")
         ack = replay.ack
-        if session.change is not None and \
-                payment.update_payment.client_change_value < session.change:
+        if found.message is not None and session.change is not None and \
+                found.message.update_payment.client_change_value < session.change:
             taken = await take_payment(self.sessions, header,
                                        at_least(self.policy.min_increment))
             if isinstance(taken, Refused):
@@ -323,7 +371,19 @@ class Gateway:
 
     async def _per_request(self, route: Route, request: web.Request, paid: Paid,
                            upstream: aiohttp.ClientResponse) -> web.StreamResponse:
-        """Charged the price with the answer's headers; given back if the body breaks off."""
+        """A small answer read whole, then charged the price (not charged if its body breaks
+        off: 502); a larger one charged with its headers, given back if its body breaks off
+        (the client sees it cut short)."""
+        if small(request, upstream):
+            try:
+                whole_body = await read_whole(upstream)
+            except UpstreamFailed as exc:
+                return await self._charged(error(exc.status, str(exc)), route, request, paid,
+                                           0)
+            whole = web.Response(status=upstream.status, body=whole_body,
+                                 headers=response_headers(upstream.headers))
+            self._keep(paid, route.price.price, whole, whole_body)
+            return await self._charged(whole, route, request, paid, route.price.price)
         answer = web.StreamResponse(status=upstream.status,
                                     headers=response_headers(upstream.headers))
         await self._charged(answer, route, request, paid, route.price.price)

@@ -4,7 +4,7 @@ UpstreamFailed)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 
 import aiohttp
 from aiohttp import web
@@ -126,13 +126,34 @@ class Upstreams:
 CHUNK = 64 * 1024
 
 
+SMALL = 64 * 1024  # bytes: an answer of a known length up to this is read whole first
+
+
 async def read_chunk(upstream: aiohttp.ClientResponse) -> bytes:
+    return await _reading(upstream.content.read(CHUNK))
+
+
+async def read_whole(upstream: aiohttp.ClientResponse) -> bytes:
+    """The whole body (one of a known, small length: `small`)."""
+    return await _reading(upstream.read())
+
+
+async def _reading(read: Awaitable[bytes]) -> bytes:
+    """`read`, its failures UpstreamFailed."""
     try:
-        return await upstream.content.read(CHUNK)
+        return await read
     except TimeoutError:
         raise UpstreamFailed(504, "the upstream stopped sending its answer") from None
     except (aiohttp.ClientError, OSError) as exc:
         raise UpstreamFailed(502, f"the upstream broke off its answer: {exc}") from None
+
+
+def small(request: web.Request, upstream: aiohttp.ClientResponse) -> bool:
+    """The answer has a body of a known length up to SMALL bytes, worth reading whole before
+    answering (one write to the client, its length kept); not a HEAD's, 204's or 304's."""
+    length = upstream.content_length
+    return (length is not None and length <= SMALL and request.method != "HEAD"
+            and upstream.status not in (204, 304))
 
 
 async def copy(upstream: aiohttp.ClientResponse, answer: web.StreamResponse,

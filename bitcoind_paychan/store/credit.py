@@ -7,16 +7,26 @@ contract's value less the client's stored change) less what the gateway took of 
 stored, in the same transaction, and a restart loses none. Taking credit reads and raises
 `spent` under the row's lock in one transaction, so two requests (of one instance or of two
 on one PostgreSQL) never take the same sat twice. A forgotten channel's row goes with it.
+
+A take may also ride with a payment (`PaymentTake`): made in the transaction that stores the
+payment, right after it, so a paid request costs the gateway one commit, not two. The
+gateway names it in `WITH_PAYMENT` (a context variable) around the exchange that stores the
+payment; the payment writer (writer.py) attaches it to that payment.
 """
 
 from __future__ import annotations
 
+import contextvars
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from bitcoind_paychan.channel.records import Role
+from bitcoind_paychan.channel.records import ChannelRecord, Role
 
 if TYPE_CHECKING:
+    from bitcoind_paychan.errors import StoreError
+    from bitcoind_paychan.store.base import Payment
     from bitcoind_paychan.store.sql import Session
 
 SERVER = Role.SERVER.value
@@ -50,15 +60,86 @@ class CreditStore(Protocol):
         """`take_credit`, and the credit left after it (read in the same transaction)."""
         ...
 
+    def take_credits(self, takes: Sequence[Take]) -> list[tuple[int | None, int]]:
+        """Each take of `takes` (channel, least, most) in turn, all in one transaction (one
+        commit: the gateway's group commit); `take_credit_left`'s answer for each."""
+        ...
+
     def give_credit(self, contract_txid: str, sat: int) -> None:
         """Give back `sat` taken and not charged."""
         ...
 
 
+Take = tuple[str, int, int]  # (contract txid, least, most)
+
+
+@runtime_checkable
+class TakingStore(Protocol):
+    """A store whose group commit of payments also makes their takes of credit (SQLite,
+    PostgreSQL, memory)."""
+
+    def record_payments(self, batch: Sequence[Payment],
+                        takes: Sequence[PaymentTake | None] = ()) -> list[StoreError | None]:
+        """`ChannelStore.record_payments`; each stored payment's take (`takes`, by position)
+        made in the same transaction, right after it."""
+        ...
+
+
+@dataclass
+class PaymentTake:
+    """A take of credit (`least` to `most` sat) to make in the transaction that stores a
+    payment of `channel`, right after it; none if the payment is refused. `answer`: (taken
+    or None, credit left), set once the commit holding both is durable."""
+
+    least: int
+    most: int
+    channel: str  # the channel whose payment it rides with
+    contract_txid: str = ""  # set as it is attached to that payment
+    answer: tuple[int | None, int] | None = None
+    closed: bool = False  # set once the exchange is over: nothing attaches any more
+
+    def __post_init__(self) -> None:
+        check_takes([self.take()])  # a bad take never fails the payment's transaction
+
+    def take(self) -> Take:
+        return (self.contract_txid, self.least, self.most)
+
+
+# The take to make with the next payment stored in this context (the gateway's request).
+WITH_PAYMENT: contextvars.ContextVar[PaymentTake | None] = contextvars.ContextVar(
+    "WITH_PAYMENT", default=None)
+
+
+def attach(record: ChannelRecord) -> PaymentTake | None:
+    """The take waiting (in this context) for a payment of a server channel, now attached
+    to the payment `record` stores (once: a second payment gets none)."""
+    take = WITH_PAYMENT.get()
+    if take is None or take.closed or take.contract_txid or \
+            Role(record.role) is not Role.SERVER or record.channel_id != take.channel:
+        return None
+    take.contract_txid = record.channel_id
+    return take
+
+
+def taken_after(outcomes: Sequence[object], takes: Sequence[PaymentTake | None],
+                take_one: Callable[[Take], tuple[int | None, int]]) -> None:
+    """Make each stored payment's take (its outcome None), in the payment's transaction."""
+    for outcome, take in zip(outcomes, takes, strict=False):
+        if take is not None and outcome is None:
+            take.answer = take_one(take.take())
+
+
+def check_takes(takes: Sequence[Take]) -> None:
+    """ValueError for a take no credit could answer (before a transaction begins)."""
+    for _, least, most in takes:
+        if least < 0 or most < least:
+            raise ValueError(f"take {least} to {most} sat of credit: expected 0 <= least <= "
+                             "most")
+
+
 def taking(paid: int, spent: int, least: int, most: int) -> int | None:
     """What a take of (`least`, `most`) gets of a credit of `paid` less `spent`."""
-    if least < 0 or most < least:
-        raise ValueError(f"take {least} to {most} sat of credit: expected 0 <= least <= most")
+    check_takes([("", least, most)])
     credit = paid - spent
     return None if credit < least else min(credit, most)
 
@@ -92,19 +173,41 @@ class SQLCredit:
 
     def take_credit_left(self, contract_txid: str, least: int, most: int
                          ) -> tuple[int | None, int]:
+        return self.take_credits([(contract_txid, least, most)])[0]
+
+    def take_credits(self, takes: Sequence[Take]) -> list[tuple[int | None, int]]:
+        check_takes(takes)
+        answers: dict[int, tuple[int | None, int]] = {}
+        # Rows locked in channel order (a channel's takes keep theirs): two instances'
+        # batches never wait for each other in a cycle.
+        order = sorted(range(len(takes)), key=lambda index: takes[index][0])
+        channels = sorted({txid for txid, _, _ in takes})
+        named = ", ".join(channels[:3]) + (f" and {len(channels) - 3} more" if
+                                           len(channels) > 3 else "")
+        with self._transaction(f"take the credit of channel {named}") as conn:
+            for index in order:
+                answers[index] = self._take(conn, *takes[index])
+        return [answers[index] for index in range(len(takes))]
+
+    def _takes_after(self, conn: Session, outcomes: Sequence[object],
+                     takes: Sequence[PaymentTake | None]) -> None:
+        """The takes of the payments just stored in `conn`'s transaction (`taken_after`)."""
+        taken_after(outcomes, takes, lambda take: self._take(conn, *take))
+
+    def _take(self, conn: Session, contract_txid: str, least: int, most: int
+              ) -> tuple[int | None, int]:
         key = (SERVER, contract_txid)
-        with self._transaction(f"take channel {contract_txid}'s credit") as conn:
-            conn.execute(ENSURE, key)
-            row = conn.execute(f"{SPENT}{self._FOR_UPDATE}", key).fetchone()
-            if row is None:  # no such channel: no credit
-                return taking(0, 0, least, most), 0
-            spent = int(row[0])
-            paid = int(conn.execute(PAID, key).fetchone()[0])  # read once the row is locked
-            self._credit_read(contract_txid)
-            taken = taking(paid, spent, least, most)
-            if taken:
-                conn.execute(SPEND, (taken, *key))
-            return taken, max(paid - spent - (taken or 0), 0)
+        conn.execute(ENSURE, key)
+        row = conn.execute(f"{SPENT}{self._FOR_UPDATE}", key).fetchone()
+        if row is None:  # no such channel: no credit
+            return taking(0, 0, least, most), 0
+        spent = int(row[0])
+        paid = int(conn.execute(PAID, key).fetchone()[0])  # read once the row is locked
+        self._credit_read(contract_txid)
+        taken = taking(paid, spent, least, most)
+        if taken:
+            conn.execute(SPEND, (taken, *key))
+        return taken, max(paid - spent - (taken or 0), 0)
 
     def give_credit(self, contract_txid: str, sat: int) -> None:
         if not sat:

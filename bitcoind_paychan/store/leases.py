@@ -35,6 +35,7 @@ from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.channel.watch import promoted_closing
 from bitcoind_paychan.errors import LeaseLost, PolicyError, StoreError
 from bitcoind_paychan.store.base import ChannelStore, Payment, settlement_decided
+from bitcoind_paychan.store.credit import PaymentTake, TakingStore
 
 
 @dataclass(frozen=True)
@@ -104,9 +105,12 @@ class Leases(Protocol):
         """Give the lease up if it is still held (a later holder's is left alone)."""
         ...
 
-    def record_payments(self, batch: Sequence[FencedPayment]) -> list[StoreError | None]:
+    def record_payments(self, batch: Sequence[FencedPayment],
+                        takes: Sequence[PaymentTake | None] = ()) -> list[StoreError | None]:
         """The store's group commit, each payment stored only while its lease is current
-        (checked in the payment's transaction): per payment None, its refusal, or LeaseLost."""
+        (checked in the payment's transaction): per payment None, its refusal, or LeaseLost.
+        `takes`: per payment, a take of credit made in the same transaction once it is
+        stored (store/credit.py)."""
         ...
 
     def store_settlement(self, record: ChannelRecord, lease: Lease) -> None:
@@ -232,17 +236,19 @@ def closing(record: ChannelRecord) -> Callable[[ChannelRecord], ChannelRecord]:
 
 
 def fenced(batch: Sequence[FencedPayment], tokens: Mapping[tuple[Role, str], int],
-           store: Callable[[list[Payment]], list[StoreError | None]]
-           ) -> list[StoreError | None]:
-    """Store (with `store`) the payments of `batch` whose lease is the channel's current one
-    (`tokens`: the channels' tokens, read under a lock the commit keeps) or that need none;
-    LeaseLost for the others. Per payment, its outcome."""
+           store: Callable[[list[Payment], list[PaymentTake | None]],
+                           list[StoreError | None]],
+           takes: Sequence[PaymentTake | None] = ()) -> list[StoreError | None]:
+    """Store (with `store`, and each one's take of `takes`) the payments of `batch` whose
+    lease is the channel's current one (`tokens`: the channels' tokens, read under a lock the
+    commit keeps) or that need none; LeaseLost for the others. Per payment, its outcome."""
     outcomes: list[StoreError | None] = [
         None if lease is None or tokens.get((lease.role, lease.contract_txid)) == lease.token
         else lease_lost(lease) for _, lease in batch]
-    current = [payment for (payment, _), refused in zip(batch, outcomes, strict=True)
-               if refused is None]
-    stored = iter(store(current) if current else [])
+    current = [index for index, refused in enumerate(outcomes) if refused is None]
+    stored = iter(store([batch[index][0] for index in current],
+                        [takes[index] if takes else None for index in current])
+                  if current else [])
     return [refused if refused is not None else next(stored) for refused in outcomes]
 
 
@@ -289,9 +295,17 @@ class LocalLeases:
         """Who holds the channel's lease now (None: nobody)."""
         return self._holders.get((Role(role), contract_txid))
 
-    def record_payments(self, batch: Sequence[FencedPayment]) -> list[StoreError | None]:
+    def record_payments(self, batch: Sequence[FencedPayment],
+                        takes: Sequence[PaymentTake | None] = ()) -> list[StoreError | None]:
         with self._lock:
-            return fenced(batch, self._tokens, self.store.record_payments)
+            return fenced(batch, self._tokens, self._record, takes)
+
+    def _record(self, payments: list[Payment], takes: list[PaymentTake | None]
+                ) -> list[StoreError | None]:
+        if not any(takes):  # a store that keeps no credit need not take them
+            return self.store.record_payments(payments)
+        assert isinstance(self.store, TakingStore), "takes need a store that keeps credit"
+        return self.store.record_payments(payments, takes)
 
     def store_settlement(self, record: ChannelRecord, lease: Lease) -> None:
         self._store_fenced(lease, closing(record), settlement_lost)

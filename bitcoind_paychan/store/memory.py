@@ -36,7 +36,14 @@ from bitcoind_paychan.store.base import (
     unknown_channel,
 )
 from bitcoind_paychan.store.codec import SCHEMA_VERSION, pending_txid
-from bitcoind_paychan.store.credit import given, taking
+from bitcoind_paychan.store.credit import (
+    PaymentTake,
+    Take,
+    check_takes,
+    given,
+    taken_after,
+    taking,
+)
 
 _Key = tuple[Role, str]
 
@@ -101,10 +108,13 @@ class MemoryStore(Closable):
         if refusal is not None:
             raise refusal
 
-    def record_payments(self, batch: Sequence[Payment]) -> list[StoreError | None]:
+    def record_payments(self, batch: Sequence[Payment],
+                        takes: Sequence[PaymentTake | None] = ()) -> list[StoreError | None]:
         with self._lock:
             self._check_open()
-            return [self._record_one(*payment) for payment in batch]
+            outcomes = [self._record_one(*payment) for payment in batch]
+            taken_after(outcomes, takes, lambda take: self._take_one(*take))
+            return outcomes
 
     def _record_one(self, record: ChannelRecord, amount: int, info: bytes) -> StoreError | None:
         key = (Role(record.role), record.channel_id)
@@ -344,14 +354,23 @@ class MemoryStore(Closable):
 
     def take_credit_left(self, contract_txid: str, least: int, most: int
                          ) -> tuple[int | None, int]:
+        return self.take_credits([(contract_txid, least, most)])[0]
+
+    def take_credits(self, takes: Sequence[Take]) -> list[tuple[int | None, int]]:
+        check_takes(takes)
         with self._lock:
             self._check_open()
-            spent = self._spent.get(contract_txid, 0)
-            paid = self._paid(contract_txid)
-            taken = taking(paid, spent, least, most)
-            if taken:
-                self._spent[contract_txid] = spent + taken
-            return taken, max(paid - spent - (taken or 0), 0)
+            answers = [self._take_one(*take) for take in takes]
+        return answers
+
+    def _take_one(self, contract_txid: str, least: int, most: int) -> tuple[int | None, int]:
+        """One take (under the lock)."""
+        spent = self._spent.get(contract_txid, 0)
+        paid = self._paid(contract_txid)
+        taken = taking(paid, spent, least, most)
+        if taken:
+            self._spent[contract_txid] = spent + taken
+        return taken, max(paid - spent - (taken or 0), 0)
 
     def give_credit(self, contract_txid: str, sat: int) -> None:
         with self._lock:

@@ -27,6 +27,7 @@ from typing import Any
 
 from bitcoind_paychan.channel.records import ChannelRecord, Role
 from bitcoind_paychan.errors import LeaseLost, StoreError
+from bitcoind_paychan.store.credit import PaymentTake
 from bitcoind_paychan.store.leases import (
     ClusterPolicy,
     FencedPayment,
@@ -131,7 +132,8 @@ class PostgresLeases:
         with self.store._transaction(f"release the lease of {lease.contract_txid}") as s:
             s.execute(RELEASE, (lease.role.value, lease.contract_txid, lease.token))
 
-    def record_payments(self, batch: Sequence[FencedPayment]) -> list[StoreError | None]:
+    def record_payments(self, batch: Sequence[FencedPayment],
+                        takes: Sequence[PaymentTake | None] = ()) -> list[StoreError | None]:
         what = (f"record {len(batch)} payment(s) (they are not stored, so they must not be "
                 "acknowledged)")
         with self.store._transaction(what) as session:
@@ -141,8 +143,10 @@ class PostgresLeases:
                                 if lease is not None and lease.role is role})
                 for txid, token in session.execute(TOKENS, (role.value, txids)).fetchall():
                     tokens[(role, txid)] = int(token)
-            return fenced(batch, tokens,
-                          lambda payments: self.store._store_payments(session, payments))
+            outcomes = fenced(batch, tokens, lambda payments, _: self.store._store_payments(
+                session, payments))
+            self.store._takes_after(session, outcomes, takes)
+            return outcomes
 
     def store_settlement(self, record: ChannelRecord, lease: Lease) -> None:
         self._store_fenced(lease, closing(record), settlement_lost, "settlement")

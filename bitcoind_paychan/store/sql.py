@@ -38,7 +38,7 @@ from bitcoind_paychan.store.base import (
     summarize,
     unknown_channel,
 )
-from bitcoind_paychan.store.credit import SQLCredit
+from bitcoind_paychan.store.credit import PaymentTake, SQLCredit
 
 BATCH = 500  # contract txids per query (below every engine's limit on bound parameters)
 
@@ -284,11 +284,14 @@ class SQLStore(SQLCredit, Closable):
         if refusal is not None:
             raise refusal
 
-    def record_payments(self, batch: Sequence[Payment]) -> list[StoreError | None]:
+    def record_payments(self, batch: Sequence[Payment],
+                        takes: Sequence[PaymentTake | None] = ()) -> list[StoreError | None]:
         what = (f"record {len(batch)} payment(s) (they are not stored, so they must not be "
                 "acknowledged)")
         with self._transaction(what) as conn:
-            return self._store_payments(conn, batch)
+            outcomes = self._store_payments(conn, batch)
+            self._takes_after(conn, outcomes, takes)
+            return outcomes
 
     def _store_payments(self, conn: Session, batch: Sequence[Payment]
                         ) -> list[StoreError | None]:

@@ -1,14 +1,14 @@
 """PaymentWriter: group commit of payments, from asyncio, through one writer thread.
 
 Payments on many channels arrive at once; committing each alone costs one fsync apiece. The
-writer thread takes every payment queued by the time it is free and stores them with one
-`record_payments` call (one commit, one fsync). When idle it commits a lone payment at once, so
-batching adds no latency; under load the batch is what arrived during the previous commit, so
-the window follows the load. Each caller's `record_payment` returns only after the commit that
-holds its payment, so nothing is acknowledged before it is durable. The thread ends after a
-moment without work and starts again with the next payment. A server's payments carry their
+writer thread (groupcommit.py) takes every payment queued by the time it is free and stores
+them with one `record_payments` call (one commit, one fsync); a lone payment is committed at
+once. Each caller's `record_payment` returns only after the commit that holds its payment,
+so nothing is acknowledged before it is durable. A server's payments carry their
 connection's lease: with `leases`, each is stored only while that lease is current (fencing,
-`store/leases.py`), checked in the same commit.
+`store/leases.py`), checked in the same commit. A take of credit the gateway asked for with a
+payment (`store/credit.py`, WITH_PAYMENT) is made in the payment's commit. Another write may
+be queued in the payments' order (`in_order`: a re-anchor's promotion).
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import queue
-import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from typing import TypeVar
@@ -26,11 +24,11 @@ from typing import TypeVar
 from bitcoind_paychan.channel.effects import Effect, StorePayment
 from bitcoind_paychan.channel.records import ChannelRecord
 from bitcoind_paychan.store.base import ChannelStore, Payment
+from bitcoind_paychan.store.credit import TakingStore, attach
+from bitcoind_paychan.store.groupcommit import GroupCommit
 from bitcoind_paychan.store.leases import FencedPayment, Lease, Leases
 
 log = logging.getLogger(__name__)
-MAX_BATCH = 512  # payments per commit (a larger hand-over is committed whole)
-IDLE_EXIT = 2.0  # seconds without work before the thread ends
 T = TypeVar("T")
 
 Outcomes = list["BaseException | None"]  # one per payment of a hand-over: None once stored
@@ -42,29 +40,29 @@ Answer = Callable[[Outcomes], None]
 
 class _HandOver:
     """Payments handed to the writer together (under one lease, if any), answered by one
-    call on their loop (one wake-up); or one other write (`task`) to run in its place in
-    the order, answered the same way (one outcome)."""
+    call on their loop (one wake-up); or one other write (`task`) to run alone in its place
+    in the order, answered the same way (one outcome)."""
 
-    __slots__ = ("answer", "lease", "loop", "payments", "task")
+    __slots__ = ("answer", "lease", "loop", "payments", "takes", "task")
 
     def __init__(self, payments: list[Payment], lease: Lease | None,
                  loop: asyncio.AbstractEventLoop, answer: Answer,
                  task: Callable[[], object] | None = None) -> None:
         self.payments, self.lease, self.loop, self.answer = payments, lease, loop, answer
         self.task = task
+        # A take of credit the gateway asked to make with a payment (store/credit.py).
+        self.takes = [attach(record) for record, _, _ in payments]
 
 
-class PaymentWriter:
+class PaymentWriter(GroupCommit[_HandOver]):
     """`await writer.record_payment(...)`: `store.record_payment`, group-committed."""
 
+    thread_name = "payment-writer"
+
     def __init__(self, store: ChannelStore, leases: Leases | None = None) -> None:
+        super().__init__()
         self.store = store
         self.leases = leases
-        self._queue: queue.SimpleQueue[_HandOver] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._running = False
-        self.commits = 0  # commits made, and the payments they held (batch size = their ratio)
-        self.committed = 0
         self.cpu_s = 0.0  # the writer thread's CPU time in its commits (benchmarks read it)
 
     async def record_payment(self, record: ChannelRecord, amount: int, info: bytes = b"",
@@ -92,22 +90,15 @@ class PaymentWriter:
         result: list[T] = []
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Outcomes] = loop.create_future()
-        self._enqueue(_HandOver([], None, loop, functools.partial(_resolve, done),
-                                lambda: result.append(task())))
+        self._put(_HandOver([], None, loop, functools.partial(_resolve, done),
+                            lambda: result.append(task())))
         return _outcome(done, result)
 
     def submit(self, payments: list[Payment], lease: Lease | None, answer: Answer) -> None:
         """Hand `payments` (made under `lease`, if any) to the writer; `answer(outcomes)` is
         called on the running loop once the commit holding them is done (or failed), in the
         order of the hand-overs, among the loop's callbacks: no task wakes up."""
-        self._enqueue(_HandOver(payments, lease, asyncio.get_running_loop(), answer))
-
-    def _enqueue(self, item: _HandOver) -> None:
-        self._queue.put(item)
-        with self._lock:
-            if not self._running:
-                self._running = True
-                threading.Thread(target=self._work, name="payment-writer", daemon=True).start()
+        self._put(_HandOver(payments, lease, asyncio.get_running_loop(), answer))
 
     def _hand_over(self, payments: list[Payment], lease: Lease | None
                    ) -> asyncio.Future[Outcomes]:
@@ -115,58 +106,36 @@ class PaymentWriter:
         self.submit(payments, lease, functools.partial(_resolve, done))
         return done
 
-    def _work(self) -> None:
-        waiting: _HandOver | None = None  # taken off the queue, not in the last batch
-        while True:
-            try:
-                first = waiting or self._queue.get(timeout=IDLE_EXIT)
-            except queue.Empty:
-                with self._lock:
-                    if self._queue.empty():
-                        self._running = False
-                        return
-                continue
-            waiting = None
-            if first.task is not None:
-                self._run(first)
-                continue
-            batch, size = [first], len(first.payments)
-            while size < MAX_BATCH:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item.task is not None:  # runs after this batch, alone
-                    waiting = item
-                    break
-                batch.append(item)
-                size += len(item.payments)
-            self._commit(batch)
+    def _size(self, item: _HandOver) -> int:
+        return len(item.payments)
 
-    def _run(self, item: _HandOver) -> None:
-        assert item.task is not None
-        outcome: BaseException | None = None
-        try:
-            item.task()
-        except BaseException as e:  # handed to the waiting caller
-            outcome = e
-        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
-            item.loop.call_soon_threadsafe(_settle, [(item.answer, [outcome])])
+    def _alone(self, item: _HandOver) -> bool:
+        return item.task is not None
 
     def _commit(self, batch: list[_HandOver]) -> None:
+        if batch[0].task is not None:
+            self._run(batch[0])
+            return
         started = time.thread_time()
         payments = [payment for item in batch for payment in item.payments]
+        takes = [take for item in batch for take in item.takes]
         try:
             if self.leases is not None:
                 fenced: list[FencedPayment] = [(payment, item.lease) for item in batch
                                                for payment in item.payments]
-                outcomes: Outcomes = list(self.leases.record_payments(fenced))
+                outcomes: Outcomes = list(self.leases.record_payments(fenced, takes)
+                                          if any(takes) else
+                                          self.leases.record_payments(fenced))
+            elif any(takes):
+                assert isinstance(self.store, TakingStore), "takes need a store of credit"
+                outcomes = list(self.store.record_payments(payments, takes))
             else:
                 outcomes = list(self.store.record_payments(payments))
-        except BaseException as e:  # the commit failed: none is stored
+        except BaseException as e:  # the commit failed: none is stored, nothing taken
             outcomes = [e] * len(payments)
-        self.commits += 1
-        self.committed += len(payments)
+            for take in takes:
+                if take is not None:
+                    take.answer = None
         self.cpu_s += time.thread_time() - started
         answers: dict[asyncio.AbstractEventLoop, list[_Answer]] = {}
         at = 0
@@ -177,6 +146,17 @@ class PaymentWriter:
         for loop, settled in answers.items():  # one wake-up per loop, not per payment
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
                 loop.call_soon_threadsafe(_settle, settled)
+
+    def _run(self, item: _HandOver) -> None:
+        """An `in_order` write, alone, its outcome to its caller."""
+        assert item.task is not None
+        outcome: BaseException | None = None
+        try:
+            item.task()
+        except BaseException as e:  # handed to the waiting caller
+            outcome = e
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+            item.loop.call_soon_threadsafe(_settle, [(item.answer, [outcome])])
 
 
 class Writes:

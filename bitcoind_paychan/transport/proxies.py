@@ -48,7 +48,7 @@ class TrustedProxies:
 
     def trusts_host(self, host: str) -> bool:
         """Whether the connection's peer `host` (an IP address as written) is trusted."""
-        return self.trusts(_address(host))
+        return bool(self.networks) and self.trusts(_address(host))
 
     def trusts(self, address: IPAddress | None) -> bool:
         if address is None:

@@ -116,9 +116,10 @@ def upstream_app(upstream: Upstream) -> web.Application:
         return web.Response(text="late")
 
     async def cut(request: web.Request) -> web.StreamResponse:
-        """Promises 10,000 bytes, sends 100, hangs up."""
+        """Promises 10,000 bytes (or `?length=`), sends 100, hangs up."""
         upstream.seen.append((request.path_qs, dict(request.headers)))
-        answer = web.StreamResponse(headers={"Content-Length": "10000"})
+        length = request.query.get("length", "10000")
+        answer = web.StreamResponse(headers={"Content-Length": length})
         await answer.prepare(request)
         await answer.write(b"y" * 100)
         assert request.transport is not None

@@ -40,7 +40,7 @@ def run(sides: MemSides, scenario: Scenario, **caps: int) -> None:
     asyncio.run(main())
 
 
-def test_httpx_code_pays_each_request_out_of_the_credit_its_receipts_show(
+def test_httpx_code_spends_the_credit_its_receipts_show_without_a_payment_each(
         sides: MemSides) -> None:
     async def scenario(served: Served, auth: PaychanAuth, http: httpx.AsyncClient) -> None:
         credits = []
@@ -51,18 +51,18 @@ def test_httpx_code_pays_each_request_out_of_the_credit_its_receipts_show(
             receipt = read_receipt(response.headers["Payment-Receipt"])
             assert receipt.charged == PRICE
             credits.append(receipt.credit)
-        # Each pays the least increment, the opening payment's credit paying the rest (the
-        # endpoint said it as the channel opened; then each receipt).
-        assert credits == [OPEN + n - n * PRICE for n in (1, 2, 3, 4)]
-        assert auth.paid == OPEN + 4
+        # The opening payment's credit pays them (the endpoint said it as the channel
+        # opened; then each receipt): each carries no payment, only its request number.
+        assert credits == [OPEN - n * PRICE for n in (1, 2, 3, 4)]
+        assert auth.paid == OPEN
         assert [path for path, _ in served.upstream.seen] == [
             f"/api/hello?n={n}" for n in range(4)]  # the unpaid first try not forwarded
         assert all("Authorization" not in headers for _, headers in served.upstream.seen)
         free = await http.get("/free/x")
         assert free.status_code == 200 and "Payment-Receipt" not in free.headers
-        assert auth.paid == OPEN + 4  # a free route costs nothing
+        assert auth.paid == OPEN  # a free route costs nothing
     run(sides, scenario)
-    assert [p.amount for p in sides.payments()] == [OPEN, 1, 1, 1, 1]
+    assert [p.amount for p in sides.payments()] == [OPEN]
 
 
 def test_an_offer_over_the_cap_per_request_is_refused_before_anything_is_signed(
@@ -80,16 +80,34 @@ def test_an_offer_over_the_cap_per_request_is_refused_before_anything_is_signed(
 
 
 def test_payments_over_the_cap_in_all_are_refused(sides: MemSides) -> None:
+    covered = OPEN // PRICE  # requests the opening payment's credit pays
+
     async def scenario(served: Served, auth: PaychanAuth, http: httpx.AsyncClient) -> None:
-        assert (await http.get("/api/a")).status_code == 200  # OPEN + 1
-        assert (await http.get("/api/b")).status_code == 200  # + 1
-        with pytest.raises(PriceRefused, match=f"total paid to {OPEN + 3} sat, over the cap "
-                                               f"of {OPEN + 2}"):
+        for n in range(covered):
+            assert (await http.get(f"/api/{n}")).status_code == 200  # spending credit
+        lacking = PRICE - OPEN % PRICE
+        with pytest.raises(PriceRefused, match=f"total paid to {OPEN + lacking} sat, over the "
+                                               f"cap of {OPEN + 2}"):
             await http.get("/api/c")
-        assert [path for path, _ in served.upstream.seen] == ["/api/a", "/api/b"]
-        assert auth.paid == OPEN + 2
+        assert [path for path, _ in served.upstream.seen] == [f"/api/{n}"
+                                                              for n in range(covered)]
+        assert auth.paid == OPEN
     run(sides, scenario, max_total=OPEN + 2)
-    assert [p.amount for p in sides.payments()] == [OPEN, 1, 1]
+    assert [p.amount for p in sides.payments()] == [OPEN]
+
+
+def test_a_payment_adds_the_credit_paid_ahead_within_the_caps(sides: MemSides) -> None:
+    covered = OPEN // PRICE  # requests the opening payment's credit pays
+
+    async def scenario(served: Served, auth: PaychanAuth, http: httpx.AsyncClient) -> None:
+        for n in range(covered + 3):  # the first beyond: pays 3 requests' worth ahead
+            assert (await http.get(f"/api/{n}")).status_code == 200
+        assert auth.paid == OPEN + 3 * PRICE  # not 5 requests' worth: the cap in all
+        with pytest.raises(PriceRefused, match="over the cap"):
+            await http.get("/api/over")
+        assert len(served.upstream.seen) == covered + 3
+    run(sides, scenario, max_total=OPEN + 3 * PRICE, prepay=5 * PRICE)
+    assert OPEN % PRICE == 0 and [p.amount for p in sides.payments()] == [OPEN, 3 * PRICE]
 
 
 def test_a_request_whose_session_was_lost_resumes_the_channel_and_pays_again(
@@ -98,11 +116,11 @@ def test_a_request_whose_session_was_lost_resumes_the_channel_and_pays_again(
         assert (await http.get("/api/a")).status_code == 200
         await served.gateway.sessions.close_all()  # as a restart loses them
         response = await http.get("/api/b")
-        assert response.status_code == 200  # the 402 (unknown session) paid once more
+        assert response.status_code == 200  # the 402 (unknown session): resumed, spent
         receipt = read_receipt(response.headers["Payment-Receipt"])
-        # The lost payment (1 sat, signed for /api/b's first try) came back as the resume's
-        # proof: credit, not lost (the endpoint said so as the channel resumed).
-        assert receipt.credit == OPEN + 1 - PRICE + 1 + 1 - PRICE
+        # The credit is the channel's, not the session's: the endpoint said it as the channel
+        # resumed, and /api/b spent it without a payment.
+        assert receipt.credit == OPEN - 2 * PRICE
         assert [path for path, _ in served.upstream.seen] == ["/api/a", "/api/b"]
     run(sides, scenario)
 

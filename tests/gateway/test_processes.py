@@ -159,7 +159,7 @@ def test_httpx_async_and_sync_clients_pay_the_gateways_process(gateway: Running,
 
     try:
         paid = asyncio.run(scenario())
-        assert paid == OPEN + 3  # the opening's credit pays all but the least increment
+        assert paid == OPEN  # the opening's credit pays them: no payment of their own
         with paying_in_thread(regtest_ports(Bitcoind(config_for(gateway.node))), store,
                               200_000, poll_interval=0.2) as auth:
             response = httpx.get(gateway.url + "/api/sync", auth=auth)  # resumes the channel
@@ -219,15 +219,15 @@ def test_paychan_fetch_opens_resumes_tops_up_and_refuses_over_its_caps(
                             gateway.url + "/api/hello?n=1")
     assert first.returncode == 0, first.stderr
     assert json.loads(out.read_text()) == {"path": "/api/hello", "query": {"n": "1"}}
-    # The opening payment's credit (the endpoint says it) pays all but the least increment.
-    assert f"paid {OPEN + 1} sat; charged {PRICE} sat, credit {OPEN + 1 - PRICE}" in \
+    # The opening payment's credit (the endpoint says it) pays it.
+    assert f"paid {OPEN} sat; charged {PRICE} sat, credit {OPEN - PRICE}" in \
         first.stderr
     assert gateway.upstream.seen[-1][1]["X-Who"] == "fetch"
     posted = gateway.paychan("fetch", "--store", store, "-X", "PUT", "-d", "abc",
                              gateway.url + "/api/put")  # a new process: resumes the channel
     assert posted.returncode == 0, posted.stderr
     assert json.loads(posted.stdout)["path"] == "/api/put"
-    assert f"paid 1 sat; charged {PRICE} sat" in posted.stderr  # no new opening: its credit
+    assert f"paid 0 sat; charged {PRICE} sat" in posted.stderr  # no new opening: its credit
     events = gateway.paychan("fetch", "--store", store, "--max-request", "20000",
                              gateway.url + "/meter/api/events?n=600")
     assert events.returncode == 0, events.stderr

@@ -10,6 +10,7 @@ import pytest
 
 from bitcoind_paychan.errors import PriceRefused
 from bitcoind_paychan.gateway.payer import Payer
+from bitcoind_paychan.gateway.upstream import SMALL
 from bitcoind_paychan.transport.limits import PeerLimits
 from bitcoind_paychan.transport.paidhttp import (
     CHALLENGE_HEADER,
@@ -135,13 +136,17 @@ def test_an_upstream_failure_is_not_charged_and_the_payment_stays_credit(
         assert status == 504 and "did not answer within 0.2 s" in body["error"]
         receipt = read_receipt(headers["Payment-Receipt"])
         assert (receipt.charged, receipt.credit) == (0, OPEN + 2)
-        status, body, headers, _ = await b.paid("/api/cut", 1)
+        status, body, headers, _ = await b.paid("/api/cut", 1)  # small: read whole first
+        assert status == 502 and "broke off its answer" in body["error"]
+        receipt = read_receipt(headers["Payment-Receipt"])
+        assert (receipt.charged, receipt.credit) == (0, OPEN + 3)
+        status, body, headers, _ = await b.paid(f"/api/cut?length={SMALL + 1}", 1)
         receipt = read_receipt(headers["Payment-Receipt"])  # charged with the headers...
-        assert (receipt.charged, receipt.credit) == (PRICE, OPEN + 3 - PRICE)
+        assert (receipt.charged, receipt.credit) == (PRICE, OPEN + 4 - PRICE)
         assert body is None  # ...but the body broke off, and the client can tell
         status, _, headers, _ = await b.paid("/api/hello", 1)
         receipt = read_receipt(headers["Payment-Receipt"])  # so it was given back
-        assert (receipt.charged, receipt.credit) == (PRICE, OPEN + 4 - PRICE)
+        assert (receipt.charged, receipt.credit) == (PRICE, OPEN + 5 - PRICE)
     run(sides, scenario)
 
 

@@ -17,6 +17,7 @@ from bitcoind_paychan.channel.effects import PaymentReceived
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.errors import StoreError
 from bitcoind_paychan.service.server import PaymentServer
+from bitcoind_paychan.store.credit import PaymentTake
 from bitcoind_paychan.store.leases import FencedPayment, Lease, LocalLeases
 from bitcoind_paychan.transport.stream import MessageStream
 from bitcoind_paychan.wire import pb
@@ -44,10 +45,11 @@ class GatedLeases(LocalLeases):
         self.acquired += 1
         return lease
 
-    def record_payments(self, batch: Sequence[FencedPayment]) -> list[StoreError | None]:
+    def record_payments(self, batch: Sequence[FencedPayment],
+                        takes: Sequence[PaymentTake | None] = ()) -> list[StoreError | None]:
         self.entered += 1
         self.hold.wait(30)
-        return super().record_payments(batch)
+        return super().record_payments(batch, takes)
 
 
 async def open_paid(sides: MemSides, server: PaymentServer) -> tuple[ChannelRecord, int]:

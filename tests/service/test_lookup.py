@@ -30,7 +30,9 @@ def test_a_lookup_finds_the_live_channel_else_resumes_the_stored_one_else_opens_
         with pytest.raises(ChannelExists, match=channel.contract_txid):
             await client.lookup(peer, 300_000)  # only one of that value serves
         assert [r.contract_txid for r in client.payable(peer)] == [channel.contract_txid]
+        assert client.has_payable(peer) and not client.has_payable("127.0.0.1:1")
         await channel.disconnect()
+        assert client.has_payable(peer)  # stored: resumable
         resumed = await client.lookup(peer, 200_000)
         assert resumed.source is Source.RESUMED and resumed.channel is not channel
         assert resumed.channel.contract_txid == channel.contract_txid

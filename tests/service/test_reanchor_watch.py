@@ -23,6 +23,7 @@ from bitcoind_paychan.service.client import Channel, PaymentClient
 from bitcoind_paychan.service.server import PaymentServer, ServerManager
 from bitcoind_paychan.store import ChannelStore, SQLiteStore
 from bitcoind_paychan.store.base import Payment
+from bitcoind_paychan.store.credit import PaymentTake
 from bitcoind_paychan.wire import pb
 from regtest.waiting import until
 from tests.service.carried import Dialer
@@ -384,12 +385,13 @@ class HeldCommits(SQLiteStore):
         super().__init__(path)
         self.holding, self.entered, self.release = False, threading.Event(), threading.Event()
 
-    def record_payments(self, batch: Sequence[Payment]) -> list[StoreError | None]:
+    def record_payments(self, batch: Sequence[Payment],
+                        takes: Sequence[PaymentTake | None] = ()) -> list[StoreError | None]:
         if self.holding:
             self.holding = False
             self.entered.set()
             self.release.wait(30)
-        return super().record_payments(batch)
+        return super().record_payments(batch, takes)
 
 
 def test_the_promotion_takes_its_place_among_payments_being_stored(

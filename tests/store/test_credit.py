@@ -15,9 +15,11 @@ import psycopg
 import pytest
 
 from bitcoind_paychan.channel.records import ChannelStatus, Role
+from bitcoind_paychan.errors import LeaseLost, StoreError
 from bitcoind_paychan.store import ChannelStore, SQLiteStore, codec, postgres_schema, sqlite_schema
 from bitcoind_paychan.store.codec import SCHEMA_VERSION
-from bitcoind_paychan.store.credit import CreditStore
+from bitcoind_paychan.store.credit import CreditStore, PaymentTake
+from bitcoind_paychan.store.leases import leases_for
 from bitcoind_paychan.store.postgres import PostgresStore
 from regtest.postgres import PostgresServer
 from regtest.waiting import wait_until
@@ -147,6 +149,49 @@ def test_a_take_says_what_it_left(store: ChannelStore) -> None:
     assert credit.take_credit_left("00" * 32, 0, 5) == (0, 0)  # no such channel
 
 
+def test_a_batch_of_takes_is_taken_in_turn_in_one_transaction(store: ChannelStore) -> None:
+    credit = credit_of(store)
+    one, two = paid(store, 500), paid(store, 300)
+    assert credit.take_credits([(two.txid, 200, 200), (one.txid, 400, 400),
+                                (two.txid, 200, 200), (one.txid, 0, 10**9),
+                                ("00" * 32, 0, 5)]) == [
+        (200, 100), (400, 100), (None, 100), (100, 0), (0, 0)]  # each sees those before
+    assert (credit.credit(one.txid), credit.credit(two.txid)) == (0, 100)
+    with pytest.raises(ValueError, match="expected 0 <= least <= most"):
+        credit.take_credits([(two.txid, 50, 50), (one.txid, 5, 1)])
+    assert credit.credit(two.txid) == 100  # a bad take in a batch: none of it is taken
+
+
+def test_a_take_rides_in_the_transaction_that_stores_its_payment(store: ChannelStore) -> None:
+    """Through the leases (the server's path; fenced in the same commit): each stored
+    payment's take is made right after it; a refused payment's (a lost lease, a higher
+    change) is not made."""
+    leases = leases_for(store)
+    one, two = paid(store, 300), paid(store, 300)
+    lease = leases.acquire(Role.SERVER, one.txid, "a/1")
+    stale = leases.acquire(Role.SERVER, two.txid, "a/1")
+    leases.acquire(Role.SERVER, two.txid, "b/1")  # `stale` lost: two's payment is refused
+    first, second = (store.get(Role.SERVER, c.txid) for c in (one, two))
+    assert first is not None and second is not None
+    takes = [PaymentTake(500, 500, one.txid), PaymentTake(100, 100, two.txid), None]
+    for take in takes[:2]:
+        assert take is not None
+        take.contract_txid = take.channel  # as the writer attaches it
+    outcomes = leases.record_payments([((one.pay(first, 400), 400, b""), lease),
+                                       ((two.pay(second, 10), 10, b""), stale),
+                                       ((one.pay(first, 1), 1, b""), lease)], takes)
+    assert outcomes[0] is None and isinstance(outcomes[1], LeaseLost)
+    assert isinstance(outcomes[2], StoreError)  # a higher change than the one stored first
+    assert [t.answer if t is not None else None for t in takes] == [(500, 200), None, None]
+    credit = credit_of(store)
+    assert (credit.credit(one.txid), credit.credit(two.txid)) == (200, 300)
+
+
+def test_a_take_is_bounded_before_it_can_fail_a_payment() -> None:
+    with pytest.raises(ValueError, match="expected 0 <= least <= most"):
+        PaymentTake(5, 1, "00" * 32)
+
+
 class HeldStore(PostgresStore):
     """An instance whose credit takes stop, once they read the balance under its lock, until
     `release`."""
@@ -181,4 +226,36 @@ def test_two_instances_never_take_the_same_credit(postgres_server: PostgresServe
         first.join(30)
         second.join(30)
         assert got == {"a": 100, "b": None}  # b read the balance a left: 50
+        assert b.credit(channel.txid) == 50
+
+
+def test_a_take_riding_with_a_payment_and_another_instances_take_never_spend_the_same_sat(
+        postgres_server: PostgresServer) -> None:
+    """Instance a stores a payment of 100 with its request's take of 200 (one transaction,
+    through its leases); b's take of 200 waits for a's row lock, then reads what a left."""
+    database = postgres_server.new_database()
+    dsn = postgres_server.dsn(database)
+    with HeldStore(dsn) as a, PostgresStore(dsn) as b:
+        channel = paid(a, 150)
+        assert b.take_credit(channel.txid, 0, 0) == 0  # the channel's row exists: a locks it
+        leases = leases_for(a)
+        lease = leases.acquire(Role.SERVER, channel.txid, "a/1")
+        record = a.get(Role.SERVER, channel.txid)
+        assert record is not None
+        take = PaymentTake(200, 200, channel.txid, contract_txid=channel.txid)
+        got: dict[str, object] = {}
+        first = threading.Thread(target=lambda: got.update(a=leases.record_payments(
+            [((channel.pay(record, 100), 100, b""), lease)], [take])))
+        first.start()
+        assert a.reading.wait(timeout=30)  # a stored the payment, read 250, holds the row
+        second = threading.Thread(target=lambda: got.update(b=b.take_credit(channel.txid, 200,
+                                                                            200)))
+        second.start()
+        wait_until(lambda: postgres_server.sql(  # b waits for a's row lock
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND "
+            f"datname = '{database}'", database) == "1", what="b waiting on a's lock")
+        a.release.set()
+        first.join(30)
+        second.join(30)
+        assert got == {"a": [None], "b": None} and take.answer == (200, 50)
         assert b.credit(channel.txid) == 50

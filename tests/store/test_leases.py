@@ -15,6 +15,7 @@ from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.errors import ConfigError, LeaseLost, SettlementDecided, StoreError
 from bitcoind_paychan.store import SQLiteStore
 from bitcoind_paychan.store.base import Payment
+from bitcoind_paychan.store.credit import PaymentTake
 from bitcoind_paychan.store.leases import ClusterPolicy, LocalLeases
 from bitcoind_paychan.store.writer import PaymentWriter
 from tests.store.helpers import Channel
@@ -80,10 +81,11 @@ class SlowStore(SQLiteStore):
         super().__init__(path)
         self.started, self.release = threading.Event(), threading.Event()
 
-    def record_payments(self, batch: Sequence[Payment]) -> list[StoreError | None]:
+    def record_payments(self, batch: Sequence[Payment],
+                        takes: Sequence[PaymentTake | None] = ()) -> list[StoreError | None]:
         self.started.set()
         self.release.wait(timeout=30)
-        return super().record_payments(batch)
+        return super().record_payments(batch, takes)
 
 
 def test_acquire_waits_for_a_commit_in_progress_so_the_new_holder_reads_it(

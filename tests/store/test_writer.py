@@ -15,6 +15,7 @@ from bitcoind_paychan.channel.records import Role
 from bitcoind_paychan.errors import StoreError
 from bitcoind_paychan.store import SQLiteStore
 from bitcoind_paychan.store.base import Payment
+from bitcoind_paychan.store.credit import PaymentTake
 from bitcoind_paychan.store.postgres import PostgresStore
 from bitcoind_paychan.store.sql import SQLStore
 from bitcoind_paychan.store.writer import PaymentWriter
@@ -28,11 +29,12 @@ class Counting(SQLStore):
     first_started: threading.Event
     release: threading.Event
 
-    def record_payments(self, batch: Sequence[Payment]) -> list[StoreError | None]:
+    def record_payments(self, batch: Sequence[Payment],
+                        takes: Sequence[PaymentTake | None] = ()) -> list[StoreError | None]:
         self.batches.append(len(batch))
         self.first_started.set()
         self.release.wait(timeout=30)
-        return super().record_payments(batch)
+        return super().record_payments(batch, takes)
 
 
 class CountingSQLite(Counting, SQLiteStore):

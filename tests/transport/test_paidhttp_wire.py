@@ -12,10 +12,12 @@ from bitcoind_paychan.channel import messages
 from bitcoind_paychan.errors import PaidHttpError
 from bitcoind_paychan.transport import decode, encode
 from bitcoind_paychan.transport.paidhttp import (
+    Credential,
     Offer,
     challenge,
     credential,
     join_frames,
+    parse_credential,
     read_credential,
     read_receipt,
     receipt,
@@ -92,7 +94,11 @@ def test_a_credential_names_its_session_and_frame() -> None:
     ("Payment " + b64url(b"\xff\xfe"), "does not hold base64url JSON"),
     ("Payment " + b64url(b"[1]"), "does not hold a JSON object"),
     (token({"method": "card", "payload": {}}), "expected method 'paychan'"),
-    (token({"method": "paychan", "payload": {"session": "s"}}), "needs a session and a payment"),
+    (token({"method": "paychan", "payload": {"session": "s"}}), "a payment .a string., or a seq"),
+    (token({"method": "paychan", "payload": {"payment": "AA"}}), "needs a session"),
+    (token({"method": "paychan", "payload": {"session": "s", "seq": 0}}), "or a seq"),
+    (token({"method": "paychan", "payload": {"session": "s", "seq": True}}), "or a seq"),
+    (token({"method": "paychan", "payload": {"session": "s", "seq": 3}}), "carries no payment"),
     (token({"method": "paychan", "payload": {"session": "s", "payment": b64url(b"\xff\xff")}}),
      "does not hold a protocol message"),
     (token({"method": "paychan", "payload": {
@@ -102,6 +108,17 @@ def test_a_credential_names_its_session_and_frame() -> None:
 def test_a_credential_that_is_not_one_is_refused(value: str, why: str) -> None:
     with pytest.raises(PaidHttpError, match=why.replace("(", r"\(")):
         read_credential(value)
+
+
+def test_a_credential_that_spends_credit_names_its_session_and_request_number() -> None:
+    value = credential("s1", None, 7)
+    assert parse_credential(value) == Credential("s1", seq=7)
+    assert parse_credential(credential("s1", payment(5_000))).frame == payment(5_000)
+
+
+def test_a_receipt_without_a_payment_has_no_ack() -> None:
+    found = read_receipt(receipt(b"", 10, 90))
+    assert (found.ack, found.charged, found.credit) == (b"", 10, 90)
 
 
 def test_a_receipt_carries_a_payment_ack_and_the_charge() -> None:

@@ -311,6 +311,11 @@ class ClientManager:
         then stored (`resumable`)."""
         return [c.record for c in self._live_to(peer)] + self.resumable(peer)
 
+    def has_payable(self, peer: str) -> bool:
+        """`payable(peer)` is not empty; the store is read only when no live channel serves
+        (a paying client asks before each request)."""
+        return bool(self._live_to(peer)) or bool(self.resumable(peer))
+
     def _live_to(self, peer: str) -> list[Channel]:
         return [c for c in self.live.values()
                 if c.connected and c.machine.peer == peer and c.remaining]

@@ -13,11 +13,13 @@ from bitcoind_paychan.transport.paidhttp.wire import (
     PAYMENT_HEADER,
     RECEIPT_HEADER,
     SESSION_HEADER,
+    Credential,
     Offer,
     Receipt,
     challenge,
     credential,
     join_frames,
+    parse_credential,
     read_challenge,
     read_credential,
     read_receipt,
@@ -27,7 +29,8 @@ from bitcoind_paychan.transport.paidhttp.wire import (
 
 __all__ = [
     "CHALLENGE_HEADER", "CLOSED_HEADER", "CREDIT_HEADER", "FRAMES_TYPE", "MAX_FRAMES_BODY",
-    "PAYMENT_HEADER", "RECEIPT_HEADER", "SESSION_HEADER", "HttpLink", "Offer", "Receipt",
-    "Session", "Sessions", "challenge", "credential", "join_frames", "read_challenge",
-    "read_credential", "read_receipt", "receipt", "split_frames",
+    "PAYMENT_HEADER", "RECEIPT_HEADER", "SESSION_HEADER", "Credential", "HttpLink", "Offer",
+    "Receipt", "Session", "Sessions", "challenge", "credential", "join_frames",
+    "parse_credential", "read_challenge", "read_credential", "read_receipt", "receipt",
+    "split_frames",
 ]

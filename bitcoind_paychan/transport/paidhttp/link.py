@@ -44,9 +44,15 @@ class HttpLink:
         self.session: str | None = None  # the server's id for it, from the first answer
         self.credit: int | None = None  # the channel's credit, as the last answer said
         self.closed = False
+        self.seq = 0  # the last number given a request spending credit in this session
         self._queue: asyncio.Queue[list[bytes]] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._payment: asyncio.Future[bytes] | None = None
+
+    def next_seq(self) -> int:
+        """A new number for a request that spends the session's credit (each used once)."""
+        self.seq += 1
+        return self.seq
 
     def expect_payment(self) -> asyncio.Future[bytes]:
         """The next UPDATE_PAYMENT the manager sends is kept for a request, not POSTed."""

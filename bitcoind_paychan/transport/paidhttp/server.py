@@ -20,9 +20,11 @@ from bitcoind_paychan.transport.paidhttp.sessions import Session, Sessions
 from bitcoind_paychan.transport.paidhttp.wire import (
     CLOSED_HEADER,
     FRAMES_TYPE,
+    PAYMENT_HEADER,
     SESSION_HEADER,
+    Credential,
     join_frames,
-    read_credential,
+    parse_credential,
     split_frames,
 )
 from bitcoind_paychan.wire import pb
@@ -57,19 +59,32 @@ def at_least(sat: int) -> Callable[[str], Awaitable[int]]:
     return minimum
 
 
-async def take_payment(sessions: Sessions, value: str,
-                       minimum: Callable[[str], Awaitable[int]]) -> Stored | Refused:
-    """The payment in the credential `value`, stored, or why not. It must add at least
-    `await minimum(channel)` sat to its channel's last payment (asked under the session's
-    lock)."""
+async def take_payment(sessions: Sessions, value: str | Credential,
+                       minimum: Callable[[str], Awaitable[int]], *,
+                       credit: bool = False) -> Stored | Refused:
+    """The payment in the credential `value` (or `value` as parsed), stored, or why not. It
+    must add at least `await minimum(channel)` sat to its channel's last payment (asked under
+    the session's lock). With `credit` (a service that keeps credit: the gateway), a
+    credential without a payment is taken too, once per `seq` in its session: Stored with 0
+    sat and no ack (the caller takes the request's price from the channel's credit)."""
     try:
-        session_id, frame, payment = read_credential(value)
+        found = parse_credential(value) if isinstance(value, str) else value
     except PaidHttpError as exc:
         return Refused(400, str(exc))
-    session = sessions.get(session_id)
+    if found.frame is None and not credit:
+        return Refused(400, f"the {PAYMENT_HEADER} header carries no payment: this service "
+                            "takes a payment with each request")
+    session = sessions.get(found.session)
     if session is None or session.channel is None:
         return Refused(402, "no open channel in that session (it ended or never opened one): "
                             "open or resume a channel at the endpoint, then pay")
+    if found.frame is None:
+        if not session.use_seq(found.seq):
+            return Refused(402, f"request number {found.seq} of this session was already "
+                                "used (replayed) or is too old: number each request anew")
+        return Stored(session, session.channel, 0, b"")
+    frame, payment = found.frame, found.message
+    assert frame is not None and payment is not None, "a credential with a payment"
     async with session.lock:
         channel, change = session.channel, session.change
         if session.closed or channel is None or change is None:

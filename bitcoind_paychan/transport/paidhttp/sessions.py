@@ -43,6 +43,7 @@ class Acceptor(Protocol):
 
 
 IDLE_TIMEOUT = 3600.0
+SEQ_WINDOW = 1024  # a request spending credit may arrive this far behind the newest one
 _current: contextvars.ContextVar[Session | None] = contextvars.ContextVar("session",
                                                                           default=None)
 
@@ -60,10 +61,24 @@ class Session:
         self.change: int | None = None  # the client's change after the last stored payment
         self.received = 0  # sat stored during the exchange in progress
         self.used = time.monotonic()
+        self._top_seq = 0  # the newest request number that spent credit here
+        self._seqs: set[int] = set()  # those used within SEQ_WINDOW of it
         self._outbox: list[bytes] = []
         self._on_closed = on_closed
         self._admission = admission  # its address's handshake slot, until a channel opens
         self.connection: CarriedConnection = server.accept(self, f"http session {self.id[:8]}")
+
+    def use_seq(self, seq: int) -> bool:
+        """Mark request number `seq` (spending credit) used: False if it was (a replay), or
+        is too far behind the newest one to tell (SEQ_WINDOW)."""
+        if seq <= self._top_seq - SEQ_WINDOW or seq in self._seqs:
+            return False
+        self._seqs.add(seq)
+        if seq > self._top_seq:
+            self._top_seq = seq
+            if len(self._seqs) > 2 * SEQ_WINDOW:
+                self._seqs = {s for s in self._seqs if s > seq - SEQ_WINDOW}
+        return True
 
     async def send_frames(self, frames: Sequence[bytes]) -> None:
         """The manager's answer: kept for the request being handled."""

@@ -13,7 +13,9 @@ authentication scheme (draft-httpauth-payment, MPP), with the method `paychan`:
 - A paid request carries `Authorization: Payment <base64url JSON credential>`, whose payload
   names the session and holds one UPDATE_PAYMENT frame; its answer carries
   `Payment-Receipt: <base64url JSON>` with the PAYMENT_ACK once the payment is stored, what
-  the request was charged and the credit left in the session.
+  the request was charged and the credit left in the session. A request the session's
+  credit already covers (paid ahead) may instead carry a credential without a payment: the
+  session and a number used once in it (`seq`); its receipt has no ack.
 """
 
 from __future__ import annotations
@@ -128,15 +130,33 @@ def split_frames(body: bytes) -> list[bytes]:
     return found
 
 
-def credential(session: str, payment: bytes) -> str:
-    """The `Authorization` value paying with `payment` (an UPDATE_PAYMENT) in `session`."""
-    body = {"method": METHOD, "payload": {"session": session, "payment": b64url(payment)}}
+def credential(session: str, payment: bytes | None, seq: int = 0) -> str:
+    """The `Authorization` value paying with `payment` (an UPDATE_PAYMENT) in `session`; with
+    None, spending the session's credit (a request numbered `seq`, at least 1, each used
+    once in the session)."""
+    payload: dict[str, object] = {"session": session}
+    if payment is None:
+        payload["seq"] = seq
+    else:
+        payload["payment"] = b64url(payment)
+    body = {"method": METHOD, "payload": payload}
     return f"{SCHEME} {b64url(json.dumps(body, separators=(',', ':')).encode())}"
 
 
-def read_credential(value: str) -> tuple[str, bytes, pb.TwoWayChannelMessage]:
-    """(session, frame, its UPDATE_PAYMENT) from an `Authorization: Payment` value;
-    PaidHttpError if it is not one."""
+@dataclass(frozen=True)
+class Credential:
+    """What an `Authorization: Payment` value says: its session, and the payment it carries
+    (`frame`, `message`), or none: the request spends the session's credit (`seq`)."""
+
+    session: str
+    frame: bytes | None = None  # the UPDATE_PAYMENT frame
+    message: pb.TwoWayChannelMessage | None = None  # ... decoded
+    seq: int = 0  # without a payment: the request's number in the session (from 1)
+
+
+def parse_credential(value: str) -> Credential:
+    """The credential in an `Authorization: Payment` value (with a payment, or spending
+    credit); PaidHttpError if it is not one."""
     where = f"the {PAYMENT_HEADER} header"
     scheme, _, token = value.strip().partition(" ")
     if scheme.lower() != SCHEME.lower() or not token or len(value) > MAX_CREDENTIAL:
@@ -146,20 +166,37 @@ def read_credential(value: str) -> tuple[str, bytes, pb.TwoWayChannelMessage]:
     payload = data.get("payload")
     if data.get("method") != METHOD or not isinstance(payload, dict):
         raise PaidHttpError(f"{where}: expected method {METHOD!r} and a payload object")
-    session, encoded = payload.get("session"), payload.get("payment")
-    if not isinstance(session, str) or not session or not isinstance(encoded, str):
-        raise PaidHttpError(f"{where}: the payload needs a session and a payment (strings)")
+    session, encoded, seq = payload.get("session"), payload.get("payment"), payload.get("seq")
+    if not isinstance(session, str) or not session:
+        raise PaidHttpError(f"{where}: the payload needs a session (a string)")
+    if encoded is None:
+        if type(seq) is not int or seq < 1:
+            raise PaidHttpError(f"{where}: the payload needs a payment (a string), or a seq "
+                                "(an integer from 1) to spend the session's credit")
+        return Credential(session, seq=seq)
+    if not isinstance(encoded, str):
+        raise PaidHttpError(f"{where}: the payload's payment must be a string")
     frame = _from_b64url(encoded, where)
     message = _decode(frame, where)
     if message.type != pb.TwoWayChannelMessage.UPDATE_PAYMENT:
         raise PaidHttpError(f"{where} carries a {type_name(message)}, not an UPDATE_PAYMENT")
-    return session, frame, message
+    return Credential(session, frame, message)
+
+
+def read_credential(value: str) -> tuple[str, bytes, pb.TwoWayChannelMessage]:
+    """(session, frame, its UPDATE_PAYMENT) from an `Authorization: Payment` value;
+    PaidHttpError if it is not one that carries a payment."""
+    found = parse_credential(value)
+    if found.frame is None or found.message is None:
+        raise PaidHttpError(f"the {PAYMENT_HEADER} header carries no payment")
+    return found.session, found.frame, found.message
 
 
 @dataclass(frozen=True)
 class Receipt:
-    """What a paid answer's `Payment-Receipt` says: the payment's ack, what the request was
-    charged, the credit left in the session (sat)."""
+    """What a paid answer's `Payment-Receipt` says: the payment's ack (empty: the request
+    carried no payment, it spent credit), what the request was charged, the credit left in
+    the session (sat)."""
 
     ack: bytes
     charged: int
@@ -167,9 +204,12 @@ class Receipt:
 
 
 def receipt(ack: bytes, charged: int, credit: int) -> str:
-    """The `Payment-Receipt` value for a stored payment (`ack`: its PAYMENT_ACK)."""
-    body = {"status": "success", "method": METHOD, "ack": b64url(ack), "charged": charged,
-            "credit": credit}
+    """The `Payment-Receipt` value for a stored payment (`ack`: its PAYMENT_ACK; empty: the
+    request spent credit, no ack)."""
+    body: dict[str, object] = {"status": "success", "method": METHOD, "charged": charged,
+                               "credit": credit}
+    if ack:
+        body["ack"] = b64url(ack)
     return b64url(json.dumps(body, separators=(",", ":")).encode())
 
 
@@ -177,11 +217,11 @@ def read_receipt(value: str) -> Receipt:
     where = f"the {RECEIPT_HEADER} header"
     data = _json(value.strip(), where)
     try:
-        ack = _from_b64url(str(data["ack"]), where)
+        ack = _from_b64url(str(data["ack"]), where) if "ack" in data else b""
         found = Receipt(ack, int(data["charged"]), int(data["credit"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise PaidHttpError(f"{where} lacks {exc}: expected ack, charged, credit") from None
-    if _decode(ack, where).type != pb.TwoWayChannelMessage.PAYMENT_ACK:
+    if ack and _decode(ack, where).type != pb.TwoWayChannelMessage.PAYMENT_ACK:
         raise PaidHttpError(f"{where} does not carry a PAYMENT_ACK")
     return found
 
