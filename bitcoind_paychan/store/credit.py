@@ -35,9 +35,14 @@ _KEY = "role = ? AND contract_txid = ?"
 ENSURE = ("INSERT INTO credit_spent (role, contract_txid, spent) SELECT role, contract_txid, "
           f"0 FROM channels WHERE {_KEY} ON CONFLICT DO NOTHING")
 SPENT = f"SELECT spent FROM credit_spent WHERE {_KEY}"
-PAID = f"SELECT value - change FROM channels WHERE {_KEY}"
+# What the channel's client paid in its life: the current contract's value less the stored
+# change, plus the payout of every re-anchor it went through (a re-anchor paying P out
+# leaves the next contract P less paid: reanchoring.md 1), so a re-anchor moves no credit.
+_PAID = ("c.value - c.change + coalesce((SELECT sum(g.payout) FROM generations AS g "
+         "WHERE g.role = c.role AND g.channel_id = c.contract_txid), 0)")
+PAID = f"SELECT {_PAID} FROM channels AS c WHERE c.role = ? AND c.contract_txid = ?"
 SPEND = f"UPDATE credit_spent SET spent = spent + ? WHERE {_KEY}"
-BALANCE = ("SELECT c.value - c.change - coalesce(s.spent, 0) FROM channels AS c LEFT JOIN "
+BALANCE = (f"SELECT {_PAID} - coalesce(s.spent, 0) FROM channels AS c LEFT JOIN "
            "credit_spent AS s ON s.role = c.role AND s.contract_txid = c.contract_txid "
            "WHERE c.role = ? AND c.contract_txid = ?")
 

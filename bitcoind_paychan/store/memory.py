@@ -380,8 +380,11 @@ class MemoryStore(Closable):
                                                    contract_txid)
 
     def _paid(self, contract_txid: str) -> int:
+        """What the channel's client paid in its life (store/credit.py's PAID)."""
         record = self._records.get((Role.SERVER, contract_txid))
-        return 0 if record is None else record.paid
+        return 0 if record is None else record.paid + sum(
+            g.payout for g in self._generations
+            if (g.role, g.channel_id) == (Role.SERVER, contract_txid))
 
     def info(self) -> StoreInfo:
         return StoreInfo("memory", "memory (not durable)", SCHEMA_VERSION)

@@ -112,8 +112,6 @@ def test_every_wrong_key_of_a_route_is_reported_at_once() -> None:
     (gateway(), "gateway.routes: found none, expected at least one route"),
     ({"gateway": {"enabled": True, "routes": [API]}},
      "gateway.enabled: found true without server.enabled"),
-    (gateway(API, server={"reanchoring": True}), "gateway.enabled: found true with "
-                                                 "server.reanchoring, expected one of them"),
     (gateway(API, server={"min_increment": 20}), "gateway.routes[0].price: found 10, "
                                                  "expected at least server.min_increment (20)"),
     (gateway({**BYTES, "reserve": 15}, server={"min_increment": 20}),
@@ -132,3 +130,10 @@ def test_a_wrong_gateway_is_refused(data: dict[str, Any], message: str) -> None:
 
 def test_a_disabled_gateway_needs_no_server_nor_routes() -> None:
     assert not config_from_dict({"gateway": {"enabled": False}}).gateway.enabled
+
+
+def test_a_gateway_runs_beside_reanchoring() -> None:
+    """Its credit carries across re-anchors (store/credit.py counts the generations'
+    payouts), so channels that live on may sell through it."""
+    config = config_from_dict(gateway(API, server={"reanchoring": True, "payout_above": 1000}))
+    assert config.gateway.enabled and config.server.policy.reanchoring

@@ -16,6 +16,7 @@ from bitcoind_paychan.channel import reanchor
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.errors import LeaseLost, SettlementDecided, StoreError
 from bitcoind_paychan.store import ChannelStore, Generation
+from bitcoind_paychan.store.credit import CreditStore
 from bitcoind_paychan.store.leases import leases_for
 from tests.channel.pump import Pump
 from tests.channel.test_reanchor import opened, promote, rec, renewed
@@ -143,6 +144,26 @@ def test_promotion_keeps_every_generation_under_one_channel_id(store: ChannelSto
     (summary,) = store.history(Role.SERVER, first.contract_txid)
     assert summary.value == third.contract.value
     assert store.generations(Role.SERVER, first.contract_txid) == chain  # history stays
+
+
+def test_the_gateways_credit_carries_across_reanchors(store: ChannelStore) -> None:
+    """Credit is what the client paid in the channel's life less what was taken: a re-anchor
+    paying the server P leaves the next contract P less paid, and the generation keeps P,
+    so no credit moves at a promotion (before: the gateway lost P at every payout)."""
+    assert isinstance(store, CreditStore)
+    pump = server_with_pending(store)  # paid 1,000 + 20,000, R pays all of it out
+    channel_id = rec(pump.server).channel_id
+    store.record_payment(pay(pump, 3_000), 3_000)
+    assert store.take_credit(channel_id, 4_000, 4_000) == 4_000
+    before = store.credit(channel_id)
+    assert before == rec(pump.server).paid - 4_000 == 20_000
+    promote(pump)
+    store.put(promoted := rec(pump.server))
+    assert promoted.paid < before  # the payout left the contract
+    assert store.credit(channel_id) == before  # and stayed credit
+    store.record_payment(pay(pump, 2_000), 2_000)
+    assert store.credit(channel_id) == before + 2_000
+    assert store.take_credit(channel_id, 0, 10**9) == before + 2_000
 
 
 def test_writes_that_would_lose_money_are_refused(store: ChannelStore) -> None:

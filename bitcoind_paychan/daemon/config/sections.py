@@ -232,10 +232,6 @@ def _check_gateway(r: Reader, c: Config) -> None:
     if not c.server.enabled:
         r.fail("gateway.enabled", "found true without server.enabled, expected the server "
                                   "role enabled too: the gateway's channels are the server's")
-    if c.server.policy.reanchoring:
-        r.fail("gateway.enabled", "found true with server.reanchoring, expected one of them: "
-                                  "the gateway's credit does not carry across a re-anchor yet "
-                                  "(it counts what the current contract paid)")
     least = c.server.policy.min_increment
     for index, route in enumerate(c.gateway.routes):
         if not route.price.free and route.price.needed < least:
