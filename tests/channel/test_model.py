@@ -686,3 +686,22 @@ def test_a_top_up_r_reorged_out_after_one_block_then_double_spent_leaves_c_settl
         assert settlement.inputs[0].prevout == server.contract.outpoint
         assert server.contract.value - settlement.outputs[0].value == paid
     replay(steps)
+
+
+def test_a_resume_in_flight_while_its_reanchored_channel_is_forgotten() -> None:
+    """The random search's case (seed 16281505937024576555): a pending re-anchor, then a
+    settlement decided while a resume is in flight; the settlement buried, the client's
+    watcher forgets the channel; the resume then completes and re-sends the payment its
+    machine loaded, with its pair on the next contract. That pair was committed before and
+    spends an output that will never exist: the check accepts, for a forgotten channel, only
+    a pair the client's store committed earlier (as issue 27's for the payment itself)."""
+    def steps(m: ChannelModel) -> None:
+        m.open_channel(version=3, window=18000, value=100_000, flow=True)
+        m.client_reanchors(top_up=0, window=0, flow=True)
+        m.review(side=Role.CLIENT)
+        m.settle_while_resuming(index=0, flow=False)
+        m.mine(blocks=3, step=1, include=True)
+        m.mine(blocks=3, step=1, include=False)
+        m.review(side=Role.CLIENT)
+        m.open_channel(version=1, window=18000, value=100_000, flow=True)
+    replay(steps)

@@ -149,9 +149,13 @@ class Checks:
             self.client_completed[txid] = max(share, self.client_completed.get(txid, 0))
 
     def client_stored(self, record: ChannelRecord) -> None:
-        """The client's store committed `record`'s payment."""
+        """The client's store committed `record`'s payment (and its pair on the next
+        contract, while a re-anchor is pending)."""
         self.client_committed.setdefault(record.contract_txid, set()).add(
             (record.change, record.signature))
+        if record.pending is not None:
+            self.client_committed.setdefault(record.pending.txid, set()).add(
+                (record.pending.change, record.pending.signature))
 
     def client_sends(self, store: ChannelStore, record: ChannelRecord | None,
                      message: T) -> None:
@@ -169,9 +173,18 @@ class Checks:
                                  message.update_payment.signature)
             if message.update_payment.next_signature and record is not None:
                 held = store.get(Role.CLIENT, record.channel_id)
-                require(held is not None and held.pending is not None
-                        and held.pending.signature == message.update_payment.next_signature,
+                pair = message.update_payment.next_signature
+                if held is None and record.pending is not None:
+                    # forgotten while a resume was in flight: the pair it re-sends is one
+                    # its store committed before (nothing new is signed)
+                    require(record.contract_txid in self.forgotten and any(
+                        signature == pair for _, signature in
+                        self.client_committed.get(record.pending.txid, ())),
                         "client sends a payment on the next contract it has not stored")
+                else:
+                    require(held is not None and held.pending is not None
+                            and held.pending.signature == pair,
+                            "client sends a payment on the next contract it has not stored")
         elif message.type == T.PROVIDE_CONTRACT:
             body = message.provide_contract.initial_payment
             change, signature = body.client_change_value, body.signature
