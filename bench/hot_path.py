@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from hardware import describe, machine  # bench/hardware.py
+
 from bitcoind_paychan.bitcoin.keys import PrivateKey
 from bitcoind_paychan.bitcoin.tx import OutPoint, Transaction, TxIn, TxOut
 from bitcoind_paychan.channel.client import ClientChannel, ClientPolicy
@@ -154,8 +156,10 @@ def main(argv: list[str] | None = None) -> int:
         per["server_floor"] = server_floor(args.payments, Path(tmp))
     print(f"  server floor     {per['server_floor']:8.1f}   (decode, machine, ack, SQLite "
           "commits of 100: the bare server path, no loop, sockets or threads)")
+    here = machine()
+    print(f"  machine          {describe(here)}")
     if args.json:
-        print(json.dumps({k: round(v, 1) for k, v in per.items()}))
+        print(json.dumps({**{k: round(v, 1) for k, v in per.items()}, **here}))
     sys.stdout.flush()
     return 0
 

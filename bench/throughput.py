@@ -34,7 +34,13 @@ from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from typing import Any
 
-from hardware import fsync_latency_ms, schnorr_verify_rate, verify_rate  # bench/hardware.py
+from hardware import (  # bench/hardware.py
+    fsync_latency_ms,
+    schnorr_sign_rate,
+    schnorr_verify_rate,
+    sign_rate,
+    verify_rate,
+)
 from hot_path import server_floor  # bench/hot_path.py
 from replay import load  # bench/replay.py
 
@@ -287,6 +293,7 @@ def run(channels: int, payments: int, version: int, window: int, capacity: bool,
         fsync_ms = fsync_latency_ms(Path(tmp))
         floor_us = server_floor(FLOOR_PAYMENTS, Path(tmp)) if capacity else 0.0
     ecdsa, schnorr = verify_rate(), schnorr_verify_rate()
+    ecdsa_signs, schnorr_signs = sign_rate(), schnorr_sign_rate()
     # The rate of the scheme this version's payments are signed with.
     verifies = schnorr if isinstance(kinds.kind_of(version).scheme, Schnorr) else ecdsa
     latencies = sorted(paid["latencies_ms"])
@@ -323,6 +330,8 @@ def run(channels: int, payments: int, version: int, window: int, capacity: bool,
         "verify_per_s": round(verifies),
         "ecdsa_verify_per_s": round(ecdsa),
         "schnorr_verify_per_s": round(schnorr),
+        "ecdsa_sign_per_s": round(ecdsa_signs),
+        "schnorr_sign_per_s": round(schnorr_signs),
         "rate_over_verify": round(rate / verifies, 3),
         "serial_bound_per_s": round(1 / serial_s, 1),
         "rate_over_serial_bound": round(rate * serial_s, 3),
@@ -403,7 +412,8 @@ def report(r: dict[str, Any]) -> bool:
           f"{r['server_switches_per_payment']} context switches per payment, its writer "
           f"thread {r['server_writer_cpu_us']} µs of CPU per payment")
     print(f"  machine     fsync {r['fsync_ms']} ms (p50, store's disk); verifies/s: ECDSA "
-          f"{r['ecdsa_verify_per_s']}, Schnorr {r['schnorr_verify_per_s']}; load average "
+          f"{r['ecdsa_verify_per_s']}, Schnorr {r['schnorr_verify_per_s']}; signs/s: ECDSA "
+          f"{r['ecdsa_sign_per_s']}, Schnorr {r['schnorr_sign_per_s']}; load average "
           f"{r['load_average']}")
     print(f"  ratios      rate / verify rate {r['rate_over_verify']}   rate / serial bound "
           f"{r['rate_over_serial_bound']} (bound {r['serial_bound_per_s']}/s: two fsyncs and both "

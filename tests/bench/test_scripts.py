@@ -24,7 +24,8 @@ def test_throughput_reports_its_figures() -> None:
         value = result[key]
         assert isinstance(value, int | float) and value > 0, key
     assert result["channels"] == 2 and result["payments"] == 5
-    for key in ("fsync_ms", "verify_per_s", "rate_over_verify", "server_cpu_us"):
+    for key in ("fsync_ms", "verify_per_s", "rate_over_verify", "server_cpu_us",
+                "ecdsa_sign_per_s", "schnorr_sign_per_s"):
         assert isinstance(result[key], int | float) and result[key] > 0, key  # type: ignore
 
 
@@ -85,6 +86,10 @@ def test_hot_path_bench_reports_each_part_with_a_window() -> None:
     for key in ("client_pay", "encode", "decode", "server_receive", "ack_round_trip", "total"):
         value = result[key]
         assert isinstance(value, int | float) and value >= 0, key
+    for key in ("fsync_ms", "ecdsa_verify_per_s", "schnorr_verify_per_s", "ecdsa_sign_per_s",
+                "schnorr_sign_per_s"):  # the machine's figures, beside the parts
+        figure = result[key]
+        assert isinstance(figure, int | float) and figure > 0, key
 
 
 def test_store_bench_reports_its_figures() -> None:
