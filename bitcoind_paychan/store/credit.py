@@ -157,7 +157,21 @@ def given(spent: int, sat: int, contract_txid: str) -> int:
     return spent - sat
 
 
-class SQLCredit:
+class TakesOne:
+    """`take_credit` and `take_credit_left`, each one take of an engine's `take_credits`."""
+
+    def take_credits(self, takes: Sequence[Take]) -> list[tuple[int | None, int]]:
+        raise NotImplementedError
+
+    def take_credit(self, contract_txid: str, least: int, most: int) -> int | None:
+        return self.take_credit_left(contract_txid, least, most)[0]
+
+    def take_credit_left(self, contract_txid: str, least: int, most: int
+                         ) -> tuple[int | None, int]:
+        return self.take_credits([(contract_txid, least, most)])[0]
+
+
+class SQLCredit(TakesOne):
     """CreditStore in SQL, for SQLStore (whose `_transaction` and `_connection` it uses)."""
 
     _FOR_UPDATE = ""
@@ -172,13 +186,6 @@ class SQLCredit:
         with self._connection(f"read channel {contract_txid}'s credit") as conn:
             row = conn.execute(BALANCE, (SERVER, contract_txid)).fetchone()
         return 0 if row is None else max(int(row[0]), 0)
-
-    def take_credit(self, contract_txid: str, least: int, most: int) -> int | None:
-        return self.take_credit_left(contract_txid, least, most)[0]
-
-    def take_credit_left(self, contract_txid: str, least: int, most: int
-                         ) -> tuple[int | None, int]:
-        return self.take_credits([(contract_txid, least, most)])[0]
 
     def take_credits(self, takes: Sequence[Take]) -> list[tuple[int | None, int]]:
         check_takes(takes)

@@ -39,6 +39,7 @@ from bitcoind_paychan.store.codec import SCHEMA_VERSION, pending_txid
 from bitcoind_paychan.store.credit import (
     PaymentTake,
     Take,
+    TakesOne,
     check_takes,
     given,
     taken_after,
@@ -48,7 +49,7 @@ from bitcoind_paychan.store.credit import (
 _Key = tuple[Role, str]
 
 
-class MemoryStore(Closable):
+class MemoryStore(TakesOne, Closable):
     """The ChannelStore contract, in memory, thread-safe."""
 
     def __init__(self) -> None:
@@ -348,13 +349,6 @@ class MemoryStore(Closable):
     def credit(self, contract_txid: str) -> int:
         with self._lock:
             return self._paid(contract_txid) - self._spent.get(contract_txid, 0)
-
-    def take_credit(self, contract_txid: str, least: int, most: int) -> int | None:
-        return self.take_credit_left(contract_txid, least, most)[0]
-
-    def take_credit_left(self, contract_txid: str, least: int, most: int
-                         ) -> tuple[int | None, int]:
-        return self.take_credits([(contract_txid, least, most)])[0]
 
     def take_credits(self, takes: Sequence[Take]) -> list[tuple[int | None, int]]:
         check_takes(takes)

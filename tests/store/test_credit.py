@@ -219,9 +219,7 @@ def test_two_instances_never_take_the_same_credit(postgres_server: PostgresServe
         second = threading.Thread(target=lambda: got.update(b=b.take_credit(channel.txid, 100,
                                                                             100)))
         second.start()
-        wait_until(lambda: postgres_server.sql(  # b waits for a's row lock
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND "
-            f"datname = '{database}'", database) == "1", what="b waiting on a's lock")
+        waiting_on_a_lock(postgres_server, database)  # b waits for a's row lock
         a.release.set()
         first.join(30)
         second.join(30)
@@ -251,11 +249,16 @@ def test_a_take_riding_with_a_payment_and_another_instances_take_never_spend_the
         second = threading.Thread(target=lambda: got.update(b=b.take_credit(channel.txid, 200,
                                                                             200)))
         second.start()
-        wait_until(lambda: postgres_server.sql(  # b waits for a's row lock
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND "
-            f"datname = '{database}'", database) == "1", what="b waiting on a's lock")
+        waiting_on_a_lock(postgres_server, database)  # b waits for a's row lock
         a.release.set()
         first.join(30)
         second.join(30)
         assert got == {"a": [None], "b": None} and take.answer == (200, 50)
         assert b.credit(channel.txid) == 50
+
+
+def waiting_on_a_lock(server: PostgresServer, database: str) -> None:
+    """Return once one session of `database` waits on a lock."""
+    wait_until(lambda: server.sql(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND "
+        f"datname = '{database}'", database) == "1", what="b waiting on a's lock")
