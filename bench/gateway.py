@@ -12,9 +12,11 @@ upstream directly, then through the gateway, each paid, all clients at once. Wit
 --prepay 0 each carries its own payment (sign and store it, carry it, the gateway verifies
 and stores it, takes the price from the credit, forwards, the answer carries the ack); with
 --prepay K (the default) a payment adds K requests' worth of credit and the requests it
-covers carry no payment: the gateway takes the price from the credit (a durable take,
-group-committed with the other clients' takes) and forwards; a payment's take is made in the
-payment's own commit (`gateway_commits_per_paid`: the gateway's commits per paid request).
+covers carry no payment: the gateway decides the take of the price at once against its
+ledger's bound (its SQLite store is its alone: gateway/ledger.py), forwards, and answers once
+the take is committed (group-committed with the other clients' takes, written to the WAL
+without an fsync: docs/paid-http.md §4); a payment's take is made in the payment's own commit
+(`gateway_commits_per_paid`: the gateway's commits per paid request).
 The overhead per request is the paid latency less the direct one (p50, p99). Then one
 metered stream (per byte, of unknown length) of the given size is read through the gateway,
 its credit drawn for every 64 KB part sent. The money is checked: what the gateway stored

@@ -206,6 +206,13 @@ class StoreError(PaychanError):
     """The durable store failed; nothing was acknowledged that was not stored."""
 
 
+class CreditLost(StoreError):
+    """A take of a channel's credit the gateway decided at once (its store is its alone)
+    found less credit in the store when it was made durable: nothing was taken and what the
+    request bought was not released. A bug to report; the store decides the channel's next
+    take, so the client may simply retry."""
+
+
 class LeaseLost(StoreError):
     """A payment was not stored because its connection no longer holds the channel's lease:
     the client resumed on another connection or instance (or the channel is being settled),

@@ -21,20 +21,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sys
 from collections.abc import Callable
 from typing import NamedTuple
 
+from bitcoind_paychan.errors import CreditLost
+from bitcoind_paychan.gateway.ledger import Ledger
 from bitcoind_paychan.store.credit import CreditStore, PaymentTake, Take, check_takes
 from bitcoind_paychan.store.groupcommit import GroupCommit
 
+log = logging.getLogger(__name__)
+
 
 class _Waiting(NamedTuple):
-    """A take waiting for its commit, and where to answer it."""
+    """A take waiting for its commit, and where to answer it (`decided`: by the ledger,
+    exactly `most` sat, before its commit)."""
 
     take: Take
     answer: asyncio.Future[tuple[int | None, int]]
     loop: asyncio.AbstractEventLoop
+    decided: bool = False
 
 
 _Answers = list[tuple[_Waiting, "tuple[int | None, int] | Exception"]]
@@ -68,12 +75,22 @@ class _Takes(GroupCommit[_Waiting]):
 
 
 class Credit:
-    def __init__(self, store: CreditStore) -> None:
+    """The gateway's credit (`alone`: the store is this process's alone, so takes are
+    decided at once against the ledger's bounds, ledger.py)."""
+
+    def __init__(self, store: CreditStore, *, alone: bool = False) -> None:
         self.store = store
+        self._ledger = Ledger() if alone else None
         self._grown: dict[str, asyncio.Event] = {}  # channel → set when its credit grows
         self._known: dict[str, int] = {}  # channel → its credit as this instance last saw it
         self._takes = _Takes(store, self._answer)  # the thread committing takes
         self._giving: set[asyncio.Task[None]] = set()  # cancelled takes being given back
+
+    @property
+    def decides_at_once(self) -> bool:
+        """Are takes decided against the ledger's bounds (the store is this process's
+        alone)?"""
+        return self._ledger is not None
 
     async def of(self, channel: str) -> int:
         """The channel's credit, read from the store."""
@@ -117,6 +134,40 @@ class Credit:
             self._give_back_later(made.contract_txid, made.answer[0])
             made.answer = None
 
+    async def hold_request(self, channel: str, paid: int, needed: int
+                           ) -> tuple[int | None, asyncio.Future[tuple[int | None, int]] | None]:
+        """`hold` of `needed` sat for a request that needs exactly that: the sat held (None:
+        the credit falls short), and, if the ledger decided it at once, the future answered
+        once the take is durable, to await before anything the request bought is released
+        (StoreError there: it is not, and nothing was taken); cancelling it gives back what
+        was held once the take is durable. Without a future, the take is durable already."""
+        self.grew(channel, paid)
+        check_takes([(channel, needed, needed)])
+        if self._ledger is None or not self._ledger.decide(channel, needed):
+            return await self._take(channel, needed, needed), None
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[tuple[int | None, int]] = loop.create_future()
+        self._takes.put(_Waiting((channel, needed, needed), answer, loop, decided=True))
+        self._known[channel] = self._ledger.bound(channel) or 0
+        return needed, answer
+
+    def may_ride(self, channel: str) -> bool:
+        """May the channel's next take ride with its payment (`with_payment`)? Not while
+        takes the ledger decided wait for their commit: a take the payment writer makes
+        could spend their sat."""
+        return self._ledger is None or self._ledger.may_ride(channel)
+
+    def riding(self, made: PaymentTake) -> None:
+        """`made` rides with a payment from now on, until `rode`: the store decides it."""
+        if self._ledger is not None:
+            self._ledger.store_decides(made.channel)
+
+    def rode(self, made: PaymentTake) -> None:
+        """The exchange `made` rode with ended (its payment stored with it, or not)."""
+        if self._ledger is not None:
+            self._ledger.answered(made.channel, made.answer[1] if made.answer else None,
+                                  decided=False)
+
     async def take(self, channel: str, sat: int) -> int:
         """Take up to `sat` of the channel's credit; what was taken."""
         return await self._take(channel, 0, sat) or 0
@@ -125,6 +176,8 @@ class Credit:
         check_takes([(channel, least, most)])
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[tuple[int | None, int]] = loop.create_future()
+        if self._ledger is not None:
+            self._ledger.store_decides(channel)
         self._takes.put(_Waiting((channel, least, most), answer, loop))
         taken, self._known[channel] = await answer
         return taken
@@ -139,6 +192,7 @@ class Credit:
         """On the loop: each take's answer; one whose caller went away (cancelled) before
         its commit answered is given back."""
         for waiting, found in answers:
+            found = self._booked(waiting, found)
             if not waiting.answer.done():
                 if isinstance(found, Exception):
                     waiting.answer.set_exception(found)
@@ -146,6 +200,24 @@ class Credit:
                     waiting.answer.set_result(found)
             elif not isinstance(found, Exception) and found[0]:
                 self._give_back_later(waiting.take[0], found[0])
+
+    def _booked(self, waiting: _Waiting, found: tuple[int | None, int] | Exception
+                ) -> tuple[int | None, int] | Exception:
+        """The ledger learns a take's answer; a take it decided that the store refused is
+        an error (not taken: whatever the request bought is not released)."""
+        if self._ledger is None:
+            return found
+        channel, _, most = waiting.take
+        refused = waiting.decided and not isinstance(found, Exception) and found[0] != most
+        self._ledger.answered(channel, None if isinstance(found, Exception) else found[1],
+                              decided=waiting.decided, refused=refused)
+        if refused:
+            log.error("channel %s: the store found less credit than the gateway decided a "
+                      "take of %d sat against: a bug; the request is answered 503 and the "
+                      "store decides the channel's next take", channel, most)
+            return CreditLost(f"channel {channel}: the store found less than {most} sat of "
+                              "credit when the take was made durable")
+        return found
 
     def _give_back_later(self, channel: str, sat: int) -> None:
         giving = asyncio.ensure_future(self.give_back(channel, sat))

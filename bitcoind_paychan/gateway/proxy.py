@@ -45,6 +45,7 @@ from bitcoind_paychan.gateway.upstream import (
     response_headers,
     small,
 )
+from bitcoind_paychan.store.base import shared
 from bitcoind_paychan.store.credit import WITH_PAYMENT, CreditStore, PaymentTake
 from bitcoind_paychan.transport.paidhttp.server import (
     Refused,
@@ -75,6 +76,8 @@ log = logging.getLogger(__name__)
 access = logging.getLogger("bitcoind_paychan.gateway.access")  # what was charged for what
 DEFAULT_ENDPOINT = "/paychan"
 MAX_REQUESTS_PER_SESSION = 16  # paid requests of one channel served at once
+# Sent upstream as soon as their take is decided, before it is durable (RFC 9110 9.2.1).
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 @dataclass
@@ -108,7 +111,9 @@ class Gateway:
         self.proxies = proxies or TrustedProxies()  # whose X-Forwarded-For names the client
         self.max_requests_per_session = max_requests_per_session  # in flight at once
         self._in_flight: dict[str, int] = {}  # channel → its paid requests being served
-        self.credit = Credit(store)  # in the store: shared, kept across restarts
+        # In the store: shared, kept across restarts; takes decided at once when the store
+        # is this process's alone.
+        self.credit = Credit(store, alone=not shared(store))
         self.replays = Replays()
         self.upstreams = Upstreams()
         self._sessions: Sessions | None = None
@@ -211,7 +216,7 @@ class Gateway:
         # commit), if it carries one and its session has a channel; else by `hold` below.
         made = (self.credit.with_payment(channel, needed, everything=everything)
                 if channel is not None and found is not None and found.frame is not None
-                else None)
+                and self.credit.may_ride(channel) else None)
         paying = take_payment(self.sessions, found or header,
                               lambda channel: self._lacking(channel, needed), credit=True)
         try:
@@ -219,6 +224,8 @@ class Gateway:
                 taken = await paying
             else:  # in a task of its own, which finishes even if the request goes away
                 exchange = self._exchange(paying, made)
+                self.credit.riding(made)
+                exchange.add_done_callback(lambda _: self.credit.rode(made))
                 try:
                     taken = await asyncio.shield(exchange)
                 except asyncio.CancelledError:  # what was taken with the payment goes back
@@ -235,17 +242,33 @@ class Gateway:
             if taken.status == 402:
                 return self._payment_required(request, route, taken.why)
             return error(taken.status, taken.why, closed=taken.closed)
+        # A price per request taken on its own may be decided at once (credit.hold_request):
+        # then the upstream request goes out now, and the answer waits for the take's commit.
+        committed: asyncio.Future[tuple[int | None, int]] | None = None
         try:
-            held = await self.credit.hold(taken.channel, taken.amount, needed,
-                                          everything=everything, made=made)
+            if made is None and route.price.per == "request" and \
+                    not websocket.is_upgrade(request):
+                held, committed = await self.credit.hold_request(taken.channel, taken.amount,
+                                                                 needed)
+            else:
+                held = await self.credit.hold(taken.channel, taken.amount, needed,
+                                              everything=everything, made=made)
         except StoreError as exc:  # the payment is stored (credit), nothing was taken
-            log.warning("taking the credit of channel %s failed: %s", taken.channel, exc)
-            answer = error(503, f"the gateway could not take the request's credit ({exc}): "
-                                "not forwarded, not charged; a payment it carried is stored "
-                                "as credit: retry later")
-            answer.headers[RECEIPT_HEADER] = receipt(taken.ack, 0,
-                                                     self.credit.cached(taken.channel))
-            return answer
+            return self._take_failed(taken, exc)
+        sending: asyncio.Future[aiohttp.ClientResponse] | None = None
+        if committed is not None:
+            if request.method in SAFE_METHODS:  # nothing done upstream that needs undoing
+                sending = asyncio.ensure_future(self._send(route, request))
+            try:
+                await committed  # cancelled with the request: given back once durable
+            except StoreError as exc:  # nothing taken: the upstream's answer not released
+                if sending is not None:
+                    _abandon(sending)
+                return self._take_failed(taken, exc, forwarded=sending is not None)
+            except BaseException:
+                if sending is not None:
+                    _abandon(sending)
+                raise
         if held is None:  # another request of this channel took the credit meanwhile
             why = ("the channel's credit was spent by another request meanwhile: pay again"
                    if taken.amount else f"the channel's credit does not cover the request "
@@ -257,7 +280,7 @@ class Gateway:
         if key is not None:
             self.replays.paid_by(taken.channel, key, taken.ack)
         try:
-            return await self._paid(route, request, paid)
+            return await self._paid(route, request, paid, sending)
         except Exception:
             if paid.settled:
                 raise
@@ -349,12 +372,27 @@ class Gateway:
             await answer.write_eof()
         return answer
 
-    async def _paid(self, route: Route, request: web.Request, paid: Paid
+    def _take_failed(self, taken: Stored, exc: StoreError, *, forwarded: bool = False
+                     ) -> web.Response:
+        """503: the request's credit could not be taken (nothing was); `forwarded`: a safe
+        request sent upstream before the take was durable, whose answer is dropped."""
+        log.warning("taking the credit of channel %s failed: %s", taken.channel, exc)
+        sent = ("sent upstream, its answer dropped" if forwarded else "not forwarded")
+        answer = error(503, f"the gateway could not take the request's credit ({exc}): "
+                            f"{sent}, not charged; a payment it carried is stored as "
+                            "credit: retry later")
+        answer.headers[RECEIPT_HEADER] = receipt(taken.ack, 0,
+                                                 self.credit.cached(taken.channel))
+        return answer
+
+    async def _paid(self, route: Route, request: web.Request, paid: Paid,
+                    sending: asyncio.Future[aiohttp.ClientResponse] | None = None
                     ) -> web.StreamResponse:
+        """Serve a paid request (`sending`: its upstream request, sent already)."""
         if websocket.is_upgrade(request):
             return await self._websocket(route, request, paid)
         try:
-            upstream = await self._send(route, request)
+            upstream = await (sending if sending is not None else self._send(route, request))
         except UpstreamFailed as exc:
             return await self._charged(error(exc.status, str(exc)), route, request, paid, 0)
         async with upstream:
@@ -540,3 +578,12 @@ class Gateway:
         body = json.loads(offer.to_json()) | {"error": why}
         return web.json_response(body, status=402, headers={
             CHALLENGE_HEADER: challenge(offer, request.host), "Cache-Control": "no-store"})
+
+
+def _abandon(sending: asyncio.Future[aiohttp.ClientResponse]) -> None:
+    """An upstream request whose answer will not be used: cancelled, or its answer
+    released."""
+    if not sending.done():
+        sending.cancel()
+    elif not sending.cancelled() and sending.exception() is None:
+        sending.result().release()

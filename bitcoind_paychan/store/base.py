@@ -470,3 +470,10 @@ def newer_store(name: str, version: int, understood: int) -> str:
     """Why a store of a newer schema is refused (every engine says it alike)."""
     return (f"{name} has store schema version {version}, newer than this bitcoind-paychan "
             f"understands ({understood}); upgrade bitcoind-paychan to open it")
+
+
+def shared(store: object) -> bool:
+    """May other instances write `store` (PostgreSQL)? Else this process owns it alone
+    (SQLite, under its lock file; memory)."""
+    info = getattr(store, "info", None)
+    return info is not None and info().engine == "postgresql"

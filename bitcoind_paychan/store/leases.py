@@ -34,7 +34,7 @@ from bitcoind_paychan.channel.reanchor import promoted
 from bitcoind_paychan.channel.records import ChannelRecord, ChannelStatus, Role
 from bitcoind_paychan.channel.watch import promoted_closing
 from bitcoind_paychan.errors import LeaseLost, PolicyError, StoreError
-from bitcoind_paychan.store.base import ChannelStore, Payment, settlement_decided
+from bitcoind_paychan.store.base import ChannelStore, Payment, settlement_decided, shared
 from bitcoind_paychan.store.credit import PaymentTake, TakingStore
 
 
@@ -343,7 +343,7 @@ class LocalLeases:
 def leases_for(store: ChannelStore, policy: ClusterPolicy | None = None) -> Leases:
     """The leases of `store`: in the database when other instances may share it (PostgreSQL),
     else in this process (a store it owns alone: SQLite, memory)."""
-    if store.info().engine == "postgresql":
+    if shared(store):
         from bitcoind_paychan.store.postgres_leases import PostgresLeases
 
         return PostgresLeases(store, policy)

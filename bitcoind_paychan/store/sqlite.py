@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from bitcoind_paychan.channel.records import ChannelRecord, Role
@@ -150,18 +150,32 @@ class SQLiteStore(SQLStore):
             yield self._conn
 
     @contextmanager
-    def _transaction(self, what: str) -> Iterator[sqlite3.Connection]:
-        """A write transaction, committed (and fsynced) on exit, rolled back on any error."""
+    def _transaction(self, what: str, *, synced: bool = True
+                     ) -> Iterator[sqlite3.Connection]:
+        """A write transaction, committed (and fsynced) on exit, rolled back on any error.
+        Not `synced`: its commit is written to the WAL but not fsynced (synchronous =
+        NORMAL), so it survives this process's crash, not a power cut or the system's
+        crash, until the next fsynced commit or checkpoint makes it (and all before it)
+        durable: for what may be forgotten that way, the gateway's takes of credit."""
         with self._connection(what) as conn:
             self._refuse_writes(what)
-            conn.execute("BEGIN IMMEDIATE")
+            if not synced:
+                conn.execute("PRAGMA synchronous = NORMAL")
             try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.rollback()
-                raise
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.rollback()
+                    raise
+            finally:
+                if not synced:
+                    conn.execute("PRAGMA synchronous = FULL")
+
+    def _take_transaction(self, what: str) -> AbstractContextManager[sqlite3.Connection]:
+        return self._transaction(what, synced=False)
 
 
 LogRow = tuple[str, str, int, int, int, bytes]

@@ -173,12 +173,12 @@ class Bench:
     payer: Payer
     http: aiohttp.ClientSession
 
-    async def get(self, path: str, headers: dict[str, str] | None = None
-                  ) -> tuple[int, Any, dict[str, str]]:
+    async def get(self, path: str, headers: dict[str, str] | None = None, *,
+                  method: str = "GET") -> tuple[int, Any, dict[str, str]]:
         """(status, body: JSON if it is, else bytes, or None if it was cut short, headers)
-        of a GET through the gateway."""
+        of a GET (or `method`) through the gateway."""
         url = URL(self.url + path, encoded=True)  # as written: dot segments too
-        async with self.http.get(url, headers=headers) as response:
+        async with self.http.request(method, url, headers=headers) as response:
             try:
                 body = await response.read()
             except aiohttp.ClientPayloadError:  # the connection closed before its end

@@ -5,8 +5,11 @@ nothing; a request that goes away after its payment's commit made the take gives
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Sequence
 from pathlib import Path
+
+import pytest
 
 from bitcoind_paychan.errors import StoreError
 from bitcoind_paychan.gateway.credit import Credit
@@ -72,7 +75,13 @@ def test_a_payment_whose_commit_fails_is_not_stored_and_nothing_is_taken(
     run(sides, scenario)
 
 
-def test_a_take_that_fails_forwards_nothing_and_charges_nothing(sides: MemSides) -> None:
+@pytest.mark.parametrize("method", ["POST", "GET"])
+def test_a_take_that_fails_releases_nothing_and_charges_nothing(
+        sides: MemSides, method: str) -> None:
+    """The store is the gateway's alone, so the take of a request the credit covers is
+    decided at once and made durable beside the forwarding; if its commit fails, the answer
+    is 503 and nothing is charged. A POST waits for the commit, so it is never forwarded; a
+    GET (safe) goes upstream at once, and its answer is dropped."""
     store = sides.stores["gateway"] = FailingStore(sides.tmp / "gateway.db")
     channels: list[str] = []
 
@@ -80,14 +89,22 @@ def test_a_take_that_fails_forwards_nothing_and_charges_nothing(sides: MemSides)
         assert (await b.paid("/api/one", PRICE))[0] == 200
         offer = await b.offer("/api/two")
         store.failing_takes = 1
-        status, body, headers = await b.get("/api/two", (await b.payer.spend(offer)).header)
-        assert status == 503 and "not forwarded, not charged" in body["error"]
+        status, body, headers = await b.get("/api/two", (await b.payer.spend(offer)).header,
+                                            method=method)
+        assert status == 503 and "not charged" in body["error"]
+        assert set(body) == {"error"} and "/api/two" not in json.dumps(body)  # not released
         assert read_receipt(headers["Payment-Receipt"]).charged == 0
+        forwarded = [path for path, _ in b.upstream.seen]
+        if method == "POST":
+            assert "not forwarded" in body["error"] and forwarded == ["/api/one"]
+        else:
+            assert "its answer dropped" in body["error"]
+            assert forwarded == ["/api/one", "/api/two"]
         spent = await b.payer.spend(offer)
-        status, _, headers = await b.get("/api/three", spent.header)
+        status, _, headers = await b.get("/api/three", spent.header, method=method)
         receipt = read_receipt(headers["Payment-Receipt"])
         assert status == 200 and (receipt.charged, receipt.credit) == (PRICE, OPEN - PRICE)
-        assert [path for path, _ in b.upstream.seen] == ["/api/one", "/api/three"]
+        assert [path for path, _ in b.upstream.seen][-1] == "/api/three"
         channels.append(spent.channel.contract_txid)
     run(sides, scenario)
     store.close()

@@ -4,7 +4,10 @@ by two instances (a race driven by the test, not by timing)."""
 
 from __future__ import annotations
 
+import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from contextlib import closing
@@ -262,3 +265,45 @@ def waiting_on_a_lock(server: PostgresServer, database: str) -> None:
     wait_until(lambda: server.sql(
         "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND "
         f"datname = '{database}'", database) == "1", what="b waiting on a's lock")
+
+
+class _Watched(SQLiteStore):
+    """Records the connection's `synchronous` setting as each take reads its credit."""
+
+    seen: list[int]
+
+    def _credit_read(self, contract_txid: str) -> None:
+        assert self._conn is not None
+        self.seen.append(self._conn.execute("PRAGMA synchronous").fetchone()[0])
+
+
+def test_sqlite_commits_takes_unsynced_and_everything_else_synced(tmp_path: Path) -> None:
+    """A take of credit is committed to the WAL without an fsync (synchronous NORMAL = 1);
+    the setting is FULL (2) again for every other write, payments first."""
+    with _Watched(tmp_path / "gateway.db") as store:
+        store.seen = []
+        txid = paid(store, 1_000).txid
+        assert store.take_credits([(txid, 10, 10), (txid, 20, 20)]) == [(10, 990), (20, 970)]
+        assert store.seen == [1, 1]
+        assert store._conn is not None
+        assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+
+
+_CRASH = """
+import os, signal, sys
+from bitcoind_paychan.store import SQLiteStore
+store = SQLiteStore(sys.argv[1])
+assert store.take_credits([(sys.argv[2], 300, 300)]) == [(300, 700)]
+os.kill(os.getpid(), signal.SIGKILL)  # no close, no checkpoint: the WAL as it is
+"""
+
+
+def test_an_unsynced_take_survives_the_process_crashing_after_it(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.db"
+    with SQLiteStore(path) as store:
+        txid = paid(store, 1_000).txid
+    crashed = subprocess.run([sys.executable, "-c", _CRASH, str(path), txid],
+                             cwd=Path(__file__).resolve().parents[2], check=False)
+    assert crashed.returncode == -signal.SIGKILL
+    with SQLiteStore(path) as reopened:
+        assert reopened.credit(txid) == 700
