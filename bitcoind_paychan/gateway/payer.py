@@ -22,7 +22,7 @@ import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from bitcoind_paychan.errors import PriceRefused
+from bitcoind_paychan.errors import ChannelFailed, PaidHttpError, PriceRefused
 from bitcoind_paychan.service.client import Channel, ClientManager
 from bitcoind_paychan.transport import CarriedStream
 from bitcoind_paychan.transport.paidhttp.link import HttpLink
@@ -56,14 +56,22 @@ class PendingPayment:
         return {PAYMENT_HEADER: credential(self.link.session, self.frame)}
 
     async def settle(self, headers: Mapping[str, str]) -> Receipt | None:
-        """Hand the answer's ack (in its receipt) to the manager: the receipt; without one,
-        hang up (None): the payment stays stored, and the next one resumes the channel."""
+        """Hand the answer's ack (in its receipt, with what else the server sent, in order)
+        to the manager: the receipt; without one, or a receipt that does not read, hang up
+        (None, or PaidHttpError): the payment stays stored, and the next one resumes the
+        channel."""
         found = headers.get(RECEIPT_HEADER)
         if found is None:
             await self.abandon()
             return None
-        self.receipt = read_receipt(found)
-        self.link.stream.feed(self.receipt.ack)
+        try:
+            self.receipt = read_receipt(found)
+        except PaidHttpError:
+            await self.abandon()
+            raise
+        for frame in self.receipt.answer:
+            self.link.stream.feed(frame)
+        self.link.answered()  # what the manager sent after the payment may go now
         await self.paying
         return self.receipt
 
@@ -147,9 +155,12 @@ class Payer:
         expected = link.expect_payment()
         paying = asyncio.ensure_future(channel.pay(amount))
         await asyncio.wait({expected, paying}, return_when=asyncio.FIRST_COMPLETED)
-        if not expected.done():  # pay() failed before sending anything
-            expected.cancel()
-            await paying
+        if not expected.done() or expected.cancelled():  # pay() failed before sending
+            expected.cancel()  # anything, or the session ended before the payment's turn
+            await paying  # raises why (ChannelFailed: the connection ended)
+            raise ChannelFailed(f"the session with {offer.endpoint} ended before the payment "
+                                "could be sent; it stays stored: the next one resumes the "
+                                "channel")
         return PendingPayment(channel, link, amount, expected.result(), paying)
 
     def _raised(self, amount: int, ahead: int, remaining: int) -> int:

@@ -331,7 +331,8 @@ class Gateway:
             return error(409, f"the request with {KEY_HEADER} {key!r} was answered and "
                               f"charged {replay.charged} sat once; its answer (a stream, or "
                               "too large) is not kept: a new key buys it again")
-        ack = replay.ack
+        ack = replay.ack  # a replay's receipt: the ack alone (what came with it went once)
+        frames: tuple[bytes, ...] = ()
         if found.message is not None and session.change is not None and \
                 found.message.update_payment.client_change_value < session.change:
             taken = await take_payment(self.sessions, header,
@@ -339,9 +340,9 @@ class Gateway:
             if isinstance(taken, Refused):
                 return error(taken.status, taken.why, closed=taken.closed)
             self.credit.grew(channel, taken.amount)
-            ack = taken.ack
+            ack, frames = taken.ack, taken.frames
         answer = web.Response(status=replay.status, body=replay.body, headers=replay.headers)
-        answer.headers[RECEIPT_HEADER] = receipt(ack, 0, await self.credit.of(channel))
+        answer.headers[RECEIPT_HEADER] = receipt(ack, 0, await self.credit.of(channel), frames)
         access.info("charged 0 sat for %s %s -> %d, channel %s: answered again for %s %r "
                     "(charged %d sat the first time)", request.method, request.path,
                     replay.status, channel, KEY_HEADER, key, replay.charged)
@@ -382,7 +383,8 @@ class Gateway:
                             f"{sent}, not charged; a payment it carried is stored as "
                             "credit: retry later")
         answer.headers[RECEIPT_HEADER] = receipt(taken.ack, 0,
-                                                 self.credit.cached(taken.channel))
+                                                 self.credit.cached(taken.channel),
+                                                 taken.frames)
         return answer
 
     async def _paid(self, route: Route, request: web.Request, paid: Paid,
@@ -556,14 +558,16 @@ class Gateway:
         paid.settled = True
         await self.credit.give_back(channel, paid.held - cost)
         left = await self.credit.known(channel)  # for the receipt and the log
-        answer.headers[RECEIPT_HEADER] = receipt(paid.stored.ack, cost, left)
+        answer.headers[RECEIPT_HEADER] = receipt(paid.stored.ack, cost, left,
+                                                 paid.stored.frames)
         access.info("charged %d sat (paid %d, credit %d) for %s %s -> %d via %s, channel %s",
                     cost, paid.stored.amount, left, request.method,
                     request.path, answer.status, route.path, channel)
         return answer
 
     async def _receipt(self, stored: Stored, cost: int) -> str:
-        return receipt(stored.ack, cost, await self.credit.known(stored.channel))
+        return receipt(stored.ack, cost, await self.credit.known(stored.channel),
+                       stored.frames)
 
     async def _lacking(self, channel: str, needed: int) -> int:
         """What a payment must add for a request that needs `needed` sat of credit."""

@@ -221,17 +221,17 @@ class Served:
 async def serving(sides: Duo, routes: Sequence[Route] = ROUTES,
                   limits: PeerLimits | None = None, clock: Clock | None = None,
                   proxies: TrustedProxies | None = None, in_flight: int = 16, port: int = 0,
-                  store: SQLStore | None = None, leases: Leases | None = None
-                  ) -> AsyncIterator[Served]:
+                  store: SQLStore | None = None, leases: Leases | None = None,
+                  policy: ServerPolicy | None = None) -> AsyncIterator[Served]:
     """The upstream and the gateway on `port` (0: a free one), its channels and credit in
     `store` (default: the SQLite store "gateway"; a restart: the block ends, another begins
-    on the same store)."""
+    on the same store), under `policy` (default: ServerPolicy())."""
     store = store or sides.store("gateway")
     upstream = Upstream("")
     up_server = WebServer(upstream_app(upstream), "127.0.0.1", 0)
     up_host, up_port = await up_server.start()
     upstream.url = f"http://{up_host}:{up_port}"
-    policy = ServerPolicy()
+    policy = policy or ServerPolicy()
     gateway = Gateway(routed(routes, upstream.url), policy, store=store,
                       clock=clock or Clock(), proxies=proxies,
                       max_requests_per_session=in_flight)

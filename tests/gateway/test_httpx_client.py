@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -18,17 +19,19 @@ from bitcoind_paychan.gateway.client import PaychanAuth, paying
 from bitcoind_paychan.transport.paidhttp import read_receipt
 from regtest.waiting import until
 from tests.gateway.conftest import EVENT_SIZE, OPEN, PRICE, VALUE, Served, serving
-from tests.service.conftest import FAST, MemSides
+from tests.service.conftest import FAST, Duo, MemSides
 
 Scenario = Callable[[Served, PaychanAuth, httpx.AsyncClient], Awaitable[None]]
 
 
 @contextlib.asynccontextmanager
-async def client(sides: MemSides, served: Served, **caps: int
+async def client(sides: Duo, served: Served, **options: Any
                  ) -> AsyncIterator[tuple[PaychanAuth, httpx.AsyncClient]]:
+    """httpx paying through the gateway `served`, the client's side of `sides` (`options`:
+    `paying`'s, its caps, or its manager's, a `policy`)."""
     async with (paying(sides.client_ports(), sides.store("client"), VALUE,
                        poll_interval=sides.poll_interval, review_interval=0.5,
-                       autopilot=FAST, **caps) as auth,
+                       autopilot=FAST, **options) as auth,
                 httpx.AsyncClient(auth=auth, base_url=served.url) as http):
         yield auth, http
 

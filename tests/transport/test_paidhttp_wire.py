@@ -130,3 +130,22 @@ def test_a_receipt_carries_a_payment_ack_and_the_charge() -> None:
         read_receipt(receipt(payment(1), 1, 0))
     with pytest.raises(PaidHttpError, match="expected ack, charged, credit"):
         read_receipt(b64url(b'{"ack": "AA"}'))
+    assert found.frames == () and found.answer == (ack,)  # the ack alone: no frames field
+    assert "frames" not in json.loads(base64.urlsafe_b64decode(receipt(ack, 1, 0, [ack])
+                                                               + "=="))
+
+
+def test_a_receipt_carries_what_the_server_sent_with_the_ack_in_order() -> None:
+    ack, *others = encode([messages.payment_ack(), messages.reanchor_locked("ab" * 32),
+                           messages.reanchor_terms(1, 2, b"s", 3)])
+    answer = (others[0], ack, others[1])  # the lock waited in the session; the terms after
+    found = read_receipt(receipt(ack, 100, 200, answer))
+    assert (found.ack, found.frames, found.answer) == (ack, answer, answer)
+    assert (found.charged, found.credit) == (100, 200)
+    for frames in ([others[0], others[1]], [ack, others[0], ack]):
+        with pytest.raises(PaidHttpError, match="must hold its ack once"):
+            read_receipt(receipt(ack, 100, 200, frames))
+    body = json.loads(base64.urlsafe_b64decode(receipt(ack, 1, 0, answer) + "=="))
+    body["frames"] = body["frames"][:-2]  # cut inside its last frame
+    with pytest.raises(PaidHttpError, match="ends inside a frame"):
+        read_receipt(b64url(json.dumps(body).encode()))

@@ -5,7 +5,14 @@ sends frames through `send_frames`; they are POSTed to the channel endpoint in o
 at a time, and the frames the server answered are fed to the stream, where the manager reads
 them. A payment the application is about to attach to a request (`expect_payment`) is kept
 instead of POSTed: it travels in that request's `Authorization: Payment` credential, and the
-ack from its answer's receipt is fed to the stream the same way (`feed`).
+ack from its answer's receipt (with what else the server sent, in order) is fed to the
+stream the same way (`feed`); then `answered()`.
+
+The server reads the session's frames in the order they were sent, as on a socket (a
+re-anchor needs it: R is checked against the payments before it, and a payment signed after
+R must reach the server after R): a kept payment is handed over only once every frame sent
+before it was POSTed and answered, and frames sent after it are POSTed only once its
+request was answered; if the session ends first, they are not sent at all.
 """
 
 from __future__ import annotations
@@ -32,6 +39,20 @@ log = logging.getLogger(__name__)
 T = pb.TwoWayChannelMessage
 
 
+class _Kept:
+    """A payment kept for a request, in its place among the frames POSTed."""
+
+    def __init__(self, payment: asyncio.Future[bytes], frame: bytes) -> None:
+        self.payment, self.frame = payment, frame
+        self.answered = asyncio.Event()  # its request's answer was handed in (or never comes)
+        self.lost = False  # ... never comes: the session ended first
+
+    def hand_over(self) -> None:
+        """Every frame before it was answered: its request may go."""
+        if not self.payment.done():
+            self.payment.set_result(self.frame)
+
+
 class HttpLink:
     """One session with the server at `endpoint`; each POST may take `timeout` seconds."""
 
@@ -45,9 +66,11 @@ class HttpLink:
         self.credit: int | None = None  # the channel's credit, as the last answer said
         self.closed = False
         self.seq = 0  # the last number given a request spending credit in this session
-        self._queue: asyncio.Queue[list[bytes]] = asyncio.Queue()
+        self._queue: asyncio.Queue[list[bytes] | _Kept] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
+        self._busy = False  # the worker is POSTing, or waiting for a kept payment's answer
         self._payment: asyncio.Future[bytes] | None = None
+        self._kept: _Kept | None = None  # the kept payment whose answer is not in yet
 
     def next_seq(self) -> int:
         """A new number for a request that spends the session's credit (each used once)."""
@@ -55,31 +78,50 @@ class HttpLink:
         return self.seq
 
     def expect_payment(self) -> asyncio.Future[bytes]:
-        """The next UPDATE_PAYMENT the manager sends is kept for a request, not POSTed."""
+        """The next UPDATE_PAYMENT the manager sends is kept for a request, not POSTed: the
+        future is its frame once every frame sent before it was answered (cancelled if the
+        session ends first). Hand the request's answer in, then call `answered()`."""
         self._payment = asyncio.get_running_loop().create_future()
         return self._payment
 
+    def answered(self) -> None:
+        """The kept payment's request was answered (its receipt fed to the stream): the
+        frames sent after it may be POSTed."""
+        kept, self._kept = self._kept, None
+        if kept is not None:
+            kept.answered.set()
+
     async def send_frames(self, frames: Sequence[bytes]) -> None:
-        pending = list(frames)
-        payment = self._payment
-        if payment is not None and not payment.done():
-            for index, frame in enumerate(pending):
-                if decode(frame).type == T.UPDATE_PAYMENT:
-                    payment.set_result(pending.pop(index))
-                    self._payment = None
-                    break
-        if not pending:
+        if not frames:
             return
         if self.closed:
             raise ConnectionError(f"the session with {self.endpoint} has ended")
-        self._queue.put_nowait(pending)
+        pending: list[list[bytes] | _Kept] = [list(frames)]
+        payment = self._payment
+        if payment is not None and not payment.done():
+            for index, frame in enumerate(frames):
+                if decode(frame).type == T.UPDATE_PAYMENT:
+                    self._payment = None
+                    self._kept = _Kept(payment, frame)
+                    pending = [list(frames[:index]), self._kept, list(frames[index + 1:])]
+                    break
+        pending = [item for item in pending if item]
+        if isinstance(pending[0], _Kept) and self._queue.empty() and not self._busy:
+            pending[0].hand_over()  # nothing before it in flight: at once
+        for item in pending:
+            self._queue.put_nowait(item)
         if self._worker is None:
             self._worker = asyncio.get_running_loop().create_task(self._post_all())
 
     async def close(self) -> None:
-        """Hang up: what is queued is still POSTed (an ERROR, say), then the session ends."""
+        """Hang up: what is queued is still POSTed (an ERROR, say), then the session ends;
+        not what was sent after a kept payment whose request was not answered."""
         if not self.closed:
             self.closed = True
+            kept, self._kept = self._kept, None
+            if kept is not None:
+                kept.lost = True
+                kept.answered.set()
             if self._worker is None:
                 await self._ended()
             else:
@@ -87,13 +129,24 @@ class HttpLink:
 
     async def _post_all(self) -> None:
         while True:
-            frames = await self._queue.get()
-            if not frames:
+            self._busy = False
+            item = await self._queue.get()
+            self._busy = True
+            if isinstance(item, _Kept):
+                if self.closed and not item.payment.done():
+                    item.payment.cancel()  # hung up before its turn: it does not go
+                    break
+                item.hand_over()
+                await item.answered.wait()
+                if item.lost:  # the server may not have read it: nothing after it goes
+                    break
+                continue
+            if not item:
                 if self._queue.empty():
                     break
                 continue
             try:
-                answer, ended = await self._post(frames)
+                answer, ended = await self._post(item)
             except (aiohttp.ClientError, OSError, PaychanError) as exc:  # timeouts included
                 log.info("session with %s failed: %s", self.endpoint, exc)
                 break
@@ -124,6 +177,10 @@ class HttpLink:
         payment, self._payment = self._payment, None
         if payment is not None and not payment.done():
             payment.cancel()
+        while not self._queue.empty():  # never sent: a kept payment waiting for its turn too
+            item = self._queue.get_nowait()
+            if isinstance(item, _Kept) and not item.payment.done():
+                item.payment.cancel()
         self.stream.end()
 
 

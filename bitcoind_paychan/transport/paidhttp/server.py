@@ -35,12 +35,18 @@ T = pb.TwoWayChannelMessage
 
 @dataclass(frozen=True)
 class Stored:
-    """A payment the manager verified and stored: `ack` must reach the client."""
+    """A payment the manager verified and stored: `ack` must reach the client, with every
+    frame of `frames` when there are more (the receipt carries them: `receipt(...,
+    stored.frames)`)."""
 
     session: Session
     channel: str  # its contract txid
     amount: int  # sat it added
     ack: bytes  # the PAYMENT_ACK
+    # What the manager sent in answer to the payment, in order, the ack among them, when it
+    # sent more than the ack (a re-anchor's terms after the payment, a promotion's lock
+    # before it); the client handles them in this order, as it would on a socket.
+    frames: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -105,7 +111,7 @@ async def take_payment(sessions: Sessions, value: str | Credential,
     if ack is None or stored < amount:
         return Refused(400, f"payment refused: {_explain(answer)}; the session is closed, "
                             "resume the channel at the endpoint", closed=session.closed)
-    return Stored(session, channel, stored, ack)
+    return Stored(session, channel, stored, ack, tuple(answer) if len(answer) > 1 else ())
 
 
 async def endpoint(sessions: Sessions, request: web.Request,

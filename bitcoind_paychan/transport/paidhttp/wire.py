@@ -12,7 +12,8 @@ authentication scheme (draft-httpauth-payment, MPP), with the method `paychan`:
   the answer carries a new one. `Paychan-Closed: 1` says the server hung up.
 - A paid request carries `Authorization: Payment <base64url JSON credential>`, whose payload
   names the session and holds one UPDATE_PAYMENT frame; its answer carries
-  `Payment-Receipt: <base64url JSON>` with the PAYMENT_ACK once the payment is stored, what
+  `Payment-Receipt: <base64url JSON>` with the PAYMENT_ACK once the payment is stored (and
+  every frame the server sent with it, in order, when there are more: a re-anchor's), what
   the request was charged and the credit left in the session. A request the session's
   credit already covers (paid ahead) may instead carry a credential without a payment: the
   session and a number used once in it (`seq`); its receipt has no ack.
@@ -196,20 +197,31 @@ def read_credential(value: str) -> tuple[str, bytes, pb.TwoWayChannelMessage]:
 class Receipt:
     """What a paid answer's `Payment-Receipt` says: the payment's ack (empty: the request
     carried no payment, it spent credit), what the request was charged, the credit left in
-    the session (sat)."""
+    the session (sat), and `frames`: when the server sent more than the ack in answer to the
+    payment (a re-anchor's REANCHOR_TERMS, a promotion's REANCHOR_LOCKED), every frame it
+    sent, in order, the ack among them (else empty: the ack alone)."""
 
     ack: bytes
     charged: int
     credit: int
+    frames: tuple[bytes, ...] = ()
+
+    @property
+    def answer(self) -> tuple[bytes, ...]:
+        """The frames the server sent in answer to the payment, in order (none: no ack)."""
+        return self.frames or ((self.ack,) if self.ack else ())
 
 
-def receipt(ack: bytes, charged: int, credit: int) -> str:
+def receipt(ack: bytes, charged: int, credit: int, frames: Sequence[bytes] = ()) -> str:
     """The `Payment-Receipt` value for a stored payment (`ack`: its PAYMENT_ACK; empty: the
-    request spent credit, no ack)."""
+    request spent credit, no ack); `frames`: everything the server sent with the ack, in
+    order, when that is more than the ack."""
     body: dict[str, object] = {"status": "success", "method": METHOD, "charged": charged,
                                "credit": credit}
     if ack:
         body["ack"] = b64url(ack)
+    if len(frames) > 1:
+        body["frames"] = b64url(join_frames(frames))
     return b64url(json.dumps(body, separators=(",", ":")).encode())
 
 
@@ -218,11 +230,18 @@ def read_receipt(value: str) -> Receipt:
     data = _json(value.strip(), where)
     try:
         ack = _from_b64url(str(data["ack"]), where) if "ack" in data else b""
-        found = Receipt(ack, int(data["charged"]), int(data["credit"]))
+        frames = split_frames(_from_b64url(str(data["frames"]), where)) if "frames" in \
+            data else []
+        found = Receipt(ack, int(data["charged"]), int(data["credit"]), tuple(frames))
     except (KeyError, TypeError, ValueError) as exc:
         raise PaidHttpError(f"{where} lacks {exc}: expected ack, charged, credit") from None
     if ack and _decode(ack, where).type != pb.TwoWayChannelMessage.PAYMENT_ACK:
         raise PaidHttpError(f"{where} does not carry a PAYMENT_ACK")
+    if frames and (not ack or frames.count(ack) != 1):
+        raise PaidHttpError(f"{where}'s frames must hold its ack once: the server's answer "
+                            "to the payment, in order")
+    for frame in frames:
+        _decode(frame, where)
     return found
 
 
