@@ -146,9 +146,8 @@ async def client(pipe: Connection, node: MemNode, path: Path, requests: int,
                                await payer.pay(offer, PRICE - credit, ahead=prepay * PRICE))
                     async with http.get(url + "/api/hello", headers=payment.header) as answer:
                         await answer.read()
-                        assert answer.status == 200, answer.status
                         receipt = await payment.settle(answer.headers)
-                        assert receipt is not None
+                        assert answer.status == 200 and receipt is not None, answer.status
                         credit = receipt.credit
 
                 async def stream(parts: int) -> tuple[int, float]:

@@ -148,8 +148,22 @@ class Credit:
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[tuple[int | None, int]] = loop.create_future()
         self._takes.put(_Waiting((channel, needed, needed), answer, loop, decided=True))
-        self._known[channel] = self._ledger.bound(channel) or 0
+        known, bound = self._known.get(channel), self._ledger.bound(channel) or 0
+        self._known[channel] = bound if known is None else max(known - needed, bound)
         return needed, answer
+
+    async def committed(self, channel: str, answer: asyncio.Future[tuple[int | None, int]]
+                        ) -> tuple[int | None, int]:
+        """A take's answer, awaited; cancelled after its commit answered (before the caller
+        resumed), what it took is given back, as `_answer` does for one cancelled before."""
+        try:
+            return await answer
+        except asyncio.CancelledError:
+            if answer.done() and not answer.cancelled() and answer.exception() is None:
+                taken = answer.result()[0]
+                if taken:
+                    self._give_back_later(channel, taken)
+            raise
 
     def may_ride(self, channel: str) -> bool:
         """May the channel's next take ride with its payment (`with_payment`)? Not while
@@ -179,7 +193,7 @@ class Credit:
         if self._ledger is not None:
             self._ledger.store_decides(channel)
         self._takes.put(_Waiting((channel, least, most), answer, loop))
-        taken, self._known[channel] = await answer
+        taken, self._known[channel] = await self.committed(channel, answer)
         return taken
 
     @property

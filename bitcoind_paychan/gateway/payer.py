@@ -152,15 +152,20 @@ class Payer:
         assert isinstance(stream, CarriedStream) and isinstance(stream.link, HttpLink), \
             "the manager dials with http_dialer"
         link = stream.link
-        expected = link.expect_payment()
-        paying = asyncio.ensure_future(channel.pay(amount))
-        await asyncio.wait({expected, paying}, return_when=asyncio.FIRST_COMPLETED)
-        if not expected.done() or expected.cancelled():  # pay() failed before sending
-            expected.cancel()  # anything, or the session ended before the payment's turn
-            await paying  # raises why (ChannelFailed: the connection ended)
-            raise ChannelFailed(f"the session with {offer.endpoint} ended before the payment "
-                                "could be sent; it stays stored: the next one resumes the "
-                                "channel")
+        await link.keeping.acquire()  # one payment kept at a time: released once answered
+        try:
+            expected = link.expect_payment()
+            paying = asyncio.ensure_future(channel.pay(amount))
+            await asyncio.wait({expected, paying}, return_when=asyncio.FIRST_COMPLETED)
+            if not expected.done() or expected.cancelled():  # pay() failed before sending
+                expected.cancel()  # anything, or the session ended before the payment's turn
+                await paying  # raises why (ChannelFailed: the connection ended)
+                raise ChannelFailed(f"the session with {offer.endpoint} ended before the "
+                                    "payment could be sent; it stays stored: the next one "
+                                    "resumes the channel")
+        except BaseException:
+            link.kept_done()
+            raise
         return PendingPayment(channel, link, amount, expected.result(), paying)
 
     def _raised(self, amount: int, ahead: int, remaining: int) -> int:

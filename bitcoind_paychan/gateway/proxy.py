@@ -260,7 +260,8 @@ class Gateway:
             if request.method in SAFE_METHODS:  # nothing done upstream that needs undoing
                 sending = asyncio.ensure_future(self._send(route, request))
             try:
-                await committed  # cancelled with the request: given back once durable
+                # Cancelled with the request: given back once durable.
+                await self.credit.committed(taken.channel, committed)
             except StoreError as exc:  # nothing taken: the upstream's answer not released
                 if sending is not None:
                     _abandon(sending)

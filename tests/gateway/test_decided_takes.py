@@ -9,9 +9,11 @@ import asyncio
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from bitcoind_paychan.gateway.credit import Credit
 from bitcoind_paychan.store import SQLiteStore
 from bitcoind_paychan.store.credit import Take
 from bitcoind_paychan.transport.paidhttp import read_receipt
@@ -19,6 +21,8 @@ from regtest.waiting import until
 from tests.gateway.conftest import OPEN, PRICE, Bench
 from tests.gateway.test_proxy import run
 from tests.service.conftest import MemSides
+from tests.store.helpers import Channel
+from tests.store.test_credit import paid
 
 
 class HeldTakes(SQLiteStore):
@@ -63,3 +67,61 @@ def test_no_answer_is_released_before_its_take_is_committed(sides: MemSides,
         assert [path for path, _ in b.upstream.seen] == ["/api/one", "/api/two"]
         assert store.credit(spent.channel.contract_txid) == OPEN - PRICE
     run(sides, scenario)
+
+
+@pytest.mark.parametrize("decided", [True, False])
+def test_a_request_cancelled_after_its_take_committed_gets_it_back(tmp_path: Path,
+                                                                   decided: bool) -> None:
+    """The take's commit answers, and the request is cancelled before it resumes (the
+    client gone, the gateway stopping): what it took goes back to the credit."""
+    async def scenario(store: SQLiteStore, channel: str) -> None:
+        credit = Credit(store, alone=True)
+        assert await credit.take(channel, 0) == 0  # the store answers: the bound is known
+        task: asyncio.Task[object] | None = None
+        answer = credit._takes.answer
+
+        def answered_then_cancelled(answers: list[Any]) -> None:
+            answer(answers)  # the answer is set...
+            assert task is not None
+            task.cancel()  # ...and the request goes away before it resumes
+
+        credit._takes.answer = answered_then_cancelled
+
+        async def request() -> object:
+            if not decided:
+                return await credit.hold(channel, 0, PRICE)
+            held, committed = await credit.hold_request(channel, 0, PRICE)
+            assert held == PRICE and committed is not None  # decided at once
+            return await credit.committed(channel, committed)
+
+        task = asyncio.ensure_future(request())
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await until(lambda: store.credit(channel) == 1_000, what="the take given back")
+
+    with SQLiteStore(tmp_path / "gateway.db") as store:
+        asyncio.run(scenario(store, paid(store, 1_000).txid))
+
+
+def test_a_take_decided_at_once_leaves_the_payments_counted_in_the_known_credit(
+        tmp_path: Path) -> None:
+    """What a receipt says comes from the known credit: a payment stored since the store's
+    last answer stays counted in it after a take decided at once."""
+    async def scenario(store: SQLiteStore) -> None:
+        channel = Channel()
+        record = channel.record()
+        store.put(record)
+        record = channel.pay(record, 3 * PRICE)
+        store.record_payment(record, 3 * PRICE)
+        credit = Credit(store, alone=True)
+        assert await credit.take(channel.txid, PRICE) == PRICE  # known: 2 prices
+        store.record_payment(channel.pay(record, 1_000), 1_000)
+        credit.grew(channel.txid, 1_000)  # the payment stored
+        held, committed = await credit.hold_request(channel.txid, 0, PRICE)
+        assert held == PRICE and committed is not None  # the bound (2 prices) covers it
+        assert credit.cached(channel.txid) == 1_000 + PRICE
+        await credit.committed(channel.txid, committed)
+        assert store.credit(channel.txid) == 1_000 + PRICE
+
+    with SQLiteStore(tmp_path / "gateway.db") as store:
+        asyncio.run(scenario(store))

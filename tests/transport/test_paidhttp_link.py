@@ -100,8 +100,8 @@ async def endpoint() -> AsyncIterator[tuple[Endpoint, HttpLink, aiohttp.ClientSe
         await server.stop()
 
 
-def payment() -> T:
-    return messages.update_payment(5_000, b"\x30")
+def payment(change: int = 5_000) -> T:
+    return messages.update_payment(change, b"\x30")
 
 
 def signed() -> T:
@@ -158,5 +158,33 @@ def test_a_payment_behind_a_post_of_a_session_that_ends_is_never_handed_over() -
             server.release.set()
             assert await link.stream.receive(10) is None
             assert expected.cancelled()  # the payment stays stored; a resume sends it
+
+    asyncio.run(main())
+
+
+def test_payments_are_kept_one_at_a_time_each_after_the_one_before_was_answered() -> None:
+    """Two payments on one channel at once (two Payer.pay): the second is kept only once the
+    first's request was answered (`keeping`), so each goes in its turn; keeping a second
+    without it is refused, not a session stuck for good."""
+    async def main() -> None:
+        async with endpoint() as (server, link, _):
+            server.release.set()
+            kept: list[bytes] = []
+
+            async def pay(change: int) -> None:  # as Payer.pay and PendingPayment.settle
+                await link.keeping.acquire()
+                expected = link.expect_payment()
+                with pytest.raises(RuntimeError, match="one at a time"):
+                    link.expect_payment()
+                await link.send_frames(encode([payment(change)]))
+                kept.append(await expected)
+                await asyncio.sleep(0)  # its request, answered
+                link.answered()  # releases `keeping`
+
+            await asyncio.gather(pay(5_000), pay(4_000))
+            assert [decode(frame).update_payment.client_change_value for frame in kept] == [
+                5_000, 4_000]
+            await link.close()
+            assert await link.stream.receive(10) is None  # the session still ends
 
     asyncio.run(main())

@@ -71,6 +71,9 @@ class HttpLink:
         self._busy = False  # the worker is POSTing, or waiting for a kept payment's answer
         self._payment: asyncio.Future[bytes] | None = None
         self._kept: _Kept | None = None  # the kept payment whose answer is not in yet
+        # Held from `expect_payment` (`keeping`) until its request is answered or the
+        # session ends: one kept payment at a time, as the link hands them over in order.
+        self.keeping = asyncio.Lock()
 
     def next_seq(self) -> int:
         """A new number for a request that spends the session's credit (each used once)."""
@@ -80,7 +83,12 @@ class HttpLink:
     def expect_payment(self) -> asyncio.Future[bytes]:
         """The next UPDATE_PAYMENT the manager sends is kept for a request, not POSTed: the
         future is its frame once every frame sent before it was answered (cancelled if the
-        session ends first). Hand the request's answer in, then call `answered()`."""
+        session ends first). Hand the request's answer in, then call `answered()`. Hold
+        `keeping` first when payments may be made concurrently: a second kept payment
+        before the first was answered is refused (RuntimeError)."""
+        if self._kept is not None or (self._payment is not None and
+                                      not self._payment.done()):
+            raise RuntimeError("a payment is kept already: hold `keeping` (one at a time)")
         self._payment = asyncio.get_running_loop().create_future()
         return self._payment
 
@@ -90,6 +98,12 @@ class HttpLink:
         kept, self._kept = self._kept, None
         if kept is not None:
             kept.answered.set()
+        self.kept_done()
+
+    def kept_done(self) -> None:
+        """The kept payment (if any) is over: the next one may be kept (`keeping`)."""
+        if self.keeping.locked():
+            self.keeping.release()
 
     async def send_frames(self, frames: Sequence[bytes]) -> None:
         if not frames:
@@ -122,6 +136,7 @@ class HttpLink:
             if kept is not None:
                 kept.lost = True
                 kept.answered.set()
+            self.kept_done()
             if self._worker is None:
                 await self._ended()
             else:
@@ -177,6 +192,11 @@ class HttpLink:
         payment, self._payment = self._payment, None
         if payment is not None and not payment.done():
             payment.cancel()
+        kept, self._kept = self._kept, None
+        if kept is not None:  # its request may still be answered: nothing goes after it
+            kept.lost = True
+            kept.answered.set()
+        self.kept_done()
         while not self._queue.empty():  # never sent: a kept payment waiting for its turn too
             item = self._queue.get_nowait()
             if isinstance(item, _Kept) and not item.payment.done():
