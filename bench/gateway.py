@@ -13,10 +13,11 @@ upstream directly, then through the gateway, each paid, all clients at once. Wit
 and stores it, takes the price from the credit, forwards, the answer carries the ack); with
 --prepay K (the default) a payment adds K requests' worth of credit and the requests it
 covers carry no payment: the gateway decides the take of the price at once against its
-ledger's bound (its SQLite store is its alone: gateway/ledger.py), forwards, and answers once
-the take is committed (group-committed with the other clients' takes, written to the WAL
-without an fsync: docs/paid-http.md §4); a payment's take is made in the payment's own commit
-(`gateway_commits_per_paid`: the gateway's commits per paid request).
+ledger's bound (its SQLite store is its alone: gateway/ledger.py) and commits it, written to
+the WAL without an fsync (docs/paid-http.md §4): on its loop when the store is free, else
+group-committed by the takes' thread with the other clients' takes while the request is
+forwarded; it answers once the take is committed. A payment's take is made in the payment's
+own commit (`gateway_commits_per_paid`: commits of payments and takes per paid request).
 The overhead per request is the paid latency less the direct one (p50, p99). Then one
 metered stream (per byte, of unknown length) of the given size is read through the gateway,
 its credit drawn for every 64 KB part sent. The money is checked: what the gateway stored
@@ -204,10 +205,10 @@ async def run(server_node: MemNode, upstream: str, pipes: list[Connection], requ
         for pipe in pipes:  # each opened its channel
             assert await asyncio.to_thread(pipe.recv) == "ready"
         direct, direct_s = await ask(pipes, "direct")
-        cpu, commits = time.process_time(), manager.payments.commits + gateway.credit.commits
+        cpu, commits = time.process_time(), manager.payments.commits + gateway.credit.all_commits
         paid, paid_s = await ask(pipes, "paid")
         cpu = time.process_time() - cpu
-        commits = manager.payments.commits + gateway.credit.commits - commits
+        commits = manager.payments.commits + gateway.credit.all_commits - commits
         direct_ms = [ms for run in direct for ms in run]
         paid_ms = [ms for run in paid for ms in run]
         parts = max(1, stream_mb * 1024 * 1024 // PART)

@@ -26,9 +26,15 @@ import sys
 from collections.abc import Callable
 from typing import NamedTuple
 
-from bitcoind_paychan.errors import CreditLost
+from bitcoind_paychan.errors import CreditLost, StoreError
 from bitcoind_paychan.gateway.ledger import Ledger
-from bitcoind_paychan.store.credit import CreditStore, PaymentTake, Take, check_takes
+from bitcoind_paychan.store.credit import (
+    CreditStore,
+    PaymentTake,
+    Take,
+    TakesAtOnce,
+    check_takes,
+)
 from bitcoind_paychan.store.groupcommit import GroupCommit
 
 log = logging.getLogger(__name__)
@@ -81,6 +87,9 @@ class Credit:
     def __init__(self, store: CreditStore, *, alone: bool = False) -> None:
         self.store = store
         self._ledger = Ledger() if alone else None
+        self._now = store if alone and isinstance(store, TakesAtOnce) else None
+        self._outstanding = 0  # takes handed to the thread, their answers not yet booked
+        self._commits_here = 0  # takes committed on the loop
         self._grown: dict[str, asyncio.Event] = {}  # channel → set when its credit grows
         self._known: dict[str, int] = {}  # channel → its credit as this instance last saw it
         self._takes = _Takes(store, self._answer)  # the thread committing takes
@@ -145,12 +154,36 @@ class Credit:
         check_takes([(channel, needed, needed)])
         if self._ledger is None or not self._ledger.decide(channel, needed):
             return await self._take(channel, needed, needed), None
-        loop = asyncio.get_running_loop()
-        answer: asyncio.Future[tuple[int | None, int]] = loop.create_future()
-        self._takes.put(_Waiting((channel, needed, needed), answer, loop, decided=True))
         known, bound = self._known.get(channel), self._ledger.bound(channel) or 0
         self._known[channel] = bound if known is None else max(known - needed, bound)
+        if self._now is not None and not self._outstanding:  # nothing queued before it
+            found = self._take_now((channel, needed, needed))
+            if found is not None:  # committed here
+                if isinstance(found, Exception):
+                    raise found
+                return needed, None
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[tuple[int | None, int]] = loop.create_future()
+        self._put(_Waiting((channel, needed, needed), answer, loop, decided=True))
         return needed, answer
+
+    def _take_now(self, take: Take) -> tuple[int | None, int] | Exception | None:
+        """Commit a take the ledger decided here, on the loop, if the store is free at
+        once (a commit of takes costs no fsync: store.credit.TakesAtOnce): its answer as
+        booked, or None (the store is busy: the takes' thread commits it)."""
+        assert self._now is not None
+        try:
+            found = self._now.take_credits_now([take])
+        except StoreError as exc:  # nothing taken
+            return self._booked(take, True, exc)
+        if found is None:
+            return None
+        self._commits_here += 1
+        return self._booked(take, True, found[0])
+
+    def _put(self, waiting: _Waiting) -> None:
+        self._outstanding += 1  # until its answer is booked, in the commits' order
+        self._takes.put(waiting)
 
     async def committed(self, channel: str, answer: asyncio.Future[tuple[int | None, int]]
                         ) -> tuple[int | None, int]:
@@ -192,21 +225,27 @@ class Credit:
         answer: asyncio.Future[tuple[int | None, int]] = loop.create_future()
         if self._ledger is not None:
             self._ledger.store_decides(channel)
-        self._takes.put(_Waiting((channel, least, most), answer, loop))
+        self._put(_Waiting((channel, least, most), answer, loop))
         taken, self._known[channel] = await self.committed(channel, answer)
         return taken
 
     @property
     def commits(self) -> int:
-        """Commits of takes made (takes per commit: the batching)."""
+        """Commits of takes the thread made (takes per commit: the batching)."""
         return self._takes.commits
+
+    @property
+    def all_commits(self) -> int:
+        """Commits of takes made, by the thread and on the loop (`hold_request`)."""
+        return self._takes.commits + self._commits_here
 
     def _answer(self, answers: list[tuple[_Waiting, tuple[int | None, int] | Exception]]
                 ) -> None:
         """On the loop: each take's answer; one whose caller went away (cancelled) before
         its commit answered is given back."""
         for waiting, found in answers:
-            found = self._booked(waiting, found)
+            self._outstanding -= 1
+            found = self._booked(waiting.take, waiting.decided, found)
             if not waiting.answer.done():
                 if isinstance(found, Exception):
                     waiting.answer.set_exception(found)
@@ -215,16 +254,17 @@ class Credit:
             elif not isinstance(found, Exception) and found[0]:
                 self._give_back_later(waiting.take[0], found[0])
 
-    def _booked(self, waiting: _Waiting, found: tuple[int | None, int] | Exception
+    def _booked(self, take: Take, decided: bool, found: tuple[int | None, int] | Exception
                 ) -> tuple[int | None, int] | Exception:
-        """The ledger learns a take's answer; a take it decided that the store refused is
-        an error (not taken: whatever the request bought is not released)."""
+        """The ledger learns a take's answer (`decided`: by the ledger); a take it decided
+        that the store refused is an error (not taken: whatever the request bought is not
+        released)."""
         if self._ledger is None:
             return found
-        channel, _, most = waiting.take
-        refused = waiting.decided and not isinstance(found, Exception) and found[0] != most
+        channel, _, most = take
+        refused = decided and not isinstance(found, Exception) and found[0] != most
         self._ledger.answered(channel, None if isinstance(found, Exception) else found[1],
-                              decided=waiting.decided, refused=refused)
+                              decided=decided, refused=refused)
         if refused:
             log.error("channel %s: the store found less credit than the gateway decided a "
                       "take of %d sat against: a bug; the request is answered 503 and the "

@@ -79,6 +79,16 @@ Take = tuple[str, int, int]  # (contract txid, least, most)
 
 
 @runtime_checkable
+class TakesAtOnce(Protocol):
+    """A store one process owns whose commit of takes costs no fsync (SQLite, memory): the
+    gateway commits a take on its event loop when the store is free at once."""
+
+    def take_credits_now(self, takes: Sequence[Take]) -> list[tuple[int | None, int]] | None:
+        """`take_credits`, if no other write holds the store (None: nothing was done)."""
+        ...
+
+
+@runtime_checkable
 class TakingStore(Protocol):
     """A store whose group commit of payments also makes their takes of credit (SQLite,
     PostgreSQL, memory)."""

@@ -23,6 +23,7 @@ from bitcoind_paychan.store import codec, files
 from bitcoind_paychan.store import sqlite_schema as schema
 from bitcoind_paychan.store.base import Payment, closed, newer_store
 from bitcoind_paychan.store.codec import SCHEMA_VERSION
+from bitcoind_paychan.store.credit import Take
 from bitcoind_paychan.store.sql import (
     CHANGE_AND_STATUS,
     LOG,
@@ -64,7 +65,7 @@ class SQLiteStore(SQLStore):
         self._name = str(path)
         self._read_only = read_only
         self._schema_version = SCHEMA_VERSION
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # held by one write at a time (take_credits_now)
         self._conn: sqlite3.Connection | None = None
         self._owner: files.StoreLock | None = None
         created = False
@@ -176,6 +177,14 @@ class SQLiteStore(SQLStore):
 
     def _take_transaction(self, what: str) -> AbstractContextManager[sqlite3.Connection]:
         return self._transaction(what, synced=False)
+
+    def take_credits_now(self, takes: Sequence[Take]) -> list[tuple[int | None, int]] | None:
+        if not self._lock.acquire(blocking=False):  # a payment's commit, say: not waited for
+            return None
+        try:
+            return self.take_credits(takes)
+        finally:
+            self._lock.release()
 
 
 LogRow = tuple[str, str, int, int, int, bytes]

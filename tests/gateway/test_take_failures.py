@@ -31,6 +31,10 @@ class FailingStore(SQLiteStore):
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         self.failing_takes = self.failing_payments = 0
+        self.busy = False  # every take to the takes' thread, as while payments commit
+
+    def take_credits_now(self, takes: Sequence[Take]) -> list[tuple[int | None, int]] | None:
+        return None if self.busy else super().take_credits_now(takes)
 
     def take_credits(self, takes: Sequence[Take]) -> list[tuple[int | None, int]]:
         if self.failing_takes:
@@ -75,27 +79,29 @@ def test_a_payment_whose_commit_fails_is_not_stored_and_nothing_is_taken(
     run(sides, scenario)
 
 
-@pytest.mark.parametrize("method", ["POST", "GET"])
+@pytest.mark.parametrize(("method", "busy"), [("GET", False), ("POST", True),
+                                               ("GET", True)])
 def test_a_take_that_fails_releases_nothing_and_charges_nothing(
-        sides: MemSides, method: str) -> None:
+        sides: MemSides, method: str, busy: bool) -> None:
     """The store is the gateway's alone, so the take of a request the credit covers is
-    decided at once and made durable beside the forwarding; if its commit fails, the answer
-    is 503 and nothing is charged. A POST waits for the commit, so it is never forwarded; a
-    GET (safe) goes upstream at once, and its answer is dropped."""
+    decided at once and committed on the loop when the store is free (a failed commit: not
+    forwarded); when it is busy, by the takes' thread beside the forwarding. Either way a
+    commit that fails is a 503 and nothing is charged: a POST waits for the commit, so it
+    is never forwarded; a GET (safe) went upstream, and its answer is dropped."""
     store = sides.stores["gateway"] = FailingStore(sides.tmp / "gateway.db")
     channels: list[str] = []
 
     async def scenario(b: Bench) -> None:
         assert (await b.paid("/api/one", PRICE))[0] == 200
         offer = await b.offer("/api/two")
-        store.failing_takes = 1
+        store.failing_takes, store.busy = 1, busy
         status, body, headers = await b.get("/api/two", (await b.payer.spend(offer)).header,
                                             method=method)
         assert status == 503 and "not charged" in body["error"]
         assert set(body) == {"error"} and "/api/two" not in json.dumps(body)  # not released
         assert read_receipt(headers["Payment-Receipt"]).charged == 0
         forwarded = [path for path, _ in b.upstream.seen]
-        if method == "POST":
+        if method == "POST" or not busy:
             assert "not forwarded" in body["error"] and forwarded == ["/api/one"]
         else:
             assert "its answer dropped" in body["error"]
