@@ -26,7 +26,7 @@ import sys
 from collections.abc import Callable
 from typing import NamedTuple
 
-from bitcoind_paychan.errors import CreditLost, StoreError
+from bitcoind_paychan.errors import CreditLost
 from bitcoind_paychan.gateway.ledger import Ledger
 from bitcoind_paychan.store.credit import (
     CreditStore,
@@ -174,7 +174,7 @@ class Credit:
         assert self._now is not None
         try:
             found = self._now.take_credits_now([take])
-        except StoreError as exc:  # nothing taken
+        except Exception as exc:  # nothing taken
             return self._booked(take, True, exc)
         if found is None:
             return None

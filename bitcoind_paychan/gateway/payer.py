@@ -49,6 +49,7 @@ class PendingPayment:
     frame: bytes  # the UPDATE_PAYMENT
     paying: asyncio.Future[bytes]  # the manager's pay(), done once the ack is handed in
     receipt: Receipt | None = field(default=None)
+    token: object | None = None  # its hold of the link's `keeping`
 
     @property
     def header(self) -> dict[str, str]:
@@ -71,7 +72,7 @@ class PendingPayment:
             raise
         for frame in self.receipt.answer:
             self.link.stream.feed(frame)
-        self.link.answered()  # what the manager sent after the payment may go now
+        self.link.answered(self.token)  # what the manager sent after it may go now
         await self.paying
         return self.receipt
 
@@ -148,15 +149,16 @@ class Payer:
         self.check(amount)  # again: with a new channel's opening payment
         amount = self._raised(amount, ahead, channel.remaining)
         self.paid += amount
-        stream = channel.stream
-        assert isinstance(stream, CarriedStream) and isinstance(stream.link, HttpLink), \
-            "the manager dials with http_dialer"
-        link = stream.link
-        await link.keeping.acquire()  # one payment kept at a time: released once answered
+        link = _link_of(channel)
+        token = await link.keep()  # one payment kept at a time: released once answered
         try:
             expected = link.expect_payment()
             paying = asyncio.ensure_future(channel.pay(amount))
-            await asyncio.wait({expected, paying}, return_when=asyncio.FIRST_COMPLETED)
+            try:
+                await asyncio.wait({expected, paying}, return_when=asyncio.FIRST_COMPLETED)
+            except BaseException:  # cancelled: the payment is carried by no request
+                await _uncarried(channel, expected, paying)
+                raise
             if not expected.done() or expected.cancelled():  # pay() failed before sending
                 expected.cancel()  # anything, or the session ended before the payment's turn
                 await paying  # raises why (ChannelFailed: the connection ended)
@@ -164,9 +166,9 @@ class Payer:
                                     "payment could be sent; it stays stored: the next one "
                                     "resumes the channel")
         except BaseException:
-            link.kept_done()
+            link.kept_done(token)
             raise
-        return PendingPayment(channel, link, amount, expected.result(), paying)
+        return PendingPayment(channel, link, amount, expected.result(), paying, token=token)
 
     def _raised(self, amount: int, ahead: int, remaining: int) -> int:
         """`amount` raised toward `ahead`, within the caps and the channel's `remaining`."""
@@ -194,7 +196,12 @@ class Payer:
         channel = await self.channel(offer, amount)
         self.check(amount, "a top-up")
         self.paid += amount
-        await channel.pay(amount)
+        link = _link_of(channel)
+        token = await link.keep()  # not taken for a request's kept payment
+        try:
+            await channel.pay(amount)
+        finally:
+            link.kept_done(token)
 
     async def channel(self, offer: Offer, amount: int = 0) -> Channel:
         """The channel to `offer`'s endpoint with room for `amount`: the manager's lookup
@@ -218,3 +225,22 @@ class Payer:
     def _opening(self, offer: Offer) -> None:
         self.check(offer.open_payment, "a new channel's opening payment", opening=True)
         self.paid += offer.open_payment
+
+
+def _link_of(channel: Channel) -> HttpLink:
+    stream = channel.stream
+    assert isinstance(stream, CarriedStream) and isinstance(stream.link, HttpLink), \
+        "the manager dials with http_dialer"
+    return stream.link
+
+
+async def _uncarried(channel: Channel, expected: asyncio.Future[bytes],
+                     paying: asyncio.Future[bytes]) -> None:
+    """`Payer.pay` was cancelled: a payment not yet kept goes as credit, POSTed like a
+    top-up; one kept already is carried by no request, so the session ends (the payment
+    stays stored: the next one resumes the channel, which re-sends it)."""
+    paying.add_done_callback(lambda done: done.cancelled() or done.exception())
+    if not expected.done():
+        expected.cancel()
+    elif not expected.cancelled():
+        await channel.disconnect()

@@ -24,6 +24,7 @@ from bitcoind_paychan.store.codec import SCHEMA_VERSION
 from bitcoind_paychan.store.credit import CreditStore, PaymentTake
 from bitcoind_paychan.store.leases import leases_for
 from bitcoind_paychan.store.postgres import PostgresStore
+from bitcoind_paychan.store.sqlite import BUSY_TIMEOUT, TAKES_AT_ONCE, WAL_AUTOCHECKPOINT
 from regtest.postgres import PostgresServer
 from regtest.waiting import wait_until
 from tests.store.helpers import Channel
@@ -307,3 +308,24 @@ def test_an_unsynced_take_survives_the_process_crashing_after_it(tmp_path: Path)
     assert crashed.returncode == -signal.SIGKILL
     with SQLiteStore(path) as reopened:
         assert reopened.credit(txid) == 700
+
+
+def test_a_take_at_once_waits_for_no_other_write_and_no_checkpoint(tmp_path: Path) -> None:
+    """`take_credits_now` (the gateway's take on its event loop) never waits: another
+    connection's write lock makes it decline (None: the thread takes over), as does every
+    TAKES_AT_ONCE-th take, left to the thread whose commit may checkpoint the WAL; the
+    connection's settings are as before after each."""
+    with SQLiteStore(tmp_path / "gateway.db") as store:
+        txid = paid(store, 10_000).txid
+        with closing(sqlite3.connect(tmp_path / "gateway.db", isolation_level=None)) as other:
+            other.execute("BEGIN IMMEDIATE")  # an operator's shell, writing
+            assert store.take_credits_now([(txid, 1, 1)]) is None  # at once, not in 10 s
+            other.execute("ROLLBACK")
+        found = [store.take_credits_now([(txid, 1, 1)]) for _ in range(TAKES_AT_ONCE + 1)]
+        assert found[:-1] == [[(1, 10_000 - n)] for n in range(1, TAKES_AT_ONCE + 1)]
+        assert found[-1] is None  # the thread's turn
+        assert store.take_credits_now([(txid, 1, 1)]) == [(1, 10_000 - TAKES_AT_ONCE - 1)]
+        assert store._conn is not None
+        settings = [store._conn.execute(f"PRAGMA {name}").fetchone()[0]
+                    for name in ("busy_timeout", "wal_autocheckpoint", "synchronous")]
+        assert settings == [int(BUSY_TIMEOUT * 1000), WAL_AUTOCHECKPOINT, 2]

@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 
 from bitcoind_paychan.channel import messages
+from bitcoind_paychan.errors import LocalProtocolError
 from bitcoind_paychan.transport import encode
 from bitcoind_paychan.transport.base import decode
 from bitcoind_paychan.transport.http import WebServer
@@ -164,7 +165,7 @@ def test_a_payment_behind_a_post_of_a_session_that_ends_is_never_handed_over() -
 
 def test_payments_are_kept_one_at_a_time_each_after_the_one_before_was_answered() -> None:
     """Two payments on one channel at once (two Payer.pay): the second is kept only once the
-    first's request was answered (`keeping`), so each goes in its turn; keeping a second
+    first's request was answered (`keep`), so each goes in its turn; keeping a second
     without it is refused, not a session stuck for good."""
     async def main() -> None:
         async with endpoint() as (server, link, _):
@@ -172,19 +173,62 @@ def test_payments_are_kept_one_at_a_time_each_after_the_one_before_was_answered(
             kept: list[bytes] = []
 
             async def pay(change: int) -> None:  # as Payer.pay and PendingPayment.settle
-                await link.keeping.acquire()
+                token = await link.keep()
                 expected = link.expect_payment()
-                with pytest.raises(RuntimeError, match="one at a time"):
+                with pytest.raises(LocalProtocolError, match="one at a time"):
                     link.expect_payment()
                 await link.send_frames(encode([payment(change)]))
                 kept.append(await expected)
                 await asyncio.sleep(0)  # its request, answered
-                link.answered()  # releases `keeping`
+                link.answered(token)  # releases `keeping`
 
             await asyncio.gather(pay(5_000), pay(4_000))
             assert [decode(frame).update_payment.client_change_value for frame in kept] == [
                 5_000, 4_000]
             await link.close()
             assert await link.stream.receive(10) is None  # the session still ends
+
+    asyncio.run(main())
+
+
+def test_a_late_answer_or_release_does_not_touch_the_next_holders_payment() -> None:
+    async def main() -> None:
+        async with endpoint() as (server, link, _):
+            server.release.set()
+            first = await link.keep()
+            link.kept_done()  # the session's end releases whoever holds it
+            second = await link.keep()
+            expected = link.expect_payment()
+            await link.send_frames(encode([payment(), signed()]))
+            assert decode(await expected).type == T.UPDATE_PAYMENT
+            link.kept_done(first)  # late: the first's `except`
+            link.answered(first)  # late: the first's settle
+            assert link.keeping.locked()  # still the second's
+            await asyncio.sleep(0.05)
+            assert server.seen == []  # R still waits for the second's request
+            link.answered(second)
+            assert not link.keeping.locked()
+            await until(lambda: server.seen == ["REANCHOR_SIGNED"], what="R after it")
+
+    asyncio.run(main())
+
+
+def test_a_kept_payment_whose_request_gave_up_before_its_turn_goes_as_credit() -> None:
+    """Payer.pay cancelled while its payment waits behind a POST: when its turn comes it is
+    POSTed like a top-up (credit), and what follows goes after it; nothing is stuck."""
+    async def main() -> None:
+        async with endpoint() as (server, link, _):
+            await link.send_frames(encode([messages.reanchor_propose(0, 0)]))
+            await until(lambda: server.seen, what="the first POST")  # held there
+            token = await link.keep()
+            expected = link.expect_payment()
+            await link.send_frames(encode([payment(), signed()]))
+            assert not expected.done()  # kept, behind the held POST
+            expected.cancel()  # the request gave up
+            link.kept_done(token)
+            server.release.set()
+            await until(lambda: len(server.seen) == 3, what="the rest POSTed")
+            assert server.seen == ["REANCHOR_PROPOSE", "UPDATE_PAYMENT", "REANCHOR_SIGNED"]
+            assert not link.closed
 
     asyncio.run(main())

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import aiohttp
 
-from bitcoind_paychan.errors import PaychanError
+from bitcoind_paychan.errors import LocalProtocolError, PaychanError
 from bitcoind_paychan.transport.base import CarriedStream, Stream, decode
 from bitcoind_paychan.transport.paidhttp.wire import (
     CLOSED_HEADER,
@@ -71,9 +71,10 @@ class HttpLink:
         self._busy = False  # the worker is POSTing, or waiting for a kept payment's answer
         self._payment: asyncio.Future[bytes] | None = None
         self._kept: _Kept | None = None  # the kept payment whose answer is not in yet
-        # Held from `expect_payment` (`keeping`) until its request is answered or the
+        # Held (`keep`) from before `expect_payment` until its request is answered or the
         # session ends: one kept payment at a time, as the link hands them over in order.
         self.keeping = asyncio.Lock()
+        self._keeper: object | None = None  # the token of who holds it
 
     def next_seq(self) -> int:
         """A new number for a request that spends the session's credit (each used once)."""
@@ -88,21 +89,34 @@ class HttpLink:
         before the first was answered is refused (RuntimeError)."""
         if self._kept is not None or (self._payment is not None and
                                       not self._payment.done()):
-            raise RuntimeError("a payment is kept already: hold `keeping` (one at a time)")
+            raise LocalProtocolError("a payment is kept already for a request: hold the "
+                                     "link's `keeping` (`keep`) to keep one at a time")
         self._payment = asyncio.get_running_loop().create_future()
         return self._payment
 
-    def answered(self) -> None:
+    def answered(self, token: object | None = None) -> None:
         """The kept payment's request was answered (its receipt fed to the stream): the
-        frames sent after it may be POSTed."""
+        frames sent after it may be POSTed; `keeping` is released. A `token` that no longer
+        holds `keeping` is a late answer (its session ended since): nothing is done."""
+        if token is not None and token is not self._keeper:
+            return
         kept, self._kept = self._kept, None
         if kept is not None:
             kept.answered.set()
-        self.kept_done()
+        self.kept_done(token)
 
-    def kept_done(self) -> None:
-        """The kept payment (if any) is over: the next one may be kept (`keeping`)."""
-        if self.keeping.locked():
+    async def keep(self) -> object:
+        """Hold `keeping` (wait for the kept payment before to be over): the hold's token,
+        for `answered` and `kept_done`."""
+        await self.keeping.acquire()
+        self._keeper = token = object()
+        return token
+
+    def kept_done(self, token: object | None = None) -> None:
+        """Release `keeping` if `token` still holds it (None: whoever does, as the session
+        ends): the next payment may be kept."""
+        if self.keeping.locked() and (token is None or token is self._keeper):
+            self._keeper = None
             self.keeping.release()
 
     async def send_frames(self, frames: Sequence[bytes]) -> None:
@@ -151,11 +165,16 @@ class HttpLink:
                 if self.closed and not item.payment.done():
                     item.payment.cancel()  # hung up before its turn: it does not go
                     break
-                item.hand_over()
-                await item.answered.wait()
-                if item.lost:  # the server may not have read it: nothing after it goes
-                    break
-                continue
+                if not item.payment.cancelled():
+                    item.hand_over()
+                    await item.answered.wait()
+                    if item.lost:  # the server may not have read it: nothing after it goes
+                        break
+                    continue
+                # Its request gave up before its turn: the payment goes as credit.
+                if self._kept is item:
+                    self._kept = None
+                item = [item.frame]
             if not item:
                 if self._queue.empty():
                     break
