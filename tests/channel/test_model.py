@@ -705,3 +705,22 @@ def test_a_resume_in_flight_while_its_reanchored_channel_is_forgotten() -> None:
         m.review(side=Role.CLIENT)
         m.open_channel(version=1, window=18000, value=100_000, flow=True)
     replay(steps)
+
+
+def test_a_resume_re_sends_an_r_the_server_promoted_while_it_was_down() -> None:
+    """The random search's case (seed 1993770924966120525): the server stored the client's
+    R, crashed, and promoted R on restart (the next generation: nothing paid on it yet);
+    the client, still holding R pending, re-sends it as it resumes. Its payout was checked
+    against what the server held when it was signed: the check compares a re-sent R with
+    the payout the server recorded for it, not with the next generation's payments."""
+    def steps(m: ChannelModel) -> None:
+        m.open_channel(autopilot=False, flow=False, value=100000, version=3, window=18000)
+        m.open_channel(autopilot=False, flow=True, value=100000, version=1, window=18000)
+        m.crash_soon(effects=6, side=Role.SERVER)
+        m.client_reanchors(flow=False, top_up=0, wallet_later=False, window=0)
+        m.reanchor_and_mine(blocks=1, pay=False, step=1, top_up=0, window=0)
+        m.restart(side=Role.SERVER)
+        m.open_channel(autopilot=False, flow=False, value=100000, version=1, window=18000)
+        m.client_closes(flow=True)
+    replay(steps)
+

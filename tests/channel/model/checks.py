@@ -223,7 +223,14 @@ class Checks:
         require(held is not None and held.pending is not None and held.pending.tx == body.tx,
                 "client sends a re-anchor it has not stored")
         server = self.world.server.store.get(Role.SERVER, record.channel_id)
-        if server is not None:
+        if server is None or held is None or held.pending is None:
+            return
+        left = [generation for generation in self.world.server.store.generations(
+            Role.SERVER, record.channel_id) if generation.reanchor_txid == held.pending.txid]
+        if left:  # a re-send (a resume) of an R the server promoted: its payout as checked
+            require(body.payout == left[0].payout, f"client re-sends R with a payout of "
+                    f"{body.payout}, not the {left[0].payout} the server promoted")
+        else:
             require(body.payout <= server.paid, f"client signs a payout of {body.payout}, "
                     f"more than the {server.paid} sat the server holds")
 
