@@ -1,15 +1,19 @@
 """Credit: sat a channel's client has paid the gateway and not yet spent, by channel.
 
 It lives in the store (store/credit.py): a channel's credit is what its stored payments paid
-less what the gateway took, so a payment is credit the moment it is stored, a gateway restart
-loses none, and instances on one PostgreSQL share it. The store is called in a thread (as
-the server manager does), never blocking the event loop. Each take is atomic in the store, so
-requests of one channel (on one instance or several) never spend the same sat twice. Takes
-are group-committed by a thread of their own (store/groupcommit.py): those that arrive while
-a commit runs go together in the next one (one transaction, one fsync), each answered once
-its commit is durable; a lone take commits at once, so batching adds no latency. A metered
-stream that has spent what it may waits (`wait`) until this instance sees the credit grow
-(a payment it stored, or credit given back).
+less what the gateway took, so a payment is credit the moment it is stored, a gateway
+restart loses none, and instances on one PostgreSQL share it. The store is called in a
+thread (as the server manager does), but for a take committed at once (below), which waits
+for nothing: not for another write, a busy lock nor a checkpoint (store.credit.TakesAtOnce).
+Each take is atomic in the store, so requests of one channel (on one instance or several)
+never spend the same sat twice. Takes are group-committed by a thread of their own
+(store/groupcommit.py): those that arrive while a commit runs go together in the next one
+(one transaction, one fsync), each answered once its commit is durable; a lone take commits
+at once, so batching adds no latency. When the store is this process's alone (`alone`), a
+take the ledger's lower bound covers is decided at once (ledger.py) and committed right on
+the loop if no take is queued before it and the store is free (`hold_request`; SQLite
+commits takes without an fsync). A metered stream that has spent what it may waits (`wait`)
+until this instance sees the credit grow (a payment it stored, or credit given back).
 
 `known` is the credit as this instance last saw it (each take reads it in its own
 transaction, then what this instance stores and gives back is added): what a payment must add
