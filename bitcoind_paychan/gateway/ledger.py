@@ -31,7 +31,6 @@ class _Account:
 
     left: int | None = None  # the credit left at the last answer, in the commits' order
     pending: deque[int] = field(default_factory=deque)  # decided here, not yet answered
-    pending_sum: int = 0
     deciding: int = 0  # takes the store decides, not yet answered
     lowest: int | None = None  # the lowest credit left answered while `deciding`
     stale: bool = False  # a refusal came while `deciding`: unknown after it too
@@ -48,7 +47,7 @@ class Ledger:
         account = self._accounts.get(channel)
         if account is None or account.left is None or account.deciding:
             return None
-        return account.left - account.pending_sum
+        return account.left - sum(account.pending)
 
     def decide(self, channel: str, sat: int) -> bool:
         """Take `sat` now if the bound covers it (True): its durable take must be queued
@@ -58,7 +57,6 @@ class Ledger:
             return False
         account = self._accounts[channel]
         account.pending.append(sat)
-        account.pending_sum += sat
         return True
 
     def may_ride(self, channel: str) -> bool:
@@ -81,7 +79,7 @@ class Ledger:
             return
         if decided:
             if account.pending:
-                account.pending_sum -= account.pending.popleft()
+                account.pending.popleft()
         else:
             account.deciding = max(account.deciding - 1, 0)
         if refused:  # the bound was wrong: unknown until a take the store decides after

@@ -242,8 +242,9 @@ class Gateway:
             if taken.status == 402:
                 return self._payment_required(request, route, taken.why)
             return error(taken.status, taken.why, closed=taken.closed)
-        # A price per request taken on its own may be decided at once (credit.hold_request):
-        # then the upstream request goes out now, and the answer waits for the take's commit.
+        # A price per request taken on its own may be decided at once (credit.hold_request);
+        # if its commit is left to the takes' thread, a safe request goes upstream meanwhile
+        # and the answer waits for the commit.
         committed: asyncio.Future[tuple[int | None, int]] | None = None
         try:
             if made is None and route.price.per == "request" and \

@@ -215,18 +215,8 @@ def test_two_instances_never_take_the_same_credit(postgres_server: PostgresServe
     with HeldStore(dsn) as a, PostgresStore(dsn) as b:
         channel = paid(a, 150)
         assert b.take_credit(channel.txid, 0, 0) == 0  # the channel's row exists: a locks it
-        got: dict[str, int | None] = {}
-        first = threading.Thread(target=lambda: got.update(a=a.take_credit(channel.txid, 100,
-                                                                           100)))
-        first.start()
-        assert a.reading.wait(timeout=30)  # a read 150 and holds the row
-        second = threading.Thread(target=lambda: got.update(b=b.take_credit(channel.txid, 100,
-                                                                            100)))
-        second.start()
-        waiting_on_a_lock(postgres_server, database)  # b waits for a's row lock
-        a.release.set()
-        first.join(30)
-        second.join(30)
+        got = race(a, lambda: a.take_credit(channel.txid, 100, 100),
+                   lambda: b.take_credit(channel.txid, 100, 100), postgres_server, database)
         assert got == {"a": 100, "b": None}  # b read the balance a left: 50
         assert b.credit(channel.txid) == 50
 
@@ -245,20 +235,28 @@ def test_a_take_riding_with_a_payment_and_another_instances_take_never_spend_the
         record = a.get(Role.SERVER, channel.txid)
         assert record is not None
         take = PaymentTake(200, 200, channel.txid, contract_txid=channel.txid)
-        got: dict[str, object] = {}
-        first = threading.Thread(target=lambda: got.update(a=leases.record_payments(
-            [((channel.pay(record, 100), 100, b""), lease)], [take])))
-        first.start()
-        assert a.reading.wait(timeout=30)  # a stored the payment, read 250, holds the row
-        second = threading.Thread(target=lambda: got.update(b=b.take_credit(channel.txid, 200,
-                                                                            200)))
-        second.start()
-        waiting_on_a_lock(postgres_server, database)  # b waits for a's row lock
-        a.release.set()
-        first.join(30)
-        second.join(30)
+        got = race(a, lambda: leases.record_payments(
+            [((channel.pay(record, 100), 100, b""), lease)], [take]),
+            lambda: b.take_credit(channel.txid, 200, 200), postgres_server, database)
         assert got == {"a": [None], "b": None} and take.answer == (200, 50)
         assert b.credit(channel.txid) == 50
+
+
+def race(a: HeldStore, first: Callable[[], object], second: Callable[[], object],
+         server: PostgresServer, database: str) -> dict[str, object]:
+    """`first` on instance a (held once it read its row under the lock), then `second`,
+    which waits for a's row lock, each in a thread; what each returned (keys a and b)."""
+    got: dict[str, object] = {}
+    one = threading.Thread(target=lambda: got.update(a=first()))
+    one.start()
+    assert a.reading.wait(timeout=30)  # a read the credit and holds the row
+    two = threading.Thread(target=lambda: got.update(b=second()))
+    two.start()
+    waiting_on_a_lock(server, database)  # b waits for a's row lock
+    a.release.set()
+    one.join(30)
+    two.join(30)
+    return got
 
 
 def waiting_on_a_lock(server: PostgresServer, database: str) -> None:
